@@ -1,0 +1,65 @@
+"""The ``sftlab`` command line: one sub-command per module in ``sftlab.commands``.
+
+Each command module defines ``register(subparsers)``, which adds its parser and sets
+``func`` to a function ``(args) -> int`` returning the exit code:
+0 done and every check passed; 1 done but something was quarantined or a check or gate
+failed; 2 the input is unusable (one-line reason, no traceback; with ``--json``,
+``{"error": ...}`` on stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+# In the order of the data flow (DESIGN.md).
+COMMANDS = ("validate", "stats", "inspect", "check_template", "train", "eval", "eval_detector",
+            "manifest", "report", "demo")
+
+
+class UsageError(Exception):
+    """Unusable input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sftlab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sftlab",
+        description="Instruction tuning with exact response-only loss, inspectable masks, "
+                    "sliced evaluation and a manifest for every artifact.")
+    parser.add_argument("--version", action="version", version=f"sftlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"sftlab.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"sftlab.commands.{name}":
+                continue  # a command not built yet in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e)}))
+        else:
+            print(f"sftlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``sftlab`` sub-command; each defines ``register(subparsers)``."""

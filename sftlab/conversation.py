@@ -1,0 +1,79 @@
+"""The conversation record: messages plus metadata, as every later stage sees it.
+
+A record arrives in one of several row formats (OpenAI ``messages``, ShareGPT,
+Alpaca, prompt/completion); ``sftlab.formats`` turns each into a ``Conversation``
+and ``sftlab.validate`` checks it. Everything after that point works on these
+frozen values only.
+
+Example::
+
+    >>> c = Conversation(messages=(Message("user", "2+2?"), Message("assistant", "4")), id="a1")
+    >>> [m.role for m in c.messages], c.assistant_indices
+    (['user', 'assistant'], (1,))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    """One of ``system``, ``user``, ``assistant``, ``tool``."""
+    content: str
+    """The text of the message, exactly as the record gave it."""
+    train: bool | None = None
+    """Per-message override: ``False`` never trains this message, ``True`` trains an assistant
+    message even under ``last_turn_only``. ``None`` follows the encoding options."""
+    weight: float | None = None
+    """Loss weight (>= 0) of this message's trained tokens; ``None`` means 1.0."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a record came from, for error messages and the quarantine file."""
+    file: str
+    line: int | None = None
+    """1-based line for JSONL; 1-based element index for JSON arrays; row index + 1 otherwise."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: tuple[Message, ...]
+    id: str | None = None
+    task: str | None = None
+    slice: str | None = None
+    source: str | None = None
+    license: str | None = None
+    policy_category: str | None = None
+    expected: str | None = None
+    """``refuse`` marks a refusal demonstration, ``comply`` a benign contrast; ``None`` otherwise."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Any other fields of the record, kept as they were."""
+    origin: Origin | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def assistant_indices(self) -> tuple[int, ...]:
+        return tuple(i for i, m in enumerate(self.messages) if m.role == "assistant")
+
+    def metadata(self) -> dict[str, Any]:
+        """The named metadata fields (``None`` ones left out) plus the free extra fields."""
+        named = {k: getattr(self, k) for k in ("id", "task", "slice", "source", "license",
+                                               "policy_category", "expected")}
+        return {**self.extra, **{k: v for k, v in named.items() if v is not None}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised record (OpenAI ``messages`` layout), as hashed for the data version."""
+        msgs = []
+        for m in self.messages:
+            d: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.train is not None:
+                d["train"] = m.train
+            if m.weight is not None:
+                d["weight"] = m.weight
+            msgs.append(d)
+        return {"messages": msgs, **self.metadata()}
