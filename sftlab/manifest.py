@@ -1,0 +1,429 @@
+"""The run manifest: a typed, versioned record of everything that produced an artifact.
+
+Every stage that writes into a run directory merges its own section into ``RUN/run.json``
+with :func:`update_manifest`; the file is validated against :class:`RunManifest` on every
+write and replaced atomically, so a reader never sees half a manifest.
+
+Merging is one level deep: a dict section is merged key by key into the section already
+on disk, anything else (lists, numbers, strings) replaces it::
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _ = update_manifest(d, kind="train", masking={"mode": "all_turns", "max_length": 512})
+    >>> m = update_manifest(d, masking={"trained_tokens": 40}, seed=3)
+    >>> m["masking"], m["seed"]
+    ({'mode': 'all_turns', 'max_length': 512, 'trained_tokens': 40}, 3)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "run.json"
+SOFTWARE_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft",
+                     "safetensors")
+
+
+class ManifestError(ValueError):
+    """A run.json that cannot be read or does not match the schema (the message says where)."""
+
+
+class _Section(BaseModel):
+    """Sections grow as sftlab grows: unknown keys inside a section are kept."""
+    model_config = ConfigDict(extra="allow")
+
+
+class SplitData(_Section):
+    sha256: str | None = None
+    """Data version: sha256 over the normalised records of the split, in order (``data_version``)."""
+    records: int | None = None
+    """Records read; records = accepted + quarantined (nothing lost)."""
+    accepted: int | None = None
+    quarantined: int | None = None
+    files: list[dict[str, Any]] = Field(default_factory=list)
+    """Per input file: ``{"path", "records", "accepted", "quarantined"}`` as ``sftlab validate`` reports."""
+
+
+class DataSection(_Section):
+    splits: dict[str, SplitData] = Field(default_factory=dict)
+    """Split name (``train``, ``heldout``, ...) -> its version and counts."""
+
+
+class TemplateSection(_Section):
+    name: str | None = None
+    """Built-in template name (``chatml``...) or ``tokenizer`` for the tokenizer's own Jinja template."""
+    fingerprint: str | None = None
+    """sha256 of the template source, its role tokens and the tokenizer."""
+    role_format: str | dict[str, Any] | None = None
+    control_tokens: list[str] | None = None
+    end_of_turn: str | list[str] | None = None
+
+
+class TokenizerSection(_Section):
+    name_or_path: str | None = None
+    sha256: str | None = None
+    """See ``tokenizer_fingerprint``: backend JSON + special tokens + chat template."""
+    vocab_size: int | None = None
+    added_tokens: dict[str, int] | list[Any] | None = None
+
+
+class PolicySection(_Section):
+    version: str | None = None
+    sha256: str | None = None
+    path: str | None = None
+
+
+class MaskingSection(_Section):
+    mode: str | None = None
+    max_length: int | None = None
+    last_turn_only: bool | None = None
+    trained_tokens: int | None = None
+    total_tokens: int | None = None
+    trained_token_share: float | None = None
+
+
+class PackingSection(_Section):
+    mode: str | None = None
+    """``packed`` (best-fit-decreasing) or ``padded``."""
+    max_length: int | None = None
+    efficiency: float | None = None
+    """Example tokens / (rows x max_length)."""
+    rows: int | None = None
+
+
+class MixtureSection(_Section):
+    sampling: dict[str, Any] | None = None
+    """Sampling weights per slice (explicit or from a temperature over slice sizes)."""
+    loss_weights: dict[str, float] | None = None
+    realised: Any = None
+    """Realised mixture per epoch, e.g. ``[{"epoch": 0, "slices": {"math": 0.4, ...}}]``."""
+
+
+class DecoderSetting(_Section):
+    purpose: str | None = None
+    """What the generation was for (``eval``, ``gen_eval``, ``reference``...)."""
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    seed: int | None = None
+
+
+class ModelSection(_Section):
+    base: str | None = None
+    dtype: str | None = None
+    lora: dict[str, Any] | None = None
+    notes: str | list[str] | None = None
+    """For example ``"dequantised from GGUF Q4_1"``."""
+
+
+class SoftwareSection(_Section):
+    sftlab: str | None = None
+    git_commit: str | None = None
+    """Commit of the sftlab checkout; ``None`` when sftlab is not running from a git checkout."""
+    git_dirty: bool | None = None
+    python: str | None = None
+
+
+class HardwareSection(_Section):
+    platform: str | None = None
+    cpu: str | None = None
+    cores: int | None = None
+    memory_gib: float | None = None
+    gpus: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RunManifest(BaseModel):
+    """``RUN/run.json``. Every section is optional; unknown top-level keys are rejected."""
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: str | None = None
+    """What wrote the run: ``train``, ``eval``, ``demo``..."""
+    created: str | None = None
+    """UTC ISO-8601 time of the first write."""
+    data: DataSection | None = None
+    template: TemplateSection | None = None
+    tokenizer: TokenizerSection | None = None
+    policy: PolicySection | None = None
+    masking: MaskingSection | None = None
+    packing: PackingSection | None = None
+    mixture: MixtureSection | None = None
+    decoding: list[DecoderSetting] | None = None
+    model: ModelSection | None = None
+    config: dict[str, Any] | None = None
+    config_sha256: str | None = None
+    seed: int | None = None
+    software: SoftwareSection | None = None
+    hardware: HardwareSection | None = None
+    artifacts: dict[str, Any] | None = None
+    """Artifact name -> path relative to the run directory (``{"report": "report.html"}``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, with only the fields that were given (explicit nulls kept)."""
+        return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": SCHEMA_VERSION}
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: the form every sftlab hash is taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of a config dict (key order does not matter).
+
+    >>> config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
+    True
+    """
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+def data_version(conversations: Iterable[Any]) -> str:
+    """sha256 hex over the canonical JSON of each ``Conversation.to_dict()``, in order.
+
+    Plain dicts (already normalised records) are hashed as they are. Reordering, editing or
+    dropping a record changes the version; re-reading the same file does not.
+    """
+    h = hashlib.sha256()
+    for conv in conversations:
+        record = conv.to_dict() if hasattr(conv, "to_dict") else conv
+        h.update(canonical_json(record).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """The ``tokenizer`` section: name, sha256, vocabulary size and added tokens.
+
+    The hash covers the backend tokenizer's full JSON (vocabulary, merges, normaliser,
+    pre-tokeniser, added tokens), the special tokens map and the chat template, so two
+    tokenizers with the same hash encode and render identically.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = backend.to_str()
+    else:  # a slow tokenizer: its vocabulary is what we can see
+        body = canonical_json(sorted(tokenizer.get_vocab().items()))
+    specials = {"map": getattr(tokenizer, "special_tokens_map", {}),
+                "all": sorted(getattr(tokenizer, "all_special_tokens", []) or [])}
+    payload = canonical_json({"backend": body, "special_tokens": specials,
+                              "chat_template": getattr(tokenizer, "chat_template", None)})
+    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "") or "") or None,
+            "sha256": hashlib.sha256(payload.encode("utf-8")).hexdigest(),
+            "vocab_size": len(tokenizer),
+            "added_tokens": dict(sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]))}
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout sftlab runs from; (None, None) for an installed copy."""
+    package = Path(__file__).resolve().parent
+    # The package file must be tracked: an installed copy inside some other repository
+    # (a venv under a project) must not report that repository's commit.
+    if _git(["ls-files", "--error-unmatch", "__init__.py"], package) is None:
+        return None, None
+    commit = _git(["rev-parse", "HEAD"], package)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], package)
+    return (commit.strip() if commit else None), (bool(status.strip()) if status is not None else None)
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _gpus() -> list[dict[str, Any]]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        gpus.append({"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
+                     "capability": f"{p.major}.{p.minor}", "cuda": torch.version.cuda})
+    return gpus
+
+
+def environment() -> dict[str, Any]:
+    """The ``software`` and ``hardware`` sections for this process.
+
+    Returns ``{"software": {...}, "hardware": {...}}``, ready for ``update_manifest(run, **env)``.
+    Package versions come from installed metadata (``None`` when not installed).
+    """
+    from sftlab import __version__
+
+    commit, dirty = _git_state()
+    software: dict[str, Any] = {"sftlab": __version__, "git_commit": commit, "git_dirty": dirty,
+                                "python": platform.python_version()}
+    for name in SOFTWARE_PACKAGES:
+        try:
+            software[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            software[name] = None
+    try:
+        import psutil
+        memory = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        memory = None
+    hardware = {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+                "memory_gib": memory, "gpus": _gpus()}
+    return {"software": software, "hardware": hardware}
+
+
+def manifest_path(path_or_dir: str | os.PathLike) -> Path:
+    """``RUN/run.json`` for a run directory; the path itself for a file."""
+    p = Path(path_or_dir)
+    return p / MANIFEST_NAME if p.is_dir() else p
+
+
+def validate_manifest(data: Any, source: str = "run.json") -> RunManifest:
+    """Validate a manifest dict; ``ManifestError`` names the file and every bad field."""
+    try:
+        return RunManifest.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '<top>'}: {err['msg']}"
+                             for err in e.errors())
+        raise ManifestError(f"{source}: invalid run manifest (schema version {SCHEMA_VERSION}): "
+                            f"{problems}") from None
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); "
+                            f"fix or remove the file") from None
+
+
+def read_manifest(path_or_dir: str | os.PathLike) -> RunManifest:
+    """Read and validate ``RUN/run.json`` (or a manifest file given directly).
+
+    Raises ``FileNotFoundError`` when there is no manifest and ``ManifestError`` when it is
+    not valid JSON or does not match the schema.
+    """
+    path = manifest_path(path_or_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run manifest (expected run.json written by sftlab)")
+    return validate_manifest(_load_json(path), str(path))
+
+
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict[str, Any]:
+    """Merge ``sections`` into ``run_dir/run.json``, validate, write atomically; return the result.
+
+    A dict section is merged key by key into the one on disk (one level deep); any other
+    value replaces it. ``created`` is set on the first write. Raises ``ManifestError`` (and
+    leaves the file as it was) when the result does not match the schema.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / MANIFEST_NAME
+    old = _load_json(path) if path.is_file() else {}
+    if not isinstance(old, dict):
+        raise ManifestError(f"{path}: expected a JSON object at the top level")
+    merged = _merge(old, sections)
+    merged.setdefault("schema_version", SCHEMA_VERSION)
+    merged.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    result = validate_manifest(merged, str(path)).to_dict()
+    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return result
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of nested dicts and lists by dotted path (list items by index).
+
+    >>> flatten({"a": {"b": 1}, "c": [5, {"d": 2}]})
+    {'a.b': 1, 'c.0': 5, 'c.1.d': 2}
+    """
+    if isinstance(value, dict) and value:
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list) and value:
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, sub in items:
+        out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+_MISSING = object()
+
+
+def diff_manifests(old: dict[str, Any], new: dict[str, Any],
+                   ignore: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Fields that differ, as ``[{"path", "old", "new"}]`` sorted by path.
+
+    A field present on one side only shows ``None`` on the other and ``"missing": "old"``
+    or ``"new"``. Paths starting with an ``ignore`` prefix are left out.
+
+    >>> diff_manifests({"seed": 1, "masking": {"mode": "all"}}, {"seed": 2, "masking": {"mode": "all"}})
+    [{'path': 'seed', 'old': 1, 'new': 2}]
+    """
+    a, b = flatten(old), flatten(new)
+    prefixes = tuple(ignore)
+    out = []
+    for path in sorted(set(a) | set(b)):
+        if any(path == p or path.startswith(p + ".") for p in prefixes):
+            continue
+        va, vb = a.get(path, _MISSING), b.get(path, _MISSING)
+        if va == vb and type(va) is type(vb):
+            continue
+        entry = {"path": path, "old": None if va is _MISSING else va,
+                 "new": None if vb is _MISSING else vb}
+        if va is _MISSING or vb is _MISSING:
+            entry["missing"] = "old" if va is _MISSING else "new"
+        out.append(entry)
+    return out
