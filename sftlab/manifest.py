@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -377,6 +378,10 @@ def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict[str, An
     merged.setdefault("schema_version", SCHEMA_VERSION)
     merged.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     result = validate_manifest(merged, str(path)).to_dict()
+    bad = [k for k, v in flatten(result).items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ManifestError(f"{path}: {', '.join(bad)}: NaN or infinity is not JSON; "
+                            f"record a finite number or null")
     write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return result
 

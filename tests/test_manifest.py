@@ -1,0 +1,187 @@
+"""The run manifest: schema, merge, atomic write, environment, and `sftlab manifest`."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from sftlab.cli import main
+from sftlab.conversation import Conversation, Message
+from sftlab.manifest import (ManifestError, RunManifest, config_hash, data_version,
+                             diff_manifests, environment, read_manifest, tokenizer_fingerprint,
+                             update_manifest)
+
+FULL = {
+    "kind": "train",
+    "created": "2026-11-01T12:00:00+00:00",
+    "data": {"splits": {"train": {"sha256": "ab" * 32, "records": 10, "accepted": 9,
+                                  "quarantined": 1,
+                                  "files": [{"path": "train.jsonl", "records": 10, "accepted": 9,
+                                             "quarantined": 1}]}}},
+    "template": {"name": "chatml", "fingerprint": "cd" * 32, "role_format": "chatml",
+                 "control_tokens": ["<|im_start|>", "<|im_end|>"], "end_of_turn": ["<|im_end|>"]},
+    "tokenizer": {"name_or_path": "tiny", "sha256": "ef" * 32, "vocab_size": 455,
+                  "added_tokens": {"<|im_start|>": 1}},
+    "policy": {"version": "2026-11-01", "sha256": "01" * 32, "path": "policy.yaml"},
+    "masking": {"mode": "all_assistant_turns", "max_length": 512, "last_turn_only": False,
+                "trained_tokens": 300, "total_tokens": 1000, "trained_token_share": 0.3},
+    "packing": {"mode": "packed", "max_length": 512, "efficiency": 0.97, "rows": 2},
+    "mixture": {"sampling": {"math": 0.5, "refusal": 0.5}, "loss_weights": {"math": 1.0},
+                "realised": [{"epoch": 0, "slices": {"math": 0.52, "refusal": 0.48}}]},
+    "decoding": [{"purpose": "eval", "do_sample": False, "max_new_tokens": 32, "seed": 0}],
+    "model": {"base": "SmolLM2-135M-Instruct", "dtype": "float32", "lora": {"r": 8},
+              "notes": "dequantised from GGUF Q4_1"},
+    "config": {"lr": 1e-4, "epochs": 1},
+    "config_sha256": config_hash({"lr": 1e-4, "epochs": 1}),
+    "seed": 0,
+    "artifacts": {"final": "final"},
+    "software": {"sftlab": "0.1.0", "git_commit": None, "git_dirty": None, "python": "3.11.7",
+                 "torch": "2.13.0"},
+    "hardware": {"platform": "Linux", "cpu": "x", "cores": 2, "memory_gib": 8.0, "gpus": []},
+}
+
+
+def test_schema_round_trip(tmp_path):
+    written = update_manifest(tmp_path, **FULL)
+    assert written == {"schema_version": 1, **FULL}
+    on_disk = json.loads((tmp_path / "run.json").read_text())
+    assert on_disk == written
+    m = read_manifest(tmp_path)
+    assert isinstance(m, RunManifest)
+    assert m.to_dict() == written
+    assert m.masking.trained_token_share == 0.3
+    assert m.data.splits["train"].quarantined == 1
+    assert m.decoding[0].purpose == "eval"
+    assert read_manifest(tmp_path / "run.json") == m
+
+
+def test_merge_is_one_level_deep_and_lists_replace(tmp_path):
+    first = update_manifest(tmp_path, kind="train", masking={"mode": "all", "max_length": 64},
+                            decoding=[{"purpose": "eval"}, {"purpose": "gen_eval"}],
+                            data={"splits": {"train": {"records": 3}}})
+    assert first["created"]  # set on first write, then kept
+    m = update_manifest(tmp_path, masking={"trained_tokens": 7, "max_length": 128},
+                        decoding=[{"purpose": "reference"}],
+                        data={"splits": {"heldout": {"records": 2}}}, seed=5)
+    assert m["masking"] == {"mode": "all", "max_length": 128, "trained_tokens": 7}
+    assert m["decoding"] == [{"purpose": "reference"}]
+    # one level deep: the "splits" key of the data section is replaced as a whole
+    assert m["data"] == {"splits": {"heldout": {"records": 2}}}
+    assert m["kind"] == "train" and m["seed"] == 5 and m["created"] == first["created"]
+    assert json.loads((tmp_path / "run.json").read_text()) == m
+
+
+def test_sections_keep_extra_keys_but_top_level_forbids_unknown(tmp_path):
+    m = update_manifest(tmp_path, packing={"mode": "packed", "boundaries": "cu_seqlens"})
+    assert m["packing"]["boundaries"] == "cu_seqlens"
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(ManifestError, match="learning_rate"):
+        update_manifest(tmp_path, learning_rate=0.1)
+    with pytest.raises(ManifestError, match="masking.trained_tokens"):
+        update_manifest(tmp_path, masking={"trained_tokens": "many"})
+    assert (tmp_path / "run.json").read_text() == before
+    (tmp_path / "run.json").write_text(json.dumps({"schema_version": 2}))
+    with pytest.raises(ManifestError, match="schema_version"):
+        read_manifest(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run manifest"):
+        read_manifest(tmp_path / "elsewhere")
+
+
+def test_atomic_write_leaves_old_file_whole(tmp_path, monkeypatch):
+    update_manifest(tmp_path, kind="train", seed=1)
+    before = (tmp_path / "run.json").read_text()
+
+    def crash(src, dst):  # the process dies between writing the temp file and the rename
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk went away"):
+        update_manifest(tmp_path, seed=2)
+    monkeypatch.undo()
+    assert (tmp_path / "run.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left
+    with pytest.raises(ManifestError, match="masking.trained_token_share: NaN"):  # refused before writing
+        update_manifest(tmp_path, masking={"trained_token_share": float("nan")})
+    assert (tmp_path / "run.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_environment_has_software_and_hardware():
+    env = environment()
+    soft, hard = env["software"], env["hardware"]
+    for key in ("sftlab", "git_commit", "git_dirty", "python", "torch", "transformers",
+                "tokenizers", "datasets", "accelerate", "peft", "safetensors"):
+        assert key in soft
+    import torch
+    import transformers
+    assert soft["torch"] == torch.__version__ and soft["transformers"] == transformers.__version__
+    assert soft["git_commit"] is None or len(soft["git_commit"]) == 40
+    for key in ("platform", "cpu", "cores", "memory_gib", "gpus"):
+        assert key in hard
+    assert hard["cores"] >= 1 and hard["memory_gib"] > 0
+    assert len(hard["gpus"]) == torch.cuda.device_count()
+    RunManifest.model_validate(env)  # fits the schema as it is
+
+
+def test_hashes_are_content_hashes():
+    a = Conversation(messages=(Message("user", "2+2?"), Message("assistant", "4")), id="a", slice="math")
+    b = Conversation(messages=(Message("user", "hi"), Message("assistant", "hello")), id="b")
+    assert data_version([a, b]) == data_version([a.to_dict(), b.to_dict()])
+    assert data_version([a, b]) != data_version([b, a])
+    edited = Conversation(messages=(Message("user", "2+2?"), Message("assistant", "5")), id="a", slice="math")
+    assert data_version([edited, b]) != data_version([a, b])
+    assert config_hash({"x": 1, "y": [1, 2]}) == config_hash({"y": [1, 2], "x": 1})
+    assert config_hash({"x": 1}) != config_hash({"x": 2})
+
+    from sftlab.tiny import build_tokenizer
+    t1, t2 = build_tokenizer(), build_tokenizer()
+    f1 = tokenizer_fingerprint(t1)
+    assert f1["sha256"] == tokenizer_fingerprint(t2)["sha256"]
+    assert f1["vocab_size"] == len(t1) and f1["added_tokens"]["<|im_end|>"] == 2
+    t2.chat_template = "{{ messages }}"
+    assert tokenizer_fingerprint(t2)["sha256"] != f1["sha256"]
+    t3 = build_tokenizer(["a different corpus changes the merges entirely"])
+    assert tokenizer_fingerprint(t3)["sha256"] != f1["sha256"]
+
+
+def test_diff_names_each_differing_field():
+    old = {"schema_version": 1, "seed": 1, "masking": {"mode": "all", "max_length": 512},
+           "decoding": [{"purpose": "eval", "temperature": 0.0}]}
+    new = {"schema_version": 1, "seed": 2, "masking": {"mode": "all", "max_length": 1024},
+           "decoding": [{"purpose": "eval", "temperature": 0.0}], "kind": "train"}
+    assert diff_manifests(old, new) == [
+        {"path": "kind", "old": None, "new": "train", "missing": "old"},
+        {"path": "masking.max_length", "old": 512, "new": 1024},
+        {"path": "seed", "old": 1, "new": 2}]
+    assert diff_manifests(old, old) == []
+    assert [d["path"] for d in diff_manifests(old, new, ignore=["kind", "masking"])] == ["seed"]
+
+
+def test_cli_show_and_diff(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    update_manifest(a, **FULL)
+    update_manifest(b, **{**FULL, "seed": 7, "packing": {**FULL["packing"], "efficiency": 0.5}})
+    assert main(["manifest", str(a), "--diff", str(a)]) == 0
+    assert "identical" in capsys.readouterr().out
+    assert main(["manifest", str(a), "--diff", str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "seed: 0 -> 7" in out and "packing.efficiency: 0.97 -> 0.5" in out
+    assert "2 field(s) differ" in out
+    assert main(["manifest", str(a), "--diff", str(b), "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert got["identical"] is False
+    assert {d["path"]: (d["old"], d["new"]) for d in got["differences"]} == {
+        "packing.efficiency": (0.97, 0.5), "seed": (0, 7)}
+
+    assert main(["manifest", str(a), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"schema_version": 1, **FULL}
+    assert main(["manifest", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "dequantised from GGUF Q4_1" in out and "trained_token_share" in out
+
+    assert main(["manifest", str(tmp_path / "missing"), "--json"]) == 2
+    assert "no run manifest" in json.loads(capsys.readouterr().out)["error"]
+    (b / "run.json").write_text("{not json")
+    assert main(["manifest", str(a), "--diff", str(b)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
