@@ -1,0 +1,317 @@
+"""Packing: whole encoded examples into rows of at most ``max_length`` tokens, and rows into tensors.
+
+``pack`` places examples by best-fit-decreasing: the longest example first, each into the open
+row whose free space fits it most tightly, a new row when none fits. An example is never split,
+``position_ids`` restart at 0 for every example, and each row keeps the per-example lengths, from
+which the attention boundaries (a block-diagonal causal mask, or ``cu_seqlens`` for varlen
+kernels) are built by ``collate``. Labels are *not* shifted here; ``sftlab.objective`` does that,
+in one place.
+
+Example (token ids equal to the example index, so a person can check the rows by hand)::
+
+    >>> from types import SimpleNamespace as Ex
+    >>> examples = [Ex(input_ids=[0, 0, 0], loss_weights=[0, 1, 1]),
+    ...             Ex(input_ids=[1, 1], loss_weights=[0, 1]),
+    ...             Ex(input_ids=[2, 2, 2, 2], loss_weights=[0, 0, 1, 1]),
+    ...             Ex(input_ids=[3], loss_weights=[1])]
+    >>> rows = pack(examples, max_length=5)
+    >>> [r.input_ids for r in rows]
+    [(2, 2, 2, 2, 3), (0, 0, 0, 1, 1)]
+    >>> [r.position_ids for r in rows]
+    [(0, 1, 2, 3, 0), (0, 1, 2, 0, 1)]
+    >>> [(r.lengths, r.example_indices, r.cu_seqlens) for r in rows]
+    [((4, 1), (2, 3), (0, 4, 5)), ((3, 2), (0, 1), (0, 3, 5))]
+    >>> packing_efficiency(rows, 5)
+    1.0
+
+The longest example (2) opens row 0 with 1 token free, example 0 opens row 1 with 2 free,
+example 1 fills row 1 exactly, and example 3 fills the last token of row 0.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from itertools import chain
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PackedRow", "pack", "pad_rows", "packing_efficiency", "packing_stats",
+           "length_grouped_order", "collate"]
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """Whole examples laid end to end; at most ``max_length`` tokens, no padding (``collate`` pads)."""
+    input_ids: tuple[int, ...]
+    loss_weights: tuple[float, ...]
+    """Per-token weight of predicting this token (unshifted, as the examples gave them)."""
+    position_ids: tuple[int, ...]
+    """0, 1, ... restarting at 0 at the first token of every example."""
+    lengths: tuple[int, ...]
+    """Number of tokens of each example, in row order."""
+    example_indices: tuple[int, ...]
+    """Index of each example in the list given to ``pack`` / ``pad_rows``."""
+
+    def __post_init__(self):
+        n = len(self.input_ids)
+        if len(self.loss_weights) != n or len(self.position_ids) != n or sum(self.lengths) != n:
+            raise ValueError(f"PackedRow: input_ids ({n}), loss_weights ({len(self.loss_weights)}), "
+                             f"position_ids ({len(self.position_ids)}) and sum(lengths) "
+                             f"({sum(self.lengths)}) must agree")
+        if len(self.lengths) != len(self.example_indices):
+            raise ValueError("PackedRow: one length per example index expected")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def cu_seqlens(self) -> tuple[int, ...]:
+        """Cumulative example lengths starting at 0, as varlen attention kernels take them."""
+        out, total = [0], 0
+        for n in self.lengths:
+            total += n
+            out.append(total)
+        return tuple(out)
+
+    @property
+    def trained_weight(self) -> float:
+        """Sum of the loss weights (before the objective drops each example's first position)."""
+        return float(sum(self.loss_weights))
+
+
+def _check_example(i: int, ex: Any, max_length: int) -> int:
+    n = len(ex.input_ids)
+    where = f"example {i}" + (f" (id {ex.id!r})" if getattr(ex, "id", None) is not None else "")
+    if len(ex.loss_weights) != n:
+        raise ValueError(f"{where}: {n} input_ids but {len(ex.loss_weights)} loss_weights; "
+                         "encode must give one weight per token")
+    if n == 0:
+        raise ValueError(f"{where}: no tokens; drop empty examples before packing")
+    if n > max_length:
+        raise ValueError(f"{where}: {n} tokens > max_length {max_length}; packing never splits an "
+                         "example, so encode with the same max_length (it truncates or quarantines)")
+    return n
+
+
+def _make_row(examples: Sequence[Any], indices: Sequence[int]) -> PackedRow:
+    chosen = [examples[i] for i in indices]
+    lengths = tuple(len(ex.input_ids) for ex in chosen)
+    return PackedRow(tuple(chain.from_iterable(ex.input_ids for ex in chosen)),
+                     tuple(chain.from_iterable(ex.loss_weights for ex in chosen)),
+                     tuple(chain.from_iterable(map(range, lengths))),
+                     lengths, tuple(indices))
+
+
+class _FreeSpaceIndex:
+    """Open rows bucketed by free space; finds the tightest bucket >= n in O(log max_length).
+
+    A segment tree over the free-space values 0..max_length counts non-empty buckets; each bucket
+    is a heap of row numbers, so ties go to the row opened first (deterministic).
+    """
+
+    def __init__(self, max_length: int):
+        self.size = 1 << max_length.bit_length()      # > max_length
+        self.tree = [0] * (2 * self.size)
+        self.buckets: dict[int, list[int]] = {}
+
+    def _mark(self, free: int, delta: int) -> None:
+        i = free + self.size
+        while i:
+            self.tree[i] += delta
+            i >>= 1
+
+    def add(self, free: int, row: int) -> None:
+        bucket = self.buckets.setdefault(free, [])
+        if not bucket:
+            self._mark(free, 1)
+        heapq.heappush(bucket, row)
+
+    def pop_fitting(self, n: int) -> tuple[int, int] | None:
+        """Remove and return ``(free, row)`` for the row with the least free space >= n."""
+        tree, i = self.tree, n + self.size
+        if not tree[i]:
+            while i > 1 and not (i % 2 == 0 and tree[i + 1]):
+                i >>= 1
+            if i == 1:
+                return None
+            i += 1
+            while i < self.size:
+                i = 2 * i if tree[2 * i] else 2 * i + 1
+        free = i - self.size
+        bucket = self.buckets[free]
+        row = heapq.heappop(bucket)
+        if not bucket:
+            self._mark(free, -1)
+        return free, row
+
+
+def _best_fit_decreasing(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Groups of positions into ``lengths``; each group sums to <= max_length."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    index = _FreeSpaceIndex(max_length)
+    groups: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        hit = index.pop_fitting(n)
+        if hit is None:
+            free, row = max_length, len(groups)
+            groups.append([])
+        else:
+            free, row = hit
+        groups[row].append(i)
+        if free - n > 0:
+            index.add(free - n, row)
+    return groups
+
+
+def pack(examples: Sequence[Any], max_length: int, *, buffer_size: int | None = None) -> list[PackedRow]:
+    """Best-fit-decreasing packing of whole examples into rows of at most ``max_length`` tokens.
+
+    ``examples`` are anything with ``input_ids`` and ``loss_weights`` (``EncodedExample``).
+    With ``buffer_size=None`` the whole dataset is packed at once (the tightest packing); with
+    ``buffer_size=k`` consecutive blocks of k examples are packed independently and their rows
+    concatenated, so a row only holds examples from one block (bounded memory, and the data order
+    survives at block granularity). Rows come in the order they were opened, i.e. roughly by
+    decreasing length of their first example: shuffle them for training. Ties are broken by
+    example index and row number, so the result depends only on the input.
+    See the module docstring for a worked example.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    lengths = [_check_example(i, ex, max_length) for i, ex in enumerate(examples)]
+    step = buffer_size or len(lengths) or 1
+    if step < 1:
+        raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+    rows: list[PackedRow] = []
+    for start in range(0, len(lengths), step):
+        block = lengths[start:start + step]
+        for group in _best_fit_decreasing(block, max_length):
+            rows.append(_make_row(examples, [start + j for j in group]))
+    return rows
+
+
+def pad_rows(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
+    """Padded mode: one example per row, in the given order (``collate`` adds the padding).
+
+        >>> from types import SimpleNamespace as Ex
+        >>> [r.input_ids for r in pad_rows([Ex(input_ids=[5, 6], loss_weights=[0, 1])], 4)]
+        [(5, 6)]
+    """
+    for i, ex in enumerate(examples):
+        _check_example(i, ex, max_length)
+    return [_make_row(examples, [i]) for i in range(len(examples))]
+
+
+def length_grouped_order(examples: Sequence[Any], batch_size: int, *, seed: int = 0) -> list[int]:
+    """Example order for padded mode where each run of ``batch_size`` has similar lengths.
+
+    Examples are sorted by length (longest first, ties by index), cut into batches, and the
+    batches are shuffled with ``seed``; the first batch stays the longest one so an out-of-memory
+    error shows at the first step. Take consecutive ``batch_size`` slices of the result.
+
+        >>> from types import SimpleNamespace as Ex
+        >>> exs = [Ex(input_ids=[0] * n, loss_weights=[1] * n) for n in (1, 5, 2, 6)]
+        >>> length_grouped_order(exs, 2, seed=0)
+        [3, 1, 2, 0]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i].input_ids), i))
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    rest = batches[1:]
+    random.Random(seed).shuffle(rest)
+    return [i for b in batches[:1] + rest for i in b]
+
+
+def packing_efficiency(rows: Sequence[PackedRow], max_length: int) -> float:
+    """Example tokens / (rows x max_length): the share of a fixed-shape batch that is not padding."""
+    if not rows:
+        return 0.0
+    return sum(len(r) for r in rows) / (len(rows) * max_length)
+
+
+def packing_stats(rows: Sequence[PackedRow], max_length: int, *, mode: str = "packed") -> dict:
+    """The ``packing`` section of the run manifest."""
+    return {"mode": mode, "strategy": "best_fit_decreasing" if mode == "packed" else "one_per_row",
+            "max_length": max_length, "rows": len(rows),
+            "examples": sum(len(r.lengths) for r in rows),
+            "tokens": sum(len(r) for r in rows),
+            "efficiency": round(packing_efficiency(rows, max_length), 6)}
+
+
+def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = None,
+            for_flash: bool = False, mask_dtype=None) -> dict:
+    """Rows -> tensors for one forward pass (labels are not shifted here).
+
+    Padded layout (default): ``input_ids`` [B,T] (``pad_id`` after each row), ``loss_weights``
+    [B,T] float32 (0 on padding), ``position_ids`` [B,T] (0 on padding), ``attention_mask``
+    [B,1,T,T] block-diagonal causal, ``seq_lengths`` [n] and ``cu_seqlens`` [n+1] int32 over the
+    examples of the batch in row order (padding excluded), and ``max_seqlen``. T is
+    ``max_length`` when given (fixed shapes), else the longest row.
+
+    The mask is what masks padding, never the token id (pad and eos may be the same token). It is
+    boolean (True = may attend), which transformers' SDPA path uses as it is; pass
+    ``mask_dtype=torch.float32`` (or the model's dtype) for an additive mask (0 / finfo.min), as
+    eager attention needs. A padding query attends to itself only, so no softmax row is empty
+    (an all-masked row gives NaN, which would poison the gradients even at weight 0).
+
+    ``for_flash=True`` gives the padding-free layout: every row concatenated into batch size 1,
+    no ``attention_mask``, ``position_ids`` restarting per example. transformers then finds the
+    boundaries from ``position_ids`` (flash_attention_2 with varlen kernels; SDPA builds the
+    same block-diagonal mask from them), but only with ``use_cache=False``: with a cache it
+    treats the row as one sequence.
+
+        >>> from types import SimpleNamespace as Ex
+        >>> rows = pack([Ex(input_ids=[7, 8], loss_weights=[0, 1]), Ex(input_ids=[9], loss_weights=[1])], 4)
+        >>> b = collate(rows, pad_id=0)
+        >>> b["input_ids"].tolist(), b["position_ids"].tolist(), b["cu_seqlens"].tolist()
+        ([[7, 8, 9]], [[0, 1, 0]], [0, 2, 3])
+        >>> b["attention_mask"][0, 0].int().tolist()
+        [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("collate: no rows")
+    lengths = [n for r in rows for n in r.lengths]
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
+    common = {"seq_lengths": torch.tensor(lengths, dtype=torch.int32), "cu_seqlens": cu,
+              "max_seqlen": max(lengths)}
+    if for_flash:
+        return {"input_ids": torch.tensor([[t for r in rows for t in r.input_ids]]),
+                "loss_weights": torch.tensor([[w for r in rows for w in r.loss_weights]],
+                                             dtype=torch.float32),
+                "position_ids": torch.tensor([[p for r in rows for p in r.position_ids]]),
+                **common}
+    T = max(len(r) for r in rows) if max_length is None else max_length
+    if any(len(r) > T for r in rows):
+        raise ValueError(f"collate: a row has {max(len(r) for r in rows)} tokens > max_length {T}")
+    B = len(rows)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    weights = torch.zeros((B, T), dtype=torch.float32)
+    positions = torch.zeros((B, T), dtype=torch.long)
+    segment = torch.full((B, T), -1, dtype=torch.long)   # example number within the row, -1 = pad
+    for b, r in enumerate(rows):
+        n = len(r)
+        input_ids[b, :n] = torch.tensor(r.input_ids, dtype=torch.long)
+        weights[b, :n] = torch.tensor(r.loss_weights, dtype=torch.float32)
+        positions[b, :n] = torch.tensor(r.position_ids, dtype=torch.long)
+        segment[b, :n] = torch.repeat_interleave(torch.arange(len(r.lengths)), torch.tensor(r.lengths))
+    return {"input_ids": input_ids, "loss_weights": weights, "position_ids": positions,
+            "attention_mask": _block_causal_mask(segment, mask_dtype), **common}
+
+
+def _block_causal_mask(segment, mask_dtype):
+    """[B,1,T,T]: query q sees key k iff same example and k <= q; padding sees only itself."""
+    import torch
+
+    T = segment.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+    allowed = (same & causal) | torch.eye(T, dtype=torch.bool)
+    allowed = allowed[:, None]
+    if mask_dtype is None or mask_dtype == torch.bool:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
