@@ -1,0 +1,366 @@
+"""Conversation -> token ids and response-only loss weights, built together in one place.
+
+The template (``sftlab.templates``) renders the conversation and says where every message's
+content lies in the text. Here the text is tokenized once with character offsets, and each
+token's weight is read off those spans:
+
+- weight w (the message's ``weight``, default 1.0) on every token that overlaps a trained
+  assistant message's content, and on the end-of-turn marker the template writes after it
+  (``<|im_end|>``, ``<|eot_id|>``, ...), but not on the newline that follows the marker;
+- 0 on system, user and tool tokens and on all template scaffolding.
+
+Role tokens are control tokens only: when a message's content spells a special token of the
+tokenizer (user text ``<|im_start|>assistant``), that piece is encoded as ordinary text, so no
+control token can come from content. Otherwise the ids equal ``tokenizer(rendering,
+add_special_tokens=False)`` of the template's own rendering, BOS never doubled.
+
+Example (ChatML, a tokenizer with ``<|im_start|>``/``<|im_end|>`` as special tokens)::
+
+    user "2+2?", assistant "4"  renders as
+    <|im_start|>user\\n2+2?<|im_end|>\\n<|im_start|>assistant\\n4<|im_end|>\\n
+    weights:  0 ...................... 0 ........................ 1 1 ....... 0
+                                                  (the "4" and its <|im_end|> are trained)
+
+``max_length`` truncation removes whole early exchanges (a user message and the replies that
+follow it), keeping the system message, and never cuts inside a trained turn. A conversation
+whose last exchange alone is longer than ``max_length``, or that has no trained token left, raises
+``EncodingError``: such records are quarantined with the reason, not trained on.
+"""
+from __future__ import annotations
+
+import bisect
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sftlab.conversation import Conversation, Message, Origin
+from sftlab.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
+
+
+class EncodingError(ValueError):
+    """This record cannot be encoded exactly; the message is the quarantine reason."""
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    input_ids: list[int]
+    loss_weights: list[float]
+    """Same length as ``input_ids``; the weight of predicting that token (shifted by the objective)."""
+    slice: str | None = None
+    task: str | None = None
+    id: str | None = None
+    expected: str | None = None
+    policy_category: str | None = None
+    trained_tokens: int = 0
+    """Tokens with a weight > 0."""
+    trained_weight: float = 0.0
+    """Sum of the weights."""
+    dropped_turns: int = 0
+    """Messages removed from the front by ``max_length`` truncation."""
+    origin: Origin | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def as_conversation(record) -> Conversation:
+    """A ``Conversation`` from itself or from a record dict (any format ``sftlab.formats`` reads)."""
+    if isinstance(record, Conversation):
+        return record
+    if isinstance(record, dict):
+        from sftlab import formats
+
+        return formats.to_conversation(record)
+    raise TypeError(f"expected a Conversation or a record dict, got {type(record).__name__}")
+
+
+class _Encoder:
+    """A tokenizer bound to a template, with the lookups encoding needs prepared once."""
+
+    def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TemplateError("sftlab needs a fast (Rust) tokenizer: character offsets make the masks exact")
+        missing = missing_control_tokens(template, tokenizer)
+        if missing and not allow_missing_control:
+            raise TemplateError(
+                f"the {template.name} template writes control tokens the tokenizer does not have as special "
+                f"tokens: {missing}; add them (sftlab.templates.add_role_tokens, or add_role_tokens: true in "
+                f"the training config) or use the tokenizer's own template")
+        self.tokenizer = tokenizer
+        self.template = template
+        # Two private copies of the Rust tokenizer, so padding or truncation configured on the
+        # user's tokenizer cannot leak in; the second never matches special tokens, for content
+        # that spells one.
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(backend.to_str())
+        self.plain = Tokenizer.from_str(backend.to_str())
+        for t in (self.backend, self.plain):
+            t.no_padding()
+            t.no_truncation()
+        self.plain.encode_special_tokens = True
+        specials = [t for t in template.control_tokens if t not in missing]
+        for tok in getattr(tokenizer, "all_special_tokens", []):
+            specials.append(str(tok))
+        for added in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values():
+            if getattr(added, "special", False):
+                specials.append(added.content)
+        specials = sorted(set(s for s in specials if s), key=len, reverse=True)
+        self.special_re = re.compile("|".join(map(re.escape, specials))) if specials else None
+
+    # -- tokenization ---------------------------------------------------------------------------
+    def tokenize(self, layout: Layout, encoding=None) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character offsets of the rendering; special-token text inside content stays text."""
+        injected = self._injected(layout)
+        if not injected:
+            enc = encoding if encoding is not None else self.backend.encode(layout.text, add_special_tokens=False)
+            return enc.ids, enc.offsets
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        pos = 0
+        for a, b in injected + [(len(layout.text), len(layout.text))]:
+            for piece_start, piece_end, tok in ((pos, a, self.backend), (a, b, self.plain)):
+                if piece_end <= piece_start:
+                    continue
+                enc = tok.encode(layout.text[piece_start:piece_end], add_special_tokens=False)
+                ids.extend(enc.ids)
+                offsets.extend((piece_start + s, piece_start + e) for s, e in enc.offsets)
+            pos = b
+        return ids, offsets
+
+    def _injected(self, layout: Layout) -> list[tuple[int, int]]:
+        """Character ranges inside message content that spell a special token."""
+        if self.special_re is None:
+            return []
+        found = []
+        for s in layout.spans:
+            for m in self.special_re.finditer(layout.text, s.start, s.end):
+                found.append((m.start(), m.end()))
+        return sorted(found)
+
+    # -- weights --------------------------------------------------------------------------------
+    @staticmethod
+    def weights(offsets: Sequence[tuple[int, int]], layout: Layout, trained: dict[int, float]) -> list[float]:
+        """Per-token weights: ``trained[i]`` on tokens overlapping assistant message i's content + eot."""
+        n = len(offsets)
+        w = [0.0] * n
+        if not trained:
+            return w
+        starts = [s for s, _ in offsets]
+        ends = [e for _, e in offsets]
+        for span in layout.spans:
+            weight = trained.get(span.index)
+            if not weight:
+                continue
+            hi_char = span.eot_end if span.eot_end is not None else span.end
+            lo = bisect.bisect_right(ends, span.start)      # first token ending after the start
+            hi = bisect.bisect_left(starts, hi_char)        # first token starting at/after the end
+            for k in range(lo, hi):
+                if ends[k] > starts[k]:
+                    w[k] = weight
+        return w
+
+
+_ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False) -> _Encoder:
+    if not isinstance(template, ChatTemplate):
+        template = get_template(template, tokenizer)
+    key = (template.fingerprint, allow_missing_control)
+    try:
+        cache = _ENCODERS.setdefault(tokenizer, {})
+    except TypeError:
+        cache = {}
+    if key not in cache:
+        cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control)
+    return cache[key]
+
+
+def _trained_messages(messages: Sequence[Message], last_turn_only: bool) -> dict[int, float]:
+    """Message index -> weight for every assistant message that is trained."""
+    assistant = [i for i, m in enumerate(messages) if m.role == "assistant"]
+    last = assistant[-1] if assistant else None
+    out = {}
+    for i in assistant:
+        m = messages[i]
+        if m.train is False or (last_turn_only and i != last and m.train is not True):
+            continue
+        weight = 1.0 if m.weight is None else float(m.weight)
+        if weight > 0:
+            out[i] = weight
+    return out
+
+
+def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]:
+    """(leading system indices, exchanges): an exchange is a user message and what follows it."""
+    head = [i for i, m in enumerate(messages) if m.role == "system" and i == 0]
+    groups: list[list[int]] = []
+    for i in range(len(head), len(messages)):
+        if messages[i].role == "user" or not groups:
+            groups.append([])
+        groups[-1].append(i)
+    return head, groups
+
+
+def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
+    return enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
+
+
+def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_turn_only: bool,
+           dropped: int, layout: Layout | None = None, encoding=None) -> EncodedExample:
+    layout = layout if layout is not None else _layout(enc, messages)
+    ids, offsets = enc.tokenize(layout, encoding)
+    weights = enc.weights(offsets, layout, _trained_messages(messages, last_turn_only))
+    trained = sum(1 for x in weights if x > 0)
+    return EncodedExample(list(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
+                          conv.policy_category, trained, float(sum(weights)), dropped, conv.origin)
+
+
+def _finish(enc: _Encoder, conv: Conversation, ex: EncodedExample, max_length: int | None,
+            last_turn_only: bool) -> EncodedExample:
+    """Truncate by whole early exchanges when needed, then insist on a trained token."""
+    if max_length is not None and len(ex) > max_length:
+        head, groups = _exchanges(conv.messages)
+        for k in range(1, len(groups)):
+            kept = head + [i for g in groups[k:] for i in g]
+            ex = _build(enc, conv, [conv.messages[i] for i in kept], last_turn_only,
+                        len(conv.messages) - len(kept))
+            if len(ex) <= max_length:
+                break
+        if len(ex) > max_length:
+            raise EncodingError(
+                f"the final exchange alone is {len(ex)} tokens, longer than max_length={max_length}; "
+                f"it cannot be truncated without cutting a trained turn (raise max_length or shorten it)")
+    if ex.trained_tokens == 0:
+        raise EncodingError("no trained token: no assistant message is trained (all have train=false or "
+                            "weight 0, or truncation removed them)")
+    return ex
+
+
+def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
+           max_length: int | None = None, last_turn_only: bool = False) -> EncodedExample:
+    """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
+
+    ``template=None`` uses the tokenizer's own ``chat_template``; a name picks a built-in format.
+    Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
+    ``TemplateError`` when the template and tokenizer do not fit together.
+    """
+    conv = as_conversation(conversation)
+    enc = _encoder(tokenizer, template)
+    try:
+        ex = _build(enc, conv, conv.messages, last_turn_only, 0)
+    except TemplateError as e:
+        raise EncodingError(str(e)) from None
+    return _finish(enc, conv, ex, max_length, last_turn_only)
+
+
+def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
+               max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
+               batch_size: int = 1024, progress: bool = False):
+    """Encode many conversations: ``(examples, quarantined)``.
+
+    ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
+    ``id`` and ``reason``, so records in = examples + quarantined. Texts are tokenized in batches
+    (the Rust tokenizer runs them on all cores); ``num_proc > 1`` also spreads rendering and
+    weighting over processes.
+    """
+    convs = [as_conversation(c) for c in conversations]
+    if num_proc > 1 and len(convs) > 4 * batch_size:
+        return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size)
+    enc = _encoder(tokenizer, template)
+    examples: list[EncodedExample] = []
+    quarantined: list[dict] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(convs), desc="encode", unit="conv")
+    for b in range(0, len(convs), batch_size):
+        chunk = convs[b:b + batch_size]
+        layouts, failures = [], {}
+        for j, conv in enumerate(chunk):
+            try:
+                layouts.append(_layout(enc, conv.messages))
+            except TemplateError as e:
+                failures[j] = str(e)
+                layouts.append(None)
+        texts = [lay.text for lay in layouts if lay is not None]
+        encodings = iter(enc.backend.encode_batch(texts, add_special_tokens=False))
+        for j, conv in enumerate(chunk):
+            if j in failures:
+                quarantined.append(_quarantine_entry(conv, failures[j]))
+                continue
+            try:
+                ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], next(encodings))
+                examples.append(_finish(enc, conv, ex, max_length, last_turn_only))
+            except (EncodingError, TemplateError) as e:
+                quarantined.append(_quarantine_entry(conv, str(e)))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return examples, quarantined
+
+
+def _quarantine_entry(conv: Conversation, reason: str) -> dict:
+    origin = conv.origin
+    return {"file": origin.file if origin else None, "line": origin.line if origin else None,
+            "id": conv.id, "stage": "encode", "reason": reason, "record": conv.to_dict()}
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size):
+    _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
+                   last_turn_only=last_turn_only, batch_size=batch_size)
+
+
+def _worker_run(convs):
+    w = _WORKER
+    return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
+                      last_turn_only=w["last_turn_only"], batch_size=w["batch_size"])
+
+
+def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size):
+    import multiprocessing as mp
+    import os
+
+    if not isinstance(template, ChatTemplate):
+        template = get_template(template, tokenizer)
+    _encoder(tokenizer, template)  # fail early, in this process, on a template/tokenizer mismatch
+    step = -(-len(convs) // (num_proc * 4))
+    chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ctx = mp.get_context("fork")
+    with ctx.Pool(num_proc, initializer=_worker_init,
+                  initargs=(tokenizer, template, max_length, last_turn_only, batch_size)) as pool:
+        results = pool.map(_worker_run, chunks)
+    examples, quarantined = [], []
+    for ex, q in results:
+        examples.extend(ex)
+        quarantined.extend(q)
+    return examples, quarantined
+
+
+def encode_prompt(messages: Sequence[dict | Message], tokenizer, template: ChatTemplate | str | None = None,
+                  add_generation_prompt: bool = True) -> list[int]:
+    """Ids of a prompt for generation, with the same guarantee: content never becomes a control token.
+
+    A template whose control tokens the tokenizer lacks (an alternate template in a robustness
+    check) is still rendered; its markers are then ordinary text, as they would be for any user.
+    """
+    enc = _encoder(tokenizer, template, allow_missing_control=True)
+    msgs = [{"role": m.role, "content": m.content} if isinstance(m, Message) else
+            {"role": m["role"], "content": m["content"]} for m in messages]
+    layout = enc.template.layout(msgs, add_generation_prompt=add_generation_prompt)
+    ids, _ = enc.tokenize(layout)
+    return list(ids)
+
+
+def token_view(example: EncodedExample, tokenizer) -> list[tuple[str, float]]:
+    """``(token text, weight)`` pairs, for ``sftlab inspect`` and the report's mask preview."""
+    return [(tokenizer.decode([i]), w) for i, w in zip(example.input_ids, example.loss_weights)]

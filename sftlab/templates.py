@@ -1,0 +1,495 @@
+"""Chat templates: how a conversation becomes text, and where each message's content lies in it.
+
+A ``ChatTemplate`` is either one of the built-in formats (``chatml``, ``llama3``, ``mistral``,
+``gemma``, ``zephyr``, ``phi3``, ``alpaca``) or the Jinja ``chat_template`` of a Hugging Face
+tokenizer, rendered with transformers' sandboxed Jinja environment. Either way it produces a
+``Layout``: the rendered text plus the character span of every message's content. Encoding
+(``sftlab.encode``) turns that into token ids and loss weights; nothing here tokenizes.
+
+Built-in formats are data (``_Format``): a fast Python renderer that records spans while it
+concatenates, and the equivalent Jinja source (with ``{% generation %}`` markers) that is installed
+into the tokenizer of a trained model, so ``apply_chat_template`` reproduces the training text.
+A test checks that both renderings agree for every built-in.
+
+For a Jinja template the spans are derived from incremental renderings: the content of message i
+lies between the rendering of ``messages[:i]`` and that of ``messages[:i+1]``. That holds only when
+each prefix rendering is a prefix of the whole rendering; templates that re-render history (for
+example by dropping earlier reasoning) are detected and reported, never silently mis-masked.
+
+Example::
+
+    >>> t = get_template("chatml")
+    >>> lay = t.layout([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    >>> lay.text
+    '<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\nyo<|im_end|>\\n'
+    >>> [(lay.text[s.start:s.end], s.eot_end and lay.text[s.end:s.eot_end]) for s in lay.spans]
+    [('hi', None), ('yo', '<|im_end|>')]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from dataclasses import dataclass, field
+
+BUILTIN_TEMPLATES = ("chatml", "llama3", "mistral", "gemma", "zephyr", "phi3", "alpaca")
+
+
+class TemplateError(ValueError):
+    """The template cannot render this conversation exactly (reason in the message)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where message ``index``'s content lies in the rendered text (``text[start:end]``).
+
+    ``eot_end`` is set for assistant messages only: ``text[end:eot_end]`` is the end-of-turn
+    marker the template writes right after the content (for example ``<|im_end|>``), which is
+    trained with the content; ``None`` when the template writes none.
+    """
+    index: int
+    role: str
+    start: int
+    end: int
+    eot_end: int | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    text: str
+    spans: tuple[Span, ...]
+
+
+@dataclass(frozen=True)
+class _Format:
+    """A built-in chat format. ``{eos}`` in any piece is replaced by the tokenizer's eos token."""
+    name: str
+    prefix: dict[str, str]            # role -> text before the content
+    suffix: dict[str, str]            # role -> text after the content (assistant: starts with the eot)
+    eot: tuple[str, ...]              # the end-of-turn marker(s) trained after assistant content
+    generation_prompt: str
+    bos: str = ""
+    merge_system: bool = False        # system text is prepended to the first user message
+    default_system: str | None = None
+    role_names: dict[str, str] = field(default_factory=dict)  # role -> name written in the header
+    extra_control: tuple[str, ...] = ()
+
+
+_CHATML = _Format(
+    "chatml",
+    prefix={r: f"<|im_start|>{r}\n" for r in ("system", "user", "assistant", "tool")},
+    suffix={r: "<|im_end|>\n" for r in ("system", "user", "assistant", "tool")},
+    eot=("<|im_end|>",), generation_prompt="<|im_start|>assistant\n", extra_control=("<|im_start|>",))
+
+_LLAMA3 = _Format(
+    "llama3",
+    prefix={r: f"<|start_header_id|>{n}<|end_header_id|>\n\n" for r, n in
+            (("system", "system"), ("user", "user"), ("assistant", "assistant"), ("tool", "ipython"))},
+    suffix={r: "<|eot_id|>" for r in ("system", "user", "assistant", "tool")},
+    eot=("<|eot_id|>",), generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    bos="<|begin_of_text|>", extra_control=("<|start_header_id|>", "<|end_header_id|>"))
+
+_MISTRAL = _Format(
+    "mistral",
+    prefix={"user": "[INST] ", "assistant": ""},
+    suffix={"user": " [/INST]", "assistant": "</s>"},
+    eot=("</s>",), generation_prompt="", bos="<s>", merge_system=True,
+    extra_control=("[INST]", "[/INST]"))
+
+_GEMMA = _Format(
+    "gemma",
+    prefix={"user": "<start_of_turn>user\n", "assistant": "<start_of_turn>model\n"},
+    suffix={"user": "<end_of_turn>\n", "assistant": "<end_of_turn>\n"},
+    eot=("<end_of_turn>",), generation_prompt="<start_of_turn>model\n", bos="<bos>", merge_system=True,
+    extra_control=("<start_of_turn>",))
+
+_ZEPHYR = _Format(
+    "zephyr",
+    prefix={r: f"<|{r}|>\n" for r in ("system", "user", "assistant")},
+    suffix={r: "</s>\n" for r in ("system", "user", "assistant")},
+    eot=("</s>",), generation_prompt="<|assistant|>\n", extra_control=("<|system|>", "<|user|>", "<|assistant|>"))
+
+_PHI3 = _Format(
+    "phi3",
+    prefix={r: f"<|{r}|>\n" for r in ("system", "user", "assistant")},
+    suffix={r: "<|end|>\n" for r in ("system", "user", "assistant")},
+    eot=("<|end|>",), generation_prompt="<|assistant|>\n", extra_control=("<|system|>", "<|user|>", "<|assistant|>"))
+
+_ALPACA = _Format(
+    "alpaca",
+    prefix={"system": "", "user": "### Instruction:\n", "assistant": "### Response:\n"},
+    suffix={"system": "\n\n", "user": "\n\n", "assistant": "{eos}\n\n"},
+    eot=("{eos}",), generation_prompt="### Response:\n",
+    default_system="Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")
+
+_FORMATS = {f.name: f for f in (_CHATML, _LLAMA3, _MISTRAL, _GEMMA, _ZEPHYR, _PHI3, _ALPACA)}
+
+
+def _jinja_str(s: str) -> str:
+    """A Jinja expression for the literal ``s`` (``{eos}`` becomes the ``eos_token`` variable)."""
+    parts = s.split("{eos}")
+    out = " + eos_token + ".join(json.dumps(p) for p in parts)
+    return out.replace('"" + ', "").replace(' + ""', "") or '""'
+
+
+def _format_jinja(f: _Format) -> str:
+    """The Jinja source equivalent to ``_Format`` rendering, with ``{% generation %}`` markers."""
+    # The assistant suffix is the trained end-of-turn marker followed by untrained text.
+    a_eot = "".join(f.eot)
+    a_after = f.suffix["assistant"][len(a_eot):]
+    lines = []
+    if f.bos:
+        lines.append("{{- " + _jinja_str(f.bos) + " }}")
+    if f.default_system is not None:
+        lines.append("{%- if messages and messages[0]['role'] != 'system' %}{{- "
+                     + _jinja_str(f.default_system + f.suffix["system"]) + " }}{%- endif %}")
+    if f.merge_system:
+        lines.append("{%- set ns = namespace(system='') %}")
+    lines.append("{%- for message in messages %}")
+    branches = []
+    for role in ("system", "user", "assistant", "tool"):
+        if role == "system" and f.merge_system:
+            body = "{%- set ns.system = message['content'] + '\\n\\n' %}"
+        elif role not in f.prefix:
+            body = ("{{- raise_exception('the " + f.name + " format has no " + role + " role') }}")
+        elif role == "assistant":
+            body = ("{{- " + _jinja_str(f.prefix[role]) + " }}{%- generation %}{{- message['content'] + "
+                    + _jinja_str(a_eot) + " }}{%- endgeneration %}"
+                    + ("{{- " + _jinja_str(a_after) + " }}" if a_after else ""))
+        elif role == "user" and f.merge_system:
+            body = ("{{- " + _jinja_str(f.prefix[role]) + " + ns.system + message['content'] + "
+                    + _jinja_str(f.suffix[role]) + " }}{%- set ns.system = '' %}")
+        else:
+            body = ("{{- " + _jinja_str(f.prefix[role]) + " + message['content'] + "
+                    + _jinja_str(f.suffix[role]) + " }}")
+        branches.append(("{%- if" if not branches else "{%- elif") + f" message['role'] == '{role}' %}}" + body)
+    lines.extend(branches)
+    lines.append("{%- else %}{{- raise_exception('unknown role: ' + message['role']) }}{%- endif %}")
+    lines.append("{%- endfor %}")
+    if f.generation_prompt:
+        lines.append("{%- if add_generation_prompt %}{{- " + _jinja_str(f.generation_prompt) + " }}{%- endif %}")
+    return "".join(lines)
+
+
+def _format_layout(f: _Format, messages: list[dict], eos: str, add_generation_prompt: bool) -> Layout:
+    """Render with a built-in format, recording each content span as the text is built."""
+    sub = (lambda s: s.replace("{eos}", eos))
+    parts: list[str] = []
+    pos = 0
+    spans: list[Span] = []
+
+    def put(s: str) -> None:
+        nonlocal pos
+        parts.append(s)
+        pos += len(s)
+
+    put(sub(f.bos))
+    if f.default_system is not None and messages and messages[0]["role"] != "system":
+        put(sub(f.default_system + f.suffix["system"]))
+    pending_system: tuple[int, str] | None = None
+    eot = sub("".join(f.eot))
+    for i, m in enumerate(messages):
+        role, content = m["role"], m["content"]
+        if role == "system" and f.merge_system:
+            pending_system = (i, content)
+            continue
+        if role not in f.prefix:
+            raise TemplateError(f"the {f.name} format has no {role} role")
+        put(sub(f.prefix[role]))
+        if role == "user" and pending_system is not None:
+            spans.append(Span(pending_system[0], "system", pos, pos + len(pending_system[1])))
+            put(pending_system[1] + "\n\n")
+            pending_system = None
+        start = pos
+        put(content)
+        suffix = sub(f.suffix[role])
+        eot_end = pos + len(eot) if role == "assistant" else None
+        spans.append(Span(i, role, start, pos, eot_end))
+        put(suffix)
+    if add_generation_prompt:
+        put(sub(f.generation_prompt))
+    return Layout("".join(parts), tuple(spans))
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat format bound to a tokenizer's special-token strings. See the module docstring."""
+    name: str
+    source: str
+    """Jinja source: what is installed as the tokenizer's ``chat_template``."""
+    control_tokens: tuple[str, ...]
+    """Strings the template writes as control tokens (role markers, end-of-turn, bos)."""
+    end_of_turn: tuple[str, ...]
+    """The end-of-turn marker(s) trained after each assistant message."""
+    fingerprint: str
+    """sha256 of the template source, control tokens, end-of-turn marker(s) and the tokenizer."""
+    special: dict = field(compare=False, hash=False, repr=False, default_factory=dict)
+    _format: _Format | None = field(default=None, compare=False, hash=False, repr=False)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self._format is not None
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.layout(messages, add_generation_prompt).text
+
+    def layout(self, messages: list[dict], add_generation_prompt: bool = False) -> Layout:
+        """The rendered text and the content span of every message (see ``Span``)."""
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if self._format is not None:
+            return _format_layout(self._format, messages, self.special.get("eos_token") or "",
+                                  add_generation_prompt)
+        return _jinja_layout(self, messages, add_generation_prompt)
+
+    def describe(self) -> dict:
+        """The manifest's ``template`` section."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "builtin": self.is_builtin,
+                "control_tokens": list(self.control_tokens), "end_of_turn": list(self.end_of_turn)}
+
+
+def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, _ = render_jinja_template(conversations=[messages], chat_template=t.source,
+                                            add_generation_prompt=add_generation_prompt, **t.special)
+    except Exception as e:  # jinja2 TemplateError, raise_exception(), a template bug
+        raise TemplateError(f"template '{t.name}' failed to render: {type(e).__name__}: {e}") from None
+    return rendered[0]
+
+
+def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> Layout:
+    text = _render_jinja(t, messages, add_generation_prompt)
+    spans = []
+    try:
+        region_start = len(_render_jinja(t, [], False)) if messages else 0
+    except TemplateError:
+        region_start = 0
+    deferred: list[int] = []  # system messages some templates fold into the next user turn
+    for i, m in enumerate(messages):
+        prefix = _render_jinja(t, messages[:i + 1], False)
+        if not text.startswith(prefix):
+            raise TemplateError(
+                f"template '{t.name}' is not prefix-stable: rendering messages[:{i + 1}] is not a prefix "
+                f"of the whole conversation (the template re-renders earlier turns), so message spans "
+                f"cannot be derived exactly; use a built-in template or one with stable history")
+        region_end = len(prefix)
+        for j in deferred:
+            start = _find_content(text, messages[j]["content"], region_start, region_end, last=False)
+            if start is None:
+                raise _not_verbatim(t, j, messages[j]["role"])
+            spans.append(_span(text, messages[j], j, start, region_end, t.end_of_turn))
+            region_start = spans[-1].end
+        deferred = []
+        search_from = region_start
+        if m["role"] == "assistant":
+            gp = _render_jinja(t, messages[:i], True)
+            if text.startswith(gp) and len(gp) >= region_start:
+                search_from = len(gp)
+        start = _find_content(text, m["content"], search_from, region_end)
+        if start is None:
+            if m["role"] == "system" and i + 1 < len(messages):
+                deferred.append(i)
+                continue
+            raise _not_verbatim(t, i, m["role"])
+        spans.append(_span(text, m, i, start, region_end, t.end_of_turn))
+        region_start = region_end
+    if deferred:
+        raise _not_verbatim(t, deferred[0], "system")
+    return Layout(text, tuple(sorted(spans, key=lambda s: s.index)))
+
+
+def _span(text: str, m: dict, i: int, start: int, region_end: int, end_of_turn: tuple[str, ...]) -> Span:
+    content = m["content"] if text.startswith(m["content"], start) else m["content"].strip()
+    end = start + len(content)
+    eot_end = _eot_end(text, end, region_end, end_of_turn) if m["role"] == "assistant" else None
+    return Span(i, m["role"], start, end, eot_end)
+
+
+def _not_verbatim(t: ChatTemplate, i: int, role: str) -> TemplateError:
+    return TemplateError(
+        f"template '{t.name}' transforms message {i} ({role}) so that its content does not "
+        f"appear verbatim in the rendering; its tokens cannot be masked exactly")
+
+
+def _find_content(text: str, content: str, lo: int, hi: int, last: bool = True) -> int | None:
+    """Start of ``content`` (or its stripped form: templates often trim) within ``text[lo:hi]``.
+
+    By default the last occurrence: scaffolding comes before the content and may contain its text
+    by accident (content "user" in ``<|im_start|>user\n``). A folded system prompt comes first.
+    """
+    for c in (content, content.strip()):
+        k = text.rfind(c, lo, hi) if last else text.find(c, lo, hi)
+        if k >= 0:
+            return k
+    return None
+
+
+def _eot_end(text: str, end: int, region_end: int, end_of_turn: tuple[str, ...]) -> int | None:
+    """End of the end-of-turn marker right after assistant content (whitespace allowed before it)."""
+    for marker in end_of_turn:
+        k = text.find(marker, end, region_end)
+        if k >= 0 and not text[end:k].strip():
+            return k + len(marker)
+    return None
+
+
+def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...]) -> tuple[str, ...]:
+    """The end-of-turn marker a Jinja template writes right after an assistant message's content.
+
+    Read from the ``{% generation %}`` block when the template has one (what it marks after the
+    content is the marker), else the control token that directly follows the content.
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "PONG-7f3a"}]
+    marked = "generation" in source
+    try:
+        rendered, indices = render_jinja_template(conversations=[probe], chat_template=source,
+                                                  return_assistant_tokens_mask=marked, **special)
+    except Exception:
+        return ()
+    text = rendered[0]
+    k = text.rfind("PONG-7f3a")
+    if k < 0:
+        return ()
+    after = k + len("PONG-7f3a")
+    if marked and indices and indices[0]:
+        gen_end = max(e for s_, e in indices[0] if s_ <= k)
+        marker = text[after:gen_end].strip(" ")
+        if marker:
+            return (marker,)
+    rest = text[after:].lstrip(" ")
+    for tok in sorted(control, key=len, reverse=True):
+        if rest.startswith(tok):
+            return (tok,)
+    return ()
+
+
+def special_strings(tokenizer) -> dict:
+    """Special-token variables a chat template may use (``bos_token``, ``eos_token``, ...)."""
+    if tokenizer is None:
+        return {}
+    out = {}
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        v = getattr(tokenizer, name, None)
+        if v is not None:
+            out[name] = str(v)
+    return out
+
+
+def control_token_strings(tokenizer) -> tuple[str, ...]:
+    """Every special added token of the tokenizer (these are control tokens, never content)."""
+    if tokenizer is None:
+        return ()
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    toks = [t.content for t in decoder.values() if getattr(t, "special", False)]
+    toks += [str(t) for t in getattr(tokenizer, "all_special_tokens", [])]
+    return tuple(dict.fromkeys(toks))
+
+
+_TOKENIZER_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def tokenizer_sha256(tokenizer) -> str | None:
+    """sha256 of the tokenizer's vocabulary, merges and special tokens (cached per tokenizer)."""
+    if tokenizer is None:
+        return None
+    try:
+        return _TOKENIZER_SHA[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    try:
+        _TOKENIZER_SHA[tokenizer] = digest
+    except TypeError:
+        pass
+    return digest
+
+
+def _fingerprint(source: str, control: tuple[str, ...], eot: tuple[str, ...], tok_sha: str | None) -> str:
+    blob = json.dumps({"source": source, "control_tokens": list(control), "end_of_turn": list(eot),
+                       "tokenizer": tok_sha}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
+    """A built-in format by name, or (``name=None``) the tokenizer's own ``chat_template``.
+
+    ``name`` may also be a Jinja source string (anything containing ``{%`` or ``{{``).
+    """
+    special = special_strings(tokenizer)
+    tok_sha = tokenizer_sha256(tokenizer)
+    if name is not None and name in _FORMATS:
+        f = _FORMATS[name]
+        eos = special.get("eos_token", "")
+        if "{eos}" in "".join(f.eot) and not eos:
+            raise TemplateError(f"the {name} format ends turns with the tokenizer's eos token, "
+                                f"but the tokenizer has none")
+        eot = tuple(e.replace("{eos}", eos) for e in f.eot)
+        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *f.extra_control) if c))
+        source = _format_jinja(f)
+        return ChatTemplate(name, source, control, eot, _fingerprint(source, control, eot, tok_sha),
+                            special, f)
+    if name is None:
+        source = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+        if isinstance(source, dict):  # several named templates: the default one
+            source = source.get("default")
+        if not source:
+            raise TemplateError("the tokenizer has no chat_template; pass a built-in template name "
+                                f"({', '.join(BUILTIN_TEMPLATES)}) or a Jinja template")
+        label = "tokenizer"
+    elif "{%" in name or "{{" in name:
+        source, label = name, "custom"
+    else:
+        raise TemplateError(f"unknown template '{name}'; built-in templates: {', '.join(BUILTIN_TEMPLATES)} "
+                            "(or leave it unset to use the tokenizer's own chat_template)")
+    control = control_token_strings(tokenizer)
+    eot = _probe_end_of_turn(source, special, control)
+    return ChatTemplate(label, source, control, eot, _fingerprint(source, control, eot, tok_sha), special)
+
+
+def missing_control_tokens(template: ChatTemplate, tokenizer) -> list[str]:
+    """Control tokens the template writes that the tokenizer does not know as special tokens."""
+    known = set(control_token_strings(tokenizer))
+    return [t for t in template.control_tokens if t not in known]
+
+
+def install_template(tokenizer, template: ChatTemplate):
+    """Set the template's Jinja source as the tokenizer's ``chat_template`` (in place; returns it)."""
+    tokenizer.chat_template = template.source
+    return tokenizer
+
+
+def add_role_tokens(tokenizer, model, template: ChatTemplate) -> dict:
+    """Add the template's missing control tokens as special tokens and grow the embeddings.
+
+    New embedding rows (input and, when untied, output) are set to the mean of the existing rows,
+    so a new role token starts as an "average" token instead of noise. Returns the record that
+    goes into the manifest: ``{"added": [...], "vocab_before": n, "vocab_after": m, "init": "mean"}``.
+    """
+    import torch
+
+    missing = missing_control_tokens(template, tokenizer)
+    record = {"added": missing, "vocab_before": len(tokenizer), "vocab_after": len(tokenizer), "init": "mean"}
+    if not missing:
+        return record
+    tokenizer.add_special_tokens({"additional_special_tokens": missing},
+                                 replace_additional_special_tokens=False)
+    if model is not None:
+        old = model.get_input_embeddings().weight.shape[0]
+        new = len(tokenizer)
+        if new > old:
+            model.resize_token_embeddings(new, mean_resizing=False)
+            with torch.no_grad():
+                emb = model.get_input_embeddings().weight
+                emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+                out = model.get_output_embeddings()
+                if out is not None and out.weight.data_ptr() != emb.data_ptr():
+                    out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+    record["vocab_after"] = len(tokenizer)
+    return record
+
