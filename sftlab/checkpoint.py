@@ -1,0 +1,226 @@
+"""Atomic, resumable checkpoints: safetensors plus JSON, nothing pickled.
+
+Layout of ``RUN/checkpoints/step-N/``::
+
+    model.safetensors (+ config.json)   full fine-tuning, as ``save_pretrained`` writes it
+    adapter_model.safetensors (+ adapter_config.json)   LoRA (peft) instead of the model
+    tokenizer files                     with the training chat template installed
+    optimizer.safetensors               AdamW state tensors, keys ``state.<param>.<name>``
+    optimizer.json                      the non-tensor parts (param groups, scalar state)
+    rng-<rank>.safetensors              torch CPU / CUDA RNG (uint8 tensors), numpy state;
+                                        python ``random`` state as JSON in the file metadata
+    state.json                          step, data position, scheduler state, loop state
+    run.json                            the run manifest when the checkpoint was written
+
+Everything is written into ``checkpoints/.tmp-step-N`` first and then renamed into place with
+``os.replace``, so a crash during a save leaves every earlier checkpoint whole and never leaves
+a half-written ``step-N``. ``state.json`` is written last; a ``step-N`` directory without it
+is not complete and is ignored by :func:`latest_checkpoint`.
+
+Several processes save together: each writes its own ``rng-<rank>`` file, the main process
+writes the rest and does the rename. ``barrier`` (for example ``accelerator.wait_for_everyone``)
+orders the two.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (``step-N`` with a ``state.json``), oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``run_dir``, or ``None``."""
+    done = list_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimizer, scheduler,
+                    state: dict[str, Any], keep_last: int, manifest: dict | None = None,
+                    rank: int = 0, barrier: Callable[[], None] = lambda: None) -> Path:
+    """Write ``RUN/checkpoints/step-<step>`` atomically; every process calls this.
+
+    ``model`` is the unwrapped model (a peft model saves only its adapter); ``state`` is
+    JSON-able loop state (data position, early-stopping counters); the step and the scheduler
+    state are added here. Keeps the newest ``keep_last`` checkpoints.
+    """
+    root = checkpoint_dir(run_dir)
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    _save_rng(tmp / f"rng-{rank}.safetensors")
+    barrier()
+    if rank == 0:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        _write_json(tmp / "optimizer.json", meta)
+        if manifest is not None:
+            _write_json(tmp / "run.json", manifest)
+        _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
+        _fsync_tree(tmp)
+        _replace_dir(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and this process's RNG from ``path``; returns state.json.
+
+    ``model`` is the unwrapped model of the same architecture (a peft model for LoRA runs).
+    """
+    path = Path(path)
+    _load_weights(path, model)
+    tensors = load_file(path / "optimizer.safetensors")
+    meta = json.loads((path / "optimizer.json").read_text())
+    optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
+    state = json.loads((path / "state.json").read_text())
+    scheduler.load_state_dict(state["scheduler"])
+    rng_files = sorted(path.glob("rng-*.safetensors"))
+    own = path / f"rng-{rank}.safetensors"
+    _load_rng(own if own.exists() else rng_files[rank % len(rng_files)])
+    return state
+
+
+def flatten_optimizer_state(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer ``state_dict`` into safetensors tensors and JSON.
+
+    >>> p = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.AdamW([p])
+    >>> p.grad = torch.ones(2); opt.step()
+    >>> tensors, meta = flatten_optimizer_state(opt.state_dict())
+    >>> sorted(tensors), meta["param_groups"][0]["params"]
+    (['state.0.exp_avg', 'state.0.exp_avg_sq', 'state.0.step'], [0])
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`flatten_optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entry in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _load_weights(path: Path, model) -> None:
+    adapter = path / "adapter_model.safetensors"
+    if adapter.exists():
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no model.safetensors or adapter_model.safetensors")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(f))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    loaded = {t.data_ptr() for name, t in model.state_dict().items() if name in weights}
+    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model "
+                         f"(missing {untied[:5]}, unexpected {unexpected[:5]})")
+
+
+def _save_rng(path: Path) -> None:
+    np_state = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state(),
+               "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    py_version, py_internal, py_gauss = random.getstate()
+    meta = {"python": json.dumps([py_version, list(py_internal), py_gauss]),
+            "numpy": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])])}
+    save_file(tensors, path, metadata=meta)
+
+
+def _load_rng(path: Path) -> None:
+    tensors = load_file(path)
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+    version, internal, gauss = json.loads(meta["python"])
+    random.setstate((version, tuple(internal), gauss))
+    kind, pos, has_gauss, cached = json.loads(meta["numpy"])
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and the directory itself, so the rename publishes complete bytes."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

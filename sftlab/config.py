@@ -1,0 +1,327 @@
+"""The typed training config: one source for validation, ``sftlab train --help`` and the README.
+
+Every section is a frozen pydantic model whose field docstrings (the string under each field)
+are the documentation; :func:`config_reference_markdown` and :func:`config_reference_text`
+render them. A config is a YAML file plus ``key=value`` overrides with dotted keys, values
+parsed as YAML::
+
+    >>> cfg = load_config(None, ["model.path=m", "data.train=[a.jsonl]", "out=runs/a", "optim.lr=1e-4"])
+    >>> cfg.optim.lr, cfg.tokenizer_path, cfg.packing.mode
+    (0.0001, 'm', 'packed')
+
+Unknown keys are errors that name the key and suggest the closest one; bad values name the
+field path (``optim.lr: Input should be a valid number ...``).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ModelConfig(_Section):
+    path: str
+    """Base model: a local Hugging Face model directory or a hub name."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code. Only turn on for code you trust."""
+    gguf_file: str | None = None
+    """A GGUF file inside ``path`` to load (dequantised) instead of safetensors weights."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: ``auto`` is float32 on the CPU and bfloat16 on a GPU."""
+
+
+class DataConfig(_Section):
+    train: list[str] = Field(min_length=1)
+    """Training files (JSONL, JSON, Parquet or a saved HF dataset directory)."""
+    eval: list[str] = []
+    """Held-out files for the validation loss per slice; empty means no validation."""
+    policy: str | None = None
+    """Policy YAML; records whose ``policy_category`` it does not define are quarantined."""
+
+
+class EncodingConfig(_Section):
+    max_length: int = Field(2048, gt=0)
+    """Longest encoded example in tokens; whole early turns are dropped to fit."""
+    last_turn_only: bool = False
+    """Train only the last assistant turn (per-message ``train`` flags still win)."""
+
+
+class PackingConfig(_Section):
+    mode: Literal["packed", "padded"] = "packed"
+    """``packed``: several whole examples per row (best-fit decreasing); ``padded``: one per row."""
+    max_length: int | None = Field(None, gt=0)
+    """Row length in tokens; ``null`` means ``encoding.max_length``."""
+
+
+class MixtureConfig(_Section):
+    sampling_weights: dict[str, float] | None = None
+    """Explicit sampling weight per slice (relative; a slice left out keeps weight 1)."""
+    temperature: float | None = Field(None, gt=0)
+    """Sample slices with probability proportional to size**(1/temperature); ``null``: as is."""
+    loss_weights: dict[str, float] = {}
+    """Loss weight per slice, multiplied into every trained token of the slice (default 1)."""
+
+    @model_validator(mode="after")
+    def _one_sampling_rule(self):
+        if self.sampling_weights is not None and self.temperature is not None:
+            raise ValueError("give sampling_weights or temperature, not both")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-5, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int | None = Field(None, ge=0)
+    """Linear warm-up steps; ``null`` means ``warmup_ratio`` of the total steps."""
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    """Warm-up as a share of the total optimizer steps, when ``warmup_steps`` is null."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm to this; ``null`` turns clipping off."""
+    micro_batch_size: int = Field(1, gt=0)
+    """Rows per forward pass on each process."""
+    grad_accum: int = Field(1, gt=0)
+    """Micro-batches per optimizer step on each process."""
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps (wins over ``epochs``)."""
+    epochs: int = Field(1, gt=0)
+    """Passes over the (mixed) training data when ``max_steps`` is null."""
+
+
+class LossConfig(_Section):
+    normalisation: Literal["token", "per_sequence"] = "token"
+    """``token``: divide by the total trained weight of the optimizer step;
+    ``per_sequence``: every example counts the same, whatever its length."""
+    chunk_size: int = Field(1024, gt=0)
+    """Tokens per chunk of the cross-entropy, so full-vocabulary logits never coexist."""
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    """Train LoRA adapters (peft) instead of every weight."""
+    r: int = Field(8, gt=0)
+    """LoRA rank."""
+    alpha: float = Field(16.0, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """Names of the linear modules that get adapters."""
+    merge_on_save: bool = False
+    """Also write the merged full model to ``RUN/final/merged``."""
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = "eval_loss/all"
+    """``eval_loss/all`` or ``eval_loss/<slice>``: the validation curve to watch."""
+    patience: int | None = Field(None, gt=0)
+    """Stop after this many validations without improvement; ``null`` never stops early."""
+
+
+class EvalConfig(_Section):
+    every_n_steps: int | None = Field(None, gt=0)
+    """Validate every N optimizer steps (and at the end); ``null``: only at the end."""
+    micro_batch_size: int = Field(4, gt=0)
+    """Held-out examples per forward pass."""
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    """Early stopping on a validation curve."""
+
+
+class CheckpointConfig(_Section):
+    every_n_steps: int | None = Field(None, gt=0)
+    """Write ``RUN/checkpoints/step-N`` every N optimizer steps; ``null``: only the last step."""
+    keep_last: int = Field(2, gt=0)
+    """Keep the newest N complete checkpoints, delete older ones."""
+
+
+class LogConfig(_Section):
+    every_n_steps: int = Field(1, gt=0)
+    """Write a ``metrics.jsonl`` line every N optimizer steps."""
+    tensorboard: Literal["auto"] | bool = "auto"
+    """TensorBoard event files in ``RUN/tensorboard``: ``auto`` when tensorboard is installed."""
+    progress: bool = True
+    """Show a tqdm progress bar with loss, tokens/s and ETA."""
+
+
+class TrainConfig(_Section):
+    model: ModelConfig
+    """The base model."""
+    data: DataConfig
+    """Training and held-out data."""
+    out: str
+    """Run directory (``run.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``)."""
+    tokenizer: str | None = None
+    """Tokenizer path or hub name; ``null`` means the model's."""
+    template: str | None = None
+    """Chat template: ``null`` uses the tokenizer's own, or a built-in name (``chatml``, ...)."""
+    encoding: EncodingConfig = EncodingConfig()
+    """How conversations become tokens and loss weights."""
+    packing: PackingConfig = PackingConfig()
+    """How examples become rows."""
+    mixture: MixtureConfig = MixtureConfig()
+    """Class imbalance: sampling weights and loss weights per slice."""
+    optim: OptimConfig = OptimConfig()
+    """AdamW, warm-up + cosine schedule, batch sizes and length of training."""
+    loss: LossConfig = LossConfig()
+    """The response-only objective."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapters instead of full fine-tuning."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    eval: EvalConfig = EvalConfig()
+    """Validation loss per slice and early stopping."""
+    checkpointing: CheckpointConfig = CheckpointConfig()
+    """Atomic, resumable checkpoints."""
+    seed: int = 0
+    """Seed for the data order, the mixture and initialisation of new weights."""
+    log: LogConfig = LogConfig()
+    """Metrics, TensorBoard and the progress bar."""
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.model.path
+
+    @property
+    def row_length(self) -> int:
+        return self.packing.max_length or self.encoding.max_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        """Fingerprint of the resolved config (canonical JSON)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the field path."""
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read ``path`` (YAML mapping), apply ``key=value`` overrides, validate.
+
+    Raises :class:`ConfigError` naming the key: ``unknown key 'optim.lrr' (in cfg.yaml); did
+    you mean 'optim.lr'?`` or ``optim.lr: Input should be greater than 0 (got -1) (in cfg.yaml)``.
+    """
+    where = str(path) if path is not None else "overrides"
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(_explain(errors[0], where) + more) from None
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not key=value (for example optim.lr=1e-4)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(error: dict, where: str) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent, name = error["loc"][:-1], str(error["loc"][-1])
+        choices = _keys_of(TrainConfig, parent)
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+        prefix = "".join(f"{p}." for p in parent)
+        hint = (f"; did you mean '{prefix}{close[0]}'?" if close
+                else f"; known keys: {', '.join(choices)}")
+        return f"unknown key '{loc}' (in {where}){hint}"
+    if error["type"] == "missing" and isinstance(error["loc"][-1], int):
+        parent = ".".join(str(p) for p in error["loc"][:-1])
+        return f"{parent}: item {error['loc'][-1]} is missing (in {where})"
+    if error["type"] == "missing":
+        return f"{loc}: required (in {where}); see `sftlab train --help` for every key"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc or 'config'}: {error['msg']}{shown} (in {where})"
+
+
+def _keys_of(model: type[BaseModel], parent: tuple) -> list[str]:
+    for part in parent:
+        sub = _section_type(model.model_fields.get(str(part)))
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _section_type(field) -> type[BaseModel] | None:
+    if field is None:
+        return None
+    ann = field.annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is Literal:
+        return " | ".join(json.dumps(a) for a in typing.get_args(ann))
+    text = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
+    return text or str(ann).replace("typing.", "")
+
+
+def _rows(model: type[BaseModel], prefix: str = ""):
+    """(dotted key, type, default, description) for every leaf field, in declaration order."""
+    for name, field in model.model_fields.items():
+        sub = _section_type(field)
+        if sub is not None:
+            yield from _rows(sub, f"{prefix}{name}.")
+            continue
+        default = "required" if field.is_required() else json.dumps(field.default)
+        doc = " ".join((field.description or "").split())
+        yield f"{prefix}{name}", _type_name(field.annotation), default, doc
+
+
+def config_reference_markdown() -> str:
+    """The config reference as a Markdown table (for the README), from the field docstrings."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for key, kind, default, doc in _rows(TrainConfig):
+        cell = kind.replace("|", "\\|")
+        lines.append(f"| `{key}` | {cell} | `{default}` | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def config_reference_text() -> str:
+    """The same reference as plain text, for ``sftlab train --help``."""
+    out = []
+    for key, kind, default, doc in _rows(TrainConfig):
+        out.append(f"  {key} ({kind}; default {default})\n      {doc}")
+    return "\n".join(out)
