@@ -1,0 +1,508 @@
+"""Read conversation files, validate every record, and quarantine the ones that cannot be used.
+
+Readers: JSONL (one record per line; a ``.json`` file that does not start with ``[`` is read this
+way too), a JSON array, Parquet, and a directory written by ``datasets``' ``save_to_disk``
+(a ``DatasetDict`` is read split by split, each reported as ``DIR[split]``). Every record is either
+accepted or quarantined with a reason that names the file, line, record id, field and message
+index, what was expected and how to fix it, so that per file ``records = accepted + quarantined``.
+
+Example::
+
+    >>> import json, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.jsonl")
+    >>> rows = [{"id": "a", "messages": [{"role": "user", "content": "2+2?"},
+    ...                                  {"role": "assistant", "content": "4"}]},
+    ...         {"id": "b", "messages": [{"role": "user", "content": "hi"}]}]
+    >>> _ = open(path, "w").write("\\n".join(json.dumps(r) for r in rows))
+    >>> report = load_files([path])
+    >>> report.accepted, report.quarantined[0].line, report.quarantined[0].code
+    (1, 2, 'no_assistant')
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftlab.cli import UsageError
+from sftlab.conversation import Conversation, Origin
+from sftlab.formats import RecordError, to_conversation
+
+DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
+MAX_DEPTH = 64
+_PREVIEW_CHARS = 2000
+_BATCH_ROWS = 4096
+
+# (line, raw record or raw text, problem found while reading or None)
+RawItem = tuple[int, Any, RecordError | None]
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """One record that was not accepted, with enough context to find and fix it."""
+    file: str
+    line: int | None
+    """1-based line (JSONL), element (JSON array) or row (Parquet, datasets)."""
+    reason: str
+    """``field: what is wrong; what was expected; how to fix it``."""
+    record: Any
+    """The raw record; the raw text when it did not parse (invalid UTF-8 bytes backslash-escaped)."""
+    id: str | None = None
+    field: str | None = None
+    message_index: int | None = None
+    code: str = "invalid"
+    """A short name of the rule (``unknown_role``, ``bad_json``, ...), for counts."""
+
+    @property
+    def message(self) -> str:
+        """``file:line: record 'id': reason``, the line printed to people."""
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        rid = f" record {self.id!r}:" if self.id is not None else ""
+        return f"{where}:{rid} {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"file": self.file, "line": self.line, "id": self.id, "code": self.code,
+             "reason": self.reason, "field": self.field, "message_index": self.message_index,
+             "record": self.record}
+        return {k: v for k, v in d.items() if v is not None or k in ("line", "record")}
+
+
+@dataclass
+class FileReport:
+    """Counts for one input (a file, or one split of a saved dataset)."""
+    path: str
+    records: int = 0
+    accepted: int = 0
+    quarantined: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "records": self.records, "accepted": self.accepted,
+                "quarantined": self.quarantined}
+
+
+@dataclass
+class LoadReport:
+    conversations: list[Conversation] = field(default_factory=list)
+    """Accepted records, in file order, each with its ``origin``."""
+    quarantined: list[QuarantineEntry] = field(default_factory=list)
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.files)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.conversations)
+
+    @property
+    def quarantined_count(self) -> int:
+        return len(self.quarantined)
+
+    def reasons(self) -> dict[str, int]:
+        """How many records each rule quarantined, most frequent first."""
+        return dict(Counter(e.code for e in self.quarantined).most_common())
+
+    def summary(self) -> dict[str, Any]:
+        """The counts as ``sftlab validate --json`` prints them (and the run manifest keeps)."""
+        return {"records": self.records, "accepted": self.accepted,
+                "quarantined": self.quarantined_count,
+                "files": [f.to_dict() for f in self.files]}
+
+    def write_quarantine(self, path: str | os.PathLike) -> Path:
+        """Write one JSON object per quarantined record (an empty file when there is none)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for e in self.quarantined:
+                    f.write(json.dumps(e.to_dict(), ensure_ascii=False, default=str))
+                    f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
+               max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+               allow_empty: bool = False) -> LoadReport:
+    """Read and validate every record of ``paths``.
+
+    ``policy`` (a ``sftlab.policy.Policy``), when given, must know the ``policy_category`` of
+    every refusal record (``expected: refuse``) and benign contrast (``expected: comply``).
+    Raises ``UsageError`` for a missing or unreadable input, a directory that is not a saved
+    dataset, and (unless ``allow_empty``) an input with no record at all.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise UsageError("no input files given")
+    for p in paths:
+        _check_readable(p)
+    report = LoadReport()
+    first_seen: dict[str, Origin] = {}
+    # Loading allocates millions of small objects that all stay alive; the cyclic collector
+    # would rescan them again and again (3-4x the load time) while finding nothing to free.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for p in paths:
+            for name, items in _sources(p, max_record_bytes):
+                file_report = FileReport(name)
+                report.files.append(file_report)
+                _load_source(name, items, policy, first_seen, report, file_report)
+                if file_report.records == 0 and not allow_empty:
+                    raise UsageError(f"{name}: no records (the input is empty or has only blank "
+                                     "lines)")
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return report
+
+
+def _load_source(name: str, items: Iterator[RawItem], policy: Any,
+                 first_seen: dict[str, Origin], report: LoadReport, counts: FileReport) -> None:
+    accepted, quarantined = report.conversations, report.quarantined
+    for line, raw, problem in items:
+        counts.records += 1
+        origin = Origin(name, line)
+        if problem is None:
+            try:
+                if type(raw) is not dict:
+                    raise RecordError("not_an_object", "expected a JSON object per record, got "
+                                      f"{type(raw).__name__}; fix: wrap it as "
+                                      "{\"messages\": [...]} or drop it")
+                conv = to_conversation(raw, origin)
+                check_conversation(conv)
+                if policy is not None:
+                    check_policy(conv, policy)
+                if conv.id is not None:
+                    _check_unique(conv.id, first_seen, origin)
+            except RecordError as e:
+                problem = e
+            else:
+                counts.accepted += 1
+                accepted.append(conv)
+                continue
+        counts.quarantined += 1
+        quarantined.append(QuarantineEntry(
+            file=name, line=line, reason=str(problem), record=raw, id=_raw_id(raw),
+            field=problem.field, message_index=problem.message_index, code=problem.code))
+
+
+def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> None:
+    first = first_seen.get(cid)
+    if first is not None:
+        raise RecordError("duplicate_id", f"duplicate id {cid!r}, first seen at "
+                          f"{first.file}:{first.line}; fix: give each record a unique id or drop "
+                          "the copy", field="id")
+    first_seen[cid] = origin
+
+
+def check_conversation(conv: Conversation) -> None:
+    """Turn order and content checks on an adapted conversation; raises ``RecordError``.
+
+    After an optional first system message, user and assistant turns alternate; tool messages
+    may follow an assistant message (and each other) before the next assistant message. There
+    must be an assistant message, and no assistant message may be empty.
+    """
+    prev = None
+    has_assistant = False
+    for i, m in enumerate(conv.messages):
+        role = m.role
+        if role == "system":
+            if i != 0:
+                raise RecordError("system_not_first", f"system message at position {i}; expected "
+                                  "at most one system message, first; fix: move it to the start "
+                                  "or merge it into the first one", field=f"messages[{i}].role",
+                                  message_index=i)
+        elif role == "assistant":
+            if prev not in ("user", "tool"):
+                _bad_order(i, role, prev, "a user or tool message")
+            if not m.content.strip():
+                raise RecordError("empty_assistant", "assistant message is empty; expected the "
+                                  "response text; fix: write the response or drop the record",
+                                  field=f"messages[{i}].content", message_index=i)
+            has_assistant = True
+        elif role == "user":
+            if prev not in (None, "system", "assistant"):
+                _bad_order(i, role, prev, "the start, a system message or an assistant message")
+        elif prev not in ("assistant", "tool"):  # tool
+            _bad_order(i, role, prev, "an assistant or tool message")
+        prev = role
+    if not has_assistant:
+        raise RecordError("no_assistant", "no assistant message; expected at least one assistant "
+                          "turn to train on; fix: add the response or drop the record",
+                          field="messages")
+
+
+def _bad_order(i: int, role: str, prev: str | None, expected: str) -> None:
+    raise RecordError("broken_alternation", f"{role} message follows "
+                      f"{'the start' if prev is None else 'a ' + prev + ' message'}; a {role} "
+                      f"message must follow {expected}; fix: user and assistant turns alternate "
+                      "after an optional system message (merge consecutive turns)",
+                      field=f"messages[{i}].role", message_index=i)
+
+
+def check_policy(conv: Conversation, policy: Any) -> None:
+    """Refusal records must name a refusal category of ``policy``; benign contrasts a category
+    the policy knows. Raises ``RecordError``."""
+    cat = conv.policy_category
+    if conv.expected == "refuse" and cat not in policy.refusal_categories:
+        known = ", ".join(policy.refusal_categories) or "none"
+        raise RecordError("unknown_category", f"refusal record (expected: refuse) names "
+                          f"policy_category {cat!r}, which is not a refusal category of policy "
+                          f"{policy.version!r} (known: {known}); fix: use one of them or add the "
+                          "category to the policy", field="policy_category")
+    if conv.expected == "comply" and cat is not None and not policy.knows(cat):
+        known = ", ".join([*policy.benign_categories, *policy.refusal_categories]) or "none"
+        raise RecordError("unknown_category", f"benign contrast (expected: comply) names "
+                          f"policy_category {cat!r}, which policy {policy.version!r} does not know "
+                          f"(known: {known}); fix: use a category's benign_contrast name or add it "
+                          "to the policy", field="policy_category")
+
+
+def _raw_id(raw: Any) -> str | None:
+    if type(raw) is not dict:
+        return None
+    rid = raw.get("id")
+    if rid is None and isinstance(raw.get("meta"), dict):
+        rid = raw["meta"].get("id")
+    return str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+
+
+# ---------------------------------------------------------------------------------- readers
+
+def _check_readable(p: Path) -> None:
+    if not p.exists():
+        raise UsageError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if not _is_saved_dataset(p):
+            raise UsageError(f"{p}: is a directory but not a saved datasets directory (expected "
+                             "dataset_info.json or dataset_dict.json from save_to_disk); pass "
+                             "the data files instead")
+        return
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+
+
+def _is_saved_dataset(p: Path) -> bool:
+    return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
+
+
+def _sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
+    """(name, items) for each input inside ``p``: one for a file, one per split for a dataset."""
+    if p.is_dir():
+        yield from _read_saved_dataset(p, max_bytes)
+        return
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    name = str(p)
+    if p.suffix.lower() in (".parquet", ".pq") or head.startswith(b"PAR1"):
+        yield name, _read_parquet(p, max_bytes)
+    elif head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        yield name, _read_json_array(p, max_bytes)
+    else:
+        yield name, _read_jsonl(p, max_bytes)
+
+
+def _read_jsonl(p: Path, max_bytes: int, sniff: bool = True) -> Iterator[RawItem]:
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if len(raw) > max_bytes:
+                yield lineno, _preview(raw), _too_large(len(raw), max_bytes)
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, raw.decode("utf-8", "backslashreplace").rstrip("\r\n"), RecordError(
+                    "invalid_utf8", f"invalid UTF-8 at byte {e.start} of the line; expected UTF-8 "
+                    "text; fix: re-encode the file as UTF-8")
+                continue
+            if not text or text.isspace():
+                continue
+            if sniff and text.lstrip().startswith("{") and not _complete_json(text):
+                # Perhaps a .json file holding one pretty-printed object, not JSONL.
+                yield from _read_single_object(p, max_bytes)
+                return
+            sniff = False
+            yield _parse_line(lineno, text)
+
+
+def _parse_line(lineno: int, text: str) -> RawItem:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return lineno, text.rstrip("\r\n"), RecordError(
+            "bad_json", f"not valid JSON: {e.msg} at column {e.colno}; expected one JSON object "
+            "per line; fix: repair the line (multi-line objects belong in a JSON array file)")
+    except RecursionError:
+        return lineno, _preview(text), _too_deep_error()
+    # More brackets than the depth limit is necessary for too deep a record, and cheap to count.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(obj):
+        return lineno, obj, _too_deep_error()
+    return lineno, obj, None
+
+
+def _complete_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return text.rstrip().endswith("}")  # a whole line that is just malformed
+    return True
+
+
+def _read_single_object(p: Path, max_bytes: int) -> Iterator[RawItem]:
+    text, bad_utf8 = _read_text(p)
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):  # not one object after all: read it line by line
+        yield from _read_jsonl(p, max_bytes, sniff=False)
+        return
+    yield 1, obj, _shape_problem(obj, len(text) > max_bytes, max_bytes, bad_utf8)
+
+
+def _read_json_array(p: Path, max_bytes: int) -> Iterator[RawItem]:
+    text, bad_utf8 = _read_text(p)
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}; fix "
+                         "the file, or write one record per line (JSONL) so that bad records are "
+                         "quarantined one by one") from None
+    except RecursionError:
+        raise UsageError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
+    if not isinstance(items, list):
+        raise UsageError(f"{p}: expected a JSON array of records")
+    check_size = len(text) > max_bytes
+    for i, obj in enumerate(items, 1):
+        problem = _shape_problem(obj, check_size, max_bytes, bad_utf8)
+        if problem is not None and problem.code == "invalid_utf8":
+            obj = _escape_surrogates(obj)
+        yield i, obj, problem
+
+
+def _read_text(p: Path) -> tuple[str, bool]:
+    """The file's text, and whether it held invalid UTF-8 (kept as surrogates, found later)."""
+    data = p.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), True
+
+
+def _read_parquet(p: Path, max_bytes: int) -> Iterator[RawItem]:
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(p).iter_batches(batch_size=_BATCH_ROWS)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise UsageError(f"{p}: not a readable Parquet file ({e})") from None
+    yield from _read_batches(batches, max_bytes)
+
+
+def _read_batches(batches: Iterable[Any], max_bytes: int) -> Iterator[RawItem]:
+    row = 0
+    for batch in batches:
+        check_size = batch.nbytes > max_bytes  # no row of a smaller batch can be too large
+        for obj in batch.to_pylist():
+            row += 1
+            yield row, obj, _shape_problem(obj, check_size, max_bytes, False)
+
+
+def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:  # datasets raises several types for a damaged directory
+        raise UsageError(f"{p}: not a loadable saved dataset ({e})") from None
+    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    for split, d in splits:
+        name = str(p) if split is None else f"{p}[{split}]"
+        batches = d.with_format("arrow").iter(batch_size=_BATCH_ROWS)
+        yield name, _read_batches(batches, max_bytes)
+
+
+# --------------------------------------------------------------------------- record shape
+
+def _shape_problem(obj: Any, check_size: bool, max_bytes: int,
+                   bad_utf8: bool) -> RecordError | None:
+    if bad_utf8 and _has_surrogates(obj):
+        return RecordError("invalid_utf8", "the record holds invalid UTF-8 bytes (shown "
+                           "backslash-escaped); expected UTF-8 text; fix: re-encode the file")
+    if _too_deep(obj):
+        return _too_deep_error()
+    if check_size:
+        size = len(json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+        if size > max_bytes:
+            return _too_large(size, max_bytes)
+    return None
+
+
+def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node if type(node) is list else ()
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def _too_deep_error() -> RecordError:
+    return RecordError("too_deep", f"the record is nested more than {MAX_DEPTH} levels deep; "
+                       "expected a flat conversation record; fix: flatten or drop it")
+
+
+def _too_large(size: int, max_bytes: int) -> RecordError:
+    return RecordError("too_large", f"the record is {size:,} bytes, over the limit of "
+                       f"{max_bytes:,}; the quarantined 'record' keeps its first {_PREVIEW_CHARS:,} "
+                       "characters; fix: shorten it or raise the limit (--max-record-mb)")
+
+
+def _preview(raw: bytes | str) -> str:
+    if isinstance(raw, bytes):
+        raw = raw[:_PREVIEW_CHARS * 4].decode("utf-8", "backslashreplace")
+    return raw[:_PREVIEW_CHARS]
+
+
+def _has_surrogates(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in obj)
+    if isinstance(obj, dict):
+        return any(_has_surrogates(k) or _has_surrogates(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_surrogates(v) for v in obj)
+    return False
+
+
+def _escape_surrogates(obj: Any) -> Any:
+    """Invalid bytes (kept as surrogates) -> ``\\xNN`` text, so the record can be written."""
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {_escape_surrogates(k): _escape_surrogates(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_escape_surrogates(v) for v in obj]
+    return obj
