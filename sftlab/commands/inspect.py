@@ -1,0 +1,81 @@
+"""``sftlab inspect``: every token of an encoded conversation, coloured by its loss weight."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sftlab.cli import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "inspect", help="show the tokens of encoded conversations coloured by loss weight",
+        description="Encode conversations exactly as training does and show every token with its loss "
+                    "weight: trained tokens on green, template scaffolding dimmed, a tag where each "
+                    "message's content starts. --html writes a self-contained page.")
+    p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
+    p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
+    p.add_argument("--template", default=None,
+                   help="built-in template (chatml, llama3, mistral, gemma, zephyr, phi3, alpaca); "
+                        "default: the tokenizer's own chat_template")
+    p.add_argument("--index", type=int, action="append", default=None,
+                   help="record index among the accepted records (repeatable; default: the first 3)")
+    p.add_argument("--max-length", type=int, default=None, help="truncate as training would")
+    p.add_argument("--last-turn-only", action="store_true", help="train the last assistant turn only")
+    p.add_argument("--html", metavar="OUT", default=None, help="also write a self-contained HTML view")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
+    p.set_defaults(func=run)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise UsageError(f"cannot load tokenizer '{name}': {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def run(args) -> int:
+    from sftlab.encode import EncodingError
+    from sftlab.inspect import annotate, to_ansi, to_html
+    from sftlab.loading import load_files
+    from sftlab.templates import TemplateError
+
+    tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
+    report = load_files([args.file])
+    convs = report.conversations
+    if not convs:
+        raise UsageError(f"{args.file}: no accepted record to inspect ({len(report.quarantined)} quarantined)")
+    indices = args.index or list(range(min(3, len(convs))))
+    items, status = [], 0
+    for i in indices:
+        if not 0 <= i < len(convs):
+            raise UsageError(f"--index {i} is out of range: {len(convs)} accepted records")
+        c = convs[i]
+        label = f"record {i}" + (f" (id {c.id})" if c.id else "") + (
+            f" {c.origin.file}:{c.origin.line}" if c.origin else "")
+        try:
+            ex, views = annotate(c, tok, args.template, max_length=args.max_length,
+                                 last_turn_only=args.last_turn_only)
+        except TemplateError as e:
+            raise UsageError(str(e)) from None
+        except EncodingError as e:
+            print(f"== {label}: not encodable: {e}")
+            status = 1
+            continue
+        print(f"== {label}: {len(ex)} tokens, {ex.trained_tokens} trained, weight {ex.trained_weight:g}")
+        print(to_ansi(views) if sys.stdout.isatty() else _plain(views))
+        items.append((label, views, ex))
+    if args.html:
+        Path(args.html).write_text(to_html(items, f"sftlab inspect: {args.file}"), encoding="utf-8")
+        print(f"wrote {args.html}")
+    return status
+
+
+def _plain(views) -> str:
+    """Without a terminal: trained tokens in [[...]], one line per message."""
+    out = []
+    for v in views:
+        out.append(f"[[{v.text}]]" if v.weight > 0 else v.text)
+    return "".join(out)

@@ -1,0 +1,63 @@
+"""sftlab inspect and check-template: the views and the probe verdicts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftlab.cli import main
+from sftlab.conversation import Conversation, Message
+from sftlab.inspect import annotate, check_template, to_html
+from sftlab.templates import get_template, install_template
+from sftlab.tiny import build_tokenizer
+from tests.test_encode import hand_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    tok = build_tokenizer()
+    install_template(tok, get_template("chatml", tok))
+    tok.save_pretrained(d)
+    return d
+
+
+def test_annotate_labels_roles_and_weights():
+    tok = hand_tokenizer()
+    conv = Conversation((Message("user", "hi"), Message("assistant", "hello there")))
+    ex, views = annotate(conv, tok, "chatml")
+    assert [(v.text, v.weight, v.role) for v in views] == [
+        ("<|im_start|>", 0, "template"), ("user", 0, "template"), ("\n", 0, "template"), ("hi", 0, "user"),
+        ("<|im_end|>", 0, "template"), ("\n", 0, "template"), ("<|im_start|>", 0, "template"),
+        ("assistant", 0, "template"), ("\n", 0, "template"), ("hello", 1, "assistant"), (" ", 1, "assistant"),
+        ("there", 1, "assistant"), ("<|im_end|>", 1, "template"), ("\n", 0, "template")]
+    page = to_html([("r", views, ex)], "t <script>")
+    assert "<script>" not in page and "&lt;|im_start|&gt;" in page
+
+
+def test_check_template_passes_for_builtins_and_flags_a_merging_template():
+    tok = build_tokenizer()
+    assert [r["status"] for r in check_template(tok, "chatml")] == ["ok"] * 5
+    # Content runs straight into scaffolding text, so no end-of-turn marker follows the content.
+    merging = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content']"
+               " + 'there<|im_end|>\\n' }}{%- endfor %}")
+    results = check_template(tok, merging)
+    assert any(r["status"] == "mismatch" for r in results)
+
+
+def test_check_template_cli_exit_codes(tok_dir, capsys):
+    assert main(["check-template", "--tokenizer", str(tok_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and {p["probe"] for p in out["probes"]} >= {"multi-turn", "content spelling special tokens"}
+    assert main(["check-template", "--tokenizer", str(tok_dir / "missing")]) == 2
+
+
+def test_inspect_cli_writes_html(tok_dir, tmp_path, capsys):
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"id": "x", "messages": [{"role": "user", "content": "2+2?"},
+                                                        {"role": "assistant", "content": "4"}]}) + "\n")
+    out = tmp_path / "view.html"
+    assert main(["inspect", str(data), "--tokenizer", str(tok_dir), "--html", str(out)]) == 0
+    assert "[[4]][[<|im_end|>]]" in capsys.readouterr().out
+    page = out.read_text()
+    assert 'class="tok trained"' in page and "assistant #1" in page
