@@ -1,0 +1,90 @@
+"""``sftlab validate``: check conversation files record by record and write the quarantine.
+
+The quarantine file is written on every run, empty when nothing was quarantined, so that the
+counts it backs can always be audited (and a stale file from an earlier run never misleads).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sftlab.cli import UsageError
+
+_SHOWN_REASONS = 5
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "validate", help="check conversation files and quarantine the records that cannot be used",
+        description="Read conversation files (JSONL, JSON array, Parquet, or a directory written "
+                    "by datasets' save_to_disk; OpenAI messages, ShareGPT, Alpaca or "
+                    "prompt/completion records) and check every record. Each one is accepted or "
+                    "written to the quarantine file with its file, line, id, field and reason. "
+                    "Exit 0: all accepted; 1: something was quarantined; 2: unusable input.")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="conversation files or saved datasets directories")
+    p.add_argument("--policy", metavar="POLICY", default=None,
+                   help="policy YAML: refusal records (expected: refuse) must name one of its "
+                        "categories, benign contrasts (expected: comply) one it knows")
+    p.add_argument("--quarantine", metavar="PATH", default=None,
+                   help="where to write the quarantined records as JSONL (written on every run, "
+                        "empty when none); default: quarantine.jsonl beside the first input")
+    p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
+                   help="records larger than this are quarantined (default: 10)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: records, accepted, quarantined, files, reasons, "
+                        "quarantine")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sftlab.loading import load_files
+    from sftlab.policy import load_policy
+
+    if args.max_record_mb <= 0:
+        raise UsageError(f"--max-record-mb must be > 0, got {args.max_record_mb}")
+    quarantine = _quarantine_path(args.files, args.quarantine)
+    policy = load_policy(args.policy) if args.policy else None
+    report = load_files(args.files, policy=policy,
+                        max_record_bytes=int(args.max_record_mb * 1024 * 1024))
+    report.write_quarantine(quarantine)
+    if args.json:
+        print(json.dumps({**report.summary(), "reasons": report.reasons(),
+                          "quarantine": str(quarantine)}))
+    else:
+        _print_human(report, quarantine, policy)
+    return 1 if report.quarantined else 0
+
+
+def _quarantine_path(files: list[str], given: str | None) -> Path:
+    first = Path(files[0])
+    path = Path(given) if given else first.parent / "quarantine.jsonl"
+    inputs = {Path(f).resolve() for f in files}
+    if path.resolve() in inputs:
+        raise UsageError(f"the quarantine file {path} is also an input; pass --quarantine with "
+                         "another path")
+    if path.is_dir():
+        raise UsageError(f"--quarantine {path} is a directory; give a file path")
+    return path
+
+
+def _print_human(report, quarantine: Path, policy) -> None:
+    rows = [(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
+    rows.append(("total", report.records, report.accepted, report.quarantined_count))
+    width = max(len("file"), *(len(r[0]) for r in rows))
+    print(f"{'file':<{width}}  {'records':>8}  {'accepted':>8}  {'quarantined':>11}")
+    for i, (name, n, ok, bad) in enumerate(rows):
+        if i == len(rows) - 1 and len(rows) > 2:
+            print("-" * (width + 33))
+        if i < len(rows) - 1 or len(rows) > 2:
+            print(f"{name:<{width}}  {n:>8}  {ok:>8}  {bad:>11}")
+    if policy is not None:
+        print(f"policy {policy.version} ({policy.fingerprint[:12]}): categories checked")
+    if report.quarantined:
+        counts = ", ".join(f"{code} {n}" for code, n in report.reasons().items())
+        print(f"\nquarantined {report.quarantined_count} ({counts}); first ones:")
+        for entry in report.quarantined[:_SHOWN_REASONS]:
+            print(f"  {entry.message}")
+        print(f"all reasons and records: {quarantine}")
+    else:
+        print(f"\nall {report.accepted} records accepted (empty quarantine file: {quarantine})")
