@@ -1,0 +1,256 @@
+"""The objective on a real tiny Llama (fp32): packing, accumulation, weights, chunking, boundaries."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sftlab.objective import (check_head, chunked_token_nll, micro_batch_loss, output_head,
+                              scale_for_ddp, shift_targets, step_normaliser, weighted_token_loss)
+from sftlab.packing import collate, pack, pad_rows
+
+VOCAB = 97
+
+
+@dataclass(frozen=True)
+class Ex:
+    input_ids: list
+    loss_weights: list
+
+
+@pytest.fixture(scope="module")
+def model():
+    from sftlab.tiny import build_model
+    torch.set_num_threads(1)
+    return build_model(vocab_size=VOCAB, hidden=64, layers=2)
+
+
+def make_examples(n=8, seed=0):
+    """Examples of different lengths with a prompt (weight 0) and a response of weight 1, 2 or 0.5."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        prompt, response = 2 + i % 4, 3 + (5 * i) % 7
+        w = [1.0, 2.0, 0.5][i % 3]
+        ids = torch.randint(0, VOCAB, (prompt + response,), generator=g).tolist()
+        out.append(Ex(ids, [0.0] * prompt + [w] * response))
+    return out
+
+
+def run_step(model, batches, *, reduction="token", chunk_size=1024, world_size=1):
+    """One optimizer step's loss and accumulated gradient, as the training loop computes them."""
+    model.zero_grad(set_to_none=True)
+    total = step_normaliser(batches, reduction=reduction)
+    loss = torch.zeros(())
+    for b in batches:
+        part = micro_batch_loss(model, b, total, reduction=reduction, chunk_size=chunk_size,
+                                world_size=world_size)
+        part.backward()
+        loss += part.detach()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return loss, grads
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def per_token_nll(model, ex):
+    """-log p(x[t] | x[<t]) for t >= 1 of one example, from the model's own full logits."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ex.input_ids]), use_cache=False).logits[0]
+    return F.cross_entropy(logits[:-1], torch.tensor(ex.input_ids[1:]), reduction="none")
+
+
+@pytest.mark.parametrize("reduction", ["token", "per_sequence"])
+def test_packed_equals_unpacked(model, reduction):
+    exs = make_examples()
+    packed = [collate(pack(exs, 24), pad_id=0)]
+    assert packed[0]["input_ids"].shape[0] < len(exs)           # really packed
+    unpacked = [collate(pad_rows(exs, 24), pad_id=0)]
+    flash = [collate(pack(exs, 24), pad_id=0, for_flash=True)]
+    loss_p, grad_p = run_step(model, packed, reduction=reduction)
+    loss_u, grad_u = run_step(model, unpacked, reduction=reduction)
+    loss_f, grad_f = run_step(model, flash, reduction=reduction)
+    assert step_normaliser(packed, reduction=reduction) == step_normaliser(unpacked, reduction=reduction)
+    assert loss_p.item() == pytest.approx(loss_u.item(), rel=1e-5)
+    assert loss_f.item() == pytest.approx(loss_u.item(), rel=1e-5)
+    assert rel(grad_p, grad_u) < 1e-5 and rel(grad_f, grad_u) < 1e-5
+
+
+def test_batch_8_equals_micro_batch_2_times_accumulation_4_and_two_ranks(model):
+    exs = make_examples()
+    rows = pad_rows(exs, 24)
+    loss_8, grad_8 = run_step(model, [collate(rows, pad_id=0)])
+    micro = [collate(rows[k:k + 2], pad_id=0) for k in range(0, 8, 2)]
+    loss_2x4, grad_2x4 = run_step(model, micro)
+    assert loss_2x4.item() == pytest.approx(loss_8.item(), rel=1e-5)
+    assert rel(grad_2x4, grad_8) < 1e-5
+    # Two ranks of 2 micro-batches each: each rank scales by world size, then DDP averages.
+    total = step_normaliser(micro)                     # what the all-reduce over ranks gives
+    rank_grads, logged = [], 0.0
+    for rank_batches in (micro[:2], micro[2:]):
+        model.zero_grad(set_to_none=True)
+        for b in rank_batches:
+            part = micro_batch_loss(model, b, total, world_size=2)
+            part.backward()
+            logged += part.item() / 2
+        rank_grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert rel((rank_grads[0] + rank_grads[1]) / 2, grad_8) < 1e-5
+    assert logged == pytest.approx(loss_8.item(), rel=1e-5)
+    assert scale_for_ddp(4) == 4.0
+
+
+def test_weights_scale_the_loss_as_stated(model):
+    exs = make_examples(3)
+    nll = [per_token_nll(model, e) for e in exs]
+
+    def expected(examples):
+        num = sum((torch.tensor(e.loss_weights[1:]) * n).sum() for e, n in zip(examples, nll))
+        return (num / sum(sum(e.loss_weights[1:]) for e in examples)).item()
+
+    def loss(examples):
+        batch = collate(pack(examples, 64), pad_id=0)
+        with torch.no_grad():
+            return micro_batch_loss(model, batch, step_normaliser([batch])).item()
+
+    assert loss(exs) == pytest.approx(expected(exs), rel=1e-5)
+    # doubling every weight of one message (the response of example 1) changes the loss to
+    # (sum w*nll + w1*nll1) / (W + W1), computed by hand:
+    doubled = list(exs)
+    doubled[1] = Ex(exs[1].input_ids, [2 * w for w in exs[1].loss_weights])
+    w1 = torch.tensor(exs[1].loss_weights[1:])
+    by_hand = ((sum((torch.tensor(e.loss_weights[1:]) * n).sum() for e, n in zip(exs, nll))
+                + (w1 * nll[1]).sum()) / (sum(sum(e.loss_weights[1:]) for e in exs) + w1.sum())).item()
+    assert loss(doubled) == pytest.approx(by_hand, rel=1e-5)
+    assert abs(loss(doubled) - loss(exs)) > 1e-4
+    # every weight times c leaves the normalised loss unchanged
+    scaled = [Ex(e.input_ids, [3.5 * w for w in e.loss_weights]) for e in exs]
+    assert loss(scaled) == pytest.approx(loss(exs), rel=1e-6)
+
+
+def test_chunked_equals_plain(model):
+    exs = make_examples()
+    batches = [collate(pack(exs, 24), pad_id=0)]
+    loss_c, grad_c = run_step(model, batches, chunk_size=5)
+    loss_p, grad_p = run_step(model, batches, chunk_size=None)
+    assert loss_c.item() == pytest.approx(loss_p.item(), rel=1e-6)
+    assert rel(grad_c, grad_p) < 1e-5
+    loss_s, _ = run_step(model, batches, reduction="per_sequence", chunk_size=3)
+    loss_sp, _ = run_step(model, batches, reduction="per_sequence", chunk_size=None)
+    assert loss_s.item() == pytest.approx(loss_sp.item(), rel=1e-6)
+
+
+def test_chunked_nll_never_holds_all_logits():
+    torch.manual_seed(0)
+    N, H, V = 300, 16, 2000
+    head = torch.nn.Linear(H, V, bias=True)
+    hidden = torch.randn(N, H, requires_grad=True)
+    targets = torch.randint(0, V, (N,))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        nll = chunked_token_nll(hidden, targets, head, chunk_size=32)
+    assert max(saved) < N * V // 4                       # no [N, V] tensor kept for backward
+    full = F.cross_entropy(head(hidden), targets, reduction="none")
+    assert torch.allclose(nll, full, rtol=1e-6, atol=1e-6)
+    nll.sum().backward()
+    g_chunked = hidden.grad.clone()
+    hidden.grad = None
+    full.sum().backward()
+    assert rel(g_chunked, hidden.grad) < 1e-6
+
+
+def test_attention_never_crosses_a_boundary(model):
+    a, b = Ex([5, 6, 7, 8, 9], [0, 1, 1, 1, 1]), Ex([10, 11, 12, 13], [0, 0, 1, 1])
+    a_changed = Ex([50, 60, 70, 80, 90], [0, 0, 0, 0, 0])
+    a_silent = Ex(a.input_ids, [0] * 5)
+    for_b = []
+    for first in (a_silent, a_changed):
+        batch = collate(pack([first, b], 9), pad_id=0)
+        assert batch["input_ids"].shape == (1, 9)
+        with torch.no_grad():
+            for_b.append(micro_batch_loss(model, batch, step_normaliser([batch])).item())
+    assert for_b[0] == for_b[1]
+    alone = collate(pad_rows([b], 9), pad_id=0)
+    with torch.no_grad():
+        assert for_b[0] == pytest.approx(micro_batch_loss(model, alone, 2.0).item(), rel=1e-5)
+
+
+def test_first_token_of_an_example_is_never_a_target_of_the_previous_one(model):
+    a = Ex([5, 6, 7], [0, 1, 1])
+    b = Ex([8, 9, 10], [1, 1, 1])                 # weight on b's first token: nothing can predict it
+    batch = collate(pack([a, b], 6), pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
+    targets, weights = shift_targets(batch["input_ids"], batch["loss_weights"], batch["position_ids"])
+    assert targets.tolist() == [[6, 7, 8, 9, 10]]
+    assert weights.tolist() == [[1, 1, 0, 1, 1]]          # "8 after 7" is not trained
+    assert step_normaliser([batch]).item() == 4
+    by_hand = (per_token_nll(model, a).sum() + per_token_nll(model, b).sum()).item() / 4
+    with torch.no_grad():
+        assert micro_batch_loss(model, batch, 4.0).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_padding_with_pad_equal_to_eos_keeps_the_eos_trained(model):
+    eos = 3
+    exs = [Ex([9, 4, eos], [0, 1, 1]), Ex([8, 7, 6, 5, eos], [0, 0, 1, 1, 1])]
+    batch = collate(pad_rows(exs, 8), pad_id=eos, max_length=8)
+    assert step_normaliser([batch]).item() == 5          # both eos targets counted, padding not
+    by_hand = sum((torch.tensor(e.loss_weights[1:]) * per_token_nll(model, e)).sum() for e in exs) / 5
+    with torch.no_grad():
+        got = micro_batch_loss(model, batch, 5.0).item()
+    assert got == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_reference_loss_from_logits_matches_hand_sum(model):
+    ex = make_examples(1)[0]
+    batch = collate(pad_rows([ex], 16), pad_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits
+    got = weighted_token_loss(logits, batch["input_ids"], batch["loss_weights"], batch["position_ids"])
+    want = (torch.tensor(ex.loss_weights[1:]) * per_token_nll(model, ex)).sum()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_empty_step_gives_zero_loss_and_zero_gradient(model):
+    batch = collate(pad_rows([Ex([1, 2, 3], [0, 0, 0])], 4), pad_id=0)
+    loss, grads = run_step(model, [batch])
+    assert loss.item() == 0 and grads.abs().max().item() == 0
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        step_normaliser([batch], reduction="mean")
+
+
+def test_softcapped_head_is_supported_and_an_unknown_one_is_refused():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                          final_logit_softcapping=0.5, attn_implementation="eager")
+    torch.manual_seed(0)
+    gemma = Gemma2ForCausalLM(config).float().eval()
+    head, transform = output_head(gemma)
+    assert transform is not None
+    check_head(gemma)
+    batches = [collate(pack(make_examples(4), 24), pad_id=0)]
+    loss_c, grad_c = run_step(gemma, batches, chunk_size=4)
+    loss_p, grad_p = run_step(gemma, batches, chunk_size=None)
+    assert loss_c.item() == pytest.approx(loss_p.item(), rel=1e-6)
+    assert rel(grad_c, grad_p) < 1e-5
+
+    from sftlab.tiny import build_model
+    llama = build_model(vocab_size=VOCAB, hidden=32, layers=1)
+    llama.config.final_logit_softcapping = 0.5      # Llama's forward ignores it: the heads disagree
+    with pytest.raises(ValueError, match="differs from the model's logits"):
+        check_head(llama)
+
+
+def test_per_sequence_is_the_mean_of_per_example_means(model):
+    exs = make_examples(4)
+    batch = collate(pack(exs, 24), pad_id=0)
+    assert step_normaliser([batch], reduction="per_sequence").item() == 4
+    means = [((torch.tensor(e.loss_weights[1:]) * per_token_nll(model, e)).sum()
+              / sum(e.loss_weights[1:])).item() for e in exs]
+    with torch.no_grad():
+        got = micro_batch_loss(model, batch, 4, reduction="per_sequence").item()
+    assert got == pytest.approx(sum(means) / 4, rel=1e-5)
