@@ -245,10 +245,11 @@ def check_conversation(conv: Conversation) -> None:
 
 
 def _bad_order(i: int, role: str, prev: str | None, expected: str) -> None:
-    raise RecordError("broken_alternation", f"{role} message follows "
-                      f"{'the start' if prev is None else 'a ' + prev + ' message'}; a {role} "
-                      f"message must follow {expected}; fix: user and assistant turns alternate "
-                      "after an optional system message (merge consecutive turns)",
+    after = "the start" if prev is None else f"a {prev} message"
+    raise RecordError("broken_alternation", f"{role} message right after {after}; expected a "
+                      f"{role} message only after {expected}; fix: user and assistant turns "
+                      "alternate after an optional system message, tool messages come between an "
+                      "assistant message and the next (merge or drop the extra turn)",
                       field=f"messages[{i}].role", message_index=i)
 
 
