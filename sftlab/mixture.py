@@ -1,0 +1,229 @@
+"""Class imbalance, as two separate knobs per slice: how often a slice is *seen* and how much its tokens *count*.
+
+Sampling weights decide each slice's share of an epoch. They are either explicit
+(``{"refusal": 1, "chat": 3}``, relative; a slice left out keeps weight 1) or a temperature over
+slice sizes, ``p_s ~ n_s ** (1 / T)``: T = 1 keeps the natural mixture, T -> inf makes slices
+uniform, values in between up-weight the small ones. An epoch of ``size`` examples (default: the
+number of examples) then holds ``round(p_s * size)`` examples of slice s (largest remainder, so
+the counts add up): a slice asked for more than it has is repeated whole (up-sampling) and
+topped up by a random subset; one asked for less is a random subset (down-sampling).
+
+Worked example, 6 ``a`` examples and 2 ``b`` examples, an epoch of 8::
+
+    >>> slices = ["a"] * 6 + ["b"] * 2
+    >>> counts = target_counts(temperature_shares(slice_sizes(slices), float("inf")), 8)
+    >>> counts
+    {'a': 4, 'b': 4}
+    >>> idx = epoch_indices(slices, {"a": 1, "b": 1}, epoch=0, seed=0)
+    >>> sorted(i for i in idx if i >= 6)         # b is up-sampled: each of its examples twice
+    [6, 6, 7, 7]
+    >>> realised_mixture(idx, slices)
+    {'a': 0.5, 'b': 0.5}
+
+Loss weights multiply every token weight of a slice's examples (a pure function, new examples)::
+
+    >>> from sftlab.encode import EncodedExample
+    >>> ex = EncodedExample([1, 2, 3], [0.0, 1.0, 1.0], slice="b", trained_tokens=2, trained_weight=2.0)
+    >>> [(e.loss_weights, e.trained_weight) for e in apply_loss_weights([ex], {"b": 2.0})]
+    [([0.0, 2.0, 2.0], 4.0)]
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["UNSLICED", "MixtureSpec", "slice_of", "slice_sizes", "temperature_shares", "explicit_shares",
+           "target_counts", "epoch_indices", "realised_mixture", "apply_loss_weights"]
+
+UNSLICED = "unsliced"
+"""The slice name of examples whose record names no slice."""
+
+
+def slice_of(example: Any) -> str:
+    """The slice of an example (``UNSLICED`` when it has none); a plain string is its own slice."""
+    name = example if isinstance(example, str) or example is None else getattr(example, "slice", None)
+    return UNSLICED if name is None else str(name)
+
+
+def slice_sizes(slices: Sequence[Any]) -> dict[str, int]:
+    """Examples per slice, sorted by slice name. ``slices``: slice names or examples."""
+    return dict(sorted(Counter(slice_of(s) for s in slices).items()))
+
+
+def temperature_shares(sizes: Mapping[str, int], temperature: float) -> dict[str, float]:
+    """``p_s = n_s**(1/T) / sum_r n_r**(1/T)``; ``T = inf`` is uniform over the non-empty slices.
+
+        >>> {s: round(p, 6) for s, p in temperature_shares({"a": 900, "b": 100}, 2.0).items()}
+        {'a': 0.75, 'b': 0.25}
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (1: natural mixture, inf: uniform), got {temperature}")
+    sizes = {s: n for s, n in sizes.items() if n > 0}
+    if not sizes:
+        raise ValueError("no examples: every slice is empty")
+    if math.isinf(temperature):
+        return {s: 1 / len(sizes) for s in sizes}
+    # in log space, so large sizes with small temperatures do not overflow
+    logs = {s: math.log(n) / temperature for s, n in sizes.items()}
+    top = max(logs.values())
+    raw = {s: math.exp(v - top) for s, v in logs.items()}
+    total = sum(raw.values())
+    return {s: v / total for s, v in raw.items()}
+
+
+def explicit_shares(sizes: Mapping[str, int], weights: Mapping[str, float]) -> dict[str, float]:
+    """Relative weights -> shares over the slices in ``sizes``; a slice without a weight keeps 1.
+
+        >>> explicit_shares({"a": 10, "b": 10, "c": 5}, {"a": 2, "c": 0})
+        {'a': 0.6666666666666666, 'b': 0.3333333333333333, 'c': 0.0}
+    """
+    unknown = sorted(set(weights) - set(sizes))
+    if unknown:
+        raise ValueError(f"sampling weights name slices with no examples: {unknown}; "
+                         f"the data has slices {sorted(sizes)}")
+    bad = {s: w for s, w in weights.items() if not (w >= 0 and math.isfinite(w))}
+    if bad:
+        raise ValueError(f"sampling weights must be finite and >= 0, got {bad}")
+    raw = {s: float(weights.get(s, 1.0)) for s in sizes}
+    total = sum(raw.values())
+    if total <= 0:
+        raise ValueError("every sampling weight is 0: nothing would be trained")
+    return {s: w / total for s, w in raw.items()}
+
+
+def target_counts(shares: Mapping[str, float], size: int) -> dict[str, int]:
+    """Integer examples per slice summing to ``size``, each within 1 of ``share * size``.
+
+    Largest remainder: floor every ``share * size``, then hand the missing examples to the
+    largest fractional parts (ties by slice name).
+
+        >>> target_counts({"a": 0.5, "b": 0.25, "c": 0.25}, 7)     # 3.5, 1.75, 1.75
+        {'a': 3, 'b': 2, 'c': 2}
+    """
+    exact = {s: p * size for s, p in shares.items()}
+    counts = {s: math.floor(v) for s, v in exact.items()}
+    missing = size - sum(counts.values())
+    for s in sorted(exact, key=lambda s: (-(exact[s] - counts[s]), s))[:max(missing, 0)]:
+        counts[s] += 1
+    return counts
+
+
+def _rng(seed: int, epoch: int) -> random.Random:
+    return random.Random(f"sftlab-mixture:{seed}:{epoch}")   # str seeds are stable across runs
+
+
+def epoch_indices(slices: Sequence[Any], weights: Mapping[str, float] | None, epoch: int, seed: int,
+                  size: int | None = None, *, temperature: float | None = None) -> list[int]:
+    """Shuffled example indices of one epoch with the requested share of each slice.
+
+    ``slices``: the slice name (or the example) of every example. ``weights``: explicit relative
+    sampling weights, or ``None`` with ``temperature`` (``None`` and ``None``: natural mixture,
+    the data as it is, shuffled). A slice of n examples that gets c places contributes every
+    example ``c // n`` times plus ``c % n`` distinct examples drawn at random. The result is a
+    function of (slices, weights, epoch, seed, size) only.
+    """
+    sizes = slice_sizes(slices)
+    if weights is not None and temperature is not None:
+        raise ValueError("give sampling weights or a temperature, not both")
+    if weights is not None:
+        shares = explicit_shares(sizes, weights)
+    else:
+        shares = temperature_shares(sizes, 1.0 if temperature is None else temperature)
+    size = len(slices) if size is None else size
+    if size < 0:
+        raise ValueError(f"epoch size must be >= 0, got {size}")
+    members: dict[str, list[int]] = {s: [] for s in sizes}
+    for i, s in enumerate(slices):
+        members[slice_of(s)].append(i)
+    rng = _rng(seed, epoch)
+    out: list[int] = []
+    for s, c in target_counts(shares, size).items():
+        pool = members[s]
+        repeats, rest = divmod(c, len(pool))
+        out.extend(pool * repeats)
+        out.extend(sorted(rng.sample(pool, rest)))
+    rng.shuffle(out)
+    return out
+
+
+def realised_mixture(indices: Sequence[int], slices: Sequence[Any]) -> dict[str, float]:
+    """Share of each slice among ``indices`` (every slice of the data listed, 0.0 when unseen)."""
+    counts = Counter(slice_of(slices[i]) for i in indices)
+    total = len(indices) or 1
+    return {s: counts.get(s, 0) / total for s in slice_sizes(slices)}
+
+
+def apply_loss_weights(examples: Sequence[Any], weights: Mapping[str, float]) -> list[Any]:
+    """New examples whose ``loss_weights`` (and ``trained_weight``) are multiplied by their slice's
+    weight; slices not named keep 1. Examples must be dataclasses (``EncodedExample``)."""
+    bad = {s: w for s, w in weights.items() if not (w >= 0 and math.isfinite(w))}
+    if bad:
+        raise ValueError(f"loss weights must be finite and >= 0, got {bad}")
+    out = []
+    for ex in examples:
+        w = float(weights.get(slice_of(ex), 1.0))
+        if w == 1.0:
+            out.append(ex)
+            continue
+        if not dataclasses.is_dataclass(ex):
+            raise TypeError(f"apply_loss_weights needs dataclass examples (EncodedExample), got {type(ex).__name__}")
+        changes: dict[str, Any] = {"loss_weights": [x * w for x in ex.loss_weights]}
+        if any(f.name == "trained_weight" for f in dataclasses.fields(ex)):
+            changes["trained_weight"] = ex.trained_weight * w
+        out.append(dataclasses.replace(ex, **changes))
+    return out
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """Both knobs, as the config gives them, recorded in the manifest via ``describe``."""
+    sampling_weights: Mapping[str, float] | None = None
+    """Explicit relative sampling weight per slice; a slice left out keeps 1."""
+    temperature: float | None = None
+    """``p_s ~ n_s**(1/T)`` when no explicit weights; ``None`` = natural mixture (T = 1)."""
+    loss_weights: Mapping[str, float] = field(default_factory=dict)
+    """Multiplier on every token weight of a slice; a slice left out keeps 1."""
+    epoch_size: int | None = None
+    """Examples per epoch; ``None``: as many as the data has."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.sampling_weights is not None and self.temperature is not None:
+            raise ValueError("give sampling_weights or temperature, not both")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def mode(self) -> str:
+        if self.sampling_weights is not None:
+            return "explicit"
+        return "natural" if self.temperature in (None, 1, 1.0) else "temperature"
+
+    def shares(self, slices: Sequence[Any]) -> dict[str, float]:
+        """The requested share of each slice for these examples."""
+        sizes = slice_sizes(slices)
+        if self.sampling_weights is not None:
+            return explicit_shares(sizes, self.sampling_weights)
+        return temperature_shares(sizes, self.temperature or 1.0)
+
+    def epoch_indices(self, slices: Sequence[Any], epoch: int) -> list[int]:
+        return epoch_indices(slices, self.sampling_weights, epoch, self.seed, self.epoch_size,
+                             temperature=self.temperature)
+
+    def describe(self, slices: Sequence[Any] | None = None) -> dict:
+        """The manifest's ``mixture`` section; with ``slices`` also sizes and requested shares."""
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "sampling_weights": dict(self.sampling_weights) if self.sampling_weights is not None else None,
+            "temperature": (None if self.temperature is None else
+                            "inf" if math.isinf(self.temperature) else self.temperature),
+            "loss_weights": dict(self.loss_weights), "epoch_size": self.epoch_size, "seed": self.seed}
+        if slices is not None:
+            out["slice_sizes"] = slice_sizes(slices)
+            out["requested_shares"] = {s: round(p, 6) for s, p in self.shares(slices).items()}
+        return out
