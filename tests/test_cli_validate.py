@@ -1,0 +1,116 @@
+"""``sftlab validate``: exit codes 0/1/2, the JSON shape, the quarantine file, human output."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from sftlab.cli import main
+
+GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+BAD = {"messages": [{"role": "user", "content": "q"}]}
+POLICY = 'version: "v1"\ncategories:\n  - {name: weapons, benign_contrast: [weapons_history]}\n'
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def run_json(capsys, *argv):
+    code = main(["validate", *map(str, argv), "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)  # exactly one JSON object on stdout
+
+
+def test_all_accepted_exits_0_and_writes_an_empty_quarantine(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{**GOOD, "id": str(i)} for i in range(3)])
+    code, out = run_json(capsys, data)
+    assert code == 0
+    assert out == {"records": 3, "accepted": 3, "quarantined": 0,
+                   "files": [{"path": str(data), "records": 3, "accepted": 3, "quarantined": 0}],
+                   "reasons": {}, "quarantine": str(tmp_path / "quarantine.jsonl")}
+    assert (tmp_path / "quarantine.jsonl").read_text() == ""
+
+
+def test_quarantined_records_exit_1_with_counts_per_file(tmp_path, capsys):
+    a = write_jsonl(tmp_path / "a.jsonl", [GOOD, BAD, "{nope"])
+    b = write_jsonl(tmp_path / "b.jsonl", [GOOD])
+    q = tmp_path / "out" / "q.jsonl"
+    code, out = run_json(capsys, a, b, "--quarantine", q)
+    assert code == 1
+    assert {k: out[k] for k in ("records", "accepted", "quarantined")} == {
+        "records": 4, "accepted": 2, "quarantined": 2}
+    assert out["files"] == [
+        {"path": str(a), "records": 3, "accepted": 1, "quarantined": 2},
+        {"path": str(b), "records": 1, "accepted": 1, "quarantined": 0}]
+    assert out["reasons"] == {"no_assistant": 1, "bad_json": 1}
+    entries = [json.loads(line) for line in q.read_text().splitlines()]
+    assert [(e["file"], e["line"], e["code"]) for e in entries] == [
+        (str(a), 2, "no_assistant"), (str(a), 3, "bad_json")]
+    assert entries[0]["record"] == BAD
+
+
+def test_a_file_whose_every_record_is_bad_exits_1(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [BAD, BAD])
+    code, out = run_json(capsys, data)
+    assert code == 1 and out["accepted"] == 0 and out["quarantined"] == 2
+
+
+def test_unusable_input_exits_2_with_one_json_error(tmp_path, capsys):
+    code, out = run_json(capsys, tmp_path / "missing.jsonl")
+    assert code == 2 and out == {"error": f"{tmp_path / 'missing.jsonl'}: no such file or directory"}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    code, out = run_json(capsys, empty)
+    assert code == 2 and "no records" in out["error"]
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    code, out = run_json(capsys, data, "--policy", tmp_path / "nope.yaml")
+    assert code == 2 and "nope.yaml: no such policy file" in out["error"]
+    code, out = run_json(capsys, data, "--quarantine", data)
+    assert code == 2 and "also an input" in out["error"]
+    assert (tmp_path / "d.jsonl").read_text().strip() == json.dumps(GOOD)  # not overwritten
+
+
+def test_bad_policy_field_exits_2_naming_the_field(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: v1\ncategories:\n  - {description: x}\n")
+    code = main(["validate", str(data), "--policy", str(policy)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == f"sftlab validate: error: {policy}: categories[0].name: Field required"
+
+
+def test_policy_categories_are_checked(tmp_path, capsys):
+    policy = tmp_path / "p.yaml"
+    policy.write_text(POLICY)
+    data = write_jsonl(tmp_path / "d.jsonl", [
+        {**GOOD, "expected": "refuse", "policy_category": "weapons"},
+        {**GOOD, "meta": {"expected": "refuse", "policy_category": "drugs"}},
+        {**GOOD, "expected": "comply", "policy_category": "weapons_history"}])
+    code, out = run_json(capsys, data, "--policy", policy)
+    assert code == 1 and out["reasons"] == {"unknown_category": 1}
+
+
+def test_human_output_shows_the_table_and_first_reasons(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD, {"id": "x7", **BAD}])
+    code = main(["validate", str(data)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "records  accepted  quarantined" in out
+    assert f"{data}:2: record 'x7': messages: no assistant message" in out
+    assert str(tmp_path / "quarantine.jsonl") in out
+
+
+def test_console_script_subprocess(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [GOOD, BAD])
+    script = Path(sys.executable).with_name("sftlab")
+    proc = subprocess.run([str(script), "validate", str(data), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["files"] == [
+        {"path": str(data), "records": 2, "accepted": 1, "quarantined": 1}]
+    proc = subprocess.run([str(script), "validate", str(tmp_path / "missing.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith("missing.jsonl: no such file or directory")
