@@ -212,11 +212,35 @@ def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
 def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_turn_only: bool,
            dropped: int, layout: Layout | None = None, encoding=None) -> EncodedExample:
     layout = layout if layout is not None else _layout(enc, messages)
-    ids, offsets = enc.tokenize(layout, encoding)
-    weights = enc.weights(offsets, layout, _trained_messages(messages, last_turn_only))
-    trained = sum(1 for x in weights if x > 0)
-    return EncodedExample(list(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
-                          conv.policy_category, trained, float(sum(weights)), dropped, conv.origin)
+    trained = _trained_messages(messages, last_turn_only)
+    weights = None
+    if encoding is not None and not enc._injected(layout):
+        ids = encoding.ids
+        weights = _weights_by_char(encoding, len(ids), layout, trained)
+    if weights is None:
+        ids, offsets = enc.tokenize(layout, encoding)
+        weights = enc.weights(offsets, layout, trained)
+    n_trained = len(weights) - weights.count(0.0)
+    return EncodedExample(ids, weights, conv.slice, conv.task, conv.id, conv.expected,
+                          conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin)
+
+
+def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]) -> list[float] | None:
+    """Fast path of ``_Encoder.weights``: token indices of the span ends via ``char_to_token``.
+
+    Returns ``None`` (use offsets) when a span edge falls on a character no token covers.
+    """
+    w = [0.0] * n
+    for span in layout.spans:
+        weight = trained.get(span.index)
+        if not weight:
+            continue
+        end = span.eot_end if span.eot_end is not None else span.end
+        lo, hi = encoding.char_to_token(span.start), encoding.char_to_token(end - 1)
+        if lo is None or hi is None:
+            return None
+        w[lo:hi + 1] = [weight] * (hi + 1 - lo)
+    return w
 
 
 def _finish(enc: _Encoder, conv: Conversation, ex: EncodedExample, max_length: int | None,
