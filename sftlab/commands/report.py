@@ -1,0 +1,47 @@
+"""``sftlab report RUN [--out report.html] [--json]``: the HTML report of a run."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """Write one self-contained HTML page for a run directory (default RUN/report.html):
+summary and policy gates, data statistics, loss-mask preview, packing and mixture,
+training curves, evaluation (tuned vs reference per slice, template robustness, failure
+samples) and the full run manifest. Opens offline: no script, no external resource.
+Exit codes: 0 written and every gate passed (or none was evaluated), 1 written but a gate
+failed, 2 RUN has none of the run files."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="write the HTML report of a run",
+                              description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN", help="run directory (run.json, metrics.jsonl, data/, eval/)")
+    p.add_argument("--out", metavar="PATH", help="where to write the page (default: RUN/report.html)")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object: {"report", "passed", "problems"}')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sftlab.cli import UsageError
+    from sftlab.report import write_report
+    from sftlab.report.inputs import FILES, found_any
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: not a directory (expected a run directory written by sftlab train)")
+    if not found_any(run_dir):
+        raise UsageError(f"{run_dir}: nothing to report, none of {', '.join(FILES)} is there")
+    path, files = write_report(run_dir, args.out)
+    passed = files.eval.get("passed") if files.eval else None
+    if args.json:
+        print(json.dumps({"report": str(path), "passed": passed, "problems": files.problems}))
+    else:
+        gates = {True: "all gates passed", False: "a gate FAILED", None: "gates not evaluated"}
+        print(f"wrote {path} ({gates.get(passed, 'gates not evaluated')})")
+        for problem in files.problems:
+            print(f"  note: {problem}")
+    return 1 if passed is False else 0

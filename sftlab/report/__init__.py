@@ -1,0 +1,53 @@
+"""The HTML report of a run: one self-contained page (inline CSS, inline PNG plots, no
+script, nothing fetched), sections in a fixed order with stable ids::
+
+    summary, data, masks, packing, training, evaluation, manifest
+
+Every string from data, model outputs or files is HTML-escaped. Inputs are the files of
+the run directory (DESIGN.md, "Run directory"); each is optional.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SECTIONS = (("summary", "Summary"), ("data", "Data"), ("masks", "Masks"),
+            ("packing", "Packing"), ("training", "Training"), ("evaluation", "Evaluation"),
+            ("manifest", "Manifest"))
+
+
+def build_report(run_dir: str | os.PathLike):
+    """``(html, files)``: the page for ``run_dir`` and the ``RunFiles`` it was built from."""
+    from sftlab.report import sections as s
+    from sftlab.report.evaluation import evaluation_section
+    from sftlab.report.inputs import read_run
+    from sftlab.report.markup import page
+
+    files = read_run(run_dir)
+    m = files.manifest or {}
+    title = f"sftlab run report: {Path(run_dir).resolve().name}"
+    subtitle = " · ".join(str(x) for x in (m.get("kind"), (m.get("model") or {}).get("base"),
+                                           m.get("created")) if x)
+    body = [s.summary_section(files), s.data_section(files), s.masks_section(files),
+            s.packing_section(files), s.training_section(files), evaluation_section(files),
+            s.manifest_section(files)]
+    return page(title, subtitle or "no run manifest", list(SECTIONS), body), files
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None):
+    """Write the report (default ``RUN/report.html``) atomically and record it in run.json.
+
+    Returns ``(path, files)``.
+    """
+    from sftlab.manifest import ManifestError, update_manifest, write_atomic
+
+    run = Path(run_dir)
+    path = Path(out) if out is not None else run / "report.html"
+    text, files = build_report(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text)
+    try:
+        update_manifest(run, artifacts={"report": os.path.relpath(path, run)})
+    except ManifestError as e:  # shown in the report already; the page itself is written
+        files.problems.append(f"report not recorded in run.json: {e}")
+    return path, files

@@ -1,0 +1,106 @@
+"""Reading a run directory for the report: every file optional, every problem noted, not fatal.
+
+The report shows what a run recorded; a missing or unreadable file becomes a
+"not recorded" note in its section (and a line in ``RunFiles.problems``), never a crash.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FILES = ("run.json", "metrics.jsonl", "data/stats.json", "data/mask_preview.json",
+         "eval/eval.json", "eval/outputs.jsonl")
+
+
+@dataclass
+class RunFiles:
+    run_dir: Path
+    manifest: dict[str, Any] | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] | None = None
+    mask_preview: list[dict[str, Any]] | None = None
+    eval: dict[str, Any] | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    """One line per file that was present but could not be used, naming file and line."""
+
+    @property
+    def train_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.metrics if "loss" in r]
+
+    @property
+    def eval_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.metrics if isinstance(r.get("eval_loss"), dict)]
+
+    @property
+    def gen_rows(self) -> list[dict[str, Any]]:
+        return [r for r in self.metrics if isinstance(r.get("gen_eval"), dict)]
+
+    def section(self, name: str) -> Any:
+        return (self.manifest or {}).get(name)
+
+
+def _read_json(path: Path, problems: list[str], kind: type) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        problems.append(f"{path}: unreadable ({e})")
+        return None
+    except json.JSONDecodeError as e:
+        problems.append(f"{path}: line {e.lineno}: not valid JSON ({e.msg})")
+        return None
+    if not isinstance(value, kind):
+        problems.append(f"{path}: expected a JSON {kind.__name__}, got {type(value).__name__}")
+        return None
+    return value
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows, bad = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(n)
+    if bad:  # a run killed mid-write leaves a torn last line: skip it, say so
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        problems.append(f"{path}: {len(bad)} line(s) skipped, not a JSON object (line {shown})")
+    return rows
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Everything the report reads from ``run_dir`` (see DESIGN.md, "Run directory")."""
+    run = Path(run_dir)
+    files = RunFiles(run_dir=run)
+    p = files.problems
+    files.manifest = _read_json(run / "run.json", p, dict)
+    if files.manifest is not None:
+        from sftlab.manifest import ManifestError, validate_manifest
+        try:
+            validate_manifest(files.manifest, str(run / "run.json"))
+        except ManifestError as e:  # still shown: a newer schema may add fields we don't know
+            p.append(str(e))
+    files.metrics = _read_jsonl(run / "metrics.jsonl", p)
+    files.stats = _read_json(run / "data" / "stats.json", p, dict)
+    preview = _read_json(run / "data" / "mask_preview.json", p, list)
+    files.mask_preview = [e for e in preview if isinstance(e, dict)] if preview is not None else None
+    files.eval = _read_json(run / "eval" / "eval.json", p, dict)
+    files.outputs = _read_jsonl(run / "eval" / "outputs.jsonl", p)
+    return files
+
+
+def found_any(run_dir: str | Path) -> bool:
+    run = Path(run_dir)
+    return any((run / f).is_file() for f in FILES)

@@ -1,0 +1,101 @@
+"""Plots for the report, drawn with matplotlib's object API (no pyplot state) as inline PNGs.
+
+Each function takes plain lists parsed from ``metrics.jsonl`` and returns a
+``data:image/png;base64,...`` URI, or ``None`` when there is nothing to draw.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83", "#e16f24", "#6e7781")
+
+
+def _figure(width: float = 11.0, height: float = 3.6, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, color="#e5e7eb", linewidth=0.8)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_xlabel("step")
+    return fig, axes
+
+
+def _to_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows
+           if isinstance(r.get("step"), (int, float)) and isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _smooth(values: list[float], span: int) -> list[float]:
+    """Trailing mean over ``span`` points, so the trend shows through step-to-step noise."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= span:
+            total -= values[i - span]
+        out.append(total / min(i + 1, span))
+    return out
+
+
+def loss_curves(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> str | None:
+    """Training loss (raw and smoothed) beside validation loss per slice."""
+    steps, loss = _series(train, "loss")
+    slices = sorted({s for r in evals for s in (r.get("eval_loss") or {})}, key=lambda s: (s != "all", s))
+    if not steps and not slices:
+        return None
+    fig, (ax_train, ax_eval) = _figure(ncols=2)
+    if steps:
+        ax_train.plot(steps, loss, color=COLOURS[0], alpha=0.35, linewidth=1, label="loss")
+        if len(loss) >= 8:
+            ax_train.plot(steps, _smooth(loss, max(2, len(loss) // 20)), color=COLOURS[0],
+                          linewidth=2, label="smoothed")
+        ax_train.legend(frameon=False)
+    ax_train.set_title("training loss (response tokens)")
+    for i, name in enumerate(slices):
+        pts = [(r["step"], r["eval_loss"][name]) for r in evals
+               if isinstance(r.get("eval_loss", {}).get(name), (int, float))]
+        ax_eval.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                     color=COLOURS[i % len(COLOURS)], linewidth=2.4 if name == "all" else 1.4,
+                     label=name)
+    if slices:
+        ax_eval.legend(frameon=False, fontsize=8, ncols=2)
+    ax_eval.set_title("validation loss per slice")
+    return _to_uri(fig)
+
+
+def refusal_curves(gen: list[dict[str, Any]]) -> str | None:
+    """Generation-based metrics during training (harmful / benign refusal rate)."""
+    metrics = sorted({m for r in gen for m in (r.get("gen_eval") or {})})
+    if not metrics:
+        return None
+    fig, (ax,) = _figure(width=7.5, height=3.4)
+    for i, name in enumerate(metrics):
+        pts = [(r["step"], r["gen_eval"][name]) for r in gen
+               if isinstance(r.get("gen_eval", {}).get(name), (int, float))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
+                color=COLOURS[i % len(COLOURS)], linewidth=1.8, label=name)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("generation-based refusal rates during training")
+    ax.legend(frameon=False, fontsize=8)
+    return _to_uri(fig)
+
+
+def lr_curve(train: list[dict[str, Any]]) -> str | None:
+    steps, lr = _series(train, "lr")
+    if len(steps) < 2:
+        return None
+    fig, (ax,) = _figure(width=5.5, height=2.6)
+    ax.plot(steps, lr, color=COLOURS[3], linewidth=1.6)
+    ax.set_title("learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    return _to_uri(fig)

@@ -1,0 +1,269 @@
+"""The report's sections other than evaluation, in page order: summary, data, masks,
+packing, training, manifest. Each returns one ``<section id=...>``; missing inputs show
+"not recorded" instead of failing."""
+from __future__ import annotations
+
+import json
+from statistics import median
+from typing import Any
+
+from sftlab.report import plots
+from sftlab.report.evaluation import gates_table
+from sftlab.report.inputs import RunFiles
+from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
+                                  section, table, tag)
+from sftlab.report.render import cell, render
+
+DATA_TOPICS = (  # (heading, key fragments) in display order; unmatched keys go last
+    ("Task diversity", ("diversity", "task")),
+    ("Slices", ("slice",)),
+    ("Refusal share and contrast coverage", ("refus", "contrast", "expected", "categor")),
+    ("Duplicates", ("duplicate", "dedup")),
+    ("Train / held-out leakage", ("leak", "overlap", "heldout", "held_out")),
+    ("Quarantine", ("quarantin",)),
+)
+MASK_EXAMPLES = 4
+MASK_TOKENS = 500
+
+
+def _card(key: str, value: Any) -> Markup:
+    return Markup(f'<div class="card"><div class="k">{esc(key)}</div>'
+                  f'<div class="v">{esc(value)}</div></div>')
+
+
+def _last(rows: list[dict[str, Any]], key: str) -> Any:
+    return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
+
+
+def summary_section(files: RunFiles) -> Markup:
+    ev, m = files.eval, files.manifest or {}
+    passed = ev.get("passed") if ev else None
+    verdict = (Markup(f'<p class="verdict">Policy gates: {badge(passed)}</p>') if ev is not None
+               else Markup(f'<p class="verdict">Policy gates: {badge(None, "NOT EVALUATED")}</p>'))
+    splits = (m.get("data") or {}).get("splits") or {}
+    train = splits.get("train") or next(iter(splits.values()), {}) if splits else {}
+    last_eval = _last(files.eval_rows, "eval_loss") or {}
+    cards = [("kind", m.get("kind")), ("base model", (m.get("model") or {}).get("base")),
+             ("policy", (m.get("policy") or {}).get("version")),
+             ("template", (m.get("template") or {}).get("name")),
+             ("training records", train.get("accepted")), ("quarantined", train.get("quarantined")),
+             ("trained-token share", (m.get("masking") or {}).get("trained_token_share")),
+             ("packing efficiency", (m.get("packing") or {}).get("efficiency")),
+             ("steps", _last(files.train_rows, "step")),
+             ("final train loss", _last(files.train_rows, "loss")),
+             ("final eval loss (all)", last_eval.get("all")), ("seed", m.get("seed"))]
+    parts = [verdict, gates_table(ev) if ev is not None else not_recorded("gates (no eval/eval.json)"),
+             Markup('<div class="cards">' + "".join(_card(k, v) for k, v in cards if v is not None)
+                    + "</div>")]
+    if files.problems:
+        parts.append(tag("h3", "Problems reading the run"))
+        parts.append(Markup("<ul>" + "".join(tag("li", p) for p in files.problems) + "</ul>"))
+    return section("summary", "Summary", *parts)
+
+
+def _split_table(splits: dict[str, Any]) -> Markup:
+    rows = [[name, s.get("records"), s.get("accepted"), s.get("quarantined"),
+             (s.get("sha256") or "")[:16] or None, len(s.get("files") or [])]
+            for name, s in splits.items() if isinstance(s, dict)]
+    return table(["split", "records", "accepted", "quarantined", "data version", "files"], rows)
+
+
+def data_section(files: RunFiles) -> Markup:
+    parts: list[Any] = []
+    splits = ((files.manifest or {}).get("data") or {}).get("splits") or {}
+    parts.append(tag("h3", "Records per split"))
+    parts.append(_split_table(splits) if splits else not_recorded("data splits (run.json)"))
+    stats = files.stats
+    if stats is None:
+        parts.append(not_recorded("data statistics (data/stats.json)"))
+        return section("data", "Data", *parts)
+    remaining = dict(stats)
+    for heading, fragments in DATA_TOPICS:
+        keys = [k for k in remaining if any(f in k.lower() for f in fragments)]
+        parts.append(tag("h3", heading))
+        if not keys:
+            parts.append(not_recorded(heading.lower()))
+            continue
+        parts.append(_stat_block({k: remaining.pop(k) for k in keys}))
+    if remaining:
+        parts.append(tag("h3", "Other statistics"))
+        parts.append(_stat_block(remaining))
+    return section("data", "Data", *parts)
+
+
+def _stat_block(items: dict[str, Any]) -> Markup:
+    scalars = {k: v for k, v in items.items() if not isinstance(v, (dict, list))}
+    out = [kv_table(scalars)] if scalars else []
+    nested = [k for k in items if k not in scalars]
+    for key in nested:
+        if len(items) > 1:  # a lone key repeats the topic heading: leave its name out
+            out.append(tag("h4", key))
+        out.append(render(items[key], key_header=key))
+    return join(out)
+
+
+ROLE_COLOURS = {"system": "#7c3aed", "user": "#2563eb", "assistant": "#059669", "tool": "#b45309"}
+
+
+def _token_spans(tokens: list[dict[str, Any]]) -> str:
+    """Coloured spans as in ``sftlab inspect``: trained tokens green (stronger = larger weight),
+    template scaffolding grey, a role label where a message starts."""
+    weights = [t.get("weight") for t in tokens]
+    top = max([w for w in weights if isinstance(w, (int, float)) and w > 0] or [1.0])
+    out, last_role = [], None
+    for tok in tokens:
+        role, weight = str(tok.get("role", "?")), tok.get("weight")
+        weight = weight if isinstance(weight, (int, float)) else 0.0
+        if role != "template" and role != last_role:
+            out.append(tag("span", role, class_="role",
+                           style=f"background:{ROLE_COLOURS.get(role, '#444')}"))
+            last_role = role
+        text = str(tok.get("text", "")).replace("\n", "\u21b5\n")
+        title = f"{role} · weight {weight:g}"
+        if weight > 0:  # alpha is a number computed here, safe inside a style attribute
+            alpha = 0.25 + 0.6 * min(weight / top, 1.0)
+            out.append(tag("span", text, class_="tok trained", title=title,
+                           style=f"background:rgba(16,185,129,{alpha:.2f})"))
+        else:
+            out.append(tag("span", text, class_="tok scaffold" if role == "template" else "tok",
+                           title=title))
+    return "".join(out)
+
+
+def masks_section(files: RunFiles) -> Markup:
+    preview = files.mask_preview
+    if not preview:
+        return section("masks", "Loss masks", not_recorded("mask preview (data/mask_preview.json)"))
+    legend = Markup('<p class="legend"><span class="tok trained" style="background:rgba(16,185,129,.85)">'
+                    'trained</span><span class="tok trained" style="background:rgba(16,185,129,.35)">'
+                    'trained, lower weight</span><span class="tok">not trained</span>'
+                    '<span class="tok scaffold">template scaffolding</span>'
+                    '<span class="note">hover a token for its role and weight; \u21b5 marks a newline</span></p>')
+    parts: list[Any] = [legend]
+    for ex in preview[:MASK_EXAMPLES]:
+        tokens = [t for t in ex.get("tokens") or [] if isinstance(t, dict)]
+        trained = sum(1 for t in tokens if isinstance(t.get("weight"), (int, float)) and t["weight"] > 0)
+        parts.append(tag("h3", f"{ex.get('id') or 'example'}: {trained} of {len(tokens)} tokens trained"))
+        spans = _token_spans(tokens[:MASK_TOKENS])
+        parts.append(Markup(f'<div class="mask">{spans}</div>'))
+        if len(tokens) > MASK_TOKENS:
+            parts.append(tag("p", f"first {MASK_TOKENS} of {len(tokens)} tokens", class_="note"))
+    if len(preview) > MASK_EXAMPLES:
+        parts.append(tag("p", f"{MASK_EXAMPLES} of {len(preview)} examples shown", class_="note"))
+    return section("masks", "Loss masks", *parts)
+
+
+def _shares(item: dict[str, Any]) -> dict[str, Any]:
+    for key in ("slices", "shares", "mixture", "realised", "realised_mixture"):
+        if isinstance(item.get(key), dict):
+            return item[key]
+    return {k: v for k, v in item.items() if k not in ("epoch", "step")}
+
+
+def realised_by_epoch(files: RunFiles) -> dict[str, dict[str, Any]]:
+    """Realised mixture per epoch from run.json (``mixture.realised``) and metrics.jsonl.
+
+    Accepts ``[{"epoch": 0, "slices": {...}}]``, ``{"0": {...}}`` or one ``{slice: share}``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    realised = ((files.manifest or {}).get("mixture") or {}).get("realised")
+    if isinstance(realised, list):
+        for i, item in enumerate(realised):
+            if isinstance(item, dict):
+                out[f"epoch {item.get('epoch', i)}"] = _shares(item)
+    elif isinstance(realised, dict):
+        if realised and all(isinstance(v, dict) for v in realised.values()):
+            out.update({f"epoch {k}": v for k, v in realised.items()})
+        elif realised:
+            out["all epochs"] = realised
+    for row in files.metrics:
+        for key in ("realised_mixture", "mixture"):
+            if isinstance(row.get(key), dict):
+                out.setdefault(f"epoch {row.get('epoch', '?')}", row[key])
+    return out
+
+
+def _share(v: Any) -> Any:
+    return v.get("share", v.get("fraction", cell(v))) if isinstance(v, dict) else v
+
+
+def packing_section(files: RunFiles) -> Markup:
+    m = files.manifest or {}
+    parts: list[Any] = []
+    for key, title in (("packing", "Packing"), ("masking", "Loss mask")):
+        parts.append(tag("h3", title))
+        parts.append(kv_table({k: cell(v) for k, v in m[key].items()}) if m.get(key)
+                     else not_recorded(key))
+    eff = [(r.get("epoch"), r["packing_efficiency"]) for r in files.metrics
+           if isinstance(r.get("packing_efficiency"), (int, float))]
+    if eff:
+        parts.append(table(["epoch", "packing efficiency"], [list(e) for e in eff]))
+    mixture = m.get("mixture") or {}
+    realised = realised_by_epoch(files)
+    sampling, loss_w = mixture.get("sampling") or {}, mixture.get("loss_weights") or {}
+    parts.append(tag("h3", "Mixture per slice"))
+    slices = list(dict.fromkeys([*sampling, *loss_w, *(s for r in realised.values() for s in r)]))
+    slices = [s for s in slices if s not in ("temperature", "mode")]
+    if not slices:
+        parts.append(not_recorded("mixture"))
+    else:
+        rows = [[s, _share(sampling.get(s)), loss_w.get(s), *[_share(r.get(s)) for r in realised.values()]]
+                for s in slices]
+        parts.append(table(["slice", "sampling weight", "loss weight",
+                            *[f"realised, {e}" for e in realised]], rows))
+        extra = {k: v for k, v in sampling.items() if k in ("temperature", "mode")}
+        if extra:
+            parts.append(kv_table(extra))
+    return section("packing", "Packing and mixture", *parts)
+
+
+def training_section(files: RunFiles) -> Markup:
+    train, evals, gen = files.train_rows, files.eval_rows, files.gen_rows
+    if not (train or evals or gen):
+        return section("training", "Training", not_recorded("training metrics (metrics.jsonl)"))
+    tps = [r["tokens_per_s"] for r in train if isinstance(r.get("tokens_per_s"), (int, float))]
+    trained = [r["trained_tokens"] for r in train if isinstance(r.get("trained_tokens"), (int, float))]
+    cards = [("logged steps", len(train)), ("last step", _last(train, "step")),
+             ("first loss", train[0].get("loss") if train else None),
+             ("final loss", _last(train, "loss")),
+             ("median tokens/s", median(tps) if tps else None),
+             ("trained tokens", sum(trained) if trained else None)]
+    parts: list[Any] = [Markup('<div class="cards">' + "".join(
+        _card(k, v) for k, v in cards if v is not None) + "</div>")]
+    loss = plots.loss_curves(train, evals)
+    if loss:
+        parts.append(image(loss, "training and validation loss"))
+    small = [image(uri, alt) for uri, alt in ((plots.refusal_curves(gen), "refusal rates during training"),
+                                              (plots.lr_curve(train), "learning rate")) if uri]
+    parts.append(Markup('<div class="plots">' + "".join(small) + "</div>"))
+    if evals:
+        slices = sorted({s for r in evals for s in r["eval_loss"]}, key=lambda s: (s != "all", s))
+        first, last = evals[0]["eval_loss"], evals[-1]["eval_loss"]
+        best = {s: min((r["eval_loss"][s] for r in evals
+                        if isinstance(r["eval_loss"].get(s), (int, float))), default=None)
+                for s in slices}
+        parts.append(tag("h3", "Validation loss per slice"))
+        parts.append(table(["slice", f"step {evals[0].get('step')}", "best",
+                            f"step {evals[-1].get('step')}"],
+                           [[s, first.get(s), best[s], last.get(s)] for s in slices]))
+    if not gen:
+        parts.append(tag("p", "Generation-based refusal curves: not recorded", class_="missing"))
+    return section("training", "Training", *parts)
+
+
+def manifest_section(files: RunFiles) -> Markup:
+    m = files.manifest
+    if m is None:
+        return section("manifest", "Run manifest", not_recorded("run manifest (run.json)"))
+    from sftlab.manifest import flatten
+
+    scalars = {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
+    blocks = [Markup(f"<div>{tag('h3', 'run')}{kv_table(scalars)}</div>")]
+    for key, value in m.items():
+        if key not in scalars:
+            rows = kv_table({p or "(empty)": v for p, v in flatten(value).items()})
+            blocks.append(Markup(f"<div>{tag('h3', key)}{rows}</div>"))
+    parts: list[Any] = [Markup('<div class="grid">' + "".join(blocks) + "</div>")]
+    raw = json.dumps(m, indent=2, ensure_ascii=False)
+    parts.append(Markup(f"<details><summary>run.json as written</summary>{tag('pre', raw)}</details>"))
+    return section("manifest", "Run manifest", *parts)
