@@ -20,6 +20,13 @@ def assert_within(realised, requested, size):
         assert abs(realised[s] - p) <= 1 / size, (s, realised[s], p)
 
 
+def test_docstring_examples_hold():
+    import doctest
+
+    import sftlab.mixture
+    assert doctest.testmod(sftlab.mixture).failed == 0
+
+
 def test_explicit_weights_are_realised_with_up_and_down_sampling():
     idx = epoch_indices(SLICES, {"a": 1, "b": 2, "c": 1}, epoch=0, seed=0)
     assert len(idx) == 100

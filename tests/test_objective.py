@@ -64,6 +64,13 @@ def per_token_nll(model, ex):
     return F.cross_entropy(logits[:-1], torch.tensor(ex.input_ids[1:]), reduction="none")
 
 
+def test_docstring_examples_hold():
+    import doctest
+
+    import sftlab.objective
+    assert doctest.testmod(sftlab.objective).failed == 0
+
+
 @pytest.mark.parametrize("reduction", ["token", "per_sequence"])
 def test_packed_equals_unpacked(model, reduction):
     exs = make_examples()
@@ -254,3 +261,52 @@ def test_per_sequence_is_the_mean_of_per_example_means(model):
     with torch.no_grad():
         got = micro_batch_loss(model, batch, 4, reduction="per_sequence").item()
     assert got == pytest.approx(sum(means) / 4, rel=1e-5)
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    import os
+    from contextlib import nullcontext
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.nn.parallel import DistributedDataParallel
+
+    from sftlab.tiny import build_model
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        ddp = DistributedDataParallel(build_model(vocab_size=VOCAB, hidden=64, layers=2))
+        rows = pad_rows(make_examples(), 24)[rank * 4:(rank + 1) * 4]   # ranks see different weights
+        micro = [collate(rows[k:k + 2], pad_id=0) for k in (0, 2)]
+        total = step_normaliser(micro, all_reduce=True)
+        logged = torch.zeros(())
+        for i, b in enumerate(micro):
+            with ddp.no_sync() if i < len(micro) - 1 else nullcontext():
+                loss = micro_batch_loss(ddp, b, total, world_size=world)
+                loss.backward()
+            logged += loss.detach() / world
+        dist.all_reduce(logged)
+        grads = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
+        save_file({"grads": grads, "loss": logged, "total": total.float()}, f"{out_dir}/rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_ddp_equal_one_process(model, tmp_path):
+    """Two real gloo processes, 2 micro-batches of 2 each: the step equals batch 8 in one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    loss_8, grad_8 = run_step(model, [collate(pad_rows(make_examples(), 24), pad_id=0)])
+    for rank in (0, 1):
+        got = load_file(str(tmp_path / f"rank{rank}.safetensors"))
+        assert got["total"].item() == step_normaliser([collate(pad_rows(make_examples(), 24), pad_id=0)]).item()
+        assert got["loss"].item() == pytest.approx(loss_8.item(), rel=1e-5)
+        assert rel(got["grads"], grad_8) < 1e-5

@@ -77,6 +77,13 @@ def test_matches_bruteforce_best_fit_decreasing(seed):
             start += n
 
 
+def test_docstring_examples_hold():
+    import doctest
+
+    import sftlab.packing
+    assert doctest.testmod(sftlab.packing).failed == 0
+
+
 def test_deterministic_and_pure():
     exs = filled([5, 3, 5, 3, 2, 7, 1])
     before = [list(e.input_ids) for e in exs]
@@ -112,7 +119,7 @@ def test_packs_20k_long_tailed_examples_fast_and_tight():
         t = time.perf_counter()
         rows = pack(exs, max_length)
         elapsed = time.perf_counter() - t
-        assert elapsed < 3.0, f"packing 20k examples took {elapsed:.2f}s"
+        assert elapsed < 4.0, f"packing 20k examples took {elapsed:.2f}s"   # ~0.4 s on an idle core
         assert packing_efficiency(rows, max_length) > 0.99
         assert len(rows) <= -(-sum(lengths) // max_length) + 2   # within 2 rows of the bound
 
