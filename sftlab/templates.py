@@ -477,8 +477,7 @@ def add_role_tokens(tokenizer, model, template: ChatTemplate) -> dict:
     record = {"added": missing, "vocab_before": len(tokenizer), "vocab_after": len(tokenizer), "init": "mean"}
     if not missing:
         return record
-    tokenizer.add_special_tokens({"additional_special_tokens": missing},
-                                 replace_additional_special_tokens=False)
+    tokenizer.add_tokens(missing, special_tokens=True)  # the same call in transformers 4 and 5
     if model is not None:
         old = model.get_input_embeddings().weight.shape[0]
         new = len(tokenizer)
