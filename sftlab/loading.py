@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,7 @@ DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
 _PREVIEW_CHARS = 2000
 _BATCH_ROWS = 4096
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 # (line, raw record or raw text, problem found while reading or None)
 RawItem = tuple[int, Any, RecordError | None]
@@ -375,27 +377,65 @@ def _read_single_object(p: Path, max_bytes: int) -> Iterator[RawItem]:
     if not isinstance(obj, dict):  # not one object after all: read it line by line
         yield from _read_jsonl(p, max_bytes, sniff=False)
         return
-    yield 1, obj, _shape_problem(obj, len(text) > max_bytes, max_bytes, bad_utf8)
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if size > max_bytes:
+        yield 1, _preview(text), _too_large(size, max_bytes)
+        return
+    problem = _shape_problem(obj, bad_utf8)
+    yield 1, _escape_surrogates(obj) if problem and bad_utf8 else obj, problem
 
 
 def _read_json_array(p: Path, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _read_text(p)
     try:
-        items = json.loads(text)
+        for i, (obj, start, end) in enumerate(_array_elements(text), 1):
+            size = len(text[start:end].encode("utf-8", "surrogateescape"))
+            if size > max_bytes:
+                yield i, _preview(text[start:end]), _too_large(size, max_bytes)
+                continue
+            # Bracket counting (in C) rules out deep nesting for almost every record.
+            maybe_deep = text.count("{", start, end) + text.count("[", start, end) > MAX_DEPTH
+            problem = _shape_problem(obj, bad_utf8) if maybe_deep or bad_utf8 else None
+            if problem is not None and problem.code == "invalid_utf8":
+                obj = _escape_surrogates(obj)
+            yield i, obj, problem
     except json.JSONDecodeError as e:
         raise UsageError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}; fix "
                          "the file, or write one record per line (JSONL) so that bad records are "
                          "quarantined one by one") from None
     except RecursionError:
         raise UsageError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
-    if not isinstance(items, list):
-        raise UsageError(f"{p}: expected a JSON array of records")
-    check_size = len(text) > max_bytes
-    for i, obj in enumerate(items, 1):
-        problem = _shape_problem(obj, check_size, max_bytes, bad_utf8)
-        if problem is not None and problem.code == "invalid_utf8":
-            obj = _escape_surrogates(obj)
-        yield i, obj, problem
+
+
+def _array_elements(text: str) -> Iterator[tuple[Any, int, int]]:
+    """``(element, start, end)`` for each element of the JSON array ``text``.
+
+    Decoding element by element gives each record's extent, so its size and nesting can be
+    checked on the text instead of serialising the record again.
+    """
+    decoder, skip = json.JSONDecoder(), _WHITESPACE.match
+    i = skip(text, 0).end()
+    if text[i:i + 1] != "[":
+        raise json.JSONDecodeError("Expecting '['", text, i)
+    i = skip(text, i + 1).end()
+    if text[i:i + 1] == "]":
+        return
+    while True:
+        obj, end = decoder.raw_decode(text, i)
+        yield obj, i, end
+        i = skip(text, end).end()
+        c = text[i:i + 1]
+        if c == "]":
+            break
+        if c != ",":
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        i = skip(text, i + 1).end()
+    if skip(text, i + 1).end() != len(text):
+        raise json.JSONDecodeError("Extra data", text, skip(text, i + 1).end())
+
+
+def _text_of(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
 
 
 def _read_text(p: Path) -> tuple[str, bool]:
@@ -422,10 +462,31 @@ def _read_parquet(p: Path, max_bytes: int) -> Iterator[RawItem]:
 def _read_batches(batches: Iterable[Any], max_bytes: int) -> Iterator[RawItem]:
     row = 0
     for batch in batches:
-        check_size = batch.nbytes > max_bytes  # no row of a smaller batch can be too large
+        # Arrow bounds both checks for a whole batch: its byte size bounds each row's, and the
+        # schema bounds every row's nesting depth.
+        check_size = batch.nbytes > max_bytes
+        check_depth = 1 + max((_type_depth(f.type) for f in batch.schema), default=0) > MAX_DEPTH
         for obj in batch.to_pylist():
             row += 1
-            yield row, obj, _shape_problem(obj, check_size, max_bytes, False)
+            if check_size:
+                size = len(_text_of(obj).encode("utf-8", "replace"))
+                if size > max_bytes:
+                    yield row, _preview(_text_of(obj)), _too_large(size, max_bytes)
+                    continue
+            yield row, obj, _shape_problem(obj, False) if check_depth else None
+
+
+def _type_depth(t: Any) -> int:
+    """Nesting depth of an Arrow type: 0 for a scalar, +1 per list, struct or map level."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return 1 + max((_type_depth(t.field(i).type) for i in range(t.num_fields)), default=0)
+    if pa.types.is_map(t):
+        return 1 + max(_type_depth(t.key_type), _type_depth(t.item_type))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return 1 + _type_depth(t.value_type)
+    return 0
 
 
 def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
@@ -444,17 +505,12 @@ def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator
 
 # --------------------------------------------------------------------------- record shape
 
-def _shape_problem(obj: Any, check_size: bool, max_bytes: int,
-                   bad_utf8: bool) -> RecordError | None:
+def _shape_problem(obj: Any, bad_utf8: bool) -> RecordError | None:
     if bad_utf8 and _has_surrogates(obj):
         return RecordError("invalid_utf8", "the record holds invalid UTF-8 bytes (shown "
                            "backslash-escaped); expected UTF-8 text; fix: re-encode the file")
     if _too_deep(obj):
         return _too_deep_error()
-    if check_size:
-        size = len(json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", "replace"))
-        if size > max_bytes:
-            return _too_large(size, max_bytes)
     return None
 
 
