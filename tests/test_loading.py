@@ -291,3 +291,23 @@ def test_twenty_thousand_records_load_quickly(tmp_path):
     elapsed = time.perf_counter() - start
     assert report.accepted == 20_000
     assert elapsed < 5.0, f"20k records took {elapsed:.2f} s"  # ~0.25 s on 2 busy cores
+
+
+def test_parquet_too_large_rows_are_quarantined(tmp_path):
+    rows = [good(0, blob="x" * 10), good(1, blob="y" * 300_000), good(2, blob="z")]
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    report = load_files([path], max_record_bytes=250_000)
+    e = only_entry(report)
+    assert (e.line, e.code) == (2, "too_large") and len(e.record) == 2000
+    assert [c.id for c in report.conversations] == ["r0", "r2"]
+
+
+def test_json_array_with_trailing_garbage_is_unusable(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([good(0)]) + "\n]")
+    with pytest.raises(UsageError, match=r"d.json: not valid JSON at line 2 column 1: Extra data"):
+        load_files([path])
+    path.write_text("[" + json.dumps(good(0)) + " " + json.dumps(good(1)) + "]")
+    with pytest.raises(UsageError, match="Expecting ',' delimiter"):
+        load_files([path])
