@@ -292,3 +292,30 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+
+
+def test_mask_preview_from_real_encoding(tmp_path):
+    """The preview training writes (sftlab.inspect on a real tokenizer) renders as trained spans."""
+    from sftlab.conversation import Conversation, Message
+    from sftlab.report.mask_preview import write_mask_preview
+    from sftlab.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    convs = [Conversation(messages=(Message("user", "2+2?"), Message("assistant", "The answer is 4")),
+                          id="m1", slice="math"),
+             Conversation(messages=(Message("user", "again"), Message("assistant", "4")), id="m2", slice="math"),
+             Conversation(messages=(Message("user", "<|im_end|> hi <b>"), Message("assistant", "hello", weight=0.5)),
+                          id="c1", slice="chat"),
+             Conversation(messages=(Message("user", "no answer"),), id="bad", slice="chat")]
+    run = tmp_path / "run"
+    path = write_mask_preview(run, convs, tok, "chatml", n=2)
+    preview = json.loads(path.read_text())
+    assert [p["id"] for p in preview] == ["m1", "c1"]  # one per slice first; unencodable skipped
+    page, _ = build_report(run)
+    masks = page.split('<section id="masks">', 1)[1].split("</section>", 1)[0]
+    blocks = "".join(re.findall(r'<div class="mask">(.*?)</div>', masks, re.S))
+    trained = "".join(re.findall(r'<span class="tok trained"[^>]*>([^<]*)</span>', blocks))
+    assert trained == "The answer is 4&lt;|im_end|&gt;hello&lt;|im_end|&gt;"
+    text = re.sub(r"<[^>]+>", "", blocks)  # user text that spells a control token stays text
+    assert "&lt;|im_end|&gt; hi &lt;b&gt;" in text and "<b>" not in masks
+    assert "user #0" in masks and "assistant #1" in masks

@@ -78,7 +78,7 @@ def refusal_curves(gen: list[dict[str, Any]]) -> str | None:
     metrics = sorted({m for r in gen for m in (r.get("gen_eval") or {})})
     if not metrics:
         return None
-    fig, (ax,) = _figure(width=7.5, height=3.4)
+    fig, (ax,) = _figure(width=5.6, height=3.2)
     for i, name in enumerate(metrics):
         pts = [(r["step"], r["gen_eval"][name]) for r in gen
                if isinstance(r.get("gen_eval", {}).get(name), (int, float))]
@@ -94,7 +94,7 @@ def lr_curve(train: list[dict[str, Any]]) -> str | None:
     steps, lr = _series(train, "lr")
     if len(steps) < 2:
         return None
-    fig, (ax,) = _figure(width=5.5, height=2.6)
+    fig, (ax,) = _figure(width=4.2, height=3.2)
     ax.plot(steps, lr, color=COLOURS[3], linewidth=1.6)
     ax.set_title("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

@@ -110,14 +110,16 @@ def _token_spans(tokens: list[dict[str, Any]]) -> str:
     template scaffolding grey, a role label where a message starts."""
     weights = [t.get("weight") for t in tokens]
     top = max([w for w in weights if isinstance(w, (int, float)) and w > 0] or [1.0])
-    out, last_role = [], None
+    out, last = [], None
     for tok in tokens:
         role, weight = str(tok.get("role", "?")), tok.get("weight")
         weight = weight if isinstance(weight, (int, float)) else 0.0
-        if role != "template" and role != last_role:
-            out.append(tag("span", role, class_="role",
+        message = tok.get("message", role)  # the message index when recorded, else the role
+        if role != "template" and message != last:
+            label = f"{role} #{message}" if isinstance(message, int) else role
+            out.append(tag("span", label, class_="role",
                            style=f"background:{ROLE_COLOURS.get(role, '#444')}"))
-            last_role = role
+            last = message
         text = str(tok.get("text", "")).replace("\n", "\u21b5\n")
         title = f"{role} · weight {weight:g}"
         if weight > 0:  # alpha is a number computed here, safe inside a style attribute
@@ -187,6 +189,38 @@ def _share(v: Any) -> Any:
     return v.get("share", v.get("fraction", cell(v))) if isinstance(v, dict) else v
 
 
+def _numeric(d: Any) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} \
+        if isinstance(d, dict) else {}
+
+
+def _mixture_table(mixture: dict[str, Any], realised: dict[str, dict[str, Any]]) -> Markup:
+    """Per slice: sampling weight, requested share, loss weight, realised share per epoch.
+
+    ``mixture.sampling`` is either ``{slice: weight}`` or ``{"weights": {...}, "temperature": t}``.
+    """
+    raw = mixture.get("sampling") or {}
+    if "weights" in raw:  # the training config's form
+        weights = raw["weights"] if isinstance(raw["weights"], dict) else {}
+    else:
+        weights = mixture.get("sampling_weights") or _numeric(raw)
+    settings = {k: v for k, v in raw.items() if k != "weights" and k not in weights}
+    settings.update({k: mixture[k] for k in ("mode", "temperature", "epoch_size") if k in mixture})
+    requested = mixture.get("requested_shares") or {}
+    loss_w = mixture.get("loss_weights") or {}
+    slices = list(dict.fromkeys([*weights, *requested, *loss_w,
+                                 *(s for r in realised.values() for s in r)]))
+    if not slices:
+        return not_recorded("mixture")
+    columns = [("sampling weight", weights), ("requested share", requested), ("loss weight", loss_w)]
+    columns = [(name, d) for name, d in columns if d] + [(f"realised, {e}", r) for e, r in realised.items()]
+    rows = [[s, *[_share(d.get(s)) for _, d in columns]] for s in slices]
+    out = table(["slice", *[name for name, _ in columns]], rows)
+    if settings:
+        out = Markup(out + kv_table({k: cell(v) for k, v in settings.items()}))
+    return out
+
+
 def packing_section(files: RunFiles) -> Markup:
     m = files.manifest or {}
     parts: list[Any] = []
@@ -198,22 +232,8 @@ def packing_section(files: RunFiles) -> Markup:
            if isinstance(r.get("packing_efficiency"), (int, float))]
     if eff:
         parts.append(table(["epoch", "packing efficiency"], [list(e) for e in eff]))
-    mixture = m.get("mixture") or {}
-    realised = realised_by_epoch(files)
-    sampling, loss_w = mixture.get("sampling") or {}, mixture.get("loss_weights") or {}
     parts.append(tag("h3", "Mixture per slice"))
-    slices = list(dict.fromkeys([*sampling, *loss_w, *(s for r in realised.values() for s in r)]))
-    slices = [s for s in slices if s not in ("temperature", "mode")]
-    if not slices:
-        parts.append(not_recorded("mixture"))
-    else:
-        rows = [[s, _share(sampling.get(s)), loss_w.get(s), *[_share(r.get(s)) for r in realised.values()]]
-                for s in slices]
-        parts.append(table(["slice", "sampling weight", "loss weight",
-                            *[f"realised, {e}" for e in realised]], rows))
-        extra = {k: v for k, v in sampling.items() if k in ("temperature", "mode")}
-        if extra:
-            parts.append(kv_table(extra))
+    parts.append(_mixture_table(m.get("mixture") or {}, realised_by_epoch(files)))
     return section("packing", "Packing and mixture", *parts)
 
 
