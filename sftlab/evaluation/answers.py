@@ -1,0 +1,106 @@
+"""Checking a response against a prompt's expected answer (``task_accuracy``).
+
+Three answer types:
+
+- ``exact``: the normalised answer equals the normalised whole response, or the response's
+  *final answer*: the text after its last "answer is" / "answer:" marker, or its last line,
+  or its last sentence. Normalised = lower case, straight quotes, single spaces, markdown
+  emphasis and surrounding quotes/punctuation removed. Containment alone does not count
+  ("4" is not found in "14 or 40").
+- ``numeric``: the last number in the response is within ``tolerance`` of the answer
+  (thousands separators allowed: "1,234.5").
+- ``regex``: ``re.search(answer, response)`` finds a match (add ``(?i)`` for case-insensitive).
+
+Examples::
+
+    >>> check_answer("Let me think. 2 + 2 = 4, so the answer is **4**.", "4", "exact")
+    True
+    >>> check_answer("It is about 3.1416", "3.14159", "numeric", tolerance=0.001)
+    True
+    >>> check_answer("14 or 40", "4", "exact")
+    False
+"""
+from __future__ import annotations
+
+import math
+import re
+
+ANSWER_TYPES = ("exact", "numeric", "regex")
+_STRAIGHTEN = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
+_EDGE = " \t\n.,;:!?\"'`*_()[]{}"
+_MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+
+
+def normalise_answer(text: str) -> str:
+    """``'**Paris**.'`` -> ``'paris'``."""
+    t = text.translate(_STRAIGHTEN).replace("**", "").replace("__", "")
+    return " ".join(t.lower().split()).strip(_EDGE)
+
+
+def final_answer_candidates(response: str) -> list[str]:
+    """The whole response, the text after the last answer marker, the last line and sentence."""
+    out = [response]
+    markers = list(_MARKER.finditer(response))
+    if markers:
+        rest = response[markers[-1].end():]
+        out.append(re.split(r"(?<=[.!?])\s|\n", rest.strip(), maxsplit=1)[0])
+    lines = [ln for ln in response.splitlines() if ln.strip()]
+    if lines:
+        out.append(lines[-1])
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", lines[-1]) if s.strip()]
+        if sentences:
+            out.append(sentences[-1])
+    return out
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` (``None`` when there is none)."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def check_answer(response: str, answer: str, answer_type: str = "exact",
+                 tolerance: float | None = None) -> bool:
+    """Whether ``response`` gives ``answer`` by the rule of ``answer_type`` (module docstring)."""
+    if answer_type == "exact":
+        want = normalise_answer(str(answer))
+        return any(normalise_answer(c) == want for c in final_answer_candidates(response))
+    if answer_type == "numeric":
+        got = last_number(response)
+        if got is None:
+            return False
+        want = float(answer)
+        tol = tolerance if tolerance is not None else 0.0
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=tol + 1e-12)
+    if answer_type == "regex":
+        return re.search(str(answer), response) is not None
+    raise ValueError(f"answer_type must be one of {', '.join(ANSWER_TYPES)}, got {answer_type!r}")
+
+
+def answer_problem(answer, answer_type: str, tolerance) -> str | None:
+    """Why this answer specification cannot be checked (``None`` when it can)."""
+    if answer_type not in ANSWER_TYPES:
+        return f"answer_type {answer_type!r} is not one of {', '.join(ANSWER_TYPES)}"
+    if answer_type == "numeric":
+        try:
+            float(answer)
+        except (TypeError, ValueError):
+            return f"answer {answer!r} is not a number (answer_type numeric)"
+    if answer_type == "regex":
+        try:
+            re.compile(str(answer))
+        except re.error as e:
+            return f"answer {answer!r} is not a valid regular expression: {e}"
+    if tolerance is not None:
+        try:
+            if float(tolerance) < 0 or not math.isfinite(float(tolerance)):
+                return f"tolerance {tolerance!r} must be a finite number >= 0"
+        except (TypeError, ValueError):
+            return f"tolerance {tolerance!r} is not a number"
+    return None
