@@ -19,6 +19,7 @@ SECTIONS = (("summary", "Summary"), ("data", "Data"), ("masks", "Masks"),
 def build_report(run_dir: str | os.PathLike):
     """``(html, files)``: the page for ``run_dir`` and the ``RunFiles`` it was built from."""
     from sftlab.report import sections as s
+    from sftlab.report.data import data_section
     from sftlab.report.evaluation import evaluation_section
     from sftlab.report.inputs import read_run
     from sftlab.report.markup import page
@@ -28,7 +29,7 @@ def build_report(run_dir: str | os.PathLike):
     title = f"sftlab run report: {Path(run_dir).resolve().name}"
     subtitle = " · ".join(str(x) for x in (m.get("kind"), (m.get("model") or {}).get("base"),
                                            m.get("created")) if x)
-    body = [s.summary_section(files), s.data_section(files), s.masks_section(files),
+    body = [s.summary_section(files), data_section(files), s.masks_section(files),
             s.packing_section(files), s.training_section(files), evaluation_section(files),
             s.manifest_section(files)]
     return page(title, subtitle or "no run manifest", list(SECTIONS), body), files

@@ -14,14 +14,6 @@ from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not
                                   section, table, tag)
 from sftlab.report.render import cell, render
 
-DATA_TOPICS = (  # (heading, key fragments) in display order; unmatched keys go last
-    ("Task diversity", ("diversity", "task")),
-    ("Slices", ("slice",)),
-    ("Refusal share and contrast coverage", ("refus", "contrast", "expected", "categor")),
-    ("Duplicates", ("duplicate", "dedup")),
-    ("Train / held-out leakage", ("leak", "overlap", "heldout", "held_out")),
-    ("Quarantine", ("quarantin",)),
-)
 MASK_EXAMPLES = 4
 MASK_TOKENS = 500
 
@@ -33,6 +25,16 @@ def _card(key: str, value: Any) -> Markup:
 
 def _last(rows: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in reversed(rows) if r.get(key) is not None), None)
+
+
+def _data_checks(stats: dict[str, Any] | None) -> Markup:
+    checks = [c for c in (stats or {}).get("checks") or [] if isinstance(c, dict)]
+    if not checks:
+        return tag("p", Markup(f"Data checks: {badge(None, 'NOT RECORDED')}"), class_="verdict")
+    failed = [str(c.get("name")) for c in checks if c.get("passed") is False]
+    detail = f" {len(failed)} of {len(checks)} failed: {', '.join(failed)}" if failed else ""
+    return tag("p", join([Markup("Data checks: "), badge(not failed), tag("span", detail, class_="note")]),
+               class_="verdict")
 
 
 def summary_section(files: RunFiles) -> Markup:
@@ -53,53 +55,13 @@ def summary_section(files: RunFiles) -> Markup:
              ("final train loss", _last(files.train_rows, "loss")),
              ("final eval loss (all)", last_eval.get("all")), ("seed", m.get("seed"))]
     parts = [verdict, gates_table(ev) if ev is not None else not_recorded("gates (no eval/eval.json)"),
+             _data_checks(files.stats),
              Markup('<div class="cards">' + "".join(_card(k, v) for k, v in cards if v is not None)
                     + "</div>")]
     if files.problems:
         parts.append(tag("h3", "Problems reading the run"))
         parts.append(Markup("<ul>" + "".join(tag("li", p) for p in files.problems) + "</ul>"))
     return section("summary", "Summary", *parts)
-
-
-def _split_table(splits: dict[str, Any]) -> Markup:
-    rows = [[name, s.get("records"), s.get("accepted"), s.get("quarantined"),
-             (s.get("sha256") or "")[:16] or None, len(s.get("files") or [])]
-            for name, s in splits.items() if isinstance(s, dict)]
-    return table(["split", "records", "accepted", "quarantined", "data version", "files"], rows)
-
-
-def data_section(files: RunFiles) -> Markup:
-    parts: list[Any] = []
-    splits = ((files.manifest or {}).get("data") or {}).get("splits") or {}
-    parts.append(tag("h3", "Records per split"))
-    parts.append(_split_table(splits) if splits else not_recorded("data splits (run.json)"))
-    stats = files.stats
-    if stats is None:
-        parts.append(not_recorded("data statistics (data/stats.json)"))
-        return section("data", "Data", *parts)
-    remaining = dict(stats)
-    for heading, fragments in DATA_TOPICS:
-        keys = [k for k in remaining if any(f in k.lower() for f in fragments)]
-        parts.append(tag("h3", heading))
-        if not keys:
-            parts.append(not_recorded(heading.lower()))
-            continue
-        parts.append(_stat_block({k: remaining.pop(k) for k in keys}))
-    if remaining:
-        parts.append(tag("h3", "Other statistics"))
-        parts.append(_stat_block(remaining))
-    return section("data", "Data", *parts)
-
-
-def _stat_block(items: dict[str, Any]) -> Markup:
-    scalars = {k: v for k, v in items.items() if not isinstance(v, (dict, list))}
-    out = [kv_table(scalars)] if scalars else []
-    nested = [k for k in items if k not in scalars]
-    for key in nested:
-        if len(items) > 1:  # a lone key repeats the topic heading: leave its name out
-            out.append(tag("h4", key))
-        out.append(render(items[key], key_header=key))
-    return join(out)
 
 
 ROLE_COLOURS = {"system": "#7c3aed", "user": "#2563eb", "assistant": "#059669", "tool": "#b45309"}
