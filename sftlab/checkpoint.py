@@ -89,7 +89,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
             _write_json(tmp / "run.json", manifest)
         _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
         _fsync_tree(tmp)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -167,6 +167,52 @@ def _load_weights(path: Path, model) -> None:
                          f"(missing {untied[:5]}, unexpected {unexpected[:5]})")
 
 
+def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = False) -> Path:
+    """Write the trained model as a loadable Hugging Face directory, atomically.
+
+    ``out`` gets the weights (``save_pretrained``, safetensors), the tokenizer with the training
+    template as its ``chat_template`` and a ``generation_config`` whose eos ids include the
+    template's end-of-turn token(s), so generation stops at the end of the turn (DESIGN
+    invariant 11). A peft model writes its adapter there; with ``merge`` the merged full model
+    goes to ``out`` and the adapter to ``out/adapter``.
+    """
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokenizer.chat_template = template.source
+    if hasattr(model, "peft_config") and merge:
+        model.save_pretrained(tmp / "adapter")
+        tokenizer.save_pretrained(tmp / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    generation_config(model, tokenizer, template).save_pretrained(tmp)
+    _fsync_tree(tmp)
+    replace_dir(tmp, out)
+    return out
+
+
+def generation_config(model, tokenizer, template):
+    """The model's generation config with the template's end-of-turn ids added to ``eos_token_id``."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    gen = getattr(model, "generation_config", None)
+    gen = copy.deepcopy(gen) if gen is not None else GenerationConfig.from_model_config(model.config)
+    eos = gen.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    for marker in template.end_of_turn:
+        marker_ids = tokenizer(marker, add_special_tokens=False).input_ids
+        if len(marker_ids) == 1 and marker_ids[0] not in ids:
+            ids.append(marker_ids[0])
+    gen.eos_token_id = ids[0] if len(ids) == 1 else ids
+    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
 def _save_rng(path: Path) -> None:
     np_state = np.random.get_state()
     tensors = {"torch_cpu": torch.get_rng_state(),
@@ -211,7 +257,7 @@ def _fsync_tree(root: Path) -> None:
         os.close(fd)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
     old = final.with_name(f".old-{final.name}")
     if final.exists():

@@ -121,7 +121,8 @@ class LoraConfig(_Section):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
     """Names of the linear modules that get adapters."""
     merge_on_save: bool = False
-    """Also write the merged full model to ``RUN/final/merged``."""
+    """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``
+    (otherwise ``RUN/final`` holds the adapter, loadable with peft installed)."""
 
 
 class EarlyStoppingConfig(_Section):

@@ -1,0 +1,75 @@
+"""``sftlab train CONFIG.yaml [key=value ...] [--resume] [--json]``: fine-tune a model."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+HELP = """Fine-tune a causal language model on conversations with the response-only objective,
+as CONFIG.yaml says. Overrides use dotted keys with YAML values, e.g. optim.lr=1e-4
+lora.enabled=true data.train=[a.jsonl,b.jsonl]. Runs on one process, or under
+`accelerate launch` on several (DDP, CPU gloo or GPUs).
+
+Writes RUN/run.json, RUN/metrics.jsonl, RUN/data/quarantine.jsonl, RUN/checkpoints/step-N,
+RUN/final (a Hugging Face model directory) and RUN/curves.png, where RUN is the config's `out`.
+Exit codes: 0 trained; 1 trained but records were quarantined, or stopped on a NaN/inf loss
+(the last good checkpoint stays; rerun with --resume); 2 unusable config or data."""
+
+
+def register(subparsers) -> None:
+    from sftlab.config import config_reference_text
+
+    p = subparsers.add_parser("train", help="fine-tune a model (full or LoRA) from a YAML config",
+                              description=HELP, epilog="config keys:\n" + config_reference_text(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG.yaml", help="training config (YAML); keys listed below")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override a config key (dotted path), value parsed as YAML")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in the run directory")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with the run's outcome on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftlab.cli import UsageError
+    from sftlab.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    from sftlab.training import train
+
+    code = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = _summary(cfg.out, code)
+        if args.json:
+            print(json.dumps(summary))
+        elif code == 0 or "error" not in summary:
+            print(f"trained {summary['steps']} steps: loss {summary['loss']}, "
+                  f"{summary['quarantined']} quarantined; model in {summary['final']}")
+    return code
+
+
+def _summary(out: str, code: int) -> dict:
+    from pathlib import Path
+
+    from sftlab.curves import read_metrics
+
+    run_dir = Path(out)
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    errors = [r["error"] for r in records if "error" in r]
+    quarantine = run_dir / "data" / "quarantine.jsonl"
+    summary = {"run": str(run_dir), "exit_code": code,
+               "final": str(run_dir / "final") if (run_dir / "final").is_dir() else None,
+               "steps": steps[-1]["step"] if steps else 0,
+               "loss": steps[-1]["loss"] if steps else None,
+               "eval_loss": evals[-1]["eval_loss"] if evals else None,
+               "quarantined": sum(1 for _ in open(quarantine)) if quarantine.exists() else 0}
+    if errors:
+        summary["error"] = errors[-1]
+    return summary

@@ -1,0 +1,492 @@
+"""The training loop on accelerate: one function, :func:`train`, read top to bottom.
+
+One optimizer step takes ``micro_batch_size x grad_accum`` rows on each of the ``world_size``
+processes. The objective's denominator is the trained weight of the *whole* step, so the loop
+first collates every micro-batch of the step, all-reduces their total weight
+(``step_normaliser``), and only then runs forward/backward on each micro-batch with
+``loss_sum / total_weight x world_size`` (DDP averages gradients over ranks, the factor undoes
+that). Gradient synchronisation is skipped (``accelerator.no_sync``) for all but the last
+micro-batch. The result does not depend on how the step's rows are split over micro-batches
+or processes (DESIGN invariant 1).
+
+The data of each epoch is a deterministic function of (seed, epoch): mixture sample, slice loss
+weights, pack, shuffle. A checkpoint stores (epoch, step within the epoch), so a resumed run
+rebuilds the same epoch and continues at the same step, with the same optimizer, scheduler and
+RNG state: its final weights equal those of an uninterrupted run (DESIGN invariant 8).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from sftlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
+from sftlab.cli import UsageError
+from sftlab.config import TrainConfig
+from sftlab.curves import MetricsLog, plot_curves
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> int:
+    """Train as ``cfg`` says, into ``cfg.out``; returns the exit code.
+
+    0: done; 1: done but records were quarantined, or stopped on a NaN/inf loss (the last good
+    checkpoint stays). Raises ``UsageError`` for unusable input.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+    from transformers.utils import logging as hf_logging
+
+    from sftlab.objective import micro_batch_loss, step_normaliser
+
+    hf_logging.disable_progress_bar()  # ours is the one that matters
+    run = Path(cfg.out)
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None and not resume:
+        raise UsageError(f"{run} already holds checkpoints ({ckpt.name}); pass --resume to continue "
+                         "that run, or choose another out")
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.model.dtype == "auto" else "no")
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    set_seed(cfg.seed)
+
+    # -- model, tokenizer, template, data ----------------------------------------------------
+    model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer, template, run, write=main)
+    total_steps = data.total_steps(world)
+    if main:
+        record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
+    warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None
+              else math.ceil(cfg.optim.warmup_ratio * total_steps))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+
+    state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0}
+    if resume and ckpt is not None:
+        state = load_checkpoint(ckpt, model=raw, optimizer=optimizer, scheduler=scheduler, rank=rank)
+    step = state["step"]
+    metrics = MetricsLog(run / "metrics.jsonl", enabled=main, tensorboard=cfg.log.tensorboard,
+                         keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
+    bar = tqdm(total=total_steps, initial=step, disable=not (main and cfg.log.progress),
+               desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def checkpoint(at: int) -> None:
+        save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
+                        scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
+                        manifest=_read_json(run / "run.json") if main else None, rank=rank,
+                        barrier=accelerator.wait_for_everyone)
+
+    # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
+    model.train()
+    reduction = cfg.loss.normalisation
+    stop = None
+    while step < total_steps and stop is None:
+        epoch = state["epoch"]
+        rows = data.epoch_rows(epoch)
+        if state["step_in_epoch"] == 0:
+            metrics.write({"epoch": epoch, "realised_mixture": data.realised_mixture(epoch)})
+        for s in range(state["step_in_epoch"], data.steps_in_epoch(epoch, world)):
+            t0 = time.perf_counter()
+            # collate the whole step first: the denominator is its total trained weight, all ranks
+            micro = [_to_device(b, accelerator.device) for b in data.micro_batches(rows, s, rank, world)]
+            total_weight = step_normaliser(micro, reduction=reduction, all_reduce=True)
+            sums = torch.zeros(3, dtype=torch.float64)  # loss, tokens, trained tokens
+            for i, batch in enumerate(micro):
+                last = i == len(micro) - 1  # gradients are all-reduced once, after the last one
+                with (nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
+                    loss = micro_batch_loss(model, batch, total_weight, reduction=reduction,
+                                            chunk_size=cfg.loss.chunk_size, world_size=world)
+                accelerator.backward(loss)
+                sums += torch.tensor([loss.item(), batch["seq_lengths"].sum().item(),
+                                      _trained_tokens(batch)], dtype=torch.float64)
+            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+            step_loss = sums[0].item() / world
+            grad_norm = None
+            if cfg.optim.max_grad_norm:
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
+            if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+                bar.close()
+                return _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            state.update(step=step, step_in_epoch=s + 1)
+            tokens_per_s = sums[1].item() / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            if step % cfg.log.every_n_steps == 0 or step == total_steps:
+                metrics.write({"step": step, "epoch": epoch, "loss": step_loss,
+                               "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+                               "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
+            every = cfg.eval.every_n_steps
+            if data.eval_sets and ((every and step % every == 0) or step >= total_steps):
+                stop = _validate(raw, data, cfg, accelerator, metrics, step, state)
+            if stop is None and step >= total_steps:
+                stop = "done"
+            every = cfg.checkpointing.every_n_steps
+            if stop is not None or (every and step % every == 0):
+                checkpoint(step)  # after validation, so early-stopping counters resume too
+            if stop is not None:
+                break
+        else:
+            state.update(epoch=epoch + 1, step_in_epoch=0)
+    bar.close()
+
+    # -- the end: final model, curves, manifest ------------------------------------------------
+    accelerator.wait_for_everyone()
+    if main:
+        save_final(run / "final", raw, tokenizer, template, merge=cfg.lora.enabled and cfg.lora.merge_on_save)
+        plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
+        finish_manifest(run, cfg, step, stop)
+    metrics.close()
+    accelerator.wait_for_everyone()
+    return 1 if data.quarantined else 0
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model_and_tokenizer(cfg: TrainConfig):
+    """``(model, tokenizer, template, role_tokens)``: the base model ready to train (LoRA and
+    gradient checkpointing applied), the tokenizer with the training template installed."""
+    from transformers import AutoTokenizer
+
+    from sftlab.models import load_base_model
+    from sftlab.templates import TemplateError, add_role_tokens, get_template, install_template
+
+    path = Path(cfg.model.path)
+    name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
+    try:
+        model, tokenizer = load_base_model(name, gguf_file=cfg.model.gguf_file,
+                                           dtype=_DTYPES[cfg.model.dtype],
+                                           trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.tokenizer:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code)
+        template = get_template(cfg.template, tokenizer)
+    except (OSError, ValueError, TemplateError) as e:
+        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
+    role_tokens = add_role_tokens(tokenizer, model, template)
+    if role_tokens["added"]:
+        template = get_template(cfg.template, tokenizer)  # the fingerprint covers the tokenizer
+    install_template(tokenizer, template)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                                                 target_modules=list(cfg.lora.target_modules)))
+    model.train()
+    return model, tokenizer, template, role_tokens
+
+
+def _param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay matrices, not biases or norm scales (the usual AdamW split)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+class TrainData:
+    """Encoded training and held-out examples, and the rows of each epoch.
+
+    Rows of epoch e are a pure function of (examples, config, seed, e): mixture sample with
+    slice loss weights, pack (or one example per row), shuffle. Step s of an epoch takes rows
+    ``[s*G, (s+1)*G)`` with ``G = micro_batch_size x grad_accum x world_size``; process r takes
+    every ``world_size``-th of them starting at r, in micro-batches of ``micro_batch_size``.
+    """
+
+    def __init__(self, cfg: TrainConfig, examples: list, eval_sets: dict, pad_id: int):
+        self.cfg, self.examples, self.eval_sets, self.pad_id = cfg, examples, eval_sets, pad_id
+        self.splits: dict = {}
+        self.quarantined = 0
+        self._epoch: tuple[int, list, dict] | None = None
+
+    def _build(self, epoch: int) -> tuple[list, dict]:
+        from sftlab.packing import pack, pad_rows
+
+        if self._epoch is None or self._epoch[0] != epoch:
+            mixed, realised = mix_epoch(self.examples, self.cfg.mixture, self.cfg.seed, epoch)
+            make = pack if self.cfg.packing.mode == "packed" else pad_rows
+            rows = make(mixed, self.cfg.row_length)
+            random.Random(f"{self.cfg.seed}:rows:{epoch}").shuffle(rows)
+            self._epoch = (epoch, rows, realised)
+        return self._epoch[1], self._epoch[2]
+
+    def epoch_rows(self, epoch: int) -> list:
+        return self._build(epoch)[0]
+
+    def realised_mixture(self, epoch: int) -> dict:
+        return self._build(epoch)[1]
+
+    def steps_in_epoch(self, epoch: int, world: int) -> int:
+        per_step = self.cfg.optim.micro_batch_size * self.cfg.optim.grad_accum * world
+        return -(-len(self.epoch_rows(epoch)) // per_step)  # the last step may be partial
+
+    def total_steps(self, world: int) -> int:
+        if self.cfg.optim.max_steps:
+            return self.cfg.optim.max_steps
+        return sum(self.steps_in_epoch(e, world) for e in range(self.cfg.optim.epochs))
+
+    def micro_batches(self, rows: list, s: int, rank: int, world: int) -> list[dict]:
+        from sftlab.packing import PackedRow, collate
+
+        o = self.cfg.optim
+        per_step = o.micro_batch_size * o.grad_accum * world
+        mine = rows[s * per_step:(s + 1) * per_step][rank::world]
+        if not mine:  # a partial last step left this rank without a row: it still has to join the
+            # gradient all-reduce, so it runs one padding token of weight 0 (zero gradient)
+            mine = [PackedRow((self.pad_id,), (0.0,), (0,), (1,), (-1,))]
+        return [collate(mine[i:i + o.micro_batch_size], self.pad_id)
+                for i in range(0, len(mine), o.micro_batch_size)]
+
+
+def mix_epoch(examples: list, mixture, seed: int, epoch: int) -> tuple[list, dict]:
+    """One epoch's examples: sampled per slice, slice loss weights applied, shuffled.
+
+    Without sampling weights every example appears once. With them, each slice gets
+    ``round(share x N)`` draws: whole shuffled passes over the slice, then a sample without
+    replacement. Returns ``(examples, {"slices": {slice: count}, "shares": {slice: share}})``.
+
+        >>> from types import SimpleNamespace as Ex
+        >>> from sftlab.config import MixtureConfig
+        >>> exs = [Ex(slice="a", input_ids=[1], loss_weights=[1.0])] * 3 + [Ex(slice="b", input_ids=[2], loss_weights=[1.0])]
+        >>> mixed, realised = mix_epoch(exs, MixtureConfig(sampling_weights={"b": 3}, loss_weights={"b": 0.5}), 0, 0)
+        >>> realised["slices"], sorted({m.loss_weights[0] for m in mixed if m.slice == "b"})
+        ({'a': 1, 'b': 3}, [0.5])
+    """
+    rng = random.Random(f"{seed}:mixture:{epoch}")
+    by_slice: dict[str, list] = {}
+    for ex in examples:
+        by_slice.setdefault(ex.slice or "default", []).append(ex)
+    names = sorted(by_slice)
+    if mixture.sampling_weights is None and mixture.temperature is None:
+        chosen = {n: by_slice[n] for n in names}
+    else:
+        if mixture.temperature is not None:
+            raw = {n: len(by_slice[n]) ** (1.0 / mixture.temperature) for n in names}
+        else:
+            raw = {n: float(mixture.sampling_weights.get(n, 1.0)) for n in names}
+        total = sum(raw.values())
+        chosen = {n: _draw(by_slice[n], round(raw[n] / total * len(examples)), rng) for n in names}
+    out = []
+    for n in names:
+        w = mixture.loss_weights.get(n, 1.0)
+        out += [ex if w == 1.0 else _reweighted(ex, w) for ex in chosen[n]]
+    rng.shuffle(out)
+    counts = {n: len(chosen[n]) for n in names}
+    return out, {"slices": counts, "shares": {n: round(c / max(len(out), 1), 6) for n, c in counts.items()}}
+
+
+def _draw(pool: list, k: int, rng: random.Random) -> list:
+    out = []
+    while k >= len(pool) > 0:
+        out += rng.sample(pool, len(pool))
+        k -= len(pool)
+    return out + rng.sample(pool, k)
+
+
+def _reweighted(ex, w: float):
+    import dataclasses
+
+    weights = [x * w for x in ex.loss_weights]
+    if dataclasses.is_dataclass(ex):
+        return dataclasses.replace(ex, loss_weights=weights, trained_weight=sum(weights))
+    return type(ex)(**{**vars(ex), "loss_weights": weights})
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
+    """load -> quarantine (RUN/data/quarantine.jsonl) -> encode -> TrainData, with manifest counts."""
+    policy = None
+    if cfg.data.policy:
+        from sftlab.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    train, train_q, train_split = _load_split(cfg, cfg.data.train, "train", tokenizer, template, policy)
+    if not train:
+        raise UsageError(f"no trainable example in {', '.join(cfg.data.train)} "
+                         f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
+    quarantine, splits = train_q, {"train": train_split}
+    eval_sets: dict[str, list] = {}
+    if cfg.data.eval:
+        held, held_q, splits["heldout"] = _load_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy)
+        quarantine = quarantine + held_q
+        for ex in held:
+            eval_sets.setdefault(ex.slice or "default", []).append(ex)
+    metric = cfg.eval.early_stopping.metric
+    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
+        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
+                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
+    if write:
+        (run / "data").mkdir(parents=True, exist_ok=True)
+        with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
+            for entry in quarantine:
+                f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    data = TrainData(cfg, train, eval_sets, pad_id)
+    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
+    return data
+
+
+def _load_split(cfg: TrainConfig, paths: list[str], split: str, tokenizer, template, policy):
+    """``(examples, quarantine entries, manifest split record)`` for one split."""
+    from sftlab.encode import encode_all
+    from sftlab.loading import load_files
+    from sftlab.manifest import data_version
+
+    report = load_files(paths, policy=policy)
+    examples, enc_q = encode_all(report.conversations, tokenizer, template,
+                                 max_length=min(cfg.encoding.max_length, cfg.row_length),
+                                 last_turn_only=cfg.encoding.last_turn_only)
+    entries = [{"split": split, "stage": "load", **e.to_dict()} for e in report.quarantined]
+    entries += [{"split": split, **e} for e in enc_q]
+    files = [f.to_dict() for f in report.files]
+    for e in enc_q:  # encoding failures count against their file too: records = accepted + quarantined
+        for f in files:
+            if f["path"] == e.get("file"):
+                f["accepted"] -= 1
+                f["quarantined"] += 1
+    record = {"sha256": data_version(report.conversations), "records": report.records,
+              "accepted": len(examples), "quarantined": len(entries), "files": files}
+    return examples, entries, record
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str, float]:
+    """Held-out loss per slice and over all slices: the training objective, normalised per slice.
+
+    Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
+    """
+    from sftlab.objective import micro_batch_loss, step_normaliser
+    from sftlab.packing import collate, pad_rows
+
+    was_training = model.training
+    model.eval()
+    names = sorted(data.eval_sets)
+    sums = torch.zeros(len(names), 2, dtype=torch.float64)  # sum of w*nll, sum of w
+    mbs, reduction = cfg.eval.micro_batch_size, cfg.loss.normalisation
+    for j, name in enumerate(names):
+        rows = pad_rows(data.eval_sets[name], cfg.row_length)[accelerator.process_index::accelerator.num_processes]
+        for i in range(0, len(rows), mbs):
+            batch = _to_device(collate(rows[i:i + mbs], data.pad_id), accelerator.device)
+            with accelerator.autocast():
+                sums[j, 0] += micro_batch_loss(model, batch, 1.0, reduction=reduction,
+                                               chunk_size=cfg.loss.chunk_size).item()
+            sums[j, 1] += step_normaliser([batch], reduction=reduction).item()
+    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    model.train(was_training)
+    out = {"all": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
+    out.update({name: _ratio(sums[j, 0], sums[j, 1]) for j, name in enumerate(names)})
+    return out
+
+
+def _ratio(num, den) -> float | None:
+    return float(num / den) if den > 0 else None
+
+
+def _validate(model, data, cfg, accelerator, metrics, step: int, state: dict) -> str | None:
+    """Log the eval losses; return a stop reason when early stopping says so."""
+    losses = evaluate(model, data, cfg, accelerator)
+    metrics.write({"step": step, "eval_loss": losses})
+    es = cfg.eval.early_stopping
+    value = losses.get(es.metric.removeprefix("eval_loss/"))
+    if es.patience is None or value is None:
+        return None
+    if state["best"] is None or value < state["best"]:
+        state.update(best=value, bad_evals=0)
+        return None
+    state["bad_evals"] += 1
+    if state["bad_evals"] >= es.patience:
+        return (f"early stop at step {step}: {es.metric} did not improve for {es.patience} "
+                f"validations (best {state['best']:.4f})")
+    return None
+
+
+# -- small helpers of the loop -------------------------------------------------------------------
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _trained_tokens(batch: dict) -> int:
+    """Targets with a non-zero weight (the first token of an example is never a target)."""
+    w, pos = batch["loss_weights"][:, 1:], batch["position_ids"][:, 1:]
+    return int(((w != 0) & (pos != 0)).sum().item())
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, metrics, main: bool) -> int:
+    last = latest_checkpoint(run)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+    message = (f"step {step}: the loss is {loss} (gradient norm {grad_norm}); training stopped before "
+               f"this step changed any weight; {where}. Lower optim.lr or check the data of this "
+               "step, then rerun with --resume.")
+    metrics.write({"step": step, "error": message})
+    metrics.close()
+    if main:
+        print(f"sftlab train: {message}", file=sys.stderr)
+    return 1
+
+
+# -- manifest ------------------------------------------------------------------------------------
+
+def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokenizer, template,
+                    role_tokens: dict) -> None:
+    """Write the run's data, template, tokenizer, masking, packing, mixture and config sections."""
+    from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
+    from sftlab.packing import packing_stats
+
+    trained = sum(ex.trained_tokens for ex in data.examples)
+    total = sum(len(ex.input_ids) for ex in data.examples)
+    source = getattr(model, "sftlab_source", None) or {}
+    sections = dict(
+        kind="train", data={"splits": data.splits},
+        template={**template.describe(), "role_tokens": role_tokens},
+        tokenizer=tokenizer_fingerprint(tokenizer),
+        masking={"mode": "last_turn" if cfg.encoding.last_turn_only else "all_assistant_turns",
+                 "max_length": cfg.encoding.max_length, "last_turn_only": cfg.encoding.last_turn_only,
+                 "trained_tokens": trained, "total_tokens": total,
+                 "trained_token_share": round(trained / total, 6) if total else None},
+        packing=packing_stats(data.epoch_rows(0), cfg.row_length, mode=cfg.packing.mode),
+        mixture={"sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature},
+                 "loss_weights": dict(cfg.mixture.loss_weights)},
+        model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
+               "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
+               "notes": source.get("notes") or source.get("note"), "source": source or None},
+        config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
+    if data.policy is not None:
+        sections["policy"] = {**data.policy.manifest_entry(), "path": cfg.data.policy}
+    update_manifest(run, **sections)
+
+
+def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None) -> None:
+    from sftlab.curves import read_metrics
+    from sftlab.manifest import update_manifest
+
+    realised = [{"epoch": r["epoch"], **r["realised_mixture"]}
+                for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
+    update_manifest(run, mixture={"realised": realised},
+                    artifacts={"final": "final", "metrics": "metrics.jsonl", "curves": "curves.png",
+                               "checkpoints": "checkpoints", "quarantine": "data/quarantine.jsonl",
+                               "training": {"steps": step, "stopped": stop or "done"}})

@@ -1,0 +1,238 @@
+"""End-to-end `sftlab train` on a tiny random Llama: the run directory, resume after SIGKILL,
+two processes equal one, NaN stop, early stopping, LoRA with a merged model."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from sftlab.checkpoint import latest_checkpoint, list_checkpoints
+from sftlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
+            {"role": "assistant", "content": "The answer is 5."}]
+
+
+def _conversation(i: int, rng: random.Random) -> dict:
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    slice_ = "math" if i % 3 else "chat"
+    turns = [{"role": "user", "content": f"What is {a} + {b}?"},
+             {"role": "assistant", "content": f"The answer is {a + b}."}]
+    if i % 4 == 0:
+        turns += [{"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "Sure, any time."}]
+    return {"id": f"c{i}", "slice": slice_, "messages": turns}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from sftlab.tiny import build_tiny
+
+    d = tmp_path_factory.mktemp("train_assets")
+    rng = random.Random(0)
+    rows = [_conversation(i, rng) for i in range(48)]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:40]))
+    (d / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[40:]))
+    tok, model = build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    return d
+
+
+def _config(assets: Path, out: Path, **sections) -> Path:
+    cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
+           "data": {"train": [str(assets / "train.jsonl")], "eval": [str(assets / "heldout.jsonl")]},
+           "encoding": {"max_length": 96}, "seed": 3, "out": str(out), "log": {"progress": False},
+           "optim": {"lr": 3e-3, "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "warmup_steps": 1},
+           "eval": {"every_n_steps": 2}, "checkpointing": {"every_n_steps": 2, "keep_last": 2}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in _metrics(run) if "loss" in r]
+
+
+def _env() -> dict:
+    # one thread per process and no GPU: the same float results in every process
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+
+
+def test_end_to_end_run_directory(assets, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(_config(assets, run)), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["exit_code"] == 0 and summary["quarantined"] == 0 and summary["steps"] >= 4
+
+    records = _metrics(run)
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
+    assert set(steps[0]) == {"step", "epoch", "loss", "lr", "tokens_per_s", "trained_tokens", "grad_norm"}
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    evals = [r for r in records if "eval_loss" in r]
+    assert evals and set(evals[-1]["eval_loss"]) == {"all", "chat", "math"}
+    assert [r["epoch"] for r in records if "realised_mixture" in r] == [0, 1]
+
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["data"]["splits"]["train"]["records"] == 40
+    assert manifest["data"]["splits"]["train"]["files"][0]["accepted"] == 40
+    assert 0 < manifest["masking"]["trained_token_share"] < 1
+    assert 0 < manifest["packing"]["efficiency"] <= 1
+    assert manifest["template"]["name"] == "chatml" and len(manifest["config_sha256"]) == 64
+    assert len(manifest["mixture"]["realised"]) == 2 and manifest["seed"] == 3
+
+    ckpts = list_checkpoints(run)
+    assert [p.name for p in ckpts] == [f"step-{summary['steps'] - 2}", f"step-{summary['steps']}"]
+    assert {"model.safetensors", "optimizer.safetensors", "state.json", "run.json",
+            "tokenizer.json"} <= {p.name for p in ckpts[-1].iterdir()}
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "data" / "quarantine.jsonl").read_text() == ""
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftlab.templates import get_template
+
+    model = AutoModelForCausalLM.from_pretrained(run / "final")
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    assert tok.apply_chat_template(MESSAGES, tokenize=False) == get_template("chatml", tok).render(MESSAGES)
+    eos = model.generation_config.eos_token_id
+    assert tok.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
+    final = load_file(run / "final" / "model.safetensors")
+    last = load_file(ckpts[-1] / "model.safetensors")
+    assert all(torch.equal(final[k], last[k]) for k in final)
+
+    # a second run into the same directory must say --resume
+    assert main(["train", str(_config(assets, run))]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_after_sigkill_gives_the_same_weights(assets, tmp_path):
+    overrides = {"optim": {"max_steps": 14, "micro_batch_size": 1, "grad_accum": 4},
+                 "eval": {"every_n_steps": 4}}
+    straight = _config(assets, tmp_path / "straight", **overrides)
+    killed = _config(assets, tmp_path / "killed", **overrides)
+    cmd = [sys.executable, "-m", "sftlab", "train"]
+    reference = subprocess.Popen([*cmd, str(straight)], env=_env(), cwd=tmp_path,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victim = subprocess.Popen([*cmd, str(killed)], env=_env(), cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while latest_checkpoint(tmp_path / "killed") is None and victim.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    done = latest_checkpoint(tmp_path / "killed")
+    assert not (tmp_path / "killed" / "final").exists() and done.name != "step-14", "killed too late"
+
+    resumed = subprocess.run([*cmd, str(killed), "--resume"], env=_env(), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()[-2000:]
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the resumed metrics read as one run: each step once, the same losses
+    assert _losses(tmp_path / "killed") == _losses(tmp_path / "straight")
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
+    one = _config(assets, tmp_path / "one", optim={"grad_accum": 2, "max_steps": 5})
+    two = _config(assets, tmp_path / "two", optim={"grad_accum": 1, "max_steps": 5})
+    single = subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(one)], env=_env(),
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # accelerate's --cpu launcher starts one process; --multi_gpu starts torchrun workers, which
+    # run on the CPU with gloo when no GPU is visible
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "sftlab", "train", str(two)]
+    double = subprocess.run(launch, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert single.wait(timeout=120) == 0, single.stderr.read()[-2000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5]
+    assert [x for _, x in b] == pytest.approx([x for _, x in a], abs=1e-4)
+    tokens = [r["trained_tokens"] for r in _metrics(tmp_path / "two") if "loss" in r]
+    assert tokens == [r["trained_tokens"] for r in _metrics(tmp_path / "one") if "loss" in r]
+    wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_nan_loss_stops_keeps_last_checkpoint_and_exits_1(assets, tmp_path, capsys):
+    run = tmp_path / "nan"
+    cfg = _config(assets, run, optim={"lr": 1e30, "max_grad_norm": None, "max_steps": 6,
+                                      "warmup_steps": 0},
+                  checkpointing={"every_n_steps": 1, "keep_last": 3})
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "step 2: the loss is" in err and "step-1" in err
+    assert [p.name for p in list_checkpoints(run)] == ["step-1"]
+    assert not (run / "final").exists()
+    assert _metrics(run)[-1]["step"] == 2 and "error" in _metrics(run)[-1]
+
+
+def test_early_stopping_in_padded_mode(assets, tmp_path):
+    run = tmp_path / "early"
+    cfg = _config(assets, run, packing={"mode": "padded"},
+                  optim={"lr": 1e-12, "max_steps": 20, "warmup_steps": 0},
+                  eval={"every_n_steps": 1, "early_stopping": {"metric": "eval_loss/math", "patience": 2}},
+                  checkpointing={"every_n_steps": None})
+    assert main(["train", str(cfg)]) == 0
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["packing"]["mode"] == "padded" and manifest["packing"]["rows"] == 40
+    assert manifest["artifacts"]["training"]["steps"] == 3
+    assert "early stop at step 3: eval_loss/math" in manifest["artifacts"]["training"]["stopped"]
+    assert [p.name for p in list_checkpoints(run)] == ["step-3"]
+    state = json.loads((run / "checkpoints" / "step-3" / "state.json").read_text())
+    assert state["bad_evals"] == 2 and (run / "final" / "model.safetensors").exists()
+
+
+def test_lora_saves_adapter_and_merged_model_and_counts_quarantine(assets, tmp_path):
+    data = tmp_path / "with_bad.jsonl"
+    bad = {"id": "bad", "messages": [{"role": "user", "content": "no answer"}]}
+    data.write_text((assets / "train.jsonl").read_text() + json.dumps(bad) + "\n")
+    run = tmp_path / "lora"
+    cfg = _config(assets, run, data={"train": [str(data)], "eval": []},
+                  lora={"enabled": True, "r": 4, "alpha": 8, "merge_on_save": True,
+                        "target_modules": ["q_proj", "v_proj"]},
+                  optim={"max_steps": 3, "lr": 1e-2})
+    assert main(["train", str(cfg)]) == 1  # trained, but a record was quarantined
+    quarantine = [json.loads(x) for x in (run / "data" / "quarantine.jsonl").read_text().splitlines()]
+    assert [q["id"] for q in quarantine] == ["bad"] and quarantine[0]["line"] == 41
+    split = json.loads((run / "run.json").read_text())["data"]["splits"]["train"]
+    assert (split["records"], split["accepted"], split["quarantined"]) == (41, 40, 1)
+
+    assert (latest_checkpoint(run) / "adapter_model.safetensors").exists()
+    assert not (latest_checkpoint(run) / "model.safetensors").exists()
+    adapter = load_file(run / "final" / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(run / "final")
+    base = AutoModelForCausalLM.from_pretrained(assets / "model")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    k = "model.layers.0.self_attn.k_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # LoRA delta merged in
+    assert torch.equal(merged.state_dict()[k], base.state_dict()[k])      # no adapter there
