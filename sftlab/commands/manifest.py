@@ -68,6 +68,8 @@ def _print_manifest(manifest: dict[str, Any]) -> None:
     console = Console()
     scalars = {k: v for k, v in manifest.items() if not isinstance(v, (dict, list))}
     head = Table(title="run manifest", show_header=False, title_justify="left")
+    head.add_column("field", style="cyan", no_wrap=True)
+    head.add_column("value", overflow="fold")
     for key, value in scalars.items():
         head.add_row(Text(key), Text(_fmt(value)))
     console.print(head)

@@ -148,8 +148,9 @@ def quarantine(stats: dict[str, Any] | None, splits: dict[str, Any]) -> Markup:
         rows = [[name, s.get("records"), s.get("accepted"), s.get("quarantined"),
                  (s.get("sha256") or "")[:16] or None] for name, s in splits.items() if isinstance(s, dict)]
         out.append(table(["split", "records", "accepted", "quarantined", "data version"], rows))
-    files = (stats or {}).get("files") or [f for s in splits.values() if isinstance(s, dict)
-                                           for f in s.get("files") or []]
+    files = (stats or {}).get("files") or [{"split": name, **f} for name, s in splits.items()
+                                           if isinstance(s, dict) for f in s.get("files") or []
+                                           if isinstance(f, dict)]
     rows = [[f.get("path"), f.get("split"), f.get("records"), f.get("accepted"), f.get("quarantined")]
             for f in files if isinstance(f, dict)]
     if rows:

@@ -125,7 +125,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.kv th { background: var(--bg); font-weight: 600; white-space: nowrap; }
 table.kv td { overflow-wrap: anywhere; } table.kv td.num { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(440px, 1fr)); gap: 0 24px; }
-.grid table.kv { width: 100%; }
+.grid.wide-kv table.kv { width: 100%; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 table.wide { width: 100%; table-layout: fixed; }
 table.wide td { overflow-wrap: anywhere; }

@@ -55,8 +55,11 @@ def loss_curves(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> str
         return None
     fig, (ax_train, ax_eval) = _figure(ncols=2)
     if steps:
-        ax_train.plot(steps, loss, color=COLOURS[0], alpha=0.35, linewidth=1, label="loss")
-        if len(loss) >= 8:
+        smooth = len(loss) >= 8  # with few points the raw curve is the curve
+        ax_train.plot(steps, loss, color=COLOURS[0], alpha=0.35 if smooth else 1.0,
+                      linewidth=1 if smooth else 2, marker=None if smooth else "o", markersize=3,
+                      label="loss")
+        if smooth:
             ax_train.plot(steps, _smooth(loss, max(2, len(loss) // 20)), color=COLOURS[0],
                           linewidth=2, label="smoothed")
         ax_train.legend(frameon=False)

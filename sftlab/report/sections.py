@@ -245,7 +245,7 @@ def manifest_section(files: RunFiles) -> Markup:
         if key not in scalars:
             rows = kv_table({p or "(empty)": v for p, v in flatten(value).items()})
             blocks.append(Markup(f"<div>{tag('h3', key)}{rows}</div>"))
-    parts: list[Any] = [Markup('<div class="grid">' + "".join(blocks) + "</div>")]
+    parts: list[Any] = [Markup('<div class="grid wide-kv">' + "".join(blocks) + "</div>")]
     raw = json.dumps(m, indent=2, ensure_ascii=False)
     parts.append(Markup(f"<details><summary>run.json as written</summary>{tag('pre', raw)}</details>"))
     return section("manifest", "Run manifest", *parts)
