@@ -1,0 +1,557 @@
+"""Data statistics before training: task diversity, lengths, refusal coverage, duplicates, leakage.
+
+``compute_stats(conversations, heldout=None, policy=None, tokenizer=None, near_threshold=0.8)``
+is pure over ``Conversation`` values and returns one JSON-serialisable dict, written by
+``sftlab stats`` and kept by ``train`` in ``RUN/data/stats.json``. Its keys (stable, schema 1)::
+
+    schema_version   1
+    records          number of training conversations analysed
+    counts           {"task"|"slice"|"source"|"policy_category"|"expected": {value: n}},
+                     most frequent first; a missing value counts as "(none)"
+    tasks            {"distinct", "entropy_nats", "effective_tasks", "largest": {"task", "share"}}
+                     Shannon entropy H = -sum p ln p over task shares; effective tasks = exp(H)
+    turns            assistant turns per conversation: DIST
+    lengths          {"unit": "words"|"tokens", "prompt": DIST, "response": DIST,
+                      "template": name or null, "unencoded": n}
+    refusals         {"refuse", "comply", "share" (refuse / records), "uncategorised",
+                      "categories": [{"name", "refusals", "benign_contrast", "contrasts",
+                                      "has_contrast"}]}
+    duplicates       {"exact": {"records", "groups", "examples": [{"a", "b"}]},
+                      "near": {"threshold", "num_perm", "records", "examples": [{"a", "b", "jaccard"}]}}
+    leakage          null without held-out data, else {"heldout_records", "leaked", "share",
+                      "exact": {"records", "examples"}, "near": {"records", "examples"}}
+    warnings         [{"code", "message"}]: worth a look, not a failure
+    checks           [{"name", "passed", "message"}]: a failed one makes ``sftlab stats`` exit 1
+    passed           every check passed
+    files, quarantined   added by ``with_files`` from the loaders' reports (not by compute_stats)
+
+DIST is ``{"n", "min", "p50", "p90", "p99", "max", "mean"}`` (nearest-rank percentiles; null
+values when n = 0). A record reference (``a``, ``b``) is ``{"id", "where"}`` with ``where`` =
+``file:line`` (or ``#index`` for records built in memory).
+
+What is compared:
+
+- **Duplicates** (inside the training data) use the whole conversation: every message as
+  ``role: content``, lowercased, whitespace collapsed. ``exact.records`` counts records that
+  repeat an earlier one (what exact dedup would drop); ``near.records`` counts records, exact
+  copies left out, whose word 3-shingle Jaccard similarity with an earlier record is at least
+  ``threshold`` (what near dedup would then drop).
+- **Leakage** (held-out against training) uses the prompt side only: the user messages joined,
+  normalised the same way. A held-out prompt that training saw, even with another answer, no
+  longer measures generalisation. ``exact.records`` counts held-out records whose prompt equals a
+  training prompt; ``near.records`` those with a near (but not exact) one.
+
+Near duplicates are found with datasketch's ``MinHashLSH``. The MinHash signatures are computed
+in bulk with numpy, exactly as datasketch's ``MinHash(scheme="affine32")`` would compute them
+from the same 32-bit shingle hashes (MurmurHash3 pre-mix, then ``a*h + b mod 2^32`` per
+permutation), so one pass over a flat array replaces 100k Python objects' updates. Every LSH
+candidate is confirmed with the exact Jaccard similarity of the two shingle sets.
+
+Example::
+
+    >>> from sftlab.conversation import Conversation, Message
+    >>> conv = lambda task, q: Conversation((Message("user", q), Message("assistant", "ok")), task=task)
+    >>> s = compute_stats([conv("qa", "a b"), conv("qa", "c d"), conv("math", "1+1"), conv(None, "x")])
+    >>> s["counts"]["task"], round(s["tasks"]["effective_tasks"], 3)
+    ({'qa': 2, '(none)': 1, 'math': 1}, 2.828)
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from itertools import chain, count, islice
+from typing import Any
+
+import numpy as np
+
+from sftlab.conversation import Conversation
+
+SCHEMA_VERSION = 1
+NONE = "(none)"
+COUNTED_FIELDS = ("task", "slice", "source", "policy_category", "expected")
+DEFAULT_NUM_PERM = 64
+MINHASH_SEED = 1
+LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
+MAX_EXAMPLES = 5
+DOMINANT_TASK_SHARE = 0.5
+_PAD_WORD = ""  # str.split() never yields it: pads texts shorter than one shingle
+_SHINGLE_CHUNK = 1 << 16  # shingles per numpy block of the signature computation (x num_perm)
+
+
+def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conversation] | None = None,
+                  policy: Any = None, tokenizer: Any = None, near_threshold: float = 0.8, *,
+                  template: Any = None, num_perm: int = DEFAULT_NUM_PERM,
+                  max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
+    """All statistics of the training ``conversations`` (and their leakage into ``heldout``).
+
+    ``policy`` (a ``sftlab.policy.Policy``) names the refusal categories and their benign
+    contrasts; without it the categories are the ``policy_category`` values of refusal records.
+    ``tokenizer`` switches lengths from words to tokens of the rendering by ``template`` (a
+    built-in name; ``None``: the tokenizer's own chat template), as training encodes it.
+    """
+    if not 0.0 < near_threshold <= 1.0:
+        raise ValueError(f"near_threshold must be in (0, 1], got {near_threshold}")
+    convs = list(conversations)
+    signer = MinHasher(num_perm)
+    stats: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "records": len(convs),
+        "counts": {f: field_counts(convs, f) for f in COUNTED_FIELDS},
+        "tasks": task_diversity(convs),
+        "turns": distribution([len(c.assistant_indices) for c in convs]),
+        "lengths": length_stats(convs, tokenizer, template),
+        "refusals": refusal_stats(convs, policy),
+        "duplicates": duplicate_stats(convs, signer, near_threshold, max_examples),
+        "leakage": (leakage_stats(convs, list(heldout), signer, near_threshold, max_examples)
+                    if heldout is not None else None),
+    }
+    stats["warnings"], stats["checks"] = _warnings(stats), _checks(stats)
+    stats["passed"] = all(c["passed"] for c in stats["checks"])
+    return stats
+
+
+# ---------------------------------------------------------------- counts, diversity, lengths
+
+def field_counts(convs: Iterable[Conversation], name: str) -> dict[str, int]:
+    """``{value: n}`` of one metadata field, most frequent first (ties by name), None as "(none)"."""
+    counts = Counter(getattr(c, name) or NONE for c in convs)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def task_diversity(convs: Sequence[Conversation]) -> dict[str, Any]:
+    """Entropy (nats) of the task shares, its exponential, and the largest task.
+
+    Tasks a, a, b, c: shares 1/2, 1/4, 1/4; H = 1.5 ln 2 = 1.0397; effective tasks 2^1.5 = 2.828.
+    """
+    counts = field_counts(convs, "task")
+    n = sum(counts.values())
+    if n == 0:
+        return {"distinct": 0, "entropy_nats": 0.0, "effective_tasks": 0.0, "largest": None}
+    entropy = -sum(k / n * math.log(k / n) for k in counts.values())
+    top, k = next(iter(counts.items()))
+    return {"distinct": len(counts), "entropy_nats": _r(entropy),
+            "effective_tasks": _r(math.exp(entropy)), "largest": {"task": top, "share": _r(k / n)}}
+
+
+def distribution(values: Sequence[float]) -> dict[str, Any]:
+    """n, min, nearest-rank p50/p90/p99, max and mean: ``[1, 2, 3, 10]`` -> p50 2, p90 10."""
+    if not len(values):
+        return {"n": 0, **dict.fromkeys(("min", "p50", "p90", "p99", "max", "mean"))}
+    v = np.sort(np.asarray(values))
+    pick = lambda q: v[max(math.ceil(q * len(v)) - 1, 0)].item()  # noqa: E731
+    return {"n": len(v), "min": v[0].item(), "p50": pick(0.5), "p90": pick(0.9),
+            "p99": pick(0.99), "max": v[-1].item(), "mean": _r(float(v.mean()))}
+
+
+def length_stats(convs: Sequence[Conversation], tokenizer: Any = None, template: Any = None) -> dict:
+    """Prompt and response lengths per conversation.
+
+    Words (whitespace-separated, the default): prompt = system, user and tool messages, response
+    = assistant messages. Tokens (with a tokenizer): the conversation is encoded as training
+    encodes it; response = trained tokens, prompt = every other token of the rendering (template
+    scaffolding included). Records the template cannot encode are counted as ``unencoded``.
+    """
+    if tokenizer is None:
+        prompt, response = [], []
+        for c in convs:
+            p = r = 0
+            for m in c.messages:
+                n = len(m.content.split())
+                if m.role == "assistant":
+                    r += n
+                else:
+                    p += n
+            prompt.append(p)
+            response.append(r)
+        return {"unit": "words", "prompt": distribution(prompt), "response": distribution(response),
+                "template": None, "unencoded": 0}
+    from sftlab.encode import encode_all
+    from sftlab.templates import get_template
+
+    tmpl = get_template(template, tokenizer) if not hasattr(template, "render") else template
+    examples, failed = encode_all(convs, tokenizer, tmpl)
+    return {"unit": "tokens",
+            "prompt": distribution([len(e.input_ids) - e.trained_tokens for e in examples]),
+            "response": distribution([e.trained_tokens for e in examples]),
+            "template": tmpl.name, "unencoded": len(failed)}
+
+
+def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str, Any]:
+    """Refusal share and, per refusal category, how many benign contrasts (``expected: comply``
+    with ``policy_category`` in the category's ``benign_contrast`` list, or the category itself)."""
+    refuse = [c for c in convs if c.expected == "refuse"]
+    comply = Counter(c.policy_category for c in convs if c.expected == "comply")
+    refused = Counter(c.policy_category for c in refuse)
+    if policy is not None:
+        categories = [(c.name, tuple(c.benign_contrast)) for c in policy.categories]
+    else:
+        categories = [(name, ()) for name in sorted(n for n in refused if n is not None)]
+    rows = []
+    for name, contrast in categories:
+        k = sum(comply[n] for n in dict.fromkeys((*contrast, name)))
+        rows.append({"name": name, "refusals": refused[name], "benign_contrast": list(contrast),
+                     "contrasts": k, "has_contrast": k > 0})
+    return {"refuse": len(refuse), "comply": sum(comply.values()),
+            "share": _r(len(refuse) / len(convs)) if convs else 0.0,
+            "uncategorised": refused[None], "categories": rows}
+
+
+# ---------------------------------------------------------------- text and record references
+
+def conversation_words(c: Conversation) -> list[str]:
+    """The whole conversation's words, normalised: ``["user:", "2+2?", "assistant:", "4"]``."""
+    return " ".join(f"{m.role}: {m.content}" for m in c.messages).lower().split()
+
+
+def prompt_words(c: Conversation) -> list[str]:
+    """The user messages' words, normalised (empty when there is none)."""
+    return " ".join(m.content for m in c.messages if m.role == "user").lower().split()
+
+
+def record_ref(c: Conversation, index: int) -> dict[str, Any]:
+    """``{"id", "where"}``: ``where`` is ``file:line`` when the record came from a file."""
+    o = c.origin
+    where = (f"{o.file}:{o.line}" if o.line is not None else o.file) if o else f"#{index}"
+    return {"id": c.id, "where": where}
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+# ---------------------------------------------------------------- MinHash in bulk
+
+class MinHasher:
+    """MinHash signatures of word 3-shingle sets for many texts at once.
+
+    Words are hashed once each (blake2b, stable across runs); a shingle's 32-bit hash mixes its
+    three word hashes. The signature of a text is, per permutation k, ``min over shingles h of
+    a_k * fmix32(h) + b_k mod 2^32`` with datasketch's own ``(a_k, b_k)`` for ``seed``: the values
+    datasketch's ``MinHash(num_perm, seed, hashfunc=identity, scheme="affine32")`` holds after
+    ``update_batch(shingle_hashes)``, so they go straight into ``LeanMinHash`` and ``MinHashLSH``.
+    """
+
+    def __init__(self, num_perm: int = DEFAULT_NUM_PERM, seed: int = MINHASH_SEED):
+        from datasketch import MinHash
+
+        self.num_perm, self.seed = num_perm, seed
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        self._a, self._b = a.astype(np.uint32), b.astype(np.uint32)
+        # Word -> id in order of first sight, and each id's stable 64-bit hash (the pad word's is 0).
+        self._word_id: defaultdict[str, int] = defaultdict(count().__next__)
+        self._word_id[_PAD_WORD]
+        self._word_hash = np.zeros(1, dtype=np.uint64)
+
+    def shingles(self, texts: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """``(hashes uint32, starts)``: the shingle hashes of all texts (word lists), text i's at
+        ``hashes[starts[i]:starts[i + 1]]`` (at least one each; ``starts`` has len(texts) + 1)."""
+        words = [w if len(w) >= 3 else w + [_PAD_WORD] * (3 - len(w)) for w in texts]
+        n_words = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        known = len(self._word_hash)
+        ids = np.fromiter(map(self._word_id.__getitem__, chain.from_iterable(words)), dtype=np.int64,
+                          count=int(n_words.sum()))
+        new = [w.encode() for w in islice(self._word_id, known, None)]
+        self._word_hash = np.concatenate((self._word_hash, np.fromiter(
+            (int.from_bytes(hashlib.blake2b(w, digest_size=8).digest(), "little") for w in new),
+            dtype=np.uint64, count=len(new))))
+        h = self._word_hash[ids]
+        shingle = _mix64(h[:-2] * np.uint64(0x9E3779B97F4A7C15) + h[1:-1] * np.uint64(0xC2B2AE3D27D4EB4F)
+                         + h[2:])
+        # A shingle starting at either of a text's last two words would run into the next text.
+        ends = np.cumsum(n_words)
+        keep = np.ones(len(h), dtype=bool)
+        keep[ends - 1] = keep[ends - 2] = False
+        starts = np.concatenate(([0], np.cumsum(n_words - 2)))
+        return (shingle[keep[:len(shingle)]] >> np.uint64(32)).astype(np.uint32), starts
+
+    def signatures(self, hashes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """``[len(starts) - 1, num_perm]`` uint32 signatures, one row per text."""
+        n = len(starts) - 1
+        out = np.empty((n, self.num_perm), dtype=np.uint32)
+        mixed = _fmix32(hashes)
+        a, b = self._a[:, None], self._b[:, None]
+        i = 0
+        while i < n:  # blocks of whole texts, about _SHINGLE_CHUNK shingles each
+            j = max(int(np.searchsorted(starts, starts[i] + _SHINGLE_CHUNK, side="right")) - 1, i + 1)
+            block = a * mixed[None, starts[i]:starts[j]] + b  # [num_perm, shingles]: reduce along rows
+            out[i:j] = np.minimum.reduceat(block, starts[i:j] - starts[i], axis=1).T
+            i = j
+        return out
+
+    def lean(self, signature: np.ndarray):
+        from datasketch import LeanMinHash
+
+        return LeanMinHash(seed=self.seed, hashvalues=signature, scheme="affine32")
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (a bijection on uint64), element-wise; wraps modulo 2^64."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, the pre-mix of datasketch's affine32 scheme."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+class _ShingleSets:
+    """Texts' shingle hashes and signatures, with exact Jaccard for confirming LSH candidates."""
+
+    def __init__(self, signer: MinHasher, texts: Sequence[list[str]]):
+        self.signer = signer
+        self.hashes, self.starts = signer.shingles(texts)
+        self.sigs = signer.signatures(self.hashes, self.starts)
+
+    def set(self, i: int) -> np.ndarray:
+        return np.unique(self.hashes[self.starts[i]:self.starts[i + 1]])
+
+    def jaccard(self, i: int, other: _ShingleSets, j: int) -> float:
+        """Exact Jaccard similarity of text ``i``'s shingle set and ``other``'s text ``j``'s."""
+        mine, theirs = self.set(i), other.set(j)
+        inter = len(np.intersect1d(mine, theirs, assume_unique=True))
+        return inter / (len(mine) + len(theirs) - inter)
+
+    def best_match(self, i: int, candidates: Iterable[int], other: _ShingleSets,
+                   threshold: float) -> tuple[int, float] | None:
+        """The candidate of ``other`` most similar to text ``i`` with exact Jaccard >= threshold,
+        trying the best three by MinHash estimate."""
+        cands = np.fromiter(candidates, dtype=np.int64)
+        estimate = (other.sigs[cands] == self.sigs[i]).mean(axis=1)
+        for k in np.argsort(-estimate, kind="stable")[:3]:
+            if (jac := self.jaccard(i, other, int(cands[k]))) >= threshold:
+                return int(cands[k]), jac
+        return None
+
+
+def _lsh(signer: MinHasher, threshold: float):
+    from datasketch import MinHashLSH
+
+    # Every candidate is confirmed with the exact Jaccard, so the bands favour recall: with 64
+    # permutations at threshold 0.8 a pair at 0.8 becomes a candidate with p = 0.88, at 0.9 0.997.
+    return MinHashLSH(threshold=threshold, num_perm=signer.num_perm, weights=LSH_WEIGHTS)
+
+
+# A text can only be an LSH candidate of another when some band of their signatures is equal.
+# These masks find, in bulk, the texts that share a band with any other; the rest can neither
+# find nor be found, so leaving them out of the datasketch index changes no result and saves
+# its per-item cost (tens of microseconds per insert or query) on almost every record.
+
+def _band_keys(sigs: np.ndarray, hashranges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``[texts, bands]`` uint64: one hash per LSH band; equal bands give equal keys."""
+    keys = np.empty((len(sigs), len(hashranges)), dtype=np.uint64)
+    for k, (start, end) in enumerate(hashranges):
+        h = np.zeros(len(sigs), dtype=np.uint64)
+        for col in range(start, end):
+            h = _mix64(h ^ sigs[:, col].astype(np.uint64))
+        keys[:, k] = h
+    return keys
+
+
+def _colliding(keys: np.ndarray) -> np.ndarray:
+    """Texts whose key in some band is also another text's key in that band."""
+    mask = np.zeros(len(keys), dtype=bool)
+    for k in range(keys.shape[1]):
+        _, inverse, counts = np.unique(keys[:, k], return_inverse=True, return_counts=True)
+        mask |= counts[inverse] > 1
+    return mask
+
+
+def _shared(keys: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Texts of ``keys`` whose key in some band is also a key of ``other`` in that band."""
+    mask = np.zeros(len(keys), dtype=bool)
+    for k in range(keys.shape[1]):
+        mask |= np.isin(keys[:, k], other[:, k])
+    return mask
+
+
+# ---------------------------------------------------------------- duplicates and leakage
+
+def duplicate_stats(convs: Sequence[Conversation], signer: MinHasher, threshold: float,
+                    max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
+    """Exact and near duplicates of whole conversations inside the training data."""
+    first: dict[bytes, int] = {}
+    uniques: list[int] = []  # index of the first record of each distinct text
+    texts: list[str] = []
+    exact_examples: list[dict] = []
+    groups: set[bytes] = set()
+    for i, c in enumerate(convs):
+        text = conversation_words(c)
+        key = _digest(" ".join(text))
+        j = first.setdefault(key, i)
+        if j == i:
+            uniques.append(i)
+            texts.append(text)
+            continue
+        groups.add(key)
+        if len(exact_examples) < max_examples:
+            exact_examples.append({"a": record_ref(convs[j], j), "b": record_ref(c, i)})
+    near_records, near_examples = 0, []
+    if texts:
+        sets = _ShingleSets(signer, texts)
+        lsh = _lsh(signer, threshold)
+        keys = _band_keys(sets.sigs, lsh.hashranges)
+        for u in np.flatnonzero(_colliding(keys)).tolist():
+            i = uniques[u]
+            m = signer.lean(sets.sigs[u])
+            candidates = lsh.query(m)
+            match = sets.best_match(u, candidates, sets, threshold) if candidates else None
+            if match is None:
+                lsh.insert(u, m, check_duplication=False)  # only novel texts stay in the index
+                continue
+            near_records += 1
+            if len(near_examples) < max_examples:
+                j = uniques[match[0]]
+                near_examples.append({"a": record_ref(convs[j], j), "b": record_ref(convs[i], i),
+                                      "jaccard": _r(match[1])})
+    return {"exact": {"records": len(convs) - len(uniques), "groups": len(groups),
+                      "examples": exact_examples},
+            "near": {"threshold": threshold, "num_perm": signer.num_perm, "records": near_records,
+                     "examples": near_examples}}
+
+
+def leakage_stats(train: Sequence[Conversation], heldout: Sequence[Conversation], signer: MinHasher,
+                  threshold: float, max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
+    """Held-out records whose prompt (user messages) equals or nearly equals a training prompt."""
+    first: dict[bytes, int] = {}
+    uniques, texts = [], []  # distinct non-empty training prompts and their first record
+    for i, c in enumerate(train):
+        words = prompt_words(c)
+        if words and first.setdefault(_digest(" ".join(words)), i) == i:
+            uniques.append(i)
+            texts.append(words)
+    exact, exact_examples, rest, rest_texts = 0, [], [], []
+    for h, c in enumerate(heldout):
+        words = prompt_words(c)
+        j = first.get(_digest(" ".join(words))) if words else None
+        if j is not None:
+            exact += 1
+            if len(exact_examples) < max_examples:
+                exact_examples.append({"heldout": record_ref(c, h), "train": record_ref(train[j], j)})
+        elif words:
+            rest.append(h)
+            rest_texts.append(words)
+    near = _near_matches(signer, rest_texts, texts, threshold) if rest and texts else {}
+    near_examples = [{"heldout": record_ref(heldout[rest[r]], rest[r]),
+                      "train": record_ref(train[uniques[u]], uniques[u]), "jaccard": _r(jac)}
+                     for r, (u, jac) in sorted(near.items())[:max_examples]]
+    n, leaked = len(heldout), exact + len(near)
+    return {"heldout_records": n, "leaked": leaked, "share": _r(leaked / n) if n else 0.0,
+            "exact": {"records": exact, "examples": exact_examples},
+            "near": {"threshold": threshold, "records": len(near), "examples": near_examples}}
+
+
+def _near_matches(signer: MinHasher, queries: Sequence[list[str]], corpus: Sequence[list[str]],
+                  threshold: float) -> dict[int, tuple[int, float]]:
+    """``{query index: (corpus index, Jaccard)}`` for the queries with a near duplicate in corpus.
+
+    The smaller side goes into the LSH index and the larger one queries it, since an insert costs
+    datasketch about twice a query (held-out sets are usually far smaller than training).
+    """
+    q_sets, c_sets = _ShingleSets(signer, queries), _ShingleSets(signer, corpus)
+    index_queries = len(queries) < len(corpus)
+    indexed, probing = (q_sets, c_sets) if index_queries else (c_sets, q_sets)
+    lsh = _lsh(signer, threshold)
+    indexed_keys, probing_keys = (_band_keys(x.sigs, lsh.hashranges) for x in (indexed, probing))
+    for k in np.flatnonzero(_shared(indexed_keys, probing_keys)).tolist():
+        lsh.insert(k, signer.lean(indexed.sigs[k]), check_duplication=False)
+    found: dict[int, tuple[int, float]] = {}
+    for p in np.flatnonzero(_shared(probing_keys, indexed_keys)).tolist():
+        candidates = lsh.query(signer.lean(probing.sigs[p]))
+        if index_queries:  # p is a corpus text: confirm each query it may be a near copy of
+            for k in candidates:
+                if k not in found and (jac := q_sets.jaccard(k, c_sets, p)) >= threshold:
+                    found[k] = (p, jac)
+        elif candidates and (match := q_sets.best_match(p, candidates, c_sets, threshold)):
+            found[p] = match
+    return found
+
+
+# ---------------------------------------------------------------- warnings and checks
+
+def _warnings(s: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    add = lambda code, message: out.append({"code": code, "message": message})  # noqa: E731
+    largest = s["tasks"]["largest"]
+    if largest and largest["share"] > DOMINANT_TASK_SHARE and s["tasks"]["distinct"] > 1:
+        add("dominant_task", f"task {largest['task']!r} is {largest['share']:.0%} of the records "
+            f"(effective tasks {s['tasks']['effective_tasks']:.2f}); consider sampling weights per slice")
+    ref = s["refusals"]
+    for c in ref["categories"]:
+        if not c["has_contrast"]:
+            names = ", ".join([*c["benign_contrast"], c["name"]])
+            add("no_contrast", f"refusal category {c['name']!r} has no benign contrast "
+                f"(expected: comply with policy_category in: {names}); the model may learn to "
+                "over-refuse the whole topic")
+        if c["refusals"] == 0:
+            add("no_refusals", f"refusal category {c['name']!r} has no refusal example (expected: refuse)")
+    if ref["uncategorised"]:
+        add("uncategorised_refusals", f"{ref['uncategorised']} refusal records have no policy_category")
+    dup = s["duplicates"]
+    if dup["exact"]["records"]:
+        add("exact_duplicates", f"{dup['exact']['records']} records repeat an earlier one exactly "
+            f"(first: {_pair(dup['exact']['examples'][0])})")
+    if dup["near"]["records"]:
+        add("near_duplicates", f"{dup['near']['records']} records are near duplicates (Jaccard >= "
+            f"{dup['near']['threshold']}) of an earlier one (first: {_pair(dup['near']['examples'][0])})")
+    leak = s["leakage"]
+    for kind in ("exact", "near") if leak else ():
+        if leak[kind]["records"]:
+            e = leak[kind]["examples"][0]
+            add(f"{kind}_leakage", f"{leak[kind]['records']} held-out records have an {kind} duplicate "
+                f"prompt in training (first: held-out {_where(e['heldout'])} ~ train {_where(e['train'])})")
+    if s["lengths"]["unencoded"]:
+        add("unencoded", f"{s['lengths']['unencoded']} records cannot be encoded with template "
+            f"{s['lengths']['template']!r}; `sftlab validate` / `sftlab inspect` show why")
+    return out
+
+
+def _checks(s: dict[str, Any]) -> list[dict[str, Any]]:
+    missing = [c["name"] for c in s["refusals"]["categories"] if not c["has_contrast"]]
+    checks = [{"name": "contrast", "passed": not missing,
+               "message": (f"refusal categories without a benign contrast: {', '.join(missing)}"
+                           if missing else "every refusal category has a benign contrast")}]
+    leak = s["leakage"]
+    if leak is not None:
+        checks.append({"name": "leakage", "passed": leak["leaked"] == 0,
+                       "message": f"{leak['leaked']} of {leak['heldout_records']} held-out records "
+                                  f"leak (exact {leak['exact']['records']}, near {leak['near']['records']})"})
+    return checks
+
+
+def with_files(stats: dict[str, Any], train_report: Any, heldout_report: Any = None) -> dict[str, Any]:
+    """``stats`` plus the loaders' per-file counts (``sftlab.loading.LoadReport``), a ``quarantine``
+    check, and ``passed`` recomputed. Returns a new dict."""
+    files, quarantined = [], 0
+    for split, report in (("train", train_report), ("heldout", heldout_report)):
+        for f in report.files if report is not None else ():
+            files.append({"path": f.path, "split": split, "records": f.records,
+                          "accepted": f.accepted, "quarantined": f.quarantined})
+            quarantined += f.quarantined
+    check = {"name": "quarantine", "passed": quarantined == 0,
+             "message": f"{quarantined} records quarantined" + (
+                 "; `sftlab validate` writes them with their reasons" if quarantined else "")}
+    checks = [c for c in stats["checks"] if c["name"] != "quarantine"] + [check]
+    return {**stats, "files": files, "quarantined": quarantined, "checks": checks,
+            "passed": all(c["passed"] for c in checks)}
+
+
+def _where(ref: dict[str, Any]) -> str:
+    return ref["where"] + (f" (id {ref['id']})" if ref.get("id") else "")
+
+
+def _pair(example: dict[str, Any]) -> str:
+    return f"{_where(example['b'])} ~ {_where(example['a'])}"
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
