@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.report.inputs import RunFiles
-from sftlab.report.markup import Markup, badge, esc, join, kv_table, not_recorded, section, table, tag
+from sftlab.report.markup import Markup, badge, join, kv_table, not_recorded, section, table, tag
 from sftlab.report.render import render
 
 DIST_COLUMNS = ("n", "min", "p50", "p90", "p99", "max", "mean")

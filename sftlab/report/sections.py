@@ -12,7 +12,7 @@ from sftlab.report.evaluation import gates_table
 from sftlab.report.inputs import RunFiles
 from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
                                   section, table, tag)
-from sftlab.report.render import cell, render
+from sftlab.report.render import cell
 
 MASK_EXAMPLES = 4
 MASK_TOKENS = 500
