@@ -117,7 +117,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     for line, row, problem in rows:
         prompt = None
         if problem is None:
-            prompt, problem = _to_prompt(row, str(path), line)
+            prompt, problem = prompt_from_row(row, str(path), line)
         if problem is None and prompt.id in seen:
             problem = f"duplicate id {prompt.id!r}; ids must be unique within a prompt set"
         if problem is not None:
@@ -189,7 +189,7 @@ def _messages(row: dict) -> tuple[tuple[tuple[str, str], ...] | None, str | None
     return tuple(out), None
 
 
-def _to_prompt(row: dict, path: str, line: int) -> tuple[EvalPrompt | None, str | None]:
+def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None, str | None]:
     messages, problem = _messages(row)
     if problem:
         return None, problem

@@ -1,0 +1,162 @@
+"""``sftlab eval``: refusal rates, over-refusal, task accuracy, template robustness, the reference
+model side by side, and the policy's gates. Writes OUT/eval.json and OUT/outputs.jsonl."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from sftlab.cli import UsageError
+
+EPILOG = """\
+prompt files: JSONL rows with prompt (or messages), slice, expected (refuse|comply), optional
+answer + answer_type (exact|regex|numeric) + tolerance, policy_category, id; CSV with the same
+columns or --csv-columns; the XSTest CSV layout (id, prompt, type, label) is recognised.
+exit codes: 0 every gate passed; 1 a gate failed or prompt rows were skipped; 2 unusable input.
+example: sftlab eval --model run/final --reference base/ --prompts eval.jsonl --policy policy.yaml
+"""
+
+
+def register(sub) -> None:
+    from sftlab.evaluation.robustness import CONDITIONS
+
+    p = sub.add_parser(
+        "eval", help="evaluate a tuned model: refusals, over-refusals, accuracy, robustness, gates",
+        description="Generate responses for evaluation prompts under several chat templates and "
+                    "system prompts, label them with a refusal detector, and report harmful "
+                    "refusal rate, benign (over-)refusal rate, task accuracy and eval loss per "
+                    "slice with Wilson 95%% intervals; compare with a reference model and check "
+                    "the policy's gates.", epilog=EPILOG,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="DIR", help="the tuned model directory (e.g. RUN/final)")
+    p.add_argument("--prompts", required=True, nargs="+", metavar="FILE", help="prompt files (JSONL or CSV)")
+    p.add_argument("--reference", metavar="DIR", help="reference (base) model directory, evaluated the same way")
+    p.add_argument("--policy", metavar="POLICY", help="policy YAML whose gates decide pass or fail")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/../eval)")
+    p.add_argument("--template", metavar="NAME", help="training template: a built-in name (default: the "
+                   "model tokenizer's own chat_template)")
+    p.add_argument("--alternate-template", metavar="NAME", help="the alternate_template condition's "
+                   "built-in (default: zephyr, or chatml when training used zephyr)")
+    p.add_argument("--system-prompt", metavar="TEXT", help="system prompt for prompts without their own")
+    p.add_argument("--conditions", metavar="LIST", default=",".join(CONDITIONS),
+                   help=f"comma-separated robustness conditions (default: all: {','.join(CONDITIONS)}); "
+                        "training_template always runs")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="responses per prompt (sampling)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="extra stop strings")
+    p.add_argument("--robustness-threshold", type=float, default=0.1, metavar="X",
+                   help="flag a metric whose spread across conditions exceeds X (default: 0.1)")
+    p.add_argument("--detector", default="rules", metavar="rules|DIR",
+                   help="refusal detector: the built-in rules or a sequence-classification model directory")
+    p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
+    p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
+    p.add_argument("--heldout-conversations", metavar="FILE", help="held-out conversations for eval loss per slice")
+    p.add_argument("--cache-dir", metavar="DIR", help="generation cache (default: ~/.cache/sftlab/generations)")
+    p.add_argument("--no-cache", action="store_true", help="always generate; read and write no cache")
+    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the models")
+    p.add_argument("--json", action="store_true", help="print one JSON object (a summary; eval.json has all)")
+    p.set_defaults(func=run)
+
+
+def _options(args):
+    from sftlab.evaluation.classifier import load_detector, parse_label_map
+    from sftlab.evaluation.evaluate import EvalOptions
+    from sftlab.evaluation.generation import DecoderSettings
+    from sftlab.evaluation.prompts import load_prompt_sets, parse_columns
+    from sftlab.evaluation.robustness import CONDITIONS
+    from sftlab.policy import load_policy
+
+    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown:
+        raise UsageError(f"--conditions: unknown {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
+    try:
+        settings = DecoderSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed,
+                                   args.num_samples, args.batch_size, tuple(args.stop))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns))
+    policy = load_policy(args.policy) if args.policy else None
+    detector = load_detector(args.detector, parse_label_map(args.label_map), args.trust_remote_code)
+    heldout = None
+    if args.heldout_conversations:
+        from sftlab.loading import load_files
+
+        heldout = load_files([args.heldout_conversations]).conversations
+        if not heldout:
+            raise UsageError(f"{args.heldout_conversations}: no usable conversation for the eval loss")
+    opts = EvalOptions(model=args.model, prompts=[q for s in sets for q in s.prompts], settings=settings,
+                       reference=args.reference, policy=policy, template=args.template,
+                       alternate_template=args.alternate_template, system_prompt=args.system_prompt,
+                       conditions=conditions, robustness_threshold=args.robustness_threshold,
+                       heldout=heldout, progress=not args.json and sys.stderr.isatty(),
+                       trust_remote_code=args.trust_remote_code)
+    return opts, sets, detector
+
+
+def run(args) -> int:
+    from sftlab.evaluation.cache import GenerationCache, default_cache_dir
+    from sftlab.evaluation.evaluate import run_evaluation, write_outputs
+
+    opts, sets, detector = _options(args)
+    bad = [b for s in sets for b in s.bad_rows]
+    for b in bad:
+        print(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}", file=sys.stderr)
+    cache = GenerationCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
+    paths = write_outputs(out, report, rows)
+    failed = [g for g in report["gates"] if not g["passed"]]
+    code = 1 if failed or bad else 0
+    if args.json:
+        print(json.dumps(_summary(report, paths, bad, code)))
+    else:
+        _print_human(report, paths, bad)
+    return code
+
+
+def _summary(report: dict, paths: dict, bad: list, code: int) -> dict:
+    tuned = report["results"]["tuned"]["training_template"].get("all", {})
+    ref = (report["results"]["reference"] or {}).get("training_template", {}).get("all")
+    return {"eval_json": str(paths["eval"]), "outputs": str(paths["outputs"]), "passed": report["passed"],
+            "exit_code": code, "gates": report["gates"],
+            "metrics": {m: e["value"] for m, e in tuned.items()},
+            "reference_metrics": {m: e["value"] for m, e in ref.items()} if ref else None,
+            "robustness_flagged": [m for m, r in report["robustness"].items() if r["flagged"]],
+            "worse_than_reference": [f"{c['metric']} [{c['slice']}]" for c in report["comparison"] if c["worse"]],
+            "bad_rows": bad}
+
+
+def _fmt(e: dict | None) -> str:
+    if not e:
+        return "-"
+    if e.get("low") is None:
+        return f"{e['value']:.3f}"
+    return f"{e['value']:.3f} ({e['k']}/{e['n']}, {e['low']:.2f}-{e['high']:.2f})"
+
+
+def _print_human(report: dict, paths: dict, bad: list) -> None:
+    tuned = report["results"]["tuned"]["training_template"]
+    ref = (report["results"]["reference"] or {}).get("training_template") or {}
+    print(f"{'slice':<16} {'metric':<28} {'tuned':<28} {'reference' if ref else ''}")
+    for slice_name in sorted(tuned, key=lambda s: (s != "all", s)):
+        for metric, e in tuned[slice_name].items():
+            print(f"{slice_name:<16} {metric:<28} {_fmt(e):<28} {_fmt(ref.get(slice_name, {}).get(metric)) if ref else ''}")
+    for metric, r in report["robustness"].items():
+        if r["flagged"]:
+            print(f"robustness: {metric} spreads {r['spread']:.3f} across conditions (> {r['threshold']}): "
+                  + ", ".join(f"{c}={v:.3f}" for c, v in r["by_condition"].items()))
+    for c in report["comparison"]:
+        if c["worse"]:
+            print(f"worse than reference: {c['metric']} [{c['slice']}] {c['tuned']['value']:.3f} vs "
+                  f"{c['reference']['value']:.3f}")
+    for g in report["gates"]:
+        print(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g['message']}")
+    if bad:
+        print(f"{len(bad)} prompt row(s) skipped (listed in eval.json prompt_sets[].bad_rows)")
+    print(f"wrote {paths['eval']} and {paths['outputs']}")

@@ -1,0 +1,106 @@
+"""A refusal detector backed by a local Hugging Face sequence-classification model.
+
+The directory is loaded with ``AutoModelForSequenceClassification`` (safetensors; remote code
+only with ``trust_remote_code=True``). Its labels are mapped onto comply / refuse / partial
+through ``config.id2label`` (a name containing ``partial`` -> partial, ``refus`` -> refuse,
+``compl`` -> comply) or an explicit map (``--label-map LABEL_0=comply,LABEL_1=refuse``).
+
+Example::
+
+    >>> parse_label_map("LABEL_0=comply,LABEL_1=refuse")
+    {'LABEL_0': 'comply', 'LABEL_1': 'refuse'}
+"""
+from __future__ import annotations
+
+import os
+
+from sftlab.cli import UsageError
+from sftlab.evaluation.detector import LABELS, RuleDetector
+
+
+def parse_label_map(spec: str | None) -> dict[str, str] | None:
+    if not spec:
+        return None
+    out = {}
+    for part in spec.split(","):
+        name, sep, label = part.partition("=")
+        if not sep or label.strip() not in LABELS:
+            raise UsageError(f"--label-map: {part!r} is not CLASS=comply|refuse|partial")
+        out[name.strip()] = label.strip()
+    return out
+
+
+def _auto_label(name: str) -> str | None:
+    n = name.lower()
+    if "partial" in n:
+        return "partial"
+    if "refus" in n:
+        return "refuse"
+    if "compl" in n:
+        return "comply"
+    return None
+
+
+class ClassifierDetector:
+    """``Detector`` over a sequence-classification model directory (see module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, label_map: dict[str, str] | None = None,
+                 batch_size: int = 16, max_length: int = 512, trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = str(path)
+        self.name = f"classifier:{os.path.basename(os.path.normpath(self.path))}"
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, trust_remote_code=trust_remote_code).eval()
+        self.batch_size, self.max_length = batch_size, max_length
+        id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+        self.labels = {}
+        for i, name in sorted(id2label.items()):
+            label = (label_map or {}).get(name) or (label_map or {}).get(str(i)) or _auto_label(name)
+            if label is None:
+                raise UsageError(
+                    f"{self.path}: class {i} is labelled {name!r}, which names none of comply, refuse, "
+                    f"partial; pass --label-map {name}=comply|refuse|partial for every class")
+            self.labels[i] = label
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+
+    def __call__(self, text: str) -> str:
+        return self.label_all([text])[0]
+
+    def label_all(self, texts: list[str]) -> list[str]:
+        """Labels for many texts, classified in batches."""
+        import torch
+
+        out = []
+        for b in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[b:b + self.batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            with torch.no_grad():
+                logits = self.model(**enc).logits
+            out.extend(self.labels[int(i)] for i in logits.argmax(-1).tolist())
+        return out
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": "classifier", "path": self.path,
+                "labels": {str(i): lab for i, lab in self.labels.items()}}
+
+
+def load_detector(spec: str | None = "rules", label_map: dict[str, str] | None = None,
+                  trust_remote_code: bool = False):
+    """``rules`` (or ``None``) -> ``RuleDetector``; a directory -> ``ClassifierDetector``."""
+    if spec in (None, "", "rules"):
+        return RuleDetector()
+    if not os.path.isdir(spec):
+        raise UsageError(f"--detector {spec}: expected 'rules' or a classifier model directory")
+    try:
+        return ClassifierDetector(spec, label_map, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--detector {spec}: cannot load a sequence-classification model: {e}") from None
+
+
+def label_all(detector, texts: list[str]) -> list[str]:
+    """A detector's labels for many texts (batched when the detector can)."""
+    batch = getattr(detector, "label_all", None)
+    return batch(texts) if callable(batch) else [detector(t) for t in texts]

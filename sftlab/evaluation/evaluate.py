@@ -1,0 +1,265 @@
+"""``sftlab eval`` end to end: prompts -> generations per condition -> labels -> metrics ->
+robustness, comparison with a reference model, gates -> ``OUT/eval.json`` + ``OUT/outputs.jsonl``.
+
+The reference model gets the same prompts, conditions, decoder settings and prompt template (the
+tuned model's training template, bound to the reference tokenizer), so the two columns of the
+comparison differ only in the weights. Gates are checked on the training-template results.
+
+Exit code: 0 when every gate passed and every prompt row was usable; 1 when a gate failed or
+some rows were skipped (both named in the output); 2 (``UsageError``) for unusable input.
+
+During training, ``generation_eval`` gives the same rates for a model in memory (see there).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftlab.cli import UsageError
+from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
+from sftlab.evaluation.classifier import label_all
+from sftlab.evaluation.detector import RuleDetector
+from sftlab.evaluation.gates import check_gates, compare
+from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
+from sftlab.evaluation.metrics import compute_metrics
+from sftlab.evaluation.prompts import EvalPrompt
+from sftlab.evaluation.robustness import CONDITIONS, alternate_name, build_conditions, spreads
+
+SCHEMA_VERSION = 1
+PRIMARY = "training_template"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``sftlab eval`` was asked to do (one field per CLI option)."""
+    model: str
+    prompts: list[EvalPrompt]
+    settings: DecoderSettings = field(default_factory=DecoderSettings)
+    reference: str | None = None
+    policy: object = None
+    """A loaded ``sftlab.policy.Policy`` or ``None``."""
+    template: str | None = None
+    """Built-in name or Jinja source; ``None``: the model tokenizer's own chat template."""
+    alternate_template: str | None = None
+    system_prompt: str | None = None
+    conditions: tuple[str, ...] = CONDITIONS
+    robustness_threshold: float = 0.1
+    heldout: list | None = None
+    """Held-out conversations (records or ``Conversation``) for the eval loss."""
+    progress: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ModelEval:
+    kind: str
+    info: dict
+    results: dict
+    rows: list[dict]
+    conditions: dict
+    skipped: dict
+    template: object = None
+
+
+def _load_model(path: str, trust_remote_code: bool):
+    import torch
+
+    from sftlab.models import load_base_model
+
+    if not Path(path).is_dir():
+        raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
+                         "e.g. RUN/final)")
+    try:
+        model, tok = load_base_model(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot load the model: {e}") from None
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tok
+
+
+def _template(spec: str | None, tok, path: str):
+    from sftlab.templates import TemplateError, get_template
+
+    try:
+        return get_template(spec, tok)
+    except TemplateError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector) -> dict:
+    from sftlab.evaluation.answers import check_answer
+
+    correct = None
+    if prompt.answer is not None:
+        correct = check_answer(response, prompt.answer, prompt.answer_type, prompt.tolerance)
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    row = {"id": prompt.id, "model": kind, "condition": cond.name, "slice": prompt.slice,
+           "expected": prompt.expected, "policy_category": prompt.policy_category,
+           "prompt": prompt.text if len(prompt.turns) == 1 else prompt.turns,
+           "system_prompt": system, "sample": sample, "response": response, "label": label,
+           "correct": correct, "answer": prompt.answer, "template": cond.template.name,
+           "template_fingerprint": cond.template.fingerprint}
+    if isinstance(detector, RuleDetector):
+        row["detector_rules"] = list(detector.decide(response).rules)
+    return row
+
+
+def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
+                       progress=False, desc="generate") -> tuple[list[list[str]], dict]:
+    """Responses for every prompt under one condition (from the cache when it has them)."""
+    from sftlab.encode import encode_prompt
+
+    ids = [encode_prompt(cond.messages(p), tok, cond.template) for p in prompts]
+    eos, stops = stop_tokens(tok, cond.template, model)
+    key = cache_key(model_fp, ids, settings.to_dict(), cond.name, eos, stops) if model_fp else None
+    responses = cache.get(key) if (cache is not None and key) else None
+    if responses is None:
+        responses = generate(model, tok, ids, settings, eos_ids=eos, stop_strings=stops,
+                             progress=progress, desc=desc)
+        if cache is not None and key:
+            cache.put(key, responses)
+    return responses, {"eos_token_ids": eos, "stop_strings": stops}
+
+
+def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
+                   template_spec: str | None) -> ModelEval:
+    """Every condition for one model directory: output rows and metrics per condition."""
+    from sftlab.manifest import tokenizer_fingerprint
+    from sftlab.templates import TemplateError, get_template
+
+    model, tok = _load_model(path, opts.trust_remote_code)
+    train_t = _template(template_spec, tok, path)
+    alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path)
+    wanted = set(opts.conditions) | {PRIMARY}
+    conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
+    fp = model_fingerprint(path)
+    rows, results, described = [], {}, {}
+    for cond in conditions:
+        try:
+            responses, stops = generate_condition(model, tok, cond, opts.prompts, opts.settings,
+                                                  model_fp=fp, cache=cache, progress=opts.progress,
+                                                  desc=f"{kind}/{cond.name}")
+        except TemplateError as e:
+            if cond.name == PRIMARY:
+                raise UsageError(f"{path}: the training template cannot render the prompts: {e}") from None
+            skipped[cond.name] = str(e)
+            continue
+        flat = [r for rs in responses for r in rs]
+        labels = iter(label_all(detector, flat))
+        cond_rows = [_row(kind, cond, p, cond.messages(p), j, r, next(labels), detector)
+                     for p, rs in zip(opts.prompts, responses) for j, r in enumerate(rs)]
+        results[cond.name] = compute_metrics(cond_rows)
+        described[cond.name] = {**cond.describe(), **stops}
+        rows.extend(cond_rows)
+    if opts.heldout:
+        from sftlab.evaluation.loss import eval_loss
+
+        losses, _ = eval_loss(model, tok, train_t, opts.heldout)
+        for slice_name, est in losses.items():
+            results[PRIMARY].setdefault(slice_name, {})["eval_loss"] = est
+    info = {"path": str(path), "sha256": fp, "source": getattr(model, "sftlab_source", None),
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "device": str(next(model.parameters()).device),
+            "tokenizer": tokenizer_fingerprint(tok), "template": train_t.describe()}
+    del model
+    return ModelEval(kind, info, results, rows, described, skipped, train_t)
+
+
+def template_spec_of(template) -> str:
+    """What rebinds ``template`` to another tokenizer: its built-in name or its Jinja source."""
+    return template.name if template.is_builtin else template.source
+
+
+def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache | None = None,
+                   prompt_sets: list | None = None) -> tuple[dict, list[dict]]:
+    """``(eval_json, output_rows)`` for the tuned model and, when given, the reference."""
+    from sftlab.manifest import environment
+
+    detector = detector if detector is not None else RuleDetector()
+    tuned = evaluate_model("tuned", opts.model, opts, detector, cache, opts.template)
+    ref = None
+    if opts.reference:
+        ref = evaluate_model("reference", opts.reference, opts, detector, cache,
+                             template_spec_of(tuned.template))
+    t_primary = tuned.results[PRIMARY]
+    r_primary = ref.results.get(PRIMARY) if ref else None
+    gates = check_gates(opts.policy.gates, t_primary, r_primary) if opts.policy is not None else []
+    settings = opts.settings.to_dict()
+    policy = opts.policy.manifest_entry() if opts.policy is not None else None
+    sets = [s.describe() for s in (prompt_sets or [])]
+    decoding = [{"purpose": "eval", **settings}] + ([{"purpose": "reference", **settings}] if ref else [])
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "model": tuned.info, "reference": ref.info if ref else None,
+        "decoder": settings, "system_prompt": opts.system_prompt, "policy": policy,
+        "prompt_sets": sets, "conditions": list(tuned.conditions),
+        "condition_settings": tuned.conditions, "skipped_conditions": tuned.skipped,
+        "results": {"tuned": tuned.results, "reference": ref.results if ref else None},
+        "robustness": spreads(tuned.results, opts.robustness_threshold),
+        "reference_robustness": spreads(ref.results, opts.robustness_threshold) if ref else None,
+        "comparison": compare(t_primary, r_primary) if ref else [],
+        "gates": gates, "passed": all(g["passed"] for g in gates),
+        "detector": detector.describe(),
+        "heldout": {"conversations": len(opts.heldout)} if opts.heldout else None,
+        "cache": cache.describe() if cache is not None else None,
+        "manifest": {"kind": "eval", "model": {"base": tuned.info["path"], "sha256": tuned.info["sha256"],
+                                               "dtype": tuned.info["dtype"]},
+                     "tokenizer": tuned.info["tokenizer"], "template": tuned.info["template"],
+                     "policy": policy, "decoding": decoding,
+                     "prompt_sets": [{"path": s["path"], "sha256": s["sha256"]} for s in sets],
+                     **environment()},
+    }
+    return report, tuned.rows + (ref.rows if ref else [])
+
+
+def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:
+    """``OUT/eval.json`` (atomic) and ``OUT/outputs.jsonl``; returns their paths."""
+    from sftlab.manifest import write_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = out / "outputs.jsonl"
+    write_atomic(outputs, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path = out / "eval.json"
+    write_atomic(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    return {"eval": path, "outputs": outputs}
+
+
+def generation_eval(model, tokenizer, template, prompts, settings=None, detector=None) -> dict:
+    """Refusal rates (and task accuracy) of a model in memory, for curves during training.
+
+    ``prompts``: ``EvalPrompt`` objects or prompt-row dicts (the JSONL fields of
+    ``sftlab.evaluation.prompts``); ``template``: a ``ChatTemplate`` or a name (``None``: the
+    tokenizer's own); ``settings``: ``DecoderSettings`` or a dict of its fields (keep
+    ``max_new_tokens`` small). Pass the unwrapped model (``accelerator.unwrap_model``); its
+    train/eval mode is restored. Returns the overall values of the metrics that apply, e.g.
+    ``{"harmful_refusal_rate": 0.9, "benign_refusal_rate": 0.05, "benign_full_refusal_rate":
+    0.05, "benign_partial_refusal_rate": 0.0, "task_accuracy": 0.4}``; the training loop logs
+    it as ``{"step": N, "gen_eval": {...}}`` in metrics.jsonl.
+    """
+    from sftlab.evaluation.metrics import summary_values
+    from sftlab.evaluation.prompts import prompt_from_row
+    from sftlab.evaluation.robustness import Condition
+    from sftlab.templates import ChatTemplate, get_template
+
+    if not isinstance(template, ChatTemplate):
+        template = get_template(template, tokenizer)
+    if isinstance(settings, dict):
+        settings = DecoderSettings(**settings)
+    settings = settings or DecoderSettings(max_new_tokens=64)
+    detector = detector or RuleDetector()
+    items = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, dict):
+            p, problem = prompt_from_row(p, "<generation_eval>", i + 1)
+            if problem:
+                raise ValueError(f"prompt {i}: {problem}")
+        items.append(p)
+    cond = Condition(PRIMARY, template, "own")
+    responses, _ = generate_condition(model, tokenizer, cond, items, settings)
+    labels = iter(label_all(detector, [r for rs in responses for r in rs]))
+    rows = [_row("tuned", cond, p, cond.messages(p), j, r, next(labels), detector)
+            for p, rs in zip(items, responses) for j, r in enumerate(rs)]
+    return summary_values(compute_metrics(rows))

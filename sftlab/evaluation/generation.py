@@ -1,0 +1,161 @@
+"""Batched generation with recorded decoder settings.
+
+Prompts are token ids (``sftlab.encode.encode_prompt``: content never becomes a control token).
+They are sorted by length, left-padded into batches with an explicit ``attention_mask`` (padding
+is masked by position, never by token id: pad may equal eos) and decoded with transformers'
+``generate`` and its KV cache. Greedy by default; ``temperature > 0`` samples, seeded.
+
+Generation stops at the tokenizer's eos and at the template's end-of-turn marker(s) (DESIGN
+invariant 11); a marker that is not one token in this vocabulary (an alternate template's
+``</s>`` on a ChatML tokenizer) becomes a stop string. A response is cut before its first eos
+id and before the first stop string.
+
+Example::
+
+    >>> settings = DecoderSettings(max_new_tokens=8)
+    >>> settings.to_dict()["do_sample"]
+    False
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """Everything that decides what ``generate`` returns; recorded with every result."""
+    max_new_tokens: int = 128
+    """New tokens at most per response."""
+    temperature: float = 0.0
+    """0 = greedy decoding; > 0 samples."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (sampling only)."""
+    top_k: int = 0
+    """Keep the k most likely tokens (sampling only); 0 = off."""
+    seed: int = 0
+    """torch seed set before generating (matters when sampling)."""
+    num_samples: int = 1
+    """Responses per prompt (> 1 needs temperature > 0); each is scored as one row."""
+    batch_size: int = 8
+    """Prompts per generate call."""
+    stop: tuple[str, ...] = field(default=())
+    """Extra stop strings; the response is cut before the first one."""
+
+    def __post_init__(self):
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if self.num_samples < 1:
+            problems.append(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.num_samples > 1 and self.temperature == 0:
+            problems.append("num_samples > 1 needs temperature > 0 (greedy decoding gives the same "
+                            "response every time)")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "stop": list(self.stop), "do_sample": self.do_sample}
+
+
+def stop_tokens(tokenizer, template=None, model=None) -> tuple[list[int], list[str]]:
+    """``(eos_ids, stop_strings)``: the tokenizer's and model's eos ids plus the template's
+    end-of-turn markers that are single tokens; the other markers as stop strings."""
+    ids: list[int] = []
+    strings: list[str] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    cfg = getattr(model, "generation_config", None)
+    model_eos = getattr(cfg, "eos_token_id", None)
+    if model_eos is not None and len(tokenizer) > 0:
+        for i in model_eos if isinstance(model_eos, (list, tuple)) else [model_eos]:
+            if 0 <= int(i) < len(tokenizer):
+                ids.append(int(i))
+    for marker in getattr(template, "end_of_turn", ()) or ():
+        if not marker:
+            continue
+        enc = tokenizer(marker, add_special_tokens=False).input_ids
+        if len(enc) == 1 and marker in set(map(str, tokenizer.all_special_tokens)) | set(
+                tokenizer.get_added_vocab()):
+            ids.append(int(enc[0]))
+        else:
+            strings.append(marker)
+    return list(dict.fromkeys(ids)), list(dict.fromkeys(strings))
+
+
+def _generation_config(settings: DecoderSettings, eos_ids: list[int], pad_id: int, stop: list[str]):
+    from transformers import GenerationConfig
+
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+                  eos_token_id=eos_ids or None, pad_token_id=pad_id,
+                  num_return_sequences=settings.num_samples, use_cache=True)
+    if settings.do_sample:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if stop:
+        kwargs["stop_strings"] = stop
+    return GenerationConfig(**kwargs)
+
+
+def _cut(tokens: list[int], eos_ids: set[int], tokenizer, stop: list[str]) -> str:
+    for j, t in enumerate(tokens):
+        if t in eos_ids:
+            tokens = tokens[:j]
+            break
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSettings, *,
+             eos_ids: list[int], stop_strings: list[str] = (), progress: bool = False,
+             desc: str = "generate") -> list[list[str]]:
+    """``settings.num_samples`` responses for every prompt, in prompt order.
+
+    Identical prompts (two conditions that render the same ids) are generated once.
+    """
+    import torch
+
+    stop = list(dict.fromkeys([*settings.stop, *stop_strings]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
+    unique = list(dict.fromkeys(tuple(p) for p in prompt_ids))
+    if any(len(p) == 0 for p in unique):
+        raise ValueError("an empty prompt cannot be generated from")
+    order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
+    config = _generation_config(settings, eos_ids, pad_id, stop)
+    device = next(model.parameters()).device
+    results: dict[tuple, list[str]] = {}
+    batches = [order[b:b + settings.batch_size] for b in range(0, len(order), settings.batch_size)]
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(settings.seed)
+    try:
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+            seqs = [unique[i] for i in batch]
+            width = max(map(len, seqs))
+            ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs], device=device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                     tokenizer=tokenizer if stop else None)
+            new = out[:, width:].tolist()
+            for j, s in enumerate(seqs):
+                rows = new[j * settings.num_samples:(j + 1) * settings.num_samples]
+                results[s] = [_cut(r, set(eos_ids), tokenizer, stop) for r in rows]
+    finally:
+        model.train(was_training)
+    return [results[tuple(p)] for p in prompt_ids]

@@ -1,0 +1,44 @@
+"""Held-out eval loss per slice: the response-only cross-entropy of the training objective.
+
+Conversations are encoded exactly as for training (``sftlab.encode.encode_all``, same template)
+and scored with ``sftlab.objective.weighted_token_loss``; the loss of a slice is the sum of
+w * nll over its examples divided by the sum of their weights (the trained tokens when every
+weight is 1), so it is comparable with the training loss. Reported as
+``{"value", "k": None, "n": trained tokens, "low": None, "high": None}`` (no interval).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def eval_loss(model, tokenizer, template, conversations, slice_of=None) -> tuple[dict, list[dict]]:
+    """``({"all": est, slice: est, ...}, quarantined)`` for a list of conversations/records."""
+    import torch
+
+    from sftlab.encode import encode_all
+    from sftlab.objective import shift_targets, weighted_token_loss
+
+    examples, quarantined = encode_all(conversations, tokenizer, template)
+    device = next(model.parameters()).device
+    sums: dict[str, float] = defaultdict(float)
+    weights: dict[str, float] = defaultdict(float)
+    was_training = model.training
+    model.eval()
+    try:
+        for ex in examples:
+            ids = torch.tensor([ex.input_ids], device=device)
+            w = torch.tensor([ex.loss_weights], dtype=torch.float32, device=device)
+            pos = torch.arange(len(ex.input_ids), device=device)[None]
+            with torch.no_grad():
+                logits = model(input_ids=ids, use_cache=False).logits
+                total = weighted_token_loss(logits.float(), ids, w, pos).item()
+            denom = shift_targets(ids, w, pos)[1].sum().item()
+            name = (slice_of(ex) if slice_of else ex.slice) or "default"
+            for key in ("all", name):
+                sums[key] += total
+                weights[key] += denom
+    finally:
+        model.train(was_training)
+    out = {k: {"value": round(sums[k] / weights[k], 6), "k": None, "n": int(round(weights[k])),
+               "low": None, "high": None} for k in sums if weights[k] > 0}
+    return out, quarantined
