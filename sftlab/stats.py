@@ -6,6 +6,7 @@ is pure over ``Conversation`` values and returns one JSON-serialisable dict, wri
 
     schema_version   1
     records          number of training conversations analysed
+    policy           {"version", "sha256"} of the policy given, or null
     counts           {"task"|"slice"|"source"|"policy_category"|"expected": {value: n}},
                      most frequent first; a missing value counts as "(none)"
     tasks            {"distinct", "entropy_nats", "effective_tasks", "largest": {"task", "share"}}
@@ -98,6 +99,7 @@ def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conve
     stats: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "records": len(convs),
+        "policy": policy.manifest_entry() if policy is not None else None,
         "counts": {f: field_counts(convs, f) for f in COUNTED_FIELDS},
         "tasks": task_diversity(convs),
         "turns": distribution([len(c.assistant_indices) for c in convs]),
@@ -140,9 +142,9 @@ def distribution(values: Sequence[float]) -> dict[str, Any]:
     if not len(values):
         return {"n": 0, **dict.fromkeys(("min", "p50", "p90", "p99", "max", "mean"))}
     v = np.sort(np.asarray(values))
-    pick = lambda q: v[max(math.ceil(q * len(v)) - 1, 0)].item()  # noqa: E731
-    return {"n": len(v), "min": v[0].item(), "p50": pick(0.5), "p90": pick(0.9),
-            "p99": pick(0.99), "max": v[-1].item(), "mean": _r(float(v.mean()))}
+    pick = lambda pct: v[-(-pct * len(v) // 100) - 1].item()  # noqa: E731  (ceil in integers)
+    return {"n": len(v), "min": v[0].item(), "p50": pick(50), "p90": pick(90),
+            "p99": pick(99), "max": v[-1].item(), "mean": _r(float(v.mean()))}
 
 
 def length_stats(convs: Sequence[Conversation], tokenizer: Any = None, template: Any = None) -> dict:
@@ -489,8 +491,9 @@ def _warnings(s: dict[str, Any]) -> list[dict[str, str]]:
     for c in ref["categories"]:
         if not c["has_contrast"]:
             names = ", ".join([*c["benign_contrast"], c["name"]])
+            hint = "" if s["policy"] else " (pass the policy to count its benign_contrast categories)"
             add("no_contrast", f"refusal category {c['name']!r} has no benign contrast "
-                f"(expected: comply with policy_category in: {names}); the model may learn to "
+                f"(expected: comply with policy_category in: {names}){hint}; the model may learn to "
                 "over-refuse the whole topic")
         if c["refusals"] == 0:
             add("no_refusals", f"refusal category {c['name']!r} has no refusal example (expected: refuse)")
@@ -507,7 +510,7 @@ def _warnings(s: dict[str, Any]) -> list[dict[str, str]]:
     for kind in ("exact", "near") if leak else ():
         if leak[kind]["records"]:
             e = leak[kind]["examples"][0]
-            add(f"{kind}_leakage", f"{leak[kind]['records']} held-out records have an {kind} duplicate "
+            add(f"{kind}_leakage", f"{leak[kind]['records']} held-out records have {_article(kind)} duplicate "
                 f"prompt in training (first: held-out {_where(e['heldout'])} ~ train {_where(e['train'])})")
     if s["lengths"]["unencoded"]:
         add("unencoded", f"{s['lengths']['unencoded']} records cannot be encoded with template "
@@ -543,6 +546,10 @@ def with_files(stats: dict[str, Any], train_report: Any, heldout_report: Any = N
     checks = [c for c in stats["checks"] if c["name"] != "quarantine"] + [check]
     return {**stats, "files": files, "quarantined": quarantined, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
+
+
+def _article(kind: str) -> str:
+    return {"exact": "an exact", "near": "a near"}[kind]
 
 
 def _where(ref: dict[str, Any]) -> str:

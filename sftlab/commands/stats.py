@@ -1,0 +1,206 @@
+"""``sftlab stats``: what the training data holds before any training, and the checks it fails.
+
+Exit 0: every check passed; 1: something was quarantined, a refusal category has no benign
+contrast, or held-out prompts leak into training; 2: unusable input. The JSON keys are those of
+``sftlab.stats.compute_stats`` plus ``files`` and ``quarantined``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sftlab.cli import UsageError
+
+_TOP = 10  # rows shown per count table
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "stats", help="task diversity, lengths, refusal coverage, duplicates and held-out leakage",
+        description="Load conversation files as `sftlab validate` does and report: counts per task, "
+                    "slice, source, policy_category and expected; task diversity (entropy, effective "
+                    "number of tasks); assistant turns and prompt/response lengths; the refusal share "
+                    "and the benign contrasts of every refusal category; exact and near-duplicate "
+                    "conversations (MinHash LSH over word 3-shingles); and, with --heldout, held-out "
+                    "records whose prompt (the user messages) equals or nearly equals a training one. "
+                    "Exit 0: every check passed; 1: records quarantined, a refusal category without a "
+                    "benign contrast, or leakage; 2: unusable input.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="training conversation files")
+    p.add_argument("--heldout", nargs="+", metavar="FILE", default=None,
+                   help="held-out conversation files to check for leakage from the training files")
+    p.add_argument("--policy", metavar="POLICY", default=None,
+                   help="policy YAML: its refusal categories and their benign_contrast lists "
+                        "(default: the policy_category values of the refusal records)")
+    p.add_argument("--tokenizer", metavar="DIR", default=None,
+                   help="count lengths in tokens of the rendered conversation (prompt = untrained "
+                        "tokens, response = trained tokens) instead of words")
+    p.add_argument("--template", default=None,
+                   help="with --tokenizer: built-in template (chatml, llama3, mistral, gemma, zephyr, "
+                        "phi3, alpaca); default: the tokenizer's own chat_template")
+    p.add_argument("--near-threshold", type=float, default=0.8, metavar="J",
+                   help="word 3-shingle Jaccard similarity from which two texts are near duplicates "
+                        "(default: 0.8)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--out", metavar="PATH", default=None, help="also write the JSON to PATH")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sftlab.loading import load_files
+    from sftlab.policy import load_policy
+    from sftlab.stats import compute_stats, with_files
+    from sftlab.templates import TemplateError
+
+    if not 0.0 < args.near_threshold <= 1.0:
+        raise UsageError(f"--near-threshold must be in (0, 1], got {args.near_threshold}")
+    if args.template and not args.tokenizer:
+        raise UsageError("--template needs --tokenizer (lengths are in words without one)")
+    _check_disjoint(args.files, args.heldout or [])
+    policy = load_policy(args.policy) if args.policy else None
+    train = load_files(args.files, policy=policy)
+    heldout = load_files(args.heldout, policy=policy) if args.heldout else None
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    try:
+        stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
+                              policy=policy, tokenizer=tokenizer, template=args.template,
+                              near_threshold=args.near_threshold)
+    except TemplateError as e:  # no chat_template, unknown template name
+        raise UsageError(str(e).splitlines()[0]) from None
+    stats = with_files(stats, train, heldout)
+    if args.out:
+        _write_json(Path(args.out), stats)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print_human(stats)
+    return 0 if stats["passed"] else 1
+
+
+def _check_disjoint(train: list[str], heldout: list[str]) -> None:
+    both = {Path(f).resolve() for f in train} & {Path(f).resolve() for f in heldout}
+    if both:
+        raise UsageError(f"{sorted(both)[0]} is both a training and a held-out file; pass each "
+                         "file on one side only")
+
+
+def _tokenizer(name: str):
+    from sftlab.commands.inspect import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def _write_json(path: Path, stats: dict[str, Any]) -> None:
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- human output
+
+def print_human(s: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(_files_table(s))
+    counts = [_count_table(name, values, s["records"]) for name, values in s["counts"].items()
+              if set(values) != {"(none)"}]
+    for table in counts:
+        console.print(table)
+    t = s["tasks"]
+    if t["largest"]:
+        console.print(f"tasks: {t['distinct']} distinct, entropy {t['entropy_nats']:.3f} nats, "
+                      f"effective tasks {t['effective_tasks']:.2f}, largest {t['largest']['task']!r} "
+                      f"{t['largest']['share']:.1%}")
+    console.print(_length_table(s))
+    console.print(_refusal_table(s["refusals"]))
+    _print_duplicates(console, s)
+    if s["warnings"]:
+        console.print("\n[bold]warnings[/bold]")
+        for w in s["warnings"]:
+            console.print(f"  - {w['message']}", markup=False)
+    console.print()
+    for c in s["checks"]:
+        mark = "[green]ok[/green]  " if c["passed"] else "[red]FAIL[/red]"
+        console.print(f"{mark} {c['name']}: ", end="")
+        console.print(c["message"], markup=False)
+
+
+def _table(title: str, *columns: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    return table
+
+
+def _files_table(s: dict[str, Any]):
+    table = _table("files", "path", "split", "records", "accepted", "quarantined")
+    for f in s.get("files", []):
+        table.add_row(f["path"], f["split"], str(f["records"]), str(f["accepted"]), str(f["quarantined"]))
+    return table
+
+
+def _count_table(name: str, values: dict[str, int], total: int):
+    table = _table(f"by {name}", name, "records", "share")
+    for value, n in list(values.items())[:_TOP]:
+        table.add_row(value, str(n), f"{n / total:.1%}" if total else "-")
+    if len(values) > _TOP:
+        rest = sum(list(values.values())[_TOP:])
+        table.add_row(f"({len(values) - _TOP} more)", str(rest), f"{rest / total:.1%}")
+    return table
+
+
+def _length_table(s: dict[str, Any]):
+    lengths = s["lengths"]
+    unit = lengths["unit"] + (f", template {lengths['template']}" if lengths["template"] else "")
+    keys = ("min", "p50", "p90", "p99", "max", "mean")
+    table = _table(f"lengths per conversation ({unit})", "", *keys)
+    for label, d in (("assistant turns", s["turns"]), ("prompt", lengths["prompt"]),
+                     ("response", lengths["response"])):
+        table.add_row(label, *("-" if d[k] is None else f"{d[k]:.1f}" if k == "mean" else str(d[k])
+                               for k in keys))
+    return table
+
+
+def _refusal_table(r: dict[str, Any]):
+    table = _table(f"refusals: {r['refuse']} ({r['share']:.1%} of records), benign contrasts: "
+                   f"{r['comply']}", "category", "refusals", "contrasts", "contrast categories")
+    for c in r["categories"]:
+        contrasts = f"{c['contrasts']}" if c["has_contrast"] else "[red]0[/red]"
+        table.add_row(c["name"], str(c["refusals"]), contrasts, ", ".join(c["benign_contrast"]) or "-")
+    return table
+
+
+def _print_duplicates(console, s: dict[str, Any]) -> None:
+    d = s["duplicates"]
+    console.print(f"\nduplicates: {d['exact']['records']} exact copies ({d['exact']['groups']} texts "
+                  f"repeated), {d['near']['records']} near copies (Jaccard >= {d['near']['threshold']})")
+    for e in d["exact"]["examples"][:3] + d["near"]["examples"][:3]:
+        console.print(f"  {_ref(e['b'])} ~ {_ref(e['a'])}"
+                      + (f" (Jaccard {e['jaccard']:.2f})" if "jaccard" in e else ""), markup=False)
+    leak = s["leakage"]
+    if leak is None:
+        return
+    console.print(f"leakage: {leak['leaked']} of {leak['heldout_records']} held-out records "
+                  f"({leak['share']:.1%}): {leak['exact']['records']} exact, "
+                  f"{leak['near']['records']} near prompts in training")
+    for e in leak["exact"]["examples"][:3] + leak["near"]["examples"][:3]:
+        console.print(f"  held-out {_ref(e['heldout'])} ~ train {_ref(e['train'])}"
+                      + (f" (Jaccard {e['jaccard']:.2f})" if "jaccard" in e else ""), markup=False)
+
+
+def _ref(ref: dict[str, Any]) -> str:
+    return ref["where"] + (f" (id {ref['id']})" if ref.get("id") else "")

@@ -1,0 +1,285 @@
+"""Data statistics: numbers a person can check by hand, duplicates, leakage, contrasts, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from datasketch import MinHash, MinHashLSH
+
+from sftlab.cli import main
+from sftlab.conversation import Conversation, Message, Origin
+from sftlab.policy import Policy
+from sftlab.stats import (LSH_WEIGHTS, MinHasher, _band_keys, _colliding, compute_stats,
+                          distribution, task_diversity)
+
+LONG = " ".join(f"w{i}" for i in range(80))  # 80 distinct words: 78 shingles
+
+
+def conv(user: str, answer: str = "ok", *, id: str | None = None, task: str | None = None,
+         expected: str | None = None, category: str | None = None, system: str | None = None,
+         line: int | None = None) -> Conversation:
+    msgs = ((Message("system", system),) if system else ()) + (Message("user", user),
+                                                                 Message("assistant", answer))
+    return Conversation(msgs, id=id, task=task, expected=expected, policy_category=category,
+                        origin=Origin("train.jsonl", line) if line else None)
+
+
+def one_word_changed(text: str, k: int = 40) -> str:
+    words = text.split()
+    words[k] = "changed"
+    return " ".join(words)
+
+
+# ---------------------------------------------------------------- counts and distributions
+
+def test_task_diversity_of_a_known_distribution():
+    convs = [conv("1", task="a"), conv("2", task="a"), conv("3", task="b"), conv("4", task=None)]
+    d = task_diversity(convs)
+    # shares 1/2, 1/4, 1/4: H = -(1/2 ln 1/2 + 2 * 1/4 ln 1/4) = 1.5 ln 2
+    assert d["entropy_nats"] == pytest.approx(1.5 * math.log(2), abs=1e-6)
+    assert d["effective_tasks"] == pytest.approx(2 ** 1.5, abs=1e-5)
+    assert d["distinct"] == 3 and d["largest"] == {"task": "a", "share": 0.5}
+    uniform = task_diversity([conv(str(i), task=f"t{i}") for i in range(5)])
+    assert uniform["effective_tasks"] == pytest.approx(5.0)
+
+
+def test_counts_lengths_turns_and_refusal_share():
+    convs = [conv("one two three", "four five", task="qa", system="be brief", line=1),
+             Conversation((Message("user", "a"), Message("assistant", "b c"), Message("user", "d"),
+                           Message("assistant", "e")), task="qa", expected="refuse",
+                          policy_category="weapons"),
+             conv("x", "y z w", expected="comply", category="weapons_history")]
+    s = compute_stats(convs)
+    assert s["records"] == 3
+    assert s["counts"]["task"] == {"qa": 2, "(none)": 1}
+    assert s["counts"]["expected"] == {"(none)": 1, "comply": 1, "refuse": 1}
+    assert s["turns"] == {"n": 3, "min": 1, "p50": 1, "p90": 2, "p99": 2, "max": 2, "mean": 1.333333}
+    # prompt = system + user words (2 + 3, 1 + 1, 1); response = assistant words (2, 3, 3)
+    assert s["lengths"]["unit"] == "words"
+    assert (s["lengths"]["prompt"]["min"], s["lengths"]["prompt"]["max"]) == (1, 5)
+    assert s["lengths"]["response"]["p50"] == 3 and s["lengths"]["response"]["mean"] == pytest.approx(8 / 3, abs=1e-6)
+    assert s["refusals"]["refuse"] == 1 and s["refusals"]["share"] == pytest.approx(1 / 3, abs=1e-6)
+    json.dumps(s)  # serialisable as it is
+
+
+def test_distribution_uses_nearest_rank_percentiles():
+    d = distribution([10, 1, 3, 2])
+    assert (d["min"], d["p50"], d["p90"], d["p99"], d["max"], d["mean"]) == (1, 2, 10, 10, 10, 4.0)
+    assert distribution(list(range(1, 101)))["p90"] == 90
+    assert distribution([])["p50"] is None
+
+
+# ---------------------------------------------------------------- duplicates
+
+def test_exact_duplicates_ignore_case_and_whitespace():
+    convs = [conv("Hello  World", id="a", line=1), conv("hello world\n", id="b", line=2),
+             conv("hello world", "other answer", id="c", line=3), conv("HELLO world", id="d", line=4)]
+    exact = compute_stats(convs)["duplicates"]["exact"]
+    assert exact["records"] == 2 and exact["groups"] == 1  # b and d repeat a; c's answer differs
+    assert exact["examples"][0] == {"a": {"id": "a", "where": "train.jsonl:1"},
+                                    "b": {"id": "b", "where": "train.jsonl:2"}}
+
+
+def test_near_duplicate_one_word_changed_in_a_long_text_but_not_an_unrelated_one():
+    other = " ".join(f"v{i}" for i in range(80))
+    convs = [conv(LONG, id="orig"), conv(one_word_changed(LONG), id="para"), conv(other, id="unrelated"),
+             conv("short text one", id="s1"), conv("short text two", id="s2")]
+    near = compute_stats(convs)["duplicates"]["near"]
+    assert near["records"] == 1
+    (example,) = near["examples"]
+    assert (example["a"]["id"], example["b"]["id"]) == ("orig", "para")
+    # 81 shingles each ("user:" and "assistant: ok" included); 3 differ on each side
+    assert example["jaccard"] == pytest.approx(78 / 84, abs=1e-6)
+    assert compute_stats(convs, near_threshold=0.95)["duplicates"]["near"]["records"] == 0
+
+
+def test_bulk_signatures_equal_datasketch_minhash():
+    signer = MinHasher(num_perm=64)
+    texts = [LONG.split(), "a b".split(), "one two three four".split(), []]
+    hashes, starts = signer.shingles(texts)
+    assert list(np.diff(starts)) == [78, 1, 2, 1]  # short texts are padded to one shingle
+    sigs = signer.signatures(hashes, starts)
+    for i in range(len(texts)):
+        m = MinHash(num_perm=64, seed=1, hashfunc=lambda x: x, scheme="affine32")
+        m.update_batch([int(h) for h in hashes[starts[i]:starts[i + 1]]])
+        assert np.array_equal(m.hashvalues, sigs[i])
+
+
+def test_band_prefilter_keeps_every_record_the_datasketch_index_would_pair():
+    rng = np.random.default_rng(0)
+    base = [" ".join(f"t{k}" for k in rng.integers(0, 300, 40)) for _ in range(60)]
+    texts = [t.split() for t in base] + [one_word_changed(t, 5 + i % 30).split() for i, t in enumerate(base[:20])]
+    signer = MinHasher(num_perm=64)
+    sigs = signer.signatures(*signer.shingles(texts))
+    lsh = MinHashLSH(threshold=0.8, num_perm=64, weights=LSH_WEIGHTS)
+    for i, s in enumerate(sigs):
+        lsh.insert(i, signer.lean(s))
+    paired = np.array([len(lsh.query(signer.lean(s))) > 1 for s in sigs])
+    assert paired[60:].sum() >= 15  # most near copies do pair: the comparison is not vacuous
+    assert np.array_equal(_colliding(_band_keys(sigs, lsh.hashranges)), paired)
+
+
+# ---------------------------------------------------------------- leakage
+
+@pytest.mark.parametrize("extra_heldout", [0, 10])  # held-out smaller / larger than training
+def test_leakage_exact_and_near_prompts_from_training(extra_heldout):
+    train = [conv("What is the capital of France?", "Paris", id="t1", line=1),
+             conv(LONG, id="t2", line=2), conv("Name a prime number.", "7", id="t3", line=3),
+             conv("Unrelated training prompt", id="t4", line=4)]
+    heldout = [conv("what is the capital of  FRANCE?", "It is Paris.", id="h1"),
+               conv(one_word_changed(LONG), "different answer", id="h2"),
+               conv("Something else entirely", "7", id="h3"),
+               conv("Tell me a story", "Paris", id="h4")]  # same answer as t1, other prompt
+    heldout += [conv(f"fresh held-out prompt number {k}", id=f"x{k}") for k in range(extra_heldout)]
+    s = compute_stats(train, heldout=heldout)
+    leak = s["leakage"]
+    assert leak["heldout_records"] == 4 + extra_heldout and leak["leaked"] == 2
+    assert leak["exact"]["records"] == 1 and leak["near"]["records"] == 1
+    assert leak["exact"]["examples"][0]["heldout"] == {"id": "h1", "where": "#0"}
+    assert leak["exact"]["examples"][0]["train"] == {"id": "t1", "where": "train.jsonl:1"}
+    near = leak["near"]["examples"][0]
+    assert (near["heldout"]["id"], near["train"]["id"]) == ("h2", "t2")
+    assert near["jaccard"] == pytest.approx(75 / 81, abs=1e-6)  # 78 shingles, 3 differ
+    assert not s["passed"] and {c["name"]: c["passed"] for c in s["checks"]}["leakage"] is False
+    assert {w["code"] for w in s["warnings"]} >= {"exact_leakage", "near_leakage"}
+
+
+def test_no_leakage_passes():
+    s = compute_stats([conv("a question here", id="t")], heldout=[conv("another one there", id="h")])
+    assert s["leakage"]["leaked"] == 0 and s["passed"]
+
+
+# ---------------------------------------------------------------- refusal categories and contrasts
+
+POLICY = Policy.model_validate({"version": "1", "categories": [
+    {"name": "weapons", "benign_contrast": ["weapons_history", "fiction_violence"]},
+    {"name": "malware", "benign_contrast": ["security_education"]},
+    {"name": "self_harm"}]})
+
+
+def test_contrast_coverage_per_policy_category():
+    convs = [conv("r1", expected="refuse", category="weapons"), conv("r2", expected="refuse", category="weapons"),
+             conv("c1", expected="comply", category="weapons_history"),
+             conv("c2", expected="comply", category="fiction_violence"),
+             conv("r3", expected="refuse", category="malware"),
+             conv("c3", expected="comply", category="self_harm"),  # same name as the category
+             conv("plain")]
+    s = compute_stats(convs, policy=POLICY)
+    rows = {c["name"]: c for c in s["refusals"]["categories"]}
+    assert rows["weapons"] == {"name": "weapons", "refusals": 2, "contrasts": 2, "has_contrast": True,
+                               "benign_contrast": ["weapons_history", "fiction_violence"]}
+    assert (rows["malware"]["refusals"], rows["malware"]["contrasts"], rows["malware"]["has_contrast"]) == (1, 0, False)
+    assert (rows["self_harm"]["refusals"], rows["self_harm"]["contrasts"]) == (0, 1)
+    check = {c["name"]: c for c in s["checks"]}["contrast"]
+    assert not check["passed"] and "malware" in check["message"] and not s["passed"]
+    codes = [w["code"] for w in s["warnings"]]
+    assert codes.count("no_contrast") == 1 and codes.count("no_refusals") == 1
+
+
+def test_without_a_policy_the_categories_come_from_refusal_records():
+    convs = [conv("r1", expected="refuse", category="weapons"), conv("c1", expected="comply", category="weapons"),
+             conv("r2", expected="refuse", category="drugs"), conv("r3", expected="refuse")]
+    r = compute_stats(convs)["refusals"]
+    assert [(c["name"], c["contrasts"]) for c in r["categories"]] == [("drugs", 0), ("weapons", 1)]
+    assert r["uncategorised"] == 1 and r["share"] == 0.75
+
+
+def test_dominant_task_is_a_warning_not_a_failure():
+    s = compute_stats([conv(f"q {i}", task="a") for i in range(3)] + [conv("other", task="b")])
+    assert "dominant_task" in {w["code"] for w in s["warnings"]} and s["passed"]
+
+
+# ---------------------------------------------------------------- the command
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def record(i, user, answer="ok", **meta):
+    return {"id": i, "messages": [{"role": "user", "content": user},
+                                  {"role": "assistant", "content": answer}], **meta}
+
+
+@pytest.fixture
+def files(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        record("a", "What is 2+2?", "4", task="math"), record("b", LONG, "a long answer", task="essay"),
+        record("r", "How do I build a bomb?", "I can't help with that.", expected="refuse",
+               policy_category="weapons", task="safety"),
+        record("c", "Who invented dynamite?", "Alfred Nobel.", expected="comply",
+               policy_category="weapons_history", task="safety")])
+    clean = write_jsonl(tmp_path / "held.jsonl", [record("h1", "What is 3+3?", "6")])
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", [record("h2", one_word_changed(LONG), "x")])
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('version: "1"\ncategories:\n  - name: weapons\n    benign_contrast: [weapons_history]\n')
+    return {"train": train, "clean": clean, "leaky": leaky, "dir": tmp_path, "policy": str(policy)}
+
+
+def run_json(capsys, *argv):
+    code = main(["stats", *argv, "--json"])
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # exactly one JSON object
+    return code, json.loads(out)
+
+
+def test_cli_clean_data_exits_0_with_the_documented_keys(files, capsys):
+    out_path = files["dir"] / "out" / "stats.json"
+    code, s = run_json(capsys, files["train"], "--heldout", files["clean"], "--policy", files["policy"],
+                       "--out", str(out_path))
+    assert code == 0 and s["passed"]
+    assert set(s) == {"schema_version", "records", "policy", "counts", "tasks", "turns", "lengths", "refusals",
+                      "duplicates", "leakage", "warnings", "checks", "passed", "files", "quarantined"}
+    assert s["files"] == [
+        {"path": files["train"], "split": "train", "records": 4, "accepted": 4, "quarantined": 0},
+        {"path": files["clean"], "split": "heldout", "records": 1, "accepted": 1, "quarantined": 0}]
+    assert json.loads(out_path.read_text()) == s
+    assert main(["stats", files["train"], "--policy", files["policy"]]) == 0
+    human = capsys.readouterr().out
+    assert "effective tasks" in human and "ok   contrast" in human
+    # without the policy, weapons_history is not known to contrast weapons
+    code, s = run_json(capsys, files["train"])
+    assert code == 1 and [c["name"] for c in s["checks"] if not c["passed"]] == ["contrast"]
+
+
+def test_cli_exit_1_for_leakage_missing_contrast_and_quarantine(files, capsys):
+    code, s = run_json(capsys, files["train"], "--heldout", files["leaky"], "--policy", files["policy"])
+    assert code == 1 and s["leakage"]["near"]["records"] == 1
+    assert [c["name"] for c in s["checks"] if not c["passed"]] == ["leakage"]
+    policy = files["dir"] / "policy.yaml"
+    policy.write_text('version: "1"\ncategories:\n  - name: weapons\n    benign_contrast: [weapons_history]\n'
+                      '  - name: malware\n')
+    code, s = run_json(capsys, files["train"], "--policy", str(policy))
+    assert code == 1 and [c["name"] for c in s["checks"] if not c["passed"]] == ["contrast"]
+    bad = files["dir"] / "bad.jsonl"
+    bad.write_text(json.dumps(record("z", "fine", "fine")) + "\n" + '{"messages": [}\n')
+    code, s = run_json(capsys, str(bad))
+    assert code == 1 and s["quarantined"] == 1 and s["records"] == 1
+
+
+def test_cli_exit_2_for_unusable_input(files, capsys):
+    code, s = run_json(capsys, str(files["dir"] / "missing.jsonl"))
+    assert code == 2 and set(s) == {"error"}
+    code, s = run_json(capsys, files["train"], "--heldout", files["train"])
+    assert code == 2 and "both a training and a held-out file" in s["error"]
+    code, s = run_json(capsys, files["train"], "--near-threshold", "1.5")
+    assert code == 2
+
+
+def test_cli_token_lengths_with_a_tokenizer(files, capsys, tmp_path):
+    from sftlab.encode import encode
+    from sftlab.loading import load_files
+    from sftlab.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    code, s = run_json(capsys, files["train"], "--policy", files["policy"], "--tokenizer", str(tmp_path / "tok"),
+                       "--template", "chatml")
+    assert code == 0 and s["lengths"]["unit"] == "tokens" and s["lengths"]["template"] == "chatml"
+    examples = [encode(c, tok, "chatml") for c in load_files([files["train"]]).conversations]
+    assert s["lengths"]["response"]["max"] == max(e.trained_tokens for e in examples)
+    assert s["lengths"]["prompt"]["min"] == min(len(e.input_ids) - e.trained_tokens for e in examples)
+    code, s = run_json(capsys, files["train"], "--tokenizer", str(tmp_path / "tok"))
+    assert code == 2 and "chat_template" in s["error"]
