@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sftlab.report import plots
 from sftlab.report.inputs import RunFiles
-from sftlab.report.markup import (Markup, badge, esc, join, kv_table, not_recorded, section,
-                                  table, tag)
+from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
+                                  section, table, tag)
 from sftlab.report.render import render
 
 PRIMARY = "training_template"
@@ -71,6 +72,10 @@ def slice_tables(ev: dict[str, Any]) -> Markup:
              if isinstance(c, dict)}
     out = [tag("p", f"Condition: {cond}. Values with k/n and Wilson 95 % intervals; a flag marks "
                     "a tuned value worse than the reference beyond its interval.", class_="note")]
+    uri = plots.comparison((tuned.get("all") or {}), (ref.get("all") or {}),
+                           _metric_names({"all": tuned.get("all") or {}}))
+    if uri:
+        out.append(image(uri, "tuned vs reference, all prompts"))
     for name in _slice_order(set(tuned) | set(ref)):
         rows = []
         for metric in _metric_names({name: tuned.get(name) or {}, "r": ref.get(name) or {}}):

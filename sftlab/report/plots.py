@@ -102,3 +102,30 @@ def lr_curve(train: list[dict[str, Any]]) -> str | None:
     ax.set_title("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     return _to_uri(fig)
+
+
+def comparison(tuned: dict[str, Any], reference: dict[str, Any], metrics: list[str]) -> str | None:
+    """Tuned vs reference point estimates with their Wilson 95 % intervals, one row per metric."""
+    rows = [m for m in metrics if isinstance(tuned.get(m), dict) and tuned[m].get("low") is not None]
+    if not rows:
+        return None
+    fig, (ax,) = _figure(width=7.5, height=0.55 * len(rows) + 1.1)
+    ax.set_xlabel("rate (point estimate, Wilson 95 % interval)")
+    for offset, (name, results, colour) in enumerate((("reference", reference, COLOURS[7]),
+                                                      ("tuned", tuned, COLOURS[0]))):
+        ys, xs, lo, hi = [], [], [], []
+        for i, m in enumerate(rows):
+            e = results.get(m) if isinstance(results, dict) else None
+            if isinstance(e, dict) and isinstance(e.get("value"), (int, float)):
+                ys.append(len(rows) - 1 - i + (0.15 if offset else -0.15))
+                xs.append(e["value"])
+                lo.append(e["value"] - e.get("low", e["value"]))
+                hi.append(e.get("high", e["value"]) - e["value"])
+        if xs:
+            ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", color=colour, capsize=3, label=name)
+    ax.set_yticks(range(len(rows)), list(reversed(rows)))
+    ax.set_xlim(-0.02, 1.02)
+    ax.grid(True, axis="x", color="#e5e7eb")
+    handles, labels = ax.get_legend_handles_labels()  # tuned first, outside the data
+    fig.legend(handles[::-1], labels[::-1], frameon=False, fontsize=8, loc="outside right upper")
+    return _to_uri(fig)
