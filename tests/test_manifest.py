@@ -185,3 +185,10 @@ def test_cli_show_and_diff(tmp_path, capsys):
     (b / "run.json").write_text("{not json")
     assert main(["manifest", str(a), "--diff", str(b)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_environment_without_git_records_null_commit(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable to be found
+    soft = environment()["software"]
+    assert soft["git_commit"] is None and soft["git_dirty"] is None
+    assert soft["python"] and soft["torch"]
