@@ -287,10 +287,17 @@ def test_cli_writes_report_and_records_it(tmp_path, capsys):
     assert got["passed"] is False and got["report"].endswith("report.html")
     assert (run / "report.html").is_file()
     assert read_manifest(run).artifacts == {"final": "final", "report": "report.html"}
+    assert got["data_checks_passed"] is False
     _eval(run, passed=True)
     out = tmp_path / "elsewhere" / "r.html"
-    assert main(["report", str(run), "--out", str(out)]) == 0
-    assert "all gates passed" in capsys.readouterr().out and out.is_file()
+    assert main(["report", str(run), "--out", str(out)]) == 1  # the data checks still fail
+    printed = capsys.readouterr().out
+    assert "all gates passed" in printed and "data checks FAILED: contrast, leakage, quarantine" in printed
+    assert out.is_file()
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    (run / "data" / "stats.json").write_text(json.dumps({**stats, "passed": True, "checks": []}))
+    assert main(["report", str(run)]) == 0
+    assert "all gates passed; data checks passed" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nope"), "--json"]) == 2
     assert "not a directory" in json.loads(capsys.readouterr().out)["error"]
     (tmp_path / "empty").mkdir()

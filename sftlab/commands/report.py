@@ -8,8 +8,8 @@ HELP = """Write one self-contained HTML page for a run directory (default RUN/re
 summary and policy gates, data statistics, loss-mask preview, packing and mixture,
 training curves, evaluation (tuned vs reference per slice, template robustness, failure
 samples) and the full run manifest. Opens offline: no script, no external resource.
-Exit codes: 0 written and every gate passed (or none was evaluated), 1 written but a gate
-failed, 2 RUN has none of the run files."""
+Exit codes: 0 written and every gate and data check passed (or none was recorded), 1 written
+but a policy gate or a data check (data/stats.json) failed, 2 RUN has none of the run files."""
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("run", metavar="RUN", help="run directory (run.json, metrics.jsonl, data/, eval/)")
     p.add_argument("--out", metavar="PATH", help="where to write the page (default: RUN/report.html)")
     p.add_argument("--json", action="store_true",
-                   help='print one JSON object: {"report", "passed", "problems"}')
+                   help='print one JSON object: {"report", "passed" (gates), "data_checks_passed", "problems"}')
     p.set_defaults(func=run)
 
 
@@ -37,11 +37,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{run_dir}: nothing to report, none of {', '.join(FILES)} is there")
     path, files = write_report(run_dir, args.out)
     passed = files.eval.get("passed") if files.eval else None
+    data_passed = files.stats.get("passed") if files.stats else None
+    failed = [c.get("name") for c in (files.stats or {}).get("checks") or []
+              if isinstance(c, dict) and c.get("passed") is False]
     if args.json:
-        print(json.dumps({"report": str(path), "passed": passed, "problems": files.problems}))
+        print(json.dumps({"report": str(path), "passed": passed, "data_checks_passed": data_passed,
+                          "problems": files.problems}))
     else:
-        gates = {True: "all gates passed", False: "a gate FAILED", None: "gates not evaluated"}
-        print(f"wrote {path} ({gates.get(passed, 'gates not evaluated')})")
+        gates = {True: "all gates passed", False: "a gate FAILED"}.get(passed, "gates not evaluated")
+        data = {True: "data checks passed", False: f"data checks FAILED: {', '.join(map(str, failed))}"}
+        print(f"wrote {path} ({gates}; {data.get(data_passed, 'data checks not recorded')})")
         for problem in files.problems:
             print(f"  note: {problem}")
-    return 1 if passed is False else 0
+    return 1 if passed is False or data_passed is False else 0
