@@ -129,6 +129,8 @@ def test_eval_passes_default_out_and_cache(models, tmp_path, capsys):
     args = ["--model", str(models / "run" / "final"), "--prompts", str(models / "prompts.jsonl"),
             "--policy", str(models / "policy.yaml"), "--conditions", "training_template,no_system",
             "--cache-dir", str(tmp_path / "cache")]
+    (models / "run" / "run.json").write_text(json.dumps(
+        {"schema_version": 1, "kind": "train", "decoding": [{"purpose": "gen_eval", "max_new_tokens": 4}]}))
     code, summary = _run(capsys, args)
     assert code == 0 and summary["passed"] is True
     assert summary["eval_json"] == str(models / "run" / "eval" / "eval.json")
@@ -137,6 +139,9 @@ def test_eval_passes_default_out_and_cache(models, tmp_path, capsys):
     ev = json.loads((models / "run" / "eval" / "eval.json").read_text())
     assert code == 0 and ev["cache"]["hits"] == 2 and ev["cache"]["misses"] == 0
     assert (models / "run" / "eval" / "outputs.jsonl").read_text() == first
+    run = json.loads((models / "run" / "run.json").read_text())
+    assert [d["purpose"] for d in run["decoding"]] == ["gen_eval", "eval"]
+    assert run["artifacts"]["eval"] == "eval/eval.json"
 
 
 def test_eval_unusable_input_exits_2(models, tmp_path, capsys):

@@ -25,7 +25,7 @@ def register(sub) -> None:
         description="Generate responses for evaluation prompts under several chat templates and "
                     "system prompts, label them with a refusal detector, and report harmful "
                     "refusal rate, benign (over-)refusal rate, task accuracy and eval loss per "
-                    "slice with Wilson 95%% intervals; compare with a reference model and check "
+                    "slice with Wilson 95 % intervals; compare with a reference model and check "
                     "the policy's gates.", epilog=EPILOG,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="DIR", help="the tuned model directory (e.g. RUN/final)")
@@ -101,7 +101,7 @@ def _options(args):
 
 def run(args) -> int:
     from sftlab.evaluation.cache import GenerationCache, default_cache_dir
-    from sftlab.evaluation.evaluate import run_evaluation, write_outputs
+    from sftlab.evaluation.evaluate import record_in_run, run_evaluation, write_outputs
 
     opts, sets, detector = _options(args)
     bad = [b for s in sets for b in s.bad_rows]
@@ -111,6 +111,7 @@ def run(args) -> int:
     report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
     paths = write_outputs(out, report, rows)
+    record_in_run(out, report)
     failed = [g for g in report["gates"] if not g["passed"]]
     code = 1 if failed or bad else 0
     if args.json:

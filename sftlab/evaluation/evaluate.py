@@ -13,6 +13,7 @@ During training, ``generation_eval`` gives the same rates for a model in memory 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +226,31 @@ def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[s
     path = out / "eval.json"
     write_atomic(path, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     return {"eval": path, "outputs": outputs}
+
+
+def record_in_run(out_dir: str | Path, report: dict) -> bool:
+    """When OUT is ``RUN/eval`` (RUN holds a run.json), add the eval artifacts and decoder
+    settings to the run manifest; returns whether it did."""
+    from sftlab.manifest import ManifestError, update_manifest
+
+    out = Path(out_dir).resolve()
+    run = out.parent
+    manifest = run / "run.json"
+    if not manifest.is_file():
+        return False
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8")).get("decoding") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    kept = [d for d in old if isinstance(d, dict) and d.get("purpose") not in ("eval", "reference")]
+    rel = out.relative_to(run).as_posix()
+    try:
+        update_manifest(run, decoding=kept + report["manifest"]["decoding"],
+                        artifacts={"eval": f"{rel}/eval.json", "eval_outputs": f"{rel}/outputs.jsonl"})
+    except ManifestError as e:
+        print(f"sftlab eval: warning: {manifest} not updated: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def generation_eval(model, tokenizer, template, prompts, settings=None, detector=None) -> dict:
