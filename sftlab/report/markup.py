@@ -82,7 +82,8 @@ def kv_table(items: dict[str, Any] | Iterable[tuple[Any, Any]]) -> Markup:
 
 
 def badge(passed: bool | None, text: str | None = None) -> Markup:
-    """Green PASS / red FAIL / grey n/a."""
+    """Green PASS / red FAIL / grey n/a (anything but a bool is n/a)."""
+    passed = passed if isinstance(passed, bool) else None
     cls = {True: "pass", False: "fail", None: "na"}[passed]
     label = text or {True: "PASS", False: "FAIL", None: "n/a"}[passed]
     return tag("span", label, class_=f"badge {cls}")
