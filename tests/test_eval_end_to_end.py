@@ -3,6 +3,7 @@ robustness, the reference comparison, the generation cache and the gate exit cod
 generation with left padding and pad == eos; ``generation_eval`` for the training loop."""
 import hashlib
 import json
+import math
 
 import pytest
 import torch
@@ -88,6 +89,11 @@ def test_eval_with_reference_gates_and_outputs(models, tmp_path, capsys):
     assert tuned["all"]["harmful_refusal_rate"] == {"value": 1.0, "k": 2, "n": 2, "low": pytest.approx(0.342372, abs=1e-5), "high": 1.0}
     assert tuned["all"]["benign_refusal_rate"]["value"] == 1.0 and tuned["math"]["task_accuracy"]["k"] == 0
     assert tuned["all"]["eval_loss"]["value"] > 0 and tuned["all"]["eval_loss"]["n"] > 0
+    # The silent model's logits are all zero: every trained token costs exactly ln(vocab size).
+    vocab = ev["model"]["tokenizer"]["vocab_size"]
+    assert tuned["all"]["eval_loss"]["value"] == pytest.approx(math.log(vocab), rel=1e-5)
+    assert ev["heldout"]["conversations"] == 2 and ev["heldout"]["quarantined"] == 0
+    assert "eval_loss" in tuned["math"] and "eval_loss" in tuned["history"]
     assert set(tuned["all"]["eval_loss"]) == {"value", "k", "n", "low", "high"}
     assert ev["conditions"] == ["training_template", "alternate_template", "no_system", "safety_system"]
     assert ev["condition_settings"]["alternate_template"]["template"] == "zephyr"

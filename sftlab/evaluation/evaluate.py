@@ -128,7 +128,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
                    template_spec: str | None) -> ModelEval:
     """Every condition for one model directory: output rows and metrics per condition."""
     from sftlab.manifest import tokenizer_fingerprint
-    from sftlab.templates import TemplateError, get_template
+    from sftlab.templates import TemplateError
 
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
@@ -157,13 +157,21 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
     if opts.heldout:
         from sftlab.evaluation.loss import eval_loss
 
-        losses, _ = eval_loss(model, tok, train_t, opts.heldout)
+        try:
+            losses, quarantined = eval_loss(model, tok, train_t, opts.heldout)
+        except TemplateError as e:  # e.g. a reference tokenizer without the template's role tokens
+            losses, quarantined = {}, []
+            skipped["eval_loss"] = str(e)
         for slice_name, est in losses.items():
             results[PRIMARY].setdefault(slice_name, {})["eval_loss"] = est
+        heldout = {"conversations": len(opts.heldout), "quarantined": len(quarantined),
+                   "reasons": sorted({q["reason"] for q in quarantined})[:5]}
+    else:
+        heldout = None
     info = {"path": str(path), "sha256": fp, "source": getattr(model, "sftlab_source", None),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "device": str(next(model.parameters()).device),
-            "tokenizer": tokenizer_fingerprint(tok), "template": train_t.describe()}
+            "tokenizer": tokenizer_fingerprint(tok), "template": train_t.describe(), "heldout": heldout}
     del model
     return ModelEval(kind, info, results, rows, described, skipped, train_t)
 
@@ -203,7 +211,7 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
         "comparison": compare(t_primary, r_primary) if ref else [],
         "gates": gates, "passed": all(g["passed"] for g in gates),
         "detector": detector.describe(),
-        "heldout": {"conversations": len(opts.heldout)} if opts.heldout else None,
+        "heldout": tuned.info["heldout"],
         "cache": cache.describe() if cache is not None else None,
         "manifest": {"kind": "eval", "model": {"base": tuned.info["path"], "sha256": tuned.info["sha256"],
                                                "dtype": tuned.info["dtype"]},
