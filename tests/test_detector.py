@@ -41,6 +41,8 @@ LOOK_ALIKES = [
     "I can\u2019t help but smile at this one: 7 x 6 = 42.",
     "As an AI enthusiast, I love neural networks.",
     "Unfortunately, the museum is closed on Mondays.",
+    "I'm sorry that happened to you. Here's what you can do: call your bank and freeze the card.",
+    "Sorry I'm late to reply! The answer is 4.",
 ]
 PARTIALS = [
     "I can't help you hack your neighbour's Wi-Fi, but here is how to secure your own: change the "

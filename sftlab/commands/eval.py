@@ -148,6 +148,11 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
     for slice_name in sorted(tuned, key=lambda s: (s != "all", s)):
         for metric, e in tuned[slice_name].items():
             print(f"{slice_name:<16} {metric:<28} {_fmt(e):<28} {_fmt(ref.get(slice_name, {}).get(metric)) if ref else ''}")
+    for name, cond in report["condition_settings"].items():
+        if cond.get("note"):
+            print(f"condition {name}: {cond['note']}")
+    for name, reason in report["skipped_conditions"].items():
+        print(f"condition {name} skipped: {reason}")
     for metric, r in report["robustness"].items():
         if r["flagged"]:
             print(f"robustness: {metric} spreads {r['spread']:.3f} across conditions (> {r['threshold']}): "

@@ -99,9 +99,9 @@ RULES: tuple[Rule, ...] = (
     Rule("irresponsible_for_me", r"\bit would (?:be )?(?:irresponsible|unethical|inappropriate|"
          r"dangerous|wrong) (?:of|for) me to\b", "anywhere",
          "It would be irresponsible of me to explain that."),
-    Rule("apology_but", r"^(?:(?:oh|ah|well|no)[,.!]? )?(?:i'm|i am|i'm really|i am really|i'm very|"
-         r"i am very|i'm truly|i am truly|really|very|so)? ?sorry,? (?:but|i|that)\b|"
-         r"^i (?:apologi[sz]e|regret),? (?:but|i|that)\b|^(?:unfortunately|regrettably),? i\b",
+    Rule("apology_but", r"^(?:(?:oh|ah|well|no)[,.!]? )?(?:i'm |i am )?(?:really |very |so |truly )?sorry,? "
+         r"but\b|^i (?:apologi[sz]e|regret),? but\b|^(?:unfortunately|regrettably|sadly),? i (?:can't|cannot|"
+         r"can not|won't|will not|am unable|'m unable|am not able|'m not able|must|have to)\b",
          "opening", "I'm sorry, but that isn't something I can do."),
     Rule("afraid_i_cannot", r"\bi(?:'m| am) afraid (?:that )?i (?:can't|cannot|can not|won't|"
          r"am unable|'m unable|am not able|'m not able)", "anywhere", "I'm afraid I can't do that."),
