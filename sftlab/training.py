@@ -117,6 +117,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
             if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
                 bar.close()
                 return _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -127,7 +128,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
             if step % cfg.log.every_n_steps == 0 or step == total_steps:
                 metrics.write({"step": step, "epoch": epoch, "loss": step_loss,
-                               "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s,
+                               "lr": lr, "tokens_per_s": tokens_per_s,
                                "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
             every = cfg.eval.every_n_steps
             if data.eval_sets and ((every and step % every == 0) or step >= total_steps):
@@ -165,6 +166,7 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
     from sftlab.models import load_base_model
+    from sftlab.objective import check_head
     from sftlab.templates import TemplateError, add_role_tokens, get_template, install_template
 
     path = Path(cfg.model.path)
@@ -176,6 +178,7 @@ def load_model_and_tokenizer(cfg: TrainConfig):
         if cfg.tokenizer:
             tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code)
         template = get_template(cfg.template, tokenizer)
+        check_head(model)  # the chunked loss must see the logits the model itself would give
     except (OSError, ValueError, TemplateError) as e:
         raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
     role_tokens = add_role_tokens(tokenizer, model, template)
@@ -214,20 +217,29 @@ class TrainData:
     """
 
     def __init__(self, cfg: TrainConfig, examples: list, eval_sets: dict, pad_id: int):
+        from sftlab.mixture import MixtureSpec, apply_loss_weights
+
+        m = cfg.mixture
+        self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
+                                   loss_weights=dict(m.loss_weights), seed=cfg.seed)
         self.cfg, self.examples, self.eval_sets, self.pad_id = cfg, examples, eval_sets, pad_id
+        self.weighted = apply_loss_weights(examples, self.mixture.loss_weights)
         self.splits: dict = {}
         self.quarantined = 0
+        self.policy = None
         self._epoch: tuple[int, list, dict] | None = None
 
     def _build(self, epoch: int) -> tuple[list, dict]:
+        """Mixture sample of the epoch -> rows (packed or one per row) -> shuffled."""
+        from sftlab.mixture import realised_mixture
         from sftlab.packing import pack, pad_rows
 
         if self._epoch is None or self._epoch[0] != epoch:
-            mixed, realised = mix_epoch(self.examples, self.cfg.mixture, self.cfg.seed, epoch)
+            idx = self.mixture.epoch_indices(self.examples, epoch)
             make = pack if self.cfg.packing.mode == "packed" else pad_rows
-            rows = make(mixed, self.cfg.row_length)
-            random.Random(f"{self.cfg.seed}:rows:{epoch}").shuffle(rows)
-            self._epoch = (epoch, rows, realised)
+            rows = make([self.weighted[i] for i in idx], self.cfg.row_length)
+            random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(rows)
+            self._epoch = (epoch, rows, realised_mixture(idx, self.examples))
         return self._epoch[1], self._epoch[2]
 
     def epoch_rows(self, epoch: int) -> list:
@@ -258,62 +270,10 @@ class TrainData:
                 for i in range(0, len(mine), o.micro_batch_size)]
 
 
-def mix_epoch(examples: list, mixture, seed: int, epoch: int) -> tuple[list, dict]:
-    """One epoch's examples: sampled per slice, slice loss weights applied, shuffled.
-
-    Without sampling weights every example appears once. With them, each slice gets
-    ``round(share x N)`` draws: whole shuffled passes over the slice, then a sample without
-    replacement. Returns ``(examples, {"slices": {slice: count}, "shares": {slice: share}})``.
-
-        >>> from types import SimpleNamespace as Ex
-        >>> from sftlab.config import MixtureConfig
-        >>> exs = [Ex(slice="a", input_ids=[1], loss_weights=[1.0])] * 3 + [Ex(slice="b", input_ids=[2], loss_weights=[1.0])]
-        >>> mixed, realised = mix_epoch(exs, MixtureConfig(sampling_weights={"b": 3}, loss_weights={"b": 0.5}), 0, 0)
-        >>> realised["slices"], sorted({m.loss_weights[0] for m in mixed if m.slice == "b"})
-        ({'a': 1, 'b': 3}, [0.5])
-    """
-    rng = random.Random(f"{seed}:mixture:{epoch}")
-    by_slice: dict[str, list] = {}
-    for ex in examples:
-        by_slice.setdefault(ex.slice or "default", []).append(ex)
-    names = sorted(by_slice)
-    if mixture.sampling_weights is None and mixture.temperature is None:
-        chosen = {n: by_slice[n] for n in names}
-    else:
-        if mixture.temperature is not None:
-            raw = {n: len(by_slice[n]) ** (1.0 / mixture.temperature) for n in names}
-        else:
-            raw = {n: float(mixture.sampling_weights.get(n, 1.0)) for n in names}
-        total = sum(raw.values())
-        chosen = {n: _draw(by_slice[n], round(raw[n] / total * len(examples)), rng) for n in names}
-    out = []
-    for n in names:
-        w = mixture.loss_weights.get(n, 1.0)
-        out += [ex if w == 1.0 else _reweighted(ex, w) for ex in chosen[n]]
-    rng.shuffle(out)
-    counts = {n: len(chosen[n]) for n in names}
-    return out, {"slices": counts, "shares": {n: round(c / max(len(out), 1), 6) for n, c in counts.items()}}
-
-
-def _draw(pool: list, k: int, rng: random.Random) -> list:
-    out = []
-    while k >= len(pool) > 0:
-        out += rng.sample(pool, len(pool))
-        k -= len(pool)
-    return out + rng.sample(pool, k)
-
-
-def _reweighted(ex, w: float):
-    import dataclasses
-
-    weights = [x * w for x in ex.loss_weights]
-    if dataclasses.is_dataclass(ex):
-        return dataclasses.replace(ex, loss_weights=weights, trained_weight=sum(weights))
-    return type(ex)(**{**vars(ex), "loss_weights": weights})
-
-
 def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
     """load -> quarantine (RUN/data/quarantine.jsonl) -> encode -> TrainData, with manifest counts."""
+    from sftlab.mixture import slice_of
+
     policy = None
     if cfg.data.policy:
         from sftlab.policy import load_policy
@@ -328,7 +288,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         held, held_q, splits["heldout"] = _load_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy)
         quarantine = quarantine + held_q
         for ex in held:
-            eval_sets.setdefault(ex.slice or "default", []).append(ex)
+            eval_sets.setdefault(slice_of(ex), []).append(ex)
     metric = cfg.eval.early_stopping.metric
     if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
         raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
@@ -469,8 +429,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "trained_tokens": trained, "total_tokens": total,
                  "trained_token_share": round(trained / total, 6) if total else None},
         packing=packing_stats(data.epoch_rows(0), cfg.row_length, mode=cfg.packing.mode),
-        mixture={"sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature},
-                 "loss_weights": dict(cfg.mixture.loss_weights)},
+        mixture={**data.mixture.describe(data.examples),
+                 "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
         model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
                "notes": source.get("notes") or source.get("note"), "source": source or None},
@@ -484,7 +444,7 @@ def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None) ->
     from sftlab.curves import read_metrics
     from sftlab.manifest import update_manifest
 
-    realised = [{"epoch": r["epoch"], **r["realised_mixture"]}
+    realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
                 for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
     update_manifest(run, mixture={"realised": realised},
                     artifacts={"final": "final", "metrics": "metrics.jsonl", "curves": "curves.png",

@@ -86,3 +86,17 @@ def test_reference_comes_from_field_docstrings():
     assert "  optim.grad_accum (int; default 1)" in text
     assert len(rows) == text.count("\n      ")
     assert TrainConfig.model_fields["seed"].description.startswith("Seed")
+
+
+def test_cli_config_errors_exit_2(tmp_path, capsys):
+    import json
+
+    from sftlab.cli import main
+
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("model: {path: tiny}\ndata: {train: [t.jsonl]}\nout: r\n")
+    assert main(["train", str(cfg_file), "optim.lrr=1e-4", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "error": f"unknown key 'optim.lrr' (in {cfg_file}); did you mean 'optim.lr'?"}
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read config" in capsys.readouterr().err

@@ -216,12 +216,23 @@ def test_lora_saves_adapter_and_merged_model_and_counts_quarantine(assets, tmp_p
     cfg = _config(assets, run, data={"train": [str(data)], "eval": []},
                   lora={"enabled": True, "r": 4, "alpha": 8, "merge_on_save": True,
                         "target_modules": ["q_proj", "v_proj"]},
-                  optim={"max_steps": 3, "lr": 1e-2})
+                  mixture={"sampling_weights": {"chat": 3.0}, "loss_weights": {"chat": 0.5}},
+                  loss={"normalisation": "per_sequence"}, optim={"max_steps": 3, "lr": 1e-2})
     assert main(["train", str(cfg)]) == 1  # trained, but a record was quarantined
     quarantine = [json.loads(x) for x in (run / "data" / "quarantine.jsonl").read_text().splitlines()]
     assert [q["id"] for q in quarantine] == ["bad"] and quarantine[0]["line"] == 41
     split = json.loads((run / "run.json").read_text())["data"]["splits"]["train"]
     assert (split["records"], split["accepted"], split["quarantined"]) == (41, 40, 1)
+
+    # the mixture asked for: chat sampled 3:1 per slice weight, logged per epoch and in the manifest
+    from sftlab.mixture import MixtureSpec
+
+    slices = ["chat" if i % 3 == 0 else "math" for i in range(40)]
+    wanted = MixtureSpec(sampling_weights={"chat": 3.0}).shares(slices)
+    realised = [r["realised_mixture"] for r in _metrics(run) if "realised_mixture" in r][0]
+    assert realised == pytest.approx(wanted, abs=1 / 40) and realised["chat"] > 0.5
+    mixture = json.loads((run / "run.json").read_text())["mixture"]
+    assert mixture["loss_weights"] == {"chat": 0.5} and mixture["realised"][0]["slices"] == realised
 
     assert (latest_checkpoint(run) / "adapter_model.safetensors").exists()
     assert not (latest_checkpoint(run) / "model.safetensors").exists()
@@ -236,3 +247,14 @@ def test_lora_saves_adapter_and_merged_model_and_counts_quarantine(assets, tmp_p
     k = "model.layers.0.self_attn.k_proj.weight"
     assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # LoRA delta merged in
     assert torch.equal(merged.state_dict()[k], base.state_dict()[k])      # no adapter there
+
+
+def test_gradient_checkpointing_changes_memory_not_results(assets, tmp_path):
+    runs = {}
+    for flag in (False, True):
+        run = tmp_path / f"gc-{flag}"
+        cfg = _config(assets, run, gradient_checkpointing=flag, optim={"max_steps": 3},
+                      data={"eval": []}, checkpointing={"every_n_steps": None})
+        assert main(["train", str(cfg)]) == 0
+        runs[flag] = _losses(run)
+    assert [x for _, x in runs[True]] == pytest.approx([x for _, x in runs[False]], abs=1e-5)
