@@ -36,8 +36,9 @@ class ModelConfig(_Section):
     """Run the model repository's own Python code. Only turn on for code you trust."""
     gguf_file: str | None = None
     """A GGUF file inside ``path`` to load (dequantised) instead of safetensors weights."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype: ``auto`` is float32 on the CPU and bfloat16 on a GPU."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """``auto``: float32 weights, with bf16 autocast (mixed precision) on a GPU; ``float32``: no
+    autocast; ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
 
 
 class DataConfig(_Section):

@@ -98,17 +98,19 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
         for s in range(state["step_in_epoch"], data.steps_in_epoch(epoch, world)):
             t0 = time.perf_counter()
             # collate the whole step first: the denominator is its total trained weight, all ranks
-            micro = [_to_device(b, accelerator.device) for b in data.micro_batches(rows, s, rank, world)]
+            micro = data.micro_batches(rows, s, rank, world)
+            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro)]
+            micro = [_to_device(b, accelerator.device) for b in micro]
             total_weight = step_normaliser(micro, reduction=reduction, all_reduce=True)
-            sums = torch.zeros(3, dtype=torch.float64)  # loss, tokens, trained tokens
+            loss_sum = torch.zeros((), device=accelerator.device)
             for i, batch in enumerate(micro):
                 last = i == len(micro) - 1  # gradients are all-reduced once, after the last one
                 with (nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
                     loss = micro_batch_loss(model, batch, total_weight, reduction=reduction,
                                             chunk_size=cfg.loss.chunk_size, world_size=world)
                 accelerator.backward(loss)
-                sums += torch.tensor([loss.item(), batch["seq_lengths"].sum().item(),
-                                      _trained_tokens(batch)], dtype=torch.float64)
+                loss_sum += loss.detach().float()
+            sums = torch.tensor([loss_sum.item(), *counts], dtype=torch.float64)  # one sync per step
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
             step_loss = sums[0].item() / world
             grad_norm = None
@@ -157,7 +159,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
 
 # -- model ---------------------------------------------------------------------------------------
 
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_model_and_tokenizer(cfg: TrainConfig):
@@ -186,7 +188,11 @@ def load_model_and_tokenizer(cfg: TrainConfig):
         template = get_template(cfg.template, tokenizer)  # the fingerprint covers the tokenizer
     install_template(tokenizer, template)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model

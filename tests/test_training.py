@@ -258,3 +258,8 @@ def test_gradient_checkpointing_changes_memory_not_results(assets, tmp_path):
         assert main(["train", str(cfg)]) == 0
         runs[flag] = _losses(run)
     assert [x for _, x in runs[True]] == pytest.approx([x for _, x in runs[False]], abs=1e-5)
+    from sftlab.config import load_config
+    from sftlab.training import load_model_and_tokenizer
+
+    model = load_model_and_tokenizer(load_config(cfg))[0]
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
