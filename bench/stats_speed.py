@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from sftlab.conversation import Conversation, Message, Origin
-from sftlab.stats import compute_stats
+from sftlab.stats import DEFAULT_NUM_PERM, compute_stats
 
 
 def make(n: int, heldout: int, seed: int = 0):
@@ -65,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--heldout", type=int, default=2_000)
-    ap.add_argument("--num-perm", type=int, default=128)
+    ap.add_argument("--num-perm", type=int, default=DEFAULT_NUM_PERM)
     args = ap.parse_args()
     t0 = time.perf_counter()
     train, held = make(args.n, args.heldout)

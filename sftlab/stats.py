@@ -60,9 +60,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import chain, count, islice
 from typing import Any
 
 import numpy as np
@@ -77,8 +76,8 @@ MINHASH_SEED = 1
 LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
 MAX_EXAMPLES = 5
 DOMINANT_TASK_SHARE = 0.5
-_PAD_WORD = ""  # str.split() never yields it: pads texts shorter than one shingle
 _SHINGLE_CHUNK = 1 << 16  # shingles per numpy block of the signature computation (x num_perm)
+_TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 
 
 def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conversation] | None = None,
@@ -202,14 +201,14 @@ def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str
 
 # ---------------------------------------------------------------- text and record references
 
-def conversation_words(c: Conversation) -> list[str]:
-    """The whole conversation's words, normalised: ``["user:", "2+2?", "assistant:", "4"]``."""
-    return " ".join(f"{m.role}: {m.content}" for m in c.messages).lower().split()
+def conversation_text(c: Conversation) -> str:
+    """Every message as ``role: content``, joined (normalised later, word by word)."""
+    return " ".join([f"{m.role}: {m.content}" for m in c.messages])
 
 
-def prompt_words(c: Conversation) -> list[str]:
-    """The user messages' words, normalised (empty when there is none)."""
-    return " ".join(m.content for m in c.messages if m.role == "user").lower().split()
+def prompt_text(c: Conversation) -> str:
+    """The user messages joined (empty when there is none)."""
+    return " ".join([m.content for m in c.messages if m.role == "user"])
 
 
 def record_ref(c: Conversation, index: int) -> dict[str, Any]:
@@ -219,17 +218,14 @@ def record_ref(c: Conversation, index: int) -> dict[str, Any]:
     return {"id": c.id, "where": where}
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
 # ---------------------------------------------------------------- MinHash in bulk
 
 class MinHasher:
-    """MinHash signatures of word 3-shingle sets for many texts at once.
+    """Normalised words, exact-match keys and MinHash signatures of word 3-shingle sets, in bulk.
 
-    Words are hashed once each (blake2b, stable across runs); a shingle's 32-bit hash mixes its
-    three word hashes. The signature of a text is, per permutation k, ``min over shingles h of
+    Texts are lowercased and split on whitespace by pyarrow's compute kernels; each distinct word
+    is hashed once (blake2b, 64 bits, stable across runs); a shingle's 32-bit hash mixes its three
+    word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
     a_k * fmix32(h) + b_k mod 2^32`` with datasketch's own ``(a_k, b_k)`` for ``seed``: the values
     datasketch's ``MinHash(num_perm, seed, hashfunc=identity, scheme="affine32")`` holds after
     ``update_batch(shingle_hashes)``, so they go straight into ``LeanMinHash`` and ``MinHashLSH``.
@@ -240,32 +236,60 @@ class MinHasher:
 
         self.num_perm, self.seed = num_perm, seed
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-        self._a, self._b = a.astype(np.uint32), b.astype(np.uint32)
-        # Word -> id in order of first sight, and each id's stable 64-bit hash (the pad word's is 0).
-        self._word_id: defaultdict[str, int] = defaultdict(count().__next__)
-        self._word_id[_PAD_WORD]
-        self._word_hash = np.zeros(1, dtype=np.uint64)
+        self._a, self._b = a.astype(np.uint32)[:, None], b.astype(np.uint32)[:, None]
+        self._word_hash: dict[str, int] = {}
 
-    def shingles(self, texts: Sequence[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """``(hashes uint32, starts)``: the shingle hashes of all texts (word lists), text i's at
-        ``hashes[starts[i]:starts[i + 1]]`` (at least one each; ``starts`` has len(texts) + 1)."""
-        words = [w if len(w) >= 3 else w + [_PAD_WORD] * (3 - len(w)) for w in texts]
-        n_words = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        known = len(self._word_hash)
-        ids = np.fromiter(map(self._word_id.__getitem__, chain.from_iterable(words)), dtype=np.int64,
-                          count=int(n_words.sum()))
-        new = [w.encode() for w in islice(self._word_id, known, None)]
-        self._word_hash = np.concatenate((self._word_hash, np.fromiter(
-            (int.from_bytes(hashlib.blake2b(w, digest_size=8).digest(), "little") for w in new),
-            dtype=np.uint64, count=len(new))))
-        h = self._word_hash[ids]
-        shingle = _mix64(h[:-2] * np.uint64(0x9E3779B97F4A7C15) + h[1:-1] * np.uint64(0xC2B2AE3D27D4EB4F)
-                         + h[2:])
+    def words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(word hashes uint64, offsets)``: text i's normalised words are
+        ``hashes[offsets[i]:offsets[i + 1]]``."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(texts):
+            return np.zeros(0, np.uint64), np.zeros(1, np.int64)
+        # The split yields "" words where a text starts or ends with whitespace (or is empty).
+        words = pc.utf8_split_whitespace(pc.utf8_lower(pa.array(texts, type=pa.large_string())))
+        offsets = words.offsets.to_numpy().astype(np.int64)
+        encoded = words.flatten().dictionary_encode()
+        cache = self._word_hash
+        vocab = encoded.dictionary.to_pylist()
+        for w in vocab:
+            if w not in cache:
+                cache[w] = int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+        ids = encoded.indices.to_numpy()
+        table = np.fromiter(map(cache.__getitem__, vocab), dtype=np.uint64, count=len(vocab))
+        if "" in vocab:
+            empty = ids == vocab.index("")
+            n = np.diff(offsets)
+            text_of_word = np.repeat(np.arange(len(n)), n)
+            n = n - np.bincount(text_of_word[empty], minlength=len(n))
+            ids, offsets = ids[~empty], np.concatenate(([0], np.cumsum(n)))
+        return table[ids], offsets - offsets[0]
+
+    @staticmethod
+    def keys(hashes: np.ndarray, offsets: np.ndarray) -> list[bytes]:
+        """One 128-bit key per text of its normalised word sequence: equal keys, equal texts."""
+        buf = memoryview(hashes.tobytes())
+        return [hashlib.blake2b(buf[8 * s:8 * e], digest_size=16).digest()
+                for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+    @staticmethod
+    def shingles(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(shingle hashes uint32, starts)``, text i's at ``[starts[i]:starts[i + 1]]``; a text
+        shorter than 3 words is padded (hash 0) to one shingle."""
+        n = np.diff(offsets)
+        if (n < 3).any():
+            padded_n = np.maximum(n, 3)
+            padded_offsets = np.concatenate(([0], np.cumsum(padded_n)))
+            padded = np.zeros(int(padded_offsets[-1]), dtype=np.uint64)
+            padded[np.repeat(padded_offsets[:-1] - offsets[:-1], n) + np.arange(len(hashes))] = hashes
+            hashes, n, offsets = padded, padded_n, padded_offsets
+        shingle = _mix64(hashes[:-2] * np.uint64(0x9E3779B97F4A7C15)
+                         + hashes[1:-1] * np.uint64(0xC2B2AE3D27D4EB4F) + hashes[2:])
         # A shingle starting at either of a text's last two words would run into the next text.
-        ends = np.cumsum(n_words)
-        keep = np.ones(len(h), dtype=bool)
-        keep[ends - 1] = keep[ends - 2] = False
-        starts = np.concatenate(([0], np.cumsum(n_words - 2)))
+        keep = np.ones(len(hashes), dtype=bool)
+        keep[offsets[1:] - 1] = keep[offsets[1:] - 2] = False
+        starts = np.concatenate(([0], np.cumsum(n - 2)))
         return (shingle[keep[:len(shingle)]] >> np.uint64(32)).astype(np.uint32), starts
 
     def signatures(self, hashes: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -273,11 +297,10 @@ class MinHasher:
         n = len(starts) - 1
         out = np.empty((n, self.num_perm), dtype=np.uint32)
         mixed = _fmix32(hashes)
-        a, b = self._a[:, None], self._b[:, None]
         i = 0
         while i < n:  # blocks of whole texts, about _SHINGLE_CHUNK shingles each
             j = max(int(np.searchsorted(starts, starts[i] + _SHINGLE_CHUNK, side="right")) - 1, i + 1)
-            block = a * mixed[None, starts[i]:starts[j]] + b  # [num_perm, shingles]: reduce along rows
+            block = self._a * mixed[None, starts[i]:starts[j]] + self._b  # [num_perm, shingles]
             out[i:j] = np.minimum.reduceat(block, starts[i:j] - starts[i], axis=1).T
             i = j
         return out
@@ -306,24 +329,38 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-class _ShingleSets:
-    """Texts' shingle hashes and signatures, with exact Jaccard for confirming LSH candidates."""
+class _TextSets:
+    """Many texts as exact-match keys, word counts, shingle sets and MinHash signatures.
 
-    def __init__(self, signer: MinHasher, texts: Sequence[list[str]]):
-        self.signer = signer
-        self.hashes, self.starts = signer.shingles(texts)
-        self.sigs = signer.signatures(self.hashes, self.starts)
+    Built in blocks of ``_TEXT_CHUNK`` texts, so only one block's words are held at a time.
+    """
+
+    def __init__(self, signer: MinHasher, texts: Sequence[str]):
+        self.keys: list[bytes] = []
+        n_words, hashes, starts, sigs = [], [], [np.zeros(1, np.int64)], []
+        for b in range(0, len(texts), _TEXT_CHUNK):
+            words, offsets = signer.words(texts[b:b + _TEXT_CHUNK])
+            self.keys += signer.keys(words, offsets)
+            n_words.append(np.diff(offsets))
+            sh, st = signer.shingles(words, offsets)
+            hashes.append(sh)
+            starts.append(st[1:] + starts[-1][-1])
+            sigs.append(signer.signatures(sh, st))
+        self.n_words = np.concatenate(n_words) if n_words else np.zeros(0, np.int64)
+        self.hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint32)
+        self.starts = np.concatenate(starts)
+        self.sigs = np.concatenate(sigs) if sigs else np.zeros((0, signer.num_perm), np.uint32)
 
     def set(self, i: int) -> np.ndarray:
         return np.unique(self.hashes[self.starts[i]:self.starts[i + 1]])
 
-    def jaccard(self, i: int, other: _ShingleSets, j: int) -> float:
+    def jaccard(self, i: int, other: _TextSets, j: int) -> float:
         """Exact Jaccard similarity of text ``i``'s shingle set and ``other``'s text ``j``'s."""
         mine, theirs = self.set(i), other.set(j)
         inter = len(np.intersect1d(mine, theirs, assume_unique=True))
         return inter / (len(mine) + len(theirs) - inter)
 
-    def best_match(self, i: int, candidates: Iterable[int], other: _ShingleSets,
+    def best_match(self, i: int, candidates: Iterable[int], other: _TextSets,
                    threshold: float) -> tuple[int, float] | None:
         """The candidate of ``other`` most similar to text ``i`` with exact Jaccard >= threshold,
         trying the best three by MinHash estimate."""
@@ -381,40 +418,34 @@ def _shared(keys: np.ndarray, other: np.ndarray) -> np.ndarray:
 def duplicate_stats(convs: Sequence[Conversation], signer: MinHasher, threshold: float,
                     max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
     """Exact and near duplicates of whole conversations inside the training data."""
+    sets = _TextSets(signer, [conversation_text(c) for c in convs])
     first: dict[bytes, int] = {}
-    uniques: list[int] = []  # index of the first record of each distinct text
-    texts: list[str] = []
-    exact_examples: list[dict] = []
+    uniques: list[int] = []  # the first record of each distinct text
     groups: set[bytes] = set()
-    for i, c in enumerate(convs):
-        text = conversation_words(c)
-        key = _digest(" ".join(text))
+    exact_examples: list[dict] = []
+    for i, key in enumerate(sets.keys):
         j = first.setdefault(key, i)
         if j == i:
             uniques.append(i)
-            texts.append(text)
             continue
         groups.add(key)
         if len(exact_examples) < max_examples:
-            exact_examples.append({"a": record_ref(convs[j], j), "b": record_ref(c, i)})
+            exact_examples.append({"a": record_ref(convs[j], j), "b": record_ref(convs[i], i)})
     near_records, near_examples = 0, []
-    if texts:
-        sets = _ShingleSets(signer, texts)
-        lsh = _lsh(signer, threshold)
-        keys = _band_keys(sets.sigs, lsh.hashranges)
-        for u in np.flatnonzero(_colliding(keys)).tolist():
-            i = uniques[u]
-            m = signer.lean(sets.sigs[u])
-            candidates = lsh.query(m)
-            match = sets.best_match(u, candidates, sets, threshold) if candidates else None
-            if match is None:
-                lsh.insert(u, m, check_duplication=False)  # only novel texts stay in the index
-                continue
-            near_records += 1
-            if len(near_examples) < max_examples:
-                j = uniques[match[0]]
-                near_examples.append({"a": record_ref(convs[j], j), "b": record_ref(convs[i], i),
-                                      "jaccard": _r(match[1])})
+    lsh = _lsh(signer, threshold)
+    rows = np.asarray(uniques, dtype=np.int64)
+    for i in rows[_colliding(_band_keys(sets.sigs[rows], lsh.hashranges))].tolist():
+        m = signer.lean(sets.sigs[i])
+        candidates = lsh.query(m)
+        match = sets.best_match(i, candidates, sets, threshold) if candidates else None
+        if match is None:
+            lsh.insert(i, m, check_duplication=False)  # only novel texts stay in the index
+            continue
+        near_records += 1
+        if len(near_examples) < max_examples:
+            j = match[0]
+            near_examples.append({"a": record_ref(convs[j], j), "b": record_ref(convs[i], i),
+                                  "jaccard": _r(match[1])})
     return {"exact": {"records": len(convs) - len(uniques), "groups": len(groups),
                       "examples": exact_examples},
             "near": {"threshold": threshold, "num_perm": signer.num_perm, "records": near_records,
@@ -424,56 +455,55 @@ def duplicate_stats(convs: Sequence[Conversation], signer: MinHasher, threshold:
 def leakage_stats(train: Sequence[Conversation], heldout: Sequence[Conversation], signer: MinHasher,
                   threshold: float, max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
     """Held-out records whose prompt (user messages) equals or nearly equals a training prompt."""
+    train_sets = _TextSets(signer, [prompt_text(c) for c in train])
+    held_sets = _TextSets(signer, [prompt_text(c) for c in heldout])
     first: dict[bytes, int] = {}
-    uniques, texts = [], []  # distinct non-empty training prompts and their first record
-    for i, c in enumerate(train):
-        words = prompt_words(c)
-        if words and first.setdefault(_digest(" ".join(words)), i) == i:
-            uniques.append(i)
-            texts.append(words)
-    exact, exact_examples, rest, rest_texts = 0, [], [], []
-    for h, c in enumerate(heldout):
-        words = prompt_words(c)
-        j = first.get(_digest(" ".join(words))) if words else None
-        if j is not None:
-            exact += 1
-            if len(exact_examples) < max_examples:
-                exact_examples.append({"heldout": record_ref(c, h), "train": record_ref(train[j], j)})
-        elif words:
+    for i in np.flatnonzero(train_sets.n_words).tolist():  # an empty prompt leaks nothing
+        first.setdefault(train_sets.keys[i], i)
+    exact, exact_examples, rest = 0, [], []
+    for h in np.flatnonzero(held_sets.n_words).tolist():
+        j = first.get(held_sets.keys[h])
+        if j is None:
             rest.append(h)
-            rest_texts.append(words)
-    near = _near_matches(signer, rest_texts, texts, threshold) if rest and texts else {}
-    near_examples = [{"heldout": record_ref(heldout[rest[r]], rest[r]),
-                      "train": record_ref(train[uniques[u]], uniques[u]), "jaccard": _r(jac)}
-                     for r, (u, jac) in sorted(near.items())[:max_examples]]
+            continue
+        exact += 1
+        if len(exact_examples) < max_examples:
+            exact_examples.append({"heldout": record_ref(heldout[h], h), "train": record_ref(train[j], j)})
+    near = _near_matches(signer, held_sets, rest, train_sets, sorted(first.values()), threshold)
+    near_examples = [{"heldout": record_ref(heldout[h], h), "train": record_ref(train[j], j),
+                      "jaccard": _r(jac)} for h, (j, jac) in sorted(near.items())[:max_examples]]
     n, leaked = len(heldout), exact + len(near)
     return {"heldout_records": n, "leaked": leaked, "share": _r(leaked / n) if n else 0.0,
             "exact": {"records": exact, "examples": exact_examples},
             "near": {"threshold": threshold, "records": len(near), "examples": near_examples}}
 
 
-def _near_matches(signer: MinHasher, queries: Sequence[list[str]], corpus: Sequence[list[str]],
-                  threshold: float) -> dict[int, tuple[int, float]]:
-    """``{query index: (corpus index, Jaccard)}`` for the queries with a near duplicate in corpus.
+def _near_matches(signer: MinHasher, queries: _TextSets, query_rows: list[int], corpus: _TextSets,
+                  corpus_rows: list[int], threshold: float) -> dict[int, tuple[int, float]]:
+    """``{query row: (corpus row, Jaccard)}`` for the query rows with a near duplicate among the
+    corpus rows.
 
     The smaller side goes into the LSH index and the larger one queries it, since an insert costs
     datasketch about twice a query (held-out sets are usually far smaller than training).
     """
-    q_sets, c_sets = _ShingleSets(signer, queries), _ShingleSets(signer, corpus)
-    index_queries = len(queries) < len(corpus)
-    indexed, probing = (q_sets, c_sets) if index_queries else (c_sets, q_sets)
+    if not query_rows or not corpus_rows:
+        return {}
+    index_queries = len(query_rows) < len(corpus_rows)
+    q_rows, c_rows = np.asarray(query_rows), np.asarray(corpus_rows)
+    (indexed, i_rows), (probing, p_rows) = (((queries, q_rows), (corpus, c_rows)) if index_queries
+                                            else ((corpus, c_rows), (queries, q_rows)))
     lsh = _lsh(signer, threshold)
-    indexed_keys, probing_keys = (_band_keys(x.sigs, lsh.hashranges) for x in (indexed, probing))
-    for k in np.flatnonzero(_shared(indexed_keys, probing_keys)).tolist():
+    i_keys, p_keys = _band_keys(indexed.sigs[i_rows], lsh.hashranges), _band_keys(probing.sigs[p_rows], lsh.hashranges)
+    for k in i_rows[_shared(i_keys, p_keys)].tolist():
         lsh.insert(k, signer.lean(indexed.sigs[k]), check_duplication=False)
     found: dict[int, tuple[int, float]] = {}
-    for p in np.flatnonzero(_shared(probing_keys, indexed_keys)).tolist():
+    for p in p_rows[_shared(p_keys, i_keys)].tolist():
         candidates = lsh.query(signer.lean(probing.sigs[p]))
         if index_queries:  # p is a corpus text: confirm each query it may be a near copy of
             for k in candidates:
-                if k not in found and (jac := q_sets.jaccard(k, c_sets, p)) >= threshold:
+                if k not in found and (jac := queries.jaccard(k, corpus, p)) >= threshold:
                     found[k] = (p, jac)
-        elif candidates and (match := q_sets.best_match(p, candidates, c_sets, threshold)):
+        elif candidates and (match := queries.best_match(p, candidates, corpus, threshold)):
             found[p] = match
     return found
 

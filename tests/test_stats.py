@@ -97,11 +97,10 @@ def test_near_duplicate_one_word_changed_in_a_long_text_but_not_an_unrelated_one
 
 def test_bulk_signatures_equal_datasketch_minhash():
     signer = MinHasher(num_perm=64)
-    texts = [LONG.split(), "a b".split(), "one two three four".split(), []]
-    hashes, starts = signer.shingles(texts)
+    hashes, starts = signer.shingles(*signer.words([LONG, "a b", "one two three four", ""]))
     assert list(np.diff(starts)) == [78, 1, 2, 1]  # short texts are padded to one shingle
     sigs = signer.signatures(hashes, starts)
-    for i in range(len(texts)):
+    for i in range(4):
         m = MinHash(num_perm=64, seed=1, hashfunc=lambda x: x, scheme="affine32")
         m.update_batch([int(h) for h in hashes[starts[i]:starts[i + 1]]])
         assert np.array_equal(m.hashvalues, sigs[i])
@@ -110,15 +109,41 @@ def test_bulk_signatures_equal_datasketch_minhash():
 def test_band_prefilter_keeps_every_record_the_datasketch_index_would_pair():
     rng = np.random.default_rng(0)
     base = [" ".join(f"t{k}" for k in rng.integers(0, 300, 40)) for _ in range(60)]
-    texts = [t.split() for t in base] + [one_word_changed(t, 5 + i % 30).split() for i, t in enumerate(base[:20])]
+    texts = base + [one_word_changed(t, 5 + i % 30) for i, t in enumerate(base[:20])]
     signer = MinHasher(num_perm=64)
-    sigs = signer.signatures(*signer.shingles(texts))
+    sigs = signer.signatures(*signer.shingles(*signer.words(texts)))
     lsh = MinHashLSH(threshold=0.8, num_perm=64, weights=LSH_WEIGHTS)
     for i, s in enumerate(sigs):
         lsh.insert(i, signer.lean(s))
     paired = np.array([len(lsh.query(signer.lean(s))) > 1 for s in sigs])
     assert paired[60:].sum() >= 15  # most near copies do pair: the comparison is not vacuous
     assert np.array_equal(_colliding(_band_keys(sigs, lsh.hashranges)), paired)
+
+
+def test_words_are_lowercased_and_split_on_any_whitespace():
+    signer = MinHasher()
+    words, offsets = signer.words(["Hello\t WORLD\n", "hello world", "", "  "])
+    assert list(offsets) == [0, 2, 4, 4, 4]
+    assert np.array_equal(words[:2], words[2:4])
+    keys = signer.keys(words, offsets)
+    assert keys[0] == keys[1] and keys[2] == keys[3] and keys[0] != keys[2]
+    again, _ = MinHasher().words(["hello"])  # word hashes do not depend on the process or order
+    assert again[0] == words[0]
+
+
+def test_words_match_python_lower_split_on_unicode_whitespace():
+    import hashlib
+    import random
+
+    rng = random.Random(0)
+    chars = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\xa0", "\u2003", "\u3000", "\x85", "\u2028",
+             "a", "B", "é", "Ä", "ß"]
+    texts = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 20))) for _ in range(300)]
+    words, offsets = MinHasher().words(texts)
+    for i, text in enumerate(texts):
+        expected = [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+                    for w in text.lower().split()]
+        assert words[offsets[i]:offsets[i + 1]].tolist() == expected, repr(text)
 
 
 # ---------------------------------------------------------------- leakage
