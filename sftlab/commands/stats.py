@@ -29,8 +29,9 @@ def register(sub) -> None:
                     "Exit 0: every check passed; 1: records quarantined, a refusal category without a "
                     "benign contrast, or leakage; 2: unusable input.")
     p.add_argument("files", nargs="+", metavar="FILE", help="training conversation files")
-    p.add_argument("--heldout", nargs="+", metavar="FILE", default=None,
-                   help="held-out conversation files to check for leakage from the training files")
+    p.add_argument("--heldout", nargs="+", action="extend", metavar="FILE", default=None,
+                   help="held-out conversation files to check for leakage from the training files "
+                        "(repeatable; give them after the training files)")
     p.add_argument("--policy", metavar="POLICY", default=None,
                    help="policy YAML: its refusal categories and their benign_contrast lists "
                         "(default: the policy_category values of the refusal records)")
