@@ -71,9 +71,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
-    state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0}
+    state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0,
+             "rows_per_step": cfg.optim.micro_batch_size * cfg.optim.grad_accum * world,
+             "config_sha256": cfg.sha256()}
     if resume and ckpt is not None:
-        state = load_checkpoint(ckpt, model=raw, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        state = _resume_state(state, load_checkpoint(ckpt, model=raw, optimizer=optimizer,
+                                                     scheduler=scheduler, rank=rank), ckpt, main)
     step = state["step"]
     metrics = MetricsLog(run / "metrics.jsonl", enabled=main, tensorboard=cfg.log.tensorboard,
                          keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
@@ -396,6 +399,18 @@ def _trained_tokens(batch: dict) -> int:
     """Targets with a non-zero weight (the first token of an example is never a target)."""
     w, pos = batch["loss_weights"][:, 1:], batch["position_ids"][:, 1:]
     return int(((w != 0) & (pos != 0)).sum().item())
+
+
+def _resume_state(fresh: dict, saved: dict, ckpt: Path, main: bool) -> dict:
+    """The checkpoint's loop state, checked against this run's global batch."""
+    if saved.get("rows_per_step", fresh["rows_per_step"]) != fresh["rows_per_step"]:
+        raise UsageError(f"{ckpt} was written with {saved['rows_per_step']} rows per optimizer step, this run "
+                         f"takes {fresh['rows_per_step']} (micro_batch_size x grad_accum x processes); "
+                         "resume with the same global batch so the data position means the same rows")
+    if main and saved.get("config_sha256") != fresh["config_sha256"]:
+        print(f"sftlab train: note: the config differs from the one that wrote {ckpt}; "
+              "continuing with the new one", file=sys.stderr)
+    return {**saved, "config_sha256": fresh["config_sha256"]}
 
 
 def _read_json(path: Path) -> dict | None:

@@ -190,6 +190,9 @@ def test_nan_loss_stops_keeps_last_checkpoint_and_exits_1(assets, tmp_path, caps
     assert [p.name for p in list_checkpoints(run)] == ["step-1"]
     assert not (run / "final").exists()
     assert _metrics(run)[-1]["step"] == 2 and "error" in _metrics(run)[-1]
+    # a resume must keep the global batch, or the saved data position would mean other rows
+    assert main(["train", str(cfg), "optim.grad_accum=1", "--resume"]) == 2
+    assert "rows per optimizer step" in capsys.readouterr().err
 
 
 def test_early_stopping_in_padded_mode(assets, tmp_path):
