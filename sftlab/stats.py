@@ -260,7 +260,8 @@ class MinHasher:
         vocab = encoded.dictionary.to_pylist()
         for w in vocab:
             if w not in cache:
-                cache[w] = int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+                digest = hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest()
+                cache[w] = int.from_bytes(digest, "little")
         ids = encoded.indices.to_numpy()
         table = np.fromiter(map(cache.__getitem__, vocab), dtype=np.uint64, count=len(vocab))
         if "" in vocab:
@@ -498,7 +499,8 @@ def _near_matches(signer: MinHasher, queries: _TextSets, query_rows: list[int], 
     (indexed, i_rows), (probing, p_rows) = (((queries, q_rows), (corpus, c_rows)) if index_queries
                                             else ((corpus, c_rows), (queries, q_rows)))
     lsh = _lsh(signer, threshold)
-    i_keys, p_keys = _band_keys(indexed.sigs[i_rows], lsh.hashranges), _band_keys(probing.sigs[p_rows], lsh.hashranges)
+    i_keys = _band_keys(indexed.sigs[i_rows], lsh.hashranges)
+    p_keys = _band_keys(probing.sigs[p_rows], lsh.hashranges)
     for k in i_rows[_shared(i_keys, p_keys)].tolist():
         lsh.insert(k, signer.lean(indexed.sigs[k]), check_duplication=False)
     found: dict[int, tuple[int, float]] = {}
@@ -545,7 +547,8 @@ def _warnings(s: dict[str, Any]) -> list[dict[str, str]]:
     for kind in ("exact", "near") if leak else ():
         if leak[kind]["records"]:
             e = leak[kind]["examples"][0]
-            add(f"{kind}_leakage", f"{leak[kind]['records']} held-out records have {_article(kind)} duplicate "
+            add(f"{kind}_leakage", f"{leak[kind]['records']} held-out records have "
+                f"{_article(kind)} duplicate "
                 f"prompt in training (first: held-out {_where(e['heldout'])} ~ train {_where(e['train'])})")
     if s["lengths"]["unencoded"]:
         add("unencoded", f"{s['lengths']['unencoded']} records cannot be encoded with template "
