@@ -15,7 +15,7 @@ from sftlab.report.render import render
 
 DIST_COLUMNS = ("n", "min", "p50", "p90", "p99", "max", "mean")
 SHOWN_COUNTS = 12
-KNOWN = {"schema_version", "records", "counts", "tasks", "turns", "lengths", "refusals",
+KNOWN = {"schema_version", "records", "policy", "counts", "tasks", "turns", "lengths", "refusals",
          "duplicates", "leakage", "warnings", "checks", "passed", "files", "quarantined"}
 
 
