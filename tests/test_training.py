@@ -157,8 +157,13 @@ def test_resume_after_sigkill_gives_the_same_weights(assets, tmp_path):
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
-    one = _config(assets, tmp_path / "one", optim={"grad_accum": 2, "max_steps": 5})
-    two = _config(assets, tmp_path / "two", optim={"grad_accum": 1, "max_steps": 5})
+    # 37 rows of one example each, 4 rows per step: step 10 holds one row, so the second process
+    # has none and joins the all-reduce with a weight-0 token; steps 11-12 check that DDP goes on
+    data = tmp_path / "train37.jsonl"
+    data.write_text("".join((assets / "train.jsonl").read_text().splitlines(keepends=True)[:37]))
+    common = {"data": {"train": [str(data)]}, "packing": {"mode": "padded"}}
+    one = _config(assets, tmp_path / "one", optim={"grad_accum": 2, "max_steps": 12}, **common)
+    two = _config(assets, tmp_path / "two", optim={"grad_accum": 1, "max_steps": 12}, **common)
     single = subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(one)], env=_env(),
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # accelerate's --cpu launcher starts one process; --multi_gpu starts torchrun workers, which
@@ -170,10 +175,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
     assert single.wait(timeout=120) == 0, single.stderr.read()[-2000:]
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert [s for s, _ in a] == [s for s, _ in b] == [1, 2, 3, 4, 5]
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 13))
     assert [x for _, x in b] == pytest.approx([x for _, x in a], abs=1e-4)
     tokens = [r["trained_tokens"] for r in _metrics(tmp_path / "two") if "loss" in r]
     assert tokens == [r["trained_tokens"] for r in _metrics(tmp_path / "one") if "loss" in r]
+    assert [r["epoch"] for r in _metrics(tmp_path / "two") if "loss" in r][9:] == [0, 1, 1]
     wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "final" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
@@ -266,3 +272,24 @@ def test_gradient_checkpointing_changes_memory_not_results(assets, tmp_path):
 
     model = load_model_and_tokenizer(load_config(cfg))[0]
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+
+
+def test_steps_split_rows_over_ranks_and_a_rank_without_rows_gets_weight_zero():
+    from sftlab.config import load_config
+    from sftlab.encode import EncodedExample
+    from sftlab.training import TrainData
+
+    cfg = load_config(None, ["model.path=m", "data.train=[t]", "out=o", "packing.mode=padded",
+                             "optim.micro_batch_size=1", "optim.grad_accum=2"])
+    examples = [EncodedExample([i] * 3, [0.0, 1.0, 1.0], slice="s", trained_tokens=2) for i in range(1, 6)]
+    data = TrainData(cfg, examples, {}, pad_id=0)
+    rows = data.epoch_rows(0)
+    assert data.steps_in_epoch(0, world=2) == 2 and data.steps_in_epoch(0, world=1) == 3
+    # step 0 on two ranks: rows 0..3, rank r takes rows r, r+2 -> two micro-batches each
+    seen = [data.micro_batches(rows, 0, rank, 2) for rank in (0, 1)]
+    firsts = sorted(b["input_ids"][0, 0].item() for mbs in seen for b in mbs)
+    assert firsts == sorted(r.input_ids[0] for r in rows[:4])
+    # step 1 holds one row: rank 1 still joins the all-reduce, with one weight-0 padding token
+    assert data.micro_batches(rows, 1, 0, 2)[0]["input_ids"][0, 0].item() == rows[4].input_ids[0]
+    (dummy,) = data.micro_batches(rows, 1, 1, 2)
+    assert dummy["input_ids"].tolist() == [[0]] and dummy["loss_weights"].sum().item() == 0
