@@ -322,7 +322,8 @@ def _load_split(cfg: TrainConfig, paths: list[str], split: str, tokenizer, templ
     report = load_files(paths, policy=policy)
     examples, enc_q = encode_all(report.conversations, tokenizer, template,
                                  max_length=min(cfg.encoding.max_length, cfg.row_length),
-                                 last_turn_only=cfg.encoding.last_turn_only)
+                                 last_turn_only=cfg.encoding.last_turn_only,
+                                 progress=cfg.log.progress and len(report.conversations) > 1000)
     entries = [{"split": split, "stage": "load", **e.to_dict()} for e in report.quarantined]
     entries += [{"split": split, **e} for e in enc_q]
     files = [f.to_dict() for f in report.files]
