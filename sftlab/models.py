@@ -155,6 +155,7 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _write_converted(gguf_path, staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
         try:
             os.replace(staging, target)
         except OSError:
