@@ -35,8 +35,9 @@ from sftlab.curves import MetricsLog, plot_curves
 def train(cfg: TrainConfig, *, resume: bool = False) -> int:
     """Train as ``cfg`` says, into ``cfg.out``; returns the exit code.
 
-    0: done; 1: done but records were quarantined, or stopped on a NaN/inf loss (the last good
-    checkpoint stays). Raises ``UsageError`` for unusable input.
+    0: done; 1: done but records were quarantined or a data check failed (held-out leakage,
+    refusals without a benign contrast: RUN/data/stats.json), or stopped on a NaN/inf loss (the
+    last good checkpoint stays). Raises ``UsageError`` for unusable input.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -157,7 +158,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
         finish_manifest(run, cfg, step, stop)
     metrics.close()
     accelerator.wait_for_everyone()
-    return 1 if data.quarantined else 0
+    return 1 if data.quarantined or data.failed_checks else 0
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class TrainData:
         self.splits: dict = {}
         self.quarantined = 0
         self.policy = None
+        self.failed_checks: list[dict] = []
         self._epoch: tuple[int, list, dict] | None = None
 
     def _build(self, epoch: int) -> tuple[list, dict]:
@@ -280,21 +282,24 @@ class TrainData:
 
 
 def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
-    """load -> quarantine (RUN/data/quarantine.jsonl) -> encode -> TrainData, with manifest counts."""
+    """load -> quarantine -> encode -> TrainData; the main process (``write``) also writes
+    RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out leakage, ...)."""
     from sftlab.mixture import slice_of
 
     policy = None
     if cfg.data.policy:
         from sftlab.policy import load_policy
         policy = load_policy(cfg.data.policy)
-    train, train_q, train_split = _load_split(cfg, cfg.data.train, "train", tokenizer, template, policy)
+    train, train_q, train_split, train_report = _load_split(cfg, cfg.data.train, "train", tokenizer,
+                                                            template, policy)
     if not train:
         raise UsageError(f"no trainable example in {', '.join(cfg.data.train)} "
                          f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
-    quarantine, splits = train_q, {"train": train_split}
+    quarantine, splits, held_report = train_q, {"train": train_split}, None
     eval_sets: dict[str, list] = {}
     if cfg.data.eval:
-        held, held_q, splits["heldout"] = _load_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy)
+        held, held_q, splits["heldout"], held_report = _load_split(cfg, cfg.data.eval, "heldout", tokenizer,
+                                                                   template, policy)
         quarantine = quarantine + held_q
         for ex in held:
             eval_sets.setdefault(slice_of(ex), []).append(ex)
@@ -302,15 +307,32 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
         raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
                          f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    data = TrainData(cfg, train, eval_sets, pad_id)
+    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
     if write:
         (run / "data").mkdir(parents=True, exist_ok=True)
         with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for entry in quarantine:
                 f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    data = TrainData(cfg, train, eval_sets, pad_id)
-    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
+        data.failed_checks = _write_stats(run, cfg, train_report, held_report, policy)
     return data
+
+
+def _write_stats(run: Path, cfg: TrainConfig, train_report, held_report, policy) -> list[dict]:
+    """RUN/data/stats.json, measured before training; returns the failed checks (besides quarantine)."""
+    from sftlab.stats import compute_stats, with_files
+
+    stats = compute_stats(train_report.conversations,
+                          held_report.conversations if held_report is not None else None, policy)
+    stats = with_files(stats, train_report, held_report)
+    (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+    failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
+    for check in failed:
+        print(f"sftlab train: data check {check['name']} failed: {check['message']} "
+              f"(see {run / 'data' / 'stats.json'})", file=sys.stderr)
+    return failed
 
 
 def _load_split(cfg: TrainConfig, paths: list[str], split: str, tokenizer, template, policy):
@@ -334,7 +356,7 @@ def _load_split(cfg: TrainConfig, paths: list[str], split: str, tokenizer, templ
                 f["quarantined"] += 1
     record = {"sha256": data_version(report.conversations), "records": report.records,
               "accepted": len(examples), "quarantined": len(entries), "files": files}
-    return examples, entries, record
+    return examples, entries, record, report
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -443,7 +465,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
     total = sum(len(ex.input_ids) for ex in data.examples)
     source = getattr(model, "sftlab_source", None) or {}
     sections = dict(
-        kind="train", data={"splits": data.splits},
+        kind="train", data={"splits": data.splits, "failed_checks": data.failed_checks},
         template={**template.describe(), "role_tokens": role_tokens},
         tokenizer=tokenizer_fingerprint(tokenizer),
         masking={"mode": "last_turn" if cfg.encoding.last_turn_only else "all_assistant_turns",
@@ -471,4 +493,5 @@ def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None) ->
     update_manifest(run, mixture={"realised": realised},
                     artifacts={"final": "final", "metrics": "metrics.jsonl", "curves": "curves.png",
                                "checkpoints": "checkpoints", "quarantine": "data/quarantine.jsonl",
+                               "stats": "data/stats.json",
                                "training": {"steps": step, "stopped": stop or "done"}})

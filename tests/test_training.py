@@ -40,9 +40,12 @@ def assets(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("train_assets")
     rng = random.Random(0)
-    rows = [_conversation(i, rng) for i in range(48)]
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:40]))
-    (d / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[40:]))
+    rows = [_conversation(i, rng) for i in range(40)]
+    heldout = [{"id": f"h{i}", "slice": "math" if i % 2 else "chat", "messages": [
+        {"role": "user", "content": f"Multiply {i} by {i + 2}, please."},
+        {"role": "assistant", "content": f"{i} times {i + 2} makes {i * (i + 2)}."}]} for i in range(8)]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
     tok, model = build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
     model.save_pretrained(d / "model")
     tok.save_pretrained(d / "model")
@@ -104,6 +107,8 @@ def test_end_to_end_run_directory(assets, tmp_path, capsys):
             "tokenizer.json"} <= {p.name for p in ckpts[-1].iterdir()}
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "data" / "quarantine.jsonl").read_text() == ""
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    assert stats["records"] == 40 and stats["leakage"]["heldout_records"] == 8 and stats["passed"]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -293,3 +298,15 @@ def test_steps_split_rows_over_ranks_and_a_rank_without_rows_gets_weight_zero():
     assert data.micro_batches(rows, 1, 0, 2)[0]["input_ids"][0, 0].item() == rows[4].input_ids[0]
     (dummy,) = data.micro_batches(rows, 1, 1, 2)
     assert dummy["input_ids"].tolist() == [[0]] and dummy["loss_weights"].sum().item() == 0
+
+
+def test_heldout_leakage_is_measured_before_training_and_exits_1(assets, tmp_path, capsys):
+    run = tmp_path / "leak"
+    cfg = _config(assets, run, data={"eval": [str(assets / "train.jsonl")]}, optim={"max_steps": 1},
+                  checkpointing={"every_n_steps": None})
+    assert main(["train", str(cfg)]) == 1  # trained, but a data check failed
+    assert "data check leakage failed: 40 of 40 held-out records leak" in capsys.readouterr().err
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    assert stats["leakage"]["leaked"] == 40 and not stats["passed"]
+    failed = json.loads((run / "run.json").read_text())["data"]["failed_checks"]
+    assert [c["name"] for c in failed] == ["leakage"] and (run / "final").is_dir()
