@@ -320,3 +320,38 @@ def test_heldout_leakage_is_measured_before_training_and_exits_1(assets, tmp_pat
     assert stats["leakage"]["leaked"] == 40 and not stats["passed"]
     failed = json.loads((run / "run.json").read_text())["data"]["failed_checks"]
     assert [c["name"] for c in failed] == ["leakage"] and (run / "final").is_dir()
+
+
+def test_packed_attention_equals_the_block_mask():
+    """Per-example causal SDPA gives the loss and gradients of SDPA under collate's block mask,
+    for packed rows and a padded one (pad == eos, as in many tokenizers)."""
+    from sftlab.objective import micro_batch_loss
+    from sftlab.packing import PackedRow, collate
+    from sftlab.tiny import build_model
+    from sftlab.training import _blocks, use_packed_attention
+
+    model = build_model(300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64).train()
+    rng = random.Random(0)
+
+    def row(lengths):
+        ids = [rng.randrange(300) for _ in range(sum(lengths))]
+        weights = [float(rng.random() < 0.6) for _ in ids]
+        return PackedRow(tuple(ids), tuple(weights), tuple(p for n in lengths for p in range(n)),
+                         tuple(lengths), tuple(range(len(lengths))))
+
+    batch = collate([row((30, 1, 1, 25)), row((40, 17)), row((9,))], pad_id=2)
+    assert _blocks(batch["attention_mask"][0, 0]) == [(0, 30), (30, 32), (32, 57)]
+    assert _blocks(batch["attention_mask"][2, 0]) == [(0, 9), (9, 57)]  # trailing padding: one block
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = micro_batch_loss(model, batch, 50.0)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    reference, ref_grads = loss_and_grads()
+    assert use_packed_attention(model)
+    loss, grads = loss_and_grads()
+    assert loss == pytest.approx(reference, rel=1e-6)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-5, atol=1e-7), name
