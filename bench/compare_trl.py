@@ -274,7 +274,8 @@ def heldout_loss(a) -> dict:
     records = [r for r in read_jsonl(path) if str(r["meta"]["id"]) in keep]
     ds = datasets.Dataset.from_list(records)
     with tempfile.TemporaryDirectory() as out:
-        trainer = _trl_trainer(a.model, trl_config(out, max_length=a.max_length), ds, ds)
+        args = trl_config(out, max_length=a.max_length, per_device_eval_batch_size=1)  # one row per forward
+        trainer = _trl_trainer(a.model, args, ds, ds)
         model = trainer.model.eval()
         with torch.no_grad():
             batches = [collate([r], tok.pad_token_id) for r in pack(examples, a.max_length)]
@@ -407,7 +408,7 @@ def table(res: dict, summary: dict) -> str:
             f"conversations, rows of {cfg['max_length']} x accumulation {cfg['grad_accum']}, fp32, "
             f"{env['cpus']} CPUs, {cfg['warmup']} + {cfg['steps']} steps, "
             f"medians of {n} runs; load average {res['load_average_before']} -> {res['load_average_after']}")
-    widths = [38, 13, 13, 17, 11]
+    widths = [38, 13, 13, 19, 12]
     lines = [head, "".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in
                            enumerate(zip(("metric", "sftlab", "TRL", "sftlab/TRL", "goal"), widths)))]
     for row in rows:

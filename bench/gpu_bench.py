@@ -195,7 +195,7 @@ def cross_entropy_memory(device, n: int, hidden: int, vocabs: list[int], chunk: 
             sync(device)
             peak = memory(device)
             out.append({"vocab": vocab, "kind": kind, "tokens": n, "hidden": hidden,
-                        "seconds": time.perf_counter() - t0, "loss": float(loss) / n,
+                        "seconds": time.perf_counter() - t0, "loss": float(loss.detach()) / n,
                         "peak_mib": peak, "above_inputs_mib": None if peak is None else peak - base})
             del h, head, targets, loss
     return out
