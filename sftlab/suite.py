@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 SOURCE = "sftlab.suite"
-SLICE_SHARES = {"task": 0.5, "refusal": 0.15, "benign_contrast": 0.3, "multi_turn": 0.05}
+SLICE_SHARES = {"task": 0.5, "refusal": 0.12, "benign_contrast": 0.33, "multi_turn": 0.05}
 """Share of each slice in the training records (multi-turn: two exchanges in one record).
-Benign contrasts outnumber refusals two to one: with fewer, a small model learns to refuse
+Benign contrasts outnumber refusals almost three to one: with fewer, a small model learns to refuse
 any unfamiliar phrasing (measured in docs/demo_recipe.md)."""
 HELDOUT_SHARES = {"task": 0.5, "refusal": 0.25, "benign_contrast": 0.25}
 """Share of each slice in the held-out records."""
