@@ -79,8 +79,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
         state = _resume_state(state, load_checkpoint(ckpt, model=raw, optimizer=optimizer,
                                                      scheduler=scheduler, rank=rank), ckpt, main)
     step = state["step"]
-    metrics = MetricsLog(run / "metrics.jsonl", enabled=main, tensorboard=cfg.log.tensorboard,
-                         keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
+    try:
+        metrics = MetricsLog(run / "metrics.jsonl", enabled=main, tensorboard=cfg.log.tensorboard,
+                             keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
     bar = tqdm(total=total_steps, initial=step, disable=not (main and cfg.log.progress),
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
