@@ -63,7 +63,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -72,17 +71,14 @@ from typing import Any
 import numpy as np
 
 from sftlab.conversation import Conversation
+from sftlab.dedup import (DEFAULT_NUM_PERM, MinHasher, TextSets, band_keys, colliding, lsh_index,
+                          shared_keys)
 
 SCHEMA_VERSION = 1
 NONE = "(none)"
 COUNTED_FIELDS = ("task", "slice", "source", "policy_category", "expected")
-DEFAULT_NUM_PERM = 64
-MINHASH_SEED = 1
-LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
 MAX_EXAMPLES = 5
 DOMINANT_TASK_SHARE = 0.5
-_SHINGLE_CHUNK = 1 << 16  # shingles per numpy block of the signature computation (x num_perm)
-_TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 
 
 def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conversation] | None = None,
@@ -223,208 +219,12 @@ def record_ref(c: Conversation, index: int) -> dict[str, Any]:
     return {"id": c.id, "where": where}
 
 
-# ---------------------------------------------------------------- MinHash in bulk
-
-class MinHasher:
-    """Normalised words, exact-match keys and MinHash signatures of word 3-shingle sets, in bulk.
-
-    Texts are lowercased and split on whitespace by pyarrow's compute kernels; each distinct word
-    is hashed once (blake2b, 64 bits, stable across runs); a shingle's 32-bit hash mixes its three
-    word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
-    a_k * fmix32(h) + b_k mod 2^32`` with datasketch's own ``(a_k, b_k)`` for ``seed``: the values
-    datasketch's ``MinHash(num_perm, seed, hashfunc=identity, scheme="affine32")`` holds after
-    ``update_batch(shingle_hashes)``, so they go straight into ``LeanMinHash`` and ``MinHashLSH``.
-    """
-
-    def __init__(self, num_perm: int = DEFAULT_NUM_PERM, seed: int = MINHASH_SEED):
-        from datasketch import MinHash
-
-        self.num_perm, self.seed = num_perm, seed
-        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-        self._a, self._b = a.astype(np.uint32)[:, None], b.astype(np.uint32)[:, None]
-        self._word_hash: dict[str, int] = {}
-
-    def words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(word hashes uint64, offsets)``: text i's normalised words are
-        ``hashes[offsets[i]:offsets[i + 1]]``."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if not len(texts):
-            return np.zeros(0, np.uint64), np.zeros(1, np.int64)
-        # The split yields "" words where a text starts or ends with whitespace (or is empty).
-        words = pc.utf8_split_whitespace(pc.utf8_lower(pa.array(texts, type=pa.large_string())))
-        offsets = words.offsets.to_numpy().astype(np.int64)
-        encoded = words.flatten().dictionary_encode()
-        cache = self._word_hash
-        vocab = encoded.dictionary.to_pylist()
-        for w in vocab:
-            if w not in cache:
-                digest = hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest()
-                cache[w] = int.from_bytes(digest, "little")
-        ids = encoded.indices.to_numpy()
-        table = np.fromiter(map(cache.__getitem__, vocab), dtype=np.uint64, count=len(vocab))
-        if "" in vocab:
-            empty = ids == vocab.index("")
-            n = np.diff(offsets)
-            text_of_word = np.repeat(np.arange(len(n)), n)
-            n = n - np.bincount(text_of_word[empty], minlength=len(n))
-            ids, offsets = ids[~empty], np.concatenate(([0], np.cumsum(n)))
-        return table[ids], offsets - offsets[0]
-
-    @staticmethod
-    def keys(hashes: np.ndarray, offsets: np.ndarray) -> list[bytes]:
-        """One 128-bit key per text of its normalised word sequence: equal keys, equal texts."""
-        buf = memoryview(hashes.tobytes())
-        return [hashlib.blake2b(buf[8 * s:8 * e], digest_size=16).digest()
-                for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
-
-    @staticmethod
-    def shingles(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(shingle hashes uint32, starts)``, text i's at ``[starts[i]:starts[i + 1]]``; a text
-        shorter than 3 words is padded (hash 0) to one shingle."""
-        n = np.diff(offsets)
-        if (n < 3).any():
-            padded_n = np.maximum(n, 3)
-            padded_offsets = np.concatenate(([0], np.cumsum(padded_n)))
-            padded = np.zeros(int(padded_offsets[-1]), dtype=np.uint64)
-            padded[np.repeat(padded_offsets[:-1] - offsets[:-1], n) + np.arange(len(hashes))] = hashes
-            hashes, n, offsets = padded, padded_n, padded_offsets
-        shingle = _mix64(hashes[:-2] * np.uint64(0x9E3779B97F4A7C15)
-                         + hashes[1:-1] * np.uint64(0xC2B2AE3D27D4EB4F) + hashes[2:])
-        # A shingle starting at either of a text's last two words would run into the next text.
-        keep = np.ones(len(hashes), dtype=bool)
-        keep[offsets[1:] - 1] = keep[offsets[1:] - 2] = False
-        starts = np.concatenate(([0], np.cumsum(n - 2)))
-        return (shingle[keep[:len(shingle)]] >> np.uint64(32)).astype(np.uint32), starts
-
-    def signatures(self, hashes: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """``[len(starts) - 1, num_perm]`` uint32 signatures, one row per text."""
-        n = len(starts) - 1
-        out = np.empty((n, self.num_perm), dtype=np.uint32)
-        mixed = _fmix32(hashes)
-        i = 0
-        while i < n:  # blocks of whole texts, about _SHINGLE_CHUNK shingles each
-            j = max(int(np.searchsorted(starts, starts[i] + _SHINGLE_CHUNK, side="right")) - 1, i + 1)
-            block = self._a * mixed[None, starts[i]:starts[j]] + self._b  # [num_perm, shingles]
-            out[i:j] = np.minimum.reduceat(block, starts[i:j] - starts[i], axis=1).T
-            i = j
-        return out
-
-    def lean(self, signature: np.ndarray):
-        from datasketch import LeanMinHash
-
-        return LeanMinHash(seed=self.seed, hashvalues=signature, scheme="affine32")
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser (a bijection on uint64), element-wise; wraps modulo 2^64."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finaliser, the pre-mix of datasketch's affine32 scheme."""
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
-
-
-class _TextSets:
-    """Many texts as exact-match keys, word counts, shingle sets and MinHash signatures.
-
-    Built in blocks of ``_TEXT_CHUNK`` texts, so only one block's words are held at a time.
-    """
-
-    def __init__(self, signer: MinHasher, texts: Sequence[str]):
-        self.keys: list[bytes] = []
-        n_words, hashes, starts, sigs = [], [], [np.zeros(1, np.int64)], []
-        for b in range(0, len(texts), _TEXT_CHUNK):
-            words, offsets = signer.words(texts[b:b + _TEXT_CHUNK])
-            self.keys += signer.keys(words, offsets)
-            n_words.append(np.diff(offsets))
-            sh, st = signer.shingles(words, offsets)
-            hashes.append(sh)
-            starts.append(st[1:] + starts[-1][-1])
-            sigs.append(signer.signatures(sh, st))
-        self.n_words = np.concatenate(n_words) if n_words else np.zeros(0, np.int64)
-        self.hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint32)
-        self.starts = np.concatenate(starts)
-        self.sigs = np.concatenate(sigs) if sigs else np.zeros((0, signer.num_perm), np.uint32)
-
-    def set(self, i: int) -> np.ndarray:
-        return np.unique(self.hashes[self.starts[i]:self.starts[i + 1]])
-
-    def jaccard(self, i: int, other: _TextSets, j: int) -> float:
-        """Exact Jaccard similarity of text ``i``'s shingle set and ``other``'s text ``j``'s."""
-        mine, theirs = self.set(i), other.set(j)
-        inter = len(np.intersect1d(mine, theirs, assume_unique=True))
-        return inter / (len(mine) + len(theirs) - inter)
-
-    def best_match(self, i: int, candidates: Iterable[int], other: _TextSets,
-                   threshold: float) -> tuple[int, float] | None:
-        """The candidate of ``other`` most similar to text ``i`` with exact Jaccard >= threshold,
-        trying the best three by MinHash estimate."""
-        cands = np.fromiter(candidates, dtype=np.int64)
-        estimate = (other.sigs[cands] == self.sigs[i]).mean(axis=1)
-        for k in np.argsort(-estimate, kind="stable")[:3]:
-            if (jac := self.jaccard(i, other, int(cands[k]))) >= threshold:
-                return int(cands[k]), jac
-        return None
-
-
-def _lsh(signer: MinHasher, threshold: float):
-    from datasketch import MinHashLSH
-
-    # Every candidate is confirmed with the exact Jaccard, so the bands favour recall: with 64
-    # permutations at threshold 0.8 a pair at 0.8 becomes a candidate with p = 0.88, at 0.9 0.997.
-    return MinHashLSH(threshold=threshold, num_perm=signer.num_perm, weights=LSH_WEIGHTS)
-
-
-# A text can only be an LSH candidate of another when some band of their signatures is equal.
-# These masks find, in bulk, the texts that share a band with any other; the rest can neither
-# find nor be found, so leaving them out of the datasketch index changes no result and saves
-# its per-item cost (tens of microseconds per insert or query) on almost every record.
-
-def _band_keys(sigs: np.ndarray, hashranges: Sequence[tuple[int, int]]) -> np.ndarray:
-    """``[texts, bands]`` uint64: one hash per LSH band; equal bands give equal keys."""
-    keys = np.empty((len(sigs), len(hashranges)), dtype=np.uint64)
-    for k, (start, end) in enumerate(hashranges):
-        h = np.zeros(len(sigs), dtype=np.uint64)
-        for col in range(start, end):
-            h = _mix64(h ^ sigs[:, col].astype(np.uint64))
-        keys[:, k] = h
-    return keys
-
-
-def _colliding(keys: np.ndarray) -> np.ndarray:
-    """Texts whose key in some band is also another text's key in that band."""
-    mask = np.zeros(len(keys), dtype=bool)
-    for k in range(keys.shape[1]):
-        _, inverse, counts = np.unique(keys[:, k], return_inverse=True, return_counts=True)
-        mask |= counts[inverse] > 1
-    return mask
-
-
-def _shared(keys: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Texts of ``keys`` whose key in some band is also a key of ``other`` in that band."""
-    mask = np.zeros(len(keys), dtype=bool)
-    for k in range(keys.shape[1]):
-        mask |= np.isin(keys[:, k], other[:, k])
-    return mask
-
-
 # ---------------------------------------------------------------- duplicates and leakage
 
 def duplicate_stats(convs: Sequence[Conversation], signer: MinHasher, threshold: float,
                     max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
     """Exact and near duplicates of whole conversations inside the training data."""
-    sets = _TextSets(signer, [conversation_text(c) for c in convs])
+    sets = TextSets(signer, [conversation_text(c) for c in convs])
     first: dict[bytes, int] = {}
     uniques: list[int] = []  # the first record of each distinct text
     groups: set[bytes] = set()
@@ -438,9 +238,9 @@ def duplicate_stats(convs: Sequence[Conversation], signer: MinHasher, threshold:
         if len(exact_examples) < max_examples:
             exact_examples.append({"a": record_ref(convs[j], j), "b": record_ref(convs[i], i)})
     near_records, near_examples = 0, []
-    lsh = _lsh(signer, threshold)
+    lsh = lsh_index(signer, threshold)
     rows = np.asarray(uniques, dtype=np.int64)
-    for i in rows[_colliding(_band_keys(sets.sigs[rows], lsh.hashranges))].tolist():
+    for i in rows[colliding(band_keys(sets.sigs[rows], lsh.hashranges))].tolist():
         m = signer.lean(sets.sigs[i])
         candidates = lsh.query(m)
         match = sets.best_match(i, candidates, sets, threshold) if candidates else None
@@ -461,8 +261,8 @@ def duplicate_stats(convs: Sequence[Conversation], signer: MinHasher, threshold:
 def leakage_stats(train: Sequence[Conversation], heldout: Sequence[Conversation], signer: MinHasher,
                   threshold: float, max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
     """Held-out records whose prompt (user messages) equals or nearly equals a training prompt."""
-    train_sets = _TextSets(signer, [prompt_text(c) for c in train])
-    held_sets = _TextSets(signer, [prompt_text(c) for c in heldout])
+    train_sets = TextSets(signer, [prompt_text(c) for c in train])
+    held_sets = TextSets(signer, [prompt_text(c) for c in heldout])
     first: dict[bytes, int] = {}
     for i in np.flatnonzero(train_sets.n_words).tolist():  # an empty prompt leaks nothing
         first.setdefault(train_sets.keys[i], i)
@@ -484,7 +284,7 @@ def leakage_stats(train: Sequence[Conversation], heldout: Sequence[Conversation]
             "near": {"threshold": threshold, "records": len(near), "examples": near_examples}}
 
 
-def _near_matches(signer: MinHasher, queries: _TextSets, query_rows: list[int], corpus: _TextSets,
+def _near_matches(signer: MinHasher, queries: TextSets, query_rows: list[int], corpus: TextSets,
                   corpus_rows: list[int], threshold: float) -> dict[int, tuple[int, float]]:
     """``{query row: (corpus row, Jaccard)}`` for the query rows with a near duplicate among the
     corpus rows.
@@ -498,13 +298,13 @@ def _near_matches(signer: MinHasher, queries: _TextSets, query_rows: list[int], 
     q_rows, c_rows = np.asarray(query_rows), np.asarray(corpus_rows)
     (indexed, i_rows), (probing, p_rows) = (((queries, q_rows), (corpus, c_rows)) if index_queries
                                             else ((corpus, c_rows), (queries, q_rows)))
-    lsh = _lsh(signer, threshold)
-    i_keys = _band_keys(indexed.sigs[i_rows], lsh.hashranges)
-    p_keys = _band_keys(probing.sigs[p_rows], lsh.hashranges)
-    for k in i_rows[_shared(i_keys, p_keys)].tolist():
+    lsh = lsh_index(signer, threshold)
+    i_keys = band_keys(indexed.sigs[i_rows], lsh.hashranges)
+    p_keys = band_keys(probing.sigs[p_rows], lsh.hashranges)
+    for k in i_rows[shared_keys(i_keys, p_keys)].tolist():
         lsh.insert(k, signer.lean(indexed.sigs[k]), check_duplication=False)
     found: dict[int, tuple[int, float]] = {}
-    for p in p_rows[_shared(p_keys, i_keys)].tolist():
+    for p in p_rows[shared_keys(p_keys, i_keys)].tolist():
         candidates = lsh.query(signer.lean(probing.sigs[p]))
         if index_queries:  # p is a corpus text: confirm each query it may be a near copy of
             for k in candidates:

@@ -11,8 +11,8 @@ from datasketch import MinHash, MinHashLSH
 from sftlab.cli import main
 from sftlab.conversation import Conversation, Message, Origin
 from sftlab.policy import Policy
-from sftlab.stats import (LSH_WEIGHTS, MinHasher, _band_keys, _colliding, compute_stats,
-                          distribution, task_diversity)
+from sftlab.dedup import LSH_WEIGHTS, MinHasher, band_keys, colliding
+from sftlab.stats import compute_stats, distribution, task_diversity
 
 LONG = " ".join(f"w{i}" for i in range(80))  # 80 distinct words: 78 shingles
 
@@ -117,7 +117,7 @@ def test_band_prefilter_keeps_every_record_the_datasketch_index_would_pair():
         lsh.insert(i, signer.lean(s))
     paired = np.array([len(lsh.query(signer.lean(s))) > 1 for s in sigs])
     assert paired[60:].sum() >= 15  # most near copies do pair: the comparison is not vacuous
-    assert np.array_equal(_colliding(_band_keys(sigs, lsh.hashranges)), paired)
+    assert np.array_equal(colliding(band_keys(sigs, lsh.hashranges)), paired)
 
 
 def test_words_are_lowercased_and_split_on_any_whitespace():
