@@ -8,9 +8,9 @@ confirmed with the exact Jaccard similarity by the caller (``sftlab.stats``).
 """
 from __future__ import annotations
 
-from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
+
 import numpy as np
 
 DEFAULT_NUM_PERM = 64
