@@ -185,6 +185,7 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
         model.save_pretrained(tmp / "adapter")
         tokenizer.save_pretrained(tmp / "adapter")
         model = model.merge_and_unload()
+    model.config.use_cache = True  # training turned the KV cache off; generation wants it
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer, template).save_pretrained(tmp)
