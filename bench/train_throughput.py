@@ -77,7 +77,7 @@ def run_once(config: Path, work: Path, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/sftlab-bench", help="inputs and the run (default: %(default)s)")
-    p.add_argument("--conversations", type=int, default=2000, help="training conversations used (default: %(default)s)")
+    p.add_argument("--conversations", type=int, default=1000, help="training conversations used (default: %(default)s)")
     p.add_argument("--steps", type=int, default=14, help="optimizer steps (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the rate (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads / cores (default: %(default)s)")
@@ -87,6 +87,7 @@ def main() -> None:
     work = Path(args.work)
     data, model = ensure_inputs(work)
     config = write_config(work, data, model, args)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     runs = []
     for _ in range(args.repeat):
         r = run_once(config, work, args.threads)
@@ -97,9 +98,13 @@ def main() -> None:
                      "peak_rss_mib": round(r["peak_rss_mib"]), "process_wall_s": round(r["wall_s"], 1)})
     best = max(runs, key=lambda x: x["median_tokens_per_s"])
     print(json.dumps({"config": {"rows": 1024, "micro_batch_size": 1, "grad_accum": 4, "dtype": "float32",
-                                 "threads": args.threads}, "runs": runs}, indent=2))
+                                 "threads": args.threads}, "runs": runs,
+                      "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}},
+                     indent=2))
     print(f"\nsftlab train: {best['median_tokens_per_s']:,.0f} real tokens/s (median step, best of "
           f"{args.repeat}); peak RSS {max(r['peak_rss_mib'] for r in runs):,} MiB")
+    print(f"load average before/after: {load_before} / {[round(x, 2) for x in os.getloadavg()]} "
+          f"on {os.cpu_count()} cores (other work on the machine slows every number)")
     print(f"reference TRL SFTTrainer (../shared/bench/README.md): about 2,370 tokens/s, 1,874 MiB; "
           f"ratio {best['median_tokens_per_s'] / 2370:.2f}x")
 
