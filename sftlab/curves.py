@@ -36,7 +36,7 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [] if keep_until is None or not self.path.exists() else [
-            r for r in read_metrics(self.path) if _before(r, *keep_until)]
+            r for r in read_metrics(self.path, partial_last_line=True) if _before(r, *keep_until)]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         if tensorboard:
             try:
@@ -74,10 +74,14 @@ def _before(record: dict, step: int, epoch: int, step_in_epoch: int) -> bool:
     return True
 
 
-def read_metrics(metrics_path: str | Path) -> list[dict]:
-    """Every record of a metrics file, in order (blank lines skipped)."""
+def read_metrics(metrics_path: str | Path, *, partial_last_line: bool = False) -> list[dict]:
+    """Every record of a metrics file, in order (blank lines skipped). ``partial_last_line``
+    drops a last line cut short, as a process killed while writing it leaves behind."""
     with open(metrics_path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    if partial_last_line and lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return [json.loads(line) for line in lines]
 
 
 def read_curves(metrics_path: str | Path) -> dict:
