@@ -44,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
     code = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
-        summary = _summary(cfg.out, code)
+        summary, out = _summary(cfg.out, code), cfg.out
         if args.json:
             print(json.dumps(summary))
         elif code == 0 or "error" not in summary:
-            print(f"trained {summary['steps']} steps: loss {summary['loss']}, "
+            stopped = "" if summary["stopped"] in (None, "done") else f" ({summary['stopped']})"
+            print(f"trained {summary['steps']} steps{stopped}: loss {summary['loss']:.4f}, "
                   f"{summary['quarantined']} quarantined; model in {summary['final']}")
+            if summary["failed_checks"]:
+                print(f"data checks failed: {', '.join(summary['failed_checks'])} (see {out}/data/stats.json)")
     return code
 
 
@@ -70,6 +73,10 @@ def _summary(out: str, code: int) -> dict:
                "loss": steps[-1]["loss"] if steps else None,
                "eval_loss": evals[-1]["eval_loss"] if evals else None,
                "quarantined": sum(1 for _ in open(quarantine)) if quarantine.exists() else 0}
+    manifest = run_dir / "run.json"
+    m = json.loads(manifest.read_text()) if manifest.exists() else {}
+    summary["stopped"] = ((m.get("artifacts") or {}).get("training") or {}).get("stopped")
+    summary["failed_checks"] = [c["name"] for c in (m.get("data") or {}).get("failed_checks") or []]
     if errors:
         summary["error"] = errors[-1]
     return summary
