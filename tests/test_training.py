@@ -139,7 +139,7 @@ def test_end_to_end_run_directory(assets, tmp_path, capsys):
 
 
 def test_resume_after_sigkill_gives_the_same_weights(assets, tmp_path):
-    overrides = {"optim": {"max_steps": 14, "micro_batch_size": 1, "grad_accum": 4},
+    overrides = {"optim": {"max_steps": 24, "micro_batch_size": 1, "grad_accum": 4},
                  "eval": {"every_n_steps": 4}}
     straight = _config(assets, tmp_path / "straight", **overrides)
     killed = _config(assets, tmp_path / "killed", **overrides)
@@ -156,7 +156,7 @@ def test_resume_after_sigkill_gives_the_same_weights(assets, tmp_path):
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
     done = latest_checkpoint(tmp_path / "killed")
-    assert not (tmp_path / "killed" / "final").exists() and done.name != "step-14", "killed too late"
+    assert not (tmp_path / "killed" / "final").exists() and done.name != "step-24", "killed too late"
 
     resumed = subprocess.run([*cmd, str(killed), "--resume"], env=_env(), cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
