@@ -193,3 +193,18 @@ def test_generation_eval_for_training():
     assert set(rates) == {"harmful_refusal_rate", "benign_refusal_rate", "benign_full_refusal_rate",
                           "benign_partial_refusal_rate", "task_accuracy"}
     assert all(0.0 <= v <= 1.0 for v in rates.values())
+
+
+def test_reference_conditions_limit_only_the_reference(models, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _ = _run(capsys, [
+        "--model", str(models / "run" / "final"), "--reference", str(models / "base"),
+        "--prompts", str(models / "prompts.jsonl"), "--out", str(out), "--no-cache",
+        "--conditions", "training_template,no_system", "--reference-conditions", "training_template"])
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev["results"]["tuned"]) == {"training_template", "no_system"}
+    assert set(ev["results"]["reference"]) == {"training_template"}
+    rows = [json.loads(line) for line in (out / "outputs.jsonl").open()]
+    assert {r["condition"] for r in rows if r["model"] == "reference"} == {"training_template"}
+    assert main(["eval", "--model", str(models / "run" / "final"), "--prompts", str(models / "prompts.jsonl"),
+                 "--reference-conditions", "nonsense"]) == 2

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--conditions", metavar="LIST", default=",".join(CONDITIONS),
                    help=f"comma-separated robustness conditions (default: all: {','.join(CONDITIONS)}); "
                         "training_template always runs")
+    p.add_argument("--reference-conditions", metavar="LIST", default=None,
+                   help="conditions for the reference model (default: the same as --conditions); "
+                        "training_template always runs")
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P")
@@ -63,6 +66,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _conditions(spec: str, flag: str, known) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in spec.split(",") if c.strip())
+    unknown = [c for c in names if c not in known]
+    if unknown:
+        raise UsageError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return names
+
+
 def _options(args):
     from sftlab.evaluation.classifier import load_detector, parse_label_map
     from sftlab.evaluation.evaluate import EvalOptions
@@ -71,10 +82,9 @@ def _options(args):
     from sftlab.evaluation.robustness import CONDITIONS
     from sftlab.policy import load_policy
 
-    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
-    unknown = [c for c in conditions if c not in CONDITIONS]
-    if unknown:
-        raise UsageError(f"--conditions: unknown {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
+    conditions = _conditions(args.conditions, "--conditions", CONDITIONS)
+    reference_conditions = (None if args.reference_conditions is None else
+                            _conditions(args.reference_conditions, "--reference-conditions", CONDITIONS))
     try:
         settings = DecoderSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed,
                                    args.num_samples, args.batch_size, tuple(args.stop))
@@ -93,7 +103,8 @@ def _options(args):
     opts = EvalOptions(model=args.model, prompts=[q for s in sets for q in s.prompts], settings=settings,
                        reference=args.reference, policy=policy, template=args.template,
                        alternate_template=args.alternate_template, system_prompt=args.system_prompt,
-                       conditions=conditions, robustness_threshold=args.robustness_threshold,
+                       conditions=conditions, reference_conditions=reference_conditions,
+                       robustness_threshold=args.robustness_threshold,
                        heldout=heldout, progress=not args.json and sys.stderr.isatty(),
                        trust_remote_code=args.trust_remote_code)
     return opts, sets, detector

@@ -45,6 +45,8 @@ class EvalOptions:
     alternate_template: str | None = None
     system_prompt: str | None = None
     conditions: tuple[str, ...] = CONDITIONS
+    reference_conditions: tuple[str, ...] | None = None
+    """Conditions for the reference model; ``None``: the same as ``conditions``."""
     robustness_threshold: float = 0.1
     heldout: list | None = None
     """Held-out conversations (records or ``Conversation``) for the eval loss."""
@@ -133,7 +135,9 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
     alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path)
-    wanted = set(opts.conditions) | {PRIMARY}
+    asked = opts.reference_conditions if kind == "reference" and opts.reference_conditions is not None \
+        else opts.conditions
+    wanted = set(asked) | {PRIMARY}
     conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
     fp = model_fingerprint(path)
     rows, results, described = [], {}, {}
