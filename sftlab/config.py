@@ -106,8 +106,10 @@ class LossConfig(_Section):
     normalisation: Literal["token", "per_sequence"] = "token"
     """``token``: divide by the total trained weight of the optimizer step;
     ``per_sequence``: every example counts the same, whatever its length."""
-    chunk_size: int = Field(1024, gt=0)
-    """Tokens per chunk of the cross-entropy, so full-vocabulary logits never coexist."""
+    chunk_size: int | None = Field(1024, gt=0)
+    """Trained tokens per chunk of the output head + cross-entropy, so [tokens, vocab] logits
+    never exist whole; ``null`` takes the full logits from the model's own forward (more memory;
+    for wrappers that only gather the head's weights inside the model's forward)."""
 
 
 class LoraConfig(_Section):

@@ -273,19 +273,21 @@ def test_lora_saves_adapter_and_merged_model_and_counts_quarantine(assets, tmp_p
     assert torch.equal(merged.state_dict()[k], base.state_dict()[k])      # no adapter there
 
 
-def test_gradient_checkpointing_changes_memory_not_results(assets, tmp_path):
+def test_gradient_checkpointing_and_full_logits_change_memory_not_results(assets, tmp_path):
     runs = {}
-    for flag in (False, True):
-        run = tmp_path / f"gc-{flag}"
-        cfg = _config(assets, run, gradient_checkpointing=flag, optim={"max_steps": 3},
-                      data={"eval": []}, checkpointing={"every_n_steps": None})
+    for name, extra in {"plain": {}, "checkpointing": {"gradient_checkpointing": True},
+                        "full_logits": {"loss": {"chunk_size": None}}}.items():
+        run = tmp_path / name
+        cfg = _config(assets, run, optim={"max_steps": 3}, data={"eval": []},
+                      checkpointing={"every_n_steps": None}, **extra)
         assert main(["train", str(cfg)]) == 0
-        runs[flag] = _losses(run)
-    assert [x for _, x in runs[True]] == pytest.approx([x for _, x in runs[False]], abs=1e-5)
+        runs[name] = [x for _, x in _losses(run)]
+    assert runs["checkpointing"] == pytest.approx(runs["plain"], abs=1e-5)
+    assert runs["full_logits"] == pytest.approx(runs["plain"], abs=1e-5)
     from sftlab.config import load_config
     from sftlab.training import load_model_and_tokenizer
 
-    model = load_model_and_tokenizer(load_config(cfg))[0]
+    model = load_model_and_tokenizer(load_config(_config(assets, tmp_path / "gc", gradient_checkpointing=True)))[0]
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 
