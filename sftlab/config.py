@@ -142,6 +142,11 @@ class EvalConfig(_Section):
     """Held-out examples per forward pass."""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     """Early stopping on a validation curve."""
+    prompts: list[str] = []
+    """Held-out prompt files (``sftlab eval`` formats) for generation-based refusal and
+    over-refusal curves at every validation; empty: no generation during training."""
+    generation_max_new_tokens: int = Field(24, gt=0)
+    """New tokens per response in those generation curves (greedy)."""
 
 
 class CheckpointConfig(_Section):

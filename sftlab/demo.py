@@ -153,7 +153,6 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     if not (run / "final").is_dir():
         print("training did not produce a final model; see the messages above", file=sys.stderr)
         return train_code or 1
-    _write_mask_preview(run, data["train"], cfg)
     timings["train_s"] = time.perf_counter() - t
 
     _say("4/6 evaluation: reference (base) vs tuned on held-out prompts")
@@ -176,18 +175,6 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     _say("6/6 what changed")
     _print_effect(run, timings)
     return 1 if eval_code == 1 else 0
-
-
-def _write_mask_preview(run: Path, train_file: Path, cfg) -> None:
-    from transformers import AutoTokenizer
-
-    from sftlab.loading import load_files
-    from sftlab.report.mask_preview import write_mask_preview
-
-    tok = AutoTokenizer.from_pretrained(run / "final")
-    convs = load_files([train_file]).conversations
-    write_mask_preview(run, convs, tok, None, n=4, max_length=cfg.encoding.max_length,
-                       last_turn_only=cfg.encoding.last_turn_only)
 
 
 def _print_effect(run: Path, timings: dict) -> None:

@@ -140,8 +140,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
                                "lr": lr, "tokens_per_s": tokens_per_s,
                                "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
             every = cfg.eval.every_n_steps
-            if data.eval_sets and ((every and step % every == 0) or step >= total_steps):
-                stop = _validate(raw, data, cfg, accelerator, metrics, step, state)
+            if (data.eval_sets or data.gen_prompts) and ((every and step % every == 0) or step >= total_steps):
+                stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
             if stop is None and step >= total_steps:
                 stop = "done"
             every = cfg.checkpointing.every_n_steps
@@ -307,6 +307,7 @@ class TrainData:
         self.quarantined = 0
         self.policy = None
         self.failed_checks: list[dict] = []
+        self.gen_prompts: list = []
         self._epoch: tuple[int, list, dict] | None = None
 
     def _build(self, epoch: int) -> tuple[list, dict]:
@@ -379,13 +380,39 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     data = TrainData(cfg, train, eval_sets, pad_id)
     data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
+    data.gen_prompts = _generation_prompts(cfg)
     if write:
+        from sftlab.report.mask_preview import write_mask_preview
+
+        write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
+                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only)
         (run / "data").mkdir(parents=True, exist_ok=True)
         with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for entry in quarantine:
                 f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
         data.failed_checks = _write_stats(run, cfg, train_report, held_report, policy)
     return data
+
+
+def _generation_prompts(cfg: TrainConfig) -> list:
+    """The prompts of ``eval.prompts`` (rows that cannot be used are reported, not fatal)."""
+    if not cfg.eval.prompts:
+        return []
+    from sftlab.evaluation.prompts import load_prompt_sets
+
+    sets = load_prompt_sets(cfg.eval.prompts)
+    for bad in (b for s in sets for b in s.bad_rows):
+        print(f"eval.prompts: skipped {bad['file']}:{bad['line']}: {bad['reason']}", file=sys.stderr)
+    prompts = [p for s in sets for p in s.prompts]
+    if not prompts:
+        raise UsageError(f"eval.prompts={cfg.eval.prompts}: no usable prompt")
+    return prompts
+
+
+def gen_eval_settings(cfg: TrainConfig) -> dict:
+    """Decoder settings of the generation curves (greedy), as recorded in the manifest."""
+    return {"max_new_tokens": cfg.eval.generation_max_new_tokens, "temperature": 0.0, "batch_size": 16,
+            "seed": cfg.seed}
 
 
 def _write_stats(run: Path, cfg: TrainConfig, train_report, held_report, policy) -> list[dict]:
@@ -463,10 +490,20 @@ def _ratio(num, den) -> float | None:
     return float(num / den) if den > 0 else None
 
 
-def _validate(model, data, cfg, accelerator, metrics, step: int, state: dict) -> str | None:
-    """Log the eval losses; return a stop reason when early stopping says so."""
-    losses = evaluate(model, data, cfg, accelerator)
-    metrics.write({"step": step, "eval_loss": losses})
+def _validate(model, data, cfg, accelerator, metrics, step: int, state: dict,
+              tokenizer=None, template=None) -> str | None:
+    """Log the eval losses (and generation-based refusal rates when ``eval.prompts`` names
+    prompts); return a stop reason when early stopping says so."""
+    losses = evaluate(model, data, cfg, accelerator) if data.eval_sets else {}
+    if losses:
+        metrics.write({"step": step, "eval_loss": losses})
+    if data.gen_prompts and accelerator.is_main_process:
+        from sftlab.evaluation.evaluate import generation_eval
+
+        metrics.write({"step": step, "gen_eval": generation_eval(model, tokenizer, template, data.gen_prompts,
+                                                                 gen_eval_settings(cfg))})
+    if data.gen_prompts:
+        accelerator.wait_for_everyone()
     es = cfg.eval.early_stopping
     value = losses.get(es.metric.removeprefix("eval_loss/"))
     if es.patience is None or value is None:
@@ -552,6 +589,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
         config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
     if data.policy is not None:
         sections["policy"] = {**data.policy.manifest_entry(), "path": cfg.data.policy}
+    if data.gen_prompts:
+        sections["decoding"] = [{"purpose": "gen_eval", "prompts": list(cfg.eval.prompts), **gen_eval_settings(cfg)}]
     update_manifest(run, **sections)
 
 
