@@ -35,27 +35,40 @@ class Mode:
 _LORA = {"lora.enabled": True, "lora.r": 16, "lora.alpha": 32.0,
          "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
          "lora.merge_on_save": True}
+# The recipe and the measurements behind it: docs/demo_recipe.md. One optimizer step is one
+# packed row of up to 512 tokens (about 8 short examples).
+_SMOL = {**_LORA, "optim.lr": 1e-3, "optim.betas": [0.9, 0.95], "optim.warmup_steps": 10,
+         "optim.micro_batch_size": 1, "optim.grad_accum": 1, "encoding.max_length": 128,
+         "packing.max_length": 512, "checkpointing.every_n_steps": 20}
+_ROBUST = "training_template,alternate_template,no_system,safety_system"
 
 MODES = {
-    "full": Mode(n_train=480, n_heldout=96, train={
-        **_LORA, "optim.lr": 1e-3, "optim.max_steps": 60, "optim.micro_batch_size": 1, "optim.grad_accum": 2,
-        "optim.warmup_steps": 5, "encoding.max_length": 256, "packing.max_length": 512,
-        "eval.every_n_steps": 20, "checkpointing.every_n_steps": 20},
-        eval_args=["--max-new-tokens", "40", "--batch-size", "16",
-                   "--conditions", "training_template,alternate_template,no_system,safety_system,template_default"]),
-    "quick": Mode(n_train=240, n_heldout=48, train={
-        **_LORA, "optim.lr": 1e-3, "optim.max_steps": 24, "optim.micro_batch_size": 1, "optim.grad_accum": 2,
-        "optim.warmup_steps": 3, "encoding.max_length": 256, "packing.max_length": 512,
-        "eval.every_n_steps": 12, "checkpointing.every_n_steps": 12},
-        eval_args=["--max-new-tokens", "32", "--batch-size", "16",
-                   "--conditions", "training_template,alternate_template,no_system,safety_system"]),
+    "full": Mode(n_train=600, n_heldout=96, train={**_SMOL, "optim.max_steps": 80, "eval.every_n_steps": 40},
+                 eval_args=["--max-new-tokens", "20", "--batch-size", "16",
+                            "--conditions", _ROBUST + ",template_default",
+                            "--reference-conditions", "training_template"]),
+    "quick": Mode(n_train=600, n_heldout=48, train={**_SMOL, "optim.max_steps": 40, "eval.every_n_steps": 20},
+                  eval_args=["--max-new-tokens", "20", "--batch-size", "16", "--conditions", _ROBUST,
+                             "--reference-conditions", "training_template"]),
     "tiny": Mode(n_train=160, n_heldout=24, train={
         "optim.lr": 3e-3, "optim.max_steps": 24, "optim.micro_batch_size": 2, "optim.grad_accum": 2,
         "optim.warmup_steps": 2, "encoding.max_length": 256, "packing.max_length": 512,
         "eval.every_n_steps": 8, "checkpointing.every_n_steps": 8, "log.progress": False},
-        eval_args=["--max-new-tokens", "12", "--batch-size", "24",
-                   "--conditions", "training_template,alternate_template,no_system,safety_system"]),
+        eval_args=["--max-new-tokens", "12", "--batch-size", "24", "--conditions", _ROBUST]),
 }
+
+
+def _threads() -> int:
+    """One torch thread on a busy machine (spinning OpenMP workers wait for each other when the
+    scheduler takes a core away: 2-4x slower), else every core. Returns the choice."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 1 and cores <= 4
+    torch.set_num_threads(1 if busy else cores)
+    return torch.get_num_threads()
 
 
 def _say(text: str) -> None:
@@ -115,6 +128,7 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     run.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    threads = _threads()
 
     _say(f"1/6 policy and data: the built-in policy and a seeded instruction suite in {run / 'suite'}")
     suite = build_suite(seed=seed, n_train=mode.n_train, n_heldout=mode.n_heldout)
@@ -165,7 +179,7 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
 
     _say("5/6 manifest and report")
     timings["total_s"] = time.perf_counter() - t_start
-    (run / "demo.json").write_text(json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
+    (run / "demo.json").write_text(json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode), "torch_threads": threads,
                                                "timings": timings}, indent=1), encoding="utf-8")
     from sftlab.manifest import update_manifest
 
