@@ -203,7 +203,7 @@ def cross_entropy_memory(device, n: int, hidden: int, vocabs: list[int], chunk: 
 
 def table(res: dict) -> str:
     peak = res["peak_tflops"]
-    lines = [f"{res['device']}: {res['model']} ({res['train'][0]['params'] / 1e6:.1f}M parameters), "
+    lines = [f"{res['device']}: {Path(res['model']).name} ({res['train'][0]['params'] / 1e6:.1f}M parameters), "
              f"{res['attention']}, bf16 autocast, rows of {res['settings']['max_length']} x micro-batch "
              f"{res['settings']['micro_batch']} x accumulation {res['settings']['grad_accum']}, "
              f"{res['settings']['steps']} timed steps after {res['settings']['warmup']}",
