@@ -13,7 +13,6 @@ from sftlab import models
 from sftlab.models import SOURCE_FILE, convert_gguf, gguf_cache_path, load_base_model
 from sftlab.tiny import build_tiny
 
-gguf = pytest.importorskip("gguf")
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -26,6 +25,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 def write_tiny_gguf(path, quantised=("ffn_gate", "ffn_up", "ffn_down")):
     """A 2-layer Llama GGUF (tokenizer included) whose MLP weights are Q4_1, like the demo
     model's. Returns (tokenizer, model, the weights a faithful loader must produce)."""
+    gguf = pytest.importorskip("gguf")  # the `demo` extra
     from gguf import GGMLQuantizationType as Q
 
     tok, model = build_tiny(vocab_size=320, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)
