@@ -37,17 +37,17 @@ _LORA = {"lora.enabled": True, "lora.r": 16, "lora.alpha": 32.0,
          "lora.merge_on_save": True}
 # The recipe and the measurements behind it: docs/demo_recipe.md. One optimizer step is one
 # packed row of up to 512 tokens (about 8 short examples).
-_SMOL = {**_LORA, "optim.lr": 1e-3, "optim.betas": [0.9, 0.95], "optim.warmup_steps": 10,
+_SMOL = {**_LORA, "optim.lr": 2e-3, "optim.betas": [0.9, 0.95], "optim.warmup_steps": 10,
          "optim.micro_batch_size": 1, "optim.grad_accum": 1, "encoding.max_length": 128,
          "packing.max_length": 512, "checkpointing.every_n_steps": 20}
 _ROBUST = "training_template,alternate_template,no_system,safety_system"
 
 MODES = {
-    "full": Mode(n_train=600, n_heldout=96, train={**_SMOL, "optim.max_steps": 80, "eval.every_n_steps": 40},
+    "full": Mode(n_train=600, n_heldout=96, train={**_SMOL, "optim.max_steps": 100, "eval.every_n_steps": 50},
                  eval_args=["--max-new-tokens", "20", "--batch-size", "16",
                             "--conditions", _ROBUST + ",template_default",
                             "--reference-conditions", "training_template"]),
-    "quick": Mode(n_train=600, n_heldout=48, train={**_SMOL, "optim.max_steps": 40, "eval.every_n_steps": 20},
+    "quick": Mode(n_train=600, n_heldout=48, train={**_SMOL, "optim.max_steps": 60, "eval.every_n_steps": 30},
                   eval_args=["--max-new-tokens", "20", "--batch-size", "16", "--conditions", _ROBUST,
                              "--reference-conditions", "training_template"]),
     "tiny": Mode(n_train=160, n_heldout=24, train={
