@@ -245,19 +245,34 @@ def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]
 
 def _finish(enc: _Encoder, conv: Conversation, ex: EncodedExample, max_length: int | None,
             last_turn_only: bool) -> EncodedExample:
-    """Truncate by whole early exchanges when needed, then insist on a trained token."""
+    """Truncate by whole early exchanges when needed, then insist on a trained token.
+
+    Dropping more exchanges never makes the example longer, so the last exchange alone is tried
+    first (a record that cannot fit is rejected after one re-encoding), then the fewest drops
+    that fit are found by bisection: O(log exchanges) re-encodings instead of one per cut.
+    """
     if max_length is not None and len(ex) > max_length:
         head, groups = _exchanges(conv.messages)
-        for k in range(1, len(groups)):
+
+        def cut(k: int) -> EncodedExample:
             kept = head + [i for g in groups[k:] for i in g]
-            ex = _build(enc, conv, [conv.messages[i] for i in kept], last_turn_only,
-                        len(conv.messages) - len(kept))
-            if len(ex) <= max_length:
-                break
-        if len(ex) > max_length:
+            return _build(enc, conv, [conv.messages[i] for i in kept], last_turn_only,
+                          len(conv.messages) - len(kept))
+
+        best = cut(len(groups) - 1) if len(groups) > 1 else ex
+        if len(best) > max_length:
             raise EncodingError(
-                f"the final exchange alone is {len(ex)} tokens, longer than max_length={max_length}; "
+                f"the final exchange alone is {len(best)} tokens, longer than max_length={max_length}; "
                 f"it cannot be truncated without cutting a trained turn (raise max_length or shorten it)")
+        lo, hi = 1, len(groups) - 1  # cut(hi) fits (best); find the smallest k that fits
+        while lo < hi:
+            mid = (lo + hi) // 2
+            candidate = cut(mid)
+            if len(candidate) <= max_length:
+                hi, best = mid, candidate
+            else:
+                lo = mid + 1
+        ex = best  # == cut(hi): every fitting candidate moved hi down to it
     if ex.trained_tokens == 0:
         raise EncodingError("no trained token: no assistant message is trained (all have train=false or "
                             "weight 0, or truncation removed them)")

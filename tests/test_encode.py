@@ -227,3 +227,17 @@ def test_hand_written_ids_and_weights():
                                0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                                0, 0, 0, 1, 1, 0]
     assert ex.trained_tokens == 6
+
+
+def test_truncation_keeps_as_many_late_exchanges_as_fit(tok):
+    turns = []
+    for i in range(5):
+        turns += [f"question {i} " * 3, f"answer {i} " * 3]
+    c = conv(*turns, system="SYS")
+    lengths = [len(encode(conv(*turns[2 * k:], system="SYS"), tok, "chatml")) for k in range(5)]
+    for k in range(1, 5):
+        ex = encode(c, tok, "chatml", max_length=lengths[k])
+        assert ex.input_ids == encode(conv(*turns[2 * k:], system="SYS"), tok, "chatml").input_ids
+        assert ex.dropped_turns == 2 * k
+        ex = encode(c, tok, "chatml", max_length=lengths[k] + 1)  # one token more changes nothing
+        assert ex.dropped_turns == 2 * k
