@@ -12,22 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_trl import ensure_inputs as _shared_inputs  # noqa: E402  (one generator of the shared inputs)
 
 
 def ensure_inputs(work: Path) -> tuple[Path, Path]:
-    data, model = work / "data" / "train.jsonl", work / "tiny-llama"
-    if not data.exists():
-        subprocess.run([sys.executable, str(SHARED / "make_data.py"), "--out-dir", str(work / "data")], check=True)
-    if not (model / "tokenizer.json").exists():
-        subprocess.run([sys.executable, str(SHARED / "make_model.py"), "--data", str(data), "--out", str(model)],
-                       check=True)
-    return data, model
+    """``(train.jsonl, model dir)`` from ../shared/bench, generated into ``work`` when missing."""
+    data, model = _shared_inputs(work)
+    return data / "train.jsonl", model
 
 
 def main() -> None:

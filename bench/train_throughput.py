@@ -23,18 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "bench"
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_trl import ensure_inputs as _shared_inputs  # noqa: E402  (one generator of the shared inputs)
 
 
 def ensure_inputs(work: Path) -> tuple[Path, Path]:
-    data, model = work / "data" / "train.jsonl", work / "tiny-llama"
-    if not data.exists():
-        subprocess.run([sys.executable, str(SHARED / "make_data.py"), "--out-dir", str(work / "data")], check=True)
-    if not (model / "tokenizer.json").exists():
-        subprocess.run([sys.executable, str(SHARED / "make_model.py"), "--data", str(data), "--out", str(model)],
-                       check=True)
-    return data, model
+    """``(train.jsonl, model dir)`` from ../shared/bench, generated into ``work`` when missing."""
+    data, model = _shared_inputs(work)
+    return data / "train.jsonl", model
 
 
 def write_config(work: Path, data: Path, model: Path, args) -> Path:

@@ -16,7 +16,6 @@ Example (two refusals, one compliance, the detector misses one refusal)::
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,16 +73,9 @@ def load_labelled(path: str) -> LabelledSet:
 
 
 def _read_jsonl(p: Path):
-    with open(p, encoding="utf-8") as f:
-        for i, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield i, None, f"not valid JSON: {e.msg} at column {e.colno}"
-                continue
-            yield (i, row, None) if isinstance(row, dict) else (i, None, "expected a JSON object")
+    from sftlab.evaluation.prompts import _jsonl_rows
+
+    yield from _jsonl_rows(p.read_text(encoding="utf-8"))
 
 
 def _read_csv(p: Path):
