@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import weakref
 from dataclasses import dataclass, field
 
@@ -344,7 +345,7 @@ def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...]) -> 
     from transformers.utils.chat_template_utils import render_jinja_template
 
     probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "PONG-7f3a"}]
-    marked = "generation" in source
+    marked = re.search(r"\{%-?\s*generation\s*-?%\}", source) is not None
     try:
         rendered, indices = render_jinja_template(conversations=[probe], chat_template=source,
                                                   return_assistant_tokens_mask=marked, **special)
