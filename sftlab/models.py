@@ -53,7 +53,7 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
     GGUF is converted once into ``cache_dir`` and the converted directory is loaded.
     ``dtype`` defaults to float32 (CPU training needs it); ``"auto"`` keeps the checkpoint's.
-    Code shipped with a model runs only with ``trust_remote_code=True``.
+    Code shipped with a model runs only when the caller turns ``trust_remote_code`` on (off by default).
     ``model.sftlab_source`` is a dict saying where the weights came from.
     """
     import torch

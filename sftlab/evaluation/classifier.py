@@ -1,7 +1,7 @@
 """A refusal detector backed by a local Hugging Face sequence-classification model.
 
 The directory is loaded with ``AutoModelForSequenceClassification`` (safetensors; remote code
-only with ``trust_remote_code=True``). Its labels are mapped onto comply / refuse / partial
+only when the caller turns ``trust_remote_code`` on). Its labels are mapped onto comply / refuse / partial
 through ``config.id2label`` (a name containing ``partial`` -> partial, ``refus`` -> refuse,
 ``compl`` -> comply) or an explicit map (``--label-map LABEL_0=comply,LABEL_1=refuse``).
 
