@@ -34,6 +34,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sftlab.arrays import TokenArray, loss_weights, token_ids
 from sftlab.conversation import Conversation, Message, Origin
 from sftlab.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
@@ -44,9 +45,11 @@ class EncodingError(ValueError):
 
 @dataclass(frozen=True)
 class EncodedExample:
-    input_ids: list[int]
-    loss_weights: list[float]
-    """Same length as ``input_ids``; the weight of predicting that token (shifted by the objective)."""
+    input_ids: TokenArray
+    """Token ids, stored compactly (``sftlab.arrays``: int32, 4 bytes a token); equal to a list of them."""
+    loss_weights: TokenArray
+    """Same length as ``input_ids``; the weight of predicting that token (shifted by the objective),
+    float32."""
     slice: str | None = None
     task: str | None = None
     id: str | None = None
@@ -59,6 +62,10 @@ class EncodedExample:
     dropped_turns: int = 0
     """Messages removed from the front by ``max_length`` truncation."""
     origin: Origin | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_ids", token_ids(self.input_ids))
+        object.__setattr__(self, "loss_weights", loss_weights(self.loss_weights))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -211,6 +218,8 @@ def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
 
 def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_turn_only: bool,
            dropped: int, layout: Layout | None = None, encoding=None) -> EncodedExample:
+    """One example from ``messages`` (all of ``conv``'s, or what truncation kept); ``encoding`` is
+    the tokenizer's encoding of ``layout.text`` when the caller already has it (batched)."""
     layout = layout if layout is not None else _layout(enc, messages)
     trained = _trained_messages(messages, last_turn_only)
     weights = None
@@ -219,18 +228,18 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
         weights = _weights_by_char(encoding, len(ids), layout, trained)
     if weights is None:
         ids, offsets = enc.tokenize(layout, encoding)
-        weights = enc.weights(offsets, layout, trained)
+        weights = loss_weights(enc.weights(offsets, layout, trained))
     n_trained = len(weights) - weights.count(0.0)
-    return EncodedExample(ids, weights, conv.slice, conv.task, conv.id, conv.expected,
+    return EncodedExample(token_ids(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
                           conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin)
 
 
-def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]) -> list[float] | None:
+def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]) -> TokenArray | None:
     """Fast path of ``_Encoder.weights``: token indices of the span ends via ``char_to_token``.
 
     Returns ``None`` (use offsets) when a span edge falls on a character no token covers.
     """
-    w = [0.0] * n
+    w = loss_weights(bytes(4 * n))  # n zeros
     for span in layout.spans:
         weight = trained.get(span.index)
         if not weight:
@@ -239,40 +248,81 @@ def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]
         lo, hi = encoding.char_to_token(span.start), encoding.char_to_token(end - 1)
         if lo is None or hi is None:
             return None
-        w[lo:hi + 1] = [weight] * (hi + 1 - lo)
+        w[lo:hi + 1] = loss_weights([weight]) * (hi + 1 - lo)
     return w
 
 
-def _finish(enc: _Encoder, conv: Conversation, ex: EncodedExample, max_length: int | None,
-            last_turn_only: bool) -> EncodedExample:
-    """Truncate by whole early exchanges when needed, then insist on a trained token.
+# -- truncation ----------------------------------------------------------------------------------
 
-    Dropping more exchanges never makes the example longer, so the last exchange alone is tried
-    first (a record that cannot fit is rejected after one re-encoding), then the fewest drops
-    that fit are found by bisection: O(log exchanges) re-encodings instead of one per cut.
+_SLACK = 16
+"""Tokens by which a length estimate may undershoot (see ``_Truncation``)."""
+
+
+class _Truncation:
+    """Which early exchanges to drop so that a too-long conversation fits ``max_length``.
+
+    The result is always exact: every candidate is rendered and tokenized on its own, and the
+    example is built from that encoding. What makes it cheap is the choice of candidates: the
+    length of "drop the first k exchanges" is estimated from the full encoding (its tokens minus
+    those between the first exchange's content and exchange k's), which is exact whenever a
+    turn starts with a control token (the tokenizer splits there, so the kept text tokenizes as
+    before), and close otherwise. The first candidate is the fewest drops whose estimate fits;
+    more drops are tried while the encoding does not fit (dropping more never makes the example
+    longer), fewer while the estimate is within ``_SLACK`` tokens of fitting. Typically one
+    encoding per truncated conversation, batched with the others of its batch by ``encode_all``.
     """
-    if max_length is not None and len(ex) > max_length:
-        head, groups = _exchanges(conv.messages)
 
-        def cut(k: int) -> EncodedExample:
-            kept = head + [i for g in groups[k:] for i in g]
-            return _build(enc, conv, [conv.messages[i] for i in kept], last_turn_only,
-                          len(conv.messages) - len(kept))
+    def __init__(self, conv: Conversation, full: EncodedExample, layout: Layout, encoding, max_length: int):
+        self.conv, self.full, self.max_length = conv, full, max_length
+        self.head, self.groups = _exchanges(conv.messages)
+        self.estimate = self._estimates(layout, encoding)
+        fits = [k for k in range(1, len(self.groups)) if self.estimate[k] <= max_length]
+        self.k = fits[0] if fits else len(self.groups) - 1
 
-        best = cut(len(groups) - 1) if len(groups) > 1 else ex
-        if len(best) > max_length:
-            raise EncodingError(
-                f"the final exchange alone is {len(best)} tokens, longer than max_length={max_length}; "
-                f"it cannot be truncated without cutting a trained turn (raise max_length or shorten it)")
-        lo, hi = 1, len(groups) - 1  # cut(hi) fits (best); find the smallest k that fits
-        while lo < hi:
-            mid = (lo + hi) // 2
-            candidate = cut(mid)
-            if len(candidate) <= max_length:
-                hi, best = mid, candidate
-            else:
-                lo = mid + 1
-        ex = best  # == cut(hi): every fitting candidate moved hi down to it
+    def _estimates(self, layout: Layout, encoding) -> list[float]:
+        g = len(self.groups)
+        starts = {s.index: s.start for s in layout.spans}
+        if encoding is None or g < 2 or any(grp[0] not in starts for grp in self.groups):
+            return [float(len(self.full))] + [float("-inf")] * (g - 1)  # no estimate: try from the last
+        token_starts = [a for a, _ in encoding.offsets]
+        before = [bisect.bisect_left(token_starts, starts[grp[0]]) for grp in self.groups]
+        return [float(len(self.full) - (b - before[0])) for b in before]
+
+    def messages(self, k: int) -> list[Message]:
+        kept = self.head + [i for grp in self.groups[k:] for i in grp]
+        return [self.conv.messages[i] for i in kept]
+
+    def layout(self, enc: _Encoder, k: int) -> Layout:
+        return _layout(enc, self.messages(k))
+
+    def cut(self, enc: _Encoder, k: int, last_turn_only: bool, layout=None, encoding=None) -> EncodedExample:
+        kept = self.messages(k)
+        return _build(enc, self.conv, kept, last_turn_only, len(self.conv.messages) - len(kept), layout, encoding)
+
+    def search(self, enc: _Encoder, last_turn_only: bool, first: EncodedExample | None = None) -> EncodedExample:
+        """The example with the fewest drops that fits (``first``: the encoded first candidate)."""
+        if len(self.groups) < 2:
+            return self._reject(self.full)
+        best = first if first is not None else self.cut(enc, self.k, last_turn_only)
+        while len(best) > self.max_length and self.k < len(self.groups) - 1:
+            self.k += 1
+            best = self.cut(enc, self.k, last_turn_only)
+        if len(best) > self.max_length:
+            return self._reject(best)
+        while self.k > 1 and self.estimate[self.k - 1] <= self.max_length + _SLACK:
+            candidate = self.cut(enc, self.k - 1, last_turn_only)
+            if len(candidate) > self.max_length:
+                break
+            self.k, best = self.k - 1, candidate
+        return best
+
+    def _reject(self, final: EncodedExample):
+        raise EncodingError(
+            f"the final exchange alone is {len(final)} tokens, longer than max_length={self.max_length}; "
+            f"it cannot be truncated without cutting a trained turn (raise max_length or shorten it)")
+
+
+def _check_trained(ex: EncodedExample) -> EncodedExample:
     if ex.trained_tokens == 0:
         raise EncodingError("no trained token: no assistant message is trained (all have train=false or "
                             "weight 0, or truncation removed them)")
@@ -290,21 +340,25 @@ def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, 
     conv = as_conversation(conversation)
     enc = _encoder(tokenizer, template)
     try:
-        ex = _build(enc, conv, conv.messages, last_turn_only, 0)
+        layout = _layout(enc, conv.messages)
+        encoding = enc.backend.encode(layout.text, add_special_tokens=False)
+        ex = _build(enc, conv, conv.messages, last_turn_only, 0, layout, encoding)
+        if max_length is not None and len(ex) > max_length:
+            ex = _Truncation(conv, ex, layout, encoding, max_length).search(enc, last_turn_only)
     except TemplateError as e:
         raise EncodingError(str(e)) from None
-    return _finish(enc, conv, ex, max_length, last_turn_only)
+    return _check_trained(ex)
 
 
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
                batch_size: int = 1024, progress: bool = False):
-    """Encode many conversations: ``(examples, quarantined)``.
+    """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
     ``id`` and ``reason``, so records in = examples + quarantined. Texts are tokenized in batches
-    (the Rust tokenizer runs them on all cores); ``num_proc > 1`` also spreads rendering and
-    weighting over processes.
+    (the Rust tokenizer runs them on all cores), the first truncation candidates of a batch too;
+    ``num_proc > 1`` also spreads rendering and weighting over processes.
     """
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
@@ -319,29 +373,66 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
     for b in range(0, len(convs), batch_size):
         chunk = convs[b:b + batch_size]
-        layouts, failures = [], {}
-        for j, conv in enumerate(chunk):
-            try:
-                layouts.append(_layout(enc, conv.messages))
-            except TemplateError as e:
-                failures[j] = str(e)
-                layouts.append(None)
-        texts = [lay.text for lay in layouts if lay is not None]
-        encodings = iter(enc.backend.encode_batch(texts, add_special_tokens=False))
-        for j, conv in enumerate(chunk):
-            if j in failures:
-                quarantined.append(_quarantine_entry(conv, failures[j]))
-                continue
-            try:
-                ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], next(encodings))
-                examples.append(_finish(enc, conv, ex, max_length, last_turn_only))
-            except (EncodingError, TemplateError) as e:
-                quarantined.append(_quarantine_entry(conv, str(e)))
+        results = _encode_chunk(enc, chunk, max_length, last_turn_only)
+        for conv, result in zip(chunk, results):
+            if isinstance(result, str):
+                quarantined.append(_quarantine_entry(conv, result))
+            else:
+                examples.append(result)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
     return examples, quarantined
+
+
+def _encode_chunk(enc: _Encoder, chunk: Sequence[Conversation], max_length: int | None,
+                  last_turn_only: bool) -> list[EncodedExample | str]:
+    """One result per conversation: its example, or the reason it is quarantined."""
+    results: list = [None] * len(chunk)
+    layouts: dict[int, Layout] = {}
+    for j, conv in enumerate(chunk):
+        try:
+            layouts[j] = _layout(enc, conv.messages)
+        except TemplateError as e:
+            results[j] = _reason(e)
+    order = list(layouts)
+    encodings = enc.backend.encode_batch([layouts[j].text for j in order], add_special_tokens=False)
+    long: dict[int, _Truncation] = {}
+    for j, encoding in zip(order, encodings):
+        conv = chunk[j]
+        try:
+            ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding)
+            if max_length is not None and len(ex) > max_length:
+                long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length)
+            else:
+                results[j] = _check_trained(ex)
+        except (EncodingError, TemplateError) as e:
+            results[j] = _reason(e)
+    del encodings
+    # Truncated conversations: the first candidate of each, tokenized in one batch.
+    firsts: dict[int, Layout] = {}
+    for j, t in long.items():
+        if len(t.groups) >= 2:
+            try:
+                firsts[j] = t.layout(enc, t.k)
+            except TemplateError as e:
+                results[j] = _reason(e)
+    batch = enc.backend.encode_batch([firsts[j].text for j in firsts], add_special_tokens=False)
+    encoded = dict(zip(firsts, batch))
+    for j, t in long.items():
+        if results[j] is not None:
+            continue
+        try:
+            first = t.cut(enc, t.k, last_turn_only, firsts[j], encoded[j]) if j in firsts else None
+            results[j] = _check_trained(t.search(enc, last_turn_only, first))
+        except (EncodingError, TemplateError) as e:
+            results[j] = _reason(e)
+    return results
+
+
+def _reason(e: Exception) -> str:
+    return str(e) or type(e).__name__
 
 
 def _quarantine_entry(conv: Conversation, reason: str) -> dict:

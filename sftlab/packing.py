@@ -15,8 +15,8 @@ Example (token ids equal to the example index, so a person can check the rows by
     ...             Ex(input_ids=[2, 2, 2, 2], loss_weights=[0, 0, 1, 1]),
     ...             Ex(input_ids=[3], loss_weights=[1])]
     >>> rows = pack(examples, max_length=5)
-    >>> [r.input_ids for r in rows]
-    [(2, 2, 2, 2, 3), (0, 0, 0, 1, 1)]
+    >>> [r.input_ids.tolist() for r in rows]
+    [[2, 2, 2, 2, 3], [0, 0, 0, 1, 1]]
     >>> [r.position_ids for r in rows]
     [(0, 1, 2, 3, 0), (0, 1, 2, 0, 1)]
     >>> [(r.lengths, r.example_indices, r.cu_seqlens) for r in rows]
@@ -31,39 +31,83 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Iterable, Sequence
 from itertools import chain
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sftlab.arrays import TokenArray, as_tensor, token_ids
+from sftlab.arrays import loss_weights as weight_array
 
 __all__ = ["PackedRow", "pack", "pad_rows", "packing_efficiency", "packing_stats",
            "length_grouped_order", "collate"]
 
 
 @dataclass(frozen=True)
+class _Tokens:
+    """A bare example: what ``PackedRow.from_tokens`` lays into a row."""
+    input_ids: Any
+    loss_weights: Any
+
+
+@dataclass(frozen=True)
 class PackedRow:
-    """Whole examples laid end to end; at most ``max_length`` tokens, no padding (``collate`` pads)."""
-    input_ids: tuple[int, ...]
-    loss_weights: tuple[float, ...]
-    """Per-token weight of predicting this token (unshifted, as the examples gave them)."""
-    position_ids: tuple[int, ...]
-    """0, 1, ... restarting at 0 at the first token of every example."""
-    lengths: tuple[int, ...]
-    """Number of tokens of each example, in row order."""
+    """Whole examples laid end to end; at most ``max_length`` tokens, no padding (``collate`` pads).
+
+    A row refers to its examples instead of copying their tokens, so the rows of an epoch cost a
+    few bytes each however long the data is; ``input_ids``, ``loss_weights`` and ``position_ids``
+    are put together when asked for (``collate`` asks once per row and step).
+    """
+    examples: tuple[Any, ...]
+    """The examples (anything with ``input_ids`` and ``loss_weights``), in row order, shared with the caller."""
     example_indices: tuple[int, ...]
     """Index of each example in the list given to ``pack`` / ``pad_rows``."""
 
     def __post_init__(self):
-        n = len(self.input_ids)
-        if len(self.loss_weights) != n or len(self.position_ids) != n or sum(self.lengths) != n:
-            raise ValueError(f"PackedRow: input_ids ({n}), loss_weights ({len(self.loss_weights)}), "
-                             f"position_ids ({len(self.position_ids)}) and sum(lengths) "
-                             f"({sum(self.lengths)}) must agree")
-        if len(self.lengths) != len(self.example_indices):
-            raise ValueError("PackedRow: one length per example index expected")
+        if len(self.examples) != len(self.example_indices):
+            raise ValueError("PackedRow: one example index per example expected")
+        for ex in self.examples:
+            if len(ex.input_ids) != len(ex.loss_weights):
+                raise ValueError(f"PackedRow: an example has {len(ex.input_ids)} input_ids but "
+                                 f"{len(ex.loss_weights)} loss_weights")
+
+    @classmethod
+    def from_tokens(cls, input_ids: Sequence[int], loss_weights: Sequence[float],
+                    lengths: Sequence[int] | None = None, example_indices: Sequence[int] | None = None) -> PackedRow:
+        """A row from flat sequences, cut into examples of ``lengths`` (default: one example)."""
+        if len(input_ids) != len(loss_weights):
+            raise ValueError(f"PackedRow: {len(input_ids)} input_ids but {len(loss_weights)} loss_weights")
+        lengths = tuple(lengths) if lengths is not None else (len(input_ids),)
+        if sum(lengths) != len(input_ids):
+            raise ValueError(f"PackedRow: lengths sum to {sum(lengths)}, not to the {len(input_ids)} input_ids")
+        parts, start = [], 0
+        for n in lengths:
+            parts.append(_Tokens(token_ids(input_ids[start:start + n]), weight_array(loss_weights[start:start + n])))
+            start += n
+        indices = tuple(example_indices) if example_indices is not None else tuple(range(len(parts)))
+        return cls(tuple(parts), indices)
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return sum(len(ex.input_ids) for ex in self.examples)
+
+    @property
+    def input_ids(self) -> TokenArray:
+        return _concat((ex.input_ids for ex in self.examples), token_ids)
+
+    @property
+    def loss_weights(self) -> TokenArray:
+        """Per-token weight of predicting this token (unshifted, as the examples gave them)."""
+        return _concat((ex.loss_weights for ex in self.examples), weight_array)
+
+    @property
+    def position_ids(self) -> tuple[int, ...]:
+        """0, 1, ... restarting at 0 at the first token of every example."""
+        return tuple(chain.from_iterable(map(range, self.lengths)))
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """Number of tokens of each example, in row order."""
+        return tuple(len(ex.input_ids) for ex in self.examples)
 
     @property
     def cu_seqlens(self) -> tuple[int, ...]:
@@ -77,7 +121,14 @@ class PackedRow:
     @property
     def trained_weight(self) -> float:
         """Sum of the loss weights (before the objective drops each example's first position)."""
-        return float(sum(self.loss_weights))
+        return float(sum(sum(ex.loss_weights) for ex in self.examples))
+
+
+def _concat(parts: Iterable, make) -> TokenArray:
+    out = make(())
+    for p in parts:
+        out.extend(p if isinstance(p, TokenArray) and p.typecode == out.typecode else make(p))
+    return out
 
 
 def _check_example(i: int, ex: Any, max_length: int) -> int:
@@ -95,12 +146,7 @@ def _check_example(i: int, ex: Any, max_length: int) -> int:
 
 
 def _make_row(examples: Sequence[Any], indices: Sequence[int]) -> PackedRow:
-    chosen = [examples[i] for i in indices]
-    lengths = tuple(len(ex.input_ids) for ex in chosen)
-    return PackedRow(tuple(chain.from_iterable(ex.input_ids for ex in chosen)),
-                     tuple(chain.from_iterable(ex.loss_weights for ex in chosen)),
-                     tuple(chain.from_iterable(map(range, lengths))),
-                     lengths, tuple(indices))
+    return PackedRow(tuple(examples[i] for i in indices), tuple(indices))
 
 
 class _FreeSpaceIndex:
@@ -195,8 +241,8 @@ def pad_rows(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
     """Padded mode: one example per row, in the given order (``collate`` adds the padding).
 
         >>> from types import SimpleNamespace as Ex
-        >>> [r.input_ids for r in pad_rows([Ex(input_ids=[5, 6], loss_weights=[0, 1])], 4)]
-        [(5, 6)]
+        >>> [r.input_ids.tolist() for r in pad_rows([Ex(input_ids=[5, 6], loss_weights=[0, 1])], 4)]
+        [[5, 6]]
     """
     for i, ex in enumerate(examples):
         _check_example(i, ex, max_length)
@@ -280,11 +326,9 @@ def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = 
     common = {"seq_lengths": torch.tensor(lengths, dtype=torch.int32), "cu_seqlens": cu,
               "max_seqlen": max(lengths)}
     if for_flash:
-        return {"input_ids": torch.tensor([[t for r in rows for t in r.input_ids]]),
-                "loss_weights": torch.tensor([[w for r in rows for w in r.loss_weights]],
-                                             dtype=torch.float32),
-                "position_ids": torch.tensor([[p for r in rows for p in r.position_ids]]),
-                **common}
+        return {"input_ids": torch.cat([as_tensor(r.input_ids) for r in rows])[None],
+                "loss_weights": torch.cat([as_tensor(r.loss_weights) for r in rows])[None],
+                "position_ids": _positions(lengths)[None], **common}
     T = max(len(r) for r in rows) if max_length is None else max_length
     if any(len(r) > T for r in rows):
         raise ValueError(f"collate: a row has {max(len(r) for r in rows)} tokens > max_length {T}")
@@ -294,13 +338,23 @@ def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = 
     positions = torch.zeros((B, T), dtype=torch.long)
     segment = torch.full((B, T), -1, dtype=torch.long)   # example number within the row, -1 = pad
     for b, r in enumerate(rows):
-        n = len(r)
-        input_ids[b, :n] = torch.tensor(r.input_ids, dtype=torch.long)
-        weights[b, :n] = torch.tensor(r.loss_weights, dtype=torch.float32)
-        positions[b, :n] = torch.tensor(r.position_ids, dtype=torch.long)
-        segment[b, :n] = torch.repeat_interleave(torch.arange(len(r.lengths)), torch.tensor(r.lengths))
+        row_lengths = r.lengths
+        n = sum(row_lengths)
+        input_ids[b, :n] = as_tensor(r.input_ids)
+        weights[b, :n] = as_tensor(r.loss_weights)
+        positions[b, :n] = _positions(row_lengths)
+        segment[b, :n] = torch.repeat_interleave(torch.arange(len(row_lengths)), torch.tensor(row_lengths))
     return {"input_ids": input_ids, "loss_weights": weights, "position_ids": positions,
             "attention_mask": _block_causal_mask(segment, mask_dtype), **common}
+
+
+def _positions(lengths: Sequence[int]):
+    """0, 1, ..., n-1 for every length, concatenated (int64)."""
+    import torch
+
+    ends = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+    starts = torch.repeat_interleave(ends - torch.tensor(lengths, dtype=torch.long), torch.tensor(lengths))
+    return torch.arange(int(ends[-1])) - starts
 
 
 def _block_causal_mask(segment, mask_dtype):

@@ -346,7 +346,7 @@ class TrainData:
         mine = rows[s * per_step:(s + 1) * per_step][rank::world]
         if not mine:  # a partial last step left this rank without a row: it still has to join the
             # gradient all-reduce, so it runs one padding token of weight 0 (zero gradient)
-            mine = [PackedRow((self.pad_id,), (0.0,), (0,), (1,), (-1,))]
+            mine = [PackedRow.from_tokens((self.pad_id,), (0.0,), example_indices=(-1,))]
         return [collate(mine[i:i + o.micro_batch_size], self.pad_id)
                 for i in range(0, len(mine), o.micro_batch_size)]
 

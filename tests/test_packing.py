@@ -107,8 +107,10 @@ def test_errors_name_the_example_and_the_fix():
         pack([Ex([1, 2, 3], [0, 1])], 8)
     with pytest.raises(ValueError, match="no tokens"):
         pad_rows([Ex([], [])], 8)
-    with pytest.raises(ValueError, match="must agree"):
-        PackedRow((1, 2), (0.0,), (0, 1), (2,), (0,))
+    with pytest.raises(ValueError, match="2 input_ids but 1 loss_weights"):
+        PackedRow.from_tokens((1, 2), (0.0,))
+    with pytest.raises(ValueError, match="lengths sum to 3"):
+        PackedRow.from_tokens((1, 2), (0.0, 1.0), lengths=(1, 2))
 
 
 def test_packs_20k_long_tailed_examples_fast_and_tight():

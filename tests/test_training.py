@@ -338,8 +338,7 @@ def test_packed_attention_equals_the_block_mask():
     def row(lengths):
         ids = [rng.randrange(300) for _ in range(sum(lengths))]
         weights = [float(rng.random() < 0.6) for _ in ids]
-        return PackedRow(tuple(ids), tuple(weights), tuple(p for n in lengths for p in range(n)),
-                         tuple(lengths), tuple(range(len(lengths))))
+        return PackedRow.from_tokens(ids, weights, lengths)
 
     batch = collate([row((30, 1, 1, 25)), row((40, 17)), row((9,))], pad_id=2)
     assert _blocks(batch["attention_mask"][0, 0]) == [(0, 30), (30, 32), (32, 57)]
