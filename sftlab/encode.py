@@ -284,8 +284,10 @@ class _Truncation:
         starts = {s.index: s.start for s in layout.spans}
         if encoding is None or g < 2 or any(grp[0] not in starts for grp in self.groups):
             return [float(len(self.full))] + [float("-inf")] * (g - 1)  # no estimate: try from the last
-        token_starts = [a for a, _ in encoding.offsets]
-        before = [bisect.bisect_left(token_starts, starts[grp[0]]) for grp in self.groups]
+        before = [encoding.char_to_token(starts[grp[0]]) for grp in self.groups]
+        if None in before:  # a start no token covers (an empty message at the end): count by offsets
+            token_starts = [a for a, _ in encoding.offsets]
+            before = [bisect.bisect_left(token_starts, starts[grp[0]]) for grp in self.groups]
         return [float(len(self.full) - (b - before[0])) for b in before]
 
     def messages(self, k: int) -> list[Message]:
@@ -371,9 +373,8 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         from tqdm import tqdm
 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
-    for b in range(0, len(convs), batch_size):
-        chunk = convs[b:b + batch_size]
-        results = _encode_chunk(enc, chunk, max_length, last_turn_only)
+    for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
+        _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
         for conv, result in zip(chunk, results):
             if isinstance(result, str):
                 quarantined.append(_quarantine_entry(conv, result))
@@ -386,9 +387,32 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     return examples, quarantined
 
 
-def _encode_chunk(enc: _Encoder, chunk: Sequence[Conversation], max_length: int | None,
-                  last_turn_only: bool) -> list[EncodedExample | str]:
-    """One result per conversation: its example, or the reason it is quarantined."""
+def _rendered_and_tokenized(enc: _Encoder, convs: Sequence[Conversation], batch_size: int):
+    """``(chunk, results, layouts, encodings)`` per batch of ``batch_size`` conversations.
+
+    The tokenizer works on batch i+1 in a background thread (it releases the GIL) while the
+    caller builds the examples of batch i, so rendering and weighting overlap tokenization.
+    ``results[j]`` is already the quarantine reason where chunk[j] could not be rendered.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def tokenize(layouts: dict[int, Layout]):
+        return enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftlab-tokenize") as pool:
+        ahead = None
+        for b in range(0, len(convs), batch_size):
+            chunk = convs[b:b + batch_size]
+            results, layouts = _render_chunk(enc, chunk)
+            submitted = (chunk, results, layouts, pool.submit(tokenize, layouts))
+            if ahead is not None:
+                yield *ahead[:3], ahead[3].result()
+            ahead = submitted
+        if ahead is not None:
+            yield *ahead[:3], ahead[3].result()
+
+
+def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, dict[int, Layout]]:
     results: list = [None] * len(chunk)
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
@@ -396,10 +420,14 @@ def _encode_chunk(enc: _Encoder, chunk: Sequence[Conversation], max_length: int 
             layouts[j] = _layout(enc, conv.messages)
         except TemplateError as e:
             results[j] = _reason(e)
-    order = list(layouts)
-    encodings = enc.backend.encode_batch([layouts[j].text for j in order], add_special_tokens=False)
+    return results, layouts
+
+
+def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, layouts: dict[int, Layout],
+                  encodings, max_length: int | None, last_turn_only: bool) -> None:
+    """Fill ``results`` with each conversation's example, or the reason it is quarantined."""
     long: dict[int, _Truncation] = {}
-    for j, encoding in zip(order, encodings):
+    for j, encoding in zip(layouts, encodings):
         conv = chunk[j]
         try:
             ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding)
@@ -409,7 +437,6 @@ def _encode_chunk(enc: _Encoder, chunk: Sequence[Conversation], max_length: int 
                 results[j] = _check_trained(ex)
         except (EncodingError, TemplateError) as e:
             results[j] = _reason(e)
-    del encodings
     # Truncated conversations: the first candidate of each, tokenized in one batch.
     firsts: dict[int, Layout] = {}
     for j, t in long.items():
@@ -428,7 +455,6 @@ def _encode_chunk(enc: _Encoder, chunk: Sequence[Conversation], max_length: int 
             results[j] = _check_trained(t.search(enc, last_turn_only, first))
         except (EncodingError, TemplateError) as e:
             results[j] = _reason(e)
-    return results
 
 
 def _reason(e: Exception) -> str:

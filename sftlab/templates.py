@@ -173,43 +173,54 @@ def _format_jinja(f: _Format) -> str:
     return "".join(lines)
 
 
+_PIECES: dict = {}
+
+
+def _format_pieces(f: _Format, eos: str) -> tuple:
+    """The format's strings with ``{eos}`` filled in, computed once per (format, eos)."""
+    key = (id(f), eos)
+    if key not in _PIECES:
+        sub = (lambda s: s.replace("{eos}", eos))
+        default_system = None if f.default_system is None else sub(f.default_system + f.suffix["system"])
+        _PIECES[key] = (f, sub(f.bos), default_system, {r: sub(p) for r, p in f.prefix.items()},
+                        {r: sub(p) for r, p in f.suffix.items()}, sub("".join(f.eot)), sub(f.generation_prompt))
+    return _PIECES[key][1:]
+
+
 def _format_layout(f: _Format, messages: list[dict], eos: str, add_generation_prompt: bool) -> Layout:
     """Render with a built-in format, recording each content span as the text is built."""
-    sub = (lambda s: s.replace("{eos}", eos))
-    parts: list[str] = []
-    pos = 0
+    bos, default_system, prefixes, suffixes, eot, generation_prompt = _format_pieces(f, eos)
+    parts: list[str] = [bos]
+    pos = len(bos)
     spans: list[Span] = []
-
-    def put(s: str) -> None:
-        nonlocal pos
-        parts.append(s)
-        pos += len(s)
-
-    put(sub(f.bos))
-    if f.default_system is not None and messages and messages[0]["role"] != "system":
-        put(sub(f.default_system + f.suffix["system"]))
+    if default_system is not None and messages and messages[0]["role"] != "system":
+        parts.append(default_system)
+        pos += len(default_system)
     pending_system: tuple[int, str] | None = None
-    eot = sub("".join(f.eot))
     for i, m in enumerate(messages):
         role, content = m["role"], m["content"]
         if role == "system" and f.merge_system:
             pending_system = (i, content)
             continue
-        if role not in f.prefix:
+        prefix = prefixes.get(role)
+        if prefix is None:
             raise TemplateError(f"the {f.name} format has no {role} role")
-        put(sub(f.prefix[role]))
+        parts.append(prefix)
+        pos += len(prefix)
         if role == "user" and pending_system is not None:
             spans.append(Span(pending_system[0], "system", pos, pos + len(pending_system[1])))
-            put(pending_system[1] + "\n\n")
+            parts.append(pending_system[1] + "\n\n")
+            pos += len(pending_system[1]) + 2
             pending_system = None
         start = pos
-        put(content)
-        suffix = sub(f.suffix[role])
-        eot_end = pos + len(eot) if role == "assistant" else None
-        spans.append(Span(i, role, start, pos, eot_end))
-        put(suffix)
+        parts.append(content)
+        pos += len(content)
+        spans.append(Span(i, role, start, pos, pos + len(eot) if role == "assistant" else None))
+        suffix = suffixes[role]
+        parts.append(suffix)
+        pos += len(suffix)
     if add_generation_prompt:
-        put(sub(f.generation_prompt))
+        parts.append(generation_prompt)
     return Layout("".join(parts), tuple(spans))
 
 
