@@ -12,9 +12,12 @@ into the tokenizer of a trained model, so ``apply_chat_template`` reproduces the
 A test checks that both renderings agree for every built-in.
 
 For a Jinja template the spans are derived from incremental renderings: the content of message i
-lies between the rendering of ``messages[:i]`` and that of ``messages[:i+1]``. That holds only when
-each prefix rendering is a prefix of the whole rendering; templates that re-render history (for
-example by dropping earlier reasoning) are detected and reported, never silently mis-masked.
+lies between the rendering of ``messages[:i]`` and that of ``messages[:i+1]``, at the place where
+the template puts a probe string given as message i's content (so an answer "d" is found where
+the answer is, not inside ``<|im_end|>``). That holds only when each prefix rendering is a prefix
+of the whole rendering, up to a closing string the template writes once after the last message
+(an eos); templates that re-render history (for example by dropping earlier reasoning) are
+detected and reported, never silently mis-masked.
 
 Example::
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -279,14 +283,21 @@ def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
     except TemplateError:
         region_start = 0
     deferred: list[int] = []  # system messages some templates fold into the next user turn
+    closing: str | None = None  # what the template writes once after the last message (e.g. eos)
     for i, m in enumerate(messages):
         prefix = _render_jinja(t, messages[:i + 1], False)
-        if not text.startswith(prefix):
-            raise TemplateError(
-                f"template '{t.name}' is not prefix-stable: rendering messages[:{i + 1}] is not a prefix "
-                f"of the whole conversation (the template re-renders earlier turns), so message spans "
-                f"cannot be derived exactly; use a built-in template or one with stable history")
         region_end = len(prefix)
+        if not text.startswith(prefix):
+            common = len(os.path.commonprefix([prefix, text]))
+            tail = prefix[common:]
+            if closing is None:
+                closing = tail
+            if tail != closing or not text.endswith(tail) or i + 1 == len(messages):
+                raise TemplateError(
+                    f"template '{t.name}' is not prefix-stable: rendering messages[:{i + 1}] is not a prefix "
+                    f"of the whole conversation (the template re-renders earlier turns), so message spans "
+                    f"cannot be derived exactly; use a built-in template or one with stable history")
+            region_end = common
         for j in deferred:
             start = _find_content(text, messages[j]["content"], region_start, region_end, last=False)
             if start is None:
@@ -294,12 +305,14 @@ def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
             spans.append(_span(text, messages[j], j, start, region_end, t.end_of_turn))
             region_start = spans[-1].end
         deferred = []
-        search_from = region_start
-        if m["role"] == "assistant":
-            gp = _render_jinja(t, messages[:i], True)
-            if text.startswith(gp) and len(gp) >= region_start:
-                search_from = len(gp)
-        start = _find_content(text, m["content"], search_from, region_end)
+        start = _placed(t, messages, i, text, region_start, region_end)
+        if start is None:
+            search_from = region_start
+            if m["role"] == "assistant":
+                gp = _render_jinja(t, messages[:i], True)
+                if text.startswith(gp) and len(gp) >= region_start:
+                    search_from = len(gp)
+            start = _find_content(text, m["content"], search_from, region_end)
         if start is None:
             if m["role"] == "system" and i + 1 < len(messages):
                 deferred.append(i)
@@ -312,8 +325,43 @@ def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
     return Layout(text, tuple(sorted(spans, key=lambda s: s.index)))
 
 
+_PROBE = "sftlab0probe0c7e1f"
+
+
+def _placed(t: ChatTemplate, messages: list[dict], i: int, text: str, lo: int, hi: int) -> int | None:
+    """Where message i's content starts: where the template puts a probe content in its place.
+
+    Found by rendering ``messages[:i]`` plus message i with the probe as its content; the position
+    is used when the rendering agrees with ``text`` up to it and the content (as it is, or
+    trimmed) is there. A search for the content itself can land in scaffolding that happens to
+    contain the same characters (an answer "d" inside ``<|im_end|>``); the probe cannot.
+    ``None`` when the template does not place the probe (it folds the message elsewhere, or
+    rewrites the content); the caller then searches.
+    """
+    probe = [*messages[:i], {**messages[i], "content": _PROBE}]
+    try:
+        rendered = _render_jinja(t, probe, False)
+    except TemplateError:
+        return None
+    k = rendered.find(_PROBE, lo)
+    if k < 0 or k > hi or rendered.find(_PROBE, k + 1) >= 0 or not text.startswith(rendered[:k]):
+        return None
+    content = messages[i]["content"]
+    if _content_at(text, content, k) is None and content.strip():
+        return None
+    return k
+
+
+def _content_at(text: str, content: str, start: int) -> str | None:
+    """The form of ``content`` (as given, or with whitespace trimmed) that ``text`` has at ``start``."""
+    for c in (content, content.lstrip(), content.rstrip(), content.strip()):
+        if c and text.startswith(c, start):
+            return c
+    return None
+
+
 def _span(text: str, m: dict, i: int, start: int, region_end: int, end_of_turn: tuple[str, ...]) -> Span:
-    content = m["content"] if text.startswith(m["content"], start) else m["content"].strip()
+    content = _content_at(text, m["content"], start) or ""
     end = start + len(content)
     eot_end = _eot_end(text, end, region_end, end_of_turn) if m["role"] == "assistant" else None
     return Span(i, m["role"], start, end, eot_end)

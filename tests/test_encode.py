@@ -162,6 +162,29 @@ def test_prefix_unstable_template_is_reported_not_mis_masked(tok):
         encode(conv("q1", "a1", "q2", "a2"), tok, unstable)
 
 
+@pytest.mark.parametrize("name", [*BUILTIN_TEMPLATES, *JINJA])
+@pytest.mark.parametrize("answer", ["d", "end", "im", "|>", "t", "\n", "user"])
+def test_answers_that_also_spell_scaffolding_are_masked_where_they_are(tok, name, answer):
+    """A one-letter answer ("d") also occurs inside ``<|im_end|>``; the mask must cover the answer."""
+    template = get_template(JINJA.get(name, name), tok)
+    ex = encode(conv("Pick a, b, c or d.", answer, system=None), tok, template)
+    runs = [tok.decode(r) for r in trained_runs(ex)]
+    content = answer.strip() if name == "llama3_like" else answer
+    assert len(runs) == 1
+    assert runs[0].lstrip(" ") == content.lstrip(" ") + template.end_of_turn[0]
+
+
+def test_a_closing_token_written_once_after_the_last_message_is_not_history_rerendering(tok):
+    """Like Phi-4-mini's template: eos after the whole conversation, not after each turn."""
+    closing = ("{%- for message in messages %}{{- '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+               "{%- endfor %}{%- if add_generation_prompt %}{{- '<|assistant|>' }}{%- else %}{{- eos_token }}{%- endif %}")
+    template = get_template(closing, tok)
+    ex = encode(conv("q1", "a1", "q2", "d"), tok, template)
+    assert [tok.decode(r) for r in trained_runs(ex)] == ["a1<|end|>", "d<|end|>"]
+    text = template.render([{"role": m.role, "content": m.content} for m in conv("q1", "a1", "q2", "d").messages])
+    assert text.endswith("<|end|></s>") and ex.input_ids == tok(text, add_special_tokens=False).input_ids
+
+
 def test_template_that_rewrites_content_is_reported(tok):
     upper = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | upper"
              " + '<|im_end|>\\n' }}{%- endfor %}")
