@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sftlab.arrays import TokenArray, loss_weights, token_ids
+from sftlab.arrays import TokenArray, gc_paused, loss_weights, token_ids
 from sftlab.conversation import Conversation, Message, Origin
 from sftlab.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
@@ -373,15 +373,16 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         from tqdm import tqdm
 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
-    for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
-        _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
-        for conv, result in zip(chunk, results):
-            if isinstance(result, str):
-                quarantined.append(_quarantine_entry(conv, result))
-            else:
-                examples.append(result)
-        if bar is not None:
-            bar.update(len(chunk))
+    with gc_paused():
+        for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
+            _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
+            for conv, result in zip(chunk, results):
+                if isinstance(result, str):
+                    quarantined.append(_quarantine_entry(conv, result))
+                else:
+                    examples.append(result)
+            if bar is not None:
+                bar.update(len(chunk))
     if bar is not None:
         bar.close()
     return examples, quarantined

@@ -36,7 +36,7 @@ from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
-from sftlab.arrays import TokenArray, as_tensor, token_ids
+from sftlab.arrays import TokenArray, as_tensor, gc_paused, token_ids
 from sftlab.arrays import loss_weights as weight_array
 
 __all__ = ["PackedRow", "pack", "pad_rows", "packing_efficiency", "packing_stats",
@@ -230,10 +230,11 @@ def pack(examples: Sequence[Any], max_length: int, *, buffer_size: int | None = 
     if step < 1:
         raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
     rows: list[PackedRow] = []
-    for start in range(0, len(lengths), step):
-        block = lengths[start:start + step]
-        for group in _best_fit_decreasing(block, max_length):
-            rows.append(_make_row(examples, [start + j for j in group]))
+    with gc_paused():
+        for start in range(0, len(lengths), step):
+            block = lengths[start:start + step]
+            for group in _best_fit_decreasing(block, max_length):
+                rows.append(_make_row(examples, [start + j for j in group]))
     return rows
 
 

@@ -48,3 +48,23 @@ def test_as_tensor_reads_the_buffer_without_aliasing():
     assert w.dtype == torch.float32 and w.tolist() == [0.5, 1.0]
     assert as_tensor([1, 2]).tolist() == [1, 2]
     assert as_tensor(token_ids([]), dtype=torch.long).numel() == 0
+
+
+def test_gc_paused_restores_the_collector_state_even_on_error():
+    import gc
+
+    from sftlab.arrays import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # was off before: stays off
+    finally:
+        gc.enable()
