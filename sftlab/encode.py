@@ -222,6 +222,19 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
     the tokenizer's encoding of ``layout.text`` when the caller already has it (batched)."""
     layout = layout if layout is not None else _layout(enc, messages)
     trained = _trained_messages(messages, last_turn_only)
+    rewritten = sorted(set(trained) & set(layout.rewritten))
+    if rewritten:
+        raise EncodingError(
+            f"the {enc.template.name} template rewrites the content of assistant message(s) {rewritten} "
+            f"(beyond trimming whitespace), so its tokens cannot be masked as that content; train other "
+            f"turns only (train: false on it) or use a template that renders content verbatim")
+    rerendered = sorted(set(trained) & set(layout.rerendered))
+    if rerendered:
+        raise EncodingError(
+            f"the {enc.template.name} template renders assistant message(s) {rerendered} differently once "
+            f"the conversation goes on (it re-renders earlier turns, e.g. drops their reasoning), so their "
+            f"tokens here are not what the model generates at that turn and cannot be trained exactly; "
+            f"train the final turn only (encoding.last_turn_only: true, or train: false on earlier turns)")
     weights = None
     if encoding is not None and not enc._injected(layout):
         ids = encoding.ids

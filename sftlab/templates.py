@@ -16,8 +16,12 @@ lies between the rendering of ``messages[:i]`` and that of ``messages[:i+1]``, a
 the template puts a probe string given as message i's content (so an answer "d" is found where
 the answer is, not inside ``<|im_end|>``). That holds only when each prefix rendering is a prefix
 of the whole rendering, up to a closing string the template writes once after the last message
-(an eos); templates that re-render history (for example by dropping earlier reasoning) are
-detected and reported, never silently mis-masked.
+(an eos). Templates that re-render history (for example by dropping earlier reasoning) or
+rewrite content are detected and reported, never silently mis-masked: their spans are then
+certified on the whole rendering (the conversation rendered with a probe in one message's place
+must equal the real rendering outside that message), and the ``Layout`` lists the messages that
+are not rendered as the model generates them (``rerendered``) or not verbatim (``rewritten``);
+``sftlab.encode`` refuses to train those, so only a final turn can be trained with such templates.
 
 Example::
 
@@ -63,6 +67,15 @@ class Span:
 class Layout:
     text: str
     spans: tuple[Span, ...]
+    rerendered: tuple[int, ...] = ()
+    """Assistant messages this rendering does not show as the model generates them: the template
+    re-renders them once the conversation goes on (for example it drops their reasoning), so
+    their tokens here are not what follows the generation prompt at their turn. Their spans are
+    exact in this text, but they must not be trained (``sftlab.encode`` refuses)."""
+    rewritten: tuple[int, ...] = ()
+    """Messages whose content the template changes beyond trimming (strips reasoning, upper-cases,
+    ...): their span is the text the template wrote in the content's place, which is kept from
+    becoming control tokens like content, but cannot be trained (``sftlab.encode`` refuses)."""
 
 
 @dataclass(frozen=True)
@@ -275,8 +288,106 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
     return rendered[0]
 
 
+class _PrefixUnstable(TemplateError):
+    """A prefix rendering is not a prefix of the whole rendering."""
+
+
+class _NotVerbatim(TemplateError):
+    """A message's content is not in the rendering as it was given (or trimmed)."""
+
+
 def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> Layout:
     text = _render_jinja(t, messages, add_generation_prompt)
+    try:
+        return _incremental_layout(t, messages, text)
+    except (_PrefixUnstable, _NotVerbatim):
+        probed = _probed_spans(t, messages, text, add_generation_prompt)
+        if probed is None:
+            raise
+    spans, rewritten = probed
+    rerendered = tuple(i for i, m in enumerate(messages)
+                       if m["role"] == "assistant" and not _as_generated(t, messages, i, text))
+    return Layout(text, spans, rerendered, rewritten)
+
+
+def _probed_spans(t: ChatTemplate, messages: list[dict], text: str, add_generation_prompt: bool):
+    """``(spans, rewritten)`` for a template that re-renders history or rewrites content, or
+    ``None`` when the spans cannot be certified.
+
+    Message i is located by rendering the whole conversation with a probe string as its content:
+    when the real rendering is that rendering with the probe replaced by some text, character for
+    character, that text is what the template wrote for the content. It is the content's span;
+    when it is not the content (as given, or trimmed) the message is ``rewritten``. A message the
+    template does not render at all (the probe appears nowhere and the rendering is the same)
+    has no span.
+    """
+    spans, rewritten = [], []
+    for i, m in enumerate(messages):
+        found = _replaced_by_probe(t, messages, i, text, add_generation_prompt)
+        if found is None:
+            found = _followed_by_probe(t, messages, i, text, add_generation_prompt)
+        if found is None:
+            return None
+        if found == ():
+            continue  # not rendered: nothing of it reaches the tokens
+        start, end = found
+        if _content_at(text[:end], m["content"], start) != text[start:end] and text[start:end] != m["content"]:
+            rewritten.append(i)
+        eot_end = _eot_end(text, end, len(text), t.end_of_turn) if m["role"] == "assistant" else None
+        spans.append(Span(i, m["role"], start, end, eot_end))
+    return tuple(spans), tuple(rewritten)
+
+
+def _render_probe(t: ChatTemplate, messages: list[dict], i: int, content: str, add_generation_prompt: bool):
+    """The rendering with message i's content replaced, and the probe's one position in it."""
+    try:
+        rendered = _render_jinja(t, [*messages[:i], {**messages[i], "content": content}, *messages[i + 1:]],
+                                 add_generation_prompt)
+    except TemplateError:
+        return None, -1
+    k = rendered.find(_PROBE)
+    return (rendered, k) if rendered.find(_PROBE, k + 1) < 0 or k < 0 else (None, -1)
+
+
+def _replaced_by_probe(t, messages, i, text, add_generation_prompt):
+    """``(start, end)`` of what the template writes for message i's content, ``()`` when it writes
+    nothing, ``None`` when the rendering with the probe as content does not certify it."""
+    rendered, k = _render_probe(t, messages, i, _PROBE, add_generation_prompt)
+    if rendered is None:
+        return None
+    if k < 0:
+        return () if rendered == text else None
+    after = rendered[k + len(_PROBE):]
+    end = len(text) - len(after)
+    if end < k or not text.startswith(rendered[:k]) or not text.endswith(after):
+        return None
+    return k, end
+
+
+def _followed_by_probe(t, messages, i, text, add_generation_prompt):
+    """``(start, end)`` of message i's verbatim content, certified by rendering it with the probe
+    appended: for templates that lay content out by its own structure (a reasoning block), which
+    a bare probe would not have. ``None`` when that does not certify it."""
+    content = messages[i]["content"]
+    rendered, p = _render_probe(t, messages, i, content + _PROBE, add_generation_prompt)
+    if rendered is None or p < 0 or rendered[:p] != text[:p] or rendered[p + len(_PROBE):] != text[p:]:
+        return None
+    form = next((f for f in (content, content.lstrip()) if f and text.endswith(f, 0, p)), None)
+    return (p - len(form), p) if form is not None else None
+
+
+def _as_generated(t: ChatTemplate, messages: list[dict], i: int, text: str) -> bool:
+    """Whether assistant message i appears in ``text`` as the model generates it: after the
+    generation prompt of its turn, rendered as it is when it is the last message."""
+    try:
+        prompt = _render_jinja(t, messages[:i], True)
+        own = _render_jinja(t, messages[:i + 1], False)
+    except TemplateError:
+        return False
+    return text.startswith(prompt) and (i + 1 == len(messages) or text.startswith(own))
+
+
+def _incremental_layout(t: ChatTemplate, messages: list[dict], text: str) -> Layout:
     spans = []
     try:
         region_start = len(_render_jinja(t, [], False)) if messages else 0
@@ -293,7 +404,7 @@ def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
             if closing is None:
                 closing = tail
             if tail != closing or not text.endswith(tail) or i + 1 == len(messages):
-                raise TemplateError(
+                raise _PrefixUnstable(
                     f"template '{t.name}' is not prefix-stable: rendering messages[:{i + 1}] is not a prefix "
                     f"of the whole conversation (the template re-renders earlier turns), so message spans "
                     f"cannot be derived exactly; use a built-in template or one with stable history")
@@ -368,7 +479,7 @@ def _span(text: str, m: dict, i: int, start: int, region_end: int, end_of_turn: 
 
 
 def _not_verbatim(t: ChatTemplate, i: int, role: str) -> TemplateError:
-    return TemplateError(
+    return _NotVerbatim(
         f"template '{t.name}' transforms message {i} ({role}) so that its content does not "
         f"appear verbatim in the rendering; its tokens cannot be masked exactly")
 

@@ -158,8 +158,15 @@ def test_prefix_unstable_template_is_reported_not_mis_masked(tok):
     unstable = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' }}"
                 "{%- if message['role'] == 'assistant' and not loop.last %}{{- '(earlier)' }}{%- else %}"
                 "{{- message['content'] }}{%- endif %}{{- '<|im_end|>\\n' }}{%- endfor %}")
-    with pytest.raises(EncodingError, match="not prefix-stable"):
+    with pytest.raises(EncodingError, match=r"message\(s\) \[2\] differently .* re-renders earlier turns"):
         encode(conv("q1", "a1", "q2", "a2"), tok, unstable)
+    ex = encode(conv("q1", "a1", "q2", "a2"), tok, unstable, last_turn_only=True)
+    assert [tok.decode(r) for r in trained_runs(ex)] == ["a2<|im_end|>"]
+    # Even the final turn is refused when it does not follow its generation prompt.
+    reversed_ = ("{%- for message in messages | reverse %}{{- '<|im_start|>' + message['role'] + '\\n' "
+                 "+ message['content'] + '<|im_end|>\\n' }}{%- endfor %}")
+    with pytest.raises(EncodingError, match=r"message\(s\) \[4\] differently"):
+        encode(conv("q1", "a1", "q2", "a2"), tok, reversed_, last_turn_only=True)
 
 
 @pytest.mark.parametrize("name", [*BUILTIN_TEMPLATES, *JINJA])
@@ -183,6 +190,52 @@ def test_a_closing_token_written_once_after_the_last_message_is_not_history_rere
     assert [tok.decode(r) for r in trained_runs(ex)] == ["a1<|end|>", "d<|end|>"]
     text = template.render([{"role": m.role, "content": m.content} for m in conv("q1", "a1", "q2", "d").messages])
     assert text.endswith("<|end|></s>") and ex.input_ids == tok(text, add_special_tokens=False).input_ids
+
+
+# Like Qwen3's template: the last assistant turn gets a (possibly empty) reasoning block; earlier
+# turns are re-rendered without their reasoning once the conversation goes on.
+REASONING_LIKE = (
+    "{%- for message in messages %}{%- if message.role == 'assistant' %}{%- set content = message.content %}"
+    "{%- set reasoning = '' %}{%- if '</think>' in content %}"
+    "{%- set reasoning = content.split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.last %}{{- '<|im_start|>assistant\\n<think>\\n' + reasoning + '\\n</think>\\n\\n' + content + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def test_history_rerendering_template_trains_the_final_turn_only(tok):
+    template = get_template(REASONING_LIKE, tok)
+    with pytest.raises(EncodingError, match=r"message\(s\) \[2\] differently.*last_turn_only"):
+        encode(conv("q1", "A1", "q2", "d"), tok, template)  # A1 loses the reasoning block it had as the last turn
+    c = conv("q1", "<think>\nfirst thoughts\n</think>\n\nA1", "q2 <|im_start|>assistant", "d")
+    with pytest.raises(EncodingError, match=r"rewrites the content of assistant message\(s\) \[2\]"):
+        encode(c, tok, template)
+    ex = encode(c, tok, template, last_turn_only=True)
+    assert [tok.decode(r) for r in trained_runs(ex)] == ["d<|im_end|>"]
+    text = template.render([{"role": m.role, "content": m.content} for m in c.messages])
+    assert "first thoughts" not in text and "A1<|im_end|>" in text
+    # The ids are the template's own rendering, with content that spells a control token kept as text.
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert ex.input_ids.count(start) == text.count("<|im_start|>") - 1
+    plain = text.replace("q2 <|im_start|>assistant", "q2 x")
+    assert ex.input_ids.count(start) == tok(plain, add_special_tokens=False).input_ids.count(start)
+
+
+def test_final_turn_with_reasoning_in_the_templates_own_layout_is_trained_verbatim(tok):
+    template = get_template(REASONING_LIKE, tok)
+    final = "<think>\nsecond thoughts\n</think>\n\nA2"  # exactly as the template lays a last turn out
+    c = conv("q1", "<think>\nfirst\n</think>\n\nA1", "q2", final)
+    ex = encode(c, tok, template, last_turn_only=True)
+    assert [tok.decode(r) for r in trained_runs(ex)] == [final + "<|im_end|>"]
+
+
+def test_content_rewritten_in_a_trained_turn_is_reported(tok):
+    template = get_template(REASONING_LIKE, tok)
+    c = conv("q1", "<think>reasoning</think>answer")  # the final turn is re-written as a block + "answer"
+    with pytest.raises(EncodingError):
+        encode(c, tok, template, last_turn_only=True)
 
 
 def test_template_that_rewrites_content_is_reported(tok):
