@@ -1,6 +1,9 @@
 # Two entry points, each doing its own set-up on a machine with only Python 3.11:
 #   make demo   - create .venv, install sftlab and the demo model, run `sftlab demo`
 #   make test   - create .venv with the test extras, run the whole test suite
+# and the benchmarks against TRL (BENCHMARKS.md):
+#   make bench  - install the bench extras (TRL, pinned by ../shared/bench when present), run
+#                 bench/compare_trl.py and bench/scaling.py, JSON into bench-results/
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +11,9 @@ BIN    := $(VENV)/bin
 # build on local disk, while an unpinned torch pulls a multi-GB CUDA build. pyproject keeps a range.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test clean
+BENCH_PINS := $(wildcard ../shared/bench/requirements-bench.txt)
+
+.PHONY: venv demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +36,15 @@ demo: $(VENV)/.demo-model
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[bench]" $(if $(BENCH_PINS),-c $(BENCH_PINS))
+	touch $@
+
+bench: $(VENV)/.bench
+	mkdir -p bench-results
+	$(BIN)/python bench/compare_trl.py --out bench-results/compare.json
+	$(BIN)/python bench/scaling.py --out bench-results/scaling.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
