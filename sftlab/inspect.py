@@ -144,14 +144,21 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
     results = []
     for name, conv in probe_conversations(t.control_tokens).items():
+        last_turn_only = False
         try:
             ex, views = annotate(conv, tokenizer, t)
         except Exception as e:  # the template rejects this shape (e.g. no tool role): reported, not fatal
-            results.append({"probe": name, "status": "unsupported", "reason": str(e), "turns": []})
-            continue
+            try:  # a template that re-renders earlier turns can still train the final one
+                if "last_turn_only" not in str(e):
+                    raise
+                ex, views = annotate(conv, tokenizer, t, last_turn_only=True)
+                last_turn_only = True
+            except Exception:
+                results.append({"probe": name, "status": "unsupported", "reason": str(e), "turns": []})
+                continue
         turns, ok = [], True
         owners = _owners(views)
-        for idx in conv.assistant_indices:
+        for idx in conv.assistant_indices[-1:] if last_turn_only else conv.assistant_indices:
             trained = tokenizer.decode([v.id for v, o in zip(views, owners) if v.weight > 0 and o == idx])
             expected = conv.messages[idx].content + (t.end_of_turn[0] if t.end_of_turn else "")
             exact = trained == expected
@@ -161,9 +168,11 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
             ok &= exact or merged
         injected = [v.text for v in views if v.role != "template" and v.id in special_ids]
         ok &= bool(t.end_of_turn)  # without a marker the model never learns to stop
-        results.append({"probe": name, "status": "ok" if ok and not injected else "mismatch",
-                        "control_tokens_from_content": injected, "turns": turns,
-                        "no_end_of_turn": not t.end_of_turn})
+        status = "mismatch" if not ok or injected else ("last turn only" if last_turn_only else "ok")
+        results.append({"probe": name, "status": status, "control_tokens_from_content": injected, "turns": turns,
+                        "no_end_of_turn": not t.end_of_turn,
+                        **({"reason": "the template re-renders earlier turns: only the final turn can be trained "
+                                      "(encoding.last_turn_only: true)"} if last_turn_only else {})})
     return results
 
 

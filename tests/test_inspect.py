@@ -45,6 +45,17 @@ def test_check_template_passes_for_builtins_and_flags_a_merging_template():
     assert any(r["status"] == "mismatch" for r in results)
 
 
+def test_check_template_reports_a_history_rerendering_template_as_last_turn_only():
+    from tests.test_encode import REASONING_LIKE
+
+    tok = build_tokenizer()
+    results = {r["probe"]: r for r in check_template(tok, REASONING_LIKE)}
+    assert results["multi-turn"]["status"] == "last turn only"
+    assert "last_turn_only" in results["multi-turn"]["reason"]
+    assert [t["exact"] for t in results["multi-turn"]["turns"]] == [True]
+    assert not any(r["status"] == "mismatch" for r in results.values())
+
+
 def test_check_template_cli_exit_codes(tok_dir, capsys):
     assert main(["check-template", "--tokenizer", str(tok_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
