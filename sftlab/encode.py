@@ -213,7 +213,14 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 
 
 def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
-    return enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
+    layout = enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
+    if not layout.text.isascii():
+        try:
+            layout.text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a Conversation built in code, not read by sftlab.formats
+            raise TemplateError(f"unpaired surrogate at character {e.start} of the rendering: not valid "
+                                "Unicode text, no tokenizer can encode it") from None
+    return layout
 
 
 def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_turn_only: bool,

@@ -109,9 +109,26 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None) -> Conver
         messages = _alpaca(row)
     else:
         messages = _prompt_completion(row)
+    _check_unicode(messages, fmt)
     meta = _metadata(row)
     extra = _extra(row, fmt)
     return Conversation(messages=tuple(messages), extra=extra, origin=origin, **meta)
+
+
+def _check_unicode(messages: list[Message], fmt: str) -> None:
+    """JSON can spell an unpaired surrogate (``"\\ud800"``), which is no Unicode text: no tokenizer
+    can encode it, so the record is refused here, naming the message."""
+    for i, m in enumerate(messages):
+        if m.content.isascii():
+            continue
+        try:
+            m.content.encode("utf-8")
+        except UnicodeEncodeError as e:
+            field = f"messages[{i}].content" if fmt == "openai" else f"message {i} ({m.role}) content"
+            raise RecordError(
+                "invalid_text", f"unpaired surrogate U+{ord(m.content[e.start]):04X} at character {e.start}: "
+                "not valid Unicode text, no tokenizer can encode it; fix: repair the \\u escape (a surrogate "
+                "pair needs both halves)", field=field, message_index=i) from None
 
 
 def _message_list(items: Any, field: str, sharegpt: bool, offset: int = 0) -> list[Message]:

@@ -117,8 +117,7 @@ class LoadReport:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 for e in self.quarantined:
-                    f.write(json.dumps(e.to_dict(), ensure_ascii=False, default=str))
-                    f.write("\n")
+                    f.write(quarantine_line(e.to_dict()))
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -272,3 +271,15 @@ def _raw_id(raw: Any) -> str | None:
     if rid is None and isinstance(raw.get("meta"), dict):
         rid = raw["meta"].get("id")
     return str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+
+
+def quarantine_line(entry: dict) -> str:
+    """One quarantine entry as a JSON line. Text stays readable (not \\u-escaped) unless the record
+    holds what UTF-8 cannot carry (an unpaired surrogate from a JSON escape): that entry is
+    written with escapes, so the record is kept exactly as it was read."""
+    line = json.dumps(entry, ensure_ascii=False, default=str)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(entry, ensure_ascii=True, default=str)
+    return line + "\n"

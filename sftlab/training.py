@@ -382,6 +382,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
     data.gen_prompts = _generation_prompts(cfg)
     if write:
+        from sftlab.loading import quarantine_line
         from sftlab.report.mask_preview import write_mask_preview
 
         write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
@@ -389,7 +390,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         (run / "data").mkdir(parents=True, exist_ok=True)
         with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for entry in quarantine:
-                f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+                f.write(quarantine_line(entry))
         data.failed_checks = _write_stats(run, cfg, train_report, held_report, policy)
     return data
 

@@ -317,3 +317,12 @@ def test_truncation_keeps_as_many_late_exchanges_as_fit(tok):
         assert ex.dropped_turns == 2 * k
         ex = encode(c, tok, "chatml", max_length=lengths[k] + 1)  # one token more changes nothing
         assert ex.dropped_turns == 2 * k
+
+
+def test_text_no_tokenizer_can_encode_is_quarantined_not_a_crash(tok):
+    """A Conversation built in code with an unpaired surrogate: one record refused, the batch goes on."""
+    bad = conv("\ud800 broken", "ok")
+    examples, quarantined = encode_all([MULTI, bad, MULTI], tok, "chatml")
+    assert len(examples) == 2 and "unpaired surrogate" in quarantined[0]["reason"]
+    with pytest.raises(EncodingError, match="unpaired surrogate"):
+        encode(bad, tok, "chatml")

@@ -46,6 +46,13 @@ def test_jsonl_rows_and_bad_rows(tmp_path):
     assert s.describe()["n"] == 3
 
 
+def test_prompt_no_tokenizer_can_encode_is_a_bad_row(tmp_path):
+    p = _jsonl(tmp_path / "p.jsonl", ['{"id": "s", "prompt": "broken \\ud800 text"}', {"id": "ok", "prompt": "fine"}])
+    s = load_prompt_set(str(p))
+    assert [q.id for q in s.prompts] == ["ok"]
+    assert s.bad_rows[0]["line"] == 1 and "unpaired surrogate" in s.bad_rows[0]["reason"]
+
+
 def test_xstest_layout(tmp_path):
     p = tmp_path / "xstest.csv"
     p.write_text("id,prompt,type,label,focus,note\n"

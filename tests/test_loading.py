@@ -116,6 +116,19 @@ def test_invalid_utf8_line_is_quarantined_and_the_rest_is_read(tmp_path):
     assert report.accepted == 2
 
 
+def test_unpaired_surrogate_escape_is_quarantined_and_written_back_losslessly(tmp_path):
+    """JSON may spell "\\ud800", which no tokenizer can encode: refused at load, never a crash later."""
+    bad = '{"id": "s", "messages": [{"role": "user", "content": "caf\\u00e9 \\ud800!"}, {"role": "assistant", "content": "ok"}]}'
+    path = write_jsonl(tmp_path / "d.jsonl", [good(0), bad, good(2)])
+    report = load_files([path])
+    e = only_entry(report)
+    assert (e.code, e.line, e.field, e.message_index) == ("invalid_text", 2, "messages[0].content", 0)
+    assert "U+D800 at character 5" in e.reason and report.accepted == 2
+    out = report.write_quarantine(tmp_path / "q.jsonl")
+    (line,) = out.read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["record"] == json.loads(bad)  # the record as it was read, escapes kept
+
+
 def test_invalid_utf8_inside_a_json_array(tmp_path):
     path = tmp_path / "d.json"
     path.write_bytes(b'[' + json.dumps(good(0)).encode() + b', {"instruction": "caf\xe9", '

@@ -186,6 +186,12 @@ def _messages(row: dict) -> tuple[tuple[tuple[str, str], ...] | None, str | None
     system = row.get("system")
     if isinstance(system, str) and system and out[0][0] != "system":
         out.insert(0, ("system", system))
+    for role, content in out:
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return None, (f"{role} text: unpaired surrogate at character {e.start}: not valid Unicode text, "
+                          "no tokenizer can encode it (repair the \\u escape)")
     return tuple(out), None
 
 
