@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from sftlab.attention import use_packed_attention
 from sftlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
 from sftlab.cli import UsageError
 from sftlab.config import TrainConfig
@@ -210,71 +211,6 @@ def load_model_and_tokenizer(cfg: TrainConfig):
                                                  target_modules=list(cfg.lora.target_modules)))
     model.train()
     return model, tokenizer, template, role_tokens
-
-
-# -- packed attention ----------------------------------------------------------------------------
-
-PACKED_ATTENTION = "sftlab_packed_sdpa"
-
-
-def use_packed_attention(model) -> bool:
-    """Run attention example by example inside packed rows, when the model uses SDPA.
-
-    ``collate`` gives a block-diagonal causal mask; SDPA with that mask still computes every
-    T x T score of a row. Cutting the row at its example boundaries and running causal SDPA on
-    each block computes only sum(n_i^2) of them, with the same result (the masked scores get
-    zero weight either way). Models whose attention needs more than a causal mask (sliding
-    windows, soft-capping), calls without a block mask, and KV caches keep transformers' SDPA.
-    Returns whether it was switched on.
-    """
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
-    AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
-    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
-    model.set_attn_implementation(PACKED_ATTENTION)
-    return True
-
-
-def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    plain = (attention_mask is None or attention_mask.dtype != torch.bool or attention_mask.dim() != 4
-             or query.shape[2] != key.shape[2] or kwargs.get("sliding_window") or kwargs.get("softcap"))
-    if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    B, H, T, D = query.shape  # key, value: [B, H_kv, T, D]
-    if key.shape[1] != H:
-        key, value = (x.repeat_interleave(H // x.shape[1], dim=1) for x in (key, value))
-    out = query.new_empty(B, H, T, value.shape[-1])
-    for b in range(B):
-        for s, e in _blocks(attention_mask[b, 0]):
-            out[b:b + 1, :, s:e] = torch.nn.functional.scaled_dot_product_attention(
-                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                is_causal=True, dropout_p=dropout, scale=scaling)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _blocks(mask) -> list[tuple[int, int]]:
-    """``[(start, end)]`` of the examples of one row from its [T, T] block-causal mask: a new
-    example starts where a token may not see the one before it. Runs of one-token blocks
-    (padding, where each token sees only itself) become one block: a one-token example has no
-    target of its own and nothing after it in its example, so what it sees changes no loss."""
-    T = mask.shape[-1]
-    t = torch.arange(1, T, device=mask.device)
-    bounds = [0, *(torch.nonzero(~mask[t, t - 1]).flatten() + 1).tolist(), T]
-    blocks: list[tuple[int, int]] = []
-    in_run = False  # the last block is a run of one-token blocks
-    for s, e in zip(bounds[:-1], bounds[1:]):
-        if e - s == 1 and in_run:
-            blocks[-1] = (blocks[-1][0], e)
-        else:
-            blocks.append((s, e))
-            in_run = e - s == 1
-    return blocks
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:

@@ -330,7 +330,7 @@ def test_packed_attention_equals_the_block_mask():
     from sftlab.objective import micro_batch_loss
     from sftlab.packing import PackedRow, collate
     from sftlab.tiny import build_model
-    from sftlab.training import _blocks, use_packed_attention
+    from sftlab.attention import _blocks, use_packed_attention
 
     model = build_model(300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64).train()
     rng = random.Random(0)
