@@ -326,3 +326,14 @@ def test_text_no_tokenizer_can_encode_is_quarantined_not_a_crash(tok):
     assert len(examples) == 2 and "unpaired surrogate" in quarantined[0]["reason"]
     with pytest.raises(EncodingError, match="unpaired surrogate"):
         encode(bad, tok, "chatml")
+
+
+def test_encode_all_in_two_processes_gives_the_same_examples_in_order(tok):
+    convs = [conv(f"question {i}", f"answer {i} " * (i % 7 + 1)) for i in range(60)]
+    convs[17] = conv("q", Message("assistant", "a", train=False))  # quarantined in both
+    one, q1 = encode_all(convs, tok, "chatml", max_length=120)
+    two, q2 = encode_all(convs, tok, "chatml", max_length=120, num_proc=2, batch_size=8)
+    assert len(one) + len(q1) == 60 and len(one) > 30 and any("no trained token" in q["reason"] for q in q1)
+    assert [e.input_ids for e in one] == [e.input_ids for e in two]
+    assert [e.loss_weights for e in one] == [e.loss_weights for e in two]
+    assert [q["reason"] for q in q1] == [q["reason"] for q in q2]
