@@ -84,6 +84,11 @@ def detect_format(row: dict[str, Any]) -> str:
         return "alpaca"
     if row.get("prompt") is not None and "completion" in row:
         return "prompt_completion"
+    for key, what in (("messages", "a list of messages"), ("conversations", "a list of messages"),
+                      ("prompt", "a string or a list of messages"), ("instruction", "a string")):
+        if key in row:  # present but null (a column of a table where this row has none)
+            raise RecordError("bad_messages", f"expected {what}, got {_kind(row[key])}; fix: fill it in or "
+                              "drop the record", field=key)
     keys = ", ".join(sorted(map(str, row))) or "none"
     raise RecordError(
         "unknown_format",
@@ -250,8 +255,11 @@ def _prompt_completion(row: dict[str, Any]) -> list[Message]:
     prompt, completion = row["prompt"], row.get("completion")
     if isinstance(prompt, str):
         messages.append(Message("user", prompt))
-    else:
+    elif isinstance(prompt, list):
         messages += _message_list(prompt, "prompt", sharegpt=False, offset=len(messages))
+    else:
+        raise RecordError("non_string_content", f"expected a string or a messages list, got {_kind(prompt)}",
+                          field="prompt", message_index=len(messages))
     if isinstance(completion, str):
         messages.append(Message("assistant", completion))
     elif isinstance(completion, list):

@@ -114,6 +114,20 @@ def test_unknown_layout_lists_the_keys():
     assert "answer, question" in str(e) and "'messages'" in str(e)
 
 
+def test_null_or_wrongly_typed_conversation_fields_name_the_field():
+    """Table formats (Parquet, datasets) give every row every column, null where a row has none."""
+    for row, field, got in (({"messages": None}, "messages", "null"),
+                            ({"conversations": None, "id": "x"}, "conversations", "null"),
+                            ({"prompt": None, "completion": "c"}, "prompt", "null"),
+                            ({"instruction": None, "output": "o"}, "instruction", "null"),
+                            ({"prompt": b"bytes", "completion": "c"}, "prompt", "bytes")):
+        e = error(row)
+        assert e.field == field and f"got {got}" in e.reason, (row, e)
+    # A null column next to a filled one of another format is simply not that format.
+    assert to_conversation({"messages": None, "prompt": "What is 2+2?", "completion": "4"}).messages \
+        == USER_ASSISTANT
+
+
 def test_metadata_top_level_and_under_meta_and_extra_fields():
     row = {"messages": [{"role": "user", "content": "What is 2+2?"},
                         {"role": "assistant", "content": "4"}],
