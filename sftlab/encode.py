@@ -303,7 +303,7 @@ class _Truncation:
         g = len(self.groups)
         starts = {s.index: s.start for s in layout.spans}
         if encoding is None or g < 2 or any(grp[0] not in starts for grp in self.groups):
-            return [float(len(self.full))] + [float("-inf")] * (g - 1)  # no estimate: try from the last
+            return [float(len(self.full))] + [float("-inf")] * (g - 1)  # no estimate: walk up from one drop
         before = [encoding.char_to_token(starts[grp[0]]) for grp in self.groups]
         if None in before:  # a start no token covers (an empty message at the end): count by offsets
             token_starts = [a for a, _ in encoding.offsets]

@@ -346,7 +346,9 @@ def _render_probe(t: ChatTemplate, messages: list[dict], i: int, content: str, a
     except TemplateError:
         return None, -1
     k = rendered.find(_PROBE)
-    return (rendered, k) if rendered.find(_PROBE, k + 1) < 0 or k < 0 else (None, -1)
+    if k >= 0 and rendered.find(_PROBE, k + 1) >= 0:
+        return None, -1  # the template writes the content twice: no one place to certify
+    return rendered, k
 
 
 def _replaced_by_probe(t, messages, i, text, add_generation_prompt):
