@@ -284,7 +284,11 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
         rendered, _ = render_jinja_template(conversations=[messages], chat_template=t.source,
                                             add_generation_prompt=add_generation_prompt, **t.special)
     except Exception as e:  # jinja2 TemplateError, raise_exception(), a template bug
-        raise TemplateError(f"template '{t.name}' failed to render: {type(e).__name__}: {e}") from None
+        hint = ""
+        if "system" in str(e).lower() and any(m["role"] == "system" for m in messages):
+            hint = ("; the template takes no system message: drop it, or use the built-in 'gemma' or "
+                    "'mistral' format, which fold it into the first user turn")
+        raise TemplateError(f"template '{t.name}' failed to render: {type(e).__name__}: {e}{hint}") from None
     return rendered[0]
 
 

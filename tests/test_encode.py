@@ -337,3 +337,12 @@ def test_encode_all_in_two_processes_gives_the_same_examples_in_order(tok):
     assert [e.input_ids for e in one] == [e.input_ids for e in two]
     assert [e.loss_weights for e in one] == [e.loss_weights for e in two]
     assert [q["reason"] for q in q1] == [q["reason"] for q in q2]
+
+
+def test_template_that_takes_no_system_message_says_what_to_do(tok):
+    no_system = ("{%- if messages[0]['role'] == 'system' %}{{- raise_exception('System role not supported') }}"
+                 "{%- endif %}{%- for message in messages %}{{- '<start_of_turn>' + message['role'] + '\\n' "
+                 "+ message['content'] + '<end_of_turn>\\n' }}{%- endfor %}")
+    with pytest.raises(EncodingError, match="System role not supported.*built-in 'gemma'"):
+        encode(conv("q", "a", system="S"), tok, no_system)
+    assert encode(conv("q", "a", system=None), tok, no_system).trained_tokens > 0
