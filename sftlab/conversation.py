@@ -77,3 +77,21 @@ class Conversation:
                 d["weight"] = m.weight
             msgs.append(d)
         return {"messages": msgs, **self.metadata()}
+
+
+def unpaired_surrogate(text: str) -> int | None:
+    """Index of the first unpaired surrogate in ``text``, or ``None`` when it is Unicode text.
+
+    JSON can spell one (``"\\ud800"``) and Python keeps it, but it is no character: UTF-8 cannot
+    carry it and no tokenizer can encode it.
+
+        >>> unpaired_surrogate("café"), unpaired_surrogate("ok \\ud800")
+        (None, 3)
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sftlab.arrays import TokenArray, gc_paused, loss_weights, token_ids
-from sftlab.conversation import Conversation, Message, Origin
+from sftlab.conversation import Conversation, Message, Origin, unpaired_surrogate
 from sftlab.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
 
@@ -214,12 +214,10 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 
 def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
     layout = enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
-    if not layout.text.isascii():
-        try:
-            layout.text.encode("utf-8")
-        except UnicodeEncodeError as e:  # a Conversation built in code, not read by sftlab.formats
-            raise TemplateError(f"unpaired surrogate at character {e.start} of the rendering: not valid "
-                                "Unicode text, no tokenizer can encode it") from None
+    at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.formats
+    if at is not None:
+        raise TemplateError(f"unpaired surrogate at character {at} of the rendering: not valid "
+                            "Unicode text, no tokenizer can encode it")
     return layout
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sftlab.conversation import ROLES, Conversation, Message, Origin
+from sftlab.conversation import ROLES, Conversation, Message, Origin, unpaired_surrogate
 
 META_FIELDS = ("id", "task", "slice", "source", "license", "policy_category", "expected")
 EXPECTED_VALUES = ("refuse", "comply")
@@ -121,19 +121,16 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None) -> Conver
 
 
 def _check_unicode(messages: list[Message], fmt: str) -> None:
-    """JSON can spell an unpaired surrogate (``"\\ud800"``), which is no Unicode text: no tokenizer
-    can encode it, so the record is refused here, naming the message."""
+    """Refuse a record whose text holds an unpaired surrogate (see ``unpaired_surrogate``), naming
+    the message."""
     for i, m in enumerate(messages):
-        if m.content.isascii():
-            continue
-        try:
-            m.content.encode("utf-8")
-        except UnicodeEncodeError as e:
+        at = unpaired_surrogate(m.content)
+        if at is not None:
             field = f"messages[{i}].content" if fmt == "openai" else f"message {i} ({m.role}) content"
             raise RecordError(
-                "invalid_text", f"unpaired surrogate U+{ord(m.content[e.start]):04X} at character {e.start}: "
+                "invalid_text", f"unpaired surrogate U+{ord(m.content[at]):04X} at character {at}: "
                 "not valid Unicode text, no tokenizer can encode it; fix: repair the \\u escape (a surrogate "
-                "pair needs both halves)", field=field, message_index=i) from None
+                "pair needs both halves)", field=field, message_index=i)
 
 
 def _message_list(items: Any, field: str, sharegpt: bool, offset: int = 0) -> list[Message]:

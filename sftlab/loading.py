@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.cli import UsageError
-from sftlab.conversation import Conversation, Origin
+from sftlab.conversation import Conversation, Origin, unpaired_surrogate
 from sftlab.formats import RecordError, to_conversation
 
 from sftlab.readers import DEFAULT_MAX_RECORD_BYTES, RawItem, check_readable, sources
@@ -278,8 +278,6 @@ def quarantine_line(entry: dict) -> str:
     holds what UTF-8 cannot carry (an unpaired surrogate from a JSON escape): that entry is
     written with escapes, so the record is kept exactly as it was read."""
     line = json.dumps(entry, ensure_ascii=False, default=str)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
+    if unpaired_surrogate(line) is not None:
         line = json.dumps(entry, ensure_ascii=True, default=str)
     return line + "\n"

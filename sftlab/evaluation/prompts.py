@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.cli import UsageError
+from sftlab.conversation import unpaired_surrogate
 from sftlab.evaluation.answers import answer_problem
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
@@ -187,10 +188,9 @@ def _messages(row: dict) -> tuple[tuple[tuple[str, str], ...] | None, str | None
     if isinstance(system, str) and system and out[0][0] != "system":
         out.insert(0, ("system", system))
     for role, content in out:
-        try:
-            content.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return None, (f"{role} text: unpaired surrogate at character {e.start}: not valid Unicode text, "
+        at = unpaired_surrogate(content)
+        if at is not None:
+            return None, (f"{role} text: unpaired surrogate at character {at}: not valid Unicode text, "
                           "no tokenizer can encode it (repair the \\u escape)")
     return tuple(out), None
 
