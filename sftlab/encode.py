@@ -319,11 +319,12 @@ class _Truncation:
         kept = self.messages(k)
         return _build(enc, self.conv, kept, last_turn_only, len(self.conv.messages) - len(kept), layout, encoding)
 
-    def search(self, enc: _Encoder, last_turn_only: bool, first: EncodedExample | None = None) -> EncodedExample:
-        """The example with the fewest drops that fits (``first``: the encoded first candidate)."""
-        if len(self.groups) < 2:
+    def search(self, enc: _Encoder, last_turn_only: bool, first: EncodedExample | None) -> EncodedExample:
+        """The example with the fewest drops that fits; ``first`` is candidate ``self.k``, encoded
+        (``None`` when there is no exchange to drop)."""
+        if first is None:
             return self._reject(self.full)
-        best = first if first is not None else self.cut(enc, self.k, last_turn_only)
+        best = first
         while len(best) > self.max_length and self.k < len(self.groups) - 1:
             self.k += 1
             best = self.cut(enc, self.k, last_turn_only)
@@ -357,17 +358,14 @@ def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, 
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    conv = as_conversation(conversation)
+    chunk = [as_conversation(conversation)]
     enc = _encoder(tokenizer, template)
-    try:
-        layout = _layout(enc, conv.messages)
-        encoding = enc.backend.encode(layout.text, add_special_tokens=False)
-        ex = _build(enc, conv, conv.messages, last_turn_only, 0, layout, encoding)
-        if max_length is not None and len(ex) > max_length:
-            ex = _Truncation(conv, ex, layout, encoding, max_length).search(enc, last_turn_only)
-    except TemplateError as e:
-        raise EncodingError(str(e)) from None
-    return _check_trained(ex)
+    results, layouts = _render_chunk(enc, chunk)
+    encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
+    _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
+    if isinstance(results[0], str):
+        raise EncodingError(results[0])
+    return results[0]
 
 
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
