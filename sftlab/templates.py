@@ -335,7 +335,7 @@ def _probed_spans(t: ChatTemplate, messages: list[dict], text: str, add_generati
         if found == ():
             continue  # not rendered: nothing of it reaches the tokens
         start, end = found
-        if _content_at(text[:end], m["content"], start) != text[start:end] and text[start:end] != m["content"]:
+        if text[start:end] not in _forms(m["content"]):
             rewritten.append(i)
         eot_end = _eot_end(text, end, len(text), t.end_of_turn) if m["role"] == "assistant" else None
         spans.append(Span(i, m["role"], start, end, eot_end))
@@ -378,6 +378,7 @@ def _followed_by_probe(t, messages, i, text, add_generation_prompt):
     rendered, p = _render_probe(t, messages, i, content + _PROBE, add_generation_prompt)
     if rendered is None or p < 0 or rendered[:p] != text[:p] or rendered[p + len(_PROBE):] != text[p:]:
         return None
+    # The probe follows the content, so only leading whitespace can have been trimmed.
     form = next((f for f in (content, content.lstrip()) if f and text.endswith(f, 0, p)), None)
     return (p - len(form), p) if form is not None else None
 
@@ -455,13 +456,8 @@ def _placed(t: ChatTemplate, messages: list[dict], i: int, text: str, lo: int, h
     ``None`` when the template does not place the probe (it folds the message elsewhere, or
     rewrites the content); the caller then searches.
     """
-    probe = [*messages[:i], {**messages[i], "content": _PROBE}]
-    try:
-        rendered = _render_jinja(t, probe, False)
-    except TemplateError:
-        return None
-    k = rendered.find(_PROBE, lo)
-    if k < 0 or k > hi or rendered.find(_PROBE, k + 1) >= 0 or not text.startswith(rendered[:k]):
+    rendered, k = _render_probe(t, messages[:i + 1], i, _PROBE, False)
+    if rendered is None or not lo <= k <= hi or not text.startswith(rendered[:k]):
         return None
     content = messages[i]["content"]
     if _content_at(text, content, k) is None and content.strip():
@@ -469,9 +465,14 @@ def _placed(t: ChatTemplate, messages: list[dict], i: int, text: str, lo: int, h
     return k
 
 
+def _forms(content: str) -> tuple[str, ...]:
+    """``content`` as given and with whitespace trimmed (templates often trim), in that order."""
+    return tuple(dict.fromkeys((content, content.lstrip(), content.rstrip(), content.strip())))
+
+
 def _content_at(text: str, content: str, start: int) -> str | None:
-    """The form of ``content`` (as given, or with whitespace trimmed) that ``text`` has at ``start``."""
-    for c in (content, content.lstrip(), content.rstrip(), content.strip()):
+    """The form of ``content`` (see ``_forms``) that ``text`` has at ``start``."""
+    for c in _forms(content):
         if c and text.startswith(c, start):
             return c
     return None
