@@ -63,13 +63,9 @@ class PackedRow:
     example_indices: tuple[int, ...]
     """Index of each example in the list given to ``pack`` / ``pad_rows``."""
 
-    def __post_init__(self):
+    def __post_init__(self):  # examples are checked where rows are made (pack, pad_rows, from_tokens)
         if len(self.examples) != len(self.example_indices):
             raise ValueError("PackedRow: one example index per example expected")
-        for ex in self.examples:
-            if len(ex.input_ids) != len(ex.loss_weights):
-                raise ValueError(f"PackedRow: an example has {len(ex.input_ids)} input_ids but "
-                                 f"{len(ex.loss_weights)} loss_weights")
 
     @classmethod
     def from_tokens(cls, input_ids: Sequence[int], loss_weights: Sequence[float],
@@ -127,7 +123,7 @@ class PackedRow:
 def _concat(parts: Iterable, make) -> TokenArray:
     out = make(())
     for p in parts:
-        out.extend(p if isinstance(p, TokenArray) and p.typecode == out.typecode else make(p))
+        out.extend(make(p))  # make returns a TokenArray of its kind as it is: a buffer copy
     return out
 
 
