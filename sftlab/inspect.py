@@ -144,17 +144,17 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
     results = []
     for name, conv in probe_conversations(t.control_tokens).items():
-        last_turn_only = False
+        last_turn_only, reason = False, None
         try:
             ex, views = annotate(conv, tokenizer, t)
         except Exception as e:  # the template rejects this shape (e.g. no tool role): reported, not fatal
-            try:  # a template that re-renders earlier turns can still train the final one
-                if "last_turn_only" not in str(e):
-                    raise
+            reason = str(e)
+        if reason is not None:  # a template that re-renders earlier turns can still train the final one
+            try:
                 ex, views = annotate(conv, tokenizer, t, last_turn_only=True)
                 last_turn_only = True
             except Exception:
-                results.append({"probe": name, "status": "unsupported", "reason": str(e), "turns": []})
+                results.append({"probe": name, "status": "unsupported", "reason": reason, "turns": []})
                 continue
         turns, ok = [], True
         owners = _owners(views)
@@ -170,9 +170,7 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
         ok &= bool(t.end_of_turn)  # without a marker the model never learns to stop
         status = "mismatch" if not ok or injected else ("last turn only" if last_turn_only else "ok")
         results.append({"probe": name, "status": status, "control_tokens_from_content": injected, "turns": turns,
-                        "no_end_of_turn": not t.end_of_turn,
-                        **({"reason": "the template re-renders earlier turns: only the final turn can be trained "
-                                      "(encoding.last_turn_only: true)"} if last_turn_only else {})})
+                        "no_end_of_turn": not t.end_of_turn, **({"reason": reason} if last_turn_only else {})})
     return results
 
 

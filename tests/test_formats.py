@@ -188,3 +188,11 @@ def test_unknown_role_and_non_string_content():
     assert e.code == "bad_messages"
     e = error({"messages": ["hello"]})
     assert e.code == "bad_message" and e.field == "messages[0]"
+
+
+def test_conversation_doctests():
+    import doctest
+
+    import sftlab.conversation
+
+    assert doctest.testmod(sftlab.conversation).failed == 0
