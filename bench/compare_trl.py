@@ -12,7 +12,7 @@ masks), fp32 on the CPU, one process for data preparation:
 - packing efficiency (example tokens / (rows x max_length)) at 1024 and 4096, and the share of
   the data's tokens that did not make it into a row (TRL truncates long examples, sftlab drops
   whole early turns and quarantines what still does not fit);
-- training: real (non-pad) tokens/s of the real training loops (``sftlab.training.train`` and
+- training: real (non-pad) tokens/s of the real training loops (``sftlab.train.loop.train`` and
   ``SFTTrainer.train``) over ``--steps`` optimizer steps after ``--warmup`` steps, one 1,024-token
   row x gradient accumulation 4 (the same tokens per optimizer step), and the peak RSS of the
   process, each run in its own subprocess so that memory is not shared;
@@ -76,9 +76,9 @@ def prep_sftlab(a) -> dict:
     """load_files, then ``repeat`` x (encode_all + pack) at max_length; efficiency at each length."""
     from transformers import AutoTokenizer
 
-    from sftlab.encode import encode_all
-    from sftlab.loading import load_files
-    from sftlab.packing import pack, packing_efficiency
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.data.loading import load_files
+    from sftlab.tokens.packing import pack, packing_efficiency
 
     tok = AutoTokenizer.from_pretrained(a.model)
     t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def prep_sftlab(a) -> dict:
 def tokenizer_floor(tok, convs, repeat: int) -> list[float]:
     """Seconds the tokenizer alone takes on every rendered conversation, in one batch call: what
     any preparation that tokenizes the same text with this tokenizer must spend at least."""
-    from sftlab.templates import get_template
+    from sftlab.tokens.templates import get_template
 
     template = get_template("chatml", tok)
     texts = [template.render([{"role": m.role, "content": m.content} for m in c.messages]) for c in convs]
@@ -180,8 +180,8 @@ def data_tokens(a) -> dict:
     """Tokens of every training conversation, untruncated (the same ids TRL gets)."""
     from transformers import AutoTokenizer
 
-    from sftlab.encode import encode_all
-    from sftlab.loading import load_files
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.data.loading import load_files
 
     tok = AutoTokenizer.from_pretrained(a.model)
     examples, _ = encode_all(load_files([Path(a.data) / "train.jsonl"]).conversations, tok, "chatml")
@@ -189,10 +189,10 @@ def data_tokens(a) -> dict:
 
 
 def train_sftlab(a) -> dict:
-    """``sftlab.training.train`` on the whole training file; steps timed from the loop's calls
+    """``sftlab.train.loop.train`` on the whole training file; steps timed from the loop's calls
     for each step's micro-batches (the start of step k+1 ends step k)."""
-    from sftlab.config import TrainConfig
-    from sftlab.training import TrainData, train
+    from sftlab.train.config import TrainConfig
+    from sftlab.train.loop import TrainData, train
 
     marks: list[tuple[float, float, int]] = []  # wall, cpu, real tokens of the step
     original = TrainData.micro_batches
@@ -276,10 +276,10 @@ def heldout_loss(a) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from sftlab.encode import encode_all
-    from sftlab.loading import load_files
-    from sftlab.objective import micro_batch_loss, step_normaliser
-    from sftlab.packing import collate, pack
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.data.loading import load_files
+    from sftlab.model.objective import micro_batch_loss, step_normaliser
+    from sftlab.tokens.packing import collate, pack
 
     datasets.disable_progress_bars()
     tok = AutoTokenizer.from_pretrained(a.model)

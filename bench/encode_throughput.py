@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Encoding throughput: chat template + response-only masks (+ packing) on the shared benchmark set.
 
-What it measures: conversations/s and tokens/s of ``sftlab.encode.encode_all`` with the built-in
+What it measures: conversations/s and tokens/s of ``sftlab.tokens.encoding.encode_all`` with the built-in
 ChatML template and the shared 8k byte-level BPE tokenizer, on one process and on ``--num-proc``
 processes, then best-fit-decreasing packing at 1024 tokens. Inputs come from ../shared/bench
 (``make_data.py``, ``make_model.py``); they are generated into --work when missing. Timings are
@@ -36,8 +36,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from sftlab.encode import encode_all
-    from sftlab.loading import load_files
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.data.loading import load_files
 
     data, model = ensure_inputs(Path(args.work))
     tok = AutoTokenizer.from_pretrained(model)
@@ -55,7 +55,7 @@ def main() -> None:
                           "quarantined": len(quarantined), "tokens": tokens,
                           "conversations_per_s": len(convs) / med, "tokens_per_s": tokens / med}
     try:
-        from sftlab.packing import pack, packing_efficiency
+        from sftlab.tokens.packing import pack, packing_efficiency
 
         t0 = time.perf_counter()
         rows = pack(examples, args.max_length)

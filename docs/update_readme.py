@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the README's generated sections from their single sources.
 
-- the config reference, from the field docs of ``sftlab.config`` (the same text ``sftlab train
+- the config reference, from the field docs of ``sftlab.train.config`` (the same text ``sftlab train
   --help`` prints);
 - the command list, from each sub-command's ``--help`` summary.
 
@@ -19,7 +19,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def generated() -> dict[str, str]:
     from sftlab.cli import build_parser
-    from sftlab.config import config_reference_markdown
+    from sftlab.train.config import config_reference_markdown
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

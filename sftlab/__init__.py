@@ -10,16 +10,16 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {
-    "Conversation": "sftlab.conversation",
-    "Message": "sftlab.conversation",
-    "encode": "sftlab.encode",
-    "EncodedExample": "sftlab.encode",
-    "get_template": "sftlab.templates",
-    "pack": "sftlab.packing",
-    "PackedRow": "sftlab.packing",
+    "Conversation": "sftlab.data.conversation",
+    "Message": "sftlab.data.conversation",
+    "encode": "sftlab.tokens.encoding",
+    "EncodedExample": "sftlab.tokens.encoding",
+    "get_template": "sftlab.tokens.templates",
+    "pack": "sftlab.tokens.packing",
+    "PackedRow": "sftlab.tokens.packing",
     "detect_refusal": "sftlab.evaluation.detector",
-    "Policy": "sftlab.policy",
-    "load_policy": "sftlab.policy",
+    "Policy": "sftlab.data.policy",
+    "load_policy": "sftlab.data.policy",
 }
 
 __all__ = ["__version__", *_API]

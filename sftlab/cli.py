@@ -13,13 +13,11 @@ import importlib
 import json
 import sys
 
+from sftlab.errors import UsageError
+
 # In the order of the data flow (DESIGN.md).
 COMMANDS = ("validate", "stats", "inspect", "check_template", "train", "eval", "eval_detector",
             "manifest", "report", "demo")
-
-
-class UsageError(Exception):
-    """Unusable input: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sftlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"sftlab.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"sftlab.commands.{name}":
-                continue  # a command not built yet in this checkout
-            raise
-        module.register(sub)
+        importlib.import_module(f"sftlab.commands.{name}").register(sub)
     return parser
 
 

@@ -5,12 +5,12 @@ import pickle
 import pytest
 import torch
 
-import sftlab.arrays
-from sftlab.arrays import TokenArray, as_tensor, loss_weights, token_ids
+import sftlab.tokens.arrays
+from sftlab.tokens.arrays import TokenArray, as_tensor, loss_weights, token_ids
 
 
 def test_doctests():
-    assert doctest.testmod(sftlab.arrays).failed == 0
+    assert doctest.testmod(sftlab.tokens.arrays).failed == 0
 
 
 def test_equals_lists_and_tuples_and_slices_stay_compact():
@@ -53,7 +53,7 @@ def test_as_tensor_reads_the_buffer_without_aliasing():
 def test_gc_paused_restores_the_collector_state_even_on_error():
     import gc
 
-    from sftlab.arrays import gc_paused
+    from sftlab.tokens.arrays import gc_paused
 
     assert gc.isenabled()
     with pytest.raises(RuntimeError):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from sftlab.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from sftlab.tiny import build_tiny
+from sftlab.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from sftlab.demo.tiny import build_tiny
 
 
 def _setup(seed=0):

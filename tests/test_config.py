@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftlab.config import (ConfigError, TrainConfig, config_reference_markdown,
+from sftlab.train.config import (ConfigError, TrainConfig, config_reference_markdown,
                            config_reference_text, load_config)
 
 BASE = ["model.path=tiny", "data.train=[train.jsonl]", "out=runs/a"]

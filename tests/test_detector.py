@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import sftlab
-from sftlab.cli import UsageError, main
+from sftlab.cli import main
+from sftlab.errors import UsageError
 from sftlab.evaluation.agreement import agreement, canonical_label, cohen_kappa, load_labelled
 from sftlab.evaluation.classifier import ClassifierDetector, load_detector, parse_label_map
 from sftlab.evaluation.detector import Detector, RuleDetector, detect_refusal
@@ -144,7 +145,7 @@ def _save_classifier(path, id2label):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from sftlab.tiny import build_tokenizer
+    from sftlab.demo.tiny import build_tokenizer
 
     tok = build_tokenizer(vocab_size=300)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

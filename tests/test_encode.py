@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sftlab.conversation import Conversation, Message
-from sftlab.encode import EncodingError, encode, encode_all, encode_prompt
-from sftlab.templates import BUILTIN_TEMPLATES, TemplateError, get_template
-from sftlab.tiny import build_tokenizer
+from sftlab.data.conversation import Conversation, Message
+from sftlab.tokens.encoding import EncodingError, encode, encode_all, encode_prompt
+from sftlab.tokens.templates import BUILTIN_TEMPLATES, TemplateError, get_template
+from sftlab.demo.tiny import build_tokenizer
 
 ALL_CONTROL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
                "<|end_header_id|>", "<|eot_id|>", "<s>", "</s>", "[INST]", "[/INST]", "<bos>",

@@ -8,9 +8,9 @@ from sftlab.evaluation.metrics import compute_metrics, estimate, wilson, worse_b
 from sftlab.evaluation.prompts import EvalPrompt
 from sftlab.evaluation.robustness import (alternate_name, build_conditions, default_system_prompt,
                                           safety_prompt, spreads)
-from sftlab.policy import Gate, Policy
-from sftlab.templates import get_template
-from sftlab.tiny import build_tokenizer
+from sftlab.data.policy import Gate, Policy
+from sftlab.tokens.templates import get_template
+from sftlab.demo.tiny import build_tokenizer
 
 
 @pytest.mark.parametrize("k,n,low,high", [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 from sftlab.evaluation.prompts import load_prompt_set, load_prompt_sets, parse_columns, prompt_from_row
 
 

@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from sftlab.conversation import Message, Origin
-from sftlab.formats import RecordError, detect_format, to_conversation
+from sftlab.data.conversation import Message, Origin
+from sftlab.data.formats import RecordError, detect_format, to_conversation
 
 USER_ASSISTANT = (Message("user", "What is 2+2?"), Message("assistant", "4"))
 
@@ -193,6 +193,6 @@ def test_unknown_role_and_non_string_content():
 def test_conversation_doctests():
     import doctest
 
-    import sftlab.conversation
+    import sftlab.data.conversation
 
-    assert doctest.testmod(sftlab.conversation).failed == 0
+    assert doctest.testmod(sftlab.data.conversation).failed == 0

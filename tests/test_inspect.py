@@ -6,10 +6,10 @@ import json
 import pytest
 
 from sftlab.cli import main
-from sftlab.conversation import Conversation, Message
-from sftlab.inspect import annotate, check_template, to_html
-from sftlab.templates import get_template, install_template
-from sftlab.tiny import build_tokenizer
+from sftlab.data.conversation import Conversation, Message
+from sftlab.tokens.masks import annotate, check_template, to_html
+from sftlab.tokens.templates import get_template, install_template
+from sftlab.demo.tiny import build_tokenizer
 from tests.test_encode import hand_tokenizer
 
 

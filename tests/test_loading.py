@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sftlab.cli import UsageError
-from sftlab.loading import check_conversation, load_files
-from sftlab.policy import Policy
+from sftlab.errors import UsageError
+from sftlab.data.loading import check_conversation, load_files
+from sftlab.data.policy import Policy
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"},
                      {"role": "assistant", "content": "4"}]}
@@ -86,7 +86,7 @@ def test_each_rule_names_file_line_id_and_field(tmp_path, messages, code, field,
 
 
 def test_tool_messages_between_assistant_turns_are_accepted():
-    from sftlab.formats import to_conversation
+    from sftlab.data.formats import to_conversation
 
     conv = to_conversation({"messages": msgs(
         ("system", "s"), ("user", "q"), ("assistant", "calling"), ("tool", "t1"), ("tool", "t2"),

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from sftlab.cli import main
-from sftlab.conversation import Conversation, Message
+from sftlab.data.conversation import Conversation, Message
 from sftlab.manifest import (ManifestError, RunManifest, config_hash, data_version,
                              diff_manifests, environment, read_manifest, tokenizer_fingerprint,
                              update_manifest)
@@ -134,7 +134,7 @@ def test_hashes_are_content_hashes():
     assert config_hash({"x": 1, "y": [1, 2]}) == config_hash({"y": [1, 2], "x": 1})
     assert config_hash({"x": 1}) != config_hash({"x": 2})
 
-    from sftlab.tiny import build_tokenizer
+    from sftlab.demo.tiny import build_tokenizer
     t1, t2 = build_tokenizer(), build_tokenizer()
     f1 = tokenizer_fingerprint(t1)
     assert f1["sha256"] == tokenizer_fingerprint(t2)["sha256"]

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from sftlab.encode import EncodedExample
-from sftlab.mixture import (UNSLICED, MixtureSpec, apply_loss_weights, epoch_indices, explicit_shares,
+from sftlab.tokens.encoding import EncodedExample
+from sftlab.train.mixture import (UNSLICED, MixtureSpec, apply_loss_weights, epoch_indices, explicit_shares,
                             realised_mixture, slice_sizes, target_counts, temperature_shares)
 
 SLICES = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
@@ -23,8 +23,8 @@ def assert_within(realised, requested, size):
 def test_docstring_examples_hold():
     import doctest
 
-    import sftlab.mixture
-    assert doctest.testmod(sftlab.mixture).failed == 0
+    import sftlab.train.mixture
+    assert doctest.testmod(sftlab.train.mixture).failed == 0
 
 
 def test_explicit_weights_are_realised_with_up_and_down_sampling():
@@ -103,8 +103,8 @@ def test_loss_weights_scale_as_stated_and_are_pure():
     with pytest.raises(ValueError, match="finite and >= 0"):
         apply_loss_weights(exs, {"a": -1.0})
     # the objective's denominator sees the scaled weights
-    from sftlab.objective import step_normaliser
-    from sftlab.packing import collate, pack
+    from sftlab.model.objective import step_normaliser
+    from sftlab.tokens.packing import collate, pack
     assert step_normaliser([collate(pack(out, 8), pad_id=0)]).item() == 6.5
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sftlab import models
-from sftlab.models import SOURCE_FILE, convert_gguf, gguf_cache_path, load_base_model
-from sftlab.tiny import build_tiny
+from sftlab.model import loading as models
+from sftlab.model.loading import SOURCE_FILE, convert_gguf, gguf_cache_path, load_base_model
+from sftlab.demo.tiny import build_tiny
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sftlab.objective import (check_head, chunked_token_nll, micro_batch_loss, output_head,
+from sftlab.model.objective import (check_head, chunked_token_nll, micro_batch_loss, output_head,
                               scale_for_ddp, shift_targets, step_normaliser, weighted_token_loss)
-from sftlab.packing import collate, pack, pad_rows
+from sftlab.tokens.packing import collate, pack, pad_rows
 
 VOCAB = 97
 
@@ -22,7 +22,7 @@ class Ex:
 
 @pytest.fixture(scope="module")
 def model():
-    from sftlab.tiny import build_model
+    from sftlab.demo.tiny import build_model
     torch.set_num_threads(1)
     return build_model(vocab_size=VOCAB, hidden=64, layers=2)
 
@@ -67,8 +67,8 @@ def per_token_nll(model, ex):
 def test_docstring_examples_hold():
     import doctest
 
-    import sftlab.objective
-    assert doctest.testmod(sftlab.objective).failed == 0
+    import sftlab.model.objective
+    assert doctest.testmod(sftlab.model.objective).failed == 0
 
 
 @pytest.mark.parametrize("reduction", ["token", "per_sequence"])
@@ -245,7 +245,7 @@ def test_softcapped_head_is_supported_and_an_unknown_one_is_refused():
     assert loss_c.item() == pytest.approx(loss_p.item(), rel=1e-6)
     assert rel(grad_c, grad_p) < 1e-5
 
-    from sftlab.tiny import build_model
+    from sftlab.demo.tiny import build_model
     llama = build_model(vocab_size=VOCAB, hidden=32, layers=1)
     llama.config.final_logit_softcapping = 0.5      # Llama's forward ignores it: the heads disagree
     with pytest.raises(ValueError, match="differs from the model's logits"):
@@ -271,7 +271,7 @@ def _ddp_worker(rank, world, port, out_dir):
     from safetensors.torch import save_file
     from torch.nn.parallel import DistributedDataParallel
 
-    from sftlab.tiny import build_model
+    from sftlab.demo.tiny import build_model
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:

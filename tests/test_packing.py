@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sftlab.packing import (PackedRow, collate, length_grouped_order, pack, packing_efficiency,
+from sftlab.tokens.packing import (PackedRow, collate, length_grouped_order, pack, packing_efficiency,
                             packing_stats, pad_rows)
 
 
@@ -80,8 +80,8 @@ def test_matches_bruteforce_best_fit_decreasing(seed):
 def test_docstring_examples_hold():
     import doctest
 
-    import sftlab.packing
-    assert doctest.testmod(sftlab.packing).failed == 0
+    import sftlab.tokens.packing
+    assert doctest.testmod(sftlab.tokens.packing).failed == 0
 
 
 def test_deterministic_and_pure():
@@ -180,7 +180,7 @@ def test_collate_padding_is_masked_by_the_mask_not_the_id():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from sftlab.tiny import build_model
+    from sftlab.demo.tiny import build_model
     torch.manual_seed(0)
     return build_model(vocab_size=97, hidden=64, layers=2)
 

@@ -4,8 +4,8 @@ from importlib import resources
 
 import pytest
 
-from sftlab.cli import UsageError
-from sftlab.policy import Gate, Policy, load_policy
+from sftlab.errors import UsageError
+from sftlab.data.policy import Gate, Policy, load_policy
 
 EXAMPLE = """\
 version: "2026-11-01"

@@ -83,10 +83,10 @@ def _record(id_, user, assistant, **meta):
 
 def _data(root: Path) -> dict:
     """Real input files through sftlab's loader and stats: returns the manifest's splits."""
-    from sftlab.loading import load_files
+    from sftlab.data.loading import load_files
     from sftlab.manifest import data_version
-    from sftlab.policy import load_policy
-    from sftlab.stats import compute_stats, with_files
+    from sftlab.data.policy import load_policy
+    from sftlab.data.stats import compute_stats, with_files
 
     lines = [_record(f"m{i}", f"What is {i} plus {i + 1}?", str(2 * i + 1), task="add", slice="math")
              for i in range(8)]
@@ -337,10 +337,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_mask_preview_from_real_encoding(tmp_path):
-    """The preview training writes (sftlab.inspect on a real tokenizer) renders as trained spans."""
-    from sftlab.conversation import Conversation, Message
+    """The preview training writes (sftlab.tokens.masks on a real tokenizer) renders as trained spans."""
+    from sftlab.data.conversation import Conversation, Message
     from sftlab.report.mask_preview import write_mask_preview
-    from sftlab.tiny import build_tokenizer
+    from sftlab.demo.tiny import build_tokenizer
 
     tok = build_tokenizer()
     convs = [Conversation(messages=(Message("user", "2+2?"), Message("assistant", "The answer is 4")),

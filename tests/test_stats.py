@@ -9,10 +9,10 @@ import pytest
 from datasketch import MinHash, MinHashLSH
 
 from sftlab.cli import main
-from sftlab.conversation import Conversation, Message, Origin
-from sftlab.policy import Policy
-from sftlab.dedup import LSH_WEIGHTS, MinHasher, band_keys, colliding
-from sftlab.stats import compute_stats, distribution, task_diversity
+from sftlab.data.conversation import Conversation, Message, Origin
+from sftlab.data.policy import Policy
+from sftlab.data.dedup import LSH_WEIGHTS, MinHasher, band_keys, colliding
+from sftlab.data.stats import compute_stats, distribution, task_diversity
 
 LONG = " ".join(f"w{i}" for i in range(80))  # 80 distinct words: 78 shingles
 
@@ -294,9 +294,9 @@ def test_cli_exit_2_for_unusable_input(files, capsys):
 
 
 def test_cli_token_lengths_with_a_tokenizer(files, capsys, tmp_path):
-    from sftlab.encode import encode
-    from sftlab.loading import load_files
-    from sftlab.tiny import build_tokenizer
+    from sftlab.tokens.encoding import encode
+    from sftlab.data.loading import load_files
+    from sftlab.demo.tiny import build_tokenizer
 
     tok = build_tokenizer()
     tok.save_pretrained(tmp_path / "tok")

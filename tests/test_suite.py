@@ -8,9 +8,9 @@ import pytest
 from sftlab.evaluation.answers import check_answer
 from sftlab.evaluation.detector import detect_refusal
 from sftlab.evaluation.prompts import load_prompt_set
-from sftlab.loading import load_files
-from sftlab.policy import load_policy
-from sftlab.suite import build_suite, demo_policy_path, generators
+from sftlab.data.loading import load_files
+from sftlab.data.policy import load_policy
+from sftlab.demo.suite import build_suite, demo_policy_path, generators
 
 
 @pytest.fixture(scope="module")

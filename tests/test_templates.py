@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from sftlab.encode import encode
-from sftlab.templates import add_role_tokens, get_template, install_template, missing_control_tokens
-from sftlab.tiny import build_model, build_tokenizer
+from sftlab.tokens.encoding import encode
+from sftlab.tokens.templates import add_role_tokens, get_template, install_template, missing_control_tokens
+from sftlab.demo.tiny import build_model, build_tokenizer
 
 
 def test_fingerprint_changes_with_template_and_tokenizer():

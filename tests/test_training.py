@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sftlab.checkpoint import latest_checkpoint, list_checkpoints
+from sftlab.train.checkpoint import latest_checkpoint, list_checkpoints
 from sftlab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from sftlab.tiny import build_tiny
+    from sftlab.demo.tiny import build_tiny
 
     d = tmp_path_factory.mktemp("train_assets")
     rng = random.Random(0)
@@ -122,7 +122,7 @@ def test_end_to_end_run_directory(assets, tmp_path, capsys):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftlab.templates import get_template
+    from sftlab.tokens.templates import get_template
 
     model = AutoModelForCausalLM.from_pretrained(run / "final")
     tok = AutoTokenizer.from_pretrained(run / "final")
@@ -249,7 +249,7 @@ def test_lora_saves_adapter_and_merged_model_and_counts_quarantine(assets, tmp_p
     assert (split["records"], split["accepted"], split["quarantined"]) == (41, 40, 1)
 
     # the mixture asked for: chat sampled 3:1 per slice weight, logged per epoch and in the manifest
-    from sftlab.mixture import MixtureSpec
+    from sftlab.train.mixture import MixtureSpec
 
     slices = ["chat" if i % 3 == 0 else "math" for i in range(40)]
     wanted = MixtureSpec(sampling_weights={"chat": 3.0}).shares(slices)
@@ -284,17 +284,17 @@ def test_gradient_checkpointing_and_full_logits_change_memory_not_results(assets
         runs[name] = [x for _, x in _losses(run)]
     assert runs["checkpointing"] == pytest.approx(runs["plain"], abs=1e-5)
     assert runs["full_logits"] == pytest.approx(runs["plain"], abs=1e-5)
-    from sftlab.config import load_config
-    from sftlab.training import load_model_and_tokenizer
+    from sftlab.train.config import load_config
+    from sftlab.train.loop import load_model_and_tokenizer
 
     model = load_model_and_tokenizer(load_config(_config(assets, tmp_path / "gc", gradient_checkpointing=True)))[0]
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 
 def test_steps_split_rows_over_ranks_and_a_rank_without_rows_gets_weight_zero():
-    from sftlab.config import load_config
-    from sftlab.encode import EncodedExample
-    from sftlab.training import TrainData
+    from sftlab.train.config import load_config
+    from sftlab.tokens.encoding import EncodedExample
+    from sftlab.train.loop import TrainData
 
     cfg = load_config(None, ["model.path=m", "data.train=[t]", "out=o", "packing.mode=padded",
                              "optim.micro_batch_size=1", "optim.grad_accum=2"])
@@ -327,10 +327,10 @@ def test_heldout_leakage_is_measured_before_training_and_exits_1(assets, tmp_pat
 def test_packed_attention_equals_the_block_mask():
     """Per-example causal SDPA gives the loss and gradients of SDPA under collate's block mask,
     for packed rows and a padded one (pad == eos, as in many tokenizers)."""
-    from sftlab.objective import micro_batch_loss
-    from sftlab.packing import PackedRow, collate
-    from sftlab.tiny import build_model
-    from sftlab.attention import _blocks, use_packed_attention
+    from sftlab.model.objective import micro_batch_loss
+    from sftlab.tokens.packing import PackedRow, collate
+    from sftlab.demo.tiny import build_model
+    from sftlab.model.attention import _blocks, use_packed_attention
 
     model = build_model(300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64).train()
     rng = random.Random(0)
@@ -359,7 +359,7 @@ def test_packed_attention_equals_the_block_mask():
 
 
 def test_metrics_log_on_resume_drops_what_came_after_the_checkpoint(tmp_path):
-    from sftlab.curves import MetricsLog, read_curves, read_metrics
+    from sftlab.train.curves import MetricsLog, read_curves, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [{"epoch": 0, "realised_mixture": {"a": 1.0}}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.8},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 
 
 def register(sub) -> None:
@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from sftlab.commands.inspect import load_tokenizer
-    from sftlab.inspect import check_template
-    from sftlab.templates import TemplateError, get_template
+    from sftlab.tokens.masks import check_template
+    from sftlab.tokens.templates import TemplateError, get_template
 
     tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
     try:

@@ -21,6 +21,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.demo import run_demo
+    from sftlab.demo.run import run_demo
 
     return run_demo(args.mode, args.out, seed=args.seed, resume=args.resume)

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 
 EPILOG = """\
 prompt files: JSONL rows with prompt (or messages), slice, expected (refuse|comply), optional
@@ -80,7 +80,7 @@ def _options(args):
     from sftlab.evaluation.generation import DecoderSettings
     from sftlab.evaluation.prompts import load_prompt_sets, parse_columns
     from sftlab.evaluation.robustness import CONDITIONS
-    from sftlab.policy import load_policy
+    from sftlab.data.policy import load_policy
 
     conditions = _conditions(args.conditions, "--conditions", CONDITIONS)
     reference_conditions = (None if args.reference_conditions is None else
@@ -95,7 +95,7 @@ def _options(args):
     detector = load_detector(args.detector, parse_label_map(args.label_map), args.trust_remote_code)
     heldout = None
     if args.heldout_conversations:
-        from sftlab.loading import load_files
+        from sftlab.data.loading import load_files
 
         heldout = load_files([args.heldout_conversations]).conversations
         if not heldout:

@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.cli import UsageError
+    from sftlab.errors import UsageError
     from sftlab.evaluation.agreement import agreement, load_labelled
     from sftlab.evaluation.classifier import label_all, load_detector, parse_label_map
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 
 
 def register(sub) -> None:
@@ -37,10 +37,10 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def run(args) -> int:
-    from sftlab.encode import EncodingError
-    from sftlab.inspect import annotate, to_ansi, to_html
-    from sftlab.loading import load_files
-    from sftlab.templates import TemplateError
+    from sftlab.tokens.encoding import EncodingError
+    from sftlab.tokens.masks import annotate, to_ansi, to_html
+    from sftlab.data.loading import load_files
+    from sftlab.tokens.templates import TemplateError
 
     tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
     report = load_files([args.file])

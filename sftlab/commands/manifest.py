@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def _load(path: str) -> dict[str, Any]:
-    from sftlab.cli import UsageError
+    from sftlab.errors import UsageError
     from sftlab.manifest import ManifestError, read_manifest
 
     try:

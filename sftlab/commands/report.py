@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sftlab.cli import UsageError
+    from sftlab.errors import UsageError
     from sftlab.report import write_report
     from sftlab.report.inputs import FILES, found_any
 

@@ -2,7 +2,7 @@
 
 Exit 0: every check passed; 1: something was quarantined, a refusal category has no benign
 contrast, or held-out prompts leak into training; 2: unusable input. The JSON keys are those of
-``sftlab.stats.compute_stats`` plus ``files`` and ``quarantined``.
+``sftlab.data.stats.compute_stats`` plus ``files`` and ``quarantined``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 
 _TOP = 10  # rows shown per count table
 
@@ -50,10 +50,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.loading import load_files
-    from sftlab.policy import load_policy
-    from sftlab.stats import compute_stats, with_files
-    from sftlab.templates import TemplateError
+    from sftlab.data.loading import load_files
+    from sftlab.data.policy import load_policy
+    from sftlab.data.stats import compute_stats, with_files
+    from sftlab.tokens.templates import TemplateError
 
     if not 0.0 < args.near_threshold <= 1.0:
         raise UsageError(f"--near-threshold must be in (0, 1], got {args.near_threshold}")

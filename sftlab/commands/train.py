@@ -17,7 +17,7 @@ Exit codes: 0 trained; 1 trained but records were quarantined, or stopped on a N
 
 
 def register(subparsers) -> None:
-    from sftlab.config import config_reference_text
+    from sftlab.train.config import config_reference_text
 
     p = subparsers.add_parser("train", help="fine-tune a model (full or LoRA) from a YAML config",
                               description=HELP, epilog="config keys:\n" + config_reference_text(),
@@ -33,14 +33,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftlab.cli import UsageError
-    from sftlab.config import ConfigError, load_config
+    from sftlab.errors import UsageError
+    from sftlab.train.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    from sftlab.training import train
+    from sftlab.train.loop import train
 
     code = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def _summary(out: str, code: int) -> dict:
     from pathlib import Path
 
-    from sftlab.curves import read_metrics
+    from sftlab.train.curves import read_metrics
 
     run_dir = Path(out)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []

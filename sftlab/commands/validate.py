@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 
 _SHOWN_REASONS = 5
 
@@ -38,8 +38,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.loading import load_files
-    from sftlab.policy import load_policy
+    from sftlab.data.loading import load_files
+    from sftlab.data.policy import load_policy
 
     if args.max_record_mb <= 0:
         raise UsageError(f"--max-record-mb must be > 0, got {args.max_record_mb}")

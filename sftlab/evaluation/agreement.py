@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
 
 LABEL_SYNONYMS = {

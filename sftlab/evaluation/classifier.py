@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS, RuleDetector
 
 

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
 from sftlab.evaluation.classifier import label_all
 from sftlab.evaluation.detector import RuleDetector
@@ -39,7 +39,7 @@ class EvalOptions:
     settings: DecoderSettings = field(default_factory=DecoderSettings)
     reference: str | None = None
     policy: object = None
-    """A loaded ``sftlab.policy.Policy`` or ``None``."""
+    """A loaded ``sftlab.data.policy.Policy`` or ``None``."""
     template: str | None = None
     """Built-in name or Jinja source; ``None``: the model tokenizer's own chat template."""
     alternate_template: str | None = None
@@ -68,7 +68,7 @@ class ModelEval:
 def _load_model(path: str, trust_remote_code: bool):
     import torch
 
-    from sftlab.models import load_base_model
+    from sftlab.model.loading import load_base_model
 
     if not Path(path).is_dir():
         raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
@@ -83,7 +83,7 @@ def _load_model(path: str, trust_remote_code: bool):
 
 
 def _template(spec: str | None, tok, path: str):
-    from sftlab.templates import TemplateError, get_template
+    from sftlab.tokens.templates import TemplateError, get_template
 
     try:
         return get_template(spec, tok)
@@ -112,7 +112,7 @@ def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, dete
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
                        progress=False, desc="generate") -> tuple[list[list[str]], dict]:
     """Responses for every prompt under one condition (from the cache when it has them)."""
-    from sftlab.encode import encode_prompt
+    from sftlab.tokens.encoding import encode_prompt
 
     ids = [encode_prompt(cond.messages(p), tok, cond.template) for p in prompts]
     eos, stops = stop_tokens(tok, cond.template, model)
@@ -130,7 +130,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
                    template_spec: str | None) -> ModelEval:
     """Every condition for one model directory: output rows and metrics per condition."""
     from sftlab.manifest import tokenizer_fingerprint
-    from sftlab.templates import TemplateError
+    from sftlab.tokens.templates import TemplateError
 
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
@@ -280,7 +280,7 @@ def generation_eval(model, tokenizer, template, prompts, settings=None, detector
     from sftlab.evaluation.metrics import summary_values
     from sftlab.evaluation.prompts import prompt_from_row
     from sftlab.evaluation.robustness import Condition
-    from sftlab.templates import ChatTemplate, get_template
+    from sftlab.tokens.templates import ChatTemplate, get_template
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)

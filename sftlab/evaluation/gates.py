@@ -5,7 +5,7 @@ Gates compare point estimates (DESIGN.md "Policy file"); intervals are reported 
 
 Example::
 
-    >>> from sftlab.policy import Gate
+    >>> from sftlab.data.policy import Gate
     >>> tuned = {"all": {"harmful_refusal_rate": {"value": 0.9, "k": 9, "n": 10, "low": .6, "high": .98}}}
     >>> [g["passed"] for g in check_gates([Gate(metric="harmful_refusal_rate", min=0.95)], tuned)]
     [False]

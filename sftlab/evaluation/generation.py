@@ -1,6 +1,6 @@
 """Batched generation with recorded decoder settings.
 
-Prompts are token ids (``sftlab.encode.encode_prompt``: content never becomes a control token).
+Prompts are token ids (``sftlab.tokens.encoding.encode_prompt``: content never becomes a control token).
 They are sorted by length, left-padded into batches with an explicit ``attention_mask`` (padding
 is masked by position, never by token id: pad may equal eos) and decoded with transformers'
 ``generate`` and its KV cache. Greedy by default; ``temperature > 0`` samples, seeded.

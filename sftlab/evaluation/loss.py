@@ -1,7 +1,7 @@
 """Held-out eval loss per slice: the response-only cross-entropy of the training objective.
 
-Conversations are encoded exactly as for training (``sftlab.encode.encode_all``, same template)
-and scored with ``sftlab.objective.weighted_token_loss``; the loss of a slice is the sum of
+Conversations are encoded exactly as for training (``sftlab.tokens.encoding.encode_all``, same template)
+and scored with ``sftlab.model.objective.weighted_token_loss``; the loss of a slice is the sum of
 w * nll over its examples divided by the sum of their weights (the trained tokens when every
 weight is 1), so it is comparable with the training loss. Reported as
 ``{"value", "k": None, "n": trained tokens, "low": None, "high": None}`` (no interval).
@@ -15,8 +15,8 @@ def eval_loss(model, tokenizer, template, conversations, slice_of=None) -> tuple
     """``({"all": est, slice: est, ...}, quarantined)`` for a list of conversations/records."""
     import torch
 
-    from sftlab.encode import encode_all
-    from sftlab.objective import shift_targets, weighted_token_loss
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.model.objective import shift_targets, weighted_token_loss
 
     examples, quarantined = encode_all(conversations, tokenizer, template)
     device = next(model.parameters()).device

@@ -29,8 +29,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftlab.cli import UsageError
-from sftlab.conversation import unpaired_surrogate
+from sftlab.errors import UsageError
+from sftlab.data.conversation import unpaired_surrogate
 from sftlab.evaluation.answers import answer_problem
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",

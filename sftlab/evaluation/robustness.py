@@ -43,7 +43,7 @@ class Condition:
     """How prompts are rendered in one robustness condition."""
     name: str
     template: object
-    """A ``sftlab.templates.ChatTemplate``."""
+    """A ``sftlab.tokens.templates.ChatTemplate``."""
     system: str
     """``own``: the prompt's system message, else ``system_prompt``; ``none``: no system message;
     ``replace``: ``system_prompt`` replaces any."""
@@ -99,7 +99,7 @@ def alternate_name(training_template, requested: str | None = None) -> str:
     """The alternate built-in: ``requested``, else zephyr (chatml when training used zephyr)."""
     if requested:
         return requested
-    from sftlab.templates import get_template
+    from sftlab.tokens.templates import get_template
 
     is_zephyr = training_template.name == "zephyr" or training_template.source == get_template("zephyr").source
     return "chatml" if is_zephyr else DEFAULT_ALTERNATE

@@ -1,4 +1,4 @@
-"""The data section: records per split (run.json) and ``data/stats.json`` (``sftlab.stats``).
+"""The data section: records per split (run.json) and ``data/stats.json`` (``sftlab.data.stats``).
 
 Each topic of stats.json (diversity, slices, lengths, refusals and contrasts, duplicates,
 leakage, quarantine) has its own view; a topic whose key is absent says "not recorded",

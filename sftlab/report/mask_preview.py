@@ -1,7 +1,7 @@
 """``RUN/data/mask_preview.json``: a few encoded examples, token by token, for the report.
 
 Written at training time (the tokenizer and the data are at hand then) with
-``sftlab.inspect.annotate``, so the preview is exactly what ``sftlab inspect`` shows and
+``sftlab.tokens.masks.annotate``, so the preview is exactly what ``sftlab inspect`` shows and
 what the loss saw. One example per slice first, so every slice is represented::
 
     [{"id": "math-1", "slice": "math", "trained_tokens": 5,
@@ -32,8 +32,8 @@ def _pick(conversations: Sequence[Any], n: int) -> list[Any]:
 def mask_preview(conversations: Sequence[Any], tokenizer, template=None, *, n: int = 4,
                  max_length: int | None = None, last_turn_only: bool = False) -> list[dict[str, Any]]:
     """Token views of up to ``n`` conversations (ones that cannot be encoded are skipped)."""
-    from sftlab.encode import EncodingError
-    from sftlab.inspect import annotate
+    from sftlab.tokens.encoding import EncodingError
+    from sftlab.tokens.masks import annotate
 
     out = []
     for conv in _pick(list(conversations), n * 2):

@@ -1,6 +1,6 @@
 """Generic rendering of JSON values whose exact layout this report does not own.
 
-``data/stats.json`` grows with sftlab.stats; rendering it generically (scalars as a field
+``data/stats.json`` grows with sftlab.data.stats; rendering it generically (scalars as a field
 table, a dict of dicts as a table with one row per key, a list of dicts as a table) keeps
 the report useful whatever keys a version writes.
 

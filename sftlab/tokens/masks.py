@@ -15,9 +15,9 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from sftlab.conversation import Conversation, Message
-from sftlab.encode import EncodedExample, _encoder, _exchanges, as_conversation, encode
-from sftlab.templates import ChatTemplate, TemplateError, get_template
+from sftlab.data.conversation import Conversation, Message
+from sftlab.tokens.encoding import EncodedExample, _encoder, _exchanges, as_conversation, encode
+from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
 
 
 @dataclass(frozen=True)

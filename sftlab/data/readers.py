@@ -2,7 +2,7 @@
 
 Each reader yields ``(line, raw record or raw text, problem or None)`` and never raises for a
 bad record: a line that is not JSON, is not valid UTF-8, or is absurdly large or deep comes out
-with its problem, so ``sftlab.loading`` can quarantine it and keep reading. An input that cannot
+with its problem, so ``sftlab.data.loading`` can quarantine it and keep reading. An input that cannot
 be read at all raises ``UsageError``.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sftlab.cli import UsageError
-from sftlab.formats import RecordError
+from sftlab.errors import UsageError
+from sftlab.data.formats import RecordError
 
 DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64

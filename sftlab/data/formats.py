@@ -16,7 +16,7 @@ Metadata (``id``, ``task``, ``slice``, ``source``, ``license``, ``policy_categor
 ``expected``) may sit at the top level or under ``meta``; every other field is kept as it is in
 ``Conversation.extra``. Checks that need only the row (role names, content types, ``train`` and
 ``weight`` values, metadata types) happen here; checks on the conversation as a whole (turn order,
-an assistant message to train on) live in ``sftlab.loading``.
+an assistant message to train on) live in ``sftlab.data.loading``.
 
 Example::
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sftlab.conversation import ROLES, Conversation, Message, Origin, unpaired_surrogate
+from sftlab.data.conversation import ROLES, Conversation, Message, Origin, unpaired_surrogate
 
 META_FIELDS = ("id", "task", "slice", "source", "license", "policy_category", "expected")
 EXPECTED_VALUES = ("refuse", "comply")

@@ -4,7 +4,7 @@ datasketch's ``MinHash`` updates one record at a time in Python; for 100k conver
 most of a minute. ``MinHasher`` computes the same signatures (a test checks they are identical
 to datasketch's) for blocks of texts at once with numpy, and uses datasketch's ``MinHashLSH``
 band parameters, so candidates are what datasketch would find; every candidate is then
-confirmed with the exact Jaccard similarity by the caller (``sftlab.stats``).
+confirmed with the exact Jaccard similarity by the caller (``sftlab.data.stats``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A ``ChatTemplate`` is either one of the built-in formats (``chatml``, ``llama3``
 ``gemma``, ``zephyr``, ``phi3``, ``alpaca``) or the Jinja ``chat_template`` of a Hugging Face
 tokenizer, rendered with transformers' sandboxed Jinja environment. Either way it produces a
 ``Layout``: the rendered text plus the character span of every message's content. Encoding
-(``sftlab.encode``) turns that into token ids and loss weights; nothing here tokenizes.
+(``sftlab.tokens.encoding``) turns that into token ids and loss weights; nothing here tokenizes.
 
 Built-in formats are data (``_Format``): a fast Python renderer that records spans while it
 concatenates, and the equivalent Jinja source (with ``{% generation %}`` markers) that is installed
@@ -21,7 +21,7 @@ rewrite content are detected and reported, never silently mis-masked: their span
 certified on the whole rendering (the conversation rendered with a probe in one message's place
 must equal the real rendering outside that message), and the ``Layout`` lists the messages that
 are not rendered as the model generates them (``rerendered``) or not verbatim (``rewritten``);
-``sftlab.encode`` refuses to train those, so only a final turn can be trained with such templates.
+``sftlab.tokens.encoding`` refuses to train those, so only a final turn can be trained with such templates.
 
 Example::
 
@@ -71,11 +71,11 @@ class Layout:
     """Assistant messages this rendering does not show as the model generates them: the template
     re-renders them once the conversation goes on (for example it drops their reasoning), so
     their tokens here are not what follows the generation prompt at their turn. Their spans are
-    exact in this text, but they must not be trained (``sftlab.encode`` refuses)."""
+    exact in this text, but they must not be trained (``sftlab.tokens.encoding`` refuses)."""
     rewritten: tuple[int, ...] = ()
     """Messages whose content the template changes beyond trimming (strips reasoning, upper-cases,
     ...): their span is the text the template wrote in the content's place, which is kept from
-    becoming control tokens like content, but cannot be trained (``sftlab.encode`` refuses)."""
+    becoming control tokens like content, but cannot be trained (``sftlab.tokens.encoding`` refuses)."""
 
 
 @dataclass(frozen=True)

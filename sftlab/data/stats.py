@@ -55,7 +55,7 @@ Jaccard similarity of the two shingle sets. 100k conversations take about 5 s on
 
 Example::
 
-    >>> from sftlab.conversation import Conversation, Message
+    >>> from sftlab.data.conversation import Conversation, Message
     >>> conv = lambda task, q: Conversation((Message("user", q), Message("assistant", "ok")), task=task)
     >>> s = compute_stats([conv("qa", "a b"), conv("qa", "c d"), conv("math", "1+1"), conv(None, "x")])
     >>> s["counts"]["task"], round(s["tasks"]["effective_tasks"], 3)
@@ -70,8 +70,8 @@ from typing import Any
 
 import numpy as np
 
-from sftlab.conversation import Conversation
-from sftlab.dedup import (DEFAULT_NUM_PERM, MinHasher, TextSets, band_keys, colliding, lsh_index,
+from sftlab.data.conversation import Conversation
+from sftlab.data.dedup import (DEFAULT_NUM_PERM, MinHasher, TextSets, band_keys, colliding, lsh_index,
                           shared_keys)
 
 SCHEMA_VERSION = 1
@@ -87,7 +87,7 @@ def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conve
                   max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
     """All statistics of the training ``conversations`` (and their leakage into ``heldout``).
 
-    ``policy`` (a ``sftlab.policy.Policy``) names the refusal categories and their benign
+    ``policy`` (a ``sftlab.data.policy.Policy``) names the refusal categories and their benign
     contrasts; without it the categories are the ``policy_category`` values of refusal records.
     ``tokenizer`` switches lengths from words to tokens of the rendering by ``template`` (a
     built-in name; ``None``: the tokenizer's own chat template), as training encodes it.
@@ -169,8 +169,8 @@ def length_stats(convs: Sequence[Conversation], tokenizer: Any = None, template:
             response.append(r)
         return {"unit": "words", "prompt": distribution(prompt), "response": distribution(response),
                 "template": None, "unencoded": 0}
-    from sftlab.encode import encode_all
-    from sftlab.templates import get_template
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.tokens.templates import get_template
 
     tmpl = get_template(template, tokenizer) if not hasattr(template, "render") else template
     examples, failed = encode_all(convs, tokenizer, tmpl)
@@ -370,7 +370,7 @@ def _checks(s: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def with_files(stats: dict[str, Any], train_report: Any, heldout_report: Any = None) -> dict[str, Any]:
-    """``stats`` plus the loaders' per-file counts (``sftlab.loading.LoadReport``), a ``quarantine``
+    """``stats`` plus the loaders' per-file counts (``sftlab.data.loading.LoadReport``), a ``quarantine``
     check, and ``passed`` recomputed. Returns a new dict."""
     files, quarantined = [], 0
     for split, report in (("train", train_report), ("heldout", heldout_report)):

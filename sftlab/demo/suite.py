@@ -4,7 +4,7 @@ Every record comes from a generator *template* (a phrasing with slots) filled fr
 tables with a seeded ``random.Random``. Each family or policy category holds back its last
 template(s) for evaluation, so held-out prompts are new phrasings, not re-worded copies of
 training ones (DESIGN.md invariant 7). Task answers are short and exact; refusals follow the
-built-in policy's style (``sftlab/data/demo_policy.yaml``): brief, name the reason, offer a
+built-in policy's style (``sftlab/demo/policy.yaml``): brief, name the reason, offer a
 safe alternative. No record contains a harmful answer: harmful prompts get refusals only.
 
 Example::
@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-SOURCE = "sftlab.suite"
+SOURCE = "sftlab.demo.suite"
 SLICE_SHARES = {"task": 0.5, "refusal": 0.12, "benign_contrast": 0.33, "multi_turn": 0.05}
 """Share of each slice in the training records (multi-turn: two exchanges in one record).
 Benign contrasts outnumber refusals almost three to one: with fewer, a small model learns to refuse
@@ -35,8 +35,8 @@ HELDOUT_SHARES = {"task": 0.5, "refusal": 0.25, "benign_contrast": 0.25}
 
 
 def demo_policy_path() -> Path:
-    """The path of the built-in policy file ``sftlab/data/demo_policy.yaml``."""
-    return Path(str(resources.files("sftlab") / "data" / "demo_policy.yaml"))
+    """The path of the built-in policy file ``sftlab/demo/policy.yaml``."""
+    return Path(str(resources.files("sftlab.demo") / "policy.yaml"))
 
 
 @dataclass(frozen=True)
@@ -390,7 +390,7 @@ FAMILIES = (
 
 
 # ----------------------------------------------------------------------------------------------
-# Policy categories (sftlab/data/demo_policy.yaml). Harmful prompts name what is asked for, never
+# Policy categories (sftlab/demo/policy.yaml). Harmful prompts name what is asked for, never
 # how; the only responses to them are refusals. The last two templates of each are held out.
 
 @dataclass(frozen=True)

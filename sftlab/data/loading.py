@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftlab.cli import UsageError
-from sftlab.conversation import Conversation, Origin, unpaired_surrogate
-from sftlab.formats import RecordError, to_conversation
+from sftlab.errors import UsageError
+from sftlab.data.conversation import Conversation, Origin, unpaired_surrogate
+from sftlab.data.formats import RecordError, to_conversation
 
-from sftlab.readers import DEFAULT_MAX_RECORD_BYTES, RawItem, check_readable, sources
+from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, RawItem, check_readable, sources
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
                allow_empty: bool = False) -> LoadReport:
     """Read and validate every record of ``paths``.
 
-    ``policy`` (a ``sftlab.policy.Policy``), when given, must know the ``policy_category`` of
+    ``policy`` (a ``sftlab.data.policy.Policy``), when given, must know the ``policy_category`` of
     every refusal record (``expected: refuse``) and benign contrast (``expected: comply``).
     Raises ``UsageError`` for a missing or unreadable input, a directory that is not a saved
     dataset, and (unless ``allow_empty``) an input with no record at all.

@@ -22,7 +22,7 @@ Worked example, 6 ``a`` examples and 2 ``b`` examples, an epoch of 8::
 
 Loss weights multiply every token weight of a slice's examples (a pure function, new examples)::
 
-    >>> from sftlab.encode import EncodedExample
+    >>> from sftlab.tokens.encoding import EncodedExample
     >>> ex = EncodedExample([1, 2, 3], [0.0, 1.0, 1.0], slice="b", trained_tokens=2, trained_weight=2.0)
     >>> [(e.loss_weights.tolist(), e.trained_weight) for e in apply_loss_weights([ex], {"b": 2.0})]
     [([0.0, 2.0, 2.0], 4.0)]

@@ -84,8 +84,8 @@ def _cli(args: list[str]) -> int:
 
 def build_tiny_base(out: Path, texts: list[str], seed: int) -> Path:
     """A tiny Llama and a BPE tokenizer trained on the suite's text, with ChatML installed."""
-    from sftlab.templates import get_template, install_template
-    from sftlab.tiny import build_tiny
+    from sftlab.tokens.templates import get_template, install_template
+    from sftlab.demo.tiny import build_tiny
 
     tok, model = build_tiny(texts, vocab_size=1024, seed=seed, hidden=64, layers=2)
     install_template(tok, get_template("chatml", tok))
@@ -118,8 +118,8 @@ def _config(run: Path, base: Path, data: dict[str, Path], mode: Mode, seed: int)
 def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int = 0,
              resume: bool = False) -> int:
     """Run the demo into ``out``; returns the exit code (1 when a policy gate failed)."""
-    from sftlab.cli import UsageError
-    from sftlab.suite import build_suite, demo_policy_path
+    from sftlab.errors import UsageError
+    from sftlab.demo.suite import build_suite, demo_policy_path
 
     mode = MODES[mode_name]
     run = Path(out or f"runs/demo-{mode_name}")
@@ -148,7 +148,7 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
         base = build_tiny_base(run / "base", texts, seed)
         print(f"built a tiny random Llama and tokenizer in {base}")
     else:
-        from sftlab.models import demo_base_model
+        from sftlab.model.loading import demo_base_model
 
         try:
             base = demo_base_model()
@@ -159,8 +159,8 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
 
     _say("3/6 training")
     t = time.perf_counter()
-    from sftlab.config import load_config
-    from sftlab.training import train
+    from sftlab.train.config import load_config
+    from sftlab.train.loop import train
 
     cfg = load_config(_config(run, base, data, mode, seed))
     train_code = train(cfg, resume=resume)

@@ -1,6 +1,6 @@
 """Attention example by example inside packed rows (an attention function registered with transformers).
 
-``sftlab.packing.collate`` gives packed rows a block-diagonal causal mask, which transformers' SDPA
+``sftlab.tokens.packing.collate`` gives packed rows a block-diagonal causal mask, which transformers' SDPA
 path honours but pays for in full: every T x T score of the row is computed, and the masked ones
 thrown away. ``use_packed_attention`` registers an attention function that cuts each row at its
 example boundaries (read off the mask) and runs causal SDPA block by block: sum(n_i^2) scores

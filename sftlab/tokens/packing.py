@@ -4,7 +4,7 @@
 row whose free space fits it most tightly, a new row when none fits. An example is never split,
 ``position_ids`` restart at 0 for every example, and each row keeps the per-example lengths, from
 which the attention boundaries (a block-diagonal causal mask, or ``cu_seqlens`` for varlen
-kernels) are built by ``collate``. Labels are *not* shifted here; ``sftlab.objective`` does that,
+kernels) are built by ``collate``. Labels are *not* shifted here; ``sftlab.model.objective`` does that,
 in one place.
 
 Example (token ids equal to the example index, so a person can check the rows by hand)::
@@ -36,8 +36,8 @@ from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
-from sftlab.arrays import TokenArray, as_tensor, gc_paused, token_ids
-from sftlab.arrays import loss_weights as weight_array
+from sftlab.tokens.arrays import TokenArray, as_tensor, gc_paused, token_ids
+from sftlab.tokens.arrays import loss_weights as weight_array
 
 __all__ = ["PackedRow", "pack", "pad_rows", "packing_efficiency", "packing_stats",
            "length_grouped_order", "collate"]

@@ -1,7 +1,7 @@
 """The conversation record: messages plus metadata, as every later stage sees it.
 
 A record arrives in one of several row formats (OpenAI ``messages``, ShareGPT,
-Alpaca, prompt/completion); ``sftlab.formats`` turns each into a ``Conversation``
+Alpaca, prompt/completion); ``sftlab.data.formats`` turns each into a ``Conversation``
 and ``sftlab.validate`` checks it. Everything after that point works on these
 frozen values only.
 

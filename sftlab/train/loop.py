@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from sftlab.attention import use_packed_attention
-from sftlab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
-from sftlab.cli import UsageError
-from sftlab.config import TrainConfig
-from sftlab.curves import MetricsLog, plot_curves
+from sftlab.model.attention import use_packed_attention
+from sftlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
+from sftlab.errors import UsageError
+from sftlab.train.config import TrainConfig
+from sftlab.train.curves import MetricsLog, plot_curves
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> int:
@@ -46,7 +46,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
     from transformers import get_cosine_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
-    from sftlab.objective import micro_batch_loss, step_normaliser
+    from sftlab.model.objective import micro_batch_loss, step_normaliser
 
     hf_logging.disable_progress_bar()  # ours is the one that matters
     run = Path(cfg.out)
@@ -175,9 +175,9 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     gradient checkpointing applied), the tokenizer with the training template installed."""
     from transformers import AutoTokenizer
 
-    from sftlab.models import load_base_model
-    from sftlab.objective import check_head
-    from sftlab.templates import TemplateError, add_role_tokens, get_template, install_template
+    from sftlab.model.loading import load_base_model
+    from sftlab.model.objective import check_head
+    from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
 
     path = Path(cfg.model.path)
     name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
@@ -232,7 +232,7 @@ class TrainData:
     """
 
     def __init__(self, cfg: TrainConfig, examples: list, eval_sets: dict, pad_id: int):
-        from sftlab.mixture import MixtureSpec, apply_loss_weights
+        from sftlab.train.mixture import MixtureSpec, apply_loss_weights
 
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
@@ -248,8 +248,8 @@ class TrainData:
 
     def _build(self, epoch: int) -> tuple[list, dict]:
         """Mixture sample of the epoch -> rows (packed or one per row) -> shuffled."""
-        from sftlab.mixture import realised_mixture
-        from sftlab.packing import pack, pad_rows
+        from sftlab.train.mixture import realised_mixture
+        from sftlab.tokens.packing import pack, pad_rows
 
         if self._epoch is None or self._epoch[0] != epoch:
             idx = self.mixture.epoch_indices(self.examples, epoch)
@@ -275,7 +275,7 @@ class TrainData:
         return sum(self.steps_in_epoch(e, world) for e in range(self.cfg.optim.epochs))
 
     def micro_batches(self, rows: list, s: int, rank: int, world: int) -> list[dict]:
-        from sftlab.packing import PackedRow, collate
+        from sftlab.tokens.packing import PackedRow, collate
 
         o = self.cfg.optim
         per_step = o.micro_batch_size * o.grad_accum * world
@@ -290,11 +290,11 @@ class TrainData:
 def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
     """load -> quarantine -> encode -> TrainData; the main process (``write``) also writes
     RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out leakage, ...)."""
-    from sftlab.mixture import slice_of
+    from sftlab.train.mixture import slice_of
 
     policy = None
     if cfg.data.policy:
-        from sftlab.policy import load_policy
+        from sftlab.data.policy import load_policy
         policy = load_policy(cfg.data.policy)
     train, train_q, train_split, train_report = _load_split(cfg, cfg.data.train, "train", tokenizer,
                                                             template, policy)
@@ -318,7 +318,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
     data.gen_prompts = _generation_prompts(cfg)
     if write:
-        from sftlab.loading import quarantine_line
+        from sftlab.data.loading import quarantine_line
         from sftlab.report.mask_preview import write_mask_preview
 
         write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
@@ -354,7 +354,7 @@ def gen_eval_settings(cfg: TrainConfig) -> dict:
 
 def _write_stats(run: Path, cfg: TrainConfig, train_report, held_report, policy) -> list[dict]:
     """RUN/data/stats.json, measured before training; returns the failed checks (besides quarantine)."""
-    from sftlab.stats import compute_stats, with_files
+    from sftlab.data.stats import compute_stats, with_files
 
     stats = compute_stats(train_report.conversations,
                           held_report.conversations if held_report is not None else None, policy)
@@ -370,8 +370,8 @@ def _write_stats(run: Path, cfg: TrainConfig, train_report, held_report, policy)
 
 def _load_split(cfg: TrainConfig, paths: list[str], split: str, tokenizer, template, policy):
     """``(examples, quarantine entries, manifest split record)`` for one split."""
-    from sftlab.encode import encode_all
-    from sftlab.loading import load_files
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.data.loading import load_files
     from sftlab.manifest import data_version
 
     report = load_files(paths, policy=policy)
@@ -400,8 +400,8 @@ def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str,
 
     Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
     """
-    from sftlab.objective import micro_batch_loss, step_normaliser
-    from sftlab.packing import collate, pad_rows
+    from sftlab.model.objective import micro_batch_loss, step_normaliser
+    from sftlab.tokens.packing import collate, pad_rows
 
     was_training = model.training
     model.eval()
@@ -502,7 +502,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                     role_tokens: dict) -> None:
     """Write the run's data, template, tokenizer, masking, packing, mixture and config sections."""
     from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
-    from sftlab.packing import packing_stats
+    from sftlab.tokens.packing import packing_stats
 
     trained = sum(ex.trained_tokens for ex in data.examples)
     total = sum(len(ex.input_ids) for ex in data.examples)
@@ -532,7 +532,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
 
 
 def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None) -> None:
-    from sftlab.curves import read_metrics
+    from sftlab.train.curves import read_metrics
     from sftlab.manifest import update_manifest
 
     realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}

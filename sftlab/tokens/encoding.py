@@ -1,6 +1,6 @@
 """Conversation -> token ids and response-only loss weights, built together in one place.
 
-The template (``sftlab.templates``) renders the conversation and says where every message's
+The template (``sftlab.tokens.templates``) renders the conversation and says where every message's
 content lies in the text. Here the text is tokenized once with character offsets, and each
 token's weight is read off those spans:
 
@@ -34,9 +34,9 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sftlab.arrays import TokenArray, gc_paused, loss_weights, token_ids
-from sftlab.conversation import Conversation, Message, Origin, unpaired_surrogate
-from sftlab.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
+from sftlab.tokens.arrays import TokenArray, gc_paused, loss_weights, token_ids
+from sftlab.data.conversation import Conversation, Message, Origin, unpaired_surrogate
+from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
 
 class EncodingError(ValueError):
@@ -46,7 +46,7 @@ class EncodingError(ValueError):
 @dataclass(frozen=True)
 class EncodedExample:
     input_ids: TokenArray
-    """Token ids, stored compactly (``sftlab.arrays``: int32, 4 bytes a token); equal to a list of them."""
+    """Token ids, stored compactly (``sftlab.tokens.arrays``: int32, 4 bytes a token); equal to a list of them."""
     loss_weights: TokenArray
     """Same length as ``input_ids``; the weight of predicting that token (shifted by the objective),
     float32."""
@@ -72,11 +72,11 @@ class EncodedExample:
 
 
 def as_conversation(record) -> Conversation:
-    """A ``Conversation`` from itself or from a record dict (any format ``sftlab.formats`` reads)."""
+    """A ``Conversation`` from itself or from a record dict (any format ``sftlab.data.formats`` reads)."""
     if isinstance(record, Conversation):
         return record
     if isinstance(record, dict):
-        from sftlab import formats
+        from sftlab.data import formats
 
         return formats.to_conversation(record)
     raise TypeError(f"expected a Conversation or a record dict, got {type(record).__name__}")
@@ -93,7 +93,7 @@ class _Encoder:
         if missing and not allow_missing_control:
             raise TemplateError(
                 f"the {template.name} template writes control tokens the tokenizer does not have as special "
-                f"tokens: {missing}; add them (sftlab.templates.add_role_tokens, or add_role_tokens: true in "
+                f"tokens: {missing}; add them (sftlab.tokens.templates.add_role_tokens, or add_role_tokens: true in "
                 f"the training config) or use the tokenizer's own template")
         self.tokenizer = tokenizer
         self.template = template
@@ -214,7 +214,7 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 
 def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
     layout = enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
-    at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.formats
+    at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.data.formats
     if at is not None:
         raise TemplateError(f"unpaired surrogate at character {at} of the rendering: not valid "
                             "Unicode text, no tokenizer can encode it")

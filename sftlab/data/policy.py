@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sftlab.cli import UsageError
+from sftlab.errors import UsageError
 
 Metric = Literal["harmful_refusal_rate", "benign_refusal_rate", "benign_full_refusal_rate",
                  "benign_partial_refusal_rate", "task_accuracy", "eval_loss"]

@@ -186,7 +186,7 @@ def check_head(model: torch.nn.Module, *, tolerance: float = 1e-3) -> None:
         diff = (ours - theirs).abs().max().item()
         raise ValueError(f"{type(inner).__name__}: the chunked loss head differs from the model's logits "
                          f"(max abs diff {diff:.3g}); the model transforms its logits in a way "
-                         "sftlab.objective.output_head does not support. Train with chunk_size=None "
+                         "sftlab.model.objective.output_head does not support. Train with chunk_size=None "
                          "(full logits from the model) or add the transform to output_head.")
 
 
@@ -249,7 +249,7 @@ def micro_batch_loss(model: torch.nn.Module, batch: Mapping[str, Any], total_wei
                      world_size: int = 1) -> torch.Tensor:
     """This micro-batch's share of the step loss: sum(w * nll) / total_weight * world_size.
 
-    ``batch`` is ``sftlab.packing.collate``'s output on the model's device; ``total_weight`` is
+    ``batch`` is ``sftlab.tokens.packing.collate``'s output on the model's device; ``total_weight`` is
     ``step_normaliser`` over the whole step (all micro-batches, all ranks). Calling ``backward``
     on each micro-batch's result accumulates exactly the gradient of the step loss; the logged
     step loss is the sum of the detached results / world_size, summed over ranks.

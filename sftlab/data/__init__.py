@@ -1,0 +1,1 @@
+"""Data stage: records as people have them -> validated Conversations, quarantine, policy, statistics."""

@@ -1,0 +1,4 @@
+"""Model stage: loading models and tokenizers, the response-only objective, packed attention.
+
+Below both training and evaluation, so neither imports the other for these.
+"""

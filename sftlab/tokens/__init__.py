@@ -1,0 +1,1 @@
+"""Tokens stage: chat templates, encoding with loss weights, packing, mask views."""

@@ -1,0 +1,1 @@
+"""Train stage: the training loop, its config, mixture sampling, checkpoints, curves."""
