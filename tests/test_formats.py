@@ -42,14 +42,15 @@ def test_openai_non_text_part_is_rejected():
     assert "image_url" in str(e)
 
 
-def test_tool_calls_are_rejected_with_the_reason():
-    e = error({"messages": [
+def test_tool_calls_are_read_with_arguments_as_json_text():
+    conv = to_conversation({"messages": [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None,
-         "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]},
-        {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]})
-    assert e.code == "tool_calls" and e.field == "messages[1].tool_calls" and e.message_index == 1
-    assert "not rendered by the chat template" in str(e)
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"city":"Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]})
+    call = conv.messages[1].tool_calls[0]
+    assert (conv.messages[1].content, call.name, call.arguments, call.id) == ("", "w", '{"city":"Oslo"}', "c1")
+    assert conv.messages[2].tool_call_id == "c1"
 
 
 def test_empty_tool_calls_with_plain_content_is_fine():
@@ -74,7 +75,7 @@ def test_sharegpt_unknown_speaker_and_function_call():
     assert e.code == "unknown_role" and e.field == "conversations[0].from"
     e = error({"conversations": [{"from": "human", "value": "x"},
                                  {"from": "function_call", "value": "{}"}]})
-    assert e.code == "tool_calls" and e.message_index == 1
+    assert e.code == "bad_tool_call" and e.message_index == 1
 
 
 def test_sharegpt_keys_inside_messages_are_understood():

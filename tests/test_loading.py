@@ -88,10 +88,10 @@ def test_each_rule_names_file_line_id_and_field(tmp_path, messages, code, field,
 def test_tool_messages_between_assistant_turns_are_accepted():
     from sftlab.data.formats import to_conversation
 
-    conv = to_conversation({"messages": msgs(
-        ("system", "s"), ("user", "q"), ("assistant", "calling"), ("tool", "t1"), ("tool", "t2"),
-        ("assistant", "a"), ("user", "thanks"), ("assistant", "welcome"))})
-    check_conversation(conv)  # does not raise
+    messages = msgs(("system", "s"), ("user", "q"), ("assistant", "calling"), ("tool", "t1"), ("tool", "t2"),
+                    ("assistant", "a"), ("user", "thanks"), ("assistant", "welcome"))
+    messages[2]["tool_calls"] = [{"type": "function", "function": {"name": "f", "arguments": {}}}] * 2
+    check_conversation(to_conversation({"messages": messages}))  # does not raise
 
 
 def test_malformed_json_blank_lines_and_non_objects(tmp_path):

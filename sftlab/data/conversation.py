@@ -2,8 +2,14 @@
 
 A record arrives in one of several row formats (OpenAI ``messages``, ShareGPT,
 Alpaca, prompt/completion); ``sftlab.data.formats`` turns each into a ``Conversation``
-and ``sftlab.validate`` checks it. Everything after that point works on these
+and ``sftlab.data.loading`` checks it. Everything after that point works on these
 frozen values only.
+
+Tool calls, tool schemas and reasoning are content too. Tool-call arguments and the record's
+tool schemas are kept as JSON *text* (``ToolCall.arguments``, ``Conversation.tools``), never as
+parsed objects: a table reader (Parquet, ``datasets``) would otherwise unify differently shaped
+objects of different rows into one struct type, filling absent keys with nulls or coercing
+types. Text survives every reader byte for byte; it is parsed only where it is rendered.
 
 Example::
 
@@ -13,11 +19,35 @@ Example::
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call an assistant message makes.
+
+        >>> ToolCall("get_weather", '{"city": "Oslo"}', id="call_1").to_dict()["function"]
+        {'name': 'get_weather', 'arguments': '{"city": "Oslo"}'}
+    """
+    name: str
+    arguments: str
+    """The arguments as JSON text of an object: as the record gave it when it was a string,
+    serialised (``ensure_ascii=False``) when it was an object."""
+    id: str | None = None
+
+    def arguments_value(self) -> dict[str, Any]:
+        """The arguments parsed: what a chat template receives (transformers' convention)."""
+        return json.loads(self.arguments)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI layout, arguments as JSON text."""
+        d: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        return {"id": self.id, **d} if self.id is not None else d
 
 
 @dataclass(frozen=True)
@@ -31,6 +61,14 @@ class Message:
     message even under ``last_turn_only``. ``None`` follows the encoding options."""
     weight: float | None = None
     """Loss weight (>= 0) of this message's trained tokens; ``None`` means 1.0."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Assistant messages: the function calls it makes (model output, trained like content)."""
+    tool_call_id: str | None = None
+    """Tool messages: the ``id`` of the call this is the result of."""
+    name: str | None = None
+    """Tool messages: the name of the function whose result this is."""
+    reasoning: str | None = None
+    """Assistant messages: the reasoning (thinking) before the answer (``reasoning_content``)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +90,9 @@ class Conversation:
     policy_category: str | None = None
     expected: str | None = None
     """``refuse`` marks a refusal demonstration, ``comply`` a benign contrast; ``None`` otherwise."""
+    tools: str | None = None
+    """The functions the assistant may call: JSON text of a list of JSON-schema function
+    definitions (OpenAI ``{"type": "function", "function": {...}}`` or bare ``{"name", ...}``)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Any other fields of the record, kept as they were."""
     origin: Origin | None = field(default=None, compare=False, hash=False)
@@ -59,6 +100,14 @@ class Conversation:
     @property
     def assistant_indices(self) -> tuple[int, ...]:
         return tuple(i for i, m in enumerate(self.messages) if m.role == "assistant")
+
+    def tool_list(self) -> list[dict[str, Any]]:
+        """The tool schemas parsed (empty without tools): what a chat template's ``tools=`` gets."""
+        return json.loads(self.tools) if self.tools else []
+
+    def tool_names(self) -> tuple[str, ...]:
+        """Names of the functions in ``tools`` (either layout)."""
+        return tuple(t.get("function", t).get("name") for t in self.tool_list())
 
     def metadata(self) -> dict[str, Any]:
         """The named metadata fields (``None`` ones left out) plus the free extra fields."""
@@ -75,8 +124,17 @@ class Conversation:
                 d["train"] = m.train
             if m.weight is not None:
                 d["weight"] = m.weight
+            if m.tool_calls:
+                d["tool_calls"] = [c.to_dict() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                d["tool_call_id"] = m.tool_call_id
+            if m.name is not None:
+                d["name"] = m.name
+            if m.reasoning is not None:
+                d["reasoning_content"] = m.reasoning
             msgs.append(d)
-        return {"messages": msgs, **self.metadata()}
+        tools = {"tools": self.tools} if self.tools is not None else {}
+        return {"messages": msgs, **tools, **self.metadata()}
 
 
 def unpaired_surrogate(text: str) -> int | None:

@@ -4,10 +4,19 @@ The layout is detected per record, so one file may mix them:
 
 - OpenAI ``messages``: ``{"messages": [{"role": "user", "content": "hi"}, ...]}``; content given
   as a list of text parts is joined into one string (parts concatenated, as the OpenAI API does).
-  A message with non-empty ``tool_calls`` is rejected: the chat templates do not render tool calls.
+  Assistant ``tool_calls`` (``[{"id", "type": "function", "function": {"name", "arguments"}}]``,
+  arguments a JSON object or a JSON string of one), ``tool`` messages with ``tool_call_id`` and/or
+  ``name``, and reasoning (``reasoning_content``, also spelt ``reasoning`` or ``thinking``) are
+  read; so are content parts of type ``reasoning`` and ``tool_call`` (LLaMA-Factory's layout,
+  text under ``value``).
 - ShareGPT: ``{"conversations": [{"from": "human", "value": "hi"}, ...]}`` with ``from`` in
-  human/user, gpt/assistant/model, system, tool/function/observation; an optional top-level
-  ``system`` string becomes the first message.
+  human/user, gpt/assistant/model, system, tool/function/observation, and ``function_call``
+  (Glaive-style: the value is ``{"name", "arguments"}`` JSON, or a list of them) for an assistant
+  tool call; an optional top-level ``system`` string becomes the first message.
+
+Any layout may carry ``tools``: a list of JSON-schema function definitions, or a JSON string of
+one (as Glaive and xLAM data ship it). Arguments and schemas are kept as JSON text (see
+``sftlab.data.conversation``).
 - Alpaca: ``{"instruction": ..., "input": ..., "output": ..., "system": ...}`` (``input`` and
   ``system`` optional); the user turn is the instruction, then a blank line and the input.
 - Prompt/completion: ``{"prompt": ..., "completion": ...}``, each a string or a messages list.
@@ -26,10 +35,11 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
-from sftlab.data.conversation import ROLES, Conversation, Message, Origin, unpaired_surrogate
+from sftlab.data.conversation import ROLES, Conversation, Message, Origin, ToolCall, unpaired_surrogate
 
 META_FIELDS = ("id", "task", "slice", "source", "license", "policy_category", "expected")
 EXPECTED_VALUES = ("refuse", "comply")
@@ -48,10 +58,9 @@ _LAYOUT_KEYS = {
     "alpaca": frozenset({"instruction", "input", "output", "system"}),
     "prompt_completion": frozenset({"prompt", "completion", "system"}),
 }
-_CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta"} for fmt, keys in _LAYOUT_KEYS.items()}
+_CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _LAYOUT_KEYS.items()}
 _ROLE_LIST = ", ".join(ROLES)
-_TOOL_CALL_FIX = ("tool calls are not rendered by the chat template, so this record cannot be "
-                  "trained as given; drop the tool-call turns or give the call as plain text content")
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
 class RecordError(ValueError):
@@ -117,18 +126,25 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None) -> Conver
     _check_unicode(messages, fmt)
     meta = _metadata(row)
     extra = _extra(row, fmt)
-    return Conversation(messages=tuple(messages), extra=extra, origin=origin, **meta)
+    tools = _tools(row.get("tools"))
+    return Conversation(messages=tuple(messages), tools=tools, extra=extra, origin=origin, **meta)
 
 
 def _check_unicode(messages: list[Message], fmt: str) -> None:
     """Refuse a record whose text holds an unpaired surrogate (see ``unpaired_surrogate``), naming
     the message."""
     for i, m in enumerate(messages):
-        at = unpaired_surrogate(m.content)
-        if at is not None:
-            field = f"messages[{i}].content" if fmt == "openai" else f"message {i} ({m.role}) content"
+        texts = [("content", m.content)]
+        if m.reasoning is not None:
+            texts.append(("reasoning_content", m.reasoning))
+        texts += [(f"tool_calls[{j}]", c.name + c.arguments) for j, c in enumerate(m.tool_calls)]
+        for key, text in texts:
+            at = unpaired_surrogate(text)
+            if at is None:
+                continue
+            field = f"messages[{i}].{key}" if fmt == "openai" else f"message {i} ({m.role}) {key}"
             raise RecordError(
-                "invalid_text", f"unpaired surrogate U+{ord(m.content[at]):04X} at character {at}: "
+                "invalid_text", f"unpaired surrogate U+{ord(text[at]):04X} at character {at}: "
                 "not valid Unicode text, no tokenizer can encode it; fix: repair the \\u escape (a surrogate "
                 "pair needs both halves)", field=field, message_index=i)
 
@@ -145,9 +161,15 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool) -> Messag
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
                           field=f"{base}[{pos}]", message_index=pos + offset)
+    calls: tuple[ToolCall, ...] = ()
     if sharegpt or ("role" not in m and "from" in m):
-        role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]")
-        content, content_key = m.get("value"), "value"
+        if m.get("from") == "function_call":  # Glaive-style: the value is the call as JSON
+            role = "assistant"
+            calls = _sharegpt_calls(m.get("value"), f"{base}[{pos}].value", pos + offset)
+            content, content_key = "", "value"
+        else:
+            role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]")
+            content, content_key = m.get("value"), "value"
     else:
         role = m.get("role")
         if role not in ROLES:
@@ -156,11 +178,28 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool) -> Messag
                 "fix: rename the role (map e.g. 'bot' to 'assistant')",
                 field=f"{base}[{pos}].role", message_index=pos + offset)
         content, content_key = m.get("content"), "content"
+    reasoning = _reasoning(m, f"{base}[{pos}]", pos + offset)
     if m.get("tool_calls"):
-        raise RecordError("tool_calls", _TOOL_CALL_FIX, field=f"{base}[{pos}].tool_calls",
-                          message_index=pos + offset)
+        calls = _tool_calls(m["tool_calls"], f"{base}[{pos}].tool_calls", pos + offset)
     if type(content) is not str:
-        content = _join_parts(content, f"{base}[{pos}].{content_key}", pos + offset)
+        if content is None and (calls or role == "assistant" and reasoning):
+            content = ""
+        else:
+            content, part_reasoning, part_calls = _join_parts(content, f"{base}[{pos}].{content_key}", pos + offset)
+            if part_reasoning is not None:
+                if reasoning is not None and reasoning != part_reasoning:
+                    raise RecordError("bad_reasoning", "reasoning given twice with different text (a "
+                                      "reasoning field and reasoning content parts); fix: keep one",
+                                      field=f"{base}[{pos}].{content_key}", message_index=pos + offset)
+                reasoning = part_reasoning
+            calls = calls + part_calls
+    if (calls or reasoning is not None) and role != "assistant":
+        what = "tool_calls" if calls else "reasoning_content"
+        raise RecordError("bad_message", f"only assistant messages make tool calls or carry reasoning, "
+                          f"this one is {role!r}; fix: move the {what} to the assistant message",
+                          field=f"{base}[{pos}].{what}", message_index=pos + offset)
+    tool_call_id = _optional_str(m, "tool_call_id", f"{base}[{pos}]", pos + offset)
+    name = _optional_str(m, "name", f"{base}[{pos}]", pos + offset) if role == "tool" else None
     train = m.get("train")
     if train is not None and type(train) is not bool:
         raise RecordError("bad_train", f"expected true or false, got {train!r}; fix: use a JSON "
@@ -169,38 +208,169 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool) -> Messag
     weight = m.get("weight")
     if weight is not None:
         weight = _weight(weight, f"{base}[{pos}].weight", pos + offset)
-    return Message(role, content, train, weight)
+    return Message(role, content, train, weight, calls, tool_call_id if role == "tool" else None, name, reasoning)
+
+
+def _optional_str(m: dict, key: str, base: str, index: int) -> str | None:
+    value = m.get(key)
+    if value is None or type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
+    raise RecordError("bad_message", f"expected a string, got {_kind(value)}", field=f"{base}.{key}",
+                      message_index=index)
+
+
+def _reasoning(m: dict, base: str, index: int) -> str | None:
+    """The message's reasoning under any of its spellings (they must agree when several are given)."""
+    found = None
+    for key in _REASONING_KEYS:
+        value = m.get(key)
+        if value is None:
+            continue
+        if type(value) is not str:
+            raise RecordError("bad_reasoning", f"expected the reasoning as a string, got {_kind(value)}",
+                              field=f"{base}.{key}", message_index=index)
+        if found is not None and value != found:
+            raise RecordError("bad_reasoning", f"reasoning given twice with different text ({key} and "
+                              "another spelling); fix: keep one", field=f"{base}.{key}", message_index=index)
+        found = value
+    return found
+
+
+def json_object_text(value: Any, field: str, index: int | None, what: str = "arguments") -> str:
+    """JSON text of an object: a string is kept exactly as given once it parses as a JSON object;
+    an object is serialised. Raises ``RecordError`` (code ``bad_arguments``) otherwise.
+
+        >>> json_object_text('{"a": 1}', "f", 0), json_object_text({"a": [1, 2.5]}, "f", 0)
+        ('{"a": 1}', '{"a": [1, 2.5]}')
+    """
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise RecordError("bad_arguments", f"{what} are not valid JSON ({e}); expected a JSON object "
+                              "such as {\"city\": \"Oslo\"}; fix: repair the JSON", field=field,
+                              message_index=index) from None
+        if isinstance(parsed, dict):
+            return value
+        got = _kind(parsed)
+    else:
+        got = _kind(value)
+    raise RecordError("bad_arguments", f"expected the {what} as a JSON object (or a string of one), got "
+                      f"{got}; fix: give named arguments as an object", field=field, message_index=index)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _call(c: Any, field: str, index: int, call_id: Any = None) -> ToolCall:
+    """One call from ``{"name", "arguments"}`` (optionally under ``function``, with ``id``)."""
+    if not isinstance(c, dict):
+        raise RecordError("bad_tool_call", f"expected a tool call object, got {_kind(c)}", field=field,
+                          message_index=index)
+    fn = c.get("function", c)
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise RecordError("bad_tool_call", "expected a function name (function.name, a non-empty string); "
+                          "fix: name the function called", field=f"{field}.function.name", message_index=index)
+    if "arguments" not in fn:
+        raise RecordError("bad_arguments", "the call has no arguments; expected a JSON object (use {} for "
+                          "none)", field=f"{field}.function.arguments", message_index=index)
+    arguments = json_object_text(fn["arguments"], f"{field}.function.arguments", index)
+    cid = c.get("id", call_id)
+    if cid is not None and type(cid) is not str:
+        if type(cid) is not int:
+            raise RecordError("bad_tool_call", f"expected the call id as a string, got {_kind(cid)}",
+                              field=f"{field}.id", message_index=index)
+        cid = str(cid)
+    return ToolCall(fn["name"], arguments, cid)
+
+
+def _tool_calls(items: Any, field: str, index: int) -> tuple[ToolCall, ...]:
+    if not isinstance(items, list):
+        raise RecordError("bad_tool_call", f"expected a list of tool calls, got {_kind(items)}", field=field,
+                          message_index=index)
+    return tuple(_call(c, f"{field}[{j}]", index) for j, c in enumerate(items))
+
+
+def _sharegpt_calls(value: Any, field: str, index: int) -> tuple[ToolCall, ...]:
+    """Glaive-style ``function_call`` turn: ``{"name", "arguments"}`` JSON (or a list of them)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise RecordError("bad_arguments", f"the function_call is not valid JSON ({e}); expected "
+                              "{\"name\": ..., \"arguments\": {...}}; fix: repair the JSON", field=field,
+                              message_index=index) from None
+    calls = value if isinstance(value, list) else [value]
+    return tuple(_call(c, field if len(calls) == 1 else f"{field}[{j}]", index) for j, c in enumerate(calls))
+
+
+def _tools(value: Any) -> str | None:
+    """The record's tool schemas as JSON text (``None`` when there are none)."""
+    if value is None or value == "" or value == []:
+        return None
+    text = value if isinstance(value, str) else None
+    if text is not None:
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise RecordError("bad_tools", f"not valid JSON ({e}); expected a list of function definitions; "
+                              "fix: repair the JSON", field="tools") from None
+    if not isinstance(value, list):
+        raise RecordError("bad_tools", f"expected a list of function definitions, got {_kind(value)}",
+                          field="tools")
+    for j, t in enumerate(value):
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RecordError("bad_tools", "expected a function definition with a name ({\"type\": "
+                              "\"function\", \"function\": {\"name\", \"description\", \"parameters\"}} or "
+                              "{\"name\", ...}); fix: name the function", field=f"tools[{j}]")
+    if not value:
+        return None
+    return text if text is not None else json.dumps(value, ensure_ascii=False)
 
 
 def _sharegpt_role(value: Any, index: int, field: str) -> str:
     role = SHAREGPT_ROLES.get(value.lower()) if isinstance(value, str) else None
     if role is not None:
         return role
-    if value == "function_call":
-        raise RecordError("tool_calls", _TOOL_CALL_FIX, field=f"{field}.from", message_index=index)
     raise RecordError("unknown_role",
                       f"unknown ShareGPT speaker {value!r}; expected one of "
                       f"{', '.join(SHAREGPT_ROLES)}; fix: rename the speaker", field=f"{field}.from", message_index=index)
 
 
-def _join_parts(content: Any, field: str, index: int) -> str:
-    """Join OpenAI content parts (``[{"type": "text", "text": ...}, ...]``) into one string."""
+def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
+    """Join OpenAI content parts (``[{"type": "text", "text": ...}, ...]``) into one string.
+
+    Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` and
+    ``tool_call`` (LLaMA-Factory's layout, the text under ``value``) are reasoning and calls.
+    """
     if isinstance(content, list):
-        texts = []
+        texts, reasoning, calls = [], [], []
         for j, part in enumerate(content):
             if isinstance(part, str):
                 texts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") == "text" \
-                    and isinstance(part.get("text"), str):
-                texts.append(part["text"])
+                continue
+            kind = part.get("type", "text") if isinstance(part, dict) else None
+            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+            if kind == "text" and isinstance(text, str):
+                texts.append(text)
+            elif kind in ("reasoning", "thinking") and isinstance(text, str):
+                reasoning.append(text)
+            elif kind == "tool_call":
+                calls.extend(_sharegpt_calls(text, f"{field}[{j}].value", index))
             else:
-                what = part.get("type") if isinstance(part, dict) else _kind(part)
+                what = kind if isinstance(part, dict) else _kind(part)
                 raise RecordError(
                     "non_string_content",
                     f"content part of type {what!r} is not text; only text parts "
-                    "({\"type\": \"text\", \"text\": ...}) can be trained",
+                    "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be trained",
                     field=f"{field}[{j}]", message_index=index)
-        return "".join(texts)
+        return "".join(texts), ("".join(reasoning) if reasoning else None), tuple(calls)
     raise RecordError("non_string_content", f"expected a string, got {_kind(content)}; fix: give "
                       "the message text as a string", field=field, message_index=index)
 

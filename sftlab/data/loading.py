@@ -201,16 +201,25 @@ def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> No
 
 
 def check_conversation(conv: Conversation) -> None:
-    """Turn order and content checks on an adapted conversation; raises ``RecordError``.
+    """Turn order, content and tool-call checks on an adapted conversation; raises ``RecordError``.
 
     After an optional first system message, user and assistant turns alternate; tool messages
-    may follow an assistant message (and each other) before the next assistant message. There
-    must be an assistant message, and no assistant message may be empty.
+    (results) follow an assistant message that makes tool calls (and each other) before the
+    next assistant message. There must be an assistant message, and no assistant message may be
+    empty (text, tool calls or both). Tool calls: a result must answer a call of the assistant
+    message before it (its ``tool_call_id`` one of their ids, its ``name`` one of their names),
+    a call must name a function of ``tools`` when the record gives tools, and calls followed by
+    more conversation must get their results first (every call id answered when the calls
+    have ids). A final assistant message may end on calls.
     """
     prev = None
     has_assistant = False
+    known = set(conv.tool_names()) if conv.tools else None
+    pending: list = []  # the calls of the last assistant message not yet answered
     for i, m in enumerate(conv.messages):
         role = m.role
+        if role != "tool" and pending and prev in ("assistant", "tool"):
+            _unanswered(i, pending, prev)
         if role == "system":
             if i != 0:
                 raise RecordError("system_not_first", f"system message at position {i}; expected "
@@ -220,21 +229,75 @@ def check_conversation(conv: Conversation) -> None:
         elif role == "assistant":
             if prev not in ("user", "tool"):
                 _bad_order(i, role, prev, "a user or tool message")
-            if not m.content.strip():
+            if not m.content.strip() and not m.tool_calls:
                 raise RecordError("empty_assistant", "assistant message is empty; expected the "
-                                  "response text; fix: write the response or drop the record",
+                                  "response text or tool calls; fix: write the response or drop the record",
                                   field=f"messages[{i}].content", message_index=i)
+            for j, call in enumerate(m.tool_calls):
+                if known is not None and call.name not in known:
+                    raise RecordError(
+                        "unknown_function", f"call to function {call.name!r}, which is not in the record's "
+                        f"tools ({', '.join(sorted(known))}); expected a call to a listed function; fix: add "
+                        "its schema to tools or drop the record", field=f"messages[{i}].tool_calls[{j}].function.name",
+                        message_index=i)
+            pending = list(m.tool_calls)
             has_assistant = True
         elif role == "user":
             if prev not in (None, "system", "assistant"):
                 _bad_order(i, role, prev, "the start, a system message or an assistant message")
-        elif prev not in ("assistant", "tool"):  # tool
-            _bad_order(i, role, prev, "an assistant or tool message")
+        else:  # tool
+            if prev not in ("assistant", "tool"):
+                _bad_order(i, role, prev, "an assistant or tool message")
+            pending = _answer(i, m, pending, conv.messages[_calling(conv.messages, i)].tool_calls)
         prev = role
     if not has_assistant:
         raise RecordError("no_assistant", "no assistant message; expected at least one assistant "
                           "turn to train on; fix: add the response or drop the record",
                           field="messages")
+
+
+def _calling(messages, i: int) -> int:
+    """Index of the assistant message whose calls the tool message i answers."""
+    while messages[i].role == "tool":
+        i -= 1
+    return i
+
+
+def _answer(i: int, m, pending: list, calls: tuple) -> list:
+    """The calls still unanswered after tool message i (which must answer one of ``calls``)."""
+    if not calls:
+        raise RecordError("result_without_call", "tool result with no preceding tool call; expected a "
+                          "tool message only after an assistant message with tool_calls; fix: give the "
+                          "assistant message its tool_calls (or drop the tool message)",
+                          field=f"messages[{i}].role", message_index=i)
+    if m.tool_call_id is not None:
+        ids = [c.id for c in calls if c.id is not None]
+        if m.tool_call_id not in ids:
+            raise RecordError("unknown_tool_call_id", f"tool_call_id {m.tool_call_id!r} answers no call of "
+                              f"the assistant message before it (ids: {', '.join(map(repr, ids)) or 'none'}); "
+                              "fix: use the id of the call this is the result of",
+                              field=f"messages[{i}].tool_call_id", message_index=i)
+        return [c for c in pending if c.id != m.tool_call_id]
+    if m.name is not None:
+        names = [c.name for c in calls]
+        if m.name not in names:
+            raise RecordError("unknown_tool_call_id", f"tool result named {m.name!r}, but the assistant message "
+                              f"before it calls {', '.join(map(repr, names))}; fix: name the function called",
+                              field=f"messages[{i}].name", message_index=i)
+        k = next((k for k, c in enumerate(pending) if c.name == m.name), None)
+        return pending[:k] + pending[k + 1:] if k is not None else pending
+    return pending[1:]  # results without ids answer the calls in order
+
+
+def _unanswered(i: int, pending: list, prev: str) -> None:
+    call = pending[0]
+    which = f"id {call.id!r}" if call.id is not None else f"{call.name!r}"
+    if prev == "tool" and all(c.id is None for c in pending):
+        return  # results without ids: one tool message may carry several results
+    raise RecordError("call_without_result", f"tool call {which} has no result before message {i}; expected "
+                      "a tool message answering each call before the conversation goes on; fix: add the "
+                      "result, or end the conversation at the call", field=f"messages[{i}].role",
+                      message_index=i)
 
 
 def _bad_order(i: int, role: str, prev: str | None, expected: str) -> None:

@@ -213,6 +213,11 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 
 
 def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
+    for i, m in enumerate(messages):
+        if m.tool_calls or m.reasoning is not None:
+            what = "tool calls" if m.tool_calls else "reasoning"
+            raise TemplateError(f"message {i} carries {what}, which the {enc.template.name} template is not "
+                                "given by this version of sftlab; the record cannot be trained exactly")
     layout = enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
     at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.data.formats
     if at is not None:
