@@ -16,7 +16,6 @@ on disk, anything else (lists, numbers, strings) replaces it::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,11 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sftlab.fingerprints import canonical_json, config_hash, data_version, tokenizer_fingerprint
+
+__all__ = ["RunManifest", "ManifestError", "update_manifest", "read_manifest", "diff_manifests",
+           "environment", "canonical_json", "config_hash", "data_version", "tokenizer_fingerprint"]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "run.json"
@@ -174,56 +178,6 @@ class RunManifest(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with only the fields that were given (explicit nulls kept)."""
         return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": SCHEMA_VERSION}
-
-
-def canonical_json(value: Any) -> str:
-    """Key-sorted, compact JSON: the form every sftlab hash is taken over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of a config dict (key order does not matter).
-
-    >>> config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
-    True
-    """
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
-
-
-def data_version(conversations: Iterable[Any]) -> str:
-    """sha256 hex over the canonical JSON of each ``Conversation.to_dict()``, in order.
-
-    Plain dicts (already normalised records) are hashed as they are. Reordering, editing or
-    dropping a record changes the version; re-reading the same file does not.
-    """
-    h = hashlib.sha256()
-    for conv in conversations:
-        record = conv.to_dict() if hasattr(conv, "to_dict") else conv
-        h.update(canonical_json(record).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
-    """The ``tokenizer`` section: name, sha256, vocabulary size and added tokens.
-
-    The hash covers the backend tokenizer's full JSON (vocabulary, merges, normaliser,
-    pre-tokeniser, added tokens), the special tokens map and the chat template, so two
-    tokenizers with the same hash encode and render identically.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        body = backend.to_str()
-    else:  # a slow tokenizer: its vocabulary is what we can see
-        body = canonical_json(sorted(tokenizer.get_vocab().items()))
-    specials = {"map": getattr(tokenizer, "special_tokens_map", {}),
-                "all": sorted(getattr(tokenizer, "all_special_tokens", []) or [])}
-    payload = canonical_json({"backend": body, "special_tokens": specials,
-                              "chat_template": getattr(tokenizer, "chat_template", None)})
-    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "") or "") or None,
-            "sha256": hashlib.sha256(payload.encode("utf-8")).hexdigest(),
-            "vocab_size": len(tokenizer),
-            "added_tokens": dict(sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]))}
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

@@ -14,8 +14,6 @@ Example::
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import math
 import os
 from typing import Any, Literal
@@ -171,13 +169,16 @@ class Policy(BaseModel):
 
     def canonical_json(self) -> str:
         """The normalised content: the validated model as JSON with sorted keys."""
-        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True,
-                          separators=(",", ":"), ensure_ascii=False)
+        from sftlab.fingerprints import canonical_json
+
+        return canonical_json(self.model_dump(mode="json", exclude_none=True))
 
     @property
     def fingerprint(self) -> str:
         """sha256 of ``canonical_json()``: key order, comments and whitespace do not change it."""
-        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+        from sftlab.fingerprints import config_hash
+
+        return config_hash(self.model_dump(mode="json", exclude_none=True))
 
     def manifest_entry(self) -> dict[str, str]:
         """``{"version", "sha256"}`` as the run manifest and eval.json record it."""

@@ -34,12 +34,12 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import weakref
 from dataclasses import dataclass, field
+
+from sftlab.fingerprints import config_hash, tokenizer_sha256
 
 BUILTIN_TEMPLATES = ("chatml", "llama3", "mistral", "gemma", "zephyr", "phi3", "alpaca")
 
@@ -567,31 +567,9 @@ def control_token_strings(tokenizer) -> tuple[str, ...]:
     return tuple(dict.fromkeys(toks))
 
 
-_TOKENIZER_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def tokenizer_sha256(tokenizer) -> str | None:
-    """sha256 of the tokenizer's vocabulary, merges and special tokens (cached per tokenizer)."""
-    if tokenizer is None:
-        return None
-    try:
-        return _TOKENIZER_SHA[tokenizer]
-    except (KeyError, TypeError):
-        pass
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()
-    try:
-        _TOKENIZER_SHA[tokenizer] = digest
-    except TypeError:
-        pass
-    return digest
-
-
 def _fingerprint(source: str, control: tuple[str, ...], eot: tuple[str, ...], tok_sha: str | None) -> str:
-    blob = json.dumps({"source": source, "control_tokens": list(control), "end_of_turn": list(eot),
-                       "tokenizer": tok_sha}, sort_keys=True)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return config_hash({"source": source, "control_tokens": list(control), "end_of_turn": list(eot),
+                        "tokenizer": tok_sha})
 
 
 def get_template(name: str | None, tokenizer=None) -> ChatTemplate:

@@ -15,7 +15,6 @@ field path (``optim.lr: Input should be a valid number ...``).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import typing
 from pathlib import Path
@@ -211,8 +210,11 @@ class TrainConfig(_Section):
         return self.model_dump(mode="json")
 
     def sha256(self) -> str:
-        """Fingerprint of the resolved config (canonical JSON)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Fingerprint of the resolved config: ``sftlab.fingerprints.config_hash`` of ``to_dict()``,
+        the same hash ``run.json`` records as ``config_sha256``."""
+        from sftlab.fingerprints import config_hash
+
+        return config_hash(self.to_dict())
 
 
 class ConfigError(ValueError):

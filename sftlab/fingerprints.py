@@ -1,0 +1,87 @@
+"""Content hashes: the one place every sftlab fingerprint is computed.
+
+Configs, records, tokenizers and policies are hashed as sha256 over their canonical JSON
+(sorted keys, compact separators, UTF-8), so key order, comments and whitespace never change
+a hash, and the same object hashes the same wherever it is recorded (checkpoint state,
+``run.json``, template fingerprints, cache keys)::
+
+    >>> config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
+    True
+    >>> canonical_json({"b": [1, 2], "a": "é"})
+    '{"a":"é","b":[1,2]}'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from typing import Any, Iterable
+
+__all__ = ["canonical_json", "config_hash", "data_version", "tokenizer_sha256", "tokenizer_fingerprint"]
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: the form every sftlab hash is taken over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of a config dict (key order does not matter)."""
+    return _sha256(canonical_json(config))
+
+
+def data_version(conversations: Iterable[Any]) -> str:
+    """sha256 hex over the canonical JSON of each ``Conversation.to_dict()``, in order.
+
+    Plain dicts (already normalised records) are hashed as they are. Reordering, editing or
+    dropping a record changes the version; re-reading the same file does not.
+    """
+    h = hashlib.sha256()
+    for conv in conversations:
+        record = conv.to_dict() if hasattr(conv, "to_dict") else conv
+        h.update(canonical_json(record).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+_BACKEND_SHA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def tokenizer_sha256(tokenizer: Any) -> str | None:
+    """sha256 of everything that decides how a tokenizer encodes and renders: the backend
+    tokenizer's full JSON (vocabulary, merges, normaliser, pre-tokeniser, added tokens), the
+    special tokens map and the chat template; ``None`` for no tokenizer. Two tokenizers with the
+    same hash encode and render identically. The backend's JSON (the costly part) is hashed once
+    per tokenizer object and per number of added tokens; the rest is hashed on every call, so
+    setting ``chat_template`` afterwards changes the hash."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    size = len(tokenizer)
+    try:
+        body = _BACKEND_SHA.get(tokenizer)
+    except TypeError:
+        body = None
+    if body is None or body[0] != size:
+        text = backend.to_str() if backend is not None else canonical_json(sorted(tokenizer.get_vocab().items()))
+        body = (size, _sha256(text))
+        try:
+            _BACKEND_SHA[tokenizer] = body
+        except TypeError:
+            pass
+    specials = {"map": getattr(tokenizer, "special_tokens_map", {}),
+                "all": sorted(getattr(tokenizer, "all_special_tokens", []) or [])}
+    return _sha256(canonical_json({"backend": body[1], "special_tokens": specials,
+                                   "chat_template": getattr(tokenizer, "chat_template", None)}))
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """The manifest's ``tokenizer`` section: name, sha256, vocabulary size and added tokens."""
+    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "") or "") or None,
+            "sha256": tokenizer_sha256(tokenizer),
+            "vocab_size": len(tokenizer),
+            "added_tokens": dict(sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]))}
