@@ -50,10 +50,10 @@ def test_as_tensor_reads_the_buffer_without_aliasing():
     assert as_tensor(token_ids([]), dtype=torch.long).numel() == 0
 
 
-def test_gc_paused_restores_the_collector_state_even_on_error():
+def test_collector_pause_restores_its_state_even_on_error():
     import gc
 
-    from sftlab.tokens.arrays import gc_paused
+    from sftlab.collector import paused as gc_paused
 
     assert gc.isenabled()
     with pytest.raises(RuntimeError):

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sftlab.tokens.packing import additive_mask
+
 __all__ = ["shift_targets", "weighted_token_loss", "chunked_token_nll", "output_head",
            "check_head", "step_normaliser", "micro_batch_loss", "scale_for_ddp", "REDUCTIONS"]
 
@@ -186,8 +188,8 @@ def check_head(model: torch.nn.Module, *, tolerance: float = 1e-3) -> None:
         diff = (ours - theirs).abs().max().item()
         raise ValueError(f"{type(inner).__name__}: the chunked loss head differs from the model's logits "
                          f"(max abs diff {diff:.3g}); the model transforms its logits in a way "
-                         "sftlab.model.objective.output_head does not support. Train with chunk_size=None "
-                         "(full logits from the model) or add the transform to output_head.")
+                         "sftlab.model.objective.output_head does not support. Set loss.chunk_size: null in the "
+                         "training config (the loss then takes the full logits from the model's own forward).")
 
 
 def _chunk_logits(hidden, head, transform):
@@ -239,8 +241,7 @@ def _model_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict:
             raise ValueError(f"attn_implementation={impl!r} takes no 4D mask: collate with for_flash=True")
         if impl == "eager" and mask.dtype == torch.bool:
             dtype = next(model.parameters()).dtype
-            inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(dtype).min)
+            inputs["attention_mask"] = additive_mask(mask, dtype)
     return inputs
 
 

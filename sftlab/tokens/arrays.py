@@ -15,18 +15,14 @@ for lists (``ex.input_ids == tokenizer(text).input_ids``) keeps working, and its
     [0.0, 1.0, 0.5]
 
 Ids are C ``int`` (32-bit: any vocabulary up to 2**31 tokens); weights are ``float32``, the
-precision the objective computes in. ``gc_paused`` is for the loops that make an object per
-record (encoding, packing): they create no reference cycles, so the cyclic collector only costs
-time there.
+precision the objective computes in.
 """
 from __future__ import annotations
 
 import array
-import gc
 from collections.abc import Iterable
-from contextlib import contextmanager
 
-__all__ = ["TokenArray", "token_ids", "loss_weights", "as_tensor", "gc_paused"]
+__all__ = ["TokenArray", "token_ids", "loss_weights", "as_tensor"]
 
 IDS, WEIGHTS = "i", "f"
 
@@ -80,18 +76,3 @@ def as_tensor(values, dtype=None):
     if kind is torch.int32:
         t = t.long()
     return t if dtype is None else t.to(dtype)
-
-
-@contextmanager
-def gc_paused():
-    """Pause Python's cyclic garbage collector for the block (reference counting still frees
-    everything as usual). Each full collection walks every object alive, so while a loop makes
-    objects for hundreds of thousands of records the collector's passes grow with the data
-    (20 % of the time of encoding 100k conversations, most of packing's)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

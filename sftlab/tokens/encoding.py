@@ -34,7 +34,8 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sftlab.tokens.arrays import TokenArray, gc_paused, loss_weights, token_ids
+from sftlab import collector
+from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
 from sftlab.data.conversation import Conversation, Message, Origin, unpaired_surrogate
 from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
@@ -93,8 +94,8 @@ class _Encoder:
         if missing and not allow_missing_control:
             raise TemplateError(
                 f"the {template.name} template writes control tokens the tokenizer does not have as special "
-                f"tokens: {missing}; add them (sftlab.tokens.templates.add_role_tokens, or add_role_tokens: true in "
-                f"the training config) or use the tokenizer's own template")
+                f"tokens: {missing}; add them with sftlab.tokens.templates.add_role_tokens(tokenizer, model, template) "
+                f"(sftlab train does this itself), or use the tokenizer's own template")
         self.tokenizer = tokenizer
         self.template = template
         # Two private copies of the Rust tokenizer, so padding or truncation configured on the
@@ -394,7 +395,7 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         from tqdm import tqdm
 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
-    with gc_paused():
+    with collector.paused():
         for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
             _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
             for conv, result in zip(chunk, results):
@@ -537,8 +538,3 @@ def encode_prompt(messages: Sequence[dict | Message], tokenizer, template: ChatT
     layout = enc.template.layout(msgs, add_generation_prompt=add_generation_prompt)
     ids, _ = enc.tokenize(layout)
     return list(ids)
-
-
-def token_view(example: EncodedExample, tokenizer) -> list[tuple[str, float]]:
-    """``(token text, weight)`` pairs, for ``sftlab inspect`` and the report's mask preview."""
-    return [(tokenizer.decode([i]), w) for i, w in zip(example.input_ids, example.loss_weights)]

@@ -30,17 +30,17 @@ example 1 fills row 1 exactly, and example 3 fills the last token of row 0.
 from __future__ import annotations
 
 import heapq
-import random
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
-from sftlab.tokens.arrays import TokenArray, as_tensor, gc_paused, token_ids
+from sftlab import collector
+from sftlab.tokens.arrays import TokenArray, as_tensor, token_ids
 from sftlab.tokens.arrays import loss_weights as weight_array
 
 __all__ = ["PackedRow", "pack", "pad_rows", "packing_efficiency", "packing_stats",
-           "length_grouped_order", "collate"]
+           "collate", "additive_mask"]
 
 
 @dataclass(frozen=True)
@@ -207,14 +207,12 @@ def _best_fit_decreasing(lengths: Sequence[int], max_length: int) -> list[list[i
     return groups
 
 
-def pack(examples: Sequence[Any], max_length: int, *, buffer_size: int | None = None) -> list[PackedRow]:
+def pack(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
     """Best-fit-decreasing packing of whole examples into rows of at most ``max_length`` tokens.
 
     ``examples`` are anything with ``input_ids`` and ``loss_weights`` (``EncodedExample``).
-    With ``buffer_size=None`` the whole dataset is packed at once (the tightest packing); with
-    ``buffer_size=k`` consecutive blocks of k examples are packed independently and their rows
-    concatenated, so a row only holds examples from one block (bounded memory, and the data order
-    survives at block granularity). Rows come in the order they were opened, i.e. roughly by
+    The whole dataset is packed at once (the tightest packing). Rows come in the order they were
+    opened, i.e. roughly by
     decreasing length of their first example: shuffle them for training. Ties are broken by
     example index and row number, so the result depends only on the input.
     See the module docstring for a worked example.
@@ -222,16 +220,8 @@ def pack(examples: Sequence[Any], max_length: int, *, buffer_size: int | None = 
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
     lengths = [_check_example(i, ex, max_length) for i, ex in enumerate(examples)]
-    step = buffer_size or len(lengths) or 1
-    if step < 1:
-        raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-    rows: list[PackedRow] = []
-    with gc_paused():
-        for start in range(0, len(lengths), step):
-            block = lengths[start:start + step]
-            for group in _best_fit_decreasing(block, max_length):
-                rows.append(_make_row(examples, [start + j for j in group]))
-    return rows
+    with collector.paused():
+        return [_make_row(examples, group) for group in _best_fit_decreasing(lengths, max_length)]
 
 
 def pad_rows(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
@@ -244,27 +234,6 @@ def pad_rows(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
     for i, ex in enumerate(examples):
         _check_example(i, ex, max_length)
     return [_make_row(examples, [i]) for i in range(len(examples))]
-
-
-def length_grouped_order(examples: Sequence[Any], batch_size: int, *, seed: int = 0) -> list[int]:
-    """Example order for padded mode where each run of ``batch_size`` has similar lengths.
-
-    Examples are sorted by length (longest first, ties by index), cut into batches, and the
-    batches are shuffled with ``seed``; the first batch stays the longest one so an out-of-memory
-    error shows at the first step. Take consecutive ``batch_size`` slices of the result.
-
-        >>> from types import SimpleNamespace as Ex
-        >>> exs = [Ex(input_ids=[0] * n, loss_weights=[1] * n) for n in (1, 5, 2, 6)]
-        >>> length_grouped_order(exs, 2, seed=0)
-        [3, 1, 2, 0]
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i].input_ids), i))
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-    rest = batches[1:]
-    random.Random(seed).shuffle(rest)
-    return [i for b in batches[:1] + rest for i in b]
 
 
 def packing_efficiency(rows: Sequence[PackedRow], max_length: int) -> float:
@@ -365,4 +334,18 @@ def _block_causal_mask(segment, mask_dtype):
     allowed = allowed[:, None]
     if mask_dtype is None or mask_dtype == torch.bool:
         return allowed
-    return torch.zeros(allowed.shape, dtype=mask_dtype).masked_fill(~allowed, torch.finfo(mask_dtype).min)
+    return additive_mask(allowed, mask_dtype)
+
+
+def additive_mask(allowed, dtype):
+    """A boolean attention mask (True = may attend) as the additive mask eager attention adds to
+    its scores: 0 where allowed, the dtype's most negative finite value elsewhere.
+
+        >>> import torch
+        >>> additive_mask(torch.tensor([True, False]), torch.float32).tolist()
+        [0.0, -3.4028234663852886e+38]
+    """
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)
