@@ -273,23 +273,8 @@ def test_encode_all_quarantines_with_reasons_and_matches_encode(tok):
     assert [q["id"] for q in quarantined] == ["bad"] and "no trained token" in quarantined[0]["reason"]
 
 
-def hand_tokenizer():
-    """A word-level tokenizer whose ids a person can write by hand."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<|im_start|>": 0, "<|im_end|>": 1, "<pad>": 2, "[UNK]": 3, "\n": 4, "system": 5, "user": 6,
-             "assistant": 7, "hi": 8, "hello": 9, "there": 10, " ": 11, "bye": 12, "<": 13, "|": 14, "im_start": 15,
-             ">": 16}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    t.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|\s|[^\w\s]"), behavior="isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<|im_end|>",
-                                  additional_special_tokens=["<|im_start|>"])
-    return tok
-
-
-def test_hand_written_ids_and_weights():
-    tok = hand_tokenizer()
+def test_hand_written_ids_and_weights(hand_tok):
+    tok = hand_tok
     c = Conversation((Message("user", "hi"), Message("assistant", "hello there"),
                       Message("user", "<|im_start|>"), Message("assistant", "bye")))
     ex = encode(c, tok, "chatml")

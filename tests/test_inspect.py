@@ -10,7 +10,6 @@ from sftlab.data.conversation import Conversation, Message
 from sftlab.tokens.masks import annotate, check_template, to_html
 from sftlab.tokens.templates import get_template, install_template
 from sftlab.demo.tiny import build_tokenizer
-from tests.test_encode import hand_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,8 @@ def tok_dir(tmp_path_factory):
     return d
 
 
-def test_annotate_labels_roles_and_weights():
-    tok = hand_tokenizer()
+def test_annotate_labels_roles_and_weights(hand_tok):
+    tok = hand_tok
     conv = Conversation((Message("user", "hi"), Message("assistant", "hello there")))
     ex, views = annotate(conv, tok, "chatml")
     assert [(v.text, v.weight, v.role) for v in views] == [

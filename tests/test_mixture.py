@@ -124,7 +124,7 @@ def test_describe_is_the_manifest_section():
     d = spec.describe(SLICES)
     json.dumps(d)
     assert d == {"mode": "temperature", "sampling_weights": None, "temperature": "inf",
-                 "loss_weights": {"b": 2.0}, "epoch_size": None, "seed": 3,
+                 "loss_weights": {"b": 2.0}, "seed": 3,
                  "slice_sizes": {"a": 50, "b": 30, "c": 20},
                  "requested_shares": {"a": 0.333333, "b": 0.333333, "c": 0.333333}}
     assert MixtureSpec().describe()["mode"] == "natural"

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from sftlab.tokens.packing import (PackedRow, collate, length_grouped_order, pack, packing_efficiency,
+from sftlab.tokens.packing import (PackedRow, collate, pack, packing_efficiency,
                             packing_stats, pad_rows)
 
 
@@ -91,15 +90,6 @@ def test_deterministic_and_pure():
     assert [list(e.input_ids) for e in exs] == before
 
 
-def test_buffer_keeps_rows_within_a_block():
-    lengths = [random.Random(1).randint(1, 16) for _ in range(100)]
-    rows = pack(filled(lengths), 16, buffer_size=10)
-    for r in rows:
-        assert len({i // 10 for i in r.example_indices}) == 1
-    assert sorted(i for r in rows for i in r.example_indices) == list(range(100))
-    assert len(rows) >= len(pack(filled(lengths), 16))
-
-
 def test_errors_name_the_example_and_the_fix():
     with pytest.raises(ValueError, match=r"example 1 \(id 'ex1'\): 9 tokens > max_length 8.*encode"):
         pack(filled([2, 9]), 8)
@@ -113,31 +103,21 @@ def test_errors_name_the_example_and_the_fix():
         PackedRow.from_tokens((1, 2), (0.0, 1.0), lengths=(1, 2))
 
 
-def test_packs_20k_long_tailed_examples_fast_and_tight():
+def test_packs_20k_long_tailed_examples_tight():
     rng = random.Random(0)
     for max_length in (1024, 4096):
         lengths = [min(max_length, max(8, int(rng.lognormvariate(5.3, 0.9)))) for _ in range(20_000)]
         exs = [Ex([1] * n, [1.0] * n) for n in lengths]
-        t = time.perf_counter()
-        rows = pack(exs, max_length)
-        elapsed = time.perf_counter() - t
-        assert elapsed < 4.0, f"packing 20k examples took {elapsed:.2f}s"   # ~0.4 s on an idle core
+        rows = pack(exs, max_length)   # its speed is measured in bench/, never asserted here
         assert packing_efficiency(rows, max_length) > 0.99
         assert len(rows) <= -(-sum(lengths) // max_length) + 2   # within 2 rows of the bound
 
 
-def test_pad_rows_and_length_grouping():
+def test_pad_rows_one_example_per_row():
     exs = filled([3, 9, 4, 8, 1, 2, 7, 5])
     rows = pad_rows(exs, 10)
     assert [r.example_indices for r in rows] == [(i,) for i in range(8)]
     assert packing_efficiency(rows, 10) == pytest.approx(39 / 80)
-    order = length_grouped_order(exs, 2, seed=3)
-    assert sorted(order) == list(range(8))
-    assert order[:2] == [1, 3]                      # the longest batch first
-    pairs = {tuple(sorted(order[k:k + 2])) for k in range(0, 8, 2)}
-    assert pairs == {(1, 3), (6, 7), (0, 2), (4, 5)}
-    assert order == length_grouped_order(exs, 2, seed=3)
-    assert {tuple(length_grouped_order(exs, 2, seed=s)) for s in range(10)} != {tuple(order)}
 
 
 def test_collate_padding_is_masked_by_the_mask_not_the_id():

@@ -339,7 +339,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 def test_mask_preview_from_real_encoding(tmp_path):
     """The preview training writes (sftlab.tokens.masks on a real tokenizer) renders as trained spans."""
     from sftlab.data.conversation import Conversation, Message
-    from sftlab.report.mask_preview import write_mask_preview
+    from sftlab.tokens.mask_preview import write_mask_preview
     from sftlab.demo.tiny import build_tokenizer
 
     tok = build_tokenizer()

@@ -52,7 +52,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from sftlab.data.loading import load_files
     from sftlab.data.policy import load_policy
-    from sftlab.data.stats import compute_stats, with_files
+    from sftlab.data.stats import EncodedLengths, compute_stats, with_files
     from sftlab.tokens.templates import TemplateError
 
     if not 0.0 < args.near_threshold <= 1.0:
@@ -63,13 +63,20 @@ def run(args) -> int:
     policy = load_policy(args.policy) if args.policy else None
     train = load_files(args.files, policy=policy)
     heldout = load_files(args.heldout, policy=policy) if args.heldout else None
-    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
-    try:
-        stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
-                              policy=policy, tokenizer=tokenizer, template=args.template,
-                              near_threshold=args.near_threshold)
-    except TemplateError as e:  # no chat_template, unknown template name
-        raise UsageError(str(e).splitlines()[0]) from None
+    encoded = None
+    if args.tokenizer:
+        from sftlab.tokens.encoding import encode_all
+        from sftlab.tokens.templates import get_template
+
+        tokenizer = _tokenizer(args.tokenizer)
+        try:
+            template = get_template(args.template, tokenizer)
+        except TemplateError as e:  # no chat_template, unknown template name
+            raise UsageError(str(e).splitlines()[0]) from None
+        examples, failed = encode_all(train.conversations, tokenizer, template)
+        encoded = EncodedLengths(examples, len(failed), template.name)
+    stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
+                          policy=policy, near_threshold=args.near_threshold, encoded=encoded)
     stats = with_files(stats, train, heldout)
     if args.out:
         _write_json(Path(args.out), stats)

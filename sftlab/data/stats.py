@@ -1,6 +1,6 @@
 """Data statistics before training: task diversity, lengths, refusal coverage, duplicates, leakage.
 
-``compute_stats(conversations, heldout=None, policy=None, tokenizer=None, near_threshold=0.8)``
+``compute_stats(conversations, heldout=None, policy=None, near_threshold=0.8, encoded=None)``
 is pure over ``Conversation`` values and returns one JSON-serialisable dict, written by
 ``sftlab stats`` and kept by ``train`` in ``RUN/data/stats.json``. Its keys (stable, schema 1)::
 
@@ -66,6 +66,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,15 +83,15 @@ DOMINANT_TASK_SHARE = 0.5
 
 
 def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conversation] | None = None,
-                  policy: Any = None, tokenizer: Any = None, near_threshold: float = 0.8, *,
-                  template: Any = None, num_perm: int = DEFAULT_NUM_PERM,
+                  policy: Any = None, near_threshold: float = 0.8, *,
+                  encoded: "EncodedLengths | None" = None, num_perm: int = DEFAULT_NUM_PERM,
                   max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
     """All statistics of the training ``conversations`` (and their leakage into ``heldout``).
 
     ``policy`` (a ``sftlab.data.policy.Policy``) names the refusal categories and their benign
     contrasts; without it the categories are the ``policy_category`` values of refusal records.
-    ``tokenizer`` switches lengths from words to tokens of the rendering by ``template`` (a
-    built-in name; ``None``: the tokenizer's own chat template), as training encodes it.
+    ``encoded`` (the training encoding of these conversations, handed forward by the caller that
+    encoded them) switches lengths from words to tokens.
     """
     if not 0.0 < near_threshold <= 1.0:
         raise ValueError(f"near_threshold must be in (0, 1], got {near_threshold}")
@@ -103,7 +104,7 @@ def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conve
         "counts": {f: field_counts(convs, f) for f in COUNTED_FIELDS},
         "tasks": task_diversity(convs),
         "turns": distribution([len(c.assistant_indices) for c in convs]),
-        "lengths": length_stats(convs, tokenizer, template),
+        "lengths": length_stats(convs, encoded),
         "refusals": refusal_stats(convs, policy),
         "duplicates": duplicate_stats(convs, signer, near_threshold, max_examples),
         "leakage": (leakage_stats(convs, list(heldout), signer, near_threshold, max_examples)
@@ -147,15 +148,24 @@ def distribution(values: Sequence[float]) -> dict[str, Any]:
             "p99": pick(99), "max": v[-1].item(), "mean": _r(float(v.mean()))}
 
 
-def length_stats(convs: Sequence[Conversation], tokenizer: Any = None, template: Any = None) -> dict:
+@dataclass(frozen=True)
+class EncodedLengths:
+    """What the statistics need of an encoding: the examples (anything with ``input_ids`` and
+    ``trained_tokens``), how many records could not be encoded, and the template's name."""
+    examples: Sequence[Any]
+    unencoded: int
+    template: str
+
+
+def length_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None = None) -> dict:
     """Prompt and response lengths per conversation.
 
-    Words (whitespace-separated, the default): prompt = system, user and tool messages, response
-    = assistant messages. Tokens (with a tokenizer): the conversation is encoded as training
-    encodes it; response = trained tokens, prompt = every other token of the rendering (template
-    scaffolding included). Records the template cannot encode are counted as ``unencoded``.
+    Words (whitespace-separated, without ``encoded``): prompt = system, user and tool messages,
+    response = assistant messages. Tokens (``encoded``, the examples as training encodes them):
+    response = trained tokens, prompt = every other token of the rendering (template scaffolding
+    included); records the template cannot encode are counted as ``unencoded``.
     """
-    if tokenizer is None:
+    if encoded is None:
         prompt, response = [], []
         for c in convs:
             p = r = 0
@@ -169,15 +179,11 @@ def length_stats(convs: Sequence[Conversation], tokenizer: Any = None, template:
             response.append(r)
         return {"unit": "words", "prompt": distribution(prompt), "response": distribution(response),
                 "template": None, "unencoded": 0}
-    from sftlab.tokens.encoding import encode_all
-    from sftlab.tokens.templates import get_template
-
-    tmpl = get_template(template, tokenizer) if not hasattr(template, "render") else template
-    examples, failed = encode_all(convs, tokenizer, tmpl)
+    examples = encoded.examples
     return {"unit": "tokens",
             "prompt": distribution([len(e.input_ids) - e.trained_tokens for e in examples]),
             "response": distribution([e.trained_tokens for e in examples]),
-            "template": tmpl.name, "unencoded": len(failed)}
+            "template": encoded.template, "unencoded": encoded.unencoded}
 
 
 def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str, Any]:

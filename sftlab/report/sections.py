@@ -167,7 +167,7 @@ def _mixture_table(mixture: dict[str, Any], realised: dict[str, dict[str, Any]])
     else:
         weights = mixture.get("sampling_weights") or _numeric(raw)
     settings = {k: v for k, v in raw.items() if k != "weights" and k not in weights}
-    settings.update({k: mixture[k] for k in ("mode", "temperature", "epoch_size") if k in mixture})
+    settings.update({k: mixture[k] for k in ("mode", "temperature") if k in mixture})
     requested = mixture.get("requested_shares") or {}
     loss_w = mixture.get("loss_weights") or {}
     slices = list(dict.fromkeys([*weights, *requested, *loss_w,

@@ -5,9 +5,13 @@ role (``system``/``user``/``assistant``/``tool`` for content, ``template`` for s
 template writes). ``to_ansi`` and ``to_html`` colour trained tokens by weight; ``check_template``
 runs a probe set through a tokenizer's template and verifies the masks against the text.
 
-Example::
+Example (a small BPE tokenizer with the ChatML control tokens)::
 
-    >>> [(t.text, t.weight, t.role) for t in annotate(conv, tok, "chatml")][-3:]
+    >>> from sftlab.demo.tiny import build_tokenizer
+    >>> tok = build_tokenizer(["What is 2 + 2?", "4"], vocab_size=300)
+    >>> conv = Conversation((Message("user", "What is 2 + 2?"), Message("assistant", "4")))
+    >>> _, views = annotate(conv, tok, "chatml")
+    >>> [(t.text, t.weight, t.role) for t in views][-3:]
     [('4', 1.0, 'assistant'), ('<|im_end|>', 1.0, 'template'), ('\\n', 0.0, 'template')]
 """
 from __future__ import annotations
@@ -40,7 +44,9 @@ def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None
     kept = list(conv.messages[:len(head)]) + list(conv.messages[len(head) + ex.dropped_turns:])
     layout = enc.template.layout([{"role": m.role, "content": m.content} for m in kept])
     ids, offsets = enc.tokenize(layout)
-    assert list(ids) == ex.input_ids
+    if list(ids) != ex.input_ids:  # a check, not an assert: it must hold under python -O too
+        raise TemplateError(f"{enc.template.name}: the re-rendered conversation gives other ids than its "
+                            "encoding; the template is not deterministic, so its masks cannot be shown")
     views = []
     for tid, (s, e), w in zip(ids, offsets, ex.loss_weights):
         owner = next((sp for sp in layout.spans if s < sp.end and e > sp.start), None)

@@ -188,7 +188,8 @@ def load_model_and_tokenizer(cfg: TrainConfig):
         if cfg.tokenizer:
             tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code)
         template = get_template(cfg.template, tokenizer)
-        check_head(model)  # the chunked loss must see the logits the model itself would give
+        if cfg.loss.chunk_size is not None:
+            check_head(model)  # the chunked loss must see the logits the model itself would give
     except (OSError, ValueError, TemplateError) as e:
         raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
     role_tokens = add_role_tokens(tokenizer, model, template)
@@ -319,7 +320,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     data.gen_prompts = _generation_prompts(cfg)
     if write:
         from sftlab.data.loading import quarantine_line
-        from sftlab.report.mask_preview import write_mask_preview
+        from sftlab.tokens.mask_preview import write_mask_preview
 
         write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only)
@@ -327,7 +328,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
             for entry in quarantine:
                 f.write(quarantine_line(entry))
-        data.failed_checks = _write_stats(run, cfg, train_report, held_report, policy)
+        unencoded = sum(1 for e in train_q if e.get("stage") != "load")
+        data.failed_checks = _write_stats(run, train, unencoded, train_report, held_report, policy, template)
     return data
 
 
@@ -352,12 +354,15 @@ def gen_eval_settings(cfg: TrainConfig) -> dict:
             "seed": cfg.seed}
 
 
-def _write_stats(run: Path, cfg: TrainConfig, train_report, held_report, policy) -> list[dict]:
-    """RUN/data/stats.json, measured before training; returns the failed checks (besides quarantine)."""
-    from sftlab.data.stats import compute_stats, with_files
+def _write_stats(run: Path, train: list, unencoded: int, train_report, held_report, policy,
+                 template) -> list[dict]:
+    """RUN/data/stats.json, measured before training on the examples training will see (lengths
+    in tokens); returns the failed checks (besides quarantine)."""
+    from sftlab.data.stats import EncodedLengths, compute_stats, with_files
 
     stats = compute_stats(train_report.conversations,
-                          held_report.conversations if held_report is not None else None, policy)
+                          held_report.conversations if held_report is not None else None, policy,
+                          encoded=EncodedLengths(train, unencoded, template.name))
     stats = with_files(stats, train_report, held_report)
     (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")

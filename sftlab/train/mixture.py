@@ -188,8 +188,6 @@ class MixtureSpec:
     """``p_s ~ n_s**(1/T)`` when no explicit weights; ``None`` = natural mixture (T = 1)."""
     loss_weights: Mapping[str, float] = field(default_factory=dict)
     """Multiplier on every token weight of a slice; a slice left out keeps 1."""
-    epoch_size: int | None = None
-    """Examples per epoch; ``None``: as many as the data has."""
     seed: int = 0
 
     def __post_init__(self):
@@ -212,7 +210,7 @@ class MixtureSpec:
         return temperature_shares(sizes, self.temperature or 1.0)
 
     def epoch_indices(self, slices: Sequence[Any], epoch: int) -> list[int]:
-        return epoch_indices(slices, self.sampling_weights, epoch, self.seed, self.epoch_size,
+        return epoch_indices(slices, self.sampling_weights, epoch, self.seed,
                              temperature=self.temperature)
 
     def describe(self, slices: Sequence[Any] | None = None) -> dict:
@@ -222,7 +220,7 @@ class MixtureSpec:
             "sampling_weights": dict(self.sampling_weights) if self.sampling_weights is not None else None,
             "temperature": (None if self.temperature is None else
                             "inf" if math.isinf(self.temperature) else self.temperature),
-            "loss_weights": dict(self.loss_weights), "epoch_size": self.epoch_size, "seed": self.seed}
+            "loss_weights": dict(self.loss_weights), "seed": self.seed}
         if slices is not None:
             out["slice_sizes"] = slice_sizes(slices)
             out["requested_shares"] = {s: round(p, 6) for s, p in self.shares(slices).items()}
