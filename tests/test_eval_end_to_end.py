@@ -208,3 +208,15 @@ def test_reference_conditions_limit_only_the_reference(models, tmp_path, capsys)
     assert {r["condition"] for r in rows if r["model"] == "reference"} == {"training_template"}
     assert main(["eval", "--model", str(models / "run" / "final"), "--prompts", str(models / "prompts.jsonl"),
                  "--reference-conditions", "nonsense"]) == 2
+
+
+def test_eval_shows_progress_per_model_and_condition(models, tmp_path, capsys):
+    """Generation can take minutes: without --json a bar counts prompts per model and condition."""
+    code = main(["eval", "--model", str(models / "run" / "final"), "--prompts", str(models / "prompts.jsonl"),
+                 "--policy", str(models / "policy.yaml"), "--conditions", "training_template,no_system",
+                 "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code in (0, 1)
+    for condition in ("training_template", "no_system"):
+        assert f"tuned/{condition}" in err
+    assert "prompt/s" in err or "s/prompt" in err

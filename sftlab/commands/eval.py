@@ -105,7 +105,7 @@ def _options(args):
                        alternate_template=args.alternate_template, system_prompt=args.system_prompt,
                        conditions=conditions, reference_conditions=reference_conditions,
                        robustness_threshold=args.robustness_threshold,
-                       heldout=heldout, progress=not args.json and sys.stderr.isatty(),
+                       heldout=heldout, progress=not args.json,
                        trust_remote_code=args.trust_remote_code)
     return opts, sets, detector
 

@@ -124,7 +124,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
              desc: str = "generate") -> list[list[str]]:
     """``settings.num_samples`` responses for every prompt, in prompt order.
 
-    Identical prompts (two conditions that render the same ids) are generated once.
+    Identical prompts (two conditions that render the same ids) are generated once. With
+    ``progress`` a bar on stderr counts prompts (prompts/s and ETA), labelled ``desc`` (the
+    model and condition); it redraws every few seconds when stderr is not a terminal.
     """
     import torch
 
@@ -138,13 +140,17 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     device = next(model.parameters()).device
     results: dict[tuple, list[str]] = {}
     batches = [order[b:b + settings.batch_size] for b in range(0, len(order), settings.batch_size)]
+    import sys
+
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
     torch.manual_seed(settings.seed)
+    bar = tqdm(total=len(unique), desc=desc, unit="prompt", disable=not progress, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
     try:
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in batches:
             seqs = [unique[i] for i in batch]
             width = max(map(len, seqs))
             ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs], device=device)
@@ -156,6 +162,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
             for j, s in enumerate(seqs):
                 rows = new[j * settings.num_samples:(j + 1) * settings.num_samples]
                 results[s] = [_cut(r, set(eos_ids), tokenizer, stop) for r in rows]
+            bar.update(len(batch))
     finally:
+        bar.close()
         model.train(was_training)
     return [results[tuple(p)] for p in prompt_ids]
