@@ -330,7 +330,7 @@ def test_packed_attention_equals_the_block_mask():
     from sftlab.model.objective import micro_batch_loss
     from sftlab.tokens.packing import PackedRow, collate
     from sftlab.demo.tiny import build_model
-    from sftlab.model.attention import _blocks, use_packed_attention
+    from sftlab.model.attention import blocks, use_packed_attention
 
     model = build_model(300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64).train()
     rng = random.Random(0)
@@ -341,8 +341,15 @@ def test_packed_attention_equals_the_block_mask():
         return PackedRow.from_tokens(ids, weights, lengths)
 
     batch = collate([row((30, 1, 1, 25)), row((40, 17)), row((9,))], pad_id=2)
-    assert _blocks(batch["attention_mask"][0, 0]) == [(0, 30), (30, 32), (32, 57)]
-    assert _blocks(batch["attention_mask"][2, 0]) == [(0, 9), (9, 57)]  # trailing padding: one block
+    assert batch["row_lengths"] == ((30, 1, 1, 25), (40, 17), (9,))
+    assert blocks(batch["row_lengths"][2], 57) == [(0, 9), (9, 57)]  # trailing padding: one block
+    calls = []
+    import sftlab.model.attention as attention
+    real_blocks = attention.blocks
+
+    def counting(lengths, T):
+        calls.append(tuple(lengths))
+        return real_blocks(lengths, T)
 
     def loss_and_grads():
         model.zero_grad()
@@ -352,7 +359,12 @@ def test_packed_attention_equals_the_block_mask():
 
     reference, ref_grads = loss_and_grads()
     assert use_packed_attention(model)
-    loss, grads = loss_and_grads()
+    attention.blocks = counting
+    try:
+        loss, grads = loss_and_grads()
+    finally:
+        attention.blocks = real_blocks
+    assert calls and set(calls) == {(30, 1, 1, 25), (40, 17), (9,)}  # the lengths reached attention
     assert loss == pytest.approx(reference, rel=1e-6)
     for name, g in grads.items():
         assert torch.allclose(g, ref_grads[name], rtol=1e-5, atol=1e-7), name

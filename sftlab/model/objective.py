@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from sftlab.model.attention import PACKED_ATTENTION, ROW_LENGTHS
 from sftlab.tokens.packing import additive_mask
 
 __all__ = ["shift_targets", "weighted_token_loss", "chunked_token_nll", "output_head",
@@ -242,6 +243,8 @@ def _model_inputs(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict:
         if impl == "eager" and mask.dtype == torch.bool:
             dtype = next(model.parameters()).dtype
             inputs["attention_mask"] = additive_mask(mask, dtype)
+        if impl == PACKED_ATTENTION and "row_lengths" in batch:
+            inputs[ROW_LENGTHS] = batch["row_lengths"]  # the boundaries, handed to the attention function
     return inputs
 
 

@@ -259,8 +259,10 @@ def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = 
     Padded layout (default): ``input_ids`` [B,T] (``pad_id`` after each row), ``loss_weights``
     [B,T] float32 (0 on padding), ``position_ids`` [B,T] (0 on padding), ``attention_mask``
     [B,1,T,T] block-diagonal causal, ``seq_lengths`` [n] and ``cu_seqlens`` [n+1] int32 over the
-    examples of the batch in row order (padding excluded), and ``max_seqlen``. T is
-    ``max_length`` when given (fixed shapes), else the longest row.
+    examples of the batch in row order (padding excluded), ``max_seqlen``, and ``row_lengths`` (the
+    example lengths of each row, a tuple per row: attention that works example by example reads its
+    boundaries from here instead of recovering them from the mask). T is ``max_length`` when given
+    (fixed shapes), else the longest row.
 
     The mask is what masks padding, never the token id (pad and eos may be the same token). It is
     boolean (True = may attend), which transformers' SDPA path uses as it is; pass
@@ -311,7 +313,8 @@ def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = 
         positions[b, :n] = _positions(row_lengths)
         segment[b, :n] = torch.repeat_interleave(torch.arange(len(row_lengths)), torch.tensor(row_lengths))
     return {"input_ids": input_ids, "loss_weights": weights, "position_ids": positions,
-            "attention_mask": _block_causal_mask(segment, mask_dtype), **common}
+            "attention_mask": _block_causal_mask(segment, mask_dtype),
+            "row_lengths": tuple(tuple(r.lengths) for r in rows), **common}
 
 
 def _positions(lengths: Sequence[int]):
