@@ -255,7 +255,7 @@ def test_cli_clean_data_exits_0_with_the_documented_keys(files, capsys):
     code, s = run_json(capsys, files["train"], "--heldout", files["clean"], "--policy", files["policy"],
                        "--out", str(out_path))
     assert code == 0 and s["passed"]
-    assert set(s) == {"schema_version", "records", "policy", "counts", "tasks", "turns", "lengths", "refusals",
+    assert set(s) == {"schema_version", "records", "policy", "counts", "tasks", "turns", "lengths", "tools", "refusals",
                       "duplicates", "leakage", "warnings", "checks", "passed", "files", "quarantined"}
     assert s["files"] == [
         {"path": files["train"], "split": "train", "records": 4, "accepted": 4, "quarantined": 0},

@@ -176,3 +176,18 @@ def test_tool_records_are_never_rendered_without_their_calls():
     with_calls = [c for c in report.conversations if any(m.tool_calls for m in c.messages)]
     assert len(quarantined) == len(with_calls) == 10 and len(examples) == 1
     assert all("tool calls" in q["reason"] for q in quarantined)
+
+
+def test_stats_count_tool_use_and_reasoning_per_slice():
+    import dataclasses
+
+    from sftlab.data.stats import compute_stats
+
+    convs = load_files([GLAIVE, REASON]).conversations
+    convs = [dataclasses.replace(c, slice="glaive" if i < 11 else "reason") for i, c in enumerate(convs)]
+    t = compute_stats(convs)["tools"]["slices"]
+    assert list(t) == ["all", "glaive", "reason"]
+    assert (t["glaive"]["with_tools"], t["glaive"]["records"], t["reason"]["with_tools"]) == (10, 11, 8)
+    assert t["glaive"]["reasoning_share"] == 0.0 and 0.3 < t["reason"]["reasoning_share"] < 0.7
+    calls = [sum(len(m.tool_calls) for m in c.messages) for c in convs[11:]]
+    assert t["reason"]["calls"]["max"] == max(calls) and t["all"]["calls"]["n"] == 19

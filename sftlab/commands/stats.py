@@ -132,6 +132,9 @@ def print_human(s: dict[str, Any]) -> None:
                       f"effective tasks {t['effective_tasks']:.2f}, largest {t['largest']['task']!r} "
                       f"{t['largest']['share']:.1%}")
     console.print(_length_table(s))
+    tools = _tool_table(s)
+    if tools is not None:
+        console.print(tools)
     console.print(_refusal_table(s["refusals"]))
     _print_duplicates(console, s)
     if s["warnings"]:
@@ -180,6 +183,20 @@ def _length_table(s: dict[str, Any]):
                      ("response", lengths["response"])):
         table.add_row(label, *("-" if d[k] is None else f"{d[k]:.1f}" if k == "mean" else str(d[k])
                                for k in keys))
+    return table
+
+
+def _tool_table(s: dict[str, Any]):
+    t = s.get("tools")
+    if not t or not any(v["with_tools"] or v["reasoning_share"] for v in t["slices"].values()):
+        return None
+    table = _table(f"tool use and reasoning ({t['unit']})", "slice", "records", "with tools", "calls/record (mean, max)",
+                   "reasoning share of trained")
+    for name, v in t["slices"].items():
+        calls = v["calls"]
+        table.add_row(name, str(v["records"]), f"{v['with_tools']} ({v['share']:.1%})",
+                      "-" if calls["n"] == 0 else f"{calls['mean']:.2f}, {calls['max']}",
+                      f"{v['reasoning_share']:.1%}")
     return table
 
 

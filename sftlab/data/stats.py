@@ -14,6 +14,10 @@ is pure over ``Conversation`` values and returns one JSON-serialisable dict, wri
     turns            assistant turns per conversation: DIST
     lengths          {"unit": "words"|"tokens", "prompt": DIST, "response": DIST,
                       "template": name or null, "unencoded": n}
+    tools            {"unit": "words", "slices": {"all"|slice: {"records", "with_tools", "share",
+                      "calls": DIST of tool calls per record, "reasoning_share"}}}: records
+                     with tools (a tools list or a tool call), and reasoning words as a share of the
+                     trained words (assistant content, reasoning and call arguments)
     refusals         {"refuse", "comply", "share" (refuse / records), "uncategorised",
                       "categories": [{"name", "refusals", "benign_contrast", "contrasts",
                                       "has_contrast"}]}
@@ -105,6 +109,7 @@ def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conve
         "tasks": task_diversity(convs),
         "turns": distribution([len(c.assistant_indices) for c in convs]),
         "lengths": length_stats(convs, encoded),
+        "tools": tool_stats(convs),
         "refusals": refusal_stats(convs, policy),
         "duplicates": duplicate_stats(convs, signer, near_threshold, max_examples),
         "leakage": (leakage_stats(convs, list(heldout), signer, near_threshold, max_examples)
@@ -184,6 +189,43 @@ def length_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None =
             "prompt": distribution([len(e.input_ids) - e.trained_tokens for e in examples]),
             "response": distribution([e.trained_tokens for e in examples]),
             "template": encoded.template, "unencoded": encoded.unencoded}
+
+
+def tool_stats(convs: Sequence[Conversation]) -> dict[str, Any]:
+    """Tool use and reasoning per slice (``all`` first, then slices by name).
+
+    A record "has tools" when it lists tool schemas or makes a tool call. The reasoning share is
+    reasoning words over trained words (assistant content + reasoning + call name and arguments).
+
+        >>> from sftlab.data.conversation import Conversation, Message, ToolCall
+        >>> a = Message("assistant", "It is cold.", reasoning="check the weather first",
+        ...             tool_calls=(ToolCall("weather", '{"city": "Oslo"}'),))
+        >>> s = tool_stats([Conversation((Message("user", "Oslo?"), a)), Conversation((Message("user", "hi"),))])
+        >>> s["slices"]["all"]["with_tools"], s["slices"]["all"]["calls"]["max"], s["slices"]["all"]["reasoning_share"]
+        (1, 1, 0.4)
+    """
+    groups: dict[str, list[Conversation]] = {"all": list(convs)}
+    for c in convs:
+        if c.slice is not None:
+            groups.setdefault(c.slice, []).append(c)
+    out = {}
+    for name in ["all", *sorted(k for k in groups if k != "all")]:
+        rows = groups[name]
+        calls = [sum(len(m.tool_calls) for m in c.messages) for c in rows]
+        with_tools = sum(1 for c, k in zip(rows, calls) if k or c.tools)
+        reasoning = trained = 0
+        for c in rows:
+            for m in c.messages:
+                if m.role != "assistant":
+                    continue
+                r = len(m.reasoning.split()) if m.reasoning else 0
+                reasoning += r
+                trained += r + len(m.content.split()) + sum(
+                    1 + len(t.arguments.split()) for t in m.tool_calls)
+        out[name] = {"records": len(rows), "with_tools": with_tools,
+                     "share": _r(with_tools / len(rows)) if rows else 0.0, "calls": distribution(calls),
+                     "reasoning_share": _r(reasoning / trained) if trained else 0.0}
+    return {"unit": "words", "slices": out}
 
 
 def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str, Any]:
