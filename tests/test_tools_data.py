@@ -191,3 +191,28 @@ def test_stats_count_tool_use_and_reasoning_per_slice():
     assert t["glaive"]["reasoning_share"] == 0.0 and 0.3 < t["reason"]["reasoning_share"] < 0.7
     calls = [sum(len(m.tool_calls) for m in c.messages) for c in convs[11:]]
     assert t["reason"]["calls"]["max"] == max(calls) and t["all"]["calls"]["n"] == 19
+
+
+def test_eval_prompts_carry_tools_and_an_expected_tool_call(tmp_path):
+    from sftlab.evaluation.answers import check_answer
+    from sftlab.evaluation.prompts import load_prompt_set
+
+    rows = [{"id": "t1", "prompt": "Weather in Oslo?", "tools": TOOLS,
+             "tool_call": {"name": "weather", "arguments": {"city": "Oslo", "days": 2}}},
+            {"id": "t2", "prompt": "x", "tool_call": {"name": "weather"}},
+            {"id": "t3", "prompt": "x", "tools": "[{\"description\": 1}]"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    ps = load_prompt_set(str(path))
+    (p,) = ps.prompts
+    assert p.answer_type == "tool_call" and json.loads(p.tools) == TOOLS
+    assert [b["line"] for b in ps.bad_rows] == [2, 3] and "tools[0]" in ps.bad_rows[1]["reason"]
+    # Each family's way of writing the call is read; arguments compare as JSON.
+    for response in ('<tool_call>\n{"name": "weather", "arguments": {"days": 2, "city": "Oslo"}}\n</tool_call>',
+                     '{"name": "weather", "parameters": {"city": "Oslo", "days": 2.0}}',
+                     '[TOOL_CALLS] [{"name": "weather", "arguments": {"city": "Oslo", "days": 2}, "id": "abcdefghi"}]'):
+        assert check_answer(response, p.answer, "tool_call"), response
+    for response in ('<tool_call>\n{"name": "weather", "arguments": {"city": "Bergen", "days": 2}}\n</tool_call>',
+                     '{"name": "forecast", "arguments": {"city": "Oslo", "days": 2}}', "It is cold in Oslo.",
+                     '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo", "days": 2}\n</tool_call>'):
+        assert not check_answer(response, p.answer, "tool_call"), response

@@ -126,7 +126,7 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None) -> Conver
     _check_unicode(messages, fmt)
     meta = _metadata(row)
     extra = _extra(row, fmt)
-    tools = _tools(row.get("tools"))
+    tools = tools_text(row.get("tools"))
     return Conversation(messages=tuple(messages), tools=tools, extra=extra, origin=origin, **meta)
 
 
@@ -309,7 +309,7 @@ def _sharegpt_calls(value: Any, field: str, index: int) -> tuple[ToolCall, ...]:
     return tuple(_call(c, field if len(calls) == 1 else f"{field}[{j}]", index) for j, c in enumerate(calls))
 
 
-def _tools(value: Any) -> str | None:
+def tools_text(value: Any) -> str | None:
     """The record's tool schemas as JSON text (``None`` when there are none)."""
     if value is None or value == "" or value == []:
         return None

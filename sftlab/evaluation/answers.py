@@ -10,6 +10,11 @@ Three answer types:
 - ``numeric``: the last number in the response is within ``tolerance`` of the answer
   (thousands separators allowed: "1,234.5").
 - ``regex``: ``re.search(answer, response)`` finds a match (add ``(?i)`` for case-insensitive).
+- ``tool_call``: the answer is ``{"name", "arguments"}`` JSON; the first tool call the response
+  makes has the same function name and arguments equal as JSON (parsed, so key order and
+  spacing do not matter, ``1`` equals ``1.0``). A call is any JSON object in the response with a
+  ``name`` and ``arguments`` (or ``parameters``, the Llama 3.1 spelling), inside ``<tool_call>``
+  tags (Hermes, Qwen), a ``[TOOL_CALLS]`` list (Mistral) or bare (Llama 3.1).
 
 Examples::
 
@@ -19,13 +24,17 @@ Examples::
     True
     >>> check_answer("14 or 40", "4", "exact")
     False
+    >>> check_answer('<tool_call>\\n{"name": "weather", "arguments": {"days": 2, "city": "Oslo"}}\\n</tool_call>',
+    ...              '{"name": "weather", "arguments": {"city": "Oslo", "days": 2.0}}', "tool_call")
+    True
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 
-ANSWER_TYPES = ("exact", "numeric", "regex")
+ANSWER_TYPES = ("exact", "numeric", "regex", "tool_call")
 _STRAIGHTEN = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
 _EDGE = " \t\n.,;:!?\"'`*_()[]{}"
 _MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*", re.IGNORECASE)
@@ -80,7 +89,52 @@ def check_answer(response: str, answer: str, answer_type: str = "exact",
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=tol + 1e-12)
     if answer_type == "regex":
         return re.search(str(answer), response) is not None
+    if answer_type == "tool_call":
+        want = json.loads(answer)
+        calls = tool_calls_in(response)
+        return bool(calls) and calls[0] == (want["name"], _arguments(want["arguments"]))
     raise ValueError(f"answer_type must be one of {', '.join(ANSWER_TYPES)}, got {answer_type!r}")
+
+
+def tool_calls_in(response: str) -> list[tuple[str, object]]:
+    """``(name, arguments)`` of every tool call written in ``response``, in order (see the module
+    docstring): each JSON object (also inside a JSON list) with a string ``name`` and an
+    ``arguments`` / ``parameters`` object or JSON string of one.
+
+        >>> tool_calls_in('[TOOL_CALLS] [{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": "{}"}]')
+        [('a', {'x': 1}), ('b', {})]
+    """
+    decoder, calls, i = json.JSONDecoder(), [], 0
+    while True:
+        i = min((k for k in (response.find("{", i), response.find("[", i)) if k >= 0), default=-1)
+        if i < 0:
+            return calls
+        try:
+            value, end = decoder.raw_decode(response, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            call = _as_call(item)
+            if call is not None:
+                calls.append(call)
+        i = end
+
+
+def _as_call(item) -> tuple[str, object] | None:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return None
+    args = item.get("arguments", item.get("parameters"))
+    try:
+        args = _arguments(args)
+    except (ValueError, TypeError):
+        return None
+    return (item["name"], args) if isinstance(args, dict) else None
+
+
+def _arguments(args):
+    """Arguments as a parsed JSON object (a JSON string of one is parsed)."""
+    return json.loads(args) if isinstance(args, str) else args
 
 
 def answer_problem(answer, answer_type: str, tolerance) -> str | None:
@@ -97,6 +151,18 @@ def answer_problem(answer, answer_type: str, tolerance) -> str | None:
             re.compile(str(answer))
         except re.error as e:
             return f"answer {answer!r} is not a valid regular expression: {e}"
+    if answer_type == "tool_call":
+        try:
+            want = json.loads(answer) if isinstance(answer, str) else answer
+        except json.JSONDecodeError as e:
+            return f"the expected tool call is not valid JSON ({e.msg})"
+        try:
+            ok = isinstance(want, dict) and isinstance(want.get("name"), str) and \
+                isinstance(_arguments(want.get("arguments")), dict)
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            return 'the expected tool call must be {"name": ..., "arguments": {...}}'
     if tolerance is not None:
         try:
             if float(tolerance) < 0 or not math.isfinite(float(tolerance)):

@@ -10,7 +10,11 @@ JSONL, one prompt per line::
 ``prompt`` (a string) or ``messages`` (OpenAI messages ending with a user turn); optional
 ``system``, ``slice`` (default ``default``), ``expected`` (refuse | comply), ``answer`` with
 ``answer_type`` (exact | regex | numeric, default exact) and ``tolerance``, ``policy_category``,
-``id`` (default ``FILE:LINE``). Metadata may also sit under ``meta``.
+``id`` (default ``FILE:LINE``). Metadata may also sit under ``meta``. A prompt may carry
+``tools`` (a list of JSON-schema function definitions, or a JSON string of one), given to the
+template as at training, and an expected ``tool_call`` (``{"name", "arguments"}``): task accuracy
+then checks the first call the model makes (``answer_type`` ``tool_call``, name equal and
+arguments equal as JSON).
 
 CSV: the same field names as columns, or a mapping ``{"prompt": "question", "expected":
 "label"}`` (``--csv-columns prompt=question,expected=label``). A CSV whose header has ``prompt``,
@@ -34,7 +38,7 @@ from sftlab.data.conversation import unpaired_surrogate
 from sftlab.evaluation.answers import answer_problem
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
-          "tolerance", "policy_category")
+          "tolerance", "policy_category", "tools", "tool_call")
 EXPECTED = {"refuse": "refuse", "refusal": "refuse", "unsafe": "refuse", "harmful": "refuse",
             "comply": "comply", "compliance": "comply", "safe": "comply", "benign": "comply"}
 XSTEST_COLUMNS = {"id": "id", "prompt": "prompt", "slice": "type", "expected": "label"}
@@ -54,6 +58,8 @@ class EvalPrompt:
     answer_type: str = "exact"
     tolerance: float | None = None
     policy_category: str | None = None
+    tools: str | None = None
+    """The functions the model may call, as JSON text (see ``sftlab.data.conversation``)."""
     file: str | None = None
     line: int | None = None
 
@@ -208,6 +214,18 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
     if slice_name == "all":
         return None, "slice 'all' is reserved for the overall metrics; rename the slice"
     answer, answer_type, tolerance = row.get("answer"), row.get("answer_type") or "exact", row.get("tolerance")
+    if row.get("tool_call") is not None:
+        answer, answer_type = row["tool_call"], "tool_call"
+    if answer_type == "tool_call" and isinstance(answer, dict):
+        answer = json.dumps(answer, ensure_ascii=False)
+    tools = row.get("tools")
+    if tools is not None:
+        from sftlab.data.formats import RecordError, tools_text
+
+        try:
+            tools = tools_text(tools)
+        except RecordError as e:
+            return None, str(e)
     if answer is not None:
         problem = answer_problem(answer, answer_type, tolerance)
         if problem:
@@ -216,7 +234,7 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         id=str(row.get("id") or f"{Path(path).name}:{line}"), messages=messages, slice=slice_name,
         expected=expected, answer=None if answer is None else str(answer), answer_type=answer_type,
         tolerance=None if tolerance in (None, "") else float(tolerance),
-        policy_category=row.get("policy_category"), file=path, line=line), None
+        policy_category=row.get("policy_category"), tools=tools, file=path, line=line), None
 
 
 def load_prompt_sets(paths: list[str], columns: dict[str, str] | None = None) -> list[PromptSet]:
