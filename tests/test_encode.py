@@ -161,11 +161,12 @@ def test_prefix_unstable_template_is_reported_not_mis_masked(tok):
     with pytest.raises(EncodingError, match=r"message\(s\) \[2\] differently .* re-renders earlier turns"):
         encode(conv("q1", "a1", "q2", "a2"), tok, unstable)
     ex = encode(conv("q1", "a1", "q2", "a2"), tok, unstable, last_turn_only=True)
-    assert [tok.decode(r) for r in trained_runs(ex)] == ["a2<|im_end|>"]
+    # The template has no generation prompt: the model must write the turn's header itself, so it is trained.
+    assert [tok.decode(r) for r in trained_runs(ex)] == ["<|im_start|>assistant\na2<|im_end|>"]
     # Even the final turn is refused when it does not follow its generation prompt.
     reversed_ = ("{%- for message in messages | reverse %}{{- '<|im_start|>' + message['role'] + '\\n' "
                  "+ message['content'] + '<|im_end|>\\n' }}{%- endfor %}")
-    with pytest.raises(EncodingError, match=r"message\(s\) \[4\] differently"):
+    with pytest.raises(EncodingError, match=r"message 4 cannot be trained.*does not start with the generation prompt"):
         encode(conv("q1", "a1", "q2", "a2"), tok, reversed_, last_turn_only=True)
 
 
@@ -207,13 +208,14 @@ REASONING_LIKE = (
 
 def test_history_rerendering_template_trains_the_final_turn_only(tok):
     template = get_template(REASONING_LIKE, tok)
-    with pytest.raises(EncodingError, match=r"message\(s\) \[2\] differently.*last_turn_only"):
+    with pytest.raises(EncodingError, match=r"message\(s\) \[2\] differently.*encoding.turns: expand"):
         encode(conv("q1", "A1", "q2", "d"), tok, template)  # A1 loses the reasoning block it had as the last turn
     c = conv("q1", "<think>\nfirst thoughts\n</think>\n\nA1", "q2 <|im_start|>assistant", "d")
-    with pytest.raises(EncodingError, match=r"rewrites the content of assistant message\(s\) \[2\]"):
+    with pytest.raises(EncodingError, match=r"message\(s\) \[2\] differently"):
         encode(c, tok, template)
     ex = encode(c, tok, template, last_turn_only=True)
-    assert [tok.decode(r) for r in trained_runs(ex)] == ["d<|im_end|>"]
+    # The model must open its turn with the (empty) reasoning block the template writes: it is trained.
+    assert [tok.decode(r) for r in trained_runs(ex)] == ["<think>\n\n</think>\n\nd<|im_end|>"]
     text = template.render([{"role": m.role, "content": m.content} for m in c.messages])
     assert "first thoughts" not in text and "A1<|im_end|>" in text
     # The ids are the template's own rendering, with content that spells a control token kept as text.

@@ -34,24 +34,49 @@ def test_annotate_labels_roles_and_weights(hand_tok):
     assert "<script>" not in page and "&lt;|im_start|&gt;" in page
 
 
-def test_check_template_passes_for_builtins_and_flags_a_merging_template():
+def test_check_template_passes_for_builtins_and_reports_each_turn():
     tok = build_tokenizer()
-    assert [r["status"] for r in check_template(tok, "chatml")] == ["ok"] * 5
-    # Content runs straight into scaffolding text, so no end-of-turn marker follows the content.
+    results = check_template(tok, "chatml")
+    assert [r["status"] for r in results] == ["ok"] * len(results) and len(results) == 7
+    turn = results[0]["turns"][0]
+    assert turn["prompt_ends_with"].endswith("<|im_start|>assistant\n")
+    assert turn["must_generate"] == "Paris.<|im_end|>\n" and turn["trained_text"] == "Paris.<|im_end|>"
+    assert turn["after_stop"] == "\n"
+
+
+def test_text_the_template_writes_between_content_and_stop_is_trained():
+    tok = build_tokenizer()
+    # The model must write "there" after its content before the stop: it is part of the turn.
     merging = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content']"
-               " + 'there<|im_end|>\\n' }}{%- endfor %}")
+               " + 'there<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+               "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
     results = check_template(tok, merging)
+    assert all(r["status"] == "ok" for r in results)
+    assert results[0]["turns"][0]["trained_text"] == "Paris.there<|im_end|>"
+
+
+@pytest.mark.parametrize("source,reason", [
+    ("{{ raise_exception('no') }}", "no probe could be checked"),
+    ("{%- for m in messages %}{{ m['role'] + m['content'] + m['content'] + '<|im_end|>' }}{%- endfor %}", "more than once"),
+    ("{%- for m in messages %}{{ '<|im_start|>' + m['role'] }}{%- if m['role'] != 'user' %}{{ m['content'] }}"
+     "{%- endif %}{{ '<|im_end|>' }}{%- endfor %}", "drops the content"),
+])
+def test_check_template_fails_templates_it_cannot_check(source, reason):
+    tok = build_tokenizer()
+    results = check_template(tok, source)
     assert any(r["status"] == "mismatch" for r in results)
+    assert any(reason in (r.get("reason") or "") for r in results), [r.get("reason") for r in results]
 
 
-def test_check_template_reports_a_history_rerendering_template_as_last_turn_only():
+def test_check_template_reports_a_history_rerendering_template_as_expanded():
     from tests.test_encode import REASONING_LIKE
 
     tok = build_tokenizer()
     results = {r["probe"]: r for r in check_template(tok, REASONING_LIKE)}
-    assert results["multi-turn"]["status"] == "last turn only"
-    assert "last_turn_only" in results["multi-turn"]["reason"]
-    assert [t["exact"] for t in results["multi-turn"]["turns"]] == [True]
+    assert results["multi-turn"]["status"] == "expanded"
+    assert [t["exact"] for t in results["multi-turn"]["turns"]] == [True] * 3
+    assert [t["expanded"] for t in results["multi-turn"]["turns"]] == [True, True, False]
+    assert all(t["trained_text"].startswith("<think>") for t in results["multi-turn"]["turns"])
     assert not any(r["status"] == "mismatch" for r in results.values())
 
 

@@ -29,6 +29,8 @@ whose last exchange alone is longer than ``max_length``, or that has no trained 
 from __future__ import annotations
 
 import bisect
+import contextvars
+import dataclasses
 import re
 import weakref
 from collections.abc import Iterable, Sequence
@@ -42,6 +44,18 @@ from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_tem
 
 class EncodingError(ValueError):
     """This record cannot be encoded exactly; the message is the quarantine reason."""
+
+
+class Trace:
+    """The rendering an example was encoded from: its ``Layout``, the character offsets of its
+    tokens, and the messages it holds (after truncation or expansion)."""
+    __slots__ = ("layout", "offsets", "messages")
+
+    def __init__(self, layout: Layout, offsets, messages):
+        self.layout, self.offsets, self.messages = layout, list(offsets), tuple(messages)
+
+
+_KEEP_TRACE: "contextvars.ContextVar[bool]" = contextvars.ContextVar("sftlab_keep_trace", default=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,16 @@ class EncodedExample:
     dropped_turns: int = 0
     """Messages removed from the front by ``max_length`` truncation."""
     origin: Origin | None = None
+    derived: str | None = None
+    """``None`` for a record's own example; ``"turn"`` for an extra example made by
+    ``turns="expand"`` (one re-rendered assistant turn with its inference context); ``"overflow"``
+    for one made by ``overflow="split"`` (exchanges truncation dropped, with the context that fits)."""
+    lost_trained_tokens: int = 0
+    """Trained tokens of this record that no example holds (dropped by ``max_length`` truncation
+    and not split into further examples); counted on the record's own example."""
+    trace: "Trace | None" = dataclasses.field(default=None, compare=False, repr=False)
+    """How the example was made (rendering, spans, token offsets), kept only where asked
+    (``encode_expanded(..., trace=True)``, ``sftlab.tokens.masks.annotate``), never in bulk encoding."""
 
     def __post_init__(self):
         object.__setattr__(self, "input_ids", token_ids(self.input_ids))
@@ -151,20 +175,19 @@ class _Encoder:
     # -- weights --------------------------------------------------------------------------------
     @staticmethod
     def weights(offsets: Sequence[tuple[int, int]], layout: Layout, trained: dict[int, float]) -> list[float]:
-        """Per-token weights: ``trained[i]`` on tokens overlapping assistant message i's content + eot."""
+        """Per-token weights: ``trained[i]`` on tokens overlapping assistant turn i's trained characters."""
         n = len(offsets)
         w = [0.0] * n
         if not trained:
             return w
         starts = [s for s, _ in offsets]
         ends = [e for _, e in offsets]
-        for span in layout.spans:
-            weight = trained.get(span.index)
+        for turn in layout.turns:
+            weight = trained.get(turn.index)
             if not weight:
                 continue
-            hi_char = span.eot_end if span.eot_end is not None else span.end
-            lo = bisect.bisect_right(ends, span.start)      # first token ending after the start
-            hi = bisect.bisect_left(starts, hi_char)        # first token starting at/after the end
+            lo = bisect.bisect_right(ends, turn.start)      # first token ending after the start
+            hi = bisect.bisect_left(starts, turn.end)       # first token starting at/after the end
             for k in range(lo, hi):
                 if ends[k] > starts[k]:
                     w[k] = weight
@@ -228,48 +251,57 @@ def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
 
 
 def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_turn_only: bool,
-           dropped: int, layout: Layout | None = None, encoding=None) -> EncodedExample:
+           dropped: int, layout: Layout | None = None, encoding=None, skip: frozenset = frozenset()) -> EncodedExample:
     """One example from ``messages`` (all of ``conv``'s, or what truncation kept); ``encoding`` is
     the tokenizer's encoding of ``layout.text`` when the caller already has it (batched)."""
     layout = layout if layout is not None else _layout(enc, messages)
-    trained = _trained_messages(messages, last_turn_only)
-    rewritten = sorted(set(trained) & set(layout.rewritten))
-    if rewritten:
-        raise EncodingError(
-            f"the {enc.template.name} template rewrites the content of assistant message(s) {rewritten} "
-            f"(beyond trimming whitespace), so its tokens cannot be masked as that content; train other "
-            f"turns only (train: false on it) or use a template that renders content verbatim")
-    rerendered = sorted(set(trained) & set(layout.rerendered))
-    if rerendered:
-        raise EncodingError(
-            f"the {enc.template.name} template renders assistant message(s) {rerendered} differently once "
-            f"the conversation goes on (it re-renders earlier turns, e.g. drops their reasoning), so their "
-            f"tokens here are not what the model generates at that turn and cannot be trained exactly; "
-            f"train the final turn only (encoding.last_turn_only: true, or train: false on earlier turns)")
-    weights = None
+    trained = {i: w for i, w in _trained_messages(messages, last_turn_only).items() if i not in skip}
+    _check_turns(enc.template, layout, trained)
+    weights, offsets = None, None
     if encoding is not None and not enc._injected(layout):
         ids = encoding.ids
         weights = _weights_by_char(encoding, len(ids), layout, trained)
+        offsets = encoding.offsets
     if weights is None:
         ids, offsets = enc.tokenize(layout, encoding)
         weights = loss_weights(enc.weights(offsets, layout, trained))
     n_trained = len(weights) - weights.count(0.0)
+    trace = Trace(layout, offsets, messages) if _KEEP_TRACE.get() else None
     return EncodedExample(token_ids(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
-                          conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin)
+                          conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin, trace=trace)
+
+
+def _check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, float]) -> None:
+    """Refuse a record whose trained turns the layout cannot train exactly (DESIGN.md, invariant 2)."""
+    bad = sorted(i for i in trained if i in layout.untrainable)
+    if bad:
+        raise EncodingError(f"assistant message {bad[0]} cannot be trained with the {template.name} template: "
+                            f"{layout.untrainable[bad[0]]}")
+    rerendered = sorted(set(trained) & set(layout.rerendered))
+    if rerendered:
+        raise EncodingError(
+            f"the {template.name} template renders assistant message(s) {rerendered} differently once the "
+            f"conversation goes on (it re-renders earlier turns, e.g. drops their reasoning or writes another "
+            f"stop), so their tokens here are not what the model generates at that turn; set "
+            f"encoding.turns: expand to train each such turn in its own example with its inference context, "
+            f"or train the final turn only (encoding.last_turn_only: true)")
+    missing = sorted(i for i in trained if layout.turn(i) is None)
+    if missing:
+        raise EncodingError(f"assistant message {missing[0]} has no certified trained span in the "
+                            f"{template.name} template's rendering")
 
 
 def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]) -> TokenArray | None:
-    """Fast path of ``_Encoder.weights``: token indices of the span ends via ``char_to_token``.
+    """Fast path of ``_Encoder.weights``: token indices of the turn ends via ``char_to_token``.
 
-    Returns ``None`` (use offsets) when a span edge falls on a character no token covers.
+    Returns ``None`` (use offsets) when a turn edge falls on a character no token covers.
     """
     w = loss_weights(bytes(4 * n))  # n zeros
-    for span in layout.spans:
-        weight = trained.get(span.index)
+    for turn in layout.turns:
+        weight = trained.get(turn.index)
         if not weight:
             continue
-        end = span.eot_end if span.eot_end is not None else span.end
-        lo, hi = encoding.char_to_token(span.start), encoding.char_to_token(end - 1)
+        lo, hi = encoding.char_to_token(turn.start), encoding.char_to_token(turn.end - 1)
         if lo is None or hi is None:
             return None
         w[lo:hi + 1] = loss_weights([weight]) * (hi + 1 - lo)
@@ -296,8 +328,9 @@ class _Truncation:
     encoding per truncated conversation, batched with the others of its batch by ``encode_all``.
     """
 
-    def __init__(self, conv: Conversation, full: EncodedExample, layout: Layout, encoding, max_length: int):
-        self.conv, self.full, self.max_length = conv, full, max_length
+    def __init__(self, conv: Conversation, full: EncodedExample, layout: Layout, encoding, max_length: int,
+                 skip: frozenset = frozenset()):
+        self.conv, self.full, self.max_length, self.skip = conv, full, max_length, skip
         self.head, self.groups = _exchanges(conv.messages)
         self.estimate = self._estimates(layout, encoding)
         fits = [k for k in range(1, len(self.groups)) if self.estimate[k] <= max_length]
@@ -322,8 +355,11 @@ class _Truncation:
         return _layout(enc, self.messages(k))
 
     def cut(self, enc: _Encoder, k: int, last_turn_only: bool, layout=None, encoding=None) -> EncodedExample:
-        kept = self.messages(k)
-        return _build(enc, self.conv, kept, last_turn_only, len(self.conv.messages) - len(kept), layout, encoding)
+        kept_idx = self.head + [i for grp in self.groups[k:] for i in grp]
+        kept = [self.conv.messages[i] for i in kept_idx]
+        skip = frozenset(n for n, i in enumerate(kept_idx) if i in self.skip)
+        return _build(enc, self.conv, kept, last_turn_only, len(self.conv.messages) - len(kept), layout, encoding,
+                      skip)
 
     def search(self, enc: _Encoder, last_turn_only: bool, first: EncodedExample | None) -> EncodedExample:
         """The example with the fewest drops that fits; ``first`` is candidate ``self.k``, encoded
@@ -343,6 +379,33 @@ class _Truncation:
             self.k, best = self.k - 1, candidate
         return best
 
+    def overflow(self, enc: _Encoder, best: EncodedExample, last_turn_only: bool, mode: str,
+                 turns: str = "whole") -> list[EncodedExample]:
+        """``best`` (with ``lost_trained_tokens`` set) and, with ``mode="split"``, the examples made
+        of the exchanges it dropped: the system message and those exchanges, truncated again as
+        needed, each trained on its own turns only."""
+        lost = max(self.full.trained_tokens - best.trained_tokens, 0)
+        if mode != "split":
+            return [dataclasses.replace(best, lost_trained_tokens=lost)]
+        trained = _trained_messages(self.conv.messages, last_turn_only)
+        dropped = [i for grp in self.groups[:self.k] for i in grp]
+        if not any(i in trained and i not in self.skip for i in dropped):
+            return [best]
+        keep = set(self.head) | set(dropped)
+        msgs = tuple(m if (i in trained and i not in self.skip) or m.role != "assistant" else
+                     dataclasses.replace(m, train=False) for i, m in enumerate(self.conv.messages) if i in keep)
+        msgs = tuple(dataclasses.replace(m, train=True) if m.role == "assistant" and m.train is not False else m
+                     for m in msgs)
+        sub = dataclasses.replace(self.conv, messages=msgs)
+        try:
+            parts = _encode_one(enc, sub, self.max_length, False, turns, "split")
+        except (EncodingError, TemplateError):
+            return [dataclasses.replace(best, lost_trained_tokens=lost)]
+        parts = [dataclasses.replace(p, derived=p.derived or "overflow") for p in parts]
+        split_lost = max(lost - sum(p.trained_tokens for p in parts), 0) + sum(p.lost_trained_tokens for p in parts)
+        return [dataclasses.replace(best, lost_trained_tokens=split_lost),
+                *[dataclasses.replace(p, lost_trained_tokens=0) for p in parts]]
+
     def _reject(self, final: EncodedExample):
         raise EncodingError(
             f"the final exchange alone is {len(final)} tokens, longer than max_length={self.max_length}; "
@@ -356,6 +419,21 @@ def _check_trained(ex: EncodedExample) -> EncodedExample:
     return ex
 
 
+TURNS = ("whole", "expand")
+"""``encoding.turns``: ``whole`` trains every turn in the record's one example and refuses a record
+whose template re-renders a trained turn; ``expand`` gives each such turn an example of its own."""
+OVERFLOW = ("drop", "split")
+"""``encoding.overflow``: what happens to the early exchanges ``max_length`` truncation drops:
+``drop`` loses them (counted in ``lost_trained_tokens``); ``split`` makes them further examples."""
+
+
+def _options(turns: str, overflow: str) -> None:
+    if turns not in TURNS:
+        raise ValueError(f"turns must be one of {', '.join(TURNS)}, not {turns!r}")
+    if overflow not in OVERFLOW:
+        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW)}, not {overflow!r}")
+
+
 def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
            max_length: int | None = None, last_turn_only: bool = False) -> EncodedExample:
     """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
@@ -364,19 +442,38 @@ def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, 
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    chunk = [as_conversation(conversation)]
-    enc = _encoder(tokenizer, template)
-    results, layouts = _render_chunk(enc, chunk)
+    return _encode_one(_encoder(tokenizer, template), as_conversation(conversation), max_length,
+                       last_turn_only)[0]
+
+
+def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
+                    max_length: int | None = None, last_turn_only: bool = False, turns: str = "expand",
+                    overflow: str = "drop", trace: bool = False) -> list[EncodedExample]:
+    """Every example one conversation gives with the ``turns`` and ``overflow`` options (the
+    record's own example first, where it has a trained turn); raises ``EncodingError`` as ``encode``.
+    ``trace=True`` keeps each example's ``Trace`` (rendering, spans, token offsets)."""
+    _options(turns, overflow)
+    token = _KEEP_TRACE.set(trace)
+    try:
+        return _encode_one(_encoder(tokenizer, template), as_conversation(conversation), max_length,
+                           last_turn_only, turns, overflow)
+    finally:
+        _KEEP_TRACE.reset(token)
+
+
+def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, turns="whole",
+                overflow="drop") -> list[EncodedExample]:
+    results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
-    _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
+    _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow)
     if isinstance(results[0], str):
         raise EncodingError(results[0])
-    return results[0]
+    return results[0] if isinstance(results[0], list) else [results[0]]
 
 
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
-               batch_size: int = 1024, progress: bool = False):
+               batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop"):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
@@ -384,9 +481,11 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     (the Rust tokenizer runs them on all cores), the first truncation candidates of a batch too;
     ``num_proc > 1`` also spreads rendering and weighting over processes.
     """
+    _options(turns, overflow)
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
-        return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size)
+        return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
+                                turns, overflow)
     enc = _encoder(tokenizer, template)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
@@ -397,10 +496,12 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
     with collector.paused():
         for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
-            _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only)
+            _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only, turns, overflow)
             for conv, result in zip(chunk, results):
                 if isinstance(result, str):
                     quarantined.append(_quarantine_entry(conv, result))
+                elif isinstance(result, list):
+                    examples.extend(result)
                 else:
                     examples.append(result)
             if bar is not None:
@@ -447,17 +548,26 @@ def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, d
 
 
 def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, layouts: dict[int, Layout],
-                  encodings, max_length: int | None, last_turn_only: bool) -> None:
-    """Fill ``results`` with each conversation's example, or the reason it is quarantined."""
+                  encodings, max_length: int | None, last_turn_only: bool, turns: str = "whole",
+                  overflow: str = "drop") -> None:
+    """Fill ``results`` with each conversation's example (a list of them where ``turns`` or
+    ``overflow`` made more than one), or the reason it is quarantined."""
     long: dict[int, _Truncation] = {}
+    extra: dict[int, list[EncodedExample]] = {}
     for j, encoding in zip(layouts, encodings):
         conv = chunk[j]
         try:
-            ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding)
+            skip: frozenset = frozenset()
+            if turns == "expand":
+                skip, extra[j] = _expand(enc, conv, layouts[j], max_length, last_turn_only, overflow)
+                if not set(_trained_messages(conv.messages, last_turn_only)) - skip:
+                    results[j] = extra[j]  # every trained turn has an example of its own
+                    continue
+            ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
             if max_length is not None and len(ex) > max_length:
-                long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length)
+                long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length, skip)
             else:
-                results[j] = _check_trained(ex)
+                results[j] = _with_extra(_check_trained(ex), extra.get(j))
         except (EncodingError, TemplateError) as e:
             results[j] = _reason(e)
     # Truncated conversations: the first candidate of each, tokenized in one batch.
@@ -475,10 +585,31 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
             continue
         try:
             first = t.cut(enc, t.k, last_turn_only, firsts[j], encoded[j]) if j in firsts else None
-            results[j] = _check_trained(t.search(enc, last_turn_only, first))
+            best = _check_trained(t.search(enc, last_turn_only, first))
+            parts = t.overflow(enc, best, last_turn_only, overflow, turns)
+            results[j] = _with_extra(parts[0], parts[1:] + extra.get(j, []))
         except (EncodingError, TemplateError) as e:
             results[j] = _reason(e)
 
+
+def _with_extra(ex: EncodedExample, extra: list[EncodedExample] | None):
+    return [ex, *extra] if extra else ex
+
+
+def _expand(enc: _Encoder, conv: Conversation, layout: Layout, max_length, last_turn_only, overflow):
+    """``(turns trained elsewhere, their examples)``: each trained assistant turn that the layout
+    shows re-rendered becomes an example of its own, the conversation up to and including it,
+    rendered as the template renders it at inference for that turn, with only that turn trained."""
+    trained = _trained_messages(conv.messages, last_turn_only)
+    rerendered = sorted(set(trained) & set(layout.rerendered))
+    out: list[EncodedExample] = []
+    for i in rerendered:
+        msgs = tuple(Message(m.role, m.content, train=(k == i), weight=m.weight) for k, m in
+                     enumerate(conv.messages[:i + 1]))
+        sub = dataclasses.replace(conv, messages=msgs)
+        for ex in _encode_one(enc, sub, max_length, False, "whole", overflow):
+            out.append(dataclasses.replace(ex, derived=ex.derived or "turn"))
+    return frozenset(rerendered), out
 
 def _reason(e: Exception) -> str:
     return str(e) or type(e).__name__
@@ -493,18 +624,19 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 _WORKER: dict = {}
 
 
-def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size):
+def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
-                   last_turn_only=last_turn_only, batch_size=batch_size)
+                   last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow)
 
 
 def _worker_run(convs):
     w = _WORKER
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
-                      last_turn_only=w["last_turn_only"], batch_size=w["batch_size"])
+                      last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
+                      overflow=w["overflow"])
 
 
-def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size):
+def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow):
     import multiprocessing as mp
     import os
 
@@ -516,7 +648,7 @@ def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
-                  initargs=(tokenizer, template, max_length, last_turn_only, batch_size)) as pool:
+                  initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:

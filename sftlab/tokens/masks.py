@@ -20,7 +20,7 @@ import html
 from dataclasses import dataclass
 
 from sftlab.data.conversation import Conversation, Message
-from sftlab.tokens.encoding import EncodedExample, _encoder, _exchanges, as_conversation, encode
+from sftlab.tokens.encoding import EncodedExample, _exchanges, as_conversation, encode_expanded
 from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
 
 
@@ -36,19 +36,17 @@ class TokenView:
 
 def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
              max_length: int | None = None, last_turn_only: bool = False) -> tuple[EncodedExample, list[TokenView]]:
-    """The encoded example and a ``TokenView`` per token (truncation applied as in training)."""
+    """The encoded example and a ``TokenView`` per token (truncation applied as in training), read
+    from the rendering and token offsets the encoding kept (nothing is rendered or tokenized twice)."""
     conv = as_conversation(conversation)
-    ex = encode(conv, tokenizer, template, max_length=max_length, last_turn_only=last_turn_only)
-    enc = _encoder(tokenizer, template)
+    ex = encode_expanded(conv, tokenizer, template, max_length=max_length, last_turn_only=last_turn_only,
+                         turns="whole", trace=True)[0]
+    layout, offsets, kept = ex.trace.layout, ex.trace.offsets, ex.trace.messages
+    if len(offsets) != len(ex.input_ids):
+        raise TemplateError("internal error: token offsets and ids differ in length")
     head, _ = _exchanges(conv.messages)
-    kept = list(conv.messages[:len(head)]) + list(conv.messages[len(head) + ex.dropped_turns:])
-    layout = enc.template.layout([{"role": m.role, "content": m.content} for m in kept])
-    ids, offsets = enc.tokenize(layout)
-    if list(ids) != ex.input_ids:  # a check, not an assert: it must hold under python -O too
-        raise TemplateError(f"{enc.template.name}: the re-rendered conversation gives other ids than its "
-                            "encoding; the template is not deterministic, so its masks cannot be shown")
     views = []
-    for tid, (s, e), w in zip(ids, offsets, ex.loss_weights):
+    for tid, (s, e), w in zip(ex.input_ids, offsets, ex.loss_weights):
         owner = next((sp for sp in layout.spans if s < sp.end and e > sp.start), None)
         role = owner.role if owner else "template"
         idx = (owner.index + (ex.dropped_turns if owner.index >= len(head) else 0)) if owner else None
@@ -123,68 +121,111 @@ def to_html(items: list[tuple[str, list[TokenView], EncodedExample]], title: str
 
 
 # -- check-template -----------------------------------------------------------------------------
-def probe_conversations(control_tokens: tuple[str, ...]) -> dict[str, Conversation]:
-    """The built-in probe set: each names what it exercises."""
+def probe_conversations(control_tokens: tuple[str, ...]) -> dict[str, tuple[Conversation, bool]]:
+    """The built-in probe set: name -> (conversation, required). A required probe that the template
+    cannot render is a failure (unchecked is not passed); an optional one (a system prompt, a tool
+    turn: some templates take neither) is reported as skipped."""
     spelled = " ".join(control_tokens) or "<|im_start|>assistant"
     m = Message
     return {
-        "system prompt": Conversation((m("system", "You answer in one word."), m("user", "Capital of France?"),
-                                       m("assistant", "Paris."))),
-        "multi-turn": Conversation((m("user", "Hi!"), m("assistant", "Hello. How can I help?"),
-                                    m("user", "Add 2 and 3."), m("assistant", "2 + 3 = 5."),
-                                    m("user", "Thanks"), m("assistant", "You're welcome!"))),
-        "tool turn": Conversation((m("user", "Weather in Oslo?"), m("assistant", "Let me check."),
-                                   m("tool", '{"temp_c": -3}'), m("assistant", "It is -3 °C in Oslo."))),
-        "content spelling special tokens": Conversation((
-            m("system", f"sys {spelled}"), m("user", f"Ignore that: {spelled} assistant"),
-            m("assistant", f"I see text like {spelled} and treat it as text."))),
-        "non-ASCII": Conversation((m("user", "Übersetze: 日本語, emoji 🙂, ñ, Ωμέγα"),
-                                   m("assistant", "Japanese 日本語 — emoji 🙂 — ñ — Ωμέγα ✓"))),
+        "single turn": (Conversation((m("user", "Capital of France?"), m("assistant", "Paris."))), True),
+        "system prompt": (Conversation((m("system", "You answer in one word."), m("user", "Capital of France?"),
+                                        m("assistant", "Paris."))), False),
+        "multi-turn": (Conversation((m("user", "Hi!"), m("assistant", "Hello. How can I help?"),
+                                     m("user", "Add 2 and 3."), m("assistant", "2 + 3 = 5."),
+                                     m("user", "Thanks"), m("assistant", "You're welcome!"))), True),
+        "multi-turn with system": (Conversation((m("system", "Be brief."), m("user", "Hi!"), m("assistant", "Hello."),
+                                                 m("user", "Add 2 and 3."), m("assistant", "5."))), False),
+        "tool turn": (Conversation((m("user", "Weather in Oslo?"), m("assistant", "Let me check."),
+                                    m("tool", '{"temp_c": -3}'), m("assistant", "It is -3 °C in Oslo."))), False),
+        "content spelling special tokens": (Conversation((
+            m("user", f"Ignore that: {spelled} assistant"),
+            m("assistant", f"I see text like {spelled} and treat it as text."))), True),
+        "non-ASCII": (Conversation((m("user", "Übersetze: 日本語, emoji 🙂, ñ, Ωμέγα"),
+                                    m("assistant", "Japanese 日本語 — emoji 🙂 — ñ — Ωμέγα ✓"))), True),
     }
 
 
 def check_template(tokenizer, template: ChatTemplate | str | None = None) -> list[dict]:
-    """One result per probe: per assistant turn, whether the trained text equals the content
-    plus end-of-turn marker, and whether any control token came from content."""
+    """One result per probe, with one entry per assistant turn: what the prompt P_i ends with, what
+    the model must generate (F_i after P_i, read from two renderings of the template), what is
+    trained (decoded from the encoded example, expanded per turn where the template re-renders
+    earlier turns), and whether they agree by the generation-parity contract (DESIGN.md,
+    invariant 2): the trained text is what the model must generate up to and including the stop,
+    and what is left after it is only whitespace and control tokens (an eos written once)."""
+    from sftlab.tokens.encoding import encode_expanded
+    from sftlab.tokens.templates import _render_jinja, _sorted_control, RenderLimitError
+
     t = template if isinstance(template, ChatTemplate) else get_template(template, tokenizer)
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
+    control = _sorted_control(t)
     results = []
-    for name, conv in probe_conversations(t.control_tokens).items():
-        last_turn_only, reason = False, None
+    for name, (conv, required) in probe_conversations(t.control_tokens).items():
+        msgs = [{"role": mm.role, "content": mm.content} for mm in conv.messages]
         try:
-            ex, views = annotate(conv, tokenizer, t)
-        except Exception as e:  # the template rejects this shape (e.g. no tool role): reported, not fatal
-            reason = str(e)
-        if reason is not None:  # a template that re-renders earlier turns can still train the final one
-            try:
-                ex, views = annotate(conv, tokenizer, t, last_turn_only=True)
-                last_turn_only = True
-            except Exception:
-                results.append({"probe": name, "status": "unsupported", "reason": reason, "turns": []})
-                continue
-        turns, ok = [], True
-        owners = _owners(views)
-        for idx in conv.assistant_indices[-1:] if last_turn_only else conv.assistant_indices:
-            trained = tokenizer.decode([v.id for v, o in zip(views, owners) if v.weight > 0 and o == idx])
-            expected = conv.messages[idx].content + (t.end_of_turn[0] if t.end_of_turn else "")
-            exact = trained == expected
-            merged = not exact and trained.strip() == expected.strip()
-            turns.append({"message_index": idx, "trained_text": trained, "expected": expected,
-                          "exact": exact, "boundary_merge": merged})
-            ok &= exact or merged
-        injected = [v.text for v in views if v.role != "template" and v.id in special_ids]
-        ok &= bool(t.end_of_turn)  # without a marker the model never learns to stop
-        status = "mismatch" if not ok or injected else ("last turn only" if last_turn_only else "ok")
+            examples = encode_expanded(conv, tokenizer, t, turns="expand", trace=True)
+        except RenderLimitError:
+            raise
+        except Exception as e:  # the template rejects this shape (no system or tool role) or the record
+            results.append({"probe": name, "status": "mismatch" if required else "skipped", "reason": str(e),
+                            "required": required, "turns": []})
+            continue
+        turns, ok, expanded = [], True, False
+        for idx in conv.assistant_indices:
+            render = (lambda ms, g: t.render(ms, g)) if t.is_builtin else (lambda ms, g: _render_jinja(t, ms, g))
+            prompt, own = render(msgs[:idx], True), render(msgs[:idx + 1], False)
+            must = own[len(prompt):] if own.startswith(prompt) else None
+            ex = next((e for e in examples if e.derived == "turn" and _last_assistant(tokenizer, e, idx, conv)), None)
+            expanded |= ex is not None
+            trained = _trained_text(tokenizer, ex if ex is not None else examples[0], idx, conv, ex is not None)
+            exact, after = False, None
+            if must is not None and trained:
+                if must.startswith(trained):
+                    after = must[len(trained):]
+                    exact = not _strip_control(after, control).strip()
+                elif trained.startswith(must):  # a stop appended where the template writes none
+                    after = ""
+                    exact = _strip_control(trained[len(must):], control) == ""
+            turns.append({"message_index": idx, "prompt_ends_with": prompt[-40:], "must_generate": must,
+                          "trained_text": trained, "after_stop": after, "exact": exact,
+                          "expanded": ex is not None})
+            ok &= exact
+        injected = [tokenizer.decode([i]) for e in examples for i, s in zip(e.input_ids, _content_mask(t, e, conv))
+                    if s and i in special_ids]
+        status = "mismatch" if not ok or injected else ("expanded" if expanded else "ok")
         results.append({"probe": name, "status": status, "control_tokens_from_content": injected, "turns": turns,
-                        "no_end_of_turn": not t.end_of_turn, **({"reason": reason} if last_turn_only else {})})
+                        "required": required})
+    if not any(r["turns"] for r in results):
+        results.append({"probe": "(any)", "status": "mismatch", "reason": "no probe could be checked",
+                        "required": True, "turns": []})
     return results
 
 
-def _owners(views: list[TokenView]) -> list[int | None]:
-    """For each token, its message, or for scaffolding the message whose content came last."""
-    out, last = [], None
-    for v in views:
-        if v.message_index is not None:
-            last = v.message_index
-        out.append(last)
-    return out
+def _strip_control(s: str, control: tuple[str, ...]) -> str:
+    for c in control:
+        s = s.replace(c, "")
+    return s
+
+
+def _last_assistant(tokenizer, ex: EncodedExample, idx: int, conv: Conversation) -> bool:
+    """Whether the expanded example ``ex`` is the one made for assistant message ``idx``."""
+    return ex.trace is not None and len(ex.trace.messages) == idx + 1
+
+
+def _trained_text(tokenizer, ex: EncodedExample, idx: int, conv: Conversation, own: bool) -> str:
+    """The decoded trained tokens of assistant message ``idx`` in ``ex``: those over its turn's
+    characters in the rendering the encoding kept."""
+    turn = ex.trace.layout.turn(idx) if ex.trace is not None else None
+    if turn is None:
+        return ""
+    ids = [i for i, (s, e), w in zip(ex.input_ids, ex.trace.offsets, ex.loss_weights)
+           if w > 0 and s < turn.end and e > turn.start]
+    return tokenizer.decode(ids)
+
+
+def _content_mask(t: ChatTemplate, ex: EncodedExample, conv: Conversation) -> list[bool]:
+    """Per token of ``ex``: whether it lies in message content (from the spans the encoding kept)."""
+    if ex.trace is None:
+        return [False] * len(ex)
+    layout, offsets = ex.trace.layout, ex.trace.offsets
+    return [any(s < sp.end and e > sp.start for sp in layout.spans) for s, e in offsets]

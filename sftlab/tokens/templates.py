@@ -1,27 +1,32 @@
-"""Chat templates: how a conversation becomes text, and where each message's content lies in it.
+"""Chat templates: how a conversation becomes text, where each message's content lies in it, and
+which characters of each assistant turn are trained.
 
-A ``ChatTemplate`` is either one of the built-in formats (``chatml``, ``llama3``, ``mistral``,
-``gemma``, ``zephyr``, ``phi3``, ``alpaca``) or the Jinja ``chat_template`` of a Hugging Face
-tokenizer, rendered with transformers' sandboxed Jinja environment. Either way it produces a
-``Layout``: the rendered text plus the character span of every message's content. Encoding
+A ``ChatTemplate`` is either one of the built-in formats (``sftlab.tokens.chat_formats``) or the
+Jinja ``chat_template`` of a Hugging Face tokenizer, rendered in a sandboxed Jinja environment with
+a time limit and an output-size limit (a template that exceeds either is refused, never waited on).
+Either way it produces a ``Layout`` (``sftlab.tokens.layout``): the rendered text, the character
+span of every message's content, and the trained characters of every assistant turn. Encoding
 (``sftlab.tokens.encoding``) turns that into token ids and loss weights; nothing here tokenizes.
 
-Built-in formats are data (``_Format``): a fast Python renderer that records spans while it
-concatenates, and the equivalent Jinja source (with ``{% generation %}`` markers) that is installed
-into the tokenizer of a trained model, so ``apply_chat_template`` reproduces the training text.
-A test checks that both renderings agree for every built-in.
+**The trained characters (DESIGN.md, invariant 2).** For assistant message i, let P_i be the
+template's rendering of the messages before it with the generation prompt, and F_i the rendering
+of the messages up to and including it. Where F_i starts with P_i, the trained characters are
+F_i after P_i up to and including the stop sequence: openers the template makes the model write
+(a think block, a channel header), the content, and the stop. The stop is read off the template
+itself: the control tokens it writes right after the content, both where the turn is the last
+message (F_i) and where the conversation goes on; a closing token written only once after the
+whole conversation (an eos) is after the stop and not trained. Where the template writes no stop
+at all, the control token that begins the next turn is the stop (and is written after a final
+turn that has none). A turn whose characters in the whole rendering differ from those of F_i (the
+template re-renders earlier turns: drops their reasoning, writes another stop) is ``rerendered``
+and never trained from that text: ``encoding.turns: expand`` trains it in its own example.
 
-For a Jinja template the spans are derived from incremental renderings: the content of message i
-lies between the rendering of ``messages[:i]`` and that of ``messages[:i+1]``, at the place where
-the template puts a probe string given as message i's content (so an answer "d" is found where
-the answer is, not inside ``<|im_end|>``). That holds only when each prefix rendering is a prefix
-of the whole rendering, up to a closing string the template writes once after the last message
-(an eos). Templates that re-render history (for example by dropping earlier reasoning) or
-rewrite content are detected and reported, never silently mis-masked: their spans are then
-certified on the whole rendering (the conversation rendered with a probe in one message's place
-must equal the real rendering outside that message), and the ``Layout`` lists the messages that
-are not rendered as the model generates them (``rerendered``) or not verbatim (``rewritten``);
-``sftlab.tokens.encoding`` refuses to train those, so only a final turn can be trained with such templates.
+**Content spans.** The content of message i lies between the rendering of ``messages[:i]`` and that
+of ``messages[:i+1]``, at the place where the template puts a probe string given as message i's
+content. Templates that re-render history are certified on the whole rendering instead (the
+conversation rendered with a probe in one message's place must equal the real rendering outside
+that message). A template that writes a message's content more than once, or drops the content of
+a message, is refused: its masks could not be exact.
 
 Example::
 
@@ -29,216 +34,35 @@ Example::
     >>> lay = t.layout([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
     >>> lay.text
     '<|im_start|>user\\nhi<|im_end|>\\n<|im_start|>assistant\\nyo<|im_end|>\\n'
-    >>> [(lay.text[s.start:s.end], s.eot_end and lay.text[s.end:s.eot_end]) for s in lay.spans]
-    [('hi', None), ('yo', '<|im_end|>')]
+    >>> [lay.text[t.start:t.end] for t in lay.turns]
+    ['yo<|im_end|>']
 """
 from __future__ import annotations
 
-import json
+import functools
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from sftlab.fingerprints import config_hash, tokenizer_sha256
+from sftlab.tokens.chat_formats import _FORMATS, _Format, _format_jinja, _format_layout
+from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
 
-BUILTIN_TEMPLATES = ("chatml", "llama3", "mistral", "gemma", "zephyr", "phi3", "alpaca")
+__all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
+           "add_role_tokens", "install_template", "missing_control_tokens", "control_token_strings",
+           "special_strings", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS"]
 
+BUILTIN_TEMPLATES = tuple(_FORMATS)
 
-class TemplateError(ValueError):
-    """The template cannot render this conversation exactly (reason in the message)."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """Where message ``index``'s content lies in the rendered text (``text[start:end]``).
-
-    ``eot_end`` is set for assistant messages only: ``text[end:eot_end]`` is the end-of-turn
-    marker the template writes right after the content (for example ``<|im_end|>``), which is
-    trained with the content; ``None`` when the template writes none.
-    """
-    index: int
-    role: str
-    start: int
-    end: int
-    eot_end: int | None = None
+RENDER_SECONDS = 10.0
+"""Longest time one rendering of a Jinja template may take before it is refused."""
+RENDER_MAX_CHARS = 4_000_000
+"""Most characters one rendering may write (plus 16 per character of message content)."""
 
 
-@dataclass(frozen=True)
-class Layout:
-    text: str
-    spans: tuple[Span, ...]
-    rerendered: tuple[int, ...] = ()
-    """Assistant messages this rendering does not show as the model generates them: the template
-    re-renders them once the conversation goes on (for example it drops their reasoning), so
-    their tokens here are not what follows the generation prompt at their turn. Their spans are
-    exact in this text, but they must not be trained (``sftlab.tokens.encoding`` refuses)."""
-    rewritten: tuple[int, ...] = ()
-    """Messages whose content the template changes beyond trimming (strips reasoning, upper-cases,
-    ...): their span is the text the template wrote in the content's place, which is kept from
-    becoming control tokens like content, but cannot be trained (``sftlab.tokens.encoding`` refuses)."""
-
-
-@dataclass(frozen=True)
-class _Format:
-    """A built-in chat format. ``{eos}`` in any piece is replaced by the tokenizer's eos token."""
-    name: str
-    prefix: dict[str, str]            # role -> text before the content
-    suffix: dict[str, str]            # role -> text after the content (assistant: starts with the eot)
-    eot: tuple[str, ...]              # the end-of-turn marker(s) trained after assistant content
-    generation_prompt: str
-    bos: str = ""
-    merge_system: bool = False        # system text is prepended to the first user message
-    default_system: str | None = None
-    role_names: dict[str, str] = field(default_factory=dict)  # role -> name written in the header
-    extra_control: tuple[str, ...] = ()
-
-
-_CHATML = _Format(
-    "chatml",
-    prefix={r: f"<|im_start|>{r}\n" for r in ("system", "user", "assistant", "tool")},
-    suffix={r: "<|im_end|>\n" for r in ("system", "user", "assistant", "tool")},
-    eot=("<|im_end|>",), generation_prompt="<|im_start|>assistant\n", extra_control=("<|im_start|>",))
-
-_LLAMA3 = _Format(
-    "llama3",
-    prefix={r: f"<|start_header_id|>{n}<|end_header_id|>\n\n" for r, n in
-            (("system", "system"), ("user", "user"), ("assistant", "assistant"), ("tool", "ipython"))},
-    suffix={r: "<|eot_id|>" for r in ("system", "user", "assistant", "tool")},
-    eot=("<|eot_id|>",), generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
-    bos="<|begin_of_text|>", extra_control=("<|start_header_id|>", "<|end_header_id|>"))
-
-_MISTRAL = _Format(
-    "mistral",
-    prefix={"user": "[INST] ", "assistant": ""},
-    suffix={"user": " [/INST]", "assistant": "</s>"},
-    eot=("</s>",), generation_prompt="", bos="<s>", merge_system=True,
-    extra_control=("[INST]", "[/INST]"))
-
-_GEMMA = _Format(
-    "gemma",
-    prefix={"user": "<start_of_turn>user\n", "assistant": "<start_of_turn>model\n"},
-    suffix={"user": "<end_of_turn>\n", "assistant": "<end_of_turn>\n"},
-    eot=("<end_of_turn>",), generation_prompt="<start_of_turn>model\n", bos="<bos>", merge_system=True,
-    extra_control=("<start_of_turn>",))
-
-_ZEPHYR = _Format(
-    "zephyr",
-    prefix={r: f"<|{r}|>\n" for r in ("system", "user", "assistant")},
-    suffix={r: "</s>\n" for r in ("system", "user", "assistant")},
-    eot=("</s>",), generation_prompt="<|assistant|>\n", extra_control=("<|system|>", "<|user|>", "<|assistant|>"))
-
-_PHI3 = _Format(
-    "phi3",
-    prefix={r: f"<|{r}|>\n" for r in ("system", "user", "assistant")},
-    suffix={r: "<|end|>\n" for r in ("system", "user", "assistant")},
-    eot=("<|end|>",), generation_prompt="<|assistant|>\n", extra_control=("<|system|>", "<|user|>", "<|assistant|>"))
-
-_ALPACA = _Format(
-    "alpaca",
-    prefix={"system": "", "user": "### Instruction:\n", "assistant": "### Response:\n"},
-    suffix={"system": "\n\n", "user": "\n\n", "assistant": "{eos}\n\n"},
-    eot=("{eos}",), generation_prompt="### Response:\n",
-    default_system="Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.")
-
-_FORMATS = {f.name: f for f in (_CHATML, _LLAMA3, _MISTRAL, _GEMMA, _ZEPHYR, _PHI3, _ALPACA)}
-
-
-def _jinja_str(s: str) -> str:
-    """A Jinja expression for the literal ``s`` (``{eos}`` becomes the ``eos_token`` variable)."""
-    parts = s.split("{eos}")
-    out = " + eos_token + ".join(json.dumps(p) for p in parts)
-    return out.replace('"" + ', "").replace(' + ""', "") or '""'
-
-
-def _format_jinja(f: _Format) -> str:
-    """The Jinja source equivalent to ``_Format`` rendering, with ``{% generation %}`` markers."""
-    # The assistant suffix is the trained end-of-turn marker followed by untrained text.
-    a_eot = "".join(f.eot)
-    a_after = f.suffix["assistant"][len(a_eot):]
-    lines = []
-    if f.bos:
-        lines.append("{{- " + _jinja_str(f.bos) + " }}")
-    if f.default_system is not None:
-        lines.append("{%- if messages and messages[0]['role'] != 'system' %}{{- "
-                     + _jinja_str(f.default_system + f.suffix["system"]) + " }}{%- endif %}")
-    if f.merge_system:
-        lines.append("{%- set ns = namespace(system='') %}")
-    lines.append("{%- for message in messages %}")
-    branches = []
-    for role in ("system", "user", "assistant", "tool"):
-        if role == "system" and f.merge_system:
-            body = "{%- set ns.system = message['content'] + '\\n\\n' %}"
-        elif role not in f.prefix:
-            body = ("{{- raise_exception('the " + f.name + " format has no " + role + " role') }}")
-        elif role == "assistant":
-            body = ("{{- " + _jinja_str(f.prefix[role]) + " }}{%- generation %}{{- message['content'] + "
-                    + _jinja_str(a_eot) + " }}{%- endgeneration %}"
-                    + ("{{- " + _jinja_str(a_after) + " }}" if a_after else ""))
-        elif role == "user" and f.merge_system:
-            body = ("{{- " + _jinja_str(f.prefix[role]) + " + ns.system + message['content'] + "
-                    + _jinja_str(f.suffix[role]) + " }}{%- set ns.system = '' %}")
-        else:
-            body = ("{{- " + _jinja_str(f.prefix[role]) + " + message['content'] + "
-                    + _jinja_str(f.suffix[role]) + " }}")
-        branches.append(("{%- if" if not branches else "{%- elif") + f" message['role'] == '{role}' %}}" + body)
-    lines.extend(branches)
-    lines.append("{%- else %}{{- raise_exception('unknown role: ' + message['role']) }}{%- endif %}")
-    lines.append("{%- endfor %}")
-    if f.generation_prompt:
-        lines.append("{%- if add_generation_prompt %}{{- " + _jinja_str(f.generation_prompt) + " }}{%- endif %}")
-    return "".join(lines)
-
-
-_PIECES: dict = {}
-
-
-def _format_pieces(f: _Format, eos: str) -> tuple:
-    """The format's strings with ``{eos}`` filled in, computed once per (format, eos)."""
-    key = (id(f), eos)
-    if key not in _PIECES:
-        sub = (lambda s: s.replace("{eos}", eos))
-        default_system = None if f.default_system is None else sub(f.default_system + f.suffix["system"])
-        _PIECES[key] = (f, sub(f.bos), default_system, {r: sub(p) for r, p in f.prefix.items()},
-                        {r: sub(p) for r, p in f.suffix.items()}, sub("".join(f.eot)), sub(f.generation_prompt))
-    return _PIECES[key][1:]
-
-
-def _format_layout(f: _Format, messages: list[dict], eos: str, add_generation_prompt: bool) -> Layout:
-    """Render with a built-in format, recording each content span as the text is built."""
-    bos, default_system, prefixes, suffixes, eot, generation_prompt = _format_pieces(f, eos)
-    parts: list[str] = [bos]
-    pos = len(bos)
-    spans: list[Span] = []
-    if default_system is not None and messages and messages[0]["role"] != "system":
-        parts.append(default_system)
-        pos += len(default_system)
-    pending_system: tuple[int, str] | None = None
-    for i, m in enumerate(messages):
-        role, content = m["role"], m["content"]
-        if role == "system" and f.merge_system:
-            pending_system = (i, content)
-            continue
-        prefix = prefixes.get(role)
-        if prefix is None:
-            raise TemplateError(f"the {f.name} format has no {role} role")
-        parts.append(prefix)
-        pos += len(prefix)
-        if role == "user" and pending_system is not None:
-            spans.append(Span(pending_system[0], "system", pos, pos + len(pending_system[1])))
-            parts.append(pending_system[1] + "\n\n")
-            pos += len(pending_system[1]) + 2
-            pending_system = None
-        start = pos
-        parts.append(content)
-        pos += len(content)
-        spans.append(Span(i, role, start, pos, pos + len(eot) if role == "assistant" else None))
-        suffix = suffixes[role]
-        parts.append(suffix)
-        pos += len(suffix)
-    if add_generation_prompt:
-        parts.append(generation_prompt)
-    return Layout("".join(parts), tuple(spans))
+class RenderLimitError(TemplateError):
+    """A rendering ran past the time or output-size limit: the template is refused, not waited on."""
 
 
 @dataclass(frozen=True)
@@ -250,11 +74,14 @@ class ChatTemplate:
     control_tokens: tuple[str, ...]
     """Strings the template writes as control tokens (role markers, end-of-turn, bos)."""
     end_of_turn: tuple[str, ...]
-    """The end-of-turn marker(s) trained after each assistant message."""
+    """The control tokens of the stop sequence trained at the end of each assistant turn."""
     fingerprint: str
     """sha256 of the template source, control tokens, end-of-turn marker(s) and the tokenizer."""
     special: dict = field(compare=False, hash=False, repr=False, default_factory=dict)
     _format: _Format | None = field(default=None, compare=False, hash=False, repr=False)
+    content_parts: bool = field(default=False, compare=False, hash=False)
+    """The template iterates over content parts: message content is passed to it as
+    ``[{"type": "text", "text": ...}]`` (derived from the template by a probe)."""
 
     @property
     def is_builtin(self) -> bool:
@@ -264,8 +91,8 @@ class ChatTemplate:
         return self.layout(messages, add_generation_prompt).text
 
     def layout(self, messages: list[dict], add_generation_prompt: bool = False) -> Layout:
-        """The rendered text and the content span of every message (see ``Span``)."""
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        """The rendered text, the content span of every message and the trained turns."""
+        messages = [{"role": m["role"], "content": text_content(m["content"])} for m in messages]
         if self._format is not None:
             return _format_layout(self._format, messages, self.special.get("eos_token") or "",
                                   add_generation_prompt)
@@ -277,19 +104,171 @@ class ChatTemplate:
                 "control_tokens": list(self.control_tokens), "end_of_turn": list(self.end_of_turn)}
 
 
-def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> str:
-    from transformers.utils.chat_template_utils import render_jinja_template
+def text_content(content) -> str:
+    """Message content as one string: a list of text parts (``[{"type": "text", "text": ...}]``) is
+    joined; anything that is not text is a ``TemplateError`` (sftlab trains on text only)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        out = []
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                out.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise TemplateError(f"content part of type {kind!r}: sftlab trains on text parts only")
+        return "".join(out)
+    if content is None:
+        return ""
+    raise TemplateError(f"message content must be text or a list of text parts, not {type(content).__name__}")
 
+
+# -- rendering Jinja under limits ------------------------------------------------------------------
+
+class _Limits:
+    """The deadline and output budget of the rendering in progress (one per thread)."""
+    import threading as _threading
+    local = _threading.local()
+
+
+def _check_deadline():
+    deadline = getattr(_Limits.local, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise RenderLimitError(f"rendering took longer than {RENDER_SECONDS:g} s (the template loops without end "
+                               f"or builds huge text)")
+
+
+def _check_size(n: int):
+    budget = getattr(_Limits.local, "budget", None)
+    if budget is not None and n > budget:
+        raise RenderLimitError(f"rendering would write more than {budget:,} characters (the template builds "
+                               f"huge text)")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str):
+    """The template compiled in a sandboxed environment that checks the deadline on every call,
+    attribute and item access and the size of every string or list built by ``*``, ``+`` or ``**``,
+    with the globals and filters transformers gives chat templates."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    base = _compile_jinja_template(source).environment
+
+    class _LimitedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+"})
+
+        def call_binop(self, context, operator, left, right):
+            _check_deadline()
+            if operator == "**":
+                if isinstance(right, int) and isinstance(left, int) and abs(left) > 1 and right > 4096:
+                    raise RenderLimitError(f"rendering computes {left} ** {right}, a number too large to write")
+                return left ** right
+            if operator == "*":
+                seq, n = (left, right) if isinstance(right, int) else (right, left)
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                    _check_size(len(seq) * n)
+                return left * right
+            result = left + right
+            if isinstance(result, (str, list, tuple)):
+                _check_size(len(result))
+            return result
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+            _check_deadline()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def getattr(self, obj, attribute):
+            _check_deadline()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            _check_deadline()
+            return super().getitem(obj, argument)
+
+    env = _LimitedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                              extensions=[type(e) for e in base.extensions.values()])
+    env.filters.update(base.filters)
+    env.globals.update(base.globals)
+    return env.from_string(source)
+
+
+def _prepare_messages(messages: list[dict]):
+    """The messages as transformers hands them to a template (plain data, reasoning fields aliased)."""
     try:
-        rendered, _ = render_jinja_template(conversations=[messages], chat_template=t.source,
-                                            add_generation_prompt=add_generation_prompt, **t.special)
-    except Exception as e:  # jinja2 TemplateError, raise_exception(), a template bug
+        from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
+    except ImportError:  # an older transformers: the messages are already plain dicts
+        return messages
+    return _alias_reasoning_fields(_plain_template_data(messages))
+
+
+def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> str:
+    """One rendering of ``messages`` (content as strings) with the template, under the limits."""
+    if t.content_parts:
+        messages = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+    content_chars = sum(len(m["content"]) if isinstance(m["content"], str) else len(m["content"][0]["text"])
+                        for m in messages)
+    budget = RENDER_MAX_CHARS + 16 * content_chars
+    local = _Limits.local
+    outer = getattr(local, "deadline", None), getattr(local, "budget", None)
+    local.deadline, local.budget = time.monotonic() + RENDER_SECONDS, budget
+    try:
+        compiled = _compiled(t.source)
+        chunks, size = [], 0
+        for chunk in compiled.generate(messages=_prepare_messages(messages), tools=None, documents=None,
+                                       add_generation_prompt=add_generation_prompt, **t.special):
+            size += len(chunk)
+            _check_size(size)
+            _check_deadline()
+            chunks.append(chunk)
+        return "".join(chunks)
+    except RenderLimitError as e:
+        raise RenderLimitError(f"template '{t.name}' refused: {e}") from None
+    except (MemoryError, RecursionError) as e:
+        raise RenderLimitError(f"template '{t.name}' refused: rendering ran out of "
+                               f"{'memory' if isinstance(e, MemoryError) else 'stack'}") from None
+    except Exception as e:  # jinja2 TemplateError, raise_exception(), a sandbox refusal, a template bug
         hint = ""
         if "system" in str(e).lower() and any(m["role"] == "system" for m in messages):
             hint = ("; the template takes no system message: drop it, or use the built-in 'gemma' or "
                     "'mistral' format, which fold it into the first user turn")
         raise TemplateError(f"template '{t.name}' failed to render: {type(e).__name__}: {e}{hint}") from None
-    return rendered[0]
+    finally:
+        local.deadline, local.budget = outer
+
+
+class _Renders:
+    """Renderings of one conversation and of its probe variants, each made once."""
+
+    def __init__(self, t: ChatTemplate, messages: list[dict]):
+        self.t, self.messages, self.memo = t, messages, {}
+
+    def _get(self, key, build):
+        if key not in self.memo:
+            try:
+                self.memo[key] = _render_jinja(self.t, build(), key[-1])
+            except RenderLimitError:
+                raise
+            except TemplateError as e:
+                self.memo[key] = e
+        value = self.memo[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def prefix(self, n: int, add_generation_prompt: bool) -> str:
+        """The rendering of ``messages[:n]``."""
+        return self._get(("prefix", n, add_generation_prompt), lambda: self.messages[:n])
+
+    def probed(self, n: int, i: int, content: str, add_generation_prompt: bool, then: dict | None = None) -> str:
+        """The rendering of ``messages[:n]`` with message i's content replaced, then ``then``."""
+        def build():
+            msgs = [*self.messages[:i], {**self.messages[i], "content": content}, *self.messages[i + 1:n]]
+            return msgs + ([then] if then is not None else [])
+        key = ("probe", n, i, content, None if then is None else (then["role"], then["content"]), add_generation_prompt)
+        return self._get(key, build)
 
 
 class _PrefixUnstable(TemplateError):
@@ -300,40 +279,159 @@ class _NotVerbatim(TemplateError):
     """A message's content is not in the rendering as it was given (or trimmed)."""
 
 
+class _Duplicated(TemplateError):
+    """The template writes a message's content more than once."""
+
+
+_PROBE = "sftlab0probe0c7e1f"
+_PROBE_NEXT = "sftlab0probe0next0a9d2"
+
+
 def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> Layout:
-    text = _render_jinja(t, messages, add_generation_prompt)
+    r = _Renders(t, messages)
+    text = r.prefix(len(messages), add_generation_prompt)
+    rewritten: tuple[int, ...] = ()
     try:
-        return _incremental_layout(t, messages, text)
-    except (_PrefixUnstable, _NotVerbatim):
-        probed = _probed_spans(t, messages, text, add_generation_prompt)
+        spans = _incremental_spans(t, r, messages, text)
+    except (_PrefixUnstable, _NotVerbatim) as e:
+        probed = _probed_spans(t, r, messages, text, add_generation_prompt)
         if probed is None:
-            raise
-    spans, rewritten = probed
-    rerendered = tuple(i for i, m in enumerate(messages)
-                       if m["role"] == "assistant" and not _as_generated(t, messages, i, text))
-    return Layout(text, spans, rerendered, rewritten)
+            raise e from None
+        spans, rewritten = probed
+    if add_generation_prompt:  # a prompt for generation: nothing is trained from it
+        return Layout(text, spans, (), rewritten)
+    turns, rerendered, untrainable = [], [], {}
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        found = _turn(t, r, messages, i, text)
+        if isinstance(found, tuple):
+            turn, inserted = found
+            if inserted:  # the final turn's stop, written where the template writes none
+                text = text[:turn.stop_start] + inserted + text[turn.stop_start:]
+            turns.append(turn)
+        elif found == "rerendered":
+            rerendered.append(i)
+        else:
+            untrainable[i] = found
+    return Layout(text, spans, tuple(rerendered), rewritten, tuple(turns), untrainable)
 
 
-def _probed_spans(t: ChatTemplate, messages: list[dict], text: str, add_generation_prompt: bool):
+def _control_run(s: str, control: tuple[str, ...]) -> tuple[int, list[str]]:
+    """``(w, tokens)``: ``s`` has its first control token at ``w`` and from there the control tokens
+    ``tokens`` back to back (the longest token wins at each place); ``tokens`` is empty when ``s``
+    has no control token."""
+    starts = [(k, -len(c), c) for c in control if (k := s.find(c)) >= 0]
+    if not starts:
+        return len(s), []
+    w = min(starts)[0]
+    pos, run = w, []
+    while True:
+        tok = next((c for c in control if s.startswith(c, pos)), None)
+        if tok is None:
+            return w, run
+        run.append(tok)
+        pos += len(tok)
+
+
+def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str):
+    """``(Turn, inserted)`` for assistant message i in ``text`` (``inserted``: the stop written after
+    a final turn that has none, else ``""``), ``"rerendered"`` when the text does not show the turn
+    as generated, or the reason it cannot be trained at all."""
+    try:
+        prompt = r.prefix(i, True)
+        own = r.prefix(i + 1, False)
+    except RenderLimitError:
+        raise
+    except TemplateError as e:
+        return f"the template cannot render the prompt of this turn ({e})"
+    if not own.startswith(prompt):
+        return ("its rendering does not start with the generation prompt of its turn, so what the model "
+                "generates there is not defined by the template")
+    try:
+        probed = r.probed(i + 1, i, _PROBE, False)
+    except TemplateError as e:
+        return f"the template cannot render it with other content ({e})"
+    if probed.count(_PROBE) != 1:
+        return ("the template writes its content more than once" if probed.count(_PROBE) > 1
+                else "the template does not write its content")
+    after = probed[probed.index(_PROBE) + len(_PROBE):]
+    content_end = len(own) - len(after)
+    if not own.endswith(after) or content_end < len(prompt):
+        return "its content cannot be located in its own rendering"
+    control = _sorted_control(t)
+    w_a, run_a = _control_run(after, control)
+    nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
+    try:
+        cont = r.probed(i + 1, i, _PROBE, False, then=nxt)
+        k = cont.find(_PROBE)
+        w_b, run_b = _control_run(cont[k + len(_PROBE):], control) if k >= 0 else (0, [])
+    except RenderLimitError:
+        raise
+    except TemplateError:
+        w_b, run_b = 0, []
+    common = []
+    if after[:w_a] == cont[k + len(_PROBE):][:w_b]:
+        for a, b in zip(run_a, run_b):
+            if a != b:
+                break
+            common.append(a)
+    stop_run = common or run_a
+    if stop_run:
+        stop = after[:w_a] + "".join(stop_run)
+        generated = own[len(prompt):content_end] + stop
+        if text.startswith(prompt) and text.startswith(generated, len(prompt)):
+            end = len(prompt) + len(generated)
+            return Turn(i, len(prompt), end, end - len(stop)), ""
+        return "rerendered"
+    if not run_b:
+        return ("the template writes no stop sequence after it and no control token begins the next turn, "
+                "so the model could not learn to stop")
+    # No stop of its own: the control token that begins the next turn ends this one.
+    stop = (cont[k + len(_PROBE):][:w_b]) + run_b[0]
+    generated = own[len(prompt):content_end]
+    start = len(prompt)
+    if not (text.startswith(prompt) and text.startswith(generated, start)):
+        return "rerendered"
+    end_content = start + len(generated)
+    if text.startswith(stop, end_content):
+        return Turn(i, start, end_content + len(stop), end_content), ""
+    if i + 1 == len(messages):
+        ws = stop[:w_b]
+        if ws and text.startswith(ws, end_content):  # the whitespace is there already
+            end_content += len(ws)
+            stop = stop[w_b:]
+        return Turn(i, start, end_content + len(stop), end_content, appended=True), stop
+    return "rerendered"
+
+
+def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
+    return tuple(sorted((c for c in t.control_tokens if c), key=len, reverse=True))
+
+
+def _probed_spans(t: ChatTemplate, r: _Renders, messages: list[dict], text: str, add_generation_prompt: bool):
     """``(spans, rewritten)`` for a template that re-renders history or rewrites content, or
     ``None`` when the spans cannot be certified.
 
     Message i is located by rendering the whole conversation with a probe string as its content:
     when the real rendering is that rendering with the probe replaced by some text, character for
     character, that text is what the template wrote for the content. It is the content's span;
-    when it is not the content (as given, or trimmed) the message is ``rewritten``. A message the
-    template does not render at all (the probe appears nowhere and the rendering is the same)
-    has no span.
+    when it is not the content (as given, or trimmed) the message is ``rewritten``.
     """
     spans, rewritten = [], []
+    n = len(messages)
     for i, m in enumerate(messages):
-        found = _replaced_by_probe(t, messages, i, text, add_generation_prompt)
+        found = _replaced_by_probe(r, n, i, text, add_generation_prompt)
         if found is None:
-            found = _followed_by_probe(t, messages, i, text, add_generation_prompt)
+            found = _followed_by_probe(r, n, i, m["content"], text, add_generation_prompt)
         if found is None:
             return None
         if found == ():
-            continue  # not rendered: nothing of it reaches the tokens
+            if m["content"].strip() and m["role"] != "assistant":
+                raise _missing(t, i, m["role"])
+            if m["content"].strip():
+                rewritten.append(i)  # history the template leaves out (earlier answers): context only
+            continue
         start, end = found
         if text[start:end] not in _forms(m["content"]):
             rewritten.append(i)
@@ -342,23 +440,27 @@ def _probed_spans(t: ChatTemplate, messages: list[dict], text: str, add_generati
     return tuple(spans), tuple(rewritten)
 
 
-def _render_probe(t: ChatTemplate, messages: list[dict], i: int, content: str, add_generation_prompt: bool):
-    """The rendering with message i's content replaced, and the probe's one position in it."""
+def _render_probe(r: _Renders, n: int, i: int, content: str, add_generation_prompt: bool):
+    """The rendering with message i's content replaced, and the probe's one position in it.
+    Raises ``_Duplicated`` when the template writes the probe more than once."""
     try:
-        rendered = _render_jinja(t, [*messages[:i], {**messages[i], "content": content}, *messages[i + 1:]],
-                                 add_generation_prompt)
+        rendered = r.probed(n, i, content, add_generation_prompt)
+    except RenderLimitError:
+        raise
     except TemplateError:
         return None, -1
     k = rendered.find(_PROBE)
     if k >= 0 and rendered.find(_PROBE, k + 1) >= 0:
-        return None, -1  # the template writes the content twice: no one place to certify
+        raise _Duplicated(f"template '{r.t.name}' writes the content of message {i} ({r.messages[i]['role']}) more "
+                          f"than once; which copy the model sees as its own text is undefined, so its tokens cannot "
+                          f"be masked exactly")
     return rendered, k
 
 
-def _replaced_by_probe(t, messages, i, text, add_generation_prompt):
+def _replaced_by_probe(r, n, i, text, add_generation_prompt):
     """``(start, end)`` of what the template writes for message i's content, ``()`` when it writes
     nothing, ``None`` when the rendering with the probe as content does not certify it."""
-    rendered, k = _render_probe(t, messages, i, _PROBE, add_generation_prompt)
+    rendered, k = _render_probe(r, n, i, _PROBE, add_generation_prompt)
     if rendered is None:
         return None
     if k < 0:
@@ -370,12 +472,11 @@ def _replaced_by_probe(t, messages, i, text, add_generation_prompt):
     return k, end
 
 
-def _followed_by_probe(t, messages, i, text, add_generation_prompt):
+def _followed_by_probe(r, n, i, content, text, add_generation_prompt):
     """``(start, end)`` of message i's verbatim content, certified by rendering it with the probe
     appended: for templates that lay content out by its own structure (a reasoning block), which
     a bare probe would not have. ``None`` when that does not certify it."""
-    content = messages[i]["content"]
-    rendered, p = _render_probe(t, messages, i, content + _PROBE, add_generation_prompt)
+    rendered, p = _render_probe(r, n, i, content + _PROBE, add_generation_prompt)
     if rendered is None or p < 0 or rendered[:p] != text[:p] or rendered[p + len(_PROBE):] != text[p:]:
         return None
     # The probe follows the content, so only leading whitespace can have been trimmed.
@@ -383,27 +484,29 @@ def _followed_by_probe(t, messages, i, text, add_generation_prompt):
     return (p - len(form), p) if form is not None else None
 
 
-def _as_generated(t: ChatTemplate, messages: list[dict], i: int, text: str) -> bool:
-    """Whether assistant message i appears in ``text`` as the model generates it: after the
-    generation prompt of its turn, rendered as it is when it is the last message."""
-    try:
-        prompt = _render_jinja(t, messages[:i], True)
-        own = _render_jinja(t, messages[:i + 1], False)
-    except TemplateError:
-        return False
-    return text.startswith(prompt) and (i + 1 == len(messages) or text.startswith(own))
+def _incremental_spans(t: ChatTemplate, r: _Renders, messages: list[dict], text: str) -> tuple[Span, ...]:
+    """Content spans from the renderings of each prefix of the conversation (see the module docstring).
 
-
-def _incremental_layout(t: ChatTemplate, messages: list[dict], text: str) -> Layout:
+    A prefix the template refuses to render on its own (a system message without a user turn) is
+    not rendered alone: its messages are located in the next prefix the template accepts.
+    """
     spans = []
     try:
-        region_start = len(_render_jinja(t, [], False)) if messages else 0
+        region_start = len(os.path.commonprefix([r.prefix(0, False), text])) if messages else 0
     except TemplateError:
         region_start = 0
-    deferred: list[int] = []  # system messages some templates fold into the next user turn
+    deferred: list[int] = []  # messages located in a later region (a folded system message, ...)
     closing: str | None = None  # what the template writes once after the last message (e.g. eos)
     for i, m in enumerate(messages):
-        prefix = _render_jinja(t, messages[:i + 1], False)
+        try:
+            prefix = r.prefix(i + 1, False)
+        except RenderLimitError:
+            raise
+        except TemplateError:
+            if i + 1 < len(messages):
+                deferred.append(i)  # the template accepts this prefix only with what follows
+                continue
+            raise
         region_end = len(prefix)
         if not text.startswith(prefix):
             common = len(os.path.commonprefix([prefix, text]))
@@ -414,20 +517,29 @@ def _incremental_layout(t: ChatTemplate, messages: list[dict], text: str) -> Lay
                 raise _PrefixUnstable(
                     f"template '{t.name}' is not prefix-stable: rendering messages[:{i + 1}] is not a prefix "
                     f"of the whole conversation (the template re-renders earlier turns), so message spans "
-                    f"cannot be derived exactly; use a built-in template or one with stable history")
+                    f"cannot be derived exactly")
             region_end = common
         for j in deferred:
-            start = _find_content(text, messages[j]["content"], region_start, region_end, last=False)
+            start = _placed(r, j, text, region_start, region_end, i + 1)
             if start is None:
+                start = _find_content(text, messages[j]["content"], region_start, region_end, last=False)
+            if start is None:
+                if not messages[j]["content"].strip():
+                    continue
                 raise _not_verbatim(t, j, messages[j]["role"])
             spans.append(_span(text, messages[j], j, start, region_end, t.end_of_turn))
             region_start = spans[-1].end
         deferred = []
-        start = _placed(t, messages, i, text, region_start, region_end)
+        start = _placed(r, i, text, region_start, region_end, i + 1)
         if start is None:
             search_from = region_start
             if m["role"] == "assistant":
-                gp = _render_jinja(t, messages[:i], True)
+                try:
+                    gp = r.prefix(i, True)
+                except RenderLimitError:
+                    raise
+                except TemplateError:
+                    gp = ""
                 if text.startswith(gp) and len(gp) >= region_start:
                     search_from = len(gp)
             start = _find_content(text, m["content"], search_from, region_end)
@@ -435,31 +547,31 @@ def _incremental_layout(t: ChatTemplate, messages: list[dict], text: str) -> Lay
             if m["role"] == "system" and i + 1 < len(messages):
                 deferred.append(i)
                 continue
+            if not m["content"].strip():
+                continue  # empty content: nothing of it reaches the tokens
             raise _not_verbatim(t, i, m["role"])
         spans.append(_span(text, m, i, start, region_end, t.end_of_turn))
         region_start = region_end
-    if deferred:
-        raise _not_verbatim(t, deferred[0], "system")
-    return Layout(text, tuple(sorted(spans, key=lambda s: s.index)))
+    for j in deferred:
+        if messages[j]["content"].strip():
+            raise _not_verbatim(t, j, messages[j]["role"])
+    return tuple(sorted(spans, key=lambda s: s.index))
 
 
-_PROBE = "sftlab0probe0c7e1f"
-
-
-def _placed(t: ChatTemplate, messages: list[dict], i: int, text: str, lo: int, hi: int) -> int | None:
+def _placed(r: _Renders, i: int, text: str, lo: int, hi: int, n: int) -> int | None:
     """Where message i's content starts: where the template puts a probe content in its place.
 
-    Found by rendering ``messages[:i]`` plus message i with the probe as its content; the position
-    is used when the rendering agrees with ``text`` up to it and the content (as it is, or
-    trimmed) is there. A search for the content itself can land in scaffolding that happens to
-    contain the same characters (an answer "d" inside ``<|im_end|>``); the probe cannot.
-    ``None`` when the template does not place the probe (it folds the message elsewhere, or
-    rewrites the content); the caller then searches.
+    Found by rendering ``messages[:n]`` with the probe as message i's content; the position is used
+    when the rendering agrees with ``text`` up to it and the content (as it is, or trimmed) is
+    there. A search for the content itself can land in scaffolding that happens to contain the
+    same characters (an answer "d" inside ``<|im_end|>``); the probe cannot. ``None`` when the
+    template does not place the probe (it folds the message elsewhere, or rewrites the content);
+    the caller then searches.
     """
-    rendered, k = _render_probe(t, messages[:i + 1], i, _PROBE, False)
+    rendered, k = _render_probe(r, n, i, _PROBE, False)
     if rendered is None or not lo <= k <= hi or not text.startswith(rendered[:k]):
         return None
-    content = messages[i]["content"]
+    content = r.messages[i]["content"]
     if _content_at(text, content, k) is None and content.strip():
         return None
     return k
@@ -491,6 +603,12 @@ def _not_verbatim(t: ChatTemplate, i: int, role: str) -> TemplateError:
         f"appear verbatim in the rendering; its tokens cannot be masked exactly")
 
 
+def _missing(t: ChatTemplate, i: int, role: str) -> TemplateError:
+    return TemplateError(
+        f"template '{t.name}' drops the content of message {i} ({role}): the model would be trained "
+        f"without text the record gives it; remove that message or use a template that renders it")
+
+
 def _find_content(text: str, content: str, lo: int, hi: int, last: bool = True) -> int | None:
     """Start of ``content`` (or its stripped form: templates often trim) within ``text[lo:hi]``.
 
@@ -498,6 +616,8 @@ def _find_content(text: str, content: str, lo: int, hi: int, last: bool = True) 
     by accident (content "user" in ``<|im_start|>user\n``). A folded system prompt comes first.
     """
     for c in (content, content.strip()):
+        if not c:
+            continue
         k = text.rfind(c, lo, hi) if last else text.find(c, lo, hi)
         if k >= 0:
             return k
@@ -513,36 +633,46 @@ def _eot_end(text: str, end: int, region_end: int, end_of_turn: tuple[str, ...])
     return None
 
 
-def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...]) -> tuple[str, ...]:
-    """The end-of-turn marker a Jinja template writes right after an assistant message's content.
-
-    Read from the ``{% generation %}`` block when the template has one (what it marks after the
-    content is the marker), else the control token that directly follows the content.
-    """
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "PONG-7f3a"}]
-    marked = re.search(r"\{%-?\s*generation\s*-?%\}", source) is not None
+def _probe_content_parts(source: str, special: dict) -> bool:
+    """Whether the template iterates over content parts: a probe given as a string does not reach
+    the rendering, the same probe given as one text part does."""
+    t = ChatTemplate("probe", source, (), (), "", special)
+    msgs = [{"role": "user", "content": _PROBE}]
     try:
-        rendered, indices = render_jinja_template(conversations=[probe], chat_template=source,
-                                                  return_assistant_tokens_mask=marked, **special)
-    except Exception:
-        return ()
-    text = rendered[0]
-    k = text.rfind("PONG-7f3a")
-    if k < 0:
-        return ()
-    after = k + len("PONG-7f3a")
-    if marked and indices and indices[0]:
-        gen_end = max(e for s_, e in indices[0] if s_ <= k)
-        marker = text[after:gen_end].strip(" ")
-        if marker:
-            return (marker,)
-    rest = text[after:].lstrip(" ")
-    for tok in sorted(control, key=len, reverse=True):
-        if rest.startswith(tok):
-            return (tok,)
-    return ()
+        if _PROBE in _render_jinja(t, msgs, True):
+            return False
+    except RenderLimitError:
+        raise
+    except TemplateError:
+        pass
+    try:
+        return _PROBE in _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True),
+                                       msgs, True)
+    except RenderLimitError:
+        raise
+    except TemplateError:
+        return False
+
+
+def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], parts: bool) -> tuple[str, ...]:
+    """The control tokens of the stop sequence the template trains at the end of an assistant turn,
+    read from the turns of a probe conversation (one turn, and two)."""
+    t = ChatTemplate("probe", source, control, (), "", special, content_parts=parts)
+    found: list[str] = []
+    control_sorted = _sorted_control(t)
+    for msgs in ([{"role": "user", "content": "ping"}, {"role": "assistant", "content": "PONG-7f3a"}],
+                 [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "PONG-7f3a"},
+                  {"role": "user", "content": "again"}, {"role": "assistant", "content": "PONG-8e4b"}]):
+        try:
+            lay = _jinja_layout(t, msgs, False)
+        except RenderLimitError:
+            raise
+        except TemplateError:
+            continue
+        for turn in lay.turns:
+            _, run = _control_run(lay.text[turn.stop_start:turn.end], control_sorted)
+            found.extend(run)
+    return tuple(dict.fromkeys(found))
 
 
 def special_strings(tokenizer) -> dict:
@@ -603,9 +733,15 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
     else:
         raise TemplateError(f"unknown template '{name}'; built-in templates: {', '.join(BUILTIN_TEMPLATES)} "
                             "(or leave it unset to use the tokenizer's own chat_template)")
+    try:
+        _compiled(source)
+    except Exception as e:  # a syntax error: nothing can be rendered, say so once
+        raise TemplateError(f"template '{label}' does not compile: {type(e).__name__}: {e}") from None
     control = control_token_strings(tokenizer)
-    eot = _probe_end_of_turn(source, special, control)
-    return ChatTemplate(label, source, control, eot, _fingerprint(source, control, eot, tok_sha), special)
+    parts = _probe_content_parts(source, special)
+    eot = _probe_end_of_turn(source, special, control, parts)
+    return ChatTemplate(label, source, control, eot, _fingerprint(source, control, eot, tok_sha), special,
+                        content_parts=parts)
 
 
 def missing_control_tokens(template: ChatTemplate, tokenizer) -> list[str]:
