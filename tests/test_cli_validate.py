@@ -28,7 +28,7 @@ def test_all_accepted_exits_0_and_writes_an_empty_quarantine(tmp_path, capsys):
     assert code == 0
     assert out == {"records": 3, "accepted": 3, "quarantined": 0,
                    "files": [{"path": str(data), "records": 3, "accepted": 3, "quarantined": 0}],
-                   "reasons": {}, "quarantine": str(tmp_path / "quarantine.jsonl")}
+                   "reasons": {}, "warnings": {}, "quarantine": str(tmp_path / "quarantine.jsonl")}
     assert (tmp_path / "quarantine.jsonl").read_text() == ""
 
 

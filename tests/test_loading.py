@@ -208,7 +208,7 @@ def test_write_quarantine_roundtrip(tmp_path):
     report = load_files([path])
     out = report.write_quarantine(tmp_path / "sub" / "q.jsonl")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert lines[0] == {"file": str(path), "line": 2, "id": "x", "code": "unknown_role",
+    assert lines[0] == {"file": str(path), "line": 2, "id": "x", "code": "unknown_role", "stage": "load",
                         "reason": report.quarantined[0].reason, "field": "messages[0].role",
                         "message_index": 0, "record": {"id": "x", "messages": msgs(("bot", "a"))}}
     assert lines[1]["record"] == "{oops" and lines[1]["line"] == 3

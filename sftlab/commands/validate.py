@@ -20,6 +20,8 @@ def register(sub) -> None:
                     "by datasets' save_to_disk; OpenAI messages, ShareGPT, Alpaca or "
                     "prompt/completion records) and check every record. Each one is accepted or "
                     "written to the quarantine file with its file, line, id, field and reason. "
+                    "With --tokenizer (and --max-length) records are also encoded as training "
+                    "encodes them, so a file that validates loses nothing at training time. "
                     "Exit 0: all accepted; 1: something was quarantined; 2: unusable input.")
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="conversation files or saved datasets directories")
@@ -31,6 +33,23 @@ def register(sub) -> None:
                         "empty when none); default: quarantine.jsonl beside the first input")
     p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
                    help="records larger than this are quarantined (default: 10)")
+    p.add_argument("--tokenizer", metavar="T", default=None,
+                   help="also encode every accepted record with this tokenizer (directory or hub name) "
+                        "and its template, quarantining what training would (too long, nothing trained)")
+    p.add_argument("--template", default=None,
+                   help="with --tokenizer: a built-in template name or a Jinja file (default: the "
+                        "tokenizer's own chat_template), as the config's `template`")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="with --tokenizer: truncate as training at max_length N does (the smaller of "
+                        "encoding.max_length and packing.max_length)")
+    p.add_argument("--last-turn-only", action="store_true",
+                   help="with --tokenizer: train only the last assistant turn, as encoding.last_turn_only")
+    p.add_argument("--field-messages", default=None, metavar="KEY",
+                   help="the record field holding the messages (as a data entry's field_messages)")
+    p.add_argument("--role-key", default=None, metavar="KEY", help="the message key naming the speaker")
+    p.add_argument("--content-key", default=None, metavar="KEY", help="the message key holding the text")
+    p.add_argument("--role", action="append", default=[], metavar="NAME=ROLE",
+                   help="map a speaker name to system/user/assistant/tool (repeatable), as `roles`")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: records, accepted, quarantined, files, reasons, "
                         "quarantine")
@@ -43,10 +62,19 @@ def run(args) -> int:
 
     if args.max_record_mb <= 0:
         raise UsageError(f"--max-record-mb must be > 0, got {args.max_record_mb}")
+    if (args.max_length is not None or args.template or args.last_turn_only) and not args.tokenizer:
+        raise UsageError("--max-length, --template and --last-turn-only check the encoding: pass "
+                         "--tokenizer too")
+    if args.max_length is not None and args.max_length <= 0:
+        raise UsageError(f"--max-length must be > 0, got {args.max_length}")
     quarantine = _quarantine_path(args.files, args.quarantine)
     policy = load_policy(args.policy) if args.policy else None
+    columns = _columns(args)
     report = load_files(args.files, policy=policy,
-                        max_record_bytes=int(args.max_record_mb * 1024 * 1024))
+                        max_record_bytes=int(args.max_record_mb * 1024 * 1024),
+                        columns=[columns] * len(args.files))
+    if args.tokenizer:
+        report = _encode(report, args)
     report.write_quarantine(quarantine)
     if args.json:
         print(json.dumps({**report.summary(), "reasons": report.reasons(),
@@ -54,6 +82,37 @@ def run(args) -> int:
     else:
         _print_human(report, quarantine, policy)
     return 1 if report.quarantined else 0
+
+
+def _columns(args):
+    from sftlab.data.formats import Columns
+
+    roles = {}
+    for item in args.role:
+        name, sep, role = item.rpartition("=")
+        if not sep or not name:
+            raise UsageError(f"--role {item!r}: expected NAME=ROLE, e.g. --role bot=assistant")
+        roles[name] = role
+    try:
+        return Columns(field_messages=args.field_messages, role_key=args.role_key,
+                       content_key=args.content_key, roles=roles)
+    except ValueError as e:
+        raise UsageError(f"--role: {e}") from None
+
+
+def _encode(report, args):
+    """The report with what encoding quarantines added (``encode_report``, as training does)."""
+    from sftlab.commands.inspect import load_tokenizer
+    from sftlab.tokens.encoding import encode_report
+    from sftlab.tokens.templates import TemplateError, get_template
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    try:
+        template = get_template(args.template, tokenizer)
+        return encode_report(report, tokenizer, template, max_length=args.max_length,
+                             last_turn_only=args.last_turn_only)[1]
+    except TemplateError as e:
+        raise UsageError(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
 
 
 def _quarantine_path(files: list[str], given: str | None) -> Path:
@@ -80,6 +139,11 @@ def _print_human(report, quarantine: Path, policy) -> None:
             print(f"{name:<{width}}  {n:>8}  {ok:>8}  {bad:>11}")
     if policy is not None:
         print(f"policy {policy.version} ({policy.fingerprint[:12]}): categories checked")
+    if report.warnings:
+        counts = ", ".join(f"{code} {n}" for code, n in report.warning_counts().items())
+        print(f"\naccepted with warnings: {len(report.warnings)} ({counts}); first ones:")
+        for w in report.warnings[:_SHOWN_REASONS]:
+            print(f"  {w}")
     if report.quarantined:
         counts = ", ".join(f"{code} {n}" for code, n in report.reasons().items())
         print(f"\nquarantined {report.quarantined_count} ({counts}); first ones:")

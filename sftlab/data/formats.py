@@ -21,6 +21,14 @@ one (as Glaive and xLAM data ship it). Arguments and schemas are kept as JSON te
   ``system`` optional); the user turn is the instruction, then a blank line and the input.
 - Prompt/completion: ``{"prompt": ..., "completion": ...}``, each a string or a messages list.
 
+Inside a message list, a message may use either key pair: ``role``/``content`` or
+``from``/``value`` (so ShareGPT files written with role/content keys load as they are), and a
+content part may hold its text under ``text`` or ``value`` (LLaMA-Factory writes
+``{"type": "text", "value": ...}``). A data entry whose records name things differently says so
+with a ``Columns`` mapping (``field_messages``, ``role_key``, ``content_key``, and ``roles``, a map
+from its speaker names to sftlab's roles), as LLaMA-Factory's ``dataset_info.json`` and axolotl's
+``field_messages`` do.
+
 Metadata (``id``, ``task``, ``slice``, ``source``, ``license``, ``policy_category``,
 ``expected``) may sit at the top level or under ``meta``; every other field is kept as it is in
 ``Conversation.extra``. Checks that need only the row (role names, content types, ``train`` and
@@ -37,6 +45,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sftlab.data.conversation import ROLES, Conversation, Message, Origin, ToolCall, unpaired_surrogate
@@ -61,6 +71,38 @@ _LAYOUT_KEYS = {
 _CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _LAYOUT_KEYS.items()}
 _ROLE_LIST = ", ".join(ROLES)
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_DEFAULT_COLUMNS: Columns
+
+
+@dataclass(frozen=True)
+class Columns:
+    """How a data entry names its fields, when not as the layouts above do.
+
+    >>> cols = Columns(field_messages="dialog", role_key="speaker", content_key="text",
+    ...                roles={"Kunde": "user", "Agent": "assistant"})
+    >>> [(m.role, m.content) for m in to_conversation({"dialog": [
+    ...     {"speaker": "Kunde", "text": "Hallo"}, {"speaker": "Agent", "text": "Guten Tag"}]},
+    ...     columns=cols).messages]
+    [('user', 'Hallo'), ('assistant', 'Guten Tag')]
+    """
+    field_messages: str | None = None
+    """The record field that holds the list of messages (default: ``messages`` or ``conversations``)."""
+    role_key: str | None = None
+    """The message key that names the speaker (default: ``role``, or ``from`` where there is no ``role``)."""
+    content_key: str | None = None
+    """The message key that holds the text (default: ``content``, or ``value`` with ``from``)."""
+    roles: Mapping[str, str] = field(default_factory=dict)
+    """Speaker name -> ``system``/``user``/``assistant``/``tool``, on top of the known ShareGPT names."""
+
+    def __post_init__(self):
+        bad = {k: v for k, v in self.roles.items() if v not in ROLES}
+        if bad:
+            name, role = next(iter(bad.items()))
+            raise ValueError(f"roles: {name!r} maps to {role!r}; expected one of {_ROLE_LIST}")
+
+    @property
+    def is_default(self) -> bool:
+        return self == _DEFAULT_COLUMNS
 
 
 class RecordError(ValueError):
@@ -79,15 +121,28 @@ class RecordError(ValueError):
         return f"{self.field}: {self.reason}" if self.field else self.reason
 
 
-def detect_format(row: dict[str, Any]) -> str:
-    """The layout of ``row``: ``openai``, ``sharegpt``, ``alpaca`` or ``prompt_completion``.
+def detect_format(row: dict[str, Any], columns: Columns | None = None) -> str:
+    """The layout of ``row``: ``openai``, ``sharegpt``, ``alpaca``, ``prompt_completion``, or
+    ``mapped`` (the messages sit in ``columns.field_messages``).
 
     >>> detect_format({"conversations": [{"from": "human", "value": "hi"}]})
     'sharegpt'
     """
-    if row.get("messages") is not None:
+    if columns is not None and columns.field_messages:
+        if row.get(columns.field_messages) is None:
+            raise RecordError("bad_messages", f"expected a list of messages in {columns.field_messages!r} "
+                              f"(the entry's field_messages), got {_kind(row.get(columns.field_messages))}"
+                              f"; record keys: {_keys(row)}; fix: fill it in, drop the record or correct "
+                              "field_messages", field=columns.field_messages)
+        return "mapped"
+    has_messages, has_conversations = row.get("messages") is not None, row.get("conversations") is not None
+    if has_messages and has_conversations:
+        raise RecordError("ambiguous_layout", "the record has both 'messages' and 'conversations'; "
+                          "expected one list of messages; fix: drop one of them, or name the one to "
+                          "read with the data entry's field_messages", field="messages")
+    if has_messages:
         return "openai"
-    if row.get("conversations") is not None:
+    if has_conversations:
         return "sharegpt"
     if row.get("instruction") is not None and "output" in row:
         return "alpaca"
@@ -95,37 +150,55 @@ def detect_format(row: dict[str, Any]) -> str:
         return "prompt_completion"
     for key, what in (("messages", "a list of messages"), ("conversations", "a list of messages"),
                       ("prompt", "a string or a list of messages"), ("instruction", "a string")):
-        if key in row:  # present but null (a column of a table where this row has none)
-            raise RecordError("bad_messages", f"expected {what}, got {_kind(row[key])}; fix: fill it in or "
+        if key in row and row[key] is None:  # a column of a table where this row has none
+            raise RecordError("bad_messages", f"expected {what}, got null; fix: fill it in or "
                               "drop the record", field=key)
-    keys = ", ".join(sorted(map(str, row))) or "none"
+    if row.get("instruction") is not None:
+        hint = (" (its responses sit under 'instances', as in Stanford Alpaca's seed tasks: write "
+                "one record per instance with its input and output)" if "instances" in row else "")
+        raise RecordError("missing_field", "an Alpaca record ('instruction') without 'output'; "
+                          f"expected 'output' with the response to train on{hint}; fix: add the "
+                          "response as 'output' or drop the record", field="output")
+    if row.get("prompt") is not None:
+        hint = (" (this looks like a preference record, prompt/chosen/rejected, which is for "
+                "preference tuning: for SFT give the chosen response as 'completion')"
+                if "chosen" in row else "")
+        raise RecordError("missing_field", "a prompt/completion record without 'completion'; "
+                          f"expected 'completion' with the response to train on{hint}; fix: add "
+                          "'completion' or drop the record", field="completion")
     raise RecordError(
         "unknown_format",
-        f"no conversation found (record keys: {keys}); expected a 'messages' list (OpenAI), "
+        f"no conversation found (record keys: {_keys(row)}); expected a 'messages' list (OpenAI), "
         "'conversations' with from/value (ShareGPT), 'instruction'/'output' (Alpaca) or "
-        "'prompt'/'completion'")
+        "'prompt'/'completion'; fix: rename the fields, or name them in the data entry "
+        "(field_messages, role_key, content_key, roles)")
 
 
-def to_conversation(row: dict[str, Any], origin: Origin | None = None) -> Conversation:
+def to_conversation(row: dict[str, Any], origin: Origin | None = None,
+                    columns: Columns | None = None) -> Conversation:
     """Adapt one raw record to a ``Conversation``; raises ``RecordError`` naming the field.
 
     >>> to_conversation({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
-    ...     {"type": "text", "text": "b"}]}, {"role": "assistant", "content": "c"}]}).messages[0].content
+    ...     {"type": "text", "value": "b"}]}, {"role": "assistant", "content": "c"}]}).messages[0].content
     'ab'
     """
-    fmt = detect_format(row)
-    if fmt == "openai":
-        messages = _message_list(row["messages"], "messages", sharegpt=False)
+    cols = columns if columns is not None and not columns.is_default else None
+    fmt = detect_format(row, cols)
+    if fmt == "mapped":
+        messages = _system_prefix(row, "system") + _message_list(
+            row[cols.field_messages], cols.field_messages, sharegpt=False, columns=cols)
+    elif fmt == "openai":
+        messages = _message_list(row["messages"], "messages", sharegpt=False, columns=cols)
     elif fmt == "sharegpt":
         messages = _system_prefix(row, "system") + _message_list(
-            row["conversations"], "conversations", sharegpt=True)
+            row["conversations"], "conversations", sharegpt=True, columns=cols)
     elif fmt == "alpaca":
         messages = _alpaca(row)
     else:
-        messages = _prompt_completion(row)
+        messages = _prompt_completion(row, cols)
     _check_unicode(messages, fmt)
     meta = _metadata(row)
-    extra = _extra(row, fmt)
+    extra = _extra(row, fmt, cols)
     tools = tools_text(row.get("tools"))
     return Conversation(messages=tuple(messages), tools=tools, extra=extra, origin=origin, **meta)
 
@@ -149,34 +222,35 @@ def _check_unicode(messages: list[Message], fmt: str) -> None:
                 "pair needs both halves)", field=field, message_index=i)
 
 
-def _message_list(items: Any, field: str, sharegpt: bool, offset: int = 0) -> list[Message]:
+def _message_list(items: Any, field: str, sharegpt: bool, offset: int = 0,
+                  columns: Columns | None = None) -> list[Message]:
     if not isinstance(items, list):
         raise RecordError("bad_messages", f"expected a list of messages, got {_kind(items)}; "
                           "fix: give the turns as a JSON list", field=field)
-    return [_message(m, i, field, offset, sharegpt) for i, m in enumerate(items)]
+    return [_message(m, i, field, offset, sharegpt, columns) for i, m in enumerate(items)]
 
 
-def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool) -> Message:
+def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
+             columns: Columns | None = None) -> Message:
     # Field names are formatted only on error: this runs once per message of every record.
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
                           field=f"{base}[{pos}]", message_index=pos + offset)
     calls: tuple[ToolCall, ...] = ()
-    if sharegpt or ("role" not in m and "from" in m):
+    if columns is not None:
+        role, content, content_key = _mapped_message(m, pos, base, offset, columns)
+    elif "role" not in m and ("from" in m or sharegpt):
         if m.get("from") == "function_call":  # Glaive-style: the value is the call as JSON
             role = "assistant"
             calls = _sharegpt_calls(m.get("value"), f"{base}[{pos}].value", pos + offset)
             content, content_key = "", "value"
         else:
-            role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]")
+            role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]", m)
             content, content_key = m.get("value"), "value"
     else:
         role = m.get("role")
         if role not in ROLES:
-            raise RecordError(
-                "unknown_role", f"unknown role {role!r}; expected one of {_ROLE_LIST}; "
-                "fix: rename the role (map e.g. 'bot' to 'assistant')",
-                field=f"{base}[{pos}].role", message_index=pos + offset)
+            role = _sharegpt_role(role, pos + offset, f"{base}[{pos}]", m, key="role")
         content, content_key = m.get("content"), "content"
     reasoning = _reasoning(m, f"{base}[{pos}]", pos + offset)
     if m.get("tool_calls"):
@@ -334,17 +408,44 @@ def tools_text(value: Any) -> str | None:
     return text if text is not None else json.dumps(value, ensure_ascii=False)
 
 
-def _sharegpt_role(value: Any, index: int, field: str) -> str:
+def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns) -> tuple[str, Any, str]:
+    """``(role, content, content key)`` of a message read with the entry's ``columns``."""
+    role_key = columns.role_key or ("role" if "role" in m or "from" not in m else "from")
+    content_key = columns.content_key or ("value" if role_key == "from" else "content")
+    name = m.get(role_key)
+    role = columns.roles.get(name) if isinstance(name, str) else None
+    if role is None:
+        role = name if name in ROLES else _sharegpt_role(name, pos + offset, f"{base}[{pos}]", m,
+                                                         key=role_key, columns=columns)
+    if content_key not in m and columns.content_key:
+        raise RecordError("missing_field", f"no {content_key!r} (the entry's content_key) in the "
+                          f"message; message keys: {_keys(m)}; fix: correct content_key",
+                          field=f"{base}[{pos}]", message_index=pos + offset)
+    return role, m.get(content_key), content_key
+
+
+def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = None,
+                   key: str = "from", columns: Columns | None = None) -> str:
     role = SHAREGPT_ROLES.get(value.lower()) if isinstance(value, str) else None
     if role is not None:
         return role
-    raise RecordError("unknown_role",
-                      f"unknown ShareGPT speaker {value!r}; expected one of "
-                      f"{', '.join(SHAREGPT_ROLES)}; fix: rename the speaker", field=f"{field}.from", message_index=index)
+    known = ", ".join([*ROLES, *(n for n in SHAREGPT_ROLES if n not in ROLES),
+                       *(columns.roles if columns is not None else ())])
+    if value is None:
+        keys = _keys(message) if message is not None else "none"
+        what = (f"no speaker: the message has no {key!r} (message keys: {keys}); expected "
+                "'role' (with 'content') or 'from' (with 'value')")
+        fix = "fix: name the speaker key with the data entry's role_key (and content_key)"
+    else:
+        what = f"unknown speaker {value!r} in {key!r}; expected one of {known}"
+        fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: assistant}}) or "
+               "rename the speaker")
+    raise RecordError("unknown_role", f"{what}; {fix}", field=f"{field}.{key}", message_index=index)
 
 
 def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
-    """Join OpenAI content parts (``[{"type": "text", "text": ...}, ...]``) into one string.
+    """Join content parts into one string: OpenAI's ``{"type": "text", "text": ...}`` and
+    LLaMA-Factory's ``{"type": "text", "value": ...}``.
 
     Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` and
     ``tool_call`` (LLaMA-Factory's layout, the text under ``value``) are reasoning and calls.
@@ -363,13 +464,19 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                 reasoning.append(text)
             elif kind == "tool_call":
                 calls.extend(_sharegpt_calls(text, f"{field}[{j}].value", index))
+            elif kind in ("text", "reasoning", "thinking"):
+                raise RecordError(
+                    "non_string_content", f"{kind} part without text: its 'text' is {_kind(text)} "
+                    f"(part keys: {_keys(part)}); expected {{\"type\": \"{kind}\", \"text\": \"...\"}} "
+                    "(or \"value\" instead of \"text\"); fix: put the text in 'text'",
+                    field=f"{field}[{j}]", message_index=index)
             else:
-                what = kind if isinstance(part, dict) else _kind(part)
+                what = repr(kind) if isinstance(part, dict) else _kind(part)
                 raise RecordError(
                     "non_string_content",
-                    f"content part of type {what!r} is not text; only text parts "
-                    "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be trained",
-                    field=f"{field}[{j}]", message_index=index)
+                    f"content part {j} is of type {what}, not text; only text parts "
+                    "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be "
+                    "trained; fix: drop the part or the record", field=f"{field}[{j}]", message_index=index)
         return "".join(texts), ("".join(reasoning) if reasoning else None), tuple(calls)
     raise RecordError("non_string_content", f"expected a string, got {_kind(content)}; fix: give "
                       "the message text as a string", field=field, message_index=index)
@@ -417,20 +524,21 @@ def _alpaca(row: dict[str, Any]) -> list[Message]:
     return messages + [Message("user", "\n\n".join(parts)), Message("assistant", output)]
 
 
-def _prompt_completion(row: dict[str, Any]) -> list[Message]:
+def _prompt_completion(row: dict[str, Any], columns: Columns | None = None) -> list[Message]:
     messages = _system_prefix(row, "system")
     prompt, completion = row["prompt"], row.get("completion")
     if isinstance(prompt, str):
         messages.append(Message("user", prompt))
     elif isinstance(prompt, list):
-        messages += _message_list(prompt, "prompt", sharegpt=False, offset=len(messages))
+        messages += _message_list(prompt, "prompt", sharegpt=False, offset=len(messages), columns=columns)
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got {_kind(prompt)}",
                           field="prompt", message_index=len(messages))
     if isinstance(completion, str):
         messages.append(Message("assistant", completion))
     elif isinstance(completion, list):
-        messages += _message_list(completion, "completion", sharegpt=False, offset=len(messages))
+        messages += _message_list(completion, "completion", sharegpt=False, offset=len(messages),
+                                  columns=columns)
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got "
                           f"{_kind(completion)}", field="completion", message_index=len(messages))
@@ -471,13 +579,17 @@ def _metadata(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _extra(row: dict[str, Any], fmt: str) -> dict[str, Any]:
-    consumed = _CONSUMED[fmt]
+def _extra(row: dict[str, Any], fmt: str, columns: Columns | None = None) -> dict[str, Any]:
+    consumed = _CONSUMED[fmt] if fmt != "mapped" else _CONSUMED["openai"] | {"system", columns.field_messages}
     extra = {k: v for k, v in row.items() if k not in consumed}
     meta = row.get("meta")
     if meta:
         extra = {**{k: v for k, v in meta.items() if k not in META_FIELDS}, **extra}
     return extra
+
+
+def _keys(d: dict) -> str:
+    return ", ".join(sorted(map(str, d))) or "none"
 
 
 def _kind(value: Any) -> str:
@@ -487,3 +599,6 @@ def _kind(value: Any) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
              list: "a list", dict: "an object"}
     return names.get(type(value), type(value).__name__)
+
+
+_DEFAULT_COLUMNS = Columns()

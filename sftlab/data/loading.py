@@ -6,6 +6,18 @@ way too), a JSON array, Parquet, and a directory written by ``datasets``' ``save
 accepted or quarantined with a reason that names the file, line, record id, field and message
 index, what was expected and how to fix it, so that per file ``records = accepted + quarantined``.
 
+What is quarantined and what is only warned about (warnings are counted per rule in the summary,
+``warnings``, and the record is used):
+
+- quarantined: no assistant message, an empty assistant or **user** message (a response to
+  nothing teaches the model to answer an empty prompt), broken turn order, a record with both
+  ``messages`` and ``conversations`` (which one is meant cannot be told), and every row problem
+  that ``sftlab.data.formats`` names;
+- warned: a conversation that **ends on a user turn** (``ends_on_user``: the earlier turns train as
+  usual, the last user message is context for nothing), and fields a user may expect to be used that
+  sftlab does not read (``ignored_field``: ``images``, ``videos``, ``audios``; the text is trained
+  without them).
+
 Example::
 
     >>> import json, tempfile, os
@@ -32,7 +44,7 @@ from typing import Any
 from sftlab import collector
 from sftlab.errors import UsageError
 from sftlab.data.conversation import Conversation, Origin, unpaired_surrogate
-from sftlab.data.formats import RecordError, to_conversation
+from sftlab.data.formats import Columns, RecordError, to_conversation
 
 from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, RawItem, check_readable, sources
 
@@ -42,7 +54,7 @@ class QuarantineEntry:
     """One record that was not accepted, with enough context to find and fix it."""
     file: str
     line: int | None
-    """1-based line (JSONL), element (JSON array) or row (Parquet, datasets)."""
+    """1-based line (JSONL), record number (JSON array) or row (Parquet, datasets)."""
     reason: str
     """``field: what is wrong; what was expected; how to fix it``."""
     record: Any
@@ -52,19 +64,44 @@ class QuarantineEntry:
     message_index: int | None = None
     code: str = "invalid"
     """A short name of the rule (``unknown_role``, ``bad_json``, ...), for counts."""
+    file_line: int | None = None
+    """In a JSON array: the file line where the record starts (``line`` is its record number)."""
+    stage: str = "load"
+    """``load`` (reading and validation) or ``encode`` (rendering and tokenizing, e.g. too long)."""
 
     @property
     def message(self) -> str:
-        """``file:line: record 'id': reason``, the line printed to people."""
-        where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        rid = f" record {self.id!r}:" if self.id is not None else ""
-        return f"{where}:{rid} {self.reason}"
+        """``file:line: record 'id': reason`` (``file: record N (line L)`` in a JSON array), the
+        line printed to people."""
+        return f"{where(self.file, self.line, self.file_line, self.id)} {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"file": self.file, "line": self.line, "id": self.id, "code": self.code,
-             "reason": self.reason, "field": self.field, "message_index": self.message_index,
-             "record": self.record}
+        d = {"file": self.file, "line": self.line, "file_line": self.file_line, "id": self.id,
+             "code": self.code, "stage": self.stage, "reason": self.reason, "field": self.field,
+             "message_index": self.message_index, "record": self.record}
         return {k: v for k, v in d.items() if v is not None or k in ("line", "record")}
+
+
+def where(file: str, line: int | None, file_line: int | None = None, rid: str | None = None) -> str:
+    """``file:line:`` or, in a JSON array, ``file: record N (line L):``, then the record id."""
+    if file_line is not None:
+        at = f"{file}: record {line} (line {file_line}):"
+    else:
+        at = f"{file}:{line}:" if line is not None else f"{file}:"
+    return at + (f" record {rid!r}:" if rid is not None else "")
+
+
+@dataclass(frozen=True)
+class RecordWarning:
+    """A record that was accepted, with something its author may not expect (counted per ``code``)."""
+    file: str
+    line: int | None
+    code: str
+    message: str
+    id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{where(self.file, self.line, None, self.id)} {self.message}"
 
 
 @dataclass
@@ -86,6 +123,8 @@ class LoadReport:
     """Accepted records, in file order, each with its ``origin``."""
     quarantined: list[QuarantineEntry] = field(default_factory=list)
     files: list[FileReport] = field(default_factory=list)
+    warnings: list[RecordWarning] = field(default_factory=list)
+    """Accepted records with something to say (see the module docstring)."""
 
     @property
     def records(self) -> int:
@@ -103,11 +142,15 @@ class LoadReport:
         """How many records each rule quarantined, most frequent first."""
         return dict(Counter(e.code for e in self.quarantined).most_common())
 
+    def warning_counts(self) -> dict[str, int]:
+        """How many accepted records each warning rule flagged, most frequent first."""
+        return dict(Counter(w.code for w in self.warnings).most_common())
+
     def summary(self) -> dict[str, Any]:
         """The counts as ``sftlab validate --json`` prints them (and the run manifest keeps)."""
         return {"records": self.records, "accepted": self.accepted,
                 "quarantined": self.quarantined_count,
-                "files": [f.to_dict() for f in self.files]}
+                "files": [f.to_dict() for f in self.files], "warnings": self.warning_counts()}
 
     def write_quarantine(self, path: str | os.PathLike) -> Path:
         """Write one JSON object per quarantined record (an empty file when there is none)."""
@@ -127,9 +170,11 @@ class LoadReport:
 
 def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-               allow_empty: bool = False) -> LoadReport:
+               allow_empty: bool = False, columns: Iterable[Columns | None] | None = None) -> LoadReport:
     """Read and validate every record of ``paths``.
 
+    ``columns``, one per path (``None`` for the usual names), says how an input names its message
+    list, speaker and content keys and speakers (``sftlab.data.formats.Columns``).
     ``policy`` (a ``sftlab.data.policy.Policy``), when given, must know the ``policy_category`` of
     every refusal record (``expected: refuse``) and benign contrast (``expected: comply``).
     Raises ``UsageError`` for a missing or unreadable input, a directory that is not a saved
@@ -138,26 +183,29 @@ def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
     paths = [Path(p) for p in paths]
     if not paths:
         raise UsageError("no input files given")
+    columns = list(columns) if columns is not None else [None] * len(paths)
     for p in paths:
         check_readable(p)
     report = LoadReport()
     first_seen: dict[str, Origin] = {}
     with collector.paused():
-        for p in paths:
+        for p, cols in zip(paths, columns):
             for name, items in sources(p, max_record_bytes):
                 file_report = FileReport(name)
                 report.files.append(file_report)
-                _load_source(name, items, policy, first_seen, report, file_report)
+                _load_source(name, items, policy, first_seen, report, file_report, cols)
                 if file_report.records == 0 and not allow_empty:
                     raise UsageError(f"{name}: no records (the input is empty or has only blank "
                                      "lines)")
     return report
 
 
-def _load_source(name: str, items: Iterator[RawItem], policy: Any,
-                 first_seen: dict[str, Origin], report: LoadReport, counts: FileReport) -> None:
+def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: dict[str, Origin],
+                 report: LoadReport, counts: FileReport, columns: Columns | None = None) -> None:
     accepted, quarantined = report.conversations, report.quarantined
-    for line, raw, problem in items:
+    for item in items:
+        line, raw, problem = item[0], item[1], item[2]
+        file_line = item[3] if len(item) > 3 else None
         counts.records += 1
         origin = Origin(name, line)
         if problem is None:
@@ -166,7 +214,7 @@ def _load_source(name: str, items: Iterator[RawItem], policy: Any,
                     raise RecordError("not_an_object", "expected a JSON object per record, got "
                                       f"{type(raw).__name__}; fix: wrap it as "
                                       "{\"messages\": [...]} or drop it")
-                conv = to_conversation(raw, origin)
+                conv = to_conversation(raw, origin, columns)
                 check_conversation(conv)
                 if policy is not None:
                     check_policy(conv, policy)
@@ -177,11 +225,39 @@ def _load_source(name: str, items: Iterator[RawItem], policy: Any,
             else:
                 counts.accepted += 1
                 accepted.append(conv)
+                for code, message in record_warnings(conv):
+                    report.warnings.append(RecordWarning(name, line, code, message, conv.id))
                 continue
         counts.quarantined += 1
         quarantined.append(QuarantineEntry(
             file=name, line=line, reason=str(problem), record=raw, id=_raw_id(raw),
-            field=problem.field, message_index=problem.message_index, code=problem.code))
+            field=problem.field, message_index=problem.message_index, code=problem.code,
+            file_line=file_line))
+
+
+# Record fields people fill for multimodal training; sftlab trains on text only.
+IGNORED_FIELDS = ("images", "videos", "audios")
+
+
+def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
+    """``(code, message)`` for what an accepted record holds that its author may not expect.
+
+    >>> from sftlab.data.formats import to_conversation
+    >>> record_warnings(to_conversation({"messages": [{"role": "user", "content": "hi"},
+    ...     {"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"}],
+    ...     "images": ["a.jpg"]}))[0][0]
+    'ends_on_user'
+    """
+    out = []
+    if conv.messages and conv.messages[-1].role == "user":
+        out.append(("ends_on_user", f"the conversation ends on a user turn (message "
+                    f"{len(conv.messages) - 1}) with no response after it: the earlier assistant turns "
+                    "are trained, the last user message is not; fix: add the response or drop that turn"))
+    for key in IGNORED_FIELDS:
+        if conv.extra.get(key):
+            out.append(("ignored_field", f"field {key!r} is not used: sftlab trains on text only, "
+                        f"so this record is trained without its {key}"))
+    return out
 
 
 def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> None:
@@ -198,12 +274,12 @@ def check_conversation(conv: Conversation) -> None:
 
     After an optional first system message, user and assistant turns alternate; tool messages
     (results) follow an assistant message that makes tool calls (and each other) before the
-    next assistant message. There must be an assistant message, and no assistant message may be
-    empty (text, tool calls or both). Tool calls: a result must answer a call of the assistant
-    message before it (its ``tool_call_id`` one of their ids, its ``name`` one of their names),
-    a call must name a function of ``tools`` when the record gives tools, and calls followed by
-    more conversation must get their results first (every call id answered when the calls
-    have ids). A final assistant message may end on calls.
+    next assistant message. There must be an assistant message, no user message may be empty,
+    and no assistant message may be empty (text, tool calls or both). Tool calls: a result must
+    answer a call of the assistant message before it (its ``tool_call_id`` one of their ids, its
+    ``name`` one of their names), a call must name a function of ``tools`` when the record gives
+    tools, and calls followed by more conversation must get their results first (every call id
+    answered when the calls have ids). A final assistant message may end on calls.
     """
     prev = None
     has_assistant = False
@@ -238,6 +314,10 @@ def check_conversation(conv: Conversation) -> None:
         elif role == "user":
             if prev not in (None, "system", "assistant"):
                 _bad_order(i, role, prev, "the start, a system message or an assistant message")
+            if not m.content.strip():
+                raise RecordError("empty_user", "user message is empty; expected the prompt the "
+                                  "next assistant message answers; fix: write the prompt or drop "
+                                  "the record", field=f"messages[{i}].content", message_index=i)
         else:  # tool
             if prev not in ("assistant", "tool"):
                 _bad_order(i, role, prev, "an assistant or tool message")

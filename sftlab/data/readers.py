@@ -1,6 +1,7 @@
 """Readers: the records of JSONL, JSON, Parquet and saved ``datasets`` inputs, with their lines.
 
-Each reader yields ``(line, raw record or raw text, problem or None)`` and never raises for a
+Each reader yields ``(line, raw record or raw text, problem or None)`` (a JSON array adds a fourth
+item, the file line where the record starts, its ``line`` being the record number) and never raises for a
 bad record: a line that is not JSON, is not valid UTF-8, or is absurdly large or deep comes out
 with its problem, so ``sftlab.data.loading`` can quarantine it and keep reading. An input that cannot
 be read at all raises ``UsageError``.
@@ -22,8 +23,8 @@ _PREVIEW_CHARS = 2000
 _BATCH_ROWS = 4096
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
-# (line, raw record or raw text, problem found while reading or None)
-RawItem = tuple[int, Any, RecordError | None]
+# (line, raw record or raw text, problem found while reading or None[, file line of a JSON array element])
+RawItem = tuple
 
 
 def check_readable(p: Path) -> None:
@@ -129,18 +130,21 @@ def _read_single_object(p: Path, max_bytes: int) -> Iterator[RawItem]:
 
 def _read_json_array(p: Path, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _read_text(p)
+    file_line, counted = 1, 0
     try:
         for i, (obj, start, end) in enumerate(_array_elements(text), 1):
+            file_line += text.count("\n", counted, start)  # the line the record starts on
+            counted = start
             size = len(text[start:end].encode("utf-8", "surrogateescape"))
             if size > max_bytes:
-                yield i, _preview(text[start:end]), _too_large(size, max_bytes)
+                yield i, _preview(text[start:end]), _too_large(size, max_bytes), file_line
                 continue
             # Bracket counting (in C) rules out deep nesting for almost every record.
             maybe_deep = text.count("{", start, end) + text.count("[", start, end) > MAX_DEPTH
             problem = _shape_problem(obj, bad_utf8) if maybe_deep or bad_utf8 else None
             if problem is not None and problem.code == "invalid_utf8":
                 obj = _escape_surrogates(obj)
-            yield i, obj, problem
+            yield i, obj, problem, file_line
     except json.JSONDecodeError as e:
         raise UsageError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}; fix "
                          "the file, or write one record per line (JSONL) so that bad records are "

@@ -43,7 +43,17 @@ from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_tem
 
 
 class EncodingError(ValueError):
-    """This record cannot be encoded exactly; the message is the quarantine reason."""
+    """This record cannot be encoded exactly; the message is the quarantine reason, ``code`` the
+    short name of the rule (as in the loaders' quarantine entries)."""
+
+    def __init__(self, reason: str, code: str = "encode_failed"):
+        super().__init__(reason)
+        self.code = code
+
+
+class _Rejected(str):
+    """A quarantine reason that carries its rule's ``code``."""
+    code: str = "encode_failed"
 
 
 class Trace:
@@ -276,7 +286,7 @@ def _check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, floa
     bad = sorted(i for i in trained if i in layout.untrainable)
     if bad:
         raise EncodingError(f"assistant message {bad[0]} cannot be trained with the {template.name} template: "
-                            f"{layout.untrainable[bad[0]]}")
+                            f"{layout.untrainable[bad[0]]}", code="untrainable_turn")
     rerendered = sorted(set(trained) & set(layout.rerendered))
     if rerendered:
         raise EncodingError(
@@ -284,11 +294,11 @@ def _check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, floa
             f"conversation goes on (it re-renders earlier turns, e.g. drops their reasoning or writes another "
             f"stop), so their tokens here are not what the model generates at that turn; set "
             f"encoding.turns: expand to train each such turn in its own example with its inference context, "
-            f"or train the final turn only (encoding.last_turn_only: true)")
+            f"or train the final turn only (encoding.last_turn_only: true)", code="template_rerenders")
     missing = sorted(i for i in trained if layout.turn(i) is None)
     if missing:
         raise EncodingError(f"assistant message {missing[0]} has no certified trained span in the "
-                            f"{template.name} template's rendering")
+                            f"{template.name} template's rendering", code="uncertified_turn")
 
 
 def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]) -> TokenArray | None:
@@ -409,13 +419,14 @@ class _Truncation:
     def _reject(self, final: EncodedExample):
         raise EncodingError(
             f"the final exchange alone is {len(final)} tokens, longer than max_length={self.max_length}; "
-            f"it cannot be truncated without cutting a trained turn (raise max_length or shorten it)")
+            f"it cannot be truncated without cutting a trained turn (raise max_length or shorten it)",
+            code="too_long")
 
 
 def _check_trained(ex: EncodedExample) -> EncodedExample:
     if ex.trained_tokens == 0:
         raise EncodingError("no trained token: no assistant message is trained (all have train=false or "
-                            "weight 0, or truncation removed them)")
+                            "weight 0, or truncation removed them)", code="no_trained_token")
     return ex
 
 
@@ -467,7 +478,7 @@ def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, t
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
     _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow)
     if isinstance(results[0], str):
-        raise EncodingError(results[0])
+        raise EncodingError(results[0], getattr(results[0], "code", "encode_failed"))
     return results[0] if isinstance(results[0], list) else [results[0]]
 
 
@@ -612,13 +623,47 @@ def _expand(enc: _Encoder, conv: Conversation, layout: Layout, max_length, last_
     return frozenset(rerendered), out
 
 def _reason(e: Exception) -> str:
-    return str(e) or type(e).__name__
+    reason = _Rejected(str(e) or type(e).__name__)
+    reason.code = getattr(e, "code", None) or ("template_error" if isinstance(e, TemplateError) else "encode_failed")
+    return reason
 
 
 def _quarantine_entry(conv: Conversation, reason: str) -> dict:
+    """One quarantine entry, in the loaders' schema (``QuarantineEntry.to_dict``) plus ``stage``."""
     origin = conv.origin
     return {"file": origin.file if origin else None, "line": origin.line if origin else None,
-            "id": conv.id, "stage": "encode", "reason": reason, "record": conv.to_dict()}
+            "id": conv.id, "code": getattr(reason, "code", "encode_failed"), "stage": "encode",
+            "reason": str(reason), "record": conv.to_dict()}
+
+
+def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
+                  max_length: int | None = None, last_turn_only: bool = False, progress: bool = False):
+    """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
+    ``(examples, report)``, the new report with the records that encoding quarantined (too long,
+    nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
+    counted against their files, so ``records = accepted + quarantined`` per file still holds.
+    ``sftlab validate --tokenizer`` and training both call it: a file that validates at a
+    ``max_length`` loses no record to length when training at it.
+    """
+    from sftlab.data.loading import FileReport, LoadReport, QuarantineEntry
+
+    examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
+                                  last_turn_only=last_turn_only, progress=progress)
+    files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
+    by_path = {f.path: f for f in files}
+    quarantined = list(report.quarantined)
+    for e in failed:
+        quarantined.append(QuarantineEntry(file=e["file"], line=e["line"], reason=e["reason"],
+                                           record=e["record"], id=e["id"], code=e["code"], stage="encode"))
+        f = by_path.get(e["file"])
+        if f is not None:
+            f.accepted -= 1
+            f.quarantined += 1
+    failed_at = {(e["file"], e["line"]) for e in failed}
+    conversations = [c for c in report.conversations
+                     if c.origin is None or (c.origin.file, c.origin.line) not in failed_at]
+    return examples, LoadReport(conversations=conversations, quarantined=quarantined, files=files,
+                                warnings=report.warnings)
 
 
 _WORKER: dict = {}

@@ -40,13 +40,52 @@ class ModelConfig(_Section):
     autocast; ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
 
 
+class DataFile(_Section):
+    """A data entry that says how its records name things (as LLaMA-Factory's ``dataset_info.json``
+    columns and tags, or axolotl's ``field_messages``); a plain path string needs none of it."""
+    path: str
+    """The file (JSONL, JSON, Parquet) or saved dataset directory."""
+    field_messages: str | None = None
+    """The record field holding the list of messages; ``null``: ``messages`` or ``conversations``."""
+    role_key: str | None = None
+    """The message key naming the speaker; ``null``: ``role``, or ``from`` where there is no ``role``."""
+    content_key: str | None = None
+    """The message key holding the text; ``null``: ``content`` (``value`` with ``from``)."""
+    roles: dict[str, Literal["system", "user", "assistant", "tool"]] = {}
+    """Speaker names of this file -> roles, e.g. ``{human: user, bot: assistant}`` (ShareGPT's
+    human/gpt/model/observation/function are known already)."""
+
+    def columns(self):
+        from sftlab.data.formats import Columns
+
+        return Columns(field_messages=self.field_messages, role_key=self.role_key,
+                       content_key=self.content_key, roles=dict(self.roles))
+
+
 class DataConfig(_Section):
-    train: list[str] = Field(min_length=1)
-    """Training files (JSONL, JSON, Parquet or a saved HF dataset directory)."""
-    eval: list[str] = []
-    """Held-out files for the validation loss per slice; empty means no validation."""
+    train: list[str | DataFile] = Field(min_length=1)
+    """Training files (JSONL, JSON, Parquet or a saved HF dataset directory): a path, or a mapping
+    with ``path`` and how its records name things (``field_messages``, ``role_key``,
+    ``content_key``, ``roles``)."""
+    eval: list[str | DataFile] = []
+    """Held-out files for the validation loss per slice (entries as in ``train``)."""
+    eval_split: float = Field(0.0, ge=0, lt=1)
+    """Share of the training records held out for the validation loss (e.g. 0.02), chosen by a hash
+    of each record's messages, so the split is the same on every run and copies of a record fall
+    on the same side; added to ``eval``. 0: none."""
+    max_quarantined_share: float = Field(0.0, ge=0, le=1)
+    """Most records (training and held-out) that may be quarantined, as a share of all records, before
+    the run exits 1; with the default 0 any quarantined record makes the exit code 1."""
     policy: str | None = None
     """Policy YAML; records whose ``policy_category`` it does not define are quarantined."""
+
+    @staticmethod
+    def paths(entries: list) -> list[str]:
+        return [e if isinstance(e, str) else e.path for e in entries]
+
+    @staticmethod
+    def columns(entries: list) -> list:
+        return [None if isinstance(e, str) else e.columns() for e in entries]
 
 
 class EncodingConfig(_Section):
@@ -306,7 +345,7 @@ def _type_name(ann: Any) -> str:
     if typing.get_origin(ann) is Literal:
         return " | ".join(json.dumps(a) for a in typing.get_args(ann))
     text = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
-    return text or str(ann).replace("typing.", "")
+    return text or str(ann).replace("typing.", "").replace(f"{__name__}.", "")
 
 
 def _rows(model: type[BaseModel], prefix: str = ""):

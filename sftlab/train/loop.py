@@ -242,6 +242,7 @@ class TrainData:
         self.weighted = apply_loss_weights(examples, self.mixture.loss_weights)
         self.splits: dict = {}
         self.quarantined = 0
+        self.records = 0
         self.policy = None
         self.failed_checks: list[dict] = []
         self.gen_prompts: list = []
@@ -289,24 +290,35 @@ class TrainData:
 
 
 def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
-    """load -> quarantine -> encode -> TrainData; the main process (``write``) also writes
-    RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out leakage, ...)."""
+    """load -> quarantine -> hold out ``data.eval_split`` -> encode -> TrainData; the main process
+    (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
+    leakage, and the per-file counts after encoding: the one place every count is read from)."""
+    from sftlab.data.split import split_by_hash
+    from sftlab.train.config import DataConfig
     from sftlab.train.mixture import slice_of
 
     policy = None
     if cfg.data.policy:
         from sftlab.data.policy import load_policy
         policy = load_policy(cfg.data.policy)
-    train, train_q, train_split, train_report = _load_split(cfg, cfg.data.train, "train", tokenizer,
-                                                            template, policy)
+    train_report = _load(cfg.data.train, policy)
+    held_report = _load(cfg.data.eval, policy) if cfg.data.eval else None
+    split_off: list = []
+    if cfg.data.eval_split:
+        kept, split_off = split_by_hash(train_report.conversations, cfg.data.eval_split)
+        train_report = _with_conversations(train_report, kept)
+        held_report = _with_conversations(held_report, (held_report.conversations if held_report else []) + split_off)
+    train, train_q, train_split, train_report = _encode_split(cfg, train_report, "train", tokenizer, template)
     if not train:
-        raise UsageError(f"no trainable example in {', '.join(cfg.data.train)} "
+        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
                          f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
-    quarantine, splits, held_report = train_q, {"train": train_split}, None
+    quarantine, splits = train_q, {"train": train_split}
     eval_sets: dict[str, list] = {}
-    if cfg.data.eval:
-        held, held_q, splits["heldout"], held_report = _load_split(cfg, cfg.data.eval, "heldout", tokenizer,
-                                                                   template, policy)
+    if held_report is not None:
+        held, held_q, splits["heldout"], held_report = _encode_split(cfg, held_report, "heldout", tokenizer,
+                                                                     template)
+        if split_off:
+            splits["heldout"]["from_train"] = {"eval_split": cfg.data.eval_split, "records": len(split_off)}
         quarantine = quarantine + held_q
         for ex in held:
             eval_sets.setdefault(slice_of(ex), []).append(ex)
@@ -317,6 +329,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     data = TrainData(cfg, train, eval_sets, pad_id)
     data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
+    data.records = train_report.records + (held_report.records if held_report is not None else 0)
     data.gen_prompts = _generation_prompts(cfg)
     if write:
         from sftlab.data.loading import quarantine_line
@@ -331,6 +344,23 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         unencoded = sum(1 for e in train_q if e.get("stage") != "load")
         data.failed_checks = _write_stats(run, train, unencoded, train_report, held_report, policy, template)
     return data
+
+
+def _load(entries: list, policy):
+    from sftlab.data.loading import load_files
+    from sftlab.train.config import DataConfig
+
+    return load_files(DataConfig.paths(entries), policy=policy, columns=DataConfig.columns(entries))
+
+
+def _with_conversations(report, conversations: list):
+    """A copy of the load report ``report`` (or an empty one) holding ``conversations``."""
+    from sftlab.data.loading import LoadReport
+
+    if report is None:
+        return LoadReport(conversations=list(conversations))
+    return LoadReport(conversations=list(conversations), quarantined=report.quarantined,
+                      files=report.files, warnings=report.warnings)
 
 
 def _generation_prompts(cfg: TrainConfig) -> list:
@@ -373,28 +403,24 @@ def _write_stats(run: Path, train: list, unencoded: int, train_report, held_repo
     return failed
 
 
-def _load_split(cfg: TrainConfig, paths: list[str], split: str, tokenizer, template, policy):
-    """``(examples, quarantine entries, manifest split record)`` for one split."""
-    from sftlab.tokens.encoding import encode_all
-    from sftlab.data.loading import load_files
+def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
+    """``(examples, quarantine entries, manifest split record, report)`` for one split; the returned
+    load report holds the records encoding quarantined too (``encode_report``), so every count of the
+    run (summary, manifest, stats, report) comes from it."""
     from sftlab.manifest import data_version
+    from sftlab.tokens.encoding import encode_report
 
-    report = load_files(paths, policy=policy)
-    examples, enc_q = encode_all(report.conversations, tokenizer, template,
-                                 max_length=min(cfg.encoding.max_length, cfg.row_length),
-                                 last_turn_only=cfg.encoding.last_turn_only,
-                                 progress=cfg.log.progress and len(report.conversations) > 1000)
-    entries = [{"split": split, "stage": "load", **e.to_dict()} for e in report.quarantined]
-    entries += [{"split": split, **e} for e in enc_q]
-    files = [f.to_dict() for f in report.files]
-    for e in enc_q:  # encoding failures count against their file too: records = accepted + quarantined
-        for f in files:
-            if f["path"] == e.get("file"):
-                f["accepted"] -= 1
-                f["quarantined"] += 1
+    examples, used = encode_report(report, tokenizer, template,
+                                   max_length=min(cfg.encoding.max_length, cfg.row_length),
+                                   last_turn_only=cfg.encoding.last_turn_only,
+                                   progress=cfg.log.progress and len(report.conversations) > 1000)
+    entries = [{"split": split, **e.to_dict()} for e in used.quarantined]
     record = {"sha256": data_version(report.conversations), "records": report.records,
-              "accepted": len(examples), "quarantined": len(entries), "files": files}
-    return examples, entries, record, report
+              "accepted": len(examples), "quarantined": len(entries),
+              "files": [f.to_dict() for f in used.files]}
+    if report.warnings:
+        record["warnings"] = report.warning_counts()
+    return examples, entries, record, used
 
 
 # -- validation ----------------------------------------------------------------------------------
