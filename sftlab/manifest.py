@@ -174,6 +174,10 @@ class RunManifest(BaseModel):
     hardware: HardwareSection | None = None
     artifacts: dict[str, Any] | None = None
     """Artifact name -> path relative to the run directory (``{"report": "report.html"}``)."""
+    outcome: dict[str, Any] | None = None
+    """What the run gave, so ``manifest --diff`` shows changed results beside changed inputs:
+    ``train`` (steps, why it stopped, final train loss, last eval loss per slice, exit code and the
+    rule that decided it) and ``eval`` (each gate's metric, slice, value and whether it passed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with only the fields that were given (explicit nulls kept)."""

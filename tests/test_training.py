@@ -378,10 +378,10 @@ def test_metrics_log_on_resume_drops_what_came_after_the_checkpoint(tmp_path):
              {"step": 2, "eval_loss": {"all": 1.9}}, {"epoch": 1, "realised_mixture": {"a": 1.0}},
              {"step": 3, "loss": 1.7}]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4, "lo')  # killed mid-line
-    log = MetricsLog(path, tensorboard=False, keep_until=(2, 1, 0))  # checkpoint: step 2, epoch 1 not begun
+    log = MetricsLog(path, keep_until=(2, 1, 0))  # checkpoint: step 2, epoch 1 not begun
     log.write({"epoch": 1, "realised_mixture": {"a": 1.0}})
     assert read_metrics(path) == lines[:5]
-    log = MetricsLog(path, tensorboard=False, keep_until=None)  # a fresh run starts the file afresh
+    log = MetricsLog(path, keep_until=None)  # a fresh run starts the file afresh
     assert read_metrics(path) == [] and read_curves(path) == {"train": [], "eval": {}}
 
 

@@ -12,8 +12,10 @@ lora.enabled=true data.train=[a.jsonl,b.jsonl]. Runs on one process, or under
 
 Writes RUN/run.json, RUN/metrics.jsonl, RUN/data/quarantine.jsonl, RUN/checkpoints/step-N,
 RUN/final (a Hugging Face model directory) and RUN/curves.png, where RUN is the config's `out`.
-Exit codes: 0 trained; 1 trained but records were quarantined, or stopped on a NaN/inf loss
-(the last good checkpoint stays; rerun with --resume); 2 unusable config or data."""
+Exit codes: 0 trained (records quarantined within data.max_quarantined_share, default 0); 1
+trained but a data check failed or more records were quarantined than data.max_quarantined_share
+allows, or stopped on a NaN/inf loss (the last good checkpoint stays; rerun with --resume);
+2 unusable config or data. The summary names the rule that decided the exit code."""
 
 
 def register(subparsers) -> None:
@@ -49,10 +51,17 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(summary))
         elif code == 0 or "error" not in summary:
             stopped = "" if summary["stopped"] in (None, "done") else f" ({summary['stopped']})"
-            print(f"trained {summary['steps']} steps{stopped}: loss {summary['loss']:.4f}, "
+            loss = "n/a" if summary["loss"] is None else f"{summary['loss']:.4f}"
+            print(f"trained {summary['steps']} steps{stopped}: loss {loss}, "
                   f"{summary['quarantined']} quarantined; model in {summary['final']}")
+            if summary.get("adapter_base"):
+                print(f"{summary['final']} holds a LoRA adapter, not a full model: its base model is "
+                      f"recorded as {summary['adapter_base']!r} (relative to {summary['final']} when a path); "
+                      "load it with peft on that base, or set lora.merge_on_save: true for a standalone model")
             if summary["failed_checks"]:
                 print(f"data checks failed: {', '.join(summary['failed_checks'])} (see {out}/data/stats.json)")
+        if not args.json and summary.get("exit_reason"):
+            print(f"exit {code}: {summary['exit_reason']}")
     return code
 
 
@@ -77,6 +86,11 @@ def _summary(out: str, code: int) -> dict:
     m = json.loads(manifest.read_text()) if manifest.exists() else {}
     summary["stopped"] = ((m.get("artifacts") or {}).get("training") or {}).get("stopped")
     summary["failed_checks"] = [c["name"] for c in (m.get("data") or {}).get("failed_checks") or []]
+    outcome = (m.get("outcome") or {}).get("train") or {}
+    summary["exit_reason"] = outcome.get("exit_reason")
+    adapter = run_dir / "final" / "adapter_config.json"
+    if adapter.is_file():
+        summary["adapter_base"] = json.loads(adapter.read_text()).get("base_model_name_or_path")
     if errors:
         summary["error"] = errors[-1]
     return summary

@@ -167,14 +167,17 @@ def _load_weights(path: Path, model) -> None:
                          f"(missing {untied[:5]}, unexpected {unexpected[:5]})")
 
 
-def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = False) -> Path:
+def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = False,
+               adapter_base: str | None = None) -> Path:
     """Write the trained model as a loadable Hugging Face directory, atomically.
 
     ``out`` gets the weights (``save_pretrained``, safetensors), the tokenizer with the training
     template as its ``chat_template`` and a ``generation_config`` whose eos ids include the
     template's end-of-turn token(s), so generation stops at the end of the turn (DESIGN
     invariant 11). A peft model writes its adapter there; with ``merge`` the merged full model
-    goes to ``out`` and the adapter to ``out/adapter``.
+    goes to ``out`` and the adapter to ``out/adapter``. ``adapter_base`` (an unmerged adapter):
+    what its ``adapter_config.json`` records as ``base_model_name_or_path`` instead of the path the
+    base was loaded from (a hub name, or a path relative to ``out``, so the run can move).
     """
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}")
@@ -187,6 +190,10 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
         model = model.merge_and_unload()
     model.config.use_cache = True  # training turned the KV cache off; generation wants it
     model.save_pretrained(tmp)
+    if adapter_base is not None and (tmp / "adapter_config.json").is_file():
+        config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = adapter_base
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer, template).save_pretrained(tmp)
     _fsync_tree(tmp)

@@ -124,10 +124,14 @@ class OptimConfig(_Section):
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate schedule after the warm-up: ``cosine`` decay towards 0, ``linear`` decay towards 0,
+    or ``constant`` at ``lr``."""
     warmup_steps: int | None = Field(None, ge=0)
-    """Linear warm-up steps; ``null`` means ``warmup_ratio`` of the total steps."""
+    """Linear warm-up steps: step k (from 1) of W runs at ``lr * k / W``, so the first step never runs
+    at 0; 0 starts at ``lr``. ``null`` means ``warmup_ratio`` of the total steps."""
     warmup_ratio: float = Field(0.0, ge=0, le=1)
-    """Warm-up as a share of the total optimizer steps, when ``warmup_steps`` is null."""
+    """Warm-up as a share of the total optimizer steps (rounded up), when ``warmup_steps`` is null."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm to this; ``null`` turns clipping off."""
     micro_batch_size: int = Field(1, gt=0)
@@ -162,8 +166,10 @@ class LoraConfig(_Section):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
     """Names of the linear modules that get adapters."""
     merge_on_save: bool = False
-    """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``
-    (otherwise ``RUN/final`` holds the adapter, loadable with peft installed)."""
+    """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``.
+    Otherwise ``RUN/final`` holds only the adapter (load it with peft on the base model); its
+    ``adapter_config.json`` records the base as the hub name, or as a path relative to ``RUN/final``
+    for a local base, so the run directory and the base can move together."""
 
 
 class EarlyStoppingConfig(_Section):
@@ -197,8 +203,12 @@ class CheckpointConfig(_Section):
 class LogConfig(_Section):
     every_n_steps: int = Field(1, gt=0)
     """Write a ``metrics.jsonl`` line every N optimizer steps."""
-    tensorboard: Literal["auto"] | bool = "auto"
-    """TensorBoard event files in ``RUN/tensorboard``: ``auto`` when tensorboard is installed."""
+    trackers: list[str] | Literal["auto"] = "auto"
+    """Experiment trackers, through accelerate's tracker API: any of ``tensorboard``, ``wandb``,
+    ``mlflow``, ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio`` (each needs
+    its own package; none is a dependency of sftlab). ``auto``: tensorboard when installed, else
+    none. TensorBoard writes under ``RUN/tensorboard``; the project / run name is the run directory's
+    name. ``metrics.jsonl`` is written in every case."""
     progress: bool = True
     """Show a tqdm progress bar with loss, tokens/s and ETA."""
 
@@ -221,7 +231,7 @@ class TrainConfig(_Section):
     mixture: MixtureConfig = MixtureConfig()
     """Class imbalance: sampling weights and loss weights per slice."""
     optim: OptimConfig = OptimConfig()
-    """AdamW, warm-up + cosine schedule, batch sizes and length of training."""
+    """AdamW, warm-up and learning-rate schedule, batch sizes and length of training."""
     loss: LossConfig = LossConfig()
     """The response-only objective."""
     lora: LoraConfig = LoraConfig()
@@ -235,7 +245,7 @@ class TrainConfig(_Section):
     seed: int = 0
     """Seed for the data order, the mixture and initialisation of new weights."""
     log: LogConfig = LogConfig()
-    """Metrics, TensorBoard and the progress bar."""
+    """Metrics, experiment trackers and the progress bar."""
 
     @property
     def tokenizer_path(self) -> str:

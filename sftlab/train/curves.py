@@ -20,50 +20,80 @@ import math
 from pathlib import Path
 
 
+# The package each accelerate tracker needs (``pip install`` names).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow",
+                    "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab", "trackio": "trackio"}
+
+
+def resolve_trackers(setting) -> list:
+    """The trackers to hand to ``Accelerator(log_with=...)`` for ``log.trackers``.
+
+    ``"auto"``: tensorboard when installed, else none. A named tracker whose package is missing
+    raises ``ValueError`` naming the install command (none of them is a dependency of sftlab);
+    ``accelerate.tracking.GeneralTracker`` instances pass through.
+
+    >>> resolve_trackers([])
+    []
+    """
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, GeneralTracker, get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    if setting == "auto":
+        return ["tensorboard"] if "tensorboard" in available else []
+    out = []
+    for name in setting:
+        if isinstance(name, GeneralTracker):
+            out.append(name)
+        elif name not in LOGGER_TYPE_TO_CLASS:
+            raise ValueError(f"log.trackers: unknown tracker {name!r}; expected some of "
+                             f"{', '.join(LOGGER_TYPE_TO_CLASS)} (accelerate's trackers)")
+        elif name not in available:
+            raise ValueError(f"log.trackers: {name} is not installed; pip install "
+                             f"{TRACKER_PACKAGES.get(name, name)} (or drop it from log.trackers)")
+        elif name not in out:
+            out.append(name)
+    return out
+
+
 class MetricsLog:
-    """Appends one JSON line per record to ``metrics.jsonl`` (and TensorBoard scalars when asked).
+    """Appends one JSON line per record to ``metrics.jsonl``, and hands the scalars to the
+    experiment trackers through accelerate's tracker API (``accelerator.log``) when given one.
 
     A new run starts the file afresh. A resumed run passes ``keep_until=(step, epoch,
     step_in_epoch)`` of its checkpoint: lines the killed run wrote after that point are dropped,
     so the file reads as if the run had never stopped. Only the main process writes
-    (``enabled``). ``tensorboard``: ``True``, ``False`` or ``"auto"`` (when installed).
+    (``enabled``).
     """
 
-    def __init__(self, path: str | Path, *, enabled: bool = True, tensorboard="auto",
+    def __init__(self, path: str | Path, *, enabled: bool = True, accelerator=None,
                  keep_until: tuple[int, int, int] | None = None):
-        self.path, self.enabled, self.writer = Path(path), enabled, None
+        self.path, self.enabled = Path(path), enabled
+        self.accelerator = accelerator if accelerator is not None and accelerator.trackers else None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [] if keep_until is None or not self.path.exists() else [
             r for r in read_metrics(self.path, partial_last_line=True) if _before(r, *keep_until)]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except ImportError:
-                if tensorboard is True:
-                    raise ImportError("log.tensorboard=true needs the tensorboard package: "
-                                      "pip install tensorboard") from None
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None and "step" in record:
-            for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
-                if _finite(record.get(key)):
-                    self.writer.add_scalar(f"train/{key}", record[key], record["step"])
-            for name, value in (record.get("eval_loss") or {}).items():
-                if _finite(value):
-                    self.writer.add_scalar(f"eval_loss/{name}", value, record["step"])
+        if self.accelerator is not None and "step" in record:
+            values = {f"train/{k}": record[k] for k in ("loss", "lr", "tokens_per_s", "grad_norm")
+                      if _finite(record.get(k))}
+            values.update({f"eval_loss/{name}": v for name, v in (record.get("eval_loss") or {}).items()
+                           if _finite(v)})
+            if values:
+                self.accelerator.log(values, step=record["step"])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.accelerator is not None:
+            self.accelerator.end_training()
+            self.accelerator = None
 
 
 def _before(record: dict, step: int, epoch: int, step_in_epoch: int) -> bool:

@@ -33,18 +33,22 @@ from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> int:
+def train(cfg: TrainConfig, *, resume: bool = False, trackers: tuple = ()) -> int:
     """Train as ``cfg`` says, into ``cfg.out``; returns the exit code.
 
-    0: done; 1: done but records were quarantined or a data check failed (held-out leakage,
-    refusals without a benign contrast: RUN/data/stats.json), or stopped on a NaN/inf loss (the
-    last good checkpoint stays). Raises ``UsageError`` for unusable input.
+    0: done; 1: done but a data check failed (held-out leakage, refusals without a benign
+    contrast: RUN/data/stats.json), more records were quarantined than
+    ``data.max_quarantined_share`` allows, or stopped on a NaN/inf loss (the last good checkpoint
+    stays). The manifest's ``outcome.train.exit_reason`` names the rule that decided. Raises
+    ``UsageError`` for unusable input. ``trackers``: extra ``accelerate.tracking.GeneralTracker``
+    objects, beside those ``log.trackers`` names.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm import tqdm
-    from transformers import get_cosine_schedule_with_warmup
     from transformers.utils import logging as hf_logging
+
+    from sftlab.train.curves import resolve_trackers
 
     from sftlab.model.objective import micro_batch_loss, step_normaliser
 
@@ -55,7 +59,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
         raise UsageError(f"{run} already holds checkpoints ({ckpt.name}); pass --resume to continue "
                          "that run, or choose another out")
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.model.dtype == "auto" else "no")
+    try:
+        log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.model.dtype == "auto" else "no",
+                              log_with=log_with or None,
+                              project_config=ProjectConfiguration(project_dir=str(run),
+                                                                  logging_dir=str(run / "tensorboard")))
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)
 
@@ -65,11 +76,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
-    warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None
-              else math.ceil(cfg.optim.warmup_ratio * total_steps))
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    scheduler = lr_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
@@ -80,11 +89,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
         state = _resume_state(state, load_checkpoint(ckpt, model=raw, optimizer=optimizer,
                                                      scheduler=scheduler, rank=rank), ckpt, main)
     step = state["step"]
-    try:
-        metrics = MetricsLog(run / "metrics.jsonl", enabled=main, tensorboard=cfg.log.tensorboard,
-                             keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
-    except ImportError as e:
-        raise UsageError(str(e)) from None
+    if log_with:
+        from sftlab.manifest import flatten
+
+        accelerator.init_trackers(run.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for k, v in flatten(cfg.to_dict()).items()})
+    metrics = MetricsLog(run / "metrics.jsonl", enabled=main, accelerator=accelerator,
+                         keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
     bar = tqdm(total=total_steps, initial=step, disable=not (main and cfg.log.progress),
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
@@ -126,7 +137,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
             if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
                 bar.close()
-                return _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
+                code = _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
+                if main:
+                    from sftlab.manifest import update_manifest
+                    update_manifest(run, outcome={"train": train_outcome(
+                        run, step, f"non-finite loss at step {step + 1}", (code, "stopped on a NaN/inf loss"))})
+                return code
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
@@ -156,13 +172,81 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> int:
 
     # -- the end: final model, curves, manifest ------------------------------------------------
     accelerator.wait_for_everyone()
+    code, reason = exit_rule(data, cfg)
     if main:
-        save_final(run / "final", raw, tokenizer, template, merge=cfg.lora.enabled and cfg.lora.merge_on_save)
+        merge = cfg.lora.enabled and cfg.lora.merge_on_save
+        save_final(run / "final", raw, tokenizer, template, merge=merge,
+                   adapter_base=None if merge else adapter_base(cfg.model.path, run / "final"))
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
-        finish_manifest(run, cfg, step, stop)
+        finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
     metrics.close()
     accelerator.wait_for_everyone()
-    return 1 if data.quarantined or data.failed_checks else 0
+    return code
+
+
+def exit_rule(data: TrainData, cfg: TrainConfig) -> tuple[int, str]:
+    """``(exit code, the rule that decided it)`` of a run that trained to the end."""
+    if data.failed_checks:
+        return 1, "data check failed: " + ", ".join(c["name"] for c in data.failed_checks)
+    allowed = cfg.data.max_quarantined_share
+    share = data.quarantined / data.records if data.records else 0.0
+    counts = f"{data.quarantined} of {data.records} records quarantined ({share:.2%})"
+    if data.quarantined and share > allowed:
+        return 1, f"{counts}, more than data.max_quarantined_share={allowed:g}"
+    if data.quarantined:
+        return 0, f"{counts}, within data.max_quarantined_share={allowed:g}"
+    return 0, "trained; no record quarantined and every data check passed"
+
+
+def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    """The ``optim.schedule`` with its linear warm-up, as a ``LambdaLR`` (its state is JSON).
+
+    Step k (counted from 1) of a W-step warm-up runs at ``lr * k / W``, so the first step runs at
+    ``lr / W``, never at 0; after the warm-up, ``cosine`` and ``linear`` decay from ``lr`` towards 0
+    over the remaining steps (the last step stays above 0) and ``constant`` keeps ``lr``::
+
+        >>> import torch
+        >>> from sftlab.train.config import load_config
+        >>> cfg = load_config(None, ["model.path=m", "data.train=[t]", "out=o", "optim.lr=1.0",
+        ...                          "optim.schedule=linear", "optim.warmup_steps=2"])
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> sched, rates = lr_scheduler(opt, cfg, 6), []
+        >>> for _ in range(6):
+        ...     rates.append(round(sched.get_last_lr()[0], 3)); opt.step(); sched.step()
+        >>> rates
+        [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    """
+    o = cfg.optim
+    warmup = o.warmup_steps if o.warmup_steps is not None else math.ceil(o.warmup_ratio * total_steps)
+    decay = max(1, total_steps - warmup)
+    kind = o.schedule
+
+    def factor(s: int) -> float:  # s: optimizer steps taken so far (0 for the first step)
+        if s < warmup:
+            return (s + 1) / warmup
+        progress = min(1.0, (s - warmup) / decay)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def adapter_base(model_path: str, final: Path) -> str:
+    """What a LoRA adapter in ``final`` records as its base model: the hub name as given, or the
+    local directory relative to ``final`` (so the run and its base can move together); absolute
+    only where no relative path exists (another drive)."""
+    path = Path(model_path)
+    if not path.exists():
+        return model_path
+    import os
+
+    try:
+        return os.path.relpath(path.resolve(), final.resolve())
+    except ValueError:
+        return str(path.resolve())
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -205,11 +289,16 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     model.config.use_cache = False
     model.sftlab_packed_attention = use_packed_attention(model)
     if cfg.lora.enabled:
+        import warnings
+
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                                                 target_modules=list(cfg.lora.target_modules)))
+        with warnings.catch_warnings():
+            # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                     lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                                                     target_modules=list(cfg.lora.target_modules)))
     model.train()
     return model, tokenizer, template, role_tokens
 
@@ -562,13 +651,30 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
     update_manifest(run, **sections)
 
 
-def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None) -> None:
+def train_outcome(run: Path, step: int, stop: str | None, exit_rule: tuple[int, str] | None) -> dict:
+    """The manifest's ``outcome.train``: steps, why it stopped, the last logged train loss, the last
+    eval loss per slice, and the exit code with the rule that decided it."""
+    from sftlab.train.curves import read_metrics
+
+    records = read_metrics(run / "metrics.jsonl")
+    losses = [r["loss"] for r in records if "loss" in r and "step" in r]
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    out = {"steps": step, "stopped": stop or "done", "final_train_loss": losses[-1] if losses else None,
+           "eval_loss": evals[-1] if evals else None}
+    if exit_rule is not None:
+        out.update(exit_code=exit_rule[0], exit_reason=exit_rule[1])
+    return out
+
+
+def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None,
+                    exit_rule: tuple[int, str] | None = None) -> None:
     from sftlab.train.curves import read_metrics
     from sftlab.manifest import update_manifest
 
     realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
                 for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
     update_manifest(run, mixture={"realised": realised},
+                    outcome={"train": train_outcome(run, step, stop, exit_rule)},
                     artifacts={"final": "final", "metrics": "metrics.jsonl", "curves": "curves.png",
                                "checkpoints": "checkpoints", "quarantine": "data/quarantine.jsonl",
                                "stats": "data/stats.json",

@@ -1,0 +1,176 @@
+"""What users of the peers expect from `sftlab train`: data entries with their own key names, a
+held-out split by content hash, the exit-code rule, lr schedules, trackers through accelerate,
+outcomes in the manifest, a movable LoRA adapter, and no dependency warnings."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.tracking import GeneralTracker
+
+from sftlab.cli import main
+from sftlab.train.config import load_config
+
+PUBLIC = Path(__file__).parent / "data" / "public"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tiny model, and the FastChat sample with other speaker names plus one bad and one long record."""
+    from sftlab.demo.tiny import build_tiny
+
+    d = tmp_path_factory.mktemp("options")
+    fastchat = json.loads((PUBLIC / "fastchat_dummy_conversation.json").read_text())
+    rows = []
+    for i in range(24):
+        r = fastchat[i % 3]
+        rows.append({"id": f"{r['id']}-{i}", "conversations": [
+            {"from": {"human": "Kunde", "gpt": "Agent"}[m["from"]], "value": f"{m['value']} ({i})"}
+            for m in r["conversations"]]})
+    rows.append({"id": "bad", "conversations": [{"from": "Kunde", "value": "no answer"}, {"from": "Agent", "value": ""}]})
+    rows.append({"id": "long", "conversations": [{"from": "Kunde", "value": "word " * 200},
+                                                 {"from": "Agent", "value": "ok " * 200}]})
+    (d / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok, model = build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    return d
+
+
+def _config(assets: Path, out: Path, **sections) -> Path:
+    cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
+           "data": {"train": [{"path": str(assets / "chats.jsonl"), "roles": {"Kunde": "user", "Agent": "assistant"}}],
+                    "eval_split": 0.25, "max_quarantined_share": 0.1},
+           "encoding": {"max_length": 128}, "seed": 1, "out": str(out),
+           "log": {"progress": False, "trackers": []},
+           "optim": {"lr": 1e-3, "micro_batch_size": 2, "max_steps": 3, "schedule": "constant", "warmup_steps": 0},
+           "lora": {"enabled": True, "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class ListTracker(GeneralTracker):
+    """An accelerate tracker that keeps what it is given (accelerate's own extension point)."""
+    name = "list"
+    requires_logging_directory = False
+
+    def __init__(self):
+        super().__init__()
+        self.logged, self.config = [], None
+
+    @property
+    def tracker(self):
+        return self.logged
+
+    def store_init_configuration(self, values):
+        self.config = values
+
+    def log(self, values, step=None, **kwargs):
+        self.logged.append((step, dict(values)))
+
+
+def test_a_run_of_a_user_with_own_key_names(assets, tmp_path, capsys):
+    from sftlab.train.loop import train
+
+    run = tmp_path / "run"
+    cfg = load_config(_config(assets, run))
+    tracker = ListTracker()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = train(cfg, trackers=(tracker,))
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+    # 26 records: 'bad' (empty assistant) and 'long' (too long for 128 tokens) quarantined = 7.7%
+    assert code == 0
+    manifest = json.loads((run / "run.json").read_text())
+    outcome = manifest["outcome"]["train"]
+    assert outcome["exit_code"] == 0 and "within data.max_quarantined_share=0.1" in outcome["exit_reason"]
+    assert outcome["steps"] == 3 and outcome["final_train_loss"] > 0
+    assert set(outcome["eval_loss"]) >= {"all"}
+    splits = manifest["data"]["splits"]
+    held = splits["heldout"]["from_train"]["records"]
+    assert 0 < held < 24 and splits["train"]["accepted"] + held == 24
+    quarantine = [json.loads(x) for x in (run / "data" / "quarantine.jsonl").read_text().splitlines()]
+    assert {(q["id"], q["code"], q["stage"]) for q in quarantine} == {
+        ("bad", "empty_assistant", "load"), ("long", "too_long", "encode")}
+
+    # the first step runs at the configured lr (constant, no warm-up), not at 0
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [s["lr"] for s in steps] == [1e-3] * 3
+    # the tracker got every step and the config through accelerate
+    assert [s for s, v in tracker.logged if "train/loss" in v] == [1, 2, 3]
+    assert tracker.config["optim.schedule"] == "constant"
+
+    # the adapter names its base relative to RUN/final: the run and its base can move together
+    adapter = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert not Path(adapter["base_model_name_or_path"]).is_absolute()
+    assert (run / "final" / adapter["base_model_name_or_path"]).resolve() == (assets / "model").resolve()
+
+    # validate with the same tokenizer and length quarantines exactly what training did
+    code = main(["validate", str(assets / "chats.jsonl"), "--tokenizer", str(assets / "model"),
+                 "--template", "chatml", "--max-length", "128", "--role", "Kunde=user", "--role", "Agent=assistant",
+                 "--quarantine", str(tmp_path / "q.jsonl"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["quarantined"] == 2 and out["reasons"] == {"empty_assistant": 1, "too_long": 1}
+    validated = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert [(q["id"], q["code"]) for q in validated] == [(q["id"], q["code"]) for q in quarantine]
+    assert set(validated[1]) == set(quarantine[1]) - {"split"}  # one schema
+
+    # stricter tolerance: exit 1, and the summary says which rule decided; manifest --diff shows outcomes
+    run2 = tmp_path / "run2"
+    assert main(["train", str(_config(assets, run2, data={"max_quarantined_share": 0.0}))]) == 1
+    err_out = capsys.readouterr().out
+    assert "exit 1: 2 of 26 records quarantined" in err_out and "more than data.max_quarantined_share=0" in err_out
+    assert "LoRA adapter" in err_out
+    main(["manifest", str(run), "--diff", str(run2), "--json"])
+    paths = {d["path"] for d in json.loads(capsys.readouterr().out)["differences"]}
+    assert {"outcome.train.exit_code", "outcome.train.exit_reason"} <= paths
+
+
+def test_lr_schedules_and_warmup():
+    from sftlab.train.loop import lr_scheduler
+
+    def rates(schedule, warmup, total=8):
+        cfg = load_config(None, ["model.path=m", "data.train=[t]", "out=o", "optim.lr=1.0",
+                                 f"optim.schedule={schedule}", f"optim.warmup_steps={warmup}"])
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched, out = lr_scheduler(opt, cfg, total), []
+        for _ in range(total):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    assert rates("constant", 0) == [1.0] * 8
+    assert rates("cosine", 0)[0] == 1.0 and rates("cosine", 1)[0] == 1.0  # never lr 0 on step 1
+    assert rates("cosine", 4)[:4] == [0.25, 0.5, 0.75, 1.0]
+    lin = rates("linear", 0)
+    assert lin == sorted(lin, reverse=True) and lin[-1] > 0
+    cos = rates("cosine", 2)
+    assert cos[2] == 1.0 and all(a >= b for a, b in zip(cos[2:], cos[3:])) and cos[-1] > 0
+
+
+def test_trackers_are_never_required(assets, tmp_path):
+    run = tmp_path / "t"
+    code = main(["train", str(_config(assets, run, log={"trackers": ["wandb"]}))])
+    assert code == 2  # not installed here: a one-line reason naming the install command
+    from sftlab.train.curves import resolve_trackers
+
+    with pytest.raises(ValueError, match="pip install wandb"):
+        resolve_trackers(["wandb"])
+    with pytest.raises(ValueError, match="unknown tracker 'tensorbord'"):
+        resolve_trackers(["tensorbord"])
