@@ -96,6 +96,19 @@ class MaskingSection(_Section):
     trained_tokens: int | None = None
     total_tokens: int | None = None
     trained_token_share: float | None = None
+    turns: str | None = None
+    """``encoding.turns``: ``whole`` or ``expand``."""
+    overflow: str | None = None
+    """``encoding.overflow``: ``drop`` or ``split``."""
+    expanded_examples: int | None = None
+    """Extra examples made by ``turns: expand`` (one per re-rendered trained turn)."""
+    expanded_tokens: int | None = None
+    """Their tokens: what the expansion costs over one example per record."""
+    overflow_examples: int | None = None
+    """Extra examples made by ``overflow: split`` from exchanges truncation dropped."""
+    overflow_tokens: int | None = None
+    lost_trained_tokens: int | None = None
+    """Trained tokens dropped by ``max_length`` truncation and in no example."""
 
 
 class PackingSection(_Section):

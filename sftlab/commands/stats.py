@@ -39,8 +39,15 @@ def register(sub) -> None:
                    help="count lengths in tokens of the rendered conversation (prompt = untrained "
                         "tokens, response = trained tokens) instead of words")
     p.add_argument("--template", default=None,
-                   help="with --tokenizer: built-in template (chatml, llama3, mistral, gemma, zephyr, "
-                        "phi3, alpaca); default: the tokenizer's own chat_template")
+                   help="with --tokenizer: built-in template name or a Jinja template; default: the "
+                        "tokenizer's own chat_template")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="with --tokenizer: truncate as training does (encoding.max_length)")
+    p.add_argument("--turns", choices=("whole", "expand"), default="whole",
+                   help="with --tokenizer: encoding.turns (expand: re-rendered turns get their own example; "
+                        "the extra examples and tokens are reported)")
+    p.add_argument("--overflow", choices=("drop", "split"), default="drop",
+                   help="with --tokenizer: encoding.overflow (tokens kept and lost by truncation are reported)")
     p.add_argument("--near-threshold", type=float, default=0.8, metavar="J",
                    help="word 3-shingle Jaccard similarity from which two texts are near duplicates "
                         "(default: 0.8)")
@@ -73,7 +80,11 @@ def run(args) -> int:
             template = get_template(args.template, tokenizer)
         except TemplateError as e:  # no chat_template, unknown template name
             raise UsageError(str(e).splitlines()[0]) from None
-        examples, failed = encode_all(train.conversations, tokenizer, template)
+        try:
+            examples, failed = encode_all(train.conversations, tokenizer, template, turns=args.turns,
+                                          overflow=args.overflow, max_length=args.max_length)
+        except TemplateError as e:  # the template and tokenizer do not fit together
+            raise UsageError(str(e).splitlines()[0]) from None
         encoded = EncodedLengths(examples, len(failed), template.name)
     stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
                           policy=policy, near_threshold=args.near_threshold, encoded=encoded)
@@ -132,6 +143,12 @@ def print_human(s: dict[str, Any]) -> None:
                       f"effective tasks {t['effective_tasks']:.2f}, largest {t['largest']['task']!r} "
                       f"{t['largest']['share']:.1%}")
     console.print(_length_table(s))
+    extra = s["lengths"].get("extra")
+    if extra and any(extra.values()):
+        console.print(f"encoding: {extra['expanded_examples']} extra examples for re-rendered turns "
+                      f"({extra['expanded_tokens']} tokens), {extra['overflow_examples']} from dropped exchanges "
+                      f"({extra['overflow_tokens']} tokens), {extra['lost_trained_tokens']} trained tokens lost "
+                      f"to max_length truncation")
     tools = _tool_table(s)
     if tools is not None:
         console.print(tools)

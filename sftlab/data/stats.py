@@ -185,10 +185,18 @@ def length_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None =
         return {"unit": "words", "prompt": distribution(prompt), "response": distribution(response),
                 "template": None, "unencoded": 0}
     examples = encoded.examples
-    return {"unit": "tokens",
-            "prompt": distribution([len(e.input_ids) - e.trained_tokens for e in examples]),
-            "response": distribution([e.trained_tokens for e in examples]),
-            "template": encoded.template, "unencoded": encoded.unencoded}
+    out = {"unit": "tokens",
+           "prompt": distribution([len(e.input_ids) - e.trained_tokens for e in examples]),
+           "response": distribution([e.trained_tokens for e in examples]),
+           "template": encoded.template, "unencoded": encoded.unencoded}
+    derived = [getattr(e, "derived", None) for e in examples]
+    out["extra"] = {  # examples made by encoding.turns: expand / overflow: split, and tokens truncation lost
+        "expanded_examples": derived.count("turn"),
+        "expanded_tokens": sum(len(e.input_ids) for e, d in zip(examples, derived) if d == "turn"),
+        "overflow_examples": derived.count("overflow"),
+        "overflow_tokens": sum(len(e.input_ids) for e, d in zip(examples, derived) if d == "overflow"),
+        "lost_trained_tokens": sum(getattr(e, "lost_trained_tokens", 0) for e in examples)}
+    return out
 
 
 def tool_stats(convs: Sequence[Conversation]) -> dict[str, Any]:

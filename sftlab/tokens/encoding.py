@@ -622,6 +622,22 @@ def _expand(enc: _Encoder, conv: Conversation, layout: Layout, max_length, last_
             out.append(dataclasses.replace(ex, derived=ex.derived or "turn"))
     return frozenset(rerendered), out
 
+def encoding_summary(examples: Sequence[EncodedExample]) -> dict:
+    """What ``turns: expand`` and ``overflow: split`` added and what truncation lost, for stats,
+    the manifest and the report: extra examples and their tokens, and the trained tokens lost."""
+    out = {"expanded_examples": 0, "expanded_tokens": 0, "overflow_examples": 0, "overflow_tokens": 0,
+           "lost_trained_tokens": 0}
+    for ex in examples:
+        if ex.derived == "turn":
+            out["expanded_examples"] += 1
+            out["expanded_tokens"] += len(ex)
+        elif ex.derived == "overflow":
+            out["overflow_examples"] += 1
+            out["overflow_tokens"] += len(ex)
+        out["lost_trained_tokens"] += ex.lost_trained_tokens
+    return out
+
+
 def _reason(e: Exception) -> str:
     reason = _Rejected(str(e) or type(e).__name__)
     reason.code = getattr(e, "code", None) or ("template_error" if isinstance(e, TemplateError) else "encode_failed")
@@ -637,7 +653,8 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 
 
 def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
-                  max_length: int | None = None, last_turn_only: bool = False, progress: bool = False):
+                  max_length: int | None = None, last_turn_only: bool = False, progress: bool = False,
+                  turns: str = "whole", overflow: str = "drop"):
     """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
     ``(examples, report)``, the new report with the records that encoding quarantined (too long,
     nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
@@ -648,7 +665,8 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
     from sftlab.data.loading import FileReport, LoadReport, QuarantineEntry
 
     examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
-                                  last_turn_only=last_turn_only, progress=progress)
+                                  last_turn_only=last_turn_only, progress=progress, turns=turns,
+                                  overflow=overflow)
     files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     by_path = {f.path: f for f in files}
     quarantined = list(report.quarantined)

@@ -93,6 +93,15 @@ class EncodingConfig(_Section):
     """Longest encoded example in tokens; whole early turns are dropped to fit."""
     last_turn_only: bool = False
     """Train only the last assistant turn (per-message ``train`` flags still win)."""
+    turns: Literal["whole", "expand"] = "whole"
+    """``whole``: a record is one example; a trained turn the template re-renders once the conversation
+    goes on (Qwen3-style templates drop earlier reasoning) refuses the record. ``expand``: each such
+    turn becomes an example of its own, rendered as at inference for that turn (costs extra tokens,
+    reported by stats and the manifest)."""
+    overflow: Literal["drop", "split"] = "drop"
+    """What happens to early exchanges dropped to fit ``max_length``: ``drop`` loses them (counted as
+    lost trained tokens); ``split`` makes them further examples with the system message and as much
+    preceding context as fits, trained on their own turns only."""
 
 
 class PackingConfig(_Section):

@@ -502,10 +502,11 @@ def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
     examples, used = encode_report(report, tokenizer, template,
                                    max_length=min(cfg.encoding.max_length, cfg.row_length),
                                    last_turn_only=cfg.encoding.last_turn_only,
+                                   turns=cfg.encoding.turns, overflow=cfg.encoding.overflow,
                                    progress=cfg.log.progress and len(report.conversations) > 1000)
     entries = [{"split": split, **e.to_dict()} for e in used.quarantined]
     record = {"sha256": data_version(report.conversations), "records": report.records,
-              "accepted": len(examples), "quarantined": len(entries),
+              "accepted": len(used.conversations), "quarantined": len(entries),
               "files": [f.to_dict() for f in used.files]}
     if report.warnings:
         record["warnings"] = report.warning_counts()
@@ -622,6 +623,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                     role_tokens: dict) -> None:
     """Write the run's data, template, tokenizer, masking, packing, mixture and config sections."""
     from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
+    from sftlab.tokens.encoding import encoding_summary
     from sftlab.tokens.packing import packing_stats
 
     trained = sum(ex.trained_tokens for ex in data.examples)
@@ -634,7 +636,9 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
         masking={"mode": "last_turn" if cfg.encoding.last_turn_only else "all_assistant_turns",
                  "max_length": cfg.encoding.max_length, "last_turn_only": cfg.encoding.last_turn_only,
                  "trained_tokens": trained, "total_tokens": total,
-                 "trained_token_share": round(trained / total, 6) if total else None},
+                 "trained_token_share": round(trained / total, 6) if total else None,
+                 "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
+                 **encoding_summary(data.examples)},
         packing={**packing_stats(data.epoch_rows(0), cfg.row_length, mode=cfg.packing.mode),
                  "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)
                                else "block-diagonal mask")},
