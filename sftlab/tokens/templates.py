@@ -155,7 +155,7 @@ def _compiled(source: str):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    base = _compile_jinja_template(source).environment
+    base = _compile_jinja_template("").environment  # its globals and filters; the source is compiled below only
 
     class _LimitedEnvironment(ImmutableSandboxedEnvironment):
         intercepted_binops = frozenset({"*", "**", "+"})
