@@ -35,6 +35,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code. A closed stdout (``sftlab manifest RUN | head``)
+    ends the command quietly with 141 (128 + SIGPIPE, as the shell reports a command killed by a
+    closed pipe), without a traceback."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, so a closed pipe is caught
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a file descriptor
+        pass
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
