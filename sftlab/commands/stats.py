@@ -160,7 +160,8 @@ def print_human(s: dict[str, Any]) -> None:
             console.print(f"  - {w['message']}", markup=False)
     console.print()
     for c in s["checks"]:
-        mark = "[green]ok[/green]  " if c["passed"] else "[red]FAIL[/red]"
+        mark = ("[yellow]skip[/yellow]" if c.get("skipped") else
+                "[green]ok[/green]  " if c["passed"] else "[red]FAIL[/red]")
         console.print(f"{mark} {c['name']}: ", end="")
         console.print(c["message"], markup=False)
 

@@ -16,6 +16,7 @@ import numpy as np
 DEFAULT_NUM_PERM = 64
 MINHASH_SEED = 1
 LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
+_UNSPACED_SCRIPT = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # RE2: scripts written without spaces
 _SHINGLE_CHUNK = 1 << 16  # shingles per numpy block of the signature computation (x num_perm)
 _TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 
@@ -23,7 +24,8 @@ _TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 class MinHasher:
     """Normalised words, exact-match keys and MinHash signatures of word 3-shingle sets, in bulk.
 
-    Texts are lowercased and split on whitespace by pyarrow's compute kernels; each distinct word
+    Texts are lowercased and split on whitespace by pyarrow's compute kernels (each Chinese or
+    Japanese character a word of its own, since those scripts use no spaces); each distinct word
     is hashed once (blake2b, 64 bits, stable across runs); a shingle's 32-bit hash mixes its three
     word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
     a_k * fmix32(h) + b_k mod 2^32`` with datasketch's own ``(a_k, b_k)`` for ``seed``: the values
@@ -47,8 +49,12 @@ class MinHasher:
 
         if not len(texts):
             return np.zeros(0, np.uint64), np.zeros(1, np.int64)
+        lowered = pc.utf8_lower(pa.array(texts, type=pa.large_string()))
+        # Chinese and Japanese are written without spaces: each of their characters counts as a
+        # word, so shingles over them are character shingles and near-copies are found there too.
+        lowered = pc.replace_substring_regex(lowered, _UNSPACED_SCRIPT, r" \1 ")
         # The split yields "" words where a text starts or ends with whitespace (or is empty).
-        words = pc.utf8_split_whitespace(pc.utf8_lower(pa.array(texts, type=pa.large_string())))
+        words = pc.utf8_split_whitespace(lowered)
         offsets = words.offsets.to_numpy().astype(np.int64)
         encoded = words.flatten().dictionary_encode()
         cache = self._word_hash

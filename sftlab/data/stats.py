@@ -137,7 +137,7 @@ def task_diversity(convs: Sequence[Conversation]) -> dict[str, Any]:
     n = sum(counts.values())
     if n == 0:
         return {"distinct": 0, "entropy_nats": 0.0, "effective_tasks": 0.0, "largest": None}
-    entropy = -sum(k / n * math.log(k / n) for k in counts.values())
+    entropy = max(0.0, -sum(k / n * math.log(k / n) for k in counts.values()))  # never -0.0
     top, k = next(iter(counts.items()))
     return {"distinct": len(counts), "entropy_nats": _r(entropy),
             "effective_tasks": _r(math.exp(entropy)), "largest": {"task": top, "share": _r(k / n)}}
@@ -413,10 +413,17 @@ def _warnings(s: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _checks(s: dict[str, Any]) -> list[dict[str, Any]]:
-    missing = [c["name"] for c in s["refusals"]["categories"] if not c["has_contrast"]]
-    checks = [{"name": "contrast", "passed": not missing,
-               "message": (f"refusal categories without a benign contrast: {', '.join(missing)}"
-                           if missing else "every refusal category has a benign contrast")}]
+    categories = s["refusals"]["categories"]
+    missing = [c["name"] for c in categories if not c["has_contrast"]]
+    if not categories:  # nothing to check is not a pass: say so
+        checks = [{"name": "contrast", "passed": True, "skipped": True,
+                   "message": "skipped: no refusal category to check (no policy given and no record with "
+                              "expected: refuse)"}]
+    else:
+        checks = [{"name": "contrast", "passed": not missing,
+                   "message": (f"refusal categories without a benign contrast: {', '.join(missing)}"
+                               if missing else f"each of the {len(categories)} refusal categories has a "
+                               "benign contrast")}]
     leak = s["leakage"]
     if leak is not None:
         checks.append({"name": "leakage", "passed": leak["leaked"] == 0,

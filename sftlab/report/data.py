@@ -45,7 +45,7 @@ def _pairs(examples: Any, left: str, right: str, headers: tuple[str, ...],
 
 def checks(stats: dict[str, Any]) -> Markup:
     out = []
-    rows = [[badge(c.get("passed")), c.get("name"), c.get("message")]
+    rows = [[badge(None, "skipped") if c.get("skipped") else badge(c.get("passed")), c.get("name"), c.get("message")]
             for c in stats.get("checks") or [] if isinstance(c, dict)]
     if rows:
         out.append(table(["", "check", "message"], rows))
