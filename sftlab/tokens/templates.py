@@ -705,7 +705,11 @@ def _fingerprint(source: str, control: tuple[str, ...], eot: tuple[str, ...], to
 def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
     """A built-in format by name, or (``name=None``) the tokenizer's own ``chat_template``.
 
-    ``name`` may also be a Jinja source string (anything containing ``{%`` or ``{{``).
+    ``name`` may also be a Jinja source string (anything containing ``{%`` or ``{{``) or the path
+    of a Jinja file (the peers' ``chat_template`` file option: a ``.jinja``/``.j2`` name, or any
+    existing file). A file's template is treated exactly as a tokenizer's own: rendered in the same
+    sandbox, probed for its end-of-turn marker, and fingerprinted by its source, so editing the file
+    changes the fingerprint (and the prepared-data key). Its label is ``file:<name>``.
     """
     special = special_strings(tokenizer)
     tok_sha = tokenizer_sha256(tokenizer)
@@ -730,6 +734,8 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
         label = "tokenizer"
     elif "{%" in name or "{{" in name:
         source, label = name, "custom"
+    elif _is_template_file(name):
+        source, label = _read_template_file(name), f"file:{os.path.basename(name)}"
     else:
         raise TemplateError(f"unknown template '{name}'; built-in templates: {', '.join(BUILTIN_TEMPLATES)} "
                             "(or leave it unset to use the tokenizer's own chat_template)")
@@ -742,6 +748,36 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
     eot = _probe_end_of_turn(source, special, control, parts)
     return ChatTemplate(label, source, control, eot, _fingerprint(source, control, eot, tok_sha), special,
                         content_parts=parts)
+
+
+_TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
+
+
+def _is_template_file(name: str) -> bool:
+    return name.lower().endswith(_TEMPLATE_SUFFIXES) or os.path.isfile(name)
+
+
+def _read_template_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_TEMPLATE_FILE_BYTES + 1)
+    except OSError as e:
+        raise TemplateError(f"template file {path}: cannot read it ({e.strerror or e}); expected a Jinja "
+                            "chat template file, a built-in name or a Jinja string") from None
+    if len(data) > _MAX_TEMPLATE_FILE_BYTES:
+        raise TemplateError(f"template file {path}: larger than {_MAX_TEMPLATE_FILE_BYTES:,} bytes; "
+                            "expected a chat template (a few KB)")
+    try:
+        source = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise TemplateError(f"template file {path}: not UTF-8 text (byte {e.start}); expected a Jinja "
+                            "chat template") from None
+    if not source.strip():
+        raise TemplateError(f"template file {path}: empty; expected a Jinja chat template")
+    return source
+
+
+_MAX_TEMPLATE_FILE_BYTES = 1 << 20
 
 
 def missing_control_tokens(template: ChatTemplate, tokenizer) -> list[str]:

@@ -232,7 +232,8 @@ class TrainConfig(_Section):
     tokenizer: str | None = None
     """Tokenizer path or hub name; ``null`` means the model's."""
     template: str | None = None
-    """Chat template: ``null`` uses the tokenizer's own, or a built-in name (``chatml``, ...)."""
+    """Chat template: ``null`` uses the tokenizer's own; a built-in name (``chatml``, ...); or the path
+    of a Jinja file (``.jinja``/``.j2``), sandboxed and fingerprinted like a tokenizer's own."""
     encoding: EncodingConfig = EncodingConfig()
     """How conversations become tokens and loss weights."""
     packing: PackingConfig = PackingConfig()

@@ -1,0 +1,59 @@
+"""`template:` may name a Jinja file (a released model's chat template), treated as a tokenizer's own."""
+from pathlib import Path
+
+import pytest
+
+from sftlab.tokens.encoding import encode
+from sftlab.tokens.templates import TemplateError, get_template
+
+QWEN = Path(__file__).parent / "data" / "templates" / "qwen2.5-0.5b-instruct.jinja"
+CONV = {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from sftlab.demo.tiny import build_tokenizer
+
+    return build_tokenizer(vocab_size=300)
+
+
+def test_a_jinja_file_encodes_as_the_same_template_in_the_tokenizer(tok, tmp_path):
+    from sftlab.demo.tiny import build_tokenizer
+
+    t = get_template(str(QWEN), tok)
+    assert t.name == "file:qwen2.5-0.5b-instruct.jinja" and t.source == QWEN.read_text()
+    own = build_tokenizer(vocab_size=300)
+    own.chat_template = QWEN.read_text()
+    a, b = encode(CONV, tok, str(QWEN)), encode(CONV, own, None)
+    assert list(a.input_ids) == list(b.input_ids) and list(a.loss_weights) == list(b.loss_weights)
+
+    edited = tmp_path / "edited.jinja"
+    edited.write_text(QWEN.read_text().replace("You are Qwen", "You are a helper"))
+    assert get_template(str(edited), tok).fingerprint != t.fingerprint
+
+
+def test_a_jinja_file_is_sandboxed_and_bad_files_are_named(tok, tmp_path):
+    evil = tmp_path / "evil.jinja"
+    evil.write_text("{{ ''.__class__.__mro__[1].__subclasses__() }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    from sftlab.tokens.encoding import EncodingError
+
+    with pytest.raises((TemplateError, EncodingError), match="SecurityError"):
+        encode(CONV, tok, str(evil))
+    with pytest.raises(TemplateError, match="missing.jinja: cannot read it"):
+        get_template(str(tmp_path / "missing.jinja"), tok)
+    empty = tmp_path / "empty.j2"
+    empty.write_text("  \n")
+    with pytest.raises(TemplateError, match="empty"):
+        get_template(str(empty), tok)
+
+
+def test_validate_takes_a_template_file(tok, tmp_path):
+    import json
+
+    from sftlab.cli import main
+
+    tok.save_pretrained(tmp_path / "tok")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(CONV) + "\n")
+    assert main(["validate", str(data), "--tokenizer", str(tmp_path / "tok"), "--template", str(QWEN),
+                 "--max-length", "512"]) == 0
