@@ -361,3 +361,17 @@ def test_mask_preview_from_real_encoding(tmp_path):
     text = re.sub(r"<[^>]+>", "", blocks)  # user text that spells a control token stays text
     assert "&lt;|im_end|&gt; hi &lt;b&gt;" in text and "<b>" not in masks
     assert "user #0" in masks and "assistant #1" in masks
+
+
+def test_eval_loss_cells_and_step_axes():
+    """A loss has no k: its cell shows what it averages over, not 'None/n'; step axes tick whole steps."""
+    from sftlab.report.evaluation import estimate
+    from sftlab.report.plots import _figure
+
+    cell = str(estimate({"value": 1.624, "k": None, "n": 11658, "low": None, "high": None}))
+    assert "None" not in cell and "11,658 tokens" in cell
+    assert "19/20" in str(estimate({"value": 0.95, "k": 19, "n": 20, "low": 0.75, "high": 0.99}))
+    fig, (ax,) = _figure()
+    ax.plot([1, 2, 3], [2.0, 1.5, 1.2])
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)

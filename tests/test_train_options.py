@@ -108,6 +108,15 @@ def test_a_run_of_a_user_with_own_key_names(assets, tmp_path, capsys):
     assert {(q["id"], q["code"], q["stage"]) for q in quarantine} == {
         ("bad", "empty_assistant", "load"), ("long", "too_long", "encode")}
 
+    # the report reads every count from one place: summary card, data check and file table agree
+    assert main(["report", str(run)]) == 1  # records were quarantined: the report says so
+    capsys.readouterr()
+    html = (run / "report.html").read_text()
+    assert '<div class="k">quarantined</div><div class="v">2</div>' in html
+    assert "2 record(s) quarantined in all" in html and "2 records quarantined" in html
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    assert sum(f["quarantined"] for f in stats["files"]) == 2
+
     # the first step runs at the configured lr (constant, no warm-up), not at 0
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [s["lr"] for s in steps] == [1e-3] * 3

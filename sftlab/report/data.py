@@ -171,8 +171,8 @@ def data_section(files: RunFiles) -> Markup:
     if stats is None:
         parts.append(not_recorded("data statistics (data/stats.json)"))
         return section("data", "Data", *parts)
-    if isinstance(stats.get("quarantined"), int):
-        parts.append(tag("p", f"{stats['quarantined']} record(s) quarantined in all", class_="note"))
+    if files.quarantined is not None:
+        parts.append(tag("p", f"{files.quarantined} record(s) quarantined in all", class_="note"))
     key, title, view = TOPICS[0]
     parts += [tag("h3", title, id=f"data-{key}"), view(stats)]
     blocks = [f"<div>{tag('h3', title, id=f'data-{key}')}{view(stats)}</div>" for key, title, view in TOPICS[1:]]

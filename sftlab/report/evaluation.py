@@ -40,8 +40,9 @@ def estimate(m: Any) -> Markup:
     if not isinstance(m, dict):
         return esc(m)
     parts = [tag("b", m.get("value"))]
-    if m.get("n") is not None:
-        parts.append(esc(f"  {m.get('k', '?')}/{m['n']}"))
+    if m.get("n") is not None:  # a rate shows k/n; a loss has no k, only what it averages over
+        parts.append(esc(f"  {m['k']}/{m['n']}" if m.get("k") is not None
+                         else f"  over {m['n']:,} {m.get('unit') or 'tokens'}"))
     if m.get("low") is not None and m.get("high") is not None:
         parts.append(tag("span", f"  [{m['low']:.3g}, {m['high']:.3g}]", class_="note"))
     return join(parts)

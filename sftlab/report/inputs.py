@@ -38,6 +38,17 @@ class RunFiles:
     def gen_rows(self) -> list[dict[str, Any]]:
         return [r for r in self.metrics if isinstance(r.get("gen_eval"), dict)]
 
+    @property
+    def quarantined(self) -> int | None:
+        """Records quarantined in all (training and held-out, loading and encoding): the one count
+        every part of the report shows. ``data/stats.json`` holds it as training measured it; the
+        manifest's splits are the fallback."""
+        if self.stats is not None and isinstance(self.stats.get("quarantined"), int):
+            return self.stats["quarantined"]
+        splits = ((self.manifest or {}).get("data") or {}).get("splits") or {}
+        counts = [s.get("quarantined") for s in splits.values() if isinstance(s, dict)]
+        return sum(counts) if counts and all(isinstance(c, int) for c in counts) else None
+
     def section(self, name: str) -> Any:
         return (self.manifest or {}).get(name)
 

@@ -12,15 +12,19 @@ from typing import Any
 COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83", "#e16f24", "#6e7781")
 
 
-def _figure(width: float = 11.0, height: float = 3.6, ncols: int = 1):
+def _figure(width: float = 11.0, height: float = 3.6, ncols: int = 1, steps: bool = True):
+    """A figure whose x axes count optimizer steps (whole numbers: no tick at step 2.5)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     for ax in axes:
         ax.grid(True, color="#e5e7eb", linewidth=0.8)
         ax.spines[["top", "right"]].set_visible(False)
-        ax.set_xlabel("step")
+        if steps:
+            ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, axes
 
 
@@ -109,7 +113,7 @@ def comparison(tuned: dict[str, Any], reference: dict[str, Any], metrics: list[s
     rows = [m for m in metrics if isinstance(tuned.get(m), dict) and tuned[m].get("low") is not None]
     if not rows:
         return None
-    fig, (ax,) = _figure(width=7.5, height=0.55 * len(rows) + 1.1)
+    fig, (ax,) = _figure(width=7.5, height=0.55 * len(rows) + 1.1, steps=False)
     ax.set_xlabel("rate (point estimate, Wilson 95 % interval)")
     for offset, (name, results, colour) in enumerate((("reference", reference, COLOURS[7]),
                                                       ("tuned", tuned, COLOURS[0]))):

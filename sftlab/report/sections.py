@@ -48,7 +48,7 @@ def summary_section(files: RunFiles) -> Markup:
     cards = [("kind", m.get("kind")), ("base model", (m.get("model") or {}).get("base")),
              ("policy", (m.get("policy") or {}).get("version")),
              ("template", (m.get("template") or {}).get("name")),
-             ("training records", train.get("accepted")), ("quarantined", train.get("quarantined")),
+             ("training records", train.get("accepted")), ("quarantined", files.quarantined),
              ("trained-token share", (m.get("masking") or {}).get("trained_token_share")),
              ("packing efficiency", (m.get("packing") or {}).get("efficiency")),
              ("steps", _last(files.train_rows, "step")),
