@@ -27,7 +27,7 @@ def _demo(out: Path, *extra: str, cache: Path) -> subprocess.CompletedProcess:
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     proc = _demo(root / "run", cache=root / "cache")
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: a gate failed (a tiny model is no assistant)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a tiny model's failed gates are reported, not enforced
     return root, proc
 
 
@@ -36,13 +36,17 @@ def test_demo_tiny_writes_every_artifact(demo_run):
     run = root / "run"
     missing = [a for a in ARTIFACTS if not (run / a).is_file()]
     assert not missing
+    assert "reported, not enforced" in proc.stdout
+    outcome = json.loads((run / "run.json").read_text())["outcome"]
+    assert outcome["train"]["final_train_loss"] > 0 and "all" in outcome["train"]["eval_loss"]
+    assert [g["metric"] for g in outcome["eval"]["gates"]] and isinstance(outcome["eval"]["passed"], bool)
     manifest = json.loads((run / "run.json").read_text())
     for section in ("data", "template", "tokenizer", "policy", "masking", "packing", "mixture", "decoding",
                     "config", "seed", "software", "hardware"):
         assert manifest.get(section) is not None, section
     report = json.loads((run / "eval" / "eval.json").read_text())
     assert report["reference"] is not None and report["gates"]
-    assert (proc.returncode == 1) == (not report["passed"])
+    assert proc.returncode == 0 and isinstance(report["passed"], bool)  # --tiny: gates reported, not enforced
     assert "report:" in proc.stdout and "harmful_refusal_rate" in proc.stdout
     html = (run / "report.html").read_text()
     assert 'id="summary"' in html and 'id="evaluation"' in html

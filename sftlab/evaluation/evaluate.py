@@ -257,8 +257,10 @@ def record_in_run(out_dir: str | Path, report: dict) -> bool:
     kept = [d for d in old if isinstance(d, dict) and d.get("purpose") not in ("eval", "reference")]
     rel = out.relative_to(run).as_posix()
     try:
+        gates = [{k: g.get(k) for k in ("metric", "slice", "value", "passed")} for g in report.get("gates") or []]
         update_manifest(run, decoding=kept + report["manifest"]["decoding"],
-                        artifacts={"eval": f"{rel}/eval.json", "eval_outputs": f"{rel}/outputs.jsonl"})
+                        artifacts={"eval": f"{rel}/eval.json", "eval_outputs": f"{rel}/outputs.jsonl"},
+                        outcome={"eval": {"passed": report.get("passed"), "gates": gates}})
     except ManifestError as e:
         print(f"sftlab eval: warning: {manifest} not updated: {e}", file=sys.stderr)
         return False
