@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftlab.files import write_atomic
 from sftlab.fingerprints import canonical_json, config_hash, data_version, tokenizer_fingerprint
 
 __all__ = ["RunManifest", "ManifestError", "update_manifest", "read_manifest", "diff_manifests",
@@ -191,6 +191,10 @@ class RunManifest(BaseModel):
     """What the run gave, so ``manifest --diff`` shows changed results beside changed inputs:
     ``train`` (steps, why it stopped, final train loss, last eval loss per slice, exit code and the
     rule that decided it) and ``eval`` (each gate's metric, slice, value and whether it passed)."""
+    segments: list[dict[str, Any]] | None = None
+    """Training segments, one per start or resume: ``from_step``, ``to_step``, ``config_sha256``,
+    ``data_sha256`` per split, template and tokenizer fingerprints, and ``changed`` (the keys a
+    resume with ``--allow-changes`` changed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with only the fields that were given (explicit nulls kept)."""
@@ -313,33 +317,6 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
-
-
-def _file_mode(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; keep the file's usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict[str, Any]:

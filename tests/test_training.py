@@ -211,8 +211,11 @@ def test_nan_loss_stops_keeps_last_checkpoint_and_exits_1(assets, tmp_path, caps
     assert [p.name for p in list_checkpoints(run)] == ["step-1"]
     assert not (run / "final").exists()
     assert _metrics(run)[-1]["step"] == 2 and "error" in _metrics(run)[-1]
-    # a resume must keep the global batch, or the saved data position would mean other rows
+    # a resume must keep the global batch, or the saved data position would mean other rows:
+    # refused as a changed setting, and even with --allow-changes
     assert main(["train", str(cfg), "optim.grad_accum=1", "--resume"]) == 2
+    assert "config.optim.grad_accum: 2 -> 1" in capsys.readouterr().err
+    assert main(["train", str(cfg), "optim.grad_accum=1", "--resume", "--allow-changes"]) == 2
     assert "rows per optimizer step" in capsys.readouterr().err
 
 

@@ -68,7 +68,9 @@ def run(args) -> int:
         print(to_ansi(views) if sys.stdout.isatty() else _plain(views))
         items.append((label, views, ex))
     if args.html:
-        Path(args.html).write_text(to_html(items, f"sftlab inspect: {args.file}"), encoding="utf-8")
+        from sftlab.files import write_atomic
+
+        write_atomic(args.html, to_html(items, f"sftlab inspect: {args.file}"), what="--html")
         print(f"wrote {args.html}")
     return status
 

@@ -7,8 +7,6 @@ contrast, or held-out prompts leak into training; 2: unusable input. The JSON ke
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -112,18 +110,9 @@ def _tokenizer(name: str):
 
 
 def _write_json(path: Path, stats: dict[str, Any]) -> None:
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory; give a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from sftlab.files import write_atomic
+
+    write_atomic(path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n", what="--out")
 
 
 # ---------------------------------------------------------------- human output

@@ -29,6 +29,10 @@ def register(subparsers) -> None:
                    help="override a config key (dotted path), value parsed as YAML")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in the run directory")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue although the config, data, template or tokenizer "
+                        "differ from the checkpoint's (refused otherwise); run.json records each "
+                        "segment of steps with what it used")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with the run's outcome on stdout")
     p.set_defaults(func=run)
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     from sftlab.train.loop import train
 
-    code = train(cfg, resume=args.resume)
+    code = train(cfg, resume=args.resume, allow_changes=args.allow_changes, config_path=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         summary, out = _summary(cfg.out, code), cfg.out
         if args.json:

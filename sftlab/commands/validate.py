@@ -116,15 +116,17 @@ def _encode(report, args):
 
 
 def _quarantine_path(files: list[str], given: str | None) -> Path:
+    from sftlab.files import check_output_file
+
     first = Path(files[0])
-    path = Path(given) if given else first.parent / "quarantine.jsonl"
+    # beside the first input, unless that is a pipe or device (``<(cat f)``, /dev/stdin)
+    beside = first.parent if first.is_file() or first.is_dir() else Path(".")
+    path = Path(given) if given else beside / "quarantine.jsonl"
     inputs = {Path(f).resolve() for f in files}
     if path.resolve() in inputs:
         raise UsageError(f"the quarantine file {path} is also an input; pass --quarantine with "
                          "another path")
-    if path.is_dir():
-        raise UsageError(f"--quarantine {path} is a directory; give a file path")
-    return path
+    return check_output_file(path, what="--quarantine")
 
 
 def _print_human(report, quarantine: Path, policy) -> None:

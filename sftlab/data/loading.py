@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -154,18 +153,12 @@ class LoadReport:
 
     def write_quarantine(self, path: str | os.PathLike) -> Path:
         """Write one JSON object per quarantined record (an empty file when there is none)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for e in self.quarantined:
-                    f.write(quarantine_line(e.to_dict()))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from sftlab.files import atomic_file
+
+        with atomic_file(path, what="quarantine") as f:
+            for e in self.quarantined:
+                f.write(quarantine_line(e.to_dict()))
+        return Path(path)
 
 
 def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,

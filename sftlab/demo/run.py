@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sftlab.files import write_atomic
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -111,7 +113,7 @@ def _config(run: Path, base: Path, data: dict[str, Path], mode: Mode, seed: int)
             node = node.setdefault(p, {})
         node[leaf] = value
     path = run / "demo_config.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    write_atomic(path, yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
@@ -125,7 +127,7 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     run = Path(out or f"runs/demo-{mode_name}")
     if run.exists() and not resume and any(run.iterdir()):
         raise UsageError(f"{run} is not empty; pass --resume to continue that run or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
+    (run / "data").mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     threads = _threads()
@@ -179,8 +181,8 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
 
     _say("5/6 manifest and report")
     timings["total_s"] = time.perf_counter() - t_start
-    (run / "demo.json").write_text(json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode), "torch_threads": threads,
-                                               "timings": timings}, indent=1), encoding="utf-8")
+    write_atomic(run / "demo.json", json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
+                                                "torch_threads": threads, "timings": timings}, indent=1))
     from sftlab.manifest import update_manifest
 
     update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml"})

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from sftlab.files import atomic_file
+
 SOURCE = "sftlab.demo.suite"
 SLICE_SHARES = {"task": 0.5, "refusal": 0.12, "benign_contrast": 0.33, "multi_turn": 0.05}
 """Share of each slice in the training records (multi-turn: two exchanges in one record).
@@ -137,7 +139,7 @@ class Suite:
 
 
 def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 

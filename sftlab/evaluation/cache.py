@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from sftlab.errors import UsageError
+from sftlab.files import write_atomic
 
 _WEIGHT_SUFFIXES = (".safetensors", ".json")
 _CHUNK = 8 << 20
@@ -76,11 +78,8 @@ class GenerationCache:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".gen.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"responses": responses}, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except OSError:
+            write_atomic(path, json.dumps({"responses": responses}, ensure_ascii=False))
+        except (OSError, UsageError):
             pass  # a read-only or full cache directory only costs a regeneration next time
 
     def describe(self) -> dict:

@@ -229,7 +229,7 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:
     """``OUT/eval.json`` (atomic) and ``OUT/outputs.jsonl``; returns their paths."""
-    from sftlab.manifest import write_atomic
+    from sftlab.files import write_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sftlab.files import current_umask, normal_modes, write_atomic
+
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
 HASH_PREFIX_BYTES = 16 << 20
@@ -154,7 +156,8 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _write_converted(gguf_path, staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the cache is an ordinary directory
+        normal_modes(staging)  # so do safetensors' files
         try:
             os.replace(staging, target)
         except OSError:
@@ -187,7 +190,7 @@ def _write_converted(gguf_path: Path, out: Path) -> None:
     model.generation_config = loaded.generation_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / SOURCE_FILE).write_text(json.dumps(_gguf_source(gguf_path), indent=2) + "\n")
+    write_atomic(out / SOURCE_FILE, json.dumps(_gguf_source(gguf_path), indent=2) + "\n")
 
 
 def _gguf_source(gguf_path: Path) -> dict[str, Any]:

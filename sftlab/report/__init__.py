@@ -40,13 +40,13 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     Returns ``(path, files)``.
     """
-    from sftlab.manifest import ManifestError, update_manifest, write_atomic
+    from sftlab.files import write_atomic
+    from sftlab.manifest import ManifestError, update_manifest
 
     run = Path(run_dir)
     path = Path(out) if out is not None else run / "report.html"
     text, files = build_report(run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, text)
+    write_atomic(path, text, what="--out" if out is not None else "")
     try:
         update_manifest(run, artifacts={"report": os.path.relpath(path, run)})
     except ManifestError as e:  # shown in the report already; the page itself is written

@@ -53,7 +53,7 @@ def mask_preview(conversations: Sequence[Any], tokenizer, template=None, *, n: i
 def write_mask_preview(run_dir: str | os.PathLike, conversations: Sequence[Any], tokenizer,
                        template=None, **options: Any) -> Path:
     """Write ``RUN/data/mask_preview.json`` atomically; ``options`` as for :func:`mask_preview`."""
-    from sftlab.manifest import write_atomic
+    from sftlab.files import write_atomic
 
     path = Path(run_dir) / PREVIEW_PATH
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ orders the two.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -36,6 +35,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from sftlab.files import publish_dir, write_atomic
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -88,8 +89,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
         if manifest is not None:
             _write_json(tmp / "run.json", manifest)
         _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
-        _fsync_tree(tmp)
-        replace_dir(tmp, final)
+        publish_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -196,8 +196,7 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer, template).save_pretrained(tmp)
-    _fsync_tree(tmp)
-    replace_dir(tmp, out)
+    publish_dir(tmp, out)
     return out
 
 
@@ -249,32 +248,4 @@ def _load_rng(path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and the directory itself, so the rename publishes complete bytes."""
-    for p in root.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first, then removed."""
-    old = final.with_name(f".old-{final.name}")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

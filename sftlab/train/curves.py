@@ -19,6 +19,8 @@ import json
 import math
 from pathlib import Path
 
+from sftlab.files import write_atomic
+
 
 # The package each accelerate tracker needs (``pip install`` names).
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow",
@@ -75,7 +77,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [] if keep_until is None or not self.path.exists() else [
             r for r in read_metrics(self.path, partial_last_line=True) if _before(r, *keep_until)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -33,16 +33,35 @@ from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, trackers: tuple = ()) -> int:
+def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False,
+          config_path: str | None = None, trackers: tuple = ()) -> int:
     """Train as ``cfg`` says, into ``cfg.out``; returns the exit code.
 
     0: done; 1: done but a data check failed (held-out leakage, refusals without a benign
     contrast: RUN/data/stats.json), more records were quarantined than
     ``data.max_quarantined_share`` allows, or stopped on a NaN/inf loss (the last good checkpoint
     stays). The manifest's ``outcome.train.exit_reason`` names the rule that decided. Raises
-    ``UsageError`` for unusable input. ``trackers``: extra ``accelerate.tracking.GeneralTracker``
-    objects, beside those ``log.trackers`` names.
+    ``UsageError`` for unusable input, for a run directory another run holds (``RUN/.lock``),
+    and, on ``resume``, for a change of anything that changes the result unless
+    ``allow_changes`` (see ``sftlab.train.rundir``). ``trackers``: extra
+    ``accelerate.tracking.GeneralTracker`` objects, beside those ``log.trackers`` names.
     """
+    import os
+
+    from sftlab.files import check_run_dir
+    from sftlab.train.rundir import RunLock
+
+    run = check_run_dir(cfg.out)
+    lock = RunLock(run, config=config_path)
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock
+        lock.acquire()
+    try:
+        return _train(cfg, resume=resume, allow_changes=allow_changes, trackers=trackers)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, trackers: tuple) -> int:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm import tqdm
@@ -72,10 +91,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, trackers: tuple = ()) -> in
 
     # -- model, tokenizer, template, data ----------------------------------------------------
     model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
-    data = prepare_data(cfg, tokenizer, template, run, write=main)
+    old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
+    changed: list[dict] = []
+
+    def check_resume(data: TrainData) -> None:  # before anything in RUN is written
+        changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
+
+    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume)
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
+        _start_segment(run, old, _step_of(ckpt) if resume and ckpt else 0, changed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
@@ -88,6 +114,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, trackers: tuple = ()) -> in
     if resume and ckpt is not None:
         state = _resume_state(state, load_checkpoint(ckpt, model=raw, optimizer=optimizer,
                                                      scheduler=scheduler, rank=rank), ckpt, main)
+        if any(d["path"].startswith("config.optim.") for d in changed):
+            _apply_optim_settings(optimizer, scheduler, cfg)  # the checkpoint's state would win
     step = state["step"]
     if log_with:
         from sftlab.manifest import flatten
@@ -378,10 +406,12 @@ class TrainData:
                 for i in range(0, len(mine), o.micro_batch_size)]
 
 
-def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
+def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool,
+                 check=None) -> TrainData:
     """load -> quarantine -> hold out ``data.eval_split`` -> encode -> TrainData; the main process
     (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
-    leakage, and the per-file counts after encoding: the one place every count is read from)."""
+    leakage, and the per-file counts after encoding: the one place every count is read from).
+    ``check(data)``, when given, runs before anything is written (and may raise)."""
     from sftlab.data.split import split_by_hash
     from sftlab.train.config import DataConfig
     from sftlab.train.mixture import slice_of
@@ -420,14 +450,17 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
     data.records = train_report.records + (held_report.records if held_report is not None else 0)
     data.gen_prompts = _generation_prompts(cfg)
+    if check is not None:
+        check(data)
     if write:
         from sftlab.data.loading import quarantine_line
+        from sftlab.files import atomic_file
         from sftlab.tokens.mask_preview import write_mask_preview
 
         write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only)
         (run / "data").mkdir(parents=True, exist_ok=True)
-        with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
+        with atomic_file(run / "data" / "quarantine.jsonl") as f:
             for entry in quarantine:
                 f.write(quarantine_line(entry))
         unencoded = sum(1 for e in train_q if e.get("stage") != "load")
@@ -478,13 +511,13 @@ def _write_stats(run: Path, train: list, unencoded: int, train_report, held_repo
     """RUN/data/stats.json, measured before training on the examples training will see (lengths
     in tokens); returns the failed checks (besides quarantine)."""
     from sftlab.data.stats import EncodedLengths, compute_stats, with_files
+    from sftlab.files import write_atomic
 
     stats = compute_stats(train_report.conversations,
                           held_report.conversations if held_report is not None else None, policy,
                           encoded=EncodedLengths(train, unencoded, template.name))
     stats = with_files(stats, train_report, held_report)
-    (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+    write_atomic(run / "data" / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
     for check in failed:
         print(f"sftlab train: data check {check['name']} failed: {check['message']} "
@@ -601,7 +634,53 @@ def _resume_state(fresh: dict, saved: dict, ckpt: Path, main: bool) -> dict:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _step_of(ckpt: Path) -> int:
+    return int(ckpt.name.removeprefix("step-"))
+
+
+def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer, template,
+                  ckpt: Path | None, allow_changes: bool) -> list[dict]:
+    """Differences that change the result between the checkpoint's run and this one; refused
+    (``UsageError`` listing them) unless ``allow_changes``."""
+    if old is None or ckpt is None:
+        return []
+    from sftlab.manifest import tokenizer_fingerprint
+    from sftlab.train.rundir import refuse_message, resume_differences
+
+    new = {"config": cfg.to_dict(), "data": {"splits": data.splits},
+           "template": template.describe(), "tokenizer": tokenizer_fingerprint(tokenizer)}
+    diffs = resume_differences(old, new)
+    if diffs and not allow_changes:
+        raise UsageError(refuse_message(ckpt, diffs))
+    if diffs:
+        print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
+              "(recorded in run.json segments)", file=sys.stderr)
+    return diffs
+
+
+def _apply_optim_settings(optimizer, scheduler, cfg: TrainConfig) -> None:
+    """After loading a checkpoint: this run's lr, betas and weight decay, not the saved ones,
+    on the saved schedule position (so the manifest's config is what is used)."""
+    o = cfg.optim
+    scheduler.base_lrs = [o.lr for _ in optimizer.param_groups]
+    for i, (group, lam) in enumerate(zip(optimizer.param_groups, scheduler.lr_lambdas)):
+        group.update(initial_lr=o.lr, lr=o.lr * lam(scheduler.last_epoch), betas=tuple(o.betas),
+                     weight_decay=o.weight_decay if i == 0 else 0.0)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _start_segment(run: Path, old: dict | None, start: int, changed: list[dict]) -> None:
+    from sftlab.manifest import update_manifest
+    from sftlab.train.rundir import segments
+
+    update_manifest(run, segments=segments(old, start, _read_json(run / "run.json") or {}, changed))
 
 
 def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, metrics, main: bool) -> int:
@@ -677,7 +756,10 @@ def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None,
 
     realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
                 for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
-    update_manifest(run, mixture={"realised": realised},
+    segs = (_read_json(run / "run.json") or {}).get("segments") or []
+    if segs:
+        segs[-1]["to_step"] = step
+    update_manifest(run, mixture={"realised": realised}, segments=segs,
                     outcome={"train": train_outcome(run, step, stop, exit_rule)},
                     artifacts={"final": "final", "metrics": "metrics.jsonl", "curves": "curves.png",
                                "checkpoints": "checkpoints", "quarantine": "data/quarantine.jsonl",

@@ -1,0 +1,232 @@
+"""Writing files: the one atomic writer of the package and the checks on where output may go.
+
+Every file sftlab writes goes through :func:`write_atomic` (or :func:`atomic_file` for a file
+written line by line): the bytes go to a temporary file beside the target, are flushed to disk,
+and replace the target with one ``os.replace``, so a crash or a full disk leaves the old file
+whole. The new file gets the user's normal permissions (``0666`` less the umask, or the mode of
+the file it replaces), never the ``0600`` of a bare temporary file.
+
+Output goes only to a regular file or a new name (missing directories above it are created, as
+long as the nearest existing one is a directory); anything else
+(a device such as ``/dev/null``, a FIFO, a socket, a symbolic link, a directory) is refused
+with a one-line :class:`~sftlab.errors.UsageError` instead of being replaced. A run directory
+(:func:`check_run_dir`) is refused when it is ``/``, a file, or a directory that holds files
+which are not a sftlab run.
+
+This module imports nothing from sftlab but the errors, so every stage may use it.
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> p = write_atomic(os.path.join(d, "a.txt"), "hello\\n")
+    >>> p.read_text(), oct(p.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+    ('hello\\n', True)
+    >>> write_atomic("/dev/null", "x")
+    Traceback (most recent call last):
+    ...
+    sftlab.errors.UsageError: /dev/null: is a character device, not a regular file; sftlab would replace it: give a path to a regular file or a new name
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from sftlab.errors import UsageError
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+# What a run directory may hold before it holds run.json (a first run stopped early).
+RUN_ENTRIES = frozenset({"run.json", "data", "metrics.jsonl", "checkpoints", "final", "eval",
+                         "report.html", "curves.png", "tensorboard", "mask_preview.json",
+                         "config.yaml", "demo.json", "demo_config.yaml", "suite", "base", ".lock", ".tmp-final", ".old-final"})
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _os_reason(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if e.errno == errno.ENOTDIR:
+        return "a path that lies under a file, not a directory"
+    if e.errno == errno.ENAMETOOLONG:
+        return "a name that is too long"
+    return e.strerror or str(e)
+
+
+def check_output_file(path: str | os.PathLike, *, what: str = "") -> Path:
+    """``path`` if sftlab may replace it: a regular file, or a new name in an existing directory.
+
+    Raises ``UsageError`` naming ``path`` (and ``what``, e.g. ``--out``) for a symbolic link, a
+    device, a FIFO, a socket, a directory, or a parent that is missing or not a directory.
+    """
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        _check_ancestors(p, label)
+        return p
+    except OSError as e:
+        raise UsageError(f"{label}: cannot be written: {_os_reason(e)}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{label}: is a symbolic link; sftlab replaces files and does not write "
+                         "through links: give the link's target or a new name")
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{label}: is a directory; give a file path")
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            raise UsageError(f"{label}: is {kind}, not a regular file; sftlab would replace it: "
+                             "give a path to a regular file or a new name")
+    return p
+
+
+def _check_ancestors(p: Path, label: str) -> None:
+    """The nearest existing ancestor of the new path ``p`` must be a directory (missing ones
+    between are created when writing)."""
+    for parent in p.parents:
+        try:
+            pst = os.stat(parent)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise UsageError(f"{label}: cannot be created: {_os_reason(e)}") from None
+        if not stat.S_ISDIR(pst.st_mode):
+            raise UsageError(f"{label}: lies under {parent}, which is not a directory; give a path "
+                             "inside a directory")
+        return
+
+
+def _new_mode(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was. A full disk
+    or a read-only directory becomes a ``UsageError`` naming ``path``.
+    """
+    p = check_output_file(path, what=what)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise UsageError(f"{p}: cannot write: {_os_reason(e)}") from None
+    try:
+        os.fchmod(fd, _new_mode(p))  # mkstemp makes 0600; give the user's normal mode
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise UsageError(f"{p}: cannot write: {_os_reason(e)}; the previous file (if any) is "
+                             "unchanged") from None
+        raise
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "") -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; returns the path."""
+    with atomic_file(path, "wb" if isinstance(data, bytes) else "w", what=what) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Give every file under the directory ``tmp`` the user's normal mode (libraries such as
+    safetensors write ``0600``), flush it all to disk, then rename ``tmp`` to ``final``."""
+    normal_modes(tmp, sync=True)
+    replace_dir(tmp, final)
+    return final
+
+
+def normal_modes(root: Path, *, sync: bool = False) -> None:
+    """Give every file under ``root`` the mode ``0666`` less the umask (and flush it, ``sync``)."""
+    mode = 0o666 & ~current_umask()
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+            if sync:
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+    if sync:
+        _fsync_dir(root)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename the directory ``tmp`` to ``final``; an existing ``final`` is moved aside, then removed.
+
+    A symbolic link or a non-directory at ``final`` is refused, never replaced.
+    """
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise UsageError(f"{final}: exists and is not a directory sftlab wrote; move it away")
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
+def check_run_dir(path: str | os.PathLike, *, what: str = "out") -> Path:
+    """``path`` if it may be a run directory: new, empty, or already a sftlab run.
+
+    Refuses ``/``, a file, a path under a file, a symbolic link loop, and a directory holding
+    files that are not part of a sftlab run (``RUN_ENTRIES``), naming a few of them.
+    """
+    p = Path(path)
+    label = f"{what}={p}"
+    try:
+        resolved = p.resolve(strict=False)
+    except (OSError, RuntimeError) as e:
+        reason = _os_reason(e) if isinstance(e, OSError) else "a symbolic link loop"
+        raise UsageError(f"{label}: cannot be used as a run directory: {reason}") from None
+    if resolved == Path(resolved.anchor):
+        raise UsageError(f"{label}: is the filesystem root; give a new directory for the run")
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        _check_ancestors(p, label)
+        return p
+    except OSError as e:
+        raise UsageError(f"{label}: cannot be used as a run directory: {_os_reason(e)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{label}: is a file, not a directory; give a directory for the run")
+    try:
+        names = sorted(os.listdir(p))
+    except OSError as e:
+        raise UsageError(f"{label}: cannot be read: {_os_reason(e)}") from None
+    foreign = [n for n in names if n not in RUN_ENTRIES and not n.startswith((".run.json.", ".metrics"))]
+    if foreign and "run.json" not in names:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UsageError(f"{label}: holds files that are not a sftlab run ({shown}); sftlab writes "
+                         "only into a new or empty directory or an earlier run: give another path")
+    return p
