@@ -138,7 +138,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "") -> 
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
             raise UsageError(f"{p}: cannot write: {_os_reason(e)}; the previous file (if any) is "
                              "unchanged") from None
         raise

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                    help="with --resume: continue although the config, data, template or tokenizer "
                         "differ from the checkpoint's (refused otherwise); run.json records each "
                         "segment of steps with what it used")
+    p.add_argument("--fallback-checkpoint", action="store_true",
+                   help="with --resume: when the newest checkpoint fails its checksums, resume from "
+                        "the newest intact one (refused otherwise)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with the run's outcome on stdout")
     p.set_defaults(func=run)
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     from sftlab.train.loop import train
 
-    code = train(cfg, resume=args.resume, allow_changes=args.allow_changes, config_path=args.config)
+    code = train(cfg, resume=args.resume, allow_changes=args.allow_changes,
+                 fallback_checkpoint=args.fallback_checkpoint, config_path=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         summary, out = _summary(cfg.out, code), cfg.out
         if args.json:

@@ -11,11 +11,17 @@ Layout of ``RUN/checkpoints/step-N/``::
                                         python ``random`` state as JSON in the file metadata
     state.json                          step, data position, scheduler state, loop state
     run.json                            the run manifest when the checkpoint was written
+    checksums.json                      sha256 and size of every other file, written last
 
 Everything is written into ``checkpoints/.tmp-step-N`` first and then renamed into place with
 ``os.replace``, so a crash during a save leaves every earlier checkpoint whole and never leaves
 a half-written ``step-N``. ``state.json`` is written last; a ``step-N`` directory without it
 is not complete and is ignored by :func:`latest_checkpoint`.
+
+On resume, :func:`choose_checkpoint` verifies the newest checkpoint against its
+``checksums.json``: flipped bytes, a truncated, empty or missing file are found before any state
+is loaded, reported with the newest intact checkpoint, and that one is taken only when the user
+asks for it (``sftlab train --resume --fallback-checkpoint``).
 
 Several processes save together: each writes its own ``rng-<rank>`` file, the main process
 writes the rest and does the rename. ``barrier`` (for example ``accelerator.wait_for_everyone``)
@@ -23,6 +29,7 @@ orders the two.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -39,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from sftlab.files import publish_dir, write_atomic
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+CHECKSUMS = "checksums.json"
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -89,6 +97,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
         if manifest is not None:
             _write_json(tmp / "run.json", manifest)
         _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
+        _write_json(tmp / CHECKSUMS, checksums(tmp))
         publish_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -96,21 +105,103 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
     return final
 
 
+def checksums(directory: Path) -> dict[str, dict]:
+    """``{relative path: {"sha256", "bytes"}}`` of every file under ``directory`` but checksums.json."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != CHECKSUMS:
+            with open(p, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            out[p.relative_to(directory).as_posix()] = {"sha256": digest, "bytes": p.stat().st_size}
+    return out
+
+
+def verify_checkpoint(path: Path) -> list[str]:
+    """What is wrong with the checkpoint ``path`` (empty when intact)."""
+    if not (path / "state.json").is_file():
+        return ["state.json is missing"]
+    try:
+        recorded = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{CHECKSUMS} is missing"]
+    except (OSError, ValueError, RecursionError):
+        return [f"{CHECKSUMS} is unreadable"]
+    if not isinstance(recorded, dict):
+        return [f"{CHECKSUMS} is not a JSON object"]
+    problems = []
+    for rel, want in sorted(recorded.items()):
+        p = path / rel
+        if not isinstance(want, dict) or not p.is_file():
+            problems.append(f"{rel} is missing")
+            continue
+        size = p.stat().st_size
+        if size != want.get("bytes"):
+            problems.append(f"{rel} has {size} bytes, {want.get('bytes')} were written")
+            continue
+        with open(p, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() != want.get("sha256"):
+                problems.append(f"{rel} was changed after it was written (sha256 differs)")
+    return problems
+
+
+def step_dirs(run_dir: str | Path) -> list[Path]:
+    """Every ``step-N`` directory, complete or not, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def choose_checkpoint(run_dir: str | Path, *, fallback: bool = False,
+                      say=lambda message: None) -> Path | None:
+    """The checkpoint to resume from: the newest, verified. A damaged newest checkpoint raises
+    ``UsageError`` naming what is wrong and the newest intact one, unless ``fallback``: then that
+    one is used (and ``say`` tells why)."""
+    from sftlab.errors import UsageError
+
+    dirs = step_dirs(run_dir)
+    if not dirs:
+        return None
+    newest, problems = dirs[-1], verify_checkpoint(dirs[-1])
+    if not problems:
+        return newest
+    intact = next((d for d in reversed(dirs[:-1]) if not verify_checkpoint(d)), None)
+    what = f"{newest} is damaged: {'; '.join(problems[:3])}"
+    if intact is None:
+        raise UsageError(f"{what}; no intact checkpoint is left: train into a new out")
+    if not fallback:
+        raise UsageError(f"{what}; the newest intact checkpoint is {intact.name}: pass "
+                         f"--fallback-checkpoint to resume from it")
+    say(f"{what}; resuming from the newest intact checkpoint, {intact.name}")
+    return intact
+
+
 def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int = 0) -> dict:
     """Restore weights, optimizer, scheduler and this process's RNG from ``path``; returns state.json.
 
     ``model`` is the unwrapped model of the same architecture (a peft model for LoRA runs).
     """
+    from sftlab.errors import UsageError
+
     path = Path(path)
-    _load_weights(path, model)
-    tensors = load_file(path / "optimizer.safetensors")
-    meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
-    state = json.loads((path / "state.json").read_text())
-    scheduler.load_state_dict(state["scheduler"])
-    rng_files = sorted(path.glob("rng-*.safetensors"))
-    own = path / f"rng-{rank}.safetensors"
-    _load_rng(own if own.exists() else rng_files[rank % len(rng_files)])
+    try:
+        _load_weights(path, model)
+        tensors = load_file(path / "optimizer.safetensors")
+        meta = json.loads((path / "optimizer.json").read_text())
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
+        state = json.loads((path / "state.json").read_text())
+        scheduler.load_state_dict(state["scheduler"])
+        rng_files = sorted(path.glob("rng-*.safetensors"))
+        own = path / f"rng-{rank}.safetensors"
+        if not rng_files:
+            raise FileNotFoundError("no rng-*.safetensors")
+        _load_rng(own if own.exists() else rng_files[rank % len(rng_files)])
+    except UsageError:
+        raise
+    except Exception as e:  # safetensors, JSON, torch and a damaged state raise many types
+        raise UsageError(f"{path}: cannot resume from this checkpoint: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}"[:400]) from None
     return state
 
 

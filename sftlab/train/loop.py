@@ -27,14 +27,16 @@ from pathlib import Path
 import torch
 
 from sftlab.model.attention import use_packed_attention
-from sftlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_final
+from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                     save_final, step_dirs)
 from sftlab.errors import UsageError
 from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False,
-          config_path: str | None = None, trackers: tuple = ()) -> int:
+          fallback_checkpoint: bool = False, config_path: str | None = None,
+          trackers: tuple = ()) -> int:
     """Train as ``cfg`` says, into ``cfg.out``; returns the exit code.
 
     0: done; 1: done but a data check failed (held-out leakage, refusals without a benign
@@ -43,7 +45,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False
     stays). The manifest's ``outcome.train.exit_reason`` names the rule that decided. Raises
     ``UsageError`` for unusable input, for a run directory another run holds (``RUN/.lock``),
     and, on ``resume``, for a change of anything that changes the result unless
-    ``allow_changes`` (see ``sftlab.train.rundir``). ``trackers``: extra
+    ``allow_changes`` (see ``sftlab.train.rundir``), and for a damaged newest checkpoint unless
+    ``fallback_checkpoint`` (then the newest intact one is used). ``trackers``: extra
     ``accelerate.tracking.GeneralTracker`` objects, beside those ``log.trackers`` names.
     """
     import os
@@ -56,12 +59,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False
     if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock
         lock.acquire()
     try:
-        return _train(cfg, resume=resume, allow_changes=allow_changes, trackers=trackers)
+        return _train(cfg, resume=resume, allow_changes=allow_changes, fallback_checkpoint=fallback_checkpoint,
+                      trackers=trackers)
     finally:
         lock.release()
 
 
-def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, trackers: tuple) -> int:
+def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_checkpoint: bool,
+           trackers: tuple) -> int:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm import tqdm
@@ -73,10 +78,11 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, trackers: tup
 
     hf_logging.disable_progress_bar()  # ours is the one that matters
     run = Path(cfg.out)
-    ckpt = latest_checkpoint(run)
-    if ckpt is not None and not resume:
-        raise UsageError(f"{run} already holds checkpoints ({ckpt.name}); pass --resume to continue "
-                         "that run, or choose another out")
+    if step_dirs(run) and not resume:
+        raise UsageError(f"{run} already holds checkpoints ({step_dirs(run)[-1].name}); pass --resume to "
+                         "continue that run, or choose another out")
+    ckpt = choose_checkpoint(run, fallback=fallback_checkpoint,
+                             say=lambda m: print(f"sftlab train: {m}", file=sys.stderr)) if resume else None
     cuda = torch.cuda.is_available()
     try:
         log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
