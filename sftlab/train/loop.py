@@ -661,7 +661,8 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
     from sftlab.train.rundir import refuse_message, resume_differences
 
     new = {"config": cfg.to_dict(), "data": {"splits": data.splits},
-           "template": template.describe(), "tokenizer": tokenizer_fingerprint(tokenizer)}
+           "template": template.describe(), "tokenizer": tokenizer_fingerprint(tokenizer),
+           "policy": data.policy.manifest_entry() if data.policy is not None else None}
     diffs = resume_differences(old, new)
     if diffs and not allow_changes:
         raise UsageError(refuse_message(ckpt, diffs))

@@ -34,7 +34,10 @@ LOCK_NAME = ".lock"
 # Keys that do not change the weights a run produces.
 NEUTRAL = ("config.out", "config.log", "config.checkpointing", "config.eval.micro_batch_size")
 # The manifest fields compared on resume besides the config.
-COMPARED = ("config", "data", "template", "tokenizer")
+COMPARED = ("config", "data", "template", "tokenizer", "policy")
+# Paths whose content is compared instead (data version, tokenizer and policy hashes, model files):
+# a moved or copied run resumes when the content is the same.
+MOVABLE = ("config.data.train", "config.data.eval", "config.data.policy", "config.tokenizer", "config.model.path")
 
 
 class RunLock:
@@ -131,16 +134,33 @@ def resume_differences(old: dict, new: dict) -> list[dict]:
 
     keep = {k: old.get(k) for k in COMPARED if k in new}
     fresh = {k: new.get(k) for k in COMPARED if k in new}
-    ignore = [*NEUTRAL, *(f"data.{k}" for k in ("failed_checks",))]
+    ignore = [*NEUTRAL, *MOVABLE, "data.failed_checks"]
     out = []
     for d in diff_manifests(keep, fresh, ignore=ignore):
         path = d["path"]
         if path.startswith("data.") and not path.endswith(".sha256"):
             continue  # counts and file lists follow from the data version
-        if path.startswith(("template.", "tokenizer.")) and not path.endswith(("fingerprint", "sha256")):
+        if path.startswith(("template.", "tokenizer.", "policy.")) and not path.endswith(("fingerprint", "sha256")):
             continue
         out.append({k: d[k] for k in ("path", "old", "new")})
-    return out
+    old_cfg, new_cfg = old.get("config") or {}, new.get("config") or {}
+    old_model = (old_cfg.get("model") or {}).get("path")
+    new_model = (new_cfg.get("model") or {}).get("path")
+    if old_model != new_model and not _same_model_files(old_model, new_model):
+        out.append({"path": "config.model.path", "old": old_model, "new": new_model})
+    if bool(old_cfg.get("data", {}).get("policy")) != bool(new_cfg.get("data", {}).get("policy")):
+        out.append({"path": "config.data.policy", "old": old_cfg.get("data", {}).get("policy"),
+                    "new": new_cfg.get("data", {}).get("policy")})
+    return sorted(out, key=lambda d: d["path"])
+
+
+def _same_model_files(a: Any, b: Any) -> bool:
+    """Two model directories with the same weights, config and tokenizer files (a copied run)."""
+    if not (isinstance(a, str) and isinstance(b, str) and Path(a).is_dir() and Path(b).is_dir()):
+        return False
+    from sftlab.evaluation.cache import model_fingerprint
+
+    return model_fingerprint(a) == model_fingerprint(b)
 
 
 def refuse_message(ckpt: Path, diffs: list[dict]) -> str:
