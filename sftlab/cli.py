@@ -72,6 +72,11 @@ def _run(argv: list[str] | None) -> int:
         else:
             print(f"sftlab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"sftlab {args.command}: error: out of memory; lower the sizes in the config "
+              "(encoding.max_length, packing.max_length, batch sizes) or use a larger machine",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

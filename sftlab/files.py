@@ -13,6 +13,10 @@ with a one-line :class:`~sftlab.errors.UsageError` instead of being replaced. A 
 (:func:`check_run_dir`) is refused when it is ``/``, a file, or a directory that holds files
 which are not a sftlab run.
 
+Config and policy files are read with :func:`read_yaml`: text that is not UTF-8, binary
+data, nesting deeper than 100 levels and alias bombs ("billion laughs") are refused with one
+line before PyYAML builds anything, and a parse error is one line with its position.
+
 This module imports nothing from sftlab but the errors, so every stage may use it.
 
     >>> import os, tempfile
@@ -230,3 +234,66 @@ def check_run_dir(path: str | os.PathLike, *, what: str = "out") -> Path:
         raise UsageError(f"{label}: holds files that are not a sftlab run ({shown}); sftlab writes "
                          "only into a new or empty directory or an earlier run: give another path")
     return p
+
+
+MAX_YAML_DEPTH = 100
+MAX_YAML_NODES = 1_000_000
+
+
+def read_yaml(path: str | os.PathLike, what: str = "config") -> object:
+    """The YAML document in ``path``, or ``UsageError`` with one line naming the file and why."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{p}: no such {what} file") from None
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read the {what} file: {_os_reason(e)}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p}: the {what} file is not UTF-8 text (byte {e.start}); save it as "
+                         "UTF-8") from None
+    return parse_yaml(text, str(p))
+
+
+def parse_yaml(text: str, where: str) -> object:
+    """``yaml.safe_load(text)`` with the checks of :func:`read_yaml`; ``where`` names the source."""
+    import yaml
+
+    if "\x00" in text:
+        raise UsageError(f"{where}: binary data, not a YAML text file")
+    # Walk the events first: the depth, and the size the document has once aliases are expanded
+    # (what validating and printing it will cost), without building anything.
+    stack: list[list] = [[0, None]]  # [expanded size, anchor] per open collection
+    sizes: dict[str, int] = {}
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                stack.append([1, event.anchor])
+                if len(stack) > MAX_YAML_DEPTH:
+                    raise UsageError(f"{where}: nested more than {MAX_YAML_DEPTH} levels deep; a "
+                                     "config is a few levels of keys")
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                size, anchor = stack.pop()
+            elif isinstance(event, yaml.AliasEvent):
+                size, anchor = sizes.get(event.anchor, 1), None
+            elif isinstance(event, yaml.ScalarEvent):
+                size, anchor = 1, event.anchor
+            else:
+                continue
+            if anchor is not None:
+                sizes[anchor] = size
+            stack[-1][0] += size
+            if stack[-1][0] > MAX_YAML_NODES:
+                raise UsageError(f"{where}: expands to more than {MAX_YAML_NODES:,} values through "
+                                 "YAML aliases (*name); refused, as an alias bomb would be")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["parse error"])[0]
+        raise UsageError(f"{where}: {at}not valid YAML: {problem}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: nested too deeply to read") from None

@@ -295,6 +295,11 @@ def _load_json(path: Path) -> Any:
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); "
                             f"fix or remove the file") from None
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start}); fix or remove the file") from None
+    except (ValueError, RecursionError):  # a number of 4,300+ digits, nesting too deep to parse
+        raise ManifestError(f"{path}: not a JSON manifest sftlab can read (too deep or too large "
+                            "a number); fix or remove the file") from None
 
 
 def read_manifest(path_or_dir: str | os.PathLike) -> RunManifest:

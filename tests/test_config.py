@@ -65,7 +65,7 @@ def test_errors_name_the_file(tmp_path):
         load_config(cfg_file)
     with pytest.raises(ConfigError, match="data: required"):
         load_config(None, ["model.path=m", "out=r"])
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="not key=value"):
         load_config(None, [*BASE, "optim.lr"])
@@ -99,4 +99,4 @@ def test_cli_config_errors_exit_2(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == {
         "error": f"unknown key 'optim.lrr' (in {cfg_file}); did you mean 'optim.lr'?"}
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
-    assert "cannot read config" in capsys.readouterr().err
+    assert "no such config file" in capsys.readouterr().err

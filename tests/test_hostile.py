@@ -336,3 +336,237 @@ def test_an_unverifiable_checkpoint_fails_with_a_reason_not_a_traceback(assets, 
     opt = torch.optim.AdamW(model.parameters())
     with pytest.raises(UsageError, match="optimizer|safetensors|header"):
         load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=get_cosine_schedule_with_warmup(opt, 1, 2))
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+def _rows(n: int) -> list[dict]:
+    return [{"id": f"r{i}", "messages": [{"role": "user", "content": "q" * (i % 97 + 1)},
+                                         {"role": "assistant", "content": f"answer {i}"}]} for i in range(n)]
+
+
+def _validate_json(capsys, *argv) -> tuple[int, dict]:
+    code = main(["validate", *map(str, argv), "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def _feed(path_or_fd, data: bytes):
+    import threading
+
+    def write():
+        with open(path_or_fd, "wb", closefd=True) as f:
+            f.write(data)
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_pipe_is_read_once_and_loses_no_record(tmp_path, capsys):
+    data = "".join(json.dumps(r) + "\n" for r in _rows(300)).encode()
+    r, w = os.pipe()
+    writer = _feed(w, data)
+    code, out = _validate_json(capsys, f"/dev/fd/{r}", "--quarantine", tmp_path / "q.jsonl")
+    writer.join()
+    os.close(r)
+    assert code == 0 and out["records"] == out["accepted"] == 300
+
+
+def test_a_named_fifo_is_read_without_hanging(tmp_path, capsys):
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    writer = _feed(fifo, "".join(json.dumps(r) + "\n" for r in _rows(50)).encode())
+    code, out = _validate_json(capsys, fifo, "--quarantine", tmp_path / "q.jsonl")
+    writer.join()
+    assert code == 0 and out["records"] == out["accepted"] == 50
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_jsonl_whose_first_line_is_an_array_keeps_every_good_record(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "a.jsonl", [[1, 2], *_rows(5)])
+    code, out = _validate_json(capsys, path)
+    assert code == 1 and (out["records"], out["accepted"], out["quarantined"]) == (6, 5, 1)
+    assert out["reasons"] == {"not_an_object": 1}
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json"])
+def test_an_integer_of_5000_digits_quarantines_its_record_only(tmp_path, capsys, layout):
+    huge = '{"id": "big", "weight": ' + "9" * 5000 + "}"
+    rows = [json.dumps(r) for r in _rows(3)]
+    path = tmp_path / f"a.{layout}"
+    if layout == "jsonl":
+        path.write_text("\n".join([rows[0], huge, *rows[1:]]) + "\n")
+    else:
+        path.write_text("[" + ",\n".join([rows[0], huge, *rows[1:]]) + "]")
+    code, out = _validate_json(capsys, path)
+    assert code == 1 and (out["accepted"], out["quarantined"]) == (3, 1)
+    q = (tmp_path / "quarantine.jsonl").read_text()
+    assert "4,300 digits" in q
+    assert main(["stats", str(path)]) in (0, 1)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra", [{"id": "\ud800"}, {"meta": {"source": "x\udfff"}},
+                                   {"meta": {"\ud800key": 1}}, {"tags": [{"a": "\udc00"}]}])
+def test_a_lone_surrogate_anywhere_in_a_record_is_quarantined_by_validate(tmp_path, capsys, extra):
+    from sftlab.data.loading import load_files
+    from sftlab.manifest import data_version
+
+    rows = _rows(2)
+    rows[1].update(extra)
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json.dumps writes \ud800 escapes
+    code, out = _validate_json(capsys, path)
+    assert code == 1 and out["reasons"] == {"invalid_text": 1}
+    report = load_files([path])
+    assert len(report.conversations) == 1
+    assert len(data_version(report.conversations)) == 64  # what train hashes next: no crash
+
+
+def _damaged_copies(good: bytes, start: int, end: int, n: int = 12) -> list[bytes]:
+    rng = random.Random(7)
+    out = []
+    for _ in range(n):
+        data = bytearray(good)
+        for _ in range(8):
+            data[rng.randrange(start, end)] ^= rng.randrange(1, 256)
+        out.append(bytes(data))
+    return out
+
+
+def _no_traceback_and_nothing_lost(capsys, path: Path) -> None:
+    code = main(["validate", str(path), "--json", "--quarantine", str(path.parent / "q.jsonl")])
+    out = json.loads(capsys.readouterr().out)
+    if code == 2:
+        assert "error" in out and "\n" not in out["error"]
+    else:
+        assert out["records"] == out["accepted"] + out["quarantined"]
+
+
+def test_damaged_parquet_pages_behind_a_valid_footer_never_crash(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.Table.from_pylist(_rows(400)), good, compression="NONE", write_page_checksum=True)
+    data = good.read_bytes()
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    for i, bad in enumerate(_damaged_copies(data, 4, len(data) - footer, n=6)):
+        path = tmp_path / f"bad{i}.parquet"
+        path.write_bytes(bad)
+        _no_traceback_and_nothing_lost(capsys, path)
+
+
+def test_a_damaged_saved_dataset_is_a_reason_not_a_crash(tmp_path, capsys):
+    import datasets
+
+    good = tmp_path / "good"
+    datasets.Dataset.from_list(_rows(200)).save_to_disk(str(good))
+    arrow = next(good.glob("*.arrow"))
+    data = arrow.read_bytes()
+    for i, bad in enumerate(_damaged_copies(data, 200, len(data), n=4)):
+        copy = tmp_path / f"bad{i}"
+        shutil.copytree(good, copy)
+        (copy / arrow.name).write_bytes(bad)
+        _no_traceback_and_nothing_lost(capsys, copy)
+
+
+def test_a_symbolic_link_loop_as_input_is_a_one_line_reason(tmp_path, capsys):
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    err = one_line_refusal(capsys, main(["validate", str(tmp_path / "loop.jsonl")]))
+    assert "loop.jsonl" in err
+
+
+# -- configs --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override,field", [
+    ("optim.lr=.inf", "optim.lr"), ("optim.lr=.nan", "optim.lr"), ("optim.betas=[2,-1]", "optim.betas"),
+    ("seed=-1", "seed"), ("mixture.sampling_weights={a: -1}", "sampling_weights"),
+    ("mixture.sampling_weights={a: 0, b: 0}", "sampling_weights"), ("mixture.loss_weights={a: .nan}", "loss_weights"),
+    ("encoding.max_length=100000000000", "encoding.max_length"),
+])
+def test_values_that_would_break_training_are_refused_with_field_and_range(tmp_path, capsys, override, field):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"path": "m"}, "data": {"train": ["t.jsonl"]}, "out": str(tmp_path / "r")}))
+    err = one_line_refusal(capsys, main(["train", str(cfg), override]))
+    assert field in err
+
+
+def test_unknown_lora_target_modules_name_the_field_and_the_choices(assets, tmp_path, capsys):
+    cfg = _config(assets, tmp_path / "run", lora={"enabled": True, "target_modules": ["nope_proj"]})
+    err = one_line_refusal(capsys, main(["train", str(cfg)]))
+    assert "lora.target_modules" in err and "q_proj" in err
+
+
+def test_a_message_weight_of_1e39_is_quarantined_not_a_nan_at_step_one(tmp_path, capsys):
+    rows = _rows(2)
+    rows[1]["messages"][1]["weight"] = 1e39
+    code, out = _validate_json(capsys, write_jsonl(tmp_path / "a.jsonl", rows))
+    assert code == 1 and out["reasons"] == {"bad_weight": 1}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3"])
+def test_max_record_mb_out_of_range_is_refused(tmp_path, capsys, value):
+    path = write_jsonl(tmp_path / "a.jsonl", [GOOD])
+    assert "--max-record-mb" in one_line_refusal(capsys, main(["validate", str(path), "--max-record-mb", value]))
+
+
+def _laughs() -> str:
+    lines, prev = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'], "a"
+    for name in "bcdefghi":
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    return "\n".join(lines) + "\nmodel: {path: m}\ndata: {train: [x]}\nout: o\noptim: {lr: *i}\n"
+
+
+@pytest.mark.parametrize("kind", ["latin1", "binary", "deep", "laughs", "broken"])
+def test_unreadable_yaml_is_one_line(tmp_path, capsys, kind):
+    cfg = tmp_path / "c.yaml"
+    data = {"latin1": "model: {path: caf\xe9}\n".encode("latin-1"), "binary": b"\x00\x01\x02\xff",
+            "deep": ("a: " + "[" * 10000 + "]" * 10000 + "\n").encode(), "laughs": _laughs().encode(),
+            "broken": b"model: {path: m\ndata: [\n"}[kind]
+    cfg.write_bytes(data)
+    err = one_line_refusal(capsys, main(["train", str(cfg)]))
+    assert "c.yaml" in err
+    policy = tmp_path / "p.yaml"
+    policy.write_bytes(data)
+    one_line_refusal(capsys, main(["validate", str(write_jsonl(tmp_path / "a.jsonl", [GOOD])),
+                                   "--policy", str(policy)]))
+
+
+# -- run.json and eval.json -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", [b"[" * 100000 + b"]" * 100000, b"\xff\xfe not utf-8", b'{"kind": 5}',
+                                    b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_report_on_a_damaged_run_json_or_eval_json_exits_nonzero(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "run.json").write_bytes(damage)
+    (run / "eval" / "eval.json").write_bytes(damage)
+    code = main(["report", str(run), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (1, 2) and "Traceback" not in json.dumps(out)
+    if code == 1:
+        assert "run.json" in out["unreadable"]
+
+
+def test_resume_with_a_damaged_run_json_is_a_reason(assets, base_run, tmp_path, capsys):
+    run = _copy(base_run, tmp_path)
+    (run / "run.json").write_bytes(b"[" * 100000)
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / "run.json").unlink()  # also the copies: nothing left to compare the config with
+    code = main(["train", str(_config(assets, run, optim={"max_steps": 3})), "--resume"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1
+
+
+# -- evaluation answers ---------------------------------------------------------------------------
+
+def test_a_catastrophically_backtracking_regex_answer_is_unmatchable_not_a_hang():
+    from sftlab.evaluation.answers import UnmatchableAnswer, check_answer
+
+    with pytest.raises(UnmatchableAnswer, match="unmatchable"):
+        check_answer("a" * 60 + "b", r"(a|aa)+$", "regex")
+    assert check_answer("the answer is 42", r"(?i)ANSWER is \d+", "regex")

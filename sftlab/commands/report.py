@@ -9,7 +9,8 @@ summary and policy gates, data statistics, loss-mask preview, packing and mixtur
 training curves, evaluation (tuned vs reference per slice, template robustness, failure
 samples) and the full run manifest. Opens offline: no script, no external resource.
 Exit codes: 0 written and every gate and data check passed (or none was recorded), 1 written
-but a policy gate or a data check (data/stats.json) failed, 2 RUN has none of the run files."""
+but a policy gate or a data check (data/stats.json) failed, or run.json or eval/eval.json is
+there but unreadable, 2 RUN has none of the run files."""
 
 
 def register(subparsers) -> None:
@@ -42,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
               if isinstance(c, dict) and c.get("passed") is False]
     if args.json:
         print(json.dumps({"report": str(path), "passed": passed, "data_checks_passed": data_passed,
-                          "problems": files.problems}))
+                          "problems": files.problems, "unreadable": files.unreadable}))
     else:
         gates = {True: "all gates passed", False: "a gate FAILED"}.get(passed, "gates not evaluated")
         data = {True: "data checks passed", False: f"data checks FAILED: {', '.join(map(str, failed))}"}
         print(f"wrote {path} ({gates}; {data.get(data_passed, 'data checks not recorded')})")
         for problem in files.problems:
             print(f"  note: {problem}")
-    return 1 if passed is False or data_passed is False else 0
+    if files.unreadable and not args.json:
+        print(f"  FAILED: {', '.join(files.unreadable)} unreadable; the report could not show what they record")
+    return 1 if passed is False or data_passed is False or files.unreadable else 0

@@ -7,6 +7,7 @@ contrast, or held-out prompts leak into training; 2: unusable input. The JSON ke
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def run(args) -> int:
 
 
 def _check_disjoint(train: list[str], heldout: list[str]) -> None:
-    both = {Path(f).resolve() for f in train} & {Path(f).resolve() for f in heldout}
+    both = {os.path.realpath(f) for f in train} & {os.path.realpath(f) for f in heldout}  # no raise on a loop
     if both:
         raise UsageError(f"{sorted(both)[0]} is both a training and a held-out file; pass each "
                          "file on one side only")

@@ -6,6 +6,7 @@ counts it backs can always be audited (and a stale file from an earlier run neve
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from sftlab.errors import UsageError
@@ -60,8 +61,9 @@ def run(args) -> int:
     from sftlab.data.loading import load_files
     from sftlab.data.policy import load_policy
 
-    if args.max_record_mb <= 0:
-        raise UsageError(f"--max-record-mb must be > 0, got {args.max_record_mb}")
+    if not 0 < args.max_record_mb <= 1024 * 1024:  # also refuses nan and inf
+        raise UsageError(f"--max-record-mb: expected a number of megabytes in (0, 1048576], got "
+                         f"{args.max_record_mb}")
     if (args.max_length is not None or args.template or args.last_turn_only) and not args.tokenizer:
         raise UsageError("--max-length, --template and --last-turn-only check the encoding: pass "
                          "--tokenizer too")
@@ -122,8 +124,8 @@ def _quarantine_path(files: list[str], given: str | None) -> Path:
     # beside the first input, unless that is a pipe or device (``<(cat f)``, /dev/stdin)
     beside = first.parent if first.is_file() or first.is_dir() else Path(".")
     path = Path(given) if given else beside / "quarantine.jsonl"
-    inputs = {Path(f).resolve() for f in files}
-    if path.resolve() in inputs:
+    inputs = {os.path.realpath(f) for f in files}  # realpath: no error on a symlink loop
+    if os.path.realpath(path) in inputs:
         raise UsageError(f"the quarantine file {path} is also an input; pass --quarantine with "
                          "another path")
     return check_output_file(path, what="--quarantine")

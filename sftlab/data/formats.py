@@ -199,6 +199,7 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     _check_unicode(messages, fmt)
     meta = _metadata(row)
     extra = _extra(row, fmt, cols)
+    _check_unicode_fields({**meta, **extra})
     tools = tools_text(row.get("tools"))
     return Conversation(messages=tuple(messages), tools=tools, extra=extra, origin=origin, **meta)
 
@@ -220,6 +221,26 @@ def _check_unicode(messages: list[Message], fmt: str) -> None:
                 "invalid_text", f"unpaired surrogate U+{ord(text[at]):04X} at character {at}: "
                 "not valid Unicode text, no tokenizer can encode it; fix: repair the \\u escape (a surrogate "
                 "pair needs both halves)", field=field, message_index=i)
+
+
+def _check_unicode_fields(fields: dict[str, Any]) -> None:
+    """Every key and string of the record's other fields (id, metadata, user fields) is Unicode
+    text too: the manifest hashes and the quarantine writes them as UTF-8."""
+    stack: list[tuple[str, Any]] = list(fields.items())
+    while stack:
+        name, value = stack.pop()
+        for text in (name, value) if isinstance(value, str) else (name,):
+            at = unpaired_surrogate(text)
+            if at is not None:
+                raise RecordError(
+                    "invalid_text", f"unpaired surrogate U+{ord(text[at]):04X} at character {at} of "
+                    f"{'the key' if text is name else 'the value'}: not valid Unicode text; fix: repair "
+                    "the \\u escape (a surrogate pair needs both halves)",
+                    field=name.encode("utf-8", "backslashreplace").decode("utf-8"))
+        if isinstance(value, dict):
+            stack.extend((f"{name}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
 def _message_list(items: Any, field: str, sharegpt: bool, offset: int = 0,
@@ -482,14 +503,17 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                       "the message text as a string", field=field, message_index=index)
 
 
+MAX_WEIGHT = 1e6  # larger weights overflow float32 losses (1e39 is inf) long before they mean more
+
+
 def _weight(value: Any, field: str, index: int) -> float:
     if type(value) is bool or not isinstance(value, (int, float)):
         raise RecordError("bad_weight", f"expected a number >= 0, got {value!r}; fix: use a "
                           "JSON number such as 1.0 (0 trains nothing)", field=field,
                           message_index=index)
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise RecordError("bad_weight", f"expected a finite number >= 0, got {value!r}; fix: "
+    if not math.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
+        raise RecordError("bad_weight", f"expected a finite number >= 0 and <= {MAX_WEIGHT:g}, got {value!r}; fix: "
                           "use a weight such as 1.0 (0 trains nothing)", field=field,
                           message_index=index)
     return value

@@ -190,21 +190,10 @@ def load_policy(path: str | os.PathLike) -> Policy:
 
     Errors read like ``policy.yaml: categories[1].name: Field required``.
     """
+    from sftlab.files import read_yaml
+
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such policy file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read the policy file: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UsageError(f"{path}: {where}not valid YAML: {problem}") from None
+    data = read_yaml(path, "policy")
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping with version, categories and gates, got "
                          f"{type(data).__name__ if data is not None else 'an empty file'}")

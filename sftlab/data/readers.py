@@ -5,11 +5,23 @@ item, the file line where the record starts, its ``line`` being the record numbe
 bad record: a line that is not JSON, is not valid UTF-8, or is absurdly large or deep comes out
 with its problem, so ``sftlab.data.loading`` can quarantine it and keep reading. An input that cannot
 be read at all raises ``UsageError``.
+
+Every input is opened and read exactly once, as a stream, so pipes (``<(cat f.jsonl)``), named
+FIFOs and ``/dev/stdin`` work: the format is detected on a buffered head (its first line when
+that starts with ``[``), which is then read again from memory. A first line that is a whole
+JSON value followed by more lines is JSONL (one of whose records happens to be an array), not
+a JSON array. Parquet and Arrow files are read once in a child process first, with Arrow's
+full validation, so a damaged file is a one-line reason instead of a crash of sftlab itself.
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import stat
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,14 +40,21 @@ RawItem = tuple
 
 
 def check_readable(p: Path) -> None:
-    if not p.exists():
-        raise UsageError(f"{p}: no such file or directory")
-    if p.is_dir():
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise UsageError(f"{p}: no such file or directory") from None
+    except OSError as e:
+        reason = "a symbolic link loop" if isinstance(e, OSError) and e.errno == 40 else e.strerror or e
+        raise UsageError(f"{p}: cannot read: {reason}") from None
+    if stat.S_ISDIR(st.st_mode):
         if not _is_saved_dataset(p):
             raise UsageError(f"{p}: is a directory but not a saved datasets directory (expected "
                              "dataset_info.json or dataset_dict.json from save_to_disk); pass "
                              "the data files instead")
         return
+    if not stat.S_ISREG(st.st_mode):
+        return  # a pipe or FIFO: opening it here would take (or wait for) data read later
     try:
         with open(p, "rb"):
             pass
@@ -52,40 +71,110 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     if p.is_dir():
         yield from _read_saved_dataset(p, max_bytes)
         return
-    with open(p, "rb") as f:
-        head = f.read(4096)
     name = str(p)
+    try:
+        f = open(p, "rb")
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+    with f:
+        head = _head(f)
+        stream = io.BufferedReader(_Prefixed(head, f), buffer_size=1 << 16)
+        kind = _format(p, head)
+        if kind == "parquet":
+            yield name, _read_parquet(p, stream, max_bytes)
+        elif kind == "array":
+            yield name, _read_json_array(p, stream.read(), max_bytes)
+        else:
+            yield name, _read_jsonl(stream, max_bytes)
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes already read (``head``), then the rest of the open file ``f``: one read of it."""
+
+    def __init__(self, head: bytes, f: Any):
+        self._head, self._f = memoryview(head), f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._f.readinto(b)
+
+
+def _head(f: Any) -> bytes:
+    """The first 4 KiB, and when the text starts with ``[``, up to the end of its second line
+    that is not blank (to tell a JSON array from JSONL whose first record is an array)."""
+    head = f.read(4096)
+    while _lines_after_bracket(head) < 2:
+        more = f.readline()
+        if not more:
+            break
+        head += more
+    return head
+
+
+def _lines_after_bracket(head: bytes) -> int:
+    body = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not body.startswith(b"["):
+        return 2  # nothing to look at
+    return sum(1 for line in body.split(b"\n")[:-1] if line.strip())
+
+
+def _format(p: Path, head: bytes) -> str:
+    """``parquet``, ``array`` or ``jsonl``, by extension and structure, not the first byte alone."""
     if p.suffix.lower() in (".parquet", ".pq") or head.startswith(b"PAR1"):
-        yield name, _read_parquet(p, max_bytes)
-    elif head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-        yield name, _read_json_array(p, max_bytes)
-    else:
-        yield name, _read_jsonl(p, max_bytes)
+        return "parquet"
+    body = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not body.startswith(b"["):
+        return "jsonl"
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if len(lines) >= 2 and _whole_json(lines[0]) and _whole_json(lines[1]):
+        return "jsonl"  # a JSONL file whose first record is an array
+    return "array"
 
 
-def _read_jsonl(p: Path, max_bytes: int, sniff: bool = True) -> Iterator[RawItem]:
-    with open(p, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if len(raw) > max_bytes:
-                yield lineno, _preview(raw), _too_large(len(raw), max_bytes)
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, raw.decode("utf-8", "backslashreplace").rstrip("\r\n"), RecordError(
-                    "invalid_utf8", f"invalid UTF-8 at byte {e.start} of the line; expected UTF-8 "
-                    "text; fix: re-encode the file as UTF-8")
-                continue
-            if not text or text.isspace():
-                continue
-            if sniff and text.lstrip().startswith("{") and not _complete_json(text):
-                # Perhaps a .json file holding one pretty-printed object, not JSONL.
-                yield from _read_single_object(p, max_bytes)
-                return
+def _whole_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _read_jsonl(f: Any, max_bytes: int, sniff: bool = True) -> Iterator[RawItem]:
+    """Records of the binary line stream ``f``; while ``sniff``, a first record that is an
+    incomplete object makes the whole input one pretty-printed JSON object."""
+    blank: list[bytes] = []  # the blank lines before the first record
+    for lineno, raw in enumerate(f, 1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if len(raw) > max_bytes:
             sniff = False
-            yield _parse_line(lineno, text)
+            yield lineno, _preview(raw), _too_large(len(raw), max_bytes)
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            sniff = False
+            yield lineno, raw.decode("utf-8", "backslashreplace").rstrip("\r\n"), RecordError(
+                "invalid_utf8", f"invalid UTF-8 at byte {e.start} of the line; expected UTF-8 "
+                "text; fix: re-encode the file as UTF-8")
+            continue
+        if not text or text.isspace():
+            if sniff:
+                blank.append(raw)
+            continue
+        if sniff and text.lstrip().startswith("{") and not _complete_json(text):
+            # Perhaps a .json file holding one pretty-printed object, not JSONL.
+            yield from _read_single_object(b"".join(blank) + raw + f.read(), max_bytes)
+            return
+        sniff = False
+        yield _parse_line(lineno, text)
 
 
 def _parse_line(lineno: int, text: str) -> RawItem:
@@ -95,6 +184,8 @@ def _parse_line(lineno: int, text: str) -> RawItem:
         return lineno, text.rstrip("\r\n"), RecordError(
             "bad_json", f"not valid JSON: {e.msg} at column {e.colno}; expected one JSON object "
             "per line; fix: repair the line (multi-line objects belong in a JSON array file)")
+    except ValueError:  # Python refuses integers of more than 4,300 digits
+        return lineno, _preview(text), _huge_number_error()
     except RecursionError:
         return lineno, _preview(text), _too_deep_error()
     # More brackets than the depth limit is necessary for too deep a record, and cheap to count.
@@ -111,14 +202,14 @@ def _complete_json(text: str) -> bool:
     return True
 
 
-def _read_single_object(p: Path, max_bytes: int) -> Iterator[RawItem]:
-    text, bad_utf8 = _read_text(p)
+def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
+    text, bad_utf8 = _decode(data)
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):  # not one object after all: read it line by line
-        yield from _read_jsonl(p, max_bytes, sniff=False)
+        yield from _read_jsonl(io.BytesIO(data), max_bytes, sniff=False)
         return
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > max_bytes:
@@ -128,8 +219,8 @@ def _read_single_object(p: Path, max_bytes: int) -> Iterator[RawItem]:
     yield 1, _escape_surrogates(obj) if problem and bad_utf8 else obj, problem
 
 
-def _read_json_array(p: Path, max_bytes: int) -> Iterator[RawItem]:
-    text, bad_utf8 = _read_text(p)
+def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
+    text, bad_utf8 = _decode(data)
     file_line, counted = 1, 0
     try:
         for i, (obj, start, end) in enumerate(_array_elements(text), 1):
@@ -138,6 +229,10 @@ def _read_json_array(p: Path, max_bytes: int) -> Iterator[RawItem]:
             size = len(text[start:end].encode("utf-8", "surrogateescape"))
             if size > max_bytes:
                 yield i, _preview(text[start:end]), _too_large(size, max_bytes), file_line
+                continue
+            if _HUGE in _ints.seen:
+                _ints.seen.clear()
+                yield i, _preview(text[start:end]), _huge_number_error(), file_line
                 continue
             # Bracket counting (in C) rules out deep nesting for almost every record.
             maybe_deep = text.count("{", start, end) + text.count("[", start, end) > MAX_DEPTH
@@ -159,7 +254,7 @@ def _array_elements(text: str) -> Iterator[tuple[Any, int, int]]:
     Decoding element by element gives each record's extent, so its size and nesting can be
     checked on the text instead of serialising the record again.
     """
-    decoder, skip = json.JSONDecoder(), _WHITESPACE.match
+    decoder, skip = json.JSONDecoder(parse_int=_ints), _WHITESPACE.match
     i = skip(text, 0).end()
     if text[i:i + 1] != "[":
         raise json.JSONDecodeError("Expecting '['", text, i)
@@ -184,9 +279,32 @@ def _text_of(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, default=str)
 
 
-def _read_text(p: Path) -> tuple[str, bool]:
-    """The file's text, and whether it held invalid UTF-8 (kept as surrogates, found later)."""
-    data = p.read_bytes()
+class _IntGuard:
+    """``parse_int`` for the JSON array decoder: integers Python refuses to convert (more than
+    4,300 digits) become a marker, so one record is quarantined instead of the whole file."""
+
+    def __init__(self):
+        self.seen: set = set()
+
+    def __call__(self, digits: str) -> Any:
+        try:
+            return int(digits)
+        except ValueError:
+            self.seen.add(_HUGE)
+            return 0
+
+
+_HUGE = "huge"
+_ints = _IntGuard()
+
+
+def _huge_number_error() -> RecordError:
+    return RecordError("bad_json", "a number with more than 4,300 digits, which Python does not "
+                       "convert; expected ordinary numbers; fix: write it as a string or drop the record")
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    """The text of ``data``, and whether it held invalid UTF-8 (kept as surrogates, found later)."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -195,14 +313,80 @@ def _read_text(p: Path) -> tuple[str, bool]:
         return data.decode("utf-8", "surrogateescape"), True
 
 
-def _read_parquet(p: Path, max_bytes: int) -> Iterator[RawItem]:
+def _read_parquet(p: Path, stream: Any, max_bytes: int) -> Iterator[RawItem]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    regular = p.is_file()
+    data = None if regular else stream.read()  # a pipe: Parquet needs to seek, so keep it in memory
+    check_columnar(p, "parquet", data)
     try:
-        batches = pq.ParquetFile(p).iter_batches(batch_size=_BATCH_ROWS)
+        batches = pq.ParquetFile(str(p) if regular else pa.BufferReader(data),
+                                 page_checksum_verification=True).iter_batches(batch_size=_BATCH_ROWS)
     except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UsageError(f"{p}: not a readable Parquet file ({e})") from None
-    yield from _read_batches(batches, max_bytes)
+        raise UsageError(f"{p}: not a readable Parquet file ({_first_line(e)})") from None
+    yield from _read_batches(_guarded(batches, p, "Parquet"), max_bytes)
+
+
+def _guarded(batches: Iterable[Any], p: Path, kind: str) -> Iterator[Any]:
+    """The batches, with a reader error turned into a one-line ``UsageError`` naming the file."""
+    it, n = iter(batches), 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # OSError, ArrowInvalid, ... from a damaged page
+            raise UsageError(f"{p}: damaged {kind} data after row {n} ({_first_line(e)}); "
+                             "repair or re-export the file") from None
+        n += batch.num_rows
+        yield batch
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+# Run in a child process: read every batch of a columnar input with Arrow's full validation.
+_CHECK = """
+import glob, os, sys
+import pyarrow as pa, pyarrow.parquet as pq
+kind, path = sys.argv[1], sys.argv[2]
+try:
+    if kind == "parquet":
+        src = pa.BufferReader(sys.stdin.buffer.read()) if path == "-" else path
+        f = pq.ParquetFile(src, page_checksum_verification=True)
+        batches = [f.iter_batches(batch_size=4096)]
+    else:
+        files = sorted(glob.glob(os.path.join(path, "**", "*.arrow"), recursive=True))
+        batches = [pa.ipc.open_stream(pa.memory_map(fn)) for fn in files]
+    for reader in batches:
+        for batch in reader:
+            batch.validate(full=True)
+except Exception as e:
+    print(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def check_columnar(p: Path, kind: str, data: bytes | None = None) -> None:
+    """Read ``p`` (``parquet``: a file, or its bytes ``data``; ``arrow``: a saved datasets
+    directory) in a child process with full validation; ``UsageError`` when it is damaged or
+    crashes the reader, so a native crash never takes sftlab down."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHECK, kind, "-" if data is not None else str(p)],
+                              input=data, capture_output=True)
+    except OSError as e:
+        raise UsageError(f"{p}: cannot start the check of the file: {e.strerror or e}") from None
+    what = "Parquet file" if kind == "parquet" else "saved dataset"
+    if proc.returncode < 0:
+        raise UsageError(f"{p}: reading this {what} crashed the Arrow reader (signal "
+                         f"{-proc.returncode}); the file is damaged: repair or re-export it")
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise UsageError(f"{p}: not a readable {what} ({lines[-1][:300] if lines else 'unknown error'}); "
+                         "repair or re-export it")
 
 
 def _read_batches(batches: Iterable[Any], max_bytes: int) -> Iterator[RawItem]:
@@ -238,15 +422,16 @@ def _type_depth(t: Any) -> int:
 def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     import datasets
 
+    check_columnar(p, "arrow")
     try:
         ds = datasets.load_from_disk(str(p))
     except Exception as e:  # datasets raises several types for a damaged directory
-        raise UsageError(f"{p}: not a loadable saved dataset ({e})") from None
+        raise UsageError(f"{p}: not a loadable saved dataset ({_first_line(e)})") from None
     splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
     for split, d in splits:
         name = str(p) if split is None else f"{p}[{split}]"
         batches = d.with_format("arrow").iter(batch_size=_BATCH_ROWS)
-        yield name, _read_batches(batches, max_bytes)
+        yield name, _read_batches(_guarded(batches, p, "Arrow"), max_bytes)
 
 
 # --------------------------------------------------------------------------- record shape

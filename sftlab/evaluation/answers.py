@@ -10,6 +10,9 @@ Three answer types:
 - ``numeric``: the last number in the response is within ``tolerance`` of the answer
   (thousands separators allowed: "1,234.5").
 - ``regex``: ``re.search(answer, response)`` finds a match (add ``(?i)`` for case-insensitive).
+  The match runs under a time limit (``REGEX_TIMEOUT_S``, with the ``regex`` package): a pattern
+  that backtracks catastrophically, such as ``^(.+)+!!!$``, raises :class:`UnmatchableAnswer`
+  instead of hanging the evaluation.
 - ``tool_call``: the answer is ``{"name", "arguments"}`` JSON; the first tool call the response
   makes has the same function name and arguments equal as JSON (parsed, so key order and
   spacing do not matter, ``1`` equals ``1.0``). A call is any JSON object in the response with a
@@ -35,6 +38,13 @@ import math
 import re
 
 ANSWER_TYPES = ("exact", "numeric", "regex", "tool_call")
+REGEX_TIMEOUT_S = 1.0
+
+
+class UnmatchableAnswer(ValueError):
+    """A regular-expression answer that could not be matched within the time limit."""
+
+
 _STRAIGHTEN = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
 _EDGE = " \t\n.,;:!?\"'`*_()[]{}"
 _MARKER = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*", re.IGNORECASE)
@@ -88,7 +98,14 @@ def check_answer(response: str, answer: str, answer_type: str = "exact",
         tol = tolerance if tolerance is not None else 0.0
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=tol + 1e-12)
     if answer_type == "regex":
-        return re.search(str(answer), response) is not None
+        import regex
+
+        try:
+            return regex.search(str(answer), response, timeout=REGEX_TIMEOUT_S) is not None
+        except TimeoutError:
+            raise UnmatchableAnswer(f"answer {str(answer)[:80]!r}: the regular expression did not finish "
+                                    f"within {REGEX_TIMEOUT_S:g} s (catastrophic backtracking); "
+                                    "unmatchable, counted as not checkable") from None
     if answer_type == "tool_call":
         want = json.loads(answer)
         calls = tool_calls_in(response)

@@ -92,11 +92,14 @@ def _template(spec: str | None, tok, path: str):
 
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector) -> dict:
-    from sftlab.evaluation.answers import check_answer
+    from sftlab.evaluation.answers import UnmatchableAnswer, check_answer
 
-    correct = None
+    correct, problem = None, None
     if prompt.answer is not None:
-        correct = check_answer(response, prompt.answer, prompt.answer_type, prompt.tolerance)
+        try:
+            correct = check_answer(response, prompt.answer, prompt.answer_type, prompt.tolerance)
+        except UnmatchableAnswer as e:
+            problem = str(e)
     system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
     row = {"id": prompt.id, "model": kind, "condition": cond.name, "slice": prompt.slice,
            "expected": prompt.expected, "policy_category": prompt.policy_category,
@@ -106,6 +109,8 @@ def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, dete
            "template_fingerprint": cond.template.fingerprint}
     if isinstance(detector, RuleDetector):
         row["detector_rules"] = list(detector.decide(response).rules)
+    if problem is not None:
+        row["answer_problem"] = problem
     return row
 
 

@@ -24,6 +24,8 @@ class RunFiles:
     eval: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    """run.json or eval/eval.json present but unreadable: the report says so and exits 1."""
     """One line per file that was present but could not be used, naming file and line."""
 
     @property
@@ -64,6 +66,9 @@ def _read_json(path: Path, problems: list[str], kind: type) -> Any:
     except json.JSONDecodeError as e:
         problems.append(f"{path}: line {e.lineno}: not valid JSON ({e.msg})")
         return None
+    except (ValueError, RecursionError):
+        problems.append(f"{path}: not readable JSON (nested too deep or a number too large)")
+        return None
     if not isinstance(value, kind):
         problems.append(f"{path}: expected a JSON {kind.__name__}, got {type(value).__name__}")
         return None
@@ -79,7 +84,7 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             row = None
         if isinstance(row, dict):
             rows.append(row)
@@ -97,18 +102,23 @@ def read_run(run_dir: str | Path) -> RunFiles:
     files = RunFiles(run_dir=run)
     p = files.problems
     files.manifest = _read_json(run / "run.json", p, dict)
+    invalid = []
     if files.manifest is not None:
         from sftlab.manifest import ManifestError, validate_manifest
         try:
             validate_manifest(files.manifest, str(run / "run.json"))
         except ManifestError as e:  # still shown: a newer schema may add fields we don't know
             p.append(str(e))
+            invalid = ["run.json"]
     files.metrics = _read_jsonl(run / "metrics.jsonl", p)
     files.stats = _read_json(run / "data" / "stats.json", p, dict)
     preview = _read_json(run / "data" / "mask_preview.json", p, list)
     files.mask_preview = [e for e in preview if isinstance(e, dict)] if preview is not None else None
     files.eval = _read_json(run / "eval" / "eval.json", p, dict)
     files.outputs = _read_jsonl(run / "eval" / "outputs.jsonl", p)
+    files.unreadable = invalid + [name for name, value in (("run.json", files.manifest),
+                                                           ("eval/eval.json", files.eval))
+                                  if value is None and (run / name).is_file()]
     return files
 
 

@@ -20,12 +20,18 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import reprlib
+
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
+                              allow_inf_nan=False)  # no NaN or infinity anywhere in a config
+
+
+MAX_TOKENS = 1 << 20  # longer rows are a typo, and would exhaust memory before the first step
 
 
 class ModelConfig(_Section):
@@ -89,7 +95,7 @@ class DataConfig(_Section):
 
 
 class EncodingConfig(_Section):
-    max_length: int = Field(2048, gt=0)
+    max_length: int = Field(2048, gt=0, le=MAX_TOKENS)
     """Longest encoded example in tokens; whole early turns are dropped to fit."""
     last_turn_only: bool = False
     """Train only the last assistant turn (per-message ``train`` flags still win)."""
@@ -107,7 +113,7 @@ class EncodingConfig(_Section):
 class PackingConfig(_Section):
     mode: Literal["packed", "padded"] = "packed"
     """``packed``: several whole examples per row (best-fit decreasing); ``padded``: one per row."""
-    max_length: int | None = Field(None, gt=0)
+    max_length: int | None = Field(None, gt=0, le=MAX_TOKENS)
     """Row length in tokens; ``null`` means ``encoding.max_length``."""
 
 
@@ -123,6 +129,14 @@ class MixtureConfig(_Section):
     def _one_sampling_rule(self):
         if self.sampling_weights is not None and self.temperature is not None:
             raise ValueError("give sampling_weights or temperature, not both")
+        for name, weights in (("sampling_weights", self.sampling_weights), ("loss_weights", self.loss_weights)):
+            bad = {k: v for k, v in (weights or {}).items() if v < 0}
+            if bad:
+                raise ValueError(f"{name}: {', '.join(f'{k}={v}' for k, v in bad.items())}: expected "
+                                 "finite weights >= 0")
+        if self.sampling_weights and not any(self.sampling_weights.values()):
+            raise ValueError("sampling_weights: every weight is 0, nothing would be sampled; expected "
+                             "at least one weight > 0")
         return self
 
 
@@ -132,7 +146,7 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     """AdamW decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
+    """AdamW betas, each in [0, 1)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after the warm-up: ``cosine`` decay towards 0, ``linear`` decay towards 0,
     or ``constant`` at ``lr``."""
@@ -152,6 +166,13 @@ class OptimConfig(_Section):
     epochs: int = Field(1, gt=0)
     """Passes over the (mixed) training data when ``max_steps`` is null."""
 
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"expected two numbers in [0, 1), such as [0.9, 0.999]; got {list(betas)}")
+        return betas
 
 class LossConfig(_Section):
     normalisation: Literal["token", "per_sequence"] = "token"
@@ -252,7 +273,7 @@ class TrainConfig(_Section):
     """Validation loss per slice and early stopping."""
     checkpointing: CheckpointConfig = CheckpointConfig()
     """Atomic, resumable checkpoints."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     """Seed for the data order, the mixture and initialisation of new weights."""
     log: LogConfig = LogConfig()
     """Metrics, experiment trackers and the progress bar."""
@@ -289,12 +310,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     where = str(path) if path is not None else "overrides"
     raw: Any = {}
     if path is not None:
+        from sftlab.errors import UsageError
+        from sftlab.files import read_yaml
+
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+            raw = read_yaml(path, "config") or {}
+        except UsageError as e:
+            raise ConfigError(str(e)) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     for item in overrides:
@@ -341,7 +363,7 @@ def _explain(error: dict, where: str) -> str:
     if error["type"] == "missing":
         return f"{loc}: required (in {where}); see `sftlab train --help` for every key"
     got = error.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {reprlib.repr(got)})"
     return f"{loc or 'config'}: {error['msg']}{shown} (in {where})"
 
 

@@ -327,12 +327,19 @@ def load_model_and_tokenizer(cfg: TrainConfig):
 
         from peft import LoraConfig, get_peft_model
 
-        with warnings.catch_warnings():
-            # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                     lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                                                     target_modules=list(cfg.lora.target_modules)))
+        try:
+            with warnings.catch_warnings():
+                # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                         lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                                                         target_modules=list(cfg.lora.target_modules)))
+        except ValueError as e:  # peft: target modules not found in the base model
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if isinstance(m, torch.nn.Linear)})
+            raise UsageError(f"lora.target_modules={list(cfg.lora.target_modules)}: "
+                             f"{str(e).splitlines()[0][:200]}; expected names of this model's linear "
+                             f"layers: {', '.join(linear[:12])}") from None
     model.train()
     return model, tokenizer, template, role_tokens
 
