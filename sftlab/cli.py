@@ -9,6 +9,7 @@ failed; 2 the input is unusable (one-line reason, no traceback; with ``--json``,
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -71,6 +72,13 @@ def _run(argv: list[str] | None) -> int:
             print(json.dumps({"error": str(e)}))
         else:
             print(f"sftlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(f"sftlab {args.command}: error: the disk is full ({e.filename or e.strerror}); files are "
+              "written atomically, so what was there before is whole: free space, then run again "
+              "(sftlab train: with --resume)", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"sftlab {args.command}: error: out of memory; lower the sizes in the config "

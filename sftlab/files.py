@@ -49,7 +49,7 @@ _KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")
 # What a run directory may hold before it holds run.json (a first run stopped early).
 RUN_ENTRIES = frozenset({"run.json", "data", "metrics.jsonl", "checkpoints", "final", "eval",
                          "report.html", "curves.png", "tensorboard", "mask_preview.json",
-                         "config.yaml", "demo.json", "demo_config.yaml", "suite", "base", ".lock", ".tmp-final", ".old-final"})
+                         "config.yaml", "eval.json", "outputs.jsonl", "demo.json", "demo_config.yaml", "suite", "base", ".lock", ".tmp-final", ".old-final"})
 
 
 def current_umask() -> int:

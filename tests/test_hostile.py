@@ -570,3 +570,23 @@ def test_a_catastrophically_backtracking_regex_answer_is_unmatchable_not_a_hang(
     with pytest.raises(UnmatchableAnswer, match="unmatchable"):
         check_answer("a" * 60 + "b", r"(a|aa)+$", "regex")
     assert check_answer("the answer is 42", r"(?i)ANSWER is \d+", "regex")
+
+
+def test_a_model_directory_with_only_pickled_weights_is_refused_with_the_reason(assets, tmp_path, capsys):
+    import torch
+
+    model = tmp_path / "pickled"
+    shutil.copytree(assets / "model", model)
+    from safetensors.torch import load_file
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    cfg = _config(assets, tmp_path / "run", model={"path": str(model)})
+    err = one_line_refusal(capsys, main(["train", str(cfg)]))
+    assert "pickled weights" in err and "safetensors" in err
+
+
+def test_eval_out_that_is_a_file_is_refused_before_generating(tmp_path, capsys):
+    (tmp_path / "out").write_text("mine\n")
+    err = one_line_refusal(capsys, main(["eval", "--model", str(tmp_path / "m"), "--prompts", "x.jsonl",
+                                         "--out", str(tmp_path / "out")]))
+    assert "--out" in err and (tmp_path / "out").read_text() == "mine\n"

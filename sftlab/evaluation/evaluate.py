@@ -234,9 +234,9 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:
     """``OUT/eval.json`` (atomic) and ``OUT/outputs.jsonl``; returns their paths."""
-    from sftlab.files import write_atomic
+    from sftlab.files import check_run_dir, write_atomic
 
-    out = Path(out_dir)
+    out = check_run_dir(out_dir, what="--out")  # a new or empty directory or an earlier output
     out.mkdir(parents=True, exist_ok=True)
     outputs = out / "outputs.jsonl"
     write_atomic(outputs, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -67,14 +67,28 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
         if not path.exists() and not _looks_like_hub_name(str(name_or_path)):
             raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
                                     "written by save_pretrained or a hub name like 'org/model'")
+    if path.is_dir():
+        _refuse_pickled_weights(path)
     target = str(path) if path.exists() else str(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         target, dtype=torch.float32 if dtype is None else dtype,
-        trust_remote_code=trust_remote_code)
+        trust_remote_code=trust_remote_code, use_safetensors=True)
     model.eval()
     model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": target}
     return model, tokenizer
+
+
+def _refuse_pickled_weights(path: Path) -> None:
+    """A directory with pickled weights only (``pytorch_model.bin``) is refused with the reason."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in path.glob(pattern))
+    if pickled:
+        raise FileNotFoundError(
+            f"{path}: holds only pickled weights ({', '.join(pickled[:3])}); sftlab loads safetensors only, "
+            "because unpickling a file can run any code in it; convert them once where you trust the "
+            "file (from_pretrained(...).save_pretrained(dir, safe_serialization=True))")
 
 
 def _looks_like_hub_name(name: str) -> bool:
