@@ -590,3 +590,13 @@ def test_eval_out_that_is_a_file_is_refused_before_generating(tmp_path, capsys):
     err = one_line_refusal(capsys, main(["eval", "--model", str(tmp_path / "m"), "--prompts", "x.jsonl",
                                          "--out", str(tmp_path / "out")]))
     assert "--out" in err and (tmp_path / "out").read_text() == "mine\n"
+
+
+def test_an_eval_prompt_with_a_5000_digit_integer_is_skipped_not_fatal(tmp_path):
+    from sftlab.evaluation.prompts import load_prompt_sets
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "hi", "expected": "comply"}) + "\n"
+                    + '{"id": "b", "prompt": "x", "n": ' + "9" * 5000 + "}\n")
+    (prompts,) = load_prompt_sets([str(path)])
+    assert [p.id for p in prompts.prompts] == ["a"] and "4,300 digits" in prompts.bad_rows[0]["reason"]

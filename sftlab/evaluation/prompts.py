@@ -145,6 +145,9 @@ def _jsonl_rows(text: str):
         except json.JSONDecodeError as e:
             yield i, None, f"not valid JSON: {e.msg} at column {e.colno}"
             continue
+        except (ValueError, RecursionError):  # 4,300+ digit integers, absurd nesting
+            yield i, None, "not readable JSON: a number of more than 4,300 digits or nesting too deep"
+            continue
         if not isinstance(row, dict):
             yield i, None, f"expected a JSON object, got {type(row).__name__}"
             continue
