@@ -157,7 +157,7 @@ def assets(tmp_path_factory):
 def _config(assets: Path, out: Path, **sections) -> Path:
     cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
            "data": {"train": [str(assets / "train.jsonl")]}, "encoding": {"max_length": 64},
-           "seed": 1, "out": str(out), "log": {"progress": False, "tensorboard": False},
+           "seed": 1, "out": str(out), "log": {"progress": False, "trackers": []},
            "optim": {"lr": 1e-3, "micro_batch_size": 2, "grad_accum": 1, "max_steps": 2, "warmup_steps": 1},
            "checkpointing": {"every_n_steps": 1, "keep_last": 3}}
     for key, value in sections.items():
@@ -258,7 +258,9 @@ def test_resume_refuses_what_changes_the_result_and_names_the_keys(assets, base_
 
 def test_resume_with_allow_changes_uses_the_new_settings_and_records_segments(assets, base_run, tmp_path, capsys):
     import torch
-    from transformers import get_cosine_schedule_with_warmup
+
+    from sftlab.train.config import load_config
+    from sftlab.train.loop import lr_scheduler
 
     run = _copy(base_run, tmp_path)
     cfg = _config(assets, run, optim={"lr": 4e-3, "max_steps": 4})
@@ -273,7 +275,7 @@ def test_resume_with_allow_changes_uses_the_new_settings_and_records_segments(as
     assert manifest["config"]["optim"]["lr"] == 4e-3
     # the rate used after the resume is the new one on the new schedule, not the checkpoint's
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=4e-3)
-    sched = get_cosine_schedule_with_warmup(opt, 1, 4)
+    sched = lr_scheduler(opt, load_config(cfg), 4)
     want = []
     for _ in range(4):
         want.append(sched.get_last_lr()[0])
