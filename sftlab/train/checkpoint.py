@@ -284,7 +284,7 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
     if adapter_base is not None and (tmp / "adapter_config.json").is_file():
         config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = adapter_base
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_atomic(tmp / "adapter_config.json", json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer, template).save_pretrained(tmp)
     publish_dir(tmp, out)
