@@ -93,6 +93,8 @@ class MaskingSection(_Section):
     mode: str | None = None
     max_length: int | None = None
     last_turn_only: bool | None = None
+    reasoning: str | None = None
+    """``encoding.reasoning``: ``keep``, ``mask`` or ``drop``."""
     trained_tokens: int | None = None
     total_tokens: int | None = None
     trained_token_share: float | None = None

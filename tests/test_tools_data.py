@@ -166,18 +166,6 @@ def test_arrow_unifies_object_arguments_which_is_why_they_are_kept_as_text():
     assert pa.Table.from_pylist(rows).to_pylist()[0]["a"] == {"city": "Oslo", "days": None}
 
 
-def test_tool_records_are_never_rendered_without_their_calls():
-    """Until a template is given the calls, a tool-call record is quarantined, never trained on '' text."""
-    from sftlab.demo.tiny import build_tokenizer
-    from sftlab.tokens.encoding import encode_all
-
-    report = load_files([GLAIVE])
-    examples, quarantined = encode_all(report.conversations, build_tokenizer(), "chatml")
-    with_calls = [c for c in report.conversations if any(m.tool_calls for m in c.messages)]
-    assert len(quarantined) == len(with_calls) == 10 and len(examples) == 1
-    assert all("tool calls" in q["reason"] for q in quarantined)
-
-
 def test_stats_count_tool_use_and_reasoning_per_slice():
     import dataclasses
 

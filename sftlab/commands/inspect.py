@@ -11,8 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "inspect", help="show the tokens of encoded conversations coloured by loss weight",
         description="Encode conversations exactly as training does and show every token with its loss "
-                    "weight: trained tokens on green, template scaffolding dimmed, a tag where each "
-                    "message's content starts. --html writes a self-contained page.")
+                    "weight: trained answers on green, trained tool calls on magenta, trained reasoning on "
+                    "cyan (masked reasoning cyan text), tool results yellow, template scaffolding dimmed, "
+                    "a tag where each message's content starts. --html writes a self-contained page.")
     p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
     p.add_argument("--template", default=None,
@@ -22,6 +23,9 @@ def register(sub) -> None:
                    help="record index among the accepted records (repeatable; default: the first 3)")
     p.add_argument("--max-length", type=int, default=None, help="truncate as training would")
     p.add_argument("--last-turn-only", action="store_true", help="train the last assistant turn only")
+    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
+                   help="reasoning on assistant messages: trained (keep), rendered untrained (mask) or removed "
+                        "(drop), as encoding.reasoning in training")
     p.add_argument("--html", metavar="OUT", default=None, help="also write a self-contained HTML view")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
     p.set_defaults(func=run)
@@ -57,14 +61,17 @@ def run(args) -> int:
             f" {c.origin.file}:{c.origin.line}" if c.origin else "")
         try:
             ex, views = annotate(c, tok, args.template, max_length=args.max_length,
-                                 last_turn_only=args.last_turn_only)
+                                 last_turn_only=args.last_turn_only, reasoning=args.reasoning)
         except TemplateError as e:
             raise UsageError(str(e)) from None
         except EncodingError as e:
             print(f"== {label}: not encodable: {e}")
             status = 1
             continue
-        print(f"== {label}: {len(ex)} tokens, {ex.trained_tokens} trained, weight {ex.trained_weight:g}")
+        kinds = {k: sum(1 for v in views if v.role == k and v.weight > 0) for k in ("tool_call", "reasoning")}
+        extra = "".join(f", {n} {k.replace('_', ' ')} tokens trained" for k, n in kinds.items() if n)
+        print(f"== {label}: {len(ex)} tokens, {ex.trained_tokens} trained, weight {ex.trained_weight:g}{extra}, "
+              f"reasoning: {args.reasoning}")
         print(to_ansi(views) if sys.stdout.isatty() else _plain(views))
         items.append((label, views, ex))
     if args.html:

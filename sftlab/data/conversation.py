@@ -152,3 +152,37 @@ def unpaired_surrogate(text: str) -> int | None:
     except UnicodeEncodeError as e:
         return e.start
     return None
+
+
+REASONING_MODES = ("keep", "mask", "drop")
+"""``encoding.reasoning``: ``keep`` trains the reasoning as part of its turn, ``mask`` renders it with
+weight 0, ``drop`` removes it before rendering."""
+
+
+def template_messages(messages, reasoning: str = "keep") -> list[dict[str, Any]]:
+    """The messages as transformers' ``apply_chat_template`` receives them (OpenAI layout): role and
+    content, and only the fields a message has: ``tool_calls`` (arguments parsed into an object,
+    as chat templates expect), ``tool_call_id``, ``name``, ``reasoning_content`` (left out under
+    ``reasoning="drop"``). A key is never present with an empty value: templates test ``'tool_calls'
+    in message``.
+
+        >>> m = Message("assistant", "", tool_calls=(ToolCall("f", '{"x": 1}', "c1"),), reasoning="r")
+        >>> template_messages([m], "drop")
+        [{'role': 'assistant', 'content': '', 'tool_calls': [{'id': 'c1', 'type': 'function', 'function': {'name': 'f', 'arguments': {'x': 1}}}]}]
+    """
+    if reasoning not in REASONING_MODES:
+        raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
+    out = []
+    for m in messages:
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            d["tool_calls"] = [{**c.to_dict(), "function": {"name": c.name, "arguments": c.arguments_value()}}
+                               for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            d["name"] = m.name
+        if m.reasoning is not None and reasoning != "drop":
+            d["reasoning_content"] = m.reasoning
+        out.append(d)
+    return out

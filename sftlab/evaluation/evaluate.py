@@ -119,7 +119,8 @@ def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, ca
     """Responses for every prompt under one condition (from the cache when it has them)."""
     from sftlab.tokens.encoding import encode_prompt
 
-    ids = [encode_prompt(cond.messages(p), tok, cond.template) for p in prompts]
+    ids = [encode_prompt(cond.messages(p), tok, cond.template, tools=json.loads(p.tools) if p.tools else None)
+           for p in prompts]
     eos, stops = stop_tokens(tok, cond.template, model)
     key = cache_key(model_fp, ids, settings.to_dict(), cond.name, eos, stops) if model_fp else None
     responses = cache.get(key) if (cache is not None and key) else None

@@ -50,6 +50,7 @@ def summary_section(files: RunFiles) -> Markup:
              ("template", (m.get("template") or {}).get("name")),
              ("training records", train.get("accepted")), ("quarantined", files.quarantined),
              ("trained-token share", (m.get("masking") or {}).get("trained_token_share")),
+             ("reasoning", (m.get("masking") or {}).get("reasoning")),
              ("packing efficiency", (m.get("packing") or {}).get("efficiency")),
              ("steps", _last(files.train_rows, "step")),
              ("final train loss", _last(files.train_rows, "loss")),
@@ -64,7 +65,8 @@ def summary_section(files: RunFiles) -> Markup:
     return section("summary", "Summary", *parts)
 
 
-ROLE_COLOURS = {"system": "#7c3aed", "user": "#2563eb", "assistant": "#059669", "tool": "#b45309"}
+ROLE_COLOURS = {"system": "#7c3aed", "user": "#2563eb", "assistant": "#059669", "tool": "#b45309",
+                "tool_call": "#db2777", "reasoning": "#0891b2"}
 
 
 def _token_spans(tokens: list[dict[str, Any]]) -> str:
@@ -86,8 +88,11 @@ def _token_spans(tokens: list[dict[str, Any]]) -> str:
         title = f"{role} · weight {weight:g}"
         if weight > 0:  # alpha is a number computed here, safe inside a style attribute
             alpha = 0.25 + 0.6 * min(weight / top, 1.0)
+            rgb = {"tool_call": "219,39,119", "reasoning": "8,145,178"}.get(role, "16,185,129")
             out.append(tag("span", text, class_="tok trained", title=title,
-                           style=f"background:rgba(16,185,129,{alpha:.2f})"))
+                           style=f"background:rgba({rgb},{alpha:.2f})"))
+        elif role in ("tool", "tool_call", "reasoning"):  # results and masked reasoning in their colour
+            out.append(tag("span", text, class_="tok", title=title, style=f"color:{ROLE_COLOURS[role]}"))
         else:
             out.append(tag("span", text, class_="tok scaffold" if role == "template" else "tok",
                            title=title))

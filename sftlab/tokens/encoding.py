@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import contextvars
 import dataclasses
+import json
 import re
 import weakref
 from collections.abc import Iterable, Sequence
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 
 from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
-from sftlab.data.conversation import Conversation, Message, Origin, unpaired_surrogate
+from sftlab.data.conversation import REASONING_MODES, Conversation, Message, Origin, template_messages, unpaired_surrogate
 from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
 
@@ -120,7 +121,11 @@ def as_conversation(record) -> Conversation:
 class _Encoder:
     """A tokenizer bound to a template, with the lookups encoding needs prepared once."""
 
-    def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False):
+    def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False,
+                 reasoning: str = "keep"):
+        if reasoning not in REASONING_MODES:
+            raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
+        self.reasoning = reasoning
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TemplateError("sftlab needs a fast (Rust) tokenizer: character offsets make the masks exact")
@@ -177,10 +182,10 @@ class _Encoder:
         if self.special_re is None:
             return []
         found = []
-        for s in layout.spans:
-            for m in self.special_re.finditer(layout.text, s.start, s.end):
+        for a, b in [(s.start, s.end) for s in layout.spans] + list(layout.data_ranges):
+            for m in self.special_re.finditer(layout.text, a, b):
                 found.append((m.start(), m.end()))
-        return sorted(found)
+        return sorted(set(found))
 
     # -- weights --------------------------------------------------------------------------------
     @staticmethod
@@ -201,22 +206,27 @@ class _Encoder:
             for k in range(lo, hi):
                 if ends[k] > starts[k]:
                     w[k] = weight
+        for a, b in layout.unweighted:  # masked reasoning: rendered, not trained
+            for k in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
+                w[k] = 0.0
         return w
 
 
 _ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False) -> _Encoder:
+def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False,
+             reasoning: str = "keep") -> _Encoder:
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    key = (template.fingerprint, allow_missing_control)
+    key = (template.fingerprint, allow_missing_control, reasoning)
     try:
         cache = _ENCODERS.setdefault(tokenizer, {})
     except TypeError:
         cache = {}
     if key not in cache:
-        cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control)
+        cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control,
+                              reasoning=reasoning)
     return cache[key]
 
 
@@ -246,25 +256,92 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
     return head, groups
 
 
-def _layout(enc: _Encoder, messages: Sequence[Message]) -> Layout:
-    for i, m in enumerate(messages):
-        if m.tool_calls or m.reasoning is not None:
-            what = "tool calls" if m.tool_calls else "reasoning"
-            raise TemplateError(f"message {i} carries {what}, which the {enc.template.name} template is not "
-                                "given by this version of sftlab; the record cannot be trained exactly")
-    layout = enc.template.layout([{"role": m.role, "content": m.content} for m in messages])
+def _layout(enc: _Encoder, messages: Sequence[Message], tools: str | None = None) -> Layout:
+    """The template's layout of ``messages`` (tool calls, results and reasoning included, as
+    ``apply_chat_template`` receives them) with the record's ``tools`` (JSON text)."""
+    layout = enc.template.layout(template_messages(messages, enc.reasoning),
+                                 tools=json.loads(tools) if tools else None)
     at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.data.formats
     if at is not None:
         raise TemplateError(f"unpaired surrogate at character {at} of the rendering: not valid "
                             "Unicode text, no tokenizer can encode it")
+    if enc.reasoning != "drop":
+        layout = _reasoning_spans(enc, messages, layout)
+    if enc.special_re is not None and (tools or any(m.tool_calls or m.reasoning for m in messages)):
+        layout = _protect_data(enc, messages, tools, layout)
     return layout
+
+
+def _protect_data(enc: _Encoder, messages: Sequence[Message], tools: str | None, layout: Layout) -> Layout:
+    """Record text a template writes outside content spans that spells a special token (DESIGN.md,
+    invariant 4): tool-call names and arguments and tool-schema strings, found as the JSON the
+    template writes for them (quoted, so scaffolding never matches), and reasoning inside its turn."""
+    texts: list[str] = []
+
+    def strings(value):
+        if isinstance(value, str):
+            texts.append(json.dumps(value, ensure_ascii=False))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                strings(k)
+                strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                strings(v)
+
+    strings(json.loads(tools) if tools else [])
+    for m in messages:
+        for c in m.tool_calls:
+            texts.append(json.dumps(c.arguments_value(), ensure_ascii=False))
+            strings(c.name)
+            strings(c.arguments_value())
+    found = set()
+    for t in {t for t in texts if enc.special_re.search(t)}:
+        k = layout.text.find(t)
+        while k >= 0:
+            found.add((k, k + len(t)))
+            k = layout.text.find(t, k + 1)
+    for i, a, b in layout.reasoning_spans:
+        if enc.special_re.search(layout.text, a, b):
+            found.add((a, b))
+    if not found:
+        return layout
+    return dataclasses.replace(layout, data_ranges=tuple(sorted(found)))
+
+
+def _reasoning_spans(enc: _Encoder, messages: Sequence[Message], layout: Layout) -> Layout:
+    """Check that every trainable turn with reasoning shows it; under ``reasoning: mask`` record
+    its characters as ``unweighted`` (rendered, weight 0). A turn whose reasoning the template does
+    not write is made untrainable with the reason (training it would teach answers without the
+    reasoning the data has, or the template would differ at inference)."""
+    masked, shown, untrainable = [], [], dict(layout.untrainable)
+    for turn in layout.turns:
+        reasoning = messages[turn.index].reasoning
+        if not reasoning or not reasoning.strip():
+            continue
+        region = layout.text[turn.start:turn.stop_start]
+        form = next((f for f in (reasoning, reasoning.strip()) if f in region), None)
+        if form is None:
+            untrainable[turn.index] = (f"the {enc.template.name} template does not write the reasoning of this turn; "
+                                       "set encoding.reasoning: drop to train it without, or use a template with a "
+                                       "reasoning format")
+            continue
+        a = turn.start + region.index(form)
+        shown.append((turn.index, a, a + len(form)))
+        if enc.reasoning == "mask":
+            masked.append((a, a + len(form)))
+    if not shown and len(untrainable) == len(layout.untrainable):
+        return layout
+    turns = tuple(t for t in layout.turns if t.index not in untrainable)
+    return dataclasses.replace(layout, turns=turns, untrainable=untrainable, unweighted=tuple(masked),
+                               reasoning_spans=tuple(shown))
 
 
 def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_turn_only: bool,
            dropped: int, layout: Layout | None = None, encoding=None, skip: frozenset = frozenset()) -> EncodedExample:
     """One example from ``messages`` (all of ``conv``'s, or what truncation kept); ``encoding`` is
     the tokenizer's encoding of ``layout.text`` when the caller already has it (batched)."""
-    layout = layout if layout is not None else _layout(enc, messages)
+    layout = layout if layout is not None else _layout(enc, messages, conv.tools)
     trained = {i: w for i, w in _trained_messages(messages, last_turn_only).items() if i not in skip}
     _check_turns(enc.template, layout, trained)
     weights, offsets = None, None
@@ -315,6 +392,8 @@ def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]
         if lo is None or hi is None:
             return None
         w[lo:hi + 1] = loss_weights([weight]) * (hi + 1 - lo)
+    if layout.unweighted:
+        return None  # masked reasoning: the offsets path zeroes it token by token
     return w
 
 
@@ -362,7 +441,7 @@ class _Truncation:
         return [self.conv.messages[i] for i in kept]
 
     def layout(self, enc: _Encoder, k: int) -> Layout:
-        return _layout(enc, self.messages(k))
+        return _layout(enc, self.messages(k), self.conv.tools)
 
     def cut(self, enc: _Encoder, k: int, last_turn_only: bool, layout=None, encoding=None) -> EncodedExample:
         kept_idx = self.head + [i for grp in self.groups[k:] for i in grp]
@@ -446,28 +525,28 @@ def _options(turns: str, overflow: str) -> None:
 
 
 def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
-           max_length: int | None = None, last_turn_only: bool = False) -> EncodedExample:
+           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep") -> EncodedExample:
     """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
 
     ``template=None`` uses the tokenizer's own ``chat_template``; a name picks a built-in format.
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    return _encode_one(_encoder(tokenizer, template), as_conversation(conversation), max_length,
-                       last_turn_only)[0]
+    return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
+                       max_length, last_turn_only)[0]
 
 
 def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
                     max_length: int | None = None, last_turn_only: bool = False, turns: str = "expand",
-                    overflow: str = "drop", trace: bool = False) -> list[EncodedExample]:
+                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep") -> list[EncodedExample]:
     """Every example one conversation gives with the ``turns`` and ``overflow`` options (the
     record's own example first, where it has a trained turn); raises ``EncodingError`` as ``encode``.
     ``trace=True`` keeps each example's ``Trace`` (rendering, spans, token offsets)."""
     _options(turns, overflow)
     token = _KEEP_TRACE.set(trace)
     try:
-        return _encode_one(_encoder(tokenizer, template), as_conversation(conversation), max_length,
-                           last_turn_only, turns, overflow)
+        return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
+                           max_length, last_turn_only, turns, overflow)
     finally:
         _KEEP_TRACE.reset(token)
 
@@ -484,7 +563,8 @@ def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, t
 
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
-               batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop"):
+               batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop",
+               reasoning: str = "keep"):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
@@ -496,8 +576,8 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
         return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
-                                turns, overflow)
-    enc = _encoder(tokenizer, template)
+                                turns, overflow, reasoning)
+    enc = _encoder(tokenizer, template, reasoning=reasoning)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = None
@@ -552,7 +632,7 @@ def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, d
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
         try:
-            layouts[j] = _layout(enc, conv.messages)
+            layouts[j] = _layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
             results[j] = _reason(e)
     return results, layouts
@@ -654,7 +734,7 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 
 def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
                   max_length: int | None = None, last_turn_only: bool = False, progress: bool = False,
-                  turns: str = "whole", overflow: str = "drop"):
+                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep"):
     """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
     ``(examples, report)``, the new report with the records that encoding quarantined (too long,
     nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
@@ -666,7 +746,7 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 
     examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
                                   last_turn_only=last_turn_only, progress=progress, turns=turns,
-                                  overflow=overflow)
+                                  overflow=overflow, reasoning=reasoning)
     files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     by_path = {f.path: f for f in files}
     quarantined = list(report.quarantined)
@@ -687,31 +767,34 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 _WORKER: dict = {}
 
 
-def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow):
+def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
-                   last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow)
+                   last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow,
+                   reasoning=reasoning)
 
 
 def _worker_run(convs):
     w = _WORKER
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
                       last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
-                      overflow=w["overflow"])
+                      overflow=w["overflow"], reasoning=w["reasoning"])
 
 
-def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow):
+def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow,
+                     reasoning="keep"):
     import multiprocessing as mp
     import os
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    _encoder(tokenizer, template)  # fail early, in this process, on a template/tokenizer mismatch
+    _encoder(tokenizer, template, reasoning=reasoning)  # fail early, in this process, on a template/tokenizer mismatch
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
-                  initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow)) as pool:
+                  initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow,
+                            reasoning)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:
@@ -721,15 +804,16 @@ def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num
 
 
 def encode_prompt(messages: Sequence[dict | Message], tokenizer, template: ChatTemplate | str | None = None,
-                  add_generation_prompt: bool = True) -> list[int]:
+                  add_generation_prompt: bool = True, tools: list | None = None) -> list[int]:
     """Ids of a prompt for generation, with the same guarantee: content never becomes a control token.
 
+    ``messages`` are ``Message`` values or dicts in the layout ``apply_chat_template`` takes (tool
+    calls, results and reasoning included); ``tools`` the function definitions the model may call.
     A template whose control tokens the tokenizer lacks (an alternate template in a robustness
     check) is still rendered; its markers are then ordinary text, as they would be for any user.
     """
     enc = _encoder(tokenizer, template, allow_missing_control=True)
-    msgs = [{"role": m.role, "content": m.content} if isinstance(m, Message) else
-            {"role": m["role"], "content": m["content"]} for m in messages]
-    layout = enc.template.layout(msgs, add_generation_prompt=add_generation_prompt)
+    msgs = [template_messages([m])[0] if isinstance(m, Message) else m for m in messages]
+    layout = enc.template.layout(msgs, add_generation_prompt=add_generation_prompt, tools=tools)
     ids, _ = enc.tokenize(layout)
     return list(ids)

@@ -64,6 +64,14 @@ class Layout:
     untrainable: dict = field(default_factory=dict, compare=False, hash=False)
     """Assistant message index -> why it cannot be trained with this template (no stop sequence,
     a turn that does not start with its generation prompt, ...)."""
+    data_ranges: tuple[tuple[int, int], ...] = ()
+    """Character ranges of record text outside content spans (tool-call arguments and names, tool
+    schemas, reasoning) that spell a special token: encoded as ordinary text, like content."""
+    reasoning_spans: tuple[tuple[int, int, int], ...] = ()
+    """``(message index, start, end)`` of the reasoning each trained turn shows (for ``inspect``)."""
+    unweighted: tuple[tuple[int, int], ...] = ()
+    """Character ranges inside trained turns that are rendered but get weight 0 (reasoning under
+    ``encoding.reasoning: mask``): a token starting inside one is not trained."""
 
     def turn(self, index: int) -> Turn | None:
         return next((t for t in self.turns if t.index == index), None)

@@ -35,27 +35,42 @@ class TokenView:
 
 
 def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
-             max_length: int | None = None, last_turn_only: bool = False) -> tuple[EncodedExample, list[TokenView]]:
+             max_length: int | None = None, last_turn_only: bool = False,
+             reasoning: str = "keep") -> tuple[EncodedExample, list[TokenView]]:
     """The encoded example and a ``TokenView`` per token (truncation applied as in training), read
     from the rendering and token offsets the encoding kept (nothing is rendered or tokenized twice)."""
     conv = as_conversation(conversation)
     ex = encode_expanded(conv, tokenizer, template, max_length=max_length, last_turn_only=last_turn_only,
+                         reasoning=reasoning,
                          turns="whole", trace=True)[0]
     layout, offsets, kept = ex.trace.layout, ex.trace.offsets, ex.trace.messages
     if len(offsets) != len(ex.input_ids):
         raise TemplateError("internal error: token offsets and ids differ in length")
     head, _ = _exchanges(conv.messages)
     views = []
+    reasoning = [(i, a, b) for i, a, b in layout.reasoning_spans]
+    calling = [(t.index, t.start, t.stop_start) for t in layout.turns if kept[t.index].tool_calls]
     for tid, (s, e), w in zip(ex.input_ids, offsets, ex.loss_weights):
         owner = next((sp for sp in layout.spans if s < sp.end and e > sp.start), None)
         role = owner.role if owner else "template"
         idx = (owner.index + (ex.dropped_turns if owner.index >= len(head) else 0)) if owner else None
+        if role in ("assistant", "template"):  # reasoning and tool calls inside a turn: their own colours
+            extra = next((("reasoning", i) for i, a, b in reasoning if a <= s < b), None)
+            if extra is None and role == "template":
+                extra = next((("tool_call", i) for i, a, b in calling if a <= s < b), None)
+            if extra is not None:
+                role, i = extra
+                idx = i + (ex.dropped_turns if i >= len(head) else 0)
         views.append(TokenView(tid, layout.text[s:e] if e > s else tokenizer.decode([tid]), w, role, idx))
     return ex, views
 
 
 _ROLE_COLOURS = {"system": "#7c3aed", "user": "#2563eb", "assistant": "#059669", "tool": "#b45309",
-                 "template": "#6b7280"}
+                 "tool_call": "#db2777", "reasoning": "#0891b2", "template": "#6b7280"}
+
+
+_ANSI_FG = {"tool": "33", "reasoning": "36", "tool_call": "35"}
+_RGB = {"tool_call": "219,39,119", "reasoning": "8,145,178"}
 
 
 def to_ansi(views: list[TokenView]) -> str:
@@ -67,8 +82,11 @@ def to_ansi(views: list[TokenView]) -> str:
             out.append(f"\x1b[1;4m[{v.role} #{v.message_index}]\x1b[0m")
             last = v.message_index
         text = v.text.replace("\n", "\\n\n")
-        if v.weight > 0:
-            out.append(f"\x1b[30;{'42' if v.weight <= 1 else '102'}m{text}\x1b[0m")
+        if v.weight > 0:  # green: answers; magenta: tool calls; cyan: reasoning
+            bg = {"tool_call": ("45", "105"), "reasoning": ("46", "106")}.get(v.role, ("42", "102"))
+            out.append(f"\x1b[30;{bg[0] if v.weight <= 1 else bg[1]}m{text}\x1b[0m")
+        elif v.role in _ANSI_FG:  # untrained tool results, masked reasoning
+            out.append(f"\x1b[{_ANSI_FG[v.role]}m{text}\x1b[0m")
         elif v.role == "template":
             out.append(f"\x1b[2m{text}\x1b[0m")
         else:
@@ -87,7 +105,9 @@ def tokens_html(views: list[TokenView]) -> str:
                          f'{html.escape(v.role)} #{v.message_index}</span>')
             last = v.message_index
         alpha = 0.25 + 0.6 * (v.weight / max_w) if v.weight > 0 else 0
-        style = f"background:rgba(16,185,129,{alpha:.2f})" if v.weight > 0 else ""
+        rgb = _RGB.get(v.role, "16,185,129")  # answers green, tool calls pink, reasoning teal
+        style = (f"background:rgba({rgb},{alpha:.2f})" if v.weight > 0 else
+                 f"color:{_ROLE_COLOURS[v.role]}" if v.role in ("tool", "tool_call", "reasoning") else "")
         cls = "tok trained" if v.weight > 0 else ("tok scaffold" if v.role == "template" else "tok")
         text = html.escape(v.text).replace("\n", "\u21b5<br>")
         parts.append(f'<span class="{cls}" style="{style}" title="id {v.id} · weight {v.weight:g} · '

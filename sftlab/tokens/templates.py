@@ -87,21 +87,55 @@ class ChatTemplate:
     def is_builtin(self) -> bool:
         return self._format is not None
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return self.layout(messages, add_generation_prompt).text
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> str:
+        return self.layout(messages, add_generation_prompt, tools).text
 
-    def layout(self, messages: list[dict], add_generation_prompt: bool = False) -> Layout:
-        """The rendered text, the content span of every message and the trained turns."""
-        messages = [{"role": m["role"], "content": text_content(m["content"])} for m in messages]
+    def layout(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> Layout:
+        """The rendered text, the content span of every message and the trained turns.
+
+        ``messages`` are in the layout transformers' ``apply_chat_template`` takes: besides role and
+        content, assistant ``tool_calls`` (arguments as objects) and ``reasoning_content``, tool
+        ``tool_call_id`` and ``name``; ``tools`` are the JSON-schema function definitions. A Jinja
+        template receives them exactly so; a built-in format renders them in its tool format
+        (``sftlab.tokens.tool_formats``) or refuses them."""
+        messages = [{**{k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None},
+                     "role": m["role"], "content": text_content(m.get("content"))} for m in messages]
+        tools = tools or None
         if self._format is not None:
-            return _format_layout(self._format, messages, self.special.get("eos_token") or "",
-                                  add_generation_prompt)
-        return _jinja_layout(self, messages, add_generation_prompt)
+            from sftlab.tokens.tool_formats import flatten
+
+            flat = flatten(self.name, messages, tools)
+            layout = _format_layout(self._format, [{"role": m["role"], "content": m["content"]} for m in flat],
+                                    self.special.get("eos_token") or "", add_generation_prompt)
+            if flat is not messages:  # spans: each message's own content within the text written for it
+                import dataclasses
+
+                places = {i: m["content_at"] for i, m in enumerate(flat) if "content_at" in m}
+                layout = dataclasses.replace(layout, spans=tuple(
+                    dataclasses.replace(sp, start=sp.start + places[sp.index][0],
+                                        end=sp.start + places[sp.index][0] + places[sp.index][1])
+                    if sp.index in places else sp for sp in layout.spans))
+            return _unshift(layout) if len(flat) > len(messages) else layout
+        return _jinja_layout(self, messages, add_generation_prompt, tools)
 
     def describe(self) -> dict:
         """The manifest's ``template`` section."""
         return {"name": self.name, "fingerprint": self.fingerprint, "builtin": self.is_builtin,
                 "control_tokens": list(self.control_tokens), "end_of_turn": list(self.end_of_turn)}
+
+
+_MESSAGE_KEYS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+"""Message fields besides role and content that a template is given (OpenAI / transformers layout)."""
+
+
+def _unshift(layout: Layout) -> Layout:
+    """The layout with the system message a tool format inserted first (index 0) taken out of the
+    indices: spans and turns of the caller's messages, numbered as the caller numbered them."""
+    import dataclasses
+
+    spans = tuple(dataclasses.replace(s, index=s.index - 1) for s in layout.spans if s.index > 0)
+    turns = tuple(dataclasses.replace(t, index=t.index - 1) for t in layout.turns)
+    return dataclasses.replace(layout, spans=spans, turns=turns)
 
 
 def text_content(content) -> str:
@@ -204,7 +238,7 @@ def _prepare_messages(messages: list[dict]):
     return _alias_reasoning_fields(_plain_template_data(messages))
 
 
-def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> str:
+def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool, tools: list | None = None) -> str:
     """One rendering of ``messages`` (content as strings) with the template, under the limits."""
     if t.content_parts:
         messages = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
@@ -217,7 +251,7 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
     try:
         compiled = _compiled(t.source)
         chunks, size = [], 0
-        for chunk in compiled.generate(messages=_prepare_messages(messages), tools=None, documents=None,
+        for chunk in compiled.generate(messages=_prepare_messages(messages), tools=tools, documents=None,
                                        add_generation_prompt=add_generation_prompt, **t.special):
             size += len(chunk)
             _check_size(size)
@@ -242,13 +276,13 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
 class _Renders:
     """Renderings of one conversation and of its probe variants, each made once."""
 
-    def __init__(self, t: ChatTemplate, messages: list[dict]):
-        self.t, self.messages, self.memo = t, messages, {}
+    def __init__(self, t: ChatTemplate, messages: list[dict], tools: list | None = None):
+        self.t, self.messages, self.tools, self.memo = t, messages, tools, {}
 
     def _get(self, key, build):
         if key not in self.memo:
             try:
-                self.memo[key] = _render_jinja(self.t, build(), key[-1])
+                self.memo[key] = _render_jinja(self.t, build(), key[-1], self.tools)
             except RenderLimitError:
                 raise
             except TemplateError as e:
@@ -287,8 +321,9 @@ _PROBE = "sftlab0probe0c7e1f"
 _PROBE_NEXT = "sftlab0probe0next0a9d2"
 
 
-def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool) -> Layout:
-    r = _Renders(t, messages)
+def _jinja_layout(t: ChatTemplate, messages: list[dict], add_generation_prompt: bool,
+                  tools: list | None = None) -> Layout:
+    r = _Renders(t, messages, tools)
     text = r.prefix(len(messages), add_generation_prompt)
     rewritten: tuple[int, ...] = ()
     try:
@@ -348,6 +383,8 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
     if not own.startswith(prompt):
         return ("its rendering does not start with the generation prompt of its turn, so what the model "
                 "generates there is not defined by the template")
+    if not messages[i]["content"]:
+        return _turn_without_content(t, r, messages, i, text, prompt, own)
     try:
         probed = r.probed(i + 1, i, _PROBE, False)
     except TemplateError as e:
@@ -405,6 +442,48 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
     return "rerendered"
 
 
+def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str, prompt: str,
+                          own: str):
+    """The turn of an assistant message with no text content (tool calls, perhaps reasoning): all the
+    template writes after the generation prompt is generated, up to and including its stop: the
+    last run of control tokens in the turn that the template also writes before the next message
+    when the conversation goes on (so an opener such as ``[TOOL_CALLS]`` is generated, the stop ends
+    the turn, and an eos written once after the whole conversation is not part of it)."""
+    after = own[len(prompt):]
+    control = _sorted_control(t)
+    runs, pos = [], 0
+    while True:
+        found = [(k, c) for c in control if (k := after.find(c, pos)) >= 0]
+        if not found:
+            break
+        k, c = min(found, key=lambda kc: (kc[0], -len(kc[1])))
+        if runs and runs[-1][1] == k:
+            runs[-1] = (runs[-1][0], k + len(c))
+        else:
+            runs.append((k, k + len(c)))
+        pos = k + len(c)
+    if not runs:
+        return ("the template writes no stop sequence after it and no control token begins the next turn, "
+                "so the model could not learn to stop")
+    nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
+    try:
+        cont = r.probed(i + 1, i, "", False, then=nxt)
+    except RenderLimitError:
+        raise
+    except TemplateError:
+        cont = None
+    stop = runs[-1]
+    if cont is not None and cont.startswith(prompt):
+        cont_after = cont[len(prompt):]
+        k_next = cont_after.find(nxt["content"]) if nxt["content"] else len(cont_after)
+        before_next = cont_after[:k_next if k_next >= 0 else len(cont_after)]
+        stop = next((run for run in reversed(runs) if after[run[0]:run[1]] in before_next), runs[-1])
+    generated = after[:stop[1]]
+    if not (text.startswith(prompt) and text.startswith(generated, len(prompt))):
+        return "rerendered"
+    return Turn(i, len(prompt), len(prompt) + stop[1], len(prompt) + stop[0]), ""
+
+
 def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
     return tuple(sorted((c for c in t.control_tokens if c), key=len, reverse=True))
 
@@ -421,6 +500,8 @@ def _probed_spans(t: ChatTemplate, r: _Renders, messages: list[dict], text: str,
     spans, rewritten = [], []
     n = len(messages)
     for i, m in enumerate(messages):
+        if not m["content"]:
+            continue  # empty content (an assistant turn of tool calls only): nothing of it to locate
         found = _replaced_by_probe(r, n, i, text, add_generation_prompt)
         if found is None:
             found = _followed_by_probe(r, n, i, m["content"], text, add_generation_prompt)
@@ -721,7 +802,9 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
                                 f"but the tokenizer has none")
         eot = tuple(e.replace("{eos}", eos) for e in f.eot)
         control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *f.extra_control) if c))
-        source = _format_jinja(f)
+        from sftlab.tokens.tool_formats import jinja_prelude
+
+        source = jinja_prelude(f.name) + _format_jinja(f)
         return ChatTemplate(name, source, control, eot, _fingerprint(source, control, eot, tok_sha),
                             special, f)
     if name is None:

@@ -108,6 +108,10 @@ class EncodingConfig(_Section):
     """What happens to early exchanges dropped to fit ``max_length``: ``drop`` loses them (counted as
     lost trained tokens); ``split`` makes them further examples with the system message and as much
     preceding context as fits, trained on their own turns only."""
+    reasoning: Literal["keep", "mask", "drop"] = "keep"
+    """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
+    with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
+    refuses records with it unless ``drop``."""
 
 
 class PackingConfig(_Section):

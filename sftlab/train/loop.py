@@ -471,7 +471,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         from sftlab.tokens.mask_preview import write_mask_preview
 
         write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
-                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only)
+                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
+                           reasoning=cfg.encoding.reasoning)
         (run / "data").mkdir(parents=True, exist_ok=True)
         with atomic_file(run / "data" / "quarantine.jsonl") as f:
             for entry in quarantine:
@@ -547,7 +548,7 @@ def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
 
     examples, used = encode_report(report, tokenizer, template,
                                    max_length=min(cfg.encoding.max_length, cfg.row_length),
-                                   last_turn_only=cfg.encoding.last_turn_only,
+                                   last_turn_only=cfg.encoding.last_turn_only, reasoning=cfg.encoding.reasoning,
                                    turns=cfg.encoding.turns, overflow=cfg.encoding.overflow,
                                    progress=cfg.log.progress and len(report.conversations) > 1000)
     entries = [{"split": split, **e.to_dict()} for e in used.quarantined]
@@ -728,7 +729,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
         tokenizer=tokenizer_fingerprint(tokenizer),
         masking={"mode": "last_turn" if cfg.encoding.last_turn_only else "all_assistant_turns",
                  "max_length": cfg.encoding.max_length, "last_turn_only": cfg.encoding.last_turn_only,
-                 "trained_tokens": trained, "total_tokens": total,
+                 "reasoning": cfg.encoding.reasoning, "trained_tokens": trained, "total_tokens": total,
                  "trained_token_share": round(trained / total, 6) if total else None,
                  "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
                  **encoding_summary(data.examples)},
