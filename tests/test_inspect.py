@@ -96,3 +96,28 @@ def test_inspect_cli_writes_html(tok_dir, tmp_path, capsys):
     assert "[[4]][[<|im_end|>]]" in capsys.readouterr().out
     page = out.read_text()
     assert 'class="tok trained"' in page and "assistant #1" in page
+
+
+def test_characters_split_over_tokens_are_shown_once(tok_dir, tmp_path, capsys):
+    """Byte-level BPE splits CJK characters and emoji into byte tokens; each character shows once."""
+    from pathlib import Path
+
+    rows = json.loads((Path(__file__).parent / "data" / "public" / "llamafactory_mllm_demo.json").read_text())
+    messages = rows[1]["messages"][:2]
+    messages[1] = {"role": "assistant", "content": messages[1]["content"] + " 🙂"}
+    tok = build_tokenizer()
+    conv = Conversation(tuple(Message(m["role"], m["content"]) for m in messages))
+    ex, views = annotate(conv, tok, "chatml")
+    assert sum(len(v.ids) for v in views) == len(ex.input_ids)  # every token is shown, none twice
+    answer = "".join(v.text for v in views if v.role == "assistant")
+    assert answer == messages[1]["content"]
+    merged = [v for v in views if len(v.ids) > 1]
+    assert merged and all(v.weight == 1 for v in merged if v.role == "assistant")
+
+    data = tmp_path / "zh.jsonl"
+    data.write_text(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    assert main(["inspect", str(data), "--tokenizer", str(tok_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("legend: [[text]] trained")
+    assert "他们是拜仁慕尼黑的凯恩和格雷茨卡。" in out.replace("[[", "").replace("]]", "")
+    assert "[[他]][[他]]" not in out

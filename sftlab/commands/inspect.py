@@ -52,6 +52,8 @@ def run(args) -> int:
     if not convs:
         raise UsageError(f"{args.file}: no accepted record to inspect ({len(report.quarantined)} quarantined)")
     indices = args.index or list(range(min(3, len(convs))))
+    if not sys.stdout.isatty():
+        print(PLAIN_LEGEND)
     items, status = [], 0
     for i in indices:
         if not 0 <= i < len(convs):
@@ -82,9 +84,16 @@ def run(args) -> int:
     return status
 
 
+PLAIN_LEGEND = ("legend: [[text]] trained (loss weight 1), [[text]]{w} trained with weight w, plain text "
+                "not trained; a character split over several tokens is shown once")
+
+
 def _plain(views) -> str:
-    """Without a terminal: trained tokens in [[...]], one line per message."""
+    """Without a terminal: trained tokens in [[...]] (their weight in {} when not 1), after a legend."""
     out = []
     for v in views:
-        out.append(f"[[{v.text}]]" if v.weight > 0 else v.text)
+        if v.weight > 0:
+            out.append(f"[[{v.text}]]" + ("" if v.weight == 1 else f"{{{v.weight:g}}}"))
+        else:
+            out.append(v.text)
     return "".join(out)

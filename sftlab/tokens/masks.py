@@ -26,12 +26,20 @@ from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
 
 @dataclass(frozen=True)
 class TokenView:
+    """One token as shown, or several that are parts of one character (a CJK character or an emoji
+    that byte-level BPE splits into byte tokens), merged so the character is shown once."""
     id: int
+    """The (first) token id."""
     text: str
     weight: float
+    """The loss weight (the largest of the merged tokens' weights)."""
     role: str
     """Role of the message whose content the token overlaps, or ``template`` for scaffolding."""
     message_index: int | None
+    ids: tuple[int, ...] = ()
+    """Every token id shown here (one, or the parts of one character)."""
+    weights: tuple[float, ...] = ()
+    """Their loss weights, in order."""
 
 
 def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
@@ -47,10 +55,18 @@ def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None
     if len(offsets) != len(ex.input_ids):
         raise TemplateError("internal error: token offsets and ids differ in length")
     head, _ = _exchanges(conv.messages)
-    views = []
+    views: list[TokenView] = []
+    start = end = -1  # the characters the last view covers
     reasoning = [(i, a, b) for i, a, b in layout.reasoning_spans]
     calling = [(t.index, t.start, t.stop_start) for t in layout.turns if kept[t.index].tool_calls]
     for tid, (s, e), w in zip(ex.input_ids, offsets, ex.loss_weights):
+        w = float(w)
+        if views and e > s and s < end:  # another byte of the same character(s): show it once
+            v = views[-1]
+            end = max(end, e)
+            views[-1] = TokenView(v.id, layout.text[start:end], max(v.weight, w), v.role, v.message_index,
+                                  v.ids + (tid,), v.weights + (w,))
+            continue
         owner = next((sp for sp in layout.spans if s < sp.end and e > sp.start), None)
         role = owner.role if owner else "template"
         idx = (owner.index + (ex.dropped_turns if owner.index >= len(head) else 0)) if owner else None
@@ -61,7 +77,9 @@ def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None
             if extra is not None:
                 role, i = extra
                 idx = i + (ex.dropped_turns if i >= len(head) else 0)
-        views.append(TokenView(tid, layout.text[s:e] if e > s else tokenizer.decode([tid]), w, role, idx))
+        views.append(TokenView(tid, layout.text[s:e] if e > s else tokenizer.decode([tid]), w, role, idx,
+                               (tid,), (w,)))
+        start, end = (s, e) if e > s else (-1, -1)
     return ex, views
 
 
@@ -110,7 +128,11 @@ def tokens_html(views: list[TokenView]) -> str:
                  f"color:{_ROLE_COLOURS[v.role]}" if v.role in ("tool", "tool_call", "reasoning") else "")
         cls = "tok trained" if v.weight > 0 else ("tok scaffold" if v.role == "template" else "tok")
         text = html.escape(v.text).replace("\n", "\u21b5<br>")
-        parts.append(f'<span class="{cls}" style="{style}" title="id {v.id} · weight {v.weight:g} · '
+        ids = v.ids or (v.id,)
+        what = (f"id {ids[0]} · weight {v.weight:g}" if len(ids) == 1 else
+                f"{len(ids)} tokens of one character: ids {', '.join(map(str, ids))} · weights "
+                f"{', '.join(f'{w:g}' for w in (v.weights or (v.weight,) * len(ids)))}")
+        parts.append(f'<span class="{cls}" style="{style}" title="{what} · '
                      f'{html.escape(v.role)}">{text}</span>')
     return '<div class="tokens">' + "".join(parts) + "</div>"
 
@@ -134,7 +156,8 @@ def to_html(items: list[tuple[str, list[TokenView], EncodedExample]], title: str
                       f"{ex.dropped_turns} message(s) dropped by truncation</p>" + tokens_html(views))
     legend = ('<p class="legend"><span class="tok trained" style="background:rgba(16,185,129,.6)">trained</span> '
               '<span class="tok">not trained</span> <span class="tok scaffold">template scaffolding</span> '
-              'hover a token for its id and weight; ↵ marks a newline</p>')
+              'hover a token for its id and weight (a character split over several tokens is shown once, '
+              'hover it for each token); ↵ marks a newline</p>')
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:1100px}}{TOKENS_CSS}</style>"
             f"</head><body><h1>{html.escape(title)}</h1>{legend}{''.join(blocks)}</body></html>")
