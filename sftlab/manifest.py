@@ -111,6 +111,9 @@ class MaskingSection(_Section):
     overflow_tokens: int | None = None
     lost_trained_tokens: int | None = None
     """Trained tokens dropped by ``max_length`` truncation and in no example."""
+    heldout_encoding: dict[str, Any] | None = None
+    """The encoding options training applied (``max_length`` as in effect, ``last_turn_only``,
+    ``turns``, ``overflow``); ``sftlab eval`` of ``RUN/final`` encodes held-out data with them."""
 
 
 class PackingSection(_Section):

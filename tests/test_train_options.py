@@ -183,3 +183,38 @@ def test_trackers_are_never_required(assets, tmp_path):
         resolve_trackers(["wandb"])
     with pytest.raises(ValueError, match="unknown tracker 'tensorbord'"):
         resolve_trackers(["tensorbord"])
+
+
+def test_one_heldout_loss_in_training_and_in_eval(assets, tmp_path, capsys):
+    """The same held-out data gives the same eval loss in training's validation and in `sftlab eval`
+    of RUN/final: the same slice names (`unsliced` for records without one) and the same max_length
+    truncation (a long multi-turn record loses its first exchange in both)."""
+    fastchat = json.loads((PUBLIC / "fastchat_dummy_conversation.json").read_text())
+    held = [{"id": r["id"], "conversations": r["conversations"]} for r in fastchat]  # no slice
+    long = {"id": "long-multi", "slice": "multi", "conversations": [
+        {"from": "human", "value": "word " * 60}, {"from": "gpt", "value": "reply " * 30},
+        {"from": "human", "value": "Goodbye"}, {"from": "gpt", "value": "Goodbye! Come back soon."}]}
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*held, long]))
+    run = tmp_path / "full"
+    cfg = _config(assets, run, data={"eval": [str(tmp_path / "held.jsonl")], "eval_split": 0.0,
+                                     "max_quarantined_share": 1.0},
+                  lora={"enabled": False}, optim={"max_steps": 2}, encoding={"max_length": 96})
+    assert main(["train", str(cfg)]) == 0
+    capsys.readouterr()
+    manifest = json.loads((run / "run.json").read_text())
+    trained = manifest["outcome"]["train"]["eval_loss"]
+    assert set(trained) == {"all", "unsliced", "multi"}
+    assert manifest["masking"]["heldout_encoding"]["max_length"] == 96
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p", "prompt": "Who are you?", "expected": "comply"}) + "\n")
+    main(["eval", "--model", str(run / "final"), "--prompts", str(prompts), "--heldout-conversations",
+          str(tmp_path / "held.jsonl"), "--out", str(tmp_path / "eval"), "--max-new-tokens", "2",
+          "--conditions", "training_template", "--no-cache", "--json"])
+    capsys.readouterr()
+    ev = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    tuned = ev["results"]["tuned"]["training_template"]
+    evaluated = {s: m["eval_loss"]["value"] for s, m in tuned.items() if "eval_loss" in m}
+    assert set(evaluated) == set(trained)
+    for name in trained:
+        assert evaluated[name] == pytest.approx(trained[name], rel=1e-4), name

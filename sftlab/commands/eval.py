@@ -58,12 +58,35 @@ def register(sub) -> None:
                    help="refusal detector: the built-in rules or a sequence-classification model directory")
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
     p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
-    p.add_argument("--heldout-conversations", metavar="FILE", help="held-out conversations for eval loss per slice")
+    p.add_argument("--heldout-conversations", metavar="FILE",
+                   help="held-out conversations for eval loss per slice, encoded as the training run encoded "
+                        "its data when MODEL is RUN/final (the same loss as training's validation)")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="truncate held-out conversations to N tokens for the eval loss (default: the "
+                        "training run's, read from RUN/run.json when MODEL is RUN/final; else none)")
     p.add_argument("--cache-dir", metavar="DIR", help="generation cache (default: ~/.cache/sftlab/generations)")
     p.add_argument("--no-cache", action="store_true", help="always generate; read and write no cache")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the models")
     p.add_argument("--json", action="store_true", help="print one JSON object (a summary; eval.json has all)")
     p.set_defaults(func=run)
+
+
+def _heldout_encoding(model: str, max_length: int | None) -> dict:
+    """The training run's encoding options when ``model`` is ``RUN/final`` (its run.json records
+    them), with ``--max-length`` winning; ``{}`` when there is neither."""
+    from pathlib import Path
+
+    if max_length is not None and max_length <= 0:
+        raise UsageError(f"--max-length must be > 0, got {max_length}")
+    manifest = Path(model).parent / "run.json"
+    recorded: dict = {}
+    if Path(model).name == "final" and manifest.is_file():
+        try:
+            recorded = (json.loads(manifest.read_text(encoding="utf-8")).get("masking") or {}).get(
+                "heldout_encoding") or {}
+        except (OSError, ValueError, AttributeError):
+            recorded = {}
+    return {**recorded, **({"max_length": max_length} if max_length is not None else {})}
 
 
 def _conditions(spec: str, flag: str, known) -> tuple[str, ...]:
@@ -100,12 +123,13 @@ def _options(args):
         heldout = load_files([args.heldout_conversations]).conversations
         if not heldout:
             raise UsageError(f"{args.heldout_conversations}: no usable conversation for the eval loss")
+    encoding = _heldout_encoding(args.model, args.max_length) if heldout else None
     opts = EvalOptions(model=args.model, prompts=[q for s in sets for q in s.prompts], settings=settings,
                        reference=args.reference, policy=policy, template=args.template,
                        alternate_template=args.alternate_template, system_prompt=args.system_prompt,
                        conditions=conditions, reference_conditions=reference_conditions,
                        robustness_threshold=args.robustness_threshold,
-                       heldout=heldout, progress=not args.json,
+                       heldout=heldout, heldout_encoding=encoding, progress=not args.json,
                        trust_remote_code=args.trust_remote_code)
     return opts, sets, detector
 

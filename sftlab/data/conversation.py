@@ -186,3 +186,18 @@ def template_messages(messages, reasoning: str = "keep") -> list[dict[str, Any]]
             d["reasoning_content"] = m.reasoning
         out.append(d)
     return out
+
+
+UNSLICED = "unsliced"
+"""The slice name of records and examples that name no slice (training, its validation and
+``sftlab eval`` all use it)."""
+
+
+def slice_of(example: Any) -> str:
+    """The slice of a record or example (``UNSLICED`` when it has none); a plain string is its own slice.
+
+    >>> slice_of(None), slice_of("math")
+    ('unsliced', 'math')
+    """
+    name = example if isinstance(example, str) or example is None else getattr(example, "slice", None)
+    return UNSLICED if name is None else str(name)

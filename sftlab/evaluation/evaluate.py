@@ -50,6 +50,9 @@ class EvalOptions:
     robustness_threshold: float = 0.1
     heldout: list | None = None
     """Held-out conversations (records or ``Conversation``) for the eval loss."""
+    heldout_encoding: dict | None = None
+    """Encoding options for the eval loss (``max_length``, ``last_turn_only``, ``turns``, ``overflow``):
+    the training run's, so the loss equals its validation loss on the same data."""
     progress: bool = False
     trust_remote_code: bool = False
 
@@ -168,13 +171,14 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         from sftlab.evaluation.loss import eval_loss
 
         try:
-            losses, quarantined = eval_loss(model, tok, train_t, opts.heldout)
+            losses, quarantined = eval_loss(model, tok, train_t, opts.heldout, encoding=opts.heldout_encoding)
         except TemplateError as e:  # e.g. a reference tokenizer without the template's role tokens
             losses, quarantined = {}, []
             skipped["eval_loss"] = str(e)
         for slice_name, est in losses.items():
             results[PRIMARY].setdefault(slice_name, {})["eval_loss"] = est
         heldout = {"conversations": len(opts.heldout), "quarantined": len(quarantined),
+                   "encoding": opts.heldout_encoding or {},
                    "reasons": sorted({q["reason"] for q in quarantined})[:5]}
     else:
         heldout = None

@@ -539,6 +539,14 @@ def _write_stats(run: Path, train: list, unencoded: int, train_report, held_repo
     return failed
 
 
+def heldout_encoding(cfg: TrainConfig) -> dict:
+    """How training encodes data (training and held-out alike): recorded in the manifest so that
+    ``sftlab eval`` computes the held-out loss of the same examples."""
+    return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
+            "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
+            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow}
+
+
 def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
     """``(examples, quarantine entries, manifest split record, report)`` for one split; the returned
     load report holds the records encoding quarantined too (``encode_report``), so every count of the
@@ -546,10 +554,7 @@ def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
     from sftlab.manifest import data_version
     from sftlab.tokens.encoding import encode_report
 
-    examples, used = encode_report(report, tokenizer, template,
-                                   max_length=min(cfg.encoding.max_length, cfg.row_length),
-                                   last_turn_only=cfg.encoding.last_turn_only, reasoning=cfg.encoding.reasoning,
-                                   turns=cfg.encoding.turns, overflow=cfg.encoding.overflow,
+    examples, used = encode_report(report, tokenizer, template, **heldout_encoding(cfg),
                                    progress=cfg.log.progress and len(report.conversations) > 1000)
     entries = [{"split": split, **e.to_dict()} for e in used.quarantined]
     record = {"sha256": data_version(report.conversations), "records": report.records,
@@ -732,6 +737,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "reasoning": cfg.encoding.reasoning, "trained_tokens": trained, "total_tokens": total,
                  "trained_token_share": round(trained / total, 6) if total else None,
                  "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
+                 "heldout_encoding": heldout_encoding(cfg),
                  **encoding_summary(data.examples)},
         packing={**packing_stats(data.epoch_rows(0), cfg.row_length, mode=cfg.packing.mode),
                  "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)

@@ -40,14 +40,7 @@ from typing import Any
 __all__ = ["UNSLICED", "MixtureSpec", "slice_of", "slice_sizes", "temperature_shares", "explicit_shares",
            "target_counts", "epoch_indices", "realised_mixture", "apply_loss_weights"]
 
-UNSLICED = "unsliced"
-"""The slice name of examples whose record names no slice."""
-
-
-def slice_of(example: Any) -> str:
-    """The slice of an example (``UNSLICED`` when it has none); a plain string is its own slice."""
-    name = example if isinstance(example, str) or example is None else getattr(example, "slice", None)
-    return UNSLICED if name is None else str(name)
+from sftlab.data.conversation import UNSLICED, slice_of  # one slice naming for training and eval
 
 
 def slice_sizes(slices: Sequence[Any]) -> dict[str, int]:
