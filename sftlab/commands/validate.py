@@ -31,7 +31,9 @@ def register(sub) -> None:
                         "categories, benign contrasts (expected: comply) one it knows")
     p.add_argument("--quarantine", metavar="PATH", default=None,
                    help="where to write the quarantined records as JSONL (written on every run, "
-                        "empty when none); default: quarantine.jsonl beside the first input")
+                        "empty when none; a regular file or a new name, never a device, FIFO or "
+                        "link); default: quarantine.jsonl beside the first input (in the current "
+                        "directory when that input is a pipe)")
     p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
                    help="records larger than this are quarantined (default: 10)")
     p.add_argument("--tokenizer", metavar="T", default=None,
