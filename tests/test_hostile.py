@@ -602,3 +602,17 @@ def test_an_eval_prompt_with_a_5000_digit_integer_is_skipped_not_fatal(tmp_path)
                     + '{"id": "b", "prompt": "x", "n": ' + "9" * 5000 + "}\n")
     (prompts,) = load_prompt_sets([str(path)])
     assert [p.id for p in prompts.prompts] == ["a"] and "4,300 digits" in prompts.bad_rows[0]["reason"]
+
+
+def test_training_writes_nothing_outside_its_run_directory(assets, tmp_path, capsys, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cfg = _config(assets, tmp_path / "run", optim={"max_steps": 1})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assets_before = sorted(str(p) for p in assets.rglob("*"))
+    assert main(["train", str(cfg)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
+    assert list(cwd.iterdir()) == [] and sorted(str(p) for p in assets.rglob("*")) == assets_before
+    assert not (tmp_path / "run" / ".lock").exists()
