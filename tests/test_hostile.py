@@ -313,6 +313,14 @@ def test_a_damaged_checkpoint_is_refused_and_the_intact_one_offered(assets, base
         (newest / "optimizer.json").unlink()
     else:
         (newest / "state.json").unlink()
+    if damage != "flip_optimizer":  # the check itself; the whole command is run for one kind
+        from sftlab.errors import UsageError
+        from sftlab.train.checkpoint import choose_checkpoint
+
+        with pytest.raises(UsageError, match="step-2 is damaged.*step-1: pass --fallback-checkpoint"):
+            choose_checkpoint(run)
+        assert choose_checkpoint(run, fallback=True) == run / "checkpoints" / "step-1"
+        return
     cfg = _config(assets, run, optim={"max_steps": 3})
     err = one_line_refusal(capsys, main(["train", str(cfg), "--resume", "--allow-changes"]))
     assert "step-2 is damaged" in err and "step-1" in err and "--fallback-checkpoint" in err
