@@ -73,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def _count_lines(path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
 def _summary(out: str, code: int) -> dict:
     from pathlib import Path
 
@@ -89,7 +96,7 @@ def _summary(out: str, code: int) -> dict:
                "steps": steps[-1]["step"] if steps else 0,
                "loss": steps[-1]["loss"] if steps else None,
                "eval_loss": evals[-1]["eval_loss"] if evals else None,
-               "quarantined": sum(1 for _ in open(quarantine)) if quarantine.exists() else 0}
+               "quarantined": _count_lines(quarantine)}
     manifest = run_dir / "run.json"
     m = json.loads(manifest.read_text()) if manifest.exists() else {}
     summary["stopped"] = ((m.get("artifacts") or {}).get("training") or {}).get("stopped")

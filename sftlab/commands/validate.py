@@ -47,6 +47,12 @@ def register(sub) -> None:
                         "encoding.max_length and packing.max_length)")
     p.add_argument("--last-turn-only", action="store_true",
                    help="with --tokenizer: train only the last assistant turn, as encoding.last_turn_only")
+    p.add_argument("--turns", choices=("whole", "expand"), default="whole",
+                   help="with --tokenizer: as encoding.turns (default: whole)")
+    p.add_argument("--overflow", choices=("drop", "split"), default="drop",
+                   help="with --tokenizer: as encoding.overflow (default: drop)")
+    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
+                   help="with --tokenizer: as encoding.reasoning (default: keep)")
     p.add_argument("--field-messages", default=None, metavar="KEY",
                    help="the record field holding the messages (as a data entry's field_messages)")
     p.add_argument("--role-key", default=None, metavar="KEY", help="the message key naming the speaker")
@@ -114,7 +120,8 @@ def _encode(report, args):
     try:
         template = get_template(args.template, tokenizer)
         return encode_report(report, tokenizer, template, max_length=args.max_length,
-                             last_turn_only=args.last_turn_only)[1]
+                             last_turn_only=args.last_turn_only, turns=args.turns, overflow=args.overflow,
+                             reasoning=args.reasoning)[1]
     except TemplateError as e:
         raise UsageError(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
 
