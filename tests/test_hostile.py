@@ -624,3 +624,26 @@ def test_training_writes_nothing_outside_its_run_directory(assets, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
     assert list(cwd.iterdir()) == [] and sorted(str(p) for p in assets.rglob("*")) == assets_before
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_an_input_deleted_while_it_is_read_loses_no_record(tmp_path):
+    from sftlab.data.readers import sources
+
+    path = write_jsonl(tmp_path / "a.jsonl", _rows(5000))  # far more than one read buffer
+    seen = 0
+    for _, items in sources(path, 10 << 20):
+        for _ in items:
+            seen += 1
+            if seen == 1:
+                path.unlink()  # opened once: the rest still comes from the open file
+    assert seen == 5000
+
+
+def test_a_classifier_directory_with_only_pickled_weights_is_refused(tmp_path):
+    from sftlab.errors import UsageError
+    from sftlab.evaluation.classifier import ClassifierDetector
+
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(UsageError, match="pickled weights"):
+        ClassifierDetector(tmp_path / "clf")

@@ -50,9 +50,18 @@ class ClassifierDetector:
 
         self.path = str(path)
         self.name = f"classifier:{os.path.basename(os.path.normpath(self.path))}"
+        from pathlib import Path
+
+        from sftlab.model.loading import refuse_pickled_weights
+
+        if Path(self.path).is_dir():
+            try:
+                refuse_pickled_weights(Path(self.path))
+            except FileNotFoundError as e:
+                raise UsageError(str(e)) from None
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, trust_remote_code=trust_remote_code).eval()
+            self.path, trust_remote_code=trust_remote_code, use_safetensors=True).eval()
         self.batch_size, self.max_length = batch_size, max_length
         id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
         self.labels = {}

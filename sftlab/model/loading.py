@@ -68,7 +68,7 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
             raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
                                     "written by save_pretrained or a hub name like 'org/model'")
     if path.is_dir():
-        _refuse_pickled_weights(path)
+        refuse_pickled_weights(path)
     target = str(path) if path.exists() else str(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
@@ -79,7 +79,7 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     return model, tokenizer
 
 
-def _refuse_pickled_weights(path: Path) -> None:
+def refuse_pickled_weights(path: Path) -> None:
     """A directory with pickled weights only (``pytorch_model.bin``) is refused with the reason."""
     if any(path.glob("*.safetensors")):
         return
