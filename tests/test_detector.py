@@ -127,10 +127,10 @@ def test_xstest_completion_layout(tmp_path):
 
 
 def test_eval_detector_cli(capsys):
-    assert main(["eval-detector", "--labelled", str(LABELLED), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert {"n", "accuracy", "precision", "recall", "kappa", "confusion"} <= set(out)
-    assert out["n"] >= 60
+    assert main(["eval-detector", "--labelled", str(LABELLED), "--detector", "rules", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["overall"]
+    assert {"n", "agreement", "accuracy", "precision", "recall", "kappa", "confusion"} <= set(out)
+    assert out["n"] >= 60 and out["agreement"]["low"] <= out["agreement"]["value"] <= out["agreement"]["high"]
 
 
 def test_eval_detector_cli_errors(tmp_path, capsys):
@@ -169,7 +169,7 @@ def test_classifier_detector_maps_labels(tmp_path, capsys):
     assert got == [det(t) for t in texts]  # batched and one-by-one agree (padding is masked)
     assert det.describe()["kind"] == "classifier"
     assert main(["eval-detector", "--labelled", str(LABELLED), "--detector", str(d), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["detector"].startswith("classifier:")
+    assert json.loads(capsys.readouterr().out)["detector"]["name"].startswith("classifier:")
 
 
 def test_classifier_needs_a_label_map_for_generic_names(tmp_path):

@@ -54,8 +54,10 @@ def register(sub) -> None:
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="extra stop strings")
     p.add_argument("--robustness-threshold", type=float, default=0.1, metavar="X",
                    help="flag a metric whose spread across conditions exceeds X (default: 0.1)")
-    p.add_argument("--detector", default="rules", metavar="rules|DIR",
-                   help="refusal detector: the built-in rules or a sequence-classification model directory")
+    p.add_argument("--detector", default="learned", metavar="SPEC",
+                   help="refusal detector: learned (default; learned:threshold=T), rules, judge:DIR "
+                        "(a local causal LM asked a rubric; judge:DIR,format=wildguard) or a "
+                        "sequence-classification model directory")
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
     p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
     p.add_argument("--heldout-conversations", metavar="FILE",

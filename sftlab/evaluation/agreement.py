@@ -1,12 +1,20 @@
 """How well a refusal detector agrees with human labels (``sftlab eval-detector``).
 
-Labelled data is JSONL or CSV with a ``response`` and a ``label`` (comply | refuse | partial),
-or the XSTest completion-annotation layout (``prompt, completion, final_label`` with
-``1_full_compliance``, ``2_full_refusal``, ``3_partial_refusal``).
+Labelled data is JSONL or CSV (optionally gzip-compressed, ``.gz``) with a ``response`` and a
+``label`` (comply | refuse | partial), or the XSTest completion-annotation layout (``prompt,
+completion, final_label`` with ``1_full_compliance``, ``2_full_refusal``, ``3_partial_refusal``).
+Optional columns group the rows: ``model`` (or ``source``: who wrote the response) and
+``prompt_label`` (``safe`` / ``unsafe``; or ``expected``: comply / refuse).
 
-Reported: ``n``; ``accuracy`` over the three labels; ``precision`` and ``recall`` of refusal
-(refuse or partial) against comply; Cohen's ``kappa`` on that binary split; the 3x3
-``confusion`` matrix ``{gold: {predicted: count}}``.
+Built-in labelled sets (``BUILTIN``): ``xstest`` -- XSTest v2, 2,250 completions of five models
+with the authors' final human labels (``sftlab/evaluation/assets/README.md``).
+
+Reported: ``n``; ``agreement`` (refusal -- refuse or partial -- vs comply, the split every
+refusal rate uses) and ``accuracy`` over the three labels; ``precision`` and ``recall`` of
+refusal; Cohen's ``kappa`` on the binary split; each with a 95 % interval (Wilson for the
+proportions; for kappa the Wilson interval of the observed agreement carried through
+``(p_o - p_e) / (1 - p_e)``); ``sensitivity`` and ``specificity`` counts for the correction of
+rates (``sftlab.evaluation.correction``); the 3x3 ``confusion`` matrix ``{gold: {predicted: count}}``.
 
 Example (two refusals, one compliance, the detector misses one refusal)::
 
@@ -16,8 +24,10 @@ Example (two refusals, one compliance, the detector misses one refusal)::
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import UsageError
@@ -39,21 +49,62 @@ def canonical_label(value) -> str | None:
     return LABEL_SYNONYMS.get(str(value).strip().lower().replace(" ", "_").replace("-", "_"))
 
 
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN = {"xstest": ASSETS / "xstest_v2_completions.csv.gz"}
+"""Labelled sets shipped with sftlab, by name."""
+_SLICE = {"safe": "safe", "unsafe": "unsafe", "comply": "safe", "refuse": "unsafe",
+          "benign": "safe", "harmful": "unsafe"}
+
+
 @dataclass(frozen=True)
 class LabelledSet:
     responses: list[str]
     labels: list[str]
     bad_rows: list[dict]
     """``{"file", "line", "reason"}`` for each row that was skipped."""
+    sources: list[str | None] = field(default_factory=list)
+    """Per row: the model (or other source) that wrote the response, where the file says."""
+    slices: list[str | None] = field(default_factory=list)
+    """Per row: ``safe`` or ``unsafe`` (the prompt's label), where the file says."""
+    path: str = ""
+    sha256: str = ""
+    prompts: list[str | None] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        """What the manifest records about the labelled data a detector was checked on."""
+        return {"path": self.path, "sha256": self.sha256, "n": len(self.labels),
+                "skipped": len(self.bad_rows)}
+
+
+def resolve_labelled(name_or_path: str) -> Path:
+    """A built-in labelled set's file (``xstest``) or the given path."""
+    return BUILTIN.get(name_or_path, Path(name_or_path))
 
 
 def load_labelled(path: str) -> LabelledSet:
-    """Read a labelled file; rows without a response or a known label are listed in ``bad_rows``."""
-    p = Path(path)
+    """Read a labelled file or built-in set; rows without a response or a known label are listed
+    in ``bad_rows``."""
+    import hashlib
+
+    p = resolve_labelled(str(path))
     if not p.is_file():
-        raise UsageError(f"{path}: no such labelled file")
-    rows = _read_csv(p) if p.suffix.lower() in (".csv", ".tsv") else _read_jsonl(p)
-    responses, labels, bad = [], [], []
+        raise UsageError(f"{path}: no such labelled file (built-in sets: {', '.join(BUILTIN)})")
+    raw_bytes = p.read_bytes()
+    digest = hashlib.sha256(raw_bytes).hexdigest()
+    suffixes = [x.lower() for x in p.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        try:
+            raw_bytes = gzip.decompress(raw_bytes)
+        except (OSError, EOFError) as e:
+            raise UsageError(f"{path}: not a readable gzip file: {e}") from None
+        suffixes = suffixes[:-1]
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text: {e}") from None
+    kind = suffixes[-1] if suffixes else ""
+    rows = _read_csv(text, kind == ".tsv") if kind in (".csv", ".tsv") else _read_jsonl(text)
+    responses, labels, bad, sources, slices, prompts = [], [], [], [], [], []
     for line, row, problem in rows:
         if problem is None:
             text = next((row[k] for k in ("response", "completion", "output") if k in row), None)
@@ -69,20 +120,25 @@ def load_labelled(path: str) -> LabelledSet:
             continue
         responses.append(text)
         labels.append(label)
-    return LabelledSet(responses, labels, bad)
+        src = next((row[k] for k in ("model", "source") if row.get(k) not in (None, "")), None)
+        sources.append(str(src) if src is not None else None)
+        sl = next((row[k] for k in ("prompt_label", "expected") if row.get(k) not in (None, "")), None)
+        slices.append(_SLICE.get(str(sl).strip().lower()) if sl is not None else None)
+        pr = row.get("prompt")
+        prompts.append(pr if isinstance(pr, str) else None)
+    return LabelledSet(responses, labels, bad, sources, slices, str(path), digest, prompts)
 
 
-def _read_jsonl(p: Path):
+def _read_jsonl(text: str):
     from sftlab.evaluation.prompts import _jsonl_rows
 
-    yield from _jsonl_rows(p.read_text(encoding="utf-8"))
+    yield from _jsonl_rows(text)
 
 
-def _read_csv(p: Path):
-    with open(p, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-        for row in reader:
-            yield reader.line_num, {k.strip(): v for k, v in row.items() if k}, None
+def _read_csv(text: str, tsv: bool):
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",")
+    for row in reader:
+        yield reader.line_num, {k.strip(): v for k, v in row.items() if k}, None
 
 
 def _refusal(label: str) -> bool:
@@ -106,10 +162,38 @@ def cohen_kappa(gold: Sequence[bool], pred: Sequence[bool]) -> float | None:
     return (observed - chance) / (1 - chance)
 
 
-def agreement(gold: Sequence[str], predicted: Sequence[str]) -> dict:
-    """``{"n", "accuracy", "precision", "recall", "kappa", "confusion"}`` (see module docstring).
+def _interval(k: int, n: int) -> dict | None:
+    from sftlab.evaluation.metrics import wilson
 
-    Precision, recall or kappa is ``None`` where its denominator is zero.
+    if n == 0:
+        return None
+    low, high = wilson(k, n)
+    return {"value": round(k / n, 4), "k": k, "n": n, "low": round(low, 4), "high": round(high, 4)}
+
+
+def _kappa_interval(gb: Sequence[bool], pb: Sequence[bool]) -> dict | None:
+    from sftlab.evaluation.metrics import wilson
+
+    n = len(gb)
+    kappa = cohen_kappa(gb, pb)
+    if kappa is None:
+        return None
+    pg, pp = sum(gb) / n, sum(pb) / n
+    chance = pg * pp + (1 - pg) * (1 - pp)
+    low, high = wilson(sum(g == p for g, p in zip(gb, pb)), n)
+    return {"value": round(kappa, 4), "low": round((low - chance) / (1 - chance), 4),
+            "high": round((high - chance) / (1 - chance), 4)}
+
+
+def agreement(gold: Sequence[str], predicted: Sequence[str], detail: bool = False) -> dict:
+    """``{"n", "agreement", "accuracy", "precision", "recall", "kappa", "sensitivity",
+    "specificity", "confusion"}`` (see module docstring). Values are floats; with ``detail`` each
+    is ``{"value", "k", "n", "low", "high"}`` (kappa: ``{"value", "low", "high"}``).
+
+    A value is ``None`` where its denominator is zero.
+
+    >>> agreement(["refuse", "comply"], ["partial", "comply"])["agreement"]
+    1.0
     """
     n = len(gold)
     confusion = {g: {p: 0 for p in LABELS} for g in LABELS}
@@ -118,10 +202,44 @@ def agreement(gold: Sequence[str], predicted: Sequence[str]) -> dict:
     gb = [_refusal(g) for g in gold]
     pb = [_refusal(p) for p in predicted]
     tp = sum(g and p for g, p in zip(gb, pb))
-    kappa = cohen_kappa(gb, pb)
-    return {"n": n,
-            "accuracy": round(sum(g == p for g, p in zip(gold, predicted)) / n, 4) if n else None,
-            "precision": round(tp / sum(pb), 4) if sum(pb) else None,
-            "recall": round(tp / sum(gb), 4) if sum(gb) else None,
-            "kappa": round(kappa, 4) if kappa is not None else None,
-            "confusion": confusion}
+    tn = sum(not g and not p for g, p in zip(gb, pb))
+    est = {"agreement": _interval(tp + tn, n),
+           "accuracy": _interval(sum(g == p for g, p in zip(gold, predicted)), n),
+           "precision": _interval(tp, sum(pb)), "recall": _interval(tp, sum(gb)),
+           "sensitivity": _interval(tp, sum(gb)), "specificity": _interval(tn, n - sum(gb)),
+           "kappa": _kappa_interval(gb, pb) if n else None}
+    out = {"n": n}
+    for key, e in est.items():
+        out[key] = e if detail else (e["value"] if e is not None else None)
+    out["confusion"] = confusion
+    return out
+
+
+def grouped_agreement(data: LabelledSet, predicted: Sequence[str]) -> dict:
+    """``{"overall": agreement, "by_source": {model: agreement}, "by_slice": {safe|unsafe: ...}}``
+    with intervals (``detail``); the groups present in the file only."""
+    out = {"overall": agreement(data.labels, predicted, detail=True), "by_source": {}, "by_slice": {}}
+    for key, values in (("by_source", data.sources), ("by_slice", data.slices)):
+        for name in sorted({v for v in values if v is not None}):
+            idx = [i for i, v in enumerate(values) if v == name]
+            out[key][name] = agreement([data.labels[i] for i in idx], [predicted[i] for i in idx],
+                                       detail=True)
+    return out
+
+
+def detector_labels(detector, data: LabelledSet) -> tuple[list[str], list[float | None], str]:
+    """``(labels, p_refusal, how)`` of a detector on labelled data, out of sample: on the data a
+    learned detector was fitted on, its recorded leave-one-source-out predictions."""
+    from sftlab.evaluation.classifier import detect_all
+
+    oos = getattr(detector, "out_of_sample", None)
+    found = oos(data) if callable(oos) else None
+    if found is not None:
+        return ([d.label for d in found], [d.p_refusal for d in found],
+                "out of sample: leave-one-model-out predictions recorded when the weights were fitted")
+    fitted = getattr(detector, "fitted_on", None)
+    if callable(fitted) and fitted(data):
+        raise UsageError(f"{data.path}: the detector was fitted on this data and holds no out-of-sample "
+                         "predictions for it; agreement on it would not be out of sample")
+    pairs = detect_all(detector, data.responses, data.prompts or None)
+    return [p[0] for p in pairs], [p[1] for p in pairs], "detector run on every response"

@@ -96,13 +96,70 @@ class ClassifierDetector:
                 "labels": {str(i): lab for i, lab in self.labels.items()}}
 
 
-def load_detector(spec: str | None = "rules", label_map: dict[str, str] | None = None,
-                  trust_remote_code: bool = False):
-    """``rules`` (or ``None``) -> ``RuleDetector``; a directory -> ``ClassifierDetector``."""
-    if spec in (None, "", "rules"):
+DEFAULT_DETECTOR = "learned"
+"""The detector ``sftlab eval`` uses unless told otherwise (the learned detector generalised
+better than the rules on XSTest, leave one model out: see docs/INTERFACES.md)."""
+DETECTOR_SPECS = "learned[:threshold=T] | rules | judge:DIR | DIR (a sequence-classification model)"
+
+
+def _options(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.partition(":")
+    opts = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise UsageError(f"--detector {spec}: {part!r} is not KEY=VALUE")
+        opts[key.strip()] = value.strip()
+    return name, opts
+
+
+def _threshold(spec: str, value) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--detector {spec}: threshold {value!r} is not a number") from None
+    if not 0.0 < t < 1.0:
+        raise UsageError(f"--detector {spec}: threshold {t} is not between 0 and 1")
+    return t
+
+
+def default_detector():
+    """The default detector (``DEFAULT_DETECTOR``)."""
+    return load_detector(DEFAULT_DETECTOR)
+
+
+def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str] | None = None,
+                  trust_remote_code: bool = False, threshold: float | None = None):
+    """A detector by spec (``DETECTOR_SPECS``): ``learned`` (or ``None``; ``learned:threshold=0.6``)
+    -> ``LearnedDetector``; ``rules`` -> ``RuleDetector``; ``judge:DIR`` (``judge:DIR,format=wildguard``)
+    -> ``JudgeDetector``; a directory -> ``ClassifierDetector``. ``threshold`` overrides the spec's."""
+    spec = spec or DEFAULT_DETECTOR
+    if spec == "rules":
         return RuleDetector()
+    if spec == "learned" or spec.startswith("learned:"):
+        from sftlab.evaluation.learned import DEFAULT_THRESHOLD, LearnedDetector
+
+        _, opts = _options(spec)
+        unknown = set(opts) - {"threshold"}
+        if unknown:
+            raise UsageError(f"--detector {spec}: unknown setting {sorted(unknown)[0]!r} (known: threshold)")
+        t = threshold if threshold is not None else opts.get("threshold", DEFAULT_THRESHOLD)
+        return LearnedDetector(threshold=_threshold(spec, t))
+    if spec.startswith("judge:"):
+        from sftlab.evaluation.judge import JudgeDetector
+
+        path, _, rest = spec[len("judge:"):].partition(",")
+        _, opts = _options("judge:" + rest)
+        unknown = set(opts) - {"format", "threshold", "batch_size"}
+        if unknown:
+            raise UsageError(f"--detector {spec}: unknown setting {sorted(unknown)[0]!r} "
+                             "(known: format, threshold, batch_size)")
+        t = threshold if threshold is not None else opts.get("threshold", 0.5)
+        return JudgeDetector(path, prompt_format=opts.get("format", "auto"),
+                             threshold=_threshold(spec, t), batch_size=int(opts.get("batch_size", 8)),
+                             trust_remote_code=trust_remote_code)
     if not os.path.isdir(spec):
-        raise UsageError(f"--detector {spec}: expected 'rules' or a classifier model directory")
+        raise UsageError(f"--detector {spec}: expected {DETECTOR_SPECS}")
     try:
         return ClassifierDetector(spec, label_map, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -113,3 +170,16 @@ def label_all(detector, texts: list[str]) -> list[str]:
     """A detector's labels for many texts (batched when the detector can)."""
     batch = getattr(detector, "label_all", None)
     return batch(texts) if callable(batch) else [detector(t) for t in texts]
+
+
+def detect_all(detector, texts: list[str], prompts: list[str | None] | None = None) -> list[tuple[str, float | None]]:
+    """``(label, p_refusal)`` per text; ``p_refusal`` is ``None`` for detectors without a
+    probability (the rules, a classifier). Judges also see the prompt when given."""
+    batch = getattr(detector, "detect_all", None)
+    if callable(batch):
+        try:
+            found = batch(texts, prompts=prompts)
+        except TypeError:
+            found = batch(texts)
+        return [(d.label, d.p_refusal) for d in found]
+    return [(lab, None) for lab in label_all(detector, texts)]

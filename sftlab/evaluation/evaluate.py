@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
-from sftlab.evaluation.classifier import label_all
+from sftlab.evaluation.classifier import default_detector, label_all
 from sftlab.evaluation.detector import RuleDetector
 from sftlab.evaluation.gates import check_gates, compare
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
@@ -200,7 +200,7 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
     """``(eval_json, output_rows)`` for the tuned model and, when given, the reference."""
     from sftlab.manifest import environment
 
-    detector = detector if detector is not None else RuleDetector()
+    detector = detector if detector is not None else default_detector()
     tuned = evaluate_model("tuned", opts.model, opts, detector, cache, opts.template)
     ref = None
     if opts.reference:
@@ -299,7 +299,7 @@ def generation_eval(model, tokenizer, template, prompts, settings=None, detector
     if isinstance(settings, dict):
         settings = DecoderSettings(**settings)
     settings = settings or DecoderSettings(max_new_tokens=64)
-    detector = detector or RuleDetector()
+    detector = detector or default_detector()
     items = []
     for i, p in enumerate(prompts):
         if isinstance(p, dict):
