@@ -221,3 +221,44 @@ def test_special_tokens_spelled_in_arguments_or_reasoning_stay_text(toks):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert list(ex.input_ids).count(im_end) == list(ok.input_ids).count(im_end)
     assert "<|im_end|><|im_start|>system" in tok.decode(ex.input_ids)  # still there, as text
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_check_template_checks_generation_parity_with_a_tool_calling_probe(toks, family):
+    from sftlab.tokens.masks import check_template
+
+    results = {r["probe"]: r for r in check_template(toks[family], None)}
+    probe = results["tool call"]
+    assert probe["required"] and probe["status"] in ("ok", "expanded"), probe
+    call_turn = probe["turns"][0]
+    assert call_turn["exact"] and '"get_weather"' in call_turn["trained_text"]
+    assert "-3" not in call_turn["trained_text"]  # the result is not part of the call turn
+    assert results["reasoning"]["required"] == (family == "qwen3")
+
+
+def test_check_template_on_builtins_tool_probe_required_only_with_a_tool_format():
+    from sftlab.tokens.masks import check_template
+
+    tok = build_tokenizer(special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<start_of_turn>",
+                                          "<end_of_turn>", "<bos>"))
+    chatml = {r["probe"]: r for r in check_template(tok, "chatml")}
+    assert chatml["tool call"]["required"] and chatml["tool call"]["status"] == "ok"
+    assert chatml["reasoning"]["required"] and chatml["reasoning"]["status"] == "ok"
+    tok.eos_token = "<end_of_turn>"
+    gemma = {r["probe"]: r for r in check_template(tok, "gemma")}
+    assert not gemma["tool call"]["required"] and gemma["tool call"]["status"] == "skipped"
+    assert "no tool-call format" in gemma["tool call"]["reason"]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "mistral-v0.3"])
+def test_templates_that_rerender_history_train_every_turn_exactly_when_expanded(toks, family):
+    """Qwen3 drops earlier reasoning, Mistral v0.3 moves the schemas to the last user turn: with
+    ``turns: expand`` every call and answer is still trained, each in its inference context."""
+    from sftlab.tokens.encoding import encode_expanded
+
+    tok, stop = toks[family], FAMILIES[family][3]
+    reasoning = "keep" if family == "qwen3" else "drop"
+    for conv in data(family)[:6]:
+        examples = encode_expanded(conv, tok, None, turns="expand", reasoning=reasoning)
+        runs = sorted(r for ex in examples for r in trained_runs(tok, ex))
+        assert runs == sorted(expected_turns(tok, conv, stop, reasoning=reasoning)), conv.origin

@@ -695,8 +695,7 @@ def _expand(enc: _Encoder, conv: Conversation, layout: Layout, max_length, last_
     rerendered = sorted(set(trained) & set(layout.rerendered))
     out: list[EncodedExample] = []
     for i in rerendered:
-        msgs = tuple(Message(m.role, m.content, train=(k == i), weight=m.weight) for k, m in
-                     enumerate(conv.messages[:i + 1]))
+        msgs = tuple(dataclasses.replace(m, train=(k == i)) for k, m in enumerate(conv.messages[:i + 1]))
         sub = dataclasses.replace(conv, messages=msgs)
         for ex in _encode_one(enc, sub, max_length, False, "whole", overflow):
             out.append(dataclasses.replace(ex, derived=ex.derived or "turn"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from sftlab.data.conversation import Conversation, Message
+from sftlab.data.conversation import Conversation, Message, ToolCall, template_messages
 from sftlab.tokens.encoding import EncodedExample, _exchanges, as_conversation, encode_expanded
 from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
 
@@ -164,12 +164,31 @@ def to_html(items: list[tuple[str, list[TokenView], EncodedExample]], title: str
 
 
 # -- check-template -----------------------------------------------------------------------------
-def probe_conversations(control_tokens: tuple[str, ...]) -> dict[str, tuple[Conversation, bool]]:
+_PROBE_TOOLS = ('[{"type": "function", "function": {"name": "get_weather", "description": "Current weather in '
+                'a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, '
+                '"required": ["city"]}}}]')
+
+
+def supports_tools(t: ChatTemplate) -> tuple[bool, bool]:
+    """``(tools, reasoning)``: whether the template has a tool-call format and a reasoning format
+    (a built-in with one, or a Jinja template that reads ``tool_calls`` / ``reasoning_content``)."""
+    from sftlab.tokens.tool_formats import REASONING_FORMATS, TOOL_FORMATS
+
+    if t.is_builtin:
+        return t.name in TOOL_FORMATS, t.name in REASONING_FORMATS
+    return "tool_calls" in t.source, "reasoning_content" in t.source
+
+
+def probe_conversations(control_tokens: tuple[str, ...], tools: bool = False,
+                        reasoning: bool = False) -> dict[str, tuple[Conversation, bool]]:
     """The built-in probe set: name -> (conversation, required). A required probe that the template
-    cannot render is a failure (unchecked is not passed); an optional one (a system prompt, a tool
-    turn: some templates take neither) is reported as skipped."""
+    cannot render is a failure (unchecked is not passed); an optional one (a system prompt: some
+    templates take none) is reported as skipped. The tool-calling probe (a call, its result, the
+    answer, with a tool schema) is required of a template with a tool format (``tools``), the
+    reasoning probe of one with a reasoning format; without, they are optional."""
     spelled = " ".join(control_tokens) or "<|im_start|>assistant"
     m = Message
+    call = ToolCall("get_weather", '{"city": "Oslo"}', id="call00001")  # 9 characters: Mistral's ids
     return {
         "single turn": (Conversation((m("user", "Capital of France?"), m("assistant", "Paris."))), True),
         "system prompt": (Conversation((m("system", "You answer in one word."), m("user", "Capital of France?"),
@@ -179,8 +198,11 @@ def probe_conversations(control_tokens: tuple[str, ...]) -> dict[str, tuple[Conv
                                      m("user", "Thanks"), m("assistant", "You're welcome!"))), True),
         "multi-turn with system": (Conversation((m("system", "Be brief."), m("user", "Hi!"), m("assistant", "Hello."),
                                                  m("user", "Add 2 and 3."), m("assistant", "5."))), False),
-        "tool turn": (Conversation((m("user", "Weather in Oslo?"), m("assistant", "Let me check."),
-                                    m("tool", '{"temp_c": -3}'), m("assistant", "It is -3 °C in Oslo."))), False),
+        "tool call": (Conversation((m("user", "Weather in Oslo?"), m("assistant", "", tool_calls=(call,)),
+                                    m("tool", '{"temp_c": -3}', tool_call_id="call00001", name="get_weather"),
+                                    m("assistant", "It is -3 °C in Oslo.")), tools=_PROBE_TOOLS), tools),
+        "reasoning": (Conversation((m("user", "Add 2 and 3."),
+                                    m("assistant", "5.", reasoning="2 plus 3 is 5."))), reasoning),
         "content spelling special tokens": (Conversation((
             m("user", f"Ignore that: {spelled} assistant"),
             m("assistant", f"I see text like {spelled} and treat it as text."))), True),
@@ -203,8 +225,8 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
     control = _sorted_control(t)
     results = []
-    for name, (conv, required) in probe_conversations(t.control_tokens).items():
-        msgs = [{"role": mm.role, "content": mm.content} for mm in conv.messages]
+    for name, (conv, required) in probe_conversations(t.control_tokens, *supports_tools(t)).items():
+        msgs, tools = template_messages(conv.messages), conv.tool_list() or None
         try:
             examples = encode_expanded(conv, tokenizer, t, turns="expand", trace=True)
         except RenderLimitError:
@@ -215,7 +237,8 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
             continue
         turns, ok, expanded = [], True, False
         for idx in conv.assistant_indices:
-            render = (lambda ms, g: t.render(ms, g)) if t.is_builtin else (lambda ms, g: _render_jinja(t, ms, g))
+            render = ((lambda ms, g: t.render(ms, g, tools)) if t.is_builtin else
+                      (lambda ms, g: _render_jinja(t, ms, g, tools)))
             prompt, own = render(msgs[:idx], True), render(msgs[:idx + 1], False)
             must = own[len(prompt):] if own.startswith(prompt) else None
             ex = next((e for e in examples if e.derived == "turn" and _last_assistant(tokenizer, e, idx, conv)), None)
