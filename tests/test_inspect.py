@@ -37,7 +37,7 @@ def test_annotate_labels_roles_and_weights(hand_tok):
 def test_check_template_passes_for_builtins_and_reports_each_turn():
     tok = build_tokenizer()
     results = check_template(tok, "chatml")
-    assert [r["status"] for r in results] == ["ok"] * len(results) and len(results) == 7
+    assert [r["status"] for r in results] == ["ok"] * len(results) and len(results) == 8  # the tool turn is the tool-call probe; plus reasoning
     turn = results[0]["turns"][0]
     assert turn["prompt_ends_with"].endswith("<|im_start|>assistant\n")
     assert turn["must_generate"] == "Paris.<|im_end|>\n" and turn["trained_text"] == "Paris.<|im_end|>"

@@ -9,8 +9,9 @@ from sftlab.errors import UsageError
 def register(sub) -> None:
     p = sub.add_parser(
         "check-template", help="verify masks and control tokens of a chat template on a probe set",
-        description="Render a built-in probe set (system prompt, multi-turn, tool turn, content spelling "
-                    "special tokens, non-ASCII text) and report, per assistant turn, what the generation "
+        description="Render a built-in probe set (system prompt, multi-turn, content spelling "
+                    "special tokens, non-ASCII text; a tool call with its result and schema for templates with a tool "
+                    "format, reasoning for those with a reasoning format) and report, per assistant turn, what the generation "
                     "prompt ends with, what the model must generate (the template's rendering of the turn "
                     "after its prompt) and what is trained, and whether any control token came from "
                     "content. Exit 1 on any difference, and when a required probe could not be checked.")
