@@ -16,7 +16,8 @@ def register(sub) -> None:
                     "after its prompt) and what is trained, and whether any control token came from "
                     "content. Exit 1 on any difference, and when a required probe could not be checked.")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
-    p.add_argument("--template", default=None, help="built-in template name; default: the tokenizer's own")
+    p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
+                   "default: the tokenizer's own")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
     p.set_defaults(func=run)

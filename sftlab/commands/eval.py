@@ -33,8 +33,8 @@ def register(sub) -> None:
     p.add_argument("--reference", metavar="DIR", help="reference (base) model directory, evaluated the same way")
     p.add_argument("--policy", metavar="POLICY", help="policy YAML whose gates decide pass or fail")
     p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/../eval)")
-    p.add_argument("--template", metavar="NAME", help="training template: a built-in name (default: the "
-                   "model tokenizer's own chat_template)")
+    p.add_argument("--template", metavar="NAME", help="training template: a built-in name or a Jinja file "
+                   "(.jinja/.j2) (default: the model tokenizer's own chat_template)")
     p.add_argument("--alternate-template", metavar="NAME", help="the alternate_template condition's "
                    "built-in (default: zephyr, or chatml when training used zephyr)")
     p.add_argument("--system-prompt", metavar="TEXT", help="system prompt for prompts without their own")

@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="count lengths in tokens of the rendered conversation (prompt = untrained "
                         "tokens, response = trained tokens) instead of words")
     p.add_argument("--template", default=None,
-                   help="with --tokenizer: built-in template name or a Jinja template; default: the "
+                   help="with --tokenizer: built-in template name, a Jinja template or a Jinja file; default: the "
                         "tokenizer's own chat_template")
     p.add_argument("--max-length", type=int, default=None, metavar="N",
                    help="with --tokenizer: truncate as training does (encoding.max_length)")
