@@ -647,3 +647,9 @@ def test_a_classifier_directory_with_only_pickled_weights_is_refused(tmp_path):
     (tmp_path / "clf" / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(UsageError, match="pickled weights"):
         ClassifierDetector(tmp_path / "clf")
+
+
+@pytest.mark.parametrize("damage", [b"[" * 100000, b"\xff\xfe", b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_manifest_of_a_damaged_run_json_is_one_line(tmp_path, capsys, damage):
+    (tmp_path / "run.json").write_bytes(damage)
+    assert "run.json" in one_line_refusal(capsys, main(["manifest", str(tmp_path)]))
