@@ -1,0 +1,81 @@
+"""The generation-parity contract (DESIGN.md, invariant 2) on the official chat templates of
+current model families, committed as fixtures (tests/data/chat_templates, sources and licences in
+its README). Each family gets a small BPE tokenizer with the template's control tokens as special
+tokens. For each template: ``check-template`` passes (every turn of the probe set trains exactly
+what the model must generate: single- and multi-turn, with and without a system message where the
+template takes one; content spelling every control token adds no control token), and the ids
+equal the tokenizer's own tokenization of the rendering.
+
+Templates that cannot meet the contract are listed in ``REFUSED`` with the reason sftlab gives."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftlab.data.conversation import Conversation, Message
+from sftlab.demo.tiny import build_tokenizer
+from sftlab.tokens.encoding import EncodingError, encode_expanded
+from sftlab.tokens.masks import check_template
+from sftlab.tokens.templates import get_template
+
+HERE = Path(__file__).parent / "data" / "chat_templates"
+INDEX = json.loads((HERE / "templates.json").read_text(encoding="utf-8"))
+
+# Templates whose own rendering of an assistant turn does not start with its generation prompt:
+# nothing defines what the model generates there, so sftlab refuses to train them (the reason says so).
+REFUSED = {
+    "deepseek-r1-distill-qwen": "does not start with the generation prompt",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {}
+
+
+def tokenizer_for(name: str, cache: dict):
+    if name not in cache:
+        spec = INDEX[name]
+        control = list(dict.fromkeys(["<|pad|>", *spec["control"]]))
+        tok = build_tokenizer([(HERE / f"{name}.jinja").read_text(encoding="utf-8")], vocab_size=600,
+                              special_tokens=control)
+        tok.bos_token = spec["bos_token"]
+        tok.eos_token = spec["eos_token"]
+        tok.chat_template = (HERE / f"{name}.jinja").read_text(encoding="utf-8")
+        cache[name] = tok
+    return cache[name]
+
+
+@pytest.mark.parametrize("name", sorted(set(INDEX) - set(REFUSED)))
+def test_check_template_passes_on_the_official_template(name, tokenizers):
+    tok = tokenizer_for(name, tokenizers)
+    results = check_template(tok, None)
+    failed = [(r["probe"], r.get("reason"), [t for t in r["turns"] if not t["exact"]],
+               r.get("control_tokens_from_content")) for r in results if r["status"] == "mismatch"]
+    assert not failed, failed
+    checked = {r["probe"] for r in results if r["status"] in ("ok", "expanded")}
+    assert {"single turn", "multi-turn", "content spelling special tokens"} <= checked
+    # With and without a system message, where the template takes one.
+    assert "system prompt" in checked or "system" in next(r["reason"] for r in results
+                                                          if r["probe"] == "system prompt").lower()
+
+
+@pytest.mark.parametrize("name", sorted(set(INDEX) - set(REFUSED)))
+def test_ids_are_the_tokenizers_own_tokenization_of_the_rendering(name, tokenizers):
+    tok = tokenizer_for(name, tokenizers)
+    t = get_template(None, tok)
+    c = Conversation((Message("user", "What is 2 + 2?"), Message("assistant", "It is 4."),
+                      Message("user", "And 3 + 3?"), Message("assistant", "6, said plainly.")))
+    for ex in encode_expanded(c, tok, t, trace=True):
+        assert list(ex.input_ids) == tok(ex.trace.layout.text, add_special_tokens=False).input_ids
+        assert ex.trained_tokens > 0
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_templates_that_cannot_meet_the_contract_are_refused_with_the_reason(name, tokenizers):
+    tok = tokenizer_for(name, tokenizers)
+    with pytest.raises(EncodingError, match=REFUSED[name]):
+        encode_expanded(Conversation((Message("user", "q"), Message("assistant", "a"))), tok, None)
+    assert any(r["status"] == "mismatch" for r in check_template(tok, None))
