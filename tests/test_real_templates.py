@@ -27,6 +27,7 @@ INDEX = json.loads((HERE / "templates.json").read_text(encoding="utf-8"))
 # nothing defines what the model generates there, so sftlab refuses to train them (the reason says so).
 REFUSED = {
     "deepseek-r1-distill-qwen": "does not start with the generation prompt",
+    "qwq-32b": "does not start with the generation prompt",
 }
 
 
