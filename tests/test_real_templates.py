@@ -23,11 +23,13 @@ from sftlab.tokens.templates import get_template
 HERE = Path(__file__).parent / "data" / "chat_templates"
 INDEX = json.loads((HERE / "templates.json").read_text(encoding="utf-8"))
 
-# Templates whose own rendering of an assistant turn does not start with its generation prompt:
-# nothing defines what the model generates there, so sftlab refuses to train them (the reason says so).
+# Templates that cannot meet the contract, with the reason sftlab gives: their own rendering of an
+# assistant turn does not start with its generation prompt (nothing defines what the model generates
+# there), or they write no stop the model could learn.
 REFUSED = {
     "deepseek-r1-distill-qwen": "does not start with the generation prompt",
     "qwq-32b": "does not start with the generation prompt",
+    "rwkv-world": "writes no stop sequence",  # plain-text turns, no control token to stop at
 }
 
 
