@@ -414,6 +414,9 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
                 break
             common.append(a)
     stop_run = common or run_a
+    eos = t.special.get("eos_token")
+    if eos in stop_run[:-1]:  # the run went on into the next turn's opener (a generation prompt always written)
+        stop_run = stop_run[:len(stop_run) - stop_run[::-1].index(eos)]
     if stop_run:
         stop = after[:w_a] + "".join(stop_run)
         generated = own[len(prompt):content_end] + stop
