@@ -82,3 +82,27 @@ def test_templates_that_cannot_meet_the_contract_are_refused_with_the_reason(nam
     with pytest.raises(EncodingError, match=REFUSED[name]):
         encode_expanded(Conversation((Message("user", "q"), Message("assistant", "a"))), tok, None)
     assert any(r["status"] == "mismatch" for r in check_template(tok, None))
+
+
+# Built-in formats named for a model version equal that version's official template, token for token.
+BUILTIN_OFFICIAL = [("llama3.1", "llama-3.3"), ("gemma", "gemma-2"), ("phi3", "phi-3.5")]
+
+
+@pytest.mark.parametrize("builtin,fixture", BUILTIN_OFFICIAL)
+def test_builtin_formats_equal_the_official_template_token_for_token(builtin, fixture, tokenizers):
+    from sftlab.tokens.encoding import encode
+
+    tok = tokenizer_for(fixture, tokenizers)
+    official, ours = get_template(None, tok), get_template(builtin, tok)
+    m = Message
+    convs = [Conversation((m("user", "  Hi there! "), m("assistant", "\nHello.\n"))),
+             Conversation((m("user", "q1"), m("assistant", "a1"), m("user", "q2 "), m("assistant", " a2")))]
+    if builtin != "gemma":  # Gemma 2's template refuses a system message (the built-in folds it in)
+        convs.append(Conversation((m("system", "Be brief. "), m("user", "q"), m("assistant", "a"))))
+    for c in convs:
+        msgs = [{"role": x.role, "content": x.content} for x in c.messages]
+        for gen in (False, True):
+            assert ours.render(msgs, gen) == official.render(msgs, gen)
+        a, b = encode(c, tok, ours), encode(c, tok, official)
+        assert list(a.input_ids) == list(b.input_ids) and list(a.loss_weights) == list(b.loss_weights)
+    assert ours.end_of_turn == official.end_of_turn

@@ -25,6 +25,8 @@ class _Format:
     default_system: str | None = None
     role_names: dict[str, str] = field(default_factory=dict)  # role -> name written in the header
     extra_control: tuple[str, ...] = ()
+    trim: tuple[str, ...] = ()        # roles whose content the format trims (as the official template does)
+    closing: str = ""                 # written once after the last message when no generation prompt follows
 
 
 _CHATML = _Format(
@@ -41,6 +43,19 @@ _LLAMA3 = _Format(
     eot=("<|eot_id|>",), generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
     bos="<|begin_of_text|>", extra_control=("<|start_header_id|>", "<|end_header_id|>"))
 
+_LLAMA31_HEADER = ("<|start_header_id|>system<|end_header_id|>\n\n"
+                   "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n")
+_LLAMA31 = _Format(
+    "llama3.1",
+    prefix={"system": _LLAMA31_HEADER, **{r: f"<|start_header_id|>{n}<|end_header_id|>\n\n" for r, n in
+                                          (("user", "user"), ("assistant", "assistant"), ("tool", "ipython"))}},
+    suffix={r: "<|eot_id|>" for r in ("system", "user", "assistant", "tool")},
+    eot=("<|eot_id|>",), generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    bos="<|begin_of_text|>", default_system=_LLAMA31_HEADER, trim=("system", "user", "assistant"),
+    extra_control=("<|start_header_id|>", "<|end_header_id|>"))
+"""Llama 3.1 / 3.2 / 3.3 Instruct without tools: the system header with the date lines is always written
+(``date_string`` is the template's own default, 26 Jul 2024), content is trimmed."""
+
 _MISTRAL = _Format(
     "mistral",
     prefix={"user": "[INST] ", "assistant": ""},
@@ -53,7 +68,7 @@ _GEMMA = _Format(
     prefix={"user": "<start_of_turn>user\n", "assistant": "<start_of_turn>model\n"},
     suffix={"user": "<end_of_turn>\n", "assistant": "<end_of_turn>\n"},
     eot=("<end_of_turn>",), generation_prompt="<start_of_turn>model\n", bos="<bos>", merge_system=True,
-    extra_control=("<start_of_turn>",))
+    trim=("user", "assistant"), extra_control=("<start_of_turn>",))
 
 _ZEPHYR = _Format(
     "zephyr",
@@ -65,7 +80,8 @@ _PHI3 = _Format(
     "phi3",
     prefix={r: f"<|{r}|>\n" for r in ("system", "user", "assistant")},
     suffix={r: "<|end|>\n" for r in ("system", "user", "assistant")},
-    eot=("<|end|>",), generation_prompt="<|assistant|>\n", extra_control=("<|system|>", "<|user|>", "<|assistant|>"))
+    eot=("<|end|>",), generation_prompt="<|assistant|>\n", closing="{eos}",
+    extra_control=("<|system|>", "<|user|>", "<|assistant|>"))
 
 _ALPACA = _Format(
     "alpaca",
@@ -75,7 +91,7 @@ _ALPACA = _Format(
     default_system="Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 
-_FORMATS = {f.name: f for f in (_CHATML, _LLAMA3, _MISTRAL, _GEMMA, _ZEPHYR, _PHI3, _ALPACA)}
+_FORMATS = {f.name: f for f in (_CHATML, _LLAMA3, _LLAMA31, _MISTRAL, _GEMMA, _ZEPHYR, _PHI3, _ALPACA)}
 
 
 def _jinja_str(s: str) -> str:
@@ -100,27 +116,32 @@ def _format_jinja(f: _Format) -> str:
         lines.append("{%- set ns = namespace(system='') %}")
     lines.append("{%- for message in messages %}")
     branches = []
+
+    def content(role):
+        return "(message['content'] | trim)" if role in f.trim else "message['content']"
+
     for role in ("system", "user", "assistant", "tool"):
         if role == "system" and f.merge_system:
-            body = "{%- set ns.system = message['content'] + '\\n\\n' %}"
+            body = "{%- set ns.system = " + content(role) + " + '\\n\\n' %}"
         elif role not in f.prefix:
             body = ("{{- raise_exception('the " + f.name + " format has no " + role + " role') }}")
         elif role == "assistant":
-            body = ("{{- " + _jinja_str(f.prefix[role]) + " }}{%- generation %}{{- message['content'] + "
+            body = ("{{- " + _jinja_str(f.prefix[role]) + " }}{%- generation %}{{- " + content(role) + " + "
                     + _jinja_str(a_eot) + " }}{%- endgeneration %}"
                     + ("{{- " + _jinja_str(a_after) + " }}" if a_after else ""))
         elif role == "user" and f.merge_system:
-            body = ("{{- " + _jinja_str(f.prefix[role]) + " + ns.system + message['content'] + "
+            body = ("{{- " + _jinja_str(f.prefix[role]) + " + ns.system + " + content(role) + " + "
                     + _jinja_str(f.suffix[role]) + " }}{%- set ns.system = '' %}")
         else:
-            body = ("{{- " + _jinja_str(f.prefix[role]) + " + message['content'] + "
+            body = ("{{- " + _jinja_str(f.prefix[role]) + " + " + content(role) + " + "
                     + _jinja_str(f.suffix[role]) + " }}")
         branches.append(("{%- if" if not branches else "{%- elif") + f" message['role'] == '{role}' %}}" + body)
     lines.extend(branches)
     lines.append("{%- else %}{{- raise_exception('unknown role: ' + message['role']) }}{%- endif %}")
     lines.append("{%- endfor %}")
-    if f.generation_prompt:
-        lines.append("{%- if add_generation_prompt %}{{- " + _jinja_str(f.generation_prompt) + " }}{%- endif %}")
+    if f.generation_prompt or f.closing:
+        lines.append("{%- if add_generation_prompt %}{{- " + _jinja_str(f.generation_prompt) + " }}"
+                     + ("{%- else %}{{- " + _jinja_str(f.closing) + " }}" if f.closing else "") + "{%- endif %}")
     return "".join(lines)
 
 
@@ -134,13 +155,14 @@ def _format_pieces(f: _Format, eos: str) -> tuple:
         sub = (lambda s: s.replace("{eos}", eos))
         default_system = None if f.default_system is None else sub(f.default_system + f.suffix["system"])
         _PIECES[key] = (f, sub(f.bos), default_system, {r: sub(p) for r, p in f.prefix.items()},
-                        {r: sub(p) for r, p in f.suffix.items()}, sub("".join(f.eot)), sub(f.generation_prompt))
+                        {r: sub(p) for r, p in f.suffix.items()}, sub("".join(f.eot)), sub(f.generation_prompt),
+                        sub(f.closing))
     return _PIECES[key][1:]
 
 
 def _format_layout(f: _Format, messages: list[dict], eos: str, add_generation_prompt: bool) -> Layout:
     """Render with a built-in format, recording each content span as the text is built."""
-    bos, default_system, prefixes, suffixes, eot, generation_prompt = _format_pieces(f, eos)
+    bos, default_system, prefixes, suffixes, eot, generation_prompt, closing = _format_pieces(f, eos)
     parts: list[str] = [bos]
     pos = len(bos)
     spans: list[Span] = []
@@ -151,6 +173,8 @@ def _format_layout(f: _Format, messages: list[dict], eos: str, add_generation_pr
     pending_system: tuple[int, str] | None = None
     for i, m in enumerate(messages):
         role, content = m["role"], m["content"]
+        if role in f.trim:
+            content = content.strip()
         if role == "system" and f.merge_system:
             pending_system = (i, content)
             continue
@@ -178,4 +202,6 @@ def _format_layout(f: _Format, messages: list[dict], eos: str, add_generation_pr
     if add_generation_prompt:  # a prompt for generation: nothing is trained from it
         parts.append(generation_prompt)
         turns = []
+    else:
+        parts.append(closing)
     return Layout("".join(parts), tuple(spans), turns=tuple(turns))
