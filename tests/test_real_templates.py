@@ -23,6 +23,8 @@ from sftlab.tokens.templates import get_template
 HERE = Path(__file__).parent / "data" / "chat_templates"
 INDEX = json.loads((HERE / "templates.json").read_text(encoding="utf-8"))
 
+TOOL_PROBES = ("tool call", "reasoning")
+
 # Templates that cannot meet the contract, with the reason sftlab gives: their own rendering of an
 # assistant turn does not start with its generation prompt (nothing defines what the model generates
 # there), or they write no stop the model could learn.
@@ -54,7 +56,9 @@ def tokenizer_for(name: str, cache: dict):
 @pytest.mark.parametrize("name", sorted(set(INDEX) - set(REFUSED)))
 def test_check_template_passes_on_the_official_template(name, tokenizers):
     tok = tokenizer_for(name, tokenizers)
-    results = check_template(tok, None)
+    # The text contract; the tool-call and reasoning probes (templates with those formats) are the tool-call
+    # rendering's, checked where those formats are built (tests/test_tools_data.py).
+    results = [r for r in check_template(tok, None) if r["probe"] not in TOOL_PROBES]
     failed = [(r["probe"], r.get("reason"), [t for t in r["turns"] if not t["exact"]],
                r.get("control_tokens_from_content")) for r in results if r["status"] == "mismatch"]
     assert not failed, failed
