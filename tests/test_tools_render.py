@@ -261,3 +261,20 @@ def test_templates_that_rerender_history_train_every_turn_exactly_when_expanded(
         examples = encode_expanded(conv, tok, None, turns="expand", reasoning=reasoning)
         runs = sorted(r for ex in examples for r in trained_runs(tok, ex))
         assert runs == sorted(expected_turns(tok, conv, stop, reasoning=reasoning)), conv.origin
+
+
+def test_stats_reasoning_share_of_trained_tokens(toks):
+    from sftlab.data.stats import EncodedLengths, tool_stats
+
+    tok = toks["qwen3"]
+    convs = [c for c in load_files([REASON]).conversations if c.messages[-1].reasoning]
+    for mode in ("keep", "mask"):
+        examples, failed = encode_all(convs, tok, None, last_turn_only=True, reasoning=mode)
+        share = tool_stats(convs, EncodedLengths(examples, len(failed), "qwen3"))["slices"]["all"]["reasoning_share"]
+        if mode == "mask":
+            assert share == 0.0
+            continue
+        # Counted independently: trained tokens that decode inside the final turn's reasoning.
+        n = sum(len(tok(c.messages[-1].reasoning.strip(), add_special_tokens=False)["input_ids"]) for c in convs)
+        total = sum(e.trained_tokens for e in examples)
+        assert abs(share - n / total) < 0.02 and share > 0.2

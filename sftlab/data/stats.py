@@ -14,10 +14,11 @@ is pure over ``Conversation`` values and returns one JSON-serialisable dict, wri
     turns            assistant turns per conversation: DIST
     lengths          {"unit": "words"|"tokens", "prompt": DIST, "response": DIST,
                       "template": name or null, "unencoded": n}
-    tools            {"unit": "words", "slices": {"all"|slice: {"records", "with_tools", "share",
+    tools            {"unit": "words"|"tokens", "slices": {"all"|slice: {"records", "with_tools", "share",
                       "calls": DIST of tool calls per record, "reasoning_share"}}}: records
-                     with tools (a tools list or a tool call), and reasoning words as a share of the
-                     trained words (assistant content, reasoning and call arguments)
+                     with tools (a tools list or a tool call), and reasoning as a share of what is
+                     trained: trained reasoning tokens / trained tokens with an encoding, else
+                     reasoning words / assistant words (content, reasoning and call arguments)
     refusals         {"refuse", "comply", "share" (refuse / records), "uncategorised",
                       "categories": [{"name", "refusals", "benign_contrast", "contrasts",
                                       "has_contrast"}]}
@@ -109,7 +110,7 @@ def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conve
         "tasks": task_diversity(convs),
         "turns": distribution([len(c.assistant_indices) for c in convs]),
         "lengths": length_stats(convs, encoded),
-        "tools": tool_stats(convs),
+        "tools": tool_stats(convs, encoded),
         "refusals": refusal_stats(convs, policy),
         "duplicates": duplicate_stats(convs, signer, near_threshold, max_examples),
         "leakage": (leakage_stats(convs, list(heldout), signer, near_threshold, max_examples)
@@ -199,11 +200,12 @@ def length_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None =
     return out
 
 
-def tool_stats(convs: Sequence[Conversation]) -> dict[str, Any]:
+def tool_stats(convs: Sequence[Conversation], encoded: "EncodedLengths | None" = None) -> dict[str, Any]:
     """Tool use and reasoning per slice (``all`` first, then slices by name).
 
-    A record "has tools" when it lists tool schemas or makes a tool call. The reasoning share is
-    reasoning words over trained words (assistant content + reasoning + call name and arguments).
+    A record "has tools" when it lists tool schemas or makes a tool call. The reasoning share is,
+    with ``encoded``, trained reasoning tokens over trained tokens (0 under ``reasoning: mask``);
+    without, reasoning words over assistant words (content + reasoning + call name and arguments).
 
         >>> from sftlab.data.conversation import Conversation, Message, ToolCall
         >>> a = Message("assistant", "It is cold.", reasoning="check the weather first",
@@ -230,10 +232,14 @@ def tool_stats(convs: Sequence[Conversation]) -> dict[str, Any]:
                 reasoning += r
                 trained += r + len(m.content.split()) + sum(
                     1 + len(t.arguments.split()) for t in m.tool_calls)
+        if encoded is not None:
+            examples = [e for e in encoded.examples if name == "all" or e.slice == name]
+            reasoning = sum(getattr(e, "reasoning_tokens", 0) for e in examples)
+            trained = sum(e.trained_tokens for e in examples)
         out[name] = {"records": len(rows), "with_tools": with_tools,
                      "share": _r(with_tools / len(rows)) if rows else 0.0, "calls": distribution(calls),
                      "reasoning_share": _r(reasoning / trained) if trained else 0.0}
-    return {"unit": "words", "slices": out}
+    return {"unit": "words" if encoded is None else "tokens", "slices": out}
 
 
 def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str, Any]:

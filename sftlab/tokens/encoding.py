@@ -95,6 +95,8 @@ class EncodedExample:
     lost_trained_tokens: int = 0
     """Trained tokens of this record that no example holds (dropped by ``max_length`` truncation
     and not split into further examples); counted on the record's own example."""
+    reasoning_tokens: int = 0
+    """Trained tokens inside reasoning (``encoding.reasoning: keep``), for the statistics."""
     trace: "Trace | None" = dataclasses.field(default=None, compare=False, repr=False)
     """How the example was made (rendering, spans, token offsets), kept only where asked
     (``encode_expanded(..., trace=True)``, ``sftlab.tokens.masks.annotate``), never in bulk encoding."""
@@ -354,8 +356,13 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
         weights = loss_weights(enc.weights(offsets, layout, trained))
     n_trained = len(weights) - weights.count(0.0)
     trace = Trace(layout, offsets, messages) if _KEEP_TRACE.get() else None
+    n_reasoning = 0
+    if layout.reasoning_spans and n_trained:
+        spans = [(a, b) for _, a, b in layout.reasoning_spans]
+        n_reasoning = sum(1 for (s, _), w in zip(offsets, weights) if w > 0 and any(a <= s < b for a, b in spans))
     return EncodedExample(token_ids(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
-                          conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin, trace=trace)
+                          conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin,
+                          reasoning_tokens=n_reasoning, trace=trace)
 
 
 def _check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, float]) -> None:
