@@ -54,10 +54,21 @@ def register(sub) -> None:
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="extra stop strings")
     p.add_argument("--robustness-threshold", type=float, default=0.1, metavar="X",
                    help="flag a metric whose spread across conditions exceeds X (default: 0.1)")
-    p.add_argument("--detector", default="learned", metavar="SPEC",
+    p.add_argument("--detector", action="append", default=None, metavar="SPEC",
                    help="refusal detector: learned (default; learned:threshold=T), rules, judge:DIR "
                         "(a local causal LM asked a rubric; judge:DIR,format=wildguard) or a "
-                        "sequence-classification model directory")
+                        "sequence-classification model directory. Repeat to run several: the first "
+                        "gives the rates, every one's label and p_refusal go into outputs.jsonl, and "
+                        "responses where they disagree are listed (then label them with `sftlab label`)")
+    p.add_argument("--labelled", metavar="xstest|FILE",
+                   help="human-labelled responses to check the (first) detector on: rates are then "
+                        "also reported corrected for its sensitivity and specificity (Rogan-Gladen), "
+                        "with intervals carrying both the sample's and the detector's uncertainty")
+    p.add_argument("--margin", type=float, default=0.1,
+                   help="list responses whose p_refusal is within this of the threshold (default 0.1)")
+    p.add_argument("--gate-on", choices=("detected", "corrected", "corrected-bound"), default="detected",
+                   help="what policy gates check: detected rates (default), corrected rates, or the "
+                        "corrected interval's end on the failing side (needs --labelled)")
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
     p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
     p.add_argument("--heldout-conversations", metavar="FILE",
@@ -117,7 +128,23 @@ def _options(args):
         raise UsageError(str(e)) from None
     sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns))
     policy = load_policy(args.policy) if args.policy else None
-    detector = load_detector(args.detector, parse_label_map(args.label_map), args.trust_remote_code)
+    specs = args.detector or ["learned"]
+    detectors = [load_detector(spec, parse_label_map(args.label_map), args.trust_remote_code) for spec in specs]
+    names = [d.name for d in detectors]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--detector: the same detector twice ({', '.join(names)})")
+    detector = detectors[0]
+    labelled = None
+    if args.labelled:
+        from sftlab.evaluation.agreement import load_labelled
+
+        labelled = load_labelled(args.labelled)
+        if not labelled.labels:
+            raise UsageError(f"--labelled {args.labelled}: no usable labelled row")
+    elif args.gate_on != "detected":
+        raise UsageError(f"--gate-on {args.gate_on} needs --labelled (the data the detector is checked on)")
+    if not 0.0 <= args.margin < 0.5:
+        raise UsageError(f"--margin must be in [0, 0.5), got {args.margin}")
     heldout = None
     if args.heldout_conversations:
         from sftlab.data.loading import load_files
@@ -132,7 +159,8 @@ def _options(args):
                        conditions=conditions, reference_conditions=reference_conditions,
                        robustness_threshold=args.robustness_threshold,
                        heldout=heldout, heldout_encoding=encoding, progress=not args.json,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, extra_detectors=tuple(detectors[1:]),
+                       labelled=labelled, margin=args.margin, gate_on=args.gate_on)
     return opts, sets, detector
 
 
@@ -188,6 +216,20 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
     for slice_name in sorted(tuned, key=lambda s: (s != "all", s)):
         for metric, e in tuned[slice_name].items():
             print(f"{slice_name:<16} {metric:<28} {_fmt(e):<28} {_fmt(ref.get(slice_name, {}).get(metric)) if ref else ''}")
+    det = report["detector"]
+    print(f"detector: {det['name']}" + (f" (threshold {det['threshold']})" if "threshold" in det else ""))
+    for slice_name, rates in ((report.get("corrected") or {}).get("tuned") or {}).items():
+        for metric, c in rates.items():
+            if c["corrected"] is None:
+                print(f"corrected {metric} [{slice_name}]: not possible: {c['reason']}")
+            else:
+                print(f"corrected {metric} [{slice_name}]: detected {c['detected']:.3f} -> {c['corrected']:.3f} "
+                      f"({c['low']:.2f}-{c['high']:.2f}; sensitivity {c['sensitivity']:.3f}, "
+                      f"specificity {c['specificity']:.3f} on {c['error_from']} labelled prompts)")
+    dis = report.get("disagreements") or {}
+    if dis.get("count"):
+        print(f"{dis['count']} responses where detectors disagree or p_refusal is within {dis['margin']} of the "
+              f"threshold: review them with `sftlab label {paths['outputs']}`")
     for name, cond in report["condition_settings"].items():
         if cond.get("note"):
             print(f"condition {name}: {cond['note']}")

@@ -55,6 +55,17 @@ class EvalOptions:
     the training run's, so the loss equals its validation loss on the same data."""
     progress: bool = False
     trust_remote_code: bool = False
+    extra_detectors: tuple = ()
+    """Further detectors run on every response beside the primary one (their labels and margins
+    go into outputs.jsonl; where they disagree with the primary the response is listed)."""
+    labelled: object = None
+    """A ``LabelledSet`` the primary detector is checked on: rates are then also reported corrected
+    for its sensitivity and specificity (``sftlab.evaluation.correction``)."""
+    margin: float = 0.1
+    """A response whose ``p_refusal`` lies within this distance of the threshold is listed as uncertain."""
+    gate_on: str = "detected"
+    """What gates check: ``detected`` rates, ``corrected`` rates, or ``corrected-bound`` (the
+    corrected interval's end on the failing side: low for ``min`` gates, high for ``max`` gates)."""
 
 
 @dataclass
@@ -94,7 +105,8 @@ def _template(spec: str | None, tok, path: str):
         raise UsageError(f"{path}: {e}") from None
 
 
-def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector) -> dict:
+def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
+         judged: dict | None = None) -> dict:
     from sftlab.evaluation.answers import UnmatchableAnswer, check_answer
 
     correct, problem = None, None
@@ -114,7 +126,34 @@ def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, dete
         row["detector_rules"] = list(detector.decide(response).rules)
     if problem is not None:
         row["answer_problem"] = problem
+    if judged:
+        row.update(judged)
     return row
+
+
+def judge_responses(detector, extras, texts: list[str], prompts: list, margin: float = 0.1) -> list[dict]:
+    """Per response: ``{"label", "p_refusal", "detectors": {name: {"label", "p_refusal"}},
+    "disagree", "uncertain"}`` from the primary detector and the extra ones. ``disagree``: some
+    detector's refusal-or-not differs from the primary's; ``uncertain``: some detector's
+    ``p_refusal`` lies within ``margin`` of its threshold."""
+    from sftlab.evaluation.classifier import detect_all
+
+    runs = [(d, detect_all(d, texts, prompts)) for d in (detector, *extras)]
+    out = []
+    for i in range(len(texts)):
+        per, uncertain = {}, False
+        for d, found in runs:
+            label, p = found[i]
+            per[d.name] = {"label": label, "p_refusal": None if p is None else round(p, 6)}
+            t = getattr(d, "threshold", None)
+            if p is not None and t is not None and abs(p - t) < margin:
+                uncertain = True
+        primary = runs[0][1][i]
+        refused = primary[0] in ("refuse", "partial")
+        disagree = any((v["label"] in ("refuse", "partial")) != refused for v in per.values())
+        out.append({"label": primary[0], "p_refusal": per[detector.name]["p_refusal"],
+                    "detectors": per, "disagree": disagree, "uncertain": uncertain})
+    return out
 
 
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
@@ -161,9 +200,13 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
             skipped[cond.name] = str(e)
             continue
         flat = [r for rs in responses for r in rs]
-        labels = iter(label_all(detector, flat))
-        cond_rows = [_row(kind, cond, p, cond.messages(p), j, r, next(labels), detector)
-                     for p, rs in zip(opts.prompts, responses) for j, r in enumerate(rs)]
+        flat_prompts = [p.text for p, rs in zip(opts.prompts, responses) for _ in rs]
+        judged = iter(judge_responses(detector, opts.extra_detectors, flat, flat_prompts, opts.margin))
+        cond_rows = []
+        for p, rs in zip(opts.prompts, responses):
+            for j, r in enumerate(rs):
+                jd = next(judged)
+                cond_rows.append(_row(kind, cond, p, cond.messages(p), j, r, jd["label"], detector, jd))
         results[cond.name] = compute_metrics(cond_rows)
         described[cond.name] = {**cond.describe(), **stops}
         rows.extend(cond_rows)
@@ -208,7 +251,20 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
                              template_spec_of(tuned.template))
     t_primary = tuned.results[PRIMARY]
     r_primary = ref.results.get(PRIMARY) if ref else None
-    gates = check_gates(opts.policy.gates, t_primary, r_primary) if opts.policy is not None else []
+    check, corrected = detector_check(detector, opts.labelled, t_primary, r_primary)
+    if opts.gate_on != "detected" and corrected is None:
+        raise UsageError(f"gates on {opts.gate_on} rates need a labelled file for the detector (--labelled)")
+    gates = (check_gates(opts.policy.gates, t_primary, r_primary, corrected=corrected, mode=opts.gate_on)
+             if opts.policy is not None else [])
+    rows_all = tuned.rows + (ref.rows if ref else [])
+    flagged = [r for r in rows_all if r.get("disagree") or r.get("uncertain")]
+    disagreements = {"count": len(flagged), "margin": opts.margin,
+                     "detectors": [d.name for d in (detector, *opts.extra_detectors)],
+                     "rows": [{"id": r["id"], "model": r["model"], "condition": r["condition"],
+                               "sample": r["sample"], "expected": r["expected"],
+                               "response": (r["response"] or "")[:300],
+                               "detectors": r["detectors"], "disagree": r["disagree"],
+                               "uncertain": r["uncertain"]} for r in flagged[:MAX_LISTED]]}
     settings = opts.settings.to_dict()
     policy = opts.policy.manifest_entry() if opts.policy is not None else None
     sets = [s.describe() for s in (prompt_sets or [])]
@@ -225,16 +281,48 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
         "comparison": compare(t_primary, r_primary) if ref else [],
         "gates": gates, "passed": all(g["passed"] for g in gates),
         "detector": detector.describe(),
+        "extra_detectors": [d.describe() for d in opts.extra_detectors],
+        "detector_check": check, "corrected": corrected, "gate_on": opts.gate_on,
+        "disagreements": disagreements,
         "heldout": tuned.info["heldout"],
         "cache": cache.describe() if cache is not None else None,
         "manifest": {"kind": "eval", "model": {"base": tuned.info["path"], "sha256": tuned.info["sha256"],
                                                "dtype": tuned.info["dtype"]},
                      "tokenizer": tuned.info["tokenizer"], "template": tuned.info["template"],
                      "policy": policy, "decoding": decoding,
+                     "detector": {**_detector_manifest(detector),
+                                  "checked_on": check["labelled"] if check else None},
                      "prompt_sets": [{"path": s["path"], "sha256": s["sha256"]} for s in sets],
                      **environment()},
     }
-    return report, tuned.rows + (ref.rows if ref else [])
+    return report, rows_all
+
+
+MAX_LISTED = 200
+"""At most this many disagreeing or uncertain responses are listed in eval.json (all are marked in
+outputs.jsonl)."""
+
+
+def _detector_manifest(detector) -> dict:
+    d = detector.describe()
+    return {k: d.get(k) for k in ("name", "kind", "version", "threshold", "path") if d.get(k) is not None}
+
+
+def detector_check(detector, labelled, tuned: dict, reference: dict | None):
+    """``(check, corrected)``: the detector's sensitivity and specificity on ``labelled`` (out of
+    sample) and the primary results corrected for them; ``(None, None)`` without labelled data."""
+    if labelled is None:
+        return None, None
+    from sftlab.evaluation.agreement import agreement, detector_labels
+    from sftlab.evaluation.correction import correct_metrics, errors_by_slice
+
+    predicted, _, how = detector_labels(detector, labelled)
+    errors = errors_by_slice(labelled, predicted)
+    check = {"labelled": labelled.describe(), "how": how, "errors": errors,
+             "agreement": agreement(labelled.labels, predicted)}
+    corrected = {"tuned": correct_metrics(tuned, errors),
+                 "reference": correct_metrics(reference, errors) if reference else None}
+    return check, corrected
 
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:

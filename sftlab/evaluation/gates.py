@@ -19,19 +19,52 @@ def _get(results: dict | None, slice_name: str, metric: str) -> dict | None:
     return ((results or {}).get(slice_name) or {}).get(metric)
 
 
-def check_gates(gates, tuned: dict, reference: dict | None = None) -> list[dict]:
+GATE_MODES = ("detected", "corrected", "corrected-bound")
+
+
+def _corrected_value(entry: dict | None, kind: str, mode: str) -> float | None:
+    if not entry or entry.get("corrected") is None:
+        return None
+    if mode == "corrected":
+        return entry["corrected"]
+    return entry["low"] if kind.startswith("min") else entry["high"]
+
+
+def check_gates(gates, tuned: dict, reference: dict | None = None, corrected: dict | None = None,
+                mode: str = "detected") -> list[dict]:
     """One entry per gate: ``{"metric", "slice", "bound", "value", "low", "high", "reference",
-    "passed", "message"}``. ``tuned`` / ``reference`` are ``{slice: {metric: estimate}}``."""
+    "passed", "message", "on"}``. ``tuned`` / ``reference`` are ``{slice: {metric: estimate}}``.
+
+    ``mode`` (``GATE_MODES``): ``detected`` checks the detected rates; ``corrected`` the rates
+    corrected for detector error (``corrected``: ``{"tuned": {slice: {metric: correct_rate}},
+    "reference": ...}``), ``corrected-bound`` the corrected interval's end on the failing side (low
+    for a ``min`` bound, high for a ``max`` bound). A metric without a correction (task accuracy,
+    eval loss) is checked as detected; a rate whose correction is impossible fails the gate."""
+    if mode not in GATE_MODES:
+        raise ValueError(f"gate mode {mode!r} is not one of {GATE_MODES}")
     out = []
     for gate in gates:
         est = _get(tuned, gate.slice, gate.metric) or {}
         ref = _get(reference, gate.slice, gate.metric) or {}
-        passed, message = gate.check(est.get("value"), ref.get("value"))
         kind, bound = gate.bound
+        value, ref_value, on = est.get("value"), ref.get("value"), "detected"
+        c_t = _get((corrected or {}).get("tuned"), gate.slice, gate.metric)
+        if mode != "detected" and c_t is not None:
+            on = mode
+            value = _corrected_value(c_t, kind, mode)
+            if gate.needs_reference:
+                c_r = _get((corrected or {}).get("reference"), gate.slice, gate.metric)
+                ref_value = c_r.get("corrected") if c_r else None
+        if mode != "detected" and c_t is not None and value is None:
+            passed, message = False, f"{gate.metric}: {c_t.get('reason') or 'no corrected value'}"
+        else:
+            passed, message = gate.check(value, ref_value)
+            if on != "detected":
+                message = f"{on} for detector error: {message}"
         out.append({"metric": gate.metric, "slice": gate.slice, "bound": {kind: bound},
-                    "value": est.get("value"), "low": est.get("low"), "high": est.get("high"),
-                    "reference": ref.get("value") if gate.needs_reference else None,
-                    "passed": passed, "message": message})
+                    "value": value, "low": est.get("low"), "high": est.get("high"),
+                    "reference": ref_value if gate.needs_reference else None,
+                    "passed": passed, "message": message, "on": on})
     return out
 
 
