@@ -98,3 +98,21 @@ def test_gates_on_corrected_values_by_hand():
     impossible = {"tuned": {"all": {"harmful_refusal_rate": {"corrected": None, "reason": "no better than chance"}}}}
     g = check_gates(gates, tuned, corrected=impossible, mode="corrected")[0]
     assert not g["passed"] and "chance" in g["message"]
+
+
+def test_report_lists_corrected_rates_and_disagreements():
+    from sftlab.report.evaluation import corrected_table, disagreements
+
+    ev = {"corrected": {"tuned": {"all": {"harmful_refusal_rate": {
+              "detected": 0.3, "corrected": 0.2941, "low": 0.18, "high": 0.41, "sensitivity": 0.9,
+              "specificity": 0.95, "error_from": "unsafe"},
+              "benign_refusal_rate": {"detected": 0.3, "corrected": None, "reason": "sensitivity + specificity <= 1"}}}},
+          "detector_check": {"labelled": {"path": "xstest", "n": 2250}, "how": "out of sample"},
+          "disagreements": {"count": 1, "margin": 0.1, "detectors": ["learned", "rules"], "rows": [
+              {"id": "b1", "model": "tuned", "condition": "training_template", "response": "Ants cannot earn money.",
+               "detectors": {"learned": {"label": "refuse", "p_refusal": 0.55}, "rules": {"label": "comply", "p_refusal": None}},
+               "disagree": True, "uncertain": True}]}}
+    html = str(corrected_table(ev)) + str(disagreements(ev))
+    assert "0.294" in html and "not possible" in html and "2250 labelled" in html
+    assert "Ants cannot earn money." in html and "learned: refuse (0.55)" in html and "sftlab label" in html
+    assert "uncorrected" in str(corrected_table({}))

@@ -166,6 +166,57 @@ def failures(outputs: list[dict[str, Any]]) -> Markup:
     return join(out)
 
 
+DISAGREEMENTS_SHOWN = 20
+
+
+def corrected_table(ev: dict[str, Any]) -> Markup:
+    """Each refusal rate as detected and corrected for the detector's measured error."""
+    corrected = (ev.get("corrected") or {}).get("tuned")
+    check = ev.get("detector_check")
+    if not corrected or not isinstance(check, dict):
+        return tag("p", "No labelled data was given for the detector (sftlab eval --labelled), so the "
+                        "rates are as detected, uncorrected for its error.", class_="note")
+    rows = []
+    for slice_name in _slice_order(corrected):
+        for metric, c in (corrected.get(slice_name) or {}).items():
+            if not isinstance(c, dict):
+                continue
+            value = ("not possible: " + str(c.get("reason")) if c.get("corrected") is None
+                     else f"{c['corrected']:.3f}  [{c['low']:.3g}, {c['high']:.3g}]")
+            rows.append([slice_name, metric, c.get("detected"), value, c.get("sensitivity"),
+                         c.get("specificity"), c.get("error_from")])
+    labelled = check.get("labelled") or {}
+    note = tag("p", f"Sensitivity and specificity measured on {labelled.get('path')} "
+                    f"({labelled.get('n')} labelled responses; {check.get('how')}).", class_="note")
+    return join([table(["slice", "metric", "detected", "corrected [95%]", "sensitivity",
+                        "specificity", "measured on prompts"], rows), note])
+
+
+def disagreements(ev: dict[str, Any]) -> Markup:
+    """Responses where the detectors disagree or a margin is small: for a person to label."""
+    dis = ev.get("disagreements")
+    if not isinstance(dis, dict):
+        return not_recorded("detector disagreements")
+    rows = [r for r in dis.get("rows") or [] if isinstance(r, dict)]
+    head = tag("p", f"{dis.get('count', 0)} responses where the detectors "
+                    f"({', '.join(map(str, dis.get('detectors') or []))}) disagree or p_refusal is within "
+                    f"{dis.get('margin')} of the threshold. Label them with `sftlab label eval/outputs.jsonl`.",
+               class_="note")
+    if not rows:
+        return head
+    body = []
+    for r in rows[:DISAGREEMENTS_SHOWN]:
+        labels = "; ".join(f"{n}: {d.get('label')}" + (f" ({d['p_refusal']:.2f})" if d.get("p_refusal") is not None else "")
+                           for n, d in (r.get("detectors") or {}).items())
+        why = ", ".join(w for w, on in (("disagree", r.get("disagree")), ("small margin", r.get("uncertain"))) if on)
+        body.append([f"{r.get('id')} ({r.get('model')}, {r.get('condition')})",
+                     tag("pre", _text(r.get("response")), class_="sample"), labels, why])
+    out = [head, table(["id", "response", "detectors", "why"], body, class_="wide", widths=[16, 50, 24, 10])]
+    if len(rows) > DISAGREEMENTS_SHOWN:
+        out.append(tag("p", f"showing {DISAGREEMENTS_SHOWN} of {dis.get('count')}", class_="note"))
+    return join(out)
+
+
 def _settings(ev: dict[str, Any]) -> Markup:
     items = []
     for key in ("model", "reference", "decoder", "system_prompt", "policy", "detector"):
@@ -188,5 +239,7 @@ def evaluation_section(files: RunFiles) -> Markup:
         tag("p", Markup(f"Gates: {badge(verdict if isinstance(verdict, bool) else None)}")),
         tag("h3", "Tuned vs reference, per slice"), slice_tables(ev),
         tag("h3", "Template robustness", id="robustness"), robustness_table(ev),
+        tag("h3", "Rates corrected for detector error", id="corrected"), corrected_table(ev),
+        tag("h3", "Detector disagreements", id="disagreements"), disagreements(ev),
         tag("h3", "Failures (a sample)", id="failures"), failures(files.outputs),
         tag("h3", "Evaluation settings"), _settings(ev))
