@@ -32,6 +32,7 @@ REFUSED = {
     "deepseek-r1-distill-qwen": "does not start with the generation prompt",
     "qwq-32b": "does not start with the generation prompt",
     "rwkv-world": "writes no stop sequence",  # plain-text turns, no control token to stop at
+    "hermes-3-tool-use": "failed to render",  # iterates over `tools` unconditionally: unusable without tools
 }
 
 
