@@ -224,7 +224,7 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     invariant 2): the trained text is what the model must generate up to and including the stop,
     and what is left after it is only whitespace and control tokens (an eos written once)."""
     from sftlab.tokens.encoding import encode_expanded
-    from sftlab.tokens.templates import _render_jinja, _sorted_control, RenderLimitError
+    from sftlab.tokens.templates import _render_jinja, _sorted_control, RenderLimitError, call_arguments_form
 
     t = template if isinstance(template, ChatTemplate) else get_template(template, tokenizer)
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
@@ -232,6 +232,7 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     results = []
     for name, (conv, required) in probe_conversations(t.control_tokens, *supports_tools(t)).items():
         msgs, tools = template_messages(conv.messages), conv.tool_list() or None
+        msgs = call_arguments_form(t, msgs, tools)
         try:
             examples = encode_expanded(conv, tokenizer, t, turns="expand", trace=True)
         except RenderLimitError:

@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import time
@@ -116,7 +117,7 @@ class ChatTemplate:
                                         end=sp.start + places[sp.index][0] + places[sp.index][1])
                     if sp.index in places else sp for sp in layout.spans))
             return _unshift(layout) if len(flat) > len(messages) else layout
-        return _jinja_layout(self, messages, add_generation_prompt, tools)
+        return _jinja_layout(self, call_arguments_form(self, messages, tools), add_generation_prompt, tools)
 
     def describe(self) -> dict:
         """The manifest's ``template`` section."""
@@ -126,6 +127,32 @@ class ChatTemplate:
 
 _MESSAGE_KEYS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
 """Message fields besides role and content that a template is given (OpenAI / transformers layout)."""
+
+
+def call_arguments_form(t: ChatTemplate, messages: list[dict], tools: list | None = None) -> list[dict]:
+    """``messages`` with tool-call arguments as objects (transformers' convention, what most templates
+    ``tojson``), or as JSON text where the template can only write them as text (it concatenates
+    them as strings, as DeepSeek-V3.1 and Functionary do): whichever the template renders."""
+    calls = [c for m in messages for c in m.get("tool_calls") or ()]
+    if t.is_builtin or not any(isinstance(c.get("function", c).get("arguments"), dict) for c in calls):
+        return messages
+    try:
+        _render_jinja(t, messages, False, tools)
+        return messages
+    except RenderLimitError:
+        raise
+    except TemplateError:
+        pass
+    as_text = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(
+        c["function"]["arguments"], ensure_ascii=False)}} if "function" in c else c for c in m["tool_calls"]]}
+        if m.get("tool_calls") else m for m in messages]
+    try:
+        _render_jinja(t, as_text, False, tools)
+    except RenderLimitError:
+        raise
+    except TemplateError:
+        return messages
+    return as_text
 
 
 def _unshift(layout: Layout) -> Layout:
@@ -449,25 +476,23 @@ def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i:
                           own: str):
     """The turn of an assistant message with no text content (tool calls, perhaps reasoning): all the
     template writes after the generation prompt is generated, up to and including its stop: the
-    last run of control tokens in the turn that the template also writes before the next message
-    when the conversation goes on (so an opener such as ``[TOOL_CALLS]`` is generated, the stop ends
-    the turn, and an eos written once after the whole conversation is not part of it)."""
+    control tokens at the end of a run in the turn that the template also writes there when the
+    conversation goes on (so an opener such as ``[TOOL_CALLS]`` is generated, the stop ends the turn,
+    and an eos written once after the whole conversation is not part of it). Where the turn has no
+    control token of its own, the one that begins the next turn is the stop, as for text turns."""
     after = own[len(prompt):]
     control = _sorted_control(t)
-    runs, pos = [], 0
+    runs, pos = [], 0  # (start, [control tokens]) of each run of control tokens in the turn
     while True:
         found = [(k, c) for c in control if (k := after.find(c, pos)) >= 0]
         if not found:
             break
         k, c = min(found, key=lambda kc: (kc[0], -len(kc[1])))
-        if runs and runs[-1][1] == k:
-            runs[-1] = (runs[-1][0], k + len(c))
+        if runs and runs[-1][0] + sum(map(len, runs[-1][1])) == k:
+            runs[-1][1].append(c)
         else:
-            runs.append((k, k + len(c)))
+            runs.append((k, [c]))
         pos = k + len(c)
-    if not runs:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
     nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
     try:
         cont = r.probed(i + 1, i, "", False, then=nxt)
@@ -475,16 +500,42 @@ def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i:
         raise
     except TemplateError:
         cont = None
-    stop = runs[-1]
-    if cont is not None and cont.startswith(prompt):
-        cont_after = cont[len(prompt):]
-        k_next = cont_after.find(nxt["content"]) if nxt["content"] else len(cont_after)
-        before_next = cont_after[:k_next if k_next >= 0 else len(cont_after)]
-        stop = next((run for run in reversed(runs) if after[run[0]:run[1]] in before_next), runs[-1])
-    generated = after[:stop[1]]
-    if not (text.startswith(prompt) and text.startswith(generated, len(prompt))):
+    cont_after = cont[len(prompt):] if cont is not None and cont.startswith(prompt) else None
+    start = len(prompt)
+    if runs:
+        stop = (runs[-1][0], runs[-1][0] + sum(map(len, runs[-1][1])))
+        if cont_after is not None:
+            k_next = cont_after.find(nxt["content"]) if nxt["content"] else -1
+            before_next = cont_after[:k_next] if k_next >= 0 else cont_after
+            stop = next(((k, k + len("".join(toks[:n]))) for k, toks in reversed(runs)
+                         for n in range(len(toks), 0, -1) if after[:k] + "".join(toks[:n]) in before_next
+                         and before_next.find(after[k:k + len("".join(toks[:n]))]) >= 0), stop)
+        generated = after[:stop[1]]
+        if not (text.startswith(prompt) and text.startswith(generated, start)):
+            return "rerendered"
+        return Turn(i, start, start + stop[1], start + stop[0]), ""
+    # No control token of its own: the control token that begins the next turn ends this one.
+    if cont_after is None or not cont_after.startswith(after.rstrip()):
+        return ("the template writes no stop sequence after it and no control token begins the next turn, "
+                "so the model could not learn to stop")
+    body = after.rstrip()
+    w, run = _control_run(cont_after[len(body):], control)
+    if not run:
+        return ("the template writes no stop sequence after it and no control token begins the next turn, "
+                "so the model could not learn to stop")
+    stop = cont_after[len(body):][:w] + run[0]
+    if not (text.startswith(prompt) and text.startswith(body, start)):
         return "rerendered"
-    return Turn(i, len(prompt), len(prompt) + stop[1], len(prompt) + stop[0]), ""
+    end_content = start + len(body)
+    if text.startswith(stop, end_content):
+        return Turn(i, start, end_content + len(stop), end_content), ""
+    if i + 1 == len(messages):
+        ws = stop[:w]
+        if ws and text.startswith(ws, end_content):
+            end_content += len(ws)
+            stop = stop[w:]
+        return Turn(i, start, end_content + len(stop), end_content, appended=True), stop
+    return "rerendered"
 
 
 def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
