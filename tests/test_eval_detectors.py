@@ -116,3 +116,14 @@ def test_report_lists_corrected_rates_and_disagreements():
     assert "0.294" in html and "not possible" in html and "2250 labelled" in html
     assert "Ants cannot earn money." in html and "learned: refuse (0.55)" in html and "sftlab label" in html
     assert "uncorrected" in str(corrected_table({}))
+
+
+def test_human_output_names_corrected_rates(setup, tmp_path, capsys):
+    code = main(["eval", "--model", str(setup / "model"), "--prompts", str(setup / "prompts.jsonl"),
+                 "--out", str(tmp_path / "e"), "--conditions", "training_template", "--labelled", "xstest",
+                 "--detector", "learned", "--detector", "rules", "--margin", "0.49",
+                 "--max-new-tokens", "4", "--no-cache"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "detector: learned (threshold 0.5)" in text
+    assert "corrected harmful_refusal_rate [all]" in text and "corrected benign_refusal_rate [all]" in text

@@ -60,6 +60,8 @@ def test_threshold_moves_the_decision(det):
     for bad in ("learned:threshold=2", "learned:threshold=x", "learned:C=1"):
         with pytest.raises(UsageError):
             load_detector(bad)
+    with pytest.raises(UsageError, match="--threshold"):
+        load_detector("rules", threshold=0.3)
 
 
 def test_xstest_agreement_is_reported_out_of_sample(det):

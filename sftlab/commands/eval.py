@@ -217,7 +217,7 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
         for metric, e in tuned[slice_name].items():
             print(f"{slice_name:<16} {metric:<28} {_fmt(e):<28} {_fmt(ref.get(slice_name, {}).get(metric)) if ref else ''}")
     det = report["detector"]
-    print(f"detector: {det['name']}" + (f" (threshold {det['threshold']})" if "threshold" in det else ""))
+    print(f"detector: {det['name']}" + (f" (threshold {det['threshold']})" if det.get("threshold") is not None else ""))
     for slice_name, rates in ((report.get("corrected") or {}).get("tuned") or {}).items():
         for metric, c in rates.items():
             if c["corrected"] is None:

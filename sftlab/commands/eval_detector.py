@@ -59,7 +59,7 @@ def run(args) -> int:
     for b in data.bad_rows:
         print(f"skipped {b['file']}:{b['line']}: {b['reason']}", file=sys.stderr)
     d = result["detector"]
-    extra = f" threshold {d['threshold']}" if "threshold" in d else ""
+    extra = f" threshold {d['threshold']}" if d.get("threshold") is not None else ""
     print(f"detector {d['name']}{extra} on {len(data.labels)} labelled responses ({how})")
     keys = ("agreement", "kappa", "precision", "recall", "accuracy")
     print(f"  {'group':<22}{'n':>6}  " + "".join(f"{k:<24}" for k in keys))

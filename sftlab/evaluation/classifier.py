@@ -123,9 +123,14 @@ def _threshold(spec: str, value) -> float:
     return t
 
 
+_DEFAULT_INSTANCE: list = []
+
+
 def default_detector():
-    """The default detector (``DEFAULT_DETECTOR``)."""
-    return load_detector(DEFAULT_DETECTOR)
+    """The default detector (``DEFAULT_DETECTOR``), loaded once per process."""
+    if not _DEFAULT_INSTANCE:
+        _DEFAULT_INSTANCE.append(load_detector(DEFAULT_DETECTOR))
+    return _DEFAULT_INSTANCE[0]
 
 
 def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str] | None = None,
@@ -134,6 +139,8 @@ def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str]
     -> ``LearnedDetector``; ``rules`` -> ``RuleDetector``; ``judge:DIR`` (``judge:DIR,format=wildguard``)
     -> ``JudgeDetector``; a directory -> ``ClassifierDetector``. ``threshold`` overrides the spec's."""
     spec = spec or DEFAULT_DETECTOR
+    if threshold is not None and not (spec.startswith("learned") or spec.startswith("judge:")):
+        raise UsageError(f"--threshold applies to the learned detector and judges, not to {spec}")
     if spec == "rules":
         return RuleDetector()
     if spec == "learned" or spec.startswith("learned:"):

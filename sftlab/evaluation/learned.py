@@ -142,7 +142,7 @@ class LearnedDetector:
         self.version = meta.get("version", "")
         self._oos = ((arrays["oos_p_refusal"].astype(float), arrays["oos_partial"])
                      if "oos_p_refusal" in arrays else None)
-        self._w = np.zeros((self.spec.dim, 2), dtype=np.float64)
+        self._w = np.zeros((self.spec.dim, 2), dtype=np.float32)
         self._b = np.zeros(2)
         for j, head in enumerate(("refusal", "partial")):
             self._w[arrays[f"{head}_index"], j] = arrays[f"{head}_weight"]
@@ -150,7 +150,7 @@ class LearnedDetector:
 
     def _logits(self, text: str) -> tuple[float, float]:
         idx = featurize(text, self.spec)
-        z = self._w[idx].sum(axis=0) / max(len(idx), 1) + self._b
+        z = self._w[idx].sum(axis=0, dtype=np.float64) / max(len(idx), 1) + self._b
         return float(z[0]), float(z[1])
 
     def detect(self, text: str) -> Detection:
