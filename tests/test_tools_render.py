@@ -278,3 +278,19 @@ def test_stats_reasoning_share_of_trained_tokens(toks):
         n = sum(len(tok(c.messages[-1].reasoning.strip(), add_special_tokens=False)["input_ids"]) for c in convs)
         total = sum(e.trained_tokens for e in examples)
         assert abs(share - n / total) < 0.02 and share > 0.2
+
+
+def test_stats_cli_reports_the_reasoning_share_in_tokens(toks, tmp_path, capsys):
+    import json as _json
+
+    from sftlab.cli import main
+
+    toks["qwen3"].save_pretrained(tmp_path / "tok")
+    shares = {}
+    for mode in ("keep", "mask"):
+        main(["stats", str(REASON), "--tokenizer", str(tmp_path / "tok"), "--turns", "expand",
+              "--reasoning", mode, "--json"])
+        s = _json.loads(capsys.readouterr().out)
+        assert s["tools"]["unit"] == "tokens" and s["lengths"]["unencoded"] == 0
+        shares[mode] = s["tools"]["slices"]["all"]["reasoning_share"]
+    assert shares["keep"] > 0.2 and shares["mask"] == 0.0

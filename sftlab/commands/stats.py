@@ -47,6 +47,8 @@ def register(sub) -> None:
                         "the extra examples and tokens are reported)")
     p.add_argument("--overflow", choices=("drop", "split"), default="drop",
                    help="with --tokenizer: encoding.overflow (tokens kept and lost by truncation are reported)")
+    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
+                   help="with --tokenizer: encoding.reasoning (the reasoning share of trained tokens is reported)")
     p.add_argument("--near-threshold", type=float, default=0.8, metavar="J",
                    help="word 3-shingle Jaccard similarity from which two texts are near duplicates "
                         "(default: 0.8)")
@@ -81,7 +83,8 @@ def run(args) -> int:
             raise UsageError(str(e).splitlines()[0]) from None
         try:
             examples, failed = encode_all(train.conversations, tokenizer, template, turns=args.turns,
-                                          overflow=args.overflow, max_length=args.max_length)
+                                          overflow=args.overflow, max_length=args.max_length,
+                                          reasoning=args.reasoning)
         except TemplateError as e:  # the template and tokenizer do not fit together
             raise UsageError(str(e).splitlines()[0]) from None
         encoded = EncodedLengths(examples, len(failed), template.name)
