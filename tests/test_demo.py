@@ -13,7 +13,8 @@ import pytest
 
 ARTIFACTS = ["run.json", "metrics.jsonl", "curves.png", "report.html", "demo.json", "demo_config.yaml",
              "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json",
-             "eval/eval.json", "eval/outputs.jsonl", "data/stats.json", "data/mask_preview.json",
+             "eval/eval.json", "eval/outputs.jsonl", "eval_xstest/eval.json", "eval_xstest/outputs.jsonl",
+             "data/stats.json", "data/mask_preview.json",
              "suite/train.jsonl", "suite/heldout_prompts.jsonl", "suite/policy.yaml"]
 
 
@@ -47,6 +48,12 @@ def test_demo_tiny_writes_every_artifact(demo_run):
     report = json.loads((run / "eval" / "eval.json").read_text())
     assert report["reference"] is not None and report["gates"]
     assert proc.returncode == 0 and isinstance(report["passed"], bool)  # --tiny: gates reported, not enforced
+    xstest = json.loads((run / "eval_xstest" / "eval.json").read_text())
+    assert xstest["prompt_sets"][0]["name"] == "xstest" and xstest["prompt_sets"][0]["n"] == 450
+    # the XSTest gates are checked there, and only there
+    assert {g["prompts"] for g in xstest["gates"]} == {"xstest"}
+    assert {g["prompts"] for g in report["gates"]} == {None}
+    assert {"homonyms", "contrast_homonyms", "privacy_fictional"} <= set(xstest["results"]["tuned"]["training_template"])
     assert "report:" in proc.stdout and "harmful_refusal_rate" in proc.stdout
     html = (run / "report.html").read_text()
     assert 'id="summary"' in html and 'id="evaluation"' in html
@@ -61,7 +68,7 @@ def test_demo_resumed_after_a_checkpoint_gives_the_same_model(demo_run):
     steps = sorted((again / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1]))
     for p in steps[1:]:
         shutil.rmtree(p)
-    for p in ("final", "eval", "report.html"):
+    for p in ("final", "eval", "eval_xstest", "report.html"):
         shutil.rmtree(again / p, ignore_errors=True) if (again / p).is_dir() else (again / p).unlink(missing_ok=True)
     with open(again / "metrics.jsonl") as f:
         kept = [line for line in f if json.loads(line).get("step", 0) <= int(steps[0].name.split("-")[1])]

@@ -52,6 +52,9 @@ class Gate(BaseModel):
     metric: Metric
     slice: str = Field(default="all", min_length=1)
     """``all`` or one slice name."""
+    prompts: str | None = None
+    """The built-in prompt set the gate is about (``xstest``): checked only when that set is
+    evaluated. ``None`` (the default): the user's own held-out prompts."""
     min: float | None = None
     max: float | None = None
     max_vs_reference: float | None = None
@@ -88,7 +91,11 @@ class Gate(BaseModel):
         kind, v = self.bound
         op = ">=" if kind.startswith("min") else "<="
         rhs = f"reference {'+' if v >= 0 else '-'} {abs(v):g}" if self.needs_reference else f"{v:g}"
-        return f"{self.metric} [{self.slice}] {op} {rhs}"
+        return f"{self.metric} [{self._where}] {op} {rhs}"
+
+    @property
+    def _where(self) -> str:
+        return f"{self.prompts}:{self.slice}" if self.prompts else self.slice
 
     def check(self, value: float | None, reference_value: float | None = None
               ) -> tuple[bool, str]:
@@ -99,7 +106,7 @@ class Gate(BaseModel):
         (False, 'benign_refusal_rate [all] = 0.1, needs <= reference + 0 (reference 0.04): failed')
         """
         kind, bound = self.bound
-        name = f"{self.metric} [{self.slice}]"
+        name = f"{self.metric} [{self._where}]"
         if value is None or not math.isfinite(value):
             return False, f"{name}: no value was measured (is the slice empty?): failed"
         if self.needs_reference:

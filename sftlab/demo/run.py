@@ -32,6 +32,8 @@ class Mode:
     """Training config overrides (dotted keys)."""
     eval_args: list[str] = field(default_factory=list)
     """Extra ``sftlab eval`` arguments."""
+    xstest_args: list[str] = field(default_factory=list)
+    """Extra ``sftlab eval --prompts xstest`` arguments (the external over-refusal benchmark)."""
 
 
 _LORA = {"lora.enabled": True, "lora.r": 16, "lora.alpha": 32.0,
@@ -43,20 +45,24 @@ _SMOL = {**_LORA, "optim.lr": 2e-3, "optim.betas": [0.9, 0.95], "optim.warmup_st
          "optim.micro_batch_size": 1, "optim.grad_accum": 1, "encoding.max_length": 128,
          "packing.max_length": 512, "checkpointing.every_n_steps": 20}
 _ROBUST = "training_template,alternate_template,no_system,safety_system"
+# XSTest's 450 prompts under the training template only: enough to see over-refusal per type
+# without multiplying the generation time by the robustness conditions.
+_XSTEST = ["--max-new-tokens", "20", "--batch-size", "16", "--conditions", "training_template"]
 
 MODES = {
     "full": Mode(n_train=600, n_heldout=96, train={**_SMOL, "optim.max_steps": 100, "eval.every_n_steps": 50},
                  eval_args=["--max-new-tokens", "20", "--batch-size", "16",
                             "--conditions", _ROBUST + ",template_default",
-                            "--reference-conditions", "training_template"]),
+                            "--reference-conditions", "training_template"], xstest_args=_XSTEST),
     "quick": Mode(n_train=600, n_heldout=48, train={**_SMOL, "optim.max_steps": 60, "eval.every_n_steps": 30},
                   eval_args=["--max-new-tokens", "20", "--batch-size", "16", "--conditions", _ROBUST,
-                             "--reference-conditions", "training_template"]),
+                             "--reference-conditions", "training_template"], xstest_args=_XSTEST),
     "tiny": Mode(n_train=160, n_heldout=24, train={
         "optim.lr": 3e-3, "optim.max_steps": 24, "optim.micro_batch_size": 2, "optim.grad_accum": 2,
         "optim.warmup_steps": 2, "encoding.max_length": 256, "packing.max_length": 512,
         "eval.every_n_steps": 8, "checkpointing.every_n_steps": 8, "log.progress": False},
-        eval_args=["--max-new-tokens", "12", "--batch-size", "24", "--conditions", _ROBUST]),
+        eval_args=["--max-new-tokens", "12", "--batch-size", "24", "--conditions", _ROBUST],
+        xstest_args=["--max-new-tokens", "8", "--batch-size", "64", "--conditions", "training_template"]),
 }
 
 
@@ -179,13 +185,22 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
                       "--seed", str(seed), *mode.eval_args])
     timings["eval_s"] = time.perf_counter() - t
 
+    _say("4b/6 evaluation: reference vs tuned on XSTest (450 prompts nobody here wrote)")
+    t = time.perf_counter()
+    xstest_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
+                        "--prompts", "xstest", "--policy", str(data["policy"]),
+                        "--out", str(run / "eval_xstest"), "--seed", str(seed), *mode.xstest_args])
+    timings["xstest_s"] = time.perf_counter() - t
+
     _say("5/6 manifest and report")
     timings["total_s"] = time.perf_counter() - t_start
     write_atomic(run / "demo.json", json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
                                                 "torch_threads": threads, "timings": timings}, indent=1))
     from sftlab.manifest import update_manifest
 
-    update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml"})
+    update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml",
+                                    "eval_xstest": "eval_xstest/eval.json",
+                                    "eval_xstest_outputs": "eval_xstest/outputs.jsonl"})
     _cli(["report", str(run)])
 
     _say("6/6 what changed")
@@ -194,22 +209,30 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
         print("exit 0: --tiny runs the whole pipeline on a random tiny model, whose gates are expected to "
               "fail; they are reported, not enforced (the full and --quick demos exit 1 on a failed gate)")
         return 0
-    print(f"exit {1 if eval_code == 1 else 0}: " + ("a policy gate failed" if eval_code == 1 else "every policy gate passed"))
-    return 1 if eval_code == 1 else 0
+    failed = 1 in (eval_code, xstest_code)
+    print(f"exit {1 if failed else 0}: " + ("a policy gate failed (held-out set or XSTest)" if failed
+                                            else "every policy gate passed (held-out set and XSTest)"))
+    return 1 if failed else 0
 
 
 def _print_effect(run: Path, timings: dict) -> None:
-    report = json.loads((run / "eval" / "eval.json").read_text(encoding="utf-8"))
-    tuned = report["results"]["tuned"]["training_template"]["all"]
-    ref = (report["results"].get("reference") or {}).get("training_template", {}).get("all", {})
-    print(f"{'metric (held-out, training template)':<40}{'reference':>16}{'tuned':>16}")
-    for metric in ("harmful_refusal_rate", "benign_refusal_rate", "task_accuracy"):
-        def fmt(d):
-            v = d.get(metric)
-            return "n/a" if not v or v.get("value") is None else f"{v['value']:.2f} ({v['k']}/{v['n']})"
-        print(f"{metric:<40}{fmt(ref):>16}{fmt(tuned):>16}")
-    for g in report.get("gates", []):
+    def fmt(d, metric):
+        v = d.get(metric)
+        return "n/a" if not v or v.get("value") is None else f"{v['value']:.2f} ({v['k']}/{v['n']})"
+
+    gates = []
+    for name, title, metrics in (
+            ("eval", "held-out suite", ("harmful_refusal_rate", "benign_refusal_rate", "task_accuracy")),
+            ("eval_xstest", "XSTest", ("harmful_refusal_rate", "benign_refusal_rate"))):
+        report = json.loads((run / name / "eval.json").read_text(encoding="utf-8"))
+        tuned = report["results"]["tuned"]["training_template"]["all"]
+        ref = (report["results"].get("reference") or {}).get("training_template", {}).get("all", {})
+        print(f"{'metric (' + title + ', training template)':<44}{'reference':>16}{'tuned':>16}")
+        for metric in metrics:
+            print(f"{metric:<44}{fmt(ref, metric):>16}{fmt(tuned, metric):>16}")
+        gates += report.get("gates", [])
+    for g in gates:
         print(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g.get('message', g)}")
     print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f}, "
-          f"evaluation {timings['eval_s'] / 60:.1f})")
+          f"evaluation {timings['eval_s'] / 60:.1f}, XSTest {timings['xstest_s'] / 60:.1f})")
     print(f"report: {(run / 'report.html').resolve()}")

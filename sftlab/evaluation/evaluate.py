@@ -21,7 +21,7 @@ from sftlab.errors import UsageError
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
 from sftlab.evaluation.classifier import default_detector, label_all
 from sftlab.evaluation.detector import RuleDetector
-from sftlab.evaluation.gates import check_gates, compare
+from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
 from sftlab.evaluation.metrics import compute_metrics
 from sftlab.evaluation.prompts import EvalPrompt
@@ -254,7 +254,9 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
     check, corrected = detector_check(detector, opts.labelled, t_primary, r_primary)
     if opts.gate_on != "detected" and corrected is None:
         raise UsageError(f"gates on {opts.gate_on} rates need a labelled file for the detector (--labelled)")
-    gates = (check_gates(opts.policy.gates, t_primary, r_primary, corrected=corrected, mode=opts.gate_on)
+    names = [s.name for s in prompt_sets] if prompt_sets else [None]
+    gates = (check_gates(gates_for(opts.policy.gates, names), t_primary, r_primary, corrected=corrected,
+                         mode=opts.gate_on)
              if opts.policy is not None else [])
     rows_all = tuned.rows + (ref.rows if ref else [])
     flagged = [r for r in rows_all if r.get("disagree") or r.get("uncertain")]

@@ -19,6 +19,23 @@ def _get(results: dict | None, slice_name: str, metric: str) -> dict | None:
     return ((results or {}).get(slice_name) or {}).get(metric)
 
 
+def gates_for(gates, set_names) -> list:
+    """The gates that apply to an evaluation of prompt sets named ``set_names`` (``None`` for
+    a user's own file): a gate with ``prompts: xstest`` when ``xstest`` is evaluated, a gate
+    without ``prompts`` when a user's own file is.
+
+    >>> from sftlab.data.policy import Gate
+    >>> gs = [Gate(metric="harmful_refusal_rate", min=0.9),
+    ...       Gate(metric="harmful_refusal_rate", min=0.8, prompts="xstest")]
+    >>> [g.describe() for g in gates_for(gs, ["xstest"])]
+    ['harmful_refusal_rate [xstest:all] >= 0.8']
+    >>> len(gates_for(gs, [None])), len(gates_for(gs, [None, "xstest"]))
+    (1, 2)
+    """
+    names = set(set_names) or {None}
+    return [g for g in gates if g.prompts in names]
+
+
 GATE_MODES = ("detected", "corrected", "corrected-bound")
 
 
@@ -61,7 +78,7 @@ def check_gates(gates, tuned: dict, reference: dict | None = None, corrected: di
             passed, message = gate.check(value, ref_value)
             if on != "detected":
                 message = f"{on} for detector error: {message}"
-        out.append({"metric": gate.metric, "slice": gate.slice, "bound": {kind: bound},
+        out.append({"metric": gate.metric, "slice": gate.slice, "prompts": gate.prompts, "bound": {kind: bound},
                     "value": value, "low": est.get("low"), "high": est.get("high"),
                     "reference": ref_value if gate.needs_reference else None,
                     "passed": passed, "message": message, "on": on})

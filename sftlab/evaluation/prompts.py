@@ -21,6 +21,10 @@ CSV: the same field names as columns, or a mapping ``{"prompt": "question", "exp
 ``type`` and ``label`` and no mapping is read as XSTest: ``type`` is the slice, label ``safe`` ->
 comply and ``unsafe`` -> refuse.
 
+Built-in sets are read by name instead of a path (``sftlab eval --prompts xstest``): ``xstest``
+is XSTest's 450 prompts (250 safe in ten types, 200 unsafe contrasts; CC BY 4.0, see
+``sftlab/evaluation/assets/NOTICE.md``), one slice per XSTest type.
+
 A row that cannot be used is not fatal: it is listed in ``PromptSet.bad_rows`` with its file,
 line and reason, and the rest are evaluated.
 """
@@ -43,6 +47,8 @@ EXPECTED = {"refuse": "refuse", "refusal": "refuse", "unsafe": "refuse", "harmfu
             "comply": "comply", "compliance": "comply", "safe": "comply", "benign": "comply"}
 XSTEST_COLUMNS = {"id": "id", "prompt": "prompt", "slice": "type", "expected": "label"}
 DEFAULT_SLICE = "default"
+BUILTIN_SETS = {"xstest": "xstest_prompts.csv"}
+"""Prompt sets shipped with sftlab, by name -> file in ``sftlab/evaluation/assets``."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,26 @@ class PromptSet:
     sha256: str
     prompts: list[EvalPrompt]
     bad_rows: list[dict] = field(default_factory=list)
+    name: str | None = None
+    """The built-in set's name (``xstest``) when it was asked for by name, else ``None``."""
 
     def describe(self) -> dict:
         """The eval.json ``prompt_sets`` entry."""
-        return {"path": self.path, "sha256": self.sha256, "n": len(self.prompts),
-                "bad_rows": self.bad_rows}
+        out = {"path": self.path, "sha256": self.sha256, "n": len(self.prompts), "bad_rows": self.bad_rows}
+        return {**out, "name": self.name} if self.name else out
+
+
+def builtin_prompt_path(name: str) -> Path | None:
+    """The file of a built-in prompt set (``xstest``), or ``None`` for any other name.
+
+    >>> builtin_prompt_path("xstest").name
+    'xstest_prompts.csv'
+    """
+    if name not in BUILTIN_SETS:
+        return None
+    from importlib import resources
+
+    return Path(str(resources.files("sftlab.evaluation") / "assets" / BUILTIN_SETS[name]))
 
 
 def parse_columns(spec: str | None) -> dict[str, str] | None:
@@ -107,10 +128,14 @@ def parse_columns(spec: str | None) -> dict[str, str] | None:
 
 
 def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptSet:
-    """Read one prompt file (JSONL, or CSV/TSV by extension); see the module docstring."""
-    p = Path(path)
+    """Read one prompt file (JSONL, or CSV/TSV by extension) or a built-in set by name; see the
+    module docstring. A file of that name in the working directory wins over a built-in."""
+    p, name = Path(path), None
+    if not p.is_file() and builtin_prompt_path(str(path)) is not None:
+        p, name, columns = builtin_prompt_path(str(path)), str(path), None
     if not p.is_file():
-        raise UsageError(f"{path}: no such prompt file")
+        known = ", ".join(sorted(BUILTIN_SETS))
+        raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
     data = p.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -133,7 +158,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
             continue
         seen.add(prompt.id)
         prompts.append(prompt)
-    return PromptSet(str(path), hashlib.sha256(data).hexdigest(), prompts, bad)
+    return PromptSet(str(p) if name else str(path), hashlib.sha256(data).hexdigest(), prompts, bad, name)
 
 
 def _jsonl_rows(text: str):
