@@ -244,7 +244,9 @@ def tool_stats(convs: Sequence[Conversation], encoded: "EncodedLengths | None" =
 
 def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str, Any]:
     """Refusal share and, per refusal category, how many benign contrasts (``expected: comply``
-    with ``policy_category`` in the category's ``benign_contrast`` list, or the category itself)."""
+    with ``policy_category`` in the category's ``benign_contrast`` list, or the category itself);
+    ``diversity``: ``sftlab.data.diversity.response_diversity`` of the refusal records' final
+    assistant responses (flagged when a few sentences dominate them)."""
     refuse = [c for c in convs if c.expected == "refuse"]
     comply = Counter(c.policy_category for c in convs if c.expected == "comply")
     refused = Counter(c.policy_category for c in refuse)
@@ -257,9 +259,13 @@ def refusal_stats(convs: Sequence[Conversation], policy: Any = None) -> dict[str
         k = sum(comply[n] for n in dict.fromkeys((*contrast, name)))
         rows.append({"name": name, "refusals": refused[name], "benign_contrast": list(contrast),
                      "contrasts": k, "has_contrast": k > 0})
+    from sftlab.data.diversity import response_diversity
+
+    responses = [c.messages[i].content for c in refuse for i in c.assistant_indices[-1:]]
     return {"refuse": len(refuse), "comply": sum(comply.values()),
             "share": _r(len(refuse) / len(convs)) if convs else 0.0,
-            "uncategorised": refused[None], "categories": rows}
+            "uncategorised": refused[None], "categories": rows,
+            "diversity": response_diversity(responses)}
 
 
 # ---------------------------------------------------------------- text and record references
@@ -396,6 +402,11 @@ def _warnings(s: dict[str, Any]) -> list[dict[str, str]]:
                 "over-refuse the whole topic")
         if c["refusals"] == 0:
             add("no_refusals", f"refusal category {c['name']!r} has no refusal example (expected: refuse)")
+    div = ref.get("diversity") or {}
+    if div.get("flagged"):
+        add("refusal_collapse", f"the refusal responses are dominated by a few sentences: {div['reason']} "
+            f"(distinct bigram share {div['distinct_2']}); a model trained on them learns the sentence, "
+            "not the boundary: write refusals for the request they answer")
     if ref["uncategorised"]:
         add("uncategorised_refusals", f"{ref['uncategorised']} refusal records have no policy_category")
     dup = s["duplicates"]
