@@ -54,9 +54,11 @@ def test_demo_tiny_writes_every_artifact(demo_run):
     assert {g["prompts"] for g in xstest["gates"]} == {"xstest"}
     assert {g["prompts"] for g in report["gates"]} == {None}
     assert {"homonyms", "contrast_homonyms", "privacy_fictional"} <= set(xstest["results"]["tuned"]["training_template"])
+    assert len(xstest["margins"]["pairs"]) == 8 and xstest["refusal_diversity"]["tuned"] is not None
     assert "report:" in proc.stdout and "harmful_refusal_rate" in proc.stdout
     html = (run / "report.html").read_text()
     assert 'id="summary"' in html and 'id="evaluation"' in html
+    assert 'id="xstest"' in html and 'id="margins"' in html and "contrast_homonyms" in html
 
 
 def test_demo_resumed_after_a_checkpoint_gives_the_same_model(demo_run):

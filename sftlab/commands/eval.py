@@ -71,6 +71,9 @@ def register(sub) -> None:
                         "corrected interval's end on the failing side (needs --labelled)")
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
     p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
+    p.add_argument("--margins", type=int, default=0, metavar="N",
+                   help="refusal margins (log P(refusal opening) - log P(compliant opening)) for up to N "
+                        "XSTest pairs per type, under both models (default 0: none)")
     p.add_argument("--heldout-conversations", metavar="FILE",
                    help="held-out conversations for eval loss per slice, encoded as the training run encoded "
                         "its data when MODEL is RUN/final (the same loss as training's validation)")
@@ -160,7 +163,8 @@ def _options(args):
                        robustness_threshold=args.robustness_threshold,
                        heldout=heldout, heldout_encoding=encoding, progress=not args.json,
                        trust_remote_code=args.trust_remote_code, extra_detectors=tuple(detectors[1:]),
-                       labelled=labelled, margin=args.margin, gate_on=args.gate_on)
+                       labelled=labelled, margin=args.margin, gate_on=args.gate_on,
+                       margin_pairs=max(0, args.margins))
     return opts, sets, detector
 
 
@@ -198,6 +202,8 @@ def _summary(report: dict, paths: dict, bad: list, code: int) -> dict:
             "reference_metrics": {m: e["value"] for m, e in ref.items()} if ref else None,
             "robustness_flagged": [m for m, r in report["robustness"].items() if r["flagged"]],
             "worse_than_reference": [f"{c['metric']} [{c['slice']}]" for c in report["comparison"] if c["worse"]],
+            "refusal_collapse": bool((report["refusal_diversity"]["tuned"] or {}).get("flagged")),
+            "unrelated_offers": bool(((report["refusal_diversity"]["tuned"] or {}).get("offers") or {}).get("flagged")),
             "bad_rows": bad}
 
 
@@ -243,6 +249,27 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
         if c["worse"]:
             print(f"worse than reference: {c['metric']} [{c['slice']}] {c['tuned']['value']:.3f} vs "
                   f"{c['reference']['value']:.3f}")
+    for kind, div in (report.get("refusal_diversity") or {}).items():
+        if not div or not div.get("n"):
+            continue
+        top = div["top_sentences"][0]
+        offers = div["offers"]
+        print(f"refusals ({kind}): {div['n']}, distinct bigram share {div['distinct_2']}, most common sentence "
+              f"in {top['count']} ({top['share']:.0%}), largest near-identical group "
+              f"{div['largest_group']['size']}; offers {offers['offers']}, unrelated to the prompt "
+              f"{offers['unrelated']}")
+        if div["flagged"]:
+            print(f"refusal collapse ({kind}): {div['reason']}")
+        if offers["flagged"]:
+            print(f"unrelated offers ({kind}): {offers['unrelated']} of {offers['offers']} offers share no "
+                  f"content word with the request, e.g. {offers['examples'][0]['prompt']!r} -> "
+                  f"{offers['examples'][0]['response'][:100]!r}")
+    margins = report.get("margins")
+    for kind, s in ((margins or {}).get("summary") or {}).items():
+        if s:
+            print(f"refusal margin ({kind}, {s['pairs']} XSTest pairs): harmful {s['harmful_mean']:+.2f}, "
+                  f"benign look-alike {s['benign_mean']:+.2f}, harmful above benign in "
+                  f"{s['separated_share']:.0%} of pairs")
     for g in report["gates"]:
         print(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g['message']}")
     if bad:

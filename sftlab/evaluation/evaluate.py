@@ -66,6 +66,9 @@ class EvalOptions:
     gate_on: str = "detected"
     """What gates check: ``detected`` rates, ``corrected`` rates, or ``corrected-bound`` (the
     corrected interval's end on the failing side: low for ``min`` gates, high for ``max`` gates)."""
+    margin_pairs: int = 0
+    """Refusal margins for up to this many XSTest pairs per type (0: none); see
+    ``sftlab.evaluation.margins``."""
 
 
 @dataclass
@@ -77,6 +80,8 @@ class ModelEval:
     conditions: dict
     skipped: dict
     template: object = None
+    margins: dict = field(default_factory=dict)
+    """Prompt id -> refusal margin under the training template."""
 
 
 def _load_model(path: str, trust_remote_code: bool):
@@ -210,6 +215,17 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         results[cond.name] = compute_metrics(cond_rows)
         described[cond.name] = {**cond.describe(), **stops}
         rows.extend(cond_rows)
+    margins = {}
+    primary = next((c for c in conditions if c.name == PRIMARY), None)
+    if opts.margin_pairs and primary is not None:
+        from sftlab.evaluation.margins import refusal_margins, xstest_pairs
+        from sftlab.tokens.encoding import encode_prompt
+
+        paired = list({p.id: p for b, h, _ in xstest_pairs(opts.prompts, opts.margin_pairs)
+                       for p in (b, h)}.values())
+        ids = [encode_prompt(primary.messages(p), tok, primary.template) for p in paired]
+        values = refusal_margins(model, tok, ids, opts.settings.batch_size, opts.progress)
+        margins = {p.id: v for p, v in zip(paired, values)}
     if opts.heldout:
         from sftlab.evaluation.loss import eval_loss
 
@@ -230,7 +246,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
             "device": str(next(model.parameters()).device),
             "tokenizer": tokenizer_fingerprint(tok), "template": train_t.describe(), "heldout": heldout}
     del model
-    return ModelEval(kind, info, results, rows, described, skipped, train_t)
+    return ModelEval(kind, info, results, rows, described, skipped, train_t, margins)
 
 
 def template_spec_of(template) -> str:
@@ -282,6 +298,9 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
         "reference_robustness": spreads(ref.results, opts.robustness_threshold) if ref else None,
         "comparison": compare(t_primary, r_primary) if ref else [],
         "gates": gates, "passed": all(g["passed"] for g in gates),
+        "refusal_diversity": {"tuned": refusal_diversity(tuned.rows),
+                              "reference": refusal_diversity(ref.rows) if ref else None},
+        "margins": margin_report(opts, tuned, ref),
         "detector": detector.describe(),
         "extra_detectors": [d.describe() for d in opts.extra_detectors],
         "detector_check": check, "corrected": corrected, "gate_on": opts.gate_on,
@@ -325,6 +344,37 @@ def detector_check(detector, labelled, tuned: dict, reference: dict | None):
     corrected = {"tuned": correct_metrics(tuned, errors),
                  "reference": correct_metrics(reference, errors) if reference else None}
     return check, corrected
+
+
+def refusal_diversity(rows: list[dict]) -> dict:
+    """Diversity of one model's refusals (training template) and whether its offers are about
+    the request: ``sftlab.data.diversity``'s ``response_diversity`` plus ``offers``."""
+    from sftlab.data.diversity import offer_stats, response_diversity
+
+    refused = [r for r in rows if r["condition"] == PRIMARY and r["label"] in ("refuse", "partial")]
+    out = response_diversity([r["response"] for r in refused])
+    out["offers"] = offer_stats([(r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"],
+                                  r["response"]) for r in refused])
+    return out
+
+
+def margin_report(opts: EvalOptions, tuned: ModelEval, ref: ModelEval | None) -> dict | None:
+    """Per XSTest pair: the refusal margin of the benign and the harmful prompt under each model."""
+    if not tuned.margins:
+        return None
+    from sftlab.evaluation.margins import COMPLIANT_OPENINGS, REFUSAL_OPENINGS, summarise, xstest_pairs
+
+    pairs = []
+    for b, h, kind in xstest_pairs(opts.prompts, opts.margin_pairs):
+        row = {"type": kind, "benign_id": b.id, "harmful_id": h.id, "benign_prompt": b.text,
+               "harmful_prompt": h.text}
+        for m in (tuned, ref) if ref else (tuned,):
+            if b.id in m.margins and h.id in m.margins:
+                row[m.kind] = {"benign": m.margins[b.id], "harmful": m.margins[h.id]}
+        pairs.append(row)
+    return {"refusal_openings": list(REFUSAL_OPENINGS), "compliant_openings": list(COMPLIANT_OPENINGS),
+            "condition": PRIMARY, "pairs": pairs,
+            "summary": {k: summarise(pairs, k) for k in ("tuned", "reference") if ref or k == "tuned"}}
 
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:

@@ -22,6 +22,8 @@ class RunFiles:
     stats: dict[str, Any] | None = None
     mask_preview: list[dict[str, Any]] | None = None
     eval: dict[str, Any] | None = None
+    xstest: dict[str, Any] | None = None
+    """``eval_xstest/eval.json``: the same models on XSTest (``sftlab demo`` writes it)."""
     outputs: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
@@ -116,6 +118,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     files.mask_preview = [e for e in preview if isinstance(e, dict)] if preview is not None else None
     files.eval = _read_json(run / "eval" / "eval.json", p, dict)
     files.outputs = _read_jsonl(run / "eval" / "outputs.jsonl", p)
+    files.xstest = _read_json(run / "eval_xstest" / "eval.json", p, dict)
     files.unreadable = invalid + [name for name, value in (("run.json", files.manifest),
                                                            ("eval/eval.json", files.eval))
                                   if value is None and (run / name).is_file()]

@@ -133,3 +133,36 @@ def comparison(tuned: dict[str, Any], reference: dict[str, Any], metrics: list[s
     handles, labels = ax.get_legend_handles_labels()  # tuned first, outside the data
     fig.legend(handles[::-1], labels[::-1], frameon=False, fontsize=8, loc="outside right upper")
     return _to_uri(fig)
+
+
+def margins(pairs: list[dict[str, Any]]) -> str | None:
+    """Refusal margin of each benign look-alike (x) against its harmful prompt (y), reference
+    (grey) to tuned (blue), one arrow per pair; above the diagonal the harmful prompt leans
+    further towards refusal than its look-alike, right of 0 the look-alike is refused."""
+    pts = [p for p in pairs if isinstance(p.get("tuned"), dict)]
+    if not pts:
+        return None
+    fig, (ax,) = _figure(width=6.2, height=5.2)
+    ax.set_xlabel("benign look-alike: log P(refusal) - log P(compliance)")
+    ax.set_ylabel("harmful prompt: log P(refusal) - log P(compliance)")
+    values = []
+    for p in pts:
+        t, r = p["tuned"], p.get("reference")
+        values += [t["benign"], t["harmful"]]
+        if isinstance(r, dict):
+            values += [r["benign"], r["harmful"]]
+            ax.annotate("", xy=(t["benign"], t["harmful"]), xytext=(r["benign"], r["harmful"]),
+                        arrowprops={"arrowstyle": "->", "color": "#c9d1d9", "lw": 0.8})
+    ref = [p["reference"] for p in pts if isinstance(p.get("reference"), dict)]
+    if ref:
+        ax.scatter([r["benign"] for r in ref], [r["harmful"] for r in ref], s=14, color=COLOURS[7],
+                   label="reference")
+    ax.scatter([p["tuned"]["benign"] for p in pts], [p["tuned"]["harmful"] for p in pts], s=14,
+               color=COLOURS[0], label="tuned")
+    lo, hi = min(values) - 0.5, max(values) + 0.5
+    ax.plot([lo, hi], [lo, hi], color="#8c959f", linewidth=0.8, linestyle="--")
+    ax.axhline(0, color="#8c959f", linewidth=0.6)
+    ax.axvline(0, color="#8c959f", linewidth=0.6)
+    ax.set_title("refusal margins on paired prompts")
+    ax.legend(frameon=False, fontsize=8)
+    return _to_uri(fig)

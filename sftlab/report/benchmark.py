@@ -1,0 +1,100 @@
+"""The external benchmark beside the held-out set: XSTest per type, reference vs tuned, refusal
+margins on its paired prompts, and how varied the tuned model's refusals are.
+
+Reads ``RUN/eval_xstest/eval.json`` (``sftlab eval --prompts xstest``, written by ``sftlab demo``);
+the held-out numbers come from ``RUN/eval/eval.json``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sftlab.report import plots
+from sftlab.report.markup import Markup, badge, image, join, not_recorded, table, tag
+
+PRIMARY = "training_template"
+RATES = ("harmful_refusal_rate", "benign_refusal_rate")
+
+
+def _primary(ev: dict | None, kind: str) -> dict:
+    return (((ev or {}).get("results") or {}).get(kind) or {}).get(PRIMARY) or {}
+
+
+def _rate(e: Any) -> str:
+    if not isinstance(e, dict) or e.get("value") is None:
+        return "—"
+    return f"{e['value']:.2f} ({e.get('k')}/{e.get('n')})"
+
+
+def side_by_side(heldout: dict | None, xstest: dict | None) -> Markup:
+    """Harmful and benign refusal rates of both models on both prompt sets."""
+    rows = []
+    for metric in RATES:
+        row: list[Any] = [metric]
+        for ev in (heldout, xstest):
+            for kind in ("reference", "tuned"):
+                row.append(_rate(_primary(ev, kind).get("all", {}).get(metric)))
+        rows.append(row)
+    return table(["metric", "held-out: reference", "held-out: tuned", "XSTest: reference", "XSTest: tuned"], rows)
+
+
+def per_type(xstest: dict) -> Markup:
+    """One row per XSTest type: the rate that type measures, reference vs tuned."""
+    tuned, ref = _primary(xstest, "tuned"), _primary(xstest, "reference")
+    rows = []
+    for name in sorted(set(tuned) - {"all"}, key=lambda s: (s.startswith("contrast_"), s)):
+        metric = "harmful_refusal_rate" if "harmful_refusal_rate" in tuned[name] else "benign_refusal_rate"
+        rows.append([name, "unsafe: refusal" if metric.startswith("harmful") else "safe: over-refusal",
+                     _rate(ref.get(name, {}).get(metric)), _rate(tuned[name].get(metric))])
+    return table(["XSTest type", "measures", "reference", "tuned"], rows)
+
+
+def diversity(ev: dict) -> Markup:
+    rows = []
+    for kind, d in (ev.get("refusal_diversity") or {}).items():
+        if not isinstance(d, dict) or not d.get("n"):
+            continue
+        top = (d.get("top_sentences") or [{}])[0]
+        offers = d.get("offers") or {}
+        rows.append([kind, d["n"], d.get("distinct_2"), f"{top.get('count')} ({top.get('share', 0):.0%})",
+                     top.get("sentence"), (d.get("largest_group") or {}).get("size"),
+                     f"{offers.get('unrelated')}/{offers.get('offers')}",
+                     badge(not d.get("flagged") and not offers.get("flagged"),
+                           "collapsed" if d.get("flagged") else "unrelated offers" if offers.get("flagged") else "varied")])
+    if not rows:
+        return not_recorded("refusal diversity")
+    return table(["model", "refusals", "distinct bigrams", "top sentence in", "top sentence",
+                  "largest near-identical group", "unrelated offers", ""], rows)
+
+
+def margins(ev: dict) -> Markup:
+    m = ev.get("margins")
+    if not isinstance(m, dict) or not m.get("pairs"):
+        return not_recorded("refusal margins (sftlab eval --margins N)")
+    out = [tag("p", "Margin = log P(refusal opening) - log P(compliant opening) of the first tokens "
+                    f"(refusal: {', '.join(m.get('refusal_openings') or [])}; compliant: "
+                    f"{', '.join(m.get('compliant_openings') or [])}), per XSTest pair.", class_="note")]
+    uri = plots.margins(m["pairs"])
+    if uri:
+        out.append(image(uri, "refusal margins, reference to tuned, per pair"))
+    rows = [[k, s.get("pairs"), s.get("harmful_mean"), s.get("benign_mean"), s.get("gap_mean"),
+             s.get("separated_share")] for k, s in (m.get("summary") or {}).items() if s]
+    out.append(table(["model", "pairs", "harmful mean", "benign mean", "gap", "harmful above benign"], rows))
+    return join(out)
+
+
+def benchmark_part(heldout: dict | None, xstest: dict | None) -> Markup:
+    """Refusal diversity of the held-out evaluation and, when XSTest was evaluated beside it,
+    the side-by-side table, XSTest per type, its gates, diversity and margins."""
+    parts: list[Any] = []
+    if heldout and heldout.get("refusal_diversity"):
+        parts += [tag("h3", "Refusal diversity (held-out, training template)", id="refusal-diversity"),
+                  diversity(heldout)]
+    if xstest is None:
+        return join(parts)
+    gates = [g for g in xstest.get("gates") or [] if isinstance(g, dict)]
+    return join(parts + [
+        tag("h3", "Held-out set and XSTest, side by side", id="xstest"), side_by_side(heldout, xstest),
+        tag("h3", "XSTest per type"), per_type(xstest),
+        table(["result", "gate"], [[badge(g.get("passed")), g.get("message")] for g in gates]) if gates else Markup(""),
+        tag("h3", "Refusal diversity (XSTest, training template)"), diversity(xstest),
+        tag("h3", "Refusal margins on paired prompts", id="margins"), margins(xstest)])
