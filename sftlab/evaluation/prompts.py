@@ -23,7 +23,7 @@ comply and ``unsafe`` -> refuse.
 
 Built-in sets are read by name instead of a path (``sftlab eval --prompts xstest``): ``xstest``
 is XSTest's 450 prompts (250 safe in ten types, 200 unsafe contrasts; CC BY 4.0, see
-``sftlab/evaluation/assets/NOTICE.md``), one slice per XSTest type.
+``sftlab/evaluation/assets/README.md``), one slice per XSTest type.
 
 A row that cannot be used is not fatal: it is listed in ``PromptSet.bad_rows`` with its file,
 line and reason, and the rest are evaluated.
