@@ -70,9 +70,10 @@ def test_eval_logs_margins_per_pair_and_refusal_diversity(tiny, tmp_path, capsys
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(keep)
-    code = main(["eval", "--model", str(silent), "--reference", str(tmp_path / "ref"), "--prompts", str(sub),
-                 "--margins", "2", "--max-new-tokens", "2", "--batch-size", "64",
-                 "--conditions", "training_template", "--out", str(tmp_path / "eval"), "--no-cache", "--json"])
+    args = ["eval", "--model", str(silent), "--reference", str(tmp_path / "ref"), "--prompts", str(sub),
+            "--margins", "2", "--max-new-tokens", "2", "--batch-size", "64",
+            "--conditions", "training_template", "--out", str(tmp_path / "eval")]
+    code = main([*args, "--no-cache", "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert code == 0 and summary["refusal_collapse"] is False
     ev = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -92,6 +93,10 @@ def test_eval_logs_margins_per_pair_and_refusal_diversity(tiny, tmp_path, capsys
     # every silent response is empty, labelled a refusal: 8 refusals, none a repeated sentence
     div = ev["refusal_diversity"]["tuned"]
     assert div["n"] == 8 and div["top_sentences"] == [] and not div["flagged"]
+    # the human-readable output says the same (empty refusals have no sentence to count)
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "refusals (tuned): 8" in out and "refusal margin (tuned, 4 XSTest pairs)" in out
 
 
 def test_collapsed_refusals_and_unrelated_offers_are_flagged():

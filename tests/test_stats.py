@@ -308,3 +308,19 @@ def test_cli_token_lengths_with_a_tokenizer(files, capsys, tmp_path):
     assert s["lengths"]["prompt"]["min"] == min(len(e.input_ids) - e.trained_tokens for e in examples)
     code, s = run_json(capsys, files["train"], "--tokenizer", str(tmp_path / "tok"))
     assert code == 2 and "chat_template" in s["error"]
+
+
+def test_refusals_dominated_by_a_few_sentences_are_flagged():
+    fixed = "I can't help with that: it is illegal and harms people. I can explain safety instead."
+    collapsed = [conv(f"bad request {i}", fixed, expected="refuse", category="x") for i in range(12)]
+    s = compute_stats(collapsed + [conv("fine", "sure", expected="comply", category="x")])
+    div = s["refusals"]["diversity"]
+    assert div["n"] == 12 and div["top_sentences"][0]["count"] == 12 and div["flagged"]
+    assert "refusal_collapse" in {w["code"] for w in s["warnings"]}
+    varied = [conv(f"how do I hurt {who}", f"I won't help you hurt {who}; I can explain how to talk with {who} "
+                   "about the conflict instead.", expected="refuse", category="x")
+              for who in ("my brother", "a coworker", "the landlord", "my ex", "a neighbour", "the teacher",
+                          "a stranger", "my boss", "the mechanic", "a friend", "the tenant", "my cousin")]
+    s = compute_stats(varied + [conv("fine", "sure", expected="comply", category="x")])
+    assert not s["refusals"]["diversity"]["flagged"]
+    assert "refusal_collapse" not in {w["code"] for w in s["warnings"]}

@@ -252,7 +252,7 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
     for kind, div in (report.get("refusal_diversity") or {}).items():
         if not div or not div.get("n"):
             continue
-        top = div["top_sentences"][0]
+        top = (div["top_sentences"] or [{"count": 0, "share": 0.0}])[0]  # empty responses have no sentence
         offers = div["offers"]
         print(f"refusals ({kind}): {div['n']}, distinct bigram share {div['distinct_2']}, most common sentence "
               f"in {top['count']} ({top['share']:.0%}), largest near-identical group "

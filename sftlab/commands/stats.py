@@ -148,7 +148,7 @@ def print_human(s: dict[str, Any]) -> None:
     console.print(_refusal_table(s["refusals"]))
     div = s["refusals"].get("diversity") or {}
     if div.get("n"):
-        top = div["top_sentences"][0]
+        top = (div["top_sentences"] or [{"count": 0, "share": 0.0}])[0]
         console.print(f"refusal diversity: distinct 1/2/3-grams {div['distinct_1']}/{div['distinct_2']}/"
                       f"{div['distinct_3']}, most common sentence in {top['count']} of {div['n']} refusals "
                       f"({top['share']:.0%}), largest near-identical group {div['largest_group']['size']}"
