@@ -317,10 +317,13 @@ def test_refusals_dominated_by_a_few_sentences_are_flagged():
     div = s["refusals"]["diversity"]
     assert div["n"] == 12 and div["top_sentences"][0]["count"] == 12 and div["flagged"]
     assert "refusal_collapse" in {w["code"] for w in s["warnings"]}
-    varied = [conv(f"how do I hurt {who}", f"I won't help you hurt {who}; I can explain how to talk with {who} "
-                   "about the conflict instead.", expected="refuse", category="x")
-              for who in ("my brother", "a coworker", "the landlord", "my ex", "a neighbour", "the teacher",
-                          "a stranger", "my boss", "the mechanic", "a friend", "the tenant", "my cousin")]
+    import random
+
+    from sftlab.demo.boundary import HARMFUL, refusal
+
+    rng = random.Random(0)
+    varied = [conv(act.x, refusal(h, act, rng), expected="refuse", category="x")
+              for h in HARMFUL[:3] for act in h.acts[:4]]
     s = compute_stats(varied + [conv("fine", "sure", expected="comply", category="x")])
     assert not s["refusals"]["diversity"]["flagged"]
     assert "refusal_collapse" not in {w["code"] for w in s["warnings"]}
