@@ -71,7 +71,7 @@ def test_eval_logs_margins_per_pair_and_refusal_diversity(tiny, tmp_path, capsys
         w.writeheader()
         w.writerows(keep)
     args = ["eval", "--model", str(silent), "--reference", str(tmp_path / "ref"), "--prompts", str(sub),
-            "--margins", "2", "--max-new-tokens", "2", "--batch-size", "64",
+            "--margin-pairs", "2", "--max-new-tokens", "2", "--batch-size", "64",
             "--conditions", "training_template", "--out", str(tmp_path / "eval")]
     code = main([*args, "--no-cache", "--json"])
     summary = json.loads(capsys.readouterr().out)

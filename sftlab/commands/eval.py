@@ -71,7 +71,7 @@ def register(sub) -> None:
                         "corrected interval's end on the failing side (needs --labelled)")
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
     p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
-    p.add_argument("--margins", type=int, default=0, metavar="N",
+    p.add_argument("--margin-pairs", type=int, default=0, metavar="N",
                    help="refusal margins (log P(refusal opening) - log P(compliant opening)) for up to N "
                         "XSTest pairs per type, under both models (default 0: none)")
     p.add_argument("--heldout-conversations", metavar="FILE",
@@ -164,7 +164,7 @@ def _options(args):
                        heldout=heldout, heldout_encoding=encoding, progress=not args.json,
                        trust_remote_code=args.trust_remote_code, extra_detectors=tuple(detectors[1:]),
                        labelled=labelled, margin=args.margin, gate_on=args.gate_on,
-                       margin_pairs=max(0, args.margins))
+                       margin_pairs=max(0, args.margin_pairs))
     return opts, sets, detector
 
 

@@ -54,17 +54,17 @@ MODES = {
     "full": Mode(n_train=600, n_heldout=96, train={**_SMOL, "optim.max_steps": 100, "eval.every_n_steps": 50},
                  eval_args=["--max-new-tokens", "20", "--batch-size", "16",
                             "--conditions", _ROBUST + ",template_default",
-                            "--reference-conditions", "training_template"], xstest_args=[*_XSTEST, "--margins", "5"]),
+                            "--reference-conditions", "training_template"], xstest_args=[*_XSTEST, "--margin-pairs", "5"]),
     "quick": Mode(n_train=600, n_heldout=48, train={**_SMOL, "optim.max_steps": 60, "eval.every_n_steps": 30},
                   eval_args=["--max-new-tokens", "20", "--batch-size", "16", "--conditions", _ROBUST,
-                             "--reference-conditions", "training_template"], xstest_args=[*_XSTEST, "--margins", "3"]),
+                             "--reference-conditions", "training_template"], xstest_args=[*_XSTEST, "--margin-pairs", "3"]),
     "tiny": Mode(n_train=160, n_heldout=24, train={
         "optim.lr": 3e-3, "optim.max_steps": 24, "optim.micro_batch_size": 2, "optim.grad_accum": 2,
         "optim.warmup_steps": 2, "encoding.max_length": 256, "packing.max_length": 512,
         "eval.every_n_steps": 8, "checkpointing.every_n_steps": 8, "log.progress": False},
         eval_args=["--max-new-tokens", "12", "--batch-size", "24", "--conditions", _ROBUST],
         xstest_args=["--max-new-tokens", "8", "--batch-size", "64", "--conditions", "training_template",
-                     "--margins", "1"]),
+                     "--margin-pairs", "1"]),
 }
 
 

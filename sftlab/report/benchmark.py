@@ -69,7 +69,7 @@ def diversity(ev: dict) -> Markup:
 def margins(ev: dict) -> Markup:
     m = ev.get("margins")
     if not isinstance(m, dict) or not m.get("pairs"):
-        return not_recorded("refusal margins (sftlab eval --margins N)")
+        return not_recorded("refusal margins (sftlab eval --margin-pairs N)")
     out = [tag("p", "Margin = log P(refusal opening) - log P(compliant opening) of the first tokens "
                     f"(refusal: {', '.join(m.get('refusal_openings') or [])}; compliant: "
                     f"{', '.join(m.get('compliant_openings') or [])}), per XSTest pair.", class_="note")]
