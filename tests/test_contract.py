@@ -166,3 +166,16 @@ def test_templates_that_hang_or_explode_are_refused_quickly(tok, source, monkeyp
         t = get_template(source + "{% for m in messages %}{{ m.content }}{% endfor %}", tok)
         encode(conv("q", "a"), tok, t)
     assert time.monotonic() - t0 < 20
+
+
+def test_overflow_split_leaves_out_only_an_exchange_too_long_on_its_own(tok):
+    turns = ["q0", "a0 short", "q1", "long answer " * 80, "q2", "a2 short", "q3", "a3 short"]
+    c = Conversation((Message("system", "SYS"),) + tuple(Message("user" if k % 2 == 0 else "assistant", t)
+                                                         for k, t in enumerate(turns)))
+    limit = len(encode(conv("q1", "long answer " * 80, system="SYS"), tok, "chatml")) - 1  # exchange 1 cannot fit
+    examples, quarantined = encode_all([c], tok, "chatml", max_length=limit, overflow="split")
+    trained_runs = sorted(r for e in examples for r in trained(tok, e))
+    assert not quarantined and trained_runs == ["a0 short<|im_end|>", "a2 short<|im_end|>", "a3 short<|im_end|>"]
+    lost = encoding_summary(examples)["lost_trained_tokens"]
+    full = encode(c, tok, "chatml")
+    assert lost == full.trained_tokens - sum(e.trained_tokens for e in examples) > 0

@@ -484,23 +484,25 @@ class _Truncation:
         if mode != "split":
             return [dataclasses.replace(best, lost_trained_tokens=lost)]
         trained = _trained_messages(self.conv.messages, last_turn_only)
-        dropped = [i for grp in self.groups[:self.k] for i in grp]
-        if not any(i in trained and i not in self.skip for i in dropped):
-            return [best]
-        keep = set(self.head) | set(dropped)
-        msgs = tuple(m if (i in trained and i not in self.skip) or m.role != "assistant" else
-                     dataclasses.replace(m, train=False) for i, m in enumerate(self.conv.messages) if i in keep)
-        msgs = tuple(dataclasses.replace(m, train=True) if m.role == "assistant" and m.train is not False else m
-                     for m in msgs)
-        sub = dataclasses.replace(self.conv, messages=msgs)
-        try:
-            parts = _encode_one(enc, sub, self.max_length, False, turns, "split")
-        except (EncodingError, TemplateError):
-            return [dataclasses.replace(best, lost_trained_tokens=lost)]
-        parts = [dataclasses.replace(p, derived=p.derived or "overflow") for p in parts]
-        split_lost = max(lost - sum(p.trained_tokens for p in parts), 0) + sum(p.lost_trained_tokens for p in parts)
-        return [dataclasses.replace(best, lost_trained_tokens=split_lost),
-                *[dataclasses.replace(p, lost_trained_tokens=0) for p in parts]]
+        parts: list[EncodedExample] = []
+        # The dropped exchanges with the system message; an exchange too long for max_length on its own is
+        # left out (lost) and the ones before it are tried again.
+        for j in range(self.k, 0, -1):
+            dropped = [i for grp in self.groups[:j] for i in grp]
+            if not any(i in trained and i not in self.skip for i in dropped):
+                break
+            keep = set(self.head) | set(dropped)
+            msgs = tuple(dataclasses.replace(m, train=(i in trained and i not in self.skip)) if m.role == "assistant"
+                         else m for i, m in enumerate(self.conv.messages) if i in keep)
+            try:
+                parts = _encode_one(enc, dataclasses.replace(self.conv, messages=msgs), self.max_length, False, turns,
+                                    "split")
+                break
+            except (EncodingError, TemplateError):
+                continue
+        parts = [dataclasses.replace(p, derived=p.derived or "overflow", lost_trained_tokens=0) for p in parts]
+        split_lost = max(lost - sum(p.trained_tokens for p in parts), 0)
+        return [dataclasses.replace(best, lost_trained_tokens=split_lost), *parts]
 
     def _reject(self, final: EncodedExample):
         raise EncodingError(
