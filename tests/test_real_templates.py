@@ -1,6 +1,6 @@
 """The generation-parity contract (DESIGN.md, invariant 2) on the official chat templates of
 current model families, committed as fixtures (tests/data/chat_templates, sources and licences in
-its README). Each family gets a small BPE tokenizer with the template's control tokens as special
+its README; the tool-calling fixtures of tests/data/templates are indexed there too). Each family gets a small BPE tokenizer with the template's control tokens as special
 tokens. For each template: ``check-template`` passes (every turn of the probe set trains exactly
 what the model must generate: single- and multi-turn, with and without a system message where the
 template takes one; content spelling every control token adds no control token), and the ids
@@ -47,11 +47,12 @@ def tokenizer_for(name: str, cache: dict):
     if name not in cache:
         spec = INDEX[name]
         control = list(dict.fromkeys(["<|pad|>", *spec["control"]]))
-        tok = build_tokenizer([(HERE / f"{name}.jinja").read_text(encoding="utf-8")], vocab_size=600,
+        source = (HERE / spec.get("file", f"{name}.jinja")).read_text(encoding="utf-8")
+        tok = build_tokenizer([source], vocab_size=600,
                               special_tokens=control)
         tok.bos_token = spec["bos_token"]
         tok.eos_token = spec["eos_token"]
-        tok.chat_template = (HERE / f"{name}.jinja").read_text(encoding="utf-8")
+        tok.chat_template = source
         cache[name] = tok
     return cache[name]
 
