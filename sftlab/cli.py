@@ -17,7 +17,7 @@ import sys
 from sftlab.errors import UsageError
 
 # In the order of the data flow (DESIGN.md).
-COMMANDS = ("validate", "stats", "inspect", "check_template", "train", "eval", "eval_detector", "label",
+COMMANDS = ("validate", "stats", "inspect", "check_template", "prepare", "train", "eval", "eval_detector", "label",
             "manifest", "report", "demo")
 
 

@@ -1,7 +1,14 @@
 """Helpers shared by several test modules (pytest imports this file before any test module)."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Prepared data goes to a fresh cache per test session, never ~/.cache; subprocesses (two-process
+# training, the CLI) inherit it.
+os.environ["SFTLAB_CACHE"] = tempfile.mkdtemp(prefix="sftlab-test-cache-")
 
 
 def hand_tokenizer():

@@ -273,7 +273,7 @@ def test_unusable_inputs_raise_usage_error(tmp_path):
     with pytest.raises(UsageError, match="missing.jsonl: no such file"):
         load_files([tmp_path / "missing.jsonl"])
     (tmp_path / "plain_dir").mkdir()
-    with pytest.raises(UsageError, match="plain_dir: is a directory but not a saved datasets"):
+    with pytest.raises(UsageError, match="plain_dir: is a directory but neither a saved datasets"):
         load_files([tmp_path / "plain_dir"])
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n \n")

@@ -186,8 +186,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "sftlab", "train", str(two)]
-    double = subprocess.run(launch, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    cache = tmp_path / "cache"  # its own prepared-data cache: the main process builds, the other waits
+    double = subprocess.run(launch, env={**_env(), "SFTLAB_CACHE": str(cache)}, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=180)
     assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stderr.count(": built ") == 2  # train and held-out, each encoded once
+    assert len([d for d in (cache / "prepared").iterdir() if d.name != "index"]) == 2
     assert single.wait(timeout=120) == 0, single.stderr.read()[-2000:]
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 13))
@@ -198,6 +202,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
     wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "final" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_prepare_then_train_reuses_the_store_and_the_manifest_says_so(assets, tmp_path, capsys):
+    cfg = _config(assets, tmp_path / "run", optim={"max_steps": 1}, checkpointing={"every_n_steps": None},
+                  data={"cache_dir": str(tmp_path / "cache")})
+    assert main(["prepare", str(cfg), "--json"]) == 0
+    prepared = json.loads(capsys.readouterr().out)
+    assert not prepared["train"]["hit"] and not prepared["heldout"]["hit"]
+    assert main(["train", str(cfg)]) == 0
+    assert ": built " not in capsys.readouterr().err  # nothing encoded again
+    store = json.loads((tmp_path / "run" / "run.json").read_text())["data"]["store"]
+    assert store["train"]["hit"] and store["heldout"]["hit"]
+    assert store["train"]["key"] == prepared["train"]["key"]
+    split = json.loads((tmp_path / "run" / "run.json").read_text())["data"]["splits"]["train"]
+    assert split["records"] == split["accepted"] + split["quarantined"]
+    assert split["store"]["key"] == store["train"]["key"]
 
 
 def test_nan_loss_stops_keeps_last_checkpoint_and_exits_1(assets, tmp_path, capsys):

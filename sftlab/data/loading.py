@@ -203,14 +203,7 @@ def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: d
         origin = Origin(name, line)
         if problem is None:
             try:
-                if type(raw) is not dict:
-                    raise RecordError("not_an_object", "expected a JSON object per record, got "
-                                      f"{type(raw).__name__}; fix: wrap it as "
-                                      "{\"messages\": [...]} or drop it")
-                conv = to_conversation(raw, origin, columns)
-                check_conversation(conv)
-                if policy is not None:
-                    check_policy(conv, policy)
+                conv = validate_record(raw, origin, policy, columns)
                 if conv.id is not None:
                     _check_unique(conv.id, first_seen, origin)
             except RecordError as e:
@@ -222,10 +215,34 @@ def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: d
                     report.warnings.append(RecordWarning(name, line, code, message, conv.id))
                 continue
         counts.quarantined += 1
-        quarantined.append(QuarantineEntry(
-            file=name, line=line, reason=str(problem), record=raw, id=_raw_id(raw),
-            field=problem.field, message_index=problem.message_index, code=problem.code,
-            file_line=file_line))
+        quarantined.append(quarantine_entry(name, line, raw, problem, file_line))
+
+
+def validate_record(raw: Any, origin: Origin, policy: Any = None, columns: Columns | None = None) -> Conversation:
+    """One raw record -> its ``Conversation``, or ``RecordError`` naming what is wrong. Every
+    check but the unique id, which needs the records before it (``load_files`` does that; the
+    prepared-data store, ``sftlab.tokens.store``, over its chunks)."""
+    if type(raw) is not dict:
+        raise RecordError("not_an_object", "expected a JSON object per record, got "
+                          f"{type(raw).__name__}; fix: wrap it as {{\"messages\": [...]}} or drop it")
+    conv = to_conversation(raw, origin, columns)
+    check_conversation(conv)
+    if policy is not None:
+        check_policy(conv, policy)
+    return conv
+
+
+def quarantine_entry(name: str, line: int | None, raw: Any, problem: RecordError,
+                     file_line: int | None = None) -> QuarantineEntry:
+    return QuarantineEntry(file=name, line=line, reason=str(problem), record=raw, id=_raw_id(raw),
+                           field=problem.field, message_index=problem.message_index, code=problem.code,
+                           file_line=file_line)
+
+
+def duplicate_id_error(cid: str, first: Origin) -> RecordError:
+    return RecordError("duplicate_id", f"duplicate id {cid!r}, first seen at "
+                       f"{first.file}:{first.line}; fix: give each record a unique id or drop "
+                       "the copy", field="id")
 
 
 # Record fields people fill for multimodal training; sftlab trains on text only.
@@ -256,9 +273,7 @@ def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
 def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> None:
     first = first_seen.get(cid)
     if first is not None:
-        raise RecordError("duplicate_id", f"duplicate id {cid!r}, first seen at "
-                          f"{first.file}:{first.line}; fix: give each record a unique id or drop "
-                          "the copy", field="id")
+        raise duplicate_id_error(cid, first)
     first_seen[cid] = origin
 
 

@@ -39,19 +39,25 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 RawItem = tuple
 
 
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]*){0,2}$")
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
+
+
 def check_readable(p: Path) -> None:
     try:
         st = os.stat(p)
     except FileNotFoundError:
+        if hub_dataset(p) is not None:
+            return
         raise UsageError(f"{p}: no such file or directory") from None
     except OSError as e:
         reason = "a symbolic link loop" if isinstance(e, OSError) and e.errno == 40 else e.strerror or e
         raise UsageError(f"{p}: cannot read: {reason}") from None
     if stat.S_ISDIR(st.st_mode):
-        if not _is_saved_dataset(p):
-            raise UsageError(f"{p}: is a directory but not a saved datasets directory (expected "
-                             "dataset_info.json or dataset_dict.json from save_to_disk); pass "
-                             "the data files instead")
+        if not _is_saved_dataset(p) and not _data_files(p):
+            raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
+                             "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
+                             f"data files ({', '.join(_DATA_SUFFIXES)}); pass the data files instead")
         return
     if not stat.S_ISREG(st.st_mode):
         return  # a pipe or FIFO: opening it here would take (or wait for) data read later
@@ -66,10 +72,31 @@ def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
 
+def _data_files(p: Path) -> list[Path]:
+    return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _DATA_SUFFIXES
+                  and not any(part.startswith(".") for part in f.relative_to(p).parts))
+
+
+def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:
+    """``(name, config, split)`` when ``p`` (not a path that exists) names a dataset for
+    ``datasets.load_dataset`` as ``name[:config[:split]]``, else ``None``."""
+    text = str(p)
+    if os.path.lexists(text) or not _HUB_NAME.match(text) or text.lower().endswith(
+            (*_DATA_SUFFIXES, ".pq", ".yaml", ".yml")):
+        return None
+    name, config, split = (text.split(":") + [None, None])[:3]
+    return name, config or None, split or None
+
+
 def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
-    """(name, items) for each input inside ``p``: one for a file, one per split for a dataset."""
-    if p.is_dir():
+    """(name, items) for each input inside ``p``: one for a file, one per split for a dataset
+    (a ``save_to_disk`` directory; a folder of data files or a dataset name, both read with
+    ``datasets.load_dataset``, which uses the local Hugging Face cache when offline)."""
+    if p.is_dir() and _is_saved_dataset(p):
         yield from _read_saved_dataset(p, max_bytes)
+        return
+    if p.is_dir() or hub_dataset(p) is not None:
+        yield from _read_dataset(p, max_bytes)
         return
     name = str(p)
     try:
@@ -432,6 +459,53 @@ def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator
         name = str(p) if split is None else f"{p}[{split}]"
         batches = d.with_format("arrow").iter(batch_size=_BATCH_ROWS)
         yield name, _read_batches(_guarded(batches, p, "Arrow"), max_bytes)
+
+
+def _load_dataset(p: Path):
+    import datasets
+
+    hub = hub_dataset(p)
+    try:
+        if hub is not None:
+            return datasets.load_dataset(hub[0], hub[1], split=hub[2])
+        return datasets.load_dataset(str(p))
+    except Exception as e:  # datasets raises several types for a damaged or unknown dataset
+        raise UsageError(f"{p}: not a loadable dataset ({_first_line(e)})") from None
+
+
+def _read_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
+    import datasets
+
+    ds = _load_dataset(p)
+    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    for split, d in splits:
+        name = str(p) if split is None else f"{p}[{split}]"
+        batches = d.with_format("arrow").iter(batch_size=_BATCH_ROWS)
+        yield name, _read_batches(_guarded(batches, p, "Arrow"), max_bytes)
+
+
+def input_digest(p: Path) -> str:
+    """sha256 of what an input's records are read from: a file's bytes, every file of a
+    directory (with its relative path), or a named dataset's fingerprint in the local cache.
+    Equal digests, equal records: it lets a prepared store be found without reading them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if hub_dataset(p) is not None:
+        import datasets
+
+        ds = _load_dataset(p)
+        parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
+        h.update(repr([getattr(d, "_fingerprint", None) for d in parts]).encode())
+        return h.hexdigest()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- record shape

@@ -65,10 +65,18 @@ def loss_weights(values: Iterable[float]) -> TokenArray:
 def as_tensor(values, dtype=None):
     """A tensor of ``values`` (a ``TokenArray`` is read from its buffer, with no per-token loop).
 
-    Ids come back as int64 (what embedding layers index with), weights as float32.
+    Ids come back as int64 (what embedding layers index with), weights as float32. NumPy arrays
+    (the memory-mapped columns of ``sftlab.tokens.store``) are copied from their buffer too.
     """
     import torch
 
+    if type(values).__module__ == "numpy" and hasattr(values, "dtype"):  # a store's (memory-mapped) array
+        import numpy as np
+
+        t = torch.from_numpy(np.array(values))  # a copy: the tensor must not alias the map
+        if t.dtype == torch.int32:
+            t = t.long()
+        return t if dtype is None else t.to(dtype)
     kind = {IDS: torch.int32, WEIGHTS: torch.float32}.get(getattr(values, "typecode", None))
     if kind is None or not len(values):
         return torch.tensor(list(values), dtype=dtype)

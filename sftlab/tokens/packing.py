@@ -39,7 +39,7 @@ from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, as_tensor, token_ids
 from sftlab.tokens.arrays import loss_weights as weight_array
 
-__all__ = ["PackedRow", "pack", "pad_rows", "packing_efficiency", "packing_stats",
+__all__ = ["PackedRow", "pack", "pack_lengths", "check_lengths", "pad_rows", "packing_efficiency", "packing_stats",
            "collate", "additive_mask"]
 
 
@@ -222,6 +222,33 @@ def pack(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
     lengths = [_check_example(i, ex, max_length) for i, ex in enumerate(examples)]
     with collector.paused():
         return [_make_row(examples, group) for group in _best_fit_decreasing(lengths, max_length)]
+
+
+def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """``pack`` from the lengths alone: groups of example positions, one per row, in row order.
+
+    What a prepared store packs from (``sftlab.tokens.store``): the rows refer to examples by
+    index, and no token is read until a row is collated.
+
+        >>> pack_lengths([3, 2, 4, 1], max_length=5)
+        [[2, 3], [0, 1]]
+    """
+    check_lengths(lengths, max_length)
+    with collector.paused():
+        return _best_fit_decreasing(lengths, max_length)
+
+
+def check_lengths(lengths: Sequence[int], max_length: int) -> None:
+    """What ``pack`` checks of each example, from its length: at least one token, at most ``max_length``."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    bad = next(((i, n) for i, n in enumerate(lengths) if not 0 < n <= max_length), None)
+    if bad is not None:
+        i, n = bad
+        if n == 0:
+            raise ValueError(f"example {i}: no tokens; drop empty examples before packing")
+        raise ValueError(f"example {i}: {n} tokens > max_length {max_length}; packing never splits an "
+                         "example, so encode with the same max_length (it truncates or quarantines)")
 
 
 def pad_rows(examples: Sequence[Any], max_length: int) -> list[PackedRow]:

@@ -70,7 +70,8 @@ class DataFile(_Section):
 
 class DataConfig(_Section):
     train: list[str | DataFile] = Field(min_length=1)
-    """Training files (JSONL, JSON, Parquet or a saved HF dataset directory): a path, or a mapping
+    """Training data (JSONL, JSON or Parquet files, a saved HF dataset directory, a folder of data
+    files, or a dataset name for ``datasets.load_dataset`` as ``name[:config[:split]]``): a path, or a mapping
     with ``path`` and how its records name things (``field_messages``, ``role_key``,
     ``content_key``, ``roles``)."""
     eval: list[str | DataFile] = []
@@ -84,6 +85,11 @@ class DataConfig(_Section):
     the run exits 1; with the default 0 any quarantined record makes the exit code 1."""
     policy: str | None = None
     """Policy YAML; records whose ``policy_category`` it does not define are quarantined."""
+    cache_dir: str | None = None
+    """Where prepared (encoded) data is kept, keyed by content; default ``$SFTLAB_CACHE/prepared``
+    or ``~/.cache/sftlab/prepared``. ``sftlab prepare`` fills it ahead of training."""
+    num_proc: int = Field(1, gt=0)
+    """Processes that encode the data when it is not prepared yet (each writes its own chunks)."""
 
     @staticmethod
     def paths(entries: list) -> list[str]:

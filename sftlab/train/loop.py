@@ -103,7 +103,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
 
-    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume)
+    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
@@ -344,6 +344,40 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     return model, tokenizer, template, role_tokens
 
 
+def load_tokenizer_and_template(cfg: TrainConfig):
+    """``(tokenizer, template)`` exactly as ``load_model_and_tokenizer`` leaves them (role tokens
+    added, template installed), without loading the model's weights: what ``sftlab prepare``
+    needs to build the store that training will find."""
+    from transformers import AutoTokenizer
+
+    from sftlab.model.loading import _gguf_path, convert_gguf
+    from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
+
+    try:
+        target = (str(convert_gguf(_gguf_path(cfg.model.path, cfg.model.gguf_file))) if cfg.model.gguf_file
+                  else str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or target, trust_remote_code=cfg.model.trust_remote_code)
+        template = get_template(cfg.template, tokenizer)
+    except (OSError, ValueError, TemplateError) as e:
+        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
+    if add_role_tokens(tokenizer, None, template)["added"]:
+        template = get_template(cfg.template, tokenizer)
+    install_template(tokenizer, template)
+    return tokenizer, template
+
+
+def prepare_stores(cfg: TrainConfig, tokenizer, template) -> dict:
+    """The prepared stores of the config's splits (``train``, and ``heldout`` with ``data.eval``)."""
+    policy = None
+    if cfg.data.policy:
+        from sftlab.data.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    stores = {"train": _open_split(cfg, cfg.data.train, "train", tokenizer, template, policy, None)}
+    if cfg.data.eval:
+        stores["heldout"] = _open_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy, None)
+    return stores
+
+
 def _param_groups(model, weight_decay: float) -> list[dict]:
     """Decay matrices, not biases or norm scales (the usual AdamW split)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -356,42 +390,69 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 class TrainData:
     """Encoded training and held-out examples, and the rows of each epoch.
 
-    Rows of epoch e are a pure function of (examples, config, seed, e): mixture sample with
-    slice loss weights, pack (or one example per row), shuffle. Step s of an epoch takes rows
-    ``[s*G, (s+1)*G)`` with ``G = micro_batch_size x grad_accum x world_size``; process r takes
-    every ``world_size``-th of them starting at r, in micro-batches of ``micro_batch_size``.
+    ``examples`` is a prepared store (``sftlab.tokens.store.PreparedStore``: per-example lengths
+    and slices in memory, tokens memory-mapped) or a list of ``EncodedExample``; rows refer to
+    examples by index and read their tokens only when collated. Rows of epoch e are a pure
+    function of (examples, config, seed, e): mixture sample (from the slice of each example),
+    pack (from the lengths) or one example per row, shuffle; slice loss weights scale the
+    weights as rows are collated. Step s of an epoch takes rows ``[s*G, (s+1)*G)`` with
+    ``G = micro_batch_size x grad_accum x world_size``; process r takes every ``world_size``-th
+    of them starting at r, in micro-batches of ``micro_batch_size``.
     """
 
-    def __init__(self, cfg: TrainConfig, examples: list, eval_sets: dict, pad_id: int):
-        from sftlab.train.mixture import MixtureSpec, apply_loss_weights
+    def __init__(self, cfg: TrainConfig, examples, eval_sets: dict, pad_id: int, eval_table=None):
+        import numpy as np
+
+        from sftlab.tokens.store import ExampleTable
+        from sftlab.train.mixture import MixtureSpec, apply_loss_weights, slice_of
 
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
                                    loss_weights=dict(m.loss_weights), seed=cfg.seed)
-        self.cfg, self.examples, self.eval_sets, self.pad_id = cfg, examples, eval_sets, pad_id
-        self.weighted = apply_loss_weights(examples, self.mixture.loss_weights)
+        apply_loss_weights([], self.mixture.loss_weights)  # checks the weights
+        self.table = examples if hasattr(examples, "lengths") else ExampleTable(examples)
+        self.slices = self.table.slices
+        scales = [float(self.mixture.loss_weights.get(slice_of(s), 1.0)) for s in self.table.slice_names]
+        self.scales = np.asarray(scales) if any(x != 1.0 for x in scales) else None
+        if eval_table is None and eval_sets:  # lists of examples per slice, made in code
+            flat = [ex for exs in eval_sets.values() for ex in exs]
+            eval_table, n = ExampleTable(flat), 0
+            sets = {}
+            for name, exs in eval_sets.items():
+                sets[name] = np.arange(n, n + len(exs))
+                n += len(exs)
+            eval_sets = sets
+        self.cfg, self.eval_sets, self.eval_table, self.pad_id = cfg, eval_sets, eval_table, pad_id
         self.splits: dict = {}
         self.quarantined = 0
-        self.records = 0
         self.policy = None
         self.failed_checks: list[dict] = []
         self.gen_prompts: list = []
-        self._epoch: tuple[int, list, dict] | None = None
+        self.store_info: dict = {}
+        self.records = 0
+        self._epoch: tuple[int, object, dict] | None = None
 
-    def _build(self, epoch: int) -> tuple[list, dict]:
+    def _build(self, epoch: int) -> tuple[object, dict]:
         """Mixture sample of the epoch -> rows (packed or one per row) -> shuffled."""
+        from sftlab.tokens.packing import check_lengths, pack_lengths
+        from sftlab.tokens.store import EpochRows
         from sftlab.train.mixture import realised_mixture
-        from sftlab.tokens.packing import pack, pad_rows
 
         if self._epoch is None or self._epoch[0] != epoch:
-            idx = self.mixture.epoch_indices(self.examples, epoch)
-            make = pack if self.cfg.packing.mode == "packed" else pad_rows
-            rows = make([self.weighted[i] for i in idx], self.cfg.row_length)
-            random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(rows)
-            self._epoch = (epoch, rows, realised_mixture(idx, self.examples))
+            idx = self.mixture.epoch_indices(self.slices, epoch)
+            lengths = self.table.lengths[idx].tolist() if idx else []
+            if self.cfg.packing.mode == "packed":
+                groups = [[idx[j] for j in g] for g in pack_lengths(lengths, self.cfg.row_length)]
+            else:
+                check_lengths(lengths, self.cfg.row_length)
+                groups = [[i] for i in idx]
+            order = list(range(len(groups)))
+            random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(order)
+            rows = EpochRows(self.table, groups, order, self.scales)
+            self._epoch = (epoch, rows, realised_mixture(idx, self.slices))
         return self._epoch[1], self._epoch[2]
 
-    def epoch_rows(self, epoch: int) -> list:
+    def epoch_rows(self, epoch: int):
         return self._build(epoch)[0]
 
     def realised_mixture(self, epoch: int) -> dict:
@@ -406,7 +467,7 @@ class TrainData:
             return self.cfg.optim.max_steps
         return sum(self.steps_in_epoch(e, world) for e in range(self.cfg.optim.epochs))
 
-    def micro_batches(self, rows: list, s: int, rank: int, world: int) -> list[dict]:
+    def micro_batches(self, rows, s: int, rank: int, world: int) -> list[dict]:
         from sftlab.tokens.packing import PackedRow, collate
 
         o = self.cfg.optim
@@ -418,10 +479,174 @@ class TrainData:
         return [collate(mine[i:i + o.micro_batch_size], self.pad_id)
                 for i in range(0, len(mine), o.micro_batch_size)]
 
+    def eval_rows(self, name: str, rank: int, world: int) -> list:
+        """One row per held-out example of slice ``name``, every ``world``-th from ``rank``."""
+        return self.eval_table.rows([[int(i)] for i in self.eval_sets[name][rank::world]])
 
-def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool,
-                 check=None) -> TrainData:
-    """load -> quarantine -> hold out ``data.eval_split`` -> encode -> TrainData; the main process
+
+def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool, check=None,
+                 accelerator=None) -> TrainData:
+    """Prepared stores of the training and held-out data (opened from the cache, or built:
+    ``sftlab.tokens.store``) -> TrainData. In a multi-process run the main process of each
+    node prepares or opens the stores; the others wait, then memory-map them. The main process
+    (``write``) also writes RUN/data/quarantine.jsonl, RUN/data/stats.json (duplicates,
+    held-out leakage, ...) and the mask preview, all read from the stores. ``check(data)``, when
+    given, runs before anything is written (and may raise)."""
+    import numpy as np
+
+    from sftlab.train.config import DataConfig
+    from sftlab.train.mixture import slice_of
+
+    if cfg.data.eval_split or any(not (Path(p).is_file() or Path(p).is_dir()) and Path(p).exists()
+                                  for p in DataConfig.paths(cfg.data.train) + DataConfig.paths(cfg.data.eval)):
+        return _prepare_in_memory(cfg, tokenizer, template, run, write=write, check=check)
+    policy = None
+    if cfg.data.policy:
+        from sftlab.data.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    train = _open_split(cfg, cfg.data.train, "train", tokenizer, template, policy, accelerator)
+    if not len(train):
+        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
+                         f"({train.quarantined} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
+    stores, splits = {"train": train}, {"train": _split_record(train)}
+    eval_sets: dict[str, np.ndarray] = {}
+    held = None
+    if cfg.data.eval:
+        held = stores["heldout"] = _open_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy,
+                                               accelerator)
+        splits["heldout"] = _split_record(held)
+        names = [slice_of(s) for s in held.slice_names]
+        for code, name in enumerate(names):
+            idx = np.flatnonzero(held.slice_codes == code)
+            eval_sets[name] = np.concatenate([eval_sets[name], idx]) if name in eval_sets else idx
+    metric = cfg.eval.early_stopping.metric
+    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
+        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
+                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    data = TrainData(cfg, train, eval_sets, pad_id, eval_table=held)
+    data.splits, data.quarantined, data.policy = splits, sum(s.quarantined for s in stores.values()), policy
+    data.store_info = {split: s.describe() for split, s in stores.items()}
+    data.records = sum(s.meta["records"] for s in stores.values())
+    data.gen_prompts = _generation_prompts(cfg)
+    if check is not None:
+        check(data)
+    if write:
+        from sftlab.files import atomic_file
+        from sftlab.tokens.mask_preview import write_mask_preview
+
+        write_mask_preview(run, train.preview(), tokenizer, template, n=4,
+                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
+                           reasoning=cfg.encoding.reasoning)
+        (run / "data").mkdir(parents=True, exist_ok=True)
+        with atomic_file(run / "data" / "quarantine.jsonl") as f:
+            for split, store in stores.items():
+                with open(store.quarantine_path, encoding="utf-8") as q:
+                    for line in q:  # streamed: the split is added in front of each entry
+                        f.write(f'{{"split": {json.dumps(split)}, {line[1:]}' if line.startswith("{") else line)
+        data.failed_checks = _write_store_stats(run, train, held)
+    return data
+
+
+def _encoding_options(cfg: TrainConfig) -> dict:
+    """``encode_all``'s options as the config sets them: every one is part of the store's key."""
+    options = cfg.encoding.model_dump()
+    options["max_length"] = min(cfg.encoding.max_length, cfg.row_length)
+    return options
+
+
+def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template, policy, accelerator):
+    """The prepared store of one split: the main process of each node builds or opens (and
+    checks) it, the others wait and then open it without checking again."""
+    from sftlab.tokens.store import prepare
+    from sftlab.train.config import DataConfig
+
+    paths = DataConfig.paths(entries)
+    kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
+                  num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
+                  columns=DataConfig.columns(entries))
+    if accelerator is None or accelerator.num_processes == 1:
+        return prepare(paths, tokenizer, template, **kwargs)
+    store = None
+    if accelerator.is_local_main_process:
+        store = prepare(paths, tokenizer, template, **kwargs)
+    accelerator.wait_for_everyone()
+    if store is None:
+        store = prepare(paths, tokenizer, template, **{**kwargs, "progress": False}, build=False, verify=False)
+    return store
+
+
+def _split_record(store) -> dict:
+    """The manifest's record of one split: data version, counts per file, the store used."""
+    files = store.files
+    return {"sha256": store.meta["records_sha256"], "records": sum(f["records"] for f in files),
+            "accepted": len(store), "quarantined": store.quarantined, "files": files,
+            "store_key": store.key, **({"warnings": store.meta["warnings"]} if store.meta.get("warnings") else {})}
+
+
+def _prepare_in_memory(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
+    """With ``data.eval_split``: load -> quarantine -> hold out ``data.eval_split`` -> encode -> TrainData,
+    in memory (the prepared-data store does not split records yet); the main process
+    (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
+    leakage, and the per-file counts after encoding: the one place every count is read from)."""
+    from sftlab.data.split import split_by_hash
+    from sftlab.train.config import DataConfig
+    from sftlab.train.mixture import slice_of
+
+    policy = None
+    if cfg.data.policy:
+        from sftlab.data.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    train_report = _load(cfg.data.train, policy)
+    held_report = _load(cfg.data.eval, policy) if cfg.data.eval else None
+    split_off: list = []
+    if cfg.data.eval_split:
+        kept, split_off = split_by_hash(train_report.conversations, cfg.data.eval_split)
+        train_report = _with_conversations(train_report, kept)
+        held_report = _with_conversations(held_report, (held_report.conversations if held_report else []) + split_off)
+    train, train_q, train_split, train_report = _encode_split(cfg, train_report, "train", tokenizer, template)
+    if not train:
+        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
+                         f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
+    quarantine, splits = train_q, {"train": train_split}
+    eval_sets: dict[str, list] = {}
+    if held_report is not None:
+        held, held_q, splits["heldout"], held_report = _encode_split(cfg, held_report, "heldout", tokenizer,
+                                                                     template)
+        if split_off:
+            splits["heldout"]["from_train"] = {"eval_split": cfg.data.eval_split, "records": len(split_off)}
+        quarantine = quarantine + held_q
+        for ex in held:
+            eval_sets.setdefault(slice_of(ex), []).append(ex)
+    metric = cfg.eval.early_stopping.metric
+    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
+        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
+                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    data = TrainData(cfg, train, eval_sets, pad_id)
+    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
+    data.records = train_report.records + (held_report.records if held_report is not None else 0)
+    data.gen_prompts = _generation_prompts(cfg)
+    if write:
+        from sftlab.data.loading import quarantine_line
+        from sftlab.tokens.mask_preview import write_mask_preview
+
+        write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
+                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only)
+        (run / "data").mkdir(parents=True, exist_ok=True)
+        with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
+            for entry in quarantine:
+                f.write(quarantine_line(entry))
+        unencoded = sum(1 for e in train_q if e.get("stage") != "load")
+        data.failed_checks = _write_stats(run, train, unencoded, train_report, held_report, policy, template)
+    return data
+
+
+def _prepare_in_memory(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool,
+                       check=None) -> TrainData:
+    """With ``data.eval_split`` or an input that is a stream (a pipe): load -> quarantine -> hold out
+    ``data.eval_split`` -> encode -> TrainData, in memory (the prepared-data store neither splits
+    records nor reads an input twice yet); the main process
     (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
     leakage, and the per-file counts after encoding: the one place every count is read from).
     ``check(data)``, when given, runs before anything is written (and may raise)."""
@@ -520,6 +745,29 @@ def gen_eval_settings(cfg: TrainConfig) -> dict:
             "seed": cfg.seed}
 
 
+def _write_store_stats(run: Path, train, held) -> list[dict]:
+    """RUN/data/stats.json from the stores' statistics (held-out leakage measured here, from the
+    compact summaries of both), before training; returns the failed checks (besides quarantine)."""
+    from types import SimpleNamespace
+
+    from sftlab.data.chunk_stats import with_leakage
+    from sftlab.data.stats import with_files
+
+    stats = train.stats
+    stats.pop("files", None)
+    if held is not None:
+        stats = with_leakage(stats, train.summaries(), held.summaries())
+    report = lambda store: SimpleNamespace(files=[SimpleNamespace(**f) for f in store.files])  # noqa: E731
+    stats = with_files(stats, report(train), report(held) if held is not None else None)
+    (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+    failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
+    for check in failed:
+        print(f"sftlab train: data check {check['name']} failed: {check['message']} "
+              f"(see {run / 'data' / 'stats.json'})", file=sys.stderr)
+    return failed
+
+
 def _write_stats(run: Path, train: list, unencoded: int, train_report, held_report, policy,
                  template) -> list[dict]:
     """RUN/data/stats.json, measured before training on the examples training will see (lengths
@@ -574,7 +822,7 @@ def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str,
     Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
     """
     from sftlab.model.objective import micro_batch_loss, step_normaliser
-    from sftlab.tokens.packing import collate, pad_rows
+    from sftlab.tokens.packing import collate
 
     was_training = model.training
     model.eval()
@@ -582,7 +830,7 @@ def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str,
     sums = torch.zeros(len(names), 2, dtype=torch.float64)  # sum of w*nll, sum of w
     mbs, reduction = cfg.eval.micro_batch_size, cfg.loss.normalisation
     for j, name in enumerate(names):
-        rows = pad_rows(data.eval_sets[name], cfg.row_length)[accelerator.process_index::accelerator.num_processes]
+        rows = data.eval_rows(name, accelerator.process_index, accelerator.num_processes)
         for i in range(0, len(rows), mbs):
             batch = _to_device(collate(rows[i:i + mbs], data.pad_id), accelerator.device)
             with accelerator.autocast():
@@ -722,14 +970,12 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                     role_tokens: dict) -> None:
     """Write the run's data, template, tokenizer, masking, packing, mixture and config sections."""
     from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
-    from sftlab.tokens.encoding import encoding_summary
-    from sftlab.tokens.packing import packing_stats
-
-    trained = sum(ex.trained_tokens for ex in data.examples)
-    total = sum(len(ex.input_ids) for ex in data.examples)
+    trained = int(data.table.trained.sum())
+    total = int(data.table.lengths.sum())
     source = getattr(model, "sftlab_source", None) or {}
     sections = dict(
-        kind="train", data={"splits": data.splits, "failed_checks": data.failed_checks},
+        kind="train", data={"splits": data.splits, "failed_checks": data.failed_checks,
+                            "store": data.store_info},
         template={**template.describe(), "role_tokens": role_tokens},
         tokenizer=tokenizer_fingerprint(tokenizer),
         masking={"mode": "last_turn" if cfg.encoding.last_turn_only else "all_assistant_turns",
@@ -738,11 +984,11 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "trained_token_share": round(trained / total, 6) if total else None,
                  "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
                  "heldout_encoding": heldout_encoding(cfg),
-                 **encoding_summary(data.examples)},
-        packing={**packing_stats(data.epoch_rows(0), cfg.row_length, mode=cfg.packing.mode),
+                 **data.table.encoding_summary()},
+        packing={**data.epoch_rows(0).stats(cfg.row_length, cfg.packing.mode),
                  "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)
                                else "block-diagonal mask")},
-        mixture={**data.mixture.describe(data.examples),
+        mixture={**data.mixture.describe(data.slices),
                  "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
         model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,

@@ -1,0 +1,46 @@
+"""``sftlab prepare CONFIG.yaml [key=value ...] [--json]``: encode the data of a training config ahead of training."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = """Read, validate and encode the training (and held-out) data of CONFIG.yaml into the
+prepared-data store, as `sftlab train` would, without loading the model's weights: run it on a
+CPU machine before GPUs are booked. The store is keyed by the content of the records, template,
+tokenizer, encoding options, policy and sftlab version; `sftlab train` with the same inputs opens
+it in seconds (a cache hit), any change builds a new one. data.num_proc processes encode in
+parallel. Exit codes: 0 prepared, nothing quarantined; 1 prepared, some records quarantined
+(RUN-independent: see the store's quarantine.jsonl); 2 unusable config or data."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("prepare", help="encode a config's data into the prepared-data store",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG.yaml", help="training config (YAML), as for `sftlab train`")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override a config key (dotted path), value parsed as YAML")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the stores on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sftlab.errors import UsageError
+    from sftlab.train.config import ConfigError, load_config
+    from sftlab.train.loop import load_tokenizer_and_template, prepare_stores
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    tokenizer, template = load_tokenizer_and_template(cfg)
+    stores = prepare_stores(cfg, tokenizer, template)
+    out = {split: {**s.describe(), "quarantined": s.quarantined,
+                   "quarantine": str(s.quarantine_path)} for split, s in stores.items()}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for split, s in out.items():
+            state = "reused" if s["hit"] else "built"
+            print(f"{split}: {state} {s['path']}: {s['examples']:,} examples, {s['tokens']:,} tokens, "
+                  f"{s['quarantined']:,} quarantined")
+    return 1 if any(s["quarantined"] for s in out.values()) else 0

@@ -1,0 +1,832 @@
+"""The prepared-data store: encoded examples written once, found by content, memory-mapped by every process.
+
+``prepare(inputs, tokenizer, template, ...)`` reads, validates and encodes the records of
+``inputs`` (``sftlab.data.loading`` and ``sftlab.tokens.encoding``, unchanged) a chunk of
+``chunk_records`` records at a time, and writes each chunk as flat arrays:
+
+    CACHE/KEY/store.json                 key, its parts, counts per input file, chunks, sha256 of every file
+    CACHE/KEY/quarantine.jsonl           every record not used, with its reason (load, then encode stage)
+    CACHE/KEY/stats.json                 sftlab.data.stats' schema, from the chunk summaries
+    CACHE/KEY/chunk-00000/ids.npy        int32, the token ids of the chunk's examples end to end
+                          weights.npy    float32, their loss weights
+                          lengths.npy    int32, tokens per example (packing reads only this)
+                          slices.npy     int32, index into the chunk's slice names (chunk.json)
+                          trained.npy    int32, trained tokens per example
+                          records.npy    int64, record number of each example (order in the input)
+                          lines.npy      int64, its line (JSONL) or row in the input file
+                          examples.jsonl the example's other fields (id, task, dropped turns, ...)
+                          stats/         compact per-record summaries (sftlab.data.chunk_stats)
+
+Why NumPy ``.npy``: every array here is one flat column of one fixed type, which is exactly what
+the format holds: ``np.load(mmap_mode="r")`` maps it without copying or parsing, it needs nothing
+beyond NumPy (already required), and it never unpickles (``allow_pickle=False``). Arrow IPC would
+add record batches and a schema that a flat column does not use.
+
+The key is the sha256 of the normalised records of every input (each accepted record's
+``Conversation.to_dict()`` and each quarantined raw record, with its line, in order), the template (its
+fingerprint covers the source, control tokens and tokenizer; the control tokens are listed too),
+the tokenizer (``sftlab.manifest.tokenizer_fingerprint``), every encoding option, the policy,
+the store format and the sftlab version. An unchanged key reuses the store; anything else builds
+a new one. The normalised records are only known after reading, so the raw content of each
+input (``sftlab.data.readers.input_digest``: file bytes, or a dataset's fingerprint) with the
+other parts indexes the key (``CACHE/index/``): a run on unchanged files finds its store without
+reading a record, and a file rewritten with the same records is read once and maps to the same
+store. Opening a store checks every file's size and sha256; a damaged store is reported and
+rebuilt, never used.
+
+Workers (``num_proc``) each encode whole chunks and write them themselves (nothing but a small
+task description and a small summary crosses processes); the chunks, the per-record checks
+that need every record (duplicate ids: 16-byte keys; near duplicates: band keys) and the
+statistics are put together by the main process, so the store is the same bit for bit for any
+``num_proc``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields as dc_fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftlab.errors import UsageError
+
+FORMAT = 1
+CHUNK_RECORDS = 8192
+_ARRAYS = ("ids", "weights", "lengths", "slices", "trained", "records", "lines", "derived", "lost")
+_DERIVED = (None, "turn", "overflow")
+_NOT_META = {"input_ids", "loss_weights", "slice", "trained_tokens", "origin", "trace"}
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as it is (missing, truncated or altered files)."""
+
+
+def default_cache_dir() -> Path:
+    """``$SFTLAB_CACHE`` or ``~/.cache/sftlab``, plus ``prepared``."""
+    root = os.environ.get("SFTLAB_CACHE") or Path.home() / ".cache" / "sftlab"
+    return Path(root) / "prepared"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(_canonical(value).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# ------------------------------------------------------------------------------------- key
+
+def key_parts(inputs: list[str], tokenizer, template, options: dict, policy: Any = None,
+              max_record_bytes: int | None = None) -> dict:
+    """Everything but the records that decides what the store holds (the records are added as
+    ``inputs[i].records_sha256`` once read, or as the inputs' raw digests for the index)."""
+    from sftlab import __version__
+    from sftlab.fingerprints import tokenizer_fingerprint
+
+    return {"format": FORMAT, "sftlab_version": __version__,
+            "inputs": [str(p) for p in inputs],
+            "template": {"name": template.name, "fingerprint": template.fingerprint,
+                         "control_tokens": list(template.control_tokens)},
+            "tokenizer": tokenizer_fingerprint(tokenizer)["sha256"],
+            "encoding": dict(sorted(options.items())),
+            "policy": policy.manifest_entry()["sha256"] if policy is not None else None,
+            "max_record_bytes": max_record_bytes}
+
+
+# ----------------------------------------------------------------------------- the store
+
+@dataclass(frozen=True)
+class StoreRow:
+    """A packed row of a store: example indices only; tokens are read from the memory map when
+    ``collate`` asks (the interface of ``sftlab.tokens.packing.PackedRow``)."""
+    store: Any
+    example_indices: tuple[int, ...]
+    loss_scale: tuple[float, ...] | None = None
+    """Per-example multiplier of the loss weights (the mixture's slice loss weights)."""
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(int(self.store.lengths[i]) for i in self.example_indices)
+
+    def __len__(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return np.concatenate([self.store.ids(i) for i in self.example_indices])
+
+    @property
+    def loss_weights(self) -> np.ndarray:
+        scale = self.loss_scale or (1.0,) * len(self.example_indices)
+        parts = [self.store.weights(i) * np.float32(s) if s != 1.0 else self.store.weights(i)
+                 for i, s in zip(self.example_indices, scale)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    @property
+    def position_ids(self) -> tuple[int, ...]:
+        return tuple(j for n in self.lengths for j in range(n))
+
+
+class PreparedStore:
+    """A built store, opened: per-example arrays in memory (4 bytes each), tokens memory-mapped."""
+
+    def __init__(self, path: Path, *, verify: bool = True):
+        self.path = Path(path)
+        meta_path = self.path / "store.json"
+        if not meta_path.is_file():
+            raise StoreError(f"{self.path}: no store.json (an interrupted build?)")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{meta_path}: unreadable ({e})") from None
+        if self.meta.get("format") != FORMAT:
+            raise StoreError(f"{meta_path}: store format {self.meta.get('format')}, this sftlab reads {FORMAT}")
+        if verify:
+            self.verify()
+        self.key: str = self.meta["key"]
+        self.hit: bool | None = None
+        chunks = self.meta["chunks"]
+        self.slice_names: list[str] = list(self.meta["slices"])
+        code = {s: i for i, s in enumerate(self.slice_names)}
+        lengths, slices, trained = [], [], []
+        self._ids, self._weights = [], []
+        try:
+            for c in chunks:
+                d = self.path / c["dir"]
+                load = lambda name: np.load(d / f"{name}.npy", mmap_mode="r", allow_pickle=False)  # noqa: E731
+                lengths.append(np.asarray(load("lengths")))
+                remap = np.asarray([code[s] for s in c["slices"]] or [0], dtype=np.int32)
+                slices.append(remap[np.asarray(load("slices"))])
+                trained.append(np.asarray(load("trained")))
+                self._ids.append(load("ids"))
+                self._weights.append(load("weights"))
+        except (OSError, ValueError, KeyError) as e:
+            raise StoreError(f"{self.path}: unreadable chunk ({e})") from None
+        cat = lambda parts, dt: np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt)  # noqa: E731
+        self.lengths = cat(lengths, np.int32)
+        self.slice_codes = cat(slices, np.int32)
+        self.trained = cat(trained, np.int32)
+        self.chunk_starts = np.concatenate(([0], np.cumsum([c["examples"] for c in chunks]))).astype(np.int64)
+        self._token_starts = [np.concatenate(([0], np.cumsum(x, dtype=np.int64))) for x in lengths]
+
+    # -- checks ---------------------------------------------------------------------------------
+    def verify(self) -> None:
+        """Every file listed has its size and sha256; raises ``StoreError`` naming the first that does not."""
+        for rel, (size, digest) in sorted(self.meta["checksums"].items()):
+            p = self.path / rel
+            if not p.is_file():
+                raise StoreError(f"{p}: missing")
+            if p.stat().st_size != size:
+                raise StoreError(f"{p}: {p.stat().st_size} bytes, expected {size} (truncated or altered)")
+            if _sha256_file(p) != digest:
+                raise StoreError(f"{p}: sha256 differs from the one recorded (altered)")
+
+    # -- examples ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def _locate(self, i: int) -> tuple[int, int, int]:
+        c = int(np.searchsorted(self.chunk_starts, i, side="right") - 1)
+        j = i - int(self.chunk_starts[c])
+        starts = self._token_starts[c]
+        return c, int(starts[j]), int(starts[j + 1])
+
+    def ids(self, i: int) -> np.ndarray:
+        c, a, b = self._locate(i)
+        return self._ids[c][a:b]
+
+    def weights(self, i: int) -> np.ndarray:
+        c, a, b = self._locate(i)
+        return self._weights[c][a:b]
+
+    @property
+    def slices(self) -> list[str]:
+        """The slice name of every example (one shared string object per slice)."""
+        names = self.slice_names
+        return [names[c] for c in self.slice_codes.tolist()]
+
+    def rows(self, groups, scales: np.ndarray | None = None) -> list[StoreRow]:
+        """``StoreRow``s for groups of example indices; ``scales[code]`` multiplies the loss
+        weights of slice ``slice_names[code]`` (the mixture's loss weights)."""
+        return _rows(self, groups, scales)
+
+    def encoding_summary(self) -> dict:
+        """``sftlab.tokens.encoding.encoding_summary`` of the examples (extra examples, lost tokens)."""
+        return dict(self.meta["encoding_summary"])
+
+    # -- beside the examples ------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        return json.loads((self.path / "stats.json").read_text(encoding="utf-8"))
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.path / "quarantine.jsonl"
+
+    @property
+    def files(self) -> list[dict]:
+        return self.meta["files"]
+
+    @property
+    def quarantined(self) -> int:
+        return sum(f["quarantined"] for f in self.files)
+
+    def preview(self) -> list:
+        """A few accepted conversations (the first of each slice, then the first ones), for the
+        mask preview."""
+        from sftlab.data.conversation import Origin
+        from sftlab.data.formats import to_conversation
+
+        out = []
+        for line in (self.path / "preview.jsonl").read_text(encoding="utf-8").splitlines():
+            d = json.loads(line)
+            out.append(to_conversation(d["record"], Origin(d["file"], d["line"])))
+        return out
+
+    def summaries(self):
+        from sftlab.data.chunk_stats import Summaries
+
+        chunks = self.meta["chunks"]
+        return Summaries([self.path / c["dir"] / "stats" for c in chunks], [c["name"] for c in chunks])
+
+    def describe(self, hit: bool | None = None) -> dict:
+        """The manifest's ``data.store`` entry."""
+        return {"key": self.key, "path": str(self.path), "hit": self.hit if hit is None else hit,
+                "examples": len(self), "tokens": int(self.meta["tokens"]), "chunks": len(self.meta["chunks"]),
+                "records_sha256": self.meta["records_sha256"]}
+
+
+def _rows(table, groups, scales) -> list[StoreRow]:
+    out = []
+    for g in groups:
+        g = tuple(int(i) for i in g)
+        scale = tuple(scales[table.slice_codes[list(g)]].tolist()) if scales is not None else None
+        out.append(StoreRow(table, g, scale))
+    return out
+
+
+class ExampleTable:
+    """Encoded examples held in memory, with the interface of ``PreparedStore`` that training
+    reads (``lengths``, ``slice_codes``, ``slice_names``, ``trained``, ``ids(i)``,
+    ``weights(i)``, ``rows``): for examples made in code rather than read from a store."""
+
+    def __init__(self, examples: list):
+        self.examples = list(examples)
+        self.slice_names = _slice_order(e.slice for e in self.examples)
+        code = {s: i for i, s in enumerate(self.slice_names)}
+        self.lengths = np.asarray([len(e.input_ids) for e in self.examples], dtype=np.int32)
+        self.slice_codes = np.asarray([code[e.slice] for e in self.examples], dtype=np.int32)
+        self.trained = np.asarray([getattr(e, "trained_tokens", 0) for e in self.examples], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def ids(self, i: int) -> np.ndarray:
+        return np.asarray(self.examples[i].input_ids, dtype=np.int32)
+
+    def weights(self, i: int) -> np.ndarray:
+        return np.asarray(self.examples[i].loss_weights, dtype=np.float32)
+
+    slices = PreparedStore.slices
+    rows = PreparedStore.rows
+
+    def encoding_summary(self) -> dict:
+        from sftlab.tokens.encoding import encoding_summary
+
+        return encoding_summary(self.examples)
+
+
+class EpochRows:
+    """The rows of an epoch as two flat arrays (example indices, row starts), in training order;
+    indexing makes ``StoreRow``s on demand, so an epoch of millions of examples costs 8 bytes
+    an example."""
+
+    def __init__(self, table, groups: list, order: list[int], scales: np.ndarray | None):
+        sizes = np.asarray([len(groups[r]) for r in order], dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        flat = [i for r in order for i in groups[r]]
+        self.members = np.asarray(flat, dtype=np.int64)
+        self.table, self.scales = table, scales
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return _rows(self.table, [self.members[self.starts[k]:self.starts[k + 1]]], self.scales)[0]
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def stats(self, max_length: int, mode: str) -> dict:
+        """``sftlab.tokens.packing.packing_stats`` of these rows, from the arrays."""
+        tokens = int(self.table.lengths[self.members].sum()) if len(self.members) else 0
+        rows = len(self)
+        return {"mode": mode, "strategy": "best_fit_decreasing" if mode == "packed" else "one_per_row",
+                "max_length": max_length, "rows": rows, "examples": int(len(self.members)), "tokens": tokens,
+                "efficiency": round(tokens / (rows * max_length), 6) if rows else 0.0}
+
+
+# --------------------------------------------------------------------------- preparation
+
+def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: Any = None,
+            cache_dir: str | os.PathLike | None = None, num_proc: int = 1, chunk_records: int = CHUNK_RECORDS,
+            progress: bool = False, build: bool = True, verify: bool = True,
+            label: str = "prepare", columns: list | None = None) -> PreparedStore:
+    """The store of ``inputs`` encoded with ``tokenizer``/``template``/``options``: opened from the
+    cache when its key matches (``store.hit`` True), else built (``hit`` False).
+
+    ``options`` are ``encode_all``'s keyword options (``max_length``, ``last_turn_only``, ...):
+    all of them are part of the key, as are ``columns`` (one ``sftlab.data.formats.Columns`` or
+    ``None`` per input: how its records name their fields). ``build=False`` (ranks that wait for the main process)
+    raises ``StoreError`` instead of building; ``verify=False`` skips the checksums (the main
+    process checked them). Raises ``UsageError`` for unusable inputs.
+    """
+    from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, check_readable, input_digest
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise UsageError("no input files given")
+    for p in paths:
+        check_readable(p)
+    columns = list(columns) if columns is not None else [None] * len(paths)
+    parts = key_parts(inputs, tokenizer, template, options, policy, DEFAULT_MAX_RECORD_BYTES)
+    parts["columns"] = [None if c is None else repr(c) for c in columns]
+    index = cache / "index" / (_digest({**parts, "raw": [input_digest(p) for p in paths]}) + ".json")
+    found = _from_index(cache, index, verify)
+    if found is not None:
+        found.hit = True
+        return found
+    if not build:
+        raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
+    store = _build(paths, tokenizer, template, options, policy, parts, cache, num_proc, chunk_records,
+                   progress, label, columns)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(index, json.dumps({"key": store.key}) + "\n")
+    return store
+
+
+def _from_index(cache: Path, index: Path, verify: bool) -> PreparedStore | None:
+    if not index.is_file():
+        return None
+    try:
+        key = json.loads(index.read_text(encoding="utf-8"))["key"]
+    except (OSError, ValueError, KeyError):
+        return None
+    path = cache / key
+    if not path.exists():
+        return None
+    try:
+        return PreparedStore(path, verify=verify)
+    except StoreError as e:
+        print(f"sftlab: prepared store {path} is damaged ({e}); rebuilding it", file=sys.stderr)
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    from sftlab.manifest import write_atomic
+
+    write_atomic(path, text)
+
+
+# Workers get their context by fork (module state), never by pickling the tokenizer per task.
+_CTX: dict = {}
+
+
+@dataclass(frozen=True)
+class _Task:
+    chunk: int
+    input: int
+    source: int
+    name: str
+    kind: str        # "jsonl": (start byte, first line); "items": (first item, -)
+    a: int
+    b: int
+    count: int
+    rec0: int
+
+
+def _plan(paths: list[Path], chunk_records: int, max_bytes: int):
+    """``(task, items or None)`` for every chunk, in order: chunk k of a source holds its items
+    ``[k * chunk_records, (k + 1) * chunk_records)``, however the chunks are then run. The items
+    come with the task when ``stream`` reading has them already."""
+    from sftlab.data.readers import sources
+
+    rec = chunk = 0
+    for i, p in enumerate(paths):
+        for s, (name, items) in enumerate(sources(p, max_bytes)):
+            block, first = [], 0
+            for item in items:
+                block.append(item)
+                if len(block) == chunk_records:
+                    yield _Task(chunk, i, s, name, "items", first, 0, len(block), rec), block
+                    chunk, rec, first, block = chunk + 1, rec + len(block), first + len(block), []
+            if block:
+                yield _Task(chunk, i, s, name, "items", first, 0, len(block), rec), block
+                chunk, rec = chunk + 1, rec + len(block)
+            elif first == 0:
+                raise UsageError(f"{name}: no records (the input is empty or has only blank lines)")
+
+
+def _items(task: _Task, paths: list[Path], max_bytes: int):
+    from itertools import islice
+
+    from sftlab.data.readers import sources
+
+    p = paths[task.input]
+    for s, (_, items) in enumerate(sources(p, max_bytes)):
+        if s == task.source:
+            return islice(items, task.a, task.a + task.count)
+    raise StoreError(f"{p}: source {task.source} vanished while preparing")
+
+
+def _estimate_records(paths: list[Path]) -> int | None:
+    """Lines of the JSONL inputs (for the progress bar's ETA); ``None`` when an input is no plain file."""
+    total = 0
+    for p in paths:
+        if not p.is_file():
+            return None
+        with open(p, "rb") as f:
+            total += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 22), b""))
+    return total or None
+
+
+def _encode_chunk(task: _Task, items: list | None = None) -> dict:
+    """Read (unless ``items`` are given), validate, encode and summarise one chunk into
+    ``ROOT/chunk-NNNNN``; a small summary back."""
+    from sftlab.data.chunk_stats import summarise
+    from sftlab.data.conversation import Origin
+    from sftlab.data.formats import RecordError
+    from sftlab.data.loading import quarantine_entry, record_warnings, validate_record
+    from sftlab.tokens.encoding import encode_all
+
+    ctx = _CTX
+    out = Path(ctx["root"]) / f"chunk-{task.chunk:05d}"
+    out.mkdir(parents=True, exist_ok=True)
+    convs, recs, quarantine = [], [], []
+    h = hashlib.sha256()
+    rec_of: dict[tuple[str, int | None], int] = {}
+    warnings: dict[str, int] = {}
+    for k, item in enumerate(items if items is not None else _items(task, ctx["paths"], ctx["max_bytes"])):
+        line, raw, problem = item[0], item[1], item[2]
+        file_line = item[3] if len(item) > 3 else None
+        rec = task.rec0 + k
+        if problem is None:
+            try:
+                conv = validate_record(raw, Origin(task.name, line), ctx["policy"], ctx["columns"][task.input])
+            except RecordError as e:
+                problem = e
+        if problem is None:
+            for code, _ in record_warnings(conv):
+                warnings[code] = warnings.get(code, 0) + 1
+            convs.append(conv)
+            recs.append(rec)
+            rec_of[(task.name, line)] = rec
+            h.update(_canonical([line, conv.to_dict()]).encode("utf-8", "surrogatepass") + b"\n")
+        else:
+            entry = quarantine_entry(task.name, line, raw, problem, file_line).to_dict()
+            quarantine.append({"_rec": rec, "stage": "load", **entry})
+            h.update(_canonical([line, {"quarantined": raw}]).encode("utf-8", "surrogatepass") + b"\n")
+    examples, enc_q = encode_all(convs, ctx["tokenizer"], ctx["template"], **ctx["options"])
+    for e in enc_q:
+        quarantine.append({"_rec": rec_of[(e["file"], e["line"])], **e})
+    _write_examples(out, examples, [rec_of[(ex.origin.file, ex.origin.line)] for ex in examples])
+    summarise(convs, recs, out / "stats")
+    ids = [(c.id, r) for c, r in zip(convs, recs) if c.id is not None]
+    keys = b"".join(hashlib.blake2b(cid.encode("utf-8", "surrogatepass"), digest_size=16).digest() for cid, _ in ids)
+    np.save(out / "id_keys.npy", np.frombuffer(keys, np.uint8).reshape(len(ids), 16), allow_pickle=False)
+    np.save(out / "id_records.npy", np.asarray([r for _, r in ids], dtype=np.int64), allow_pickle=False)
+    with open(out / "quarantine.jsonl", "w", encoding="utf-8") as f:
+        from sftlab.data.loading import quarantine_line
+
+        for e in quarantine:
+            f.write(quarantine_line(e))
+    with open(out / "preview.jsonl", "w", encoding="utf-8") as f:
+        seen: set = set()
+        for n, c in enumerate(convs):
+            if n < 8 or c.slice not in seen:
+                f.write(_canonical({"file": task.name, "line": c.origin.line, "slice": c.slice,
+                                    "record": c.to_dict()}) + "\n")
+            seen.add(c.slice)
+    return {"chunk": task.chunk, "records": task.count, "examples": len(examples), "warnings": warnings,
+            "tokens": int(sum(len(e.input_ids) for e in examples)), "records_sha256": h.hexdigest()}
+
+
+def _slice_order(names) -> list:
+    """Slice names sorted, ``None`` (no slice) first."""
+    return sorted(set(names), key=lambda s: (s is not None, s or ""))
+
+
+def _write_examples(out: Path, examples: list, records: list[int]) -> dict:
+    """The example arrays of one chunk, and its ``chunk.json`` entry (slice names, counts)."""
+    names = _slice_order(e.slice for e in examples)
+    code = {s: i for i, s in enumerate(names)}
+    lengths = np.asarray([len(e.input_ids) for e in examples], dtype=np.int32)
+    ids = np.frombuffer(b"".join(e.input_ids.tobytes() for e in examples), dtype=np.int32) if examples \
+        else np.zeros(0, np.int32)
+    weights = np.frombuffer(b"".join(e.loss_weights.tobytes() for e in examples), dtype=np.float32) if examples \
+        else np.zeros(0, np.float32)
+    arrays = {"ids": ids.astype("<i4", copy=False), "weights": weights.astype("<f4", copy=False),
+              "lengths": lengths, "slices": np.asarray([code[e.slice] for e in examples], dtype=np.int32),
+              "trained": np.asarray([e.trained_tokens for e in examples], dtype=np.int32),
+              "records": np.asarray(records, dtype=np.int64),
+              "lines": np.asarray([e.origin.line if e.origin and e.origin.line is not None else -1
+                                   for e in examples], dtype=np.int64),
+              "derived": np.asarray([_DERIVED.index(getattr(e, "derived", None)) for e in examples], dtype=np.int8),
+              "lost": np.asarray([getattr(e, "lost_trained_tokens", 0) for e in examples], dtype=np.int32)}
+    for name, a in arrays.items():
+        np.save(out / f"{name}.npy", a, allow_pickle=False)
+    with open(out / "examples.jsonl", "w", encoding="utf-8") as f:
+        for e in examples:
+            f.write(_canonical({fl.name: getattr(e, fl.name) for fl in dc_fields(e) if fl.name not in _NOT_META})
+                    + "\n")
+    entry = {"slices": names, "examples": len(examples), "tokens": int(lengths.sum())}
+    (out / "chunk.json").write_text(_canonical(entry) + "\n", encoding="utf-8")
+    return entry
+
+
+def _filter_chunk(out: Path, drop: set[int]) -> None:
+    """Rewrite a chunk's example files without the examples of the records in ``drop``."""
+    records = np.load(out / "records.npy", allow_pickle=False)
+    keep = ~np.isin(records, np.fromiter(drop, np.int64, len(drop)))
+    arrays = {n: np.load(out / f"{n}.npy", allow_pickle=False) for n in _ARRAYS}
+    lengths = arrays["lengths"]
+    token_keep = np.repeat(keep, lengths)
+    for n in ("ids", "weights"):
+        arrays[n] = arrays[n][token_keep]
+    for n in _ARRAYS[2:]:
+        arrays[n] = arrays[n][keep]
+    for n, a in arrays.items():
+        np.save(out / f"{n}.npy", a, allow_pickle=False)
+    lines = (out / "examples.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (out / "examples.jsonl").write_text("".join(x for x, k in zip(lines, keep) if k), encoding="utf-8")
+    entry = json.loads((out / "chunk.json").read_text(encoding="utf-8"))
+    entry.update(examples=int(keep.sum()), tokens=int(arrays["lengths"].sum()))
+    (out / "chunk.json").write_text(_canonical(entry) + "\n", encoding="utf-8")
+
+
+def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts: dict, cache: Path,
+           num_proc: int, chunk_records: int, progress: bool, label: str, columns: list) -> PreparedStore:
+    from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES
+    from sftlab.tokens.encoding import _encoder
+
+    _encoder(tokenizer, template)  # fail early, here, on a template/tokenizer mismatch
+    cache.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+    t0 = time.perf_counter()
+    try:
+        _CTX.update(root=str(root), paths=paths, max_bytes=DEFAULT_MAX_RECORD_BYTES, policy=policy,
+                    tokenizer=tokenizer, template=template, options=options, columns=columns)
+        tasks, results = _run_tasks(paths, chunk_records, DEFAULT_MAX_RECORD_BYTES, num_proc, progress, label)
+        store_dir = _finalize(root, tasks, results, parts, policy, paths,
+                              {"num_proc": num_proc, "chunk_records": chunk_records,
+                               "seconds": round(time.perf_counter() - t0, 3)}, cache)
+    finally:
+        _CTX.clear()
+        if root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+    store = PreparedStore(store_dir, verify=False)
+    store.hit = False
+    print(f"sftlab: {label}: built {store_dir} ({store.meta['records']:,} records, {len(store):,} examples, "
+          f"{store.meta['tokens']:,} tokens) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return store
+
+
+def _run_tasks(paths: list[Path], chunk_records: int, max_bytes: int, num_proc: int, progress: bool,
+               label: str) -> tuple[list[_Task], list[dict]]:
+    """Every chunk encoded: in this process as the input streams by, or by ``num_proc`` workers,
+    each reading its own consecutive chunks (``_encode_run``). ``(tasks, results)`` in order."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=_estimate_records(paths), desc=label, unit="rec", unit_scale=True,
+                   dynamic_ncols=True, file=sys.stderr)
+    t0, tokens, results, tasks = time.perf_counter(), 0, [], []
+
+    def done(r: dict) -> None:
+        nonlocal tokens
+        results.append(r)
+        tokens += r["tokens"]
+        if bar is not None:
+            bar.update(r["records"])
+            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+
+    from sftlab import collector
+
+    if num_proc > 1:
+        import multiprocessing as mp
+
+        tasks = [t for t, _ in _plan(paths, chunk_records, max_bytes)]  # counts only; the items are dropped
+        runs = max(1, min(len(tasks), 2 * num_proc))
+        groups = [tasks[k * len(tasks) // runs:(k + 1) * len(tasks) // runs] for k in range(runs)]
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with mp.get_context("fork").Pool(min(num_proc, runs)) as pool:
+            for rs in pool.imap_unordered(_encode_run, [g for g in groups if g]):
+                for r in rs:
+                    done(r)
+    else:
+        with collector.paused():
+            for t, items in _plan(paths, chunk_records, max_bytes):
+                tasks.append(t)
+                done(_encode_chunk(t, items))
+    if bar is not None:
+        bar.close()
+    return tasks, sorted(results, key=lambda r: r["chunk"])
+
+
+def _encode_run(tasks: list[_Task]) -> list[dict]:
+    """Consecutive chunks in one worker: each source is read once from the first chunk's start."""
+    from itertools import islice
+
+    from sftlab.data.readers import sources
+
+    out, it, at = [], None, None
+    for t in tasks:
+        if at != (t.input, t.source, t.a):
+            it = next(islice(items, t.a, None) for s, (_, items) in
+                      enumerate(sources(_CTX["paths"][t.input], _CTX["max_bytes"])) if s == t.source)
+        out.append(_encode_chunk(t, list(islice(it, t.count))))
+        at = (t.input, t.source, t.a + t.count)
+    return out
+
+
+def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, policy, paths: list[Path],
+              build: dict, cache: Path) -> Path:
+    """Duplicate ids, quarantine, counts, statistics and checksums; then the store is moved to its key."""
+    from sftlab.data.chunk_stats import Summaries, merge
+
+    dirs = [root / f"chunk-{t.chunk:05d}" for t in tasks]
+    excluded, dup_entries, excluded_fields = _duplicate_ids(dirs, tasks, paths, policy)
+    by_chunk: dict[int, set[int]] = {}
+    for rec in excluded:
+        c = next(k for k, t in enumerate(tasks) if t.rec0 <= rec < t.rec0 + t.count)
+        by_chunk.setdefault(c, set()).add(rec)
+    for c, drop in by_chunk.items():
+        _filter_chunk(dirs[c], drop)
+    # quarantine: the load stage of every chunk, then the encode stage (as load_files + encode_all order them)
+    counts = {}
+    for t in tasks:
+        counts.setdefault(t.name, {"path": t.name, "records": 0, "accepted": 0, "quarantined": 0})
+        counts[t.name]["records"] += t.count
+    from sftlab.data.loading import quarantine_line
+
+    unencoded = 0
+    with open(root / "quarantine.jsonl", "w", encoding="utf-8") as out:
+        for stage in ("load", "encode"):
+            for c, d in enumerate(dirs):
+                entries = [json.loads(x) for x in (d / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()]
+                if stage == "load":
+                    entries += [e for e in dup_entries if tasks[c].rec0 <= e["_rec"] < tasks[c].rec0 + tasks[c].count]
+                    entries.sort(key=lambda e: e["_rec"])
+                for e in entries:
+                    if e.get("stage") != stage or (stage == "encode" and e["_rec"] in excluded):
+                        continue
+                    counts[tasks[c].name]["quarantined"] += 1
+                    unencoded += stage == "encode"
+                    out.write(quarantine_line({k: v for k, v in e.items() if k != "_rec"}))
+    for f in counts.values():
+        f["accepted"] = f["records"] - f["quarantined"]
+    column = lambda name: np.concatenate([np.load(d / f"{name}.npy") for d in dirs])  # noqa: E731
+    lengths, derived = column("lengths").astype(np.int64), column("derived")
+    encoded = (lengths, column("trained").astype(np.int64), unencoded, parts["template"]["name"])
+    summary = {"expanded_examples": int((derived == 1).sum()), "expanded_tokens": int(lengths[derived == 1].sum()),
+               "overflow_examples": int((derived == 2).sum()), "overflow_tokens": int(lengths[derived == 2].sum()),
+               "lost_trained_tokens": int(column("lost").astype(np.int64).sum())}
+    warnings: dict[str, int] = {}
+    for r in results:
+        for code, n in r["warnings"].items():
+            warnings[code] = warnings.get(code, 0) + n
+    stats = merge(Summaries([d / "stats" for d in dirs], [t.name for t in tasks], excluded), policy,
+                  excluded_fields, encoded)
+    stats["lengths"]["extra"] = summary
+    _merge_preview(root, dirs, excluded)
+    for d in dirs:
+        for name in ("quarantine.jsonl", "id_keys.npy", "id_records.npy", "preview.jsonl"):
+            (d / name).unlink()
+    # keys: records digest per input, then the store key
+    per_input: dict[int, hashlib._Hash] = {}
+    for t, r in zip(tasks, results):
+        per_input.setdefault(t.input, hashlib.sha256()).update(r["records_sha256"].encode())
+    input_digests = [per_input[i].hexdigest() for i in range(len(paths))]
+    key = _digest({**parts, "records": input_digests})
+    chunks = []
+    for t, d in zip(tasks, dirs):
+        entry = json.loads((d / "chunk.json").read_text(encoding="utf-8"))
+        chunks.append({"dir": d.name, "name": t.name, "input": t.input, "first_record": t.rec0,
+                       "records": t.count, **entry})
+    (root / "stats.json").write_text(json.dumps({**stats, "files": list(counts.values())}, indent=2,
+                                                ensure_ascii=False) + "\n", encoding="utf-8")
+    checksums = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            checksums[str(p.relative_to(root))] = [p.stat().st_size, _sha256_file(p)]
+    records_sha = hashlib.sha256("".join(input_digests).encode()).hexdigest()
+    meta = {"format": FORMAT, "key": key, "parts": {**parts, "records": input_digests},
+            "records_sha256": records_sha, "examples": sum(c["examples"] for c in chunks),
+            "tokens": sum(c["tokens"] for c in chunks), "records": sum(t.count for t in tasks),
+            "files": list(counts.values()), "encoding_summary": summary,
+            "warnings": dict(sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0]))), "slices": _slice_order(s for c in chunks for s in c["slices"]),
+            "chunks": chunks, "checksums": checksums, "build": build}
+    (root / "store.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    final = cache / key
+    if final.exists():
+        try:
+            PreparedStore(final, verify=True)
+            return final  # the same records, reformatted: the store is already there
+        except StoreError as e:
+            print(f"sftlab: prepared store {final} is damaged ({e}); replacing it", file=sys.stderr)
+            shutil.rmtree(final, ignore_errors=True)
+    try:
+        os.replace(root, final)
+    except OSError:  # another process finished the same store first
+        if not (final / "store.json").is_file():
+            raise
+    return final
+
+
+def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], policy):
+    """Records whose id an earlier record has (``load_files``' rule, over every chunk): their
+    record numbers, their quarantine entries, and their metadata counts (to take out of the stats)."""
+    from collections import Counter
+
+    from sftlab.data.chunk_stats import _first_rows
+    from sftlab.data.conversation import Origin
+    from sftlab.data.loading import duplicate_id_error, quarantine_entry, validate_record
+    from sftlab.data.stats import COUNTED_FIELDS, NONE
+
+    keys = [np.load(d / "id_keys.npy", allow_pickle=False) for d in dirs]
+    recs = [np.load(d / "id_records.npy", allow_pickle=False) for d in dirs]
+    all_keys = np.concatenate(keys) if keys else np.zeros((0, 16), np.uint8)
+    all_recs = np.concatenate(recs) if recs else np.zeros(0, np.int64)
+    firsts, is_first = _first_rows(all_keys)
+    dups = np.flatnonzero(~is_first)
+    if not len(dups):
+        return set(), [], []
+    excluded = {int(all_recs[i]) for i in dups}
+    first_of = {int(all_recs[i]): int(all_recs[firsts[i]]) for i in dups}
+
+    def where(rec: int) -> tuple[int, _Task]:
+        return next((k, t) for k, t in enumerate(tasks) if t.rec0 <= rec < t.rec0 + t.count)
+
+    lines: dict[int, int] = {}
+    for rec in set(first_of.values()):
+        k, t = where(rec)
+        s_recs = np.load(dirs[k] / "stats" / "records.npy", allow_pickle=False)
+        s_lines = np.load(dirs[k] / "stats" / "lines.npy", allow_pickle=False)
+        lines[rec] = int(s_lines[int(np.searchsorted(s_recs, rec))])
+    entries, field_counts = [], []
+    by_task: dict[int, list[int]] = {}
+    for rec in sorted(excluded):
+        by_task.setdefault(where(rec)[0], []).append(rec)
+    for k, wanted in by_task.items():
+        t = tasks[k]
+        for j, item in enumerate(_items(t, paths, _CTX["max_bytes"])):
+            rec, line, raw = t.rec0 + j, item[0], item[1]
+            if rec not in excluded:
+                continue
+            conv = validate_record(raw, Origin(t.name, line), policy, _CTX["columns"][t.input])
+            ft, first = where(first_of[rec])
+            error = duplicate_id_error(conv.id, Origin(first.name, lines[first_of[rec]]))
+            entries.append({"_rec": rec, "stage": "load",
+                            **quarantine_entry(t.name, line, raw, error, item[3] if len(item) > 3 else None).to_dict()})
+            field_counts.append({"counts": {f: {getattr(conv, f) or NONE: 1} for f in COUNTED_FIELDS},
+                                 "refuse": Counter([str(conv.policy_category)] if conv.expected == "refuse" else []),
+                                 "comply": Counter([str(conv.policy_category)] if conv.expected == "comply" else [])})
+    return excluded, entries, field_counts
+
+
+def _merge_preview(root: Path, dirs: list[Path], excluded: set[int]) -> None:
+    rows = [json.loads(x) for d in dirs for x in (d / "preview.jsonl").read_text(encoding="utf-8").splitlines()]
+    firsts, seen = [], set()
+    for r in rows:
+        if r["slice"] not in seen:
+            seen.add(r["slice"])
+            firsts.append(r)
+    rest = [r for r in rows if not any(r is f for f in firsts)]
+    with open(root / "preview.jsonl", "w", encoding="utf-8") as f:
+        for r in (firsts + rest)[:16]:
+            f.write(_canonical(r) + "\n")

@@ -1,0 +1,179 @@
+"""The prepared-data store (DESIGN invariant 13): keyed by content, never stale, checked when
+opened, the same bit for bit from any number of worker processes, and equal to encoding in memory."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sftlab.data.loading import load_files
+from sftlab.data.stats import compute_stats
+from sftlab.demo.tiny import build_tokenizer
+from sftlab.tokens.encoding import encode_all
+from sftlab.tokens.store import PreparedStore, StoreError, prepare
+from sftlab.tokens.templates import get_template
+
+OPTIONS = {"max_length": 64, "last_turn_only": False}
+
+
+def _record(i: int, rng: random.Random) -> dict:
+    turns = []
+    for t in range(1 + i % 3):
+        turns += [{"role": "user", "content": f"question {i}.{t}: " + " ".join(rng.choice("abcdefg") for _ in range(5))},
+                  {"role": "assistant", "content": f"answer {i}.{t} " + "x " * rng.randint(1, 12 + 10 * (i % 7))}]
+    return {"id": f"r{i}", "slice": ["chat", "math", None][i % 3], "task": f"t{i % 4}", "messages": turns}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("store_data")
+    rng = random.Random(0)
+    rows = [_record(i, rng) for i in range(150)]
+    rows[40] = {"id": "bad", "messages": [{"role": "user", "content": "no answer"}]}     # load quarantine
+    rows[77] = dict(rows[10])                                                            # duplicate id (r10)
+    rows[90] = {**rows[12], "id": "copy-of-r12"}                                         # exact duplicate text
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(20, "")                                                                 # a blank line
+    (d / "a.jsonl").write_text("\n".join(lines) + "\n")
+    held = [{**_record(i, random.Random(i)), "id": f"h{i}"} for i in range(6)] + [{**rows[5], "id": "leak"}]
+    (d / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    return d
+
+
+CONTROL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer(special_tokens=CONTROL)
+
+
+def _prepare(paths, tok, cache, template="chatml", **kw):
+    kw = {"options": OPTIONS, "cache_dir": cache, "chunk_records": 32, **kw}
+    return prepare([str(p) for p in paths], tok, get_template(template, tok), **kw)
+
+
+def _files(store: PreparedStore) -> dict[str, bytes]:
+    return {str(p.relative_to(store.path)): p.read_bytes() for p in sorted(store.path.rglob("*"))
+            if p.is_file() and p.name != "store.json"}
+
+
+def test_store_holds_what_encoding_in_memory_gives(data, tok, tmp_path):
+    store = _prepare([data / "a.jsonl"], tok, tmp_path)
+    report = load_files([data / "a.jsonl"])
+    examples, enc_q = encode_all(report.conversations, tok, get_template("chatml", tok), **OPTIONS)
+    assert store.hit is False and len(store) == len(examples)
+    for i, ex in enumerate(examples):
+        assert store.ids(i).tolist() == ex.input_ids.tolist()
+        assert store.weights(i).tolist() == ex.loss_weights.tolist()
+    assert store.lengths.tolist() == [len(e) for e in examples]
+    assert store.trained.tolist() == [e.trained_tokens for e in examples]
+    assert store.slices == [e.slice for e in examples]
+    # nothing lost: records = accepted + quarantined, the quarantine in load_files' order, then encode's
+    (f,) = store.files
+    assert f["records"] == 150 == f["accepted"] + f["quarantined"] and f["accepted"] == len(examples)
+    quarantine = [json.loads(x) for x in store.quarantine_path.read_text().splitlines()]
+    expected = [{"stage": "load", **e.to_dict()} for e in report.quarantined] + enc_q
+    assert [(q["line"], q["stage"], q["reason"]) for q in quarantine] == \
+           [(q["line"], q["stage"], q["reason"]) for q in expected]
+    assert any("duplicate id 'r10'" in q["reason"] for q in quarantine)
+    # statistics: compute_stats' numbers, from the compact chunk summaries
+    from sftlab.data.stats import EncodedLengths
+
+    full, mine = compute_stats(report.conversations, encoded=EncodedLengths(examples, len(enc_q), "chatml")), store.stats
+    for key in ("records", "counts", "tasks", "turns", "lengths", "tools", "refusals"):
+        assert mine[key] == full[key], key
+    assert mine["duplicates"]["exact"] == full["duplicates"]["exact"]
+    assert mine["duplicates"]["exact"]["records"] == 1
+
+
+def test_an_unchanged_input_reuses_the_store_and_every_part_of_the_key_rebuilds(data, tok, tmp_path):
+    first = _prepare([data / "a.jsonl"], tok, tmp_path)
+    again = _prepare([data / "a.jsonl"], tok, tmp_path)
+    assert again.hit is True and again.key == first.key
+    keys = {first.key}
+
+    def changed(store):
+        assert store.hit is False and store.key not in keys
+        keys.add(store.key)
+
+    edited = tmp_path / "edited.jsonl"  # a record's text
+    edited.write_text((data / "a.jsonl").read_text().replace("question 3.0", "question 3.0!"))
+    changed(_prepare([edited], tok, tmp_path))
+    changed(_prepare([data / "a.jsonl"], tok, tmp_path, template="zephyr"))           # template source
+    changed(_prepare([data / "a.jsonl"], tok, tmp_path, options={**OPTIONS, "max_length": 48}))
+    changed(_prepare([data / "a.jsonl"], tok, tmp_path, options={**OPTIONS, "last_turn_only": True}))
+    other_tok = build_tokenizer(texts=["an extra corpus line changes the merges"] * 50, special_tokens=CONTROL)  # tokenizer files
+    changed(_prepare([data / "a.jsonl"], other_tok, tmp_path))
+    import sftlab
+    from unittest import mock
+
+    with mock.patch.object(sftlab, "__version__", "9.9.9"):                               # sftlab version
+        changed(_prepare([data / "a.jsonl"], tok, tmp_path))
+    from sftlab.data.policy import load_policy
+
+    policy = load_policy(Path(sftlab.__file__).parent / "data" / "policy_example.yaml")
+    changed(_prepare([data / "a.jsonl"], tok, tmp_path, policy=policy))                  # policy
+    # the same records written differently (same lines): read again, and found to be the same store
+    own = tmp_path / "own.jsonl"
+    own.write_bytes((data / "a.jsonl").read_bytes())
+    before = _prepare([own], tok, tmp_path)
+    own.write_text("".join((json.dumps(json.loads(x), separators=(" ,", " : ")) if x.strip() else x) + "\n"
+                           for x in (data / "a.jsonl").read_text().splitlines()))
+    after = _prepare([own], tok, tmp_path)
+    assert after.hit is False and after.key == before.key and after.path == before.path
+    assert _prepare([own], tok, tmp_path).hit is True  # and the new bytes now find it directly
+
+
+def test_a_damaged_store_is_detected_reported_and_rebuilt(data, tok, tmp_path, capsys):
+    store = _prepare([data / "a.jsonl"], tok, tmp_path)
+    good = _files(store)
+    ids = store.path / "chunk-00001" / "ids.npy"
+    ids.write_bytes(ids.read_bytes()[:-8])  # truncated
+    with pytest.raises(StoreError, match="truncated"):
+        PreparedStore(store.path)
+    rebuilt = _prepare([data / "a.jsonl"], tok, tmp_path)
+    assert rebuilt.hit is False and "is damaged" in capsys.readouterr().err
+    assert _files(rebuilt) == good
+    weights = rebuilt.path / "chunk-00000" / "weights.npy"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1  # altered, same size
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="altered"):
+        PreparedStore(rebuilt.path)
+    assert _prepare([data / "a.jsonl"], tok, tmp_path).hit is False and _files(rebuilt) == good
+
+
+def test_worker_processes_write_the_same_store_bit_for_bit(data, tok, tmp_path):
+    one = _prepare([data / "a.jsonl", data / "held.jsonl"], tok, tmp_path / "one", num_proc=1)
+    three = _prepare([data / "a.jsonl", data / "held.jsonl"], tok, tmp_path / "three", num_proc=3)
+    assert one.key == three.key and len(one.meta["chunks"]) >= 5
+    assert _files(one) == _files(three)
+    strip = lambda m: {k: v for k, v in m.items() if k != "build"}  # noqa: E731  (timings)
+    assert strip(one.meta) == strip(three.meta)
+
+
+def test_leakage_and_near_duplicates_from_the_summaries(data, tok, tmp_path):
+    from sftlab.data.chunk_stats import with_leakage
+
+    train = _prepare([data / "a.jsonl"], tok, tmp_path)
+    held = _prepare([data / "held.jsonl"], tok, tmp_path)
+    stats = with_leakage(train.stats, train.summaries(), held.summaries())
+    full = compute_stats(load_files([data / "a.jsonl"]).conversations, load_files([data / "held.jsonl"]).conversations)
+    assert stats["leakage"]["exact"] == full["leakage"]["exact"]
+    assert stats["leakage"]["exact"]["records"] >= 1 and not stats["passed"]
+
+
+def test_a_folder_of_data_files_is_read_with_datasets(data, tok, tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    rows = [json.loads(x) for x in (data / "held.jsonl").read_text().splitlines()]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = _prepare([folder], tok, tmp_path)
+    direct = _prepare([data / "held.jsonl"], tok, tmp_path)
+    assert len(store) == len(direct) > 0 and store.meta["records"] == len(rows)
+    assert all(store.ids(i).tolist() == direct.ids(i).tolist() for i in range(len(store)))
+    assert store.files[0]["path"] == f"{folder}[train]"
