@@ -59,7 +59,7 @@ from sftlab.errors import UsageError
 
 FORMAT = 1
 CHUNK_RECORDS = 8192
-_ARRAYS = ("ids", "weights", "lengths", "slices", "trained", "records", "lines", "derived", "lost")
+_ARRAYS = ("ids", "weights", "lengths", "slices", "trained", "records", "lines", "derived", "lost", "reasoning")
 _DERIVED = (None, "turn", "overflow")
 _NOT_META = {"input_ids", "loss_weights", "slice", "trained_tokens", "origin", "trace"}
 
@@ -452,15 +452,24 @@ def _plan(paths: list[Path], chunk_records: int, max_bytes: int):
 
 
 def _items(task: _Task, paths: list[Path], max_bytes: int):
+    """The raw items of one chunk, read from its source."""
+    from itertools import islice
+
+    return islice(_source_items(paths[task.input], task.source, task.a, max_bytes), task.count)
+
+
+def _source_items(p: Path, source: int, start: int, max_bytes: int):
+    """The raw items of source number ``source`` of input ``p`` from item ``start`` on (a
+    generator: it keeps the reader, and its open file, alive while it is read)."""
     from itertools import islice
 
     from sftlab.data.readers import sources
 
-    p = paths[task.input]
     for s, (_, items) in enumerate(sources(p, max_bytes)):
-        if s == task.source:
-            return islice(items, task.a, task.a + task.count)
-    raise StoreError(f"{p}: source {task.source} vanished while preparing")
+        if s == source:
+            yield from islice(items, start, None)
+            return
+    raise StoreError(f"{p}: source {source} vanished while preparing")
 
 
 def _estimate_records(paths: list[Path]) -> int | None:
@@ -556,7 +565,8 @@ def _write_examples(out: Path, examples: list, records: list[int]) -> dict:
               "lines": np.asarray([e.origin.line if e.origin and e.origin.line is not None else -1
                                    for e in examples], dtype=np.int64),
               "derived": np.asarray([_DERIVED.index(getattr(e, "derived", None)) for e in examples], dtype=np.int8),
-              "lost": np.asarray([getattr(e, "lost_trained_tokens", 0) for e in examples], dtype=np.int32)}
+              "lost": np.asarray([getattr(e, "lost_trained_tokens", 0) for e in examples], dtype=np.int32),
+              "reasoning": np.asarray([getattr(e, "reasoning_tokens", 0) for e in examples], dtype=np.int32)}
     for name, a in arrays.items():
         np.save(out / f"{name}.npy", a, allow_pickle=False)
     with open(out / "examples.jsonl", "w", encoding="utf-8") as f:
@@ -662,13 +672,10 @@ def _encode_run(tasks: list[_Task]) -> list[dict]:
     """Consecutive chunks in one worker: each source is read once from the first chunk's start."""
     from itertools import islice
 
-    from sftlab.data.readers import sources
-
     out, it, at = [], None, None
     for t in tasks:
         if at != (t.input, t.source, t.a):
-            it = next(islice(items, t.a, None) for s, (_, items) in
-                      enumerate(sources(_CTX["paths"][t.input], _CTX["max_bytes"])) if s == t.source)
+            it = _source_items(_CTX["paths"][t.input], t.source, t.a, _CTX["max_bytes"])
         out.append(_encode_chunk(t, list(islice(it, t.count))))
         at = (t.input, t.source, t.a + t.count)
     return out
@@ -723,6 +730,7 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     stats = merge(Summaries([d / "stats" for d in dirs], [t.name for t in tasks], excluded), policy,
                   excluded_fields, encoded)
     stats["lengths"]["extra"] = summary
+    _reasoning_share(stats, dirs)
     _merge_preview(root, dirs, excluded)
     for d in dirs:
         for name in ("quarantine.jsonl", "id_keys.npy", "id_records.npy", "preview.jsonl"):
@@ -766,6 +774,27 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
         if not (final / "store.json").is_file():
             raise
     return final
+
+
+def _reasoning_share(stats: dict, dirs: list[Path]) -> None:
+    """``tools.slices[*].reasoning_share`` in tokens (trained reasoning tokens over trained tokens
+    of the examples), as ``compute_stats(encoded=...)`` gives it."""
+    sums: dict[str, list[int]] = {}
+    for d in dirs:
+        names = json.loads((d / "chunk.json").read_text(encoding="utf-8"))["slices"]
+        codes = np.load(d / "slices.npy")
+        reasoning, trained = np.load(d / "reasoning.npy").astype(np.int64), np.load(d / "trained.npy").astype(np.int64)
+        for code, name in enumerate(names):
+            mask = codes == code
+            for key in ("all", name) if name is not None else ("all",):
+                acc = sums.setdefault(key, [0, 0])
+                acc[0] += int(reasoning[mask].sum())
+                acc[1] += int(trained[mask].sum())
+    tools = stats["tools"]
+    tools["unit"] = "tokens"
+    for name, row in tools["slices"].items():
+        r, t = sums.get(name, (0, 0))
+        row["reasoning_share"] = round(r / t, 6) if t else 0.0
 
 
 def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], policy):
