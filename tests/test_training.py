@@ -176,7 +176,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
     # has none and joins the all-reduce with a weight-0 token; steps 11-12 check that DDP goes on
     data = tmp_path / "train37.jsonl"
     data.write_text("".join((assets / "train.jsonl").read_text().splitlines(keepends=True)[:37]))
-    common = {"data": {"train": [str(data)]}, "packing": {"mode": "padded"}}
+    common = {"data": {"train": [str(data)]}, "packing": {"mode": "padded"}, "log": {"progress": True}}
     one = _config(assets, tmp_path / "one", optim={"grad_accum": 2, "max_steps": 12}, **common)
     two = _config(assets, tmp_path / "two", optim={"grad_accum": 1, "max_steps": 12}, **common)
     single = subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(one)], env=_env(),
@@ -206,7 +206,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
 
 def test_prepare_then_train_reuses_the_store_and_the_manifest_says_so(assets, tmp_path, capsys):
     cfg = _config(assets, tmp_path / "run", optim={"max_steps": 1}, checkpointing={"every_n_steps": None},
-                  data={"cache_dir": str(tmp_path / "cache")})
+                  data={"cache_dir": str(tmp_path / "cache")}, log={"progress": True})
     assert main(["prepare", str(cfg), "--json"]) == 0
     prepared = json.loads(capsys.readouterr().out)
     assert not prepared["train"]["hit"] and not prepared["heldout"]["hit"]

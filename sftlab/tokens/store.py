@@ -620,8 +620,9 @@ def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts:
             shutil.rmtree(root, ignore_errors=True)
     store = PreparedStore(store_dir, verify=False)
     store.hit = False
-    print(f"sftlab: {label}: built {store_dir} ({store.meta['records']:,} records, {len(store):,} examples, "
-          f"{store.meta['tokens']:,} tokens) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if progress:  # beside the progress bar; a run without progress output stays quiet
+        print(f"sftlab: {label}: built {store_dir} ({store.meta['records']:,} records, {len(store):,} examples, "
+              f"{store.meta['tokens']:,} tokens) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return store
 
 
