@@ -217,7 +217,7 @@ def test_prepare_then_train_reuses_the_store_and_the_manifest_says_so(assets, tm
     assert store["train"]["key"] == prepared["train"]["key"]
     split = json.loads((tmp_path / "run" / "run.json").read_text())["data"]["splits"]["train"]
     assert split["records"] == split["accepted"] + split["quarantined"]
-    assert split["store"]["key"] == store["train"]["key"]
+    assert split["store_key"] == store["train"]["key"]
 
 
 def test_nan_loss_stops_keeps_last_checkpoint_and_exits_1(assets, tmp_path, capsys):
