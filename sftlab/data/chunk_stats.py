@@ -100,7 +100,10 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     for name, a in arrays.items():
         np.save(out / f"{name}.npy", a, allow_pickle=False)
     (out / "fields.json").write_text(json.dumps({"counts": fields, "refuse": refuse, "comply": comply,
-                                                 "ids": ids, "slices": [c.slice for c in convs]},
+                                                 "ids": ids, "slices": [c.slice for c in convs],
+                                                 "refusal_texts": [[r, c.messages[i].content] for c, r in zip(convs, records)
+                                                                   if c.expected == "refuse"
+                                                                   for i in c.assistant_indices[-1:]]},
                                                 ensure_ascii=False), encoding="utf-8")
 
 
@@ -181,7 +184,7 @@ def merge(s: Summaries, policy: Any = None, excluded_fields: list[dict] | None =
                     {"unit": "tokens", "prompt": distribution(encoded[0] - encoded[1]),
                      "response": distribution(encoded[1]), "template": encoded[3], "unencoded": encoded[2]}),
         "tools": _tools(s),
-        "refusals": _refusals(refuse, comply, n, policy),
+        "refusals": {**_refusals(refuse, comply, n, policy), "diversity": _refusal_diversity(s)},
         "duplicates": _duplicates(s, threshold, max_examples),
         "leakage": None,
     }
@@ -232,6 +235,18 @@ def _tools(s: Summaries) -> dict[str, Any]:
                      "calls": distribution(g["calls"]),
                      "reasoning_share": _r(g["reasoning"] / g["trained"]) if g["trained"] else 0.0}
     return {"unit": "words", "slices": out}
+
+
+def _refusal_diversity(s: Summaries) -> dict[str, Any]:
+    """``sftlab.data.diversity.response_diversity`` of the refusal records' final responses (the
+    only texts the summaries keep: refusals are a small share of the records)."""
+    from sftlab.data.diversity import response_diversity
+
+    excluded = set()
+    for part, keep in zip(s.parts, s.keep):
+        excluded.update(np.asarray(part["records"])[~keep].tolist())
+    texts = [t for c in range(len(s.dirs)) for r, t in s.fields(c).get("refusal_texts", []) if r not in excluded]
+    return response_diversity(texts)
 
 
 def _refusals(refused: Counter, comply: Counter, n: int, policy: Any) -> dict[str, Any]:
