@@ -1,14 +1,17 @@
 """Helpers shared by several test modules (pytest imports this file before any test module)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # Prepared data goes to a fresh cache per test session, never ~/.cache; subprocesses (two-process
 # training, the CLI) inherit it.
-os.environ["SFTLAB_CACHE"] = tempfile.mkdtemp(prefix="sftlab-test-cache-")
+os.environ["SFTLAB_CACHE"] = _CACHE = tempfile.mkdtemp(prefix="sftlab-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def hand_tokenizer():
