@@ -32,7 +32,7 @@ import numpy as np
 
 from sftlab.data.dedup import DEFAULT_NUM_PERM, MinHasher, band_keys, colliding, lsh_index
 from sftlab.data.stats import (COUNTED_FIELDS, MAX_EXAMPLES, NONE, SCHEMA_VERSION, _checks, _r, _warnings,
-                               conversation_text, distribution, prompt_text)
+                               conversation_text, distribution, prompt_text, word_lengths)
 
 NEAR_THRESHOLD = 0.8
 ARRAYS = ("turns", "prompt_words", "response_words", "calls", "has_tools", "reason_words", "trained_words", "lines", "conv_key", "conv_bands", "conv_sigs",
@@ -50,17 +50,7 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     signer, ranges = _signer_and_ranges()
     arrays: dict[str, np.ndarray] = {"records": np.asarray(records, dtype=np.int64)}
     arrays["turns"] = np.asarray([len(c.assistant_indices) for c in convs], dtype=np.int32)
-    prompt, response = [], []
-    for c in convs:
-        p = r = 0
-        for m in c.messages:
-            n = len(m.content.split())
-            if m.role == "assistant":
-                r += n
-            else:
-                p += n
-        prompt.append(p)
-        response.append(r)
+    prompt, response = zip(*map(word_lengths, convs)) if convs else ((), ())
     calls, has_tools, reason, trained = [], [], [], []
     for c in convs:  # tool use and reasoning, as sftlab.data.stats.tool_stats counts them
         k = sum(len(m.tool_calls) for m in c.messages)

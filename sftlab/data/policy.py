@@ -18,7 +18,6 @@ import math
 import os
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.errors import UsageError

@@ -163,6 +163,24 @@ class EncodedLengths:
     template: str
 
 
+def word_lengths(conv: Conversation) -> tuple[int, int]:
+    """``(prompt words, response words)``: whitespace-separated words of the system, user and tool
+    messages, and of the assistant messages.
+
+        >>> from sftlab.data.conversation import Message
+        >>> word_lengths(Conversation((Message("user", "two words"), Message("assistant", "one"))))
+        (2, 1)
+    """
+    p = r = 0
+    for m in conv.messages:
+        n = len(m.content.split())
+        if m.role == "assistant":
+            r += n
+        else:
+            p += n
+    return p, r
+
+
 def length_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None = None) -> dict:
     """Prompt and response lengths per conversation.
 
@@ -172,17 +190,7 @@ def length_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None =
     included); records the template cannot encode are counted as ``unencoded``.
     """
     if encoded is None:
-        prompt, response = [], []
-        for c in convs:
-            p = r = 0
-            for m in c.messages:
-                n = len(m.content.split())
-                if m.role == "assistant":
-                    r += n
-                else:
-                    p += n
-            prompt.append(p)
-            response.append(r)
+        prompt, response = zip(*map(word_lengths, convs)) if convs else ((), ())
         return {"unit": "words", "prompt": distribution(prompt), "response": distribution(response),
                 "template": None, "unencoded": 0}
     examples = encoded.examples

@@ -42,7 +42,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 

@@ -584,64 +584,6 @@ def _split_record(store) -> dict:
             "store_key": store.key, **({"warnings": store.meta["warnings"]} if store.meta.get("warnings") else {})}
 
 
-def _prepare_in_memory(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool) -> TrainData:
-    """With ``data.eval_split``: load -> quarantine -> hold out ``data.eval_split`` -> encode -> TrainData,
-    in memory (the prepared-data store does not split records yet); the main process
-    (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
-    leakage, and the per-file counts after encoding: the one place every count is read from)."""
-    from sftlab.data.split import split_by_hash
-    from sftlab.train.config import DataConfig
-    from sftlab.train.mixture import slice_of
-
-    policy = None
-    if cfg.data.policy:
-        from sftlab.data.policy import load_policy
-        policy = load_policy(cfg.data.policy)
-    train_report = _load(cfg.data.train, policy)
-    held_report = _load(cfg.data.eval, policy) if cfg.data.eval else None
-    split_off: list = []
-    if cfg.data.eval_split:
-        kept, split_off = split_by_hash(train_report.conversations, cfg.data.eval_split)
-        train_report = _with_conversations(train_report, kept)
-        held_report = _with_conversations(held_report, (held_report.conversations if held_report else []) + split_off)
-    train, train_q, train_split, train_report = _encode_split(cfg, train_report, "train", tokenizer, template)
-    if not train:
-        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
-                         f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
-    quarantine, splits = train_q, {"train": train_split}
-    eval_sets: dict[str, list] = {}
-    if held_report is not None:
-        held, held_q, splits["heldout"], held_report = _encode_split(cfg, held_report, "heldout", tokenizer,
-                                                                     template)
-        if split_off:
-            splits["heldout"]["from_train"] = {"eval_split": cfg.data.eval_split, "records": len(split_off)}
-        quarantine = quarantine + held_q
-        for ex in held:
-            eval_sets.setdefault(slice_of(ex), []).append(ex)
-    metric = cfg.eval.early_stopping.metric
-    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
-        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
-                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    data = TrainData(cfg, train, eval_sets, pad_id)
-    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
-    data.records = train_report.records + (held_report.records if held_report is not None else 0)
-    data.gen_prompts = _generation_prompts(cfg)
-    if write:
-        from sftlab.data.loading import quarantine_line
-        from sftlab.tokens.mask_preview import write_mask_preview
-
-        write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
-                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only)
-        (run / "data").mkdir(parents=True, exist_ok=True)
-        with open(run / "data" / "quarantine.jsonl", "w", encoding="utf-8") as f:
-            for entry in quarantine:
-                f.write(quarantine_line(entry))
-        unencoded = sum(1 for e in train_q if e.get("stage") != "load")
-        data.failed_checks = _write_stats(run, train, unencoded, train_report, held_report, policy, template)
-    return data
-
-
 def _prepare_in_memory(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool,
                        check=None) -> TrainData:
     """With ``data.eval_split`` or an input that is a stream (a pipe): load -> quarantine -> hold out
