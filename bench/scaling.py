@@ -121,7 +121,8 @@ def _config(a: dict, out: str, **optim):
 
 def store_prep(a: dict) -> dict:
     """Cold ``sftlab prepare`` of the training file into the (empty) cache ``a["cache"]``."""
-    from sftlab.train.loop import load_tokenizer_and_template, prepare_stores
+    from sftlab.train.data import prepare_stores
+    from sftlab.train.loop import load_tokenizer_and_template
 
     cfg = _config(a, "unused")
     tok, template = load_tokenizer_and_template(cfg)

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from sftlab.errors import UsageError
     from sftlab.train.config import ConfigError, load_config
-    from sftlab.train.loop import load_tokenizer_and_template, prepare_stores
+    from sftlab.train.data import prepare_stores
+    from sftlab.train.loop import load_tokenizer_and_template
 
     try:
         cfg = load_config(args.config, args.overrides)

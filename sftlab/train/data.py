@@ -1,0 +1,400 @@
+"""Training data: the prepared stores of a config's splits, and the rows of each epoch.
+
+``prepare_data`` turns a training config into :class:`TrainData`: every input loaded and
+validated (quarantine), encoded as the config says, held out where it says, and kept as a
+prepared store (lengths and slices in memory, tokens memory-mapped; ``sftlab.tokens.store``), or in
+memory where a store cannot serve yet (``data.eval_split``, inputs that are streams). The main
+process writes ``RUN/data/`` (quarantine, statistics, mask preview). ``TrainData`` then gives each
+epoch's rows as a pure function of (examples, config, seed, epoch), so a resumed run rebuilds them.
+The training loop (``sftlab.train.loop``) only asks it for micro-batches.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+
+from sftlab.errors import UsageError
+from sftlab.train.config import TrainConfig
+
+
+def prepare_stores(cfg: TrainConfig, tokenizer, template) -> dict:
+    """The prepared stores of the config's splits (``train``, and ``heldout`` with ``data.eval``)."""
+    policy = None
+    if cfg.data.policy:
+        from sftlab.data.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    stores = {"train": _open_split(cfg, cfg.data.train, "train", tokenizer, template, policy, None)}
+    if cfg.data.eval:
+        stores["heldout"] = _open_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy, None)
+    return stores
+
+
+class TrainData:
+    """Encoded training and held-out examples, and the rows of each epoch.
+
+    ``examples`` is a prepared store (``sftlab.tokens.store.PreparedStore``: per-example lengths
+    and slices in memory, tokens memory-mapped) or a list of ``EncodedExample``; rows refer to
+    examples by index and read their tokens only when collated. Rows of epoch e are a pure
+    function of (examples, config, seed, e): mixture sample (from the slice of each example),
+    pack (from the lengths) or one example per row, shuffle; slice loss weights scale the
+    weights as rows are collated. Step s of an epoch takes rows ``[s*G, (s+1)*G)`` with
+    ``G = micro_batch_size x grad_accum x world_size``; process r takes every ``world_size``-th
+    of them starting at r, in micro-batches of ``micro_batch_size``.
+    """
+
+    def __init__(self, cfg: TrainConfig, examples, eval_sets: dict, pad_id: int, eval_table=None):
+        import numpy as np
+
+        from sftlab.tokens.store import ExampleTable
+        from sftlab.train.mixture import MixtureSpec, apply_loss_weights, slice_of
+
+        m = cfg.mixture
+        self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
+                                   loss_weights=dict(m.loss_weights), seed=cfg.seed)
+        apply_loss_weights([], self.mixture.loss_weights)  # checks the weights
+        self.table = examples if hasattr(examples, "lengths") else ExampleTable(examples)
+        self.slices = self.table.slices
+        scales = [float(self.mixture.loss_weights.get(slice_of(s), 1.0)) for s in self.table.slice_names]
+        self.scales = np.asarray(scales) if any(x != 1.0 for x in scales) else None
+        if eval_table is None and eval_sets:  # lists of examples per slice, made in code
+            flat = [ex for exs in eval_sets.values() for ex in exs]
+            eval_table, n = ExampleTable(flat), 0
+            sets = {}
+            for name, exs in eval_sets.items():
+                sets[name] = np.arange(n, n + len(exs))
+                n += len(exs)
+            eval_sets = sets
+        self.cfg, self.eval_sets, self.eval_table, self.pad_id = cfg, eval_sets, eval_table, pad_id
+        self.splits: dict = {}
+        self.quarantined = 0
+        self.policy = None
+        self.failed_checks: list[dict] = []
+        self.gen_prompts: list = []
+        self.store_info: dict = {}
+        self.records = 0
+        self._epoch: tuple[int, object, dict] | None = None
+
+    def _build(self, epoch: int) -> tuple[object, dict]:
+        """Mixture sample of the epoch -> rows (packed or one per row) -> shuffled."""
+        from sftlab.tokens.packing import check_lengths, pack_lengths
+        from sftlab.tokens.store import EpochRows
+        from sftlab.train.mixture import realised_mixture
+
+        if self._epoch is None or self._epoch[0] != epoch:
+            idx = self.mixture.epoch_indices(self.slices, epoch)
+            lengths = self.table.lengths[idx].tolist() if idx else []
+            if self.cfg.packing.mode == "packed":
+                groups = [[idx[j] for j in g] for g in pack_lengths(lengths, self.cfg.row_length)]
+            else:
+                check_lengths(lengths, self.cfg.row_length)
+                groups = [[i] for i in idx]
+            order = list(range(len(groups)))
+            random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(order)
+            rows = EpochRows(self.table, groups, order, self.scales)
+            self._epoch = (epoch, rows, realised_mixture(idx, self.slices))
+        return self._epoch[1], self._epoch[2]
+
+    def epoch_rows(self, epoch: int):
+        return self._build(epoch)[0]
+
+    def realised_mixture(self, epoch: int) -> dict:
+        return self._build(epoch)[1]
+
+    def steps_in_epoch(self, epoch: int, world: int) -> int:
+        per_step = self.cfg.optim.micro_batch_size * self.cfg.optim.grad_accum * world
+        return -(-len(self.epoch_rows(epoch)) // per_step)  # the last step may be partial
+
+    def total_steps(self, world: int) -> int:
+        if self.cfg.optim.max_steps:
+            return self.cfg.optim.max_steps
+        return sum(self.steps_in_epoch(e, world) for e in range(self.cfg.optim.epochs))
+
+    def micro_batches(self, rows, s: int, rank: int, world: int) -> list[dict]:
+        from sftlab.tokens.packing import PackedRow, collate
+
+        o = self.cfg.optim
+        per_step = o.micro_batch_size * o.grad_accum * world
+        mine = rows[s * per_step:(s + 1) * per_step][rank::world]
+        if not mine:  # a partial last step left this rank without a row: it still has to join the
+            # gradient all-reduce, so it runs one padding token of weight 0 (zero gradient)
+            mine = [PackedRow.from_tokens((self.pad_id,), (0.0,), example_indices=(-1,))]
+        return [collate(mine[i:i + o.micro_batch_size], self.pad_id)
+                for i in range(0, len(mine), o.micro_batch_size)]
+
+    def eval_rows(self, name: str, rank: int, world: int) -> list:
+        """One row per held-out example of slice ``name``, every ``world``-th from ``rank``."""
+        return self.eval_table.rows([[int(i)] for i in self.eval_sets[name][rank::world]])
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool, check=None,
+                 accelerator=None) -> TrainData:
+    """Prepared stores of the training and held-out data (opened from the cache, or built:
+    ``sftlab.tokens.store``) -> TrainData. In a multi-process run the main process of each
+    node prepares or opens the stores; the others wait, then memory-map them. The main process
+    (``write``) also writes RUN/data/quarantine.jsonl, RUN/data/stats.json (duplicates,
+    held-out leakage, ...) and the mask preview, all read from the stores. ``check(data)``, when
+    given, runs before anything is written (and may raise)."""
+    import numpy as np
+
+    from sftlab.train.config import DataConfig
+    from sftlab.train.mixture import slice_of
+
+    if cfg.data.eval_split or any(not (Path(p).is_file() or Path(p).is_dir()) and Path(p).exists()
+                                  for p in DataConfig.paths(cfg.data.train) + DataConfig.paths(cfg.data.eval)):
+        return _prepare_in_memory(cfg, tokenizer, template, run, write=write, check=check)
+    policy = None
+    if cfg.data.policy:
+        from sftlab.data.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    train = _open_split(cfg, cfg.data.train, "train", tokenizer, template, policy, accelerator)
+    if not len(train):
+        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
+                         f"({train.quarantined} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
+    stores, splits = {"train": train}, {"train": _split_record(train)}
+    eval_sets: dict[str, np.ndarray] = {}
+    held = None
+    if cfg.data.eval:
+        held = stores["heldout"] = _open_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy,
+                                               accelerator)
+        splits["heldout"] = _split_record(held)
+        names = [slice_of(s) for s in held.slice_names]
+        for code, name in enumerate(names):
+            idx = np.flatnonzero(held.slice_codes == code)
+            eval_sets[name] = np.concatenate([eval_sets[name], idx]) if name in eval_sets else idx
+    metric = cfg.eval.early_stopping.metric
+    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
+        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
+                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    data = TrainData(cfg, train, eval_sets, pad_id, eval_table=held)
+    data.splits, data.quarantined, data.policy = splits, sum(s.quarantined for s in stores.values()), policy
+    data.store_info = {split: s.describe() for split, s in stores.items()}
+    data.records = sum(s.meta["records"] for s in stores.values())
+    data.gen_prompts = _generation_prompts(cfg)
+    if check is not None:
+        check(data)
+    if write:
+        from sftlab.files import atomic_file
+        from sftlab.tokens.mask_preview import write_mask_preview
+
+        write_mask_preview(run, train.preview(), tokenizer, template, n=4,
+                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
+                           reasoning=cfg.encoding.reasoning)
+        (run / "data").mkdir(parents=True, exist_ok=True)
+        with atomic_file(run / "data" / "quarantine.jsonl") as f:
+            for split, store in stores.items():
+                with open(store.quarantine_path, encoding="utf-8") as q:
+                    for line in q:  # streamed: the split is added in front of each entry
+                        f.write(f'{{"split": {json.dumps(split)}, {line[1:]}' if line.startswith("{") else line)
+        data.failed_checks = _write_store_stats(run, train, held)
+    return data
+
+
+def _encoding_options(cfg: TrainConfig) -> dict:
+    """``encode_all``'s options as the config sets them: every one is part of the store's key."""
+    options = cfg.encoding.model_dump()
+    options["max_length"] = min(cfg.encoding.max_length, cfg.row_length)
+    return options
+
+
+def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template, policy, accelerator):
+    """The prepared store of one split: the main process of each node builds or opens (and
+    checks) it, the others wait and then open it without checking again."""
+    from sftlab.tokens.store import prepare
+    from sftlab.train.config import DataConfig
+
+    paths = DataConfig.paths(entries)
+    kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
+                  num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
+                  columns=DataConfig.columns(entries))
+    if accelerator is None or accelerator.num_processes == 1:
+        return prepare(paths, tokenizer, template, **kwargs)
+    store = None
+    if accelerator.is_local_main_process:
+        store = prepare(paths, tokenizer, template, **kwargs)
+    accelerator.wait_for_everyone()
+    if store is None:
+        store = prepare(paths, tokenizer, template, **{**kwargs, "progress": False}, build=False, verify=False)
+    return store
+
+
+def _split_record(store) -> dict:
+    """The manifest's record of one split: data version, counts per file, the store used."""
+    files = store.files
+    return {"sha256": store.meta["records_sha256"], "records": sum(f["records"] for f in files),
+            "accepted": len(store), "quarantined": store.quarantined, "files": files,
+            "store_key": store.key, **({"warnings": store.meta["warnings"]} if store.meta.get("warnings") else {})}
+
+
+def _prepare_in_memory(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool,
+                       check=None) -> TrainData:
+    """With ``data.eval_split`` or an input that is a stream (a pipe): load -> quarantine -> hold out
+    ``data.eval_split`` -> encode -> TrainData, in memory (the prepared-data store neither splits
+    records nor reads an input twice yet); the main process
+    (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
+    leakage, and the per-file counts after encoding: the one place every count is read from).
+    ``check(data)``, when given, runs before anything is written (and may raise)."""
+    from sftlab.data.split import split_by_hash
+    from sftlab.train.config import DataConfig
+    from sftlab.train.mixture import slice_of
+
+    policy = None
+    if cfg.data.policy:
+        from sftlab.data.policy import load_policy
+        policy = load_policy(cfg.data.policy)
+    train_report = _load(cfg.data.train, policy)
+    held_report = _load(cfg.data.eval, policy) if cfg.data.eval else None
+    split_off: list = []
+    if cfg.data.eval_split:
+        kept, split_off = split_by_hash(train_report.conversations, cfg.data.eval_split)
+        train_report = _with_conversations(train_report, kept)
+        held_report = _with_conversations(held_report, (held_report.conversations if held_report else []) + split_off)
+    train, train_q, train_split, train_report = _encode_split(cfg, train_report, "train", tokenizer, template)
+    if not train:
+        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
+                         f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
+    quarantine, splits = train_q, {"train": train_split}
+    eval_sets: dict[str, list] = {}
+    if held_report is not None:
+        held, held_q, splits["heldout"], held_report = _encode_split(cfg, held_report, "heldout", tokenizer,
+                                                                     template)
+        if split_off:
+            splits["heldout"]["from_train"] = {"eval_split": cfg.data.eval_split, "records": len(split_off)}
+        quarantine = quarantine + held_q
+        for ex in held:
+            eval_sets.setdefault(slice_of(ex), []).append(ex)
+    metric = cfg.eval.early_stopping.metric
+    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
+        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
+                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    data = TrainData(cfg, train, eval_sets, pad_id)
+    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
+    data.records = train_report.records + (held_report.records if held_report is not None else 0)
+    data.gen_prompts = _generation_prompts(cfg)
+    if check is not None:
+        check(data)
+    if write:
+        from sftlab.data.loading import quarantine_line
+        from sftlab.files import atomic_file
+        from sftlab.tokens.mask_preview import write_mask_preview
+
+        write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
+                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
+                           reasoning=cfg.encoding.reasoning)
+        (run / "data").mkdir(parents=True, exist_ok=True)
+        with atomic_file(run / "data" / "quarantine.jsonl") as f:
+            for entry in quarantine:
+                f.write(quarantine_line(entry))
+        unencoded = sum(1 for e in train_q if e.get("stage") != "load")
+        data.failed_checks = _write_stats(run, train, unencoded, train_report, held_report, policy, template)
+    return data
+
+
+def _load(entries: list, policy):
+    from sftlab.data.loading import load_files
+    from sftlab.train.config import DataConfig
+
+    return load_files(DataConfig.paths(entries), policy=policy, columns=DataConfig.columns(entries))
+
+
+def _with_conversations(report, conversations: list):
+    """A copy of the load report ``report`` (or an empty one) holding ``conversations``."""
+    from sftlab.data.loading import LoadReport
+
+    if report is None:
+        return LoadReport(conversations=list(conversations))
+    return LoadReport(conversations=list(conversations), quarantined=report.quarantined,
+                      files=report.files, warnings=report.warnings)
+
+
+def _generation_prompts(cfg: TrainConfig) -> list:
+    """The prompts of ``eval.prompts`` (rows that cannot be used are reported, not fatal)."""
+    if not cfg.eval.prompts:
+        return []
+    from sftlab.evaluation.prompts import load_prompt_sets
+
+    sets = load_prompt_sets(cfg.eval.prompts)
+    for bad in (b for s in sets for b in s.bad_rows):
+        print(f"eval.prompts: skipped {bad['file']}:{bad['line']}: {bad['reason']}", file=sys.stderr)
+    prompts = [p for s in sets for p in s.prompts]
+    if not prompts:
+        raise UsageError(f"eval.prompts={cfg.eval.prompts}: no usable prompt")
+    return prompts
+
+
+def gen_eval_settings(cfg: TrainConfig) -> dict:
+    """Decoder settings of the generation curves (greedy), as recorded in the manifest."""
+    return {"max_new_tokens": cfg.eval.generation_max_new_tokens, "temperature": 0.0, "batch_size": 16,
+            "seed": cfg.seed}
+
+
+def _write_store_stats(run: Path, train, held) -> list[dict]:
+    """RUN/data/stats.json from the stores' statistics (held-out leakage measured here, from the
+    compact summaries of both), before training; returns the failed checks (besides quarantine)."""
+    from types import SimpleNamespace
+
+    from sftlab.data.chunk_stats import with_leakage
+    from sftlab.data.stats import with_files
+
+    stats = train.stats
+    stats.pop("files", None)
+    if held is not None:
+        stats = with_leakage(stats, train.summaries(), held.summaries())
+    report = lambda store: SimpleNamespace(files=[SimpleNamespace(**f) for f in store.files])  # noqa: E731
+    stats = with_files(stats, report(train), report(held) if held is not None else None)
+    (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+    failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
+    for check in failed:
+        print(f"sftlab train: data check {check['name']} failed: {check['message']} "
+              f"(see {run / 'data' / 'stats.json'})", file=sys.stderr)
+    return failed
+
+
+def _write_stats(run: Path, train: list, unencoded: int, train_report, held_report, policy,
+                 template) -> list[dict]:
+    """RUN/data/stats.json, measured before training on the examples training will see (lengths
+    in tokens); returns the failed checks (besides quarantine)."""
+    from sftlab.data.stats import EncodedLengths, compute_stats, with_files
+    from sftlab.files import write_atomic
+
+    stats = compute_stats(train_report.conversations,
+                          held_report.conversations if held_report is not None else None, policy,
+                          encoded=EncodedLengths(train, unencoded, template.name))
+    stats = with_files(stats, train_report, held_report)
+    write_atomic(run / "data" / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
+    for check in failed:
+        print(f"sftlab train: data check {check['name']} failed: {check['message']} "
+              f"(see {run / 'data' / 'stats.json'})", file=sys.stderr)
+    return failed
+
+
+def heldout_encoding(cfg: TrainConfig) -> dict:
+    """How training encodes data (training and held-out alike): recorded in the manifest so that
+    ``sftlab eval`` computes the held-out loss of the same examples."""
+    return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
+            "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
+            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow}
+
+
+def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
+    """``(examples, quarantine entries, manifest split record, report)`` for one split; the returned
+    load report holds the records encoding quarantined too (``encode_report``), so every count of the
+    run (summary, manifest, stats, report) comes from it."""
+    from sftlab.manifest import data_version
+    from sftlab.tokens.encoding import encode_report
+
+    examples, used = encode_report(report, tokenizer, template, **heldout_encoding(cfg),
+                                   progress=cfg.log.progress and len(report.conversations) > 1000)
+    entries = [{"split": split, **e.to_dict()} for e in used.quarantined]
+    record = {"sha256": data_version(report.conversations), "records": report.records,
+              "accepted": len(used.conversations), "quarantined": len(entries),
+              "files": [f.to_dict() for f in used.files]}
+    if report.warnings:
+        record["warnings"] = report.warning_counts()
+    return examples, entries, record, used
