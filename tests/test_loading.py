@@ -1,7 +1,6 @@
 """Readers, validation rules and the quarantine: every record accepted or quarantined, with
 file, line, id and field in its reason."""
 import json
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -293,17 +292,17 @@ def test_bom_and_crlf(tmp_path):
     assert load_files([path]).accepted == 2
 
 
-def test_twenty_thousand_records_load_quickly(tmp_path):
+def test_twenty_thousand_records_load_in_order(tmp_path):
+    """Every record of a 20k-record file accepted, in order (load speed is measured in bench/,
+    never asserted here)."""
     rows = [{"id": f"r{i}", "slice": f"s{i % 4}", "messages": [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": f"question {i} " * 5},
         {"role": "assistant", "content": f"answer {i} " * 10}]} for i in range(20_000)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    start = time.perf_counter()
     report = load_files([path])
-    elapsed = time.perf_counter() - start
     assert report.accepted == 20_000
-    assert elapsed < 5.0, f"20k records took {elapsed:.2f} s"  # ~0.25 s on 2 busy cores
+    assert [c.id for c in report.conversations[::5000]] == ["r0", "r5000", "r10000", "r15000"]
 
 
 def test_parquet_too_large_rows_are_quarantined(tmp_path):

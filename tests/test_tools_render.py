@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.data.conversation import ToolCall, template_messages
+from sftlab.data.conversation import template_messages
 from sftlab.data.loading import load_files
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import encode, encode_all
