@@ -7,6 +7,7 @@ import shutil
 import tempfile
 
 import pytest
+import torch
 
 # Prepared data goes to a fresh cache per test session, never ~/.cache; subprocesses (two-process
 # training, the CLI) inherit it.
@@ -33,3 +34,13 @@ def hand_tokenizer():
 def hand_tok():
     """A word-level tokenizer whose ids a person can write by hand (``hand_tokenizer()``)."""
     return hand_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests, like the subprocesses they start (OMP_NUM_THREADS=1):
+    tiny matmuls gain nothing from two, and a busy 2-core machine makes spinning threads slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from sftlab.cli import main
@@ -18,12 +17,7 @@ TOOLS = [{"type": "function", "function": {"name": "calculate_area", "descriptio
                                                "shape": {"type": "string"}, "dimensions": {"type": "array"}}}}}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per module
 
 
 def test_tool_data_trains_and_evaluates_end_to_end(tmp_path, capsys):

@@ -34,14 +34,7 @@ def _conversation(i: int, rng: random.Random) -> dict:
     return {"id": f"c{i}", "slice": slice_, "messages": turns}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread in this process, like the subprocesses (OMP_NUM_THREADS=1): tiny matmuls
-    gain nothing from two, and a busy 2-core machine makes spinning threads slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread per module
 
 
 @pytest.fixture(scope="module")
