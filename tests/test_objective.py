@@ -288,8 +288,12 @@ def _ddp_worker(rank, world, port, out_dir):
         dist.all_reduce(logged)
         grads = torch.cat([p.grad.flatten() for p in ddp.module.parameters()])
         save_file({"grads": grads, "loss": logged, "total": total.float()}, f"{out_dir}/rank{rank}.safetensors")
+        dist.barrier()  # no collective in flight on either rank when the group is torn down
     finally:
         dist.destroy_process_group()
+    # gloo's background threads can abort the interpreter's own shutdown ("terminate called without
+    # an active exception") after the work is done and saved; leave without running C++ destructors.
+    os._exit(0)
 
 
 def test_two_ranks_with_ddp_equal_one_process(model, tmp_path):
