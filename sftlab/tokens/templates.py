@@ -455,18 +455,25 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
                 "so the model could not learn to stop")
     # No stop of its own: the control token that begins the next turn ends this one.
     stop = (cont[k + len(_PROBE):][:w_b]) + run_b[0]
-    generated = own[len(prompt):content_end]
+    return _place_stop(i, len(messages), text, prompt, own[len(prompt):content_end], stop, w_b)
+
+
+def _place_stop(i: int, n_messages: int, text: str, prompt: str, generated: str, stop: str, w: int):
+    """The turn of message ``i`` in the whole rendering ``text``: ``generated`` right after ``prompt``,
+    then ``stop`` (its first ``w`` characters are whitespace). A final turn whose rendering has no
+    stop gets it appended (whitespace already there is kept): ``(Turn, appended text)``;
+    ``"rerendered"`` where the rendering does not hold the turn as generated."""
     start = len(prompt)
     if not (text.startswith(prompt) and text.startswith(generated, start)):
         return "rerendered"
     end_content = start + len(generated)
     if text.startswith(stop, end_content):
         return Turn(i, start, end_content + len(stop), end_content), ""
-    if i + 1 == len(messages):
-        ws = stop[:w_b]
+    if i + 1 == n_messages:
+        ws = stop[:w]
         if ws and text.startswith(ws, end_content):  # the whitespace is there already
             end_content += len(ws)
-            stop = stop[w_b:]
+            stop = stop[w:]
         return Turn(i, start, end_content + len(stop), end_content, appended=True), stop
     return "rerendered"
 
@@ -523,18 +530,7 @@ def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i:
         return ("the template writes no stop sequence after it and no control token begins the next turn, "
                 "so the model could not learn to stop")
     stop = cont_after[len(body):][:w] + run[0]
-    if not (text.startswith(prompt) and text.startswith(body, start)):
-        return "rerendered"
-    end_content = start + len(body)
-    if text.startswith(stop, end_content):
-        return Turn(i, start, end_content + len(stop), end_content), ""
-    if i + 1 == len(messages):
-        ws = stop[:w]
-        if ws and text.startswith(ws, end_content):
-            end_content += len(ws)
-            stop = stop[w:]
-        return Turn(i, start, end_content + len(stop), end_content, appended=True), stop
-    return "rerendered"
+    return _place_stop(i, len(messages), text, prompt, body, stop, w)
 
 
 def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
