@@ -62,33 +62,30 @@ def _mix(h: np.ndarray, salt: int) -> np.ndarray:
     return h ^ (h >> np.uint64(29))
 
 
-def _char_hashes(data: bytes, lo: int, hi: int) -> np.ndarray:
-    """Hashes of every byte n-gram, lo <= n <= hi (an FNV-style hash extended one byte at a time)."""
-    b = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
+def _ngram_hashes(x: np.ndarray, lo: int, hi: int, salt: int = 0) -> np.ndarray:
+    """Hashes of every n-gram of the uint64 sequence ``x``, lo <= n <= hi: an FNV-style hash
+    extended one element at a time, mixed with ``n + salt``."""
     out = []
     with np.errstate(over="ignore"):
-        h = np.full(len(b), _SEED, dtype=np.uint64)
+        h = np.full(len(x), _SEED, dtype=np.uint64)
         for n in range(1, hi + 1):
-            if len(b) < n:
+            if len(x) < n:
                 break
-            h = (h[:len(b) - n + 1] ^ b[n - 1:]) * _MUL
+            h = (h[:len(x) - n + 1] ^ x[n - 1:]) * _MUL
             if n >= lo:
-                out.append(_mix(h, n))
+                out.append(_mix(h, salt + n))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
+
+
+def _char_hashes(data: bytes, lo: int, hi: int) -> np.ndarray:
+    """Hashes of every byte n-gram, lo <= n <= hi."""
+    return _ngram_hashes(np.frombuffer(data, dtype=np.uint8).astype(np.uint64), lo, hi)
 
 
 def _word_hashes(words: list[str], ngrams: int) -> np.ndarray:
-    """Hashes of word n-grams, 1 <= n <= ngrams (CRC-32 per word, combined in numpy)."""
+    """Hashes of word n-grams, 1 <= n <= ngrams (CRC-32 per word; salted apart from byte n-grams)."""
     w = np.fromiter((zlib.crc32(x.encode("utf-8")) for x in words), dtype=np.uint64, count=len(words))
-    out = []
-    with np.errstate(over="ignore"):
-        h = np.full(len(w), _SEED, dtype=np.uint64)
-        for n in range(1, ngrams + 1):
-            if len(w) < n:
-                break
-            h = (h[:len(w) - n + 1] ^ w[n - 1:]) * _MUL
-            out.append(_mix(h, 100 + n))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
+    return _ngram_hashes(w, 1, ngrams, salt=100)
 
 
 def featurize(text: str, spec: FeatureSpec) -> np.ndarray:
