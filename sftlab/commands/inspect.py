@@ -16,8 +16,8 @@ def register(sub) -> None:
     p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
     p.add_argument("--template", default=None,
-                   help="built-in template (chatml, llama3, llama3.1, mistral, gemma, zephyr, phi3, alpaca) or a "
-                        "Jinja file (.jinja/.j2); default: the tokenizer's own chat_template")
+                   help="built-in template (chatml, llama3, llama3.1, mistral, mistral-v0.3, gemma, zephyr, phi3, "
+                        "alpaca) or a Jinja file (.jinja/.j2); default: the tokenizer's own chat_template")
     p.add_argument("--index", type=int, action="append", default=None,
                    help="record index among the accepted records (repeatable; default: the first 3)")
     p.add_argument("--max-length", type=int, default=None, help="truncate as training would")

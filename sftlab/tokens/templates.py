@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 
 from sftlab.fingerprints import config_hash, tokenizer_sha256
-from sftlab.tokens.chat_formats import _FORMATS, _Format, _format_jinja, _format_layout
+from sftlab.tokens.chat_formats import NOT_FROM_PROMPT, _FORMATS, _Format, _format_jinja, _format_layout
 from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
@@ -407,8 +407,7 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
     except TemplateError as e:
         return f"the template cannot render the prompt of this turn ({e})"
     if not own.startswith(prompt):
-        return ("its rendering does not start with the generation prompt of its turn, so what the model "
-                "generates there is not defined by the template")
+        return NOT_FROM_PROMPT
     if not messages[i]["content"]:
         return _turn_without_content(t, r, messages, i, text, prompt, own)
     try:
