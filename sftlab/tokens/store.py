@@ -263,7 +263,8 @@ class PreparedStore:
         from sftlab.data.chunk_stats import Summaries
 
         chunks = self.meta["chunks"]
-        return Summaries([self.path / c["dir"] / "stats" for c in chunks], [c["name"] for c in chunks])
+        return Summaries([self.path / c["dir"] / "stats" for c in chunks], [c["name"] for c in chunks],
+                         set(self.meta.get("excluded", ())))
 
     def describe(self, hit: bool | None = None) -> dict:
         """The manifest's ``data.store`` entry."""
@@ -353,13 +354,20 @@ class EpochRows:
 def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: Any = None,
             cache_dir: str | os.PathLike | None = None, num_proc: int = 1, chunk_records: int = CHUNK_RECORDS,
             progress: bool = False, build: bool = True, verify: bool = True,
-            label: str = "prepare", columns: list | None = None) -> PreparedStore:
+            label: str = "prepare", columns: list | None = None, sides: list | None = None,
+            eval_split: float = 0.0, spool: Spool | None = None) -> PreparedStore:
     """The store of ``inputs`` encoded with ``tokenizer``/``template``/``options``: opened from the
     cache when its key matches (``store.hit`` True), else built (``hit`` False).
 
     ``options`` are ``encode_all``'s keyword options (``max_length``, ``last_turn_only``, ...):
     all of them are part of the key, as are ``columns`` (one ``sftlab.data.formats.Columns`` or
-    ``None`` per input: how its records name their fields). ``build=False`` (ranks that wait for the main process)
+    ``None`` per input: how its records name their fields). ``sides`` (one per input: ``None``,
+    ``"train"`` or ``"heldout"``) keeps only the records of that side of ``data.eval_split``
+    (``sftlab.data.split``: a hash of the record's messages below ``eval_split`` is held out;
+    records quarantined while loading, and later copies of an id, belong to training); both sides,
+    and the share, are part of the key. An input that can be read only once (a pipe, a FIFO) is
+    copied into ``spool`` (a ``Spool``; one of this call's own when ``None``) as it is read and
+    hashed. ``build=False`` (ranks that wait for the main process)
     raises ``StoreError`` instead of building; ``verify=False`` skips the checksums (the main
     process checked them). Raises ``UsageError`` for unusable inputs.
     """
@@ -371,21 +379,89 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
         raise UsageError("no input files given")
     for p in paths:
         check_readable(p)
+        if not build and is_stream(p):
+            raise UsageError(f"{p}: a pipe or FIFO can be read by one process only; in a multi-process run "
+                             "give data as files")
     columns = list(columns) if columns is not None else [None] * len(paths)
+    sides = list(sides) if sides is not None and any(sides) else None
     parts = key_parts(inputs, tokenizer, template, options, policy, DEFAULT_MAX_RECORD_BYTES)
     parts["columns"] = [None if c is None else repr(c) for c in columns]
-    index = cache / "index" / (_digest({**parts, "raw": [input_digest(p) for p in paths]}) + ".json")
-    found = _from_index(cache, index, verify)
-    if found is not None:
-        found.hit = True
-        return found
-    if not build:
-        raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
-    store = _build(paths, tokenizer, template, options, policy, parts, cache, num_proc, chunk_records,
-                   progress, label, columns)
+    if sides is not None:
+        parts["split"] = {"eval_split": float(eval_split), "sides": sides}
+    own = spool is None
+    spool = Spool(cache) if own else spool
+    try:
+        read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
+        raw = [digest if digest is not None else input_digest(p) for p, digest in read]
+        index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
+        found = _from_index(cache, index, verify)
+        if found is not None:
+            found.hit = True
+            return found
+        if not build:
+            raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
+        names = [str(p) if r != p else None for p, (r, _) in zip(paths, read)]
+        store = _build([r for r, _ in read], tokenizer, template, options, policy, parts, cache, num_proc,
+                       chunk_records, progress, label, columns, names, sides, eval_split)
+    finally:
+        if own:
+            spool.close()
     index.parent.mkdir(parents=True, exist_ok=True)
     _write_text(index, json.dumps({"key": store.key}) + "\n")
     return store
+
+
+def is_stream(p: Path) -> bool:
+    """Whether ``p`` is an input that can be read only once (a pipe, a FIFO, ``/dev/stdin``)."""
+    return os.path.exists(p) and not Path(p).is_file() and not Path(p).is_dir()
+
+
+class Spool:
+    """Inputs that can be read only once (pipes, FIFOs, ``/dev/stdin``), copied as they are read
+    into files under the cache folder (``CACHE/.spool-*``, beside the stores' ``.build-*``
+    folders) while hashed, a block at a time: the store is still keyed by the content, and the
+    copy can be read as often as preparation needs (worker processes, both sides of
+    ``data.eval_split``). Removed on ``close`` (or leaving ``with``)."""
+
+    def __init__(self, cache: str | os.PathLike | None = None):
+        self.cache = Path(cache) if cache else default_cache_dir()
+        self.root: Path | None = None
+        self.copies: dict[str, tuple[Path, str]] = {}
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+        self.copies.clear()
+
+    def read(self, p: Path) -> tuple[Path, str | None]:
+        """``(path to read, raw digest)``: a stream's copy and the digest of its bytes (as
+        ``sftlab.data.readers.input_digest`` gives it for a file), anything else as it is and ``None``."""
+        if not is_stream(p):
+            return p, None
+        if str(p) not in self.copies:
+            if self.root is None:
+                self.cache.mkdir(parents=True, exist_ok=True)
+                self.root = Path(tempfile.mkdtemp(prefix=".spool-", dir=self.cache))
+            dest = self.root / str(len(self.copies)) / (Path(p).name or "input")
+            dest.parent.mkdir()
+            h = hashlib.sha256(b"\0")
+            try:
+                with open(p, "rb") as src, open(dest, "wb") as out:
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        h.update(block)
+                        out.write(block)
+            except OSError as e:
+                raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+            h.update(b"\0")
+            self.copies[str(p)] = (dest, h.hexdigest())
+        return self.copies[str(p)]
 
 
 def _from_index(cache: Path, index: Path, verify: bool) -> PreparedStore | None:
@@ -432,12 +508,15 @@ class _Task:
 def _plan(paths: list[Path], chunk_records: int, max_bytes: int):
     """``(task, items or None)`` for every chunk, in order: chunk k of a source holds its items
     ``[k * chunk_records, (k + 1) * chunk_records)``, however the chunks are then run. The items
-    come with the task when ``stream`` reading has them already."""
+    come with the task when ``stream`` reading has them already. A spooled stream keeps the name
+    it was given (``_CTX["names"]``)."""
     from sftlab.data.readers import sources
 
     rec = chunk = 0
+    names = _CTX.get("names") or [None] * len(paths)
     for i, p in enumerate(paths):
         for s, (name, items) in enumerate(sources(p, max_bytes)):
+            name = names[i] or name
             block, first = [], 0
             for item in items:
                 block.append(item)
@@ -496,7 +575,7 @@ def _encode_chunk(task: _Task, items: list | None = None) -> dict:
     out = Path(ctx["root"]) / f"chunk-{task.chunk:05d}"
     out.mkdir(parents=True, exist_ok=True)
     convs, recs, quarantine = [], [], []
-    h = hashlib.sha256()
+    h, other = hashlib.sha256(), _OtherSide(ctx, task.input)
     rec_of: dict[tuple[str, int | None], int] = {}
     warnings: dict[str, int] = {}
     for k, item in enumerate(items if items is not None else _items(task, ctx["paths"], ctx["max_bytes"])):
@@ -508,6 +587,8 @@ def _encode_chunk(task: _Task, items: list | None = None) -> dict:
                 conv = validate_record(raw, Origin(task.name, line), ctx["policy"], ctx["columns"][task.input])
             except RecordError as e:
                 problem = e
+        if other.side is not None and other.takes(rec, line, raw, None if problem is not None else conv):
+            continue
         if problem is None:
             for code, _ in record_warnings(conv):
                 warnings[code] = warnings.get(code, 0) + 1
@@ -524,10 +605,14 @@ def _encode_chunk(task: _Task, items: list | None = None) -> dict:
         quarantine.append({"_rec": rec_of[(e["file"], e["line"])], **e})
     _write_examples(out, examples, [rec_of[(ex.origin.file, ex.origin.line)] for ex in examples])
     summarise(convs, recs, out / "stats")
-    ids = [(c.id, r) for c, r in zip(convs, recs) if c.id is not None]
-    keys = b"".join(hashlib.blake2b(cid.encode("utf-8", "surrogatepass"), digest_size=16).digest() for cid, _ in ids)
+    ids = sorted([(c.id, r, c.origin.line, 1) for c, r in zip(convs, recs) if c.id is not None] + other.ids,
+                 key=lambda x: x[1])  # the other side's ids too: a later copy of an id is quarantined
+    keys = b"".join(hashlib.blake2b(x[0].encode("utf-8", "surrogatepass"), digest_size=16).digest() for x in ids)
     np.save(out / "id_keys.npy", np.frombuffer(keys, np.uint8).reshape(len(ids), 16), allow_pickle=False)
-    np.save(out / "id_records.npy", np.asarray([r for _, r in ids], dtype=np.int64), allow_pickle=False)
+    np.save(out / "id_records.npy", np.asarray([x[1] for x in ids], dtype=np.int64), allow_pickle=False)
+    np.save(out / "id_lines.npy", np.asarray([-1 if x[2] is None else x[2] for x in ids], dtype=np.int64),
+            allow_pickle=False)
+    np.save(out / "id_here.npy", np.asarray([x[3] for x in ids], dtype=np.int8), allow_pickle=False)
     with open(out / "quarantine.jsonl", "w", encoding="utf-8") as f:
         from sftlab.data.loading import quarantine_line
 
@@ -541,7 +626,40 @@ def _encode_chunk(task: _Task, items: list | None = None) -> dict:
                                     "record": c.to_dict()}) + "\n")
             seen.add(c.slice)
     return {"chunk": task.chunk, "records": task.count, "examples": len(examples), "warnings": warnings,
-            "tokens": int(sum(len(e.input_ids) for e in examples)), "records_sha256": h.hexdigest()}
+            "tokens": int(sum(len(e.input_ids) for e in examples)), "records_sha256": h.hexdigest(),
+            "kept": task.count - other.records, "other_sha256": other.sha256()}
+
+
+class _OtherSide:
+    """With ``data.eval_split`` (``_CTX["sides"]``): the records of a chunk that belong to the
+    other side. They are hashed (the key covers the whole input) and their ids kept for the
+    duplicate-id check; nothing else is done with them. A record quarantined while loading
+    belongs to training, as ``load_files`` then ``split_by_hash`` place it."""
+
+    def __init__(self, ctx: dict, input_index: int):
+        sides = ctx.get("sides")
+        self.side = sides[input_index] if sides else None
+        self.share = ctx.get("eval_split", 0.0)
+        self.ids: list[tuple] = []
+        self.records = 0
+        self._h = hashlib.sha256()
+
+    def takes(self, rec: int, line, raw, conv) -> bool:
+        """Whether the record (``conv`` None: quarantined while loading) is the other side's."""
+        from sftlab.data.split import heldout_key
+
+        held = conv is not None and self.share > 0 and heldout_key(conv) < self.share
+        if held == (self.side == "heldout"):
+            return False
+        self.records += 1
+        self._h.update(_canonical([line, conv.to_dict() if conv is not None else {"quarantined": raw}])
+                       .encode("utf-8", "surrogatepass") + b"\n")
+        if conv is not None and conv.id is not None:
+            self.ids.append((conv.id, rec, line, 0))
+        return True
+
+    def sha256(self) -> str:
+        return self._h.hexdigest()
 
 
 def _slice_order(names) -> list:
@@ -599,7 +717,8 @@ def _filter_chunk(out: Path, drop: set[int]) -> None:
 
 
 def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts: dict, cache: Path,
-           num_proc: int, chunk_records: int, progress: bool, label: str, columns: list) -> PreparedStore:
+           num_proc: int, chunk_records: int, progress: bool, label: str, columns: list,
+           names: list | None = None, sides: list | None = None, eval_split: float = 0.0) -> PreparedStore:
     from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES
     from sftlab.tokens.encoding import _encoder
 
@@ -609,7 +728,8 @@ def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts:
     t0 = time.perf_counter()
     try:
         _CTX.update(root=str(root), paths=paths, max_bytes=DEFAULT_MAX_RECORD_BYTES, policy=policy,
-                    tokenizer=tokenizer, template=template, options=options, columns=columns)
+                    tokenizer=tokenizer, template=template, options=options, columns=columns,
+                    names=names or [None] * len(paths), sides=sides, eval_split=float(eval_split))
         tasks, results = _run_tasks(paths, chunk_records, DEFAULT_MAX_RECORD_BYTES, num_proc, progress, label)
         store_dir = _finalize(root, tasks, results, parts, policy, paths,
                               {"num_proc": num_proc, "chunk_records": chunk_records,
@@ -688,7 +808,7 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     from sftlab.data.chunk_stats import Summaries, merge
 
     dirs = [root / f"chunk-{t.chunk:05d}" for t in tasks]
-    excluded, dup_entries, excluded_fields = _duplicate_ids(dirs, tasks, paths, policy)
+    excluded, dup_entries, excluded_fields, moved = _duplicate_ids(dirs, tasks, paths, policy)
     by_chunk: dict[int, set[int]] = {}
     for rec in excluded:
         c = next(k for k, t in enumerate(tasks) if t.rec0 <= rec < t.rec0 + t.count)
@@ -696,10 +816,12 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     for c, drop in by_chunk.items():
         _filter_chunk(dirs[c], drop)
     # quarantine: the load stage of every chunk, then the encode stage (as load_files + encode_all order them)
-    counts = {}
-    for t in tasks:
+    counts, per_input = {}, [0] * len(paths)
+    for t, r in zip(tasks, results):  # records of this store's side (all of them without eval_split)
         counts.setdefault(t.name, {"path": t.name, "records": 0, "accepted": 0, "quarantined": 0})
-        counts[t.name]["records"] += t.count
+        n = r["kept"] + moved.get(t.chunk, 0)  # tasks are in chunk order: t.chunk is the task's index
+        counts[t.name]["records"] += n
+        per_input[t.input] += n
     from sftlab.data.loading import quarantine_line
 
     unencoded = 0
@@ -734,14 +856,23 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     _reasoning_share(stats, dirs)
     _merge_preview(root, dirs, excluded)
     for d in dirs:
-        for name in ("quarantine.jsonl", "id_keys.npy", "id_records.npy", "preview.jsonl"):
+        for name in ("quarantine.jsonl", "id_keys.npy", "id_records.npy", "id_lines.npy", "id_here.npy",
+                     "preview.jsonl"):
             (d / name).unlink()
     # keys: records digest per input, then the store key
-    per_input: dict[int, hashlib._Hash] = {}
+    per_input_records, per_input = per_input, {}
     for t, r in zip(tasks, results):
         per_input.setdefault(t.input, hashlib.sha256()).update(r["records_sha256"].encode())
     input_digests = [per_input[i].hexdigest() for i in range(len(paths))]
-    key = _digest({**parts, "records": input_digests})
+    split = None
+    if "split" in parts:  # the key covers the other side's records too (their ids decide duplicates)
+        other: dict[int, hashlib._Hash] = {}
+        for t, r in zip(tasks, results):
+            other.setdefault(t.input, hashlib.sha256()).update(r["other_sha256"].encode())
+        key = _digest({**parts, "records": input_digests, "other": [other[i].hexdigest() for i in range(len(paths))]})
+        split = {**parts["split"], "records": per_input_records}
+    else:
+        key = _digest({**parts, "records": input_digests})
     chunks = []
     for t, d in zip(tasks, dirs):
         entry = json.loads((d / "chunk.json").read_text(encoding="utf-8"))
@@ -756,7 +887,9 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     records_sha = hashlib.sha256("".join(input_digests).encode()).hexdigest()
     meta = {"format": FORMAT, "key": key, "parts": {**parts, "records": input_digests},
             "records_sha256": records_sha, "examples": sum(c["examples"] for c in chunks),
-            "tokens": sum(c["tokens"] for c in chunks), "records": sum(t.count for t in tasks),
+            "tokens": sum(c["tokens"] for c in chunks), "records": sum(per_input_records),
+            **({"split": split} if split is not None else {}),
+            "excluded": sorted(excluded),  # later copies of an id: left out of the summaries too
             "files": list(counts.values()), "encoding_summary": summary,
             "warnings": dict(sorted(warnings.items(), key=lambda kv: (-kv[1], kv[0]))), "slices": _slice_order(s for c in chunks for s in c["slices"]),
             "chunks": chunks, "checksums": checksums, "build": build}
@@ -799,8 +932,13 @@ def _reasoning_share(stats: dict, dirs: list[Path]) -> None:
 
 
 def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], policy):
-    """Records whose id an earlier record has (``load_files``' rule, over every chunk): their
-    record numbers, their quarantine entries, and their metadata counts (to take out of the stats)."""
+    """Records whose id an earlier record has (``load_files``' rule, over every chunk and both
+    sides of ``data.eval_split``): ``(their record numbers, the quarantine entries this store
+    reports, the metadata counts of those in this store's summaries (to take out of the stats),
+    records moved per chunk)``. A later copy belongs to training (``load_files`` quarantines it
+    before the split): an input read for its held-out side reports none and drops its copies
+    from its count (-1), one read for its training side reports the copies that hashed to the
+    held-out side too (+1)."""
     from collections import Counter
 
     from sftlab.data.chunk_stats import _first_rows
@@ -808,45 +946,52 @@ def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], poli
     from sftlab.data.loading import duplicate_id_error, quarantine_entry, validate_record
     from sftlab.data.stats import COUNTED_FIELDS, NONE
 
-    keys = [np.load(d / "id_keys.npy", allow_pickle=False) for d in dirs]
-    recs = [np.load(d / "id_records.npy", allow_pickle=False) for d in dirs]
-    all_keys = np.concatenate(keys) if keys else np.zeros((0, 16), np.uint8)
-    all_recs = np.concatenate(recs) if recs else np.zeros(0, np.int64)
+    load = lambda name, dt, shape=(0,): np.concatenate(  # noqa: E731
+        [np.load(d / f"id_{name}.npy", allow_pickle=False) for d in dirs]) if dirs else np.zeros(shape, dt)
+    all_keys, all_recs = load("keys", np.uint8, (0, 16)), load("records", np.int64)
+    all_lines, all_here = load("lines", np.int64), load("here", np.int8)
     firsts, is_first = _first_rows(all_keys)
     dups = np.flatnonzero(~is_first)
     if not len(dups):
-        return set(), [], []
+        return set(), [], [], {}
     excluded = {int(all_recs[i]) for i in dups}
     first_of = {int(all_recs[i]): int(all_recs[firsts[i]]) for i in dups}
+    line_of = {int(all_recs[i]): int(all_lines[i]) for i in set(firsts[dups].tolist())}
+    here = {int(all_recs[i]) for i in dups if all_here[i]}
+    sides = _CTX.get("sides") or [None] * len(paths)
 
     def where(rec: int) -> tuple[int, _Task]:
         return next((k, t) for k, t in enumerate(tasks) if t.rec0 <= rec < t.rec0 + t.count)
 
-    lines: dict[int, int] = {}
-    for rec in set(first_of.values()):
+    report, moved = set(), {}
+    for rec in excluded:
         k, t = where(rec)
-        s_recs = np.load(dirs[k] / "stats" / "records.npy", allow_pickle=False)
-        s_lines = np.load(dirs[k] / "stats" / "lines.npy", allow_pickle=False)
-        lines[rec] = int(s_lines[int(np.searchsorted(s_recs, rec))])
+        side = sides[t.input]
+        if side != "heldout":
+            report.add(rec)
+        if side == "train" and rec not in here or side == "heldout" and rec in here:
+            moved[k] = moved.get(k, 0) + (1 if side == "train" else -1)
     entries, field_counts = [], []
     by_task: dict[int, list[int]] = {}
-    for rec in sorted(excluded):
+    for rec in sorted(report | here):
         by_task.setdefault(where(rec)[0], []).append(rec)
     for k, wanted in by_task.items():
-        t = tasks[k]
+        t, wanted = tasks[k], set(wanted)
         for j, item in enumerate(_items(t, paths, _CTX["max_bytes"])):
             rec, line, raw = t.rec0 + j, item[0], item[1]
-            if rec not in excluded:
+            if rec not in wanted:
                 continue
             conv = validate_record(raw, Origin(t.name, line), policy, _CTX["columns"][t.input])
-            ft, first = where(first_of[rec])
-            error = duplicate_id_error(conv.id, Origin(first.name, lines[first_of[rec]]))
-            entries.append({"_rec": rec, "stage": "load",
-                            **quarantine_entry(t.name, line, raw, error, item[3] if len(item) > 3 else None).to_dict()})
-            field_counts.append({"counts": {f: {getattr(conv, f) or NONE: 1} for f in COUNTED_FIELDS},
-                                 "refuse": Counter([str(conv.policy_category)] if conv.expected == "refuse" else []),
-                                 "comply": Counter([str(conv.policy_category)] if conv.expected == "comply" else [])})
-    return excluded, entries, field_counts
+            if rec in report:
+                first = where(first_of[rec])[1]
+                error = duplicate_id_error(conv.id, Origin(first.name, line_of[first_of[rec]]))
+                entries.append({"_rec": rec, "stage": "load",
+                                **quarantine_entry(t.name, line, raw, error, item[3] if len(item) > 3 else None).to_dict()})
+            if rec in here:
+                field_counts.append({"counts": {f: {getattr(conv, f) or NONE: 1} for f in COUNTED_FIELDS},
+                                     "refuse": Counter([str(conv.policy_category)] if conv.expected == "refuse" else []),
+                                     "comply": Counter([str(conv.policy_category)] if conv.expected == "comply" else [])})
+    return excluded, entries, field_counts, moved
 
 
 def _merge_preview(root: Path, dirs: list[Path], excluded: set[int]) -> None:

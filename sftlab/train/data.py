@@ -1,10 +1,11 @@
 """Training data: the prepared stores of a config's splits, and the rows of each epoch.
 
 ``prepare_data`` turns a training config into :class:`TrainData`: every input loaded and
-validated (quarantine), encoded as the config says, held out where it says, and kept as a
-prepared store (lengths and slices in memory, tokens memory-mapped; ``sftlab.tokens.store``), or in
-memory where a store cannot serve yet (``data.eval_split``, inputs that are streams). The main
-process writes ``RUN/data/`` (quarantine, statistics, mask preview). ``TrainData`` then gives each
+validated (quarantine), encoded as the config says, held out where it says (``data.eval`` files,
+and the records of ``data.train`` that ``data.eval_split`` holds out by the hash of their
+messages), and kept as a prepared store per split (lengths and slices in memory, tokens
+memory-mapped; ``sftlab.tokens.store``). The main process writes ``RUN/data/`` (quarantine,
+statistics, mask preview). ``TrainData`` then gives each
 epoch's rows as a pure function of (examples, config, seed, epoch), so a resumed run rebuilds them.
 The training loop (``sftlab.train.loop``) only asks it for micro-batches.
 """
@@ -20,16 +21,33 @@ from sftlab.errors import UsageError
 from sftlab.train.config import TrainConfig
 
 
-def prepare_stores(cfg: TrainConfig, tokenizer, template) -> dict:
-    """The prepared stores of the config's splits (``train``, and ``heldout`` with ``data.eval``)."""
-    policy = None
-    if cfg.data.policy:
-        from sftlab.data.policy import load_policy
-        policy = load_policy(cfg.data.policy)
-    stores = {"train": _open_split(cfg, cfg.data.train, "train", tokenizer, template, policy, None)}
-    if cfg.data.eval:
-        stores["heldout"] = _open_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy, None)
+def prepare_stores(cfg: TrainConfig, tokenizer, template, accelerator=None, policy=None) -> dict:
+    """The prepared stores of the config's splits: ``train``, and ``heldout`` with ``data.eval``
+    or ``data.eval_split``. With ``data.eval_split`` the training inputs are read for each side
+    (``sftlab.tokens.store.prepare(sides=...)``): the ``train`` store keeps the records whose
+    message hash is at or above the share, the ``heldout`` store the ``data.eval`` records and
+    then those below it, as ``sftlab.data.split.split_by_hash`` assigns them. An input that is a
+    pipe or FIFO is copied once (``Spool``) and read from the copy by both."""
+    from sftlab.tokens.store import Spool
+
+    policy = policy if policy is not None else _policy(cfg)
+    train, held, share = list(cfg.data.train), list(cfg.data.eval or []), cfg.data.eval_split
+    with Spool(cfg.data.cache_dir) as spool:
+        stores = {"train": _open_split(cfg, train, "train", tokenizer, template, policy, accelerator, spool,
+                                       ["train"] * len(train) if share else None)}
+        if held or share:
+            stores["heldout"] = _open_split(cfg, held + (train if share else []), "heldout", tokenizer, template,
+                                            policy, accelerator, spool,
+                                            [None] * len(held) + ["heldout"] * len(train) if share else None)
     return stores
+
+
+def _policy(cfg: TrainConfig):
+    if not cfg.data.policy:
+        return None
+    from sftlab.data.policy import load_policy
+
+    return load_policy(cfg.data.policy)
 
 
 class TrainData:
@@ -142,23 +160,16 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     from sftlab.train.config import DataConfig
     from sftlab.train.mixture import slice_of
 
-    if cfg.data.eval_split or any(not (Path(p).is_file() or Path(p).is_dir()) and Path(p).exists()
-                                  for p in DataConfig.paths(cfg.data.train) + DataConfig.paths(cfg.data.eval)):
-        return _prepare_in_memory(cfg, tokenizer, template, run, write=write, check=check)
-    policy = None
-    if cfg.data.policy:
-        from sftlab.data.policy import load_policy
-        policy = load_policy(cfg.data.policy)
-    train = _open_split(cfg, cfg.data.train, "train", tokenizer, template, policy, accelerator)
+    policy = _policy(cfg)
+    stores = prepare_stores(cfg, tokenizer, template, accelerator, policy)
+    train = stores["train"]
     if not len(train):
         raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
                          f"({train.quarantined} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
-    stores, splits = {"train": train}, {"train": _split_record(train)}
+    splits = {"train": _split_record(train)}
     eval_sets: dict[str, np.ndarray] = {}
-    held = None
-    if cfg.data.eval:
-        held = stores["heldout"] = _open_split(cfg, cfg.data.eval, "heldout", tokenizer, template, policy,
-                                               accelerator)
+    held = stores.get("heldout")
+    if held is not None:
         splits["heldout"] = _split_record(held)
         names = [slice_of(s) for s in held.slice_names]
         for code, name in enumerate(names):
@@ -200,7 +211,8 @@ def _encoding_options(cfg: TrainConfig) -> dict:
     return options
 
 
-def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template, policy, accelerator):
+def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template, policy, accelerator, spool,
+                sides: list | None):
     """The prepared store of one split: the main process of each node builds or opens (and
     checks) it, the others wait and then open it without checking again."""
     from sftlab.tokens.store import prepare
@@ -209,7 +221,7 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
     paths = DataConfig.paths(entries)
     kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
                   num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
-                  columns=DataConfig.columns(entries))
+                  columns=DataConfig.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
     if accelerator is None or accelerator.num_processes == 1:
         return prepare(paths, tokenizer, template, **kwargs)
     store = None
@@ -224,91 +236,14 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
 def _split_record(store) -> dict:
     """The manifest's record of one split: data version, counts per file, the store used."""
     files = store.files
-    return {"sha256": store.meta["records_sha256"], "records": sum(f["records"] for f in files),
-            "accepted": len(store), "quarantined": store.quarantined, "files": files,
-            "store_key": store.key, **({"warnings": store.meta["warnings"]} if store.meta.get("warnings") else {})}
-
-
-def _prepare_in_memory(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool,
-                       check=None) -> TrainData:
-    """With ``data.eval_split`` or an input that is a stream (a pipe): load -> quarantine -> hold out
-    ``data.eval_split`` -> encode -> TrainData, in memory (the prepared-data store neither splits
-    records nor reads an input twice yet); the main process
-    (``write``) also writes RUN/data/quarantine.jsonl and RUN/data/stats.json (duplicates, held-out
-    leakage, and the per-file counts after encoding: the one place every count is read from).
-    ``check(data)``, when given, runs before anything is written (and may raise)."""
-    from sftlab.data.split import split_by_hash
-    from sftlab.train.config import DataConfig
-    from sftlab.train.mixture import slice_of
-
-    policy = None
-    if cfg.data.policy:
-        from sftlab.data.policy import load_policy
-        policy = load_policy(cfg.data.policy)
-    train_report = _load(cfg.data.train, policy)
-    held_report = _load(cfg.data.eval, policy) if cfg.data.eval else None
-    split_off: list = []
-    if cfg.data.eval_split:
-        kept, split_off = split_by_hash(train_report.conversations, cfg.data.eval_split)
-        train_report = _with_conversations(train_report, kept)
-        held_report = _with_conversations(held_report, (held_report.conversations if held_report else []) + split_off)
-    train, train_q, train_split, train_report = _encode_split(cfg, train_report, "train", tokenizer, template)
-    if not train:
-        raise UsageError(f"no trainable example in {', '.join(DataConfig.paths(cfg.data.train))} "
-                         f"({len(train_q)} quarantined; see {run / 'data' / 'quarantine.jsonl'})")
-    quarantine, splits = train_q, {"train": train_split}
-    eval_sets: dict[str, list] = {}
-    if held_report is not None:
-        held, held_q, splits["heldout"], held_report = _encode_split(cfg, held_report, "heldout", tokenizer,
-                                                                     template)
-        if split_off:
-            splits["heldout"]["from_train"] = {"eval_split": cfg.data.eval_split, "records": len(split_off)}
-        quarantine = quarantine + held_q
-        for ex in held:
-            eval_sets.setdefault(slice_of(ex), []).append(ex)
-    metric = cfg.eval.early_stopping.metric
-    if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
-        raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
-                         f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    data = TrainData(cfg, train, eval_sets, pad_id)
-    data.splits, data.quarantined, data.policy = splits, len(quarantine), policy
-    data.records = train_report.records + (held_report.records if held_report is not None else 0)
-    data.gen_prompts = _generation_prompts(cfg)
-    if check is not None:
-        check(data)
-    if write:
-        from sftlab.data.loading import quarantine_line
-        from sftlab.files import atomic_file
-        from sftlab.tokens.mask_preview import write_mask_preview
-
-        write_mask_preview(run, train_report.conversations, tokenizer, template, n=4,
-                           max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
-                           reasoning=cfg.encoding.reasoning)
-        (run / "data").mkdir(parents=True, exist_ok=True)
-        with atomic_file(run / "data" / "quarantine.jsonl") as f:
-            for entry in quarantine:
-                f.write(quarantine_line(entry))
-        unencoded = sum(1 for e in train_q if e.get("stage") != "load")
-        data.failed_checks = _write_stats(run, train, unencoded, train_report, held_report, policy, template)
-    return data
-
-
-def _load(entries: list, policy):
-    from sftlab.data.loading import load_files
-    from sftlab.train.config import DataConfig
-
-    return load_files(DataConfig.paths(entries), policy=policy, columns=DataConfig.columns(entries))
-
-
-def _with_conversations(report, conversations: list):
-    """A copy of the load report ``report`` (or an empty one) holding ``conversations``."""
-    from sftlab.data.loading import LoadReport
-
-    if report is None:
-        return LoadReport(conversations=list(conversations))
-    return LoadReport(conversations=list(conversations), quarantined=report.quarantined,
-                      files=report.files, warnings=report.warnings)
+    record = {"sha256": store.meta["records_sha256"], "records": sum(f["records"] for f in files),
+              "accepted": len(store), "quarantined": store.quarantined, "files": files,
+              "store_key": store.key, **({"warnings": store.meta["warnings"]} if store.meta.get("warnings") else {})}
+    split = store.meta.get("split")
+    if split and "heldout" in split["sides"]:
+        record["from_train"] = {"eval_split": split["eval_split"],
+                                "records": sum(n for n, s in zip(split["records"], split["sides"]) if s == "heldout")}
+    return record
 
 
 def _generation_prompts(cfg: TrainConfig) -> list:
@@ -355,46 +290,9 @@ def _write_store_stats(run: Path, train, held) -> list[dict]:
     return failed
 
 
-def _write_stats(run: Path, train: list, unencoded: int, train_report, held_report, policy,
-                 template) -> list[dict]:
-    """RUN/data/stats.json, measured before training on the examples training will see (lengths
-    in tokens); returns the failed checks (besides quarantine)."""
-    from sftlab.data.stats import EncodedLengths, compute_stats, with_files
-    from sftlab.files import write_atomic
-
-    stats = compute_stats(train_report.conversations,
-                          held_report.conversations if held_report is not None else None, policy,
-                          encoded=EncodedLengths(train, unencoded, template.name))
-    stats = with_files(stats, train_report, held_report)
-    write_atomic(run / "data" / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
-    for check in failed:
-        print(f"sftlab train: data check {check['name']} failed: {check['message']} "
-              f"(see {run / 'data' / 'stats.json'})", file=sys.stderr)
-    return failed
-
-
 def heldout_encoding(cfg: TrainConfig) -> dict:
     """How training encodes data (training and held-out alike): recorded in the manifest so that
     ``sftlab eval`` computes the held-out loss of the same examples."""
     return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
             "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow}
-
-
-def _encode_split(cfg: TrainConfig, report, split: str, tokenizer, template):
-    """``(examples, quarantine entries, manifest split record, report)`` for one split; the returned
-    load report holds the records encoding quarantined too (``encode_report``), so every count of the
-    run (summary, manifest, stats, report) comes from it."""
-    from sftlab.manifest import data_version
-    from sftlab.tokens.encoding import encode_report
-
-    examples, used = encode_report(report, tokenizer, template, **heldout_encoding(cfg),
-                                   progress=cfg.log.progress and len(report.conversations) > 1000)
-    entries = [{"split": split, **e.to_dict()} for e in used.quarantined]
-    record = {"sha256": data_version(report.conversations), "records": report.records,
-              "accepted": len(used.conversations), "quarantined": len(entries),
-              "files": [f.to_dict() for f in used.files]}
-    if report.warnings:
-        record["warnings"] = report.warning_counts()
-    return examples, entries, record, used
