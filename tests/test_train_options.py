@@ -111,6 +111,10 @@ def test_a_run_of_a_user_with_own_key_names(assets, tmp_path, capsys):
     assert "2 record(s) quarantined in all" in html and "2 records quarantined" in html
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert sum(f["quarantined"] for f in stats["files"]) == 2
+    # `sftlab stats CONFIG` reads the same stores (a cache hit): the same figures as the run's stats.json
+    assert main(["stats", str(_config(assets, run)), "--json"]) == 1  # quarantined records: exit 1
+    assert json.loads(capsys.readouterr().out) == stats
+    assert stats["lengths"]["unit"] == "tokens" and stats["leakage"] is not None
 
     # the first step runs at the configured lr (constant, no warm-up), not at 0
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]

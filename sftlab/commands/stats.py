@@ -1,5 +1,12 @@
 """``sftlab stats``: what the training data holds before any training, and the checks it fails.
 
+``sftlab stats CONFIG.yaml [key=value ...]`` reads the prepared-data stores of a training config
+(``sftlab.tokens.store``; built first, with a progress bar, when none matches, as ``sftlab
+prepare`` does): the figures of the run's ``RUN/data/stats.json`` and its report, lengths in
+tokens. ``sftlab stats FILES --tokenizer DIR`` reads (or builds) the store of those files
+encoded with that tokenizer. ``sftlab stats FILES`` without a tokenizer counts words, in memory
+(``sftlab.data.stats.compute_stats``; nothing is encoded, so there is no store).
+
 Exit 0: every check passed; 1: something was quarantined, a refusal category has no benign
 contrast, or held-out prompts leak into training; 2: unusable input. The JSON keys are those of
 ``sftlab.data.stats.compute_stats`` plus ``files`` and ``quarantined``.
@@ -19,15 +26,22 @@ _TOP = 10  # rows shown per count table
 def register(sub) -> None:
     p = sub.add_parser(
         "stats", help="task diversity, lengths, refusal coverage, duplicates and held-out leakage",
-        description="Load conversation files as `sftlab validate` does and report: counts per task, "
+        description="Load conversation files as `sftlab validate` does (or the data of a training config, "
+                    "given as CONFIG.yaml [key=value ...]) and report: counts per task, "
                     "slice, source, policy_category and expected; task diversity (entropy, effective "
                     "number of tasks); assistant turns and prompt/response lengths; the refusal share "
                     "and the benign contrasts of every refusal category; exact and near-duplicate "
                     "conversations (MinHash LSH over word 3-shingles); and, with --heldout, held-out "
                     "records whose prompt (the user messages) equals or nearly equals a training one. "
+                    "With a config or --tokenizer the figures are read from the prepared-data store (built "
+                    "first when none matches, as `sftlab prepare` does): a config gives exactly what "
+                    "`sftlab train` writes to RUN/data/stats.json. "
                     "Exit 0: every check passed; 1: records quarantined, a refusal category without a "
                     "benign contrast, or leakage; 2: unusable input.")
-    p.add_argument("files", nargs="+", metavar="FILE", help="training conversation files")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="training conversation files, or a training config CONFIG.yaml followed by key=value "
+                        "overrides (its data.train, data.eval, data.eval_split, policy, model tokenizer, "
+                        "template and encoding)")
     p.add_argument("--heldout", nargs="+", action="extend", metavar="FILE", default=None,
                    help="held-out conversation files to check for leakage from the training files "
                         "(repeatable; give them after the training files)")
@@ -51,46 +65,22 @@ def register(sub) -> None:
                    help="with --tokenizer: encoding.reasoning (the reasoning share of trained tokens is reported)")
     p.add_argument("--near-threshold", type=float, default=0.8, metavar="J",
                    help="word 3-shingle Jaccard similarity from which two texts are near duplicates "
-                        "(default: 0.8)")
+                        "(default: 0.8; the prepared store, with a config or --tokenizer, measures at 0.8)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--out", metavar="PATH", default=None, help="also write the JSON to PATH")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from sftlab.data.loading import load_files
-    from sftlab.data.policy import load_policy
-    from sftlab.data.stats import EncodedLengths, compute_stats, with_files
-    from sftlab.tokens.templates import TemplateError
-
     if not 0.0 < args.near_threshold <= 1.0:
         raise UsageError(f"--near-threshold must be in (0, 1], got {args.near_threshold}")
-    if args.template and not args.tokenizer:
-        raise UsageError("--template needs --tokenizer (lengths are in words without one)")
-    _check_disjoint(args.files, args.heldout or [])
-    policy = load_policy(args.policy) if args.policy else None
-    train = load_files(args.files, policy=policy)
-    heldout = load_files(args.heldout, policy=policy) if args.heldout else None
-    encoded = None
-    if args.tokenizer:
-        from sftlab.tokens.encoding import encode_all
-        from sftlab.tokens.templates import get_template
-
-        tokenizer = _tokenizer(args.tokenizer)
-        try:
-            template = get_template(args.template, tokenizer)
-        except TemplateError as e:  # no chat_template, unknown template name
-            raise UsageError(str(e).splitlines()[0]) from None
-        try:
-            examples, failed = encode_all(train.conversations, tokenizer, template, turns=args.turns,
-                                          overflow=args.overflow, max_length=args.max_length,
-                                          reasoning=args.reasoning)
-        except TemplateError as e:  # the template and tokenizer do not fit together
-            raise UsageError(str(e).splitlines()[0]) from None
-        encoded = EncodedLengths(examples, len(failed), template.name)
-    stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
-                          policy=policy, near_threshold=args.near_threshold, encoded=encoded)
-    stats = with_files(stats, train, heldout)
+    if args.files[0].lower().endswith((".yaml", ".yml")):
+        stats = _config_stats(args)
+    else:
+        if args.template and not args.tokenizer:
+            raise UsageError("--template needs --tokenizer (lengths are in words without one)")
+        _check_disjoint(args.files, args.heldout or [])
+        stats = _store_stats(args) if args.tokenizer else _word_stats(args)
     if args.out:
         _write_json(Path(args.out), stats)
     if args.json:
@@ -98,6 +88,76 @@ def run(args) -> int:
     else:
         print_human(stats)
     return 0 if stats["passed"] else 1
+
+
+_STORE_THRESHOLD = 0.8  # sftlab.data.chunk_stats.NEAR_THRESHOLD: the store's LSH bands are built for it
+
+
+def _config_stats(args) -> dict[str, Any]:
+    """The statistics of a training config's data, from its prepared stores (``RUN/data/stats.json``'s)."""
+    from sftlab.train.config import ConfigError, load_config
+    from sftlab.train.data import prepare_stores, store_stats
+    from sftlab.train.loop import load_tokenizer_and_template
+
+    config, overrides = args.files[0], args.files[1:]
+    given = [flag for flag, value, default in (
+        ("--heldout", args.heldout, None), ("--policy", args.policy, None), ("--tokenizer", args.tokenizer, None),
+        ("--template", args.template, None), ("--max-length", args.max_length, None), ("--turns", args.turns, "whole"),
+        ("--overflow", args.overflow, "drop"), ("--reasoning", args.reasoning, "keep"),
+        ("--near-threshold", args.near_threshold, _STORE_THRESHOLD)) if value != default]
+    if given:
+        raise UsageError(f"{', '.join(given)}: with a config, the data, policy, tokenizer, template and encoding "
+                         f"come from {config} (override them as key=value, e.g. encoding.max_length=512)")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise UsageError(f"{bad[0]}: after a config give key=value overrides, not files")
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    tokenizer, template = load_tokenizer_and_template(cfg)
+    stores = prepare_stores(cfg, tokenizer, template)
+    return store_stats(stores["train"], stores.get("heldout"))
+
+
+def _store_stats(args) -> dict[str, Any]:
+    """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
+    from sftlab.data.policy import load_policy
+    from sftlab.tokens.store import Spool, prepare
+    from sftlab.tokens.templates import TemplateError, get_template
+    from sftlab.train.data import store_stats
+
+    if args.near_threshold != _STORE_THRESHOLD:
+        raise UsageError(f"--near-threshold {args.near_threshold}: with --tokenizer the statistics come from the "
+                         f"prepared-data store, which measures near duplicates at {_STORE_THRESHOLD}; leave out "
+                         "--tokenizer to count words at another threshold")
+    policy = load_policy(args.policy) if args.policy else None
+    tokenizer = _tokenizer(args.tokenizer)
+    options = {"max_length": args.max_length, "last_turn_only": False, "turns": args.turns,
+               "overflow": args.overflow, "reasoning": args.reasoning}
+    try:
+        template = get_template(args.template, tokenizer)
+        with Spool() as spool:
+            kw = dict(options=options, policy=policy, progress=True, spool=spool)
+            train = prepare(args.files, tokenizer, template, label="stats train", **kw)
+            held = prepare(args.heldout, tokenizer, template, label="stats heldout", **kw) if args.heldout else None
+    except TemplateError as e:  # no chat_template, unknown template name, template and tokenizer do not fit
+        raise UsageError(str(e).splitlines()[0]) from None
+    return store_stats(train, held)
+
+
+def _word_stats(args) -> dict[str, Any]:
+    """Without a tokenizer: lengths in words, computed in memory (nothing is encoded)."""
+    from sftlab.data.loading import load_files
+    from sftlab.data.policy import load_policy
+    from sftlab.data.stats import compute_stats, with_files
+
+    policy = load_policy(args.policy) if args.policy else None
+    train = load_files(args.files, policy=policy)
+    heldout = load_files(args.heldout, policy=policy) if args.heldout else None
+    stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
+                          policy=policy, near_threshold=args.near_threshold)
+    return with_files(stats, train, heldout)
 
 
 def _check_disjoint(train: list[str], heldout: list[str]) -> None:

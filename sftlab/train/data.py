@@ -267,9 +267,11 @@ def gen_eval_settings(cfg: TrainConfig) -> dict:
             "seed": cfg.seed}
 
 
-def _write_store_stats(run: Path, train, held) -> list[dict]:
-    """RUN/data/stats.json from the stores' statistics (held-out leakage measured here, from the
-    compact summaries of both), before training; returns the failed checks (besides quarantine)."""
+def store_stats(train, held=None) -> dict:
+    """The statistics of a config's data, from its prepared stores: the training store's
+    statistics, held-out leakage measured from the compact summaries of both, and the per-file
+    counts of both splits (``sftlab.data.stats``' schema plus ``files`` and ``quarantined``).
+    What ``RUN/data/stats.json``, ``sftlab stats CONFIG`` and the report show."""
     from types import SimpleNamespace
 
     from sftlab.data.chunk_stats import with_leakage
@@ -280,7 +282,13 @@ def _write_store_stats(run: Path, train, held) -> list[dict]:
     if held is not None:
         stats = with_leakage(stats, train.summaries(), held.summaries())
     report = lambda store: SimpleNamespace(files=[SimpleNamespace(**f) for f in store.files])  # noqa: E731
-    stats = with_files(stats, report(train), report(held) if held is not None else None)
+    return with_files(stats, report(train), report(held) if held is not None else None)
+
+
+def _write_store_stats(run: Path, train, held) -> list[dict]:
+    """RUN/data/stats.json (``store_stats``), before training; returns the failed checks (besides
+    quarantine)."""
+    stats = store_stats(train, held)
     (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
     failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
