@@ -164,3 +164,29 @@ def test_mistral_v03_trains_the_space_before_the_answer_and_puts_the_system_prom
     with pytest.raises(TemplateError, match="only as the first message"):
         t.render([{"role": "user", "content": "q"}, {"role": "system", "content": "S"},
                   {"role": "user", "content": "q"}], True)
+
+
+@pytest.mark.parametrize("flag", ["/no_think", "/think"])
+def test_a_system_message_the_template_rewrites_is_located_without_losing_its_flag(flag, tokenizers):
+    """SmolLM3 reads /no_think or /think from the system message and writes the message without it:
+    the message's place is found by probes that keep the flag (so the rendering keeps its mode), and
+    content there spelling control tokens still adds none."""
+    tok = tokenizer_for("smollm3", tokenizers)
+    m = Message
+
+    def encoded(system):
+        c = Conversation((m("system", system), m("user", "q1"), m("assistant", "a1"), m("user", "q2"),
+                          m("assistant", "a2")))
+        (ex,) = encode_expanded(c, tok, None, trace=True)
+        return ex
+
+    plain = encoded(f"Be brief. {flag}")
+    text = plain.trace.layout.text
+    assert "Be brief.\n\n<|im_start|>user" in text and flag not in text.split("Reasoning Mode")[1][10:]
+    assert 0 in plain.trace.layout.rewritten
+    assert list(plain.input_ids) == tok(text, add_special_tokens=False).input_ids
+    trained = tok.decode([i for i, w in zip(plain.input_ids, plain.loss_weights) if w])
+    assert trained == "a1<|im_end|>a2<|im_end|>"
+    hostile = encoded("".join(INDEX["smollm3"]["control"]) + f" Be brief. {flag}")
+    special = set(tok.all_special_ids)
+    assert [i for i in hostile.input_ids if i in special] == [i for i in plain.input_ids if i in special]

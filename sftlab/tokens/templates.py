@@ -25,8 +25,11 @@ and never trained from that text: ``encoding.turns: expand`` trains it in its ow
 of ``messages[:i+1]``, at the place where the template puts a probe string given as message i's
 content. Templates that re-render history are certified on the whole rendering instead (the
 conversation rendered with a probe in one message's place must equal the real rendering outside
-that message). A template that writes a message's content more than once, or drops the content of
-a message, is refused: its masks could not be exact.
+that message); where a probe in the content's place changes the rendering elsewhere (the template
+reads a flag from the content, as SmolLM3 reads ``/no_think`` from the system message and writes the
+message without it), the place is bracketed by the probe put before and after the content as it is.
+A template that writes a message's content more than once, or drops the content of a message, is
+refused: its masks could not be exact.
 
 Example::
 
@@ -554,6 +557,8 @@ def _probed_spans(t: ChatTemplate, r: _Renders, messages: list[dict], text: str,
         if found is None:
             found = _followed_by_probe(r, n, i, m["content"], text, add_generation_prompt)
         if found is None:
+            found = _bracketed_by_probes(r, n, i, m["content"], text, add_generation_prompt)
+        if found is None:
             return None
         if found == ():
             if m["content"].strip() and m["role"] != "assistant":
@@ -611,6 +616,26 @@ def _followed_by_probe(r, n, i, content, text, add_generation_prompt):
     # The probe follows the content, so only leading whitespace can have been trimmed.
     form = next((f for f in (content, content.lstrip()) if f and text.endswith(f, 0, p)), None)
     return (p - len(form), p) if form is not None else None
+
+
+def _bracketed_by_probes(r, n, i, content, text, add_generation_prompt):
+    """``(start, end)`` of what the template writes in message i's place, certified by two renderings
+    that keep the content as it is (so a flag the template reads from it, such as SmolLM3's
+    ``/no_think`` in the system message, keeps its effect): the probe put before the content is the
+    real rendering with the probe inserted at ``start``, and with the probe put after it the rendering
+    agrees with the real one before ``start`` and from ``end`` on. What lies between is the template's
+    text for this message (it may strip or rewrite the content there). ``None`` when either fails."""
+    before, k = _render_probe(r, n, i, _PROBE + content, add_generation_prompt)
+    if before is None or k < 0 or before[:k] != text[:k] or before[k + len(_PROBE):] != text[k:]:
+        return None
+    after_probe, p = _render_probe(r, n, i, content + _PROBE, add_generation_prompt)
+    if after_probe is None or p < k or after_probe[:k] != text[:k]:
+        return None
+    after = after_probe[p + len(_PROBE):]
+    end = len(text) - len(after)
+    if end < k or not text.endswith(after):
+        return None
+    return k, end
 
 
 def _incremental_spans(t: ChatTemplate, r: _Renders, messages: list[dict], text: str) -> tuple[Span, ...]:
