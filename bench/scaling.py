@@ -115,7 +115,7 @@ def _config(a: dict, out: str, **optim):
     return TrainConfig.model_validate({
         "model": {"path": a["model"], "dtype": "float32"}, "out": out,
         "data": {"train": [a["data"]], "cache_dir": a["cache"], "num_proc": a.get("num_proc", 1)},
-        "template": "chatml", "encoding": {"max_length": 1024}, "log": {"progress": False, "tensorboard": False},
+        "template": "chatml", "encoding": {"max_length": 1024}, "log": {"progress": False, "trackers": []},
         "optim": {"lr": 2e-5, "micro_batch_size": 1, **optim}})
 
 

@@ -176,3 +176,65 @@ def test_a_folder_of_data_files_is_read_with_datasets(data, tok, tmp_path):
     assert len(store) == len(direct) > 0 and store.meta["records"] == len(rows)
     assert all(store.ids(i).tolist() == direct.ids(i).tolist() for i in range(len(store)))
     assert store.files[0]["path"] == f"{folder}[train]"
+
+
+def test_jsonl_chunk_offsets_give_the_items_the_stream_reader_gives(tmp_path):
+    """Workers read their chunks from byte offsets found by scanning lines unparsed: every run
+    starts exactly where the streamed reader's items do, blank and broken lines included."""
+    from itertools import islice
+
+    from sftlab.data.readers import jsonl_starts, read_jsonl_at, sources
+
+    good = lambda i: json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}).encode()  # noqa: E731
+    lines = [b"\xef\xbb\xbf" + good(0), b"", b"  \t", "\u3000\u00a0".encode(), b"\x0b\x0c", good(1),
+             b"{not json", b"\xff\xfe broken utf-8", b"x" * 300, good(2), "\u2028".encode(), good(3),
+             b"[1, 2]", good(4), b"\r", good(5)]
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    items = [item for _, source in sources(p, 200) for item in source]
+    assert len(items) == 10  # BOM record, bad JSON, bad UTF-8, too large, [1, 2], and good ones
+    for every in (1, 2, 3, 4, 10, 11):
+        starts = jsonl_starts(p, 200, every)
+        assert sum(n for _, _, n in starts) == len(items)
+        k = 0
+        for offset, line, n in starts:
+            got = list(islice(read_jsonl_at(p, offset, line, 200), n))
+            assert [(x[0], repr(x[1]), repr(x[2])) for x in got] == \
+                   [(x[0], repr(x[1]), repr(x[2])) for x in items[k:k + n]]
+            k += n
+    pretty = tmp_path / "one.json"
+    pretty.write_text('\n{\n  "messages": []\n}\n')
+    assert jsonl_starts(pretty, 200, 4) is None  # one pretty-printed object: read as a stream
+    array = tmp_path / "array.json"
+    array.write_text('[\n{"messages": []},\n{"messages": []}\n]\n')
+    assert jsonl_starts(array, 200, 4) is None
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n \n")
+    assert jsonl_starts(empty, 200, 4) == []
+
+
+def test_chunk_words_are_the_words_of_the_joined_texts():
+    """The store's statistics split each message once; the words of the conversation and prompt
+    texts come out as ``signer.words`` gives them for ``conversation_text``/``prompt_text``."""
+    import numpy as np
+
+    from sftlab.data.chunk_stats import _signer_and_ranges, _text_words
+    from sftlab.data.conversation import Conversation, Message
+    from sftlab.data.stats import conversation_text, prompt_text
+
+    contents = ["Hello World", "", "  padded\tboth  ", "ΟΔΟΣ ΣΟΦΟΣ", "中文没有空格 mixed 日本語テキスト", "\u3000wide\u3000",
+                "İstanbul ǅ", "one", "a\nb\r\nc", "x" * 3, "\u2028line sep\u0085next", "ÉCOLE"]
+    convs = []
+    for i in range(40):
+        msgs = [Message("system", contents[i % len(contents)])] if i % 3 == 0 else []
+        for t in range(1 + i % 3):
+            msgs += [Message("user", contents[(i + t) % len(contents)]),
+                     Message("assistant", contents[(i * 7 + t) % len(contents)])]
+        if i % 5 == 0:
+            msgs.append(Message("user", contents[(i + 5) % len(contents)]))
+        convs.append(Conversation(tuple(msgs)))
+    signer, _ = _signer_and_ranges()
+    got = _text_words(signer, convs)
+    for name, text in (("conv", conversation_text), ("prompt", prompt_text)):
+        words, offsets = signer.words([text(c) for c in convs])
+        assert np.array_equal(got[name][0], words) and np.array_equal(got[name][1], offsets), name

@@ -39,9 +39,64 @@ ARRAYS = ("turns", "prompt_words", "response_words", "calls", "has_tools", "reas
           "prompt_key", "prompt_n", "prompt_bands", "prompt_sigs", "records")
 
 
+_SIGNERS: dict = {}
+_WORD_CACHE_LIMIT = 1 << 20  # distinct words whose hash a signer keeps between chunks
+
+
 def _signer_and_ranges(num_perm: int = DEFAULT_NUM_PERM, threshold: float = NEAR_THRESHOLD):
-    signer = MinHasher(num_perm)
-    return signer, lsh_index(signer, threshold).hashranges
+    """A ``MinHasher`` and the LSH band ranges, made once per process (the band parameters cost
+    a numerical optimisation); its word-hash cache is emptied beyond ``_WORD_CACHE_LIMIT`` words,
+    so memory stays bounded however many chunks it sees."""
+    key = (num_perm, threshold)
+    if key not in _SIGNERS:
+        signer = MinHasher(num_perm)
+        _SIGNERS[key] = signer, lsh_index(signer, threshold).hashranges
+    signer, ranges = _SIGNERS[key]
+    if len(signer._word_hash) > _WORD_CACHE_LIMIT:
+        signer._word_hash.clear()
+    return signer, ranges
+
+
+def warm() -> None:
+    """Make the signer and import what ``summarise`` uses (datasketch, pyarrow's compute kernels)
+    now: called before worker processes fork, so each inherits them instead of paying again."""
+    import pyarrow.compute  # noqa: F401
+
+    _signer_and_ranges()
+
+
+def _text_words(signer: MinHasher, convs: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"conv": (hashes, offsets), "prompt": ...}``: the normalised words of
+    ``stats.conversation_text`` and ``stats.prompt_text`` of every conversation, as
+    ``signer.words`` gives them for those texts, with each message's content split once.
+
+    Both texts join their parts with spaces and the normalisation (lowercasing, spaces around
+    unspaced scripts, splitting on whitespace) works character by character, so a text's words
+    are its parts' words end to end: ``role:`` then the content's words per message for the
+    conversation, the user contents' words for the prompt."""
+    messages = [m for c in convs for m in c.messages]
+    msg_bounds = np.concatenate(([0], np.cumsum([len(c.messages) for c in convs]))).astype(np.int64)
+    words, offsets = signer.words([m.content for m in messages])
+    n = np.diff(offsets)
+    roles = sorted({m.role for m in messages})
+    role_words, role_offsets = signer.words([f"{r}: " for r in roles])
+    if not (np.diff(role_offsets) == 1).all():  # a role that is not one word: join the texts as stats does
+        from sftlab.data.stats import conversation_text
+
+        conv = signer.words([conversation_text(c) for c in convs])
+    else:
+        code = {r: i for i, r in enumerate(roles)}
+        role_of = np.fromiter((code[m.role] for m in messages), np.int64, len(messages))
+        starts = np.concatenate(([0], np.cumsum(n + 1)))  # each message: its role word, then its content
+        out = np.empty(int(starts[-1]), dtype=np.uint64)
+        out[starts[:-1]] = role_words[role_of]
+        content_at = np.repeat(starts[:-1] + 1 - offsets[:-1], n) + np.arange(len(words))
+        out[content_at] = words
+        conv = out, starts[msg_bounds]
+    user = np.fromiter((m.role == "user" for m in messages), bool, len(messages))
+    user_words = np.concatenate(([0], np.cumsum(np.where(user, n, 0)))).astype(np.int64)
+    prompt = words[np.repeat(user, n)], user_words[msg_bounds]
+    return {"conv": conv, "prompt": prompt}
 
 
 def summarise(convs: list, records: list[int], out: Path) -> None:
@@ -72,12 +127,11 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     arrays["response_words"] = np.asarray(response, dtype=np.int32)
     arrays["lines"] = np.asarray([c.origin.line if c.origin and c.origin.line is not None else -1
                                   for c in convs], dtype=np.int64)
-    for name, texts in (("conv", [conversation_text(c) for c in convs]), ("prompt", [prompt_text(c) for c in convs])):
-        words, offsets = signer.words(texts)
+    for name, (words, offsets) in _text_words(signer, convs).items():
         keys = signer.keys(words, offsets)
         arrays[f"{name}_key"] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
         sh, st = signer.shingles(words, offsets)
-        sigs = signer.signatures(sh, st) if len(texts) else np.zeros((0, signer.num_perm), np.uint32)
+        sigs = signer.signatures(sh, st) if len(convs) else np.zeros((0, signer.num_perm), np.uint32)
         arrays[f"{name}_sigs"] = sigs
         arrays[f"{name}_bands"] = band_keys(sigs, ranges)
         if name == "prompt":

@@ -173,11 +173,12 @@ def _whole_json(line: bytes) -> bool:
     return True
 
 
-def _read_jsonl(f: Any, max_bytes: int, sniff: bool = True) -> Iterator[RawItem]:
-    """Records of the binary line stream ``f``; while ``sniff``, a first record that is an
-    incomplete object makes the whole input one pretty-printed JSON object."""
+def _read_jsonl(f: Any, max_bytes: int, sniff: bool = True, first_line: int = 1) -> Iterator[RawItem]:
+    """Records of the binary line stream ``f`` (whose first line is line ``first_line`` of the
+    file); while ``sniff``, a first record that is an incomplete object makes the whole input one
+    pretty-printed JSON object."""
     blank: list[bytes] = []  # the blank lines before the first record
-    for lineno, raw in enumerate(f, 1):
+    for lineno, raw in enumerate(f, first_line):
         if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if len(raw) > max_bytes:
@@ -202,6 +203,67 @@ def _read_jsonl(f: Any, max_bytes: int, sniff: bool = True) -> Iterator[RawItem]
             return
         sniff = False
         yield _parse_line(lineno, text)
+
+
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # the ASCII characters str.isspace() accepts
+
+
+def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, int]] | None:
+    """For a plain JSONL file: ``(byte offset, line, items)`` of each run of ``every`` items (the
+    last may be shorter), found by scanning lines without parsing them, so that
+    ``read_jsonl_at(p, offset, line, max_bytes)`` gives exactly the items ``sources`` gives from
+    there. ``None`` where ``p`` is anything else (a pipe, a dataset, Parquet, a JSON array, one
+    pretty-printed object): those are read as a stream. The items are counted as
+    ``_read_jsonl`` yields them: every line but the blank ones (a line too large, not UTF-8 or
+    not JSON is an item, with its problem)."""
+    try:
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return None
+        f = open(p, "rb")
+    except OSError:
+        return None
+    with f:
+        if _format(p, _head(f)) != "jsonl":
+            return None
+        f.seek(0)
+        out: list[tuple[int, int, int]] = []
+        pos, sniff, count, start = 0, True, 0, (0, 1)
+        for lineno, raw in enumerate(f, 1):
+            at, pos = pos, pos + len(raw)
+            body = raw[3:] if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else raw
+            if len(body) <= max_bytes:
+                head = body.lstrip(_ASCII_SPACE)[:1]
+                if sniff or not head or head >= b"\x80":  # could be blank: decide as _read_jsonl does
+                    try:
+                        text = body.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = None
+                    if text is not None and (not text or text.isspace()):
+                        continue
+                    if sniff and text is not None and text.lstrip().startswith("{") and not _complete_json(text):
+                        return None  # one pretty-printed object, not JSONL
+            sniff = False
+            if count == 0:
+                start = (at, lineno)
+            count += 1
+            if count == every:
+                out.append((*start, count))
+                count = 0
+        if count:
+            out.append((*start, count))
+        return out
+
+
+def read_jsonl_at(p: Path, offset: int, line: int, max_bytes: int) -> Iterator[RawItem]:
+    """The items of the JSONL file ``p`` from byte ``offset``, where line ``line`` starts (an
+    offset from ``jsonl_starts``); a generator that keeps its file open while it is read."""
+    try:
+        f = open(p, "rb")
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+    with f:
+        f.seek(offset)
+        yield from _read_jsonl(f, max_bytes, sniff=False, first_line=line)
 
 
 def _parse_line(lineno: int, text: str) -> RawItem:

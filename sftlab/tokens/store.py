@@ -505,16 +505,26 @@ class _Task:
     rec0: int
 
 
-def _plan(paths: list[Path], chunk_records: int, max_bytes: int):
+def _plan(paths: list[Path], chunk_records: int, max_bytes: int, offsets: bool = False):
     """``(task, items or None)`` for every chunk, in order: chunk k of a source holds its items
     ``[k * chunk_records, (k + 1) * chunk_records)``, however the chunks are then run. The items
     come with the task when ``stream`` reading has them already. A spooled stream keeps the name
-    it was given (``_CTX["names"]``)."""
-    from sftlab.data.readers import sources
+    it was given (``_CTX["names"]``). With ``offsets``, a plain JSONL file is planned by the byte
+    offsets of its chunks (``readers.jsonl_starts``: its lines scanned, not parsed), so a worker
+    reads its own chunks from there and nothing is parsed twice."""
+    from sftlab.data.readers import jsonl_starts, sources
 
     rec = chunk = 0
     names = _CTX.get("names") or [None] * len(paths)
     for i, p in enumerate(paths):
+        starts = jsonl_starts(p, max_bytes, chunk_records) if offsets else None
+        if starts is not None:
+            if not starts:
+                raise UsageError(f"{names[i] or p}: no records (the input is empty or has only blank lines)")
+            for offset, line, count in starts:
+                yield _Task(chunk, i, 0, names[i] or str(p), "jsonl", offset, line, count, rec), None
+                chunk, rec = chunk + 1, rec + count
+            continue
         for s, (name, items) in enumerate(sources(p, max_bytes)):
             name = names[i] or name
             block, first = [], 0
@@ -534,7 +544,16 @@ def _items(task: _Task, paths: list[Path], max_bytes: int):
     """The raw items of one chunk, read from its source."""
     from itertools import islice
 
-    return islice(_source_items(paths[task.input], task.source, task.a, max_bytes), task.count)
+    return islice(_task_items(task, paths, max_bytes), task.count)
+
+
+def _task_items(task: _Task, paths: list[Path], max_bytes: int):
+    """The raw items of ``task``'s source from the task's first item on (a generator)."""
+    if task.kind == "jsonl":
+        from sftlab.data.readers import read_jsonl_at
+
+        return read_jsonl_at(paths[task.input], task.a, task.b, max_bytes)
+    return _source_items(paths[task.input], task.source, task.a, max_bytes)
 
 
 def _source_items(p: Path, source: int, start: int, max_bytes: int):
@@ -719,10 +738,14 @@ def _filter_chunk(out: Path, drop: set[int]) -> None:
 def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts: dict, cache: Path,
            num_proc: int, chunk_records: int, progress: bool, label: str, columns: list,
            names: list | None = None, sides: list | None = None, eval_split: float = 0.0) -> PreparedStore:
+    from sftlab.data.chunk_stats import warm
     from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES
     from sftlab.tokens.encoding import _encoder
 
-    _encoder(tokenizer, template)  # fail early, here, on a template/tokenizer mismatch
+    # Fail early, here, on a template/tokenizer mismatch; the encoder, the signer and the imports
+    # are made once, before workers fork, not once per worker.
+    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"))
+    warm()
     cache.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
     t0 = time.perf_counter()
@@ -771,7 +794,7 @@ def _run_tasks(paths: list[Path], chunk_records: int, max_bytes: int, num_proc: 
     if num_proc > 1:
         import multiprocessing as mp
 
-        tasks = [t for t, _ in _plan(paths, chunk_records, max_bytes)]  # counts only; the items are dropped
+        tasks = [t for t, _ in _plan(paths, chunk_records, max_bytes, offsets=True)]  # no items kept
         runs = max(1, min(len(tasks), 2 * num_proc))
         groups = [tasks[k * len(tasks) // runs:(k + 1) * len(tasks) // runs] for k in range(runs)]
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -793,12 +816,15 @@ def _encode_run(tasks: list[_Task]) -> list[dict]:
     """Consecutive chunks in one worker: each source is read once from the first chunk's start."""
     from itertools import islice
 
+    from sftlab import collector
+
     out, it, at = [], None, None
-    for t in tasks:
-        if at != (t.input, t.source, t.a):
-            it = _source_items(_CTX["paths"][t.input], t.source, t.a, _CTX["max_bytes"])
-        out.append(_encode_chunk(t, list(islice(it, t.count))))
-        at = (t.input, t.source, t.a + t.count)
+    with collector.paused():  # as in one process: a chunk's objects are many, alive and acyclic
+        for t in tasks:
+            if at != (t.input, t.source, t.chunk):
+                it = _task_items(t, _CTX["paths"], _CTX["max_bytes"])
+            out.append(_encode_chunk(t, list(islice(it, t.count))))
+            at = (t.input, t.source, t.chunk + 1)
     return out
 
 
