@@ -360,8 +360,10 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
     if layout.reasoning_spans and n_trained:
         spans = [(a, b) for _, a, b in layout.reasoning_spans]
         n_reasoning = sum(1 for (s, _), w in zip(offsets, weights) if w > 0 and any(a <= s < b for a, b in spans))
+    # Every weight 1.0 (the usual case): their sum is the count, exactly, without a pass over the tokens.
+    total = float(n_trained) if all(w == 1.0 for w in trained.values()) else float(sum(weights))
     return EncodedExample(token_ids(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
-                          conv.policy_category, n_trained, float(sum(weights)), dropped, conv.origin,
+                          conv.policy_category, n_trained, total, dropped, conv.origin,
                           reasoning_tokens=n_reasoning, trace=trace)
 
 

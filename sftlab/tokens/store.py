@@ -82,8 +82,12 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Sorted keys, no spaces, UTF-8 kept (``json.dumps`` with those options; one encoder reused)."""
+    return _JSON.encode(value)
 
 
 def _digest(value: Any) -> str:
@@ -706,10 +710,13 @@ def _write_examples(out: Path, examples: list, records: list[int]) -> dict:
               "reasoning": np.asarray([getattr(e, "reasoning_tokens", 0) for e in examples], dtype=np.int32)}
     for name, a in arrays.items():
         np.save(out / f"{name}.npy", a, allow_pickle=False)
+    meta_fields: dict[type, list[str]] = {}
     with open(out / "examples.jsonl", "w", encoding="utf-8") as f:
         for e in examples:
-            f.write(_canonical({fl.name: getattr(e, fl.name) for fl in dc_fields(e) if fl.name not in _NOT_META})
-                    + "\n")
+            kept = meta_fields.get(type(e))
+            if kept is None:
+                kept = meta_fields[type(e)] = [fl.name for fl in dc_fields(e) if fl.name not in _NOT_META]
+            f.write(_canonical({name: getattr(e, name) for name in kept}) + "\n")
     entry = {"slices": names, "examples": len(examples), "tokens": int(lengths.sum())}
     (out / "chunk.json").write_text(_canonical(entry) + "\n", encoding="utf-8")
     return entry
