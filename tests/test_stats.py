@@ -293,21 +293,46 @@ def test_cli_exit_2_for_unusable_input(files, capsys):
     assert code == 2
 
 
-def test_cli_token_lengths_with_a_tokenizer(files, capsys, tmp_path):
+def test_cli_token_lengths_with_a_tokenizer(files, capsys, tmp_path, monkeypatch):
     from sftlab.tokens.encoding import encode
     from sftlab.data.loading import load_files
     from sftlab.demo.tiny import build_tokenizer
 
+    monkeypatch.setenv("SFTLAB_CACHE", str(tmp_path / "cache"))
     tok = build_tokenizer()
     tok.save_pretrained(tmp_path / "tok")
     code, s = run_json(capsys, files["train"], "--policy", files["policy"], "--tokenizer", str(tmp_path / "tok"),
                        "--template", "chatml")
     assert code == 0 and s["lengths"]["unit"] == "tokens" and s["lengths"]["template"] == "chatml"
+    s_first = s
     examples = [encode(c, tok, "chatml") for c in load_files([files["train"]]).conversations]
     assert s["lengths"]["response"]["max"] == max(e.trained_tokens for e in examples)
     assert s["lengths"]["prompt"]["min"] == min(len(e.input_ids) - e.trained_tokens for e in examples)
     code, s = run_json(capsys, files["train"], "--tokenizer", str(tmp_path / "tok"))
     assert code == 2 and "chat_template" in s["error"]
+    # the figures come from the prepared-data store of these files: built once, then read
+    from sftlab.tokens.store import default_cache_dir
+
+    stores = lambda: {p.name for p in default_cache_dir().iterdir() if not p.name.startswith((".", "index"))}  # noqa: E731
+    before = stores()
+    assert len(before) == 1  # the one store of train.jsonl with chatml
+    again = run_json(capsys, files["train"], "--policy", files["policy"], "--tokenizer", str(tmp_path / "tok"),
+                     "--template", "chatml")[1]
+    assert again == run_json(capsys, files["train"], "--policy", files["policy"], "--tokenizer",
+                             str(tmp_path / "tok"), "--template", "chatml")[1]
+    assert again == s_first and stores() == before  # nothing new built: the first call's store was found
+    code, s = run_json(capsys, files["train"], "--tokenizer", str(tmp_path / "tok"), "--template", "chatml",
+                       "--near-threshold", "0.5")
+    assert code == 2 and "--near-threshold" in s["error"]
+
+
+def test_cli_config_options_come_from_the_config(files, capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{path: {tmp_path / 'model'}}}\ndata: {{train: [{files['train']}]}}\n")
+    code, s = run_json(capsys, str(config), "--tokenizer", "x", "--max-length", "9")
+    assert code == 2 and s["error"].startswith("--tokenizer, --max-length: with a config")
+    code, s = run_json(capsys, str(config), files["train"])
+    assert code == 2 and "key=value" in s["error"]
 
 
 def test_refusals_dominated_by_a_few_sentences_are_flagged():
