@@ -209,7 +209,7 @@ def train_sftlab(a) -> dict:
         cfg = TrainConfig.model_validate({
             "model": {"path": str(a.model), "dtype": "float32"}, "out": str(Path(out) / "run"),
             "data": {"train": [str(Path(a.data) / "train.jsonl")]}, "template": "chatml",
-            "encoding": {"max_length": a.max_length}, "log": {"progress": False, "tensorboard": False},
+            "encoding": {"max_length": a.max_length}, "log": {"progress": False, "trackers": []},
             "optim": {"lr": 2e-5, "micro_batch_size": 1, "grad_accum": a.grad_accum, "max_steps": steps,
                       "max_grad_norm": 1.0}})
         t0 = time.perf_counter()

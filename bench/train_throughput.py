@@ -47,7 +47,7 @@ def write_config(work: Path, data: Path, model: Path, args) -> Path:
            "optim": {"lr": 1e-4, "micro_batch_size": 1, "grad_accum": 4, "max_steps": args.steps,
                      "warmup_steps": 1},
            "checkpointing": {"every_n_steps": None, "keep_last": 1},
-           "log": {"progress": False, "tensorboard": False}, "seed": 0}
+           "log": {"progress": False, "trackers": []}, "seed": 0}
     path = work / "train_throughput.yaml"
     import yaml
     path.write_text(yaml.safe_dump(cfg))
