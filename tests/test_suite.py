@@ -242,8 +242,9 @@ def test_the_near_duplicate_check_catches_paraphrases():
 
 def test_no_training_or_heldout_prompt_is_a_near_duplicate_of_xstest():
     """The suite is built from its own families: nothing copied or paraphrased from XSTest."""
-    from sftlab.demo.boundary import CONTRASTS, HARMFUL
+    from sftlab.demo.boundary import ACT_TEMPLATES, CONTRASTS, HARMFUL
     from sftlab.demo.suite import FAMILIES
+    from sftlab.demo.verbs import PEOPLE, VERBS
 
     xstest = [p.text for p in load_prompt_set("xstest").prompts]
     ours = set()
@@ -251,6 +252,9 @@ def test_no_training_or_heldout_prompt_is_a_near_duplicate_of_xstest():
         ours |= {t.format(x=a.x) for t in h.templates for a in h.acts}
     for c in CONTRASTS:
         ours |= {t.format(s=s) for t in c.templates for s in c.answers}
+    for v in VERBS:  # every trigger verb aimed at every person, and its harmless acts
+        ours |= {t.format(x=v.harmful.format(o=p)) for t in ACT_TEMPLATES for p, _ in PEOPLE}
+        ours |= {t.format(x=b) for t in ACT_TEMPLATES for b in v.benign}
     big = build_suite(seed=0, n_train=600, n_heldout=96)
     ours |= {m["content"] for r in big.train for m in r["messages"] if m["role"] == "user"}
     ours |= {r["prompt"] for r in big.heldout_prompts}
@@ -258,3 +262,24 @@ def test_no_training_or_heldout_prompt_is_a_near_duplicate_of_xstest():
     xkeys = [(x, _keys(x)) for x in xstest]
     hits = [(o, x) for o in sorted(ours) for ko in [_keys(o)] for x, kx in xkeys if _near_keys(ko, kx)]
     assert hits == []
+
+
+def test_each_trigger_verb_is_aimed_at_people_and_at_things(suite):
+    """The verb never carries the label: aimed at a person it is declined, at a thing answered;
+    the rotation gives those acts a large share of both slices."""
+    from sftlab.demo.verbs import PEOPLE, VERBS
+
+    both = 0
+    for v in VERBS:
+        trigger = v.harmful.split()[0]
+        assert "{o}" in v.harmful and "{o}" in v.declined
+        assert all(act.split()[0] == trigger for act in v.benign), (trigger, list(v.benign))
+        both += bool(v.benign)
+    assert both >= 25 and len(PEOPLE) >= 15
+    people = [r for r in suite.train if r["slice"] == "refusal" and any(
+        p in r["messages"][-2]["content"] for p, _ in PEOPLE)]
+    verbs = [r for r in suite.train if r.get("policy_category") == "trigger_verbs" and r["slice"] != "multi_turn"]
+    assert len(people) >= 0.3 * sum(r["slice"] == "refusal" for r in suite.train)
+    assert len(verbs) >= 0.3 * sum(r["slice"] == "benign_contrast" for r in suite.train)
+    for r in people:  # the refusal names whom it refuses to harm
+        assert any(a in r["messages"][-1]["content"] for _, a in PEOPLE), r["messages"]

@@ -28,7 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from sftlab.demo.boundary import CONTRASTS, HARMFUL, Harmful, refusal
+from sftlab.demo.boundary import _AS_SUBJECT, ACT_TEMPLATES, CONTRASTS, HARMFUL, REFUSAL_FORMS, Harmful, refusal
+from sftlab.demo.verbs import PEOPLE, VERBS, benign_acts, person_act, reason
 from sftlab.files import atomic_file
 
 SOURCE = "sftlab.demo.suite"
@@ -82,6 +83,8 @@ class Generator:
     answer_type: str | None = None
     expected: str | None = None
     policy_category: str | None = None
+    weight: int = 1
+    """How many turns this generator takes in its slice's rotation (1 = an equal share)."""
 
     def template_indices(self, heldout: bool) -> range:
         cut = len(self.templates) - self.heldout_templates
@@ -104,9 +107,36 @@ def generators() -> dict[str, list[Generator]]:
              for f in FAMILIES]
     refusals = [Generator(h.category, "refusal", h.templates, 2, _refusal(h),
                           expected="refuse", policy_category=h.category) for h in HARMFUL]
+    refusals += [Generator(f"{category}_people", "refusal", ACT_TEMPLATES, 2, _person_refusal(verbs),
+                           expected="refuse", policy_category=category, weight=weight)
+                 for category, verbs, weight in _verbs_by_category()]
     contrasts = [Generator(c.category, "benign_contrast", c.templates, 2, _table(c.answers),
                            expected="comply", policy_category=c.category) for c in CONTRASTS]
+    contrasts.append(Generator("trigger_verbs", "benign_contrast", _AS_SUBJECT, 2, _table(benign_acts()),
+                               expected="comply", policy_category="trigger_verbs", weight=TRIGGER_VERB_WEIGHT))
     return {"task": tasks, "refusal": refusals, "benign_contrast": contrasts}
+
+
+TRIGGER_VERB_WEIGHT = 8
+"""Turns of the benign trigger-verb acts in the benign rotation (each other category has 1)."""
+PERSON_ACT_WEIGHT = 4
+"""Turns of violent acts aimed at a person in the refusal rotation (each other category has 1)."""
+
+
+def _verbs_by_category():
+    by: dict[str, list] = {}
+    for v in VERBS:
+        by.setdefault(v.category, []).append(v)
+    return [(c, tuple(vs), PERSON_ACT_WEIGHT if c == "violence" else 1) for c, vs in sorted(by.items())]
+
+
+def _person_refusal(verbs):
+    def fill(rng: random.Random) -> tuple[dict[str, Any], str]:
+        verb = rng.choice(verbs)
+        x, what, alt = person_act(verb, rng.choice(PEOPLE), rng)
+        form = rng.choice(REFUSAL_FORMS)
+        return {"x": x}, form.format(what=what, reason=reason(verb, rng), alt=alt)
+    return fill
 
 
 def _refusal(h: Harmful):
@@ -116,10 +146,18 @@ def _refusal(h: Harmful):
     return fill
 
 
+COMPLY_OPENER = "Sure! "
+"""How every answer to a benign look-alike begins. A refusal's first token is nearly always "I";
+an answer's first token is whatever its content starts with, so the answer side's probability is
+spread over many first tokens and greedy decoding picks "I" even where the model gives answering
+the larger probability (measured: docs/demo_recipe.md). One opener puts the two sides on equal
+terms at the first token."""
+
+
 def _table(answers: dict[str, str]):
     def fill(rng: random.Random) -> tuple[dict[str, Any], str]:
         subject = rng.choice(sorted(answers))
-        return {"s": subject}, answers[subject]
+        return {"s": subject}, COMPLY_OPENER + answers[subject]
     return fill
 
 
@@ -193,7 +231,7 @@ def _unique_items(gens: dict[str, list[Generator]], counts: dict[str, int],
         if slice_name == "multi_turn" or n == 0:
             continue
         seen: set[str] = set()
-        pool = gens[slice_name]
+        pool = _rotation(gens[slice_name])
         for k in range(n):
             gen = pool[k % len(pool)]
             for _ in range(200):
@@ -211,6 +249,12 @@ def _unique_items(gens: dict[str, list[Generator]], counts: dict[str, int],
             items.append(item)
     rng.shuffle(items)
     return items
+
+
+def _rotation(pool: list[Generator]) -> list[Generator]:
+    """Each generator ``weight`` times, spread evenly (a short run still sees every generator)."""
+    slots = [((j + 0.5) / g.weight, i, g) for i, g in enumerate(pool) for j in range(g.weight)]
+    return [g for _, _, g in sorted(slots, key=lambda s: (s[0], s[1]))]
 
 
 def _train_items(gens: dict[str, list[Generator]], counts: dict[str, int],
