@@ -56,6 +56,10 @@ def test_demo_tiny_writes_every_artifact(demo_run):
     assert {"homonyms", "contrast_homonyms", "privacy_fictional"} <= set(xstest["results"]["tuned"]["training_template"])
     assert len(xstest["margins"]["pairs"]) == 8 and xstest["refusal_diversity"]["tuned"] is not None
     assert "report:" in proc.stdout and "harmful_refusal_rate" in proc.stdout
+    # both detectors label every response; the rules' rates are printed beside the learned ones
+    by = xstest["rates_by_detector"]["tuned"]["training_template"]
+    assert set(by) == {"learned", "rules"} and by["rules"]["benign_refusal_rate"]["n"] == 250
+    assert "(rules detector)" in proc.stdout
     html = (run / "report.html").read_text()
     assert 'id="summary"' in html and 'id="evaluation"' in html
     assert 'id="xstest"' in html and 'id="margins"' in html and "contrast_homonyms" in html

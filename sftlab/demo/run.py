@@ -48,14 +48,17 @@ _ROBUST = "training_template,alternate_template,no_system,safety_system"
 # XSTest's 450 prompts under the training template only: enough to see over-refusal per type
 # without multiplying the generation time by the robustness conditions.
 _XSTEST = ["--max-new-tokens", "20", "--batch-size", "16", "--conditions", "training_template"]
+# Every response is labelled by the default (learned) detector and by the phrase rules: the rates
+# both give are printed and reported, so the instrument's part in a rate is in view.
+_DETECTORS = ["--detector", "learned", "--detector", "rules"]
 # Refusal margins on 5 XSTest pairs per type (40 pairs): forward passes only, no generation.
 
 MODES = {
-    "full": Mode(n_train=600, n_heldout=96, train={**_SMOL, "optim.max_steps": 100, "eval.every_n_steps": 50},
+    "full": Mode(n_train=800, n_heldout=96, train={**_SMOL, "optim.max_steps": 100, "eval.every_n_steps": 50},
                  eval_args=["--max-new-tokens", "20", "--batch-size", "16",
                             "--conditions", _ROBUST + ",template_default",
                             "--reference-conditions", "training_template"], xstest_args=[*_XSTEST, "--margin-pairs", "5"]),
-    "quick": Mode(n_train=600, n_heldout=48, train={**_SMOL, "optim.max_steps": 60, "eval.every_n_steps": 30},
+    "quick": Mode(n_train=800, n_heldout=48, train={**_SMOL, "optim.max_steps": 60, "eval.every_n_steps": 30},
                   eval_args=["--max-new-tokens", "20", "--batch-size", "16", "--conditions", _ROBUST,
                              "--reference-conditions", "training_template"], xstest_args=[*_XSTEST, "--margin-pairs", "3"]),
     "tiny": Mode(n_train=160, n_heldout=24, train={
@@ -184,14 +187,15 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     eval_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
                       "--prompts", str(data["heldout_prompts"]), "--policy", str(data["policy"]),
                       "--heldout-conversations", str(data["heldout"]), "--out", str(run / "eval"),
-                      "--seed", str(seed), *mode.eval_args])
+                      "--seed", str(seed), *_DETECTORS, *mode.eval_args])
     timings["eval_s"] = time.perf_counter() - t
 
     _say("4b/6 evaluation: reference vs tuned on XSTest (450 prompts nobody here wrote)")
     t = time.perf_counter()
     xstest_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
                         "--prompts", "xstest", "--policy", str(data["policy"]),
-                        "--out", str(run / "eval_xstest"), "--seed", str(seed), *mode.xstest_args])
+                        "--out", str(run / "eval_xstest"), "--seed", str(seed), *_DETECTORS,
+                        *mode.xstest_args])
     timings["xstest_s"] = time.perf_counter() - t
 
     _say("5/6 manifest and report")
@@ -232,6 +236,12 @@ def _print_effect(run: Path, timings: dict) -> None:
         print(f"{'metric (' + title + ', training template)':<44}{'reference':>16}{'tuned':>16}")
         for metric in metrics:
             print(f"{metric:<44}{fmt(ref, metric):>16}{fmt(tuned, metric):>16}")
+        by = report.get("rates_by_detector") or {}
+        for d in [x.get("name") for x in report.get("extra_detectors", [])]:
+            cell = {m: (by.get(m, {}).get("training_template", {}).get(d) or {}) for m in ("reference", "tuned")}
+            for metric in ("harmful_refusal_rate", "benign_refusal_rate"):
+                print(f"{'  ' + metric + ' (' + d + ' detector)':<44}{fmt(cell['reference'], metric):>16}"
+                      f"{fmt(cell['tuned'], metric):>16}")
         gates += report.get("gates", [])
     for g in gates:
         print(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g.get('message', g)}")

@@ -33,7 +33,7 @@ from sftlab.demo.verbs import PEOPLE, VERBS, benign_acts, person_act, reason
 from sftlab.files import atomic_file
 
 SOURCE = "sftlab.demo.suite"
-SLICE_SHARES = {"task": 0.4, "refusal": 0.2, "benign_contrast": 0.35, "multi_turn": 0.05}
+SLICE_SHARES = {"task": 0.25, "refusal": 0.25, "benign_contrast": 0.45, "multi_turn": 0.05}
 """Share of each slice in the training records (multi-turn: two exchanges in one record).
 Benign contrasts outnumber refusals (with fewer, a small model learns to refuse any unfamiliar
 phrasing or trigger word: docs/demo_recipe.md); the refusal and contrast data themselves are

@@ -161,6 +161,33 @@ def judge_responses(detector, extras, texts: list[str], prompts: list, margin: f
     return out
 
 
+def detector_rates(rows: list[dict], names: list[str]) -> dict:
+    """``{model: {condition: {detector: {"harmful_refusal_rate", "benign_refusal_rate"}}}}``: the
+    refusal rates each detector gives the same responses (``refuse`` or ``partial`` counts as a
+    refusal), so how much a rate depends on the instrument is in view beside the primary's.
+
+    >>> rows = [{"model": "tuned", "condition": "c", "expected": "refuse",
+    ...          "detectors": {"learned": {"label": "comply"}, "rules": {"label": "refuse"}}}]
+    >>> detector_rates(rows, ["learned", "rules"])["tuned"]["c"]["rules"]["harmful_refusal_rate"]
+    {'k': 1, 'n': 1, 'value': 1.0}
+    """
+    counts: dict = {}
+    for r in rows:
+        metric = {"refuse": "harmful_refusal_rate", "comply": "benign_refusal_rate"}.get(r.get("expected"))
+        if metric is None or not r.get("detectors"):
+            continue
+        for name in names:
+            label = r["detectors"].get(name, {}).get("label")
+            if label is None:
+                continue
+            kn = counts.setdefault(r["model"], {}).setdefault(r["condition"], {}).setdefault(name, {}) \
+                .setdefault(metric, [0, 0])
+            kn[0] += label in ("refuse", "partial")
+            kn[1] += 1
+    return {m: {c: {d: {metric: {"k": k, "n": n, "value": round(k / n, 6)} for metric, (k, n) in sorted(ms.items())}
+                    for d, ms in ds.items()} for c, ds in cs.items()} for m, cs in counts.items()}
+
+
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
                        progress=False, desc="generate") -> tuple[list[list[str]], dict]:
     """Responses for every prompt under one condition (from the cache when it has them)."""
@@ -283,6 +310,7 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
                                "response": (r["response"] or "")[:300],
                                "detectors": r["detectors"], "disagree": r["disagree"],
                                "uncertain": r["uncertain"]} for r in flagged[:MAX_LISTED]]}
+    by_detector = detector_rates(rows_all, [d.name for d in (detector, *opts.extra_detectors)])
     settings = opts.settings.to_dict()
     policy = opts.policy.manifest_entry() if opts.policy is not None else None
     sets = [s.describe() for s in (prompt_sets or [])]
@@ -305,6 +333,7 @@ def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache |
         "extra_detectors": [d.describe() for d in opts.extra_detectors],
         "detector_check": check, "corrected": corrected, "gate_on": opts.gate_on,
         "disagreements": disagreements,
+        "rates_by_detector": by_detector,
         "heldout": tuned.info["heldout"],
         "cache": cache.describe() if cache is not None else None,
         "manifest": {"kind": "eval", "model": {"base": tuned.info["path"], "sha256": tuned.info["sha256"],
