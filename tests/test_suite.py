@@ -15,7 +15,7 @@ from sftlab.demo.suite import build_suite, demo_policy_path, generators
 
 @pytest.fixture(scope="module")
 def suite():
-    return build_suite(seed=0, n_train=400, n_heldout=96)
+    return build_suite(seed=0, n_train=800, n_heldout=96)
 
 
 def _templates(record):
@@ -32,7 +32,7 @@ def test_same_seed_same_records_other_seed_other_records():
 
 
 def test_counts_and_slices(suite):
-    assert len(suite.train) == 400 and len(suite.heldout_prompts) == 96
+    assert len(suite.train) == 800 and len(suite.heldout_prompts) == 96
     assert len(suite.heldout_conversations) == 96
     slices = {r["slice"] for r in suite.train}
     assert slices == {"task", "refusal", "benign_contrast", "multi_turn"}
