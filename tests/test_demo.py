@@ -63,6 +63,7 @@ def test_demo_tiny_writes_every_artifact(demo_run):
     html = (run / "report.html").read_text()
     assert 'id="summary"' in html and 'id="evaluation"' in html
     assert 'id="xstest"' in html and 'id="margins"' in html and "contrast_homonyms" in html
+    assert 'id="by-detector"' in html
 
 
 def test_demo_resumed_after_a_checkpoint_gives_the_same_model(demo_run):

@@ -37,6 +37,25 @@ def side_by_side(heldout: dict | None, xstest: dict | None) -> Markup:
     return table(["metric", "held-out: reference", "held-out: tuned", "XSTest: reference", "XSTest: tuned"], rows)
 
 
+def by_detector(heldout: dict | None, xstest: dict | None) -> Markup:
+    """The refusal rates every detector gives the same responses (``sftlab eval --detector A
+    --detector B``): how much of a rate is the instrument."""
+    rows = []
+    for title, ev in (("held-out", heldout), ("XSTest", xstest)):
+        by = (ev or {}).get("rates_by_detector") or {}
+        names = [d.get("name") for d in [(ev or {}).get("detector") or {}, *((ev or {}).get("extra_detectors") or [])]]
+        if len(names) < 2:
+            continue
+        for name in names:
+            rows.append([title, name] + [_rate(((by.get(kind) or {}).get(PRIMARY) or {}).get(name, {}).get(metric))
+                                         for metric in RATES for kind in ("reference", "tuned")])
+    if not rows:
+        return Markup("")
+    return join([tag("h3", "Refusal rates by detector (training template)", id="by-detector"),
+                 table(["prompts", "detector", "harmful: reference", "harmful: tuned",
+                        "benign: reference", "benign: tuned"], rows)])
+
+
 def per_type(xstest: dict) -> Markup:
     """One row per XSTest type: the rate that type measures, reference vs tuned."""
     tuned, ref = _primary(xstest, "tuned"), _primary(xstest, "reference")
@@ -94,6 +113,7 @@ def benchmark_part(heldout: dict | None, xstest: dict | None) -> Markup:
     gates = [g for g in xstest.get("gates") or [] if isinstance(g, dict)]
     return join(parts + [
         tag("h3", "Held-out set and XSTest, side by side", id="xstest"), side_by_side(heldout, xstest),
+        by_detector(heldout, xstest),
         tag("h3", "XSTest per type"), per_type(xstest),
         table(["result", "gate"], [[badge(g.get("passed")), g.get("message")] for g in gates]) if gates else Markup(""),
         tag("h3", "Refusal diversity (XSTest, training template)"), diversity(xstest),
