@@ -319,6 +319,8 @@ def store_goals(work: Path, sizes: list[int], two_size: int, trl_size: int, num_
         shutil.rmtree(cache, ignore_errors=True)
     res["two_processes"] = two
     save(res)
+    if not trl_size:  # --trl-size 0: no TRL point
+        return res
     # TRL with its datasets cache, cold then warm
     data, model = ensure_inputs(work, trl_size)
     hf = work / "trl-hf-cache"
@@ -328,6 +330,21 @@ def store_goals(work: Path, sizes: list[int], two_size: int, trl_size: int, num_
                   "warm": run_store_worker("trl-cached", args)}
     shutil.rmtree(hf, ignore_errors=True)
     return res
+
+
+def _store_needs(a) -> str:
+    """What a --store run needs and makes, said before it starts."""
+    import importlib.util
+
+    from compare_trl import SHARED
+
+    missing = [m for m in ("accelerate", *(("trl",) if a.trl_size else ())) if importlib.util.find_spec(m) is None]
+    sizes = sorted({*a.store_sizes, a.two_size, *((a.trl_size,) if a.trl_size else ())})
+    return (f"[scaling] --store needs: {SHARED}/make_data.py and make_model.py (inputs of "
+            f"{', '.join(f'{n:,}' for n in sizes)} conversations are generated into {a.work} when missing, "
+            f"about 1.7 KB a conversation), accelerate (the two-process point), trl (the TRL point; "
+            f"--trl-size 0 leaves it out), {a.num_proc} worker processes for preparation"
+            + (f"; not installed: {', '.join(missing)}" if missing else ""))
 
 
 def store_table(res: dict) -> str:
@@ -351,7 +368,9 @@ def store_table(res: dict) -> str:
               f"  2 processes: {both['cpu_s']:.1f} s in total ("
               + ", ".join(f"{q['cpu_s']:.1f}" for q in both["processes"])
               + f" per process; {both['built_stores']} store built), ratio {both['cpu_s'] / one['cpu_s']:.3f}"]
-    trl = res["trl"]
+    trl = res.get("trl")
+    if trl is None:
+        return "\n".join(lines + ["", "TRL: not run (--trl-size 0)"])
     lines += ["", f"TRL {trl['conversations']:,} conversations: load_dataset(json) + _prepare_dataset, "
                   f"cold {trl['cold']['seconds']:.1f} s ({trl['cold']['cpu_s']:.1f} CPU s), "
                   f"warm datasets cache {trl['warm']['seconds']:.1f} s ({trl['warm']['cpu_s']:.1f} CPU s)"]
@@ -374,7 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--store-sizes", type=int, nargs="+", default=[100_000, 200_000, 1_000_000],
                    help="conversations per store point (default: %(default)s)")
     p.add_argument("--two-size", type=int, default=100_000, help="conversations of the 2-process point")
-    p.add_argument("--trl-size", type=int, default=200_000, help="conversations of TRL's cold/warm point")
+    p.add_argument("--trl-size", type=int, default=200_000,
+                   help="conversations of TRL's cold/warm point (0: no TRL point)")
     p.add_argument("--num-proc", type=int, default=2, help="worker processes of the preparation")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-args", help=argparse.SUPPRESS)
@@ -388,6 +408,7 @@ def main(argv=None) -> int:
             a.result.write_text(json.dumps(out))
         return 0
     if a.store:
+        print(_store_needs(a), file=sys.stderr)
         res = {"environment": environment(), "load_average_before": load_average()}
         def save(partial):
             if a.out:
