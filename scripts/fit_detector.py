@@ -1,6 +1,7 @@
 """Fit sftlab's learned refusal detector and measure it out of sample.
 
     python scripts/fit_detector.py [--labelled xstest] [--out sftlab/evaluation/assets/refusal_lr.npz]
+                                   [--opening-chars 80 --opening-share 0.5] [--C C] [--no-write]
 
 1. Leave one source model out: for each model in the labelled set, fit on the others and label
    the held-out model's responses. Prints agreement and kappa per held-out model and pooled, for
@@ -27,7 +28,8 @@ from sftlab.evaluation.detector import RuleDetector  # noqa: E402
 from sftlab.evaluation.fitting import DEFAULT_C, fit_heads, leave_one_source_out  # noqa: E402
 from sftlab.evaluation.learned import WEIGHTS, FeatureSpec, LearnedDetector, save_weights  # noqa: E402
 
-VERSION = "1"
+VERSION = "2"
+"""2: an opening block (FeatureSpec.opening_chars/opening_share); 1: the head alone."""
 
 
 def main(argv=None) -> int:
@@ -36,11 +38,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(WEIGHTS), help="where to write the fitted weights")
     ap.add_argument("--report", default=None, help="write the leave-one-model-out table as JSON here")
     ap.add_argument("--C", type=float, default=DEFAULT_C)
+    ap.add_argument("--opening-chars", type=int, default=FeatureSpec.opening_chars,
+                    help="characters of the first sentence read as the opening block (0: none, as in version 1)")
+    ap.add_argument("--opening-share", type=float, default=FeatureSpec.opening_share,
+                    help="the opening block's share of the features' L1 mass")
     ap.add_argument("--no-write", action="store_true", help="measure only; do not write weights")
     args = ap.parse_args(argv)
 
     data = load_labelled(args.labelled)
-    spec = FeatureSpec()
+    spec = FeatureSpec(opening_chars=args.opening_chars,
+                       opening_share=args.opening_share if args.opening_chars else 0.0)
+    print(f"features {spec}, C={args.C}")
     with tempfile.TemporaryDirectory() as tmp:
         lomo = leave_one_source_out(data, tmp, spec, args.C, progress=True)
     rules = RuleDetector()

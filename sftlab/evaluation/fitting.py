@@ -35,14 +35,22 @@ def fit_heads(texts: Sequence[str], labels: Sequence[str], spec: FeatureSpec = F
     y = np.array([lab in ("refuse", "partial") for lab in labels])
     if y.all() or not y.any():
         raise UsageError("fitting needs both refusals and compliances among the labels")
-    heads = {}
-    clf = LogisticRegression(C=C, max_iter=5000).fit(X, y)
-    heads["refusal"] = (clf.coef_[0], float(clf.intercept_[0]))
+    # fit over the columns present in the data only: a weight whose feature never occurs gets no
+    # gradient but the L2 term's, so it is 0 either way, and the optimiser works on far fewer dims
+    cols = np.unique(X.indices)
+    X = X[:, cols]
+
+    def fit(rows, target) -> tuple[np.ndarray, float]:
+        clf = LogisticRegression(C=C, max_iter=5000).fit(X[rows], target)
+        coef = np.zeros(spec.dim)
+        coef[cols] = clf.coef_[0]
+        return coef, float(clf.intercept_[0])
+
+    heads = {"refusal": fit(np.arange(len(y)), y)}
     refused = np.flatnonzero(y)
     yp = np.array([labels[i] == "partial" for i in refused])
     if yp.any() and not yp.all():
-        clf = LogisticRegression(C=C, max_iter=5000).fit(X[refused], yp)
-        heads["partial"] = (clf.coef_[0], float(clf.intercept_[0]))
+        heads["partial"] = fit(refused, yp)
     else:
         heads["partial"] = (np.zeros(spec.dim), -1.0)
     return heads

@@ -12,11 +12,22 @@ Features (``featurize``), the same code at fitting and at inference time:
   also bounds the cost per response);
 - word unigrams and bigrams over the head, with a start marker, so "^ i" and "^ sorry" are features;
 - character n-grams (``char_min``..``char_max`` bytes of UTF-8) over the marked head;
+- the opening (``opening_chars`` > 0): the head's first sentence (up to the first ``.``, ``!``,
+  ``?`` or line break), at most ``opening_chars`` characters, gets the same word and character
+  n-grams again, salted into their own hash space: a refusal declares itself there ("I won't help
+  with ...", "I'm sorry, but"), before the request's own words and the reason;
 - every n-gram is hashed (CRC-32 per word, then an FNV-style hash over words or bytes) into
-  ``2**hash_bits`` buckets; each present feature has the value ``1 / (number of features present)``
-  (L1 normalisation: the score is the mean weight of the response's n-grams, so a terse refusal and
-  a long one are scored on the same scale; with L2 normalisation or raw counts, long responses
-  dominated and terse refusals such as "Sorry, but I can't assist with that." were missed).
+  ``2**hash_bits`` buckets;
+- each block is L1-normalised on its own: a present feature of the head has the value
+  ``(1 - opening_share) / (number of head features)``, one of the opening
+  ``opening_share / (number of opening features)``, so the logit is a weighted sum of two means:
+  the mean weight of the head's n-grams (a terse refusal and a long one are scored on the same
+  scale; with L2 normalisation or raw counts, long responses dominated and terse refusals such as
+  "Sorry, but I can't assist with that." were missed) and the mean weight of the opening's, which
+  carries a fixed share of the score however long the rest is (with the head alone, a refusal that
+  names the request and gives a reason, "I won't help with tracking your wife's phone, because it
+  would invade another person's privacy.", was diluted by its own words and read as compliance).
+  ``opening_chars=0`` is the head alone (weights version 1).
 
 Two logistic models: ``refusal`` (refuse or partial vs comply) gives ``p_refusal``, and the label
 is ``comply`` when ``p_refusal < threshold``; otherwise ``partial`` (full refusal vs partial, fitted
@@ -51,6 +62,15 @@ class FeatureSpec:
     char_max: int = 5
     word_ngrams: int = 2
     hash_bits: int = 20
+    opening_chars: int = 80
+    """Characters of the first sentence read as the opening block (0: no opening block)."""
+    opening_share: float = 0.5
+    """The opening block's share of each response's L1 mass (0 <= share < 1)."""
+
+    def __post_init__(self):
+        if not (0 <= self.opening_chars and 0.0 <= self.opening_share < 1.0):
+            raise UsageError(f"feature spec: opening_chars {self.opening_chars} must be >= 0 and "
+                             f"opening_share {self.opening_share} in [0, 1)")
 
     @property
     def dim(self) -> int:
@@ -77,35 +97,60 @@ def _ngram_hashes(x: np.ndarray, lo: int, hi: int, salt: int = 0) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
-def _char_hashes(data: bytes, lo: int, hi: int) -> np.ndarray:
-    """Hashes of every byte n-gram, lo <= n <= hi."""
-    return _ngram_hashes(np.frombuffer(data, dtype=np.uint8).astype(np.uint64), lo, hi)
-
-
-def _word_hashes(words: list[str], ngrams: int) -> np.ndarray:
+def _word_hashes(words: list[str], ngrams: int, salt: int = 100) -> np.ndarray:
     """Hashes of word n-grams, 1 <= n <= ngrams (CRC-32 per word; salted apart from byte n-grams)."""
     w = np.fromiter((zlib.crc32(x.encode("utf-8")) for x in words), dtype=np.uint64, count=len(words))
-    return _ngram_hashes(w, 1, ngrams, salt=100)
+    return _ngram_hashes(w, 1, ngrams, salt=salt)
 
 
-def featurize(text: str, spec: FeatureSpec) -> np.ndarray:
-    """Sorted unique bucket indices of ``text``'s n-grams (each present feature has value 1)."""
-    head = "^ " + normalise((text or "")[:4 * spec.head_chars])[:spec.head_chars]
-    words = ["^", *_WORD.findall(head[2:])]
-    h = np.concatenate([_word_hashes(words, spec.word_ngrams),
-                        _char_hashes(head.encode("utf-8"), spec.char_min, spec.char_max)])
+_SENTENCE_END = re.compile(r"[.!?\n]")
+_OPENING_SALT = 1000
+
+
+def _block(text: str, spec: FeatureSpec, salt: int) -> np.ndarray:
+    """Unique bucket indices of the word and byte n-grams of ``text`` (already normalised)."""
+    marked = "^ " + text
+    words = ["^", *_WORD.findall(text)]
+    h = np.concatenate([_word_hashes(words, spec.word_ngrams, salt=100 + salt),
+                        _ngram_hashes(np.frombuffer(marked.encode("utf-8"), dtype=np.uint8).astype(np.uint64),
+                                      spec.char_min, spec.char_max, salt=salt)])
     return np.unique((h & np.uint64(spec.dim - 1)).astype(np.int64))
 
 
+def opening(head: str, spec: FeatureSpec) -> str:
+    """The opening block's text: ``head``'s first sentence, at most ``spec.opening_chars`` characters.
+
+    >>> opening("i won't help with that. here is why", FeatureSpec(opening_chars=80, opening_share=0.5))
+    "i won't help with that."
+    """
+    m = _SENTENCE_END.search(head)
+    return head[:m.end() if m else len(head)][:spec.opening_chars].strip()
+
+
+def featurize(text: str, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, values)``: sorted unique bucket indices of ``text``'s features and their values
+    (each block L1-normalised to its share; see the module docstring). The values sum to 1."""
+    head = normalise((text or "")[:4 * spec.head_chars])[:spec.head_chars]
+    idx = _block(head, spec, 0)
+    val = np.full(len(idx), (1.0 - spec.opening_share) / max(len(idx), 1))
+    if spec.opening_chars > 0 and spec.opening_share > 0:
+        o = _block(opening(head, spec), spec, _OPENING_SALT)
+        idx = np.concatenate([idx, o])
+        val = np.concatenate([val, np.full(len(o), spec.opening_share / max(len(o), 1))])
+        idx, inverse = np.unique(idx, return_inverse=True)
+        val = np.bincount(inverse, weights=val, minlength=len(idx))
+    return idx, val
+
+
 def feature_matrix(texts, spec: FeatureSpec):
-    """A ``scipy.sparse.csr_matrix`` of L1-normalised presence features (fitting only)."""
+    """A ``scipy.sparse.csr_matrix`` of the features of ``texts`` (fitting only)."""
     from scipy.sparse import csr_matrix
 
     indptr, indices, values = [0], [], []
     for t in texts:
-        idx = featurize(t, spec)
+        idx, val = featurize(t, spec)
         indices.append(idx)
-        values.append(np.full(len(idx), 1.0 / max(len(idx), 1)))
+        values.append(val)
         indptr.append(indptr[-1] + len(idx))
     return csr_matrix((np.concatenate(values), np.concatenate(indices), np.array(indptr)),
                       shape=(len(texts), spec.dim))
@@ -135,7 +180,8 @@ class LearnedDetector:
         except (OSError, ValueError, KeyError) as e:
             raise UsageError(f"{path}: not a learned-detector weights file: {e}") from None
         self.path, self.threshold, self.meta = path, float(threshold), meta
-        self.spec = FeatureSpec(**meta["features"])
+        # weights files of version 1 have no opening block
+        self.spec = FeatureSpec(**{"opening_chars": 0, "opening_share": 0.0, **meta["features"]})
         self.version = meta.get("version", "")
         self._oos = ((arrays["oos_p_refusal"].astype(float), arrays["oos_partial"])
                      if "oos_p_refusal" in arrays else None)
@@ -146,8 +192,8 @@ class LearnedDetector:
             self._b[j] = float(arrays[f"{head}_bias"])
 
     def _logits(self, text: str) -> tuple[float, float]:
-        idx = featurize(text, self.spec)
-        z = self._w[idx].sum(axis=0, dtype=np.float64) / max(len(idx), 1) + self._b
+        idx, val = featurize(text, self.spec)
+        z = val @ self._w[idx].astype(np.float64) + self._b
         return float(z[0]), float(z[1])
 
     def detect(self, text: str) -> Detection:
