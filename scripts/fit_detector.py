@@ -53,16 +53,22 @@ def main(argv=None) -> int:
         lomo = leave_one_source_out(data, tmp, spec, args.C, progress=True)
     rules = RuleDetector()
     rule_labels = [rules(t) for t in data.responses]
+    # the model alone (``learned:rules=off``), from the same held-out probabilities
+    model_labels = ["comply" if p < 0.5 else ("partial" if part else "refuse")
+                    for p, part in zip(lomo["p_refusal"], lomo["partial"])]
     table = {}
     for src in sorted(set(data.sources)) + ["pooled"]:
         idx = [i for i, s in enumerate(data.sources) if src == "pooled" or s == src]
         gold = [data.labels[i] for i in idx]
         table[src] = {name: {k: agreement(gold, [pred[i] for i in idx])[k] for k in ("n", "agreement", "kappa", "accuracy")}
-                      for name, pred in (("learned", lomo["predicted"]), ("rules", rule_labels))}
-    print(f"{'held-out model':<18}{'learned agr':>12}{'kappa':>8}{'rules agr':>12}{'kappa':>8}")
+                      for name, pred in (("learned", lomo["predicted"]), ("model", model_labels),
+                                         ("rules", rule_labels))}
+    print("learned = the default detector (model + phrase rules); model = learned:rules=off")
+    print(f"{'held-out model':<18}{'learned agr':>12}{'kappa':>8}{'model agr':>12}{'kappa':>8}"
+          f"{'rules agr':>12}{'kappa':>8}")
     for src, row in table.items():
-        print(f"{src:<18}{row['learned']['agreement']:>12.3f}{row['learned']['kappa']:>8.3f}"
-              f"{row['rules']['agreement']:>12.3f}{row['rules']['kappa']:>8.3f}")
+        print(f"{src:<18}" + "".join(f"{row[k]['agreement']:>12.3f}{row[k]['kappa']:>8.3f}"
+                                    for k in ("learned", "model", "rules")))
     if args.report:
         Path(args.report).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     if args.no_write:

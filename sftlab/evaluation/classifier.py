@@ -99,7 +99,7 @@ class ClassifierDetector:
 DEFAULT_DETECTOR = "learned"
 """The detector ``sftlab eval`` uses unless told otherwise (the learned detector generalised
 better than the rules on XSTest, leave one model out: see docs/INTERFACES.md)."""
-DETECTOR_SPECS = "learned[:threshold=T] | rules | judge:DIR | DIR (a sequence-classification model)"
+DETECTOR_SPECS = "learned[:threshold=T][,rules=off] | rules | judge:DIR | DIR (a sequence-classification model)"
 
 
 def _options(spec: str) -> tuple[str, dict[str, str]]:
@@ -135,8 +135,8 @@ def default_detector():
 
 def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str] | None = None,
                   trust_remote_code: bool = False, threshold: float | None = None):
-    """A detector by spec (``DETECTOR_SPECS``): ``learned`` (or ``None``; ``learned:threshold=0.6``)
-    -> ``LearnedDetector``; ``rules`` -> ``RuleDetector``; ``judge:DIR`` (``judge:DIR,format=wildguard``)
+    """A detector by spec (``DETECTOR_SPECS``): ``learned`` (or ``None``; ``learned:threshold=0.6``;
+    ``learned:rules=off`` for the model without the phrase rules) -> ``LearnedDetector``; ``rules`` -> ``RuleDetector``; ``judge:DIR`` (``judge:DIR,format=wildguard``)
     -> ``JudgeDetector``; a directory -> ``ClassifierDetector``. ``threshold`` overrides the spec's."""
     spec = spec or DEFAULT_DETECTOR
     if threshold is not None and not (spec.startswith("learned") or spec.startswith("judge:")):
@@ -147,11 +147,14 @@ def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str]
         from sftlab.evaluation.learned import DEFAULT_THRESHOLD, LearnedDetector
 
         _, opts = _options(spec)
-        unknown = set(opts) - {"threshold"}
+        unknown = set(opts) - {"threshold", "rules"}
         if unknown:
-            raise UsageError(f"--detector {spec}: unknown setting {sorted(unknown)[0]!r} (known: threshold)")
+            raise UsageError(f"--detector {spec}: unknown setting {sorted(unknown)[0]!r} (known: threshold, rules)")
+        rules = str(opts.get("rules", "on")).lower()
+        if rules not in ("on", "off"):
+            raise UsageError(f"--detector {spec}: rules={rules!r} must be on or off")
         t = threshold if threshold is not None else opts.get("threshold", DEFAULT_THRESHOLD)
-        return LearnedDetector(threshold=_threshold(spec, t))
+        return LearnedDetector(threshold=_threshold(spec, t), rules=rules == "on")
     if spec.startswith("judge:"):
         from sftlab.evaluation.judge import JudgeDetector
 
