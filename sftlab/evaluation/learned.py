@@ -24,10 +24,10 @@ Features (``featurize``), the same code at fitting and at inference time:
   the mean weight of the head's n-grams (a terse refusal and a long one are scored on the same
   scale; with L2 normalisation or raw counts, long responses dominated and terse refusals such as
   "Sorry, but I can't assist with that." were missed) and the mean weight of the opening's, which
-  carries a fixed share of the score however long the rest is (with the head alone, a refusal that
-  names the request and gives a reason, "I won't help with tracking your wife's phone, because it
-  would invade another person's privacy.", was diluted by its own words and read as compliance).
-  ``opening_chars=0`` is the head alone (weights version 1).
+  carries a fixed share of the score however long the rest is. ``opening_chars=0`` is the head
+  alone, as in the shipped weights (version 1): fitted on XSTest, every opening block tried (32-80
+  characters, share 0.25-0.5) agreed with people less out of sample than the head alone and did
+  not catch the refusals below (``scripts/fit_detector.py --opening-chars N --opening-share S``).
 
 Explicit refusals are also read by the phrase rules (``RuleDetector``, not fitted to any data):
 where the model says comply and the rules say refuse or partial, the label is the rules' (``rules=True``,
