@@ -185,7 +185,7 @@ def test_answers_that_also_spell_scaffolding_are_masked_where_they_are(tok, name
     template = get_template(JINJA.get(name, name), tok)
     ex = encode(conv("Pick a, b, c or d.", answer, system=None), tok, template)
     runs = [tok.decode(r) for r in trained_runs(ex)]
-    content = answer.strip() if name in ("llama3_like", "llama3.1", "gemma", "mistral-v0.3") else answer  # these trim
+    content = answer.strip() if name in ("llama3_like", "llama3", "llama3.1", "gemma", "mistral-v0.3") else answer  # these trim
     assert len(runs) == 1
     assert runs[0].lstrip(" ") == content.lstrip(" ") + template.end_of_turn[0]
 

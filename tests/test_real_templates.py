@@ -99,7 +99,7 @@ def test_templates_that_cannot_meet_the_contract_are_refused_with_the_reason(nam
 
 
 # Built-in formats named for a model version equal that version's official template, token for token.
-BUILTIN_OFFICIAL = [("llama3.1", "llama-3.3"), ("gemma", "gemma-2"), ("phi3", "phi-3.5"),
+BUILTIN_OFFICIAL = [("llama3", "llama-3"), ("llama3.1", "llama-3.3"), ("gemma", "gemma-2"), ("phi3", "phi-3.5"),
                     ("mistral-v0.3", "mistral-7b-instruct-v0.3"), ("mistral", "mixtral-8x7b-instruct-v0.1")]
 
 

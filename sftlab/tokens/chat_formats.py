@@ -43,7 +43,9 @@ _LLAMA3 = _Format(
             (("system", "system"), ("user", "user"), ("assistant", "assistant"), ("tool", "ipython"))},
     suffix={r: "<|eot_id|>" for r in ("system", "user", "assistant", "tool")},
     eot=("<|eot_id|>",), generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
-    bos="<|begin_of_text|>", extra_control=("<|start_header_id|>", "<|end_header_id|>"))
+    bos="<|begin_of_text|>", trim=("system", "user", "assistant"),
+    extra_control=("<|start_header_id|>", "<|end_header_id|>"))
+"""Llama 3.0 Instruct (Meta-Llama-3-8B-Instruct): content trimmed, no date header."""
 
 _LLAMA31_HEADER = ("<|start_header_id|>system<|end_header_id|>\n\n"
                    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n")
