@@ -89,3 +89,13 @@ def test_demo_resumed_after_a_checkpoint_gives_the_same_model(demo_run):
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k
+
+
+def test_idle_cores_are_measured_now_on_linux():
+    """The demo picks its torch threads from the cores idle right now, not from the load average
+    (which still counts the demo's own set-up)."""
+    from sftlab.demo.run import _idle_cores
+
+    idle = _idle_cores(0.2)
+    if sys.platform.startswith("linux"):
+        assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1) + 1e-6
