@@ -24,15 +24,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftlab.errors import UsageError
-    from sftlab.train.config import ConfigError, load_config
+    from sftlab.train.config import load_config
     from sftlab.train.data import prepare_stores
     from sftlab.train.loop import load_tokenizer_and_template
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    cfg = load_config(args.config, args.overrides)
     tokenizer, template = load_tokenizer_and_template(cfg)
     stores = prepare_stores(cfg, tokenizer, template)
     out = {split: {**s.describe(), "quarantined": s.quarantined,

@@ -95,7 +95,7 @@ _STORE_THRESHOLD = 0.8  # sftlab.data.chunk_stats.NEAR_THRESHOLD: the store's LS
 
 def _config_stats(args) -> dict[str, Any]:
     """The statistics of a training config's data, from its prepared stores (``RUN/data/stats.json``'s)."""
-    from sftlab.train.config import ConfigError, load_config
+    from sftlab.train.config import load_config
     from sftlab.train.data import prepare_stores, store_stats
     from sftlab.train.loop import load_tokenizer_and_template
 
@@ -111,10 +111,7 @@ def _config_stats(args) -> dict[str, Any]:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise UsageError(f"{bad[0]}: after a config give key=value overrides, not files")
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    cfg = load_config(config, overrides)
     tokenizer, template = load_tokenizer_and_template(cfg)
     stores = prepare_stores(cfg, tokenizer, template)
     return store_stats(stores["train"], stores.get("heldout"))

@@ -42,13 +42,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftlab.errors import UsageError
-    from sftlab.train.config import ConfigError, load_config
+    from sftlab.train.config import load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
+    cfg = load_config(args.config, args.overrides)
     from sftlab.train.loop import train
 
     code = train(cfg, resume=args.resume, allow_changes=args.allow_changes,

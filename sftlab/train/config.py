@@ -25,6 +25,8 @@ import reprlib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sftlab.errors import UsageError
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True,
@@ -307,8 +309,9 @@ class TrainConfig(_Section):
         return config_hash(self.to_dict())
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the field path."""
+class ConfigError(UsageError, ValueError):
+    """A config that cannot be used; the message names the file and the field path. A
+    ``UsageError``: the CLI prints it as one line (exit 2) without converting it."""
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -320,7 +323,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     where = str(path) if path is not None else "overrides"
     raw: Any = {}
     if path is not None:
-        from sftlab.errors import UsageError
         from sftlab.files import read_yaml
 
         try:
