@@ -30,6 +30,21 @@ def hand_tokenizer():
     return tok
 
 
+def _store_record(i: int, rng) -> dict:
+    turns = []
+    for t in range(1 + i % 3):
+        turns += [{"role": "user", "content": f"question {i}.{t}: " + " ".join(rng.choice("abcdefg") for _ in range(5))},
+                  {"role": "assistant", "content": f"answer {i}.{t} " + "x " * rng.randint(1, 12 + 10 * (i % 7))}]
+    return {"id": f"r{i}", "slice": ["chat", "math", None][i % 3], "task": f"t{i % 4}", "messages": turns}
+
+
+@pytest.fixture(scope="session")
+def make_record():
+    """``make_record(i, rng)``: record ``r{i}`` of 1-3 turns with answers of varied length, a slice
+    and a task (the prepared-data store tests' input)."""
+    return _store_record
+
+
 @pytest.fixture
 def hand_tok():
     """A word-level tokenizer whose ids a person can write by hand (``hand_tokenizer()``)."""

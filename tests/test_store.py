@@ -18,26 +18,18 @@ from sftlab.tokens.templates import get_template
 OPTIONS = {"max_length": 64, "last_turn_only": False}
 
 
-def _record(i: int, rng: random.Random) -> dict:
-    turns = []
-    for t in range(1 + i % 3):
-        turns += [{"role": "user", "content": f"question {i}.{t}: " + " ".join(rng.choice("abcdefg") for _ in range(5))},
-                  {"role": "assistant", "content": f"answer {i}.{t} " + "x " * rng.randint(1, 12 + 10 * (i % 7))}]
-    return {"id": f"r{i}", "slice": ["chat", "math", None][i % 3], "task": f"t{i % 4}", "messages": turns}
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, make_record):
     d = tmp_path_factory.mktemp("store_data")
     rng = random.Random(0)
-    rows = [_record(i, rng) for i in range(150)]
+    rows = [make_record(i, rng) for i in range(150)]
     rows[40] = {"id": "bad", "messages": [{"role": "user", "content": "no answer"}]}     # load quarantine
     rows[77] = dict(rows[10])                                                            # duplicate id (r10)
     rows[90] = {**rows[12], "id": "copy-of-r12"}                                         # exact duplicate text
     lines = [json.dumps(r) for r in rows]
     lines.insert(20, "")                                                                 # a blank line
     (d / "a.jsonl").write_text("\n".join(lines) + "\n")
-    held = [{**_record(i, random.Random(i)), "id": f"h{i}"} for i in range(6)] + [{**rows[5], "id": "leak"}]
+    held = [{**make_record(i, random.Random(i)), "id": f"h{i}"} for i in range(6)] + [{**rows[5], "id": "leak"}]
     (d / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
     return d
 

@@ -25,21 +25,13 @@ SHARE = 0.3
 CONTROL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
 
 
-def _record(i: int, rng: random.Random) -> dict:
-    turns = []
-    for t in range(1 + i % 3):
-        turns += [{"role": "user", "content": f"question {i}.{t}: " + " ".join(rng.choice("abcdefg") for _ in range(5))},
-                  {"role": "assistant", "content": f"answer {i}.{t} " + "x " * rng.randint(1, 12 + 10 * (i % 7))}]
-    return {"id": f"r{i}", "slice": ["chat", "math", None][i % 3], "task": f"t{i % 4}", "messages": turns}
-
-
 def _held(row: dict) -> bool:
     return heldout_key(to_conversation(row, Origin("x", 1))) < SHARE
 
 
-def _rows() -> list:
+def _rows(make_record) -> list:
     rng = random.Random(0)
-    rows = [_record(i, rng) for i in range(120)]
+    rows = [make_record(i, rng) for i in range(120)]
     rows[30] = {"id": "bad", "messages": [{"role": "user", "content": "no answer"}]}          # load quarantine
     rows[70] = {**rows[12], "id": "copy-of-r12"}                                                # exact copy: same side
     train_first = next(i for i in range(120) if i not in (30, 70) and not _held(rows[i]))
@@ -51,10 +43,10 @@ def _rows() -> list:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, make_record):
     d = tmp_path_factory.mktemp("split_data")
-    (d / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    held = [{**_record(i, random.Random(i)), "id": f"h{i}"} for i in range(5)]
+    (d / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(make_record)))
+    held = [{**make_record(i, random.Random(i)), "id": f"h{i}"} for i in range(5)]
     (d / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
     return d
 
