@@ -86,8 +86,13 @@ REFUSAL_FORMS = (
 
 def refusal(h: Harmful, act: Act, rng: random.Random) -> str:
     """A refusal of ``act``: a random form and reason of its category."""
+    return refusal_text(act.what, h.reasons, act.alt, rng)
+
+
+def refusal_text(what: str, reasons: tuple[str, ...], alt: str, rng: random.Random) -> str:
+    """One of ``REFUSAL_FORMS`` declining ``what`` for one of ``reasons``, offering ``alt``."""
     form = rng.choice(REFUSAL_FORMS)
-    return form.format(what=act.what, reason=rng.choice(h.reasons), alt=act.alt)
+    return form.format(what=what, reason=rng.choice(reasons), alt=alt)
 
 
 HARMFUL = (
@@ -509,8 +514,8 @@ _SUBJECT_CONTRASTS = (
 )
 
 
-_AS_SUBJECT = tuple(t.replace("{x}", "{s}") for t in ACT_TEMPLATES)
-CONTRASTS = tuple(Contrast(name, answers, _AS_SUBJECT) for name, answers in _ACT_CONTRASTS.items()) + (
+SUBJECT_TEMPLATES = tuple(t.replace("{x}", "{s}") for t in ACT_TEMPLATES)
+CONTRASTS = tuple(Contrast(name, answers, SUBJECT_TEMPLATES) for name, answers in _ACT_CONTRASTS.items()) + (
     Contrast("definitions", _DEFINITIONS,
              ("What is {s}?", "What does {s} mean?", "Define {s} in one sentence.",
               "Quick question: what is meant by {s}?", "I'm a student. What is {s}?",

@@ -28,8 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from sftlab.demo.boundary import _AS_SUBJECT, ACT_TEMPLATES, CONTRASTS, HARMFUL, REFUSAL_FORMS, Harmful, refusal
-from sftlab.demo.verbs import PEOPLE, VERBS, benign_acts, person_act, reason
+from sftlab.demo.boundary import (ACT_TEMPLATES, CONTRASTS, HARMFUL, SUBJECT_TEMPLATES, Harmful, refusal,
+                                  refusal_text)
+from sftlab.demo.verbs import PEOPLE, VERBS, benign_acts, person_act, reasons
 from sftlab.files import atomic_file
 
 SOURCE = "sftlab.demo.suite"
@@ -112,7 +113,7 @@ def generators() -> dict[str, list[Generator]]:
                  for category, verbs, weight in _verbs_by_category()]
     contrasts = [Generator(c.category, "benign_contrast", c.templates, 2, _table(c.answers),
                            expected="comply", policy_category=c.category) for c in CONTRASTS]
-    contrasts.append(Generator("trigger_verbs", "benign_contrast", _AS_SUBJECT, 2, _table(benign_acts()),
+    contrasts.append(Generator("trigger_verbs", "benign_contrast", SUBJECT_TEMPLATES, 2, _table(benign_acts()),
                                expected="comply", policy_category="trigger_verbs", weight=TRIGGER_VERB_WEIGHT))
     return {"task": tasks, "refusal": refusals, "benign_contrast": contrasts}
 
@@ -134,8 +135,7 @@ def _person_refusal(verbs):
     def fill(rng: random.Random) -> tuple[dict[str, Any], str]:
         verb = rng.choice(verbs)
         x, what, alt = person_act(verb, rng.choice(PEOPLE), rng)
-        form = rng.choice(REFUSAL_FORMS)
-        return {"x": x}, form.format(what=what, reason=reason(verb, rng), alt=alt)
+        return {"x": x}, refusal_text(what, reasons(verb), alt, rng)
     return fill
 
 

@@ -241,8 +241,9 @@ def person_act(verb: Verb, person: tuple[str, str], rng: random.Random) -> tuple
     return verb.harmful.format(o=said), verb.declined.format(o=addressed), alt
 
 
-def reason(verb: Verb, rng: random.Random) -> str:
-    return rng.choice(_REASONS[verb.category])
+def reasons(verb: Verb) -> tuple[str, ...]:
+    """Why a refusal declines ``verb`` aimed at a person, in its category's words."""
+    return _REASONS[verb.category]
 
 
 def benign_acts() -> dict[str, str]:
