@@ -138,6 +138,45 @@ def test_a_damaged_store_is_detected_reported_and_rebuilt(data, tok, tmp_path, c
     assert _prepare([data / "a.jsonl"], tok, tmp_path).hit is False and _files(rebuilt) == good
 
 
+def test_an_unchanged_store_is_opened_without_hashing_and_a_changed_file_still_is(data, tok, tmp_path,
+                                                                                 monkeypatch):
+    import os
+
+    import sftlab.tokens.store as store_mod
+
+    monkeypatch.setattr(store_mod, "_RACY_NS", 0)  # the files count as settled at once
+    hashed = []
+    real = store_mod._sha256_file
+    monkeypatch.setattr(store_mod, "_sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    store = _prepare([data / "a.jsonl"], tok, tmp_path)
+    assert store.hit is False
+    hashed.clear()
+    again = _prepare([data / "a.jsonl"], tok, tmp_path)
+    assert again.hit is True and hashed == []  # neither the chunks nor the input file read
+    # Altered in place, same size, modification time set back: the ctime still moves.
+    weights = store.path / "chunk-00000" / "weights.npy"
+    st = weights.stat()
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1
+    weights.write_bytes(bytes(raw))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(StoreError, match="altered"):
+        PreparedStore(store.path)
+    assert hashed == ["weights.npy"]  # only the changed file was read
+    # The input rewritten with other records of the same size, time set back: a new digest.
+    src = data / "a.jsonl"
+    copy = tmp_path / "input.jsonl"
+    copy.write_bytes(src.read_bytes())
+    first = _prepare([copy], tok, tmp_path / "c2")
+    st = copy.stat()
+    text = copy.read_text().replace('"r1"', '"q1"', 1)
+    assert len(text) == st.st_size and text != copy.read_text()
+    copy.write_text(text)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = _prepare([copy], tok, tmp_path / "c2")
+    assert second.hit is False and second.key != first.key
+
+
 def test_worker_processes_write_the_same_store_bit_for_bit(data, tok, tmp_path):
     one = _prepare([data / "a.jsonl", data / "held.jsonl"], tok, tmp_path / "one", num_proc=1)
     three = _prepare([data / "a.jsonl", data / "held.jsonl"], tok, tmp_path / "three", num_proc=3)

@@ -32,7 +32,11 @@ input (``sftlab.data.readers.input_digest``: file bytes, or a dataset's fingerpr
 other parts indexes the key (``CACHE/index/``): a run on unchanged files finds its store without
 reading a record, and a file rewritten with the same records is read once and maps to the same
 store. Opening a store checks every file's size and sha256; a damaged store is reported and
-rebuilt, never used.
+rebuilt, never used. A file whose stat stamp (size, mtime, ctime, inode) is the one recorded when
+it last hashed right is not read again (``CACHE/index/KEY.stamps.json``, as git's index does),
+nor is an unchanged input file (``CACHE/index/inputs.stamps.json``): a second run on a million
+conversations opens its store without reading gigabytes, and any write to a file moves its
+ctime, so it is hashed again.
 
 Workers (``num_proc``) each encode whole chunks and write them themselves (nothing but a small
 task description and a small summary crosses processes); the chunks, the per-record checks
@@ -80,6 +84,88 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------ stat-verified files
+#
+# Hashing every file of a large store on every start costs seconds (a million conversations are
+# a few GiB of chunks, and the input file another GiB or two). As git's index does for a work
+# tree, a file whose content was hashed is remembered by its ``stat`` (size, mtime, ctime, inode,
+# device): while those are unchanged the content is the one hashed. Any write changes the
+# ctime (which no user call can set back), a replaced file has another inode, so a truncated or
+# altered file is hashed again and caught. A file changed within ``_RACY_NS`` of being hashed
+# could change again within the same clock tick, so such a stamp is not kept (it is hashed
+# again next time), which is git's "racy clean" rule.
+
+_RACY_NS = 2_000_000_000
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _settled(st: os.stat_result) -> bool:
+    """Unchanged for ``_RACY_NS``: a stamp of it can be trusted later."""
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS
+
+
+def _read_stamps(path: Path) -> dict:
+    try:
+        stamps = json.loads(path.read_text(encoding="utf-8"))
+        return stamps if isinstance(stamps, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamps(path: Path, stamps: dict) -> None:
+    """Best effort: a cache folder that cannot be written only costs the hashing next time."""
+    from sftlab.files import write_atomic
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(stamps, sort_keys=True) + "\n")
+    except (OSError, UsageError):
+        pass
+
+
+def _hashed(path: Path) -> tuple[str, list[int] | None]:
+    """``(sha256, stamp or None)``: the stamp when the file did not change while it was hashed
+    and had settled before."""
+    before = os.stat(path)
+    digest = _sha256_file(path)
+    after = os.stat(path)
+    return digest, _stamp(after) if _stamp(before) == _stamp(after) and _settled(after) else None
+
+
+def _stamps_path(store_dir: Path) -> Path:
+    """``CACHE/index/KEY.stamps.json``: beside the index, so a store's own files stay what was built."""
+    return store_dir.parent / "index" / f"{store_dir.name}.stamps.json"
+
+
+def _file_digest(p: Path, cache: Path) -> str:
+    """``sftlab.data.readers.input_digest(p)``, remembered by the file's stamp in
+    ``CACHE/index/inputs.stamps.json`` (a plain file only: a folder or a dataset is digested)."""
+    from sftlab.data.readers import input_digest
+
+    try:
+        st = os.stat(p)
+    except OSError:
+        return input_digest(p)
+    if not Path(p).is_file():
+        return input_digest(p)
+    where = cache / "index" / "inputs.stamps.json"
+    name = str(Path(p).resolve())
+    stamps = _read_stamps(where)
+    entry = stamps.get(name)
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == _stamp(st):
+        return entry[1]
+    digest = input_digest(p)
+    after = os.stat(p)
+    if _stamp(after) == _stamp(st) and _settled(after):
+        stamps = _read_stamps(where)  # another process may have added its own inputs meanwhile
+        stamps[name] = [_stamp(after), digest]
+        _write_stamps(where, stamps)
+    return digest
 
 
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -191,15 +277,32 @@ class PreparedStore:
 
     # -- checks ---------------------------------------------------------------------------------
     def verify(self) -> None:
-        """Every file listed has its size and sha256; raises ``StoreError`` naming the first that does not."""
+        """Every file listed has its size and sha256; raises ``StoreError`` naming the first that does not.
+
+        A file is hashed unless its stat stamp (size, mtime, ctime, inode, device) equals the one
+        recorded when its content last hashed to the listed sha256 (``CACHE/index/KEY.stamps.json``;
+        see ``_stamp``): a second open of an unchanged store reads no chunk, a changed file is
+        always hashed again."""
+        where = _stamps_path(self.path)
+        known = _read_stamps(where)
+        fresh = {}
         for rel, (size, digest) in sorted(self.meta["checksums"].items()):
             p = self.path / rel
             if not p.is_file():
                 raise StoreError(f"{p}: missing")
-            if p.stat().st_size != size:
-                raise StoreError(f"{p}: {p.stat().st_size} bytes, expected {size} (truncated or altered)")
-            if _sha256_file(p) != digest:
+            st = p.stat()
+            if st.st_size != size:
+                raise StoreError(f"{p}: {st.st_size} bytes, expected {size} (truncated or altered)")
+            if known.get(rel) == _stamp(st):
+                fresh[rel] = known[rel]
+                continue
+            found, stamp = _hashed(p)
+            if found != digest:
                 raise StoreError(f"{p}: sha256 differs from the one recorded (altered)")
+            if stamp is not None:
+                fresh[rel] = stamp
+        if fresh != known:
+            _write_stamps(where, fresh)
 
     # -- examples ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -375,7 +478,7 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     raises ``StoreError`` instead of building; ``verify=False`` skips the checksums (the main
     process checked them). Raises ``UsageError`` for unusable inputs.
     """
-    from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, check_readable, input_digest
+    from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, check_readable
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [Path(p) for p in inputs]
@@ -396,7 +499,7 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     spool = Spool(cache) if own else spool
     try:
         read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
-        raw = [digest if digest is not None else input_digest(p) for p, digest in read]
+        raw = [digest if digest is not None else _file_digest(p, cache) for p, digest in read]
         index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
         found = _from_index(cache, index, verify)
         if found is not None:
@@ -913,10 +1016,12 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
                        "records": t.count, **entry})
     (root / "stats.json").write_text(json.dumps({**stats, "files": list(counts.values())}, indent=2,
                                                 ensure_ascii=False) + "\n", encoding="utf-8")
-    checksums = {}
+    checksums, stamps = {}, {}
     for p in sorted(root.rglob("*")):
         if p.is_file():
-            checksums[str(p.relative_to(root))] = [p.stat().st_size, _sha256_file(p)]
+            rel = str(p.relative_to(root))
+            digest, stamps[rel] = _hashed(p)
+            checksums[rel] = [p.stat().st_size, digest]
     records_sha = hashlib.sha256("".join(input_digests).encode()).hexdigest()
     meta = {"format": FORMAT, "key": key, "parts": {**parts, "records": input_digests},
             "records_sha256": records_sha, "examples": sum(c["examples"] for c in chunks),
@@ -936,10 +1041,12 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
             print(f"sftlab: prepared store {final} is damaged ({e}); replacing it", file=sys.stderr)
             shutil.rmtree(final, ignore_errors=True)
     try:
-        os.replace(root, final)
+        os.replace(root, final)  # the files keep their stamps: a rename of their folder changes none
     except OSError:  # another process finished the same store first
         if not (final / "store.json").is_file():
             raise
+        return final
+    _write_stamps(_stamps_path(final), {rel: st for rel, st in stamps.items() if st is not None})
     return final
 
 
