@@ -130,3 +130,29 @@ def test_describe_is_the_manifest_section():
     assert MixtureSpec().describe()["mode"] == "natural"
     assert MixtureSpec(sampling_weights={"a": 2}).describe(SLICES)["requested_shares"] == {
         "a": 0.5, "b": 0.25, "c": 0.25}
+
+
+def test_a_slice_column_samples_and_counts_as_the_list_of_its_names():
+    """Training plans epochs from a store's slice codes (``SliceColumn``); every draw must be the
+    one the same names in a list give (weights, temperature, natural; up- and down-sampling)."""
+    import numpy as np
+
+    from sftlab.train.mixture import SliceColumn
+
+    rng = random.Random(1)
+    for trial in range(40):
+        names = rng.sample(["a", "b", None, "unsliced", "c"], rng.randint(1, 4))
+        codes = np.asarray([rng.randrange(len(names)) for _ in range(rng.randint(1, 250))])
+        col = SliceColumn(names, codes)
+        plain = [names[c] for c in codes.tolist()]
+        assert list(col) == [UNSLICED if s is None else s for s in plain]
+        assert slice_sizes(col) == slice_sizes(plain)
+        sizes = slice_sizes(plain)
+        kw = rng.choice([{"weights": None}, {"weights": None, "temperature": rng.choice([0.5, 2.0, math.inf])},
+                         {"weights": {s: rng.choice([0.5, 1.0, 3.0]) for s in sizes}}])
+        size = rng.choice([None, rng.randint(1, 600)])
+        idx = epoch_indices(col, epoch=trial, seed=trial, size=size, **kw)
+        assert idx == epoch_indices(plain, epoch=trial, seed=trial, size=size, **kw)
+        assert realised_mixture(idx, col) == realised_mixture(idx, plain)
+        spec = MixtureSpec(sampling_weights=kw["weights"], temperature=kw.get("temperature"), seed=trial)
+        assert spec.describe(col) == spec.describe(plain)

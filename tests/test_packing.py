@@ -210,3 +210,29 @@ def test_changing_one_example_leaves_its_row_neighbour_unchanged(tiny_model):
     second = _logits(tiny_model, collate(pack([a2, b], 8), pad_id=0))
     assert torch.equal(first[0, 4:], second[0, 4:])
     assert not torch.allclose(first[0, :4], second[0, :4])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_flat_packing_of_runs_of_equal_lengths_matches_the_reference(seed):
+    """``pack_lengths_flat`` places a run of equal lengths at once; with few distinct lengths
+    (long runs, rows filled several times over, ties between rows of equal free space) it must
+    still be the one-at-a-time best fit decreasing."""
+    from sftlab.tokens.packing import pack_lengths, pack_lengths_flat
+
+    rng = random.Random(seed)
+    max_length = rng.choice([1, 5, 12, 64, 100])
+    values = [rng.randint(1, max_length) for _ in range(rng.randint(1, 4))]
+    lengths = [rng.choice(values) for _ in range(rng.randint(0, 600))]
+    expected = reference_bfd(lengths, max_length)
+    members, starts = pack_lengths_flat(lengths, max_length)
+    assert [tuple(members[a:b].tolist()) for a, b in zip(starts[:-1], starts[1:])] == expected
+    assert [tuple(g) for g in pack_lengths(lengths, max_length)] == expected
+
+
+def test_flat_packing_refuses_what_pack_refuses():
+    from sftlab.tokens.packing import pack_lengths_flat
+
+    with pytest.raises(ValueError, match="example 2: 9 tokens > max_length 8"):
+        pack_lengths_flat([3, 8, 9], 8)
+    with pytest.raises(ValueError, match="example 0: no tokens"):
+        pack_lengths_flat([0, 1], 8)

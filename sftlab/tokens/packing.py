@@ -29,11 +29,12 @@ example 1 fills row 1 exactly, and example 3 fills the last token of row 0.
 """
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, as_tensor, token_ids
@@ -145,66 +146,85 @@ def _make_row(examples: Sequence[Any], indices: Sequence[int]) -> PackedRow:
     return PackedRow(tuple(examples[i] for i in indices), tuple(indices))
 
 
-class _FreeSpaceIndex:
-    """Open rows bucketed by free space; finds the tightest bucket >= n in O(log max_length).
-
-    A segment tree over the free-space values 0..max_length counts non-empty buckets; each bucket
-    is a heap of row numbers, so ties go to the row opened first (deterministic).
-    """
-
-    def __init__(self, max_length: int):
-        self.size = 1 << max_length.bit_length()      # > max_length
-        self.tree = [0] * (2 * self.size)
-        self.buckets: dict[int, list[int]] = {}
-
-    def _mark(self, free: int, delta: int) -> None:
-        i = free + self.size
-        while i:
-            self.tree[i] += delta
-            i >>= 1
-
-    def add(self, free: int, row: int) -> None:
-        bucket = self.buckets.setdefault(free, [])
-        if not bucket:
-            self._mark(free, 1)
-        heapq.heappush(bucket, row)
-
-    def pop_fitting(self, n: int) -> tuple[int, int] | None:
-        """Remove and return ``(free, row)`` for the row with the least free space >= n."""
-        tree, i = self.tree, n + self.size
-        if not tree[i]:
-            while i > 1 and not (i % 2 == 0 and tree[i + 1]):
-                i >>= 1
-            if i == 1:
-                return None
-            i += 1
-            while i < self.size:
-                i = 2 * i if tree[2 * i] else 2 * i + 1
-        free = i - self.size
-        bucket = self.buckets[free]
-        row = heapq.heappop(bucket)
-        if not bucket:
-            self._mark(free, -1)
-        return free, row
-
-
 def _best_fit_decreasing(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     """Groups of positions into ``lengths``; each group sums to <= max_length."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    index = _FreeSpaceIndex(max_length)
-    groups: list[list[int]] = []
-    for i in order:
-        n = lengths[i]
-        hit = index.pop_fitting(n)
-        if hit is None:
-            free, row = max_length, len(groups)
-            groups.append([])
-        else:
-            free, row = hit
-        groups[row].append(i)
-        if free - n > 0:
-            index.add(free - n, row)
-    return groups
+    members, starts = _bfd_arrays(np.asarray(lengths, dtype=np.int64).reshape(-1), max_length)
+    return [g.tolist() for g in np.split(members, starts[1:-1])] if len(members) else []
+
+
+def _bfd_arrays(lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-fit-decreasing as flat arrays: ``(members, starts)``, row r holding the positions
+    ``members[starts[r]:starts[r + 1]]`` in the order they were placed, rows in the order opened.
+
+    The same packing as placing the examples one at a time (longest first, ties by position),
+    each into the row with the least free space that fits it (ties: the row opened first), but
+    a run of equal lengths L at once: the tightest row, with free space f >= L, keeps taking
+    examples of length L until fewer than L tokens are free (no other row can fit tighter, as
+    its free space only shrank below f), so it takes ``f // L`` of them, and the rows of one
+    free-space value f are filled in the order they were opened. A million examples pack in a
+    fraction of a second instead of seconds of one-at-a-time Python.
+    """
+    import bisect
+
+    n = len(lengths)
+    if not n:
+        return np.zeros(0, np.int64), np.zeros(1, np.int64)
+    order = np.argsort(-lengths, kind="stable")          # longest first, ties by position
+    sorted_lengths = lengths[order]
+    row_of = np.empty(n, np.int64)                        # the row of each example, in placement order
+    buckets: dict[int, list[np.ndarray]] = {}            # free space -> row numbers (sorted parts)
+    frees: list[int] = []                                 # free-space values with rows, ascending
+    rows = 0
+
+    def put(free: int, new: np.ndarray) -> None:
+        if free <= 0 or not len(new):
+            return
+        if free not in buckets:
+            buckets[free] = []
+            bisect.insort(frees, free)
+        buckets[free].append(new)
+
+    def take(free: int) -> np.ndarray:
+        parts = buckets.pop(free)
+        frees.remove(free)
+        return parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+
+    run_starts = np.flatnonzero(np.diff(sorted_lengths, prepend=-1))
+    run_ends = np.append(run_starts[1:], n)
+    for a, b in zip(run_starts.tolist(), run_ends.tolist()):
+        L, pos, left = int(sorted_lengths[a]), a, b - a
+        while left:
+            k = bisect.bisect_left(frees, L)
+            if k == len(frees):                           # no row fits: open new ones
+                q = max_length // L
+                full, r = divmod(left, q)
+                new = np.arange(rows, rows + full + (r > 0), dtype=np.int64)
+                row_of[pos:pos + left] = rows + np.arange(left, dtype=np.int64) // q
+                rows += len(new)
+                put(max_length - q * L, new[:full])
+                if r:
+                    put(max_length - r * L, new[full:])
+                break
+            f = frees[k]
+            q = f // L
+            bucket = take(f)
+            full, r = divmod(left, q)
+            used = min(full, len(bucket))
+            count = used * q
+            row_of[pos:pos + count] = np.repeat(bucket[:used], q)
+            pos, left = pos + count, left - count
+            put(f - q * L, bucket[:used])
+            if used < len(bucket):                        # the run ends inside this bucket
+                if r:
+                    row_of[pos:pos + r] = bucket[used]
+                    put(f - r * L, bucket[used:used + 1])
+                    used += 1
+                pos, left = pos + r, 0
+                put(f, bucket[used:])
+    by_row = np.argsort(row_of, kind="stable")
+    members = order[by_row]
+    starts = np.concatenate(([0], np.cumsum(np.bincount(row_of, minlength=rows)))).astype(np.int64)
+    return members, starts
 
 
 def pack(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
@@ -238,13 +258,27 @@ def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
         return _best_fit_decreasing(lengths, max_length)
 
 
-def check_lengths(lengths: Sequence[int], max_length: int) -> None:
+def pack_lengths_flat(lengths: Sequence[int] | np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``pack_lengths`` as two flat arrays, ``(members, starts)``: row r is
+    ``members[starts[r]:starts[r + 1]]`` (what training keeps for an epoch of millions of examples).
+
+        >>> members, starts = pack_lengths_flat([3, 2, 4, 1], max_length=5)
+        >>> members.tolist(), starts.tolist()
+        ([2, 3, 0, 1], [0, 2, 4])
+    """
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    check_lengths(lengths, max_length)
+    return _bfd_arrays(lengths, max_length)
+
+
+def check_lengths(lengths: Sequence[int] | np.ndarray, max_length: int) -> None:
     """What ``pack`` checks of each example, from its length: at least one token, at most ``max_length``."""
     if max_length < 1:
         raise ValueError(f"max_length must be >= 1, got {max_length}")
-    bad = next(((i, n) for i, n in enumerate(lengths) if not 0 < n <= max_length), None)
-    if bad is not None:
-        i, n = bad
+    arr = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    wrong = np.flatnonzero((arr <= 0) | (arr > max_length))
+    if len(wrong):
+        i, n = int(wrong[0]), int(arr[wrong[0]])
         if n == 0:
             raise ValueError(f"example {i}: no tokens; drop empty examples before packing")
         raise ValueError(f"example {i}: {n} tokens > max_length {max_length}; packing never splits an "

@@ -425,11 +425,14 @@ class EpochRows:
     indexing makes ``StoreRow``s on demand, so an epoch of millions of examples costs 8 bytes
     an example."""
 
-    def __init__(self, table, groups: list, order: list[int], scales: np.ndarray | None):
-        sizes = np.asarray([len(groups[r]) for r in order], dtype=np.int64)
+    def __init__(self, table, members: np.ndarray, starts: np.ndarray, order: list[int] | np.ndarray,
+                 scales: np.ndarray | None):
+        """Row ``order[k]`` of the rows ``members[starts[r]:starts[r + 1]]`` becomes row k."""
+        order = np.asarray(order, dtype=np.int64)
+        sizes = (starts[1:] - starts[:-1])[order]
         self.starts = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        flat = [i for r in order for i in groups[r]]
-        self.members = np.asarray(flat, dtype=np.int64)
+        at = np.repeat(starts[:-1][order] - self.starts[:-1], sizes) + np.arange(int(self.starts[-1]), dtype=np.int64)
+        self.members = np.asarray(members, dtype=np.int64)[at]
         self.table, self.scales = table, scales
 
     def __len__(self) -> int:

@@ -67,14 +67,14 @@ class TrainData:
         import numpy as np
 
         from sftlab.tokens.store import ExampleTable
-        from sftlab.train.mixture import MixtureSpec, apply_loss_weights, slice_of
+        from sftlab.train.mixture import MixtureSpec, SliceColumn, apply_loss_weights, slice_of
 
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
                                    loss_weights=dict(m.loss_weights), seed=cfg.seed)
         apply_loss_weights([], self.mixture.loss_weights)  # checks the weights
         self.table = examples if hasattr(examples, "lengths") else ExampleTable(examples)
-        self.slices = self.table.slices
+        self.slices = SliceColumn(self.table.slice_names, self.table.slice_codes)
         scales = [float(self.mixture.loss_weights.get(slice_of(s), 1.0)) for s in self.table.slice_names]
         self.scales = np.asarray(scales) if any(x != 1.0 for x in scales) else None
         if eval_table is None and eval_sets:  # lists of examples per slice, made in code
@@ -97,21 +97,24 @@ class TrainData:
 
     def _build(self, epoch: int) -> tuple[object, dict]:
         """Mixture sample of the epoch -> rows (packed or one per row) -> shuffled."""
-        from sftlab.tokens.packing import check_lengths, pack_lengths
+        import numpy as np
+
+        from sftlab.tokens.packing import check_lengths, pack_lengths_flat
         from sftlab.tokens.store import EpochRows
         from sftlab.train.mixture import realised_mixture
 
         if self._epoch is None or self._epoch[0] != epoch:
-            idx = self.mixture.epoch_indices(self.slices, epoch)
-            lengths = self.table.lengths[idx].tolist() if idx else []
+            idx = np.asarray(self.mixture.epoch_indices(self.slices, epoch), dtype=np.int64)
+            lengths = self.table.lengths[idx]
             if self.cfg.packing.mode == "packed":
-                groups = [[idx[j] for j in g] for g in pack_lengths(lengths, self.cfg.row_length)]
+                members, starts = pack_lengths_flat(lengths, self.cfg.row_length)
+                members = idx[members]
             else:
                 check_lengths(lengths, self.cfg.row_length)
-                groups = [[i] for i in idx]
-            order = list(range(len(groups)))
+                members, starts = idx, np.arange(len(idx) + 1, dtype=np.int64)
+            order = list(range(len(starts) - 1))
             random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(order)
-            rows = EpochRows(self.table, groups, order, self.scales)
+            rows = EpochRows(self.table, members, starts, order, self.scales)
             self._epoch = (epoch, rows, realised_mixture(idx, self.slices))
         return self._epoch[1], self._epoch[2]
 
