@@ -106,6 +106,24 @@ def test_bulk_signatures_equal_datasketch_minhash():
         assert np.array_equal(m.hashvalues, sigs[i])
 
 
+
+def test_bulk_signatures_in_blocks_equal_datasketch_minhash(monkeypatch):
+    """Texts spread over many blocks of the signature computation (one buffer reused), and a text
+    longer than a block (its own array), sign as datasketch does."""
+    from sftlab.data import dedup
+
+    monkeypatch.setattr(dedup, "_SHINGLE_CHUNK", 64)
+    rng = np.random.default_rng(1)
+    texts = [" ".join(f"w{x}" for x in rng.integers(0, 50, n)) for n in [1, 30, 200, 5, 64, 66, 0, 90, 2, 150]]
+    signer = MinHasher(num_perm=64)
+    hashes, starts = signer.shingles(*signer.words(texts))
+    assert np.diff(starts).max() > 64
+    sigs = signer.signatures(hashes, starts)
+    for i in range(len(texts)):
+        m = MinHash(num_perm=64, seed=1, hashfunc=lambda x: x, scheme="affine32")
+        m.update_batch([int(h) for h in hashes[starts[i]:starts[i + 1]]])
+        assert np.array_equal(m.hashvalues, sigs[i]), i
+
 def test_band_prefilter_keeps_every_record_the_datasketch_index_would_pair():
     rng = np.random.default_rng(0)
     base = [" ".join(f"t{k}" for k in rng.integers(0, 300, 40)) for _ in range(60)]

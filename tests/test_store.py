@@ -269,3 +269,43 @@ def test_chunk_words_are_the_words_of_the_joined_texts():
     for name, text in (("conv", conversation_text), ("prompt", prompt_text)):
         words, offsets = signer.words([text(c) for c in convs])
         assert np.array_equal(got[name][0], words) and np.array_equal(got[name][1], offsets), name
+
+
+def test_chunk_counts_are_the_counts_of_stats(tmp_path):
+    """The store's statistics count words, turns, calls and reasoning in one pass over the
+    messages; each count equals what ``stats.word_lengths`` and ``stats.tool_stats`` give."""
+    import numpy as np
+
+    from sftlab.data.chunk_stats import summarise
+    from sftlab.data.conversation import Conversation, Message, ToolCall
+    from sftlab.data.stats import tool_stats, word_lengths
+
+    texts = ["two words", "", "  padded\tboth  ", "中文 mixed", "a\nb c", "\u3000wide\u3000x"]
+    convs = []
+    for i in range(30):
+        msgs = [Message("system", texts[i % 6])] if i % 4 == 0 else []
+        for t in range(1 + i % 3):
+            calls = tuple(ToolCall(f"f{j}", '{"city": "Oslo %d"}' % j) for j in range(i % 3 if t == 0 else 0))
+            msgs += [Message("user", texts[(i + t) % 6]),
+                     Message("assistant", texts[(i * 5 + t) % 6], tool_calls=calls,
+                             reasoning=[None, "", "think it through", " x "][(i + t) % 4])]
+            if calls:
+                msgs.append(Message("tool", "result words", tool_call_id="c"))
+        convs.append(Conversation(tuple(msgs), tools='[{"name": "f0"}]' if i % 5 == 0 else None))
+    summarise(convs, list(range(len(convs))), tmp_path / "s")
+    got = {n: np.load(tmp_path / "s" / f"{n}.npy") for n in
+           ("turns", "prompt_words", "response_words", "calls", "has_tools", "reason_words", "trained_words")}
+    assert got["turns"].tolist() == [len(c.assistant_indices) for c in convs]
+    assert got["prompt_words"].tolist() == [word_lengths(c)[0] for c in convs]
+    assert got["response_words"].tolist() == [word_lengths(c)[1] for c in convs]
+    for c, calls, has, reason, trained in zip(convs, got["calls"], got["has_tools"], got["reason_words"],
+                                              got["trained_words"]):
+        one = tool_stats([c])["slices"]["all"]
+        assert calls == one["calls"]["max"] and bool(has) == bool(one["with_tools"])
+        assistant = [m for m in c.messages if m.role == "assistant"]
+        r = sum(len(m.reasoning.split()) if m.reasoning else 0 for m in assistant)  # tool_stats' words
+        assert reason == r
+        assert trained == r + sum(len(m.content.split()) + sum(1 + len(x.arguments.split()) for x in m.tool_calls)
+                                  for m in assistant)
+        assert one["reasoning_share"] == (round(reason / trained, 6) if trained else 0.0)
+    assert int(got["reason_words"].sum()) > 0 and int(got["calls"].sum()) > 0

@@ -32,7 +32,7 @@ import numpy as np
 
 from sftlab.data.dedup import DEFAULT_NUM_PERM, MinHasher, band_keys, colliding, lsh_index
 from sftlab.data.stats import (COUNTED_FIELDS, MAX_EXAMPLES, NONE, SCHEMA_VERSION, _checks, _r, _warnings,
-                               conversation_text, distribution, prompt_text, word_lengths)
+                               conversation_text, distribution, prompt_text)
 
 NEAR_THRESHOLD = 0.8
 ARRAYS = ("turns", "prompt_words", "response_words", "calls", "has_tools", "reason_words", "trained_words", "lines", "conv_key", "conv_bands", "conv_sigs",
@@ -60,8 +60,10 @@ def _signer_and_ranges(num_perm: int = DEFAULT_NUM_PERM, threshold: float = NEAR
 def warm() -> None:
     """Make the signer and import what ``summarise`` uses (datasketch, pyarrow's compute kernels)
     now: called before worker processes fork, so each inherits them instead of paying again."""
+    import pyarrow as pa
     import pyarrow.compute  # noqa: F401
 
+    pa.array([""], type=pa.large_string())  # its first call imports pandas (pyarrow checks for its types)
     _signer_and_ranges()
 
 
@@ -104,21 +106,35 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     numbers) into the folder ``out``: ``fields.json`` and one ``.npy`` per array of ``ARRAYS``."""
     signer, ranges = _signer_and_ranges()
     arrays: dict[str, np.ndarray] = {"records": np.asarray(records, dtype=np.int64)}
-    arrays["turns"] = np.asarray([len(c.assistant_indices) for c in convs], dtype=np.int32)
-    prompt, response = zip(*map(word_lengths, convs)) if convs else ((), ())
-    calls, has_tools, reason, trained = [], [], [], []
-    for c in convs:  # tool use and reasoning, as sftlab.data.stats.tool_stats counts them
-        k = sum(len(m.tool_calls) for m in c.messages)
-        r = t = 0
+    # One pass over the messages, each content split once: the word counts of
+    # ``stats.word_lengths`` (prompt, response), and tool use and reasoning as
+    # ``stats.tool_stats`` counts them (calls, has_tools, reasoning and trained words).
+    turns, prompt, response, calls, has_tools, reason, trained = [], [], [], [], [], [], []
+    for c in convs:
+        a = k = p = r = t = w = 0
         for m in c.messages:
+            n = len(m.content.split())
             if m.role == "assistant":
-                w = len(m.reasoning.split()) if m.reasoning else 0
-                r += w
-                t += w + len(m.content.split()) + sum(1 + len(x.arguments.split()) for x in m.tool_calls)
+                a += 1
+                r_n = len(m.reasoning.split()) if m.reasoning else 0
+                r += n
+                w += r_n
+                t += r_n + n
+                if m.tool_calls:
+                    k += len(m.tool_calls)
+                    t += sum(1 + len(x.arguments.split()) for x in m.tool_calls)
+            else:
+                p += n
+                if m.tool_calls:
+                    k += len(m.tool_calls)
+        turns.append(a)
+        prompt.append(p)
+        response.append(r)
         calls.append(k)
         has_tools.append(bool(k or c.tools))
-        reason.append(r)
+        reason.append(w)
         trained.append(t)
+    arrays["turns"] = np.asarray(turns, dtype=np.int32)
     arrays["calls"] = np.asarray(calls, dtype=np.int32)
     arrays["has_tools"] = np.asarray(has_tools, dtype=np.int8)
     arrays["reason_words"] = np.asarray(reason, dtype=np.int64)

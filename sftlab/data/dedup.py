@@ -17,7 +17,7 @@ DEFAULT_NUM_PERM = 64
 MINHASH_SEED = 1
 LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
 _UNSPACED_SCRIPT = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # RE2: scripts written without spaces
-_SHINGLE_CHUNK = 1 << 16  # shingles per numpy block of the signature computation (x num_perm)
+_SHINGLE_CHUNK = 1 << 14  # shingles per numpy block of the signature computation (x num_perm: 4 MiB)
 _TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 
 
@@ -104,10 +104,15 @@ class MinHasher:
         n = len(starts) - 1
         out = np.empty((n, self.num_perm), dtype=np.uint32)
         mixed = _fmix32(hashes)
+        # One buffer reused by every block (4 MiB, near the cache), computed in place.
+        buf = np.empty((self.num_perm, _SHINGLE_CHUNK), dtype=np.uint32)
         i = 0
         while i < n:  # blocks of whole texts, about _SHINGLE_CHUNK shingles each
             j = max(int(np.searchsorted(starts, starts[i] + _SHINGLE_CHUNK, side="right")) - 1, i + 1)
-            block = self._a * mixed[None, starts[i]:starts[j]] + self._b  # [num_perm, shingles]
+            m = int(starts[j] - starts[i])
+            block = buf[:, :m] if m <= _SHINGLE_CHUNK else np.empty((self.num_perm, m), dtype=np.uint32)
+            np.multiply(self._a, mixed[None, starts[i]:starts[j]], out=block)  # [num_perm, shingles]
+            np.add(block, self._b, out=block)
             out[i:j] = np.minimum.reduceat(block, starts[i:j] - starts[i], axis=1).T
             i = j
         return out

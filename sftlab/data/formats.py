@@ -71,6 +71,7 @@ _LAYOUT_KEYS = {
 _CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _LAYOUT_KEYS.items()}
 _ROLE_LIST = ", ".join(ROLES)
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_REASONING_SET = frozenset(_REASONING_KEYS)
 _DEFAULT_COLUMNS: Columns
 
 
@@ -208,6 +209,8 @@ def _check_unicode(messages: list[Message], fmt: str) -> None:
     """Refuse a record whose text holds an unpaired surrogate (see ``unpaired_surrogate``), naming
     the message."""
     for i, m in enumerate(messages):
+        if m.reasoning is None and not m.tool_calls and m.content.isascii():
+            continue  # ASCII holds no surrogate
         texts = [("content", m.content)]
         if m.reasoning is not None:
             texts.append(("reasoning_content", m.reasoning))
@@ -318,6 +321,8 @@ def _optional_str(m: dict, key: str, base: str, index: int) -> str | None:
 
 def _reasoning(m: dict, base: str, index: int) -> str | None:
     """The message's reasoning under any of its spellings (they must agree when several are given)."""
+    if _REASONING_SET.isdisjoint(m):  # the usual message: no reasoning under any spelling
+        return None
     found = None
     for key in _REASONING_KEYS:
         value = m.get(key)

@@ -350,12 +350,14 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
     if encoding is not None and not enc._injected(layout):
         ids = encoding.ids
         weights = _weights_by_char(encoding, len(ids), layout, trained)
-        offsets = encoding.offsets
     if weights is None:
         ids, offsets = enc.tokenize(layout, encoding)
         weights = loss_weights(enc.weights(offsets, layout, trained))
     n_trained = len(weights) - weights.count(0.0)
-    trace = Trace(layout, offsets, messages) if _KEEP_TRACE.get() else None
+    keep_trace = _KEEP_TRACE.get()
+    if offsets is None and (keep_trace or (layout.reasoning_spans and n_trained)):
+        offsets = encoding.offsets  # a list of tuples per token: made only where it is read
+    trace = Trace(layout, offsets, messages) if keep_trace else None
     n_reasoning = 0
     if layout.reasoning_spans and n_trained:
         spans = [(a, b) for _, a, b in layout.reasoning_spans]

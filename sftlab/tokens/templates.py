@@ -101,15 +101,19 @@ class ChatTemplate:
         ``tool_call_id`` and ``name``; ``tools`` are the JSON-schema function definitions. A Jinja
         template receives them exactly so; a built-in format renders them in its tool format
         (``sftlab.tokens.tool_formats``) or refuses them."""
-        messages = [{**{k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None},
+        # A built-in format only reads them: a message of role and text content only (the usual
+        # one) is taken as it is. A Jinja template gets copies.
+        builtin = self._format is not None
+        messages = [m if builtin and len(m) == 2 and "role" in m and type(m.get("content")) is str else
+                    {**{k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None},
                      "role": m["role"], "content": text_content(m.get("content"))} for m in messages]
         tools = tools or None
         if self._format is not None:
             from sftlab.tokens.tool_formats import flatten
 
             flat = flatten(self.name, messages, tools)
-            layout = _format_layout(self._format, [{"role": m["role"], "content": m["content"]} for m in flat],
-                                    self.special.get("eos_token") or "", add_generation_prompt)
+            layout = _format_layout(self._format, flat, self.special.get("eos_token") or "",
+                                    add_generation_prompt)  # it reads role and content only
             if flat is not messages:  # spans: each message's own content within the text written for it
                 import dataclasses
 
