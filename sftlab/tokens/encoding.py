@@ -657,6 +657,7 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
     """Fill ``results`` with each conversation's example (a list of them where ``turns`` or
     ``overflow`` made more than one), or the reason it is quarantined."""
     long: dict[int, _Truncation] = {}
+    full: dict[int, object] = {}  # the encodings of the truncated ones
     extra: dict[int, list[EncodedExample]] = {}
     for j, encoding in zip(layouts, encodings):
         conv = chunk[j]
@@ -670,6 +671,7 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
             ex = _build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
             if max_length is not None and len(ex) > max_length:
                 long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length, skip)
+                full[j] = encoding
             else:
                 results[j] = _with_extra(_check_trained(ex), extra.get(j))
         except (EncodingError, TemplateError) as e:
@@ -682,8 +684,11 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
                 firsts[j] = t.layout(enc, t.k)
             except TemplateError as e:
                 results[j] = _reason(e)
-    batch = enc.backend.encode_batch([firsts[j].text for j in firsts], add_special_tokens=False)
-    encoded = dict(zip(firsts, batch))
+    # A candidate that is the full text with whole exchanges cut out between two equal special
+    # tokens is read from the full encoding (``_splice``); the others are tokenized in one batch.
+    encoded = {j: sp for j in firsts if (sp := _splice(enc, layouts[j], full[j], firsts[j])) is not None}
+    rest = [j for j in firsts if j not in encoded]
+    encoded.update(zip(rest, enc.backend.encode_batch([firsts[j].text for j in rest], add_special_tokens=False)))
     for j, t in long.items():
         if results[j] is not None:
             continue
@@ -694,6 +699,83 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
             results[j] = _with_extra(parts[0], parts[1:] + extra.get(j, []))
         except (EncodingError, TemplateError) as e:
             results[j] = _reason(e)
+
+
+class _Spliced:
+    """The encoding of ``text[:s] + text[s + d:]`` read from the encoding ``full`` of ``text``,
+    where token ``ia`` of ``full`` starts at ``s`` and token ``ib`` at ``s + d`` (see ``_splice``):
+    ``ids``, ``offsets`` and ``char_to_token`` as the tokenizer's own encoding of that text gives them."""
+    __slots__ = ("ids", "_full", "_s", "_d", "_ia", "_shift")
+
+    def __init__(self, full, ids: list[int], s: int, d: int, ia: int, ib: int):
+        self.ids = ids[:ia] + ids[ib:]
+        self._full, self._s, self._d, self._ia, self._shift = full, s, d, ia, ib - ia
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        offsets, d = self._full.offsets, self._d
+        return offsets[:self._ia] + [(a - d, b - d) for a, b in offsets[self._ia + self._shift:]]
+
+    def char_to_token(self, pos: int, sequence_index: int = 0):
+        if pos < self._s:
+            return self._full.char_to_token(pos)
+        k = self._full.char_to_token(pos + self._d)
+        return None if k is None else k - self._shift
+
+
+def _splice_ids(enc: _Encoder) -> frozenset:
+    """Ids of the added tokens at which a text can be cut and its encoding spliced: special,
+    matched as written (not normalised, no stripping of the whitespace around them, not only as a
+    whole word) and inside no other added token. The tokenizer splits its input at every added
+    token before normalising and pre-tokenizing, and tokenizes each piece between them on its own,
+    so such a token is found, and the pieces around it tokenized, whatever precedes or follows it.
+    Empty (no splicing) for a model that samples its merges (BPE dropout)."""
+    found = enc.__dict__.get("_splice_ids")
+    if found is None:
+        added = enc.backend.get_added_tokens_decoder()
+        contents = [t.content for t in added.values()]
+        found = frozenset(i for i, t in added.items()
+                          if t.special and t.content and not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+                          and not any(t.content in u and u != t.content for u in contents))
+        if getattr(enc.backend.model, "dropout", None):
+            found = frozenset()
+        enc._splice_ids = found
+    return found
+
+
+def _splice(enc: _Encoder, layout: Layout, full, candidate: Layout) -> _Spliced | None:
+    """The encoding of ``candidate`` (a truncation candidate) read from ``full``, the encoding of
+    ``layout``, when the candidate's text is the full text with one stretch cut out that starts
+    where a splicing token (``_splice_ids``) starts and ends where the same token starts again:
+    the kept pieces are tokenized exactly as in the full text. ``None`` otherwise (the candidate
+    is then tokenized on its own)."""
+    text, cand = layout.text, candidate.text
+    d = len(text) - len(cand)
+    specials = _splice_ids(enc)
+    if d <= 0 or not specials or enc._injected(layout):
+        return None
+    lo, hi = 0, len(cand)  # the longest common prefix, by halving (slices compare in C)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if text[:mid] == cand[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    ids = full.ids
+    at: dict[int, tuple[int, int]] = {}  # start -> (token index, id) of the splicing tokens
+    for k, i in enumerate(ids):
+        if i in specials:
+            at[full.token_to_chars(k)[0]] = (k, i)
+    cuts = [s for s in at if s <= lo and s + d in at and at[s + d][1] == at[s][1]]
+    if not cuts:
+        return None
+    s = max(cuts)
+    ia, ib = at[s][0], at[s + d][0]
+    if (ia and full.token_to_chars(ia - 1)[1] > s) or full.token_to_chars(ib - 1)[1] > s + d:
+        return None
+    if text[s + d:] != cand[s:]:  # text[:s] == cand[:s]: s is within the common prefix
+        return None
+    return _Spliced(full, ids, s, d, ia, ib)
 
 
 def _with_extra(ex: EncodedExample, extra: list[EncodedExample] | None):
