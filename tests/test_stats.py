@@ -124,6 +124,20 @@ def test_bulk_signatures_in_blocks_equal_datasketch_minhash(monkeypatch):
         m.update_batch([int(h) for h in hashes[starts[i]:starts[i + 1]]])
         assert np.array_equal(m.hashvalues, sigs[i]), i
 
+
+def test_ascii_texts_have_the_words_of_the_general_path():
+    """A block of ASCII texts is lowercased as ASCII without the unspaced-script pass; its words
+    are the ones the general path gives them (one non-ASCII text in the block takes that path)."""
+    ascii_texts = ["Hello WORLD", "", "  tabs\tand\nlines  ", "".join(f"W{c}{chr(c)}" for c in range(128)),
+                   "x\x1cy\x1dz\x1e\x1fEND", "MiXeD 123 !? [ok]"]
+    signer = MinHasher(num_perm=64)
+    fast, fast_offsets = signer.words(ascii_texts)
+    general, offsets = signer.words(ascii_texts + ["é 中文"])
+    assert np.array_equal(fast_offsets, offsets[:len(ascii_texts) + 1])
+    assert np.array_equal(fast, general[:len(fast)])
+    # and a block with other text is not taken for ASCII: lowercased in full, unspaced scripts split
+    assert np.array_equal(signer.words(["ÉCOLE 中文", "A"])[0], signer.words(["école 中 文", "a"])[0])
+
 def test_band_prefilter_keeps_every_record_the_datasketch_index_would_pair():
     rng = np.random.default_rng(0)
     base = [" ".join(f"t{k}" for k in rng.integers(0, 300, 40)) for _ in range(60)]

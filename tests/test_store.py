@@ -280,14 +280,17 @@ def test_chunk_counts_are_the_counts_of_stats(tmp_path):
     from sftlab.data.conversation import Conversation, Message, ToolCall
     from sftlab.data.stats import tool_stats, word_lengths
 
-    texts = ["two words", "", "  padded\tboth  ", "中文 mixed", "a\nb c", "\u3000wide\u3000x"]
+    # ASCII text is counted from the statistics' own split: every ASCII whitespace character is here
+    texts = ["two words", "", "  padded\tboth  ", "中文 mixed", "a\nb c", "\u3000wide\u3000x",
+             "".join(f"w{c}{chr(c)}" for c in range(33)) + "W\x7fX", "\x1c\x1d", "x\x1ey\x1fz\x0bq\x0cr\rs",
+             "ΟΔΟΣ \u2028 ok\u0085fin\u00a0nb"]
     convs = []
-    for i in range(30):
-        msgs = [Message("system", texts[i % 6])] if i % 4 == 0 else []
+    for i in range(40):
+        msgs = [Message("system", texts[i % 10])] if i % 4 == 0 else []
         for t in range(1 + i % 3):
             calls = tuple(ToolCall(f"f{j}", '{"city": "Oslo %d"}' % j) for j in range(i % 3 if t == 0 else 0))
-            msgs += [Message("user", texts[(i + t) % 6]),
-                     Message("assistant", texts[(i * 5 + t) % 6], tool_calls=calls,
+            msgs += [Message("user", texts[(i + t) % 10]),
+                     Message("assistant", texts[(i * 7 + t) % 10], tool_calls=calls,
                              reasoning=[None, "", "think it through", " x "][(i + t) % 4])]
             if calls:
                 msgs.append(Message("tool", "result words", tool_call_id="c"))

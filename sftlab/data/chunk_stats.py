@@ -98,7 +98,19 @@ def _text_words(signer: MinHasher, convs: list) -> dict[str, tuple[np.ndarray, n
     user = np.fromiter((m.role == "user" for m in messages), bool, len(messages))
     user_words = np.concatenate(([0], np.cumsum(np.where(user, n, 0)))).astype(np.int64)
     prompt = words[np.repeat(user, n)], user_words[msg_bounds]
-    return {"conv": conv, "prompt": prompt}
+    return {"conv": conv, "prompt": prompt, "split": _split_counts(messages, n)}
+
+
+def _split_counts(messages: list, n: np.ndarray) -> np.ndarray:
+    """``len(m.content.split())`` of every message, from ``n``, the number of its normalised words
+    (``signer.words``): for ASCII text the two are equal (str.split and Arrow's whitespace
+    split break at the same ASCII characters, and lowercasing moves no boundary); other text is
+    split here."""
+    counts = n.astype(np.int64)
+    for k, m in enumerate(messages):
+        if not m.content.isascii():
+            counts[k] = len(m.content.split())
+    return counts
 
 
 def summarise(convs: list, records: list[int], out: Path) -> None:
@@ -106,35 +118,31 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     numbers) into the folder ``out``: ``fields.json`` and one ``.npy`` per array of ``ARRAYS``."""
     signer, ranges = _signer_and_ranges()
     arrays: dict[str, np.ndarray] = {"records": np.asarray(records, dtype=np.int64)}
-    # One pass over the messages, each content split once: the word counts of
-    # ``stats.word_lengths`` (prompt, response), and tool use and reasoning as
-    # ``stats.tool_stats`` counts them (calls, has_tools, reasoning and trained words).
-    turns, prompt, response, calls, has_tools, reason, trained = [], [], [], [], [], [], []
-    for c in convs:
-        a = k = p = r = t = w = 0
-        for m in c.messages:
-            n = len(m.content.split())
+    # Word counts of ``stats.word_lengths`` (prompt, response) and tool use and reasoning as
+    # ``stats.tool_stats`` counts them (calls, has_tools, reasoning and trained words), summed
+    # per conversation from each message's count; calls and reasoning (rare) counted in Python.
+    texts = _text_words(signer, convs)
+    split = texts.pop("split")
+    messages = [m for c in convs for m in c.messages]
+    conv_of = np.repeat(np.arange(len(convs)), [len(c.messages) for c in convs])
+    assistant = np.fromiter((m.role == "assistant" for m in messages), bool, len(messages))
+
+    def per_conv(values) -> np.ndarray:
+        return np.bincount(conv_of, weights=values, minlength=len(convs)).astype(np.int64)
+
+    turns, response = per_conv(assistant), per_conv(np.where(assistant, split, 0))
+    prompt = per_conv(np.where(assistant, 0, split))
+    calls, reason, trained = [0] * len(convs), [0] * len(convs), response.tolist()
+    for k, m in enumerate(messages):
+        if m.tool_calls or m.reasoning:
+            c = int(conv_of[k])
+            calls[c] += len(m.tool_calls)
             if m.role == "assistant":
-                a += 1
-                r_n = len(m.reasoning.split()) if m.reasoning else 0
-                r += n
-                w += r_n
-                t += r_n + n
-                if m.tool_calls:
-                    k += len(m.tool_calls)
-                    t += sum(1 + len(x.arguments.split()) for x in m.tool_calls)
-            else:
-                p += n
-                if m.tool_calls:
-                    k += len(m.tool_calls)
-        turns.append(a)
-        prompt.append(p)
-        response.append(r)
-        calls.append(k)
-        has_tools.append(bool(k or c.tools))
-        reason.append(w)
-        trained.append(t)
-    arrays["turns"] = np.asarray(turns, dtype=np.int32)
+                w = len(m.reasoning.split()) if m.reasoning else 0
+                reason[c] += w
+                trained[c] += w + sum(1 + len(x.arguments.split()) for x in m.tool_calls)
+    has_tools = [bool(k or c.tools) for k, c in zip(calls, convs)]
+    arrays["turns"] = turns.astype(np.int32)
     arrays["calls"] = np.asarray(calls, dtype=np.int32)
     arrays["has_tools"] = np.asarray(has_tools, dtype=np.int8)
     arrays["reason_words"] = np.asarray(reason, dtype=np.int64)
@@ -143,7 +151,7 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     arrays["response_words"] = np.asarray(response, dtype=np.int32)
     arrays["lines"] = np.asarray([c.origin.line if c.origin and c.origin.line is not None else -1
                                   for c in convs], dtype=np.int64)
-    for name, (words, offsets) in _text_words(signer, convs).items():
+    for name, (words, offsets) in texts.items():
         keys = signer.keys(words, offsets)
         arrays[f"{name}_key"] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
         sh, st = signer.shingles(words, offsets)

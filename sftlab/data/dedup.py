@@ -49,10 +49,14 @@ class MinHasher:
 
         if not len(texts):
             return np.zeros(0, np.uint64), np.zeros(1, np.int64)
-        lowered = pc.utf8_lower(pa.array(texts, type=pa.large_string()))
-        # Chinese and Japanese are written without spaces: each of their characters counts as a
-        # word, so shingles over them are character shingles and near-copies are found there too.
-        lowered = pc.replace_substring_regex(lowered, _UNSPACED_SCRIPT, r" \1 ")
+        texts = pa.array(texts, type=pa.large_string())
+        if pc.all(pc.string_is_ascii(texts)).as_py():  # lowercased as ASCII, no unspaced script
+            lowered = pc.ascii_lower(texts)
+        else:
+            lowered = pc.utf8_lower(texts)
+            # Chinese and Japanese are written without spaces: each of their characters counts as a
+            # word, so shingles over them are character shingles and near-copies are found there too.
+            lowered = pc.replace_substring_regex(lowered, _UNSPACED_SCRIPT, r" \1 ")
         # The split yields "" words where a text starts or ends with whitespace (or is empty).
         words = pc.utf8_split_whitespace(lowered)
         offsets = words.offsets.to_numpy().astype(np.int64)
