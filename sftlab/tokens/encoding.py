@@ -37,6 +37,8 @@ import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
 from sftlab.data.conversation import REASONING_MODES, Conversation, Message, Origin, template_messages, unpaired_surrogate
@@ -353,7 +355,7 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
     if weights is None:
         ids, offsets = enc.tokenize(layout, encoding)
         weights = loss_weights(enc.weights(offsets, layout, trained))
-    n_trained = len(weights) - weights.count(0.0)
+    n_trained = int(np.count_nonzero(np.frombuffer(weights, dtype=np.float32)))  # weights != 0, in C
     keep_trace = _KEEP_TRACE.get()
     if offsets is None and (keep_trace or (layout.reasoning_spans and n_trained)):
         offsets = encoding.offsets  # a list of tuples per token: made only where it is read
@@ -752,7 +754,7 @@ def _splice(enc: _Encoder, layout: Layout, full, candidate: Layout) -> _Spliced 
     text, cand = layout.text, candidate.text
     d = len(text) - len(cand)
     specials = _splice_ids(enc)
-    if d <= 0 or not specials or enc._injected(layout):
+    if d <= 0 or not specials or enc.special_re is None or enc._injected(layout):
         return None
     lo, hi = 0, len(cand)  # the longest common prefix, by halving (slices compare in C)
     while lo < hi:
@@ -763,9 +765,10 @@ def _splice(enc: _Encoder, layout: Layout, full, candidate: Layout) -> _Spliced 
             hi = mid - 1
     ids = full.ids
     at: dict[int, tuple[int, int]] = {}  # start -> (token index, id) of the splicing tokens
-    for k, i in enumerate(ids):
-        if i in specials:
-            at[full.token_to_chars(k)[0]] = (k, i)
+    for m in enc.special_re.finditer(text):  # where the template wrote a special token (none in content)
+        k = full.char_to_token(m.start())
+        if k is not None and ids[k] in specials and full.token_to_chars(k)[0] == m.start():
+            at[m.start()] = (k, ids[k])
     cuts = [s for s in at if s <= lo and s + d in at and at[s + d][1] == at[s][1]]
     if not cuts:
         return None
