@@ -221,3 +221,23 @@ def test_no_splice_where_later_turns_render_differently(monkeypatch):
     assert sum(e.dropped_turns > 0 for e in with_splice[0]) >= 5
     monkeypatch.setattr(E, "_splice", lambda *a: None)
     assert encode_all(convs, tok, None, max_length=160) == with_splice
+
+
+def test_plain_messages_read_as_the_general_path_reads_them():
+    """A message of a known role and text only is read directly; it equals what the general path
+    makes of it (forced here by a field that changes nothing), and any other message still goes
+    through every check."""
+    from sftlab.data.formats import RecordError, to_conversation
+
+    for role in ("system", "user", "assistant", "tool"):
+        for content in ("text", "", "caf\u00e9"):
+            plain = to_conversation({"messages": [{"role": role, "content": content}]}).messages[0]
+            general = to_conversation({"messages": [{"role": role, "content": content, "train": None}]}).messages[0]
+            assert plain == general and plain.train is None and plain.tool_calls == () and plain.reasoning is None
+    human = to_conversation({"messages": [{"role": "human", "content": "hi"}, {"role": "gpt", "content": "yo"}]})
+    assert [m.role for m in human.messages] == ["user", "assistant"]
+    for bad in ({"role": ["user"], "content": "x"}, {"role": "user", "content": 3}, {"role": "robot", "content": "x"}):
+        with pytest.raises(RecordError):
+            to_conversation({"messages": [bad, {"role": "assistant", "content": "a"}]})
+    with pytest.raises(RecordError, match="surrogate"):
+        to_conversation({"messages": [{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "a"}]})

@@ -72,6 +72,7 @@ _CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _
 _ROLE_LIST = ", ".join(ROLES)
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _REASONING_SET = frozenset(_REASONING_KEYS)
+_ROLE_SET = frozenset(ROLES)
 _DEFAULT_COLUMNS: Columns
 
 
@@ -260,6 +261,9 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
                           field=f"{base}[{pos}]", message_index=pos + offset)
+    role = m.get("role")
+    if len(m) == 2 and columns is None and type(role) is str and role in _ROLE_SET and type(m.get("content")) is str:
+        return Message(role, m["content"])  # the usual message: role and text, nothing else to check
     calls: tuple[ToolCall, ...] = ()
     if columns is not None:
         role, content, content_key = _mapped_message(m, pos, base, offset, columns)
