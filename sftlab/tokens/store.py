@@ -724,11 +724,11 @@ def _encode_chunk(task: _Task, items: list | None = None) -> dict:
             convs.append(conv)
             recs.append(rec)
             rec_of[(task.name, line)] = rec
-            h.update(_canonical([line, conv.to_dict()]).encode("utf-8", "surrogatepass") + b"\n")
+            h.update(_normalised(line, raw, conv))
         else:
             entry = quarantine_entry(task.name, line, raw, problem, file_line).to_dict()
             quarantine.append({"_rec": rec, "stage": "load", **entry})
-            h.update(_canonical([line, {"quarantined": raw}]).encode("utf-8", "surrogatepass") + b"\n")
+            h.update(_normalised(line, raw, None))
     examples, enc_q = encode_all(convs, ctx["tokenizer"], ctx["template"], **ctx["options"])
     for e in enc_q:
         quarantine.append({"_rec": rec_of[(e["file"], e["line"])], **e})
@@ -759,6 +759,21 @@ def _encode_chunk(task: _Task, items: list | None = None) -> dict:
             "kept": task.count - other.records, "other_sha256": other.sha256()}
 
 
+def _normalised(line, raw, conv) -> bytes:
+    """A record as the key hashes it: its line and ``conv.to_dict()``, or its raw content where it
+    was quarantined while loading (``conv`` None)."""
+    return _canonical([line, conv.to_dict() if conv is not None else {"quarantined": raw}]).encode(
+        "utf-8", "surrogatepass") + b"\n"
+
+
+def _task_of(tasks: list[_Task]):
+    """``rec -> index of the task holding record rec``: tasks hold consecutive record ranges, in order."""
+    import bisect
+
+    firsts = [t.rec0 for t in tasks]
+    return lambda rec: bisect.bisect_right(firsts, rec) - 1
+
+
 class _OtherSide:
     """With ``data.eval_split`` (``_CTX["sides"]``): the records of a chunk that belong to the
     other side. They are hashed (the key covers the whole input) and their ids kept for the
@@ -781,8 +796,7 @@ class _OtherSide:
         if held == (self.side == "heldout"):
             return False
         self.records += 1
-        self._h.update(_canonical([line, conv.to_dict() if conv is not None else {"quarantined": raw}])
-                       .encode("utf-8", "surrogatepass") + b"\n")
+        self._h.update(_normalised(line, raw, conv))
         if conv is not None and conv.id is not None:
             self.ids.append((conv.id, rec, line, 0))
         return True
@@ -948,10 +962,11 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
 
     dirs = [root / f"chunk-{t.chunk:05d}" for t in tasks]
     excluded, dup_entries, excluded_fields, moved = _duplicate_ids(dirs, tasks, paths, policy)
-    by_chunk: dict[int, set[int]] = {}
+    task_of, by_chunk, dup_by_chunk = _task_of(tasks), {}, {}
     for rec in excluded:
-        c = next(k for k, t in enumerate(tasks) if t.rec0 <= rec < t.rec0 + t.count)
-        by_chunk.setdefault(c, set()).add(rec)
+        by_chunk.setdefault(task_of(rec), set()).add(rec)
+    for e in dup_entries:
+        dup_by_chunk.setdefault(task_of(e["_rec"]), []).append(e)
     for c, drop in by_chunk.items():
         _filter_chunk(dirs[c], drop)
     # quarantine: the load stage of every chunk, then the encode stage (as load_files + encode_all order them)
@@ -969,7 +984,7 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
             for c, d in enumerate(dirs):
                 entries = [json.loads(x) for x in (d / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()]
                 if stage == "load":
-                    entries += [e for e in dup_entries if tasks[c].rec0 <= e["_rec"] < tasks[c].rec0 + tasks[c].count]
+                    entries += dup_by_chunk.get(c, [])
                     entries.sort(key=lambda e: e["_rec"])
                 for e in entries:
                     if e.get("stage") != stage or (stage == "encode" and e["_rec"] in excluded):
@@ -1103,12 +1118,11 @@ def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], poli
     here = {int(all_recs[i]) for i in dups if all_here[i]}
     sides = _CTX.get("sides") or [None] * len(paths)
 
-    def where(rec: int) -> tuple[int, _Task]:
-        return next((k, t) for k, t in enumerate(tasks) if t.rec0 <= rec < t.rec0 + t.count)
-
+    task_of = _task_of(tasks)
     report, moved = set(), {}
     for rec in excluded:
-        k, t = where(rec)
+        k = task_of(rec)
+        t = tasks[k]
         side = sides[t.input]
         if side != "heldout":
             report.add(rec)
@@ -1117,7 +1131,7 @@ def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], poli
     entries, field_counts = [], []
     by_task: dict[int, list[int]] = {}
     for rec in sorted(report | here):
-        by_task.setdefault(where(rec)[0], []).append(rec)
+        by_task.setdefault(task_of(rec), []).append(rec)
     for k, wanted in by_task.items():
         t, wanted = tasks[k], set(wanted)
         for j, item in enumerate(_items(t, paths, _CTX["max_bytes"])):
@@ -1126,7 +1140,7 @@ def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], poli
                 continue
             conv = validate_record(raw, Origin(t.name, line), policy, _CTX["columns"][t.input])
             if rec in report:
-                first = where(first_of[rec])[1]
+                first = tasks[task_of(first_of[rec])]
                 error = duplicate_id_error(conv.id, Origin(first.name, line_of[first_of[rec]]))
                 entries.append({"_rec": rec, "stage": "load",
                                 **quarantine_entry(t.name, line, raw, error, item[3] if len(item) > 3 else None).to_dict()})
