@@ -90,11 +90,9 @@ def run(args) -> int:
     return 0 if stats["passed"] else 1
 
 
-_STORE_THRESHOLD = 0.8  # sftlab.data.chunk_stats.NEAR_THRESHOLD: the store's LSH bands are built for it
-
-
 def _config_stats(args) -> dict[str, Any]:
     """The statistics of a training config's data, from its prepared stores (``RUN/data/stats.json``'s)."""
+    from sftlab.data.chunk_stats import NEAR_THRESHOLD  # the store's LSH bands are built for it
     from sftlab.train.config import load_config
     from sftlab.train.data import prepare_stores, store_stats
     from sftlab.train.loop import load_tokenizer_and_template
@@ -104,7 +102,7 @@ def _config_stats(args) -> dict[str, Any]:
         ("--heldout", args.heldout, None), ("--policy", args.policy, None), ("--tokenizer", args.tokenizer, None),
         ("--template", args.template, None), ("--max-length", args.max_length, None), ("--turns", args.turns, "whole"),
         ("--overflow", args.overflow, "drop"), ("--reasoning", args.reasoning, "keep"),
-        ("--near-threshold", args.near_threshold, _STORE_THRESHOLD)) if value != default]
+        ("--near-threshold", args.near_threshold, NEAR_THRESHOLD)) if value != default]
     if given:
         raise UsageError(f"{', '.join(given)}: with a config, the data, policy, tokenizer, template and encoding "
                          f"come from {config} (override them as key=value, e.g. encoding.max_length=512)")
@@ -119,14 +117,15 @@ def _config_stats(args) -> dict[str, Any]:
 
 def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
+    from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
     from sftlab.tokens.store import Spool, prepare
     from sftlab.tokens.templates import TemplateError, get_template
     from sftlab.train.data import store_stats
 
-    if args.near_threshold != _STORE_THRESHOLD:
+    if args.near_threshold != NEAR_THRESHOLD:
         raise UsageError(f"--near-threshold {args.near_threshold}: with --tokenizer the statistics come from the "
-                         f"prepared-data store, which measures near duplicates at {_STORE_THRESHOLD}; leave out "
+                         f"prepared-data store, which measures near duplicates at {NEAR_THRESHOLD}; leave out "
                          "--tokenizer to count words at another threshold")
     policy = load_policy(args.policy) if args.policy else None
     tokenizer = _tokenizer(args.tokenizer)

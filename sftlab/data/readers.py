@@ -197,7 +197,7 @@ def _read_jsonl(f: Any, max_bytes: int, sniff: bool = True, first_line: int = 1)
             if sniff:
                 blank.append(raw)
             continue
-        if sniff and text.lstrip().startswith("{") and not _complete_json(text):
+        if sniff and _opens_an_object(text):
             # Perhaps a .json file holding one pretty-printed object, not JSONL.
             yield from _read_single_object(b"".join(blank) + raw + f.read(), max_bytes)
             return
@@ -240,7 +240,7 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
                         text = None
                     if text is not None and (not text or text.isspace()):
                         continue
-                    if sniff and text is not None and text.lstrip().startswith("{") and not _complete_json(text):
+                    if sniff and text is not None and _opens_an_object(text):
                         return None  # one pretty-printed object, not JSONL
             sniff = False
             if count == 0:
@@ -281,6 +281,12 @@ def _parse_line(lineno: int, text: str) -> RawItem:
     if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(obj):
         return lineno, obj, _too_deep_error()
     return lineno, obj, None
+
+
+def _opens_an_object(text: str) -> bool:
+    """A first line that starts an object it does not close: the input is one pretty-printed
+    object, not JSONL (``_read_jsonl`` and ``jsonl_starts`` decide it alike)."""
+    return text.lstrip().startswith("{") and not _complete_json(text)
 
 
 def _complete_json(text: str) -> bool:

@@ -15,6 +15,7 @@ Modes (settings in ``MODES``):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -75,8 +76,6 @@ def _idle_cores(seconds: float = 1.0) -> float | None:
     """Cores left idle by everything else over the next ``seconds`` (``/proc/stat``), or ``None``
     where that cannot be read. Measured now, not over the last minute: the load average still
     counts the demo's own set-up (installing, validating) and then reads "busy" on a quiet machine."""
-    import time
-
     def sample():
         with open("/proc/stat", encoding="ascii") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -88,8 +87,6 @@ def _idle_cores(seconds: float = 1.0) -> float | None:
         idle1, total1 = sample()
     except (OSError, ValueError, IndexError):
         return None
-    import os
-
     return (os.cpu_count() or 1) * (idle1 - idle0) / max(1, total1 - total0)
 
 
@@ -98,8 +95,6 @@ def _threads() -> int:
     scheduler takes a core away: 2-4x slower), else every core. Busy: less than all but half a core
     idle right now (or, where that cannot be measured, a load average of at least cores - 1).
     Returns the choice."""
-    import os
-
     import torch
 
     cores = os.cpu_count() or 1
@@ -107,7 +102,7 @@ def _threads() -> int:
     if idle is not None:
         busy = cores <= 4 and idle < cores - 0.5
     else:
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 1 and cores <= 4
+        busy = cores <= 4 and hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 1
     torch.set_num_threads(1 if busy else cores)
     return torch.get_num_threads()
 
