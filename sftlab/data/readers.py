@@ -61,11 +61,7 @@ def check_readable(p: Path) -> None:
         return
     if not stat.S_ISREG(st.st_mode):
         return  # a pipe or FIFO: opening it here would take (or wait for) data read later
-    try:
-        with open(p, "rb"):
-            pass
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+    open_input(p).close()
 
 
 def _is_saved_dataset(p: Path) -> bool:
@@ -99,11 +95,7 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
         yield from _read_dataset(p, max_bytes)
         return
     name = str(p)
-    try:
-        f = open(p, "rb")
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
-    with f:
+    with open_input(p) as f:
         head = _head(f)
         stream = io.BufferedReader(_Prefixed(head, f), buffer_size=1 << 16)
         kind = _format(p, head)
@@ -257,13 +249,17 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
 def read_jsonl_at(p: Path, offset: int, line: int, max_bytes: int) -> Iterator[RawItem]:
     """The items of the JSONL file ``p`` from byte ``offset``, where line ``line`` starts (an
     offset from ``jsonl_starts``); a generator that keeps its file open while it is read."""
-    try:
-        f = open(p, "rb")
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
-    with f:
+    with open_input(p) as f:
         f.seek(offset)
         yield from _read_jsonl(f, max_bytes, sniff=False, first_line=line)
+
+
+def open_input(p: Path):
+    """``open(p, "rb")``, or a ``UsageError`` that names the file and why it cannot be read."""
+    try:
+        return open(p, "rb")
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
 
 
 def _parse_line(lineno: int, text: str) -> RawItem:

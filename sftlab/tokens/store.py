@@ -562,13 +562,16 @@ class Spool:
             dest = self.root / str(len(self.copies)) / (Path(p).name or "input")
             dest.parent.mkdir()
             h = hashlib.sha256(b"\0")
-            try:
-                with open(p, "rb") as src, open(dest, "wb") as out:
-                    for block in iter(lambda: src.read(1 << 22), b""):
-                        h.update(block)
-                        out.write(block)
-            except OSError as e:
-                raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+            from sftlab.data.readers import open_input
+
+            with open_input(p) as src:
+                try:
+                    with open(dest, "wb") as out:
+                        for block in iter(lambda: src.read(1 << 22), b""):
+                            h.update(block)
+                            out.write(block)
+                except OSError as e:
+                    raise UsageError(f"{p}: cannot copy it into {dest.parent}: {e.strerror or e}") from None
             h.update(b"\0")
             self.copies[str(p)] = (dest, h.hexdigest())
         return self.copies[str(p)]
