@@ -236,3 +236,31 @@ def test_flat_packing_refuses_what_pack_refuses():
         pack_lengths_flat([3, 8, 9], 8)
     with pytest.raises(ValueError, match="example 0: no tokens"):
         pack_lengths_flat([0, 1], 8)
+
+
+# TRL's own expectations for its best-fit-decreasing packer (huggingface/trl, tests/test_data_utils.py,
+# class TestPackDatasetBfd, commit f2cd57710ae345ea6428ae95363267fcf38a3dc8, Apache-2.0). Each case:
+# the example lengths TRL packs (after its own handling of overlong and empty sequences, which
+# sftlab does not do: it encodes with the row length and drops nothing silently), the row length,
+# and TRL's expected rows as positions into those lengths.
+TRL_BFD_CASES = {
+    "test_with_dataset": ([3, 4, 1], 4, [[1], [0, 2]]),
+    "test_with_overlong_0 (5 split into 4 + 1)": ([4, 1, 2, 4, 1], 4, [[0], [3], [2, 1, 4]]),
+    "test_with_overlong_two_coluns (6 split into 4 + 2)": ([4, 2, 3, 3, 4], 4, [[0], [4], [2], [3], [1]]),
+    "test_with_non_power_of_2": ([5, 1, 4, 3], 5, [[0], [2, 1], [3]]),
+    "test_default_no_split (5 truncated to 4)": ([4, 2, 4, 1], 4, [[0], [2], [1, 3]]),
+    "test_with_empty_sequences (empties dropped)": ([2, 3, 1], 4, [[1, 2], [0]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRL_BFD_CASES))
+def test_packing_matches_trls_own_best_fit_decreasing_expectations(case):
+    """Another project's expected rows, order included: the same rows from ``pack_lengths``,
+    ``pack_lengths_flat`` and ``pack``."""
+    from sftlab.tokens.packing import pack_lengths, pack_lengths_flat
+
+    lengths, row_length, expected = TRL_BFD_CASES[case]
+    assert pack_lengths(lengths, row_length) == expected
+    members, starts = pack_lengths_flat(lengths, row_length)
+    assert [members[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])] == expected
+    assert [list(r.example_indices) for r in pack(filled(lengths), row_length)] == expected
