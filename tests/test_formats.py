@@ -4,7 +4,7 @@ import math
 import pytest
 
 from sftlab.data.conversation import Message, Origin
-from sftlab.data.formats import RecordError, detect_format, to_conversation
+from sftlab.data.formats import Columns, RecordError, detect_format, to_conversation
 
 USER_ASSISTANT = (Message("user", "What is 2+2?"), Message("assistant", "4"))
 
@@ -135,7 +135,10 @@ def test_metadata_top_level_and_under_meta_and_extra_fields():
            "id": 7, "slice": "math", "difficulty": "easy",
            "meta": {"task": "arith", "source": "hand", "license": "CC0", "expected": "comply",
                     "policy_category": "weapons_history", "annotator": "ana"}}
-    conv = to_conversation(row, origin=Origin("f.jsonl", 3))
+    with pytest.raises(RecordError) as e:  # a top-level field nothing reads is refused, named
+        to_conversation(row)
+    assert e.value.code == "unused_field" and e.value.field == "difficulty" and "ignore_fields" in e.value.reason
+    conv = to_conversation(row, origin=Origin("f.jsonl", 3), columns=Columns(ignore=("difficulty",)))
     assert (conv.id, conv.task, conv.slice, conv.source, conv.license) == (
         "7", "arith", "math", "hand", "CC0")
     assert conv.expected == "comply" and conv.policy_category == "weapons_history"

@@ -68,16 +68,19 @@ def test_llamafactory_text_parts_with_value(tmp_path):
     rows = json.loads((PUBLIC / "llamafactory_mllm_demo.json").read_text())
     parts = [{**r, "messages": [{"role": m["role"], "content": [{"type": "text", "value": m["content"]}]}
                                 for m in r["messages"]]} for r in rows]
-    report = load_files([_write(tmp_path / "parts.json", parts)])
+    report = load_files([_write(tmp_path / "parts.json", parts)], columns=[Columns(ignore=("images",))])
     assert report.accepted == 2
     assert report.conversations[1].messages[0].content == "他们是谁？"
 
 
-def test_images_are_counted_as_ignored_not_silently_dropped():
+def test_images_are_refused_unless_declared_ignored():
+    """Before: accepted with an ``ignored_field`` warning, the text trained without its images."""
     report = load_files([PUBLIC / "llamafactory_mllm_demo.json"])
-    assert report.accepted == 2
-    assert report.summary()["warnings"] == {"ignored_field": 2}
-    assert "'images' is not used" in str(report.warnings[0])
+    assert report.accepted == 0 and report.reasons() == {"unused_field": 2}
+    e = report.quarantined[0]
+    assert e.field == "images" and "text only" in e.reason and "ignore_fields: [images]" in e.reason
+    ignored = load_files([PUBLIC / "llamafactory_mllm_demo.json"], columns=[Columns(ignore=("images",))])
+    assert ignored.accepted == 2 and not ignored.warnings
 
 
 def test_alpaca_demo_loads():
@@ -95,11 +98,12 @@ def test_alpaca_seed_tasks_say_what_is_missing():
     assert "got a string" not in e.reason
 
 
-def test_preference_row_says_what_is_missing():
+def test_preference_row_says_what_it_is():
     """Before: ``prompt: expected a string or a list of messages, got a string``."""
     with pytest.raises(RecordError) as e:
         to_conversation({"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."})
-    assert e.value.field == "completion" and "preference" in str(e.value)
+    assert e.value.code == "preference_record" and e.value.field == "chosen"
+    assert "preference record" in str(e.value) and "layout: chosen" in str(e.value)
     assert "got a string" not in str(e.value)
 
 
