@@ -23,7 +23,7 @@ def _fastchat():
 
 def test_fastchat_sharegpt_sample_loads():
     report = load_files([PUBLIC / "fastchat_dummy_conversation.json"])
-    assert report.accepted == 3 and not report.quarantined
+    assert report.accepted == 30 and not report.quarantined
     assert [m.role for m in report.conversations[0].messages] == ["user", "assistant"] * 2
 
 
@@ -33,7 +33,7 @@ def test_sharegpt_with_role_content_keys_loads(tmp_path):
         {"role": {"human": "user", "gpt": "assistant"}[m["from"]], "content": m["value"]}
         for m in r["conversations"]]} for r in _fastchat()]
     report = load_files([_write(tmp_path / "rc.json", rows)])
-    assert report.accepted == 3, [e.reason for e in report.quarantined]
+    assert report.accepted == 30, [e.reason for e in report.quarantined]
     assert report.conversations[1].messages[1].content.startswith("My name is Vicuna")
 
 
@@ -47,7 +47,7 @@ def test_other_speaker_names_need_a_map_and_load_with_one(tmp_path):
     reason = report.quarantined[0].reason
     assert "unknown speaker 'Kunde'" in reason and "roles" in reason and "user" in reason
     mapped = load_files([path], columns=[Columns(roles={"Kunde": "user", "Vicuna": "assistant"})])
-    assert mapped.accepted == 3 and not mapped.quarantined
+    assert mapped.accepted == 30 and not mapped.quarantined
 
 
 def test_field_messages_and_key_names(tmp_path):
@@ -57,7 +57,7 @@ def test_field_messages_and_key_names(tmp_path):
     cols = Columns(field_messages="dialog", role_key="speaker", content_key="text",
                    roles={"human": "user", "gpt": "assistant"})
     report = load_files([path], columns=[cols])
-    assert report.accepted == 3
+    assert report.accepted == 30
     assert "dialog" not in report.conversations[0].extra
     with pytest.raises(ValueError, match="expected one of"):
         Columns(roles={"bot": "robot"})

@@ -144,7 +144,7 @@ def columns_from_args(args):
         where = ".".join(map(str, err["loc"])) or "mapping"
         raise UsageError(f"{where}: {err['msg']}") from None
     try:
-        return entry.columns()
+        return entry.mapping(where="--formatting/--column/--tag")
     except ValueError as e:
         raise UsageError(str(e)) from None
 

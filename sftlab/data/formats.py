@@ -892,6 +892,11 @@ def _account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message]
             raise RecordError("unused_field", f"the record has {key} and sftlab trains on text only: its "
                               f"text would be trained without them; fix: {ignore_hint} to train the text "
                               "alone, or drop the record", field=key)
+        if key in ("label", "kto_tag") and isinstance(value, bool):
+            raise RecordError("unused_field", f"field {key!r} is a KTO label ({str(value).lower()}: the answer is "
+                              f"{'desirable' if value else 'undesirable'}), and SFT trains every answer alike; "
+                              f"fix: keep the records labelled true and {ignore_hint}, or use a KTO trainer",
+                              field=key)
         layout = {"mapped": "mapped messages", "alpaca": "instruction"}.get(fmt, fmt.replace("_", "/"))
         raise RecordError("unused_field", f"field {key!r} is not read by the {layout} layout and is not "
                           "metadata sftlab knows, so its content would be lost; fix: map it in the data "

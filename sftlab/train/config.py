@@ -111,7 +111,7 @@ class DataFile(_Section):
             raise ValueError("dataset_info needs dataset: the name of its entry")
         return self
 
-    def columns(self, ignore_fields: list[str] = ()):
+    def mapping(self, ignore_fields: list[str] = (), where: str | None = None):
         """The ``sftlab.data.formats.Columns`` of this entry (``ignore_fields``: the data section's)."""
         from sftlab.data.formats import Columns
         from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
@@ -122,7 +122,7 @@ class DataFile(_Section):
                                   f"{self.dataset_info} [{self.dataset}]")
         if self.formatting or self.columns or self.tags:
             kwargs.update(columns_kwargs(self.formatting, dict(self.columns), dict(self.tags), self.ranking,
-                                         f"data entry {self.path}"))
+                                         where or f"data entry {self.path}"))
         own = dict(field_messages=self.field_messages, role_key=self.role_key, content_key=self.content_key)
         kwargs.update({k: v for k, v in own.items() if v is not None})
         roles = {**kwargs.get("roles", {}), **self.roles}
@@ -167,7 +167,7 @@ class DataConfig(_Section):
         from sftlab.data.formats import Columns
 
         ignore = tuple(self.ignore_fields)
-        return [(Columns(ignore=ignore) if ignore else None) if isinstance(e, str) else e.columns(ignore)
+        return [(Columns(ignore=ignore) if ignore else None) if isinstance(e, str) else e.mapping(ignore)
                 for e in entries]
 
 
