@@ -114,6 +114,9 @@ def add_mapping_arguments(p) -> None:
                    help="chosen: train preference records (chosen/rejected) on the prompt and the chosen answer")
     g.add_argument("--ignore-field", action="append", default=[], metavar="FIELD",
                    help="a top-level field declared unused (repeatable), as data.ignore_fields")
+    g.add_argument("--prompt-completion", choices=("continuation", "chat"), default=None,
+                   help="a prompt/completion record of two strings: plain-text continuation (the default, as "
+                        "TRL) or a chat exchange, as data.prompt_completion")
 
 
 def columns_from_args(args):
@@ -133,7 +136,7 @@ def columns_from_args(args):
     given = dict(field_messages=args.field_messages, role_key=args.role_key, content_key=args.content_key,
                  roles=pairs["--role"], formatting=args.formatting, columns=pairs["--column"],
                  tags=pairs["--tag"], dataset_info=args.dataset_info, dataset=args.dataset, layout=args.layout,
-                 ignore_fields=args.ignore_field)
+                 ignore_fields=args.ignore_field, prompt_completion=args.prompt_completion)
     given = {k: v for k, v in given.items() if v}
     if not given:
         return None

@@ -92,6 +92,10 @@ class Conversation:
     tools: str | None = None
     """The functions the assistant may call: JSON text of a list of JSON-schema function
     definitions (OpenAI ``{"type": "function", "function": {...}}`` or bare ``{"name", ...}``)."""
+    plain: bool = False
+    """A prompt/completion record of two strings read as plain text (``prompt_completion:
+    continuation``): one user message (the prompt) and one assistant message (the completion),
+    encoded without a chat template as the prompt's tokens, the completion's and the eos token."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Any other fields of the record, kept as they were."""
     origin: Origin | None = field(default=None, compare=False, hash=False)
@@ -115,7 +119,10 @@ class Conversation:
         return {**self.extra, **{k: v for k, v in named.items() if v is not None}}
 
     def to_dict(self) -> dict[str, Any]:
-        """The normalised record (OpenAI ``messages`` layout), as hashed for the data version."""
+        """The normalised record (OpenAI ``messages`` layout; a ``plain`` one as ``prompt`` and
+        ``completion``), as hashed for the data version."""
+        if self.plain:
+            return {"prompt": self.messages[0].content, "completion": self.messages[1].content, **self.metadata()}
         msgs = []
         for m in self.messages:
             d: dict[str, Any] = {"role": m.role, "content": m.content}

@@ -139,6 +139,9 @@ class Columns:
     """Top-level fields declared unused: kept as metadata, never a reason to refuse the record."""
     query_join: str = "\n\n"
     """What joins the instruction and the input (LLaMA-Factory joins them with one newline)."""
+    prompt_completion: str = "continuation"
+    """A ``prompt``/``completion`` record of two strings: ``continuation`` (plain text, no chat
+    template, as TRL trains it) or ``chat`` (a user and an assistant message)."""
 
     def __post_init__(self):
         bad = {k: v for k, v in self.roles.items() if v not in ROLES}
@@ -149,6 +152,9 @@ class Columns:
         if unknown:
             raise ValueError(f"metadata: {unknown[0]!r} is not a metadata field; expected one of "
                              f"{', '.join(META_FIELDS)}")
+        if self.prompt_completion not in PROMPT_COMPLETION:
+            raise ValueError(f"prompt_completion: expected one of {', '.join(PROMPT_COMPLETION)}, got "
+                             f"{self.prompt_completion!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {', '.join(map(str, LAYOUTS))}, got {self.layout!r}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -168,6 +174,8 @@ class Columns:
         return bool(self.prompt or self.response or self.query)
 
 
+PROMPT_COMPLETION = ("continuation", "chat")
+"""``Columns.prompt_completion``: what a prompt/completion record of two strings means."""
 LAYOUTS = (None, "chosen")
 """``Columns.layout``: ``None`` refuses preference records, ``chosen`` trains their chosen answer."""
 
@@ -315,7 +323,26 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     _check_unicode_fields({**meta, **extra})
     _account(row, extra, messages, cols, fmt)
     tools = tools_text(field_value(row, _name(cols, "tools")), _name(cols, "tools"))
-    return Conversation(messages=tuple(messages), tools=tools, extra=extra, origin=origin, **meta)
+    plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
+    return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin, **meta)
+
+
+def _plain(row: dict[str, Any], chosen: Any, messages: list[Message], tools: str | None,
+           cols: Columns | None) -> bool:
+    """Whether a prompt/completion record is plain text: two strings under ``continuation``."""
+    answer = row.get("completion") if chosen is None else chosen
+    if not (isinstance(row["prompt"], str) and isinstance(answer, str)):
+        return False
+    if cols is not None and cols.prompt_completion == "chat":
+        return False
+    if len(messages) != 2 or tools:
+        what = "a system prompt" if len(messages) != 2 else "tools"
+        raise RecordError("plain_with_context", f"a prompt/completion record of two strings is plain text "
+                          f"(a continuation, no chat template), which has no place for {what}; fix: read it "
+                          "as a chat exchange (the data entry's prompt_completion: chat, validate "
+                          "--prompt-completion chat) or drop the field",
+                          field="system" if len(messages) != 2 else "tools")
+    return True
 
 
 def _name(cols: Columns | None, key: str) -> str:

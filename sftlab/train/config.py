@@ -88,6 +88,8 @@ class DataFile(_Section):
     ignore_fields: list[str] = []
     """Top-level record fields declared unused (kept as metadata, not trained); any other field that
     no layout reads and that is not known metadata quarantines its record."""
+    prompt_completion: Literal["continuation", "chat"] | None = None
+    """As ``data.prompt_completion``, for this file; ``null``: the data section's."""
 
     @model_validator(mode="before")
     @classmethod
@@ -111,7 +113,8 @@ class DataFile(_Section):
             raise ValueError("dataset_info needs dataset: the name of its entry")
         return self
 
-    def mapping(self, ignore_fields: list[str] = (), where: str | None = None):
+    def mapping(self, ignore_fields: list[str] = (), where: str | None = None,
+                prompt_completion: str = "continuation"):
         """The ``sftlab.data.formats.Columns`` of this entry (``ignore_fields``: the data section's)."""
         from sftlab.data.formats import Columns
         from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
@@ -127,7 +130,8 @@ class DataFile(_Section):
         kwargs.update({k: v for k, v in own.items() if v is not None})
         roles = {**kwargs.get("roles", {}), **self.roles}
         return Columns(**{**kwargs, "roles": roles}, layout=self.layout,
-                       ignore=tuple(dict.fromkeys([*ignore_fields, *self.ignore_fields])))
+                       ignore=tuple(dict.fromkeys([*ignore_fields, *self.ignore_fields])),
+                       prompt_completion=self.prompt_completion or prompt_completion)
 
 
 class DataConfig(_Section):
@@ -143,6 +147,11 @@ class DataConfig(_Section):
     """Top-level record fields declared unused in every file (kept as metadata, not trained); a field
     that no layout reads, that is not known metadata and is not declared here or in its entry's
     ``ignore_fields`` quarantines its record."""
+    prompt_completion: Literal["continuation", "chat"] = "continuation"
+    """What a ``prompt``/``completion`` record of two strings means: ``continuation`` is plain text as
+    TRL trains it (no chat template: the prompt's tokens, the completion's and eos; the completion and
+    eos trained); ``chat`` is a user and an assistant message rendered by the template. Message-list
+    prompts are always conversations."""
     eval_split: float = Field(0.0, ge=0, lt=1)
     """Share of the training records held out for the validation loss (e.g. 0.02), chosen by a hash
     of each record's messages, so the split is the same on every run and copies of a record fall
@@ -166,9 +175,9 @@ class DataConfig(_Section):
         """One ``Columns`` (or ``None``: the usual names, nothing ignored) per entry."""
         from sftlab.data.formats import Columns
 
-        ignore = tuple(self.ignore_fields)
-        return [(Columns(ignore=ignore) if ignore else None) if isinstance(e, str) else e.mapping(ignore)
-                for e in entries]
+        plain = Columns(ignore=tuple(self.ignore_fields), prompt_completion=self.prompt_completion)
+        return [(None if plain.is_default else plain) if isinstance(e, str)
+                else e.mapping(self.ignore_fields, prompt_completion=self.prompt_completion) for e in entries]
 
 
 class EncodingConfig(_Section):
