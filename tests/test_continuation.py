@@ -110,3 +110,23 @@ def test_the_prepared_store_key_holds_the_option(tok, tmp_path):
     assert plain.key != chat.key and not chat.hit
     assert list(plain.ids(0)) == trl_expectation(tok, *CASES[0])[0]
     assert len(chat.ids(0)) > len(plain.ids(0))
+
+
+def test_the_readme_renderings_with_smollm2s_template():
+    """The README's two renderings of one record: SmolLM2's template adds its default system prompt
+    to a chat exchange; the continuation has no template at all."""
+    from pathlib import Path
+
+    t = build_tokenizer(texts=[p + c for p, c in CASES])
+    t.chat_template = (Path(__file__).parent / "data" / "chat_templates" / "smollm2.jinja").read_text()
+    template = get_template(None, t)
+    seen = {}
+    for mode in ("continuation", "chat"):
+        ex = encode(to_conversation({"prompt": "The sky is", "completion": " blue."},
+                                    columns=Columns(prompt_completion=mode)), t, template)
+        trained = [i for i, w in zip(ex.input_ids, ex.loss_weights) if w]
+        seen[mode] = (t.decode(list(ex.input_ids)), t.decode(trained))
+    assert seen["continuation"] == ("The sky is blue.<|im_end|>", " blue.<|im_end|>")
+    assert seen["chat"] == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+                            "Face<|im_end|>\n<|im_start|>user\nThe sky is<|im_end|>\n<|im_start|>assistant\n"
+                            " blue.<|im_end|>\n", " blue.<|im_end|>")
