@@ -133,6 +133,11 @@ def columns_from_args(args):
             if not sep or not name or not value:
                 raise UsageError(f"{option} {item!r}: expected NAME=VALUE, e.g. --role bot=assistant")
             pairs[option][name] = value
+    from sftlab.data.conversation import ROLES
+
+    bad = next((f"{n}={r}" for n, r in pairs["--role"].items() if r not in ROLES), None)
+    if bad:
+        raise UsageError(f"--role {bad}: expected NAME=ROLE with a role of {', '.join(ROLES)}")
     given = dict(field_messages=args.field_messages, role_key=args.role_key, content_key=args.content_key,
                  roles=pairs["--role"], formatting=args.formatting, columns=pairs["--column"],
                  tags=pairs["--tag"], dataset_info=args.dataset_info, dataset=args.dataset, layout=args.layout,
