@@ -144,7 +144,8 @@ def test_metadata_top_level_and_under_meta_and_extra_fields():
     assert conv.expected == "comply" and conv.policy_category == "weapons_history"
     assert conv.extra == {"difficulty": "easy", "annotator": "ana"}
     assert conv.origin == Origin("f.jsonl", 3)
-    assert conv.to_dict()["annotator"] == "ana"
+    assert conv.to_dict()["meta"] == {"difficulty": "easy", "annotator": "ana"}
+    assert to_conversation(conv.to_dict()) == conv and to_conversation(conv.to_dict()).extra == conv.extra
 
 
 def test_metadata_conflict_and_bad_values():

@@ -120,9 +120,12 @@ class Conversation:
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised record (OpenAI ``messages`` layout; a ``plain`` one as ``prompt`` and
-        ``completion``), as hashed for the data version."""
+        ``completion``), as hashed for the data version: the named metadata at the top level, the
+        other fields under ``meta``, so that it reads back as the same conversation."""
+        named = {k: v for k, v in self.metadata().items() if k not in self.extra}
+        meta = {"meta": dict(self.extra)} if self.extra else {}
         if self.plain:
-            return {"prompt": self.messages[0].content, "completion": self.messages[1].content, **self.metadata()}
+            return {"prompt": self.messages[0].content, "completion": self.messages[1].content, **named, **meta}
         msgs = []
         for m in self.messages:
             d: dict[str, Any] = {"role": m.role, "content": m.content}
@@ -140,7 +143,7 @@ class Conversation:
                 d["reasoning_content"] = m.reasoning
             msgs.append(d)
         tools = {"tools": self.tools} if self.tools is not None else {}
-        return {"messages": msgs, **tools, **self.metadata()}
+        return {"messages": msgs, **tools, **named, **meta}
 
 
 def unpaired_surrogate(text: str) -> int | None:
