@@ -291,23 +291,26 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     'ab'
     """
     cols = columns if columns is not None and not columns.is_default else None
-    chosen_key = (cols.chosen if cols is not None and cols.chosen else "chosen")
-    rejected_key = (cols.rejected if cols is not None and cols.rejected else "rejected")
+    if cols is None:
+        chosen_key, rejected_key, system_key, tools_key, msg_cols = "chosen", "rejected", "system", "tools", None
+    else:
+        chosen_key, rejected_key = cols.chosen or "chosen", cols.rejected or "rejected"
+        system_key, tools_key = cols.system or "system", cols.tools or "tools"
+        msg_cols = cols if cols.maps_messages else None
     chosen = None
     if chosen_key in row or rejected_key in row:
         chosen = _preference(row, chosen_key, rejected_key, cols)
         row = {k: v for k, v in row.items() if k not in (chosen_key, rejected_key)}
-    msg_cols = cols if cols is not None and cols.maps_messages else None
     fmt = detect_format(row, cols) if chosen is None else _prompt_format(row, cols, chosen)
-    if fmt == "mapped":
-        messages = _system_prefix(row, _name(cols, "system")) + _message_list(
-            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols)
-    elif fmt == "openai":
+    if fmt == "openai":
         messages = _message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols)
-        if row.get(_name(cols, "system")) not in (None, ""):
-            messages = _top_system(row, _name(cols, "system"), messages)
+        if row.get(system_key) not in (None, ""):
+            messages = _top_system(row, system_key, messages)
+    elif fmt == "mapped":
+        messages = _system_prefix(row, system_key) + _message_list(
+            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols)
     elif fmt == "sharegpt":
-        messages = _system_prefix(row, _name(cols, "system")) + _message_list(
+        messages = _system_prefix(row, system_key) + _message_list(
             row["conversations"], "conversations", sharegpt=True, columns=msg_cols)
     elif fmt == "alpaca":
         messages = _alpaca(row, cols, chosen is None)
@@ -320,9 +323,13 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     _check_unicode(messages, fmt)
     meta = _metadata(row, cols)
     extra = _extra(row, fmt, cols)
-    _check_unicode_fields({**meta, **extra})
-    _account(row, extra, messages, cols, fmt)
-    tools = tools_text(field_value(row, _name(cols, "tools")), _name(cols, "tools"))
+    if extra:
+        _check_unicode_fields({**meta, **extra})
+        _account(row, extra, messages, cols, fmt)
+    else:
+        _check_unicode_fields(meta)
+    tools = row.get(tools_key) if cols is None else field_value(row, tools_key)
+    tools = tools_text(tools, tools_key) if tools is not None else None
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
     return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin, **meta)
 
@@ -836,10 +843,10 @@ def _metadata(row: dict[str, Any], cols: Columns | None = None) -> dict[str, Any
     if meta is not None and not isinstance(meta, dict):
         raise RecordError("bad_metadata", f"expected an object, got {_kind(meta)}", field="meta")
     out: dict[str, Any] = {}
-    mapped = cols.metadata if cols is not None else {}
+    mapped = cols.metadata if cols is not None else None
     for key in META_FIELDS:
         value = row.get(key)
-        if key in mapped:
+        if mapped and key in mapped:
             named = field_value(row, mapped[key])
             if value is None:
                 value = named
@@ -874,7 +881,7 @@ def _metadata(row: dict[str, Any], cols: Columns | None = None) -> dict[str, Any
 
 
 def _extra(row: dict[str, Any], fmt: str, columns: Columns | None = None) -> dict[str, Any]:
-    consumed = _consumed(row, fmt, columns)
+    consumed = _CONSUMED[fmt] if columns is None else _consumed(row, fmt, columns)
     extra = {k: v for k, v in row.items() if k not in consumed}
     meta = row.get("meta")
     if meta:
