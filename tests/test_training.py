@@ -328,6 +328,30 @@ def test_steps_split_rows_over_ranks_and_a_rank_without_rows_gets_weight_zero():
     assert dummy["input_ids"].tolist() == [[0]] and dummy["loss_weights"].sum().item() == 0
 
 
+def test_a_resumed_run_draws_its_epochs_with_the_plan_it_started_with():
+    """run.json's ``mixture.plan``: a run from before plans were recorded (plan 1) keeps its data
+    order on resume (rows pinned from that sftlab); a new run draws plan 2; an unknown plan is refused."""
+    from sftlab.errors import UsageError
+    from sftlab.tokens.encoding import EncodedExample
+    from sftlab.train.config import load_config
+    from sftlab.train.loop import TrainData, _plan_of
+
+    assert _plan_of(None) is None and _plan_of({"mixture": {"mode": "natural"}}) == 1
+    assert _plan_of({"mixture": {"plan": 2}}) == 2
+    with pytest.raises(UsageError, match="mixture.plan = 7"):
+        _plan_of({"mixture": {"plan": 7}})
+    cfg = load_config(None, ["model.path=m", "data.train=[t]", "out=o", "packing.mode=padded",
+                             "mixture.sampling_weights={s: 1, t: 2}"])
+    examples = [EncodedExample([i] * 3, [0.0, 1.0, 1.0], slice="st"[i % 2], trained_tokens=2) for i in range(1, 9)]
+    old = TrainData(cfg, examples, {}, pad_id=0, plan=1)
+    assert [int(r.input_ids[0]) for r in old.epoch_rows(0)] == [7, 3, 2, 8, 3, 4, 1, 5]
+    assert [int(r.input_ids[0]) for r in old.epoch_rows(1)] == [6, 5, 7, 3, 2, 4, 1, 1]
+    new = TrainData(cfg, examples, {}, pad_id=0)
+    assert new.mixture.describe()["plan"] == 2
+    assert sorted(int(r.input_ids[0]) % 2 for r in new.epoch_rows(0)) == sorted(
+        int(r.input_ids[0]) % 2 for r in old.epoch_rows(0))                # the same counts per slice
+
+
 def test_heldout_leakage_is_measured_before_training_and_exits_1(assets, tmp_path, capsys):
     run = tmp_path / "leak"
     cfg = _config(assets, run, data={"eval": [str(assets / "train.jsonl")]}, optim={"max_steps": 1},

@@ -103,7 +103,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
 
-    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
+    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
+                        plan=_plan_of(old))
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
@@ -491,6 +492,20 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
         print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
               "(recorded in run.json segments)", file=sys.stderr)
     return diffs
+
+
+def _plan_of(old: dict | None) -> int | None:
+    """A resumed run draws its epochs as it started (run.json ``mixture.plan``; a run from before
+    plans were recorded drew plan 1); a new run draws the current plan (``None``)."""
+    from sftlab.train.mixture import PLAN_VERSION
+
+    if old is None:
+        return None
+    plan = (old.get("mixture") or {}).get("plan", 1)
+    if plan not in range(1, PLAN_VERSION + 1):
+        raise UsageError(f"run.json: mixture.plan = {plan!r}: this sftlab draws epoch plans 1 to {PLAN_VERSION}; "
+                         "resume with the sftlab version that started the run")
+    return plan
 
 
 def _apply_optim_settings(optimizer, scheduler, cfg: TrainConfig) -> None:
