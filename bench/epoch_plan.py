@@ -1,6 +1,7 @@
 """The epoch plan at scale: plan 1 (Python's ``random``) against plan 2 (NumPy's PCG64), side by side.
 
-An epoch plan is what training computes before its first step and again at every epoch: the
+What it measures: the seconds of one epoch plan at scale, under each plan. An epoch plan is what
+training computes before its first step and again at every epoch: the
 mixture sample, best-fit-decreasing packing from the lengths, and the row shuffle
 (``sftlab.train.data.TrainData``). This times both plans on the same synthetic lengths and slices
 (a prepared store's columns, without its tokens) and prints the seconds and their ratio::
