@@ -88,7 +88,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.model.dtype == "auto" else "no",
+    autocast = cfg.model.dtype == "bf16-mixed" or (cuda and cfg.model.dtype == "auto")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if autocast else "no",
                               log_with=log_with or None,
                               project_config=ProjectConfiguration(project_dir=str(run),
                                                                   logging_dir=str(run / "tensorboard")))
@@ -286,7 +287,7 @@ def adapter_base(model_path: str, final: Path) -> str:
 
 # -- model ---------------------------------------------------------------------------------------
 
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"auto": None, "float32": torch.float32, "bf16-mixed": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_model_and_tokenizer(cfg: TrainConfig):
