@@ -176,9 +176,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # accelerate's --cpu launcher starts one process; --multi_gpu starts torchrun workers, which
     # run on the CPU with gloo when no GPU is visible
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "-m", "sftlab", "train", str(two)]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml"), "-m", "sftlab", "train", str(two)]
     cache = tmp_path / "cache"  # its own prepared-data cache: the main process builds, the other waits
     double = subprocess.run(launch, env={**_env(), "SFTLAB_CACHE": str(cache)}, cwd=tmp_path,
                             capture_output=True, text=True, timeout=180)
@@ -195,6 +194,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):
     wa = load_file(tmp_path / "one" / "final" / "model.safetensors")
     wb = load_file(tmp_path / "two" / "final" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_accelerate_configs_load_as_accelerate_reads_them(path):
+    """configs/accelerate/: what `accelerate launch --config_file` reads, each the kind its name says
+    (cpu-2proc.yaml is also what the two-process test above launches)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    kind = {"cpu": "MULTI_GPU", "ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED"}[path.stem.split("-")[0]]
+    assert cfg.distributed_type.value == kind
+    assert (cfg.num_machines > 1) == ("multinode" in path.stem)
+    if kind == "FSDP":
+        assert cfg.fsdp_config["fsdp_version"] == 2
+    if kind == "DEEPSPEED":
+        assert cfg.deepspeed_config["zero_stage"] == 3
 
 
 def test_prepare_then_train_reuses_the_store_and_the_manifest_says_so(assets, tmp_path, capsys):
