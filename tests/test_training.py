@@ -342,6 +342,30 @@ def test_bf16_autocast_on_the_cpu_stays_within_its_stated_tolerance_of_float32(a
     assert json.loads((tmp_path / "bf16-mixed" / "run.json").read_text())["model"]["dtype"] == "bf16-mixed"
 
 
+@pytest.mark.parametrize("normalisation", ["token", "per_sequence"])
+@pytest.mark.parametrize("packing", ["packed", "padded"])
+def test_one_heldout_loss_for_training_and_sftlab_eval(assets, tmp_path, normalisation, packing):
+    """Training's validation loss and ``sftlab eval``'s held-out loss are one scorer: on the same
+    held-out records, model and settings they agree per slice and over all (1e-6)."""
+    from accelerate import Accelerator
+
+    from sftlab.evaluation.loss import eval_loss
+    from sftlab.train.config import load_config
+    from sftlab.train.data import heldout_encoding, prepare_data
+    from sftlab.train.loop import evaluate, load_model_and_tokenizer
+
+    cfg = load_config(_config(assets, tmp_path / "run", loss={"normalisation": normalisation},
+                              packing={"mode": packing}, eval={"micro_batch_size": 3}))
+    model, tokenizer, template, _ = load_model_and_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer, template, tmp_path / "run", write=False)
+    training = evaluate(model, data, cfg, Accelerator(cpu=True))
+    records = [json.loads(line) for line in (assets / "heldout.jsonl").read_text().splitlines()]
+    evaluated, quarantined = eval_loss(model, tokenizer, template, records, encoding=heldout_encoding(cfg))
+    assert not quarantined and set(evaluated) == set(training) == {"all", "chat", "math"}
+    for name, value in training.items():
+        assert evaluated[name]["value"] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+
+
 def test_steps_split_rows_over_ranks_and_a_rank_without_rows_gets_weight_zero():
     from sftlab.train.config import load_config
     from sftlab.tokens.encoding import EncodedExample

@@ -313,8 +313,9 @@ def _write_store_stats(run: Path, train, held) -> list[dict]:
 
 
 def heldout_encoding(cfg: TrainConfig) -> dict:
-    """How training encodes data (training and held-out alike): recorded in the manifest so that
-    ``sftlab eval`` computes the held-out loss of the same examples."""
+    """How training encodes data (training and held-out alike) and normalises its loss: recorded
+    in the manifest so that ``sftlab eval`` computes the held-out loss of the same examples."""
     return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
-            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow}
+            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
+            "normalisation": cfg.loss.normalisation}

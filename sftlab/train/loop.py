@@ -377,30 +377,20 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 # -- validation ----------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str, float]:
-    """Held-out loss per slice and over all slices: the training objective, normalised per slice.
+    """Held-out loss per slice and over all slices: the training objective, normalised per slice
+    (``sftlab.evaluation.loss.slice_sums``, the scorer ``sftlab eval`` uses too).
 
     Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
     """
-    from sftlab.model.objective import micro_batch_loss, step_normaliser
-    from sftlab.tokens.packing import collate
+    from sftlab.evaluation.loss import slice_sums
 
-    was_training = model.training
-    model.eval()
     names = sorted(data.eval_sets)
-    sums = torch.zeros(len(names), 2, dtype=torch.float64)  # sum of w*nll, sum of w
-    mbs, reduction = cfg.eval.micro_batch_size, cfg.loss.normalisation
-    for j, name in enumerate(names):
-        rows = data.eval_rows(name, accelerator.process_index, accelerator.num_processes)
-        for i in range(0, len(rows), mbs):
-            batch = _to_device(collate(rows[i:i + mbs], data.pad_id), accelerator.device)
-            with accelerator.autocast():
-                sums[j, 0] += micro_batch_loss(model, batch, 1.0, reduction=reduction,
-                                               chunk_size=cfg.loss.chunk_size).item()
-            sums[j, 1] += step_normaliser([batch], reduction=reduction).item()
+    rows = {name: data.eval_rows(name, accelerator.process_index, accelerator.num_processes) for name in names}
+    sums = slice_sums(model, rows, data.pad_id, micro_batch_size=cfg.eval.micro_batch_size,
+                      reduction=cfg.loss.normalisation, chunk_size=cfg.loss.chunk_size,
+                      device=accelerator.device, autocast=accelerator.autocast)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    model.train(was_training)
     out = {"all": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
     out.update({name: _ratio(sums[j, 0], sums[j, 1]) for j, name in enumerate(names)})
     return out
