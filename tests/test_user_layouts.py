@@ -279,3 +279,15 @@ def test_an_unknown_field_names_the_option_and_ignoring_it_is_kept_as_metadata()
     copy = {**row, "prompt": "hi", "ratings": None}  # a copy of a message's text, and an empty column
     del copy["source_url"]
     assert to_conversation(copy).messages == conv.messages
+
+
+def test_data_ignore_fields_applies_to_every_entry_and_is_part_of_the_config():
+    from sftlab.train.config import load_config
+
+    mllm = PUBLIC / "llamafactory" / "mllm_demo.json"
+    cfg = load_config(None, ["model.path=m", "out=o", f"data.train=[{mllm}]"])
+    assert cfg.data.columns(cfg.data.train) == [None]
+    assert load_files([mllm], columns=cfg.data.columns(cfg.data.train)).reasons() == {"unused_field": 6}
+    cfg = load_config(None, ["model.path=m", "out=o", f"data.train=[{mllm}]", "data.ignore_fields=[images]"])
+    assert load_files([mllm], columns=cfg.data.columns(cfg.data.train)).accepted == 6
+    assert cfg.to_dict()["data"]["ignore_fields"] == ["images"]  # what the manifest records
