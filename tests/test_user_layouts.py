@@ -291,3 +291,17 @@ def test_data_ignore_fields_applies_to_every_entry_and_is_part_of_the_config():
     cfg = load_config(None, ["model.path=m", "out=o", f"data.train=[{mllm}]", "data.ignore_fields=[images]"])
     assert load_files([mllm], columns=cfg.data.columns(cfg.data.train)).accepted == 6
     assert cfg.to_dict()["data"]["ignore_fields"] == ["images"]  # what the manifest records
+
+
+def test_ultrafeedback_shaped_preference_rows_train_the_chosen_conversation():
+    """UltraFeedback-binarized rows carry the prompt, the chosen conversation twice (chosen, messages)
+    and the scores: the copies are accounted for, the scores must be declared."""
+    chosen = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "Soft rain."}]
+    row = {"prompt": PROMPT, "prompt_id": "ab12", "chosen": chosen, "messages": chosen,
+           "rejected": [chosen[0], {"role": "assistant", "content": "No."}], "score_chosen": 8.0,
+           "score_rejected": 2.0}
+    with pytest.raises(RecordError) as e:
+        to_conversation(row, columns=Columns(layout="chosen"))
+    assert e.value.code == "unused_field" and e.value.field == "score_chosen"
+    conv = to_conversation(row, columns=Columns(layout="chosen", ignore=("score_chosen", "score_rejected")))
+    assert [(m.role, m.content) for m in conv.messages] == [("user", PROMPT), ("assistant", "Soft rain.")]

@@ -302,6 +302,8 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
         chosen = _preference(row, chosen_key, rejected_key, cols)
         row = {k: v for k, v in row.items() if k not in (chosen_key, rejected_key)}
     fmt = detect_format(row, cols) if chosen is None else _prompt_format(row, cols, chosen)
+    if fmt == "implicit_prompt":  # a messages list equal to the chosen conversation is a copy of it
+        row = {k: v for k, v in row.items() if not (k in ("messages", "conversations") and v == chosen)}
     if fmt == "openai":
         messages = _message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols)
         if row.get(system_key) not in (None, ""):
