@@ -201,3 +201,13 @@ def test_conversation_doctests():
     import sftlab.data.conversation
 
     assert doctest.testmod(sftlab.data.conversation).failed == 0
+
+
+def test_a_top_level_system_beside_messages_is_the_system_prompt():
+    """Before: kept as an unused extra field, the conversation trained without its system prompt."""
+    messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
+    assert to_conversation({"system": "S", "messages": messages}).messages == (Message("system", "S"), *USER_ASSISTANT)
+    same = to_conversation({"system": "S", "messages": [{"role": "system", "content": "S"}, *messages]})
+    assert same.messages == (Message("system", "S"), *USER_ASSISTANT)
+    e = error({"system": "T", "messages": [{"role": "system", "content": "S"}, *messages]})
+    assert e.code == "ambiguous_system" and e.field == "system"

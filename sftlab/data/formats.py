@@ -362,6 +362,8 @@ def _name(cols: Columns | None, key: str) -> str:
 def _top_system(row: dict[str, Any], key: str, messages: list[Message]) -> list[Message]:
     """A top-level system prompt beside a messages list becomes its first message."""
     if messages and messages[0].role == "system":
+        if messages[0].content == row[key]:
+            return messages  # the same prompt twice: one system message
         raise RecordError("ambiguous_system", f"a top-level {key!r} and a system message in the list; "
                           "expected one system prompt; fix: drop one of them", field=key)
     return _system_prefix(row, key) + messages
