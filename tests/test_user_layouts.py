@@ -305,3 +305,15 @@ def test_ultrafeedback_shaped_preference_rows_train_the_chosen_conversation():
     assert e.value.code == "unused_field" and e.value.field == "score_chosen"
     conv = to_conversation(row, columns=Columns(layout="chosen", ignore=("score_chosen", "score_rejected")))
     assert [(m.role, m.content) for m in conv.messages] == [("user", PROMPT), ("assistant", "Soft rain.")]
+
+
+def test_a_bad_data_entry_in_the_config_is_named_not_the_plain_path_branch():
+    """Before: ``data.train.0.str: Input should be a valid string`` for any problem of a mapping entry."""
+    from sftlab.train.config import ConfigError, load_config
+
+    info = PUBLIC / "llamafactory" / "dataset_info.json"
+    for entry, message in ((f"{{dataset_info: {info}, dataset: nope}}", "data.train.0: " + str(info) + ": no dataset entry 'nope'"),
+                           ("{path: x.json, layout: rejected}", "data.train.0.layout: Input should be 'chosen'")):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, ["model.path=m", "out=o", f"data.train=[{entry}]"])
+        assert str(e.value).startswith(message), str(e.value)

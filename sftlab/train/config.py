@@ -415,7 +415,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        errors = e.errors()
+        # A data entry given as a mapping is a DataFile: its own problems, not the plain-path branch's.
+        errors = [x for x in e.errors() if not (x["loc"][-1:] == ("str",) and isinstance(x.get("input"), dict))]
+        errors = [{**x, "loc": tuple(p for p in x["loc"] if not (isinstance(p, str) and "DataFile" in p)),
+                   "msg": x["msg"].removeprefix("Value error, ")} for x in errors or e.errors()]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(_explain(errors[0], where) + more) from None
 
