@@ -24,11 +24,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.commands.inspect import load_tokenizer
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.masks import check_template
     from sftlab.tokens.templates import TemplateError, get_template
 
-    tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
+    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
     try:
         template = get_template(args.template, tok)
         results = check_template(tok, template)

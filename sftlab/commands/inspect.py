@@ -30,22 +30,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise UsageError(f"cannot load tokenizer '{name}': {type(e).__name__}: {str(e).splitlines()[0]}") from None
-
-
 def run(args) -> int:
     from sftlab.tokens.encoding import EncodingError
     from sftlab.tokens.masks import annotate, to_ansi, to_html
     from sftlab.data.loading import load_files
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.templates import TemplateError
 
-    tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
+    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
     report = load_files([args.file])
     convs = report.conversations
     if not convs:

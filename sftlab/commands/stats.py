@@ -119,6 +119,7 @@ def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.store import Spool, prepare
     from sftlab.tokens.templates import TemplateError, get_template
     from sftlab.train.data import store_stats
@@ -128,7 +129,7 @@ def _store_stats(args) -> dict[str, Any]:
                          f"prepared-data store, which measures near duplicates at {NEAR_THRESHOLD}; leave out "
                          "--tokenizer to count words at another threshold")
     policy = load_policy(args.policy) if args.policy else None
-    tokenizer = _tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     options = {"max_length": args.max_length, "last_turn_only": False, "turns": args.turns,
                "overflow": args.overflow, "reasoning": args.reasoning}
     try:
@@ -161,12 +162,6 @@ def _check_disjoint(train: list[str], heldout: list[str]) -> None:
     if both:
         raise UsageError(f"{sorted(both)[0]} is both a training and a held-out file; pass each "
                          "file on one side only")
-
-
-def _tokenizer(name: str):
-    from sftlab.commands.inspect import load_tokenizer
-
-    return load_tokenizer(name)
 
 
 def _write_json(path: Path, stats: dict[str, Any]) -> None:

@@ -112,7 +112,7 @@ def _columns(args):
 
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
-    from sftlab.commands.inspect import load_tokenizer
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.encoding import encode_report
     from sftlab.tokens.templates import TemplateError, get_template
 

@@ -89,13 +89,13 @@ def _load_model(path: str, trust_remote_code: bool):
 
     from sftlab.model.loading import load_base_model
 
-    if not Path(path).is_dir():
+    if not Path(path).exists():
         raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
-                         "e.g. RUN/final)")
+                         "e.g. RUN/final, a .gguf file or a directory holding one)")
     try:
         model, tok = load_base_model(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: cannot load the model: {e}") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{path}: cannot load the model: {' '.join(str(e).split())[:400]}") from None
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model, tok
@@ -219,7 +219,9 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         else opts.conditions
     wanted = set(asked) | {PRIMARY}
     conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
-    fp = model_fingerprint(path)
+    from sftlab.model.loading import model_directory
+
+    fp = model_fingerprint(model_directory(path))  # a GGUF: its converted directory
     rows, results, described = [], {}, {}
     for cond in conditions:
         try:

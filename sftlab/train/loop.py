@@ -291,9 +291,7 @@ _DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 def load_model_and_tokenizer(cfg: TrainConfig):
     """``(model, tokenizer, template, role_tokens)``: the base model ready to train (LoRA and
     gradient checkpointing applied), the tokenizer with the training template installed."""
-    from transformers import AutoTokenizer
-
-    from sftlab.model.loading import load_base_model
+    from sftlab.model.loading import load_base_model, load_tokenizer
     from sftlab.model.objective import check_head
     from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
 
@@ -304,8 +302,8 @@ def load_model_and_tokenizer(cfg: TrainConfig):
                                            dtype=_DTYPES[cfg.model.dtype],
                                            trust_remote_code=cfg.model.trust_remote_code)
         if cfg.tokenizer:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code)
-        template = get_template(cfg.template, tokenizer)
+            tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
+        template = template_of(cfg, tokenizer)
         if cfg.loss.chunk_size is not None:
             check_head(model)  # the chunked loss must see the logits the model itself would give
     except (OSError, ValueError, TemplateError) as e:
@@ -348,22 +346,31 @@ def load_tokenizer_and_template(cfg: TrainConfig):
     """``(tokenizer, template)`` exactly as ``load_model_and_tokenizer`` leaves them (role tokens
     added, template installed), without loading the model's weights: what ``sftlab prepare``
     needs to build the store that training will find."""
-    from transformers import AutoTokenizer
+    from sftlab.model.loading import load_tokenizer
+    from sftlab.tokens.templates import add_role_tokens, get_template, install_template
 
-    from sftlab.model.loading import _gguf_path, convert_gguf
-    from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
-
-    try:
-        target = (str(convert_gguf(_gguf_path(cfg.model.path, cfg.model.gguf_file))) if cfg.model.gguf_file
-                  else str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or target, trust_remote_code=cfg.model.trust_remote_code)
-        template = get_template(cfg.template, tokenizer)
-    except (OSError, ValueError, TemplateError) as e:
-        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
+    else:
+        tokenizer = load_tokenizer(cfg.model.path, gguf_file=cfg.model.gguf_file,
+                                   trust_remote_code=cfg.model.trust_remote_code, what="model.path=")
+    template = template_of(cfg, tokenizer)
     if add_role_tokens(tokenizer, None, template)["added"]:
         template = get_template(cfg.template, tokenizer)
     install_template(tokenizer, template)
     return tokenizer, template
+
+
+def template_of(cfg: TrainConfig, tokenizer):
+    """The config's ``template`` for ``tokenizer``; a template that cannot be used is a
+    ``UsageError`` naming ``template=`` (or, for the tokenizer's own, the model)."""
+    from sftlab.tokens.templates import TemplateError, get_template
+
+    try:
+        return get_template(cfg.template, tokenizer)
+    except (TemplateError, OSError, ValueError) as e:
+        key = f"template={cfg.template}" if cfg.template else f"model.path={cfg.model.path} (its own chat template)"
+        raise UsageError(f"{key}: {e}".splitlines()[0]) from None
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
