@@ -101,13 +101,16 @@ def _load_model(path: str, trust_remote_code: bool):
     return model, tok
 
 
-def _template(spec: str | None, tok, path: str):
+def _template(spec: str | None, tok, path: str, what: str = "--template"):
+    """The template ``spec`` names for ``tok``; an error names the option when one was given (an
+    unknown template name is the option's fault, not the model's), else the model."""
     from sftlab.tokens.templates import TemplateError, get_template
 
     try:
         return get_template(spec, tok)
     except TemplateError as e:
-        raise UsageError(f"{path}: {e}") from None
+        where = f"{what} {spec}" if spec and len(spec) < 200 else path
+        raise UsageError(f"{where}: {e}") from None
 
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
@@ -214,7 +217,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
 
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
-    alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path)
+    alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path, "--alternate-template")
     asked = opts.reference_conditions if kind == "reference" and opts.reference_conditions is not None \
         else opts.conditions
     wanted = set(asked) | {PRIMARY}

@@ -329,15 +329,22 @@ def load_model_and_tokenizer(cfg: TrainConfig):
             with warnings.catch_warnings():
                 # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                targets = cfg.lora.target_modules  # "all-linear" goes to peft as peft spells it
                 model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                          lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                                                         target_modules=list(cfg.lora.target_modules)))
+                                                         use_dora=cfg.lora.use_dora,
+                                                         target_modules=targets if isinstance(targets, str)
+                                                         else list(targets)))
         except ValueError as e:  # peft: target modules not found in the base model
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, torch.nn.Linear)})
-            raise UsageError(f"lora.target_modules={list(cfg.lora.target_modules)}: "
+            raise UsageError(f"lora.target_modules={cfg.lora.target_modules}: "
                              f"{str(e).splitlines()[0][:200]}; expected names of this model's linear "
                              f"layers: {', '.join(linear[:12])}") from None
+    if cfg.optim.neftune_alpha:
+        from sftlab.model.neftune import activate_neftune
+
+        activate_neftune(model, cfg.optim.neftune_alpha)
     model.train()
     return model, tokenizer, template, role_tokens
 
@@ -559,6 +566,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
         model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
+               "neftune": {"alpha": cfg.optim.neftune_alpha, "length": "per example",
+                           "scale": "alpha / sqrt(L * hidden_size)"} if cfg.optim.neftune_alpha else None,
                "notes": source.get("notes") or source.get("note"), "source": source or None},
         config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
     if data.policy is not None:
