@@ -32,6 +32,7 @@ from sftlab.errors import UsageError
 from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
+from sftlab.train.throughput import PhaseTimes, Throughput
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False,
@@ -96,14 +97,17 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     set_seed(cfg.seed)
 
     # -- model, tokenizer, template, data ----------------------------------------------------
-    model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
+    phases = PhaseTimes()
+    with phases("load"):
+        model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
     old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
     changed: list[dict] = []
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
 
-    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
+    with phases("prepare"):
+        data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
@@ -113,6 +117,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    speed = Throughput(raw, accelerator.device, next(raw.parameters()).dtype)
 
     state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0,
              "rows_per_step": cfg.optim.micro_batch_size * cfg.optim.grad_accum * world,
@@ -134,6 +139,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def checkpoint(at: int) -> None:
+        with phases("save"):
+            _save(at)
+
+    def _save(at: int) -> None:
         save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
                         scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
                         manifest=_read_json(run / "run.json") if main else None, rank=rank,
@@ -143,6 +152,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     model.train()
     reduction = cfg.loss.normalisation
     stop = None
+    phases.start("train")
     while step < total_steps and stop is None:
         epoch = state["epoch"]
         rows = data.epoch_rows(epoch)
@@ -152,7 +162,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             t0 = time.perf_counter()
             # collate the whole step first: the denominator is its total trained weight, all ranks
             micro = data.micro_batches(rows, s, rank, world)
-            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro)]
+            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro),
+                      sum(int((b["seq_lengths"].long() ** 2).sum()) for b in micro)]  # attention FLOPs
             micro = [_to_device(b, accelerator.device) for b in micro]
             total_weight = step_normaliser(micro, reduction=reduction, all_reduce=True)
             loss_sum = torch.zeros((), device=accelerator.device)
@@ -183,16 +194,20 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state.update(step=step, step_in_epoch=s + 1)
-            tokens_per_s = sums[1].item() / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            seconds = max(time.perf_counter() - t0, 1e-9)
+            tokens_per_s = sums[1].item() / seconds
+            mfu = speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                            **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}), refresh=False)
+            bar.update(1)  # after the postfix: the bar shows this step's loss
             if step % cfg.log.every_n_steps == 0 or step == total_steps:
                 metrics.write({"step": step, "epoch": epoch, "loss": step_loss,
-                               "lr": lr, "tokens_per_s": tokens_per_s,
+                               "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
                                "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
             every = cfg.eval.every_n_steps
             if (data.eval_sets or data.gen_prompts) and ((every and step % every == 0) or step >= total_steps):
-                stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
+                with phases("eval"):
+                    stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
             if stop is None and step >= total_steps:
                 stop = "done"
             every = cfg.checkpointing.every_n_steps
@@ -203,16 +218,22 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         else:
             state.update(epoch=epoch + 1, step_in_epoch=0)
     bar.close()
+    phases.stop("train")
 
     # -- the end: final model, curves, manifest ------------------------------------------------
     accelerator.wait_for_everyone()
     code, reason = exit_rule(data, cfg)
     if main:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
-        save_final(run / "final", raw, tokenizer, template, merge=merge,
-                   adapter_base=None if merge else adapter_base(cfg.model.path, run / "final"))
+        with phases("save"):
+            save_final(run / "final", raw, tokenizer, template, merge=merge,
+                       adapter_base=None if merge else adapter_base(cfg.model.path, run / "final"))
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
+        from sftlab.manifest import update_manifest
+
+        update_manifest(run, timing=phases.describe(_read_json(run / "run.json"), resumed=bool(resume and ckpt)),
+                        throughput=speed.describe())
     metrics.close()
     accelerator.wait_for_everyone()
     return code
