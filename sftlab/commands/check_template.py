@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 
 def register(sub) -> None:
@@ -15,7 +16,7 @@ def register(sub) -> None:
                     "prompt ends with, what the model must generate (the template's rendering of the turn "
                     "after its prompt) and what is trained, and whether any control token came from "
                     "content. Exit 1 on any difference, and when a required probe could not be checked.")
-    p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
+    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
     p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
                    "default: the tokenizer's own")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 _TOP = 10  # rows shown per count table
 
@@ -48,8 +49,8 @@ def register(sub) -> None:
     p.add_argument("--policy", metavar="POLICY", default=None,
                    help="policy YAML: its refusal categories and their benign_contrast lists "
                         "(default: the policy_category values of the refusal records)")
-    p.add_argument("--tokenizer", metavar="DIR", default=None,
-                   help="count lengths in tokens of the rendered conversation (prompt = untrained "
+    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
+                   help=f"the tokenizer ({FORMS}): count lengths in tokens of the rendered conversation (prompt = untrained "
                         "tokens, response = trained tokens) instead of words")
     p.add_argument("--template", default=None,
                    help="with --tokenizer: built-in template name, a Jinja template or a Jinja file; default: the "

@@ -111,6 +111,9 @@ def model_directory(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     return path
 
 
+FORMS = "a Hugging Face directory, a hub name, a .gguf file or a directory holding one"
+"""The forms every command's model or tokenizer option takes (for help texts)."""
+
 HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json")
 """Files that make a directory a Hugging Face one (not a folder of GGUF files)."""
 

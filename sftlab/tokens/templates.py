@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -457,8 +458,7 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
             return Turn(i, len(prompt), end, end - len(stop)), ""
         return "rerendered"
     if not run_b:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     # No stop of its own: the control token that begins the next turn ends this one.
     stop = (cont[k + len(_PROBE):][:w_b]) + run_b[0]
     return _place_stop(i, len(messages), text, prompt, own[len(prompt):content_end], stop, w_b)
@@ -528,15 +528,30 @@ def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i:
         return Turn(i, start, start + stop[1], start + stop[0]), ""
     # No control token of its own: the control token that begins the next turn ends this one.
     if cont_after is None or not cont_after.startswith(after.rstrip()):
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     body = after.rstrip()
     w, run = _control_run(cont_after[len(body):], control)
     if not run:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     stop = cont_after[len(body):][:w] + run[0]
     return _place_stop(i, len(messages), text, prompt, body, stop, w)
+
+
+_TOKEN_LIKE = re.compile(r"<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_turn>")
+
+
+def _no_stop_reason(t: ChatTemplate) -> str:
+    """Why a turn has no stop; where the template writes token-like text (``<|eot_id|>``,
+    ``<end_of_turn>``) that this tokenizer does not have as a control token, that is the cause."""
+    reason = ("the template writes no stop sequence after it and no control token begins the next turn, "
+              "so the model could not learn to stop")
+    lacking = [x for x in dict.fromkeys(_TOKEN_LIKE.findall(t.source or "")) if x not in t.control_tokens]
+    if not lacking:
+        return reason
+    return (f"{reason}: this tokenizer lacks the template's control token(s) {', '.join(lacking[:4])}, so they "
+            "are plain text here; use the built-in template of that family (llama3, gemma...), whose role "
+            "tokens sftlab adds (sftlab.tokens.templates.add_role_tokens; sftlab train does it itself), add them "
+            "to the tokenizer as special tokens, or use the tokenizer's own template")
 
 
 def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
