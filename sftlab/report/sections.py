@@ -8,7 +8,7 @@ from statistics import median
 from typing import Any
 
 from sftlab.report import plots
-from sftlab.report.evaluation import gates_table
+from sftlab.report.evaluation import gates_table, gates_verdict
 from sftlab.report.inputs import RunFiles
 from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
                                   section, table, tag)
@@ -39,8 +39,7 @@ def _data_checks(stats: dict[str, Any] | None) -> Markup:
 
 def summary_section(files: RunFiles) -> Markup:
     ev, m = files.eval, files.manifest or {}
-    passed = ev.get("passed") if ev else None
-    verdict = (Markup(f'<p class="verdict">Policy gates: {badge(passed)}</p>') if ev is not None
+    verdict = (tag("p", join([Markup("Policy gates: "), gates_verdict(ev)]), class_="verdict") if ev is not None
                else Markup(f'<p class="verdict">Policy gates: {badge(None, "NOT EVALUATED")}</p>'))
     splits = (m.get("data") or {}).get("splits") or {}
     train = splits.get("train") or next(iter(splits.values()), {}) if splits else {}

@@ -152,7 +152,8 @@ def to_html(items: list[tuple[str, list[TokenView], EncodedExample]], title: str
     blocks = []
     for label, views, ex in items:
         blocks.append(f"<h2>{html.escape(label)}</h2><p>{len(ex)} tokens, {ex.trained_tokens} trained "
-                      f"(weight {ex.trained_weight:g}), slice {html.escape(str(ex.slice))}, "
+                      f"(weight {ex.trained_weight:g}), "
+                      + (f"slice {html.escape(str(ex.slice))}, " if ex.slice is not None else "no slice, ") +
                       f"{ex.dropped_turns} message(s) dropped by truncation</p>" + tokens_html(views))
     legend = ('<p class="legend"><span class="tok trained" style="background:rgba(16,185,129,.6)">trained</span> '
               '<span class="tok">not trained</span> <span class="tok scaffold">template scaffolding</span> '
