@@ -50,7 +50,7 @@ def gates_verdict(ev: dict[str, Any]) -> Markup:
 def skipped_rows(ev: dict[str, Any]) -> Markup:
     """The prompt rows ``sftlab eval`` could not use, with file, line and reason."""
     rows = [[b.get("file"), b.get("line"), b.get("reason")] for s in ev.get("prompt_sets") or [] if isinstance(s, dict)
-            for b in s.get("bad_rows") or [] if isinstance(b, dict)]
+            if isinstance(s.get("bad_rows"), list) for b in s["bad_rows"] if isinstance(b, dict)]
     if not rows:
         return Markup("")
     return join([tag("h3", f"Skipped prompt rows ({len(rows)})", id="skipped-prompts"),
