@@ -38,7 +38,8 @@ MAX_TOKENS = 1 << 20  # longer rows are a typo, and would exhaust memory before 
 
 class ModelConfig(_Section):
     path: str
-    """Base model: a local Hugging Face model directory or a hub name."""
+    """Base model: a local Hugging Face model directory, a hub name, a ``.gguf`` file or a directory
+    holding one (converted once to safetensors, cached)."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code. Only turn on for code you trust."""
     gguf_file: str | None = None
@@ -261,7 +262,7 @@ class LogConfig(_Section):
     none. TensorBoard writes under ``RUN/tensorboard``; the project / run name is the run directory's
     name. ``metrics.jsonl`` is written in every case."""
     progress: bool = True
-    """Show a tqdm progress bar with loss, tokens/s and ETA."""
+    """Show a tqdm progress bar with loss, tokens/s, model FLOP utilisation (MFU) and ETA."""
 
 
 class TrainConfig(_Section):
@@ -481,6 +482,8 @@ def _section_type(field) -> type[BaseModel] | None:
 def _type_name(ann: Any) -> str:
     if typing.get_origin(ann) is Literal:
         return " | ".join(json.dumps(a) for a in typing.get_args(ann))
+    if typing.get_origin(ann) is typing.Union and any(typing.get_origin(a) is Literal for a in typing.get_args(ann)):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(ann))
     text = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
     return text or str(ann).replace("typing.", "").replace(f"{__name__}.", "")
 
