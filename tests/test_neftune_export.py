@@ -142,3 +142,30 @@ def test_export_without_merge_records_a_base_that_loads_from_anywhere(lora_run, 
     monkeypatch.chdir(tmp_path)
     model = AutoPeftModelForCausalLM.from_pretrained(str(out))
     assert type(model.get_base_model()).__name__ == "LlamaForCausalLM"
+
+
+def test_neftune_runs_resume_to_the_same_weights(lora_run, tmp_path):
+    """The noise is drawn from torch's generator, which checkpoints keep: a run resumed from its
+    step-2 checkpoint ends with the weights of the run that went straight on."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from sftlab.train.config import load_config
+    from sftlab.train.loop import train
+
+    settings = [f"model.path={lora_run / 'base'}", f"data.train=[{lora_run / 'chats.jsonl'}]", "template=chatml",
+                "encoding.max_length=64", "log.progress=false", "log.trackers=[]", "optim.max_steps=4",
+                "optim.micro_batch_size=2", "optim.lr=5e-2", "optim.warmup_steps=0", "optim.neftune_alpha=5",
+                "checkpointing.every_n_steps=2", "checkpointing.keep_last=2"]
+    assert train(load_config(None, [*settings, f"out={tmp_path / 'straight'}"])) == 0
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "final")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-4")
+    assert train(load_config(None, [*settings, f"out={tmp_path / 'resumed'}"]), resume=True,
+                 allow_changes=True) == 0
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    untouched = load_file(lora_run / "base" / "model.safetensors")
+    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], untouched["model.layers.0.mlp.up_proj.weight"])
