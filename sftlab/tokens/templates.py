@@ -886,8 +886,9 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
             raise TemplateError(f"the {name} format ends turns with the tokenizer's eos token, "
                                 f"but the tokenizer has none")
         eot = tuple(e.replace("{eos}", eos) for e in f.eot)
-        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *f.extra_control, f.closing.replace("{eos}", eos))
-                                      if c))
+        known = set(control_token_strings(tokenizer)) if tokenizer is not None else None
+        extra = tuple(c for c in f.extra_control if c not in f.text_markers or known is None or c in known)
+        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *extra, f.closing.replace("{eos}", eos)) if c))
         from sftlab.tokens.tool_formats import jinja_prelude
 
         source = jinja_prelude(f.name) + _format_jinja(f)
