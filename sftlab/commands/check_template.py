@@ -51,6 +51,10 @@ def run(args) -> int:
             print(f"      trained          : {t['trained_text']!r}")
             if t["after_stop"]:
                 print(f"      after the stop   : {t['after_stop']!r} (not trained)")
+            for line in t.get("markers", ()):
+                print(f"      markers differ   : {line}")
+        if "markers" in r and not r["markers"]:
+            print("    generation markers: the same trained tokens")
         if r.get("control_tokens_from_content"):
             print(f"    control tokens from content: {r['control_tokens_from_content']}")
     print("OK" if not bad else f"{len(bad)} probe(s) failed")
