@@ -14,7 +14,9 @@ def register(sub) -> None:
                     "format, reasoning for those with a reasoning format) and report, per assistant turn, what the generation "
                     "prompt ends with, what the model must generate (the template's rendering of the turn "
                     "after its prompt) and what is trained, and whether any control token came from "
-                    "content. Exit 1 on any difference, and when a required probe could not be checked.")
+                    "content; for a template with {% generation %} markers, each run of tokens the markers and "
+                    "sftlab train differently, per turn. Exit 1 on any difference from the contract, and when a "
+                    "required probe could not be checked (marker differences are reported, not failed).")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
     p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
                    "default: the tokenizer's own")
