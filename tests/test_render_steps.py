@@ -38,6 +38,10 @@ LOOPS = {
                                        "{% endmacro %}{{ f(40) }}",
     "filter calls in a loop": "{% set r = range(100000) %}{% for i in r %}{% set n = r | length %}"
                               "{% for j in r %}{% endfor %}{% endfor %}",
+    "a filter over a long list in a loop": "{% set r = range(100000) %}{% for i in r %}"
+                                           "{% set n = r | list | length %}{% endfor %}",
+    "recursive loop over a list built once": "{% set r = range(1000) | list %}{% for x in r recursive %}"
+                                             "{% if loop.depth < 5 %}{{ loop(r) }}{% endif %}{% endfor %}",
 }
 
 

@@ -52,7 +52,8 @@ from sftlab.fingerprints import config_hash, tokenizer_sha256
 from sftlab.tokens.chat_formats import NOT_FROM_PROMPT, _FORMATS, _Format, _format_jinja, _format_layout
 from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
 from sftlab.tokens.render_steps import (RENDER_MAX_STEPS, STEPS_PER_CHAR, STEPS_PER_MESSAGE, RenderLimitError,
-                                        count_loop_steps, counted_filters, end_steps, start_steps, step)
+                                        count_loop_steps, counted_filters, end_steps, loop_call_args, start_steps,
+                                        step)
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
            "add_role_tokens", "install_template", "missing_control_tokens", "control_token_strings",
@@ -216,8 +217,7 @@ def _check_size(n: int):
 def _compiled(source: str):
     """The template compiled in a sandboxed environment that checks the deadline on every call,
     attribute and item access and the size of every string or list built by ``*``, ``+`` or ``**``,
-    and counts steps (``sftlab.tokens.render_steps``: loop iterations, filter calls, calls and
-    lookups), with the globals and filters transformers gives chat templates."""
+    and counts steps (``sftlab.tokens.render_steps``: loop iterations, calls and filter calls), with the globals and filters transformers gives chat templates."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
@@ -245,16 +245,14 @@ def _compiled(source: str):
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
             _check_deadline()
             step()
-            return super().call(__context, __obj, *args, **kwargs)
+            return super().call(__context, __obj, *loop_call_args(__obj, args), **kwargs)
 
         def getattr(self, obj, attribute):
             _check_deadline()
-            step()
             return super().getattr(obj, attribute)
 
         def getitem(self, obj, argument):
             _check_deadline()
-            step()
             return super().getitem(obj, argument)
 
         def _parse(self, source, name, filename):  # every {% for %} spends a step per item
