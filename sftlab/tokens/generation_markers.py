@@ -101,10 +101,14 @@ def _owners(layout: Layout, messages: list[dict], ranges) -> list[int]:
     the next one in order (a turn of tool calls only has no content span)."""
     assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     content = {s.index: (s.start, s.end) for s in layout.spans if s.role == "assistant"}
+
+    def covers(i: int, a: int, b: int) -> bool:
+        s, e = content.get(i, (-1, -1))
+        return s < b and e > a if e > s else a <= s < b
+
     owners, nxt = [], 0
     for a, b in ranges:
-        hit = next((i for i in assistant if i in content and content[i][0] < b and content[i][1] > a
-                    or i in content and content[i][0] == content[i][1] and a <= content[i][0] < b), None)
+        hit = next((i for i in assistant if covers(i, a, b)), None)
         if hit is None:
             pending = [i for i in assistant if i not in owners and i not in content]
             hit = pending[0] if pending else (assistant[nxt] if nxt < len(assistant) else None)
@@ -144,7 +148,7 @@ def differences(tokenizer, template, conversation, example) -> list[dict]:
     trace = example.trace
     layout = trace.layout
     tools = json.loads(conversation.tools) if conversation.tools else None
-    msgs = [{**m, "content": m["content"]} for m in template_messages(trace.messages)]
+    msgs = template_messages(trace.messages)
     text, ranges = marked_ranges(tokenizer, template, msgs, tools)
     if text != layout.text:
         return [{"message_index": None, "text": "", "trained_by": "markers",
