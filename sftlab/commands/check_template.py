@@ -15,7 +15,9 @@ def register(sub) -> None:
                     "format, reasoning for those with a reasoning format) and report, per assistant turn, what the generation "
                     "prompt ends with, what the model must generate (the template's rendering of the turn "
                     "after its prompt) and what is trained, and whether any control token came from "
-                    "content. Exit 1 on any difference, and when a required probe could not be checked.")
+                    "content; for a template with {% generation %} markers, each run of tokens the markers and "
+                    "sftlab train differently, per turn. Exit 1 on any difference from the contract, and when a "
+                    "required probe could not be checked (marker differences are reported, not failed).")
     p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
     p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
                    "default: the tokenizer's own")
@@ -52,6 +54,10 @@ def run(args) -> int:
             print(f"      trained          : {t['trained_text']!r}")
             if t["after_stop"]:
                 print(f"      after the stop   : {t['after_stop']!r} (not trained)")
+            for line in t.get("markers", ()):
+                print(f"      markers differ   : {line}")
+        if "markers" in r and not r["markers"]:
+            print("    generation markers: the same trained tokens")
         if r.get("control_tokens_from_content"):
             print(f"    control tokens from content: {r['control_tokens_from_content']}")
     print("OK" if not bad else f"{len(bad)} probe(s) failed")

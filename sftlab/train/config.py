@@ -122,6 +122,11 @@ class EncodingConfig(_Section):
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
     refuses records with it unless ``drop``."""
+    mask_source: Literal["contract", "generation_markers"] = "contract"
+    """Where the trained tokens of each assistant turn come from: ``contract`` derives them from the
+    template's renderings (what the model generates after the turn's prompt, up to and including the
+    stop); ``generation_markers`` trains what the template's ``{% generation %}`` markers enclose
+    (TRL-style training templates; ``sftlab check-template`` lists where the two differ)."""
 
 
 class PackingConfig(_Section):

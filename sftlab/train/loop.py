@@ -584,7 +584,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "reasoning": cfg.encoding.reasoning, "trained_tokens": trained, "total_tokens": total,
                  "trained_token_share": round(trained / total, 6) if total else None,
                  "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
-                 "heldout_encoding": heldout_encoding(cfg),
+                 "mask_source": cfg.encoding.mask_source, "heldout_encoding": heldout_encoding(cfg),
                  **data.table.encoding_summary()},
         packing={**data.epoch_rows(0).stats(cfg.row_length, cfg.packing.mode),
                  "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)
