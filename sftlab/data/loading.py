@@ -326,10 +326,9 @@ def check_conversation(conv: Conversation) -> None:
                 raise RecordError("empty_user", "user message is empty; expected the prompt the "
                                   "next assistant message answers; fix: write the prompt or drop "
                                   "the record", field=f"messages[{i}].content", message_index=i)
-        else:  # tool
-            if prev not in ("assistant", "tool"):
-                _bad_order(i, role, prev, "an assistant or tool message")
-            pending = _answer(i, m, pending, conv.messages[_calling(conv.messages, i)].tool_calls)
+        else:  # tool: after a message that is no assistant or tool message, it answers no call
+            calls = conv.messages[_calling(conv.messages, i)].tool_calls if prev in ("assistant", "tool") else ()
+            pending = _answer(i, m, pending, calls)
         prev = role
     if not has_assistant:
         raise RecordError("no_assistant", "no assistant message; expected at least one assistant "

@@ -54,10 +54,8 @@ def check_readable(p: Path) -> None:
         reason = "a symbolic link loop" if isinstance(e, OSError) and e.errno == 40 else e.strerror or e
         raise UsageError(f"{p}: cannot read: {reason}") from None
     if stat.S_ISDIR(st.st_mode):
-        if not _is_saved_dataset(p) and not _data_files(p):
-            raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
-                             "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
-                             f"data files ({', '.join(_DATA_SUFFIXES)}); pass the data files instead")
+        if not _is_saved_dataset(p):
+            folder_files(p)
         return
     if not stat.S_ISREG(st.st_mode):
         return  # a pipe or FIFO: opening it here would take (or wait for) data read later
@@ -68,9 +66,45 @@ def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
 
-def _data_files(p: Path) -> list[Path]:
-    return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _DATA_SUFFIXES
-                  and not any(part.startswith(".") for part in f.relative_to(p).parts))
+_FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq")
+_FOLDER_SKIPS = re.compile(r"^(readme|license|licence|notice|copying)(\.[\w.-]*)?$|\.md$", re.IGNORECASE)
+
+
+def folder_files(p: Path) -> list[Path]:
+    """The data files of the folder ``p``, each read by its own reader, in the order of their
+    paths: every ``.jsonl``, ``.json`` and ``.parquet`` file below it. Documentation (README,
+    LICENSE, ``*.md``) and hidden files and folders are skipped; any other file (CSV, text,
+    Arrow, a pipe, ...) makes the folder a ``UsageError`` naming it, since a file that is not
+    read would be data lost without a word. File names are never read as split names: a
+    ``validation.jsonl`` beside ``train.jsonl`` is data like any other.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in ("b.jsonl", "a/c.parquet", "README.md", ".git/x"):
+    ...     (d / name).parent.mkdir(parents=True, exist_ok=True); _ = (d / name).write_text("")
+    >>> [str(f.relative_to(d)) for f in folder_files(d)]
+    ['a/c.parquet', 'b.jsonl']
+    """
+    out = []
+    for f in sorted(p.rglob("*")):
+        rel = f.relative_to(p)
+        if any(part.startswith(".") for part in rel.parts) or f.is_dir():
+            continue
+        if not f.is_file():
+            raise UsageError(f"{p}: holds {rel}, which is not a regular file; a folder input holds data "
+                             "files only: move it out, or pass the data files themselves")
+        if _FOLDER_SKIPS.search(f.name):
+            continue
+        if f.suffix.lower() not in _FOLDER_READS:
+            raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON or Parquet "
+                             "files; README, LICENSE, *.md and hidden files are skipped); convert or move "
+                             "it out, or pass the data files themselves")
+        out.append(f)
+    if not out:
+        raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
+                         "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
+                         "data files (JSONL, JSON, Parquet); pass the data files instead")
+    return out
 
 
 def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:
@@ -86,12 +120,18 @@ def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:
 
 def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     """(name, items) for each input inside ``p``: one for a file, one per split for a dataset
-    (a ``save_to_disk`` directory; a folder of data files or a dataset name, both read with
-    ``datasets.load_dataset``, which uses the local Hugging Face cache when offline)."""
+    (a ``save_to_disk`` directory, read with ``datasets.load_from_disk``, which copies nothing;
+    a dataset name, read with ``datasets.load_dataset`` from the local Hugging Face cache), one
+    per data file of a folder (``folder_files``: each read as that file alone is, record by
+    record, named by its path)."""
     if p.is_dir() and _is_saved_dataset(p):
         yield from _read_saved_dataset(p, max_bytes)
         return
-    if p.is_dir() or hub_dataset(p) is not None:
+    if p.is_dir():
+        for f in folder_files(p):
+            yield from sources(f, max_bytes)
+        return
+    if hub_dataset(p) is not None:
         yield from _read_dataset(p, max_bytes)
         return
     name = str(p)
@@ -526,13 +566,12 @@ def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator
 
 
 def _load_dataset(p: Path):
+    """A dataset named ``name[:config[:split]]``, from the local Hugging Face cache when offline."""
     import datasets
 
-    hub = hub_dataset(p)
+    name, config, split = hub_dataset(p)
     try:
-        if hub is not None:
-            return datasets.load_dataset(hub[0], hub[1], split=hub[2])
-        return datasets.load_dataset(str(p))
+        return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # datasets raises several types for a damaged or unknown dataset
         raise UsageError(f"{p}: not a loadable dataset ({_first_line(e)})") from None
 

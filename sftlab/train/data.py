@@ -67,14 +67,19 @@ class TrainData:
         import numpy as np
 
         from sftlab.tokens.store import ExampleTable
-        from sftlab.train.mixture import MixtureSpec, SliceColumn, apply_loss_weights, slice_of
+        from sftlab.train.mixture import MixtureSpec, SliceColumn, check_loss_weights, slice_of
 
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
                                    loss_weights=dict(m.loss_weights), seed=cfg.seed)
-        apply_loss_weights([], self.mixture.loss_weights)  # checks the weights
         self.table = examples if hasattr(examples, "lengths") else ExampleTable(examples)
         self.slices = SliceColumn(self.table.slice_names, self.table.slice_codes)
+        try:
+            check_loss_weights(self.mixture.loss_weights, self.table.slice_names if len(self.table) else None)
+            if len(self.table):
+                self.mixture.shares(self.slices)  # sampling weights: the same questions
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         scales = [float(self.mixture.loss_weights.get(slice_of(s), 1.0)) for s in self.table.slice_names]
         self.scales = np.asarray(scales) if any(x != 1.0 for x in scales) else None
         if eval_table is None and eval_sets:  # lists of examples per slice, made in code
