@@ -49,6 +49,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import sys
 import tempfile
@@ -98,6 +100,9 @@ def _sha256_file(path: Path) -> str:
 # again next time), which is git's "racy clean" rule.
 
 _RACY_NS = 2_000_000_000
+_SAMPLE_BYTES = 128 << 20
+"""Bytes of stamped files hashed anyway on every open (drawn at random), and the size up to
+which an input file is hashed on every run instead of trusted by its stamp."""
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -157,8 +162,8 @@ def _file_digest(p: Path, cache: Path) -> str:
     name = str(Path(p).resolve())
     stamps = _read_stamps(where)
     entry = stamps.get(name)
-    if isinstance(entry, list) and len(entry) == 2 and entry[0] == _stamp(st):
-        return entry[1]
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == _stamp(st) and st.st_size > _SAMPLE_BYTES:
+        return entry[1]  # a large file, unchanged since it was hashed: its content is not read again
     digest = input_digest(p)
     after = os.stat(p)
     if _stamp(after) == _stamp(st) and _settled(after):
@@ -245,8 +250,10 @@ class PreparedStore:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise StoreError(f"{meta_path}: unreadable ({e})") from None
-        if self.meta.get("format") != FORMAT:
-            raise StoreError(f"{meta_path}: store format {self.meta.get('format')}, this sftlab reads {FORMAT}")
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise StoreError(f"{meta_path}: store format {found}, this sftlab reads {FORMAT}")
+        self._check_identity(meta_path)
         if verify:
             self.verify()
         self.key: str = self.meta["key"]
@@ -276,17 +283,50 @@ class PreparedStore:
         self._token_starts = [np.concatenate(([0], np.cumsum(x, dtype=np.int64))) for x in lengths]
 
     # -- checks ---------------------------------------------------------------------------------
-    def verify(self) -> None:
-        """Every file listed has its size and sha256; raises ``StoreError`` naming the first that does not.
+    def _check_identity(self, meta_path: Path) -> None:
+        """The store is the one its folder names: ``store.json``'s key is the folder's name and
+        the hash of the key parts it lists (records included), so a store copied or renamed over
+        another, or a ``store.json`` whose parts were edited, is no store of that key."""
+        key, parts = self.meta.get("key"), self.meta.get("parts")
+        if key != self.path.name:
+            raise StoreError(f"{meta_path}: holds the store of key {key!r}, not of {self.path.name!r} (a store "
+                             "copied or moved over another)")
+        if not isinstance(parts, dict) or _digest(parts) != key:
+            raise StoreError(f"{meta_path}: its key parts do not hash to its key (altered)")
 
-        A file is hashed unless its stat stamp (size, mtime, ctime, inode, device) equals the one
-        recorded when its content last hashed to the listed sha256 (``CACHE/index/KEY.stamps.json``;
-        see ``_stamp``): a second open of an unchanged store reads no chunk, a changed file is
-        always hashed again."""
+    def verify(self) -> None:
+        """Every file of the store is listed, and has its size and sha256; raises ``StoreError``
+        naming the first that does not.
+
+        The list must be complete: every file in the folder (``store.json`` aside) and every file
+        a store of its chunks holds is in it, so a list emptied or cut short is damage, not a
+        smaller store. A file is hashed unless its stat stamp (size, mtime, ctime, inode, device)
+        equals the one recorded when its content last hashed to the listed sha256
+        (``CACHE/index/KEY.stamps.json``; see ``_stamp``) and it is not drawn for the sample: on
+        every open, files are drawn at random among the stamped ones and hashed anyway, up to
+        ``_SAMPLE_BYTES`` in all (a store that small is hashed whole every time). A stamp is a
+        speed-up, not the truth: a changed file is always hashed again, and a stamp file edited to
+        vouch for a changed file is caught at once on a small store, and on a large one by the
+        draws (each open reads ``_SAMPLE_BYTES`` of it)."""
+        listed = self.meta.get("checksums")
+        if not isinstance(listed, dict) or not listed:
+            raise StoreError(f"{self.path / 'store.json'}: lists no checksums (damaged)")
+        required = {"quarantine.jsonl", "stats.json", "preview.jsonl"} | {
+            f"{c['dir']}/{name}" for c in self.meta.get("chunks", ())
+            for name in (*(f"{a}.npy" for a in _ARRAYS), "examples.jsonl", "chunk.json")}
+        on_disk = {str(p.relative_to(self.path)) for p in self.path.rglob("*") if not p.is_dir()}
+        unlisted = sorted((required | on_disk) - set(listed) - {"store.json"})
+        if unlisted:
+            raise StoreError(f"{self.path / unlisted[0]}: not in store.json's checksums (the list is incomplete: "
+                             "damaged)")
         where = _stamps_path(self.path)
         known = _read_stamps(where)
-        fresh = {}
-        for rel, (size, digest) in sorted(self.meta["checksums"].items()):
+        fresh, stamped = {}, []
+        for rel, entry in sorted(listed.items()):
+            try:
+                size, digest = entry
+            except (TypeError, ValueError):
+                raise StoreError(f"{self.path / 'store.json'}: checksum entry of {rel} is not [size, sha256] (damaged)") from None
             p = self.path / rel
             if not p.is_file():
                 raise StoreError(f"{p}: missing")
@@ -295,12 +335,22 @@ class PreparedStore:
                 raise StoreError(f"{p}: {st.st_size} bytes, expected {size} (truncated or altered)")
             if known.get(rel) == _stamp(st):
                 fresh[rel] = known[rel]
+                stamped.append((rel, size, digest))
                 continue
             found, stamp = _hashed(p)
             if found != digest:
                 raise StoreError(f"{p}: sha256 differs from the one recorded (altered)")
             if stamp is not None:
                 fresh[rel] = stamp
+        random.SystemRandom().shuffle(stamped)
+        budget = _SAMPLE_BYTES
+        for rel, size, digest in stamped:
+            if size > budget:
+                continue
+            budget -= size
+            if _sha256_file(self.path / rel) != digest:
+                raise StoreError(f"{self.path / rel}: sha256 differs from the one recorded (altered, with its stat "
+                                 "stamp written back)")
         if fresh != known:
             _write_stamps(where, fresh)
 
@@ -504,7 +554,7 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
         read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
         raw = [digest if digest is not None else _file_digest(p, cache) for p, digest in read]
         index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
-        found = _from_index(cache, index, verify)
+        found = _from_index(cache, index, verify, parts, raw)
         if found is not None:
             found.hit = True
             return found
@@ -517,7 +567,8 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
         if own:
             spool.close()
     index.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(index, json.dumps({"key": store.key}) + "\n")
+    _write_text(index, json.dumps({"key": store.key, "raw": raw,
+                                   "store_sha256": _sha256_file(store.path / "store.json")}) + "\n")
     return store
 
 
@@ -577,22 +628,41 @@ class Spool:
         return self.copies[str(p)]
 
 
-def _from_index(cache: Path, index: Path, verify: bool) -> PreparedStore | None:
+def _from_index(cache: Path, index: Path, verify: bool, parts: dict, raw: list) -> PreparedStore | None:
+    """The store ``index`` names, when the entry and the store are what this run asks for: the
+    entry names these raw input digests and a ``store.json`` of that sha256, the store is its key's
+    (``PreparedStore``) and was built from these inputs with these settings (its key parts but the
+    records equal ``parts``). An entry that names another store is a miss (the records are read
+    and the key found again, where a damaged store of that key is replaced); a store found
+    damaged here is removed."""
     if not index.is_file():
         return None
     try:
-        key = json.loads(index.read_text(encoding="utf-8"))["key"]
-    except (OSError, ValueError, KeyError):
+        entry = json.loads(index.read_text(encoding="utf-8"))
+        key, sha = entry["key"], entry["store_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    if entry.get("raw") != raw or not isinstance(key, str) or not _KEY.match(key):
+        return None  # an entry of other inputs, or an older sftlab's
     path = cache / key
-    if not path.exists():
+    try:
+        if _sha256_file(path / "store.json") != sha:
+            return None  # the entry names another store.json than the one there (an entry or a store altered)
+    except OSError:
         return None
     try:
-        return PreparedStore(path, verify=verify)
-    except StoreError as e:
+        store = PreparedStore(path, verify=verify)
+        built = {k: v for k, v in store.meta["parts"].items() if k not in ("records", "other")}
+        if built != json.loads(_canonical(parts)):
+            return None  # another store (other inputs or settings): not ours to use or remove
+        return store
+    except (StoreError, OSError) as e:
         print(f"sftlab: prepared store {path} is damaged ({e}); rebuilding it", file=sys.stderr)
         shutil.rmtree(path, ignore_errors=True)
         return None
+
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -1026,10 +1096,9 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
         other: dict[int, hashlib._Hash] = {}
         for t, r in zip(tasks, results):
             other.setdefault(t.input, hashlib.sha256()).update(r["other_sha256"].encode())
-        key = _digest({**parts, "records": input_digests, "other": [other[i].hexdigest() for i in range(len(paths))]})
+        parts = {**parts, "other": [other[i].hexdigest() for i in range(len(paths))]}
         split = {**parts["split"], "records": per_input_records}
-    else:
-        key = _digest({**parts, "records": input_digests})
+    key = _digest({**parts, "records": input_digests})
     chunks = []
     for t, d in zip(tasks, dirs):
         entry = json.loads((d / "chunk.json").read_text(encoding="utf-8"))
