@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -297,3 +298,62 @@ def parse_yaml(text: str, where: str) -> object:
         raise UsageError(f"{where}: {at}not valid YAML: {problem}") from None
     except RecursionError:
         raise UsageError(f"{where}: nested too deeply to read") from None
+
+
+# errno of a write that failed for want of room: no space, over quota, over the file size limit,
+# a read-only filesystem. safetensors reports them as "(os error N)" in its own error type.
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "over the disk quota",
+            errno.EFBIG: "over the file size limit", errno.EROFS: "a read-only filesystem"}
+
+
+def no_room(e: BaseException | None) -> str | None:
+    """Why a write failed for want of room (``e`` or an exception it was raised from), or ``None``.
+
+    >>> no_room(OSError(errno.ENOSPC, "No space left on device")), no_room(ValueError("x"))
+    ('no space left on the device', None)
+    """
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return _NO_ROOM[e.errno]
+        if isinstance(e, OSError) and e.errno is None and re.search(r"\d+ requested and \d+ written", str(e)):
+            return "the disk took only part of a write (full, or over a file size limit)"  # numpy's tofile
+        found = re.search(r"os error (\d+)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        if found and int(found.group(1)) in _NO_ROOM:
+            return _NO_ROOM[int(found.group(1))]
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def room_message(where: Path, reason: str, need: int, kept: str) -> str:
+    """One line: ``where`` cannot be written for ``reason``, the room it needs (``need`` bytes,
+    about), the room there is, and what is whole (``kept``)."""
+    try:
+        free = f"{shutil.disk_usage(next(p for p in (where, *where.parents) if p.exists())).free / 2**20:,.1f} MiB free there"
+    except (OSError, StopIteration):
+        free = "free space unknown"
+    return (f"{where}: cannot write it: {reason}; it needs about {need / 2**20:,.1f} MiB ({free}); nothing "
+            f"partial is left and {kept}: make room, then run again")
+
+
+class whole_or_nothing:
+    """``with whole_or_nothing(tmp, final, need, previous):`` around the writes of a directory that
+    is renamed into place when whole (``publish_dir``): on any failure the partial ``tmp`` is
+    removed; a failure for want of room (``no_room``) becomes a one-line ``UsageError`` naming
+    ``final``, the room it needs (``need()`` bytes) and the room there is, and saying that
+    ``previous`` (or whatever ``final`` was) is whole."""
+
+    def __init__(self, tmp: Path, final: Path, need, previous: Path | None = None):
+        self.tmp, self.final, self.need, self.previous = tmp, final, need, previous
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if e is None:
+            return False
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        reason = no_room(e)
+        if reason is None:
+            return False
+        kept = f"{self.previous} is whole" if self.previous else "nothing earlier was changed"
+        raise UsageError(room_message(self.final, reason, self.need(), kept)) from None

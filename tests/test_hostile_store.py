@@ -198,3 +198,94 @@ def test_a_store_json_edited_in_place_is_not_trusted(tok, tmp_path, capsys):
     assert again.hit is False and again.key == store.key and _counts(again) == (30, 30, 30)
     assert json.loads((again.path / "store.json").read_text())["parts"]["encoding"]["max_length"] == 64
     capsys.readouterr()
+
+
+# -- a full or read-only cache ------------------------------------------------------------------------
+
+def _prepare_cli(data: Path, cache: Path, tmp: Path, preexec=None):
+    """``sftlab prepare`` of ``data`` into ``cache`` in a child process (``preexec`` limits it)."""
+    import resource  # noqa: F401  (used by the callers' preexec)
+    import subprocess
+    import sys
+
+    import yaml
+
+    from test_hostile import LIMIT_S, ROOT
+
+    model = tmp / "model"
+    if not model.exists():
+        tok = build_tokenizer(special_tokens=CONTROL)
+        tok.save_pretrained(model)
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"path": str(model)}, "template": "chatml",
+                                   "data": {"train": [str(data)], "cache_dir": str(cache)},
+                                   "encoding": {"max_length": 64}, "out": str(tmp / "run"),
+                                   "log": {"progress": False}}))
+    return subprocess.run([sys.executable, "-m", "sftlab", "prepare", str(cfg)], capture_output=True, text=True,
+                          timeout=LIMIT_S, preexec_fn=preexec, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _one_error_line(proc, cache: Path) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 1 and str(cache) in lines[0], proc.stderr
+    return lines[0]
+
+
+def _store_files(cache: Path) -> dict:
+    return {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()} if cache.exists() else {}
+
+
+def test_prepare_over_the_file_size_limit_is_one_line_and_leaves_the_cache_as_it_was(tmp_path):
+    import resource
+    import signal
+
+    cache = tmp_path / "cache"
+    _prepare(_write(tmp_path / "small.jsonl", _rows(3)), build_tokenizer(special_tokens=CONTROL), cache)
+    before = _store_files(cache)  # a store already there
+    data = _write(tmp_path / "a.jsonl", _rows(400))
+    source = data.read_bytes()
+
+    def small_disk():  # writes past 16 KiB fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    line = _one_error_line(_prepare_cli(data, cache, tmp_path, small_disk), cache)
+    assert ("over the file size limit" in line or "only part of a write" in line) and "it needs about" in line
+    assert "MiB free there" in line
+    assert _store_files(cache) == before  # nothing partial: no .build-*, no half index; the old store whole
+    assert data.read_bytes() == source
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 192 KiB tmpfs (skipped where this process may not mount one)."""
+    import subprocess
+
+    where = tmp_path / "fs"
+    where.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(where)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode(errors='replace').strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_prepare_on_a_full_filesystem_is_one_line_and_leaves_nothing(tmp_path, small_fs):
+    cache = small_fs / "cache"
+    data = _write(tmp_path / "a.jsonl", _rows(3000))
+    line = _one_error_line(_prepare_cli(data, cache, tmp_path), cache)
+    assert ("no space left on the device" in line or "only part of a write" in line) and "it needs about" in line
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # no chunk, spool or index left behind
+
+
+def test_prepare_on_a_read_only_filesystem_is_one_line(tmp_path, small_fs):
+    import subprocess
+
+    (small_fs / "cache").mkdir()
+    if subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True).returncode != 0:
+        pytest.skip("cannot remount the tmpfs read-only here")
+    cache = small_fs / "cache"
+    data = _write(tmp_path / "a.jsonl", _rows(30))
+    line = _one_error_line(_prepare_cli(data, cache, tmp_path), cache)
+    assert "read-only filesystem" in line

@@ -46,6 +46,7 @@ statistics are put together by the main process, so the store is the same bit fo
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -62,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from sftlab.errors import UsageError
+from sftlab.files import no_room, room_message
 
 FORMAT = 1
 CHUNK_RECORDS = 8192
@@ -166,7 +168,7 @@ def _file_digest(p: Path, cache: Path) -> str:
         return entry[1]  # a large file, unchanged since it was hashed: its content is not read again
     digest = input_digest(p)
     after = os.stat(p)
-    if _stamp(after) == _stamp(st) and _settled(after):
+    if _stamp(after) == _stamp(st) and _settled(after) and st.st_size > _SAMPLE_BYTES:
         stamps = _read_stamps(where)  # another process may have added its own inputs meanwhile
         stamps[name] = [_stamp(after), digest]
         _write_stamps(where, stamps)
@@ -551,21 +553,39 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     own = spool is None
     spool = Spool(cache) if own else spool
     try:
-        read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
-        raw = [digest if digest is not None else _file_digest(p, cache) for p, digest in read]
-        index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
-        found = _from_index(cache, index, verify, parts, raw)
-        if found is not None:
-            found.hit = True
-            return found
-        if not build:
-            raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
-        names = [str(p) if r != p else None for p, (r, _) in zip(paths, read)]
-        store = _build([r for r, _ in read], tokenizer, template, options, policy, parts, cache, num_proc,
-                       chunk_records, progress, label, columns, names, sides, eval_split)
+        return _prepare(paths, inputs, tokenizer, template, options, policy, cache, num_proc, chunk_records,
+                        progress, build, verify, label, columns, sides, eval_split, spool, parts)
+    except (OSError, UsageError) as e:
+        reason = no_room(e)
+        if reason is None and isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            raise UsageError(f"{cache}: cannot write the prepared-data store there: {e.strerror} ({e.filename}); "
+                             "set data.cache_dir or $SFTLAB_CACHE to a folder you can write") from None
+        if reason is None:
+            raise
+        need = 2 * sum(p.stat().st_size for p in paths if p.is_file())
+        raise UsageError(room_message(cache, reason, need, "every store already there is whole") +
+                         " (a store takes about twice its inputs' bytes; data.cache_dir or $SFTLAB_CACHE "
+                         "puts it elsewhere)") from None
     finally:
         if own:
             spool.close()
+
+
+def _prepare(paths, inputs, tokenizer, template, options, policy, cache, num_proc, chunk_records, progress,
+             build, verify, label, columns, sides, eval_split, spool, parts) -> PreparedStore:
+    """``prepare`` once the inputs are checked and the key parts known: found, or built and indexed."""
+    read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
+    raw = [digest if digest is not None else _file_digest(p, cache) for p, digest in read]
+    index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
+    found = _from_index(cache, index, verify, parts, raw)
+    if found is not None:
+        found.hit = True
+        return found
+    if not build:
+        raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
+    names = [str(p) if r != p else None for p, (r, _) in zip(paths, read)]
+    store = _build([r for r, _ in read], tokenizer, template, options, policy, parts, cache, num_proc,
+                   chunk_records, progress, label, columns, names, sides, eval_split)
     index.parent.mkdir(parents=True, exist_ok=True)
     _write_text(index, json.dumps({"key": store.key, "raw": raw,
                                    "store_sha256": _sha256_file(store.path / "store.json")}) + "\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from sftlab.model.attention import use_packed_attention
+from sftlab.fingerprints import weights_sha256
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs)
 from sftlab.errors import UsageError
@@ -99,14 +100,15 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
     old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
     changed: list[dict] = []
+    base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files"))
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
-        changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
+        changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes, base[0]))
 
     data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
     total_steps = data.total_steps(world)
     if main:
-        record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
+        record_manifest(run, cfg, data, model, tokenizer, template, role_tokens, base)
         _start_segment(run, old, _step_of(ckpt) if resume and ckpt else 0, changed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
@@ -473,9 +475,10 @@ def _step_of(ckpt: Path) -> int:
 
 
 def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer, template,
-                  ckpt: Path | None, allow_changes: bool) -> list[dict]:
+                  ckpt: Path | None, allow_changes: bool, base_sha256: str | None = None) -> list[dict]:
     """Differences that change the result between the checkpoint's run and this one; refused
-    (``UsageError`` listing them) unless ``allow_changes``."""
+    (``UsageError`` listing them) unless ``allow_changes``. A LoRA run also compares the base
+    model's weights (``base_sha256``): its adapter means nothing on other weights at the same path."""
     if old is None or ckpt is None:
         return []
     from sftlab.manifest import tokenizer_fingerprint
@@ -484,6 +487,8 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
     new = {"config": cfg.to_dict(), "data": {"splits": data.splits},
            "template": template.describe(), "tokenizer": tokenizer_fingerprint(tokenizer),
            "policy": data.policy.manifest_entry() if data.policy is not None else None}
+    if cfg.lora.enabled:
+        new["model"] = {"base_sha256": base_sha256}
     diffs = resume_differences(old, new)
     if diffs and not allow_changes:
         raise UsageError(refuse_message(ckpt, diffs))
@@ -527,8 +532,9 @@ def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, met
 # -- manifest ------------------------------------------------------------------------------------
 
 def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokenizer, template,
-                    role_tokens: dict) -> None:
-    """Write the run's data, template, tokenizer, masking, packing, mixture and config sections."""
+                    role_tokens: dict, base: tuple = (None, {})) -> None:
+    """Write the run's data, template, tokenizer, masking, packing, mixture and config sections;
+    ``base`` is ``weights_sha256`` of the base model (its hash and per-file stamps)."""
     from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
     trained = int(data.table.trained.sum())
     total = int(data.table.lengths.sum())
@@ -552,7 +558,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
         model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
-               "notes": source.get("notes") or source.get("note"), "source": source or None},
+               "notes": source.get("notes") or source.get("note"), "source": source or None,
+               "base_sha256": base[0], "base_files": base[1] or None},
         config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
     if data.policy is not None:
         sections["policy"] = {**data.policy.manifest_entry(), "path": cfg.data.policy}

@@ -148,6 +148,10 @@ def resume_differences(old: dict, new: dict) -> list[dict]:
     new_model = (new_cfg.get("model") or {}).get("path")
     if old_model != new_model and not _same_model_files(old_model, new_model):
         out.append({"path": "config.model.path", "old": old_model, "new": new_model})
+    old_base = (old.get("model") or {}).get("base_sha256")
+    new_base = (new.get("model") or {}).get("base_sha256")
+    if old_base and new_base and old_base != new_base:  # LoRA: the base weights changed in place
+        out.append({"path": "model.base_sha256", "old": old_base, "new": new_base})
     if bool(old_cfg.get("data", {}).get("policy")) != bool(new_cfg.get("data", {}).get("policy")):
         out.append({"path": "config.data.policy", "old": old_cfg.get("data", {}).get("policy"),
                     "new": new_cfg.get("data", {}).get("policy")})
