@@ -31,12 +31,18 @@ a new one. The normalised records are only known after reading, so the raw conte
 input (``sftlab.data.readers.input_digest``: file bytes, or a dataset's fingerprint) with the
 other parts indexes the key (``CACHE/index/``): a run on unchanged files finds its store without
 reading a record, and a file rewritten with the same records is read once and maps to the same
-store. Opening a store checks every file's size and sha256; a damaged store is reported and
-rebuilt, never used. A file whose stat stamp (size, mtime, ctime, inode) is the one recorded when
-it last hashed right is not read again (``CACHE/index/KEY.stamps.json``, as git's index does),
-nor is an unchanged input file (``CACHE/index/inputs.stamps.json``): a second run on a million
-conversations opens its store without reading gigabytes, and any write to a file moves its
-ctime, so it is hashed again.
+store. An index entry holds the key, the raw digests it was written for and the sha256 of the
+``store.json`` it found; it is followed only when all three hold (``_from_index``), and the store
+only when its ``store.json`` names its own folder's key, that key is the hash of the parts it
+lists, and those parts are this run's (``PreparedStore._check_identity``). Opening a store checks
+that its checksum list is complete and every file's size and sha256; a damaged store is reported
+and rebuilt, never used. Stamps are a speed-up, not the truth: a file whose stat stamp (size,
+mtime, ctime, inode) is the one recorded when it last hashed right is not read again
+(``CACHE/index/KEY.stamps.json``, as git's index does) unless it is drawn for the sample hashed on
+every open (``_SAMPLE_BYTES`` in all, so a small store is hashed whole), and an input over
+``_SAMPLE_BYTES`` is not hashed again while its stamp is the one it hashed with
+(``CACHE/index/inputs.stamps.json``): a second run on a million conversations opens its store
+reading 128 MiB, not gigabytes, and any write to a file moves its ctime, so it is hashed again.
 
 Workers (``num_proc``) each encode whole chunks and write them themselves (nothing but a small
 task description and a small summary crosses processes); the chunks, the per-record checks
