@@ -322,7 +322,10 @@ class PreparedStore:
         required = {"quarantine.jsonl", "stats.json", "preview.jsonl"} | {
             f"{c['dir']}/{name}" for c in self.meta.get("chunks", ())
             for name in (*(f"{a}.npy" for a in _ARRAYS), "examples.jsonl", "chunk.json")}
-        on_disk = {str(p.relative_to(self.path)) for p in self.path.rglob("*") if not p.is_dir()}
+        root, on_disk = str(self.path), set()
+        for d, _, names in os.walk(root):  # scandir: no stat per file
+            prefix = d[len(root) + 1:] + "/" if d != root else ""
+            on_disk.update(prefix + f for f in names)
         unlisted = sorted((required | on_disk) - set(listed) - {"store.json"})
         if unlisted:
             raise StoreError(f"{self.path / unlisted[0]}: not in store.json's checksums (the list is incomplete: "
