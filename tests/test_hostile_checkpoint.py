@@ -151,3 +151,26 @@ def test_a_checkpoint_over_the_file_size_limit_is_one_line_and_the_previous_one_
     assert f"{run / 'checkpoints' / 'step-2'} is whole" in errors[0]
     assert _files(run / "checkpoints") == before  # the previous checkpoints whole, nothing partial left
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_final_model_over_the_file_size_limit_is_one_line_and_leaves_nothing_partial(assets, tmp_path):
+    """A LoRA run whose merged final model is the first file too large: checkpoints hold the small
+    adapter, ``final/`` the whole model."""
+    run = tmp_path / "run"
+    cfg = _config(assets, run, lora={"enabled": True, "r": 2, "merge_on_save": True}, optim={"max_steps": 1})
+    limit = (assets / "model" / "model.safetensors").stat().st_size - 1024
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "sftlab", "train", str(cfg)], capture_output=True, text=True,
+                          timeout=LIMIT_S, preexec_fn=small_disk, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert f"{run / 'final'}: cannot write it:" in lines[0] and "it needs about" in lines[0]
+    assert not (run / "final").exists() and not [p for p in run.iterdir() if p.name.startswith(".tmp")]
+    from sftlab.train.checkpoint import choose_checkpoint
+
+    assert choose_checkpoint(run) == run / "checkpoints" / "step-1"  # the checkpoint whole: --resume works

@@ -1,8 +1,9 @@
 """Read conversation files, validate every record, and quarantine the ones that cannot be used.
 
 Readers: JSONL (one record per line; a ``.json`` file that does not start with ``[`` is read this
-way too), a JSON array, Parquet, and a directory written by ``datasets``' ``save_to_disk``
-(a ``DatasetDict`` is read split by split, each reported as ``DIR[split]``). Every record is either
+way too), a JSON array, Parquet, a directory written by ``datasets``' ``save_to_disk``
+(a ``DatasetDict`` is read split by split, each reported as ``DIR[split]``), and a folder of such
+files, each read and reported as itself (``sftlab.data.readers.folder_files``). Every record is either
 accepted or quarantined with a reason that names the file, line, record id, field and message
 index, what was expected and how to fix it, so that per file ``records = accepted + quarantined``.
 
