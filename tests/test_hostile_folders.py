@@ -115,7 +115,7 @@ def test_a_file_rewritten_with_its_time_set_back_is_read_as_it_is_now(tmp_path, 
     assert _validate(folder, tmp_path, capsys)[1]["records"] == 45
 
 
-@pytest.mark.parametrize("kind", ["csv", "txt", "arrow", "fifo"])
+@pytest.mark.parametrize("kind", ["csv", "txt", "arrow", "fifo", "linked_folder", "dangling_link"])
 def test_a_file_sftlab_does_not_read_is_a_reason_naming_it(tmp_path, capsys, kind):
     folder = tmp_path / "ds"
     _lines(folder / "a.jsonl", [_row(i) for i in range(3)])
@@ -123,6 +123,10 @@ def test_a_file_sftlab_does_not_read_is_a_reason_naming_it(tmp_path, capsys, kin
     odd.parent.mkdir()
     if kind == "fifo":
         os.mkfifo(odd)  # nobody writes to it: reading it would hang
+    elif kind == "linked_folder":  # its files would be skipped without a word (a loop, here)
+        odd.symlink_to(folder, target_is_directory=True)
+    elif kind == "dangling_link":
+        odd.symlink_to(tmp_path / "gone.jsonl")
     else:
         odd.write_text("id,text\n1,hello\n")
     err = one_line_refusal(capsys, main(["validate", str(folder), "--quarantine", str(tmp_path / "q.jsonl")]))
@@ -136,6 +140,7 @@ def test_hidden_files_and_the_dataset_card_are_skipped(tmp_path, capsys, hf_cach
     (folder / "README.md").write_text("# card\n")
     (folder / "LICENSE").write_text("MIT\n")
     (folder / ".gitattributes").write_text("*.parquet filter=lfs\n")
+    (folder / "dataset_infos.json").write_text(json.dumps({"default": {"features": {}}}))
     _lines(folder / ".cache" / "x.jsonl", ["not json"])
     code, out, _ = _validate(folder, tmp_path, capsys)
     assert code == 0 and out["records"] == 4 and len(out["files"]) == 1

@@ -67,7 +67,8 @@ def _is_saved_dataset(p: Path) -> bool:
 
 
 _FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq")
-_FOLDER_SKIPS = re.compile(r"^(readme|license|licence|notice|copying)(\.[\w.-]*)?$|\.md$", re.IGNORECASE)
+_FOLDER_SKIPS = re.compile(r"^(readme|license|licence|notice|copying)(\.[\w.-]*)?$|\.md$|^dataset_infos\.json$",
+                           re.IGNORECASE)
 
 
 def folder_files(p: Path) -> list[Path]:
@@ -75,8 +76,9 @@ def folder_files(p: Path) -> list[Path]:
     paths: every ``.jsonl``, ``.json`` and ``.parquet`` file below it. Documentation (README,
     LICENSE, ``*.md``) and hidden files and folders are skipped; any other file (CSV, text,
     Arrow, a pipe, ...) makes the folder a ``UsageError`` naming it, since a file that is not
-    read would be data lost without a word. File names are never read as split names: a
-    ``validation.jsonl`` beside ``train.jsonl`` is data like any other.
+    read would be data lost without a word, as would a linked folder (not followed: pass it
+    itself). A hub card's ``dataset_infos.json`` is metadata, skipped too. File names are never
+    read as split names: a ``validation.jsonl`` beside ``train.jsonl`` is data like any other.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -88,7 +90,12 @@ def folder_files(p: Path) -> list[Path]:
     out = []
     for f in sorted(p.rglob("*")):
         rel = f.relative_to(p)
-        if any(part.startswith(".") for part in rel.parts) or f.is_dir():
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if f.is_dir():
+            if f.is_symlink():
+                raise UsageError(f"{p}: holds {rel}, a symbolic link to a folder, which is not followed; "
+                                 "pass that folder itself as an input")
             continue
         if not f.is_file():
             raise UsageError(f"{p}: holds {rel}, which is not a regular file; a folder input holds data "
