@@ -101,7 +101,9 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
     old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
     changed: list[dict] = []
-    base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files"))
+    # LoRA: the adapter means nothing on other base weights; hashed once, then known by file stamps
+    base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files")) \
+        if cfg.lora.enabled else (None, {})
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes, base[0]))
