@@ -328,11 +328,19 @@ def room_message(where: Path, reason: str, need: int, kept: str) -> str:
     """One line: ``where`` cannot be written for ``reason``, the room it needs (``need`` bytes,
     about), the room there is, and what is whole (``kept``)."""
     try:
-        free = f"{shutil.disk_usage(next(p for p in (where, *where.parents) if p.exists())).free / 2**20:,.1f} MiB free there"
+        free = f"{_size(shutil.disk_usage(next(p for p in (where, *where.parents) if p.exists())).free)} free there"
     except (OSError, StopIteration):
         free = "free space unknown"
-    return (f"{where}: cannot write it: {reason}; it needs about {need / 2**20:,.1f} MiB ({free}); nothing "
+    return (f"{where}: cannot write it: {reason}; it needs about {_size(need)} ({free}); nothing "
             f"partial is left and {kept}: make room, then run again")
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``12.0 KiB``, ``3.5 MiB``, ``1.2 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n / 2**10:,.1f} KiB"
 
 
 class whole_or_nothing:

@@ -174,3 +174,44 @@ def test_a_final_model_over_the_file_size_limit_is_one_line_and_leaves_nothing_p
     from sftlab.train.checkpoint import choose_checkpoint
 
     assert choose_checkpoint(run) == run / "checkpoints" / "step-1"  # the checkpoint whole: --resume works
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """``mounted(size_bytes) -> path`` of a tmpfs of that size (skipped where none can be mounted)."""
+    made = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"fs{len(made)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode(errors='replace').strip()}")
+        made.append(where)
+        return where
+
+    yield mount
+    for where in made:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_training_into_a_filesystem_that_fills_mid_run_is_one_line(assets, base_run, mounted, capsys):
+    """The run's filesystem holds the first checkpoint and fills after it (at the second checkpoint or
+    at the final model): the path being written is named with the room it needs, nothing partial is
+    left, and the newest checkpoint is whole."""
+    used = lambda p: p.stat().st_blocks * 512 + 4096  # noqa: E731  (blocks, and the inode's page)
+    first = sum(used(p) for p in (base_run / "checkpoints" / "step-1").rglob("*"))
+    rest = sum(used(p) for p in base_run.rglob("*") if "checkpoints" not in p.parts and "final" not in p.parts)
+    fs = mounted(rest + first + first // 2)
+    run = fs / "run"
+    code = main(["train", str(_config(assets, run))])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert "cannot write it: no space left on the device; it needs about" in line and "free there" in line
+    assert f"{run / 'checkpoints' / 'step-2'}: " in line or f"{run / 'final'}: " in line  # whichever filled it
+    assert not [p for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".tmp")]
+    from sftlab.train.checkpoint import choose_checkpoint, verify_checkpoint
+
+    newest = choose_checkpoint(run)  # whole, and verified: --resume continues from it
+    assert newest is not None and verify_checkpoint(newest) == []

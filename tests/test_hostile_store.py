@@ -252,7 +252,7 @@ def test_prepare_over_the_file_size_limit_is_one_line_and_leaves_the_cache_as_it
 
     line = _one_error_line(_prepare_cli(data, cache, tmp_path, small_disk), cache)
     assert ("over the file size limit" in line or "only part of a write" in line) and "it needs about" in line
-    assert "MiB free there" in line
+    assert "iB free there" in line
     assert _store_files(cache) == before  # nothing partial: no .build-*, no half index; the old store whole
     assert data.read_bytes() == source
 
