@@ -10,11 +10,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "check-template", help="verify masks and control tokens of a chat template on a probe set",
         description="Render a built-in probe set (system prompt, multi-turn, content spelling "
-                    "special tokens, non-ASCII text; a tool call with its result and schema for templates with a tool "
-                    "format, reasoning for those with a reasoning format) and report, per assistant turn, what the generation "
+                    "special tokens, non-ASCII text, content a filter would change; tool schemas, a tool call with "
+                    "its result, and reasoning) and report, per assistant turn, what the generation "
                     "prompt ends with, what the model must generate (the template's rendering of the turn "
                     "after its prompt) and what is trained, and whether any control token came from "
-                    "content. Exit 1 on any difference, and when a required probe could not be checked.")
+                    "content. Every probe is listed: a capability the template has no format for (tools, "
+                    "reasoning) as unsupported, a shape it refuses (a system prompt) as skipped; neither is "
+                    "reported as passed. Exit 1 on any difference, and when a required probe could not be checked.")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
     p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
                    "default: the tokenizer's own")
@@ -35,8 +37,11 @@ def run(args) -> int:
     except TemplateError as e:
         raise UsageError(str(e)) from None
     bad = [r for r in results if r["status"] == "mismatch"]
+    summary = {s: [r["probe"] for r in results if r["status"] in group]
+               for s, group in (("checked", ("ok", "expanded")), ("failed", ("mismatch",)),
+                                ("unsupported", ("unsupported",)), ("skipped", ("skipped",)))}
     if args.json:
-        print(json.dumps({"template": template.describe(), "ok": not bad, "probes": results}))
+        print(json.dumps({"template": template.describe(), "ok": not bad, "probes": results, **summary}))
         return 1 if bad else 0
     print(f"template {template.name}  fingerprint {template.fingerprint[:16]}  "
           f"stop {list(template.end_of_turn) or 'NONE'}")
@@ -53,5 +58,10 @@ def run(args) -> int:
                 print(f"      after the stop   : {t['after_stop']!r} (not trained)")
         if r.get("control_tokens_from_content"):
             print(f"    control tokens from content: {r['control_tokens_from_content']}")
-    print("OK" if not bad else f"{len(bad)} probe(s) failed")
+    print(f"checked: {', '.join(summary['checked']) or 'nothing'}")
+    if summary["unsupported"]:
+        print(f"not supported (records that need it are refused): {', '.join(summary['unsupported'])}")
+    if summary["skipped"]:
+        print(f"not checked (the template refuses the probe): {', '.join(summary['skipped'])}")
+    print("OK for what was checked" if not bad else f"{len(bad)} probe(s) failed")
     return 1 if bad else 0

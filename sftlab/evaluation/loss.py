@@ -27,7 +27,8 @@ def eval_loss(model, tokenizer, template, conversations, slice_of=None,
 
     slice_of = slice_of or default_slice_of
     options = {k: v for k, v in (encoding or {}).items()
-               if k in ("max_length", "last_turn_only", "reasoning", "turns", "overflow") and v is not None}
+               if k in ("max_length", "last_turn_only", "reasoning", "inline_reasoning", "turns", "overflow")
+               and v is not None}
     examples, quarantined = encode_all(conversations, tokenizer, template, **options)
     device = next(model.parameters()).device
     sums: dict[str, float] = defaultdict(float)

@@ -40,9 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from sftlab import collector
+from sftlab.tokens import accounting
 from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
-from sftlab.data.conversation import REASONING_MODES, Conversation, Message, Origin, template_messages, unpaired_surrogate
-from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
+from sftlab.data.conversation import (REASONING_MODES, Conversation, Message, Origin, inline_reasoning,
+                                      template_messages, unpaired_surrogate)
+from sftlab.tokens.templates import (ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens,
+                                    reasoning_tags)
 
 
 class EncodingError(ValueError):
@@ -126,10 +129,12 @@ class _Encoder:
     """A tokenizer bound to a template, with the lookups encoding needs prepared once."""
 
     def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False,
-                 reasoning: str = "keep"):
+                 reasoning: str = "keep", inline_reasoning: bool = True):
         if reasoning not in REASONING_MODES:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
         self.reasoning = reasoning
+        self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
+        """The (opener, closer) pairs read as reasoning at the start of assistant content."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TemplateError("sftlab needs a fast (Rust) tokenizer: character offsets make the masks exact")
@@ -220,18 +225,30 @@ _ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False,
-             reasoning: str = "keep") -> _Encoder:
+             reasoning: str = "keep", inline_reasoning: bool = True) -> _Encoder:
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    key = (template.fingerprint, allow_missing_control, reasoning)
+    key = (template.fingerprint, allow_missing_control, reasoning, inline_reasoning)
     try:
         cache = _ENCODERS.setdefault(tokenizer, {})
     except TypeError:
         cache = {}
     if key not in cache:
         cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control,
-                              reasoning=reasoning)
+                              reasoning=reasoning, inline_reasoning=inline_reasoning)
     return cache[key]
+
+
+def _inline_reasoning(enc: _Encoder, conv: Conversation) -> Conversation:
+    """``conv`` with a reasoning block at the start of an assistant message's content read as its
+    reasoning (``encoding.inline_reasoning``), so ``encoding.reasoning`` applies to it; ``conv``
+    itself where there is none."""
+    if not enc.thinks:
+        return conv
+    msgs = tuple(inline_reasoning(m, enc.thinks) if m.role == "assistant" else m for m in conv.messages)
+    if all(a is b for a, b in zip(msgs, conv.messages)):
+        return conv
+    return dataclasses.replace(conv, messages=msgs)
 
 
 def _trained_messages(messages: Sequence[Message], last_turn_only: bool) -> dict[int, float]:
@@ -326,9 +343,11 @@ def _reasoning_spans(enc: _Encoder, messages: Sequence[Message], layout: Layout)
         region = layout.text[turn.start:turn.stop_start]
         form = next((f for f in (reasoning, reasoning.strip()) if f in region), None)
         if form is None:
-            untrainable[turn.index] = (f"the {enc.template.name} template does not write the reasoning of this turn; "
+            untrainable[turn.index] = (f"{accounting.the(enc.template.name)} does not write the reasoning of this turn; "
                                        "set encoding.reasoning: drop to train it without, or use a template with a "
-                                       "reasoning format")
+                                       "reasoning format" + (" (a <think> block at the start of the content is read "
+                                       "as reasoning; encoding.inline_reasoning: false trains it as answer text)"
+                                       if enc.thinks else ""))
             continue
         a = turn.start + region.index(form)
         shown.append((turn.index, a, a + len(form)))
@@ -348,6 +367,7 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
     layout = layout if layout is not None else _layout(enc, messages, conv.tools)
     trained = {i: w for i, w in _trained_messages(messages, last_turn_only).items() if i not in skip}
     _check_turns(enc.template, layout, trained)
+    accounting.check(layout, messages, conv.tool_list() if conv.tools else None, enc.template.name, trained)
     weights, offsets = None, None
     if encoding is not None and not enc._injected(layout):
         ids = encoding.ids
@@ -540,34 +560,37 @@ def _options(turns: str, overflow: str) -> None:
 
 
 def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
-           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep") -> EncodedExample:
+           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep",
+           inline_reasoning: bool = True) -> EncodedExample:
     """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
 
     ``template=None`` uses the tokenizer's own ``chat_template``; a name picks a built-in format.
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
-                       max_length, last_turn_only)[0]
+    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
+    return _encode_one(enc, as_conversation(conversation), max_length, last_turn_only)[0]
 
 
 def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
                     max_length: int | None = None, last_turn_only: bool = False, turns: str = "expand",
-                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep") -> list[EncodedExample]:
+                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep",
+                    inline_reasoning: bool = True) -> list[EncodedExample]:
     """Every example one conversation gives with the ``turns`` and ``overflow`` options (the
     record's own example first, where it has a trained turn); raises ``EncodingError`` as ``encode``.
     ``trace=True`` keeps each example's ``Trace`` (rendering, spans, token offsets)."""
     _options(turns, overflow)
     token = _KEEP_TRACE.set(trace)
     try:
-        return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
-                           max_length, last_turn_only, turns, overflow)
+        enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
+        return _encode_one(enc, as_conversation(conversation), max_length, last_turn_only, turns, overflow)
     finally:
         _KEEP_TRACE.reset(token)
 
 
 def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, turns="whole",
                 overflow="drop") -> list[EncodedExample]:
+    conv = _inline_reasoning(enc, conv)
     results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
     _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow)
@@ -579,7 +602,7 @@ def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, t
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
                batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop",
-               reasoning: str = "keep"):
+               reasoning: str = "keep", inline_reasoning: bool = True):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
@@ -591,8 +614,8 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
         return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
-                                turns, overflow, reasoning)
-    enc = _encoder(tokenizer, template, reasoning=reasoning)
+                                turns, overflow, reasoning, inline_reasoning)
+    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = None
@@ -600,16 +623,19 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         from tqdm import tqdm
 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
+    work = [_inline_reasoning(enc, c) for c in convs] if enc.thinks else convs
+    done = 0
     with collector.paused():
-        for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
+        for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, work, batch_size):
             _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only, turns, overflow)
-            for conv, result in zip(chunk, results):
+            for conv, result in zip(convs[done:done + len(chunk)], results):  # the record as it was read
                 if isinstance(result, str):
                     quarantined.append(_quarantine_entry(conv, result))
                 elif isinstance(result, list):
                     examples.extend(result)
                 else:
                     examples.append(result)
+            done += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
@@ -649,7 +675,7 @@ def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, d
         try:
             layouts[j] = _layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
-            results[j] = _reason(e)
+            results[j] = _reason(e, _inline_hint(enc, conv.messages))
     return results, layouts
 
 
@@ -677,7 +703,7 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
             else:
                 results[j] = _with_extra(_check_trained(ex), extra.get(j))
         except (EncodingError, TemplateError) as e:
-            results[j] = _reason(e)
+            results[j] = _reason(e, _inline_hint(enc, conv.messages))
     # Truncated conversations: the first candidate of each, tokenized in one batch.
     firsts: dict[int, Layout] = {}
     for j, t in long.items():
@@ -815,8 +841,20 @@ def encoding_summary(examples: Sequence[EncodedExample]) -> dict:
     return out
 
 
-def _reason(e: Exception) -> str:
-    reason = _Rejected(str(e) or type(e).__name__)
+def _inline_hint(enc: _Encoder, messages: Sequence[Message]) -> str:
+    """Where ``encoding.inline_reasoning`` is off and an answer starts with a reasoning block: how a
+    template that reads such a block as reasoning (Qwen3) can render the record."""
+    if enc.thinks:
+        return ""
+    tags = reasoning_tags(enc.template.source)
+    if any(m.role == "assistant" and inline_reasoning(m, tags) is not m for m in messages):
+        return ("; an answer starts with a reasoning block, which this template reads as reasoning: set "
+                "encoding.inline_reasoning: true, or move the block into the message's reasoning_content")
+    return ""
+
+
+def _reason(e: Exception, hint: str = "") -> str:
+    reason = _Rejected((str(e) or type(e).__name__) + hint)
     reason.code = getattr(e, "code", None) or ("template_error" if isinstance(e, TemplateError) else "encode_failed")
     return reason
 
@@ -831,7 +869,7 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 
 def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
                   max_length: int | None = None, last_turn_only: bool = False, progress: bool = False,
-                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep"):
+                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep", inline_reasoning: bool = True):
     """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
     ``(examples, report)``, the new report with the records that encoding quarantined (too long,
     nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
@@ -843,7 +881,7 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 
     examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
                                   last_turn_only=last_turn_only, progress=progress, turns=turns,
-                                  overflow=overflow, reasoning=reasoning)
+                                  overflow=overflow, reasoning=reasoning, inline_reasoning=inline_reasoning)
     files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     by_path = {f.path: f for f in files}
     quarantined = list(report.quarantined)
@@ -864,34 +902,35 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 _WORKER: dict = {}
 
 
-def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning):
+def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning,
+                 inline_reasoning):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
                    last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow,
-                   reasoning=reasoning)
+                   reasoning=reasoning, inline_reasoning=inline_reasoning)
 
 
 def _worker_run(convs):
     w = _WORKER
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
                       last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
-                      overflow=w["overflow"], reasoning=w["reasoning"])
+                      overflow=w["overflow"], reasoning=w["reasoning"], inline_reasoning=w["inline_reasoning"])
 
 
 def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow,
-                     reasoning="keep"):
+                     reasoning="keep", inline_reasoning=True):
     import multiprocessing as mp
     import os
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    _encoder(tokenizer, template, reasoning=reasoning)  # fail early, in this process, on a template/tokenizer mismatch
+    _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)  # fail early, in this process, on a template/tokenizer mismatch
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
                   initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow,
-                            reasoning)) as pool:
+                            reasoning, inline_reasoning)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:

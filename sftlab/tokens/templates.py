@@ -54,7 +54,7 @@ from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
            "add_role_tokens", "install_template", "missing_control_tokens", "control_token_strings",
-           "special_strings", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS"]
+           "special_strings", "reasoning_tags", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS"]
 
 BUILTIN_TEMPLATES = tuple(_FORMATS)
 
@@ -350,6 +350,11 @@ class _Duplicated(TemplateError):
     """The template writes a message's content more than once."""
 
 
+TRANSFORMS = ("(a filter or test in the template changes or drops assistant content: escape, title, truncate, "
+              "tojson, a test on the text); the trained text would not be the record's answer, so sftlab cannot "
+              "certify this template: use one that writes content as it is")
+"""Why a turn whose content the template transforms is refused (``check-template`` says it too)."""
+
 _PROBE = "sftlab0probe0c7e1f"
 _PROBE_NEXT = "sftlab0probe0next0a9d2"
 
@@ -423,11 +428,18 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
         return f"the template cannot render it with other content ({e})"
     if probed.count(_PROBE) != 1:
         return ("the template writes its content more than once" if probed.count(_PROBE) > 1
-                else "the template does not write its content")
+                else "the template does not write its content as given " + TRANSFORMS)
     after = probed[probed.index(_PROBE) + len(_PROBE):]
     content_end = len(own) - len(after)
     if not own.endswith(after) or content_end < len(prompt):
         return "its content cannot be located in its own rendering"
+    # The trained text is the record's content as the model must generate it: what the template
+    # writes before a probe content (an opener), then the content itself (trimmed at most).
+    opener = probed[len(prompt):probed.index(_PROBE)] if probed.startswith(prompt) else None
+    written = own[len(prompt):content_end]
+    if opener is None or not written.startswith(opener) or written[len(opener):] not in _forms(messages[i]["content"]):
+        return (f"the template writes {written[len(opener or ''):][:60]!r} where the record's answer is "
+                f"{messages[i]['content'][:60]!r} " + TRANSFORMS)
     control = _sorted_control(t)
     w_a, run_a = _control_run(after, control)
     nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
@@ -793,7 +805,9 @@ def _eot_end(text: str, end: int, region_end: int, end_of_turn: tuple[str, ...])
 
 def _probe_content_parts(source: str, special: dict) -> bool:
     """Whether the template iterates over content parts: a probe given as a string does not reach
-    the rendering, the same probe given as one text part does."""
+    the rendering, the same probe given as one text part does, and not as the printed list (a
+    template that filters its content, ``|truncate`` or ``|title``, loses a string probe too, and
+    writes a list as its Python or JSON text: that is no content-parts template)."""
     t = ChatTemplate("probe", source, (), (), "", special)
     msgs = [{"role": "user", "content": _PROBE}]
     try:
@@ -804,12 +818,13 @@ def _probe_content_parts(source: str, special: dict) -> bool:
     except TemplateError:
         pass
     try:
-        return _PROBE in _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True),
-                                       msgs, True)
+        text = _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True), msgs, True)
     except RenderLimitError:
         raise
     except TemplateError:
         return False
+    part = [{"type": "text", "text": _PROBE}]
+    return _PROBE in text and str(part) not in text and json.dumps(part) not in text
 
 
 def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], parts: bool) -> tuple[str, ...]:
@@ -831,6 +846,22 @@ def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], par
             _, run = _control_run(lay.text[turn.stop_start:turn.end], control_sorted)
             found.extend(run)
     return tuple(dict.fromkeys(found))
+
+
+def reasoning_tags(source: str) -> tuple[tuple[str, str], ...]:
+    """The (opener, closer) pairs of inline reasoning: ``<think>``/``</think>``, and a tag pair of
+    that kind the template writes itself (``<seed:think>``, ``<thinking>``), first.
+
+        >>> reasoning_tags("{{ '<seed:think>' + r + '</seed:think>' }}")
+        (('<seed:think>', '</seed:think>'), ('<think>', '</think>'))
+    """
+    import re
+
+    from sftlab.data.conversation import THINK_TAGS
+
+    found = [(f"<{t}>", f"</{t}>") for t in dict.fromkeys(re.findall(r"<((?:\w+:)?think(?:ing)?)>", source))
+             if f"</{t}>" in source]
+    return tuple(dict.fromkeys(found + list(THINK_TAGS)))
 
 
 def special_strings(tokenizer) -> dict:

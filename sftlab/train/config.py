@@ -120,6 +120,10 @@ class EncodingConfig(_Section):
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
     refuses records with it unless ``drop``."""
+    inline_reasoning: bool = True
+    """Read a ``<think>...</think>`` block at the start of an assistant message's content (or the
+    opener/closer pair the template writes, such as ``<seed:think>``) as that message's reasoning,
+    so ``reasoning`` applies to it; ``false`` for data where such text is part of the answer."""
 
 
 class PackingConfig(_Section):

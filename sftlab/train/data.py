@@ -196,7 +196,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
 
         write_mask_preview(run, train.preview(), tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
-                           reasoning=cfg.encoding.reasoning)
+                           reasoning=cfg.encoding.reasoning, inline_reasoning=cfg.encoding.inline_reasoning)
         (run / "data").mkdir(parents=True, exist_ok=True)
         with atomic_file(run / "data" / "quarantine.jsonl") as f:
             for split, store in stores.items():
@@ -306,4 +306,5 @@ def heldout_encoding(cfg: TrainConfig) -> dict:
     ``sftlab eval`` computes the held-out loss of the same examples."""
     return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
+            "inline_reasoning": cfg.encoding.inline_reasoning,
             "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow}
