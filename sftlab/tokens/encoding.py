@@ -135,6 +135,7 @@ class _Encoder:
         self.reasoning = reasoning
         self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
         """The (opener, closer) pairs read as reasoning at the start of assistant content."""
+        self.writes_reasoning = bool(self.thinks) and _writes_reasoning(template)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TemplateError("sftlab needs a fast (Rust) tokenizer: character offsets make the masks exact")
@@ -239,16 +240,37 @@ def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_contr
     return cache[key]
 
 
+def _writes_reasoning(template: ChatTemplate) -> bool:
+    """Whether the template writes an assistant message's ``reasoning_content`` (Qwen3, gpt-oss, the
+    chatml built-in), found by rendering a probe as the reasoning of a final answer."""
+    probe = "sftlab0reasoning0probe"
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": probe}]
+    try:
+        return probe in template.render(msgs)
+    except TemplateError:
+        return False
+
+
 def _inline_reasoning(enc: _Encoder, conv: Conversation) -> Conversation:
     """``conv`` with a reasoning block at the start of an assistant message's content read as its
     reasoning (``encoding.inline_reasoning``), so ``encoding.reasoning`` applies to it; ``conv``
-    itself where there is none."""
+    itself where there is none. A template that writes reasoning gets it as ``reasoning_content``
+    and lays it out itself; under one that does not, the block stays in the content where it is
+    rendered as the data gives it (trained under ``keep``, weight 0 under ``mask``), and ``drop``
+    removes it."""
     if not enc.thinks:
         return conv
-    msgs = tuple(inline_reasoning(m, enc.thinks) if m.role == "assistant" else m for m in conv.messages)
+    msgs = []
+    for m in conv.messages:
+        if m.role == "assistant":
+            split = inline_reasoning(m, enc.thinks)
+            if split is not m and not enc.writes_reasoning and enc.reasoning != "drop":
+                split = dataclasses.replace(m, reasoning=split.reasoning)
+            m = split
+        msgs.append(m)
     if all(a is b for a, b in zip(msgs, conv.messages)):
         return conv
-    return dataclasses.replace(conv, messages=msgs)
+    return dataclasses.replace(conv, messages=tuple(msgs))
 
 
 def _trained_messages(messages: Sequence[Message], last_turn_only: bool) -> dict[int, float]:
@@ -345,9 +367,7 @@ def _reasoning_spans(enc: _Encoder, messages: Sequence[Message], layout: Layout)
         if form is None:
             untrainable[turn.index] = (f"{accounting.the(enc.template.name)} does not write the reasoning of this turn; "
                                        "set encoding.reasoning: drop to train it without, or use a template with a "
-                                       "reasoning format" + (" (a <think> block at the start of the content is read "
-                                       "as reasoning; encoding.inline_reasoning: false trains it as answer text)"
-                                       if enc.thinks else ""))
+                                       "reasoning format")
             continue
         a = turn.start + region.index(form)
         shown.append((turn.index, a, a + len(form)))

@@ -435,11 +435,12 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
         return "its content cannot be located in its own rendering"
     # The trained text is the record's content as the model must generate it: what the template
     # writes before a probe content (an opener), then the content itself (trimmed at most).
-    opener = probed[len(prompt):probed.index(_PROBE)] if probed.startswith(prompt) else None
-    written = own[len(prompt):content_end]
-    if opener is None or not written.startswith(opener) or written[len(opener):] not in _forms(messages[i]["content"]):
-        return (f"the template writes {written[len(opener or ''):][:60]!r} where the record's answer is "
-                f"{messages[i]['content'][:60]!r} " + TRANSFORMS)
+    # (Or the content alone, where it is laid out as the template lays it out: a think block.)
+    opener = probed[len(prompt):probed.index(_PROBE)] if probed.startswith(prompt) else ""
+    written, forms = own[len(prompt):content_end], _forms(messages[i]["content"])
+    if written not in forms and not (written.startswith(opener) and written[len(opener):] in forms):
+        return (f"the template writes {written[:80]!r} where the record's answer is "
+                f"{messages[i]['content'][:80]!r} " + TRANSFORMS)
     control = _sorted_control(t)
     w_a, run_a = _control_run(after, control)
     nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
