@@ -46,7 +46,7 @@ def run(args) -> int:
     print(f"template {template.name}  fingerprint {template.fingerprint[:16]}  "
           f"stop {list(template.end_of_turn) or 'NONE'}")
     for r in results:
-        print(f"[{r['status'].upper():8}] {r['probe']}" + (f": {r['reason']}" if r.get("reason") else ""))
+        print(f"[{r['status'].upper():11}] {r['probe']}" + (f": {r['reason']}" if r.get("reason") else ""))
         for t in r["turns"]:
             mark = "exact" if t["exact"] else "MISMATCH"
             how = " (own example: the template re-renders this turn later)" if t["expanded"] else ""

@@ -135,6 +135,7 @@ class _Encoder:
         self.reasoning = reasoning
         self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
         """The (opener, closer) pairs read as reasoning at the start of assistant content."""
+        self.openers = tuple(o for o, _ in self.thinks)
         self.writes_reasoning = bool(self.thinks) and _writes_reasoning(template)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
@@ -258,8 +259,10 @@ def _inline_reasoning(enc: _Encoder, conv: Conversation) -> Conversation:
     and lays it out itself; under one that does not, the block stays in the content where it is
     rendered as the data gives it (trained under ``keep``, weight 0 under ``mask``), and ``drop``
     removes it."""
-    if not enc.thinks:
-        return conv
+    openers = enc.openers
+    if not openers or not any(m.role == "assistant" and (m.content.startswith(openers) or (
+            m.content[:1].isspace() and m.content.lstrip().startswith(openers))) for m in conv.messages):
+        return conv  # the usual record: no answer opens with a reasoning block
     msgs = []
     for m in conv.messages:
         if m.role == "assistant":
@@ -415,7 +418,7 @@ def _check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, floa
     """Refuse a record whose trained turns the layout cannot train exactly (DESIGN.md, invariant 2)."""
     bad = sorted(i for i in trained if i in layout.untrainable)
     if bad:
-        raise EncodingError(f"assistant message {bad[0]} cannot be trained with the {template.name} template: "
+        raise EncodingError(f"assistant message {bad[0]} cannot be trained with {accounting.the(template.name)}: "
                             f"{layout.untrainable[bad[0]]}", code="untrainable_turn")
     rerendered = sorted(set(trained) & set(layout.rerendered))
     if rerendered:
@@ -643,7 +646,7 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         from tqdm import tqdm
 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
-    work = [_inline_reasoning(enc, c) for c in convs] if enc.thinks else convs
+    work = [_inline_reasoning(enc, c) for c in convs] if enc.openers else convs
     done = 0
     with collector.paused():
         for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, work, batch_size):
