@@ -149,7 +149,8 @@ def test_a_template_that_drops_the_system_prompt_refuses_the_record(toks):
 
 # -- inline reasoning --------------------------------------------------------------------------------
 
-THINKING = Conversation((Message("user", "2+2?"), Message("assistant", "<think>\nadd two and two\n</think>\n\nIt is 4.")))
+THINKING = Conversation((Message("user", "2+2?"),
+                         Message("assistant", "<think>\nadd two and two\n</think>\n\nIt is 4.")))
 
 
 def test_inline_reasoning_keep_mask_drop_under_qwen3(toks):
@@ -238,6 +239,10 @@ FILTERS = {
     "title": _chatml_with("{{ m['content'] | title }}"),
     "escape": _chatml_with("{{ m['content'] | e }}"),
     "substring test": _chatml_with("{%- if 'x' not in m['content'] %}{{ m['content'] }}{%- endif %}"),
+    "tojson": _chatml_with("{{ m['content'] | tojson }}"),
+    "striptags": _chatml_with("{{ m['content'] | striptags }}"),
+    "urlencode": _chatml_with("{{ m['content'] | urlencode }}"),
+    "length test": _chatml_with("{%- if m['content'] | length < 20 %}{{ m['content'] }}{%- endif %}"),
 }
 ANSWERS = ["It is 4.", "x marks the spot", "a much longer answer than eight characters", "A & <b>"]
 

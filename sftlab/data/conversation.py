@@ -170,8 +170,9 @@ def inline_reasoning(message: Message, tags=THINK_TAGS) -> Message:
     ``reasoning`` and the rest as content; any other message as it is (one that has reasoning
     already keeps its content whole).
 
-        >>> inline_reasoning(Message("assistant", "<think>\\n2 plus 2 is 4.\\n</think>\\n\\nIt is 4."))
-        Message(role='assistant', content='It is 4.', train=None, weight=None, tool_calls=(), tool_call_id=None, name=None, reasoning='2 plus 2 is 4.')
+        >>> m = inline_reasoning(Message("assistant", "<think>\\n2 plus 2 is 4.\\n</think>\\n\\nIt is 4."))
+        >>> m.reasoning, m.content
+        ('2 plus 2 is 4.', 'It is 4.')
     """
     if message.role != "assistant" or message.reasoning is not None:
         return message

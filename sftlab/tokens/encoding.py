@@ -21,6 +21,12 @@ Example (ChatML, a tokenizer with ``<|im_start|>``/``<|im_end|>`` as special tok
     weights:  0 ...................... 0 ........................ 1 1 ....... 0
                                                   (the "4" and its <|im_end|> are trained)
 
+Nothing the record carries is lost silently (DESIGN.md, invariant 9): the template's layout
+certifies every message's text and that each trained answer is the record's own; the tool schemas
+and calls are looked up in the rendering (``sftlab.tokens.accounting``); a record that loses any
+is quarantined with what is lost and how to keep it. A ``<think>...</think>`` block at the start of
+an answer is its reasoning (``inline_reasoning``), so ``reasoning: keep | mask | drop`` apply to it.
+
 ``max_length`` truncation removes whole early exchanges (a user message and the replies that
 follow it), keeping the system message, and never cuts inside a trained turn. A conversation
 whose last exchange alone is longer than ``max_length``, or that has no trained token left, raises
@@ -368,7 +374,8 @@ def _reasoning_spans(enc: _Encoder, messages: Sequence[Message], layout: Layout)
         region = layout.text[turn.start:turn.stop_start]
         form = next((f for f in (reasoning, reasoning.strip()) if f in region), None)
         if form is None:
-            untrainable[turn.index] = (f"{accounting.the(enc.template.name)} does not write the reasoning of this turn; "
+            untrainable[turn.index] = (f"{accounting.the(enc.template.name)} does not write the reasoning of this "
+                                       "turn; "
                                        "set encoding.reasoning: drop to train it without, or use a template with a "
                                        "reasoning format")
             continue
@@ -946,7 +953,8 @@ def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)  # fail early, in this process, on a template/tokenizer mismatch
+    # Fail early, in this process, on a template/tokenizer mismatch.
+    _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
