@@ -120,6 +120,29 @@ def test_a_template_that_writes_the_call_name_but_not_its_arguments_is_refused()
     assert e.value.code == "tool_calls_not_written"
 
 
+REASON_TOOLS = Path(__file__).parent / "data" / "tools" / "reason_tool_use_demo.sample.jsonl"
+
+
+def test_reasoning_and_tool_records_under_qwen3_and_smollm2(toks):
+    """LLaMA-Factory's reason_tool_use_demo (reasoning, calls and schemas as content parts): Qwen3
+    writes all of it (each turn in its own example); SmolLM2 writes none of it, and each record is
+    refused with what it loses. Under ``reasoning: drop`` Qwen3 reads reasoning from the content,
+    and two answers of the sample contain a stray ``</think>``: refused, naming the tag."""
+    report = load_files([REASON_TOOLS])
+    qwen3 = tokenizer_for("qwen3", toks)
+    examples, quarantined = encode_all(report.conversations, qwen3, None, turns="expand")
+    assert not quarantined and len(examples) >= len(report.conversations) == 8
+    _, dropped = encode_all(report.conversations, qwen3, None, turns="expand", reasoning="drop")
+    stray = [c for c in report.conversations if any("</think>" in m.content for m in c.messages)]
+    assert len(dropped) == len(stray) == 2
+    assert all("an answer contains '</think>'" in q["reason"] for q in dropped)
+    smol = tokenizer_for("smollm2", toks)
+    _, refused = encode_all(report.conversations, smol, None)
+    assert len(refused) == 8 and all("does not write the reasoning" in q["reason"] for q in refused)
+    _, refused = encode_all(report.conversations, smol, None, reasoning="drop")
+    assert len(refused) == 8 and {q["code"] for q in refused} == {"tools_not_written", "tool_calls_not_written"}
+
+
 # -- reasoning, the system prompt ------------------------------------------------------------------
 
 def test_reasoning_the_template_does_not_write_is_refused_unless_dropped(toks):
@@ -259,7 +282,9 @@ def test_a_record_is_accepted_only_where_the_trained_text_is_its_answer(name):
         except EncodingError as e:
             assert "changes or drops assistant content" in str(e) or "transforms message" in str(e), str(e)
             continue
-        assert _trained(tok, ex) == answer + "<|im_end|>"
+        # What the template writes around any content is its scaffolding, trained as such (tojson's quotes).
+        opener, closer = ('"', '"') if name == "tojson" else ("", "")
+        assert _trained(tok, ex) == opener + answer + closer + "<|im_end|>"
 
 
 @pytest.mark.parametrize("name", sorted(FILTERS))

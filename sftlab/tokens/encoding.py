@@ -872,14 +872,19 @@ def encoding_summary(examples: Sequence[EncodedExample]) -> dict:
 
 
 def _inline_hint(enc: _Encoder, messages: Sequence[Message]) -> str:
-    """Where ``encoding.inline_reasoning`` is off and an answer starts with a reasoning block: how a
-    template that reads such a block as reasoning (Qwen3) can render the record."""
-    if enc.thinks:
-        return ""
-    tags = reasoning_tags(enc.template.source)
-    if any(m.role == "assistant" and inline_reasoning(m, tags) is not m for m in messages):
+    """For a refused record whose answer holds a reasoning tag: where ``encoding.inline_reasoning``
+    is off and an answer starts with a reasoning block, how a template that reads such a block as
+    reasoning (Qwen3) can render it; where an answer holds a closing tag elsewhere, that the
+    template may read the text before it as reasoning."""
+    tags = enc.thinks or reasoning_tags(enc.template.source)
+    answers = [m for m in messages if m.role == "assistant"]
+    if not enc.thinks and any(inline_reasoning(m, tags) is not m for m in answers):
         return ("; an answer starts with a reasoning block, which this template reads as reasoning: set "
                 "encoding.inline_reasoning: true, or move the block into the message's reasoning_content")
+    closer = next((c for _, c in tags for m in answers if c in m.content), None)
+    if closer is not None:
+        return (f"; an answer contains {closer!r}, and templates that read reasoning from the content take the "
+                f"text before it for reasoning: remove the stray tag from the answer")
     return ""
 
 
