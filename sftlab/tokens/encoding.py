@@ -52,6 +52,8 @@ from sftlab.data.conversation import (REASONING_MODES, Conversation, Message, Or
                                       template_messages, unpaired_surrogate)
 from sftlab.tokens.templates import (ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens,
                                     reasoning_tags)
+from sftlab.tokens.generation_markers import check_mask_source, marked_layout
+from sftlab.tokens.continuation import continuation_layout
 
 
 class EncodingError(ValueError):
@@ -135,10 +137,12 @@ class _Encoder:
     """A tokenizer bound to a template, with the lookups encoding needs prepared once."""
 
     def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False,
-                 reasoning: str = "keep", inline_reasoning: bool = True):
+                 reasoning: str = "keep", inline_reasoning: bool = True,
+                 mask_source: str = "contract"):
         if reasoning not in REASONING_MODES:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
         self.reasoning = reasoning
+        self.mask_source = check_mask_source(mask_source, template)
         self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
         """The (opener, closer) pairs read as reasoning at the start of assistant content."""
         self.openers = tuple(o for o, _ in self.thinks)
@@ -233,17 +237,18 @@ _ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False,
-             reasoning: str = "keep", inline_reasoning: bool = True) -> _Encoder:
+             reasoning: str = "keep", inline_reasoning: bool = True,
+             mask_source: str = "contract") -> _Encoder:
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    key = (template.fingerprint, allow_missing_control, reasoning, inline_reasoning)
+    key = (template.fingerprint, allow_missing_control, reasoning, inline_reasoning, mask_source)
     try:
         cache = _ENCODERS.setdefault(tokenizer, {})
     except TypeError:
         cache = {}
     if key not in cache:
         cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control,
-                              reasoning=reasoning, inline_reasoning=inline_reasoning)
+                              reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
     return cache[key]
 
 
@@ -266,7 +271,7 @@ def _inline_reasoning(enc: _Encoder, conv: Conversation) -> Conversation:
     rendered as the data gives it (trained under ``keep``, weight 0 under ``mask``), and ``drop``
     removes it."""
     openers = enc.openers
-    if not openers or not any(m.role == "assistant" and (m.content.startswith(openers) or (
+    if not openers or conv.plain or not any(m.role == "assistant" and (m.content.startswith(openers) or (
             m.content[:1].isspace() and m.content.lstrip().startswith(openers))) for m in conv.messages):
         return conv  # the usual record: no answer opens with a reasoning block
     msgs = []
@@ -311,8 +316,10 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 def _layout(enc: _Encoder, messages: Sequence[Message], tools: str | None = None) -> Layout:
     """The template's layout of ``messages`` (tool calls, results and reasoning included, as
     ``apply_chat_template`` receives them) with the record's ``tools`` (JSON text)."""
-    layout = enc.template.layout(template_messages(messages, enc.reasoning),
-                                 tools=json.loads(tools) if tools else None)
+    msgs, tool_list = template_messages(messages, enc.reasoning), json.loads(tools) if tools else None
+    layout = enc.template.layout(msgs, tools=tool_list)
+    if enc.mask_source == "generation_markers":  # the template's own markers are the trained turns
+        layout = marked_layout(enc.tokenizer, enc.template, msgs, tool_list, layout)
     at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.data.formats
     if at is not None:
         raise TemplateError(f"unpaired surrogate at character {at} of the rendering: not valid "
@@ -591,28 +598,30 @@ def _options(turns: str, overflow: str) -> None:
 
 def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
            max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep",
-           inline_reasoning: bool = True) -> EncodedExample:
+           inline_reasoning: bool = True, mask_source: str = "contract") -> EncodedExample:
     """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
 
     ``template=None`` uses the tokenizer's own ``chat_template``; a name picks a built-in format.
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
+    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                   mask_source=mask_source)
     return _encode_one(enc, as_conversation(conversation), max_length, last_turn_only)[0]
 
 
 def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
                     max_length: int | None = None, last_turn_only: bool = False, turns: str = "expand",
                     overflow: str = "drop", trace: bool = False, reasoning: str = "keep",
-                    inline_reasoning: bool = True) -> list[EncodedExample]:
+                    inline_reasoning: bool = True, mask_source: str = "contract") -> list[EncodedExample]:
     """Every example one conversation gives with the ``turns`` and ``overflow`` options (the
     record's own example first, where it has a trained turn); raises ``EncodingError`` as ``encode``.
     ``trace=True`` keeps each example's ``Trace`` (rendering, spans, token offsets)."""
     _options(turns, overflow)
     token = _KEEP_TRACE.set(trace)
     try:
-        enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
+        enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                       mask_source=mask_source)
         return _encode_one(enc, as_conversation(conversation), max_length, last_turn_only, turns, overflow)
     finally:
         _KEEP_TRACE.reset(token)
@@ -632,7 +641,8 @@ def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, t
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
                batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop",
-               reasoning: str = "keep", inline_reasoning: bool = True):
+               reasoning: str = "keep", inline_reasoning: bool = True,
+               mask_source: str = "contract"):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
@@ -644,8 +654,9 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
         return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
-                                turns, overflow, reasoning, inline_reasoning)
-    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
+                                turns, overflow, reasoning, inline_reasoning, mask_source)
+    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                   mask_source=mask_source)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = None
@@ -703,7 +714,7 @@ def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, d
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
         try:
-            layouts[j] = _layout(enc, conv.messages, conv.tools)
+            layouts[j] = continuation_layout(enc, conv) if conv.plain else _layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
             results[j] = _reason(e, _inline_hint(enc, conv.messages))
     return results, layouts
@@ -904,7 +915,8 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 
 def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
                   max_length: int | None = None, last_turn_only: bool = False, progress: bool = False,
-                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep", inline_reasoning: bool = True):
+                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep",
+                  inline_reasoning: bool = True, mask_source: str = "contract"):
     """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
     ``(examples, report)``, the new report with the records that encoding quarantined (too long,
     nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
@@ -916,7 +928,8 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 
     examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
                                   last_turn_only=last_turn_only, progress=progress, turns=turns,
-                                  overflow=overflow, reasoning=reasoning, inline_reasoning=inline_reasoning)
+                                  overflow=overflow, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                                  mask_source=mask_source)
     files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     by_path = {f.path: f for f in files}
     quarantined = list(report.quarantined)
@@ -938,35 +951,36 @@ _WORKER: dict = {}
 
 
 def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning,
-                 inline_reasoning):
+                 inline_reasoning=True, mask_source="contract"):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
                    last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow,
-                   reasoning=reasoning, inline_reasoning=inline_reasoning)
+                   reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
 
 
 def _worker_run(convs):
     w = _WORKER
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
                       last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
-                      overflow=w["overflow"], reasoning=w["reasoning"], inline_reasoning=w["inline_reasoning"])
+                      overflow=w["overflow"], reasoning=w["reasoning"], inline_reasoning=w["inline_reasoning"],
+                      mask_source=w["mask_source"])
 
 
 def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow,
-                     reasoning="keep", inline_reasoning=True):
+                     reasoning="keep", inline_reasoning=True, mask_source="contract"):
     import multiprocessing as mp
     import os
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
     # Fail early, in this process, on a template/tokenizer mismatch.
-    _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning)
+    _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
                   initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow,
-                            reasoning, inline_reasoning)) as pool:
+                            reasoning, inline_reasoning, mask_source)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:
