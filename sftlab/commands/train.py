@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{summary['quarantined']} quarantined; model in {summary['final']}")
             if summary.get("adapter_base"):
                 print(f"{summary['final']} holds a LoRA adapter, not a full model: its base model is "
-                      f"recorded as {summary['adapter_base']!r} (relative to {summary['final']} when a path); "
-                      "load it with peft on that base, or set lora.merge_on_save: true for a standalone model")
+                      f"recorded as {summary['adapter_base']!r}; sftlab eval and peft's "
+                      "AutoPeftModelForCausalLM load it from any directory; set lora.merge_on_save: true "
+                      "for a standalone model")
             if summary["failed_checks"]:
                 print(f"data checks failed: {', '.join(summary['failed_checks'])} (see {out}/data/stats.json)")
         if not args.json and summary.get("exit_reason"):

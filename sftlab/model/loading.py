@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.files import current_umask, normal_modes, write_atomic
+from sftlab.model.adapters import is_adapter_dir, load_adapter_model
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -50,8 +51,9 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
                     cache_dir: str | os.PathLike | None = None):
     """``(model, tokenizer)`` for a causal language model, in eval mode.
 
-    ``name_or_path`` is a local directory saved by ``save_pretrained`` or a hub name (where a
-    hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
+    ``name_or_path`` is a local directory saved by ``save_pretrained`` (a LoRA adapter directory
+    too: its base is loaded and the adapter merged in, ``sftlab.model.adapters``) or a hub name
+    (where a hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
     GGUF is converted once into ``cache_dir`` and the converted directory is loaded.
     ``dtype`` defaults to float32 (CPU training needs it); ``"auto"`` keeps the checkpoint's.
     Code shipped with a model runs only when the caller turns ``trust_remote_code`` on (off by default).
@@ -62,6 +64,9 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
 
     if gguf_file is not None:
         path = convert_gguf(_gguf_path(name_or_path, gguf_file), cache_dir=cache_dir)
+    elif is_adapter_dir(name_or_path):  # a LoRA run's RUN/final: its base with the adapter merged
+        return load_adapter_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                  cache_dir=cache_dir)
     else:
         path = Path(name_or_path)
         if not path.exists() and not _looks_like_hub_name(str(name_or_path)):

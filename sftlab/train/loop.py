@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from sftlab.model.adapters import recorded_base
 from sftlab.model.attention import use_packed_attention
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs, verify_checkpoint)
@@ -232,8 +233,9 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     code, reason = exit_rule(data, cfg)
     if main:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
+        base = raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
         save_final(run / "final", raw, tokenizer, template, merge=merge,
-                   adapter_base=None if merge else adapter_base(cfg.model.path, run / "final"))
+                   adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
     metrics.close()
@@ -289,21 +291,6 @@ def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def adapter_base(model_path: str, final: Path) -> str:
-    """What a LoRA adapter in ``final`` records as its base model: the hub name as given, or the
-    local directory relative to ``final`` (so the run and its base can move together); absolute
-    only where no relative path exists (another drive)."""
-    path = Path(model_path)
-    if not path.exists():
-        return model_path
-    import os
-
-    try:
-        return os.path.relpath(path.resolve(), final.resolve())
-    except ValueError:
-        return str(path.resolve())
 
 
 # -- model ---------------------------------------------------------------------------------------
