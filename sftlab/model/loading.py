@@ -29,6 +29,7 @@ from typing import Any
 
 from sftlab.files import current_umask, normal_modes, write_atomic
 from sftlab.model.adapters import is_adapter_dir, load_adapter_model
+from sftlab.model.hub import resolve_source
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -74,13 +75,14 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
                                     "written by save_pretrained or a hub name like 'org/model'")
     if path.is_dir():
         refuse_pickled_weights(path)
-    target = str(path) if path.exists() else str(name_or_path)
+    name = str(path) if path.exists() else str(name_or_path)
+    target = resolve_source(name)  # a hub name with no hub: its cached snapshot, or a clear error at once
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         target, dtype=torch.float32 if dtype is None else dtype,
         trust_remote_code=trust_remote_code, use_safetensors=True)
     model.eval()
-    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": target}
+    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": name}
     return model, tokenizer
 
 

@@ -27,6 +27,7 @@ import torch
 
 from sftlab.model.adapters import recorded_base
 from sftlab.model.attention import use_packed_attention
+from sftlab.model.hub import resolve_source
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
@@ -314,7 +315,8 @@ def load_model_and_tokenizer(cfg: TrainConfig):
                                            dtype=_DTYPES[cfg.model.dtype],
                                            trust_remote_code=cfg.model.trust_remote_code)
         if cfg.tokenizer:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.tokenizer),
+                                                      trust_remote_code=cfg.model.trust_remote_code)
         template = get_template(cfg.template, tokenizer)
         if cfg.loss.chunk_size is not None:
             check_head(model)  # the chunked loss must see the logits the model itself would give
@@ -366,7 +368,8 @@ def load_tokenizer_and_template(cfg: TrainConfig):
     try:
         target = (str(convert_gguf(_gguf_path(cfg.model.path, cfg.model.gguf_file))) if cfg.model.gguf_file
                   else str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or target, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.tokenizer or target),
+                                                  trust_remote_code=cfg.model.trust_remote_code)
         template = get_template(cfg.template, tokenizer)
     except (OSError, ValueError, TemplateError) as e:
         raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
