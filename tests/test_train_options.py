@@ -272,3 +272,34 @@ def test_lora_adapter_loads_from_any_directory_in_peft_and_sftlab(assets, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert str(tmp_path / "gone") in err and "adapter_config.json" in err
+
+
+def test_quarantine_that_stops_a_run_says_why_where_and_which_key(assets, tmp_path, capsys):
+    # LLaMA-Factory's Alpaca demo at a small max_length: two of its three records are too long.
+    # prepare and train give the count per reason, the quarantine file, the keys, the same exit code.
+    data = {"train": [str(PUBLIC / "llamafactory_alpaca_en_demo.json")], "eval_split": 0.0,
+            "max_quarantined_share": 0.0, "cache_dir": str(tmp_path / "cache")}
+    run = tmp_path / "alpaca"
+    cfg = str(_config(assets, run, data=data, encoding={"max_length": 96}, optim={"max_steps": 1}, lora={"enabled": False}))
+    assert main(["prepare", cfg]) == 1
+    out = capsys.readouterr().out
+    quarantine = next(Path(w.rstrip(";")) for w in out.split() if w.rstrip(";").endswith("quarantine.jsonl"))
+    assert [json.loads(x)["code"] for x in quarantine.read_text().splitlines()] == ["too_long", "too_long"]
+    said = out.strip().splitlines()[-1]
+    assert said.startswith("exit 1: 2 of 3 records quarantined (66.67%: too_long 2), more than "
+                           "data.max_quarantined_share=0; each record and its reason: ")
+    assert "set data.max_quarantined_share=0.667 or more" in said and "too_long: raise encoding.max_length" in said
+
+    assert main(["train", cfg]) == 1
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == ("exit 1: 2 of 3 records quarantined (66.67%: too_long 2), more than data.max_quarantined_share=0; "
+                    f"each record and its reason: {run / 'data' / 'quarantine.jsonl'}; to train on the rest set "
+                    "data.max_quarantined_share=0.667 or more; too_long: raise encoding.max_length")
+    assert len((run / "data" / "quarantine.jsonl").read_text().splitlines()) == 2
+
+    # the key the message names changes the outcome of both the same way
+    assert main(["prepare", cfg, "data.max_quarantined_share=0.667", "--json"]) == 0
+    prepared = json.loads(capsys.readouterr().out)
+    assert prepared["exit_code"] == 0 and prepared["train"]["reasons"] == {"too_long": 2}
+    assert "within data.max_quarantined_share=0.667" in prepared["exit_reason"]
+    assert main(["train", cfg, "data.max_quarantined_share=0.667", f"out={tmp_path / 'alpaca2'}"]) == 0

@@ -246,16 +246,13 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
 
 def exit_rule(data: TrainData, cfg: TrainConfig) -> tuple[int, str]:
     """``(exit code, the rule that decided it)`` of a run that trained to the end."""
+    from sftlab.train.data import quarantine_rule
+
     if data.failed_checks:
         return 1, "data check failed: " + ", ".join(c["name"] for c in data.failed_checks)
-    allowed = cfg.data.max_quarantined_share
-    share = data.quarantined / data.records if data.records else 0.0
-    counts = f"{data.quarantined} of {data.records} records quarantined ({share:.2%})"
-    if data.quarantined and share > allowed:
-        return 1, f"{counts}, more than data.max_quarantined_share={allowed:g}"
-    if data.quarantined:
-        return 0, f"{counts}, within data.max_quarantined_share={allowed:g}"
-    return 0, "trained; no record quarantined and every data check passed"
+    rule = quarantine_rule(data.records, data.quarantine_reasons, cfg.data.max_quarantined_share,
+                           str(Path(cfg.out) / "data" / "quarantine.jsonl"))
+    return rule or (0, "trained; no record quarantined and every data check passed")
 
 
 def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
