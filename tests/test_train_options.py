@@ -265,6 +265,16 @@ def test_lora_adapter_loads_from_any_directory_in_peft_and_sftlab(assets, tmp_pa
     relative = os.path.relpath(assets / "model", moved / "final")
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(relative)}))
     assert torch.allclose(logits(load_base_model(moved / "final")[0]), logits(ours), atol=1e-6)
+    # the generation cache's key of an adapter covers its base: new base weights, another key
+    from sftlab.demo.tiny import build_tiny
+    from sftlab.evaluation.cache import model_fingerprint
+
+    shutil.copytree(assets / "model", tmp_path / "base2")
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "base2")}))
+    before = model_fingerprint(moved / "final")
+    build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, seed=5)[1].save_pretrained(
+        tmp_path / "base2")
+    assert model_fingerprint(moved / "final") != before
     # a base that is gone: exit 2, one line naming the path and the file to edit
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
     code = main(["eval", "--model", str(moved / "final"), "--prompts", str(prompts), "--no-cache",
