@@ -43,9 +43,10 @@ class ModelConfig(_Section):
     """Run the model repository's own Python code. Only turn on for code you trust."""
     gguf_file: str | None = None
     """A GGUF file inside ``path`` to load (dequantised) instead of safetensors weights."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16"] = "auto"
     """``auto``: float32 weights, with bf16 autocast (mixed precision) on a GPU; ``float32``: no
-    autocast; ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
+    autocast; ``bf16-mixed``: float32 weights with bf16 autocast on any device, the CPU included;
+    ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
 
 
 class DataFile(_Section):

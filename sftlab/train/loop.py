@@ -104,7 +104,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.model.dtype == "auto" else "no",
+    autocast = cfg.model.dtype == "bf16-mixed" or (cuda and cfg.model.dtype == "auto")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if autocast else "no",
                               log_with=log_with or None,
                               project_config=ProjectConfiguration(project_dir=str(run),
                                                                   logging_dir=str(run / "tensorboard")))
@@ -119,7 +120,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
 
-    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
+    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
+                        plan=_plan_of(old))
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
@@ -293,7 +295,7 @@ def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
 
 # -- model ---------------------------------------------------------------------------------------
 
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"auto": None, "float32": torch.float32, "bf16-mixed": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_model_and_tokenizer(cfg: TrainConfig):
@@ -385,30 +387,20 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 # -- validation ----------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str, float]:
-    """Held-out loss per slice and over all slices: the training objective, normalised per slice.
+    """Held-out loss per slice and over all slices: the training objective, normalised per slice
+    (``sftlab.evaluation.loss.slice_sums``, the scorer ``sftlab eval`` uses too).
 
     Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
     """
-    from sftlab.model.objective import micro_batch_loss, step_normaliser
-    from sftlab.tokens.packing import collate
+    from sftlab.evaluation.loss import slice_sums
 
-    was_training = model.training
-    model.eval()
     names = sorted(data.eval_sets)
-    sums = torch.zeros(len(names), 2, dtype=torch.float64)  # sum of w*nll, sum of w
-    mbs, reduction = cfg.eval.micro_batch_size, cfg.loss.normalisation
-    for j, name in enumerate(names):
-        rows = data.eval_rows(name, accelerator.process_index, accelerator.num_processes)
-        for i in range(0, len(rows), mbs):
-            batch = _to_device(collate(rows[i:i + mbs], data.pad_id), accelerator.device)
-            with accelerator.autocast():
-                sums[j, 0] += micro_batch_loss(model, batch, 1.0, reduction=reduction,
-                                               chunk_size=cfg.loss.chunk_size).item()
-            sums[j, 1] += step_normaliser([batch], reduction=reduction).item()
+    rows = {name: data.eval_rows(name, accelerator.process_index, accelerator.num_processes) for name in names}
+    sums = slice_sums(model, rows, data.pad_id, micro_batch_size=cfg.eval.micro_batch_size,
+                      reduction=cfg.loss.normalisation, chunk_size=cfg.loss.chunk_size,
+                      device=accelerator.device, autocast=accelerator.autocast)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    model.train(was_training)
     out = {"all": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
     out.update({name: _ratio(sums[j, 0], sums[j, 1]) for j, name in enumerate(names)})
     return out
@@ -501,6 +493,20 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
         print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
               "(recorded in run.json segments)", file=sys.stderr)
     return diffs
+
+
+def _plan_of(old: dict | None) -> int | None:
+    """A resumed run draws its epochs as it started (run.json ``mixture.plan``; a run from before
+    plans were recorded drew plan 1); a new run draws the current plan (``None``)."""
+    from sftlab.train.mixture import PLAN_VERSION
+
+    if old is None:
+        return None
+    plan = (old.get("mixture") or {}).get("plan", 1)
+    if plan not in range(1, PLAN_VERSION + 1):
+        raise UsageError(f"run.json: mixture.plan = {plan!r}: this sftlab draws epoch plans 1 to {PLAN_VERSION}; "
+                         "resume with the sftlab version that started the run")
+    return plan
 
 
 def _apply_optim_settings(optimizer, scheduler, cfg: TrainConfig) -> None:
