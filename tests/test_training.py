@@ -90,7 +90,7 @@ def test_end_to_end_run_directory(assets, tmp_path, capsys):
     records = _metrics(run)
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))
-    assert set(steps[0]) == {"step", "epoch", "loss", "lr", "tokens_per_s", "trained_tokens", "grad_norm"}
+    assert set(steps[0]) == {"step", "epoch", "loss", "lr", "tokens_per_s", "mfu", "trained_tokens", "grad_norm"}
     assert steps[-1]["loss"] < steps[0]["loss"]
     evals = [r for r in records if "eval_loss" in r]
     assert evals and set(evals[-1]["eval_loss"]) == {"all", "chat", "math"}

@@ -249,7 +249,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
 
         write_mask_preview(run, train.preview(), tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
-                           reasoning=cfg.encoding.reasoning)
+                           reasoning=cfg.encoding.reasoning, mask_source=cfg.encoding.mask_source)
         (run / "data").mkdir(parents=True, exist_ok=True)
         with atomic_file(run / "data" / "quarantine.jsonl") as f:
             for split, store in stores.items():
@@ -277,7 +277,7 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
     paths = DataConfig.paths(entries)
     kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
                   num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
-                  columns=DataConfig.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
+                  columns=cfg.data.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
     if accelerator is None or accelerator.num_processes == 1:
         return prepare(paths, tokenizer, template, **kwargs)
     store = None
@@ -359,5 +359,5 @@ def heldout_encoding(cfg: TrainConfig) -> dict:
     in the manifest so that ``sftlab eval`` computes the held-out loss of the same examples."""
     return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
-            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
+            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow, "mask_source": cfg.encoding.mask_source,
             "normalisation": cfg.loss.normalisation}

@@ -27,7 +27,6 @@ import torch
 
 from sftlab.model.adapters import recorded_base
 from sftlab.model.attention import use_packed_attention
-from sftlab.model.hub import resolve_source
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
@@ -35,6 +34,7 @@ from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
 from sftlab.train.preemption import SIGNALS
+from sftlab.train.throughput import PhaseTimes, Throughput
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False,
@@ -113,15 +113,18 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     set_seed(cfg.seed)
 
     # -- model, tokenizer, template, data ----------------------------------------------------
-    model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
+    phases = PhaseTimes()
+    with phases("load"):
+        model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
     old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
     changed: list[dict] = []
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
 
-    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
-                        plan=_plan_of(old))
+    with phases("prepare"):
+        data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
+                            plan=_plan_of(old))
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
@@ -131,6 +134,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    speed = Throughput(raw, accelerator.device, torch.bfloat16 if autocast else next(raw.parameters()).dtype)
 
     state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0,
              "rows_per_step": cfg.optim.micro_batch_size * cfg.optim.grad_accum * world,
@@ -152,6 +156,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def checkpoint(at: int) -> None:
+        with phases("save"):
+            _save(at)
+
+    def _save(at: int) -> None:
         save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
                         scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
                         manifest=_read_json(run / "run.json") if main else None, rank=rank,
@@ -161,6 +169,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     model.train()
     reduction = cfg.loss.normalisation
     stop = signalled = None
+    phases.start("train")
     signals.defer()  # from here a stop signal ends the run after the current step, with a checkpoint
     while step < total_steps and stop is None:
         epoch = state["epoch"]
@@ -171,7 +180,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             t0 = time.perf_counter()
             # collate the whole step first: the denominator is its total trained weight, all ranks
             micro = data.micro_batches(rows, s, rank, world)
-            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro)]
+            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro),
+                      sum(int((b["seq_lengths"].long() ** 2).sum()) for b in micro)]  # attention FLOPs
             micro = [_to_device(b, accelerator.device) for b in micro]
             total_weight = step_normaliser(micro, reduction=reduction, all_reduce=True)
             loss_sum = torch.zeros((), device=accelerator.device)
@@ -204,16 +214,20 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state.update(step=step, step_in_epoch=s + 1)
-            tokens_per_s = sums[1].item() / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            seconds = max(time.perf_counter() - t0, 1e-9)
+            tokens_per_s = sums[1].item() / seconds
+            mfu = speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                            **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}), refresh=False)
+            bar.update(1)  # after the postfix: the bar shows this step's loss
             if step % cfg.log.every_n_steps == 0 or step == total_steps:
                 metrics.write({"step": step, "epoch": epoch, "loss": step_loss,
-                               "lr": lr, "tokens_per_s": tokens_per_s,
+                               "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
                                "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
             every = cfg.eval.every_n_steps
             if (data.eval_sets or data.gen_prompts) and ((every and step % every == 0) or step >= total_steps):
-                stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
+                with phases("eval"):
+                    stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
             if stop is None and step >= total_steps:
                 stop = "done"
             if stop is None and signalled is not None:
@@ -228,6 +242,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         else:
             state.update(epoch=epoch + 1, step_in_epoch=0)
     bar.close()
+    phases.stop("train")
     if signalled is not None:  # checkpoint(step) above wrote this step
         return _stop_on_signal(run, step, stop, signalled, metrics, main)
 
@@ -237,10 +252,15 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     if main:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
         base = raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
-        save_final(run / "final", raw, tokenizer, template, merge=merge,
-                   adapter_base=recorded_base(base) if base else None)
+        with phases("save"):
+            save_final(run / "final", raw, tokenizer, template, merge=merge,
+                       adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
+        from sftlab.manifest import update_manifest
+
+        update_manifest(run, timing=phases.describe(_read_json(run / "run.json"), resumed=bool(resume and ckpt)),
+                        throughput=speed.describe())
     metrics.close()
     accelerator.wait_for_everyone()
     return code
@@ -301,9 +321,7 @@ _DTYPES = {"auto": None, "float32": torch.float32, "bf16-mixed": torch.float32, 
 def load_model_and_tokenizer(cfg: TrainConfig):
     """``(model, tokenizer, template, role_tokens)``: the base model ready to train (LoRA and
     gradient checkpointing applied), the tokenizer with the training template installed."""
-    from transformers import AutoTokenizer
-
-    from sftlab.model.loading import load_base_model
+    from sftlab.model.loading import load_base_model, load_tokenizer
     from sftlab.model.objective import check_head
     from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
 
@@ -314,9 +332,8 @@ def load_model_and_tokenizer(cfg: TrainConfig):
                                            dtype=_DTYPES[cfg.model.dtype],
                                            trust_remote_code=cfg.model.trust_remote_code)
         if cfg.tokenizer:
-            tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.tokenizer),
-                                                      trust_remote_code=cfg.model.trust_remote_code)
-        template = get_template(cfg.template, tokenizer)
+            tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
+        template = template_of(cfg, tokenizer)
         if cfg.loss.chunk_size is not None:
             check_head(model)  # the chunked loss must see the logits the model itself would give
     except (OSError, ValueError, TemplateError) as e:
@@ -342,15 +359,22 @@ def load_model_and_tokenizer(cfg: TrainConfig):
             with warnings.catch_warnings():
                 # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                targets = cfg.lora.target_modules  # "all-linear" goes to peft as peft spells it
                 model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                          lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                                                         target_modules=list(cfg.lora.target_modules)))
+                                                         use_dora=cfg.lora.use_dora,
+                                                         target_modules=targets if isinstance(targets, str)
+                                                         else list(targets)))
         except ValueError as e:  # peft: target modules not found in the base model
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, torch.nn.Linear)})
-            raise UsageError(f"lora.target_modules={list(cfg.lora.target_modules)}: "
+            raise UsageError(f"lora.target_modules={cfg.lora.target_modules}: "
                              f"{str(e).splitlines()[0][:200]}; expected names of this model's linear "
                              f"layers: {', '.join(linear[:12])}") from None
+    if cfg.optim.neftune_alpha:
+        from sftlab.model.neftune import activate_neftune
+
+        activate_neftune(model, cfg.optim.neftune_alpha)
     model.train()
     return model, tokenizer, template, role_tokens
 
@@ -359,23 +383,31 @@ def load_tokenizer_and_template(cfg: TrainConfig):
     """``(tokenizer, template)`` exactly as ``load_model_and_tokenizer`` leaves them (role tokens
     added, template installed), without loading the model's weights: what ``sftlab prepare``
     needs to build the store that training will find."""
-    from transformers import AutoTokenizer
+    from sftlab.model.loading import load_tokenizer
+    from sftlab.tokens.templates import add_role_tokens, get_template, install_template
 
-    from sftlab.model.loading import _gguf_path, convert_gguf
-    from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
-
-    try:
-        target = (str(convert_gguf(_gguf_path(cfg.model.path, cfg.model.gguf_file))) if cfg.model.gguf_file
-                  else str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_source(cfg.tokenizer or target),
-                                                  trust_remote_code=cfg.model.trust_remote_code)
-        template = get_template(cfg.template, tokenizer)
-    except (OSError, ValueError, TemplateError) as e:
-        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
+    else:
+        tokenizer = load_tokenizer(cfg.model.path, gguf_file=cfg.model.gguf_file,
+                                   trust_remote_code=cfg.model.trust_remote_code, what="model.path=")
+    template = template_of(cfg, tokenizer)
     if add_role_tokens(tokenizer, None, template)["added"]:
         template = get_template(cfg.template, tokenizer)
     install_template(tokenizer, template)
     return tokenizer, template
+
+
+def template_of(cfg: TrainConfig, tokenizer):
+    """The config's ``template`` for ``tokenizer``; a template that cannot be used is a
+    ``UsageError`` naming ``template=`` (or, for the tokenizer's own, the model)."""
+    from sftlab.tokens.templates import TemplateError, get_template
+
+    try:
+        return get_template(cfg.template, tokenizer)
+    except (TemplateError, OSError, ValueError) as e:
+        key = f"template={cfg.template}" if cfg.template else f"model.path={cfg.model.path} (its own chat template)"
+        raise UsageError(f"{key}: {e}".splitlines()[0]) from None
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -579,7 +611,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "reasoning": cfg.encoding.reasoning, "trained_tokens": trained, "total_tokens": total,
                  "trained_token_share": round(trained / total, 6) if total else None,
                  "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
-                 "heldout_encoding": heldout_encoding(cfg),
+                 "mask_source": cfg.encoding.mask_source, "heldout_encoding": heldout_encoding(cfg),
                  **data.table.encoding_summary()},
         packing={**data.epoch_rows(0).stats(cfg.row_length, cfg.packing.mode),
                  "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)
@@ -588,6 +620,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
         model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
+               "neftune": {"alpha": cfg.optim.neftune_alpha, "length": "per example",
+                           "scale": "alpha / sqrt(L * hidden_size)"} if cfg.optim.neftune_alpha else None,
                "notes": source.get("notes") or source.get("note"), "source": source or None},
         config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
     if data.policy is not None:
