@@ -195,7 +195,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             asked = [float(signals.received == s) for s in SIGNALS]  # a stop signal on any process
             sums = torch.tensor([loss_sum.item(), *counts, *asked], dtype=torch.float64)  # one sync per step
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-            signalled = next((s for s, n in zip(SIGNALS, sums[3:]) if n > 0), None)
+            signalled = next((s for s, n in zip(SIGNALS, sums[-len(SIGNALS):]) if n > 0), None)
             step_loss = sums[0].item() / world
             grad_norm = None
             if cfg.optim.max_grad_norm:
