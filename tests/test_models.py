@@ -226,4 +226,4 @@ def test_a_hub_name_without_a_hub_reads_the_cache_or_fails_at_once(tmp_path, how
     assert len(failing.strip().splitlines()) == 1 and "Retry" not in failing  # no retry was made
     why = "HF_HUB_OFFLINE is set" if how == "offline" else "http://127.0.0.1:9 cannot be reached"
     assert why in failing and "sftlab-tests/not-cached: not a local directory and not in the Hugging Face cache" in failing
-    assert "hf download sftlab-tests/not-cached" in failing and "model.path=DIR" in failing
+    assert "hf download sftlab-tests/not-cached" in failing and "give a local model directory" in failing

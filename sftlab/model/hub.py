@@ -62,6 +62,6 @@ def resolve_source(name_or_path: str | os.PathLike) -> str:
 
     raise UsageError(
         f"{name}: not a local directory and not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and "
-        f"{why}: give a model directory written by save_pretrained (e.g. model.path=DIR), or download "
+        f"{why}: give a local model directory instead (one written by save_pretrained), or download "
         f"the model where the hub is reachable (`hf download {name}`) into this cache (HF_HOME) and set "
         "HF_HUB_OFFLINE=1")
