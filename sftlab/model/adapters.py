@@ -58,9 +58,8 @@ def resolve_base(adapter_dir: str | os.PathLike) -> str:
     if not path.is_absolute() and _looks_like_hub_name(recorded):
         return recorded
     raise FileNotFoundError(
-        f"{adapter_dir} holds a LoRA adapter whose base model {recorded!r} is not there (moved or "
-        f"deleted?): put the base model back there, or write where it is now as "
-        f"base_model_name_or_path in {config}")
+        f"a LoRA adapter whose base model {recorded!r} is not there (moved or deleted?): put the base "
+        f"model back there, or write where it is now as base_model_name_or_path in {config}")
 
 
 def _rebuild_gguf_base(adapter_dir: Path) -> str | None:
