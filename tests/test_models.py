@@ -227,3 +227,25 @@ def test_a_hub_name_without_a_hub_reads_the_cache_or_fails_at_once(tmp_path, how
     why = "HF_HUB_OFFLINE is set" if how == "offline" else "http://127.0.0.1:9 cannot be reached"
     assert why in failing and "sftlab-tests/not-cached: not a local directory and not in the Hugging Face cache" in failing
     assert "hf download sftlab-tests/not-cached" in failing and "give a local model directory" in failing
+
+
+def test_an_adapter_whose_converted_gguf_base_is_gone_converts_the_runs_gguf_again(tmp_path):
+    # a LoRA run on a GGUF records the converted copy in sftlab's cache; a cleared cache is rebuilt
+    # from the GGUF file RUN/run.json names, and without it the error names what to fix
+    from pathlib import Path
+
+    from sftlab.model.adapters import resolve_base
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_tiny_gguf(src / "tiny.Q4_1.gguf")
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    gone = tmp_path / "cleared" / "tiny.Q4_1-0123456789abcdef"
+    (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(gone)}))
+    (final.parent / "run.json").write_text(json.dumps({"model": {"base": str(src), "gguf_file": "tiny.Q4_1.gguf"}}))
+    base = Path(resolve_base(final))
+    assert base == gguf_cache_path(src / "tiny.Q4_1.gguf").resolve() and (base / "model.safetensors").is_file()
+    (final.parent / "run.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"base model '{gone}' is not there .*base_model_name_or_path in"):
+        resolve_base(final)
