@@ -1014,24 +1014,31 @@ def add_role_tokens(tokenizer, model, template: ChatTemplate) -> dict:
     so a new role token starts as an "average" token instead of noise. Returns the record that
     goes into the manifest: ``{"added": [...], "vocab_before": n, "vocab_after": m, "init": "mean"}``.
     """
-    import torch
-
     missing = missing_control_tokens(template, tokenizer)
     record = {"added": missing, "vocab_before": len(tokenizer), "vocab_after": len(tokenizer), "init": "mean"}
     if not missing:
         return record
     tokenizer.add_tokens(missing, special_tokens=True)  # the same call in transformers 4 and 5
     if model is not None:
-        old = model.get_input_embeddings().weight.shape[0]
-        new = len(tokenizer)
-        if new > old:
-            model.resize_token_embeddings(new, mean_resizing=False)
-            with torch.no_grad():
-                emb = model.get_input_embeddings().weight
-                emb[old:] = emb[:old].mean(dim=0, keepdim=True)
-                out = model.get_output_embeddings()
-                if out is not None and out.weight.data_ptr() != emb.data_ptr():
-                    out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+        grow_embeddings(model, len(tokenizer))
     record["vocab_after"] = len(tokenizer)
     return record
+
+
+def grow_embeddings(model, size: int) -> None:
+    """Resize ``model``'s embeddings (and an untied output layer) to ``size`` rows when it has fewer,
+    each new row the mean of the old ones: how role tokens start in training, and how a LoRA
+    adapter's base is grown again to its tokenizer on load."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if size <= old:
+        return
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
 

@@ -307,9 +307,10 @@ class LoraConfig(_Section):
     LoRA update applies to the direction; slower per step than plain LoRA."""
     merge_on_save: bool = False
     """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``.
-    Otherwise ``RUN/final`` holds only the adapter (load it with peft on the base model); its
-    ``adapter_config.json`` records the base as the hub name, or as a path relative to ``RUN/final``
-    for a local base, so the run directory and the base can move together."""
+    Otherwise ``RUN/final`` holds only the adapter; its ``adapter_config.json`` records the base as
+    the hub name, or as the absolute path of the local base (a GGUF base: its converted copy), so
+    ``AutoPeftModelForCausalLM.from_pretrained("RUN/final")`` and ``sftlab eval --model RUN/final``
+    load it from any directory."""
 
 
 class EarlyStoppingConfig(_Section):
