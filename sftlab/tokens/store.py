@@ -1002,7 +1002,8 @@ def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts:
 
     # Fail early, here, on a template/tokenizer mismatch; the encoder, the signer and the imports
     # are made once, before workers fork, not once per worker.
-    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"))
+    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"),
+             inline_reasoning=options.get("inline_reasoning", True), mask_source=options.get("mask_source", "contract"))
     warm()
     cache.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))

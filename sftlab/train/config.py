@@ -200,6 +200,10 @@ class EncodingConfig(_Section):
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
     refuses records with it unless ``drop``."""
+    inline_reasoning: bool = True
+    """Read a ``<think>...</think>`` block at the start of an assistant message's content (or the
+    opener/closer pair the template writes, such as ``<seed:think>``) as that message's reasoning,
+    so ``reasoning`` applies to it; ``false`` for data where such text is part of the answer."""
     mask_source: Literal["contract", "generation_markers"] = "contract"
     """Where the trained tokens of each assistant turn come from: ``contract`` derives them from the
     template's renderings (what the model generates after the turn's prompt, up to and including the
@@ -303,9 +307,10 @@ class LoraConfig(_Section):
     LoRA update applies to the direction; slower per step than plain LoRA."""
     merge_on_save: bool = False
     """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``.
-    Otherwise ``RUN/final`` holds only the adapter (load it with peft on the base model); its
-    ``adapter_config.json`` records the base as the hub name, or as a path relative to ``RUN/final``
-    for a local base, so the run directory and the base can move together."""
+    Otherwise ``RUN/final`` holds only the adapter; its ``adapter_config.json`` records the base as
+    the hub name, or as the absolute path of the local base (a GGUF base: its converted copy), so
+    ``AutoPeftModelForCausalLM.from_pretrained("RUN/final")`` and ``sftlab eval --model RUN/final``
+    load it from any directory."""
 
 
 class EarlyStoppingConfig(_Section):
