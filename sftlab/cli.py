@@ -65,8 +65,11 @@ def _run(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from sftlab.files import inputs_scope
+
     try:
-        return int(args.func(args) or 0)
+        with inputs_scope():  # no command writes over a file it read
+            return int(args.func(args) or 0)
     except UsageError as e:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e)}))

@@ -59,7 +59,7 @@ def check_readable(p: Path) -> None:
                              "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
                              f"data files ({', '.join(_DATA_SUFFIXES)}); pass the data files instead")
         return
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISFIFO(st.st_mode):
         return  # a pipe or FIFO: opening it here would take (or wait for) data read later
     open_input(p).close()
 
@@ -211,10 +211,9 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
     try:
         if not stat.S_ISREG(os.stat(p).st_mode):
             return None
-        f = open(p, "rb")
     except OSError:
         return None
-    with f:
+    with open_input(p) as f:
         if _format(p, _head(f)) != "jsonl":
             return None
         f.seek(0)
@@ -255,11 +254,12 @@ def read_jsonl_at(p: Path, offset: int, line: int, max_bytes: int) -> Iterator[R
 
 
 def open_input(p: Path):
-    """``open(p, "rb")``, or a ``UsageError`` that names the file and why it cannot be read."""
-    try:
-        return open(p, "rb")
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+    """A data input opened for reading bytes (``sftlab.files.open_input`` with ``stream``: a
+    regular file, read up to the size it had when opened, or a FIFO or pipe), or a
+    ``UsageError`` that names the file and why it cannot be read."""
+    from sftlab.files import open_input as open_file
+
+    return open_file(p, stream=True)
 
 
 def _parse_line(lineno: int, text: str) -> RawItem:
@@ -565,7 +565,7 @@ def input_digest(p: Path) -> str:
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
-        with open(f, "rb") as fh:
+        with open_input(f) as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
         h.update(b"\0")
