@@ -79,11 +79,13 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def check_output_file(path: str | os.PathLike, *, what: str = "") -> Path:
+def check_output_file(path: str | os.PathLike, *, what: str = "", own: bool = False) -> Path:
     """``path`` if sftlab may replace it: a regular file, or a new name in an existing directory.
 
     Raises ``UsageError`` naming ``path`` (and ``what``, e.g. ``--out``) for a symbolic link, a
-    device, a FIFO, a socket, a directory, or a parent that is missing or not a directory.
+    device, a FIFO, a socket, a directory, a parent that is missing or not a directory, or one
+    of the running command's inputs (unless ``own``: a run's own state, such as its manifest,
+    which a command reads and updates by design).
     """
     p = Path(path)
     label = f"{what} {p}" if what else str(p)
@@ -94,7 +96,7 @@ def check_output_file(path: str | os.PathLike, *, what: str = "") -> Path:
         return p
     except OSError as e:
         raise UsageError(f"{label}: cannot be written: {_os_reason(e)}") from None
-    if _inputs is not None and (st.st_dev, st.st_ino) in _inputs:
+    if not own and _inputs is not None and (st.st_dev, st.st_ino) in _inputs:
         raise UsageError(f"{label}: is one of this command's inputs (the file read as "
                          f"{_inputs[st.st_dev, st.st_ino]}); sftlab never writes over what it reads: "
                          "give another path")
@@ -229,13 +231,14 @@ def _new_mode(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "") -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "",
+                own: bool = False) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was. A full disk
     or a read-only directory becomes a ``UsageError`` naming ``path``.
     """
-    p = check_output_file(path, what=what)
+    p = check_output_file(path, what=what, own=own)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
@@ -257,9 +260,10 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "") -> 
         raise
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "") -> Path:
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
+                 own: bool = False) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; returns the path."""
-    with atomic_file(path, "wb" if isinstance(data, bytes) else "w", what=what) as fh:
+    with atomic_file(path, "wb" if isinstance(data, bytes) else "w", what=what, own=own) as fh:
         fh.write(data)
     return Path(path)
 
@@ -337,6 +341,7 @@ def check_run_dir(path: str | os.PathLike, *, what: str = "out") -> Path:
         names = sorted(os.listdir(p))
     except OSError as e:
         raise UsageError(f"{label}: cannot be read: {_os_reason(e)}") from None
+    _check_run_entries(p, names, label)
     if "run.json" in names:
         _check_manifest(p / "run.json", label)
         return p
@@ -350,6 +355,31 @@ def check_run_dir(path: str | os.PathLike, *, what: str = "out") -> Path:
         raise UsageError(f"{label}: holds files that are not a sftlab run ({shown}); sftlab writes "
                          "only into a new or empty directory or an earlier run: give another path")
     return p
+
+
+# Entries of a run directory that sftlab writes as regular files, and as directories.
+RUN_FILES = frozenset({"run.json", "metrics.jsonl", ".lock", "eval.json", "outputs.jsonl", "report.html",
+                       "mask_preview.json", "demo.json", "demo_config.yaml", "curves.png"})
+RUN_DIRS = frozenset({"data", "checkpoints", "final", "eval", "tensorboard", "suite", "base"})
+
+
+def _check_run_entries(p: Path, names: list[str], label: str) -> None:
+    """Each entry sftlab would read or write must be what sftlab writes there: a regular file
+    (not a link, device or FIFO: reading one could hang or read another file) or a directory
+    (or a link to one)."""
+    for name in names:
+        want = stat.S_ISREG if name in RUN_FILES else stat.S_ISDIR if name in RUN_DIRS else None
+        if want is None:
+            continue
+        try:  # a directory may be a link to one elsewhere (checkpoints on another disk)
+            st = os.lstat(p / name) if want is stat.S_ISREG else os.stat(p / name)
+        except OSError as e:
+            raise UsageError(f"{label}: {p / name} cannot be used: {_os_reason(e)}") from None
+        if not want(st.st_mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                    else next((k for test, k in _KINDS if test(st.st_mode)), "a file"))
+            raise UsageError(f"{label}: {p / name} is {kind}, not the {'file' if want is stat.S_ISREG else 'directory'} "
+                             "sftlab writes there; move it away or give another path")
 
 
 # What sftlab writes into RUN/data (a first run stopped before run.json may leave them).

@@ -355,7 +355,7 @@ def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict[str, An
     if bad:
         raise ManifestError(f"{path}: {', '.join(bad)}: NaN or infinity is not JSON; "
                             f"record a finite number or null")
-    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n", own=True)
     return result
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -120,12 +121,15 @@ def verify_checkpoint(path: Path) -> list[str]:
     """What is wrong with the checkpoint ``path`` (empty when intact)."""
     if not (path / "state.json").is_file():
         return ["state.json is missing"]
-    try:
-        recorded = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    from sftlab.errors import UsageError
+    from sftlab.files import read_input
+
+    if not os.path.lexists(path / CHECKSUMS):
         return [f"{CHECKSUMS} is missing"]
-    except (OSError, ValueError, RecursionError):
-        return [f"{CHECKSUMS} is unreadable"]
+    try:
+        recorded = json.loads(read_input(path / CHECKSUMS, max_bytes=16 << 20, note=False))
+    except (UsageError, ValueError, RecursionError):
+        return [f"{CHECKSUMS} is unreadable (not a regular JSON file of sftlab's)"]
     if not isinstance(recorded, dict):
         return [f"{CHECKSUMS} is not a JSON object"]
     problems = []
