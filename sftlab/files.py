@@ -407,6 +407,35 @@ def _check_manifest(path: Path, label: str) -> None:
                          "another path") from None
 
 
+def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
+    """``path`` as a cache directory sftlab can write: an existing directory (or a link to one)
+    or a new one, created here. A FIFO, a device, a file, a dangling link, a link loop or a
+    directory that cannot hold new files (``/proc/self``, a read-only mount) is one line naming
+    ``what`` and the path.
+    """
+    p = Path(path)
+    label = f"{what}={p}"
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise UsageError(f"{label}: is a symbolic link to {os.readlink(p)}, which does not exist; "
+                             "give a directory") from None
+        _check_ancestors(p, label)
+        st = None
+    except OSError as e:
+        raise UsageError(f"{label}: cannot be used as a directory: {_os_reason(e)}") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "a file")
+        raise UsageError(f"{label}: is {kind}, not a directory; give a directory for the cache")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=p))
+    except OSError as e:
+        raise UsageError(f"{label}: cannot hold new files: {_os_reason(e)}; give a writable directory") from None
+    return p
+
+
 MAX_YAML_BYTES = 16 << 20  # a config or policy is a few KiB
 MAX_YAML_DEPTH = 100
 MAX_YAML_NODES = 1_000_000
@@ -466,3 +495,9 @@ def parse_yaml(text: str, where: str) -> object:
         raise UsageError(f"{where}: {at}not valid YAML: {problem}") from None
     except RecursionError:
         raise UsageError(f"{where}: nested too deeply to read") from None
+    except ValueError:  # an integer of more than 4,300 digits, which Python does not convert
+        import re
+
+        m = re.search(r"\d{4301,}", text)
+        at = f"line {text.count(chr(10), 0, m.start()) + 1}: " if m else ""
+        raise UsageError(f"{where}: {at}a number with more than 4,300 digits; no setting takes one") from None

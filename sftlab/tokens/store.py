@@ -482,8 +482,10 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     process checked them). Raises ``UsageError`` for unusable inputs.
     """
     from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, check_readable
+    from sftlab.files import check_cache_dir
 
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = check_cache_dir(cache_dir, what="data.cache_dir") if cache_dir else check_cache_dir(
+        default_cache_dir(), what="SFTLAB_CACHE")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise UsageError("no input files given")
