@@ -312,17 +312,16 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
 
 def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _decode(data)
-    file_line, counted = 1, 0
+    file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:
-        for i, (obj, start, end) in enumerate(_array_elements(text), 1):
+        for i, (obj, start, end) in enumerate(_array_elements(text, ints), 1):
             file_line += text.count("\n", counted, start)  # the line the record starts on
             counted = start
-            size = len(text[start:end].encode("utf-8", "surrogateescape"))
+            huge, size = ints.take(), len(text[start:end].encode("utf-8", "surrogateescape"))
             if size > max_bytes:
                 yield i, _preview(text[start:end]), _too_large(size, max_bytes), file_line
                 continue
-            if _HUGE in _ints.seen:
-                _ints.seen.clear()
+            if huge:
                 yield i, _preview(text[start:end]), _huge_number_error(), file_line
                 continue
             # Bracket counting (in C) rules out deep nesting for almost every record.
@@ -339,13 +338,13 @@ def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
         raise UsageError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
 
 
-def _array_elements(text: str) -> Iterator[tuple[Any, int, int]]:
+def _array_elements(text: str, ints: Any = int) -> Iterator[tuple[Any, int, int]]:
     """``(element, start, end)`` for each element of the JSON array ``text``.
 
     Decoding element by element gives each record's extent, so its size and nesting can be
     checked on the text instead of serialising the record again.
     """
-    decoder, skip = json.JSONDecoder(parse_int=_ints), _WHITESPACE.match
+    decoder, skip = json.JSONDecoder(parse_int=ints), _WHITESPACE.match
     i = skip(text, 0).end()
     if text[i:i + 1] != "[":
         raise json.JSONDecodeError("Expecting '['", text, i)
@@ -375,18 +374,19 @@ class _IntGuard:
     4,300 digits) become a marker, so one record is quarantined instead of the whole file."""
 
     def __init__(self):
-        self.seen: set = set()
+        self.seen = False
 
     def __call__(self, digits: str) -> Any:
         try:
             return int(digits)
         except ValueError:
-            self.seen.add(_HUGE)
+            self.seen = True
             return 0
 
-
-_HUGE = "huge"
-_ints = _IntGuard()
+    def take(self) -> bool:
+        """Whether the element decoded since the last call held such an integer (and reset)."""
+        seen, self.seen = self.seen, False
+        return seen
 
 
 def _huge_number_error() -> RecordError:
