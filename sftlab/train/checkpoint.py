@@ -242,6 +242,39 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
     return {"state": state, "param_groups": groups}
 
 
+def weights_mismatch(path: Path, model) -> str | None:
+    """Why the weights in the checkpoint ``path`` cannot be loaded into ``model`` (a LoRA adapter
+    for a full model or the reverse, other names, other shapes: another rank, other target
+    modules, another base), read from the files' headers without loading a tensor; ``None``
+    when they fit."""
+    adapter = path / "adapter_model.safetensors"
+    lora = hasattr(model, "peft_config")
+    if adapter.exists() != lora:
+        return (f"it holds {'a LoRA adapter' if adapter.exists() else 'full model weights'} and this run "
+                f"trains {'a LoRA adapter' if lora else 'the full model'} (lora.enabled)")
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        files = [adapter]
+    else:
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        files = sorted(path.glob("model*.safetensors"))
+    have: dict[str, tuple] = {}
+    for f in files:
+        with safe_open(f, framework="pt") as h:
+            have.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    missing = sorted(set(want) - set(have)) if lora else []  # tied weights may be saved once
+    if unexpected or shapes or missing:
+        first = (f"{shapes[0]} is {list(have[shapes[0]])} there, {list(want[shapes[0]])} here" if shapes
+                 else f"unexpected {unexpected[:3]}" if unexpected else f"missing {missing[:3]}")
+        return (f"its weights do not fit this model ({first}; lora.r, lora.target_modules or "
+                "model.path differ)")
+    return None
+
+
 def _load_weights(path: Path, model) -> None:
     adapter = path / "adapter_model.safetensors"
     if adapter.exists():
