@@ -256,9 +256,9 @@ def test_label_skips_malformed_rows_by_line_and_labels_the_rest(hostile, tmp_pat
     path.write_bytes(b"\n".join(_bad_lines() + _good_lines()) + b"\n")
     before = hostile.snapshot(tmp_path)
     monkeypatch.setattr("sys.stdin", io.StringIO("c\nr\nc\nr\nc\n"))
-    assert main(["label", str(path), "--all", "--out", str(tmp_path / "l.jsonl")]) == 0
+    assert main(["label", str(path), "--all", "--out", str(tmp_path / "l.jsonl")]) == 1
     out = capsys.readouterr()
-    assert "Traceback" not in out.err and "skipped 9 line(s)" in out.err and "line 1:" in out.err
+    assert "Traceback" not in out.err and "skipped 9 line(s)" in out.err and "outputs.jsonl:1:" in out.err
     assert len((tmp_path / "l.jsonl").read_text().split("\n")) == 5 + 1  # the 4 good rows and id 7
     assert {k: v for k, v in hostile.snapshot(tmp_path).items() if k != "l.jsonl"} == before
 

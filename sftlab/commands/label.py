@@ -8,6 +8,9 @@ every response. Each answer is ``c`` (comply), ``r`` (refuse), ``p`` (partial), 
 label, prompt, prompt_label, model, id, condition`` per labelled response, is written atomically
 after every answer, and is what ``sftlab eval-detector --labelled`` and ``sftlab eval --labelled``
 read. Running again with the same ``--out`` resumes: responses already labelled there are skipped.
+Lines of FILE that cannot be shown (not JSON, not UTF-8, no ``response`` text) are skipped and
+named by file:line; the exit code is then 1. Record text is shown with terminal control
+sequences escaped.
 """
 from __future__ import annotations
 
@@ -42,10 +45,11 @@ def _prompt_label(row: dict) -> str | None:
     return {"refuse": "unsafe", "comply": "safe"}.get(expected) if isinstance(expected, str) else None
 
 
-def _read(path: Path, *, own: bool = False) -> list[dict]:
-    """The rows of a JSONL file that have a ``response`` text; every other line (not JSON, not
-    UTF-8, nested too deep, no response text) is skipped and counted in one line on stderr.
-    ``own``: the labelled file this command rewrites (not an input)."""
+def _read(path: Path, *, own: bool = False) -> tuple[list[dict], int]:
+    """``(rows, skipped)``: the rows of a JSONL file that have a ``response`` text; every other
+    line (not JSON, not UTF-8, nested too deep, no response text) is skipped, named by
+    file:line in one line on stderr, and counted. ``own``: the labelled file this command
+    rewrites (not an input)."""
     from sftlab.evaluation.prompts import _jsonl_rows
     from sftlab.files import read_input
     from sftlab.terminal import terminal_safe
@@ -58,11 +62,11 @@ def _read(path: Path, *, own: bool = False) -> list[dict]:
         if problem is None:
             rows.append(row)
         else:
-            bad.append(f"line {n}: {problem}")
+            bad.append(f"{path}:{n}: {problem}")
     if bad:
-        print(terminal_safe(f"{path}: skipped {len(bad)} line(s) ({'; '.join(bad[:3])}"
+        print(terminal_safe(f"sftlab label: skipped {len(bad)} line(s) of {path} ({'; '.join(bad[:3])}"
                             f"{' ...' if len(bad) > 3 else ''})"), file=sys.stderr)
-    return rows
+    return rows, len(bad)
 
 
 def _detector_line(name: object, d: object) -> str:
@@ -81,10 +85,10 @@ def run(args) -> int:
     src = Path(args.file)
     if not os.path.lexists(src):
         raise UsageError(f"{src}: no such file")
-    rows = _read(src)
+    rows, skipped = _read(src)
     out = Path(args.out) if args.out else src.parent / "labelled.jsonl"
     check_output_file(out, what="--out")  # not FILE itself (nor a link to it), nor a device
-    done = _read(out, own=True) if out.is_file() else []
+    done, _ = _read(out, own=True) if out.is_file() else ([], 0)
     seen = {_key({**d, **(d["source_row"] if isinstance(d.get("source_row"), dict) else {})}) for d in done}
     todo = [r for r in rows if (args.all or r.get("disagree") or r.get("uncertain")) and _key(r) not in seen]
     print(f"{len(todo)} responses to label ({len(done)} already in {out}); "
@@ -126,4 +130,4 @@ def run(args) -> int:
         labelled += 1
     print(f"\nlabelled {labelled} now, {len(done)} in {out}; check a detector on them with "
           f"`sftlab eval-detector --labelled {out}`")
-    return 0
+    return 1 if skipped else 0

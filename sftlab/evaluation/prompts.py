@@ -166,13 +166,15 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
 
 
 def _jsonl_rows(text: str):
-    """``(line, row, problem)`` per line that is not blank. Lines are split on ``\n`` only: a
+    """``(line, row, problem)`` per line that is not blank. Lines are split on ``\\n`` only: a
     JSON string may hold U+2028, U+2029 or U+0085 raw (``str.splitlines`` would cut it). Text
     with lone surrogates (invalid UTF-8 decoded with ``surrogateescape``, or ``\\ud800`` escapes)
     and nesting deeper than the readers allow are problems of their row.
 
-    >>> [(n, r, p) for n, r, p in _jsonl_rows('{"prompt": "a\u2028b"}\n\n[1]\n{"prompt": "\\\\ud800"}\n')]
-    [(1, {'prompt': 'a\u2028b'}, None), (3, None, 'expected a JSON object, got list'), (4, None, 'holds text that is not valid Unicode (a lone surrogate or bytes that are not UTF-8); fix: re-encode the line as UTF-8')]
+    >>> text = '{"prompt": "a' + chr(0x2028) + 'b"}' + chr(10) * 2 + '[1]' + chr(10) + '{"p": "' + chr(92) + 'ud800"}'
+    >>> [(n, p) for n, r, p in _jsonl_rows(text)]  # doctest: +NORMALIZE_WHITESPACE
+    [(1, None), (3, 'expected a JSON object, got list'),
+     (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
     """
     from sftlab.data.readers import MAX_DEPTH, _too_deep
 
@@ -194,8 +196,8 @@ def _jsonl_rows(text: str):
             yield i, None, f"nested more than {MAX_DEPTH} levels deep; expected a flat row"
             continue
         if unpaired_surrogate(json.dumps(row, ensure_ascii=False)) is not None:
-            yield i, None, ("holds text that is not valid Unicode (a lone surrogate or bytes that are "
-                            "not UTF-8); fix: re-encode the line as UTF-8")
+            yield i, None, ("holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode "
+                            "text; fix: re-encode the line as UTF-8")
             continue
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
         yield i, {**meta, **{k: v for k, v in row.items() if k != "meta"}}, None

@@ -79,7 +79,7 @@ def default_cache_dir() -> Path:
 
 
 def _jsonl_lines(path: Path) -> list[str]:
-    """The lines of a JSONL file the store wrote, split on ``\n`` only: a JSON string may hold
+    """The lines of a JSONL file the store wrote, split on ``\\n`` only: a JSON string may hold
     U+2028, U+2029 or U+0085 raw, where ``str.splitlines`` would cut the record."""
     return [x for x in path.read_text(encoding="utf-8").split("\n") if x]
 

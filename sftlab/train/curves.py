@@ -109,7 +109,7 @@ def _before(record: dict, step: int, epoch: int, step_in_epoch: int) -> bool:
 def read_metrics(metrics_path: str | Path, *, partial_last_line: bool = False) -> list[dict]:
     """Every record of a metrics file, in order (blank lines skipped). ``partial_last_line``
     drops a last line cut short, as a process killed while writing it leaves behind. Lines are
-    split on ``\n`` only (a JSON string may hold U+2028); a line that is not a JSON object (a
+    split on ``\\n`` only (a JSON string may hold U+2028); a line that is not a JSON object (a
     damaged file) is skipped. A metrics path that is not a regular file is a ``UsageError``."""
     from sftlab.files import open_input
 
