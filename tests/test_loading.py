@@ -61,8 +61,6 @@ RULES = [
      "messages[0].role", 0),
     (msgs(("user", "q"), ("tool", "t"), ("assistant", "a")), "broken_alternation",
      "messages[1].role", 1),
-    (msgs(("user", "q"), ("assistant", "a"), ("assistant", "b")), "broken_alternation",
-     "messages[2].role", 2),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": -0.5}],
      "bad_weight", "messages[1].weight", 1),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": "no"}],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 
 def register(sub) -> None:
@@ -14,8 +15,10 @@ def register(sub) -> None:
                     "format, reasoning for those with a reasoning format) and report, per assistant turn, what the generation "
                     "prompt ends with, what the model must generate (the template's rendering of the turn "
                     "after its prompt) and what is trained, and whether any control token came from "
-                    "content. Exit 1 on any difference, and when a required probe could not be checked.")
-    p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
+                    "content; for a template with {% generation %} markers, each run of tokens the markers and "
+                    "sftlab train differently, per turn. Exit 1 on any difference from the contract, and when a "
+                    "required probe could not be checked (marker differences are reported, not failed).")
+    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
     p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
                    "default: the tokenizer's own")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -24,11 +27,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.commands.inspect import load_tokenizer
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.masks import check_template
     from sftlab.tokens.templates import TemplateError, get_template
 
-    tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
+    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
     try:
         template = get_template(args.template, tok)
         results = check_template(tok, template)
@@ -51,6 +54,10 @@ def run(args) -> int:
             print(f"      trained          : {t['trained_text']!r}")
             if t["after_stop"]:
                 print(f"      after the stop   : {t['after_stop']!r} (not trained)")
+            for line in t.get("markers", ()):
+                print(f"      markers differ   : {line}")
+        if "markers" in r and not r["markers"]:
+            print("    generation markers: the same trained tokens")
         if r.get("control_tokens_from_content"):
             print(f"    control tokens from content: {r['control_tokens_from_content']}")
     print("OK" if not bad else f"{len(bad)} probe(s) failed")

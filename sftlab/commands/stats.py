@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 _TOP = 10  # rows shown per count table
 
@@ -48,8 +49,8 @@ def register(sub) -> None:
     p.add_argument("--policy", metavar="POLICY", default=None,
                    help="policy YAML: its refusal categories and their benign_contrast lists "
                         "(default: the policy_category values of the refusal records)")
-    p.add_argument("--tokenizer", metavar="DIR", default=None,
-                   help="count lengths in tokens of the rendered conversation (prompt = untrained "
+    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
+                   help=f"the tokenizer ({FORMS}): count lengths in tokens of the rendered conversation (prompt = untrained "
                         "tokens, response = trained tokens) instead of words")
     p.add_argument("--template", default=None,
                    help="with --tokenizer: built-in template name, a Jinja template or a Jinja file; default: the "
@@ -119,6 +120,7 @@ def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.store import Spool, prepare
     from sftlab.tokens.templates import TemplateError, get_template
     from sftlab.train.data import store_stats
@@ -128,7 +130,7 @@ def _store_stats(args) -> dict[str, Any]:
                          f"prepared-data store, which measures near duplicates at {NEAR_THRESHOLD}; leave out "
                          "--tokenizer to count words at another threshold")
     policy = load_policy(args.policy) if args.policy else None
-    tokenizer = _tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     options = {"max_length": args.max_length, "last_turn_only": False, "turns": args.turns,
                "overflow": args.overflow, "reasoning": args.reasoning}
     try:
@@ -161,12 +163,6 @@ def _check_disjoint(train: list[str], heldout: list[str]) -> None:
     if both:
         raise UsageError(f"{sorted(both)[0]} is both a training and a held-out file; pass each "
                          "file on one side only")
-
-
-def _tokenizer(name: str):
-    from sftlab.commands.inspect import load_tokenizer
-
-    return load_tokenizer(name)
 
 
 def _write_json(path: Path, stats: dict[str, Any]) -> None:

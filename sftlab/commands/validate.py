@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 _SHOWN_REASONS = 5
 
@@ -36,8 +37,8 @@ def register(sub) -> None:
                         "directory when that input is a pipe)")
     p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
                    help="records larger than this are quarantined (default: 10)")
-    p.add_argument("--tokenizer", metavar="T", default=None,
-                   help="also encode every accepted record with this tokenizer (directory or hub name) "
+    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
+                   help=f"also encode every accepted record with this tokenizer ({FORMS}) "
                         "and its template, quarantining what training would (too long, nothing trained)")
     p.add_argument("--template", default=None,
                    help="with --tokenizer: a built-in template name or a Jinja file (default: the "
@@ -112,7 +113,7 @@ def _columns(args):
 
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
-    from sftlab.commands.inspect import load_tokenizer
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.encoding import encode_report
     from sftlab.tokens.templates import TemplateError, get_template
 

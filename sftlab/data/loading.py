@@ -280,7 +280,9 @@ def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> No
 def check_conversation(conv: Conversation) -> None:
     """Turn order, content and tool-call checks on an adapted conversation; raises ``RecordError``.
 
-    After an optional first system message, user and assistant turns alternate; tool messages
+    After an optional first system message, user and assistant turns alternate (several assistant
+    messages may follow each other: each is a turn whose prompt is the conversation before it, and
+    the template trains it or refuses the record at encoding, DESIGN.md invariants 2 and 5); tool messages
     (results) follow an assistant message that makes tool calls (and each other) before the
     next assistant message. There must be an assistant message, no user message may be empty,
     and no assistant message may be empty (text, tool calls or both). Tool calls: a result must
@@ -303,9 +305,9 @@ def check_conversation(conv: Conversation) -> None:
                                   "at most one system message, first; fix: move it to the start "
                                   "or merge it into the first one", field=f"messages[{i}].role",
                                   message_index=i)
-        elif role == "assistant":
-            if prev not in ("user", "tool"):
-                _bad_order(i, role, prev, "a user or tool message")
+        elif role == "assistant":  # one after another too: the template says whether it can train that
+            if prev not in ("user", "tool", "assistant"):
+                _bad_order(i, role, prev, "a user, tool or assistant message")
             if not m.content.strip() and not m.tool_calls:
                 raise RecordError("empty_assistant", "assistant message is empty; expected the "
                                   "response text or tool calls; fix: write the response or drop the record",

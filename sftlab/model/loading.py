@@ -8,9 +8,14 @@ with the tokenizer, under ``~/.cache/sftlab/models/<name>-<sha256 prefix>/``; ev
 reads that directory. ``sftlab_source.json`` beside the weights records where they came from:
 for the demo model, that they are a dequantised 4-bit (Q4_1) copy, not the original bf16 weights.
 
+Every command takes a model or tokenizer in the same forms (:func:`model_directory`): a Hugging
+Face directory, a hub name, a ``.gguf`` file, or a directory holding one ``.gguf``;
+:func:`load_tokenizer` is the one tokenizer loader of the commands.
+
 Example::
 
     >>> model, tok = load_base_model("path/to/hf-dir")                    # doctest: +SKIP
+    >>> model, tok = load_base_model("dir/m.Q4_1.gguf")                   # doctest: +SKIP
     >>> model, tok = load_base_model("dir", gguf_file="m.Q4_1.gguf")       # doctest: +SKIP
     >>> model.sftlab_source["quantization"]                                # doctest: +SKIP
     'Q4_1'
@@ -60,13 +65,7 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if gguf_file is not None:
-        path = convert_gguf(_gguf_path(name_or_path, gguf_file), cache_dir=cache_dir)
-    else:
-        path = Path(name_or_path)
-        if not path.exists() and not _looks_like_hub_name(str(name_or_path)):
-            raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
-                                    "written by save_pretrained or a hub name like 'org/model'")
+    path = model_directory(name_or_path, gguf_file=gguf_file, cache_dir=cache_dir)
     if path.is_dir():
         refuse_pickled_weights(path)
     target = str(path) if path.exists() else str(name_or_path)
@@ -77,6 +76,63 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     model.eval()
     model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": target}
     return model, tokenizer
+
+
+def model_directory(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory (or hub name, as a ``Path``) that transformers loads for a model or tokenizer
+    given in any of the forms a command or config takes: a Hugging Face directory, a hub name, a
+    ``.gguf`` file, a directory holding exactly one ``.gguf`` (and no ``config.json`` or tokenizer
+    files), or a directory plus ``gguf_file``. A GGUF is converted once (:func:`convert_gguf`).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     for name in ("a.Q4_0.gguf", "a.Q8_0.gguf"):
+    ...         _ = (Path(d) / name).write_bytes(b"")
+    ...     model_directory(d)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    FileNotFoundError: ...: holds 2 GGUF files (a.Q4_0.gguf, a.Q8_0.gguf); give the file itself, e.g. .../a.Q4_0.gguf
+    """
+    if gguf_file is not None:
+        return convert_gguf(_gguf_path(name_or_path, gguf_file), cache_dir=cache_dir)
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return convert_gguf(path, cache_dir=cache_dir)
+    if path.is_dir() and not any((path / name).is_file() for name in HF_FILES):
+        ggufs = sorted(p.name for p in path.glob("*.gguf") if p.is_file())
+        if len(ggufs) == 1:
+            return convert_gguf(path / ggufs[0], cache_dir=cache_dir)
+        if ggufs:
+            raise FileNotFoundError(f"{path}: holds {len(ggufs)} GGUF files ({', '.join(ggufs[:4])}); give the "
+                                    f"file itself, e.g. {path / ggufs[0]}")
+    if not path.exists() and not _looks_like_hub_name(str(name_or_path)):
+        raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
+                                "written by save_pretrained, a .gguf file or a hub name like 'org/model'")
+    return path
+
+
+FORMS = "a Hugging Face directory, a hub name, a .gguf file or a directory holding one"
+"""The forms every command's model or tokenizer option takes (for help texts)."""
+
+HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json")
+"""Files that make a directory a Hugging Face one (not a folder of GGUF files)."""
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                   trust_remote_code: bool = False, what: str = "--tokenizer"):
+    """The tokenizer of a model given in any form :func:`model_directory` takes; a failure is a
+    one-line ``UsageError`` that names ``what`` (the option or config key) and the value."""
+    from transformers import AutoTokenizer
+
+    from sftlab.errors import UsageError
+
+    try:
+        path = model_directory(name_or_path, gguf_file=gguf_file)
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a GGUF that does not convert
+        text = " ".join(str(e).split())
+        prefix = f"{what}{name_or_path}: " if what.endswith("=") else f"{what} {name_or_path}: "
+        raise UsageError(prefix + (text if len(text) <= 400 else text[:397] + "...")) from None
 
 
 def refuse_pickled_weights(path: Path) -> None:

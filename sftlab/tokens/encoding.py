@@ -42,6 +42,7 @@ import numpy as np
 from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
 from sftlab.data.conversation import REASONING_MODES, Conversation, Message, Origin, template_messages, unpaired_surrogate
+from sftlab.tokens.generation_markers import check_mask_source, marked_layout
 from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
 
 
@@ -126,10 +127,11 @@ class _Encoder:
     """A tokenizer bound to a template, with the lookups encoding needs prepared once."""
 
     def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False,
-                 reasoning: str = "keep"):
+                 reasoning: str = "keep", mask_source: str = "contract"):
         if reasoning not in REASONING_MODES:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
         self.reasoning = reasoning
+        self.mask_source = check_mask_source(mask_source, template)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TemplateError("sftlab needs a fast (Rust) tokenizer: character offsets make the masks exact")
@@ -220,17 +222,17 @@ _ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False,
-             reasoning: str = "keep") -> _Encoder:
+             reasoning: str = "keep", mask_source: str = "contract") -> _Encoder:
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    key = (template.fingerprint, allow_missing_control, reasoning)
+    key = (template.fingerprint, allow_missing_control, reasoning, mask_source)
     try:
         cache = _ENCODERS.setdefault(tokenizer, {})
     except TypeError:
         cache = {}
     if key not in cache:
         cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control,
-                              reasoning=reasoning)
+                              reasoning=reasoning, mask_source=mask_source)
     return cache[key]
 
 
@@ -263,8 +265,10 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 def _layout(enc: _Encoder, messages: Sequence[Message], tools: str | None = None) -> Layout:
     """The template's layout of ``messages`` (tool calls, results and reasoning included, as
     ``apply_chat_template`` receives them) with the record's ``tools`` (JSON text)."""
-    layout = enc.template.layout(template_messages(messages, enc.reasoning),
-                                 tools=json.loads(tools) if tools else None)
+    msgs, tool_list = template_messages(messages, enc.reasoning), json.loads(tools) if tools else None
+    layout = enc.template.layout(msgs, tools=tool_list)
+    if enc.mask_source == "generation_markers":  # the template's own markers are the trained turns
+        layout = marked_layout(enc.tokenizer, enc.template, msgs, tool_list, layout)
     at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.data.formats
     if at is not None:
         raise TemplateError(f"unpaired surrogate at character {at} of the rendering: not valid "
@@ -540,28 +544,30 @@ def _options(turns: str, overflow: str) -> None:
 
 
 def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
-           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep") -> EncodedExample:
+           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep",
+           mask_source: str = "contract") -> EncodedExample:
     """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
 
     ``template=None`` uses the tokenizer's own ``chat_template``; a name picks a built-in format.
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
-                       max_length, last_turn_only)[0]
+    return _encode_one(_encoder(tokenizer, template, reasoning=reasoning, mask_source=mask_source),
+                       as_conversation(conversation), max_length, last_turn_only)[0]
 
 
 def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
                     max_length: int | None = None, last_turn_only: bool = False, turns: str = "expand",
-                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep") -> list[EncodedExample]:
+                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep",
+                    mask_source: str = "contract") -> list[EncodedExample]:
     """Every example one conversation gives with the ``turns`` and ``overflow`` options (the
     record's own example first, where it has a trained turn); raises ``EncodingError`` as ``encode``.
     ``trace=True`` keeps each example's ``Trace`` (rendering, spans, token offsets)."""
     _options(turns, overflow)
     token = _KEEP_TRACE.set(trace)
     try:
-        return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
-                           max_length, last_turn_only, turns, overflow)
+        return _encode_one(_encoder(tokenizer, template, reasoning=reasoning, mask_source=mask_source),
+                           as_conversation(conversation), max_length, last_turn_only, turns, overflow)
     finally:
         _KEEP_TRACE.reset(token)
 
@@ -579,7 +585,7 @@ def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, t
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
                batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop",
-               reasoning: str = "keep"):
+               reasoning: str = "keep", mask_source: str = "contract"):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
@@ -591,8 +597,8 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
         return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
-                                turns, overflow, reasoning)
-    enc = _encoder(tokenizer, template, reasoning=reasoning)
+                                turns, overflow, reasoning, mask_source)
+    enc = _encoder(tokenizer, template, reasoning=reasoning, mask_source=mask_source)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = None
@@ -831,7 +837,8 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 
 def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
                   max_length: int | None = None, last_turn_only: bool = False, progress: bool = False,
-                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep"):
+                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep",
+                  mask_source: str = "contract"):
     """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
     ``(examples, report)``, the new report with the records that encoding quarantined (too long,
     nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
@@ -843,7 +850,7 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 
     examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
                                   last_turn_only=last_turn_only, progress=progress, turns=turns,
-                                  overflow=overflow, reasoning=reasoning)
+                                  overflow=overflow, reasoning=reasoning, mask_source=mask_source)
     files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     by_path = {f.path: f for f in files}
     quarantined = list(report.quarantined)
@@ -864,34 +871,35 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 _WORKER: dict = {}
 
 
-def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning):
+def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning,
+                 mask_source="contract"):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
                    last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow,
-                   reasoning=reasoning)
+                   reasoning=reasoning, mask_source=mask_source)
 
 
 def _worker_run(convs):
     w = _WORKER
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
                       last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
-                      overflow=w["overflow"], reasoning=w["reasoning"])
+                      overflow=w["overflow"], reasoning=w["reasoning"], mask_source=w["mask_source"])
 
 
 def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow,
-                     reasoning="keep"):
+                     reasoning="keep", mask_source="contract"):
     import multiprocessing as mp
     import os
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    _encoder(tokenizer, template, reasoning=reasoning)  # fail early, in this process, on a template/tokenizer mismatch
+    _encoder(tokenizer, template, reasoning=reasoning, mask_source=mask_source)  # fail early, in this process, on a template/tokenizer mismatch
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
                   initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow,
-                            reasoning)) as pool:
+                            reasoning, mask_source)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:

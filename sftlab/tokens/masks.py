@@ -44,12 +44,12 @@ class TokenView:
 
 def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
              max_length: int | None = None, last_turn_only: bool = False,
-             reasoning: str = "keep") -> tuple[EncodedExample, list[TokenView]]:
+             reasoning: str = "keep", mask_source: str = "contract") -> tuple[EncodedExample, list[TokenView]]:
     """The encoded example and a ``TokenView`` per token (truncation applied as in training), read
     from the rendering and token offsets the encoding kept (nothing is rendered or tokenized twice)."""
     conv = as_conversation(conversation)
     ex = encode_expanded(conv, tokenizer, template, max_length=max_length, last_turn_only=last_turn_only,
-                         reasoning=reasoning,
+                         reasoning=reasoning, mask_source=mask_source,
                          turns="whole", trace=True)[0]
     layout, offsets, kept = ex.trace.layout, ex.trace.offsets, ex.trace.messages
     if len(offsets) != len(ex.input_ids):
@@ -155,7 +155,8 @@ def to_html(items: list[tuple[str, list[TokenView], EncodedExample]], title: str
     blocks = []
     for label, views, ex in items:
         blocks.append(f"<h2>{html.escape(label)}</h2><p>{len(ex)} tokens, {ex.trained_tokens} trained "
-                      f"(weight {ex.trained_weight:g}), slice {html.escape(str(ex.slice))}, "
+                      f"(weight {ex.trained_weight:g}), "
+                      + (f"slice {html.escape(str(ex.slice))}, " if ex.slice is not None else "no slice, ") +
                       f"{ex.dropped_turns} message(s) dropped by truncation</p>" + tokens_html(views))
     legend = ('<p class="legend"><span class="tok trained" style="background:rgba(16,185,129,.6)">trained</span> '
               '<span class="tok">not trained</span> <span class="tok scaffold">template scaffolding</span> '
@@ -269,11 +270,24 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
                     if s and i in special_ids]
         status = "mismatch" if not ok or injected else ("expanded" if expanded else "ok")
         results.append({"probe": name, "status": status, "control_tokens_from_content": injected, "turns": turns,
-                        "required": required})
+                        "required": required, **_marker_differences(tokenizer, t, conv, examples, turns)})
     if not any(r["turns"] for r in results):
         results.append({"probe": "(any)", "status": "mismatch", "reason": "no probe could be checked",
                         "required": True, "turns": []})
     return results
+
+
+def _marker_differences(tokenizer, t: ChatTemplate, conv: Conversation, examples, turns: list[dict]) -> dict:
+    """For a template with ``{% generation %}`` markers: where its markers and sftlab's trained
+    tokens differ (``sftlab.tokens.generation_markers``), listed per turn and for the probe."""
+    from sftlab.tokens.generation_markers import describe, has_markers, marker_report
+
+    if not has_markers(t):
+        return {}
+    found = marker_report(tokenizer, t, conv, examples)
+    for turn in turns:
+        turn["markers"] = [describe(d) for d in found if d.get("message_index") == turn["message_index"]]
+    return {"markers": [describe(d) for d in found]}
 
 
 def _strip_control(s: str, control: tuple[str, ...]) -> str:

@@ -45,16 +45,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
 from sftlab.fingerprints import config_hash, tokenizer_sha256
 from sftlab.tokens.chat_formats import NOT_FROM_PROMPT, _FORMATS, _Format, _format_jinja, _format_layout
 from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
+from sftlab.tokens.render_steps import (RENDER_MAX_STEPS, STEPS_PER_CHAR, STEPS_PER_MESSAGE, RenderLimitError,
+                                        count_loop_steps, counted_filters, end_steps, loop_call_args, start_steps,
+                                        step)
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
            "add_role_tokens", "install_template", "missing_control_tokens", "control_token_strings",
-           "special_strings", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS"]
+           "special_strings", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS", "RENDER_MAX_STEPS"]
 
 BUILTIN_TEMPLATES = tuple(_FORMATS)
 
@@ -62,10 +66,6 @@ RENDER_SECONDS = 10.0
 """Longest time one rendering of a Jinja template may take before it is refused."""
 RENDER_MAX_CHARS = 4_000_000
 """Most characters one rendering may write (plus 16 per character of message content)."""
-
-
-class RenderLimitError(TemplateError):
-    """A rendering ran past the time or output-size limit: the template is refused, not waited on."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def _check_size(n: int):
 def _compiled(source: str):
     """The template compiled in a sandboxed environment that checks the deadline on every call,
     attribute and item access and the size of every string or list built by ``*``, ``+`` or ``**``,
-    with the globals and filters transformers gives chat templates."""
+    and counts steps (``sftlab.tokens.render_steps``: loop iterations, calls and filter calls), with the globals and filters transformers gives chat templates."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
@@ -245,7 +245,8 @@ def _compiled(source: str):
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
             _check_deadline()
-            return super().call(__context, __obj, *args, **kwargs)
+            step()
+            return super().call(__context, __obj, *loop_call_args(__obj, args), **kwargs)
 
         def getattr(self, obj, attribute):
             _check_deadline()
@@ -255,9 +256,12 @@ def _compiled(source: str):
             _check_deadline()
             return super().getitem(obj, argument)
 
+        def _parse(self, source, name, filename):  # every {% for %} spends a step per item
+            return count_loop_steps(super()._parse(source, name, filename))
+
     env = _LimitedEnvironment(trim_blocks=True, lstrip_blocks=True,
                               extensions=[type(e) for e in base.extensions.values()])
-    env.filters.update(base.filters)
+    env.filters.update(counted_filters({**env.filters, **base.filters}))
     env.globals.update(base.globals)
     return env.from_string(source)
 
@@ -281,6 +285,8 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
     local = _Limits.local
     outer = getattr(local, "deadline", None), getattr(local, "budget", None)
     local.deadline, local.budget = time.monotonic() + RENDER_SECONDS, budget
+    steps = start_steps(RENDER_MAX_STEPS + STEPS_PER_MESSAGE * len(messages) + STEPS_PER_CHAR * content_chars,
+                        _check_deadline)
     try:
         compiled = _compiled(t.source)
         chunks, size = [], 0
@@ -304,6 +310,7 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
         raise TemplateError(f"template '{t.name}' failed to render: {type(e).__name__}: {e}{hint}") from None
     finally:
         local.deadline, local.budget = outer
+        end_steps(steps)
 
 
 class _Renders:
@@ -457,8 +464,7 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
             return Turn(i, len(prompt), end, end - len(stop)), ""
         return "rerendered"
     if not run_b:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     # No stop of its own: the control token that begins the next turn ends this one.
     stop = (cont[k + len(_PROBE):][:w_b]) + run_b[0]
     return _place_stop(i, len(messages), text, prompt, own[len(prompt):content_end], stop, w_b)
@@ -528,15 +534,30 @@ def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i:
         return Turn(i, start, start + stop[1], start + stop[0]), ""
     # No control token of its own: the control token that begins the next turn ends this one.
     if cont_after is None or not cont_after.startswith(after.rstrip()):
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     body = after.rstrip()
     w, run = _control_run(cont_after[len(body):], control)
     if not run:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     stop = cont_after[len(body):][:w] + run[0]
     return _place_stop(i, len(messages), text, prompt, body, stop, w)
+
+
+_TOKEN_LIKE = re.compile(r"<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_turn>")
+
+
+def _no_stop_reason(t: ChatTemplate) -> str:
+    """Why a turn has no stop; where the template writes token-like text (``<|eot_id|>``,
+    ``<end_of_turn>``) that this tokenizer does not have as a control token, that is the cause."""
+    reason = ("the template writes no stop sequence after it and no control token begins the next turn, "
+              "so the model could not learn to stop")
+    lacking = [x for x in dict.fromkeys(_TOKEN_LIKE.findall(t.source or "")) if x not in t.control_tokens]
+    if not lacking:
+        return reason
+    return (f"{reason}: this tokenizer lacks the template's control token(s) {', '.join(lacking[:4])}, so they "
+            "are plain text here; use the built-in template of that family (llama3, gemma...), whose role "
+            "tokens sftlab adds (sftlab.tokens.templates.add_role_tokens; sftlab train does it itself), add them "
+            "to the tokenizer as special tokens, or use the tokenizer's own template")
 
 
 def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
@@ -878,8 +899,9 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
             raise TemplateError(f"the {name} format ends turns with the tokenizer's eos token, "
                                 f"but the tokenizer has none")
         eot = tuple(e.replace("{eos}", eos) for e in f.eot)
-        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *f.extra_control, f.closing.replace("{eos}", eos))
-                                      if c))
+        known = set(control_token_strings(tokenizer)) if tokenizer is not None else None
+        extra = tuple(c for c in f.extra_control if c not in f.text_markers or known is None or c in known)
+        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *extra, f.closing.replace("{eos}", eos)) if c))
         from sftlab.tokens.tool_formats import jinja_prelude
 
         source = jinja_prelude(f.name) + _format_jinja(f)

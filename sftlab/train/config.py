@@ -38,14 +38,16 @@ MAX_TOKENS = 1 << 20  # longer rows are a typo, and would exhaust memory before 
 
 class ModelConfig(_Section):
     path: str
-    """Base model: a local Hugging Face model directory or a hub name."""
+    """Base model: a local Hugging Face model directory, a hub name, a ``.gguf`` file or a directory
+    holding one (converted once to safetensors, cached)."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code. Only turn on for code you trust."""
     gguf_file: str | None = None
     """A GGUF file inside ``path`` to load (dequantised) instead of safetensors weights."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16"] = "auto"
     """``auto``: float32 weights, with bf16 autocast (mixed precision) on a GPU; ``float32``: no
-    autocast; ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
+    autocast; ``bf16-mixed``: float32 weights with bf16 autocast on any device, the CPU included;
+    ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
 
 
 class DataFile(_Section):
@@ -120,6 +122,11 @@ class EncodingConfig(_Section):
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
     refuses records with it unless ``drop``."""
+    mask_source: Literal["contract", "generation_markers"] = "contract"
+    """Where the trained tokens of each assistant turn come from: ``contract`` derives them from the
+    template's renderings (what the model generates after the turn's prompt, up to and including the
+    stop); ``generation_markers`` trains what the template's ``{% generation %}`` markers enclose
+    (TRL-style training templates; ``sftlab check-template`` lists where the two differ)."""
 
 
 class PackingConfig(_Section):
@@ -177,6 +184,11 @@ class OptimConfig(_Section):
     """Stop after this many optimizer steps (wins over ``epochs``)."""
     epochs: int = Field(1, gt=0)
     """Passes over the (mixed) training data when ``max_steps`` is null."""
+    neftune_alpha: float | None = Field(None, gt=0)
+    """NEFTune (Jain et al. 2023): uniform noise in [-1, 1] x alpha / sqrt(L x d) added to the input
+    embeddings in training steps only (never in validation or generation), L the length of the example
+    a token belongs to (in a packed row, each example's own length), d the hidden size; the paper
+    uses 5 to 15. ``null``: off."""
 
 
     @field_validator("betas")
@@ -205,8 +217,12 @@ class LoraConfig(_Section):
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    """Names of the linear modules that get adapters."""
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """Names of the linear modules that get adapters, or ``all-linear`` (peft's spelling: every linear
+    layer but the output head)."""
+    use_dora: bool = False
+    """DoRA (peft's ``use_dora``): each adapted weight is split into a magnitude and a direction, the
+    LoRA update applies to the direction; slower per step than plain LoRA."""
     merge_on_save: bool = False
     """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``.
     Otherwise ``RUN/final`` holds only the adapter (load it with peft on the base model); its
@@ -252,7 +268,7 @@ class LogConfig(_Section):
     none. TensorBoard writes under ``RUN/tensorboard``; the project / run name is the run directory's
     name. ``metrics.jsonl`` is written in every case."""
     progress: bool = True
-    """Show a tqdm progress bar with loss, tokens/s and ETA."""
+    """Show a tqdm progress bar with loss, tokens/s, model FLOP utilisation (MFU) and ETA."""
 
 
 class TrainConfig(_Section):
@@ -314,11 +330,39 @@ class ConfigError(UsageError, ValueError):
     ``UsageError``: the CLI prints it as one line (exit 2) without converting it."""
 
 
+PEER_KEYS = {
+    # TRL / transformers TrainingArguments
+    "learning_rate": "optim.lr", "num_train_epochs": "optim.epochs", "max_steps": "optim.max_steps",
+    "per_device_train_batch_size": "optim.micro_batch_size", "gradient_accumulation_steps": "optim.grad_accum",
+    "warmup_ratio": "optim.warmup_ratio", "warmup_steps": "optim.warmup_steps",
+    "weight_decay": "optim.weight_decay", "lr_scheduler_type": "optim.schedule",
+    "max_grad_norm": "optim.max_grad_norm", "neftune_noise_alpha": "optim.neftune_alpha",
+    "max_seq_length": "encoding.max_length", "output_dir": "out", "model_name_or_path": "model.path",
+    "per_device_eval_batch_size": "eval.micro_batch_size", "eval_steps": "eval.every_n_steps",
+    "save_steps": "checkpointing.every_n_steps", "save_total_limit": "checkpointing.keep_last",
+    "logging_steps": "log.every_n_steps", "chat_template": "template", "dataset_text_field": "data.train",
+    # peft LoraConfig and its flat spellings
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules", "use_dora": "lora.use_dora",
+    # Axolotl and LLaMA-Factory
+    "base_model": "model.path", "sequence_len": "encoding.max_length", "cutoff_len": "encoding.max_length",
+    "micro_batch_size": "optim.micro_batch_size", "num_epochs": "optim.epochs", "lora_rank": "lora.r",
+    "lora_target": "lora.target_modules", "val_set_size": "data.eval_split",
+}
+"""Keys as TRL, transformers, peft, Axolotl and LLaMA-Factory users type them -> sftlab's key."""
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read ``path`` (YAML mapping), apply ``key=value`` overrides, validate.
 
-    Raises :class:`ConfigError` naming the key: ``unknown key 'optim.lrr' (in cfg.yaml); did
-    you mean 'optim.lr'?`` or ``optim.lr: Input should be greater than 0 (got -1) (in cfg.yaml)``.
+    Raises :class:`ConfigError` naming the key and where it was written: ``unknown key 'optim.lrr'
+    (in cfg.yaml); did you mean 'optim.lr'?``, ``optim.lr: Input should be greater than 0 (got -1)
+    (in override optim.lr=-1)``. A peer's key gets sftlab's; a dotted key written in YAML is told
+    to nest::
+
+        >>> load_config(None, ["model.path=m", "data.train=[t]", "out=o", "learning_rate=1e-4"])
+        Traceback (most recent call last):
+        sftlab.train.config.ConfigError: unknown key 'learning_rate' (in override learning_rate=1e-4); did you mean 'optim.lr'? (learning_rate is what TRL, peft, Axolotl or LLaMA-Factory call it)
     """
     where = str(path) if path is not None else "overrides"
     raw: Any = {}
@@ -331,25 +375,27 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(str(e)) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    given = {}  # dotted key -> the override that set it
     for item in overrides:
-        _apply_override(raw, item)
-    _check_numbers(raw, where)
+        given[_apply_override(raw, item)] = item
+    _check_numbers(raw, lambda key: _origin(tuple(key.split('.')), given, where))
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
         errors = e.errors()
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(_explain(errors[0], where) + more) from None
+        raise ConfigError(_explain(errors[0], _origin(errors[0]["loc"], given, where)) + more) from None
 
 
 MAX_INT = 2**63 - 1  # what an index, a count or a seed can hold in NumPy and torch
 
 
-def _check_numbers(value: Any, where: str, key: str = "") -> None:
-    """Integers beyond 64 bits are refused by key before any field sees them (they would
-    overflow in NumPy or torch later):
+def _check_numbers(value: Any, where, key: str = "") -> None:
+    """Integers beyond 64 bits and text with bytes that are not UTF-8 are refused by key before
+    any field sees them (they would overflow in NumPy or torch, or break run.json, later);
+    ``where(key)`` names where the key was set:
 
-        >>> _check_numbers({"optim": {"max_steps": 10**30}}, "cfg.yaml")
+        >>> _check_numbers({"optim": {"max_steps": 10**30}}, lambda key: "cfg.yaml")
         Traceback (most recent call last):
         ...
         sftlab.train.config.ConfigError: optim.max_steps: 1000000000000000000000000000000 is out of range (at most 9223372036854775807) (in cfg.yaml)
@@ -362,10 +408,10 @@ def _check_numbers(value: Any, where: str, key: str = "") -> None:
             _check_numbers(v, where, f"{key}.{i}")
     elif isinstance(value, str) and _not_utf8(value):
         raise ConfigError(f"{key}: {_escaped(value)} holds bytes that are not UTF-8 (run.json records "
-                          f"paths as UTF-8 text) (in {where}); rename the file or directory")
+                          f"paths as UTF-8 text) (in {where(key)}); rename the file or directory")
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
         shown = reprlib.repr(value) if len(str(value)) < 40 else f"a number of {len(str(abs(value)))} digits"
-        raise ConfigError(f"{key}: {shown} is out of range (at most {MAX_INT}) (in {where})")
+        raise ConfigError(f"{key}: {shown} is out of range (at most {MAX_INT}) (in {where(key)})")
 
 
 def _not_utf8(text: str) -> bool:
@@ -381,7 +427,18 @@ def _escaped(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:200]
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def _origin(loc: tuple, given: dict[str, str], where: str) -> str:
+    """``override KEY=VALUE`` when an override set ``loc`` (or a section above it), else ``where``."""
+    parts = [str(p) for p in loc]
+    for n in range(len(parts), 0, -1):
+        item = given.get(".".join(parts[:n]))
+        if item is not None:
+            return f"override {item}"
+    below = [item for key, item in given.items() if key.startswith(".".join(parts) + ".")]
+    return f"override {below[0]}" if below and parts else where
+
+
+def _apply_override(raw: dict, item: str) -> str:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {ascii(item)} is not key=value (for example optim.lr=1e-4)")
@@ -403,18 +460,14 @@ def _apply_override(raw: dict, item: str) -> None:
             raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+    return ".".join(p.strip() for p in parts)
 
 
 def _explain(error: dict, where: str) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         parent, name = error["loc"][:-1], str(error["loc"][-1])
-        choices = _keys_of(TrainConfig, parent)
-        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-        prefix = "".join(f"{p}." for p in parent)
-        hint = (f"; did you mean '{prefix}{close[0]}'?" if close
-                else f"; known keys: {', '.join(choices)}")
-        return f"unknown key '{loc}' (in {where}){hint}"
+        return f"unknown key '{loc}' (in {where}){_unknown_key_hint(parent, name)}"
     if error["type"] == "missing" and isinstance(error["loc"][-1], int):
         parent = ".".join(str(p) for p in error["loc"][:-1])
         return f"{parent}: item {error['loc'][-1]} is missing (in {where})"
@@ -423,6 +476,44 @@ def _explain(error: dict, where: str) -> str:
     got = error.get("input")
     shown = "" if isinstance(got, dict) else f" (got {reprlib.repr(got)})"
     return f"{loc or 'config'}: {error['msg']}{shown} (in {where})"
+
+
+def _unknown_key_hint(parent: tuple, name: str) -> str:
+    """What to write instead of the unknown key ``name`` under ``parent``: the nested form of a
+    dotted key, sftlab's name for a peer's key, or the closest key of the section."""
+    prefix = "".join(f"{p}." for p in parent)
+    if "." in name:
+        section, _, rest = name.partition(".")
+        if section in _keys_of(TrainConfig, parent):
+            known = _is_key(parent + tuple(name.split(".")))
+            nested = f"; YAML does not read dots as nesting: nest it under `{section}:` ({section}: {{{rest}: ...}})"
+            if known:
+                return nested
+            leaf = PEER_KEYS.get(rest) or PEER_KEYS.get(name.rsplit(".", 1)[-1]) or _closest_key(name)
+            return nested + (f"; {prefix}{section} has no {rest} either: did you mean '{leaf}'?" if leaf
+                             else f"; {prefix}{section} has no {rest} either")
+    peer = PEER_KEYS.get(name)
+    if peer is not None:
+        return f"; did you mean '{peer}'? ({name} is what TRL, peft, Axolotl or LLaMA-Factory call it)"
+    choices = _keys_of(TrainConfig, parent)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(choices)}"
+
+
+def _is_key(path: tuple) -> bool:
+    """Whether the dotted ``path`` names a config key or section."""
+    return bool(path) and path[-1] in _keys_of(TrainConfig, path[:-1])
+
+
+def _closest_key(dotted: str) -> str | None:
+    """The leaf key closest to ``dotted`` over the whole config (``data.max_length`` -> ``encoding.max_length``)."""
+    leaves = [key for key, *_ in _rows(TrainConfig)]
+    name = dotted.rsplit(".", 1)[-1]
+    same = [k for k in leaves if k.rsplit(".", 1)[-1] == name]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(dotted, leaves, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _keys_of(model: type[BaseModel], parent: tuple) -> list[str]:
@@ -444,6 +535,8 @@ def _section_type(field) -> type[BaseModel] | None:
 def _type_name(ann: Any) -> str:
     if typing.get_origin(ann) is Literal:
         return " | ".join(json.dumps(a) for a in typing.get_args(ann))
+    if typing.get_origin(ann) is typing.Union and any(typing.get_origin(a) is Literal for a in typing.get_args(ann)):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(ann))
     text = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
     return text or str(ann).replace("typing.", "").replace(f"{__name__}.", "")
 
