@@ -258,3 +258,10 @@ def test_a_config_file_with_bytes_that_are_not_utf8_is_one_line(hostile, hostile
     cfg = hostile.config(hostile_assets, tmp_path / "run")
     cfg.write_bytes(cfg.read_bytes().replace(b"/model", b"/mod\xffel"))
     assert "not UTF-8" in hostile.refusal(capsys, main(["prepare", str(cfg)]), str(cfg))
+
+
+def test_a_template_file_that_is_a_fifo_is_refused_by_kind(hostile, hostile_assets, tmp_path, capsys):
+    os.mkfifo(tmp_path / "chat.jinja")
+    code = main(["inspect", str(hostile_assets / "train.jsonl"), "--tokenizer", str(hostile_assets / "model"),
+                 "--template", str(tmp_path / "chat.jinja")])
+    assert "not a regular file" in hostile.refusal(capsys, code, "chat.jinja")
