@@ -74,7 +74,9 @@ def _run(argv: list[str] | None) -> int:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e)}))
         else:
-            print(f"sftlab {args.command}: error: {e}", file=sys.stderr)
+            from sftlab.terminal import terminal_safe  # a path or record id may carry escapes
+
+            print(f"sftlab {args.command}: error: {terminal_safe(e)}".replace("\n", "\\n"), file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

@@ -339,3 +339,15 @@ def test_report_on_run_files_of_the_wrong_type_never_gives_a_traceback(hostile, 
         assert "Traceback" not in out.err and json.loads(out.out)["report"], (name, doc)
         (run / "eval" / "eval.json").unlink(missing_ok=True)
     assert len(cases) > 20 and set(codes) <= {0, 1}
+
+
+def test_validate_and_error_lines_show_record_ids_and_paths_escaped(hostile, tmp_path, capsys):
+    rec = {"id": "id\x1b[2J\x1b]0;t\x07", "messages": [{"role": "user", "content": "no answer"}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(_conv(1, "ok")) + "\n")
+    assert main(["validate", str(tmp_path / "d.jsonl"), "--quarantine", str(tmp_path / "q.jsonl")]) == 1
+    out = capsys.readouterr()
+    assert not set(RAW_CONTROL.findall(out.out + out.err)) - {"\n", "\t"} and "\\x1b[2J" in out.out
+    evil = tmp_path / "evil\x1b[2J\nname.jsonl"
+    code = main(["validate", str(evil)])
+    err = hostile.refusal(capsys, code, "\\x1b[2J")
+    assert not set(RAW_CONTROL.findall(err)) - {"\n"}
