@@ -121,3 +121,14 @@ def test_characters_split_over_tokens_are_shown_once(tok_dir, tmp_path, capsys):
     assert out.splitlines()[0].startswith("legend: [[text]] trained")
     assert "他们是拜仁慕尼黑的凯恩和格雷茨卡。" in out.replace("[[", "").replace("]]", "")
     assert "[[他]][[他]]" not in out
+
+
+def test_inspect_takes_the_column_mapping(tok_dir, tmp_path, capsys):
+    """Before: inspect read only the built-in layouts; it takes the same mapping options as validate."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    assert main(["inspect", str(data), "--tokenizer", str(tok_dir)]) == 2
+    capsys.readouterr()
+    assert main(["inspect", str(data), "--tokenizer", str(tok_dir), "--column", "prompt=question",
+                 "--column", "response=answer"]) == 0
+    assert "[[4]][[<|im_end|>]]" in capsys.readouterr().out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
 from sftlab.model.loading import FORMS
 
@@ -32,6 +33,7 @@ def register(sub) -> None:
                         "(drop), as encoding.reasoning in training")
     p.add_argument("--html", metavar="OUT", default=None, help="also write a self-contained HTML view")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
+    add_mapping_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -44,7 +46,7 @@ def run(args) -> int:
     from sftlab.terminal import terminal_safe
 
     tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
-    report = load_files([args.file])
+    report = load_files([args.file], columns=[columns_from_args(args)])
     convs = report.conversations
     if not convs:
         raise UsageError(f"{args.file}: no accepted record to inspect ({len(report.quarantined)} quarantined)")

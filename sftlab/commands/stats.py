@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
 from sftlab.model.loading import FORMS
 
@@ -69,6 +70,7 @@ def register(sub) -> None:
                         "(default: 0.8; the prepared store, with a config or --tokenizer, measures at 0.8)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--out", metavar="PATH", default=None, help="also write the JSON to PATH")
+    add_mapping_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -103,7 +105,8 @@ def _config_stats(args) -> dict[str, Any]:
         ("--heldout", args.heldout, None), ("--policy", args.policy, None), ("--tokenizer", args.tokenizer, None),
         ("--template", args.template, None), ("--max-length", args.max_length, None), ("--turns", args.turns, "whole"),
         ("--overflow", args.overflow, "drop"), ("--reasoning", args.reasoning, "keep"),
-        ("--near-threshold", args.near_threshold, NEAR_THRESHOLD)) if value != default]
+        ("--near-threshold", args.near_threshold, NEAR_THRESHOLD),
+        ("column mapping options", columns_from_args(args), None)) if value != default]
     if given:
         raise UsageError(f"{', '.join(given)}: with a config, the data, policy, tokenizer, template and encoding "
                          f"come from {config} (override them as key=value, e.g. encoding.max_length=512)")
@@ -137,8 +140,11 @@ def _store_stats(args) -> dict[str, Any]:
         template = get_template(args.template, tokenizer)
         with Spool() as spool:
             kw = dict(options=options, policy=policy, progress=True, spool=spool)
-            train = prepare(args.files, tokenizer, template, label="stats train", **kw)
-            held = prepare(args.heldout, tokenizer, template, label="stats heldout", **kw) if args.heldout else None
+            columns = columns_from_args(args)
+            train = prepare(args.files, tokenizer, template, label="stats train",
+                            columns=[columns] * len(args.files), **kw)
+            held = prepare(args.heldout, tokenizer, template, label="stats heldout",
+                           columns=[columns] * len(args.heldout), **kw) if args.heldout else None
     except TemplateError as e:  # no chat_template, unknown template name, template and tokenizer do not fit
         raise UsageError(str(e).splitlines()[0]) from None
     return store_stats(train, held)
@@ -151,8 +157,10 @@ def _word_stats(args) -> dict[str, Any]:
     from sftlab.data.stats import compute_stats, with_files
 
     policy = load_policy(args.policy) if args.policy else None
-    train = load_files(args.files, policy=policy)
-    heldout = load_files(args.heldout, policy=policy) if args.heldout else None
+    columns = columns_from_args(args)
+    train = load_files(args.files, policy=policy, columns=[columns] * len(args.files))
+    heldout = (load_files(args.heldout, policy=policy, columns=[columns] * len(args.heldout))
+               if args.heldout else None)
     stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
                           policy=policy, near_threshold=args.near_threshold)
     return with_files(stats, train, heldout)

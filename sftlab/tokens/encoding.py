@@ -44,6 +44,7 @@ from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
 from sftlab.data.conversation import REASONING_MODES, Conversation, Message, Origin, template_messages, unpaired_surrogate
 from sftlab.tokens.generation_markers import check_mask_source, marked_layout
 from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
+from sftlab.tokens.continuation import continuation_layout
 
 
 class EncodingError(ValueError):
@@ -653,7 +654,7 @@ def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, d
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
         try:
-            layouts[j] = _layout(enc, conv.messages, conv.tools)
+            layouts[j] = continuation_layout(enc, conv) if conv.plain else _layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
             results[j] = _reason(e)
     return results, layouts

@@ -53,10 +53,12 @@ class ModelConfig(_Section):
 class DataFile(_Section):
     """A data entry that says how its records name things (as LLaMA-Factory's ``dataset_info.json``
     columns and tags, or axolotl's ``field_messages``); a plain path string needs none of it."""
-    path: str
-    """The file (JSONL, JSON, Parquet) or saved dataset directory."""
+    path: str | None = None
+    """The file (JSONL, JSON, Parquet) or saved dataset directory; ``null`` with ``dataset_info``:
+    the entry's ``file_name`` beside that file."""
     field_messages: str | None = None
-    """The record field holding the list of messages; ``null``: ``messages`` or ``conversations``."""
+    """The record field holding the list of messages (a dotted path such as ``body.messages``
+    reaches into an object); ``null``: ``messages`` or ``conversations``."""
     role_key: str | None = None
     """The message key naming the speaker; ``null``: ``role``, or ``from`` where there is no ``role``."""
     content_key: str | None = None
@@ -64,12 +66,74 @@ class DataFile(_Section):
     roles: dict[str, Literal["system", "user", "assistant", "tool"]] = {}
     """Speaker names of this file -> roles, e.g. ``{human: user, bot: assistant}`` (ShareGPT's
     human/gpt/model/observation/function are known already)."""
+    dataset_info: str | None = None
+    """LLaMA-Factory's ``dataset_info.json``, read as it is: the entry ``dataset`` gives the mapping
+    (``formatting``, ``columns``, ``tags``) and, without ``path``, the file."""
+    dataset: str | None = None
+    """The entry of ``dataset_info`` to read."""
+    formatting: Literal["alpaca", "sharegpt"] | None = None
+    """As in ``dataset_info.json``: ``alpaca`` (instruction records) or ``sharegpt`` (message lists),
+    with ``columns`` and ``tags``; ``null``: the layout is detected per record."""
+    columns: dict[str, str] = {}
+    """As in ``dataset_info.json``: LLaMA-Factory's column -> this file's field (``prompt``, ``query``,
+    ``response``, ``system``, ``history`` for ``alpaca``; ``messages`` for ``sharegpt``; ``tools``,
+    ``chosen``, ``rejected``), plus sftlab's metadata (``task: category``). Dotted paths reach into
+    objects. E.g. Dolly: ``{prompt: instruction, query: context, response: response, task: category}``."""
+    tags: dict[str, str] = {}
+    """As in ``dataset_info.json`` (``sharegpt``): ``role_tag``, ``content_tag``, ``user_tag``,
+    ``assistant_tag``, ``observation_tag``, ``function_tag``, ``system_tag``."""
+    ranking: bool = False
+    """As in ``dataset_info.json``: preference data (its records are refused unless ``layout: chosen``)."""
+    layout: Literal["chosen"] | None = None
+    """``chosen``: train a preference record (``chosen``/``rejected``) on its prompt and chosen answer,
+    dropping the rejected one; ``null``: preference records are quarantined."""
+    ignore_fields: list[str] = []
+    """Top-level record fields declared unused (kept as metadata, not trained); any other field that
+    no layout reads and that is not known metadata quarantines its record."""
+    prompt_completion: Literal["continuation", "chat"] | None = None
+    """As ``data.prompt_completion``, for this file; ``null``: the data section's."""
 
-    def columns(self):
+    @model_validator(mode="before")
+    @classmethod
+    def _entry_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is None and data.get("dataset_info"):
+            if not data.get("dataset"):
+                raise ValueError("dataset_info needs dataset: the name of its entry")
+            from sftlab.data.layouts import dataset_info_entry
+
+            try:
+                data = {**data, "path": str(dataset_info_entry(data["dataset_info"], data["dataset"])[0])}
+            except UsageError as e:
+                raise ValueError(str(e)) from None
+        return data
+
+    @model_validator(mode="after")
+    def _one_path(self):
+        if self.path is None:
+            raise ValueError("path: give the data file (or dataset_info and dataset)")
+        if self.dataset_info and not self.dataset:
+            raise ValueError("dataset_info needs dataset: the name of its entry")
+        return self
+
+    def mapping(self, ignore_fields: list[str] = (), where: str | None = None,
+                prompt_completion: str = "continuation"):
+        """The ``sftlab.data.formats.Columns`` of this entry (``ignore_fields``: the data section's)."""
         from sftlab.data.formats import Columns
+        from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
 
-        return Columns(field_messages=self.field_messages, role_key=self.role_key,
-                       content_key=self.content_key, roles=dict(self.roles))
+        kwargs: dict[str, Any] = {}
+        if self.dataset_info:
+            kwargs = entry_kwargs(dataset_info_entry(self.dataset_info, self.dataset)[1],
+                                  f"{self.dataset_info} [{self.dataset}]")
+        if self.formatting or self.columns or self.tags:
+            kwargs.update(columns_kwargs(self.formatting, dict(self.columns), dict(self.tags), self.ranking,
+                                         where or f"data entry {self.path}"))
+        own = dict(field_messages=self.field_messages, role_key=self.role_key, content_key=self.content_key)
+        kwargs.update({k: v for k, v in own.items() if v is not None})
+        roles = {**kwargs.get("roles", {}), **self.roles}
+        return Columns(**{**kwargs, "roles": roles}, layout=self.layout,
+                       ignore=tuple(dict.fromkeys([*ignore_fields, *self.ignore_fields])),
+                       prompt_completion=self.prompt_completion or prompt_completion)
 
 
 class DataConfig(_Section):
@@ -77,9 +141,19 @@ class DataConfig(_Section):
     """Training data (JSONL, JSON or Parquet files, a saved HF dataset directory, a folder of data
     files, or a dataset name for ``datasets.load_dataset`` as ``name[:config[:split]]``): a path, or a mapping
     with ``path`` and how its records name things (``field_messages``, ``role_key``,
-    ``content_key``, ``roles``)."""
+    ``content_key``, ``roles``; LLaMA-Factory's ``formatting``, ``columns``, ``tags``, or its
+    ``dataset_info`` and ``dataset``; ``layout``, ``ignore_fields``)."""
     eval: list[str | DataFile] = []
     """Held-out files for the validation loss per slice (entries as in ``train``)."""
+    ignore_fields: list[str] = []
+    """Top-level record fields declared unused in every file (kept as metadata, not trained); a field
+    that no layout reads, that is not known metadata and is not declared here or in its entry's
+    ``ignore_fields`` quarantines its record."""
+    prompt_completion: Literal["continuation", "chat"] = "continuation"
+    """What a ``prompt``/``completion`` record of two strings means: ``continuation`` is plain text as
+    TRL trains it (no chat template: the prompt's tokens, the completion's and eos; the completion and
+    eos trained); ``chat`` is a user and an assistant message rendered by the template. Message-list
+    prompts are always conversations."""
     eval_split: float = Field(0.0, ge=0, lt=1)
     """Share of the training records held out for the validation loss (e.g. 0.02), chosen by a hash
     of each record's messages, so the split is the same on every run and copies of a record fall
@@ -99,9 +173,13 @@ class DataConfig(_Section):
     def paths(entries: list) -> list[str]:
         return [e if isinstance(e, str) else e.path for e in entries]
 
-    @staticmethod
-    def columns(entries: list) -> list:
-        return [None if isinstance(e, str) else e.columns() for e in entries]
+    def columns(self, entries: list) -> list:
+        """One ``Columns`` (or ``None``: the usual names, nothing ignored) per entry."""
+        from sftlab.data.formats import Columns
+
+        plain = Columns(ignore=tuple(self.ignore_fields), prompt_completion=self.prompt_completion)
+        return [(None if plain.is_default else plain) if isinstance(e, str)
+                else e.mapping(self.ignore_fields, prompt_completion=self.prompt_completion) for e in entries]
 
 
 class EncodingConfig(_Section):
@@ -382,7 +460,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        errors = e.errors()
+        # A data entry given as a mapping is a DataFile: its own problems, not the plain-path branch's.
+        errors = [x for x in e.errors() if not (x["loc"][-1:] == ("str",) and isinstance(x.get("input"), dict))]
+        errors = [{**x, "loc": tuple(p for p in x["loc"] if not (isinstance(p, str) and "DataFile" in p)),
+                   "msg": x["msg"].removeprefix("Value error, ")} for x in errors or e.errors()]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(_explain(errors[0], _origin(errors[0]["loc"], given, where)) + more) from None
 

@@ -235,7 +235,7 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
     paths = DataConfig.paths(entries)
     kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
                   num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
-                  columns=DataConfig.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
+                  columns=cfg.data.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
     if accelerator is None or accelerator.num_processes == 1:
         return prepare(paths, tokenizer, template, **kwargs)
     store = None
