@@ -57,7 +57,7 @@ def check_readable(p: Path) -> None:
         if not _is_saved_dataset(p):
             folder_files(p)
         return
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISFIFO(st.st_mode):
         return  # a pipe or FIFO: opening it here would take (or wait for) data read later
     open_input(p).close()
 
@@ -258,10 +258,9 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
     try:
         if not stat.S_ISREG(os.stat(p).st_mode):
             return None
-        f = open(p, "rb")
     except OSError:
         return None
-    with f:
+    with open_input(p) as f:
         if _format(p, _head(f)) != "jsonl":
             return None
         f.seek(0)
@@ -302,11 +301,12 @@ def read_jsonl_at(p: Path, offset: int, line: int, max_bytes: int) -> Iterator[R
 
 
 def open_input(p: Path):
-    """``open(p, "rb")``, or a ``UsageError`` that names the file and why it cannot be read."""
-    try:
-        return open(p, "rb")
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+    """A data input opened for reading bytes (``sftlab.files.open_input`` with ``stream``: a
+    regular file, read up to the size it had when opened, or a FIFO or pipe), or a
+    ``UsageError`` that names the file and why it cannot be read."""
+    from sftlab.files import open_input as open_file
+
+    return open_file(p, stream=True)
 
 
 def _parse_line(lineno: int, text: str) -> RawItem:
@@ -359,17 +359,16 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
 
 def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _decode(data)
-    file_line, counted = 1, 0
+    file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:
-        for i, (obj, start, end) in enumerate(_array_elements(text), 1):
+        for i, (obj, start, end) in enumerate(_array_elements(text, ints), 1):
             file_line += text.count("\n", counted, start)  # the line the record starts on
             counted = start
-            size = len(text[start:end].encode("utf-8", "surrogateescape"))
+            huge, size = ints.take(), len(text[start:end].encode("utf-8", "surrogateescape"))
             if size > max_bytes:
                 yield i, _preview(text[start:end]), _too_large(size, max_bytes), file_line
                 continue
-            if _HUGE in _ints.seen:
-                _ints.seen.clear()
+            if huge:
                 yield i, _preview(text[start:end]), _huge_number_error(), file_line
                 continue
             # Bracket counting (in C) rules out deep nesting for almost every record.
@@ -386,13 +385,13 @@ def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
         raise UsageError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
 
 
-def _array_elements(text: str) -> Iterator[tuple[Any, int, int]]:
+def _array_elements(text: str, ints: Any = int) -> Iterator[tuple[Any, int, int]]:
     """``(element, start, end)`` for each element of the JSON array ``text``.
 
     Decoding element by element gives each record's extent, so its size and nesting can be
     checked on the text instead of serialising the record again.
     """
-    decoder, skip = json.JSONDecoder(parse_int=_ints), _WHITESPACE.match
+    decoder, skip = json.JSONDecoder(parse_int=ints), _WHITESPACE.match
     i = skip(text, 0).end()
     if text[i:i + 1] != "[":
         raise json.JSONDecodeError("Expecting '['", text, i)
@@ -422,18 +421,19 @@ class _IntGuard:
     4,300 digits) become a marker, so one record is quarantined instead of the whole file."""
 
     def __init__(self):
-        self.seen: set = set()
+        self.seen = False
 
     def __call__(self, digits: str) -> Any:
         try:
             return int(digits)
         except ValueError:
-            self.seen.add(_HUGE)
+            self.seen = True
             return 0
 
-
-_HUGE = "huge"
-_ints = _IntGuard()
+    def take(self) -> bool:
+        """Whether the element decoded since the last call held such an integer (and reset)."""
+        seen, self.seen = self.seen, False
+        return seen
 
 
 def _huge_number_error() -> RecordError:
@@ -611,7 +611,7 @@ def input_digest(p: Path) -> str:
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
-        with open(f, "rb") as fh:
+        with open_input(f) as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
         h.update(b"\0")

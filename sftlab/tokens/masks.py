@@ -94,13 +94,16 @@ _RGB = {"tool_call": "219,39,119", "reasoning": "8,145,178"}
 
 def to_ansi(views: list[TokenView]) -> str:
     """Trained tokens on a green background (brighter = larger weight), scaffolding dimmed,
-    a role tag where a message's content starts, token boundaries as thin separators."""
+    a role tag where a message's content starts, token boundaries as thin separators; the
+    tokens' own control characters shown escaped (``sftlab.terminal``)."""
+    from sftlab.terminal import terminal_safe
+
     out, last = [], None
     for v in views:
         if v.message_index is not None and v.message_index != last:
             out.append(f"\x1b[1;4m[{v.role} #{v.message_index}]\x1b[0m")
             last = v.message_index
-        text = v.text.replace("\n", "\\n\n")
+        text = terminal_safe(v.text).replace("\n", "\\n\n")
         if v.weight > 0:  # green: answers; magenta: tool calls; cyan: reasoning
             bg = {"tool_call": ("45", "105"), "reasoning": ("46", "106")}.get(v.role, ("42", "102"))
             out.append(f"\x1b[30;{bg[0] if v.weight <= 1 else bg[1]}m{text}\x1b[0m")

@@ -88,6 +88,12 @@ def default_cache_dir() -> Path:
     return Path(root) / "prepared"
 
 
+def _jsonl_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file the store wrote, split on ``\\n`` only: a JSON string may hold
+    U+2028, U+2029 or U+0085 raw, where ``str.splitlines`` would cut the record."""
+    return [x for x in path.read_text(encoding="utf-8").split("\n") if x]
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -422,7 +428,7 @@ class PreparedStore:
         from sftlab.data.formats import to_conversation
 
         out = []
-        for line in (self.path / "preview.jsonl").read_text(encoding="utf-8").splitlines():
+        for line in _jsonl_lines(self.path / "preview.jsonl"):
             d = json.loads(line)
             out.append(to_conversation(d["record"], Origin(d["file"], d["line"])))
         return out
@@ -543,8 +549,10 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     process checked them). Raises ``UsageError`` for unusable inputs.
     """
     from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, check_readable
+    from sftlab.files import check_cache_dir
 
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = check_cache_dir(cache_dir, what="data.cache_dir") if cache_dir else check_cache_dir(
+        default_cache_dir(), what="SFTLAB_CACHE")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise UsageError("no input files given")
@@ -986,8 +994,8 @@ def _filter_chunk(out: Path, drop: set[int]) -> None:
         arrays[n] = arrays[n][keep]
     for n, a in arrays.items():
         np.save(out / f"{n}.npy", a, allow_pickle=False)
-    lines = (out / "examples.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    (out / "examples.jsonl").write_text("".join(x for x, k in zip(lines, keep) if k), encoding="utf-8")
+    lines = _jsonl_lines(out / "examples.jsonl")
+    (out / "examples.jsonl").write_text("".join(x + "\n" for x, k in zip(lines, keep) if k), encoding="utf-8")
     entry = json.loads((out / "chunk.json").read_text(encoding="utf-8"))
     entry.update(examples=int(keep.sum()), tokens=int(arrays["lengths"].sum()))
     (out / "chunk.json").write_text(_canonical(entry) + "\n", encoding="utf-8")
@@ -1116,7 +1124,7 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     with open(root / "quarantine.jsonl", "w", encoding="utf-8") as out:
         for stage in ("load", "encode"):
             for c, d in enumerate(dirs):
-                entries = [json.loads(x) for x in (d / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()]
+                entries = [json.loads(x) for x in _jsonl_lines(d / "quarantine.jsonl")]
                 if stage == "load":
                     entries += dup_by_chunk.get(c, [])
                     entries.sort(key=lambda e: e["_rec"])
@@ -1285,7 +1293,7 @@ def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], poli
 
 
 def _merge_preview(root: Path, dirs: list[Path], excluded: set[int]) -> None:
-    rows = [json.loads(x) for d in dirs for x in (d / "preview.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(x) for d in dirs for x in _jsonl_lines(d / "preview.jsonl")]
     firsts, seen = [], set()
     for r in rows:
         if r["slice"] not in seen:

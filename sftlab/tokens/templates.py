@@ -973,12 +973,16 @@ def _is_template_file(name: str) -> bool:
 
 
 def _read_template_file(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
+    from sftlab.errors import UsageError
+    from sftlab.files import open_input
+
+    try:  # a regular file only: a FIFO or a device would hang or never end
+        with open_input(path, what="template file") as f:
             data = f.read(_MAX_TEMPLATE_FILE_BYTES + 1)
-    except OSError as e:
-        raise TemplateError(f"template file {path}: cannot read it ({e.strerror or e}); expected a Jinja "
-                            "chat template file, a built-in name or a Jinja string") from None
+    except UsageError as e:
+        reason = str(e).removeprefix(f"template file {path}: ")
+        raise TemplateError(f"template file {path}: cannot read it ({reason}); expected a Jinja chat "
+                            "template file, a built-in name or a Jinja string") from None
     if len(data) > _MAX_TEMPLATE_FILE_BYTES:
         raise TemplateError(f"template file {path}: larger than {_MAX_TEMPLATE_FILE_BYTES:,} bytes; "
                             "expected a chat template (a few KB)")

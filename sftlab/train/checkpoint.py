@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -190,12 +191,15 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
     recorded the list's own sha256 (``recorded``), the list is that one."""
     if not (path / "state.json").is_file():
         return ["state.json is missing"]
-    try:
-        listing = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    from sftlab.errors import UsageError
+    from sftlab.files import read_input
+
+    if not os.path.lexists(path / CHECKSUMS):
         return [f"{CHECKSUMS} is missing"]
-    except (OSError, ValueError, RecursionError):
-        return [f"{CHECKSUMS} is unreadable"]
+    try:
+        listing = json.loads(read_input(path / CHECKSUMS, max_bytes=16 << 20, note=False))
+    except (UsageError, ValueError, RecursionError):
+        return [f"{CHECKSUMS} is unreadable (not a regular JSON file of sftlab's)"]
     if not isinstance(listing, dict):
         return [f"{CHECKSUMS} is not a JSON object"]
     if recorded is not None and _sha256(path / CHECKSUMS) != recorded:
@@ -323,6 +327,39 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
               for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
+
+
+def weights_mismatch(path: Path, model) -> str | None:
+    """Why the weights in the checkpoint ``path`` cannot be loaded into ``model`` (a LoRA adapter
+    for a full model or the reverse, other names, other shapes: another rank, other target
+    modules, another base), read from the files' headers without loading a tensor; ``None``
+    when they fit."""
+    adapter = path / "adapter_model.safetensors"
+    lora = hasattr(model, "peft_config")
+    if adapter.exists() != lora:
+        return (f"it holds {'a LoRA adapter' if adapter.exists() else 'full model weights'} and this run "
+                f"trains {'a LoRA adapter' if lora else 'the full model'} (lora.enabled)")
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        files = [adapter]
+    else:
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        files = sorted(path.glob("model*.safetensors"))
+    have: dict[str, tuple] = {}
+    for f in files:
+        with safe_open(f, framework="pt") as h:
+            have.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    missing = sorted(set(want) - set(have)) if lora else []  # tied weights may be saved once
+    if unexpected or shapes or missing:
+        first = (f"{shapes[0]} is {list(have[shapes[0]])} there, {list(want[shapes[0]])} here" if shapes
+                 else f"unexpected {unexpected[:3]}" if unexpected else f"missing {missing[:3]}")
+        return (f"its weights do not fit this model ({first}; lora.r, lora.target_modules or "
+                "model.path differ)")
+    return None
 
 
 def _load_weights(path: Path, model) -> None:

@@ -124,7 +124,13 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         if cfg.lora.enabled else (None, {})
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
-        changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes, base[0]))
+        diffs = _check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes, base[0])
+        if resume and ckpt is not None:
+            _check_checkpoint_fits(ckpt, model, cfg, world)
+        if diffs and main:
+            print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
+                  "(recorded in run.json segments)", file=sys.stderr)
+        changed.extend(diffs)
 
     with phases("prepare"):
         data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
@@ -343,6 +349,11 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     except (OSError, ValueError, TemplateError) as e:
         raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
     role_tokens = add_role_tokens(tokenizer, model, template)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UsageError(f"tokenizer={cfg.tokenizer or cfg.model.path}: {len(tokenizer)} tokens, but the "
+                         f"model's embedding has {rows} rows (another vocabulary); give the tokenizer "
+                         "that belongs to model.path")
     if role_tokens["added"]:
         template = get_template(cfg.template, tokenizer)  # the fingerprint covers the tokenizer
     install_template(tokenizer, template)
@@ -528,10 +539,24 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
     diffs = resume_differences(old, new)
     if diffs and not allow_changes:
         raise UsageError(refuse_message(ckpt, diffs))
-    if diffs:
-        print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
-              "(recorded in run.json segments)", file=sys.stderr)
     return diffs
+
+
+def _check_checkpoint_fits(ckpt: Path, model, cfg: TrainConfig, world: int) -> None:
+    """What would make loading ``ckpt`` fail, refused before anything in RUN is written: another
+    global batch, weights of another shape or kind (LoRA on/off, rank, targets, base model)."""
+    from sftlab.train.checkpoint import weights_mismatch
+
+    saved = _read_json(ckpt / "state.json") or {}
+    rows = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
+    if saved.get("rows_per_step", rows) != rows:
+        raise UsageError(f"{ckpt} was written with {saved['rows_per_step']} rows per optimizer step, this run "
+                         f"takes {rows} (micro_batch_size x grad_accum x processes); resume with the same "
+                         "global batch so the data position means the same rows; nothing was changed")
+    why = weights_mismatch(ckpt, model)
+    if why is not None:
+        raise UsageError(f"--resume: {ckpt} cannot be continued by this run: {why}; resume with the "
+                         "settings that wrote it or train into another out; nothing was changed")
 
 
 def _plan_of(old: dict | None) -> int | None:

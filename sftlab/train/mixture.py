@@ -91,6 +91,8 @@ def temperature_shares(sizes: Mapping[str, int], temperature: float) -> dict[str
 
         >>> {s: round(p, 6) for s, p in temperature_shares({"a": 900, "b": 100}, 2.0).items()}
         {'a': 0.75, 'b': 0.25}
+        >>> temperature_shares({"a": 900, "b": 100, "c": 900}, 5e-324)  # the limit T -> 0
+        {'a': 0.5, 'b': 0.0, 'c': 0.5}
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (1: natural mixture, inf: uniform), got {temperature}")
@@ -99,10 +101,10 @@ def temperature_shares(sizes: Mapping[str, int], temperature: float) -> dict[str
         raise ValueError("no examples: every slice is empty")
     if math.isinf(temperature):
         return {s: 1 / len(sizes) for s in sizes}
-    # in log space, so large sizes with small temperatures do not overflow
-    logs = {s: math.log(n) / temperature for s, n in sizes.items()}
-    top = max(logs.values())
-    raw = {s: math.exp(v - top) for s, v in logs.items()}
+    # in log space relative to the largest slice (each exponent <= 0), so large sizes with
+    # small temperatures (down to 5e-324) neither overflow nor give inf - inf
+    top = math.log(max(sizes.values()))
+    raw = {s: math.exp((math.log(n) - top) / temperature) for s, n in sizes.items()}
     total = sum(raw.values())
     return {s: v / total for s, v in raw.items()}
 
