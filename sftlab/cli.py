@@ -65,13 +65,18 @@ def _run(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from sftlab.files import inputs_scope
+
     try:
-        return int(args.func(args) or 0)
+        with inputs_scope():  # no command writes over a file it read
+            return int(args.func(args) or 0)
     except UsageError as e:
         if getattr(args, "json", False):
             print(json.dumps({"error": str(e)}))
         else:
-            print(f"sftlab {args.command}: error: {e}", file=sys.stderr)
+            from sftlab.terminal import terminal_safe  # a path or record id may carry escapes
+
+            print(f"sftlab {args.command}: error: {terminal_safe(e)}".replace("\n", "\\n"), file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

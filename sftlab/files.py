@@ -13,11 +13,20 @@ with a one-line :class:`~sftlab.errors.UsageError` instead of being replaced. A 
 (:func:`check_run_dir`) is refused when it is ``/``, a file, or a directory that holds files
 which are not a sftlab run.
 
+Every file sftlab did not just write is opened with :func:`open_input` (or read whole with
+:func:`read_input`): it must be a regular file (a FIFO only where a data stream is documented,
+``stream=True``), is read only up to the size it had when opened (a file appended to while it is
+read ends there), and a whole-file read has a size limit. While a command runs
+(:func:`inputs_scope`), every regular file it read is remembered by device and inode, and
+:func:`check_output_file` refuses to write over one of them, whatever the path (a symbolic link
+to a directory, a hard link): a command never replaces its own input.
+
 Config and policy files are read with :func:`read_yaml`: text that is not UTF-8, binary
 data, nesting deeper than 100 levels and alias bombs ("billion laughs") are refused with one
 line before PyYAML builds anything, and a parse error is one line with its position.
 
-This module imports nothing from sftlab but the errors, so every stage may use it.
+This module imports nothing from sftlab but the errors at import time (the run manifest's
+schema is imported only to check an existing run.json), so every stage may use it.
 
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
@@ -33,13 +42,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
+import re
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sftlab.errors import UsageError
 
@@ -69,11 +80,13 @@ def _os_reason(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def check_output_file(path: str | os.PathLike, *, what: str = "") -> Path:
+def check_output_file(path: str | os.PathLike, *, what: str = "", own: bool = False) -> Path:
     """``path`` if sftlab may replace it: a regular file, or a new name in an existing directory.
 
     Raises ``UsageError`` naming ``path`` (and ``what``, e.g. ``--out``) for a symbolic link, a
-    device, a FIFO, a socket, a directory, or a parent that is missing or not a directory.
+    device, a FIFO, a socket, a directory, a parent that is missing or not a directory, or one
+    of the running command's inputs (unless ``own``: a run's own state, such as its manifest,
+    which a command reads and updates by design).
     """
     p = Path(path)
     label = f"{what} {p}" if what else str(p)
@@ -84,6 +97,10 @@ def check_output_file(path: str | os.PathLike, *, what: str = "") -> Path:
         return p
     except OSError as e:
         raise UsageError(f"{label}: cannot be written: {_os_reason(e)}") from None
+    if not own and _inputs is not None and (st.st_dev, st.st_ino) in _inputs:
+        raise UsageError(f"{label}: is one of this command's inputs (the file read as "
+                         f"{_inputs[st.st_dev, st.st_ino]}); sftlab never writes over what it reads: "
+                         "give another path")
     if stat.S_ISLNK(st.st_mode):
         raise UsageError(f"{label}: is a symbolic link; sftlab replaces files and does not write "
                          "through links: give the link's target or a new name")
@@ -94,6 +111,101 @@ def check_output_file(path: str | os.PathLike, *, what: str = "") -> Path:
             raise UsageError(f"{label}: is {kind}, not a regular file; sftlab would replace it: "
                              "give a path to a regular file or a new name")
     return p
+
+
+# (st_dev, st_ino) -> path of each regular file read while a command runs (None: not recording).
+_inputs: dict[tuple[int, int], str] | None = None
+
+
+@contextlib.contextmanager
+def inputs_scope() -> Iterator[None]:
+    """Remember the files read by :func:`open_input` until the block ends, so that
+    :func:`check_output_file` refuses to replace any of them (the CLI runs each command in one)."""
+    global _inputs
+    saved, _inputs = _inputs, {}
+    try:
+        yield
+    finally:
+        _inputs = saved
+
+
+def open_input(path: str | os.PathLike, *, what: str = "", stream: bool = False,
+               note: bool = True) -> IO[bytes]:
+    """``path`` opened for reading bytes, or a one-line ``UsageError`` naming it and why not.
+
+    Only a regular file is opened (and then read no further than the size it has now, so a file
+    that another program keeps appending to ends), or, with ``stream``, a FIFO or pipe (a data
+    stream, read to its end). A device (``/dev/zero``), a socket or a directory is refused
+    before anything is read. ``note``: remember the file as an input of the running command
+    (``False`` for a run's own state, which the command rewrites).
+    """
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise UsageError(f"{label}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{label}: cannot read: {_os_reason(e)}") from None
+    fifo = stat.S_ISFIFO(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{label}: is a directory; give a file")
+    if not (stat.S_ISREG(st.st_mode) or (stream and fifo)):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        raise UsageError(f"{label}: is {kind}, not a regular file; sftlab reads {what or 'it'} from a "
+                         "file" + (" or a pipe" if stream else ""))
+    try:
+        raw = open(p, "rb", buffering=0)
+    except OSError as e:
+        raise UsageError(f"{label}: cannot read: {_os_reason(e)}") from None
+    if fifo:
+        return io.BufferedReader(raw)
+    if note and _inputs is not None:
+        _inputs[st.st_dev, st.st_ino] = str(p)
+    return io.BufferedReader(_Bounded(raw, os.fstat(raw.fileno()).st_size), buffer_size=1 << 16)
+
+
+def read_input(path: str | os.PathLike, *, what: str = "", max_bytes: int = 64 << 20,
+               note: bool = True) -> bytes:
+    """The bytes of the regular file ``path`` (see :func:`open_input`); a file over ``max_bytes``
+    is refused with one line instead of being read."""
+    with open_input(path, what=what, note=note) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        label = f"{what} {path}" if what else str(path)
+        raise UsageError(f"{label}: larger than {max_bytes:,} bytes, more than a file of this kind "
+                         "holds; give the right file")
+    return data
+
+
+class _Bounded(io.RawIOBase):
+    """A raw file read no further than ``end`` bytes (its size when opened)."""
+
+    def __init__(self, raw: Any, end: int):
+        self._raw, self._end = raw, end
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self._end - self._raw.tell())
+        return self._raw.readinto(memoryview(b)[:n]) if n > 0 else 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _check_ancestors(p: Path, label: str) -> None:
@@ -120,13 +232,14 @@ def _new_mode(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "") -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "",
+                own: bool = False) -> Iterator[IO]:
     """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was. A full disk
     or a read-only directory becomes a ``UsageError`` naming ``path``.
     """
-    p = check_output_file(path, what=what)
+    p = check_output_file(path, what=what, own=own)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
@@ -148,9 +261,10 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "") -> 
         raise
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "") -> Path:
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
+                 own: bool = False) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` atomically; returns the path."""
-    with atomic_file(path, "wb" if isinstance(data, bytes) else "w", what=what) as fh:
+    with atomic_file(path, "wb" if isinstance(data, bytes) else "w", what=what, own=own) as fh:
         fh.write(data)
     return Path(path)
 
@@ -228,14 +342,102 @@ def check_run_dir(path: str | os.PathLike, *, what: str = "out") -> Path:
         names = sorted(os.listdir(p))
     except OSError as e:
         raise UsageError(f"{label}: cannot be read: {_os_reason(e)}") from None
+    _check_run_entries(p, names, label)
+    if "run.json" in names:
+        _check_manifest(p / "run.json", label)
+        return p
     foreign = [n for n in names if n not in RUN_ENTRIES and not n.startswith((".run.json.", ".metrics"))]
-    if foreign and "run.json" not in names:
+    if not {"demo_config.yaml", "demo.json"} & set(names):  # what only the demo puts there
+        foreign += [n for n in names if n in ("config.yaml", "base", "suite")]
+    if "data" in names and not _holds_only(p / "data", RUN_DATA_FILES):
+        foreign.append("data/")
+    if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise UsageError(f"{label}: holds files that are not a sftlab run ({shown}); sftlab writes "
                          "only into a new or empty directory or an earlier run: give another path")
     return p
 
 
+# Entries of a run directory that sftlab writes as regular files, and as directories.
+RUN_FILES = frozenset({"run.json", "metrics.jsonl", ".lock", "eval.json", "outputs.jsonl", "report.html",
+                       "mask_preview.json", "demo.json", "demo_config.yaml", "curves.png"})
+RUN_DIRS = frozenset({"data", "checkpoints", "final", "eval", "tensorboard", "suite", "base"})
+
+
+def _check_run_entries(p: Path, names: list[str], label: str) -> None:
+    """Each entry sftlab would read or write must be what sftlab writes there: a regular file
+    (not a link, device or FIFO: reading one could hang or read another file) or a directory
+    (or a link to one)."""
+    for name in names:
+        want = stat.S_ISREG if name in RUN_FILES else stat.S_ISDIR if name in RUN_DIRS else None
+        if want is None:
+            continue
+        try:  # a directory may be a link to one elsewhere (checkpoints on another disk)
+            st = os.lstat(p / name) if want is stat.S_ISREG else os.stat(p / name)
+        except OSError as e:
+            raise UsageError(f"{label}: {p / name} cannot be used: {_os_reason(e)}") from None
+        if not want(st.st_mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                    else next((k for test, k in _KINDS if test(st.st_mode)), "a file"))
+            raise UsageError(f"{label}: {p / name} is {kind}, not the {'file' if want is stat.S_ISREG else 'directory'} "
+                             "sftlab writes there; move it away or give another path")
+
+
+# What sftlab writes into RUN/data (a first run stopped before run.json may leave them).
+RUN_DATA_FILES = frozenset({"stats.json", "quarantine.jsonl", "mask_preview.json"})
+
+
+def _holds_only(d: Path, names: frozenset) -> bool:
+    try:
+        return os.path.isdir(d) and all(n in names or n.startswith(".") for n in os.listdir(d))
+    except OSError:
+        return False
+
+
+def _check_manifest(path: Path, label: str) -> None:
+    """A run.json in an output directory must be a sftlab run manifest: anything else (another
+    tool's file, garbage) means the directory is not a sftlab run."""
+    from sftlab.manifest import ManifestError, read_manifest
+
+    try:
+        read_manifest(path)
+    except (ManifestError, OSError, ValueError, RecursionError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{label}: holds a run.json that is not a sftlab run manifest ({reason[:200]}); "
+                         "sftlab writes only into a new or empty directory or an earlier run: give "
+                         "another path") from None
+
+
+def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
+    """``path`` as a cache directory sftlab can write: an existing directory (or a link to one)
+    or a new one, created here. A FIFO, a device, a file, a dangling link, a link loop or a
+    directory that cannot hold new files (``/proc/self``, a read-only mount) is one line naming
+    ``what`` and the path.
+    """
+    p = Path(path)
+    label = f"{what}={p}"
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        if os.path.islink(p):
+            raise UsageError(f"{label}: is a symbolic link to {os.readlink(p)}, which does not exist; "
+                             "give a directory") from None
+        _check_ancestors(p, label)
+        st = None
+    except OSError as e:
+        raise UsageError(f"{label}: cannot be used as a directory: {_os_reason(e)}") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "a file")
+        raise UsageError(f"{label}: is {kind}, not a directory; give a directory for the cache")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=p))
+    except OSError as e:
+        raise UsageError(f"{label}: cannot hold new files: {_os_reason(e)}; give a writable directory") from None
+    return p
+
+
+MAX_YAML_BYTES = 16 << 20  # a config or policy is a few KiB
 MAX_YAML_DEPTH = 100
 MAX_YAML_NODES = 1_000_000
 
@@ -243,12 +445,9 @@ MAX_YAML_NODES = 1_000_000
 def read_yaml(path: str | os.PathLike, what: str = "config") -> object:
     """The YAML document in ``path``, or ``UsageError`` with one line naming the file and why."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{p}: no such {what} file") from None
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read the {what} file: {_os_reason(e)}") from None
+    if not os.path.lexists(p):
+        raise UsageError(f"{p}: no such {what} file")
+    data = read_input(p, what=what, max_bytes=MAX_YAML_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -297,3 +496,74 @@ def parse_yaml(text: str, where: str) -> object:
         raise UsageError(f"{where}: {at}not valid YAML: {problem}") from None
     except RecursionError:
         raise UsageError(f"{where}: nested too deeply to read") from None
+    except ValueError:  # an integer of more than 4,300 digits, which Python does not convert
+        m = re.search(r"\d{4301,}", text)
+        at = f"line {text.count(chr(10), 0, m.start()) + 1}: " if m else ""
+        raise UsageError(f"{where}: {at}a number with more than 4,300 digits; no setting takes one") from None
+
+
+# errno of a write that failed for want of room: no space, over quota, over the file size limit,
+# a read-only filesystem. safetensors reports them as "(os error N)" in its own error type.
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "over the disk quota",
+            errno.EFBIG: "over the file size limit", errno.EROFS: "a read-only filesystem"}
+
+
+def no_room(e: BaseException | None) -> str | None:
+    """Why a write failed for want of room (``e`` or an exception it was raised from), or ``None``.
+
+    >>> no_room(OSError(errno.ENOSPC, "No space left on device")), no_room(ValueError("x"))
+    ('no space left on the device', None)
+    """
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _NO_ROOM:
+            return _NO_ROOM[e.errno]
+        if isinstance(e, OSError) and e.errno is None and re.search(r"\d+ requested and \d+ written", str(e)):
+            return "the disk took only part of a write (full, or over a file size limit)"  # numpy's tofile
+        found = re.search(r"os error (\d+)", str(e)) if type(e).__name__ == "SafetensorError" else None
+        if found and int(found.group(1)) in _NO_ROOM:
+            return _NO_ROOM[int(found.group(1))]
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def room_message(where: Path, reason: str, need: int, kept: str) -> str:
+    """One line: ``where`` cannot be written for ``reason``, the room it needs (``need`` bytes,
+    about), the room there is, and what is whole (``kept``)."""
+    try:
+        free = f"{_size(shutil.disk_usage(next(p for p in (where, *where.parents) if p.exists())).free)} free there"
+    except (OSError, StopIteration):
+        free = "free space unknown"
+    return (f"{where}: cannot write it: {reason}; it needs about {_size(need)} ({free}); nothing "
+            f"partial is left and {kept}: make room, then run again")
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``12.0 KiB``, ``3.5 MiB``, ``1.2 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n / 2**10:,.1f} KiB"
+
+
+class whole_or_nothing:
+    """``with whole_or_nothing(tmp, final, need, previous):`` around the writes of a directory that
+    is renamed into place when whole (``publish_dir``): on any failure the partial ``tmp`` is
+    removed; a failure for want of room (``no_room``) becomes a one-line ``UsageError`` naming
+    ``final``, the room it needs (``need()`` bytes) and the room there is, and saying that
+    ``previous`` (or whatever ``final`` was) is whole."""
+
+    def __init__(self, tmp: Path, final: Path, need, previous: Path | None = None):
+        self.tmp, self.final, self.need, self.previous = tmp, final, need, previous
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if e is None:
+            return False
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        reason = no_room(e)
+        if reason is None:
+            return False
+        kept = f"{self.previous} is whole" if self.previous else "nothing earlier was changed"
+        raise UsageError(room_message(self.final, reason, self.need(), kept)) from None

@@ -17,7 +17,8 @@ import json
 import weakref
 from typing import Any, Iterable
 
-__all__ = ["canonical_json", "config_hash", "data_version", "tokenizer_sha256", "tokenizer_fingerprint"]
+__all__ = ["canonical_json", "config_hash", "data_version", "tokenizer_sha256", "tokenizer_fingerprint",
+           "weights_sha256"]
 
 
 def canonical_json(value: Any) -> str:
@@ -85,3 +86,46 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
             "sha256": tokenizer_sha256(tokenizer),
             "vocab_size": len(tokenizer),
             "added_tokens": dict(sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]))}
+
+
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_sha256(path: Any, known: dict | None = None) -> tuple[str | None, dict]:
+    """``(sha256, files)`` of a local model's weights: the weight files of the directory ``path``
+    (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.gguf``, by name) or the one file ``path``, and
+    ``{name: [bytes, mtime_ns, ctime_ns, inode, sha256]}`` per file. A file whose stat equals its
+    entry in ``known`` (the ``files`` of an earlier call) is not read again: any write moves its
+    ctime, which no user call sets back, so the hash is read once per change of the file.
+    ``(None, {})`` for a path that is no local file or directory (a hub name).
+
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); _ = open(os.path.join(d, "model.safetensors"), "wb").write(b"w")
+        >>> digest, files = weights_sha256(d)
+        >>> weights_sha256(d, known=files)[0] == digest, files["model.safetensors"][0]
+        (True, 1)
+    """
+    import os
+    from pathlib import Path
+
+    root = Path(path)
+    if root.is_file():
+        found = [root]
+    elif root.is_dir():
+        found = sorted(p for p in root.iterdir() if p.suffix in _WEIGHT_FILES and p.is_file())
+    else:
+        return None, {}
+    known = known if isinstance(known, dict) else {}
+    files, h = {}, hashlib.sha256()
+    for p in found:
+        st = os.stat(p)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = known.get(p.name)
+        if isinstance(entry, list) and entry[:4] == stamp and isinstance(entry[-1], str):
+            digest = entry[-1]
+        else:
+            with open(p, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        files[p.name] = [*stamp, digest]
+        h.update(p.name.encode("utf-8") + b"\0" + digest.encode() + b"\0")
+    return h.hexdigest(), files

@@ -300,9 +300,14 @@ def validate_manifest(data: Any, source: str = "run.json") -> RunManifest:
                             f"{problems}") from None
 
 
+MAX_MANIFEST_BYTES = 256 << 20
+
+
 def _load_json(path: Path) -> Any:
+    from sftlab.files import read_input
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES, note=False).decode("utf-8"))
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); "
                             f"fix or remove the file") from None
@@ -356,7 +361,7 @@ def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict[str, An
     if bad:
         raise ManifestError(f"{path}: {', '.join(bad)}: NaN or infinity is not JSON; "
                             f"record a finite number or null")
-    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False, allow_nan=False) + "\n", own=True)
     return result
 
 

@@ -59,3 +59,114 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# -- the hostile-input corpus (tests/test_hostile*.py) ------------------------------------------------
+
+HOSTILE_LIMIT_S = 120  # per case; a hang fails the case, not the whole suite
+
+
+@pytest.fixture
+def time_limit():
+    """The case must finish within ``HOSTILE_LIMIT_S`` (SIGALRM raises in the test's thread)."""
+    import signal
+
+    def expire(signum, frame):
+        raise TimeoutError(f"hostile case took longer than {HOSTILE_LIMIT_S} s (a hang)")
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(HOSTILE_LIMIT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def refusal(capsys, code: int, *names: str) -> str:
+    """Exit 2 with one line on stderr, no traceback, naming each of ``names``; the line."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for name in names:
+        assert name in err, (name, err)
+    return err
+
+
+def snapshot(root) -> dict:
+    """``{relative path: bytes (or the link target, or the kind)}`` of everything under ``root``:
+    equal snapshots, nothing written, nothing changed."""
+    import stat
+    from pathlib import Path
+
+    root, out = Path(root), {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        rel = str(p.relative_to(root))
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+        elif stat.S_ISREG(st.st_mode):
+            out[rel] = p.read_bytes()
+        else:
+            out[rel] = stat.S_IFMT(st.st_mode)
+    return out
+
+
+def hostile_config(assets, out, **sections):
+    """A two-step training config on the hostile assets (tiny model, 24 records) into ``out``."""
+    import yaml
+
+    cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
+           "data": {"train": [str(assets / "train.jsonl")]}, "encoding": {"max_length": 64},
+           "seed": 1, "out": str(out), "log": {"progress": False, "trackers": []},
+           "optim": {"lr": 1e-3, "micro_batch_size": 2, "grad_accum": 1, "max_steps": 2, "warmup_steps": 1},
+           "checkpointing": {"every_n_steps": 1, "keep_last": 3}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def hostile_assets(tmp_path_factory):
+    """A tiny model (vocabulary 300) with its tokenizer, another of vocabulary 400 and width 24,
+    24 arithmetic conversations (train.jsonl) and a policy."""
+    import json
+    import random
+
+    from sftlab.demo.tiny import build_tiny
+
+    d = tmp_path_factory.mktemp("hostile_assets")
+    rng = random.Random(0)
+    with open(d / "train.jsonl", "w") as f:
+        for i in range(24):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            f.write(json.dumps({"id": f"c{i}", "messages": [
+                {"role": "user", "content": f"What is {a} + {b}?"},
+                {"role": "assistant", "content": f"It is {a + b}."}]}) + "\n")
+    for name, vocab, hidden in (("model", 300, 16), ("model2", 400, 24)):
+        tok, model = build_tiny(vocab_size=vocab, hidden=hidden, layers=1, heads=2, kv_heads=1, intermediate=32)
+        model.save_pretrained(d / name)
+        tok.save_pretrained(d / name)
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "sftlab", "data", "policy_example.yaml"),
+                d / "policy.yaml")
+    return d
+
+
+@pytest.fixture(scope="session")
+def hostile_runs(hostile_assets, tmp_path_factory):
+    """``{"full": RUN, "lora": RUN}``: finished two-step runs (a checkpoint after each step),
+    the full model and a LoRA adapter of rank 4."""
+    from sftlab.cli import main
+
+    d = tmp_path_factory.mktemp("hostile_runs")
+    runs = {"full": d / "full", "lora": d / "lora"}
+    assert main(["train", str(hostile_config(hostile_assets, runs["full"]))]) == 0
+    assert main(["train", str(hostile_config(hostile_assets, runs["lora"], lora={"enabled": True, "r": 4}))]) == 0
+    return runs
+
+
+@pytest.fixture
+def hostile(time_limit):
+    """The corpus's helpers (``refusal``, ``snapshot``, ``config``), the case under ``time_limit``."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(refusal=refusal, snapshot=snapshot, config=hostile_config)

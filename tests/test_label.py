@@ -60,5 +60,5 @@ def test_label_flagged_rows_then_eval_detector(tmp_path, monkeypatch, capsys):
 def test_label_bad_input(tmp_path, capsys):
     bad = tmp_path / "o.jsonl"
     bad.write_text('{"response": "x"}\n{"id": 2}\n')
-    assert main(["label", str(bad)]) == 2
+    assert main(["label", str(bad)]) == 1  # the row without a response is skipped, by file:line
     assert "o.jsonl:2" in capsys.readouterr().err

@@ -59,7 +59,7 @@ RULES = [
      "messages[1].role", 1),
     (msgs(("assistant", "hello"), ("user", "q"), ("assistant", "a")), "broken_alternation",
      "messages[0].role", 0),
-    (msgs(("user", "q"), ("tool", "t"), ("assistant", "a")), "broken_alternation",
+    (msgs(("user", "q"), ("tool", "t"), ("assistant", "a")), "result_without_call",
      "messages[1].role", 1),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": -0.5}],
      "bad_weight", "messages[1].weight", 1),

@@ -145,6 +145,7 @@ def test_an_unchanged_store_is_opened_without_hashing_and_a_changed_file_still_i
     import sftlab.tokens.store as store_mod
 
     monkeypatch.setattr(store_mod, "_RACY_NS", 0)  # the files count as settled at once
+    monkeypatch.setattr(store_mod, "_SAMPLE_BYTES", 0)  # as for a store and an input far larger than the sample
     hashed = []
     real = store_mod._sha256_file
     monkeypatch.setattr(store_mod, "_sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
@@ -152,7 +153,8 @@ def test_an_unchanged_store_is_opened_without_hashing_and_a_changed_file_still_i
     assert store.hit is False
     hashed.clear()
     again = _prepare([data / "a.jsonl"], tok, tmp_path)
-    assert again.hit is True and hashed == []  # neither the chunks nor the input file read
+    assert again.hit is True and hashed == ["store.json"]  # its index entry's binding; no chunk, not the input
+    hashed.clear()
     # Altered in place, same size, modification time set back: the ctime still moves.
     weights = store.path / "chunk-00000" / "weights.npy"
     st = weights.stat()
@@ -197,7 +199,7 @@ def test_leakage_and_near_duplicates_from_the_summaries(data, tok, tmp_path):
     assert stats["leakage"]["exact"]["records"] >= 1 and not stats["passed"]
 
 
-def test_a_folder_of_data_files_is_read_with_datasets(data, tok, tmp_path):
+def test_a_folder_of_data_files_is_read_file_by_file(data, tok, tmp_path):
     folder = tmp_path / "hf"
     folder.mkdir()
     rows = [json.loads(x) for x in (data / "held.jsonl").read_text().splitlines()]
@@ -206,7 +208,7 @@ def test_a_folder_of_data_files_is_read_with_datasets(data, tok, tmp_path):
     direct = _prepare([data / "held.jsonl"], tok, tmp_path)
     assert len(store) == len(direct) > 0 and store.meta["records"] == len(rows)
     assert all(store.ids(i).tolist() == direct.ids(i).tolist() for i in range(len(store)))
-    assert store.files[0]["path"] == f"{folder}[train]"
+    assert store.files[0]["path"] == str(folder / "train.jsonl")  # a file name is no split name
 
 
 def test_jsonl_chunk_offsets_give_the_items_the_stream_reader_gives(tmp_path):

@@ -1,5 +1,5 @@
 """End-to-end `sftlab train` on a tiny random Llama: the run directory, resume after SIGKILL,
-two processes equal one, NaN stop, early stopping, LoRA with a merged model."""
+SIGTERM and SIGINT, two processes equal one, NaN stop, early stopping, LoRA with a merged model."""
 from __future__ import annotations
 
 import json
@@ -131,37 +131,66 @@ def test_end_to_end_run_directory(assets, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
-def test_resume_after_sigkill_gives_the_same_weights(assets, tmp_path):
+def test_resume_after_sigkill_sigterm_and_sigint_gives_the_same_weights(assets, tmp_path):
+    # SIGKILL: resume from the last periodic checkpoint. SIGTERM (what SLURM, Kubernetes and
+    # `timeout` send) and SIGINT (Ctrl-C): the step finishes, a verified checkpoint of it is written,
+    # the lock goes, the command to continue is printed, exit 143 / 130. Every resumed run ends
+    # with the weights and losses of the run that was never stopped.
+    import shlex
+
+    from sftlab.train.checkpoint import verify_checkpoint
+
     overrides = {"optim": {"max_steps": 24, "micro_batch_size": 1, "grad_accum": 4},
                  "eval": {"every_n_steps": 4}}
-    straight = _config(assets, tmp_path / "straight", **overrides)
-    killed = _config(assets, tmp_path / "killed", **overrides)
     cmd = [sys.executable, "-m", "sftlab", "train"]
-    reference = subprocess.Popen([*cmd, str(straight)], env=_env(), cwd=tmp_path,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    victim = subprocess.Popen([*cmd, str(killed)], env=_env(), cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while latest_checkpoint(tmp_path / "killed") is None and victim.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
+    runs = {name: _config(assets, tmp_path / name, **overrides) for name in ("straight", "killed", "term", "int")}
+    procs = {name: subprocess.Popen([*cmd, str(cfg), "seed=3"], env=_env(), cwd=tmp_path, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, cfg in runs.items()}
+    deadline = time.monotonic() + 120
+    for name, sig in (("killed", signal.SIGKILL), ("term", signal.SIGTERM), ("int", signal.SIGINT)):
+        metrics = tmp_path / name / "metrics.jsonl"
+        while not (metrics.is_file() and '"step": 2,' in metrics.read_text()):
+            assert procs[name].poll() is None and time.monotonic() < deadline, "no step was logged"
+            time.sleep(0.01)
+        if name == "killed":  # SIGKILL: after a periodic checkpoint (every 2 steps) exists
+            while latest_checkpoint(tmp_path / name) is None:
+                assert procs[name].poll() is None, "no checkpoint appeared"
+                time.sleep(0.01)
+        procs[name].send_signal(sig)
+
+    procs["killed"].communicate(timeout=120)
+    assert procs["killed"].returncode == -signal.SIGKILL
     done = latest_checkpoint(tmp_path / "killed")
     assert not (tmp_path / "killed" / "final").exists() and done.name != "step-24", "killed too late"
-
-    resumed = subprocess.run([*cmd, str(killed), "--resume"], env=_env(), cwd=tmp_path,
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert reference.wait(timeout=120) == 0, reference.stderr.read()[-2000:]
-    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    # the resumed metrics read as one run: each step once, the same losses
-    assert _losses(tmp_path / "killed") == _losses(tmp_path / "straight")
+    resume = {"killed": [str(runs["killed"]), "seed=3", "--resume"]}
+    for name, code in (("term", 143), ("int", 130)):
+        out, err = procs[name].communicate(timeout=120)
+        assert procs[name].returncode == code, err[-2000:]
+        run = tmp_path / name
+        ckpt = latest_checkpoint(run)
+        stopped = int(ckpt.name.removeprefix("step-"))
+        assert 2 <= stopped < 24, "signalled too late"
+        assert f"stopped by SIG{name.upper()} after step {stopped} of 24" in err and "written and verified" in err
+        assert verify_checkpoint(ckpt) == [] and not (run / ".lock").exists() and not (run / "final").exists()
+        outcome = json.loads((run / "run.json").read_text())["outcome"]["train"]
+        assert outcome["exit_code"] == code and outcome["steps"] == stopped
+        command = shlex.split(out.strip().splitlines()[-1].removeprefix("continue with: "))
+        assert command == ["sftlab", "train", str(runs[name]), "seed=3", "--resume"]
+        resume[name] = command[2:]
+    resumed = {name: subprocess.Popen([*cmd, *args], env=_env(), cwd=tmp_path, text=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for name, args in resume.items()}
+    assert procs["straight"].wait(timeout=120) == 0, procs["straight"].stderr.read()[-2000:]
+    reference = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    for name, proc in resumed.items():
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+        weights = load_file(tmp_path / name / "final" / "model.safetensors")
+        assert weights.keys() == reference.keys()
+        for k in weights:
+            assert torch.equal(weights[k], reference[k]), (name, k)
+        # the resumed metrics read as one run: each step once, the same losses
+        assert _losses(tmp_path / name) == _losses(tmp_path / "straight"), name
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(assets, tmp_path):

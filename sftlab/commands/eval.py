@@ -179,13 +179,14 @@ def run(args) -> int:
     from sftlab.evaluation.evaluate import record_in_run, run_evaluation, write_outputs
 
     from sftlab.files import check_run_dir
+    from sftlab.terminal import terminal_safe
 
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
     check_run_dir(out, what="--out")  # before minutes of generation, not after
     opts, sets, detector = _options(args)
     bad = [b for s in sets for b in s.bad_rows]
     for b in bad:
-        print(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}", file=sys.stderr)
+        print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
     cache = GenerationCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
     report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
     paths = write_outputs(out, report, rows)

@@ -43,6 +43,7 @@ def run(args) -> int:
     from sftlab.data.loading import load_files
     from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.templates import TemplateError
+    from sftlab.terminal import terminal_safe
 
     tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
     report = load_files([args.file], columns=[columns_from_args(args)])
@@ -62,15 +63,15 @@ def run(args) -> int:
             raise UsageError(f"--index {i} is out of range: {len(convs)} accepted records (0 to {len(convs) - 1}); "
                              "--line N picks the record on line N of the file")
         c = convs[i]
-        label = f"record {i}" + (f" (id {c.id})" if c.id else "") + (
-            f" {c.origin.file}:{c.origin.line}" if c.origin else "")
+        label = terminal_safe(f"record {i}" + (f" (id {c.id})" if c.id else "") + (
+            f" {c.origin.file}:{c.origin.line}" if c.origin else ""))
         try:
             ex, views = annotate(c, tok, args.template, max_length=args.max_length,
                                  last_turn_only=args.last_turn_only, reasoning=args.reasoning)
         except TemplateError as e:
             raise UsageError(str(e)) from None
         except EncodingError as e:
-            print(f"== {label}: not encodable: {e}")
+            print(f"== {label}: not encodable: {terminal_safe(e)}")
             status = 1
             continue
         kinds = {k: sum(1 for v in views if v.role == k and v.weight > 0) for k in ("tool_call", "reasoning")}
@@ -103,11 +104,14 @@ PLAIN_LEGEND = ("legend: [[text]] trained (loss weight 1), [[text]]{w} trained w
 
 
 def _plain(views) -> str:
-    """Without a terminal: trained tokens in [[...]] (their weight in {} when not 1), after a legend."""
+    """Without a terminal: trained tokens in [[...]] (their weight in {} when not 1), after a
+    legend; control characters escaped (the output may still reach a terminal through a pager)."""
+    from sftlab.terminal import terminal_safe
+
     out = []
     for v in views:
         if v.weight > 0:
-            out.append(f"[[{v.text}]]" + ("" if v.weight == 1 else f"{{{v.weight:g}}}"))
+            out.append(f"[[{terminal_safe(v.text)}]]" + ("" if v.weight == 1 else f"{{{v.weight:g}}}"))
         else:
-            out.append(v.text)
+            out.append(terminal_safe(v.text))
     return "".join(out)

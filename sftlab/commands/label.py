@@ -8,10 +8,14 @@ every response. Each answer is ``c`` (comply), ``r`` (refuse), ``p`` (partial), 
 label, prompt, prompt_label, model, id, condition`` per labelled response, is written atomically
 after every answer, and is what ``sftlab eval-detector --labelled`` and ``sftlab eval --labelled``
 read. Running again with the same ``--out`` resumes: responses already labelled there are skipped.
+Lines of FILE that cannot be shown (not JSON, not UTF-8, no ``response`` text) are skipped and
+named by file:line; the exit code is then 1. Record text is shown with terminal control
+sequences escaped.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,39 +42,55 @@ def _key(row: dict) -> str:
 
 
 def _prompt_label(row: dict) -> str | None:
-    return {"refuse": "unsafe", "comply": "safe"}.get(row.get("expected"))
+    expected = row.get("expected")
+    return {"refuse": "unsafe", "comply": "safe"}.get(expected) if isinstance(expected, str) else None
 
 
-def _read(path: Path) -> list[dict]:
-    from sftlab.errors import UsageError
+def _read(path: Path, *, own: bool = False) -> tuple[list[dict], int]:
+    """``(rows, skipped)``: the rows of a JSONL file that have a ``response`` text; every other
+    line (not JSON, not UTF-8, nested too deep, no response text) is skipped, named by
+    file:line in one line on stderr, and counted. ``own``: the labelled file this command
+    rewrites (not an input)."""
+    from sftlab.evaluation.prompts import _jsonl_rows
+    from sftlab.files import read_input
+    from sftlab.terminal import terminal_safe
 
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise UsageError(f"{path}:{n}: not JSON: {e}") from None
-        if not isinstance(row, dict) or not isinstance(row.get("response"), str):
-            raise UsageError(f"{path}:{n}: field 'response': missing or not text")
-        rows.append(row)
-    return rows
+    data = read_input(path, max_bytes=1 << 30, note=not own)
+    rows, bad = [], []
+    for n, row, problem in _jsonl_rows(data.decode("utf-8", "surrogateescape")):
+        if problem is None and not isinstance(row.get("response"), str):
+            problem = "field 'response': missing or not text"
+        if problem is None:
+            rows.append(row)
+        else:
+            bad.append(f"{path}:{n}: {problem}")
+    if bad:
+        print(terminal_safe(f"sftlab label: skipped {len(bad)} line(s) of {path} ({'; '.join(bad[:3])}"
+                            f"{' ...' if len(bad) > 3 else ''})"), file=sys.stderr)
+    return rows, len(bad)
+
+
+def _detector_line(name: object, d: object) -> str:
+    """One detector's verdict; fields of the wrong type are shown as they are, not formatted."""
+    d = d if isinstance(d, dict) else {"label": d}
+    p = d.get("p_refusal")
+    shown = f" (p_refusal {p:.2f})" if isinstance(p, (int, float)) and not isinstance(p, bool) else ""
+    return f"  {name}: {d.get('label')}{shown}"
 
 
 def run(args) -> int:
     from sftlab.errors import UsageError
-    from sftlab.manifest import write_atomic
+    from sftlab.files import check_output_file, write_atomic
+    from sftlab.terminal import terminal_safe
 
     src = Path(args.file)
-    rows = _read(src)
+    if not os.path.lexists(src):
+        raise UsageError(f"{src}: no such file")
+    rows, skipped = _read(src)
     out = Path(args.out) if args.out else src.parent / "labelled.jsonl"
-    if out.resolve() == src.resolve():
-        raise UsageError("--out must differ from FILE")
-    done = _read(out) if out.is_file() else []
-    seen = {_key({**d, **(d.get("source_row") or {})}) for d in done}
+    check_output_file(out, what="--out")  # not FILE itself (nor a link to it), nor a device
+    done, _ = _read(out, own=True) if out.is_file() else ([], 0)
+    seen = {_key({**d, **(d["source_row"] if isinstance(d.get("source_row"), dict) else {})}) for d in done}
     todo = [r for r in rows if (args.all or r.get("disagree") or r.get("uncertain")) and _key(r) not in seen]
     print(f"{len(todo)} responses to label ({len(done)} already in {out}); "
           "answer c=comply r=refuse p=partial s=skip q=quit")
@@ -79,16 +99,17 @@ def run(args) -> int:
         prompt = row.get("prompt")
         if isinstance(prompt, list):
             prompt = " / ".join(str(t.get("content", t)) if isinstance(t, dict) else str(t) for t in prompt)
-        print(f"\n--- {i}/{len(todo)}  id {row.get('id')}  model {row.get('model')}  "
-              f"condition {row.get('condition')}  expected {row.get('expected')}")
+        show = lambda text: print(terminal_safe(text))  # record text never acts on the terminal
+        show(f"\n--- {i}/{len(todo)}  id {row.get('id')}  model {row.get('model')}  "
+             f"condition {row.get('condition')}  expected {row.get('expected')}")
         if prompt:
-            print(f"PROMPT: {prompt}")
+            show(f"PROMPT: {prompt}")
         text = row["response"]
-        print("RESPONSE: " + (text[:args.max_chars] + (" [...]" if len(text) > args.max_chars else "")
-                              if text else "(empty)"))
-        for name, d in (row.get("detectors") or {}).items():
-            p = d.get("p_refusal")
-            print(f"  {name}: {d.get('label')}" + (f" (p_refusal {p:.2f})" if p is not None else ""))
+        show("RESPONSE: " + (text[:args.max_chars] + (" [...]" if len(text) > args.max_chars else "")
+                             if text else "(empty)"))
+        detectors = row.get("detectors")
+        for name, d in (detectors.items() if isinstance(detectors, dict) else ()):
+            show(_detector_line(name, d))
         while True:
             print("label [c/r/p/s/q]: ", end="", flush=True)
             answer = sys.stdin.readline()
@@ -110,4 +131,4 @@ def run(args) -> int:
         labelled += 1
     print(f"\nlabelled {labelled} now, {len(done)} in {out}; check a detector on them with "
           f"`sftlab eval-detector --labelled {out}`")
-    return 0
+    return 1 if skipped else 0

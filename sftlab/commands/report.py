@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     path, files = write_report(run_dir, args.out)
     passed = files.eval.get("passed") if files.eval else None
     data_passed = files.stats.get("passed") if files.stats else None
-    failed = [c.get("name") for c in (files.stats or {}).get("checks") or []
+    passed, data_passed = (v if isinstance(v, bool) else None for v in (passed, data_passed))
+    checks = (files.stats or {}).get("checks")
+    failed = [c.get("name") for c in (checks if isinstance(checks, list) else [])
               if isinstance(c, dict) and c.get("passed") is False]
     if args.json:
         print(json.dumps({"report": str(path), "passed": passed, "data_checks_passed": data_passed,

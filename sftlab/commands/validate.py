@@ -189,6 +189,8 @@ def _quarantine_path(files: list[str], given: str | None) -> Path:
 
 
 def _print_human(report, quarantine: Path, policy) -> None:
+    from sftlab.terminal import terminal_safe  # record ids and text may carry escapes
+
     rows = [(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     rows.append(("total", report.records, report.accepted, report.quarantined_count))
     width = max(len("file"), *(len(r[0]) for r in rows))
@@ -204,12 +206,12 @@ def _print_human(report, quarantine: Path, policy) -> None:
         counts = ", ".join(f"{code} {n}" for code, n in report.warning_counts().items())
         print(f"\naccepted with warnings: {len(report.warnings)} ({counts}); first ones:")
         for w in report.warnings[:_SHOWN_REASONS]:
-            print(f"  {w}")
+            print(f"  {terminal_safe(w)}")
     if report.quarantined:
         counts = ", ".join(f"{code} {n}" for code, n in report.reasons().items())
         print(f"\nquarantined {report.quarantined_count} ({counts}); first ones:")
         for entry in report.quarantined[:_SHOWN_REASONS]:
-            print(f"  {entry.message}")
+            print(f"  {terminal_safe(entry.message)}")
         print(f"all reasons and records: {quarantine}")
     else:
         print(f"\nall {report.accepted} records accepted (empty quarantine file: {quarantine})")

@@ -17,6 +17,7 @@ DEFAULT_NUM_PERM = 64
 MINHASH_SEED = 1
 LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
 _UNSPACED_SCRIPT = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # RE2: scripts written without spaces
+_INVISIBLE = r"\p{Cf}"  # RE2: format characters (U+200B, U+200D, U+00AD, U+FEFF, U+202E, ...)
 _SHINGLE_CHUNK = 1 << 14  # shingles per numpy block of the signature computation (x num_perm: 4 MiB)
 _TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 
@@ -24,7 +25,9 @@ _TEXT_CHUNK = 1 << 14  # texts per block of word splitting and hashing
 class MinHasher:
     """Normalised words, exact-match keys and MinHash signatures of word 3-shingle sets, in bulk.
 
-    Texts are lowercased and split on whitespace by pyarrow's compute kernels (each Chinese or
+    Texts are NFKC-normalised with invisible format characters dropped (so "café" spelt
+    composed or decomposed, or a word broken by a zero-width space, is one word), lowercased
+    and split on whitespace by pyarrow's compute kernels (each Chinese or
     Japanese character a word of its own, since those scripts use no spaces); each distinct word
     is hashed once (blake2b, 64 bits, stable across runs); a shingle's 32-bit hash mixes its three
     word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
@@ -53,6 +56,10 @@ class MinHasher:
         if pc.all(pc.string_is_ascii(texts)).as_py():  # lowercased as ASCII, no unspaced script
             lowered = pc.ascii_lower(texts)
         else:
+            # One spelling per text: NFKC (composed and decomposed accents, full-width letters
+            # and ligatures compare equal), invisible format characters (zero-width spaces and
+            # joiners, soft hyphens, bidi marks, a BOM) dropped, so a copy cannot hide behind them.
+            texts = pc.replace_substring_regex(pc.utf8_normalize(texts, form="NFKC"), _INVISIBLE, "")
             lowered = pc.utf8_lower(texts)
             # Chinese and Japanese are written without spaces: each of their characters counts as a
             # word, so shingles over them are character shingles and near-copies are found there too.

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,6 +333,7 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
         _check_unicode_fields(meta)
     tools = row.get(tools_key) if cols is None else field_value(row, tools_key)
     tools = tools_text(tools, tools_key) if tools is not None else None
+    _check_tools_unicode(tools)
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
     return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin, **meta)
 
@@ -417,12 +419,15 @@ def _check_unicode(messages: list[Message], fmt: str) -> None:
     """Refuse a record whose text holds an unpaired surrogate (see ``unpaired_surrogate``), naming
     the message."""
     for i, m in enumerate(messages):
-        if m.reasoning is None and not m.tool_calls and m.content.isascii():
+        if m.reasoning is None and not m.tool_calls and m.content.isascii() and m.tool_call_id is None \
+                and m.name is None:
             continue  # ASCII holds no surrogate
-        texts = [("content", m.content)]
+        texts = [("content", m.content), ("tool_call_id", m.tool_call_id or ""), ("name", m.name or "")]
         if m.reasoning is not None:
             texts.append(("reasoning_content", m.reasoning))
-        texts += [(f"tool_calls[{j}]", c.name + c.arguments) for j, c in enumerate(m.tool_calls)]
+        for j, c in enumerate(m.tool_calls):
+            texts += [(f"tool_calls[{j}]", c.name + (c.id or "") + c.arguments),
+                      (f"tool_calls[{j}].function.arguments", _json_decoded(c.arguments))]
         for key, text in texts:
             at = unpaired_surrogate(text)
             if at is None:
@@ -432,6 +437,32 @@ def _check_unicode(messages: list[Message], fmt: str) -> None:
                 "invalid_text", f"unpaired surrogate U+{ord(text[at]):04X} at character {at}: "
                 "not valid Unicode text, no tokenizer can encode it; fix: repair the \\u escape (a surrogate "
                 "pair needs both halves)", field=field, message_index=i)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _json_decoded(text: str) -> str:
+    """The JSON text ``text`` (tool arguments, tool schemas) as a template receives it, parsed:
+    a surrogate escaped in it (``"\\ud800"`` inside the string) is one once parsed. ``""`` when
+    ``text`` spells no surrogate escape (the usual case, not parsed)."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return ""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return ""
+
+
+def _check_tools_unicode(tools: str | None) -> None:
+    if tools is None:
+        return
+    for text in (tools, _json_decoded(tools)):
+        at = unpaired_surrogate(text)
+        if at is not None:
+            raise RecordError("invalid_text", f"unpaired surrogate U+{ord(text[at]):04X} in the tool schemas: not "
+                              "valid Unicode text, no tokenizer can encode it; fix: repair the \\u escape (a "
+                              "surrogate pair needs both halves)", field="tools")
 
 
 def _check_unicode_fields(fields: dict[str, Any]) -> None:
@@ -472,6 +503,11 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
     if len(m) == 2 and columns is None and type(role) is str and role in _ROLE_SET and type(m.get("content")) is str:
         return Message(role, m["content"])  # the usual message: role and text, nothing else to check
     calls: tuple[ToolCall, ...] = ()
+    for key in m:
+        if type(key) is str and unpaired_surrogate(key) is not None:
+            raise RecordError("invalid_text", f"unpaired surrogate in the key {ascii(key)}: not valid Unicode "
+                              "text; fix: repair the \\u escape (a surrogate pair needs both halves)",
+                              field=f"{base}[{pos}]", message_index=pos + offset)
     if columns is not None:
         role, content, content_key = _mapped_message(m, pos, base, offset, columns)
         if role == "function_call":  # the value is the call as JSON

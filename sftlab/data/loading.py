@@ -1,8 +1,9 @@
 """Read conversation files, validate every record, and quarantine the ones that cannot be used.
 
 Readers: JSONL (one record per line; a ``.json`` file that does not start with ``[`` is read this
-way too), a JSON array, Parquet, and a directory written by ``datasets``' ``save_to_disk``
-(a ``DatasetDict`` is read split by split, each reported as ``DIR[split]``). Every record is either
+way too), a JSON array, Parquet, a directory written by ``datasets``' ``save_to_disk``
+(a ``DatasetDict`` is read split by split, each reported as ``DIR[split]``), and a folder of such
+files, each read and reported as itself (``sftlab.data.readers.folder_files``). Every record is either
 accepted or quarantined with a reason that names the file, line, record id, field and message
 index, what was expected and how to fix it, so that per file ``records = accepted + quarantined``.
 
@@ -320,10 +321,9 @@ def check_conversation(conv: Conversation) -> None:
                 raise RecordError("empty_user", "user message is empty; expected the prompt the "
                                   "next assistant message answers; fix: write the prompt or drop "
                                   "the record", field=f"messages[{i}].content", message_index=i)
-        else:  # tool
-            if prev not in ("assistant", "tool"):
-                _bad_order(i, role, prev, "an assistant or tool message")
-            pending = _answer(i, m, pending, conv.messages[_calling(conv.messages, i)].tool_calls)
+        else:  # tool: after a message that is no assistant or tool message, it answers no call
+            calls = conv.messages[_calling(conv.messages, i)].tool_calls if prev in ("assistant", "tool") else ()
+            pending = _answer(i, m, pending, calls)
         prev = role
     if not has_assistant:
         raise RecordError("no_assistant", "no assistant message; expected at least one assistant "

@@ -54,12 +54,10 @@ def check_readable(p: Path) -> None:
         reason = "a symbolic link loop" if isinstance(e, OSError) and e.errno == 40 else e.strerror or e
         raise UsageError(f"{p}: cannot read: {reason}") from None
     if stat.S_ISDIR(st.st_mode):
-        if not _is_saved_dataset(p) and not _data_files(p):
-            raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
-                             "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
-                             f"data files ({', '.join(_DATA_SUFFIXES)}); pass the data files instead")
+        if not _is_saved_dataset(p):
+            folder_files(p)
         return
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISFIFO(st.st_mode):
         return  # a pipe or FIFO: opening it here would take (or wait for) data read later
     open_input(p).close()
 
@@ -68,9 +66,52 @@ def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
 
-def _data_files(p: Path) -> list[Path]:
-    return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _DATA_SUFFIXES
-                  and not any(part.startswith(".") for part in f.relative_to(p).parts))
+_FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq")
+_FOLDER_SKIPS = re.compile(r"^(readme|license|licence|notice|copying)(\.[\w.-]*)?$|\.md$|^dataset_infos\.json$",
+                           re.IGNORECASE)
+
+
+def folder_files(p: Path) -> list[Path]:
+    """The data files of the folder ``p``, each read by its own reader, in the order of their
+    paths: every ``.jsonl``, ``.json`` and ``.parquet`` file below it. Documentation (README,
+    LICENSE, ``*.md``) and hidden files and folders are skipped; any other file (CSV, text,
+    Arrow, a pipe, ...) makes the folder a ``UsageError`` naming it, since a file that is not
+    read would be data lost without a word, as would a linked folder (not followed: pass it
+    itself). A hub card's ``dataset_infos.json`` is metadata, skipped too. File names are never
+    read as split names: a ``validation.jsonl`` beside ``train.jsonl`` is data like any other.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> for name in ("b.jsonl", "a/c.parquet", "README.md", ".git/x"):
+    ...     (d / name).parent.mkdir(parents=True, exist_ok=True); _ = (d / name).write_text("")
+    >>> [str(f.relative_to(d)) for f in folder_files(d)]
+    ['a/c.parquet', 'b.jsonl']
+    """
+    out = []
+    for f in sorted(p.rglob("*")):
+        rel = f.relative_to(p)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if f.is_dir():
+            if f.is_symlink():
+                raise UsageError(f"{p}: holds {rel}, a symbolic link to a folder, which is not followed; "
+                                 "pass that folder itself as an input")
+            continue
+        if not f.is_file():
+            raise UsageError(f"{p}: holds {rel}, which is not a regular file; a folder input holds data "
+                             "files only: move it out, or pass the data files themselves")
+        if _FOLDER_SKIPS.search(f.name):
+            continue
+        if f.suffix.lower() not in _FOLDER_READS:
+            raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON or Parquet "
+                             "files; README, LICENSE, *.md and hidden files are skipped); convert or move "
+                             "it out, or pass the data files themselves")
+        out.append(f)
+    if not out:
+        raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
+                         "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
+                         "data files (JSONL, JSON, Parquet); pass the data files instead")
+    return out
 
 
 def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:
@@ -86,12 +127,18 @@ def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:
 
 def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     """(name, items) for each input inside ``p``: one for a file, one per split for a dataset
-    (a ``save_to_disk`` directory; a folder of data files or a dataset name, both read with
-    ``datasets.load_dataset``, which uses the local Hugging Face cache when offline)."""
+    (a ``save_to_disk`` directory, read with ``datasets.load_from_disk``, which copies nothing;
+    a dataset name, read with ``datasets.load_dataset`` from the local Hugging Face cache), one
+    per data file of a folder (``folder_files``: each read as that file alone is, record by
+    record, named by its path)."""
     if p.is_dir() and _is_saved_dataset(p):
         yield from _read_saved_dataset(p, max_bytes)
         return
-    if p.is_dir() or hub_dataset(p) is not None:
+    if p.is_dir():
+        for f in folder_files(p):
+            yield from sources(f, max_bytes)
+        return
+    if hub_dataset(p) is not None:
         yield from _read_dataset(p, max_bytes)
         return
     name = str(p)
@@ -211,10 +258,9 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
     try:
         if not stat.S_ISREG(os.stat(p).st_mode):
             return None
-        f = open(p, "rb")
     except OSError:
         return None
-    with f:
+    with open_input(p) as f:
         if _format(p, _head(f)) != "jsonl":
             return None
         f.seek(0)
@@ -255,11 +301,12 @@ def read_jsonl_at(p: Path, offset: int, line: int, max_bytes: int) -> Iterator[R
 
 
 def open_input(p: Path):
-    """``open(p, "rb")``, or a ``UsageError`` that names the file and why it cannot be read."""
-    try:
-        return open(p, "rb")
-    except OSError as e:
-        raise UsageError(f"{p}: cannot read: {e.strerror or e}") from None
+    """A data input opened for reading bytes (``sftlab.files.open_input`` with ``stream``: a
+    regular file, read up to the size it had when opened, or a FIFO or pipe), or a
+    ``UsageError`` that names the file and why it cannot be read."""
+    from sftlab.files import open_input as open_file
+
+    return open_file(p, stream=True)
 
 
 def _parse_line(lineno: int, text: str) -> RawItem:
@@ -312,17 +359,16 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
 
 def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _decode(data)
-    file_line, counted = 1, 0
+    file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:
-        for i, (obj, start, end) in enumerate(_array_elements(text), 1):
+        for i, (obj, start, end) in enumerate(_array_elements(text, ints), 1):
             file_line += text.count("\n", counted, start)  # the line the record starts on
             counted = start
-            size = len(text[start:end].encode("utf-8", "surrogateescape"))
+            huge, size = ints.take(), len(text[start:end].encode("utf-8", "surrogateescape"))
             if size > max_bytes:
                 yield i, _preview(text[start:end]), _too_large(size, max_bytes), file_line
                 continue
-            if _HUGE in _ints.seen:
-                _ints.seen.clear()
+            if huge:
                 yield i, _preview(text[start:end]), _huge_number_error(), file_line
                 continue
             # Bracket counting (in C) rules out deep nesting for almost every record.
@@ -339,13 +385,13 @@ def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
         raise UsageError(f"{p}: nested more than {MAX_DEPTH} levels deep") from None
 
 
-def _array_elements(text: str) -> Iterator[tuple[Any, int, int]]:
+def _array_elements(text: str, ints: Any = int) -> Iterator[tuple[Any, int, int]]:
     """``(element, start, end)`` for each element of the JSON array ``text``.
 
     Decoding element by element gives each record's extent, so its size and nesting can be
     checked on the text instead of serialising the record again.
     """
-    decoder, skip = json.JSONDecoder(parse_int=_ints), _WHITESPACE.match
+    decoder, skip = json.JSONDecoder(parse_int=ints), _WHITESPACE.match
     i = skip(text, 0).end()
     if text[i:i + 1] != "[":
         raise json.JSONDecodeError("Expecting '['", text, i)
@@ -375,18 +421,19 @@ class _IntGuard:
     4,300 digits) become a marker, so one record is quarantined instead of the whole file."""
 
     def __init__(self):
-        self.seen: set = set()
+        self.seen = False
 
     def __call__(self, digits: str) -> Any:
         try:
             return int(digits)
         except ValueError:
-            self.seen.add(_HUGE)
+            self.seen = True
             return 0
 
-
-_HUGE = "huge"
-_ints = _IntGuard()
+    def take(self) -> bool:
+        """Whether the element decoded since the last call held such an integer (and reset)."""
+        seen, self.seen = self.seen, False
+        return seen
 
 
 def _huge_number_error() -> RecordError:
@@ -526,13 +573,12 @@ def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator
 
 
 def _load_dataset(p: Path):
+    """A dataset named ``name[:config[:split]]``, from the local Hugging Face cache when offline."""
     import datasets
 
-    hub = hub_dataset(p)
+    name, config, split = hub_dataset(p)
     try:
-        if hub is not None:
-            return datasets.load_dataset(hub[0], hub[1], split=hub[2])
-        return datasets.load_dataset(str(p))
+        return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # datasets raises several types for a damaged or unknown dataset
         raise UsageError(f"{p}: not a loadable dataset ({_first_line(e)})") from None
 
@@ -565,7 +611,7 @@ def input_digest(p: Path) -> str:
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
-        with open(f, "rb") as fh:
+        with open_input(f) as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
         h.update(b"\0")

@@ -24,6 +24,7 @@ Example (two refusals, one compliance, the detector misses one refusal)::
 from __future__ import annotations
 
 import csv
+import os
 import gzip
 import io
 from collections.abc import Sequence
@@ -87,9 +88,11 @@ def load_labelled(path: str) -> LabelledSet:
     import hashlib
 
     p = resolve_labelled(str(path))
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise UsageError(f"{path}: no such labelled file (built-in sets: {', '.join(BUILTIN)})")
-    raw_bytes = p.read_bytes()
+    from sftlab.files import read_input
+
+    raw_bytes = read_input(p, what="--labelled", max_bytes=1 << 30)
     digest = hashlib.sha256(raw_bytes).hexdigest()
     suffixes = [x.lower() for x in p.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -98,12 +101,15 @@ def load_labelled(path: str) -> LabelledSet:
         except (OSError, EOFError) as e:
             raise UsageError(f"{path}: not a readable gzip file: {e}") from None
         suffixes = suffixes[:-1]
-    try:
-        text = raw_bytes.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text: {e}") from None
     kind = suffixes[-1] if suffixes else ""
-    rows = _read_csv(text, kind == ".tsv") if kind in (".csv", ".tsv") else _read_jsonl(text)
+    if kind in (".csv", ".tsv"):
+        try:
+            text = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        rows = _read_csv(text, kind == ".tsv", str(path))
+    else:  # JSONL: a line that is not UTF-8 is a bad row, the others are kept
+        rows = _read_jsonl(raw_bytes.decode("utf-8", "surrogateescape"))
     responses, labels, bad, sources, slices, prompts = [], [], [], [], [], []
     for line, row, problem in rows:
         if problem is None:
@@ -135,10 +141,12 @@ def _read_jsonl(text: str):
     yield from _jsonl_rows(text)
 
 
-def _read_csv(text: str, tsv: bool):
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",")
-    for row in reader:
-        yield reader.line_num, {k.strip(): v for k, v in row.items() if k}, None
+def _read_csv(text: str, tsv: bool, where: str = "labelled file"):
+    from sftlab.evaluation.prompts import csv_dict_rows
+
+    _, rows = csv_dict_rows(text, where, tsv)
+    for line, row in rows:
+        yield line, {k.strip(): v for k, v in row.items() if k}, None
 
 
 def _refusal(label: str) -> bool:

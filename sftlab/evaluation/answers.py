@@ -164,10 +164,12 @@ def answer_problem(answer, answer_type: str, tolerance) -> str | None:
         except (TypeError, ValueError):
             return f"answer {answer!r} is not a number (answer_type numeric)"
     if answer_type == "regex":
-        try:
-            re.compile(str(answer))
-        except re.error as e:
-            return f"answer {answer!r} is not a valid regular expression: {e}"
+        import regex
+
+        try:  # with the package that matches it; a repeat count past 2**32 is an OverflowError
+            regex.compile(str(answer))
+        except (regex.error, OverflowError, ValueError, RecursionError) as e:
+            return f"answer {str(answer)[:80]!r} is not a valid regular expression: {e}"
     if answer_type == "tool_call":
         try:
             want = json.loads(answer) if isinstance(answer, str) else answer

@@ -198,6 +198,7 @@ def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, ca
 
     ids = [encode_prompt(cond.messages(p), tok, cond.template, tools=json.loads(p.tools) if p.tools else None)
            for p in prompts]
+    _check_context(model, cond.name, prompts, ids, settings.max_new_tokens)
     eos, stops = stop_tokens(tok, cond.template, model)
     key = cache_key(model_fp, ids, settings.to_dict(), cond.name, eos, stops) if model_fp else None
     responses = cache.get(key) if (cache is not None and key) else None
@@ -207,6 +208,20 @@ def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, ca
         if cache is not None and key:
             cache.put(key, responses)
     return responses, {"eos_token_ids": eos, "stop_strings": stops}
+
+
+def _check_context(model, condition: str, prompts, ids: list[list[int]], new_tokens: int) -> None:
+    """A prompt (with its system prompt) longer than the model's context less the new tokens is
+    refused by name before generating (a 2 MB prompt would otherwise exhaust memory)."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return
+    for p, x in zip(prompts, ids):
+        if len(x) + new_tokens > context:
+            raise UsageError(f"prompt {p.id!r} ({p.file}:{p.line}) is {len(x):,} tokens under condition "
+                             f"{condition}, and the model's context is {context:,} (max_position_embeddings) "
+                             f"with {new_tokens} new tokens to generate; shorten the prompt or the "
+                             "system prompt, or lower --max-new-tokens")
 
 
 def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,

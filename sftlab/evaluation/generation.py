@@ -21,6 +21,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+MAX_SEED = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class DecoderSettings:
     """Everything that decides what ``generate`` returns; recorded with every result."""
@@ -45,8 +49,12 @@ class DecoderSettings:
         problems = []
         if self.max_new_tokens < 1:
             problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0, got {self.temperature}")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            problems.append(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] "
+                            f"(smaller ones overflow the logits), got {self.temperature:g}")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be in [0, {MAX_SEED}] (what torch.manual_seed takes), got "
+                            f"{self.seed if len(str(self.seed)) < 30 else 'a number of %d digits' % len(str(self.seed))}")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

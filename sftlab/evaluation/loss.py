@@ -24,7 +24,8 @@ import torch
 from sftlab.model.objective import micro_batch_loss, step_normaliser
 from sftlab.tokens.packing import collate
 
-ENCODING_KEYS = ("max_length", "last_turn_only", "reasoning", "turns", "overflow", "mask_source")
+ENCODING_KEYS = ("max_length", "last_turn_only", "reasoning", "inline_reasoning", "turns", "overflow",
+                 "mask_source")
 
 
 @torch.no_grad()

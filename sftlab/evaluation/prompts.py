@@ -34,6 +34,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,12 +133,14 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     """Read one prompt file (JSONL, or CSV/TSV by extension) or a built-in set by name; see the
     module docstring. A file of that name in the working directory wins over a built-in."""
     p, name = Path(path), None
-    if not p.is_file() and builtin_prompt_path(str(path)) is not None:
+    if not os.path.lexists(p) and builtin_prompt_path(str(path)) is not None:
         p, name, columns = builtin_prompt_path(str(path)), str(path), None
-    if not p.is_file():
+    if not os.path.lexists(p):
         known = ", ".join(sorted(BUILTIN_SETS))
         raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
-    data = p.read_bytes()
+    from sftlab.files import read_input
+
+    data = read_input(p, what="--prompts", max_bytes=1 << 30)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -162,7 +166,19 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
 
 
 def _jsonl_rows(text: str):
-    for i, line in enumerate(text.splitlines(), start=1):
+    """``(line, row, problem)`` per line that is not blank. Lines are split on ``\\n`` only: a
+    JSON string may hold U+2028, U+2029 or U+0085 raw (``str.splitlines`` would cut it). Text
+    with lone surrogates (invalid UTF-8 decoded with ``surrogateescape``, or ``\\ud800`` escapes)
+    and nesting deeper than the readers allow are problems of their row.
+
+    >>> text = '{"prompt": "a' + chr(0x2028) + 'b"}' + chr(10) * 2 + '[1]' + chr(10) + '{"p": "' + chr(92) + 'ud800"}'
+    >>> [(n, p) for n, r, p in _jsonl_rows(text)]  # doctest: +NORMALIZE_WHITESPACE
+    [(1, None), (3, 'expected a JSON object, got list'),
+     (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
+    """
+    from sftlab.data.readers import MAX_DEPTH, _too_deep
+
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -176,13 +192,49 @@ def _jsonl_rows(text: str):
         if not isinstance(row, dict):
             yield i, None, f"expected a JSON object, got {type(row).__name__}"
             continue
+        if _too_deep(row):
+            yield i, None, f"nested more than {MAX_DEPTH} levels deep; expected a flat row"
+            continue
+        if unpaired_surrogate(json.dumps(row, ensure_ascii=False)) is not None:
+            yield i, None, ("holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode "
+                            "text; fix: re-encode the line as UTF-8")
+            continue
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
         yield i, {**meta, **{k: v for k, v in row.items() if k != "meta"}}, None
 
 
+def csv_dict_rows(text: str, where: str, tsv: bool = False) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """``(header, (line, row) of each row)`` of the CSV (or TSV) ``text``: fields may be as long as
+    the text (the csv module's default stops at 128 KiB); a malformed file is a one-line
+    ``UsageError`` naming ``where`` and the line."""
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",")
+
+    def refuse(e: csv.Error):
+        return UsageError(f"{where}: line {reader.line_num}: not readable CSV ({e})")
+
+    try:
+        header = list(reader.fieldnames or [])
+    except csv.Error as e:
+        raise refuse(e) from None
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        it = iter(reader)
+        while True:
+            try:
+                row = next(it)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise refuse(e) from None
+            yield reader.line_num, row
+
+    return header, rows()
+
+
 def _csv_rows(text: str, p: Path, columns: dict[str, str] | None):
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    header, rows = csv_dict_rows(text, str(p), p.suffix.lower() == ".tsv")
+    header = [h.strip() for h in header]
     if columns is None:
         xstest = {"prompt", "type", "label"} <= set(header)
         columns = ({k: v for k, v in XSTEST_COLUMNS.items() if v in header} if xstest
@@ -193,9 +245,9 @@ def _csv_rows(text: str, p: Path, columns: dict[str, str] | None):
                          f"({', '.join(header)}); fix --csv-columns")
     if "prompt" not in columns:
         raise UsageError(f"{p}: no prompt column; name it 'prompt' or pass --csv-columns prompt=COLUMN")
-    for row in reader:
+    for line, row in rows:
         clean = {(k or "").strip(): v for k, v in row.items()}
-        yield reader.line_num, {ours: clean.get(theirs) for ours, theirs in columns.items()
+        yield line, {ours: clean.get(theirs) for ours, theirs in columns.items()
                                 if clean.get(theirs) not in (None, "")}, None
 
 

@@ -108,19 +108,20 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, merge: bool = 
 
 
 def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[str, str | None]:
-    """``(base model, gguf file or None)`` of the adapter in ``final``: ``base`` when given, else
-    ``base_model_name_or_path`` (resolved against ``final`` where it is a relative path there),
-    with the run's ``model.gguf_file``."""
-    manifest = run / "run.json"
-    model = (json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}).get("model", {}) \
-        if manifest.is_file() else {}
-    gguf_file = model.get("gguf_file")
+    """``(base model, gguf file or None)`` of the adapter in ``final``: ``base`` when given (with
+    the run's ``model.gguf_file``), else the directory or hub name the adapter records, as
+    ``sftlab.model.adapters.resolve_base`` finds it (a GGUF base: its converted copy)."""
+    from sftlab.model.adapters import resolve_base
+
     if base is not None:
-        return base, gguf_file
-    recorded = json.loads((final / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if recorded and not os.path.isabs(recorded) and (final / recorded).exists():
-        return str((final / recorded).resolve()), gguf_file
-    return recorded or model.get("path"), gguf_file
+        manifest = run / "run.json"
+        model = (json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}).get("model", {}) \
+            if manifest.is_file() else {}
+        return base, model.get("gguf_file")
+    try:
+        return resolve_base(final), None
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; or give the base with --base") from None
 
 
 def _write_merged(final: Path, run: Path, tmp: Path, base: str | None) -> None:

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.files import current_umask, normal_modes, write_atomic
+from sftlab.model.adapters import is_adapter_dir, load_adapter_model
+from sftlab.model.hub import resolve_source
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -55,8 +57,9 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
                     cache_dir: str | os.PathLike | None = None):
     """``(model, tokenizer)`` for a causal language model, in eval mode.
 
-    ``name_or_path`` is a local directory saved by ``save_pretrained`` or a hub name (where a
-    hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
+    ``name_or_path`` is a local directory saved by ``save_pretrained`` (a LoRA adapter directory
+    too: its base is loaded and the adapter merged in, ``sftlab.model.adapters``) or a hub name
+    (where a hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
     GGUF is converted once into ``cache_dir`` and the converted directory is loaded.
     ``dtype`` defaults to float32 (CPU training needs it); ``"auto"`` keeps the checkpoint's.
     Code shipped with a model runs only when the caller turns ``trust_remote_code`` on (off by default).
@@ -65,16 +68,20 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if gguf_file is None and is_adapter_dir(name_or_path):  # a LoRA run's RUN/final: base + adapter merged
+        return load_adapter_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                  cache_dir=cache_dir)
     path = model_directory(name_or_path, gguf_file=gguf_file, cache_dir=cache_dir)
     if path.is_dir():
         refuse_pickled_weights(path)
-    target = str(path) if path.exists() else str(name_or_path)
+    name = str(path) if path.exists() else str(name_or_path)
+    target = resolve_source(name)  # a hub name with no hub: its cached snapshot, or a clear error at once
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         target, dtype=torch.float32 if dtype is None else dtype,
         trust_remote_code=trust_remote_code, use_safetensors=True)
     model.eval()
-    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": target}
+    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": name}
     return model, tokenizer
 
 
@@ -128,7 +135,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = N
 
     try:
         path = model_directory(name_or_path, gguf_file=gguf_file)
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        # a hub name with no hub: its cached snapshot, or a clear error at once
+        return AutoTokenizer.from_pretrained(resolve_source(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a GGUF that does not convert
         text = " ".join(str(e).split())
         prefix = f"{what}{name_or_path}: " if what.endswith("=") else f"{what} {name_or_path}: "

@@ -29,10 +29,26 @@ def build_report(run_dir: str | os.PathLike):
     title = f"sftlab run report: {Path(run_dir).resolve().name}"
     subtitle = " · ".join(str(x) for x in (m.get("kind"), (m.get("model") or {}).get("base"),
                                            m.get("created")) if x)
-    body = [s.summary_section(files), data_section(files), s.masks_section(files),
-            s.packing_section(files), s.training_section(files), evaluation_section(files),
-            s.manifest_section(files)]
+    builders = (s.summary_section, data_section, s.masks_section, s.packing_section, s.training_section,
+                evaluation_section, s.manifest_section)
+    body = [_section(build, files, id_, title) for build, (id_, title) in zip(builders, SECTIONS)]
     return page(title, subtitle or "no run manifest", list(SECTIONS), body), files
+
+
+def _section(build, files, id_: str, title: str):
+    """One section; a run file holding a value of another type or shape than sftlab writes (an
+    edited or foreign stats.json, mask_preview.json, eval.json) leaves that section out with a
+    note and counts as unreadable (exit 1), instead of ending the report with a traceback."""
+    from sftlab.report.markup import not_recorded, section
+
+    try:
+        return build(files)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError,
+            OverflowError, RecursionError) as e:
+        files.problems.append(f"{title} section left out: the run's files hold a value of another type "
+                              f"or shape than sftlab writes ({type(e).__name__}: {str(e)[:160]})")
+        files.unreadable.append(f"{title} section")
+        return section(id_, title, not_recorded(f"{title.lower()} (a file holds values of an unexpected type)"))
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None):

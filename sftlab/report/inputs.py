@@ -6,6 +6,7 @@ The report shows what a run recorded; a missing or unreadable file becomes a
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,21 @@ class RunFiles:
         return (self.manifest or {}).get(name)
 
 
+MAX_JSON_BYTES = 256 << 20
+
+
 def _read_json(path: Path, problems: list[str], kind: type) -> Any:
-    if not path.is_file():
+    from sftlab.errors import UsageError
+    from sftlab.files import read_input
+
+    if not os.path.lexists(path):
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+        value = json.loads(read_input(path, max_bytes=MAX_JSON_BYTES).decode("utf-8"))
+    except UsageError as e:
+        problems.append(str(e))
+        return None
+    except UnicodeDecodeError as e:
         problems.append(f"{path}: unreadable ({e})")
         return None
     except json.JSONDecodeError as e:
@@ -78,10 +88,19 @@ def _read_json(path: Path, problems: list[str], kind: type) -> Any:
 
 
 def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    if not path.is_file():
+    from sftlab.errors import UsageError
+    from sftlab.files import open_input
+
+    if not os.path.lexists(path):
         return []
     rows, bad = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    try:
+        with open_input(path) as f:
+            lines = f.read().decode("utf-8", errors="replace").split("\n")
+    except UsageError as e:
+        problems.append(str(e))
+        return []
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -121,7 +140,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     files.xstest = _read_json(run / "eval_xstest" / "eval.json", p, dict)
     files.unreadable = invalid + [name for name, value in (("run.json", files.manifest),
                                                            ("eval/eval.json", files.eval))
-                                  if value is None and (run / name).is_file()]
+                                  if value is None and os.path.lexists(run / name)]
     return files
 
 

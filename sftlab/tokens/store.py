@@ -31,12 +31,18 @@ a new one. The normalised records are only known after reading, so the raw conte
 input (``sftlab.data.readers.input_digest``: file bytes, or a dataset's fingerprint) with the
 other parts indexes the key (``CACHE/index/``): a run on unchanged files finds its store without
 reading a record, and a file rewritten with the same records is read once and maps to the same
-store. Opening a store checks every file's size and sha256; a damaged store is reported and
-rebuilt, never used. A file whose stat stamp (size, mtime, ctime, inode) is the one recorded when
-it last hashed right is not read again (``CACHE/index/KEY.stamps.json``, as git's index does),
-nor is an unchanged input file (``CACHE/index/inputs.stamps.json``): a second run on a million
-conversations opens its store without reading gigabytes, and any write to a file moves its
-ctime, so it is hashed again.
+store. An index entry holds the key, the raw digests it was written for and the sha256 of the
+``store.json`` it found; it is followed only when all three hold (``_from_index``), and the store
+only when its ``store.json`` names its own folder's key, that key is the hash of the parts it
+lists, and those parts are this run's (``PreparedStore._check_identity``). Opening a store checks
+that its checksum list is complete and every file's size and sha256; a damaged store is reported
+and rebuilt, never used. Stamps are a speed-up, not the truth: a file whose stat stamp (size,
+mtime, ctime, inode) is the one recorded when it last hashed right is not read again
+(``CACHE/index/KEY.stamps.json``, as git's index does) unless it is drawn for the sample hashed on
+every open (``_SAMPLE_BYTES`` in all, so a small store is hashed whole), and an input over
+``_SAMPLE_BYTES`` is not hashed again while its stamp is the one it hashed with
+(``CACHE/index/inputs.stamps.json``): a second run on a million conversations opens its store
+reading 128 MiB, not gigabytes, and any write to a file moves its ctime, so it is hashed again.
 
 Workers (``num_proc``) each encode whole chunks and write them themselves (nothing but a small
 task description and a small summary crosses processes); the chunks, the per-record checks
@@ -46,9 +52,12 @@ statistics are put together by the main process, so the store is the same bit fo
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import sys
 import tempfile
@@ -60,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from sftlab.errors import UsageError
+from sftlab.files import no_room, room_message
 
 FORMAT = 1
 CHUNK_RECORDS = 8192
@@ -76,6 +86,12 @@ def default_cache_dir() -> Path:
     """``$SFTLAB_CACHE`` or ``~/.cache/sftlab``, plus ``prepared``."""
     root = os.environ.get("SFTLAB_CACHE") or Path.home() / ".cache" / "sftlab"
     return Path(root) / "prepared"
+
+
+def _jsonl_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file the store wrote, split on ``\\n`` only: a JSON string may hold
+    U+2028, U+2029 or U+0085 raw, where ``str.splitlines`` would cut the record."""
+    return [x for x in path.read_text(encoding="utf-8").split("\n") if x]
 
 
 def _sha256_file(path: Path) -> str:
@@ -98,6 +114,9 @@ def _sha256_file(path: Path) -> str:
 # again next time), which is git's "racy clean" rule.
 
 _RACY_NS = 2_000_000_000
+_SAMPLE_BYTES = 128 << 20
+"""Bytes of stamped files hashed anyway on every open (drawn at random), and the size up to
+which an input file is hashed on every run instead of trusted by its stamp."""
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -157,11 +176,11 @@ def _file_digest(p: Path, cache: Path) -> str:
     name = str(Path(p).resolve())
     stamps = _read_stamps(where)
     entry = stamps.get(name)
-    if isinstance(entry, list) and len(entry) == 2 and entry[0] == _stamp(st):
-        return entry[1]
+    if isinstance(entry, list) and len(entry) == 2 and entry[0] == _stamp(st) and st.st_size > _SAMPLE_BYTES:
+        return entry[1]  # a large file, unchanged since it was hashed: its content is not read again
     digest = input_digest(p)
     after = os.stat(p)
-    if _stamp(after) == _stamp(st) and _settled(after):
+    if _stamp(after) == _stamp(st) and _settled(after) and st.st_size > _SAMPLE_BYTES:
         stamps = _read_stamps(where)  # another process may have added its own inputs meanwhile
         stamps[name] = [_stamp(after), digest]
         _write_stamps(where, stamps)
@@ -245,8 +264,10 @@ class PreparedStore:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise StoreError(f"{meta_path}: unreadable ({e})") from None
-        if self.meta.get("format") != FORMAT:
-            raise StoreError(f"{meta_path}: store format {self.meta.get('format')}, this sftlab reads {FORMAT}")
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise StoreError(f"{meta_path}: store format {found}, this sftlab reads {FORMAT}")
+        self._check_identity(meta_path)
         if verify:
             self.verify()
         self.key: str = self.meta["key"]
@@ -276,17 +297,53 @@ class PreparedStore:
         self._token_starts = [np.concatenate(([0], np.cumsum(x, dtype=np.int64))) for x in lengths]
 
     # -- checks ---------------------------------------------------------------------------------
-    def verify(self) -> None:
-        """Every file listed has its size and sha256; raises ``StoreError`` naming the first that does not.
+    def _check_identity(self, meta_path: Path) -> None:
+        """The store is the one its folder names: ``store.json``'s key is the folder's name and
+        the hash of the key parts it lists (records included), so a store copied or renamed over
+        another, or a ``store.json`` whose parts were edited, is no store of that key."""
+        key, parts = self.meta.get("key"), self.meta.get("parts")
+        if key != self.path.name:
+            raise StoreError(f"{meta_path}: holds the store of key {key!r}, not of {self.path.name!r} (a store "
+                             "copied or moved over another)")
+        if not isinstance(parts, dict) or _digest(parts) != key:
+            raise StoreError(f"{meta_path}: its key parts do not hash to its key (altered)")
 
-        A file is hashed unless its stat stamp (size, mtime, ctime, inode, device) equals the one
-        recorded when its content last hashed to the listed sha256 (``CACHE/index/KEY.stamps.json``;
-        see ``_stamp``): a second open of an unchanged store reads no chunk, a changed file is
-        always hashed again."""
+    def verify(self) -> None:
+        """Every file of the store is listed, and has its size and sha256; raises ``StoreError``
+        naming the first that does not.
+
+        The list must be complete: every file in the folder (``store.json`` aside) and every file
+        a store of its chunks holds is in it, so a list emptied or cut short is damage, not a
+        smaller store. A file is hashed unless its stat stamp (size, mtime, ctime, inode, device)
+        equals the one recorded when its content last hashed to the listed sha256
+        (``CACHE/index/KEY.stamps.json``; see ``_stamp``) and it is not drawn for the sample: on
+        every open, files are drawn at random among the stamped ones and hashed anyway, up to
+        ``_SAMPLE_BYTES`` in all (a store that small is hashed whole every time). A stamp is a
+        speed-up, not the truth: a changed file is always hashed again, and a stamp file edited to
+        vouch for a changed file is caught at once on a small store, and on a large one by the
+        draws (each open reads ``_SAMPLE_BYTES`` of it)."""
+        listed = self.meta.get("checksums")
+        if not isinstance(listed, dict) or not listed:
+            raise StoreError(f"{self.path / 'store.json'}: lists no checksums (damaged)")
+        required = {"quarantine.jsonl", "stats.json", "preview.jsonl"} | {
+            f"{c['dir']}/{name}" for c in self.meta.get("chunks", ())
+            for name in (*(f"{a}.npy" for a in _ARRAYS), "examples.jsonl", "chunk.json")}
+        root, on_disk = str(self.path), set()
+        for d, _, names in os.walk(root):  # scandir: no stat per file
+            prefix = d[len(root) + 1:] + "/" if d != root else ""
+            on_disk.update(prefix + f for f in names)
+        unlisted = sorted((required | on_disk) - set(listed) - {"store.json"})
+        if unlisted:
+            raise StoreError(f"{self.path / unlisted[0]}: not in store.json's checksums (the list is incomplete: "
+                             "damaged)")
         where = _stamps_path(self.path)
         known = _read_stamps(where)
-        fresh = {}
-        for rel, (size, digest) in sorted(self.meta["checksums"].items()):
+        fresh, stamped = {}, []
+        for rel, entry in sorted(listed.items()):
+            try:
+                size, digest = entry
+            except (TypeError, ValueError):
+                raise StoreError(f"{self.path / 'store.json'}: checksum entry of {rel} is not [size, sha256] (damaged)") from None
             p = self.path / rel
             if not p.is_file():
                 raise StoreError(f"{p}: missing")
@@ -295,12 +352,22 @@ class PreparedStore:
                 raise StoreError(f"{p}: {st.st_size} bytes, expected {size} (truncated or altered)")
             if known.get(rel) == _stamp(st):
                 fresh[rel] = known[rel]
+                stamped.append((rel, size, digest))
                 continue
             found, stamp = _hashed(p)
             if found != digest:
                 raise StoreError(f"{p}: sha256 differs from the one recorded (altered)")
             if stamp is not None:
                 fresh[rel] = stamp
+        random.SystemRandom().shuffle(stamped)
+        budget = _SAMPLE_BYTES
+        for rel, size, digest in stamped:
+            if size > budget:
+                continue
+            budget -= size
+            if _sha256_file(self.path / rel) != digest:
+                raise StoreError(f"{self.path / rel}: sha256 differs from the one recorded (altered, with its stat "
+                                 "stamp written back)")
         if fresh != known:
             _write_stamps(where, fresh)
 
@@ -361,7 +428,7 @@ class PreparedStore:
         from sftlab.data.formats import to_conversation
 
         out = []
-        for line in (self.path / "preview.jsonl").read_text(encoding="utf-8").splitlines():
+        for line in _jsonl_lines(self.path / "preview.jsonl"):
             d = json.loads(line)
             out.append(to_conversation(d["record"], Origin(d["file"], d["line"])))
         return out
@@ -482,8 +549,10 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     process checked them). Raises ``UsageError`` for unusable inputs.
     """
     from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES, check_readable
+    from sftlab.files import check_cache_dir
 
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = check_cache_dir(cache_dir, what="data.cache_dir") if cache_dir else check_cache_dir(
+        default_cache_dir(), what="SFTLAB_CACHE")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise UsageError("no input files given")
@@ -501,23 +570,42 @@ def prepare(inputs: list[str], tokenizer, template, *, options: dict, policy: An
     own = spool is None
     spool = Spool(cache) if own else spool
     try:
-        read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
-        raw = [digest if digest is not None else _file_digest(p, cache) for p, digest in read]
-        index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
-        found = _from_index(cache, index, verify)
-        if found is not None:
-            found.hit = True
-            return found
-        if not build:
-            raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
-        names = [str(p) if r != p else None for p, (r, _) in zip(paths, read)]
-        store = _build([r for r, _ in read], tokenizer, template, options, policy, parts, cache, num_proc,
-                       chunk_records, progress, label, columns, names, sides, eval_split)
+        return _prepare(paths, inputs, tokenizer, template, options, policy, cache, num_proc, chunk_records,
+                        progress, build, verify, label, columns, sides, eval_split, spool, parts)
+    except (OSError, UsageError) as e:
+        reason = no_room(e)
+        if reason is None and isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            raise UsageError(f"{cache}: cannot write the prepared-data store there: {e.strerror} ({e.filename}); "
+                             "set data.cache_dir or $SFTLAB_CACHE to a folder you can write") from None
+        if reason is None:
+            raise
+        need = 2 * sum(p.stat().st_size for p in paths if p.is_file())
+        raise UsageError(room_message(cache, reason, need, "every store already there is whole") +
+                         " (a store takes about twice its inputs' bytes; data.cache_dir or $SFTLAB_CACHE "
+                         "puts it elsewhere)") from None
     finally:
         if own:
             spool.close()
+
+
+def _prepare(paths, inputs, tokenizer, template, options, policy, cache, num_proc, chunk_records, progress,
+             build, verify, label, columns, sides, eval_split, spool, parts) -> PreparedStore:
+    """``prepare`` once the inputs are checked and the key parts known: found, or built and indexed."""
+    read = [spool.read(p) for p in paths]  # (path to read, raw digest): a stream is copied once
+    raw = [digest if digest is not None else _file_digest(p, cache) for p, digest in read]
+    index = cache / "index" / (_digest({**parts, "raw": raw}) + ".json")
+    found = _from_index(cache, index, verify, parts, raw)
+    if found is not None:
+        found.hit = True
+        return found
+    if not build:
+        raise StoreError(f"no prepared store for {', '.join(inputs)} in {cache} (the main process builds it)")
+    names = [str(p) if r != p else None for p, (r, _) in zip(paths, read)]
+    store = _build([r for r, _ in read], tokenizer, template, options, policy, parts, cache, num_proc,
+                   chunk_records, progress, label, columns, names, sides, eval_split)
     index.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(index, json.dumps({"key": store.key}) + "\n")
+    _write_text(index, json.dumps({"key": store.key, "raw": raw,
+                                   "store_sha256": _sha256_file(store.path / "store.json")}) + "\n")
     return store
 
 
@@ -577,22 +665,41 @@ class Spool:
         return self.copies[str(p)]
 
 
-def _from_index(cache: Path, index: Path, verify: bool) -> PreparedStore | None:
+def _from_index(cache: Path, index: Path, verify: bool, parts: dict, raw: list) -> PreparedStore | None:
+    """The store ``index`` names, when the entry and the store are what this run asks for: the
+    entry names these raw input digests and a ``store.json`` of that sha256, the store is its key's
+    (``PreparedStore``) and was built from these inputs with these settings (its key parts but the
+    records equal ``parts``). An entry that names another store is a miss (the records are read
+    and the key found again, where a damaged store of that key is replaced); a store found
+    damaged here is removed."""
     if not index.is_file():
         return None
     try:
-        key = json.loads(index.read_text(encoding="utf-8"))["key"]
-    except (OSError, ValueError, KeyError):
+        entry = json.loads(index.read_text(encoding="utf-8"))
+        key, sha = entry["key"], entry["store_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    if entry.get("raw") != raw or not isinstance(key, str) or not _KEY.match(key):
+        return None  # an entry of other inputs, or an older sftlab's
     path = cache / key
-    if not path.exists():
+    try:
+        if _sha256_file(path / "store.json") != sha:
+            return None  # the entry names another store.json than the one there (an entry or a store altered)
+    except OSError:
         return None
     try:
-        return PreparedStore(path, verify=verify)
-    except StoreError as e:
+        store = PreparedStore(path, verify=verify)
+        built = {k: v for k, v in store.meta["parts"].items() if k not in ("records", "other")}
+        if built != json.loads(_canonical(parts)):
+            return None  # another store (other inputs or settings): not ours to use or remove
+        return store
+    except (StoreError, OSError) as e:
         print(f"sftlab: prepared store {path} is damaged ({e}); rebuilding it", file=sys.stderr)
         shutil.rmtree(path, ignore_errors=True)
         return None
+
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -887,8 +994,8 @@ def _filter_chunk(out: Path, drop: set[int]) -> None:
         arrays[n] = arrays[n][keep]
     for n, a in arrays.items():
         np.save(out / f"{n}.npy", a, allow_pickle=False)
-    lines = (out / "examples.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-    (out / "examples.jsonl").write_text("".join(x for x, k in zip(lines, keep) if k), encoding="utf-8")
+    lines = _jsonl_lines(out / "examples.jsonl")
+    (out / "examples.jsonl").write_text("".join(x + "\n" for x, k in zip(lines, keep) if k), encoding="utf-8")
     entry = json.loads((out / "chunk.json").read_text(encoding="utf-8"))
     entry.update(examples=int(keep.sum()), tokens=int(arrays["lengths"].sum()))
     (out / "chunk.json").write_text(_canonical(entry) + "\n", encoding="utf-8")
@@ -903,7 +1010,8 @@ def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts:
 
     # Fail early, here, on a template/tokenizer mismatch; the encoder, the signer and the imports
     # are made once, before workers fork, not once per worker.
-    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"))
+    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"),
+             inline_reasoning=options.get("inline_reasoning", True), mask_source=options.get("mask_source", "contract"))
     warm()
     cache.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
@@ -1016,7 +1124,7 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     with open(root / "quarantine.jsonl", "w", encoding="utf-8") as out:
         for stage in ("load", "encode"):
             for c, d in enumerate(dirs):
-                entries = [json.loads(x) for x in (d / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()]
+                entries = [json.loads(x) for x in _jsonl_lines(d / "quarantine.jsonl")]
                 if stage == "load":
                     entries += dup_by_chunk.get(c, [])
                     entries.sort(key=lambda e: e["_rec"])
@@ -1057,10 +1165,9 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
         other: dict[int, hashlib._Hash] = {}
         for t, r in zip(tasks, results):
             other.setdefault(t.input, hashlib.sha256()).update(r["other_sha256"].encode())
-        key = _digest({**parts, "records": input_digests, "other": [other[i].hexdigest() for i in range(len(paths))]})
+        parts = {**parts, "other": [other[i].hexdigest() for i in range(len(paths))]}
         split = {**parts["split"], "records": per_input_records}
-    else:
-        key = _digest({**parts, "records": input_digests})
+    key = _digest({**parts, "records": input_digests})
     chunks = []
     for t, d in zip(tasks, dirs):
         entry = json.loads((d / "chunk.json").read_text(encoding="utf-8"))
@@ -1186,7 +1293,7 @@ def _duplicate_ids(dirs: list[Path], tasks: list[_Task], paths: list[Path], poli
 
 
 def _merge_preview(root: Path, dirs: list[Path], excluded: set[int]) -> None:
-    rows = [json.loads(x) for d in dirs for x in (d / "preview.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(x) for d in dirs for x in _jsonl_lines(d / "preview.jsonl")]
     firsts, seen = [], set()
     for r in rows:
         if r["slice"] not in seen:

@@ -58,7 +58,7 @@ from sftlab.tokens.render_steps import (RENDER_MAX_STEPS, STEPS_PER_CHAR, STEPS_
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
            "add_role_tokens", "install_template", "missing_control_tokens", "control_token_strings",
-           "special_strings", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS", "RENDER_MAX_STEPS"]
+           "special_strings", "reasoning_tags", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS", "RENDER_MAX_STEPS"]
 
 BUILTIN_TEMPLATES = tuple(_FORMATS)
 
@@ -357,6 +357,11 @@ class _Duplicated(TemplateError):
     """The template writes a message's content more than once."""
 
 
+TRANSFORMS = ("(a filter or test in the template changes or drops assistant content: escape, title, truncate, "
+              "tojson, a test on the text); the trained text would not be the record's answer, so sftlab cannot "
+              "certify this template: use one that writes content as it is")
+"""Why a turn whose content the template transforms is refused (``check-template`` says it too)."""
+
 _PROBE = "sftlab0probe0c7e1f"
 _PROBE_NEXT = "sftlab0probe0next0a9d2"
 
@@ -430,11 +435,19 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
         return f"the template cannot render it with other content ({e})"
     if probed.count(_PROBE) != 1:
         return ("the template writes its content more than once" if probed.count(_PROBE) > 1
-                else "the template does not write its content")
+                else "the template does not write its content as given " + TRANSFORMS)
     after = probed[probed.index(_PROBE) + len(_PROBE):]
     content_end = len(own) - len(after)
     if not own.endswith(after) or content_end < len(prompt):
         return "its content cannot be located in its own rendering"
+    # The trained text is the record's content as the model must generate it: what the template
+    # writes before a probe content (an opener), then the content itself (trimmed at most).
+    # (Or the content alone, where it is laid out as the template lays it out: a think block.)
+    opener = probed[len(prompt):probed.index(_PROBE)] if probed.startswith(prompt) else ""
+    written, forms = own[len(prompt):content_end], _forms(messages[i]["content"])
+    if written not in forms and not (written.startswith(opener) and written[len(opener):] in forms):
+        return (f"the template writes {written[:80]!r} where the record's answer is "
+                f"{messages[i]['content'][:80]!r} " + TRANSFORMS)
     control = _sorted_control(t)
     w_a, run_a = _control_run(after, control)
     nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
@@ -814,7 +827,9 @@ def _eot_end(text: str, end: int, region_end: int, end_of_turn: tuple[str, ...])
 
 def _probe_content_parts(source: str, special: dict) -> bool:
     """Whether the template iterates over content parts: a probe given as a string does not reach
-    the rendering, the same probe given as one text part does."""
+    the rendering, the same probe given as one text part does, and not as the printed list (a
+    template that filters its content, ``|truncate`` or ``|title``, loses a string probe too, and
+    writes a list as its Python or JSON text: that is no content-parts template)."""
     t = ChatTemplate("probe", source, (), (), "", special)
     msgs = [{"role": "user", "content": _PROBE}]
     try:
@@ -825,12 +840,13 @@ def _probe_content_parts(source: str, special: dict) -> bool:
     except TemplateError:
         pass
     try:
-        return _PROBE in _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True),
-                                       msgs, True)
+        text = _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True), msgs, True)
     except RenderLimitError:
         raise
     except TemplateError:
         return False
+    part = [{"type": "text", "text": _PROBE}]
+    return _PROBE in text and str(part) not in text and json.dumps(part) not in text
 
 
 def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], parts: bool) -> tuple[str, ...]:
@@ -852,6 +868,22 @@ def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], par
             _, run = _control_run(lay.text[turn.stop_start:turn.end], control_sorted)
             found.extend(run)
     return tuple(dict.fromkeys(found))
+
+
+def reasoning_tags(source: str) -> tuple[tuple[str, str], ...]:
+    """The (opener, closer) pairs of inline reasoning: ``<think>``/``</think>``, and a tag pair of
+    that kind the template writes itself (``<seed:think>``, ``<thinking>``), first.
+
+        >>> reasoning_tags("{{ '<seed:think>' + r + '</seed:think>' }}")
+        (('<seed:think>', '</seed:think>'), ('<think>', '</think>'))
+    """
+    import re
+
+    from sftlab.data.conversation import THINK_TAGS
+
+    found = [(f"<{t}>", f"</{t}>") for t in dict.fromkeys(re.findall(r"<((?:\w+:)?think(?:ing)?)>", source))
+             if f"</{t}>" in source]
+    return tuple(dict.fromkeys(found + list(THINK_TAGS)))
 
 
 def special_strings(tokenizer) -> dict:
@@ -941,12 +973,16 @@ def _is_template_file(name: str) -> bool:
 
 
 def _read_template_file(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
+    from sftlab.errors import UsageError
+    from sftlab.files import open_input
+
+    try:  # a regular file only: a FIFO or a device would hang or never end
+        with open_input(path, what="template file") as f:
             data = f.read(_MAX_TEMPLATE_FILE_BYTES + 1)
-    except OSError as e:
-        raise TemplateError(f"template file {path}: cannot read it ({e.strerror or e}); expected a Jinja "
-                            "chat template file, a built-in name or a Jinja string") from None
+    except UsageError as e:
+        reason = str(e).removeprefix(f"template file {path}: ")
+        raise TemplateError(f"template file {path}: cannot read it ({reason}); expected a Jinja chat "
+                            "template file, a built-in name or a Jinja string") from None
     if len(data) > _MAX_TEMPLATE_FILE_BYTES:
         raise TemplateError(f"template file {path}: larger than {_MAX_TEMPLATE_FILE_BYTES:,} bytes; "
                             "expected a chat template (a few KB)")
@@ -982,24 +1018,31 @@ def add_role_tokens(tokenizer, model, template: ChatTemplate) -> dict:
     so a new role token starts as an "average" token instead of noise. Returns the record that
     goes into the manifest: ``{"added": [...], "vocab_before": n, "vocab_after": m, "init": "mean"}``.
     """
-    import torch
-
     missing = missing_control_tokens(template, tokenizer)
     record = {"added": missing, "vocab_before": len(tokenizer), "vocab_after": len(tokenizer), "init": "mean"}
     if not missing:
         return record
     tokenizer.add_tokens(missing, special_tokens=True)  # the same call in transformers 4 and 5
     if model is not None:
-        old = model.get_input_embeddings().weight.shape[0]
-        new = len(tokenizer)
-        if new > old:
-            model.resize_token_embeddings(new, mean_resizing=False)
-            with torch.no_grad():
-                emb = model.get_input_embeddings().weight
-                emb[old:] = emb[:old].mean(dim=0, keepdim=True)
-                out = model.get_output_embeddings()
-                if out is not None and out.weight.data_ptr() != emb.data_ptr():
-                    out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+        grow_embeddings(model, len(tokenizer))
     record["vocab_after"] = len(tokenizer)
     return record
+
+
+def grow_embeddings(model, size: int) -> None:
+    """Resize ``model``'s embeddings (and an untied output layer) to ``size`` rows when it has fewer,
+    each new row the mean of the old ones: how role tokens start in training, and how a LoRA
+    adapter's base is grown again to its tokenizer on load."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if size <= old:
+        return
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
 

@@ -11,7 +11,9 @@ Layout of ``RUN/checkpoints/step-N/``::
                                         python ``random`` state as JSON in the file metadata
     state.json                          step, data position, scheduler state, loop state
     run.json                            the run manifest when the checkpoint was written
-    checksums.json                      sha256 and size of every other file, written last
+    checksums.json                      sha256 and size of every other file, written last; its
+                                        own sha256 is recorded in RUN/run.json
+                                        (``artifacts.checkpoint_checksums``) before the rename
 
 Everything is written into ``checkpoints/.tmp-step-N`` first and then renamed into place with
 ``os.replace``, so a crash during a save leaves every earlier checkpoint whole and never leaves
@@ -19,7 +21,9 @@ a half-written ``step-N``. ``state.json`` is written last; a ``step-N`` director
 is not complete and is ignored by :func:`latest_checkpoint`.
 
 On resume, :func:`choose_checkpoint` verifies the newest checkpoint against its
-``checksums.json``: flipped bytes, a truncated, empty or missing file are found before any state
+``checksums.json``, and that list against what a complete checkpoint holds and against the sha256
+the run's manifest recorded for it (a list edited to leave a changed file out is damage, not a
+smaller checkpoint): flipped bytes, a truncated, empty or missing file are found before any state
 is loaded, reported with the newest intact checkpoint, and that one is taken only when the user
 asks for it (``sftlab train --resume --fallback-checkpoint``).
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -43,7 +48,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sftlab.files import publish_dir, write_atomic
+from sftlab.files import publish_dir, whole_or_nothing, write_atomic
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -86,23 +91,42 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
-    _save_rng(tmp / f"rng-{rank}.safetensors")
+    previous = latest_checkpoint(run_dir)
+    with whole_or_nothing(tmp, final, lambda: _bytes(previous) if previous else _bytes_of(model, optimizer),
+                           previous):
+        _save_rng(tmp / f"rng-{rank}.safetensors")
     barrier()
     if rank == 0:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tensors, meta = flatten_optimizer_state(optimizer.state_dict())
-        save_file(tensors, tmp / "optimizer.safetensors")
-        _write_json(tmp / "optimizer.json", meta)
-        if manifest is not None:
-            _write_json(tmp / "run.json", manifest)
-        _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
-        _write_json(tmp / CHECKSUMS, checksums(tmp))
-        publish_dir(tmp, final)
+        with whole_or_nothing(tmp, final, lambda: _bytes(previous) if previous else _bytes_of(model, optimizer),
+                               previous):
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+            save_file(tensors, tmp / "optimizer.safetensors")
+            _write_json(tmp / "optimizer.json", meta)
+            if manifest is not None:
+                _write_json(tmp / "run.json", manifest)
+            _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
+            _write_json(tmp / CHECKSUMS, checksums(tmp))
+            _record_checksums(Path(run_dir), step, tmp / CHECKSUMS)
+            publish_dir(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def _bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _bytes_of(model, optimizer=None) -> int:
+    """Bytes of the model's state (and the optimizer's): what a first save writes, about."""
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    if optimizer is not None:
+        for entry in optimizer.state_dict()["state"].values():
+            total += sum(v.numel() * v.element_size() for v in entry.values() if torch.is_tensor(v))
+    return total
 
 
 def checksums(directory: Path) -> dict[str, dict]:
@@ -116,20 +140,72 @@ def checksums(directory: Path) -> dict[str, dict]:
     return out
 
 
-def verify_checkpoint(path: Path) -> list[str]:
-    """What is wrong with the checkpoint ``path`` (empty when intact)."""
+def _record_checksums(run: Path, step: int, listing: Path) -> None:
+    """Record the sha256 of a checkpoint's ``checksums.json`` in the run's manifest
+    (``artifacts.checkpoint_checksums``, by step directory) before the checkpoint is published:
+    the list that vouches for every file is itself vouched for from outside the checkpoint."""
+    from sftlab.manifest import ManifestError, update_manifest
+
+    manifest = _read_manifest(run)
+    if manifest is None:
+        return  # a checkpoint written outside a run directory
+    known = ((manifest.get("artifacts") or {}).get("checkpoint_checksums") or {})
+    present = {p.name for p in step_dirs(run)}
+    record = {k: v for k, v in known.items() if k in present} if isinstance(known, dict) else {}
+    record[f"step-{step}"] = _sha256(listing)
+    try:
+        update_manifest(run, artifacts={"checkpoint_checksums": record})
+    except (ManifestError, OSError):
+        pass  # the checkpoint is still checked against its own list
+
+
+def _read_manifest(run: Path) -> dict | None:
+    try:
+        manifest = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def recorded_checksums(run_dir: str | Path) -> dict[str, str]:
+    """``{step directory: sha256 of its checksums.json}`` as the run's manifest records them."""
+    manifest = _read_manifest(Path(run_dir)) or {}
+    record = (manifest.get("artifacts") or {}).get("checkpoint_checksums") if isinstance(
+        manifest.get("artifacts"), dict) else None
+    return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# What every complete checkpoint holds, beside its checksums.json (the weights: one of two kinds).
+_REQUIRED = ("state.json", "optimizer.safetensors", "optimizer.json")
+
+
+def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
+    """What is wrong with the checkpoint ``path`` (empty when intact): every file it holds is in
+    its ``checksums.json`` with its size and sha256, the list names what a complete checkpoint
+    holds (state, optimizer, RNG, model or adapter weights), and where the run's manifest
+    recorded the list's own sha256 (``recorded``), the list is that one."""
     if not (path / "state.json").is_file():
         return ["state.json is missing"]
-    try:
-        recorded = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    from sftlab.errors import UsageError
+    from sftlab.files import read_input
+
+    if not os.path.lexists(path / CHECKSUMS):
         return [f"{CHECKSUMS} is missing"]
-    except (OSError, ValueError, RecursionError):
-        return [f"{CHECKSUMS} is unreadable"]
-    if not isinstance(recorded, dict):
+    try:
+        listing = json.loads(read_input(path / CHECKSUMS, max_bytes=16 << 20, note=False))
+    except (UsageError, ValueError, RecursionError):
+        return [f"{CHECKSUMS} is unreadable (not a regular JSON file of sftlab's)"]
+    if not isinstance(listing, dict):
         return [f"{CHECKSUMS} is not a JSON object"]
-    problems = []
-    for rel, want in sorted(recorded.items()):
+    if recorded is not None and _sha256(path / CHECKSUMS) != recorded:
+        return [f"{CHECKSUMS} is not the one written with the checkpoint (run.json records another sha256)"]
+    problems = _incomplete(path, listing)
+    for rel, want in sorted(listing.items()):
         p = path / rel
         if not isinstance(want, dict) or not p.is_file():
             problems.append(f"{rel} is missing")
@@ -142,6 +218,20 @@ def verify_checkpoint(path: Path) -> list[str]:
             if hashlib.file_digest(f, "sha256").hexdigest() != want.get("sha256"):
                 problems.append(f"{rel} was changed after it was written (sha256 differs)")
     return problems
+
+
+def _incomplete(path: Path, listing: dict) -> list[str]:
+    """Files of the checkpoint its list leaves out, and parts of a checkpoint the list lacks."""
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()} - {CHECKSUMS}
+    out = [f"{rel} is not in {CHECKSUMS} (the list is incomplete)" for rel in sorted(on_disk - set(listing))]
+    names = set(listing)
+    out += [f"{CHECKSUMS} lists no {name}" for name in _REQUIRED if name not in names]
+    if not any(n.startswith("rng-") and n.endswith(".safetensors") for n in names):
+        out.append(f"{CHECKSUMS} lists no rng-*.safetensors")
+    if not any(n == "adapter_model.safetensors" or n.startswith("model") and n.endswith(".safetensors")
+               for n in names):
+        out.append(f"{CHECKSUMS} lists no model or adapter weights")
+    return out
 
 
 def step_dirs(run_dir: str | Path) -> list[Path]:
@@ -163,10 +253,11 @@ def choose_checkpoint(run_dir: str | Path, *, fallback: bool = False,
     dirs = step_dirs(run_dir)
     if not dirs:
         return None
-    newest, problems = dirs[-1], verify_checkpoint(dirs[-1])
+    record = recorded_checksums(run_dir)
+    newest, problems = dirs[-1], verify_checkpoint(dirs[-1], record.get(dirs[-1].name))
     if not problems:
         return newest
-    intact = next((d for d in reversed(dirs[:-1]) if not verify_checkpoint(d)), None)
+    intact = next((d for d in reversed(dirs[:-1]) if not verify_checkpoint(d, record.get(d.name))), None)
     what = f"{newest} is damaged: {'; '.join(problems[:3])}"
     if intact is None:
         raise UsageError(f"{what}; no intact checkpoint is left: train into a new out")
@@ -238,6 +329,39 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
     return {"state": state, "param_groups": groups}
 
 
+def weights_mismatch(path: Path, model) -> str | None:
+    """Why the weights in the checkpoint ``path`` cannot be loaded into ``model`` (a LoRA adapter
+    for a full model or the reverse, other names, other shapes: another rank, other target
+    modules, another base), read from the files' headers without loading a tensor; ``None``
+    when they fit."""
+    adapter = path / "adapter_model.safetensors"
+    lora = hasattr(model, "peft_config")
+    if adapter.exists() != lora:
+        return (f"it holds {'a LoRA adapter' if adapter.exists() else 'full model weights'} and this run "
+                f"trains {'a LoRA adapter' if lora else 'the full model'} (lora.enabled)")
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        files = [adapter]
+    else:
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        files = sorted(path.glob("model*.safetensors"))
+    have: dict[str, tuple] = {}
+    for f in files:
+        with safe_open(f, framework="pt") as h:
+            have.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    missing = sorted(set(want) - set(have)) if lora else []  # tied weights may be saved once
+    if unexpected or shapes or missing:
+        first = (f"{shapes[0]} is {list(have[shapes[0]])} there, {list(want[shapes[0]])} here" if shapes
+                 else f"unexpected {unexpected[:3]}" if unexpected else f"missing {missing[:3]}")
+        return (f"its weights do not fit this model ({first}; lora.r, lora.target_modules or "
+                "model.path differ)")
+    return None
+
+
 def _load_weights(path: Path, model) -> None:
     adapter = path / "adapter_model.safetensors"
     if adapter.exists():
@@ -258,6 +382,19 @@ def _load_weights(path: Path, model) -> None:
                          f"(missing {untied[:5]}, unexpected {unexpected[:5]})")
 
 
+def _final_whole_or_nothing(save):
+    """``save_final`` inside ``whole_or_nothing`` (its temporary ``.tmp-NAME`` beside ``out``)."""
+    import functools
+
+    @functools.wraps(save)
+    def wrapped(out, model, *args, **kwargs):
+        out = Path(out)
+        with whole_or_nothing(out.with_name(f".tmp-{out.name}"), out, lambda: _bytes_of(model)):
+            return save(out, model, *args, **kwargs)
+    return wrapped
+
+
+@_final_whole_or_nothing
 def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = False,
                adapter_base: str | None = None) -> Path:
     """Write the trained model as a loadable Hugging Face directory, atomically.
@@ -266,9 +403,9 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
     template as its ``chat_template`` and a ``generation_config`` whose eos ids include the
     template's end-of-turn token(s), so generation stops at the end of the turn (DESIGN
     invariant 11). A peft model writes its adapter there; with ``merge`` the merged full model
-    goes to ``out`` and the adapter to ``out/adapter``. ``adapter_base`` (an unmerged adapter):
-    what its ``adapter_config.json`` records as ``base_model_name_or_path`` instead of the path the
-    base was loaded from (a hub name, or a path relative to ``out``, so the run can move).
+    goes to ``out`` and the adapter to ``out/adapter``. ``adapter_base``: what the adapter's
+    ``adapter_config.json`` records as ``base_model_name_or_path`` (``sftlab.model.adapters``: an
+    absolute path, so the adapter loads from any directory, or a hub name).
     """
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}")
@@ -281,10 +418,11 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
         model = model.merge_and_unload()
     model.config.use_cache = True  # training turned the KV cache off; generation wants it
     model.save_pretrained(tmp)
-    if adapter_base is not None and (tmp / "adapter_config.json").is_file():
-        config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = adapter_base
-        write_atomic(tmp / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    for adapter_config in (tmp / "adapter_config.json", tmp / "adapter" / "adapter_config.json"):
+        if adapter_base is not None and adapter_config.is_file():
+            config = json.loads(adapter_config.read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = adapter_base
+            write_atomic(adapter_config, json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer, template).save_pretrained(tmp)
     publish_dir(tmp, out)

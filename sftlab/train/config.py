@@ -200,6 +200,10 @@ class EncodingConfig(_Section):
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
     refuses records with it unless ``drop``."""
+    inline_reasoning: bool = True
+    """Read a ``<think>...</think>`` block at the start of an assistant message's content (or the
+    opener/closer pair the template writes, such as ``<seed:think>``) as that message's reasoning,
+    so ``reasoning`` applies to it; ``false`` for data where such text is part of the answer."""
     mask_source: Literal["contract", "generation_markers"] = "contract"
     """Where the trained tokens of each assistant turn come from: ``contract`` derives them from the
     template's renderings (what the model generates after the turn's prompt, up to and including the
@@ -303,9 +307,10 @@ class LoraConfig(_Section):
     LoRA update applies to the direction; slower per step than plain LoRA."""
     merge_on_save: bool = False
     """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``.
-    Otherwise ``RUN/final`` holds only the adapter (load it with peft on the base model); its
-    ``adapter_config.json`` records the base as the hub name, or as a path relative to ``RUN/final``
-    for a local base, so the run directory and the base can move together."""
+    Otherwise ``RUN/final`` holds only the adapter; its ``adapter_config.json`` records the base as
+    the hub name, or as the absolute path of the local base (a GGUF base: its converted copy), so
+    ``AutoPeftModelForCausalLM.from_pretrained("RUN/final")`` and ``sftlab eval --model RUN/final``
+    load it from any directory."""
 
 
 class EarlyStoppingConfig(_Section):
@@ -456,6 +461,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     given = {}  # dotted key -> the override that set it
     for item in overrides:
         given[_apply_override(raw, item)] = item
+    _check_numbers(raw, lambda key: _origin(tuple(key.split('.')), given, where))
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
@@ -465,6 +471,46 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                    "msg": x["msg"].removeprefix("Value error, ")} for x in errors or e.errors()]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(_explain(errors[0], _origin(errors[0]["loc"], given, where)) + more) from None
+
+
+MAX_INT = 2**63 - 1  # what an index, a count or a seed can hold in NumPy and torch
+
+
+def _check_numbers(value: Any, where, key: str = "") -> None:
+    """Integers beyond 64 bits and text with bytes that are not UTF-8 are refused by key before
+    any field sees them (they would overflow in NumPy or torch, or break run.json, later);
+    ``where(key)`` names where the key was set:
+
+        >>> _check_numbers({"optim": {"max_steps": 10**30}}, lambda key: "cfg.yaml")
+        Traceback (most recent call last):
+        ...
+        sftlab.train.config.ConfigError: optim.max_steps: 1000000000000000000000000000000 is out of range (at most 9223372036854775807) (in cfg.yaml)
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_numbers(v, where, f"{key}.{i}")
+    elif isinstance(value, str) and _not_utf8(value):
+        raise ConfigError(f"{key}: {_escaped(value)} holds bytes that are not UTF-8 (run.json records "
+                          f"paths as UTF-8 text) (in {where(key)}); rename the file or directory")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        shown = reprlib.repr(value) if len(str(value)) < 40 else f"a number of {len(str(abs(value)))} digits"
+        raise ConfigError(f"{key}: {shown} is out of range (at most {MAX_INT}) (in {where(key)})")
+
+
+def _not_utf8(text: str) -> bool:
+    """Text with lone surrogates: bytes of a command-line argument that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:200]
 
 
 def _origin(loc: tuple, given: dict[str, str], where: str) -> str:
@@ -481,11 +527,17 @@ def _origin(loc: tuple, given: dict[str, str], where: str) -> str:
 def _apply_override(raw: dict, item: str) -> str:
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"override {item!r} is not key=value (for example optim.lr=1e-4)")
+        raise ConfigError(f"override {ascii(item)} is not key=value (for example optim.lr=1e-4)")
+    if _not_utf8(item):
+        raise ConfigError(f"override {_escaped(key)}: {_escaped(text)} holds bytes that are not UTF-8 "
+                          "(run.json records paths as UTF-8 text); rename the file or directory")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    except ValueError:  # an integer of more than 4,300 digits
+        raise ConfigError(f"override {key.strip()}: a number with more than 4,300 digits; no "
+                          "setting takes one") from None
     node = raw
     parts = key.strip().split(".")
     for i, part in enumerate(parts[:-1]):

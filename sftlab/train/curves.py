@@ -108,12 +108,25 @@ def _before(record: dict, step: int, epoch: int, step_in_epoch: int) -> bool:
 
 def read_metrics(metrics_path: str | Path, *, partial_last_line: bool = False) -> list[dict]:
     """Every record of a metrics file, in order (blank lines skipped). ``partial_last_line``
-    drops a last line cut short, as a process killed while writing it leaves behind."""
-    with open(metrics_path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    if partial_last_line and lines and not lines[-1].endswith("\n"):
-        lines.pop()
-    return [json.loads(line) for line in lines]
+    drops a last line cut short, as a process killed while writing it leaves behind. Lines are
+    split on ``\\n`` only (a JSON string may hold U+2028); a line that is not a JSON object (a
+    damaged file) is skipped. A metrics path that is not a regular file is a ``UsageError``."""
+    from sftlab.files import open_input
+
+    with open_input(metrics_path, note=False) as f:
+        lines = f.read().decode("utf-8", "replace").split("\n")
+    if partial_last_line:
+        lines.pop()  # "" after a last newline, else a line cut short
+    lines = [line for line in lines if line.strip()]
+    return [r for r in map(_json_object, lines) if r is not None]
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def read_curves(metrics_path: str | Path) -> dict:

@@ -12,6 +12,7 @@ The training loop (``sftlab.train.loop``) only asks it for micro-batches.
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -42,6 +43,45 @@ def prepare_stores(cfg: TrainConfig, tokenizer, template, accelerator=None, poli
     return stores
 
 
+REASON_KEYS = {"too_long": "encoding.max_length"}
+"""Quarantine reasons a config key can change, besides ``data.max_quarantined_share``."""
+
+
+def quarantine_reasons(stores: dict) -> dict[str, int]:
+    """How many records each rule quarantined, over the stores' quarantine files, most frequent first."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for store in stores.values():
+        with open(store.quarantine_path, encoding="utf-8") as f:
+            counts.update(json.loads(line).get("code") or "other" for line in f if line.strip())
+    return dict(counts.most_common())
+
+
+def quarantine_rule(records: int, reasons: dict[str, int], allowed: float, where: str) -> tuple[int, str] | None:
+    """``(exit code, what to say)`` for the quarantined records, ``None`` when none was: 1 when
+    their share exceeds ``data.max_quarantined_share`` (``allowed``), else 0. ``prepare`` and
+    ``train`` both decide by it. What it says: the count per reason, where each record and its
+    reason is (``where``), and the keys that change the outcome::
+
+        >>> quarantine_rule(1000, {"too_long": 22}, 0.0, "RUN/data/quarantine.jsonl")[1]
+        '22 of 1000 records quarantined (2.20%: too_long 22), more than data.max_quarantined_share=0; each record and its reason: RUN/data/quarantine.jsonl; to train on the rest set data.max_quarantined_share=0.022 or more; too_long: raise encoding.max_length'
+    """
+    quarantined = sum(reasons.values())
+    if not quarantined:
+        return None
+    share = quarantined / records if records else 1.0
+    counts = ", ".join(f"{code} {n}" for code, n in reasons.items())
+    head = f"{quarantined} of {records} records quarantined ({share:.2%}: {counts})"
+    if share <= allowed:
+        return 0, f"{head}, within data.max_quarantined_share={allowed:g}; each record and its reason: {where}"
+    fixes = [f"{code}: raise {REASON_KEYS[code]}" for code in reasons if code in REASON_KEYS]
+    return 1, "; ".join([f"{head}, more than data.max_quarantined_share={allowed:g}",
+                         f"each record and its reason: {where}",
+                         f"to train on the rest set data.max_quarantined_share={math.ceil(share * 1000) / 1000:g} or more",
+                         *fixes])
+
+
 def _policy(cfg: TrainConfig):
     if not cfg.data.policy:
         return None
@@ -68,15 +108,20 @@ class TrainData:
         import numpy as np
 
         from sftlab.tokens.store import ExampleTable
-        from sftlab.train.mixture import PLAN_VERSION, MixtureSpec, SliceColumn, apply_loss_weights, slice_of
+        from sftlab.train.mixture import PLAN_VERSION, MixtureSpec, SliceColumn, check_loss_weights, slice_of
 
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
                                    loss_weights=dict(m.loss_weights), seed=cfg.seed,
                                    plan=PLAN_VERSION if plan is None else plan)
-        apply_loss_weights([], self.mixture.loss_weights)  # checks the weights
         self.table = examples if hasattr(examples, "lengths") else ExampleTable(examples)
         self.slices = SliceColumn(self.table.slice_names, self.table.slice_codes)
+        try:
+            check_loss_weights(self.mixture.loss_weights, self.table.slice_names if len(self.table) else None)
+            if len(self.table):
+                self.mixture.shares(self.slices)  # sampling weights: the same questions
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         scales = [float(self.mixture.loss_weights.get(slice_of(s), 1.0)) for s in self.table.slice_names]
         self.scales = np.asarray(scales) if any(x != 1.0 for x in scales) else None
         if eval_table is None and eval_sets:  # lists of examples per slice, made in code
@@ -95,6 +140,7 @@ class TrainData:
         self.gen_prompts: list = []
         self.store_info: dict = {}
         self.records = 0
+        self.quarantine_reasons: dict[str, int] = {}
         self._epoch: tuple[int, object, dict] | None = None
 
     def _build(self, epoch: int) -> tuple[object, dict]:
@@ -198,6 +244,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     data.splits, data.quarantined, data.policy = splits, sum(s.quarantined for s in stores.values()), policy
     data.store_info = {split: s.describe() for split, s in stores.items()}
     data.records = sum(s.meta["records"] for s in stores.values())
+    data.quarantine_reasons = quarantine_reasons(stores)
     data.gen_prompts = _generation_prompts(cfg)
     if check is not None:
         check(data)
@@ -207,7 +254,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
 
         write_mask_preview(run, train.preview(), tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
-                           reasoning=cfg.encoding.reasoning, mask_source=cfg.encoding.mask_source)
+                           reasoning=cfg.encoding.reasoning, inline_reasoning=cfg.encoding.inline_reasoning,
+                           mask_source=cfg.encoding.mask_source)
         (run / "data").mkdir(parents=True, exist_ok=True)
         with atomic_file(run / "data" / "quarantine.jsonl") as f:
             for split, store in stores.items():
@@ -317,5 +365,6 @@ def heldout_encoding(cfg: TrainConfig) -> dict:
     in the manifest so that ``sftlab eval`` computes the held-out loss of the same examples."""
     return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
+            "inline_reasoning": cfg.encoding.inline_reasoning,
             "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow, "mask_source": cfg.encoding.mask_source,
             "normalisation": cfg.loss.normalisation}

@@ -25,13 +25,16 @@ from pathlib import Path
 
 import torch
 
+from sftlab.model.adapters import recorded_base
 from sftlab.model.attention import use_packed_attention
+from sftlab.fingerprints import weights_sha256
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                     save_final, step_dirs)
+                                     save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
 from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
+from sftlab.train.preemption import SIGNALS
 from sftlab.train.throughput import PhaseTimes, Throughput
 
 
@@ -49,25 +52,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False
     ``allow_changes`` (see ``sftlab.train.rundir``), and for a damaged newest checkpoint unless
     ``fallback_checkpoint`` (then the newest intact one is used). ``trackers``: extra
     ``accelerate.tracking.GeneralTracker`` objects, beside those ``log.trackers`` names.
+    SIGTERM or SIGINT: 143 or 130, after the current step and a verified checkpoint of it
+    (``sftlab.train.preemption``); the lock is released in every case.
     """
     import os
 
     from sftlab.files import check_run_dir
+    from sftlab.train.preemption import Preempted, StopSignals
     from sftlab.train.rundir import RunLock
 
     run = check_run_dir(cfg.out)
     lock = RunLock(run, config=config_path)
-    if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:  # the main process holds the lock
         lock.acquire()
+    signals = StopSignals()
     try:
-        return _train(cfg, resume=resume, allow_changes=allow_changes, fallback_checkpoint=fallback_checkpoint,
-                      trackers=trackers)
+        with signals:
+            return _train(cfg, resume=resume, allow_changes=allow_changes, fallback_checkpoint=fallback_checkpoint,
+                          trackers=trackers, signals=signals)
+    except Preempted as e:  # before the first step, or a second signal: nothing more is written
+        if main:
+            last = latest_checkpoint(run)
+            when = "at once (a second signal)" if signals.deferred else "before training started"
+            print(f"sftlab train: stopped by {e.signum.name} {when}; "
+                  + (f"the newest checkpoint is {last}" if last else "no checkpoint was written"), file=sys.stderr)
+        return e.exit_code
     finally:
         lock.release()
 
 
 def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_checkpoint: bool,
-           trackers: tuple) -> int:
+           trackers: tuple, signals) -> int:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm import tqdm
@@ -103,16 +119,25 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
     old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
     changed: list[dict] = []
+    # LoRA: the adapter means nothing on other base weights; hashed once, then known by file stamps
+    base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files")) \
+        if cfg.lora.enabled else (None, {})
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
-        changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
+        diffs = _check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes, base[0])
+        if resume and ckpt is not None:
+            _check_checkpoint_fits(ckpt, model, cfg, world)
+        if diffs and main:
+            print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
+                  "(recorded in run.json segments)", file=sys.stderr)
+        changed.extend(diffs)
 
     with phases("prepare"):
         data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
                             plan=_plan_of(old))
     total_steps = data.total_steps(world)
     if main:
-        record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
+        record_manifest(run, cfg, data, model, tokenizer, template, role_tokens, base)
         _start_segment(run, old, _step_of(ckpt) if resume and ckpt else 0, changed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
@@ -153,8 +178,9 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
     model.train()
     reduction = cfg.loss.normalisation
-    stop = None
+    stop = signalled = None
     phases.start("train")
+    signals.defer()  # from here a stop signal ends the run after the current step, with a checkpoint
     while step < total_steps and stop is None:
         epoch = state["epoch"]
         rows = data.epoch_rows(epoch)
@@ -176,8 +202,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                                             chunk_size=cfg.loss.chunk_size, world_size=world)
                 accelerator.backward(loss)
                 loss_sum += loss.detach().float()
-            sums = torch.tensor([loss_sum.item(), *counts], dtype=torch.float64)  # one sync per step
+            asked = [float(signals.received == s) for s in SIGNALS]  # a stop signal on any process
+            sums = torch.tensor([loss_sum.item(), *counts, *asked], dtype=torch.float64)  # one sync per step
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+            signalled = next((s for s, n in zip(SIGNALS, sums[-len(SIGNALS):]) if n > 0), None)
             step_loss = sums[0].item() / world
             grad_norm = None
             if cfg.optim.max_grad_norm:
@@ -212,6 +240,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                     stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
             if stop is None and step >= total_steps:
                 stop = "done"
+            if stop is None and signalled is not None:
+                stop = f"stopped by {signalled.name} after step {step} of {total_steps}"
+            else:
+                signalled = None  # the run ended at this step anyway
             every = cfg.checkpointing.every_n_steps
             if stop is not None or (every and step % every == 0):
                 checkpoint(step)  # after validation, so early-stopping counters resume too
@@ -221,15 +253,18 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             state.update(epoch=epoch + 1, step_in_epoch=0)
     bar.close()
     phases.stop("train")
+    if signalled is not None:  # checkpoint(step) above wrote this step
+        return _stop_on_signal(run, step, stop, signalled, metrics, main)
 
     # -- the end: final model, curves, manifest ------------------------------------------------
     accelerator.wait_for_everyone()
     code, reason = exit_rule(data, cfg)
     if main:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
+        base = raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
         with phases("save"):
             save_final(run / "final", raw, tokenizer, template, merge=merge,
-                       adapter_base=None if merge else adapter_base(cfg.model.path, run / "final"))
+                       adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
         from sftlab.manifest import update_manifest
@@ -243,16 +278,13 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
 
 def exit_rule(data: TrainData, cfg: TrainConfig) -> tuple[int, str]:
     """``(exit code, the rule that decided it)`` of a run that trained to the end."""
+    from sftlab.train.data import quarantine_rule
+
     if data.failed_checks:
         return 1, "data check failed: " + ", ".join(c["name"] for c in data.failed_checks)
-    allowed = cfg.data.max_quarantined_share
-    share = data.quarantined / data.records if data.records else 0.0
-    counts = f"{data.quarantined} of {data.records} records quarantined ({share:.2%})"
-    if data.quarantined and share > allowed:
-        return 1, f"{counts}, more than data.max_quarantined_share={allowed:g}"
-    if data.quarantined:
-        return 0, f"{counts}, within data.max_quarantined_share={allowed:g}"
-    return 0, "trained; no record quarantined and every data check passed"
+    rule = quarantine_rule(data.records, data.quarantine_reasons, cfg.data.max_quarantined_share,
+                           str(Path(cfg.out) / "data" / "quarantine.jsonl"))
+    return rule or (0, "trained; no record quarantined and every data check passed")
 
 
 def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
@@ -291,21 +323,6 @@ def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def adapter_base(model_path: str, final: Path) -> str:
-    """What a LoRA adapter in ``final`` records as its base model: the hub name as given, or the
-    local directory relative to ``final`` (so the run and its base can move together); absolute
-    only where no relative path exists (another drive)."""
-    path = Path(model_path)
-    if not path.exists():
-        return model_path
-    import os
-
-    try:
-        return os.path.relpath(path.resolve(), final.resolve())
-    except ValueError:
-        return str(path.resolve())
-
-
 # -- model ---------------------------------------------------------------------------------------
 
 _DTYPES = {"auto": None, "float32": torch.float32, "bf16-mixed": torch.float32, "bfloat16": torch.bfloat16}
@@ -332,6 +349,11 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     except (OSError, ValueError, TemplateError) as e:
         raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
     role_tokens = add_role_tokens(tokenizer, model, template)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UsageError(f"tokenizer={cfg.tokenizer or cfg.model.path}: {len(tokenizer)} tokens, but the "
+                         f"model's embedding has {rows} rows (another vocabulary); give the tokenizer "
+                         "that belongs to model.path")
     if role_tokens["added"]:
         template = get_template(cfg.template, tokenizer)  # the fingerprint covers the tokenizer
     install_template(tokenizer, template)
@@ -500,9 +522,10 @@ def _step_of(ckpt: Path) -> int:
 
 
 def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer, template,
-                  ckpt: Path | None, allow_changes: bool) -> list[dict]:
+                  ckpt: Path | None, allow_changes: bool, base_sha256: str | None = None) -> list[dict]:
     """Differences that change the result between the checkpoint's run and this one; refused
-    (``UsageError`` listing them) unless ``allow_changes``."""
+    (``UsageError`` listing them) unless ``allow_changes``. A LoRA run also compares the base
+    model's weights (``base_sha256``): its adapter means nothing on other weights at the same path."""
     if old is None or ckpt is None:
         return []
     from sftlab.manifest import tokenizer_fingerprint
@@ -511,13 +534,29 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
     new = {"config": cfg.to_dict(), "data": {"splits": data.splits},
            "template": template.describe(), "tokenizer": tokenizer_fingerprint(tokenizer),
            "policy": data.policy.manifest_entry() if data.policy is not None else None}
+    if cfg.lora.enabled:
+        new["model"] = {"base_sha256": base_sha256}
     diffs = resume_differences(old, new)
     if diffs and not allow_changes:
         raise UsageError(refuse_message(ckpt, diffs))
-    if diffs:
-        print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
-              "(recorded in run.json segments)", file=sys.stderr)
     return diffs
+
+
+def _check_checkpoint_fits(ckpt: Path, model, cfg: TrainConfig, world: int) -> None:
+    """What would make loading ``ckpt`` fail, refused before anything in RUN is written: another
+    global batch, weights of another shape or kind (LoRA on/off, rank, targets, base model)."""
+    from sftlab.train.checkpoint import weights_mismatch
+
+    saved = _read_json(ckpt / "state.json") or {}
+    rows = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
+    if saved.get("rows_per_step", rows) != rows:
+        raise UsageError(f"{ckpt} was written with {saved['rows_per_step']} rows per optimizer step, this run "
+                         f"takes {rows} (micro_batch_size x grad_accum x processes); resume with the same "
+                         "global batch so the data position means the same rows; nothing was changed")
+    why = weights_mismatch(ckpt, model)
+    if why is not None:
+        raise UsageError(f"--resume: {ckpt} cannot be continued by this run: {why}; resume with the "
+                         "settings that wrote it or train into another out; nothing was changed")
 
 
 def _plan_of(old: dict | None) -> int | None:
@@ -565,11 +604,32 @@ def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, met
     return 1
 
 
+def _stop_on_signal(run: Path, step: int, stop: str, signum, metrics, main: bool) -> int:
+    """After a stop signal: check the checkpoint just written, record why the run stopped; 128 + signum."""
+    code = 128 + int(signum)
+    metrics.close()
+    if main:
+        from sftlab.manifest import update_manifest
+
+        last = latest_checkpoint(run)
+        problems = verify_checkpoint(last) if last is not None else ["no checkpoint was written"]
+        saved = (f"{last} written and verified" if not problems
+                 else f"{last} fails its check ({'; '.join(problems[:2])})")
+        segs = (_read_json(run / "run.json") or {}).get("segments") or []
+        if segs:
+            segs[-1]["to_step"] = step
+        update_manifest(run, segments=segs, outcome={"train": train_outcome(
+            run, step, stop, (code, f"{stop}; checkpoint {saved}; continue with --resume"))})
+        print(f"sftlab train: {stop}; checkpoint {saved}", file=sys.stderr)
+    return code
+
+
 # -- manifest ------------------------------------------------------------------------------------
 
 def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokenizer, template,
-                    role_tokens: dict) -> None:
-    """Write the run's data, template, tokenizer, masking, packing, mixture and config sections."""
+                    role_tokens: dict, base: tuple = (None, {})) -> None:
+    """Write the run's data, template, tokenizer, masking, packing, mixture and config sections;
+    ``base`` is ``weights_sha256`` of the base model (its hash and per-file stamps)."""
     from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
     trained = int(data.table.trained.sum())
     total = int(data.table.lengths.sum())
@@ -595,7 +655,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
                "neftune": {"alpha": cfg.optim.neftune_alpha, "length": "per example",
                            "scale": "alpha / sqrt(L * hidden_size)"} if cfg.optim.neftune_alpha else None,
-               "notes": source.get("notes") or source.get("note"), "source": source or None},
+               "notes": source.get("notes") or source.get("note"), "source": source or None,
+               "base_sha256": base[0], "base_files": base[1] or None},
         config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
     if data.policy is not None:
         sections["policy"] = {**data.policy.manifest_entry(), "path": cfg.data.policy}

@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UNSLICED", "PLAN_VERSION", "MixtureSpec", "SliceColumn", "slice_of", "slice_sizes", "temperature_shares", "explicit_shares",
-           "target_counts", "epoch_indices", "realised_mixture", "apply_loss_weights"]
+__all__ = ["UNSLICED", "PLAN_VERSION", "MixtureSpec", "SliceColumn", "slice_of", "slice_sizes", "temperature_shares",
+           "explicit_shares", "target_counts", "epoch_indices", "realised_mixture", "check_loss_weights",
+           "apply_loss_weights"]
 
 from sftlab.data.conversation import UNSLICED, slice_of  # one slice naming for training and eval
 
@@ -90,6 +91,8 @@ def temperature_shares(sizes: Mapping[str, int], temperature: float) -> dict[str
 
         >>> {s: round(p, 6) for s, p in temperature_shares({"a": 900, "b": 100}, 2.0).items()}
         {'a': 0.75, 'b': 0.25}
+        >>> temperature_shares({"a": 900, "b": 100, "c": 900}, 5e-324)  # the limit T -> 0
+        {'a': 0.5, 'b': 0.0, 'c': 0.5}
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (1: natural mixture, inf: uniform), got {temperature}")
@@ -98,10 +101,10 @@ def temperature_shares(sizes: Mapping[str, int], temperature: float) -> dict[str
         raise ValueError("no examples: every slice is empty")
     if math.isinf(temperature):
         return {s: 1 / len(sizes) for s in sizes}
-    # in log space, so large sizes with small temperatures do not overflow
-    logs = {s: math.log(n) / temperature for s, n in sizes.items()}
-    top = max(logs.values())
-    raw = {s: math.exp(v - top) for s, v in logs.items()}
+    # in log space relative to the largest slice (each exponent <= 0), so large sizes with
+    # small temperatures (down to 5e-324) neither overflow nor give inf - inf
+    top = math.log(max(sizes.values()))
+    raw = {s: math.exp((math.log(n) - top) / temperature) for s, n in sizes.items()}
     total = sum(raw.values())
     return {s: v / total for s, v in raw.items()}
 
@@ -239,12 +242,35 @@ def realised_mixture(indices: Sequence[int], slices: Sequence[Any]) -> dict[str,
     return {s: counts.get(s, 0) / total for s in slice_sizes(slices)}
 
 
-def apply_loss_weights(examples: Sequence[Any], weights: Mapping[str, float]) -> list[Any]:
-    """New examples whose ``loss_weights`` (and ``trained_weight``) are multiplied by their slice's
-    weight; slices not named keep 1. Examples must be dataclasses (``EncodedExample``)."""
+def check_loss_weights(weights: Mapping[str, float], slices: Sequence[Any] | None = None) -> None:
+    """``ValueError`` unless every loss weight is finite and >= 0 and, given the ``slices`` of the
+    data, every weight names a slice the data has and some slice keeps a weight above 0 (a
+    weight for a slice that is not there, or all of them at 0, trains nothing as asked).
+
+        >>> check_loss_weights({"math": 2.0}, ["chat", "math"])
+        >>> check_loss_weights({"maths": 2.0}, ["chat", "math"])
+        Traceback (most recent call last):
+        ValueError: mixture.loss_weights names slices the data does not have: ['maths']; the data has slices ['chat', 'math']
+    """
     bad = {s: w for s, w in weights.items() if not (w >= 0 and math.isfinite(w))}
     if bad:
         raise ValueError(f"loss weights must be finite and >= 0, got {bad}")
+    if slices is None:
+        return
+    have = sorted({slice_of(s) for s in slices})
+    unknown = sorted(set(weights) - set(have))
+    if unknown:
+        raise ValueError(f"mixture.loss_weights names slices the data does not have: {unknown}; "
+                         f"the data has slices {have}")
+    if have and all(float(weights.get(s, 1.0)) == 0 for s in have):
+        raise ValueError(f"mixture.loss_weights: every slice of the data ({', '.join(have)}) has loss "
+                         "weight 0, so nothing would be trained; give some slice a weight above 0")
+
+
+def apply_loss_weights(examples: Sequence[Any], weights: Mapping[str, float]) -> list[Any]:
+    """New examples whose ``loss_weights`` (and ``trained_weight``) are multiplied by their slice's
+    weight; slices not named keep 1. Examples must be dataclasses (``EncodedExample``)."""
+    check_loss_weights(weights)
     out = []
     for ex in examples:
         w = float(weights.get(slice_of(ex), 1.0))

@@ -52,6 +52,9 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(self.path) and not (self.path.is_file() and not self.path.is_symlink()):
+            raise UsageError(f"{self.path}: is not the lock file sftlab writes (a directory, link, "
+                             "device or FIFO); remove it if no sftlab train is running there")
         for _ in range(3):
             if self._try_create():
                 self.held = True
@@ -94,9 +97,11 @@ class RunLock:
 
 
 def read_lock(path: Path) -> dict | None:
+    from sftlab.files import read_input
+
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        info = json.loads(read_input(path, max_bytes=1 << 20, note=False).decode("utf-8"))
+    except (UsageError, ValueError, RecursionError):
         return None
     return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
 
@@ -148,6 +153,10 @@ def resume_differences(old: dict, new: dict) -> list[dict]:
     new_model = (new_cfg.get("model") or {}).get("path")
     if old_model != new_model and not _same_model_files(old_model, new_model):
         out.append({"path": "config.model.path", "old": old_model, "new": new_model})
+    old_base = (old.get("model") or {}).get("base_sha256")
+    new_base = (new.get("model") or {}).get("base_sha256")
+    if old_base and new_base and old_base != new_base:  # LoRA: the base weights changed in place
+        out.append({"path": "model.base_sha256", "old": old_base, "new": new_base})
     if bool(old_cfg.get("data", {}).get("policy")) != bool(new_cfg.get("data", {}).get("policy")):
         out.append({"path": "config.data.policy", "old": old_cfg.get("data", {}).get("policy"),
                     "new": new_cfg.get("data", {}).get("policy")})
