@@ -142,7 +142,8 @@ def response_diversity(texts: Sequence[str], max_share: float = MAX_SHARE,
     n = len(texts)
     out: dict[str, Any] = {"n": n, "distinct_1": distinct_share(texts, 1),
                            "distinct_2": distinct_share(texts, 2), "distinct_3": distinct_share(texts, 3),
-                           "top_sentences": [], "largest_group": None, "reasons": None, "max_share": max_share,
+                           "top_sentences": [], "largest_group": None,
+                           "reasons": reason_collapse(texts, max_share, min_count), "max_share": max_share,
                            "flagged": False, "reason": None}
     if not n:
         return out
@@ -157,9 +158,8 @@ def response_diversity(texts: Sequence[str], max_share: float = MAX_SHARE,
     if top and top["count"] >= min_count and top["share"] > max_share:
         reasons.append(f"one sentence is in {top['count']} of {n} responses ({top['share']:.0%} > "
                        f"{max_share:.0%}): {top['sentence']!r}")
-    reasons_ = out["reasons"] = reason_collapse(texts, max_share, min_count)
-    if reasons_["flagged"]:
-        top_r = reasons_["top"][0]
+    if out["reasons"]["flagged"]:
+        top_r = out["reasons"]["top"][0]
         reasons.append(f"one reason clause is in {top_r['count']} of {n} refusals ({top_r['share']:.0%} > "
                        f"{max_share:.0%}): {top_r['clause']!r}")
     big = out["largest_group"]
