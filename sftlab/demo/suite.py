@@ -168,8 +168,9 @@ def _verbs_by_category():
 def _person_refusal(verbs):
     def fill(rng: random.Random) -> tuple[dict[str, Any], str]:
         verb = rng.choice(verbs)
-        x, what, alt = person_act(verb, rng.choice(PEOPLE), rng)
-        return {"x": x}, refusal_text(what, reasons(verb), alt, rng)
+        person = rng.choice(PEOPLE)
+        x, what, alt = person_act(verb, person, rng)
+        return {"x": x}, refusal_text(what, reasons(verb, person[1]), alt, rng)
     return fill
 
 
