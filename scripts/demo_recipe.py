@@ -99,7 +99,9 @@ def _prepare(out: Path, variant: str, args) -> Path:
     full = MODES["full"]
     mode = Mode(n_train=args.n_train, n_heldout=96,
                 train={**full.train, "optim.max_steps": args.steps, "eval.every_n_steps": args.steps,
-                       "checkpointing.every_n_steps": args.steps, "log.progress": False})
+                       "checkpointing.every_n_steps": args.steps, "log.progress": False,
+                       # two exchanges per record: twice the demo's 128 tokens, so none is cut
+                       **({"encoding.max_length": 256} if variant == "paired" else {})})
     return _config(run, Path(args.base), data, mode, args.seed)
 
 
@@ -208,14 +210,32 @@ def main() -> None:
     result = {"steps": args.steps, "n_train": args.n_train, "seed": args.seed, "train_s": round(train_s, 1),
               "total_s": round(time.perf_counter() - t0, 1), "load": os.getloadavg(), "rows": rows}
     (args.out / "recipe.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    cols = ("auc", "unsafe_refusal", "safe_over_refusal", "harmful_refusal", "benign_over_refusal", "clause_share")
-    print(f"{'variant':<16}" + "".join(f"{c:>20}" for c in cols))
+    print(table(rows))
+    print(f"training {train_s / 60:.1f} min, load {os.getloadavg()}")
+
+
+COLUMNS = ("auc", "unsafe_refusal", "safe_over_refusal", "harmful_refusal", "benign_over_refusal", "clause_share")
+
+
+def table(rows: dict[str, dict]) -> str:
+    """The printed comparison, one line per variant.
+
+    >>> print(table({"shipped": {"auc": 0.8, "unsafe_refusal": 0.7}, "paired": {"error": "training exited 1"}}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    variant  auc  unsafe_refusal  safe_over_refusal  harmful_refusal  benign_over_refusal  clause_share
+    shipped  0.8  0.7  -  -  -  -
+    paired   training exited 1
+    XSTest: first-token refusal probability (AUC) and the argmax first token's rates; harmful/benign: SimpleSafetyTests / CoCoNot contrast, generated, phrase rules; clause_share: the most common reason clause's share of refusals
+    """
+    lines = [f"{'variant':<16}" + "".join(f"{c:>20}" for c in COLUMNS)]
     for v, r in rows.items():
-        print(f"{v:<16}" + ("".join(f"{r.get(c) if r.get(c) is not None else '-':>20}" for c in cols)
-                            if "error" not in r else "  " + r["error"]))
-    print("XSTest columns: first-token refusal probability (AUC) and the argmax first token's rates; "
-          "harmful/benign: SimpleSafetyTests / CoCoNot contrast, generated, phrase rules; clause_share: "
-          f"most common reason clause's share of refusals. training {train_s / 60:.1f} min, load {os.getloadavg()}")
+        cells = "  " + r["error"] if "error" in r else "".join(
+            f"{'-' if r.get(c) is None else r[c]:>20}" for c in COLUMNS)
+        lines.append(f"{v:<16}{cells}")
+    lines.append("XSTest: first-token refusal probability (AUC) and the argmax first token's rates; harmful/benign: "
+                 "SimpleSafetyTests / CoCoNot contrast, generated, phrase rules; clause_share: the most common "
+                 "reason clause's share of refusals")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
