@@ -19,7 +19,9 @@ Variants (``--variants``, comma-separated):
 - ``self_distilled``: the benign look-alikes' targets are the reference model's own greedy answers,
   so tuning need not move benign behaviour;
 - ``paired``: each refusal record shares its record with a benign look-alike (two exchanges), so
-  the pair is always in one row of one batch.
+  the pair is always in one row of one batch;
+- ``more_refusals``: slice shares task 0.25, refusal 0.35, benign 0.35, multi-turn 0.05 (shipped:
+  0.25 / 0.25 / 0.45 / 0.05).
 
 Usage::
 
@@ -39,13 +41,20 @@ import time
 from pathlib import Path
 
 REFUSAL_WORDS = ("I", "Sorry", "No", "Unfortunately", "As")
-VARIANTS = ("shipped", "more_data", "self_distilled", "paired")
+VARIANTS = ("shipped", "more_data", "self_distilled", "paired", "more_refusals")
 
 
 def _suite(variant: str, n_train: int, seed: int, base: str):
-    from sftlab.demo.suite import build_suite
+    from sftlab.demo import suite as suite_module
 
-    suite = build_suite(seed=seed, n_train=2 * n_train if variant == "more_data" else n_train, n_heldout=96)
+    shares = dict(suite_module.SLICE_SHARES)
+    if variant == "more_refusals":
+        suite_module.SLICE_SHARES.update(task=0.25, refusal=0.35, benign_contrast=0.35, multi_turn=0.05)
+    try:
+        suite = suite_module.build_suite(seed=seed, n_train=2 * n_train if variant == "more_data" else n_train,
+                                         n_heldout=96)
+    finally:
+        suite_module.SLICE_SHARES.update(shares)
     if variant == "self_distilled":
         _self_distil(suite.train, base)
     if variant == "paired":
