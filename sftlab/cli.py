@@ -18,7 +18,7 @@ from sftlab.errors import UsageError
 
 # In the order of the data flow (DESIGN.md).
 COMMANDS = ("validate", "stats", "inspect", "check_template", "prepare", "train", "eval", "eval_detector", "label",
-            "manifest", "report", "demo")
+            "manifest", "report", "export", "convert", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -196,6 +196,12 @@ class RunManifest(BaseModel):
     """What the run gave, so ``manifest --diff`` shows changed results beside changed inputs:
     ``train`` (steps, why it stopped, final train loss, last eval loss per slice, exit code and the
     rule that decided it) and ``eval`` (each gate's metric, slice, value and whether it passed)."""
+    timing: dict[str, Any] | None = None
+    """Wall-clock seconds per phase of training (``phases_s``: load, prepare, train, eval, save, summed
+    over every invocation of the run; ``this_invocation_s``)."""
+    throughput: dict[str, Any] | None = None
+    """How the MFU in ``metrics.jsonl`` is computed: the peak FLOP/s and its source (datasheet or
+    measured), the model's matmul weights, layers and hidden size (``sftlab.train.throughput``)."""
     segments: list[dict[str, Any]] | None = None
     """Training segments, one per start or resume: ``from_step``, ``to_step``, ``config_sha256``,
     ``data_sha256`` per split, template and tokenizer fingerprints, and ``changed`` (the keys a

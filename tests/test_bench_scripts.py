@@ -14,7 +14,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = {"compare_trl.py": "TRL", "scaling.py": "scale", "gpu_bench.py": "MFU",
-           "encode_throughput.py": "throughput"}
+           "encode_throughput.py": "throughput", "epoch_plan.py": "plan"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

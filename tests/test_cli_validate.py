@@ -114,3 +114,35 @@ def test_console_script_subprocess(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("missing.jsonl: no such file or directory")
+
+
+PUBLIC = Path(__file__).parent / "data" / "public"
+
+
+def test_the_column_mapping_options_match_a_data_entry(tmp_path, capsys):
+    """validate takes a config entry's mapping as flags: LLaMA-Factory's dataset_info.json read as it is,
+    --layout chosen for preference data, --column for Dolly, --ignore-field for images."""
+    lf = PUBLIC / "llamafactory"
+    q = ["--quarantine", tmp_path / "q.jsonl"]
+    code, out = run_json(capsys, lf / "dpo_en_demo.json", *q)
+    assert code == 1 and out["reasons"] == {"preference_record": 20}
+    code, out = run_json(capsys, lf / "dpo_en_demo.json", "--dataset-info", lf / "dataset_info.json",
+                         "--dataset", "dpo_en_demo", "--layout", "chosen", *q)
+    assert code == 0 and out["accepted"] == 20
+    code, out = run_json(capsys, PUBLIC / "dolly_15k_sample.jsonl", "--column", "prompt=instruction", "--column",
+                         "query=context", "--column", "response=response", "--column", "task=category", *q)
+    assert code == 0 and out["accepted"] == 22
+    code, out = run_json(capsys, lf / "mllm_demo.json", "--ignore-field", "images", *q)
+    assert code == 0 and out["accepted"] == 6
+
+
+def test_a_bad_mapping_option_exits_2_naming_it(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                            {"role": "assistant", "content": "hello"}]}])
+    assert main(["validate", str(data), "--column", "answer=x"]) == 2
+    assert "unknown column 'answer'" in capsys.readouterr().err
+    assert main(["validate", str(data), "--dataset-info", str(PUBLIC / "llamafactory" / "dataset_info.json"),
+                 "--dataset", "nope"]) == 2
+    assert "no dataset entry 'nope'" in capsys.readouterr().err
+    assert main(["validate", str(data), "--role", "bot=robot"]) == 2
+    assert "robot" in capsys.readouterr().err

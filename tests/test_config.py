@@ -32,9 +32,9 @@ def test_config_is_frozen_and_fingerprinted():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1e-4", "unknown key 'optim.lrr' (in overrides); did you mean 'optim.lr'?"),
+    ("optim.lrr=1e-4", "unknown key 'optim.lrr' (in override optim.lrr=1e-4); did you mean 'optim.lr'?"),
     ("optim.grad_acum=2", "did you mean 'optim.grad_accum'?"),
-    ("modle.path=x", "unknown key 'modle' (in overrides); did you mean 'model'?"),
+    ("modle.path=x", "unknown key 'modle' (in override modle.path=x); did you mean 'model'?"),
     ("eval.early_stopping.patiense=2", "did you mean 'eval.early_stopping.patience'?"),
 ])
 def test_unknown_key_suggests_closest(override, message):
@@ -97,6 +97,50 @@ def test_cli_config_errors_exit_2(tmp_path, capsys):
     cfg_file.write_text("model: {path: tiny}\ndata: {train: [t.jsonl]}\nout: r\n")
     assert main(["train", str(cfg_file), "optim.lrr=1e-4", "--json"]) == 2
     assert json.loads(capsys.readouterr().out) == {
-        "error": f"unknown key 'optim.lrr' (in {cfg_file}); did you mean 'optim.lr'?"}
+        "error": "unknown key 'optim.lrr' (in override optim.lrr=1e-4); did you mean 'optim.lr'?"}
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, ours", [
+    ("learning_rate", "optim.lr"), ("lora_r", "lora.r"), ("lora_alpha", "lora.alpha"),
+    ("num_train_epochs", "optim.epochs"), ("per_device_train_batch_size", "optim.micro_batch_size"),
+    ("gradient_accumulation_steps", "optim.grad_accum"), ("max_seq_length", "encoding.max_length"),
+    ("warmup_ratio", "optim.warmup_ratio"), ("lora_target_modules", "lora.target_modules"),
+])
+def test_keys_as_the_peers_users_type_them(tmp_path, key, ours):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(f"model: {{path: tiny}}\ndata: {{train: [t.jsonl]}}\nout: r\n{key}: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg_file)
+    assert str(e.value).startswith(f"unknown key '{key}' (in {cfg_file}); did you mean '{ours}'?")
+
+
+def test_a_dotted_key_in_yaml_is_told_to_nest(tmp_path):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("model: {path: tiny}\ndata: {train: [t.jsonl]}\nout: r\noptim.lr: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lr' \(in .*cfg.yaml\); YAML does not read dots as "
+                                          r"nesting: nest it under `optim:` \(optim: \{lr: ...\}\)$"):
+        load_config(cfg_file)
+    cfg_file.write_text("model: {path: tiny}\ndata: {train: [t.jsonl]}\nout: r\ndata.max_length: 512\n")
+    with pytest.raises(ConfigError, match=r"nest it under `data:`.*data has no max_length either: did you mean "
+                                          r"'encoding.max_length'\?"):
+        load_config(cfg_file)
+
+
+def test_errors_of_overrides_name_the_override_not_the_file(tmp_path):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("model: {path: tiny}\ndata: {train: [t.jsonl]}\nout: r\noptim: {epochs: 0}\n")
+    with pytest.raises(ConfigError, match=r"^optim.lr: .*greater than 0 \(got -1\) \(in override optim.lr=-1\)"):
+        load_config(cfg_file, ["optim.lr=-1", "optim.epochs=1"])
+    with pytest.raises(ConfigError, match=r"^optim.epochs: .*\(in .*cfg.yaml\)"):  # the file's own mistake
+        load_config(cfg_file, ["optim.lr=1e-4"])
+
+
+def test_lora_all_linear_dora_and_neftune_keys():
+    cfg = load_config(None, [*BASE, "lora.target_modules=all-linear", "lora.use_dora=true",
+                             "optim.neftune_alpha=5"])
+    assert cfg.lora.target_modules == "all-linear" and cfg.lora.use_dora and cfg.optim.neftune_alpha == 5
+    assert load_config(None, BASE).optim.neftune_alpha is None  # off by default
+    with pytest.raises(ConfigError, match="lora.target_modules"):
+        load_config(None, [*BASE, "lora.target_modules=all"])

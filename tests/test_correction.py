@@ -1,10 +1,11 @@
-"""Rogan-Gladen correction of refusal rates against hand-computed cases."""
+"""Rogan-Gladen correction of refusal rates: hand-computed cases, the Wilson floor, coverage by simulation."""
 import math
 
 import pytest
 
 from sftlab.evaluation.correction import (IMPOSSIBLE, correct_metrics, correct_rate, detector_error,
                                           rogan_gladen)
+from sftlab.evaluation.metrics import wilson
 
 ERR = {"tp": 90, "n_pos": 100, "tn": 95, "n_neg": 100, "sensitivity": 0.9, "specificity": 0.95}
 
@@ -17,18 +18,73 @@ def test_point_estimates_by_hand():
 
 
 def test_interval_by_hand():
+    # Lang and Reiczigel (2014): adjusted estimates, the delta-method variance, the shifted centre
     r = correct_rate(30, 100, ERR)
-    pi = 0.25 / 0.85
-    var_se = (92 / 104) * (12 / 104) / 104  # Agresti-Coull adjusted: (90+2)/(100+4)
-    var_sp = (97 / 104) * (7 / 104) / 104
-    var = (0.3 * 0.7 / 100 + pi ** 2 * var_se + (1 - pi) ** 2 * var_sp) / 0.85 ** 2
-    half = 1.959963984540054 * math.sqrt(var)
-    assert r["detected"] == 0.3 and r["corrected"] == pytest.approx(pi, abs=1e-6)
-    assert r["low"] == pytest.approx(pi - half, abs=1e-6) and r["high"] == pytest.approx(pi + half, abs=1e-6)
-    assert r["low"] == pytest.approx(0.17916, abs=1e-4) and r["high"] == pytest.approx(0.40908, abs=1e-4)
-    # the detector's uncertainty widens the interval beyond the sample's alone
-    assert half > 1.96 * math.sqrt(0.3 * 0.7 / 100) / 0.85
+    z = 1.959963984540054
+    p, se, sp = (30 + z * z / 2) / (100 + z * z), 91 / 102, 96 / 102
+    pi = (p + sp - 1) / (se + sp - 1)
+    v_se, v_sp = se * (1 - se) / 102, sp * (1 - sp) / 102
+    var = (p * (1 - p) / (100 + z * z) + pi ** 2 * v_se + (1 - pi) ** 2 * v_sp) / (se + sp - 1) ** 2
+    centre = pi + 2 * z * z * (pi * v_se - (1 - pi) * v_sp)
+    assert r["detected"] == 0.3 and r["corrected"] == pytest.approx(0.25 / 0.85, abs=1e-6)
+    assert r["low"] == pytest.approx(centre - z * math.sqrt(var), abs=1e-6)
+    assert r["high"] == pytest.approx(centre + z * math.sqrt(var), abs=1e-6)
+    assert (r["low"], r["high"]) == pytest.approx((0.182268, 0.412783), abs=1e-6)
+    # the detector's uncertainty widens the interval beyond the sample's alone (Wilson, mapped)
+    low, high = (rogan_gladen(x, 0.9, 0.95) for x in wilson(30, 100))
+    assert r["low"] < low and r["high"] > high
     assert r["reason"] is None
+
+
+# a detector as measured on XSTest-sized labelled data: Se 190/200, Sp 245/250
+MEASURED = {"tp": 190, "n_pos": 200, "tn": 245, "n_neg": 250, "sensitivity": 0.95, "specificity": 0.98}
+
+
+@pytest.mark.parametrize("k,n", [(0, 3), (3, 3), (0, 1), (1, 1), (0, 20), (20, 20), (1, 3)])
+def test_never_narrower_than_the_sample_allows(k, n):
+    # the delta method alone gave 0.00-0.02 for 0 of 3 (its sampling term is 0 at k = 0 and k = n)
+    r = correct_rate(k, n, MEASURED)
+    low, high = (rogan_gladen(x, 0.95, 0.98) for x in wilson(k, n))
+    assert r["low"] <= low + 1e-6 and r["high"] >= high - 1e-6
+    assert r["low"] <= r["corrected"] <= r["high"]
+    if k == 0 and n <= 3:
+        assert r["corrected"] == 0.0 and r["high"] >= 0.5  # 0 of 1 or 3 says little
+    if k == n and n <= 3:
+        assert r["corrected"] == 1.0 and r["low"] <= 0.5
+
+
+@pytest.mark.parametrize("k,n", [(0, 3), (3, 3), (0, 1), (1, 1), (7, 40)])
+def test_a_perfect_detector_gives_the_wilson_interval(k, n):
+    r = correct_rate(k, n, {"sensitivity": 1.0, "specificity": 1.0})  # known exactly
+    assert (r["corrected"], r["low"], r["high"]) == pytest.approx((k / n, *wilson(k, n)), abs=1e-6)
+    # measured perfect on 200 + 250 labelled responses: still uncertain, so never narrower than Wilson
+    perfect = {"tp": 200, "n_pos": 200, "tn": 250, "n_neg": 250, "sensitivity": 1.0, "specificity": 1.0}
+    m = correct_rate(k, n, perfect)
+    assert m["low"] <= r["low"] and m["high"] >= r["high"]
+
+
+@pytest.mark.parametrize("pi,se,sp,n,n_pos,n_neg", [
+    (0.3, 0.95, 0.98, 3, 200, 250),   # k = 0 in a third of the draws: the delta method covered 63 %
+    (0.7, 0.95, 0.98, 5, 200, 250),   # the delta method: 82 %
+    (0.2, 0.9, 0.95, 10, 40, 40),     # the delta method: 90 %
+    (0.5, 0.95, 0.98, 20, 200, 250),
+    (0.05, 0.85, 0.9, 100, 100, 100),
+    (0.2, 0.7, 0.8, 200, 30, 30),     # a weak detector measured on little data
+])
+def test_coverage_by_simulation(pi, se, sp, n, n_pos, n_neg):
+    # the true rate, Se and Sp are known; draw the sample and the labelled data 3000 times
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    detected = pi * se + (1 - pi) * (1 - sp)
+    covered = total = 0
+    for k, tp, tn in zip(*(rng.binomial(m, q, 3000) for m, q in ((n, detected), (n_pos, se), (n_neg, sp)))):
+        r = correct_rate(int(k), n, {"tp": int(tp), "n_pos": n_pos, "tn": int(tn), "n_neg": n_neg,
+                                     "sensitivity": tp / n_pos, "specificity": tn / n_neg})
+        if r["low"] is not None:
+            total += 1
+            covered += r["low"] - 1e-9 <= pi <= r["high"] + 1e-9
+    assert total >= 2900 and covered / total >= 0.94  # nominal 0.95, 1 point of slack
 
 
 @pytest.mark.parametrize("tp,tn", [(40, 60), (50, 50), (30, 20)])
@@ -59,3 +115,17 @@ def test_correct_metrics_uses_the_matching_slice():
     assert out["all"]["harmful_refusal_rate"]["error_from"] == "unsafe"
     assert out["all"]["benign_refusal_rate"]["corrected"] == pytest.approx(0.25 / 0.85, abs=1e-6)
     assert out["all"]["benign_refusal_rate"]["error_from"] == "all"
+
+
+def test_corrected_bound_gate_reads_the_widened_interval():
+    # 0 of 3 benign prompts refused: the delta method's 0.00-0.02 passed `benign_refusal_rate <= 0.05`
+    from sftlab.evaluation.gates import check_gates
+    from sftlab.evaluation.metrics import estimate
+    from sftlab.data.policy import Gate
+
+    tuned = {"all": {"benign_refusal_rate": estimate(0, 3)}}
+    corrected = {"tuned": correct_metrics(tuned, {"safe": MEASURED})}
+    gate = check_gates([Gate(metric="benign_refusal_rate", max=0.05)], tuned, corrected=corrected,
+                       mode="corrected-bound")[0]
+    assert gate["value"] == corrected["tuned"]["all"]["benign_refusal_rate"]["high"] > 0.5
+    assert not gate["passed"]

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from sftlab.data.conversation import Message, Origin
-from sftlab.data.formats import RecordError, detect_format, to_conversation
+from sftlab.data.formats import Columns, RecordError, detect_format, to_conversation
 
 USER_ASSISTANT = (Message("user", "What is 2+2?"), Message("assistant", "4"))
 
@@ -135,13 +135,17 @@ def test_metadata_top_level_and_under_meta_and_extra_fields():
            "id": 7, "slice": "math", "difficulty": "easy",
            "meta": {"task": "arith", "source": "hand", "license": "CC0", "expected": "comply",
                     "policy_category": "weapons_history", "annotator": "ana"}}
-    conv = to_conversation(row, origin=Origin("f.jsonl", 3))
+    with pytest.raises(RecordError) as e:  # a top-level field nothing reads is refused, named
+        to_conversation(row)
+    assert e.value.code == "unused_field" and e.value.field == "difficulty" and "ignore_fields" in e.value.reason
+    conv = to_conversation(row, origin=Origin("f.jsonl", 3), columns=Columns(ignore=("difficulty",)))
     assert (conv.id, conv.task, conv.slice, conv.source, conv.license) == (
         "7", "arith", "math", "hand", "CC0")
     assert conv.expected == "comply" and conv.policy_category == "weapons_history"
     assert conv.extra == {"difficulty": "easy", "annotator": "ana"}
     assert conv.origin == Origin("f.jsonl", 3)
-    assert conv.to_dict()["annotator"] == "ana"
+    assert conv.to_dict()["meta"] == {"difficulty": "easy", "annotator": "ana"}
+    assert to_conversation(conv.to_dict()) == conv and to_conversation(conv.to_dict()).extra == conv.extra
 
 
 def test_metadata_conflict_and_bad_values():
@@ -197,3 +201,13 @@ def test_conversation_doctests():
     import sftlab.data.conversation
 
     assert doctest.testmod(sftlab.data.conversation).failed == 0
+
+
+def test_a_top_level_system_beside_messages_is_the_system_prompt():
+    """Before: kept as an unused extra field, the conversation trained without its system prompt."""
+    messages = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
+    assert to_conversation({"system": "S", "messages": messages}).messages == (Message("system", "S"), *USER_ASSISTANT)
+    same = to_conversation({"system": "S", "messages": [{"role": "system", "content": "S"}, *messages]})
+    assert same.messages == (Message("system", "S"), *USER_ASSISTANT)
+    e = error({"system": "T", "messages": [{"role": "system", "content": "S"}, *messages]})
+    assert e.code == "ambiguous_system" and e.field == "system"

@@ -7,7 +7,7 @@ import pytest
 
 from sftlab.cli import main
 from sftlab.data.conversation import Conversation, Message
-from sftlab.tokens.masks import annotate, check_template, to_html
+from sftlab.tokens.masks import CAPABILITY_PROBES, annotate, check_template, to_html
 from sftlab.tokens.templates import get_template, install_template
 from sftlab.demo.tiny import build_tokenizer
 
@@ -37,7 +37,8 @@ def test_annotate_labels_roles_and_weights(hand_tok):
 def test_check_template_passes_for_builtins_and_reports_each_turn():
     tok = build_tokenizer()
     results = check_template(tok, "chatml")
-    assert [r["status"] for r in results] == ["ok"] * len(results) and len(results) == 8  # the tool turn is the tool-call probe; plus reasoning
+    # every probe passes: the tool schemas, the tool-call probe and reasoning included
+    assert [r["status"] for r in results] == ["ok"] * len(results) and len(results) == 10
     turn = results[0]["turns"][0]
     assert turn["prompt_ends_with"].endswith("<|im_start|>assistant\n")
     assert turn["must_generate"] == "Paris.<|im_end|>\n" and turn["trained_text"] == "Paris.<|im_end|>"
@@ -51,7 +52,9 @@ def test_text_the_template_writes_between_content_and_stop_is_trained():
                " + 'there<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
                "{{- '<|im_start|>assistant\\n' }}{%- endif %}")
     results = check_template(tok, merging)
-    assert all(r["status"] == "ok" for r in results)
+    assert all(r["status"] == "ok" for r in results if r["probe"] not in CAPABILITY_PROBES)
+    # It has no tool or reasoning format: those probes are listed as unsupported, not as passed.
+    assert [r["status"] for r in results if r["probe"] in CAPABILITY_PROBES] == ["unsupported"] * 3
     assert results[0]["turns"][0]["trained_text"] == "Paris.there<|im_end|>"
 
 
@@ -121,3 +124,14 @@ def test_characters_split_over_tokens_are_shown_once(tok_dir, tmp_path, capsys):
     assert out.splitlines()[0].startswith("legend: [[text]] trained")
     assert "他们是拜仁慕尼黑的凯恩和格雷茨卡。" in out.replace("[[", "").replace("]]", "")
     assert "[[他]][[他]]" not in out
+
+
+def test_inspect_takes_the_column_mapping(tok_dir, tmp_path, capsys):
+    """Before: inspect read only the built-in layouts; it takes the same mapping options as validate."""
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")
+    assert main(["inspect", str(data), "--tokenizer", str(tok_dir)]) == 2
+    capsys.readouterr()
+    assert main(["inspect", str(data), "--tokenizer", str(tok_dir), "--column", "prompt=question",
+                 "--column", "response=answer"]) == 0
+    assert "[[4]][[<|im_end|>]]" in capsys.readouterr().out

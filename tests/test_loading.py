@@ -61,8 +61,6 @@ RULES = [
      "messages[0].role", 0),
     (msgs(("user", "q"), ("tool", "t"), ("assistant", "a")), "broken_alternation",
      "messages[1].role", 1),
-    (msgs(("user", "q"), ("assistant", "a"), ("assistant", "b")), "broken_alternation",
-     "messages[2].role", 2),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": -0.5}],
      "bad_weight", "messages[1].weight", 1),
     ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "train": "no"}],
@@ -141,10 +139,10 @@ def test_invalid_utf8_inside_a_json_array(tmp_path):
 
 
 def test_absurd_nesting_and_size(tmp_path):
-    deep = {"messages": GOOD["messages"], "x": json.loads("[" * 70 + "]" * 70)}
-    ok_depth = {"messages": GOOD["messages"], "x": json.loads("[" * 50 + "]" * 50)}
+    deep = {"messages": GOOD["messages"], "meta": {"x": json.loads("[" * 70 + "]" * 70)}}
+    ok_depth = {"messages": GOOD["messages"], "meta": {"x": json.loads("[" * 50 + "]" * 50)}}
     very_deep = '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    big = {**GOOD, "id": "big", "blob": "x" * 300_000}
+    big = {**GOOD, "id": "big", "meta": {"blob": "x" * 300_000}}
     path = write_jsonl(tmp_path / "d.jsonl", [deep, ok_depth, very_deep, big])
     report = load_files([path], max_record_bytes=250_000)
     assert [(e.line, e.code) for e in report.quarantined] == [
@@ -306,7 +304,7 @@ def test_twenty_thousand_records_load_in_order(tmp_path):
 
 
 def test_parquet_too_large_rows_are_quarantined(tmp_path):
-    rows = [good(0, blob="x" * 10), good(1, blob="y" * 300_000), good(2, blob="z")]
+    rows = [good(0, meta={"blob": "x" * 10}), good(1, meta={"blob": "y" * 300_000}), good(2, meta={"blob": "z"})]
     path = tmp_path / "d.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     report = load_files([path], max_record_bytes=250_000)

@@ -124,7 +124,7 @@ def test_describe_is_the_manifest_section():
     d = spec.describe(SLICES)
     json.dumps(d)
     assert d == {"mode": "temperature", "sampling_weights": None, "temperature": "inf",
-                 "loss_weights": {"b": 2.0}, "seed": 3,
+                 "loss_weights": {"b": 2.0}, "seed": 3, "plan": 2,
                  "slice_sizes": {"a": 50, "b": 30, "c": 20},
                  "requested_shares": {"a": 0.333333, "b": 0.333333, "c": 0.333333}}
     assert MixtureSpec().describe()["mode"] == "natural"
@@ -156,3 +156,31 @@ def test_a_slice_column_samples_and_counts_as_the_list_of_its_names():
         assert realised_mixture(idx, col) == realised_mixture(idx, plain)
         spec = MixtureSpec(sampling_weights=kw["weights"], temperature=kw.get("temperature"), seed=trial)
         assert spec.describe(col) == spec.describe(plain)
+
+
+def test_plan_1_draws_as_before_and_plan_2_is_its_own_stream():
+    """A run resumed across the change of plan keeps its data order: plan 1 is kept as it was
+    (values pinned from sftlab before plan 2), plan 2 draws the same counts with NumPy."""
+    slices = ["a"] * 6 + ["b"] * 3 + ["c"] * 2
+    assert epoch_indices(slices, {"a": 1, "b": 2}, epoch=1, seed=3, plan=1) == [8, 6, 7, 8, 9, 1, 9, 0, 4, 6, 10]
+    assert epoch_indices(slices, None, epoch=0, seed=0, temperature=2.0, size=7, plan=1) == [6, 9, 10, 1, 0, 2, 8]
+    two = epoch_indices(slices, {"a": 1, "b": 2}, epoch=1, seed=3)
+    assert two == epoch_indices(slices, {"a": 1, "b": 2}, epoch=1, seed=3, plan=2)
+    assert Counter(slices[i] for i in two) == Counter(slices[i] for i in
+                                                     epoch_indices(slices, {"a": 1, "b": 2}, 1, 3, plan=1))
+    assert two != epoch_indices(slices, {"a": 1, "b": 2}, epoch=1, seed=3, plan=1)
+    assert epoch_indices(slices, None, epoch=0, seed=10 ** 4000)  # any integer seed
+    with pytest.raises(ValueError, match="unknown epoch plan 3"):
+        epoch_indices(slices, None, epoch=0, seed=0, plan=3)
+
+
+def test_plan_2_down_samples_distinct_examples_in_index_order_before_the_shuffle():
+    import numpy as np
+
+    from sftlab.train.mixture import SliceColumn, epoch_index_array
+
+    col = SliceColumn(["a", "b"], np.asarray([0] * 1000 + [1] * 10))
+    idx = epoch_index_array(col, {"a": 1, "b": 1}, epoch=0, seed=0, size=100)
+    a = idx[idx < 1000]
+    assert len(a) == 50 and len(set(a.tolist())) == 50          # a subset, no repeats
+    assert sorted((idx[idx >= 1000]).tolist()) == sorted(list(range(1000, 1010)) * 5)

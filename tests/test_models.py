@@ -1,4 +1,4 @@
-"""Base model loading: local directories, remote code only on request, GGUF conversion."""
+"""Base model loading: local directories, remote code only on request, GGUF conversion, hub names without a hub."""
 from __future__ import annotations
 
 import inspect
@@ -190,3 +190,62 @@ def test_smollm2_gguf_converts_and_answers(tmp_path):
         assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("how", ["offline", "no_connection"])
+def test_a_hub_name_without_a_hub_reads_the_cache_or_fails_at_once(tmp_path, how):
+    # without a hub, huggingface_hub retried every file five times (25 s and more) before failing;
+    # now one request (none, with HF_HUB_OFFLINE) decides: a cached name loads from the cache with
+    # no request at all, another fails at once with what to do. An endpoint where nothing listens
+    # stands for a machine with no network, so the test means the same where a hub is reachable.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tok, model = build_tiny(vocab_size=320, hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
+    repo = tmp_path / "hub" / "models--sftlab-tests--tiny"  # the hub cache's layout
+    commit = "0" * 40
+    model.save_pretrained(repo / "snapshots" / commit)
+    tok.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    code = ("import sys; from sftlab.cli import main; from sftlab.model.loading import load_base_model; "
+            "m, t = load_base_model('sftlab-tests/tiny'); print(m.config.hidden_size, len(t)); "
+            "print('--', file=sys.stderr, flush=True); "
+            "sys.exit(main(['train', '/dev/null', 'model.path=sftlab-tests/not-cached', 'data.train=[x.jsonl]', "
+            f"'out={tmp_path / 'run'}']))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    env.update({"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_CACHE": str(tmp_path / "hub"),
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"})
+    env.update({"HF_HUB_OFFLINE": "1"} if how == "offline" else {"HF_ENDPOINT": "http://127.0.0.1:9"})
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.stdout.split() == ["32", str(len(tok))], r.stderr[-2000:]  # the cached name loaded
+    loading, failing = r.stderr.split("--\n")
+    assert "Retry" not in loading and r.returncode == 2
+    assert len(failing.strip().splitlines()) == 1 and "Retry" not in failing  # no retry was made
+    why = "HF_HUB_OFFLINE is set" if how == "offline" else "http://127.0.0.1:9 cannot be reached"
+    assert why in failing and "sftlab-tests/not-cached: not a local directory and not in the Hugging Face cache" in failing
+    assert "hf download sftlab-tests/not-cached" in failing and "give a local model directory" in failing
+
+
+def test_an_adapter_whose_converted_gguf_base_is_gone_converts_the_runs_gguf_again(tmp_path):
+    # a LoRA run on a GGUF records the converted copy in sftlab's cache; a cleared cache is rebuilt
+    # from the GGUF file RUN/run.json names, and without it the error names what to fix
+    from pathlib import Path
+
+    from sftlab.model.adapters import resolve_base
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_tiny_gguf(src / "tiny.Q4_1.gguf")
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    gone = tmp_path / "cleared" / "tiny.Q4_1-0123456789abcdef"
+    (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(gone)}))
+    (final.parent / "run.json").write_text(json.dumps({"model": {"base": str(src), "gguf_file": "tiny.Q4_1.gguf"}}))
+    base = Path(resolve_base(final))
+    assert base == gguf_cache_path(src / "tiny.Q4_1.gguf").resolve() and (base / "model.safetensors").is_file()
+    (final.parent / "run.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"base model '{gone}' is not there .*base_model_name_or_path in"):
+        resolve_base(final)

@@ -100,7 +100,9 @@ def test_templates_that_cannot_meet_the_contract_are_refused_with_the_reason(nam
 
 # Built-in formats named for a model version equal that version's official template, token for token.
 BUILTIN_OFFICIAL = [("llama3", "llama-3"), ("llama3.1", "llama-3.3"), ("gemma", "gemma-2"), ("phi3", "phi-3.5"),
-                    ("mistral-v0.3", "mistral-7b-instruct-v0.3"), ("mistral", "mixtral-8x7b-instruct-v0.1")]
+                    ("mistral-v0.3", "mistral-7b-instruct-v0.3")]
+# `mistral` follows mistral-common's V1 tokenizer instead (tests/test_mistral_reference.py): the template
+# first published with Mixtral 8x7B Instruct v0.1 leaves out the space before the answer.
 
 
 def _rendered(t, msgs, gen):
@@ -121,7 +123,7 @@ def test_builtin_formats_equal_the_official_template_token_for_token(builtin, fi
     m = Message
     convs = [Conversation((m("user", "  Hi there! "), m("assistant", "\nHello.\n"))),
              Conversation((m("user", "q1"), m("assistant", "a1"), m("user", "q2 "), m("assistant", " a2")))]
-    if builtin not in ("gemma", "mistral"):  # their templates refuse a system message (the built-ins fold it in)
+    if builtin != "gemma":  # its template refuses a system message (the built-in folds it in)
         convs.append(Conversation((m("system", "Be brief. "), m("user", "q"), m("assistant", "a"))))
         convs.append(Conversation((m("system", "Be brief."), m("user", "q1"), m("assistant", "a1"),
                                    m("user", "q2"), m("assistant", "a2"))))

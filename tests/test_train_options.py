@@ -1,9 +1,10 @@
 """What users of the peers expect from `sftlab train`: data entries with their own key names, a
 held-out split by content hash, the exit-code rule, lr schedules, trackers through accelerate,
-outcomes in the manifest, a movable LoRA adapter, and no dependency warnings."""
+outcomes in the manifest, a LoRA adapter that loads from any directory, and no dependency warnings."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -123,10 +124,9 @@ def test_a_run_of_a_user_with_own_key_names(assets, tmp_path, capsys):
     assert [s for s, v in tracker.logged if "train/loss" in v] == [1, 2, 3]
     assert tracker.config["optim.schedule"] == "constant"
 
-    # the adapter names its base relative to RUN/final: the run and its base can move together
+    # the adapter names its base by absolute path: it loads from any directory (test below)
     adapter = json.loads((run / "final" / "adapter_config.json").read_text())
-    assert not Path(adapter["base_model_name_or_path"]).is_absolute()
-    assert (run / "final" / adapter["base_model_name_or_path"]).resolve() == (assets / "model").resolve()
+    assert adapter["base_model_name_or_path"] == str((assets / "model").resolve())
 
     # validate with the same tokenizer and length quarantines exactly what training did
     code = main(["validate", str(assets / "chats.jsonl"), "--tokenizer", str(assets / "model"),
@@ -217,3 +217,99 @@ def test_one_heldout_loss_in_training_and_in_eval(assets, tmp_path, capsys):
     assert set(evaluated) == set(trained)
     for name in trained:
         assert evaluated[name] == pytest.approx(trained[name], rel=1e-4), name
+
+
+def test_lora_adapter_loads_from_any_directory_in_peft_and_sftlab(assets, tmp_path, monkeypatch, capsys):
+    # RUN/final of a LoRA run holds the adapter only; peft resolves its base against the current
+    # directory, so a relative base failed everywhere but inside RUN/final
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+
+    from sftlab.model.loading import load_base_model
+
+    run = tmp_path / "runs" / "lora"
+    run.parent.mkdir()
+    assert main(["train", str(_config(assets, run, data={"eval_split": 0.0}))]) == 0  # 2 quarantined, within 0.1
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+
+    def logits(model):
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    moved = tmp_path / "moved" / "lora"
+    shutil.copytree(run, moved)  # a copied or moved run directory loads the same
+    plain = AutoPeftModelForCausalLM.from_pretrained(str(moved / "final")).eval()  # plain peft, another cwd
+    ours, tok = load_base_model(moved / "final")
+    assert ours.sftlab_source["base"] == str((assets / "model").resolve())
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    assert torch.allclose(logits(plain), logits(ours), atol=1e-5)  # the adapter, merged by sftlab
+    base, _ = load_base_model(assets / "model")
+    assert not torch.allclose(logits(base), logits(ours), atol=1e-5)  # ... and not the bare base
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p1", "prompt": "What is 2 + 3?", "expected": "comply"}) + "\n")
+    code = main(["eval", "--model", str(run / "final"), "--prompts", str(prompts), "--max-new-tokens", "2",
+                 "--conditions", "training_template", "--no-cache", "--out", str(tmp_path / "eval")])
+    assert code in (0, 1), capsys.readouterr().err
+    capsys.readouterr()
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["model"]["source"]["kind"] == "lora_adapter"
+
+    # an adapter written with a base relative to RUN/final (earlier sftlab) still loads in sftlab
+    config_path = moved / "final" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    relative = os.path.relpath(assets / "model", moved / "final")
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(relative)}))
+    assert torch.allclose(logits(load_base_model(moved / "final")[0]), logits(ours), atol=1e-6)
+    # the generation cache's key of an adapter covers its base: new base weights, another key
+    from sftlab.demo.tiny import build_tiny
+    from sftlab.evaluation.cache import model_fingerprint
+
+    shutil.copytree(assets / "model", tmp_path / "base2")
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "base2")}))
+    before = model_fingerprint(moved / "final")
+    build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, seed=5)[1].save_pretrained(
+        tmp_path / "base2")
+    assert model_fingerprint(moved / "final") != before
+    # a base that is gone: exit 2, one line naming the path and the file to edit
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
+    code = main(["eval", "--model", str(moved / "final"), "--prompts", str(prompts), "--no-cache",
+                 "--out", str(tmp_path / "eval2")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "gone") in err and "adapter_config.json" in err
+
+
+def test_quarantine_that_stops_a_run_says_why_where_and_which_key(assets, tmp_path, capsys):
+    # LLaMA-Factory's Alpaca demo at a small max_length: two of its three records are too long.
+    # prepare and train give the count per reason, the quarantine file, the keys, the same exit code.
+    data = {"train": [str(PUBLIC / "llamafactory_alpaca_en_demo.json")], "eval_split": 0.0,
+            "max_quarantined_share": 0.0, "cache_dir": str(tmp_path / "cache")}
+    run = tmp_path / "alpaca"
+    cfg = str(_config(assets, run, data=data, encoding={"max_length": 96}, optim={"max_steps": 1}, lora={"enabled": False}))
+    assert main(["prepare", cfg]) == 1
+    out = capsys.readouterr().out
+    quarantine = next(Path(w.rstrip(";")) for w in out.split() if w.rstrip(";").endswith("quarantine.jsonl"))
+    assert [json.loads(x)["code"] for x in quarantine.read_text().splitlines()] == ["too_long", "too_long"]
+    said = out.strip().splitlines()[-1]
+    assert said.startswith("exit 1: 2 of 3 records quarantined (66.67%: too_long 2), more than "
+                           "data.max_quarantined_share=0; each record and its reason: ")
+    assert "set data.max_quarantined_share=0.667 or more" in said and "too_long: raise encoding.max_length" in said
+
+    assert main(["train", cfg]) == 1
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == ("exit 1: 2 of 3 records quarantined (66.67%: too_long 2), more than data.max_quarantined_share=0; "
+                    f"each record and its reason: {run / 'data' / 'quarantine.jsonl'}; to train on the rest set "
+                    "data.max_quarantined_share=0.667 or more; too_long: raise encoding.max_length")
+    assert len((run / "data" / "quarantine.jsonl").read_text().splitlines()) == 2
+
+    # the key the message names changes the outcome of both the same way
+    assert main(["prepare", cfg, "data.max_quarantined_share=0.667", "--json"]) == 0
+    prepared = json.loads(capsys.readouterr().out)
+    assert prepared["exit_code"] == 0 and prepared["train"]["reasons"] == {"too_long": 2}
+    assert "within data.max_quarantined_share=0.667" in prepared["exit_reason"]
+    assert main(["train", cfg, "data.max_quarantined_share=0.667", f"out={tmp_path / 'alpaca2'}"]) == 0

@@ -23,7 +23,7 @@ def _fastchat():
 
 def test_fastchat_sharegpt_sample_loads():
     report = load_files([PUBLIC / "fastchat_dummy_conversation.json"])
-    assert report.accepted == 3 and not report.quarantined
+    assert report.accepted == 30 and not report.quarantined
     assert [m.role for m in report.conversations[0].messages] == ["user", "assistant"] * 2
 
 
@@ -33,7 +33,7 @@ def test_sharegpt_with_role_content_keys_loads(tmp_path):
         {"role": {"human": "user", "gpt": "assistant"}[m["from"]], "content": m["value"]}
         for m in r["conversations"]]} for r in _fastchat()]
     report = load_files([_write(tmp_path / "rc.json", rows)])
-    assert report.accepted == 3, [e.reason for e in report.quarantined]
+    assert report.accepted == 30, [e.reason for e in report.quarantined]
     assert report.conversations[1].messages[1].content.startswith("My name is Vicuna")
 
 
@@ -47,7 +47,7 @@ def test_other_speaker_names_need_a_map_and_load_with_one(tmp_path):
     reason = report.quarantined[0].reason
     assert "unknown speaker 'Kunde'" in reason and "roles" in reason and "user" in reason
     mapped = load_files([path], columns=[Columns(roles={"Kunde": "user", "Vicuna": "assistant"})])
-    assert mapped.accepted == 3 and not mapped.quarantined
+    assert mapped.accepted == 30 and not mapped.quarantined
 
 
 def test_field_messages_and_key_names(tmp_path):
@@ -57,7 +57,7 @@ def test_field_messages_and_key_names(tmp_path):
     cols = Columns(field_messages="dialog", role_key="speaker", content_key="text",
                    roles={"human": "user", "gpt": "assistant"})
     report = load_files([path], columns=[cols])
-    assert report.accepted == 3
+    assert report.accepted == 30
     assert "dialog" not in report.conversations[0].extra
     with pytest.raises(ValueError, match="expected one of"):
         Columns(roles={"bot": "robot"})
@@ -68,16 +68,19 @@ def test_llamafactory_text_parts_with_value(tmp_path):
     rows = json.loads((PUBLIC / "llamafactory_mllm_demo.json").read_text())
     parts = [{**r, "messages": [{"role": m["role"], "content": [{"type": "text", "value": m["content"]}]}
                                 for m in r["messages"]]} for r in rows]
-    report = load_files([_write(tmp_path / "parts.json", parts)])
+    report = load_files([_write(tmp_path / "parts.json", parts)], columns=[Columns(ignore=("images",))])
     assert report.accepted == 2
     assert report.conversations[1].messages[0].content == "他们是谁？"
 
 
-def test_images_are_counted_as_ignored_not_silently_dropped():
+def test_images_are_refused_unless_declared_ignored():
+    """Before: accepted with an ``ignored_field`` warning, the text trained without its images."""
     report = load_files([PUBLIC / "llamafactory_mllm_demo.json"])
-    assert report.accepted == 2
-    assert report.summary()["warnings"] == {"ignored_field": 2}
-    assert "'images' is not used" in str(report.warnings[0])
+    assert report.accepted == 0 and report.reasons() == {"unused_field": 2}
+    e = report.quarantined[0]
+    assert e.field == "images" and "text only" in e.reason and "ignore_fields: [images]" in e.reason
+    ignored = load_files([PUBLIC / "llamafactory_mllm_demo.json"], columns=[Columns(ignore=("images",))])
+    assert ignored.accepted == 2 and not ignored.warnings
 
 
 def test_alpaca_demo_loads():
@@ -95,11 +98,12 @@ def test_alpaca_seed_tasks_say_what_is_missing():
     assert "got a string" not in e.reason
 
 
-def test_preference_row_says_what_is_missing():
+def test_preference_row_says_what_it_is():
     """Before: ``prompt: expected a string or a list of messages, got a string``."""
     with pytest.raises(RecordError) as e:
         to_conversation({"prompt": "Say hi", "chosen": "Hi!", "rejected": "No."})
-    assert e.value.field == "completion" and "preference" in str(e.value)
+    assert e.value.code == "preference_record" and e.value.field == "chosen"
+    assert "preference record" in str(e.value) and "layout: chosen" in str(e.value)
     assert "got a string" not in str(e.value)
 
 
@@ -134,3 +138,182 @@ def test_accepted_without_a_word_before(tmp_path):
                                                          "both": "ambiguous_layout"}
     assert [c.id for c in report.conversations] == ["ends_user", "ok"]
     assert report.warning_counts() == {"ends_on_user": 1}
+
+
+def test_nested_field_messages_reads_the_dotted_path(tmp_path):
+    """Before: ``field_messages: body.messages`` read as null."""
+    rows = [{"id": r["id"], "body": {"messages": [{"role": {"human": "user", "gpt": "assistant"}[m["from"]],
+                                                   "content": m["value"]} for m in r["conversations"]]}}
+            for r in _fastchat()[:3]]
+    path = _write(tmp_path / "nested.jsonl", rows, array=False)
+    report = load_files([path], columns=[Columns(field_messages="body.messages")])
+    assert report.accepted == 3 and report.conversations[0].messages[0].content == rows[0]["body"]["messages"][0]["content"]
+    missing = load_files([path], columns=[Columns(field_messages="body.turns")]).quarantined[0]
+    assert missing.field == "body.turns" and missing.line == 1 and "field_messages" in missing.reason
+
+
+def test_question_answer_and_dolly_hints_name_a_mapping_that_works(tmp_path):
+    qa = [{"question": r["instruction"], "answer": r["response"]} for r in _dolly()[:4]]
+    path = _write(tmp_path / "qa.jsonl", qa, array=False)
+    e = load_files([path]).quarantined[0]
+    assert e.code == "unknown_format" and "columns: {prompt: question, response: answer}" in e.reason
+    mapped = load_files([path], columns=[Columns(prompt="question", response="answer")])
+    assert mapped.accepted == 4 and mapped.conversations[0].messages[1].content == qa[0]["answer"]
+    dolly = load_files([PUBLIC / "dolly_15k_sample.jsonl"]).quarantined[0]
+    assert dolly.line == 1 and dolly.field == "output" and "columns: {prompt: instruction, query: context" in dolly.reason
+
+
+def _dolly():
+    return [json.loads(x) for x in (PUBLIC / "dolly_15k_sample.jsonl").read_text().splitlines()]
+
+
+def test_dolly_through_the_config_keeps_category_as_task_and_context_in_the_prompt():
+    from sftlab.train.config import load_config
+
+    cfg = load_config(None, ["model.path=m", "out=o", f"data.train=[{{path: {PUBLIC / 'dolly_15k_sample.jsonl'}, "
+                             "columns: {prompt: instruction, query: context, response: response, task: category}}]"])
+    report = load_files(cfg.data.paths(cfg.data.train), columns=cfg.data.columns(cfg.data.train))
+    first, raw = report.conversations[0], _dolly()[0]
+    assert report.accepted == 22 and first.task == "closed_qa"
+    assert first.messages[0].content == raw["instruction"] + "\n" + raw["context"]  # joined as LLaMA-Factory does
+    assert report.conversations[1].messages[0].content == _dolly()[1]["instruction"]  # empty context: no newline
+
+
+def test_llamafactory_entry_read_as_it_is_and_written_in_the_config_agree():
+    from sftlab.train.config import DataFile
+
+    info = PUBLIC / "llamafactory" / "dataset_info.json"
+    as_is = DataFile(dataset_info=str(info), dataset="glaive_toolcall_en_demo")
+    written = DataFile(path=as_is.path, formatting="sharegpt", columns={"messages": "conversations", "tools": "tools"})
+    a = load_files([as_is.path], columns=[as_is.mapping()])
+    b = load_files([written.path], columns=[written.mapping()])
+    assert a.accepted == b.accepted == 30
+    assert [c.to_dict() for c in a.conversations] == [c.to_dict() for c in b.conversations]
+    calls = [m for c in a.conversations for m in c.messages if m.tool_calls]
+    assert calls and all(m.role == "assistant" for m in calls)
+    alpaca = DataFile(dataset_info=str(info), dataset="alpaca_en_demo")
+    conv = load_files([alpaca.path], columns=[alpaca.mapping()]).conversations
+    raw = json.loads(Path(alpaca.path).read_text())
+    with_input = next(i for i, r in enumerate(raw) if r["input"])
+    assert conv[with_input].messages[0].content == raw[with_input]["instruction"] + "\n" + raw[with_input]["input"]
+
+
+@pytest.mark.parametrize("columns, tags, message", [
+    ({"answer": "x"}, {}, "unknown column 'answer'"),
+    ({"messages": "conversations"}, {}, "belongs to formatting: sharegpt"),
+    ({}, {"speaker_tag": "x"}, "unknown tag 'speaker_tag'"),
+])
+def test_bad_llamafactory_keys_are_named(columns, tags, message):
+    from sftlab.errors import UsageError
+    from sftlab.train.config import DataFile
+
+    with pytest.raises(UsageError, match=message):
+        DataFile(path="x.json", formatting="sharegpt" if tags else "alpaca", columns=columns, tags=tags).mapping()
+
+
+PROMPT = "Write a haiku about rain."
+
+
+@pytest.mark.parametrize("row", [
+    {"prompt": PROMPT, "chosen": "Soft rain on the roof.", "rejected": "No."},                       # TRL, strings
+    {"prompt": [{"role": "user", "content": PROMPT}],                                              # TRL, explicit prompt
+     "chosen": [{"role": "assistant", "content": "Soft rain on the roof."}],
+     "rejected": [{"role": "assistant", "content": "No."}]},
+    {"chosen": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "Soft rain on the roof."}],
+     "rejected": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "No."}]},   # implicit prompt
+    {"instruction": PROMPT, "input": "", "chosen": "Soft rain on the roof.", "rejected": "No."},   # LLaMA-Factory alpaca
+    {"conversations": [{"from": "human", "value": PROMPT}],                                        # LLaMA-Factory sharegpt
+     "chosen": {"from": "gpt", "value": "Soft rain on the roof."}, "rejected": {"from": "gpt", "value": "No."}},
+])
+def test_preference_layouts_are_refused_or_trained_on_the_chosen_answer(row):
+    with pytest.raises(RecordError) as e:
+        to_conversation(row)
+    assert e.value.code == "preference_record" and "layout: chosen" in e.value.reason
+    conv = to_conversation(row, columns=Columns(layout="chosen"))
+    assert [(m.role, m.content) for m in conv.messages] == [("user", PROMPT), ("assistant", "Soft rain on the roof.")]
+    assert "No." not in json.dumps(conv.to_dict())
+
+
+def test_multi_turn_preference_prompt_never_trains_its_earlier_turns():
+    """LLaMA-Factory's dpo layout: the prompt's earlier turns are context; before, they were trained and
+    the record accepted with an ``ends_on_user`` warning."""
+    row = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+                             {"from": "human", "value": PROMPT}],
+           "chosen": {"from": "gpt", "value": "Soft rain."}, "rejected": {"from": "gpt", "value": "No."}}
+    with pytest.raises(RecordError):
+        to_conversation(row)
+    conv = to_conversation(row, columns=Columns(layout="chosen"))
+    assert [m.role for m in conv.messages] == ["user", "assistant", "user", "assistant"]
+    assert conv.messages[-1].content == "Soft rain."
+
+
+def test_loss_weight_zero_is_not_trained_and_on_a_user_turn_above_zero_is_refused(hand_tok):
+    from sftlab.tokens.encoding import EncodingError, encode
+
+    row = {"messages": [{"role": "user", "content": "hi", "loss_weight": 0.0},
+                        {"role": "assistant", "content": "hello", "loss_weight": 0.0}]}
+    with pytest.raises(EncodingError) as e:
+        encode(to_conversation(row), hand_tok, "chatml")
+    assert e.value.code == "no_trained_token"
+    row["messages"][0]["loss_weight"] = 1.0
+    with pytest.raises(RecordError) as e:
+        to_conversation(row)
+    assert e.value.field == "messages[0].loss_weight" and "only assistant messages are trained" in e.value.reason
+
+
+def test_history_must_be_pairs_of_strings():
+    with pytest.raises(RecordError) as e:
+        to_conversation({"instruction": "q", "output": "a", "history": [["only one"]]})
+    assert e.value.code == "bad_history" and e.value.field == "history[0]"
+
+
+def test_an_unknown_field_names_the_option_and_ignoring_it_is_kept_as_metadata():
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+           "source_url": "https://example.org", "ratings": [4, 5]}
+    with pytest.raises(RecordError) as e:
+        to_conversation(row)
+    assert e.value.code == "unused_field" and e.value.field in ("source_url", "ratings")
+    assert "ignore_fields" in e.value.reason and "--ignore-field" in e.value.reason
+    conv = to_conversation(row, columns=Columns(ignore=("source_url", "ratings")))
+    assert conv.extra == {"source_url": "https://example.org", "ratings": [4, 5]}
+    copy = {**row, "prompt": "hi", "ratings": None}  # a copy of a message's text, and an empty column
+    del copy["source_url"]
+    assert to_conversation(copy).messages == conv.messages
+
+
+def test_data_ignore_fields_applies_to_every_entry_and_is_part_of_the_config():
+    from sftlab.train.config import load_config
+
+    mllm = PUBLIC / "llamafactory" / "mllm_demo.json"
+    cfg = load_config(None, ["model.path=m", "out=o", f"data.train=[{mllm}]"])
+    assert cfg.data.columns(cfg.data.train) == [None]
+    assert load_files([mllm], columns=cfg.data.columns(cfg.data.train)).reasons() == {"unused_field": 6}
+    cfg = load_config(None, ["model.path=m", "out=o", f"data.train=[{mllm}]", "data.ignore_fields=[images]"])
+    assert load_files([mllm], columns=cfg.data.columns(cfg.data.train)).accepted == 6
+    assert cfg.to_dict()["data"]["ignore_fields"] == ["images"]  # what the manifest records
+
+
+def test_ultrafeedback_shaped_preference_rows_train_the_chosen_conversation():
+    """UltraFeedback-binarized rows carry the prompt, the chosen conversation twice (chosen, messages)
+    and the scores: the copies are accounted for, the scores must be declared."""
+    chosen = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "Soft rain."}]
+    row = {"prompt": PROMPT, "prompt_id": "ab12", "chosen": chosen, "messages": chosen,
+           "rejected": [chosen[0], {"role": "assistant", "content": "No."}], "score_chosen": 8.0,
+           "score_rejected": 2.0}
+    with pytest.raises(RecordError) as e:
+        to_conversation(row, columns=Columns(layout="chosen"))
+    assert e.value.code == "unused_field" and e.value.field == "score_chosen"
+    conv = to_conversation(row, columns=Columns(layout="chosen", ignore=("score_chosen", "score_rejected")))
+    assert [(m.role, m.content) for m in conv.messages] == [("user", PROMPT), ("assistant", "Soft rain.")]
+
+
+def test_a_bad_data_entry_in_the_config_is_named_not_the_plain_path_branch():
+    """Before: ``data.train.0.str: Input should be a valid string`` for any problem of a mapping entry."""
+    from sftlab.train.config import ConfigError, load_config
+
+    info = PUBLIC / "llamafactory" / "dataset_info.json"
+    for entry, message in ((f"{{dataset_info: {info}, dataset: nope}}", "data.train.0: " + str(info) + ": no dataset entry 'nope'"),
+                           ("{path: x.json, layout: rejected}", "data.train.0.layout: Input should be 'chosen'")):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, ["model.path=m", "out=o", f"data.train=[{entry}]"])
+        assert str(e.value).startswith(message), str(e.value)

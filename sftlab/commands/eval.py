@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 EPILOG = """\
 prompt files: JSONL rows with prompt (or messages), slice, expected (refuse|comply), optional
@@ -28,9 +29,9 @@ def register(sub) -> None:
                     "slice with Wilson 95 % intervals; compare with a reference model and check "
                     "the policy's gates.", epilog=EPILOG,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="DIR", help="the tuned model directory (e.g. RUN/final)")
+    p.add_argument("--model", required=True, metavar="MODEL", help=f"the tuned model (e.g. RUN/final): {FORMS}")
     p.add_argument("--prompts", required=True, nargs="+", metavar="FILE", help="prompt files (JSONL or CSV)")
-    p.add_argument("--reference", metavar="DIR", help="reference (base) model directory, evaluated the same way")
+    p.add_argument("--reference", metavar="MODEL", help="reference (base) model, evaluated the same way")
     p.add_argument("--policy", metavar="POLICY", help="policy YAML whose gates decide pass or fail")
     p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/../eval)")
     p.add_argument("--template", metavar="NAME", help="training template: a built-in name or a Jinja file "
@@ -44,13 +45,18 @@ def register(sub) -> None:
     p.add_argument("--reference-conditions", metavar="LIST", default=None,
                    help="conditions for the reference model (default: the same as --conditions); "
                         "training_template always runs")
-    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P")
-    p.add_argument("--top-k", type=int, default=0, metavar="K", help="0 = off")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
-    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="responses per prompt (sampling)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B")
+    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                   help="most new tokens per response (default: 128)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="sampling temperature (default: 0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: sample from the smallest set of tokens whose probability reaches P "
+                        "(default: 1.0 = off; used only with --temperature > 0)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most likely tokens (default: 0 = off)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the sampling (default: 0; recorded with the decoder settings)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="responses per prompt (sampling; default: 1)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="prompts generated together (default: 8); greedy responses do not depend on it")
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="extra stop strings")
     p.add_argument("--robustness-threshold", type=float, default=0.1, metavar="X",
                    help="flag a metric whose spread across conditions exceeds X (default: 0.1)")

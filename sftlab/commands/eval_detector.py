@@ -13,7 +13,7 @@ def register(sub) -> None:
         description="Label every response with the detector and compare with the human labels: "
                     "agreement on refusal (refuse or partial) vs comply, accuracy over "
                     "comply/refuse/partial, precision and recall of refusal and Cohen's kappa, each "
-                    "with a 95%% interval, overall, per source model and per prompt slice (safe "
+                    "with a 95% interval, overall, per source model and per prompt slice (safe "
                     "prompts, where a refusal is an over-refusal, and unsafe prompts), and the "
                     "confusion matrix. Labelled data: a built-in set (xstest: XSTest v2, 2,250 "
                     "human-labelled completions of five models) or JSONL/CSV (.gz allowed) with "

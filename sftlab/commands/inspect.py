@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import sys
 
+from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 
 def register(sub) -> None:
@@ -14,12 +16,16 @@ def register(sub) -> None:
                     "cyan (masked reasoning cyan text), tool results yellow, template scaffolding dimmed, "
                     "a tag where each message's content starts. --html writes a self-contained page.")
     p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
-    p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (or hub name)")
+    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
     p.add_argument("--template", default=None,
                    help="built-in template (chatml, llama3, llama3.1, mistral, mistral-v0.3, gemma, zephyr, phi3, "
                         "alpaca) or a Jinja file (.jinja/.j2); default: the tokenizer's own chat_template")
-    p.add_argument("--index", type=int, action="append", default=None,
-                   help="record index among the accepted records (repeatable; default: the first 3)")
+    p.add_argument("--line", type=int, action="append", default=None, metavar="N",
+                   help="the record on line N of the file (1-based, as validate and the quarantine file count "
+                        "lines; repeatable)")
+    p.add_argument("--index", type=int, action="append", default=None, metavar="I",
+                   help="the I-th accepted record (0-based, quarantined records skipped; repeatable; default "
+                        "without --line: the first 3)")
     p.add_argument("--max-length", type=int, default=None, help="truncate as training would")
     p.add_argument("--last-turn-only", action="store_true", help="train the last assistant turn only")
     p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
@@ -27,36 +33,34 @@ def register(sub) -> None:
                         "(drop), as encoding.reasoning in training")
     p.add_argument("--html", metavar="OUT", default=None, help="also write a self-contained HTML view")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
+    add_mapping_arguments(p)
     p.set_defaults(func=run)
-
-
-def load_tokenizer(name: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise UsageError(f"cannot load tokenizer '{name}': {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
 def run(args) -> int:
     from sftlab.tokens.encoding import EncodingError
     from sftlab.tokens.masks import annotate, to_ansi, to_html
     from sftlab.data.loading import load_files
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.templates import TemplateError
 
-    tok = load_tokenizer(args.tokenizer, args.trust_remote_code)
-    report = load_files([args.file])
+    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    report = load_files([args.file], columns=[columns_from_args(args)])
     convs = report.conversations
     if not convs:
         raise UsageError(f"{args.file}: no accepted record to inspect ({len(report.quarantined)} quarantined)")
-    indices = args.index or list(range(min(3, len(convs))))
+    indices = list(args.index or [])
+    for line in args.line or []:
+        indices.append(_index_of_line(report, line, args.file))
+    if not indices:
+        indices = list(range(min(3, len(convs))))
     if not sys.stdout.isatty():
         print(PLAIN_LEGEND)
     items, status = [], 0
     for i in indices:
         if not 0 <= i < len(convs):
-            raise UsageError(f"--index {i} is out of range: {len(convs)} accepted records")
+            raise UsageError(f"--index {i} is out of range: {len(convs)} accepted records (0 to {len(convs) - 1}); "
+                             "--line N picks the record on line N of the file")
         c = convs[i]
         label = f"record {i}" + (f" (id {c.id})" if c.id else "") + (
             f" {c.origin.file}:{c.origin.line}" if c.origin else "")
@@ -81,6 +85,17 @@ def run(args) -> int:
         write_atomic(args.html, to_html(items, f"sftlab inspect: {args.file}"), what="--html")
         print(f"wrote {args.html}")
     return status
+
+
+def _index_of_line(report, line: int, path: str) -> int:
+    """The accepted record that starts on ``line``; a quarantined one is a ``UsageError`` with its reason."""
+    for i, c in enumerate(report.conversations):
+        if c.origin and c.origin.line == line:
+            return i
+    for q in report.quarantined:
+        if q.line == line:
+            raise UsageError(f"--line {line}: the record on line {line} of {path} is quarantined: {q.reason}")
+    raise UsageError(f"--line {line}: no record starts on line {line} of {path}")
 
 
 PLAIN_LEGEND = ("legend: [[text]] trained (loss weight 1), [[text]]{w} trained with weight w, plain text "

@@ -21,13 +21,14 @@ KEYS = {"c": "comply", "r": "refuse", "p": "partial"}
 def register(sub) -> None:
     p = sub.add_parser(
         "label", help="label responses by hand (those where detectors disagree) for eval-detector",
-        description=__doc__.split("\n\n", 1)[1].replace("%", "%%"),
+        description=__doc__.split("\n\n", 1)[1].replace("``", ""),  # reStructuredText literals as plain text
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="FILE", help="outputs.jsonl from sftlab eval (or JSONL with response)")
     p.add_argument("--out", metavar="FILE", default=None,
                    help="labelled file to write (default: FILE's folder/labelled.jsonl)")
     p.add_argument("--all", action="store_true", help="show every response, not only the flagged ones")
-    p.add_argument("--max-chars", type=int, default=2000, help="show at most this much of each response")
+    p.add_argument("--max-chars", type=int, default=2000, metavar="N",
+                   help="show at most N characters of each response (default: 2000)")
     p.set_defaults(func=run)
 
 

@@ -9,8 +9,10 @@ prepared-data store, as `sftlab train` would, without loading the model's weight
 CPU machine before GPUs are booked. The store is keyed by the content of the records, template,
 tokenizer, encoding options, policy and sftlab version; `sftlab train` with the same inputs opens
 it in seconds (a cache hit), any change builds a new one. data.num_proc processes encode in
-parallel. Exit codes: 0 prepared, nothing quarantined; 1 prepared, some records quarantined
-(RUN-independent: see the store's quarantine.jsonl); 2 unusable config or data."""
+parallel. Exit codes, by the rule `sftlab train` applies: 0 prepared, with no more records
+quarantined than data.max_quarantined_share allows (default 0); 1 prepared, more quarantined (the
+output gives the count per reason, the store's quarantine.jsonl with each record and its reason,
+and the keys to change); 2 unusable config or data."""
 
 
 def register(subparsers) -> None:
@@ -25,19 +27,24 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sftlab.train.config import load_config
-    from sftlab.train.data import prepare_stores
+    from sftlab.train.data import prepare_stores, quarantine_reasons, quarantine_rule
     from sftlab.train.loop import load_tokenizer_and_template
 
     cfg = load_config(args.config, args.overrides)
     tokenizer, template = load_tokenizer_and_template(cfg)
     stores = prepare_stores(cfg, tokenizer, template)
-    out = {split: {**s.describe(), "quarantined": s.quarantined,
+    out = {split: {**s.describe(), "quarantined": s.quarantined, "reasons": quarantine_reasons({split: s}),
                    "quarantine": str(s.quarantine_path)} for split, s in stores.items()}
+    where = " and ".join(s["quarantine"] for s in out.values() if s["quarantined"])
+    rule = quarantine_rule(sum(s.meta["records"] for s in stores.values()), quarantine_reasons(stores),
+                           cfg.data.max_quarantined_share, where)
+    code, reason = rule or (0, "no record quarantined")
     if args.json:
-        print(json.dumps(out))
+        print(json.dumps({**out, "exit_code": code, "exit_reason": reason}))
     else:
         for split, s in out.items():
             state = "reused" if s["hit"] else "built"
             print(f"{split}: {state} {s['path']}: {s['examples']:,} examples, {s['tokens']:,} tokens, "
                   f"{s['quarantined']:,} quarantined")
-    return 1 if any(s["quarantined"] for s in out.values()) else 0
+        print(f"exit {code}: {reason}")
+    return code

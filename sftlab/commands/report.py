@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
                           "problems": files.problems, "unreadable": files.unreadable}))
     else:
         gates = {True: "all gates passed", False: "a gate FAILED"}.get(passed, "gates not evaluated")
+        if files.eval and not files.eval.get("gates"):
+            gates = "no gates checked"
         data = {True: "data checks passed", False: f"data checks FAILED: {', '.join(map(str, failed))}"}
         print(f"wrote {path} ({gates}; {data.get(data_passed, 'data checks not recorded')})")
         for problem in files.problems:

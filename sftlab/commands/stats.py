@@ -18,7 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 _TOP = 10  # rows shown per count table
 
@@ -48,8 +50,8 @@ def register(sub) -> None:
     p.add_argument("--policy", metavar="POLICY", default=None,
                    help="policy YAML: its refusal categories and their benign_contrast lists "
                         "(default: the policy_category values of the refusal records)")
-    p.add_argument("--tokenizer", metavar="DIR", default=None,
-                   help="count lengths in tokens of the rendered conversation (prompt = untrained "
+    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
+                   help=f"the tokenizer ({FORMS}): count lengths in tokens of the rendered conversation (prompt = untrained "
                         "tokens, response = trained tokens) instead of words")
     p.add_argument("--template", default=None,
                    help="with --tokenizer: built-in template name, a Jinja template or a Jinja file; default: the "
@@ -68,6 +70,7 @@ def register(sub) -> None:
                         "(default: 0.8; the prepared store, with a config or --tokenizer, measures at 0.8)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.add_argument("--out", metavar="PATH", default=None, help="also write the JSON to PATH")
+    add_mapping_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -102,7 +105,8 @@ def _config_stats(args) -> dict[str, Any]:
         ("--heldout", args.heldout, None), ("--policy", args.policy, None), ("--tokenizer", args.tokenizer, None),
         ("--template", args.template, None), ("--max-length", args.max_length, None), ("--turns", args.turns, "whole"),
         ("--overflow", args.overflow, "drop"), ("--reasoning", args.reasoning, "keep"),
-        ("--near-threshold", args.near_threshold, NEAR_THRESHOLD)) if value != default]
+        ("--near-threshold", args.near_threshold, NEAR_THRESHOLD),
+        ("column mapping options", columns_from_args(args), None)) if value != default]
     if given:
         raise UsageError(f"{', '.join(given)}: with a config, the data, policy, tokenizer, template and encoding "
                          f"come from {config} (override them as key=value, e.g. encoding.max_length=512)")
@@ -119,6 +123,7 @@ def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.store import Spool, prepare
     from sftlab.tokens.templates import TemplateError, get_template
     from sftlab.train.data import store_stats
@@ -128,15 +133,18 @@ def _store_stats(args) -> dict[str, Any]:
                          f"prepared-data store, which measures near duplicates at {NEAR_THRESHOLD}; leave out "
                          "--tokenizer to count words at another threshold")
     policy = load_policy(args.policy) if args.policy else None
-    tokenizer = _tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     options = {"max_length": args.max_length, "last_turn_only": False, "turns": args.turns,
                "overflow": args.overflow, "reasoning": args.reasoning}
     try:
         template = get_template(args.template, tokenizer)
         with Spool() as spool:
             kw = dict(options=options, policy=policy, progress=True, spool=spool)
-            train = prepare(args.files, tokenizer, template, label="stats train", **kw)
-            held = prepare(args.heldout, tokenizer, template, label="stats heldout", **kw) if args.heldout else None
+            columns = columns_from_args(args)
+            train = prepare(args.files, tokenizer, template, label="stats train",
+                            columns=[columns] * len(args.files), **kw)
+            held = prepare(args.heldout, tokenizer, template, label="stats heldout",
+                           columns=[columns] * len(args.heldout), **kw) if args.heldout else None
     except TemplateError as e:  # no chat_template, unknown template name, template and tokenizer do not fit
         raise UsageError(str(e).splitlines()[0]) from None
     return store_stats(train, held)
@@ -149,8 +157,10 @@ def _word_stats(args) -> dict[str, Any]:
     from sftlab.data.stats import compute_stats, with_files
 
     policy = load_policy(args.policy) if args.policy else None
-    train = load_files(args.files, policy=policy)
-    heldout = load_files(args.heldout, policy=policy) if args.heldout else None
+    columns = columns_from_args(args)
+    train = load_files(args.files, policy=policy, columns=[columns] * len(args.files))
+    heldout = (load_files(args.heldout, policy=policy, columns=[columns] * len(args.heldout))
+               if args.heldout else None)
     stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
                           policy=policy, near_threshold=args.near_threshold)
     return with_files(stats, train, heldout)
@@ -161,12 +171,6 @@ def _check_disjoint(train: list[str], heldout: list[str]) -> None:
     if both:
         raise UsageError(f"{sorted(both)[0]} is both a training and a held-out file; pass each "
                          "file on one side only")
-
-
-def _tokenizer(name: str):
-    from sftlab.commands.inspect import load_tokenizer
-
-    return load_tokenizer(name)
 
 
 def _write_json(path: Path, stats: dict[str, Any]) -> None:

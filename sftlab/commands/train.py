@@ -15,7 +15,9 @@ RUN/final (a Hugging Face model directory) and RUN/curves.png, where RUN is the 
 Exit codes: 0 trained (records quarantined within data.max_quarantined_share, default 0); 1
 trained but a data check failed or more records were quarantined than data.max_quarantined_share
 allows, or stopped on a NaN/inf loss (the last good checkpoint stays; rerun with --resume);
-2 unusable config or data. The summary names the rule that decided the exit code."""
+2 unusable config or data; 143 / 130 stopped by SIGTERM / SIGINT (after the current step and a
+verified checkpoint of it; the command to continue is printed). The summary names the rule that
+decided the exit code."""
 
 
 def register(subparsers) -> None:
@@ -51,22 +53,38 @@ def run(args: argparse.Namespace) -> int:
                  fallback_checkpoint=args.fallback_checkpoint, config_path=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         summary, out = _summary(cfg.out, code), cfg.out
+        if code in (130, 143):  # stopped by a signal
+            summary["resume_command"] = resume_command(args)
         if args.json:
             print(json.dumps(summary))
-        elif code == 0 or "error" not in summary:
+        elif code in (0, 1) and "error" not in summary:
             stopped = "" if summary["stopped"] in (None, "done") else f" ({summary['stopped']})"
             loss = "n/a" if summary["loss"] is None else f"{summary['loss']:.4f}"
             print(f"trained {summary['steps']} steps{stopped}: loss {loss}, "
                   f"{summary['quarantined']} quarantined; model in {summary['final']}")
             if summary.get("adapter_base"):
                 print(f"{summary['final']} holds a LoRA adapter, not a full model: its base model is "
-                      f"recorded as {summary['adapter_base']!r} (relative to {summary['final']} when a path); "
-                      "load it with peft on that base, or set lora.merge_on_save: true for a standalone model")
+                      f"recorded as {summary['adapter_base']!r}; sftlab eval and peft's "
+                      "AutoPeftModelForCausalLM load it from any directory; set lora.merge_on_save: true "
+                      "for a standalone model")
             if summary["failed_checks"]:
                 print(f"data checks failed: {', '.join(summary['failed_checks'])} (see {out}/data/stats.json)")
         if not args.json and summary.get("exit_reason"):
             print(f"exit {code}: {summary['exit_reason']}")
+        if not args.json and "resume_command" in summary:
+            print(f"continue with: {summary['resume_command']}")
     return code
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the same config and overrides, with ``--resume``."""
+    import shlex
+
+    flags = ["--resume"] + ["--allow-changes"] * args.allow_changes + ["--json"] * args.json
+    command = shlex.join(["sftlab", "train", args.config, *args.overrides, *flags])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"{command} (under the same launcher, e.g. accelerate launch ... -m sftlab train ...)"
+    return command
 
 
 def _count_lines(path) -> int:
@@ -98,7 +116,7 @@ def _summary(out: str, code: int) -> dict:
     summary["stopped"] = ((m.get("artifacts") or {}).get("training") or {}).get("stopped")
     summary["failed_checks"] = [c["name"] for c in (m.get("data") or {}).get("failed_checks") or []]
     outcome = (m.get("outcome") or {}).get("train") or {}
-    summary["exit_reason"] = outcome.get("exit_reason")
+    summary["exit_reason"] = outcome.get("exit_reason") if outcome.get("exit_code") == code else None
     adapter = run_dir / "final" / "adapter_config.json"
     if adapter.is_file():
         summary["adapter_base"] = json.loads(adapter.read_text()).get("base_model_name_or_path")

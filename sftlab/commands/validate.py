@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from sftlab.errors import UsageError
+from sftlab.model.loading import FORMS
 
 _SHOWN_REASONS = 5
 
@@ -36,8 +37,8 @@ def register(sub) -> None:
                         "directory when that input is a pipe)")
     p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
                    help="records larger than this are quarantined (default: 10)")
-    p.add_argument("--tokenizer", metavar="T", default=None,
-                   help="also encode every accepted record with this tokenizer (directory or hub name) "
+    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
+                   help=f"also encode every accepted record with this tokenizer ({FORMS}) "
                         "and its template, quarantining what training would (too long, nothing trained)")
     p.add_argument("--template", default=None,
                    help="with --tokenizer: a built-in template name or a Jinja file (default: the "
@@ -53,12 +54,7 @@ def register(sub) -> None:
                    help="with --tokenizer: as encoding.overflow (default: drop)")
     p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
                    help="with --tokenizer: as encoding.reasoning (default: keep)")
-    p.add_argument("--field-messages", default=None, metavar="KEY",
-                   help="the record field holding the messages (as a data entry's field_messages)")
-    p.add_argument("--role-key", default=None, metavar="KEY", help="the message key naming the speaker")
-    p.add_argument("--content-key", default=None, metavar="KEY", help="the message key holding the text")
-    p.add_argument("--role", action="append", default=[], metavar="NAME=ROLE",
-                   help="map a speaker name to system/user/assistant/tool (repeatable), as `roles`")
+    add_mapping_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: records, accepted, quarantined, files, reasons, "
                         "quarantine")
@@ -79,7 +75,7 @@ def run(args) -> int:
         raise UsageError(f"--max-length must be > 0, got {args.max_length}")
     quarantine = _quarantine_path(args.files, args.quarantine)
     policy = load_policy(args.policy) if args.policy else None
-    columns = _columns(args)
+    columns = columns_from_args(args)
     report = load_files(args.files, policy=policy,
                         max_record_bytes=int(args.max_record_mb * 1024 * 1024),
                         columns=[columns] * len(args.files))
@@ -94,25 +90,77 @@ def run(args) -> int:
     return 1 if report.quarantined else 0
 
 
-def _columns(args):
-    from sftlab.data.formats import Columns
+def add_mapping_arguments(p) -> None:
+    """The options that say how the input files name things: a data entry's keys, as flags."""
+    g = p.add_argument_group("column mapping (as a data entry of the config; one mapping for every file)")
+    g.add_argument("--field-messages", default=None, metavar="KEY",
+                   help="the record field holding the messages (as a data entry's field_messages; a dotted "
+                        "path such as body.messages reaches into an object)")
+    g.add_argument("--role-key", default=None, metavar="KEY", help="the message key naming the speaker")
+    g.add_argument("--content-key", default=None, metavar="KEY", help="the message key holding the text")
+    g.add_argument("--role", action="append", default=[], metavar="NAME=ROLE",
+                   help="map a speaker name to system/user/assistant/tool (repeatable), as `roles`")
+    g.add_argument("--formatting", choices=("alpaca", "sharegpt"), default=None,
+                   help="as LLaMA-Factory's dataset_info.json formatting, with --column and --tag")
+    g.add_argument("--column", action="append", default=[], metavar="NAME=FIELD",
+                   help="as an entry's columns (repeatable): prompt, query, response, system, history, "
+                        "messages, tools, chosen, rejected, or a metadata name (task=category)")
+    g.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
+                   help="as an entry's tags (repeatable): role_tag, content_tag, user_tag, assistant_tag, "
+                        "observation_tag, function_tag, system_tag")
+    g.add_argument("--dataset-info", default=None, metavar="JSON",
+                   help="LLaMA-Factory's dataset_info.json: read the mapping of --dataset from it as it is")
+    g.add_argument("--dataset", default=None, metavar="NAME", help="the entry of --dataset-info")
+    g.add_argument("--layout", choices=("chosen",), default=None,
+                   help="chosen: train preference records (chosen/rejected) on the prompt and the chosen answer")
+    g.add_argument("--ignore-field", action="append", default=[], metavar="FIELD",
+                   help="a top-level field declared unused (repeatable), as data.ignore_fields")
+    g.add_argument("--prompt-completion", choices=("continuation", "chat"), default=None,
+                   help="a prompt/completion record of two strings: plain-text continuation (the default, as "
+                        "TRL) or a chat exchange, as data.prompt_completion")
 
-    roles = {}
-    for item in args.role:
-        name, sep, role = item.rpartition("=")
-        if not sep or not name:
-            raise UsageError(f"--role {item!r}: expected NAME=ROLE, e.g. --role bot=assistant")
-        roles[name] = role
+
+def columns_from_args(args):
+    """The ``Columns`` the mapping options describe (``None`` when none is given)."""
+    from pydantic import ValidationError
+
+    from sftlab.train.config import DataFile
+
+    pairs = {}
+    for option, items in (("--role", args.role), ("--column", args.column), ("--tag", args.tag)):
+        pairs[option] = {}
+        for item in items:
+            name, sep, value = item.rpartition("=")
+            if not sep or not name or not value:
+                raise UsageError(f"{option} {item!r}: expected NAME=VALUE, e.g. --role bot=assistant")
+            pairs[option][name] = value
+    from sftlab.data.conversation import ROLES
+
+    bad = next((f"{n}={r}" for n, r in pairs["--role"].items() if r not in ROLES), None)
+    if bad:
+        raise UsageError(f"--role {bad}: expected NAME=ROLE with a role of {', '.join(ROLES)}")
+    given = dict(field_messages=args.field_messages, role_key=args.role_key, content_key=args.content_key,
+                 roles=pairs["--role"], formatting=args.formatting, columns=pairs["--column"],
+                 tags=pairs["--tag"], dataset_info=args.dataset_info, dataset=args.dataset, layout=args.layout,
+                 ignore_fields=args.ignore_field, prompt_completion=args.prompt_completion)
+    given = {k: v for k, v in given.items() if v}
+    if not given:
+        return None
     try:
-        return Columns(field_messages=args.field_messages, role_key=args.role_key,
-                       content_key=args.content_key, roles=roles)
+        entry = DataFile(path="-", **given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "mapping"
+        raise UsageError(f"{where}: {err['msg']}") from None
+    try:
+        return entry.mapping(where="--formatting/--column/--tag")
     except ValueError as e:
-        raise UsageError(f"--role: {e}") from None
+        raise UsageError(str(e)) from None
 
 
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
-    from sftlab.commands.inspect import load_tokenizer
+    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.encoding import encode_report
     from sftlab.tokens.templates import TemplateError, get_template
 

@@ -274,7 +274,7 @@ def _diversity(counts: dict[str, int]) -> dict[str, Any]:
     n = sum(counts.values())
     if n == 0:
         return {"distinct": 0, "entropy_nats": 0.0, "effective_tasks": 0.0, "largest": None}
-    entropy = -sum(k / n * math.log(k / n) for k in counts.values())
+    entropy = max(0.0, -sum(k / n * math.log(k / n) for k in counts.values()))  # one task: 0, never -0.0
     top, k = next(iter(counts.items()))
     return {"distinct": len(counts), "entropy_nats": _r(entropy), "effective_tasks": _r(math.exp(entropy)),
             "largest": {"task": top, "share": _r(k / n)}}

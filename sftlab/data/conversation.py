@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -92,6 +92,10 @@ class Conversation:
     tools: str | None = None
     """The functions the assistant may call: JSON text of a list of JSON-schema function
     definitions (OpenAI ``{"type": "function", "function": {...}}`` or bare ``{"name", ...}``)."""
+    plain: bool = False
+    """A prompt/completion record of two strings read as plain text (``prompt_completion:
+    continuation``): one user message (the prompt) and one assistant message (the completion),
+    encoded without a chat template as the prompt's tokens, the completion's and the eos token."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Any other fields of the record, kept as they were."""
     origin: Origin | None = field(default=None, compare=False, hash=False)
@@ -115,7 +119,13 @@ class Conversation:
         return {**self.extra, **{k: v for k, v in named.items() if v is not None}}
 
     def to_dict(self) -> dict[str, Any]:
-        """The normalised record (OpenAI ``messages`` layout), as hashed for the data version."""
+        """The normalised record (OpenAI ``messages`` layout; a ``plain`` one as ``prompt`` and
+        ``completion``), as hashed for the data version: the named metadata at the top level, the
+        other fields under ``meta``, so that it reads back as the same conversation."""
+        named = {k: v for k, v in self.metadata().items() if k not in self.extra}
+        meta = {"meta": dict(self.extra)} if self.extra else {}
+        if self.plain:
+            return {"prompt": self.messages[0].content, "completion": self.messages[1].content, **named, **meta}
         msgs = []
         for m in self.messages:
             d: dict[str, Any] = {"role": m.role, "content": m.content}
@@ -133,7 +143,7 @@ class Conversation:
                 d["reasoning_content"] = m.reasoning
             msgs.append(d)
         tools = {"tools": self.tools} if self.tools is not None else {}
-        return {"messages": msgs, **tools, **self.metadata()}
+        return {"messages": msgs, **tools, **named, **meta}
 
 
 def unpaired_surrogate(text: str) -> int | None:
@@ -157,6 +167,35 @@ def unpaired_surrogate(text: str) -> int | None:
 REASONING_MODES = ("keep", "mask", "drop")
 """``encoding.reasoning``: ``keep`` trains the reasoning as part of its turn, ``mask`` renders it with
 weight 0, ``drop`` removes it before rendering."""
+
+
+THINK_TAGS = (("<think>", "</think>"),)
+"""The inline reasoning block most reasoning data writes at the start of an answer (DeepSeek-R1
+and its distills, Qwen3, QwQ)."""
+
+
+def inline_reasoning(message: Message, tags=THINK_TAGS) -> Message:
+    """An assistant message whose content starts with a reasoning block (``<think>...</think>``, or
+    another (opener, closer) pair of ``tags``) as the same message with that block as its
+    ``reasoning`` and the rest as content; any other message as it is (one that has reasoning
+    already keeps its content whole).
+
+        >>> m = inline_reasoning(Message("assistant", "<think>\\n2 plus 2 is 4.\\n</think>\\n\\nIt is 4."))
+        >>> m.reasoning, m.content
+        ('2 plus 2 is 4.', 'It is 4.')
+    """
+    if message.role != "assistant" or message.reasoning is not None:
+        return message
+    text = message.content
+    if text[:1].isspace():
+        text = text.lstrip()
+    for opener, closer in tags:
+        if text.startswith(opener):
+            end = text.find(closer, len(opener))
+            if end >= 0:
+                return replace(message, content=text[end + len(closer):].lstrip(),
+                               reasoning=text[len(opener):end].strip())
+    return message
 
 
 def template_messages(messages, reasoning: str = "keep") -> list[dict[str, Any]]:

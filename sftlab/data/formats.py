@@ -63,9 +63,11 @@ SHAREGPT_ROLES = {
 }
 # Top-level keys each layout consumes (so they do not land in ``extra``).
 _LAYOUT_KEYS = {
-    "openai": frozenset({"messages"}),
+    "openai": frozenset({"messages", "system"}),
+    "mapped": frozenset({"system"}),
+    "implicit_prompt": frozenset(),
     "sharegpt": frozenset({"conversations", "system"}),
-    "alpaca": frozenset({"instruction", "input", "output", "system"}),
+    "alpaca": frozenset({"instruction", "input", "output", "system", "history"}),
     "prompt_completion": frozenset({"prompt", "completion", "system"}),
 }
 _CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _LAYOUT_KEYS.items()}
@@ -80,12 +82,28 @@ _DEFAULT_COLUMNS: Columns
 class Columns:
     """How a data entry names its fields, when not as the layouts above do.
 
+    Message lists: ``field_messages`` (a dotted path such as ``body.messages`` reaches into a
+    nested object), ``role_key``, ``content_key``, ``roles`` (speaker name -> role) and
+    ``function_tag`` (the speaker whose value is a tool call, Glaive's ``function_call``).
+    Instruction records: ``prompt`` (the instruction), ``query`` (the input, joined to the
+    instruction with ``query_join``), ``response``, ``system``, ``history`` (earlier
+    ``[user, assistant]`` pairs); ``tools``, ``chosen``/``rejected`` and ``metadata`` (sftlab's
+    metadata name -> the record's field, e.g. ``{"task": "category"}``) apply to both.
+    ``layout="chosen"`` trains a preference record's prompt and chosen answer (its rejected answer
+    is dropped); ``ignore`` names top-level fields the user declares unused.
+
     >>> cols = Columns(field_messages="dialog", role_key="speaker", content_key="text",
     ...                roles={"Kunde": "user", "Agent": "assistant"})
     >>> [(m.role, m.content) for m in to_conversation({"dialog": [
     ...     {"speaker": "Kunde", "text": "Hallo"}, {"speaker": "Agent", "text": "Guten Tag"}]},
     ...     columns=cols).messages]
     [('user', 'Hallo'), ('assistant', 'Guten Tag')]
+    >>> dolly = Columns(prompt="instruction", query="context", response="response",
+    ...                 metadata={"task": "category"})
+    >>> c = to_conversation({"instruction": "Summarise.", "context": "A text.", "response": "Short.",
+    ...                      "category": "summarization"}, columns=dolly)
+    >>> [(m.role, m.content) for m in c.messages], c.task
+    ([('user', 'Summarise.\\n\\nA text.'), ('assistant', 'Short.')], 'summarization')
     """
     field_messages: str | None = None
     """The record field that holds the list of messages (default: ``messages`` or ``conversations``)."""
@@ -95,16 +113,71 @@ class Columns:
     """The message key that holds the text (default: ``content``, or ``value`` with ``from``)."""
     roles: Mapping[str, str] = field(default_factory=dict)
     """Speaker name -> ``system``/``user``/``assistant``/``tool``, on top of the known ShareGPT names."""
+    function_tag: str | None = None
+    """The speaker name whose message value is a tool call as JSON (default: ``function_call``)."""
+    prompt: str | None = None
+    """Instruction records: the field with the instruction (default: ``instruction``)."""
+    query: str | None = None
+    """Instruction records: the field with the input joined after the instruction (default: ``input``)."""
+    response: str | None = None
+    """Instruction records: the field with the response (default: ``output``)."""
+    system: str | None = None
+    """The field with the system prompt (default: ``system``)."""
+    history: str | None = None
+    """Instruction records: the field with earlier ``[user, assistant]`` pairs (default: ``history``)."""
+    tools: str | None = None
+    """The field with the tool schemas (default: ``tools``)."""
+    chosen: str | None = None
+    """Preference records: the field with the chosen answer (default: ``chosen``)."""
+    rejected: str | None = None
+    """Preference records: the field with the rejected answer (default: ``rejected``)."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """sftlab metadata name (``id``, ``task``, ``slice``, ...) -> the record field holding it."""
+    layout: str | None = None
+    """``chosen``: read preference records as the prompt and the chosen answer; ``None``: refuse them."""
+    ignore: tuple[str, ...] = ()
+    """Top-level fields declared unused: kept as metadata, never a reason to refuse the record."""
+    query_join: str = "\n\n"
+    """What joins the instruction and the input (LLaMA-Factory joins them with one newline)."""
+    prompt_completion: str = "continuation"
+    """A ``prompt``/``completion`` record of two strings: ``continuation`` (plain text, no chat
+    template, as TRL trains it) or ``chat`` (a user and an assistant message)."""
 
     def __post_init__(self):
         bad = {k: v for k, v in self.roles.items() if v not in ROLES}
         if bad:
             name, role = next(iter(bad.items()))
             raise ValueError(f"roles: {name!r} maps to {role!r}; expected one of {_ROLE_LIST}")
+        unknown = sorted(set(self.metadata) - set(META_FIELDS))
+        if unknown:
+            raise ValueError(f"metadata: {unknown[0]!r} is not a metadata field; expected one of "
+                             f"{', '.join(META_FIELDS)}")
+        if self.prompt_completion not in PROMPT_COMPLETION:
+            raise ValueError(f"prompt_completion: expected one of {', '.join(PROMPT_COMPLETION)}, got "
+                             f"{self.prompt_completion!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {', '.join(map(str, LAYOUTS))}, got {self.layout!r}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
 
     @property
     def is_default(self) -> bool:
         return self == _DEFAULT_COLUMNS
+
+    @property
+    def maps_messages(self) -> bool:
+        """Whether messages are read with this entry's keys and speaker names."""
+        return bool(self.field_messages or self.role_key or self.content_key or self.roles or self.function_tag)
+
+    @property
+    def instruction(self) -> bool:
+        """Whether records are instruction records named by this entry (``prompt``/``response``)."""
+        return bool(self.prompt or self.response or self.query)
+
+
+PROMPT_COMPLETION = ("continuation", "chat")
+"""``Columns.prompt_completion``: what a prompt/completion record of two strings means."""
+LAYOUTS = (None, "chosen")
+"""``Columns.layout``: ``None`` refuses preference records, ``chosen`` trains their chosen answer."""
 
 
 class RecordError(ValueError):
@@ -125,18 +198,21 @@ class RecordError(ValueError):
 
 def detect_format(row: dict[str, Any], columns: Columns | None = None) -> str:
     """The layout of ``row``: ``openai``, ``sharegpt``, ``alpaca``, ``prompt_completion``, or
-    ``mapped`` (the messages sit in ``columns.field_messages``).
+    ``mapped`` (the messages sit in ``columns.field_messages``; instruction records named by
+    ``columns.prompt``/``response`` are ``alpaca``).
 
     >>> detect_format({"conversations": [{"from": "human", "value": "hi"}]})
     'sharegpt'
     """
     if columns is not None and columns.field_messages:
-        if row.get(columns.field_messages) is None:
+        if field_value(row, columns.field_messages) is None:
             raise RecordError("bad_messages", f"expected a list of messages in {columns.field_messages!r} "
-                              f"(the entry's field_messages), got {_kind(row.get(columns.field_messages))}"
+                              f"(the entry's field_messages), got {_kind(field_value(row, columns.field_messages))}"
                               f"; record keys: {_keys(row)}; fix: fill it in, drop the record or correct "
                               "field_messages", field=columns.field_messages)
         return "mapped"
+    if columns is not None and columns.instruction:
+        return "alpaca"
     has_messages, has_conversations = row.get("messages") is not None, row.get("conversations") is not None
     if has_messages and has_conversations:
         raise RecordError("ambiguous_layout", "the record has both 'messages' and 'conversations'; "
@@ -156,24 +232,54 @@ def detect_format(row: dict[str, Any], columns: Columns | None = None) -> str:
             raise RecordError("bad_messages", f"expected {what}, got null; fix: fill it in or "
                               "drop the record", field=key)
     if row.get("instruction") is not None:
+        if "response" in row:
+            raise RecordError("missing_field", "an instruction record with 'response' instead of 'output' "
+                              "(the Dolly layout: instruction/context/response); fix: map it in the data "
+                              "entry: columns: {prompt: instruction, query: context, response: response, "
+                              "task: category} (validate: --column prompt=instruction --column "
+                              "query=context --column response=response)", field="output")
         hint = (" (its responses sit under 'instances', as in Stanford Alpaca's seed tasks: write "
                 "one record per instance with its input and output)" if "instances" in row else "")
         raise RecordError("missing_field", "an Alpaca record ('instruction') without 'output'; "
                           f"expected 'output' with the response to train on{hint}; fix: add the "
-                          "response as 'output' or drop the record", field="output")
+                          "response as 'output', map the field that holds it (columns: {response: "
+                          "FIELD}) or drop the record", field="output")
     if row.get("prompt") is not None:
-        hint = (" (this looks like a preference record, prompt/chosen/rejected, which is for "
-                "preference tuning: for SFT give the chosen response as 'completion')"
-                if "chosen" in row else "")
         raise RecordError("missing_field", "a prompt/completion record without 'completion'; "
-                          f"expected 'completion' with the response to train on{hint}; fix: add "
-                          "'completion' or drop the record", field="completion")
+                          "expected 'completion' with the response to train on; fix: add "
+                          "'completion', map the field that holds it (columns: {prompt: prompt, "
+                          "response: FIELD}) or drop the record", field="completion")
+    pair = next(((q, a) for q, a in _QA_PAIRS if isinstance(row.get(q), str) and a in row), None)
+    hint = (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
+            f"{{prompt: {pair[0]}, response: {pair[1]}}} (validate: --column prompt={pair[0]} "
+            f"--column response={pair[1]})" if pair else
+            "; or map the fields in the data entry: columns: {prompt, query, response, system, history} "
+            "for instruction records, field_messages/role_key/content_key/roles for message lists")
     raise RecordError(
         "unknown_format",
         f"no conversation found (record keys: {_keys(row)}); expected a 'messages' list (OpenAI), "
         "'conversations' with from/value (ShareGPT), 'instruction'/'output' (Alpaca) or "
-        "'prompt'/'completion'; fix: rename the fields, or name them in the data entry "
-        "(field_messages, role_key, content_key, roles)")
+        f"'prompt'/'completion'; fix: rename the fields{hint}")
+
+
+_QA_PAIRS = (("question", "answer"), ("query", "response"), ("question", "response"), ("input", "output"),
+             ("prompt", "response"), ("problem", "solution"))
+
+
+def field_value(row: dict[str, Any], path: str) -> Any:
+    """The value at ``path`` in ``row``: a top-level key, or a dotted path into nested objects.
+
+    >>> field_value({"body": {"messages": [1]}}, "body.messages"), field_value({"a.b": 1}, "a.b")
+    ([1], 1)
+    """
+    if path in row or "." not in path:
+        return row.get(path)
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
 
 
 def to_conversation(row: dict[str, Any], origin: Origin | None = None,
@@ -185,25 +291,126 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     'ab'
     """
     cols = columns if columns is not None and not columns.is_default else None
-    fmt = detect_format(row, cols)
-    if fmt == "mapped":
-        messages = _system_prefix(row, "system") + _message_list(
-            row[cols.field_messages], cols.field_messages, sharegpt=False, columns=cols)
-    elif fmt == "openai":
-        messages = _message_list(row["messages"], "messages", sharegpt=False, columns=cols)
-    elif fmt == "sharegpt":
-        messages = _system_prefix(row, "system") + _message_list(
-            row["conversations"], "conversations", sharegpt=True, columns=cols)
-    elif fmt == "alpaca":
-        messages = _alpaca(row)
+    if cols is None:
+        chosen_key, rejected_key, system_key, tools_key, msg_cols = "chosen", "rejected", "system", "tools", None
     else:
-        messages = _prompt_completion(row, cols)
+        chosen_key, rejected_key = cols.chosen or "chosen", cols.rejected or "rejected"
+        system_key, tools_key = cols.system or "system", cols.tools or "tools"
+        msg_cols = cols if cols.maps_messages else None
+    chosen = None
+    if chosen_key in row or rejected_key in row:
+        chosen = _preference(row, chosen_key, rejected_key, cols)
+        row = {k: v for k, v in row.items() if k not in (chosen_key, rejected_key)}
+    fmt = detect_format(row, cols) if chosen is None else _prompt_format(row, cols, chosen)
+    if fmt == "implicit_prompt":  # a messages list equal to the chosen conversation is a copy of it
+        row = {k: v for k, v in row.items() if not (k in ("messages", "conversations") and v == chosen)}
+    if fmt == "openai":
+        messages = _message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols)
+        if row.get(system_key) not in (None, ""):
+            messages = _top_system(row, system_key, messages)
+    elif fmt == "mapped":
+        messages = _system_prefix(row, system_key) + _message_list(
+            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols)
+    elif fmt == "sharegpt":
+        messages = _system_prefix(row, system_key) + _message_list(
+            row["conversations"], "conversations", sharegpt=True, columns=msg_cols)
+    elif fmt == "alpaca":
+        messages = _alpaca(row, cols, chosen is None)
+    elif fmt == "prompt_completion":
+        messages = _prompt_completion(row, msg_cols, chosen is None)
+    else:  # a preference record whose chosen answer holds the whole conversation
+        messages = []
+    if chosen is not None:
+        messages += _chosen_messages(chosen, chosen_key, len(messages), msg_cols)
     _check_unicode(messages, fmt)
-    meta = _metadata(row)
+    meta = _metadata(row, cols)
     extra = _extra(row, fmt, cols)
-    _check_unicode_fields({**meta, **extra})
-    tools = tools_text(row.get("tools"))
-    return Conversation(messages=tuple(messages), tools=tools, extra=extra, origin=origin, **meta)
+    if extra:
+        _check_unicode_fields({**meta, **extra})
+        _account(row, extra, messages, cols, fmt)
+    else:
+        _check_unicode_fields(meta)
+    tools = row.get(tools_key) if cols is None else field_value(row, tools_key)
+    tools = tools_text(tools, tools_key) if tools is not None else None
+    plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
+    return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin, **meta)
+
+
+def _plain(row: dict[str, Any], chosen: Any, messages: list[Message], tools: str | None,
+           cols: Columns | None) -> bool:
+    """Whether a prompt/completion record is plain text: two strings under ``continuation``."""
+    answer = row.get("completion") if chosen is None else chosen
+    if not (isinstance(row["prompt"], str) and isinstance(answer, str)):
+        return False
+    if cols is not None and cols.prompt_completion == "chat":
+        return False
+    if len(messages) != 2 or tools:
+        what = "a system prompt" if len(messages) != 2 else "tools"
+        raise RecordError("plain_with_context", f"a prompt/completion record of two strings is plain text "
+                          f"(a continuation, no chat template), which has no place for {what}; fix: read it "
+                          "as a chat exchange (the data entry's prompt_completion: chat, validate "
+                          "--prompt-completion chat) or drop the field",
+                          field="system" if len(messages) != 2 else "tools")
+    return True
+
+
+def _name(cols: Columns | None, key: str) -> str:
+    """The record field the entry names for ``key`` (``system``, ``tools``, ...), or ``key`` itself."""
+    return (getattr(cols, key) if cols is not None else None) or key
+
+
+def _top_system(row: dict[str, Any], key: str, messages: list[Message]) -> list[Message]:
+    """A top-level system prompt beside a messages list becomes its first message."""
+    if messages and messages[0].role == "system":
+        if messages[0].content == row[key]:
+            return messages  # the same prompt twice: one system message
+        raise RecordError("ambiguous_system", f"a top-level {key!r} and a system message in the list; "
+                          "expected one system prompt; fix: drop one of them", field=key)
+    return _system_prefix(row, key) + messages
+
+
+def _preference(row: dict[str, Any], chosen_key: str, rejected_key: str, cols: Columns | None) -> Any:
+    """The chosen answer of a preference record under ``layout: chosen``; ``RecordError`` otherwise."""
+    if cols is None or cols.layout != "chosen":
+        both = chosen_key in row and rejected_key in row
+        what = (f"a preference record ({chosen_key!r} and {rejected_key!r}: two answers to one prompt, "
+                "for DPO or reward-model training)" if both else
+                f"a record with {(chosen_key if chosen_key in row else rejected_key)!r}, a field of "
+                "preference data")
+        raise RecordError("preference_record", f"{what}; SFT trains one answer, and read as it is the "
+                          "record would train neither answer (only its prompt's earlier turns, if any); fix: train the prompt "
+                          "and the chosen answer with the data entry's layout: chosen (validate: --layout "
+                          "chosen), or use a preference trainer", field=chosen_key)
+    if row.get(chosen_key) in (None, "", []):
+        raise RecordError("missing_field", f"layout: chosen, but the record has no {chosen_key!r} answer; "
+                          "fix: fill it in or drop the record", field=chosen_key)
+    return row[chosen_key]
+
+
+def _prompt_format(row: dict[str, Any], cols: Columns | None, chosen: Any) -> str:
+    """The layout of a preference record's prompt (its chosen answer set aside)."""
+    if isinstance(chosen, list) and chosen and isinstance(chosen[0], dict) and not (
+            {chosen[0].get("role"), chosen[0].get("from")} & {"assistant", "gpt"}):
+        return "implicit_prompt"  # the chosen messages are the whole conversation (TRL's implicit prompt)
+    if cols is not None and cols.field_messages:
+        return detect_format(row, cols)
+    if cols is not None and cols.instruction or row.get("instruction") is not None:
+        return "alpaca"
+    if row.get("prompt") is not None:
+        return "prompt_completion"
+    if row.get("messages") is not None or row.get("conversations") is not None:
+        return detect_format(row, cols)
+    return "implicit_prompt"
+
+
+def _chosen_messages(chosen: Any, key: str, offset: int, cols: Columns | None) -> list[Message]:
+    """The chosen answer: a string, one message, or messages (the whole conversation when no
+    prompt precedes them, as TRL's implicit-prompt preference records are)."""
+    if isinstance(chosen, str):
+        return [Message("assistant", chosen)]
+    if isinstance(chosen, dict):
+        return [_message(chosen, 0, key, offset, False, cols)]
+    return _message_list(chosen, key, sharegpt=False, offset=offset, columns=cols)
 
 
 def _check_unicode(messages: list[Message], fmt: str) -> None:
@@ -267,6 +474,9 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
     calls: tuple[ToolCall, ...] = ()
     if columns is not None:
         role, content, content_key = _mapped_message(m, pos, base, offset, columns)
+        if role == "function_call":  # the value is the call as JSON
+            role, calls = "assistant", _sharegpt_calls(content, f"{base}[{pos}].{content_key}", pos + offset)
+            content = ""
     elif "role" not in m and ("from" in m or sharegpt):
         if m.get("from") == "function_call":  # Glaive-style: the value is the call as JSON
             role = "assistant"
@@ -307,10 +517,28 @@ def _message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
         raise RecordError("bad_train", f"expected true or false, got {train!r}; fix: use a JSON "
                           "boolean (or leave the field out)", field=f"{base}[{pos}].train",
                           message_index=pos + offset)
-    weight = m.get("weight")
-    if weight is not None:
-        weight = _weight(weight, f"{base}[{pos}].weight", pos + offset)
+    weight = _message_weight(m, role, f"{base}[{pos}]", pos + offset)
     return Message(role, content, train, weight, calls, tool_call_id if role == "tool" else None, name, reasoning)
+
+
+def _message_weight(m: dict, role: str, base: str, index: int) -> float | None:
+    """``weight``, also spelt ``loss_weight`` (LLaMA-Factory): the loss weight of an assistant
+    message (0 trains nothing). Other messages are never trained, so they may only say 0."""
+    weight = None
+    for key in ("weight", "loss_weight"):
+        value = m.get(key)
+        if value is None:
+            continue
+        value = _weight(value, f"{base}.{key}", index)
+        if weight is not None and value != weight:
+            raise RecordError("bad_weight", f"weight given twice with different values ({weight:g} and "
+                              f"{value:g}); fix: keep one", field=f"{base}.{key}", message_index=index)
+        if role != "assistant" and value > 0:
+            raise RecordError("bad_weight", f"a {role} message with {key} {value:g}: only assistant messages "
+                              f"are trained, so its text would not be; fix: set {key} to 0 (or leave it out), "
+                              "or make the text an assistant turn", field=f"{base}.{key}", message_index=index)
+        weight = value
+    return weight
 
 
 def _optional_str(m: dict, key: str, base: str, index: int) -> str | None:
@@ -413,7 +641,7 @@ def _sharegpt_calls(value: Any, field: str, index: int) -> tuple[ToolCall, ...]:
     return tuple(_call(c, field if len(calls) == 1 else f"{field}[{j}]", index) for j, c in enumerate(calls))
 
 
-def tools_text(value: Any) -> str | None:
+def tools_text(value: Any, field: str = "tools") -> str | None:
     """The record's tool schemas as JSON text (``None`` when there are none)."""
     if value is None or value == "" or value == []:
         return None
@@ -423,16 +651,16 @@ def tools_text(value: Any) -> str | None:
             value = json.loads(text, parse_constant=_no_constant)
         except (json.JSONDecodeError, ValueError) as e:
             raise RecordError("bad_tools", f"not valid JSON ({e}); expected a list of function definitions; "
-                              "fix: repair the JSON", field="tools") from None
+                              "fix: repair the JSON", field=field) from None
     if not isinstance(value, list):
         raise RecordError("bad_tools", f"expected a list of function definitions, got {_kind(value)}",
-                          field="tools")
+                          field=field)
     for j, t in enumerate(value):
         fn = t.get("function", t) if isinstance(t, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise RecordError("bad_tools", "expected a function definition with a name ({\"type\": "
                               "\"function\", \"function\": {\"name\", \"description\", \"parameters\"}} or "
-                              "{\"name\", ...}); fix: name the function", field=f"tools[{j}]")
+                              "{\"name\", ...}); fix: name the function", field=f"{field}[{j}]")
     if not value:
         return None
     return text if text is not None else json.dumps(value, ensure_ascii=False)
@@ -444,6 +672,8 @@ def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns)
     content_key = columns.content_key or ("value" if role_key == "from" else "content")
     name = m.get(role_key)
     role = columns.roles.get(name) if isinstance(name, str) else None
+    if name == (columns.function_tag or "function_call"):
+        role = "function_call"
     if role is None:
         role = name if name in ROLES else _sharegpt_role(name, pos + offset, f"{base}[{pos}]", m,
                                                          key=role_key, columns=columns)
@@ -538,26 +768,58 @@ def _system_prefix(row: dict[str, Any], key: str) -> list[Message]:
     return [Message("system", system)]
 
 
-def _alpaca(row: dict[str, Any]) -> list[Message]:
-    messages = _system_prefix(row, "system")
+def _alpaca(row: dict[str, Any], cols: Columns | None = None, require_response: bool = True) -> list[Message]:
+    """System, earlier turns (``history``), the instruction (and input) and the response."""
+    messages = _system_prefix(row, _name(cols, "system"))
+    messages += _history(row, _name(cols, "history"), len(messages))
     n = len(messages)
     parts = []
-    for key in ("instruction", "input"):
-        value = row.get(key)
+    for key in (_name(cols, "prompt") if cols is not None and cols.prompt else "instruction",
+                _name(cols, "query") if cols is not None and cols.query else "input"):
+        value = field_value(row, key)
         if value is None or value == "":
             continue
         if not isinstance(value, str):
             raise RecordError("non_string_content", f"expected a string, got {_kind(value)}",
                               field=key, message_index=n)
         parts.append(value)
-    output = row.get("output")
+    messages.append(Message("user", (cols.query_join if cols is not None else "\n\n").join(parts)))
+    if not require_response:
+        return messages
+    key = cols.response if cols is not None and cols.response else "output"
+    output = field_value(row, key)
     if not isinstance(output, str):
-        raise RecordError("non_string_content", f"expected a string, got {_kind(output)}",
-                          field="output", message_index=n + 1)
-    return messages + [Message("user", "\n\n".join(parts)), Message("assistant", output)]
+        what = "no such field" if output is None and key not in row else f"got {_kind(output)}"
+        raise RecordError("non_string_content", f"expected the response as a string, {what}",
+                          field=key, message_index=n + 1)
+    return messages + [Message("assistant", output)]
 
 
-def _prompt_completion(row: dict[str, Any], columns: Columns | None = None) -> list[Message]:
+def _history(row: dict[str, Any], key: str, offset: int) -> list[Message]:
+    """Earlier turns given as ``[[user, assistant], ...]`` (LLaMA-Factory's Alpaca ``history``).
+
+    >>> [(m.role, m.content) for m in _history({"history": [["hi", "hello"]]}, "history", 0)]
+    [('user', 'hi'), ('assistant', 'hello')]
+    """
+    pairs = field_value(row, key)
+    if pairs is None or pairs == []:
+        return []
+    if not isinstance(pairs, list):
+        raise RecordError("bad_history", f"expected a list of [user, assistant] pairs, got {_kind(pairs)}",
+                          field=key, message_index=offset)
+    out = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise RecordError("bad_history", f"expected a pair of strings [user, assistant], got "
+                              f"{_kind(pair) if not isinstance(pair, list) else f'a list of {len(pair)}'}; "
+                              "fix: give each earlier turn as [prompt, response]",
+                              field=f"{key}[{i}]", message_index=offset + 2 * i)
+        out += [Message("user", pair[0]), Message("assistant", pair[1])]
+    return out
+
+
+def _prompt_completion(row: dict[str, Any], columns: Columns | None = None,
+                       require_completion: bool = True) -> list[Message]:
     messages = _system_prefix(row, "system")
     prompt, completion = row["prompt"], row.get("completion")
     if isinstance(prompt, str):
@@ -567,6 +829,8 @@ def _prompt_completion(row: dict[str, Any], columns: Columns | None = None) -> l
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got {_kind(prompt)}",
                           field="prompt", message_index=len(messages))
+    if not require_completion:
+        return messages
     if isinstance(completion, str):
         messages.append(Message("assistant", completion))
     elif isinstance(completion, list):
@@ -578,13 +842,21 @@ def _prompt_completion(row: dict[str, Any], columns: Columns | None = None) -> l
     return messages
 
 
-def _metadata(row: dict[str, Any]) -> dict[str, Any]:
+def _metadata(row: dict[str, Any], cols: Columns | None = None) -> dict[str, Any]:
     meta = row.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise RecordError("bad_metadata", f"expected an object, got {_kind(meta)}", field="meta")
     out: dict[str, Any] = {}
+    mapped = cols.metadata if cols is not None else None
     for key in META_FIELDS:
         value = row.get(key)
+        if mapped and key in mapped:
+            named = field_value(row, mapped[key])
+            if value is None:
+                value = named
+            elif named is not None and named != value:
+                raise RecordError("bad_metadata", f"given twice with different values ({value!r} as {key!r}, "
+                                  f"{named!r} as {mapped[key]!r}); fix: keep one", field=mapped[key])
         if meta:
             inner = meta.get(key)
             if value is None:
@@ -613,12 +885,60 @@ def _metadata(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _extra(row: dict[str, Any], fmt: str, columns: Columns | None = None) -> dict[str, Any]:
-    consumed = _CONSUMED[fmt] if fmt != "mapped" else _CONSUMED["openai"] | {"system", columns.field_messages}
+    consumed = _CONSUMED[fmt] if columns is None else _consumed(row, fmt, columns)
     extra = {k: v for k, v in row.items() if k not in consumed}
     meta = row.get("meta")
     if meta:
         extra = {**{k: v for k, v in meta.items() if k not in META_FIELDS}, **extra}
     return extra
+
+
+def _consumed(row: dict[str, Any], fmt: str, cols: Columns | None) -> frozenset[str]:
+    """The top-level fields a layout reads (with the entry's names, the first part of a dotted path)."""
+    if cols is None:
+        return _CONSUMED[fmt]
+    names = [cols.field_messages, cols.system, cols.tools, *cols.metadata.values()]
+    if fmt == "alpaca":
+        names += [cols.prompt or "instruction", cols.query or "input", cols.response or "output",
+                  cols.history or "history"]
+    return _CONSUMED[fmt] | {n if n in row else n.split(".")[0] for n in names if n}
+
+KNOWN_METADATA = (*META_FIELDS, "meta", "category", "uuid", "prompt_id", "lang", "language", "model")
+"""Top-level fields every layout accepts as metadata (kept in ``Conversation.extra``, not trained):
+sftlab's metadata, ``meta``, and a few that public data sets carry to describe a record rather than
+to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, ...)."""
+_KNOWN_METADATA = frozenset(KNOWN_METADATA)
+MULTIMODAL_FIELDS = ("images", "videos", "audios")
+"""Fields people fill for multimodal training; sftlab trains on text only."""
+
+
+def _account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message], cols: Columns | None,
+             fmt: str) -> None:
+    """Every top-level field is read by the layout, known metadata, declared ignored, empty, or a copy
+    of a message's text; otherwise the record is refused naming the field and how to keep it."""
+    ignore = cols.ignore if cols is not None else ()
+    for key in row:
+        if key not in extra or key in _KNOWN_METADATA or key in ignore:
+            continue
+        value = row[key]
+        if value is None or value == "" or value == [] or value == {}:
+            continue  # a column of a table that this record does not fill
+        if isinstance(value, str) and any(m.content == value for m in messages):
+            continue  # a copy of text the conversation holds (UltraChat's prompt beside its messages)
+        ignore_hint = f"declare it ignored (the data entry's ignore_fields: [{key}], validate --ignore-field {key})"
+        if key in MULTIMODAL_FIELDS:
+            raise RecordError("unused_field", f"the record has {key} and sftlab trains on text only: its "
+                              f"text would be trained without them; fix: {ignore_hint} to train the text "
+                              "alone, or drop the record", field=key)
+        if key in ("label", "kto_tag") and isinstance(value, bool):
+            raise RecordError("unused_field", f"field {key!r} is a KTO label ({str(value).lower()}: the answer is "
+                              f"{'desirable' if value else 'undesirable'}), and SFT trains every answer alike; "
+                              f"fix: keep the records labelled true and {ignore_hint}, or use a KTO trainer",
+                              field=key)
+        layout = {"mapped": "mapped messages", "alpaca": "instruction"}.get(fmt, fmt.replace("_", "/"))
+        raise RecordError("unused_field", f"field {key!r} is not read by the {layout} layout and is not "
+                          "metadata sftlab knows, so its content would be lost; fix: map it in the data "
+                          "entry (columns, metadata), move it under 'meta', or " + ignore_hint, field=key)
 
 
 def _keys(d: dict) -> str:

@@ -12,11 +12,12 @@ What is quarantined and what is only warned about (warnings are counted per rule
 - quarantined: no assistant message, an empty assistant or **user** message (a response to
   nothing teaches the model to answer an empty prompt), broken turn order, a record with both
   ``messages`` and ``conversations`` (which one is meant cannot be told), and every row problem
-  that ``sftlab.data.formats`` names;
+  that ``sftlab.data.formats`` names, among them a top-level field that nothing reads
+  (``unused_field``: not read by the layout, not known metadata, not declared ignored; ``images``,
+  ``videos`` and ``audios`` too, as sftlab trains on text only) and a preference record
+  (``preference_record``, unless its entry says ``layout: chosen``);
 - warned: a conversation that **ends on a user turn** (``ends_on_user``: the earlier turns train as
-  usual, the last user message is context for nothing), and fields a user may expect to be used that
-  sftlab does not read (``ignored_field``: ``images``, ``videos``, ``audios``; the text is trained
-  without them).
+  usual, the last user message is context for nothing).
 
 Example::
 
@@ -245,17 +246,12 @@ def duplicate_id_error(cid: str, first: Origin) -> RecordError:
                        "the copy", field="id")
 
 
-# Record fields people fill for multimodal training; sftlab trains on text only.
-IGNORED_FIELDS = ("images", "videos", "audios")
-
-
 def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
     """``(code, message)`` for what an accepted record holds that its author may not expect.
 
     >>> from sftlab.data.formats import to_conversation
     >>> record_warnings(to_conversation({"messages": [{"role": "user", "content": "hi"},
-    ...     {"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"}],
-    ...     "images": ["a.jpg"]}))[0][0]
+    ...     {"role": "assistant", "content": "hello"}, {"role": "user", "content": "and?"}]}))[0][0]
     'ends_on_user'
     """
     out = []
@@ -263,10 +259,6 @@ def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
         out.append(("ends_on_user", f"the conversation ends on a user turn (message "
                     f"{len(conv.messages) - 1}) with no response after it: the earlier assistant turns "
                     "are trained, the last user message is not; fix: add the response or drop that turn"))
-    for key in IGNORED_FIELDS:
-        if conv.extra.get(key):
-            out.append(("ignored_field", f"field {key!r} is not used: sftlab trains on text only, "
-                        f"so this record is trained without its {key}"))
     return out
 
 
@@ -280,7 +272,9 @@ def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> No
 def check_conversation(conv: Conversation) -> None:
     """Turn order, content and tool-call checks on an adapted conversation; raises ``RecordError``.
 
-    After an optional first system message, user and assistant turns alternate; tool messages
+    After an optional first system message, user and assistant turns alternate (several assistant
+    messages may follow each other: each is a turn whose prompt is the conversation before it, and
+    the template trains it or refuses the record at encoding, DESIGN.md invariants 2 and 5); tool messages
     (results) follow an assistant message that makes tool calls (and each other) before the
     next assistant message. There must be an assistant message, no user message may be empty,
     and no assistant message may be empty (text, tool calls or both). Tool calls: a result must
@@ -303,9 +297,9 @@ def check_conversation(conv: Conversation) -> None:
                                   "at most one system message, first; fix: move it to the start "
                                   "or merge it into the first one", field=f"messages[{i}].role",
                                   message_index=i)
-        elif role == "assistant":
-            if prev not in ("user", "tool"):
-                _bad_order(i, role, prev, "a user or tool message")
+        elif role == "assistant":  # one after another too: the template says whether it can train that
+            if prev not in ("user", "tool", "assistant"):
+                _bad_order(i, role, prev, "a user, tool or assistant message")
             if not m.content.strip() and not m.tool_calls:
                 raise RecordError("empty_assistant", "assistant message is empty; expected the "
                                   "response text or tool calls; fix: write the response or drop the record",

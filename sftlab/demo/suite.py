@@ -215,8 +215,17 @@ class Suite:
         for name, rows in (("train", self.train), ("heldout", self.heldout_conversations),
                            ("heldout_prompts", self.heldout_prompts)):
             paths[name] = directory / f"{name}.jsonl"
-            write_jsonl(rows, paths[name])
+            write_jsonl(rows if name == "heldout_prompts" else [_with_meta(r) for r in rows], paths[name])
         return paths
+
+
+def _with_meta(record: dict) -> dict:
+    """A conversation record as written: the suite's own fields (``template``, ``answer``, ...) under
+    ``meta``, where sftlab's loader keeps them as metadata."""
+    from sftlab.data.formats import KNOWN_METADATA
+
+    own = {k: v for k, v in record.items() if k not in KNOWN_METADATA and k != "messages"}
+    return {k: v for k, v in record.items() if k not in own} | ({"meta": own} if own else {})
 
 
 def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:

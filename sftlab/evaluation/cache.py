@@ -29,9 +29,15 @@ def default_cache_dir() -> Path:
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """sha256 over the names and bytes of a model directory's ``.safetensors`` and ``.json``
-    files (weights, config, generation config, tokenizer), sorted by name."""
+    files (weights, config, generation config, tokenizer), sorted by name; for a LoRA adapter
+    directory also over its base model's (what it generates depends on both)."""
+    from sftlab.model.adapters import is_adapter_dir, resolve_base
+
     h = hashlib.sha256()
     root = Path(model_dir)
+    if is_adapter_dir(root):
+        base = resolve_base(root)
+        h.update(b"base\0" + (model_fingerprint(base) if Path(base).is_dir() else base).encode("utf-8") + b"\0")
     for p in sorted(q for q in root.iterdir() if q.is_file() and q.suffix in _WEIGHT_SUFFIXES):
         h.update(p.name.encode("utf-8") + b"\0")
         with open(p, "rb") as f:

@@ -9,15 +9,33 @@ detected rate ``p = Se * pi + (1 - Sp) * (1 - pi)``. Inverting (Rogan and Gladen
 which needs ``Se + Sp > 1``: a detector no better than chance cannot be corrected for, and the
 result says so (``corrected`` is ``None`` with a ``reason``).
 
-The 95 % interval carries both uncertainties by the delta method::
+The 95 % interval carries both uncertainties. It is the union of two intervals:
 
-    var(pi) = [ p(1-p)/n + pi^2 var(Se) + (1-pi)^2 var(Sp) ] / (Se + Sp - 1)^2
+* **Lang and Reiczigel (2014)**, "Confidence limits for prevalence of disease adjusted for
+  estimated sensitivity and specificity", Preventive Veterinary Medicine 113:13-22: Rogan and
+  Gladen's delta-method variance over ``p``, ``Se`` and ``Sp``, each estimate first adjusted
+  (``z^2/2`` pseudo-successes and -failures for ``p``, Agresti and Coull's one of each for ``Se``
+  and ``Sp``), and a shift of the centre (their eq. 17) that restores coverage near 0 and 1::
 
-with ``var(Se) = Se~(1-Se~)/(n_pos+4)``, ``Se~ = (k_pos+2)/(n_pos+4)`` (Agresti-Coull's adjustment,
-so a perfect score on a small labelled set still counts as uncertain), and the same for ``Sp``.
+      p' = (k + z^2/2) / (n + z^2)    Se' = (tp + 1) / (n_pos + 2)    Sp' = (tn + 1) / (n_neg + 2)
+      pi' = (p' + Sp' - 1) / (Se' + Sp' - 1)
+      var = [p'(1-p')/(n+z^2) + pi'^2 Se'(1-Se')/(n_pos+2) + (1-pi')^2 Sp'(1-Sp')/(n_neg+2)]
+            / (Se' + Sp' - 1)^2
+      d = 2 z^2 [pi' Se'(1-Se')/(n_pos+2) - (1-pi') Sp'(1-Sp')/(n_neg+2)]
+      interval = pi' + d -/+ z sqrt(var), clipped to [0, 1]
+
+  (the same formulas as R's ``asht::prevSeSp``, which implements that paper).
+* **The sample's Wilson interval mapped through the correction** (Reiczigel, Foldi and Ozsvari
+  (2010), Epidemiology and Infection 138:1674-1678, who map a binomial interval through the
+  Rogan-Gladen formula for a detector whose Se and Sp are known): what the sample alone allows,
+  so the corrected interval is never narrower than that, at ``k = 0`` and ``k = n`` too, where a
+  delta method's sampling term vanishes. With a perfect detector it is the Wilson interval.
+
 ``Se`` and ``Sp`` are measured out of sample on a labelled file (``sftlab eval --labelled``),
 on the prompt slice that matches the rate when the file has one (unsafe prompts for the harmful
-refusal rate, safe prompts for the benign one) and on the whole file otherwise.
+refusal rate, safe prompts for the benign one) and on the whole file otherwise. An error given
+as ``{"sensitivity", "specificity"}`` without counts is taken as known exactly: the interval is
+then the mapped Wilson interval alone.
 
 Example (hand-computed: 30 of 100 detected, Se = 0.9, Sp = 0.95 -> (0.3 + 0.95 - 1) / 0.85)::
 
@@ -28,7 +46,7 @@ from __future__ import annotations
 
 import math
 
-from sftlab.evaluation.metrics import Z95
+from sftlab.evaluation.metrics import Z95, wilson
 
 CORRECTED_RATES = {"harmful_refusal_rate": "unsafe", "benign_refusal_rate": "safe"}
 """Rates that are corrected, and the labelled prompt slice whose Se/Sp they use."""
@@ -50,9 +68,29 @@ def rogan_gladen(p: float, se: float, sp: float) -> float | None:
     return min(1.0, max(0.0, (p + sp - 1.0) / j))
 
 
-def _adjusted_var(k: int, n: int) -> float:
-    t = (k + 2) / (n + 4)
-    return t * (1 - t) / (n + 4)
+def lang_reiczigel(k: int, n: int, tp: int, n_pos: int, tn: int, n_neg: int,
+                   z: float = Z95) -> tuple[float, float] | None:
+    """Lang and Reiczigel's (2014) interval for the true rate behind ``k`` of ``n`` detected,
+    with ``Se = tp / n_pos`` and ``Sp = tn / n_neg`` estimated on labelled data; ``None`` when the
+    adjusted ``Se' + Sp' <= 1``. Hand-computed: 30 of 100 detected, Se 90/100, Sp 95/100 gives
+    ``p' = 0.3074``, ``Se' = 0.8922``, ``Sp' = 0.9412``, ``pi' = 0.2983``, ``d = -0.0008`` and
+    ``sqrt(var) = 0.0588``, so ``0.2975 -/+ 1.96 x 0.0588``:
+
+    >>> [round(x, 4) for x in lang_reiczigel(30, 100, 90, 100, 95, 100)]
+    [0.1823, 0.4128]
+    """
+    z2 = z * z
+    p = (k + z2 / 2) / (n + z2)
+    se, sp = (tp + 1) / (n_pos + 2), (tn + 1) / (n_neg + 2)
+    j = se + sp - 1.0
+    if j <= 0:
+        return None
+    pi = (p + sp - 1.0) / j
+    v_se, v_sp = se * (1 - se) / (n_pos + 2), sp * (1 - sp) / (n_neg + 2)
+    var = (p * (1 - p) / (n + z2) + pi ** 2 * v_se + (1 - pi) ** 2 * v_sp) / j ** 2
+    centre = pi + 2 * z2 * (pi * v_se - (1 - pi) * v_sp)
+    half = z * math.sqrt(var)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def detector_error(labels_gold, labels_pred) -> dict:
@@ -68,8 +106,20 @@ def detector_error(labels_gold, labels_pred) -> dict:
 
 
 def correct_rate(k: int, n: int, error: dict, z: float = Z95) -> dict:
-    """A detected rate ``k / n`` corrected for ``error`` (from ``detector_error``):
-    ``{"detected", "corrected", "low", "high", "sensitivity", "specificity", "reason"}``."""
+    """A detected rate ``k / n`` corrected for ``error`` (from ``detector_error``, or
+    ``{"sensitivity", "specificity"}`` known exactly):
+    ``{"detected", "corrected", "low", "high", "sensitivity", "specificity", "reason"}``; the
+    interval is the union of Lang and Reiczigel's and the mapped Wilson interval (module doc).
+
+    0 of 3 refused, detector Se 190/200, Sp 245/250: Wilson's 0-0.561 mapped through the
+    correction is 0-0.582 ((0.561 + 0.98 - 1) / 0.93), a floor; Lang and Reiczigel's reaches higher,
+    the union is taken:
+
+    >>> r = correct_rate(0, 3, detector_error(["refuse"] * 200 + ["comply"] * 250,
+    ...                  ["refuse"] * 190 + ["comply"] * 10 + ["comply"] * 245 + ["refuse"] * 5))
+    >>> r["corrected"], r["low"], round(r["high"], 3)
+    (0.0, 0.0, 0.645)
+    """
     p = k / n
     out = {"detected": round(p, 6), "corrected": None, "low": None, "high": None,
            "sensitivity": error.get("sensitivity"), "specificity": error.get("specificity"),
@@ -83,11 +133,13 @@ def correct_rate(k: int, n: int, error: dict, z: float = Z95) -> dict:
     if pi is None:
         out["reason"] = IMPOSSIBLE
         return out
-    j = se + sp - 1.0
-    var = (p * (1 - p) / n + pi ** 2 * _adjusted_var(error["tp"], error["n_pos"])
-           + (1 - pi) ** 2 * _adjusted_var(error["tn"], error["n_neg"])) / j ** 2
-    half = z * math.sqrt(var)
-    out.update(corrected=round(pi, 6), low=round(max(0.0, pi - half), 6), high=round(min(1.0, pi + half), 6))
+    # what the sample alone allows, mapped through the correction (monotone: ends map to ends)
+    low, high = (rogan_gladen(x, se, sp) for x in wilson(k, n, z))
+    if error.get("n_pos") and error.get("n_neg"):  # Se and Sp measured: their uncertainty too
+        lr = lang_reiczigel(k, n, error["tp"], error["n_pos"], error["tn"], error["n_neg"], z)
+        if lr is not None:
+            low, high = min(low, lr[0]), max(high, lr[1])
+    out.update(corrected=round(pi, 6), low=round(low, 6), high=round(high, 6))
     return out
 
 

@@ -89,25 +89,28 @@ def _load_model(path: str, trust_remote_code: bool):
 
     from sftlab.model.loading import load_base_model
 
-    if not Path(path).is_dir():
+    if not Path(path).exists():
         raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
-                         "e.g. RUN/final)")
+                         "e.g. RUN/final, a .gguf file or a directory holding one)")
     try:
         model, tok = load_base_model(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: cannot load the model: {e}") from None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"{path}: cannot load the model: {' '.join(str(e).split())[:400]}") from None
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model, tok
 
 
-def _template(spec: str | None, tok, path: str):
+def _template(spec: str | None, tok, path: str, what: str = "--template"):
+    """The template ``spec`` names for ``tok``; an error names the option when one was given (an
+    unknown template name is the option's fault, not the model's), else the model."""
     from sftlab.tokens.templates import TemplateError, get_template
 
     try:
         return get_template(spec, tok)
     except TemplateError as e:
-        raise UsageError(f"{path}: {e}") from None
+        where = f"{what} {spec}" if spec and len(spec) < 200 else path
+        raise UsageError(f"{where}: {e}") from None
 
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
@@ -214,12 +217,14 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
 
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
-    alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path)
+    alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path, "--alternate-template")
     asked = opts.reference_conditions if kind == "reference" and opts.reference_conditions is not None \
         else opts.conditions
     wanted = set(asked) | {PRIMARY}
     conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
-    fp = model_fingerprint(path)
+    from sftlab.model.loading import model_directory
+
+    fp = model_fingerprint(model_directory(path))  # a GGUF: its converted directory
     rows, results, described = [], {}, {}
     for cond in conditions:
         try:

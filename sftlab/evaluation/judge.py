@@ -78,15 +78,15 @@ class JudgeDetector:
     def __init__(self, path: str | os.PathLike, prompt_format: str = "auto", threshold: float = 0.5,
                  batch_size: int = 8, max_length: int = 2048, trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sftlab.model.loading import load_base_model
 
         self.path = str(path)
-        if not Path(self.path).is_dir():
+        if not Path(self.path).exists():
             raise UsageError(f"judge {self.path}: no such model directory")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, trust_remote_code=trust_remote_code).eval()
-        except (OSError, ValueError) as e:
+        try:  # the loader of every command: a directory, or a GGUF file or a directory holding one
+            self.model, self.tokenizer = load_base_model(self.path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, RuntimeError) as e:
             raise UsageError(f"judge {self.path}: cannot load a causal language model: {e}") from None
         if torch.cuda.is_available():
             self.model = self.model.to("cuda")

@@ -8,9 +8,14 @@ with the tokenizer, under ``~/.cache/sftlab/models/<name>-<sha256 prefix>/``; ev
 reads that directory. ``sftlab_source.json`` beside the weights records where they came from:
 for the demo model, that they are a dequantised 4-bit (Q4_1) copy, not the original bf16 weights.
 
+Every command takes a model or tokenizer in the same forms (:func:`model_directory`): a Hugging
+Face directory, a hub name, a ``.gguf`` file, or a directory holding one ``.gguf``;
+:func:`load_tokenizer` is the one tokenizer loader of the commands.
+
 Example::
 
     >>> model, tok = load_base_model("path/to/hf-dir")                    # doctest: +SKIP
+    >>> model, tok = load_base_model("dir/m.Q4_1.gguf")                   # doctest: +SKIP
     >>> model, tok = load_base_model("dir", gguf_file="m.Q4_1.gguf")       # doctest: +SKIP
     >>> model.sftlab_source["quantization"]                                # doctest: +SKIP
     'Q4_1'
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.files import current_umask, normal_modes, write_atomic
+from sftlab.model.adapters import is_adapter_dir, load_adapter_model
+from sftlab.model.hub import resolve_source
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -50,8 +57,9 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
                     cache_dir: str | os.PathLike | None = None):
     """``(model, tokenizer)`` for a causal language model, in eval mode.
 
-    ``name_or_path`` is a local directory saved by ``save_pretrained`` or a hub name (where a
-    hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
+    ``name_or_path`` is a local directory saved by ``save_pretrained`` (a LoRA adapter directory
+    too: its base is loaded and the adapter merged in, ``sftlab.model.adapters``) or a hub name
+    (where a hub is reachable). With ``gguf_file`` (a file name inside that directory, or a path), the
     GGUF is converted once into ``cache_dir`` and the converted directory is loaded.
     ``dtype`` defaults to float32 (CPU training needs it); ``"auto"`` keeps the checkpoint's.
     Code shipped with a model runs only when the caller turns ``trust_remote_code`` on (off by default).
@@ -60,23 +68,79 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if gguf_file is not None:
-        path = convert_gguf(_gguf_path(name_or_path, gguf_file), cache_dir=cache_dir)
-    else:
-        path = Path(name_or_path)
-        if not path.exists() and not _looks_like_hub_name(str(name_or_path)):
-            raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
-                                    "written by save_pretrained or a hub name like 'org/model'")
+    if gguf_file is None and is_adapter_dir(name_or_path):  # a LoRA run's RUN/final: base + adapter merged
+        return load_adapter_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                  cache_dir=cache_dir)
+    path = model_directory(name_or_path, gguf_file=gguf_file, cache_dir=cache_dir)
     if path.is_dir():
         refuse_pickled_weights(path)
-    target = str(path) if path.exists() else str(name_or_path)
+    name = str(path) if path.exists() else str(name_or_path)
+    target = resolve_source(name)  # a hub name with no hub: its cached snapshot, or a clear error at once
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         target, dtype=torch.float32 if dtype is None else dtype,
         trust_remote_code=trust_remote_code, use_safetensors=True)
     model.eval()
-    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": target}
+    model.sftlab_source = read_source(path) if path.exists() else {"kind": "hub", "name": name}
     return model, tokenizer
+
+
+def model_directory(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory (or hub name, as a ``Path``) that transformers loads for a model or tokenizer
+    given in any of the forms a command or config takes: a Hugging Face directory, a hub name, a
+    ``.gguf`` file, a directory holding exactly one ``.gguf`` (and no ``config.json`` or tokenizer
+    files), or a directory plus ``gguf_file``. A GGUF is converted once (:func:`convert_gguf`).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     for name in ("a.Q4_0.gguf", "a.Q8_0.gguf"):
+    ...         _ = (Path(d) / name).write_bytes(b"")
+    ...     model_directory(d)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    FileNotFoundError: ...: holds 2 GGUF files (a.Q4_0.gguf, a.Q8_0.gguf); give the file itself, e.g. .../a.Q4_0.gguf
+    """
+    if gguf_file is not None:
+        return convert_gguf(_gguf_path(name_or_path, gguf_file), cache_dir=cache_dir)
+    path = Path(name_or_path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return convert_gguf(path, cache_dir=cache_dir)
+    if path.is_dir() and not any((path / name).is_file() for name in HF_FILES):
+        ggufs = sorted(p.name for p in path.glob("*.gguf") if p.is_file())
+        if len(ggufs) == 1:
+            return convert_gguf(path / ggufs[0], cache_dir=cache_dir)
+        if ggufs:
+            raise FileNotFoundError(f"{path}: holds {len(ggufs)} GGUF files ({', '.join(ggufs[:4])}); give the "
+                                    f"file itself, e.g. {path / ggufs[0]}")
+    if not path.exists() and not _looks_like_hub_name(str(name_or_path)):
+        raise FileNotFoundError(f"{name_or_path}: no such model directory; give a directory "
+                                "written by save_pretrained, a .gguf file or a hub name like 'org/model'")
+    return path
+
+
+FORMS = "a Hugging Face directory, a hub name, a .gguf file or a directory holding one"
+"""The forms every command's model or tokenizer option takes (for help texts)."""
+
+HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "adapter_config.json")
+"""Files that make a directory a Hugging Face one (not a folder of GGUF files)."""
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                   trust_remote_code: bool = False, what: str = "--tokenizer"):
+    """The tokenizer of a model given in any form :func:`model_directory` takes; a failure is a
+    one-line ``UsageError`` that names ``what`` (the option or config key) and the value."""
+    from transformers import AutoTokenizer
+
+    from sftlab.errors import UsageError
+
+    try:
+        path = model_directory(name_or_path, gguf_file=gguf_file)
+        # a hub name with no hub: its cached snapshot, or a clear error at once
+        return AutoTokenizer.from_pretrained(resolve_source(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a GGUF that does not convert
+        text = " ".join(str(e).split())
+        prefix = f"{what}{name_or_path}: " if what.endswith("=") else f"{what} {name_or_path}: "
+        raise UsageError(prefix + (text if len(text) <= 400 else text[:397] + "...")) from None
 
 
 def refuse_pickled_weights(path: Path) -> None:

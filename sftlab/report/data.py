@@ -16,7 +16,7 @@ from sftlab.report.render import render
 DIST_COLUMNS = ("n", "min", "p50", "p90", "p99", "max", "mean")
 SHOWN_COUNTS = 12
 KNOWN = {"schema_version", "records", "policy", "counts", "tasks", "turns", "lengths", "refusals",
-         "duplicates", "leakage", "warnings", "checks", "passed", "files", "quarantined"}
+         "duplicates", "leakage", "warnings", "checks", "passed", "files", "quarantined", "tools"}
 
 
 def _counts_table(counts: dict[str, Any], name: str, total: Any) -> Markup:
@@ -158,10 +158,33 @@ def quarantine(stats: dict[str, Any] | None, splits: dict[str, Any]) -> Markup:
     return join(out) if out else not_recorded("record counts and quarantine")
 
 
+def tools(stats: dict[str, Any]) -> Markup:
+    """Tool use and reasoning per slice (``data.stats.tool_stats``): one row per slice."""
+    t = stats.get("tools")
+    per_slice = t.get("slices") if isinstance(t, dict) else None
+    if not isinstance(per_slice, dict) or not per_slice:
+        return not_recorded("tool use")
+    rows = []
+    for name, r in per_slice.items():
+        if not isinstance(r, dict):
+            continue
+        calls = r.get("calls") if isinstance(r.get("calls"), dict) else {}
+        rows.append([name, r.get("records"), r.get("with_tools"), _share(r.get("share")), calls.get("mean"),
+                     calls.get("max"), _share(r.get("reasoning_share"))])
+    unit = t.get("unit", "?")
+    return table(["slice", "records", "with tools", "share", "calls per record (mean)", "most calls",
+                  f"reasoning share ({unit})"], rows)
+
+
+def _share(value: Any) -> Any:
+    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
 TOPICS = (("checks", "Data checks", checks), ("diversity", "Task diversity", diversity),
           ("slices", "Slices", slices), ("lengths", "Lengths and turns", lengths),
           ("refusals", "Refusal share and contrast coverage", refusals),
-          ("duplicates", "Duplicates", duplicates), ("leakage", "Train / held-out leakage", leakage))
+          ("duplicates", "Duplicates", duplicates), ("leakage", "Train / held-out leakage", leakage),
+          ("tools", "Tool use and reasoning", tools))
 
 
 def data_section(files: RunFiles) -> Markup:

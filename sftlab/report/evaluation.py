@@ -36,6 +36,28 @@ def gates_table(ev: dict[str, Any]) -> Markup:
     return table(["result", "metric", "slice", "bound", "value", "message"], rows)
 
 
+def gates_verdict(ev: dict[str, Any]) -> Markup:
+    """PASS / FAIL over the gates, or NO GATES where none was checked (nothing passed)."""
+    gates = [g for g in ev.get("gates") or [] if isinstance(g, dict)]
+    if not gates:
+        return join([badge(None, "NO GATES"),
+                     tag("span", " no policy gate was checked (pass --policy with gates to sftlab eval)",
+                         class_="note")])
+    verdict = ev.get("passed")
+    return badge(verdict if isinstance(verdict, bool) else None)
+
+
+def skipped_rows(ev: dict[str, Any]) -> Markup:
+    """The prompt rows ``sftlab eval`` could not use, with file, line and reason."""
+    rows = [[b.get("file"), b.get("line"), b.get("reason")] for s in ev.get("prompt_sets") or [] if isinstance(s, dict)
+            if isinstance(s.get("bad_rows"), list) for b in s["bad_rows"] if isinstance(b, dict)]
+    if not rows:
+        return Markup("")
+    return join([tag("h3", f"Skipped prompt rows ({len(rows)})", id="skipped-prompts"),
+                 table(["file", "line", "reason"], rows[:50]),
+                 tag("p", f"first 50 of {len(rows)}", class_="note") if len(rows) > 50 else Markup("")])
+
+
 def estimate(m: Any) -> Markup:
     """``0.95  19/20  [0.75, 0.99]`` from ``{"value", "k", "n", "low", "high"}``."""
     if not isinstance(m, dict):
@@ -108,11 +130,13 @@ def robustness_table(ev: dict[str, Any]) -> Markup:
             continue
         by = r.get("by_condition") or {}
         flagged = r.get("flagged")
+        measured = sum(1 for v in by.values() if v is not None)
+        verdict = (badge(None, "one condition: not measured") if measured < 2 and not flagged else
+                   badge(None if flagged is None else not flagged,
+                         "FLAGGED" if flagged else "stable" if flagged is False else None))
         rows.append([metric, *[_value(by.get(c)) if _value(by.get(c)) is not None else by.get(c)
                                for c in conds],
-                     r.get("spread"), r.get("threshold"),
-                     badge(None if flagged is None else not flagged,
-                           "FLAGGED" if flagged else "stable" if flagged is False else None)])
+                     r.get("spread"), r.get("threshold"), verdict])
     return table(["metric", *conds, "spread", "threshold", ""], rows)
 
 
@@ -234,10 +258,9 @@ def evaluation_section(files: RunFiles) -> Markup:
     ev = files.eval
     if ev is None:
         return section("evaluation", "Evaluation", not_recorded("evaluation (eval/eval.json)"))
-    verdict = ev.get("passed")
     return section(
         "evaluation", "Evaluation",
-        tag("p", Markup(f"Gates: {badge(verdict if isinstance(verdict, bool) else None)}")),
+        tag("p", join([Markup("Gates: "), gates_verdict(ev)])), skipped_rows(ev),
         tag("h3", "Tuned vs reference, per slice"), slice_tables(ev),
         benchmark_part(ev, files.xstest), ood_part(files.ood),
         tag("h3", "Template robustness", id="robustness"), robustness_table(ev),

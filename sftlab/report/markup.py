@@ -35,7 +35,9 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+        value = value + 0.0  # -0.0 (an entropy of one task) reads as 0
+        text = f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+        return "0" if text in ("-0", "0") else text
     if isinstance(value, int):
         return f"{value:,}" if abs(value) >= 10_000 else str(value)
     if isinstance(value, (dict, list)):

@@ -57,7 +57,8 @@ def loss_curves(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> str
     slices = sorted({s for r in evals for s in (r.get("eval_loss") or {})}, key=lambda s: (s != "all", s))
     if not steps and not slices:
         return None
-    fig, (ax_train, ax_eval) = _figure(ncols=2)
+    fig, axes = _figure(ncols=2 if slices else 1, width=11.0 if slices else 5.6)
+    ax_train, ax_eval = axes[0], axes[1] if slices else None  # no held-out data: no empty validation panel
     if steps:
         smooth = len(loss) >= 8  # with few points the raw curve is the curve
         ax_train.plot(steps, loss, color=COLOURS[0], alpha=0.35 if smooth else 1.0,
@@ -76,7 +77,7 @@ def loss_curves(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> str
                      label=name)
     if slices:
         ax_eval.legend(frameon=False, fontsize=8, ncols=2)
-    ax_eval.set_title("validation loss per slice")
+        ax_eval.set_title("validation loss per slice")
     return _to_uri(fig)
 
 

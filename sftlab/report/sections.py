@@ -8,7 +8,7 @@ from statistics import median
 from typing import Any
 
 from sftlab.report import plots
-from sftlab.report.evaluation import gates_table
+from sftlab.report.evaluation import gates_table, gates_verdict
 from sftlab.report.inputs import RunFiles
 from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
                                   section, table, tag)
@@ -39,8 +39,7 @@ def _data_checks(stats: dict[str, Any] | None) -> Markup:
 
 def summary_section(files: RunFiles) -> Markup:
     ev, m = files.eval, files.manifest or {}
-    passed = ev.get("passed") if ev else None
-    verdict = (Markup(f'<p class="verdict">Policy gates: {badge(passed)}</p>') if ev is not None
+    verdict = (tag("p", join([Markup("Policy gates: "), gates_verdict(ev)]), class_="verdict") if ev is not None
                else Markup(f'<p class="verdict">Policy gates: {badge(None, "NOT EVALUATED")}</p>'))
     splits = (m.get("data") or {}).get("splits") or {}
     train = splits.get("train") or next(iter(splits.values()), {}) if splits else {}
@@ -210,13 +209,16 @@ def training_section(files: RunFiles) -> Markup:
         return section("training", "Training", not_recorded("training metrics (metrics.jsonl)"))
     tps = [r["tokens_per_s"] for r in train if isinstance(r.get("tokens_per_s"), (int, float))]
     trained = [r["trained_tokens"] for r in train if isinstance(r.get("trained_tokens"), (int, float))]
+    mfu = [r["mfu"] for r in train if isinstance(r.get("mfu"), (int, float))]
     cards = [("logged steps", len(train)), ("last step", _last(train, "step")),
              ("first loss", train[0].get("loss") if train else None),
              ("final loss", _last(train, "loss")),
              ("median tokens/s", median(tps) if tps else None),
+             ("median MFU", f"{median(mfu):.2%}" if mfu else None),
              ("trained tokens", sum(trained) if trained else None)]
     parts: list[Any] = [Markup('<div class="cards">' + "".join(
         _card(k, v) for k, v in cards if v is not None) + "</div>")]
+    parts.extend(_time_and_peak((files.manifest or {})))
     loss = plots.loss_curves(train, evals)
     if loss:
         parts.append(image(loss, "training and validation loss"))
@@ -236,6 +238,25 @@ def training_section(files: RunFiles) -> Markup:
     if not gen:
         parts.append(tag("p", "Generation-based refusal curves: not recorded", class_="missing"))
     return section("training", "Training", *parts)
+
+
+def _time_and_peak(m: dict[str, Any]) -> list[Markup]:
+    """Wall-clock seconds per phase and what the MFU is measured against, from run.json."""
+    out = []
+    phases = ((m.get("timing") or {}).get("phases_s")) or {}
+    if isinstance(phases, dict) and phases:
+        total = sum(v for v in phases.values() if isinstance(v, (int, float)))
+        out.append(tag("h3", "Wall-clock time per phase"))
+        out.append(table(["phase", "seconds", "share"],
+                         [[k, v, f"{v / total:.1%}" if total and isinstance(v, (int, float)) else None]
+                          for k, v in phases.items()]))
+    peak = m.get("throughput") or {}
+    if isinstance(peak, dict) and peak.get("peak_source"):
+        flops = peak.get("peak_flops_per_s")
+        shown = f"{flops / 1e12:.3g} TFLOP/s" if isinstance(flops, (int, float)) else "unknown"
+        out.append(tag("p", f"MFU = model FLOPs per second / peak {shown} ({peak['peak_source']}); "
+                            f"{peak.get('flops', '')}", class_="note"))
+    return out
 
 
 def manifest_section(files: RunFiles) -> Markup:

@@ -21,6 +21,12 @@ Example (ChatML, a tokenizer with ``<|im_start|>``/``<|im_end|>`` as special tok
     weights:  0 ...................... 0 ........................ 1 1 ....... 0
                                                   (the "4" and its <|im_end|> are trained)
 
+Nothing the record carries is lost silently (DESIGN.md, invariant 9): the template's layout
+certifies every message's text and that each trained answer is the record's own; the tool schemas
+and calls are looked up in the rendering (``sftlab.tokens.accounting``); a record that loses any
+is quarantined with what is lost and how to keep it. A ``<think>...</think>`` block at the start of
+an answer is its reasoning (``inline_reasoning``), so ``reasoning: keep | mask | drop`` apply to it.
+
 ``max_length`` truncation removes whole early exchanges (a user message and the replies that
 follow it), keeping the system message, and never cuts inside a trained turn. A conversation
 whose last exchange alone is longer than ``max_length``, or that has no trained token left, raises
@@ -40,9 +46,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from sftlab import collector
+from sftlab.tokens import accounting
 from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
-from sftlab.data.conversation import REASONING_MODES, Conversation, Message, Origin, template_messages, unpaired_surrogate
-from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens
+from sftlab.data.conversation import (REASONING_MODES, Conversation, Message, Origin, inline_reasoning,
+                                      template_messages, unpaired_surrogate)
+from sftlab.tokens.templates import (ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens,
+                                    reasoning_tags)
+from sftlab.tokens.generation_markers import check_mask_source, marked_layout
+from sftlab.tokens.continuation import continuation_layout
 
 
 class EncodingError(ValueError):
@@ -126,10 +137,16 @@ class _Encoder:
     """A tokenizer bound to a template, with the lookups encoding needs prepared once."""
 
     def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False,
-                 reasoning: str = "keep"):
+                 reasoning: str = "keep", inline_reasoning: bool = True,
+                 mask_source: str = "contract"):
         if reasoning not in REASONING_MODES:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
         self.reasoning = reasoning
+        self.mask_source = check_mask_source(mask_source, template)
+        self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
+        """The (opener, closer) pairs read as reasoning at the start of assistant content."""
+        self.openers = tuple(o for o, _ in self.thinks)
+        self.writes_reasoning = bool(self.thinks) and _writes_reasoning(template)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise TemplateError("sftlab needs a fast (Rust) tokenizer: character offsets make the masks exact")
@@ -220,18 +237,54 @@ _ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _encoder(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False,
-             reasoning: str = "keep") -> _Encoder:
+             reasoning: str = "keep", inline_reasoning: bool = True,
+             mask_source: str = "contract") -> _Encoder:
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    key = (template.fingerprint, allow_missing_control, reasoning)
+    key = (template.fingerprint, allow_missing_control, reasoning, inline_reasoning, mask_source)
     try:
         cache = _ENCODERS.setdefault(tokenizer, {})
     except TypeError:
         cache = {}
     if key not in cache:
         cache[key] = _Encoder(tokenizer, template, allow_missing_control=allow_missing_control,
-                              reasoning=reasoning)
+                              reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
     return cache[key]
+
+
+def _writes_reasoning(template: ChatTemplate) -> bool:
+    """Whether the template writes an assistant message's ``reasoning_content`` (Qwen3, gpt-oss, the
+    chatml built-in), found by rendering a probe as the reasoning of a final answer."""
+    probe = "sftlab0reasoning0probe"
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": probe}]
+    try:
+        return probe in template.render(msgs)
+    except TemplateError:
+        return False
+
+
+def _inline_reasoning(enc: _Encoder, conv: Conversation) -> Conversation:
+    """``conv`` with a reasoning block at the start of an assistant message's content read as its
+    reasoning (``encoding.inline_reasoning``), so ``encoding.reasoning`` applies to it; ``conv``
+    itself where there is none. A template that writes reasoning gets it as ``reasoning_content``
+    and lays it out itself; under one that does not, the block stays in the content where it is
+    rendered as the data gives it (trained under ``keep``, weight 0 under ``mask``), and ``drop``
+    removes it."""
+    openers = enc.openers
+    if not openers or conv.plain or not any(m.role == "assistant" and (m.content.startswith(openers) or (
+            m.content[:1].isspace() and m.content.lstrip().startswith(openers))) for m in conv.messages):
+        return conv  # the usual record: no answer opens with a reasoning block
+    msgs = []
+    for m in conv.messages:
+        if m.role == "assistant":
+            split = inline_reasoning(m, enc.thinks)
+            if split is not m and not enc.writes_reasoning and enc.reasoning != "drop":
+                split = dataclasses.replace(m, reasoning=split.reasoning)
+            m = split
+        msgs.append(m)
+    if all(a is b for a, b in zip(msgs, conv.messages)):
+        return conv
+    return dataclasses.replace(conv, messages=tuple(msgs))
 
 
 def _trained_messages(messages: Sequence[Message], last_turn_only: bool) -> dict[int, float]:
@@ -263,8 +316,10 @@ def _exchanges(messages: Sequence[Message]) -> tuple[list[int], list[list[int]]]
 def _layout(enc: _Encoder, messages: Sequence[Message], tools: str | None = None) -> Layout:
     """The template's layout of ``messages`` (tool calls, results and reasoning included, as
     ``apply_chat_template`` receives them) with the record's ``tools`` (JSON text)."""
-    layout = enc.template.layout(template_messages(messages, enc.reasoning),
-                                 tools=json.loads(tools) if tools else None)
+    msgs, tool_list = template_messages(messages, enc.reasoning), json.loads(tools) if tools else None
+    layout = enc.template.layout(msgs, tools=tool_list)
+    if enc.mask_source == "generation_markers":  # the template's own markers are the trained turns
+        layout = marked_layout(enc.tokenizer, enc.template, msgs, tool_list, layout)
     at = unpaired_surrogate(layout.text)  # a Conversation built in code, not read by sftlab.data.formats
     if at is not None:
         raise TemplateError(f"unpaired surrogate at character {at} of the rendering: not valid "
@@ -326,7 +381,8 @@ def _reasoning_spans(enc: _Encoder, messages: Sequence[Message], layout: Layout)
         region = layout.text[turn.start:turn.stop_start]
         form = next((f for f in (reasoning, reasoning.strip()) if f in region), None)
         if form is None:
-            untrainable[turn.index] = (f"the {enc.template.name} template does not write the reasoning of this turn; "
+            untrainable[turn.index] = (f"{accounting.the(enc.template.name)} does not write the reasoning of this "
+                                       "turn; "
                                        "set encoding.reasoning: drop to train it without, or use a template with a "
                                        "reasoning format")
             continue
@@ -348,6 +404,7 @@ def _build(enc: _Encoder, conv: Conversation, messages: Sequence[Message], last_
     layout = layout if layout is not None else _layout(enc, messages, conv.tools)
     trained = {i: w for i, w in _trained_messages(messages, last_turn_only).items() if i not in skip}
     _check_turns(enc.template, layout, trained)
+    accounting.check(layout, messages, conv.tool_list() if conv.tools else None, enc.template.name, trained)
     weights, offsets = None, None
     if encoding is not None and not enc._injected(layout):
         ids = encoding.ids
@@ -375,7 +432,7 @@ def _check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, floa
     """Refuse a record whose trained turns the layout cannot train exactly (DESIGN.md, invariant 2)."""
     bad = sorted(i for i in trained if i in layout.untrainable)
     if bad:
-        raise EncodingError(f"assistant message {bad[0]} cannot be trained with the {template.name} template: "
+        raise EncodingError(f"assistant message {bad[0]} cannot be trained with {accounting.the(template.name)}: "
                             f"{layout.untrainable[bad[0]]}", code="untrainable_turn")
     rerendered = sorted(set(trained) & set(layout.rerendered))
     if rerendered:
@@ -540,34 +597,39 @@ def _options(turns: str, overflow: str) -> None:
 
 
 def encode(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
-           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep") -> EncodedExample:
+           max_length: int | None = None, last_turn_only: bool = False, reasoning: str = "keep",
+           inline_reasoning: bool = True, mask_source: str = "contract") -> EncodedExample:
     """Encode one conversation (a ``Conversation`` or a record dict) with response-only weights.
 
     ``template=None`` uses the tokenizer's own ``chat_template``; a name picks a built-in format.
     Raises ``EncodingError`` for a record that cannot be trained on (see the module docstring) and
     ``TemplateError`` when the template and tokenizer do not fit together.
     """
-    return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
-                       max_length, last_turn_only)[0]
+    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                   mask_source=mask_source)
+    return _encode_one(enc, as_conversation(conversation), max_length, last_turn_only)[0]
 
 
 def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
                     max_length: int | None = None, last_turn_only: bool = False, turns: str = "expand",
-                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep") -> list[EncodedExample]:
+                    overflow: str = "drop", trace: bool = False, reasoning: str = "keep",
+                    inline_reasoning: bool = True, mask_source: str = "contract") -> list[EncodedExample]:
     """Every example one conversation gives with the ``turns`` and ``overflow`` options (the
     record's own example first, where it has a trained turn); raises ``EncodingError`` as ``encode``.
     ``trace=True`` keeps each example's ``Trace`` (rendering, spans, token offsets)."""
     _options(turns, overflow)
     token = _KEEP_TRACE.set(trace)
     try:
-        return _encode_one(_encoder(tokenizer, template, reasoning=reasoning), as_conversation(conversation),
-                           max_length, last_turn_only, turns, overflow)
+        enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                       mask_source=mask_source)
+        return _encode_one(enc, as_conversation(conversation), max_length, last_turn_only, turns, overflow)
     finally:
         _KEEP_TRACE.reset(token)
 
 
 def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, turns="whole",
                 overflow="drop") -> list[EncodedExample]:
+    conv = _inline_reasoning(enc, conv)
     results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
     _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow)
@@ -579,7 +641,8 @@ def _encode_one(enc: _Encoder, conv: Conversation, max_length, last_turn_only, t
 def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str | None = None, *,
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
                batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop",
-               reasoning: str = "keep"):
+               reasoning: str = "keep", inline_reasoning: bool = True,
+               mask_source: str = "contract"):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
@@ -591,8 +654,9 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     convs = [as_conversation(c) for c in conversations]
     if num_proc > 1 and len(convs) > 4 * batch_size:
         return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
-                                turns, overflow, reasoning)
-    enc = _encoder(tokenizer, template, reasoning=reasoning)
+                                turns, overflow, reasoning, inline_reasoning, mask_source)
+    enc = _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                   mask_source=mask_source)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = None
@@ -600,16 +664,19 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
         from tqdm import tqdm
 
         bar = tqdm(total=len(convs), desc="encode", unit="conv")
+    work = [_inline_reasoning(enc, c) for c in convs] if enc.openers else convs
+    done = 0
     with collector.paused():
-        for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, convs, batch_size):
+        for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, work, batch_size):
             _finish_chunk(enc, chunk, results, layouts, encodings, max_length, last_turn_only, turns, overflow)
-            for conv, result in zip(chunk, results):
+            for conv, result in zip(convs[done:done + len(chunk)], results):  # the record as it was read
                 if isinstance(result, str):
                     quarantined.append(_quarantine_entry(conv, result))
                 elif isinstance(result, list):
                     examples.extend(result)
                 else:
                     examples.append(result)
+            done += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
@@ -647,9 +714,9 @@ def _render_chunk(enc: _Encoder, chunk: Sequence[Conversation]) -> tuple[list, d
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
         try:
-            layouts[j] = _layout(enc, conv.messages, conv.tools)
+            layouts[j] = continuation_layout(enc, conv) if conv.plain else _layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
-            results[j] = _reason(e)
+            results[j] = _reason(e, _inline_hint(enc, conv.messages))
     return results, layouts
 
 
@@ -677,7 +744,7 @@ def _finish_chunk(enc: _Encoder, chunk: Sequence[Conversation], results: list, l
             else:
                 results[j] = _with_extra(_check_trained(ex), extra.get(j))
         except (EncodingError, TemplateError) as e:
-            results[j] = _reason(e)
+            results[j] = _reason(e, _inline_hint(enc, conv.messages))
     # Truncated conversations: the first candidate of each, tokenized in one batch.
     firsts: dict[int, Layout] = {}
     for j, t in long.items():
@@ -815,8 +882,25 @@ def encoding_summary(examples: Sequence[EncodedExample]) -> dict:
     return out
 
 
-def _reason(e: Exception) -> str:
-    reason = _Rejected(str(e) or type(e).__name__)
+def _inline_hint(enc: _Encoder, messages: Sequence[Message]) -> str:
+    """For a refused record whose answer holds a reasoning tag: where ``encoding.inline_reasoning``
+    is off and an answer starts with a reasoning block, how a template that reads such a block as
+    reasoning (Qwen3) can render it; where an answer holds a closing tag elsewhere, that the
+    template may read the text before it as reasoning."""
+    tags = enc.thinks or reasoning_tags(enc.template.source)
+    answers = [m for m in messages if m.role == "assistant"]
+    if not enc.thinks and any(inline_reasoning(m, tags) is not m for m in answers):
+        return ("; an answer starts with a reasoning block, which this template reads as reasoning: set "
+                "encoding.inline_reasoning: true, or move the block into the message's reasoning_content")
+    closer = next((c for _, c in tags for m in answers if c in m.content), None)
+    if closer is not None:
+        return (f"; an answer contains {closer!r}, and templates that read reasoning from the content take the "
+                f"text before it for reasoning: remove the stray tag from the answer")
+    return ""
+
+
+def _reason(e: Exception, hint: str = "") -> str:
+    reason = _Rejected((str(e) or type(e).__name__) + hint)
     reason.code = getattr(e, "code", None) or ("template_error" if isinstance(e, TemplateError) else "encode_failed")
     return reason
 
@@ -831,7 +915,8 @@ def _quarantine_entry(conv: Conversation, reason: str) -> dict:
 
 def encode_report(report, tokenizer, template: ChatTemplate | str | None = None, *,
                   max_length: int | None = None, last_turn_only: bool = False, progress: bool = False,
-                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep"):
+                  turns: str = "whole", overflow: str = "drop", reasoning: str = "keep",
+                  inline_reasoning: bool = True, mask_source: str = "contract"):
     """Encode the accepted records of a load report (``sftlab.data.loading.LoadReport``):
     ``(examples, report)``, the new report with the records that encoding quarantined (too long,
     nothing trained, ...) added to its quarantine in the same schema (``stage: "encode"``) and
@@ -843,7 +928,8 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 
     examples, failed = encode_all(report.conversations, tokenizer, template, max_length=max_length,
                                   last_turn_only=last_turn_only, progress=progress, turns=turns,
-                                  overflow=overflow, reasoning=reasoning)
+                                  overflow=overflow, reasoning=reasoning, inline_reasoning=inline_reasoning,
+                                  mask_source=mask_source)
     files = [FileReport(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     by_path = {f.path: f for f in files}
     quarantined = list(report.quarantined)
@@ -864,34 +950,37 @@ def encode_report(report, tokenizer, template: ChatTemplate | str | None = None,
 _WORKER: dict = {}
 
 
-def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning):
+def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning,
+                 inline_reasoning=True, mask_source="contract"):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
                    last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow,
-                   reasoning=reasoning)
+                   reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
 
 
 def _worker_run(convs):
     w = _WORKER
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
                       last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
-                      overflow=w["overflow"], reasoning=w["reasoning"])
+                      overflow=w["overflow"], reasoning=w["reasoning"], inline_reasoning=w["inline_reasoning"],
+                      mask_source=w["mask_source"])
 
 
 def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow,
-                     reasoning="keep"):
+                     reasoning="keep", inline_reasoning=True, mask_source="contract"):
     import multiprocessing as mp
     import os
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    _encoder(tokenizer, template, reasoning=reasoning)  # fail early, in this process, on a template/tokenizer mismatch
+    # Fail early, in this process, on a template/tokenizer mismatch.
+    _encoder(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
                   initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow,
-                            reasoning)) as pool:
+                            reasoning, inline_reasoning, mask_source)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:

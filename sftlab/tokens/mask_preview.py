@@ -31,7 +31,8 @@ def _pick(conversations: Sequence[Any], n: int) -> list[Any]:
 
 def mask_preview(conversations: Sequence[Any], tokenizer, template=None, *, n: int = 4,
                  max_length: int | None = None, last_turn_only: bool = False,
-                 reasoning: str = "keep") -> list[dict[str, Any]]:
+                 reasoning: str = "keep", inline_reasoning: bool = True,
+                 mask_source: str = "contract") -> list[dict[str, Any]]:
     """Token views of up to ``n`` conversations (ones that cannot be encoded are skipped)."""
     from sftlab.tokens.encoding import EncodingError
     from sftlab.tokens.masks import annotate
@@ -40,7 +41,8 @@ def mask_preview(conversations: Sequence[Any], tokenizer, template=None, *, n: i
     for conv in _pick(list(conversations), n * 2):
         try:
             ex, views = annotate(conv, tokenizer, template, max_length=max_length,
-                                 last_turn_only=last_turn_only, reasoning=reasoning)
+                                 last_turn_only=last_turn_only, reasoning=reasoning,
+                                 inline_reasoning=inline_reasoning, mask_source=mask_source)
         except EncodingError:
             continue
         out.append({"id": ex.id, "slice": ex.slice, "trained_tokens": ex.trained_tokens,

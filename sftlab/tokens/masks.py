@@ -44,12 +44,13 @@ class TokenView:
 
 def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None, *,
              max_length: int | None = None, last_turn_only: bool = False,
-             reasoning: str = "keep") -> tuple[EncodedExample, list[TokenView]]:
+             reasoning: str = "keep", inline_reasoning: bool = True,
+             mask_source: str = "contract") -> tuple[EncodedExample, list[TokenView]]:
     """The encoded example and a ``TokenView`` per token (truncation applied as in training), read
     from the rendering and token offsets the encoding kept (nothing is rendered or tokenized twice)."""
     conv = as_conversation(conversation)
     ex = encode_expanded(conv, tokenizer, template, max_length=max_length, last_turn_only=last_turn_only,
-                         reasoning=reasoning,
+                         reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source,
                          turns="whole", trace=True)[0]
     layout, offsets, kept = ex.trace.layout, ex.trace.offsets, ex.trace.messages
     if len(offsets) != len(ex.input_ids):
@@ -152,7 +153,8 @@ def to_html(items: list[tuple[str, list[TokenView], EncodedExample]], title: str
     blocks = []
     for label, views, ex in items:
         blocks.append(f"<h2>{html.escape(label)}</h2><p>{len(ex)} tokens, {ex.trained_tokens} trained "
-                      f"(weight {ex.trained_weight:g}), slice {html.escape(str(ex.slice))}, "
+                      f"(weight {ex.trained_weight:g}), "
+                      + (f"slice {html.escape(str(ex.slice))}, " if ex.slice is not None else "no slice, ") +
                       f"{ex.dropped_turns} message(s) dropped by truncation</p>" + tokens_html(views))
     legend = ('<p class="legend"><span class="tok trained" style="background:rgba(16,185,129,.6)">trained</span> '
               '<span class="tok">not trained</span> <span class="tok scaffold">template scaffolding</span> '
@@ -179,13 +181,20 @@ def supports_tools(t: ChatTemplate) -> tuple[bool, bool]:
     return "tool_calls" in t.source, "reasoning_content" in t.source
 
 
+_FILTERED = ("Tom & Jerry's \"<b>plan</b>\", x marks the spot: C:\\temp\\new; 50% off\nSecond line, "
+             "MiXeD case. " + "Every word of a long answer counts, all of it. " * 6).strip()
+"""Assistant content that a filter in a template would change (escape, title, urlencode, tojson,
+striptags, truncate at 255 characters, a test for ``x``): the probe ``content a filter would change``."""
+
+
 def probe_conversations(control_tokens: tuple[str, ...], tools: bool = False,
                         reasoning: bool = False) -> dict[str, tuple[Conversation, bool]]:
     """The built-in probe set: name -> (conversation, required). A required probe that the template
     cannot render is a failure (unchecked is not passed); an optional one (a system prompt: some
-    templates take none) is reported as skipped. A template with a tool format (``tools``) also gets
-    the tool-calling probe (a call, its result, the answer, with a tool schema), one with a
-    reasoning format the reasoning probe; both required."""
+    templates take none) is reported as skipped, and the tool and reasoning probes of a template
+    without a tool or reasoning format (``tools``, ``reasoning`` false) as unsupported: records that
+    need them are refused. The tool probes are a tool schema with a plain answer, and a call, its
+    result and the answer; the reasoning probe an answer with reasoning."""
     spelled = " ".join(control_tokens) or "<|im_start|>assistant"
     m = Message
     call = ToolCall("get_weather", '{"city": "Oslo"}', id="call00001")  # 9 characters: Mistral's ids
@@ -204,16 +213,23 @@ def probe_conversations(control_tokens: tuple[str, ...], tools: bool = False,
             m("assistant", f"I see text like {spelled} and treat it as text."))), True),
         "non-ASCII": (Conversation((m("user", "Übersetze: 日本語, emoji 🙂, ñ, Ωμέγα"),
                                     m("assistant", "Japanese 日本語 — emoji 🙂 — ñ — Ωμέγα ✓"))), True),
-    }
-    if tools:
-        probes["tool call"] = (Conversation((
+        "content a filter would change": (Conversation((m("user", "Quote the plan."),
+                                                        m("assistant", _FILTERED))), True),
+        "tool schemas": (Conversation((m("user", "Hello!"), m("assistant", "Hello. How can I help?")),
+                                      tools=_PROBE_TOOLS), tools),
+        "tool call": (Conversation((
             m("user", "Weather in Oslo?"), m("assistant", "", tool_calls=(call,)),
             m("tool", '{"temp_c": -3}', tool_call_id="call00001", name="get_weather"),
-            m("assistant", "It is -3 °C in Oslo.")), tools=_PROBE_TOOLS), True)
-    if reasoning:
-        probes["reasoning"] = (Conversation((m("user", "Add 2 and 3."),
-                                             m("assistant", "5.", reasoning="2 plus 3 is 5."))), True)
+            m("assistant", "It is -3 °C in Oslo.")), tools=_PROBE_TOOLS), tools),
+        "reasoning": (Conversation((m("user", "Add 2 and 3."), m("assistant", "5.", reasoning="2 plus 3 is 5."))),
+                      reasoning),
+    }
     return probes
+
+
+CAPABILITY_PROBES = ("tool schemas", "tool call", "reasoning")
+"""Probes of capabilities a template may lack: where it has no such format, they are reported as
+``unsupported`` (never as passed) and records that need them are refused."""
 
 
 def check_template(tokenizer, template: ChatTemplate | str | None = None) -> list[dict]:
@@ -238,8 +254,11 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
         except RenderLimitError:
             raise
         except Exception as e:  # the template rejects this shape (no system or tool role) or the record
-            results.append({"probe": name, "status": "mismatch" if required else "skipped", "reason": str(e),
-                            "required": required, "turns": []})
+            lacks = (getattr(e, "code", None) in ("tools_not_written", "tool_calls_not_written")
+                     or "does not write the reasoning" in str(e))
+            status = ("unsupported" if name in CAPABILITY_PROBES and (lacks or not required) else
+                      "mismatch" if required else "skipped")
+            results.append({"probe": name, "status": status, "reason": str(e), "required": required, "turns": []})
             continue
         turns, ok, expanded = [], True, False
         for idx in conv.assistant_indices:
@@ -266,11 +285,24 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
                     if s and i in special_ids]
         status = "mismatch" if not ok or injected else ("expanded" if expanded else "ok")
         results.append({"probe": name, "status": status, "control_tokens_from_content": injected, "turns": turns,
-                        "required": required})
+                        "required": required, **_marker_differences(tokenizer, t, conv, examples, turns)})
     if not any(r["turns"] for r in results):
         results.append({"probe": "(any)", "status": "mismatch", "reason": "no probe could be checked",
                         "required": True, "turns": []})
     return results
+
+
+def _marker_differences(tokenizer, t: ChatTemplate, conv: Conversation, examples, turns: list[dict]) -> dict:
+    """For a template with ``{% generation %}`` markers: where its markers and sftlab's trained
+    tokens differ (``sftlab.tokens.generation_markers``), listed per turn and for the probe."""
+    from sftlab.tokens.generation_markers import describe, has_markers, marker_report
+
+    if not has_markers(t):
+        return {}
+    found = marker_report(tokenizer, t, conv, examples)
+    for turn in turns:
+        turn["markers"] = [describe(d) for d in found if d.get("message_index") == turn["message_index"]]
+    return {"markers": [describe(d) for d in found]}
 
 
 def _strip_control(s: str, control: tuple[str, ...]) -> str:

@@ -169,7 +169,9 @@ def _bfd_arrays(lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.nd
     n = len(lengths)
     if not n:
         return np.zeros(0, np.int64), np.zeros(1, np.int64)
-    order = np.argsort(-lengths, kind="stable")          # longest first, ties by position
+    # longest first, ties by position; as free space below 2**16, NumPy's stable sort is a radix sort
+    key = (max_length - lengths).astype(np.uint16) if max_length < 2 ** 16 else -lengths
+    order = np.argsort(key, kind="stable")
     sorted_lengths = lengths[order]
     row_of = np.empty(n, np.int64)                        # the row of each example, in placement order
     buckets: dict[int, list[np.ndarray]] = {}            # free space -> row numbers (sorted parts)

@@ -684,13 +684,42 @@ def _source_items(p: Path, source: int, start: int, max_bytes: int):
 
 
 def _estimate_records(paths: list[Path]) -> int | None:
-    """Lines of the JSONL inputs (for the progress bar's ETA); ``None`` when an input is no plain file."""
+    """Records of the inputs, estimated for the progress bar's total and ETA: the lines that open a
+    top-level object (JSONL, objects pretty-printed or not; a JSON array's objects at the first one's
+    indentation); ``None`` when an input is no JSON text file (Parquet, a dataset directory, a pipe).
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     a, b = Path(d) / "a.json", Path(d) / "b.jsonl"
+        ...     _ = a.write_text('[\\n  {\\n    "x": {\\n      "y": 1\\n    }\\n  },\\n  {\\n    "x": 2\\n  }\\n]\\n')
+        ...     _ = b.write_text('{"x": 1}\\n{\\n  "x": 2\\n}\\n{"x": 3}\\n')
+        ...     _estimate_records([a]), _estimate_records([b])
+        (2, 3)
+    """
+    import re
+
     total = 0
     for p in paths:
         if not p.is_file():
             return None
         with open(p, "rb") as f:
-            total += sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 22), b""))
+            head = f.read(1 << 16).lstrip()
+            if head[:1] == b"{":
+                opener = b"\n{"
+                total += 1  # the first object's line has no line break before it
+            elif head[:1] == b"[":
+                m = re.search(rb"\n([ \t]*)\{", head)
+                if m is None:
+                    return None  # one-line array: no cheap estimate
+                opener = b"\n" + m.group(1) + b"{"
+            else:
+                return None
+            f.seek(0)
+            tail = b""
+            for block in iter(lambda: f.read(1 << 22), b""):
+                data = tail + block
+                total += data.count(opener)
+                tail = data[-(len(opener) - 1):]  # an opener split between two blocks is counted once
     return total or None
 
 
@@ -874,7 +903,8 @@ def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts:
 
     # Fail early, here, on a template/tokenizer mismatch; the encoder, the signer and the imports
     # are made once, before workers fork, not once per worker.
-    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"))
+    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"),
+             inline_reasoning=options.get("inline_reasoning", True), mask_source=options.get("mask_source", "contract"))
     warm()
     cache.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
@@ -907,8 +937,8 @@ def _run_tasks(paths: list[Path], chunk_records: int, max_bytes: int, num_proc: 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=_estimate_records(paths), desc=label, unit="rec", unit_scale=True,
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=_estimate_records(paths), desc=label, unit="rec",
+                   dynamic_ncols=True, file=sys.stderr)  # counts as they are: "999/1000", never "999/1.00k"
     t0, tokens, results, tasks = time.perf_counter(), 0, [], []
 
     def done(r: dict) -> None:
@@ -938,6 +968,8 @@ def _run_tasks(paths: list[Path], chunk_records: int, max_bytes: int, num_proc: 
                 tasks.append(t)
                 done(_encode_chunk(t, items))
     if bar is not None:
+        bar.total = bar.n  # the estimate was an estimate: the finished bar shows every record, at 100 %
+        bar.refresh()
         bar.close()
     return tasks, sorted(results, key=lambda r: r["chunk"])
 

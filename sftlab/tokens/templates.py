@@ -45,16 +45,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
 from sftlab.fingerprints import config_hash, tokenizer_sha256
 from sftlab.tokens.chat_formats import NOT_FROM_PROMPT, _FORMATS, _Format, _format_jinja, _format_layout
 from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
+from sftlab.tokens.render_steps import (RENDER_MAX_STEPS, STEPS_PER_CHAR, STEPS_PER_MESSAGE, RenderLimitError,
+                                        count_loop_steps, counted_filters, end_steps, loop_call_args, start_steps,
+                                        step)
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "Turn", "get_template",
            "add_role_tokens", "install_template", "missing_control_tokens", "control_token_strings",
-           "special_strings", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS"]
+           "special_strings", "reasoning_tags", "tokenizer_sha256", "RENDER_SECONDS", "RENDER_MAX_CHARS", "RENDER_MAX_STEPS"]
 
 BUILTIN_TEMPLATES = tuple(_FORMATS)
 
@@ -62,10 +66,6 @@ RENDER_SECONDS = 10.0
 """Longest time one rendering of a Jinja template may take before it is refused."""
 RENDER_MAX_CHARS = 4_000_000
 """Most characters one rendering may write (plus 16 per character of message content)."""
-
-
-class RenderLimitError(TemplateError):
-    """A rendering ran past the time or output-size limit: the template is refused, not waited on."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def _check_size(n: int):
 def _compiled(source: str):
     """The template compiled in a sandboxed environment that checks the deadline on every call,
     attribute and item access and the size of every string or list built by ``*``, ``+`` or ``**``,
-    with the globals and filters transformers gives chat templates."""
+    and counts steps (``sftlab.tokens.render_steps``: loop iterations, calls and filter calls), with the globals and filters transformers gives chat templates."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
@@ -245,7 +245,8 @@ def _compiled(source: str):
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
             _check_deadline()
-            return super().call(__context, __obj, *args, **kwargs)
+            step()
+            return super().call(__context, __obj, *loop_call_args(__obj, args), **kwargs)
 
         def getattr(self, obj, attribute):
             _check_deadline()
@@ -255,9 +256,12 @@ def _compiled(source: str):
             _check_deadline()
             return super().getitem(obj, argument)
 
+        def _parse(self, source, name, filename):  # every {% for %} spends a step per item
+            return count_loop_steps(super()._parse(source, name, filename))
+
     env = _LimitedEnvironment(trim_blocks=True, lstrip_blocks=True,
                               extensions=[type(e) for e in base.extensions.values()])
-    env.filters.update(base.filters)
+    env.filters.update(counted_filters({**env.filters, **base.filters}))
     env.globals.update(base.globals)
     return env.from_string(source)
 
@@ -281,6 +285,8 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
     local = _Limits.local
     outer = getattr(local, "deadline", None), getattr(local, "budget", None)
     local.deadline, local.budget = time.monotonic() + RENDER_SECONDS, budget
+    steps = start_steps(RENDER_MAX_STEPS + STEPS_PER_MESSAGE * len(messages) + STEPS_PER_CHAR * content_chars,
+                        _check_deadline)
     try:
         compiled = _compiled(t.source)
         chunks, size = [], 0
@@ -304,6 +310,7 @@ def _render_jinja(t: ChatTemplate, messages: list[dict], add_generation_prompt: 
         raise TemplateError(f"template '{t.name}' failed to render: {type(e).__name__}: {e}{hint}") from None
     finally:
         local.deadline, local.budget = outer
+        end_steps(steps)
 
 
 class _Renders:
@@ -349,6 +356,11 @@ class _NotVerbatim(TemplateError):
 class _Duplicated(TemplateError):
     """The template writes a message's content more than once."""
 
+
+TRANSFORMS = ("(a filter or test in the template changes or drops assistant content: escape, title, truncate, "
+              "tojson, a test on the text); the trained text would not be the record's answer, so sftlab cannot "
+              "certify this template: use one that writes content as it is")
+"""Why a turn whose content the template transforms is refused (``check-template`` says it too)."""
 
 _PROBE = "sftlab0probe0c7e1f"
 _PROBE_NEXT = "sftlab0probe0next0a9d2"
@@ -423,11 +435,19 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
         return f"the template cannot render it with other content ({e})"
     if probed.count(_PROBE) != 1:
         return ("the template writes its content more than once" if probed.count(_PROBE) > 1
-                else "the template does not write its content")
+                else "the template does not write its content as given " + TRANSFORMS)
     after = probed[probed.index(_PROBE) + len(_PROBE):]
     content_end = len(own) - len(after)
     if not own.endswith(after) or content_end < len(prompt):
         return "its content cannot be located in its own rendering"
+    # The trained text is the record's content as the model must generate it: what the template
+    # writes before a probe content (an opener), then the content itself (trimmed at most).
+    # (Or the content alone, where it is laid out as the template lays it out: a think block.)
+    opener = probed[len(prompt):probed.index(_PROBE)] if probed.startswith(prompt) else ""
+    written, forms = own[len(prompt):content_end], _forms(messages[i]["content"])
+    if written not in forms and not (written.startswith(opener) and written[len(opener):] in forms):
+        return (f"the template writes {written[:80]!r} where the record's answer is "
+                f"{messages[i]['content'][:80]!r} " + TRANSFORMS)
     control = _sorted_control(t)
     w_a, run_a = _control_run(after, control)
     nxt = messages[i + 1] if i + 1 < len(messages) else {"role": "user", "content": _PROBE_NEXT}
@@ -457,8 +477,7 @@ def _turn(t: ChatTemplate, r: _Renders, messages: list[dict], i: int, text: str)
             return Turn(i, len(prompt), end, end - len(stop)), ""
         return "rerendered"
     if not run_b:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     # No stop of its own: the control token that begins the next turn ends this one.
     stop = (cont[k + len(_PROBE):][:w_b]) + run_b[0]
     return _place_stop(i, len(messages), text, prompt, own[len(prompt):content_end], stop, w_b)
@@ -528,15 +547,30 @@ def _turn_without_content(t: ChatTemplate, r: _Renders, messages: list[dict], i:
         return Turn(i, start, start + stop[1], start + stop[0]), ""
     # No control token of its own: the control token that begins the next turn ends this one.
     if cont_after is None or not cont_after.startswith(after.rstrip()):
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     body = after.rstrip()
     w, run = _control_run(cont_after[len(body):], control)
     if not run:
-        return ("the template writes no stop sequence after it and no control token begins the next turn, "
-                "so the model could not learn to stop")
+        return _no_stop_reason(t)
     stop = cont_after[len(body):][:w] + run[0]
     return _place_stop(i, len(messages), text, prompt, body, stop, w)
+
+
+_TOKEN_LIKE = re.compile(r"<\|[A-Za-z0-9_]+\|>|<(?:start|end)_of_turn>")
+
+
+def _no_stop_reason(t: ChatTemplate) -> str:
+    """Why a turn has no stop; where the template writes token-like text (``<|eot_id|>``,
+    ``<end_of_turn>``) that this tokenizer does not have as a control token, that is the cause."""
+    reason = ("the template writes no stop sequence after it and no control token begins the next turn, "
+              "so the model could not learn to stop")
+    lacking = [x for x in dict.fromkeys(_TOKEN_LIKE.findall(t.source or "")) if x not in t.control_tokens]
+    if not lacking:
+        return reason
+    return (f"{reason}: this tokenizer lacks the template's control token(s) {', '.join(lacking[:4])}, so they "
+            "are plain text here; use the built-in template of that family (llama3, gemma...), whose role "
+            "tokens sftlab adds (sftlab.tokens.templates.add_role_tokens; sftlab train does it itself), add them "
+            "to the tokenizer as special tokens, or use the tokenizer's own template")
 
 
 def _sorted_control(t: ChatTemplate) -> tuple[str, ...]:
@@ -793,7 +827,9 @@ def _eot_end(text: str, end: int, region_end: int, end_of_turn: tuple[str, ...])
 
 def _probe_content_parts(source: str, special: dict) -> bool:
     """Whether the template iterates over content parts: a probe given as a string does not reach
-    the rendering, the same probe given as one text part does."""
+    the rendering, the same probe given as one text part does, and not as the printed list (a
+    template that filters its content, ``|truncate`` or ``|title``, loses a string probe too, and
+    writes a list as its Python or JSON text: that is no content-parts template)."""
     t = ChatTemplate("probe", source, (), (), "", special)
     msgs = [{"role": "user", "content": _PROBE}]
     try:
@@ -804,12 +840,13 @@ def _probe_content_parts(source: str, special: dict) -> bool:
     except TemplateError:
         pass
     try:
-        return _PROBE in _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True),
-                                       msgs, True)
+        text = _render_jinja(ChatTemplate("probe", source, (), (), "", special, content_parts=True), msgs, True)
     except RenderLimitError:
         raise
     except TemplateError:
         return False
+    part = [{"type": "text", "text": _PROBE}]
+    return _PROBE in text and str(part) not in text and json.dumps(part) not in text
 
 
 def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], parts: bool) -> tuple[str, ...]:
@@ -831,6 +868,22 @@ def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], par
             _, run = _control_run(lay.text[turn.stop_start:turn.end], control_sorted)
             found.extend(run)
     return tuple(dict.fromkeys(found))
+
+
+def reasoning_tags(source: str) -> tuple[tuple[str, str], ...]:
+    """The (opener, closer) pairs of inline reasoning: ``<think>``/``</think>``, and a tag pair of
+    that kind the template writes itself (``<seed:think>``, ``<thinking>``), first.
+
+        >>> reasoning_tags("{{ '<seed:think>' + r + '</seed:think>' }}")
+        (('<seed:think>', '</seed:think>'), ('<think>', '</think>'))
+    """
+    import re
+
+    from sftlab.data.conversation import THINK_TAGS
+
+    found = [(f"<{t}>", f"</{t}>") for t in dict.fromkeys(re.findall(r"<((?:\w+:)?think(?:ing)?)>", source))
+             if f"</{t}>" in source]
+    return tuple(dict.fromkeys(found + list(THINK_TAGS)))
 
 
 def special_strings(tokenizer) -> dict:
@@ -878,8 +931,9 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
             raise TemplateError(f"the {name} format ends turns with the tokenizer's eos token, "
                                 f"but the tokenizer has none")
         eot = tuple(e.replace("{eos}", eos) for e in f.eot)
-        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *f.extra_control, f.closing.replace("{eos}", eos))
-                                      if c))
+        known = set(control_token_strings(tokenizer)) if tokenizer is not None else None
+        extra = tuple(c for c in f.extra_control if c not in f.text_markers or known is None or c in known)
+        control = tuple(dict.fromkeys(c for c in (f.bos, *eot, *extra, f.closing.replace("{eos}", eos)) if c))
         from sftlab.tokens.tool_formats import jinja_prelude
 
         source = jinja_prelude(f.name) + _format_jinja(f)
@@ -960,24 +1014,31 @@ def add_role_tokens(tokenizer, model, template: ChatTemplate) -> dict:
     so a new role token starts as an "average" token instead of noise. Returns the record that
     goes into the manifest: ``{"added": [...], "vocab_before": n, "vocab_after": m, "init": "mean"}``.
     """
-    import torch
-
     missing = missing_control_tokens(template, tokenizer)
     record = {"added": missing, "vocab_before": len(tokenizer), "vocab_after": len(tokenizer), "init": "mean"}
     if not missing:
         return record
     tokenizer.add_tokens(missing, special_tokens=True)  # the same call in transformers 4 and 5
     if model is not None:
-        old = model.get_input_embeddings().weight.shape[0]
-        new = len(tokenizer)
-        if new > old:
-            model.resize_token_embeddings(new, mean_resizing=False)
-            with torch.no_grad():
-                emb = model.get_input_embeddings().weight
-                emb[old:] = emb[:old].mean(dim=0, keepdim=True)
-                out = model.get_output_embeddings()
-                if out is not None and out.weight.data_ptr() != emb.data_ptr():
-                    out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
+        grow_embeddings(model, len(tokenizer))
     record["vocab_after"] = len(tokenizer)
     return record
+
+
+def grow_embeddings(model, size: int) -> None:
+    """Resize ``model``'s embeddings (and an untied output layer) to ``size`` rows when it has fewer,
+    each new row the mean of the old ones: how role tokens start in training, and how a LoRA
+    adapter's base is grown again to its tokenizer on load."""
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if size <= old:
+        return
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[old:] = out.weight[:old].mean(dim=0, keepdim=True)
 

@@ -266,9 +266,9 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
     template as its ``chat_template`` and a ``generation_config`` whose eos ids include the
     template's end-of-turn token(s), so generation stops at the end of the turn (DESIGN
     invariant 11). A peft model writes its adapter there; with ``merge`` the merged full model
-    goes to ``out`` and the adapter to ``out/adapter``. ``adapter_base`` (an unmerged adapter):
-    what its ``adapter_config.json`` records as ``base_model_name_or_path`` instead of the path the
-    base was loaded from (a hub name, or a path relative to ``out``, so the run can move).
+    goes to ``out`` and the adapter to ``out/adapter``. ``adapter_base``: what the adapter's
+    ``adapter_config.json`` records as ``base_model_name_or_path`` (``sftlab.model.adapters``: an
+    absolute path, so the adapter loads from any directory, or a hub name).
     """
     out = Path(out)
     tmp = out.with_name(f".tmp-{out.name}")
@@ -281,10 +281,11 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
         model = model.merge_and_unload()
     model.config.use_cache = True  # training turned the KV cache off; generation wants it
     model.save_pretrained(tmp)
-    if adapter_base is not None and (tmp / "adapter_config.json").is_file():
-        config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = adapter_base
-        write_atomic(tmp / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    for adapter_config in (tmp / "adapter_config.json", tmp / "adapter" / "adapter_config.json"):
+        if adapter_base is not None and adapter_config.is_file():
+            config = json.loads(adapter_config.read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = adapter_base
+            write_atomic(adapter_config, json.dumps(config, indent=2) + "\n")
     tokenizer.save_pretrained(tmp)
     generation_config(model, tokenizer, template).save_pretrained(tmp)
     publish_dir(tmp, out)

@@ -38,23 +38,27 @@ MAX_TOKENS = 1 << 20  # longer rows are a typo, and would exhaust memory before 
 
 class ModelConfig(_Section):
     path: str
-    """Base model: a local Hugging Face model directory or a hub name."""
+    """Base model: a local Hugging Face model directory, a hub name, a ``.gguf`` file or a directory
+    holding one (converted once to safetensors, cached)."""
     trust_remote_code: bool = False
     """Run the model repository's own Python code. Only turn on for code you trust."""
     gguf_file: str | None = None
     """A GGUF file inside ``path`` to load (dequantised) instead of safetensors weights."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bf16-mixed", "bfloat16"] = "auto"
     """``auto``: float32 weights, with bf16 autocast (mixed precision) on a GPU; ``float32``: no
-    autocast; ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
+    autocast; ``bf16-mixed``: float32 weights with bf16 autocast on any device, the CPU included;
+    ``bfloat16``: bf16 weights and optimizer state (least memory, least precise)."""
 
 
 class DataFile(_Section):
     """A data entry that says how its records name things (as LLaMA-Factory's ``dataset_info.json``
     columns and tags, or axolotl's ``field_messages``); a plain path string needs none of it."""
-    path: str
-    """The file (JSONL, JSON, Parquet) or saved dataset directory."""
+    path: str | None = None
+    """The file (JSONL, JSON, Parquet) or saved dataset directory; ``null`` with ``dataset_info``:
+    the entry's ``file_name`` beside that file."""
     field_messages: str | None = None
-    """The record field holding the list of messages; ``null``: ``messages`` or ``conversations``."""
+    """The record field holding the list of messages (a dotted path such as ``body.messages``
+    reaches into an object); ``null``: ``messages`` or ``conversations``."""
     role_key: str | None = None
     """The message key naming the speaker; ``null``: ``role``, or ``from`` where there is no ``role``."""
     content_key: str | None = None
@@ -62,12 +66,74 @@ class DataFile(_Section):
     roles: dict[str, Literal["system", "user", "assistant", "tool"]] = {}
     """Speaker names of this file -> roles, e.g. ``{human: user, bot: assistant}`` (ShareGPT's
     human/gpt/model/observation/function are known already)."""
+    dataset_info: str | None = None
+    """LLaMA-Factory's ``dataset_info.json``, read as it is: the entry ``dataset`` gives the mapping
+    (``formatting``, ``columns``, ``tags``) and, without ``path``, the file."""
+    dataset: str | None = None
+    """The entry of ``dataset_info`` to read."""
+    formatting: Literal["alpaca", "sharegpt"] | None = None
+    """As in ``dataset_info.json``: ``alpaca`` (instruction records) or ``sharegpt`` (message lists),
+    with ``columns`` and ``tags``; ``null``: the layout is detected per record."""
+    columns: dict[str, str] = {}
+    """As in ``dataset_info.json``: LLaMA-Factory's column -> this file's field (``prompt``, ``query``,
+    ``response``, ``system``, ``history`` for ``alpaca``; ``messages`` for ``sharegpt``; ``tools``,
+    ``chosen``, ``rejected``), plus sftlab's metadata (``task: category``). Dotted paths reach into
+    objects. E.g. Dolly: ``{prompt: instruction, query: context, response: response, task: category}``."""
+    tags: dict[str, str] = {}
+    """As in ``dataset_info.json`` (``sharegpt``): ``role_tag``, ``content_tag``, ``user_tag``,
+    ``assistant_tag``, ``observation_tag``, ``function_tag``, ``system_tag``."""
+    ranking: bool = False
+    """As in ``dataset_info.json``: preference data (its records are refused unless ``layout: chosen``)."""
+    layout: Literal["chosen"] | None = None
+    """``chosen``: train a preference record (``chosen``/``rejected``) on its prompt and chosen answer,
+    dropping the rejected one; ``null``: preference records are quarantined."""
+    ignore_fields: list[str] = []
+    """Top-level record fields declared unused (kept as metadata, not trained); any other field that
+    no layout reads and that is not known metadata quarantines its record."""
+    prompt_completion: Literal["continuation", "chat"] | None = None
+    """As ``data.prompt_completion``, for this file; ``null``: the data section's."""
 
-    def columns(self):
+    @model_validator(mode="before")
+    @classmethod
+    def _entry_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("path") is None and data.get("dataset_info"):
+            if not data.get("dataset"):
+                raise ValueError("dataset_info needs dataset: the name of its entry")
+            from sftlab.data.layouts import dataset_info_entry
+
+            try:
+                data = {**data, "path": str(dataset_info_entry(data["dataset_info"], data["dataset"])[0])}
+            except UsageError as e:
+                raise ValueError(str(e)) from None
+        return data
+
+    @model_validator(mode="after")
+    def _one_path(self):
+        if self.path is None:
+            raise ValueError("path: give the data file (or dataset_info and dataset)")
+        if self.dataset_info and not self.dataset:
+            raise ValueError("dataset_info needs dataset: the name of its entry")
+        return self
+
+    def mapping(self, ignore_fields: list[str] = (), where: str | None = None,
+                prompt_completion: str = "continuation"):
+        """The ``sftlab.data.formats.Columns`` of this entry (``ignore_fields``: the data section's)."""
         from sftlab.data.formats import Columns
+        from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
 
-        return Columns(field_messages=self.field_messages, role_key=self.role_key,
-                       content_key=self.content_key, roles=dict(self.roles))
+        kwargs: dict[str, Any] = {}
+        if self.dataset_info:
+            kwargs = entry_kwargs(dataset_info_entry(self.dataset_info, self.dataset)[1],
+                                  f"{self.dataset_info} [{self.dataset}]")
+        if self.formatting or self.columns or self.tags:
+            kwargs.update(columns_kwargs(self.formatting, dict(self.columns), dict(self.tags), self.ranking,
+                                         where or f"data entry {self.path}"))
+        own = dict(field_messages=self.field_messages, role_key=self.role_key, content_key=self.content_key)
+        kwargs.update({k: v for k, v in own.items() if v is not None})
+        roles = {**kwargs.get("roles", {}), **self.roles}
+        return Columns(**{**kwargs, "roles": roles}, layout=self.layout,
+                       ignore=tuple(dict.fromkeys([*ignore_fields, *self.ignore_fields])),
+                       prompt_completion=self.prompt_completion or prompt_completion)
 
 
 class DataConfig(_Section):
@@ -75,9 +141,19 @@ class DataConfig(_Section):
     """Training data (JSONL, JSON or Parquet files, a saved HF dataset directory, a folder of data
     files, or a dataset name for ``datasets.load_dataset`` as ``name[:config[:split]]``): a path, or a mapping
     with ``path`` and how its records name things (``field_messages``, ``role_key``,
-    ``content_key``, ``roles``)."""
+    ``content_key``, ``roles``; LLaMA-Factory's ``formatting``, ``columns``, ``tags``, or its
+    ``dataset_info`` and ``dataset``; ``layout``, ``ignore_fields``)."""
     eval: list[str | DataFile] = []
     """Held-out files for the validation loss per slice (entries as in ``train``)."""
+    ignore_fields: list[str] = []
+    """Top-level record fields declared unused in every file (kept as metadata, not trained); a field
+    that no layout reads, that is not known metadata and is not declared here or in its entry's
+    ``ignore_fields`` quarantines its record."""
+    prompt_completion: Literal["continuation", "chat"] = "continuation"
+    """What a ``prompt``/``completion`` record of two strings means: ``continuation`` is plain text as
+    TRL trains it (no chat template: the prompt's tokens, the completion's and eos; the completion and
+    eos trained); ``chat`` is a user and an assistant message rendered by the template. Message-list
+    prompts are always conversations."""
     eval_split: float = Field(0.0, ge=0, lt=1)
     """Share of the training records held out for the validation loss (e.g. 0.02), chosen by a hash
     of each record's messages, so the split is the same on every run and copies of a record fall
@@ -97,9 +173,13 @@ class DataConfig(_Section):
     def paths(entries: list) -> list[str]:
         return [e if isinstance(e, str) else e.path for e in entries]
 
-    @staticmethod
-    def columns(entries: list) -> list:
-        return [None if isinstance(e, str) else e.columns() for e in entries]
+    def columns(self, entries: list) -> list:
+        """One ``Columns`` (or ``None``: the usual names, nothing ignored) per entry."""
+        from sftlab.data.formats import Columns
+
+        plain = Columns(ignore=tuple(self.ignore_fields), prompt_completion=self.prompt_completion)
+        return [(None if plain.is_default else plain) if isinstance(e, str)
+                else e.mapping(self.ignore_fields, prompt_completion=self.prompt_completion) for e in entries]
 
 
 class EncodingConfig(_Section):
@@ -120,6 +200,15 @@ class EncodingConfig(_Section):
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
     refuses records with it unless ``drop``."""
+    inline_reasoning: bool = True
+    """Read a ``<think>...</think>`` block at the start of an assistant message's content (or the
+    opener/closer pair the template writes, such as ``<seed:think>``) as that message's reasoning,
+    so ``reasoning`` applies to it; ``false`` for data where such text is part of the answer."""
+    mask_source: Literal["contract", "generation_markers"] = "contract"
+    """Where the trained tokens of each assistant turn come from: ``contract`` derives them from the
+    template's renderings (what the model generates after the turn's prompt, up to and including the
+    stop); ``generation_markers`` trains what the template's ``{% generation %}`` markers enclose
+    (TRL-style training templates; ``sftlab check-template`` lists where the two differ)."""
 
 
 class PackingConfig(_Section):
@@ -177,6 +266,11 @@ class OptimConfig(_Section):
     """Stop after this many optimizer steps (wins over ``epochs``)."""
     epochs: int = Field(1, gt=0)
     """Passes over the (mixed) training data when ``max_steps`` is null."""
+    neftune_alpha: float | None = Field(None, gt=0)
+    """NEFTune (Jain et al. 2023): uniform noise in [-1, 1] x alpha / sqrt(L x d) added to the input
+    embeddings in training steps only (never in validation or generation), L the length of the example
+    a token belongs to (in a packed row, each example's own length), d the hidden size; the paper
+    uses 5 to 15. ``null``: off."""
 
 
     @field_validator("betas")
@@ -205,13 +299,18 @@ class LoraConfig(_Section):
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    """Names of the linear modules that get adapters."""
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    """Names of the linear modules that get adapters, or ``all-linear`` (peft's spelling: every linear
+    layer but the output head)."""
+    use_dora: bool = False
+    """DoRA (peft's ``use_dora``): each adapted weight is split into a magnitude and a direction, the
+    LoRA update applies to the direction; slower per step than plain LoRA."""
     merge_on_save: bool = False
     """Write the merged full model to ``RUN/final`` and the adapter to ``RUN/final/adapter``.
-    Otherwise ``RUN/final`` holds only the adapter (load it with peft on the base model); its
-    ``adapter_config.json`` records the base as the hub name, or as a path relative to ``RUN/final``
-    for a local base, so the run directory and the base can move together."""
+    Otherwise ``RUN/final`` holds only the adapter; its ``adapter_config.json`` records the base as
+    the hub name, or as the absolute path of the local base (a GGUF base: its converted copy), so
+    ``AutoPeftModelForCausalLM.from_pretrained("RUN/final")`` and ``sftlab eval --model RUN/final``
+    load it from any directory."""
 
 
 class EarlyStoppingConfig(_Section):
@@ -252,7 +351,7 @@ class LogConfig(_Section):
     none. TensorBoard writes under ``RUN/tensorboard``; the project / run name is the run directory's
     name. ``metrics.jsonl`` is written in every case."""
     progress: bool = True
-    """Show a tqdm progress bar with loss, tokens/s and ETA."""
+    """Show a tqdm progress bar with loss, tokens/s, model FLOP utilisation (MFU) and ETA."""
 
 
 class TrainConfig(_Section):
@@ -314,11 +413,39 @@ class ConfigError(UsageError, ValueError):
     ``UsageError``: the CLI prints it as one line (exit 2) without converting it."""
 
 
+PEER_KEYS = {
+    # TRL / transformers TrainingArguments
+    "learning_rate": "optim.lr", "num_train_epochs": "optim.epochs", "max_steps": "optim.max_steps",
+    "per_device_train_batch_size": "optim.micro_batch_size", "gradient_accumulation_steps": "optim.grad_accum",
+    "warmup_ratio": "optim.warmup_ratio", "warmup_steps": "optim.warmup_steps",
+    "weight_decay": "optim.weight_decay", "lr_scheduler_type": "optim.schedule",
+    "max_grad_norm": "optim.max_grad_norm", "neftune_noise_alpha": "optim.neftune_alpha",
+    "max_seq_length": "encoding.max_length", "output_dir": "out", "model_name_or_path": "model.path",
+    "per_device_eval_batch_size": "eval.micro_batch_size", "eval_steps": "eval.every_n_steps",
+    "save_steps": "checkpointing.every_n_steps", "save_total_limit": "checkpointing.keep_last",
+    "logging_steps": "log.every_n_steps", "chat_template": "template", "dataset_text_field": "data.train",
+    # peft LoraConfig and its flat spellings
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+    "lora_target_modules": "lora.target_modules", "use_dora": "lora.use_dora",
+    # Axolotl and LLaMA-Factory
+    "base_model": "model.path", "sequence_len": "encoding.max_length", "cutoff_len": "encoding.max_length",
+    "micro_batch_size": "optim.micro_batch_size", "num_epochs": "optim.epochs", "lora_rank": "lora.r",
+    "lora_target": "lora.target_modules", "val_set_size": "data.eval_split",
+}
+"""Keys as TRL, transformers, peft, Axolotl and LLaMA-Factory users type them -> sftlab's key."""
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read ``path`` (YAML mapping), apply ``key=value`` overrides, validate.
 
-    Raises :class:`ConfigError` naming the key: ``unknown key 'optim.lrr' (in cfg.yaml); did
-    you mean 'optim.lr'?`` or ``optim.lr: Input should be greater than 0 (got -1) (in cfg.yaml)``.
+    Raises :class:`ConfigError` naming the key and where it was written: ``unknown key 'optim.lrr'
+    (in cfg.yaml); did you mean 'optim.lr'?``, ``optim.lr: Input should be greater than 0 (got -1)
+    (in override optim.lr=-1)``. A peer's key gets sftlab's; a dotted key written in YAML is told
+    to nest::
+
+        >>> load_config(None, ["model.path=m", "data.train=[t]", "out=o", "learning_rate=1e-4"])
+        Traceback (most recent call last):
+        sftlab.train.config.ConfigError: unknown key 'learning_rate' (in override learning_rate=1e-4); did you mean 'optim.lr'? (learning_rate is what TRL, peft, Axolotl or LLaMA-Factory call it)
     """
     where = str(path) if path is not None else "overrides"
     raw: Any = {}
@@ -331,17 +458,32 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ConfigError(str(e)) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    given = {}  # dotted key -> the override that set it
     for item in overrides:
-        _apply_override(raw, item)
+        given[_apply_override(raw, item)] = item
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        errors = e.errors()
+        # A data entry given as a mapping is a DataFile: its own problems, not the plain-path branch's.
+        errors = [x for x in e.errors() if not (x["loc"][-1:] == ("str",) and isinstance(x.get("input"), dict))]
+        errors = [{**x, "loc": tuple(p for p in x["loc"] if not (isinstance(p, str) and "DataFile" in p)),
+                   "msg": x["msg"].removeprefix("Value error, ")} for x in errors or e.errors()]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(_explain(errors[0], where) + more) from None
+        raise ConfigError(_explain(errors[0], _origin(errors[0]["loc"], given, where)) + more) from None
 
 
-def _apply_override(raw: dict, item: str) -> None:
+def _origin(loc: tuple, given: dict[str, str], where: str) -> str:
+    """``override KEY=VALUE`` when an override set ``loc`` (or a section above it), else ``where``."""
+    parts = [str(p) for p in loc]
+    for n in range(len(parts), 0, -1):
+        item = given.get(".".join(parts[:n]))
+        if item is not None:
+            return f"override {item}"
+    below = [item for key, item in given.items() if key.startswith(".".join(parts) + ".")]
+    return f"override {below[0]}" if below and parts else where
+
+
+def _apply_override(raw: dict, item: str) -> str:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} is not key=value (for example optim.lr=1e-4)")
@@ -357,18 +499,14 @@ def _apply_override(raw: dict, item: str) -> None:
             raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+    return ".".join(p.strip() for p in parts)
 
 
 def _explain(error: dict, where: str) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         parent, name = error["loc"][:-1], str(error["loc"][-1])
-        choices = _keys_of(TrainConfig, parent)
-        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-        prefix = "".join(f"{p}." for p in parent)
-        hint = (f"; did you mean '{prefix}{close[0]}'?" if close
-                else f"; known keys: {', '.join(choices)}")
-        return f"unknown key '{loc}' (in {where}){hint}"
+        return f"unknown key '{loc}' (in {where}){_unknown_key_hint(parent, name)}"
     if error["type"] == "missing" and isinstance(error["loc"][-1], int):
         parent = ".".join(str(p) for p in error["loc"][:-1])
         return f"{parent}: item {error['loc'][-1]} is missing (in {where})"
@@ -377,6 +515,44 @@ def _explain(error: dict, where: str) -> str:
     got = error.get("input")
     shown = "" if isinstance(got, dict) else f" (got {reprlib.repr(got)})"
     return f"{loc or 'config'}: {error['msg']}{shown} (in {where})"
+
+
+def _unknown_key_hint(parent: tuple, name: str) -> str:
+    """What to write instead of the unknown key ``name`` under ``parent``: the nested form of a
+    dotted key, sftlab's name for a peer's key, or the closest key of the section."""
+    prefix = "".join(f"{p}." for p in parent)
+    if "." in name:
+        section, _, rest = name.partition(".")
+        if section in _keys_of(TrainConfig, parent):
+            known = _is_key(parent + tuple(name.split(".")))
+            nested = f"; YAML does not read dots as nesting: nest it under `{section}:` ({section}: {{{rest}: ...}})"
+            if known:
+                return nested
+            leaf = PEER_KEYS.get(rest) or PEER_KEYS.get(name.rsplit(".", 1)[-1]) or _closest_key(name)
+            return nested + (f"; {prefix}{section} has no {rest} either: did you mean '{leaf}'?" if leaf
+                             else f"; {prefix}{section} has no {rest} either")
+    peer = PEER_KEYS.get(name)
+    if peer is not None:
+        return f"; did you mean '{peer}'? ({name} is what TRL, peft, Axolotl or LLaMA-Factory call it)"
+    choices = _keys_of(TrainConfig, parent)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(choices)}"
+
+
+def _is_key(path: tuple) -> bool:
+    """Whether the dotted ``path`` names a config key or section."""
+    return bool(path) and path[-1] in _keys_of(TrainConfig, path[:-1])
+
+
+def _closest_key(dotted: str) -> str | None:
+    """The leaf key closest to ``dotted`` over the whole config (``data.max_length`` -> ``encoding.max_length``)."""
+    leaves = [key for key, *_ in _rows(TrainConfig)]
+    name = dotted.rsplit(".", 1)[-1]
+    same = [k for k in leaves if k.rsplit(".", 1)[-1] == name]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(dotted, leaves, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _keys_of(model: type[BaseModel], parent: tuple) -> list[str]:
@@ -398,6 +574,8 @@ def _section_type(field) -> type[BaseModel] | None:
 def _type_name(ann: Any) -> str:
     if typing.get_origin(ann) is Literal:
         return " | ".join(json.dumps(a) for a in typing.get_args(ann))
+    if typing.get_origin(ann) is typing.Union and any(typing.get_origin(a) is Literal for a in typing.get_args(ann)):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(ann))
     text = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
     return text or str(ann).replace("typing.", "").replace(f"{__name__}.", "")
 

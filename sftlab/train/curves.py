@@ -85,7 +85,7 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.accelerator is not None and "step" in record:
-            values = {f"train/{k}": record[k] for k in ("loss", "lr", "tokens_per_s", "grad_norm")
+            values = {f"train/{k}": record[k] for k in ("loss", "lr", "tokens_per_s", "mfu", "grad_norm")
                       if _finite(record.get(k))}
             values.update({f"eval_loss/{name}": v for name, v in (record.get("eval_loss") or {}).items()
                            if _finite(v)})

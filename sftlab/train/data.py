@@ -12,6 +12,7 @@ The training loop (``sftlab.train.loop``) only asks it for micro-batches.
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -42,6 +43,45 @@ def prepare_stores(cfg: TrainConfig, tokenizer, template, accelerator=None, poli
     return stores
 
 
+REASON_KEYS = {"too_long": "encoding.max_length"}
+"""Quarantine reasons a config key can change, besides ``data.max_quarantined_share``."""
+
+
+def quarantine_reasons(stores: dict) -> dict[str, int]:
+    """How many records each rule quarantined, over the stores' quarantine files, most frequent first."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for store in stores.values():
+        with open(store.quarantine_path, encoding="utf-8") as f:
+            counts.update(json.loads(line).get("code") or "other" for line in f if line.strip())
+    return dict(counts.most_common())
+
+
+def quarantine_rule(records: int, reasons: dict[str, int], allowed: float, where: str) -> tuple[int, str] | None:
+    """``(exit code, what to say)`` for the quarantined records, ``None`` when none was: 1 when
+    their share exceeds ``data.max_quarantined_share`` (``allowed``), else 0. ``prepare`` and
+    ``train`` both decide by it. What it says: the count per reason, where each record and its
+    reason is (``where``), and the keys that change the outcome::
+
+        >>> quarantine_rule(1000, {"too_long": 22}, 0.0, "RUN/data/quarantine.jsonl")[1]
+        '22 of 1000 records quarantined (2.20%: too_long 22), more than data.max_quarantined_share=0; each record and its reason: RUN/data/quarantine.jsonl; to train on the rest set data.max_quarantined_share=0.022 or more; too_long: raise encoding.max_length'
+    """
+    quarantined = sum(reasons.values())
+    if not quarantined:
+        return None
+    share = quarantined / records if records else 1.0
+    counts = ", ".join(f"{code} {n}" for code, n in reasons.items())
+    head = f"{quarantined} of {records} records quarantined ({share:.2%}: {counts})"
+    if share <= allowed:
+        return 0, f"{head}, within data.max_quarantined_share={allowed:g}; each record and its reason: {where}"
+    fixes = [f"{code}: raise {REASON_KEYS[code]}" for code in reasons if code in REASON_KEYS]
+    return 1, "; ".join([f"{head}, more than data.max_quarantined_share={allowed:g}",
+                         f"each record and its reason: {where}",
+                         f"to train on the rest set data.max_quarantined_share={math.ceil(share * 1000) / 1000:g} or more",
+                         *fixes])
+
+
 def _policy(cfg: TrainConfig):
     if not cfg.data.policy:
         return None
@@ -63,15 +103,17 @@ class TrainData:
     of them starting at r, in micro-batches of ``micro_batch_size``.
     """
 
-    def __init__(self, cfg: TrainConfig, examples, eval_sets: dict, pad_id: int, eval_table=None):
+    def __init__(self, cfg: TrainConfig, examples, eval_sets: dict, pad_id: int, eval_table=None,
+                 plan: int | None = None):
         import numpy as np
 
         from sftlab.tokens.store import ExampleTable
-        from sftlab.train.mixture import MixtureSpec, SliceColumn, apply_loss_weights, slice_of
+        from sftlab.train.mixture import PLAN_VERSION, MixtureSpec, SliceColumn, apply_loss_weights, slice_of
 
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
-                                   loss_weights=dict(m.loss_weights), seed=cfg.seed)
+                                   loss_weights=dict(m.loss_weights), seed=cfg.seed,
+                                   plan=PLAN_VERSION if plan is None else plan)
         apply_loss_weights([], self.mixture.loss_weights)  # checks the weights
         self.table = examples if hasattr(examples, "lengths") else ExampleTable(examples)
         self.slices = SliceColumn(self.table.slice_names, self.table.slice_codes)
@@ -93,6 +135,7 @@ class TrainData:
         self.gen_prompts: list = []
         self.store_info: dict = {}
         self.records = 0
+        self.quarantine_reasons: dict[str, int] = {}
         self._epoch: tuple[int, object, dict] | None = None
 
     def _build(self, epoch: int) -> tuple[object, dict]:
@@ -104,7 +147,7 @@ class TrainData:
         from sftlab.train.mixture import realised_mixture
 
         if self._epoch is None or self._epoch[0] != epoch:
-            idx = np.asarray(self.mixture.epoch_indices(self.slices, epoch), dtype=np.int64)
+            idx = self.mixture.epoch_index_array(self.slices, epoch)
             lengths = self.table.lengths[idx]
             if self.cfg.packing.mode == "packed":
                 members, starts = pack_lengths_flat(lengths, self.cfg.row_length)
@@ -112,11 +155,19 @@ class TrainData:
             else:
                 check_lengths(lengths, self.cfg.row_length)
                 members, starts = idx, np.arange(len(idx) + 1, dtype=np.int64)
-            order = list(range(len(starts) - 1))
-            random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(order)
-            rows = EpochRows(self.table, members, starts, order, self.scales)
+            rows = EpochRows(self.table, members, starts, self._row_order(len(starts) - 1, epoch), self.scales)
             self._epoch = (epoch, rows, realised_mixture(idx, self.slices))
         return self._epoch[1], self._epoch[2]
+
+    def _row_order(self, n: int, epoch: int):
+        """The shuffled order of an epoch's n rows, drawn as the run's plan draws (``mixture.plan``)."""
+        from sftlab.train.mixture import plan_generator
+
+        if self.mixture.plan == 1:
+            order = list(range(n))
+            random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(order)
+            return order
+        return plan_generator("rows", self.cfg.seed, epoch).permutation(n)
 
     def epoch_rows(self, epoch: int):
         return self._build(epoch)[0]
@@ -151,13 +202,14 @@ class TrainData:
 
 
 def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool, check=None,
-                 accelerator=None) -> TrainData:
+                 accelerator=None, plan: int | None = None) -> TrainData:
     """Prepared stores of the training and held-out data (opened from the cache, or built:
     ``sftlab.tokens.store``) -> TrainData. In a multi-process run the main process of each
     node prepares or opens the stores; the others wait, then memory-map them. The main process
     (``write``) also writes RUN/data/quarantine.jsonl, RUN/data/stats.json (duplicates,
     held-out leakage, ...) and the mask preview, all read from the stores. ``check(data)``, when
-    given, runs before anything is written (and may raise)."""
+    given, runs before anything is written (and may raise). ``plan``: how epochs are drawn
+    (``sftlab.train.mixture.PLAN_VERSION`` when ``None``; a resumed run passes its own)."""
     import numpy as np
 
     from sftlab.train.config import DataConfig
@@ -183,10 +235,11 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
                          f"one of {', '.join('eval_loss/' + s for s in sorted(eval_sets))}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    data = TrainData(cfg, train, eval_sets, pad_id, eval_table=held)
+    data = TrainData(cfg, train, eval_sets, pad_id, eval_table=held, plan=plan)
     data.splits, data.quarantined, data.policy = splits, sum(s.quarantined for s in stores.values()), policy
     data.store_info = {split: s.describe() for split, s in stores.items()}
     data.records = sum(s.meta["records"] for s in stores.values())
+    data.quarantine_reasons = quarantine_reasons(stores)
     data.gen_prompts = _generation_prompts(cfg)
     if check is not None:
         check(data)
@@ -196,7 +249,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
 
         write_mask_preview(run, train.preview(), tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
-                           reasoning=cfg.encoding.reasoning)
+                           reasoning=cfg.encoding.reasoning, inline_reasoning=cfg.encoding.inline_reasoning,
+                           mask_source=cfg.encoding.mask_source)
         (run / "data").mkdir(parents=True, exist_ok=True)
         with atomic_file(run / "data" / "quarantine.jsonl") as f:
             for split, store in stores.items():
@@ -224,7 +278,7 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
     paths = DataConfig.paths(entries)
     kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
                   num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
-                  columns=DataConfig.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
+                  columns=cfg.data.columns(entries), sides=sides, eval_split=cfg.data.eval_split, spool=spool)
     if accelerator is None or accelerator.num_processes == 1:
         return prepare(paths, tokenizer, template, **kwargs)
     store = None
@@ -302,8 +356,10 @@ def _write_store_stats(run: Path, train, held) -> list[dict]:
 
 
 def heldout_encoding(cfg: TrainConfig) -> dict:
-    """How training encodes data (training and held-out alike): recorded in the manifest so that
-    ``sftlab eval`` computes the held-out loss of the same examples."""
+    """How training encodes data (training and held-out alike) and normalises its loss: recorded
+    in the manifest so that ``sftlab eval`` computes the held-out loss of the same examples."""
     return {"max_length": min(cfg.encoding.max_length, cfg.row_length),
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
-            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow}
+            "inline_reasoning": cfg.encoding.inline_reasoning,
+            "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow, "mask_source": cfg.encoding.mask_source,
+            "normalisation": cfg.loss.normalisation}

@@ -25,13 +25,16 @@ from pathlib import Path
 
 import torch
 
+from sftlab.model.adapters import recorded_base
 from sftlab.model.attention import use_packed_attention
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                     save_final, step_dirs)
+                                     save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
 from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
+from sftlab.train.preemption import SIGNALS
+from sftlab.train.throughput import PhaseTimes, Throughput
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False,
@@ -48,25 +51,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False
     ``allow_changes`` (see ``sftlab.train.rundir``), and for a damaged newest checkpoint unless
     ``fallback_checkpoint`` (then the newest intact one is used). ``trackers``: extra
     ``accelerate.tracking.GeneralTracker`` objects, beside those ``log.trackers`` names.
+    SIGTERM or SIGINT: 143 or 130, after the current step and a verified checkpoint of it
+    (``sftlab.train.preemption``); the lock is released in every case.
     """
     import os
 
     from sftlab.files import check_run_dir
+    from sftlab.train.preemption import Preempted, StopSignals
     from sftlab.train.rundir import RunLock
 
     run = check_run_dir(cfg.out)
     lock = RunLock(run, config=config_path)
-    if int(os.environ.get("RANK", "0")) == 0:  # the main process holds the lock
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:  # the main process holds the lock
         lock.acquire()
+    signals = StopSignals()
     try:
-        return _train(cfg, resume=resume, allow_changes=allow_changes, fallback_checkpoint=fallback_checkpoint,
-                      trackers=trackers)
+        with signals:
+            return _train(cfg, resume=resume, allow_changes=allow_changes, fallback_checkpoint=fallback_checkpoint,
+                          trackers=trackers, signals=signals)
+    except Preempted as e:  # before the first step, or a second signal: nothing more is written
+        if main:
+            last = latest_checkpoint(run)
+            when = "at once (a second signal)" if signals.deferred else "before training started"
+            print(f"sftlab train: stopped by {e.signum.name} {when}; "
+                  + (f"the newest checkpoint is {last}" if last else "no checkpoint was written"), file=sys.stderr)
+        return e.exit_code
     finally:
         lock.release()
 
 
 def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_checkpoint: bool,
-           trackers: tuple) -> int:
+           trackers: tuple, signals) -> int:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm import tqdm
@@ -88,7 +104,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.model.dtype == "auto" else "no",
+    autocast = cfg.model.dtype == "bf16-mixed" or (cuda and cfg.model.dtype == "auto")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if autocast else "no",
                               log_with=log_with or None,
                               project_config=ProjectConfiguration(project_dir=str(run),
                                                                   logging_dir=str(run / "tensorboard")))
@@ -96,14 +113,18 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     set_seed(cfg.seed)
 
     # -- model, tokenizer, template, data ----------------------------------------------------
-    model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
+    phases = PhaseTimes()
+    with phases("load"):
+        model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
     old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
     changed: list[dict] = []
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         changed.extend(_check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes))
 
-    data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator)
+    with phases("prepare"):
+        data = prepare_data(cfg, tokenizer, template, run, write=main, check=check_resume, accelerator=accelerator,
+                            plan=_plan_of(old))
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens)
@@ -113,6 +134,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    speed = Throughput(raw, accelerator.device, torch.bfloat16 if autocast else next(raw.parameters()).dtype)
 
     state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0,
              "rows_per_step": cfg.optim.micro_batch_size * cfg.optim.grad_accum * world,
@@ -134,6 +156,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def checkpoint(at: int) -> None:
+        with phases("save"):
+            _save(at)
+
+    def _save(at: int) -> None:
         save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
                         scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
                         manifest=_read_json(run / "run.json") if main else None, rank=rank,
@@ -142,7 +168,9 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
     model.train()
     reduction = cfg.loss.normalisation
-    stop = None
+    stop = signalled = None
+    phases.start("train")
+    signals.defer()  # from here a stop signal ends the run after the current step, with a checkpoint
     while step < total_steps and stop is None:
         epoch = state["epoch"]
         rows = data.epoch_rows(epoch)
@@ -152,7 +180,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             t0 = time.perf_counter()
             # collate the whole step first: the denominator is its total trained weight, all ranks
             micro = data.micro_batches(rows, s, rank, world)
-            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro)]
+            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro),
+                      sum(int((b["seq_lengths"].long() ** 2).sum()) for b in micro)]  # attention FLOPs
             micro = [_to_device(b, accelerator.device) for b in micro]
             total_weight = step_normaliser(micro, reduction=reduction, all_reduce=True)
             loss_sum = torch.zeros((), device=accelerator.device)
@@ -163,8 +192,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                                             chunk_size=cfg.loss.chunk_size, world_size=world)
                 accelerator.backward(loss)
                 loss_sum += loss.detach().float()
-            sums = torch.tensor([loss_sum.item(), *counts], dtype=torch.float64)  # one sync per step
+            asked = [float(signals.received == s) for s in SIGNALS]  # a stop signal on any process
+            sums = torch.tensor([loss_sum.item(), *counts, *asked], dtype=torch.float64)  # one sync per step
             sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+            signalled = next((s for s, n in zip(SIGNALS, sums[-len(SIGNALS):]) if n > 0), None)
             step_loss = sums[0].item() / world
             grad_norm = None
             if cfg.optim.max_grad_norm:
@@ -183,18 +214,26 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
             optimizer.zero_grad(set_to_none=True)
             step += 1
             state.update(step=step, step_in_epoch=s + 1)
-            tokens_per_s = sums[1].item() / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            seconds = max(time.perf_counter() - t0, 1e-9)
+            tokens_per_s = sums[1].item() / seconds
+            mfu = speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                            **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}), refresh=False)
+            bar.update(1)  # after the postfix: the bar shows this step's loss
             if step % cfg.log.every_n_steps == 0 or step == total_steps:
                 metrics.write({"step": step, "epoch": epoch, "loss": step_loss,
-                               "lr": lr, "tokens_per_s": tokens_per_s,
+                               "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
                                "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
             every = cfg.eval.every_n_steps
             if (data.eval_sets or data.gen_prompts) and ((every and step % every == 0) or step >= total_steps):
-                stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
+                with phases("eval"):
+                    stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
             if stop is None and step >= total_steps:
                 stop = "done"
+            if stop is None and signalled is not None:
+                stop = f"stopped by {signalled.name} after step {step} of {total_steps}"
+            else:
+                signalled = None  # the run ended at this step anyway
             every = cfg.checkpointing.every_n_steps
             if stop is not None or (every and step % every == 0):
                 checkpoint(step)  # after validation, so early-stopping counters resume too
@@ -203,16 +242,25 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         else:
             state.update(epoch=epoch + 1, step_in_epoch=0)
     bar.close()
+    phases.stop("train")
+    if signalled is not None:  # checkpoint(step) above wrote this step
+        return _stop_on_signal(run, step, stop, signalled, metrics, main)
 
     # -- the end: final model, curves, manifest ------------------------------------------------
     accelerator.wait_for_everyone()
     code, reason = exit_rule(data, cfg)
     if main:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
-        save_final(run / "final", raw, tokenizer, template, merge=merge,
-                   adapter_base=None if merge else adapter_base(cfg.model.path, run / "final"))
+        base = raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
+        with phases("save"):
+            save_final(run / "final", raw, tokenizer, template, merge=merge,
+                       adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
+        from sftlab.manifest import update_manifest
+
+        update_manifest(run, timing=phases.describe(_read_json(run / "run.json"), resumed=bool(resume and ckpt)),
+                        throughput=speed.describe())
     metrics.close()
     accelerator.wait_for_everyone()
     return code
@@ -220,16 +268,13 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
 
 def exit_rule(data: TrainData, cfg: TrainConfig) -> tuple[int, str]:
     """``(exit code, the rule that decided it)`` of a run that trained to the end."""
+    from sftlab.train.data import quarantine_rule
+
     if data.failed_checks:
         return 1, "data check failed: " + ", ".join(c["name"] for c in data.failed_checks)
-    allowed = cfg.data.max_quarantined_share
-    share = data.quarantined / data.records if data.records else 0.0
-    counts = f"{data.quarantined} of {data.records} records quarantined ({share:.2%})"
-    if data.quarantined and share > allowed:
-        return 1, f"{counts}, more than data.max_quarantined_share={allowed:g}"
-    if data.quarantined:
-        return 0, f"{counts}, within data.max_quarantined_share={allowed:g}"
-    return 0, "trained; no record quarantined and every data check passed"
+    rule = quarantine_rule(data.records, data.quarantine_reasons, cfg.data.max_quarantined_share,
+                           str(Path(cfg.out) / "data" / "quarantine.jsonl"))
+    return rule or (0, "trained; no record quarantined and every data check passed")
 
 
 def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
@@ -268,32 +313,15 @@ def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def adapter_base(model_path: str, final: Path) -> str:
-    """What a LoRA adapter in ``final`` records as its base model: the hub name as given, or the
-    local directory relative to ``final`` (so the run and its base can move together); absolute
-    only where no relative path exists (another drive)."""
-    path = Path(model_path)
-    if not path.exists():
-        return model_path
-    import os
-
-    try:
-        return os.path.relpath(path.resolve(), final.resolve())
-    except ValueError:
-        return str(path.resolve())
-
-
 # -- model ---------------------------------------------------------------------------------------
 
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+_DTYPES = {"auto": None, "float32": torch.float32, "bf16-mixed": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def load_model_and_tokenizer(cfg: TrainConfig):
     """``(model, tokenizer, template, role_tokens)``: the base model ready to train (LoRA and
     gradient checkpointing applied), the tokenizer with the training template installed."""
-    from transformers import AutoTokenizer
-
-    from sftlab.model.loading import load_base_model
+    from sftlab.model.loading import load_base_model, load_tokenizer
     from sftlab.model.objective import check_head
     from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
 
@@ -304,8 +332,8 @@ def load_model_and_tokenizer(cfg: TrainConfig):
                                            dtype=_DTYPES[cfg.model.dtype],
                                            trust_remote_code=cfg.model.trust_remote_code)
         if cfg.tokenizer:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code)
-        template = get_template(cfg.template, tokenizer)
+            tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
+        template = template_of(cfg, tokenizer)
         if cfg.loss.chunk_size is not None:
             check_head(model)  # the chunked loss must see the logits the model itself would give
     except (OSError, ValueError, TemplateError) as e:
@@ -331,15 +359,22 @@ def load_model_and_tokenizer(cfg: TrainConfig):
             with warnings.catch_warnings():
                 # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                targets = cfg.lora.target_modules  # "all-linear" goes to peft as peft spells it
                 model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                          lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                                                         target_modules=list(cfg.lora.target_modules)))
+                                                         use_dora=cfg.lora.use_dora,
+                                                         target_modules=targets if isinstance(targets, str)
+                                                         else list(targets)))
         except ValueError as e:  # peft: target modules not found in the base model
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                              if isinstance(m, torch.nn.Linear)})
-            raise UsageError(f"lora.target_modules={list(cfg.lora.target_modules)}: "
+            raise UsageError(f"lora.target_modules={cfg.lora.target_modules}: "
                              f"{str(e).splitlines()[0][:200]}; expected names of this model's linear "
                              f"layers: {', '.join(linear[:12])}") from None
+    if cfg.optim.neftune_alpha:
+        from sftlab.model.neftune import activate_neftune
+
+        activate_neftune(model, cfg.optim.neftune_alpha)
     model.train()
     return model, tokenizer, template, role_tokens
 
@@ -348,22 +383,31 @@ def load_tokenizer_and_template(cfg: TrainConfig):
     """``(tokenizer, template)`` exactly as ``load_model_and_tokenizer`` leaves them (role tokens
     added, template installed), without loading the model's weights: what ``sftlab prepare``
     needs to build the store that training will find."""
-    from transformers import AutoTokenizer
+    from sftlab.model.loading import load_tokenizer
+    from sftlab.tokens.templates import add_role_tokens, get_template, install_template
 
-    from sftlab.model.loading import _gguf_path, convert_gguf
-    from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
-
-    try:
-        target = (str(convert_gguf(_gguf_path(cfg.model.path, cfg.model.gguf_file))) if cfg.model.gguf_file
-                  else str(Path(cfg.model.path).resolve()) if Path(cfg.model.path).exists() else cfg.model.path)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or target, trust_remote_code=cfg.model.trust_remote_code)
-        template = get_template(cfg.template, tokenizer)
-    except (OSError, ValueError, TemplateError) as e:
-        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
+    else:
+        tokenizer = load_tokenizer(cfg.model.path, gguf_file=cfg.model.gguf_file,
+                                   trust_remote_code=cfg.model.trust_remote_code, what="model.path=")
+    template = template_of(cfg, tokenizer)
     if add_role_tokens(tokenizer, None, template)["added"]:
         template = get_template(cfg.template, tokenizer)
     install_template(tokenizer, template)
     return tokenizer, template
+
+
+def template_of(cfg: TrainConfig, tokenizer):
+    """The config's ``template`` for ``tokenizer``; a template that cannot be used is a
+    ``UsageError`` naming ``template=`` (or, for the tokenizer's own, the model)."""
+    from sftlab.tokens.templates import TemplateError, get_template
+
+    try:
+        return get_template(cfg.template, tokenizer)
+    except (TemplateError, OSError, ValueError) as e:
+        key = f"template={cfg.template}" if cfg.template else f"model.path={cfg.model.path} (its own chat template)"
+        raise UsageError(f"{key}: {e}".splitlines()[0]) from None
 
 
 def _param_groups(model, weight_decay: float) -> list[dict]:
@@ -375,30 +419,20 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 # -- validation ----------------------------------------------------------------------------------
 
-@torch.no_grad()
 def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str, float]:
-    """Held-out loss per slice and over all slices: the training objective, normalised per slice.
+    """Held-out loss per slice and over all slices: the training objective, normalised per slice
+    (``sftlab.evaluation.loss.slice_sums``, the scorer ``sftlab eval`` uses too).
 
     Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
     """
-    from sftlab.model.objective import micro_batch_loss, step_normaliser
-    from sftlab.tokens.packing import collate
+    from sftlab.evaluation.loss import slice_sums
 
-    was_training = model.training
-    model.eval()
     names = sorted(data.eval_sets)
-    sums = torch.zeros(len(names), 2, dtype=torch.float64)  # sum of w*nll, sum of w
-    mbs, reduction = cfg.eval.micro_batch_size, cfg.loss.normalisation
-    for j, name in enumerate(names):
-        rows = data.eval_rows(name, accelerator.process_index, accelerator.num_processes)
-        for i in range(0, len(rows), mbs):
-            batch = _to_device(collate(rows[i:i + mbs], data.pad_id), accelerator.device)
-            with accelerator.autocast():
-                sums[j, 0] += micro_batch_loss(model, batch, 1.0, reduction=reduction,
-                                               chunk_size=cfg.loss.chunk_size).item()
-            sums[j, 1] += step_normaliser([batch], reduction=reduction).item()
+    rows = {name: data.eval_rows(name, accelerator.process_index, accelerator.num_processes) for name in names}
+    sums = slice_sums(model, rows, data.pad_id, micro_batch_size=cfg.eval.micro_batch_size,
+                      reduction=cfg.loss.normalisation, chunk_size=cfg.loss.chunk_size,
+                      device=accelerator.device, autocast=accelerator.autocast)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    model.train(was_training)
     out = {"all": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
     out.update({name: _ratio(sums[j, 0], sums[j, 1]) for j, name in enumerate(names)})
     return out
@@ -493,6 +527,20 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
     return diffs
 
 
+def _plan_of(old: dict | None) -> int | None:
+    """A resumed run draws its epochs as it started (run.json ``mixture.plan``; a run from before
+    plans were recorded drew plan 1); a new run draws the current plan (``None``)."""
+    from sftlab.train.mixture import PLAN_VERSION
+
+    if old is None:
+        return None
+    plan = (old.get("mixture") or {}).get("plan", 1)
+    if plan not in range(1, PLAN_VERSION + 1):
+        raise UsageError(f"run.json: mixture.plan = {plan!r}: this sftlab draws epoch plans 1 to {PLAN_VERSION}; "
+                         "resume with the sftlab version that started the run")
+    return plan
+
+
 def _apply_optim_settings(optimizer, scheduler, cfg: TrainConfig) -> None:
     """After loading a checkpoint: this run's lr, betas and weight decay, not the saved ones,
     on the saved schedule position (so the manifest's config is what is used)."""
@@ -524,6 +572,26 @@ def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, met
     return 1
 
 
+def _stop_on_signal(run: Path, step: int, stop: str, signum, metrics, main: bool) -> int:
+    """After a stop signal: check the checkpoint just written, record why the run stopped; 128 + signum."""
+    code = 128 + int(signum)
+    metrics.close()
+    if main:
+        from sftlab.manifest import update_manifest
+
+        last = latest_checkpoint(run)
+        problems = verify_checkpoint(last) if last is not None else ["no checkpoint was written"]
+        saved = (f"{last} written and verified" if not problems
+                 else f"{last} fails its check ({'; '.join(problems[:2])})")
+        segs = (_read_json(run / "run.json") or {}).get("segments") or []
+        if segs:
+            segs[-1]["to_step"] = step
+        update_manifest(run, segments=segs, outcome={"train": train_outcome(
+            run, step, stop, (code, f"{stop}; checkpoint {saved}; continue with --resume"))})
+        print(f"sftlab train: {stop}; checkpoint {saved}", file=sys.stderr)
+    return code
+
+
 # -- manifest ------------------------------------------------------------------------------------
 
 def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokenizer, template,
@@ -543,7 +611,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "reasoning": cfg.encoding.reasoning, "trained_tokens": trained, "total_tokens": total,
                  "trained_token_share": round(trained / total, 6) if total else None,
                  "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
-                 "heldout_encoding": heldout_encoding(cfg),
+                 "mask_source": cfg.encoding.mask_source, "heldout_encoding": heldout_encoding(cfg),
                  **data.table.encoding_summary()},
         packing={**data.epoch_rows(0).stats(cfg.row_length, cfg.packing.mode),
                  "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)
@@ -552,6 +620,8 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
                  "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
         model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
                "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
+               "neftune": {"alpha": cfg.optim.neftune_alpha, "length": "per example",
+                           "scale": "alpha / sqrt(L * hidden_size)"} if cfg.optim.neftune_alpha else None,
                "notes": source.get("notes") or source.get("note"), "source": source or None},
         config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
     if data.policy is not None:

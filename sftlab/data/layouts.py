@@ -1,0 +1,120 @@
+"""LLaMA-Factory's dataset descriptions (``dataset_info.json``) as sftlab column mappings.
+
+An entry of LLaMA-Factory's ``dataset_info.json`` says how a file names its fields:
+``formatting`` (``alpaca``, the default, or ``sharegpt``), ``columns`` (``prompt``, ``query``,
+``response``, ``history``, ``messages``, ``system``, ``tools``, ``chosen``, ``rejected``, ...) and,
+for ``sharegpt``, ``tags`` (``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``,
+``observation_tag``, ``function_tag``, ``system_tag``), and ``ranking`` for preference data. sftlab
+reads such an entry as it is, or the same keys written in a data entry of its own config, and
+turns them into ``sftlab.data.formats.Columns``. ``columns`` may also name sftlab's metadata
+(``task: category``), as LLaMA-Factory has no such column. Columns LLaMA-Factory uses for other
+training (``images``, ``videos``, ``audios``, ``kto_tag``) are accepted and not read: records
+that fill them are refused naming the field (sftlab trains text SFT), unless it is declared ignored.
+
+Example::
+
+    >>> cols = columns_kwargs(None, {"prompt": "instruction", "query": "input", "response": "output",
+    ...                              "system": "system", "history": "history"}, {})
+    >>> cols["prompt"], cols["query_join"], cols["history"]
+    ('instruction', '\\n', 'history')
+    >>> sorted(columns_kwargs("sharegpt", {"messages": "conversations"},
+    ...                       {"user_tag": "human", "assistant_tag": "gpt"})["roles"].items())
+    [('gpt', 'assistant'), ('human', 'user')]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import UsageError
+from sftlab.data.formats import META_FIELDS
+
+COLUMNS = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos",
+           "audios", "chosen", "rejected", "kto_tag")
+"""LLaMA-Factory's column names (``dataset_info.json``); sftlab's metadata names may be mapped too."""
+UNREAD_COLUMNS = ("images", "videos", "audios", "kto_tag")
+"""Columns for multimodal or KTO training: named fields stay unread (refused unless ignored)."""
+TAGS = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool", "system_tag": "system"}
+"""LLaMA-Factory's speaker tags and the role each names (``role_tag``, ``content_tag`` and
+``function_tag`` name keys and the tool-call speaker)."""
+FORMATTINGS = ("alpaca", "sharegpt")
+# How LLaMA-Factory joins the instruction and the input (its AlpacaDatasetConverter: "\n".join).
+LLAMAFACTORY_QUERY_JOIN = "\n"
+
+
+def columns_kwargs(formatting: str | None, columns: dict[str, str], tags: dict[str, str],
+                   ranking: bool = False, where: str = "columns") -> dict[str, Any]:
+    """``Columns`` keyword arguments for LLaMA-Factory's ``formatting``, ``columns`` and ``tags``.
+
+    ``ranking`` is accepted (preference records are recognised by their chosen/rejected fields
+    whatever it says). Raises ``UsageError`` naming an unknown key.
+    """
+    formatting = formatting or "alpaca"
+    if formatting not in FORMATTINGS:
+        raise UsageError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATTINGS)}")
+    for key, value in {**columns, **tags}.items():
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{where}: {key} must name a field (a non-empty string), got {value!r}")
+    unknown = sorted(set(columns) - set(COLUMNS) - set(META_FIELDS))
+    if unknown:
+        raise UsageError(f"{where}: unknown column {unknown[0]!r}; expected LLaMA-Factory's "
+                         f"{', '.join(COLUMNS)} or sftlab's metadata {', '.join(META_FIELDS)}")
+    unknown = sorted(set(tags) - set(TAGS) - {"role_tag", "content_tag", "function_tag"})
+    if unknown:
+        raise UsageError(f"{where}: unknown tag {unknown[0]!r}; expected one of role_tag, content_tag, "
+                         f"{', '.join(TAGS)}, function_tag")
+    if tags and formatting != "sharegpt":
+        raise UsageError(f"{where}: tags apply to formatting: sharegpt (message lists), not {formatting}")
+    out: dict[str, Any] = {k: columns[k] for k in ("system", "tools", "chosen", "rejected") if k in columns}
+    out["metadata"] = {k: v for k, v in columns.items() if k in META_FIELDS}
+    if formatting == "alpaca":
+        misplaced = sorted(set(columns) & {"messages"})
+        if misplaced:
+            raise UsageError(f"{where}: column 'messages' belongs to formatting: sharegpt")
+        out.update(prompt=columns.get("prompt", "instruction"), query=columns.get("query", "input"),
+                   response=columns.get("response", "output"), history=columns.get("history"),
+                   query_join=LLAMAFACTORY_QUERY_JOIN)
+        return out
+    misplaced = sorted(set(columns) & {"prompt", "query", "response", "history"})
+    if misplaced:
+        raise UsageError(f"{where}: column {misplaced[0]!r} belongs to formatting: alpaca; a sharegpt "
+                         "entry names its message list with 'messages'")
+    out.update(field_messages=columns.get("messages", "conversations"), role_key=tags.get("role_tag"),
+               content_key=tags.get("content_tag"), function_tag=tags.get("function_tag"),
+               roles={tags[t]: role for t, role in TAGS.items() if t in tags})
+    return out
+
+
+def dataset_info_entry(path: str | Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """``(data file, entry)`` of entry ``name`` in LLaMA-Factory's ``dataset_info.json`` at
+    ``path``; the file is the entry's ``file_name`` beside it. Raises ``UsageError``."""
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot read dataset_info {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not a JSON object ({e})") from None
+    if not isinstance(info, dict):
+        raise UsageError(f"{path}: expected a JSON object of dataset entries")
+    entry = info.get(name)
+    if not isinstance(entry, dict):
+        close = ", ".join(sorted(k for k in info if isinstance(info[k], dict))[:8])
+        raise UsageError(f"{path}: no dataset entry {name!r} (entries: {close}, ...)")
+    if "file_name" not in entry:
+        where = next((k for k in ("hf_hub_url", "ms_hub_url", "script_url", "cloud_file_name") if k in entry),
+                     None)
+        raise UsageError(f"{path}: entry {name!r} has no file_name" + (
+            f" (its data is at {where}: {entry[where]}; download it and give the file as the path)" if where
+            else ""))
+    return path.parent / entry["file_name"], entry
+
+
+def entry_kwargs(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    """``Columns`` keyword arguments of one ``dataset_info.json`` entry."""
+    for key in ("columns", "tags"):
+        if not isinstance(entry.get(key, {}), dict):
+            raise UsageError(f"{where}: {key} must be an object")
+    return columns_kwargs(entry.get("formatting"), entry.get("columns", {}), entry.get("tags", {}),
+                          bool(entry.get("ranking", False)), where)

@@ -1,0 +1,155 @@
+"""Content accounting (DESIGN.md, invariant 9): what a record carries besides message text is in
+its rendering, or the record is refused with what the template loses and how to keep it.
+
+The template's layout (``sftlab.tokens.templates``) already certifies every message's text: a
+message whose content the template drops or changes is refused there, and a trained turn is the
+record's own answer (``templates.TRANSFORMS``). Reasoning is checked where its turn is weighted
+(``sftlab.tokens.encoding``). This module checks the rest, per record, by string containment on
+the rendering (no second rendering, no tokenizing):
+
+- each **tool schema** of the record: its function name, description and parameter names are
+  written outside the assistant turns (the context the model is shown);
+- each **tool call**: its function name, argument names and string values are written in its
+  turn (trained with it), or in the rendering where the turn is not trained;
+- no trained assistant turn that had content or a call in its source is trained as its stop alone.
+
+A string is found as it is or as JSON writes it (escaped, without its quotes), since templates
+write schemas and arguments through ``tojson``.
+
+Example (SmolLM2's template writes neither tools nor calls)::
+
+    >>> from sftlab.data.conversation import Message, ToolCall
+    >>> from sftlab.tokens.layout import Layout, Turn
+    >>> text = "<|im_start|>user\\nOslo?<|im_end|>\\n<|im_start|>assistant\\n<|im_end|>\\n"
+    >>> lay = Layout(text, (), turns=(Turn(1, 50, 60, 50),))
+    >>> msgs = (Message("user", "Oslo?"), Message("assistant", "", tool_calls=(ToolCall("weather", "{}"),)))
+    >>> lost(lay, msgs, None, "tokenizer", {1})[0]
+    'tool_calls_not_written'
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+
+from sftlab.tokens.layout import Layout, TemplateError
+
+USE_A_TOOL_TEMPLATE = ("use a template that writes them (the chatml and llama3 built-ins do, as do the own templates "
+                       "of tool-calling models such as Qwen2.5 and Llama 3.1)")
+
+
+class ContentLost(TemplateError):
+    """A record whose template loses some of its content; ``code`` names what (the quarantine rule)."""
+
+    def __init__(self, reason: str, code: str):
+        super().__init__(reason)
+        self.code = code
+
+
+def check(layout: Layout, messages: Sequence, tools: list | None, template: str, trained: Collection[int]) -> None:
+    """Raise ``ContentLost`` when the rendering loses a tool schema or call of the record, or trains
+    an assistant turn of ``trained`` (message indices) empty although its source had something."""
+    found = lost(layout, messages, tools, template, trained)
+    if found is not None:
+        raise ContentLost(found[1], found[0])
+
+
+def lost(layout: Layout, messages: Sequence, tools: list | None, template: str,
+         trained: Collection[int]) -> tuple[str, str] | None:
+    """``(code, reason)`` of the first piece of content the rendering loses, or ``None``."""
+    text = layout.text
+    turns = {t.index: t for t in layout.turns}
+    for i, m in enumerate(messages):
+        if not m.tool_calls:
+            continue
+        turn = turns.get(i)
+        region = text[turn.start:turn.end] if turn is not None else text
+        for call in m.tool_calls:
+            if not _written(call.name, region):
+                return ("tool_calls_not_written",
+                        f"{the(template)} writes no tool calls (assistant message {i} calls "
+                        f"{call.name!r}, the rendering does not show it): the turn would be trained without its "
+                        f"call; {USE_A_TOOL_TEMPLATE}")
+            missing = next((s for s in _strings(call.arguments_value()) if not _written(s, region)), None)
+            if missing is not None:
+                return ("tool_calls_not_written",
+                        f"{the(template)} writes the call {call.name!r} of assistant message {i} without "
+                        f"{missing[:60]!r} of its arguments; {USE_A_TOOL_TEMPLATE}")
+    if tools:
+        context = "\0".join(_outside(text, layout.turns))
+        for tool in tools:
+            missing = _schema_missing(tool, context)
+            if missing == "name":
+                return ("tools_not_written",
+                        f"{the(template)} writes no tool schemas (function "
+                        f"{_name(tool)!r} is not in the rendering): the model would learn to call functions it "
+                        f"was never shown; {USE_A_TOOL_TEMPLATE}, or remove the record's tools")
+            if missing:
+                return ("tools_not_written",
+                        f"{the(template)} writes the tool schema of {_name(tool)!r} without its "
+                        f"{missing}; {USE_A_TOOL_TEMPLATE}")
+    for i in trained:
+        turn = turns.get(i)
+        m = messages[i]
+        had = m.content.strip() or m.tool_calls
+        if turn is not None and had and (text[turn.start:turn.stop_start].isspace() or turn.start == turn.stop_start):
+            return ("empty_turn", f"{the(template)} trains assistant message {i} as its stop alone "
+                                  "although the record gives it content; use a template that writes it")
+    return None
+
+
+def the(template: str) -> str:
+    """How a reason names a template: ``the chatml template``, ``the tokenizer's own template``."""
+    return "the tokenizer's own template" if template == "tokenizer" else f"the {template} template"
+
+
+def _outside(text: str, turns) -> list[str]:
+    """The pieces of ``text`` outside the assistant turns (what the model is shown as context)."""
+    pieces, pos = [], 0
+    for t in sorted(turns, key=lambda t: t.start):
+        pieces.append(text[pos:t.start])
+        pos = max(pos, t.end)
+    pieces.append(text[pos:])
+    return pieces
+
+
+def _name(tool: dict) -> str:
+    fn = tool.get("function", tool) if isinstance(tool, dict) else {}
+    return str(fn.get("name")) if isinstance(fn, dict) else "?"
+
+
+def _schema_missing(tool, context: str) -> str | None:
+    """What of one tool schema ``context`` lacks: ``"name"``, ``"description"``, ``"parameter X"``."""
+    fn = tool.get("function", tool) if isinstance(tool, dict) else None
+    if not isinstance(fn, dict):
+        return None
+    if isinstance(fn.get("name"), str) and not _written(fn["name"], context):
+        return "name"
+    if isinstance(fn.get("description"), str) and fn["description"].strip() \
+            and not _written(fn["description"].strip(), context):
+        return "description"
+    params = fn.get("parameters")
+    props = params.get("properties") if isinstance(params, dict) else None
+    for key in props if isinstance(props, dict) else ():
+        if not _written(key, context):
+            return f"parameter {key!r}"
+    return None
+
+
+def _strings(value) -> list[str]:
+    """The argument names and string values of a call's arguments (nested ones included)."""
+    out: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.append(str(k))
+            out.extend(_strings(v))
+    elif isinstance(value, list):
+        for v in value:
+            out.extend(_strings(v))
+    elif isinstance(value, str) and value.strip():
+        out.append(value.strip())
+    return out
+
+
+def _written(s: str, text: str) -> bool:
+    """``s`` is in ``text`` as it is, or as JSON writes it inside a string (escaped)."""
+    return s in text or json.dumps(s, ensure_ascii=False)[1:-1] in text or json.dumps(s)[1:-1] in text

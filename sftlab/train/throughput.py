@@ -1,0 +1,164 @@
+"""Throughput of training: model FLOPs per step from the model's shape, the device's peak, and
+their ratio, the model FLOP utilisation (MFU).
+
+FLOPs follow PaLM's MFU accounting (Chowdhery et al. 2022, appendix B): a token costs ``6 N``
+(forward 2N, backward 4N) for the N weights of the model's matrix multiplications (every linear
+layer, the output head included, the embedding lookup not), plus ``12 L d T`` for attention over a
+context of T tokens in L layers of width d. In a packed row a token attends within its own example,
+so T is the example's length and the attention term of a step is ``12 L d sum_i len_i^2``. Weights
+that are not trained (LoRA's frozen base) skip their weight gradient: 4 FLOPs per weight and
+token instead of 6. Recomputation by gradient checkpointing is not counted (that would be
+hardware FLOP utilisation), so MFU compares runs with and without it fairly.
+
+The peak is the datasheet's dense bf16 tensor throughput for a known GPU (:data:`GPU_PEAK_TFLOPS`),
+else the measured throughput of a matrix product at the model's hidden size in the training dtype,
+timed once per run (the CPU's case).
+
+    >>> step_flops(matmul_weights=1000, frozen_weights=0, layers=2, hidden=8, tokens=10, square_lengths=50)
+    69600
+    >>> gpu_peak("NVIDIA H100 80GB HBM3")
+    (989.4, 'datasheet: H100 SXM bf16 dense')
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+GPU_PEAK_TFLOPS = (  # (name fragment, dense bf16 TFLOP/s, label), most specific first
+    ("H100 PCIe", 756.0, "H100 PCIe"), ("H100 NVL", 835.0, "H100 NVL"), ("H100", 989.4, "H100 SXM"),
+    ("H200", 989.4, "H200"), ("GH200", 989.4, "GH200"), ("B200", 2250.0, "B200"),
+    ("A100", 312.0, "A100"), ("L40S", 362.0, "L40S"), ("L4", 121.0, "L4"), ("A10G", 70.0, "A10G"),
+    ("A10", 125.0, "A10"), ("RTX 4090", 165.2, "RTX 4090"), ("RTX A6000", 154.8, "RTX A6000"),
+)
+"""NVIDIA datasheet dense (no sparsity) bf16 tensor-core peaks, TFLOP/s."""
+
+
+def gpu_peak(name: str) -> tuple[float, str] | None:
+    """``(TFLOP/s, source)`` for a GPU ``name`` in the table, else None."""
+    for fragment, tflops, label in GPU_PEAK_TFLOPS:
+        if fragment in name:
+            return tflops, f"datasheet: {label} bf16 dense"
+    return None
+
+
+def measured_peak(hidden: int, dtype=torch.float32, device="cpu", seconds: float = 0.3) -> float:
+    """FLOP/s of ``[2048, hidden] @ [hidden, hidden]`` products on ``device``, timed for ``seconds``
+    after a warm-up (at least 3 products)."""
+    a = torch.randn(2048, hidden, dtype=dtype, device=device)
+    b = torch.randn(hidden, hidden, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        n += 1
+    sync()
+    return 2.0 * 2048 * hidden * hidden * n / (time.perf_counter() - start)
+
+
+def step_flops(*, matmul_weights: int, frozen_weights: int, layers: int, hidden: int, tokens: int,
+               square_lengths: int) -> int:
+    """Model FLOPs of one training step over ``tokens`` tokens whose examples' squared lengths sum
+    to ``square_lengths``; ``frozen_weights`` of the ``matmul_weights`` get no weight gradient."""
+    trained = matmul_weights - frozen_weights
+    return (6 * trained + 4 * frozen_weights) * tokens + 12 * layers * hidden * square_lengths
+
+
+class Throughput:
+    """The model's shape and the device's peak, read once; :meth:`mfu` per step.
+
+    ``peak`` is FLOP/s of one process; ``describe()`` is the manifest's ``throughput`` section.
+    """
+
+    def __init__(self, model, device, dtype=torch.float32):
+        config = getattr(model, "config", None)
+        self.layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+        self.hidden = int(getattr(config, "hidden_size", 0) or 0)
+        # every linear layer's weight once (a head tied to the embeddings is a real product)
+        linear = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}.values())
+        self.matmul_weights = sum(w.numel() for w in linear)
+        self.frozen_weights = sum(w.numel() for w in linear if not w.requires_grad)
+        self.peak, self.peak_source = self._peak(device, dtype)
+
+    def _peak(self, device, dtype) -> tuple[float | None, str]:
+        if str(device).startswith("cuda"):
+            name = torch.cuda.get_device_name(device)
+            known = gpu_peak(name)
+            if known:
+                return known[0] * 1e12, f"{name}: {known[1]}"
+            if self.hidden:
+                return measured_peak(self.hidden, torch.bfloat16, device), \
+                    f"{name}: measured bf16 matmul at hidden size {self.hidden}"
+        if not self.hidden:
+            return None, "unknown: the model config names no hidden_size"
+        return measured_peak(self.hidden, dtype, "cpu"), \
+            f"CPU: measured {str(dtype).removeprefix('torch.')} matmul at hidden size {self.hidden} " \
+            f"({torch.get_num_threads()} threads)"
+
+    def flops(self, tokens: int, square_lengths: int) -> int:
+        return step_flops(matmul_weights=self.matmul_weights, frozen_weights=self.frozen_weights,
+                          layers=self.layers, hidden=self.hidden, tokens=tokens, square_lengths=square_lengths)
+
+    def mfu(self, tokens: int, square_lengths: int, seconds: float, processes: int = 1) -> float | None:
+        """Share of the peak of ``processes`` devices that a step of ``tokens`` in ``seconds`` used."""
+        if not self.peak or seconds <= 0:
+            return None
+        return self.flops(tokens, square_lengths) / seconds / (self.peak * processes)
+
+    def describe(self) -> dict:
+        return {"peak_flops_per_s": self.peak, "peak_source": self.peak_source,
+                "matmul_weights": self.matmul_weights, "frozen_weights": self.frozen_weights,
+                "layers": self.layers, "hidden_size": self.hidden,
+                "flops": "(6 x trained + 4 x frozen matmul weights) x tokens + 12 x layers x hidden x "
+                         "sum of squared example lengths (PaLM appendix B; recomputation not counted)"}
+
+
+class PhaseTimes:
+    """Wall-clock seconds per phase of a run (load, prepare, train, eval, save); a phase opened
+    inside another is not counted twice (``train`` excludes the validation and saving inside it).
+
+        >>> t = PhaseTimes()
+        >>> with t("train"):
+        ...     with t("eval"):
+        ...         pass
+        >>> sorted(t.seconds)
+        ['eval', 'train']
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._open: list[list] = []  # [name, start, seconds spent in phases opened inside]
+
+    def start(self, name: str) -> None:
+        self._open.append([name, time.perf_counter(), 0.0])
+
+    def stop(self, name: str) -> None:
+        opened, start, inner = self._open.pop()
+        assert opened == name, (opened, name)
+        total = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + total - inner
+        if self._open:
+            self._open[-1][2] += total
+
+    def __call__(self, name: str):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def phase():
+            self.start(name)
+            try:
+                yield
+            finally:
+                self.stop(name)
+        return phase()
+
+    def describe(self, manifest: dict | None = None, resumed: bool = False) -> dict:
+        """The manifest's ``timing`` section: seconds per phase over every invocation of the run
+        (a resumed run adds to what ``manifest`` holds) and of this invocation."""
+        now = {k: round(v, 3) for k, v in self.seconds.items()}
+        before = ((manifest or {}).get("timing") or {}).get("phases_s") or {} if resumed else {}
+        total = {k: round(before.get(k, 0.0) + now.get(k, 0.0), 3) for k in dict.fromkeys([*before, *now])}
+        return {"phases_s": total, "this_invocation_s": now,
+                "note": "wall-clock seconds; train excludes the validation (eval) and checkpoints (save) inside it"}

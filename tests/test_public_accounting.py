@@ -1,0 +1,166 @@
+"""Public data in its own layouts (tests/data/public, sources and licences in its README): every
+record is accepted or quarantined with a reason that names the field and the option that would keep
+it, and every field and piece of content of an accepted record is accounted for: in the
+conversation (and so in the rendering), dropped by an option the case sets (``ignore_fields``, the
+``rejected`` answer under ``layout: chosen``), or metadata. No accepted record has an assistant
+turn that is empty where its source had text or a call.
+
+The cases, with what a user must set for each file, are the table of the README's data section."""
+import json
+from pathlib import Path
+
+import pytest
+
+from sftlab.data.loading import load_files
+from sftlab.train.config import DataFile
+
+PUBLIC = Path(__file__).parent / "data" / "public"
+LF = PUBLIC / "llamafactory"
+INFO = str(LF / "dataset_info.json")
+DOLLY = {"prompt": "instruction", "query": "context", "response": "response", "task": "category"}
+
+# (file, data entry keys, accepted, quarantined by reason, a phrase every quarantine reason holds)
+CASES = [
+    ("fastchat_dummy_conversation.json", {}, 30, {}, None),
+    ("dolly_15k_sample.jsonl", {}, 0, {"missing_field": 22}, "columns: {prompt: instruction, query: context"),
+    ("dolly_15k_sample.jsonl", {"columns": DOLLY}, 22, {}, None),
+    ("llamafactory/alpaca_en_demo.json", {}, 30, {}, None),
+    ("llamafactory/alpaca_en_demo.json", {"dataset": "alpaca_en_demo"}, 30, {}, None),
+    ("llamafactory/identity.json", {}, 30, {}, None),
+    ("llamafactory/identity.json", {"dataset": "identity"}, 30, {}, None),
+    ("llamafactory/glaive_toolcall_en_demo.json", {}, 30, {}, None),
+    ("llamafactory/glaive_toolcall_en_demo.json", {"dataset": "glaive_toolcall_en_demo"}, 30, {}, None),
+    ("llamafactory/reason_tool_use_demo_50.jsonl", {}, 20, {}, None),
+    ("llamafactory/v1_sft_demo.jsonl", {}, 30, {}, None),
+    ("llamafactory/dpo_en_demo.json", {}, 0, {"preference_record": 20}, "layout: chosen"),
+    ("llamafactory/dpo_en_demo.json", {"dataset": "dpo_en_demo"}, 0, {"preference_record": 20}, "layout: chosen"),
+    ("llamafactory/dpo_en_demo.json", {"dataset": "dpo_en_demo", "layout": "chosen"}, 20, {}, None),
+    ("llamafactory/kto_en_demo.json", {}, 0, {"unused_field": 10}, "KTO label"),
+    ("llamafactory/kto_en_demo.json", {"dataset": "kto_en_demo"}, 0, {"unused_field": 10}, "KTO label"),
+    ("llamafactory/mllm_demo.json", {}, 0, {"unused_field": 6}, "ignore_fields: [images]"),
+    ("llamafactory/mllm_demo.json", {"dataset": "mllm_demo", "ignore_fields": ["images"]}, 6, {}, None),
+]
+
+
+def _load(name: str, entry: dict):
+    keys = {**entry, **({"dataset_info": INFO} if "dataset" in entry else {"path": str(PUBLIC / name)})}
+    data_file = DataFile(**keys)
+    assert Path(data_file.path).resolve() == (PUBLIC / name).resolve()
+    return load_files([data_file.path], columns=[data_file.mapping()]), data_file
+
+
+def _raw_records(path: Path) -> list:
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()]
+
+
+def _leaves(value, key=None):
+    """``(key, value)`` of every scalar in a JSON value (the key it sits under; list items keep
+    the list's key); a string holding a JSON object or list is opened too."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, k)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v, key)
+    else:
+        yield key, value
+
+
+def _texts(conv) -> list[str]:
+    """Everything an accepted record carries on into encoding: message text, reasoning, calls, tools,
+    metadata."""
+    out = [conv.tools or ""]
+    for m in conv.messages:
+        out += [m.content, m.reasoning or "", *(c.name for c in m.tool_calls), *(c.arguments for c in m.tool_calls)]
+    out += [str(v) for v in conv.metadata().values()]
+    return out
+
+
+STRUCTURE = {"role", "from", "type"}  # speaker names and part kinds: read as roles, checked below
+
+
+def _unaccounted(raw: dict, conv, dropped: set[str]) -> list:
+    texts = _texts(conv)
+    weights = {m.weight for m in conv.messages}
+    missing = []
+
+    def check(key, leaf):
+        if key in STRUCTURE or leaf is None or leaf == "":
+            return
+        if key in ("loss_weight", "weight") and leaf in weights:
+            return  # a message's weight (or a number of that name in call arguments, checked as text)
+        text = leaf if isinstance(leaf, str) else json.dumps(leaf)
+        if any(text in t for t in texts):
+            return
+        if isinstance(leaf, str) and leaf.lstrip()[:1] in ("{", "["):  # JSON text: its parts must be there
+            for k, v in _leaves(json.loads(leaf)):
+                check(k, v)
+            return
+        missing.append((key, leaf))
+
+    for top, value in raw.items():
+        if top not in dropped:
+            for key, leaf in _leaves(value, top):
+                check(key, leaf)
+    return missing
+
+
+@pytest.mark.parametrize("name, entry, accepted, reasons, phrase", CASES,
+                         ids=[f"{c[0]}{'+' + '+'.join(c[1]) if c[1] else ''}" for c in CASES])
+def test_every_record_and_field_is_accounted_for(name, entry, accepted, reasons, phrase):
+    report, data_file = _load(name, entry)
+    raw = _raw_records(PUBLIC / name)
+    assert report.records == len(raw)
+    assert report.accepted == accepted and report.reasons() == reasons
+    for e in report.quarantined:
+        assert e.field and phrase in e.reason, e.message
+    dropped = set(data_file.ignore_fields) | ({"rejected"} if data_file.layout == "chosen" else set())
+    for conv in report.conversations:
+        record = raw[conv.origin.line - 1]
+        assert _unaccounted(record, conv, dropped) == [], conv.origin
+        for m in conv.messages:
+            assert m.role != "assistant" or m.content.strip() or m.tool_calls, conv.origin
+
+
+def test_content_reaches_the_rendering_or_the_record_is_refused():
+    """Each accepted record of the tool and reasoning files, encoded with the built-in chatml (which
+    writes tools and calls): every message's text, call and schema name is in the rendering, or the
+    encoding refuses the record with its reason; never an empty trained assistant turn."""
+    from sftlab.demo.tiny import build_tokenizer
+    from sftlab.tokens.encoding import EncodingError, encode_expanded
+
+    tok = build_tokenizer()
+    seen = {"rendered": 0, "refused": 0}
+    for name in ("llamafactory/glaive_toolcall_en_demo.json", "llamafactory/reason_tool_use_demo_50.jsonl",
+                 "llamafactory/v1_sft_demo.jsonl"):
+        for conv in load_files([PUBLIC / name]).conversations[:8]:
+            try:
+                ex = encode_expanded(conv, tok, "chatml", turns="whole", trace=True)[0]
+            except EncodingError as e:
+                assert str(e), conv.origin
+                seen["refused"] += 1
+                continue
+            text = ex.trace.layout.text
+            for m in conv.messages:
+                assert m.content in text and all(c.name in text for c in m.tool_calls), conv.origin
+            assert all(n in text for n in conv.tool_names()), conv.origin
+            assert ex.trained_tokens > 0
+            seen["rendered"] += 1
+    assert seen["rendered"] >= 8, seen
+
+
+def test_history_and_loss_weight_are_read():
+    """LLaMA-Factory's Alpaca ``history`` holds earlier turns; its per-message ``loss_weight`` is the
+    message's weight (v1_sft_demo gives 0.0 to the user turn and 1.0 to the answer)."""
+    from sftlab.data.formats import to_conversation
+
+    record = {**_raw_records(LF / "alpaca_en_demo.json")[0], "history": [["Earlier question?", "Earlier answer."]]}
+    lf_names = DataFile(dataset_info=INFO, dataset="alpaca_en_demo", columns={"history": "history"}).mapping()
+    for columns in (None, lf_names):
+        conv = to_conversation(record, columns=columns)
+        assert [(m.role, m.content) for m in conv.messages[:2]] == [("user", "Earlier question?"),
+                                                                    ("assistant", "Earlier answer.")]
+        assert [m.role for m in conv.messages[2:]] == ["user", "assistant"]
+    v1 = load_files([LF / "v1_sft_demo.jsonl"]).conversations[0]
+    assert [(m.role, m.weight) for m in v1.messages] == [("user", 0.0), ("assistant", 1.0)]
