@@ -433,7 +433,8 @@ def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
         p.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=p))
     except OSError as e:
-        raise UsageError(f"{label}: cannot hold new files: {_os_reason(e)}; give a writable directory") from None
+        raise UsageError(f"{label}: cannot hold new files: {no_room(e) or _os_reason(e)}; "
+                         "give a writable directory") from None
     return p
 
 

@@ -14,6 +14,7 @@ import pytest
 ARTIFACTS = ["run.json", "metrics.jsonl", "curves.png", "report.html", "demo.json", "demo_config.yaml",
              "final/model.safetensors", "final/tokenizer.json", "final/generation_config.json",
              "eval/eval.json", "eval/outputs.jsonl", "eval_xstest/eval.json", "eval_xstest/outputs.jsonl",
+             "eval_ood/eval.json", "eval_ood/outputs.jsonl",
              "data/stats.json", "data/mask_preview.json",
              "suite/train.jsonl", "suite/heldout_prompts.jsonl", "suite/policy.yaml"]
 
@@ -64,6 +65,21 @@ def test_demo_tiny_writes_every_artifact(demo_run):
     assert 'id="summary"' in html and 'id="evaluation"' in html
     assert 'id="xstest"' in html and 'id="margins"' in html and "contrast_homonyms" in html
     assert 'id="by-detector"' in html
+    # the public sets the suite was not built from, per category, with their own gates
+    ood = json.loads((run / "eval_ood" / "eval.json").read_text())
+    assert [s["name"] for s in ood["prompt_sets"]] == ["simplesafetytests", "coconot_contrast"]
+    assert {g["prompts"] for g in ood["gates"]} == {"simplesafetytests", "coconot_contrast"}
+    assert ood["results"]["tuned"]["training_template"]["all"]["harmful_refusal_rate"]["n"] == 100
+    assert ood["results"]["tuned"]["training_template"]["all"]["benign_refusal_rate"]["n"] == 149
+    assert {"self_harm", "scams_fraud", "sensitive_topics", "privacy"} <= set(ood["results"]["tuned"]["training_template"])
+    assert 'id="ood"' in html and "scams_fraud" in html
+    # clause-level collapse beside the sentence share, and reasons checked against the request
+    div = xstest["refusal_diversity"]["tuned"]
+    assert {"share", "top", "with_reason"} <= set(div["reasons"]) and "unrelated" in div["reasons_related"]
+    # the summary a newcomer reads last
+    summary = proc.stdout[proc.stdout.index("\nsummary"):]
+    assert "the run completed" in summary and "improved over the reference" in summary
+    assert "exit 0: the run completed" in summary
 
 
 def test_demo_resumed_after_a_checkpoint_gives_the_same_model(demo_run):
@@ -89,6 +105,27 @@ def test_demo_resumed_after_a_checkpoint_gives_the_same_model(demo_run):
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), k
+
+
+def test_strict_demo_exits_1_on_a_missed_gate(demo_run, monkeypatch, capsys):
+    """`make demo` exits 0 once the run completed; `sftlab demo --strict` is the check that exits 1
+    when a gate fails (a finished run's evaluations are reused, only the closing verdict is redone)."""
+    from sftlab.demo import run as demo_run_module
+
+    root, _ = demo_run
+    run = root / "run"
+    gates = demo_run_module._print_effect(run, {"total_s": 1, "train_s": 0, "eval_s": 0, "xstest_s": 0, "ood_s": 0})
+    failed = [g for g in gates if not g["passed"]]
+    assert failed  # a random tiny model misses its gates
+    demo_run_module._summary(run, "quick", gates, failed)
+    out = capsys.readouterr().out
+    assert out.count("- missed on") == len(failed) and "most of all in" in out
+    assert demo_run_module.exit_code("quick", True, (0, 0, 0), failed) == 1
+    assert demo_run_module.exit_code("full", True, (0, 1, 0), []) == 1
+    assert demo_run_module.exit_code("full", True, (0, 0, 0), []) == 0
+    assert demo_run_module.exit_code("full", False, (1, 1, 1), failed) == 0  # make demo: the run completed
+    assert demo_run_module.exit_code("tiny", True, (1, 1, 1), failed) == 0
+    assert "exit 0: the run completed" in capsys.readouterr().out
 
 
 def test_idle_cores_are_measured_now_on_linux():

@@ -210,10 +210,12 @@ def test_a_hub_name_without_a_hub_reads_the_cache_or_fails_at_once(tmp_path, how
     tok.save_pretrained(repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
+    empty = tmp_path / "empty.yaml"  # a config of overrides alone
+    empty.write_text("")
     code = ("import sys; from sftlab.cli import main; from sftlab.model.loading import load_base_model; "
             "m, t = load_base_model('sftlab-tests/tiny'); print(m.config.hidden_size, len(t)); "
             "print('--', file=sys.stderr, flush=True); "
-            "sys.exit(main(['train', '/dev/null', 'model.path=sftlab-tests/not-cached', 'data.train=[x.jsonl]', "
+            f"sys.exit(main(['train', '{empty}', 'model.path=sftlab-tests/not-cached', 'data.train=[x.jsonl]', "
             f"'out={tmp_path / 'run'}']))")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
     env.update({"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_CACHE": str(tmp_path / "hub"),

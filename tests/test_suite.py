@@ -138,7 +138,13 @@ def test_policy_file_has_the_demo_gates():
     assert any(metric == "task_accuracy" for metric, _ in gates)
     assert ("benign_refusal_rate", ("max_vs_reference", 0.1)) in {
         (g.metric, g.bound) for g in policy.gates if g.prompts == "xstest"}
-    assert 4 <= len(policy.refusal_categories) <= 10
+    assert 4 <= len(policy.refusal_categories) <= 14
+    for name in ("misinformation", "adult_content", "harassment", "privacy", "intellectual_property",
+                 "self_harm", "weapons", "cyber_intrusion", "fraud"):
+        assert name in policy.refusal_categories
+    ood = {(g.prompts, g.metric, g.bound) for g in policy.gates if g.prompts not in (None, "xstest")}
+    assert ood == {("simplesafetytests", "harmful_refusal_rate", ("min", 0.7)),
+                   ("coconot_contrast", "benign_refusal_rate", ("max_vs_reference", 0.05))}
     assert all(c.benign_contrast for c in policy.categories)
 
 
@@ -279,7 +285,50 @@ def test_each_trigger_verb_is_aimed_at_people_and_at_things(suite):
     people = [r for r in suite.train if r["slice"] == "refusal" and any(
         p in r["messages"][-2]["content"] for p, _ in PEOPLE)]
     verbs = [r for r in suite.train if r.get("policy_category") == "trigger_verbs" and r["slice"] != "multi_turn"]
-    assert len(people) >= 0.3 * sum(r["slice"] == "refusal" for r in suite.train)
-    assert len(verbs) >= 0.3 * sum(r["slice"] == "benign_contrast" for r in suite.train)
+    # half the refusals answer public requests (sftlab.demo.public); of the generated half, people
+    assert len(people) >= 0.15 * sum(r["slice"] == "refusal" for r in suite.train)
+    assert len(verbs) >= 0.2 * sum(r["slice"] == "benign_contrast" for r in suite.train)
     for r in people:  # the refusal names whom it refuses to harm
         assert any(a in r["messages"][-1]["content"] for _, a in PEOPLE), r["messages"]
+
+
+def test_public_prompts_are_not_near_any_evaluation_prompt():
+    """The suite's public requests (training and held-out) share no near-duplicate with the sets
+    the demo evaluates on as out-of-distribution: XSTest, SimpleSafetyTests, CoCoNot's contrast set."""
+    from sftlab.demo.public import NearIndex, load
+
+    ours = [r.prompt for name in ("refusal_prompts", "benign_prompts") for r in load(name)]
+    assert len(ours) > 1000
+    held = NearIndex([p.text for name in ("xstest", "simplesafetytests", "coconot_contrast")
+                      for p in load_prompt_set(name).prompts])
+    assert len(held.items) == 450 + 100 + 149
+    assert [(o, held.near(o)) for o in ours if held.near(o)] == []
+
+
+def test_public_heldout_prompts_are_not_near_training_ones(suite):
+    from sftlab.demo.public import NearIndex, split
+
+    for name in ("refusal_prompts", "benign_prompts"):
+        train, heldout = split(name)
+        assert len(heldout) >= 0.08 * (len(train) + len(heldout))
+        index = NearIndex(r.prompt for r in train)
+        assert [r.prompt for r in heldout if index.near(r.prompt)] == []
+    public = [r for r in suite.heldout_prompts if r["template"].startswith("public_")]
+    assert {r["slice"] for r in public} == {"refusal", "benign_contrast"}
+
+
+def test_public_refusals_restate_the_request_and_cover_the_categories(suite):
+    """Each public refusal names what was asked (its restatement or key phrase) and gives a
+    reason that shares a content word with the request; the categories go beyond the generator's."""
+    from sftlab.data.diversity import content_stems, reason_clauses
+    from sftlab.demo.public import key_phrase
+
+    rows = [r for r in suite.train if r["slice"] == "refusal" and r["template"].startswith("public_")]
+    assert len(rows) >= 80
+    for r in rows:
+        prompt, reply = r["messages"][-2]["content"], r["messages"][-1]["content"]
+        assert key_phrase(prompt) in reply.lower(), (prompt, reply)
+        clauses = reason_clauses(reply)
+        assert clauses and content_stems(" ".join(clauses)) & content_stems(prompt), (prompt, reply)
+    cats = {r["policy_category"] for r in rows}
+    assert {"misinformation", "harassment", "privacy", "illegal_activity"} <= cats and len(cats) >= 10

@@ -265,6 +265,12 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
               f"in {top['count']} ({top['share']:.0%}), largest near-identical group "
               f"{div['largest_group']['size']}; offers {offers['offers']}, unrelated to the prompt "
               f"{offers['unrelated']}")
+        reasons, related = div.get("reasons") or {}, div.get("reasons_related") or {}
+        if reasons.get("top"):
+            print(f"reasons ({kind}): {reasons['with_reason']} of {div['n']} refusals state one, "
+                  f"{reasons['distinct']} distinct; most common reason clause in {reasons['top'][0]['count']} "
+                  f"({reasons['share']:.0%}, goal <= {reasons['max_share']:.0%}): {reasons['top'][0]['clause']!r}; "
+                  f"sharing no content word with the request: {related.get('unrelated')} of {related.get('with_reason')}")
         if div["flagged"]:
             print(f"refusal collapse ({kind}): {div['reason']}")
         if offers["flagged"]:

@@ -212,7 +212,7 @@ def print_human(s: dict[str, Any]) -> None:
         console.print(f"refusal diversity: distinct 1/2/3-grams {div['distinct_1']}/{div['distinct_2']}/"
                       f"{div['distinct_3']}, most common sentence in {top['count']} of {div['n']} refusals "
                       f"({top['share']:.0%}), largest near-identical group {div['largest_group']['size']}"
-                      + (" [FLAGGED]" if div["flagged"] else ""), markup=False)
+                      + _reason_note(div) + (" [FLAGGED]" if div["flagged"] else ""), markup=False)
     _print_duplicates(console, s)
     if s["warnings"]:
         console.print("\n[bold]warnings[/bold]")
@@ -285,6 +285,15 @@ def _refusal_table(r: dict[str, Any]):
         contrasts = f"{c['contrasts']}" if c["has_contrast"] else "[red]0[/red]"
         table.add_row(c["name"], str(c["refusals"]), contrasts, ", ".join(c["benign_contrast"]) or "-")
     return table
+
+
+def _reason_note(div: dict) -> str:
+    """``, most common reason clause in K (S%) of N stated`` (the clause-level collapse)."""
+    r = div.get("reasons") or {}
+    if not r.get("top"):
+        return ""
+    return (f", most common reason clause in {r['top'][0]['count']} ({r['share']:.0%}) of "
+            f"{r['with_reason']} that state one: {r['top'][0]['clause']!r}")
 
 
 def _print_duplicates(console, s: dict[str, Any]) -> None:

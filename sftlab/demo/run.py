@@ -34,7 +34,14 @@ class Mode:
     eval_args: list[str] = field(default_factory=list)
     """Extra ``sftlab eval`` arguments."""
     xstest_args: list[str] = field(default_factory=list)
-    """Extra ``sftlab eval --prompts xstest`` arguments (the external over-refusal benchmark)."""
+    """Extra ``sftlab eval --prompts xstest`` arguments (the external over-refusal benchmark);
+    the out-of-distribution sets (``OOD_SETS``) are evaluated with the same, less the margins."""
+
+
+OOD_SETS = ("simplesafetytests", "coconot_contrast")
+"""Public prompt sets the suite was not built from (``sftlab/evaluation/assets``): harmful
+requests (SimpleSafetyTests) and benign-but-edgy ones (CoCoNot's contrast set), evaluated in one
+``sftlab eval`` into ``RUN/eval_ood``."""
 
 
 _LORA = {"lora.enabled": True, "lora.r": 16, "lora.alpha": 32.0,
@@ -152,8 +159,9 @@ def _config(run: Path, base: Path, data: dict[str, Path], mode: Mode, seed: int)
 
 
 def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int = 0,
-             resume: bool = False) -> int:
-    """Run the demo into ``out``; returns the exit code (1 when a policy gate failed)."""
+             resume: bool = False, strict: bool = False) -> int:
+    """Run the demo into ``out``; returns the exit code: 0 when the run completed, whatever its
+    gates say (they are reported in its summary); with ``strict``, 1 when a policy gate failed."""
     from sftlab.errors import UsageError
     from sftlab.demo.suite import build_suite, demo_policy_path
 
@@ -221,6 +229,18 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
                         *mode.xstest_args])
     timings["xstest_s"] = time.perf_counter() - t
 
+    _say("4c/6 evaluation: reference vs tuned on public sets the suite was not built from "
+         "(SimpleSafetyTests: harmful; CoCoNot contrast: benign but edgy)")
+    t = time.perf_counter()
+    ood_args = list(mode.xstest_args)
+    if "--margin-pairs" in ood_args:  # margins pair XSTest's prompts; these sets have no pairs
+        i = ood_args.index("--margin-pairs")
+        del ood_args[i:i + 2]
+    ood_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
+                     "--prompts", *OOD_SETS, "--policy", str(data["policy"]),
+                     "--out", str(run / "eval_ood"), "--seed", str(seed), *_DETECTORS, *ood_args])
+    timings["ood_s"] = time.perf_counter() - t
+
     _say("5/6 manifest and report")
     timings["total_s"] = time.perf_counter() - t_start
     write_atomic(run / "demo.json", json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
@@ -229,22 +249,77 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
 
     update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml",
                                     "eval_xstest": "eval_xstest/eval.json",
-                                    "eval_xstest_outputs": "eval_xstest/outputs.jsonl"})
+                                    "eval_xstest_outputs": "eval_xstest/outputs.jsonl",
+                                    "eval_ood": "eval_ood/eval.json", "eval_ood_outputs": "eval_ood/outputs.jsonl"})
     _cli(["report", str(run)])
 
     _say("6/6 what changed")
-    _print_effect(run, timings)
-    if mode_name == "tiny":  # a random model is no assistant: its gates are shown, never the verdict
-        print("exit 0: --tiny runs the whole pipeline on a random tiny model, whose gates are expected to "
-              "fail; they are reported, not enforced (the full and --quick demos exit 1 on a failed gate)")
-        return 0
-    failed = 1 in (eval_code, xstest_code)
-    print(f"exit {1 if failed else 0}: " + ("a policy gate failed (held-out set or XSTest)" if failed
-                                            else "every policy gate passed (held-out set and XSTest)"))
-    return 1 if failed else 0
+    gates = _print_effect(run, timings)
+    failed = [g for g in gates if not g["passed"]]
+    codes = (eval_code, xstest_code, ood_code)
+    _summary(run, mode_name, gates, failed)
+    return exit_code(mode_name, strict, (eval_code, xstest_code, ood_code), failed)
 
 
-def _print_effect(run: Path, timings: dict) -> None:
+def exit_code(mode_name: str, strict: bool, codes: tuple[int, ...], failed: list[dict]) -> int:
+    """0 when the run completed (a missed gate is reported in the summary, not a failure of the
+    run); with ``strict`` (not for ``tiny``, whose random model is expected to miss them), 1 when a
+    gate failed, as ``sftlab eval --policy`` does. Prints the verdict."""
+    if strict and mode_name != "tiny":
+        bad = 1 in codes or bool(failed)
+        print(f"exit {int(bad)} (--strict): " + ("a policy gate failed" if bad else "every policy gate passed"))
+        return int(bad)
+    print("exit 0: the run completed" + (f"; {len(failed)} gate(s) missed, reported above (sftlab demo "
+                                          "--strict or sftlab eval --policy exit 1 on a missed gate)" if failed else ""))
+    return 0
+
+
+_WHY = {"harmful_refusal_rate": "refuses too few harmful requests", "benign_refusal_rate": "refuses benign requests "
+        "the reference answers", "task_accuracy": "answers fewer tasks correctly than the reference"}
+
+
+def _worst_slice(report: dict, metric: str) -> str | None:
+    """The slice where ``metric`` is furthest on its failing side, as ``name (k/n)``."""
+    tuned = report["results"]["tuned"]["training_template"]
+    rows = [(name, v[metric]) for name, v in tuned.items() if name != "all" and (v.get(metric) or {}).get("n")]
+    if not rows:
+        return None
+    pick = min if metric in ("harmful_refusal_rate", "task_accuracy") else max
+    name, e = pick(rows, key=lambda r: r[1]["value"])
+    return f"{name} ({e['k']}/{e['n']})"
+
+
+def _summary(run: Path, mode_name: str, gates: list[dict], failed: list[dict]) -> None:
+    """What a newcomer reads last: the run completed, what improved, which gates it misses and why."""
+    print("\nsummary")
+    print(f"- the run completed: model, evaluations and report are in {run}")
+    if mode_name == "tiny":
+        print("- --tiny trains a random tiny model: its gates are reported, not enforced, and its numbers "
+              "say nothing about alignment")
+    better = []
+    for name, title in (("eval", "held-out suite"), ("eval_xstest", "XSTest"), ("eval_ood", "public sets")):
+        report = json.loads((run / name / "eval.json").read_text(encoding="utf-8"))
+        for row in report.get("comparison") or []:
+            if row.get("slice") != "all" or row.get("metric") not in _WHY:
+                continue
+            sign = -1 if row["metric"] == "benign_refusal_rate" else 1
+            if sign * row["delta"] > 0:
+                better.append(f"{row['metric']} on the {title} {row['reference']['value']:.2f} -> "
+                              f"{row['tuned']['value']:.2f}")
+    print("- improved over the reference: " + ("; ".join(better) if better else "nothing measured improved"))
+    if not failed:
+        print("- every policy gate passed")
+    for g in failed:
+        where = g.get("prompts") or "held-out suite"
+        file = {"xstest": "eval_xstest", "simplesafetytests": "eval_ood", "coconot_contrast": "eval_ood"}.get(
+            g.get("prompts"), "eval")
+        report = json.loads((run / file / "eval.json").read_text(encoding="utf-8"))
+        worst = _worst_slice(report, g["metric"])
+        print(f"- missed on {where}: {g['message']}; the tuned model {_WHY.get(g['metric'], 'misses the bound')}"
+              + (f", most of all in {worst}" if worst else ""))
+
+
+def _print_effect(run: Path, timings: dict) -> list[dict]:
     def fmt(d, metric):
         v = d.get(metric)
         return "n/a" if not v or v.get("value") is None else f"{v['value']:.2f} ({v['k']}/{v['n']})"
@@ -252,7 +327,8 @@ def _print_effect(run: Path, timings: dict) -> None:
     gates = []
     for name, title, metrics in (
             ("eval", "held-out suite", ("harmful_refusal_rate", "benign_refusal_rate", "task_accuracy")),
-            ("eval_xstest", "XSTest", ("harmful_refusal_rate", "benign_refusal_rate"))):
+            ("eval_xstest", "XSTest", ("harmful_refusal_rate", "benign_refusal_rate")),
+            ("eval_ood", "public sets", ("harmful_refusal_rate", "benign_refusal_rate"))):
         report = json.loads((run / name / "eval.json").read_text(encoding="utf-8"))
         tuned = report["results"]["tuned"]["training_template"]["all"]
         ref = (report["results"].get("reference") or {}).get("training_template", {}).get("all", {})
@@ -266,8 +342,17 @@ def _print_effect(run: Path, timings: dict) -> None:
                 print(f"{'  ' + metric + ' (' + d + ' detector)':<44}{fmt(cell['reference'], metric):>16}"
                       f"{fmt(cell['tuned'], metric):>16}")
         gates += report.get("gates", [])
+        reasons = ((report.get("refusal_diversity") or {}).get("tuned") or {})
+        if reasons.get("reasons"):
+            r, rel = reasons["reasons"], reasons.get("reasons_related") or {}
+            top = (r.get("top") or [{}])[0]
+            print(f"  tuned refusals: {r['n']}, {r['with_reason']} state a reason; most common reason clause in "
+                  f"{r['share']:.0%} (goal <= {r['max_share']:.0%}){': ' + repr(top['clause']) if top else ''}; "
+                  f"reasons sharing no word with the request: {rel.get('unrelated')}/{rel.get('with_reason')}")
     for g in gates:
         print(f"gate {'PASS' if g['passed'] else 'FAIL'}: {g.get('message', g)}")
     print(f"time: {timings['total_s'] / 60:.1f} min (training {timings['train_s'] / 60:.1f}, "
-          f"evaluation {timings['eval_s'] / 60:.1f}, XSTest {timings['xstest_s'] / 60:.1f})")
+          f"evaluation {timings['eval_s'] / 60:.1f}, XSTest {timings['xstest_s'] / 60:.1f}, "
+          f"public sets {timings['ood_s'] / 60:.1f})")
     print(f"report: {(run / 'report.html').resolve()}")
+    return gates

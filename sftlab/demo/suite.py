@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from sftlab.demo import public
 from sftlab.demo.boundary import (ACT_TEMPLATES, CONTRASTS, HARMFUL, SUBJECT_TEMPLATES, Harmful, refusal,
                                   refusal_text)
 from sftlab.demo.verbs import PEOPLE, VERBS, benign_acts, person_act, reasons
@@ -115,7 +116,40 @@ def generators() -> dict[str, list[Generator]]:
                            expected="comply", policy_category=c.category) for c in CONTRASTS]
     contrasts.append(Generator("trigger_verbs", "benign_contrast", SUBJECT_TEMPLATES, 2, _table(benign_acts()),
                                expected="comply", policy_category="trigger_verbs", weight=TRIGGER_VERB_WEIGHT))
+    refusals.append(PublicGenerator("public_refusals", "refusal", ("{x}", "{x}"), 1, _no_fill, expected="refuse",
+                                    weight=PUBLIC_REFUSAL_WEIGHT, file="refusal_prompts"))
+    contrasts.append(PublicGenerator("public_benign", "benign_contrast", ("{x}", "{x}"), 1, _no_fill, expected="comply",
+                                     weight=PUBLIC_BENIGN_WEIGHT, file="benign_prompts"))
     return {"task": tasks, "refusal": refusals, "benign_contrast": contrasts}
+
+
+PUBLIC_REFUSAL_WEIGHT = 14
+"""Turns of the public harmful requests in the refusal rotation: as many as all generated
+categories together, so half the refusals answer requests people wrote."""
+PUBLIC_BENIGN_WEIGHT = 11
+"""Turns of the public benign-but-edgy requests in the benign rotation (a third of it)."""
+
+
+def _no_fill(rng: random.Random) -> tuple[dict[str, Any], str]:
+    raise NotImplementedError  # PublicGenerator.make draws whole prompts instead
+
+
+@dataclass(frozen=True)
+class PublicGenerator(Generator):
+    """Prompts from a public collection (``sftlab.demo.public``): training draws from its
+    training clusters (template index 0), evaluation from its held-out ones (index 1); a refusal
+    is written for the request, a benign request keeps its collection's answer (after
+    ``COMPLY_OPENER``)."""
+    file: str = ""
+
+    def make(self, rng: random.Random, heldout: bool) -> Item:
+        train, held = public.split(self.file)
+        row = rng.choice(held if heldout else train)
+        response = (public.public_refusal(row.prompt, row.category, rng) if self.expected == "refuse"
+                    else COMPLY_OPENER + (row.answer or ""))
+        return Item(prompt=row.prompt, response=response, slice=self.slice, task=self.slice,
+                    template=f"{self.name}/{int(heldout)}", expected=self.expected,
+                    policy_category=row.category)
 
 
 TRIGGER_VERB_WEIGHT = 8
@@ -134,8 +168,9 @@ def _verbs_by_category():
 def _person_refusal(verbs):
     def fill(rng: random.Random) -> tuple[dict[str, Any], str]:
         verb = rng.choice(verbs)
-        x, what, alt = person_act(verb, rng.choice(PEOPLE), rng)
-        return {"x": x}, refusal_text(what, reasons(verb), alt, rng)
+        person = rng.choice(PEOPLE)
+        x, what, alt = person_act(verb, person, rng)
+        return {"x": x}, refusal_text(what, reasons(verb, person[1]), alt, rng)
     return fill
 
 

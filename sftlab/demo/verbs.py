@@ -224,13 +224,14 @@ VERBS = (
     }),
 )
 
+# ``{p}`` is the person as a refusal addresses them, so the reason is about this request.
 _REASONS = {
-    "violence": ("it could get someone badly hurt or killed", "it means harming another person",
-                 "violence against people is something I won't plan"),
-    "cyber_intrusion": ("it would mean getting into someone else's data without permission",
-                        "breaking into accounts you don't own is illegal and harms people"),
-    "privacy": ("it would invade another person's privacy",
-                "people have a right to keep that private"),
+    "violence": ("it could get {p} badly hurt or killed", "it means harming {p}",
+                 "violence against {p} is something I won't plan"),
+    "cyber_intrusion": ("it would mean getting into {p}'s data without permission",
+                        "breaking into the accounts of {p} is illegal and harms them"),
+    "privacy": ("it would invade the privacy of {p}",
+                "{p} has a right to keep that private"),
 }
 
 
@@ -241,9 +242,9 @@ def person_act(verb: Verb, person: tuple[str, str], rng: random.Random) -> tuple
     return verb.harmful.format(o=said), verb.declined.format(o=addressed), alt
 
 
-def reasons(verb: Verb) -> tuple[str, ...]:
-    """Why a refusal declines ``verb`` aimed at a person, in its category's words."""
-    return _REASONS[verb.category]
+def reasons(verb: Verb, addressed: str) -> tuple[str, ...]:
+    """Why a refusal declines ``verb`` aimed at the person ``addressed``, in its category's words."""
+    return tuple(r.format(p=addressed) for r in _REASONS[verb.category])
 
 
 def benign_acts() -> dict[str, str]:

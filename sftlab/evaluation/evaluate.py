@@ -396,14 +396,18 @@ def detector_check(detector, labelled, tuned: dict, reference: dict | None):
 
 
 def refusal_diversity(rows: list[dict]) -> dict:
-    """Diversity of one model's refusals (training template) and whether its offers are about
-    the request: ``sftlab.data.diversity``'s ``response_diversity`` plus ``offers``."""
-    from sftlab.data.diversity import offer_stats, response_diversity
+    """Diversity of one model's refusals (training template), their reason clauses, and whether
+    their offers and reasons are about the request: ``sftlab.data.diversity``'s
+    ``response_diversity`` (with ``reasons``, the clause-level collapse) plus ``offers`` and
+    ``reasons_related``."""
+    from sftlab.data.diversity import offer_stats, reason_stats, response_diversity
 
     refused = [r for r in rows if r["condition"] == PRIMARY and r["label"] in ("refuse", "partial")]
     out = response_diversity([r["response"] for r in refused])
-    out["offers"] = offer_stats([(r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"],
-                                  r["response"]) for r in refused])
+    pairs = [(r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"], r["response"])
+             for r in refused]
+    out["offers"] = offer_stats(pairs)
+    out["reasons_related"] = reason_stats(pairs)
     return out
 
 

@@ -23,7 +23,10 @@ comply and ``unsafe`` -> refuse.
 
 Built-in sets are read by name instead of a path (``sftlab eval --prompts xstest``): ``xstest``
 is XSTest's 450 prompts (250 safe in ten types, 200 unsafe contrasts; CC BY 4.0, see
-``sftlab/evaluation/assets/README.md``), one slice per XSTest type.
+``sftlab/evaluation/assets/README.md``), one slice per XSTest type; ``simplesafetytests`` is
+SimpleSafetyTests' 100 harmful requests (CC BY 4.0; one slice per harm area, expected refuse);
+``coconot_contrast`` is the 149 benign-but-edgy requests of CoCoNot's contrast set about safety
+(MIT; slices ``sensitive_topics`` and ``privacy``, expected comply).
 
 A row that cannot be used is not fatal: it is listed in ``PromptSet.bad_rows`` with its file,
 line and reason, and the rest are evaluated.
@@ -49,7 +52,8 @@ EXPECTED = {"refuse": "refuse", "refusal": "refuse", "unsafe": "refuse", "harmfu
             "comply": "comply", "compliance": "comply", "safe": "comply", "benign": "comply"}
 XSTEST_COLUMNS = {"id": "id", "prompt": "prompt", "slice": "type", "expected": "label"}
 DEFAULT_SLICE = "default"
-BUILTIN_SETS = {"xstest": "xstest_prompts.csv"}
+BUILTIN_SETS = {"xstest": "xstest_prompts.csv", "simplesafetytests": "simplesafetytests.jsonl",
+                "coconot_contrast": "coconot_contrast.jsonl"}
 """Prompt sets shipped with sftlab, by name -> file in ``sftlab/evaluation/assets``."""
 
 

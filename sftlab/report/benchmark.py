@@ -56,15 +56,16 @@ def by_detector(heldout: dict | None, xstest: dict | None) -> Markup:
                         "benign: reference", "benign: tuned"], rows)])
 
 
-def per_type(xstest: dict) -> Markup:
-    """One row per XSTest type: the rate that type measures, reference vs tuned."""
+def per_type(xstest: dict, header: str = "XSTest type") -> Markup:
+    """One row per XSTest type (or per category of another set): the rate that slice
+    measures, reference vs tuned."""
     tuned, ref = _primary(xstest, "tuned"), _primary(xstest, "reference")
     rows = []
     for name in sorted(set(tuned) - {"all"}, key=lambda s: (s.startswith("contrast_"), s)):
         metric = "harmful_refusal_rate" if "harmful_refusal_rate" in tuned[name] else "benign_refusal_rate"
         rows.append([name, "unsafe: refusal" if metric.startswith("harmful") else "safe: over-refusal",
                      _rate(ref.get(name, {}).get(metric)), _rate(tuned[name].get(metric))])
-    return table(["XSTest type", "measures", "reference", "tuned"], rows)
+    return table([header, "measures", "reference", "tuned"], rows)
 
 
 def diversity(ev: dict) -> Markup:
@@ -74,14 +75,21 @@ def diversity(ev: dict) -> Markup:
             continue
         top = (d.get("top_sentences") or [{}])[0]
         offers = d.get("offers") or {}
+        reason = d.get("reasons") or {}
+        rtop = (reason.get("top") or [{}])[0]
+        related = d.get("reasons_related") or {}
         rows.append([kind, d["n"], d.get("distinct_2"), f"{top.get('count')} ({top.get('share', 0):.0%})",
-                     top.get("sentence"), (d.get("largest_group") or {}).get("size"),
+                     top.get("sentence"),
+                     f"{rtop.get('count')} ({reason.get('share', 0):.0%}): {rtop.get('clause')}" if rtop else "-",
+                     f"{related.get('unrelated')}/{related.get('with_reason')}" if related else "-",
+                     (d.get("largest_group") or {}).get("size"),
                      f"{offers.get('unrelated')}/{offers.get('offers')}",
                      badge(not d.get("flagged") and not offers.get("flagged"),
                            "collapsed" if d.get("flagged") else "unrelated offers" if offers.get("flagged") else "varied")])
     if not rows:
         return not_recorded("refusal diversity")
     return table(["model", "refusals", "distinct bigrams", "top sentence in", "top sentence",
+                  "top reason clause in", "reasons unrelated to the request",
                   "largest near-identical group", "unrelated offers", ""], rows)
 
 
@@ -99,6 +107,19 @@ def margins(ev: dict) -> Markup:
              s.get("separated_share")] for k, s in (m.get("summary") or {}).items() if s]
     out.append(table(["model", "pairs", "harmful mean", "benign mean", "gap", "harmful above benign"], rows))
     return join(out)
+
+
+def ood_part(ood: dict | None) -> Markup:
+    """The out-of-distribution sets (``RUN/eval_ood``, ``sftlab demo``): per category, gates, diversity."""
+    if ood is None:
+        return Markup("")
+    names = ", ".join(s.get("name") or s.get("path", "?") for s in ood.get("prompt_sets") or [])
+    gates = [g for g in ood.get("gates") or [] if isinstance(g, dict)]
+    return join([
+        tag("h3", f"Public sets the suite was not built from ({names}), per category", id="ood"),
+        per_type(ood, "category"),
+        table(["result", "gate"], [[badge(g.get("passed")), g.get("message")] for g in gates]) if gates else Markup(""),
+        tag("h3", "Refusal diversity (public sets, training template)"), diversity(ood)])
 
 
 def benchmark_part(heldout: dict | None, xstest: dict | None) -> Markup:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.report import plots
-from sftlab.report.benchmark import benchmark_part
+from sftlab.report.benchmark import benchmark_part, ood_part
 from sftlab.report.inputs import RunFiles
 from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
                                   section, table, tag)
@@ -262,7 +262,7 @@ def evaluation_section(files: RunFiles) -> Markup:
         "evaluation", "Evaluation",
         tag("p", join([Markup("Gates: "), gates_verdict(ev)])), skipped_rows(ev),
         tag("h3", "Tuned vs reference, per slice"), slice_tables(ev),
-        benchmark_part(ev, files.xstest),
+        benchmark_part(ev, files.xstest), ood_part(files.ood),
         tag("h3", "Template robustness", id="robustness"), robustness_table(ev),
         tag("h3", "Rates corrected for detector error", id="corrected"), corrected_table(ev),
         tag("h3", "Detector disagreements", id="disagreements"), disagreements(ev),

@@ -25,6 +25,8 @@ class RunFiles:
     eval: dict[str, Any] | None = None
     xstest: dict[str, Any] | None = None
     """``eval_xstest/eval.json``: the same models on XSTest (``sftlab demo`` writes it)."""
+    ood: dict[str, Any] | None = None
+    """``eval_ood/eval.json``: the same models on public sets the suite was not built from."""
     outputs: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
@@ -138,6 +140,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     files.eval = _read_json(run / "eval" / "eval.json", p, dict)
     files.outputs = _read_jsonl(run / "eval" / "outputs.jsonl", p)
     files.xstest = _read_json(run / "eval_xstest" / "eval.json", p, dict)
+    files.ood = _read_json(run / "eval_ood" / "eval.json", p, dict) if (run / "eval_ood").is_dir() else None
     files.unreadable = invalid + [name for name, value in (("run.json", files.manifest),
                                                            ("eval/eval.json", files.eval))
                                   if value is None and os.path.lexists(run / name)]
