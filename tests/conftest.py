@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -66,18 +67,34 @@ def one_thread():
 HOSTILE_LIMIT_S = 120  # per case; a hang fails the case, not the whole suite
 
 
-@pytest.fixture
-def time_limit():
-    """The case must finish within ``HOSTILE_LIMIT_S`` (SIGALRM raises in the test's thread)."""
+@contextlib.contextmanager
+def _alarm_after(seconds: int, what: str):
+    """Raise ``TimeoutError`` in the test's thread when the block runs past ``seconds`` (SIGALRM):
+    a hang fails its case, not the whole suite."""
     import signal
 
     def expire(signum, frame):
-        raise TimeoutError(f"hostile case took longer than {HOSTILE_LIMIT_S} s (a hang)")
+        raise TimeoutError(f"{what} took longer than {seconds} s (a hang)")
     old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(HOSTILE_LIMIT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def alarm_after():
+    """``with alarm_after(seconds, what):`` fails the block with ``TimeoutError`` past ``seconds``."""
+    return _alarm_after
+
+
+@pytest.fixture
+def time_limit():
+    """The case must finish within ``HOSTILE_LIMIT_S``."""
+    with _alarm_after(HOSTILE_LIMIT_S, "hostile case"):
+        yield
 
 
 def refusal(capsys, code: int, *names: str) -> str:

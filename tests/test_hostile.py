@@ -29,15 +29,10 @@ GOOD = {"id": "g", "messages": [{"role": "user", "content": "hi"}, {"role": "ass
 
 
 @pytest.fixture(autouse=True)
-def time_limit():
+def time_limit(alarm_after):
     """Each case must finish within LIMIT_S: a hang fails the case instead of the whole suite."""
-    def expire(signum, frame):
-        raise TimeoutError(f"hostile case took longer than {LIMIT_S} s")
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(LIMIT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm_after(LIMIT_S, "hostile case"):
+        yield
 
 
 def one_line_refusal(capsys, code: int) -> str:

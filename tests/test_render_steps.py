@@ -7,7 +7,6 @@ hanging the suite.
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -46,19 +45,14 @@ LOOPS = {
 
 
 @pytest.fixture(autouse=True)
-def time_limit(monkeypatch):
+def time_limit(monkeypatch, alarm_after):
     """The deadline out of reach (only steps can stop a case) and a hard limit on the case itself."""
     import sftlab.tokens.templates as templates
 
     monkeypatch.setattr(templates, "RENDER_SECONDS", 86400.0)
 
-    def expire(signum, frame):
-        raise TimeoutError(f"template case took longer than {LIMIT_S} s")
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(LIMIT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with alarm_after(LIMIT_S, "template case"):
+        yield
 
 
 @pytest.fixture(scope="module")

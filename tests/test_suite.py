@@ -213,31 +213,8 @@ def test_trigger_words_sit_on_both_sides():
     assert len(act_categories) >= 5
 
 
-def _norm_words(text):
-    import re
-
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _keys(text: str) -> tuple[frozenset, frozenset]:
-    from sftlab.data.diversity import STOPWORDS
-
-    c = " ".join(_norm_words(text))
-    return (frozenset(c[i:i + 4] for i in range(len(c) - 3)),
-            frozenset(w for w in _norm_words(text) if w not in STOPWORDS))
-
-
-def _near_keys(ka, kb) -> bool:
-    (ga, wa), (gb, wb) = ka, kb
-    if ga and gb and len(ga & gb) / len(ga | gb) >= 0.5:
-        return True
-    shared = wa & wb
-    return len(shared) >= 2 and len(shared) / len(wa | wb) >= 0.6
-
-
-def _near_duplicate(a: str, b: str) -> bool:
-    """Character 4-gram Jaccard >= 0.5, or content-word Jaccard >= 0.6 with 2+ shared words."""
-    return _near_keys(_keys(a), _keys(b))
+# one near-duplicate rule for the suite's overlap checks and these tests (sftlab.demo.public)
+from sftlab.demo.public import _keys, _near_keys, near_duplicate as _near_duplicate  # noqa: E402
 
 
 def test_the_near_duplicate_check_catches_paraphrases():
