@@ -2,7 +2,6 @@
 per-turn expansion, overflow splitting, content parts and the rendering limits."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -157,15 +156,13 @@ def test_overflow_split_trains_every_turn_once_with_the_system_message(tok):
     "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
     "{{ 7 ** 100000000 }}",
 ])
-def test_templates_that_hang_or_explode_are_refused_quickly(tok, source, monkeypatch):
+def test_templates_that_hang_or_explode_are_refused_quickly(tok, source, monkeypatch, alarm_after):
     import sftlab.tokens.templates as templates
 
     monkeypatch.setattr(templates, "RENDER_SECONDS", 1.0)
-    t0 = time.monotonic()
-    with pytest.raises(TemplateError, match="refused"):
+    with alarm_after(120, "a template that should be refused"), pytest.raises(TemplateError, match="refused"):
         t = get_template(source + "{% for m in messages %}{{ m.content }}{% endfor %}", tok)
         encode(conv("q", "a"), tok, t)
-    assert time.monotonic() - t0 < 20
 
 
 def test_overflow_split_leaves_out_only_an_exchange_too_long_on_its_own(tok):

@@ -4,8 +4,9 @@ Every detector has the same small interface (``Detector``): a ``name``, ``__call
 returning ``"comply"``, ``"refuse"`` or ``"partial"``, and ``describe()`` for the manifest.
 Two are built in:
 
-- ``RuleDetector`` (the default, also ``sftlab.detect_refusal``): transparent phrase and
-  pattern rules, listed below as data so a reviewer can read exactly what counts.
+- ``RuleDetector`` (also ``sftlab.detect_refusal``): transparent phrase and pattern rules,
+  listed below as data so a reviewer can read exactly what counts. ``sftlab eval``'s default
+  detector is the learned one (``sftlab.evaluation.learned``), which reads these rules too.
 - ``ClassifierDetector``: a local Hugging Face sequence-classification model directory.
 
 How the rules decide (text lower-cased, curly apostrophes and quotes made straight)::
@@ -159,7 +160,7 @@ class Decision:
 
 
 class RuleDetector:
-    """The transparent default detector (see the module docstring for the decision steps)."""
+    """The transparent phrase-rule detector (see the module docstring for the decision steps)."""
     name = "rules"
 
     def __call__(self, text: str) -> str:
