@@ -167,13 +167,10 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
 
     def checkpoint(at: int) -> None:
         with phases("save"):
-            _save(at)
-
-    def _save(at: int) -> None:
-        save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
-                        scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
-                        manifest=_read_json(run / "run.json") if main else None, rank=rank,
-                        barrier=accelerator.wait_for_everyone)
+            save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
+                            scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
+                            manifest=_read_json(run / "run.json") if main else None, rank=rank,
+                            barrier=accelerator.wait_for_everyone)
 
     # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
     model.train()
@@ -212,12 +209,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
             if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
                 bar.close()
-                code = _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
-                if main:
-                    from sftlab.manifest import update_manifest
-                    update_manifest(run, outcome={"train": train_outcome(
-                        run, step, f"non-finite loss at step {step + 1}", (code, "stopped on a NaN/inf loss"))})
-                return code
+                return _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
@@ -600,7 +592,11 @@ def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, met
     metrics.write({"step": step, "error": message})
     metrics.close()
     if main:
+        from sftlab.manifest import update_manifest
+
         print(f"sftlab train: {message}", file=sys.stderr)
+        update_manifest(run, outcome={"train": train_outcome(
+            run, step - 1, f"non-finite loss at step {step}", (1, "stopped on a NaN/inf loss"))})
     return 1
 
 
