@@ -11,8 +11,8 @@ token instead of 6. Recomputation by gradient checkpointing is not counted (that
 hardware FLOP utilisation), so MFU compares runs with and without it fairly.
 
 The peak is the datasheet's dense bf16 tensor throughput for a known GPU (:data:`GPU_PEAK_TFLOPS`),
-else the measured throughput of a matrix product at the model's hidden size in the training dtype,
-timed once per run (the CPU's case).
+else the measured throughput of matrix products from the model's hidden size into its layers' widths
+(the fastest of them) in the training dtype, timed once per run (the CPU's case).
 
     >>> step_flops(matmul_weights=1000, frozen_weights=0, layers=2, hidden=8, tokens=10, square_lengths=50)
     69600
@@ -42,20 +42,28 @@ def gpu_peak(name: str) -> tuple[float, str] | None:
     return None
 
 
-def measured_peak(hidden: int, dtype=torch.float32, device="cpu", seconds: float = 0.3) -> float:
-    """FLOP/s of ``[2048, hidden] @ [hidden, hidden]`` products on ``device``, timed for ``seconds``
-    after a warm-up (at least 3 products)."""
-    a = torch.randn(2048, hidden, dtype=dtype, device=device)
-    b = torch.randn(hidden, hidden, dtype=dtype, device=device)
+def measured_peak(hidden: int, dtype=torch.float32, device="cpu", seconds: float = 0.3,
+                  widths: tuple[int, ...] = ()) -> float:
+    """FLOP/s of ``[2048, hidden] @ [hidden, w]`` products on ``device`` for ``w`` = ``hidden`` and
+    each of ``widths`` (the model's layer widths), the fastest of them: each shape timed for its
+    share of ``seconds`` after a warm-up (at least 3 products). A model's wide products (the MLP,
+    the output head) run nearer the machine's limit than the square one, so the square one alone
+    would put MFU above 1."""
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    torch.mm(a, b)
-    sync()
-    n, start = 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - start < seconds:
+    a = torch.randn(2048, hidden, dtype=dtype, device=device)
+    shapes = sorted({hidden, *widths})
+    best = 0.0
+    for width in shapes:
+        b = torch.randn(hidden, width, dtype=dtype, device=device)
         torch.mm(a, b)
-        n += 1
-    sync()
-    return 2.0 * 2048 * hidden * hidden * n / (time.perf_counter() - start)
+        sync()
+        n, start = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - start < seconds / len(shapes):
+            torch.mm(a, b)
+            n += 1
+        sync()
+        best = max(best, 2.0 * 2048 * hidden * width * n / (time.perf_counter() - start))
+    return best
 
 
 def step_flops(*, matmul_weights: int, frozen_weights: int, layers: int, hidden: int, tokens: int,
@@ -80,6 +88,8 @@ class Throughput:
         linear = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}.values())
         self.matmul_weights = sum(w.numel() for w in linear)
         self.frozen_weights = sum(w.numel() for w in linear if not w.requires_grad)
+        # the widths the model multiplies into, the head's capped (a timing, not a model)
+        self.widths = tuple(sorted({min(int(w.shape[0]), 8192) for w in linear if w.dim() == 2}))
         self.peak, self.peak_source = self._peak(device, dtype)
 
     def _peak(self, device, dtype) -> tuple[float | None, str]:
@@ -89,12 +99,13 @@ class Throughput:
             if known:
                 return known[0] * 1e12, f"{name}: {known[1]}"
             if self.hidden:
-                return measured_peak(self.hidden, torch.bfloat16, device), \
-                    f"{name}: measured bf16 matmul at hidden size {self.hidden}"
+                return measured_peak(self.hidden, torch.bfloat16, device, widths=self.widths), \
+                    f"{name}: measured bf16 matmul at hidden size {self.hidden}, the model's widths"
         if not self.hidden:
             return None, "unknown: the model config names no hidden_size"
-        return measured_peak(self.hidden, dtype, "cpu"), \
-            f"CPU: measured {str(dtype).removeprefix('torch.')} matmul at hidden size {self.hidden} " \
+        return measured_peak(self.hidden, dtype, "cpu", widths=self.widths), \
+            f"CPU: measured {str(dtype).removeprefix('torch.')} matmul at hidden size {self.hidden} into the " \
+            f"model's widths (fastest of {len(set((self.hidden, *self.widths)))}) " \
             f"({torch.get_num_threads()} threads)"
 
     def flops(self, tokens: int, square_lengths: int) -> int:
