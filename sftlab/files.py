@@ -63,6 +63,20 @@ RUN_ENTRIES = frozenset({"run.json", "data", "metrics.jsonl", "checkpoints", "fi
                          "config.yaml", "eval.json", "outputs.jsonl", "demo.json", "demo_config.yaml", "suite", "base", ".lock", ".tmp-final", ".old-final"})
 
 
+def cache_dir(kind: str) -> Path:
+    """Where sftlab caches one kind of thing (``prepared`` stores, ``models`` converted from
+    GGUF, ``generations``): ``$SFTLAB_CACHE/KIND`` when that is set, else
+    ``~/.cache/sftlab/KIND``. Every cache goes through here, so one variable moves them all.
+
+        >>> import os; os.environ["SFTLAB_CACHE"] = "/tmp/c"
+        >>> str(cache_dir("prepared"))
+        '/tmp/c/prepared'
+        >>> del os.environ["SFTLAB_CACHE"]
+    """
+    root = os.environ.get("SFTLAB_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "sftlab") / kind
+
+
 def current_umask() -> int:
     """The process's umask (read without changing it for longer than one call)."""
     mask = os.umask(0o022)

@@ -16,7 +16,7 @@ PACKAGE = Path(sftlab.__file__).parent
 # Each stage may import itself and the stages ranked below it, never one above.
 STAGE_RANK = {
     "sftlab": 0, "sftlab.errors": 0, "sftlab.fingerprints": 0, "sftlab.collector": 0, "sftlab.files": 0,
-    "sftlab.manifest": 0, "sftlab.terminal": 0,
+    "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0,
     "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.model": 3, "sftlab.evaluation": 4, "sftlab.train": 5,
     "sftlab.report": 6, "sftlab.demo": 7, "sftlab.commands": 8, "sftlab.cli": 8, "sftlab.__main__": 9,
 }
