@@ -49,6 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sftlab.files import publish_dir, whole_or_nothing, write_atomic
+from sftlab.train import sharding
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -92,18 +93,24 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
         tmp.mkdir()
     barrier()
     previous = latest_checkpoint(run_dir)
+    sharded = sharding.is_sharded(model)
     with whole_or_nothing(tmp, final, lambda: _bytes(previous) if previous else _bytes_of(model, optimizer),
                            previous):
         _save_rng(tmp / f"rng-{rank}.safetensors")
+        if sharded:  # each process writes its own pieces (sftlab.train.sharding)
+            sharding.save_shards(tmp, model, optimizer, rank, torch.distributed.get_world_size())
     barrier()
     if rank == 0:
         with whole_or_nothing(tmp, final, lambda: _bytes(previous) if previous else _bytes_of(model, optimizer),
                                previous):
-            model.save_pretrained(tmp)
+            if sharded:
+                sharding.save_config(tmp, model)
+            else:
+                model.save_pretrained(tmp)
+                tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+                save_file(tensors, tmp / "optimizer.safetensors")
+                _write_json(tmp / "optimizer.json", meta)
             tokenizer.save_pretrained(tmp)
-            tensors, meta = flatten_optimizer_state(optimizer.state_dict())
-            save_file(tensors, tmp / "optimizer.safetensors")
-            _write_json(tmp / "optimizer.json", meta)
             if manifest is not None:
                 _write_json(tmp / "run.json", manifest)
             _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
@@ -225,6 +232,8 @@ def _incomplete(path: Path, listing: dict) -> list[str]:
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()} - {CHECKSUMS}
     out = [f"{rel} is not in {CHECKSUMS} (the list is incomplete)" for rel in sorted(on_disk - set(listing))]
     names = set(listing)
+    if sharding.SHARDING in names:
+        return out + sharding.missing_files(path, names)
     out += [f"{CHECKSUMS} lists no {name}" for name in _REQUIRED if name not in names]
     if not any(n.startswith("rng-") and n.endswith(".safetensors") for n in names):
         out.append(f"{CHECKSUMS} lists no rng-*.safetensors")
@@ -277,10 +286,13 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int 
 
     path = Path(path)
     try:
-        _load_weights(path, model)
-        tensors = load_file(path / "optimizer.safetensors")
-        meta = json.loads((path / "optimizer.json").read_text())
-        optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
+        if (path / sharding.SHARDING).is_file():
+            sharding.load_shards(path, model, optimizer, rank)
+        else:
+            _load_weights(path, model)
+            tensors = load_file(path / "optimizer.safetensors")
+            meta = json.loads((path / "optimizer.json").read_text())
+            optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
         state = json.loads((path / "state.json").read_text())
         scheduler.load_state_dict(state["scheduler"])
         rng_files = sorted(path.glob("rng-*.safetensors"))
@@ -329,11 +341,13 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
     return {"state": state, "param_groups": groups}
 
 
-def weights_mismatch(path: Path, model) -> str | None:
+def weights_mismatch(path: Path, model, world: int = 1) -> str | None:
     """Why the weights in the checkpoint ``path`` cannot be loaded into ``model`` (a LoRA adapter
     for a full model or the reverse, other names, other shapes: another rank, other target
     modules, another base), read from the files' headers without loading a tensor; ``None``
     when they fit."""
+    if (path / sharding.SHARDING).is_file() or sharding.is_requested_here(world):
+        return sharding.shards_mismatch(path, model, world)
     adapter = path / "adapter_model.safetensors"
     lora = hasattr(model, "peft_config")
     if adapter.exists() != lora:

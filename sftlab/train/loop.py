@@ -35,6 +35,7 @@ from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
 from sftlab.train.preemption import SIGNALS
+from sftlab.train import sharding
 from sftlab.train.throughput import PhaseTimes, Throughput
 
 
@@ -139,10 +140,11 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens, base)
         _start_segment(run, old, _step_of(ckpt) if resume and ckpt else 0, changed)
+    model = sharding.shard(model, accelerator, cfg)  # FSDP2 where the accelerate config asks and accelerate will not
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = sharding.prepare(accelerator, model, optimizer)
     raw = accelerator.unwrap_model(model)
     speed = Throughput(raw, accelerator.device, torch.bfloat16 if autocast else next(raw.parameters()).dtype)
 
@@ -251,6 +253,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     # -- the end: final model, curves, manifest ------------------------------------------------
     accelerator.wait_for_everyone()
     code, reason = exit_rule(data, cfg)
+    raw = sharding.consolidate(raw)  # sharded weights gathered whole on the main process, for final/
     if main:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
         base = raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
@@ -436,6 +439,7 @@ def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str,
 
     names = sorted(data.eval_sets)
     rows = {name: data.eval_rows(name, accelerator.process_index, accelerator.num_processes) for name in names}
+    rows = sharding.even_rows(rows, model, accelerator.num_processes, data.pad_id)
     sums = slice_sums(model, rows, data.pad_id, micro_batch_size=cfg.eval.micro_batch_size,
                       reduction=cfg.loss.normalisation, chunk_size=cfg.loss.chunk_size,
                       device=accelerator.device, autocast=accelerator.autocast)
@@ -545,7 +549,7 @@ def _check_checkpoint_fits(ckpt: Path, model, cfg: TrainConfig, world: int) -> N
         raise UsageError(f"{ckpt} was written with {saved['rows_per_step']} rows per optimizer step, this run "
                          f"takes {rows} (micro_batch_size x grad_accum x processes); resume with the same "
                          "global batch so the data position means the same rows; nothing was changed")
-    why = weights_mismatch(ckpt, model)
+    why = weights_mismatch(ckpt, model, world)
     if why is not None:
         raise UsageError(f"--resume: {ckpt} cannot be continued by this run: {why}; resume with the "
                          "settings that wrote it or train into another out; nothing was changed")
