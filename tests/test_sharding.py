@@ -147,3 +147,21 @@ def test_every_step_takes_the_same_rows_at_one_two_and_four_processes():
                 plan.append(sorted(i for i in ids if i))  # 0: the weight-0 row of a rank left without one
         seen[world] = plan
     assert seen[1] == seen[2] == seen[4] and len(seen[1]) == 16
+
+
+def test_a_deepspeed_config_on_cpu_processes_is_refused_not_run_as_ddp(monkeypatch):
+    """accelerate ignores a DeepSpeed config on CPU processes (MULTI_CPU, then DDP): sftlab says so
+    instead of training something else than the config asks."""
+    from accelerate import Accelerator
+
+    from sftlab.errors import UsageError
+    from sftlab.train.config import load_config
+    from sftlab.train.sharding import shard
+
+    accelerator = Accelerator(cpu=True)
+    cfg = load_config(None, ["model.path=m", "data.train=[t]", "out=o"])
+    model = torch.nn.Linear(2, 2)
+    assert shard(model, accelerator, cfg) is model  # nothing asked: nothing changes
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UsageError, match="DeepSpeed, which accelerate does not turn on for CPU processes"):
+        shard(model, accelerator, cfg)

@@ -60,6 +60,11 @@ def shard(model, accelerator, cfg):
     before the optimizer is built (it must see the sharded parameters)."""
     from accelerate.utils import DistributedType
 
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and \
+            accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise UsageError("the accelerate config asks for DeepSpeed, which accelerate does not turn on for CPU "
+                         "processes (the run would be plain DDP); on CPUs launch with an FSDP config "
+                         "(configs/accelerate/fsdp-cpu-2proc.yaml), which sftlab shards with FSDP2")
     if not requested() or accelerator.distributed_type == DistributedType.FSDP or accelerator.num_processes < 2:
         return model
     if os.environ.get("FSDP_VERSION", "1") != "2":
