@@ -15,6 +15,10 @@ Layout of ``RUN/checkpoints/step-N/``::
                                         own sha256 is recorded in RUN/run.json
                                         (``artifacts.checkpoint_checksums``) before the rename
 
+A sharded (FSDP2) run writes each process's pieces of the weights and optimizer state instead of
+``model.safetensors`` and ``optimizer.safetensors`` (``sftlab.train.sharding``), under the same
+checksums.
+
 Everything is written into ``checkpoints/.tmp-step-N`` first and then renamed into place with
 ``os.replace``, so a crash during a save leaves every earlier checkpoint whole and never leaves
 a half-written ``step-N``. ``state.json`` is written last; a ``step-N`` directory without it
