@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
+from sftlab.tokens.packing import PackedRow
 
 SHARDING = "sharding.json"
 
@@ -54,18 +56,23 @@ def requested(environ=os.environ) -> bool:
     return str(environ.get("ACCELERATE_USE_FSDP", "false")).lower() == "true"
 
 
+def is_requested_here(world: int) -> bool:
+    """Whether this run shards: FSDP asked for, over more than one process."""
+    return requested() and world > 1
+
+
 def shard(model, accelerator, cfg):
     """``model`` sharded with FSDP2 over this run's processes when the accelerate config asks for
     FSDP and accelerate itself will not (CPU processes); otherwise ``model`` unchanged. Call it
     before the optimizer is built (it must see the sharded parameters)."""
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType  # lazy, as below: accelerate and torch.distributed.fsdp take ~1 s
 
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and \
             accelerator.distributed_type != DistributedType.DEEPSPEED:
         raise UsageError("the accelerate config asks for DeepSpeed, which accelerate does not turn on for CPU "
                          "processes (the run would be plain DDP); on CPUs launch with an FSDP config "
                          "(configs/accelerate/fsdp-cpu-2proc.yaml), which sftlab shards with FSDP2")
-    if not requested() or accelerator.distributed_type == DistributedType.FSDP or accelerator.num_processes < 2:
+    if not is_requested_here(accelerator.num_processes) or accelerator.distributed_type == DistributedType.FSDP:
         return model
     if os.environ.get("FSDP_VERSION", "1") != "2":
         raise UsageError("the accelerate config asks for FSDP version 1; on CPU processes sftlab shards with "
@@ -79,16 +86,16 @@ def shard(model, accelerator, cfg):
     for tensor in [*model.parameters(), *model.buffers()]:  # as DDP does: every process starts from rank 0's
         torch.distributed.broadcast(tensor.data, src=0)
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
-    again = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
     layers = set(_layer_classes(model))
     for module in model.modules():
         if type(module).__name__ in layers:
-            fully_shard(module, mesh=mesh, reshard_after_forward=again)
+            fully_shard(module, mesh=mesh, reshard_after_forward=reshard)
     # the root keeps its weights gathered from forward to backward: the chunked loss calls the
     # output head after the model's forward (and the backward would gather them again at once)
     fully_shard(model, mesh=mesh, reshard_after_forward=False)
     model.sftlab_sharding = {"kind": "fsdp2", "world_size": accelerator.num_processes, "layers": sorted(layers),
-                             "reshard_after_forward": again}
+                             "reshard_after_forward": reshard}
     return model
 
 
@@ -119,9 +126,8 @@ def is_sharded(model) -> bool:
     >>> is_sharded(torch.nn.Linear(2, 2))
     False
     """
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in model.modules())
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported (~1 s): nothing can be sharded
+    return fsdp is not None and any(isinstance(m, fsdp.FSDPModule) for m in model.modules())
 
 
 def _resharded(model) -> None:
@@ -237,10 +243,6 @@ def shards_mismatch(path: Path, model, world: int) -> str | None:
     return None
 
 
-def is_requested_here(world: int) -> bool:
-    return requested() and world > 1
-
-
 def _write_json(path: Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -281,8 +283,6 @@ def even_rows(rows_by_slice: dict, model, world: int, pad_id: int) -> dict:
     """
     if not is_sharded(model):
         return rows_by_slice
-    from sftlab.tokens.packing import PackedRow
-
     totals = torch.tensor([len(rows) for rows in rows_by_slice.values()], dtype=torch.long)
     torch.distributed.all_reduce(totals, op=torch.distributed.ReduceOp.MAX)
     blank = PackedRow.from_tokens((pad_id,), (0.0,), example_indices=(-1,))
