@@ -195,6 +195,10 @@ def load_shards(path: Path, model, optimizer, rank: int) -> None:
     _resharded(model)
     weights = load_file(path / model_file)
     params = dict(model.named_parameters())
+    trained = {name for name, p in params.items() if p.requires_grad}
+    if set(weights) != trained:
+        raise ValueError(f"{model_file} holds {len(weights)} parameters, this model trains {len(trained)} "
+                         f"({sorted(set(weights) ^ trained)[:3]} differ)")
     with torch.no_grad():
         for name, value in weights.items():
             _local(params[name]).copy_(value)
@@ -212,12 +216,13 @@ def load_shards(path: Path, model, optimizer, rank: int) -> None:
 
 def missing_files(path: Path, names: set[str]) -> list[str]:
     """What a sharded checkpoint's ``checksums.json`` (``names``) lacks: each process's shards and
-    the optimizer's JSON part."""
+    RNG state, the optimizer's JSON part, the loop state."""
     try:
         world = int(json.loads((path / SHARDING).read_text(encoding="utf-8"))["world_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return [f"{SHARDING} is unreadable"]
-    want = ["optimizer.json", "state.json", *(n for r in range(world) for n in _names(r, world))]
+    want = ["optimizer.json", "state.json",
+            *(n for r in range(world) for n in (*_names(r, world), f"rng-{r}.safetensors"))]
     return [f"checksums.json lists no {n}" for n in want if n not in names]
 
 
