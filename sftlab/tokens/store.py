@@ -71,7 +71,7 @@ import numpy as np
 from sftlab.errors import UsageError
 from sftlab.files import no_room, room_message
 
-FORMAT = 1
+FORMAT = 2  # 2: the statistics summaries keep word 3-shingles (near duplicates confirmed exactly)
 CHUNK_RECORDS = 8192
 _ARRAYS = ("ids", "weights", "lengths", "slices", "trained", "records", "lines", "derived", "lost", "reasoning")
 _DERIVED = (None, "turn", "overflow")
