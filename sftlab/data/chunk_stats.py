@@ -32,7 +32,7 @@ from sftlab.data.conversation import Conversation
 from sftlab.data.dedup import (DEFAULT_NUM_PERM, MinHasher, band_keys, first_rows, lsh_index, near_duplicates,
                                near_leaks)
 from sftlab.data.diversity import response_diversity
-from sftlab.data.stats_schema import SCHEMA_VERSION
+from sftlab.data.stats_schema import SCHEMA_VERSION, validate_stats
 
 NEAR_THRESHOLD = 0.8
 NONE = "(none)"
@@ -301,9 +301,11 @@ def with_leakage(stats: dict[str, Any], train: Summaries, heldout: Summaries,
 
 
 def checked(stats: dict[str, Any]) -> dict[str, Any]:
-    """``stats`` with ``warnings``, ``checks`` and ``passed`` (re)computed from its figures."""
+    """``stats`` with ``warnings``, ``checks`` and ``passed`` (re)computed from its figures,
+    validated against ``sftlab.data.stats_schema.Stats``."""
     stats["warnings"], stats["checks"] = _warnings(stats), _checks(stats)
     stats["passed"] = all(c["passed"] for c in stats["checks"])
+    validate_stats(stats)
     return stats
 
 

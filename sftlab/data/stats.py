@@ -183,7 +183,7 @@ def tool_stats(convs: Sequence[Conversation], encoded: EncodedLengths | None = N
 
 def with_files(stats: dict[str, Any], train_report: Any, heldout_report: Any = None) -> dict[str, Any]:
     """``stats`` plus the loaders' per-file counts (``sftlab.data.loading.LoadReport``), a ``quarantine``
-    check, and ``passed`` recomputed. Returns a new dict."""
+    check, and ``passed`` recomputed: the whole ``stats.json``, validated (``validate_stats``). Returns a new dict."""
     files, quarantined = [], 0
     for split, report in (("train", train_report), ("heldout", heldout_report)):
         for f in report.files if report is not None else ():
@@ -194,5 +194,7 @@ def with_files(stats: dict[str, Any], train_report: Any, heldout_report: Any = N
              "message": f"{quarantined} records quarantined" + (
                  "; `sftlab validate` writes them with their reasons" if quarantined else "")}
     checks = [c for c in stats["checks"] if c["name"] != "quarantine"] + [check]
-    return {**stats, "files": files, "quarantined": quarantined, "checks": checks,
-            "passed": all(c["passed"] for c in checks)}
+    out = {**stats, "files": files, "quarantined": quarantined, "checks": checks,
+           "passed": all(c["passed"] for c in checks)}
+    validate_stats(out)
+    return out
