@@ -44,22 +44,17 @@ ARRAYS = ("turns", "prompt_words", "response_words", "calls", "has_tools", "reas
           "prompt_key", "prompt_n", "prompt_bands", "prompt_sigs", "prompt_shingles", "prompt_starts", "records")
 
 _SIGNERS: dict = {}
-_WORD_CACHE_LIMIT = 1 << 20  # distinct words whose hash a signer keeps between chunks
 _first_rows = first_rows  # the name the prepared store calls
 
 
 def _signer_and_ranges(num_perm: int = DEFAULT_NUM_PERM, threshold: float = NEAR_THRESHOLD):
     """A ``MinHasher`` and the LSH band ranges, made once per process (the band parameters cost
-    a numerical optimisation); its word-hash cache is emptied beyond ``_WORD_CACHE_LIMIT`` words,
-    so memory stays bounded however many chunks it sees."""
+    a numerical optimisation)."""
     key = (num_perm, threshold)
     if key not in _SIGNERS:
         signer = MinHasher(num_perm)
         _SIGNERS[key] = signer, lsh_index(signer, threshold).hashranges
-    signer, ranges = _SIGNERS[key]
-    if len(signer._word_hash) > _WORD_CACHE_LIMIT:
-        signer._word_hash.clear()
-    return signer, ranges
+    return _SIGNERS[key]
 
 
 def warm() -> None:
@@ -166,8 +161,7 @@ def summary_arrays(convs: Sequence[Conversation], records: Sequence[int], num_pe
               "lines": np.asarray([c.origin.line if c.origin and c.origin.line is not None else -1
                                    for c in convs], dtype=np.int64)}
     for name, (words, offsets) in texts.items():
-        keys = signer.keys(words, offsets)
-        arrays[f"{name}_key"] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16)
+        arrays[f"{name}_key"] = signer.keys(words, offsets)
         sh, st = signer.shingles(words, offsets)
         arrays[f"{name}_shingles"], arrays[f"{name}_starts"] = sh, st.astype(np.int64)
         sigs = signer.signatures(sh, st) if len(convs) else np.zeros((0, signer.num_perm), np.uint32)

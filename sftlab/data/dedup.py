@@ -11,7 +11,6 @@ in memory or memory-mapped from a prepared store, so both reports find the same 
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,8 +32,8 @@ class MinHasher:
     composed or decomposed, or a word broken by a zero-width space, is one word), lowercased
     and split on whitespace by pyarrow's compute kernels (each Chinese or
     Japanese character a word of its own, since those scripts use no spaces); each distinct word
-    is hashed once (blake2b, 64 bits, stable across runs); a shingle's 32-bit hash mixes its three
-    word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
+    is hashed once, in bulk over its UTF-8 bytes (``_string_hashes``: 64 bits, stable across
+    runs); a shingle's 32-bit hash mixes its three word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
     a_k * fmix32(h) + b_k mod 2^32`` with datasketch's own ``(a_k, b_k)`` for ``seed``: the values
     datasketch's ``MinHash(num_perm, seed, hashfunc=identity, scheme="affine32")`` holds after
     ``update_batch(shingle_hashes)``, so they go straight into ``LeanMinHash`` and ``MinHashLSH``.
@@ -46,7 +45,6 @@ class MinHasher:
         self.num_perm, self.seed = num_perm, seed
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self._a, self._b = a.astype(np.uint32)[:, None], b.astype(np.uint32)[:, None]
-        self._word_hash: dict[str, int] = {}
 
     def words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(word hashes uint64, offsets)``: text i's normalised words are
@@ -72,16 +70,11 @@ class MinHasher:
         words = pc.utf8_split_whitespace(lowered)
         offsets = words.offsets.to_numpy().astype(np.int64)
         encoded = words.flatten().dictionary_encode()
-        cache = self._word_hash
-        vocab = encoded.dictionary.to_pylist()
-        for w in vocab:
-            if w not in cache:
-                digest = hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest()
-                cache[w] = int.from_bytes(digest, "little")
         ids = encoded.indices.to_numpy()
-        table = np.fromiter(map(cache.__getitem__, vocab), dtype=np.uint64, count=len(vocab))
-        if "" in vocab:
-            empty = ids == vocab.index("")
+        table = _string_hashes(encoded.dictionary)
+        empty = np.flatnonzero(np.diff(_string_offsets(encoded.dictionary)) == 0)
+        if len(empty):
+            empty = ids == empty[0]
             n = np.diff(offsets)
             text_of_word = np.repeat(np.arange(len(n)), n)
             n = n - np.bincount(text_of_word[empty], minlength=len(n))
@@ -89,11 +82,11 @@ class MinHasher:
         return table[ids], offsets - offsets[0]
 
     @staticmethod
-    def keys(hashes: np.ndarray, offsets: np.ndarray) -> list[bytes]:
-        """One 128-bit key per text of its normalised word sequence: equal keys, equal texts."""
-        buf = memoryview(hashes.tobytes())
-        return [hashlib.blake2b(buf[8 * s:8 * e], digest_size=16).digest()
-                for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+    def keys(hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """``[texts, 16]`` uint8: one 128-bit key per text of its normalised word sequence (two
+        64-bit lanes of ``_sequence_hashes``): equal keys, equal texts."""
+        lanes = [_sequence_hashes(hashes, offsets, salt) for salt in (_KEY_SALTS)]
+        return np.stack(lanes, axis=1).astype("<u8").view(np.uint8).reshape(len(offsets) - 1, 16)
 
     @staticmethod
     def shingles(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +138,50 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     z = z ^ (z >> np.uint64(27))
     z = z * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+_BYTE_SALT, _KEY_SALTS = np.uint64(0x5DEECE66D), (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+
+
+def _string_offsets(strings) -> np.ndarray:
+    """The int64 offsets of a pyarrow (large) string array, from 0."""
+    width = np.int64 if strings.type == "large_string" else np.int32
+    offsets = np.frombuffer(strings.buffers()[1], dtype=width)[strings.offset:strings.offset + len(strings) + 1]
+    return offsets.astype(np.int64)
+
+
+def _string_hashes(strings) -> np.ndarray:
+    """A 64-bit hash per string of a pyarrow string array, in NumPy over the UTF-8 bytes: the
+    wrapped sum of ``_mix64(byte << 32 | position)`` over the string's bytes, mixed with its
+    length. Equal strings, equal hashes, in any process; no Python per string.
+
+        >>> import pyarrow as pa
+        >>> h = _string_hashes(pa.array(["ab", "ba", "ab", ""], type=pa.large_string()))
+        >>> bool(h[0] == h[2]), bool(h[0] != h[1]), int(h[3]) == int(_mix64(np.zeros(1, np.uint64))[0])
+        (True, True, True)
+    """
+    offsets = _string_offsets(strings)
+    data = strings.buffers()[2]
+    data = (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    n = np.diff(offsets)
+    position = np.arange(len(data), dtype=np.uint64) - np.repeat(offsets[:-1], n).astype(np.uint64)
+    terms = _mix64(((data.astype(np.uint64) << np.uint64(32)) + position) ^ _BYTE_SALT)  # a bijection of (byte, position)
+    return _mix64(_segment_sums(terms, offsets) ^ n.astype(np.uint64) * _KEY_SALTS[0])
+
+
+def _sequence_hashes(hashes: np.ndarray, offsets: np.ndarray, salt: np.uint64) -> np.ndarray:
+    """A 64-bit hash per sequence ``hashes[offsets[i]:offsets[i + 1]]``: order and length count."""
+    n = np.diff(offsets)
+    position = np.arange(len(hashes), dtype=np.uint64) - np.repeat(offsets[:-1], n).astype(np.uint64)
+    terms = _mix64(hashes ^ _mix64(position * salt + salt))
+    return _mix64(_segment_sums(terms, offsets) ^ n.astype(np.uint64) * salt)
+
+
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sums modulo 2^64 of ``values[offsets[i]:offsets[i + 1]]`` (empty segments: 0)."""
+    total = np.concatenate((np.zeros(1, np.uint64), np.cumsum(values, dtype=np.uint64)))
+    return total[offsets[1:]] - total[offsets[:-1]]
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
