@@ -43,6 +43,9 @@ ARRAYS = ("turns", "prompt_words", "response_words", "calls", "has_tools", "reas
           "conv_key", "conv_bands", "conv_sigs", "conv_shingles", "conv_starts",
           "prompt_key", "prompt_n", "prompt_bands", "prompt_sigs", "prompt_shingles", "prompt_starts", "records")
 
+BUILD_ONLY = ("conv_shingles.npy", "conv_starts.npy")
+"""Summary files ``merge`` needs and a finished store need not keep (leakage reads prompts only)."""
+
 _SIGNERS: dict = {}
 _first_rows = first_rows  # the name the prepared store calls
 
@@ -188,13 +191,25 @@ def summarise(convs: list, records: list[int], out: Path) -> None:
     (out / "fields.json").write_text(json.dumps(fields, ensure_ascii=False), encoding="utf-8")
 
 
+class _Mapped(dict):
+    """A chunk's summary arrays, each memory-mapped when first asked for."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, name: str) -> np.ndarray:
+        self[name] = np.load(self.folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        return self[name]
+
+
 class Summaries:
     """The chunk summaries of one split (memory-mapped from ``dirs``, or held: ``in_memory``),
     with the records to leave out. Rows are the kept records, in record order."""
 
     def __init__(self, dirs: list[Path], files: list[str], exclude: set[int] | frozenset = frozenset()):
         self.dirs, self.files = dirs, files  # files[k]: the input file name of chunk k
-        self.parts = [{n: np.load(d / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in ARRAYS} for d in dirs]
+        self.parts = [_Mapped(d) for d in dirs]
         self._held: list[dict] | None = None
         self._fields: dict[int, dict] = {}
         self._keep(exclude)

@@ -84,9 +84,8 @@ class MinHasher:
     @staticmethod
     def keys(hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """``[texts, 16]`` uint8: one 128-bit key per text of its normalised word sequence (two
-        64-bit lanes of ``_sequence_hashes``): equal keys, equal texts."""
-        lanes = [_sequence_hashes(hashes, offsets, salt) for salt in (_KEY_SALTS)]
-        return np.stack(lanes, axis=1).astype("<u8").view(np.uint8).reshape(len(offsets) - 1, 16)
+        64-bit lanes of ``_sequence_keys``): equal keys, equal texts."""
+        return np.stack(_sequence_keys(hashes, offsets), axis=1).astype("<u8").view(np.uint8).reshape(len(offsets) - 1, 16)
 
     @staticmethod
     def shingles(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,12 +169,16 @@ def _string_hashes(strings) -> np.ndarray:
     return _mix64(_segment_sums(terms, offsets) ^ n.astype(np.uint64) * _KEY_SALTS[0])
 
 
-def _sequence_hashes(hashes: np.ndarray, offsets: np.ndarray, salt: np.uint64) -> np.ndarray:
-    """A 64-bit hash per sequence ``hashes[offsets[i]:offsets[i + 1]]``: order and length count."""
+def _sequence_keys(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit hashes per sequence ``hashes[offsets[i]:offsets[i + 1]]`` (order and length
+    count): wrapped sums of ``_mix64(hash + position * K)``, plain and times ``2 * position + 1``."""
     n = np.diff(offsets)
     position = np.arange(len(hashes), dtype=np.uint64) - np.repeat(offsets[:-1], n).astype(np.uint64)
-    terms = _mix64(hashes ^ _mix64(position * salt + salt))
-    return _mix64(_segment_sums(terms, offsets) ^ n.astype(np.uint64) * salt)
+    terms = _mix64(hashes + position * _KEY_SALTS[0])
+    weighted = terms * (position * np.uint64(2) + np.uint64(1))
+    length = n.astype(np.uint64)
+    return (_mix64(_segment_sums(terms, offsets) ^ length * _KEY_SALTS[0]),
+            _mix64(_segment_sums(weighted, offsets) ^ length * _KEY_SALTS[1]))
 
 
 def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
