@@ -44,6 +44,23 @@ def _finish(proc: subprocess.Popen, code: int = 0) -> None:
     assert proc.returncode == code, err[-3000:]
 
 
+def _terminate_after_step(proc: subprocess.Popen, run: Path, step: int) -> Path:
+    """SIGTERM to the launcher (which passes it to both processes) once ``step`` is logged; the
+    run stops after its current step with a checkpoint of it: exit 143. Returns that checkpoint."""
+    from sftlab.train.checkpoint import latest_checkpoint, verify_checkpoint
+
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 180
+    while not (metrics.is_file() and f'"step": {step},' in metrics.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _finish(proc, 143)
+    ckpt = latest_checkpoint(run)
+    assert step <= int(ckpt.name.removeprefix("step-")) < 10 and not (run / "final").exists()
+    assert verify_checkpoint(ckpt) == []
+    return ckpt
+
+
 def _relative(a: list, b: list) -> float:
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 11))
     return max(abs(x - y) / abs(x) for (_, x), (_, y) in zip(a, b))
@@ -57,15 +74,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_and_resumes_bit_exactly(assets, t
     runs = _runs(assets, tmp_path, {"one": 2, "straight": 1, "term": 1})
     procs = {"one": _start(runs["one"], tmp_path, sharded=False),
              **{name: _start(runs[name], tmp_path, sharded=True) for name in ("straight", "term")}}
-    metrics, deadline = tmp_path / "term" / "metrics.jsonl", time.monotonic() + 180
-    while not (metrics.is_file() and '"step": 3,' in metrics.read_text()):
-        assert procs["term"].poll() is None and time.monotonic() < deadline, procs["term"].stderr.read()[-3000:]
-        time.sleep(0.01)
-    procs["term"].send_signal(signal.SIGTERM)  # to the launcher, which passes it to both processes
-    _finish(procs["term"], 143)
-    ckpt = latest_checkpoint(tmp_path / "term")
-    assert 3 <= int(ckpt.name.removeprefix("step-")) < 10 and not (tmp_path / "term" / "final").exists()
-    assert verify_checkpoint(ckpt) == []
+    ckpt = _terminate_after_step(procs["term"], tmp_path / "term", 3)
     names = {p.name for p in ckpt.iterdir()}
     assert {"sharding.json", "model-shard-0-of-2.safetensors", "model-shard-1-of-2.safetensors",
             "optimizer-shard-0-of-2.safetensors", "optimizer-shard-1-of-2.safetensors"} <= names
@@ -106,20 +115,25 @@ def test_fsdp_on_two_cpu_processes_matches_one_and_resumes_bit_exactly(assets, t
     assert "FSDP shards of 2 processes and this run has 1" in weights_mismatch(ckpt, model, 1)
 
 
-def test_fsdp_lora_on_two_cpu_processes_matches_one_and_merges(assets, tmp_path):
+def test_fsdp_lora_on_two_cpu_processes_matches_one_resumes_and_merges(assets, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    runs = _runs(assets, tmp_path, {"one": 2, "two": 1}, lora={"enabled": True, "r": 4, "merge_on_save": True},
-                 optim={"lr": 1e-2})
-    procs = {"one": _start(runs["one"], tmp_path, sharded=False), "two": _start(runs["two"], tmp_path, sharded=True)}
-    for proc in procs.values():
-        _finish(proc)
+    runs = _runs(assets, tmp_path, {"one": 2, "two": 1, "term": 1},
+                 lora={"enabled": True, "r": 4, "merge_on_save": True}, optim={"lr": 1e-2})
+    procs = {"one": _start(runs["one"], tmp_path, sharded=False),
+             **{name: _start(runs[name], tmp_path, sharded=True) for name in ("two", "term")}}
+    _terminate_after_step(procs["term"], tmp_path / "term", 2)  # the adapter's shards, the base read again
+    procs["resumed"] = _start(runs["term"], tmp_path, sharded=True, resume=True)
+    for name in ("one", "two", "resumed"):
+        _finish(procs[name])
     assert _relative(_losses(tmp_path / "one"), _losses(tmp_path / "two")) < 1e-5
+    assert _losses(tmp_path / "term") == _losses(tmp_path / "two")
     step = json.loads(((tmp_path / "two" / "checkpoints" / "step-10" / "sharding.json")).read_text())
     assert step["world_size"] == 2 and step["params"] and all("lora_" in name for name in step["params"])
-    merged = [load_file(tmp_path / n / "final" / "model.safetensors") for n in ("one", "two")]
+    merged = [load_file(tmp_path / n / "final" / "model.safetensors") for n in ("one", "two", "term")]
     assert merged[0].keys() == merged[1].keys() and not any("lora" in k for k in merged[1])
     assert all(torch.allclose(merged[1][k], merged[0][k], rtol=1e-5, atol=1e-6) for k in merged[0])
+    assert all(torch.equal(merged[2][k], merged[1][k]) for k in merged[1])
     AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")
     assert (tmp_path / "two" / "final" / "adapter" / "adapter_model.safetensors").is_file()
 
