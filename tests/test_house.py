@@ -160,6 +160,6 @@ def test_check_head_message_names_the_config_key_and_null_chunk_size_skips_the_c
     llama.config.final_logit_softcapping = 0.5      # the head and the model's logits disagree
     with pytest.raises(ValueError, match=r"loss\.chunk_size: null"):
         check_head(llama)
-    loop = (PACKAGE / "train" / "loop.py").read_text()
-    assert "if cfg.loss.chunk_size is not None:\n            check_head(model)" in loop
+    loader = (PACKAGE / "model" / "loading.py").read_text()
+    assert "if cfg.loss.chunk_size is not None:\n            check_head(model)" in loader
     assert torch.is_tensor(next(llama.parameters()))

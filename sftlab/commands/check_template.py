@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.model.loading import FORMS, load_tokenizer_and_template
+from sftlab.tokens.templates import TemplateError
 
 
 def register(sub) -> None:
@@ -29,13 +30,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.masks import check_template
-    from sftlab.tokens.templates import TemplateError, get_template
+    from sftlab.tokens.masks import check_template  # lazy: numpy, kept off `sftlab --help`
 
-    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
+                                                trust_remote_code=args.trust_remote_code)
     try:
-        template = get_template(args.template, tok)
         results = check_template(tok, template)
     except TemplateError as e:
         raise UsageError(str(e)) from None

@@ -4,8 +4,12 @@ from __future__ import annotations
 import sys
 
 from sftlab.commands.validate import add_mapping_arguments, columns_from_args
+from sftlab.data.loading import load_files
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.files import write_atomic
+from sftlab.model.loading import FORMS, load_tokenizer_and_template
+from sftlab.terminal import terminal_safe
+from sftlab.tokens.templates import TemplateError
 
 
 def register(sub) -> None:
@@ -38,14 +42,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: these load numpy, kept off `sftlab --help`
     from sftlab.tokens.encoding import EncodingError
     from sftlab.tokens.masks import annotate, to_ansi, to_html
-    from sftlab.data.loading import load_files
-    from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.templates import TemplateError
-    from sftlab.terminal import terminal_safe
 
-    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
+                                                trust_remote_code=args.trust_remote_code)
     report = load_files([args.file], columns=[columns_from_args(args)])
     convs = report.conversations
     if not convs:
@@ -66,7 +68,7 @@ def run(args) -> int:
         label = terminal_safe(f"record {i}" + (f" (id {c.id})" if c.id else "") + (
             f" {c.origin.file}:{c.origin.line}" if c.origin else ""))
         try:
-            ex, views = annotate(c, tok, args.template, max_length=args.max_length,
+            ex, views = annotate(c, tok, template, max_length=args.max_length,
                                  last_turn_only=args.last_turn_only, reasoning=args.reasoning)
         except TemplateError as e:
             raise UsageError(str(e)) from None
@@ -81,8 +83,6 @@ def run(args) -> int:
         print(to_ansi(views) if sys.stdout.isatty() else _plain(views))
         items.append((label, views, ex))
     if args.html:
-        from sftlab.files import write_atomic
-
         write_atomic(args.html, to_html(items, f"sftlab inspect: {args.file}"), what="--html")
         print(f"wrote {args.html}")
     return status
@@ -106,8 +106,6 @@ PLAIN_LEGEND = ("legend: [[text]] trained (loss weight 1), [[text]]{w} trained w
 def _plain(views) -> str:
     """Without a terminal: trained tokens in [[...]] (their weight in {} when not 1), after a
     legend; control characters escaped (the output may still reach a terminal through a pager)."""
-    from sftlab.terminal import terminal_safe
-
     out = []
     for v in views:
         if v.weight > 0:

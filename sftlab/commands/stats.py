@@ -20,7 +20,8 @@ from typing import Any
 
 from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.model.loading import FORMS, config_tokenizer, load_tokenizer_and_template
+from sftlab.tokens.templates import TemplateError
 
 _TOP = 10  # rows shown per count table
 
@@ -98,7 +99,6 @@ def _config_stats(args) -> dict[str, Any]:
     from sftlab.data.chunk_stats import NEAR_THRESHOLD  # the store's LSH bands are built for it
     from sftlab.train.config import load_config
     from sftlab.train.data import prepare_stores, store_stats
-    from sftlab.train.loop import load_tokenizer_and_template
 
     config, overrides = args.files[0], args.files[1:]
     given = [flag for flag, value, default in (
@@ -114,7 +114,7 @@ def _config_stats(args) -> dict[str, Any]:
     if bad:
         raise UsageError(f"{bad[0]}: after a config give key=value overrides, not files")
     cfg = load_config(config, overrides)
-    tokenizer, template = load_tokenizer_and_template(cfg)
+    tokenizer, template, _ = config_tokenizer(cfg)
     stores = prepare_stores(cfg, tokenizer, template)
     return store_stats(stores["train"], stores.get("heldout"))
 
@@ -123,9 +123,7 @@ def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
-    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.store import Spool, prepare
-    from sftlab.tokens.templates import TemplateError, get_template
     from sftlab.train.data import store_stats
 
     if args.near_threshold != NEAR_THRESHOLD:
@@ -133,11 +131,10 @@ def _store_stats(args) -> dict[str, Any]:
                          f"prepared-data store, which measures near duplicates at {NEAR_THRESHOLD}; leave out "
                          "--tokenizer to count words at another threshold")
     policy = load_policy(args.policy) if args.policy else None
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer, template = load_tokenizer_and_template(args.tokenizer, args.template)
     options = {"max_length": args.max_length, "last_turn_only": False, "turns": args.turns,
                "overflow": args.overflow, "reasoning": args.reasoning}
     try:
-        template = get_template(args.template, tokenizer)
         with Spool() as spool:
             kw = dict(options=options, policy=policy, progress=True, spool=spool)
             columns = columns_from_args(args)

@@ -9,8 +9,17 @@ import json
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from sftlab.data.conversation import ROLES
+from sftlab.data.loading import load_files
+from sftlab.data.policy import load_policy
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.files import check_output_file
+from sftlab.model.loading import FORMS, load_tokenizer_and_template
+from sftlab.terminal import terminal_safe
+from sftlab.tokens.templates import TemplateError
+from sftlab.train.config import DataFile
 
 _SHOWN_REASONS = 5
 
@@ -62,9 +71,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.data.loading import load_files
-    from sftlab.data.policy import load_policy
-
     if not 0 < args.max_record_mb <= 1024 * 1024:  # also refuses nan and inf
         raise UsageError(f"--max-record-mb: expected a number of megabytes in (0, 1048576], got "
                          f"{args.max_record_mb}")
@@ -122,10 +128,6 @@ def add_mapping_arguments(p) -> None:
 
 def columns_from_args(args):
     """The ``Columns`` the mapping options describe (``None`` when none is given)."""
-    from pydantic import ValidationError
-
-    from sftlab.train.config import DataFile
-
     pairs = {}
     for option, items in (("--role", args.role), ("--column", args.column), ("--tag", args.tag)):
         pairs[option] = {}
@@ -134,8 +136,6 @@ def columns_from_args(args):
             if not sep or not name or not value:
                 raise UsageError(f"{option} {item!r}: expected NAME=VALUE, e.g. --role bot=assistant")
             pairs[option][name] = value
-    from sftlab.data.conversation import ROLES
-
     bad = next((f"{n}={r}" for n, r in pairs["--role"].items() if r not in ROLES), None)
     if bad:
         raise UsageError(f"--role {bad}: expected NAME=ROLE with a role of {', '.join(ROLES)}")
@@ -160,13 +160,10 @@ def columns_from_args(args):
 
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
-    from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.encoding import encode_report
-    from sftlab.tokens.templates import TemplateError, get_template
+    from sftlab.tokens.encoding import encode_report  # lazy: numpy, kept off `sftlab --help`
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer, template = load_tokenizer_and_template(args.tokenizer, args.template)
     try:
-        template = get_template(args.template, tokenizer)
         return encode_report(report, tokenizer, template, max_length=args.max_length,
                              last_turn_only=args.last_turn_only, turns=args.turns, overflow=args.overflow,
                              reasoning=args.reasoning)[1]
@@ -175,8 +172,6 @@ def _encode(report, args):
 
 
 def _quarantine_path(files: list[str], given: str | None) -> Path:
-    from sftlab.files import check_output_file
-
     first = Path(files[0])
     # beside the first input, unless that is a pipe or device (``<(cat f)``, /dev/stdin)
     beside = first.parent if first.is_file() or first.is_dir() else Path(".")
@@ -189,8 +184,6 @@ def _quarantine_path(files: list[str], given: str | None) -> Path:
 
 
 def _print_human(report, quarantine: Path, policy) -> None:
-    from sftlab.terminal import terminal_safe  # record ids and text may carry escapes
-
     rows = [(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     rows.append(("total", report.records, report.accepted, report.quarantined_count))
     width = max(len("file"), *(len(r[0]) for r in rows))
