@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import sys
 
+from sftlab.commands.options import add_options
 from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.data.loading import load_files
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
-from sftlab.model.loading import FORMS, load_tokenizer_and_template
+from sftlab.model.loading import load_tokenizer_and_template
 from sftlab.terminal import terminal_safe
 from sftlab.tokens.templates import TemplateError
+from sftlab.train.config import EncodingConfig, TrainConfig
 
 
 def register(sub) -> None:
@@ -20,21 +22,15 @@ def register(sub) -> None:
                     "cyan (masked reasoning cyan text), tool results yellow, template scaffolding dimmed, "
                     "a tag where each message's content starts. --html writes a self-contained page.")
     p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
-    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
-    p.add_argument("--template", default=None,
-                   help="built-in template (chatml, llama3, llama3.1, mistral, mistral-v0.3, gemma, zephyr, phi3, "
-                        "alpaca) or a Jinja file (.jinja/.j2); default: the tokenizer's own chat_template")
+    add_options(p, TrainConfig, "tokenizer", "template", tokenizer=dict(required=True, metavar="TOKENIZER"))
     p.add_argument("--line", type=int, action="append", default=None, metavar="N",
                    help="the record on line N of the file (1-based, as validate and the quarantine file count "
                         "lines; repeatable)")
     p.add_argument("--index", type=int, action="append", default=None, metavar="I",
                    help="the I-th accepted record (0-based, quarantined records skipped; repeatable; default "
                         "without --line: the first 3)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate as training would")
-    p.add_argument("--last-turn-only", action="store_true", help="train the last assistant turn only")
-    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
-                   help="reasoning on assistant messages: trained (keep), rendered untrained (mask) or removed "
-                        "(drop), as encoding.reasoning in training")
+    add_options(p, EncodingConfig, "max_length", "last_turn_only", "reasoning",
+                max_length=dict(default=None, metavar="N", note="Here: truncate as training would; default: no limit."))
     p.add_argument("--html", metavar="OUT", default=None, help="also write a self-contained HTML view")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
     add_mapping_arguments(p)

@@ -18,9 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sftlab.commands.validate import add_mapping_arguments, columns_from_args
+from sftlab.commands.options import add_options
+from sftlab.commands.validate import TRUNCATE, add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS, config_tokenizer, load_tokenizer_and_template
+from sftlab.model.loading import config_tokenizer, load_tokenizer_and_template
+from sftlab.train.config import EncodingConfig, TrainConfig
 from sftlab.tokens.templates import TemplateError
 
 _TOP = 10  # rows shown per count table
@@ -51,21 +53,15 @@ def register(sub) -> None:
     p.add_argument("--policy", metavar="POLICY", default=None,
                    help="policy YAML: its refusal categories and their benign_contrast lists "
                         "(default: the policy_category values of the refusal records)")
-    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
-                   help=f"the tokenizer ({FORMS}): count lengths in tokens of the rendered conversation (prompt = untrained "
-                        "tokens, response = trained tokens) instead of words")
-    p.add_argument("--template", default=None,
-                   help="with --tokenizer: built-in template name, a Jinja template or a Jinja file; default: the "
-                        "tokenizer's own chat_template")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
-                   help="with --tokenizer: truncate as training does (encoding.max_length)")
-    p.add_argument("--turns", choices=("whole", "expand"), default="whole",
-                   help="with --tokenizer: encoding.turns (expand: re-rendered turns get their own example; "
-                        "the extra examples and tokens are reported)")
-    p.add_argument("--overflow", choices=("drop", "split"), default="drop",
-                   help="with --tokenizer: encoding.overflow (tokens kept and lost by truncation are reported)")
-    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
-                   help="with --tokenizer: encoding.reasoning (the reasoning share of trained tokens is reported)")
+    g = p.add_argument_group("encoding (as training encodes: the config's tokenizer, template and encoding keys)")
+    add_options(g, TrainConfig, "tokenizer", "template", tokenizer=dict(
+        metavar="TOKENIZER", note="Count lengths in tokens of the rendered conversation (prompt = untrained "
+                                  "tokens, response = trained tokens) instead of words."))
+    add_options(g, EncodingConfig, "max_length", "turns", "overflow", "reasoning",
+                max_length=dict(default=None, metavar="N", note=TRUNCATE),
+                turns=dict(note="The extra examples and tokens are reported."),
+                overflow=dict(note="Tokens kept and lost by truncation are reported."),
+                reasoning=dict(note="The reasoning share of trained tokens is reported."))
     p.add_argument("--near-threshold", type=float, default=0.8, metavar="J",
                    help="word 3-shingle Jaccard similarity from which two texts are near duplicates "
                         "(default: 0.8; the prepared store, with a config or --tokenizer, measures at 0.8)")

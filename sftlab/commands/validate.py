@@ -16,12 +16,15 @@ from sftlab.data.loading import load_files
 from sftlab.data.policy import load_policy
 from sftlab.errors import UsageError
 from sftlab.files import check_output_file
-from sftlab.model.loading import FORMS, load_tokenizer_and_template
+from sftlab.commands.options import add_options
+from sftlab.model.loading import load_tokenizer_and_template
 from sftlab.terminal import terminal_safe
 from sftlab.tokens.templates import TemplateError
-from sftlab.train.config import DataFile
+from sftlab.train.config import DataFile, EncodingConfig, TrainConfig
 
 _SHOWN_REASONS = 5
+TRUNCATE = "Here: truncate as training at max_length N does (the smaller of encoding.max_length and " \
+           "packing.max_length); default: no limit."
 
 
 def register(sub) -> None:
@@ -46,23 +49,12 @@ def register(sub) -> None:
                         "directory when that input is a pipe)")
     p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
                    help="records larger than this are quarantined (default: 10)")
-    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
-                   help=f"also encode every accepted record with this tokenizer ({FORMS}) "
-                        "and its template, quarantining what training would (too long, nothing trained)")
-    p.add_argument("--template", default=None,
-                   help="with --tokenizer: a built-in template name or a Jinja file (default: the "
-                        "tokenizer's own chat_template), as the config's `template`")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
-                   help="with --tokenizer: truncate as training at max_length N does (the smaller of "
-                        "encoding.max_length and packing.max_length)")
-    p.add_argument("--last-turn-only", action="store_true",
-                   help="with --tokenizer: train only the last assistant turn, as encoding.last_turn_only")
-    p.add_argument("--turns", choices=("whole", "expand"), default="whole",
-                   help="with --tokenizer: as encoding.turns (default: whole)")
-    p.add_argument("--overflow", choices=("drop", "split"), default="drop",
-                   help="with --tokenizer: as encoding.overflow (default: drop)")
-    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
-                   help="with --tokenizer: as encoding.reasoning (default: keep)")
+    g = p.add_argument_group("encoding (as training encodes: the config's tokenizer, template and encoding keys)")
+    add_options(g, TrainConfig, "tokenizer", "template", tokenizer=dict(
+        metavar="TOKENIZER", note="Also encode every accepted record with it and its template, quarantining "
+                                  "what training would (too long, nothing trained)."))
+    add_options(g, EncodingConfig, "max_length", "last_turn_only", "turns", "overflow", "reasoning",
+                max_length=dict(default=None, metavar="N", note=TRUNCATE))
     add_mapping_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: records, accepted, quarantined, files, reasons, "
