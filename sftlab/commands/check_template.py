@@ -5,8 +5,6 @@ import json
 
 from sftlab.commands.options import add_options
 from sftlab.errors import UsageError
-from sftlab.model.loading import load_tokenizer_and_template
-from sftlab.tokens.templates import TemplateError
 from sftlab.train.config import TrainConfig
 
 
@@ -30,7 +28,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.tokens.masks import check_template  # lazy: numpy, kept off `sftlab --help`
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.model.loading import load_tokenizer_and_template
+    from sftlab.tokens.masks import check_template
+    from sftlab.tokens.templates import TemplateError
 
     tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
                                                 trust_remote_code=args.trust_remote_code)

@@ -9,7 +9,6 @@ import argparse
 
 from sftlab.commands import eval as eval_command
 from sftlab.commands import execute, report, stats, validate
-from sftlab.demo.run import run_demo
 
 USED = {"validate": validate, "stats": stats, "eval": eval_command, "report": report}
 """The commands the demo runs, by the name a user types."""
@@ -38,6 +37,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from sftlab.demo.run import run_demo  # lazy: loaded when the demo runs, not for `sftlab --help`
+
     return run_demo(args.mode, args.out, seed=args.seed, resume=args.resume, strict=args.strict,
                     command=run_command)
 

@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 
 from sftlab.commands.options import add_options
-from sftlab.data.loading import load_files
-from sftlab.data.policy import load_policy
 from sftlab.errors import UsageError
-from sftlab.evaluation.agreement import load_labelled
-from sftlab.evaluation.cache import GenerationCache, default_cache_dir
 from sftlab.evaluation.classifier import load_detector, parse_label_map
 from sftlab.evaluation.evaluate import EvalOptions, record_in_run, run_evaluation, write_outputs
 from sftlab.evaluation.generation import DecoderSettings
@@ -100,6 +96,11 @@ def _conditions(spec: str, flag: str, known) -> tuple[str, ...]:
 
 
 def _options(args):
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.data.loading import load_files
+    from sftlab.data.policy import load_policy
+    from sftlab.evaluation.agreement import load_labelled
+
     conditions = _conditions(args.conditions, "--conditions", CONDITIONS)
     reference_conditions = (None if args.reference_conditions is None else
                             _conditions(args.reference_conditions, "--reference-conditions", CONDITIONS))
@@ -144,6 +145,9 @@ def _options(args):
 
 
 def run(args) -> int:
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.evaluation.cache import GenerationCache, default_cache_dir
+
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
     check_run_dir(out, what="--out")  # before minutes of generation, not after
     opts, sets, detector = _options(args)

@@ -5,12 +5,9 @@ import sys
 
 from sftlab.commands.options import add_options
 from sftlab.commands.validate import add_mapping_arguments, columns_from_args
-from sftlab.data.loading import load_files
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
-from sftlab.model.loading import load_tokenizer_and_template
 from sftlab.terminal import terminal_safe
-from sftlab.tokens.templates import TemplateError
 from sftlab.train.config import EncodingConfig, TrainConfig
 
 
@@ -38,9 +35,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    # lazy: these load numpy, kept off `sftlab --help`
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.data.loading import load_files
+    from sftlab.model.loading import load_tokenizer_and_template
     from sftlab.tokens.encoding import EncodingError
     from sftlab.tokens.masks import annotate, to_ansi, to_html
+    from sftlab.tokens.templates import TemplateError
 
     tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
                                                 trust_remote_code=args.trust_remote_code)

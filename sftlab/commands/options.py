@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import textwrap
 import types
@@ -34,6 +35,7 @@ ADAPT = frozenset({"default", "metavar", "type", "nargs", "choices", "note", "fl
 ``flag``: the option's name, when it is not the field's)."""
 
 
+@functools.lru_cache(maxsize=None)  # a dataclass's docs are read from its source: once per class
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of ``cls`` (a pydantic model's field descriptions, or for a
     dataclass the string literal after each annotated field)."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from sftlab.model.loading import config_tokenizer
 from sftlab.train.config import load_config
-from sftlab.train.data import prepare_stores, quarantine_reasons, quarantine_rule
 
 HELP = """Read, validate and encode the training (and held-out) data of CONFIG.yaml into the
 prepared-data store, as `sftlab train` would, without loading the model's weights: run it on a
@@ -30,6 +28,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.model.loading import config_tokenizer
+    from sftlab.train.data import prepare_stores, quarantine_reasons, quarantine_rule
+
     cfg = load_config(args.config, args.overrides)
     tokenizer, template, _ = config_tokenizer(cfg)
     stores = prepare_stores(cfg, tokenizer, template)

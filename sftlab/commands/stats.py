@@ -21,9 +21,7 @@ from typing import Any
 from sftlab.commands.options import add_options
 from sftlab.commands.validate import TRUNCATE, add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
-from sftlab.model.loading import config_tokenizer, load_tokenizer_and_template
 from sftlab.train.config import EncodingConfig, TrainConfig
-from sftlab.tokens.templates import TemplateError
 
 _TOP = 10  # rows shown per count table
 
@@ -94,6 +92,7 @@ def _config_stats(args) -> dict[str, Any]:
     """The statistics of a training config's data, from its prepared stores (``RUN/data/stats.json``'s)."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD  # the store's LSH bands are built for it
     from sftlab.train.config import load_config
+    from sftlab.model.loading import config_tokenizer
     from sftlab.train.data import prepare_stores, store_stats
 
     config, overrides = args.files[0], args.files[1:]
@@ -119,7 +118,9 @@ def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
+    from sftlab.model.loading import load_tokenizer_and_template
     from sftlab.tokens.store import Spool, prepare
+    from sftlab.tokens.templates import TemplateError
     from sftlab.train.data import store_stats
 
     if args.near_threshold != NEAR_THRESHOLD:

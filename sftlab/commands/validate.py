@@ -11,15 +11,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from sftlab.commands.options import add_options
 from sftlab.data.conversation import ROLES
-from sftlab.data.loading import load_files
-from sftlab.data.policy import load_policy
 from sftlab.errors import UsageError
 from sftlab.files import check_output_file
-from sftlab.commands.options import add_options
-from sftlab.model.loading import load_tokenizer_and_template
 from sftlab.terminal import terminal_safe
-from sftlab.tokens.templates import TemplateError
 from sftlab.train.config import DataFile, EncodingConfig, TrainConfig
 
 _SHOWN_REASONS = 5
@@ -63,6 +59,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.data.loading import load_files
+    from sftlab.data.policy import load_policy
+
     if not 0 < args.max_record_mb <= 1024 * 1024:  # also refuses nan and inf
         raise UsageError(f"--max-record-mb: expected a number of megabytes in (0, 1048576], got "
                          f"{args.max_record_mb}")
@@ -152,7 +152,10 @@ def columns_from_args(args):
 
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
-    from sftlab.tokens.encoding import encode_report  # lazy: numpy, kept off `sftlab --help`
+    # lazy: numpy and transformers, kept off `sftlab --help`
+    from sftlab.model.loading import load_tokenizer_and_template
+    from sftlab.tokens.encoding import encode_report
+    from sftlab.tokens.templates import TemplateError
 
     tokenizer, template = load_tokenizer_and_template(args.tokenizer, args.template)
     try:
