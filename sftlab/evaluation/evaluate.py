@@ -123,15 +123,12 @@ def _load_model(path: str, trust_remote_code: bool):
 
 
 def _template(spec: str | None, tok, path: str, what: str = "--template"):
-    """The template ``spec`` names for ``tok``; an error names the option when one was given (an
-    unknown template name is the option's fault, not the model's), else the model."""
-    from sftlab.tokens.templates import TemplateError, get_template
+    """The template ``spec`` names for ``tok`` (``sftlab.model.loading.load_template``); an error names
+    the option when one was given (an unknown template name is the option's fault, not the model's),
+    else the model."""
+    from sftlab.model.loading import load_template  # lazy: loads the tokens stage, not for `sftlab eval --help`
 
-    try:
-        return get_template(spec, tok)
-    except TemplateError as e:
-        where = f"{what} {spec}" if spec and len(spec) < 200 else path
-        raise UsageError(f"{where}: {e}") from None
+    return load_template(spec, tok, what=what, owner=path)
 
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,

@@ -163,7 +163,8 @@ def load_template(spec: str | None, tokenizer, *, what: str = "--template", owne
     try:
         return get_template(spec, tokenizer)
     except (TemplateError, OSError, ValueError) as e:
-        key = (f"{what}{spec}" if what.endswith("=") else f"{what} {spec}") if spec else \
+        shown = spec if len(spec or "") <= 200 else spec[:40] + "..."  # inline Jinja source: its start
+        key = (f"{what}{shown}" if what.endswith("=") else f"{what} {shown}") if spec else \
             f"{owner} (its own chat template)"
         raise UsageError(f"{key}: {e}".splitlines()[0]) from None
 
