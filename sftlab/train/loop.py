@@ -37,8 +37,8 @@ from sftlab.model.adapters import recorded_base
 from sftlab.model.loading import load_training_model
 from sftlab.model.objective import micro_batch_loss, step_normaliser
 from sftlab.progress import progress_bar
-from sftlab.train.checkpoint import (choose_checkpoint, load_checkpoint, save_checkpoint, save_final, step_dirs,
-                                     weights_mismatch)
+from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                     save_final, step_dirs, weights_mismatch)
 from sftlab.train.config import TrainConfig
 from sftlab.train.curves import MetricsLog, plot_curves, resolve_trackers
 from sftlab.train.data import TrainData, gen_eval_settings, prepare_data, quarantine_rule
