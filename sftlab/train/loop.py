@@ -1,4 +1,8 @@
-"""The training loop on accelerate: one function, :func:`train`, read top to bottom.
+"""The training loop on accelerate: :func:`train`, read top to bottom. ``_train`` loads the model
+(``sftlab.model.loading.load_training_model``) and the data, then runs ``_train_steps``: each
+optimizer step is ``_optimizer_step`` (forward, backward, one all-reduce, the update, the log)
+then ``_after_step`` (validation, the stop decision, checkpoints); ``_finish`` writes the final
+model and the manifest's outcome (``sftlab.train.run_record``).
 
 One optimizer step takes ``micro_batch_size x grad_accum`` rows on each of the ``world_size``
 processes. The objective's denominator is the trained weight of the *whole* step, so the loop
