@@ -69,6 +69,10 @@ def test_generated_options_parse_as_the_hand_written_ones_did():
                                    "--gate-on", "corrected", "--heldout-conversations", "h.jsonl"])
     assert (args.prompts, args.stop, args.gate_on, args.heldout_conversations, args.conditions.count(",")) == \
         (["a.jsonl", "b.csv"], ["x", "y"], "corrected", "h.jsonl", 4)
+    args = sub["stats"].parse_args(["f.jsonl", "--role", "bot=assistant", "--role", "human=user", "--column",
+                                    "task=category", "--ignore-field", "meta", "--field-messages", "body.turns"])
+    assert (args.role, args.column, args.tag, args.ignore_field, args.field_messages, args.formatting) == \
+        (["bot=assistant", "human=user"], ["task=category"], [], ["meta"], "body.turns", None)
     with pytest.raises(SystemExit) as e:
         sub["inspect"].parse_args(["f.jsonl", "--tokenizer", "t", "--reasoning", "hide"])
     assert e.value.code == 2

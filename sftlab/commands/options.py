@@ -30,7 +30,7 @@ import typing
 from typing import Any, Literal
 
 _UNSET = object()
-ADAPT = frozenset({"default", "metavar", "type", "nargs", "choices", "note", "flag", "required"})
+ADAPT = frozenset({"default", "metavar", "type", "nargs", "choices", "note", "flag", "required", "action"})
 """What a command may change of a generated option (``note``: a sentence added to the help;
 ``flag``: the option's name, when it is not the field's)."""
 
@@ -103,11 +103,13 @@ def add_options(parser, cls: type, *names: str, **adapt: dict[str, Any]) -> None
             raise TypeError(f"{name}: cannot adapt {sorted(set(change) - ADAPT)}")
         note, flag = change.pop("note", ""), change.pop("flag", "--" + name.replace("_", "-"))
         kwargs.update(change)
+        if kwargs.get("action") == "append":  # a repeatable option: one value each time
+            kwargs.pop("nargs", None)
         if kwargs.get("nargs", "") is None:  # a list given as one value (a comma-separated string)
             del kwargs["nargs"]
         kwargs["help"] = " ".join(part for part in (kwargs["help"], help_text(note)) if part)
         default = kwargs.get("default")
-        if kwargs.get("action") != "store_true" and default not in (None, (), []):
+        if kwargs.get("action") not in ("store_true", "append") and default not in (None, (), [], {}):
             shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else default
             kwargs["help"] += f" (default: {shown})"
         parser.add_argument(flag, **kwargs)

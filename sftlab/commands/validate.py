@@ -89,33 +89,17 @@ def run(args) -> int:
 
 
 def add_mapping_arguments(p) -> None:
-    """The options that say how the input files name things: a data entry's keys, as flags."""
+    """The options that say how the input files name things: a data entry's keys (``DataFile``), as flags."""
     g = p.add_argument_group("column mapping (as a data entry of the config; one mapping for every file)")
-    g.add_argument("--field-messages", default=None, metavar="KEY",
-                   help="the record field holding the messages (as a data entry's field_messages; a dotted "
-                        "path such as body.messages reaches into an object)")
-    g.add_argument("--role-key", default=None, metavar="KEY", help="the message key naming the speaker")
-    g.add_argument("--content-key", default=None, metavar="KEY", help="the message key holding the text")
-    g.add_argument("--role", action="append", default=[], metavar="NAME=ROLE",
-                   help="map a speaker name to system/user/assistant/tool (repeatable), as `roles`")
-    g.add_argument("--formatting", choices=("alpaca", "sharegpt"), default=None,
-                   help="as LLaMA-Factory's dataset_info.json formatting, with --column and --tag")
-    g.add_argument("--column", action="append", default=[], metavar="NAME=FIELD",
-                   help="as an entry's columns (repeatable): prompt, query, response, system, history, "
-                        "messages, tools, chosen, rejected, or a metadata name (task=category)")
-    g.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
-                   help="as an entry's tags (repeatable): role_tag, content_tag, user_tag, assistant_tag, "
-                        "observation_tag, function_tag, system_tag")
-    g.add_argument("--dataset-info", default=None, metavar="JSON",
-                   help="LLaMA-Factory's dataset_info.json: read the mapping of --dataset from it as it is")
-    g.add_argument("--dataset", default=None, metavar="NAME", help="the entry of --dataset-info")
-    g.add_argument("--layout", choices=("chosen",), default=None,
-                   help="chosen: train preference records (chosen/rejected) on the prompt and the chosen answer")
-    g.add_argument("--ignore-field", action="append", default=[], metavar="FIELD",
-                   help="a top-level field declared unused (repeatable), as data.ignore_fields")
-    g.add_argument("--prompt-completion", choices=("continuation", "chat"), default=None,
-                   help="a prompt/completion record of two strings: plain-text continuation (the default, as "
-                        "TRL) or a chat exchange, as data.prompt_completion")
+    pairs = dict(action="append", default=[], type=str)
+    add_options(g, DataFile, "field_messages", "role_key", "content_key", "roles", "formatting", "columns", "tags",
+                "dataset_info", "dataset", "layout", "ignore_fields", "prompt_completion",
+                field_messages=dict(metavar="KEY"), role_key=dict(metavar="KEY"), content_key=dict(metavar="KEY"),
+                roles=dict(pairs, flag="--role", metavar="NAME=ROLE", note="Repeatable: --role bot=assistant."),
+                columns=dict(pairs, flag="--column", metavar="NAME=FIELD", note="Repeatable: --column task=category."),
+                tags=dict(pairs, flag="--tag", metavar="NAME=VALUE", note="Repeatable."),
+                dataset_info=dict(metavar="JSON"), dataset=dict(metavar="NAME"),
+                ignore_fields=dict(pairs, flag="--ignore-field", metavar="FIELD", note="Repeatable."))
 
 
 def columns_from_args(args):
