@@ -88,3 +88,29 @@ def test_a_flag_defaults_to_false_and_unknown_adaptations_are_refused():
         add_options(argparse.ArgumentParser(), Opts, "on")
     with pytest.raises(TypeError, match="cannot adapt"):
         add_options(argparse.ArgumentParser(), EncodingConfig, "turns", turns={"help": "other words"})
+
+
+def test_every_command_loads_its_tokenizer_through_the_one_loader(tmp_path, monkeypatch, capsys):
+    """validate, stats, inspect, check-template and prepare (a config's tokenizer) all call
+    ``sftlab.model.loading.load_tokenizer``: replaced by one that refuses, each exits 2 with its reason."""
+    import sftlab.model.loading as loading
+    from sftlab.cli import main
+    from sftlab.errors import UsageError
+
+    seen = []
+
+    def refuse(name, **kw):
+        seen.append((str(name), kw.get("what", "--tokenizer")))
+        raise UsageError(f"{kw.get('what', '--tokenizer')} {name}: refused here")
+
+    monkeypatch.setattr(loading, "load_tokenizer", refuse)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {{path: base}}\ndata: {{train: [{data}]}}\nout: {tmp_path / 'run'}\n")
+    for argv in (["validate", str(data), "--tokenizer", "tok", "--quarantine", str(tmp_path / "q.jsonl")],
+                 ["stats", str(data), "--tokenizer", "tok"], ["inspect", str(data), "--tokenizer", "tok"],
+                 ["check-template", "--tokenizer", "tok"], ["prepare", str(config)], ["stats", str(config)]):
+        assert main(argv) == 2, argv
+        assert "refused here" in capsys.readouterr().err, argv
+    assert seen == [("tok", "--tokenizer")] * 4 + [("base", "model.path=")] * 2
