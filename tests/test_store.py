@@ -12,7 +12,7 @@ from sftlab.data.loading import load_files
 from sftlab.data.stats import compute_stats
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import encode_all
-from sftlab.tokens.store import PreparedStore, StoreError, prepare
+from sftlab.prepare import PreparedStore, StoreError, prepare
 from sftlab.tokens.templates import get_template
 
 OPTIONS = {"max_length": 64, "last_turn_only": False}
@@ -142,13 +142,14 @@ def test_an_unchanged_store_is_opened_without_hashing_and_a_changed_file_still_i
                                                                                  monkeypatch):
     import os
 
-    import sftlab.tokens.store as store_mod
+    from sftlab import fingerprints
+    from sftlab.prepare import key as store_key
 
-    monkeypatch.setattr(store_mod, "_RACY_NS", 0)  # the files count as settled at once
-    monkeypatch.setattr(store_mod, "_SAMPLE_BYTES", 0)  # as for a store and an input far larger than the sample
+    monkeypatch.setattr(store_key, "RACY_NS", 0)  # the files count as settled at once
+    monkeypatch.setattr(store_key, "SAMPLE_BYTES", 0)  # as for a store and an input far larger than the sample
     hashed = []
-    real = store_mod._sha256_file
-    monkeypatch.setattr(store_mod, "_sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = fingerprints.file_sha256  # every file the store hashes goes through it
+    monkeypatch.setattr(fingerprints, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
     store = _prepare([data / "a.jsonl"], tok, tmp_path)
     assert store.hit is False
     hashed.clear()

@@ -1,6 +1,6 @@
 """The statistics of ``sftlab.data.stats``, computed over a stream of chunks in bounded memory.
 
-``compute_stats`` holds every conversation; a prepared-data store (``sftlab.tokens.store``) sees
+``compute_stats`` holds every conversation; a prepared-data store (``sftlab.prepare``) sees
 its records a chunk at a time, in several processes. Each chunk is summarised here into small
 arrays, written beside the chunk's tokens, and ``merge`` puts them together into the same
 schema as ``compute_stats`` (``records``, ``counts``, ``tasks``, ``turns``, ``lengths``,

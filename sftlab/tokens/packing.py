@@ -32,13 +32,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, as_tensor, token_ids
 from sftlab.tokens.arrays import loss_weights as weight_array
+
+if TYPE_CHECKING:
+    from sftlab.tokens.rows import Row
 
 __all__ = ["PackedRow", "pack", "pack_lengths", "check_lengths", "pad_rows", "packing_efficiency", "packing_stats",
            "collate", "additive_mask"]
@@ -54,6 +57,7 @@ class _Tokens:
 @dataclass(frozen=True)
 class PackedRow:
     """Whole examples laid end to end; at most ``max_length`` tokens, no padding (``collate`` pads).
+    A ``sftlab.tokens.rows.Row``, as a prepared store's ``StoreRow`` is.
 
     A row refers to its examples instead of copying their tokens, so the rows of an epoch cost a
     few bytes each however long the data is; ``input_ids``, ``loss_weights`` and ``position_ids``
@@ -249,7 +253,7 @@ def pack(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
 def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     """``pack`` from the lengths alone: groups of example positions, one per row, in row order.
 
-    What a prepared store packs from (``sftlab.tokens.store``): the rows refer to examples by
+    What a prepared store packs from (``sftlab.prepare``): the rows refer to examples by
     index, and no token is read until a row is collated.
 
         >>> pack_lengths([3, 2, 4, 1], max_length=5)
@@ -315,9 +319,10 @@ def packing_stats(rows: Sequence[PackedRow], max_length: int, *, mode: str = "pa
             "efficiency": round(packing_efficiency(rows, max_length), 6)}
 
 
-def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = None,
+def collate(rows: Sequence[Row], pad_id: int, *, max_length: int | None = None,
             for_flash: bool = False, mask_dtype=None) -> dict:
-    """Rows -> tensors for one forward pass (labels are not shifted here).
+    """Rows (``PackedRow``, a store's ``StoreRow``: any ``sftlab.tokens.rows.Row``) -> tensors for
+    one forward pass (labels are not shifted here).
 
     Padded layout (default): ``input_ids`` [B,T] (``pad_id`` after each row), ``loss_weights``
     [B,T] float32 (0 on padding), ``position_ids`` [B,T] (0 on padding), ``attention_mask``
