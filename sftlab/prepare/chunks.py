@@ -24,7 +24,7 @@ from sftlab.data.split import heldout_key
 from sftlab.fingerprints import canonical_bytes, canonical_json
 from sftlab.prepare.plan import ChunkTask, chunk_items
 from sftlab.prepare.read import ARRAYS, jsonl_lines
-from sftlab.tokens.encoding import encode_all
+from sftlab.tokens import encoding
 from sftlab.tokens.rows import slice_order
 
 _DERIVED = (None, "turn", "overflow")
@@ -91,7 +91,7 @@ def encode_chunk(ctx: BuildContext, task: ChunkTask, items: list | None = None) 
             entry = quarantine_entry(task.name, line, raw, problem, file_line).to_dict()
             quarantine.append({"_rec": rec, "stage": "load", **entry})
             h.update(normalised(line, raw, None))
-    examples, enc_q = encode_all(convs, ctx.tokenizer, ctx.template, **ctx.options)
+    examples, enc_q = encoding.encode_all(convs, ctx.tokenizer, ctx.template, **ctx.options)
     for e in enc_q:
         quarantine.append({"_rec": rec_of[(e["file"], e["line"])], **e})
     write_examples(out, examples, [rec_of[(ex.origin.file, ex.origin.line)] for ex in examples])

@@ -30,6 +30,7 @@ example 1 fills row 1 exactly, and example 3 fills the last token of row 0.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import bisect
 from itertools import chain
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -168,8 +169,6 @@ def _bfd_arrays(lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.nd
     free-space value f are filled in the order they were opened. A million examples pack in a
     fraction of a second instead of seconds of one-at-a-time Python.
     """
-    import bisect
-
     n = len(lengths)
     if not n:
         return np.zeros(0, np.int64), np.zeros(1, np.int64)
@@ -352,7 +351,7 @@ def collate(rows: Sequence[Row], pad_id: int, *, max_length: int | None = None,
         >>> b["attention_mask"][0, 0].int().tolist()
         [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     """
-    import torch
+    import torch  # lazy: `import sftlab` and packing from lengths stay free of torch's start-up
 
     if not rows:
         raise ValueError("collate: no rows")
@@ -387,7 +386,7 @@ def collate(rows: Sequence[Row], pad_id: int, *, max_length: int | None = None,
 
 def _positions(lengths: Sequence[int]):
     """0, 1, ..., n-1 for every length, concatenated (int64)."""
-    import torch
+    import torch  # lazy, as in collate
 
     ends = torch.tensor(lengths, dtype=torch.long).cumsum(0)
     starts = torch.repeat_interleave(ends - torch.tensor(lengths, dtype=torch.long), torch.tensor(lengths))
@@ -396,7 +395,7 @@ def _positions(lengths: Sequence[int]):
 
 def _block_causal_mask(segment, mask_dtype):
     """[B,1,T,T]: query q sees key k iff same example and k <= q; padding sees only itself."""
-    import torch
+    import torch  # lazy, as in collate
 
     T = segment.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -416,7 +415,7 @@ def additive_mask(allowed, dtype):
         >>> additive_mask(torch.tensor([True, False]), torch.float32).tolist()
         [0.0, -3.4028234663852886e+38]
     """
-    import torch
+    import torch  # lazy, as in collate
 
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
         ~allowed, torch.finfo(dtype).min)

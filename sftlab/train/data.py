@@ -15,7 +15,9 @@ import json
 import math
 import random
 import sys
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -59,8 +61,6 @@ REASON_KEYS = {"too_long": "encoding.max_length"}
 
 def quarantine_reasons(stores: dict) -> dict[str, int]:
     """How many records each rule quarantined, over the stores' quarantine files, most frequent first."""
-    from collections import Counter
-
     counts: Counter = Counter()
     for store in stores.values():
         with open(store.quarantine_path, encoding="utf-8") as f:
@@ -314,8 +314,6 @@ def store_stats(train, held=None) -> dict:
     statistics, held-out leakage measured from the compact summaries of both, and the per-file
     counts of both splits (``sftlab.data.stats``' schema plus ``files`` and ``quarantined``).
     What ``RUN/data/stats.json``, ``sftlab stats CONFIG`` and the report show."""
-    from types import SimpleNamespace
-
     stats = train.stats
     stats.pop("files", None)
     if held is not None:
