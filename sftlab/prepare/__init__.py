@@ -53,8 +53,8 @@ that need every record (duplicate ids: 16-byte keys; near duplicates: band keys)
 statistics are put together by the main process, so the store is the same bit for bit for any
 ``num_proc``. The rows training reads from a store are ``sftlab.tokens.rows.StoreRow``.
 """
-from sftlab.prepare.build import CHUNK_RECORDS, prepare
+from sftlab.prepare.build import prepare
 from sftlab.prepare.read import PreparedStore, StoreError
-from sftlab.prepare.spool import Spool, is_stream
+from sftlab.prepare.spool import Spool
 
-__all__ = ["prepare", "PreparedStore", "StoreError", "Spool", "is_stream", "CHUNK_RECORDS"]
+__all__ = ["prepare", "PreparedStore", "StoreError", "Spool"]
