@@ -7,7 +7,7 @@ import pytest
 from sftlab.cli import main
 from sftlab.errors import UsageError
 from sftlab.evaluation.agreement import LabelledSet, agreement, detector_labels, load_labelled
-from sftlab.evaluation.classifier import DEFAULT_DETECTOR, load_detector
+from sftlab.evaluation.detectors import DEFAULT_DETECTOR, load_detector
 from sftlab.evaluation.detector import Detector, RuleDetector
 from sftlab.evaluation.learned import WEIGHTS, FeatureSpec, LearnedDetector, featurize, opening
 

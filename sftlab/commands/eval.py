@@ -120,7 +120,7 @@ def _conditions(spec: str, flag: str, known) -> tuple[str, ...]:
 
 
 def _options(args):
-    from sftlab.evaluation.classifier import load_detector, parse_label_map
+    from sftlab.evaluation.detectors import load_detector, parse_label_map
     from sftlab.evaluation.evaluate import EvalOptions
     from sftlab.evaluation.generation import DecoderSettings
     from sftlab.evaluation.prompts import load_prompt_sets, parse_columns

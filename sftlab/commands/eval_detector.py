@@ -6,7 +6,7 @@ import sys
 
 
 def register(sub) -> None:
-    from sftlab.evaluation.classifier import DETECTOR_SPECS
+    from sftlab.evaluation.detectors import DETECTOR_SPECS
 
     p = sub.add_parser(
         "eval-detector", help="measure a refusal detector's agreement with labelled responses",
@@ -42,7 +42,7 @@ def _fmt(e) -> str:
 def run(args) -> int:
     from sftlab.errors import UsageError
     from sftlab.evaluation.agreement import detector_labels, grouped_agreement, load_labelled
-    from sftlab.evaluation.classifier import load_detector, parse_label_map
+    from sftlab.evaluation.detectors import load_detector, parse_label_map
 
     data = load_labelled(args.labelled)
     if not data.responses:

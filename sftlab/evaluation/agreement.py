@@ -238,7 +238,7 @@ def grouped_agreement(data: LabelledSet, predicted: Sequence[str]) -> dict:
 def detector_labels(detector, data: LabelledSet) -> tuple[list[str], list[float | None], str]:
     """``(labels, p_refusal, how)`` of a detector on labelled data, out of sample: on the data a
     learned detector was fitted on, its recorded leave-one-source-out predictions."""
-    from sftlab.evaluation.classifier import detect_all
+    from sftlab.evaluation.detectors import detect_all
 
     oos = getattr(detector, "out_of_sample", None)
     found = oos(data) if callable(oos) else None

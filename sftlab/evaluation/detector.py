@@ -7,7 +7,8 @@ Two are built in:
 - ``RuleDetector`` (also ``sftlab.detect_refusal``): transparent phrase and pattern rules,
   listed below as data so a reviewer can read exactly what counts. ``sftlab eval``'s default
   detector is the learned one (``sftlab.evaluation.learned``), which reads these rules too.
-- ``ClassifierDetector``: a local Hugging Face sequence-classification model directory.
+- ``ClassifierDetector`` (``sftlab.evaluation.detectors``, where ``load_detector`` builds every
+  detector by name): a local Hugging Face sequence-classification model directory.
 
 How the rules decide (text lower-cased, curly apostrophes and quotes made straight)::
 
