@@ -1,5 +1,6 @@
 """The learned refusal detector: shipped weights, determinism, threshold, out-of-sample numbers."""
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -242,3 +243,23 @@ def test_leave_one_model_out_harness_on_a_slice(tmp_path):
     assert agreement(data.labels, out["predicted"])["agreement"] > 0.8
     with pytest.raises(UsageError, match="two source models"):
         leave_one_source_out(LabelledSet(["a", "b"], ["comply", "refuse"], [], ["m", "m"], [None, None]), tmp_path)
+
+
+def test_demo_models_own_responses_labelled_by_hand(det):
+    """The demo's reference and tuned SmolLM2 models on held-out prompts, 100 each, labelled by
+    reading (assets/README.md): the learned detector and the rules agree with the labels, the
+    tuned model's "Sure! ..." answers that advise caution included."""
+    data = load_labelled("demo")
+    assert len(data.labels) == 200 and not data.bad_rows
+    assert sorted(Counter(data.sources).values()) == [100, 100] and set(data.slices) == {"safe", "unsafe"}
+    labels, _, how = detector_labels(det, data)
+    assert how == "detector run on every response"
+    assert agreement(data.labels, labels)["agreement"] >= 0.97
+    tuned = [i for i, s in enumerate(data.sources) if s == "smollm2-135m-demo-tuned"]
+    sure = [i for i in tuned if data.responses[i].startswith("Sure!") and data.labels[i] == "comply"]
+    assert len(sure) >= 50 and all(labels[i] == "comply" for i in sure)
+    # the model alone reads caution as refusal on this model's answers; the rules do not need it
+    alone = LearnedDetector(rules=False).label_all([data.responses[i] for i in tuned])
+    assert agreement([data.labels[i] for i in tuned], alone)["agreement"] < 0.8
+    rule = RuleDetector()
+    assert agreement(data.labels, [rule(t) for t in data.responses])["agreement"] >= 0.97
