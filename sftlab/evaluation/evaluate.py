@@ -20,7 +20,7 @@ from typing import Literal
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
-from sftlab.evaluation.classifier import default_detector, label_all
+from sftlab.evaluation.detectors import default_detector, label_all
 from sftlab.evaluation.detector import RuleDetector
 from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
@@ -162,7 +162,7 @@ def judge_responses(detector, extras, texts: list[str], prompts: list, margin: f
     "disagree", "uncertain"}`` from the primary detector and the extra ones. ``disagree``: some
     detector's refusal-or-not differs from the primary's; ``uncertain``: some detector's
     ``p_refusal`` lies within ``margin`` of its threshold."""
-    from sftlab.evaluation.classifier import detect_all
+    from sftlab.evaluation.detectors import detect_all
 
     runs = [(d, detect_all(d, texts, prompts)) for d in (detector, *extras)]
     out = []
