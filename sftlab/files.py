@@ -283,11 +283,28 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
     return Path(path)
 
 
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Give every file under the directory ``tmp`` the user's normal mode (libraries such as
-    safetensors write ``0600``), flush it all to disk, then rename ``tmp`` to ``final``."""
+def publish_dir(tmp: Path, final: Path, *, first_wins: bool = False) -> Path:
+    """Give the directory ``tmp`` and every file under it the user's normal mode (``mkdtemp``
+    makes ``0700``, libraries such as safetensors write ``0600``), flush it all to disk, then
+    rename ``tmp`` to ``final``: every directory sftlab builds whole is published here.
+
+    ``first_wins`` (a cache entry two processes may build at once, both whole): a ``final``
+    that already exists is kept and ``tmp`` removed, so no reader of it ever sees it move.
+    Otherwise an existing ``final`` is replaced (``replace_dir``).
+    """
+    os.chmod(tmp, 0o777 & ~current_umask())
     normal_modes(tmp, sync=True)
-    replace_dir(tmp, final)
+    if not first_wins:
+        replace_dir(tmp, final)
+        return final
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # not a lost race: a real failure
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _fsync_dir(final.parent)
     return final
 
 

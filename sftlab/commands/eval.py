@@ -175,10 +175,10 @@ def _options(args):
 
 
 def run(args) -> int:
-    from sftlab.evaluation.cache import GenerationCache, default_cache_dir
+    from sftlab.evaluation.cache import GenerationCache
     from sftlab.evaluation.evaluate import record_in_run, run_evaluation, write_outputs
 
-    from sftlab.files import check_run_dir
+    from sftlab.files import cache_dir, check_run_dir
     from sftlab.terminal import terminal_safe
 
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
@@ -187,7 +187,7 @@ def run(args) -> int:
     bad = [b for s in sets for b in s.bad_rows]
     for b in bad:
         print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
-    cache = GenerationCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    cache = GenerationCache(None if args.no_cache else (args.cache_dir or cache_dir("generations")))
     report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
     paths = write_outputs(out, report, rows)
     record_in_run(out, report)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
+from sftlab.fingerprints import sha256_hex
 
 LABEL_SYNONYMS = {
     "comply": "comply", "compliance": "comply", "complied": "comply", "full_compliance": "comply",
@@ -85,15 +86,13 @@ def resolve_labelled(name_or_path: str) -> Path:
 def load_labelled(path: str) -> LabelledSet:
     """Read a labelled file or built-in set; rows without a response or a known label are listed
     in ``bad_rows``."""
-    import hashlib
-
     p = resolve_labelled(str(path))
     if not os.path.lexists(p):
         raise UsageError(f"{path}: no such labelled file (built-in sets: {', '.join(BUILTIN)})")
     from sftlab.files import read_input
 
     raw_bytes = read_input(p, what="--labelled", max_bytes=1 << 30)
-    digest = hashlib.sha256(raw_bytes).hexdigest()
+    digest = sha256_hex(raw_bytes)
     suffixes = [x.lower() for x in p.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         try:

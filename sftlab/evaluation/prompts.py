@@ -34,7 +34,6 @@ line and reason, and the rest are evaluated.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -45,6 +44,7 @@ from pathlib import Path
 from sftlab.errors import UsageError
 from sftlab.data.conversation import unpaired_surrogate
 from sftlab.evaluation.answers import answer_problem
+from sftlab.fingerprints import sha256_hex
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
           "tolerance", "policy_category", "tools", "tool_call")
@@ -166,7 +166,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
             continue
         seen.add(prompt.id)
         prompts.append(prompt)
-    return PromptSet(str(p) if name else str(path), hashlib.sha256(data).hexdigest(), prompts, bad, name)
+    return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name)
 
 
 def _jsonl_rows(text: str):

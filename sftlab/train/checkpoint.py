@@ -33,7 +33,6 @@ orders the two.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -49,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sftlab.files import publish_dir, whole_or_nothing, write_atomic
+from sftlab.fingerprints import file_sha256
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -134,9 +134,7 @@ def checksums(directory: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != CHECKSUMS:
-            with open(p, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            out[p.relative_to(directory).as_posix()] = {"sha256": digest, "bytes": p.stat().st_size}
+            out[p.relative_to(directory).as_posix()] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
     return out
 
 
@@ -152,7 +150,7 @@ def _record_checksums(run: Path, step: int, listing: Path) -> None:
     known = ((manifest.get("artifacts") or {}).get("checkpoint_checksums") or {})
     present = {p.name for p in step_dirs(run)}
     record = {k: v for k, v in known.items() if k in present} if isinstance(known, dict) else {}
-    record[f"step-{step}"] = _sha256(listing)
+    record[f"step-{step}"] = file_sha256(listing)
     try:
         update_manifest(run, artifacts={"checkpoint_checksums": record})
     except (ManifestError, OSError):
@@ -173,11 +171,6 @@ def recorded_checksums(run_dir: str | Path) -> dict[str, str]:
     record = (manifest.get("artifacts") or {}).get("checkpoint_checksums") if isinstance(
         manifest.get("artifacts"), dict) else None
     return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # What every complete checkpoint holds, beside its checksums.json (the weights: one of two kinds).
@@ -202,7 +195,7 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
         return [f"{CHECKSUMS} is unreadable (not a regular JSON file of sftlab's)"]
     if not isinstance(listing, dict):
         return [f"{CHECKSUMS} is not a JSON object"]
-    if recorded is not None and _sha256(path / CHECKSUMS) != recorded:
+    if recorded is not None and file_sha256(path / CHECKSUMS) != recorded:
         return [f"{CHECKSUMS} is not the one written with the checkpoint (run.json records another sha256)"]
     problems = _incomplete(path, listing)
     for rel, want in sorted(listing.items()):
@@ -214,9 +207,8 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
         if size != want.get("bytes"):
             problems.append(f"{rel} has {size} bytes, {want.get('bytes')} were written")
             continue
-        with open(p, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() != want.get("sha256"):
-                problems.append(f"{rel} was changed after it was written (sha256 differs)")
+        if file_sha256(p) != want.get("sha256"):
+            problems.append(f"{rel} was changed after it was written (sha256 differs)")
     return problems
 
 
