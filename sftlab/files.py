@@ -283,6 +283,14 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
     return Path(path)
 
 
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Add ``text`` (whole lines) to the end of a log sftlab grows as it works (``metrics.jsonl``):
+    the one appender, beside the atomic writers. A crash can tear only the last line, which the
+    log's readers skip and say so."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
 def publish_dir(tmp: Path, final: Path, *, first_wins: bool = False) -> Path:
     """Give the directory ``tmp`` and every file under it the user's normal mode (``mkdtemp``
     makes ``0700``, libraries such as safetensors write ``0600``), flush it all to disk, then

@@ -100,14 +100,12 @@ def _heldout_encoding(model: str, max_length: int | None) -> dict:
 
     if max_length is not None and max_length <= 0:
         raise UsageError(f"--max-length must be > 0, got {max_length}")
-    manifest = Path(model).parent / "run.json"
+    from sftlab.manifest import read_run_json
+
     recorded: dict = {}
-    if Path(model).name == "final" and manifest.is_file():
-        try:
-            recorded = (json.loads(manifest.read_text(encoding="utf-8")).get("masking") or {}).get(
-                "heldout_encoding") or {}
-        except (OSError, ValueError, AttributeError):
-            recorded = {}
+    if Path(model).name == "final":
+        manifest = read_run_json(Path(model).parent, missing_ok=True, damaged_ok=True) or {}
+        recorded = (manifest.get("masking") or {}).get("heldout_encoding") or {}
     return {**recorded, **({"max_length": max_length} if max_length is not None else {})}
 
 

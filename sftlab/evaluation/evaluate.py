@@ -25,6 +25,7 @@ from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
 from sftlab.evaluation.metrics import compute_metrics
 from sftlab.evaluation.prompts import EvalPrompt
+from sftlab.manifest import ManifestError, manifest_path, read_run_json, update_manifest
 from sftlab.evaluation.robustness import CONDITIONS, alternate_name, build_conditions, spreads
 
 SCHEMA_VERSION = 1
@@ -446,17 +447,13 @@ def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[s
 def record_in_run(out_dir: str | Path, report: dict) -> bool:
     """When OUT is ``RUN/eval`` (RUN holds a run.json), add the eval artifacts and decoder
     settings to the run manifest; returns whether it did."""
-    from sftlab.manifest import ManifestError, update_manifest
-
     out = Path(out_dir).resolve()
     run = out.parent
-    manifest = run / "run.json"
-    if not manifest.is_file():
+    manifest = manifest_path(run)
+    recorded = read_run_json(run, missing_ok=True, damaged_ok=True)
+    if recorded is None:
         return False
-    try:
-        old = json.loads(manifest.read_text(encoding="utf-8")).get("decoding") or []
-    except (OSError, ValueError, AttributeError):
-        return False
+    old = recorded.get("decoding") if isinstance(recorded.get("decoding"), list) else []
     kept = [d for d in old if isinstance(d, dict) and d.get("purpose") not in ("eval", "reference")]
     rel = out.relative_to(run).as_posix()
     try:

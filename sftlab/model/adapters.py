@@ -65,11 +65,9 @@ def resolve_base(adapter_dir: str | os.PathLike) -> str:
 def _rebuild_gguf_base(adapter_dir: Path) -> str | None:
     """For a run trained on a GGUF file whose converted copy is gone: convert the GGUF file named by
     ``RUN/run.json`` (``RUN`` two levels up from ``RUN/final``) again, when it is still there."""
-    manifest = adapter_dir.parent / "run.json"
-    try:
-        model = json.loads(manifest.read_text(encoding="utf-8")).get("model") or {}
-    except (OSError, ValueError):
-        return None
+    from sftlab.manifest import read_run_json  # lazy: pydantic costs start-up time to every loader
+
+    model = (read_run_json(adapter_dir.parent, missing_ok=True, damaged_ok=True) or {}).get("model") or {}
     base, gguf_file = model.get("base"), model.get("gguf_file")
     if not (isinstance(base, str) and isinstance(gguf_file, str)):
         return None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.files import publish_dir, write_atomic
+from sftlab.manifest import read_run_json
 
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 """transformers 5 writes ``TokenizersBackend``, a class older versions (and vLLM pinned to them) lack;
@@ -114,9 +115,7 @@ def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[
     from sftlab.model.adapters import resolve_base
 
     if base is not None:
-        manifest = run / "run.json"
-        model = (json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}).get("model", {}) \
-            if manifest.is_file() else {}
+        model = ((read_run_json(run, missing_ok=True) or {}).get("config") or {}).get("model") or {}
         return base, model.get("gguf_file")
     try:
         return resolve_base(final), None
@@ -155,7 +154,6 @@ def _add_role_tokens_as_training_did(run: Path, model, base_tokenizer) -> None:
     from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.templates import add_role_tokens, get_template
 
-    config = json.loads((run / "run.json").read_text(encoding="utf-8")).get("config", {}) \
-        if (run / "run.json").is_file() else {}
+    config = (read_run_json(run, missing_ok=True) or {}).get("config") or {}
     tokenizer = load_tokenizer(config["tokenizer"], what="tokenizer=") if config.get("tokenizer") else base_tokenizer
     add_role_tokens(tokenizer, model, get_template(config.get("template"), tokenizer))

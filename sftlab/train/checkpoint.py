@@ -49,6 +49,7 @@ from safetensors.torch import load_file, save_file
 
 from sftlab.files import publish_dir, whole_or_nothing, write_atomic
 from sftlab.fingerprints import file_sha256
+from sftlab.manifest import ManifestError, read_run_json, update_manifest
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -142,9 +143,7 @@ def _record_checksums(run: Path, step: int, listing: Path) -> None:
     """Record the sha256 of a checkpoint's ``checksums.json`` in the run's manifest
     (``artifacts.checkpoint_checksums``, by step directory) before the checkpoint is published:
     the list that vouches for every file is itself vouched for from outside the checkpoint."""
-    from sftlab.manifest import ManifestError, update_manifest
-
-    manifest = _read_manifest(run)
+    manifest = read_run_json(run, missing_ok=True, damaged_ok=True)
     if manifest is None:
         return  # a checkpoint written outside a run directory
     known = ((manifest.get("artifacts") or {}).get("checkpoint_checksums") or {})
@@ -157,17 +156,9 @@ def _record_checksums(run: Path, step: int, listing: Path) -> None:
         pass  # the checkpoint is still checked against its own list
 
 
-def _read_manifest(run: Path) -> dict | None:
-    try:
-        manifest = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
 def recorded_checksums(run_dir: str | Path) -> dict[str, str]:
     """``{step directory: sha256 of its checksums.json}`` as the run's manifest records them."""
-    manifest = _read_manifest(Path(run_dir)) or {}
+    manifest = read_run_json(run_dir, missing_ok=True, damaged_ok=True) or {}
     record = (manifest.get("artifacts") or {}).get("checkpoint_checksums") if isinstance(
         manifest.get("artifacts"), dict) else None
     return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}

@@ -28,6 +28,7 @@ import torch
 from sftlab.model.adapters import recorded_base
 from sftlab.model.attention import use_packed_attention
 from sftlab.fingerprints import weights_sha256
+from sftlab.manifest import read_run_json
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
@@ -117,7 +118,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     phases = PhaseTimes()
     with phases("load"):
         model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
-    old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
+    old = read_run_json(ckpt, missing_ok=True, damaged_ok=True) or read_run_json(run, missing_ok=True, damaged_ok=True) if resume and ckpt else None
     changed: list[dict] = []
     # LoRA: the adapter means nothing on other base weights; hashed once, then known by file stamps
     base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files")) \
@@ -169,7 +170,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         with phases("save"):
             save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
                             scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
-                            manifest=_read_json(run / "run.json") if main else None, rank=rank,
+                            manifest=read_run_json(run, missing_ok=True, damaged_ok=True) if main else None, rank=rank,
                             barrier=accelerator.wait_for_everyone)
 
     # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
@@ -261,7 +262,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
         from sftlab.manifest import update_manifest
 
-        update_manifest(run, timing=phases.describe(_read_json(run / "run.json"), resumed=bool(resume and ckpt)),
+        update_manifest(run, timing=phases.describe(read_run_json(run, missing_ok=True, damaged_ok=True), resumed=bool(resume and ckpt)),
                         throughput=speed.describe())
     metrics.close()
     accelerator.wait_for_everyone()
@@ -580,7 +581,7 @@ def _start_segment(run: Path, old: dict | None, start: int, changed: list[dict])
     from sftlab.manifest import update_manifest
     from sftlab.train.rundir import segments
 
-    update_manifest(run, segments=segments(old, start, _read_json(run / "run.json") or {}, changed))
+    update_manifest(run, segments=segments(old, start, read_run_json(run, missing_ok=True, damaged_ok=True) or {}, changed))
 
 
 def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, metrics, main: bool) -> int:
@@ -611,7 +612,7 @@ def _stop_on_signal(run: Path, step: int, stop: str, signum, metrics, main: bool
         problems = verify_checkpoint(last) if last is not None else ["no checkpoint was written"]
         saved = (f"{last} written and verified" if not problems
                  else f"{last} fails its check ({'; '.join(problems[:2])})")
-        segs = (_read_json(run / "run.json") or {}).get("segments") or []
+        segs = (read_run_json(run, missing_ok=True, damaged_ok=True) or {}).get("segments") or []
         if segs:
             segs[-1]["to_step"] = step
         update_manifest(run, segments=segs, outcome={"train": train_outcome(
@@ -683,7 +684,7 @@ def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None,
 
     realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
                 for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
-    segs = (_read_json(run / "run.json") or {}).get("segments") or []
+    segs = (read_run_json(run, missing_ok=True, damaged_ok=True) or {}).get("segments") or []
     if segs:
         segs[-1]["to_step"] = step
     update_manifest(run, mixture={"realised": realised}, segments=segs,

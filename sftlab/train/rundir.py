@@ -143,7 +143,7 @@ def resume_differences(old: dict, new: dict) -> list[dict]:
     out = []
     for d in diff_manifests(keep, fresh, ignore=ignore):
         path = d["path"]
-        if path.startswith("data.") and not path.endswith(".sha256"):
+        if path.startswith("data.") and not path.endswith(".records_sha256"):
             continue  # counts and file lists follow from the data version
         if path.startswith(("template.", "tokenizer.", "policy.")) and not path.endswith(("fingerprint", "sha256")):
             continue
@@ -196,7 +196,7 @@ def segments(old: dict | None, start: int, manifest: dict, changed: list[dict]) 
             earlier.append({**seg, "to_step": start if to is None else min(to, start)})
     splits = ((manifest.get("data") or {}).get("splits") or {})
     seg = {"from_step": start, "to_step": None, "config_sha256": manifest.get("config_sha256"),
-           "data_sha256": {k: (v or {}).get("sha256") for k, v in splits.items()},
+           "records_sha256": {k: (v or {}).get("records_sha256") for k, v in splits.items()},
            "template_fingerprint": (manifest.get("template") or {}).get("fingerprint"),
            "tokenizer_sha256": (manifest.get("tokenizer") or {}).get("sha256")}
     if changed:
