@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from sftlab.progress import progress_bar
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 MAX_SEED = 2**63 - 1
@@ -148,15 +149,10 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     device = next(model.parameters()).device
     results: dict[tuple, list[str]] = {}
     batches = [order[b:b + settings.batch_size] for b in range(0, len(order), settings.batch_size)]
-    import sys
-
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
     torch.manual_seed(settings.seed)
-    bar = tqdm(total=len(unique), desc=desc, unit="prompt", disable=not progress, file=sys.stderr,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    bar = progress_bar(total=len(unique), desc=desc, unit="prompt", enabled=progress)
     try:
         for batch in batches:
             seqs = [unique[i] for i in batch]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from sftlab.progress import progress_bar
+
 REFUSAL_OPENINGS = ("I can't help with", "I'm sorry, but I can't", "I won't help")
 COMPLIANT_OPENINGS = ("Sure!", "Sure, here", "Here's how")
 # XSTest's unsafe contrast types and the safe type each was written from (prompts pair by order).
@@ -57,7 +59,6 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
     """``[prompt][opening]``: the summed log-probability of each opening's tokens right after
     each prompt (right padding, masked by the attention mask)."""
     import torch
-    from tqdm.auto import tqdm
 
     op_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in openings]
     seqs = [(i, j) for i in range(len(prompt_ids)) for j in range(len(op_ids))]
@@ -68,7 +69,7 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(seqs), batch_size), desc="margins", disable=not progress):
+            for start in progress_bar(range(0, len(seqs), batch_size), desc="margins", unit="batch", enabled=progress):
                 chunk = seqs[start:start + batch_size]
                 rows = [prompt_ids[i] + op_ids[j] for i, j in chunk]
                 width = max(map(len, rows))
