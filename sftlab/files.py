@@ -4,7 +4,10 @@ Every file sftlab writes goes through :func:`write_atomic` (or :func:`atomic_fil
 written line by line): the bytes go to a temporary file beside the target, are flushed to disk,
 and replace the target with one ``os.replace``, so a crash or a full disk leaves the old file
 whole. The new file gets the user's normal permissions (``0666`` less the umask, or the mode of
-the file it replaces), never the ``0600`` of a bare temporary file.
+the file it replaces), never the ``0600`` of a bare temporary file. A directory built whole (a
+checkpoint, a final model, a converted GGUF model) is built beside its target and published with
+:func:`publish_dir`; a log that grows line by line (``metrics.jsonl``) is added to with
+:func:`append_text`. Caches live under :func:`cache_dir`.
 
 Output goes only to a regular file or a new name (missing directories above it are created, as
 long as the nearest existing one is a directory); anything else
@@ -285,9 +288,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
 
 def append_text(path: str | os.PathLike, text: str) -> None:
     """Add ``text`` (whole lines) to the end of a log sftlab grows as it works (``metrics.jsonl``):
-    the one appender, beside the atomic writers. A crash can tear only the last line, which the
-    log's readers skip and say so."""
-    with open(path, "a", encoding="utf-8") as f:
+    the one appender, beside the atomic writers, with the same checks on where output may go (the
+    log is the run's own, so it may have been read). A crash can tear only the last line, which
+    the log's readers skip and say so."""
+    with open(check_output_file(path, own=True), "a", encoding="utf-8") as f:
         f.write(text)
 
 
