@@ -440,7 +440,7 @@ def _holds_only(d: Path, names: frozenset) -> bool:
 def _check_manifest(path: Path, label: str) -> None:
     """A run.json in an output directory must be a sftlab run manifest: anything else (another
     tool's file, garbage) means the directory is not a sftlab run."""
-    from sftlab.manifest import ManifestError, read_manifest
+    from sftlab.manifest import ManifestError, read_manifest  # lazy: sftlab.manifest imports this module
 
     try:
         read_manifest(path)

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftlab import __version__
 from sftlab.errors import UsageError
 from sftlab.files import read_input, write_atomic
 from sftlab.fingerprints import canonical_json, config_hash, tokenizer_fingerprint
@@ -271,8 +272,6 @@ def environment() -> dict[str, Any]:
     Returns ``{"software": {...}, "hardware": {...}}``, ready for ``update_manifest(run, **env)``.
     Package versions come from installed metadata (``None`` when not installed).
     """
-    from sftlab import __version__
-
     commit, dirty = _git_state()
     software: dict[str, Any] = {"sftlab": __version__, "git_commit": commit, "git_dirty": dirty,
                                 "python": platform.python_version()}

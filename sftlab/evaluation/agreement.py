@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import UsageError
+from sftlab.evaluation.classifier import detect_all
 from sftlab.evaluation.detector import LABELS
+from sftlab.evaluation.metrics import wilson
+from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows
+from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
 
 LABEL_SYNONYMS = {
@@ -89,7 +93,6 @@ def load_labelled(path: str) -> LabelledSet:
     p = resolve_labelled(str(path))
     if not os.path.lexists(p):
         raise UsageError(f"{path}: no such labelled file (built-in sets: {', '.join(BUILTIN)})")
-    from sftlab.files import read_input
 
     raw_bytes = read_input(p, what="--labelled", max_bytes=1 << 30)
     digest = sha256_hex(raw_bytes)
@@ -135,14 +138,10 @@ def load_labelled(path: str) -> LabelledSet:
 
 
 def _read_jsonl(text: str):
-    from sftlab.evaluation.prompts import _jsonl_rows
-
     yield from _jsonl_rows(text)
 
 
 def _read_csv(text: str, tsv: bool, where: str = "labelled file"):
-    from sftlab.evaluation.prompts import csv_dict_rows
-
     _, rows = csv_dict_rows(text, where, tsv)
     for line, row in rows:
         yield line, {k.strip(): v for k, v in row.items() if k}, None
@@ -170,8 +169,6 @@ def cohen_kappa(gold: Sequence[bool], pred: Sequence[bool]) -> float | None:
 
 
 def _interval(k: int, n: int) -> dict | None:
-    from sftlab.evaluation.metrics import wilson
-
     if n == 0:
         return None
     low, high = wilson(k, n)
@@ -179,8 +176,6 @@ def _interval(k: int, n: int) -> dict | None:
 
 
 def _kappa_interval(gb: Sequence[bool], pb: Sequence[bool]) -> dict | None:
-    from sftlab.evaluation.metrics import wilson
-
     n = len(gb)
     kappa = cohen_kappa(gb, pb)
     if kappa is None:
@@ -237,8 +232,6 @@ def grouped_agreement(data: LabelledSet, predicted: Sequence[str]) -> dict:
 def detector_labels(detector, data: LabelledSet) -> tuple[list[str], list[float | None], str]:
     """``(labels, p_refusal, how)`` of a detector on labelled data, out of sample: on the data a
     learned detector was fitted on, its recorded leave-one-source-out predictions."""
-    from sftlab.evaluation.classifier import detect_all
-
     oos = getattr(detector, "out_of_sample", None)
     found = oos(data) if callable(oos) else None
     if found is not None:

@@ -17,16 +17,26 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftlab.data.diversity import offer_stats, reason_stats, response_diversity
 from sftlab.errors import UsageError
+from sftlab.evaluation.agreement import agreement, detector_labels
+from sftlab.evaluation.answers import check_answer, UnmatchableAnswer
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
-from sftlab.evaluation.classifier import default_detector, label_all
+from sftlab.evaluation.classifier import default_detector, detect_all, label_all
+from sftlab.evaluation.correction import correct_metrics, errors_by_slice
 from sftlab.evaluation.detector import RuleDetector
 from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
-from sftlab.evaluation.metrics import compute_metrics
-from sftlab.evaluation.prompts import EvalPrompt
-from sftlab.manifest import ManifestError, manifest_path, read_run_json, update_manifest
-from sftlab.evaluation.robustness import CONDITIONS, alternate_name, build_conditions, spreads
+from sftlab.evaluation.margins import COMPLIANT_OPENINGS, refusal_margins, REFUSAL_OPENINGS, summarise, xstest_pairs
+from sftlab.evaluation.metrics import compute_metrics, summary_values
+from sftlab.evaluation.prompts import EvalPrompt, prompt_from_row
+from sftlab.evaluation.robustness import alternate_name, build_conditions, Condition, CONDITIONS, spreads
+from sftlab.files import check_run_dir, write_atomic
+from sftlab.manifest import (ManifestError, environment, manifest_path, read_run_json, tokenizer_fingerprint,
+                             update_manifest)
+from sftlab.model.loading import load_base_model, model_directory
+from sftlab.tokens.encoding import encode_prompt
+from sftlab.tokens.templates import ChatTemplate, get_template, TemplateError
 
 SCHEMA_VERSION = 1
 PRIMARY = "training_template"
@@ -88,7 +98,6 @@ class ModelEval:
 def _load_model(path: str, trust_remote_code: bool):
     import torch
 
-    from sftlab.model.loading import load_base_model
 
     if not Path(path).exists():
         raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
@@ -105,8 +114,6 @@ def _load_model(path: str, trust_remote_code: bool):
 def _template(spec: str | None, tok, path: str, what: str = "--template"):
     """The template ``spec`` names for ``tok``; an error names the option when one was given (an
     unknown template name is the option's fault, not the model's), else the model."""
-    from sftlab.tokens.templates import TemplateError, get_template
-
     try:
         return get_template(spec, tok)
     except TemplateError as e:
@@ -116,8 +123,6 @@ def _template(spec: str | None, tok, path: str, what: str = "--template"):
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
          judged: dict | None = None) -> dict:
-    from sftlab.evaluation.answers import UnmatchableAnswer, check_answer
-
     correct, problem = None, None
     if prompt.answer is not None:
         try:
@@ -145,8 +150,6 @@ def judge_responses(detector, extras, texts: list[str], prompts: list, margin: f
     "disagree", "uncertain"}`` from the primary detector and the extra ones. ``disagree``: some
     detector's refusal-or-not differs from the primary's; ``uncertain``: some detector's
     ``p_refusal`` lies within ``margin`` of its threshold."""
-    from sftlab.evaluation.classifier import detect_all
-
     runs = [(d, detect_all(d, texts, prompts)) for d in (detector, *extras)]
     out = []
     for i in range(len(texts)):
@@ -195,8 +198,6 @@ def detector_rates(rows: list[dict], names: list[str]) -> dict:
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
                        progress=False, desc="generate") -> tuple[list[list[str]], dict]:
     """Responses for every prompt under one condition (from the cache when it has them)."""
-    from sftlab.tokens.encoding import encode_prompt
-
     ids = [encode_prompt(cond.messages(p), tok, cond.template, tools=json.loads(p.tools) if p.tools else None)
            for p in prompts]
     _check_context(model, cond.name, prompts, ids, settings.max_new_tokens)
@@ -228,9 +229,6 @@ def _check_context(model, condition: str, prompts, ids: list[list[int]], new_tok
 def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
                    template_spec: str | None) -> ModelEval:
     """Every condition for one model directory: output rows and metrics per condition."""
-    from sftlab.manifest import tokenizer_fingerprint
-    from sftlab.tokens.templates import TemplateError
-
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
     alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path, "--alternate-template")
@@ -238,7 +236,6 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         else opts.conditions
     wanted = set(asked) | {PRIMARY}
     conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
-    from sftlab.model.loading import model_directory
 
     fp = model_fingerprint(model_directory(path))  # a GGUF: its converted directory
     rows, results, described = [], {}, {}
@@ -266,16 +263,13 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
     margins = {}
     primary = next((c for c in conditions if c.name == PRIMARY), None)
     if opts.margin_pairs and primary is not None:
-        from sftlab.evaluation.margins import refusal_margins, xstest_pairs
-        from sftlab.tokens.encoding import encode_prompt
-
         paired = list({p.id: p for b, h, _ in xstest_pairs(opts.prompts, opts.margin_pairs)
                        for p in (b, h)}.values())
         ids = [encode_prompt(primary.messages(p), tok, primary.template) for p in paired]
         values = refusal_margins(model, tok, ids, opts.settings.batch_size, opts.progress)
         margins = {p.id: v for p, v in zip(paired, values)}
     if opts.heldout:
-        from sftlab.evaluation.loss import eval_loss
+        from sftlab.evaluation.loss import eval_loss  # lazy: torch, only when a held-out loss is asked for
 
         try:
             losses, quarantined = eval_loss(model, tok, train_t, opts.heldout, encoding=opts.heldout_encoding)
@@ -305,8 +299,6 @@ def template_spec_of(template) -> str:
 def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache | None = None,
                    prompt_sets: list | None = None) -> tuple[dict, list[dict]]:
     """``(eval_json, output_rows)`` for the tuned model and, when given, the reference."""
-    from sftlab.manifest import environment
-
     detector = detector if detector is not None else default_detector()
     tuned = evaluate_model("tuned", opts.model, opts, detector, cache, opts.template)
     ref = None
@@ -384,8 +376,6 @@ def detector_check(detector, labelled, tuned: dict, reference: dict | None):
     sample) and the primary results corrected for them; ``(None, None)`` without labelled data."""
     if labelled is None:
         return None, None
-    from sftlab.evaluation.agreement import agreement, detector_labels
-    from sftlab.evaluation.correction import correct_metrics, errors_by_slice
 
     predicted, _, how = detector_labels(detector, labelled)
     errors = errors_by_slice(labelled, predicted)
@@ -401,8 +391,6 @@ def refusal_diversity(rows: list[dict]) -> dict:
     their offers and reasons are about the request: ``sftlab.data.diversity``'s
     ``response_diversity`` (with ``reasons``, the clause-level collapse) plus ``offers`` and
     ``reasons_related``."""
-    from sftlab.data.diversity import offer_stats, reason_stats, response_diversity
-
     refused = [r for r in rows if r["condition"] == PRIMARY and r["label"] in ("refuse", "partial")]
     out = response_diversity([r["response"] for r in refused])
     pairs = [(r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"], r["response"])
@@ -416,7 +404,6 @@ def margin_report(opts: EvalOptions, tuned: ModelEval, ref: ModelEval | None) ->
     """Per XSTest pair: the refusal margin of the benign and the harmful prompt under each model."""
     if not tuned.margins:
         return None
-    from sftlab.evaluation.margins import COMPLIANT_OPENINGS, REFUSAL_OPENINGS, summarise, xstest_pairs
 
     pairs = []
     for b, h, kind in xstest_pairs(opts.prompts, opts.margin_pairs):
@@ -433,8 +420,6 @@ def margin_report(opts: EvalOptions, tuned: ModelEval, ref: ModelEval | None) ->
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:
     """``OUT/eval.json`` (atomic) and ``OUT/outputs.jsonl``; returns their paths."""
-    from sftlab.files import check_run_dir, write_atomic
-
     out = check_run_dir(out_dir, what="--out")  # a new or empty directory or an earlier output
     out.mkdir(parents=True, exist_ok=True)
     outputs = out / "outputs.jsonl"
@@ -479,11 +464,6 @@ def generation_eval(model, tokenizer, template, prompts, settings=None, detector
     0.05, "benign_partial_refusal_rate": 0.0, "task_accuracy": 0.4}``; the training loop logs
     it as ``{"step": N, "gen_eval": {...}}`` in metrics.jsonl.
     """
-    from sftlab.evaluation.metrics import summary_values
-    from sftlab.evaluation.prompts import prompt_from_row
-    from sftlab.evaluation.robustness import Condition
-    from sftlab.tokens.templates import ChatTemplate, get_template
-
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
     if isinstance(settings, dict):

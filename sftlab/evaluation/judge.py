@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.learned import Detection
+from sftlab.model.loading import load_base_model
 from sftlab.progress import progress_bar
 
 RUBRIC_VERSION = "1"
@@ -80,7 +81,6 @@ class JudgeDetector:
                  batch_size: int = 8, max_length: int = 2048, trust_remote_code: bool = False):
         import torch
 
-        from sftlab.model.loading import load_base_model
 
         self.path = str(path)
         if not Path(self.path).exists():

@@ -41,9 +41,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftlab.errors import UsageError
 from sftlab.data.conversation import unpaired_surrogate
+from sftlab.data.formats import RecordError, tools_text
+from sftlab.data.readers import _too_deep, MAX_DEPTH
+from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
+from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
@@ -142,7 +145,6 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     if not os.path.lexists(p):
         known = ", ".join(sorted(BUILTIN_SETS))
         raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
-    from sftlab.files import read_input
 
     data = read_input(p, what="--prompts", max_bytes=1 << 30)
     try:
@@ -180,8 +182,6 @@ def _jsonl_rows(text: str):
     [(1, None), (3, 'expected a JSON object, got list'),
      (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
     """
-    from sftlab.data.readers import MAX_DEPTH, _too_deep
-
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -304,8 +304,6 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         answer = json.dumps(answer, ensure_ascii=False)
     tools = row.get("tools")
     if tools is not None:
-        from sftlab.data.formats import RecordError, tools_text
-
         try:
             tools = tools_text(tools)
         except RecordError as e:

@@ -47,7 +47,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sftlab.files import publish_dir, whole_or_nothing, write_atomic
+from sftlab.errors import UsageError
+from sftlab.files import publish_dir, read_input, whole_or_nothing, write_atomic
 from sftlab.fingerprints import file_sha256
 from sftlab.manifest import ManifestError, read_run_json, update_manifest
 
@@ -175,8 +176,6 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
     recorded the list's own sha256 (``recorded``), the list is that one."""
     if not (path / "state.json").is_file():
         return ["state.json is missing"]
-    from sftlab.errors import UsageError
-    from sftlab.files import read_input
 
     if not os.path.lexists(path / CHECKSUMS):
         return [f"{CHECKSUMS} is missing"]
@@ -231,8 +230,6 @@ def choose_checkpoint(run_dir: str | Path, *, fallback: bool = False,
     """The checkpoint to resume from: the newest, verified. A damaged newest checkpoint raises
     ``UsageError`` naming what is wrong and the newest intact one, unless ``fallback``: then that
     one is used (and ``say`` tells why)."""
-    from sftlab.errors import UsageError
-
     dirs = step_dirs(run_dir)
     if not dirs:
         return None
@@ -256,8 +253,6 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int 
 
     ``model`` is the unwrapped model of the same architecture (a peft model for LoRA runs).
     """
-    from sftlab.errors import UsageError
-
     path = Path(path)
     try:
         _load_weights(path, model)

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UsageError
-from sftlab.files import current_umask
+from sftlab.evaluation.cache import model_fingerprint
+from sftlab.files import current_umask, read_input
+from sftlab.manifest import diff_manifests, flatten
 
 LOCK_NAME = ".lock"
 # Keys that do not change the weights a run produces.
@@ -97,8 +99,6 @@ class RunLock:
 
 
 def read_lock(path: Path) -> dict | None:
-    from sftlab.files import read_input
-
     try:
         info = json.loads(read_input(path, max_bytes=1 << 20, note=False).decode("utf-8"))
     except (UsageError, ValueError, RecursionError):
@@ -127,16 +127,12 @@ def lock_message(run: Path, holder: dict) -> str:
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:
-    from sftlab.manifest import flatten
-
     return flatten(value, prefix) if value is not None else {}
 
 
 def resume_differences(old: dict, new: dict) -> list[dict]:
     """Result-changing fields that differ between the manifest of the checkpoint (``old``) and
     this run's (``new``), as ``[{"path", "old", "new"}]``."""
-    from sftlab.manifest import diff_manifests
-
     keep = {k: old.get(k) for k in COMPARED if k in new}
     fresh = {k: new.get(k) for k in COMPARED if k in new}
     ignore = [*NEUTRAL, *MOVABLE, "data.failed_checks"]
@@ -167,7 +163,6 @@ def _same_model_files(a: Any, b: Any) -> bool:
     """Two model directories with the same weights, config and tokenizer files (a copied run)."""
     if not (isinstance(a, str) and isinstance(b, str) and Path(a).is_dir() and Path(b).is_dir()):
         return False
-    from sftlab.evaluation.cache import model_fingerprint
 
     return model_fingerprint(a) == model_fingerprint(b)
 
