@@ -303,6 +303,14 @@ def publish_dir(tmp: Path, final: Path, *, first_wins: bool = False) -> Path:
     ``first_wins`` (a cache entry two processes may build at once, both whole): a ``final``
     that already exists is kept and ``tmp`` removed, so no reader of it ever sees it move.
     Otherwise an existing ``final`` is replaced (``replace_dir``).
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for who in ("first", "second"):
+        ...     tmp = root / f".tmp-{who}"; tmp.mkdir(); _ = (tmp / "who").write_text(who)
+        ...     _ = publish_dir(tmp, root / "entry", first_wins=True)
+        >>> (root / "entry" / "who").read_text(), sorted(p.name for p in root.iterdir())
+        ('first', ['entry'])
     """
     os.chmod(tmp, 0o777 & ~current_umask())
     normal_modes(tmp, sync=True)
