@@ -312,7 +312,7 @@ MAX_MANIFEST_BYTES = 256 << 20
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES, note=False).decode("utf-8"))
+        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES).decode("utf-8"))
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); "
                             f"fix or remove the file") from None
@@ -327,7 +327,9 @@ def read_run_json(path_or_dir: str | os.PathLike, *, missing_ok: bool = False,
                   damaged_ok: bool = False) -> dict[str, Any] | None:
     """``RUN/run.json`` (or a manifest file given directly, such as a checkpoint's copy) as a dict:
     the one reader of run manifests. A schema-1 file comes back with schema 2's names
-    (:func:`upgrade`); the schema itself is checked by :func:`read_manifest`.
+    (:func:`upgrade`); the schema itself is checked by :func:`read_manifest`. The file is read as
+    the command's input (``sftlab.files.open_input``), so no ``--out`` of the command replaces it;
+    :func:`update_manifest` writes it as the run's own.
 
     No file: ``None`` with ``missing_ok``, else ``FileNotFoundError``. Not JSON, or not a JSON
     object: ``None`` with ``damaged_ok``, else ``ManifestError`` (one line naming the file).
