@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.data.conversation import unpaired_surrogate
-from sftlab.data.formats import RecordError, tools_text
-from sftlab.data.readers import _too_deep, MAX_DEPTH
 from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
 from sftlab.files import read_input
@@ -182,6 +180,8 @@ def _jsonl_rows(text: str):
     [(1, None), (3, 'expected a JSON object, got list'),
      (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
     """
+    from sftlab.data.readers import MAX_DEPTH, _too_deep  # lazy: the record readers cost `sftlab --help`
+
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -304,6 +304,8 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         answer = json.dumps(answer, ensure_ascii=False)
     tools = row.get("tools")
     if tools is not None:
+        from sftlab.data.formats import RecordError, tools_text  # lazy: the row layouts cost `sftlab --help`
+
         try:
             tools = tools_text(tools)
         except RecordError as e:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 from sftlab.evaluation.metrics import RATE_METRICS
 from sftlab.evaluation.prompts import EvalPrompt
-from sftlab.tokens.templates import get_template
 
 CONDITIONS = ("training_template", "alternate_template", "no_system", "safety_system",
               "template_default")
@@ -100,6 +99,7 @@ def alternate_name(training_template, requested: str | None = None) -> str:
     """The alternate built-in: ``requested``, else zephyr (chatml when training used zephyr)."""
     if requested:
         return requested
+    from sftlab.tokens.templates import get_template  # lazy: Jinja costs `sftlab --help` (eval's options)
 
     is_zephyr = training_template.name == "zephyr" or training_template.source == get_template("zephyr").source
     return "chatml" if is_zephyr else DEFAULT_ALTERNATE
