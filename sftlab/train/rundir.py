@@ -139,8 +139,8 @@ def resume_differences(old: dict, new: dict) -> list[dict]:
     out = []
     for d in diff_manifests(keep, fresh, ignore=ignore):
         path = d["path"]
-        if path.startswith("data.") and not path.endswith(".records_sha256"):
-            continue  # counts and file lists follow from the data version
+        if path.startswith("data.") and not (path.startswith("data.splits.") and path.endswith(".records_sha256")):
+            continue  # counts, file lists and the stores follow from each split's data version
         if path.startswith(("template.", "tokenizer.", "policy.")) and not path.endswith(("fingerprint", "sha256")):
             continue
         out.append({k: d[k] for k in ("path", "old", "new")})
