@@ -56,8 +56,9 @@ class _Section(BaseModel):
 class SplitData(_Section):
     records_sha256: str | None = None
     """The split's data version: the prepared store's hash of its records (``store.json``'s
-    ``records_sha256``). Every record read, accepted or quarantined, is hashed in its normalised
-    form; the hashes are combined per chunk, per input file and over the inputs in order. The same
+    ``records_sha256``). Every record read is hashed with its line number: an accepted one in its
+    normalised form (``Conversation.to_dict()``), one quarantined while loading as its raw content;
+    the hashes are combined per chunk, per input file and over the inputs in order. The same
     records in the same files give the same hash; a record edited, added, dropped or moved changes
     it. ``sftlab manifest --diff`` and a resume compare it (``data.splits.SPLIT.records_sha256``)."""
     records: int | None = None
