@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import sys
 
+from sftlab.errors import UsageError
+from sftlab.evaluation.agreement import detector_labels, grouped_agreement, load_labelled
+from sftlab.evaluation.classifier import DETECTOR_SPECS, load_detector, parse_label_map
+
 
 def register(sub) -> None:
-    from sftlab.evaluation.classifier import DETECTOR_SPECS
-
     p = sub.add_parser(
         "eval-detector", help="measure a refusal detector's agreement with labelled responses",
         description="Label every response with the detector and compare with the human labels: "
@@ -40,10 +42,6 @@ def _fmt(e) -> str:
 
 
 def run(args) -> int:
-    from sftlab.errors import UsageError
-    from sftlab.evaluation.agreement import detector_labels, grouped_agreement, load_labelled
-    from sftlab.evaluation.classifier import load_detector, parse_label_map
-
     data = load_labelled(args.labelled)
     if not data.responses:
         raise UsageError(f"{args.labelled}: no usable labelled row"

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,13 +119,6 @@ def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _cli(args: list[str]) -> int:
-    from sftlab.cli import main
-
-    print("$ sftlab " + " ".join(args), flush=True)
-    return main(args)
-
-
 def build_tiny_base(out: Path, texts: list[str], seed: int) -> Path:
     """A tiny Llama and a BPE tokenizer trained on the suite's text, with ChatML installed."""
     from sftlab.tokens.templates import get_template, install_template
@@ -159,9 +153,15 @@ def _config(run: Path, base: Path, data: dict[str, Path], mode: Mode, seed: int)
 
 
 def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int = 0,
-             resume: bool = False, strict: bool = False) -> int:
+             resume: bool = False, strict: bool = False, *, command: Callable[[list[str]], int]) -> int:
     """Run the demo into ``out``; returns the exit code: 0 when the run completed, whatever its
-    gates say (they are reported in its summary); with ``strict``, 1 when a policy gate failed."""
+    gates say (they are reported in its summary); with ``strict``, 1 when a policy gate failed.
+    ``command`` runs one sftlab command as a user types it (its arguments after ``sftlab``) and
+    returns its exit code: ``sftlab demo`` passes the command line's own runner."""
+    def _cli(args: list[str]) -> int:
+        print("$ sftlab " + " ".join(args), flush=True)
+        return command(args)
+
     from sftlab.errors import UsageError
     from sftlab.demo.suite import build_suite, demo_policy_path
 

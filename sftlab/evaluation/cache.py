@@ -17,7 +17,7 @@ from pathlib import Path
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
 from sftlab.fingerprints import content_sha256, file_sha256
-from sftlab.model.adapters import is_adapter_dir, resolve_base
+from sftlab.model.adapters import is_adapter_dir
 
 _WEIGHT_SUFFIXES = (".safetensors", ".json")
 
@@ -26,6 +26,9 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """sha256 over the names and byte hashes of a model directory's ``.safetensors`` and ``.json``
     files (weights, config, generation config, tokenizer), sorted by name; for a LoRA adapter
     directory also over its base model's (what it generates depends on both)."""
+    # lazy: the loader (Jinja, the tokens stage) would cost `sftlab --help`
+    from sftlab.model.loading import resolve_base
+
     root = Path(model_dir)
     base = None
     if is_adapter_dir(root):

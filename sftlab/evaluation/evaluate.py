@@ -16,6 +16,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sftlab.data.diversity import offer_stats, reason_stats, response_diversity
 from sftlab.errors import UsageError
@@ -32,11 +33,8 @@ from sftlab.evaluation.metrics import compute_metrics, summary_values
 from sftlab.evaluation.prompts import EvalPrompt, prompt_from_row
 from sftlab.evaluation.robustness import alternate_name, build_conditions, Condition, CONDITIONS, spreads
 from sftlab.files import check_run_dir, write_atomic
-from sftlab.manifest import (ManifestError, environment, manifest_path, read_run_json, tokenizer_fingerprint,
-                             update_manifest)
-from sftlab.model.loading import load_base_model, model_directory
-from sftlab.tokens.encoding import encode_prompt
-from sftlab.tokens.templates import ChatTemplate, get_template, TemplateError
+# Imported where used (marked lazy): pydantic (the manifest), the loader, the tokens stage (Jinja)
+# and torch (the held-out loss); `sftlab eval --help` imports this module for EvalOptions.
 
 SCHEMA_VERSION = 1
 PRIMARY = "training_template"
@@ -44,42 +42,62 @@ PRIMARY = "training_template"
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What ``sftlab eval`` was asked to do (one field per CLI option)."""
+    """What ``sftlab eval`` was asked to do; its options are generated from these fields' docs
+    (``sftlab.commands.options``), so the two say the same."""
     model: str
+    """The tuned model (e.g. RUN/final): a Hugging Face directory, a hub name, a .gguf file or a
+    directory holding one."""
     prompts: list[EvalPrompt]
+    """The evaluation prompts; on the command line their files (JSONL or CSV), or a built-in set by
+    name (``xstest``, ``simplesafetytests``, ``coconot_contrast``)."""
     settings: DecoderSettings = field(default_factory=DecoderSettings)
     reference: str | None = None
+    """A reference (base) model, evaluated the same way."""
     policy: object = None
-    """A loaded ``sftlab.data.policy.Policy`` or ``None``."""
+    """A loaded ``sftlab.data.policy.Policy`` whose gates decide pass or fail (on the command line,
+    its YAML file), or ``None``."""
     template: str | None = None
-    """Built-in name or Jinja source; ``None``: the model tokenizer's own chat template."""
+    """The training template: a built-in name or a Jinja file (.jinja/.j2); ``None``: the model
+    tokenizer's own chat template."""
     alternate_template: str | None = None
+    """The built-in template of the alternate_template condition; ``None``: zephyr, or chatml when
+    training used zephyr."""
     system_prompt: str | None = None
+    """The system prompt of prompts without their own."""
     conditions: tuple[str, ...] = CONDITIONS
+    """The robustness conditions evaluated; training_template always runs."""
     reference_conditions: tuple[str, ...] | None = None
-    """Conditions for the reference model; ``None``: the same as ``conditions``."""
+    """Conditions for the reference model; ``None``: the same as ``conditions`` (training_template
+    always runs)."""
     robustness_threshold: float = 0.1
+    """A metric whose spread across conditions exceeds this is flagged."""
     heldout: list | None = None
-    """Held-out conversations (records or ``Conversation``) for the eval loss."""
+    """Held-out conversations (records or ``Conversation``) for the eval loss per slice, encoded as
+    the training run encoded its data when the model is RUN/final (the same loss as training's
+    validation)."""
     heldout_encoding: dict | None = None
     """Encoding options for the eval loss (``max_length``, ``last_turn_only``, ``turns``, ``overflow``):
     the training run's, so the loss equals its validation loss on the same data."""
     progress: bool = False
     trust_remote_code: bool = False
+    """Run code shipped with the models (off by default)."""
     extra_detectors: tuple = ()
     """Further detectors run on every response beside the primary one (their labels and margins
     go into outputs.jsonl; where they disagree with the primary the response is listed)."""
     labelled: object = None
-    """A ``LabelledSet`` the primary detector is checked on: rates are then also reported corrected
-    for its sensitivity and specificity (``sftlab.evaluation.correction``)."""
+    """A ``LabelledSet`` (on the command line: ``xstest`` or a file of human-labelled responses) the
+    primary detector is checked on: rates are then also reported corrected for its sensitivity and
+    specificity (Rogan-Gladen, ``sftlab.evaluation.correction``), with intervals carrying both the
+    sample's and the detector's uncertainty."""
     margin: float = 0.1
     """A response whose ``p_refusal`` lies within this distance of the threshold is listed as uncertain."""
-    gate_on: str = "detected"
+    gate_on: Literal["detected", "corrected", "corrected-bound"] = "detected"
     """What gates check: ``detected`` rates, ``corrected`` rates, or ``corrected-bound`` (the
-    corrected interval's end on the failing side: low for ``min`` gates, high for ``max`` gates)."""
+    corrected interval's end on the failing side: low for ``min`` gates, high for ``max`` gates);
+    the last two need ``labelled``."""
     margin_pairs: int = 0
-    """Refusal margins for up to this many XSTest pairs per type (0: none); see
-    ``sftlab.evaluation.margins``."""
+    """Refusal margins (log P(refusal opening) - log P(compliant opening)) for up to this many XSTest
+    pairs per type, under both models (0: none); see ``sftlab.evaluation.margins``."""
 
 
 @dataclass
@@ -98,6 +116,7 @@ class ModelEval:
 def _load_model(path: str, trust_remote_code: bool):
     import torch
 
+    from sftlab.model.loading import load_base_model  # lazy: see the note at the imports
 
     if not Path(path).exists():
         raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
@@ -112,17 +131,17 @@ def _load_model(path: str, trust_remote_code: bool):
 
 
 def _template(spec: str | None, tok, path: str, what: str = "--template"):
-    """The template ``spec`` names for ``tok``; an error names the option when one was given (an
-    unknown template name is the option's fault, not the model's), else the model."""
-    try:
-        return get_template(spec, tok)
-    except TemplateError as e:
-        where = f"{what} {spec}" if spec and len(spec) < 200 else path
-        raise UsageError(f"{where}: {e}") from None
+    """The template ``spec`` names for ``tok`` (``sftlab.model.loading.load_template``); an error names
+    the option when one was given (an unknown template name is the option's fault, not the model's),
+    else the model."""
+    from sftlab.model.loading import load_template  # lazy: loads the tokens stage, not for `sftlab eval --help`
+
+    return load_template(spec, tok, what=what, owner=path)
 
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
          judged: dict | None = None) -> dict:
+
     correct, problem = None, None
     if prompt.answer is not None:
         try:
@@ -150,6 +169,7 @@ def judge_responses(detector, extras, texts: list[str], prompts: list, margin: f
     "disagree", "uncertain"}`` from the primary detector and the extra ones. ``disagree``: some
     detector's refusal-or-not differs from the primary's; ``uncertain``: some detector's
     ``p_refusal`` lies within ``margin`` of its threshold."""
+
     runs = [(d, detect_all(d, texts, prompts)) for d in (detector, *extras)]
     out = []
     for i in range(len(texts)):
@@ -198,6 +218,8 @@ def detector_rates(rows: list[dict], names: list[str]) -> dict:
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
                        progress=False, desc="generate") -> tuple[list[list[str]], dict]:
     """Responses for every prompt under one condition (from the cache when it has them)."""
+    from sftlab.tokens.encoding import encode_prompt  # lazy: see the note at the imports
+
     ids = [encode_prompt(cond.messages(p), tok, cond.template, tools=json.loads(p.tools) if p.tools else None)
            for p in prompts]
     _check_context(model, cond.name, prompts, ids, settings.max_new_tokens)
@@ -229,6 +251,9 @@ def _check_context(model, condition: str, prompts, ids: list[list[int]], new_tok
 def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
                    template_spec: str | None) -> ModelEval:
     """Every condition for one model directory: output rows and metrics per condition."""
+    from sftlab.manifest import tokenizer_fingerprint  # lazy: see the note at the imports
+    from sftlab.tokens.templates import TemplateError  # lazy: see the note at the imports
+
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
     alt_t = _template(alternate_name(train_t, opts.alternate_template), tok, path, "--alternate-template")
@@ -236,6 +261,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         else opts.conditions
     wanted = set(asked) | {PRIMARY}
     conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
+    from sftlab.model.loading import model_directory  # lazy: see the note at the imports
 
     fp = model_fingerprint(model_directory(path))  # a GGUF: its converted directory
     rows, results, described = [], {}, {}
@@ -263,6 +289,8 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
     margins = {}
     primary = next((c for c in conditions if c.name == PRIMARY), None)
     if opts.margin_pairs and primary is not None:
+        from sftlab.tokens.encoding import encode_prompt  # lazy: see the note at the imports
+
         paired = list({p.id: p for b, h, _ in xstest_pairs(opts.prompts, opts.margin_pairs)
                        for p in (b, h)}.values())
         ids = [encode_prompt(primary.messages(p), tok, primary.template) for p in paired]
@@ -299,6 +327,8 @@ def template_spec_of(template) -> str:
 def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache | None = None,
                    prompt_sets: list | None = None) -> tuple[dict, list[dict]]:
     """``(eval_json, output_rows)`` for the tuned model and, when given, the reference."""
+    from sftlab.manifest import environment  # lazy: see the note at the imports
+
     detector = detector if detector is not None else default_detector()
     tuned = evaluate_model("tuned", opts.model, opts, detector, cache, opts.template)
     ref = None
@@ -391,6 +421,7 @@ def refusal_diversity(rows: list[dict]) -> dict:
     their offers and reasons are about the request: ``sftlab.data.diversity``'s
     ``response_diversity`` (with ``reasons``, the clause-level collapse) plus ``offers`` and
     ``reasons_related``."""
+
     refused = [r for r in rows if r["condition"] == PRIMARY and r["label"] in ("refuse", "partial")]
     out = response_diversity([r["response"] for r in refused])
     pairs = [(r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"], r["response"])
@@ -420,6 +451,7 @@ def margin_report(opts: EvalOptions, tuned: ModelEval, ref: ModelEval | None) ->
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:
     """``OUT/eval.json`` (atomic) and ``OUT/outputs.jsonl``; returns their paths."""
+
     out = check_run_dir(out_dir, what="--out")  # a new or empty directory or an earlier output
     out.mkdir(parents=True, exist_ok=True)
     outputs = out / "outputs.jsonl"
@@ -432,6 +464,9 @@ def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[s
 def record_in_run(out_dir: str | Path, report: dict) -> bool:
     """When OUT is ``RUN/eval`` (RUN holds a run.json), add the eval artifacts and decoder
     settings to the run manifest; returns whether it did."""
+    # lazy: see the note at the imports
+    from sftlab.manifest import ManifestError, manifest_path, read_run_json, update_manifest
+
     out = Path(out_dir).resolve()
     run = out.parent
     manifest = manifest_path(run)
@@ -464,6 +499,8 @@ def generation_eval(model, tokenizer, template, prompts, settings=None, detector
     0.05, "benign_partial_refusal_rate": 0.0, "task_accuracy": 0.4}``; the training loop logs
     it as ``{"step": N, "gen_eval": {...}}`` in metrics.jsonl.
     """
+    from sftlab.tokens.templates import ChatTemplate, get_template  # lazy: see the note at the imports
+
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
     if isinstance(settings, dict):

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sftlab.progress import progress_bar
-
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 MAX_SEED = 2**63 - 1
 
@@ -30,7 +28,7 @@ MAX_SEED = 2**63 - 1
 class DecoderSettings:
     """Everything that decides what ``generate`` returns; recorded with every result."""
     max_new_tokens: int = 128
-    """New tokens at most per response."""
+    """Most new tokens per response."""
     temperature: float = 0.0
     """0 = greedy decoding; > 0 samples."""
     top_p: float = 1.0
@@ -42,7 +40,7 @@ class DecoderSettings:
     num_samples: int = 1
     """Responses per prompt (> 1 needs temperature > 0); each is scored as one row."""
     batch_size: int = 8
-    """Prompts per generate call."""
+    """Prompts per generate call; greedy responses do not depend on it."""
     stop: tuple[str, ...] = field(default=())
     """Extra stop strings; the response is cut before the first one."""
 
@@ -138,6 +136,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     model and condition); it redraws every few seconds when stderr is not a terminal.
     """
     import torch
+
+    from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)
 
     stop = list(dict.fromkeys([*settings.stop, *stop_strings]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]

@@ -26,8 +26,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from sftlab.progress import progress_bar
-
 REFUSAL_OPENINGS = ("I can't help with", "I'm sorry, but I can't", "I won't help")
 COMPLIANT_OPENINGS = ("Sure!", "Sure, here", "Here's how")
 # XSTest's unsafe contrast types and the safe type each was written from (prompts pair by order).
@@ -59,6 +57,8 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
     """``[prompt][opening]``: the summed log-probability of each opening's tokens right after
     each prompt (right padding, masked by the attention mask)."""
     import torch
+
+    from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)
 
     op_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in openings]
     seqs = [(i, j) for i in range(len(prompt_ids)) for j in range(len(op_ids))]

@@ -24,10 +24,8 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.files import publish_dir, write_atomic
-from sftlab.manifest import read_run_json
-from sftlab.model.adapters import resolve_base
-from sftlab.model.loading import load_base_model, load_tokenizer, model_directory
-from sftlab.tokens.templates import add_role_tokens, get_template
+# The loader (Jinja, the tokens stage) and the manifest (pydantic) are imported where used, marked
+# lazy: `sftlab convert` imports this module when the CLI starts.
 
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 """transformers 5 writes ``TokenizersBackend``, a class older versions (and vLLM pinned to them) lack;
@@ -65,6 +63,8 @@ def _refuse_existing(out: Path) -> None:
 def convert_to_directory(gguf_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """A plain Hugging Face directory at ``out`` from a GGUF file (converted once into the model
     cache, as training does, then copied), with its provenance (``sftlab_source.json``)."""
+    from sftlab.model.loading import model_directory  # lazy: see the note at the imports
+
     out, gguf_path = Path(out), Path(gguf_path)
     _refuse_existing(out)
     if gguf_path.is_dir():
@@ -112,7 +112,10 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, merge: bool = 
 def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[str, str | None]:
     """``(base model, gguf file or None)`` of the adapter in ``final``: ``base`` when given (with
     the run's ``model.gguf_file``), else the directory or hub name the adapter records, as
-    ``sftlab.model.adapters.resolve_base`` finds it (a GGUF base: its converted copy)."""
+    ``sftlab.model.loading.resolve_base`` finds it (a GGUF base: its converted copy)."""
+    from sftlab.manifest import read_run_json  # lazy: see the note at the imports
+    from sftlab.model.loading import resolve_base  # lazy: see the note at the imports
+
     if base is not None:
         model = ((read_run_json(run, missing_ok=True) or {}).get("config") or {}).get("model") or {}
         return base, model.get("gguf_file")
@@ -126,6 +129,7 @@ def _write_merged(final: Path, run: Path, tmp: Path, base: str | None) -> None:
     from peft import PeftModel
     from transformers import AutoTokenizer, GenerationConfig
 
+    from sftlab.model.loading import load_base_model  # lazy: see the note at the imports
 
     name, gguf_file = adapter_base_path(final, run, base)
     try:
@@ -149,6 +153,10 @@ def _write_merged(final: Path, run: Path, tmp: Path, base: str | None) -> None:
 def _add_role_tokens_as_training_did(run: Path, model, base_tokenizer) -> None:
     """Grow the base's embeddings by the role tokens training added, initialised as training did
     (``add_role_tokens``), so the adapter sits on the same base it was trained on."""
+    from sftlab.manifest import read_run_json  # lazy: see the note at the imports
+    from sftlab.model.loading import load_tokenizer  # lazy: see the note at the imports
+    from sftlab.tokens.templates import add_role_tokens, get_template  # lazy: see the note at the imports
+
     config = (read_run_json(run, missing_ok=True) or {}).get("config") or {}
     tokenizer = load_tokenizer(config["tokenizer"], what="tokenizer=") if config.get("tokenizer") else base_tokenizer
     add_role_tokens(tokenizer, model, get_template(config.get("template"), tokenizer))
