@@ -14,7 +14,7 @@ What it measures:
 Every point runs in its own process (compare_trl.py's workers), so peak RSS is that point's
 alone. Timings are printed, never asserted. Inputs are generated into --work when missing.
 
-With ``--store`` it measures the prepared-data store (``sftlab.tokens.store``) against its goals
+With ``--store`` it measures the prepared-data store (``sftlab.prepare``) against its goals
 instead, side by side in one run (``--store-sizes``, default 100k, 200k and 1M conversations):
 
 - cold preparation (``prepare``: read, validate, encode, statistics, write; ``--num-proc``

@@ -10,7 +10,7 @@ import sftlab
 from sftlab.cli import main
 from sftlab.errors import UsageError
 from sftlab.evaluation.agreement import agreement, canonical_label, cohen_kappa, load_labelled
-from sftlab.evaluation.classifier import ClassifierDetector, load_detector, parse_label_map
+from sftlab.evaluation.detectors import ClassifierDetector, load_detector, parse_label_map
 from sftlab.evaluation.detector import Detector, RuleDetector, detect_refusal
 
 LABELLED = Path(__file__).parent / "data" / "detector_labelled.jsonl"

@@ -634,7 +634,7 @@ def test_an_input_deleted_while_it_is_read_loses_no_record(tmp_path):
 
 def test_a_classifier_directory_with_only_pickled_weights_is_refused(tmp_path):
     from sftlab.errors import UsageError
-    from sftlab.evaluation.classifier import ClassifierDetector
+    from sftlab.evaluation.detectors import ClassifierDetector
 
     (tmp_path / "clf").mkdir()
     (tmp_path / "clf" / "pytorch_model.bin").write_bytes(b"not loaded")

@@ -17,9 +17,11 @@ PACKAGE = Path(sftlab.__file__).parent
 STAGE_RANK = {
     "sftlab": 0, "sftlab.errors": 0, "sftlab.fingerprints": 0, "sftlab.collector": 0, "sftlab.files": 0,
     "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0,
-    "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.model": 3, "sftlab.evaluation": 4, "sftlab.train": 5,
-    "sftlab.report": 6, "sftlab.demo": 7, "sftlab.commands": 8, "sftlab.cli": 8, "sftlab.__main__": 9,
+    "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.prepare": 3, "sftlab.model": 4, "sftlab.evaluation": 5,
+    "sftlab.train": 6, "sftlab.report": 7, "sftlab.demo": 8, "sftlab.commands": 9, "sftlab.cli": 9,
+    "sftlab.__main__": 10,
 }
+CLI_RANK = STAGE_RANK["sftlab.cli"]
 
 
 def _stage(module: str) -> str:
@@ -121,7 +123,7 @@ def test_no_import_loop():
 def test_the_library_never_imports_the_cli():
     offenders = []
     for module in _modules():
-        if _rank(module) >= 8:
+        if _rank(module) >= CLI_RANK:
             continue
         offenders += [f"{module}:{line}" for line, imported in _imports(Path(importlib.util.find_spec(module).origin))
                       if imported.startswith(("sftlab.cli", "sftlab.commands"))]
@@ -232,7 +234,7 @@ def owned_run(hostile_assets, tmp_path_factory):
     ``seen["run_json_opens"]``: run.json files opened outside ``manifest.read_run_json`` (and the
     owners that hash or flush a file's bytes);
     ``seen["reads"]``: calls of ``read_run_json``; ``seen["sha256_callers"]``: sftlab modules that
-    called ``hashlib.sha256``; ``seen["content_sha256"]``: values hashed by ``content_sha256``."""
+    called ``hashlib.sha256``; ``seen["json_sha256"]``: values hashed by ``json_sha256``."""
     import builtins
     import hashlib
     import io
@@ -253,7 +255,7 @@ def owned_run(hostile_assets, tmp_path_factory):
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"What is {i} + 1?", "slice": "math",
                                            "expected": "comply"}) + "\n" for i in range(3)))
-    seen = {"written": [], "run_json_opens": [], "reads": 0, "sha256_callers": set(), "content_sha256": []}
+    seen = {"written": [], "run_json_opens": [], "reads": 0, "sha256_callers": set(), "json_sha256": []}
     # run.json's bytes may also be opened to hash them (a checkpoint's checksums) or to flush them
     # (publish_dir): no reading of the manifest, so those owners' frames are exempt too
     exempt = {manifest.read_run_json.__code__, fingerprints.file_sha256.__code__, files.normal_modes.__code__}
@@ -289,13 +291,13 @@ def owned_run(hostile_assets, tmp_path_factory):
         if name == "read_run_json":
             seen["reads"] += 1
         else:
-            seen["content_sha256"].append(args[0])
+            seen["json_sha256"].append(args[0])
 
     with pytest.MonkeyPatch.context() as mp:
         for name in _WRITERS:
             _wrap_everywhere(mp, files, name, wrote)
         _wrap_everywhere(mp, manifest, "read_run_json", counted)
-        _wrap_everywhere(mp, fingerprints, "content_sha256", counted)
+        _wrap_everywhere(mp, fingerprints, "json_sha256", counted)
         for owner, name in ((builtins, "open"), (io, "open"), (os, "open")):
             mp.setattr(owner, name, opened(getattr(owner, name)))
         mp.setattr(hashlib, "sha256", sha256)
@@ -330,16 +332,16 @@ def test_run_json_is_read_only_by_the_manifest_module(owned_run):
 
 def test_every_sha256_is_taken_by_fingerprints(owned_run):
     """No sftlab module but the fingerprints owner (and the prepared store, a stage of its own)
-    computes a sha256 during a whole run; the generation cache's keys are content_sha256 values."""
+    computes a sha256 during a whole run; the generation cache's keys are json_sha256 values."""
     import json
 
     from sftlab.files import cache_dir
-    from sftlab.fingerprints import content_sha256
+    from sftlab.fingerprints import json_sha256
 
     _, seen = owned_run
     assert seen["sha256_callers"] and all(c.startswith(_ALLOWED_SHA256) for c in seen["sha256_callers"]), \
         seen["sha256_callers"]
-    keys = {content_sha256(v) for v in seen["content_sha256"] if isinstance(v, dict) and "prompts" in v}
+    keys = {json_sha256(v) for v in seen["json_sha256"] if isinstance(v, dict) and "prompts" in v}
     cached = {p.stem for p in (cache_dir("generations")).rglob("*.json")}
     assert keys and keys <= cached
     assert all(isinstance(json.loads(p.read_text())["responses"], list)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sftlab.commands.options import add_options
 from sftlab.errors import UsageError
-from sftlab.evaluation.classifier import load_detector, parse_label_map
+from sftlab.evaluation.detectors import load_detector, parse_label_map
 from sftlab.evaluation.evaluate import EvalOptions, record_in_run, run_evaluation, write_outputs
 from sftlab.evaluation.generation import DecoderSettings
 from sftlab.evaluation.prompts import load_prompt_sets, parse_columns

@@ -6,7 +6,7 @@ import sys
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.agreement import detector_labels, grouped_agreement, load_labelled
-from sftlab.evaluation.classifier import DETECTOR_SPECS, load_detector, parse_label_map
+from sftlab.evaluation.detectors import DETECTOR_SPECS, load_detector, parse_label_map
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
                     "sample: on the data the learned detector was fitted on, its leave-one-model-out "
                     "predictions are used. Exit 0: done; 1: some rows were skipped; 2: unusable input.")
     p.add_argument("--labelled", required=True, metavar="xstest|FILE",
-                   help="built-in labelled set (xstest) or a labelled file (JSONL or CSV)")
+                   help="built-in labelled set (xstest, demo) or a labelled file (JSONL or CSV)")
     p.add_argument("--detector", default="learned", metavar="SPEC", help=f"{DETECTOR_SPECS} (default learned)")
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold on p(refusal) for the learned detector or a judge (default 0.5)")

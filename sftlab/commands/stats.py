@@ -1,7 +1,7 @@
 """``sftlab stats``: what the training data holds before any training, and the checks it fails.
 
 ``sftlab stats CONFIG.yaml [key=value ...]`` reads the prepared-data stores of a training config
-(``sftlab.tokens.store``; built first, with a progress bar, when none matches, as ``sftlab
+(``sftlab.prepare``; built first, with a progress bar, when none matches, as ``sftlab
 prepare`` does): the figures of the run's ``RUN/data/stats.json`` and its report, lengths in
 tokens. ``sftlab stats FILES --tokenizer DIR`` reads (or builds) the store of those files
 encoded with that tokenizer. ``sftlab stats FILES`` without a tokenizer counts words, in memory
@@ -120,7 +120,7 @@ def _store_stats(args) -> dict[str, Any]:
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
     from sftlab.model.loading import load_tokenizer_and_template
-    from sftlab.tokens.store import Spool, prepare
+    from sftlab.prepare import Spool, prepare
     from sftlab.tokens.templates import TemplateError
     from sftlab.train.data import store_stats
 

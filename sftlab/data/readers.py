@@ -28,7 +28,7 @@ from typing import Any
 
 from sftlab.errors import UsageError
 from sftlab.data.formats import RecordError
-from sftlab.fingerprints import content_sha256, stream_sha256
+from sftlab.fingerprints import json_sha256, stream_sha256
 
 DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
@@ -604,13 +604,13 @@ def input_digest(p: Path) -> str:
 
         ds = _load_dataset(p)
         parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
-        return content_sha256({"dataset": [getattr(d, "_fingerprint", None) for d in parts]})
+        return json_sha256({"dataset": [getattr(d, "_fingerprint", None) for d in parts]})
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     digests = []
     for f in files:
         with open_input(f) as fh:
             digests.append([str(f.relative_to(p) if p.is_dir() else ""), stream_sha256(fh)])
-    return content_sha256({"files": digests})
+    return json_sha256({"files": digests})
 
 
 # --------------------------------------------------------------------------- record shape

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
-from sftlab.fingerprints import content_sha256, file_sha256
+from sftlab.fingerprints import file_sha256, json_sha256
 from sftlab.model.adapters import is_adapter_dir
 
 _WEIGHT_SUFFIXES = (".safetensors", ".json")
@@ -36,13 +36,13 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
         base = model_fingerprint(base) if Path(base).is_dir() else base
     files = [[p.name, file_sha256(p)]
              for p in sorted(q for q in root.iterdir() if q.is_file() and q.suffix in _WEIGHT_SUFFIXES)]
-    return content_sha256({"base": base, "files": files})
+    return json_sha256({"base": base, "files": files})
 
 
 def cache_key(model_fp: str, prompt_ids: list[list[int]], settings: dict, condition: str,
               eos_ids: list[int], stop_strings: list[str]) -> str:
-    """The key of one batch of generations: ``content_sha256`` of everything that decides them."""
-    return content_sha256({"model": model_fp, "prompts": prompt_ids, "settings": settings,
+    """The key of one batch of generations: ``json_sha256`` of everything that decides them."""
+    return json_sha256({"model": model_fp, "prompts": prompt_ids, "settings": settings,
                            "condition": condition, "eos": eos_ids, "stop": stop_strings})
 
 

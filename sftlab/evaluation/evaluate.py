@@ -23,8 +23,8 @@ from sftlab.errors import UsageError
 from sftlab.evaluation.agreement import agreement, detector_labels
 from sftlab.evaluation.answers import check_answer, UnmatchableAnswer
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
-from sftlab.evaluation.classifier import default_detector, detect_all, label_all
 from sftlab.evaluation.correction import correct_metrics, errors_by_slice
+from sftlab.evaluation.detectors import default_detector, detect_all, label_all
 from sftlab.evaluation.detector import RuleDetector
 from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
