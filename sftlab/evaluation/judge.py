@@ -26,7 +26,6 @@ from pathlib import Path
 from sftlab.errors import UsageError
 from sftlab.evaluation.learned import Detection
 from sftlab.model.loading import load_base_model
-from sftlab.progress import progress_bar
 
 RUBRIC_VERSION = "1"
 ANSWERS = ("refuse", "comply", "partial")
@@ -139,6 +138,8 @@ class JudgeDetector:
         return [self._text(p, t or "") for p, t in zip(prompts, texts)]
 
     def detect_all(self, texts: list[str], prompts: list[str | None] | None = None) -> list[Detection]:
+        from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (the detectors load with eval)
+
         inputs = self.prompts_for(texts, prompts)
         out = []
         for b in progress_bar(range(0, len(inputs), self.batch_size), desc=self.name, unit="batch",
