@@ -4,7 +4,10 @@ Every file sftlab writes goes through :func:`write_atomic` (or :func:`atomic_fil
 written line by line): the bytes go to a temporary file beside the target, are flushed to disk,
 and replace the target with one ``os.replace``, so a crash or a full disk leaves the old file
 whole. The new file gets the user's normal permissions (``0666`` less the umask, or the mode of
-the file it replaces), never the ``0600`` of a bare temporary file.
+the file it replaces), never the ``0600`` of a bare temporary file. A directory built whole (a
+checkpoint, a final model, a converted GGUF model) is built beside its target and published with
+:func:`publish_dir`; a log that grows line by line (``metrics.jsonl``) is added to with
+:func:`append_text`. Caches live under :func:`cache_dir`.
 
 Output goes only to a regular file or a new name (missing directories above it are created, as
 long as the nearest existing one is a directory); anything else
@@ -283,11 +286,45 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
     return Path(path)
 
 
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Give every file under the directory ``tmp`` the user's normal mode (libraries such as
-    safetensors write ``0600``), flush it all to disk, then rename ``tmp`` to ``final``."""
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Add ``text`` (whole lines) to the end of a log sftlab grows as it works (``metrics.jsonl``):
+    the one appender, beside the atomic writers, with the same checks on where output may go (the
+    log is the run's own, so it may have been read). A crash can tear only the last line, which
+    the log's readers skip and say so."""
+    with open(check_output_file(path, own=True), "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def publish_dir(tmp: Path, final: Path, *, first_wins: bool = False) -> Path:
+    """Give the directory ``tmp`` and every file under it the user's normal mode (``mkdtemp``
+    makes ``0700``, libraries such as safetensors write ``0600``), flush it all to disk, then
+    rename ``tmp`` to ``final``: every directory sftlab builds whole is published here.
+
+    ``first_wins`` (a cache entry two processes may build at once, both whole): a ``final``
+    that already exists is kept and ``tmp`` removed, so no reader of it ever sees it move.
+    Otherwise an existing ``final`` is replaced (``replace_dir``).
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for who in ("first", "second"):
+        ...     tmp = root / f".tmp-{who}"; tmp.mkdir(); _ = (tmp / "who").write_text(who)
+        ...     _ = publish_dir(tmp, root / "entry", first_wins=True)
+        >>> (root / "entry" / "who").read_text(), sorted(p.name for p in root.iterdir())
+        ('first', ['entry'])
+    """
+    os.chmod(tmp, 0o777 & ~current_umask())
     normal_modes(tmp, sync=True)
-    replace_dir(tmp, final)
+    if not first_wins:
+        replace_dir(tmp, final)
+        return final
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # not a lost race: a real failure
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _fsync_dir(final.parent)
     return final
 
 
@@ -411,7 +448,7 @@ def _holds_only(d: Path, names: frozenset) -> bool:
 def _check_manifest(path: Path, label: str) -> None:
     """A run.json in an output directory must be a sftlab run manifest: anything else (another
     tool's file, garbage) means the directory is not a sftlab run."""
-    from sftlab.manifest import ManifestError, read_manifest
+    from sftlab.manifest import ManifestError, read_manifest  # lazy: sftlab.manifest imports this module
 
     try:
         read_manifest(path)

@@ -84,7 +84,7 @@ def _record(id_, user, assistant, **meta):
 def _data(root: Path) -> dict:
     """Real input files through sftlab's loader and stats: returns the manifest's splits."""
     from sftlab.data.loading import load_files
-    from sftlab.manifest import data_version
+    from sftlab.fingerprints import json_sha256
     from sftlab.data.policy import load_policy
     from sftlab.data.stats import compute_stats, with_files
 
@@ -110,7 +110,8 @@ def _data(root: Path) -> dict:
     stats = with_files(compute_stats(train.conversations, held.conversations, policy), train, held)
     (root / "run" / "data").mkdir(parents=True, exist_ok=True)
     (root / "run" / "data" / "stats.json").write_text(json.dumps(stats))
-    return {name: {"sha256": data_version(r.conversations), "records": len(r.conversations) + len(r.quarantined),
+    return {name: {"records_sha256": json_sha256([c.to_dict() for c in r.conversations]),
+                   "records": len(r.conversations) + len(r.quarantined),
                    "accepted": len(r.conversations), "quarantined": len(r.quarantined),
                    "files": [{"path": f.path, "records": f.records, "accepted": f.accepted,
                               "quarantined": f.quarantined} for f in r.files]}

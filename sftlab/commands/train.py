@@ -107,8 +107,9 @@ def _summary(out: str, code: int) -> dict:
                "loss": steps[-1]["loss"] if steps else None,
                "eval_loss": evals[-1]["eval_loss"] if evals else None,
                "quarantined": _count_lines(quarantine)}
-    manifest = run_dir / "run.json"
-    m = json.loads(manifest.read_text()) if manifest.exists() else {}
+    from sftlab.manifest import read_run_json
+
+    m = read_run_json(run_dir, missing_ok=True, damaged_ok=True) or {}
     summary["stopped"] = ((m.get("artifacts") or {}).get("training") or {}).get("stopped")
     summary["failed_checks"] = [c["name"] for c in (m.get("data") or {}).get("failed_checks") or []]
     outcome = (m.get("outcome") or {}).get("train") or {}

@@ -28,6 +28,7 @@ from typing import Any
 
 from sftlab.errors import UsageError
 from sftlab.data.formats import RecordError
+from sftlab.fingerprints import json_sha256, stream_sha256
 
 DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
@@ -598,24 +599,18 @@ def input_digest(p: Path) -> str:
     """sha256 of what an input's records are read from: a file's bytes, every file of a
     directory (with its relative path), or a named dataset's fingerprint in the local cache.
     Equal digests, equal records: it lets a prepared store be found without reading them."""
-    import hashlib
-
-    h = hashlib.sha256()
     if hub_dataset(p) is not None:
         import datasets
 
         ds = _load_dataset(p)
         parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
-        h.update(repr([getattr(d, "_fingerprint", None) for d in parts]).encode())
-        return h.hexdigest()
+        return json_sha256({"dataset": [getattr(d, "_fingerprint", None) for d in parts]})
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    digests = []
     for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
         with open_input(f) as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
+            digests.append([str(f.relative_to(p) if p.is_dir() else ""), stream_sha256(fh)])
+    return json_sha256({"files": digests})
 
 
 # --------------------------------------------------------------------------- record shape

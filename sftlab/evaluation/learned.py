@@ -61,6 +61,7 @@ import numpy as np
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import AGREEING_OPENING, RuleDetector, normalise, opens_by_agreeing
+from sftlab.files import atomic_file
 
 WEIGHTS = Path(__file__).parent / "assets" / "refusal_lr.npz"
 DEFAULT_THRESHOLD = 0.5
@@ -267,8 +268,6 @@ def save_weights(path: str | Path, spec: FeatureSpec, heads: dict, meta: dict,
     every row of the data the weights were fitted on (from leave-one-source-out), so that
     agreement on that data is reported out of sample without refitting."""
     import dataclasses
-    import os
-    import tempfile
 
     arrays = {}
     for head, (coef, bias) in heads.items():
@@ -282,15 +281,5 @@ def save_weights(path: str | Path, spec: FeatureSpec, heads: dict, meta: dict,
         arrays["oos_partial"] = np.asarray(out_of_sample["partial"], dtype=bool)
     meta = {**meta, "features": dataclasses.asdict(spec)}
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        np.savez_compressed(f, **arrays)

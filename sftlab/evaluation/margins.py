@@ -57,7 +57,8 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
     """``[prompt][opening]``: the summed log-probability of each opening's tokens right after
     each prompt (right padding, masked by the attention mask)."""
     import torch
-    from tqdm.auto import tqdm
+
+    from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)
 
     op_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in openings]
     seqs = [(i, j) for i in range(len(prompt_ids)) for j in range(len(op_ids))]
@@ -68,7 +69,7 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(seqs), batch_size), desc="margins", disable=not progress):
+            for start in progress_bar(range(0, len(seqs), batch_size), desc="margins", unit="batch", enabled=progress):
                 chunk = seqs[start:start + batch_size]
                 rows = [prompt_ids[i] + op_ids[j] for i, j in chunk]
                 width = max(map(len, rows))

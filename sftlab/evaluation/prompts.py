@@ -34,7 +34,6 @@ line and reason, and the rest are evaluated.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -42,9 +41,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftlab.errors import UsageError
 from sftlab.data.conversation import unpaired_surrogate
+from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
+from sftlab.files import read_input
+from sftlab.fingerprints import sha256_hex
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
           "tolerance", "policy_category", "tools", "tool_call")
@@ -142,7 +143,6 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     if not os.path.lexists(p):
         known = ", ".join(sorted(BUILTIN_SETS))
         raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
-    from sftlab.files import read_input
 
     data = read_input(p, what="--prompts", max_bytes=1 << 30)
     try:
@@ -166,7 +166,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
             continue
         seen.add(prompt.id)
         prompts.append(prompt)
-    return PromptSet(str(p) if name else str(path), hashlib.sha256(data).hexdigest(), prompts, bad, name)
+    return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name)
 
 
 def _jsonl_rows(text: str):
@@ -180,7 +180,7 @@ def _jsonl_rows(text: str):
     [(1, None), (3, 'expected a JSON object, got list'),
      (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
     """
-    from sftlab.data.readers import MAX_DEPTH, _too_deep
+    from sftlab.data.readers import MAX_DEPTH, _too_deep  # lazy: the record readers cost `sftlab --help`
 
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -304,7 +304,7 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         answer = json.dumps(answer, ensure_ascii=False)
     tools = row.get("tools")
     if tools is not None:
-        from sftlab.data.formats import RecordError, tools_text
+        from sftlab.data.formats import RecordError, tools_text  # lazy: the row layouts cost `sftlab --help`
 
         try:
             tools = tools_text(tools)

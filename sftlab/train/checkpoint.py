@@ -33,7 +33,6 @@ orders the two.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -48,7 +47,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sftlab.files import publish_dir, whole_or_nothing, write_atomic
+from sftlab.errors import UsageError
+from sftlab.files import publish_dir, read_input, whole_or_nothing, write_atomic
+from sftlab.fingerprints import file_sha256
+from sftlab.manifest import ManifestError, read_run_json, update_manifest
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -134,9 +136,7 @@ def checksums(directory: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != CHECKSUMS:
-            with open(p, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            out[p.relative_to(directory).as_posix()] = {"sha256": digest, "bytes": p.stat().st_size}
+            out[p.relative_to(directory).as_posix()] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
     return out
 
 
@@ -144,40 +144,25 @@ def _record_checksums(run: Path, step: int, listing: Path) -> None:
     """Record the sha256 of a checkpoint's ``checksums.json`` in the run's manifest
     (``artifacts.checkpoint_checksums``, by step directory) before the checkpoint is published:
     the list that vouches for every file is itself vouched for from outside the checkpoint."""
-    from sftlab.manifest import ManifestError, update_manifest
-
-    manifest = _read_manifest(run)
+    manifest = read_run_json(run, missing_ok=True, damaged_ok=True)
     if manifest is None:
         return  # a checkpoint written outside a run directory
     known = ((manifest.get("artifacts") or {}).get("checkpoint_checksums") or {})
     present = {p.name for p in step_dirs(run)}
     record = {k: v for k, v in known.items() if k in present} if isinstance(known, dict) else {}
-    record[f"step-{step}"] = _sha256(listing)
+    record[f"step-{step}"] = file_sha256(listing)
     try:
         update_manifest(run, artifacts={"checkpoint_checksums": record})
     except (ManifestError, OSError):
         pass  # the checkpoint is still checked against its own list
 
 
-def _read_manifest(run: Path) -> dict | None:
-    try:
-        manifest = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
 def recorded_checksums(run_dir: str | Path) -> dict[str, str]:
     """``{step directory: sha256 of its checksums.json}`` as the run's manifest records them."""
-    manifest = _read_manifest(Path(run_dir)) or {}
+    manifest = read_run_json(run_dir, missing_ok=True, damaged_ok=True) or {}
     record = (manifest.get("artifacts") or {}).get("checkpoint_checksums") if isinstance(
         manifest.get("artifacts"), dict) else None
     return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # What every complete checkpoint holds, beside its checksums.json (the weights: one of two kinds).
@@ -191,8 +176,6 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
     recorded the list's own sha256 (``recorded``), the list is that one."""
     if not (path / "state.json").is_file():
         return ["state.json is missing"]
-    from sftlab.errors import UsageError
-    from sftlab.files import read_input
 
     if not os.path.lexists(path / CHECKSUMS):
         return [f"{CHECKSUMS} is missing"]
@@ -202,7 +185,7 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
         return [f"{CHECKSUMS} is unreadable (not a regular JSON file of sftlab's)"]
     if not isinstance(listing, dict):
         return [f"{CHECKSUMS} is not a JSON object"]
-    if recorded is not None and _sha256(path / CHECKSUMS) != recorded:
+    if recorded is not None and file_sha256(path / CHECKSUMS) != recorded:
         return [f"{CHECKSUMS} is not the one written with the checkpoint (run.json records another sha256)"]
     problems = _incomplete(path, listing)
     for rel, want in sorted(listing.items()):
@@ -214,9 +197,8 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
         if size != want.get("bytes"):
             problems.append(f"{rel} has {size} bytes, {want.get('bytes')} were written")
             continue
-        with open(p, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() != want.get("sha256"):
-                problems.append(f"{rel} was changed after it was written (sha256 differs)")
+        if file_sha256(p) != want.get("sha256"):
+            problems.append(f"{rel} was changed after it was written (sha256 differs)")
     return problems
 
 
@@ -248,8 +230,6 @@ def choose_checkpoint(run_dir: str | Path, *, fallback: bool = False,
     """The checkpoint to resume from: the newest, verified. A damaged newest checkpoint raises
     ``UsageError`` naming what is wrong and the newest intact one, unless ``fallback``: then that
     one is used (and ``say`` tells why)."""
-    from sftlab.errors import UsageError
-
     dirs = step_dirs(run_dir)
     if not dirs:
         return None
@@ -273,8 +253,6 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int 
 
     ``model`` is the unwrapped model of the same architecture (a peft model for LoRA runs).
     """
-    from sftlab.errors import UsageError
-
     path = Path(path)
     try:
         _load_weights(path, model)

@@ -15,11 +15,12 @@ validations ``{"step", "eval_loss": {"all": x, "<slice>": y}}`` and per-epoch mi
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
-from sftlab.files import write_atomic
+from sftlab.files import append_text, write_atomic
 
 
 # The package each accelerate tracker needs (``pip install`` names).
@@ -82,8 +83,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
         if self.accelerator is not None and "step" in record:
             values = {f"train/{k}": record[k] for k in ("loss", "lr", "tokens_per_s", "mfu", "grad_norm")
                       if _finite(record.get(k))}
@@ -173,7 +173,9 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
             ax.legend(fontsize=8)
         fig.tight_layout()
         out = Path(out_path)
-        fig.savefig(out)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        write_atomic(out, png.getvalue())
     finally:
         plt.close(fig)
     return out

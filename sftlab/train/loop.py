@@ -36,7 +36,7 @@ from sftlab.evaluation.evaluate import generation_eval
 from sftlab.evaluation.loss import slice_sums
 from sftlab.files import check_run_dir
 from sftlab.fingerprints import weights_sha256
-from sftlab.manifest import flatten, tokenizer_fingerprint, update_manifest
+from sftlab.manifest import flatten, read_run_json, tokenizer_fingerprint, update_manifest
 from sftlab.model.adapters import recorded_base
 from sftlab.model.loading import load_training_model
 from sftlab.model.objective import micro_batch_loss, step_normaliser
@@ -127,7 +127,7 @@ class _Loop:
         with self.phases("save"):
             save_checkpoint(self.run, at, model=self.raw, tokenizer=self.tokenizer, optimizer=self.optimizer,
                             scheduler=self.scheduler, state=self.state, keep_last=self.cfg.checkpointing.keep_last,
-                            manifest=read_json(self.run / "run.json") if main else None,
+                            manifest=read_run_json(self.run, missing_ok=True, damaged_ok=True) if main else None,
                             rank=self.accelerator.process_index, barrier=self.accelerator.wait_for_everyone)
 
 
@@ -147,7 +147,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     phases = PhaseTimes()
     with phases("load"):
         model, tokenizer, template, role_tokens = load_training_model(cfg)
-    old = read_json(ckpt / "run.json") or read_json(run / "run.json") if ckpt else None
+    old = (read_run_json(ckpt, missing_ok=True, damaged_ok=True) or read_run_json(run, missing_ok=True, damaged_ok=True)
+           if ckpt else None)
     changed: list[dict] = []
     # LoRA: the adapter means nothing on other base weights; hashed once, then known by file stamps
     base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files")) \
@@ -350,7 +351,8 @@ def _finish(loop: _Loop, stop: str | None, resumed: bool) -> int:
                        adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
-        update_manifest(run, timing=loop.phases.describe(read_json(run / "run.json"), resumed=resumed),
+        recorded = read_run_json(run, missing_ok=True, damaged_ok=True)
+        update_manifest(run, timing=loop.phases.describe(recorded, resumed=resumed),
                         throughput=loop.speed.describe())
     loop.metrics.close()
     accelerator.wait_for_everyone()
