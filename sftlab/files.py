@@ -510,6 +510,7 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> object:
 
 def parse_yaml(text: str, where: str) -> object:
     """``yaml.safe_load(text)`` with the checks of :func:`read_yaml`; ``where`` names the source."""
+    # lazy: files is imported by every command; PyYAML loads only where YAML is read
     import yaml
 
     if "\x00" in text:

@@ -254,6 +254,7 @@ def _cpu_model() -> str | None:
 
 def _gpus() -> list[dict[str, Any]]:
     try:
+        # lazy: torch takes seconds to import; this module is also used where no model runs
         import torch
     except ImportError:
         return []
@@ -282,6 +283,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             software[name] = None
     try:
+        # lazy: psutil is read once, when the environment is recorded
         import psutil
         memory = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:

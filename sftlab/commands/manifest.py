@@ -61,6 +61,7 @@ def _fmt(value: Any) -> str:
 
 
 def _print_manifest(manifest: dict[str, Any]) -> None:
+    # lazy: rich loads only to print a table, not for `sftlab --help`
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

@@ -114,6 +114,7 @@ class ModelEval:
 
 
 def _load_model(path: str, trust_remote_code: bool):
+    # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
 
     from sftlab.model.loading import load_base_model  # lazy: see the note at the imports

@@ -23,6 +23,7 @@ DEFAULT_C = 1000.0
 
 def _sklearn():
     try:
+        # lazy: scikit-learn loads only when a detector is fitted
         from sklearn.linear_model import LogisticRegression
     except ImportError:
         raise UsageError("fitting the learned detector needs scikit-learn: pip install scikit-learn") from None

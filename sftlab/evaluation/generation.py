@@ -102,6 +102,7 @@ def stop_tokens(tokenizer, template=None, model=None) -> tuple[list[int], list[s
 
 
 def _generation_config(settings: DecoderSettings, eos_ids: list[int], pad_id: int, stop: list[str]):
+    # lazy: transformers takes seconds to import
     from transformers import GenerationConfig
 
     kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
@@ -135,6 +136,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     ``progress`` a bar on stderr counts prompts (prompts/s and ETA), labelled ``desc`` (the
     model and condition); it redraws every few seconds when stderr is not a terminal.
     """
+    # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
 
     from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)

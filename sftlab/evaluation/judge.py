@@ -78,7 +78,7 @@ class JudgeDetector:
 
     def __init__(self, path: str | os.PathLike, prompt_format: str = "auto", threshold: float = 0.5,
                  batch_size: int = 8, max_length: int = 2048, trust_remote_code: bool = False):
-        import torch
+        import torch  # lazy: a judge model is optional; torch loads only when one scores
 
 
         self.path = str(path)
@@ -121,7 +121,7 @@ class JudgeDetector:
 
     def _next_probs(self, texts: list[str], ids: list[int]):
         """Next-token probabilities of ``ids`` after each text, renormalised over ``ids``."""
-        import torch
+        import torch  # lazy: a judge model is optional; torch loads only when one scores
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_length, add_special_tokens=self.format != "wildguard")

@@ -51,6 +51,7 @@ setting (``--detector learned:threshold=0.6``); the margin reported with a label
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import zlib
@@ -160,6 +161,7 @@ def featurize(text: str, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def feature_matrix(texts, spec: FeatureSpec):
     """A ``scipy.sparse.csr_matrix`` of the features of ``texts`` (fitting only)."""
+    # lazy: scipy loads only when features are built
     from scipy.sparse import csr_matrix
 
     indptr, indices, values = [0], [], []
@@ -267,8 +269,6 @@ def save_weights(path: str | Path, spec: FeatureSpec, heads: dict, meta: dict,
     ``out_of_sample``: ``{"p_refusal": [...], "partial": [...]}``, the held-out predictions for
     every row of the data the weights were fitted on (from leave-one-source-out), so that
     agreement on that data is reported out of sample without refitting."""
-    import dataclasses
-
     arrays = {}
     for head, (coef, bias) in heads.items():
         coef = np.asarray(coef, dtype=np.float64).ravel()

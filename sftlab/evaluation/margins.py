@@ -56,6 +56,7 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
                      batch_size: int = 16, progress: bool = False) -> list[list[float]]:
     """``[prompt][opening]``: the summed log-probability of each opening's tokens right after
     each prompt (right padding, masked by the attention mask)."""
+    # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
 
     from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)

@@ -37,6 +37,8 @@ orders the two.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import random
@@ -336,6 +338,7 @@ def weights_mismatch(path: Path, model, world: int = 1) -> str | None:
         return (f"it holds {'a LoRA adapter' if adapter.exists() else 'full model weights'} and this run "
                 f"trains {'a LoRA adapter' if lora else 'the full model'} (lora.enabled)")
     if lora:
+        # lazy: peft loads only for a LoRA run
         from peft import get_peft_model_state_dict
 
         want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
@@ -361,6 +364,7 @@ def weights_mismatch(path: Path, model, world: int = 1) -> str | None:
 def _load_weights(path: Path, model) -> None:
     adapter = path / "adapter_model.safetensors"
     if adapter.exists():
+        # lazy: peft loads only for a LoRA run
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model, load_file(adapter))
         return
@@ -380,8 +384,6 @@ def _load_weights(path: Path, model) -> None:
 
 def _final_whole_or_nothing(save):
     """``save_final`` inside ``whole_or_nothing`` (its temporary ``.tmp-NAME`` beside ``out``)."""
-    import functools
-
     @functools.wraps(save)
     def wrapped(out, model, *args, **kwargs):
         out = Path(out)
@@ -427,8 +429,7 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
 
 def generation_config(model, tokenizer, template):
     """The model's generation config with the template's end-of-turn ids added to ``eos_token_id``."""
-    import copy
-
+    # lazy: transformers takes seconds to import
     from transformers import GenerationConfig
 
     gen = getattr(model, "generation_config", None)

@@ -80,7 +80,7 @@ def shard(model, accelerator, cfg):
     if cfg.eval.prompts:
         raise UsageError("eval.prompts: generation during training runs on the main process alone, which a "
                          "sharded model cannot do; drop eval.prompts and run `sftlab eval` on RUN/final")
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh  # lazy: only a sharded run loads FSDP
     from torch.distributed.fsdp import fully_shard
 
     for tensor in [*model.parameters(), *model.buffers()]:  # as DDP does: every process starts from rank 0's
@@ -133,7 +133,7 @@ def is_sharded(model) -> bool:
 def _resharded(model) -> None:
     """Every FSDP2 module back to its shards (a forward without backward, as validation runs,
     leaves the modules that do not reshard after forward gathered)."""
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazy: only a sharded run loads FSDP
 
     for module in model.modules():
         if isinstance(module, FSDPModule):
@@ -147,7 +147,7 @@ def _names(rank: int, world: int) -> tuple[str, str]:
 
 
 def _local(value):
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # lazy: only a sharded run loads FSDP
 
     return value.to_local() if isinstance(value, DTensor) else value
 
@@ -186,7 +186,7 @@ def save_config(directory: Path, model) -> None:
 def load_shards(path: Path, model, optimizer, rank: int) -> None:
     """Load this process's pieces of the weights and optimizer state written by :func:`save_shards`
     into the sharded ``model`` and its ``optimizer`` (built, not yet stepped)."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # lazy: only a sharded run loads FSDP
 
     from sftlab.train.checkpoint import unflatten_optimizer_state  # not at the top: checkpoint imports this module
 
@@ -260,12 +260,13 @@ def consolidate(model):
     call it, and the model trains no more afterwards. An unsharded model is returned unchanged."""
     if not is_sharded(model):
         return model
+    # lazy: only a sharded run loads FSDP
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if torch.distributed.get_rank() != 0:
         return model
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # lazy: only a sharded run loads FSDP
 
     whole: dict[int, torch.nn.Parameter] = {}  # tied weights stay one parameter
     for name, param in list(model.named_parameters(remove_duplicate=False)):
