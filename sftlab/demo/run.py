@@ -127,7 +127,8 @@ def _cli(args: list[str]) -> int:
 
 def build_tiny_base(out: Path, texts: list[str], seed: int) -> Path:
     """A tiny Llama and a BPE tokenizer trained on the suite's text, with ChatML installed."""
-    from sftlab.tokens.templates import get_template, install_template
+    from sftlab.tokens.role_tokens import install_template
+    from sftlab.tokens.templates import get_template
     from sftlab.demo.tiny import build_tiny
 
     tok, model = build_tiny(texts, vocab_size=1024, seed=seed, hidden=64, layers=2)

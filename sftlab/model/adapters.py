@@ -89,7 +89,7 @@ def load_adapter_model(adapter_dir: str | os.PathLike, **base_kwargs):
     from transformers import AutoTokenizer
 
     from sftlab.model.loading import load_base_model
-    from sftlab.tokens.templates import grow_embeddings
+    from sftlab.tokens.role_tokens import grow_embeddings
 
     adapter_dir = Path(adapter_dir)
     base = resolve_base(adapter_dir)

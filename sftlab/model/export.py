@@ -153,7 +153,8 @@ def _add_role_tokens_as_training_did(run: Path, model, base_tokenizer) -> None:
     """Grow the base's embeddings by the role tokens training added, initialised as training did
     (``add_role_tokens``), so the adapter sits on the same base it was trained on."""
     from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.templates import add_role_tokens, get_template
+    from sftlab.tokens.role_tokens import add_role_tokens
+    from sftlab.tokens.templates import get_template
 
     config = json.loads((run / "run.json").read_text(encoding="utf-8")).get("config", {}) \
         if (run / "run.json").is_file() else {}

@@ -50,8 +50,8 @@ from sftlab.tokens import accounting
 from sftlab.tokens.arrays import TokenArray, loss_weights, token_ids
 from sftlab.data.conversation import (REASONING_MODES, Conversation, Message, Origin, inline_reasoning,
                                       template_messages, unpaired_surrogate)
-from sftlab.tokens.templates import (ChatTemplate, Layout, TemplateError, get_template, missing_control_tokens,
-                                    reasoning_tags)
+from sftlab.tokens.role_tokens import missing_control_tokens
+from sftlab.tokens.templates import ChatTemplate, Layout, TemplateError, get_template, reasoning_tags
 from sftlab.tokens.generation_markers import check_mask_source, marked_layout
 from sftlab.tokens.continuation import continuation_layout
 
@@ -154,7 +154,7 @@ class _Encoder:
         if missing and not allow_missing_control:
             raise TemplateError(
                 f"the {template.name} template writes control tokens the tokenizer does not have as special "
-                f"tokens: {missing}; add them with sftlab.tokens.templates.add_role_tokens(tokenizer, model, template) "
+                f"tokens: {missing}; add them with sftlab.tokens.role_tokens.add_role_tokens(tokenizer, model, template) "
                 f"(sftlab train does this itself), or use the tokenizer's own template")
         self.tokenizer = tokenizer
         self.template = template

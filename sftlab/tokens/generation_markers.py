@@ -34,7 +34,8 @@ import dataclasses
 import json
 import re
 
-from sftlab.tokens.layout import Layout, TemplateError, Turn
+from sftlab.tokens.layout import Layout, Turn
+from sftlab.tokens.template_errors import TemplateError
 
 __all__ = ["MASK_SOURCES", "has_markers", "check_mask_source", "marked_ranges", "marked_layout", "differences",
            "marker_report", "describe"]

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from sftlab.data.conversation import Conversation, Message, ToolCall, template_messages
 from sftlab.tokens.encoding import EncodedExample, _exchanges, as_conversation, encode_expanded
-from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
+from sftlab.tokens.jinja_render import render_jinja
+from sftlab.tokens.templates import ChatTemplate, RenderLimitError, TemplateError, call_arguments_form, get_template
+from sftlab.tokens.trained_turns import sorted_control
 
 
 @dataclass(frozen=True)
@@ -243,11 +245,10 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     invariant 2): the trained text is what the model must generate up to and including the stop,
     and what is left after it is only whitespace and control tokens (an eos written once)."""
     from sftlab.tokens.encoding import encode_expanded
-    from sftlab.tokens.templates import _render_jinja, _sorted_control, RenderLimitError, call_arguments_form
 
     t = template if isinstance(template, ChatTemplate) else get_template(template, tokenizer)
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
-    control = _sorted_control(t)
+    control = sorted_control(t)
     results = []
     for name, (conv, required) in probe_conversations(t.control_tokens, *supports_tools(t)).items():
         msgs, tools = template_messages(conv.messages), conv.tool_list() or None
@@ -266,7 +267,7 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
         turns, ok, expanded = [], True, False
         for idx in conv.assistant_indices:
             render = ((lambda ms, g: t.render(ms, g, tools)) if t.is_builtin else
-                      (lambda ms, g: _render_jinja(t, ms, g, tools)))
+                      (lambda ms, g: render_jinja(t, ms, g, tools)))
             prompt, own = render(msgs[:idx], True), render(msgs[:idx + 1], False)
             must = own[len(prompt):] if own.startswith(prompt) else None
             ex = next((e for e in examples if e.derived == "turn" and _last_assistant(tokenizer, e, idx, conv)), None)

@@ -37,9 +37,9 @@ from __future__ import annotations
 import functools
 import threading
 
-from sftlab.tokens.layout import TemplateError
+from sftlab.tokens.template_errors import RenderLimitError
 
-__all__ = ["RenderLimitError", "RENDER_MAX_STEPS", "STEPS_PER_MESSAGE", "STEPS_PER_CHAR", "CHECK_EVERY",
+__all__ = ["RENDER_MAX_STEPS", "STEPS_PER_MESSAGE", "STEPS_PER_CHAR", "CHECK_EVERY",
            "FILTER_ITEMS", "start_steps", "end_steps", "step", "count_loop_steps", "loop_call_args", "counted_filters"]
 
 RENDER_MAX_STEPS = 200_000
@@ -56,10 +56,6 @@ FILTER_ITEMS = 256
 _FILTER = "sftlab_loop_steps"
 """The filter every ``{% for %}`` iterable is passed through (filters are looked up in the
 environment when the template compiles, so a template cannot replace it)."""
-
-
-class RenderLimitError(TemplateError):
-    """A rendering ran past the time, output-size or step limit: the template is refused, not waited on."""
 
 
 class _Budget:

@@ -325,7 +325,8 @@ def load_model_and_tokenizer(cfg: TrainConfig):
     gradient checkpointing applied), the tokenizer with the training template installed."""
     from sftlab.model.loading import load_base_model, load_tokenizer
     from sftlab.model.objective import check_head
-    from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, install_template
+    from sftlab.tokens.role_tokens import add_role_tokens, install_template
+    from sftlab.tokens.templates import TemplateError, get_template
 
     path = Path(cfg.model.path)
     name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
@@ -391,7 +392,8 @@ def load_tokenizer_and_template(cfg: TrainConfig):
     added, template installed), without loading the model's weights: what ``sftlab prepare``
     needs to build the store that training will find."""
     from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.templates import add_role_tokens, get_template, install_template
+    from sftlab.tokens.role_tokens import add_role_tokens, install_template
+    from sftlab.tokens.templates import get_template
 
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
