@@ -20,10 +20,11 @@ import html
 from dataclasses import dataclass
 
 from sftlab.data.conversation import Conversation, Message, ToolCall, template_messages
-from sftlab.tokens.encoding import EncodedExample, _exchanges, as_conversation, encode_expanded
+from sftlab.tokens.encoding import EncodedExample, as_conversation, encode_expanded
 from sftlab.tokens.jinja_render import render_jinja
 from sftlab.tokens.templates import ChatTemplate, RenderLimitError, TemplateError, call_arguments_form, get_template
 from sftlab.tokens.trained_turns import sorted_control
+from sftlab.tokens.weighting import exchanges
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None
     layout, offsets, kept = ex.trace.layout, ex.trace.offsets, ex.trace.messages
     if len(offsets) != len(ex.input_ids):
         raise TemplateError("internal error: token offsets and ids differ in length")
-    head, _ = _exchanges(conv.messages)
+    head, _ = exchanges(conv.messages)
     views: list[TokenView] = []
     start = end = -1  # the characters the last view covers
     reasoning = [(i, a, b) for i, a, b in layout.reasoning_spans]

@@ -1006,12 +1006,12 @@ def _build(paths: list[Path], tokenizer, template, options: dict, policy, parts:
            names: list | None = None, sides: list | None = None, eval_split: float = 0.0) -> PreparedStore:
     from sftlab.data.chunk_stats import warm
     from sftlab.data.readers import DEFAULT_MAX_RECORD_BYTES
-    from sftlab.tokens.encoding import _encoder
+    from sftlab.tokens.encoder import encoder_for
 
     # Fail early, here, on a template/tokenizer mismatch; the encoder, the signer and the imports
     # are made once, before workers fork, not once per worker.
-    _encoder(tokenizer, template, reasoning=options.get("reasoning", "keep"),
-             inline_reasoning=options.get("inline_reasoning", True), mask_source=options.get("mask_source", "contract"))
+    encoder_for(tokenizer, template, reasoning=options.get("reasoning", "keep"),
+                inline_reasoning=options.get("inline_reasoning", True), mask_source=options.get("mask_source", "contract"))
     warm()
     cache.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))

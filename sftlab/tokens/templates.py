@@ -37,9 +37,8 @@ from sftlab.errors import UsageError
 from sftlab.files import open_input
 from sftlab.fingerprints import config_hash, tokenizer_sha256
 from sftlab.tokens.chat_formats import _FORMATS, _Format, _format_jinja, _format_layout
-from sftlab.tokens.jinja_render import RENDER_MAX_CHARS, RENDER_SECONDS, compiled, render_jinja
+from sftlab.tokens.jinja_render import compiled, render_jinja
 from sftlab.tokens.layout import Layout, Span, Turn
-from sftlab.tokens.render_steps import RENDER_MAX_STEPS
 from sftlab.tokens.template_errors import RenderLimitError, TemplateError
 from sftlab.tokens.tool_formats import flatten, jinja_prelude
 from sftlab.tokens.trained_turns import control_run, jinja_layout, sorted_control
@@ -47,7 +46,7 @@ from sftlab.tokens.content_spans import PROBE
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Layout", "Span", "TemplateError", "RenderLimitError", "Turn",
            "get_template", "control_token_strings", "special_strings", "reasoning_tags", "tokenizer_sha256",
-           "call_arguments_form", "text_content", "RENDER_SECONDS", "RENDER_MAX_CHARS", "RENDER_MAX_STEPS"]
+           "call_arguments_form", "text_content"]
 
 BUILTIN_TEMPLATES = tuple(_FORMATS)
 
