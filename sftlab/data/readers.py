@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UsageError
-from sftlab.data.formats import RecordError
+from sftlab.data.record_errors import RecordError
 
 DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64
