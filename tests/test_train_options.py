@@ -176,7 +176,7 @@ def test_trackers_are_never_required(assets, tmp_path):
     run = tmp_path / "t"
     code = main(["train", str(_config(assets, run, log={"trackers": ["wandb"]}))])
     assert code == 2  # not installed here: a one-line reason naming the install command
-    from sftlab.train.curves import resolve_trackers
+    from sftlab.train.metrics import resolve_trackers
 
     with pytest.raises(ValueError, match="pip install wandb"):
         resolve_trackers(["wandb"])

@@ -499,7 +499,8 @@ def test_packed_attention_equals_the_block_mask():
 
 
 def test_metrics_log_on_resume_drops_what_came_after_the_checkpoint(tmp_path):
-    from sftlab.train.curves import MetricsLog, read_curves, read_metrics
+    from sftlab.train.curves import read_curves
+    from sftlab.train.metrics import MetricsLog, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [{"epoch": 0, "realised_mixture": {"a": 1.0}}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.8},

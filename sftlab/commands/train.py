@@ -97,7 +97,7 @@ def _count_lines(path) -> int:
 def _summary(out: str, code: int) -> dict:
     from pathlib import Path
 
-    from sftlab.train.curves import read_metrics
+    from sftlab.train.metrics import read_metrics
 
     run_dir = Path(out)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []

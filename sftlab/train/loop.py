@@ -32,7 +32,8 @@ from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_
                                      save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
 from sftlab.train.config import TrainConfig
-from sftlab.train.curves import MetricsLog, plot_curves
+from sftlab.train.curves import plot_curves
+from sftlab.train.metrics import MetricsLog
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
 from sftlab.train.preemption import SIGNALS
 from sftlab.train.throughput import PhaseTimes, Throughput
@@ -89,7 +90,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     from tqdm import tqdm
     from transformers.utils import logging as hf_logging
 
-    from sftlab.train.curves import resolve_trackers
+    from sftlab.train.metrics import resolve_trackers
 
     from sftlab.model.objective import micro_batch_loss, step_normaliser
 
@@ -666,7 +667,7 @@ def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokeniz
 def train_outcome(run: Path, step: int, stop: str | None, exit_rule: tuple[int, str] | None) -> dict:
     """The manifest's ``outcome.train``: steps, why it stopped, the last logged train loss, the last
     eval loss per slice, and the exit code with the rule that decided it."""
-    from sftlab.train.curves import read_metrics
+    from sftlab.train.metrics import read_metrics
 
     records = read_metrics(run / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r and "step" in r]
@@ -680,7 +681,7 @@ def train_outcome(run: Path, step: int, stop: str | None, exit_rule: tuple[int, 
 
 def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None,
                     exit_rule: tuple[int, str] | None = None) -> None:
-    from sftlab.train.curves import read_metrics
+    from sftlab.train.metrics import read_metrics
     from sftlab.manifest import update_manifest
 
     realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
