@@ -19,7 +19,7 @@ SECTIONS = (("summary", "Summary"), ("data", "Data"), ("masks", "Masks"),
 def build_report(run_dir: str | os.PathLike):
     """``(html, files)``: the page for ``run_dir`` and the ``RunFiles`` it was built from."""
     from sftlab.report import sections as s
-    from sftlab.report.data import data_section
+    from sftlab.report.data_section import data_section
     from sftlab.report.evaluation import evaluation_section
     from sftlab.report.inputs import read_run
     from sftlab.report.markup import page
