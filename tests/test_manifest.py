@@ -192,3 +192,9 @@ def test_environment_without_git_records_null_commit(tmp_path, monkeypatch):
     soft = environment()["software"]
     assert soft["git_commit"] is None and soft["git_dirty"] is None
     assert soft["python"] and soft["torch"]
+
+
+@pytest.mark.parametrize("damage", [b"[" * 100000, b"\xff\xfe", b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_manifest_of_a_damaged_run_json_is_one_line(hostile, tmp_path, capsys, damage):
+    (tmp_path / "run.json").write_bytes(damage)
+    assert "run.json" in hostile.refusal(capsys, main(["manifest", str(tmp_path)]))

@@ -100,8 +100,6 @@ class DataFile(_Section):
         if isinstance(data, dict) and data.get("path") is None and data.get("dataset_info"):
             if not data.get("dataset"):
                 raise ValueError("dataset_info needs dataset: the name of its entry")
-            from sftlab.data.layouts import dataset_info_entry
-
             try:
                 data = {**data, "path": str(dataset_info_entry(data["dataset_info"], data["dataset"])[0])}
             except UsageError as e:

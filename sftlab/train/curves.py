@@ -38,6 +38,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves = read_curves(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -50,7 +51,6 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
             style = {"color": "black", "linewidth": 2} if name == "all" else {"linewidth": 1.2}
             ax.plot(steps, losses, marker="o", markersize=3, label=f"eval {name}", **style)
         ax.set_xlabel("optimizer step")
-        from matplotlib.ticker import MaxNLocator
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_ylabel("loss (per trained token)")
         ax.set_title(title or "training and held-out loss")
