@@ -15,12 +15,21 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from types import SimpleNamespace
 
 import numpy as np
 
 from sftlab.train.config import load_config
 from sftlab.train.data import TrainData
+
+
+class Columns:
+    """A prepared store's columns without its tokens: what an epoch plan reads."""
+
+    def __init__(self, lengths: np.ndarray, slice_names: list, slice_codes: np.ndarray):
+        self.lengths, self.slice_names, self.slice_codes = lengths, slice_names, slice_codes
+
+    def __len__(self) -> int:
+        return len(self.lengths)
 
 
 def plan_seconds(table, plan: int, weights: bool) -> tuple[float, int]:
@@ -39,7 +48,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rng = np.random.default_rng(args.seed)
-    table = SimpleNamespace(lengths=rng.integers(20, 900, args.examples).astype(np.int64),
+    table = Columns(lengths=rng.integers(20, 900, args.examples).astype(np.int64),
                             slice_names=["a", "b", "c", None], slice_codes=rng.integers(0, 4, args.examples))
     print(f"{args.examples:,} examples, lengths 20-899, 4 slices, rows of 2048; load {os.getloadavg()[0]:.2f}")
     for label, weights in (("natural mixture", False), ("sampling weights a:2 b:1", True)):

@@ -8,8 +8,9 @@ encoded with that tokenizer. ``sftlab stats FILES`` without a tokenizer counts w
 (``sftlab.data.stats.compute_stats``; nothing is encoded, so there is no store).
 
 Exit 0: every check passed; 1: something was quarantined, a refusal category has no benign
-contrast, or held-out prompts leak into training; 2: unusable input. The JSON keys are those of
-``sftlab.data.stats.compute_stats`` plus ``files`` and ``quarantined``.
+contrast, or held-out prompts leak into training; 2: unusable input. The JSON is
+``sftlab.data.stats_schema.Stats``; both ways run one statistics engine (``sftlab.data.chunk_stats``),
+so the figures of files read in memory equal those of their prepared store (lengths aside).
 """
 from __future__ import annotations
 

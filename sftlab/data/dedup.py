@@ -1,15 +1,18 @@
-"""MinHash signatures in bulk and LSH candidate search, for near-duplicate and leakage checks.
+"""MinHash signatures in bulk, LSH candidate search, and the near-duplicate and leakage search.
 
 datasketch's ``MinHash`` updates one record at a time in Python; for 100k conversations that is
 most of a minute. ``MinHasher`` computes the same signatures (a test checks they are identical
 to datasketch's) for blocks of texts at once with numpy, and uses datasketch's ``MinHashLSH``
-band parameters, so candidates are what datasketch would find; every candidate is then
-confirmed with the exact Jaccard similarity by the caller (``sftlab.data.stats``).
+band parameters, so candidates are what datasketch would find. ``near_duplicates`` and
+``near_leaks`` confirm every candidate with the exact Jaccard similarity of the two shingle sets
+(the best three by MinHash estimate are tried), over any table of texts that has the
+``Texts`` methods: the statistics engine's summaries (``sftlab.data.chunk_stats.Summaries``),
+in memory or memory-mapped from a prepared store, so both reports find the same pairs.
 """
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -29,25 +32,24 @@ class MinHasher:
     composed or decomposed, or a word broken by a zero-width space, is one word), lowercased
     and split on whitespace by pyarrow's compute kernels (each Chinese or
     Japanese character a word of its own, since those scripts use no spaces); each distinct word
-    is hashed once (blake2b, 64 bits, stable across runs); a shingle's 32-bit hash mixes its three
-    word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
+    is hashed once, in bulk over its UTF-8 bytes (``_string_hashes``: 64 bits, stable across
+    runs); a shingle's 32-bit hash mixes its three word hashes. The signature of a text is, per permutation k, ``min over its shingles h of
     a_k * fmix32(h) + b_k mod 2^32`` with datasketch's own ``(a_k, b_k)`` for ``seed``: the values
     datasketch's ``MinHash(num_perm, seed, hashfunc=identity, scheme="affine32")`` holds after
     ``update_batch(shingle_hashes)``, so they go straight into ``LeanMinHash`` and ``MinHashLSH``.
     """
 
     def __init__(self, num_perm: int = DEFAULT_NUM_PERM, seed: int = MINHASH_SEED):
-        from datasketch import MinHash
+        from datasketch import MinHash  # lazy: datasketch (scipy) costs 0.8 s to import
 
         self.num_perm, self.seed = num_perm, seed
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self._a, self._b = a.astype(np.uint32)[:, None], b.astype(np.uint32)[:, None]
-        self._word_hash: dict[str, int] = {}
 
     def words(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(word hashes uint64, offsets)``: text i's normalised words are
         ``hashes[offsets[i]:offsets[i + 1]]``."""
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: pyarrow costs 0.3 s to import
         import pyarrow.compute as pc
 
         if not len(texts):
@@ -68,16 +70,11 @@ class MinHasher:
         words = pc.utf8_split_whitespace(lowered)
         offsets = words.offsets.to_numpy().astype(np.int64)
         encoded = words.flatten().dictionary_encode()
-        cache = self._word_hash
-        vocab = encoded.dictionary.to_pylist()
-        for w in vocab:
-            if w not in cache:
-                digest = hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest()
-                cache[w] = int.from_bytes(digest, "little")
         ids = encoded.indices.to_numpy()
-        table = np.fromiter(map(cache.__getitem__, vocab), dtype=np.uint64, count=len(vocab))
-        if "" in vocab:
-            empty = ids == vocab.index("")
+        table = _string_hashes(encoded.dictionary)
+        empty = np.flatnonzero(np.diff(_string_offsets(encoded.dictionary)) == 0)
+        if len(empty):
+            empty = ids == empty[0]
             n = np.diff(offsets)
             text_of_word = np.repeat(np.arange(len(n)), n)
             n = n - np.bincount(text_of_word[empty], minlength=len(n))
@@ -85,11 +82,10 @@ class MinHasher:
         return table[ids], offsets - offsets[0]
 
     @staticmethod
-    def keys(hashes: np.ndarray, offsets: np.ndarray) -> list[bytes]:
-        """One 128-bit key per text of its normalised word sequence: equal keys, equal texts."""
-        buf = memoryview(hashes.tobytes())
-        return [hashlib.blake2b(buf[8 * s:8 * e], digest_size=16).digest()
-                for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+    def keys(hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """``[texts, 16]`` uint8: one 128-bit key per text of its normalised word sequence (two
+        64-bit lanes of ``_sequence_keys``): equal keys, equal texts."""
+        return np.stack(_sequence_keys(hashes, offsets), axis=1).astype("<u8").view(np.uint8).reshape(len(offsets) - 1, 16)
 
     @staticmethod
     def shingles(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +125,7 @@ class MinHasher:
         return out
 
     def lean(self, signature: np.ndarray):
-        from datasketch import LeanMinHash
+        from datasketch import LeanMinHash  # lazy: see __init__
 
         return LeanMinHash(seed=self.seed, hashvalues=signature, scheme="affine32")
 
@@ -143,6 +139,54 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+_BYTE_SALT, _KEY_SALTS = np.uint64(0x5DEECE66D), (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+
+
+def _string_offsets(strings) -> np.ndarray:
+    """The int64 offsets of a pyarrow (large) string array, from 0."""
+    width = np.int64 if strings.type == "large_string" else np.int32
+    offsets = np.frombuffer(strings.buffers()[1], dtype=width)[strings.offset:strings.offset + len(strings) + 1]
+    return offsets.astype(np.int64)
+
+
+def _string_hashes(strings) -> np.ndarray:
+    """A 64-bit hash per string of a pyarrow string array, in NumPy over the UTF-8 bytes: the
+    wrapped sum of ``_mix64(byte << 32 | position)`` over the string's bytes, mixed with its
+    length. Equal strings, equal hashes, in any process; no Python per string.
+
+        >>> import pyarrow as pa
+        >>> h = _string_hashes(pa.array(["ab", "ba", "ab", ""], type=pa.large_string()))
+        >>> bool(h[0] == h[2]), bool(h[0] != h[1]), int(h[3]) == int(_mix64(np.zeros(1, np.uint64))[0])
+        (True, True, True)
+    """
+    offsets = _string_offsets(strings)
+    data = strings.buffers()[2]
+    data = (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))[offsets[0]:offsets[-1]]
+    offsets = offsets - offsets[0]
+    n = np.diff(offsets)
+    position = np.arange(len(data), dtype=np.uint64) - np.repeat(offsets[:-1], n).astype(np.uint64)
+    terms = _mix64(((data.astype(np.uint64) << np.uint64(32)) + position) ^ _BYTE_SALT)  # a bijection of (byte, position)
+    return _mix64(_segment_sums(terms, offsets) ^ n.astype(np.uint64) * _KEY_SALTS[0])
+
+
+def _sequence_keys(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit hashes per sequence ``hashes[offsets[i]:offsets[i + 1]]`` (order and length
+    count): wrapped sums of ``_mix64(hash + position * K)``, plain and times ``2 * position + 1``."""
+    n = np.diff(offsets)
+    position = np.arange(len(hashes), dtype=np.uint64) - np.repeat(offsets[:-1], n).astype(np.uint64)
+    terms = _mix64(hashes + position * _KEY_SALTS[0])
+    weighted = terms * (position * np.uint64(2) + np.uint64(1))
+    length = n.astype(np.uint64)
+    return (_mix64(_segment_sums(terms, offsets) ^ length * _KEY_SALTS[0]),
+            _mix64(_segment_sums(weighted, offsets) ^ length * _KEY_SALTS[1]))
+
+
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sums modulo 2^64 of ``values[offsets[i]:offsets[i + 1]]`` (empty segments: 0)."""
+    total = np.concatenate((np.zeros(1, np.uint64), np.cumsum(values, dtype=np.uint64)))
+    return total[offsets[1:]] - total[offsets[:-1]]
+
+
 def _fmix32(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 32-bit finaliser, the pre-mix of datasketch's affine32 scheme."""
     h = h ^ (h >> np.uint32(16))
@@ -152,51 +196,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-class TextSets:
-    """Many texts as exact-match keys, word counts, shingle sets and MinHash signatures.
-
-    Built in blocks of ``_TEXT_CHUNK`` texts, so only one block's words are held at a time.
-    """
-
-    def __init__(self, signer: MinHasher, texts: Sequence[str]):
-        self.keys: list[bytes] = []
-        n_words, hashes, starts, sigs = [], [], [np.zeros(1, np.int64)], []
-        for b in range(0, len(texts), _TEXT_CHUNK):
-            words, offsets = signer.words(texts[b:b + _TEXT_CHUNK])
-            self.keys += signer.keys(words, offsets)
-            n_words.append(np.diff(offsets))
-            sh, st = signer.shingles(words, offsets)
-            hashes.append(sh)
-            starts.append(st[1:] + starts[-1][-1])
-            sigs.append(signer.signatures(sh, st))
-        self.n_words = np.concatenate(n_words) if n_words else np.zeros(0, np.int64)
-        self.hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint32)
-        self.starts = np.concatenate(starts)
-        self.sigs = np.concatenate(sigs) if sigs else np.zeros((0, signer.num_perm), np.uint32)
-
-    def set(self, i: int) -> np.ndarray:
-        return np.unique(self.hashes[self.starts[i]:self.starts[i + 1]])
-
-    def jaccard(self, i: int, other: TextSets, j: int) -> float:
-        """Exact Jaccard similarity of text ``i``'s shingle set and ``other``'s text ``j``'s."""
-        mine, theirs = self.set(i), other.set(j)
-        inter = len(np.intersect1d(mine, theirs, assume_unique=True))
-        return inter / (len(mine) + len(theirs) - inter)
-
-    def best_match(self, i: int, candidates: Iterable[int], other: TextSets,
-                   threshold: float) -> tuple[int, float] | None:
-        """The candidate of ``other`` most similar to text ``i`` with exact Jaccard >= threshold,
-        trying the best three by MinHash estimate."""
-        cands = np.fromiter(candidates, dtype=np.int64)
-        estimate = (other.sigs[cands] == self.sigs[i]).mean(axis=1)
-        for k in np.argsort(-estimate, kind="stable")[:3]:
-            if (jac := self.jaccard(i, other, int(cands[k]))) >= threshold:
-                return int(cands[k]), jac
-        return None
-
-
 def lsh_index(signer: MinHasher, threshold: float):
-    from datasketch import MinHashLSH
+    from datasketch import MinHashLSH  # lazy: see MinHasher.__init__
 
     # Every candidate is confirmed with the exact Jaccard, so the bands favour recall: with 64
     # permutations at threshold 0.8 a pair at 0.8 becomes a candidate with p = 0.88, at 0.9 0.997.
@@ -234,3 +235,107 @@ def shared_keys(keys: np.ndarray, other: np.ndarray) -> np.ndarray:
     for k in range(keys.shape[1]):
         mask |= np.isin(keys[:, k], other[:, k])
     return mask
+
+
+# ---------------------------------------------------------------- the search, confirmed exactly
+
+class Texts(Protocol):
+    """A table of texts by row (``sftlab.data.chunk_stats.Summaries``): for ``kind`` "conv" or
+    "prompt", the MinHash signatures of some rows, their LSH band keys, and a row's shingle set."""
+
+    def rows(self, name: str, rows: np.ndarray) -> np.ndarray: ...
+
+    def column(self, name: str) -> np.ndarray: ...
+
+    def shingle_set(self, kind: str, row: int) -> np.ndarray: ...
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted sets of unique shingle hashes.
+
+    >>> jaccard(np.array([1, 2, 3, 4]), np.array([2, 3, 4, 5]))
+    0.6
+    """
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+def _confirm(texts: Texts, kind: str, row: int, other: Texts, candidates: np.ndarray, sigs: np.ndarray,
+             sig: np.ndarray, threshold: float) -> tuple[int, float] | None:
+    """The candidate of ``other`` most similar to ``texts``' row with exact Jaccard >= threshold,
+    trying the best three by MinHash estimate (``sigs``: the candidates' signatures)."""
+    estimate = (sigs == sig).mean(axis=1)
+    mine = texts.shingle_set(kind, row)
+    for k in np.argsort(-estimate, kind="stable")[:3]:
+        if (jac := jaccard(mine, other.shingle_set(kind, int(candidates[k])))) >= threshold:
+            return int(candidates[k]), jac
+    return None
+
+
+def near_duplicates(texts: Texts, rows: np.ndarray, signer: MinHasher,
+                    threshold: float) -> list[tuple[int, int, float]]:
+    """``[(row, earlier row, Jaccard)]``: each of ``rows`` (in order; exact copies left out by the
+    caller) whose conversation text has Jaccard >= ``threshold`` with an earlier novel one. Only
+    novel texts stay in the index, so a chain of small edits is measured against its first text."""
+    rows = rows[colliding(texts.column("conv_bands")[rows])] if len(rows) else rows
+    lsh, inserted, found = lsh_index(signer, threshold), {}, []
+    for r, sig in zip(rows.tolist(), texts.rows("conv_sigs", rows)):
+        m = signer.lean(sig)
+        candidates = np.fromiter(lsh.query(m), np.int64)
+        match = (_confirm(texts, "conv", r, texts, candidates, np.stack([inserted[c] for c in candidates.tolist()]),
+                          sig, threshold) if len(candidates) else None)
+        if match is None:
+            lsh.insert(r, m, check_duplication=False)
+            inserted[r] = sig
+        else:
+            found.append((r, *match))
+    return found
+
+
+def near_leaks(held: Texts, held_rows: np.ndarray, train: Texts, train_rows: np.ndarray, signer: MinHasher,
+               threshold: float) -> dict[int, tuple[int, float]]:
+    """``{held row: (train row, Jaccard)}`` for the held-out prompts with a near duplicate among
+    the training prompts ``train_rows``.
+
+    The smaller side goes into the LSH index and the larger one queries it, since an insert costs
+    datasketch about twice a query (held-out sets are usually far smaller than training).
+    """
+    if not len(held_rows) or not len(train_rows):
+        return {}
+    index_held = len(held_rows) < len(train_rows)
+    (indexed, i_rows), (probing, p_rows) = (((held, held_rows), (train, train_rows)) if index_held
+                                            else ((train, train_rows), (held, held_rows)))
+    i_keys, p_keys = indexed.column("prompt_bands")[i_rows], probing.column("prompt_bands")[p_rows]
+    lsh = lsh_index(signer, threshold)
+    i_rows = i_rows[shared_keys(i_keys, p_keys)]
+    inserted = dict(zip(i_rows.tolist(), indexed.rows("prompt_sigs", i_rows)))
+    for k, sig in inserted.items():
+        lsh.insert(k, signer.lean(sig), check_duplication=False)
+    p_rows = p_rows[shared_keys(p_keys, i_keys)]
+    found: dict[int, tuple[int, float]] = {}
+    for p, sig in zip(p_rows.tolist(), probing.rows("prompt_sigs", p_rows)):
+        candidates = np.fromiter(lsh.query(signer.lean(sig)), np.int64)
+        if index_held:  # p is a training prompt: confirm each held-out prompt it may be a near copy of
+            mine = train.shingle_set("prompt", p)
+            for k in candidates.tolist():
+                if k not in found and (jac := jaccard(held.shingle_set("prompt", k), mine)) >= threshold:
+                    found[k] = (p, jac)
+        elif len(candidates) and (match := _confirm(held, "prompt", p, train, candidates, np.stack(
+                [inserted[c] for c in candidates.tolist()]), sig, threshold)):
+            found[p] = match
+    return found
+
+
+def first_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first row of each row's key, whether the row is the first)``, keys as [n, 16] bytes.
+
+    >>> k = np.array([[1] * 16, [2] * 16, [1] * 16], dtype=np.uint8)
+    >>> [a.tolist() for a in first_rows(k)]
+    [[0, 1, 0], [True, True, False]]
+    """
+    if not len(keys):
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    flat = np.ascontiguousarray(keys).view(np.dtype((np.void, 16))).ravel()
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    firsts = first[inverse.ravel()]
+    return firsts, firsts == np.arange(len(keys))

@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.errors import UsageError
+from sftlab.files import read_yaml
+from sftlab.fingerprints import canonical_json, config_hash
 
 Metric = Literal["harmful_refusal_rate", "benign_refusal_rate", "benign_full_refusal_rate",
                  "benign_partial_refusal_rate", "task_accuracy", "eval_loss"]
@@ -175,15 +177,11 @@ class Policy(BaseModel):
 
     def canonical_json(self) -> str:
         """The normalised content: the validated model as JSON with sorted keys."""
-        from sftlab.fingerprints import canonical_json
-
         return canonical_json(self.model_dump(mode="json", exclude_none=True))
 
     @property
     def fingerprint(self) -> str:
         """sha256 of ``canonical_json()``: key order, comments and whitespace do not change it."""
-        from sftlab.fingerprints import config_hash
-
         return config_hash(self.model_dump(mode="json", exclude_none=True))
 
     def manifest_entry(self) -> dict[str, str]:
@@ -196,8 +194,6 @@ def load_policy(path: str | os.PathLike) -> Policy:
 
     Errors read like ``policy.yaml: categories[1].name: Field required``.
     """
-    from sftlab.files import read_yaml
-
     path = os.fspath(path)
     data = read_yaml(path, "policy")
     if not isinstance(data, dict):

@@ -31,6 +31,7 @@ def use_packed_attention(model) -> bool:
     forward), and KV caches keep transformers' SDPA with the mask.
     Returns whether it was switched on.
     """
+    # lazy: transformers takes seconds to import; sftlab.model is imported by commands that never train
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
@@ -43,7 +44,7 @@ def use_packed_attention(model) -> bool:
 
 
 def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward  # lazy: as above
 
     row_lengths = kwargs.pop(ROW_LENGTHS, None)
     plain = (row_lengths is None or attention_mask is None or attention_mask.dim() != 4

@@ -23,6 +23,7 @@ PROBE_TIMEOUT_S = 5.0
 @functools.lru_cache(maxsize=1)
 def hub_unreachable() -> str | None:
     """Why no hub can be reached (``HF_HUB_OFFLINE``, or the endpoint's error), or ``None``."""
+    # lazy: huggingface_hub is only needed when a name is not a local path
     from huggingface_hub import constants, is_offline_mode
     from huggingface_hub.utils import get_session
 
@@ -37,7 +38,7 @@ def hub_unreachable() -> str | None:
 
 def cached_snapshot(name: str) -> str | None:
     """The local snapshot directory of the hub name ``name`` in the Hugging Face cache, or ``None``."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # lazy: only for hub names
 
     try:
         return snapshot_download(name, local_files_only=True)
@@ -58,7 +59,7 @@ def resolve_source(name_or_path: str | os.PathLike) -> str:
     snapshot = cached_snapshot(name)
     if snapshot is not None:
         return snapshot
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # lazy: only for hub names
 
     raise UsageError(
         f"{name}: not a local directory and not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and "

@@ -22,6 +22,8 @@ from __future__ import annotations
 import array
 from collections.abc import Iterable
 
+import numpy as np
+
 __all__ = ["TokenArray", "token_ids", "loss_weights", "as_tensor"]
 
 IDS, WEIGHTS = "i", "f"
@@ -68,11 +70,9 @@ def as_tensor(values, dtype=None):
     Ids come back as int64 (what embedding layers index with), weights as float32. NumPy arrays
     (the memory-mapped columns of ``sftlab.tokens.store``) are copied from their buffer too.
     """
-    import torch
+    import torch  # lazy: torch takes seconds to import and most token work never needs a tensor
 
     if type(values).__module__ == "numpy" and hasattr(values, "dtype"):  # a store's (memory-mapped) array
-        import numpy as np
-
         t = torch.from_numpy(np.array(values))  # a copy: the tensor must not alias the map
         if t.dtype == torch.int32:
             t = t.long()

@@ -34,8 +34,10 @@ import dataclasses
 import json
 import re
 
+from sftlab.data.conversation import template_messages
 from sftlab.tokens.layout import Layout, Turn
 from sftlab.tokens.template_errors import TemplateError
+from sftlab.tokens.templates import call_arguments_form
 
 __all__ = ["MASK_SOURCES", "has_markers", "check_mask_source", "marked_ranges", "marked_layout", "differences",
            "marker_report", "describe"]
@@ -64,8 +66,6 @@ def check_mask_source(mask_source: str, template) -> str:
 
 def _template_messages(template, messages: list[dict], tools: list | None) -> list[dict]:
     """``messages`` as the template is given them when sftlab renders it."""
-    from sftlab.tokens.templates import call_arguments_form
-
     messages = call_arguments_form(template, messages, tools)
     if template.content_parts:
         messages = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
@@ -144,8 +144,6 @@ def differences(tokenizer, template, conversation, example) -> list[dict]:
     generation markers disagree: one dict per run of tokens one side trains and the other does not,
     ``{"message_index", "text", "trained_by": "markers" | "sftlab", "where"}``, ``where`` relative to
     sftlab's turn: ``before the answer``, ``in the answer``, ``in the stop`` or ``after the stop``."""
-    from sftlab.data.conversation import template_messages
-
     trace = example.trace
     layout = trace.layout
     tools = json.loads(conversation.tools) if conversation.tools else None

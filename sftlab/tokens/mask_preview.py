@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from sftlab.files import write_atomic
+from sftlab.tokens.encoding import EncodingError
+from sftlab.tokens.masks import annotate
+
 PREVIEW_PATH = Path("data") / "mask_preview.json"
 
 
@@ -34,9 +38,6 @@ def mask_preview(conversations: Sequence[Any], tokenizer, template=None, *, n: i
                  reasoning: str = "keep", inline_reasoning: bool = True,
                  mask_source: str = "contract") -> list[dict[str, Any]]:
     """Token views of up to ``n`` conversations (ones that cannot be encoded are skipped)."""
-    from sftlab.tokens.encoding import EncodingError
-    from sftlab.tokens.masks import annotate
-
     out = []
     for conv in _pick(list(conversations), n * 2):
         try:
@@ -56,8 +57,6 @@ def mask_preview(conversations: Sequence[Any], tokenizer, template=None, *, n: i
 def write_mask_preview(run_dir: str | os.PathLike, conversations: Sequence[Any], tokenizer,
                        template=None, **options: Any) -> Path:
     """Write ``RUN/data/mask_preview.json`` atomically; ``options`` as for :func:`mask_preview`."""
-    from sftlab.files import write_atomic
-
     path = Path(run_dir) / PREVIEW_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
     preview = mask_preview(conversations, tokenizer, template, **options)

@@ -20,9 +20,12 @@ import html
 from dataclasses import dataclass
 
 from sftlab.data.conversation import Conversation, Message, ToolCall, template_messages
+from sftlab.terminal import terminal_safe
 from sftlab.tokens.encoding import EncodedExample, as_conversation, encode_expanded
+from sftlab.tokens.generation_markers import describe, has_markers, marker_report
 from sftlab.tokens.jinja_render import render_jinja
 from sftlab.tokens.templates import ChatTemplate, RenderLimitError, TemplateError, call_arguments_form, get_template
+from sftlab.tokens.tool_formats import REASONING_FORMATS, TOOL_FORMATS
 from sftlab.tokens.trained_turns import sorted_control
 from sftlab.tokens.weighting import exchanges
 
@@ -99,8 +102,6 @@ def to_ansi(views: list[TokenView]) -> str:
     """Trained tokens on a green background (brighter = larger weight), scaffolding dimmed,
     a role tag where a message's content starts, token boundaries as thin separators; the
     tokens' own control characters shown escaped (``sftlab.terminal``)."""
-    from sftlab.terminal import terminal_safe
-
     out, last = [], None
     for v in views:
         if v.message_index is not None and v.message_index != last:
@@ -180,8 +181,6 @@ _PROBE_TOOLS = ('[{"type": "function", "function": {"name": "get_weather", "desc
 def supports_tools(t: ChatTemplate) -> tuple[bool, bool]:
     """``(tools, reasoning)``: whether the template has a tool-call format and a reasoning format
     (a built-in with one, or a Jinja template that reads ``tool_calls`` / ``reasoning_content``)."""
-    from sftlab.tokens.tool_formats import REASONING_FORMATS, TOOL_FORMATS
-
     if t.is_builtin:
         return t.name in TOOL_FORMATS, t.name in REASONING_FORMATS
     return "tool_calls" in t.source, "reasoning_content" in t.source
@@ -245,8 +244,6 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     earlier turns), and whether they agree by the generation-parity contract (DESIGN.md,
     invariant 2): the trained text is what the model must generate up to and including the stop,
     and what is left after it is only whitespace and control tokens (an eos written once)."""
-    from sftlab.tokens.encoding import encode_expanded
-
     t = template if isinstance(template, ChatTemplate) else get_template(template, tokenizer)
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
     control = sorted_control(t)
@@ -300,8 +297,6 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
 def _marker_differences(tokenizer, t: ChatTemplate, conv: Conversation, examples, turns: list[dict]) -> dict:
     """For a template with ``{% generation %}`` markers: where its markers and sftlab's trained
     tokens differ (``sftlab.tokens.generation_markers``), listed per turn and for the probe."""
-    from sftlab.tokens.generation_markers import describe, has_markers, marker_report
-
     if not has_markers(t):
         return {}
     found = marker_report(tokenizer, t, conv, examples)

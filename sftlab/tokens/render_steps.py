@@ -37,6 +37,10 @@ from __future__ import annotations
 import functools
 import threading
 
+from jinja2 import Environment, nodes
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context, LoopContext
+
 from sftlab.tokens.template_errors import RenderLimitError
 
 __all__ = ["RENDER_MAX_STEPS", "STEPS_PER_MESSAGE", "STEPS_PER_CHAR", "CHECK_EVERY",
@@ -113,8 +117,6 @@ def _loop_steps(value):
 
 def loop_call_args(obj, args: tuple) -> tuple:
     """The arguments of a call, with the iterable of a recursive loop's ``loop(...)`` counted too."""
-    from jinja2.runtime import LoopContext
-
     if isinstance(obj, LoopContext) and args:
         return (_Counted(args[0]), *args[1:])
     return args
@@ -123,8 +125,6 @@ def loop_call_args(obj, args: tuple) -> tuple:
 def count_loop_steps(template_ast):
     """The parsed template with every ``{% for %}`` iterating through the counting filter
     (``{% for x in xs %}`` reads as ``{% for x in xs|sftlab_loop_steps %}``)."""
-    from jinja2 import nodes
-
     for loop in template_ast.find_all(nodes.For):
         loop.iter = nodes.Filter(loop.iter, _FILTER, [], [], None, None, lineno=loop.lineno)
     return template_ast
@@ -136,9 +136,6 @@ _SIZED = (str, list, tuple, dict, range)
 def counted_filters(filters: dict) -> dict:
     """``filters`` each spending a step per call (and per ``FILTER_ITEMS`` items of their input),
     and the loop filter."""
-    from jinja2 import Environment
-    from jinja2.nodes import EvalContext
-    from jinja2.runtime import Context
 
     contexts = (Context, EvalContext, Environment)  # what pass_context & co. put before the value
 

@@ -71,7 +71,7 @@ import numpy as np
 from sftlab.errors import UsageError
 from sftlab.files import no_room, room_message
 
-FORMAT = 1
+FORMAT = 2  # 2: the statistics summaries keep word 3-shingles (near duplicates confirmed exactly)
 CHUNK_RECORDS = 8192
 _ARRAYS = ("ids", "weights", "lengths", "slices", "trained", "records", "lines", "derived", "lost", "reasoning")
 _DERIVED = (None, "turn", "overflow")
@@ -1100,7 +1100,7 @@ def _encode_run(tasks: list[_Task]) -> list[dict]:
 def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, policy, paths: list[Path],
               build: dict, cache: Path) -> Path:
     """Duplicate ids, quarantine, counts, statistics and checksums; then the store is moved to its key."""
-    from sftlab.data.chunk_stats import Summaries, merge
+    from sftlab.data.chunk_stats import BUILD_ONLY, Summaries, merge
 
     dirs = [root / f"chunk-{t.chunk:05d}" for t in tasks]
     excluded, dup_entries, excluded_fields, moved = _duplicate_ids(dirs, tasks, paths, policy)
@@ -1153,7 +1153,7 @@ def _finalize(root: Path, tasks: list[_Task], results: list[dict], parts: dict, 
     _merge_preview(root, dirs, excluded)
     for d in dirs:
         for name in ("quarantine.jsonl", "id_keys.npy", "id_records.npy", "id_lines.npy", "id_here.npy",
-                     "preview.jsonl"):
+                     "preview.jsonl", *(f"stats/{n}" for n in BUILD_ONLY)):
             (d / name).unlink()
     # keys: records digest per input, then the store key
     per_input_records, per_input = per_input, {}

@@ -22,6 +22,7 @@ else the measured throughput of matrix products from the model's hidden size int
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -154,8 +155,6 @@ class PhaseTimes:
             self._open[-1][2] += total
 
     def __call__(self, name: str):
-        from contextlib import contextmanager
-
         @contextmanager
         def phase():
             self.start(name)
