@@ -14,7 +14,7 @@ What it measures:
 Every point runs in its own process (compare_trl.py's workers), so peak RSS is that point's
 alone. Timings are printed, never asserted. Inputs are generated into --work when missing.
 
-With ``--store`` it measures the prepared-data store (``sftlab.tokens.store``) against its goals
+With ``--store`` it measures the prepared-data store (``sftlab.prepare``) against its goals
 instead, side by side in one run (``--store-sizes``, default 100k, 200k and 1M conversations):
 
 - cold preparation (``prepare``: read, validate, encode, statistics, write; ``--num-proc``
@@ -122,10 +122,10 @@ def _config(a: dict, out: str, **optim):
 def store_prep(a: dict) -> dict:
     """Cold ``sftlab prepare`` of the training file into the (empty) cache ``a["cache"]``."""
     from sftlab.train.data import prepare_stores
-    from sftlab.train.loop import load_tokenizer_and_template
+    from sftlab.model.loading import config_tokenizer
 
     cfg = _config(a, "unused")
-    tok, template = load_tokenizer_and_template(cfg)
+    tok, template, _ = config_tokenizer(cfg)
     t0, c0 = time.perf_counter(), _cpu()
     store = prepare_stores(cfg, tok, template)["train"]
     return {"seconds": time.perf_counter() - t0, "cpu_s": _cpu() - c0, "examples": len(store),
@@ -174,7 +174,7 @@ def store_train(a: dict) -> dict:
     import sftlab.train.loop as loop
 
     marks: dict = {}
-    load, micro, prep = loop.load_model_and_tokenizer, loop.TrainData.micro_batches, loop.prepare_data
+    load, micro, prep = loop.load_training_model, loop.TrainData.micro_batches, loop.prepare_data
 
     def timed_prep(*args, **kw):
         t0, c0 = time.perf_counter(), _cpu()
@@ -193,7 +193,7 @@ def store_train(a: dict) -> dict:
         marks.setdefault("first_step_cpu", _cpu())
         return micro(self, *args, **kw)
 
-    loop.load_model_and_tokenizer, loop.TrainData.micro_batches = timed_load, first_step
+    loop.load_training_model, loop.TrainData.micro_batches = timed_load, first_step
     loop.prepare_data = timed_prep
     with tempfile.TemporaryDirectory() as out:
         cfg = _config(a, str(Path(out) / "run"), grad_accum=4, max_steps=2)

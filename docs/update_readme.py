@@ -3,7 +3,9 @@
 
 - the config reference, from the field docs of ``sftlab.train.config`` (the same text ``sftlab train
   --help`` prints);
-- the command list, from each sub-command's ``--help`` summary.
+- the command list, from each sub-command's ``--help`` summary;
+- the command reference, every option of every command as its ``--help`` shows it (the options
+  that set a config field take their help from the field's docs, ``sftlab.commands.options``).
 
 Run ``python docs/update_readme.py`` after changing either; ``tests/test_readme.py`` fails when
 the README is out of date.
@@ -26,7 +28,30 @@ def generated() -> dict[str, str]:
     rows = ["| command | what it does |", "| --- | --- |"]
     for choice in sub._choices_actions:
         rows.append(f"| `sftlab {choice.dest}` | {choice.help} |")
-    return {"config-reference": config_reference_markdown().strip(), "commands": "\n".join(rows)}
+    return {"config-reference": config_reference_markdown().strip(), "commands": "\n".join(rows),
+            "cli-reference": cli_reference(sub)}
+
+
+def cli_reference(sub) -> str:
+    """One table per command: each option (with its metavar or choices) and its help."""
+    out = []
+    for choice in sub._choices_actions:
+        parser = sub.choices[choice.dest]
+        out += [f"#### `sftlab {choice.dest}`", "", "| option | meaning |", "| --- | --- |"]
+        for action in parser._actions:
+            if "-h" in action.option_strings:
+                continue
+            name = ", ".join(action.option_strings) or action.dest
+            shown = parser._get_formatter()._format_args(action, action.metavar or action.dest.upper()) \
+                if action.nargs != 0 else ""
+            cell = f"`{name} {shown}`" if shown and action.option_strings else f"`{shown or name}`"
+            text = (action.help or "").replace("%%", "%")
+            if action.required and action.option_strings:
+                text = "(required) " + text
+            cells = (cell, " ".join(text.split()))
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+    return "\n".join(out).strip()
 
 
 def render(text: str) -> str:

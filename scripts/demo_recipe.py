@@ -190,8 +190,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base", default=None, help="base model directory (default: the demo's SmolLM2-135M)")
     ap.add_argument("--reference", action="store_true", help="also score the untuned base model")
+    ap.add_argument("--score", action="append", default=[], metavar="NAME=DIR",
+                    help="also score a model trained elsewhere (a demo run's RUN/final), as row NAME")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
+    scored = dict(x.split("=", 1) for x in args.score)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
@@ -200,6 +203,7 @@ def main() -> None:
 
         args.base = str(demo_base_model())
     t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
     configs = {v: _prepare(args.out, v, args) for v in variants}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {v: subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(c)], env=env,
@@ -210,6 +214,8 @@ def main() -> None:
     rows = {}
     if args.reference:
         rows["reference"] = {**curve(args.base), **ood(args.out / "reference", args.base, args.seed)}
+    for name, model_dir in scored.items():
+        rows[name] = {**curve(model_dir), **ood(args.out / name, model_dir, args.seed)}
     for v in variants:
         final = args.out / v / "final"
         if codes[v] != 0 and not final.is_dir():

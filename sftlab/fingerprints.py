@@ -14,25 +14,87 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import weakref
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-__all__ = ["canonical_json", "config_hash", "data_version", "tokenizer_sha256", "tokenizer_fingerprint",
-           "weights_sha256"]
+__all__ = ["canonical_json", "canonical_bytes", "json_sha256", "chained_sha256", "config_hash", "data_version",
+           "file_sha256", "tokenizer_sha256", "tokenizer_fingerprint", "weights_sha256"]
 
 
-def canonical_json(value: Any) -> str:
-    """Key-sorted, compact JSON: the form every sftlab hash is taken over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_ENCODERS = {None: json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+             str: json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)}
+
+
+def canonical_json(value: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """Key-sorted, compact JSON: the form every sftlab hash is taken over. ``default`` is called
+    for a value JSON has no form for (``str`` for records read from Parquet or a dataset, which
+    may hold dates or bytes); ``None`` raises ``TypeError`` for one.
+
+        >>> import datetime
+        >>> canonical_json({"at": datetime.date(2026, 12, 7)}, default=str)
+        '{"at":"2026-12-07"}'
+    """
+    encoder = _ENCODERS.get(default)
+    if encoder is None:
+        encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default)
+    return encoder.encode(value)
+
+
+def canonical_bytes(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
+    """``canonical_json(value, default)`` as UTF-8, the bytes a hash reads; an unpaired surrogate
+    (a JSON escape such as ``"\\ud800"`` that no UTF-8 text holds) is kept, not refused.
+
+        >>> canonical_bytes(["\\ud800"])
+        b'["\\xed\\xa0\\x80"]'
+    """
+    return canonical_json(value, default).encode("utf-8", "surrogatepass")
+
+
+def json_sha256(value: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """sha256 hex of ``canonical_bytes(value, default)``: the hash of a JSON value, whatever its
+    key order (a config, a cache key's parts).
+
+        >>> json_sha256({"b": 1, "a": 2}) == json_sha256({"a": 2, "b": 1})
+        True
+    """
+    return hashlib.sha256(canonical_bytes(value, default)).hexdigest()
+
+
+def chained_sha256(digests: Iterable[str]) -> str:
+    """sha256 hex of hex digests written one after another: one hash over parts hashed apart
+    (the chunks of an input, the inputs of a store), in their order.
+
+        >>> chained_sha256(["ab", "cd"]) == chained_sha256(["abcd"]) != chained_sha256(["cd", "ab"])
+        True
+    """
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(d.encode("ascii"))
+    return h.hexdigest()
 
 
 def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """sha256 hex of the canonical JSON of a config dict (key order does not matter)."""
-    return _sha256(canonical_json(config))
+    return json_sha256(config)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes, read a block at a time: the one way sftlab hashes a file.
+
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+        ...     _ = f.write(b"abc")
+        >>> file_sha256(f.name)[:16]
+        'ba7816bf8f01cfea'
+        >>> os.unlink(f.name)
+    """
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def data_version(conversations: Iterable[Any]) -> str:

@@ -19,7 +19,7 @@ from tokenizers import processors
 from sftlab.data.formats import Columns, RecordError, to_conversation
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import EncodingError, encode, encode_expanded
-from sftlab.tokens.store import prepare
+from sftlab.prepare import prepare
 from sftlab.tokens.templates import get_template
 
 CASES = [("The sky is", " blue."), ("Translate to French: cheese =>", " fromage"),

@@ -10,7 +10,7 @@ import sftlab
 from sftlab.cli import main
 from sftlab.errors import UsageError
 from sftlab.evaluation.agreement import agreement, canonical_label, cohen_kappa, load_labelled
-from sftlab.evaluation.classifier import ClassifierDetector, load_detector, parse_label_map
+from sftlab.evaluation.detectors import ClassifierDetector, load_detector, parse_label_map
 from sftlab.evaluation.detector import Detector, RuleDetector, detect_refusal
 
 LABELLED = Path(__file__).parent / "data" / "detector_labelled.jsonl"
@@ -184,7 +184,7 @@ def test_classifier_needs_a_label_map_for_generic_names(tmp_path):
 
 def test_a_classifier_directory_with_only_pickled_weights_is_refused(time_limit, tmp_path):
     from sftlab.errors import UsageError
-    from sftlab.evaluation.classifier import ClassifierDetector
+    from sftlab.evaluation.detectors import ClassifierDetector
 
     (tmp_path / "clf").mkdir()
     (tmp_path / "clf" / "pytorch_model.bin").write_bytes(b"not loaded")

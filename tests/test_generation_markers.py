@@ -113,7 +113,7 @@ def test_a_turn_the_markers_leave_out_is_refused_with_the_reason():
 
 
 def test_the_mask_source_enters_the_prepared_store_key(tmp_path):
-    from sftlab.tokens.store import prepare
+    from sftlab.prepare import prepare
 
     tok = tokenizer_for("trl-qwen2.5-training")
     data = tmp_path / "d.jsonl"

@@ -72,7 +72,7 @@ def test_a_lone_surrogate_anywhere_is_quarantined_by_validate(tmp_path, capsys, 
 def test_what_validate_accepts_prepare_encodes(tmp_path):
     """The same lines through the prepared-data store: no record fails later than validate."""
     from sftlab.demo.tiny import build_tokenizer
-    from sftlab.tokens.store import prepare
+    from sftlab.prepare import prepare
     from sftlab.tokens.templates import get_template
 
     data = tmp_path / "a.jsonl"

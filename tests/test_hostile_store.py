@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sftlab.demo.tiny import build_tokenizer
-from sftlab.tokens.store import PreparedStore, StoreError, prepare
+from sftlab.prepare import PreparedStore, StoreError, prepare
 from sftlab.tokens.templates import get_template
 
 pytestmark = pytest.mark.usefixtures("time_limit")  # conftest.py: every case under HOSTILE_LIMIT_S
@@ -99,9 +99,9 @@ def test_an_input_rewritten_with_its_stamp_written_into_the_cache_is_hashed_anyw
     text = data.read_text().replace('"r1"', '"q1"', 1)  # same size, other records
     data.write_text(text)
     st = data.stat()
-    from sftlab.tokens.store import _stamp
+    from sftlab.prepare.key import stamp
 
-    stamps[str(data.resolve())] = [_stamp(st), old_digest]  # the stamp vouches for the old content
+    stamps[str(data.resolve())] = [stamp(st), old_digest]  # the stamp vouches for the old content
     stamps_path.parent.mkdir(parents=True, exist_ok=True)
     stamps_path.write_text(json.dumps(stamps))
     second = _prepare(data, tok, cache)
@@ -147,7 +147,7 @@ def _flip(path: Path) -> None:
 
 
 def test_a_chunk_altered_with_its_stamp_written_back_is_caught(tok, tmp_path, capsys):
-    from sftlab.tokens.store import _stamp, _stamps_path
+    from sftlab.prepare.key import stamp, stamps_path
 
     data = _write(tmp_path / "a.jsonl", _rows(30))
     cache = tmp_path / "cache"
@@ -155,9 +155,9 @@ def test_a_chunk_altered_with_its_stamp_written_back_is_caught(tok, tmp_path, ca
     good = [store.ids(i).tolist() for i in range(len(store))]
     ids = store.path / "chunk-00001" / "ids.npy"
     _flip(ids)
-    stamps = _stamps_path(store.path)
+    stamps = stamps_path(store.path)
     known = json.loads(stamps.read_text()) if stamps.exists() else {}
-    known["chunk-00001/ids.npy"] = _stamp(ids.stat())  # the stamp file says: unchanged since hashed
+    known["chunk-00001/ids.npy"] = stamp(ids.stat())  # the stamp file says: unchanged since hashed
     stamps.write_text(json.dumps(known))
     again = _prepare(data, tok, cache)
     _damage_reported(capsys, ids)

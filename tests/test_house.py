@@ -17,11 +17,11 @@ PACKAGE = Path(sftlab.__file__).parent
 STAGE_RANK = {
     "sftlab": 0, "sftlab.errors": 0, "sftlab.fingerprints": 0, "sftlab.collector": 0, "sftlab.files": 0,
     "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0,
-    "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.model": 3, "sftlab.evaluation": 4, "sftlab.train": 5,
-    "sftlab.report": 6, "sftlab.demo": 7, "sftlab.commands": 8, "sftlab.cli": 8, "sftlab.__main__": 9,
+    "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.prepare": 3, "sftlab.model": 4, "sftlab.evaluation": 5,
+    "sftlab.train": 6, "sftlab.report": 7, "sftlab.demo": 8, "sftlab.commands": 9, "sftlab.cli": 9,
+    "sftlab.__main__": 10,
 }
-# The demo's orchestration runs the same commands a user types, so it sits with the CLI.
-TOP_LEVEL = {"sftlab.demo.run": 8}
+CLI_RANK = STAGE_RANK["sftlab.cli"]
 
 
 def _stage(module: str) -> str:
@@ -33,7 +33,7 @@ def _stage(module: str) -> str:
 
 
 def _rank(module: str) -> int:
-    return TOP_LEVEL.get(module, STAGE_RANK[_stage(module)])
+    return STAGE_RANK[_stage(module)]
 
 
 def _modules() -> list[str]:
@@ -81,10 +81,49 @@ def test_no_stage_imports_one_above_it():
     assert not violations, "\n".join(violations)
 
 
+def _module_level_imports(module: str, modules: set[str]) -> set[str]:
+    """The sftlab modules ``module`` imports when it is imported: statements at module level, in
+    ``if`` and ``try`` blocks too (not inside functions), a package's parent excluded."""
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    stack, found = list(tree.body), set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.If, ast.Try, ast.ExceptHandler)):
+            stack += [*node.body, *getattr(node, "orelse", ()), *getattr(node, "handlers", ()),
+                      *getattr(node, "finalbody", ())]
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                      for a in node.names}
+    return {m for m in found if m in modules and m != module and not module.startswith(m + ".")}
+
+
+def test_no_import_loop():
+    """No module imports, directly or through others, a module that imports it back: the graph
+    of module-level imports, and the CLI's commands, has no cycle (a module is whole when it is used)."""
+    modules = set(_modules()) | {"sftlab"}
+    graph = {m: _module_level_imports(m, modules) for m in modules}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (loop := visit(n, [*path, n])):
+                return loop
+        state[m] = 2
+        return None
+
+    loops = [loop for m in sorted(modules) if m not in state and (loop := visit(m, [m]))]
+    assert not loops, "import loops: " + "; ".join(" -> ".join(loop) for loop in loops)
+
+
 def test_the_library_never_imports_the_cli():
     offenders = []
     for module in _modules():
-        if _rank(module) >= 8:
+        if _rank(module) >= CLI_RANK:
             continue
         offenders += [f"{module}:{line}" for line, imported in _imports(Path(importlib.util.find_spec(module).origin))
                       if imported.startswith(("sftlab.cli", "sftlab.commands"))]
@@ -160,6 +199,6 @@ def test_check_head_message_names_the_config_key_and_null_chunk_size_skips_the_c
     llama.config.final_logit_softcapping = 0.5      # the head and the model's logits disagree
     with pytest.raises(ValueError, match=r"loss\.chunk_size: null"):
         check_head(llama)
-    loop = (PACKAGE / "train" / "loop.py").read_text()
-    assert "if cfg.loss.chunk_size is not None:\n            check_head(model)" in loop
+    loader = (PACKAGE / "model" / "loading.py").read_text()
+    assert "if cfg.loss.chunk_size is not None:\n            check_head(model)" in loader
     assert torch.is_tensor(next(llama.parameters()))

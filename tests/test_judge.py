@@ -3,7 +3,7 @@ import pytest
 
 from sftlab.demo.tiny import build_tiny
 from sftlab.errors import UsageError
-from sftlab.evaluation.classifier import load_detector
+from sftlab.evaluation.detectors import load_detector
 from sftlab.evaluation.detector import Detector
 from sftlab.evaluation.judge import RUBRIC_VERSION, JudgeDetector, rubric_prompt
 

@@ -238,7 +238,7 @@ def test_an_adapter_whose_converted_gguf_base_is_gone_converts_the_runs_gguf_aga
     # from the GGUF file RUN/run.json names, and without it the error names what to fix
     from pathlib import Path
 
-    from sftlab.model.adapters import resolve_base
+    from sftlab.model.loading import resolve_base
 
     src = tmp_path / "src"
     src.mkdir()

@@ -345,9 +345,9 @@ def test_cli_token_lengths_with_a_tokenizer(files, capsys, tmp_path, monkeypatch
     code, s = run_json(capsys, files["train"], "--tokenizer", str(tmp_path / "tok"))
     assert code == 2 and "chat_template" in s["error"]
     # the figures come from the prepared-data store of these files: built once, then read
-    from sftlab.tokens.store import default_cache_dir
+    from sftlab.files import cache_dir
 
-    stores = lambda: {p.name for p in default_cache_dir().iterdir() if not p.name.startswith((".", "index"))}  # noqa: E731
+    stores = lambda: {p.name for p in cache_dir("prepared").iterdir() if not p.name.startswith((".", "index"))}  # noqa: E731
     before = stores()
     assert len(before) == 1  # the one store of train.jsonl with chatml
     again = run_json(capsys, files["train"], "--policy", files["policy"], "--tokenizer", str(tmp_path / "tok"),

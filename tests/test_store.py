@@ -12,7 +12,7 @@ from sftlab.data.loading import load_files
 from sftlab.data.stats import compute_stats
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import encode_all
-from sftlab.tokens.store import PreparedStore, StoreError, prepare
+from sftlab.prepare import PreparedStore, StoreError, prepare
 from sftlab.tokens.templates import get_template
 
 OPTIONS = {"max_length": 64, "last_turn_only": False}
@@ -142,13 +142,14 @@ def test_an_unchanged_store_is_opened_without_hashing_and_a_changed_file_still_i
                                                                                  monkeypatch):
     import os
 
-    import sftlab.tokens.store as store_mod
+    from sftlab import fingerprints
+    from sftlab.prepare import key as store_key
 
-    monkeypatch.setattr(store_mod, "_RACY_NS", 0)  # the files count as settled at once
-    monkeypatch.setattr(store_mod, "_SAMPLE_BYTES", 0)  # as for a store and an input far larger than the sample
+    monkeypatch.setattr(store_key, "RACY_NS", 0)  # the files count as settled at once
+    monkeypatch.setattr(store_key, "SAMPLE_BYTES", 0)  # as for a store and an input far larger than the sample
     hashed = []
-    real = store_mod._sha256_file
-    monkeypatch.setattr(store_mod, "_sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    real = fingerprints.file_sha256  # every file the store hashes goes through it
+    monkeypatch.setattr(fingerprints, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
     store = _prepare([data / "a.jsonl"], tok, tmp_path)
     assert store.hit is False
     hashed.clear()
@@ -306,3 +307,61 @@ def test_chunk_counts_are_the_counts_of_stats(tmp_path):
     assert [tuple(map(int, x)) for x in zip(got["calls"], got["has_tools"], got["reason_words"], got["trained_words"])] \
         == [tuple(map(int, tool_counts(c))) for c in convs]
     assert int(got["reason_words"].sum()) > 0 and int(got["calls"].sum()) > 0
+
+
+def test_a_store_of_known_inputs_has_a_known_key_and_files(data, tok, tmp_path, monkeypatch):
+    """The same inputs make the same store, release after release of its code: the key and the
+    sha256 of every file are pinned (a change of FORMAT, of the encoding or of the statistics'
+    files changes them on purpose; then bump ``sftlab.prepare.key.FORMAT`` and pin again). The
+    sftlab version, part of the key, is fixed here; the inputs are named relative to their folder.
+    The tokenizer's fingerprint is part of the key too: a tokenizers release that serialises the
+    same tokenizer otherwise changes the key, not the files."""
+    import hashlib
+
+    import sftlab
+
+    monkeypatch.setattr(sftlab, "__version__", "0.0.0-pin")
+    monkeypatch.chdir(data)
+    found = {}
+    for name, inputs, kw in (("one", ["a.jsonl"], {}),
+                             ("split", ["a.jsonl", "held.jsonl"], {"sides": ["train", "train"], "eval_split": 0.2,
+                                                                  "num_proc": 2})):
+        store = _prepare(inputs, tok, tmp_path / name, **kw)
+        files = hashlib.sha256("".join(f"{rel}:{hashlib.sha256(raw).hexdigest()}\n"
+                                       for rel, raw in _files(store).items()).encode()).hexdigest()
+        found[name] = (store.key[:16], files[:16], len(_files(store)))
+    assert found == PINNED, found
+
+
+PINNED = {"one": ("a186afab1d2dd77a", "81e90a220fa0875d", 158), "split": ("63c5bc46d12f95ce", "b3ab3cea766d8603", 189)}
+"""Store format 2 (word 3-shingles kept for exact near-duplicate confirmation), found alike by the
+store's code as it was in sftlab/tokens/store.py and by sftlab/prepare/ after the move."""
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_load_files_and_the_store_quarantine_the_same_copies_of_an_id(tok, tmp_path, make_record, num_proc):
+    """One duplicate-id rule (``sftlab.data.loading.DuplicateIds``): the store, over chunks and
+    worker processes, quarantines the records ``load_files`` does, with the same reason."""
+    rng = random.Random(1)
+    a = [make_record(i, rng) for i in range(40)]
+    a[20] = dict(a[3])                                                         # r3 again, same text
+    a[25] = {**a[25], "id": "r7"}                                              # r7 again, other text
+    a[30] = {"id": "x", "messages": [{"role": "user", "content": "no answer"}]}   # quarantined: claims no id
+    b = [{**make_record(50, rng), "id": "r1"},                                 # r1 again, in another file
+         {**make_record(51, rng), "id": "x"},                                  # the first accepted "x"
+         {**make_record(52, rng), "id": "x"}]                                  # "x" again
+    paths = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    for p, rows in zip(paths, (a, b)):
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = load_files(paths)
+    store = _prepare(paths, tok, tmp_path / "cache", chunk_records=8, num_proc=num_proc)
+    stored = [json.loads(x) for x in store.quarantine_path.read_text().splitlines()]
+    loaded = [e.to_dict() for e in report.quarantined]
+    copies = lambda entries: [(e["file"], e["line"], e["reason"]) for e in entries  # noqa: E731
+                              if e["code"] == "duplicate_id"]
+    assert copies(stored) == copies(loaded)
+    assert [(f, line) for f, line, _ in copies(loaded)] == [(str(paths[0]), 21), (str(paths[0]), 26),
+                                                            (str(paths[1]), 1), (str(paths[1]), 3)]
+    assert "first seen at " + str(paths[1]) + ":2" in copies(loaded)[-1][2]
+    assert [(e["file"], e["line"], e["code"]) for e in stored if e["stage"] == "load"] == \
+           [(e["file"], e["line"], e["code"]) for e in loaded]

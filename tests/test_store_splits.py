@@ -17,7 +17,7 @@ from sftlab.data.loading import load_files
 from sftlab.data.split import heldout_key, split_by_hash
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import encode_all
-from sftlab.tokens.store import prepare
+from sftlab.prepare import prepare
 from sftlab.tokens.templates import get_template
 
 OPTIONS = {"max_length": 64, "last_turn_only": False}
@@ -116,7 +116,7 @@ def test_training_data_with_eval_split_reads_both_stores(data, tok, tmp_path, mo
     piece: every split is a prepared store, encoded a chunk at a time."""
     import sftlab.data.loading as loading
     import sftlab.tokens.encoding as encoding
-    from sftlab.tokens.store import PreparedStore
+    from sftlab.prepare import PreparedStore
     from sftlab.train.config import TrainConfig
     from sftlab.train.data import prepare_data
 
@@ -214,24 +214,24 @@ def test_a_fifo_with_eval_split_is_read_once_for_both_sides(data, tok, tmp_path)
 def test_a_chunk_is_encoded_and_written_from_its_own_records_only(data, tok, tmp_path, monkeypatch):
     """Bounded memory: the chunk writer gets one chunk's examples at a time, and the records of the
     next chunk are not read before the chunk before them is written."""
-    import sftlab.tokens.store as store
+    from sftlab.prepare import build, chunks
 
     events = []
-    real_write = store._write_examples
+    real_write = chunks.write_examples
 
     def write(out, examples, records):
         events.append(("write", len(examples), min(records), max(records)))
         return real_write(out, examples, records)
 
-    real_plan = store._plan
+    real_plan = build.plan_chunks
 
     def plan(*a, **kw):
         for task, items in real_plan(*a, **kw):
-            events.append(("read", task.count, task.rec0, task.rec0 + task.count - 1))
+            events.append(("read", task.count, task.first_record, task.first_record + task.count - 1))
             yield task, items
 
-    monkeypatch.setattr(store, "_write_examples", write)
-    monkeypatch.setattr(store, "_plan", plan)
+    monkeypatch.setattr(chunks, "write_examples", write)
+    monkeypatch.setattr(build, "plan_chunks", plan)
     _prepare([data / "a.jsonl"], tok, tmp_path, chunk_records=16)
     assert [e[0] for e in events] == ["read", "write"] * 8  # 120 records: 8 chunks, read then written
     for (_, n, a, b), (_, m, lo, hi) in zip(events[::2], events[1::2]):

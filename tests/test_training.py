@@ -340,9 +340,9 @@ def test_gradient_checkpointing_and_full_logits_change_memory_not_results(assets
     assert runs["checkpointing"] == pytest.approx(runs["plain"], abs=1e-5)
     assert runs["full_logits"] == pytest.approx(runs["plain"], abs=1e-5)
     from sftlab.train.config import load_config
-    from sftlab.train.loop import load_model_and_tokenizer
+    from sftlab.model.loading import load_training_model
 
-    model = load_model_and_tokenizer(load_config(_config(assets, tmp_path / "gc", gradient_checkpointing=True)))[0]
+    model = load_training_model(load_config(_config(assets, tmp_path / "gc", gradient_checkpointing=True)))[0]
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 
@@ -376,11 +376,12 @@ def test_one_heldout_loss_for_training_and_sftlab_eval(assets, tmp_path, normali
     from sftlab.evaluation.loss import eval_loss
     from sftlab.train.config import load_config
     from sftlab.train.data import heldout_encoding, prepare_data
-    from sftlab.train.loop import evaluate, load_model_and_tokenizer
+    from sftlab.model.loading import load_training_model
+    from sftlab.train.loop import evaluate
 
     cfg = load_config(_config(assets, tmp_path / "run", loss={"normalisation": normalisation},
                               packing={"mode": packing}, eval={"micro_batch_size": 3}))
-    model, tokenizer, template, _ = load_model_and_tokenizer(cfg)
+    model, tokenizer, template, _ = load_training_model(cfg)
     data = prepare_data(cfg, tokenizer, template, tmp_path / "run", write=False)
     training = evaluate(model, data, cfg, Accelerator(cpu=True))
     records = [json.loads(line) for line in (assets / "heldout.jsonl").read_text().splitlines()]

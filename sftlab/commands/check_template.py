@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
+from sftlab.commands.options import add_options
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.train.config import TrainConfig
 
 
 def register(sub) -> None:
@@ -20,22 +21,21 @@ def register(sub) -> None:
                     "format for (tools, reasoning) as unsupported, a shape it refuses (a system prompt) as skipped; "
                     "neither is reported as passed. Exit 1 on any difference from the contract, and when a "
                     "required probe could not be checked (marker differences are reported, not failed).")
-    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
-    p.add_argument("--template", default=None, help="built-in template name or a Jinja file (.jinja/.j2); "
-                   "default: the tokenizer's own")
+    add_options(p, TrainConfig, "tokenizer", "template", tokenizer=dict(required=True, metavar="TOKENIZER"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from sftlab.model.loading import load_tokenizer
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.model.loading import load_tokenizer_and_template
     from sftlab.tokens.masks import check_template
-    from sftlab.tokens.templates import TemplateError, get_template
+    from sftlab.tokens.templates import TemplateError
 
-    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
+                                                trust_remote_code=args.trust_remote_code)
     try:
-        template = get_template(args.template, tok)
         results = check_template(tok, template)
     except TemplateError as e:
         raise UsageError(str(e)) from None

@@ -1,6 +1,9 @@
 """``sftlab convert``: a GGUF file as a plain Hugging Face model directory."""
 from __future__ import annotations
 
+from sftlab.errors import UsageError
+from sftlab.model.export import convert_to_directory
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -16,9 +19,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.errors import UsageError
-    from sftlab.model.export import convert_to_directory
-
     try:
         out = convert_to_directory(args.gguf, args.out)
     except (OSError, ValueError, RuntimeError) as e:

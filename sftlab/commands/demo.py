@@ -1,5 +1,17 @@
-"""``sftlab demo``: tune a small pretrained model under the built-in policy, offline, with a report."""
+"""``sftlab demo``: tune a small pretrained model under the built-in policy, offline, with a report.
+
+The demo runs the same commands a user types (validate, stats, eval, report): :func:`run_command`
+parses each with that command's own parser and runs it as ``sftlab`` does (``execute``).
+"""
 from __future__ import annotations
+
+import argparse
+
+from sftlab.commands import eval as eval_command
+from sftlab.commands import execute, report, stats, validate
+
+USED = {"validate": validate, "stats": stats, "eval": eval_command, "report": report}
+"""The commands the demo runs, by the name a user types."""
 
 
 def register(sub) -> None:
@@ -25,6 +37,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.demo.run import run_demo
+    from sftlab.demo.run import run_demo  # lazy: loaded when the demo runs, not for `sftlab --help`
 
-    return run_demo(args.mode, args.out, seed=args.seed, resume=args.resume, strict=args.strict)
+    return run_demo(args.mode, args.out, seed=args.seed, resume=args.resume, strict=args.strict,
+                    command=run_command)
+
+
+def run_command(argv: list[str]) -> int:
+    """The exit code of ``sftlab ARGV`` for a command the demo uses, run in this process.
+
+    >>> run_command(["validate", "/no/such/file.jsonl"])
+    2
+    """
+    parser = argparse.ArgumentParser(prog="sftlab")
+    USED[argv[0]].register(parser.add_subparsers(dest="command"))
+    return execute(parser.parse_args(argv))

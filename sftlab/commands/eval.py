@@ -2,12 +2,21 @@
 model side by side, and the policy's gates. Writes OUT/eval.json and OUT/outputs.jsonl."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
+from sftlab.commands.options import add_options
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.evaluation.detectors import load_detector, parse_label_map
+from sftlab.evaluation.evaluate import EvalOptions, record_in_run, run_evaluation, write_outputs
+from sftlab.evaluation.generation import DecoderSettings
+from sftlab.evaluation.prompts import load_prompt_sets, parse_columns
+from sftlab.evaluation.robustness import CONDITIONS
+from sftlab.files import check_run_dir
+from sftlab.terminal import terminal_safe
+from sftlab.train.config import EncodingConfig
 
 EPILOG = """\
 prompt files: JSONL rows with prompt (or messages), slice, expected (refuse|comply), optional
@@ -19,76 +28,45 @@ example: sftlab eval --model run/final --reference base/ --prompts eval.jsonl --
 
 
 def register(sub) -> None:
-    from sftlab.evaluation.robustness import CONDITIONS
-
     p = sub.add_parser(
         "eval", help="evaluate a tuned model: refusals, over-refusals, accuracy, robustness, gates",
         description="Generate responses for evaluation prompts under several chat templates and "
                     "system prompts, label them with a refusal detector, and report harmful "
                     "refusal rate, benign (over-)refusal rate, task accuracy and eval loss per "
                     "slice with Wilson 95 % intervals; compare with a reference model and check "
-                    "the policy's gates.", epilog=EPILOG,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="MODEL", help=f"the tuned model (e.g. RUN/final): {FORMS}")
-    p.add_argument("--prompts", required=True, nargs="+", metavar="FILE", help="prompt files (JSONL or CSV)")
-    p.add_argument("--reference", metavar="MODEL", help="reference (base) model, evaluated the same way")
-    p.add_argument("--policy", metavar="POLICY", help="policy YAML whose gates decide pass or fail")
+                    "the policy's gates.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    listed = dict(type=str, nargs=None, metavar="LIST", note="Comma-separated.")
+    add_options(p, EvalOptions, "model", "prompts", "reference", "policy", model=dict(required=True, metavar="MODEL"),
+                prompts=dict(required=True, type=str, metavar="FILE"), reference=dict(metavar="MODEL"),
+                policy=dict(type=str, metavar="POLICY"))
     p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/../eval)")
-    p.add_argument("--template", metavar="NAME", help="training template: a built-in name or a Jinja file "
-                   "(.jinja/.j2) (default: the model tokenizer's own chat_template)")
-    p.add_argument("--alternate-template", metavar="NAME", help="the alternate_template condition's "
-                   "built-in (default: zephyr, or chatml when training used zephyr)")
-    p.add_argument("--system-prompt", metavar="TEXT", help="system prompt for prompts without their own")
-    p.add_argument("--conditions", metavar="LIST", default=",".join(CONDITIONS),
-                   help=f"comma-separated robustness conditions (default: all: {','.join(CONDITIONS)}); "
-                        "training_template always runs")
-    p.add_argument("--reference-conditions", metavar="LIST", default=None,
-                   help="conditions for the reference model (default: the same as --conditions); "
-                        "training_template always runs")
-    p.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
-                   help="most new tokens per response (default: 128)")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="sampling temperature (default: 0 = greedy)")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                   help="nucleus sampling: sample from the smallest set of tokens whose probability reaches P "
-                        "(default: 1.0 = off; used only with --temperature > 0)")
-    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most likely tokens (default: 0 = off)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="seed of the sampling (default: 0; recorded with the decoder settings)")
-    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="responses per prompt (sampling; default: 1)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B",
-                   help="prompts generated together (default: 8); greedy responses do not depend on it")
-    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="extra stop strings")
-    p.add_argument("--robustness-threshold", type=float, default=0.1, metavar="X",
-                   help="flag a metric whose spread across conditions exceeds X (default: 0.1)")
+    add_options(p, EvalOptions, "template", "alternate_template", "system_prompt", "conditions",
+                "reference_conditions", template=dict(metavar="NAME"), alternate_template=dict(metavar="NAME"),
+                system_prompt=dict(metavar="TEXT"), conditions=dict(listed, default=",".join(CONDITIONS)),
+                reference_conditions=listed)
+    add_options(p, DecoderSettings, "max_new_tokens", "temperature", "top_p", "top_k", "seed", "num_samples",
+                "batch_size", "stop", max_new_tokens=dict(metavar="N"), temperature=dict(metavar="T"),
+                top_p=dict(metavar="P"), top_k=dict(metavar="K"), seed=dict(metavar="S"),
+                num_samples=dict(metavar="N"), batch_size=dict(metavar="B"), stop=dict(metavar="STR"))
+    add_options(p, EvalOptions, "robustness_threshold", robustness_threshold=dict(metavar="X"))
     p.add_argument("--detector", action="append", default=None, metavar="SPEC",
                    help="refusal detector: learned (default; learned:threshold=T), rules, judge:DIR "
                         "(a local causal LM asked a rubric; judge:DIR,format=wildguard) or a "
                         "sequence-classification model directory. Repeat to run several: the first "
                         "gives the rates, every one's label and p_refusal go into outputs.jsonl, and "
                         "responses where they disagree are listed (then label them with `sftlab label`)")
-    p.add_argument("--labelled", metavar="xstest|FILE",
-                   help="human-labelled responses to check the (first) detector on: rates are then "
-                        "also reported corrected for its sensitivity and specificity (Rogan-Gladen), "
-                        "with intervals carrying both the sample's and the detector's uncertainty")
-    p.add_argument("--margin", type=float, default=0.1,
-                   help="list responses whose p_refusal is within this of the threshold (default 0.1)")
-    p.add_argument("--gate-on", choices=("detected", "corrected", "corrected-bound"), default="detected",
-                   help="what policy gates check: detected rates (default), corrected rates, or the "
-                        "corrected interval's end on the failing side (needs --labelled)")
+    add_options(p, EvalOptions, "labelled", "margin", "gate_on", labelled=dict(type=str, metavar="xstest|FILE"))
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
     p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
-    p.add_argument("--margin-pairs", type=int, default=0, metavar="N",
-                   help="refusal margins (log P(refusal opening) - log P(compliant opening)) for up to N "
-                        "XSTest pairs per type, under both models (default 0: none)")
-    p.add_argument("--heldout-conversations", metavar="FILE",
-                   help="held-out conversations for eval loss per slice, encoded as the training run encoded "
-                        "its data when MODEL is RUN/final (the same loss as training's validation)")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
-                   help="truncate held-out conversations to N tokens for the eval loss (default: the "
-                        "training run's, read from RUN/run.json when MODEL is RUN/final; else none)")
+    add_options(p, EvalOptions, "margin_pairs", "heldout", margin_pairs=dict(metavar="N"),
+                heldout=dict(flag="--heldout-conversations", type=str, metavar="FILE",
+                             note="On the command line: a conversation file."))
+    add_options(p, EncodingConfig, "max_length", max_length=dict(default=None, metavar="N", note=(
+        "Here: truncate held-out conversations to N tokens for the eval loss; default: the training run's, "
+        "read from RUN/run.json when MODEL is RUN/final, else none.")))
     p.add_argument("--cache-dir", metavar="DIR", help="generation cache (default: ~/.cache/sftlab/generations)")
     p.add_argument("--no-cache", action="store_true", help="always generate; read and write no cache")
-    p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the models")
+    add_options(p, EvalOptions, "trust_remote_code")
     p.add_argument("--json", action="store_true", help="print one JSON object (a summary; eval.json has all)")
     p.set_defaults(func=run)
 
@@ -96,8 +74,6 @@ def register(sub) -> None:
 def _heldout_encoding(model: str, max_length: int | None) -> dict:
     """The training run's encoding options when ``model`` is ``RUN/final`` (its run.json records
     them), with ``--max-length`` winning; ``{}`` when there is neither."""
-    from pathlib import Path
-
     if max_length is not None and max_length <= 0:
         raise UsageError(f"--max-length must be > 0, got {max_length}")
     manifest = Path(model).parent / "run.json"
@@ -120,12 +96,10 @@ def _conditions(spec: str, flag: str, known) -> tuple[str, ...]:
 
 
 def _options(args):
-    from sftlab.evaluation.classifier import load_detector, parse_label_map
-    from sftlab.evaluation.evaluate import EvalOptions
-    from sftlab.evaluation.generation import DecoderSettings
-    from sftlab.evaluation.prompts import load_prompt_sets, parse_columns
-    from sftlab.evaluation.robustness import CONDITIONS
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.data.loading import load_files
     from sftlab.data.policy import load_policy
+    from sftlab.evaluation.agreement import load_labelled
 
     conditions = _conditions(args.conditions, "--conditions", CONDITIONS)
     reference_conditions = (None if args.reference_conditions is None else
@@ -145,8 +119,6 @@ def _options(args):
     detector = detectors[0]
     labelled = None
     if args.labelled:
-        from sftlab.evaluation.agreement import load_labelled
-
         labelled = load_labelled(args.labelled)
         if not labelled.labels:
             raise UsageError(f"--labelled {args.labelled}: no usable labelled row")
@@ -156,8 +128,6 @@ def _options(args):
         raise UsageError(f"--margin must be in [0, 0.5), got {args.margin}")
     heldout = None
     if args.heldout_conversations:
-        from sftlab.data.loading import load_files
-
         heldout = load_files([args.heldout_conversations]).conversations
         if not heldout:
             raise UsageError(f"{args.heldout_conversations}: no usable conversation for the eval loss")
@@ -175,11 +145,8 @@ def _options(args):
 
 
 def run(args) -> int:
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
     from sftlab.evaluation.cache import GenerationCache, default_cache_dir
-    from sftlab.evaluation.evaluate import record_in_run, run_evaluation, write_outputs
-
-    from sftlab.files import check_run_dir
-    from sftlab.terminal import terminal_safe
 
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
     check_run_dir(out, what="--out")  # before minutes of generation, not after

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import sys
 
+from sftlab.errors import UsageError
+from sftlab.evaluation.agreement import detector_labels, grouped_agreement, load_labelled
+from sftlab.evaluation.detectors import DETECTOR_SPECS, load_detector, parse_label_map
+
 
 def register(sub) -> None:
-    from sftlab.evaluation.classifier import DETECTOR_SPECS
-
     p = sub.add_parser(
         "eval-detector", help="measure a refusal detector's agreement with labelled responses",
         description="Label every response with the detector and compare with the human labels: "
@@ -22,7 +24,7 @@ def register(sub) -> None:
                     "sample: on the data the learned detector was fitted on, its leave-one-model-out "
                     "predictions are used. Exit 0: done; 1: some rows were skipped; 2: unusable input.")
     p.add_argument("--labelled", required=True, metavar="xstest|FILE",
-                   help="built-in labelled set (xstest) or a labelled file (JSONL or CSV)")
+                   help="built-in labelled set (xstest, demo) or a labelled file (JSONL or CSV)")
     p.add_argument("--detector", default="learned", metavar="SPEC", help=f"{DETECTOR_SPECS} (default learned)")
     p.add_argument("--threshold", type=float, default=None,
                    help="decision threshold on p(refusal) for the learned detector or a judge (default 0.5)")
@@ -40,10 +42,6 @@ def _fmt(e) -> str:
 
 
 def run(args) -> int:
-    from sftlab.errors import UsageError
-    from sftlab.evaluation.agreement import detector_labels, grouped_agreement, load_labelled
-    from sftlab.evaluation.classifier import load_detector, parse_label_map
-
     data = load_labelled(args.labelled)
     if not data.responses:
         raise UsageError(f"{args.labelled}: no usable labelled row"

@@ -1,6 +1,8 @@
 """``sftlab export``: a run's trained model as a plain Hugging Face directory."""
 from __future__ import annotations
 
+from sftlab.model.export import export_run
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,8 +23,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sftlab.model.export import export_run
-
     out = export_run(args.run, args.out, merge=args.merge, base=args.base)
     print(f"wrote {out}")
     return 0

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import sys
 
+from sftlab.commands.options import add_options
 from sftlab.commands.validate import add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.files import write_atomic
+from sftlab.terminal import terminal_safe
+from sftlab.train.config import EncodingConfig, TrainConfig
 
 
 def register(sub) -> None:
@@ -16,21 +19,15 @@ def register(sub) -> None:
                     "cyan (masked reasoning cyan text), tool results yellow, template scaffolding dimmed, "
                     "a tag where each message's content starts. --html writes a self-contained page.")
     p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
-    p.add_argument("--tokenizer", required=True, metavar="TOKENIZER", help=f"the tokenizer: {FORMS}")
-    p.add_argument("--template", default=None,
-                   help="built-in template (chatml, llama3, llama3.1, mistral, mistral-v0.3, gemma, zephyr, phi3, "
-                        "alpaca) or a Jinja file (.jinja/.j2); default: the tokenizer's own chat_template")
+    add_options(p, TrainConfig, "tokenizer", "template", tokenizer=dict(required=True, metavar="TOKENIZER"))
     p.add_argument("--line", type=int, action="append", default=None, metavar="N",
                    help="the record on line N of the file (1-based, as validate and the quarantine file count "
                         "lines; repeatable)")
     p.add_argument("--index", type=int, action="append", default=None, metavar="I",
                    help="the I-th accepted record (0-based, quarantined records skipped; repeatable; default "
                         "without --line: the first 3)")
-    p.add_argument("--max-length", type=int, default=None, help="truncate as training would")
-    p.add_argument("--last-turn-only", action="store_true", help="train the last assistant turn only")
-    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
-                   help="reasoning on assistant messages: trained (keep), rendered untrained (mask) or removed "
-                        "(drop), as encoding.reasoning in training")
+    add_options(p, EncodingConfig, "max_length", "last_turn_only", "reasoning",
+                max_length=dict(default=None, metavar="N", note="Here: truncate as training would; default: no limit."))
     p.add_argument("--html", metavar="OUT", default=None, help="also write a self-contained HTML view")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom tokenizer code (off by default)")
     add_mapping_arguments(p)
@@ -38,14 +35,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.data.loading import load_files
+    from sftlab.model.loading import load_tokenizer_and_template
     from sftlab.tokens.encoding import EncodingError
     from sftlab.tokens.masks import annotate, to_ansi, to_html
-    from sftlab.data.loading import load_files
-    from sftlab.model.loading import load_tokenizer
     from sftlab.tokens.templates import TemplateError
-    from sftlab.terminal import terminal_safe
 
-    tok = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
+    tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
+                                                trust_remote_code=args.trust_remote_code)
     report = load_files([args.file], columns=[columns_from_args(args)])
     convs = report.conversations
     if not convs:
@@ -66,7 +64,7 @@ def run(args) -> int:
         label = terminal_safe(f"record {i}" + (f" (id {c.id})" if c.id else "") + (
             f" {c.origin.file}:{c.origin.line}" if c.origin else ""))
         try:
-            ex, views = annotate(c, tok, args.template, max_length=args.max_length,
+            ex, views = annotate(c, tok, template, max_length=args.max_length,
                                  last_turn_only=args.last_turn_only, reasoning=args.reasoning)
         except TemplateError as e:
             raise UsageError(str(e)) from None
@@ -81,8 +79,6 @@ def run(args) -> int:
         print(to_ansi(views) if sys.stdout.isatty() else _plain(views))
         items.append((label, views, ex))
     if args.html:
-        from sftlab.files import write_atomic
-
         write_atomic(args.html, to_html(items, f"sftlab inspect: {args.file}"), what="--html")
         print(f"wrote {args.html}")
     return status
@@ -106,8 +102,6 @@ PLAIN_LEGEND = ("legend: [[text]] trained (loss weight 1), [[text]]{w} trained w
 def _plain(views) -> str:
     """Without a terminal: trained tokens in [[...]] (their weight in {} when not 1), after a
     legend; control characters escaped (the output may still reach a terminal through a pager)."""
-    from sftlab.terminal import terminal_safe
-
     out = []
     for v in views:
         if v.weight > 0:

@@ -19,6 +19,11 @@ import os
 import sys
 from pathlib import Path
 
+from sftlab.errors import UsageError
+from sftlab.evaluation.prompts import _jsonl_rows
+from sftlab.files import check_output_file, read_input, write_atomic
+from sftlab.terminal import terminal_safe
+
 KEYS = {"c": "comply", "r": "refuse", "p": "partial"}
 
 
@@ -51,9 +56,6 @@ def _read(path: Path, *, own: bool = False) -> tuple[list[dict], int]:
     line (not JSON, not UTF-8, nested too deep, no response text) is skipped, named by
     file:line in one line on stderr, and counted. ``own``: the labelled file this command
     rewrites (not an input)."""
-    from sftlab.evaluation.prompts import _jsonl_rows
-    from sftlab.files import read_input
-    from sftlab.terminal import terminal_safe
 
     data = read_input(path, max_bytes=1 << 30, note=not own)
     rows, bad = [], []
@@ -79,10 +81,6 @@ def _detector_line(name: object, d: object) -> str:
 
 
 def run(args) -> int:
-    from sftlab.errors import UsageError
-    from sftlab.files import check_output_file, write_atomic
-    from sftlab.terminal import terminal_safe
-
     src = Path(args.file)
     if not os.path.lexists(src):
         raise UsageError(f"{src}: no such file")

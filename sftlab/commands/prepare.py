@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from sftlab.train.config import load_config
+
 HELP = """Read, validate and encode the training (and held-out) data of CONFIG.yaml into the
 prepared-data store, as `sftlab train` would, without loading the model's weights: run it on a
 CPU machine before GPUs are booked. The store is keyed by the content of the records, template,
@@ -26,12 +28,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftlab.train.config import load_config
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
+    from sftlab.model.loading import config_tokenizer
     from sftlab.train.data import prepare_stores, quarantine_reasons, quarantine_rule
-    from sftlab.train.loop import load_tokenizer_and_template
 
     cfg = load_config(args.config, args.overrides)
-    tokenizer, template = load_tokenizer_and_template(cfg)
+    tokenizer, template, _ = config_tokenizer(cfg)
     stores = prepare_stores(cfg, tokenizer, template)
     out = {split: {**s.describe(), "quarantined": s.quarantined, "reasons": quarantine_reasons({split: s}),
                    "quarantine": str(s.quarantine_path)} for split, s in stores.items()}

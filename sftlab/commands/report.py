@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from sftlab.errors import UsageError
 
 HELP = """Write one self-contained HTML page for a run directory (default RUN/report.html):
 summary and policy gates, data statistics, loss-mask preview, packing and mixture,
@@ -25,9 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from sftlab.errors import UsageError
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
     from sftlab.report import write_report
     from sftlab.report.inputs import FILES, found_any
 

@@ -1,7 +1,7 @@
 """``sftlab stats``: what the training data holds before any training, and the checks it fails.
 
 ``sftlab stats CONFIG.yaml [key=value ...]`` reads the prepared-data stores of a training config
-(``sftlab.tokens.store``; built first, with a progress bar, when none matches, as ``sftlab
+(``sftlab.prepare``; built first, with a progress bar, when none matches, as ``sftlab
 prepare`` does): the figures of the run's ``RUN/data/stats.json`` and its report, lengths in
 tokens. ``sftlab stats FILES --tokenizer DIR`` reads (or builds) the store of those files
 encoded with that tokenizer. ``sftlab stats FILES`` without a tokenizer counts words, in memory
@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sftlab.commands.validate import add_mapping_arguments, columns_from_args
+from sftlab.commands.options import add_options
+from sftlab.commands.validate import TRUNCATE, add_mapping_arguments, columns_from_args
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.train.config import EncodingConfig, TrainConfig
 
 _TOP = 10  # rows shown per count table
 
@@ -51,21 +52,15 @@ def register(sub) -> None:
     p.add_argument("--policy", metavar="POLICY", default=None,
                    help="policy YAML: its refusal categories and their benign_contrast lists "
                         "(default: the policy_category values of the refusal records)")
-    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
-                   help=f"the tokenizer ({FORMS}): count lengths in tokens of the rendered conversation (prompt = untrained "
-                        "tokens, response = trained tokens) instead of words")
-    p.add_argument("--template", default=None,
-                   help="with --tokenizer: built-in template name, a Jinja template or a Jinja file; default: the "
-                        "tokenizer's own chat_template")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
-                   help="with --tokenizer: truncate as training does (encoding.max_length)")
-    p.add_argument("--turns", choices=("whole", "expand"), default="whole",
-                   help="with --tokenizer: encoding.turns (expand: re-rendered turns get their own example; "
-                        "the extra examples and tokens are reported)")
-    p.add_argument("--overflow", choices=("drop", "split"), default="drop",
-                   help="with --tokenizer: encoding.overflow (tokens kept and lost by truncation are reported)")
-    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
-                   help="with --tokenizer: encoding.reasoning (the reasoning share of trained tokens is reported)")
+    g = p.add_argument_group("encoding (as training encodes: the config's tokenizer, template and encoding keys)")
+    add_options(g, TrainConfig, "tokenizer", "template", tokenizer=dict(
+        metavar="TOKENIZER", note="Count lengths in tokens of the rendered conversation (prompt = untrained "
+                                  "tokens, response = trained tokens) instead of words."))
+    add_options(g, EncodingConfig, "max_length", "turns", "overflow", "reasoning",
+                max_length=dict(default=None, metavar="N", note=TRUNCATE),
+                turns=dict(note="The extra examples and tokens are reported."),
+                overflow=dict(note="Tokens kept and lost by truncation are reported."),
+                reasoning=dict(note="The reasoning share of trained tokens is reported."))
     p.add_argument("--near-threshold", type=float, default=0.8, metavar="J",
                    help="word 3-shingle Jaccard similarity from which two texts are near duplicates "
                         "(default: 0.8; the prepared store, with a config or --tokenizer, measures at 0.8)")
@@ -98,8 +93,8 @@ def _config_stats(args) -> dict[str, Any]:
     """The statistics of a training config's data, from its prepared stores (``RUN/data/stats.json``'s)."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD  # the store's LSH bands are built for it
     from sftlab.train.config import load_config
+    from sftlab.model.loading import config_tokenizer
     from sftlab.train.data import prepare_stores, store_stats
-    from sftlab.train.loop import load_tokenizer_and_template
 
     config, overrides = args.files[0], args.files[1:]
     given = [flag for flag, value, default in (
@@ -115,7 +110,7 @@ def _config_stats(args) -> dict[str, Any]:
     if bad:
         raise UsageError(f"{bad[0]}: after a config give key=value overrides, not files")
     cfg = load_config(config, overrides)
-    tokenizer, template = load_tokenizer_and_template(cfg)
+    tokenizer, template, _ = config_tokenizer(cfg)
     stores = prepare_stores(cfg, tokenizer, template)
     return store_stats(stores["train"], stores.get("heldout"))
 
@@ -124,9 +119,9 @@ def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
-    from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.store import Spool, prepare
-    from sftlab.tokens.templates import TemplateError, get_template
+    from sftlab.model.loading import load_tokenizer_and_template
+    from sftlab.prepare import Spool, prepare
+    from sftlab.tokens.templates import TemplateError
     from sftlab.train.data import store_stats
 
     if args.near_threshold != NEAR_THRESHOLD:
@@ -134,11 +129,10 @@ def _store_stats(args) -> dict[str, Any]:
                          f"prepared-data store, which measures near duplicates at {NEAR_THRESHOLD}; leave out "
                          "--tokenizer to count words at another threshold")
     policy = load_policy(args.policy) if args.policy else None
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer, template = load_tokenizer_and_template(args.tokenizer, args.template)
     options = {"max_length": args.max_length, "last_turn_only": False, "turns": args.turns,
                "overflow": args.overflow, "reasoning": args.reasoning}
     try:
-        template = get_template(args.template, tokenizer)
         with Spool() as spool:
             kw = dict(options=options, policy=policy, progress=True, spool=spool)
             columns = columns_from_args(args)

@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+from pathlib import Path
+
+from sftlab.train.config import config_reference_text, load_config
+from sftlab.train.metrics import read_metrics
 
 HELP = """Fine-tune a causal language model on conversations with the response-only objective,
 as CONFIG.yaml says. Overrides use dotted keys with YAML values, e.g. optim.lr=1e-4
@@ -21,8 +26,6 @@ decided the exit code."""
 
 
 def register(subparsers) -> None:
-    from sftlab.train.config import config_reference_text
-
     p = subparsers.add_parser("train", help="fine-tune a model (full or LoRA) from a YAML config",
                               description=HELP, epilog="config keys:\n" + config_reference_text(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,10 +47,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sftlab.train.config import load_config
-
     cfg = load_config(args.config, args.overrides)
-    from sftlab.train.loop import train
+    from sftlab.train.loop import train  # lazy: torch and accelerate, kept off `sftlab --help`
 
     code = train(cfg, resume=args.resume, allow_changes=args.allow_changes,
                  fallback_checkpoint=args.fallback_checkpoint, config_path=args.config)
@@ -78,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> str:
     """The command line that continues this run: the same config and overrides, with ``--resume``."""
-    import shlex
 
     flags = ["--resume"] + ["--allow-changes"] * args.allow_changes + ["--json"] * args.json
     command = shlex.join(["sftlab", "train", args.config, *args.overrides, *flags])
@@ -95,10 +95,6 @@ def _count_lines(path) -> int:
 
 
 def _summary(out: str, code: int) -> dict:
-    from pathlib import Path
-
-    from sftlab.train.metrics import read_metrics
-
     run_dir = Path(out)
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     steps = [r for r in records if "loss" in r]

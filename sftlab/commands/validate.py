@@ -9,10 +9,18 @@ import json
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from sftlab.commands.options import add_options
+from sftlab.data.conversation import ROLES
 from sftlab.errors import UsageError
-from sftlab.model.loading import FORMS
+from sftlab.files import check_output_file
+from sftlab.terminal import terminal_safe
+from sftlab.train.config import DataFile, EncodingConfig, TrainConfig
 
 _SHOWN_REASONS = 5
+TRUNCATE = "Here: truncate as training at max_length N does (the smaller of encoding.max_length and " \
+           "packing.max_length); default: no limit."
 
 
 def register(sub) -> None:
@@ -37,23 +45,12 @@ def register(sub) -> None:
                         "directory when that input is a pipe)")
     p.add_argument("--max-record-mb", type=float, default=10.0, metavar="MB",
                    help="records larger than this are quarantined (default: 10)")
-    p.add_argument("--tokenizer", metavar="TOKENIZER", default=None,
-                   help=f"also encode every accepted record with this tokenizer ({FORMS}) "
-                        "and its template, quarantining what training would (too long, nothing trained)")
-    p.add_argument("--template", default=None,
-                   help="with --tokenizer: a built-in template name or a Jinja file (default: the "
-                        "tokenizer's own chat_template), as the config's `template`")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
-                   help="with --tokenizer: truncate as training at max_length N does (the smaller of "
-                        "encoding.max_length and packing.max_length)")
-    p.add_argument("--last-turn-only", action="store_true",
-                   help="with --tokenizer: train only the last assistant turn, as encoding.last_turn_only")
-    p.add_argument("--turns", choices=("whole", "expand"), default="whole",
-                   help="with --tokenizer: as encoding.turns (default: whole)")
-    p.add_argument("--overflow", choices=("drop", "split"), default="drop",
-                   help="with --tokenizer: as encoding.overflow (default: drop)")
-    p.add_argument("--reasoning", choices=("keep", "mask", "drop"), default="keep",
-                   help="with --tokenizer: as encoding.reasoning (default: keep)")
+    g = p.add_argument_group("encoding (as training encodes: the config's tokenizer, template and encoding keys)")
+    add_options(g, TrainConfig, "tokenizer", "template", tokenizer=dict(
+        metavar="TOKENIZER", note="Also encode every accepted record with it and its template, quarantining "
+                                  "what training would (too long, nothing trained)."))
+    add_options(g, EncodingConfig, "max_length", "last_turn_only", "turns", "overflow", "reasoning",
+                max_length=dict(default=None, metavar="N", note=TRUNCATE))
     add_mapping_arguments(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: records, accepted, quarantined, files, reasons, "
@@ -62,6 +59,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
     from sftlab.data.loading import load_files
     from sftlab.data.policy import load_policy
 
@@ -91,41 +89,21 @@ def run(args) -> int:
 
 
 def add_mapping_arguments(p) -> None:
-    """The options that say how the input files name things: a data entry's keys, as flags."""
+    """The options that say how the input files name things: a data entry's keys (``DataFile``), as flags."""
     g = p.add_argument_group("column mapping (as a data entry of the config; one mapping for every file)")
-    g.add_argument("--field-messages", default=None, metavar="KEY",
-                   help="the record field holding the messages (as a data entry's field_messages; a dotted "
-                        "path such as body.messages reaches into an object)")
-    g.add_argument("--role-key", default=None, metavar="KEY", help="the message key naming the speaker")
-    g.add_argument("--content-key", default=None, metavar="KEY", help="the message key holding the text")
-    g.add_argument("--role", action="append", default=[], metavar="NAME=ROLE",
-                   help="map a speaker name to system/user/assistant/tool (repeatable), as `roles`")
-    g.add_argument("--formatting", choices=("alpaca", "sharegpt"), default=None,
-                   help="as LLaMA-Factory's dataset_info.json formatting, with --column and --tag")
-    g.add_argument("--column", action="append", default=[], metavar="NAME=FIELD",
-                   help="as an entry's columns (repeatable): prompt, query, response, system, history, "
-                        "messages, tools, chosen, rejected, or a metadata name (task=category)")
-    g.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
-                   help="as an entry's tags (repeatable): role_tag, content_tag, user_tag, assistant_tag, "
-                        "observation_tag, function_tag, system_tag")
-    g.add_argument("--dataset-info", default=None, metavar="JSON",
-                   help="LLaMA-Factory's dataset_info.json: read the mapping of --dataset from it as it is")
-    g.add_argument("--dataset", default=None, metavar="NAME", help="the entry of --dataset-info")
-    g.add_argument("--layout", choices=("chosen",), default=None,
-                   help="chosen: train preference records (chosen/rejected) on the prompt and the chosen answer")
-    g.add_argument("--ignore-field", action="append", default=[], metavar="FIELD",
-                   help="a top-level field declared unused (repeatable), as data.ignore_fields")
-    g.add_argument("--prompt-completion", choices=("continuation", "chat"), default=None,
-                   help="a prompt/completion record of two strings: plain-text continuation (the default, as "
-                        "TRL) or a chat exchange, as data.prompt_completion")
+    pairs = dict(action="append", default=[], type=str)
+    add_options(g, DataFile, "field_messages", "role_key", "content_key", "roles", "formatting", "columns", "tags",
+                "dataset_info", "dataset", "layout", "ignore_fields", "prompt_completion",
+                field_messages=dict(metavar="KEY"), role_key=dict(metavar="KEY"), content_key=dict(metavar="KEY"),
+                roles=dict(pairs, flag="--role", metavar="NAME=ROLE", note="Repeatable: --role bot=assistant."),
+                columns=dict(pairs, flag="--column", metavar="NAME=FIELD", note="Repeatable: --column task=category."),
+                tags=dict(pairs, flag="--tag", metavar="NAME=VALUE", note="Repeatable."),
+                dataset_info=dict(metavar="JSON"), dataset=dict(metavar="NAME"),
+                ignore_fields=dict(pairs, flag="--ignore-field", metavar="FIELD", note="Repeatable."))
 
 
 def columns_from_args(args):
     """The ``Columns`` the mapping options describe (``None`` when none is given)."""
-    from pydantic import ValidationError
-
-    from sftlab.train.config import DataFile
-
     pairs = {}
     for option, items in (("--role", args.role), ("--column", args.column), ("--tag", args.tag)):
         pairs[option] = {}
@@ -134,8 +112,6 @@ def columns_from_args(args):
             if not sep or not name or not value:
                 raise UsageError(f"{option} {item!r}: expected NAME=VALUE, e.g. --role bot=assistant")
             pairs[option][name] = value
-    from sftlab.data.conversation import ROLES
-
     bad = next((f"{n}={r}" for n, r in pairs["--role"].items() if r not in ROLES), None)
     if bad:
         raise UsageError(f"--role {bad}: expected NAME=ROLE with a role of {', '.join(ROLES)}")
@@ -160,13 +136,13 @@ def columns_from_args(args):
 
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
-    from sftlab.model.loading import load_tokenizer
+    # lazy: numpy and transformers, kept off `sftlab --help`
+    from sftlab.model.loading import load_tokenizer_and_template
     from sftlab.tokens.encoding import encode_report
-    from sftlab.tokens.templates import TemplateError, get_template
+    from sftlab.tokens.templates import TemplateError
 
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer, template = load_tokenizer_and_template(args.tokenizer, args.template)
     try:
-        template = get_template(args.template, tokenizer)
         return encode_report(report, tokenizer, template, max_length=args.max_length,
                              last_turn_only=args.last_turn_only, turns=args.turns, overflow=args.overflow,
                              reasoning=args.reasoning)[1]
@@ -175,8 +151,6 @@ def _encode(report, args):
 
 
 def _quarantine_path(files: list[str], given: str | None) -> Path:
-    from sftlab.files import check_output_file
-
     first = Path(files[0])
     # beside the first input, unless that is a pipe or device (``<(cat f)``, /dev/stdin)
     beside = first.parent if first.is_file() or first.is_dir() else Path(".")
@@ -189,8 +163,6 @@ def _quarantine_path(files: list[str], given: str | None) -> Path:
 
 
 def _print_human(report, quarantine: Path, policy) -> None:
-    from sftlab.terminal import terminal_safe  # record ids and text may carry escapes
-
     rows = [(f.path, f.records, f.accepted, f.quarantined) for f in report.files]
     rows.append(("total", report.records, report.accepted, report.quarantined_count))
     width = max(len("file"), *(len(r[0]) for r in rows))

@@ -1,7 +1,7 @@
 """The statistics engine: every figure of ``stats.json``, from per-record summaries of chunks.
 
 ``sftlab stats FILES`` (``sftlab.data.stats.compute_stats``, in memory) and a prepared-data store
-(``sftlab.tokens.store``, a chunk at a time in several processes, ``RUN/data/stats.json``) both
+(``sftlab.prepare``, a chunk at a time in several processes, ``RUN/data/stats.json``) both
 summarise their conversations here into small arrays (``summary_arrays``) and ``merge`` those into
 the figures (``sftlab.data.stats_schema.Stats``): one engine, so the two reports are equal on the
 same data. In memory the summaries are held (``Summaries.in_memory``); a store writes each

@@ -34,6 +34,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -182,7 +183,7 @@ def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
     for p in paths:
         check_readable(p)
     report = LoadReport()
-    first_seen: dict[str, Origin] = {}
+    first_seen = DuplicateIds()
     with collector.paused():
         for p, cols in zip(paths, columns):
             for name, items in sources(p, max_record_bytes):
@@ -195,7 +196,7 @@ def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
     return report
 
 
-def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: dict[str, Origin],
+def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: DuplicateIds,
                  report: LoadReport, counts: FileReport, columns: Columns | None = None) -> None:
     accepted, quarantined = report.conversations, report.quarantined
     for item in items:
@@ -207,7 +208,7 @@ def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: d
             try:
                 conv = validate_record(raw, origin, policy, columns)
                 if conv.id is not None:
-                    _check_unique(conv.id, first_seen, origin)
+                    first_seen.check(conv.id, origin)
             except RecordError as e:
                 problem = e
             else:
@@ -222,8 +223,8 @@ def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: d
 
 def validate_record(raw: Any, origin: Origin, policy: Any = None, columns: Columns | None = None) -> Conversation:
     """One raw record -> its ``Conversation``, or ``RecordError`` naming what is wrong. Every
-    check but the unique id, which needs the records before it (``load_files`` does that; the
-    prepared-data store, ``sftlab.tokens.store``, over its chunks)."""
+    check but the unique id, which needs the records before it (``DuplicateIds``: ``load_files``
+    and the prepared-data store, ``sftlab.prepare``, over its chunks, both apply it)."""
     if type(raw) is not dict:
         raise RecordError("not_an_object", "expected a JSON object per record, got "
                           f"{type(raw).__name__}; fix: wrap it as {{\"messages\": [...]}} or drop it")
@@ -239,6 +240,45 @@ def quarantine_entry(name: str, line: int | None, raw: Any, problem: RecordError
     return QuarantineEntry(file=name, line=line, reason=str(problem), record=raw, id=_raw_id(raw),
                            field=problem.field, message_index=problem.message_index, code=problem.code,
                            file_line=file_line)
+
+
+class DuplicateIds:
+    """The duplicate-id rule, the one place it is decided: over every input read together (both
+    sides of ``data.eval_split`` included), the first accepted record with an id keeps it, and
+    each later accepted record with that id is quarantined (``duplicate_id_error``, naming the
+    first). A record quarantined for another reason claims no id. Ids are compared by a 16-byte
+    key (``key``: blake2b of the id), which is also how the prepared-data store carries them
+    between processes.
+
+        >>> ids = DuplicateIds()
+        >>> ids.check("a", Origin("x.jsonl", 1)); ids.check("b", Origin("x.jsonl", 2))
+        >>> ids.check("a", Origin("y.jsonl", 7))
+        Traceback (most recent call last):
+        ...
+        sftlab.data.formats.RecordError: id: duplicate id 'a', first seen at x.jsonl:1; fix: give each record a unique id or drop the copy
+    """
+
+    def __init__(self):
+        self._first: dict[bytes, Any] = {}
+
+    @staticmethod
+    def key(cid: str) -> bytes:
+        """The 16-byte key an id is compared by."""
+        return hashlib.blake2b(cid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def first(self, key: bytes, where: Any) -> Any:
+        """``None`` when no earlier record had ``key`` (this one, at ``where``, now has it), else
+        the ``where`` of the record that has it."""
+        found = self._first.get(key)
+        if found is None:
+            self._first[key] = where
+        return found
+
+    def check(self, cid: str, origin: Origin) -> None:
+        """Raise ``duplicate_id_error`` when an earlier record has ``cid``; else ``cid`` is taken."""
+        first = self.first(self.key(cid), origin)
+        if first is not None:
+            raise duplicate_id_error(cid, first)
 
 
 def duplicate_id_error(cid: str, first: Origin) -> RecordError:
@@ -261,13 +301,6 @@ def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
                     f"{len(conv.messages) - 1}) with no response after it: the earlier assistant turns "
                     "are trained, the last user message is not; fix: add the response or drop that turn"))
     return out
-
-
-def _check_unique(cid: str, first_seen: dict[str, Origin], origin: Origin) -> None:
-    first = first_seen.get(cid)
-    if first is not None:
-        raise duplicate_id_error(cid, first)
-    first_seen[cid] = origin
 
 
 def check_conversation(conv: Conversation) -> None:

@@ -6,8 +6,10 @@ completion, final_label`` with ``1_full_compliance``, ``2_full_refusal``, ``3_pa
 Optional columns group the rows: ``model`` (or ``source``: who wrote the response) and
 ``prompt_label`` (``safe`` / ``unsafe``; or ``expected``: comply / refuse).
 
-Built-in labelled sets (``BUILTIN``): ``xstest`` -- XSTest v2, 2,250 completions of five models
-with the authors' final human labels (``sftlab/evaluation/assets/README.md``).
+Built-in labelled sets (``BUILTIN``, ``sftlab/evaluation/assets/README.md``): ``xstest`` -- XSTest
+v2, 2,250 completions of five models with the authors' final human labels; ``demo`` -- 200
+responses of the demo's reference and tuned SmolLM2-135M models on prompts the demo holds out,
+labelled by hand.
 
 Reported: ``n``; ``agreement`` (refusal -- refuse or partial -- vs comply, the split every
 refusal rate uses) and ``accuracy`` over the three labels; ``precision`` and ``recall`` of
@@ -51,7 +53,7 @@ def canonical_label(value) -> str | None:
 
 
 ASSETS = Path(__file__).parent / "assets"
-BUILTIN = {"xstest": ASSETS / "xstest_v2_completions.csv.gz"}
+BUILTIN = {"xstest": ASSETS / "xstest_v2_completions.csv.gz", "demo": ASSETS / "demo_labelled.jsonl"}
 """Labelled sets shipped with sftlab, by name."""
 _SLICE = {"safe": "safe", "unsafe": "unsafe", "comply": "safe", "refuse": "unsafe",
           "benign": "safe", "harmful": "unsafe"}
@@ -238,7 +240,7 @@ def grouped_agreement(data: LabelledSet, predicted: Sequence[str]) -> dict:
 def detector_labels(detector, data: LabelledSet) -> tuple[list[str], list[float | None], str]:
     """``(labels, p_refusal, how)`` of a detector on labelled data, out of sample: on the data a
     learned detector was fitted on, its recorded leave-one-source-out predictions."""
-    from sftlab.evaluation.classifier import detect_all
+    from sftlab.evaluation.detectors import detect_all
 
     oos = getattr(detector, "out_of_sample", None)
     found = oos(data) if callable(oos) else None

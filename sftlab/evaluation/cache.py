@@ -31,7 +31,8 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """sha256 over the names and bytes of a model directory's ``.safetensors`` and ``.json``
     files (weights, config, generation config, tokenizer), sorted by name; for a LoRA adapter
     directory also over its base model's (what it generates depends on both)."""
-    from sftlab.model.adapters import is_adapter_dir, resolve_base
+    from sftlab.model.adapters import is_adapter_dir
+    from sftlab.model.loading import resolve_base
 
     h = hashlib.sha256()
     root = Path(model_dir)

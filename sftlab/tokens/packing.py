@@ -30,15 +30,19 @@ example 1 fills row 1 exactly, and example 3 fills the last token of row 0.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import bisect
 from itertools import chain
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sftlab import collector
 from sftlab.tokens.arrays import TokenArray, as_tensor, token_ids
 from sftlab.tokens.arrays import loss_weights as weight_array
+
+if TYPE_CHECKING:
+    from sftlab.tokens.rows import Row
 
 __all__ = ["PackedRow", "pack", "pack_lengths", "check_lengths", "pad_rows", "packing_efficiency", "packing_stats",
            "collate", "additive_mask"]
@@ -54,6 +58,7 @@ class _Tokens:
 @dataclass(frozen=True)
 class PackedRow:
     """Whole examples laid end to end; at most ``max_length`` tokens, no padding (``collate`` pads).
+    A ``sftlab.tokens.rows.Row``, as a prepared store's ``StoreRow`` is.
 
     A row refers to its examples instead of copying their tokens, so the rows of an epoch cost a
     few bytes each however long the data is; ``input_ids``, ``loss_weights`` and ``position_ids``
@@ -164,8 +169,6 @@ def _bfd_arrays(lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.nd
     free-space value f are filled in the order they were opened. A million examples pack in a
     fraction of a second instead of seconds of one-at-a-time Python.
     """
-    import bisect
-
     n = len(lengths)
     if not n:
         return np.zeros(0, np.int64), np.zeros(1, np.int64)
@@ -249,7 +252,7 @@ def pack(examples: Sequence[Any], max_length: int) -> list[PackedRow]:
 def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     """``pack`` from the lengths alone: groups of example positions, one per row, in row order.
 
-    What a prepared store packs from (``sftlab.tokens.store``): the rows refer to examples by
+    What a prepared store packs from (``sftlab.prepare``): the rows refer to examples by
     index, and no token is read until a row is collated.
 
         >>> pack_lengths([3, 2, 4, 1], max_length=5)
@@ -315,9 +318,10 @@ def packing_stats(rows: Sequence[PackedRow], max_length: int, *, mode: str = "pa
             "efficiency": round(packing_efficiency(rows, max_length), 6)}
 
 
-def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = None,
+def collate(rows: Sequence[Row], pad_id: int, *, max_length: int | None = None,
             for_flash: bool = False, mask_dtype=None) -> dict:
-    """Rows -> tensors for one forward pass (labels are not shifted here).
+    """Rows (``PackedRow``, a store's ``StoreRow``: any ``sftlab.tokens.rows.Row``) -> tensors for
+    one forward pass (labels are not shifted here).
 
     Padded layout (default): ``input_ids`` [B,T] (``pad_id`` after each row), ``loss_weights``
     [B,T] float32 (0 on padding), ``position_ids`` [B,T] (0 on padding), ``attention_mask``
@@ -347,7 +351,7 @@ def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = 
         >>> b["attention_mask"][0, 0].int().tolist()
         [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     """
-    import torch
+    import torch  # lazy: `import sftlab` and packing from lengths stay free of torch's start-up
 
     if not rows:
         raise ValueError("collate: no rows")
@@ -382,7 +386,7 @@ def collate(rows: Sequence[PackedRow], pad_id: int, *, max_length: int | None = 
 
 def _positions(lengths: Sequence[int]):
     """0, 1, ..., n-1 for every length, concatenated (int64)."""
-    import torch
+    import torch  # lazy, as in collate
 
     ends = torch.tensor(lengths, dtype=torch.long).cumsum(0)
     starts = torch.repeat_interleave(ends - torch.tensor(lengths, dtype=torch.long), torch.tensor(lengths))
@@ -391,7 +395,7 @@ def _positions(lengths: Sequence[int]):
 
 def _block_causal_mask(segment, mask_dtype):
     """[B,1,T,T]: query q sees key k iff same example and k <= q; padding sees only itself."""
-    import torch
+    import torch  # lazy, as in collate
 
     T = segment.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -411,7 +415,7 @@ def additive_mask(allowed, dtype):
         >>> additive_mask(torch.tensor([True, False]), torch.float32).tolist()
         [0.0, -3.4028234663852886e+38]
     """
-    import torch
+    import torch  # lazy, as in collate
 
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
         ~allowed, torch.finfo(dtype).min)

@@ -356,7 +356,8 @@ class TrainConfig(_Section):
     out: str
     """Run directory (``run.json``, ``metrics.jsonl``, ``checkpoints/``, ``final/``)."""
     tokenizer: str | None = None
-    """Tokenizer path or hub name; ``null`` means the model's."""
+    """The tokenizer: a Hugging Face directory, a hub name, a .gguf file or a directory holding one;
+    ``null`` means the model's."""
     template: str | None = None
     """Chat template: ``null`` uses the tokenizer's own; a built-in name (``chatml``, ...); or the path
     of a Jinja file (``.jinja``/``.j2``), sandboxed and fingerprinted like a tokenizer's own."""

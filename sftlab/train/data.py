@@ -4,7 +4,7 @@
 validated (quarantine), encoded as the config says, held out where it says (``data.eval`` files,
 and the records of ``data.train`` that ``data.eval_split`` holds out by the hash of their
 messages), and kept as a prepared store per split (lengths and slices in memory, tokens
-memory-mapped; ``sftlab.tokens.store``). The main process writes ``RUN/data/`` (quarantine,
+memory-mapped; ``sftlab.prepare``). The main process writes ``RUN/data/`` (quarantine,
 statistics, mask preview). ``TrainData`` then gives each
 epoch's rows as a pure function of (examples, config, seed, epoch), so a resumed run rebuilds them.
 The training loop (``sftlab.train.loop``) only asks it for micro-batches.
@@ -15,22 +15,34 @@ import json
 import math
 import random
 import sys
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 
+from sftlab.data.chunk_stats import with_leakage
+from sftlab.data.policy import load_policy
+from sftlab.data.stats import with_files
 from sftlab.errors import UsageError
-from sftlab.train.config import TrainConfig
+from sftlab.evaluation.prompts import load_prompt_sets
+from sftlab.files import atomic_file
+from sftlab.prepare import Spool, prepare
+from sftlab.tokens.mask_preview import write_mask_preview
+from sftlab.tokens.packing import PackedRow, check_lengths, collate, pack_lengths_flat
+from sftlab.tokens.rows import EpochRows, ExampleTable
+from sftlab.train.config import DataConfig, TrainConfig
+from sftlab.train.mixture import (PLAN_VERSION, MixtureSpec, SliceColumn, check_loss_weights, plan_generator,
+                                  realised_mixture, slice_of)
 
 
 def prepare_stores(cfg: TrainConfig, tokenizer, template, accelerator=None, policy=None) -> dict:
     """The prepared stores of the config's splits: ``train``, and ``heldout`` with ``data.eval``
     or ``data.eval_split``. With ``data.eval_split`` the training inputs are read for each side
-    (``sftlab.tokens.store.prepare(sides=...)``): the ``train`` store keeps the records whose
+    (``sftlab.prepare.prepare(sides=...)``): the ``train`` store keeps the records whose
     message hash is at or above the share, the ``heldout`` store the ``data.eval`` records and
     then those below it, as ``sftlab.data.split.split_by_hash`` assigns them. An input that is a
     pipe or FIFO is copied once (``Spool``) and read from the copy by both."""
-    from sftlab.tokens.store import Spool
-
     policy = policy if policy is not None else _policy(cfg)
     train, held, share = list(cfg.data.train), list(cfg.data.eval or []), cfg.data.eval_split
     with Spool(cfg.data.cache_dir) as spool:
@@ -49,8 +61,6 @@ REASON_KEYS = {"too_long": "encoding.max_length"}
 
 def quarantine_reasons(stores: dict) -> dict[str, int]:
     """How many records each rule quarantined, over the stores' quarantine files, most frequent first."""
-    from collections import Counter
-
     counts: Counter = Counter()
     for store in stores.values():
         with open(store.quarantine_path, encoding="utf-8") as f:
@@ -85,15 +95,13 @@ def quarantine_rule(records: int, reasons: dict[str, int], allowed: float, where
 def _policy(cfg: TrainConfig):
     if not cfg.data.policy:
         return None
-    from sftlab.data.policy import load_policy
-
     return load_policy(cfg.data.policy)
 
 
 class TrainData:
     """Encoded training and held-out examples, and the rows of each epoch.
 
-    ``examples`` is a prepared store (``sftlab.tokens.store.PreparedStore``: per-example lengths
+    ``examples`` is a prepared store (``sftlab.prepare.PreparedStore``: per-example lengths
     and slices in memory, tokens memory-mapped) or a list of ``EncodedExample``; rows refer to
     examples by index and read their tokens only when collated. Rows of epoch e are a pure
     function of (examples, config, seed, e): mixture sample (from the slice of each example),
@@ -105,11 +113,6 @@ class TrainData:
 
     def __init__(self, cfg: TrainConfig, examples, eval_sets: dict, pad_id: int, eval_table=None,
                  plan: int | None = None):
-        import numpy as np
-
-        from sftlab.tokens.store import ExampleTable
-        from sftlab.train.mixture import PLAN_VERSION, MixtureSpec, SliceColumn, check_loss_weights, slice_of
-
         m = cfg.mixture
         self.mixture = MixtureSpec(sampling_weights=m.sampling_weights, temperature=m.temperature,
                                    loss_weights=dict(m.loss_weights), seed=cfg.seed,
@@ -145,12 +148,6 @@ class TrainData:
 
     def _build(self, epoch: int) -> tuple[object, dict]:
         """Mixture sample of the epoch -> rows (packed or one per row) -> shuffled."""
-        import numpy as np
-
-        from sftlab.tokens.packing import check_lengths, pack_lengths_flat
-        from sftlab.tokens.store import EpochRows
-        from sftlab.train.mixture import realised_mixture
-
         if self._epoch is None or self._epoch[0] != epoch:
             idx = self.mixture.epoch_index_array(self.slices, epoch)
             lengths = self.table.lengths[idx]
@@ -166,8 +163,6 @@ class TrainData:
 
     def _row_order(self, n: int, epoch: int):
         """The shuffled order of an epoch's n rows, drawn as the run's plan draws (``mixture.plan``)."""
-        from sftlab.train.mixture import plan_generator
-
         if self.mixture.plan == 1:
             order = list(range(n))
             random.Random(f"sftlab-rows:{self.cfg.seed}:{epoch}").shuffle(order)
@@ -190,8 +185,6 @@ class TrainData:
         return sum(self.steps_in_epoch(e, world) for e in range(self.cfg.optim.epochs))
 
     def micro_batches(self, rows, s: int, rank: int, world: int) -> list[dict]:
-        from sftlab.tokens.packing import PackedRow, collate
-
         o = self.cfg.optim
         per_step = o.micro_batch_size * o.grad_accum * world
         mine = rows[s * per_step:(s + 1) * per_step][rank::world]
@@ -209,17 +202,12 @@ class TrainData:
 def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: bool, check=None,
                  accelerator=None, plan: int | None = None) -> TrainData:
     """Prepared stores of the training and held-out data (opened from the cache, or built:
-    ``sftlab.tokens.store``) -> TrainData. In a multi-process run the main process of each
+    ``sftlab.prepare``) -> TrainData. In a multi-process run the main process of each
     node prepares or opens the stores; the others wait, then memory-map them. The main process
     (``write``) also writes RUN/data/quarantine.jsonl, RUN/data/stats.json (duplicates,
     held-out leakage, ...) and the mask preview, all read from the stores. ``check(data)``, when
     given, runs before anything is written (and may raise). ``plan``: how epochs are drawn
     (``sftlab.train.mixture.PLAN_VERSION`` when ``None``; a resumed run passes its own)."""
-    import numpy as np
-
-    from sftlab.train.config import DataConfig
-    from sftlab.train.mixture import slice_of
-
     policy = _policy(cfg)
     stores = prepare_stores(cfg, tokenizer, template, accelerator, policy)
     train = stores["train"]
@@ -249,9 +237,6 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
     if check is not None:
         check(data)
     if write:
-        from sftlab.files import atomic_file
-        from sftlab.tokens.mask_preview import write_mask_preview
-
         write_mask_preview(run, train.preview(), tokenizer, template, n=4,
                            max_length=cfg.encoding.max_length, last_turn_only=cfg.encoding.last_turn_only,
                            reasoning=cfg.encoding.reasoning, inline_reasoning=cfg.encoding.inline_reasoning,
@@ -277,9 +262,6 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
                 sides: list | None):
     """The prepared store of one split: the main process of each node builds or opens (and
     checks) it, the others wait and then open it without checking again."""
-    from sftlab.tokens.store import prepare
-    from sftlab.train.config import DataConfig
-
     paths = DataConfig.paths(entries)
     kwargs = dict(options=_encoding_options(cfg), policy=policy, cache_dir=cfg.data.cache_dir,
                   num_proc=cfg.data.num_proc, progress=cfg.log.progress, label=f"prepare {split}",
@@ -312,8 +294,6 @@ def _generation_prompts(cfg: TrainConfig) -> list:
     """The prompts of ``eval.prompts`` (rows that cannot be used are reported, not fatal)."""
     if not cfg.eval.prompts:
         return []
-    from sftlab.evaluation.prompts import load_prompt_sets
-
     sets = load_prompt_sets(cfg.eval.prompts)
     for bad in (b for s in sets for b in s.bad_rows):
         print(f"eval.prompts: skipped {bad['file']}:{bad['line']}: {bad['reason']}", file=sys.stderr)
@@ -334,11 +314,6 @@ def store_stats(train, held=None) -> dict:
     statistics, held-out leakage measured from the compact summaries of both, and the per-file
     counts of both splits (``sftlab.data.stats``' schema plus ``files`` and ``quarantined``).
     What ``RUN/data/stats.json``, ``sftlab stats CONFIG`` and the report show."""
-    from types import SimpleNamespace
-
-    from sftlab.data.chunk_stats import with_leakage
-    from sftlab.data.stats import with_files
-
     stats = train.stats
     stats.pop("files", None)
     if held is not None:

@@ -1,4 +1,8 @@
-"""The training loop on accelerate: one function, :func:`train`, read top to bottom.
+"""The training loop on accelerate: :func:`train`, read top to bottom. ``_train`` loads the model
+(``sftlab.model.loading.load_training_model``) and the data, then runs ``_train_steps``: each
+optimizer step is ``_optimizer_step`` (forward, backward, one all-reduce, the update, the log)
+then ``_after_step`` (validation, the stop decision, checkpoints); ``_finish`` writes the final
+model and the manifest's outcome (``sftlab.train.run_record``).
 
 One optimizer step takes ``micro_batch_size x grad_accum`` rows on each of the ``world_size``
 processes. The objective's denominator is the trained weight of the *whole* step, so the loop
@@ -16,26 +20,38 @@ RNG state: its final weights equal those of an uninterrupted run (DESIGN invaria
 """
 from __future__ import annotations
 
-import json
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from sftlab.model.adapters import recorded_base
-from sftlab.model.attention import use_packed_attention
-from sftlab.fingerprints import weights_sha256
-from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                     save_final, step_dirs, verify_checkpoint)
 from sftlab.errors import UsageError
+from sftlab.evaluation.evaluate import generation_eval
+from sftlab.evaluation.loss import slice_sums
+from sftlab.files import check_run_dir
+from sftlab.fingerprints import weights_sha256
+from sftlab.manifest import flatten, tokenizer_fingerprint, update_manifest
+from sftlab.model.adapters import recorded_base
+from sftlab.model.loading import load_training_model
+from sftlab.model.objective import micro_batch_loss, step_normaliser
+from sftlab.progress import progress_bar
+from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                     save_final, step_dirs, weights_mismatch)
 from sftlab.train.config import TrainConfig
 from sftlab.train.curves import plot_curves
-from sftlab.train.metrics import MetricsLog
-from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding, prepare_data
-from sftlab.train.preemption import SIGNALS
+from sftlab.train.metrics import MetricsLog, resolve_trackers
+from sftlab.train.data import TrainData, gen_eval_settings, prepare_data, quarantine_rule
+from sftlab.train.mixture import PLAN_VERSION
+from sftlab.train.preemption import SIGNALS, Preempted, StopSignals
+from sftlab.train.rundir import RunLock, refuse_message, resume_differences
+from sftlab.train.run_record import (finish_manifest, read_json, record_manifest, start_segment, stop_on_nan,
+                                     stop_on_signal)
 from sftlab.train.throughput import PhaseTimes, Throughput
 
 
@@ -56,12 +72,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False
     SIGTERM or SIGINT: 143 or 130, after the current step and a verified checkpoint of it
     (``sftlab.train.preemption``); the lock is released in every case.
     """
-    import os
-
-    from sftlab.files import check_run_dir
-    from sftlab.train.preemption import Preempted, StopSignals
-    from sftlab.train.rundir import RunLock
-
     run = check_run_dir(cfg.out)
     lock = RunLock(run, config=config_path)
     main = int(os.environ.get("RANK", "0")) == 0
@@ -83,42 +93,62 @@ def train(cfg: TrainConfig, *, resume: bool = False, allow_changes: bool = False
         lock.release()
 
 
+class _NonFiniteLoss(Exception):
+    """A step whose loss or gradient norm is NaN/inf: the loop stops before it changes any weight."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float | None):
+        super().__init__(step, loss, grad_norm)
+        self.step, self.loss, self.grad_norm = step, loss, grad_norm
+
+
+@dataclass
+class _Loop:
+    """What every optimizer step of a run uses: the prepared model and optimizer, the data, the
+    logs and the loop state (``state``: epoch, step_in_epoch, step, early-stopping counters; saved
+    in every checkpoint)."""
+    cfg: TrainConfig
+    run: Path
+    accelerator: Any
+    model: Any  # as accelerate prepared it (DDP-wrapped on several processes)
+    raw: Any  # the model itself
+    optimizer: Any
+    scheduler: Any
+    data: TrainData
+    state: dict
+    metrics: MetricsLog
+    phases: PhaseTimes
+    speed: Throughput
+    signals: Any
+    tokenizer: Any
+    template: Any
+    bar: Any = None
+
+    def checkpoint(self, at: int) -> None:
+        main = self.accelerator.is_main_process
+        with self.phases("save"):
+            save_checkpoint(self.run, at, model=self.raw, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                            scheduler=self.scheduler, state=self.state, keep_last=self.cfg.checkpointing.keep_last,
+                            manifest=read_json(self.run / "run.json") if main else None,
+                            rank=self.accelerator.process_index, barrier=self.accelerator.wait_for_everyone)
+
+
 def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_checkpoint: bool,
            trackers: tuple, signals) -> int:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from tqdm import tqdm
+    from accelerate.utils import set_seed  # lazy, as accelerate and transformers below: they load when a run starts
     from transformers.utils import logging as hf_logging
-
-    from sftlab.train.metrics import resolve_trackers
-
-    from sftlab.model.objective import micro_batch_loss, step_normaliser
 
     hf_logging.disable_progress_bar()  # ours is the one that matters
     run = Path(cfg.out)
-    if step_dirs(run) and not resume:
-        raise UsageError(f"{run} already holds checkpoints ({step_dirs(run)[-1].name}); pass --resume to "
-                         "continue that run, or choose another out")
-    ckpt = choose_checkpoint(run, fallback=fallback_checkpoint,
-                             say=lambda m: print(f"sftlab train: {m}", file=sys.stderr)) if resume else None
-    cuda = torch.cuda.is_available()
-    try:
-        log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    autocast = cfg.model.dtype == "bf16-mixed" or (cuda and cfg.model.dtype == "auto")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if autocast else "no",
-                              log_with=log_with or None,
-                              project_config=ProjectConfiguration(project_dir=str(run),
-                                                                  logging_dir=str(run / "tensorboard")))
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    ckpt = _checkpoint_to_resume(run, resume, fallback_checkpoint)  # None: a new run
+    accelerator, autocast = _accelerator(cfg, run, trackers)
+    main, world = accelerator.is_main_process, accelerator.num_processes
     set_seed(cfg.seed)
 
     # -- model, tokenizer, template, data ----------------------------------------------------
     phases = PhaseTimes()
     with phases("load"):
-        model, tokenizer, template, role_tokens = load_model_and_tokenizer(cfg)
-    old = _read_json(ckpt / "run.json") or _read_json(run / "run.json") if resume and ckpt else None
+        model, tokenizer, template, role_tokens = load_training_model(cfg)
+    old = read_json(ckpt / "run.json") or read_json(run / "run.json") if ckpt else None
     changed: list[dict] = []
     # LoRA: the adapter means nothing on other base weights; hashed once, then known by file stamps
     base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files")) \
@@ -126,7 +156,7 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
 
     def check_resume(data: TrainData) -> None:  # before anything in RUN is written
         diffs = _check_resume(old, cfg, data, tokenizer, template, ckpt, allow_changes, base[0])
-        if resume and ckpt is not None:
+        if ckpt is not None:
             _check_checkpoint_fits(ckpt, model, cfg, world)
         if diffs and main:
             print(f"sftlab train: continuing {ckpt} with changed {', '.join(d['path'] for d in diffs)} "
@@ -139,140 +169,197 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     total_steps = data.total_steps(world)
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens, base)
-        _start_segment(run, old, _step_of(ckpt) if resume and ckpt else 0, changed)
+        start_segment(run, old, _step_of(ckpt) if ckpt else 0, changed)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     speed = Throughput(raw, accelerator.device, torch.bfloat16 if autocast else next(raw.parameters()).dtype)
+    state = _loop_state(cfg, world, ckpt, raw, optimizer, scheduler, accelerator.process_index, main, changed)
+    metrics = MetricsLog(run / "metrics.jsonl", enabled=main, accelerator=accelerator,
+                         keep_until=(state["step"], state["epoch"], state["step_in_epoch"]) if resume else None)
+    loop = _Loop(cfg, run, accelerator, model, raw, optimizer, scheduler, data, state, metrics, phases, speed,
+                 signals, tokenizer, template)
 
+    # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
+    loop.bar = progress_bar(total=total_steps, initial=state["step"], desc="train", unit="step",
+                            enabled=main and cfg.log.progress)
+    model.train()
+    phases.start("train")
+    signals.defer()  # from here a stop signal ends the run after the current step, with a checkpoint
+    try:
+        stop, signalled = _train_steps(loop, total_steps)
+    except _NonFiniteLoss as e:
+        loop.bar.close()
+        return stop_on_nan(e.step, e.loss, e.grad_norm, run, metrics, main)
+    loop.bar.close()
+    phases.stop("train")
+    if signalled is not None:  # the last checkpoint wrote this step
+        return stop_on_signal(run, state["step"], stop, signalled, metrics, main)
+    return _finish(loop, stop, resumed=ckpt is not None)
+
+
+def _checkpoint_to_resume(run: Path, resume: bool, fallback: bool) -> Path | None:
+    """The checkpoint a ``--resume`` continues (``None`` for a new run); a new run into a directory
+    that holds checkpoints is refused."""
+    if step_dirs(run) and not resume:
+        raise UsageError(f"{run} already holds checkpoints ({step_dirs(run)[-1].name}); pass --resume to "
+                         "continue that run, or choose another out")
+    return choose_checkpoint(run, fallback=fallback,
+                             say=lambda m: print(f"sftlab train: {m}", file=sys.stderr)) if resume else None
+
+
+def _accelerator(cfg: TrainConfig, run: Path, trackers: tuple):
+    """``(accelerator, autocast)``: accelerate on the GPU when there is one, bf16 autocast as
+    ``model.dtype`` says, the trackers ``log.trackers`` names and ``trackers`` started."""
+    from accelerate import Accelerator  # lazy: accelerate loads when a run starts
+    from accelerate.utils import ProjectConfiguration
+
+    cuda = torch.cuda.is_available()
+    try:
+        log_with = resolve_trackers(cfg.log.trackers) + list(trackers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    autocast = cfg.model.dtype == "bf16-mixed" or (cuda and cfg.model.dtype == "auto")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if autocast else "no",
+                              log_with=log_with or None,
+                              project_config=ProjectConfiguration(project_dir=str(run),
+                                                                  logging_dir=str(run / "tensorboard")))
+    if log_with:
+        accelerator.init_trackers(run.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for k, v in flatten(cfg.to_dict()).items()})
+    return accelerator, autocast
+
+
+def _loop_state(cfg: TrainConfig, world: int, ckpt: Path | None, raw, optimizer, scheduler, rank: int,
+                main: bool, changed: list[dict]) -> dict:
+    """The loop state at the first step: a new run's, or the checkpoint's (its weights, optimizer
+    and scheduler loaded; a changed ``optim`` setting applied over the saved one)."""
     state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best": None, "bad_evals": 0,
              "rows_per_step": cfg.optim.micro_batch_size * cfg.optim.grad_accum * world,
              "config_sha256": cfg.sha256()}
-    if resume and ckpt is not None:
-        state = _resume_state(state, load_checkpoint(ckpt, model=raw, optimizer=optimizer,
-                                                     scheduler=scheduler, rank=rank), ckpt, main)
-        if any(d["path"].startswith("config.optim.") for d in changed):
-            _apply_optim_settings(optimizer, scheduler, cfg)  # the checkpoint's state would win
-    step = state["step"]
-    if log_with:
-        from sftlab.manifest import flatten
+    if ckpt is None:
+        return state
+    state = _resume_state(state, load_checkpoint(ckpt, model=raw, optimizer=optimizer,
+                                                 scheduler=scheduler, rank=rank), ckpt, main)
+    if any(d["path"].startswith("config.optim.") for d in changed):
+        _apply_optim_settings(optimizer, scheduler, cfg)  # the checkpoint's state would win
+    return state
 
-        accelerator.init_trackers(run.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                    for k, v in flatten(cfg.to_dict()).items()})
-    metrics = MetricsLog(run / "metrics.jsonl", enabled=main, accelerator=accelerator,
-                         keep_until=(step, state["epoch"], state["step_in_epoch"]) if resume else None)
-    bar = tqdm(total=total_steps, initial=step, disable=not (main and cfg.log.progress),
-               desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
-    def checkpoint(at: int) -> None:
-        with phases("save"):
-            save_checkpoint(run, at, model=raw, tokenizer=tokenizer, optimizer=optimizer,
-                            scheduler=scheduler, state=state, keep_last=cfg.checkpointing.keep_last,
-                            manifest=_read_json(run / "run.json") if main else None, rank=rank,
-                            barrier=accelerator.wait_for_everyone)
-
-    # -- the loop: epochs of optimizer steps of micro-batches ---------------------------------
-    model.train()
-    reduction = cfg.loss.normalisation
+def _train_steps(loop: _Loop, total_steps: int) -> tuple[str | None, object]:
+    """Optimizer steps until the last one, early stopping or a stop signal: ``(why it stopped,
+    the signal that stopped it or None)``. Each epoch's rows are drawn afresh from (seed, epoch)."""
+    data, state, world = loop.data, loop.state, loop.accelerator.num_processes
     stop = signalled = None
-    phases.start("train")
-    signals.defer()  # from here a stop signal ends the run after the current step, with a checkpoint
-    while step < total_steps and stop is None:
+    while state["step"] < total_steps and stop is None:
         epoch = state["epoch"]
         rows = data.epoch_rows(epoch)
         if state["step_in_epoch"] == 0:
-            metrics.write({"epoch": epoch, "realised_mixture": data.realised_mixture(epoch)})
+            loop.metrics.write({"epoch": epoch, "realised_mixture": data.realised_mixture(epoch)})
         for s in range(state["step_in_epoch"], data.steps_in_epoch(epoch, world)):
-            t0 = time.perf_counter()
-            # collate the whole step first: the denominator is its total trained weight, all ranks
-            micro = data.micro_batches(rows, s, rank, world)
-            counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro),
-                      sum(int((b["seq_lengths"].long() ** 2).sum()) for b in micro)]  # attention FLOPs
-            micro = [_to_device(b, accelerator.device) for b in micro]
-            total_weight = step_normaliser(micro, reduction=reduction, all_reduce=True)
-            loss_sum = torch.zeros((), device=accelerator.device)
-            for i, batch in enumerate(micro):
-                last = i == len(micro) - 1  # gradients are all-reduced once, after the last one
-                with (nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
-                    loss = micro_batch_loss(model, batch, total_weight, reduction=reduction,
-                                            chunk_size=cfg.loss.chunk_size, world_size=world)
-                accelerator.backward(loss)
-                loss_sum += loss.detach().float()
-            asked = [float(signals.received == s) for s in SIGNALS]  # a stop signal on any process
-            sums = torch.tensor([loss_sum.item(), *counts, *asked], dtype=torch.float64)  # one sync per step
-            sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-            signalled = next((s for s, n in zip(SIGNALS, sums[-len(SIGNALS):]) if n > 0), None)
-            step_loss = sums[0].item() / world
-            grad_norm = None
-            if cfg.optim.max_grad_norm:
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
-            if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
-                bar.close()
-                return _stop_on_nan(step + 1, step_loss, grad_norm, run, metrics, main)
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            state.update(step=step, step_in_epoch=s + 1)
-            seconds = max(time.perf_counter() - t0, 1e-9)
-            tokens_per_s = sums[1].item() / seconds
-            mfu = speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
-                            **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}), refresh=False)
-            bar.update(1)  # after the postfix: the bar shows this step's loss
-            if step % cfg.log.every_n_steps == 0 or step == total_steps:
-                metrics.write({"step": step, "epoch": epoch, "loss": step_loss,
-                               "lr": lr, "tokens_per_s": tokens_per_s, "mfu": mfu,
-                               "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
-            every = cfg.eval.every_n_steps
-            if (data.eval_sets or data.gen_prompts) and ((every and step % every == 0) or step >= total_steps):
-                with phases("eval"):
-                    stop = _validate(raw, data, cfg, accelerator, metrics, step, state, tokenizer, template)
-            if stop is None and step >= total_steps:
-                stop = "done"
-            if stop is None and signalled is not None:
-                stop = f"stopped by {signalled.name} after step {step} of {total_steps}"
-            else:
-                signalled = None  # the run ended at this step anyway
-            every = cfg.checkpointing.every_n_steps
-            if stop is not None or (every and step % every == 0):
-                checkpoint(step)  # after validation, so early-stopping counters resume too
+            signalled = _optimizer_step(loop, rows, epoch, s, total_steps)
+            stop, signalled = _after_step(loop, total_steps, signalled)
             if stop is not None:
                 break
         else:
             state.update(epoch=epoch + 1, step_in_epoch=0)
-    bar.close()
-    phases.stop("train")
-    if signalled is not None:  # checkpoint(step) above wrote this step
-        return _stop_on_signal(run, step, stop, signalled, metrics, main)
+    return stop, signalled
 
-    # -- the end: final model, curves, manifest ------------------------------------------------
+
+def _optimizer_step(loop: _Loop, rows, epoch: int, s: int, total_steps: int):
+    """Step ``s`` of the epoch: forward and backward over its micro-batches, one all-reduce of the
+    sums, then the optimizer; logged. Returns the stop signal any process received, or None."""
+    accelerator, cfg, world = loop.accelerator, loop.cfg, loop.accelerator.num_processes
+    t0 = time.perf_counter()
+    # collate the whole step first: the denominator is its total trained weight, all ranks
+    micro = loop.data.micro_batches(rows, s, accelerator.process_index, world)
+    counts = [sum(int(b["seq_lengths"].sum()) for b in micro), sum(_trained_tokens(b) for b in micro),
+              sum(int((b["seq_lengths"].long() ** 2).sum()) for b in micro)]  # attention FLOPs
+    micro = [_to_device(b, accelerator.device) for b in micro]
+    total_weight = step_normaliser(micro, reduction=cfg.loss.normalisation, all_reduce=True)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1  # gradients are all-reduced once, after the last one
+        with (nullcontext() if last else accelerator.no_sync(loop.model)), accelerator.autocast():
+            loss = micro_batch_loss(loop.model, batch, total_weight, reduction=cfg.loss.normalisation,
+                                    chunk_size=cfg.loss.chunk_size, world_size=world)
+        accelerator.backward(loss)
+        loss_sum += loss.detach().float()
+    asked = [float(loop.signals.received == sig) for sig in SIGNALS]  # a stop signal on any process
+    sums = torch.tensor([loss_sum.item(), *counts, *asked], dtype=torch.float64)  # one sync per step
+    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    signalled = next((sig for sig, n in zip(SIGNALS, sums[-len(SIGNALS):]) if n > 0), None)
+    step_loss = sums[0].item() / world
+    grad_norm = None
+    if cfg.optim.max_grad_norm:
+        grad_norm = float(accelerator.clip_grad_norm_(loop.model.parameters(), cfg.optim.max_grad_norm))
+    step = loop.state["step"] + 1
+    if not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+        raise _NonFiniteLoss(step, step_loss, grad_norm)
+    lr = loop.scheduler.get_last_lr()[0]  # the rate this step uses
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.state.update(step=step, step_in_epoch=s + 1)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    tokens_per_s = sums[1].item() / seconds
+    mfu = loop.speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world)
+    loop.bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                         **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}), refresh=False)
+    loop.bar.update(1)  # after the postfix: the bar shows this step's loss
+    if step % cfg.log.every_n_steps == 0 or step == total_steps:
+        loop.metrics.write({"step": step, "epoch": epoch, "loss": step_loss, "lr": lr, "tokens_per_s": tokens_per_s,
+                            "mfu": mfu, "trained_tokens": int(sums[2].item()), "grad_norm": grad_norm})
+    return signalled
+
+
+def _after_step(loop: _Loop, total_steps: int, signalled) -> tuple[str | None, object]:
+    """Validation when it is due, then whether the run stops here and why, and a checkpoint when
+    it stops or one is due: ``(why it stops or None, the signal that stopped it or None)``."""
+    cfg, data, step = loop.cfg, loop.data, loop.state["step"]
+    stop = None
+    every = cfg.eval.every_n_steps
+    if (data.eval_sets or data.gen_prompts) and ((every and step % every == 0) or step >= total_steps):
+        with loop.phases("eval"):
+            stop = _validate(loop.raw, data, cfg, loop.accelerator, loop.metrics, step, loop.state,
+                             loop.tokenizer, loop.template)
+    if stop is None and step >= total_steps:
+        stop = "done"
+    if stop is None and signalled is not None:
+        stop = f"stopped by {signalled.name} after step {step} of {total_steps}"
+    else:
+        signalled = None  # the run ended at this step anyway
+    every = cfg.checkpointing.every_n_steps
+    if stop is not None or (every and step % every == 0):
+        loop.checkpoint(step)  # after validation, so early-stopping counters resume too
+    return stop, signalled
+
+
+def _finish(loop: _Loop, stop: str | None, resumed: bool) -> int:
+    """After the last step: the final model, the curves, the manifest's outcome, timing and
+    throughput; returns the exit code (:func:`exit_rule`)."""
+    cfg, run, accelerator, step = loop.cfg, loop.run, loop.accelerator, loop.state["step"]
     accelerator.wait_for_everyone()
-    code, reason = exit_rule(data, cfg)
-    if main:
+    code, reason = exit_rule(loop.data, cfg)
+    if accelerator.is_main_process:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
-        base = raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
-        with phases("save"):
-            save_final(run / "final", raw, tokenizer, template, merge=merge,
+        base = loop.raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
+        with loop.phases("save"):
+            save_final(run / "final", loop.raw, loop.tokenizer, loop.template, merge=merge,
                        adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
-        from sftlab.manifest import update_manifest
-
-        update_manifest(run, timing=phases.describe(_read_json(run / "run.json"), resumed=bool(resume and ckpt)),
-                        throughput=speed.describe())
-    metrics.close()
+        update_manifest(run, timing=loop.phases.describe(read_json(run / "run.json"), resumed=resumed),
+                        throughput=loop.speed.describe())
+    loop.metrics.close()
     accelerator.wait_for_everyone()
     return code
 
 
 def exit_rule(data: TrainData, cfg: TrainConfig) -> tuple[int, str]:
     """``(exit code, the rule that decided it)`` of a run that trained to the end."""
-    from sftlab.train.data import quarantine_rule
-
     if data.failed_checks:
         return 1, "data check failed: " + ", ".join(c["name"] for c in data.failed_checks)
     rule = quarantine_rule(data.records, data.quarantine_reasons, cfg.data.max_quarantined_share,
@@ -316,110 +403,6 @@ def lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# -- model ---------------------------------------------------------------------------------------
-
-_DTYPES = {"auto": None, "float32": torch.float32, "bf16-mixed": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def load_model_and_tokenizer(cfg: TrainConfig):
-    """``(model, tokenizer, template, role_tokens)``: the base model ready to train (LoRA and
-    gradient checkpointing applied), the tokenizer with the training template installed."""
-    from sftlab.model.loading import load_base_model, load_tokenizer
-    from sftlab.model.objective import check_head
-    from sftlab.tokens.role_tokens import add_role_tokens, install_template
-    from sftlab.tokens.templates import TemplateError, get_template
-
-    path = Path(cfg.model.path)
-    name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
-    try:
-        model, tokenizer = load_base_model(name, gguf_file=cfg.model.gguf_file,
-                                           dtype=_DTYPES[cfg.model.dtype],
-                                           trust_remote_code=cfg.model.trust_remote_code)
-        if cfg.tokenizer:
-            tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
-        template = template_of(cfg, tokenizer)
-        if cfg.loss.chunk_size is not None:
-            check_head(model)  # the chunked loss must see the logits the model itself would give
-    except (OSError, ValueError, TemplateError) as e:
-        raise UsageError(f"model.path={cfg.model.path}: {e}".splitlines()[0]) from None
-    role_tokens = add_role_tokens(tokenizer, model, template)
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise UsageError(f"tokenizer={cfg.tokenizer or cfg.model.path}: {len(tokenizer)} tokens, but the "
-                         f"model's embedding has {rows} rows (another vocabulary); give the tokenizer "
-                         "that belongs to model.path")
-    if role_tokens["added"]:
-        template = get_template(cfg.template, tokenizer)  # the fingerprint covers the tokenizer
-    install_template(tokenizer, template)
-    if cfg.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.config.use_cache = False
-    model.sftlab_packed_attention = use_packed_attention(model)
-    if cfg.lora.enabled:
-        import warnings
-
-        from peft import LoraConfig, get_peft_model
-
-        try:
-            with warnings.catch_warnings():
-                # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                targets = cfg.lora.target_modules  # "all-linear" goes to peft as peft spells it
-                model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                         lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
-                                                         use_dora=cfg.lora.use_dora,
-                                                         target_modules=targets if isinstance(targets, str)
-                                                         else list(targets)))
-        except ValueError as e:  # peft: target modules not found in the base model
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                             if isinstance(m, torch.nn.Linear)})
-            raise UsageError(f"lora.target_modules={cfg.lora.target_modules}: "
-                             f"{str(e).splitlines()[0][:200]}; expected names of this model's linear "
-                             f"layers: {', '.join(linear[:12])}") from None
-    if cfg.optim.neftune_alpha:
-        from sftlab.model.neftune import activate_neftune
-
-        activate_neftune(model, cfg.optim.neftune_alpha)
-    model.train()
-    return model, tokenizer, template, role_tokens
-
-
-def load_tokenizer_and_template(cfg: TrainConfig):
-    """``(tokenizer, template)`` exactly as ``load_model_and_tokenizer`` leaves them (role tokens
-    added, template installed), without loading the model's weights: what ``sftlab prepare``
-    needs to build the store that training will find."""
-    from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.role_tokens import add_role_tokens, install_template
-    from sftlab.tokens.templates import get_template
-
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.model.trust_remote_code, what="tokenizer=")
-    else:
-        tokenizer = load_tokenizer(cfg.model.path, gguf_file=cfg.model.gguf_file,
-                                   trust_remote_code=cfg.model.trust_remote_code, what="model.path=")
-    template = template_of(cfg, tokenizer)
-    if add_role_tokens(tokenizer, None, template)["added"]:
-        template = get_template(cfg.template, tokenizer)
-    install_template(tokenizer, template)
-    return tokenizer, template
-
-
-def template_of(cfg: TrainConfig, tokenizer):
-    """The config's ``template`` for ``tokenizer``; a template that cannot be used is a
-    ``UsageError`` naming ``template=`` (or, for the tokenizer's own, the model)."""
-    from sftlab.tokens.templates import TemplateError, get_template
-
-    try:
-        return get_template(cfg.template, tokenizer)
-    except (TemplateError, OSError, ValueError) as e:
-        key = f"template={cfg.template}" if cfg.template else f"model.path={cfg.model.path} (its own chat template)"
-        raise UsageError(f"{key}: {e}".splitlines()[0]) from None
-
-
 def _param_groups(model, weight_decay: float) -> list[dict]:
     """Decay matrices, not biases or norm scales (the usual AdamW split)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -435,8 +418,6 @@ def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str,
 
     Each process scores every ``world_size``-th example of a slice; sums are all-reduced.
     """
-    from sftlab.evaluation.loss import slice_sums
-
     names = sorted(data.eval_sets)
     rows = {name: data.eval_rows(name, accelerator.process_index, accelerator.num_processes) for name in names}
     sums = slice_sums(model, rows, data.pad_id, micro_batch_size=cfg.eval.micro_batch_size,
@@ -460,8 +441,6 @@ def _validate(model, data, cfg, accelerator, metrics, step: int, state: dict,
     if losses:
         metrics.write({"step": step, "eval_loss": losses})
     if data.gen_prompts and accelerator.is_main_process:
-        from sftlab.evaluation.evaluate import generation_eval
-
         metrics.write({"step": step, "gen_eval": generation_eval(model, tokenizer, template, data.gen_prompts,
                                                                  gen_eval_settings(cfg))})
     if data.gen_prompts:
@@ -504,14 +483,6 @@ def _resume_state(fresh: dict, saved: dict, ckpt: Path, main: bool) -> dict:
     return {**saved, "config_sha256": fresh["config_sha256"]}
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _step_of(ckpt: Path) -> int:
     return int(ckpt.name.removeprefix("step-"))
 
@@ -523,9 +494,6 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
     model's weights (``base_sha256``): its adapter means nothing on other weights at the same path."""
     if old is None or ckpt is None:
         return []
-    from sftlab.manifest import tokenizer_fingerprint
-    from sftlab.train.rundir import refuse_message, resume_differences
-
     new = {"config": cfg.to_dict(), "data": {"splits": data.splits},
            "template": template.describe(), "tokenizer": tokenizer_fingerprint(tokenizer),
            "policy": data.policy.manifest_entry() if data.policy is not None else None}
@@ -540,9 +508,7 @@ def _check_resume(old: dict | None, cfg: TrainConfig, data: TrainData, tokenizer
 def _check_checkpoint_fits(ckpt: Path, model, cfg: TrainConfig, world: int) -> None:
     """What would make loading ``ckpt`` fail, refused before anything in RUN is written: another
     global batch, weights of another shape or kind (LoRA on/off, rank, targets, base model)."""
-    from sftlab.train.checkpoint import weights_mismatch
-
-    saved = _read_json(ckpt / "state.json") or {}
+    saved = read_json(ckpt / "state.json") or {}
     rows = cfg.optim.micro_batch_size * cfg.optim.grad_accum * world
     if saved.get("rows_per_step", rows) != rows:
         raise UsageError(f"{ckpt} was written with {saved['rows_per_step']} rows per optimizer step, this run "
@@ -557,8 +523,6 @@ def _check_checkpoint_fits(ckpt: Path, model, cfg: TrainConfig, world: int) -> N
 def _plan_of(old: dict | None) -> int | None:
     """A resumed run draws its epochs as it started (run.json ``mixture.plan``; a run from before
     plans were recorded drew plan 1); a new run draws the current plan (``None``)."""
-    from sftlab.train.mixture import PLAN_VERSION
-
     if old is None:
         return None
     plan = (old.get("mixture") or {}).get("plan", 1)
@@ -579,119 +543,3 @@ def _apply_optim_settings(optimizer, scheduler, cfg: TrainConfig) -> None:
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def _start_segment(run: Path, old: dict | None, start: int, changed: list[dict]) -> None:
-    from sftlab.manifest import update_manifest
-    from sftlab.train.rundir import segments
-
-    update_manifest(run, segments=segments(old, start, _read_json(run / "run.json") or {}, changed))
-
-
-def _stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, metrics, main: bool) -> int:
-    last = latest_checkpoint(run)
-    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
-    message = (f"step {step}: the loss is {loss} (gradient norm {grad_norm}); training stopped before "
-               f"this step changed any weight; {where}. Lower optim.lr or check the data of this "
-               "step, then rerun with --resume.")
-    metrics.write({"step": step, "error": message})
-    metrics.close()
-    if main:
-        from sftlab.manifest import update_manifest
-
-        print(f"sftlab train: {message}", file=sys.stderr)
-        update_manifest(run, outcome={"train": train_outcome(
-            run, step - 1, f"non-finite loss at step {step}", (1, "stopped on a NaN/inf loss"))})
-    return 1
-
-
-def _stop_on_signal(run: Path, step: int, stop: str, signum, metrics, main: bool) -> int:
-    """After a stop signal: check the checkpoint just written, record why the run stopped; 128 + signum."""
-    code = 128 + int(signum)
-    metrics.close()
-    if main:
-        from sftlab.manifest import update_manifest
-
-        last = latest_checkpoint(run)
-        problems = verify_checkpoint(last) if last is not None else ["no checkpoint was written"]
-        saved = (f"{last} written and verified" if not problems
-                 else f"{last} fails its check ({'; '.join(problems[:2])})")
-        segs = (_read_json(run / "run.json") or {}).get("segments") or []
-        if segs:
-            segs[-1]["to_step"] = step
-        update_manifest(run, segments=segs, outcome={"train": train_outcome(
-            run, step, stop, (code, f"{stop}; checkpoint {saved}; continue with --resume"))})
-        print(f"sftlab train: {stop}; checkpoint {saved}", file=sys.stderr)
-    return code
-
-
-# -- manifest ------------------------------------------------------------------------------------
-
-def record_manifest(run: Path, cfg: TrainConfig, data: TrainData, model, tokenizer, template,
-                    role_tokens: dict, base: tuple = (None, {})) -> None:
-    """Write the run's data, template, tokenizer, masking, packing, mixture and config sections;
-    ``base`` is ``weights_sha256`` of the base model (its hash and per-file stamps)."""
-    from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
-    trained = int(data.table.trained.sum())
-    total = int(data.table.lengths.sum())
-    source = getattr(model, "sftlab_source", None) or {}
-    sections = dict(
-        kind="train", data={"splits": data.splits, "failed_checks": data.failed_checks,
-                            "store": data.store_info},
-        template={**template.describe(), "role_tokens": role_tokens},
-        tokenizer=tokenizer_fingerprint(tokenizer),
-        masking={"mode": "last_turn" if cfg.encoding.last_turn_only else "all_assistant_turns",
-                 "max_length": cfg.encoding.max_length, "last_turn_only": cfg.encoding.last_turn_only,
-                 "reasoning": cfg.encoding.reasoning, "trained_tokens": trained, "total_tokens": total,
-                 "trained_token_share": round(trained / total, 6) if total else None,
-                 "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow,
-                 "mask_source": cfg.encoding.mask_source, "heldout_encoding": heldout_encoding(cfg),
-                 **data.table.encoding_summary()},
-        packing={**data.epoch_rows(0).stats(cfg.row_length, cfg.packing.mode),
-                 "attention": ("causal SDPA per example" if getattr(model, "sftlab_packed_attention", False)
-                               else "block-diagonal mask")},
-        mixture={**data.mixture.describe(data.slices),
-                 "sampling": {"weights": cfg.mixture.sampling_weights, "temperature": cfg.mixture.temperature}},
-        model={"base": cfg.model.path, "dtype": cfg.model.dtype, "gguf_file": cfg.model.gguf_file,
-               "lora": cfg.lora.model_dump() if cfg.lora.enabled else None,
-               "neftune": {"alpha": cfg.optim.neftune_alpha, "length": "per example",
-                           "scale": "alpha / sqrt(L * hidden_size)"} if cfg.optim.neftune_alpha else None,
-               "notes": source.get("notes") or source.get("note"), "source": source or None,
-               "base_sha256": base[0], "base_files": base[1] or None},
-        config=cfg.to_dict(), config_sha256=config_hash(cfg.to_dict()), seed=cfg.seed, **environment())
-    if data.policy is not None:
-        sections["policy"] = {**data.policy.manifest_entry(), "path": cfg.data.policy}
-    if data.gen_prompts:
-        sections["decoding"] = [{"purpose": "gen_eval", "prompts": list(cfg.eval.prompts), **gen_eval_settings(cfg)}]
-    update_manifest(run, **sections)
-
-
-def train_outcome(run: Path, step: int, stop: str | None, exit_rule: tuple[int, str] | None) -> dict:
-    """The manifest's ``outcome.train``: steps, why it stopped, the last logged train loss, the last
-    eval loss per slice, and the exit code with the rule that decided it."""
-    from sftlab.train.metrics import read_metrics
-
-    records = read_metrics(run / "metrics.jsonl")
-    losses = [r["loss"] for r in records if "loss" in r and "step" in r]
-    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
-    out = {"steps": step, "stopped": stop or "done", "final_train_loss": losses[-1] if losses else None,
-           "eval_loss": evals[-1] if evals else None}
-    if exit_rule is not None:
-        out.update(exit_code=exit_rule[0], exit_reason=exit_rule[1])
-    return out
-
-
-def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None,
-                    exit_rule: tuple[int, str] | None = None) -> None:
-    from sftlab.train.metrics import read_metrics
-    from sftlab.manifest import update_manifest
-
-    realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
-                for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
-    segs = (_read_json(run / "run.json") or {}).get("segments") or []
-    if segs:
-        segs[-1]["to_step"] = step
-    update_manifest(run, mixture={"realised": realised}, segments=segs,
-                    outcome={"train": train_outcome(run, step, stop, exit_rule)},
-                    artifacts={"final": "final", "metrics": "metrics.jsonl", "curves": "curves.png",
-                               "checkpoints": "checkpoints", "quarantine": "data/quarantine.jsonl",
-                               "stats": "data/stats.json",
-                               "training": {"steps": step, "stopped": stop or "done"}})

@@ -1,6 +1,9 @@
-"""A refusal detector backed by a local Hugging Face sequence-classification model.
+"""Every refusal detector by name: ``load_detector(spec)`` builds the learned detector, the phrase
+rules, a judge or a sequence-classification model; ``default_detector()`` is eval's default, and
+``label_all`` / ``detect_all`` label many responses with any of them.
 
-The directory is loaded with ``AutoModelForSequenceClassification`` (safetensors; remote code
+``ClassifierDetector``, the one defined here, is backed by a local Hugging Face
+sequence-classification model. The directory is loaded with ``AutoModelForSequenceClassification`` (safetensors; remote code
 only when the caller turns ``trust_remote_code`` on). Its labels are mapped onto comply / refuse / partial
 through ``config.id2label`` (a name containing ``partial`` -> partial, ``refus`` -> refuse,
 ``compl`` -> comply) or an explicit map (``--label-map LABEL_0=comply,LABEL_1=refuse``).
@@ -13,9 +16,13 @@ Example::
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS, RuleDetector
+from sftlab.evaluation.judge import JudgeDetector
+from sftlab.evaluation.learned import DEFAULT_THRESHOLD, LearnedDetector
+from sftlab.model.loading import refuse_pickled_weights
 
 
 def parse_label_map(spec: str | None) -> dict[str, str] | None:
@@ -46,14 +53,10 @@ class ClassifierDetector:
 
     def __init__(self, path: str | os.PathLike, label_map: dict[str, str] | None = None,
                  batch_size: int = 16, max_length: int = 512, trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: start-up time
 
         self.path = str(path)
         self.name = f"classifier:{os.path.basename(os.path.normpath(self.path))}"
-        from pathlib import Path
-
-        from sftlab.model.loading import refuse_pickled_weights
-
         if Path(self.path).is_dir():
             try:
                 refuse_pickled_weights(Path(self.path))
@@ -80,7 +83,7 @@ class ClassifierDetector:
 
     def label_all(self, texts: list[str]) -> list[str]:
         """Labels for many texts, classified in batches."""
-        import torch
+        import torch  # lazy: start-up time
 
         out = []
         for b in range(0, len(texts), self.batch_size):
@@ -144,8 +147,6 @@ def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str]
     if spec == "rules":
         return RuleDetector()
     if spec == "learned" or spec.startswith("learned:"):
-        from sftlab.evaluation.learned import DEFAULT_THRESHOLD, LearnedDetector
-
         _, opts = _options(spec)
         unknown = set(opts) - {"threshold", "rules"}
         if unknown:
@@ -156,8 +157,6 @@ def load_detector(spec: str | None = DEFAULT_DETECTOR, label_map: dict[str, str]
         t = threshold if threshold is not None else opts.get("threshold", DEFAULT_THRESHOLD)
         return LearnedDetector(threshold=_threshold(spec, t), rules=rules == "on")
     if spec.startswith("judge:"):
-        from sftlab.evaluation.judge import JudgeDetector
-
         path, _, rest = spec[len("judge:"):].partition(",")
         _, opts = _options("judge:" + rest)
         unknown = set(opts) - {"format", "threshold", "batch_size"}
