@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sftlab.data.conversation import ROLES, Message, ToolCall, unpaired_surrogate
 from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
 
-if TYPE_CHECKING:
-    from sftlab.data.formats import Columns
+# ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
 __all__ = ["SHAREGPT_ROLES", "MAX_WEIGHT", "message_list", "read_message", "json_object_text", "tools_text",
            "sharegpt_calls"]

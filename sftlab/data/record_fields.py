@@ -14,13 +14,12 @@ Example::
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sftlab.data.conversation import Message
 from sftlab.data.record_errors import RecordError, kind as _kind
 
-if TYPE_CHECKING:
-    from sftlab.data.formats import Columns
+# ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
 __all__ = ["META_FIELDS", "EXPECTED_VALUES", "KNOWN_METADATA", "MULTIMODAL_FIELDS", "field_value", "metadata",
            "extra", "account"]

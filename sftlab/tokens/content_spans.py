@@ -22,14 +22,11 @@ Example::
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
 from sftlab.tokens.jinja_render import render_jinja
 from sftlab.tokens.layout import Span
 from sftlab.tokens.template_errors import RenderLimitError, TemplateError
 
-if TYPE_CHECKING:
-    from sftlab.tokens.templates import ChatTemplate
+# ``ChatTemplate`` in annotations is sftlab.tokens.templates's (not imported: that module imports this one).
 
 __all__ = ["PROBE", "PROBE_NEXT", "Renders", "PrefixUnstable", "NotVerbatim", "incremental_spans", "probed_spans",
            "forms"]

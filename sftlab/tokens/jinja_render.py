@@ -15,14 +15,11 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import TYPE_CHECKING
-
 from sftlab.tokens.render_steps import (RENDER_MAX_STEPS, STEPS_PER_CHAR, STEPS_PER_MESSAGE, count_loop_steps,
                                         counted_filters, end_steps, loop_call_args, start_steps, step)
 from sftlab.tokens.template_errors import RenderLimitError, TemplateError
 
-if TYPE_CHECKING:
-    from sftlab.tokens.templates import ChatTemplate
+# ``ChatTemplate`` in annotations is sftlab.tokens.templates's (not imported: that module imports this one).
 
 __all__ = ["RENDER_SECONDS", "RENDER_MAX_CHARS", "compiled", "render_jinja"]
 

@@ -29,16 +29,13 @@ Example::
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
-
 from sftlab.tokens.chat_formats import NOT_FROM_PROMPT
 from sftlab.tokens.content_spans import (PROBE, PROBE_NEXT, NotVerbatim, PrefixUnstable, Renders, forms,
                                          incremental_spans, probed_spans)
 from sftlab.tokens.layout import Layout, Turn
 from sftlab.tokens.template_errors import RenderLimitError, TemplateError
 
-if TYPE_CHECKING:
-    from sftlab.tokens.templates import ChatTemplate
+# ``ChatTemplate`` in annotations is sftlab.tokens.templates's (not imported: that module imports this one).
 
 __all__ = ["TRANSFORMS", "jinja_layout", "control_run", "sorted_control"]
 
