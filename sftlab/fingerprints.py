@@ -116,6 +116,27 @@ def stream_sha256(stream: BinaryIO) -> str:
     return h.hexdigest()
 
 
+def copy_sha256(src: BinaryIO, dest: BinaryIO) -> str:
+    """Copy what is left to read in ``src`` to ``dest``, a block at a time; the sha256 hex of the
+    bytes copied (``stream_sha256`` of the same bytes)."""
+    h = hashlib.sha256()
+    for block in iter(lambda: src.read(_BLOCK), b""):
+        h.update(block)
+        dest.write(block)
+    return h.hexdigest()
+
+
+def files_digest(files: Iterable[tuple[str, str]]) -> str:
+    """The digest of an input read from files: its ``(path relative to the input, sha256 of the
+    file's bytes)`` pairs in order (one file: path ``""``). A pipe copied while read and the file
+    it was copied to have the same digest.
+
+        >>> files_digest([("", sha256_hex(b"x"))]) == files_digest((("", sha256_hex(b"x")),))
+        True
+    """
+    return json_sha256({"files": [[name, digest] for name, digest in files]})
+
+
 def file_prefix_sha256(path: str | os.PathLike, limit: int) -> str:
     """sha256 hex of a file's size in bytes (decimal), a NUL, and its first ``limit`` bytes: a
     cheap fingerprint of a file too large to read whole (a GGUF model)."""

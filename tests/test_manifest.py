@@ -224,3 +224,9 @@ def test_a_schema_1_run_json_still_reads_validates_and_diffs(tmp_path, capsys):
     assert on_disk == upgraded and on_disk["schema_version"] == 2
     assert on_disk["data"]["splits"]["train"]["records_sha256"] == version
     assert "sha256" not in on_disk["data"]["splits"]["train"]
+
+
+@pytest.mark.parametrize("damage", [b"[" * 100000, b"\xff\xfe", b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_manifest_of_a_damaged_run_json_is_one_line(hostile, tmp_path, capsys, damage):
+    (tmp_path / "run.json").write_bytes(damage)
+    assert "run.json" in hostile.refusal(capsys, main(["manifest", str(tmp_path)]))

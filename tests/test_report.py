@@ -376,3 +376,17 @@ def test_eval_loss_cells_and_step_axes():
     ax.plot([1, 2, 3], [2.0, 1.5, 1.2])
     ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+@pytest.mark.parametrize("damage", [b"[" * 100000 + b"]" * 100000, b"\xff\xfe not utf-8", b'{"kind": 5}',
+                                    b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_report_on_a_damaged_run_json_or_eval_json_exits_nonzero(time_limit, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "run.json").write_bytes(damage)
+    (run / "eval" / "eval.json").write_bytes(damage)
+    code = main(["report", str(run), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (1, 2) and "Traceback" not in json.dumps(out)
+    if code == 1:
+        assert "run.json" in out["unreadable"]

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from sftlab.train.config import config_reference_text, load_config
-from sftlab.train.curves import read_metrics
+from sftlab.train.metrics import read_metrics
 
 HELP = """Fine-tune a causal language model on conversations with the response-only objective,
 as CONFIG.yaml says. Overrides use dotted keys with YAML values, e.g. optim.lr=1e-4

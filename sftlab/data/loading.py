@@ -255,7 +255,7 @@ class DuplicateIds:
         >>> ids.check("a", Origin("y.jsonl", 7))
         Traceback (most recent call last):
         ...
-        sftlab.data.formats.RecordError: id: duplicate id 'a', first seen at x.jsonl:1; fix: give each record a unique id or drop the copy
+        sftlab.data.record_errors.RecordError: id: duplicate id 'a', first seen at x.jsonl:1; fix: give each record a unique id or drop the copy
     """
 
     def __init__(self):

@@ -29,7 +29,8 @@ from sftlab.demo.suite import build_suite, demo_policy_path
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
 from sftlab.manifest import update_manifest
-from sftlab.tokens.templates import get_template, install_template
+from sftlab.tokens.role_tokens import install_template
+from sftlab.tokens.templates import get_template
 
 
 @dataclass(frozen=True)

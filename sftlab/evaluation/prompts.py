@@ -180,7 +180,7 @@ def _jsonl_rows(text: str):
     [(1, None), (3, 'expected a JSON object, got list'),
      (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
     """
-    from sftlab.data.readers import MAX_DEPTH, _too_deep  # lazy: the record readers cost `sftlab --help`
+    from sftlab.data.record_shape import MAX_DEPTH, too_deep  # lazy: the record readers cost `sftlab --help`
 
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -196,7 +196,7 @@ def _jsonl_rows(text: str):
         if not isinstance(row, dict):
             yield i, None, f"expected a JSON object, got {type(row).__name__}"
             continue
-        if _too_deep(row):
+        if too_deep(row):
             yield i, None, f"nested more than {MAX_DEPTH} levels deep; expected a flat row"
             continue
         if unpaired_surrogate(json.dumps(row, ensure_ascii=False)) is not None:

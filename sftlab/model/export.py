@@ -155,7 +155,8 @@ def _add_role_tokens_as_training_did(run: Path, model, base_tokenizer) -> None:
     (``add_role_tokens``), so the adapter sits on the same base it was trained on."""
     from sftlab.manifest import read_run_json  # lazy: see the note at the imports
     from sftlab.model.loading import load_tokenizer  # lazy: see the note at the imports
-    from sftlab.tokens.templates import add_role_tokens, get_template  # lazy: see the note at the imports
+    from sftlab.tokens.role_tokens import add_role_tokens  # lazy: see the note at the imports
+    from sftlab.tokens.templates import get_template  # lazy: see the note at the imports
 
     config = (read_run_json(run, missing_ok=True) or {}).get("config") or {}
     tokenizer = load_tokenizer(config["tokenizer"], what="tokenizer=") if config.get("tokenizer") else base_tokenizer

@@ -14,7 +14,7 @@ from pathlib import Path
 from sftlab.files import write_atomic
 from sftlab.manifest import ManifestError, update_manifest
 from sftlab.report import sections as s
-from sftlab.report.data import data_section
+from sftlab.report.data_section import data_section
 from sftlab.report.evaluation import evaluation_section
 from sftlab.report.inputs import read_run
 from sftlab.report.markup import not_recorded, page, section

@@ -44,7 +44,8 @@ from sftlab.progress import progress_bar
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs, weights_mismatch)
 from sftlab.train.config import TrainConfig
-from sftlab.train.curves import MetricsLog, plot_curves, resolve_trackers
+from sftlab.train.curves import plot_curves
+from sftlab.train.metrics import MetricsLog, resolve_trackers
 from sftlab.train.data import TrainData, gen_eval_settings, prepare_data, quarantine_rule
 from sftlab.train.mixture import PLAN_VERSION
 from sftlab.train.preemption import SIGNALS, Preempted, StopSignals

@@ -11,7 +11,7 @@ from pathlib import Path
 from sftlab.manifest import config_hash, environment, read_run_json, tokenizer_fingerprint, update_manifest
 from sftlab.train.checkpoint import latest_checkpoint, verify_checkpoint
 from sftlab.train.config import TrainConfig
-from sftlab.train.curves import read_metrics
+from sftlab.train.metrics import read_metrics
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding
 from sftlab.train.rundir import segments
 
