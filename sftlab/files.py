@@ -24,9 +24,8 @@ read ends there), and a whole-file read has a size limit. While a command runs
 :func:`check_output_file` refuses to write over one of them, whatever the path (a symbolic link
 to a directory, a hard link): a command never replaces its own input.
 
-Config and policy files are read with :func:`read_yaml`: text that is not UTF-8, binary
-data, nesting deeper than 100 levels and alias bombs ("billion laughs") are refused with one
-line before PyYAML builds anything, and a parse error is one line with its position.
+Config and policy files go through :func:`read_input` too, parsed with the limits of
+``sftlab.yaml_input``.
 
 This module imports nothing from sftlab but the errors at import time (the run manifest's
 schema is imported only to check an existing run.json), so every stage may use it.
@@ -487,72 +486,6 @@ def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
         raise UsageError(f"{label}: cannot hold new files: {no_room(e) or _os_reason(e)}; "
                          "give a writable directory") from None
     return p
-
-
-MAX_YAML_BYTES = 16 << 20  # a config or policy is a few KiB
-MAX_YAML_DEPTH = 100
-MAX_YAML_NODES = 1_000_000
-
-
-def read_yaml(path: str | os.PathLike, what: str = "config") -> object:
-    """The YAML document in ``path``, or ``UsageError`` with one line naming the file and why."""
-    p = Path(path)
-    if not os.path.lexists(p):
-        raise UsageError(f"{p}: no such {what} file")
-    data = read_input(p, what=what, max_bytes=MAX_YAML_BYTES)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{p}: the {what} file is not UTF-8 text (byte {e.start}); save it as "
-                         "UTF-8") from None
-    return parse_yaml(text, str(p))
-
-
-def parse_yaml(text: str, where: str) -> object:
-    """``yaml.safe_load(text)`` with the checks of :func:`read_yaml`; ``where`` names the source."""
-    # lazy: files is imported by every command; PyYAML loads only where YAML is read
-    import yaml
-
-    if "\x00" in text:
-        raise UsageError(f"{where}: binary data, not a YAML text file")
-    # Walk the events first: the depth, and the size the document has once aliases are expanded
-    # (what validating and printing it will cost), without building anything.
-    stack: list[list] = [[0, None]]  # [expanded size, anchor] per open collection
-    sizes: dict[str, int] = {}
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                stack.append([1, event.anchor])
-                if len(stack) > MAX_YAML_DEPTH:
-                    raise UsageError(f"{where}: nested more than {MAX_YAML_DEPTH} levels deep; a "
-                                     "config is a few levels of keys")
-                continue
-            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                size, anchor = stack.pop()
-            elif isinstance(event, yaml.AliasEvent):
-                size, anchor = sizes.get(event.anchor, 1), None
-            elif isinstance(event, yaml.ScalarEvent):
-                size, anchor = 1, event.anchor
-            else:
-                continue
-            if anchor is not None:
-                sizes[anchor] = size
-            stack[-1][0] += size
-            if stack[-1][0] > MAX_YAML_NODES:
-                raise UsageError(f"{where}: expands to more than {MAX_YAML_NODES:,} values through "
-                                 "YAML aliases (*name); refused, as an alias bomb would be")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["parse error"])[0]
-        raise UsageError(f"{where}: {at}not valid YAML: {problem}") from None
-    except RecursionError:
-        raise UsageError(f"{where}: nested too deeply to read") from None
-    except ValueError:  # an integer of more than 4,300 digits, which Python does not convert
-        m = re.search(r"\d{4301,}", text)
-        at = f"line {text.count(chr(10), 0, m.start()) + 1}: " if m else ""
-        raise UsageError(f"{where}: {at}a number with more than 4,300 digits; no setting takes one") from None
 
 
 # errno of a write that failed for want of room: no space, over quota, over the file size limit,

@@ -16,7 +16,7 @@ PACKAGE = Path(sftlab.__file__).parent
 # Each stage may import itself and the stages ranked below it, never one above.
 STAGE_RANK = {
     "sftlab": 0, "sftlab.errors": 0, "sftlab.fingerprints": 0, "sftlab.collector": 0, "sftlab.files": 0,
-    "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0,
+    "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0, "sftlab.yaml_input": 0,
     "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.prepare": 3, "sftlab.model": 4, "sftlab.evaluation": 5,
     "sftlab.train": 6, "sftlab.report": 7, "sftlab.demo": 8, "sftlab.commands": 9, "sftlab.cli": 9,
     "sftlab.__main__": 10,
@@ -362,3 +362,56 @@ def test_the_data_version_in_run_json_is_the_stores_records_hash(owned_run):
     assert m.schema_version == 2
     assert m.data.splits["train"].records_sha256 == store["records_sha256"]
     assert len(store["records_sha256"]) == 64 and "sha256" not in m.to_dict()["data"]["splits"]["train"]
+
+
+# Size: a module is one concept a reader can hold; a long function says why it is long.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 80
+
+
+def _sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_no_module_over_the_line_limit():
+    long = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p in _sources()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_no_long_function_without_its_reason():
+    long = []
+    for p in _sources():
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES and "long because" not in (ast.get_docstring(node) or "").lower():
+                    long.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines without 'long because ...' in the docstring: {long}"
+
+
+def _says_why(lines: list[str], i: int) -> bool:
+    """A comment on import line ``i`` (0-based), or on the line above the run of imports it ends."""
+    if "#" in lines[i]:
+        return True
+    while i > 0 and lines[i - 1].strip().startswith(("from ", "import ", ")")) or \
+            i > 0 and lines[i - 1].startswith(" ") and lines[i - 1].rstrip().endswith(","):
+        i -= 1
+        if "#" in lines[i]:
+            return True
+    return i > 0 and lines[i - 1].strip().startswith("#")
+
+
+def test_every_import_inside_a_function_says_why():
+    """An import is at module level unless it is kept lazy for a reason (start-up time, an optional
+    dependency, a loop it would make): that reason is a comment on the import or the line above."""
+    silent = []
+    for p in _sources():
+        text = p.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for fn in ast.walk(ast.parse(text)):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and not _says_why(lines, node.lineno - 1):
+                    silent.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not silent, f"imports inside functions with no comment saying why they are not at module level: {silent}"

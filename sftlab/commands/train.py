@@ -107,6 +107,7 @@ def _summary(out: str, code: int) -> dict:
                "loss": steps[-1]["loss"] if steps else None,
                "eval_loss": evals[-1]["eval_loss"] if evals else None,
                "quarantined": _count_lines(quarantine)}
+    # lazy: the manifest's schema (pydantic) loads when the command runs, not for `sftlab --help`
     from sftlab.manifest import read_run_json
 
     m = read_run_json(run_dir, missing_ok=True, damaged_ok=True) or {}

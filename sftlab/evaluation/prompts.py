@@ -38,6 +38,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +115,6 @@ def builtin_prompt_path(name: str) -> Path | None:
     """
     if name not in BUILTIN_SETS:
         return None
-    from importlib import resources
-
     return Path(str(resources.files("sftlab.evaluation") / "assets" / BUILTIN_SETS[name]))
 
 

@@ -126,6 +126,7 @@ def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[
 
 
 def _write_merged(final: Path, run: Path, tmp: Path, base: str | None) -> None:
+    # lazy: peft and transformers load only when a LoRA run is exported merged
     from peft import PeftModel
     from transformers import AutoTokenizer, GenerationConfig
 

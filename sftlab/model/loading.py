@@ -204,8 +204,8 @@ def load_training_model(cfg):
     """``(model, tokenizer, template, role_tokens)`` of a training config (``TrainConfig``): the base
     model in training mode, ready to train (gradient checkpointing, packed attention, LoRA and
     NEFTune as the config says), with the tokenizer and template of :func:`config_tokenizer`."""
-    import torch  # lazy: torch and the modules that need it load only when a model is trained
-
+    # lazy: torch and the modules that need it load only when a model is trained
+    import torch
     from sftlab.model.attention import use_packed_attention
     from sftlab.model.neftune import activate_neftune
     from sftlab.model.objective import check_head

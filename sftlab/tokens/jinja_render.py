@@ -104,7 +104,8 @@ def compiled(source: str):
 
 def _prepare_messages(messages: list[dict]):
     """The messages as transformers hands them to a template (plain data, reasoning fields aliased)."""
-    try:  # transformers is imported on first use, for start-up time
+    try:
+        # lazy: transformers is imported on first use, for start-up time
         from transformers.utils.chat_template_utils import _alias_reasoning_fields, _plain_template_data
     except ImportError:  # an older transformers: the messages are already plain dicts
         return messages

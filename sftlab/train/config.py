@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sftlab.data.formats import Columns
 from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
 from sftlab.errors import UsageError
-from sftlab.files import read_yaml
+from sftlab.yaml_input import read_yaml
 from sftlab.fingerprints import config_hash
 from sftlab.train.config_keys import explain, reference_markdown, reference_text
 

@@ -39,6 +39,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str | Non
     import matplotlib  # matplotlib is imported when a plot is drawn, for start-up time
 
     matplotlib.use("Agg")
+    # lazy: matplotlib takes a second to import and only the plot needs it
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
