@@ -5,6 +5,7 @@ every step the same at 1, 2 and 4 processes."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,20 +42,36 @@ def _start(cfg: Path, tmp_path: Path, *, sharded: bool, resume: bool = False) ->
 
 def _finish(proc: subprocess.Popen, code: int = 0) -> None:
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == code, err[-3000:]
+    # a one-line refusal of one process sits among the other's traceback: show both ends
+    assert proc.returncode == code, err if len(err) < 6000 else err[:3000] + "\n[...]\n" + err[-3000:]
 
 
-def _terminate_after_step(proc: subprocess.Popen, run: Path, step: int) -> Path:
+def _released(run: Path) -> None:
+    """Wait until the run's lock is gone or held by no live process: the launcher can return
+    while its workers are still ending, and a resume started then would find the run in use."""
+    lock = run / ".lock"
+    while lock.exists():
+        try:
+            pid = json.loads(lock.read_text())["pid"]
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError):
+            return
+        time.sleep(0.05)
+
+
+def _terminate_after_step(proc: subprocess.Popen, run: Path, step: int, alarm_after) -> Path:
     """SIGTERM to the launcher (which passes it to both processes) once ``step`` is logged; the
     run stops after its current step with a checkpoint of it: exit 143. Returns that checkpoint."""
     from sftlab.train.checkpoint import latest_checkpoint, verify_checkpoint
 
-    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 180
-    while not (metrics.is_file() and f'"step": {step},' in metrics.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    _finish(proc, 143)
+    metrics = run / "metrics.jsonl"
+    with alarm_after(180, f"step {step} of {run.name}"):
+        while not (metrics.is_file() and f'"step": {step},' in metrics.read_text()):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _finish(proc, 143)
+        _released(run)
     ckpt = latest_checkpoint(run)
     assert step <= int(ckpt.name.removeprefix("step-")) < 10 and not (run / "final").exists()
     assert verify_checkpoint(ckpt) == []
@@ -66,7 +83,7 @@ def _relative(a: list, b: list) -> float:
     return max(abs(x - y) / abs(x) for (_, x), (_, y) in zip(a, b))
 
 
-def test_fsdp_on_two_cpu_processes_matches_one_and_resumes_bit_exactly(assets, tmp_path):
+def test_fsdp_on_two_cpu_processes_matches_one_and_resumes_bit_exactly(assets, tmp_path, alarm_after):
     from transformers import AutoModelForCausalLM
 
     from sftlab.train.checkpoint import latest_checkpoint, verify_checkpoint, weights_mismatch
@@ -74,7 +91,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_and_resumes_bit_exactly(assets, t
     runs = _runs(assets, tmp_path, {"one": 2, "straight": 1, "term": 1})
     procs = {"one": _start(runs["one"], tmp_path, sharded=False),
              **{name: _start(runs[name], tmp_path, sharded=True) for name in ("straight", "term")}}
-    ckpt = _terminate_after_step(procs["term"], tmp_path / "term", 3)
+    ckpt = _terminate_after_step(procs["term"], tmp_path / "term", 3, alarm_after)
     names = {p.name for p in ckpt.iterdir()}
     assert {"sharding.json", "model-shard-0-of-2.safetensors", "model-shard-1-of-2.safetensors",
             "optimizer-shard-0-of-2.safetensors", "optimizer-shard-1-of-2.safetensors"} <= names
@@ -115,14 +132,14 @@ def test_fsdp_on_two_cpu_processes_matches_one_and_resumes_bit_exactly(assets, t
     assert "FSDP shards of 2 processes and this run has 1" in weights_mismatch(ckpt, model, 1)
 
 
-def test_fsdp_lora_on_two_cpu_processes_matches_one_resumes_and_merges(assets, tmp_path):
+def test_fsdp_lora_on_two_cpu_processes_matches_one_resumes_and_merges(assets, tmp_path, alarm_after):
     from transformers import AutoModelForCausalLM
 
     runs = _runs(assets, tmp_path, {"one": 2, "two": 1, "term": 1},
                  lora={"enabled": True, "r": 4, "merge_on_save": True}, optim={"lr": 1e-2})
     procs = {"one": _start(runs["one"], tmp_path, sharded=False),
              **{name: _start(runs[name], tmp_path, sharded=True) for name in ("two", "term")}}
-    _terminate_after_step(procs["term"], tmp_path / "term", 2)  # the adapter's shards, the base read again
+    _terminate_after_step(procs["term"], tmp_path / "term", 2, alarm_after)  # the adapter's shards, the base read again
     procs["resumed"] = _start(runs["term"], tmp_path, sharded=True, resume=True)
     for name in ("one", "two", "resumed"):
         _finish(procs[name])
