@@ -4,7 +4,10 @@ Every file sftlab writes goes through :func:`write_atomic` (or :func:`atomic_fil
 written line by line): the bytes go to a temporary file beside the target, are flushed to disk,
 and replace the target with one ``os.replace``, so a crash or a full disk leaves the old file
 whole. The new file gets the user's normal permissions (``0666`` less the umask, or the mode of
-the file it replaces), never the ``0600`` of a bare temporary file.
+the file it replaces), never the ``0600`` of a bare temporary file. A directory built whole (a
+checkpoint, a final model, a converted GGUF model) is built beside its target and published with
+:func:`publish_dir`; a log that grows line by line (``metrics.jsonl``) is added to with
+:func:`append_text`. Caches live under :func:`cache_dir`.
 
 Output goes only to a regular file or a new name (missing directories above it are created, as
 long as the nearest existing one is a directory); anything else
@@ -21,9 +24,8 @@ read ends there), and a whole-file read has a size limit. While a command runs
 :func:`check_output_file` refuses to write over one of them, whatever the path (a symbolic link
 to a directory, a hard link): a command never replaces its own input.
 
-Config and policy files are read with :func:`read_yaml`: text that is not UTF-8, binary
-data, nesting deeper than 100 levels and alias bombs ("billion laughs") are refused with one
-line before PyYAML builds anything, and a parse error is one line with its position.
+Config and policy files go through :func:`read_input` too, parsed with the limits of
+``sftlab.yaml_input``.
 
 This module imports nothing from sftlab but the errors at import time (the run manifest's
 schema is imported only to check an existing run.json), so every stage may use it.
@@ -283,11 +285,45 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "",
     return Path(path)
 
 
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Give every file under the directory ``tmp`` the user's normal mode (libraries such as
-    safetensors write ``0600``), flush it all to disk, then rename ``tmp`` to ``final``."""
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Add ``text`` (whole lines) to the end of a log sftlab grows as it works (``metrics.jsonl``):
+    the one appender, beside the atomic writers, with the same checks on where output may go (the
+    log is the run's own, so it may have been read). A crash can tear only the last line, which
+    the log's readers skip and say so."""
+    with open(check_output_file(path, own=True), "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def publish_dir(tmp: Path, final: Path, *, first_wins: bool = False) -> Path:
+    """Give the directory ``tmp`` and every file under it the user's normal mode (``mkdtemp``
+    makes ``0700``, libraries such as safetensors write ``0600``), flush it all to disk, then
+    rename ``tmp`` to ``final``: every directory sftlab builds whole is published here.
+
+    ``first_wins`` (a cache entry two processes may build at once, both whole): a ``final``
+    that already exists is kept and ``tmp`` removed, so no reader of it ever sees it move.
+    Otherwise an existing ``final`` is replaced (``replace_dir``).
+
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for who in ("first", "second"):
+        ...     tmp = root / f".tmp-{who}"; tmp.mkdir(); _ = (tmp / "who").write_text(who)
+        ...     _ = publish_dir(tmp, root / "entry", first_wins=True)
+        >>> (root / "entry" / "who").read_text(), sorted(p.name for p in root.iterdir())
+        ('first', ['entry'])
+    """
+    os.chmod(tmp, 0o777 & ~current_umask())
     normal_modes(tmp, sync=True)
-    replace_dir(tmp, final)
+    if not first_wins:
+        replace_dir(tmp, final)
+        return final
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():  # not a lost race: a real failure
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        _fsync_dir(final.parent)
     return final
 
 
@@ -411,7 +447,7 @@ def _holds_only(d: Path, names: frozenset) -> bool:
 def _check_manifest(path: Path, label: str) -> None:
     """A run.json in an output directory must be a sftlab run manifest: anything else (another
     tool's file, garbage) means the directory is not a sftlab run."""
-    from sftlab.manifest import ManifestError, read_manifest
+    from sftlab.manifest import ManifestError, read_manifest  # lazy: sftlab.manifest imports this module
 
     try:
         read_manifest(path)
@@ -450,71 +486,6 @@ def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
         raise UsageError(f"{label}: cannot hold new files: {no_room(e) or _os_reason(e)}; "
                          "give a writable directory") from None
     return p
-
-
-MAX_YAML_BYTES = 16 << 20  # a config or policy is a few KiB
-MAX_YAML_DEPTH = 100
-MAX_YAML_NODES = 1_000_000
-
-
-def read_yaml(path: str | os.PathLike, what: str = "config") -> object:
-    """The YAML document in ``path``, or ``UsageError`` with one line naming the file and why."""
-    p = Path(path)
-    if not os.path.lexists(p):
-        raise UsageError(f"{p}: no such {what} file")
-    data = read_input(p, what=what, max_bytes=MAX_YAML_BYTES)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{p}: the {what} file is not UTF-8 text (byte {e.start}); save it as "
-                         "UTF-8") from None
-    return parse_yaml(text, str(p))
-
-
-def parse_yaml(text: str, where: str) -> object:
-    """``yaml.safe_load(text)`` with the checks of :func:`read_yaml`; ``where`` names the source."""
-    import yaml
-
-    if "\x00" in text:
-        raise UsageError(f"{where}: binary data, not a YAML text file")
-    # Walk the events first: the depth, and the size the document has once aliases are expanded
-    # (what validating and printing it will cost), without building anything.
-    stack: list[list] = [[0, None]]  # [expanded size, anchor] per open collection
-    sizes: dict[str, int] = {}
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                stack.append([1, event.anchor])
-                if len(stack) > MAX_YAML_DEPTH:
-                    raise UsageError(f"{where}: nested more than {MAX_YAML_DEPTH} levels deep; a "
-                                     "config is a few levels of keys")
-                continue
-            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                size, anchor = stack.pop()
-            elif isinstance(event, yaml.AliasEvent):
-                size, anchor = sizes.get(event.anchor, 1), None
-            elif isinstance(event, yaml.ScalarEvent):
-                size, anchor = 1, event.anchor
-            else:
-                continue
-            if anchor is not None:
-                sizes[anchor] = size
-            stack[-1][0] += size
-            if stack[-1][0] > MAX_YAML_NODES:
-                raise UsageError(f"{where}: expands to more than {MAX_YAML_NODES:,} values through "
-                                 "YAML aliases (*name); refused, as an alias bomb would be")
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["parse error"])[0]
-        raise UsageError(f"{where}: {at}not valid YAML: {problem}") from None
-    except RecursionError:
-        raise UsageError(f"{where}: nested too deeply to read") from None
-    except ValueError:  # an integer of more than 4,300 digits, which Python does not convert
-        m = re.search(r"\d{4301,}", text)
-        at = f"line {text.count(chr(10), 0, m.start()) + 1}: " if m else ""
-        raise UsageError(f"{where}: {at}a number with more than 4,300 digits; no setting takes one") from None
 
 
 # errno of a write that failed for want of room: no space, over quota, over the file size limit,

@@ -16,10 +16,14 @@ import hashlib
 import json
 import os
 import weakref
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable
 
-__all__ = ["canonical_json", "canonical_bytes", "json_sha256", "chained_sha256", "config_hash", "data_version",
-           "file_sha256", "tokenizer_sha256", "tokenizer_fingerprint", "weights_sha256"]
+__all__ = ["canonical_json", "canonical_bytes", "json_sha256", "chained_sha256", "config_hash", "sha256_hex",
+           "file_sha256", "stream_sha256", "file_prefix_sha256", "tokenizer_sha256", "tokenizer_fingerprint",
+           "weights_sha256"]
+
+_BLOCK = 1 << 22
 
 
 _ENCODERS = {None: json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False),
@@ -74,8 +78,14 @@ def chained_sha256(digests: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+def sha256_hex(data: str | bytes) -> str:
+    """sha256 hex of bytes, or of text as UTF-8 (lone surrogates kept, so no text fails to hash).
+
+    >>> sha256_hex("abc") == sha256_hex(b"abc") == "ba7816bf" + sha256_hex(b"abc")[8:]
+    True
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -94,20 +104,45 @@ def file_sha256(path: str | os.PathLike) -> str:
         >>> os.unlink(f.name)
     """
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return stream_sha256(f)
 
 
-def data_version(conversations: Iterable[Any]) -> str:
-    """sha256 hex over the canonical JSON of each ``Conversation.to_dict()``, in order.
-
-    Plain dicts (already normalised records) are hashed as they are. Reordering, editing or
-    dropping a record changes the version; re-reading the same file does not.
-    """
+def stream_sha256(stream: BinaryIO) -> str:
+    """sha256 hex of what is left to read in a binary stream (an input opened with
+    ``sftlab.files.open_input``), read a block at a time."""
     h = hashlib.sha256()
-    for conv in conversations:
-        record = conv.to_dict() if hasattr(conv, "to_dict") else conv
-        h.update(canonical_json(record).encode("utf-8"))
-        h.update(b"\n")
+    for block in iter(lambda: stream.read(_BLOCK), b""):
+        h.update(block)
+    return h.hexdigest()
+
+
+def copy_sha256(src: BinaryIO, dest: BinaryIO) -> str:
+    """Copy what is left to read in ``src`` to ``dest``, a block at a time; the sha256 hex of the
+    bytes copied (``stream_sha256`` of the same bytes)."""
+    h = hashlib.sha256()
+    for block in iter(lambda: src.read(_BLOCK), b""):
+        h.update(block)
+        dest.write(block)
+    return h.hexdigest()
+
+
+def files_digest(files: Iterable[tuple[str, str]]) -> str:
+    """The digest of an input read from files: its ``(path relative to the input, sha256 of the
+    file's bytes)`` pairs in order (one file: path ``""``). A pipe copied while read and the file
+    it was copied to have the same digest.
+
+        >>> files_digest([("", sha256_hex(b"x"))]) == files_digest((("", sha256_hex(b"x")),))
+        True
+    """
+    return json_sha256({"files": [[name, digest] for name, digest in files]})
+
+
+def file_prefix_sha256(path: str | os.PathLike, limit: int) -> str:
+    """sha256 hex of a file's size in bytes (decimal), a NUL, and its first ``limit`` bytes: a
+    cheap fingerprint of a file too large to read whole (a GGUF model)."""
+    h = hashlib.sha256(str(os.stat(path).st_size).encode() + b"\0")
+    with open(path, "rb") as f:
+        h.update(f.read(limit))
     return h.hexdigest()
 
 
@@ -131,14 +166,14 @@ def tokenizer_sha256(tokenizer: Any) -> str | None:
         body = None
     if body is None or body[0] != size:
         text = backend.to_str() if backend is not None else canonical_json(sorted(tokenizer.get_vocab().items()))
-        body = (size, _sha256(text))
+        body = (size, sha256_hex(text))
         try:
             _BACKEND_SHA[tokenizer] = body
         except TypeError:
             pass
     specials = {"map": getattr(tokenizer, "special_tokens_map", {}),
                 "all": sorted(getattr(tokenizer, "all_special_tokens", []) or [])}
-    return _sha256(canonical_json({"backend": body[1], "special_tokens": specials,
+    return sha256_hex(canonical_json({"backend": body[1], "special_tokens": specials,
                                    "chat_template": getattr(tokenizer, "chat_template", None)}))
 
 
@@ -167,9 +202,6 @@ def weights_sha256(path: Any, known: dict | None = None) -> tuple[str | None, di
         >>> weights_sha256(d, known=files)[0] == digest, files["model.safetensors"][0]
         (True, 1)
     """
-    import os
-    from pathlib import Path
-
     root = Path(path)
     if root.is_file():
         found = [root]
@@ -186,8 +218,7 @@ def weights_sha256(path: Any, known: dict | None = None) -> tuple[str | None, di
         if isinstance(entry, list) and entry[:4] == stamp and isinstance(entry[-1], str):
             digest = entry[-1]
         else:
-            with open(p, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = file_sha256(p)
         files[p.name] = [*stamp, digest]
         h.update(p.name.encode("utf-8") + b"\0" + digest.encode() + b"\0")
     return h.hexdigest(), files

@@ -28,13 +28,17 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sftlab.files import write_atomic
-from sftlab.fingerprints import canonical_json, config_hash, data_version, tokenizer_fingerprint
+from sftlab import __version__
+from sftlab.errors import UsageError
+from sftlab.files import read_input, write_atomic
+from sftlab.fingerprints import canonical_json, config_hash, tokenizer_fingerprint
 
-__all__ = ["RunManifest", "ManifestError", "update_manifest", "read_manifest", "diff_manifests",
-           "environment", "canonical_json", "config_hash", "data_version", "tokenizer_fingerprint"]
+__all__ = ["RunManifest", "ManifestError", "update_manifest", "read_manifest", "read_run_json", "diff_manifests",
+           "environment", "canonical_json", "config_hash", "tokenizer_fingerprint"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: a split's data version is ``records_sha256`` (schema 1 called it ``sha256``, and segments'
+``data_sha256``); :func:`read_run_json` reads schema 1 under the new names."""
 MANIFEST_NAME = "run.json"
 SOFTWARE_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft",
                      "safetensors")
@@ -50,8 +54,13 @@ class _Section(BaseModel):
 
 
 class SplitData(_Section):
-    sha256: str | None = None
-    """Data version: sha256 over the normalised records of the split, in order (``data_version``)."""
+    records_sha256: str | None = None
+    """The split's data version: the prepared store's hash of its records (``store.json``'s
+    ``records_sha256``). Every record read is hashed with its line number: an accepted one in its
+    normalised form (``Conversation.to_dict()``), one quarantined while loading as its raw content;
+    the hashes are combined per chunk, per input file and over the inputs in order. The same
+    records in the same files give the same hash; a record edited, added, dropped or moved changes
+    it. ``sftlab manifest --diff`` and a resume compare it (``data.splits.SPLIT.records_sha256``)."""
     records: int | None = None
     """Records read; records = accepted + quarantined (nothing lost)."""
     accepted: int | None = None
@@ -171,7 +180,8 @@ class RunManifest(BaseModel):
     """``RUN/run.json``. Every section is optional; unknown top-level keys are rejected."""
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    """2; a schema-1 file is read with its fields renamed (:func:`read_run_json`) and keeps its 1."""
     kind: str | None = None
     """What wrote the run: ``train``, ``eval``, ``demo``..."""
     created: str | None = None
@@ -204,12 +214,12 @@ class RunManifest(BaseModel):
     measured), the model's matmul weights, layers and hidden size (``sftlab.train.throughput``)."""
     segments: list[dict[str, Any]] | None = None
     """Training segments, one per start or resume: ``from_step``, ``to_step``, ``config_sha256``,
-    ``data_sha256`` per split, template and tokenizer fingerprints, and ``changed`` (the keys a
+    ``records_sha256`` per split (each split's data version), template and tokenizer fingerprints, and ``changed`` (the keys a
     resume with ``--allow-changes`` changed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with only the fields that were given (explicit nulls kept)."""
-        return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": SCHEMA_VERSION}
+        return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": self.schema_version}
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -244,6 +254,7 @@ def _cpu_model() -> str | None:
 
 def _gpus() -> list[dict[str, Any]]:
     try:
+        # lazy: torch takes seconds to import; this module is also used where no model runs
         import torch
     except ImportError:
         return []
@@ -263,8 +274,6 @@ def environment() -> dict[str, Any]:
     Returns ``{"software": {...}, "hardware": {...}}``, ready for ``update_manifest(run, **env)``.
     Package versions come from installed metadata (``None`` when not installed).
     """
-    from sftlab import __version__
-
     commit, dirty = _git_state()
     software: dict[str, Any] = {"sftlab": __version__, "git_commit": commit, "git_dirty": dirty,
                                 "python": platform.python_version()}
@@ -274,6 +283,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             software[name] = None
     try:
+        # lazy: psutil is read once, when the environment is recorded
         import psutil
         memory = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
@@ -304,10 +314,8 @@ MAX_MANIFEST_BYTES = 256 << 20
 
 
 def _load_json(path: Path) -> Any:
-    from sftlab.files import read_input
-
     try:
-        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES, note=False).decode("utf-8"))
+        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES).decode("utf-8"))
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); "
                             f"fix or remove the file") from None
@@ -318,6 +326,67 @@ def _load_json(path: Path) -> Any:
                             "a number); fix or remove the file") from None
 
 
+def read_run_json(path_or_dir: str | os.PathLike, *, missing_ok: bool = False,
+                  damaged_ok: bool = False) -> dict[str, Any] | None:
+    """``RUN/run.json`` (or a manifest file given directly, such as a checkpoint's copy) as a dict:
+    the one reader of run manifests. A schema-1 file comes back with schema 2's names
+    (:func:`upgrade`); the schema itself is checked by :func:`read_manifest`. The file is read as
+    the command's input (``sftlab.files.open_input``), so no ``--out`` of the command replaces it;
+    :func:`update_manifest` writes it as the run's own.
+
+    No file: ``None`` with ``missing_ok``, else ``FileNotFoundError``. Not JSON, or not a JSON
+    object: ``None`` with ``damaged_ok``, else ``ManifestError`` (one line naming the file).
+
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> read_run_json(d, missing_ok=True) is None
+        True
+        >>> _ = open(f"{d}/run.json", "w").write('{"schema_version": 1, "data": {"splits": {"train": {"sha256": "ab"}}}}')
+        >>> read_run_json(d)["data"]
+        {'splits': {'train': {'records_sha256': 'ab'}}}
+    """
+    path = manifest_path(path_or_dir)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{path}: no run manifest (expected run.json written by sftlab)")
+    try:
+        value = _load_json(path)
+        if not isinstance(value, dict):
+            raise ManifestError(f"{path}: expected a JSON object at the top level")
+    except (ManifestError, OSError, UsageError):
+        if damaged_ok:
+            return None
+        raise
+    return upgrade(value)
+
+
+def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 manifest with schema 2's names: each split's ``sha256`` is its
+    ``records_sha256`` (schema 1 recorded the store's records hash under that name) and each
+    segment's ``data_sha256`` its ``records_sha256``. Other manifests are returned as they are.
+
+        >>> upgrade({"schema_version": 1, "segments": [{"from_step": 0, "data_sha256": {"train": "ab"}}]})
+        {'schema_version': 1, 'segments': [{'from_step': 0, 'records_sha256': {'train': 'ab'}}]}
+    """
+    if manifest.get("schema_version") != 1:
+        return manifest
+    out = dict(manifest)
+    data = out.get("data")
+    if isinstance(data, dict) and isinstance(data.get("splits"), dict):
+        out["data"] = {**data, "splits": {name: _renamed(s, "sha256", "records_sha256")
+                                          for name, s in data["splits"].items()}}
+    if isinstance(out.get("segments"), list):
+        out["segments"] = [_renamed(s, "data_sha256", "records_sha256") for s in out["segments"]]
+    return out
+
+
+def _renamed(entry: Any, old: str, new: str) -> Any:
+    if not isinstance(entry, dict) or old not in entry:
+        return entry
+    return {(new if k == old else k): v for k, v in entry.items()}
+
+
 def read_manifest(path_or_dir: str | os.PathLike) -> RunManifest:
     """Read and validate ``RUN/run.json`` (or a manifest file given directly).
 
@@ -325,9 +394,7 @@ def read_manifest(path_or_dir: str | os.PathLike) -> RunManifest:
     not valid JSON or does not match the schema.
     """
     path = manifest_path(path_or_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run manifest (expected run.json written by sftlab)")
-    return validate_manifest(_load_json(path), str(path))
+    return validate_manifest(read_run_json(path), str(path))
 
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -350,11 +417,8 @@ def update_manifest(run_dir: str | os.PathLike, **sections: Any) -> dict[str, An
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     path = run / MANIFEST_NAME
-    old = _load_json(path) if path.is_file() else {}
-    if not isinstance(old, dict):
-        raise ManifestError(f"{path}: expected a JSON object at the top level")
-    merged = _merge(old, sections)
-    merged.setdefault("schema_version", SCHEMA_VERSION)
+    merged = _merge(read_run_json(path, missing_ok=True) or {}, sections)
+    merged["schema_version"] = SCHEMA_VERSION  # a schema-1 file is upgraded as it is rewritten
     merged.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     result = validate_manifest(merged, str(path)).to_dict()
     bad = [k for k, v in flatten(result).items() if isinstance(v, float) and not math.isfinite(v)]

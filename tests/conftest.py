@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
+import random
 import shutil
 import tempfile
 
@@ -126,15 +128,13 @@ def snapshot(root) -> dict:
     return out
 
 
-def hostile_config(assets, out, **sections):
-    """A two-step training config on the hostile assets (tiny model, 24 records) into ``out``."""
+def write_config(base: dict, out, **sections):
+    """``base`` (a training config as a dict, ``out`` set to ``out``) with each of ``sections``
+    merged over its own section (a value that is not a mapping replaces it), written beside ``out``
+    as ``<out>.yaml``; the path. Every module's config helper is this with its own ``base``."""
     import yaml
 
-    cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
-           "data": {"train": [str(assets / "train.jsonl")]}, "encoding": {"max_length": 64},
-           "seed": 1, "out": str(out), "log": {"progress": False, "trackers": []},
-           "optim": {"lr": 1e-3, "micro_batch_size": 2, "grad_accum": 1, "max_steps": 2, "warmup_steps": 1},
-           "checkpointing": {"every_n_steps": 1, "keep_last": 3}}
+    cfg = {**base, "out": str(out)}
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     path = out.parent / f"{out.name}.yaml"
@@ -142,48 +142,126 @@ def hostile_config(assets, out, **sections):
     return path
 
 
+def save_tiny_model(path, **sizes):
+    """A tiny random Llama and its tokenizer (``sftlab.demo.tiny.build_tiny`` with ``sizes``), saved
+    into the directory ``path``; the path."""
+    from sftlab.demo.tiny import build_tiny
+
+    tok, model = build_tiny(**sizes)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+TINY = {"vocab_size": 400, "hidden": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+"""The sizes of the tiny model the training tests share (``tiny_model``)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A saved tiny random Llama (``TINY``: 2 layers, width 32, vocabulary 400) with its tokenizer,
+    the base model of the training and training-option tests (read only: copy it to change it)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", **TINY)
+
+
+def hostile_config(assets, out, **sections):
+    """A two-step training config on the hostile assets (tiny model, 24 records) into ``out``."""
+    return write_config({"model": {"path": str(assets / "model")}, "template": "chatml",
+                         "data": {"train": [str(assets / "train.jsonl")]}, "encoding": {"max_length": 64},
+                         "seed": 1, "log": {"progress": False, "trackers": []},
+                         "optim": {"lr": 1e-3, "micro_batch_size": 2, "grad_accum": 1, "max_steps": 2,
+                                   "warmup_steps": 1},
+                         "checkpointing": {"every_n_steps": 1, "keep_last": 3}}, out, **sections)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository root (``PYTHONPATH`` of the subprocesses a case starts)."""
+GOOD = {"id": "g", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+"""One record every layout accepts."""
+
+
+def write_jsonl(path, rows):
+    """``rows`` (records, or lines as they are) written one a line into ``path``; the path."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def records(n: int) -> list[dict]:
+    """``n`` two-message records ``r0``... with prompts of 1 to 97 characters."""
+    return [{"id": f"r{i}", "messages": [{"role": "user", "content": "q" * (i % 97 + 1)},
+                                         {"role": "assistant", "content": f"answer {i}"}]} for i in range(n)]
+
+
+def validate_json(capsys, *argv) -> tuple[int, dict]:
+    """``sftlab validate ARGV --json``: the exit code and the summary it printed."""
+    from sftlab.cli import main
+
+    code = main(["validate", *map(str, argv), "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def copy_run(run, tmp_path):
+    """A copy of the run directory ``run`` at ``tmp_path/run`` (a case changes its copy only)."""
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def flip_byte(path) -> None:
+    """Flip the bits of the middle byte of the file ``path``."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture(scope="session")
 def hostile_assets(tmp_path_factory):
     """A tiny model (vocabulary 300) with its tokenizer, another of vocabulary 400 and width 24,
-    24 arithmetic conversations (train.jsonl) and a policy."""
-    import json
-    import random
-
-    from sftlab.demo.tiny import build_tiny
-
+    24 arithmetic conversations (train.jsonl, and other.jsonl: the same in reverse order) and a policy."""
     d = tmp_path_factory.mktemp("hostile_assets")
     rng = random.Random(0)
-    with open(d / "train.jsonl", "w") as f:
-        for i in range(24):
-            a, b = rng.randint(1, 9), rng.randint(1, 9)
-            f.write(json.dumps({"id": f"c{i}", "messages": [
-                {"role": "user", "content": f"What is {a} + {b}?"},
-                {"role": "assistant", "content": f"It is {a + b}."}]}) + "\n")
+    rows = []
+    for i in range(24):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        rows.append({"id": f"c{i}", "messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                                                 {"role": "assistant", "content": f"It is {a + b}."}]})
+    write_jsonl(d / "train.jsonl", rows)
+    write_jsonl(d / "other.jsonl", rows[::-1])
     for name, vocab, hidden in (("model", 300, 16), ("model2", 400, 24)):
-        tok, model = build_tiny(vocab_size=vocab, hidden=hidden, layers=1, heads=2, kv_heads=1, intermediate=32)
-        model.save_pretrained(d / name)
-        tok.save_pretrained(d / name)
+        save_tiny_model(d / name, vocab_size=vocab, hidden=hidden, layers=1, heads=2, kv_heads=1, intermediate=32)
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "sftlab", "data", "policy_example.yaml"),
                 d / "policy.yaml")
     return d
 
 
 @pytest.fixture(scope="session")
-def hostile_runs(hostile_assets, tmp_path_factory):
-    """``{"full": RUN, "lora": RUN}``: finished two-step runs (a checkpoint after each step),
-    the full model and a LoRA adapter of rank 4."""
+def hostile_base_run(hostile_assets, tmp_path_factory):
+    """A finished two-step run of the full model with a checkpoint after each step (read only:
+    a case changes a copy, ``hostile.copy_run``)."""
     from sftlab.cli import main
 
-    d = tmp_path_factory.mktemp("hostile_runs")
-    runs = {"full": d / "full", "lora": d / "lora"}
-    assert main(["train", str(hostile_config(hostile_assets, runs["full"]))]) == 0
-    assert main(["train", str(hostile_config(hostile_assets, runs["lora"], lora={"enabled": True, "r": 4}))]) == 0
-    return runs
+    run = tmp_path_factory.mktemp("hostile_base") / "full"
+    assert main(["train", str(hostile_config(hostile_assets, run))]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def hostile_runs(hostile_assets, hostile_base_run, tmp_path_factory):
+    """``{"full": RUN, "lora": RUN}``: finished two-step runs (a checkpoint after each step),
+    the full model (``hostile_base_run``) and a LoRA adapter of rank 4."""
+    from sftlab.cli import main
+
+    lora = tmp_path_factory.mktemp("hostile_runs") / "lora"
+    assert main(["train", str(hostile_config(hostile_assets, lora, lora={"enabled": True, "r": 4}))]) == 0
+    return {"full": hostile_base_run, "lora": lora}
 
 
 @pytest.fixture
 def hostile(time_limit):
-    """The corpus's helpers (``refusal``, ``snapshot``, ``config``), the case under ``time_limit``."""
+    """The corpus's helpers, the case under ``time_limit``: ``refusal``, ``snapshot``, ``config``
+    (``hostile_config``), ``write_jsonl``, ``records``, ``validate_json``, ``copy_run``, ``flip_byte``,
+    ``good`` (``GOOD``), ``root`` (``ROOT``) and ``limit_s`` (``HOSTILE_LIMIT_S``)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(refusal=refusal, snapshot=snapshot, config=hostile_config)
+    return SimpleNamespace(refusal=refusal, snapshot=snapshot, config=hostile_config, write_jsonl=write_jsonl,
+                           records=records, validate_json=validate_json, copy_run=copy_run, flip_byte=flip_byte,
+                           good=GOOD, root=ROOT, limit_s=HOSTILE_LIMIT_S)

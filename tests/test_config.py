@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from sftlab.cli import main
 from sftlab.train.config import (ConfigError, TrainConfig, config_reference_markdown,
-                           config_reference_text, load_config)
+                                 config_reference_text, load_config)
 
 BASE = ["model.path=tiny", "data.train=[train.jsonl]", "out=runs/a"]
 
@@ -144,3 +146,46 @@ def test_lora_all_linear_dora_and_neftune_keys():
     assert load_config(None, BASE).optim.neftune_alpha is None  # off by default
     with pytest.raises(ConfigError, match="lora.target_modules"):
         load_config(None, [*BASE, "lora.target_modules=all"])
+
+
+@pytest.mark.parametrize("override,field", [
+    ("optim.lr=.inf", "optim.lr"), ("optim.lr=.nan", "optim.lr"), ("optim.betas=[2,-1]", "optim.betas"),
+    ("seed=-1", "seed"), ("mixture.sampling_weights={a: -1}", "sampling_weights"),
+    ("mixture.sampling_weights={a: 0, b: 0}", "sampling_weights"), ("mixture.loss_weights={a: .nan}", "loss_weights"),
+    ("encoding.max_length=100000000000", "encoding.max_length"),
+])
+def test_values_that_would_break_training_are_refused_with_field_and_range(hostile, tmp_path, capsys, override,
+                                                                           field):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"path": "m"}, "data": {"train": ["t.jsonl"]}, "out": str(tmp_path / "r")}))
+    err = hostile.refusal(capsys, main(["train", str(cfg), override]))
+    assert field in err
+
+
+def test_unknown_lora_target_modules_name_the_field_and_the_choices(hostile, hostile_assets, tmp_path, capsys):
+    cfg = hostile.config(hostile_assets, tmp_path / "run", lora={"enabled": True, "target_modules": ["nope_proj"]})
+    err = hostile.refusal(capsys, main(["train", str(cfg)]))
+    assert "lora.target_modules" in err and "q_proj" in err
+
+
+def _laughs() -> str:
+    lines, prev = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'], "a"
+    for name in "bcdefghi":
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    return "\n".join(lines) + "\nmodel: {path: m}\ndata: {train: [x]}\nout: o\noptim: {lr: *i}\n"
+
+
+@pytest.mark.parametrize("kind", ["latin1", "binary", "deep", "laughs", "broken"])
+def test_unreadable_yaml_is_one_line(hostile, tmp_path, capsys, kind):
+    cfg = tmp_path / "c.yaml"
+    data = {"latin1": "model: {path: caf\xe9}\n".encode("latin-1"), "binary": b"\x00\x01\x02\xff",
+            "deep": ("a: " + "[" * 10000 + "]" * 10000 + "\n").encode(), "laughs": _laughs().encode(),
+            "broken": b"model: {path: m\ndata: [\n"}[kind]
+    cfg.write_bytes(data)
+    err = hostile.refusal(capsys, main(["train", str(cfg)]))
+    assert "c.yaml" in err
+    policy = tmp_path / "p.yaml"
+    policy.write_bytes(data)
+    hostile.refusal(capsys, main(["validate", str(hostile.write_jsonl(tmp_path / "a.jsonl", [hostile.good])),
+                                   "--policy", str(policy)]))

@@ -19,7 +19,8 @@ from sftlab.data.loading import load_files
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import EncodingError, encode_all, encode_expanded
 from sftlab.tokens.masks import check_template
-from sftlab.tokens.templates import TRANSFORMS, get_template
+from sftlab.tokens.templates import get_template
+from sftlab.tokens.trained_turns import TRANSFORMS
 from tests.test_real_templates import tokenizer_for
 
 GLAIVE = Path(__file__).parent / "data" / "tools" / "glaive_toolcall_en_demo.sample.json"

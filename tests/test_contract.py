@@ -7,7 +7,8 @@ import pytest
 
 from sftlab.data.conversation import Conversation, Message
 from sftlab.tokens.encoding import EncodingError, encode, encode_all, encode_expanded, encoding_summary
-from sftlab.tokens.templates import TemplateError, _render_jinja, get_template
+from sftlab.tokens.jinja_render import render_jinja
+from sftlab.tokens.templates import TemplateError, get_template
 from sftlab.demo.tiny import build_tokenizer
 from tests.test_encode import REASONING_LIKE
 
@@ -74,7 +75,7 @@ def test_no_stop_in_the_template_trains_the_next_role_token(tok):
     ex = encode(conv("q1", "a1", "q2", "a2"), tok, t)
     assert trained(tok, ex) == ["a1<|user|>", "a2<|user|>"]  # the final turn's stop is written after it
     assert t.end_of_turn == ("<|user|>",)
-    own = _render_jinja(t, [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}], False)
+    own = render_jinja(t, [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}], False)
     assert not own.endswith("<|user|>")  # the template writes none after the final turn ...
     assert t.render([{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]) == own + "<|user|>"
 
@@ -157,9 +158,9 @@ def test_overflow_split_trains_every_turn_once_with_the_system_message(tok):
     "{{ 7 ** 100000000 }}",
 ])
 def test_templates_that_hang_or_explode_are_refused_quickly(tok, source, monkeypatch, alarm_after):
-    import sftlab.tokens.templates as templates
+    import sftlab.tokens.jinja_render as jinja_render
 
-    monkeypatch.setattr(templates, "RENDER_SECONDS", 1.0)
+    monkeypatch.setattr(jinja_render, "RENDER_SECONDS", 1.0)
     with alarm_after(120, "a template that should be refused"), pytest.raises(TemplateError, match="refused"):
         t = get_template(source + "{% for m in messages %}{{ m.content }}{% endfor %}", tok)
         encode(conv("q", "a"), tok, t)

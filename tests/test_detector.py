@@ -180,3 +180,13 @@ def test_classifier_needs_a_label_map_for_generic_names(tmp_path):
     assert det.labels == {0: "comply", 1: "refuse"}
     with pytest.raises(UsageError):
         parse_label_map("LABEL_0=yes")
+
+
+def test_a_classifier_directory_with_only_pickled_weights_is_refused(time_limit, tmp_path):
+    from sftlab.errors import UsageError
+    from sftlab.evaluation.detectors import ClassifierDetector
+
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(UsageError, match="pickled weights"):
+        ClassifierDetector(tmp_path / "clf")

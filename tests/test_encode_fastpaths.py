@@ -7,8 +7,11 @@ import pytest
 
 from sftlab.data.conversation import Conversation, Message
 from sftlab.demo.tiny import build_tokenizer
+from sftlab.tokens.encoder import encoder_for
 from sftlab.tokens.encoding import encode_all, encode_expanded
+from sftlab.tokens.splicing import _splice_ids, splice
 from sftlab.tokens.templates import BUILTIN_TEMPLATES, get_template
+from sftlab.tokens.weighting import exchanges, render_layout
 
 
 ALL_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
@@ -140,17 +143,17 @@ def test_spliced_truncation_equals_tokenizing_the_candidate(kind, template, monk
     from sftlab.tokens import encoding as E
 
     tok = _family(kind, list(ALL_SPECIALS))
-    enc = E._encoder(tok, template)
+    enc = encoder_for(tok, template)
     convs = _long_conversations(40, seed=len(kind) + len(template))
     spliced = 0
     for conv in convs:
-        layout = E._layout(enc, conv.messages)
+        layout = render_layout(enc, conv.messages)
         full = enc.backend.encode(layout.text, add_special_tokens=False)
-        head, groups = E._exchanges(conv.messages)
+        head, groups = exchanges(conv.messages)
         for k in range(1, len(groups)):
             kept = [conv.messages[i] for i in head + [i for g in groups[k:] for i in g]]
-            cand = E._layout(enc, kept)
-            got = E._splice(enc, layout, full, cand)
+            cand = render_layout(enc, kept)
+            got = splice(enc, layout, full, cand)
             if got is None:
                 continue
             spliced += 1
@@ -160,7 +163,7 @@ def test_spliced_truncation_equals_tokenizing_the_candidate(kind, template, monk
                    [want.char_to_token(c) for c in range(len(cand.text) + 2)]
     assert spliced >= 40  # most cuts splice: the test is not vacuous
     with_splice = encode_all(convs, tok, template, max_length=96)
-    monkeypatch.setattr(E, "_splice", lambda *a: None)
+    monkeypatch.setattr(E, "splice", lambda *a: None)
     assert encode_all(convs, tok, template, max_length=96) == with_splice
 
 
@@ -179,11 +182,11 @@ def test_spliced_truncation_on_official_templates(name, monkeypatch):
     tok.bos_token, tok.eos_token, tok.chat_template = spec["bos_token"], spec["eos_token"], source
     convs = _long_conversations(25, seed=7)
     calls = []
-    real = E._splice
-    monkeypatch.setattr(E, "_splice", lambda *a: calls.append(real(*a)) or calls[-1])
+    real = E.splice
+    monkeypatch.setattr(E, "splice", lambda *a: calls.append(real(*a)) or calls[-1])
     with_splice = encode_all(convs, tok, None, max_length=256, last_turn_only=True)
     assert sum(c is not None for c in calls) >= 3
-    monkeypatch.setattr(E, "_splice", lambda *a: None)
+    monkeypatch.setattr(E, "splice", lambda *a: None)
     assert encode_all(convs, tok, None, max_length=256, last_turn_only=True) == with_splice
 
 
@@ -197,8 +200,8 @@ def test_no_splice_at_a_token_that_strips_whitespace():
     tok = build_tokenizer(special_tokens=["<|endoftext|>"])
     tok.add_special_tokens({"additional_special_tokens": [AddedToken("<|im_start|>", lstrip=True, rstrip=True),
                                                           AddedToken("<|im_end|>", lstrip=True)]})
-    enc = E._encoder(tok, "chatml")
-    assert not {tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")} & E._splice_ids(enc)
+    enc = encoder_for(tok, "chatml")
+    assert not {tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")} & _splice_ids(enc)
 
 
 def test_no_splice_where_later_turns_render_differently(monkeypatch):
@@ -214,12 +217,12 @@ def test_no_splice_where_later_turns_render_differently(monkeypatch):
     tok.chat_template = numbered
     convs = [c for c in _long_conversations(20, seed=3) if c.messages[0].role == "user"]
     calls = []
-    real = E._splice
-    monkeypatch.setattr(E, "_splice", lambda *a: calls.append(real(*a)) or calls[-1])
+    real = E.splice
+    monkeypatch.setattr(E, "splice", lambda *a: calls.append(real(*a)) or calls[-1])
     with_splice = encode_all(convs, tok, None, max_length=160)
     assert len(calls) >= 5 and not any(calls)
     assert sum(e.dropped_turns > 0 for e in with_splice[0]) >= 5
-    monkeypatch.setattr(E, "_splice", lambda *a: None)
+    monkeypatch.setattr(E, "splice", lambda *a: None)
     assert encode_all(convs, tok, None, max_length=160) == with_splice
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sftlab.cli import main
-from sftlab.tokens.templates import get_template, install_template
+from sftlab.tokens.role_tokens import install_template
+from sftlab.tokens.templates import get_template
 from sftlab.demo.tiny import build_tiny
 
 PROMPTS = [

@@ -151,3 +151,11 @@ def test_conditions_render_system_prompts():
     assert by["template_default"].messages(own)[0]["content"] == "You are a helpful assistant named Tiny."
     _, skipped = build_conditions({"template_default"}, get_template("chatml", tok), alt, None)
     assert "template_default" in skipped
+
+
+def test_a_catastrophically_backtracking_regex_answer_is_unmatchable_not_a_hang(time_limit):
+    from sftlab.evaluation.answers import UnmatchableAnswer, check_answer
+
+    with pytest.raises(UnmatchableAnswer, match="unmatchable"):
+        check_answer("a" * 60 + "b", r"(a|aa)+$", "regex")
+    assert check_answer("the answer is 42", r"(?i)ANSWER is \d+", "regex")

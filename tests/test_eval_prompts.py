@@ -93,3 +93,13 @@ def test_no_usable_prompt_is_a_usage_error(tmp_path):
 def test_prompt_from_row_defaults():
     q, problem = prompt_from_row({"prompt": "hi", "policy_category": "weapons"}, "f.jsonl", 3)
     assert problem is None and q.id == "f.jsonl:3" and q.slice == "weapons" and q.expected is None
+
+
+def test_an_eval_prompt_with_a_5000_digit_integer_is_skipped_not_fatal(time_limit, tmp_path):
+    from sftlab.evaluation.prompts import load_prompt_sets
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "hi", "expected": "comply"}) + "\n"
+                    + '{"id": "b", "prompt": "x", "n": ' + "9" * 5000 + "}\n")
+    (prompts,) = load_prompt_sets([str(path)])
+    assert [p.id for p in prompts.prompts] == ["a"] and "4,300 digits" in prompts.bad_rows[0]["reason"]

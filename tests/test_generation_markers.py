@@ -62,7 +62,7 @@ def test_every_builtin_trains_exactly_what_its_own_markers_mark(name):
     tok = build_tokenizer(["hi"], vocab_size=300)
     tok.eos_token = "</s>"
     t = get_template(name, tok)
-    from sftlab.tokens.templates import add_role_tokens
+    from sftlab.tokens.role_tokens import add_role_tokens
 
     add_role_tokens(tok, None, t)
     results = check_template(tok, t)

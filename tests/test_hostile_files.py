@@ -4,13 +4,19 @@ number or cache is one line naming it.
 A FIFO nobody writes to, ``/dev/zero`` or ``/dev/urandom`` where a config, a policy, a sidecar
 or a run's own state is read never hangs and never fills memory: each is refused by its kind
 before a byte is read (a FIFO is accepted only where a data stream is documented: data inputs).
-A file another program keeps appending to is read up to the size it had when opened.
+A file another program keeps appending to is read up to the size it had when opened. The readers
+read a pipe or FIFO once without hanging, never crash on damaged Parquet pages or a damaged saved
+dataset, refuse a symbolic link loop in one line, and lose no record of an input deleted mid-read.
 """
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
+import stat
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +38,7 @@ def _device(kind: str, path) -> str:
 def test_a_device_or_fifo_where_a_file_is_read_is_refused_by_kind(hostile, hostile_assets, tmp_path, capsys,
                                                                   where, kind):
     if where in ("data file", "heldout file") and kind == "fifo":
-        pytest.skip("a FIFO is a documented data stream for data inputs (tests/test_hostile.py reads one)")
+        pytest.skip("a FIFO is a documented data stream for data inputs (test_a_named_fifo_is_read_without_hanging reads one)")
     data = tmp_path / "data.jsonl"
     shutil.copy(hostile_assets / "train.jsonl", data)
     (tmp_path / "prompts.jsonl").write_text('{"id": "p", "prompt": "What is 2 + 2?"}\n')
@@ -265,3 +271,101 @@ def test_a_template_file_that_is_a_fifo_is_refused_by_kind(hostile, hostile_asse
     code = main(["inspect", str(hostile_assets / "train.jsonl"), "--tokenizer", str(hostile_assets / "model"),
                  "--template", str(tmp_path / "chat.jinja")])
     assert "not a regular file" in hostile.refusal(capsys, code, "chat.jinja")
+
+
+def _feed(path_or_fd, data: bytes):
+    import threading
+
+    def write():
+        with open(path_or_fd, "wb", closefd=True) as f:
+            f.write(data)
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_pipe_is_read_once_and_loses_no_record(hostile, tmp_path, capsys):
+    data = "".join(json.dumps(r) + "\n" for r in hostile.records(300)).encode()
+    r, w = os.pipe()
+    writer = _feed(w, data)
+    code, out = hostile.validate_json(capsys, f"/dev/fd/{r}", "--quarantine", tmp_path / "q.jsonl")
+    writer.join()
+    os.close(r)
+    assert code == 0 and out["records"] == out["accepted"] == 300
+
+
+def test_a_named_fifo_is_read_without_hanging(hostile, tmp_path, capsys):
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    writer = _feed(fifo, "".join(json.dumps(r) + "\n" for r in hostile.records(50)).encode())
+    code, out = hostile.validate_json(capsys, fifo, "--quarantine", tmp_path / "q.jsonl")
+    writer.join()
+    assert code == 0 and out["records"] == out["accepted"] == 50
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def _damaged_copies(good: bytes, start: int, end: int, n: int = 12) -> list[bytes]:
+    rng = random.Random(7)
+    out = []
+    for _ in range(n):
+        data = bytearray(good)
+        for _ in range(8):
+            data[rng.randrange(start, end)] ^= rng.randrange(1, 256)
+        out.append(bytes(data))
+    return out
+
+
+def _no_traceback_and_nothing_lost(capsys, path: Path) -> None:
+    code = main(["validate", str(path), "--json", "--quarantine", str(path.parent / "q.jsonl")])
+    out = json.loads(capsys.readouterr().out)
+    if code == 2:
+        assert "error" in out and "\n" not in out["error"]
+    else:
+        assert out["records"] == out["accepted"] + out["quarantined"]
+
+
+def test_damaged_parquet_pages_behind_a_valid_footer_never_crash(hostile, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.Table.from_pylist(hostile.records(400)), good, compression="NONE", write_page_checksum=True)
+    data = good.read_bytes()
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    for i, bad in enumerate(_damaged_copies(data, 4, len(data) - footer, n=6)):
+        path = tmp_path / f"bad{i}.parquet"
+        path.write_bytes(bad)
+        _no_traceback_and_nothing_lost(capsys, path)
+
+
+def test_a_damaged_saved_dataset_is_a_reason_not_a_crash(hostile, tmp_path, capsys):
+    import datasets
+
+    good = tmp_path / "good"
+    datasets.Dataset.from_list(hostile.records(200)).save_to_disk(str(good))
+    arrow = next(good.glob("*.arrow"))
+    data = arrow.read_bytes()
+    for i, bad in enumerate(_damaged_copies(data, 200, len(data), n=4)):
+        copy = tmp_path / f"bad{i}"
+        shutil.copytree(good, copy)
+        (copy / arrow.name).write_bytes(bad)
+        _no_traceback_and_nothing_lost(capsys, copy)
+
+
+def test_a_symbolic_link_loop_as_input_is_a_one_line_reason(hostile, tmp_path, capsys):
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    err = hostile.refusal(capsys, main(["validate", str(tmp_path / "loop.jsonl")]))
+    assert "loop.jsonl" in err
+
+
+def test_an_input_deleted_while_it_is_read_loses_no_record(hostile, tmp_path):
+    from sftlab.data.readers import sources
+
+    path = hostile.write_jsonl(tmp_path / "a.jsonl", hostile.records(5000))  # far more than one read buffer
+    seen = 0
+    for _, items in sources(path, 10 << 20):
+        for _ in items:
+            seen += 1
+            if seen == 1:
+                path.unlink()  # opened once: the rest still comes from the open file
+    assert seen == 5000

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from sftlab.cli import main
-from test_hostile import one_line_refusal, time_limit  # noqa: F401  (autouse: every case under LIMIT_S)
+
+pytestmark = pytest.mark.usefixtures("time_limit")  # conftest.py: every case under HOSTILE_LIMIT_S
 
 
 def _row(i, rid=None) -> dict:
@@ -116,7 +117,7 @@ def test_a_file_rewritten_with_its_time_set_back_is_read_as_it_is_now(tmp_path, 
 
 
 @pytest.mark.parametrize("kind", ["csv", "txt", "arrow", "fifo", "linked_folder", "dangling_link"])
-def test_a_file_sftlab_does_not_read_is_a_reason_naming_it(tmp_path, capsys, kind):
+def test_a_file_sftlab_does_not_read_is_a_reason_naming_it(hostile, tmp_path, capsys, kind):
     folder = tmp_path / "ds"
     _lines(folder / "a.jsonl", [_row(i) for i in range(3)])
     odd = folder / "sub" / f"extra.{kind}"
@@ -129,7 +130,7 @@ def test_a_file_sftlab_does_not_read_is_a_reason_naming_it(tmp_path, capsys, kin
         odd.symlink_to(tmp_path / "gone.jsonl")
     else:
         odd.write_text("id,text\n1,hello\n")
-    err = one_line_refusal(capsys, main(["validate", str(folder), "--quarantine", str(tmp_path / "q.jsonl")]))
+    err = hostile.refusal(capsys, main(["validate", str(folder), "--quarantine", str(tmp_path / "q.jsonl")]))
     assert str(folder) in err and f"sub/extra.{kind}" in err
     assert not (tmp_path / "q.jsonl").exists()
 

@@ -5,7 +5,8 @@ tool arguments or schemas whose JSON text escapes it once more), ``validate`` qu
 record naming the field, so ``prepare`` never meets it. A tool message that answers no call is
 named for what it is. A mixture whose loss weights name a slice the data does not have, or give
 every slice 0, would train nothing as asked: refused with the slices the data has. Every case runs
-under the corpus' time limit.
+under the corpus' time limit. A record with a 5000-digit integer, a weight of 1e39 or a first line
+that is an array is quarantined alone; the record size limit refuses values out of range.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from sftlab.cli import main
-from test_hostile import _config, assets, one_line_refusal, time_limit  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("time_limit")  # conftest.py: every case under HOSTILE_LIMIT_S
+
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 TOOLS = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {}}}]
@@ -106,16 +109,69 @@ def test_a_tool_message_that_answers_no_call_is_named_so(tmp_path, capsys, messa
     ({"loss_weights": {"a": 0.0, "b": 0.0}}, "['a', 'b']"),
     ({"sampling_weights": {"maths": 1.0}}, "['maths']"),
 ])
-def test_mixture_weights_that_would_train_nothing_as_asked_are_refused(assets, tmp_path, capsys, mixture, named):
+def test_mixture_weights_that_would_train_nothing_as_asked_are_refused(hostile, hostile_assets, tmp_path, capsys,
+                                                                       mixture, named):
     run = tmp_path / "run"
-    err = one_line_refusal(capsys, main(["train", str(_config(assets, run, mixture=mixture))]))
+    err = hostile.refusal(capsys, main(["train", str(hostile.config(hostile_assets, run, mixture=mixture))]))
     assert named in err and "unsliced" in err  # what the data has
     assert not (run / "checkpoints").exists() and not (run / "final").exists()
 
 
-def test_loss_weights_of_the_slices_the_data_has_still_train(assets, tmp_path, capsys):
+def test_loss_weights_of_the_slices_the_data_has_still_train(hostile, hostile_assets, tmp_path, capsys):
     run = tmp_path / "run"
-    cfg = _config(assets, run, mixture={"loss_weights": {"unsliced": 0.5}})
+    cfg = hostile.config(hostile_assets, run, mixture={"loss_weights": {"unsliced": 0.5}})
     assert main(["train", str(cfg), "optim.max_steps=1"]) == 0
     capsys.readouterr()
     assert json.loads((Path(run) / "run.json").read_text())["mixture"]["loss_weights"] == {"unsliced": 0.5}
+
+
+def test_jsonl_whose_first_line_is_an_array_keeps_every_good_record(hostile, tmp_path, capsys):
+    path = hostile.write_jsonl(tmp_path / "a.jsonl", [[1, 2], *hostile.records(5)])
+    code, out = hostile.validate_json(capsys, path)
+    assert code == 1 and (out["records"], out["accepted"], out["quarantined"]) == (6, 5, 1)
+    assert out["reasons"] == {"not_an_object": 1}
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json"])
+def test_an_integer_of_5000_digits_quarantines_its_record_only(hostile, tmp_path, capsys, layout):
+    huge = '{"id": "big", "weight": ' + "9" * 5000 + "}"
+    rows = [json.dumps(r) for r in hostile.records(3)]
+    path = tmp_path / f"a.{layout}"
+    if layout == "jsonl":
+        path.write_text("\n".join([rows[0], huge, *rows[1:]]) + "\n")
+    else:
+        path.write_text("[" + ",\n".join([rows[0], huge, *rows[1:]]) + "]")
+    code, out = hostile.validate_json(capsys, path)
+    assert code == 1 and (out["accepted"], out["quarantined"]) == (3, 1)
+    q = (tmp_path / "quarantine.jsonl").read_text()
+    assert "4,300 digits" in q
+    assert main(["stats", str(path)]) in (0, 1)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra", [{"id": "\ud800"}, {"meta": {"source": "x\udfff"}},
+                                   {"meta": {"\ud800key": 1}}, {"tags": [{"a": "\udc00"}]}])
+def test_a_lone_surrogate_anywhere_in_a_record_is_quarantined_by_validate(hostile, tmp_path, capsys, extra):
+    from sftlab.data.loading import load_files
+
+    rows = hostile.records(2)
+    rows[1].update(extra)
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json.dumps writes \ud800 escapes
+    code, out = hostile.validate_json(capsys, path)
+    assert code == 1 and out["reasons"] == {"invalid_text": 1}
+    report = load_files([path])
+    assert len(report.conversations) == 1
+
+
+def test_a_message_weight_of_1e39_is_quarantined_not_a_nan_at_step_one(hostile, tmp_path, capsys):
+    rows = hostile.records(2)
+    rows[1]["messages"][1]["weight"] = 1e39
+    code, out = hostile.validate_json(capsys, hostile.write_jsonl(tmp_path / "a.jsonl", rows))
+    assert code == 1 and out["reasons"] == {"bad_weight": 1}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3"])
+def test_max_record_mb_out_of_range_is_refused(hostile, tmp_path, capsys, value):
+    path = hostile.write_jsonl(tmp_path / "a.jsonl", [hostile.good])
+    assert "--max-record-mb" in hostile.refusal(capsys, main(["validate", str(path), "--max-record-mb", value]))

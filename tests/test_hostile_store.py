@@ -18,7 +18,9 @@ import pytest
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.prepare import PreparedStore, StoreError, prepare
 from sftlab.tokens.templates import get_template
-from test_hostile import time_limit  # noqa: F401  (autouse: every case under LIMIT_S)
+
+pytestmark = pytest.mark.usefixtures("time_limit")  # conftest.py: every case under HOSTILE_LIMIT_S
+
 
 OPTIONS = {"max_length": 64, "last_turn_only": False}
 CONTROL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -210,8 +212,6 @@ def _prepare_cli(data: Path, cache: Path, tmp: Path, preexec=None):
 
     import yaml
 
-    from test_hostile import LIMIT_S, ROOT
-
     model = tmp / "model"
     if not model.exists():
         tok = build_tokenizer(special_tokens=CONTROL)
@@ -222,7 +222,8 @@ def _prepare_cli(data: Path, cache: Path, tmp: Path, preexec=None):
                                    "encoding": {"max_length": 64}, "out": str(tmp / "run"),
                                    "log": {"progress": False}}))
     return subprocess.run([sys.executable, "-m", "sftlab", "prepare", str(cfg)], capture_output=True, text=True,
-                          timeout=LIMIT_S, preexec_fn=preexec, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          timeout=120, preexec_fn=preexec,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 
 
 def _one_error_line(proc, cache: Path) -> str:

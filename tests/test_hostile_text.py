@@ -110,7 +110,7 @@ def test_eval_detector_and_prompt_sets_read_lines_with_separators_whole(hostile,
 
 def test_metrics_and_the_report_read_lines_with_separators_whole(hostile, hostile_runs, tmp_path, capsys):
     from sftlab.report.inputs import read_run
-    from sftlab.train.curves import read_metrics
+    from sftlab.train.metrics import read_metrics
 
     run = tmp_path / "run"
     shutil.copytree(hostile_runs["full"], run)

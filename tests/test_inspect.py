@@ -8,7 +8,8 @@ import pytest
 from sftlab.cli import main
 from sftlab.data.conversation import Conversation, Message
 from sftlab.tokens.masks import CAPABILITY_PROBES, annotate, check_template, to_html
-from sftlab.tokens.templates import get_template, install_template
+from sftlab.tokens.role_tokens import install_template
+from sftlab.tokens.templates import get_template
 from sftlab.demo.tiny import build_tokenizer
 
 

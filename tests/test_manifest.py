@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from sftlab.cli import main
-from sftlab.data.conversation import Conversation, Message
-from sftlab.manifest import (ManifestError, RunManifest, config_hash, data_version,
-                             diff_manifests, environment, read_manifest, tokenizer_fingerprint,
+from sftlab.manifest import (SCHEMA_VERSION, ManifestError, RunManifest, config_hash, diff_manifests,
+                             environment, read_manifest, read_run_json, tokenizer_fingerprint,
                              update_manifest)
 
 FULL = {
     "kind": "train",
     "created": "2026-11-01T12:00:00+00:00",
-    "data": {"splits": {"train": {"sha256": "ab" * 32, "records": 10, "accepted": 9,
+    "data": {"splits": {"train": {"records_sha256": "ab" * 32, "records": 10, "accepted": 9,
                                   "quarantined": 1,
                                   "files": [{"path": "train.jsonl", "records": 10, "accepted": 9,
                                              "quarantined": 1}]}}},
@@ -44,7 +44,7 @@ FULL = {
 
 def test_schema_round_trip(tmp_path):
     written = update_manifest(tmp_path, **FULL)
-    assert written == {"schema_version": 1, **FULL}
+    assert written == {"schema_version": 2, **FULL}
     on_disk = json.loads((tmp_path / "run.json").read_text())
     assert on_disk == written
     m = read_manifest(tmp_path)
@@ -81,7 +81,7 @@ def test_sections_keep_extra_keys_but_top_level_forbids_unknown(tmp_path):
     with pytest.raises(ManifestError, match="masking.trained_tokens"):
         update_manifest(tmp_path, masking={"trained_tokens": "many"})
     assert (tmp_path / "run.json").read_text() == before
-    (tmp_path / "run.json").write_text(json.dumps({"schema_version": 2}))
+    (tmp_path / "run.json").write_text(json.dumps({"schema_version": 3}))
     with pytest.raises(ManifestError, match="schema_version"):
         read_manifest(tmp_path)
     with pytest.raises(FileNotFoundError, match="no run manifest"):
@@ -125,12 +125,6 @@ def test_environment_has_software_and_hardware():
 
 
 def test_hashes_are_content_hashes():
-    a = Conversation(messages=(Message("user", "2+2?"), Message("assistant", "4")), id="a", slice="math")
-    b = Conversation(messages=(Message("user", "hi"), Message("assistant", "hello")), id="b")
-    assert data_version([a, b]) == data_version([a.to_dict(), b.to_dict()])
-    assert data_version([a, b]) != data_version([b, a])
-    edited = Conversation(messages=(Message("user", "2+2?"), Message("assistant", "5")), id="a", slice="math")
-    assert data_version([edited, b]) != data_version([a, b])
     assert config_hash({"x": 1, "y": [1, 2]}) == config_hash({"y": [1, 2], "x": 1})
     assert config_hash({"x": 1}) != config_hash({"x": 2})
 
@@ -175,7 +169,7 @@ def test_cli_show_and_diff(tmp_path, capsys):
         "packing.efficiency": (0.97, 0.5), "seed": (0, 7)}
 
     assert main(["manifest", str(a), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"schema_version": 1, **FULL}
+    assert json.loads(capsys.readouterr().out) == {"schema_version": 2, **FULL}
     assert main(["manifest", str(a)]) == 0
     out = capsys.readouterr().out
     assert "dequantised from GGUF Q4_1" in out and "trained_token_share" in out
@@ -192,3 +186,47 @@ def test_environment_without_git_records_null_commit(tmp_path, monkeypatch):
     soft = environment()["software"]
     assert soft["git_commit"] is None and soft["git_dirty"] is None
     assert soft["python"] and soft["torch"]
+
+
+OLD = Path(__file__).parent / "data" / "manifests" / "run-schema1.json"
+
+
+def test_a_schema_1_run_json_still_reads_validates_and_diffs(tmp_path, capsys):
+    """Schema 1 named the data version ``sha256`` (segments: ``data_sha256``); it reads as
+    ``records_sha256``, validates, diffs against a schema-2 manifest field by field, and a
+    later write (a resume) upgrades the file."""
+    raw = json.loads(OLD.read_text())
+    version = raw["data"]["splits"]["train"]["sha256"]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.json").write_text(OLD.read_text())
+    m = read_manifest(old)
+    assert m.schema_version == 1 and SCHEMA_VERSION == 2
+    assert m.data.splits["train"].records_sha256 == version
+    assert m.segments[0]["records_sha256"] == {"train": version} and "data_sha256" not in m.segments[0]
+    assert "sha256" not in read_run_json(old)["data"]["splits"]["train"]
+
+    sections = {k: v for k, v in read_run_json(old).items() if k != "schema_version"}
+    same = update_manifest(tmp_path / "same", **sections)
+    assert same["schema_version"] == 2 and same["data"]["splits"]["train"]["records_sha256"] == version
+    assert main(["manifest", str(old), "--diff", str(tmp_path / "same"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["differences"] == [
+        {"path": "schema_version", "old": 1, "new": 2}]  # the data version compares equal
+
+    splits = {"train": {**sections["data"]["splits"]["train"], "records_sha256": "cd" * 32}}
+    update_manifest(tmp_path / "other", **{**sections, "data": {**sections["data"], "splits": splits}})
+    assert main(["manifest", str(old), "--diff", str(tmp_path / "other"), "--json"]) == 1
+    paths = {d["path"]: (d["old"], d["new"]) for d in json.loads(capsys.readouterr().out)["differences"]}
+    assert paths["data.splits.train.records_sha256"] == (version, "cd" * 32)
+
+    upgraded = update_manifest(old, seed=raw["seed"])  # what a resume of the old run does
+    on_disk = json.loads((old / "run.json").read_text())
+    assert on_disk == upgraded and on_disk["schema_version"] == 2
+    assert on_disk["data"]["splits"]["train"]["records_sha256"] == version
+    assert "sha256" not in on_disk["data"]["splits"]["train"]
+
+
+@pytest.mark.parametrize("damage", [b"[" * 100000, b"\xff\xfe", b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_manifest_of_a_damaged_run_json_is_one_line(hostile, tmp_path, capsys, damage):
+    (tmp_path / "run.json").write_bytes(damage)
+    assert "run.json" in hostile.refusal(capsys, main(["manifest", str(tmp_path)]))

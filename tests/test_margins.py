@@ -13,7 +13,8 @@ from sftlab.demo.tiny import build_tiny
 from sftlab.evaluation.margins import (COMPLIANT_OPENINGS, REFUSAL_OPENINGS, opening_logprobs,
                                        xstest_pairs)
 from sftlab.evaluation.prompts import load_prompt_set
-from sftlab.tokens.templates import get_template, install_template
+from sftlab.tokens.role_tokens import install_template
+from sftlab.tokens.templates import get_template
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from sftlab.cli import main
 from sftlab.model import loading as models
 from sftlab.model.loading import SOURCE_FILE, convert_gguf, gguf_cache_path, load_base_model
 from sftlab.demo.tiny import build_tiny
@@ -251,3 +253,17 @@ def test_an_adapter_whose_converted_gguf_base_is_gone_converts_the_runs_gguf_aga
     (final.parent / "run.json").unlink()
     with pytest.raises(FileNotFoundError, match=f"base model '{gone}' is not there .*base_model_name_or_path in"):
         resolve_base(final)
+
+
+def test_a_model_directory_with_only_pickled_weights_is_refused_with_the_reason(hostile, hostile_assets,
+                                                                                tmp_path, capsys):
+    import torch
+
+    model = tmp_path / "pickled"
+    shutil.copytree(hostile_assets / "model", model)
+    from safetensors.torch import load_file
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    cfg = hostile.config(hostile_assets, tmp_path / "run", model={"path": str(model)})
+    err = hostile.refusal(capsys, main(["train", str(cfg)]))
+    assert "pickled weights" in err and "safetensors" in err

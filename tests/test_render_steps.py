@@ -47,9 +47,9 @@ LOOPS = {
 @pytest.fixture(autouse=True)
 def time_limit(monkeypatch, alarm_after):
     """The deadline out of reach (only steps can stop a case) and a hard limit on the case itself."""
-    import sftlab.tokens.templates as templates
+    import sftlab.tokens.jinja_render as jinja_render
 
-    monkeypatch.setattr(templates, "RENDER_SECONDS", 86400.0)
+    monkeypatch.setattr(jinja_render, "RENDER_SECONDS", 86400.0)
 
     with alarm_after(LIMIT_S, "template case"):
         yield
@@ -88,12 +88,13 @@ FIXTURES = Path(__file__).parent / "data" / "chat_templates"
 def test_real_templates_render_long_conversations_within_the_step_budget(name, tok):
     """The budget leaves room for what real templates do: 200 messages with every published template
     of the fixture set render (or refuse for their own reasons, never for the step limit)."""
-    from sftlab.tokens.templates import _render_jinja, ChatTemplate
+    from sftlab.tokens.jinja_render import render_jinja
+    from sftlab.tokens.templates import ChatTemplate
 
     t = ChatTemplate(name, (FIXTURES / f"{name}.jinja").read_text(), (), (), "",
                      {"bos_token": "<s>", "eos_token": "</s>"})
     msgs = [{"role": "user" if k % 2 == 0 else "assistant", "content": f"message {k} " * 20} for k in range(200)]
     try:
-        _render_jinja(t, msgs, False)
+        render_jinja(t, msgs, False)
     except TemplateError as e:
         assert "steps" not in str(e), str(e)

@@ -84,7 +84,7 @@ def _record(id_, user, assistant, **meta):
 def _data(root: Path) -> dict:
     """Real input files through sftlab's loader and stats: returns the manifest's splits."""
     from sftlab.data.loading import load_files
-    from sftlab.manifest import data_version
+    from sftlab.fingerprints import json_sha256
     from sftlab.data.policy import load_policy
     from sftlab.data.stats import compute_stats, with_files
 
@@ -110,7 +110,8 @@ def _data(root: Path) -> dict:
     stats = with_files(compute_stats(train.conversations, held.conversations, policy), train, held)
     (root / "run" / "data").mkdir(parents=True, exist_ok=True)
     (root / "run" / "data" / "stats.json").write_text(json.dumps(stats))
-    return {name: {"sha256": data_version(r.conversations), "records": len(r.conversations) + len(r.quarantined),
+    return {name: {"records_sha256": json_sha256([c.to_dict() for c in r.conversations]),
+                   "records": len(r.conversations) + len(r.quarantined),
                    "accepted": len(r.conversations), "quarantined": len(r.quarantined),
                    "files": [{"path": f.path, "records": f.records, "accepted": f.accepted,
                               "quarantined": f.quarantined} for f in r.files]}
@@ -375,3 +376,17 @@ def test_eval_loss_cells_and_step_axes():
     ax.plot([1, 2, 3], [2.0, 1.5, 1.2])
     ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+@pytest.mark.parametrize("damage", [b"[" * 100000 + b"]" * 100000, b"\xff\xfe not utf-8", b'{"kind": 5}',
+                                    b'{"seed": ' + b"9" * 5000 + b"}"])
+def test_report_on_a_damaged_run_json_or_eval_json_exits_nonzero(time_limit, tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "run.json").write_bytes(damage)
+    (run / "eval" / "eval.json").write_bytes(damage)
+    code = main(["report", str(run), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code in (1, 2) and "Traceback" not in json.dumps(out)
+    if code == 1:
+        assert "run.json" in out["unreadable"]

@@ -189,6 +189,54 @@ def test_worker_processes_write_the_same_store_bit_for_bit(data, tok, tmp_path):
     assert strip(one.meta) == strip(three.meta)
 
 
+def _arrow_memory_left_dirty(sizes, n: int = 64) -> list:
+    """pyarrow's memory pool as a process that did other work may leave it: of ``n`` buffers of
+    each size, filled with bytes that are not UTF-8 (0xFF), every other one is freed and the rest
+    are returned (keep them alive), so new buffers of these sizes land beside and in used memory."""
+    import numpy as np
+    import pyarrow as pa
+
+    kept = []
+    for size in sizes:
+        buffers = [pa.allocate_buffer(size) for _ in range(n)]
+        for b in buffers:
+            np.frombuffer(b, np.uint8)[:] = 0xFF
+        kept += buffers[1::2]
+    return kept
+
+
+def test_a_store_is_the_same_whatever_the_process_did_before(data, tok, tmp_path, make_record):
+    """Two other stores built first in this process, and memory left dirty, then one input with 1
+    and with 2 workers: the same files bit for bit, and every planted copy of a record found as an
+    exact duplicate. Every record ends in whitespace (``make_record``'s answers do) and every chunk's
+    texts fill whole 64-byte blocks (pyarrow's buffers are padded with zeros to 64 bytes): each
+    chunk's last text ends where pyarrow's whitespace split read past the string into memory that
+    earlier work had used (``sftlab.data.dedup.split_words``). Each chunk but the first ends with a
+    copy of a record of the chunk before."""
+    rng = random.Random(2)
+    rows = [make_record(i, rng) for i in range(160)]
+    copies = range(15, 160, 8)
+    for i in copies:
+        rows[i] = {**rows[i - 11], "id": f"copy-{i}"}
+    sizes = [sum(len(m["content"].encode()) for r in rows[k:k + 8] for m in r["messages"]) for k in range(0, 160, 8)]
+    size = -(-max(sizes) // 64) * 64
+    for k, n in zip(range(0, 160, 8), sizes):  # pad each chunk's first message: every chunk's texts, `size` bytes
+        head = rows[k]["messages"][0]
+        rows[k] = {**rows[k], "messages": [{**head, "content": head["content"] + "y" * (size - n)},
+                                           *rows[k]["messages"][1:]]}
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _prepare([data / "a.jsonl"], tok, tmp_path / "a")
+    _prepare([data / "a.jsonl", data / "held.jsonl"], tok, tmp_path / "b", num_proc=2)
+    kept = _arrow_memory_left_dirty(range(size, size + 1024, 64))
+    one, two = (_prepare([tmp_path / "c.jsonl"], tok, tmp_path / f"c{n}", chunk_records=8, num_proc=n)
+                for n in (1, 2))
+    del kept
+    assert one.key == two.key and len(one.meta["chunks"]) == 20
+    assert _files(one) == _files(two)
+    for store in (one, two):
+        assert store.stats["duplicates"]["exact"]["records"] == len(copies)
+
+
 def test_leakage_and_near_duplicates_from_the_summaries(data, tok, tmp_path):
     from sftlab.data.chunk_stats import with_leakage
 

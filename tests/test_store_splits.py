@@ -236,3 +236,20 @@ def test_a_chunk_is_encoded_and_written_from_its_own_records_only(data, tok, tmp
     assert [e[0] for e in events] == ["read", "write"] * 8  # 120 records: 8 chunks, read then written
     for (_, n, a, b), (_, m, lo, hi) in zip(events[::2], events[1::2]):
         assert n <= 16 and m <= 16 and a <= lo <= hi <= b
+
+
+def test_a_fifo_copy_has_the_digest_of_a_file_of_the_same_bytes(data, tmp_path):
+    """The raw digest a stream's copy is indexed by is the one ``input_digest`` gives a file of
+    those bytes, so a store found for one is found for the other."""
+    from sftlab.data.readers import input_digest
+    from sftlab.prepare import Spool
+
+    content = (data / "a.jsonl").read_bytes()
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    writer = _feed(fifo, content)
+    with Spool(tmp_path / "cache") as spool:
+        copy, digest = spool.read(fifo)
+        writer.join()
+        assert copy.read_bytes() == content
+        assert digest == input_digest(data / "a.jsonl") == input_digest(copy)

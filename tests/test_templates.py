@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from sftlab.tokens.encoding import encode
-from sftlab.tokens.templates import add_role_tokens, get_template, install_template, missing_control_tokens
+from sftlab.tokens.role_tokens import add_role_tokens, install_template, missing_control_tokens
+from sftlab.tokens.templates import get_template
 from sftlab.demo.tiny import build_model, build_tokenizer
 
 

@@ -20,7 +20,8 @@ from sftlab.data.conversation import template_messages
 from sftlab.data.loading import load_files
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import encode, encode_all
-from sftlab.tokens.templates import get_template, install_template
+from sftlab.tokens.role_tokens import install_template
+from sftlab.tokens.templates import get_template
 
 HERE = Path(__file__).parent / "data"
 GLAIVE = HERE / "tools" / "glaive_toolcall_en_demo.sample.json"

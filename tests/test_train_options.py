@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from accelerate.tracking import GeneralTracker
 
 from sftlab.cli import main
 from sftlab.train.config import load_config
+from conftest import TINY, write_config
 
 PUBLIC = Path(__file__).parent / "data" / "public"
 
@@ -23,10 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """A tiny model, and the FastChat sample with other speaker names plus one bad and one long record."""
-    from sftlab.demo.tiny import build_tiny
-
+def assets(tmp_path_factory, tiny_model):
+    """The tiny model (conftest.py's ``tiny_model``), and the FastChat sample with other speaker names
+    plus one bad and one long record."""
     d = tmp_path_factory.mktemp("options")
     fastchat = json.loads((PUBLIC / "fastchat_dummy_conversation.json").read_text())
     rows = []
@@ -39,25 +39,20 @@ def assets(tmp_path_factory):
     rows.append({"id": "long", "conversations": [{"from": "Kunde", "value": "word " * 200},
                                                  {"from": "Agent", "value": "ok " * 200}]})
     (d / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok, model = build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
+    shutil.copytree(tiny_model, d / "model")
     return d
 
 
 def _config(assets: Path, out: Path, **sections) -> Path:
-    cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
-           "data": {"train": [{"path": str(assets / "chats.jsonl"), "roles": {"Kunde": "user", "Agent": "assistant"}}],
-                    "eval_split": 0.25, "max_quarantined_share": 0.1},
-           "encoding": {"max_length": 128}, "seed": 1, "out": str(out),
-           "log": {"progress": False, "trackers": []},
-           "optim": {"lr": 1e-3, "micro_batch_size": 2, "max_steps": 3, "schedule": "constant", "warmup_steps": 0},
-           "lora": {"enabled": True, "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config({"model": {"path": str(assets / "model")}, "template": "chatml",
+                         "data": {"train": [{"path": str(assets / "chats.jsonl"),
+                                             "roles": {"Kunde": "user", "Agent": "assistant"}}],
+                                  "eval_split": 0.25, "max_quarantined_share": 0.1},
+                         "encoding": {"max_length": 128}, "seed": 1, "log": {"progress": False, "trackers": []},
+                         "optim": {"lr": 1e-3, "micro_batch_size": 2, "max_steps": 3, "schedule": "constant",
+                                   "warmup_steps": 0},
+                         "lora": {"enabled": True, "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}},
+                        out, **sections)
 
 
 class ListTracker(GeneralTracker):
@@ -176,7 +171,7 @@ def test_trackers_are_never_required(assets, tmp_path):
     run = tmp_path / "t"
     code = main(["train", str(_config(assets, run, log={"trackers": ["wandb"]}))])
     assert code == 2  # not installed here: a one-line reason naming the install command
-    from sftlab.train.curves import resolve_trackers
+    from sftlab.train.metrics import resolve_trackers
 
     with pytest.raises(ValueError, match="pip install wandb"):
         resolve_trackers(["wandb"])
@@ -222,8 +217,6 @@ def test_one_heldout_loss_in_training_and_in_eval(assets, tmp_path, capsys):
 def test_lora_adapter_loads_from_any_directory_in_peft_and_sftlab(assets, tmp_path, monkeypatch, capsys):
     # RUN/final of a LoRA run holds the adapter only; peft resolves its base against the current
     # directory, so a relative base failed everywhere but inside RUN/final
-    import shutil
-
     from peft import AutoPeftModelForCausalLM
 
     from sftlab.model.loading import load_base_model
@@ -272,8 +265,7 @@ def test_lora_adapter_loads_from_any_directory_in_peft_and_sftlab(assets, tmp_pa
     shutil.copytree(assets / "model", tmp_path / "base2")
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "base2")}))
     before = model_fingerprint(moved / "final")
-    build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, seed=5)[1].save_pretrained(
-        tmp_path / "base2")
+    build_tiny(**TINY, seed=5)[1].save_pretrained(tmp_path / "base2")
     assert model_fingerprint(moved / "final") != before
     # a base that is gone: exit 2, one line naming the path and the file to edit
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from sftlab.train.checkpoint import latest_checkpoint, list_checkpoints
 from sftlab.cli import main
+from conftest import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
@@ -38,9 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thr
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from sftlab.demo.tiny import build_tiny
-
+def assets(tmp_path_factory, tiny_model):
+    """The tiny model (conftest.py's ``tiny_model``), 40 training and 8 held-out conversations."""
     d = tmp_path_factory.mktemp("train_assets")
     rng = random.Random(0)
     rows = [_conversation(i, rng) for i in range(40)]
@@ -49,23 +49,18 @@ def assets(tmp_path_factory):
         {"role": "assistant", "content": f"{i} times {i + 2} makes {i * (i + 2)}."}]} for i in range(8)]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))
-    tok, model = build_tiny(vocab_size=400, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
+    shutil.copytree(tiny_model, d / "model")
     return d
 
 
 def _config(assets: Path, out: Path, **sections) -> Path:
-    cfg = {"model": {"path": str(assets / "model")}, "template": "chatml",
-           "data": {"train": [str(assets / "train.jsonl")], "eval": [str(assets / "heldout.jsonl")]},
-           "encoding": {"max_length": 96}, "seed": 3, "out": str(out), "log": {"progress": False},
-           "optim": {"lr": 3e-3, "micro_batch_size": 2, "grad_accum": 2, "epochs": 2, "warmup_steps": 1},
-           "eval": {"every_n_steps": 2}, "checkpointing": {"every_n_steps": 2, "keep_last": 2}}
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config({"model": {"path": str(assets / "model")}, "template": "chatml",
+                         "data": {"train": [str(assets / "train.jsonl")], "eval": [str(assets / "heldout.jsonl")]},
+                         "encoding": {"max_length": 96}, "seed": 3, "log": {"progress": False},
+                         "optim": {"lr": 3e-3, "micro_batch_size": 2, "grad_accum": 2, "epochs": 2,
+                                   "warmup_steps": 1},
+                         "eval": {"every_n_steps": 2}, "checkpointing": {"every_n_steps": 2, "keep_last": 2}},
+                        out, **sections)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -131,7 +126,7 @@ def test_end_to_end_run_directory(assets, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
-def test_resume_after_sigkill_sigterm_and_sigint_gives_the_same_weights(assets, tmp_path):
+def test_resume_after_sigkill_sigterm_and_sigint_gives_the_same_weights(assets, tmp_path, alarm_after):
     # SIGKILL: resume from the last periodic checkpoint. SIGTERM (what SLURM, Kubernetes and
     # `timeout` send) and SIGINT (Ctrl-C): the step finishes, a verified checkpoint of it is written,
     # the lock goes, the command to continue is printed, exit 143 / 130. Every resumed run ends
@@ -147,17 +142,17 @@ def test_resume_after_sigkill_sigterm_and_sigint_gives_the_same_weights(assets, 
     procs = {name: subprocess.Popen([*cmd, str(cfg), "seed=3"], env=_env(), cwd=tmp_path, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for name, cfg in runs.items()}
-    deadline = time.monotonic() + 120
-    for name, sig in (("killed", signal.SIGKILL), ("term", signal.SIGTERM), ("int", signal.SIGINT)):
-        metrics = tmp_path / name / "metrics.jsonl"
-        while not (metrics.is_file() and '"step": 2,' in metrics.read_text()):
-            assert procs[name].poll() is None and time.monotonic() < deadline, "no step was logged"
-            time.sleep(0.01)
-        if name == "killed":  # SIGKILL: after a periodic checkpoint (every 2 steps) exists
-            while latest_checkpoint(tmp_path / name) is None:
-                assert procs[name].poll() is None, "no checkpoint appeared"
+    with alarm_after(120, "waiting for the runs' second step"):  # a hang fails the case, not the suite
+        for name, sig in (("killed", signal.SIGKILL), ("term", signal.SIGTERM), ("int", signal.SIGINT)):
+            metrics = tmp_path / name / "metrics.jsonl"
+            while not (metrics.is_file() and '"step": 2,' in metrics.read_text()):
+                assert procs[name].poll() is None, "no step was logged"
                 time.sleep(0.01)
-        procs[name].send_signal(sig)
+            if name == "killed":  # SIGKILL: after a periodic checkpoint (every 2 steps) exists
+                while latest_checkpoint(tmp_path / name) is None:
+                    assert procs[name].poll() is None, "no checkpoint appeared"
+                    time.sleep(0.01)
+            procs[name].send_signal(sig)
 
     procs["killed"].communicate(timeout=120)
     assert procs["killed"].returncode == -signal.SIGKILL
@@ -500,7 +495,8 @@ def test_packed_attention_equals_the_block_mask():
 
 
 def test_metrics_log_on_resume_drops_what_came_after_the_checkpoint(tmp_path):
-    from sftlab.train.curves import MetricsLog, read_curves, read_metrics
+    from sftlab.train.curves import read_curves
+    from sftlab.train.metrics import MetricsLog, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     lines = [{"epoch": 0, "realised_mixture": {"a": 1.0}}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.8},

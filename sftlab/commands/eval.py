@@ -14,7 +14,7 @@ from sftlab.evaluation.evaluate import EvalOptions, record_in_run, run_evaluatio
 from sftlab.evaluation.generation import DecoderSettings
 from sftlab.evaluation.prompts import load_prompt_sets, parse_columns
 from sftlab.evaluation.robustness import CONDITIONS
-from sftlab.files import check_run_dir
+from sftlab.files import cache_dir, check_run_dir
 from sftlab.terminal import terminal_safe
 from sftlab.train.config import EncodingConfig
 
@@ -76,14 +76,12 @@ def _heldout_encoding(model: str, max_length: int | None) -> dict:
     them), with ``--max-length`` winning; ``{}`` when there is neither."""
     if max_length is not None and max_length <= 0:
         raise UsageError(f"--max-length must be > 0, got {max_length}")
-    manifest = Path(model).parent / "run.json"
+    from sftlab.manifest import read_run_json  # lazy: pydantic, not for `sftlab --help`
+
     recorded: dict = {}
-    if Path(model).name == "final" and manifest.is_file():
-        try:
-            recorded = (json.loads(manifest.read_text(encoding="utf-8")).get("masking") or {}).get(
-                "heldout_encoding") or {}
-        except (OSError, ValueError, AttributeError):
-            recorded = {}
+    if Path(model).name == "final":
+        manifest = read_run_json(Path(model).parent, missing_ok=True, damaged_ok=True) or {}
+        recorded = (manifest.get("masking") or {}).get("heldout_encoding") or {}
     return {**recorded, **({"max_length": max_length} if max_length is not None else {})}
 
 
@@ -146,7 +144,7 @@ def _options(args):
 
 def run(args) -> int:
     # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
-    from sftlab.evaluation.cache import GenerationCache, default_cache_dir
+    from sftlab.evaluation.cache import GenerationCache
 
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
     check_run_dir(out, what="--out")  # before minutes of generation, not after
@@ -154,7 +152,7 @@ def run(args) -> int:
     bad = [b for s in sets for b in s.bad_rows]
     for b in bad:
         print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
-    cache = GenerationCache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    cache = GenerationCache(None if args.no_cache else (args.cache_dir or cache_dir("generations")))
     report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
     paths = write_outputs(out, report, rows)
     record_in_run(out, report)

@@ -5,6 +5,8 @@ import argparse
 import json
 from typing import Any
 
+from sftlab.errors import UsageError
+
 HELP = """Show RUN/run.json grouped by section, or with --diff RUN2 every field that differs
 (dotted paths, old -> new). Exit codes: 0 shown / identical, 1 the manifests differ,
 2 a manifest is missing or invalid."""
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def _load(path: str) -> dict[str, Any]:
-    from sftlab.errors import UsageError
+    # lazy, here and below: pydantic (the manifest's schema) would cost every command's start-up
     from sftlab.manifest import ManifestError, read_manifest
 
     try:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_manifest(old)
         return 0
-    from sftlab.manifest import diff_manifests
+    from sftlab.manifest import diff_manifests  # lazy: see _load
 
     new = _load(args.diff)
     differences = diff_manifests(old, new, ignore=args.ignore)
@@ -59,11 +61,12 @@ def _fmt(value: Any) -> str:
 
 
 def _print_manifest(manifest: dict[str, Any]) -> None:
+    # lazy: rich loads only to print a table, not for `sftlab --help`
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from sftlab.manifest import flatten
+    from sftlab.manifest import flatten  # lazy: see _load
 
     console = Console()
     scalars = {k: v for k, v in manifest.items() if not isinstance(v, (dict, list))}

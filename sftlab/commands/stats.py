@@ -117,6 +117,7 @@ def _config_stats(args) -> dict[str, Any]:
 
 def _store_stats(args) -> dict[str, Any]:
     """Files encoded with ``--tokenizer``: the statistics of their prepared stores."""
+    # lazy: loaded when the command runs, not for `sftlab --help`
     from sftlab.data.chunk_stats import NEAR_THRESHOLD
     from sftlab.data.policy import load_policy
     from sftlab.model.loading import load_tokenizer_and_template
@@ -147,6 +148,7 @@ def _store_stats(args) -> dict[str, Any]:
 
 def _word_stats(args) -> dict[str, Any]:
     """Without a tokenizer: lengths in words, computed in memory (nothing is encoded)."""
+    # lazy: loaded when the command runs, not for `sftlab --help`
     from sftlab.data.loading import load_files
     from sftlab.data.policy import load_policy
     from sftlab.data.stats import compute_stats, with_files
@@ -169,6 +171,7 @@ def _check_disjoint(train: list[str], heldout: list[str]) -> None:
 
 
 def _write_json(path: Path, stats: dict[str, Any]) -> None:
+    # lazy: loaded when the command runs, not for `sftlab --help`
     from sftlab.files import write_atomic
 
     write_atomic(path, json.dumps(stats, indent=2, ensure_ascii=False) + "\n", what="--out")
@@ -177,6 +180,7 @@ def _write_json(path: Path, stats: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- human output
 
 def print_human(s: dict[str, Any]) -> None:
+    # lazy: rich loads only to print a table, not for `sftlab --help`
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
@@ -222,6 +226,7 @@ def print_human(s: dict[str, Any]) -> None:
 
 
 def _table(title: str, *columns: str):
+    # lazy: as above
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)

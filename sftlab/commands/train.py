@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 from sftlab.train.config import config_reference_text, load_config
-from sftlab.train.curves import read_metrics
+from sftlab.train.metrics import read_metrics
 
 HELP = """Fine-tune a causal language model on conversations with the response-only objective,
 as CONFIG.yaml says. Overrides use dotted keys with YAML values, e.g. optim.lr=1e-4
@@ -107,8 +107,10 @@ def _summary(out: str, code: int) -> dict:
                "loss": steps[-1]["loss"] if steps else None,
                "eval_loss": evals[-1]["eval_loss"] if evals else None,
                "quarantined": _count_lines(quarantine)}
-    manifest = run_dir / "run.json"
-    m = json.loads(manifest.read_text()) if manifest.exists() else {}
+    # lazy: the manifest's schema (pydantic) loads when the command runs, not for `sftlab --help`
+    from sftlab.manifest import read_run_json
+
+    m = read_run_json(run_dir, missing_ok=True, damaged_ok=True) or {}
     summary["stopped"] = ((m.get("artifacts") or {}).get("training") or {}).get("stopped")
     summary["failed_checks"] = [c["name"] for c in (m.get("data") or {}).get("failed_checks") or []]
     outcome = (m.get("outcome") or {}).get("train") or {}

@@ -66,8 +66,8 @@ class MinHasher:
             # Chinese and Japanese are written without spaces: each of their characters counts as a
             # word, so shingles over them are character shingles and near-copies are found there too.
             lowered = pc.replace_substring_regex(lowered, _UNSPACED_SCRIPT, r" \1 ")
-        # The split yields "" words where a text starts or ends with whitespace (or is empty).
-        words = pc.utf8_split_whitespace(lowered)
+        # The split yields "" words where a text starts with whitespace (or is empty).
+        words = split_words(lowered)
         offsets = words.offsets.to_numpy().astype(np.int64)
         encoded = words.flatten().dictionary_encode()
         ids = encoded.indices.to_numpy()
@@ -128,6 +128,34 @@ class MinHasher:
         from datasketch import LeanMinHash  # lazy: see __init__
 
         return LeanMinHash(seed=self.seed, hashvalues=signature, scheme="affine32")
+
+
+def split_words(strings):
+    """The whitespace-separated words of each string of a pyarrow string array (a list array),
+    trailing whitespace dropped first, so the words never depend on the bytes after a string.
+
+    pyarrow's ``utf8_split_whitespace`` (to 26 at least) decodes one code point past the end of a
+    string that ends in whitespace before it checks the end, and keeps the whitespace in the last
+    word when that code point is not valid UTF-8. Inside an array it is the next string's first;
+    after the last string it is the buffer's zero padding, or, when the strings fill the buffer to
+    its 64-byte boundary, whatever earlier work left in the memory beyond: that text's last word,
+    and so its exact-match key and MinHash signature, changed with what had run before in the
+    process (or in the one a worker was forked from). Trimmed first (``utf8_rtrim_whitespace``,
+    the same whitespace; the split only made "" words of it), no string ends in whitespace and the
+    split never reads past one.
+
+    One string "x " whose buffer holds a byte that is not UTF-8 after it (the split alone gives
+    ``[['x ']]``):
+
+        >>> import pyarrow as pa
+        >>> offsets = pa.py_buffer(np.array([0, 2], np.int64).tobytes())
+        >>> x = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(b"x \\x80")])
+        >>> split_words(x).to_pylist()
+        [['x']]
+    """
+    import pyarrow.compute as pc  # lazy: see MinHasher.words
+
+    return pc.utf8_split_whitespace(pc.utf8_rtrim_whitespace(strings))
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:

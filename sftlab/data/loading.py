@@ -45,6 +45,7 @@ from typing import Any
 
 from sftlab import collector
 from sftlab.errors import UsageError
+from sftlab.files import atomic_file
 from sftlab.data.conversation import Conversation, Origin, unpaired_surrogate
 from sftlab.data.formats import Columns, RecordError, to_conversation
 
@@ -156,8 +157,6 @@ class LoadReport:
 
     def write_quarantine(self, path: str | os.PathLike) -> Path:
         """Write one JSON object per quarantined record (an empty file when there is none)."""
-        from sftlab.files import atomic_file
-
         with atomic_file(path, what="quarantine") as f:
             for e in self.quarantined:
                 f.write(quarantine_line(e.to_dict()))
@@ -255,7 +254,7 @@ class DuplicateIds:
         >>> ids.check("a", Origin("y.jsonl", 7))
         Traceback (most recent call last):
         ...
-        sftlab.data.formats.RecordError: id: duplicate id 'a', first seen at x.jsonl:1; fix: give each record a unique id or drop the copy
+        sftlab.data.record_errors.RecordError: id: duplicate id 'a', first seen at x.jsonl:1; fix: give each record a unique id or drop the copy
     """
 
     def __init__(self):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftlab.errors import UsageError
-from sftlab.files import read_yaml
+from sftlab.yaml_input import read_yaml
 from sftlab.fingerprints import canonical_json, config_hash
 
 Metric = Literal["harmful_refusal_rate", "benign_refusal_rate", "benign_full_refusal_rate",

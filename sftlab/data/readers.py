@@ -1,4 +1,6 @@
 """Readers: the records of JSONL, JSON, Parquet and saved ``datasets`` inputs, with their lines.
+Here: which reader an input gets, JSONL and JSON arrays; Parquet and datasets are
+``sftlab.data.columnar``, the limits on one record ``sftlab.data.record_shape``.
 
 Each reader yields ``(line, raw record or raw text, problem or None)`` (a JSON array adds a fourth
 item, the file line where the record starts, its ``line`` being the record number) and never raises for a
@@ -20,27 +22,27 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sftlab.data.columnar import first_line, hub_dataset, load_dataset, read_dataset, read_parquet, read_saved_dataset
+from sftlab.data.record_errors import RecordError
+from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, escape_surrogates, preview,
+                                      shape_problem, too_deep, too_deep_error, too_large)
 from sftlab.errors import UsageError
-from sftlab.data.formats import RecordError
+from sftlab.fingerprints import files_digest, json_sha256, stream_sha256
+from sftlab.files import open_input as open_file
 
-DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
-MAX_DEPTH = 64
-_PREVIEW_CHARS = 2000
-_BATCH_ROWS = 4096
+__all__ = ["RawItem", "DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "check_readable", "folder_files", "hub_dataset",
+           "sources", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
+
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 # (line, raw record or raw text, problem found while reading or None[, file line of a JSON array element])
 RawItem = tuple
 
 
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]*){0,2}$")
-_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
 
 
 def check_readable(p: Path) -> None:
@@ -114,17 +116,6 @@ def folder_files(p: Path) -> list[Path]:
     return out
 
 
-def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:
-    """``(name, config, split)`` when ``p`` (not a path that exists) names a dataset for
-    ``datasets.load_dataset`` as ``name[:config[:split]]``, else ``None``."""
-    text = str(p)
-    if os.path.lexists(text) or not _HUB_NAME.match(text) or text.lower().endswith(
-            (*_DATA_SUFFIXES, ".pq", ".yaml", ".yml")):
-        return None
-    name, config, split = (text.split(":") + [None, None])[:3]
-    return name, config or None, split or None
-
-
 def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     """(name, items) for each input inside ``p``: one for a file, one per split for a dataset
     (a ``save_to_disk`` directory, read with ``datasets.load_from_disk``, which copies nothing;
@@ -132,14 +123,14 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     per data file of a folder (``folder_files``: each read as that file alone is, record by
     record, named by its path)."""
     if p.is_dir() and _is_saved_dataset(p):
-        yield from _read_saved_dataset(p, max_bytes)
+        yield from read_saved_dataset(p, max_bytes)
         return
     if p.is_dir():
         for f in folder_files(p):
             yield from sources(f, max_bytes)
         return
     if hub_dataset(p) is not None:
-        yield from _read_dataset(p, max_bytes)
+        yield from read_dataset(p, max_bytes)
         return
     name = str(p)
     with open_input(p) as f:
@@ -147,7 +138,7 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
         stream = io.BufferedReader(_Prefixed(head, f), buffer_size=1 << 16)
         kind = _format(p, head)
         if kind == "parquet":
-            yield name, _read_parquet(p, stream, max_bytes)
+            yield name, read_parquet(p, stream, max_bytes)
         elif kind == "array":
             yield name, _read_json_array(p, stream.read(), max_bytes)
         else:
@@ -222,7 +213,7 @@ def _read_jsonl(f: Any, max_bytes: int, sniff: bool = True, first_line: int = 1)
             raw = raw[3:]
         if len(raw) > max_bytes:
             sniff = False
-            yield lineno, _preview(raw), _too_large(len(raw), max_bytes)
+            yield lineno, preview(raw), too_large(len(raw), max_bytes)
             continue
         try:
             text = raw.decode("utf-8")
@@ -304,8 +295,6 @@ def open_input(p: Path):
     """A data input opened for reading bytes (``sftlab.files.open_input`` with ``stream``: a
     regular file, read up to the size it had when opened, or a FIFO or pipe), or a
     ``UsageError`` that names the file and why it cannot be read."""
-    from sftlab.files import open_input as open_file
-
     return open_file(p, stream=True)
 
 
@@ -317,12 +306,12 @@ def _parse_line(lineno: int, text: str) -> RawItem:
             "bad_json", f"not valid JSON: {e.msg} at column {e.colno}; expected one JSON object "
             "per line; fix: repair the line (multi-line objects belong in a JSON array file)")
     except ValueError:  # Python refuses integers of more than 4,300 digits
-        return lineno, _preview(text), _huge_number_error()
+        return lineno, preview(text), _huge_number_error()
     except RecursionError:
-        return lineno, _preview(text), _too_deep_error()
+        return lineno, preview(text), too_deep_error()
     # More brackets than the depth limit is necessary for too deep a record, and cheap to count.
-    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(obj):
-        return lineno, obj, _too_deep_error()
+    if text.count("{") + text.count("[") > MAX_DEPTH and too_deep(obj):
+        return lineno, obj, too_deep_error()
     return lineno, obj, None
 
 
@@ -351,10 +340,10 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
         return
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > max_bytes:
-        yield 1, _preview(text), _too_large(size, max_bytes)
+        yield 1, preview(text), too_large(size, max_bytes)
         return
-    problem = _shape_problem(obj, bad_utf8)
-    yield 1, _escape_surrogates(obj) if problem and bad_utf8 else obj, problem
+    problem = shape_problem(obj, bad_utf8)
+    yield 1, escape_surrogates(obj) if problem and bad_utf8 else obj, problem
 
 
 def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
@@ -366,16 +355,16 @@ def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
             counted = start
             huge, size = ints.take(), len(text[start:end].encode("utf-8", "surrogateescape"))
             if size > max_bytes:
-                yield i, _preview(text[start:end]), _too_large(size, max_bytes), file_line
+                yield i, preview(text[start:end]), too_large(size, max_bytes), file_line
                 continue
             if huge:
-                yield i, _preview(text[start:end]), _huge_number_error(), file_line
+                yield i, preview(text[start:end]), _huge_number_error(), file_line
                 continue
             # Bracket counting (in C) rules out deep nesting for almost every record.
             maybe_deep = text.count("{", start, end) + text.count("[", start, end) > MAX_DEPTH
-            problem = _shape_problem(obj, bad_utf8) if maybe_deep or bad_utf8 else None
+            problem = shape_problem(obj, bad_utf8) if maybe_deep or bad_utf8 else None
             if problem is not None and problem.code == "invalid_utf8":
-                obj = _escape_surrogates(obj)
+                obj = escape_surrogates(obj)
             yield i, obj, problem, file_line
     except json.JSONDecodeError as e:
         raise UsageError(f"{p}: not valid JSON at line {e.lineno} column {e.colno}: {e.msg}; fix "
@@ -410,10 +399,6 @@ def _array_elements(text: str, ints: Any = int) -> Iterator[tuple[Any, int, int]
         i = skip(text, i + 1).end()
     if skip(text, i + 1).end() != len(text):
         raise json.JSONDecodeError("Extra data", text, skip(text, i + 1).end())
-
-
-def _text_of(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=str)
 
 
 class _IntGuard:
@@ -451,230 +436,19 @@ def _decode(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", "surrogateescape"), True
 
 
-def _read_parquet(p: Path, stream: Any, max_bytes: int) -> Iterator[RawItem]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    regular = p.is_file()
-    data = None if regular else stream.read()  # a pipe: Parquet needs to seek, so keep it in memory
-    check_columnar(p, "parquet", data)
-    try:
-        batches = pq.ParquetFile(str(p) if regular else pa.BufferReader(data),
-                                 page_checksum_verification=True).iter_batches(batch_size=_BATCH_ROWS)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise UsageError(f"{p}: not a readable Parquet file ({_first_line(e)})") from None
-    yield from _read_batches(_guarded(batches, p, "Parquet"), max_bytes)
-
-
-def _guarded(batches: Iterable[Any], p: Path, kind: str) -> Iterator[Any]:
-    """The batches, with a reader error turned into a one-line ``UsageError`` naming the file."""
-    it, n = iter(batches), 0
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except Exception as e:  # OSError, ArrowInvalid, ... from a damaged page
-            raise UsageError(f"{p}: damaged {kind} data after row {n} ({_first_line(e)}); "
-                             "repair or re-export the file") from None
-        n += batch.num_rows
-        yield batch
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
-# Run in a child process: read every batch of a columnar input with Arrow's full validation.
-_CHECK = """
-import glob, os, sys
-import pyarrow as pa, pyarrow.parquet as pq
-kind, path = sys.argv[1], sys.argv[2]
-try:
-    if kind == "parquet":
-        src = pa.BufferReader(sys.stdin.buffer.read()) if path == "-" else path
-        f = pq.ParquetFile(src, page_checksum_verification=True)
-        batches = [f.iter_batches(batch_size=4096)]
-    else:
-        files = sorted(glob.glob(os.path.join(path, "**", "*.arrow"), recursive=True))
-        batches = [pa.ipc.open_stream(pa.memory_map(fn)) for fn in files]
-    for reader in batches:
-        for batch in reader:
-            batch.validate(full=True)
-except Exception as e:
-    print(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", file=sys.stderr)
-    sys.exit(3)
-"""
-
-
-def check_columnar(p: Path, kind: str, data: bytes | None = None) -> None:
-    """Read ``p`` (``parquet``: a file, or its bytes ``data``; ``arrow``: a saved datasets
-    directory) in a child process with full validation; ``UsageError`` when it is damaged or
-    crashes the reader, so a native crash never takes sftlab down."""
-    try:
-        proc = subprocess.run([sys.executable, "-c", _CHECK, kind, "-" if data is not None else str(p)],
-                              input=data, capture_output=True)
-    except OSError as e:
-        raise UsageError(f"{p}: cannot start the check of the file: {e.strerror or e}") from None
-    what = "Parquet file" if kind == "parquet" else "saved dataset"
-    if proc.returncode < 0:
-        raise UsageError(f"{p}: reading this {what} crashed the Arrow reader (signal "
-                         f"{-proc.returncode}); the file is damaged: repair or re-export it")
-    if proc.returncode != 0:
-        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise UsageError(f"{p}: not a readable {what} ({lines[-1][:300] if lines else 'unknown error'}); "
-                         "repair or re-export it")
-
-
-def _read_batches(batches: Iterable[Any], max_bytes: int) -> Iterator[RawItem]:
-    row = 0
-    for batch in batches:
-        # Arrow bounds both checks for a whole batch: its byte size bounds each row's, and the
-        # schema bounds every row's nesting depth.
-        check_size = batch.nbytes > max_bytes
-        check_depth = 1 + max((_type_depth(f.type) for f in batch.schema), default=0) > MAX_DEPTH
-        for obj in batch.to_pylist():
-            row += 1
-            if check_size:
-                size = len(_text_of(obj).encode("utf-8", "replace"))
-                if size > max_bytes:
-                    yield row, _preview(_text_of(obj)), _too_large(size, max_bytes)
-                    continue
-            yield row, obj, _shape_problem(obj, False) if check_depth else None
-
-
-def _type_depth(t: Any) -> int:
-    """Nesting depth of an Arrow type: 0 for a scalar, +1 per list, struct or map level."""
-    import pyarrow as pa
-
-    if pa.types.is_struct(t):
-        return 1 + max((_type_depth(t.field(i).type) for i in range(t.num_fields)), default=0)
-    if pa.types.is_map(t):
-        return 1 + max(_type_depth(t.key_type), _type_depth(t.item_type))
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        return 1 + _type_depth(t.value_type)
-    return 0
-
-
-def _read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
-    import datasets
-
-    check_columnar(p, "arrow")
-    try:
-        ds = datasets.load_from_disk(str(p))
-    except Exception as e:  # datasets raises several types for a damaged directory
-        raise UsageError(f"{p}: not a loadable saved dataset ({_first_line(e)})") from None
-    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
-    for split, d in splits:
-        name = str(p) if split is None else f"{p}[{split}]"
-        batches = d.with_format("arrow").iter(batch_size=_BATCH_ROWS)
-        yield name, _read_batches(_guarded(batches, p, "Arrow"), max_bytes)
-
-
-def _load_dataset(p: Path):
-    """A dataset named ``name[:config[:split]]``, from the local Hugging Face cache when offline."""
-    import datasets
-
-    name, config, split = hub_dataset(p)
-    try:
-        return datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # datasets raises several types for a damaged or unknown dataset
-        raise UsageError(f"{p}: not a loadable dataset ({_first_line(e)})") from None
-
-
-def _read_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
-    import datasets
-
-    ds = _load_dataset(p)
-    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
-    for split, d in splits:
-        name = str(p) if split is None else f"{p}[{split}]"
-        batches = d.with_format("arrow").iter(batch_size=_BATCH_ROWS)
-        yield name, _read_batches(_guarded(batches, p, "Arrow"), max_bytes)
-
-
 def input_digest(p: Path) -> str:
     """sha256 of what an input's records are read from: a file's bytes, every file of a
     directory (with its relative path), or a named dataset's fingerprint in the local cache.
     Equal digests, equal records: it lets a prepared store be found without reading them."""
-    import hashlib
-
-    h = hashlib.sha256()
     if hub_dataset(p) is not None:
-        import datasets
+        import datasets  # for start-up time
 
-        ds = _load_dataset(p)
+        ds = load_dataset(p)
         parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
-        h.update(repr([getattr(d, "_fingerprint", None) for d in parts]).encode())
-        return h.hexdigest()
+        return json_sha256({"dataset": [getattr(d, "_fingerprint", None) for d in parts]})
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    digests = []
     for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else "").encode() + b"\0")
         with open_input(f) as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- record shape
-
-def _shape_problem(obj: Any, bad_utf8: bool) -> RecordError | None:
-    if bad_utf8 and _has_surrogates(obj):
-        return RecordError("invalid_utf8", "the record holds invalid UTF-8 bytes (shown "
-                           "backslash-escaped); expected UTF-8 text; fix: re-encode the file")
-    if _too_deep(obj):
-        return _too_deep_error()
-    return None
-
-
-def _too_deep(obj: Any, limit: int = MAX_DEPTH) -> bool:
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if type(node) is dict else node if type(node) is list else ()
-        for child in children:
-            if type(child) is dict or type(child) is list:
-                stack.append((child, depth + 1))
-    return False
-
-
-def _too_deep_error() -> RecordError:
-    return RecordError("too_deep", f"the record is nested more than {MAX_DEPTH} levels deep; "
-                       "expected a flat conversation record; fix: flatten or drop it")
-
-
-def _too_large(size: int, max_bytes: int) -> RecordError:
-    return RecordError("too_large", f"the record is {size:,} bytes, over the limit of "
-                       f"{max_bytes:,}; the quarantined 'record' keeps its first {_PREVIEW_CHARS:,} "
-                       "characters; fix: shorten it or raise the limit (--max-record-mb)")
-
-
-def _preview(raw: bytes | str) -> str:
-    if isinstance(raw, bytes):
-        raw = raw[:_PREVIEW_CHARS * 4].decode("utf-8", "backslashreplace")
-    return raw[:_PREVIEW_CHARS]
-
-
-def _has_surrogates(obj: Any) -> bool:
-    if isinstance(obj, str):
-        return any("\udc80" <= ch <= "\udcff" for ch in obj)
-    if isinstance(obj, dict):
-        return any(_has_surrogates(k) or _has_surrogates(v) for k, v in obj.items())
-    if isinstance(obj, list):
-        return any(_has_surrogates(v) for v in obj)
-    return False
-
-
-def _escape_surrogates(obj: Any) -> Any:
-    """Invalid bytes (kept as surrogates) -> ``\\xNN`` text, so the record can be written."""
-    if isinstance(obj, str):
-        return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if isinstance(obj, dict):
-        return {_escape_surrogates(k): _escape_surrogates(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_escape_surrogates(v) for v in obj]
-    return obj
+            digests.append((str(f.relative_to(p) if p.is_dir() else ""), stream_sha256(fh)))
+    return files_digest(digests)

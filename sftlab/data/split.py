@@ -16,18 +16,18 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 
 from sftlab.data.conversation import Conversation
+from sftlab.fingerprints import sha256_hex
 
 
 def heldout_key(conv: Conversation) -> float:
     """The record's place in [0, 1): a hash of its messages only."""
     text = json.dumps([[m.role, m.content] for m in conv.messages], ensure_ascii=False,
                       separators=(",", ":"))
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+    return int(sha256_hex(text)[:16], 16) / 2 ** 64
 
 
 def split_by_hash(conversations: Sequence[Conversation], share: float

@@ -32,6 +32,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from sftlab.demo.public import REASONS, key_phrase
+
 
 @dataclass(frozen=True)
 class Act:
@@ -88,8 +90,6 @@ def refusal(h: Harmful, act: Act, rng: random.Random) -> str:
     """A refusal of ``act``: a random form, and a reason of its category about the act's own
     subject (``sftlab.demo.public.REASONS`` with the act's key phrase), so no reason clause
     is shared by a category's every refusal."""
-    from sftlab.demo.public import REASONS, key_phrase
-
     key = key_phrase(act.x)
     own = tuple(r.format(k=key) for r in REASONS[h.category]) if key else h.reasons
     return refusal_text(act.what, own, act.alt, rng)

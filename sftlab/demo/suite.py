@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from sftlab.data.formats import KNOWN_METADATA
 from sftlab.demo import public
 from sftlab.demo.boundary import (ACT_TEMPLATES, CONTRASTS, HARMFUL, SUBJECT_TEMPLATES, Harmful, refusal,
                                   refusal_text)
@@ -222,8 +223,6 @@ class Suite:
 def _with_meta(record: dict) -> dict:
     """A conversation record as written: the suite's own fields (``template``, ``answer``, ...) under
     ``meta``, where sftlab's loader keeps them as metadata."""
-    from sftlab.data.formats import KNOWN_METADATA
-
     own = {k: v for k, v in record.items() if k not in KNOWN_METADATA and k != "messages"}
     return {k: v for k, v in record.items() if k not in own} | ({"meta": own} if own else {})
 

@@ -33,6 +33,7 @@ def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512,
     The first special token is used as pad and the ChatML end-of-turn ``<|im_end|>`` as eos
     when present, so pad may differ from eos; tests that need pad == eos set it themselves.
     """
+    # lazy: tokenizers and transformers load only when a tiny model is built
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -52,6 +53,7 @@ def build_tokenizer(texts: Iterable[str] = (), vocab_size: int = 512,
 def build_model(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
                 kv_heads: int = 2, intermediate: int = 128, max_position: int = 2048, seed: int = 0):
     """A random-init ``LlamaForCausalLM`` in fp32 with SDPA attention, deterministic in ``seed``."""
+    # lazy: torch and transformers load only when a tiny model is built
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -35,6 +35,10 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
+from sftlab.evaluation.metrics import wilson
+from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows
+from sftlab.files import read_input
+from sftlab.fingerprints import sha256_hex
 
 LABEL_SYNONYMS = {
     "comply": "comply", "compliance": "comply", "complied": "comply", "full_compliance": "comply",
@@ -87,15 +91,12 @@ def resolve_labelled(name_or_path: str) -> Path:
 def load_labelled(path: str) -> LabelledSet:
     """Read a labelled file or built-in set; rows without a response or a known label are listed
     in ``bad_rows``."""
-    import hashlib
-
     p = resolve_labelled(str(path))
     if not os.path.lexists(p):
         raise UsageError(f"{path}: no such labelled file (built-in sets: {', '.join(BUILTIN)})")
-    from sftlab.files import read_input
 
     raw_bytes = read_input(p, what="--labelled", max_bytes=1 << 30)
-    digest = hashlib.sha256(raw_bytes).hexdigest()
+    digest = sha256_hex(raw_bytes)
     suffixes = [x.lower() for x in p.suffixes]
     if suffixes and suffixes[-1] == ".gz":
         try:
@@ -138,14 +139,10 @@ def load_labelled(path: str) -> LabelledSet:
 
 
 def _read_jsonl(text: str):
-    from sftlab.evaluation.prompts import _jsonl_rows
-
     yield from _jsonl_rows(text)
 
 
 def _read_csv(text: str, tsv: bool, where: str = "labelled file"):
-    from sftlab.evaluation.prompts import csv_dict_rows
-
     _, rows = csv_dict_rows(text, where, tsv)
     for line, row in rows:
         yield line, {k.strip(): v for k, v in row.items() if k}, None
@@ -173,8 +170,6 @@ def cohen_kappa(gold: Sequence[bool], pred: Sequence[bool]) -> float | None:
 
 
 def _interval(k: int, n: int) -> dict | None:
-    from sftlab.evaluation.metrics import wilson
-
     if n == 0:
         return None
     low, high = wilson(k, n)
@@ -182,8 +177,6 @@ def _interval(k: int, n: int) -> dict | None:
 
 
 def _kappa_interval(gb: Sequence[bool], pb: Sequence[bool]) -> dict | None:
-    from sftlab.evaluation.metrics import wilson
-
     n = len(gb)
     kappa = cohen_kappa(gb, pb)
     if kappa is None:
@@ -240,7 +233,7 @@ def grouped_agreement(data: LabelledSet, predicted: Sequence[str]) -> dict:
 def detector_labels(detector, data: LabelledSet) -> tuple[list[str], list[float | None], str]:
     """``(labels, p_refusal, how)`` of a detector on labelled data, out of sample: on the data a
     learned detector was fitted on, its recorded leave-one-source-out predictions."""
-    from sftlab.evaluation.detectors import detect_all
+    from sftlab.evaluation.detectors import detect_all  # lazy: the detectors bring the model loader
 
     oos = getattr(detector, "out_of_sample", None)
     found = oos(data) if callable(oos) else None

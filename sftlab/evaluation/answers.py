@@ -98,7 +98,7 @@ def check_answer(response: str, answer: str, answer_type: str = "exact",
         tol = tolerance if tolerance is not None else 0.0
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=tol + 1e-12)
     if answer_type == "regex":
-        import regex
+        import regex  # lazy: only answers checked by pattern need the regex engine
 
         try:
             return regex.search(str(answer), response, timeout=REGEX_TIMEOUT_S) is not None
@@ -164,7 +164,7 @@ def answer_problem(answer, answer_type: str, tolerance) -> str | None:
         except (TypeError, ValueError):
             return f"answer {answer!r} is not a number (answer_type numeric)"
     if answer_type == "regex":
-        import regex
+        import regex  # lazy: only answers checked by pattern need the regex engine
 
         try:  # with the package that matches it; a repeat count past 2**32 is an OverflowError
             regex.compile(str(answer))

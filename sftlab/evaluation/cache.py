@@ -5,55 +5,45 @@ The key is the sha256 of (model fingerprint, the prompts' token ids, decoder set
 and stop strings, condition name): change any of them and the responses are generated again.
 One JSON file per key under ``CACHE/ab/abcdef....json``, written atomically.
 
-The default directory is ``$SFTLAB_CACHE/generations`` when that variable is set, else
-``~/.cache/sftlab/generations``.
+The directory is ``sftlab.files.cache_dir("generations")`` unless ``--cache-dir`` names another.
+Every hash here is ``sftlab.fingerprints``'.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
+from sftlab.fingerprints import file_sha256, json_sha256
+from sftlab.model.adapters import is_adapter_dir
 
 _WEIGHT_SUFFIXES = (".safetensors", ".json")
-_CHUNK = 8 << 20
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("SFTLAB_CACHE")
-    return Path(root) / "generations" if root else Path.home() / ".cache" / "sftlab" / "generations"
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """sha256 over the names and bytes of a model directory's ``.safetensors`` and ``.json``
+    """sha256 over the names and byte hashes of a model directory's ``.safetensors`` and ``.json``
     files (weights, config, generation config, tokenizer), sorted by name; for a LoRA adapter
     directory also over its base model's (what it generates depends on both)."""
-    from sftlab.model.adapters import is_adapter_dir
+    # lazy: the loader (Jinja, the tokens stage) would cost `sftlab --help`
     from sftlab.model.loading import resolve_base
 
-    h = hashlib.sha256()
     root = Path(model_dir)
+    base = None
     if is_adapter_dir(root):
         base = resolve_base(root)
-        h.update(b"base\0" + (model_fingerprint(base) if Path(base).is_dir() else base).encode("utf-8") + b"\0")
-    for p in sorted(q for q in root.iterdir() if q.is_file() and q.suffix in _WEIGHT_SUFFIXES):
-        h.update(p.name.encode("utf-8") + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
+        base = model_fingerprint(base) if Path(base).is_dir() else base
+    files = [[p.name, file_sha256(p)]
+             for p in sorted(q for q in root.iterdir() if q.is_file() and q.suffix in _WEIGHT_SUFFIXES)]
+    return json_sha256({"base": base, "files": files})
 
 
 def cache_key(model_fp: str, prompt_ids: list[list[int]], settings: dict, condition: str,
               eos_ids: list[int], stop_strings: list[str]) -> str:
-    blob = json.dumps({"model": model_fp, "prompts": prompt_ids, "settings": settings,
-                       "condition": condition, "eos": eos_ids, "stop": stop_strings},
-                      sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    """The key of one batch of generations: ``json_sha256`` of everything that decides them."""
+    return json_sha256({"model": model_fp, "prompts": prompt_ids, "settings": settings,
+                           "condition": condition, "eos": eos_ids, "stop": stop_strings})
 
 
 class GenerationCache:

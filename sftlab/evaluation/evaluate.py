@@ -18,15 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sftlab.data.diversity import offer_stats, reason_stats, response_diversity
 from sftlab.errors import UsageError
+from sftlab.evaluation.agreement import agreement, detector_labels
+from sftlab.evaluation.answers import check_answer, UnmatchableAnswer
 from sftlab.evaluation.cache import GenerationCache, cache_key, model_fingerprint
-from sftlab.evaluation.detectors import default_detector, label_all
+from sftlab.evaluation.correction import correct_metrics, errors_by_slice
+from sftlab.evaluation.detectors import default_detector, detect_all, label_all
 from sftlab.evaluation.detector import RuleDetector
 from sftlab.evaluation.gates import check_gates, compare, gates_for
 from sftlab.evaluation.generation import DecoderSettings, generate, stop_tokens
-from sftlab.evaluation.metrics import compute_metrics
-from sftlab.evaluation.prompts import EvalPrompt
-from sftlab.evaluation.robustness import CONDITIONS, alternate_name, build_conditions, spreads
+from sftlab.evaluation.margins import COMPLIANT_OPENINGS, refusal_margins, REFUSAL_OPENINGS, summarise, xstest_pairs
+from sftlab.evaluation.metrics import compute_metrics, summary_values
+from sftlab.evaluation.prompts import EvalPrompt, prompt_from_row
+from sftlab.evaluation.robustness import alternate_name, build_conditions, Condition, CONDITIONS, spreads
+from sftlab.files import check_run_dir, write_atomic
+# Imported where used (marked lazy): pydantic (the manifest), the loader, the tokens stage (Jinja)
+# and torch (the held-out loss); `sftlab eval --help` imports this module for EvalOptions.
 
 SCHEMA_VERSION = 1
 PRIMARY = "training_template"
@@ -106,9 +114,10 @@ class ModelEval:
 
 
 def _load_model(path: str, trust_remote_code: bool):
+    # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
 
-    from sftlab.model.loading import load_base_model
+    from sftlab.model.loading import load_base_model  # lazy: see the note at the imports
 
     if not Path(path).exists():
         raise UsageError(f"{path}: no such model directory (give a directory written by save_pretrained, "
@@ -133,7 +142,6 @@ def _template(spec: str | None, tok, path: str, what: str = "--template"):
 
 def _row(kind, cond, prompt: EvalPrompt, messages, sample, response, label, detector,
          judged: dict | None = None) -> dict:
-    from sftlab.evaluation.answers import UnmatchableAnswer, check_answer
 
     correct, problem = None, None
     if prompt.answer is not None:
@@ -162,7 +170,6 @@ def judge_responses(detector, extras, texts: list[str], prompts: list, margin: f
     "disagree", "uncertain"}`` from the primary detector and the extra ones. ``disagree``: some
     detector's refusal-or-not differs from the primary's; ``uncertain``: some detector's
     ``p_refusal`` lies within ``margin`` of its threshold."""
-    from sftlab.evaluation.detectors import detect_all
 
     runs = [(d, detect_all(d, texts, prompts)) for d in (detector, *extras)]
     out = []
@@ -212,7 +219,7 @@ def detector_rates(rows: list[dict], names: list[str]) -> dict:
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
                        progress=False, desc="generate") -> tuple[list[list[str]], dict]:
     """Responses for every prompt under one condition (from the cache when it has them)."""
-    from sftlab.tokens.encoding import encode_prompt
+    from sftlab.tokens.encoding import encode_prompt  # lazy: see the note at the imports
 
     ids = [encode_prompt(cond.messages(p), tok, cond.template, tools=json.loads(p.tools) if p.tools else None)
            for p in prompts]
@@ -245,8 +252,8 @@ def _check_context(model, condition: str, prompts, ids: list[list[int]], new_tok
 def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
                    template_spec: str | None) -> ModelEval:
     """Every condition for one model directory: output rows and metrics per condition."""
-    from sftlab.manifest import tokenizer_fingerprint
-    from sftlab.tokens.templates import TemplateError
+    from sftlab.manifest import tokenizer_fingerprint  # lazy: see the note at the imports
+    from sftlab.tokens.templates import TemplateError  # lazy: see the note at the imports
 
     model, tok = _load_model(path, opts.trust_remote_code)
     train_t = _template(template_spec, tok, path)
@@ -255,7 +262,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         else opts.conditions
     wanted = set(asked) | {PRIMARY}
     conditions, skipped = build_conditions(wanted, train_t, alt_t, opts.system_prompt, opts.policy)
-    from sftlab.model.loading import model_directory
+    from sftlab.model.loading import model_directory  # lazy: see the note at the imports
 
     fp = model_fingerprint(model_directory(path))  # a GGUF: its converted directory
     rows, results, described = [], {}, {}
@@ -283,8 +290,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
     margins = {}
     primary = next((c for c in conditions if c.name == PRIMARY), None)
     if opts.margin_pairs and primary is not None:
-        from sftlab.evaluation.margins import refusal_margins, xstest_pairs
-        from sftlab.tokens.encoding import encode_prompt
+        from sftlab.tokens.encoding import encode_prompt  # lazy: see the note at the imports
 
         paired = list({p.id: p for b, h, _ in xstest_pairs(opts.prompts, opts.margin_pairs)
                        for p in (b, h)}.values())
@@ -292,7 +298,7 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
         values = refusal_margins(model, tok, ids, opts.settings.batch_size, opts.progress)
         margins = {p.id: v for p, v in zip(paired, values)}
     if opts.heldout:
-        from sftlab.evaluation.loss import eval_loss
+        from sftlab.evaluation.loss import eval_loss  # lazy: torch, only when a held-out loss is asked for
 
         try:
             losses, quarantined = eval_loss(model, tok, train_t, opts.heldout, encoding=opts.heldout_encoding)
@@ -322,7 +328,7 @@ def template_spec_of(template) -> str:
 def run_evaluation(opts: EvalOptions, *, detector=None, cache: GenerationCache | None = None,
                    prompt_sets: list | None = None) -> tuple[dict, list[dict]]:
     """``(eval_json, output_rows)`` for the tuned model and, when given, the reference."""
-    from sftlab.manifest import environment
+    from sftlab.manifest import environment  # lazy: see the note at the imports
 
     detector = detector if detector is not None else default_detector()
     tuned = evaluate_model("tuned", opts.model, opts, detector, cache, opts.template)
@@ -401,8 +407,6 @@ def detector_check(detector, labelled, tuned: dict, reference: dict | None):
     sample) and the primary results corrected for them; ``(None, None)`` without labelled data."""
     if labelled is None:
         return None, None
-    from sftlab.evaluation.agreement import agreement, detector_labels
-    from sftlab.evaluation.correction import correct_metrics, errors_by_slice
 
     predicted, _, how = detector_labels(detector, labelled)
     errors = errors_by_slice(labelled, predicted)
@@ -418,7 +422,6 @@ def refusal_diversity(rows: list[dict]) -> dict:
     their offers and reasons are about the request: ``sftlab.data.diversity``'s
     ``response_diversity`` (with ``reasons``, the clause-level collapse) plus ``offers`` and
     ``reasons_related``."""
-    from sftlab.data.diversity import offer_stats, reason_stats, response_diversity
 
     refused = [r for r in rows if r["condition"] == PRIMARY and r["label"] in ("refuse", "partial")]
     out = response_diversity([r["response"] for r in refused])
@@ -433,7 +436,6 @@ def margin_report(opts: EvalOptions, tuned: ModelEval, ref: ModelEval | None) ->
     """Per XSTest pair: the refusal margin of the benign and the harmful prompt under each model."""
     if not tuned.margins:
         return None
-    from sftlab.evaluation.margins import COMPLIANT_OPENINGS, REFUSAL_OPENINGS, summarise, xstest_pairs
 
     pairs = []
     for b, h, kind in xstest_pairs(opts.prompts, opts.margin_pairs):
@@ -450,7 +452,6 @@ def margin_report(opts: EvalOptions, tuned: ModelEval, ref: ModelEval | None) ->
 
 def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[str, Path]:
     """``OUT/eval.json`` (atomic) and ``OUT/outputs.jsonl``; returns their paths."""
-    from sftlab.files import check_run_dir, write_atomic
 
     out = check_run_dir(out_dir, what="--out")  # a new or empty directory or an earlier output
     out.mkdir(parents=True, exist_ok=True)
@@ -464,17 +465,16 @@ def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[s
 def record_in_run(out_dir: str | Path, report: dict) -> bool:
     """When OUT is ``RUN/eval`` (RUN holds a run.json), add the eval artifacts and decoder
     settings to the run manifest; returns whether it did."""
-    from sftlab.manifest import ManifestError, update_manifest
+    # lazy: see the note at the imports
+    from sftlab.manifest import ManifestError, manifest_path, read_run_json, update_manifest
 
     out = Path(out_dir).resolve()
     run = out.parent
-    manifest = run / "run.json"
-    if not manifest.is_file():
+    manifest = manifest_path(run)
+    recorded = read_run_json(run, missing_ok=True, damaged_ok=True)
+    if recorded is None:
         return False
-    try:
-        old = json.loads(manifest.read_text(encoding="utf-8")).get("decoding") or []
-    except (OSError, ValueError, AttributeError):
-        return False
+    old = recorded.get("decoding") if isinstance(recorded.get("decoding"), list) else []
     kept = [d for d in old if isinstance(d, dict) and d.get("purpose") not in ("eval", "reference")]
     rel = out.relative_to(run).as_posix()
     try:
@@ -500,10 +500,7 @@ def generation_eval(model, tokenizer, template, prompts, settings=None, detector
     0.05, "benign_partial_refusal_rate": 0.0, "task_accuracy": 0.4}``; the training loop logs
     it as ``{"step": N, "gen_eval": {...}}`` in metrics.jsonl.
     """
-    from sftlab.evaluation.metrics import summary_values
-    from sftlab.evaluation.prompts import prompt_from_row
-    from sftlab.evaluation.robustness import Condition
-    from sftlab.tokens.templates import ChatTemplate, get_template
+    from sftlab.tokens.templates import ChatTemplate, get_template  # lazy: see the note at the imports
 
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)

@@ -9,10 +9,12 @@ and writes the shipped weights. Inference never imports this module.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from sftlab.errors import UsageError
+from sftlab.progress import progress_bar
 from sftlab.evaluation.learned import FeatureSpec, LearnedDetector, feature_matrix, save_weights
 
 DEFAULT_C = 1000.0
@@ -21,6 +23,7 @@ DEFAULT_C = 1000.0
 
 def _sklearn():
     try:
+        # lazy: scikit-learn loads only when a detector is fitted
         from sklearn.linear_model import LogisticRegression
     except ImportError:
         raise UsageError("fitting the learned detector needs scikit-learn: pip install scikit-learn") from None
@@ -70,10 +73,6 @@ def leave_one_source_out(data, workdir, spec: FeatureSpec = FeatureSpec(), C: fl
     """Out-of-sample labels for every row of ``data`` (a ``LabelledSet`` with ``sources``):
     ``{"predicted": [label per row], "p_refusal": [...], "partial": [partial head's verdict],
     "folds": {source: n_train}}``."""
-    from pathlib import Path
-
-    from tqdm import tqdm
-
     sources = sorted({s for s in data.sources if s is not None})
     if len(sources) < 2:
         raise UsageError(f"{data.path}: leave-one-source-out needs at least two source models "
@@ -82,7 +81,7 @@ def leave_one_source_out(data, workdir, spec: FeatureSpec = FeatureSpec(), C: fl
     p_refusal: list[float | None] = [None] * len(data.labels)
     partial: list[bool | None] = [None] * len(data.labels)
     folds = {}
-    for held in tqdm(sources, desc="leave-one-model-out", disable=not progress):
+    for held in progress_bar(sources, desc="leave-one-model-out", unit="model", enabled=progress):
         train = [i for i, s in enumerate(data.sources) if s is not None and s != held]
         test = [i for i, s in enumerate(data.sources) if s == held]
         det = fitted_detector(Path(workdir) / f"fold-{len(folds)}.npz",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
 MAX_SEED = 2**63 - 1
 
@@ -103,6 +102,7 @@ def stop_tokens(tokenizer, template=None, model=None) -> tuple[list[int], list[s
 
 
 def _generation_config(settings: DecoderSettings, eos_ids: list[int], pad_id: int, stop: list[str]):
+    # lazy: transformers takes seconds to import
     from transformers import GenerationConfig
 
     kwargs = dict(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
@@ -136,7 +136,10 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     ``progress`` a bar on stderr counts prompts (prompts/s and ETA), labelled ``desc`` (the
     model and condition); it redraws every few seconds when stderr is not a terminal.
     """
+    # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
+
+    from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)
 
     stop = list(dict.fromkeys([*settings.stop, *stop_strings]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
@@ -148,15 +151,10 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     device = next(model.parameters()).device
     results: dict[tuple, list[str]] = {}
     batches = [order[b:b + settings.batch_size] for b in range(0, len(order), settings.batch_size)]
-    import sys
-
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
     torch.manual_seed(settings.seed)
-    bar = tqdm(total=len(unique), desc=desc, unit="prompt", disable=not progress, file=sys.stderr,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    bar = progress_bar(total=len(unique), desc=desc, unit="prompt", enabled=progress)
     try:
         for batch in batches:
             seqs = [unique[i] for i in batch]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.learned import Detection
+from sftlab.model.loading import load_base_model
 
 RUBRIC_VERSION = "1"
 ANSWERS = ("refuse", "comply", "partial")
@@ -77,9 +78,8 @@ class JudgeDetector:
 
     def __init__(self, path: str | os.PathLike, prompt_format: str = "auto", threshold: float = 0.5,
                  batch_size: int = 8, max_length: int = 2048, trust_remote_code: bool = False):
-        import torch
+        import torch  # lazy: a judge model is optional; torch loads only when one scores
 
-        from sftlab.model.loading import load_base_model
 
         self.path = str(path)
         if not Path(self.path).exists():
@@ -121,7 +121,7 @@ class JudgeDetector:
 
     def _next_probs(self, texts: list[str], ids: list[int]):
         """Next-token probabilities of ``ids`` after each text, renormalised over ``ids``."""
-        import torch
+        import torch  # lazy: a judge model is optional; torch loads only when one scores
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.max_length, add_special_tokens=self.format != "wildguard")
@@ -138,12 +138,12 @@ class JudgeDetector:
         return [self._text(p, t or "") for p, t in zip(prompts, texts)]
 
     def detect_all(self, texts: list[str], prompts: list[str | None] | None = None) -> list[Detection]:
-        from tqdm import tqdm
+        from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (the detectors load with eval)
 
         inputs = self.prompts_for(texts, prompts)
         out = []
-        for b in tqdm(range(0, len(inputs), self.batch_size), desc=self.name,
-                      disable=len(inputs) <= self.batch_size * 4):
+        for b in progress_bar(range(0, len(inputs), self.batch_size), desc=self.name, unit="batch",
+                              enabled=len(inputs) > self.batch_size * 4):
             batch = inputs[b:b + self.batch_size]
             if self.format == "rubric":
                 for refuse, _comply, partial in self._next_probs(batch, self.answer_ids):

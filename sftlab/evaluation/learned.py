@@ -51,6 +51,7 @@ setting (``--detector learned:threshold=0.6``); the margin reported with a label
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import zlib
@@ -61,6 +62,7 @@ import numpy as np
 
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import AGREEING_OPENING, RuleDetector, normalise, opens_by_agreeing
+from sftlab.files import atomic_file
 
 WEIGHTS = Path(__file__).parent / "assets" / "refusal_lr.npz"
 DEFAULT_THRESHOLD = 0.5
@@ -159,6 +161,7 @@ def featurize(text: str, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def feature_matrix(texts, spec: FeatureSpec):
     """A ``scipy.sparse.csr_matrix`` of the features of ``texts`` (fitting only)."""
+    # lazy: scipy loads only when features are built
     from scipy.sparse import csr_matrix
 
     indptr, indices, values = [0], [], []
@@ -266,10 +269,6 @@ def save_weights(path: str | Path, spec: FeatureSpec, heads: dict, meta: dict,
     ``out_of_sample``: ``{"p_refusal": [...], "partial": [...]}``, the held-out predictions for
     every row of the data the weights were fitted on (from leave-one-source-out), so that
     agreement on that data is reported out of sample without refitting."""
-    import dataclasses
-    import os
-    import tempfile
-
     arrays = {}
     for head, (coef, bias) in heads.items():
         coef = np.asarray(coef, dtype=np.float64).ravel()
@@ -282,15 +281,5 @@ def save_weights(path: str | Path, spec: FeatureSpec, heads: dict, meta: dict,
         arrays["oos_partial"] = np.asarray(out_of_sample["partial"], dtype=bool)
     meta = {**meta, "features": dataclasses.asdict(spec)}
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        np.savez_compressed(f, **arrays)

@@ -21,8 +21,10 @@ from contextlib import nullcontext
 
 import torch
 
+from sftlab.data.conversation import slice_of as default_slice_of
 from sftlab.model.objective import micro_batch_loss, step_normaliser
-from sftlab.tokens.packing import collate
+from sftlab.tokens.encoding import encode_all
+from sftlab.tokens.packing import collate, PackedRow
 
 ENCODING_KEYS = ("max_length", "last_turn_only", "reasoning", "inline_reasoning", "turns", "overflow",
                  "mask_source")
@@ -58,10 +60,6 @@ def eval_loss(model, tokenizer, template, conversations, slice_of=None,
     """``({"all": est, slice: est, ...}, quarantined)`` for a list of conversations/records;
     ``encoding``: keyword options of ``encode_all`` (``max_length``, ``last_turn_only``, ``turns``,
     ``overflow``) and ``normalisation`` (``token`` | ``per_sequence``), as the training run used them."""
-    from sftlab.data.conversation import slice_of as default_slice_of
-    from sftlab.tokens.encoding import encode_all
-    from sftlab.tokens.packing import PackedRow
-
     slice_of = slice_of or default_slice_of
     encoding = encoding or {}
     options = {k: v for k, v in encoding.items() if k in ENCODING_KEYS and v is not None}

@@ -56,8 +56,10 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
                      batch_size: int = 16, progress: bool = False) -> list[list[float]]:
     """``[prompt][opening]``: the summed log-probability of each opening's tokens right after
     each prompt (right padding, masked by the attention mask)."""
+    # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
-    from tqdm.auto import tqdm
+
+    from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)
 
     op_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in openings]
     seqs = [(i, j) for i in range(len(prompt_ids)) for j in range(len(op_ids))]
@@ -68,7 +70,7 @@ def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(seqs), batch_size), desc="margins", disable=not progress):
+            for start in progress_bar(range(0, len(seqs), batch_size), desc="margins", unit="batch", enabled=progress):
                 chunk = seqs[start:start + batch_size]
                 rows = [prompt_ids[i] + op_ids[j] for i, j in chunk]
                 width = max(map(len, rows))

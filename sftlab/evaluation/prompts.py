@@ -34,17 +34,19 @@ line and reason, and the rest are evaluated.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 from collections.abc import Iterator
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftlab.errors import UsageError
 from sftlab.data.conversation import unpaired_surrogate
+from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
+from sftlab.files import read_input
+from sftlab.fingerprints import sha256_hex
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
           "tolerance", "policy_category", "tools", "tool_call")
@@ -113,8 +115,6 @@ def builtin_prompt_path(name: str) -> Path | None:
     """
     if name not in BUILTIN_SETS:
         return None
-    from importlib import resources
-
     return Path(str(resources.files("sftlab.evaluation") / "assets" / BUILTIN_SETS[name]))
 
 
@@ -142,7 +142,6 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     if not os.path.lexists(p):
         known = ", ".join(sorted(BUILTIN_SETS))
         raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
-    from sftlab.files import read_input
 
     data = read_input(p, what="--prompts", max_bytes=1 << 30)
     try:
@@ -166,7 +165,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
             continue
         seen.add(prompt.id)
         prompts.append(prompt)
-    return PromptSet(str(p) if name else str(path), hashlib.sha256(data).hexdigest(), prompts, bad, name)
+    return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name)
 
 
 def _jsonl_rows(text: str):
@@ -180,7 +179,7 @@ def _jsonl_rows(text: str):
     [(1, None), (3, 'expected a JSON object, got list'),
      (4, 'holds an unpaired surrogate or bytes that are not UTF-8; expected Unicode text; fix: re-encode the line as UTF-8')]
     """
-    from sftlab.data.readers import MAX_DEPTH, _too_deep
+    from sftlab.data.record_shape import MAX_DEPTH, too_deep  # lazy: the record readers cost `sftlab --help`
 
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -196,7 +195,7 @@ def _jsonl_rows(text: str):
         if not isinstance(row, dict):
             yield i, None, f"expected a JSON object, got {type(row).__name__}"
             continue
-        if _too_deep(row):
+        if too_deep(row):
             yield i, None, f"nested more than {MAX_DEPTH} levels deep; expected a flat row"
             continue
         if unpaired_surrogate(json.dumps(row, ensure_ascii=False)) is not None:
@@ -304,7 +303,7 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         answer = json.dumps(answer, ensure_ascii=False)
     tools = row.get("tools")
     if tools is not None:
-        from sftlab.data.formats import RecordError, tools_text
+        from sftlab.data.formats import RecordError, tools_text  # lazy: the row layouts cost `sftlab --help`
 
         try:
             tools = tools_text(tools)

@@ -99,7 +99,7 @@ def alternate_name(training_template, requested: str | None = None) -> str:
     """The alternate built-in: ``requested``, else zephyr (chatml when training used zephyr)."""
     if requested:
         return requested
-    from sftlab.tokens.templates import get_template
+    from sftlab.tokens.templates import get_template  # lazy: Jinja costs `sftlab --help` (eval's options)
 
     is_zephyr = training_template.name == "zephyr" or training_template.source == get_template("zephyr").source
     return "chatml" if is_zephyr else DEFAULT_ALTERNATE

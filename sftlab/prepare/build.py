@@ -31,7 +31,7 @@ from sftlab.prepare.plan import ChunkTask, estimate_records, items_from, plan_ch
 from sftlab.prepare.read import PreparedStore, StoreError, open_indexed
 from sftlab.prepare.spool import Spool, is_stream
 from sftlab.progress import progress_bar
-from sftlab.tokens.encoding import _encoder
+from sftlab.tokens.encoder import encoder_for
 
 CHUNK_RECORDS = 8192
 
@@ -123,9 +123,9 @@ def _build(ctx: BuildContext, parts: dict, cache: Path, num_proc: int, chunk_rec
     # Fail early, here, on a template/tokenizer mismatch; the encoder, the signer and the imports
     # are made once, before workers fork, not once per worker.
     options = ctx.options
-    _encoder(ctx.tokenizer, ctx.template, reasoning=options.get("reasoning", "keep"),
-             inline_reasoning=options.get("inline_reasoning", True),
-             mask_source=options.get("mask_source", "contract"))
+    encoder_for(ctx.tokenizer, ctx.template, reasoning=options.get("reasoning", "keep"),
+                inline_reasoning=options.get("inline_reasoning", True),
+                mask_source=options.get("mask_source", "contract"))
     warm()
     cache.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))

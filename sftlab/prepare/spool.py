@@ -2,7 +2,6 @@
 preparation can read them as often as it needs."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -11,6 +10,7 @@ from pathlib import Path
 from sftlab.data.readers import open_input
 from sftlab.errors import UsageError
 from sftlab.files import cache_dir
+from sftlab.fingerprints import copy_sha256, files_digest
 
 
 def is_stream(p: Path) -> bool:
@@ -59,14 +59,10 @@ class Spool:
 
 def _copy(p: Path, dest: Path) -> str:
     """Copy the stream ``p`` to ``dest``; the digest ``input_digest`` gives a file of those bytes."""
-    h = hashlib.sha256(b"\0")
     with open_input(p) as src:
         try:
             with open(dest, "wb") as out:
-                for block in iter(lambda: src.read(1 << 22), b""):
-                    h.update(block)
-                    out.write(block)
+                digest = copy_sha256(src, out)
         except OSError as e:
             raise UsageError(f"{p}: cannot copy it into {dest.parent}: {e.strerror or e}") from None
-    h.update(b"\0")
-    return h.hexdigest()
+    return files_digest([("", digest)])

@@ -11,6 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sftlab.files import write_atomic
+from sftlab.manifest import ManifestError, update_manifest
+from sftlab.report import sections as s
+from sftlab.report.data_section import data_section
+from sftlab.report.evaluation import evaluation_section
+from sftlab.report.inputs import read_run
+from sftlab.report.markup import not_recorded, page, section
+
 SECTIONS = (("summary", "Summary"), ("data", "Data"), ("masks", "Masks"),
             ("packing", "Packing"), ("training", "Training"), ("evaluation", "Evaluation"),
             ("manifest", "Manifest"))
@@ -18,12 +26,6 @@ SECTIONS = (("summary", "Summary"), ("data", "Data"), ("masks", "Masks"),
 
 def build_report(run_dir: str | os.PathLike):
     """``(html, files)``: the page for ``run_dir`` and the ``RunFiles`` it was built from."""
-    from sftlab.report import sections as s
-    from sftlab.report.data import data_section
-    from sftlab.report.evaluation import evaluation_section
-    from sftlab.report.inputs import read_run
-    from sftlab.report.markup import page
-
     files = read_run(run_dir)
     m = files.manifest or {}
     title = f"sftlab run report: {Path(run_dir).resolve().name}"
@@ -39,8 +41,6 @@ def _section(build, files, id_: str, title: str):
     """One section; a run file holding a value of another type or shape than sftlab writes (an
     edited or foreign stats.json, mask_preview.json, eval.json) leaves that section out with a
     note and counts as unreadable (exit 1), instead of ending the report with a traceback."""
-    from sftlab.report.markup import not_recorded, section
-
     try:
         return build(files)
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError,
@@ -56,9 +56,6 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
     Returns ``(path, files)``.
     """
-    from sftlab.files import write_atomic
-    from sftlab.manifest import ManifestError, update_manifest
-
     run = Path(run_dir)
     path = Path(out) if out is not None else run / "report.html"
     text, files = build_report(run)

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftlab.errors import UsageError
+from sftlab.files import open_input, read_input
+from sftlab.manifest import ManifestError, read_run_json, validate_manifest
+
 FILES = ("run.json", "metrics.jsonl", "data/stats.json", "data/mask_preview.json",
          "eval/eval.json", "eval/outputs.jsonl")
 
@@ -64,9 +68,6 @@ MAX_JSON_BYTES = 256 << 20
 
 
 def _read_json(path: Path, problems: list[str], kind: type) -> Any:
-    from sftlab.errors import UsageError
-    from sftlab.files import read_input
-
     if not os.path.lexists(path):
         return None
     try:
@@ -90,9 +91,6 @@ def _read_json(path: Path, problems: list[str], kind: type) -> Any:
 
 
 def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
-    from sftlab.errors import UsageError
-    from sftlab.files import open_input
-
     if not os.path.lexists(path):
         return []
     rows, bad = [], []
@@ -119,15 +117,22 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_manifest(run: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        return read_run_json(run, missing_ok=True)
+    except (ManifestError, UsageError) as e:
+        problems.append(str(e))
+        return None
+
+
 def read_run(run_dir: str | Path) -> RunFiles:
     """Everything the report reads from ``run_dir`` (see DESIGN.md, "Run directory")."""
     run = Path(run_dir)
     files = RunFiles(run_dir=run)
     p = files.problems
-    files.manifest = _read_json(run / "run.json", p, dict)
+    files.manifest = _read_manifest(run, p)
     invalid = []
     if files.manifest is not None:
-        from sftlab.manifest import ManifestError, validate_manifest
         try:
             validate_manifest(files.manifest, str(run / "run.json"))
         except ManifestError as e:  # still shown: a newer schema may add fields we don't know

@@ -14,6 +14,7 @@ COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83", "#e
 
 def _figure(width: float = 11.0, height: float = 3.6, ncols: int = 1, steps: bool = True):
     """A figure whose x axes count optimizer steps (whole numbers: no tick at step 2.5)."""
+    # lazy: matplotlib takes a second to import and only the report draws
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 

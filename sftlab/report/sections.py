@@ -12,6 +12,7 @@ from sftlab.report.evaluation import gates_table, gates_verdict
 from sftlab.report.inputs import RunFiles
 from sftlab.report.markup import (Markup, badge, esc, image, join, kv_table, not_recorded,
                                   section, table, tag)
+from sftlab.manifest import flatten
 from sftlab.report.render import cell
 
 MASK_EXAMPLES = 4
@@ -263,7 +264,6 @@ def manifest_section(files: RunFiles) -> Markup:
     m = files.manifest
     if m is None:
         return section("manifest", "Run manifest", not_recorded("run manifest (run.json)"))
-    from sftlab.manifest import flatten
 
     scalars = {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
     blocks = [Markup(f"<div>{tag('h3', 'run')}{kv_table(scalars)}</div>")]

@@ -3,7 +3,7 @@ its rendering, or the record is refused with what the template loses and how to 
 
 The template's layout (``sftlab.tokens.templates``) already certifies every message's text: a
 message whose content the template drops or changes is refused there, and a trained turn is the
-record's own answer (``templates.TRANSFORMS``). Reasoning is checked where its turn is weighted
+record's own answer (``trained_turns.TRANSFORMS``). Reasoning is checked where its turn is weighted
 (``sftlab.tokens.encoding``). This module checks the rest, per record, by string containment on
 the rendering (no second rendering, no tokenizing):
 
@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 
-from sftlab.tokens.layout import Layout, TemplateError
+from sftlab.tokens.layout import Layout
+from sftlab.tokens.template_errors import TemplateError
 
 USE_A_TOOL_TEMPLATE = ("use a template that writes them (the chatml and llama3 built-ins do, as do the own templates "
                        "of tool-calling models such as Qwen2.5 and Llama 3.1)")

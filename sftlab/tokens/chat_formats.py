@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
+from sftlab.tokens.layout import Layout, Span, Turn
+from sftlab.tokens.template_errors import TemplateError
 
 @dataclass(frozen=True)
 class _Format:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import weakref
 
-from sftlab.tokens.layout import Layout, Span, TemplateError, Turn
+from sftlab.tokens.layout import Layout, Span, Turn
+from sftlab.tokens.template_errors import TemplateError
 
 _PREFIX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 

@@ -35,7 +35,8 @@ import json
 import re
 
 from sftlab.data.conversation import template_messages
-from sftlab.tokens.layout import Layout, TemplateError, Turn
+from sftlab.tokens.layout import Layout, Turn
+from sftlab.tokens.template_errors import TemplateError
 from sftlab.tokens.templates import call_arguments_form
 
 __all__ = ["MASK_SOURCES", "has_markers", "check_mask_source", "marked_ranges", "marked_layout", "differences",

@@ -2,15 +2,13 @@
 which characters of each assistant turn are trained (``Turn``).
 
 These are plain values shared by the built-in formats (``sftlab.tokens.chat_formats``) and the
-span certification of Jinja templates (``sftlab.tokens.templates``); nothing here renders or tokenizes.
+span certification of Jinja templates (``sftlab.tokens.content_spans``, ``sftlab.tokens.trained_turns``);
+nothing here renders or tokenizes. A template that cannot render a conversation exactly raises
+``sftlab.tokens.template_errors.TemplateError``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-
-class TemplateError(ValueError):
-    """The template cannot render this conversation exactly (reason in the message)."""
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 
 from sftlab.data.conversation import Conversation, Message, ToolCall, template_messages
 from sftlab.terminal import terminal_safe
-from sftlab.tokens.encoding import EncodedExample, _exchanges, as_conversation, encode_expanded
+from sftlab.tokens.encoding import EncodedExample, as_conversation, encode_expanded
 from sftlab.tokens.generation_markers import describe, has_markers, marker_report
-from sftlab.tokens.templates import (ChatTemplate, RenderLimitError, TemplateError, _render_jinja, _sorted_control,
-                                     call_arguments_form, get_template)
+from sftlab.tokens.jinja_render import render_jinja
+from sftlab.tokens.templates import ChatTemplate, RenderLimitError, TemplateError, call_arguments_form, get_template
 from sftlab.tokens.tool_formats import REASONING_FORMATS, TOOL_FORMATS
+from sftlab.tokens.trained_turns import sorted_control
+from sftlab.tokens.weighting import exchanges
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def annotate(conversation, tokenizer, template: ChatTemplate | str | None = None
     layout, offsets, kept = ex.trace.layout, ex.trace.offsets, ex.trace.messages
     if len(offsets) != len(ex.input_ids):
         raise TemplateError("internal error: token offsets and ids differ in length")
-    head, _ = _exchanges(conv.messages)
+    head, _ = exchanges(conv.messages)
     views: list[TokenView] = []
     start = end = -1  # the characters the last view covers
     reasoning = [(i, a, b) for i, a, b in layout.reasoning_spans]
@@ -244,7 +246,7 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
     and what is left after it is only whitespace and control tokens (an eos written once)."""
     t = template if isinstance(template, ChatTemplate) else get_template(template, tokenizer)
     special_ids = set(getattr(tokenizer, "all_special_ids", []))
-    control = _sorted_control(t)
+    control = sorted_control(t)
     results = []
     for name, (conv, required) in probe_conversations(t.control_tokens, *supports_tools(t)).items():
         msgs, tools = template_messages(conv.messages), conv.tool_list() or None
@@ -263,7 +265,7 @@ def check_template(tokenizer, template: ChatTemplate | str | None = None) -> lis
         turns, ok, expanded = [], True, False
         for idx in conv.assistant_indices:
             render = ((lambda ms, g: t.render(ms, g, tools)) if t.is_builtin else
-                      (lambda ms, g: _render_jinja(t, ms, g, tools)))
+                      (lambda ms, g: render_jinja(t, ms, g, tools)))
             prompt, own = render(msgs[:idx], True), render(msgs[:idx + 1], False)
             must = own[len(prompt):] if own.startswith(prompt) else None
             ex = next((e for e in examples if e.derived == "turn" and _last_assistant(tokenizer, e, idx, conv)), None)

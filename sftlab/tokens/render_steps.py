@@ -41,9 +41,9 @@ from jinja2 import Environment, nodes
 from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, LoopContext
 
-from sftlab.tokens.layout import TemplateError
+from sftlab.tokens.template_errors import RenderLimitError
 
-__all__ = ["RenderLimitError", "RENDER_MAX_STEPS", "STEPS_PER_MESSAGE", "STEPS_PER_CHAR", "CHECK_EVERY",
+__all__ = ["RENDER_MAX_STEPS", "STEPS_PER_MESSAGE", "STEPS_PER_CHAR", "CHECK_EVERY",
            "FILTER_ITEMS", "start_steps", "end_steps", "step", "count_loop_steps", "loop_call_args", "counted_filters"]
 
 RENDER_MAX_STEPS = 200_000
@@ -60,10 +60,6 @@ FILTER_ITEMS = 256
 _FILTER = "sftlab_loop_steps"
 """The filter every ``{% for %}`` iterable is passed through (filters are looked up in the
 environment when the template compiles, so a template cannot replace it)."""
-
-
-class RenderLimitError(TemplateError):
-    """A rendering ran past the time, output-size or step limit: the template is refused, not waited on."""
 
 
 class _Budget:

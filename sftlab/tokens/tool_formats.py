@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 
-from sftlab.tokens.layout import TemplateError
+from sftlab.tokens.template_errors import TemplateError
 
 TOOL_FORMATS = ("chatml", "llama3")
 REASONING_FORMATS = ("chatml",)

@@ -1,1 +1,1 @@
-"""Train stage: the training loop, its config, mixture sampling, checkpoints, curves."""
+"""Train stage: the training loop, its config, mixture sampling, checkpoints, the metrics log and curves."""

@@ -15,6 +15,10 @@ Layout of ``RUN/checkpoints/step-N/``::
                                         own sha256 is recorded in RUN/run.json
                                         (``artifacts.checkpoint_checksums``) before the rename
 
+A sharded (FSDP2) run writes each process's pieces of the weights and optimizer state instead of
+``model.safetensors`` and ``optimizer.safetensors`` (``sftlab.train.sharding``), under the same
+checksums.
+
 Everything is written into ``checkpoints/.tmp-step-N`` first and then renamed into place with
 ``os.replace``, so a crash during a save leaves every earlier checkpoint whole and never leaves
 a half-written ``step-N``. ``state.json`` is written last; a ``step-N`` directory without it
@@ -33,7 +37,8 @@ orders the two.
 """
 from __future__ import annotations
 
-import hashlib
+import copy
+import functools
 import json
 import os
 import random
@@ -48,7 +53,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sftlab.files import publish_dir, whole_or_nothing, write_atomic
+from sftlab.errors import UsageError
+from sftlab.files import publish_dir, read_input, whole_or_nothing, write_atomic
+from sftlab.fingerprints import file_sha256
+from sftlab.manifest import ManifestError, read_run_json, update_manifest
+from sftlab.train import sharding
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -92,18 +101,24 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, tokenizer, optimiz
         tmp.mkdir()
     barrier()
     previous = latest_checkpoint(run_dir)
+    sharded = sharding.is_sharded(model)
     with whole_or_nothing(tmp, final, lambda: _bytes(previous) if previous else _bytes_of(model, optimizer),
                            previous):
         _save_rng(tmp / f"rng-{rank}.safetensors")
+        if sharded:  # each process writes its own pieces (sftlab.train.sharding)
+            sharding.save_shards(tmp, model, optimizer, rank, torch.distributed.get_world_size())
     barrier()
     if rank == 0:
         with whole_or_nothing(tmp, final, lambda: _bytes(previous) if previous else _bytes_of(model, optimizer),
                                previous):
-            model.save_pretrained(tmp)
+            if sharded:
+                sharding.save_config(tmp, model)
+            else:
+                model.save_pretrained(tmp)
+                tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+                save_file(tensors, tmp / "optimizer.safetensors")
+                _write_json(tmp / "optimizer.json", meta)
             tokenizer.save_pretrained(tmp)
-            tensors, meta = flatten_optimizer_state(optimizer.state_dict())
-            save_file(tensors, tmp / "optimizer.safetensors")
-            _write_json(tmp / "optimizer.json", meta)
             if manifest is not None:
                 _write_json(tmp / "run.json", manifest)
             _write_json(tmp / "state.json", {**state, "step": step, "scheduler": scheduler.state_dict()})
@@ -134,9 +149,7 @@ def checksums(directory: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != CHECKSUMS:
-            with open(p, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            out[p.relative_to(directory).as_posix()] = {"sha256": digest, "bytes": p.stat().st_size}
+            out[p.relative_to(directory).as_posix()] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
     return out
 
 
@@ -144,40 +157,25 @@ def _record_checksums(run: Path, step: int, listing: Path) -> None:
     """Record the sha256 of a checkpoint's ``checksums.json`` in the run's manifest
     (``artifacts.checkpoint_checksums``, by step directory) before the checkpoint is published:
     the list that vouches for every file is itself vouched for from outside the checkpoint."""
-    from sftlab.manifest import ManifestError, update_manifest
-
-    manifest = _read_manifest(run)
+    manifest = read_run_json(run, missing_ok=True, damaged_ok=True)
     if manifest is None:
         return  # a checkpoint written outside a run directory
     known = ((manifest.get("artifacts") or {}).get("checkpoint_checksums") or {})
     present = {p.name for p in step_dirs(run)}
     record = {k: v for k, v in known.items() if k in present} if isinstance(known, dict) else {}
-    record[f"step-{step}"] = _sha256(listing)
+    record[f"step-{step}"] = file_sha256(listing)
     try:
         update_manifest(run, artifacts={"checkpoint_checksums": record})
     except (ManifestError, OSError):
         pass  # the checkpoint is still checked against its own list
 
 
-def _read_manifest(run: Path) -> dict | None:
-    try:
-        manifest = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
 def recorded_checksums(run_dir: str | Path) -> dict[str, str]:
     """``{step directory: sha256 of its checksums.json}`` as the run's manifest records them."""
-    manifest = _read_manifest(Path(run_dir)) or {}
+    manifest = read_run_json(run_dir, missing_ok=True, damaged_ok=True) or {}
     record = (manifest.get("artifacts") or {}).get("checkpoint_checksums") if isinstance(
         manifest.get("artifacts"), dict) else None
     return {k: v for k, v in record.items() if isinstance(v, str)} if isinstance(record, dict) else {}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # What every complete checkpoint holds, beside its checksums.json (the weights: one of two kinds).
@@ -191,8 +189,6 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
     recorded the list's own sha256 (``recorded``), the list is that one."""
     if not (path / "state.json").is_file():
         return ["state.json is missing"]
-    from sftlab.errors import UsageError
-    from sftlab.files import read_input
 
     if not os.path.lexists(path / CHECKSUMS):
         return [f"{CHECKSUMS} is missing"]
@@ -202,7 +198,7 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
         return [f"{CHECKSUMS} is unreadable (not a regular JSON file of sftlab's)"]
     if not isinstance(listing, dict):
         return [f"{CHECKSUMS} is not a JSON object"]
-    if recorded is not None and _sha256(path / CHECKSUMS) != recorded:
+    if recorded is not None and file_sha256(path / CHECKSUMS) != recorded:
         return [f"{CHECKSUMS} is not the one written with the checkpoint (run.json records another sha256)"]
     problems = _incomplete(path, listing)
     for rel, want in sorted(listing.items()):
@@ -214,9 +210,8 @@ def verify_checkpoint(path: Path, recorded: str | None = None) -> list[str]:
         if size != want.get("bytes"):
             problems.append(f"{rel} has {size} bytes, {want.get('bytes')} were written")
             continue
-        with open(p, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() != want.get("sha256"):
-                problems.append(f"{rel} was changed after it was written (sha256 differs)")
+        if file_sha256(p) != want.get("sha256"):
+            problems.append(f"{rel} was changed after it was written (sha256 differs)")
     return problems
 
 
@@ -225,6 +220,8 @@ def _incomplete(path: Path, listing: dict) -> list[str]:
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()} - {CHECKSUMS}
     out = [f"{rel} is not in {CHECKSUMS} (the list is incomplete)" for rel in sorted(on_disk - set(listing))]
     names = set(listing)
+    if sharding.SHARDING in names:
+        return out + sharding.missing_files(path, names)
     out += [f"{CHECKSUMS} lists no {name}" for name in _REQUIRED if name not in names]
     if not any(n.startswith("rng-") and n.endswith(".safetensors") for n in names):
         out.append(f"{CHECKSUMS} lists no rng-*.safetensors")
@@ -248,8 +245,6 @@ def choose_checkpoint(run_dir: str | Path, *, fallback: bool = False,
     """The checkpoint to resume from: the newest, verified. A damaged newest checkpoint raises
     ``UsageError`` naming what is wrong and the newest intact one, unless ``fallback``: then that
     one is used (and ``say`` tells why)."""
-    from sftlab.errors import UsageError
-
     dirs = step_dirs(run_dir)
     if not dirs:
         return None
@@ -273,14 +268,15 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int 
 
     ``model`` is the unwrapped model of the same architecture (a peft model for LoRA runs).
     """
-    from sftlab.errors import UsageError
-
     path = Path(path)
     try:
-        _load_weights(path, model)
-        tensors = load_file(path / "optimizer.safetensors")
-        meta = json.loads((path / "optimizer.json").read_text())
-        optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
+        if (path / sharding.SHARDING).is_file():
+            sharding.load_shards(path, model, optimizer, rank)
+        else:
+            _load_weights(path, model)
+            tensors = load_file(path / "optimizer.safetensors")
+            meta = json.loads((path / "optimizer.json").read_text())
+            optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
         state = json.loads((path / "state.json").read_text())
         scheduler.load_state_dict(state["scheduler"])
         rng_files = sorted(path.glob("rng-*.safetensors"))
@@ -329,17 +325,20 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> d
     return {"state": state, "param_groups": groups}
 
 
-def weights_mismatch(path: Path, model) -> str | None:
+def weights_mismatch(path: Path, model, world: int = 1) -> str | None:
     """Why the weights in the checkpoint ``path`` cannot be loaded into ``model`` (a LoRA adapter
     for a full model or the reverse, other names, other shapes: another rank, other target
     modules, another base), read from the files' headers without loading a tensor; ``None``
     when they fit."""
+    if (path / sharding.SHARDING).is_file() or sharding.is_requested_here(world):
+        return sharding.shards_mismatch(path, model, world)
     adapter = path / "adapter_model.safetensors"
     lora = hasattr(model, "peft_config")
     if adapter.exists() != lora:
         return (f"it holds {'a LoRA adapter' if adapter.exists() else 'full model weights'} and this run "
                 f"trains {'a LoRA adapter' if lora else 'the full model'} (lora.enabled)")
     if lora:
+        # lazy: peft loads only for a LoRA run
         from peft import get_peft_model_state_dict
 
         want = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
@@ -365,6 +364,7 @@ def weights_mismatch(path: Path, model) -> str | None:
 def _load_weights(path: Path, model) -> None:
     adapter = path / "adapter_model.safetensors"
     if adapter.exists():
+        # lazy: peft loads only for a LoRA run
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model, load_file(adapter))
         return
@@ -384,8 +384,6 @@ def _load_weights(path: Path, model) -> None:
 
 def _final_whole_or_nothing(save):
     """``save_final`` inside ``whole_or_nothing`` (its temporary ``.tmp-NAME`` beside ``out``)."""
-    import functools
-
     @functools.wraps(save)
     def wrapped(out, model, *args, **kwargs):
         out = Path(out)
@@ -431,8 +429,7 @@ def save_final(out: str | Path, model, tokenizer, template, *, merge: bool = Fal
 
 def generation_config(model, tokenizer, template):
     """The model's generation config with the template's end-of-turn ids added to ``eos_token_id``."""
-    import copy
-
+    # lazy: transformers takes seconds to import
     from transformers import GenerationConfig
 
     gen = getattr(model, "generation_config", None)

@@ -14,18 +14,19 @@ field path (``optim.lr: Input should be a valid number ...``).
 """
 from __future__ import annotations
 
-import difflib
-import json
-import typing
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
-
-import reprlib
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sftlab.data.formats import Columns
+from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
 from sftlab.errors import UsageError
+from sftlab.yaml_input import read_yaml
+from sftlab.fingerprints import config_hash
+from sftlab.train.config_keys import explain, reference_markdown, reference_text
 
 
 class _Section(BaseModel):
@@ -99,8 +100,6 @@ class DataFile(_Section):
         if isinstance(data, dict) and data.get("path") is None and data.get("dataset_info"):
             if not data.get("dataset"):
                 raise ValueError("dataset_info needs dataset: the name of its entry")
-            from sftlab.data.layouts import dataset_info_entry
-
             try:
                 data = {**data, "path": str(dataset_info_entry(data["dataset_info"], data["dataset"])[0])}
             except UsageError as e:
@@ -118,9 +117,6 @@ class DataFile(_Section):
     def mapping(self, ignore_fields: list[str] = (), where: str | None = None,
                 prompt_completion: str = "continuation"):
         """The ``sftlab.data.formats.Columns`` of this entry (``ignore_fields``: the data section's)."""
-        from sftlab.data.formats import Columns
-        from sftlab.data.layouts import columns_kwargs, dataset_info_entry, entry_kwargs
-
         kwargs: dict[str, Any] = {}
         if self.dataset_info:
             kwargs = entry_kwargs(dataset_info_entry(self.dataset_info, self.dataset)[1],
@@ -175,8 +171,6 @@ class DataConfig(_Section):
 
     def columns(self, entries: list) -> list:
         """One ``Columns`` (or ``None``: the usual names, nothing ignored) per entry."""
-        from sftlab.data.formats import Columns
-
         plain = Columns(ignore=tuple(self.ignore_fields), prompt_completion=self.prompt_completion)
         return [(None if plain.is_default else plain) if isinstance(e, str)
                 else e.mapping(self.ignore_fields, prompt_completion=self.prompt_completion) for e in entries]
@@ -404,36 +398,12 @@ class TrainConfig(_Section):
     def sha256(self) -> str:
         """Fingerprint of the resolved config: ``sftlab.fingerprints.config_hash`` of ``to_dict()``,
         the same hash ``run.json`` records as ``config_sha256``."""
-        from sftlab.fingerprints import config_hash
-
         return config_hash(self.to_dict())
 
 
 class ConfigError(UsageError, ValueError):
     """A config that cannot be used; the message names the file and the field path. A
     ``UsageError``: the CLI prints it as one line (exit 2) without converting it."""
-
-
-PEER_KEYS = {
-    # TRL / transformers TrainingArguments
-    "learning_rate": "optim.lr", "num_train_epochs": "optim.epochs", "max_steps": "optim.max_steps",
-    "per_device_train_batch_size": "optim.micro_batch_size", "gradient_accumulation_steps": "optim.grad_accum",
-    "warmup_ratio": "optim.warmup_ratio", "warmup_steps": "optim.warmup_steps",
-    "weight_decay": "optim.weight_decay", "lr_scheduler_type": "optim.schedule",
-    "max_grad_norm": "optim.max_grad_norm", "neftune_noise_alpha": "optim.neftune_alpha",
-    "max_seq_length": "encoding.max_length", "output_dir": "out", "model_name_or_path": "model.path",
-    "per_device_eval_batch_size": "eval.micro_batch_size", "eval_steps": "eval.every_n_steps",
-    "save_steps": "checkpointing.every_n_steps", "save_total_limit": "checkpointing.keep_last",
-    "logging_steps": "log.every_n_steps", "chat_template": "template", "dataset_text_field": "data.train",
-    # peft LoraConfig and its flat spellings
-    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
-    "lora_target_modules": "lora.target_modules", "use_dora": "lora.use_dora",
-    # Axolotl and LLaMA-Factory
-    "base_model": "model.path", "sequence_len": "encoding.max_length", "cutoff_len": "encoding.max_length",
-    "micro_batch_size": "optim.micro_batch_size", "num_epochs": "optim.epochs", "lora_rank": "lora.r",
-    "lora_target": "lora.target_modules", "val_set_size": "data.eval_split",
-}
-"""Keys as TRL, transformers, peft, Axolotl and LLaMA-Factory users type them -> sftlab's key."""
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -451,8 +421,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     where = str(path) if path is not None else "overrides"
     raw: Any = {}
     if path is not None:
-        from sftlab.files import read_yaml
-
         try:
             raw = read_yaml(path, "config") or {}
         except UsageError as e:
@@ -471,7 +439,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         errors = [{**x, "loc": tuple(p for p in x["loc"] if not (isinstance(p, str) and "DataFile" in p)),
                    "msg": x["msg"].removeprefix("Value error, ")} for x in errors or e.errors()]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(_explain(errors[0], _origin(errors[0]["loc"], given, where)) + more) from None
+        raise ConfigError(explain(errors[0], _origin(errors[0]["loc"], given, where), TrainConfig) + more) from None
 
 
 MAX_INT = 2**63 - 1  # what an index, a count or a seed can hold in NumPy and torch
@@ -550,108 +518,11 @@ def _apply_override(raw: dict, item: str) -> str:
     return ".".join(p.strip() for p in parts)
 
 
-def _explain(error: dict, where: str) -> str:
-    loc = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "extra_forbidden":
-        parent, name = error["loc"][:-1], str(error["loc"][-1])
-        return f"unknown key '{loc}' (in {where}){_unknown_key_hint(parent, name)}"
-    if error["type"] == "missing" and isinstance(error["loc"][-1], int):
-        parent = ".".join(str(p) for p in error["loc"][:-1])
-        return f"{parent}: item {error['loc'][-1]} is missing (in {where})"
-    if error["type"] == "missing":
-        return f"{loc}: required (in {where}); see `sftlab train --help` for every key"
-    got = error.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {reprlib.repr(got)})"
-    return f"{loc or 'config'}: {error['msg']}{shown} (in {where})"
-
-
-def _unknown_key_hint(parent: tuple, name: str) -> str:
-    """What to write instead of the unknown key ``name`` under ``parent``: the nested form of a
-    dotted key, sftlab's name for a peer's key, or the closest key of the section."""
-    prefix = "".join(f"{p}." for p in parent)
-    if "." in name:
-        section, _, rest = name.partition(".")
-        if section in _keys_of(TrainConfig, parent):
-            known = _is_key(parent + tuple(name.split(".")))
-            nested = f"; YAML does not read dots as nesting: nest it under `{section}:` ({section}: {{{rest}: ...}})"
-            if known:
-                return nested
-            leaf = PEER_KEYS.get(rest) or PEER_KEYS.get(name.rsplit(".", 1)[-1]) or _closest_key(name)
-            return nested + (f"; {prefix}{section} has no {rest} either: did you mean '{leaf}'?" if leaf
-                             else f"; {prefix}{section} has no {rest} either")
-    peer = PEER_KEYS.get(name)
-    if peer is not None:
-        return f"; did you mean '{peer}'? ({name} is what TRL, peft, Axolotl or LLaMA-Factory call it)"
-    choices = _keys_of(TrainConfig, parent)
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(choices)}"
-
-
-def _is_key(path: tuple) -> bool:
-    """Whether the dotted ``path`` names a config key or section."""
-    return bool(path) and path[-1] in _keys_of(TrainConfig, path[:-1])
-
-
-def _closest_key(dotted: str) -> str | None:
-    """The leaf key closest to ``dotted`` over the whole config (``data.max_length`` -> ``encoding.max_length``)."""
-    leaves = [key for key, *_ in _rows(TrainConfig)]
-    name = dotted.rsplit(".", 1)[-1]
-    same = [k for k in leaves if k.rsplit(".", 1)[-1] == name]
-    if same:
-        return same[0]
-    close = difflib.get_close_matches(dotted, leaves, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _keys_of(model: type[BaseModel], parent: tuple) -> list[str]:
-    for part in parent:
-        sub = _section_type(model.model_fields.get(str(part)))
-        if sub is None:
-            return []
-        model = sub
-    return list(model.model_fields)
-
-
-def _section_type(field) -> type[BaseModel] | None:
-    if field is None:
-        return None
-    ann = field.annotation
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-
-
-def _type_name(ann: Any) -> str:
-    if typing.get_origin(ann) is Literal:
-        return " | ".join(json.dumps(a) for a in typing.get_args(ann))
-    if typing.get_origin(ann) is typing.Union and any(typing.get_origin(a) is Literal for a in typing.get_args(ann)):
-        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(ann))
-    text = getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None
-    return text or str(ann).replace("typing.", "").replace(f"{__name__}.", "")
-
-
-def _rows(model: type[BaseModel], prefix: str = ""):
-    """(dotted key, type, default, description) for every leaf field, in declaration order."""
-    for name, field in model.model_fields.items():
-        sub = _section_type(field)
-        if sub is not None:
-            yield from _rows(sub, f"{prefix}{name}.")
-            continue
-        default = "required" if field.is_required() else json.dumps(field.default)
-        doc = " ".join((field.description or "").split())
-        yield f"{prefix}{name}", _type_name(field.annotation), default, doc
-
-
 def config_reference_markdown() -> str:
     """The config reference as a Markdown table (for the README), from the field docstrings."""
-    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for key, kind, default, doc in _rows(TrainConfig):
-        cell = kind.replace("|", "\\|")
-        lines.append(f"| `{key}` | {cell} | `{default}` | {doc} |")
-    return "\n".join(lines) + "\n"
+    return reference_markdown(TrainConfig)
 
 
 def config_reference_text() -> str:
     """The same reference as plain text, for ``sftlab train --help``."""
-    out = []
-    for key, kind, default, doc in _rows(TrainConfig):
-        out.append(f"  {key} ({kind}; default {default})\n      {doc}")
-    return "\n".join(out)
+    return reference_text(TrainConfig)

@@ -26,7 +26,7 @@ from sftlab.data.policy import load_policy
 from sftlab.data.stats import with_files
 from sftlab.errors import UsageError
 from sftlab.evaluation.prompts import load_prompt_sets
-from sftlab.files import atomic_file
+from sftlab.files import atomic_file, write_atomic
 from sftlab.prepare import Spool, prepare
 from sftlab.tokens.mask_preview import write_mask_preview
 from sftlab.tokens.packing import PackedRow, check_lengths, collate, pack_lengths_flat
@@ -280,7 +280,7 @@ def _open_split(cfg: TrainConfig, entries: list, split: str, tokenizer, template
 def _split_record(store) -> dict:
     """The manifest's record of one split: data version, counts per file, the store used."""
     files = store.files
-    record = {"sha256": store.meta["records_sha256"], "records": sum(f["records"] for f in files),
+    record = {"records_sha256": store.meta["records_sha256"], "records": sum(f["records"] for f in files),
               "accepted": len(store), "quarantined": store.quarantined, "files": files,
               "store_key": store.key, **({"warnings": store.meta["warnings"]} if store.meta.get("warnings") else {})}
     split = store.meta.get("split")
@@ -326,8 +326,7 @@ def _write_store_stats(run: Path, train, held) -> list[dict]:
     """RUN/data/stats.json (``store_stats``), before training; returns the failed checks (besides
     quarantine)."""
     stats = store_stats(train, held)
-    (run / "data" / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+    write_atomic(run / "data" / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     failed = [c for c in stats["checks"] if not c["passed"] and c["name"] != "quarantine"]
     for check in failed:
         print(f"sftlab train: data check {check['name']} failed: {check['message']} "

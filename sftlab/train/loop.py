@@ -36,7 +36,7 @@ from sftlab.evaluation.evaluate import generation_eval
 from sftlab.evaluation.loss import slice_sums
 from sftlab.files import check_run_dir
 from sftlab.fingerprints import weights_sha256
-from sftlab.manifest import flatten, tokenizer_fingerprint, update_manifest
+from sftlab.manifest import flatten, read_run_json, tokenizer_fingerprint, update_manifest
 from sftlab.model.adapters import recorded_base
 from sftlab.model.loading import load_training_model
 from sftlab.model.objective import micro_batch_loss, step_normaliser
@@ -44,13 +44,15 @@ from sftlab.progress import progress_bar
 from sftlab.train.checkpoint import (choose_checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint,
                                      save_final, step_dirs, weights_mismatch)
 from sftlab.train.config import TrainConfig
-from sftlab.train.curves import MetricsLog, plot_curves, resolve_trackers
+from sftlab.train.curves import plot_curves
+from sftlab.train.metrics import MetricsLog, resolve_trackers
 from sftlab.train.data import TrainData, gen_eval_settings, prepare_data, quarantine_rule
 from sftlab.train.mixture import PLAN_VERSION
 from sftlab.train.preemption import SIGNALS, Preempted, StopSignals
 from sftlab.train.rundir import RunLock, refuse_message, resume_differences
 from sftlab.train.run_record import (finish_manifest, read_json, record_manifest, start_segment, stop_on_nan,
                                      stop_on_signal)
+from sftlab.train import sharding
 from sftlab.train.throughput import PhaseTimes, Throughput
 
 
@@ -127,7 +129,7 @@ class _Loop:
         with self.phases("save"):
             save_checkpoint(self.run, at, model=self.raw, tokenizer=self.tokenizer, optimizer=self.optimizer,
                             scheduler=self.scheduler, state=self.state, keep_last=self.cfg.checkpointing.keep_last,
-                            manifest=read_json(self.run / "run.json") if main else None,
+                            manifest=read_run_json(self.run, missing_ok=True, damaged_ok=True) if main else None,
                             rank=self.accelerator.process_index, barrier=self.accelerator.wait_for_everyone)
 
 
@@ -147,7 +149,8 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     phases = PhaseTimes()
     with phases("load"):
         model, tokenizer, template, role_tokens = load_training_model(cfg)
-    old = read_json(ckpt / "run.json") or read_json(run / "run.json") if ckpt else None
+    old = (read_run_json(ckpt, missing_ok=True, damaged_ok=True) or read_run_json(run, missing_ok=True, damaged_ok=True)
+           if ckpt else None)
     changed: list[dict] = []
     # LoRA: the adapter means nothing on other base weights; hashed once, then known by file stamps
     base = weights_sha256(cfg.model.path, known=((old or {}).get("model") or {}).get("base_files")) \
@@ -169,10 +172,11 @@ def _train(cfg: TrainConfig, *, resume: bool, allow_changes: bool, fallback_chec
     if main:
         record_manifest(run, cfg, data, model, tokenizer, template, role_tokens, base)
         start_segment(run, old, _step_of(ckpt) if ckpt else 0, changed)
+    model = sharding.shard(model, accelerator, cfg)  # FSDP2 where the accelerate config asks and accelerate will not
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas))
     scheduler = lr_scheduler(optimizer, cfg, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = sharding.prepare(accelerator, model, optimizer)
     raw = accelerator.unwrap_model(model)
     speed = Throughput(raw, accelerator.device, torch.bfloat16 if autocast else next(raw.parameters()).dtype)
     state = _loop_state(cfg, world, ckpt, raw, optimizer, scheduler, accelerator.process_index, main, changed)
@@ -342,6 +346,7 @@ def _finish(loop: _Loop, stop: str | None, resumed: bool) -> int:
     cfg, run, accelerator, step = loop.cfg, loop.run, loop.accelerator, loop.state["step"]
     accelerator.wait_for_everyone()
     code, reason = exit_rule(loop.data, cfg)
+    sharding.consolidate(loop.raw)  # sharded weights gathered whole on the main process (in place), for final/
     if accelerator.is_main_process:
         merge = cfg.lora.enabled and cfg.lora.merge_on_save
         base = loop.raw.peft_config["default"].base_model_name_or_path if cfg.lora.enabled else None
@@ -350,7 +355,8 @@ def _finish(loop: _Loop, stop: str | None, resumed: bool) -> int:
                        adapter_base=recorded_base(base) if base else None)
         plot_curves(run / "metrics.jsonl", run / "curves.png", title=f"{run.name}: {stop or 'done'}")
         finish_manifest(run, cfg, step, stop, exit_rule=(code, reason))
-        update_manifest(run, timing=loop.phases.describe(read_json(run / "run.json"), resumed=resumed),
+        recorded = read_run_json(run, missing_ok=True, damaged_ok=True)
+        update_manifest(run, timing=loop.phases.describe(recorded, resumed=resumed),
                         throughput=loop.speed.describe())
     loop.metrics.close()
     accelerator.wait_for_everyone()
@@ -419,6 +425,7 @@ def evaluate(model, data: TrainData, cfg: TrainConfig, accelerator) -> dict[str,
     """
     names = sorted(data.eval_sets)
     rows = {name: data.eval_rows(name, accelerator.process_index, accelerator.num_processes) for name in names}
+    rows = sharding.even_rows(rows, model, accelerator.num_processes, data.pad_id)
     sums = slice_sums(model, rows, data.pad_id, micro_batch_size=cfg.eval.micro_batch_size,
                       reduction=cfg.loss.normalisation, chunk_size=cfg.loss.chunk_size,
                       device=accelerator.device, autocast=accelerator.autocast)
@@ -513,7 +520,7 @@ def _check_checkpoint_fits(ckpt: Path, model, cfg: TrainConfig, world: int) -> N
         raise UsageError(f"{ckpt} was written with {saved['rows_per_step']} rows per optimizer step, this run "
                          f"takes {rows} (micro_batch_size x grad_accum x processes); resume with the same "
                          "global batch so the data position means the same rows; nothing was changed")
-    why = weights_mismatch(ckpt, model)
+    why = weights_mismatch(ckpt, model, world)
     if why is not None:
         raise UsageError(f"--resume: {ckpt} cannot be continued by this run: {why}; resume with the "
                          "settings that wrote it or train into another out; nothing was changed")

@@ -30,7 +30,6 @@ Loss weights multiply every token weight of a slice's examples (a pure function,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import random
 from collections import Counter
@@ -45,6 +44,7 @@ __all__ = ["UNSLICED", "PLAN_VERSION", "MixtureSpec", "SliceColumn", "slice_of",
            "apply_loss_weights"]
 
 from sftlab.data.conversation import UNSLICED, slice_of  # one slice naming for training and eval
+from sftlab.fingerprints import sha256_hex
 
 
 class SliceColumn(Sequence):
@@ -160,7 +160,7 @@ def _rng(seed: int, epoch: int) -> random.Random:
 def plan_generator(what: str, seed: int, epoch: int) -> np.random.Generator:
     """Plan 2's generator for one purpose (``"mixture"``, ``"rows"``) of one epoch: PCG64 seeded
     from a hash of the three, so any integer seed works and the streams are independent."""
-    digest = hashlib.sha256(f"sftlab-{what}:{seed}:{epoch}".encode()).digest()
+    digest = bytes.fromhex(sha256_hex(f"sftlab-{what}:{seed}:{epoch}"))
     return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "little")))
 
 

@@ -8,10 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from sftlab.manifest import config_hash, environment, tokenizer_fingerprint, update_manifest
+from sftlab.manifest import config_hash, environment, read_run_json, tokenizer_fingerprint, update_manifest
 from sftlab.train.checkpoint import latest_checkpoint, verify_checkpoint
 from sftlab.train.config import TrainConfig
-from sftlab.train.curves import read_metrics
+from sftlab.train.metrics import read_metrics
 from sftlab.train.data import TrainData, gen_eval_settings, heldout_encoding
 from sftlab.train.rundir import segments
 
@@ -25,7 +25,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def start_segment(run: Path, old: dict | None, start: int, changed: list[dict]) -> None:
-    update_manifest(run, segments=segments(old, start, read_json(run / "run.json") or {}, changed))
+    recorded = read_run_json(run, missing_ok=True, damaged_ok=True) or {}
+    update_manifest(run, segments=segments(old, start, recorded, changed))
 
 
 def stop_on_nan(step: int, loss: float, grad_norm: float | None, run: Path, metrics, main: bool) -> int:
@@ -52,7 +53,7 @@ def stop_on_signal(run: Path, step: int, stop: str, signum, metrics, main: bool)
         problems = verify_checkpoint(last) if last is not None else ["no checkpoint was written"]
         saved = (f"{last} written and verified" if not problems
                  else f"{last} fails its check ({'; '.join(problems[:2])})")
-        segs = (read_json(run / "run.json") or {}).get("segments") or []
+        segs = (read_run_json(run, missing_ok=True, damaged_ok=True) or {}).get("segments") or []
         if segs:
             segs[-1]["to_step"] = step
         update_manifest(run, segments=segs, outcome={"train": train_outcome(
@@ -118,7 +119,7 @@ def finish_manifest(run: Path, cfg: TrainConfig, step: int, stop: str | None,
                     exit_rule: tuple[int, str] | None = None) -> None:
     realised = [{"epoch": r["epoch"], "slices": r["realised_mixture"]}
                 for r in read_metrics(run / "metrics.jsonl") if "realised_mixture" in r]
-    segs = (read_json(run / "run.json") or {}).get("segments") or []
+    segs = (read_run_json(run, missing_ok=True, damaged_ok=True) or {}).get("segments") or []
     if segs:
         segs[-1]["to_step"] = step
     update_manifest(run, mixture={"realised": realised}, segments=segs,

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.errors import UsageError
-from sftlab.files import current_umask
+from sftlab.evaluation.cache import model_fingerprint
+from sftlab.files import current_umask, read_input
+from sftlab.manifest import diff_manifests, flatten
 
 LOCK_NAME = ".lock"
 # Keys that do not change the weights a run produces.
@@ -97,8 +99,6 @@ class RunLock:
 
 
 def read_lock(path: Path) -> dict | None:
-    from sftlab.files import read_input
-
     try:
         info = json.loads(read_input(path, max_bytes=1 << 20, note=False).decode("utf-8"))
     except (UsageError, ValueError, RecursionError):
@@ -127,24 +127,20 @@ def lock_message(run: Path, holder: dict) -> str:
 
 
 def _flat(value: Any, prefix: str) -> dict[str, Any]:
-    from sftlab.manifest import flatten
-
     return flatten(value, prefix) if value is not None else {}
 
 
 def resume_differences(old: dict, new: dict) -> list[dict]:
     """Result-changing fields that differ between the manifest of the checkpoint (``old``) and
     this run's (``new``), as ``[{"path", "old", "new"}]``."""
-    from sftlab.manifest import diff_manifests
-
     keep = {k: old.get(k) for k in COMPARED if k in new}
     fresh = {k: new.get(k) for k in COMPARED if k in new}
     ignore = [*NEUTRAL, *MOVABLE, "data.failed_checks"]
     out = []
     for d in diff_manifests(keep, fresh, ignore=ignore):
         path = d["path"]
-        if path.startswith("data.") and not path.endswith(".sha256"):
-            continue  # counts and file lists follow from the data version
+        if path.startswith("data.") and not (path.startswith("data.splits.") and path.endswith(".records_sha256")):
+            continue  # counts, file lists and the stores follow from each split's data version
         if path.startswith(("template.", "tokenizer.", "policy.")) and not path.endswith(("fingerprint", "sha256")):
             continue
         out.append({k: d[k] for k in ("path", "old", "new")})
@@ -167,7 +163,6 @@ def _same_model_files(a: Any, b: Any) -> bool:
     """Two model directories with the same weights, config and tokenizer files (a copied run)."""
     if not (isinstance(a, str) and isinstance(b, str) and Path(a).is_dir() and Path(b).is_dir()):
         return False
-    from sftlab.evaluation.cache import model_fingerprint
 
     return model_fingerprint(a) == model_fingerprint(b)
 
@@ -196,7 +191,7 @@ def segments(old: dict | None, start: int, manifest: dict, changed: list[dict]) 
             earlier.append({**seg, "to_step": start if to is None else min(to, start)})
     splits = ((manifest.get("data") or {}).get("splits") or {})
     seg = {"from_step": start, "to_step": None, "config_sha256": manifest.get("config_sha256"),
-           "data_sha256": {k: (v or {}).get("sha256") for k, v in splits.items()},
+           "records_sha256": {k: (v or {}).get("records_sha256") for k, v in splits.items()},
            "template_fingerprint": (manifest.get("template") or {}).get("fingerprint"),
            "tokenizer_sha256": (manifest.get("tokenizer") or {}).get("sha256")}
     if changed:

@@ -146,7 +146,7 @@ def quarantine(stats: dict[str, Any] | None, splits: dict[str, Any]) -> Markup:
     out = []
     if splits:
         rows = [[name, s.get("records"), s.get("accepted"), s.get("quarantined"),
-                 (s.get("sha256") or "")[:16] or None] for name, s in splits.items() if isinstance(s, dict)]
+                 (s.get("records_sha256") or "")[:16] or None] for name, s in splits.items() if isinstance(s, dict)]
         out.append(table(["split", "records", "accepted", "quarantined", "data version"], rows))
     files = (stats or {}).get("files") or [{"split": name, **f} for name, s in splits.items()
                                            if isinstance(s, dict) for f in s.get("files") or []

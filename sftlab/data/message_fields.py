@@ -1,0 +1,348 @@
+"""One message of a record -> ``Message``: the speaker (``role``, or ShareGPT's ``from`` and the
+names a data entry maps), text content (a string or joined text parts), tool calls (OpenAI's
+``tool_calls``, Glaive's ``function_call`` turns, LLaMA-Factory's ``tool_call`` parts), reasoning
+under any of its spellings, ``train`` and ``weight``; and a record's tool schemas (``tools_text``).
+Each check names the field and message index it refuses.
+
+Example::
+
+    >>> [(m.role, m.content) for m in message_list([{"from": "human", "value": "hi"},
+    ...     {"from": "gpt", "value": "yo"}], "conversations", sharegpt=True)]
+    [('user', 'hi'), ('assistant', 'yo')]
+    >>> read_message({"role": "assistant", "content": "", "tool_calls": [{"function": {
+    ...     "name": "f", "arguments": {"x": 1}}}]}, 0, "messages", 0, False).tool_calls[0].arguments
+    '{"x": 1}'
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from sftlab.data.conversation import ROLES, Message, ToolCall, unpaired_surrogate
+from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
+
+# ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
+
+__all__ = ["SHAREGPT_ROLES", "MAX_WEIGHT", "message_list", "read_message", "json_object_text", "tools_text",
+           "sharegpt_calls"]
+
+# ShareGPT ``from`` values and the role each one means.
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+    "system": "system",
+    "tool": "tool", "function": "tool", "observation": "tool",
+}
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_REASONING_SET = frozenset(_REASONING_KEYS)
+_ROLE_SET = frozenset(ROLES)
+
+
+def message_list(items: Any, field: str, sharegpt: bool, offset: int = 0,
+                  columns: Columns | None = None) -> list[Message]:
+    if not isinstance(items, list):
+        raise RecordError("bad_messages", f"expected a list of messages, got {_kind(items)}; "
+                          "fix: give the turns as a JSON list", field=field)
+    return [read_message(m, i, field, offset, sharegpt, columns) for i, m in enumerate(items)]
+
+
+def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
+             columns: Columns | None = None) -> Message:
+    # Field names are formatted only on error: this runs once per message of every record.
+    if type(m) is not dict:
+        raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
+                          field=f"{base}[{pos}]", message_index=pos + offset)
+    role = m.get("role")
+    if len(m) == 2 and columns is None and type(role) is str and role in _ROLE_SET and type(m.get("content")) is str:
+        return Message(role, m["content"])  # the usual message: role and text, nothing else to check
+    calls: tuple[ToolCall, ...] = ()
+    for key in m:
+        if type(key) is str and unpaired_surrogate(key) is not None:
+            raise RecordError("invalid_text", f"unpaired surrogate in the key {ascii(key)}: not valid Unicode "
+                              "text; fix: repair the \\u escape (a surrogate pair needs both halves)",
+                              field=f"{base}[{pos}]", message_index=pos + offset)
+    if columns is not None:
+        role, content, content_key = _mapped_message(m, pos, base, offset, columns)
+        if role == "function_call":  # the value is the call as JSON
+            role, calls = "assistant", sharegpt_calls(content, f"{base}[{pos}].{content_key}", pos + offset)
+            content = ""
+    elif "role" not in m and ("from" in m or sharegpt):
+        if m.get("from") == "function_call":  # Glaive-style: the value is the call as JSON
+            role = "assistant"
+            calls = sharegpt_calls(m.get("value"), f"{base}[{pos}].value", pos + offset)
+            content, content_key = "", "value"
+        else:
+            role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]", m)
+            content, content_key = m.get("value"), "value"
+    else:
+        role = m.get("role")
+        if role not in ROLES:
+            role = _sharegpt_role(role, pos + offset, f"{base}[{pos}]", m, key="role")
+        content, content_key = m.get("content"), "content"
+    reasoning = _reasoning(m, f"{base}[{pos}]", pos + offset)
+    if m.get("tool_calls"):
+        calls = _tool_calls(m["tool_calls"], f"{base}[{pos}].tool_calls", pos + offset)
+    if type(content) is not str:
+        if content is None and (calls or role == "assistant" and reasoning):
+            content = ""
+        else:
+            content, part_reasoning, part_calls = _join_parts(content, f"{base}[{pos}].{content_key}", pos + offset)
+            if part_reasoning is not None:
+                if reasoning is not None and reasoning != part_reasoning:
+                    raise RecordError("bad_reasoning", "reasoning given twice with different text (a "
+                                      "reasoning field and reasoning content parts); fix: keep one",
+                                      field=f"{base}[{pos}].{content_key}", message_index=pos + offset)
+                reasoning = part_reasoning
+            calls = calls + part_calls
+    if (calls or reasoning is not None) and role != "assistant":
+        what = "tool_calls" if calls else "reasoning_content"
+        raise RecordError("bad_message", f"only assistant messages make tool calls or carry reasoning, "
+                          f"this one is {role!r}; fix: move the {what} to the assistant message",
+                          field=f"{base}[{pos}].{what}", message_index=pos + offset)
+    tool_call_id = _optional_str(m, "tool_call_id", f"{base}[{pos}]", pos + offset)
+    name = _optional_str(m, "name", f"{base}[{pos}]", pos + offset) if role == "tool" else None
+    train = m.get("train")
+    if train is not None and type(train) is not bool:
+        raise RecordError("bad_train", f"expected true or false, got {train!r}; fix: use a JSON "
+                          "boolean (or leave the field out)", field=f"{base}[{pos}].train",
+                          message_index=pos + offset)
+    weight = _message_weight(m, role, f"{base}[{pos}]", pos + offset)
+    return Message(role, content, train, weight, calls, tool_call_id if role == "tool" else None, name, reasoning)
+
+
+def _message_weight(m: dict, role: str, base: str, index: int) -> float | None:
+    """``weight``, also spelt ``loss_weight`` (LLaMA-Factory): the loss weight of an assistant
+    message (0 trains nothing). Other messages are never trained, so they may only say 0."""
+    weight = None
+    for key in ("weight", "loss_weight"):
+        value = m.get(key)
+        if value is None:
+            continue
+        value = _weight(value, f"{base}.{key}", index)
+        if weight is not None and value != weight:
+            raise RecordError("bad_weight", f"weight given twice with different values ({weight:g} and "
+                              f"{value:g}); fix: keep one", field=f"{base}.{key}", message_index=index)
+        if role != "assistant" and value > 0:
+            raise RecordError("bad_weight", f"a {role} message with {key} {value:g}: only assistant messages "
+                              f"are trained, so its text would not be; fix: set {key} to 0 (or leave it out), "
+                              "or make the text an assistant turn", field=f"{base}.{key}", message_index=index)
+        weight = value
+    return weight
+
+
+def _optional_str(m: dict, key: str, base: str, index: int) -> str | None:
+    value = m.get(key)
+    if value is None or type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
+    raise RecordError("bad_message", f"expected a string, got {_kind(value)}", field=f"{base}.{key}",
+                      message_index=index)
+
+
+def _reasoning(m: dict, base: str, index: int) -> str | None:
+    """The message's reasoning under any of its spellings (they must agree when several are given)."""
+    if _REASONING_SET.isdisjoint(m):  # the usual message: no reasoning under any spelling
+        return None
+    found = None
+    for key in _REASONING_KEYS:
+        value = m.get(key)
+        if value is None:
+            continue
+        if type(value) is not str:
+            raise RecordError("bad_reasoning", f"expected the reasoning as a string, got {_kind(value)}",
+                              field=f"{base}.{key}", message_index=index)
+        if found is not None and value != found:
+            raise RecordError("bad_reasoning", f"reasoning given twice with different text ({key} and "
+                              "another spelling); fix: keep one", field=f"{base}.{key}", message_index=index)
+        found = value
+    return found
+
+
+def json_object_text(value: Any, field: str, index: int | None, what: str = "arguments") -> str:
+    """JSON text of an object: a string is kept exactly as given once it parses as a JSON object;
+    an object is serialised. Raises ``RecordError`` (code ``bad_arguments``) otherwise.
+
+        >>> json_object_text('{"a": 1}', "f", 0), json_object_text({"a": [1, 2.5]}, "f", 0)
+        ('{"a": 1}', '{"a": [1, 2.5]}')
+    """
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise RecordError("bad_arguments", f"{what} are not valid JSON ({e}); expected a JSON object "
+                              "such as {\"city\": \"Oslo\"}; fix: repair the JSON", field=field,
+                              message_index=index) from None
+        if isinstance(parsed, dict):
+            return value
+        got = _kind(parsed)
+    else:
+        got = _kind(value)
+    raise RecordError("bad_arguments", f"expected the {what} as a JSON object (or a string of one), got "
+                      f"{got}; fix: give named arguments as an object", field=field, message_index=index)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _call(c: Any, field: str, index: int, call_id: Any = None) -> ToolCall:
+    """One call from ``{"name", "arguments"}`` (optionally under ``function``, with ``id``)."""
+    if not isinstance(c, dict):
+        raise RecordError("bad_tool_call", f"expected a tool call object, got {_kind(c)}", field=field,
+                          message_index=index)
+    fn = c.get("function", c)
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise RecordError("bad_tool_call", "expected a function name (function.name, a non-empty string); "
+                          "fix: name the function called", field=f"{field}.function.name", message_index=index)
+    if "arguments" not in fn:
+        raise RecordError("bad_arguments", "the call has no arguments; expected a JSON object (use {} for "
+                          "none)", field=f"{field}.function.arguments", message_index=index)
+    arguments = json_object_text(fn["arguments"], f"{field}.function.arguments", index)
+    cid = c.get("id", call_id)
+    if cid is not None and type(cid) is not str:
+        if type(cid) is not int:
+            raise RecordError("bad_tool_call", f"expected the call id as a string, got {_kind(cid)}",
+                              field=f"{field}.id", message_index=index)
+        cid = str(cid)
+    return ToolCall(fn["name"], arguments, cid)
+
+
+def _tool_calls(items: Any, field: str, index: int) -> tuple[ToolCall, ...]:
+    if not isinstance(items, list):
+        raise RecordError("bad_tool_call", f"expected a list of tool calls, got {_kind(items)}", field=field,
+                          message_index=index)
+    return tuple(_call(c, f"{field}[{j}]", index) for j, c in enumerate(items))
+
+
+def sharegpt_calls(value: Any, field: str, index: int) -> tuple[ToolCall, ...]:
+    """Glaive-style ``function_call`` turn: ``{"name", "arguments"}`` JSON (or a list of them)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise RecordError("bad_arguments", f"the function_call is not valid JSON ({e}); expected "
+                              "{\"name\": ..., \"arguments\": {...}}; fix: repair the JSON", field=field,
+                              message_index=index) from None
+    calls = value if isinstance(value, list) else [value]
+    return tuple(_call(c, field if len(calls) == 1 else f"{field}[{j}]", index) for j, c in enumerate(calls))
+
+
+def tools_text(value: Any, field: str = "tools") -> str | None:
+    """The record's tool schemas as JSON text (``None`` when there are none)."""
+    if value is None or value == "" or value == []:
+        return None
+    text = value if isinstance(value, str) else None
+    if text is not None:
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise RecordError("bad_tools", f"not valid JSON ({e}); expected a list of function definitions; "
+                              "fix: repair the JSON", field=field) from None
+    if not isinstance(value, list):
+        raise RecordError("bad_tools", f"expected a list of function definitions, got {_kind(value)}",
+                          field=field)
+    for j, t in enumerate(value):
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RecordError("bad_tools", "expected a function definition with a name ({\"type\": "
+                              "\"function\", \"function\": {\"name\", \"description\", \"parameters\"}} or "
+                              "{\"name\", ...}); fix: name the function", field=f"{field}[{j}]")
+    if not value:
+        return None
+    return text if text is not None else json.dumps(value, ensure_ascii=False)
+
+
+def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns) -> tuple[str, Any, str]:
+    """``(role, content, content key)`` of a message read with the entry's ``columns``."""
+    role_key = columns.role_key or ("role" if "role" in m or "from" not in m else "from")
+    content_key = columns.content_key or ("value" if role_key == "from" else "content")
+    name = m.get(role_key)
+    role = columns.roles.get(name) if isinstance(name, str) else None
+    if name == (columns.function_tag or "function_call"):
+        role = "function_call"
+    if role is None:
+        role = name if name in ROLES else _sharegpt_role(name, pos + offset, f"{base}[{pos}]", m,
+                                                         key=role_key, columns=columns)
+    if content_key not in m and columns.content_key:
+        raise RecordError("missing_field", f"no {content_key!r} (the entry's content_key) in the "
+                          f"message; message keys: {_keys(m)}; fix: correct content_key",
+                          field=f"{base}[{pos}]", message_index=pos + offset)
+    return role, m.get(content_key), content_key
+
+
+def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = None,
+                   key: str = "from", columns: Columns | None = None) -> str:
+    role = SHAREGPT_ROLES.get(value.lower()) if isinstance(value, str) else None
+    if role is not None:
+        return role
+    known = ", ".join([*ROLES, *(n for n in SHAREGPT_ROLES if n not in ROLES),
+                       *(columns.roles if columns is not None else ())])
+    if value is None:
+        keys = _keys(message) if message is not None else "none"
+        what = (f"no speaker: the message has no {key!r} (message keys: {keys}); expected "
+                "'role' (with 'content') or 'from' (with 'value')")
+        fix = "fix: name the speaker key with the data entry's role_key (and content_key)"
+    else:
+        what = f"unknown speaker {value!r} in {key!r}; expected one of {known}"
+        fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: assistant}}) or "
+               "rename the speaker")
+    raise RecordError("unknown_role", f"{what}; {fix}", field=f"{field}.{key}", message_index=index)
+
+
+def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
+    """Join content parts into one string: OpenAI's ``{"type": "text", "text": ...}`` and
+    LLaMA-Factory's ``{"type": "text", "value": ...}``.
+
+    Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` and
+    ``tool_call`` (LLaMA-Factory's layout, the text under ``value``) are reasoning and calls.
+    """
+    if isinstance(content, list):
+        texts, reasoning, calls = [], [], []
+        for j, part in enumerate(content):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            kind = part.get("type", "text") if isinstance(part, dict) else None
+            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
+            if kind == "text" and isinstance(text, str):
+                texts.append(text)
+            elif kind in ("reasoning", "thinking") and isinstance(text, str):
+                reasoning.append(text)
+            elif kind == "tool_call":
+                calls.extend(sharegpt_calls(text, f"{field}[{j}].value", index))
+            elif kind in ("text", "reasoning", "thinking"):
+                raise RecordError(
+                    "non_string_content", f"{kind} part without text: its 'text' is {_kind(text)} "
+                    f"(part keys: {_keys(part)}); expected {{\"type\": \"{kind}\", \"text\": \"...\"}} "
+                    "(or \"value\" instead of \"text\"); fix: put the text in 'text'",
+                    field=f"{field}[{j}]", message_index=index)
+            else:
+                what = repr(kind) if isinstance(part, dict) else _kind(part)
+                raise RecordError(
+                    "non_string_content",
+                    f"content part {j} is of type {what}, not text; only text parts "
+                    "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be "
+                    "trained; fix: drop the part or the record", field=f"{field}[{j}]", message_index=index)
+        return "".join(texts), ("".join(reasoning) if reasoning else None), tuple(calls)
+    raise RecordError("non_string_content", f"expected a string, got {_kind(content)}; fix: give "
+                      "the message text as a string", field=field, message_index=index)
+
+
+MAX_WEIGHT = 1e6  # larger weights overflow float32 losses (1e39 is inf) long before they mean more
+
+
+def _weight(value: Any, field: str, index: int) -> float:
+    if type(value) is bool or not isinstance(value, (int, float)):
+        raise RecordError("bad_weight", f"expected a number >= 0, got {value!r}; fix: use a "
+                          "JSON number such as 1.0 (0 trains nothing)", field=field,
+                          message_index=index)
+    value = float(value)
+    if not math.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
+        raise RecordError("bad_weight", f"expected a finite number >= 0 and <= {MAX_WEIGHT:g}, got {value!r}; fix: "
+                          "use a weight such as 1.0 (0 trains nothing)", field=field,
+                          message_index=index)
+    return value
