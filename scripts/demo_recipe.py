@@ -170,7 +170,9 @@ def ood(run: Path, model_dir: str, seed: int) -> dict:
     cmd = [sys.executable, "-m", "sftlab", "eval", "--model", model_dir, "--prompts", "simplesafetytests",
            "coconot_contrast", "--out", str(out), "--seed", str(seed), "--detector", "rules",
            "--max-new-tokens", "20", "--batch-size", "16", "--conditions", "training_template"]
-    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+    code = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL).returncode
+    if not (out / "eval.json").is_file():
+        return {"error": f"sftlab eval exited {code} without {out / 'eval.json'}"}
     report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     res = report["results"]["tuned"]["training_template"]["all"]
     div = report["refusal_diversity"]["tuned"] or {}
@@ -179,6 +181,10 @@ def ood(run: Path, model_dir: str, seed: int) -> dict:
             "clause_share": (div.get("reasons") or {}).get("share"),
             "reasons_unrelated": (div.get("reasons_related") or {}).get("unrelated"),
             "refusals": div.get("n")}
+
+
+def _say(t0: float, what: str) -> None:
+    print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {what}", flush=True)
 
 
 def main() -> None:
@@ -204,24 +210,28 @@ def main() -> None:
         args.base = str(demo_base_model())
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    configs = {v: _prepare(args.out, v, args) for v in variants}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {v: subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(c)], env=env,
-                                 stdout=open(args.out / f"{v}.train.log", "w"), stderr=subprocess.STDOUT)
-             for v, c in configs.items()}
+    procs = {}
+    for v in variants:  # each variant trains as soon as its data is ready (self_distilled's takes minutes)
+        _say(t0, f"preparing {v}")
+        config = _prepare(args.out, v, args)
+        _say(t0, f"training {v}: log in {args.out / (v + '.train.log')}")
+        procs[v] = subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(config)], env=env,
+                                    stdout=open(args.out / f"{v}.train.log", "w"), stderr=subprocess.STDOUT)
     codes = {v: p.wait() for v, p in procs.items()}
     train_s = time.perf_counter() - t0
     rows = {}
-    if args.reference:
-        rows["reference"] = {**curve(args.base), **ood(args.out / "reference", args.base, args.seed)}
-    for name, model_dir in scored.items():
-        rows[name] = {**curve(model_dir), **ood(args.out / name, model_dir, args.seed)}
+    models = {**({"reference": args.base} if args.reference else {}), **scored}
     for v in variants:
         final = args.out / v / "final"
         if codes[v] != 0 and not final.is_dir():
             rows[v] = {"error": f"training exited {codes[v]}; see {args.out / (v + '.train.log')}"}
-            continue
-        rows[v] = {**curve(str(final)), **ood(args.out / v, str(final), args.seed)}
+        else:
+            models[v] = str(final)
+    for name, model_dir in models.items():
+        _say(t0, f"scoring {name}")
+        rows[name] = {**curve(model_dir), **ood(args.out / name, model_dir, args.seed)}
+    rows = {name: rows[name] for name in [*(["reference"] if args.reference else []), *scored, *variants]}
     result = {"steps": args.steps, "n_train": args.n_train, "seed": args.seed, "train_s": round(train_s, 1),
               "total_s": round(time.perf_counter() - t0, 1), "load": os.getloadavg(), "rows": rows}
     (args.out / "recipe.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
