@@ -12,9 +12,8 @@ checkpoint, a final model, a converted GGUF model) is built beside its target an
 Output goes only to a regular file or a new name (missing directories above it are created, as
 long as the nearest existing one is a directory); anything else
 (a device such as ``/dev/null``, a FIFO, a socket, a symbolic link, a directory) is refused
-with a one-line :class:`~sftlab.errors.UsageError` instead of being replaced. A run directory
-(:func:`check_run_dir`) is refused when it is ``/``, a file, or a directory that holds files
-which are not a sftlab run.
+with a one-line :class:`~sftlab.errors.UsageError` instead of being replaced (where a whole run
+may be written: ``sftlab.run_dir``).
 
 Every file sftlab did not just write is opened with :func:`open_input` (or read whole with
 :func:`read_input`): it must be a regular file (a FIFO only where a data stream is documented,
@@ -27,8 +26,7 @@ to a directory, a hard link): a command never replaces its own input.
 Config and policy files go through :func:`read_input` too, parsed with the limits of
 ``sftlab.yaml_input``.
 
-This module imports nothing from sftlab but the errors at import time (the run manifest's
-schema is imported only to check an existing run.json), so every stage may use it.
+This module imports nothing from sftlab but the errors, so every stage may use it.
 
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
@@ -56,13 +54,9 @@ from typing import IO, Any
 
 from sftlab.errors import UsageError
 
-_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+FILE_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
           (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
-# What a run directory may hold before it holds run.json (a first run stopped early).
-RUN_ENTRIES = frozenset({"run.json", "data", "metrics.jsonl", "checkpoints", "final", "eval",
-                         "report.html", "curves.png", "tensorboard", "mask_preview.json",
-                         "config.yaml", "eval.json", "outputs.jsonl", "demo.json", "demo_config.yaml", "suite", "base", ".lock", ".tmp-final", ".old-final"})
 
 
 def cache_dir(kind: str) -> Path:
@@ -86,7 +80,7 @@ def current_umask() -> int:
     return mask
 
 
-def _os_reason(e: OSError) -> str:
+def os_reason(e: OSError) -> str:
     if e.errno == errno.ELOOP:
         return "a symbolic link loop"
     if e.errno == errno.ENOTDIR:
@@ -109,10 +103,10 @@ def check_output_file(path: str | os.PathLike, *, what: str = "", own: bool = Fa
     try:
         st = os.lstat(p)
     except FileNotFoundError:
-        _check_ancestors(p, label)
+        check_ancestors(p, label)
         return p
     except OSError as e:
-        raise UsageError(f"{label}: cannot be written: {_os_reason(e)}") from None
+        raise UsageError(f"{label}: cannot be written: {os_reason(e)}") from None
     if not own and _inputs is not None and (st.st_dev, st.st_ino) in _inputs:
         raise UsageError(f"{label}: is one of this command's inputs (the file read as "
                          f"{_inputs[st.st_dev, st.st_ino]}); sftlab never writes over what it reads: "
@@ -122,7 +116,7 @@ def check_output_file(path: str | os.PathLike, *, what: str = "", own: bool = Fa
                          "through links: give the link's target or a new name")
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{label}: is a directory; give a file path")
-    for test, kind in _KINDS:
+    for test, kind in FILE_KINDS:
         if test(st.st_mode):
             raise UsageError(f"{label}: is {kind}, not a regular file; sftlab would replace it: "
                              "give a path to a regular file or a new name")
@@ -162,18 +156,18 @@ def open_input(path: str | os.PathLike, *, what: str = "", stream: bool = False,
     except FileNotFoundError:
         raise UsageError(f"{label}: no such file") from None
     except OSError as e:
-        raise UsageError(f"{label}: cannot read: {_os_reason(e)}") from None
+        raise UsageError(f"{label}: cannot read: {os_reason(e)}") from None
     fifo = stat.S_ISFIFO(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{label}: is a directory; give a file")
     if not (stat.S_ISREG(st.st_mode) or (stream and fifo)):
-        kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+        kind = next((k for test, k in FILE_KINDS if test(st.st_mode)), "not a regular file")
         raise UsageError(f"{label}: is {kind}, not a regular file; sftlab reads {what or 'it'} from a "
                          "file" + (" or a pipe" if stream else ""))
     try:
         raw = open(p, "rb", buffering=0)
     except OSError as e:
-        raise UsageError(f"{label}: cannot read: {_os_reason(e)}") from None
+        raise UsageError(f"{label}: cannot read: {os_reason(e)}") from None
     if fifo:
         return io.BufferedReader(raw)
     if note and _inputs is not None:
@@ -224,7 +218,7 @@ class _Bounded(io.RawIOBase):
         super().close()
 
 
-def _check_ancestors(p: Path, label: str) -> None:
+def check_ancestors(p: Path, label: str) -> None:
     """The nearest existing ancestor of the new path ``p`` must be a directory (missing ones
     between are created when writing)."""
     for parent in p.parents:
@@ -233,7 +227,7 @@ def _check_ancestors(p: Path, label: str) -> None:
         except FileNotFoundError:
             continue
         except OSError as e:
-            raise UsageError(f"{label}: cannot be created: {_os_reason(e)}") from None
+            raise UsageError(f"{label}: cannot be created: {os_reason(e)}") from None
         if not stat.S_ISDIR(pst.st_mode):
             raise UsageError(f"{label}: lies under {parent}, which is not a directory; give a path "
                              "inside a directory")
@@ -260,7 +254,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "",
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     except OSError as e:
-        raise UsageError(f"{p}: cannot write: {_os_reason(e)}") from None
+        raise UsageError(f"{p}: cannot write: {os_reason(e)}") from None
     try:
         os.fchmod(fd, _new_mode(p))  # mkstemp makes 0600; give the user's normal mode
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
@@ -272,7 +266,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", *, what: str = "",
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
-            raise UsageError(f"{p}: cannot write: {_os_reason(e)}; the previous file (if any) is "
+            raise UsageError(f"{p}: cannot write: {os_reason(e)}; the previous file (if any) is "
                              "unchanged") from None
         raise
 
@@ -364,100 +358,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def check_run_dir(path: str | os.PathLike, *, what: str = "out") -> Path:
-    """``path`` if it may be a run directory: new, empty, or already a sftlab run.
-
-    Refuses ``/``, a file, a path under a file, a symbolic link loop, and a directory holding
-    files that are not part of a sftlab run (``RUN_ENTRIES``), naming a few of them.
-    """
-    p = Path(path)
-    label = f"{what}={p}"
-    try:
-        resolved = p.resolve(strict=False)
-    except (OSError, RuntimeError) as e:
-        reason = _os_reason(e) if isinstance(e, OSError) else "a symbolic link loop"
-        raise UsageError(f"{label}: cannot be used as a run directory: {reason}") from None
-    if resolved == Path(resolved.anchor):
-        raise UsageError(f"{label}: is the filesystem root; give a new directory for the run")
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        _check_ancestors(p, label)
-        return p
-    except OSError as e:
-        raise UsageError(f"{label}: cannot be used as a run directory: {_os_reason(e)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{label}: is a file, not a directory; give a directory for the run")
-    try:
-        names = sorted(os.listdir(p))
-    except OSError as e:
-        raise UsageError(f"{label}: cannot be read: {_os_reason(e)}") from None
-    _check_run_entries(p, names, label)
-    if "run.json" in names:
-        _check_manifest(p / "run.json", label)
-        return p
-    foreign = [n for n in names if n not in RUN_ENTRIES and not n.startswith((".run.json.", ".metrics"))]
-    if not {"demo_config.yaml", "demo.json"} & set(names):  # what only the demo puts there
-        foreign += [n for n in names if n in ("config.yaml", "base", "suite")]
-    if "data" in names and not _holds_only(p / "data", RUN_DATA_FILES):
-        foreign.append("data/")
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise UsageError(f"{label}: holds files that are not a sftlab run ({shown}); sftlab writes "
-                         "only into a new or empty directory or an earlier run: give another path")
-    return p
-
-
-# Entries of a run directory that sftlab writes as regular files, and as directories.
-RUN_FILES = frozenset({"run.json", "metrics.jsonl", ".lock", "eval.json", "outputs.jsonl", "report.html",
-                       "mask_preview.json", "demo.json", "demo_config.yaml", "curves.png"})
-RUN_DIRS = frozenset({"data", "checkpoints", "final", "eval", "tensorboard", "suite", "base"})
-
-
-def _check_run_entries(p: Path, names: list[str], label: str) -> None:
-    """Each entry sftlab would read or write must be what sftlab writes there: a regular file
-    (not a link, device or FIFO: reading one could hang or read another file) or a directory
-    (or a link to one)."""
-    for name in names:
-        want = stat.S_ISREG if name in RUN_FILES else stat.S_ISDIR if name in RUN_DIRS else None
-        if want is None:
-            continue
-        try:  # a directory may be a link to one elsewhere (checkpoints on another disk)
-            st = os.lstat(p / name) if want is stat.S_ISREG else os.stat(p / name)
-        except OSError as e:
-            raise UsageError(f"{label}: {p / name} cannot be used: {_os_reason(e)}") from None
-        if not want(st.st_mode):
-            kind = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
-                    else next((k for test, k in _KINDS if test(st.st_mode)), "a file"))
-            raise UsageError(f"{label}: {p / name} is {kind}, not the {'file' if want is stat.S_ISREG else 'directory'} "
-                             "sftlab writes there; move it away or give another path")
-
-
-# What sftlab writes into RUN/data (a first run stopped before run.json may leave them).
-RUN_DATA_FILES = frozenset({"stats.json", "quarantine.jsonl", "mask_preview.json"})
-
-
-def _holds_only(d: Path, names: frozenset) -> bool:
-    try:
-        return os.path.isdir(d) and all(n in names or n.startswith(".") for n in os.listdir(d))
-    except OSError:
-        return False
-
-
-def _check_manifest(path: Path, label: str) -> None:
-    """A run.json in an output directory must be a sftlab run manifest: anything else (another
-    tool's file, garbage) means the directory is not a sftlab run."""
-    from sftlab.manifest import ManifestError, read_manifest  # lazy: sftlab.manifest imports this module
-
-    try:
-        read_manifest(path)
-    except (ManifestError, OSError, ValueError, RecursionError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"{label}: holds a run.json that is not a sftlab run manifest ({reason[:200]}); "
-                         "sftlab writes only into a new or empty directory or an earlier run: give "
-                         "another path") from None
-
-
 def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
     """``path`` as a cache directory sftlab can write: an existing directory (or a link to one)
     or a new one, created here. A FIFO, a device, a file, a dangling link, a link loop or a
@@ -472,18 +372,18 @@ def check_cache_dir(path: str | os.PathLike, *, what: str = "cache") -> Path:
         if os.path.islink(p):
             raise UsageError(f"{label}: is a symbolic link to {os.readlink(p)}, which does not exist; "
                              "give a directory") from None
-        _check_ancestors(p, label)
+        check_ancestors(p, label)
         st = None
     except OSError as e:
-        raise UsageError(f"{label}: cannot be used as a directory: {_os_reason(e)}") from None
+        raise UsageError(f"{label}: cannot be used as a directory: {os_reason(e)}") from None
     if st is not None and not stat.S_ISDIR(st.st_mode):
-        kind = next((k for test, k in _KINDS if test(st.st_mode)), "a file")
+        kind = next((k for test, k in FILE_KINDS if test(st.st_mode)), "a file")
         raise UsageError(f"{label}: is {kind}, not a directory; give a directory for the cache")
     try:
         p.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=p))
     except OSError as e:
-        raise UsageError(f"{label}: cannot hold new files: {no_room(e) or _os_reason(e)}; "
+        raise UsageError(f"{label}: cannot hold new files: {no_room(e) or os_reason(e)}; "
                          "give a writable directory") from None
     return p
 

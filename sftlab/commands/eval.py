@@ -14,7 +14,8 @@ from sftlab.evaluation.evaluate import EvalOptions, record_in_run, run_evaluatio
 from sftlab.evaluation.generation import DecoderSettings
 from sftlab.evaluation.prompts import load_prompt_sets, parse_columns
 from sftlab.evaluation.robustness import CONDITIONS
-from sftlab.files import cache_dir, check_run_dir
+from sftlab.files import cache_dir
+from sftlab.run_dir import check_run_dir
 from sftlab.terminal import terminal_safe
 from sftlab.train.config import EncodingConfig
 

@@ -32,7 +32,8 @@ from sftlab.evaluation.margins import COMPLIANT_OPENINGS, refusal_margins, REFUS
 from sftlab.evaluation.metrics import compute_metrics, summary_values
 from sftlab.evaluation.prompts import EvalPrompt, prompt_from_row
 from sftlab.evaluation.robustness import alternate_name, build_conditions, Condition, CONDITIONS, spreads
-from sftlab.files import check_run_dir, write_atomic
+from sftlab.files import write_atomic
+from sftlab.run_dir import check_run_dir
 # Imported where used (marked lazy): pydantic (the manifest), the loader, the tokens stage (Jinja)
 # and torch (the held-out loss); `sftlab eval --help` imports this module for EvalOptions.
 

@@ -58,6 +58,7 @@ from sftlab.files import publish_dir, read_input, whole_or_nothing, write_atomic
 from sftlab.fingerprints import file_sha256
 from sftlab.manifest import ManifestError, read_run_json, update_manifest
 from sftlab.train import sharding
+from sftlab.train.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 CHECKSUMS = "checksums.json"
@@ -290,39 +291,6 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler, rank: int 
         raise UsageError(f"{path}: cannot resume from this checkpoint: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}"[:400]) from None
     return state
-
-
-def flatten_optimizer_state(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer ``state_dict`` into safetensors tensors and JSON.
-
-    >>> p = torch.nn.Parameter(torch.zeros(2)); opt = torch.optim.AdamW([p])
-    >>> p.grad = torch.ones(2); opt.step()
-    >>> tensors, meta = flatten_optimizer_state(opt.state_dict())
-    >>> sorted(tensors), meta["param_groups"][0]["params"]
-    (['state.0.exp_avg', 'state.0.exp_avg_sq', 'state.0.step'], [0])
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, entry in sd["state"].items():
-        for name, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{idx}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[name] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    """The inverse of :func:`flatten_optimizer_state`."""
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
-    for idx, entry in meta["scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
-              for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
 
 
 def weights_mismatch(path: Path, model, world: int = 1) -> str | None:

@@ -34,7 +34,7 @@ import torch
 from sftlab.errors import UsageError
 from sftlab.evaluation.evaluate import generation_eval
 from sftlab.evaluation.loss import slice_sums
-from sftlab.files import check_run_dir
+from sftlab.run_dir import check_run_dir
 from sftlab.fingerprints import weights_sha256
 from sftlab.manifest import flatten, read_run_json, tokenizer_fingerprint, update_manifest
 from sftlab.model.adapters import recorded_base

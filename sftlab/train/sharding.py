@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
 from sftlab.tokens.packing import PackedRow
+from sftlab.train.optimizer_state import flatten_optimizer_state, unflatten_optimizer_state
 
 SHARDING = "sharding.json"
 
@@ -155,8 +156,6 @@ def _local(value):
 def save_shards(directory: Path, model, optimizer, rank: int, world: int) -> None:
     """Write this process's pieces of the trained parameters and of the optimizer state (no
     collective: every process calls it on its own)."""
-    from sftlab.train.checkpoint import flatten_optimizer_state  # not at the top: checkpoint imports this module
-
     _resharded(model)
     weights = {name: _local(p.detach()).cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
     sd = optimizer.state_dict()
@@ -187,8 +186,6 @@ def load_shards(path: Path, model, optimizer, rank: int) -> None:
     """Load this process's pieces of the weights and optimizer state written by :func:`save_shards`
     into the sharded ``model`` and its ``optimizer`` (built, not yet stepped)."""
     from torch.distributed.tensor import DTensor  # lazy: only a sharded run loads FSDP
-
-    from sftlab.train.checkpoint import unflatten_optimizer_state  # not at the top: checkpoint imports this module
 
     record = json.loads((path / SHARDING).read_text(encoding="utf-8"))
     model_file, optimizer_file = _names(rank, record["world_size"])
