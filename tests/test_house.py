@@ -81,14 +81,14 @@ def test_no_stage_imports_one_above_it():
     assert not violations, "\n".join(violations)
 
 
-def _module_level_imports(module: str, modules: set[str]) -> set[str]:
+def _module_level_imports(module: str, modules: set[str], *, lazy: bool = False) -> set[str]:
     """The sftlab modules ``module`` imports when it is imported: statements at module level, in
-    ``if`` and ``try`` blocks too (not inside functions), a package's parent excluded."""
+    ``if`` and ``try`` blocks too (with ``lazy``, inside functions too), a package's parent excluded."""
     tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
-    stack, found = list(tree.body), set()
+    stack, found = list(ast.walk(tree) if lazy else tree.body), set()
     while stack:
         node = stack.pop()
-        if isinstance(node, (ast.If, ast.Try, ast.ExceptHandler)):
+        if isinstance(node, (ast.If, ast.Try, ast.ExceptHandler)) and not lazy:
             stack += [*node.body, *getattr(node, "orelse", ()), *getattr(node, "handlers", ()),
                       *getattr(node, "finalbody", ())]
         elif isinstance(node, ast.Import):
@@ -99,11 +99,13 @@ def _module_level_imports(module: str, modules: set[str]) -> set[str]:
     return {m for m in found if m in modules and m != module and not module.startswith(m + ".")}
 
 
-def test_no_import_loop():
+@pytest.mark.parametrize("lazy", [False, True], ids=["module_level", "inside_functions_too"])
+def test_no_import_loop(lazy):
     """No module imports, directly or through others, a module that imports it back: the graph
-    of module-level imports, and the CLI's commands, has no cycle (a module is whole when it is used)."""
+    of module-level imports, and the CLI's commands, has no cycle (a module is whole when it is
+    used); nor has the graph with the imports inside functions (a loop is not hidden by laziness)."""
     modules = set(_modules()) | {"sftlab"}
-    graph = {m: _module_level_imports(m, modules) for m in modules}
+    graph = {m: _module_level_imports(m, modules, lazy=lazy) for m in modules}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(m: str, path: list[str]) -> list[str] | None:
