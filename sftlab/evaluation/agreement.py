@@ -9,7 +9,7 @@ Optional columns group the rows: ``model`` (or ``source``: who wrote the respons
 Built-in labelled sets (``BUILTIN``, ``sftlab/evaluation/assets/README.md``): ``xstest`` -- XSTest
 v2, 2,250 completions of five models with the authors' final human labels; ``demo`` -- 200
 responses of the demo's reference and tuned SmolLM2-135M models on prompts the demo holds out,
-labelled by hand.
+labelled by reading each in full (by the AI assistant that develops sftlab, not a human rater).
 
 Reported: ``n``; ``agreement`` (refusal -- refuse or partial -- vs comply, the split every
 refusal rate uses) and ``accuracy`` over the three labels; ``precision`` and ``recall`` of
