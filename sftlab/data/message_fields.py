@@ -170,12 +170,7 @@ def json_object_text(value: Any, field: str, index: int | None, what: str = "arg
     if isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, str):
-        try:
-            parsed = json.loads(value, parse_constant=_no_constant)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise RecordError("bad_arguments", f"{what} are not valid JSON ({e}); expected a JSON object "
-                              "such as {\"city\": \"Oslo\"}; fix: repair the JSON", field=field,
-                              message_index=index) from None
+        parsed = _strict_json(value, f"{what} are ", "a JSON object such as {\"city\": \"Oslo\"}", field, index)
         if isinstance(parsed, dict):
             return value
         got = _kind(parsed)
@@ -187,6 +182,17 @@ def json_object_text(value: Any, field: str, index: int | None, what: str = "arg
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(text: str, subject: str, expected: str, field: str, index: int | None = None,
+                 code: str = "bad_arguments") -> Any:
+    """``text`` parsed as strict JSON (no NaN or Infinity), or ``RecordError`` ``code`` naming
+    ``subject`` ("the function_call is ", or nothing) and what was ``expected``."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise RecordError(code, f"{subject}not valid JSON ({e}); expected {expected}; fix: repair the JSON",
+                          field=field, message_index=index) from None
 
 
 def _call(c: Any, field: str, index: int, call_id: Any = None) -> ToolCall:
@@ -221,12 +227,7 @@ def _tool_calls(items: Any, field: str, index: int) -> tuple[ToolCall, ...]:
 def sharegpt_calls(value: Any, field: str, index: int) -> tuple[ToolCall, ...]:
     """Glaive-style ``function_call`` turn: ``{"name", "arguments"}`` JSON (or a list of them)."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value, parse_constant=_no_constant)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise RecordError("bad_arguments", f"the function_call is not valid JSON ({e}); expected "
-                              "{\"name\": ..., \"arguments\": {...}}; fix: repair the JSON", field=field,
-                              message_index=index) from None
+        value = _strict_json(value, "the function_call is ", "{\"name\": ..., \"arguments\": {...}}", field, index)
     calls = value if isinstance(value, list) else [value]
     return tuple(_call(c, field if len(calls) == 1 else f"{field}[{j}]", index) for j, c in enumerate(calls))
 
@@ -237,11 +238,7 @@ def tools_text(value: Any, field: str = "tools") -> str | None:
         return None
     text = value if isinstance(value, str) else None
     if text is not None:
-        try:
-            value = json.loads(text, parse_constant=_no_constant)
-        except (json.JSONDecodeError, ValueError) as e:
-            raise RecordError("bad_tools", f"not valid JSON ({e}); expected a list of function definitions; "
-                              "fix: repair the JSON", field=field) from None
+        value = _strict_json(text, "", "a list of function definitions", field, code="bad_tools")
     if not isinstance(value, list):
         raise RecordError("bad_tools", f"expected a list of function definitions, got {_kind(value)}",
                           field=field)
