@@ -25,12 +25,16 @@ def tiny():
     return tok, model
 
 
-def test_opening_logprobs_batched_equal_one_at_a_time(tiny):
+@pytest.mark.parametrize("openings,batch_size", [(["I can't help with", "Sure"], 4), (["I", "a"], 2),
+                                                 (["Here's how", "I won't help"], 1)])
+def test_opening_logprobs_batched_equal_one_at_a_time(tiny, openings, batch_size):
+    """Prompts of different lengths share a batch (left padding, the KV cache repeated per opening);
+    openings of one token have no tail to run; every value equals one prompt + opening read alone."""
     tok, model = tiny
     prompts = [tok("hello there, how are you", add_special_tokens=False)["input_ids"],
-               tok("a", add_special_tokens=False)["input_ids"]]
-    openings = ["I can't help with", "Sure"]
-    batched = opening_logprobs(model, tok, prompts, openings, batch_size=4)
+               tok("a", add_special_tokens=False)["input_ids"],
+               tok("what is two plus two", add_special_tokens=False)["input_ids"]]
+    batched = opening_logprobs(model, tok, prompts, openings, batch_size=batch_size)
     for i, p in enumerate(prompts):
         for j, o in enumerate(openings):
             o_ids = tok(o, add_special_tokens=False)["input_ids"]

@@ -23,6 +23,7 @@ Example (pairs from prompt slices)::
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import defaultdict
 
@@ -55,39 +56,70 @@ def xstest_pairs(prompts, per_type: int | None = None) -> list[tuple]:
 def opening_logprobs(model, tok, prompt_ids: list[list[int]], openings: list[str],
                      batch_size: int = 16, progress: bool = False) -> list[list[float]]:
     """``[prompt][opening]``: the summed log-probability of each opening's tokens right after
-    each prompt (right padding, masked by the attention mask)."""
+    each prompt.
+
+    Each prompt is read once: ``batch_size`` prompts, left-padded (masked by the attention mask),
+    go through the model with its KV cache, whose last position scores every opening's first
+    token; the cache is then repeated once per opening and only the openings' own tokens are run
+    on it. Reading each prompt once per opening, with logits at every position, cost about five
+    times as much (the prompt is ten times longer than an opening).
+    """
     # lazy: torch takes seconds to import; this module is also used where no model runs
     import torch
 
     from sftlab.progress import progress_bar  # lazy: tqdm costs `sftlab --help` (eval imports this module)
 
     op_ids = [tok(o, add_special_tokens=False)["input_ids"] for o in openings]
-    seqs = [(i, j) for i in range(len(prompt_ids)) for j in range(len(op_ids))]
-    out = [[0.0] * len(op_ids) for _ in prompt_ids]
+    if any(not o for o in op_ids) or any(not p for p in prompt_ids):
+        raise ValueError("an opening or a prompt with no tokens has no log-probability to read")
+    n_op, rest = len(op_ids), max(map(len, op_ids)) - 1
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    # every opening but its last token, right-padded: the input after the cached prompt
+    tail = torch.tensor([o[:-1] + [pad] * (rest + 1 - len(o)) for o in op_ids], device=device)
+    tail_mask = torch.tensor([[1] * (len(o) - 1) + [0] * (rest + 1 - len(o)) for o in op_ids], device=device)
+    out = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in progress_bar(range(0, len(seqs), batch_size), desc="margins", unit="batch", enabled=progress):
-                chunk = seqs[start:start + batch_size]
-                rows = [prompt_ids[i] + op_ids[j] for i, j in chunk]
-                width = max(map(len, rows))
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for k, row in enumerate(rows):
-                    ids[k, :len(row)] = torch.tensor(row)
-                    mask[k, :len(row)] = 1
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                for k, (i, j) in enumerate(chunk):
-                    n_p, target = len(prompt_ids[i]), op_ids[j]
-                    steps = logits[k, n_p - 1:n_p - 1 + len(target)].float().log_softmax(-1)
-                    picked = steps[torch.arange(len(target)), torch.tensor(target, device=steps.device)]
-                    out[i][j] = float(picked.sum())
+            for start in progress_bar(range(0, len(prompt_ids), batch_size), desc="margins", unit="batch",
+                                      enabled=progress):
+                chunk = prompt_ids[start:start + batch_size]
+                out += _chunk_logprobs(model, chunk, op_ids, tail, tail_mask, pad, device)
     finally:
         model.train(was_training)
     return out
+
+
+def _chunk_logprobs(model, chunk, op_ids, tail, tail_mask, pad, device) -> list[list[float]]:
+    """``opening_logprobs`` for one batch of prompts: one cached pass over the prompts, one over
+    the openings' tokens on the cache repeated ``len(op_ids)`` times (rows prompt-major)."""
+    import torch  # lazy: as above
+
+    n_op, b = len(op_ids), len(chunk)
+    width = max(map(len, chunk))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+    # positions count real tokens only, as generate's do: left padding moves no prompt token
+    res = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    first = res.logits[:, -1].float().log_softmax(-1)
+    rows = [[float(first[k, o[0]]) for o in op_ids] for k in range(b)]
+    if tail.shape[1] == 0:
+        return rows
+    cache = getattr(res, "cache", None) or res.past_key_values  # transformers 5 renamed it
+    cache.batch_repeat_interleave(n_op)
+    lengths = torch.tensor([len(p) for p in chunk], device=device).repeat_interleave(n_op)
+    positions = lengths[:, None] + torch.arange(tail.shape[1], device=device)[None, :]
+    named = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    logits = model(input_ids=tail.repeat(b, 1), **{named: cache}, position_ids=positions,
+                   attention_mask=torch.cat([mask.repeat_interleave(n_op, 0), tail_mask.repeat(b, 1)], 1)
+                   ).logits.float().log_softmax(-1)
+    for k in range(b):
+        for j, o in enumerate(op_ids):
+            rows[k][j] += sum(float(logits[k * n_op + j, t - 1, o[t]]) for t in range(1, len(o)))
+    return rows
 
 
 def _lse(xs: list[float]) -> float:
