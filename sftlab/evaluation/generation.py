@@ -3,7 +3,10 @@
 Prompts are token ids (``sftlab.tokens.encoding.encode_prompt``: content never becomes a control token).
 They are sorted by length, left-padded into batches with an explicit ``attention_mask`` (padding
 is masked by position, never by token id: pad may equal eos) and decoded with transformers'
-``generate`` and its KV cache. Greedy by default; ``temperature > 0`` samples, seeded.
+``generate`` and its KV cache. The tokens every prompt of a call begins with (the template's
+opening and system prompt) are read once and their cache is shared by every batch; the padding
+then lies between that prefix and the rest of each prompt, still masked, with positions that count
+real tokens only. Greedy by default; ``temperature > 0`` samples, seeded.
 
 Generation stops at the tokenizer's eos and at the template's end-of-turn marker(s) (DESIGN
 invariant 11); a marker that is not one token in this vocabulary (an alternate template's
@@ -18,6 +21,9 @@ Example::
 """
 from __future__ import annotations
 
+import copy
+import inspect
+import os.path
 from dataclasses import asdict, dataclass, field
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
@@ -156,15 +162,20 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
     torch.manual_seed(settings.seed)
     bar = progress_bar(total=len(unique), desc=desc, unit="prompt", enabled=progress)
     try:
+        with torch.no_grad():
+            prefix, cache = _prefix_cache(model, unique, settings.num_samples, device)
         for batch in batches:
             seqs = [unique[i] for i in batch]
-            width = max(map(len, seqs))
-            ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs], device=device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+            width = max(map(len, seqs)) - prefix
+            ids = torch.tensor([[*s[:prefix], *[pad_id] * (width + prefix - len(s)), *s[prefix:]] for s in seqs],
+                               device=device)
+            mask = torch.tensor([[1] * prefix + [0] * (width + prefix - len(s)) + [1] * (len(s) - prefix)
+                                 for s in seqs], device=device)
             with torch.no_grad():
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                     tokenizer=tokenizer if stop else None)
-            new = out[:, width:].tolist()
+                                     tokenizer=tokenizer if stop else None,
+                                     **_with_cache(model, cache, len(seqs)))
+            new = out[:, prefix + width:].tolist()
             for j, s in enumerate(seqs):
                 rows = new[j * settings.num_samples:(j + 1) * settings.num_samples]
                 results[s] = [_cut(r, set(eos_ids), tokenizer, stop) for r in rows]
@@ -173,3 +184,45 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], settings: DecoderSet
         bar.close()
         model.train(was_training)
     return [results[tuple(p)] for p in prompt_ids]
+
+
+MIN_PREFIX = 4
+"""Shared prompt prefixes shorter than this are not worth a pass of their own."""
+
+
+def _prefix_cache(model, prompts: list[tuple], num_samples: int, device):
+    """``(n, cache)``: the first ``n`` tokens every prompt begins with (a chat template's opening
+    and system prompt: half of a short prompt) and their KV cache, computed once; each batch then
+    continues from a copy (``[prefix, padding, rest]``, the padding masked: positions count real
+    tokens only, so each prompt's are what they were). ``(0, None)`` when that prefix is shorter
+    than ``MIN_PREFIX`` tokens, when each prompt returns several samples, or when the model's cache
+    cannot be repeated per prompt."""
+    import torch  # lazy: as in generate
+
+    n = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
+    if n < MIN_PREFIX or num_samples != 1:
+        return 0, None
+    out = model(input_ids=torch.tensor([list(prompts[0][:n])], device=device), use_cache=True, logits_to_keep=1)
+    cache = output_cache(out)
+    return (n, cache) if cache is not None and hasattr(cache, "batch_repeat_interleave") else (0, None)
+
+
+def output_cache(out):
+    """The KV cache of a forward pass's output (``cache`` from transformers 5, ``past_key_values`` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def with_cache(model, cache) -> dict:
+    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers takes."""
+    named = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {named: cache}
+
+
+def _with_cache(model, cache, rows: int) -> dict:
+    """A copy of the prefix ``cache`` repeated for ``rows`` prompts, as ``generate``'s keyword."""
+    if cache is None:
+        return {}
+    mine = copy.deepcopy(cache)
+    mine.batch_repeat_interleave(rows)
+    return with_cache(model, mine)

@@ -23,9 +23,10 @@ Example (pairs from prompt slices)::
 """
 from __future__ import annotations
 
-import inspect
 import math
 from collections import defaultdict
+
+from sftlab.evaluation.generation import output_cache, with_cache
 
 REFUSAL_OPENINGS = ("I can't help with", "I'm sorry, but I can't", "I won't help")
 COMPLIANT_OPENINGS = ("Sure!", "Sure, here", "Here's how")
@@ -108,12 +109,11 @@ def _chunk_logprobs(model, chunk, op_ids, tail, tail_mask, pad, device) -> list[
     rows = [[float(first[k, o[0]]) for o in op_ids] for k in range(b)]
     if tail.shape[1] == 0:
         return rows
-    cache = getattr(res, "cache", None) or res.past_key_values  # transformers 5 renamed it
+    cache = output_cache(res)
     cache.batch_repeat_interleave(n_op)
     lengths = torch.tensor([len(p) for p in chunk], device=device).repeat_interleave(n_op)
     positions = lengths[:, None] + torch.arange(tail.shape[1], device=device)[None, :]
-    named = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    logits = model(input_ids=tail.repeat(b, 1), **{named: cache}, position_ids=positions,
+    logits = model(input_ids=tail.repeat(b, 1), **with_cache(model, cache), position_ids=positions,
                    attention_mask=torch.cat([mask.repeat_interleave(n_op, 0), tail_mask.repeat(b, 1)], 1)
                    ).logits.float().log_softmax(-1)
     for k in range(b):
