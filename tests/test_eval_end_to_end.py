@@ -134,7 +134,7 @@ def test_eval_with_reference_gates_and_outputs(models, tmp_path, capsys):
 
 def test_eval_passes_default_out_and_cache(models, tmp_path, capsys):
     args = ["--model", str(models / "run" / "final"), "--prompts", str(models / "prompts.jsonl"),
-            "--policy", str(models / "policy.yaml"), "--conditions", "training_template,no_system",
+            "--policy", str(models / "policy.yaml"), "--conditions", "training_template,safety_system",
             "--cache-dir", str(tmp_path / "cache")]
     (models / "run" / "run.json").write_text(json.dumps(
         {"schema_version": 1, "kind": "train", "decoding": [{"purpose": "gen_eval", "max_new_tokens": 4}]}))
@@ -214,10 +214,40 @@ def test_reference_conditions_limit_only_the_reference(models, tmp_path, capsys)
 def test_eval_shows_progress_per_model_and_condition(models, tmp_path, capsys):
     """Generation can take minutes: without --json a bar counts prompts per model and condition."""
     code = main(["eval", "--model", str(models / "run" / "final"), "--prompts", str(models / "prompts.jsonl"),
-                 "--policy", str(models / "policy.yaml"), "--conditions", "training_template,no_system",
+                 "--policy", str(models / "policy.yaml"), "--conditions", "training_template,safety_system",
                  "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code in (0, 1)
-    for condition in ("training_template", "no_system"):
+    for condition in ("training_template", "safety_system"):
         assert f"tuned/{condition}" in err
     assert "prompt/s" in err or "s/prompt" in err
+
+
+def test_a_condition_rendering_the_same_tokens_shares_the_earlier_responses(models, tmp_path, capsys):
+    """Without a system prompt, training_template and no_system render the same ids: no_system
+    takes training_template's responses (generated once) and says so; with --system-prompt they
+    differ and each is generated. The reused responses equal those generated for no_system alone."""
+    base = ["--model", str(models / "base"), "--prompts", str(models / "prompts.jsonl"), "--no-cache"]
+    code, _ = _run(capsys, [*base, "--conditions", "training_template,no_system", "--out", str(tmp_path / "a")])
+    ev = json.loads((tmp_path / "a" / "eval.json").read_text())
+    assert ev["condition_settings"]["no_system"]["same_prompts_as"] == "training_template"
+    assert "same_prompts_as" not in ev["condition_settings"]["training_template"]
+    rows = [json.loads(line) for line in (tmp_path / "a" / "outputs.jsonl").open()]
+    shared = {c: [r["response"] for r in rows if r["condition"] == c] for c in ("training_template", "no_system")}
+    assert shared["no_system"] == shared["training_template"] and any(shared["no_system"])
+
+    from sftlab.evaluation.evaluate import _load_model, generate_condition
+    from sftlab.evaluation.generation import DecoderSettings
+    from sftlab.evaluation.prompts import load_prompt_set
+    from sftlab.evaluation.robustness import build_conditions
+
+    model, tok = _load_model(str(models / "base"), False)
+    conds, _ = build_conditions({"no_system"}, get_template(None, tok), None, None)
+    alone, _ = generate_condition(model, tok, conds[0], load_prompt_set(str(models / "prompts.jsonl")).prompts,
+                                  DecoderSettings(max_new_tokens=6))
+    assert [r[0] for r in alone] == shared["no_system"]
+
+    code, _ = _run(capsys, [*base, "--conditions", "training_template,no_system", "--out", str(tmp_path / "b"),
+                            "--system-prompt", "You are terse."])
+    ev = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert "same_prompts_as" not in ev["condition_settings"]["no_system"]

@@ -212,6 +212,9 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
     for name, cond in report["condition_settings"].items():
         if cond.get("note"):
             print(f"condition {name}: {cond['note']}")
+        if cond.get("same_prompts_as"):
+            print(f"condition {name}: renders the same prompt tokens as {cond['same_prompts_as']}; "
+                  "its responses are that condition's, not generated twice")
     for name, reason in report["skipped_conditions"].items():
         print(f"condition {name} skipped: {reason}")
     for metric, r in report["robustness"].items():

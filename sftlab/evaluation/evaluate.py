@@ -218,14 +218,25 @@ def detector_rates(rows: list[dict], names: list[str]) -> dict:
 
 
 def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, cache=None,
-                       progress=False, desc="generate") -> tuple[list[list[str]], dict]:
-    """Responses for every prompt under one condition (from the cache when it has them)."""
+                       progress=False, desc="generate", rendered: dict | None = None) -> tuple[list[list[str]], dict]:
+    """Responses for every prompt under one condition (from the cache when it has them).
+
+    ``rendered`` (one model's conditions share it) maps what an earlier condition generated from
+    (every prompt's token ids, eos ids, stop strings) to its condition and responses: a condition
+    that renders exactly the same ids (``no_system`` where the template inserts its default system
+    prompt, ``template_default``) takes those responses instead of generating them again (the same
+    inputs, settings and seed give the same responses) and says so (``same_prompts_as``)."""
     from sftlab.tokens.encoding import encode_prompt  # lazy: see the note at the imports
 
     ids = [encode_prompt(cond.messages(p), tok, cond.template, tools=json.loads(p.tools) if p.tools else None)
            for p in prompts]
     _check_context(model, cond.name, prompts, ids, settings.max_new_tokens)
     eos, stops = stop_tokens(tok, cond.template, model)
+    described = {"eos_token_ids": eos, "stop_strings": stops}
+    inputs = (tuple(map(tuple, ids)), tuple(eos), tuple(stops))
+    if rendered is not None and inputs in rendered:
+        first, responses = rendered[inputs]
+        return responses, {**described, "same_prompts_as": first}
     key = cache_key(model_fp, ids, settings.to_dict(), cond.name, eos, stops) if model_fp else None
     responses = cache.get(key) if (cache is not None and key) else None
     if responses is None:
@@ -233,7 +244,9 @@ def generate_condition(model, tok, cond, prompts, settings, *, model_fp=None, ca
                              progress=progress, desc=desc)
         if cache is not None and key:
             cache.put(key, responses)
-    return responses, {"eos_token_ids": eos, "stop_strings": stops}
+    if rendered is not None:
+        rendered[inputs] = (cond.name, responses)
+    return responses, described
 
 
 def _check_context(model, condition: str, prompts, ids: list[list[int]], new_tokens: int) -> None:
@@ -266,12 +279,12 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
     from sftlab.model.loading import model_directory  # lazy: see the note at the imports
 
     fp = model_fingerprint(model_directory(path))  # a GGUF: its converted directory
-    rows, results, described = [], {}, {}
+    rows, results, described, rendered = [], {}, {}, {}
     for cond in conditions:
         try:
             responses, stops = generate_condition(model, tok, cond, opts.prompts, opts.settings,
                                                   model_fp=fp, cache=cache, progress=opts.progress,
-                                                  desc=f"{kind}/{cond.name}")
+                                                  desc=f"{kind}/{cond.name}", rendered=rendered)
         except TemplateError as e:
             if cond.name == PRIMARY:
                 raise UsageError(f"{path}: the training template cannot render the prompts: {e}") from None
