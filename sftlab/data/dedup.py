@@ -159,12 +159,20 @@ def split_words(strings):
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser (a bijection on uint64), element-wise; wraps modulo 2^64."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """splitmix64's finaliser (a bijection on uint64), element-wise; wraps modulo 2^64. Computed
+    in place in ``z`` (returned) when it is a uint64 array of its own, which every caller here
+    passes (a fresh temporary), so millions of words cost one buffer, not ten."""
+    if not (isinstance(z, np.ndarray) and z.dtype == np.uint64 and z.flags.writeable and z.base is None):
+        z = np.array(z, dtype=np.uint64)
+    t = np.right_shift(z, np.uint64(30))
+    z ^= t
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    return z
 
 
 _BYTE_SALT, _KEY_SALTS = np.uint64(0x5DEECE66D), (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
@@ -201,9 +209,15 @@ def _sequence_keys(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray,
     """Two 64-bit hashes per sequence ``hashes[offsets[i]:offsets[i + 1]]`` (order and length
     count): wrapped sums of ``_mix64(hash + position * K)``, plain and times ``2 * position + 1``."""
     n = np.diff(offsets)
-    position = np.arange(len(hashes), dtype=np.uint64) - np.repeat(offsets[:-1], n).astype(np.uint64)
-    terms = _mix64(hashes + position * _KEY_SALTS[0])
-    weighted = terms * (position * np.uint64(2) + np.uint64(1))
+    position = np.arange(len(hashes), dtype=np.uint64)
+    position -= np.repeat(offsets[:-1].astype(np.uint64), n)
+    terms = np.multiply(position, _KEY_SALTS[0])
+    terms += hashes
+    terms = _mix64(terms)
+    weighted = position  # 2 * position + 1, then times the terms, in place
+    weighted *= np.uint64(2)
+    weighted += np.uint64(1)
+    weighted *= terms
     length = n.astype(np.uint64)
     return (_mix64(_segment_sums(terms, offsets) ^ length * _KEY_SALTS[0]),
             _mix64(_segment_sums(weighted, offsets) ^ length * _KEY_SALTS[1]))
