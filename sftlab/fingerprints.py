@@ -55,8 +55,9 @@ def data_bytes(value: Any) -> bytes:
     elsewhere. orjson writes every string, key order and integer as ``json`` does (a test checks
     each code point and random floats); it writes a float below 1e-4 without the exponent
     ``json`` gives it (``0.00005`` for ``5e-05``) and NaN or infinity as ``null``, so a text with
-    ``0.0000``, ``e-`` or ``null`` anywhere, or one orjson refuses (an unpaired surrogate, an
-    integer beyond 64 bits, a key that is no string), is written by ``json``. Dates, times and
+    ``0.0000`` or ``e-`` anywhere, one with ``null`` that does not read back as the value (NaN
+    reads back as None), or one orjson refuses (an unpaired surrogate, an integer beyond 64 bits,
+    a key that is no string), is written by ``json``. Dates, times and
     dataclasses go to ``str`` as ``json``'s ``default=str`` sends them (an ``Enum``, which orjson
     writes as its value, is no record data).
 
@@ -74,8 +75,8 @@ def data_bytes(value: Any) -> bytes:
         out = orjson.dumps(value, default=str, option=_DATA_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: what json may still write (or refuse with its own message)
         return canonical_bytes(value, default=str)
-    if b"0.0000" in out or b"e-" in out or b"null" in out:
-        return canonical_bytes(value, default=str)
+    if b"0.0000" in out or b"e-" in out or (b"null" in out and orjson.loads(out) != value):
+        return canonical_bytes(value, default=str)  # a float json writes otherwise, or NaN (read back: None)
     return out
 
 
