@@ -233,7 +233,9 @@ def _sequence_keys(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray,
 
 def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Sums modulo 2^64 of ``values[offsets[i]:offsets[i + 1]]`` (empty segments: 0)."""
-    total = np.concatenate((np.zeros(1, np.uint64), np.cumsum(values, dtype=np.uint64)))
+    total = np.empty(len(values) + 1, dtype=np.uint64)
+    total[0] = 0
+    np.cumsum(values, dtype=np.uint64, out=total[1:])
     return total[offsets[1:]] - total[offsets[:-1]]
 
 
