@@ -54,3 +54,25 @@ def test_prompts_with_no_shared_prefix_and_sampling_are_generated_without_it(set
     assert generation._prefix_cache(model, [tuple(p) for p in prompts], 2, "cpu") == (0, None)
     s = DecoderSettings(max_new_tokens=6, batch_size=2)
     assert generate(model, tok, bare, s, eos_ids=eos) == _alone_without_prefix(model, tok, bare, eos, s, monkeypatch)
+
+
+def test_a_lora_wrapped_model_continues_from_the_prefix_cache_too(setup, monkeypatch):
+    """The training loop's generation eval passes a peft model: the cache goes under the name its
+    base model takes (no deprecation warning) and the responses are those of each prompt alone."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    tok, model, prompts, eos = setup
+    torch.manual_seed(0)
+    wrapped = get_peft_model(build_tiny(seed=4)[1], LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                               task_type="CAUSAL_LM"))
+    for name, p in wrapped.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)                   # the adapter changes the outputs
+    s = DecoderSettings(max_new_tokens=6, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        together = generate(wrapped, tok, prompts, s, eos_ids=eos)
+    assert together == _alone_without_prefix(wrapped, tok, prompts, eos, s, monkeypatch)
+    assert together != generate(model, tok, prompts, s, eos_ids=eos)

@@ -214,8 +214,10 @@ def output_cache(out):
 
 
 def with_cache(model, cache) -> dict:
-    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers takes."""
-    named = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers takes
+    (read from the model itself: a peft wrapper's ``forward`` takes ``**kwargs``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    named = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     return {named: cache}
 
 
