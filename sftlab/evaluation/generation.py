@@ -202,7 +202,8 @@ def _prefix_cache(model, prompts: list[tuple], num_samples: int, device):
     n = min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1)
     if n < MIN_PREFIX or num_samples != 1:
         return 0, None
-    out = model(input_ids=torch.tensor([list(prompts[0][:n])], device=device), use_cache=True, logits_to_keep=1)
+    out = model(input_ids=torch.tensor([list(prompts[0][:n])], device=device), use_cache=True,
+                **last_logits_only(model))
     cache = output_cache(out)
     return (n, cache) if cache is not None and hasattr(cache, "batch_repeat_interleave") else (0, None)
 
@@ -213,12 +214,21 @@ def output_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def with_cache(model, cache) -> dict:
-    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers takes
-    (read from the model itself: a peft wrapper's ``forward`` takes ``**kwargs``)."""
+def _forward_takes(model) -> set[str]:
+    """The keyword arguments the model's own ``forward`` names (a peft wrapper's takes ``**kwargs``:
+    its base model's)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    named = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-    return {named: cache}
+    return set(inspect.signature(inner.forward).parameters)
+
+
+def with_cache(model, cache) -> dict:
+    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers takes."""
+    return {"cache" if "cache" in _forward_takes(model) else "past_key_values": cache}
+
+
+def last_logits_only(model) -> dict:
+    """``{"logits_to_keep": 1}`` where the model can skip the other positions' logits, else ``{}``."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_takes(model) else {}
 
 
 def _with_cache(model, cache, rows: int) -> dict:
