@@ -21,6 +21,7 @@ Variants (``--variants``, comma-separated):
 - ``self_distilled_bare``: the same without the opener anywhere: answers open with their content;
 - ``opening_weight``: no opener; the first 4 tokens of every response weigh 4 times more
   (``encoding.opening_tokens`` / ``opening_weight``);
+- ``opening_distilled``: both: no opener, self-distilled benign answers, the first 4 tokens x4;
 - ``paired``: each refusal record shares its record with a benign look-alike (two exchanges), so
   the pair is always in one row of one batch;
 - ``more_refusals``: slice shares task 0.25, refusal 0.35, benign 0.35, multi-turn 0.05 (shipped:
@@ -44,11 +45,11 @@ import time
 from pathlib import Path
 
 REFUSAL_WORDS = ("I", "Sorry", "No", "Unfortunately", "As")
-VARIANTS = ("shipped", "more_data", "self_distilled", "self_distilled_bare", "opening_weight", "paired",
-            "more_refusals")
+VARIANTS = ("shipped", "more_data", "self_distilled", "self_distilled_bare", "opening_weight",
+            "opening_distilled", "paired", "more_refusals")
 
 
-NO_OPENER = ("self_distilled_bare", "opening_weight")
+NO_OPENER = ("self_distilled_bare", "opening_weight", "opening_distilled")
 """Variants whose benign answers open with their content, not ``COMPLY_OPENER``."""
 OPENING = {"encoding.opening_tokens": 4, "encoding.opening_weight": 4.0}
 """The ``opening_weight`` variant's loss weight on the first response tokens."""
@@ -68,7 +69,7 @@ def _suite(variant: str, n_train: int, seed: int, base: str, cache: Path):
     finally:
         suite_module.SLICE_SHARES.update(shares)
         suite_module.COMPLY_OPENER = opener
-    if variant.startswith("self_distilled"):
+    if variant.startswith("self_distilled") or variant == "opening_distilled":
         _self_distil(suite.train, base, cache, "" if variant in NO_OPENER else opener)
     if variant == "paired":
         _pair(suite.train, seed)
@@ -162,7 +163,7 @@ def _prepare(out: Path, variant: str, args) -> Path:
                        "checkpointing.every_n_steps": args.steps, "log.progress": False,
                        # two exchanges per record: twice the demo's 128 tokens, so none is cut
                        **({"encoding.max_length": 256} if variant == "paired" else {}),
-                       **(OPENING if variant == "opening_weight" else {})})
+                       **(OPENING if variant.startswith("opening") else {})})
     return _config(run, Path(args.base), data, mode, args.seed)
 
 
