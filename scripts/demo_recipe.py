@@ -15,6 +15,7 @@ own process (one torch thread each, all variants at once), then
 Variants (``--variants``, comma-separated):
 
 - ``shipped``: the demo's recipe as it is;
+- ``no_opener``: the shipped recipe without ``COMPLY_OPENER`` anywhere;
 - ``more_data``: twice the records (more varied prompts) at the same steps;
 - ``self_distilled``: the benign look-alikes' targets are the reference model's own greedy answers
   (after the "Sure! " opener), so tuning need not move benign behaviour;
@@ -45,11 +46,11 @@ import time
 from pathlib import Path
 
 REFUSAL_WORDS = ("I", "Sorry", "No", "Unfortunately", "As")
-VARIANTS = ("shipped", "more_data", "self_distilled", "self_distilled_bare", "opening_weight",
+VARIANTS = ("shipped", "no_opener", "more_data", "self_distilled", "self_distilled_bare", "opening_weight",
             "opening_distilled", "paired", "more_refusals")
 
 
-NO_OPENER = ("self_distilled_bare", "opening_weight", "opening_distilled")
+NO_OPENER = ("no_opener", "self_distilled_bare", "opening_weight", "opening_distilled")
 """Variants whose benign answers open with their content, not ``COMPLY_OPENER``."""
 OPENING = {"encoding.opening_tokens": 4, "encoding.opening_weight": 4.0}
 """The ``opening_weight`` variant's loss weight on the first response tokens."""
@@ -250,6 +251,7 @@ def main() -> None:
     ap.add_argument("--base", default=None, help="base model directory (default: the demo's SmolLM2-135M)")
     ap.add_argument("--distilled", type=Path, default=None,
                     help="JSONL of the base model's answers to reuse and extend (default: OUT/distilled.jsonl)")
+    ap.add_argument("--curve-only", action="store_true", help="score the XSTest first-token curve only (no generation)")
     ap.add_argument("--reference", action="store_true", help="also score the untuned base model")
     ap.add_argument("--score", action="append", default=[], metavar="NAME=DIR",
                     help="also score a model trained elsewhere (a demo run's RUN/final), as row NAME")
@@ -285,7 +287,7 @@ def main() -> None:
             models[v] = str(final)
     for name, model_dir in models.items():
         _say(t0, f"scoring {name}")
-        rows[name] = {**curve(model_dir), **ood(args.out / name, model_dir, args.seed)}
+        rows[name] = {**curve(model_dir), **({} if args.curve_only else ood(args.out / name, model_dir, args.seed))}
     rows = {name: rows[name] for name in [*(["reference"] if args.reference else []), *scored, *variants]}
     result = {"steps": args.steps, "n_train": args.n_train, "seed": args.seed, "train_s": round(train_s, 1),
               "total_s": round(time.perf_counter() - t0, 1), "load": os.getloadavg(), "rows": rows}
