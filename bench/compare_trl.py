@@ -18,7 +18,8 @@ masks), fp32 on the CPU, one process for data preparation:
   process, each run in its own subprocess so that memory is not shared;
 - training FLOP utilisation (MFU) of each side against the machine's limit: model FLOP/s counted
   by ``sftlab.train.throughput`` (PaLM's accounting from the model's shape: 6 FLOPs per weight and
-  token plus attention within each packed example), divided by the FLOP/s of a timed fp32
+  token plus attention within each packed example; the output head at the trained targets, the
+  only logits the objective needs, on both sides), divided by the FLOP/s of a timed fp32
   ``torch.mm`` at the model's hidden size, measured in this run before, between and after the
   training runs (the highest is the peak); both sides use the same FLOP count and the same peak;
 - the initial loss on the same held-out tokens (held-out conversations that fit in max_length
@@ -199,16 +200,17 @@ def train_sftlab(a) -> dict:
     """``sftlab.train.loop.train`` on the whole training file; steps timed from the loop's calls
     for each step's micro-batches (the start of step k+1 ends step k)."""
     from sftlab.train.config import TrainConfig
-    from sftlab.train.loop import TrainData, train
+    from sftlab.train.loop import TrainData, _trained_tokens, train
 
-    marks: list[tuple[float, float, int, int]] = []  # wall, cpu, real tokens, squared example lengths
+    marks: list[tuple[float, float, int, int, int]] = []  # wall, cpu, real tokens, squared lengths, targets
     original = TrainData.micro_batches
 
     def observed(self, rows, s, rank, world):
         wall, cpu = time.perf_counter(), time.process_time()
         batches = original(self, rows, s, rank, world)
         marks.append((wall, cpu, sum(int(b["seq_lengths"].sum()) for b in batches),
-                      sum(int((b["seq_lengths"].long() ** 2).sum()) for b in batches)))
+                      sum(int((b["seq_lengths"].long() ** 2).sum()) for b in batches),
+                      sum(_trained_tokens(b) for b in batches)))
         return batches
 
     TrainData.micro_batches = observed
@@ -226,7 +228,8 @@ def train_sftlab(a) -> dict:
     timed = marks[a.warmup:a.warmup + a.steps + 1]
     seconds, cpu = timed[-1][0] - timed[0][0], timed[-1][1] - timed[0][1]
     tokens, square_lengths = sum(m[2] for m in timed[:-1]), sum(m[3] for m in timed[:-1])
-    return {"impl": "sftlab", "tokens": tokens, "square_lengths": square_lengths, "seconds": seconds, "cpu_s": cpu,
+    return {"impl": "sftlab", "tokens": tokens, "square_lengths": square_lengths,
+            "targets": sum(m[4] for m in timed[:-1]), "seconds": seconds, "cpu_s": cpu,
             "tokens_per_s": tokens / seconds, "steps": a.steps, "warmup": a.warmup, "process_s": total_s,
             "peak_rss_mib": peak_rss_mib()}
 
@@ -241,7 +244,7 @@ def timed_trl_train(make_trainer, warmup: int, steps: int) -> dict:
     from trl import SFTTrainer
 
     ends: list[tuple[float, float]] = []  # wall, cpu
-    tokens_at: list[tuple[int, int, int]] = []  # step, real tokens, squared example lengths
+    tokens_at: list[tuple[int, int, int, int]] = []  # step, real tokens, squared example lengths, targets
 
     class StepEnds(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -253,7 +256,8 @@ def timed_trl_train(make_trainer, warmup: int, steps: int) -> dict:
         def compute_loss(self, model, inputs, *args, **kw):
             positions = inputs["position_ids"].flatten()
             starts = torch.cat([(positions == 0).nonzero().flatten(), torch.tensor([positions.numel()])])
-            tokens_at.append((self.state.global_step, positions.numel(), int((starts.diff() ** 2).sum())))
+            tokens_at.append((self.state.global_step, positions.numel(), int((starts.diff() ** 2).sum()),
+                              int((inputs["labels"][:, 1:] != -100).sum())))
             return super().compute_loss(model, inputs, *args, **kw)
 
     trainer = make_trainer(Counting)
@@ -261,9 +265,10 @@ def timed_trl_train(make_trainer, warmup: int, steps: int) -> dict:
     trainer.train()
     first, last = ends[warmup - 1], ends[warmup + steps - 1]
     seconds, cpu = last[0] - first[0], last[1] - first[1]
-    timed = [(n, sq) for step, n, sq in tokens_at if warmup <= step < warmup + steps]
-    tokens, square_lengths = sum(n for n, _ in timed), sum(sq for _, sq in timed)
-    return {"impl": "trl", "tokens": tokens, "square_lengths": square_lengths, "seconds": seconds, "cpu_s": cpu,
+    timed = [(n, sq, t) for step, n, sq, t in tokens_at if warmup <= step < warmup + steps]
+    tokens, square_lengths = sum(n for n, _, _ in timed), sum(sq for _, sq, _ in timed)
+    return {"impl": "trl", "tokens": tokens, "square_lengths": square_lengths,
+            "targets": sum(t for _, _, t in timed), "seconds": seconds, "cpu_s": cpu,
             "tokens_per_s": tokens / seconds,
             "steps": steps, "warmup": warmup}
 
@@ -417,7 +422,8 @@ def summarise(res: dict) -> dict:
         out[impl]["train_rss"] = med(r["peak_rss_mib"] for r in runs)
         flops = [step_flops(matmul_weights=shape["matmul_weights"], frozen_weights=shape["frozen_weights"],
                             layers=shape["layers"], hidden=shape["hidden_size"], tokens=r["tokens"],
-                            square_lengths=r["square_lengths"]) for r in runs]
+                            square_lengths=r["square_lengths"], head_weights=shape["head_weights"],
+                            head_frozen=shape["head_frozen"], head_tokens=r["targets"]) for r in runs]
         out[impl]["train_flop_s"] = med(f / r["seconds"] for f, r in zip(flops, runs))
         out[impl]["train_flop_cpu_s"] = med(f / r["cpu_s"] for f, r in zip(flops, runs))
         out[impl]["mfu"] = out[impl]["train_flop_s"] / peak

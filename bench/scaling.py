@@ -20,7 +20,8 @@ instead, side by side in one run (``--store-sizes``, default 100k, 200k and 1M c
 - cold preparation (``prepare``: read, validate, encode, statistics, write; ``--num-proc``
   worker processes) wall time, CPU time of every process, and peak RSS (the main process and the
   largest worker), against the Rust tokenizer alone on the same rendered text (``encode_batch``
-  on its thread pool, all cores; rendering not counted);
+  on its thread pool, all cores; rendering not counted), and against the tokenizer with its ids
+  read into Python and its encodings freed, which every user of its output pays too (``+ids``);
 - a warm ``sftlab.train.loop.train`` (the store reused) for 2 optimizer steps: peak RSS of the
   training process, and the seconds from ``train()`` to its first optimizer step minus the
   model and tokenizer loading;
@@ -136,7 +137,10 @@ def store_prep(a: dict) -> dict:
 
 def store_floor(a: dict) -> dict:
     """The tokenizer alone (``encode_batch``, its thread pool on all cores) on the ChatML rendering
-    of every conversation, rendered a block at a time (rendering not timed)."""
+    of every conversation, rendered a block at a time (rendering not timed): ``seconds``/``cpu_s``
+    the encoding alone; ``out_seconds``/``out_cpu_s`` that and what any user of its output pays
+    as well: reading each encoding's ids into Python (about 40 ns a token) and freeing the
+    encodings (a few small allocations per token)."""
     from transformers import AutoTokenizer
 
     from sftlab.data.formats import to_conversation
@@ -145,16 +149,20 @@ def store_floor(a: dict) -> dict:
     tok = AutoTokenizer.from_pretrained(a["model"])
     template, backend = get_template("chatml", tok), tok.backend_tokenizer
     seconds, tokens, block = 0.0, 0, []
-
-    cpu = 0.0
+    cpu = out_seconds = out_cpu = 0.0
 
     def run(texts):
-        nonlocal seconds, tokens, cpu
+        nonlocal seconds, tokens, cpu, out_seconds, out_cpu
         t0, c0 = time.perf_counter(), _cpu()
         out = backend.encode_batch(texts, add_special_tokens=False)
         seconds += time.perf_counter() - t0
         cpu += _cpu() - c0
-        tokens += sum(len(e.ids) for e in out)
+        ids = [e.ids for e in out]
+        del out
+        tokens += sum(map(len, ids))
+        del ids
+        out_seconds += time.perf_counter() - t0
+        out_cpu += _cpu() - c0
 
     with open(a["data"], encoding="utf-8") as f:
         for line in f:
@@ -165,7 +173,8 @@ def store_floor(a: dict) -> dict:
                 block = []
     if block:
         run(block)
-    return {"seconds": seconds, "cpu_s": cpu, "tokens": tokens, **_peaks()}
+    return {"seconds": seconds, "cpu_s": cpu, "out_seconds": out_seconds, "out_cpu_s": out_cpu, "tokens": tokens,
+            **_peaks()}
 
 
 def store_train(a: dict) -> dict:
@@ -350,12 +359,15 @@ def _store_needs(a) -> str:
 def store_table(res: dict) -> str:
     lines = [f"sftlab prepared-data store ({res['num_proc']} worker processes for preparation)",
              f"{'conversations':>14}{'prep s':>8}{'prep CPU s':>11}{'tokenizer s':>12}{'tok CPU s':>10}{'CPU ratio':>10}"
+             f"{'+ids CPU s':>11}{'ratio':>7}"
              f"{'prep RSS MiB':>13}{'worker RSS':>11}{'store GiB':>10}{'train RSS':>10}{'1st step s':>11}"
              f"{'- load s':>9}{'(CPU s)':>8}{'open s':>7}{'load avg':>16}"]
     for n, p in sorted(res["sizes"].items(), key=lambda kv: int(kv[0])):
         prep, floor, tr = p["prep"], p["floor"], p["train_warm"]
         lines.append(f"{int(n):>14,}{prep['seconds']:>8.1f}{prep['cpu_s']:>11.1f}{floor['seconds']:>12.1f}"
-                     f"{floor['cpu_s']:>10.1f}{prep['cpu_s'] / floor['cpu_s']:>9.2f}x{prep['self_mib']:>13,.0f}"
+                     f"{floor['cpu_s']:>10.1f}{prep['cpu_s'] / floor['cpu_s']:>9.2f}x"
+                     f"{floor.get('out_cpu_s', float('nan')):>11.1f}{prep['cpu_s'] / floor.get('out_cpu_s', float('nan')):>6.2f}x"
+                     f"{prep['self_mib']:>13,.0f}"
                      f"{prep['children_mib']:>11,.0f}{prep['store_bytes'] / 2**30:>10.2f}{tr['self_mib']:>10,.0f}"
                      f"{tr['to_first_step_s']:>11.1f}{tr['data_s']:>9.1f}{tr['to_first_step_cpu_s']:>8.1f}"
                      f"{tr['prepare_data_s']:>7.1f}"

@@ -19,7 +19,7 @@ import weakref
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
-__all__ = ["canonical_json", "canonical_bytes", "json_sha256", "chained_sha256", "config_hash", "sha256_hex",
+__all__ = ["canonical_json", "canonical_bytes", "data_bytes", "json_sha256", "chained_sha256", "config_hash", "sha256_hex",
            "file_sha256", "stream_sha256", "file_prefix_sha256", "tokenizer_sha256", "tokenizer_fingerprint",
            "weights_sha256"]
 
@@ -43,6 +43,41 @@ def canonical_json(value: Any, default: Callable[[Any], Any] | None = None) -> s
     if encoder is None:
         encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default)
     return encoder.encode(value)
+
+
+_DATA_OPTIONS = None  # orjson's options for data_bytes, set on first use
+
+
+def data_bytes(value: Any) -> bytes:
+    """``canonical_bytes(value, default=str)`` of a record's data (what JSON, Parquet or a dataset
+    gives: dicts with string keys, lists, strings, numbers, booleans, None, dates, bytes), the same
+    bytes, made by orjson's compiled encoder where it writes what ``json`` writes and by ``json``
+    elsewhere. orjson writes every string, key order and integer as ``json`` does (a test checks
+    each code point and random floats); it writes a float below 1e-4 without the exponent
+    ``json`` gives it (``0.00005`` for ``5e-05``) and NaN or infinity as ``null``, so a text with
+    ``0.0000`` or ``e-`` anywhere, one with ``null`` that does not read back as the value (NaN
+    reads back as None), or one orjson refuses (an unpaired surrogate, an integer beyond 64 bits,
+    a key that is no string), is written by ``json``. Dates, times and
+    dataclasses go to ``str`` as ``json``'s ``default=str`` sends them (an ``Enum``, which orjson
+    writes as its value, is no record data).
+
+        >>> data_bytes({"b": [1, 0.5, None], "a": "é"}) == canonical_bytes({"b": [1, 0.5, None], "a": "é"})
+        True
+        >>> data_bytes([5e-05, "\\ud800"]) == canonical_bytes([5e-05, "\\ud800"])
+        True
+    """
+    global _DATA_OPTIONS
+    import orjson  # lazy: only a store build hashes records in bulk
+
+    if _DATA_OPTIONS is None:
+        _DATA_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    try:
+        out = orjson.dumps(value, default=str, option=_DATA_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: what json may still write (or refuse with its own message)
+        return canonical_bytes(value, default=str)
+    if b"0.0000" in out or b"e-" in out or (b"null" in out and orjson.loads(out) != value):
+        return canonical_bytes(value, default=str)  # a float json writes otherwise, or NaN (read back: None)
+    return out
 
 
 def canonical_bytes(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:

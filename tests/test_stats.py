@@ -180,6 +180,27 @@ def test_words_match_python_lower_split_on_unicode_whitespace():
         assert words[offsets[i]:offsets[i + 1]].tolist() == expected, repr(text)
 
 
+
+def test_ascii_words_match_python_lower_split_whatever_the_kernel():
+    """ASCII texts are split by pyarrow's ASCII kernels unless one holds U+001C..U+001F, which
+    ``str.split`` counts as whitespace and those kernels do not: either way, Python's words."""
+    import random
+
+    import pyarrow as pa
+
+    from sftlab.data.dedup import _string_hashes
+
+    rng = random.Random(1)
+    spaces = [" ", "\t", "\n", "\r", "\x0b", "\x0c"]
+    for extra in ([], ["\x1c", "\x1d", "\x1e", "\x1f"]):
+        chars = spaces + extra + ["a", "B", "z", "!", "\x00", "\x7f"]
+        texts = ["".join(rng.choice(chars) for _ in range(rng.randint(0, 20))) for _ in range(300)]
+        words, offsets = MinHasher().words(texts)
+        for i, text in enumerate(texts):
+            expected = _string_hashes(pa.array(text.lower().split(), type=pa.large_string())).tolist()
+            assert words[offsets[i]:offsets[i + 1]].tolist() == expected, repr(text)
+
+
 # ---------------------------------------------------------------- leakage
 
 @pytest.mark.parametrize("extra_heldout", [0, 10])  # held-out smaller / larger than training

@@ -35,6 +35,47 @@ def test_flops_come_from_the_models_shape():
     assert speed.mfu(8, 34, seconds=1.0) == pytest.approx(speed.flops(8, 34) / speed.peak, rel=1e-12)
     assert step_flops(matmul_weights=10, frozen_weights=4, layers=1, hidden=2, tokens=3,
                       square_lengths=5) == (6 * 6 + 4 * 4) * 3 + 12 * 2 * 5
+    # the output head counts at the trained targets only (the logits the objective needs)
+    assert (speed.head_weights, speed.head_frozen) == (v * d, False)
+    assert speed.flops(8, 34, trained=3) == 6 * (n - v * d) * 8 + 6 * v * d * 3 + 12 * 2 * 64 * 34
+    model.lm_head.weight.requires_grad_(False)  # LoRA's case: the head frozen too
+    lora_like = Throughput(model, "cpu")
+    assert lora_like.head_frozen and lora_like.frozen_weights == 2 * per_layer + v * d
+    assert lora_like.flops(8, 34, trained=3) == 4 * 2 * per_layer * 8 + 4 * v * d * 3 + 12 * 2 * 64 * 34
+
+
+def test_the_flop_count_matches_what_torch_counts_for_a_response_only_step():
+    """torch's own FLOP counter over one real training step (sftlab's collate, objective and
+    backward), 2 of 6 examples' responses trained: the matrix products it runs are the model FLOPs
+    :class:`Throughput` counts, the head at the trained targets only (counting it at every
+    position read a LoRA run's MFU above 100 %)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sftlab.model.objective import micro_batch_loss, step_normaliser
+    from sftlab.tokens.encoding import encode_all
+    from sftlab.tokens.packing import collate, pack
+    from sftlab.data.formats import to_conversation
+
+    tok, model = build_tiny(hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
+    convs = [to_conversation({"messages": [
+        {"role": "user", "content": f"Please write out the sentence number {i} in full, word by word."},
+        {"role": "assistant", "content": f"Sentence {i}: the quick brown fox jumps.", "train": i < 2}]})
+        for i in range(6)]
+    examples, _ = encode_all(convs, tok, "chatml", max_length=None)
+    batch = collate(pack(examples, 1024), tok.pad_token_id)
+    speed = Throughput(model, "cpu")
+    tokens, trained = int(batch["seq_lengths"].sum()), int(step_normaliser([batch]))
+    assert 0 < trained < tokens / 4
+    with FlopCounterMode(display=False) as counter:
+        micro_batch_loss(model, batch, step_normaliser([batch])).backward()
+    linear = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in ("aten.mm", "aten.addmm"))
+    head, rows = speed.head_weights, batch["input_ids"].shape[0]
+    # beyond the model FLOPs torch also counts the one position a row whose logits the model's
+    # forward keeps (6 per head weight: forward and backward) and the chunked loss recomputing
+    # the trained targets' logits in its backward (2 per head weight and target; recomputation is
+    # not a model FLOP)
+    assert linear == speed.flops(tokens, 0, trained=trained) + 6 * head * rows + 2 * head * trained
+    assert speed.flops(tokens, 0) - speed.flops(tokens, 0, trained=trained) == 6 * head * (tokens - trained)
 
 
 def test_gpu_peaks_are_datasheet_values_by_name():

@@ -102,11 +102,7 @@ def _text_words(signer: MinHasher, convs: list) -> dict[str, tuple[np.ndarray, n
         code = {r: i for i, r in enumerate(roles)}
         role_of = np.fromiter((code[m.role] for m in messages), np.int64, len(messages))
         starts = np.concatenate(([0], np.cumsum(n + 1)))  # each message: its role word, then its content
-        out = np.empty(int(starts[-1]), dtype=np.uint64)
-        out[starts[:-1]] = role_words[role_of]
-        content_at = np.repeat(starts[:-1] + 1 - offsets[:-1], n) + np.arange(len(words))
-        out[content_at] = words
-        conv = out, starts[msg_bounds]
+        conv = np.insert(words, offsets[:-1], role_words[role_of]), starts[msg_bounds]
     user = np.fromiter((m.role == "user" for m in messages), bool, len(messages))
     user_words = np.concatenate(([0], np.cumsum(np.where(user, n, 0)))).astype(np.int64)
     prompt = words[np.repeat(user, n)], user_words[msg_bounds]

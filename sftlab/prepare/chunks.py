@@ -21,7 +21,7 @@ from sftlab.data.conversation import Origin
 from sftlab.data.formats import RecordError
 from sftlab.data.loading import DuplicateIds, quarantine_entry, quarantine_line, record_warnings, validate_record
 from sftlab.data.split import heldout_key
-from sftlab.fingerprints import canonical_bytes, canonical_json
+from sftlab.fingerprints import canonical_json, data_bytes
 from sftlab.prepare.plan import ChunkTask, chunk_items
 from sftlab.prepare.read import ARRAYS, jsonl_lines
 from sftlab.tokens import encoding
@@ -110,7 +110,7 @@ def encode_chunk(ctx: BuildContext, task: ChunkTask, items: list | None = None) 
 def normalised(line, raw, conv) -> bytes:
     """A record as the key hashes it: its line and ``conv.to_dict()``, or its raw content where it
     was quarantined while loading (``conv`` None)."""
-    return canonical_bytes([line, conv.to_dict() if conv is not None else {"quarantined": raw}], default=str) + b"\n"
+    return data_bytes([line, conv.to_dict() if conv is not None else {"quarantined": raw}]) + b"\n"
 
 
 def _write_ids(out: Path, ids: list[tuple]) -> None:
@@ -185,12 +185,12 @@ def write_examples(out: Path, examples: list, records: list[int]) -> dict:
     for name, a in arrays.items():
         np.save(out / f"{name}.npy", a, allow_pickle=False)
     meta_fields: dict[type, list[str]] = {}
-    with open(out / "examples.jsonl", "w", encoding="utf-8") as f:
+    with open(out / "examples.jsonl", "wb") as f:
         for e in examples:
             kept = meta_fields.get(type(e))
             if kept is None:
                 kept = meta_fields[type(e)] = [fl.name for fl in dc_fields(e) if fl.name not in _NOT_META]
-            f.write(canonical_json({name: getattr(e, name) for name in kept}, default=str) + "\n")
+            f.write(data_bytes({name: getattr(e, name) for name in kept}) + b"\n")
     entry = {"slices": names, "examples": len(examples), "tokens": int(lengths.sum())}
     (out / "chunk.json").write_text(canonical_json(entry, default=str) + "\n", encoding="utf-8")
     return entry

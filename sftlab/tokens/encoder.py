@@ -103,11 +103,12 @@ class Encoder:
         """Character ranges inside message content that spell a special token."""
         if self.special_re is None:
             return []
-        found = []
-        for a, b in [(s.start, s.end) for s in layout.spans] + list(layout.data_ranges):
-            for m in self.special_re.finditer(layout.text, a, b):
-                found.append((m.start(), m.end()))
-        return sorted(set(found))
+        found, text, finditer = [], layout.text, self.special_re.finditer
+        for s in layout.spans:
+            found.extend(m.span() for m in finditer(text, s.start, s.end))
+        for a, b in layout.data_ranges:
+            found.extend(m.span() for m in finditer(text, a, b))
+        return sorted(set(found)) if found else found
 
     # -- weights --------------------------------------------------------------------------------
     @staticmethod

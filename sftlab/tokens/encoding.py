@@ -329,7 +329,13 @@ def _rendered_and_tokenized(enc: Encoder, convs: Sequence[Conversation], batch_s
             results, layouts = _render_chunk(enc, chunk)
             submitted = (chunk, results, layouts, pool.submit(tokenize, layouts))
             if ahead is not None:
-                yield *ahead[:3], ahead[3].result()
+                encodings = ahead[3].result()
+                yield *ahead[:3], encodings
+                # The caller is done with them: freed on the tokenizer's thread between two batches
+                # (a batch's encodings are millions of small allocations of the tokenizer's threads,
+                # whose frees from this thread would wait on their allocator locks while it encodes).
+                pool.submit(encodings.clear)
+                del encodings
             ahead = submitted
         if ahead is not None:
             yield *ahead[:3], ahead[3].result()

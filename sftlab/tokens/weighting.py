@@ -185,11 +185,11 @@ def build(enc: Encoder, conv: Conversation, messages: Sequence[Message], last_tu
 
 def check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, float]) -> None:
     """Refuse a record whose trained turns the layout cannot train exactly (DESIGN.md, invariant 2)."""
-    bad = sorted(i for i in trained if i in layout.untrainable)
+    bad = sorted(i for i in trained if i in layout.untrainable) if layout.untrainable else ()
     if bad:
         raise EncodingError(f"assistant message {bad[0]} cannot be trained with {accounting.the(template.name)}: "
                             f"{layout.untrainable[bad[0]]}", code="untrainable_turn")
-    rerendered = sorted(set(trained) & set(layout.rerendered))
+    rerendered = sorted(set(trained) & set(layout.rerendered)) if layout.rerendered else ()
     if rerendered:
         raise EncodingError(
             f"the {template.name} template renders assistant message(s) {rerendered} differently once the "
@@ -197,7 +197,8 @@ def check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, float
             f"stop), so their tokens here are not what the model generates at that turn; set "
             f"encoding.turns: expand to train each such turn in its own example with its inference context, "
             f"or train the final turn only (encoding.last_turn_only: true)", code="template_rerenders")
-    missing = sorted(i for i in trained if layout.turn(i) is None)
+    certified = {t.index for t in layout.turns}
+    missing = sorted(i for i in trained if i not in certified)
     if missing:
         raise EncodingError(f"assistant message {missing[0]} has no certified trained span in the "
                             f"{template.name} template's rendering", code="uncertified_turn")

@@ -308,7 +308,7 @@ def _optimizer_step(loop: _Loop, rows, epoch: int, s: int, total_steps: int):
     loop.state.update(step=step, step_in_epoch=s + 1)
     seconds = max(time.perf_counter() - t0, 1e-9)
     tokens_per_s = sums[1].item() / seconds
-    mfu = loop.speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world)
+    mfu = loop.speed.mfu(int(sums[1].item()), int(sums[3].item()), seconds, world, trained=int(sums[2].item()))
     loop.bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
                          **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}), refresh=False)
     loop.bar.update(1)  # after the postfix: the bar shows this step's loss

@@ -7,8 +7,13 @@ layer, the output head included, the embedding lookup not), plus ``12 L d T`` fo
 context of T tokens in L layers of width d. In a packed row a token attends within its own example,
 so T is the example's length and the attention term of a step is ``12 L d sum_i len_i^2``. Weights
 that are not trained (LoRA's frozen base) skip their weight gradient: 4 FLOPs per weight and
-token instead of 6. Recomputation by gradient checkpointing is not counted (that would be
-hardware FLOP utilisation), so MFU compares runs with and without it fairly.
+token instead of 6. The output head is counted at the positions whose logits the objective needs,
+the trained targets, not at every token: response-only training needs no logits elsewhere, and
+sftlab computes none there (a trainer that does computes more than the model needs, which MFU
+does not credit). Counting the head at every position put a LoRA run's MFU on the CPU above 100 %
+(SmolLM2-135M: the head is 28M of its 135M matmul weights). Recomputation by gradient
+checkpointing is not counted (that would be hardware FLOP utilisation), so MFU compares runs with
+and without it fairly.
 
 The peak is the datasheet's dense bf16 tensor throughput for a known GPU (:data:`GPU_PEAK_TFLOPS`),
 else the measured throughput of matrix products from the model's hidden size into its layers' widths
@@ -16,6 +21,9 @@ else the measured throughput of matrix products from the model's hidden size int
 
     >>> step_flops(matmul_weights=1000, frozen_weights=0, layers=2, hidden=8, tokens=10, square_lengths=50)
     69600
+    >>> step_flops(matmul_weights=1000, frozen_weights=0, layers=2, hidden=8, tokens=10, square_lengths=50,
+    ...            head_weights=400, head_tokens=4)  # the head at the 4 trained targets only
+    55200
     >>> gpu_peak("NVIDIA H100 80GB HBM3")
     (989.4, 'datasheet: H100 SXM bf16 dense')
 """
@@ -44,35 +52,44 @@ def gpu_peak(name: str) -> tuple[float, str] | None:
 
 
 def measured_peak(hidden: int, dtype=torch.float32, device="cpu", seconds: float = 0.3,
-                  widths: tuple[int, ...] = ()) -> float:
-    """FLOP/s of ``[2048, hidden] @ [hidden, w]`` products on ``device`` for ``w`` = ``hidden`` and
-    each of ``widths`` (the model's layer widths), the fastest of them: each shape timed for its
-    share of ``seconds`` after a warm-up (at least 3 products). A model's wide products (the MLP,
-    the output head) run nearer the machine's limit than the square one, so the square one alone
-    would put MFU above 1."""
+                  widths: tuple[int, ...] = (), rows: tuple[int, ...] = (2048,), rounds: int = 2) -> float:
+    """FLOP/s of ``[m, hidden] @ [hidden, w]`` products on ``device`` for ``m`` in ``rows`` and
+    ``w`` = ``hidden`` and each of ``widths`` (the model's layer widths), the fastest of them. Each shape is warmed up once, then timed
+    ``rounds`` times for its share of ``seconds`` (at least 2 products a round), its best round
+    kept: a CPU shared with other work, or still raising its clock, reads slow in a single round,
+    and a peak read low puts MFU above 1. So would timing only the square product: a model's wide
+    products (the MLP, the output head) run nearer the machine's limit."""
     sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    a = torch.randn(2048, hidden, dtype=dtype, device=device)
-    shapes = sorted({hidden, *widths})
+    shapes = [(m, w) for w in sorted({hidden, *widths}) for m in rows]
+    pairs = {}
+    for m, width in shapes:
+        pairs[m, width] = (torch.randn(m, hidden, dtype=dtype, device=device),
+                           torch.randn(hidden, width, dtype=dtype, device=device))
+        torch.mm(*pairs[m, width])
+    sync()
     best = 0.0
-    for width in shapes:
-        b = torch.randn(hidden, width, dtype=dtype, device=device)
-        torch.mm(a, b)
-        sync()
-        n, start = 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - start < seconds / len(shapes):
-            torch.mm(a, b)
-            n += 1
-        sync()
-        best = max(best, 2.0 * 2048 * hidden * width * n / (time.perf_counter() - start))
+    for _ in range(rounds):
+        for (m, width), (a, b) in pairs.items():
+            n, start = 0, time.perf_counter()
+            while n < 2 or time.perf_counter() - start < seconds / len(shapes) / rounds:
+                torch.mm(a, b)
+                n += 1
+            sync()
+            best = max(best, 2.0 * m * hidden * width * n / (time.perf_counter() - start))
     return best
 
 
 def step_flops(*, matmul_weights: int, frozen_weights: int, layers: int, hidden: int, tokens: int,
-               square_lengths: int) -> int:
+               square_lengths: int, head_weights: int = 0, head_frozen: bool = False,
+               head_tokens: int | None = None) -> int:
     """Model FLOPs of one training step over ``tokens`` tokens whose examples' squared lengths sum
-    to ``square_lengths``; ``frozen_weights`` of the ``matmul_weights`` get no weight gradient."""
-    trained = matmul_weights - frozen_weights
-    return (6 * trained + 4 * frozen_weights) * tokens + 12 * layers * hidden * square_lengths
+    to ``square_lengths``; ``frozen_weights`` of the ``matmul_weights`` get no weight gradient.
+    ``head_weights`` of them (frozen or not: ``head_frozen``) are the output head's, counted at
+    ``head_tokens`` positions (the trained targets) instead of every token."""
+    body, body_frozen = matmul_weights - head_weights, frozen_weights - (head_weights if head_frozen else 0)
+    head_tokens = tokens if head_tokens is None else head_tokens
+    return ((6 * (body - body_frozen) + 4 * body_frozen) * tokens + (4 if head_frozen else 6) * head_weights * head_tokens
+            + 12 * layers * hidden * square_lengths)
 
 
 class Throughput:
@@ -89,8 +106,12 @@ class Throughput:
         linear = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}.values())
         self.matmul_weights = sum(w.numel() for w in linear)
         self.frozen_weights = sum(w.numel() for w in linear if not w.requires_grad)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        head = getattr(head, "weight", None)
+        self.head_weights = int(head.numel()) if head is not None and any(head is w for w in linear) else 0
+        self.head_frozen = bool(self.head_weights) and not head.requires_grad
         # the widths the model multiplies into, the head's capped (a timing, not a model)
-        self.widths = tuple(sorted({min(int(w.shape[0]), 8192) for w in linear if w.dim() == 2}))
+        self.widths = tuple(sorted({min(int(w.shape[0]), 4096) for w in linear if w.dim() == 2}))
         self.peak, self.peak_source = self._peak(device, dtype)
 
     def _peak(self, device, dtype) -> tuple[float | None, str]:
@@ -109,22 +130,28 @@ class Throughput:
             f"model's widths (fastest of {len(set((self.hidden, *self.widths)))}) " \
             f"({torch.get_num_threads()} threads)"
 
-    def flops(self, tokens: int, square_lengths: int) -> int:
+    def flops(self, tokens: int, square_lengths: int, trained: int | None = None) -> int:
+        """Model FLOPs of a step; the head at ``trained`` targets (every token when None)."""
         return step_flops(matmul_weights=self.matmul_weights, frozen_weights=self.frozen_weights,
-                          layers=self.layers, hidden=self.hidden, tokens=tokens, square_lengths=square_lengths)
+                          layers=self.layers, hidden=self.hidden, tokens=tokens, square_lengths=square_lengths,
+                          head_weights=self.head_weights, head_frozen=self.head_frozen, head_tokens=trained)
 
-    def mfu(self, tokens: int, square_lengths: int, seconds: float, processes: int = 1) -> float | None:
-        """Share of the peak of ``processes`` devices that a step of ``tokens`` in ``seconds`` used."""
+    def mfu(self, tokens: int, square_lengths: int, seconds: float, processes: int = 1,
+            trained: int | None = None) -> float | None:
+        """Share of the peak of ``processes`` devices that a step of ``tokens`` (``trained`` of
+        them targets) in ``seconds`` used."""
         if not self.peak or seconds <= 0:
             return None
-        return self.flops(tokens, square_lengths) / seconds / (self.peak * processes)
+        return self.flops(tokens, square_lengths, trained) / seconds / (self.peak * processes)
 
     def describe(self) -> dict:
         return {"peak_flops_per_s": self.peak, "peak_source": self.peak_source,
                 "matmul_weights": self.matmul_weights, "frozen_weights": self.frozen_weights,
+                "head_weights": self.head_weights, "head_frozen": self.head_frozen,
                 "layers": self.layers, "hidden_size": self.hidden,
-                "flops": "(6 x trained + 4 x frozen matmul weights) x tokens + 12 x layers x hidden x "
-                         "sum of squared example lengths (PaLM appendix B; recomputation not counted)"}
+                "flops": "(6 x trained + 4 x frozen matmul weights) x tokens, the output head's at the trained "
+                         "targets only, + 12 x layers x hidden x sum of squared example lengths (PaLM appendix B; "
+                         "recomputation not counted)"}
 
 
 class PhaseTimes:
