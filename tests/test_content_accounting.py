@@ -232,6 +232,34 @@ def test_qwen3_refuses_earlier_inline_reasoning_naming_turns_expand(toks):
         "<think>\nadd two and two\n</think>\n\nIt is 4.<|im_end|>", "<think>\nsix\n</think>\n\n6.<|im_end|>"]
 
 
+def test_qwen3_refuses_reasoning_of_an_untrained_earlier_turn_it_does_not_write(toks):
+    """Qwen3's own template drops the reasoning of turns before the last user message: when such a
+    turn is not trained its reasoning would reach no example, so the record is refused with what
+    is lost and how to keep it; trained with ``turns: expand`` the record is accepted and nothing of
+    it is lost; ``reasoning: drop`` and ``last_turn_only`` (earlier turns are context as at
+    inference) are the options that drop it."""
+    tok = tokenizer_for("qwen3", toks)
+
+    def conv(train_first: bool) -> Conversation:
+        return Conversation((Message("user", "2+2?"),
+                             Message("assistant", "It is 4.", reasoning="add two and two", train=train_first),
+                             Message("user", "3+3?"), Message("assistant", "6.", reasoning="six")))
+
+    for turns in ("whole", "expand"):
+        examples, quarantined = encode_all([conv(False)], tok, None, turns=turns)
+        assert not examples and [q["code"] for q in quarantined] == ["reasoning_not_written"], turns
+        assert "assistant message 1" in quarantined[0]["reason"] and "encoding.reasoning: drop" in quarantined[0]["reason"]
+    examples, quarantined = encode_all([conv(True)], tok, None, turns="expand")
+    assert not quarantined and any("add two and two" in tok.decode(e.input_ids) for e in examples)
+    for options in ({"reasoning": "drop"}, {"last_turn_only": True}):  # the options that drop it
+        examples, quarantined = encode_all([conv(False)], tok, None, **options)
+        assert not quarantined and "add two and two" not in tok.decode(examples[0].input_ids), options
+        assert ("six" in tok.decode(examples[0].input_ids)) == ("last_turn_only" in options)
+    # a template that writes every turn's reasoning (the chatml built-in) accepts the record as it is
+    examples, quarantined = encode_all([conv(False)], tok, "chatml")
+    assert not quarantined and "add two and two" in tok.decode(examples[0].input_ids)
+
+
 def test_quarantine_keeps_the_record_as_it_was_read(toks):
     tok = tokenizer_for("smollm2", toks)
     odd = Conversation(THINKING.messages, tools=json.dumps([{"name": "lookup"}]))  # refused: no tool schemas

@@ -31,7 +31,10 @@ from sftlab.data.readers import input_digest
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
 
-FORMAT = 2  # 2: the statistics summaries keep word 3-shingles (near duplicates confirmed exactly)
+FORMAT = 3
+# 2: the statistics summaries keep word 3-shingles (near duplicates confirmed exactly);
+# 3: a record whose untrained turn's reasoning the template does not write is refused
+#    (reasoning_not_written), so a store of format 2 may hold records that format 3 quarantines.
 """The store format: its files and their layout (a store of another format is rebuilt)."""
 RACY_NS = 2_000_000_000
 SAMPLE_BYTES = 128 << 20

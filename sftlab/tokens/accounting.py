@@ -11,7 +11,9 @@ the rendering (no second rendering, no tokenizing):
   written outside the assistant turns (the context the model is shown);
 - each **tool call**: its function name, argument names and string values are written in its
   turn (trained with it), or in the rendering where the turn is not trained;
-- no trained assistant turn that had content or a call in its source is trained as its stop alone.
+- no trained assistant turn that had content or a call in its source is trained as its stop alone;
+- the **reasoning** of an assistant turn that is not trained is in the rendering (a trained turn's
+  reasoning is checked where the turn is weighted, ``sftlab.tokens.weighting``).
 
 A string is found as it is or as JSON writes it (escaped, without its quotes), since templates
 write schemas and arguments through ``tojson``.
@@ -96,6 +98,40 @@ def lost(layout: Layout, messages: Sequence, tools: list | None, template: str,
             return ("empty_turn", f"{the(template)} trains assistant message {i} as its stop alone "
                                   "although the record gives it content; use a template that writes it")
     return None
+
+
+def check_reasoning(layout: Layout, messages: Sequence, template: str, trained: Collection[int]) -> None:
+    """Raise ``ContentLost`` when the reasoning of an assistant turn that is not trained (those of
+    ``trained`` have their reasoning checked where they are weighted) is not in the rendering:
+    templates such as Qwen3's drop the reasoning of turns before the last user message.
+
+        >>> from sftlab.data.conversation import Message
+        >>> from sftlab.tokens.layout import Layout
+        >>> msgs = (Message("user", "2+2?"), Message("assistant", "4.", reasoning="add them", train=False),
+        ...         Message("user", "3+3?"), Message("assistant", "6."))
+        >>> text = "<|im_start|>assistant 4.<|im_end|>"  # the first answer, its reasoning not written
+        >>> check_reasoning(Layout(text, ()), msgs, "tokenizer", {3})
+        Traceback (most recent call last):
+        ...
+        sftlab.tokens.accounting.ContentLost: assistant message 1 is not trained and the tokenizer's own template does not write its reasoning ...
+    """
+    turns = {t.index: t for t in layout.turns}
+    for i, m in enumerate(messages):
+        reasoning = m.reasoning
+        if i in trained or m.role != "assistant" or not reasoning or not reasoning.strip():
+            continue
+        turn = turns.get(i)
+        region = layout.text[turn.start:turn.stop_start] if turn is not None else layout.text
+        if reasoning in region or reasoning.strip() in region:
+            continue
+        raise ContentLost(
+            f"assistant message {i} is not trained and {the(template)} does not write its reasoning (templates "
+            "such as Qwen3's drop the reasoning of turns before the last user message): the record's reasoning "
+            "would be lost; train that turn too (with encoding.turns: expand each trained turn is rendered as "
+            "the last, with its reasoning), set encoding.last_turn_only: true to train the final turn with the "
+            "earlier ones as the template shows them at inference, or set encoding.reasoning: drop to leave "
+            "reasoning out",
+            "reasoning_not_written")
 
 
 def the(template: str) -> str:

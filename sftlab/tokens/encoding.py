@@ -52,6 +52,7 @@ from sftlab.data.conversation import Conversation, Message, inline_reasoning, te
 from sftlab.data.formats import to_conversation
 from sftlab.data.loading import FileReport, LoadReport, QuarantineEntry
 from sftlab.progress import progress_bar
+from sftlab.tokens import accounting
 from sftlab.tokens.continuation import continuation_layout
 from sftlab.tokens.encoded import KEEP_TRACE, EncodedExample, EncodingError, Trace
 from sftlab.tokens.encoder import Encoder, encoder_for
@@ -196,7 +197,7 @@ class _Truncation:
                          else m for i, m in enumerate(self.conv.messages) if i in keep)
             try:
                 parts = _encode_one(enc, dataclasses.replace(self.conv, messages=msgs), self.max_length, False, turns,
-                                    "split")
+                                    "split", part=True)
                 break
             except (EncodingError, TemplateError):
                 continue
@@ -259,11 +260,13 @@ def encode_expanded(conversation, tokenizer, template: ChatTemplate | str | None
 
 
 def _encode_one(enc: Encoder, conv: Conversation, max_length, last_turn_only, turns="whole",
-                overflow="drop") -> list[EncodedExample]:
+                overflow="drop", part: bool = False) -> list[EncodedExample]:
+    """``conv``'s examples; ``part``: ``conv`` is a piece of a record whose content was accounted
+    for as a whole (an expanded turn's context, an overflow split)."""
     conv = _inline_reasoning(enc, conv)
     results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
-    _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow)
+    _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow, part)
     if isinstance(results[0], str):
         raise EncodingError(results[0], getattr(results[0], "code", "encode_failed"))
     return results[0] if isinstance(results[0], list) else [results[0]]
@@ -354,9 +357,12 @@ def _render_chunk(enc: Encoder, chunk: Sequence[Conversation]) -> tuple[list, di
 
 def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, layouts: dict[int, Layout],
                   encodings, max_length: int | None, last_turn_only: bool, turns: str = "whole",
-                  overflow: str = "drop") -> None:
+                  overflow: str = "drop", part: bool = False) -> None:
     """Fill ``results`` with each conversation's example (a list of them where ``turns`` or
-    ``overflow`` made more than one), or the reason it is quarantined."""
+    ``overflow`` made more than one), or the reason it is quarantined. Unless ``part``, every
+    reasoning block of a conversation is in its rendering or in its turn's own example, or an
+    option drops it (``reasoning: drop``; ``last_turn_only``: earlier turns are context as the
+    template shows them at inference)."""
     long: dict[int, _Truncation] = {}
     full: dict[int, object] = {}  # the encodings of the truncated ones
     extra: dict[int, list[EncodedExample]] = {}
@@ -364,11 +370,14 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
         conv = chunk[j]
         try:
             skip: frozenset = frozenset()
+            trained = set(trained_messages(conv.messages, last_turn_only))
             if turns == "expand":
                 skip, extra[j] = _expand(enc, conv, layouts[j], max_length, last_turn_only, overflow)
-                if not set(trained_messages(conv.messages, last_turn_only)) - skip:
-                    results[j] = extra[j]  # every trained turn has an example of its own
-                    continue
+            if not (part or last_turn_only) and enc.reasoning != "drop":  # the options that drop it
+                accounting.check_reasoning(layouts[j], conv.messages, enc.template.name, trained | skip)
+            if turns == "expand" and not trained - skip:
+                results[j] = extra[j]  # every trained turn has an example of its own
+                continue
             ex = build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
             if max_length is not None and len(ex) > max_length:
                 long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length, skip)
@@ -417,7 +426,7 @@ def _expand(enc: Encoder, conv: Conversation, layout: Layout, max_length, last_t
     for i in rerendered:
         msgs = tuple(dataclasses.replace(m, train=(k == i)) for k, m in enumerate(conv.messages[:i + 1]))
         sub = dataclasses.replace(conv, messages=msgs)
-        for ex in _encode_one(enc, sub, max_length, False, "whole", overflow):
+        for ex in _encode_one(enc, sub, max_length, False, "whole", overflow, part=True):
             out.append(dataclasses.replace(ex, derived=ex.derived or "turn"))
     return frozenset(rerendered), out
 
