@@ -187,7 +187,9 @@ COMPLY_OPENER = "Sure! "
 an answer's first token is whatever its content starts with, so the answer side's probability is
 spread over many first tokens and greedy decoding picks "I" even where the model gives answering
 the larger probability (measured: docs/demo_recipe.md). One opener puts the two sides on equal
-terms at the first token."""
+terms at the first token. It costs separation there (first-token AUC on XSTest 0.65 with it, 0.79
+without, 60 steps), but without it greedy decoding refuses most edgy benign requests too
+(XSTest safe 0.62); no variant measured so far passes both sides."""
 
 
 def _table(answers: dict[str, str]):

@@ -27,7 +27,7 @@ from sftlab.tokens.encoding import encode_all
 from sftlab.tokens.packing import collate, PackedRow
 
 ENCODING_KEYS = ("max_length", "last_turn_only", "reasoning", "inline_reasoning", "turns", "overflow",
-                 "mask_source")
+                 "mask_source", "opening_tokens", "opening_weight")
 
 
 @torch.no_grad()

@@ -37,11 +37,13 @@ class Encoder:
 
     def __init__(self, tokenizer, template: ChatTemplate, *, allow_missing_control: bool = False,
                  reasoning: str = "keep", inline_reasoning: bool = True,
-                 mask_source: str = "contract"):
+                 mask_source: str = "contract", opening: tuple[int, float] = (0, 1.0)):
         if reasoning not in REASONING_MODES:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}, not {reasoning!r}")
         self.reasoning = reasoning
         self.mask_source = check_mask_source(mask_source, template)
+        self.opening = (int(opening[0]), float(opening[1]))
+        """(k, w): the first k trained tokens of each trained turn weigh w times their turn's weight."""
         self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
         """The (opener, closer) pairs read as reasoning at the start of assistant content."""
         self.openers = tuple(o for o, _ in self.thinks)
@@ -138,17 +140,18 @@ _ENCODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def encoder_for(tokenizer, template: ChatTemplate | str | None, allow_missing_control: bool = False,
              reasoning: str = "keep", inline_reasoning: bool = True,
-             mask_source: str = "contract") -> Encoder:
+             mask_source: str = "contract", opening: tuple[int, float] = (0, 1.0)) -> Encoder:
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
-    key = (template.fingerprint, allow_missing_control, reasoning, inline_reasoning, mask_source)
+    key = (template.fingerprint, allow_missing_control, reasoning, inline_reasoning, mask_source, tuple(opening))
     try:
         cache = _ENCODERS.setdefault(tokenizer, {})
     except TypeError:
         cache = {}
     if key not in cache:
         cache[key] = Encoder(tokenizer, template, allow_missing_control=allow_missing_control,
-                              reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
+                              reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source,
+                              opening=opening)
     return cache[key]
 
 

@@ -276,21 +276,24 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
                max_length: int | None = None, last_turn_only: bool = False, num_proc: int = 1,
                batch_size: int = 1024, progress: bool = False, turns: str = "whole", overflow: str = "drop",
                reasoning: str = "keep", inline_reasoning: bool = True,
-               mask_source: str = "contract"):
+               mask_source: str = "contract", opening_tokens: int = 0, opening_weight: float = 1.0):
     """Encode many conversations: ``(examples, quarantined)``, examples in the input's order.
 
     ``quarantined`` holds one dict per record that could not be encoded, with ``file``, ``line``,
     ``id`` and ``reason``, so records in = examples + quarantined. Texts are tokenized in batches
     (the Rust tokenizer runs them on all cores), the first truncation candidates of a batch too;
-    ``num_proc > 1`` also spreads rendering and weighting over processes.
+    ``num_proc > 1`` also spreads rendering and weighting over processes. ``opening_tokens`` and
+    ``opening_weight``: the first trained tokens of each trained turn weigh that many times more
+    (``encoding.opening_weight``).
     """
     _options(turns, overflow)
     convs = [as_conversation(c) for c in conversations]
+    opening = (opening_tokens, opening_weight)
     if num_proc > 1 and len(convs) > 4 * batch_size:
         return _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size,
-                                turns, overflow, reasoning, inline_reasoning, mask_source)
+                                turns, overflow, reasoning, inline_reasoning, mask_source, opening)
     enc = encoder_for(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning,
-                      mask_source=mask_source)
+                      mask_source=mask_source, opening=opening)
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = progress_bar(total=len(convs), desc="encode", unit="conv", enabled=progress)
@@ -510,10 +513,10 @@ _WORKER: dict = {}
 
 
 def _worker_init(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow, reasoning,
-                 inline_reasoning=True, mask_source="contract"):
+                 inline_reasoning=True, mask_source="contract", opening=(0, 1.0)):
     _WORKER.update(tokenizer=tokenizer, template=template, max_length=max_length,
                    last_turn_only=last_turn_only, batch_size=batch_size, turns=turns, overflow=overflow,
-                   reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
+                   reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source, opening=opening)
 
 
 def _worker_run(convs):
@@ -521,22 +524,23 @@ def _worker_run(convs):
     return encode_all(convs, w["tokenizer"], w["template"], max_length=w["max_length"],
                       last_turn_only=w["last_turn_only"], batch_size=w["batch_size"], turns=w["turns"],
                       overflow=w["overflow"], reasoning=w["reasoning"], inline_reasoning=w["inline_reasoning"],
-                      mask_source=w["mask_source"])
+                      mask_source=w["mask_source"], opening_tokens=w["opening"][0], opening_weight=w["opening"][1])
 
 
 def _encode_parallel(convs, tokenizer, template, max_length, last_turn_only, num_proc, batch_size, turns, overflow,
-                     reasoning="keep", inline_reasoning=True, mask_source="contract"):
+                     reasoning="keep", inline_reasoning=True, mask_source="contract", opening=(0, 1.0)):
     if not isinstance(template, ChatTemplate):
         template = get_template(template, tokenizer)
     # Fail early, in this process, on a template/tokenizer mismatch.
-    encoder_for(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source)
+    encoder_for(tokenizer, template, reasoning=reasoning, inline_reasoning=inline_reasoning, mask_source=mask_source,
+                opening=opening)
     step = -(-len(convs) // (num_proc * 4))
     chunks = [convs[i:i + step] for i in range(0, len(convs), step)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork")
     with ctx.Pool(num_proc, initializer=_worker_init,
                   initargs=(tokenizer, template, max_length, last_turn_only, batch_size, turns, overflow,
-                            reasoning, inline_reasoning, mask_source)) as pool:
+                            reasoning, inline_reasoning, mask_source, opening)) as pool:
         results = pool.map(_worker_run, chunks)
     examples, quarantined = [], []
     for ex, q in results:

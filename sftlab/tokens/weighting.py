@@ -19,6 +19,7 @@ Example::
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ from sftlab.tokens.generation_markers import marked_layout
 from sftlab.tokens.layout import Layout
 from sftlab.tokens.templates import ChatTemplate, TemplateError
 
-__all__ = ["trained_messages", "exchanges", "render_layout", "build", "check_turns", "check_trained"]
+__all__ = ["trained_messages", "exchanges", "render_layout", "build", "check_turns", "opening_weights",
+           "check_trained"]
 
 
 def trained_messages(messages: Sequence[Message], last_turn_only: bool) -> dict[int, float]:
@@ -164,15 +166,18 @@ def build(enc: Encoder, conv: Conversation, messages: Sequence[Message], last_tu
         weights = loss_weights(enc.weights(offsets, layout, trained))
     n_trained = int(np.count_nonzero(np.frombuffer(weights, dtype=np.float32)))  # weights != 0, in C
     keep_trace = KEEP_TRACE.get()
-    if offsets is None and (keep_trace or (layout.reasoning_spans and n_trained)):
+    opening = enc.opening[0] and enc.opening[1] != 1.0 and n_trained
+    if offsets is None and (keep_trace or (layout.reasoning_spans and n_trained) or opening):
         offsets = encoding.offsets  # a list of tuples per token: made only where it is read
+    if opening:
+        weights = opening_weights(weights, offsets, layout, trained, *enc.opening)
     trace = Trace(layout, offsets, messages) if keep_trace else None
     n_reasoning = 0
     if layout.reasoning_spans and n_trained:
         spans = [(a, b) for _, a, b in layout.reasoning_spans]
         n_reasoning = sum(1 for (s, _), w in zip(offsets, weights) if w > 0 and any(a <= s < b for a, b in spans))
     # Every weight 1.0 (the usual case): their sum is the count, exactly, without a pass over the tokens.
-    total = float(n_trained) if all(w == 1.0 for w in trained.values()) else float(sum(weights))
+    total = float(n_trained) if not opening and all(w == 1.0 for w in trained.values()) else float(sum(weights))
     return EncodedExample(token_ids(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
                           conv.policy_category, n_trained, total, dropped, conv.origin,
                           reasoning_tokens=n_reasoning, trace=trace)
@@ -217,6 +222,26 @@ def _weights_by_char(encoding, n: int, layout: Layout, trained: dict[int, float]
         return None  # masked reasoning: the offsets path zeroes it token by token
     return w
 
+
+
+def opening_weights(weights: TokenArray, offsets, layout: Layout, trained: dict[int, float], k: int,
+                    w: float) -> TokenArray:
+    """``weights`` with the first ``k`` trained tokens of each trained turn multiplied by ``w``
+    (``encoding.opening_weight``: a response's opening decides between answering and refusing).
+
+    >>> from sftlab.tokens.layout import Layout, Turn
+    >>> layout = Layout("q a b c d q e", (), turns=(Turn(1, 2, 9, 9), Turn(3, 12, 13, 13)))
+    >>> offsets = [(i, i + 1) for i in range(0, 13, 2)]  # one token per letter
+    >>> opening_weights(loss_weights([0, 1, 1, 1, 1, 0, 1]), offsets, layout, {1: 1.0, 3: 1.0}, 2, 4.0)
+    TokenArray('f', [0.0, 4.0, 4.0, 1.0, 1.0, 0.0, 4.0])
+    """
+    a = np.array(weights, dtype=np.float32)
+    ends = [e for _, e in offsets]
+    starts = sorted(bisect.bisect_right(ends, t.start) for t in layout.turns if trained.get(t.index))
+    nonzero = np.flatnonzero(a)
+    for lo, hi in zip(starts, [*starts[1:], len(a)]):
+        a[nonzero[(nonzero >= lo) & (nonzero < hi)][:k]] *= w
+    return loss_weights(a.tolist())
 
 
 def check_trained(ex: EncodedExample) -> EncodedExample:

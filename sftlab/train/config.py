@@ -203,6 +203,14 @@ class EncodingConfig(_Section):
     template's renderings (what the model generates after the turn's prompt, up to and including the
     stop); ``generation_markers`` trains what the template's ``{% generation %}`` markers enclose
     (TRL-style training templates; ``sftlab check-template`` lists where the two differ)."""
+    opening_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    """How many of the first trained tokens of every trained assistant turn weigh ``opening_weight``
+    times their turn's weight (the response's opening, where answering or refusing is decided);
+    0: none."""
+    opening_weight: float = Field(1.0, gt=0)
+    """Loss weight multiplier on those ``opening_tokens`` tokens; the loss stays normalised by the
+    step's total trained weight, so the rest of the response weighs relatively less. 1: off (the
+    prepared-data store's key is then what it is without the option)."""
 
 
 class PackingConfig(_Section):

@@ -255,6 +255,8 @@ def _encoding_options(cfg: TrainConfig) -> dict:
     """``encode_all``'s options as the config sets them: every one is part of the store's key."""
     options = cfg.encoding.model_dump()
     options["max_length"] = min(cfg.encoding.max_length, cfg.row_length)
+    if not (options["opening_tokens"] and options["opening_weight"] != 1.0):  # off: the key as without it
+        del options["opening_tokens"], options["opening_weight"]
     return options
 
 
@@ -341,4 +343,5 @@ def heldout_encoding(cfg: TrainConfig) -> dict:
             "last_turn_only": cfg.encoding.last_turn_only, "reasoning": cfg.encoding.reasoning,
             "inline_reasoning": cfg.encoding.inline_reasoning,
             "turns": cfg.encoding.turns, "overflow": cfg.encoding.overflow, "mask_source": cfg.encoding.mask_source,
-            "normalisation": cfg.loss.normalisation}
+            "normalisation": cfg.loss.normalisation,
+            **{k: v for k, v in _encoding_options(cfg).items() if k.startswith("opening_")}}
