@@ -370,12 +370,13 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
         conv = chunk[j]
         try:
             skip: frozenset = frozenset()
-            trained = set(trained_messages(conv.messages, last_turn_only))
             if turns == "expand":
                 skip, extra[j] = _expand(enc, conv, layouts[j], max_length, last_turn_only, overflow)
-            if not (part or last_turn_only) and enc.reasoning != "drop":  # the options that drop it
-                accounting.check_reasoning(layouts[j], conv.messages, enc.template.name, trained | skip)
-            if turns == "expand" and not trained - skip:
+            # only a record with reasoning pays for the check; reasoning: drop and last_turn_only drop it
+            if not (part or last_turn_only) and enc.reasoning != "drop" and any(m.reasoning for m in conv.messages):
+                accounting.check_reasoning(layouts[j], conv.messages, enc.template.name,
+                                           set(trained_messages(conv.messages, last_turn_only)) | skip)
+            if turns == "expand" and not set(trained_messages(conv.messages, last_turn_only)) - skip:
                 results[j] = extra[j]  # every trained turn has an example of its own
                 continue
             ex = build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
