@@ -134,6 +134,53 @@ def check_reasoning(layout: Layout, messages: Sequence, template: str, trained: 
             "reasoning_not_written")
 
 
+def check_rewritten(layout: Layout, messages: Sequence, template: str, source: str,
+                    trained: Collection[int]) -> None:
+    """Raise ``ContentLost`` when the template rewrites the text of a message that no example of the
+    record trains (the system prompt, a user or tool message, an untrained answer) and loses part of
+    it: Nemotron-Nano-v2 and SmolLM3 delete ``/think`` from the system prompt (``</think>`` becomes
+    ``<>``), LFM2.5 keeps only the text after a ``</think>`` in an earlier answer. A whole word the
+    template deletes by name (``replace("/no_think", "")``: a flag it reads) is not lost; its effect
+    is in the rendering.
+
+        >>> from sftlab.data.conversation import Message
+        >>> from sftlab.tokens.layout import Layout, Span
+        >>> source = "{{ m.content.replace('/think', '') }}"
+        >>> msgs = (Message("system", "Be brief. /think"), Message("user", "Say </think>"))
+        >>> lay = Layout("Be brief. Say <>", (Span(0, "system", 0, 10), Span(1, "user", 10, 16)), rewritten=(0, 1))
+        >>> check_rewritten(lay, msgs, "tokenizer", source, ())
+        Traceback (most recent call last):
+        ...
+        sftlab.tokens.accounting.ContentLost: the tokenizer's own template rewrites message 1 (user) and loses '</think>' of its text ...
+    """
+    spans = {s.index: s for s in layout.spans}
+    for i in layout.rewritten:
+        m = messages[i]
+        if i in trained or not m.content.strip():
+            continue
+        span = spans.get(i)
+        word = _lost_word(m.content, layout.text[span.start:span.end] if span is not None else "", source)
+        if word is not None:
+            raise ContentLost(
+                f"{the(template)} rewrites message {i} ({m.role}) and loses {word[:60]!r} of its text (templates "
+                "delete flags such as /think or the text before a '</think>'); the model would be shown or trained "
+                "on text the record does not hold: remove the reasoning tag or flag from the message's text, or use "
+                "a template that writes it as it is", "content_rewritten")
+
+
+def _lost_word(content: str, shown: str, source: str) -> str | None:
+    """The first whitespace-separated word of ``content`` that ``shown`` lacks (in order), unless the
+    template deletes that very word by name (``replace('w', ...)``)."""
+    got, j = shown.split(), 0
+    for w in content.split():
+        try:
+            j = got.index(w, j) + 1
+        except ValueError:
+            if f"replace('{w}'" not in source and f'replace("{w}"' not in source:
+                return w
+    return None
+
+
 def the(template: str) -> str:
     """How a reason names a template: ``the chatml template``, ``the tokenizer's own template``."""
     return "the tokenizer's own template" if template == "tokenizer" else f"the {template} template"

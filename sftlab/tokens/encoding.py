@@ -376,6 +376,9 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
             if not (part or last_turn_only) and enc.reasoning != "drop" and any(m.reasoning for m in conv.messages):
                 accounting.check_reasoning(layouts[j], conv.messages, enc.template.name,
                                            set(trained_messages(conv.messages, last_turn_only)) | skip)
+            if layouts[j].rewritten and not part:  # a template that rewrote some message: is all of its text there?
+                accounting.check_rewritten(layouts[j], conv.messages, enc.template.name, enc.template.source,
+                                           set(trained_messages(conv.messages, last_turn_only)) | skip)
             if turns == "expand" and not set(trained_messages(conv.messages, last_turn_only)) - skip:
                 results[j] = extra[j]  # every trained turn has an example of its own
                 continue

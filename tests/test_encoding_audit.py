@@ -1,0 +1,451 @@
+"""An independent audit of encoding (DESIGN.md, invariants 2, 4 and 9): public data in its own
+layouts (tests/data/public, tests/data/tools) and records built to probe the hard cases, encoded
+under the official chat templates (tests/data/chat_templates, tests/data/templates) with each
+combination of options that changes what is rendered or trained.
+
+The auditor reads the *raw record* (not the ``Conversation`` sftlab made of it) and the decoded
+tokens of the record's examples. For every accepted record it checks that
+
+- every text leaf (message text, reasoning, tool-call name and argument values, tool schema names
+  and descriptions, system prompt) is in the decoded rendering of some example of the record with
+  the status the options give it: trained where its assistant turn is trained (reasoning under
+  ``reasoning: keep``), untrained context otherwise, absent under ``reasoning: drop``;
+- a leaf found is ordinary text: no character of it came from a control token (user text spelling
+  ``<|im_end|>`` stays text);
+- every trained span is text the record gave a trained assistant turn, or template markup (words
+  of the template's own source, JSON punctuation, argument keys): nothing else is trained.
+
+Records a template cannot render honestly must be refused (quarantined with a reason); the audit
+counts accepted and refused per case. It shares no code with sftlab's own accounting.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sftlab.data.loading import load_files
+from sftlab.tokens.encoding import encode_all
+from sftlab.train.config import DataFile
+from tests.test_real_templates import INDEX, tokenizer_for
+
+DATA = Path(__file__).parent / "data"
+PUBLIC = DATA / "public"
+TOOLS = DATA / "tools"
+DOLLY = {"prompt": "instruction", "query": "context", "response": "response", "task": "category"}
+
+# -- the raw record's text leaves -----------------------------------------------------------------
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
+         "bot": "assistant", "system": "system", "function_call": "assistant", "observation": "tool",
+         "tool": "tool", "function": "tool", "ipython": "tool"}
+THINK = re.compile(r"^\s*<think>(.*?)</think>", re.S)
+
+
+@dataclass
+class Leaf:
+    kind: str  # content, reasoning, call, arg, schema, system
+    text: str
+    turn: int | None = None  # the assistant message (its index among messages) it belongs to
+    trained: bool = False
+
+
+@dataclass
+class Raw:
+    leaves: list[Leaf] = field(default_factory=list)
+    words: set = field(default_factory=set)  # words a trained span may hold besides leaves (argument keys)
+
+
+def _json(value):
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _strings(value, keys: set, path=()):
+    """String leaves of a JSON value (and its dict keys into ``keys``); numbers and booleans too."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            keys.add(str(k))
+            yield from _strings(v, keys, path + (k,))
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, keys, path)
+    elif isinstance(value, bool):
+        keys.update((str(value), str(value).lower()))
+    elif isinstance(value, (int, float)):
+        keys.update(re.findall(r"\w+", str(value)))
+    elif isinstance(value, str) and value.strip():
+        yield value
+
+
+def _calls(value):
+    value = _json(value)
+    calls = value if isinstance(value, list) else [value]
+    for c in calls:
+        if isinstance(c, dict):
+            fn = c.get("function", c)
+            yield fn.get("name", ""), _json(fn.get("arguments", fn.get("parameters", {})))
+
+
+def _schema_leaves(tools) -> list[str]:
+    out = []
+    for t in _json(tools) or []:
+        fn = t.get("function", t) if isinstance(t, dict) else {}
+        out += [s for s in (fn.get("name"), fn.get("description")) if isinstance(s, str) and s.strip()]
+    return out
+
+
+def _messages(raw: dict, columns: dict | None) -> list[dict]:
+    """``[{role, parts: [(kind, text)], calls, train}]`` of a raw record in any of the layouts here."""
+    msgs = raw.get("messages", raw.get("conversations"))
+    out = []
+    if isinstance(raw.get("system"), str) and raw["system"].strip():
+        out.append({"role": "system", "parts": [("content", raw["system"])]})
+    if msgs is None:  # Alpaca (or its columns)
+        cols = {"prompt": "instruction", "query": "input", "response": "output", **(columns or {})}
+        for q, a in raw.get("history") or []:
+            out += [{"role": "user", "parts": [("content", q)]}, {"role": "assistant", "parts": [("content", a)]}]
+        out.append({"role": "user", "parts": [("content", raw.get(cols["prompt"], "")),
+                                               ("content", raw.get(cols["query"], ""))]})
+        out.append({"role": "assistant", "parts": [("content", raw.get(cols["response"], ""))]})
+        return out
+    for m in msgs:
+        role = ROLES[m.get("role", m.get("from"))]
+        content = m.get("content", m.get("value"))
+        parts, calls = [], []
+        if m.get("from") == "function_call":
+            calls += list(_calls(content))
+            content = None
+        if isinstance(content, list):
+            for p in content:
+                kind, text = p.get("type"), p.get("text", p.get("value"))
+                if kind == "tool_call":
+                    calls += list(_calls(text))
+                else:
+                    parts.append(("reasoning" if kind in ("reasoning", "thinking") else "content", text))
+        elif isinstance(content, str):
+            think = THINK.match(content) if role == "assistant" else None
+            if think:
+                parts += [("reasoning", think.group(1)), ("content", content[think.end():])]
+            else:
+                parts.append(("content", content))
+        for key in ("reasoning_content", "reasoning", "thinking"):
+            if isinstance(m.get(key), str):
+                parts.append(("reasoning", m[key]))
+        for c in m.get("tool_calls") or []:
+            calls += list(_calls(c))
+        weight = m.get("weight", m.get("loss_weight"))
+        out.append({"role": role, "parts": parts, "calls": calls,
+                    "train": m.get("train") is not False and (weight is None or weight > 0)})
+    return out
+
+
+def raw_leaves(raw: dict, columns: dict | None, last_turn_only: bool) -> Raw:
+    msgs = _messages(raw, columns)
+    assistant = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    out = Raw()
+    for text in _schema_leaves(raw.get("tools")):
+        out.leaves.append(Leaf("schema", text))
+    for i, m in enumerate(msgs):
+        mine = m["role"] == "assistant"
+        trained = mine and m.get("train", True) and (not last_turn_only or i == assistant[-1])
+        for kind, text in m["parts"]:
+            if isinstance(text, str) and text.strip():
+                out.leaves.append(Leaf(kind if mine or m["role"] != "system" else "system", text,
+                                       i if mine else None, trained))
+        for name, args in m.get("calls", []):
+            out.words.add(name)
+            out.leaves.append(Leaf("call", name, i, trained))
+            for s in _strings(args, out.words):
+                out.leaves.append(Leaf("arg", s, i, trained))
+    return out
+
+
+# -- the decoded examples -------------------------------------------------------------------------
+
+@dataclass
+class Decoded:
+    """An example's decoded text with, per character, whether its token is trained and whether it
+    is a control token."""
+    text: str
+    trained: list[bool]
+    special: list[bool]
+
+
+def decode(tok, ex) -> Decoded:
+    specials = set(tok.all_special_ids)
+    ids, w = list(ex.input_ids), list(ex.loss_weights)
+    text, trained, special = [], [], []
+    run: list[int] = []
+
+    def flush(t, s):
+        piece = tok.decode(run, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text.append(piece)
+        trained.extend([t] * len(piece))
+        special.extend([s] * len(piece))
+
+    state = None
+    for i, tid in enumerate(ids):
+        st = (w[i] > 0, tid in specials)
+        if st != state or st[1]:
+            if run:
+                flush(*state)
+            run, state = [], st
+        run.append(tid)
+    if run:
+        flush(*state)
+    return Decoded("".join(text), trained, special)
+
+
+def _normalised(text: str) -> tuple[str, list[int]]:
+    """``text`` with whitespace runs as one space, and the index in ``text`` of each character."""
+    out, where, space = [], [], False
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            if not space:
+                out.append(" ")
+                where.append(i)
+            space = True
+        else:
+            out.append(ch)
+            where.append(i)
+            space = False
+    return "".join(out), where
+
+
+def _variants(text: str) -> list[str]:
+    """How a template may write ``text``: as is, JSON-escaped (in a ``tojson`` of the arguments or the
+    schema), or with non-ASCII escaped."""
+    out = [text.strip()]
+    for ascii_ in (False, True):
+        dumped = json.dumps(text.strip(), ensure_ascii=ascii_)[1:-1]
+        if dumped not in out:
+            out.append(dumped)
+    return out
+
+
+def find(d: Decoded, leaf: str, want: str) -> str | None:
+    """``None`` where some occurrence of ``leaf`` in ``d`` has status ``want`` (``trained`` or
+    ``untrained``) and no control-token character; else what was found instead."""
+    norm, where = _normalised(d.text)
+    seen = "absent"
+    for variant in _variants(leaf):
+        needle, _ = _normalised(variant)
+        start = norm.find(needle)
+        while start >= 0:
+            chars = range(where[start], where[start + len(needle) - 1] + 1)
+            specials = any(d.special[c] for c in chars)
+            status = {all(d.trained[c] for c in chars): "trained",
+                      not any(d.trained[c] for c in chars): "untrained"}.get(True, "partly trained")
+            if not specials and status == want:
+                return None
+            seen = "made of control tokens" if specials else status
+            start = norm.find(needle, start + 1)
+    return seen
+
+
+def trained_spans(d: Decoded) -> list[str]:
+    spans, cur = [], []
+    for ch, t in zip(d.text, d.trained):
+        if t:
+            cur.append(ch)
+        elif cur:
+            spans.append("".join(cur))
+            cur = []
+    if cur:
+        spans.append("".join(cur))
+    return spans
+
+
+WORD = re.compile(r"\w+")
+
+
+def audit(raw: Raw, decoded: list[Decoded], reasoning: str, last_turn_only: bool, lost: tuple[bool, bool],
+          markup: set) -> list[str]:
+    """The violations of one accepted record: leaves missing or with the wrong status, trained text
+    that is neither the record's trained assistant text nor markup. ``lost``: whether truncation
+    may have dropped (context, trained text), from the examples' ``dropped_turns`` and
+    ``lost_trained_tokens``."""
+    problems = []
+    for leaf in raw.leaves:
+        want = "trained" if leaf.trained else "untrained"
+        if leaf.kind == "reasoning":
+            if reasoning == "drop":
+                hits = [d for d in decoded if _normalised(leaf.text.strip())[0] in _normalised(d.text)[0]]
+                if hits:
+                    problems.append(f"reasoning present under reasoning: drop: {leaf.text[:60]!r}")
+                continue
+            if reasoning == "mask":
+                want = "untrained"
+            if not leaf.trained and last_turn_only:
+                continue  # earlier turns are context as the template shows them at inference
+        results = [find(d, leaf.text, want) for d in decoded]
+        if None in results:
+            continue
+        if all(r == "absent" for r in results) and lost[leaf.trained]:
+            continue  # max_length truncation dropped it (trained text: counted in lost_trained_tokens)
+        got = sorted(set(results))
+        problems.append(f"{leaf.kind} of {'message ' + str(leaf.turn) if leaf.turn is not None else 'record'} "
+                        f"should be {want}, is {'/'.join(got)}: {leaf.text[:60]!r}")
+    allowed = [_normalised(v)[0] for leaf in raw.leaves if leaf.trained and leaf.kind != "schema"
+               and not (leaf.kind == "reasoning" and reasoning != "keep") for v in _variants(leaf.text)]
+    allowed.sort(key=len, reverse=True)
+    for d in decoded:
+        for span in trained_spans(d):
+            rest = _normalised(span)[0]
+            for a in allowed:
+                if a:
+                    rest = rest.replace(a, " ")
+            extra = {w for w in WORD.findall(rest) if w not in markup and w not in raw.words}
+            if extra:
+                problems.append(f"trained text the record does not give a trained assistant turn: {sorted(extra)} in "
+                                f"{rest[:120]!r}")
+    return problems
+
+
+# -- the cross product ----------------------------------------------------------------------------
+
+TEMPLATES = sorted(INDEX)  # the tool-calling fixtures of tests/data/templates included
+
+OPTIONS = {
+    "keep": {},
+    "mask": {"reasoning": "mask"},
+    "drop": {"reasoning": "drop"},
+    "expand": {"turns": "expand"},
+    "expand-last-mask": {"turns": "expand", "last_turn_only": True, "reasoning": "mask"},
+    "split": {"turns": "expand", "max_length": 192, "overflow": "split"},
+}
+
+MARKUP = ("<|im_end|>", "</think>", "[INST]", "<|eot_id|>", "<end_of_turn>", "<|im_start|>assistant", "</s>",
+          "<|END_OF_TURN_TOKEN|>", "<tool_call>", "<|start_header_id|>assistant<|end_header_id|>")
+
+
+def hard_records() -> list[dict]:
+    """Records that probe what templates get wrong, built from public text where one is needed."""
+    spelled = " ".join(MARKUP)
+    tools = [{"type": "function", "function": {"name": "find_cafe", "description": "Find cafés in a city.",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "city": {"type": "string", "description": "The city's name."},
+                                                  "filters": {"type": "object"}}}}}]
+    call = {"type": "function", "function": {"name": "find_cafe", "arguments": json.dumps(
+        {"city": "Zürich", "filters": {"tags": ["naïve", "crème brûlée"], "open": True, "max": 3}},
+        ensure_ascii=False)}}
+    return [
+        {"id": "markup", "messages": [
+            {"role": "system", "content": f"System text with markup: {spelled}"},
+            {"role": "user", "content": f"Say the markup back: {spelled} and stop."},
+            {"role": "assistant", "content": f"Here it is: {spelled} done."},
+            {"role": "user", "content": "[INST] again </think> please [/INST]"},
+            {"role": "assistant", "content": "Again: <|im_end|> and </think> kept as text."}]},
+        {"id": "reasoning-multi", "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "What is two plus two?"},
+            {"role": "assistant", "reasoning_content": "Adding two and two gives four.", "content": "Four."},
+            {"role": "user", "content": "And three plus three?"},
+            {"role": "assistant", "reasoning_content": "Three and three make six.", "content": "Six."}]},
+        {"id": "empty-beside-reasoning", "tools": tools, "messages": [
+            {"role": "user", "content": "Find a café, thinking first."},
+            {"role": "assistant", "reasoning_content": "A search by city is needed.", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": "find_cafe", "arguments": {"city": "Bern"}}}]},
+            {"role": "tool", "content": "Café Fédéral"},
+            {"role": "assistant", "reasoning_content": "The tool answered.", "content": "Try Café Fédéral."}]},
+        {"id": "tool-nonascii", "tools": tools, "messages": [
+            {"role": "system", "content": "You find cafés."},
+            {"role": "user", "content": "Cafés in Zürich with crème brûlée?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "{\"cafés\": [\"Café Schöttli\"]}"},
+            {"role": "assistant", "content": "Café Schöttli serves crème brûlée."}]},
+        {"id": "untrained-first", "messages": [
+            {"role": "user", "content": "Who are you?"},
+            {"role": "assistant", "content": "An assistant, not trained here.", "train": False},
+            {"role": "user", "content": "What can you do?"},
+            {"role": "assistant", "content": "Answer questions, trained here."}]},
+        {"id": "weight-zero-reasoning", "messages": [
+            {"role": "user", "content": "First question?"},
+            {"role": "assistant", "reasoning_content": "Earlier reasoning kept as context.", "content": "First.",
+             "weight": 0},
+            {"role": "user", "content": "Second question?"},
+            {"role": "assistant", "reasoning_content": "Later reasoning trained.", "content": "Second."}]},
+    ]
+
+
+def _raw_records(path: Path) -> list:
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()]
+
+
+SOURCES = [  # file, columns, records sampled (1-based positions)
+    (PUBLIC / "fastchat_dummy_conversation.json", None, (1, 3, 5, 8, 13, 21)),
+    (PUBLIC / "dolly_15k_sample.jsonl", DOLLY, (1, 2, 7)),
+    (PUBLIC / "llamafactory_alpaca_en_demo.json", None, (1, 2, 3)),
+    (PUBLIC / "llamafactory" / "v1_sft_demo.jsonl", None, (1, 4)),
+    (TOOLS / "glaive_toolcall_en_demo.sample.json", None, (1, 2, 5, 11)),
+    (TOOLS / "reason_tool_use_demo.sample.jsonl", None, (1, 2, 5, 7)),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """``[(conversation, raw record, columns)]`` of every sampled record, read by sftlab's loader."""
+    out = []
+    hard = tmp_path_factory.mktemp("audit") / "hard.jsonl"
+    hard.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard_records()), encoding="utf-8")
+    for path, columns, picks in [*SOURCES, (hard, None, None)]:
+        raws = _raw_records(path)
+        report = load_files([str(path)], columns=[DataFile(path=str(path), columns=columns).mapping()] if columns else None)
+        assert not report.quarantined, [q.reason for q in report.quarantined]
+        for conv in report.conversations:
+            if picks is None or conv.origin.line in picks:
+                out.append((conv, raws[conv.origin.line - 1], columns))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {}
+
+
+COVERAGE: dict = {}
+
+
+def run_audit(name: str, corpus, cache) -> list[str]:
+    tok = tokenizer_for(name, cache)
+    markup = set(WORD.findall(tok.chat_template)) | {w for t in tok.all_special_tokens for w in WORD.findall(t)}
+    convs = [c for c, _, _ in corpus]
+    problems = []
+    for opt, kwargs in OPTIONS.items():
+        examples, refused = encode_all(convs, tok, None, **kwargs)
+        by_record: dict = {}
+        for ex in examples:
+            by_record.setdefault((ex.origin.file, ex.origin.line), []).append(ex)
+        COVERAGE[(name, opt)] = (len(by_record), len(refused))
+        assert len(by_record) + len(refused) == len(convs)
+        for conv, raw, columns in corpus:
+            exs = by_record.get((conv.origin.file, conv.origin.line))
+            if exs is None:
+                continue
+            leaves = raw_leaves(raw, columns, kwargs.get("last_turn_only", False))
+            lost_trained = any(ex.lost_trained_tokens for ex in exs)
+            lost = (lost_trained or any(ex.dropped_turns for ex in exs), lost_trained)
+            for p in audit(leaves, [decode(tok, ex) for ex in exs], kwargs.get("reasoning", "keep"),
+                           kwargs.get("last_turn_only", False), lost, markup):
+                problems.append(f"{opt} {Path(conv.origin.file).name}:{conv.origin.line}: {p}")
+    return problems
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_accepted_record_passes_the_audit(name, corpus, tokenizers):
+    problems = run_audit(name, corpus, tokenizers)
+    assert not problems, "\n".join(problems)
+
+
+def test_coverage_print():
+    for k, v in sorted(COVERAGE.items()):
+        print(k, v)
