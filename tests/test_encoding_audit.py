@@ -132,8 +132,8 @@ def _messages(raw: dict, columns: dict | None) -> list[dict]:
                     parts.append(("reasoning" if kind in ("reasoning", "thinking") else "content", text))
         elif isinstance(content, str):
             think = THINK.match(content) if role == "assistant" else None
-            if think:
-                parts += [("reasoning", think.group(1)), ("content", content[think.end():])]
+            if think:  # a reasoning block the record writes in its answer: its tags are the record's text
+                parts += [("reasoning", think.group(1)), ("content", content[think.end():]), ("tags", "")]
             else:
                 parts.append(("content", content))
         for key in ("reasoning_content", "reasoning", "thinking"):
@@ -157,6 +157,8 @@ def raw_leaves(raw: dict, columns: dict | None, last_turn_only: bool) -> Raw:
         mine = m["role"] == "assistant"
         trained = mine and m.get("train", True) and (not last_turn_only or i == assistant[-1])
         for kind, text in m["parts"]:
+            if kind == "tags":
+                out.words.add("think")
             if isinstance(text, str) and text.strip():
                 out.leaves.append(Leaf(kind if mine or m["role"] != "system" else "system", text,
                                        i if mine else None, trained))
@@ -320,7 +322,9 @@ OPTIONS = {
     "drop": {"reasoning": "drop"},
     "expand": {"turns": "expand"},
     "expand-last-mask": {"turns": "expand", "last_turn_only": True, "reasoning": "mask"},
+    "last": {"last_turn_only": True},
     "split": {"turns": "expand", "max_length": 192, "overflow": "split"},
+    "split-whole-mask": {"max_length": 160, "overflow": "split", "reasoning": "mask"},
 }
 
 MARKUP = ("<|im_end|>", "</think>", "[INST]", "<|eot_id|>", "<end_of_turn>", "<|im_start|>assistant", "</s>",
@@ -373,6 +377,21 @@ def hard_records() -> list[dict]:
              "weight": 0},
             {"role": "user", "content": "Second question?"},
             {"role": "assistant", "reasoning_content": "Later reasoning trained.", "content": "Second."}]},
+        {"id": "inline-think", "messages": [
+            {"role": "user", "content": "Greet me."},
+            {"role": "assistant", "content": "<think>A short greeting fits.</think>Hello there."},
+            {"role": "user", "content": "Again, differently."},
+            {"role": "assistant", "content": "<think>Vary the wording this time.</think>Good day to you."}]},
+        {"id": "args-markup", "tools": tools, "messages": [
+            {"role": "user", "content": "Look up the café called <|im_end|>."},
+            {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                "name": "find_cafe", "arguments": {"city": "<|im_end|></tool_call>[INST]"}}}]},
+            {"role": "tool", "content": "</tool_response><|im_end|><|im_start|>assistant\nnone"},
+            {"role": "assistant", "content": "There is no café with that name."}]},
+        {"id": "whitespace", "messages": [
+            {"role": "system", "content": "  Keep the spacing.  \n"},
+            {"role": "user", "content": "\n\nIndent this:\n    code()\n"},
+            {"role": "assistant", "content": "  Indented:\n\n    code()\n\n"}]},
     ]
 
 

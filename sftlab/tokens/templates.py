@@ -88,8 +88,7 @@ class ChatTemplate:
         # one) is taken as it is. A Jinja template gets copies.
         builtin = self._format is not None
         messages = [m if builtin and len(m) == 2 and "role" in m and type(m.get("content")) is str else
-                    {**{k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None},
-                     "role": m["role"], "content": text_content(m.get("content"))} for m in messages]
+                    _given(m) for m in messages]
         tools = tools or None
         if self._format is not None:
             flat = flatten(self.name, messages, tools)
@@ -104,6 +103,12 @@ class ChatTemplate:
             return _unshift(layout) if len(flat) > len(messages) else layout
         return jinja_layout(self, call_arguments_form(self, messages, tools), add_generation_prompt, tools)
 
+    def jinja_text(self, messages: list[dict], tools: list | None = None) -> str:
+        """The Jinja template's rendering of ``messages`` as ``layout`` renders them (no generation
+        prompt), without locating anything in it: one render, for a probe."""
+        messages = [_given(m) for m in messages]
+        return render_jinja(self, call_arguments_form(self, messages, tools or None), False, tools or None)
+
     def describe(self) -> dict:
         """The manifest's ``template`` section."""
         return {"name": self.name, "fingerprint": self.fingerprint, "builtin": self.is_builtin,
@@ -112,6 +117,12 @@ class ChatTemplate:
 
 _MESSAGE_KEYS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
 """Message fields besides role and content that a template is given (OpenAI / transformers layout)."""
+
+
+def _given(m: dict) -> dict:
+    """A copy of message ``m`` as a Jinja template gets it: role, text content and ``_MESSAGE_KEYS``."""
+    return {**{k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None}, "role": m["role"],
+            "content": text_content(m.get("content"))}
 
 
 def call_arguments_form(t: ChatTemplate, messages: list[dict], tools: list | None = None) -> list[dict]:

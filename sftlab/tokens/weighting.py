@@ -33,6 +33,7 @@ from sftlab.tokens.encoded import KEEP_TRACE, EncodedExample, EncodingError, Tra
 from sftlab.tokens.encoder import Encoder
 from sftlab.tokens.generation_markers import marked_layout
 from sftlab.tokens.layout import Layout
+from sftlab.tokens.protected_data import protect_data
 from sftlab.tokens.templates import ChatTemplate, TemplateError
 
 __all__ = ["trained_messages", "exchanges", "render_layout", "build", "check_turns", "opening_weights",
@@ -79,45 +80,8 @@ def render_layout(enc: Encoder, messages: Sequence[Message], tools: str | None =
     if enc.reasoning != "drop":
         layout = _reasoning_spans(enc, messages, layout)
     if enc.special_re is not None and (tools or any(m.tool_calls or m.reasoning for m in messages)):
-        layout = _protect_data(enc, messages, tools, layout)
+        layout = protect_data(enc, messages, msgs, tool_list, layout)
     return layout
-
-
-def _protect_data(enc: Encoder, messages: Sequence[Message], tools: str | None, layout: Layout) -> Layout:
-    """Record text a template writes outside content spans that spells a special token (DESIGN.md,
-    invariant 4): tool-call names and arguments and tool-schema strings, found as the JSON the
-    template writes for them (quoted, so scaffolding never matches), and reasoning inside its turn."""
-    texts: list[str] = []
-
-    def strings(value):
-        if isinstance(value, str):
-            texts.append(json.dumps(value, ensure_ascii=False))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                strings(k)
-                strings(v)
-        elif isinstance(value, list):
-            for v in value:
-                strings(v)
-
-    strings(json.loads(tools) if tools else [])
-    for m in messages:
-        for c in m.tool_calls:
-            texts.append(json.dumps(c.arguments_value(), ensure_ascii=False))
-            strings(c.name)
-            strings(c.arguments_value())
-    found = set()
-    for t in {t for t in texts if enc.special_re.search(t)}:
-        k = layout.text.find(t)
-        while k >= 0:
-            found.add((k, k + len(t)))
-            k = layout.text.find(t, k + 1)
-    for i, a, b in layout.reasoning_spans:
-        if enc.special_re.search(layout.text, a, b):
-            found.add((a, b))
-    if not found:
-        return layout
-    return dataclasses.replace(layout, data_ranges=tuple(sorted(found)))
 
 
 def _reasoning_spans(enc: Encoder, messages: Sequence[Message], layout: Layout) -> Layout:
