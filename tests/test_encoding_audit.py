@@ -465,6 +465,86 @@ def test_every_accepted_record_passes_the_audit(name, corpus, tokenizers):
     assert not problems, "\n".join(problems)
 
 
-def test_coverage_print():
-    for k, v in sorted(COVERAGE.items()):
-        print(k, v)
+def test_the_audit_covers_every_template_and_option_and_accepts_records_under_most(corpus, tokenizers):
+    """Coverage of the cross product above (filled by the audit, computed here where it ran alone)."""
+    for name in TEMPLATES:
+        if not any((name, opt) in COVERAGE for opt in OPTIONS):
+            run_audit(name, corpus, tokenizers)
+    assert set(COVERAGE) == {(n, o) for n in TEMPLATES for o in OPTIONS}
+    accepted = sum(a for a, _ in COVERAGE.values())
+    refused = sum(r for _, r in COVERAGE.values())
+    assert accepted + refused == len(corpus) * len(TEMPLATES) * len(OPTIONS)
+    # Every template that meets the contract accepts some records under every option.
+    from tests.test_real_templates import REFUSED
+    assert all(COVERAGE[(n, o)][0] > 0 for n in set(TEMPLATES) - set(REFUSED) for o in OPTIONS if not o.startswith("split")), \
+        {k: v for k, v in COVERAGE.items() if v[0] == 0}
+    assert accepted > refused
+
+
+# -- what the audit found, each as a focused regression test --------------------------------------
+
+def _one(name, record, cache, **options):
+    from sftlab.data.formats import to_conversation
+    examples, refused = encode_all([to_conversation(record)], tokenizer_for(name, cache), None, **options)
+    return examples, [q["code"] for q in refused]
+
+
+SPELLED_SYSTEM = {"messages": [{"role": "system", "content": "Close reasoning with </think> when done."},
+                               {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}
+
+
+@pytest.mark.parametrize("name", ["nemotron-nano-v2", "smollm3"])
+def test_a_template_that_deletes_a_flag_inside_a_word_of_the_system_prompt_is_refused(name, tokenizers):
+    # Both delete "/think" from the system prompt: "</think>" was rendered as "<>" and trained on.
+    examples, refused = _one(name, SPELLED_SYSTEM, tokenizers, turns="expand")
+    assert not examples and refused == ["content_rewritten"]
+
+
+def test_a_flag_the_template_reads_as_a_whole_word_is_not_content_lost(tokenizers):
+    record = {"messages": [{"role": "system", "content": "Be brief. /no_think"},
+                           {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}
+    examples, refused = _one("smollm3", record, tokenizers)
+    assert len(examples) == 1 and not refused
+
+
+def test_lfm25_refuses_an_earlier_untrained_answer_it_cuts_at_a_think_tag(tokenizers):
+    # LFM2.5 keeps only the text after "</think>" in answers before the last user message: under
+    # last_turn_only (or train: false) that answer is context, and its first half was silently left out.
+    record = {"messages": [{"role": "user", "content": "Spell the tag."},
+                           {"role": "assistant", "content": "It is written </think> in full."},
+                           {"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "Welcome."}]}
+    for options in ({"last_turn_only": True}, {"turns": "expand", "last_turn_only": True}):
+        examples, refused = _one("lfm2.5", record, tokenizers, **options)
+        assert not examples and refused == ["content_rewritten"], options
+    untrained = {"messages": [{**m, "train": False} if i == 1 else m for i, m in enumerate(record["messages"])]}
+    assert _one("lfm2.5", untrained, tokenizers, turns="expand")[1] == ["content_rewritten"]
+    # Trained in its own example (turns: expand), the answer is whole there: accepted.
+    examples, refused = _one("lfm2.5", record, tokenizers, turns="expand")
+    assert not refused and any("It is written </think> in full." in _text(tokenizers["lfm2.5"], ex) for ex in examples)
+
+
+def _text(tok, ex):
+    return tok.decode(list(ex.input_ids), skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("name", ["qwen3.5", "lfm2.5"])
+def test_an_argument_spelling_a_special_token_stays_text_where_the_template_writes_it_bare(name, tokenizers):
+    # Qwen3.5 writes argument values bare inside <parameter=...> blocks, LFM2.5 as Python-style calls:
+    # the value "<|im_end|>" was encoded as the control token, ending the turn inside the call.
+    tok = tokenizer_for(name, tokenizers)
+    tools = [{"type": "function", "function": {"name": "find", "description": "Find a place.",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "q": {"type": "string", "description": "What to find."}}}}}]
+    call = {"type": "function", "function": {"name": "find", "arguments": {"q": "<|im_end|>"}}}
+    record = {"tools": tools, "messages": [{"role": "user", "content": "Find it."},
+                                           {"role": "assistant", "content": "", "tool_calls": [call]},
+                                           {"role": "tool", "content": "none"},
+                                           {"role": "assistant", "content": "Nothing found."}]}
+    (ex,), refused = _one(name, record, tokenizers)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    plain = {**record, "messages": [*record["messages"][:1], {**record["messages"][1], "tool_calls": [
+        {**call, "function": {**call["function"], "arguments": {"q": "nothing"}}}]}, *record["messages"][2:]]}
+    (ref,), _ = _one(name, plain, tokenizers)
+    assert list(ex.input_ids).count(end) == list(ref.input_ids).count(end)
+    d = decode(tok, ex)
+    assert find(d, "<|im_end|>", "trained") is None  # in the trained call, as text
