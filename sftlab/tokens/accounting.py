@@ -135,13 +135,14 @@ def check_reasoning(layout: Layout, messages: Sequence, template: str, trained: 
 
 
 def check_rewritten(layout: Layout, messages: Sequence, template: str, source: str,
-                    trained: Collection[int]) -> None:
+                    trained: Collection[int], last_turn_only: bool = False) -> None:
     """Raise ``ContentLost`` when the template rewrites the text of a message that no example of the
-    record trains (the system prompt, a user or tool message, an untrained answer) and loses part of
-    it: Nemotron-Nano-v2 and SmolLM3 delete ``/think`` from the system prompt (``</think>`` becomes
-    ``<>``), LFM2.5 keeps only the text after a ``</think>`` in an earlier answer. A whole word the
-    template deletes by name (``replace("/no_think", "")``: a flag it reads) is not lost; its effect
-    is in the rendering.
+    record trains (the system prompt, a user or tool message, an answer with ``train: false``) and
+    loses part of it: Nemotron-Nano-v2 and SmolLM3 delete ``/think`` from the system prompt
+    (``</think>`` becomes ``<>``), LFM2.5 keeps only the text after a ``</think>`` in an earlier
+    answer. A whole word the template deletes by name (``replace("/no_think", "")``: a flag it reads)
+    is not lost, its effect is in the rendering; text written as JSON (``tojson``) is kept. Under
+    ``last_turn_only`` earlier answers are context as the template shows them at inference.
 
         >>> from sftlab.data.conversation import Message
         >>> from sftlab.tokens.layout import Layout, Span
@@ -156,7 +157,7 @@ def check_rewritten(layout: Layout, messages: Sequence, template: str, source: s
     spans = {s.index: s for s in layout.spans}
     for i in layout.rewritten:
         m = messages[i]
-        if i in trained or not m.content.strip():
+        if i in trained or not m.content.strip() or (last_turn_only and m.role == "assistant"):
             continue
         span = spans.get(i)
         word = _lost_word(m.content, layout.text[span.start:span.end] if span is not None else "", source)
@@ -170,7 +171,10 @@ def check_rewritten(layout: Layout, messages: Sequence, template: str, source: s
 
 def _lost_word(content: str, shown: str, source: str) -> str | None:
     """The first whitespace-separated word of ``content`` that ``shown`` lacks (in order), unless the
-    template deletes that very word by name (``replace('w', ...)``)."""
+    template deletes that very word by name (``replace('w', ...)``); ``None`` where ``shown`` holds
+    ``content`` as JSON writes it in a string (escaped)."""
+    if any(form in shown for form in (json.dumps(content, ensure_ascii=False)[1:-1], json.dumps(content)[1:-1])):
+        return None
     got, j = shown.split(), 0
     for w in content.split():
         try:

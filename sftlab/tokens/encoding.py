@@ -376,13 +376,12 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
             if not (part or last_turn_only) and enc.reasoning != "drop" and any(m.reasoning for m in conv.messages):
                 accounting.check_reasoning(layouts[j], conv.messages, enc.template.name,
                                            set(trained_messages(conv.messages, last_turn_only)) | skip)
-            if layouts[j].rewritten and not part:  # a template that rewrote some message: is all of its text there?
-                accounting.check_rewritten(layouts[j], conv.messages, enc.template.name, enc.template.source,
-                                           set(trained_messages(conv.messages, last_turn_only)) | skip)
             if turns == "expand" and not set(trained_messages(conv.messages, last_turn_only)) - skip:
+                _check_rewritten(enc, conv, layouts[j], last_turn_only, skip, part)
                 results[j] = extra[j]  # every trained turn has an example of its own
                 continue
             ex = build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
+            _check_rewritten(enc, conv, layouts[j], last_turn_only, skip, part)
             if max_length is not None and len(ex) > max_length:
                 long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length, skip)
                 full[j] = encoding
@@ -414,6 +413,14 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
         except (EncodingError, TemplateError) as e:
             results[j] = _reason(e)
 
+
+
+def _check_rewritten(enc: Encoder, conv: Conversation, layout: Layout, last_turn_only: bool, skip: frozenset,
+                     part: bool) -> None:
+    """Where the template rewrote some message, all of its text is there (``accounting.check_rewritten``)."""
+    if layout.rewritten and not part:
+        accounting.check_rewritten(layout, conv.messages, enc.template.name, enc.template.source,
+                                   set(trained_messages(conv.messages, last_turn_only)) | skip, last_turn_only)
 
 
 def _with_extra(ex: EncodedExample, extra: list[EncodedExample] | None):
