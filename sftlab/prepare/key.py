@@ -31,10 +31,13 @@ from sftlab.data.readers import input_digest
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
 
-FORMAT = 3
+FORMAT = 4
 # 2: the statistics summaries keep word 3-shingles (near duplicates confirmed exactly);
 # 3: a record whose untrained turn's reasoning the template does not write is refused
 #    (reasoning_not_written), so a store of format 2 may hold records that format 3 quarantines.
+# 4: a record whose template rewrites an untrained message's text and loses part of it is refused
+#    (content_rewritten), and a tool-call string spelling a special token that a template writes bare
+#    is encoded as text: a store of format 3 may hold such records encoded otherwise.
 """The store format: its files and their layout (a store of another format is rebuilt)."""
 RACY_NS = 2_000_000_000
 SAMPLE_BYTES = 128 << 20
