@@ -377,11 +377,13 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
                 accounting.check_reasoning(layouts[j], conv.messages, enc.template.name,
                                            set(trained_messages(conv.messages, last_turn_only)) | skip)
             if turns == "expand" and not set(trained_messages(conv.messages, last_turn_only)) - skip:
-                _check_rewritten(enc, conv, layouts[j], last_turn_only, skip, part)
+                if layouts[j].rewritten and not part:
+                    _check_rewritten(enc, conv, layouts[j], last_turn_only, skip)
                 results[j] = extra[j]  # every trained turn has an example of its own
                 continue
             ex = build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
-            _check_rewritten(enc, conv, layouts[j], last_turn_only, skip, part)
+            if layouts[j].rewritten and not part:  # the template rewrote some message: is all of its text there?
+                _check_rewritten(enc, conv, layouts[j], last_turn_only, skip)
             if max_length is not None and len(ex) > max_length:
                 long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length, skip)
                 full[j] = encoding
@@ -415,12 +417,11 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
 
 
 
-def _check_rewritten(enc: Encoder, conv: Conversation, layout: Layout, last_turn_only: bool, skip: frozenset,
-                     part: bool) -> None:
-    """Where the template rewrote some message, all of its text is there (``accounting.check_rewritten``)."""
-    if layout.rewritten and not part:
-        accounting.check_rewritten(layout, conv.messages, enc.template.name, enc.template.source,
-                                   set(trained_messages(conv.messages, last_turn_only)) | skip, last_turn_only)
+def _check_rewritten(enc: Encoder, conv: Conversation, layout: Layout, last_turn_only: bool,
+                     skip: frozenset) -> None:
+    """All of the text of each message the template rewrote is there (``accounting.check_rewritten``)."""
+    accounting.check_rewritten(layout, conv.messages, enc.template.name, enc.template.source,
+                               set(trained_messages(conv.messages, last_turn_only)) | skip, last_turn_only)
 
 
 def _with_extra(ex: EncodedExample, extra: list[EncodedExample] | None):
