@@ -244,7 +244,9 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     cols = columns if columns is not None and not columns.is_default else None
     if cols is None:
         chosen_key, rejected_key, system_key, tools_key, msg_cols = "chosen", "rejected", "system", "tools", None
+        ignore: tuple[str, ...] = ()
     else:
+        ignore = cols.ignore
         chosen_key, rejected_key = cols.chosen or "chosen", cols.rejected or "rejected"
         system_key, tools_key = cols.system or "system", cols.tools or "tools"
         msg_cols = cols if cols.maps_messages else None
@@ -256,23 +258,24 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     if fmt == "implicit_prompt":  # a messages list equal to the chosen conversation is a copy of it
         row = {k: v for k, v in row.items() if not (k in ("messages", "conversations") and v == chosen)}
     if fmt == "openai":
-        messages = message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols)
+        messages = message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols, ignore=ignore)
         if row.get(system_key) not in (None, ""):
             messages = _top_system(row, system_key, messages)
     elif fmt == "mapped":
         messages = _system_prefix(row, system_key) + message_list(
-            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols)
+            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols,
+            ignore=ignore)
     elif fmt == "sharegpt":
         messages = _system_prefix(row, system_key) + message_list(
-            row["conversations"], "conversations", sharegpt=True, columns=msg_cols)
+            row["conversations"], "conversations", sharegpt=True, columns=msg_cols, ignore=ignore)
     elif fmt == "alpaca":
         messages = _alpaca(row, cols, chosen is None)
     elif fmt == "prompt_completion":
-        messages = _prompt_completion(row, msg_cols, chosen is None)
+        messages = _prompt_completion(row, msg_cols, chosen is None, ignore)
     else:  # a preference record whose chosen answer holds the whole conversation
         messages = []
     if chosen is not None:
-        messages += _chosen_messages(chosen, chosen_key, len(messages), msg_cols)
+        messages += _chosen_messages(chosen, chosen_key, len(messages), msg_cols, ignore)
     check_unicode(messages, fmt)
     meta = metadata(row, cols)
     extra = extra_fields(row, fmt, cols)
@@ -355,14 +358,15 @@ def _prompt_format(row: dict[str, Any], cols: Columns | None, chosen: Any) -> st
     return "implicit_prompt"
 
 
-def _chosen_messages(chosen: Any, key: str, offset: int, cols: Columns | None) -> list[Message]:
+def _chosen_messages(chosen: Any, key: str, offset: int, cols: Columns | None,
+                     ignore: tuple[str, ...] = ()) -> list[Message]:
     """The chosen answer: a string, one message, or messages (the whole conversation when no
     prompt precedes them, as TRL's implicit-prompt preference records are)."""
     if isinstance(chosen, str):
         return [Message("assistant", chosen)]
     if isinstance(chosen, dict):
-        return [read_message(chosen, 0, key, offset, False, cols)]
-    return message_list(chosen, key, sharegpt=False, offset=offset, columns=cols)
+        return [read_message(chosen, 0, key, offset, False, cols, ignore)]
+    return message_list(chosen, key, sharegpt=False, offset=offset, columns=cols, ignore=ignore)
 
 
 def _system_prefix(row: dict[str, Any], key: str) -> list[Message]:
@@ -426,13 +430,14 @@ def _history(row: dict[str, Any], key: str, offset: int) -> list[Message]:
 
 
 def _prompt_completion(row: dict[str, Any], columns: Columns | None = None,
-                       require_completion: bool = True) -> list[Message]:
+                       require_completion: bool = True, ignore: tuple[str, ...] = ()) -> list[Message]:
     messages = _system_prefix(row, "system")
     prompt, completion = row["prompt"], row.get("completion")
     if isinstance(prompt, str):
         messages.append(Message("user", prompt))
     elif isinstance(prompt, list):
-        messages += message_list(prompt, "prompt", sharegpt=False, offset=len(messages), columns=columns)
+        messages += message_list(prompt, "prompt", sharegpt=False, offset=len(messages), columns=columns,
+                                  ignore=ignore)
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got {_kind(prompt)}",
                           field="prompt", message_index=len(messages))
@@ -442,7 +447,7 @@ def _prompt_completion(row: dict[str, Any], columns: Columns | None = None,
         messages.append(Message("assistant", completion))
     elif isinstance(completion, list):
         messages += message_list(completion, "completion", sharegpt=False, offset=len(messages),
-                                  columns=columns)
+                                  columns=columns, ignore=ignore)
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got "
                           f"{_kind(completion)}", field="completion", message_index=len(messages))

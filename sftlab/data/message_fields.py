@@ -1,8 +1,23 @@
 """One message of a record -> ``Message``: the speaker (``role``, or ShareGPT's ``from`` and the
 names a data entry maps), text content (a string or joined text parts), tool calls (OpenAI's
-``tool_calls``, Glaive's ``function_call`` turns, LLaMA-Factory's ``tool_call`` parts), reasoning
-under any of its spellings, ``train`` and ``weight``; and a record's tool schemas (``tools_text``).
-Each check names the field and message index it refuses.
+``tool_calls`` and its legacy ``function_call``, Glaive's ``function_call`` turns, LLaMA-Factory's
+``tool_call`` parts), reasoning under any of its spellings, ``train`` and ``weight``; and a record's
+tool schemas (``tools_text``). Each check names the field and message index it refuses.
+
+Every key of a message is accounted for (DESIGN.md, invariant 9). Besides the speaker and the text,
+sftlab reads ``reasoning_content`` (``reasoning``, ``thinking``), ``tool_calls``, ``function_call``,
+``refusal`` (OpenAI's refusal text: the assistant's content when its ``content`` is null or empty),
+``train`` and ms-swift's ``loss`` (a boolean: whether the turn is trained), ``weight`` and its
+spellings ``loss_weight`` (LLaMA-Factory) and ``loss_scale`` (ms-swift), and on tool results
+``tool_call_id`` and ``name``. A key that is empty (null, "", [] or {}), message metadata
+(``MESSAGE_METADATA``) or declared ignored (``ignore_fields: ["messages[].KEY"]``: the message list's
+field, ``[]``, the key) is accepted and not trained; any other key refuses the record
+(``unused_field``) naming it, e.g. ``messages[1].name``: the participant name OpenAI allows on any
+message, which chat templates do not show the model.
+
+Speakers: ``developer`` is read as ``system`` (OpenAI's name for the system message of its o-series
+models; gpt-oss's template treats the two alike); an unknown speaker is refused with the role it most
+likely means (``ipython``: Llama 3.1's tool role, so ``tool``).
 
 Example::
 
@@ -12,6 +27,17 @@ Example::
     >>> read_message({"role": "assistant", "content": "", "tool_calls": [{"function": {
     ...     "name": "f", "arguments": {"x": 1}}}]}, 0, "messages", 0, False).tool_calls[0].arguments
     '{"x": 1}'
+    >>> m = read_message({"role": "assistant", "content": None, "refusal": "I can't help with that.",
+    ...                   "loss": False}, 1, "messages", 0, False)
+    >>> m.content, m.train
+    ("I can't help with that.", False)
+    >>> read_message({"role": "user", "content": "hi", "name": "alice"}, 0, "messages", 0, False)
+    Traceback (most recent call last):
+    ...
+    sftlab.data.record_errors.RecordError: messages[0].name: a user message with name 'alice' (the speaker's name, as OpenAI's API allows): chat templates do not show names to the model, so it would be lost; fix: write it into the content, or declare it ignored (the data entry's ignore_fields: [messages[].name], validate --ignore-field 'messages[].name') to train without it
+    >>> read_message({"role": "user", "content": "hi", "name": "alice"}, 0, "messages", 0, False,
+    ...              ignore=("messages[].name",)).content
+    'hi'
 """
 from __future__ import annotations
 
@@ -24,31 +50,44 @@ from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
-__all__ = ["SHAREGPT_ROLES", "MAX_WEIGHT", "message_list", "read_message", "json_object_text", "tools_text",
-           "sharegpt_calls"]
+__all__ = ["SHAREGPT_ROLES", "MESSAGE_METADATA", "MAX_WEIGHT", "message_list", "read_message", "json_object_text",
+           "tools_text", "sharegpt_calls"]
 
-# ShareGPT ``from`` values and the role each one means.
+# ShareGPT ``from`` values (and ``role`` values other than sftlab's) and the role each one means.
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-    "system": "system",
+    "system": "system", "developer": "system",
     "tool": "tool", "function": "tool", "observation": "tool",
 }
+# Speaker names sftlab does not read, and the role each most likely means (for the hint).
+_LIKELY_ROLES = {
+    "ipython": "tool", "tool_response": "tool", "function_response": "tool", "environment": "tool",
+    "bot": "assistant", "ai": "assistant", "chatbot": "assistant", "agent": "assistant", "response": "assistant",
+    "prompter": "user", "customer": "user", "question": "user", "instruction": "user", "human_user": "user",
+}
+MESSAGE_METADATA = ("id", "timestamp", "created_at")
+"""Message keys that describe a message rather than hold content (accepted, not trained)."""
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _REASONING_SET = frozenset(_REASONING_KEYS)
 _ROLE_SET = frozenset(ROLES)
+# Keys read whatever the speaker and text keys are (each reader checks its own).
+_READ_KEYS = frozenset({*_REASONING_KEYS, "tool_calls", "function_call", "refusal", "train", "loss", "weight",
+                        "loss_weight", "loss_scale", *MESSAGE_METADATA})
 
 
 def message_list(items: Any, field: str, sharegpt: bool, offset: int = 0,
-                  columns: Columns | None = None) -> list[Message]:
+                  columns: Columns | None = None, ignore: tuple[str, ...] = ()) -> list[Message]:
     if not isinstance(items, list):
         raise RecordError("bad_messages", f"expected a list of messages, got {_kind(items)}; "
                           "fix: give the turns as a JSON list", field=field)
-    return [read_message(m, i, field, offset, sharegpt, columns) for i, m in enumerate(items)]
+    return [read_message(m, i, field, offset, sharegpt, columns, ignore) for i, m in enumerate(items)]
 
 
 def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
-             columns: Columns | None = None) -> Message:
+                 columns: Columns | None = None, ignore: tuple[str, ...] = ()) -> Message:
+    """The message ``m``, item ``pos`` of the list at ``base`` (message ``pos + offset`` of the
+    conversation); ``ignore``: the declared-ignored fields (``messages[].KEY`` names a message key)."""
     # Field names are formatted only on error: this runs once per message of every record.
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
@@ -56,33 +95,44 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
     role = m.get("role")
     if len(m) == 2 and columns is None and type(role) is str and role in _ROLE_SET and type(m.get("content")) is str:
         return Message(role, m["content"])  # the usual message: role and text, nothing else to check
-    calls: tuple[ToolCall, ...] = ()
+    rest = []  # the speaker and text keys and the keys to account for
     for key in m:
+        if key in _READ_KEYS:
+            continue
         if type(key) is str and unpaired_surrogate(key) is not None:
             raise RecordError("invalid_text", f"unpaired surrogate in the key {ascii(key)}: not valid Unicode "
                               "text; fix: repair the \\u escape (a surrogate pair needs both halves)",
                               field=f"{base}[{pos}]", message_index=pos + offset)
+        rest.append(key)
+    calls: tuple[ToolCall, ...] = ()
     if columns is not None:
-        role, content, content_key = _mapped_message(m, pos, base, offset, columns)
+        role, content, role_key, content_key = _mapped_message(m, pos, base, offset, columns)
         if role == "function_call":  # the value is the call as JSON
             role, calls = "assistant", sharegpt_calls(content, f"{base}[{pos}].{content_key}", pos + offset)
             content = ""
     elif "role" not in m and ("from" in m or sharegpt):
+        role_key, content_key = "from", "value"
         if m.get("from") == "function_call":  # Glaive-style: the value is the call as JSON
             role = "assistant"
             calls = sharegpt_calls(m.get("value"), f"{base}[{pos}].value", pos + offset)
-            content, content_key = "", "value"
+            content = ""
         else:
             role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]", m)
-            content, content_key = m.get("value"), "value"
+            content = m.get("value")
     else:
+        role_key, content_key = "role", "content"
         role = m.get("role")
         if role not in ROLES:
             role = _sharegpt_role(role, pos + offset, f"{base}[{pos}]", m, key="role")
-        content, content_key = m.get("content"), "content"
+        content = m.get("content")
     reasoning = _reasoning(m, f"{base}[{pos}]", pos + offset)
+    calls_key = "tool_calls"
     if m.get("tool_calls"):
         calls = _tool_calls(m["tool_calls"], f"{base}[{pos}].tool_calls", pos + offset)
+    if m.get("function_call"):
+        calls, calls_key = _legacy_call(m, calls, f"{base}[{pos}]", pos + offset), "function_call"
+    if m.get("refusal") is not None:
+        content = _refusal(m, role, content, content_key, f"{base}[{pos}]", pos + offset)
     if type(content) is not str:
         if content is None and (calls or role == "assistant" and reasoning):
             content = ""
@@ -96,26 +146,107 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
                 reasoning = part_reasoning
             calls = calls + part_calls
     if (calls or reasoning is not None) and role != "assistant":
-        what = "tool_calls" if calls else "reasoning_content"
+        what = calls_key if calls else "reasoning_content"
         raise RecordError("bad_message", f"only assistant messages make tool calls or carry reasoning, "
                           f"this one is {role!r}; fix: move the {what} to the assistant message",
                           field=f"{base}[{pos}].{what}", message_index=pos + offset)
     tool_call_id = _optional_str(m, "tool_call_id", f"{base}[{pos}]", pos + offset)
     name = _optional_str(m, "name", f"{base}[{pos}]", pos + offset) if role == "tool" else None
-    train = m.get("train")
-    if train is not None and type(train) is not bool:
-        raise RecordError("bad_train", f"expected true or false, got {train!r}; fix: use a JSON "
-                          "boolean (or leave the field out)", field=f"{base}[{pos}].train",
-                          message_index=pos + offset)
+    train = _train(m, role, f"{base}[{pos}]", pos + offset)
     weight = _message_weight(m, role, f"{base}[{pos}]", pos + offset)
+    if len(rest) > 2 or role_key not in rest or content_key not in rest:
+        _account(m, rest, role, role_key, content_key, base, pos, pos + offset, ignore)
     return Message(role, content, train, weight, calls, tool_call_id if role == "tool" else None, name, reasoning)
 
 
+def _account(m: dict, keys: list, role: str, role_key: str, content_key: str, base: str, pos: int,
+             index: int, ignore: tuple[str, ...]) -> None:
+    """Every key of ``keys`` (the message's keys that are not read whatever the speaker) is its speaker
+    or text key, a tool result's ``name``/``tool_call_id``, empty or declared ignored; otherwise the
+    record is refused naming it (``unused_field``) and the option that ignores it."""
+    for key in keys:
+        if key == role_key or key == content_key or role == "tool" and key in ("name", "tool_call_id"):
+            continue
+        value = m[key]
+        if value is None or value == "" or value == [] or value == {} or f"{base}[].{key}" in ignore:
+            continue
+        if key == "type" and value == "message":
+            continue  # OpenAI's Responses API marks its message items so
+        hint = (f"declare it ignored (the data entry's ignore_fields: [{base}[].{key}], validate "
+                f"--ignore-field '{base}[].{key}')")
+        if key == "name":
+            reason = (f"a {role} message with name {value!r} (the speaker's name, as OpenAI's API allows): chat "
+                      "templates do not show names to the model, so it would be lost; fix: write it into the "
+                      f"content, or {hint} to train without it")
+        elif key == "tool_call_id":
+            reason = (f"a {role} message with tool_call_id {value!r}: only a tool result answers a call; fix: "
+                      f"make it a tool message, drop the key or {hint}")
+        else:
+            guess = (" (if it says whether the turn is trained, write that as train: true or false)" if type(value) is bool
+                     else " (if it is the turn's loss weight, write it as weight)" if type(value) in (int, float)
+                     else "")
+            reason = (f"message key {key!r} is not read by sftlab and is not message metadata it knows "
+                      f"({', '.join(MESSAGE_METADATA)}), so its content would be lost{guess}; fix: map it "
+                      f"(role_key, content_key), drop it or {hint}")
+        raise RecordError("unused_field", reason, field=f"{base}[{pos}].{key}", message_index=index)
+
+
+def _legacy_call(m: dict, calls: tuple[ToolCall, ...], base: str, index: int) -> tuple[ToolCall, ...]:
+    """OpenAI's legacy ``function_call`` (``{"name", "arguments"}``): one call, as ``tool_calls`` would
+    give it (its result is a ``function`` message naming the function)."""
+    if calls:
+        raise RecordError("bad_tool_call", "the message has both tool_calls and the legacy function_call; "
+                          "expected one of them; fix: keep one", field=f"{base}.function_call", message_index=index)
+    return sharegpt_calls(m["function_call"], f"{base}.function_call", index)
+
+
+def _refusal(m: dict, role: str, content: Any, content_key: str, base: str, index: int) -> Any:
+    """OpenAI's ``refusal`` (the text of a refusal, with ``content`` null): the assistant's content."""
+    refusal = m["refusal"]
+    if type(refusal) is not str:
+        raise RecordError("bad_message", f"expected the refusal as a string, got {_kind(refusal)}",
+                          field=f"{base}.refusal", message_index=index)
+    if not refusal or refusal == content:
+        return content
+    if role != "assistant":
+        raise RecordError("bad_message", f"a {role} message with a refusal: only the assistant refuses; fix: "
+                          "move the refusal to the assistant message or drop it", field=f"{base}.refusal",
+                          message_index=index)
+    if content is not None and content != "" and content != []:
+        raise RecordError("bad_message", f"the message has both {content_key} and a refusal, with different "
+                          f"text; expected one answer (OpenAI gives the refusal with {content_key} null); fix: "
+                          "keep one", field=f"{base}.refusal", message_index=index)
+    return refusal
+
+
+def _train(m: dict, role: str, base: str, index: int) -> bool | None:
+    """``train``, also spelt ``loss`` (ms-swift's per-message field, a boolean: whether the assistant
+    turn is trained). Only assistant messages are trained, so others may only say false."""
+    train = None
+    for key in ("train", "loss"):
+        value = m.get(key)
+        if value is None:
+            continue
+        if type(value) is not bool:
+            raise RecordError("bad_train", f"expected true or false, got {value!r}; fix: use a JSON "
+                              "boolean (or leave the field out)", field=f"{base}.{key}", message_index=index)
+        if train is not None and value != train:
+            raise RecordError("bad_train", f"train given twice with different values (train and loss); fix: "
+                              "keep one", field=f"{base}.{key}", message_index=index)
+        if value and role != "assistant":
+            raise RecordError("bad_train", f"a {role} message with {key} true: only assistant messages are "
+                              f"trained, so its text would not be; fix: set {key} to false (or leave it out), or "
+                              "make the text an assistant turn", field=f"{base}.{key}", message_index=index)
+        train = value
+    return train
+
+
 def _message_weight(m: dict, role: str, base: str, index: int) -> float | None:
-    """``weight``, also spelt ``loss_weight`` (LLaMA-Factory): the loss weight of an assistant
-    message (0 trains nothing). Other messages are never trained, so they may only say 0."""
+    """``weight``, also spelt ``loss_weight`` (LLaMA-Factory) and ``loss_scale`` (ms-swift): the loss
+    weight of an assistant message (0 trains nothing). Other messages are never trained, so they may
+    only say 0."""
     weight = None
-    for key in ("weight", "loss_weight"):
+    for key in ("weight", "loss_weight", "loss_scale"):
         value = m.get(key)
         if value is None:
             continue
@@ -253,8 +384,8 @@ def tools_text(value: Any, field: str = "tools") -> str | None:
     return text if text is not None else json.dumps(value, ensure_ascii=False)
 
 
-def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns) -> tuple[str, Any, str]:
-    """``(role, content, content key)`` of a message read with the entry's ``columns``."""
+def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns) -> tuple[str, Any, str, str]:
+    """``(role, content, role key, content key)`` of a message read with the entry's ``columns``."""
     role_key = columns.role_key or ("role" if "role" in m or "from" not in m else "from")
     content_key = columns.content_key or ("value" if role_key == "from" else "content")
     name = m.get(role_key)
@@ -268,7 +399,7 @@ def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns)
         raise RecordError("missing_field", f"no {content_key!r} (the entry's content_key) in the "
                           f"message; message keys: {_keys(m)}; fix: correct content_key",
                           field=f"{base}[{pos}]", message_index=pos + offset)
-    return role, m.get(content_key), content_key
+    return role, m.get(content_key), role_key, content_key
 
 
 def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = None,
@@ -285,8 +416,9 @@ def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = No
         fix = "fix: name the speaker key with the data entry's role_key (and content_key)"
     else:
         what = f"unknown speaker {value!r} in {key!r}; expected one of {known}"
-        fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: assistant}}) or "
-               "rename the speaker")
+        guess = _LIKELY_ROLES.get(value.lower()) if isinstance(value, str) else None
+        fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: {guess or 'ROLE'}}}"
+               f"{'' if guess else ', ROLE one of ' + ', '.join(ROLES)}) or rename the speaker")
     raise RecordError("unknown_role", f"{what}; {fix}", field=f"{field}.{key}", message_index=index)
 
 
