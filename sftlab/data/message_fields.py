@@ -16,8 +16,9 @@ field, ``[]``, the key) is accepted and not trained; any other key refuses the r
 message, which chat templates do not show the model.
 
 Speakers: ``developer`` is read as ``system`` (OpenAI's name for the system message of its o-series
-models; gpt-oss's template treats the two alike); an unknown speaker is refused with the role it most
-likely means (``ipython``: Llama 3.1's tool role, so ``tool``).
+models; gpt-oss's template treats the two alike) and ``tool_response`` as ``tool`` (ms-swift's name for
+it); an unknown speaker is refused with the role it most likely means (``ipython``: Llama 3.1's tool
+role, so ``tool``).
 
 Example::
 
@@ -58,11 +59,11 @@ SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant",
     "system": "system", "developer": "system",
-    "tool": "tool", "function": "tool", "observation": "tool",
+    "tool": "tool", "function": "tool", "observation": "tool", "tool_response": "tool",
 }
 # Speaker names sftlab does not read, and the role each most likely means (for the hint).
 _LIKELY_ROLES = {
-    "ipython": "tool", "tool_response": "tool", "function_response": "tool", "environment": "tool",
+    "ipython": "tool", "function_response": "tool", "environment": "tool",
     "bot": "assistant", "ai": "assistant", "chatbot": "assistant", "agent": "assistant", "response": "assistant",
     "prompter": "user", "customer": "user", "question": "user", "instruction": "user", "human_user": "user",
 }
@@ -419,6 +420,9 @@ def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = No
         guess = _LIKELY_ROLES.get(value.lower()) if isinstance(value, str) else None
         fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: {guess or 'ROLE'}}}"
                f"{'' if guess else ', ROLE one of ' + ', '.join(ROLES)}) or rename the speaker")
+        if value == "tool_call":  # ms-swift's agent layout: the content is the call as JSON
+            fix = ("fix: read ms-swift's tool_call messages with the data entry's function_tag: tool_call (one "
+                   "call each; calls made together must be one assistant message's tool_calls)")
     raise RecordError("unknown_role", f"{what}; {fix}", field=f"{field}.{key}", message_index=index)
 
 
