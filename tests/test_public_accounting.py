@@ -39,6 +39,9 @@ CASES = [
     ("llamafactory/kto_en_demo.json", {"dataset": "kto_en_demo"}, 0, {"unused_field": 10}, "KTO label"),
     ("llamafactory/mllm_demo.json", {}, 0, {"unused_field": 6}, "ignore_fields: [images]"),
     ("llamafactory/mllm_demo.json", {"dataset": "mllm_demo", "ignore_fields": ["images"]}, 6, {}, None),
+    ("msswift_custom_dataset.jsonl", {}, 5, {"unused_field": 2, "unknown_role": 1}, "fix:"),
+    ("msswift_custom_dataset.jsonl", {"columns": {"slice": "channel"}}, 7, {"unknown_role": 1},
+     "function_tag: tool_call"),
 ]
 
 
@@ -83,13 +86,16 @@ STRUCTURE = {"role", "from", "type"}  # speaker names and part kinds: read as ro
 def _unaccounted(raw: dict, conv, dropped: set[str]) -> list:
     texts = _texts(conv)
     weights = {m.weight for m in conv.messages}
+    trains = {m.train for m in conv.messages}
     missing = []
 
     def check(key, leaf):
         if key in STRUCTURE or leaf is None or leaf == "":
             return
-        if key in ("loss_weight", "weight") and leaf in weights:
+        if key in ("loss_weight", "weight", "loss_scale") and leaf in weights:
             return  # a message's weight (or a number of that name in call arguments, checked as text)
+        if key in ("train", "loss") and leaf in trains:
+            return  # whether a message is trained (ms-swift's loss)
         text = leaf if isinstance(leaf, str) else json.dumps(leaf)
         if any(text in t for t in texts):
             return
@@ -164,3 +170,22 @@ def test_history_and_loss_weight_are_read():
         assert [m.role for m in conv.messages[2:]] == ["user", "assistant"]
     v1 = load_files([LF / "v1_sft_demo.jsonl"]).conversations[0]
     assert [(m.role, m.weight) for m in v1.messages] == [("user", 0.0), ("assistant", 1.0)]
+
+
+def test_ms_swift_loss_loss_scale_and_channel_are_read_as_documented():
+    """ms-swift's own examples (docs/source_en/Customization/Custom-dataset.md): ``loss: false`` leaves
+    an assistant turn untrained and ``true`` trains it, ``loss_scale`` is its weight, and ``channel``
+    (per-channel loss) maps to sftlab's slice (per-slice loss)."""
+    from sftlab.tokens.weighting import trained_messages
+
+    entry = DataFile(path=str(PUBLIC / "msswift_custom_dataset.jsonl"), columns={"slice": "channel"})
+    report = load_files([entry.path], columns=[entry.mapping()])
+    by_line = {c.origin.line: c for c in report.conversations}
+    assert trained_messages(by_line[4].messages, last_turn_only=False) == {3: 1.0}
+    assert trained_messages(by_line[4].messages, last_turn_only=True) == {3: 1.0}
+    assert trained_messages(by_line[5].messages, last_turn_only=False) == {1: 1.0, 2: 2.0}
+    assert [by_line[n].slice for n in (6, 7)] == ["general", "math"]
+    assert [(m.role, [c.name for c in m.tool_calls]) for m in by_line[1].messages] == [
+        ("user", []), ("assistant", ["get_weather"]), ("tool", [])]
+    (agent,) = report.quarantined
+    assert (agent.line, agent.field, agent.code) == (8, "messages[1].role", "unknown_role")

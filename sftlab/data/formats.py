@@ -10,7 +10,7 @@ The layout is detected per record, so one file may mix them:
   read; so are content parts of type ``reasoning`` and ``tool_call`` (LLaMA-Factory's layout,
   text under ``value``).
 - ShareGPT: ``{"conversations": [{"from": "human", "value": "hi"}, ...]}`` with ``from`` in
-  human/user, gpt/assistant/model, system, tool/function/observation, and ``function_call``
+  human/user, gpt/assistant/model, system/developer, tool/function/observation/tool_response, and ``function_call``
   (Glaive-style: the value is ``{"name", "arguments"}`` JSON, or a list of them) for an assistant
   tool call; an optional top-level ``system`` string becomes the first message.
 
@@ -31,7 +31,8 @@ from its speaker names to sftlab's roles), as LLaMA-Factory's ``dataset_info.jso
 
 Metadata (``id``, ``task``, ``slice``, ``source``, ``license``, ``policy_category``,
 ``expected``) may sit at the top level or under ``meta``; every other field is kept as it is in
-``Conversation.extra``. Checks that need only the row (role names, content types, ``train`` and
+``Conversation.extra``. Every key of a message is read, empty, message metadata or declared
+ignored, or the record is refused naming it (``sftlab.data.message_fields``). Checks that need only the row (role names, content types, ``train`` and
 ``weight`` values, metadata types) happen here; checks on the conversation as a whole (turn order,
 an assistant message to train on) live in ``sftlab.data.loading``.
 
@@ -73,7 +74,7 @@ class Columns:
     ``[user, assistant]`` pairs); ``tools``, ``chosen``/``rejected`` and ``metadata`` (sftlab's
     metadata name -> the record's field, e.g. ``{"task": "category"}``) apply to both.
     ``layout="chosen"`` trains a preference record's prompt and chosen answer (its rejected answer
-    is dropped); ``ignore`` names top-level fields the user declares unused.
+    is dropped); ``ignore`` names fields the user declares unused (a message key as ``messages[].KEY``).
 
     >>> cols = Columns(field_messages="dialog", role_key="speaker", content_key="text",
     ...                roles={"Kunde": "user", "Agent": "assistant"})
@@ -119,7 +120,9 @@ class Columns:
     layout: str | None = None
     """``chosen``: read preference records as the prompt and the chosen answer; ``None``: refuse them."""
     ignore: tuple[str, ...] = ()
-    """Top-level fields declared unused: kept as metadata, never a reason to refuse the record."""
+    """Fields declared unused: kept as metadata, never a reason to refuse the record. A top-level field
+    by its name; a message key as the message list's field, ``[]`` and the key (``messages[].name``,
+    ``conversations[].mask``, ``dialog[].mood`` under ``field_messages: dialog``)."""
     query_join: str = "\n\n"
     """What joins the instruction and the input (LLaMA-Factory joins them with one newline)."""
     prompt_completion: str = "continuation"

@@ -89,8 +89,10 @@ class DataFile(_Section):
     """``chosen``: train a preference record (``chosen``/``rejected``) on its prompt and chosen answer,
     dropping the rejected one; ``null``: preference records are quarantined."""
     ignore_fields: list[str] = []
-    """Top-level record fields declared unused (kept as metadata, not trained); any other field that
-    no layout reads and that is not known metadata quarantines its record."""
+    """Record fields declared unused (kept as metadata, not trained): a top-level field by its name, a
+    message key as the message list's field, ``[]`` and the key (``messages[].name``,
+    ``conversations[].mask``); any other field or message key that sftlab does not read and that is not
+    known metadata quarantines its record."""
     prompt_completion: Literal["continuation", "chat"] | None = None
     """As ``data.prompt_completion``, for this file; ``null``: the data section's."""
 
@@ -142,9 +144,10 @@ class DataConfig(_Section):
     eval: list[str | DataFile] = []
     """Held-out files for the validation loss per slice (entries as in ``train``)."""
     ignore_fields: list[str] = []
-    """Top-level record fields declared unused in every file (kept as metadata, not trained); a field
-    that no layout reads, that is not known metadata and is not declared here or in its entry's
-    ``ignore_fields`` quarantines its record."""
+    """Record fields declared unused in every file (kept as metadata, not trained): a top-level field by
+    its name, a message key as ``messages[].name`` (the message list's field, ``[]``, the key); a field
+    or message key that sftlab does not read, that is not known metadata and is not declared here or in
+    its entry's ``ignore_fields`` quarantines its record."""
     prompt_completion: Literal["continuation", "chat"] = "continuation"
     """What a ``prompt``/``completion`` record of two strings means: ``continuation`` is plain text as
     TRL trains it (no chat template: the prompt's tokens, the completion's and eos; the completion and
