@@ -173,7 +173,8 @@ def test_developer_is_the_system_message_and_unknown_speakers_get_the_likely_rol
 
 
 def test_the_usual_two_key_message_takes_the_fast_path(monkeypatch):
-    """A role/content message is read without any of the per-key checks (this runs once per message)."""
+    """A role/content or from/value message is read without any of the per-key checks (this runs once
+    per message of every record)."""
     def refuse(*args):
         raise AssertionError("slow path")
 
@@ -181,6 +182,8 @@ def test_the_usual_two_key_message_takes_the_fast_path(monkeypatch):
     monkeypatch.setattr(message_fields, "_reasoning", refuse)
     conv = to_conversation({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
     assert [m.content for m in conv.messages] == ["hi", "yo"]
+    conv = to_conversation({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]})
+    assert [(m.role, m.content) for m in conv.messages] == [("user", "hi"), ("assistant", "yo")]
     with pytest.raises(AssertionError, match="slow path"):
         to_conversation({"messages": [{"role": "user", "content": "hi", "name": "a"},
                                       {"role": "assistant", "content": "yo"}]})

@@ -94,13 +94,17 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
                           field=f"{base}[{pos}]", message_index=pos + offset)
     role = m.get("role")
-    if len(m) == 2 and columns is None and type(role) is str and role in _ROLE_SET and type(m.get("content")) is str:
-        return Message(role, m["content"])  # the usual message: role and text, nothing else to check
+    if len(m) == 2 and columns is None:  # the usual messages: a speaker and text, nothing else to check
+        if type(role) is str:
+            if role in _ROLE_SET and type(m.get("content")) is str:
+                return Message(role, m["content"])
+        elif type(speaker := m.get("from")) is str and speaker in SHAREGPT_ROLES and type(m.get("value")) is str:
+            return Message(SHAREGPT_ROLES[speaker], m["value"])
     rest = []  # the speaker and text keys and the keys to account for
     for key in m:
         if key in _READ_KEYS:
             continue
-        if type(key) is str and unpaired_surrogate(key) is not None:
+        if type(key) is str and not key.isascii() and unpaired_surrogate(key) is not None:
             raise RecordError("invalid_text", f"unpaired surrogate in the key {ascii(key)}: not valid Unicode "
                               "text; fix: repair the \\u escape (a surrogate pair needs both halves)",
                               field=f"{base}[{pos}]", message_index=pos + offset)
@@ -153,7 +157,7 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
                           field=f"{base}[{pos}].{what}", message_index=pos + offset)
     tool_call_id = _optional_str(m, "tool_call_id", f"{base}[{pos}]", pos + offset)
     name = _optional_str(m, "name", f"{base}[{pos}]", pos + offset) if role == "tool" else None
-    train = _train(m, role, f"{base}[{pos}]", pos + offset)
+    train = _train(m, role, f"{base}[{pos}]", pos + offset) if "train" in m or "loss" in m else None
     weight = _message_weight(m, role, f"{base}[{pos}]", pos + offset)
     if len(rest) > 2 or role_key not in rest or content_key not in rest:
         _account(m, rest, role, role_key, content_key, base, pos, pos + offset, ignore)
