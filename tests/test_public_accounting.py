@@ -39,6 +39,7 @@ CASES = [
     ("llamafactory/kto_en_demo.json", {"dataset": "kto_en_demo"}, 0, {"unused_field": 10}, "KTO label"),
     ("llamafactory/mllm_demo.json", {}, 0, {"unused_field": 6}, "ignore_fields: [images]"),
     ("llamafactory/mllm_demo.json", {"dataset": "mllm_demo", "ignore_fields": ["images"]}, 6, {}, None),
+    ("azure_openai_chat_examples.jsonl", {}, 3, {"non_string_content": 1}, "of type 'image_url', not text"),
     ("msswift_custom_dataset.jsonl", {}, 5, {"unused_field": 2, "unknown_role": 1}, "fix:"),
     ("msswift_custom_dataset.jsonl", {"columns": {"slice": "channel"}}, 7, {"unknown_role": 1},
      "function_tag: tool_call"),
@@ -189,3 +190,12 @@ def test_ms_swift_loss_loss_scale_and_channel_are_read_as_documented():
         ("user", []), ("assistant", ["get_weather"]), ("tool", [])]
     (agent,) = report.quarantined
     assert (agent.line, agent.field, agent.code) == (8, "messages[1].role", "unknown_role")
+
+
+def test_openai_weight_is_read_as_documented():
+    """OpenAI's chat fine-tuning format (Azure OpenAI's copy of the examples): ``weight: 0`` skips an
+    assistant message, ``weight: 1`` trains it."""
+    from sftlab.tokens.weighting import trained_messages
+
+    report = load_files([PUBLIC / "azure_openai_chat_examples.jsonl"])
+    assert [trained_messages(c.messages, last_turn_only=False) for c in report.conversations] == [{4: 1.0}] * 3
