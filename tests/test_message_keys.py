@@ -165,8 +165,7 @@ def test_developer_is_the_system_message_and_unknown_speakers_get_the_likely_rol
                                          {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"}]})
     assert [m.role for m in conv.messages] == ["system", "user", "assistant"]
     for speaker, hint in [("ipython", "{'ipython': tool}"), ("bot", "{'bot': assistant}"),
-                          ("prompter", "{'prompter': user}"), ("narrator", "{'narrator': ROLE}, ROLE one of"),
-                          ("tool_call", "function_tag: tool_call")]:
+                          ("prompter", "{'prompter': user}"), ("narrator", "{'narrator': ROLE}, ROLE one of")]:
         with pytest.raises(RecordError) as e:
             to_conversation({"messages": [{"role": "user", "content": "x"}, {"role": speaker, "content": "y"}]})
         assert e.value.field == "messages[1].role" and hint in e.value.reason, e.value.reason
@@ -187,3 +186,21 @@ def test_the_usual_two_key_message_takes_the_fast_path(monkeypatch):
     with pytest.raises(AssertionError, match="slow path"):
         to_conversation({"messages": [{"role": "user", "content": "hi", "name": "a"},
                                       {"role": "assistant", "content": "yo"}]})
+
+
+def test_ms_swift_tool_calls_made_together_are_one_assistant_turn():
+    """ms-swift's agent layout: consecutive ``tool_call`` messages are the calls of one assistant turn
+    (its template merges them, keeping the first one's loss), answered by ``tool_response`` messages."""
+    calls = [{"role": "tool_call", "content": json.dumps({"name": "aqi", "arguments": {"city": c}}), "loss": False}
+             for c in ("Beijing", "Shanghai")]
+    record = {"messages": [{"role": "user", "content": "AQI?"}, *calls,
+                           {"role": "tool_response", "content": "10"}, {"role": "tool_response", "content": "72"},
+                           {"role": "assistant", "content": "10 and 72."}]}
+    conv = to_conversation(record)
+    assert [(m.role, m.train, [c.arguments for c in m.tool_calls]) for m in conv.messages] == [
+        ("user", None, []), ("assistant", False, ['{"city": "Beijing"}', '{"city": "Shanghai"}']),
+        ("tool", None, []), ("tool", None, []), ("assistant", None, [])]
+    record["messages"][2] = {**calls[1], "loss": True}
+    with pytest.raises(RecordError) as e:
+        to_conversation(record)
+    assert (e.value.code, e.value.field) == ("bad_train", "messages[2]") and "calls made together" in e.value.reason

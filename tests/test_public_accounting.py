@@ -40,9 +40,8 @@ CASES = [
     ("llamafactory/mllm_demo.json", {}, 0, {"unused_field": 6}, "ignore_fields: [images]"),
     ("llamafactory/mllm_demo.json", {"dataset": "mllm_demo", "ignore_fields": ["images"]}, 6, {}, None),
     ("azure_openai_chat_examples.jsonl", {}, 3, {"non_string_content": 1}, "of type 'image_url', not text"),
-    ("msswift_custom_dataset.jsonl", {}, 5, {"unused_field": 2, "unknown_role": 1}, "fix:"),
-    ("msswift_custom_dataset.jsonl", {"columns": {"slice": "channel"}}, 7, {"unknown_role": 1},
-     "function_tag: tool_call"),
+    ("msswift_custom_dataset.jsonl", {}, 6, {"unused_field": 2}, "ignore_fields: [channel]"),
+    ("msswift_custom_dataset.jsonl", {"columns": {"slice": "channel"}}, 8, {}, None),
 ]
 
 
@@ -175,8 +174,9 @@ def test_history_and_loss_weight_are_read():
 
 def test_ms_swift_loss_loss_scale_and_channel_are_read_as_documented():
     """ms-swift's own examples (docs/source_en/Customization/Custom-dataset.md): ``loss: false`` leaves
-    an assistant turn untrained and ``true`` trains it, ``loss_scale`` is its weight, and ``channel``
-    (per-channel loss) maps to sftlab's slice (per-slice loss)."""
+    an assistant turn untrained and ``true`` trains it, ``loss_scale`` is its weight, ``channel``
+    (per-channel loss) maps to sftlab's slice (per-slice loss), and the agent layout's consecutive
+    ``tool_call`` messages are one assistant turn's calls, answered by ``tool_response`` messages."""
     from sftlab.tokens.weighting import trained_messages
 
     entry = DataFile(path=str(PUBLIC / "msswift_custom_dataset.jsonl"), columns={"slice": "channel"})
@@ -188,8 +188,8 @@ def test_ms_swift_loss_loss_scale_and_channel_are_read_as_documented():
     assert [by_line[n].slice for n in (6, 7)] == ["general", "math"]
     assert [(m.role, [c.name for c in m.tool_calls]) for m in by_line[1].messages] == [
         ("user", []), ("assistant", ["get_weather"]), ("tool", [])]
-    (agent,) = report.quarantined
-    assert (agent.line, agent.field, agent.code) == (8, "messages[1].role", "unknown_role")
+    assert [(m.role, [c.name for c in m.tool_calls]) for m in by_line[8].messages] == [
+        ("user", []), ("assistant", ["realtime_aqi", "realtime_aqi"]), ("tool", []), ("tool", []), ("assistant", [])]
 
 
 def test_openai_weight_is_read_as_documented():

@@ -16,9 +16,10 @@ field, ``[]``, the key) is accepted and not trained; any other key refuses the r
 message, which chat templates do not show the model.
 
 Speakers: ``developer`` is read as ``system`` (OpenAI's name for the system message of its o-series
-models; gpt-oss's template treats the two alike) and ``tool_response`` as ``tool`` (ms-swift's name for
-it); an unknown speaker is refused with the role it most likely means (``ipython``: Llama 3.1's tool
-role, so ``tool``).
+models; gpt-oss's template treats the two alike); ms-swift's agent layout is read as it documents it:
+``tool_response`` is ``tool``, and a ``tool_call`` message holds one call as JSON (consecutive ones are
+the calls of one assistant turn, as ms-swift merges them). An unknown speaker is refused with the
+role it most likely means (``ipython``: Llama 3.1's tool role, so ``tool``).
 
 Example::
 
@@ -77,18 +78,52 @@ _READ_KEYS = frozenset({*_REASONING_KEYS, "tool_calls", "function_call", "refusa
                         "loss_weight", "loss_scale", *MESSAGE_METADATA})
 
 
+class _CallTurns(RecordError):
+    """A message list holds ms-swift's ``tool_call`` messages: read it again, merging them."""
+
+
 def message_list(items: Any, field: str, sharegpt: bool, offset: int = 0,
                   columns: Columns | None = None, ignore: tuple[str, ...] = ()) -> list[Message]:
     if not isinstance(items, list):
         raise RecordError("bad_messages", f"expected a list of messages, got {_kind(items)}; "
                           "fix: give the turns as a JSON list", field=field)
-    return [read_message(m, i, field, offset, sharegpt, columns, ignore) for i, m in enumerate(items)]
+    try:
+        return [read_message(m, i, field, offset, sharegpt, columns, ignore) for i, m in enumerate(items)]
+    except _CallTurns:
+        return _call_turns(items, field, sharegpt, offset, columns, ignore)
+
+
+def _call_turns(items: list, field: str, sharegpt: bool, offset: int, columns: Columns | None,
+                ignore: tuple[str, ...]) -> list[Message]:
+    """ms-swift's agent layout: each ``tool_call`` message holds one call as JSON (``{"name",
+    "arguments"}``); consecutive ones are the calls of one assistant turn (ms-swift merges them so), and
+    they must agree on ``loss``/``loss_scale`` (ms-swift keeps the first one's)."""
+    out: list[Message] = []
+    joined = False  # whether out[-1] holds tool_call messages
+    for i, m in enumerate(items):
+        msg = read_message(m, i, field, offset, sharegpt, columns, ignore, call_turn=True)
+        turn = type(m) is dict and m.get("role") == "tool_call"
+        if turn and joined:
+            last = out[-1]
+            if (msg.train, msg.weight) != (last.train, last.weight):
+                raise RecordError("bad_train", "calls made together (consecutive tool_call messages) with different "
+                                  "loss or loss_scale: they are one assistant turn, trained alike; fix: give them "
+                                  "the same (or set it on the first only)", field=f"{field}[{i}]",
+                                  message_index=i + offset)
+            msg = Message("assistant", "", last.train, last.weight, last.tool_calls + msg.tool_calls)
+            out[-1] = msg
+        else:
+            out.append(msg)
+        joined = turn
+    return out
 
 
 def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
-                 columns: Columns | None = None, ignore: tuple[str, ...] = ()) -> Message:
+                 columns: Columns | None = None, ignore: tuple[str, ...] = (), call_turn: bool = False) -> Message:
     """The message ``m``, item ``pos`` of the list at ``base`` (message ``pos + offset`` of the
-    conversation); ``ignore``: the declared-ignored fields (``messages[].KEY`` names a message key)."""
+    conversation); ``ignore``: the declared-ignored fields (``messages[].KEY`` names a message key).
+    ``call_turn``: read ms-swift's ``tool_call`` message as an assistant message with that call (else
+    it raises ``_CallTurns``, for ``message_list`` to merge the calls made together)."""
     # Field names are formatted only on error: this runs once per message of every record.
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
@@ -127,9 +162,16 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
     else:
         role_key, content_key = "role", "content"
         role = m.get("role")
-        if role not in ROLES:
-            role = _sharegpt_role(role, pos + offset, f"{base}[{pos}]", m, key="role")
         content = m.get("content")
+        if role == "tool_call":  # ms-swift's agent layout: the content is the call as JSON
+            if not call_turn:
+                raise _CallTurns("unknown_role", "a tool_call message outside a message list; fix: give it as "
+                                 "an assistant message's tool_calls", field=f"{base}[{pos}].role",
+                                 message_index=pos + offset)
+            role, calls = "assistant", sharegpt_calls(content, f"{base}[{pos}].content", pos + offset)
+            content = ""
+        elif role not in ROLES:
+            role = _sharegpt_role(role, pos + offset, f"{base}[{pos}]", m, key="role")
     reasoning = _reasoning(m, f"{base}[{pos}]", pos + offset)
     calls_key = "tool_calls"
     if m.get("tool_calls"):
