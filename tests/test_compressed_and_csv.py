@@ -152,3 +152,14 @@ def test_a_prepared_store_of_a_compressed_file_holds_the_plain_files_examples(tm
     assert len(plain) == len(small) == 30 and plain.files[0]["records"] == small.files[0]["records"] == 30
     assert all(plain.ids(i).tolist() == small.ids(i).tolist() for i in range(30))
     assert all(plain.weights(i).tolist() == small.weights(i).tolist() for i in range(30))
+
+
+def test_a_compressed_json_array_larger_than_the_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from sftlab.data import readers
+
+    path = tmp_path / "alpaca.json.gz"
+    path.write_bytes(gzip.compress(ALPACA.read_bytes()))
+    assert len(load_files([path]).conversations) == 30
+    monkeypatch.setattr(readers, "MAX_COMPRESSED_ARRAY", 1000)
+    with pytest.raises(UsageError, match="gzip-compressed JSON array of more than .* write it as JSONL"):
+        load_files([path])

@@ -152,7 +152,12 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
         elif kind == "csv":
             yield name, read_csv(p, stream, max_bytes, "\t" if _inner_name(p).suffix.lower() == ".tsv" else ",")
         elif kind == "array":
-            yield name, _read_json_array(p, stream.read(), max_bytes)
+            data = stream.read() if codec is None else stream.read(MAX_COMPRESSED_ARRAY + 1)
+            if len(data) > MAX_COMPRESSED_ARRAY:
+                raise UsageError(f"{p}: a {codec}-compressed JSON array of more than "
+                                 f"{MAX_COMPRESSED_ARRAY >> 30} GiB decompressed, which is read whole; "
+                                 "write it as JSONL (one record per line), which is read as a stream")
+            yield name, _read_json_array(p, data, max_bytes)
         elif codec is not None:
             yield name, _read_jsonl(_BoundedLines(stream, max_bytes), max_bytes)
         else:
@@ -182,6 +187,8 @@ _UNREAD = ((b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (zstd -
            (b"PK\x03\x04", "a zip archive", "unpack it and pass the data files (or their folder)"),
            (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "unpack it and pass the data files (or their folder)"))
 _COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+MAX_COMPRESSED_ARRAY = 4 << 30
+"""The most a compressed JSON array may decompress to (it is parsed whole; JSONL is streamed)."""
 
 
 def compression(p: Path, head: bytes) -> str | None:
