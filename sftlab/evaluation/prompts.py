@@ -33,8 +33,6 @@ line and reason, and the rest are evaluated.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.data.conversation import unpaired_surrogate
+from sftlab.data.readers import table_rows
 from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
 from sftlab.files import read_input
@@ -207,32 +206,20 @@ def _jsonl_rows(text: str):
 
 
 def csv_dict_rows(text: str, where: str, tsv: bool = False) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """``(header, (line, row) of each row)`` of the CSV (or TSV) ``text``: fields may be as long as
-    the text (the csv module's default stops at 128 KiB); a malformed file is a one-line
-    ``UsageError`` naming ``where`` and the line."""
-    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",")
+    """``(header, (line, row) of each row)`` of the CSV (or TSV) ``text`` as ``csv.DictReader``
+    gives them (cells past the header under ``None``, missing ones ``None``), read by
+    ``sftlab.data.readers.table_rows``: the line a row starts on, cells as long as the text, a
+    malformed file a one-line ``UsageError`` naming ``where`` and the line."""
+    header, rows = table_rows(text, where, "\t" if tsv else ",")
 
-    def refuse(e: csv.Error):
-        return UsageError(f"{where}: line {reader.line_num}: not readable CSV ({e})")
+    def dicts() -> Iterator[tuple[int, dict]]:
+        for line, cells in rows:
+            row: dict = dict(zip(header, cells + [None] * (len(header) - len(cells))))
+            if len(cells) > len(header):
+                row[None] = cells[len(header):]
+            yield line, row
 
-    try:
-        header = list(reader.fieldnames or [])
-    except csv.Error as e:
-        raise refuse(e) from None
-
-    def rows() -> Iterator[tuple[int, dict]]:
-        it = iter(reader)
-        while True:
-            try:
-                row = next(it)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise refuse(e) from None
-            yield reader.line_num, row
-
-    return header, rows()
+    return header, dicts()
 
 
 def _csv_rows(text: str, p: Path, columns: dict[str, str] | None):
