@@ -37,7 +37,7 @@ from sftlab.fingerprints import files_digest, json_sha256, stream_sha256
 from sftlab.files import open_input as open_file
 
 __all__ = ["RawItem", "DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "check_readable", "folder_files", "hub_dataset",
-           "sources", "compression", "table_rows", "read_csv", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
+           "sources", "compression", "decompressed", "inner_name", "input_format", "table_rows", "read_csv", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -106,7 +106,7 @@ def folder_files(p: Path) -> list[Path]:
                              "files only: move it out, or pass the data files themselves")
         if _FOLDER_SKIPS.search(f.name):
             continue
-        if _inner_name(f).suffix.lower() not in _FOLDER_READS:
+        if inner_name(f).suffix.lower() not in _FOLDER_READS:
             raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON, Parquet, "
                              "CSV or TSV files, also gzip, bz2 or xz compressed; README, LICENSE, *.md and "
                              "hidden files are skipped); convert or move it out, or pass the data files themselves")
@@ -143,21 +143,21 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
             stream = io.BufferedReader(_Decompressed(p, codec, stream), buffer_size=1 << 16)
             head = _head(stream)
             stream = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
-        kind = _format(_inner_name(p) if codec else p, head)
+        kind = _format(inner_name(p) if codec else p, head)
         if kind == "parquet":
             if codec is not None:
                 raise UsageError(f"{p}: Parquet compressed as a whole file ({codec}); Parquet compresses "
                                  "its own pages: decompress the file and pass the .parquet file")
             yield name, read_parquet(p, stream, max_bytes)
         elif kind == "csv":
-            yield name, read_csv(p, stream, max_bytes, "\t" if _inner_name(p).suffix.lower() == ".tsv" else ",")
+            yield name, read_csv(p, stream, max_bytes, "\t" if inner_name(p).suffix.lower() == ".tsv" else ",")
         elif kind == "array":
             data = stream.read() if codec is None else stream.read(MAX_COMPRESSED_ARRAY + 1)
             if len(data) > MAX_COMPRESSED_ARRAY:
                 raise UsageError(f"{p}: a {codec}-compressed JSON array of more than "
                                  f"{MAX_COMPRESSED_ARRAY >> 30} GiB decompressed, which is read whole; "
                                  "write it as JSONL (one record per line), which is read as a stream")
-            yield name, _read_json_array(p, data, max_bytes)
+            yield name, read_json_array(p, data, max_bytes)
         elif codec is not None:
             yield name, _read_jsonl(_BoundedLines(stream, max_bytes), max_bytes)
         else:
@@ -211,7 +211,12 @@ def compression(p: Path, head: bytes) -> str | None:
     return None
 
 
-def _inner_name(p: Path) -> Path:
+def decompressed(p: Path, codec: str, data: bytes) -> bytes:
+    """The decompressed bytes of a whole compressed input held in memory (small files: prompt sets)."""
+    return _Decompressed(p, codec, io.BytesIO(data)).read()
+
+
+def inner_name(p: Path) -> Path:
     """The name without a compression suffix: ``train.jsonl.gz`` -> ``train.jsonl``."""
     return p.with_suffix("") if p.suffix.lower() in _COMPRESSED_SUFFIXES else p
 
@@ -377,6 +382,11 @@ def _lines_after_bracket(head: bytes) -> int:
     if not body.startswith(b"["):
         return 2  # nothing to look at
     return sum(1 for line in body.split(b"\n")[:-1] if line.strip())
+
+
+def input_format(p: Path, data: bytes) -> str:
+    """``_format`` of an input held whole in memory (its head as ``sources`` reads it)."""
+    return _format(p, _head(io.BytesIO(data)))
 
 
 def _format(p: Path, head: bytes) -> str:
@@ -546,7 +556,7 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
     yield 1, escape_surrogates(obj) if problem and bad_utf8 else obj, problem
 
 
-def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
+def read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _decode(data)
     file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:
