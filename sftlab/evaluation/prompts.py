@@ -146,7 +146,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
         raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
 
     data = read_input(p, what="--prompts", max_bytes=1 << 30)
-    rows = _rows(p, data, columns)
+    rows = file_rows(p, data, columns)
     prompts, bad, seen = [], [], set()
     for line, row, problem in rows:
         prompt = None
@@ -163,7 +163,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name)
 
 
-def _rows(p: Path, data: bytes, columns: dict[str, str] | None):
+def file_rows(p: Path, data: bytes, columns: dict[str, str] | None):
     """``(line, row, problem)`` of the prompt file ``p`` whose bytes are ``data``: CSV/TSV by
     extension, Parquet or a JSON array by their first bytes, JSONL otherwise; gzip, bz2 or xz
     compressed (``sftlab.data.readers``, which reads the data files too). ``columns`` maps the
