@@ -58,7 +58,7 @@ def register(sub) -> None:
                         "responses where they disagree are listed (then label them with `sftlab label`)")
     add_options(p, EvalOptions, "labelled", "margin", "gate_on", labelled=dict(type=str, metavar="xstest|FILE"))
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
-    p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
+    p.add_argument("--csv-columns", metavar="MAP", help="the prompt files' field names, in any layout (CSV, JSONL, JSON, Parquet): prompt=question,expected=label,...")
     add_options(p, EvalOptions, "margin_pairs", "heldout", margin_pairs=dict(metavar="N"),
                 heldout=dict(flag="--heldout-conversations", type=str, metavar="FILE",
                              note="On the command line: a conversation file."))

@@ -1,5 +1,7 @@
-"""Readers: the records of JSONL, JSON, Parquet and saved ``datasets`` inputs, with their lines.
-Here: which reader an input gets, JSONL and JSON arrays; Parquet and datasets are
+"""Readers: the records of JSONL, JSON, Parquet, CSV/TSV and saved ``datasets`` inputs, with their lines.
+Here: which reader an input gets, JSONL, JSON arrays and CSV; gzip, bz2 and xz compressed files
+are read through the standard library's decoders (found by their first bytes, not their name).
+Parquet and datasets are
 ``sftlab.data.columnar``, the limits on one record ``sftlab.data.record_shape``.
 
 Each reader yields ``(line, raw record or raw text, problem or None)`` (a JSON array adds a fourth
@@ -35,7 +37,7 @@ from sftlab.fingerprints import files_digest, json_sha256, stream_sha256
 from sftlab.files import open_input as open_file
 
 __all__ = ["RawItem", "DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "check_readable", "folder_files", "hub_dataset",
-           "sources", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
+           "sources", "compression", "decompressed", "inner_name", "input_format", "table_rows", "read_csv", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -68,7 +70,7 @@ def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
 
-_FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq")
+_FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq", ".csv", ".tsv")
 _FOLDER_SKIPS = re.compile(r"^(readme|license|licence|notice|copying)(\.[\w.-]*)?$|\.md$|^dataset_infos\.json$",
                            re.IGNORECASE)
 
@@ -104,15 +106,15 @@ def folder_files(p: Path) -> list[Path]:
                              "files only: move it out, or pass the data files themselves")
         if _FOLDER_SKIPS.search(f.name):
             continue
-        if f.suffix.lower() not in _FOLDER_READS:
-            raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON or Parquet "
-                             "files; README, LICENSE, *.md and hidden files are skipped); convert or move "
-                             "it out, or pass the data files themselves")
+        if inner_name(f).suffix.lower() not in _FOLDER_READS:
+            raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON, Parquet, "
+                             "CSV or TSV files, also gzip, bz2 or xz compressed; README, LICENSE, *.md and "
+                             "hidden files are skipped); convert or move it out, or pass the data files themselves")
         out.append(f)
     if not out:
         raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
                          "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
-                         "data files (JSONL, JSON, Parquet); pass the data files instead")
+                         "data files (JSONL, JSON, Parquet, CSV, TSV); pass the data files instead")
     return out
 
 
@@ -136,11 +138,28 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     with open_input(p) as f:
         head = _head(f)
         stream = io.BufferedReader(_Prefixed(head, f), buffer_size=1 << 16)
-        kind = _format(p, head)
+        codec = compression(p, head)
+        if codec is not None:
+            stream = io.BufferedReader(_Decompressed(p, codec, stream), buffer_size=1 << 16)
+            head = _head(stream)
+            stream = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
+        kind = _format(inner_name(p) if codec else p, head)
         if kind == "parquet":
+            if codec is not None:
+                raise UsageError(f"{p}: Parquet compressed as a whole file ({codec}); Parquet compresses "
+                                 "its own pages: decompress the file and pass the .parquet file")
             yield name, read_parquet(p, stream, max_bytes)
+        elif kind == "csv":
+            yield name, read_csv(p, stream, max_bytes, "\t" if inner_name(p).suffix.lower() == ".tsv" else ",")
         elif kind == "array":
-            yield name, _read_json_array(p, stream.read(), max_bytes)
+            data = stream.read() if codec is None else stream.read(MAX_COMPRESSED_ARRAY + 1)
+            if len(data) > MAX_COMPRESSED_ARRAY:
+                raise UsageError(f"{p}: a {codec}-compressed JSON array of more than "
+                                 f"{MAX_COMPRESSED_ARRAY >> 30} GiB decompressed, which is read whole; "
+                                 "write it as JSONL (one record per line), which is read as a stream")
+            yield name, read_json_array(p, data, max_bytes)
+        elif codec is not None:
+            yield name, _read_jsonl(_BoundedLines(stream, max_bytes), max_bytes)
         else:
             yield name, _read_jsonl(stream, max_bytes)
 
@@ -163,6 +182,189 @@ class _Prefixed(io.RawIOBase):
         return self._f.readinto(b)
 
 
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"))
+_UNREAD = ((b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (zstd -d FILE)"),
+           (b"PK\x03\x04", "a zip archive", "unpack it and pass the data files (or their folder)"),
+           (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "unpack it and pass the data files (or their folder)"))
+_COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+MAX_COMPRESSED_ARRAY = 4 << 30
+"""The most a compressed JSON array may decompress to (it is parsed whole; JSONL is streamed)."""
+
+
+def compression(p: Path, head: bytes) -> str | None:
+    """``gzip``, ``bz2`` or ``xz`` where the input's first bytes say it is compressed so (its
+    name is not asked: a ``.jsonl`` may be gzipped), ``None`` where it is not; a ``UsageError``
+    for a compressed or archived input sftlab cannot stream (zstd, zip, 7z).
+
+    >>> import gzip
+    >>> compression(Path("a.jsonl.gz"), gzip.compress(b"{}")), compression(Path("a.jsonl"), b'{"a": 1}')
+    ('gzip', None)
+    """
+    for magic, codec in _MAGIC:
+        if head.startswith(magic):
+            return codec
+    if head.startswith(b"BZh") and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):  # a block, or the end
+        return "bz2"
+    for magic, what, fix in _UNREAD:
+        if head.startswith(magic):
+            raise UsageError(f"{p}: is {what}, which sftlab does not read; {fix}")
+    return None
+
+
+def decompressed(p: Path, codec: str, data: bytes) -> bytes:
+    """The decompressed bytes of a whole compressed input held in memory (small files: prompt sets)."""
+    return _Decompressed(p, codec, io.BytesIO(data)).read()
+
+
+def inner_name(p: Path) -> Path:
+    """The name without a compression suffix: ``train.jsonl.gz`` -> ``train.jsonl``."""
+    return p.with_suffix("") if p.suffix.lower() in _COMPRESSED_SUFFIXES else p
+
+
+class _Decompressed(io.RawIOBase):
+    """The decompressed bytes of the binary stream ``raw`` (``gzip``, ``bz2`` or ``xz``, the
+    standard library's decoders, multi-member files included); damaged or truncated compressed
+    data is a ``UsageError`` naming the file and how far it was read."""
+
+    def __init__(self, p: Path, codec: str, raw: Any):
+        import bz2
+        import gzip
+        import lzma
+
+        self._p, self._codec, self._out = p, codec, 0
+        opener = {"gzip": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[codec]
+        self._f = opener(fileobj=raw, mode="rb") if codec == "gzip" else opener(raw, mode="rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            n = self._f.readinto(b)
+        except (OSError, EOFError, ValueError) as e:  # BadGzipFile, LZMAError, a truncated stream ...
+            raise UsageError(f"{self._p}: damaged {self._codec} data after {self._out:,} decompressed "
+                             f"bytes ({first_line(e)}); repair or re-download the file") from None
+        self._out += n
+        return n
+
+
+class _BoundedLines:
+    """The lines of the binary stream ``f`` with none held in memory beyond ``max_bytes`` (a
+    compressed input can hold a line far larger than the file itself): a longer line is read on
+    to its end in pieces and comes out as its first bytes with the whole line's size as its
+    length (``_SizedLine``), which ``_read_jsonl`` refuses as too large. ``read()`` gives the rest
+    of the stream (``_read_jsonl``'s one pretty-printed object)."""
+
+    def __init__(self, f: Any, max_bytes: int):
+        self._f, self._max, self._first = f, max_bytes, True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        line = self._f.readline(self._max + 1)
+        if not line:
+            raise StopIteration
+        if self._first:
+            self._first, line = False, line.removeprefix(b"\xef\xbb\xbf")
+        if len(line) > self._max and not line.endswith(b"\n"):
+            size = len(line)
+            while True:
+                more = self._f.readline(1 << 20)
+                size += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            return _SizedLine(line, size)
+        return line
+
+    def read(self) -> bytes:
+        return self._f.read()
+
+
+class _SizedLine(bytes):
+    """The start of a line too large to keep, with the line's whole size as its ``len``."""
+
+    def __new__(cls, start: bytes, size: int):
+        self = super().__new__(cls, start)
+        self.size = size
+        return self
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def table_rows(text: str, where: str, delimiter: str = ",") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """``(header, (file line, cells) of each row)`` of the CSV (or TSV) ``text``: the line a row
+    starts on (quoted cells may span lines), blank lines skipped, cells as long as the text (the
+    csv module's default stops at 128 KiB); a malformed file is a one-line ``UsageError`` naming
+    ``where`` and the line.
+
+    >>> header, rows = table_rows('a,b\\n"x\\ny",1\\n\\n2\\n', "t.csv")
+    >>> header, list(rows)
+    (['a', 'b'], [(2, ['x\\ny', '1']), (5, ['2'])])
+    """
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+
+    def refuse(e: csv.Error) -> UsageError:
+        return UsageError(f"{where}: line {reader.line_num}: not readable {'TSV' if delimiter == chr(9) else 'CSV'} ({e})")
+
+    try:
+        header = next(reader, [])
+    except csv.Error as e:
+        raise refuse(e) from None
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        start = reader.line_num + 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise refuse(e) from None
+            line, start = start, reader.line_num + 1
+            if cells:
+                yield line, cells
+
+    return header, rows()
+
+
+def read_csv(p: Path, stream: Any, max_bytes: int, delimiter: str) -> Iterator[RawItem]:
+    """The rows of a CSV (or, with a tab ``delimiter``, TSV) file under a header line, each a
+    record of its columns. Every cell is text as written (an empty cell is ``""``; a column of
+    numbers stays text, so "012" stays "012"), so Alpaca or prompt/completion columns read as
+    they do from JSONL. A record is named by its row (the first under the header is 1) and the
+    file line it starts on (``table_rows``); a row with more or fewer cells than the header is
+    quarantined naming both counts.
+
+    >>> import io
+    >>> rows = read_csv(Path("t.csv"), io.BytesIO(b'instruction,output\\n"a, b","x\\ny"\\nc\\n'), 10**6, ",")
+    >>> [(row, record, problem and problem.code, line) for row, record, problem, line in rows]
+    [(1, {'instruction': 'a, b', 'output': 'x\\ny'}, None, 2), (2, {'instruction': 'c'}, 'bad_row', 4)]
+    """
+    text, bad_utf8 = _decode(stream.read())
+    header, rows = table_rows(text, str(p), delimiter)
+    if not any(header):
+        raise UsageError(f"{p}: empty, or no header line; expected a header naming the columns "
+                         "(e.g. instruction,input,output) and one record per row")
+    if len(set(header)) != len(header):
+        raise UsageError(f"{p}: the header names a column twice ({header}); give each column its own name")
+    for n, (line, cells) in enumerate(rows, 1):
+        obj = dict(zip(header, cells))
+        size = sum(len(c.encode("utf-8", "surrogateescape")) for c in cells)
+        if size > max_bytes:
+            yield n, preview(delimiter.join(cells)), too_large(size, max_bytes), line
+        elif len(cells) != len(header):
+            yield n, obj, RecordError("bad_row", f"{len(cells)} cells under a header of {len(header)} "
+                                      "columns; fix: quote cells that hold the delimiter, or fill the row"), line
+        else:
+            problem = shape_problem(obj, bad_utf8) if bad_utf8 else None
+            yield n, escape_surrogates(obj) if problem else obj, problem, line
+
+
 def _head(f: Any) -> bytes:
     """The first 4 KiB, and when the text starts with ``[``, up to the end of its second line
     that is not blank (to tell a JSON array from JSONL whose first record is an array)."""
@@ -182,10 +384,17 @@ def _lines_after_bracket(head: bytes) -> int:
     return sum(1 for line in body.split(b"\n")[:-1] if line.strip())
 
 
+def input_format(p: Path, data: bytes) -> str:
+    """``_format`` of an input held whole in memory (its head as ``sources`` reads it)."""
+    return _format(p, _head(io.BytesIO(data)))
+
+
 def _format(p: Path, head: bytes) -> str:
-    """``parquet``, ``array`` or ``jsonl``, by extension and structure, not the first byte alone."""
+    """``parquet``, ``csv``, ``array`` or ``jsonl``, by extension and structure, not the first byte alone."""
     if p.suffix.lower() in (".parquet", ".pq") or head.startswith(b"PAR1"):
         return "parquet"
+    if p.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
     body = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not body.startswith(b"["):
         return "jsonl"
@@ -252,7 +461,8 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
     except OSError:
         return None
     with open_input(p) as f:
-        if _format(p, _head(f)) != "jsonl":
+        head = _head(f)
+        if compression(p, head) is not None or _format(p, head) != "jsonl":
             return None
         f.seek(0)
         out: list[tuple[int, int, int]] = []
@@ -346,7 +556,7 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
     yield 1, escape_surrogates(obj) if problem and bad_utf8 else obj, problem
 
 
-def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
+def read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
     text, bad_utf8 = _decode(data)
     file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:

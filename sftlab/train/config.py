@@ -55,7 +55,7 @@ class DataFile(_Section):
     """A data entry that says how its records name things (as LLaMA-Factory's ``dataset_info.json``
     columns and tags, or axolotl's ``field_messages``); a plain path string needs none of it."""
     path: str | None = None
-    """The file (JSONL, JSON, Parquet) or saved dataset directory; ``null`` with ``dataset_info``:
+    """The file (JSONL, JSON, Parquet, CSV or TSV; the text ones may be gzip, bz2 or xz compressed) or saved dataset directory; ``null`` with ``dataset_info``:
     the entry's ``file_name`` beside that file."""
     field_messages: str | None = None
     """The record field holding the list of messages (a dotted path such as ``body.messages``
@@ -136,7 +136,7 @@ class DataFile(_Section):
 
 class DataConfig(_Section):
     train: list[str | DataFile] = Field(min_length=1)
-    """Training data (JSONL, JSON or Parquet files, a saved HF dataset directory, a folder of data
+    """Training data (JSONL, JSON, Parquet, CSV or TSV files, compressed or not, a saved HF dataset directory, a folder of data
     files, or a dataset name for ``datasets.load_dataset`` as ``name[:config[:split]]``): a path, or a mapping
     with ``path`` and how its records name things (``field_messages``, ``role_key``,
     ``content_key``, ``roles``; LLaMA-Factory's ``formatting``, ``columns``, ``tags``, or its
