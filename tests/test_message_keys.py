@@ -177,7 +177,7 @@ def test_the_usual_two_key_message_takes_the_fast_path(monkeypatch):
     def refuse(*args):
         raise AssertionError("slow path")
 
-    monkeypatch.setattr(message_fields, "_account", refuse)
+    monkeypatch.setattr(message_fields, "account_keys", refuse)
     monkeypatch.setattr(message_fields, "_reasoning", refuse)
     conv = to_conversation({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
     assert [m.content for m in conv.messages] == ["hi", "yo"]

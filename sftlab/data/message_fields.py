@@ -10,7 +10,7 @@ sftlab reads ``reasoning_content`` (``reasoning``, ``thinking``), ``tool_calls``
 ``train`` and ms-swift's ``loss`` (a boolean: whether the turn is trained), ``weight`` and its
 spellings ``loss_weight`` (LLaMA-Factory) and ``loss_scale`` (ms-swift), and on tool results
 ``tool_call_id`` and ``name``. A key that is empty (null, "", [] or {}), message metadata
-(``MESSAGE_METADATA``) or declared ignored (``ignore_fields: ["messages[].KEY"]``: the message list's
+(``sftlab.data.message_keys.MESSAGE_METADATA``) or declared ignored (``ignore_fields: ["messages[].KEY"]``: the message list's
 field, ``[]``, the key) is accepted and not trained; any other key refuses the record
 (``unused_field``) naming it, e.g. ``messages[1].name``: the participant name OpenAI allows on any
 message, which chat templates do not show the model.
@@ -44,16 +44,15 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from sftlab.data.conversation import ROLES, Message, ToolCall, unpaired_surrogate
+from sftlab.data.message_keys import MESSAGE_METADATA, TRAINING_KEYS, account_keys, message_train, message_weight
 from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
-__all__ = ["SHAREGPT_ROLES", "MESSAGE_METADATA", "MAX_WEIGHT", "message_list", "read_message", "json_object_text",
-           "tools_text", "sharegpt_calls"]
+__all__ = ["SHAREGPT_ROLES", "message_list", "read_message", "json_object_text", "tools_text", "sharegpt_calls"]
 
 # ShareGPT ``from`` values (and ``role`` values other than sftlab's) and the role each one means.
 SHAREGPT_ROLES = {
@@ -64,18 +63,15 @@ SHAREGPT_ROLES = {
 }
 # Speaker names sftlab does not read, and the role each most likely means (for the hint).
 _LIKELY_ROLES = {
-    "ipython": "tool", "function_response": "tool", "environment": "tool",
+    "ipython": "tool", "function_response": "tool",
     "bot": "assistant", "ai": "assistant", "chatbot": "assistant", "agent": "assistant", "response": "assistant",
-    "prompter": "user", "customer": "user", "question": "user", "instruction": "user", "human_user": "user",
+    "prompter": "user", "customer": "user", "question": "user", "instruction": "user",
 }
-MESSAGE_METADATA = ("id", "timestamp", "created_at")
-"""Message keys that describe a message rather than hold content (accepted, not trained)."""
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _REASONING_SET = frozenset(_REASONING_KEYS)
 _ROLE_SET = frozenset(ROLES)
 # Keys read whatever the speaker and text keys are (each reader checks its own).
-_READ_KEYS = frozenset({*_REASONING_KEYS, "tool_calls", "function_call", "refusal", "train", "loss", "weight",
-                        "loss_weight", "loss_scale", *MESSAGE_METADATA})
+_READ_KEYS = frozenset({*_REASONING_KEYS, "tool_calls", "function_call", "refusal", *TRAINING_KEYS, *MESSAGE_METADATA})
 
 
 class _CallTurns(RecordError):
@@ -199,43 +195,11 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
                           field=f"{base}[{pos}].{what}", message_index=pos + offset)
     tool_call_id = _optional_str(m, "tool_call_id", f"{base}[{pos}]", pos + offset)
     name = _optional_str(m, "name", f"{base}[{pos}]", pos + offset) if role == "tool" else None
-    train = _train(m, role, f"{base}[{pos}]", pos + offset) if "train" in m or "loss" in m else None
-    weight = _message_weight(m, role, f"{base}[{pos}]", pos + offset)
+    train = message_train(m, role, f"{base}[{pos}]", pos + offset) if "train" in m or "loss" in m else None
+    weight = message_weight(m, role, f"{base}[{pos}]", pos + offset)
     if len(rest) > 2 or role_key not in rest or content_key not in rest:
-        _account(m, rest, role, role_key, content_key, base, pos, pos + offset, ignore)
+        account_keys(m, rest, role, role_key, content_key, base, pos, pos + offset, ignore)
     return Message(role, content, train, weight, calls, tool_call_id if role == "tool" else None, name, reasoning)
-
-
-def _account(m: dict, keys: list, role: str, role_key: str, content_key: str, base: str, pos: int,
-             index: int, ignore: tuple[str, ...]) -> None:
-    """Every key of ``keys`` (the message's keys that are not read whatever the speaker) is its speaker
-    or text key, a tool result's ``name``/``tool_call_id``, empty or declared ignored; otherwise the
-    record is refused naming it (``unused_field``) and the option that ignores it."""
-    for key in keys:
-        if key == role_key or key == content_key or role == "tool" and key in ("name", "tool_call_id"):
-            continue
-        value = m[key]
-        if value is None or value == "" or value == [] or value == {} or f"{base}[].{key}" in ignore:
-            continue
-        if key == "type" and value == "message":
-            continue  # OpenAI's Responses API marks its message items so
-        hint = (f"declare it ignored (the data entry's ignore_fields: [{base}[].{key}], validate "
-                f"--ignore-field '{base}[].{key}')")
-        if key == "name":
-            reason = (f"a {role} message with name {value!r} (the speaker's name, as OpenAI's API allows): chat "
-                      "templates do not show names to the model, so it would be lost; fix: write it into the "
-                      f"content, or {hint} to train without it")
-        elif key == "tool_call_id":
-            reason = (f"a {role} message with tool_call_id {value!r}: only a tool result answers a call; fix: "
-                      f"make it a tool message, drop the key or {hint}")
-        else:
-            guess = (" (if it says whether the turn is trained, write that as train: true or false)" if type(value) is bool
-                     else " (if it is the turn's loss weight, write it as weight)" if type(value) in (int, float)
-                     else "")
-            reason = (f"message key {key!r} is not read by sftlab and is not message metadata it knows "
-                      f"({', '.join(MESSAGE_METADATA)}), so its content would be lost{guess}; fix: map it "
-                      f"(role_key, content_key), drop it or {hint}")
-        raise RecordError("unused_field", reason, field=f"{base}[{pos}].{key}", message_index=index)
 
 
 def _legacy_call(m: dict, calls: tuple[ToolCall, ...], base: str, index: int) -> tuple[ToolCall, ...]:
@@ -264,49 +228,6 @@ def _refusal(m: dict, role: str, content: Any, content_key: str, base: str, inde
                           f"text; expected one answer (OpenAI gives the refusal with {content_key} null); fix: "
                           "keep one", field=f"{base}.refusal", message_index=index)
     return refusal
-
-
-def _train(m: dict, role: str, base: str, index: int) -> bool | None:
-    """``train``, also spelt ``loss`` (ms-swift's per-message field, a boolean: whether the assistant
-    turn is trained). Only assistant messages are trained, so others may only say false."""
-    train = None
-    for key in ("train", "loss"):
-        value = m.get(key)
-        if value is None:
-            continue
-        if type(value) is not bool:
-            raise RecordError("bad_train", f"expected true or false, got {value!r}; fix: use a JSON "
-                              "boolean (or leave the field out)", field=f"{base}.{key}", message_index=index)
-        if train is not None and value != train:
-            raise RecordError("bad_train", f"train given twice with different values (train and loss); fix: "
-                              "keep one", field=f"{base}.{key}", message_index=index)
-        if value and role != "assistant":
-            raise RecordError("bad_train", f"a {role} message with {key} true: only assistant messages are "
-                              f"trained, so its text would not be; fix: set {key} to false (or leave it out), or "
-                              "make the text an assistant turn", field=f"{base}.{key}", message_index=index)
-        train = value
-    return train
-
-
-def _message_weight(m: dict, role: str, base: str, index: int) -> float | None:
-    """``weight``, also spelt ``loss_weight`` (LLaMA-Factory) and ``loss_scale`` (ms-swift): the loss
-    weight of an assistant message (0 trains nothing). Other messages are never trained, so they may
-    only say 0."""
-    weight = None
-    for key in ("weight", "loss_weight", "loss_scale"):
-        value = m.get(key)
-        if value is None:
-            continue
-        value = _weight(value, f"{base}.{key}", index)
-        if weight is not None and value != weight:
-            raise RecordError("bad_weight", f"weight given twice with different values ({weight:g} and "
-                              f"{value:g}); fix: keep one", field=f"{base}.{key}", message_index=index)
-        if role != "assistant" and value > 0:
-            raise RecordError("bad_weight", f"a {role} message with {key} {value:g}: only assistant messages "
-                              f"are trained, so its text would not be; fix: set {key} to 0 (or leave it out), "
-                              "or make the text an assistant turn", field=f"{base}.{key}", message_index=index)
-        weight = value
-    return weight
 
 
 def _optional_str(m: dict, key: str, base: str, index: int) -> str | None:
@@ -509,19 +430,3 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
         return "".join(texts), ("".join(reasoning) if reasoning else None), tuple(calls)
     raise RecordError("non_string_content", f"expected a string, got {_kind(content)}; fix: give "
                       "the message text as a string", field=field, message_index=index)
-
-
-MAX_WEIGHT = 1e6  # larger weights overflow float32 losses (1e39 is inf) long before they mean more
-
-
-def _weight(value: Any, field: str, index: int) -> float:
-    if type(value) is bool or not isinstance(value, (int, float)):
-        raise RecordError("bad_weight", f"expected a number >= 0, got {value!r}; fix: use a "
-                          "JSON number such as 1.0 (0 trains nothing)", field=field,
-                          message_index=index)
-    value = float(value)
-    if not math.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
-        raise RecordError("bad_weight", f"expected a finite number >= 0 and <= {MAX_WEIGHT:g}, got {value!r}; fix: "
-                          "use a weight such as 1.0 (0 trains nothing)", field=field,
-                          message_index=index)
-    return value
