@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.data.conversation import unpaired_surrogate
-from sftlab.data.readers import table_rows
+from sftlab.data.tables import table_rows
 from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
 from sftlab.files import read_input
@@ -168,7 +168,10 @@ def file_rows(p: Path, data: bytes, columns: dict[str, str] | None):
     extension, Parquet or a JSON array by their first bytes, JSONL otherwise; gzip, bz2 or xz
     compressed (``sftlab.data.readers``, which reads the data files too). ``columns`` maps the
     fields of every layout, not of CSV alone."""
-    from sftlab.data.readers import compression, decompressed, inner_name, input_format, read_json_array, read_parquet
+    # lazy: the record readers cost `sftlab --help`
+    from sftlab.data.columnar import read_parquet
+    from sftlab.data.compressed import compression, decompressed, inner_name
+    from sftlab.data.readers import input_format, read_json_array
 
     codec = compression(p, data[:16])
     if codec is not None:
