@@ -58,6 +58,9 @@ def register(sub) -> None:
                         "responses where they disagree are listed (then label them with `sftlab label`)")
     add_options(p, EvalOptions, "labelled", "margin", "gate_on", labelled=dict(type=str, metavar="xstest|FILE"))
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
+    p.add_argument("--expected", choices=("refuse", "comply"),
+                   help="what a prompt whose row does not say is expected to get (a file of harmful requests "
+                        "without a label column: refuse); rows that say keep theirs")
     p.add_argument("--csv-columns", metavar="MAP", help="the prompt files' field names, in any layout (CSV, JSONL, JSON, Parquet): prompt=question,expected=label,...")
     add_options(p, EvalOptions, "margin_pairs", "heldout", margin_pairs=dict(metavar="N"),
                 heldout=dict(flag="--heldout-conversations", type=str, metavar="FILE",
@@ -108,7 +111,12 @@ def _options(args):
                                    args.num_samples, args.batch_size, tuple(args.stop))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns))
+    sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns), args.expected)
+    for s in sets:
+        if s.prompts and not any(q.expected or q.answer is not None for q in s.prompts):
+            print(f"sftlab eval: {s.path}: no prompt says what it expects (expected: refuse or comply) or has "
+                  "an answer, so its responses give no rate; pass --expected refuse (or comply) for a set "
+                  "of one kind", file=sys.stderr)
     policy = load_policy(args.policy) if args.policy else None
     specs = args.detector or ["learned"]
     detectors = [load_detector(spec, parse_label_map(args.label_map), args.trust_remote_code) for spec in specs]

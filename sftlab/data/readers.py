@@ -30,14 +30,16 @@ from typing import Any
 
 from sftlab.data.columnar import first_line, hub_dataset, load_dataset, read_dataset, read_parquet, read_saved_dataset
 from sftlab.data.record_errors import RecordError
-from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, escape_surrogates, preview,
+from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, decode, escape_surrogates, preview,
                                       shape_problem, too_deep, too_deep_error, too_large)
+from sftlab.data.compressed import MAX_COMPRESSED_ARRAY, BoundedLines, Decompressed, compression, inner_name
+from sftlab.data.tables import read_csv
 from sftlab.errors import UsageError
 from sftlab.fingerprints import files_digest, json_sha256, stream_sha256
 from sftlab.files import open_input as open_file
 
 __all__ = ["RawItem", "DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "check_readable", "folder_files", "hub_dataset",
-           "sources", "compression", "decompressed", "inner_name", "input_format", "table_rows", "read_csv", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
+           "sources", "input_format", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -140,7 +142,7 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
         stream = io.BufferedReader(_Prefixed(head, f), buffer_size=1 << 16)
         codec = compression(p, head)
         if codec is not None:
-            stream = io.BufferedReader(_Decompressed(p, codec, stream), buffer_size=1 << 16)
+            stream = io.BufferedReader(Decompressed(p, codec, stream), buffer_size=1 << 16)
             head = _head(stream)
             stream = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
         kind = _format(inner_name(p) if codec else p, head)
@@ -159,7 +161,7 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
                                  "write it as JSONL (one record per line), which is read as a stream")
             yield name, read_json_array(p, data, max_bytes)
         elif codec is not None:
-            yield name, _read_jsonl(_BoundedLines(stream, max_bytes), max_bytes)
+            yield name, _read_jsonl(BoundedLines(stream, max_bytes), max_bytes)
         else:
             yield name, _read_jsonl(stream, max_bytes)
 
@@ -180,189 +182,6 @@ class _Prefixed(io.RawIOBase):
             self._head = self._head[n:]
             return n
         return self._f.readinto(b)
-
-
-_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"))
-_UNREAD = ((b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (zstd -d FILE)"),
-           (b"PK\x03\x04", "a zip archive", "unpack it and pass the data files (or their folder)"),
-           (b"7z\xbc\xaf\x27\x1c", "a 7z archive", "unpack it and pass the data files (or their folder)"))
-_COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
-MAX_COMPRESSED_ARRAY = 4 << 30
-"""The most a compressed JSON array may decompress to (it is parsed whole; JSONL is streamed)."""
-
-
-def compression(p: Path, head: bytes) -> str | None:
-    """``gzip``, ``bz2`` or ``xz`` where the input's first bytes say it is compressed so (its
-    name is not asked: a ``.jsonl`` may be gzipped), ``None`` where it is not; a ``UsageError``
-    for a compressed or archived input sftlab cannot stream (zstd, zip, 7z).
-
-    >>> import gzip
-    >>> compression(Path("a.jsonl.gz"), gzip.compress(b"{}")), compression(Path("a.jsonl"), b'{"a": 1}')
-    ('gzip', None)
-    """
-    for magic, codec in _MAGIC:
-        if head.startswith(magic):
-            return codec
-    if head.startswith(b"BZh") and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):  # a block, or the end
-        return "bz2"
-    for magic, what, fix in _UNREAD:
-        if head.startswith(magic):
-            raise UsageError(f"{p}: is {what}, which sftlab does not read; {fix}")
-    return None
-
-
-def decompressed(p: Path, codec: str, data: bytes) -> bytes:
-    """The decompressed bytes of a whole compressed input held in memory (small files: prompt sets)."""
-    return _Decompressed(p, codec, io.BytesIO(data)).read()
-
-
-def inner_name(p: Path) -> Path:
-    """The name without a compression suffix: ``train.jsonl.gz`` -> ``train.jsonl``."""
-    return p.with_suffix("") if p.suffix.lower() in _COMPRESSED_SUFFIXES else p
-
-
-class _Decompressed(io.RawIOBase):
-    """The decompressed bytes of the binary stream ``raw`` (``gzip``, ``bz2`` or ``xz``, the
-    standard library's decoders, multi-member files included); damaged or truncated compressed
-    data is a ``UsageError`` naming the file and how far it was read."""
-
-    def __init__(self, p: Path, codec: str, raw: Any):
-        import bz2
-        import gzip
-        import lzma
-
-        self._p, self._codec, self._out = p, codec, 0
-        opener = {"gzip": gzip.GzipFile, "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[codec]
-        self._f = opener(fileobj=raw, mode="rb") if codec == "gzip" else opener(raw, mode="rb")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        try:
-            n = self._f.readinto(b)
-        except (OSError, EOFError, ValueError) as e:  # BadGzipFile, LZMAError, a truncated stream ...
-            raise UsageError(f"{self._p}: damaged {self._codec} data after {self._out:,} decompressed "
-                             f"bytes ({first_line(e)}); repair or re-download the file") from None
-        self._out += n
-        return n
-
-
-class _BoundedLines:
-    """The lines of the binary stream ``f`` with none held in memory beyond ``max_bytes`` (a
-    compressed input can hold a line far larger than the file itself): a longer line is read on
-    to its end in pieces and comes out as its first bytes with the whole line's size as its
-    length (``_SizedLine``), which ``_read_jsonl`` refuses as too large. ``read()`` gives the rest
-    of the stream (``_read_jsonl``'s one pretty-printed object)."""
-
-    def __init__(self, f: Any, max_bytes: int):
-        self._f, self._max, self._first = f, max_bytes, True
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> bytes:
-        line = self._f.readline(self._max + 1)
-        if not line:
-            raise StopIteration
-        if self._first:
-            self._first, line = False, line.removeprefix(b"\xef\xbb\xbf")
-        if len(line) > self._max and not line.endswith(b"\n"):
-            size = len(line)
-            while True:
-                more = self._f.readline(1 << 20)
-                size += len(more)
-                if not more or more.endswith(b"\n"):
-                    break
-            return _SizedLine(line, size)
-        return line
-
-    def read(self) -> bytes:
-        return self._f.read()
-
-
-class _SizedLine(bytes):
-    """The start of a line too large to keep, with the line's whole size as its ``len``."""
-
-    def __new__(cls, start: bytes, size: int):
-        self = super().__new__(cls, start)
-        self.size = size
-        return self
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def table_rows(text: str, where: str, delimiter: str = ",") -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """``(header, (file line, cells) of each row)`` of the CSV (or TSV) ``text``: the line a row
-    starts on (quoted cells may span lines), blank lines skipped, cells as long as the text (the
-    csv module's default stops at 128 KiB); a malformed file is a one-line ``UsageError`` naming
-    ``where`` and the line.
-
-    >>> header, rows = table_rows('a,b\\n"x\\ny",1\\n\\n2\\n', "t.csv")
-    >>> header, list(rows)
-    (['a', 'b'], [(2, ['x\\ny', '1']), (5, ['2'])])
-    """
-    import csv
-
-    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-
-    def refuse(e: csv.Error) -> UsageError:
-        return UsageError(f"{where}: line {reader.line_num}: not readable {'TSV' if delimiter == chr(9) else 'CSV'} ({e})")
-
-    try:
-        header = next(reader, [])
-    except csv.Error as e:
-        raise refuse(e) from None
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        start = reader.line_num + 1
-        while True:
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise refuse(e) from None
-            line, start = start, reader.line_num + 1
-            if cells:
-                yield line, cells
-
-    return header, rows()
-
-
-def read_csv(p: Path, stream: Any, max_bytes: int, delimiter: str) -> Iterator[RawItem]:
-    """The rows of a CSV (or, with a tab ``delimiter``, TSV) file under a header line, each a
-    record of its columns. Every cell is text as written (an empty cell is ``""``; a column of
-    numbers stays text, so "012" stays "012"), so Alpaca or prompt/completion columns read as
-    they do from JSONL. A record is named by its row (the first under the header is 1) and the
-    file line it starts on (``table_rows``); a row with more or fewer cells than the header is
-    quarantined naming both counts.
-
-    >>> import io
-    >>> rows = read_csv(Path("t.csv"), io.BytesIO(b'instruction,output\\n"a, b","x\\ny"\\nc\\n'), 10**6, ",")
-    >>> [(row, record, problem and problem.code, line) for row, record, problem, line in rows]
-    [(1, {'instruction': 'a, b', 'output': 'x\\ny'}, None, 2), (2, {'instruction': 'c'}, 'bad_row', 4)]
-    """
-    text, bad_utf8 = _decode(stream.read())
-    header, rows = table_rows(text, str(p), delimiter)
-    if not any(header):
-        raise UsageError(f"{p}: empty, or no header line; expected a header naming the columns "
-                         "(e.g. instruction,input,output) and one record per row")
-    if len(set(header)) != len(header):
-        raise UsageError(f"{p}: the header names a column twice ({header}); give each column its own name")
-    for n, (line, cells) in enumerate(rows, 1):
-        obj = dict(zip(header, cells))
-        size = sum(len(c.encode("utf-8", "surrogateescape")) for c in cells)
-        if size > max_bytes:
-            yield n, preview(delimiter.join(cells)), too_large(size, max_bytes), line
-        elif len(cells) != len(header):
-            yield n, obj, RecordError("bad_row", f"{len(cells)} cells under a header of {len(header)} "
-                                      "columns; fix: quote cells that hold the delimiter, or fill the row"), line
-        else:
-            problem = shape_problem(obj, bad_utf8) if bad_utf8 else None
-            yield n, escape_surrogates(obj) if problem else obj, problem, line
 
 
 def _head(f: Any) -> bytes:
@@ -540,7 +359,7 @@ def _complete_json(text: str) -> bool:
 
 
 def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
-    text, bad_utf8 = _decode(data)
+    text, bad_utf8 = decode(data)
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -557,7 +376,7 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
 
 
 def read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
-    text, bad_utf8 = _decode(data)
+    text, bad_utf8 = decode(data)
     file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:
         for i, (obj, start, end) in enumerate(_array_elements(text, ints), 1):
@@ -634,16 +453,6 @@ class _IntGuard:
 def _huge_number_error() -> RecordError:
     return RecordError("bad_json", "a number with more than 4,300 digits, which Python does not "
                        "convert; expected ordinary numbers; fix: write it as a string or drop the record")
-
-
-def _decode(data: bytes) -> tuple[str, bool]:
-    """The text of ``data``, and whether it held invalid UTF-8 (kept as surrogates, found later)."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "surrogateescape"), True
 
 
 def input_digest(p: Path) -> str:

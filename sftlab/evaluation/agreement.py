@@ -35,7 +35,8 @@ from pathlib import Path
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
 from sftlab.evaluation.metrics import wilson
-from sftlab.data.readers import compression, decompressed, inner_name, input_format
+from sftlab.data.compressed import compression, decompressed, inner_name
+from sftlab.data.readers import input_format
 from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows, file_rows
 from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.data.conversation import unpaired_surrogate
-from sftlab.data.readers import table_rows
+from sftlab.data.tables import table_rows
 from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
 from sftlab.files import read_input
@@ -135,7 +135,7 @@ def parse_columns(spec: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptSet:
+def load_prompt_set(path: str, columns: dict[str, str] | None = None, expected: str | None = None) -> PromptSet:
     """Read one prompt file (JSONL, a JSON array, Parquet, or CSV/TSV by extension; compressed or
     not) or a built-in set by name; see the module docstring. A file of that name in the working directory wins over a built-in."""
     p, name = Path(path), None
@@ -151,7 +151,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
     for line, row, problem in rows:
         prompt = None
         if problem is None:
-            prompt, problem = prompt_from_row(row, str(path), line)
+            prompt, problem = prompt_from_row(row, str(path), line, expected)
         if problem is None and prompt.id in seen:
             problem = f"duplicate id {prompt.id!r}; ids must be unique within a prompt set"
         if problem is not None:
@@ -168,7 +168,10 @@ def file_rows(p: Path, data: bytes, columns: dict[str, str] | None):
     extension, Parquet or a JSON array by their first bytes, JSONL otherwise; gzip, bz2 or xz
     compressed (``sftlab.data.readers``, which reads the data files too). ``columns`` maps the
     fields of every layout, not of CSV alone."""
-    from sftlab.data.readers import compression, decompressed, inner_name, input_format, read_json_array, read_parquet
+    # lazy: the record readers cost `sftlab --help`
+    from sftlab.data.columnar import read_parquet
+    from sftlab.data.compressed import compression, decompressed, inner_name
+    from sftlab.data.readers import input_format, read_json_array
 
     codec = compression(p, data[:16])
     if codec is not None:
@@ -319,11 +322,12 @@ def _messages(row: dict) -> tuple[tuple[tuple[str, str], ...] | None, str | None
     return tuple(out), None
 
 
-def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None, str | None]:
+def prompt_from_row(row: dict, path: str, line: int,
+                    default_expected: str | None = None) -> tuple[EvalPrompt | None, str | None]:
     messages, problem = _messages(row)
     if problem:
         return None, problem
-    expected = row.get("expected")
+    expected = row.get("expected") if row.get("expected") not in (None, "") else default_expected
     if expected is not None:
         expected = EXPECTED.get(str(expected).strip().lower())
         if expected is None:
@@ -355,9 +359,11 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         policy_category=row.get("policy_category"), tools=tools, file=path, line=line), None
 
 
-def load_prompt_sets(paths: list[str], columns: dict[str, str] | None = None) -> list[PromptSet]:
-    """Every file's ``PromptSet``; ``UsageError`` when no file has a usable prompt."""
-    sets = [load_prompt_set(p, columns) for p in paths]
+def load_prompt_sets(paths: list[str], columns: dict[str, str] | None = None,
+                     expected: str | None = None) -> list[PromptSet]:
+    """Every file's ``PromptSet``; ``UsageError`` when no file has a usable prompt. ``expected``
+    (refuse | comply): what a prompt whose row does not say is expected to get."""
+    sets = [load_prompt_set(p, columns, expected) for p in paths]
     if not any(s.prompts for s in sets):
         bad = [b for s in sets for b in s.bad_rows][:3]
         detail = "; ".join(f"{b['file']}:{b['line']}: {b['reason']}" for b in bad)
