@@ -204,3 +204,26 @@ def test_ms_swift_tool_calls_made_together_are_one_assistant_turn():
     with pytest.raises(RecordError) as e:
         to_conversation(record)
     assert (e.value.code, e.value.field) == ("bad_train", "messages[2]") and "calls made together" in e.value.reason
+
+
+def test_content_parts_of_the_responses_api_and_anthropic_thinking_are_read():
+    """OpenAI's Responses API writes ``input_text``/``output_text`` parts (``annotations`` empty
+    when nothing is cited); Anthropic's Messages API writes thinking as ``{"type": "thinking",
+    "thinking": ..., "signature": ...}`` and steers caching with ``cache_control``."""
+    conv = to_conversation({"messages": [
+        {"role": "user", "content": [{"type": "input_text", "text": "What is 2 + 2?",
+                                      "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Two and two make four.",
+                                           "signature": "EqQBCgIYAhIM"},
+                                          {"type": "output_text", "text": "4", "annotations": []}]}]})
+    assert [(m.role, m.content, m.reasoning) for m in conv.messages] == \
+           [("user", "What is 2 + 2?", None), ("assistant", "4", "Two and two make four.")]
+
+
+def test_a_content_part_key_that_holds_more_is_refused_naming_it():
+    record = {"messages": [{"role": "user", "content": "Who wrote it?"}, {"role": "assistant", "content": [
+        {"type": "text", "text": "Tolstoy.", "citations": [{"cited_text": "War and Peace, by Leo Tolstoy"}]}]}]}
+    with pytest.raises(RecordError) as e:
+        to_conversation(record)
+    assert e.value.code == "unused_field" and e.value.field == "messages[1].content[0].citations"
+    assert "'citations' besides its 'text'" in str(e.value)

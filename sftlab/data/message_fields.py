@@ -393,12 +393,26 @@ def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = No
     raise RecordError("unknown_role", f"{what}; {fix}", field=f"{field}.{key}", message_index=index)
 
 
-def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
-    """Join content parts into one string: OpenAI's ``{"type": "text", "text": ...}`` and
-    LLaMA-Factory's ``{"type": "text", "value": ...}``.
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+"""Text part types: OpenAI's chat ``text`` and its Responses API's ``input_text`` / ``output_text``."""
+_PART_TEXT_KEYS = ("text", "value", "thinking")
+_PART_METADATA = frozenset({"type", "cache_control", "signature", "id", "logprobs"})
+"""Part keys that steer an API or sign a block rather than hold text (Anthropic's ``cache_control``
+and thinking ``signature``): accepted, not trained."""
 
-    Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` and
-    ``tool_call`` (LLaMA-Factory's layout, the text under ``value``) are reasoning and calls.
+
+def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
+    """Join content parts into one string: OpenAI's ``{"type": "text", "text": ...}`` (its Responses
+    API's ``input_text`` and ``output_text`` too) and LLaMA-Factory's ``{"type": "text", "value": ...}``.
+
+    Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` (the text under
+    ``text``, ``value`` or Anthropic's ``thinking``) and ``tool_call`` (LLaMA-Factory's layout, the
+    text under ``value``) are reasoning and calls. Every other key of a part is empty or metadata
+    (``_PART_METADATA``), else the record is refused naming it.
+
+    >>> _join_parts([{"type": "thinking", "thinking": "2 + 2 is 4", "signature": "x"},
+    ...              {"type": "output_text", "text": "4", "annotations": []}], "messages[1].content", 1)
+    ('4', '2 + 2 is 4', ())
     """
     if isinstance(content, list):
         texts, reasoning, calls = [], [], []
@@ -407,16 +421,17 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                 texts.append(part)
                 continue
             kind = part.get("type", "text") if isinstance(part, dict) else None
-            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
-            if kind == "text" and isinstance(text, str):
+            key = next((k for k in _PART_TEXT_KEYS if k in part), "text") if isinstance(part, dict) else None
+            text = part.get(key) if isinstance(part, dict) else None
+            if kind in _TEXT_PARTS and isinstance(text, str) and key != "thinking":
                 texts.append(text)
             elif kind in ("reasoning", "thinking") and isinstance(text, str):
                 reasoning.append(text)
             elif kind == "tool_call":
                 calls.extend(sharegpt_calls(text, f"{field}[{j}].value", index))
-            elif kind in ("text", "reasoning", "thinking"):
+            elif kind in _TEXT_PARTS or kind in ("reasoning", "thinking"):
                 raise RecordError(
-                    "non_string_content", f"{kind} part without text: its 'text' is {_kind(text)} "
+                    "non_string_content", f"{kind} part without text: its {key!r} is {_kind(text)} "
                     f"(part keys: {_keys(part)}); expected {{\"type\": \"{kind}\", \"text\": \"...\"}} "
                     "(or \"value\" instead of \"text\"); fix: put the text in 'text'",
                     field=f"{field}[{j}]", message_index=index)
@@ -427,6 +442,13 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                     f"content part {j} is of type {what}, not text; only text parts "
                     "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be "
                     "trained; fix: drop the part or the record", field=f"{field}[{j}]", message_index=index)
+            extra = [k for k, v in part.items() if k != key and k not in _PART_METADATA
+                     and v not in (None, "", [], {})] if isinstance(part, dict) else []
+            if extra:
+                raise RecordError(
+                    "unused_field", f"content part {j} has {', '.join(map(repr, extra))} besides its {key!r}, "
+                    "which sftlab does not read, so it would be lost; fix: fold it into the text or drop "
+                    "it", field=f"{field}[{j}].{extra[0]}", message_index=index)
         return "".join(texts), ("".join(reasoning) if reasoning else None), tuple(calls)
     raise RecordError("non_string_content", f"expected a string, got {_kind(content)}; fix: give "
                       "the message text as a string", field=field, message_index=index)
