@@ -227,3 +227,17 @@ def test_a_content_part_key_that_holds_more_is_refused_naming_it():
         to_conversation(record)
     assert e.value.code == "unused_field" and e.value.field == "messages[1].content[0].citations"
     assert "'citations' besides its 'text'" in str(e.value)
+
+
+def test_openai_fine_tuning_records_with_tools_and_parallel_tool_calls_are_read():
+    """OpenAI's function-calling fine-tuning layout puts ``parallel_tool_calls`` beside ``messages``
+    and ``tools``: a flag about how the API called tools, kept as metadata, not a reason to refuse."""
+    record = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                           {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                               "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}],
+              "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                  "type": "object", "properties": {"city": {"type": "string"}}}}}],
+              "parallel_tool_calls": False}
+    conv = to_conversation(record)
+    assert conv.extra == {"parallel_tool_calls": False}
+    assert conv.messages[1].tool_calls[0].name == "get_weather" and "get_weather" in conv.tools

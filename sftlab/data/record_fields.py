@@ -116,10 +116,12 @@ def _consumed(row: dict[str, Any], fmt: str, cols: Columns | None) -> frozenset[
     return _CONSUMED[fmt] | {n if n in row else n.split(".")[0] for n in names if n}
 
 
-KNOWN_METADATA = (*META_FIELDS, "meta", "category", "uuid", "prompt_id", "lang", "language", "model")
+KNOWN_METADATA = (*META_FIELDS, "meta", "category", "uuid", "prompt_id", "lang", "language", "model",
+                  "parallel_tool_calls")
 """Top-level fields every layout accepts as metadata (kept in ``Conversation.extra``, not trained):
 sftlab's metadata, ``meta``, and a few that public data sets carry to describe a record rather than
-to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, ...)."""
+to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, OpenAI's fine-tuning flag
+``parallel_tool_calls``, which says how the API called tools, ...)."""
 _KNOWN_METADATA = frozenset(KNOWN_METADATA)
 MULTIMODAL_FIELDS = ("images", "videos", "audios")
 """Fields people fill for multimodal training; sftlab trains on text only."""
