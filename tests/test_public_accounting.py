@@ -6,6 +6,7 @@ conversation (and so in the rendering), dropped by an option the case sets (``ig
 turn that is empty where its source had text or a call.
 
 The cases, with what a user must set for each file, are the table of the README's data section."""
+import gzip
 import json
 from pathlib import Path
 
@@ -199,3 +200,33 @@ def test_openai_weight_is_read_as_documented():
 
     report = load_files([PUBLIC / "azure_openai_chat_examples.jsonl"])
     assert [trained_messages(c.messages, last_turn_only=False) for c in report.conversations] == [{4: 1.0}] * 3
+
+
+HH = PUBLIC / "hh_rlhf_harmless_test.sample.jsonl.gz"
+
+
+def _hh_turns(transcript: str) -> list[tuple[str, str]]:
+    """The transcript's turns, split here by hand (independently of sftlab's reader)."""
+    out = []
+    for chunk in transcript.split("\n\nHuman: ")[1:]:
+        said = chunk.split("\n\nAssistant: ")
+        out.append(("user", said[0]))
+        out += [("assistant", a) for a in said[1:]]
+    return out
+
+
+def test_anthropic_hh_transcripts_are_read_turn_by_turn_under_layout_chosen():
+    """HH-RLHF as published (gzipped JSONL, `chosen`/`rejected` transcripts): refused as preference
+    records by default; under `layout: chosen` each chosen transcript is its turns, every word of it
+    in the conversation in order; the rejected answers are what the option drops; an empty chosen
+    answer is refused, not trained."""
+    raw = [json.loads(x) for x in gzip.decompress(HH.read_bytes()).decode().splitlines()]
+    plain = load_files([HH])
+    assert not plain.conversations and {q.code for q in plain.quarantined} == {"preference_record"}
+    report = load_files([HH], columns=[DataFile(path=str(HH), layout="chosen").mapping()])
+    assert [(q.line, q.code) for q in report.quarantined] == [(7, "empty_assistant")]
+    assert len(report.conversations) == 7
+    for conv in report.conversations:
+        want = _hh_turns(raw[conv.origin.line - 1]["chosen"])
+        assert [(m.role, m.content) for m in conv.messages] == want
+    assert [m.role for m in report.conversations[-1].messages][:3] == ["user", "assistant", "assistant"]

@@ -44,6 +44,8 @@ Example::
 """
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -366,10 +368,30 @@ def _chosen_messages(chosen: Any, key: str, offset: int, cols: Columns | None,
     """The chosen answer: a string, one message, or messages (the whole conversation when no
     prompt precedes them, as TRL's implicit-prompt preference records are)."""
     if isinstance(chosen, str):
-        return [Message("assistant", chosen)]
+        turns = transcript_turns(chosen) if offset == 0 else None
+        return [Message(role, text) for role, text in turns] if turns else [Message("assistant", chosen)]
     if isinstance(chosen, dict):
         return [read_message(chosen, 0, key, offset, False, cols, ignore)]
     return message_list(chosen, key, sharegpt=False, offset=offset, columns=cols, ignore=ignore)
+
+
+_TRANSCRIPT_TURN = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant): ?")
+
+
+def transcript_turns(text: str) -> list[tuple[str, str]] | None:
+    """The turns of a conversation written as one transcript, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
+    (Anthropic's HH-RLHF ``chosen``/``rejected``), or ``None`` when ``text`` is not one (it must
+    open with a Human turn and hold an Assistant turn).
+
+    >>> transcript_turns("\\n\\nHuman: Hi there\\n\\nAssistant: Hello!\\n\\nHuman: Bye\\n\\nAssistant: Bye.")
+    [('user', 'Hi there'), ('assistant', 'Hello!'), ('user', 'Bye'), ('assistant', 'Bye.')]
+    >>> transcript_turns("Human: is a word.") is None
+    True
+    """
+    parts = _TRANSCRIPT_TURN.split(text)
+    if len(parts) < 5 or parts[0] != "" or parts[1] != "Human" or "Assistant" not in parts[1::2]:
+        return None
+    return [("user" if who == "Human" else "assistant", said) for who, said in zip(parts[1::2], parts[2::2])]
 
 
 def _system_prefix(row: dict[str, Any], key: str) -> list[Message]:

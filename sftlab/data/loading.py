@@ -407,9 +407,13 @@ def _unanswered(i: int, pending: list, prev: str) -> None:
                       message_index=i)
 
 
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def _bad_order(i: int, role: str, prev: str | None, expected: str) -> None:
-    after = "the start" if prev is None else f"a {prev} message"
-    raise RecordError("broken_alternation", f"{role} message right after {after}; expected a "
+    after = "the start" if prev is None else f"{_a(prev)} {prev} message"
+    raise RecordError("broken_alternation", f"{role} message right after {after}; expected {_a(role)} "
                       f"{role} message only after {expected}; fix: user and assistant turns "
                       "alternate after an optional system message, tool messages come between an "
                       "assistant message and the next (merge or drop the extra turn)",
