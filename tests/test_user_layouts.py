@@ -317,3 +317,27 @@ def test_a_bad_data_entry_in_the_config_is_named_not_the_plain_path_branch():
         with pytest.raises(ConfigError) as e:
             load_config(None, ["model.path=m", "out=o", f"data.train=[{entry}]"])
         assert str(e.value).startswith(message), str(e.value)
+
+
+def test_a_record_no_layout_reads_gets_the_mapping_that_reads_it_and_every_unread_field_at_once(tmp_path):
+    """LMSYS-Chat-1M's layout (`conversation`, role/content, beside ids and moderation results) and
+    OpenOrca's (`system_prompt`, `question`, `response`): the hint names the mapping, and following
+    it the record is read or refused naming every field still unread, not one per try."""
+    from sftlab.data.formats import Columns, RecordError, to_conversation
+
+    lmsys = {"conversation_id": "c1", "model": "vicuna-13b", "turn": 1, "language": "English", "redacted": False,
+             "conversation": [{"content": "hi", "role": "user"}, {"content": "hello", "role": "assistant"}],
+             "openai_moderation": [{"flagged": False}]}
+    with pytest.raises(RecordError, match=r"field_messages: conversation \(validate: --field-messages conversation\)"):
+        to_conversation(lmsys)
+    with pytest.raises(RecordError) as e:
+        to_conversation(lmsys, None, Columns(field_messages="conversation"))
+    assert "fields 'turn', 'redacted', 'openai_moderation' are not read" in str(e.value)
+    conv = to_conversation(lmsys, None, Columns(field_messages="conversation", ignore=("turn", "redacted", "openai_moderation")))
+    assert [m.content for m in conv.messages] == ["hi", "hello"]
+    orca = {"id": "niv.1", "system_prompt": "You are an AI assistant.", "question": "2+2?", "response": "4"}
+    with pytest.raises(RecordError, match=r"\{prompt: question, response: response, system: system_prompt\}"):
+        to_conversation(orca)
+    conv = to_conversation(orca, None, Columns(prompt="question", response="response", system="system_prompt"))
+    assert [(m.role, m.content) for m in conv.messages] == [("system", "You are an AI assistant."), ("user", "2+2?"),
+                                                           ("assistant", "4")]

@@ -221,21 +221,40 @@ def detect_format(row: dict[str, Any], columns: Columns | None = None) -> str:
                           "expected 'completion' with the response to train on; fix: add "
                           "'completion', map the field that holds it (columns: {prompt: prompt, "
                           "response: FIELD}) or drop the record", field="completion")
-    pair = next(((q, a) for q, a in _QA_PAIRS if isinstance(row.get(q), str) and a in row), None)
-    hint = (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
-            f"{{prompt: {pair[0]}, response: {pair[1]}}} (validate: --column prompt={pair[0]} "
-            f"--column response={pair[1]})" if pair else
-            "; or map the fields in the data entry: columns: {prompt, query, response, system, history} "
-            "for instruction records, field_messages/role_key/content_key/roles for message lists")
     raise RecordError(
         "unknown_format",
         f"no conversation found (record keys: {_keys(row)}); expected a 'messages' list (OpenAI), "
         "'conversations' with from/value (ShareGPT), 'instruction'/'output' (Alpaca) or "
-        f"'prompt'/'completion'; fix: rename the fields{hint}")
+        f"'prompt'/'completion'; fix: rename the fields{_layout_hint(row)}")
 
 
+def _layout_hint(row: dict[str, Any]) -> str:
+    """How to map a record no layout reads: a message list under another name (LMSYS-Chat's
+    ``conversation``), or a question/answer pair with its system prompt (OpenOrca's
+    ``system_prompt``, ``question``, ``response``).
+
+    >>> _layout_hint({"conversation": [{"role": "user", "content": "hi"}]})
+    "; this looks like a message list under 'conversation': map it with the data entry's field_messages: conversation (validate: --field-messages conversation)"
+    >>> _layout_hint({"system_prompt": "Be brief.", "question": "2+2?", "response": "4"})
+    "; this looks like a question/response file: map it with the data entry's columns: {prompt: question, response: response, system: system_prompt} (validate: --column prompt=question --column response=response --column system=system_prompt)"
+    """
+    listed = next((k for k, v in row.items() if isinstance(v, list) and v and all(
+        isinstance(m, dict) and ({"role", "content"} <= m.keys() or {"from", "value"} <= m.keys()) for m in v)), None)
+    if listed is not None:
+        return (f"; this looks like a message list under {listed!r}: map it with the data entry's field_messages: "
+                f"{listed} (validate: --field-messages {listed})")
+    pair = next(((q, a) for q, a in _QA_PAIRS if isinstance(row.get(q), str) and a in row), None)
+    if pair is None:
+        return ("; or map the fields in the data entry: columns: {prompt, query, response, system, history} "
+                "for instruction records, field_messages/role_key/content_key/roles for message lists")
+    mapped = [("prompt", pair[0]), ("response", pair[1])]
+    mapped += [("system", k) for k in _SYSTEM_NAMES if isinstance(row.get(k), str)][:1]
+    return (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
+            f"{{{', '.join(f'{a}: {b}' for a, b in mapped)}}} (validate: "
+            f"{' '.join(f'--column {a}={b}' for a, b in mapped)})")
 _QA_PAIRS = (("question", "answer"), ("query", "response"), ("question", "response"), ("input", "output"),
              ("prompt", "response"), ("problem", "solution"))
+_SYSTEM_NAMES = ("system_prompt", "system_message", "system")
 
 
 def to_conversation(row: dict[str, Any], origin: Origin | None = None,
