@@ -341,3 +341,20 @@ def test_a_record_no_layout_reads_gets_the_mapping_that_reads_it_and_every_unrea
     conv = to_conversation(orca, None, Columns(prompt="question", response="response", system="system_prompt"))
     assert [(m.role, m.content) for m in conv.messages] == [("system", "You are an AI assistant."), ("user", "2+2?"),
                                                            ("assistant", "4")]
+
+
+@pytest.mark.parametrize("record", [
+    {"system": "Be brief.", "conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "hi"},
+                                               {"from": "gpt", "value": "hello"}]},
+    {"system": "Be brief.", "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "hello"}]},
+])
+def test_two_system_prompts_are_named_as_the_record_gives_them_in_every_layout(record):
+    """A top-level system prompt beside a system message in the list: one system prompt is kept when
+    they agree, the record is refused naming the top-level field when they do not (ShareGPT was
+    refused as a misplaced 'messages[1]' before)."""
+    with pytest.raises(RecordError) as e:
+        to_conversation(record)
+    assert e.value.code == "ambiguous_system" and e.value.field == "system"
+    same = {**record, "system": "Be kind."}
+    assert [m.role for m in to_conversation(same).messages] == ["system", "user", "assistant"]

@@ -281,17 +281,12 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     fmt = detect_format(row, cols) if chosen is None else _prompt_format(row, cols, chosen)
     if fmt == "implicit_prompt":  # a messages list equal to the chosen conversation is a copy of it
         row = {k: v for k, v in row.items() if not (k in ("messages", "conversations") and v == chosen)}
-    if fmt == "openai":
-        messages = message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols, ignore=ignore)
+    if fmt in ("openai", "mapped", "sharegpt"):
+        key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}[fmt]
+        messages = message_list(field_value(row, key), key, sharegpt=fmt == "sharegpt", columns=msg_cols,
+                                ignore=ignore)
         if row.get(system_key) not in (None, ""):
             messages = _top_system(row, system_key, messages)
-    elif fmt == "mapped":
-        messages = _system_prefix(row, system_key) + message_list(
-            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols,
-            ignore=ignore)
-    elif fmt == "sharegpt":
-        messages = _system_prefix(row, system_key) + message_list(
-            row["conversations"], "conversations", sharegpt=True, columns=msg_cols, ignore=ignore)
     elif fmt == "alpaca":
         messages = _alpaca(row, cols, chosen is None)
     elif fmt == "prompt_completion":
