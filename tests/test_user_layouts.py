@@ -358,3 +358,29 @@ def test_two_system_prompts_are_named_as_the_record_gives_them_in_every_layout(r
     assert e.value.code == "ambiguous_system" and e.value.field == "system"
     same = {**record, "system": "Be kind."}
     assert [m.role for m in to_conversation(same).messages] == ["system", "user", "assistant"]
+
+
+def test_reasons_name_each_message_as_the_record_does():
+    """A record's turn checks name the field in the record's own layout: ShareGPT's
+    ``conversations[i].from``/``.value`` (after a top-level system prompt), Alpaca's ``output`` and
+    ``history[i][j]``, OpenAI's ``messages[i]``; from FastChat's public dummy conversation."""
+    from sftlab.data.loading import check_conversation
+
+    first = _fastchat()[0]
+    turns = first["conversations"]
+    cases = [
+        ({"conversations": [turns[0], turns[0], turns[1]]}, "conversations[1].from", "broken_alternation"),
+        ({"system": "Be brief.", "conversations": [turns[0], {**turns[1], "value": " "}]}, "conversations[1].value",
+         "empty_assistant"),
+        ({"instruction": turns[0]["value"], "output": "  "}, "output", "empty_assistant"),
+        ({"instruction": turns[0]["value"], "output": turns[1]["value"], "history": [["", "x"]]}, "history[0][0]",
+         "empty_user"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 2 + [{"role": "assistant", "content": "yo"}]},
+         "messages[1].role", "broken_alternation"),
+    ]
+    for record, field, code in cases:
+        with pytest.raises(RecordError) as e:
+            check_conversation(to_conversation(record))
+        assert (e.value.field, e.value.code) == (field, code)
+    with pytest.raises(RecordError, match="right after a user message; expected a user message"):
+        check_conversation(to_conversation(cases[0][0]))

@@ -307,7 +307,43 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     tools = tools_text(tools, tools_key) if tools is not None else None
     check_tools_unicode(tools)
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
-    return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin, **meta)
+    fields, keys = _message_fields(row, fmt, cols, system_key, chosen_key, chosen, len(messages))
+    return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin,
+                        fields=fields, keys=keys, **meta)
+
+
+def _message_fields(row: dict[str, Any], fmt: str, cols: Columns | None, system_key: str, chosen_key: str,
+                    chosen: Any, n: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``Conversation.fields`` and ``keys``: where each of the ``n`` messages sits in ``row``; empty
+    where the layout does not map them one to one (calls merged into one turn, a transcript)."""
+    def listed(key: str) -> list[str]:
+        value = field_value(row, key)
+        return [f"{key}[{j}]" for j in range(len(value))] if isinstance(value, list) else [key]
+
+    system = [system_key] if isinstance(row.get(system_key), str) and row[system_key] != "" else []
+    keys: tuple[tuple[str, str], ...] = ()
+    if fmt in ("openai", "mapped", "sharegpt"):
+        key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}[fmt]
+        out = listed(key)
+        out = system + out if len(out) < n else out
+        if fmt == "sharegpt" or fmt == "mapped" and cols.maps_messages:
+            keys = (("role", (cols and cols.role_key) or ("from" if fmt == "sharegpt" else "role")),
+                    ("content", (cols and cols.content_key) or ("value" if fmt == "sharegpt" else "content")))
+    elif fmt == "alpaca":
+        history = _name(cols, "history")
+        pairs = field_value(row, history) or []
+        out = system + [f"{history}[{i}][{j}]" for i in range(len(pairs)) for j in (0, 1)]
+        out += [_name(cols, "prompt") if cols is not None and cols.prompt else "instruction"]
+        out += [cols.response if cols is not None and cols.response else "output"]
+    elif fmt == "prompt_completion":
+        out = (["system"] if isinstance(row.get("system"), str) and row["system"] != "" else [])
+        out += listed("prompt") + listed("completion")
+    else:
+        out = []
+    if chosen is not None:
+        out = out[:len(out) - (fmt != "implicit_prompt" and fmt in ("alpaca", "prompt_completion"))]
+        out += listed(chosen_key) if isinstance(chosen, list) else [chosen_key] * (n - len(out))
+    return (tuple(out), keys) if len(out) == n else ((), ())
 
 
 def _plain(row: dict[str, Any], chosen: Any, messages: list[Message], tools: str | None,
