@@ -307,7 +307,8 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     tools = tools_text(tools, tools_key) if tools is not None else None
     check_tools_unicode(tools)
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
-    fields, keys = _message_fields(row, fmt, cols, system_key, chosen_key, chosen, len(messages))
+    fields, keys = ((), ()) if fmt == "openai" and chosen is None and len(messages) == len(row["messages"]) else \
+        _message_fields(row, fmt, cols, system_key, chosen_key, chosen, len(messages))  # messages[i] is right
     return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin,
                         fields=fields, keys=keys, **meta)
 
