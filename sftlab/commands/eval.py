@@ -112,11 +112,6 @@ def _options(args):
     except ValueError as e:
         raise UsageError(str(e)) from None
     sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns), args.expected)
-    for s in sets:
-        if s.prompts and not any(q.expected or q.answer is not None for q in s.prompts):
-            print(f"sftlab eval: {s.path}: no prompt says what it expects (expected: refuse or comply) or has "
-                  "an answer, so its responses give no rate; pass --expected refuse (or comply) for a set "
-                  "of one kind", file=sys.stderr)
     policy = load_policy(args.policy) if args.policy else None
     specs = args.detector or ["learned"]
     detectors = [load_detector(spec, parse_label_map(args.label_map), args.trust_remote_code) for spec in specs]
@@ -161,6 +156,11 @@ def run(args) -> int:
     bad = [b for s in sets for b in s.bad_rows]
     for b in bad:
         print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
+    for s in sets:  # said once every input is known to be usable
+        if s.prompts and not any(q.expected or q.answer is not None for q in s.prompts):
+            print(terminal_safe(f"sftlab eval: {s.path}: no prompt says what it expects (expected: refuse or "
+                                "comply) or has an answer, so its responses give no rate; pass --expected refuse "
+                                "(or comply) for a set of one kind"), file=sys.stderr)
     cache = GenerationCache(None if args.no_cache else (args.cache_dir or cache_dir("generations")))
     report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
     paths = write_outputs(out, report, rows)

@@ -119,7 +119,10 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
     """The message ``m``, item ``pos`` of the list at ``base`` (message ``pos + offset`` of the
     conversation); ``ignore``: the declared-ignored fields (``messages[].KEY`` names a message key).
     ``call_turn``: read ms-swift's ``tool_call`` message as an assistant message with that call (else
-    it raises ``_CallTurns``, for ``message_list`` to merge the calls made together)."""
+    it raises ``_CallTurns``, for ``message_list`` to merge the calls made together).
+
+    Long because it runs once per message of every record: the usual messages' fast paths and the
+    layouts' speaker and text keys stay inline rather than cost a call each."""
     # Field names are formatted only on error: this runs once per message of every record.
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
