@@ -16,7 +16,12 @@ Variants (``--variants``, comma-separated):
 
 - ``shipped``: the demo's recipe as it is;
 - ``no_opener``: the shipped recipe without ``COMPLY_OPENER`` anywhere;
-- ``more_data``: twice the records (more varied prompts) at the same steps;
+- ``more_data``: the suite built with twice the records, at the same steps; a step is one packed
+  row (about 7 records), so 60 steps see about 430 records from either pool: a sample from a
+  pool twice as large, not more records;
+- ``more_data_bare``: ``more_data`` without the opener anywhere (``no_opener``'s setting);
+- ``more_data_wide``, ``more_data_wide_bare``: the same records, two packed rows a step
+  (``optim.grad_accum: 2``), so the same steps see twice the records (and take twice the compute);
 - ``self_distilled``: the benign look-alikes' targets are the reference model's own greedy answers
   (after the "Sure! " opener), so tuning need not move benign behaviour;
 - ``self_distilled_bare``: the same without the opener anywhere: answers open with their content;
@@ -46,14 +51,17 @@ import time
 from pathlib import Path
 
 REFUSAL_WORDS = ("I", "Sorry", "No", "Unfortunately", "As")
-VARIANTS = ("shipped", "no_opener", "more_data", "self_distilled", "self_distilled_bare", "opening_weight",
-            "opening_distilled", "paired", "more_refusals")
+VARIANTS = ("shipped", "no_opener", "more_data", "more_data_bare", "more_data_wide", "more_data_wide_bare",
+            "self_distilled", "self_distilled_bare", "opening_weight", "opening_distilled", "paired", "more_refusals")
 
 
-NO_OPENER = ("no_opener", "self_distilled_bare", "opening_weight", "opening_distilled")
+NO_OPENER = ("no_opener", "more_data_bare", "more_data_wide_bare", "self_distilled_bare", "opening_weight",
+             "opening_distilled")
 """Variants whose benign answers open with their content, not ``COMPLY_OPENER``."""
 OPENING = {"encoding.opening_tokens": 4, "encoding.opening_weight": 4.0}
 """The ``opening_weight`` variant's loss weight on the first response tokens."""
+WIDE = {"optim.grad_accum": 2}
+"""The ``more_data_wide`` variants' steps: two packed rows each, twice the records at the same steps."""
 
 
 def _suite(variant: str, n_train: int, seed: int, base: str, cache: Path):
@@ -65,8 +73,8 @@ def _suite(variant: str, n_train: int, seed: int, base: str, cache: Path):
     if variant in NO_OPENER:
         suite_module.COMPLY_OPENER = ""
     try:
-        suite = suite_module.build_suite(seed=seed, n_train=2 * n_train if variant == "more_data" else n_train,
-                                         n_heldout=96)
+        n = 2 * n_train if variant.startswith("more_data") else n_train
+        suite = suite_module.build_suite(seed=seed, n_train=n, n_heldout=96)
     finally:
         suite_module.SLICE_SHARES.update(shares)
         suite_module.COMPLY_OPENER = opener
@@ -164,7 +172,8 @@ def _prepare(out: Path, variant: str, args) -> Path:
                        "checkpointing.every_n_steps": args.steps, "log.progress": False,
                        # two exchanges per record: twice the demo's 128 tokens, so none is cut
                        **({"encoding.max_length": 256} if variant == "paired" else {}),
-                       **(OPENING if variant.startswith("opening") else {})})
+                       **(OPENING if variant.startswith("opening") else {}),
+                       **(WIDE if variant.startswith("more_data_wide") else {})})
     return _config(run, Path(args.base), data, mode, args.seed)
 
 

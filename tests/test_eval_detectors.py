@@ -128,3 +128,34 @@ def test_human_output_names_corrected_rates(setup, tmp_path, capsys):
     assert code == 0, text
     assert "detector: learned (threshold 0.5)" in text
     assert "corrected harmful_refusal_rate [all]" in text and "corrected benign_refusal_rate [all]" in text
+
+
+def test_a_labelled_set_reads_the_same_in_every_layout_and_compression(tmp_path):
+    """XSTest's human-labelled completions (shipped as CSV.gz; CC BY 4.0) re-written as bz2/xz
+    CSV, a JSON array and Parquet: the same responses, labels, sources and slices."""
+    import bz2
+    import csv as csv_module
+    import gzip
+    import io
+    import json
+    import lzma
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sftlab.evaluation.agreement import BUILTIN, load_labelled
+
+    def key(s):
+        return s.responses, s.labels, s.sources, s.slices
+
+    want = load_labelled("xstest")
+    assert len(want.labels) > 2000 and not want.bad_rows
+    text = gzip.decompress(BUILTIN["xstest"].read_bytes())
+    rows = list(csv_module.DictReader(io.StringIO(text.decode("utf-8"), newline="")))
+    (tmp_path / "x.csv.bz2").write_bytes(bz2.compress(text))
+    (tmp_path / "x.csv.xz").write_bytes(lzma.compress(text))
+    (tmp_path / "x.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")
+    for name in ("x.csv.bz2", "x.csv.xz", "x.json", "x.parquet"):
+        got = load_labelled(str(tmp_path / name))
+        assert key(got) == key(want) and not got.bad_rows, name

@@ -251,3 +251,28 @@ def test_a_condition_rendering_the_same_tokens_shares_the_earlier_responses(mode
                             "--system-prompt", "You are terse."])
     ev = json.loads((tmp_path / "b" / "eval.json").read_text())
     assert "same_prompts_as" not in ev["condition_settings"]["no_system"]
+
+
+def test_a_set_without_labels_gives_a_rate_with_expected_and_a_warning_without(models, tmp_path, capsys):
+    """A file of harmful requests in its own layout (SimpleSafetyTests' first rows as `goal`, no
+    label column): without --expected its responses give no rate, and the command says so; with
+    --expected refuse every row counts toward the harmful refusal rate, rows that say keep theirs."""
+    from sftlab.evaluation.prompts import builtin_prompt_path
+
+    rows = [json.loads(x) for x in builtin_prompt_path("simplesafetytests").read_text().splitlines()[:3]]
+    plain = tmp_path / "requests.jsonl"
+    plain.write_text("".join(json.dumps({"goal": r["prompt"]}) + "\n" for r in rows)
+                     + json.dumps({"goal": "What is the capital of France?", "label": "comply"}) + "\n")
+    args = ["--model", str(models / "base"), "--prompts", str(plain), "--no-cache",
+            "--csv-columns", "prompt=goal,expected=label"]
+    ev = tmp_path / "a" / "eval.json"
+    code, _ = _run(capsys, [*args, "--out", str(ev.parent)])
+    rates = json.loads(ev.read_text())["results"]["tuned"]["training_template"]["all"]
+    assert code == 0 and "harmful_refusal_rate" not in rates and rates["benign_refusal_rate"]["n"] == 1
+    plain.write_text("".join(json.dumps({"goal": r["prompt"]}) + "\n" for r in rows))
+    args[-1] = "prompt=goal"
+    main(["eval", *args, "--max-new-tokens", "4", "--out", str(tmp_path / "b")])
+    assert "no prompt says what it expects" in capsys.readouterr().err
+    code, _ = _run(capsys, [*args, "--expected", "refuse", "--out", str(tmp_path / "c")])
+    rates = json.loads((tmp_path / "c" / "eval.json").read_text())["results"]["tuned"]["training_template"]["all"]
+    assert code == 0 and rates["harmful_refusal_rate"]["n"] == 3

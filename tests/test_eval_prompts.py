@@ -103,3 +103,48 @@ def test_an_eval_prompt_with_a_5000_digit_integer_is_skipped_not_fatal(time_limi
                     + '{"id": "b", "prompt": "x", "n": ' + "9" * 5000 + "}\n")
     (prompts,) = load_prompt_sets([str(path)])
     assert [p.id for p in prompts.prompts] == ["a"] and "4,300 digits" in prompts.bad_rows[0]["reason"]
+
+
+def _public_rows():
+    """SimpleSafetyTests as sftlab ships it (CC BY 4.0; sftlab/evaluation/assets/README.md)."""
+    from sftlab.evaluation.prompts import builtin_prompt_path
+
+    return [json.loads(x) for x in builtin_prompt_path("simplesafetytests").read_text().splitlines()]
+
+
+def _key(ps):
+    return [(p.id, p.messages, p.slice, p.expected) for p in ps.prompts]
+
+
+def test_a_public_set_reads_the_same_from_every_layout_and_compression(tmp_path):
+    import gzip
+    import lzma
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _public_rows()
+    want = _key(load_prompt_set("simplesafetytests"))
+    assert len(want) == 100
+    (tmp_path / "a.json").write_text(json.dumps(rows, indent=1))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    (tmp_path / "a.json.xz").write_bytes(lzma.compress((tmp_path / "a.json").read_bytes()))
+    for name in ("a.json", "a.parquet", "a.jsonl.gz", "a.json.xz"):
+        ps = load_prompt_set(str(tmp_path / name))
+        assert _key(ps) == want and not ps.bad_rows, name
+
+
+def test_a_field_mapping_applies_to_every_layout_and_a_wrong_one_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"goal": r["prompt"], "category": r["slice"], "label": "unsafe", "id": r["id"]} for r in _public_rows()]
+    want = [(p.id, p.messages, p.slice, "refuse") for p in load_prompt_set("simplesafetytests").prompts]
+    mapping = parse_columns("prompt=goal,slice=category,expected=label")
+    jsonl = _jsonl(tmp_path / "adv.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "adv.parquet")
+    for path in (jsonl, tmp_path / "adv.parquet"):
+        assert _key(load_prompt_set(str(path), mapping)) == want
+    with pytest.raises(UsageError, match="no row has the field 'goals'"):
+        load_prompt_set(str(jsonl), parse_columns("prompt=goals"))

@@ -116,7 +116,7 @@ def test_a_file_rewritten_with_its_time_set_back_is_read_as_it_is_now(tmp_path, 
     assert _validate(folder, tmp_path, capsys)[1]["records"] == 45
 
 
-@pytest.mark.parametrize("kind", ["csv", "txt", "arrow", "fifo", "linked_folder", "dangling_link"])
+@pytest.mark.parametrize("kind", ["zst", "txt", "arrow", "fifo", "linked_folder", "dangling_link"])
 def test_a_file_sftlab_does_not_read_is_a_reason_naming_it(hostile, tmp_path, capsys, kind):
     folder = tmp_path / "ds"
     _lines(folder / "a.jsonl", [_row(i) for i in range(3)])

@@ -6,6 +6,7 @@ conversation (and so in the rendering), dropped by an option the case sets (``ig
 turn that is empty where its source had text or a call.
 
 The cases, with what a user must set for each file, are the table of the README's data section."""
+import gzip
 import json
 from pathlib import Path
 
@@ -39,6 +40,9 @@ CASES = [
     ("llamafactory/kto_en_demo.json", {"dataset": "kto_en_demo"}, 0, {"unused_field": 10}, "KTO label"),
     ("llamafactory/mllm_demo.json", {}, 0, {"unused_field": 6}, "ignore_fields: [images]"),
     ("llamafactory/mllm_demo.json", {"dataset": "mllm_demo", "ignore_fields": ["images"]}, 6, {}, None),
+    ("azure_openai_chat_examples.jsonl", {}, 3, {"non_string_content": 1}, "of type 'image_url', not text"),
+    ("msswift_custom_dataset.jsonl", {}, 6, {"unused_field": 2}, "ignore_fields: [channel]"),
+    ("msswift_custom_dataset.jsonl", {"columns": {"slice": "channel"}}, 8, {}, None),
 ]
 
 
@@ -83,13 +87,16 @@ STRUCTURE = {"role", "from", "type"}  # speaker names and part kinds: read as ro
 def _unaccounted(raw: dict, conv, dropped: set[str]) -> list:
     texts = _texts(conv)
     weights = {m.weight for m in conv.messages}
+    trains = {m.train for m in conv.messages}
     missing = []
 
     def check(key, leaf):
         if key in STRUCTURE or leaf is None or leaf == "":
             return
-        if key in ("loss_weight", "weight") and leaf in weights:
+        if key in ("loss_weight", "weight", "loss_scale") and leaf in weights:
             return  # a message's weight (or a number of that name in call arguments, checked as text)
+        if key in ("train", "loss") and leaf in trains:
+            return  # whether a message is trained (ms-swift's loss)
         text = leaf if isinstance(leaf, str) else json.dumps(leaf)
         if any(text in t for t in texts):
             return
@@ -164,3 +171,62 @@ def test_history_and_loss_weight_are_read():
         assert [m.role for m in conv.messages[2:]] == ["user", "assistant"]
     v1 = load_files([LF / "v1_sft_demo.jsonl"]).conversations[0]
     assert [(m.role, m.weight) for m in v1.messages] == [("user", 0.0), ("assistant", 1.0)]
+
+
+def test_ms_swift_loss_loss_scale_and_channel_are_read_as_documented():
+    """ms-swift's own examples (docs/source_en/Customization/Custom-dataset.md): ``loss: false`` leaves
+    an assistant turn untrained and ``true`` trains it, ``loss_scale`` is its weight, ``channel``
+    (per-channel loss) maps to sftlab's slice (per-slice loss), and the agent layout's consecutive
+    ``tool_call`` messages are one assistant turn's calls, answered by ``tool_response`` messages."""
+    from sftlab.tokens.weighting import trained_messages
+
+    entry = DataFile(path=str(PUBLIC / "msswift_custom_dataset.jsonl"), columns={"slice": "channel"})
+    report = load_files([entry.path], columns=[entry.mapping()])
+    by_line = {c.origin.line: c for c in report.conversations}
+    assert trained_messages(by_line[4].messages, last_turn_only=False) == {3: 1.0}
+    assert trained_messages(by_line[4].messages, last_turn_only=True) == {3: 1.0}
+    assert trained_messages(by_line[5].messages, last_turn_only=False) == {1: 1.0, 2: 2.0}
+    assert [by_line[n].slice for n in (6, 7)] == ["general", "math"]
+    assert [(m.role, [c.name for c in m.tool_calls]) for m in by_line[1].messages] == [
+        ("user", []), ("assistant", ["get_weather"]), ("tool", [])]
+    assert [(m.role, [c.name for c in m.tool_calls]) for m in by_line[8].messages] == [
+        ("user", []), ("assistant", ["realtime_aqi", "realtime_aqi"]), ("tool", []), ("tool", []), ("assistant", [])]
+
+
+def test_openai_weight_is_read_as_documented():
+    """OpenAI's chat fine-tuning format (Azure OpenAI's copy of the examples): ``weight: 0`` skips an
+    assistant message, ``weight: 1`` trains it."""
+    from sftlab.tokens.weighting import trained_messages
+
+    report = load_files([PUBLIC / "azure_openai_chat_examples.jsonl"])
+    assert [trained_messages(c.messages, last_turn_only=False) for c in report.conversations] == [{4: 1.0}] * 3
+
+
+HH = PUBLIC / "hh_rlhf_harmless_test.sample.jsonl.gz"
+
+
+def _hh_turns(transcript: str) -> list[tuple[str, str]]:
+    """The transcript's turns, split here by hand (independently of sftlab's reader)."""
+    out = []
+    for chunk in transcript.split("\n\nHuman: ")[1:]:
+        said = chunk.split("\n\nAssistant: ")
+        out.append(("user", said[0]))
+        out += [("assistant", a) for a in said[1:]]
+    return out
+
+
+def test_anthropic_hh_transcripts_are_read_turn_by_turn_under_layout_chosen():
+    """HH-RLHF as published (gzipped JSONL, `chosen`/`rejected` transcripts): refused as preference
+    records by default; under `layout: chosen` each chosen transcript is its turns, every word of it
+    in the conversation in order; the rejected answers are what the option drops; an empty chosen
+    answer is refused, not trained."""
+    raw = [json.loads(x) for x in gzip.decompress(HH.read_bytes()).decode().splitlines()]
+    plain = load_files([HH])
+    assert not plain.conversations and {q.code for q in plain.quarantined} == {"preference_record"}
+    report = load_files([HH], columns=[DataFile(path=str(HH), layout="chosen").mapping()])
+    assert [(q.line, q.code) for q in report.quarantined] == [(7, "empty_assistant")]
+    assert len(report.conversations) == 7
+    for conv in report.conversations:
+        want = _hh_turns(raw[conv.origin.line - 1]["chosen"])
+        assert [(m.role, m.content) for m in conv.messages] == want
+    assert [m.role for m in report.conversations[-1].messages][:3] == ["user", "assistant", "assistant"]

@@ -317,3 +317,70 @@ def test_a_bad_data_entry_in_the_config_is_named_not_the_plain_path_branch():
         with pytest.raises(ConfigError) as e:
             load_config(None, ["model.path=m", "out=o", f"data.train=[{entry}]"])
         assert str(e.value).startswith(message), str(e.value)
+
+
+def test_a_record_no_layout_reads_gets_the_mapping_that_reads_it_and_every_unread_field_at_once(tmp_path):
+    """LMSYS-Chat-1M's layout (`conversation`, role/content, beside ids and moderation results) and
+    OpenOrca's (`system_prompt`, `question`, `response`): the hint names the mapping, and following
+    it the record is read or refused naming every field still unread, not one per try."""
+    from sftlab.data.formats import Columns, RecordError, to_conversation
+
+    lmsys = {"conversation_id": "c1", "model": "vicuna-13b", "turn": 1, "language": "English", "redacted": False,
+             "conversation": [{"content": "hi", "role": "user"}, {"content": "hello", "role": "assistant"}],
+             "openai_moderation": [{"flagged": False}]}
+    with pytest.raises(RecordError, match=r"field_messages: conversation \(validate: --field-messages conversation\)"):
+        to_conversation(lmsys)
+    with pytest.raises(RecordError) as e:
+        to_conversation(lmsys, None, Columns(field_messages="conversation"))
+    assert "fields 'turn', 'redacted', 'openai_moderation' are not read" in str(e.value)
+    conv = to_conversation(lmsys, None, Columns(field_messages="conversation", ignore=("turn", "redacted", "openai_moderation")))
+    assert [m.content for m in conv.messages] == ["hi", "hello"]
+    orca = {"id": "niv.1", "system_prompt": "You are an AI assistant.", "question": "2+2?", "response": "4"}
+    with pytest.raises(RecordError, match=r"\{prompt: question, response: response, system: system_prompt\}"):
+        to_conversation(orca)
+    conv = to_conversation(orca, None, Columns(prompt="question", response="response", system="system_prompt"))
+    assert [(m.role, m.content) for m in conv.messages] == [("system", "You are an AI assistant."), ("user", "2+2?"),
+                                                           ("assistant", "4")]
+
+
+@pytest.mark.parametrize("record", [
+    {"system": "Be brief.", "conversations": [{"from": "system", "value": "Be kind."}, {"from": "human", "value": "hi"},
+                                               {"from": "gpt", "value": "hello"}]},
+    {"system": "Be brief.", "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "hello"}]},
+])
+def test_two_system_prompts_are_named_as_the_record_gives_them_in_every_layout(record):
+    """A top-level system prompt beside a system message in the list: one system prompt is kept when
+    they agree, the record is refused naming the top-level field when they do not (ShareGPT was
+    refused as a misplaced 'messages[1]' before)."""
+    with pytest.raises(RecordError) as e:
+        to_conversation(record)
+    assert e.value.code == "ambiguous_system" and e.value.field == "system"
+    same = {**record, "system": "Be kind."}
+    assert [m.role for m in to_conversation(same).messages] == ["system", "user", "assistant"]
+
+
+def test_reasons_name_each_message_as_the_record_does():
+    """A record's turn checks name the field in the record's own layout: ShareGPT's
+    ``conversations[i].from``/``.value`` (after a top-level system prompt), Alpaca's ``output`` and
+    ``history[i][j]``, OpenAI's ``messages[i]``; from FastChat's public dummy conversation."""
+    from sftlab.data.loading import check_conversation
+
+    first = _fastchat()[0]
+    turns = first["conversations"]
+    cases = [
+        ({"conversations": [turns[0], turns[0], turns[1]]}, "conversations[1].from", "broken_alternation"),
+        ({"system": "Be brief.", "conversations": [turns[0], {**turns[1], "value": " "}]}, "conversations[1].value",
+         "empty_assistant"),
+        ({"instruction": turns[0]["value"], "output": "  "}, "output", "empty_assistant"),
+        ({"instruction": turns[0]["value"], "output": turns[1]["value"], "history": [["", "x"]]}, "history[0][0]",
+         "empty_user"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 2 + [{"role": "assistant", "content": "yo"}]},
+         "messages[1].role", "broken_alternation"),
+    ]
+    for record, field, code in cases:
+        with pytest.raises(RecordError) as e:
+            check_conversation(to_conversation(record))
+        assert (e.value.field, e.value.code) == (field, code)
+    with pytest.raises(RecordError, match="right after a user message; expected a user message"):
+        check_conversation(to_conversation(cases[0][0]))

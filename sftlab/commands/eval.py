@@ -58,7 +58,10 @@ def register(sub) -> None:
                         "responses where they disagree are listed (then label them with `sftlab label`)")
     add_options(p, EvalOptions, "labelled", "margin", "gate_on", labelled=dict(type=str, metavar="xstest|FILE"))
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,LABEL_1=refuse")
-    p.add_argument("--csv-columns", metavar="MAP", help="CSV columns: prompt=question,expected=label,...")
+    p.add_argument("--expected", choices=("refuse", "comply"),
+                   help="what a prompt whose row does not say is expected to get (a file of harmful requests "
+                        "without a label column: refuse); rows that say keep theirs")
+    p.add_argument("--csv-columns", metavar="MAP", help="the prompt files' field names, in any layout (CSV, JSONL, JSON, Parquet): prompt=question,expected=label,...")
     add_options(p, EvalOptions, "margin_pairs", "heldout", margin_pairs=dict(metavar="N"),
                 heldout=dict(flag="--heldout-conversations", type=str, metavar="FILE",
                              note="On the command line: a conversation file."))
@@ -108,7 +111,7 @@ def _options(args):
                                    args.num_samples, args.batch_size, tuple(args.stop))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns))
+    sets = load_prompt_sets(args.prompts, parse_columns(args.csv_columns), args.expected)
     policy = load_policy(args.policy) if args.policy else None
     specs = args.detector or ["learned"]
     detectors = [load_detector(spec, parse_label_map(args.label_map), args.trust_remote_code) for spec in specs]
@@ -153,6 +156,11 @@ def run(args) -> int:
     bad = [b for s in sets for b in s.bad_rows]
     for b in bad:
         print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
+    for s in sets:  # said once every input is known to be usable
+        if s.prompts and not any(q.expected or q.answer is not None for q in s.prompts):
+            print(terminal_safe(f"sftlab eval: {s.path}: no prompt says what it expects (expected: refuse or "
+                                "comply) or has an answer, so its responses give no rate; pass --expected refuse "
+                                "(or comply) for a set of one kind"), file=sys.stderr)
     cache = GenerationCache(None if args.no_cache else (args.cache_dir or cache_dir("generations")))
     report, rows = run_evaluation(opts, detector=detector, cache=cache, prompt_sets=sets)
     paths = write_outputs(out, report, rows)

@@ -18,7 +18,7 @@ def register(sub) -> None:
                     "weight: trained answers on green, trained tool calls on magenta, trained reasoning on "
                     "cyan (masked reasoning cyan text), tool results yellow, template scaffolding dimmed, "
                     "a tag where each message's content starts. --html writes a self-contained page.")
-    p.add_argument("file", help="conversation file (JSONL, JSON, Parquet or a saved datasets directory)")
+    p.add_argument("file", help="conversation file (JSONL, JSON, Parquet, CSV/TSV, compressed or not, or a saved datasets directory)")
     add_options(p, TrainConfig, "tokenizer", "template", tokenizer=dict(required=True, metavar="TOKENIZER"))
     p.add_argument("--line", type=int, action="append", default=None, metavar="N",
                    help="the record on line N of the file (1-based, as validate and the quarantine file count "

@@ -26,7 +26,8 @@ TRUNCATE = "Here: truncate as training at max_length N does (the smaller of enco
 def register(sub) -> None:
     p = sub.add_parser(
         "validate", help="check conversation files and quarantine the records that cannot be used",
-        description="Read conversation files (JSONL, JSON array, Parquet, or a directory written "
+        description="Read conversation files (JSONL, JSON array, Parquet, CSV/TSV, gzip/bz2/xz "
+                    "compressed or not, or a directory written "
                     "by datasets' save_to_disk; OpenAI messages, ShareGPT, Alpaca or "
                     "prompt/completion records) and check every record. Each one is accepted or "
                     "written to the quarantine file with its file, line, id, field and reason. "

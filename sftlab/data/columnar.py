@@ -29,7 +29,7 @@ __all__ = ["hub_dataset", "check_columnar", "read_parquet", "read_saved_dataset"
 
 _BATCH_ROWS = 4096
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]*){0,2}$")
-_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow", ".txt")
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow", ".txt", ".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 def hub_dataset(p: Path | str) -> tuple[str, str | None, str | None] | None:

@@ -99,6 +99,24 @@ class Conversation:
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Any other fields of the record, kept as they were."""
     origin: Origin | None = field(default=None, compare=False, hash=False)
+    fields: tuple[str, ...] = field(default=(), compare=False, hash=False)
+    """Per message, where the record holds it (``conversations[2]``, ``system``, ``output``); empty
+    where that is not known, and then messages are named ``messages[i]``."""
+    keys: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
+    """The record's names of a listed message's ``role`` and ``content`` (ShareGPT: ``from``, ``value``)."""
+
+    def where(self, i: int, key: str = "") -> str:
+        """The record's own name of message ``i`` (and its ``key``), for a reason that points into the file.
+
+        >>> c = Conversation((Message("system", "s"), Message("user", "u")), fields=("system", "conversations[0]"),
+        ...                  keys=(("role", "from"), ("content", "value")))
+        >>> c.where(0, "content"), c.where(1, "role"), Conversation(()).where(3, "role")
+        ('system', 'conversations[0].from', 'messages[3].role')
+        """
+        base = self.fields[i] if i < len(self.fields) else f"messages[{i}]"
+        if not key or not base.endswith("]") or base.count("[") > 1:  # a text field, or a history pair's text
+            return base
+        return f"{base}.{dict(self.keys).get(key, key)}"
 
     @property
     def assistant_indices(self) -> tuple[int, ...]:

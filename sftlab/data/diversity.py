@@ -218,6 +218,9 @@ def offer_stats(pairs: Sequence[tuple[str, str]], max_share: float = 0.2) -> dic
 _REASON_MARK = re.compile(r"\s*(?::|;|\bbecause\b|\bsince\b|,\s*as\b|\bas (?=it\b|this\b|that\b|doing\b)|"
                           r"\bdue to\b|\s[-\u2013\u2014]\s)\s*", re.I)
 _REASON_START = re.compile(r"^(?:it|this|that|doing so|these|such|those)\b", re.I)
+_OFFER_START = re.compile(r"^(?:instead|what i can do|i can(?!'t|not)|i could(?!n't)|i'd be (?:happy|glad)|"
+                          r"(?:i'm |i am )?(?:happy|glad) to|let me|but i can(?!'t|not))\b")
+"""A clause that offers something ("I'd be glad to ...") after a reason marker: not a reason."""
 
 
 def reason_clauses(text: str) -> list[str]:
@@ -231,14 +234,27 @@ def reason_clauses(text: str) -> list[str]:
     ['it is illegal in 0 countries']
     >>> reason_clauses("Sorry, I can't help with that.")
     []
+
+    An offer after the marker is no reason, nor is a second sentence a token limit cut off:
+
+    >>> reason_clauses("I won't help with this request about a password; I'd be glad to explain")
+    []
+    >>> reason_clauses("I won't do that: I can't verify who owns it.")
+    ["i can't verify who owns it"]
+    >>> reason_clauses("I won't do that. It's")
+    []
     """
     parts = [p for p in _SENTENCE_END.split(text.strip()) if p.strip()]
     if not parts:
         return []
     pieces = _REASON_MARK.split(parts[0], maxsplit=1)
     if len(pieces) == 2 and pieces[1].strip():
-        return sentences(pieces[1])[:1]
-    if len(parts) > 1 and _REASON_START.match(parts[1].strip()):
+        clause = sentences(pieces[1])[:1]
+        if clause and not _OFFER_START.match(clause[0]):
+            return clause
+    # A second sentence that is the fragment a token limit cut off ("... hurt. It's") states nothing.
+    cut = not text.rstrip().endswith((".", "!", "?"))
+    if len(parts) > 1 and _REASON_START.match(parts[1].strip()) and not (cut and len(parts) == 2):
         return sentences(parts[1])[:1]
     return []
 

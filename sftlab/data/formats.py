@@ -10,7 +10,7 @@ The layout is detected per record, so one file may mix them:
   read; so are content parts of type ``reasoning`` and ``tool_call`` (LLaMA-Factory's layout,
   text under ``value``).
 - ShareGPT: ``{"conversations": [{"from": "human", "value": "hi"}, ...]}`` with ``from`` in
-  human/user, gpt/assistant/model, system, tool/function/observation, and ``function_call``
+  human/user, gpt/assistant/model, system/developer, tool/function/observation/tool_response, and ``function_call``
   (Glaive-style: the value is ``{"name", "arguments"}`` JSON, or a list of them) for an assistant
   tool call; an optional top-level ``system`` string becomes the first message.
 
@@ -31,7 +31,8 @@ from its speaker names to sftlab's roles), as LLaMA-Factory's ``dataset_info.jso
 
 Metadata (``id``, ``task``, ``slice``, ``source``, ``license``, ``policy_category``,
 ``expected``) may sit at the top level or under ``meta``; every other field is kept as it is in
-``Conversation.extra``. Checks that need only the row (role names, content types, ``train`` and
+``Conversation.extra``. Every key of a message is read, empty, message metadata or declared
+ignored, or the record is refused naming it (``sftlab.data.message_fields``). Checks that need only the row (role names, content types, ``train`` and
 ``weight`` values, metadata types) happen here; checks on the conversation as a whole (turn order,
 an assistant message to train on) live in ``sftlab.data.loading``.
 
@@ -42,6 +43,8 @@ Example::
     ([('user', 'Add 2 and 2.'), ('assistant', '4')], 'math')
 """
 from __future__ import annotations
+
+import re
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,7 +76,7 @@ class Columns:
     ``[user, assistant]`` pairs); ``tools``, ``chosen``/``rejected`` and ``metadata`` (sftlab's
     metadata name -> the record's field, e.g. ``{"task": "category"}``) apply to both.
     ``layout="chosen"`` trains a preference record's prompt and chosen answer (its rejected answer
-    is dropped); ``ignore`` names top-level fields the user declares unused.
+    is dropped); ``ignore`` names fields the user declares unused (a message key as ``messages[].KEY``).
 
     >>> cols = Columns(field_messages="dialog", role_key="speaker", content_key="text",
     ...                roles={"Kunde": "user", "Agent": "assistant"})
@@ -119,7 +122,9 @@ class Columns:
     layout: str | None = None
     """``chosen``: read preference records as the prompt and the chosen answer; ``None``: refuse them."""
     ignore: tuple[str, ...] = ()
-    """Top-level fields declared unused: kept as metadata, never a reason to refuse the record."""
+    """Fields declared unused: kept as metadata, never a reason to refuse the record. A top-level field
+    by its name; a message key as the message list's field, ``[]`` and the key (``messages[].name``,
+    ``conversations[].mask``, ``dialog[].mood`` under ``field_messages: dialog``)."""
     query_join: str = "\n\n"
     """What joins the instruction and the input (LLaMA-Factory joins them with one newline)."""
     prompt_completion: str = "continuation"
@@ -216,21 +221,40 @@ def detect_format(row: dict[str, Any], columns: Columns | None = None) -> str:
                           "expected 'completion' with the response to train on; fix: add "
                           "'completion', map the field that holds it (columns: {prompt: prompt, "
                           "response: FIELD}) or drop the record", field="completion")
-    pair = next(((q, a) for q, a in _QA_PAIRS if isinstance(row.get(q), str) and a in row), None)
-    hint = (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
-            f"{{prompt: {pair[0]}, response: {pair[1]}}} (validate: --column prompt={pair[0]} "
-            f"--column response={pair[1]})" if pair else
-            "; or map the fields in the data entry: columns: {prompt, query, response, system, history} "
-            "for instruction records, field_messages/role_key/content_key/roles for message lists")
     raise RecordError(
         "unknown_format",
         f"no conversation found (record keys: {_keys(row)}); expected a 'messages' list (OpenAI), "
         "'conversations' with from/value (ShareGPT), 'instruction'/'output' (Alpaca) or "
-        f"'prompt'/'completion'; fix: rename the fields{hint}")
+        f"'prompt'/'completion'; fix: rename the fields{_layout_hint(row)}")
 
 
+def _layout_hint(row: dict[str, Any]) -> str:
+    """How to map a record no layout reads: a message list under another name (LMSYS-Chat's
+    ``conversation``), or a question/answer pair with its system prompt (OpenOrca's
+    ``system_prompt``, ``question``, ``response``).
+
+    >>> _layout_hint({"conversation": [{"role": "user", "content": "hi"}]})
+    "; this looks like a message list under 'conversation': map it with the data entry's field_messages: conversation (validate: --field-messages conversation)"
+    >>> _layout_hint({"system_prompt": "Be brief.", "question": "2+2?", "response": "4"})
+    "; this looks like a question/response file: map it with the data entry's columns: {prompt: question, response: response, system: system_prompt} (validate: --column prompt=question --column response=response --column system=system_prompt)"
+    """
+    listed = next((k for k, v in row.items() if isinstance(v, list) and v and all(
+        isinstance(m, dict) and ({"role", "content"} <= m.keys() or {"from", "value"} <= m.keys()) for m in v)), None)
+    if listed is not None:
+        return (f"; this looks like a message list under {listed!r}: map it with the data entry's field_messages: "
+                f"{listed} (validate: --field-messages {listed})")
+    pair = next(((q, a) for q, a in _QA_PAIRS if isinstance(row.get(q), str) and a in row), None)
+    if pair is None:
+        return ("; or map the fields in the data entry: columns: {prompt, query, response, system, history} "
+                "for instruction records, field_messages/role_key/content_key/roles for message lists")
+    mapped = [("prompt", pair[0]), ("response", pair[1])]
+    mapped += [("system", k) for k in _SYSTEM_NAMES if isinstance(row.get(k), str)][:1]
+    return (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
+            f"{{{', '.join(f'{a}: {b}' for a, b in mapped)}}} (validate: "
+            f"{' '.join(f'--column {a}={b}' for a, b in mapped)})")
 _QA_PAIRS = (("question", "answer"), ("query", "response"), ("question", "response"), ("input", "output"),
              ("prompt", "response"), ("problem", "solution"))
+_SYSTEM_NAMES = ("system_prompt", "system_message", "system")
 
 
 def to_conversation(row: dict[str, Any], origin: Origin | None = None,
@@ -244,7 +268,9 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     cols = columns if columns is not None and not columns.is_default else None
     if cols is None:
         chosen_key, rejected_key, system_key, tools_key, msg_cols = "chosen", "rejected", "system", "tools", None
+        ignore: tuple[str, ...] = ()
     else:
+        ignore = cols.ignore
         chosen_key, rejected_key = cols.chosen or "chosen", cols.rejected or "rejected"
         system_key, tools_key = cols.system or "system", cols.tools or "tools"
         msg_cols = cols if cols.maps_messages else None
@@ -255,24 +281,20 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     fmt = detect_format(row, cols) if chosen is None else _prompt_format(row, cols, chosen)
     if fmt == "implicit_prompt":  # a messages list equal to the chosen conversation is a copy of it
         row = {k: v for k, v in row.items() if not (k in ("messages", "conversations") and v == chosen)}
-    if fmt == "openai":
-        messages = message_list(row["messages"], "messages", sharegpt=False, columns=msg_cols)
+    if fmt in ("openai", "mapped", "sharegpt"):
+        key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}[fmt]
+        messages = message_list(field_value(row, key), key, sharegpt=fmt == "sharegpt", columns=msg_cols,
+                                ignore=ignore)
         if row.get(system_key) not in (None, ""):
             messages = _top_system(row, system_key, messages)
-    elif fmt == "mapped":
-        messages = _system_prefix(row, system_key) + message_list(
-            field_value(row, cols.field_messages), cols.field_messages, sharegpt=False, columns=msg_cols)
-    elif fmt == "sharegpt":
-        messages = _system_prefix(row, system_key) + message_list(
-            row["conversations"], "conversations", sharegpt=True, columns=msg_cols)
     elif fmt == "alpaca":
         messages = _alpaca(row, cols, chosen is None)
     elif fmt == "prompt_completion":
-        messages = _prompt_completion(row, msg_cols, chosen is None)
+        messages = _prompt_completion(row, msg_cols, chosen is None, ignore)
     else:  # a preference record whose chosen answer holds the whole conversation
         messages = []
     if chosen is not None:
-        messages += _chosen_messages(chosen, chosen_key, len(messages), msg_cols)
+        messages += _chosen_messages(chosen, chosen_key, len(messages), msg_cols, ignore)
     check_unicode(messages, fmt)
     meta = metadata(row, cols)
     extra = extra_fields(row, fmt, cols)
@@ -285,7 +307,44 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     tools = tools_text(tools, tools_key) if tools is not None else None
     check_tools_unicode(tools)
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
-    return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin, **meta)
+    fields, keys = ((), ()) if fmt == "openai" and chosen is None and len(messages) == len(row["messages"]) else \
+        _message_fields(row, fmt, cols, system_key, chosen_key, chosen, len(messages))  # messages[i] is right
+    return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin,
+                        fields=fields, keys=keys, **meta)
+
+
+def _message_fields(row: dict[str, Any], fmt: str, cols: Columns | None, system_key: str, chosen_key: str,
+                    chosen: Any, n: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``Conversation.fields`` and ``keys``: where each of the ``n`` messages sits in ``row``; empty
+    where the layout does not map them one to one (calls merged into one turn, a transcript)."""
+    def listed(key: str) -> list[str]:
+        value = field_value(row, key)
+        return [f"{key}[{j}]" for j in range(len(value))] if isinstance(value, list) else [key]
+
+    system = [system_key] if isinstance(row.get(system_key), str) and row[system_key] != "" else []
+    keys: tuple[tuple[str, str], ...] = ()
+    if fmt in ("openai", "mapped", "sharegpt"):
+        key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}[fmt]
+        out = listed(key)
+        out = system + out if len(out) < n else out
+        if fmt == "sharegpt" or fmt == "mapped" and cols.maps_messages:
+            keys = (("role", (cols and cols.role_key) or ("from" if fmt == "sharegpt" else "role")),
+                    ("content", (cols and cols.content_key) or ("value" if fmt == "sharegpt" else "content")))
+    elif fmt == "alpaca":
+        history = _name(cols, "history")
+        pairs = field_value(row, history) or []
+        out = system + [f"{history}[{i}][{j}]" for i in range(len(pairs)) for j in (0, 1)]
+        out += [_name(cols, "prompt") if cols is not None and cols.prompt else "instruction"]
+        out += [cols.response if cols is not None and cols.response else "output"]
+    elif fmt == "prompt_completion":
+        out = (["system"] if isinstance(row.get("system"), str) and row["system"] != "" else [])
+        out += listed("prompt") + listed("completion")
+    else:
+        out = []
+    if chosen is not None:
+        out = out[:len(out) - (fmt != "implicit_prompt" and fmt in ("alpaca", "prompt_completion"))]
+        out += listed(chosen_key) if isinstance(chosen, list) else [chosen_key] * (n - len(out))
+    return (tuple(out), keys) if len(out) == n else ((), ())
 
 
 def _plain(row: dict[str, Any], chosen: Any, messages: list[Message], tools: str | None,
@@ -355,14 +414,35 @@ def _prompt_format(row: dict[str, Any], cols: Columns | None, chosen: Any) -> st
     return "implicit_prompt"
 
 
-def _chosen_messages(chosen: Any, key: str, offset: int, cols: Columns | None) -> list[Message]:
+def _chosen_messages(chosen: Any, key: str, offset: int, cols: Columns | None,
+                     ignore: tuple[str, ...] = ()) -> list[Message]:
     """The chosen answer: a string, one message, or messages (the whole conversation when no
     prompt precedes them, as TRL's implicit-prompt preference records are)."""
     if isinstance(chosen, str):
-        return [Message("assistant", chosen)]
+        turns = transcript_turns(chosen) if offset == 0 else None
+        return [Message(role, text) for role, text in turns] if turns else [Message("assistant", chosen)]
     if isinstance(chosen, dict):
-        return [read_message(chosen, 0, key, offset, False, cols)]
-    return message_list(chosen, key, sharegpt=False, offset=offset, columns=cols)
+        return [read_message(chosen, 0, key, offset, False, cols, ignore)]
+    return message_list(chosen, key, sharegpt=False, offset=offset, columns=cols, ignore=ignore)
+
+
+_TRANSCRIPT_TURN = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant): ?")
+
+
+def transcript_turns(text: str) -> list[tuple[str, str]] | None:
+    """The turns of a conversation written as one transcript, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
+    (Anthropic's HH-RLHF ``chosen``/``rejected``), or ``None`` when ``text`` is not one (it must
+    open with a Human turn and hold an Assistant turn).
+
+    >>> transcript_turns("\\n\\nHuman: Hi there\\n\\nAssistant: Hello!\\n\\nHuman: Bye\\n\\nAssistant: Bye.")
+    [('user', 'Hi there'), ('assistant', 'Hello!'), ('user', 'Bye'), ('assistant', 'Bye.')]
+    >>> transcript_turns("Human: is a word.") is None
+    True
+    """
+    parts = _TRANSCRIPT_TURN.split(text)
+    if len(parts) < 5 or parts[0] != "" or parts[1] != "Human" or "Assistant" not in parts[1::2]:
+        return None
+    return [("user" if who == "Human" else "assistant", said) for who, said in zip(parts[1::2], parts[2::2])]
 
 
 def _system_prefix(row: dict[str, Any], key: str) -> list[Message]:
@@ -426,13 +506,14 @@ def _history(row: dict[str, Any], key: str, offset: int) -> list[Message]:
 
 
 def _prompt_completion(row: dict[str, Any], columns: Columns | None = None,
-                       require_completion: bool = True) -> list[Message]:
+                       require_completion: bool = True, ignore: tuple[str, ...] = ()) -> list[Message]:
     messages = _system_prefix(row, "system")
     prompt, completion = row["prompt"], row.get("completion")
     if isinstance(prompt, str):
         messages.append(Message("user", prompt))
     elif isinstance(prompt, list):
-        messages += message_list(prompt, "prompt", sharegpt=False, offset=len(messages), columns=columns)
+        messages += message_list(prompt, "prompt", sharegpt=False, offset=len(messages), columns=columns,
+                                  ignore=ignore)
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got {_kind(prompt)}",
                           field="prompt", message_index=len(messages))
@@ -442,7 +523,7 @@ def _prompt_completion(row: dict[str, Any], columns: Columns | None = None,
         messages.append(Message("assistant", completion))
     elif isinstance(completion, list):
         messages += message_list(completion, "completion", sharegpt=False, offset=len(messages),
-                                  columns=columns)
+                                  columns=columns, ignore=ignore)
     else:
         raise RecordError("non_string_content", f"expected a string or a messages list, got "
                           f"{_kind(completion)}", field="completion", message_index=len(messages))

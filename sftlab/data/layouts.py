@@ -48,8 +48,14 @@ def columns_kwargs(formatting: str | None, columns: dict[str, str], tags: dict[s
     """``Columns`` keyword arguments for LLaMA-Factory's ``formatting``, ``columns`` and ``tags``.
 
     ``ranking`` is accepted (preference records are recognised by their chosen/rejected fields
-    whatever it says). Raises ``UsageError`` naming an unknown key.
+    whatever it says). Raises ``UsageError`` naming an unknown key. ``columns`` that name only
+    sftlab's metadata, without a ``formatting``, keep each record's own layout:
+
+        >>> columns_kwargs(None, {"slice": "channel"}, {})
+        {'metadata': {'slice': 'channel'}}
     """
+    if formatting is None and columns and not tags and set(columns) <= set(META_FIELDS):
+        return {"metadata": dict(columns)}
     formatting = formatting or "alpaca"
     if formatting not in FORMATTINGS:
         raise UsageError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATTINGS)}")

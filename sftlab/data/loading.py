@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -303,6 +304,21 @@ def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
 
 
 def check_conversation(conv: Conversation) -> None:
+    """``_check_conversation``, its reasons naming each message as the record does
+    (``conversations[2].from``, ``output``: ``Conversation.where``) rather than ``messages[i]``."""
+    try:
+        _check_conversation(conv)
+    except RecordError as e:
+        m = _MESSAGE_FIELD.match(e.field or "")
+        if m and conv.fields:
+            e.field = conv.where(int(m[1]), m[2] or "") + m[3]
+        raise
+
+
+_MESSAGE_FIELD = re.compile(r"messages\[(\d+)\](?:\.(role|content|name|tool_call_id))?(.*)")
+
+
+def _check_conversation(conv: Conversation) -> None:
     """Turn order, content and tool-call checks on an adapted conversation; raises ``RecordError``.
 
     After an optional first system message, user and assistant turns alternate (several assistant
@@ -407,9 +423,13 @@ def _unanswered(i: int, pending: list, prev: str) -> None:
                       message_index=i)
 
 
+def _a(role: str) -> str:
+    return "an" if role == "assistant" else "a"  # a system, user or tool message
+
+
 def _bad_order(i: int, role: str, prev: str | None, expected: str) -> None:
-    after = "the start" if prev is None else f"a {prev} message"
-    raise RecordError("broken_alternation", f"{role} message right after {after}; expected a "
+    after = "the start" if prev is None else f"{_a(prev)} {prev} message"
+    raise RecordError("broken_alternation", f"{role} message right after {after}; expected {_a(role)} "
                       f"{role} message only after {expected}; fix: user and assistant turns "
                       "alternate after an optional system message, tool messages come between an "
                       "assistant message and the next (merge or drop the extra turn)",

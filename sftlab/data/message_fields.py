@@ -1,8 +1,25 @@
 """One message of a record -> ``Message``: the speaker (``role``, or ShareGPT's ``from`` and the
 names a data entry maps), text content (a string or joined text parts), tool calls (OpenAI's
-``tool_calls``, Glaive's ``function_call`` turns, LLaMA-Factory's ``tool_call`` parts), reasoning
-under any of its spellings, ``train`` and ``weight``; and a record's tool schemas (``tools_text``).
-Each check names the field and message index it refuses.
+``tool_calls`` and its legacy ``function_call``, Glaive's ``function_call`` turns, LLaMA-Factory's
+``tool_call`` parts), reasoning under any of its spellings, ``train`` and ``weight``; and a record's
+tool schemas (``tools_text``). Each check names the field and message index it refuses.
+
+Every key of a message is accounted for (DESIGN.md, invariant 9). Besides the speaker and the text,
+sftlab reads ``reasoning_content`` (``reasoning``, ``thinking``), ``tool_calls``, ``function_call``,
+``refusal`` (OpenAI's refusal text: the assistant's content when its ``content`` is null or empty),
+``train`` and ms-swift's ``loss`` (a boolean: whether the turn is trained), ``weight`` and its
+spellings ``loss_weight`` (LLaMA-Factory) and ``loss_scale`` (ms-swift), and on tool results
+``tool_call_id`` and ``name``. A key that is empty (null, "", [] or {}), message metadata
+(``sftlab.data.message_keys.MESSAGE_METADATA``) or declared ignored (``ignore_fields: ["messages[].KEY"]``: the message list's
+field, ``[]``, the key) is accepted and not trained; any other key refuses the record
+(``unused_field``) naming it, e.g. ``messages[1].name``: the participant name OpenAI allows on any
+message, which chat templates do not show the model.
+
+Speakers: ``developer`` is read as ``system`` (OpenAI's name for the system message of its o-series
+models; gpt-oss's template treats the two alike); ms-swift's agent layout is read as it documents it:
+``tool_response`` is ``tool``, and a ``tool_call`` message holds one call as JSON (consecutive ones are
+the calls of one assistant turn, as ms-swift merges them). An unknown speaker is refused with the
+role it most likely means (``ipython``: Llama 3.1's tool role, so ``tool``).
 
 Example::
 
@@ -12,77 +29,156 @@ Example::
     >>> read_message({"role": "assistant", "content": "", "tool_calls": [{"function": {
     ...     "name": "f", "arguments": {"x": 1}}}]}, 0, "messages", 0, False).tool_calls[0].arguments
     '{"x": 1}'
+    >>> m = read_message({"role": "assistant", "content": None, "refusal": "I can't help with that.",
+    ...                   "loss": False}, 1, "messages", 0, False)
+    >>> m.content, m.train
+    ("I can't help with that.", False)
+    >>> read_message({"role": "user", "content": "hi", "name": "alice"}, 0, "messages", 0, False)
+    Traceback (most recent call last):
+    ...
+    sftlab.data.record_errors.RecordError: messages[0].name: a user message with name 'alice' (the speaker's name, as OpenAI's API allows): chat templates do not show names to the model, so it would be lost; fix: write it into the content, or declare it ignored (the data entry's ignore_fields: [messages[].name], validate --ignore-field 'messages[].name') to train without it
+    >>> read_message({"role": "user", "content": "hi", "name": "alice"}, 0, "messages", 0, False,
+    ...              ignore=("messages[].name",)).content
+    'hi'
 """
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from sftlab.data.conversation import ROLES, Message, ToolCall, unpaired_surrogate
+from sftlab.data.message_keys import MESSAGE_METADATA, TRAINING_KEYS, account_keys, message_train, message_weight
 from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
-__all__ = ["SHAREGPT_ROLES", "MAX_WEIGHT", "message_list", "read_message", "json_object_text", "tools_text",
-           "sharegpt_calls"]
+__all__ = ["SHAREGPT_ROLES", "message_list", "read_message", "json_object_text", "tools_text", "sharegpt_calls"]
 
-# ShareGPT ``from`` values and the role each one means.
+# ShareGPT ``from`` values (and ``role`` values other than sftlab's) and the role each one means.
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant",
-    "system": "system",
-    "tool": "tool", "function": "tool", "observation": "tool",
+    "system": "system", "developer": "system",
+    "tool": "tool", "function": "tool", "observation": "tool", "tool_response": "tool",
+}
+# Speaker names sftlab does not read, and the role each most likely means (for the hint).
+_LIKELY_ROLES = {
+    "ipython": "tool", "function_response": "tool",
+    "bot": "assistant", "ai": "assistant", "chatbot": "assistant", "agent": "assistant", "response": "assistant",
+    "prompter": "user", "customer": "user", "question": "user", "instruction": "user",
 }
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _REASONING_SET = frozenset(_REASONING_KEYS)
 _ROLE_SET = frozenset(ROLES)
+# Keys read whatever the speaker and text keys are (each reader checks its own).
+_READ_KEYS = frozenset({*_REASONING_KEYS, "tool_calls", "function_call", "refusal", *TRAINING_KEYS, *MESSAGE_METADATA})
+
+
+class _CallTurns(RecordError):
+    """A message list holds ms-swift's ``tool_call`` messages: read it again, merging them."""
 
 
 def message_list(items: Any, field: str, sharegpt: bool, offset: int = 0,
-                  columns: Columns | None = None) -> list[Message]:
+                  columns: Columns | None = None, ignore: tuple[str, ...] = ()) -> list[Message]:
     if not isinstance(items, list):
         raise RecordError("bad_messages", f"expected a list of messages, got {_kind(items)}; "
                           "fix: give the turns as a JSON list", field=field)
-    return [read_message(m, i, field, offset, sharegpt, columns) for i, m in enumerate(items)]
+    try:
+        return [read_message(m, i, field, offset, sharegpt, columns, ignore) for i, m in enumerate(items)]
+    except _CallTurns:
+        return _call_turns(items, field, sharegpt, offset, columns, ignore)
+
+
+def _call_turns(items: list, field: str, sharegpt: bool, offset: int, columns: Columns | None,
+                ignore: tuple[str, ...]) -> list[Message]:
+    """ms-swift's agent layout: each ``tool_call`` message holds one call as JSON (``{"name",
+    "arguments"}``); consecutive ones are the calls of one assistant turn (ms-swift merges them so), and
+    they must agree on ``loss``/``loss_scale`` (ms-swift keeps the first one's)."""
+    out: list[Message] = []
+    joined = False  # whether out[-1] holds tool_call messages
+    for i, m in enumerate(items):
+        msg = read_message(m, i, field, offset, sharegpt, columns, ignore, call_turn=True)
+        turn = type(m) is dict and m.get("role") == "tool_call"
+        if turn and joined:
+            last = out[-1]
+            if (msg.train, msg.weight) != (last.train, last.weight):
+                raise RecordError("bad_train", "calls made together (consecutive tool_call messages) with different "
+                                  "loss or loss_scale: they are one assistant turn, trained alike; fix: give them "
+                                  "the same (or set it on the first only)", field=f"{field}[{i}]",
+                                  message_index=i + offset)
+            msg = Message("assistant", "", last.train, last.weight, last.tool_calls + msg.tool_calls)
+            out[-1] = msg
+        else:
+            out.append(msg)
+        joined = turn
+    return out
 
 
 def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
-             columns: Columns | None = None) -> Message:
+                 columns: Columns | None = None, ignore: tuple[str, ...] = (), call_turn: bool = False) -> Message:
+    """The message ``m``, item ``pos`` of the list at ``base`` (message ``pos + offset`` of the
+    conversation); ``ignore``: the declared-ignored fields (``messages[].KEY`` names a message key).
+    ``call_turn``: read ms-swift's ``tool_call`` message as an assistant message with that call (else
+    it raises ``_CallTurns``, for ``message_list`` to merge the calls made together).
+
+    Long because it runs once per message of every record: the usual messages' fast paths and the
+    layouts' speaker and text keys stay inline rather than cost a call each."""
     # Field names are formatted only on error: this runs once per message of every record.
     if type(m) is not dict:
         raise RecordError("bad_message", f"expected a message object, got {_kind(m)}",
                           field=f"{base}[{pos}]", message_index=pos + offset)
     role = m.get("role")
-    if len(m) == 2 and columns is None and type(role) is str and role in _ROLE_SET and type(m.get("content")) is str:
-        return Message(role, m["content"])  # the usual message: role and text, nothing else to check
-    calls: tuple[ToolCall, ...] = ()
+    if len(m) == 2 and columns is None:  # the usual messages: a speaker and text, nothing else to check
+        if type(role) is str:
+            if role in _ROLE_SET and type(m.get("content")) is str:
+                return Message(role, m["content"])
+        elif type(speaker := m.get("from")) is str and speaker in SHAREGPT_ROLES and type(m.get("value")) is str:
+            return Message(SHAREGPT_ROLES[speaker], m["value"])
+    rest = []  # the speaker and text keys and the keys to account for
     for key in m:
-        if type(key) is str and unpaired_surrogate(key) is not None:
+        if key in _READ_KEYS:
+            continue
+        if type(key) is str and not key.isascii() and unpaired_surrogate(key) is not None:
             raise RecordError("invalid_text", f"unpaired surrogate in the key {ascii(key)}: not valid Unicode "
                               "text; fix: repair the \\u escape (a surrogate pair needs both halves)",
                               field=f"{base}[{pos}]", message_index=pos + offset)
+        rest.append(key)
+    calls: tuple[ToolCall, ...] = ()
     if columns is not None:
-        role, content, content_key = _mapped_message(m, pos, base, offset, columns)
+        role, content, role_key, content_key = _mapped_message(m, pos, base, offset, columns)
         if role == "function_call":  # the value is the call as JSON
             role, calls = "assistant", sharegpt_calls(content, f"{base}[{pos}].{content_key}", pos + offset)
             content = ""
     elif "role" not in m and ("from" in m or sharegpt):
+        role_key, content_key = "from", "value"
         if m.get("from") == "function_call":  # Glaive-style: the value is the call as JSON
             role = "assistant"
             calls = sharegpt_calls(m.get("value"), f"{base}[{pos}].value", pos + offset)
-            content, content_key = "", "value"
+            content = ""
         else:
             role = _sharegpt_role(m.get("from"), pos + offset, f"{base}[{pos}]", m)
-            content, content_key = m.get("value"), "value"
+            content = m.get("value")
     else:
+        role_key, content_key = "role", "content"
         role = m.get("role")
-        if role not in ROLES:
+        content = m.get("content")
+        if role == "tool_call":  # ms-swift's agent layout: the content is the call as JSON
+            if not call_turn:
+                raise _CallTurns("unknown_role", "a tool_call message outside a message list; fix: give it as "
+                                 "an assistant message's tool_calls", field=f"{base}[{pos}].role",
+                                 message_index=pos + offset)
+            role, calls = "assistant", sharegpt_calls(content, f"{base}[{pos}].content", pos + offset)
+            content = ""
+        elif role not in ROLES:
             role = _sharegpt_role(role, pos + offset, f"{base}[{pos}]", m, key="role")
-        content, content_key = m.get("content"), "content"
     reasoning = _reasoning(m, f"{base}[{pos}]", pos + offset)
+    calls_key = "tool_calls"
     if m.get("tool_calls"):
         calls = _tool_calls(m["tool_calls"], f"{base}[{pos}].tool_calls", pos + offset)
+    if m.get("function_call"):
+        calls, calls_key = _legacy_call(m, calls, f"{base}[{pos}]", pos + offset), "function_call"
+    if m.get("refusal") is not None:
+        content = _refusal(m, role, content, content_key, f"{base}[{pos}]", pos + offset)
     if type(content) is not str:
         if content is None and (calls or role == "assistant" and reasoning):
             content = ""
@@ -96,39 +192,45 @@ def read_message(m: Any, pos: int, base: str, offset: int, sharegpt: bool,
                 reasoning = part_reasoning
             calls = calls + part_calls
     if (calls or reasoning is not None) and role != "assistant":
-        what = "tool_calls" if calls else "reasoning_content"
+        what = calls_key if calls else "reasoning_content"
         raise RecordError("bad_message", f"only assistant messages make tool calls or carry reasoning, "
                           f"this one is {role!r}; fix: move the {what} to the assistant message",
                           field=f"{base}[{pos}].{what}", message_index=pos + offset)
     tool_call_id = _optional_str(m, "tool_call_id", f"{base}[{pos}]", pos + offset)
     name = _optional_str(m, "name", f"{base}[{pos}]", pos + offset) if role == "tool" else None
-    train = m.get("train")
-    if train is not None and type(train) is not bool:
-        raise RecordError("bad_train", f"expected true or false, got {train!r}; fix: use a JSON "
-                          "boolean (or leave the field out)", field=f"{base}[{pos}].train",
-                          message_index=pos + offset)
-    weight = _message_weight(m, role, f"{base}[{pos}]", pos + offset)
+    train = message_train(m, role, f"{base}[{pos}]", pos + offset) if "train" in m or "loss" in m else None
+    weight = message_weight(m, role, f"{base}[{pos}]", pos + offset)
+    if len(rest) > 2 or role_key not in rest or content_key not in rest:
+        account_keys(m, rest, role, role_key, content_key, base, pos, pos + offset, ignore)
     return Message(role, content, train, weight, calls, tool_call_id if role == "tool" else None, name, reasoning)
 
 
-def _message_weight(m: dict, role: str, base: str, index: int) -> float | None:
-    """``weight``, also spelt ``loss_weight`` (LLaMA-Factory): the loss weight of an assistant
-    message (0 trains nothing). Other messages are never trained, so they may only say 0."""
-    weight = None
-    for key in ("weight", "loss_weight"):
-        value = m.get(key)
-        if value is None:
-            continue
-        value = _weight(value, f"{base}.{key}", index)
-        if weight is not None and value != weight:
-            raise RecordError("bad_weight", f"weight given twice with different values ({weight:g} and "
-                              f"{value:g}); fix: keep one", field=f"{base}.{key}", message_index=index)
-        if role != "assistant" and value > 0:
-            raise RecordError("bad_weight", f"a {role} message with {key} {value:g}: only assistant messages "
-                              f"are trained, so its text would not be; fix: set {key} to 0 (or leave it out), "
-                              "or make the text an assistant turn", field=f"{base}.{key}", message_index=index)
-        weight = value
-    return weight
+def _legacy_call(m: dict, calls: tuple[ToolCall, ...], base: str, index: int) -> tuple[ToolCall, ...]:
+    """OpenAI's legacy ``function_call`` (``{"name", "arguments"}``): one call, as ``tool_calls`` would
+    give it (its result is a ``function`` message naming the function)."""
+    if calls:
+        raise RecordError("bad_tool_call", "the message has both tool_calls and the legacy function_call; "
+                          "expected one of them; fix: keep one", field=f"{base}.function_call", message_index=index)
+    return sharegpt_calls(m["function_call"], f"{base}.function_call", index)
+
+
+def _refusal(m: dict, role: str, content: Any, content_key: str, base: str, index: int) -> Any:
+    """OpenAI's ``refusal`` (the text of a refusal, with ``content`` null): the assistant's content."""
+    refusal = m["refusal"]
+    if type(refusal) is not str:
+        raise RecordError("bad_message", f"expected the refusal as a string, got {_kind(refusal)}",
+                          field=f"{base}.refusal", message_index=index)
+    if not refusal or refusal == content:
+        return content
+    if role != "assistant":
+        raise RecordError("bad_message", f"a {role} message with a refusal: only the assistant refuses; fix: "
+                          "move the refusal to the assistant message or drop it", field=f"{base}.refusal",
+                          message_index=index)
+    if content is not None and content != "" and content != []:
+        raise RecordError("bad_message", f"the message has both {content_key} and a refusal, with different "
+                          f"text; expected one answer (OpenAI gives the refusal with {content_key} null); fix: "
+                          "keep one", field=f"{base}.refusal", message_index=index)
+    return refusal
 
 
 def _optional_str(m: dict, key: str, base: str, index: int) -> str | None:
@@ -253,8 +355,8 @@ def tools_text(value: Any, field: str = "tools") -> str | None:
     return text if text is not None else json.dumps(value, ensure_ascii=False)
 
 
-def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns) -> tuple[str, Any, str]:
-    """``(role, content, content key)`` of a message read with the entry's ``columns``."""
+def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns) -> tuple[str, Any, str, str]:
+    """``(role, content, role key, content key)`` of a message read with the entry's ``columns``."""
     role_key = columns.role_key or ("role" if "role" in m or "from" not in m else "from")
     content_key = columns.content_key or ("value" if role_key == "from" else "content")
     name = m.get(role_key)
@@ -268,7 +370,7 @@ def _mapped_message(m: dict, pos: int, base: str, offset: int, columns: Columns)
         raise RecordError("missing_field", f"no {content_key!r} (the entry's content_key) in the "
                           f"message; message keys: {_keys(m)}; fix: correct content_key",
                           field=f"{base}[{pos}]", message_index=pos + offset)
-    return role, m.get(content_key), content_key
+    return role, m.get(content_key), role_key, content_key
 
 
 def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = None,
@@ -285,17 +387,35 @@ def _sharegpt_role(value: Any, index: int, field: str, message: dict | None = No
         fix = "fix: name the speaker key with the data entry's role_key (and content_key)"
     else:
         what = f"unknown speaker {value!r} in {key!r}; expected one of {known}"
-        fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: assistant}}) or "
-               "rename the speaker")
+        guess = _LIKELY_ROLES.get(value.lower()) if isinstance(value, str) else None
+        fix = (f"fix: map it in the data entry's roles (e.g. roles: {{{value!r}: {guess or 'ROLE'}}}"
+               f"{'' if guess else ', ROLE one of ' + ', '.join(ROLES)}) or rename the speaker")
+        if value == "tool_call":  # ms-swift's agent layout: the content is the call as JSON
+            fix = ("fix: read ms-swift's tool_call messages with the data entry's function_tag: tool_call (one "
+                   "call each; calls made together must be one assistant message's tool_calls)")
     raise RecordError("unknown_role", f"{what}; {fix}", field=f"{field}.{key}", message_index=index)
 
 
-def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
-    """Join content parts into one string: OpenAI's ``{"type": "text", "text": ...}`` and
-    LLaMA-Factory's ``{"type": "text", "value": ...}``.
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+"""Text part types: OpenAI's chat ``text`` and its Responses API's ``input_text`` / ``output_text``."""
+_PART_TEXT_KEYS = ("text", "value", "thinking")
+_PART_METADATA = frozenset({"type", "cache_control", "signature", "id", "logprobs"})
+"""Part keys that steer an API or sign a block rather than hold text (Anthropic's ``cache_control``
+and thinking ``signature``): accepted, not trained."""
 
-    Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` and
-    ``tool_call`` (LLaMA-Factory's layout, the text under ``value``) are reasoning and calls.
+
+def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, tuple[ToolCall, ...]]:
+    """Join content parts into one string: OpenAI's ``{"type": "text", "text": ...}`` (its Responses
+    API's ``input_text`` and ``output_text`` too) and LLaMA-Factory's ``{"type": "text", "value": ...}``.
+
+    Returns ``(text, reasoning, calls)``: parts of type ``reasoning``/``thinking`` (the text under
+    ``text``, ``value`` or Anthropic's ``thinking``) and ``tool_call`` (LLaMA-Factory's layout, the
+    text under ``value``) are reasoning and calls. Every other key of a part is empty or metadata
+    (``_PART_METADATA``), else the record is refused naming it.
+
+    >>> _join_parts([{"type": "thinking", "thinking": "2 + 2 is 4", "signature": "x"},
+    ...              {"type": "output_text", "text": "4", "annotations": []}], "messages[1].content", 1)
+    ('4', '2 + 2 is 4', ())
     """
     if isinstance(content, list):
         texts, reasoning, calls = [], [], []
@@ -304,16 +424,17 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                 texts.append(part)
                 continue
             kind = part.get("type", "text") if isinstance(part, dict) else None
-            text = part.get("text", part.get("value")) if isinstance(part, dict) else None
-            if kind == "text" and isinstance(text, str):
+            key = next((k for k in _PART_TEXT_KEYS if k in part), "text") if isinstance(part, dict) else None
+            text = part.get(key) if isinstance(part, dict) else None
+            if kind in _TEXT_PARTS and isinstance(text, str) and key != "thinking":
                 texts.append(text)
             elif kind in ("reasoning", "thinking") and isinstance(text, str):
                 reasoning.append(text)
             elif kind == "tool_call":
                 calls.extend(sharegpt_calls(text, f"{field}[{j}].value", index))
-            elif kind in ("text", "reasoning", "thinking"):
+            elif kind in _TEXT_PARTS or kind in ("reasoning", "thinking"):
                 raise RecordError(
-                    "non_string_content", f"{kind} part without text: its 'text' is {_kind(text)} "
+                    "non_string_content", f"{kind} part without text: its {key!r} is {_kind(text)} "
                     f"(part keys: {_keys(part)}); expected {{\"type\": \"{kind}\", \"text\": \"...\"}} "
                     "(or \"value\" instead of \"text\"); fix: put the text in 'text'",
                     field=f"{field}[{j}]", message_index=index)
@@ -324,22 +445,13 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                     f"content part {j} is of type {what}, not text; only text parts "
                     "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be "
                     "trained; fix: drop the part or the record", field=f"{field}[{j}]", message_index=index)
+            extra = [k for k, v in part.items() if k != key and k not in _PART_METADATA
+                     and v not in (None, "", [], {})] if isinstance(part, dict) else []
+            if extra:
+                raise RecordError(
+                    "unused_field", f"content part {j} has {', '.join(map(repr, extra))} besides its {key!r}, "
+                    "which sftlab does not read, so it would be lost; fix: fold it into the text or drop "
+                    "it", field=f"{field}[{j}].{extra[0]}", message_index=index)
         return "".join(texts), ("".join(reasoning) if reasoning else None), tuple(calls)
     raise RecordError("non_string_content", f"expected a string, got {_kind(content)}; fix: give "
                       "the message text as a string", field=field, message_index=index)
-
-
-MAX_WEIGHT = 1e6  # larger weights overflow float32 losses (1e39 is inf) long before they mean more
-
-
-def _weight(value: Any, field: str, index: int) -> float:
-    if type(value) is bool or not isinstance(value, (int, float)):
-        raise RecordError("bad_weight", f"expected a number >= 0, got {value!r}; fix: use a "
-                          "JSON number such as 1.0 (0 trains nothing)", field=field,
-                          message_index=index)
-    value = float(value)
-    if not math.isfinite(value) or not 0 <= value <= MAX_WEIGHT:
-        raise RecordError("bad_weight", f"expected a finite number >= 0 and <= {MAX_WEIGHT:g}, got {value!r}; fix: "
-                          "use a weight such as 1.0 (0 trains nothing)", field=field,
-                          message_index=index)
-    return value

@@ -1,5 +1,7 @@
-"""Readers: the records of JSONL, JSON, Parquet and saved ``datasets`` inputs, with their lines.
-Here: which reader an input gets, JSONL and JSON arrays; Parquet and datasets are
+"""Readers: the records of JSONL, JSON, Parquet, CSV/TSV and saved ``datasets`` inputs, with their lines.
+Here: which reader an input gets, JSONL, JSON arrays and CSV; gzip, bz2 and xz compressed files
+are read through the standard library's decoders (found by their first bytes, not their name).
+Parquet and datasets are
 ``sftlab.data.columnar``, the limits on one record ``sftlab.data.record_shape``.
 
 Each reader yields ``(line, raw record or raw text, problem or None)`` (a JSON array adds a fourth
@@ -28,14 +30,16 @@ from typing import Any
 
 from sftlab.data.columnar import first_line, hub_dataset, load_dataset, read_dataset, read_parquet, read_saved_dataset
 from sftlab.data.record_errors import RecordError
-from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, escape_surrogates, preview,
+from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, decode, escape_surrogates, preview,
                                       shape_problem, too_deep, too_deep_error, too_large)
+from sftlab.data.compressed import MAX_COMPRESSED_ARRAY, BoundedLines, Decompressed, compression, inner_name
+from sftlab.data.tables import read_csv
 from sftlab.errors import UsageError
 from sftlab.fingerprints import files_digest, json_sha256, stream_sha256
 from sftlab.files import open_input as open_file
 
 __all__ = ["RawItem", "DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "check_readable", "folder_files", "hub_dataset",
-           "sources", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
+           "sources", "input_format", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -68,7 +72,7 @@ def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
 
-_FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq")
+_FOLDER_READS = (".jsonl", ".json", ".parquet", ".pq", ".csv", ".tsv")
 _FOLDER_SKIPS = re.compile(r"^(readme|license|licence|notice|copying)(\.[\w.-]*)?$|\.md$|^dataset_infos\.json$",
                            re.IGNORECASE)
 
@@ -104,15 +108,15 @@ def folder_files(p: Path) -> list[Path]:
                              "files only: move it out, or pass the data files themselves")
         if _FOLDER_SKIPS.search(f.name):
             continue
-        if f.suffix.lower() not in _FOLDER_READS:
-            raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON or Parquet "
-                             "files; README, LICENSE, *.md and hidden files are skipped); convert or move "
-                             "it out, or pass the data files themselves")
+        if inner_name(f).suffix.lower() not in _FOLDER_READS:
+            raise UsageError(f"{p}: holds {rel}, which sftlab does not read (expected JSONL, JSON, Parquet, "
+                             "CSV or TSV files, also gzip, bz2 or xz compressed; README, LICENSE, *.md and "
+                             "hidden files are skipped); convert or move it out, or pass the data files themselves")
         out.append(f)
     if not out:
         raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
                          "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
-                         "data files (JSONL, JSON, Parquet); pass the data files instead")
+                         "data files (JSONL, JSON, Parquet, CSV, TSV); pass the data files instead")
     return out
 
 
@@ -136,11 +140,28 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
     with open_input(p) as f:
         head = _head(f)
         stream = io.BufferedReader(_Prefixed(head, f), buffer_size=1 << 16)
-        kind = _format(p, head)
+        codec = compression(p, head)
+        if codec is not None:
+            stream = io.BufferedReader(Decompressed(p, codec, stream), buffer_size=1 << 16)
+            head = _head(stream)
+            stream = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
+        kind = _format(inner_name(p) if codec else p, head)
         if kind == "parquet":
+            if codec is not None:
+                raise UsageError(f"{p}: Parquet compressed as a whole file ({codec}); Parquet compresses "
+                                 "its own pages: decompress the file and pass the .parquet file")
             yield name, read_parquet(p, stream, max_bytes)
+        elif kind == "csv":
+            yield name, read_csv(p, stream, max_bytes, "\t" if inner_name(p).suffix.lower() == ".tsv" else ",")
         elif kind == "array":
-            yield name, _read_json_array(p, stream.read(), max_bytes)
+            data = stream.read() if codec is None else stream.read(MAX_COMPRESSED_ARRAY + 1)
+            if len(data) > MAX_COMPRESSED_ARRAY:
+                raise UsageError(f"{p}: a {codec}-compressed JSON array of more than "
+                                 f"{MAX_COMPRESSED_ARRAY >> 30} GiB decompressed, which is read whole; "
+                                 "write it as JSONL (one record per line), which is read as a stream")
+            yield name, read_json_array(p, data, max_bytes)
+        elif codec is not None:
+            yield name, _read_jsonl(BoundedLines(stream, max_bytes), max_bytes)
         else:
             yield name, _read_jsonl(stream, max_bytes)
 
@@ -182,10 +203,17 @@ def _lines_after_bracket(head: bytes) -> int:
     return sum(1 for line in body.split(b"\n")[:-1] if line.strip())
 
 
+def input_format(p: Path, data: bytes) -> str:
+    """``_format`` of an input held whole in memory (its head as ``sources`` reads it)."""
+    return _format(p, _head(io.BytesIO(data)))
+
+
 def _format(p: Path, head: bytes) -> str:
-    """``parquet``, ``array`` or ``jsonl``, by extension and structure, not the first byte alone."""
+    """``parquet``, ``csv``, ``array`` or ``jsonl``, by extension and structure, not the first byte alone."""
     if p.suffix.lower() in (".parquet", ".pq") or head.startswith(b"PAR1"):
         return "parquet"
+    if p.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
     body = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not body.startswith(b"["):
         return "jsonl"
@@ -252,7 +280,8 @@ def jsonl_starts(p: Path, max_bytes: int, every: int) -> list[tuple[int, int, in
     except OSError:
         return None
     with open_input(p) as f:
-        if _format(p, _head(f)) != "jsonl":
+        head = _head(f)
+        if compression(p, head) is not None or _format(p, head) != "jsonl":
             return None
         f.seek(0)
         out: list[tuple[int, int, int]] = []
@@ -330,7 +359,7 @@ def _complete_json(text: str) -> bool:
 
 
 def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
-    text, bad_utf8 = _decode(data)
+    text, bad_utf8 = decode(data)
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -346,8 +375,8 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
     yield 1, escape_surrogates(obj) if problem and bad_utf8 else obj, problem
 
 
-def _read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
-    text, bad_utf8 = _decode(data)
+def read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
+    text, bad_utf8 = decode(data)
     file_line, counted, ints = 1, 0, _IntGuard()  # one guard per file: nothing carries over
     try:
         for i, (obj, start, end) in enumerate(_array_elements(text, ints), 1):
@@ -424,16 +453,6 @@ class _IntGuard:
 def _huge_number_error() -> RecordError:
     return RecordError("bad_json", "a number with more than 4,300 digits, which Python does not "
                        "convert; expected ordinary numbers; fix: write it as a string or drop the record")
-
-
-def _decode(data: bytes) -> tuple[str, bool]:
-    """The text of ``data``, and whether it held invalid UTF-8 (kept as surrogates, found later)."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "surrogateescape"), True
 
 
 def input_digest(p: Path) -> str:

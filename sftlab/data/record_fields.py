@@ -116,10 +116,12 @@ def _consumed(row: dict[str, Any], fmt: str, cols: Columns | None) -> frozenset[
     return _CONSUMED[fmt] | {n if n in row else n.split(".")[0] for n in names if n}
 
 
-KNOWN_METADATA = (*META_FIELDS, "meta", "category", "uuid", "prompt_id", "lang", "language", "model")
+KNOWN_METADATA = (*META_FIELDS, "meta", "category", "uuid", "prompt_id", "conversation_id", "lang", "language",
+                  "model", "parallel_tool_calls")
 """Top-level fields every layout accepts as metadata (kept in ``Conversation.extra``, not trained):
 sftlab's metadata, ``meta``, and a few that public data sets carry to describe a record rather than
-to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, ...)."""
+to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, OpenAI's fine-tuning flag
+``parallel_tool_calls``, which says how the API called tools, ...)."""
 _KNOWN_METADATA = frozenset(KNOWN_METADATA)
 MULTIMODAL_FIELDS = ("images", "videos", "audios")
 """Fields people fill for multimodal training; sftlab trains on text only."""
@@ -130,6 +132,7 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
     """Every top-level field is read by the layout, known metadata, declared ignored, empty, or a copy
     of a message's text; otherwise the record is refused naming the field and how to keep it."""
     ignore = cols.ignore if cols is not None else ()
+    unused: list[str] = []
     for key in row:
         if key not in extra or key in _KNOWN_METADATA or key in ignore:
             continue
@@ -148,7 +151,14 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
                               f"{'desirable' if value else 'undesirable'}), and SFT trains every answer alike; "
                               f"fix: keep the records labelled true and {ignore_hint}, or use a KTO trainer",
                               field=key)
+        unused.append(key)
+    if unused:
         layout = {"mapped": "mapped messages", "alpaca": "instruction"}.get(fmt, fmt.replace("_", "/"))
-        raise RecordError("unused_field", f"field {key!r} is not read by the {layout} layout and is not "
-                          "metadata sftlab knows, so its content would be lost; fix: map it in the data "
-                          "entry (columns, metadata), move it under 'meta', or " + ignore_hint, field=key)
+        names = ", ".join(map(repr, unused))
+        one = len(unused) == 1
+        what, its, it = (f"field {names} is", "its", "it") if one else (f"fields {names} are", "their", "them")
+        raise RecordError("unused_field", f"{what} not read by the {layout} layout and not metadata sftlab "
+                          f"knows, so {its} content would be lost; fix: map {it} in the data entry (columns, "
+                          f"metadata), move {it} under 'meta', or declare {it} ignored (the data entry's "
+                          f"ignore_fields: [{', '.join(unused)}], validate "
+                          f"{' '.join(f'--ignore-field {k}' for k in unused)})", field=unused[0])

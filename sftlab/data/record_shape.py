@@ -18,7 +18,7 @@ from typing import Any
 
 from sftlab.data.record_errors import RecordError
 
-__all__ = ["DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "shape_problem", "too_deep", "too_deep_error", "too_large",
+__all__ = ["DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "decode", "shape_problem", "too_deep", "too_deep_error", "too_large",
            "preview", "escape_surrogates", "text_of"]
 
 DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
@@ -90,3 +90,13 @@ def escape_surrogates(obj: Any) -> Any:
     if isinstance(obj, list):
         return [escape_surrogates(v) for v in obj]
     return obj
+
+
+def decode(data: bytes) -> tuple[str, bool]:
+    """The text of ``data``, and whether it held invalid UTF-8 (kept as surrogates, found later)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape"), True

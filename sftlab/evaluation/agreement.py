@@ -1,6 +1,6 @@
 """How well a refusal detector agrees with human labels (``sftlab eval-detector``).
 
-Labelled data is JSONL or CSV (optionally gzip-compressed, ``.gz``) with a ``response`` and a
+Labelled data is JSONL, CSV, a JSON array or Parquet (gzip, bz2 or xz compressed or not) with a ``response`` and a
 ``label`` (comply | refuse | partial), or the XSTest completion-annotation layout (``prompt,
 completion, final_label`` with ``1_full_compliance``, ``2_full_refusal``, ``3_partial_refusal``).
 Optional columns group the rows: ``model`` (or ``source``: who wrote the response) and
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import os
-import gzip
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,9 @@ from pathlib import Path
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
 from sftlab.evaluation.metrics import wilson
-from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows
+from sftlab.data.compressed import compression, decompressed, inner_name
+from sftlab.data.readers import input_format
+from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows, file_rows
 from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
 
@@ -97,20 +98,19 @@ def load_labelled(path: str) -> LabelledSet:
 
     raw_bytes = read_input(p, what="--labelled", max_bytes=1 << 30)
     digest = sha256_hex(raw_bytes)
-    suffixes = [x.lower() for x in p.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        try:
-            raw_bytes = gzip.decompress(raw_bytes)
-        except (OSError, EOFError) as e:
-            raise UsageError(f"{path}: not a readable gzip file: {e}") from None
-        suffixes = suffixes[:-1]
-    kind = suffixes[-1] if suffixes else ""
+    codec = compression(p, raw_bytes[:16])
+    if codec is not None:
+        raw_bytes = decompressed(p, codec, raw_bytes)
+    name = inner_name(p) if codec else p
+    kind = name.suffix.lower() if name.suffix.lower() in (".csv", ".tsv") else input_format(name, raw_bytes)
     if kind in (".csv", ".tsv"):
         try:
             text = raw_bytes.decode("utf-8")
         except UnicodeDecodeError as e:
             raise UsageError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         rows = _read_csv(text, kind == ".tsv", str(path))
+    elif kind in ("array", "parquet"):
+        rows = file_rows(p, raw_bytes, None)
     else:  # JSONL: a line that is not UTF-8 is a bad row, the others are kept
         rows = _read_jsonl(raw_bytes.decode("utf-8", "surrogateescape"))
     responses, labels, bad, sources, slices, prompts = [], [], [], [], [], []

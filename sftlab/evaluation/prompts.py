@@ -1,4 +1,5 @@
-"""Evaluation prompt sets: JSONL, CSV with a column mapping, and the XSTest CSV layout.
+"""Evaluation prompt sets: JSONL, a JSON array, Parquet or CSV (gzip, bz2 or xz compressed or
+not, read by ``sftlab.data.readers`` as data files are), with a field mapping, and the XSTest CSV layout.
 
 JSONL, one prompt per line::
 
@@ -16,8 +17,9 @@ template as at training, and an expected ``tool_call`` (``{"name", "arguments"}`
 then checks the first call the model makes (``answer_type`` ``tool_call``, name equal and
 arguments equal as JSON).
 
-CSV: the same field names as columns, or a mapping ``{"prompt": "question", "expected":
-"label"}`` (``--csv-columns prompt=question,expected=label``). A CSV whose header has ``prompt``,
+CSV: the same field names as columns. Any layout may name them otherwise, with a mapping
+``{"prompt": "question", "expected": "label"}`` (``--csv-columns prompt=question,expected=label``;
+a mapped field that no row has is an error, not a set of empty prompts). A CSV whose header has ``prompt``,
 ``type`` and ``label`` and no mapping is read as XSTest: ``type`` is the slice, label ``safe`` ->
 comply and ``unsafe`` -> refuse.
 
@@ -33,7 +35,6 @@ line and reason, and the rest are evaluated.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.data.conversation import unpaired_surrogate
+from sftlab.data.tables import table_rows
 from sftlab.errors import UsageError
 from sftlab.evaluation.answers import answer_problem
 from sftlab.files import read_input
@@ -133,9 +135,9 @@ def parse_columns(spec: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptSet:
-    """Read one prompt file (JSONL, or CSV/TSV by extension) or a built-in set by name; see the
-    module docstring. A file of that name in the working directory wins over a built-in."""
+def load_prompt_set(path: str, columns: dict[str, str] | None = None, expected: str | None = None) -> PromptSet:
+    """Read one prompt file (JSONL, a JSON array, Parquet, or CSV/TSV by extension; compressed or
+    not) or a built-in set by name; see the module docstring. A file of that name in the working directory wins over a built-in."""
     p, name = Path(path), None
     if not os.path.lexists(p) and builtin_prompt_path(str(path)) is not None:
         p, name, columns = builtin_prompt_path(str(path)), str(path), None
@@ -144,19 +146,12 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
         raise UsageError(f"{path}: no such prompt file (built-in sets by name: {known})")
 
     data = read_input(p, what="--prompts", max_bytes=1 << 30)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    if p.suffix.lower() in (".csv", ".tsv"):
-        rows = _csv_rows(text, p, columns)
-    else:
-        rows = _jsonl_rows(text)
+    rows = file_rows(p, data, columns)
     prompts, bad, seen = [], [], set()
     for line, row, problem in rows:
         prompt = None
         if problem is None:
-            prompt, problem = prompt_from_row(row, str(path), line)
+            prompt, problem = prompt_from_row(row, str(path), line, expected)
         if problem is None and prompt.id in seen:
             problem = f"duplicate id {prompt.id!r}; ids must be unique within a prompt set"
         if problem is not None:
@@ -166,6 +161,61 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None) -> PromptS
         seen.add(prompt.id)
         prompts.append(prompt)
     return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name)
+
+
+def file_rows(p: Path, data: bytes, columns: dict[str, str] | None):
+    """``(line, row, problem)`` of the prompt file ``p`` whose bytes are ``data``: CSV/TSV by
+    extension, Parquet or a JSON array by their first bytes, JSONL otherwise; gzip, bz2 or xz
+    compressed (``sftlab.data.readers``, which reads the data files too). ``columns`` maps the
+    fields of every layout, not of CSV alone."""
+    # lazy: the record readers cost `sftlab --help`
+    from sftlab.data.columnar import read_parquet
+    from sftlab.data.compressed import compression, decompressed, inner_name
+    from sftlab.data.readers import input_format, read_json_array
+
+    codec = compression(p, data[:16])
+    if codec is not None:
+        data = decompressed(p, codec, data)
+    name = inner_name(p) if codec else p
+    if name.suffix.lower() in (".csv", ".tsv"):
+        return _csv_rows(_text(p, data), p, columns, name.suffix.lower() == ".tsv")
+    kind = input_format(name, data)
+    if kind == "parquet":
+        if codec is not None:
+            raise UsageError(f"{p}: Parquet compressed as a whole file; decompress it")
+        return _mapped(p, ((item[0], item[1], item[2] and item[2].reason) for item in
+                           read_parquet(p, io.BytesIO(data), 1 << 30)), columns)
+    if kind == "array":
+        return _mapped(p, ((item[0], item[1], item[2] and item[2].reason) for item in
+                           read_json_array(p, data, 1 << 30)), columns)
+    return _mapped(p, _jsonl_rows(_text(p, data)), columns)
+
+
+def _text(p: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def _mapped(p: Path, rows, columns: dict[str, str] | None):
+    """``rows`` with their fields renamed by ``columns`` (``{ours: theirs}``): a mapped field
+    missing from a row is missing from it; a mapping that names a field no row has is a
+    ``UsageError`` (a typo would otherwise leave every prompt empty)."""
+    if not columns:
+        yield from rows
+        return
+    seen: set[str] = set()
+    for line, row, problem in rows:
+        if isinstance(row, dict):
+            seen |= row.keys()
+            row = {**{k: v for k, v in row.items() if k not in columns.values()},
+                   **{ours: row[theirs] for ours, theirs in columns.items() if row.get(theirs) not in (None, "")}}
+        yield line, row, problem
+    missing = [c for c in columns.values() if c not in seen]
+    if missing:
+        raise UsageError(f"{p}: no row has the field {', '.join(map(repr, missing))} that --csv-columns names; "
+                         "fix --csv-columns")
 
 
 def _jsonl_rows(text: str):
@@ -207,36 +257,24 @@ def _jsonl_rows(text: str):
 
 
 def csv_dict_rows(text: str, where: str, tsv: bool = False) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """``(header, (line, row) of each row)`` of the CSV (or TSV) ``text``: fields may be as long as
-    the text (the csv module's default stops at 128 KiB); a malformed file is a one-line
-    ``UsageError`` naming ``where`` and the line."""
-    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",")
+    """``(header, (line, row) of each row)`` of the CSV (or TSV) ``text`` as ``csv.DictReader``
+    gives them (cells past the header under ``None``, missing ones ``None``), read by
+    ``sftlab.data.readers.table_rows``: the line a row starts on, cells as long as the text, a
+    malformed file a one-line ``UsageError`` naming ``where`` and the line."""
+    header, rows = table_rows(text, where, "\t" if tsv else ",")
 
-    def refuse(e: csv.Error):
-        return UsageError(f"{where}: line {reader.line_num}: not readable CSV ({e})")
+    def dicts() -> Iterator[tuple[int, dict]]:
+        for line, cells in rows:
+            row: dict = dict(zip(header, cells + [None] * (len(header) - len(cells))))
+            if len(cells) > len(header):
+                row[None] = cells[len(header):]
+            yield line, row
 
-    try:
-        header = list(reader.fieldnames or [])
-    except csv.Error as e:
-        raise refuse(e) from None
-
-    def rows() -> Iterator[tuple[int, dict]]:
-        it = iter(reader)
-        while True:
-            try:
-                row = next(it)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise refuse(e) from None
-            yield reader.line_num, row
-
-    return header, rows()
+    return header, dicts()
 
 
-def _csv_rows(text: str, p: Path, columns: dict[str, str] | None):
-    header, rows = csv_dict_rows(text, str(p), p.suffix.lower() == ".tsv")
+def _csv_rows(text: str, p: Path, columns: dict[str, str] | None, tsv: bool):
+    header, rows = csv_dict_rows(text, str(p), tsv)
     header = [h.strip() for h in header]
     if columns is None:
         xstest = {"prompt", "type", "label"} <= set(header)
@@ -284,11 +322,12 @@ def _messages(row: dict) -> tuple[tuple[tuple[str, str], ...] | None, str | None
     return tuple(out), None
 
 
-def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None, str | None]:
+def prompt_from_row(row: dict, path: str, line: int,
+                    default_expected: str | None = None) -> tuple[EvalPrompt | None, str | None]:
     messages, problem = _messages(row)
     if problem:
         return None, problem
-    expected = row.get("expected")
+    expected = row.get("expected") if row.get("expected") not in (None, "") else default_expected
     if expected is not None:
         expected = EXPECTED.get(str(expected).strip().lower())
         if expected is None:
@@ -320,9 +359,11 @@ def prompt_from_row(row: dict, path: str, line: int) -> tuple[EvalPrompt | None,
         policy_category=row.get("policy_category"), tools=tools, file=path, line=line), None
 
 
-def load_prompt_sets(paths: list[str], columns: dict[str, str] | None = None) -> list[PromptSet]:
-    """Every file's ``PromptSet``; ``UsageError`` when no file has a usable prompt."""
-    sets = [load_prompt_set(p, columns) for p in paths]
+def load_prompt_sets(paths: list[str], columns: dict[str, str] | None = None,
+                     expected: str | None = None) -> list[PromptSet]:
+    """Every file's ``PromptSet``; ``UsageError`` when no file has a usable prompt. ``expected``
+    (refuse | comply): what a prompt whose row does not say is expected to get."""
+    sets = [load_prompt_set(p, columns, expected) for p in paths]
     if not any(s.prompts for s in sets):
         bad = [b for s in sets for b in s.bad_rows][:3]
         detail = "; ".join(f"{b['file']}:{b['line']}: {b['reason']}" for b in bad)

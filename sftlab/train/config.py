@@ -55,7 +55,7 @@ class DataFile(_Section):
     """A data entry that says how its records name things (as LLaMA-Factory's ``dataset_info.json``
     columns and tags, or axolotl's ``field_messages``); a plain path string needs none of it."""
     path: str | None = None
-    """The file (JSONL, JSON, Parquet) or saved dataset directory; ``null`` with ``dataset_info``:
+    """The file (JSONL, JSON, Parquet, CSV or TSV; the text ones may be gzip, bz2 or xz compressed) or saved dataset directory; ``null`` with ``dataset_info``:
     the entry's ``file_name`` beside that file."""
     field_messages: str | None = None
     """The record field holding the list of messages (a dotted path such as ``body.messages``
@@ -89,8 +89,10 @@ class DataFile(_Section):
     """``chosen``: train a preference record (``chosen``/``rejected``) on its prompt and chosen answer,
     dropping the rejected one; ``null``: preference records are quarantined."""
     ignore_fields: list[str] = []
-    """Top-level record fields declared unused (kept as metadata, not trained); any other field that
-    no layout reads and that is not known metadata quarantines its record."""
+    """Record fields declared unused (kept as metadata, not trained): a top-level field by its name, a
+    message key as the message list's field, ``[]`` and the key (``messages[].name``,
+    ``conversations[].mask``); any other field or message key that sftlab does not read and that is not
+    known metadata quarantines its record."""
     prompt_completion: Literal["continuation", "chat"] | None = None
     """As ``data.prompt_completion``, for this file; ``null``: the data section's."""
 
@@ -134,7 +136,7 @@ class DataFile(_Section):
 
 class DataConfig(_Section):
     train: list[str | DataFile] = Field(min_length=1)
-    """Training data (JSONL, JSON or Parquet files, a saved HF dataset directory, a folder of data
+    """Training data (JSONL, JSON, Parquet, CSV or TSV files, compressed or not, a saved HF dataset directory, a folder of data
     files, or a dataset name for ``datasets.load_dataset`` as ``name[:config[:split]]``): a path, or a mapping
     with ``path`` and how its records name things (``field_messages``, ``role_key``,
     ``content_key``, ``roles``; LLaMA-Factory's ``formatting``, ``columns``, ``tags``, or its
@@ -142,9 +144,10 @@ class DataConfig(_Section):
     eval: list[str | DataFile] = []
     """Held-out files for the validation loss per slice (entries as in ``train``)."""
     ignore_fields: list[str] = []
-    """Top-level record fields declared unused in every file (kept as metadata, not trained); a field
-    that no layout reads, that is not known metadata and is not declared here or in its entry's
-    ``ignore_fields`` quarantines its record."""
+    """Record fields declared unused in every file (kept as metadata, not trained): a top-level field by
+    its name, a message key as ``messages[].name`` (the message list's field, ``[]``, the key); a field
+    or message key that sftlab does not read, that is not known metadata and is not declared here or in
+    its entry's ``ignore_fields`` quarantines its record."""
     prompt_completion: Literal["continuation", "chat"] = "continuation"
     """What a ``prompt``/``completion`` record of two strings means: ``continuation`` is plain text as
     TRL trains it (no chat template: the prompt's tokens, the completion's and eos; the completion and
