@@ -241,3 +241,19 @@ def test_openai_fine_tuning_records_with_tools_and_parallel_tool_calls_are_read(
     conv = to_conversation(record)
     assert conv.extra == {"parallel_tool_calls": False}
     assert conv.messages[1].tool_calls[0].name == "get_weather" and "get_weather" in conv.tools
+
+
+def test_every_key_of_a_tool_call_is_read_or_the_record_is_refused():
+    """A call's ``id``, ``type``, ``function.name`` and ``function.arguments`` are read (and a
+    streamed call's ``index`` is bookkeeping); any other key would be lost, so it is named."""
+    call = {"id": "call_1", "type": "function", "index": 0,
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
+    record = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                           {"role": "assistant", "content": None, "tool_calls": [call]}]}
+    assert to_conversation(record).messages[1].tool_calls[0].name == "get_weather"
+    for extra, field in (({"reason": "the user asked"}, "messages[1].tool_calls[0].reason"),
+                         ({"function": {**call["function"], "unit": "C"}}, "messages[1].tool_calls[0].function.unit")):
+        bad = {"messages": [record["messages"][0], {**record["messages"][1], "tool_calls": [{**call, **extra}]}]}
+        with pytest.raises(RecordError) as e:
+            to_conversation(bad)
+        assert (e.value.code, e.value.field) == ("unused_field", field)

@@ -310,6 +310,7 @@ def _call(c: Any, field: str, index: int, call_id: Any = None) -> ToolCall:
         raise RecordError("bad_arguments", "the call has no arguments; expected a JSON object (use {} for "
                           "none)", field=f"{field}.function.arguments", message_index=index)
     arguments = json_object_text(fn["arguments"], f"{field}.function.arguments", index)
+    _account_call(c, fn, field, index)
     cid = c.get("id", call_id)
     if cid is not None and type(cid) is not str:
         if type(cid) is not int:
@@ -317,6 +318,25 @@ def _call(c: Any, field: str, index: int, call_id: Any = None) -> ToolCall:
                               field=f"{field}.id", message_index=index)
         cid = str(cid)
     return ToolCall(fn["name"], arguments, cid)
+
+
+_CALL_KEYS = frozenset({"id", "type", "function", "index", "name", "arguments"})
+_FUNCTION_KEYS = frozenset({"name", "arguments"})
+
+
+def _account_call(c: dict, fn: dict, field: str, index: int) -> None:
+    """Every key of a call is its name, arguments, id, ``type`` or streaming ``index``, or empty;
+    anything else would be lost, so the record is refused naming it."""
+    if len(c) <= 3 and len(fn) == 2:
+        return  # the usual call: {id, type, function: {name, arguments}} or {name, arguments}
+    extra = [(field, k) for k, v in c.items() if k not in _CALL_KEYS and v not in (None, "", [], {})]
+    if fn is not c:
+        extra += [(f"{field}.function", k) for k, v in fn.items() if k not in _FUNCTION_KEYS and v not in (None, "", [], {})]
+    if extra:
+        where, key = extra[0]
+        raise RecordError("unused_field", f"tool call key {key!r} is not read by sftlab, so it would be lost; "
+                          "fix: put what it says into the arguments, or drop it", field=f"{where}.{key}",
+                          message_index=index)
 
 
 def _tool_calls(items: Any, field: str, index: int) -> tuple[ToolCall, ...]:
