@@ -257,3 +257,14 @@ def test_every_key_of_a_tool_call_is_read_or_the_record_is_refused():
         with pytest.raises(RecordError) as e:
             to_conversation(bad)
         assert (e.value.code, e.value.field) == ("unused_field", field)
+
+
+def test_a_call_with_an_unread_key_beside_its_function_and_id_is_refused():
+    """Three keys, as many as the usual call has, are no proof the call is the usual one."""
+    record = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                           {"role": "assistant", "content": None, "tool_calls": [
+                               {"id": "call_1", "function": {"name": "get_weather", "arguments": "{}"},
+                                "reason": "the user asked"}]}]}
+    with pytest.raises(RecordError) as e:
+        to_conversation(record)
+    assert (e.value.code, e.value.field) == ("unused_field", "messages[1].tool_calls[0].reason")

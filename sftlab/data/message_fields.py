@@ -48,7 +48,7 @@ from typing import Any
 
 from sftlab.data.conversation import ROLES, Message, ToolCall, unpaired_surrogate
 from sftlab.data.message_keys import MESSAGE_METADATA, TRAINING_KEYS, account_keys, message_train, message_weight
-from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
+from sftlab.data.record_errors import RecordError, empty, keys as _keys, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
@@ -327,11 +327,11 @@ _FUNCTION_KEYS = frozenset({"name", "arguments"})
 def _account_call(c: dict, fn: dict, field: str, index: int) -> None:
     """Every key of a call is its name, arguments, id, ``type`` or streaming ``index``, or empty;
     anything else would be lost, so the record is refused naming it."""
-    if len(c) <= 3 and len(fn) == 2:
+    if c.keys() <= _CALL_KEYS and (fn is c or fn.keys() <= _FUNCTION_KEYS):
         return  # the usual call: {id, type, function: {name, arguments}} or {name, arguments}
-    extra = [(field, k) for k, v in c.items() if k not in _CALL_KEYS and v not in (None, "", [], {})]
+    extra = [(field, k) for k, v in c.items() if k not in _CALL_KEYS and not empty(v)]
     if fn is not c:
-        extra += [(f"{field}.function", k) for k, v in fn.items() if k not in _FUNCTION_KEYS and v not in (None, "", [], {})]
+        extra += [(f"{field}.function", k) for k, v in fn.items() if k not in _FUNCTION_KEYS and not empty(v)]
     if extra:
         where, key = extra[0]
         raise RecordError("unused_field", f"tool call key {key!r} is not read by sftlab, so it would be lost; "
@@ -466,7 +466,7 @@ def _join_parts(content: Any, field: str, index: int) -> tuple[str, str | None, 
                     "({\"type\": \"text\", \"text\": ...}), reasoning and tool_call parts can be "
                     "trained; fix: drop the part or the record", field=f"{field}[{j}]", message_index=index)
             extra = [k for k, v in part.items() if k != key and k not in _PART_METADATA
-                     and v not in (None, "", [], {})] if isinstance(part, dict) else []
+                     and not empty(v)] if isinstance(part, dict) else []
             if extra:
                 raise RecordError(
                     "unused_field", f"content part {j} has {', '.join(map(repr, extra))} besides its {key!r}, "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sftlab.data.record_errors import RecordError
+from sftlab.data.record_errors import RecordError, empty
 
 __all__ = ["MESSAGE_METADATA", "TRAINING_KEYS", "MAX_WEIGHT", "message_train", "message_weight", "account_keys"]
 
@@ -43,7 +43,7 @@ def account_keys(m: dict, keys: list, role: str, role_key: str, content_key: str
         if key == role_key or key == content_key or role == "tool" and key in ("name", "tool_call_id"):
             continue
         value = m[key]
-        if value is None or value == "" or value == [] or value == {} or f"{base}[].{key}" in ignore:
+        if empty(value) or f"{base}[].{key}" in ignore:
             continue
         if key == "type" and value == "message":
             continue  # OpenAI's Responses API marks its message items so

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["RecordError", "kind", "keys"]
+__all__ = ["RecordError", "kind", "keys", "empty"]
 
 
 class RecordError(ValueError):
@@ -43,3 +43,13 @@ def kind(value: Any) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string",
              list: "a list", dict: "an object"}
     return names.get(type(value), type(value).__name__)
+
+
+def empty(value: Any) -> bool:
+    """Whether a JSON value holds nothing (null, "", [] or {}): a field or key that may go unread
+    without losing content (a table's column that this row does not fill).
+
+    >>> [empty(v) for v in (None, "", [], {}, 0, False, " ")]
+    [True, True, True, True, False, False, False]
+    """
+    return value is None or value == "" or value == [] or value == {}

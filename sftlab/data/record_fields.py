@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.data.conversation import Message
-from sftlab.data.record_errors import RecordError, kind as _kind
+from sftlab.data.record_errors import RecordError, empty, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
 
@@ -137,7 +137,7 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
         if key not in extra or key in _KNOWN_METADATA or key in ignore:
             continue
         value = row[key]
-        if value is None or value == "" or value == [] or value == {}:
+        if empty(value):
             continue  # a column of a table that this record does not fill
         if isinstance(value, str) and any(m.content == value for m in messages):
             continue  # a copy of text the conversation holds (UltraChat's prompt beside its messages)
