@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -304,21 +303,6 @@ def record_warnings(conv: Conversation) -> list[tuple[str, str]]:
 
 
 def check_conversation(conv: Conversation) -> None:
-    """``_check_conversation``, its reasons naming each message as the record does
-    (``conversations[2].from``, ``output``: ``Conversation.where``) rather than ``messages[i]``."""
-    try:
-        _check_conversation(conv)
-    except RecordError as e:
-        m = _MESSAGE_FIELD.match(e.field or "")
-        if m and conv.fields:
-            e.field = conv.where(int(m[1]), m[2] or "") + m[3]
-        raise
-
-
-_MESSAGE_FIELD = re.compile(r"messages\[(\d+)\](?:\.(role|content|name|tool_call_id))?(.*)")
-
-
-def _check_conversation(conv: Conversation) -> None:
     """Turn order, content and tool-call checks on an adapted conversation; raises ``RecordError``.
 
     After an optional first system message, user and assistant turns alternate (several assistant
@@ -330,7 +314,8 @@ def _check_conversation(conv: Conversation) -> None:
     answer a call of the assistant message before it (its ``tool_call_id`` one of their ids, its
     ``name`` one of their names), a call must name a function of ``tools`` when the record gives
     tools, and calls followed by more conversation must get their results first (every call id
-    answered when the calls have ids). A final assistant message may end on calls.
+    answered when the calls have ids). A final assistant message may end on calls. Each reason
+    names the message as the record does (``conversations[2].from``, ``output``: ``Conversation.where``).
     """
     prev = None
     has_assistant = False
@@ -339,39 +324,39 @@ def _check_conversation(conv: Conversation) -> None:
     for i, m in enumerate(conv.messages):
         role = m.role
         if role != "tool" and pending and prev in ("assistant", "tool"):
-            _unanswered(i, pending, prev)
+            _unanswered(conv, i, pending, prev)
         if role == "system":
             if i != 0:
                 raise RecordError("system_not_first", f"system message at position {i}; expected "
                                   "at most one system message, first; fix: move it to the start "
-                                  "or merge it into the first one", field=f"messages[{i}].role",
+                                  "or merge it into the first one", field=conv.where(i, "role"),
                                   message_index=i)
         elif role == "assistant":  # one after another too: the template says whether it can train that
             if prev not in ("user", "tool", "assistant"):
-                _bad_order(i, role, prev, "a user, tool or assistant message")
+                _bad_order(conv, i, role, prev, "a user, tool or assistant message")
             if not m.content.strip() and not m.tool_calls:
                 raise RecordError("empty_assistant", "assistant message is empty; expected the "
                                   "response text or tool calls; fix: write the response or drop the record",
-                                  field=f"messages[{i}].content", message_index=i)
+                                  field=conv.where(i, "content"), message_index=i)
             for j, call in enumerate(m.tool_calls):
                 if known is not None and call.name not in known:
                     raise RecordError(
                         "unknown_function", f"call to function {call.name!r}, which is not in the record's "
                         f"tools ({', '.join(sorted(known))}); expected a call to a listed function; fix: add "
-                        "its schema to tools or drop the record", field=f"messages[{i}].tool_calls[{j}].function.name",
+                        "its schema to tools or drop the record", field=f"{conv.where(i)}.tool_calls[{j}].function.name",
                         message_index=i)
             pending = list(m.tool_calls)
             has_assistant = True
         elif role == "user":
             if prev not in (None, "system", "assistant"):
-                _bad_order(i, role, prev, "the start, a system message or an assistant message")
+                _bad_order(conv, i, role, prev, "the start, a system message or an assistant message")
             if not m.content.strip():
                 raise RecordError("empty_user", "user message is empty; expected the prompt the "
                                   "next assistant message answers; fix: write the prompt or drop "
-                                  "the record", field=f"messages[{i}].content", message_index=i)
+                                  "the record", field=conv.where(i, "content"), message_index=i)
         else:  # tool: after a message that is no assistant or tool message, it answers no call
             calls = conv.messages[_calling(conv.messages, i)].tool_calls if prev in ("assistant", "tool") else ()
-            pending = _answer(i, m, pending, calls)
+            pending = _answer(conv, i, m, pending, calls)
         prev = role
     if not has_assistant:
         raise RecordError("no_assistant", "no assistant message; expected at least one assistant "
@@ -386,40 +371,40 @@ def _calling(messages, i: int) -> int:
     return i
 
 
-def _answer(i: int, m, pending: list, calls: tuple) -> list:
+def _answer(conv: Conversation, i: int, m, pending: list, calls: tuple) -> list:
     """The calls still unanswered after tool message i (which must answer one of ``calls``)."""
     if not calls:
         raise RecordError("result_without_call", "tool result with no preceding tool call; expected a "
                           "tool message only after an assistant message with tool_calls; fix: give the "
                           "assistant message its tool_calls (or drop the tool message)",
-                          field=f"messages[{i}].role", message_index=i)
+                          field=conv.where(i, "role"), message_index=i)
     if m.tool_call_id is not None:
         ids = [c.id for c in calls if c.id is not None]
         if m.tool_call_id not in ids:
             raise RecordError("unknown_tool_call_id", f"tool_call_id {m.tool_call_id!r} answers no call of "
                               f"the assistant message before it (ids: {', '.join(map(repr, ids)) or 'none'}); "
                               "fix: use the id of the call this is the result of",
-                              field=f"messages[{i}].tool_call_id", message_index=i)
+                              field=conv.where(i, "tool_call_id"), message_index=i)
         return [c for c in pending if c.id != m.tool_call_id]
     if m.name is not None:
         names = [c.name for c in calls]
         if m.name not in names:
             raise RecordError("unknown_tool_call_id", f"tool result named {m.name!r}, but the assistant message "
                               f"before it calls {', '.join(map(repr, names))}; fix: name the function called",
-                              field=f"messages[{i}].name", message_index=i)
+                              field=conv.where(i, "name"), message_index=i)
         k = next((k for k, c in enumerate(pending) if c.name == m.name), None)
         return pending[:k] + pending[k + 1:] if k is not None else pending
     return pending[1:]  # results without ids answer the calls in order
 
 
-def _unanswered(i: int, pending: list, prev: str) -> None:
+def _unanswered(conv: Conversation, i: int, pending: list, prev: str) -> None:
     call = pending[0]
     which = f"id {call.id!r}" if call.id is not None else f"{call.name!r}"
     if prev == "tool" and all(c.id is None for c in pending):
         return  # results without ids: one tool message may carry several results
     raise RecordError("call_without_result", f"tool call {which} has no result before message {i}; expected "
                       "a tool message answering each call before the conversation goes on; fix: add the "
-                      "result, or end the conversation at the call", field=f"messages[{i}].role",
+                      "result, or end the conversation at the call", field=conv.where(i, "role"),
                       message_index=i)
 
 
@@ -427,13 +412,13 @@ def _a(role: str) -> str:
     return "an" if role == "assistant" else "a"  # a system, user or tool message
 
 
-def _bad_order(i: int, role: str, prev: str | None, expected: str) -> None:
+def _bad_order(conv: Conversation, i: int, role: str, prev: str | None, expected: str) -> None:
     after = "the start" if prev is None else f"{_a(prev)} {prev} message"
     raise RecordError("broken_alternation", f"{role} message right after {after}; expected {_a(role)} "
                       f"{role} message only after {expected}; fix: user and assistant turns "
                       "alternate after an optional system message, tool messages come between an "
                       "assistant message and the next (merge or drop the extra turn)",
-                      field=f"messages[{i}].role", message_index=i)
+                      field=conv.where(i, "role"), message_index=i)
 
 
 def check_policy(conv: Conversation, policy: Any) -> None:
