@@ -32,14 +32,15 @@ from sftlab.data.columnar import first_line, hub_dataset, load_dataset, read_dat
 from sftlab.data.record_errors import RecordError
 from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, decode, escape_surrogates, preview,
                                       shape_problem, too_deep, too_deep_error, too_large)
-from sftlab.data.compressed import MAX_COMPRESSED_ARRAY, BoundedLines, Decompressed, compression, inner_name
+from sftlab.data.compressed import (MAX_COMPRESSED_ARRAY, BoundedLines, Decompressed, compression, decompressed,
+                                    inner_name)
 from sftlab.data.tables import read_csv
 from sftlab.errors import UsageError
 from sftlab.fingerprints import files_digest, json_sha256, stream_sha256
 from sftlab.files import open_input as open_file
 
 __all__ = ["RawItem", "DEFAULT_MAX_RECORD_BYTES", "MAX_DEPTH", "check_readable", "folder_files", "hub_dataset",
-           "sources", "input_format", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
+           "sources", "whole_input", "read_json_array", "jsonl_starts", "read_jsonl_at", "open_input", "input_digest"]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
@@ -147,9 +148,7 @@ def sources(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[RawItem]]]:
             stream = io.BufferedReader(_Prefixed(head, stream), buffer_size=1 << 16)
         kind = _format(inner_name(p) if codec else p, head)
         if kind == "parquet":
-            if codec is not None:
-                raise UsageError(f"{p}: Parquet compressed as a whole file ({codec}); Parquet compresses "
-                                 "its own pages: decompress the file and pass the .parquet file")
+            _no_compressed_parquet(p, codec)
             yield name, read_parquet(p, stream, max_bytes)
         elif kind == "csv":
             yield name, read_csv(p, stream, max_bytes, "\t" if inner_name(p).suffix.lower() == ".tsv" else ",")
@@ -203,9 +202,23 @@ def _lines_after_bracket(head: bytes) -> int:
     return sum(1 for line in body.split(b"\n")[:-1] if line.strip())
 
 
-def input_format(p: Path, data: bytes) -> str:
-    """``_format`` of an input held whole in memory (its head as ``sources`` reads it)."""
-    return _format(p, _head(io.BytesIO(data)))
+def whole_input(p: Path, data: bytes) -> tuple[bytes, str]:
+    """A small input read whole (a prompt or labelled file): its bytes, decompressed, and its format
+    (``csv``, ``tsv``, ``parquet``, ``array`` or ``jsonl``), decided as ``sources`` decides it."""
+    codec = compression(p, data[:16])
+    name = p
+    if codec is not None:
+        data, name = decompressed(p, codec, data), inner_name(p)
+    kind = _format(name, _head(io.BytesIO(data)))
+    if kind == "parquet":
+        _no_compressed_parquet(p, codec)
+    return data, "tsv" if kind == "csv" and name.suffix.lower() == ".tsv" else kind
+
+
+def _no_compressed_parquet(p: Path, codec: str | None) -> None:
+    if codec is not None:
+        raise UsageError(f"{p}: Parquet compressed as a whole file ({codec}); Parquet compresses its own "
+                         "pages: decompress the file and pass the .parquet file")
 
 
 def _format(p: Path, head: bytes) -> str:

@@ -35,9 +35,8 @@ from pathlib import Path
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
 from sftlab.evaluation.metrics import wilson
-from sftlab.data.compressed import compression, decompressed, inner_name
-from sftlab.data.readers import input_format
-from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows, file_rows
+from sftlab.data.readers import whole_input
+from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows, structured_rows
 from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
 
@@ -98,21 +97,17 @@ def load_labelled(path: str) -> LabelledSet:
 
     raw_bytes = read_input(p, what="--labelled", max_bytes=1 << 30)
     digest = sha256_hex(raw_bytes)
-    codec = compression(p, raw_bytes[:16])
-    if codec is not None:
-        raw_bytes = decompressed(p, codec, raw_bytes)
-    name = inner_name(p) if codec else p
-    kind = name.suffix.lower() if name.suffix.lower() in (".csv", ".tsv") else input_format(name, raw_bytes)
-    if kind in (".csv", ".tsv"):
+    raw_bytes, kind = whole_input(p, raw_bytes)
+    if kind in ("csv", "tsv"):
         try:
             text = raw_bytes.decode("utf-8")
         except UnicodeDecodeError as e:
             raise UsageError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-        rows = _read_csv(text, kind == ".tsv", str(path))
-    elif kind in ("array", "parquet"):
-        rows = file_rows(p, raw_bytes, None)
-    else:  # JSONL: a line that is not UTF-8 is a bad row, the others are kept
+        rows = _read_csv(text, kind == "tsv", str(path))
+    elif kind == "jsonl":  # a line that is not UTF-8 is a bad row, the others are kept
         rows = _read_jsonl(raw_bytes.decode("utf-8", "surrogateescape"))
+    else:
+        rows = structured_rows(p, raw_bytes, kind)
     responses, labels, bad, sources, slices, prompts = [], [], [], [], [], []
     for line, row, problem in rows:
         if problem is None:

@@ -166,29 +166,26 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None, expected: 
 def file_rows(p: Path, data: bytes, columns: dict[str, str] | None):
     """``(line, row, problem)`` of the prompt file ``p`` whose bytes are ``data``: CSV/TSV by
     extension, Parquet or a JSON array by their first bytes, JSONL otherwise; gzip, bz2 or xz
-    compressed (``sftlab.data.readers``, which reads the data files too). ``columns`` maps the
+    compressed (``sftlab.data.readers.whole_input``, as data files are read). ``columns`` maps the
     fields of every layout, not of CSV alone."""
+    from sftlab.data.readers import whole_input  # lazy: the record readers cost `sftlab --help`
+
+    data, kind = whole_input(p, data)
+    if kind in ("csv", "tsv"):
+        return _csv_rows(_text(p, data), p, columns, kind == "tsv")
+    if kind == "jsonl":
+        return _mapped(p, _jsonl_rows(_text(p, data)), columns)
+    return _mapped(p, structured_rows(p, data, kind), columns)
+
+
+def structured_rows(p: Path, data: bytes, kind: str):
+    """``(record number, row, problem)`` of a Parquet file or a JSON array, read by the data readers."""
     # lazy: the record readers cost `sftlab --help`
     from sftlab.data.columnar import read_parquet
-    from sftlab.data.compressed import compression, decompressed, inner_name
-    from sftlab.data.readers import input_format, read_json_array
+    from sftlab.data.readers import read_json_array
 
-    codec = compression(p, data[:16])
-    if codec is not None:
-        data = decompressed(p, codec, data)
-    name = inner_name(p) if codec else p
-    if name.suffix.lower() in (".csv", ".tsv"):
-        return _csv_rows(_text(p, data), p, columns, name.suffix.lower() == ".tsv")
-    kind = input_format(name, data)
-    if kind == "parquet":
-        if codec is not None:
-            raise UsageError(f"{p}: Parquet compressed as a whole file; decompress it")
-        return _mapped(p, ((item[0], item[1], item[2] and item[2].reason) for item in
-                           read_parquet(p, io.BytesIO(data), 1 << 30)), columns)
-    if kind == "array":
-        return _mapped(p, ((item[0], item[1], item[2] and item[2].reason) for item in
-                           read_json_array(p, data, 1 << 30)), columns)
-    return _mapped(p, _jsonl_rows(_text(p, data)), columns)
+    items = read_parquet(p, io.BytesIO(data), 1 << 30) if kind == "parquet" else read_json_array(p, data, 1 << 30)
+    return ((item[0], item[1], item[2] and item[2].reason) for item in items)
 
 
 def _text(p: Path, data: bytes) -> str:
