@@ -127,6 +127,11 @@ def test_a_table_keeps_cells_as_text_and_names_bad_rows_by_file_line(tmp_path):
            [["Pad it\n\n7", "007"], ["two\nlines", "x"], ["ok", "1e3"]]
     (q,) = report.quarantined
     assert (q.line, q.file_line, q.code) == (3, 5, "bad_row") and "2 cells under a header of 3 columns" in q.reason
+    assert q.record == "short,row"
+    wide = tmp_path / "wide.csv"
+    wide.write_text("instruction,output\nhi,hello,and more\n", encoding="utf-8")
+    (q,) = load_files([wide]).quarantined
+    assert q.record == "hi,hello,and more"  # the cell past the header is kept in the quarantine
     dup = tmp_path / "dup.csv"
     dup.write_text("output,output\na,b\n")
     with pytest.raises(UsageError, match="names a column twice"):

@@ -64,7 +64,7 @@ def read_csv(p: Path, stream: Any, max_bytes: int, delimiter: str) -> Iterator[t
     >>> import io
     >>> rows = read_csv(Path("t.csv"), io.BytesIO(b'instruction,output\\n"a, b","x\\ny"\\nc\\n'), 10**6, ",")
     >>> [(row, record, problem and problem.code, line) for row, record, problem, line in rows]
-    [(1, {'instruction': 'a, b', 'output': 'x\\ny'}, None, 2), (2, {'instruction': 'c'}, 'bad_row', 4)]
+    [(1, {'instruction': 'a, b', 'output': 'x\\ny'}, None, 2), (2, 'c', 'bad_row', 4)]
     """
     text, bad_utf8 = decode(stream.read())
     header, rows = table_rows(text, str(p), delimiter)
@@ -78,8 +78,8 @@ def read_csv(p: Path, stream: Any, max_bytes: int, delimiter: str) -> Iterator[t
         size = sum(len(c.encode("utf-8", "surrogateescape")) for c in cells)
         if size > max_bytes:
             yield n, preview(delimiter.join(cells)), too_large(size, max_bytes), line
-        elif len(cells) != len(header):
-            yield n, obj, RecordError("bad_row", f"{len(cells)} cells under a header of {len(header)} "
+        elif len(cells) != len(header):  # quarantined as its cells, every one (a dict would drop extra ones)
+            yield n, preview(delimiter.join(cells)), RecordError("bad_row", f"{len(cells)} cells under a header of {len(header)} "
                                       "columns; fix: quote cells that hold the delimiter, or fill the row"), line
         else:
             problem = shape_problem(obj, bad_utf8) if bad_utf8 else None
