@@ -376,14 +376,14 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
             if not (part or last_turn_only) and enc.reasoning != "drop" and any(m.reasoning for m in conv.messages):
                 accounting.check_reasoning(layouts[j], conv.messages, enc.template.name,
                                            set(trained_messages(conv.messages, last_turn_only)) | skip)
-            if turns == "expand" and not set(trained_messages(conv.messages, last_turn_only)) - skip:
-                if layouts[j].rewritten and not part:
-                    _check_rewritten(enc, conv, layouts[j], last_turn_only, skip)
-                results[j] = extra[j]  # every trained turn has an example of its own
-                continue
-            ex = build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
+            # every trained turn has an example of its own: no example of the whole conversation
+            own = turns == "expand" and not set(trained_messages(conv.messages, last_turn_only)) - skip
+            ex = None if own else build(enc, conv, conv.messages, last_turn_only, 0, layouts[j], encoding, skip)
             if layouts[j].rewritten and not part:  # the template rewrote some message: is all of its text there?
                 _check_rewritten(enc, conv, layouts[j], last_turn_only, skip)
+            if own:
+                results[j] = extra[j]
+                continue
             if max_length is not None and len(ex) > max_length:
                 long[j] = _Truncation(conv, ex, layouts[j], encoding, max_length, skip)
                 full[j] = encoding

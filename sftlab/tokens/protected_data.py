@@ -58,9 +58,10 @@ def protect_data(enc: Encoder, messages: Sequence[Message], msgs: list[dict], to
     strings(tool_list or [])
     for m in messages:
         for c in m.tool_calls:
-            texts.append(json.dumps(c.arguments_value(), ensure_ascii=False))
+            arguments = c.arguments_value()
+            texts.append(json.dumps(arguments, ensure_ascii=False))
             strings(c.name)
-            strings(c.arguments_value())
+            strings(arguments)
     found = set()
     for t in {t for t in texts if enc.special_re.search(t)}:
         k = layout.text.find(t)
