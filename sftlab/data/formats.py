@@ -45,7 +45,6 @@ Example::
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -252,6 +251,8 @@ def _layout_hint(row: dict[str, Any]) -> str:
     return (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
             f"{{{', '.join(f'{a}: {b}' for a, b in mapped)}}} (validate: "
             f"{' '.join(f'--column {a}={b}' for a, b in mapped)})")
+
+
 _QA_PAIRS = (("question", "answer"), ("query", "response"), ("question", "response"), ("input", "output"),
              ("prompt", "response"), ("problem", "solution"))
 _SYSTEM_NAMES = ("system_prompt", "system_message", "system")
@@ -281,9 +282,9 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     fmt = detect_format(row, cols) if chosen is None else _prompt_format(row, cols, chosen)
     if fmt == "implicit_prompt":  # a messages list equal to the chosen conversation is a copy of it
         row = {k: v for k, v in row.items() if not (k in ("messages", "conversations") and v == chosen)}
-    if fmt in ("openai", "mapped", "sharegpt"):
-        key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}[fmt]
-        messages = message_list(field_value(row, key), key, sharegpt=fmt == "sharegpt", columns=msg_cols,
+    list_key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}.get(fmt)
+    if list_key is not None:
+        messages = message_list(field_value(row, list_key), list_key, sharegpt=fmt == "sharegpt", columns=msg_cols,
                                 ignore=ignore)
         if row.get(system_key) not in (None, ""):
             messages = _top_system(row, system_key, messages)
@@ -308,24 +309,24 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
     check_tools_unicode(tools)
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
     fields, keys = ((), ()) if fmt == "openai" and chosen is None and len(messages) == len(row["messages"]) else \
-        _message_fields(row, fmt, cols, system_key, chosen_key, chosen, len(messages))  # messages[i] is right
+        _message_fields(row, fmt, cols, list_key, system_key, chosen_key, chosen, len(messages))  # messages[i] is right
     return Conversation(messages=tuple(messages), tools=tools, plain=plain, extra=extra, origin=origin,
                         fields=fields, keys=keys, **meta)
 
 
-def _message_fields(row: dict[str, Any], fmt: str, cols: Columns | None, system_key: str, chosen_key: str,
-                    chosen: Any, n: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """``Conversation.fields`` and ``keys``: where each of the ``n`` messages sits in ``row``; empty
-    where the layout does not map them one to one (calls merged into one turn, a transcript)."""
+def _message_fields(row: dict[str, Any], fmt: str, cols: Columns | None, list_key: str | None, system_key: str,
+                    chosen_key: str, chosen: Any, n: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``Conversation.fields`` and ``keys``: where each of the ``n`` messages sits in ``row`` (``list_key``:
+    the field of a message-list layout's list); empty where the layout does not map them one to one
+    (calls merged into one turn, a transcript)."""
     def listed(key: str) -> list[str]:
         value = field_value(row, key)
         return [f"{key}[{j}]" for j in range(len(value))] if isinstance(value, list) else [key]
 
     system = [system_key] if isinstance(row.get(system_key), str) and row[system_key] != "" else []
     keys: tuple[tuple[str, str], ...] = ()
-    if fmt in ("openai", "mapped", "sharegpt"):
-        key = {"openai": "messages", "mapped": cols and cols.field_messages, "sharegpt": "conversations"}[fmt]
-        out = listed(key)
+    if list_key is not None:
+        out = listed(list_key)
         out = system + out if len(out) < n else out
         if fmt == "sharegpt" or fmt == "mapped" and cols.maps_messages:
             keys = (("role", (cols and cols.role_key) or ("from" if fmt == "sharegpt" else "role")),
