@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.data.columnar import first_line, hub_dataset, load_dataset, read_dataset, read_parquet, read_saved_dataset
+from sftlab.data.compressed import (MAX_COMPRESSED_ARRAY, BoundedLines, Decompressed, compression, decompressed,
+                                    inner_name)
 from sftlab.data.record_errors import RecordError
 from sftlab.data.record_shape import (DEFAULT_MAX_RECORD_BYTES, MAX_DEPTH, decode, escape_surrogates, preview,
                                       shape_problem, too_deep, too_deep_error, too_large)
-from sftlab.data.compressed import (MAX_COMPRESSED_ARRAY, BoundedLines, Decompressed, compression, decompressed,
-                                    inner_name)
 from sftlab.data.tables import read_csv
 from sftlab.errors import UsageError
 from sftlab.fingerprints import files_digest, json_sha256, stream_sha256

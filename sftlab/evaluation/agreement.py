@@ -26,16 +26,16 @@ Example (two refusals, one compliance, the detector misses one refusal)::
 from __future__ import annotations
 
 import csv
-import os
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftlab.data.readers import whole_input
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
 from sftlab.evaluation.metrics import wilson
-from sftlab.data.readers import whole_input
 from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows, structured_rows
 from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
