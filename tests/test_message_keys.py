@@ -268,3 +268,15 @@ def test_a_call_with_an_unread_key_beside_its_function_and_id_is_refused():
     with pytest.raises(RecordError) as e:
         to_conversation(record)
     assert (e.value.code, e.value.field) == ("unused_field", "messages[1].tool_calls[0].reason")
+
+
+def test_arguments_beside_a_calls_function_are_not_taken_for_its_own():
+    """A nested call reads its function's name and arguments; the same keys beside ``function``
+    would be lost, so they are named."""
+    record = {"messages": [{"role": "user", "content": "Weather in Paris?"},
+                           {"role": "assistant", "content": None, "tool_calls": [
+                               {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"},
+                                "arguments": {"city": "Paris"}}]}]}
+    with pytest.raises(RecordError) as e:
+        to_conversation(record)
+    assert (e.value.code, e.value.field) == ("unused_field", "messages[1].tool_calls[0].arguments")

@@ -320,16 +320,18 @@ def _call(c: Any, field: str, index: int, call_id: Any = None) -> ToolCall:
     return ToolCall(fn["name"], arguments, cid)
 
 
-_CALL_KEYS = frozenset({"id", "type", "function", "index", "name", "arguments"})
 _FUNCTION_KEYS = frozenset({"name", "arguments"})
+_NESTED_CALL_KEYS = frozenset({"id", "type", "index", "function"})
+_FLAT_CALL_KEYS = frozenset({"id", "type", "index"}) | _FUNCTION_KEYS
 
 
 def _account_call(c: dict, fn: dict, field: str, index: int) -> None:
     """Every key of a call is its name, arguments, id, ``type`` or streaming ``index``, or empty;
     anything else would be lost, so the record is refused naming it."""
-    if c.keys() <= _CALL_KEYS and (fn is c or fn.keys() <= _FUNCTION_KEYS):
+    outer = _FLAT_CALL_KEYS if fn is c else _NESTED_CALL_KEYS
+    if c.keys() <= outer and (fn is c or fn.keys() <= _FUNCTION_KEYS):
         return  # the usual call: {id, type, function: {name, arguments}} or {name, arguments}
-    extra = [(field, k) for k, v in c.items() if k not in _CALL_KEYS and not empty(v)]
+    extra = [(field, k) for k, v in c.items() if k not in outer and not empty(v)]
     if fn is not c:
         extra += [(f"{field}.function", k) for k, v in fn.items() if k not in _FUNCTION_KEYS and not empty(v)]
     if extra:
