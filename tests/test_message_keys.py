@@ -280,3 +280,19 @@ def test_arguments_beside_a_calls_function_are_not_taken_for_its_own():
     with pytest.raises(RecordError) as e:
         to_conversation(record)
     assert (e.value.code, e.value.field) == ("unused_field", "messages[1].tool_calls[0].arguments")
+
+
+def test_calls_made_together_keep_the_reasoning_of_their_turn():
+    """ms-swift's consecutive ``tool_call`` messages are one assistant turn: a reasoning block on one
+    of them is that turn's (it was dropped when they were merged); on two, the record is refused."""
+    call = lambda name: json.dumps({"name": name, "arguments": {}})  # noqa: E731
+    record = {"messages": [{"role": "user", "content": "Weather and time in Paris?"},
+                           {"role": "tool_call", "content": call("get_weather"), "reasoning_content": "Two lookups."},
+                           {"role": "tool_call", "content": call("get_time")},
+                           {"role": "tool_response", "content": "sunny"}, {"role": "tool_response", "content": "noon"},
+                           {"role": "assistant", "content": "Sunny, and it is noon."}]}
+    turn = to_conversation(record).messages[1]
+    assert [c.name for c in turn.tool_calls] == ["get_weather", "get_time"] and turn.reasoning == "Two lookups."
+    record["messages"][2]["reasoning_content"] = "Then the time."
+    with pytest.raises(RecordError, match="one reasoning block"):
+        to_conversation(record)

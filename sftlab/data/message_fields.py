@@ -106,7 +106,13 @@ def _call_turns(items: list, field: str, sharegpt: bool, offset: int, columns: C
                                   "loss or loss_scale: they are one assistant turn, trained alike; fix: give them "
                                   "the same (or set it on the first only)", field=f"{field}[{i}]",
                                   message_index=i + offset)
-            msg = Message("assistant", "", last.train, last.weight, last.tool_calls + msg.tool_calls)
+            if last.reasoning is not None and msg.reasoning is not None:
+                raise RecordError("bad_reasoning", "calls made together (consecutive tool_call messages) each with "
+                                  "reasoning: they are one assistant turn, which has one reasoning block; fix: "
+                                  "give the reasoning on the first only", field=f"{field}[{i}]",
+                                  message_index=i + offset)
+            msg = Message("assistant", "", last.train, last.weight, last.tool_calls + msg.tool_calls,
+                          reasoning=last.reasoning if msg.reasoning is None else msg.reasoning)
             out[-1] = msg
         else:
             out.append(msg)
