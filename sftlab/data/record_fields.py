@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.data.conversation import Message
+from sftlab.data.dataset_layouts import LAYOUT_METADATA, TITLES
 from sftlab.data.record_errors import RecordError, empty, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
@@ -35,6 +36,11 @@ _LAYOUT_KEYS = {
     "sharegpt": frozenset({"conversations", "system"}),
     "alpaca": frozenset({"instruction", "input", "output", "system", "history"}),
     "prompt_completion": frozenset({"prompt", "completion", "system"}),
+    "exchanges": frozenset({"conversation", "system"}),
+    "turns": frozenset({"conversations", "system"}),
+    "glaive": frozenset({"chat", "system"}),
+    "xlam": frozenset({"query", "answers"}),
+    "nemotron": frozenset({"input", "output", "system_prompt"}),
 }
 _CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _LAYOUT_KEYS.items()}
 
@@ -134,7 +140,7 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
     ignore = cols.ignore if cols is not None else ()
     unused: list[str] = []
     for key in row:
-        if key not in extra or key in _KNOWN_METADATA or key in ignore:
+        if key not in extra or key in _KNOWN_METADATA or key in ignore or key in LAYOUT_METADATA.get(fmt, ()):
             continue
         value = row[key]
         if empty(value):
@@ -153,7 +159,7 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
                               field=key)
         unused.append(key)
     if unused:
-        layout = {"mapped": "mapped messages", "alpaca": "instruction"}.get(fmt, fmt.replace("_", "/"))
+        layout = {"mapped": "mapped messages", "alpaca": "instruction", **TITLES}.get(fmt, fmt.replace("_", "/"))
         names = ", ".join(map(repr, unused))
         one = len(unused) == 1
         what, its, it = (f"field {names} is", "its", "it") if one else (f"fields {names} are", "their", "them")
