@@ -272,3 +272,20 @@ def test_flan_inputs_targets_hint_names_the_columns():
     with pytest.raises(RecordError) as e:
         to_conversation({"inputs": "Translate to German: hello", "targets": "hallo", "task": "wmt16"})
     assert "--column prompt=inputs --column response=targets" in e.value.reason
+
+
+def test_every_unread_key_of_a_message_is_named_at_once():
+    # WildChat's messages carry language, redacted, toxic, turn_identifier, country, state, hashed_ip, header
+    row = {"conversation": [{"content": "Hi", "role": "user", "language": "English", "redacted": False, "toxic": False,
+                             "turn_identifier": 1, "country": "Norway", "state": None, "hashed_ip": "9f2b",
+                             "header": {"accept-language": "en"}},
+                            {"content": "Hello", "role": "assistant", "language": "English"}]}
+    cols = Columns(field_messages="conversation")
+    with pytest.raises(RecordError) as e:
+        to_conversation(row, columns=cols)
+    unread = ["language", "redacted", "toxic", "turn_identifier", "country", "hashed_ip", "header"]
+    assert e.value.field == "conversation[0].language"
+    assert all(f"--ignore-field 'conversation[].{k}'" in e.value.reason for k in unread)
+    assert "conversation[].state" not in e.value.reason  # empty: nothing to lose
+    ignored = Columns(field_messages="conversation", ignore=tuple(f"conversation[].{k}" for k in unread))
+    assert [m.content for m in to_conversation(row, columns=ignored).messages] == ["Hi", "Hello"]

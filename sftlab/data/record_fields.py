@@ -159,7 +159,8 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
                               field=key)
         unused.append(key)
     if unused:
-        layout = {"mapped": "mapped messages", "alpaca": "instruction", **TITLES}.get(fmt, fmt.replace("_", "/"))
+        layout = {"mapped": "mapped messages", "alpaca": "instruction", "implicit_prompt": "preference",
+                  **TITLES}.get(fmt, fmt.replace("_", "/"))
         names = ", ".join(map(repr, unused))
         one = len(unused) == 1
         what, its, it = (f"field {names} is", "its", "it") if one else (f"fields {names} are", "their", "them")
