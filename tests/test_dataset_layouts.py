@@ -77,12 +77,23 @@ def test_glaive_words_before_a_call_stay_the_turns_text():
         "assistant", "Let me check.", [("detect_language", {"text": "Je suis un étudiant"})])
 
 
+def test_glaive_answer_then_a_call_in_the_next_assistant_turn_is_read():
+    # "ASSISTANT: Sure, one moment. <|endoftext|>\n\n\nASSISTANT: <functioncall> ...", as Glaive rows write it
+    row = _glaive_25475(edit=("ASSISTANT: <functioncall>",
+                              "ASSISTANT: One moment. <|endoftext|>\n\n\nASSISTANT: <functioncall>"))
+    assert _plain(to_conversation(row).messages)[4:6] == [
+        ("assistant", "One moment.", []), ("assistant", "", [("detect_language", {"text": "Je suis un étudiant"})])]
+
+
 @pytest.mark.parametrize("edit, code", [
     # row 71039: \' is no JSON escape
     (("'{\"text\": \"Je suis un étudiant\"}'", "'{\"text\": \"Je suis l\\'étudiant\"}'"), "bad_arguments"),
     # row 44369: an ASSISTANT: inside a user turn, so the user turn ends with <|endoftext|>
     (("identify it?\n\n\nASSISTANT: Of course, I can help with that. Please provide me with the text. <|endoftext|>",
       "identify it?\nASSISTANT: Of course, I can help with that. Please provide me with the text. <|endoftext|>"),
+     "bad_transcript"),
+    # row 2289: "AI:" in the source became "<|endoftext|>\n\n\nASSISTANT:" inside one answer
+    (("The text you provided is in French.", "The text you provided is in <|endoftext|>\n\n\nASSISTANT:\nFrench."),
      "bad_transcript"),
 ])
 def test_glaive_damaged_rows_are_refused(edit, code):

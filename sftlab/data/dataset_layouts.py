@@ -161,6 +161,10 @@ def glaive(row: dict[str, Any]) -> tuple[list[Message], str | None]:
             said = said[:-len(_END)].rstrip()
         text, _, call = said.partition(_CALL)
         calls = (_glaive_call(call, index),) if _ else ()
+        if not calls and out and out[-1].role == "assistant" and not out[-1].tool_calls:
+            raise RecordError("bad_transcript", "two ASSISTANT turns in a row, the second no call: one answer cut in "
+                              "two by an ASSISTANT: inside it (where the source wrote AI:); fix: join the two turns "
+                              "or drop the record", field="chat", message_index=index)
         out.append(Message("assistant", text.rstrip(), tool_calls=calls))
     return out, tools
 
