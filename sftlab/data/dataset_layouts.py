@@ -39,7 +39,8 @@ from sftlab.data.conversation import Message, ToolCall
 from sftlab.data.message_fields import json_object_text, message_list, sharegpt_calls
 from sftlab.data.record_errors import RecordError, empty, kind as _kind
 
-__all__ = ["NAMED", "TITLES", "LAYOUT_METADATA", "detect", "read", "exchanges", "turns", "glaive", "xlam", "nemotron", "hint"]
+__all__ = ["NAMED", "TITLES", "LAYOUT_METADATA", "detect", "read", "exchanges", "turns", "glaive", "xlam", "nemotron",
+           "hint"]
 
 NAMED = ("exchanges", "turns", "glaive", "xlam", "nemotron")
 """The layouts of this module, as ``sftlab.data.formats.detect_format`` names them."""
