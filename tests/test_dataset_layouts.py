@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sftlab.data.formats import Columns, RecordError, to_conversation
+from sftlab.data.layouts import columns_kwargs
 from sftlab.data.loading import load_files
 from sftlab.demo.tiny import build_tokenizer
 from sftlab.tokens.encoding import encode, encode_all
@@ -300,3 +301,17 @@ def test_every_unread_key_of_a_message_is_named_at_once():
     assert "conversation[].state" not in e.value.reason  # empty: nothing to lose
     ignored = Columns(field_messages="conversation", ignore=tuple(f"conversation[].{k}" for k in unread))
     assert [m.content for m in to_conversation(row, columns=ignored).messages] == ["Hi", "Hello"]
+
+
+def test_a_system_prompt_field_beside_a_message_list_is_named_and_read_with_one_column():
+    # OpenHermes 2.5's records: conversations with weight null, a system_prompt and many null fields
+    row = {"conversations": [{"from": "human", "value": "Hi", "weight": None}, {"from": "gpt", "value": "Hello",
+                                                                               "weight": None}],
+           "source": "airoboros2.2", "category": "orca", "system_prompt": "Be terse.", "custom_instruction": None,
+           "topic": None, "model_name": None, "hash": None, "avatarUrl": None, "idx": None, "title": None}
+    with pytest.raises(RecordError) as e:
+        to_conversation(row)
+    assert e.value.field == "system_prompt" and "--column system=system_prompt" in e.value.reason
+    conv = to_conversation(row, columns=Columns(**columns_kwargs(None, {"system": "system_prompt"}, {})))
+    assert [(m.role, m.content) for m in conv.messages] == [("system", "Be terse."), ("user", "Hi"),
+                                                           ("assistant", "Hello")]

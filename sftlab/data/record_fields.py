@@ -129,6 +129,7 @@ sftlab's metadata, ``meta``, and a few that public data sets carry to describe a
 to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, OpenAI's fine-tuning flag
 ``parallel_tool_calls``, which says how the API called tools, ...)."""
 _KNOWN_METADATA = frozenset(KNOWN_METADATA)
+_SYSTEM_FIELDS = ("system_prompt", "system_message")  # OpenHermes, OpenOrca, SlimOrca's exports
 MULTIMODAL_FIELDS = ("images", "videos", "audios")
 """Fields people fill for multimodal training; sftlab trains on text only."""
 
@@ -164,8 +165,11 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
         names = ", ".join(map(repr, unused))
         one = len(unused) == 1
         what, its, it = (f"field {names} is", "its", "it") if one else (f"fields {names} are", "their", "them")
+        system = next((k for k in unused if k in _SYSTEM_FIELDS and isinstance(row[k], str)), None)
+        system = (f" ({system!r} holds a system prompt: read it with the data entry's columns: {{system: {system}}}, "
+                  f"validate --column system={system})" if system else "")
         raise RecordError("unused_field", f"{what} not read by the {layout} layout and not metadata sftlab "
-                          f"knows, so {its} content would be lost; fix: map {it} in the data entry (columns, "
+                          f"knows, so {its} content would be lost{system}; fix: map {it} in the data entry (columns, "
                           f"metadata), move {it} under 'meta', or declare {it} ignored (the data entry's "
                           f"ignore_fields: [{', '.join(unused)}], validate "
                           f"{' '.join(f'--ignore-field {k}' for k in unused)})", field=unused[0])
