@@ -40,7 +40,8 @@ FORMAT = 5
 #    is encoded as text: a store of format 3 may hold such records encoded otherwise.
 # 5: Glaive v2, xLAM, Nemotron, XTuner/Capybara exchange and LIMA records are read (they were quarantined as
 #    unknown_format or bad_message), and a JSON object whose one key holds the records is read as those records:
-#    a store of format 4 made from the same files holds fewer records.
+#    and columns naming only system, tools, chosen, rejected or metadata keep each record's own layout (they made
+#    every record an Alpaca one): a store of format 4 made from the same files and entry holds fewer records.
 """The store format: its files and their layout (a store of another format is rebuilt)."""
 RACY_NS = 2_000_000_000
 SAMPLE_BYTES = 128 << 20
