@@ -178,6 +178,18 @@ def test_nemotron_record_reads_system_prompt_input_and_output_and_keeps_its_meta
     assert conv.extra == {k: row[k] for k in ("reasoning", "category", "generator", "used_in_training", "version")}
 
 
+def test_nemotron_closing_eot_is_the_end_of_the_turn_and_a_rendered_input_is_named():
+    row = _rows("nemotron_post_training.sample.jsonl")[0]
+    conv = to_conversation({**row, "output": row["output"] + "<|eot_id|>"})
+    assert conv.messages[-1].content == row["output"]
+    rendered = ("<|start_header_id|>user<|end_header_id|>\n\n" + row["input"][0]["content"] + "<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    with pytest.raises(RecordError) as e:
+        to_conversation({**row, "input": rendered})
+    assert e.value.code == "unknown_format" and "already rendered with a chat template" in e.value.reason
+    assert "--column" not in e.value.reason  # no mapping of input/output would read it
+
+
 def test_nemotron_field_it_does_not_know_is_refused_naming_the_layout():
     row = {**_rows("nemotron_post_training.sample.jsonl")[0], "judge_score": 0.9}
     with pytest.raises(RecordError) as e:

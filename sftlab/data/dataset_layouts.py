@@ -14,7 +14,8 @@ layout has that shape) and read as they are:
   xLAM / APIGen function calling): the query, then one assistant turn making the calls.
 - ``nemotron``: ``{"input": [messages], "output": "...", "system_prompt": ...}`` (NVIDIA's
   Llama-Nemotron post-training data): the system prompt, the input messages, then the output as the
-  assistant's answer; its ``reasoning``, ``generator``, ``used_in_training`` and ``version`` are metadata.
+  assistant's answer (a closing ``<|eot_id|>``, the end of the turn the template writes, left out); its
+  ``reasoning``, ``generator``, ``used_in_training`` and ``version`` are metadata.
 
 Every piece is read or the record is refused naming it: a key of an exchange that is not ``input``,
 ``output`` or ``system`` (``conversation[].KEY`` declares it ignored), a transcript whose turns cannot be
@@ -239,7 +240,12 @@ def nemotron(row: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[Message]
     if type(output) is not str:
         raise RecordError("non_string_content", f"expected the answer as a string, got {_kind(output)}",
                           field="output", message_index=len(messages))
+    if output.endswith(_EOT):  # Llama 3's end of turn, which the template writes
+        output = output[:-len(_EOT)]
     return messages + [Message("assistant", output)]
+
+
+_EOT = "<|eot_id|>"
 
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "[INST]", "<start_of_turn>", "<|user|>", "<|assistant|>",
@@ -258,6 +264,12 @@ def hint(row: dict[str, Any]) -> str | None:
                 "record, linked by parent_id), and sftlab reads whole conversations: build each conversation "
                 "by following parent_id from a reply to its root (role prompter is the user), as the trees "
                 "export (*.trees.jsonl) nests them, and write it as messages")
+    rendered = row.get("input")
+    if isinstance(rendered, str) and "output" in row and any(marker in rendered for marker in _CHAT_MARKERS):
+        return ("; its input is a conversation already rendered with a chat template's markers (as the first "
+                "release of Llama-Nemotron's post-training data writes it), and sftlab renders conversations itself: "
+                "markers inside text are plain text, never control tokens: use a release whose input is a message "
+                "list (Llama-Nemotron's v1.1), or write the turns as messages")
     text = row.get("text")
     if isinstance(text, str) and set(row) <= {"text", "id", "source", "meta"}:
         if any(marker in text for marker in _CHAT_MARKERS):
