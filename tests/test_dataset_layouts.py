@@ -327,3 +327,14 @@ def test_a_system_prompt_field_beside_a_message_list_is_named_and_read_with_one_
     conv = to_conversation(row, columns=Columns(**columns_kwargs(None, {"system": "system_prompt"}, {})))
     assert [(m.role, m.content) for m in conv.messages] == [("system", "Be terse."), ("user", "Hi"),
                                                            ("assistant", "Hello")]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("glaive_function_calling_v2.sample.jsonl", ["system"] + ["chat"] * 6),
+    ("xlam_function_calling_60k.sample.jsonl", ["query", "answers"]),
+    ("nemotron_post_training.sample.jsonl", ["system_prompt", "input[0]", "output"]),
+    ("lima_turns.sample.jsonl", ["conversations[0]", "conversations[1]"]),
+    ("xtuner_multi_turn_conversation.json", [f"conversation[{i}].{k}" for i in range(3) for k in ("input", "output")]),
+])
+def test_reasons_name_each_message_where_the_record_holds_it(name, expected):
+    assert list(load_files([PUBLIC / name]).conversations[0].fields) == expected

@@ -40,8 +40,8 @@ from sftlab.data.conversation import Message, ToolCall
 from sftlab.data.message_fields import json_object_text, message_list, sharegpt_calls
 from sftlab.data.record_errors import RecordError, empty, kind as _kind
 
-__all__ = ["NAMED", "TITLES", "LAYOUT_METADATA", "detect", "read", "exchanges", "turns", "glaive", "xlam", "nemotron",
-           "hint"]
+__all__ = ["NAMED", "TITLES", "LAYOUT_METADATA", "detect", "read", "fields", "exchanges", "turns", "glaive", "xlam",
+           "nemotron", "hint"]
 
 NAMED = ("exchanges", "turns", "glaive", "xlam", "nemotron")
 """The layouts of this module, as ``sftlab.data.formats.detect_format`` names them."""
@@ -80,6 +80,27 @@ def read(fmt: str, row: dict[str, Any], ignore: tuple[str, ...]) -> tuple[list[M
     if fmt == "xlam":
         return xlam(row), None
     return nemotron(row, ignore), None
+
+
+def fields(fmt: str, row: dict[str, Any], n: int) -> list[str]:
+    """Where each of the ``n`` messages read from ``row`` (layout ``fmt``) sits in it, for reasons that point
+    into the file (``conversation[1].output``, ``input[0]``, ``chat``).
+
+    >>> fields("xlam", {"query": "q", "answers": "[]"}, 2)
+    ['query', 'answers']
+    """
+    if fmt == "exchanges":
+        return [f"conversation[{i}].{key}" for i, ex in enumerate(row["conversation"]) for key in _EXCHANGE_KEYS
+                if key != "system" or ex.get("system") not in (None, "")]
+    if fmt == "turns":
+        return [f"conversations[{i}]" for i in range(len(row["conversations"]))]
+    if fmt == "glaive":
+        turns = len(_GLAIVE_TURN.split(row["chat"])) // 2
+        return ["system"] * (n - turns) + ["chat"] * turns
+    if fmt == "xlam":
+        return ["query", "answers"]
+    listed = [f"input[{j}]" for j in range(len(row["input"]))]
+    return ["system_prompt"] * (n - len(listed) - 1) + listed + ["output"]
 
 
 _EXCHANGE_KEYS = ("system", "input", "output")

@@ -356,8 +356,8 @@ def _message_fields(row: dict[str, Any], fmt: str, cols: Columns | None, list_ke
         out = system + [f"{history}[{i}][{j}]" for i in range(len(pairs)) for j in (0, 1)]
         out += [_name(cols, "prompt") if cols is not None and cols.prompt else "instruction"]
         out += [cols.response if cols is not None and cols.response else "output"]
-    elif fmt == "turns":
-        out = system + listed("conversations")
+    elif fmt in dataset_layouts.NAMED:
+        out = system * (fmt in ("turns", "exchanges")) + dataset_layouts.fields(fmt, row, n)
     elif fmt == "prompt_completion":
         out = (["system"] if isinstance(row.get("system"), str) and row["system"] != "" else [])
         out += listed("prompt") + listed("completion")
