@@ -38,6 +38,8 @@ UNREAD_COLUMNS = ("images", "videos", "audios", "kto_tag")
 TAGS = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool", "system_tag": "system"}
 """LLaMA-Factory's speaker tags and the role each names (``role_tag``, ``content_tag`` and
 ``function_tag`` name keys and the tool-call speaker)."""
+ANY_LAYOUT = ("system", "tools", "chosen", "rejected")
+"""Columns every layout may have: naming only these (and metadata) keeps each record's own layout."""
 FORMATTINGS = ("alpaca", "sharegpt")
 # How LLaMA-Factory joins the instruction and the input (its AlpacaDatasetConverter: "\n".join).
 LLAMAFACTORY_QUERY_JOIN = "\n"
@@ -49,13 +51,17 @@ def columns_kwargs(formatting: str | None, columns: dict[str, str], tags: dict[s
 
     ``ranking`` is accepted (preference records are recognised by their chosen/rejected fields
     whatever it says). Raises ``UsageError`` naming an unknown key. ``columns`` that name only
-    sftlab's metadata, without a ``formatting``, keep each record's own layout:
+    sftlab's metadata and the fields every layout may have (``system``, ``tools``, ``chosen``,
+    ``rejected``), without a ``formatting``, keep each record's own layout:
 
         >>> columns_kwargs(None, {"slice": "channel"}, {})
         {'metadata': {'slice': 'channel'}}
+        >>> columns_kwargs(None, {"system": "system_prompt"}, {})
+        {'system': 'system_prompt', 'metadata': {}}
     """
-    if formatting is None and columns and not tags and set(columns) <= set(META_FIELDS):
-        return {"metadata": dict(columns)}
+    if formatting is None and columns and not tags and set(columns) <= set(META_FIELDS) | set(ANY_LAYOUT):
+        return {**{k: columns[k] for k in ANY_LAYOUT if k in columns},
+                "metadata": {k: v for k, v in columns.items() if k in META_FIELDS}}
     formatting = formatting or "alpaca"
     if formatting not in FORMATTINGS:
         raise UsageError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATTINGS)}")
@@ -72,7 +78,7 @@ def columns_kwargs(formatting: str | None, columns: dict[str, str], tags: dict[s
                          f"{', '.join(TAGS)}, function_tag")
     if tags and formatting != "sharegpt":
         raise UsageError(f"{where}: tags apply to formatting: sharegpt (message lists), not {formatting}")
-    out: dict[str, Any] = {k: columns[k] for k in ("system", "tools", "chosen", "rejected") if k in columns}
+    out: dict[str, Any] = {k: columns[k] for k in ANY_LAYOUT if k in columns}
     out["metadata"] = {k: v for k, v in columns.items() if k in META_FIELDS}
     if formatting == "alpaca":
         misplaced = sorted(set(columns) & {"messages"})

@@ -358,9 +358,15 @@ def _parse_line(lineno: int, text: str) -> RawItem:
 
 
 def _opens_an_object(text: str) -> bool:
-    """A first line that starts an object it does not close: the input is one pretty-printed
-    object, not JSONL (``_read_jsonl`` and ``jsonl_starts`` decide it alike)."""
-    return text.lstrip().startswith("{") and not _complete_json(text)
+    """A first line that starts an object it does not close, or one whose only key holds the records
+    (``{"data": [...]}``): the input is one object, not JSONL (``_read_jsonl`` and ``jsonl_starts``
+    decide it alike)."""
+    return text.lstrip().startswith("{") and (_RECORD_LIST.match(text) is not None or not _complete_json(text))
+
+
+_RECORD_LISTS = ("data", "train", "test", "validation", "records", "examples", "rows", "items", "samples")
+"""The names under which a file may hold its records as the one key of one JSON object."""
+_RECORD_LIST = re.compile(r'\s*\{\s*"(' + "|".join(_RECORD_LISTS) + r')"\s*:\s*\[')
 
 
 def _complete_json(text: str) -> bool:
@@ -380,12 +386,30 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
     if not isinstance(obj, dict):  # not one object after all: read it line by line
         yield from _read_jsonl(io.BytesIO(data), max_bytes, sniff=False)
         return
+    if len(obj) == 1 and next(iter(obj)) in _RECORD_LISTS and type(next(iter(obj.values()))) is list:
+        yield from _listed_records(text, max_bytes)
+        return
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > max_bytes:
         yield 1, preview(text), too_large(size, max_bytes)
         return
     problem = shape_problem(obj, bad_utf8)
     yield 1, escape_surrogates(obj) if problem and bad_utf8 else obj, problem
+
+
+def _listed_records(text: str, max_bytes: int) -> Iterator[RawItem]:
+    """The records of an object whose one key holds them (``{"data": [...]}``), numbered and placed
+    on their file lines as a JSON array's are.
+
+    >>> [item[1:] for item in _listed_records('{"train": [\\n {"a": 1},\\n {"b": 2}]}', 100)]
+    [({'a': 1}, None, 2), ({'b': 2}, None, 3)]
+    """
+    start = text.index("[")
+    end = text.rindex("]") + 1
+    skipped = text.count("\n", 0, start)
+    for i, obj, problem, line in read_json_array(Path("-"), text[start:end].encode("utf-8", "surrogateescape"),
+                                                  max_bytes):
+        yield i, obj, problem, line + skipped
 
 
 def read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:
