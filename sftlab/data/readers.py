@@ -69,6 +69,34 @@ def check_readable(p: Path) -> None:
     open_input(p).close()
 
 
+SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+               "test": ("test", "testing", "eval", "evaluation")}
+"""The words by which the Hugging Face hub's layout names a file's split (datasets' data-files
+patterns: the word between delimiters in a file's or folder's name, ``data/train-00000-of-00002.parquet``,
+``test.jsonl``, ``validation/0.parquet``)."""
+_SPLIT_WORD = re.compile(r"(?:^|[-._ ])(" + "|".join(w for ws in SPLIT_WORDS.values() for w in ws) + r")(?=$|[-._ 0-9])")
+
+
+def _named_splits(p: Path, files: list[Path]) -> dict[str, list[str]]:
+    """The splits the files of folder ``p`` name, each with its files (relative paths): a file
+    names the split of the first word of ``SPLIT_WORDS`` in its path below ``p``.
+
+        >>> _named_splits(Path("d"), [Path("d/data/train-00000-of-00001.parquet"), Path("d/data/test-00000-of-00001.parquet"),
+        ...                           Path("d/notes.jsonl"), Path("d/retrained.jsonl")])
+        {'train': ['data/train-00000-of-00001.parquet'], 'test': ['data/test-00000-of-00001.parquet']}
+    """
+    out: dict[str, list[str]] = {}
+    for f in files:
+        rel = f.relative_to(p)
+        for part in rel.parts:
+            m = _SPLIT_WORD.search(part.lower())
+            if m:
+                name = next(k for k, ws in SPLIT_WORDS.items() if m.group(1) in ws)
+                out.setdefault(name, []).append(rel.as_posix())
+                break
+    return out
+
+
 def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
@@ -85,7 +113,10 @@ def folder_files(p: Path) -> list[Path]:
     Arrow, a pipe, ...) makes the folder a ``UsageError`` naming it, since a file that is not
     read would be data lost without a word, as would a linked folder (not followed: pass it
     itself). A hub card's ``dataset_infos.json`` is metadata, skipped too. File names are never
-    read as split names: a ``validation.jsonl`` beside ``train.jsonl`` is data like any other.
+    read as split names, but a folder whose files name two splits or more by the hub's naming
+(``train.jsonl`` beside ``validation.jsonl``, ``data/train-*.parquet`` beside ``data/test-*.parquet``:
+``SPLIT_WORDS``) is a ``UsageError`` naming them, since reading it whole would train its held-out
+split without a word.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -114,6 +145,13 @@ def folder_files(p: Path) -> list[Path]:
                              "CSV or TSV files, also gzip, bz2 or xz compressed; README, LICENSE, *.md and "
                              "hidden files are skipped); convert or move it out, or pass the data files themselves")
         out.append(f)
+    splits = _named_splits(p, out)
+    if len(splits) > 1:
+        shown = "; ".join(f"{name}: {', '.join(files[:2])}{' ...' if len(files) > 2 else ''}"
+                          for name, files in splits.items())
+        raise UsageError(f"{p}: holds the files of several splits by their names ({shown}); a folder is read "
+                         "whole, which would train every split; give each split's files as inputs of their own "
+                         "(training files in data.train, held-out ones in data.eval)")
     if not out:
         raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
                          "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
