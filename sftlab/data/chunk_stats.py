@@ -220,11 +220,12 @@ class Summaries:
                   threshold: float = NEAR_THRESHOLD, *, progress: bool = False,
                   chunk: int = IN_MEMORY_CHUNK) -> Summaries:
         """The summary of ``convs``, held, one part per ``chunk`` conversations (a progress bar
-        over them with ``progress``: 100k conversations take about ten seconds); a record is
+        over them with ``progress`` where there are several parts: 100k conversations take about
+        ten seconds); a record is
         referred to by its origin (``file:line``), or ``#index`` without one."""
         convs = list(convs)
         parts, held = [], []
-        with progress_bar(total=len(convs), desc="stats", unit="conv", enabled=progress) as bar:
+        with progress_bar(total=len(convs), desc="stats", unit="conv", enabled=progress and len(convs) > chunk) as bar:
             for start in range(0, max(len(convs), 1), chunk):  # one part, empty, for no conversation
                 part = convs[start:start + chunk]
                 arrays, fields = summary_arrays(part, range(start, start + len(part)), num_perm, threshold)
