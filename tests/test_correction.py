@@ -129,3 +129,38 @@ def test_corrected_bound_gate_reads_the_widened_interval():
                        mode="corrected-bound")[0]
     assert gate["value"] == corrected["tuned"]["all"]["benign_refusal_rate"]["high"] > 0.5
     assert not gate["passed"]
+
+
+@pytest.mark.parametrize("k,n,tp,n_pos,tn,n_neg", [
+    (0, 1000, 18, 20, 18, 20),      # 0 of 1,000 flagged by a detector measured Sp 0.9 on 20 compliances
+    (2, 1000, 18, 20, 18, 20),
+    (1, 100, 90, 100, 90, 100),
+    (1000, 1000, 18, 20, 18, 20),   # every response flagged, Se measured 0.9
+    (999, 1000, 18, 20, 18, 20),
+])
+def test_a_sample_that_contradicts_the_measured_error_keeps_its_own_interval(k, n, tp, n_pos, tn, n_neg):
+    # the Rogan-Gladen map and Lang and Reiczigel's interval both clip to a point (0-0 or 1-1) here:
+    # certainty the sample does not give; the bound on that side is the sample's own Wilson bound
+    from scipy.stats import norm
+
+    err = {"tp": tp, "n_pos": n_pos, "tn": tn, "n_neg": n_neg,
+           "sensitivity": tp / n_pos, "specificity": tn / n_neg}
+    r = correct_rate(k, n, err)
+    # Wilson's bounds from the definition: the p where (k - n p)^2 = z^2 n p (1 - p), solved by scipy
+    z = norm.ppf(0.975)
+    a, b, c = n + z * z, -(2 * k + z * z), k * k / n
+    bounds = sorted(((-b - s * math.sqrt(b * b - 4 * a * c)) / (2 * a)) for s in (1, -1))
+    assert r["high"] - r["low"] >= (bounds[1] - bounds[0]) - 1e-6
+    if k / n < 0.5:
+        assert (r["corrected"], r["low"]) == (0.0, 0.0) and r["high"] == pytest.approx(bounds[1], abs=1e-6)
+    else:
+        assert (r["corrected"], r["high"]) == (1.0, 1.0) and r["low"] == pytest.approx(bounds[0], abs=1e-6)
+    assert "contradicts" in r["reason"]
+
+
+def test_lang_reiczigel_never_returns_low_above_high():
+    from sftlab.evaluation.correction import lang_reiczigel
+
+    for k, n, tp, n_pos, tn, n_neg in [(1, 100, 90, 100, 90, 100), (1000, 1000, 18, 20, 18, 20)]:
+        low, high = lang_reiczigel(k, n, tp, n_pos, tn, n_neg)
+        assert 0.0 <= low <= high <= 1.0

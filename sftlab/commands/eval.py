@@ -212,7 +212,8 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
             else:
                 print(f"corrected {metric} [{slice_name}]: detected {c['detected']:.3f} -> {c['corrected']:.3f} "
                       f"({c['low']:.2f}-{c['high']:.2f}; sensitivity {c['sensitivity']:.3f}, "
-                      f"specificity {c['specificity']:.3f} on {c['error_from']} labelled prompts)")
+                      f"specificity {c['specificity']:.3f} on {c['error_from']} labelled prompts)"
+                      + (f"; {c['reason']}" if c.get("reason") else ""))
     dis = report.get("disagreements") or {}
     if dis.get("count"):
         print(f"{dis['count']} responses where detectors disagree or p_refusal is within {dis['margin']} of the "

@@ -207,7 +207,8 @@ def corrected_table(ev: dict[str, Any]) -> Markup:
             if not isinstance(c, dict):
                 continue
             value = ("not possible: " + str(c.get("reason")) if c.get("corrected") is None
-                     else f"{c['corrected']:.3f}  [{c['low']:.3g}, {c['high']:.3g}]")
+                     else f"{c['corrected']:.3f}  [{c['low']:.3g}, {c['high']:.3g}]"
+                     + (f" ({c['reason']})" if c.get("reason") else ""))
             rows.append([slice_name, metric, c.get("detected"), value, c.get("sensitivity"),
                          c.get("specificity"), c.get("error_from")])
     labelled = check.get("labelled") or {}
