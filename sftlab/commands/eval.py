@@ -40,7 +40,8 @@ def register(sub) -> None:
     add_options(p, EvalOptions, "model", "prompts", "reference", "policy", model=dict(required=True, metavar="MODEL"),
                 prompts=dict(required=True, type=str, metavar="FILE"), reference=dict(metavar="MODEL"),
                 policy=dict(type=str, metavar="POLICY"))
-    p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/../eval)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN/eval for RUN/final; for any other "
+                   "model directory, eval-NAME beside it: RUN/checkpoints/eval-step-N for a checkpoint)")
     add_options(p, EvalOptions, "template", "alternate_template", "system_prompt", "conditions",
                 "reference_conditions", template=dict(metavar="NAME"), alternate_template=dict(metavar="NAME"),
                 system_prompt=dict(metavar="TEXT"), conditions=dict(listed, default=",".join(CONDITIONS)),
@@ -73,6 +74,18 @@ def register(sub) -> None:
     add_options(p, EvalOptions, "trust_remote_code")
     p.add_argument("--json", action="store_true", help="print one JSON object (a summary; eval.json has all)")
     p.set_defaults(func=run)
+
+
+def default_out(model: str) -> Path:
+    """Where ``sftlab eval`` writes without ``--out``: ``RUN/eval`` for a run's ``RUN/final``, and
+    ``eval-NAME`` beside any other model, so two models in one folder (two checkpoints, two
+    exported directories) never write over each other's evaluation.
+
+    >>> default_out("/runs/a/final").as_posix(), default_out("/runs/a/checkpoints/step-20").as_posix()
+    ('/runs/a/eval', '/runs/a/checkpoints/eval-step-20')
+    """
+    p = Path(model).resolve()
+    return p.parent / ("eval" if p.name == "final" else f"eval-{p.name}")
 
 
 def _heldout_encoding(model: str, max_length: int | None) -> dict:
@@ -150,7 +163,7 @@ def run(args) -> int:
     # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
     from sftlab.evaluation.cache import GenerationCache
 
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
+    out = Path(args.out) if args.out else default_out(args.model)
     check_run_dir(out, what="--out")  # before minutes of generation, not after
     opts, sets, detector = _options(args)
     bad = [b for s in sets for b in s.bad_rows]
