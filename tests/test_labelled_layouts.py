@@ -74,3 +74,10 @@ def test_the_xstest_completions_are_reported_per_type():
     # the ten types of safe prompts and the eight of their unsafe contrasts, as in XSTest's prompt file
     prompts = load_prompt_set("xstest").prompts
     assert set(data.categories) == {q.slice for q in prompts} and len(set(data.categories)) == 18
+
+
+def test_a_row_with_more_cells_than_the_header_is_skipped_with_its_reason(tmp_path):
+    (tmp_path / "l.csv").write_text("response,label,model\nNo.,refuse,a\nSure, here it is,comply,a\n")
+    data = load_labelled(str(tmp_path / "l.csv"))
+    assert data.labels == ["refuse"] and [b["line"] for b in data.bad_rows] == [3]
+    assert "more cell(s) than the header" in data.bad_rows[0]["reason"]

@@ -20,9 +20,12 @@ from sftlab.terminal import terminal_safe
 from sftlab.train.config import EncodingConfig
 
 EPILOG = """\
-prompt files: JSONL rows with prompt (or messages), slice, expected (refuse|comply), optional
-answer + answer_type (exact|regex|numeric) + tolerance, policy_category, id; CSV with the same
-columns or --csv-columns; the XSTest CSV layout (id, prompt, type, label) is recognised.
+prompt files: JSONL rows with prompt (or messages), slice (or category), expected (refuse|comply),
+optional answer + answer_type (exact|regex|numeric) + tolerance, policy_category, id, context (put
+before the prompt); CSV with the same columns or --csv-columns; the CSV layouts of XSTest (id,
+prompt, type, label), HarmBench (Behavior, ContextString, SemanticCategory, BehaviorID),
+JailbreakBench (Goal, Category) and AdvBench (goal, target) are recognised; fields nothing reads
+are listed on stderr.
 exit codes: 0 every gate passed; 1 a gate failed or prompt rows were skipped; 2 unusable input.
 example: sftlab eval --model run/final --reference base/ --prompts eval.jsonl --policy policy.yaml
 """
@@ -170,6 +173,10 @@ def run(args) -> int:
     for b in bad:
         print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
     for s in sets:  # said once every input is known to be usable
+        if s.unread_fields and not s.name:
+            print(terminal_safe(f"sftlab eval: {s.path}: not read (no prompt field has these names): "
+                                f"{', '.join(s.unread_fields)}; to use one, map it with --csv-columns FIELD=NAME"),
+                  file=sys.stderr)
         if s.prompts and not any(q.expected or q.answer is not None for q in s.prompts):
             print(terminal_safe(f"sftlab eval: {s.path}: no prompt says what it expects (expected: refuse or "
                                 "comply) or has an answer, so its responses give no rate; pass --expected refuse "

@@ -173,8 +173,11 @@ def _read_jsonl(text: str):
 
 
 def _read_csv(text: str, tsv: bool, where: str = "labelled file"):
-    _, rows = csv_dict_rows(text, where, tsv)
+    header, rows = csv_dict_rows(text, where, tsv)
     for line, row in rows:
+        if row.get(None):  # a comma outside quotes: every cell after it shifted, the label among them
+            yield line, None, f"{len(row[None])} more cell(s) than the header's {len(header)} columns"
+            continue
         yield line, {k.strip(): v for k, v in row.items() if k}, None
 
 
