@@ -131,6 +131,24 @@ def test_corrected_bound_gate_reads_the_widened_interval():
     assert not gate["passed"]
 
 
+def test_a_gate_on_a_corrected_rate_reports_the_corrected_interval_beside_it():
+    # it gave the detected rate's Wilson interval beside the corrected value
+    from sftlab.evaluation.gates import check_gates
+    from sftlab.evaluation.metrics import estimate
+    from sftlab.data.policy import Gate
+
+    tuned = {"all": {"harmful_refusal_rate": estimate(30, 100)}}
+    corrected = {"tuned": correct_metrics(tuned, {"unsafe": ERR})}
+    c = corrected["tuned"]["all"]["harmful_refusal_rate"]
+    for mode in ("corrected", "corrected-bound"):
+        g = check_gates([Gate(metric="harmful_refusal_rate", min=0.2)], tuned, corrected=corrected, mode=mode)[0]
+        assert (g["low"], g["high"]) == (c["low"], c["high"]) != (tuned["all"]["harmful_refusal_rate"]["low"],
+                                                                  tuned["all"]["harmful_refusal_rate"]["high"])
+        assert g["message"].endswith(f"(95 % interval {c['low']:.3g}-{c['high']:.3g})")
+    g = check_gates([Gate(metric="harmful_refusal_rate", min=0.2)], tuned)[0]
+    assert (g["low"], g["high"]) == (tuned["all"]["harmful_refusal_rate"]["low"], tuned["all"]["harmful_refusal_rate"]["high"])
+
+
 @pytest.mark.parametrize("k,n,tp,n_pos,tn,n_neg", [
     (0, 1000, 18, 20, 18, 20),      # 0 of 1,000 flagged by a detector measured Sp 0.9 on 20 compliances
     (2, 1000, 18, 20, 18, 20),

@@ -32,8 +32,14 @@ def gates_table(ev: dict[str, Any]) -> Markup:
     if not gates:
         return not_recorded("gates")
     rows = [[badge(g.get("passed")), g.get("metric"), g.get("slice"), _bound(g.get("bound")),
-             g.get("value"), g.get("message")] for g in gates]
-    return table(["result", "metric", "slice", "bound", "value", "message"], rows)
+             g.get("value"), _interval(g), g.get("reference"), g.get("message")] for g in gates]
+    return table(["result", "metric", "slice", "bound", "value", "95% interval", "reference", "message"], rows)
+
+
+def _interval(g: dict[str, Any]) -> str:
+    low, high = g.get("low"), g.get("high")
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high))
+    return f"{low:.3g}-{high:.3g}" if ok else "-"
 
 
 def gates_verdict(ev: dict[str, Any]) -> Markup:
