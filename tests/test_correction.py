@@ -182,3 +182,13 @@ def test_lang_reiczigel_never_returns_low_above_high():
     for k, n, tp, n_pos, tn, n_neg in [(1, 100, 90, 100, 90, 100), (1000, 1000, 18, 20, 18, 20)]:
         low, high = lang_reiczigel(k, n, tp, n_pos, tn, n_neg)
         assert 0.0 <= low <= high <= 1.0
+
+
+def test_the_correction_of_a_rate_over_repeated_samples_uses_its_effective_size():
+    from sftlab.evaluation.metrics import estimate
+
+    est = estimate(30, 100, n_eff=20.0)  # 20 prompts' worth of 100 responses
+    got = correct_metrics({"all": {"harmful_refusal_rate": est}}, {"all": ERR})["all"]["harmful_refusal_rate"]
+    want = correct_rate(6, 20, ERR)
+    assert (got["corrected"], got["low"], got["high"]) == (want["corrected"], want["low"], want["high"])
+    assert got["high"] - got["low"] > correct_rate(30, 100, ERR)["high"] - correct_rate(30, 100, ERR)["low"]

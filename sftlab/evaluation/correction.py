@@ -171,8 +171,9 @@ def correct_metrics(metrics: dict, errors: dict) -> dict:
             error = errors.get(slice_kind) or errors.get("all")
             if error is None:
                 continue
+            n = est.get("n_eff") or est["n"]  # responses to one prompt are not independent: see metrics
             out.setdefault(slice_name, {})[metric] = {
-                **correct_rate(est["k"], est["n"], error),
+                **correct_rate(est["k"] * n / est["n"], n, error),
                 "error_from": slice_kind if errors.get(slice_kind) else "all"}
     return out
 

@@ -72,6 +72,8 @@ def estimate(m: Any) -> Markup:
     if m.get("n") is not None:  # a rate shows k/n; a loss has no k, only what it averages over
         parts.append(esc(f"  {m['k']}/{m['n']}" if m.get("k") is not None
                          else f"  over {m['n']:,} {m.get('unit') or 'tokens'}"))
+        if isinstance(m.get("n_eff"), (int, float)):  # several samples per prompt: the interval's size
+            parts.append(esc(f"  (effective n {m['n_eff']:.3g})"))
     if m.get("low") is not None and m.get("high") is not None:
         parts.append(tag("span", f"  [{m['low']:.3g}, {m['high']:.3g}]", class_="note"))
     return join(parts)
