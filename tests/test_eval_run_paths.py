@@ -78,3 +78,17 @@ def test_each_checkpoint_and_each_exported_model_keeps_its_own_evaluation(hostil
         assert code == 0 and out["eval_json"] == str(tmp_path / "elsewhere" / f"eval-{name}" / "eval.json")
     assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == [
         "eval-exp_a", "eval-exp_b", "exp_a", "exp_b", "prompts.jsonl"]
+
+
+def test_a_checkpoint_s_eval_loss_uses_its_run_s_encoding_as_the_final_model_does(hostile_runs, hostile_assets, tmp_path,
+                                                                                monkeypatch, capsys):
+    run = shutil.copytree(hostile_runs["full"], tmp_path / "run")
+    _workspace(tmp_path, monkeypatch)
+    recorded = json.loads((run / "run.json").read_text())["masking"]["heldout_encoding"]
+    heldout = ["--heldout-conversations", str(hostile_assets / "train.jsonl")]
+    encodings = {}
+    for model in (run / "final", run / "checkpoints" / "step-2"):
+        code, out = _eval(capsys, model, *heldout)
+        assert code == 0, out
+        encodings[model.name] = json.loads(open(out["eval_json"]).read())["heldout"]["encoding"]
+    assert encodings["final"] == encodings["step-2"] == recorded and recorded["max_length"] == 64

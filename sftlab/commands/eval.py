@@ -71,7 +71,7 @@ def register(sub) -> None:
                              note="On the command line: a conversation file."))
     add_options(p, EncodingConfig, "max_length", max_length=dict(default=None, metavar="N", note=(
         "Here: truncate held-out conversations to N tokens for the eval loss; default: the training run's, "
-        "read from RUN/run.json when MODEL is RUN/final, else none.")))
+        "read from RUN/run.json when MODEL is RUN/final or a checkpoint RUN/checkpoints/step-N, else none.")))
     p.add_argument("--cache-dir", metavar="DIR", help="generation cache (default: ~/.cache/sftlab/generations)")
     p.add_argument("--no-cache", action="store_true", help="always generate; read and write no cache")
     add_options(p, EvalOptions, "trust_remote_code")
@@ -92,15 +92,18 @@ def default_out(model: str) -> Path:
 
 
 def _heldout_encoding(model: str, max_length: int | None) -> dict:
-    """The training run's encoding options when ``model`` is ``RUN/final`` (its run.json records
-    them), with ``--max-length`` winning; ``{}`` when there is neither."""
+    """The training run's encoding options when ``model`` is ``RUN/final`` or a checkpoint
+    ``RUN/checkpoints/step-N`` (RUN/run.json records them), with ``--max-length`` winning; ``{}``
+    when there is neither."""
     if max_length is not None and max_length <= 0:
         raise UsageError(f"--max-length must be > 0, got {max_length}")
     from sftlab.manifest import read_run_json  # lazy: pydantic, not for `sftlab --help`
 
     recorded: dict = {}
-    if Path(model).name == "final":
-        manifest = read_run_json(Path(model).parent, missing_ok=True, damaged_ok=True) or {}
+    p = Path(model)
+    run = p.parent if p.name == "final" else p.parent.parent if p.parent.name == "checkpoints" else None
+    if run is not None:
+        manifest = read_run_json(run, missing_ok=True, damaged_ok=True) or {}
         recorded = (manifest.get("masking") or {}).get("heldout_encoding") or {}
     return {**recorded, **({"max_length": max_length} if max_length is not None else {})}
 
