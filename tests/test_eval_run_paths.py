@@ -92,3 +92,18 @@ def test_a_checkpoint_s_eval_loss_uses_its_run_s_encoding_as_the_final_model_doe
         assert code == 0, out
         encodings[model.name] = json.loads(open(out["eval_json"]).read())["heldout"]["encoding"]
     assert encodings["final"] == encodings["step-2"] == recorded and recorded["max_length"] == 64
+
+
+def test_the_report_shows_an_evaluation_written_elsewhere_in_the_run(hostile_runs, tmp_path, monkeypatch, capsys):
+    run = shutil.copytree(hostile_runs["full"], tmp_path / "run")
+    _workspace(tmp_path, monkeypatch)
+    code, out = _eval(capsys, run / "final", "--out", str(run / "eval-v2"))
+    assert code == 0 and json.loads((run / "run.json").read_text())["artifacts"]["eval"] == "eval-v2/eval.json"
+    moved = run.rename(tmp_path / "moved")  # the manifest's path is the run's own, wherever it goes
+    assert main(["report", str(moved), "--json"]) == 0
+    page = open(json.loads(capsys.readouterr().out)["report"]).read()
+    evaluation = _section(page, "evaluation")
+    assert "not recorded" not in evaluation.split("Template robustness")[0]
+    rate = json.loads((moved / "eval-v2" / "eval.json").read_text())[
+        "results"]["tuned"]["training_template"]["all"]["harmful_refusal_rate"]
+    assert f"harmful_refusal_rate — {fmt(rate['value'])} {rate['k']}/{rate['n']}" in evaluation
