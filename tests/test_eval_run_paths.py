@@ -107,3 +107,17 @@ def test_the_report_shows_an_evaluation_written_elsewhere_in_the_run(hostile_run
     rate = json.loads((moved / "eval-v2" / "eval.json").read_text())[
         "results"]["tuned"]["training_template"]["all"]["harmful_refusal_rate"]
     assert f"harmful_refusal_rate — {fmt(rate['value'])} {rate['k']}/{rate['n']}" in evaluation
+
+
+def test_only_the_run_s_own_evaluation_is_recorded_in_its_manifest(hostile_runs, hostile_assets, tmp_path,
+                                                                   monkeypatch, capsys):
+    run = shutil.copytree(hostile_runs["full"], tmp_path / "run")
+    _workspace(tmp_path, monkeypatch)
+    assert _eval(capsys, run / "final", "--out", str(run / "eval"))[0] == 0
+    recorded = json.loads((run / "run.json").read_text())
+    # a second set into its own folder (as the demo's eval_xstest / eval_ood), another model into the run
+    assert _eval(capsys, run / "final", "--out", str(run / "eval_ood"))[0] == 0
+    assert _eval(capsys, hostile_assets / "model", "--template", "chatml", "--out", str(run / "eval-base"))[0] == 0
+    after = json.loads((run / "run.json").read_text())
+    assert after["artifacts"]["eval"] == "eval/eval.json" and after["outcome"] == recorded["outcome"]
+    assert after["decoding"] == recorded["decoding"]
