@@ -159,7 +159,7 @@ def _word_stats(args) -> dict[str, Any]:
     heldout = (load_files(args.heldout, policy=policy, columns=[columns] * len(args.heldout))
                if args.heldout else None)
     stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
-                          policy=policy, near_threshold=args.near_threshold)
+                          policy=policy, near_threshold=args.near_threshold, progress=True)
     return with_files(stats, train, heldout)
 
 

@@ -146,7 +146,7 @@ def _encode(report, args):
     try:
         return encode_report(report, tokenizer, template, max_length=args.max_length,
                              last_turn_only=args.last_turn_only, turns=args.turns, overflow=args.overflow,
-                             reasoning=args.reasoning)[1]
+                             reasoning=args.reasoning, progress=True)[1]
     except TemplateError as e:
         raise UsageError(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
 
