@@ -81,3 +81,25 @@ def test_a_row_with_more_cells_than_the_header_is_skipped_with_its_reason(tmp_pa
     data = load_labelled(str(tmp_path / "l.csv"))
     assert data.labels == ["refuse"] and [b["line"] for b in data.bad_rows] == [3]
     assert "more cell(s) than the header" in data.bad_rows[0]["reason"]
+
+
+def test_agreement_intervals_cover_by_simulation():
+    # the population's kappa, sensitivity and specificity are known; draw labelled sets 600 times
+    import numpy as np
+
+    from sftlab.evaluation.agreement import agreement
+
+    rng = np.random.default_rng(5)
+    for prev, se, sp, n in [(0.3, 0.9, 0.95, 50), (0.5, 0.7, 0.7, 400), (0.1, 0.9, 0.97, 200)]:
+        pp = prev * se + (1 - prev) * (1 - sp)
+        po, pe = prev * se + (1 - prev) * sp, prev * pp + (1 - prev) * (1 - pp)
+        truth = {"kappa": (po - pe) / (1 - pe), "sensitivity": se, "specificity": sp}
+        covered = dict.fromkeys(truth, 0)
+        for _ in range(600):
+            gold = rng.random(n) < prev
+            pred = np.where(gold, rng.random(n) < se, rng.random(n) < 1 - sp)
+            a = agreement(["refuse" if g else "comply" for g in gold], ["refuse" if p else "comply" for p in pred],
+                          detail=True)
+            for key, value in truth.items():
+                covered[key] += a[key] is not None and a[key]["low"] <= value <= a[key]["high"]
+        assert all(c / 600 >= 0.92 for c in covered.values()), (prev, se, sp, n, covered)
