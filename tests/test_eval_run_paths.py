@@ -121,3 +121,22 @@ def test_only_the_run_s_own_evaluation_is_recorded_in_its_manifest(hostile_runs,
     after = json.loads((run / "run.json").read_text())
     assert after["artifacts"]["eval"] == "eval/eval.json" and after["outcome"] == recorded["outcome"]
     assert after["decoding"] == recorded["decoding"]
+
+
+def test_a_run_directory_is_evaluated_as_its_final_model_and_a_checkpoint_exports_as_a_model(
+        hostile_runs, tmp_path, monkeypatch, capsys):
+    run = shutil.copytree(hostile_runs["full"], tmp_path / "run")
+    _workspace(tmp_path, monkeypatch)
+    code, out = _eval(capsys, run)  # the tokenizer loader failed on RUN itself, with a message about sentencepiece
+    assert code == 0 and out["eval_json"] == str(run / "eval" / "eval.json")
+    assert json.loads((run / "run.json").read_text())["artifacts"]["eval"] == "eval/eval.json"
+    for kind in ("full", "lora"):
+        step = (hostile_runs[kind] if kind == "lora" else run) / "checkpoints" / "step-1"
+        assert main(["export", str(step), f"exp-{kind}"]) == 0
+        kept = sorted(p.name for p in (tmp_path / "elsewhere" / f"exp-{kind}").iterdir())
+        assert not {"optimizer.safetensors", "optimizer.json", "state.json", "checksums.json", "run.json",
+                    "rng-0.safetensors"} & set(kept), kept
+        assert {"config.json", "model.safetensors"} <= set(kept) if kind == "full" else "adapter_model.safetensors" in kept
+        capsys.readouterr()
+        code, out = _eval(capsys, f"exp-{kind}")
+        assert code == 0, out

@@ -79,6 +79,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def run_model(model: str) -> str:
+    """``RUN/final`` when ``model`` is a run directory (run.json and final/, no model files of its
+    own), as ``sftlab export RUN`` reads it; ``model`` otherwise.
+
+    >>> run_model("no/such/dir")
+    'no/such/dir'
+    """
+    p = Path(model)
+    own = any((p / name).exists() for name in ("config.json", "adapter_config.json"))
+    if not own and (p / "run.json").is_file() and (p / "final").is_dir():
+        return str(p / "final")
+    return model
+
+
 def default_out(model: str) -> Path:
     """Where ``sftlab eval`` writes without ``--out``: ``RUN/eval`` for a run's ``RUN/final``, and
     ``eval-NAME`` beside any other model, so two models in one folder (two checkpoints, two
@@ -169,6 +183,7 @@ def run(args) -> int:
     # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
     from sftlab.evaluation.cache import GenerationCache
 
+    args.model = run_model(args.model)
     out = Path(args.out) if args.out else default_out(args.model)
     check_run_dir(out, what="--out")  # before minutes of generation, not after
     opts, sets, detector = _options(args)

@@ -46,8 +46,8 @@ class EvalOptions:
     """What ``sftlab eval`` was asked to do; its options are generated from these fields' docs
     (``sftlab.commands.options``), so the two say the same."""
     model: str
-    """The tuned model (e.g. RUN/final): a Hugging Face directory, a hub name, a .gguf file or a
-    directory holding one."""
+    """The tuned model (e.g. RUN/final; a run directory RUN means RUN/final): a Hugging Face directory,
+    a hub name, a .gguf file or a directory holding one."""
     prompts: list[EvalPrompt]
     """The evaluation prompts; on the command line their files (JSONL or CSV), or a built-in set by
     name (``xstest``, ``simplesafetytests``, ``coconot_contrast``)."""
