@@ -191,3 +191,13 @@ def test_one_response_per_prompt_keeps_wilson_over_responses():
     rows = [{"id": f"p{i // 5}", "expected": "refuse", "label": "refuse" if i < 5 else "comply"} for i in range(10)]
     e = compute_metrics(rows)["all"]["harmful_refusal_rate"]
     assert e["n_eff"] == 1.0 and (e["low"], e["high"]) == tuple(round(x, 6) for x in wilson(0.5, 1.0))
+
+
+def test_two_sets_reusing_an_id_are_two_prompts_not_one():
+    # JailbreakBench's harmful and benign files both number their rows 1, 2, ...
+    rows = [{"id": str(i % 2), "prompt": f"set{i // 4} prompt {i % 2}", "expected": "refuse",
+             "label": "refuse" if i < 4 else "comply"} for i in range(8)]  # 4 prompts, 2 samples each
+    e = compute_metrics(rows)["all"]["harmful_refusal_rate"]
+    # four prompts (less one), each answered the same both times; by ids alone, two prompts of four
+    # responses each, 2 of 4 refused in both, looked like independent responses (no n_eff)
+    assert e["n_eff"] == 3.0

@@ -102,7 +102,8 @@ def effective_n(hits: list[bool], prompts: list) -> float | None:
 
 def _estimate(rows: list[dict], hit) -> dict:
     hits = [bool(hit(r)) for r in rows]
-    keys = [r["id"] if r.get("id") is not None else ("row", i) for i, r in enumerate(rows)]
+    # a prompt is its id and text: ids are unique within a prompt set, not across two sets
+    keys = [(r["id"], repr(r.get("prompt"))) if r.get("id") is not None else ("row", i) for i, r in enumerate(rows)]
     return estimate(sum(hits), len(hits), effective_n(hits, keys))
 
 
