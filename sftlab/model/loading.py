@@ -238,7 +238,7 @@ def load_training_model(cfg):
     import torch
     from sftlab.model.attention import use_packed_attention
     from sftlab.model.neftune import activate_neftune
-    from sftlab.model.objective import check_head
+    from sftlab.model.objective import check_head, check_packing
 
     path = Path(cfg.model.path)
     name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
@@ -260,6 +260,11 @@ def load_training_model(cfg):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
     model.sftlab_packed_attention = use_packed_attention(model)
+    try:
+        check_packing(model, packed=cfg.packing.mode == "packed",
+                      tolerance=1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2)
+    except ValueError as e:
+        raise UsageError(f"model.path={cfg.model.path}: {e}") from None
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora)
     if cfg.optim.neftune_alpha:
