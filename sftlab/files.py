@@ -107,7 +107,7 @@ def check_output_file(path: str | os.PathLike, *, what: str = "", own: bool = Fa
         return p
     except OSError as e:
         raise UsageError(f"{label}: cannot be written: {os_reason(e)}") from None
-    if not own and _inputs is not None and (st.st_dev, st.st_ino) in _inputs:
+    if not own and _inputs is not None and _is_input((st.st_dev, st.st_ino)):
         raise UsageError(f"{label}: is one of this command's inputs (the file read as "
                          f"{_inputs[st.st_dev, st.st_ino]}); sftlab never writes over what it reads: "
                          "give another path")
@@ -125,6 +125,20 @@ def check_output_file(path: str | os.PathLike, *, what: str = "", own: bool = Fa
 
 # (st_dev, st_ino) -> path of each regular file read while a command runs (None: not recording).
 _inputs: dict[tuple[int, int], str] | None = None
+
+
+def _is_input(key: tuple[int, int]) -> bool:
+    """Whether the file ``key`` (device, inode) is still one the command read: its path must
+    still name it. An input replaced since (a run's manifest rewritten atomically) freed its inode,
+    which a new file may then get: that file is not the input."""
+    path = _inputs.get(key) if _inputs is not None else None
+    if path is None:
+        return False
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == key
 
 
 @contextlib.contextmanager

@@ -250,3 +250,29 @@ def test_training_writes_nothing_outside_its_run_directory(hostile, hostile_asse
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
     assert list(cwd.iterdir()) == [] and sorted(str(p) for p in hostile_assets.rglob("*")) == assets_before
     assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_an_input_replaced_since_it_was_read_no_longer_guards_its_old_inode(tmp_path):
+    """An input is remembered by (device, inode); a run's manifest read and then rewritten
+    atomically frees its inode, which a file written later may get (an FSDP LoRA run's
+    adapter_config.json once did, and was refused as 'one of this command's inputs'). The guard
+    asks whether the input's path still names that inode; a hard link to a live input is still refused."""
+    from sftlab import files
+    from sftlab.errors import UsageError
+
+    manifest, other = tmp_path / "run.json", tmp_path / "adapter_config.json"
+    manifest.write_text("{}")
+    with files.inputs_scope():
+        files.open_input(manifest).close()
+        with pytest.raises(UsageError, match="is one of this command's inputs"):
+            files.check_output_file(manifest)
+        os.link(manifest, tmp_path / "linked.json")
+        with pytest.raises(UsageError, match="is one of this command's inputs"):
+            files.check_output_file(tmp_path / "linked.json")
+        (tmp_path / "linked.json").unlink()
+        files.write_atomic(tmp_path / "new.json", "{}")
+        os.replace(tmp_path / "new.json", manifest)  # the input rewritten: its old inode is free
+        other.write_text("{}")
+        st = other.stat()
+        files._inputs[st.st_dev, st.st_ino] = str(manifest)  # as if the new file got the freed inode
+        assert files.check_output_file(other) == other
