@@ -48,8 +48,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sftlab import collector
-from sftlab.data.conversation import Conversation, Message, inline_reasoning, template_messages
+from sftlab.data.conversation import Conversation, Message, template_messages
 from sftlab.data.formats import to_conversation
+from sftlab.data.reasoning_blocks import inline_reasoning, stray_marker
 from sftlab.data.loading import FileReport, LoadReport, QuarantineEntry
 from sftlab.progress import progress_bar
 from sftlab.tokens import accounting
@@ -81,28 +82,50 @@ def as_conversation(record) -> Conversation:
 
 
 def _inline_reasoning(enc: Encoder, conv: Conversation) -> Conversation:
-    """``conv`` with a reasoning block at the start of an assistant message's content read as its
-    reasoning (``encoding.inline_reasoning``), so ``encoding.reasoning`` applies to it; ``conv``
-    itself where there is none. A template that writes reasoning gets it as ``reasoning_content``
-    and lays it out itself; under one that does not, the block stays in the content where it is
-    rendered as the data gives it (trained under ``keep``, weight 0 under ``mask``), and ``drop``
-    removes it."""
-    openers = enc.openers
-    if not openers or conv.plain or not any(m.role == "assistant" and (m.content.startswith(openers) or (
-            m.content[:1].isspace() and m.content.lstrip().startswith(openers))) for m in conv.messages):
-        return conv  # the usual record: no answer opens with a reasoning block
+    """``conv`` with the reasoning that opens an assistant message's content read as its reasoning
+    (``encoding.inline_reasoning``; ``sftlab.data.reasoning_blocks``), so ``encoding.reasoning``
+    applies to it; ``conv`` itself where there is none. A template that writes reasoning gets it
+    as ``reasoning_content`` and lays it out itself; under one that does not, the block stays in
+    the content where the data puts it and is the message's reasoning, markers included (trained
+    under ``keep``, weight 0 under ``mask``), and ``drop`` removes it. Under ``mask`` and ``drop``
+    an answer holding any other reasoning marker is refused (``EncodingError``, code
+    ``reasoning_unread``): its text would be trained."""
+    markers = enc.markers
+    if markers is None or conv.plain or not any(m.role == "assistant" and markers.search(m.content)
+                                                for m in conv.messages):
+        return conv  # the usual record: no answer holds a reasoning marker
     msgs = []
-    for m in conv.messages:
+    for i, m in enumerate(conv.messages):
         if m.role == "assistant":
-            split = inline_reasoning(m, enc.thinks)
-            if split is not m and not enc.writes_reasoning and enc.reasoning != "drop":
-                split = dataclasses.replace(m, reasoning=split.reasoning)
-            m = split
+            stray = stray_marker(m, enc.thinks) if enc.reasoning != "keep" else None
+            if stray is not None:
+                raise EncodingError(
+                    f"{conv.where(i, 'content')}: {stray[0]}: under encoding.reasoning: {enc.reasoning} that text "
+                    f"would be trained as answer; put the reasoning in one block at the start of the content (or in "
+                    f"its reasoning field) with no other {stray[1]!r} in the answer, or set encoding.reasoning: keep "
+                    f"(encoding.inline_reasoning: false where the marker is answer text)", code="reasoning_unread")
+            m = _read_block(enc, m)
         msgs.append(m)
     if all(a is b for a, b in zip(msgs, conv.messages)):
         return conv
     return dataclasses.replace(conv, messages=tuple(msgs))
 
+
+def _read_block(enc: Encoder, m: Message) -> Message:
+    """``m`` with the reasoning that opens its content as its reasoning, as ``_inline_reasoning`` says."""
+    split = inline_reasoning(m, enc.thinks)
+    if split is m or enc.writes_reasoning or enc.reasoning == "drop":
+        return split
+    lead = len(m.content) - len(m.content.lstrip())
+    return dataclasses.replace(m, reasoning=m.content[lead:len(m.content) - len(split.content)])
+
+
+def _prepared(enc: Encoder, conv: Conversation):
+    """``_inline_reasoning`` of ``conv``, or the quarantine reason it raised."""
+    try:
+        return _inline_reasoning(enc, conv)
+    except EncodingError as e:
+        return _reason(e)
 
 
 # -- truncation ----------------------------------------------------------------------------------
@@ -263,7 +286,8 @@ def _encode_one(enc: Encoder, conv: Conversation, max_length, last_turn_only, tu
                 overflow="drop", part: bool = False) -> list[EncodedExample]:
     """``conv``'s examples; ``part``: ``conv`` is a piece of a record whose content was accounted
     for as a whole (an expanded turn's context, an overflow split)."""
-    conv = _inline_reasoning(enc, conv)
+    if not part:
+        conv = _inline_reasoning(enc, conv)
     results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
     _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow, part)
@@ -297,7 +321,7 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = progress_bar(total=len(convs), desc="encode", unit="conv", enabled=progress)
-    work = [_inline_reasoning(enc, c) for c in convs] if enc.openers else convs
+    work = [_prepared(enc, c) for c in convs] if enc.markers is not None else convs
     done = 0
     with collector.paused():
         for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, work, batch_size):
@@ -348,6 +372,9 @@ def _render_chunk(enc: Encoder, chunk: Sequence[Conversation]) -> tuple[list, di
     results: list = [None] * len(chunk)
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
+        if isinstance(conv, str):  # refused before rendering (``_prepared``)
+            results[j] = conv
+            continue
         try:
             layouts[j] = continuation_layout(enc, conv) if conv.plain else render_layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
@@ -463,7 +490,8 @@ def _inline_hint(enc: Encoder, messages: Sequence[Message]) -> str:
     is off and an answer starts with a reasoning block, how a template that reads such a block as
     reasoning (Qwen3) can render it; where an answer holds a closing tag elsewhere, that the
     template may read the text before it as reasoning."""
-    tags = enc.thinks or reasoning_tags(enc.template.source)
+    source = enc.template.source
+    tags = tuple(p for p in (enc.thinks or reasoning_tags(source)) if p[1] in source)  # the ones it reads
     answers = [m for m in messages if m.role == "assistant"]
     if not enc.thinks and any(inline_reasoning(m, tags) is not m for m in answers):
         return ("; an answer starts with a reasoning block, which this template reads as reasoning: set "
