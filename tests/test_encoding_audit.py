@@ -602,14 +602,18 @@ def test_lfm25_refuses_an_untrained_answer_it_cuts_at_a_think_tag(tokenizers):
                            {"role": "assistant", "content": "It is written </think> in full."},
                            {"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "Welcome."}]}
     untrained = {"messages": [{**m, "train": False} if i == 1 else m for i, m in enumerate(record["messages"])]}
-    for options in ({}, {"turns": "expand"}):
+    # (The text before a "</think>" with no opener is read as reasoning, DeepSeek-R1's shape, unless
+    # encoding.inline_reasoning is off: here the tag is answer text.)
+    for options in ({"inline_reasoning": False}, {"turns": "expand", "inline_reasoning": False}):
         examples, refused = _one("lfm2.5", untrained, tokenizers, **options)
         assert not examples and refused == ["content_rewritten"], options
     # Trained in its own example (turns: expand), the answer is whole there: accepted.
-    examples, refused = _one("lfm2.5", record, tokenizers, turns="expand")
+    examples, refused = _one("lfm2.5", record, tokenizers, turns="expand", inline_reasoning=False)
     assert not refused and any("It is written </think> in full." in _text(tokenizers["lfm2.5"], ex) for ex in examples)
     # last_turn_only: earlier answers are context as the template shows them at inference (the option's contract).
-    assert _one("lfm2.5", record, tokenizers, last_turn_only=True)[1] == []
+    assert _one("lfm2.5", record, tokenizers, last_turn_only=True, inline_reasoning=False)[1] == []
+    # Read as reasoning (the default), the untrained turn's reasoning is what LFM2.5 drops: refused so.
+    assert _one("lfm2.5", untrained, tokenizers)[1] == ["reasoning_not_written"]
 
 
 def _text(tok, ex):

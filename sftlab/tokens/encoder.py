@@ -133,8 +133,8 @@ class Encoder:
             for k in range(lo, hi):
                 if ends[k] > starts[k]:
                     w[k] = weight
-        for a, b in layout.unweighted:  # masked reasoning: rendered, not trained
-            for k in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
+        for a, b in layout.unweighted:  # masked reasoning: rendered, no token holding any of it trained
+            for k in range(bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)):
                 w[k] = 0.0
         return w
 
