@@ -56,7 +56,7 @@ def leading_block(text: str, tags=REASONING_TAGS) -> tuple[int, int, int, int] |
     (no marker, a first opener not at the start, or one never closed).
 
         >>> leading_block("<think>a</think>\\n\\nb"), leading_block("a</think>b"), leading_block("x <think>a</think>")
-        ((7, 8, 16, 18), (0, 1, 10, 10), None)
+        ((7, 8, 16, 18), (0, 1, 9, 9), None)
     """
     pattern = marker_pattern(tuple(tags))
     first = pattern.search(text)

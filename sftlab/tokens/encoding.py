@@ -24,8 +24,10 @@ Example (ChatML, a tokenizer with ``<|im_start|>``/``<|im_end|>`` as special tok
 Nothing the record carries is lost silently (DESIGN.md, invariant 9): the template's layout
 certifies every message's text and that each trained answer is the record's own; the tool schemas
 and calls are looked up in the rendering (``sftlab.tokens.accounting``); a record that loses any
-is quarantined with what is lost and how to keep it. A ``<think>...</think>`` block at the start of
-an answer is its reasoning (``inline_reasoning``), so ``reasoning: keep | mask | drop`` apply to it.
+is quarantined with what is lost and how to keep it. The reasoning that opens an answer (a block of
+any convention of ``sftlab.data.reasoning_blocks``) is its reasoning, so ``reasoning: keep | mask |
+drop`` apply to it; under ``mask`` and ``drop`` no reasoning text is trained (``_inline_reasoning``
+refuses what it cannot read, ``build`` refuses a trained marker).
 
 ``max_length`` truncation removes whole early exchanges (a user message and the replies that
 follow it), keeping the system message, and never cuts inside a trained turn. A conversation
