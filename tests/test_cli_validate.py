@@ -146,3 +146,29 @@ def test_a_bad_mapping_option_exits_2_naming_it(tmp_path, capsys):
     assert "no dataset entry 'nope'" in capsys.readouterr().err
     assert main(["validate", str(data), "--role", "bot=robot"]) == 2
     assert "robot" in capsys.readouterr().err
+
+
+def test_long_reads_and_encodings_show_progress_bars_short_ones_none(tmp_path, capsys, monkeypatch):
+    """Reading and encoding show tqdm bars on stderr (100k records: seconds to read, minutes to
+    encode) once the input is large enough to take a while; a small input prints none, so an error
+    stays one line. The thresholds are lowered here instead of writing 32 MiB."""
+    from sftlab.commands import validate
+    from sftlab.data import loading
+    from sftlab.demo.tiny import build_tokenizer
+
+    tok = build_tokenizer(vocab_size=300)
+    tok.save_pretrained(tmp_path / "tok")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q {i}"},
+                                                     {"role": "assistant", "content": f"a {i}"}]}) + "\n"
+                            for i in range(30)))
+    argv = ["validate", str(data), "--tokenizer", str(tmp_path / "tok"), "--template", "chatml",
+            "--quarantine", str(tmp_path / "q.jsonl"), "--json"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(loading, "BAR_BYTES", 100)
+    monkeypatch.setattr(validate, "ENCODE_BAR_RECORDS", 10)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["accepted"] == 30
+    assert "read: 30rec" in captured.err and "encode: 100%" in captured.err and "30/30" in captured.err

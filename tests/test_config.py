@@ -189,3 +189,26 @@ def test_unreadable_yaml_is_one_line(hostile, tmp_path, capsys, kind):
     policy.write_bytes(data)
     hostile.refusal(capsys, main(["validate", str(hostile.write_jsonl(tmp_path / "a.jsonl", [hostile.good])),
                                    "--policy", str(policy)]))
+
+
+def test_relative_paths_beside_the_config_but_not_here_are_named(tmp_path, monkeypatch):
+    """A config written in its project and run from another directory: each relative path missing
+    here but present beside the config is refused naming both places; a path present here, an
+    absolute one, or a hub name found nowhere is left to the usual checks."""
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    (proj / "data" / "t.jsonl").write_text("")
+    (proj / "policy.yaml").write_text("")
+    cfg = proj / "c.yaml"
+    cfg.write_text("model: {path: org/some-model}\ndata: {train: [data/t.jsonl], policy: policy.yaml}\nout: runs/a\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError, match=r"^data\.train\.0: 'data/t\.jsonl' is not in the current directory "
+                                          r".*; data\.policy: 'policy\.yaml' too: .*run it from .*proj .*\(in .*c\.yaml\)$"):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match=r"^data\.policy: 'policy\.yaml'"):
+        load_config(cfg, [f"data.train=[{proj / 'data' / 't.jsonl'}]"])
+    assert load_config(cfg, [f"data.train=[{proj / 'data' / 't.jsonl'}]", f"data.policy={proj / 'policy.yaml'}"])
+    monkeypatch.chdir(proj)  # run from the project: the paths are read as written
+    assert load_config(cfg).data.train == ["data/t.jsonl"]

@@ -129,3 +129,66 @@ def test_corrected_bound_gate_reads_the_widened_interval():
                        mode="corrected-bound")[0]
     assert gate["value"] == corrected["tuned"]["all"]["benign_refusal_rate"]["high"] > 0.5
     assert not gate["passed"]
+
+
+def test_a_gate_on_a_corrected_rate_reports_the_corrected_interval_beside_it():
+    # it gave the detected rate's Wilson interval beside the corrected value
+    from sftlab.evaluation.gates import check_gates
+    from sftlab.evaluation.metrics import estimate
+    from sftlab.data.policy import Gate
+
+    tuned = {"all": {"harmful_refusal_rate": estimate(30, 100)}}
+    corrected = {"tuned": correct_metrics(tuned, {"unsafe": ERR})}
+    c = corrected["tuned"]["all"]["harmful_refusal_rate"]
+    for mode in ("corrected", "corrected-bound"):
+        g = check_gates([Gate(metric="harmful_refusal_rate", min=0.2)], tuned, corrected=corrected, mode=mode)[0]
+        assert (g["low"], g["high"]) == (c["low"], c["high"]) != (tuned["all"]["harmful_refusal_rate"]["low"],
+                                                                  tuned["all"]["harmful_refusal_rate"]["high"])
+        assert g["message"].endswith(f"(95 % interval {c['low']:.3g}-{c['high']:.3g})")
+    g = check_gates([Gate(metric="harmful_refusal_rate", min=0.2)], tuned)[0]
+    assert (g["low"], g["high"]) == (tuned["all"]["harmful_refusal_rate"]["low"], tuned["all"]["harmful_refusal_rate"]["high"])
+
+
+@pytest.mark.parametrize("k,n,tp,n_pos,tn,n_neg", [
+    (0, 1000, 18, 20, 18, 20),      # 0 of 1,000 flagged by a detector measured Sp 0.9 on 20 compliances
+    (2, 1000, 18, 20, 18, 20),
+    (1, 100, 90, 100, 90, 100),
+    (1000, 1000, 18, 20, 18, 20),   # every response flagged, Se measured 0.9
+    (999, 1000, 18, 20, 18, 20),
+])
+def test_a_sample_that_contradicts_the_measured_error_keeps_its_own_interval(k, n, tp, n_pos, tn, n_neg):
+    # the Rogan-Gladen map and Lang and Reiczigel's interval both clip to a point (0-0 or 1-1) here:
+    # certainty the sample does not give; the bound on that side is the sample's own Wilson bound
+    from scipy.stats import norm
+
+    err = {"tp": tp, "n_pos": n_pos, "tn": tn, "n_neg": n_neg,
+           "sensitivity": tp / n_pos, "specificity": tn / n_neg}
+    r = correct_rate(k, n, err)
+    # Wilson's bounds from the definition: the p where (k - n p)^2 = z^2 n p (1 - p), solved by scipy
+    z = norm.ppf(0.975)
+    a, b, c = n + z * z, -(2 * k + z * z), k * k / n
+    bounds = sorted(((-b - s * math.sqrt(b * b - 4 * a * c)) / (2 * a)) for s in (1, -1))
+    assert r["high"] - r["low"] >= (bounds[1] - bounds[0]) - 1e-6
+    if k / n < 0.5:
+        assert (r["corrected"], r["low"]) == (0.0, 0.0) and r["high"] == pytest.approx(bounds[1], abs=1e-6)
+    else:
+        assert (r["corrected"], r["high"]) == (1.0, 1.0) and r["low"] == pytest.approx(bounds[0], abs=1e-6)
+    assert "contradicts" in r["reason"]
+
+
+def test_lang_reiczigel_never_returns_low_above_high():
+    from sftlab.evaluation.correction import lang_reiczigel
+
+    for k, n, tp, n_pos, tn, n_neg in [(1, 100, 90, 100, 90, 100), (1000, 1000, 18, 20, 18, 20)]:
+        low, high = lang_reiczigel(k, n, tp, n_pos, tn, n_neg)
+        assert 0.0 <= low <= high <= 1.0
+
+
+def test_the_correction_of_a_rate_over_repeated_samples_uses_its_effective_size():
+    from sftlab.evaluation.metrics import estimate
+
+    est = estimate(30, 100, n_eff=20.0)  # 20 prompts' worth of 100 responses
+    got = correct_metrics({"all": {"harmful_refusal_rate": est}}, {"all": ERR})["all"]["harmful_refusal_rate"]
+    want = correct_rate(6, 20, ERR)
+    assert (got["corrected"], got["low"], got["high"]) == (want["corrected"], want["low"], want["high"])
+    assert got["high"] - got["low"] > correct_rate(30, 100, ERR)["high"] - correct_rate(30, 100, ERR)["low"]

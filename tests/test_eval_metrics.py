@@ -159,3 +159,45 @@ def test_a_catastrophically_backtracking_regex_answer_is_unmatchable_not_a_hang(
     with pytest.raises(UnmatchableAnswer, match="unmatchable"):
         check_answer("a" * 60 + "b", r"(a|aa)+$", "regex")
     assert check_answer("the answer is 42", r"(?i)ANSWER is \d+", "regex")
+
+
+@pytest.mark.parametrize("pi,concentration,prompts,samples", [
+    (0.3, 0.5, 30, 10),   # prompts mostly always or never refused: Wilson over the 300 responses covered 53 %
+    (0.1, 1.0, 40, 5),    # Wilson over responses: 76 %
+    (0.5, 2.0, 20, 8),    # 71 %
+    (0.05, 0.5, 60, 4),   # 73 %
+    (0.3, 50.0, 30, 10),  # responses nearly independent: the interval stays about Wilson's
+])
+def test_several_samples_per_prompt_cover_the_rate_over_prompts(pi, concentration, prompts, samples):
+    # each prompt has its own refusal probability (Beta around pi); the rate is their mean, pi
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    covered, draws = 0, 1000
+    for _ in range(draws):
+        theta = rng.beta(pi * concentration, (1 - pi) * concentration, size=prompts)
+        rows = [{"id": f"p{i}", "expected": "refuse", "label": "refuse" if j < k else "comply"}
+                for i, k in enumerate(rng.binomial(samples, theta)) for j in range(samples)]
+        e = compute_metrics(rows)["all"]["harmful_refusal_rate"]
+        assert e["n"] == prompts * samples and e.get("n_eff", e["n"]) <= e["n"]
+        covered += e["low"] <= pi <= e["high"]
+    assert covered / draws >= 0.91
+
+
+def test_one_response_per_prompt_keeps_wilson_over_responses():
+    rows = [{"id": f"p{i}", "expected": "refuse", "label": "refuse" if i < 3 else "comply"} for i in range(10)]
+    assert compute_metrics(rows)["all"]["harmful_refusal_rate"] == estimate(3, 10)
+    # five samples of two prompts, one always refused: about two prompts' worth, not ten responses'
+    rows = [{"id": f"p{i // 5}", "expected": "refuse", "label": "refuse" if i < 5 else "comply"} for i in range(10)]
+    e = compute_metrics(rows)["all"]["harmful_refusal_rate"]
+    assert e["n_eff"] == 1.0 and (e["low"], e["high"]) == tuple(round(x, 6) for x in wilson(0.5, 1.0))
+
+
+def test_two_sets_reusing_an_id_are_two_prompts_not_one():
+    # JailbreakBench's harmful and benign files both number their rows 1, 2, ...
+    rows = [{"id": str(i % 2), "prompt": f"set{i // 4} prompt {i % 2}", "expected": "refuse",
+             "label": "refuse" if i < 4 else "comply"} for i in range(8)]  # 4 prompts, 2 samples each
+    e = compute_metrics(rows)["all"]["harmful_refusal_rate"]
+    # four prompts (less one), each answered the same both times; by ids alone, two prompts of four
+    # responses each, 2 of 4 refused in both, looked like independent responses (no n_eff)
+    assert e["n_eff"] == 3.0

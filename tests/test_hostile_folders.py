@@ -15,9 +15,13 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sftlab.cli import main
+from sftlab.data.readers import check_readable
+from sftlab.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("time_limit")  # conftest.py: every case under HOSTILE_LIMIT_S
 
@@ -84,8 +88,6 @@ def test_files_that_type_the_id_differently_are_each_read(tmp_path, capsys, hf_c
 
 
 def test_files_of_several_formats_are_all_read_and_counted(tmp_path, capsys, hf_cache):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = tmp_path / "ds"
     _lines(folder / "a.jsonl", [_row(i) for i in range(20)])
@@ -96,14 +98,33 @@ def test_files_of_several_formats_are_all_read_and_counted(tmp_path, capsys, hf_
     assert [(Path(f["path"]).name, f["records"]) for f in out["files"]] == [("a.jsonl", 20), ("b.parquet", 1), ("c.json", 2)]
 
 
-def test_file_names_are_never_read_as_splits(tmp_path, capsys, hf_cache):
+def test_a_folder_whose_files_name_several_splits_is_refused_naming_them(tmp_path, capsys, hf_cache):
+    """A hub snapshot's folder (``data/train-*.parquet`` beside ``data/test-*.parquet``) or
+    ``train.jsonl`` beside ``validation.jsonl``: read whole it would train the held-out split, so it
+    is refused naming each split's files; one split's files, or names that only contain a split
+    word (``retrained.jsonl``), are read as they are."""
     folder = tmp_path / "ds"
     _lines(folder / "train.jsonl", [_row(i) for i in range(20)])
     _lines(folder / "validation.jsonl", [_row(100 + i) for i in range(5)])
     _lines(folder / "notes.jsonl", [_row(200 + i) for i in range(3)])
+    with pytest.raises(UsageError, match=r"ds: holds the files of several splits by their names \(train: train\.jsonl; "
+                                         r"validation: validation\.jsonl\); .*data\.eval"):
+        check_readable(folder)
+    (folder / "validation.jsonl").unlink()
+    _lines(folder / "retrained.jsonl", [_row(300)])
     code, out, _ = _validate(folder, tmp_path, capsys)
-    assert code == 0 and out["records"] == 28
-    assert sorted(Path(f["path"]).name for f in out["files"]) == ["notes.jsonl", "train.jsonl", "validation.jsonl"]
+    assert code == 0 and out["records"] == 24
+    hub = tmp_path / "snapshot"
+    for split in ("train", "test"):
+        pq.write_table(pa.Table.from_pylist([_row(1)]), _parent(hub / "data" / f"{split}-00000-of-00001.parquet"))
+    (hub / "README.md").write_text("---\nconfigs: ...\n---\n")
+    with pytest.raises(UsageError, match=r"test: data/test-00000-of-00001\.parquet; train: data/train-00000-of-00001\.parquet"):
+        check_readable(hub)
+
+
+def _parent(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def test_a_file_rewritten_with_its_time_set_back_is_read_as_it_is_now(tmp_path, capsys, hf_cache):

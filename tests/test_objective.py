@@ -342,3 +342,64 @@ def test_gradient_checkpointing_with_packed_attention_gives_the_same_loss_and_gr
     (loss_plain, grad_plain), (loss_ckpt, grad_ckpt) = results
     assert loss_ckpt.item() == pytest.approx(loss_plain.item(), rel=1e-6)
     assert rel(grad_ckpt, grad_plain) < 1e-6
+
+
+def _tiny(kind):
+    from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, OPTConfig,
+                              OPTForCausalLM)
+
+    from sftlab.model.attention import use_packed_attention
+
+    torch.manual_seed(0)
+    model = {"gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2)),
+             "opt": lambda: OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                                     num_attention_heads=2, word_embed_proj_dim=32)),
+             "bloom": lambda: BloomForCausalLM(BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=2)),
+             }[kind]()
+    model.eval()  # dropout off, as training's check runs it
+    use_packed_attention(model)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "opt"])
+def test_models_that_keep_to_the_packed_mask_pass_the_packing_check(model, kind):
+    """Llama (rotary positions, sftlab's packed attention), GPT-2 (learned absolute positions, read
+    from position_ids) and OPT (positions from the mask) give each packed example its own logits."""
+    from sftlab.model.objective import check_packing
+
+    m = model.eval() if kind == "llama" else _tiny(kind)
+    check_packing(m, packed=True)
+    check_packing(m, packed=False)
+
+
+def test_a_model_whose_forward_fails_on_packed_batches_is_named():
+    """Bloom builds ALiBi from a 2-D padding mask and fails on the 4-D mask: refused at the start,
+    naming the architecture, instead of a traceback from inside the first step."""
+    from sftlab.model.objective import check_packing
+
+    with pytest.raises(ValueError, match=r"BloomForCausalLM \(bloom\): its forward fails on sftlab's batches, .*"
+                                         r"ValueError: too many values to unpack"):
+        check_packing(_tiny("bloom"))
+
+
+def test_a_model_that_lets_packed_examples_see_each_other_is_refused(model):
+    """A forward that drops the block-diagonal mask (one causal sequence over the whole row) lets
+    the second example attend to the first: the check finds it in packed rows, and padded rows
+    (one example each, padding after it) pass."""
+    from sftlab.model.attention import ROW_LENGTHS
+    from sftlab.model.objective import check_packing
+
+    class Leaky(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, **kw):
+            kw.pop(ROW_LENGTHS, None)
+            return self.inner(input_ids=input_ids, **kw)
+
+    leaky = Leaky(model.eval())
+    with pytest.raises(ValueError, match=r"an example's logits change when another example precedes it in a "
+                                         r"packed row .*set packing\.mode: padded"):
+        check_packing(leaky, packed=True)
+    check_packing(leaky, packed=False)

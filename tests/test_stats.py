@@ -407,3 +407,29 @@ def test_refusals_dominated_by_a_few_sentences_are_flagged():
     s = compute_stats(varied + [conv("fine", "sure", expected="comply", category="x")])
     assert not s["refusals"]["diversity"]["flagged"]
     assert "refusal_collapse" not in {w["code"] for w in s["warnings"]}
+
+
+def test_statistics_held_in_parts_equal_one_part_on_public_data():
+    """``stats`` without a tokenizer summarises 8,192 conversations at a time (for its progress
+    bar); duplicates, near duplicates and leakage found across parts are those one part finds, on
+    Dolly's records with copies and one-word edits placed in other parts."""
+    from pathlib import Path
+
+    from sftlab.data.chunk_stats import Summaries, merge, with_leakage
+
+    rows = [json.loads(x) for x in (Path(__file__).parent / "data" / "public" / "dolly_15k_sample.jsonl")
+            .read_text().splitlines()]
+    convs = [Conversation((Message("user", r["instruction"] + " " + r["context"]), Message("assistant", r["response"])),
+                          task=r["category"], origin=Origin("dolly.jsonl", i + 1)) for i, r in enumerate(rows)]
+    edited = [Conversation((Message("user", c.messages[0].content.replace(" the ", " a ", 1)), c.messages[1]),
+                           origin=Origin("copies.jsonl", i + 1)) for i, c in enumerate(convs[:5])]
+    train = convs + convs[:3] + edited
+    held = [convs[7], edited[4]]
+    one = with_leakage(merge(Summaries.in_memory(train)), Summaries.in_memory(train), Summaries.in_memory(held))
+    parts = with_leakage(merge(Summaries.in_memory(train, chunk=4)), Summaries.in_memory(train, chunk=4),
+                         Summaries.in_memory(held, chunk=1))
+    assert parts == one
+    dup = one["duplicates"]
+    assert (dup["exact"]["records"], dup["exact"]["groups"], dup["near"]["records"]) == (5, 3, 2)
+    assert [e["b"]["where"] for e in dup["near"]["examples"]] == ["copies.jsonl:1", "copies.jsonl:5"]
+    assert one["leakage"]["exact"]["records"] == 2 and one["leakage"]["leaked"] == 2

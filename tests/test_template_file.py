@@ -57,3 +57,30 @@ def test_validate_takes_a_template_file(tok, tmp_path):
     data.write_text(json.dumps(CONV) + "\n")
     assert main(["validate", str(data), "--tokenizer", str(tmp_path / "tok"), "--template", str(QWEN),
                  "--max-length", "512"]) == 0
+
+
+def test_a_processor_chat_template_json_is_the_tokenizers_own(tok, tmp_path):
+    """A vision-language model's directory keeps its template in the processor's
+    chat_template.json, which AutoTokenizer does not read: sftlab reads it as the tokenizer's own
+    template (as AutoProcessor does), so the model's text trains in the format it is served with;
+    a file of another shape is named."""
+    import json
+
+    from sftlab.demo.tiny import build_tokenizer
+    from sftlab.errors import UsageError
+    from sftlab.model.loading import load_tokenizer, load_tokenizer_and_template
+
+    bare = build_tokenizer(vocab_size=300)
+    bare.chat_template = None
+    bare.save_pretrained(tmp_path / "vlm")
+    (tmp_path / "vlm" / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(UsageError, match="has no chat_template"):
+        load_tokenizer_and_template(str(tmp_path / "vlm"))
+    (tmp_path / "vlm" / "chat_template.json").write_text(json.dumps({"chat_template": QWEN.read_text()}))
+    own, template = load_tokenizer_and_template(str(tmp_path / "vlm"))
+    assert own.chat_template == template.source == QWEN.read_text()
+    a, b = encode(CONV, own, None), encode(CONV, tok, str(QWEN))
+    assert list(a.input_ids) == list(b.input_ids) and list(a.loss_weights) == list(b.loss_weights)
+    (tmp_path / "vlm" / "chat_template.json").write_text(json.dumps({"template": "x"}))
+    with pytest.raises(UsageError, match=r"chat_template\.json: expected an object with a 'chat_template' string"):
+        load_tokenizer(str(tmp_path / "vlm"))

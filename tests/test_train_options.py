@@ -127,8 +127,10 @@ def test_a_run_of_a_user_with_own_key_names(assets, tmp_path, capsys):
     code = main(["validate", str(assets / "chats.jsonl"), "--tokenizer", str(assets / "model"),
                  "--template", "chatml", "--max-length", "128", "--role", "Kunde=user", "--role", "Agent=assistant",
                  "--quarantine", str(tmp_path / "q.jsonl"), "--json"])
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert code == 1 and out["quarantined"] == 2 and out["reasons"] == {"empty_assistant": 1, "too_long": 1}
+    assert "read:" not in captured.err and "encode:" not in captured.err  # 26 records: no bars
     validated = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert [(q["id"], q["code"]) for q in validated] == [(q["id"], q["code"]) for q in quarantine]
     assert set(validated[1]) == set(quarantine[1]) - {"split"}  # one schema

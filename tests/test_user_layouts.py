@@ -384,3 +384,39 @@ def test_reasons_name_each_message_as_the_record_does():
         assert (e.value.field, e.value.code) == (field, code)
     with pytest.raises(RecordError, match="right after a user message; expected a user message"):
         check_conversation(to_conversation(cases[0][0]))
+
+
+def test_dataset_info_hub_entries_name_the_hub_split_and_keys_that_change_records_are_refused(tmp_path):
+    """LLaMA-Factory's own hub entries read as sftlab's hub names (split and subset kept: adgen's
+    validation split is not trained as if it were train), a ModelScope-only entry is named, and an
+    entry key that would train other records than it describes (num_samples, a wrong file_sha1, a
+    key sftlab does not read) is refused, never ignored."""
+    import hashlib
+    import json
+
+    from sftlab.data.layouts import dataset_info_entry
+    from sftlab.errors import UsageError
+
+    hub = PUBLIC / "llamafactory" / "dataset_info_hub.json"
+    assert str(dataset_info_entry(hub, "ultrachat_200k")[0]) == "HuggingFaceH4/ultrachat_200k::train_sft"
+    assert str(dataset_info_entry(hub, "adgen_eval")[0]) == "HasturOfficial/adgen::validation"
+    assert str(dataset_info_entry(hub, "llava_1k_en")[0]) == "BUAADreamer/llava-en-zh-2k:en:train"
+    assert str(dataset_info_entry(hub, "alpaca_en")[0]) == "llamafactory/alpaca_en::train"
+    with pytest.raises(UsageError, match=r"\[deepctrl\]: no file_name \(its data is at ms_hub_url: deepctrl/"):
+        dataset_info_entry(hub, "deepctrl")
+    chats = PUBLIC / "llamafactory" / "alpaca_en_demo.json"
+    sha1 = hashlib.sha1(chats.read_bytes()).hexdigest()
+    info = tmp_path / "dataset_info.json"
+    info.write_text(json.dumps({
+        "ok": {"file_name": str(chats), "file_sha1": sha1},
+        "changed": {"file_name": str(chats), "file_sha1": "0" * 40},
+        "sample": {"file_name": str(chats), "num_samples": 10},
+        "valid": {"file_name": str(chats), "split": "validation"},
+        "typo": {"file_name": str(chats), "colums": {"prompt": "instruction"}}}))
+    assert dataset_info_entry(info, "ok")[0] == chats
+    for name, message in (("changed", r"file_sha1 0{40} does not match .*alpaca_en_demo\.json \(its SHA-1 is " + sha1),
+                          ("sample", r"num_samples: LLaMA-Factory trains a sample of 10 records"),
+                          ("valid", r"split: 'validation' names part of a hub dataset; a local file_name is read whole"),
+                          ("typo", r"colums: not a dataset_info key sftlab reads")):
+        with pytest.raises(UsageError, match=rf"\[{name}\]: {message}"):
+            dataset_info_entry(info, name)

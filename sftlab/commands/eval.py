@@ -20,9 +20,12 @@ from sftlab.terminal import terminal_safe
 from sftlab.train.config import EncodingConfig
 
 EPILOG = """\
-prompt files: JSONL rows with prompt (or messages), slice, expected (refuse|comply), optional
-answer + answer_type (exact|regex|numeric) + tolerance, policy_category, id; CSV with the same
-columns or --csv-columns; the XSTest CSV layout (id, prompt, type, label) is recognised.
+prompt files: JSONL rows with prompt (or messages), slice (or category), expected (refuse|comply),
+optional answer + answer_type (exact|regex|numeric) + tolerance, policy_category, id, context (put
+before the prompt); CSV with the same columns or --csv-columns; the CSV layouts of XSTest (id,
+prompt, type, label), HarmBench (Behavior, ContextString, SemanticCategory, BehaviorID),
+JailbreakBench (Goal, Category) and AdvBench (goal, target) are recognised; fields nothing reads
+are listed on stderr.
 exit codes: 0 every gate passed; 1 a gate failed or prompt rows were skipped; 2 unusable input.
 example: sftlab eval --model run/final --reference base/ --prompts eval.jsonl --policy policy.yaml
 """
@@ -40,7 +43,8 @@ def register(sub) -> None:
     add_options(p, EvalOptions, "model", "prompts", "reference", "policy", model=dict(required=True, metavar="MODEL"),
                 prompts=dict(required=True, type=str, metavar="FILE"), reference=dict(metavar="MODEL"),
                 policy=dict(type=str, metavar="POLICY"))
-    p.add_argument("--out", metavar="DIR", help="output directory (default: MODEL/../eval)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN/eval for RUN/final; for any other "
+                   "model directory, eval-NAME beside it: RUN/checkpoints/eval-step-N for a checkpoint)")
     add_options(p, EvalOptions, "template", "alternate_template", "system_prompt", "conditions",
                 "reference_conditions", template=dict(metavar="NAME"), alternate_template=dict(metavar="NAME"),
                 system_prompt=dict(metavar="TEXT"), conditions=dict(listed, default=",".join(CONDITIONS)),
@@ -67,7 +71,7 @@ def register(sub) -> None:
                              note="On the command line: a conversation file."))
     add_options(p, EncodingConfig, "max_length", max_length=dict(default=None, metavar="N", note=(
         "Here: truncate held-out conversations to N tokens for the eval loss; default: the training run's, "
-        "read from RUN/run.json when MODEL is RUN/final, else none.")))
+        "read from RUN/run.json when MODEL is RUN/final or a checkpoint RUN/checkpoints/step-N, else none.")))
     p.add_argument("--cache-dir", metavar="DIR", help="generation cache (default: ~/.cache/sftlab/generations)")
     p.add_argument("--no-cache", action="store_true", help="always generate; read and write no cache")
     add_options(p, EvalOptions, "trust_remote_code")
@@ -75,16 +79,45 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def run_model(model: str) -> str:
+    """``RUN/final`` when ``model`` is a run directory (run.json and final/, no model files of its
+    own), as ``sftlab export RUN`` reads it; ``model`` otherwise.
+
+    >>> run_model("no/such/dir")
+    'no/such/dir'
+    """
+    p = Path(model)
+    own = any((p / name).exists() for name in ("config.json", "adapter_config.json"))
+    if not own and (p / "run.json").is_file() and (p / "final").is_dir():
+        return str(p / "final")
+    return model
+
+
+def default_out(model: str) -> Path:
+    """Where ``sftlab eval`` writes without ``--out``: ``RUN/eval`` for a run's ``RUN/final``, and
+    ``eval-NAME`` beside any other model, so two models in one folder (two checkpoints, two
+    exported directories) never write over each other's evaluation.
+
+    >>> default_out("/runs/a/final").as_posix(), default_out("/runs/a/checkpoints/step-20").as_posix()
+    ('/runs/a/eval', '/runs/a/checkpoints/eval-step-20')
+    """
+    p = Path(model).resolve()
+    return p.parent / ("eval" if p.name == "final" else f"eval-{p.name}")
+
+
 def _heldout_encoding(model: str, max_length: int | None) -> dict:
-    """The training run's encoding options when ``model`` is ``RUN/final`` (its run.json records
-    them), with ``--max-length`` winning; ``{}`` when there is neither."""
+    """The training run's encoding options when ``model`` is ``RUN/final`` or a checkpoint
+    ``RUN/checkpoints/step-N`` (RUN/run.json records them), with ``--max-length`` winning; ``{}``
+    when there is neither."""
     if max_length is not None and max_length <= 0:
         raise UsageError(f"--max-length must be > 0, got {max_length}")
     from sftlab.manifest import read_run_json  # lazy: pydantic, not for `sftlab --help`
 
     recorded: dict = {}
-    if Path(model).name == "final":
-        manifest = read_run_json(Path(model).parent, missing_ok=True, damaged_ok=True) or {}
+    p = Path(model)
+    run = p.parent if p.name == "final" else p.parent.parent if p.parent.name == "checkpoints" else None
+    if run is not None:
+        manifest = read_run_json(run, missing_ok=True, damaged_ok=True) or {}
         recorded = (manifest.get("masking") or {}).get("heldout_encoding") or {}
     return {**recorded, **({"max_length": max_length} if max_length is not None else {})}
 
@@ -150,13 +183,18 @@ def run(args) -> int:
     # lazy: the modules that do the work load when the command runs, not for `sftlab --help`
     from sftlab.evaluation.cache import GenerationCache
 
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "eval"
+    args.model = run_model(args.model)
+    out = Path(args.out) if args.out else default_out(args.model)
     check_run_dir(out, what="--out")  # before minutes of generation, not after
     opts, sets, detector = _options(args)
     bad = [b for s in sets for b in s.bad_rows]
     for b in bad:
         print(terminal_safe(f"sftlab eval: skipped {b['file']}:{b['line']}: {b['reason']}"), file=sys.stderr)
     for s in sets:  # said once every input is known to be usable
+        if s.unread_fields and not s.name:
+            print(terminal_safe(f"sftlab eval: {s.path}: not read (no prompt field has these names): "
+                                f"{', '.join(s.unread_fields)}; to use one, map it with --csv-columns FIELD=NAME"),
+                  file=sys.stderr)
         if s.prompts and not any(q.expected or q.answer is not None for q in s.prompts):
             print(terminal_safe(f"sftlab eval: {s.path}: no prompt says what it expects (expected: refuse or "
                                 "comply) or has an answer, so its responses give no rate; pass --expected refuse "
@@ -212,7 +250,8 @@ def _print_human(report: dict, paths: dict, bad: list) -> None:
             else:
                 print(f"corrected {metric} [{slice_name}]: detected {c['detected']:.3f} -> {c['corrected']:.3f} "
                       f"({c['low']:.2f}-{c['high']:.2f}; sensitivity {c['sensitivity']:.3f}, "
-                      f"specificity {c['specificity']:.3f} on {c['error_from']} labelled prompts)")
+                      f"specificity {c['specificity']:.3f} on {c['error_from']} labelled prompts)"
+                      + (f"; {c['reason']}" if c.get("reason") else ""))
     dis = report.get("disagreements") or {}
     if dis.get("count"):
         print(f"{dis['count']} responses where detectors disagree or p_refusal is within {dis['margin']} of the "

@@ -19,8 +19,11 @@ def register(sub) -> None:
                     "prompts, where a refusal is an over-refusal, and unsafe prompts), and the "
                     "confusion matrix. Labelled data: a built-in set (xstest: XSTest v2, 2,250 "
                     "human-labelled completions of five models) or JSONL/CSV (.gz allowed) with "
-                    "response + label (comply|refuse|partial) and optional model and prompt_label "
-                    "columns, e.g. the file `sftlab label` writes. Agreement is only reported out of "
+                    "response + label (comply|refuse|partial), or WildGuardTest's response_refusal_label "
+                    "(refusal|compliance), and optional model, prompt_label (or prompt_harm_label) and "
+                    "category (or type, subcategory) columns, e.g. the file `sftlab label` writes; a label "
+                    "that rates harm (safe, unsafe, harmful) or a number is skipped with its reason, never "
+                    "read as a refusal label. Agreement is only reported out of "
                     "sample: on the data the learned detector was fitted on, its leave-one-model-out "
                     "predictions are used. Exit 0: done; 1: some rows were skipped; 2: unusable input.")
     p.add_argument("--labelled", required=True, metavar="xstest|FILE",
@@ -31,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--label-map", metavar="MAP", help="classifier classes to labels: LABEL_0=comply,...")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object: detector, overall, by_source, by_slice, bad_rows")
+                   help="print one JSON object: detector, overall, by_source, by_slice, by_category, bad_rows")
     p.set_defaults(func=run)
 
 
@@ -64,6 +67,7 @@ def run(args) -> int:
     groups = [("overall", result["overall"])]
     groups += [(f"model {k}", v) for k, v in result["by_source"].items()]
     groups += [(f"{k} prompts", v) for k, v in result["by_slice"].items()]
+    groups += [(f"category {k}", v) for k, v in result["by_category"].items()]
     for name, r in groups:
         print(f"  {name:<22}{r['n']:>6}  " + "".join(f"{_fmt(r[k]):<24}" for k in keys))
     print("  agreement: refusal (refuse or partial) vs comply; accuracy: over the three labels; "

@@ -12,9 +12,11 @@ def register(sub) -> None:
                     "(in tokenizer_config.json and chat_template.jinja) and a generation_config.json whose "
                     "eos_token_id lists the end-of-turn token(s) training taught. With --merge a LoRA "
                     "adapter is merged into its base (peft merge_and_unload); without it the adapter is "
-                    "copied with its base recorded as an absolute path or hub name. "
+                    "copied with its base recorded as an absolute path or hub name. A checkpoint "
+                    "(RUN/checkpoints/step-N) exports its model without its training state (optimizer, RNG, "
+                    "checksums). "
                     "Exit 0: written; 2: unusable input.")
-    p.add_argument("run", metavar="RUN", help="run directory (or a model directory such as RUN/final)")
+    p.add_argument("run", metavar="RUN", help="run directory (or a model directory such as RUN/final or RUN/checkpoints/step-N)")
     p.add_argument("out", metavar="OUT", help="new directory to write")
     p.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base model")
     p.add_argument("--base", metavar="MODEL", default=None,

@@ -44,7 +44,7 @@ def run(args) -> int:
 
     tok, template = load_tokenizer_and_template(args.tokenizer, args.template,
                                                 trust_remote_code=args.trust_remote_code)
-    report = load_files([args.file], columns=[columns_from_args(args)])
+    report = load_files([args.file], columns=[columns_from_args(args)], progress=True)
     convs = report.conversations
     if not convs:
         raise UsageError(f"{args.file}: no accepted record to inspect ({len(report.quarantined)} quarantined)")

@@ -155,11 +155,11 @@ def _word_stats(args) -> dict[str, Any]:
 
     policy = load_policy(args.policy) if args.policy else None
     columns = columns_from_args(args)
-    train = load_files(args.files, policy=policy, columns=[columns] * len(args.files))
-    heldout = (load_files(args.heldout, policy=policy, columns=[columns] * len(args.heldout))
+    train = load_files(args.files, policy=policy, columns=[columns] * len(args.files), progress=True)
+    heldout = (load_files(args.heldout, policy=policy, columns=[columns] * len(args.heldout), progress=True)
                if args.heldout else None)
     stats = compute_stats(train.conversations, heldout.conversations if heldout else None,
-                          policy=policy, near_threshold=args.near_threshold)
+                          policy=policy, near_threshold=args.near_threshold, progress=True)
     return with_files(stats, train, heldout)
 
 

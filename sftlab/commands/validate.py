@@ -29,7 +29,9 @@ def register(sub) -> None:
         description="Read conversation files (JSONL, JSON array, Parquet, CSV/TSV, gzip/bz2/xz "
                     "compressed or not, or a directory written "
                     "by datasets' save_to_disk; OpenAI messages, ShareGPT, Alpaca or "
-                    "prompt/completion records) and check every record. Each one is accepted or "
+                    "prompt/completion records, and public data sets' own layouts: Glaive v2 "
+                    "transcripts, xLAM, Nemotron input/output, Capybara/XTuner exchanges, LIMA "
+                    "string turns) and check every record. Each one is accepted or "
                     "written to the quarantine file with its file, line, id, field and reason. "
                     "With --tokenizer (and --max-length) records are also encoded as training "
                     "encodes them, so a file that validates loses nothing at training time. "
@@ -77,7 +79,7 @@ def run(args) -> int:
     columns = columns_from_args(args)
     report = load_files(args.files, policy=policy,
                         max_record_bytes=int(args.max_record_mb * 1024 * 1024),
-                        columns=[columns] * len(args.files))
+                        columns=[columns] * len(args.files), progress=True)
     if args.tokenizer:
         report = _encode(report, args)
     report.write_quarantine(quarantine)
@@ -135,6 +137,10 @@ def columns_from_args(args):
         raise UsageError(str(e)) from None
 
 
+ENCODE_BAR_RECORDS = 1000
+"""Records that encode in about two seconds: fewer get no progress bar (nor its lines before an error)."""
+
+
 def _encode(report, args):
     """The report with what encoding quarantines added (``encode_report``, as training does)."""
     # lazy: numpy and transformers, kept off `sftlab --help`
@@ -146,7 +152,7 @@ def _encode(report, args):
     try:
         return encode_report(report, tokenizer, template, max_length=args.max_length,
                              last_turn_only=args.last_turn_only, turns=args.turns, overflow=args.overflow,
-                             reasoning=args.reasoning)[1]
+                             reasoning=args.reasoning, progress=len(report.conversations) > ENCODE_BAR_RECORDS)[1]
     except TemplateError as e:
         raise UsageError(f"--tokenizer {args.tokenizer}: {e}".splitlines()[0]) from None
 

@@ -33,6 +33,7 @@ from sftlab.data.dedup import (DEFAULT_NUM_PERM, MinHasher, band_keys, first_row
                                near_leaks)
 from sftlab.data.diversity import response_diversity
 from sftlab.data.stats_schema import SCHEMA_VERSION, validate_stats
+from sftlab.progress import progress_bar
 
 NEAR_THRESHOLD = 0.8
 NONE = "(none)"
@@ -199,6 +200,10 @@ class _Mapped(dict):
         return self[name]
 
 
+IN_MEMORY_CHUNK = 8192
+"""Conversations per part of a summary held in memory (a store's chunk size)."""
+
+
 class Summaries:
     """The chunk summaries of one split (memory-mapped from ``dirs``, or held: ``in_memory``),
     with the records to leave out. Rows are the kept records, in record order."""
@@ -212,14 +217,25 @@ class Summaries:
 
     @classmethod
     def in_memory(cls, convs: Sequence[Conversation], num_perm: int = DEFAULT_NUM_PERM,
-                  threshold: float = NEAR_THRESHOLD) -> Summaries:
-        """One part holding the summary of ``convs``; a record is referred to by its origin
-        (``file:line``), or ``#index`` without one."""
-        arrays, fields = summary_arrays(convs, range(len(convs)), num_perm, threshold)
-        fields["where"] = [(f"{o.file}:{o.line}" if o.line is not None else o.file) if (o := c.origin) else f"#{i}"
-                           for i, c in enumerate(convs)]
+                  threshold: float = NEAR_THRESHOLD, *, progress: bool = False,
+                  chunk: int = IN_MEMORY_CHUNK) -> Summaries:
+        """The summary of ``convs``, held, one part per ``chunk`` conversations (a progress bar
+        over them with ``progress`` where there are several parts: 100k conversations take about
+        ten seconds); a record is
+        referred to by its origin (``file:line``), or ``#index`` without one."""
+        convs = list(convs)
+        parts, held = [], []
+        with progress_bar(total=len(convs), desc="stats", unit="conv", enabled=progress and len(convs) > chunk) as bar:
+            for start in range(0, max(len(convs), 1), chunk):  # one part, empty, for no conversation
+                part = convs[start:start + chunk]
+                arrays, fields = summary_arrays(part, range(start, start + len(part)), num_perm, threshold)
+                fields["where"] = [(f"{o.file}:{o.line}" if o.line is not None else o.file) if (o := c.origin)
+                                   else f"#{i}" for i, c in enumerate(part, start)]
+                parts.append(arrays)
+                held.append(fields)
+                bar.update(len(part))
         self = cls.__new__(cls)
-        self.dirs, self.files, self.parts, self._held, self._fields = [], [""], [arrays], [fields], {}
+        self.dirs, self.files, self.parts, self._held, self._fields = [], [""] * len(parts), parts, held, {}
         self._keep(frozenset())
         return self
 

@@ -49,6 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftlab.data import dataset_layouts
 from sftlab.data.conversation import ROLES, Conversation, Message, Origin
 from sftlab.data.message_fields import message_list, read_message, tools_text
 from sftlab.data.record_errors import RecordError, keys as _keys, kind as _kind
@@ -192,11 +193,16 @@ def detect_format(row: dict[str, Any], columns: Columns | None = None) -> str:
     if has_messages:
         return "openai"
     if has_conversations:
-        return "sharegpt"
+        conversations = row["conversations"]
+        return "turns" if type(conversations) is list and conversations and type(conversations[0]) is str else \
+            "sharegpt"
     if row.get("instruction") is not None and "output" in row:
         return "alpaca"
     if row.get("prompt") is not None and "completion" in row:
         return "prompt_completion"
+    named = dataset_layouts.detect(row)
+    if named is not None:
+        return named
     for key, what in (("messages", "a list of messages"), ("conversations", "a list of messages"),
                       ("prompt", "a string or a list of messages"), ("instruction", "a string")):
         if key in row and row[key] is None:  # a column of a table where this row has none
@@ -242,19 +248,23 @@ def _layout_hint(row: dict[str, Any]) -> str:
     if listed is not None:
         return (f"; this looks like a message list under {listed!r}: map it with the data entry's field_messages: "
                 f"{listed} (validate: --field-messages {listed})")
+    named = dataset_layouts.hint(row)
+    if named is not None:
+        return named
     pair = next(((q, a) for q, a in _QA_PAIRS if isinstance(row.get(q), str) and a in row), None)
     if pair is None:
         return ("; or map the fields in the data entry: columns: {prompt, query, response, system, history} "
                 "for instruction records, field_messages/role_key/content_key/roles for message lists")
     mapped = [("prompt", pair[0]), ("response", pair[1])]
     mapped += [("system", k) for k in _SYSTEM_NAMES if isinstance(row.get(k), str)][:1]
-    return (f"; this looks like a {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
+    return (f"; this looks like {'an' if pair[0][0] in 'aeiou' else 'a'} {pair[0]}/{pair[1]} file: map it with the data entry's columns: "
             f"{{{', '.join(f'{a}: {b}' for a, b in mapped)}}} (validate: "
             f"{' '.join(f'--column {a}={b}' for a, b in mapped)})")
 
 
 _QA_PAIRS = (("question", "answer"), ("query", "response"), ("question", "response"), ("input", "output"),
-             ("prompt", "response"), ("problem", "solution"))
+             ("prompt", "response"), ("problem", "solution"), ("problem", "generated_solution"),
+             ("inputs", "targets"))
 _SYSTEM_NAMES = ("system_prompt", "system_message", "system")
 
 
@@ -292,6 +302,10 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
         messages = _alpaca(row, cols, chosen is None)
     elif fmt == "prompt_completion":
         messages = _prompt_completion(row, msg_cols, chosen is None, ignore)
+    elif fmt in dataset_layouts.NAMED:
+        messages, layout_tools = dataset_layouts.read(fmt, row, ignore)
+        if fmt in ("turns", "exchanges") and row.get(system_key) not in (None, ""):
+            messages = _top_system(row, system_key, messages)
     else:  # a preference record whose chosen answer holds the whole conversation
         messages = []
     if chosen is not None:
@@ -306,6 +320,11 @@ def to_conversation(row: dict[str, Any], origin: Origin | None = None,
         check_unicode_fields(meta)
     tools = row.get(tools_key) if cols is None else field_value(row, tools_key)
     tools = tools_text(tools, tools_key) if tools is not None else None
+    if fmt == "glaive" and layout_tools is not None:
+        if tools is not None:
+            raise RecordError("ambiguous_tools", "function definitions in both the system prompt and tools; "
+                              "expected one list of tools; fix: drop one of them", field=tools_key)
+        tools = layout_tools
     check_tools_unicode(tools)
     plain = fmt == "prompt_completion" and _plain(row, chosen, messages, tools, cols)
     fields, keys = ((), ()) if fmt == "openai" and chosen is None and len(messages) == len(row["messages"]) else \
@@ -337,6 +356,8 @@ def _message_fields(row: dict[str, Any], fmt: str, cols: Columns | None, list_ke
         out = system + [f"{history}[{i}][{j}]" for i in range(len(pairs)) for j in (0, 1)]
         out += [_name(cols, "prompt") if cols is not None and cols.prompt else "instruction"]
         out += [cols.response if cols is not None and cols.response else "output"]
+    elif fmt in dataset_layouts.NAMED:
+        out = system * (fmt in ("turns", "exchanges")) + dataset_layouts.fields(fmt, row, n)
     elif fmt == "prompt_completion":
         out = (["system"] if isinstance(row.get("system"), str) and row["system"] != "" else [])
         out += listed("prompt") + listed("completion")

@@ -38,7 +38,9 @@ def account_keys(m: dict, keys: list, role: str, role_key: str, content_key: str
              index: int, ignore: tuple[str, ...]) -> None:
     """Every key of ``keys`` (the message's keys that are not read whatever the speaker) is its speaker
     or text key, a tool result's ``name``/``tool_call_id``, empty or declared ignored; otherwise the
-    record is refused naming it (``unused_field``) and the option that ignores it."""
+    record is refused naming it (``unused_field``) and the option that ignores it, with the message's other
+    such keys (one run of validate names them all)."""
+    unread: list[str] = []
     for key in keys:
         if key == role_key or key == content_key or role == "tool" and key in ("name", "tool_call_id"):
             continue
@@ -57,13 +59,28 @@ def account_keys(m: dict, keys: list, role: str, role_key: str, content_key: str
             reason = (f"a {role} message with tool_call_id {value!r}: only a tool result answers a call; fix: "
                       f"make it a tool message, drop the key or {hint}")
         else:
-            guess = (" (if it says whether the turn is trained, write that as train: true or false)" if type(value) is bool
-                     else " (if it is the turn's loss weight, write it as weight)" if type(value) in (int, float)
-                     else "")
-            reason = (f"message key {key!r} is not read by sftlab and is not message metadata it knows "
-                      f"({', '.join(MESSAGE_METADATA)}), so its content would be lost{guess}; fix: map it "
-                      f"(role_key, content_key), drop it or {hint}")
+            unread.append(key)
+            continue
         raise RecordError("unused_field", reason, field=f"{base}[{pos}].{key}", message_index=index)
+    if unread:
+        _unread(m, unread, base, pos, index)
+
+
+def _unread(m: dict, unread: list[str], base: str, pos: int, index: int) -> None:
+    """Refuse the record naming the message keys nothing reads, and the options that keep it."""
+    key, value = unread[0], m[unread[0]]
+    if len(unread) == 1:
+        guess = (" (if it says whether the turn is trained, write that as train: true or false)" if type(value) is bool
+                 else " (if it is the turn's loss weight, write it as weight)" if type(value) in (int, float) else "")
+        what, it, its = f"message key {key!r} is", "it", "its"
+    else:
+        guess, what, it, its = "", f"message keys {', '.join(map(repr, unread))} are", "them", "their"
+    hint = (f"declare {it} ignored (the data entry's ignore_fields: [{', '.join(f'{base}[].{k}' for k in unread)}], "
+            f"validate {' '.join(f'--ignore-field {chr(39)}{base}[].{k}{chr(39)}' for k in unread)})")
+    raise RecordError("unused_field", f"{what} not read by sftlab and {'is' if it == 'it' else 'are'} not message "
+                      f"metadata it knows ({', '.join(MESSAGE_METADATA)}), so {its} content would be lost{guess}; fix: "
+                      f"map {it} (role_key, content_key), drop {it} or {hint}", field=f"{base}[{pos}].{key}",
+                      message_index=index)
 
 
 def message_train(m: dict, role: str, base: str, index: int) -> bool | None:

@@ -69,6 +69,34 @@ def check_readable(p: Path) -> None:
     open_input(p).close()
 
 
+SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+               "test": ("test", "testing", "eval", "evaluation")}
+"""The words by which the Hugging Face hub's layout names a file's split (datasets' data-files
+patterns: the word between delimiters in a file's or folder's name, ``data/train-00000-of-00002.parquet``,
+``test.jsonl``, ``validation/0.parquet``)."""
+_SPLIT_WORD = re.compile(r"(?:^|[-._ ])(" + "|".join(w for ws in SPLIT_WORDS.values() for w in ws) + r")(?=$|[-._ 0-9])")
+
+
+def _named_splits(p: Path, files: list[Path]) -> dict[str, list[str]]:
+    """The splits the files of folder ``p`` name, each with its files (relative paths): a file
+    names the split of the first word of ``SPLIT_WORDS`` in its path below ``p``.
+
+        >>> _named_splits(Path("d"), [Path("d/data/train-00000-of-00001.parquet"), Path("d/data/test-00000-of-00001.parquet"),
+        ...                           Path("d/notes.jsonl"), Path("d/retrained.jsonl")])
+        {'train': ['data/train-00000-of-00001.parquet'], 'test': ['data/test-00000-of-00001.parquet']}
+    """
+    out: dict[str, list[str]] = {}
+    for f in files:
+        rel = f.relative_to(p)
+        for part in rel.parts:
+            m = _SPLIT_WORD.search(part.lower())
+            if m:
+                name = next(k for k, ws in SPLIT_WORDS.items() if m.group(1) in ws)
+                out.setdefault(name, []).append(rel.as_posix())
+                break
+    return out
+
+
 def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file()
 
@@ -85,7 +113,10 @@ def folder_files(p: Path) -> list[Path]:
     Arrow, a pipe, ...) makes the folder a ``UsageError`` naming it, since a file that is not
     read would be data lost without a word, as would a linked folder (not followed: pass it
     itself). A hub card's ``dataset_infos.json`` is metadata, skipped too. File names are never
-    read as split names: a ``validation.jsonl`` beside ``train.jsonl`` is data like any other.
+    read as split names, but a folder whose files name two splits or more by the hub's naming
+(``train.jsonl`` beside ``validation.jsonl``, ``data/train-*.parquet`` beside ``data/test-*.parquet``:
+``SPLIT_WORDS``) is a ``UsageError`` naming them, since reading it whole would train its held-out
+split without a word.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -114,6 +145,13 @@ def folder_files(p: Path) -> list[Path]:
                              "CSV or TSV files, also gzip, bz2 or xz compressed; README, LICENSE, *.md and "
                              "hidden files are skipped); convert or move it out, or pass the data files themselves")
         out.append(f)
+    splits = _named_splits(p, out)
+    if len(splits) > 1:
+        shown = "; ".join(f"{name}: {', '.join(files[:2])}{' ...' if len(files) > 2 else ''}"
+                          for name, files in splits.items())
+        raise UsageError(f"{p}: holds the files of several splits by their names ({shown}); a folder is read "
+                         "whole, which would train every split; give each split's files as inputs of their own "
+                         "(training files in data.train, held-out ones in data.eval)")
     if not out:
         raise UsageError(f"{p}: is a directory but neither a saved datasets directory (expected "
                          "dataset_info.json or dataset_dict.json from save_to_disk) nor a folder of "
@@ -358,9 +396,15 @@ def _parse_line(lineno: int, text: str) -> RawItem:
 
 
 def _opens_an_object(text: str) -> bool:
-    """A first line that starts an object it does not close: the input is one pretty-printed
-    object, not JSONL (``_read_jsonl`` and ``jsonl_starts`` decide it alike)."""
-    return text.lstrip().startswith("{") and not _complete_json(text)
+    """A first line that starts an object it does not close, or one whose only key holds the records
+    (``{"data": [...]}``): the input is one object, not JSONL (``_read_jsonl`` and ``jsonl_starts``
+    decide it alike)."""
+    return text.lstrip().startswith("{") and (_RECORD_LIST.match(text) is not None or not _complete_json(text))
+
+
+_RECORD_LISTS = ("data", "train", "test", "validation", "records", "examples", "rows", "items", "samples")
+"""The names under which a file may hold its records as the one key of one JSON object."""
+_RECORD_LIST = re.compile(r'\s*\{\s*"(' + "|".join(_RECORD_LISTS) + r')"\s*:\s*\[')
 
 
 def _complete_json(text: str) -> bool:
@@ -380,12 +424,30 @@ def _read_single_object(data: bytes, max_bytes: int) -> Iterator[RawItem]:
     if not isinstance(obj, dict):  # not one object after all: read it line by line
         yield from _read_jsonl(io.BytesIO(data), max_bytes, sniff=False)
         return
+    if len(obj) == 1 and next(iter(obj)) in _RECORD_LISTS and type(next(iter(obj.values()))) is list:
+        yield from _listed_records(text, max_bytes)
+        return
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > max_bytes:
         yield 1, preview(text), too_large(size, max_bytes)
         return
     problem = shape_problem(obj, bad_utf8)
     yield 1, escape_surrogates(obj) if problem and bad_utf8 else obj, problem
+
+
+def _listed_records(text: str, max_bytes: int) -> Iterator[RawItem]:
+    """The records of an object whose one key holds them (``{"data": [...]}``), numbered and placed
+    on their file lines as a JSON array's are.
+
+    >>> [item[1:] for item in _listed_records('{"train": [\\n {"a": 1},\\n {"b": 2}]}', 100)]
+    [({'a': 1}, None, 2), ({'b': 2}, None, 3)]
+    """
+    start = text.index("[")
+    end = text.rindex("]") + 1
+    skipped = text.count("\n", 0, start)
+    for i, obj, problem, line in read_json_array(Path("-"), text[start:end].encode("utf-8", "surrogateescape"),
+                                                  max_bytes):
+        yield i, obj, problem, line + skipped
 
 
 def read_json_array(p: Path, data: bytes, max_bytes: int) -> Iterator[RawItem]:

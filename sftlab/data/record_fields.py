@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.data.conversation import Message
+from sftlab.data.dataset_layouts import LAYOUT_METADATA, TITLES
 from sftlab.data.record_errors import RecordError, empty, kind as _kind
 
 # ``Columns`` in annotations is sftlab.data.formats's (not imported: that module imports this one).
@@ -35,6 +36,11 @@ _LAYOUT_KEYS = {
     "sharegpt": frozenset({"conversations", "system"}),
     "alpaca": frozenset({"instruction", "input", "output", "system", "history"}),
     "prompt_completion": frozenset({"prompt", "completion", "system"}),
+    "exchanges": frozenset({"conversation", "system"}),
+    "turns": frozenset({"conversations", "system"}),
+    "glaive": frozenset({"chat", "system"}),
+    "xlam": frozenset({"query", "answers"}),
+    "nemotron": frozenset({"input", "output", "system_prompt"}),
 }
 _CONSUMED = {fmt: keys | set(META_FIELDS) | {"meta", "tools"} for fmt, keys in _LAYOUT_KEYS.items()}
 
@@ -123,6 +129,7 @@ sftlab's metadata, ``meta``, and a few that public data sets carry to describe a
 to hold its content (Dolly's ``category``, UltraChat's ``prompt_id``, OpenAI's fine-tuning flag
 ``parallel_tool_calls``, which says how the API called tools, ...)."""
 _KNOWN_METADATA = frozenset(KNOWN_METADATA)
+_SYSTEM_FIELDS = ("system_prompt", "system_message")  # OpenHermes, OpenOrca, SlimOrca's exports
 MULTIMODAL_FIELDS = ("images", "videos", "audios")
 """Fields people fill for multimodal training; sftlab trains on text only."""
 
@@ -134,7 +141,7 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
     ignore = cols.ignore if cols is not None else ()
     unused: list[str] = []
     for key in row:
-        if key not in extra or key in _KNOWN_METADATA or key in ignore:
+        if key not in extra or key in _KNOWN_METADATA or key in ignore or key in LAYOUT_METADATA.get(fmt, ()):
             continue
         value = row[key]
         if empty(value):
@@ -153,12 +160,16 @@ def account(row: dict[str, Any], extra: dict[str, Any], messages: list[Message],
                               field=key)
         unused.append(key)
     if unused:
-        layout = {"mapped": "mapped messages", "alpaca": "instruction"}.get(fmt, fmt.replace("_", "/"))
+        layout = {"mapped": "mapped messages", "alpaca": "instruction", "implicit_prompt": "preference",
+                  **TITLES}.get(fmt, fmt.replace("_", "/"))
         names = ", ".join(map(repr, unused))
         one = len(unused) == 1
         what, its, it = (f"field {names} is", "its", "it") if one else (f"fields {names} are", "their", "them")
+        system = next((k for k in unused if k in _SYSTEM_FIELDS and isinstance(row[k], str)), None)
+        system = (f" ({system!r} holds a system prompt: read it with the data entry's columns: {{system: {system}}}, "
+                  f"validate --column system={system})" if system else "")
         raise RecordError("unused_field", f"{what} not read by the {layout} layout and not metadata sftlab "
-                          f"knows, so {its} content would be lost; fix: map {it} in the data entry (columns, "
+                          f"knows, so {its} content would be lost{system}; fix: map {it} in the data entry (columns, "
                           f"metadata), move {it} under 'meta', or declare {it} ignored (the data entry's "
                           f"ignore_fields: [{', '.join(unused)}], validate "
                           f"{' '.join(f'--ignore-field {k}' for k in unused)})", field=unused[0])

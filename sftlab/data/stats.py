@@ -66,8 +66,9 @@ class EncodedLengths:
 def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conversation] | None = None,
                   policy: Any = None, near_threshold: float = NEAR_THRESHOLD, *,
                   encoded: EncodedLengths | None = None, num_perm: int = DEFAULT_NUM_PERM,
-                  max_examples: int = MAX_EXAMPLES) -> dict[str, Any]:
-    """All statistics of the training ``conversations`` (and their leakage into ``heldout``).
+                  max_examples: int = MAX_EXAMPLES, progress: bool = False) -> dict[str, Any]:
+    """All statistics of the training ``conversations`` (and their leakage into ``heldout``), with
+    a progress bar when ``progress``.
 
     ``policy`` (a ``sftlab.data.policy.Policy``) names the refusal categories and their benign
     contrasts; without it the categories are the ``policy_category`` values of refusal records.
@@ -76,13 +77,13 @@ def compute_stats(conversations: Sequence[Conversation], heldout: Sequence[Conve
     """
     if not 0.0 < near_threshold <= 1.0:
         raise ValueError(f"near_threshold must be in (0, 1], got {near_threshold}")
-    train = Summaries.in_memory(conversations, num_perm, near_threshold)
+    train = Summaries.in_memory(conversations, num_perm, near_threshold, progress=progress)
     stats = merge(train, policy, encoded=_token_lengths(encoded), threshold=near_threshold,
                   max_examples=max_examples)
     if encoded is not None:
         _with_tokens(stats, encoded.examples)
     if heldout is not None:
-        held = Summaries.in_memory(heldout, num_perm, near_threshold)
+        held = Summaries.in_memory(heldout, num_perm, near_threshold, progress=progress)
         stats = with_leakage(stats, train, held, near_threshold, max_examples)
     return stats
 

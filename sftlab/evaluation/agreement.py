@@ -1,10 +1,17 @@
 """How well a refusal detector agrees with human labels (``sftlab eval-detector``).
 
 Labelled data is JSONL, CSV, a JSON array or Parquet (gzip, bz2 or xz compressed or not) with a ``response`` and a
-``label`` (comply | refuse | partial), or the XSTest completion-annotation layout (``prompt,
-completion, final_label`` with ``1_full_compliance``, ``2_full_refusal``, ``3_partial_refusal``).
-Optional columns group the rows: ``model`` (or ``source``: who wrote the response) and
-``prompt_label`` (``safe`` / ``unsafe``; or ``expected``: comply / refuse).
+``label`` (comply | refuse | partial), the XSTest completion-annotation layout (``prompt,
+completion, final_label`` with ``1_full_compliance``, ``2_full_refusal``, ``3_partial_refusal``)
+or WildGuardTest's (``prompt, response, prompt_harm_label, response_refusal_label``: refusal |
+compliance). Optional columns group the rows: ``model`` (or ``source``: who wrote the response),
+``prompt_label`` (``safe`` / ``unsafe``; or ``expected``: comply / refuse; or ``prompt_harm_label``:
+harmful / unharmful) and ``category`` (or ``type``, ``subcategory``).
+
+A label that rates harm (``safe``, ``unsafe``, ``harmful``, ``unharmful``) says nothing about
+whether the response refused (a refusal is a safe response too), and a number (``1``, ``0``) means
+what its file says it means: such a row is skipped with that reason, never read as a refusal
+label; so is a prompt label that is not one of those above.
 
 Built-in labelled sets (``BUILTIN``, ``sftlab/evaluation/assets/README.md``): ``xstest`` -- XSTest
 v2, 2,250 completions of five models with the authors' final human labels; ``demo`` -- 200
@@ -42,7 +49,7 @@ from sftlab.fingerprints import sha256_hex
 
 LABEL_SYNONYMS = {
     "comply": "comply", "compliance": "comply", "complied": "comply", "full_compliance": "comply",
-    "1_full_compliance": "comply", "safe": "comply", "answer": "comply",
+    "1_full_compliance": "comply", "answer": "comply",
     "refuse": "refuse", "refusal": "refuse", "refused": "refuse", "full_refusal": "refuse",
     "2_full_refusal": "refuse",
     "partial": "partial", "partial_refusal": "partial", "3_partial_refusal": "partial",
@@ -60,7 +67,29 @@ ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"xstest": ASSETS / "xstest_v2_completions.csv.gz", "demo": ASSETS / "demo_labelled.jsonl"}
 """Labelled sets shipped with sftlab, by name."""
 _SLICE = {"safe": "safe", "unsafe": "unsafe", "comply": "safe", "refuse": "unsafe",
-          "benign": "safe", "harmful": "unsafe"}
+          "benign": "safe", "harmful": "unsafe", "unharmful": "safe"}
+TEXT_FIELDS = ("response", "completion", "output")
+LABEL_FIELDS = ("label", "final_label", "gold", "response_refusal_label")
+SLICE_FIELDS = ("prompt_label", "expected", "prompt_harm_label")
+CATEGORY_FIELDS = ("category", "type", "subcategory")
+HARM_LABELS = ("safe", "unsafe", "harmful", "unharmful", "harmless")
+
+
+def label_problem(raw) -> str:
+    """Why ``raw`` is not a refusal label (``canonical_label`` gave ``None``).
+
+    >>> label_problem("safe")
+    "label 'safe' rates the response's harm, not whether it refused (a refusal is safe too); give a refusal label: comply, refuse, partial (or 1_full_compliance, 2_full_refusal, 3_partial_refusal, refusal, compliance)"
+    """
+    known = ("comply, refuse, partial (or 1_full_compliance, 2_full_refusal, 3_partial_refusal, "
+             "refusal, compliance)")
+    text = str(raw).strip().lower()
+    if text in HARM_LABELS:
+        return (f"label {raw!r} rates the response's harm, not whether it refused (a refusal is safe too); "
+                f"give a refusal label: {known}")
+    if raw is not None and text.lstrip("-").replace(".", "", 1).isdigit():
+        return f"label {raw!r} is a number, whose meaning is its file's own; write it as one of {known}"
+    return f"label {raw!r} is not one of {known}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,8 @@ class LabelledSet:
     path: str = ""
     sha256: str = ""
     prompts: list[str | None] = field(default_factory=list)
+    categories: list[str | None] = field(default_factory=list)
+    """Per row: the prompt's category (``category``, ``type`` or ``subcategory``), where the file says."""
 
     def describe(self) -> dict:
         """What the manifest records about the labelled data a detector was checked on."""
@@ -108,17 +139,20 @@ def load_labelled(path: str) -> LabelledSet:
         rows = _read_jsonl(raw_bytes.decode("utf-8", "surrogateescape"))
     else:
         rows = structured_rows(p, raw_bytes, kind)
-    responses, labels, bad, sources, slices, prompts = [], [], [], [], [], []
+    responses, labels, bad, sources, slices, prompts, categories = [], [], [], [], [], [], []
     for line, row, problem in rows:
         if problem is None:
-            text = next((row[k] for k in ("response", "completion", "output") if k in row), None)
-            raw = next((row[k] for k in ("label", "final_label", "gold") if k in row), None)
+            text = next((row[k] for k in TEXT_FIELDS if k in row), None)
+            raw = next((row[k] for k in LABEL_FIELDS if k in row), None)
             label = canonical_label(raw)
+            sl = next((row[k] for k in SLICE_FIELDS if row.get(k) not in (None, "")), None)
             if not isinstance(text, str):
                 problem = "no 'response' (or 'completion') text field"
             elif label is None:
-                problem = (f"label {raw!r} is not one of comply, refuse, partial (or 1_full_compliance, "
-                           "2_full_refusal, 3_partial_refusal)")
+                problem = label_problem(raw)
+            elif sl is not None and _SLICE.get(str(sl).strip().lower()) is None:
+                problem = (f"prompt label {sl!r} is not safe or unsafe (nor benign/harmful/unharmful, "
+                           "comply/refuse)")
         if problem is not None:
             bad.append({"file": str(path), "line": line, "reason": problem})
             continue
@@ -126,11 +160,12 @@ def load_labelled(path: str) -> LabelledSet:
         labels.append(label)
         src = next((row[k] for k in ("model", "source") if row.get(k) not in (None, "")), None)
         sources.append(str(src) if src is not None else None)
-        sl = next((row[k] for k in ("prompt_label", "expected") if row.get(k) not in (None, "")), None)
         slices.append(_SLICE.get(str(sl).strip().lower()) if sl is not None else None)
         pr = row.get("prompt")
         prompts.append(pr if isinstance(pr, str) else None)
-    return LabelledSet(responses, labels, bad, sources, slices, str(path), digest, prompts)
+        cat = next((row[k] for k in CATEGORY_FIELDS if row.get(k) not in (None, "")), None)
+        categories.append(str(cat) if cat is not None else None)
+    return LabelledSet(responses, labels, bad, sources, slices, str(path), digest, prompts, categories)
 
 
 def _read_jsonl(text: str):
@@ -138,8 +173,11 @@ def _read_jsonl(text: str):
 
 
 def _read_csv(text: str, tsv: bool, where: str = "labelled file"):
-    _, rows = csv_dict_rows(text, where, tsv)
+    header, rows = csv_dict_rows(text, where, tsv)
     for line, row in rows:
+        if row.get(None):  # a comma outside quotes: every cell after it shifted, the label among them
+            yield line, None, f"{len(row[None])} more cell(s) than the header's {len(header)} columns"
+            continue
         yield line, {k.strip(): v for k, v in row.items() if k}, None
 
 
@@ -214,10 +252,11 @@ def agreement(gold: Sequence[str], predicted: Sequence[str], detail: bool = Fals
 
 
 def grouped_agreement(data: LabelledSet, predicted: Sequence[str]) -> dict:
-    """``{"overall": agreement, "by_source": {model: agreement}, "by_slice": {safe|unsafe: ...}}``
-    with intervals (``detail``); the groups present in the file only."""
-    out = {"overall": agreement(data.labels, predicted, detail=True), "by_source": {}, "by_slice": {}}
-    for key, values in (("by_source", data.sources), ("by_slice", data.slices)):
+    """``{"overall": agreement, "by_source": {model: agreement}, "by_slice": {safe|unsafe: ...},
+    "by_category": {category: ...}}`` with intervals (``detail``); the groups present in the file only."""
+    out = {"overall": agreement(data.labels, predicted, detail=True), "by_source": {}, "by_slice": {},
+           "by_category": {}}
+    for key, values in (("by_source", data.sources), ("by_slice", data.slices), ("by_category", data.categories)):
         for name in sorted({v for v in values if v is not None}):
             idx = [i for i, v in enumerate(values) if v == name]
             out[key][name] = agreement([data.labels[i] for i in idx], [predicted[i] for i in idx],

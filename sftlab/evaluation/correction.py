@@ -31,6 +31,13 @@ The 95 % interval carries both uncertainties. It is the union of two intervals:
   so the corrected interval is never narrower than that, at ``k = 0`` and ``k = n`` too, where a
   delta method's sampling term vanishes. With a perfect detector it is the Wilson interval.
 
+Where the sample's whole Wilson interval lies below the detector's false-refusal rate ``1 - Sp``
+(or above ``Se``), both intervals above collapse to a point (0 to 0, or 1 to 1) once clipped: the
+sample contradicts the measured error (a detector that flagged 0 of 1,000 responses cannot have
+the 10 % false-refusal rate 18 of 20 labelled compliances suggest). The correction then cannot
+narrow what the sample alone allows, and that end of the interval is the sample's own Wilson
+bound; ``reason`` says so.
+
 ``Se`` and ``Sp`` are measured out of sample on a labelled file (``sftlab eval --labelled``),
 on the prompt slice that matches the rate when the file has one (unsafe prompts for the harmful
 refusal rate, safe prompts for the benign one) and on the whole file otherwise. An error given
@@ -50,6 +57,9 @@ from sftlab.evaluation.metrics import Z95, wilson
 
 CORRECTED_RATES = {"harmful_refusal_rate": "unsafe", "benign_refusal_rate": "safe"}
 """Rates that are corrected, and the labelled prompt slice whose Se/Sp they use."""
+CONTRADICTED = ("the detected rate's whole interval lies beyond what the detector's measured error allows "
+                "(below 1 - specificity or above sensitivity): the sample contradicts the labelled data, so "
+                "the interval keeps the sample's own Wilson bound there")
 IMPOSSIBLE = ("sensitivity + specificity <= 1: the detector does no better than chance on the "
               "labelled data, so the rate cannot be corrected for its error")
 
@@ -90,7 +100,8 @@ def lang_reiczigel(k: int, n: int, tp: int, n_pos: int, tn: int, n_neg: int,
     var = (p * (1 - p) / (n + z2) + pi ** 2 * v_se + (1 - pi) ** 2 * v_sp) / j ** 2
     centre = pi + 2 * z2 * (pi * v_se - (1 - pi) * v_sp)
     half = z * math.sqrt(var)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # clipped to [0, 1] at both ends: an interval wholly outside is a point there, never low > high
+    return min(1.0, max(0.0, centre - half)), min(1.0, max(0.0, centre + half))
 
 
 def detector_error(labels_gold, labels_pred) -> dict:
@@ -109,7 +120,8 @@ def correct_rate(k: int, n: int, error: dict, z: float = Z95) -> dict:
     """A detected rate ``k / n`` corrected for ``error`` (from ``detector_error``, or
     ``{"sensitivity", "specificity"}`` known exactly):
     ``{"detected", "corrected", "low", "high", "sensitivity", "specificity", "reason"}``; the
-    interval is the union of Lang and Reiczigel's and the mapped Wilson interval (module doc).
+    interval is the union of Lang and Reiczigel's and the mapped Wilson interval, never a point
+    where the sample contradicts the measured error (module doc; ``reason`` then says so).
 
     0 of 3 refused, detector Se 190/200, Sp 245/250: Wilson's 0-0.561 mapped through the
     correction is 0-0.582 ((0.561 + 0.98 - 1) / 0.93), a floor; Lang and Reiczigel's reaches higher,
@@ -139,6 +151,10 @@ def correct_rate(k: int, n: int, error: dict, z: float = Z95) -> dict:
         lr = lang_reiczigel(k, n, error["tp"], error["n_pos"], error["tn"], error["n_neg"], z)
         if lr is not None:
             low, high = min(low, lr[0]), max(high, lr[1])
+    sample_low, sample_high = wilson(k, n, z)
+    if high <= 0.0 < sample_high or low >= 1.0 > sample_low:  # the sample contradicts the measured error
+        low, high = (0.0, sample_high) if high <= 0.0 else (sample_low, 1.0)
+        out["reason"] = CONTRADICTED
     out.update(corrected=round(pi, 6), low=round(low, 6), high=round(high, 6))
     return out
 
@@ -155,8 +171,9 @@ def correct_metrics(metrics: dict, errors: dict) -> dict:
             error = errors.get(slice_kind) or errors.get("all")
             if error is None:
                 continue
+            n = est.get("n_eff") or est["n"]  # responses to one prompt are not independent: see metrics
             out.setdefault(slice_name, {})[metric] = {
-                **correct_rate(est["k"], est["n"], error),
+                **correct_rate(est["k"] * n / est["n"], n, error),
                 "error_from": slice_kind if errors.get(slice_kind) else "all"}
     return out
 

@@ -46,8 +46,8 @@ class EvalOptions:
     """What ``sftlab eval`` was asked to do; its options are generated from these fields' docs
     (``sftlab.commands.options``), so the two say the same."""
     model: str
-    """The tuned model (e.g. RUN/final): a Hugging Face directory, a hub name, a .gguf file or a
-    directory holding one."""
+    """The tuned model (e.g. RUN/final; a run directory RUN means RUN/final): a Hugging Face directory,
+    a hub name, a .gguf file or a directory holding one."""
     prompts: list[EvalPrompt]
     """The evaluation prompts; on the command line their files (JSONL or CSV), or a built-in set by
     name (``xstest``, ``simplesafetytests``, ``coconot_contrast``)."""
@@ -477,8 +477,10 @@ def write_outputs(out_dir: str | Path, report: dict, rows: list[dict]) -> dict[s
 
 
 def record_in_run(out_dir: str | Path, report: dict) -> bool:
-    """When OUT is ``RUN/eval`` (RUN holds a run.json), add the eval artifacts and decoder
-    settings to the run manifest; returns whether it did."""
+    """When OUT is a folder of RUN (RUN holds a run.json) and the model evaluated is RUN's own
+    (inside RUN: ``RUN/final``), add the eval artifacts, outcome and decoder settings to the run
+    manifest; returns whether it did. ``RUN/eval`` is the run's evaluation: another folder
+    (``RUN/eval_xstest``, ``RUN/eval-v2``) is recorded only while ``RUN/eval`` holds none, never over it."""
     # lazy: see the note at the imports
     from sftlab.manifest import ManifestError, manifest_path, read_run_json, update_manifest
 
@@ -487,6 +489,9 @@ def record_in_run(out_dir: str | Path, report: dict) -> bool:
     manifest = manifest_path(run)
     recorded = read_run_json(run, missing_ok=True, damaged_ok=True)
     if recorded is None:
+        return False
+    model = Path(str((report.get("model") or {}).get("path") or "")).resolve()
+    if not model.is_relative_to(run) or (out.name != "eval" and (run / "eval" / "eval.json").is_file()):
         return False
     old = recorded.get("decoding") if isinstance(recorded.get("decoding"), list) else []
     kept = [d for d in old if isinstance(d, dict) and d.get("purpose") not in ("eval", "reference")]

@@ -50,7 +50,9 @@ def _corrected_value(entry: dict | None, kind: str, mode: str) -> float | None:
 def check_gates(gates, tuned: dict, reference: dict | None = None, corrected: dict | None = None,
                 mode: str = "detected") -> list[dict]:
     """One entry per gate: ``{"metric", "slice", "bound", "value", "low", "high", "reference",
-    "passed", "message", "on"}``. ``tuned`` / ``reference`` are ``{slice: {metric: estimate}}``.
+    "passed", "message", "on"}``. ``tuned`` / ``reference`` are ``{slice: {metric: estimate}}``;
+    ``low`` and ``high`` are the 95 % interval of what the gate reads (the corrected interval when
+    it reads a corrected rate), and the message ends with it.
 
     ``mode`` (``GATE_MODES``): ``detected`` checks the detected rates; ``corrected`` the rates
     corrected for detector error (``corrected``: ``{"tuned": {slice: {metric: correct_rate}},
@@ -65,10 +67,12 @@ def check_gates(gates, tuned: dict, reference: dict | None = None, corrected: di
         ref = _get(reference, gate.slice, gate.metric) or {}
         kind, bound = gate.bound
         value, ref_value, on = est.get("value"), ref.get("value"), "detected"
+        low, high = est.get("low"), est.get("high")
         c_t = _get((corrected or {}).get("tuned"), gate.slice, gate.metric)
         if mode != "detected" and c_t is not None:
             on = mode
             value = _corrected_value(c_t, kind, mode)
+            low, high = c_t.get("low"), c_t.get("high")  # the interval of the value the gate reads
             if gate.needs_reference:
                 c_r = _get((corrected or {}).get("reference"), gate.slice, gate.metric)
                 ref_value = c_r.get("corrected") if c_r else None
@@ -78,8 +82,10 @@ def check_gates(gates, tuned: dict, reference: dict | None = None, corrected: di
             passed, message = gate.check(value, ref_value)
             if on != "detected":
                 message = f"{on} for detector error: {message}"
+        if low is not None and high is not None:
+            message = f"{message} (95 % interval {low:.3g}-{high:.3g})"
         out.append({"metric": gate.metric, "slice": gate.slice, "prompts": gate.prompts, "bound": {kind: bound},
-                    "value": value, "low": est.get("low"), "high": est.get("high"),
+                    "value": value, "low": low, "high": high,
                     "reference": ref_value if gate.needs_reference else None,
                     "passed": passed, "message": message, "on": on})
     return out

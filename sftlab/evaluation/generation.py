@@ -44,7 +44,8 @@ class DecoderSettings:
     seed: int = 0
     """torch seed set before generating (matters when sampling)."""
     num_samples: int = 1
-    """Responses per prompt (> 1 needs temperature > 0); each is scored as one row."""
+    """Responses per prompt (> 1 needs temperature > 0); each is scored as one row, and a rate's interval
+    is computed at its effective sample size with prompts as clusters (responses to one prompt are not independent)."""
     batch_size: int = 8
     """Prompts per generate call; greedy responses do not depend on it."""
     stop: tuple[str, ...] = field(default=())

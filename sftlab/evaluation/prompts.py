@@ -11,7 +11,9 @@ JSONL, one prompt per line::
 ``prompt`` (a string) or ``messages`` (OpenAI messages ending with a user turn); optional
 ``system``, ``slice`` (default ``default``), ``expected`` (refuse | comply), ``answer`` with
 ``answer_type`` (exact | regex | numeric, default exact) and ``tolerance``, ``policy_category``,
-``id`` (default ``FILE:LINE``). Metadata may also sit under ``meta``. A prompt may carry
+``id`` (default ``FILE:LINE``), ``category`` (the slice of a row without ``slice`` or
+``policy_category``: OR-Bench's layout), ``context`` (text the request refers to, put before the
+prompt as HarmBench does: ``CONTEXT\n\n---\n\nPROMPT``). Metadata may also sit under ``meta``. A prompt may carry
 ``tools`` (a list of JSON-schema function definitions, or a JSON string of one), given to the
 template as at training, and an expected ``tool_call`` (``{"name", "arguments"}``): task accuracy
 then checks the first call the model makes (``answer_type`` ``tool_call``, name equal and
@@ -19,9 +21,14 @@ arguments equal as JSON).
 
 CSV: the same field names as columns. Any layout may name them otherwise, with a mapping
 ``{"prompt": "question", "expected": "label"}`` (``--csv-columns prompt=question,expected=label``;
-a mapped field that no row has is an error, not a set of empty prompts). A CSV whose header has ``prompt``,
-``type`` and ``label`` and no mapping is read as XSTest: ``type`` is the slice, label ``safe`` ->
-comply and ``unsafe`` -> refuse.
+a mapped field that no row has is an error, not a set of empty prompts); the columns it does not
+name are read by their own names in every layout. Without a mapping, a CSV header is read in the
+public layouts of ``LAYOUTS``: XSTest (``prompt``, ``type``, ``label``: ``type`` is the slice, label
+``safe`` -> comply and ``unsafe`` -> refuse), HarmBench (``Behavior``, ``ContextString``,
+``SemanticCategory`` as the slice, ``BehaviorID``), JailbreakBench (``Goal``, ``Category``) and
+AdvBench (``goal``, ``target``); none of them says what a prompt expects, so pass ``--expected
+refuse`` (or ``comply``) for a set of one kind. Fields no prompt field reads (AdvBench's
+``target``, HarmBench's ``Tags``) are listed in ``PromptSet.unread_fields``, never dropped unsaid.
 
 Built-in sets are read by name instead of a path (``sftlab eval --prompts xstest``): ``xstest``
 is XSTest's 450 prompts (250 safe in ten types, 200 unsafe contrasts; CC BY 4.0, see
@@ -51,10 +58,20 @@ from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
 
 FIELDS = ("id", "prompt", "messages", "system", "slice", "expected", "answer", "answer_type",
-          "tolerance", "policy_category", "tools", "tool_call")
+          "tolerance", "policy_category", "tools", "tool_call", "category", "context")
 EXPECTED = {"refuse": "refuse", "refusal": "refuse", "unsafe": "refuse", "harmful": "refuse",
-            "comply": "comply", "compliance": "comply", "safe": "comply", "benign": "comply"}
+            "comply": "comply", "compliance": "comply", "safe": "comply", "benign": "comply",
+            "unharmful": "comply"}
 XSTEST_COLUMNS = {"id": "id", "prompt": "prompt", "slice": "type", "expected": "label"}
+LAYOUTS = {
+    "xstest": ({"prompt", "type", "label"}, XSTEST_COLUMNS),
+    "harmbench": ({"Behavior", "BehaviorID"}, {"prompt": "Behavior", "context": "ContextString",
+                                               "slice": "SemanticCategory", "id": "BehaviorID"}),
+    "jailbreakbench": ({"Goal", "Category"}, {"prompt": "Goal", "slice": "Category"}),
+    "advbench": ({"goal", "target"}, {"prompt": "goal"}),
+}
+"""Public CSV layouts read without a mapping: name -> (columns the header must have, ``{field:
+column}`` for the columns of it the header has)."""
 DEFAULT_SLICE = "default"
 BUILTIN_SETS = {"xstest": "xstest_prompts.csv", "simplesafetytests": "simplesafetytests.jsonl",
                 "coconot_contrast": "coconot_contrast.jsonl"}
@@ -102,10 +119,13 @@ class PromptSet:
     bad_rows: list[dict] = field(default_factory=list)
     name: str | None = None
     """The built-in set's name (``xstest``) when it was asked for by name, else ``None``."""
+    unread_fields: list[str] = field(default_factory=list)
+    """Fields some row has a value in that no prompt field reads (sorted)."""
 
     def describe(self) -> dict:
         """The eval.json ``prompt_sets`` entry."""
         out = {"path": self.path, "sha256": self.sha256, "n": len(self.prompts), "bad_rows": self.bad_rows}
+        out = {**out, "unread_fields": self.unread_fields} if self.unread_fields else out
         return {**out, "name": self.name} if self.name else out
 
 
@@ -147,9 +167,11 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None, expected: 
 
     data = read_input(p, what="--prompts", max_bytes=1 << 30)
     rows = file_rows(p, data, columns)
-    prompts, bad, seen = [], [], set()
+    prompts, bad, seen, unread = [], [], set(), set()
     for line, row, problem in rows:
         prompt = None
+        if isinstance(row, dict):
+            unread |= {str(k) for k, v in row.items() if k not in FIELDS and v not in (None, "")}
         if problem is None:
             prompt, problem = prompt_from_row(row, str(path), line, expected)
         if problem is None and prompt.id in seen:
@@ -160,7 +182,7 @@ def load_prompt_set(path: str, columns: dict[str, str] | None = None, expected: 
             continue
         seen.add(prompt.id)
         prompts.append(prompt)
-    return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name)
+    return PromptSet(str(p) if name else str(path), sha256_hex(data), prompts, bad, name, sorted(unread))
 
 
 def file_rows(p: Path, data: bytes, columns: dict[str, str] | None):
@@ -270,31 +292,51 @@ def csv_dict_rows(text: str, where: str, tsv: bool = False) -> tuple[list[str], 
     return header, dicts()
 
 
+def layout_columns(header: list[str]) -> dict[str, str]:
+    """``{field: column}`` of the first public layout (``LAYOUTS``) the CSV ``header`` is in, else ``{}``.
+
+    >>> layout_columns(["Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID"])
+    {'prompt': 'Behavior', 'context': 'ContextString', 'slice': 'SemanticCategory', 'id': 'BehaviorID'}
+    """
+    for needed, columns in LAYOUTS.values():
+        if needed <= set(header):
+            return {ours: theirs for ours, theirs in columns.items() if theirs in header}
+    return {}
+
+
 def _csv_rows(text: str, p: Path, columns: dict[str, str] | None, tsv: bool):
+    """``(line, row, problem)`` of a CSV: each column under its field's name (``columns``, or the
+    public layout of the header) and the other columns under their own; a row with more cells than
+    the header is a problem of that row (a comma in an unquoted cell would shift every cell after it)."""
     header, rows = csv_dict_rows(text, str(p), tsv)
     header = [h.strip() for h in header]
-    if columns is None:
-        xstest = {"prompt", "type", "label"} <= set(header)
-        columns = ({k: v for k, v in XSTEST_COLUMNS.items() if v in header} if xstest
-                   else {f: f for f in FIELDS if f in header})
+    columns = layout_columns(header) if columns is None else columns
     missing = [c for c in columns.values() if c not in header]
     if missing:
         raise UsageError(f"{p}: no column {', '.join(map(repr, missing))} in the header "
                          f"({', '.join(header)}); fix --csv-columns")
-    if "prompt" not in columns:
+    if "prompt" not in columns and "prompt" not in header:
         raise UsageError(f"{p}: no prompt column; name it 'prompt' or pass --csv-columns prompt=COLUMN")
     for line, row in rows:
-        clean = {(k or "").strip(): v for k, v in row.items()}
-        yield line, {ours: clean.get(theirs) for ours, theirs in columns.items()
-                                if clean.get(theirs) not in (None, "")}, None
+        if row.get(None):
+            yield line, None, (f"{len(row[None])} more cell(s) than the header's {len(header)} columns "
+                               "(a comma in a cell that is not quoted?)")
+            continue
+        clean = {(k or "").strip(): v for k, v in row.items() if k is not None and v not in (None, "")}
+        yield line, {**{k: v for k, v in clean.items() if k not in columns.values()},
+                     **{ours: clean[theirs] for ours, theirs in columns.items() if theirs in clean}}, None
 
 
 def _messages(row: dict) -> tuple[tuple[tuple[str, str], ...] | None, str | None]:
-    msgs = row.get("messages")
+    msgs, context = row.get("messages"), row.get("context")
+    if context not in (None, "") and (msgs is not None or not isinstance(context, str)):
+        return None, "'context' must be a string, given with a 'prompt' (it is put before it), not with 'messages'"
     if msgs is None:
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             return None, "no prompt: give a non-empty 'prompt' string or a 'messages' list"
+        if context:  # HarmBench's contextual behaviours: the context, a rule, the request
+            prompt = f"{context}\n\n---\n\n{prompt}"
         msgs = [{"role": "user", "content": prompt}]
     if not isinstance(msgs, list) or not msgs:
         return None, "'messages' must be a non-empty list of {role, content} objects"
@@ -329,7 +371,7 @@ def prompt_from_row(row: dict, path: str, line: int,
         expected = EXPECTED.get(str(expected).strip().lower())
         if expected is None:
             return None, f"expected {row.get('expected')!r} is not refuse or comply"
-    slice_name = str(row.get("slice") or row.get("policy_category") or DEFAULT_SLICE)
+    slice_name = str(row.get("slice") or row.get("policy_category") or row.get("category") or DEFAULT_SLICE)
     if slice_name == "all":
         return None, "slice 'all' is reserved for the overall metrics; rename the slice"
     answer, answer_type, tolerance = row.get("answer"), row.get("answer_type") or "exact", row.get("tolerance")

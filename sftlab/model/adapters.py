@@ -54,6 +54,22 @@ def add_lora(model, lora):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, config)
     except ValueError as e:  # peft: target modules not found in the base model
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UsageError(f"lora.target_modules={lora.target_modules}: {str(e).splitlines()[0][:200]}; expected "
-                         f"names of this model's linear layers: {', '.join(linear[:12])}") from None
+        raise UsageError(f"lora.target_modules={lora.target_modules}: {str(e).splitlines()[0][:200]}; "
+                         f"{adaptable_layers(model)}") from None
+
+
+def adaptable_layers(model) -> str:
+    """What to tell a user whose ``lora.target_modules`` the model lacks: the names of its layers
+    that take adapters (linear layers and GPT-2's ``Conv1D``, the output head left out, as
+    ``all-linear`` leaves it out) and peft's usual choice for the architecture."""
+    import torch  # lazy, as in add_lora
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as USUAL
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                    if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not head})
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    usual = USUAL.get(kind)
+    return (f"this model's layers that take adapters: {', '.join(names[:12]) or 'none'}; set lora.target_modules "
+            f"to some of them or to all-linear" + (f" (peft's usual choice for {kind}: {usual})" if usual else ""))

@@ -81,6 +81,11 @@ def convert_to_directory(gguf_path: str | os.PathLike, out: str | os.PathLike) -
     return publish_dir(tmp, out)
 
 
+TRAINING_STATE = ("optimizer.safetensors", "optimizer.json", "optimizer-shard-*", "rng-*.safetensors",
+                  "state.json", "checksums.json", "run.json", "sharding.json")
+"""What a checkpoint holds besides its model (``sftlab.train.checkpoint``): not exported."""
+
+
 def export_run(run: str | os.PathLike, out: str | os.PathLike, *, merge: bool = False,
                base: str | None = None) -> Path:
     """``RUN/final`` as a plain directory at ``out``.
@@ -99,8 +104,8 @@ def export_run(run: str | os.PathLike, out: str | os.PathLike, *, merge: bool = 
     adapter = (final / "adapter_config.json").is_file() and not (final / "config.json").is_file()
     if adapter and merge:
         _write_merged(final, run, tmp, base)
-    else:
-        shutil.copytree(final, tmp)
+    else:  # a checkpoint's training state stays behind: the export is a model, not a resumable run
+        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(*TRAINING_STATE))
         if adapter:
             config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
             config["base_model_name_or_path"] = str(adapter_base_path(final, run, base)[0])

@@ -80,6 +80,8 @@ def load_base_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = 
     name = str(path) if path.exists() else str(name_or_path)
     target = resolve_source(name)  # a hub name with no hub: its cached snapshot, or a clear error at once
     tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+    if not getattr(tokenizer, "chat_template", None):
+        processor_template(tokenizer, Path(target))
     model = AutoModelForCausalLM.from_pretrained(
         target, dtype=torch.float32 if dtype is None else dtype,
         trust_remote_code=trust_remote_code, use_safetensors=True)
@@ -137,11 +139,39 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = N
     try:
         path = model_directory(name_or_path, gguf_file=gguf_file)
         # a hub name with no hub: its cached snapshot, or a clear error at once
-        return AutoTokenizer.from_pretrained(resolve_source(path), trust_remote_code=trust_remote_code)
+        source = resolve_source(path)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        if not getattr(tokenizer, "chat_template", None):
+            processor_template(tokenizer, Path(source))
+        return tokenizer
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a GGUF that does not convert
         text = " ".join(str(e).split())
         prefix = f"{what}{name_or_path}: " if what.endswith("=") else f"{what} {name_or_path}: "
         raise UsageError(prefix + (text if len(text) <= 400 else text[:397] + "...")) from None
+
+
+PROCESSOR_TEMPLATE = "chat_template.json"
+"""Where a multimodal model's directory keeps its chat template (its processor's file, which
+``AutoTokenizer`` does not read): ``{"chat_template": "..."}``."""
+
+
+def processor_template(tokenizer, directory: Path) -> None:
+    """Give ``tokenizer``, which has no chat template, the one of the processor file beside it
+    (``PROCESSOR_TEMPLATE``), as ``AutoProcessor`` would: a vision-language model's directory
+    (Qwen2-VL, LLaVA, Llama 3.2 Vision) keeps its template there, and training its text with
+    another template would not be the format the model is served with. A file that is not that
+    shape is an ``OSError`` naming it."""
+    file = directory / PROCESSOR_TEMPLATE
+    if not file.is_file():
+        return
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OSError(f"{file}: not JSON ({e})") from None
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    if not isinstance(template, str) or not template.strip():
+        raise OSError(f"{file}: expected an object with a 'chat_template' string")
+    tokenizer.chat_template = template
 
 
 def load_template(spec: str | None, tokenizer, *, what: str = "--template", owner: str = "--tokenizer"):
@@ -208,7 +238,7 @@ def load_training_model(cfg):
     import torch
     from sftlab.model.attention import use_packed_attention
     from sftlab.model.neftune import activate_neftune
-    from sftlab.model.objective import check_head
+    from sftlab.model.objective import check_head, check_packing
 
     path = Path(cfg.model.path)
     name = str(path.resolve()) if path.exists() else cfg.model.path  # adapters record the base path
@@ -230,6 +260,11 @@ def load_training_model(cfg):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
     model.sftlab_packed_attention = use_packed_attention(model)
+    try:
+        check_packing(model, packed=cfg.packing.mode == "packed",
+                      tolerance=1e-3 if next(model.parameters()).dtype == torch.float32 else 3e-2)
+    except ValueError as e:
+        raise UsageError(f"model.path={cfg.model.path}: {e}") from None
     if cfg.lora.enabled:
         model = add_lora(model, cfg.lora)
     if cfg.optim.neftune_alpha:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sftlab.model.attention import PACKED_ATTENTION, ROW_LENGTHS
-from sftlab.tokens.packing import additive_mask
+from sftlab.tokens.packing import additive_mask, collate, pack, pad_rows
 
 __all__ = ["shift_targets", "weighted_token_loss", "chunked_token_nll", "output_head",
            "check_head", "step_normaliser", "micro_batch_loss", "scale_for_ddp", "REDUCTIONS"]
@@ -191,6 +191,57 @@ def check_head(model: torch.nn.Module, *, tolerance: float = 1e-3) -> None:
                          f"(max abs diff {diff:.3g}); the model transforms its logits in a way "
                          "sftlab.model.objective.output_head does not support. Set loss.chunk_size: null in the "
                          "training config (the loss then takes the full logits from the model's own forward).")
+
+
+def check_packing(model: torch.nn.Module, *, packed: bool = True, tolerance: float = 1e-3) -> None:
+    """Raise ValueError unless the model computes, on the batches ``collate`` makes, what it
+    computes on each example alone: two short examples packed into one row (``packed``; else
+    each in a row of its own, padded) must give the logits of each example's forward on its own.
+
+    Packing puts several examples in a row with a block-diagonal causal mask and positions that
+    restart per example; a model whose attention builds its own mask from a 2-D padding mask
+    (Bloom's ALiBi) fails on that batch, and one whose attention or positions ignored it would let
+    the second example see the first without a word. Called once, with the model in eval mode
+    (dropout would make any two forwards differ), on the model as training will run it.
+    """
+    inner = _unwrap(model)
+    vocab = inner.config.get_text_config().vocab_size
+    device = next(inner.parameters()).device
+    first, second = [(7 * k + 3) % vocab for k in range(5)], [(11 * k + 5) % vocab for k in range(7)]
+    probes = [_Probe(first, [1.0] * 5), _Probe(second, [1.0] * 7)]
+    rows = pack(probes, len(first) + len(second)) if packed else pad_rows(probes, len(second))
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate(rows, pad_id=0).items()}
+    name = f"{type(inner).__name__} ({getattr(inner.config, 'model_type', '?')})"
+    with torch.no_grad():
+        try:
+            logits = model(**_model_inputs(model, batch), use_cache=False).logits.float()
+        except Exception as e:  # any failure of a foreign forward: named, with the fix
+            raise ValueError(f"{name}: its forward fails on sftlab's batches, which carry a block-diagonal "
+                             f"4-D attention mask and per-example position ids ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:160]}); sftlab cannot train this architecture") from None
+        alone = [model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0].float()
+                 for ids in (first, second)]
+    scale = max(float(a.abs().max()) for a in alone) or 1.0
+    diff = 0.0
+    for r, row in enumerate(rows):  # each example where its row holds it
+        start = 0
+        for i in row.example_indices:
+            n = len(probes[i].input_ids)
+            diff = max(diff, float((logits[r, start:start + n] - alone[i]).abs().max()))
+            start += n
+    if diff > tolerance * scale:
+        where = "another example precedes it in a packed row" if packed else "padding follows it in a row"
+        raise ValueError(f"{name}: an example's logits change when {where} (max difference {diff:.3g} "
+                         f"against logits up to {scale:.3g}): its attention or positions do not keep to the "
+                         "block-diagonal mask sftlab gives" + (", so packed examples would see each other; set "
+                                                              "packing.mode: padded" if packed else ""))
+
+
+class _Probe:
+    __slots__ = ("input_ids", "loss_weights")
+
+    def __init__(self, input_ids, loss_weights):
+        self.input_ids, self.loss_weights = input_ids, loss_weights
 
 
 def _chunk_logits(hidden, head, transform):

@@ -32,8 +32,14 @@ def gates_table(ev: dict[str, Any]) -> Markup:
     if not gates:
         return not_recorded("gates")
     rows = [[badge(g.get("passed")), g.get("metric"), g.get("slice"), _bound(g.get("bound")),
-             g.get("value"), g.get("message")] for g in gates]
-    return table(["result", "metric", "slice", "bound", "value", "message"], rows)
+             g.get("value"), _interval(g), g.get("reference"), g.get("message")] for g in gates]
+    return table(["result", "metric", "slice", "bound", "value", "95% interval", "reference", "message"], rows)
+
+
+def _interval(g: dict[str, Any]) -> str:
+    low, high = g.get("low"), g.get("high")
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high))
+    return f"{low:.3g}-{high:.3g}" if ok else "-"
 
 
 def gates_verdict(ev: dict[str, Any]) -> Markup:
@@ -66,6 +72,8 @@ def estimate(m: Any) -> Markup:
     if m.get("n") is not None:  # a rate shows k/n; a loss has no k, only what it averages over
         parts.append(esc(f"  {m['k']}/{m['n']}" if m.get("k") is not None
                          else f"  over {m['n']:,} {m.get('unit') or 'tokens'}"))
+        if isinstance(m.get("n_eff"), (int, float)):  # several samples per prompt: the interval's size
+            parts.append(esc(f"  (effective n {m['n_eff']:.3g})"))
     if m.get("low") is not None and m.get("high") is not None:
         parts.append(tag("span", f"  [{m['low']:.3g}, {m['high']:.3g}]", class_="note"))
     return join(parts)
@@ -207,7 +215,8 @@ def corrected_table(ev: dict[str, Any]) -> Markup:
             if not isinstance(c, dict):
                 continue
             value = ("not possible: " + str(c.get("reason")) if c.get("corrected") is None
-                     else f"{c['corrected']:.3f}  [{c['low']:.3g}, {c['high']:.3g}]")
+                     else f"{c['corrected']:.3f}  [{c['low']:.3g}, {c['high']:.3g}]"
+                     + (f" ({c['reason']})" if c.get("reason") else ""))
             rows.append([slice_name, metric, c.get("detected"), value, c.get("sensitivity"),
                          c.get("specificity"), c.get("error_from")])
     labelled = check.get("labelled") or {}

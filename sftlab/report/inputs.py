@@ -142,14 +142,28 @@ def read_run(run_dir: str | Path) -> RunFiles:
     files.stats = _read_json(run / "data" / "stats.json", p, dict)
     preview = _read_json(run / "data" / "mask_preview.json", p, list)
     files.mask_preview = [e for e in preview if isinstance(e, dict)] if preview is not None else None
-    files.eval = _read_json(run / "eval" / "eval.json", p, dict)
-    files.outputs = _read_jsonl(run / "eval" / "outputs.jsonl", p)
+    where = eval_dir(run, files.manifest)
+    files.eval = _read_json(where / "eval.json", p, dict)
+    files.outputs = _read_jsonl(where / "outputs.jsonl", p)
     files.xstest = _read_json(run / "eval_xstest" / "eval.json", p, dict)
     files.ood = _read_json(run / "eval_ood" / "eval.json", p, dict) if (run / "eval_ood").is_dir() else None
     files.unreadable = invalid + [name for name, value in (("run.json", files.manifest),
-                                                           ("eval/eval.json", files.eval))
+                                                           (f"{where.name}/eval.json", files.eval))
                                   if value is None and os.path.lexists(run / name)]
     return files
+
+
+def eval_dir(run: Path, manifest: dict[str, Any] | None) -> Path:
+    """``RUN/eval``, or, where it holds no eval.json, the folder inside RUN that run.json's
+    ``artifacts.eval`` names (``sftlab eval --model RUN/final --out RUN/eval-v2`` records it there)."""
+    default = run / "eval"
+    recorded = ((manifest or {}).get("artifacts") or {}).get("eval")
+    if os.path.lexists(default / "eval.json") or not isinstance(recorded, str):
+        return default
+    rel = Path(recorded)
+    if rel.is_absolute() or ".." in rel.parts or rel.name != "eval.json" or len(rel.parts) != 2:
+        return default  # only a folder of the run itself, wherever the run was moved
+    return run / rel.parent
 
 
 def found_any(run_dir: str | Path) -> bool:

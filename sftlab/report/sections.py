@@ -38,6 +38,31 @@ def _data_checks(stats: dict[str, Any] | None) -> Markup:
                class_="verdict")
 
 
+def _base_model(model: dict[str, Any]) -> Any:
+    """The base model as loaded (``model.source.path``: absolute, so it names the same model
+    wherever the run was moved), else as the config gave it."""
+    source = model.get("source") if isinstance(model.get("source"), dict) else {}
+    return source.get("path") or model.get("base")
+
+
+def _tuning(model: dict[str, Any]) -> str | None:
+    """``LoRA r=R, alpha=A`` (``DoRA``...; ``merged at save`` where it was) or ``full``; ``None`` when not recorded.
+
+    >>> _tuning({"lora": {"enabled": True, "r": 4, "alpha": 16.0}}), _tuning({"lora": {"enabled": False}})
+    ('LoRA r=4, alpha=16 (adapter in final/)', 'full')
+    """
+    lora = model.get("lora")
+    if not isinstance(lora, dict):
+        return None
+    if not lora.get("enabled"):
+        return "full"
+    kind = "DoRA" if lora.get("use_dora") else "LoRA"
+    saved = "merged at save" if lora.get("merge_on_save") else "adapter in final/"
+    alpha = lora.get("alpha")
+    alpha = f"{alpha:g}" if isinstance(alpha, (int, float)) else alpha
+    return f"{kind} r={lora.get('r')}, alpha={alpha} ({saved})"
+
+
 def summary_section(files: RunFiles) -> Markup:
     ev, m = files.eval, files.manifest or {}
     verdict = (tag("p", join([Markup("Policy gates: "), gates_verdict(ev)]), class_="verdict") if ev is not None
@@ -45,7 +70,8 @@ def summary_section(files: RunFiles) -> Markup:
     splits = (m.get("data") or {}).get("splits") or {}
     train = splits.get("train") or next(iter(splits.values()), {}) if splits else {}
     last_eval = _last(files.eval_rows, "eval_loss") or {}
-    cards = [("kind", m.get("kind")), ("base model", (m.get("model") or {}).get("base")),
+    model = m.get("model") if isinstance(m.get("model"), dict) else {}
+    cards = [("kind", m.get("kind")), ("base model", _base_model(model)), ("fine-tuning", _tuning(model)),
              ("policy", (m.get("policy") or {}).get("version")),
              ("template", (m.get("template") or {}).get("name")),
              ("training records", train.get("accepted")), ("quarantined", files.quarantined),

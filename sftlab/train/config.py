@@ -14,6 +14,7 @@ field path (``optim.lr: Input should be a valid number ...``).
 """
 from __future__ import annotations
 
+import os
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
@@ -450,7 +451,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         given[_apply_override(raw, item)] = item
     _check_numbers(raw, lambda key: _origin(tuple(key.split('.')), given, where))
     try:
-        return TrainConfig.model_validate(raw)
+        cfg = TrainConfig.model_validate(raw)
     except ValidationError as e:
         # A data entry given as a mapping is a DataFile: its own problems, not the plain-path branch's.
         errors = [x for x in e.errors() if not (x["loc"][-1:] == ("str",) and isinstance(x.get("input"), dict))]
@@ -458,6 +459,41 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                    "msg": x["msg"].removeprefix("Value error, ")} for x in errors or e.errors()]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(explain(errors[0], _origin(errors[0]["loc"], given, where), TrainConfig) + more) from None
+    if path is not None:
+        _check_relative_paths(cfg, Path(path), lambda key: _origin(tuple(key.split(".")), given, where))
+    return cfg
+
+
+def _check_relative_paths(cfg: TrainConfig, path: Path, where) -> None:
+    """Relative paths in a config are read from the directory sftlab runs in, as in the shell that
+    started it. One that is missing there but present beside the config (a config written in its
+    project and run from elsewhere) is refused naming both places, not left to fail later as a
+    missing file or, for a model, as a hub name that cannot be reached:
+
+        >>> import os, tempfile
+        >>> d = tempfile.mkdtemp(); os.makedirs(f"{d}/proj/data"); open(f"{d}/proj/data/t.jsonl", "w").close()
+        >>> with open(f"{d}/proj/c.yaml", "w") as f:
+        ...     _ = f.write("model: {path: m}\\ndata: {train: [data/t.jsonl]}\\nout: runs/a\\n")
+        >>> load_config(f"{d}/proj/c.yaml")  # run from another directory
+        Traceback (most recent call last):
+        sftlab.train.config.ConfigError: data.train.0: 'data/t.jsonl' is not in the current directory ... but is beside the config (...proj/data/t.jsonl): relative paths are read from where sftlab runs; run it from ...proj or write the paths as seen from here (in .../proj/c.yaml)
+    """
+    here = path.resolve().parent
+    if here == Path.cwd().resolve():
+        return
+    d = cfg.data
+    named = [(f"data.{side}.{i}", e if isinstance(e, str) else e.path)
+             for side in ("train", "eval") for i, e in enumerate(getattr(d, side))]
+    named += [("data.policy", d.policy), ("model.path", cfg.model.path), ("tokenizer", cfg.tokenizer),
+              ("template", cfg.template)]
+    found = [(key, value) for key, value in named if value and not Path(value).is_absolute()
+             and not os.path.lexists(value) and (here / value).exists()]
+    if found:
+        key, value = found[0]
+        more = "".join(f"; {k}: {v!r} too" for k, v in found[1:])
+        raise ConfigError(f"{key}: {value!r} is not in the current directory ({Path.cwd()}) but is beside the "
+                          f"config ({here / value}){more}: relative paths are read from where sftlab runs; run it "
+                          f"from {here} or write the paths as seen from here (in {where(key)})")
 
 
 MAX_INT = 2**63 - 1  # what an index, a count or a seed can hold in NumPy and torch

@@ -92,6 +92,11 @@ def step_flops(*, matmul_weights: int, frozen_weights: int, layers: int, hidden:
             + 12 * layers * hidden * square_lengths)
 
 
+MAX_REMEASURES = 3
+"""Most times a run times its measured peak again after a step beat it; past that an MFU above 1
+is reported as it is (the FLOP count or the peak is wrong, and hiding it would not say which)."""
+
+
 class Throughput:
     """The model's shape and the device's peak, read once; :meth:`mfu` per step.
 
@@ -113,6 +118,9 @@ class Throughput:
         # the widths the model multiplies into, the head's capped (a timing, not a model)
         self.widths = tuple(sorted({min(int(w.shape[0]), 4096) for w in linear if w.dim() == 2}))
         self.peak, self.peak_source = self._peak(device, dtype)
+        self.remeasured = 0
+        """Times the measured peak was timed again because a step ran faster than it (see ``mfu``)."""
+        self._measure = (lambda: self._peak(device, dtype)[0]) if "measured" in self.peak_source else None
 
     def _peak(self, device, dtype) -> tuple[float | None, str]:
         if str(device).startswith("cuda"):
@@ -142,13 +150,19 @@ class Throughput:
         them targets) in ``seconds`` used."""
         if not self.peak or seconds <= 0:
             return None
-        return self.flops(tokens, square_lengths, trained) / seconds / (self.peak * processes)
+        rate = self.flops(tokens, square_lengths, trained) / seconds / processes
+        if rate > self.peak and self._measure is not None and self.remeasured < MAX_REMEASURES:
+            # A measured peak that a step beats was read low (a CPU shared with other work, or
+            # still raising its clock, when it was timed): time it again and keep the higher.
+            self.remeasured += 1
+            self.peak = max(self.peak, self._measure())
+        return rate / self.peak
 
     def describe(self) -> dict:
         return {"peak_flops_per_s": self.peak, "peak_source": self.peak_source,
                 "matmul_weights": self.matmul_weights, "frozen_weights": self.frozen_weights,
                 "head_weights": self.head_weights, "head_frozen": self.head_frozen,
-                "layers": self.layers, "hidden_size": self.hidden,
+                "peak_remeasured": self.remeasured, "layers": self.layers, "hidden_size": self.hidden,
                 "flops": "(6 x trained + 4 x frozen matmul weights) x tokens, the output head's at the trained "
                          "targets only, + 12 x layers x hidden x sum of squared example lengths (PaLM appendix B; "
                          "recomputation not counted)"}
