@@ -26,8 +26,8 @@ certifies every message's text and that each trained answer is the record's own;
 and calls are looked up in the rendering (``sftlab.tokens.accounting``); a record that loses any
 is quarantined with what is lost and how to keep it. The reasoning that opens an answer (a block of
 any convention of ``sftlab.data.reasoning_blocks``) is its reasoning, so ``reasoning: keep | mask |
-drop`` apply to it; under ``mask`` and ``drop`` no reasoning text is trained (``_inline_reasoning``
-refuses what it cannot read, ``build`` refuses a trained marker).
+drop`` apply to it; under ``mask`` and ``drop`` no reasoning text is trained
+(``sftlab.tokens.inline_reasoning`` refuses what it cannot read, ``build`` a trained marker).
 
 ``max_length`` truncation removes whole early exchanges (a user message and the replies that
 follow it), keeping the system message, and never cuts inside a trained turn. A conversation
@@ -52,16 +52,16 @@ from concurrent.futures import ThreadPoolExecutor
 from sftlab import collector
 from sftlab.data.conversation import Conversation, Message, template_messages
 from sftlab.data.formats import to_conversation
-from sftlab.data.reasoning_blocks import inline_reasoning, stray_marker
 from sftlab.data.loading import FileReport, LoadReport, QuarantineEntry
 from sftlab.progress import progress_bar
 from sftlab.tokens import accounting
 from sftlab.tokens.continuation import continuation_layout
 from sftlab.tokens.encoded import KEEP_TRACE, EncodedExample, EncodingError, Trace
 from sftlab.tokens.encoder import Encoder, encoder_for
+from sftlab.tokens.inline_reasoning import inline_hint, read_inline_reasoning
 from sftlab.tokens.layout import Layout
 from sftlab.tokens.splicing import splice
-from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template, reasoning_tags
+from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
 from sftlab.tokens.weighting import build, check_trained, exchanges, render_layout, trained_messages
 
 __all__ = ["EncodedExample", "EncodingError", "Trace", "TURNS", "OVERFLOW", "as_conversation", "encode",
@@ -83,49 +83,10 @@ def as_conversation(record) -> Conversation:
     raise TypeError(f"expected a Conversation or a record dict, got {type(record).__name__}")
 
 
-def _inline_reasoning(enc: Encoder, conv: Conversation) -> Conversation:
-    """``conv`` with the reasoning that opens an assistant message's content read as its reasoning
-    (``encoding.inline_reasoning``; ``sftlab.data.reasoning_blocks``), so ``encoding.reasoning``
-    applies to it; ``conv`` itself where there is none. A template that writes reasoning gets it
-    as ``reasoning_content`` and lays it out itself; under one that does not, the block stays in
-    the content where the data puts it and is the message's reasoning, markers included (trained
-    under ``keep``, weight 0 under ``mask``), and ``drop`` removes it. Under ``mask`` and ``drop``
-    an answer holding any other reasoning marker is refused (``EncodingError``, code
-    ``reasoning_unread``): its text would be trained."""
-    markers = enc.markers
-    if markers is None or conv.plain or not any(m.role == "assistant" and markers.search(m.content)
-                                                for m in conv.messages):
-        return conv  # the usual record: no answer holds a reasoning marker
-    msgs = []
-    for i, m in enumerate(conv.messages):
-        if m.role == "assistant":
-            stray = stray_marker(m, enc.thinks) if enc.reasoning != "keep" else None
-            if stray is not None:
-                raise EncodingError(
-                    f"{conv.where(i, 'content')}: {stray[0]}: under encoding.reasoning: {enc.reasoning} that text "
-                    f"would be trained as answer; put the reasoning in one block at the start of the content (or in "
-                    f"its reasoning field) with no other {stray[1]!r} in the answer, or set encoding.reasoning: keep "
-                    f"(encoding.inline_reasoning: false where the marker is answer text)", code="reasoning_unread")
-            m = _read_block(enc, m)
-        msgs.append(m)
-    if all(a is b for a, b in zip(msgs, conv.messages)):
-        return conv
-    return dataclasses.replace(conv, messages=tuple(msgs))
-
-
-def _read_block(enc: Encoder, m: Message) -> Message:
-    """``m`` with the reasoning that opens its content as its reasoning, as ``_inline_reasoning`` says."""
-    split = inline_reasoning(m, enc.thinks)
-    if split is m or enc.writes_reasoning or enc.reasoning == "drop":
-        return split
-    lead = len(m.content) - len(m.content.lstrip())
-    return dataclasses.replace(m, reasoning=m.content[lead:len(m.content) - len(split.content)])
-
-
 def _prepared(enc: Encoder, conv: Conversation):
-    """``_inline_reasoning`` of ``conv``, or the quarantine reason it raised."""
+    """``read_inline_reasoning`` of ``conv``, or the quarantine reason it raised."""
     try:
-        return _inline_reasoning(enc, conv)
+        return read_inline_reasoning(enc, conv)
     except EncodingError as e:
         return _reason(e)
 
@@ -289,7 +250,7 @@ def _encode_one(enc: Encoder, conv: Conversation, max_length, last_turn_only, tu
     """``conv``'s examples; ``part``: ``conv`` is a piece of a record whose content was accounted
     for as a whole (an expanded turn's context, an overflow split)."""
     if not part:
-        conv = _inline_reasoning(enc, conv)
+        conv = read_inline_reasoning(enc, conv)
     results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
     _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow, part)
@@ -380,7 +341,7 @@ def _render_chunk(enc: Encoder, chunk: Sequence[Conversation]) -> tuple[list, di
         try:
             layouts[j] = continuation_layout(enc, conv) if conv.plain else render_layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
-            results[j] = _reason(e, _inline_hint(enc, conv.messages))
+            results[j] = _reason(e, inline_hint(enc, conv.messages))
     return results, layouts
 
 
@@ -419,7 +380,7 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
             else:
                 results[j] = _with_extra(check_trained(ex), extra.get(j))
         except (EncodingError, TemplateError) as e:
-            results[j] = _reason(e, _inline_hint(enc, conv.messages))
+            results[j] = _reason(e, inline_hint(enc, conv.messages))
     # Truncated conversations: the first candidate of each, tokenized in one batch.
     firsts: dict[int, Layout] = {}
     for j, t in long.items():
@@ -485,24 +446,6 @@ def encoding_summary(examples: Sequence[EncodedExample]) -> dict:
             out["overflow_tokens"] += len(ex)
         out["lost_trained_tokens"] += ex.lost_trained_tokens
     return out
-
-
-def _inline_hint(enc: Encoder, messages: Sequence[Message]) -> str:
-    """For a refused record whose answer holds a reasoning tag: where ``encoding.inline_reasoning``
-    is off and an answer starts with a reasoning block, how a template that reads such a block as
-    reasoning (Qwen3) can render it; where an answer holds a closing tag elsewhere, that the
-    template may read the text before it as reasoning."""
-    source = enc.template.source
-    tags = tuple(p for p in (enc.thinks or reasoning_tags(source)) if p[1] in source)  # the ones it reads
-    answers = [m for m in messages if m.role == "assistant"]
-    if not enc.thinks and any(inline_reasoning(m, tags) is not m for m in answers):
-        return ("; an answer starts with a reasoning block, which this template reads as reasoning: set "
-                "encoding.inline_reasoning: true, or move the block into the message's reasoning_content")
-    closer = next((c for _, c in tags for m in answers if c in m.content), None)
-    if closer is not None:
-        return (f"; an answer contains {closer!r}, and templates that read reasoning from the content take the "
-                f"text before it for reasoning: remove the stray tag from the answer")
-    return ""
 
 
 def _reason(e: Exception, hint: str = "") -> str:
