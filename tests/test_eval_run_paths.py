@@ -68,7 +68,8 @@ def test_each_checkpoint_and_each_exported_model_keeps_its_own_evaluation(hostil
         written[step] = out["eval_json"]
     assert written == {s: str(run / "checkpoints" / f"eval-{s}" / "eval.json") for s in ("step-1", "step-2")}
     evals = {s: json.loads(open(p).read()) for s, p in written.items()}
-    assert [evals[s]["model"]["path"] for s in ("step-1", "step-2")] != [None, None]
+    assert [evals[s]["model"]["path"] for s in ("step-1", "step-2")] == [  # absolute: eval.json may move
+        str((run / "checkpoints" / s).resolve()) for s in ("step-1", "step-2")]
     assert evals["step-1"]["model"] != evals["step-2"]["model"]  # neither written over the other
     assert (run / "run.json").read_bytes() == manifest  # a checkpoint's evaluation is not the run's
     assert main(["export", str(run), "exp_a"]) == 0 and main(["export", str(run), "exp_b", "--merge"]) == 0

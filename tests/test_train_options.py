@@ -260,8 +260,19 @@ def test_lora_adapter_loads_from_any_directory_in_peft_and_sftlab(assets, tmp_pa
     relative = os.path.relpath(assets / "model", moved / "final")
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": str(relative)}))
     assert torch.allclose(logits(load_base_model(moved / "final")[0]), logits(ours), atol=1e-6)
-    # the generation cache's key of an adapter covers its base: new base weights, another key
+    # a base recorded as a bare relative name is read from the current directory, as peft reads it,
+    # only where it holds the weights the run's manifest hashed: another model there is passed over
     from sftlab.demo.tiny import build_tiny
+    from sftlab.model.loading import resolve_base
+
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "base"}))
+    build_tiny(**TINY, seed=7)[1].save_pretrained(elsewhere / "base")
+    with pytest.raises(FileNotFoundError, match="base model 'base' is not there: .*elsewhere/base holds other weights"):
+        resolve_base(moved / "final")
+    shutil.rmtree(elsewhere / "base")
+    shutil.copytree(assets / "model", elsewhere / "base")
+    assert resolve_base(moved / "final") == str((elsewhere / "base").resolve())
+    # the generation cache's key of an adapter covers its base: new base weights, another key
     from sftlab.evaluation.cache import model_fingerprint
 
     shutil.copytree(assets / "model", tmp_path / "base2")

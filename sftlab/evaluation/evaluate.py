@@ -326,7 +326,9 @@ def evaluate_model(kind: str, path: str, opts: EvalOptions, detector, cache,
                    "reasons": sorted({q["reason"] for q in quarantined})[:5]}
     else:
         heldout = None
-    info = {"path": str(path), "sha256": fp, "source": getattr(model, "sftlab_source", None),
+    where = Path(path)  # recorded absolute: eval.json is read from elsewhere
+    info = {"path": str(where.resolve()) if where.exists() else str(path), "sha256": fp,
+            "source": getattr(model, "sftlab_source", None),
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "device": str(next(model.parameters()).device),
             "tokenizer": tokenizer_fingerprint(tok), "template": train_t.describe(), "heldout": heldout}

@@ -421,9 +421,18 @@ def resolve_base(adapter_dir: str | os.PathLike) -> str:
     config = adapter_dir / ADAPTER_CONFIG
     recorded = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
     path = Path(recorded)
-    for candidate in ([path] if path.is_absolute() else [adapter_dir / path, path]):
-        if candidate.is_dir():
-            return str(candidate.resolve())
+    if path.is_absolute():
+        if path.is_dir():
+            return str(path.resolve())
+    else:
+        found = _relative_base(adapter_dir, path)
+        if found is not None:
+            return found
+        if path.exists():  # from_pretrained would load it as a hub name's local folder: other weights
+            raise FileNotFoundError(
+                f"a LoRA adapter whose base model {recorded!r} is not there: {path.resolve()} holds other "
+                f"weights than the base the run trained (run.json model.base_sha256); put the base model "
+                f"back, or write where it is now as base_model_name_or_path in {config}")
     rebuilt = _rebuild_gguf_base(adapter_dir)
     if rebuilt is not None:
         return rebuilt
@@ -432,6 +441,22 @@ def resolve_base(adapter_dir: str | os.PathLike) -> str:
     raise FileNotFoundError(
         f"a LoRA adapter whose base model {recorded!r} is not there (moved or deleted?): put the base "
         f"model back there, or write where it is now as base_model_name_or_path in {config}")
+
+
+def _relative_base(adapter_dir: Path, path: Path) -> str | None:
+    """A relative recorded base: beside the adapter (what earlier sftlab versions wrote), else from
+    the current directory (as peft reads it). Where the run's manifest holds the base's weights
+    digest, a candidate must have those weights: a folder of the same name that holds another model
+    (evaluating from a directory with its own ``base``) is passed over, never loaded silently."""
+    from sftlab.fingerprints import weights_sha256  # lazy, as read_run_json below
+    from sftlab.manifest import read_run_json
+
+    model = (read_run_json(adapter_dir.parent, missing_ok=True, damaged_ok=True) or {}).get("model") or {}
+    expected = model.get("base_sha256")
+    for candidate in (adapter_dir / path, path):
+        if candidate.is_dir() and (not expected or weights_sha256(candidate)[0] == expected):
+            return str(candidate.resolve())
+    return None
 
 
 def _rebuild_gguf_base(adapter_dir: Path) -> str | None:
