@@ -128,7 +128,8 @@ def test_reasoning_and_tool_records_under_qwen3_and_smollm2(toks):
     """LLaMA-Factory's reason_tool_use_demo (reasoning, calls and schemas as content parts): Qwen3
     writes all of it (each turn in its own example); SmolLM2 writes none of it, and each record is
     refused with what it loses. Under ``reasoning: drop`` Qwen3 reads reasoning from the content,
-    and two answers of the sample contain a stray ``</think>``: refused, naming the tag."""
+    and two answers of the sample contain a stray ``</think>`` beside their reasoning part: refused,
+    naming the message and the tag (reasoning given twice; under drop the text before it would train)."""
     report = load_files([REASON_TOOLS])
     qwen3 = tokenizer_for("qwen3", toks)
     examples, quarantined = encode_all(report.conversations, qwen3, None, turns="expand")
@@ -136,12 +137,13 @@ def test_reasoning_and_tool_records_under_qwen3_and_smollm2(toks):
     _, dropped = encode_all(report.conversations, qwen3, None, turns="expand", reasoning="drop")
     stray = [c for c in report.conversations if any("</think>" in m.content for m in c.messages)]
     assert len(dropped) == len(stray) == 2
-    assert all("an answer contains '</think>'" in q["reason"] for q in dropped)
+    assert all(q["code"] == "reasoning_unread" and "'</think>'" in q["reason"] for q in dropped)
     smol = tokenizer_for("smollm2", toks)
     _, refused = encode_all(report.conversations, smol, None)
     assert len(refused) == 8 and all("does not write the reasoning" in q["reason"] for q in refused)
     _, refused = encode_all(report.conversations, smol, None, reasoning="drop")
-    assert len(refused) == 8 and {q["code"] for q in refused} == {"tools_not_written", "tool_calls_not_written"}
+    assert len(refused) == 8 and {q["code"] for q in refused} == {"tools_not_written", "tool_calls_not_written",
+                                                                  "reasoning_unread"}
 
 
 # -- reasoning, the system prompt ------------------------------------------------------------------
@@ -195,14 +197,15 @@ def test_inline_reasoning_keep_mask_drop_under_qwen3(toks):
 
 def test_inline_reasoning_under_a_template_without_a_reasoning_format(toks):
     """SmolLM2's template writes no reasoning field: the block stays where the data puts it, trained
-    (keep), rendered with weight 0 (mask) or removed (drop); off, it is answer text."""
+    (keep), rendered with weight 0 markers included (mask) or removed (drop); off, it is answer text."""
     tok = tokenizer_for("smollm2", toks)
     whole = THINKING.messages[1].content + "<|im_end|>"
     (keep,) = encode_expanded(THINKING, tok, None, reasoning="keep")
     assert _trained(tok, keep) == whole and keep.reasoning_tokens > 0
     (mask,) = encode_expanded(THINKING, tok, None, reasoning="mask", trace=True)
     assert list(mask.input_ids) == list(keep.input_ids)
-    assert _trained(tok, mask) == "<think>\n\n</think>\n\nIt is 4.<|im_end|>" and mask.reasoning_tokens == 0
+    # mask: the whole block the data writes, its markers too, is rendered with weight 0
+    assert _trained(tok, mask) == "It is 4.<|im_end|>" and mask.reasoning_tokens == 0
     (drop,) = encode_expanded(THINKING, tok, None, reasoning="drop", trace=True)
     assert _trained(tok, drop) == "It is 4.<|im_end|>" and "add two" not in drop.trace.layout.text
     # The off switch: the block is answer text, trained as the record gives it whatever the mode.

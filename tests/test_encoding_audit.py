@@ -42,7 +42,27 @@ DOLLY = {"prompt": "instruction", "query": "context", "response": "response", "t
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
          "bot": "assistant", "system": "system", "function_call": "assistant", "observation": "tool",
          "tool": "tool", "function": "tool", "ipython": "tool"}
-THINK = re.compile(r"^\s*<think>(.*?)</think>", re.S)
+# The inline reasoning conventions of public data, as the audit reads them (its own reading, not sftlab's):
+# a block that opens the answer, or the text before a closer that comes before any opener (DeepSeek-R1
+# data whose prompt ended with the opener).
+CONVENTIONS = (("<think>", "</think>"), ("<thinking>", "</thinking>"), ("<|begin_of_thought|>", "<|end_of_thought|>"),
+               ("[THINK]", "[/THINK]"), ("◁think▷", "◁/think▷"), ("<reasoning>", "</reasoning>"),
+               ("<seed:think>", "</seed:think>"), ("<|START_THINKING|>", "<|END_THINKING|>"))
+MARKERS = [m for pair in CONVENTIONS for m in pair]
+
+
+def split_reasoning(content: str):
+    """``(reasoning, answer, tags)`` of an answer that opens with reasoning, else ``None``."""
+    for opener, closer in CONVENTIONS:
+        block = re.match(r"\s*" + re.escape(opener) + "(.*?)" + re.escape(closer), content, re.S)
+        if block:
+            return block.group(1), content[block.end():], opener + closer
+    found = {m: content.find(m) for m in MARKERS if m in content}
+    if found:
+        first = min(found, key=found.get)
+        if any(first == closer for _, closer in CONVENTIONS):
+            return content[:found[first]], content[found[first] + len(first):], first
+    return None
 
 
 @dataclass
@@ -131,9 +151,9 @@ def _messages(raw: dict, columns: dict | None) -> list[dict]:
                 else:
                     parts.append(("reasoning" if kind in ("reasoning", "thinking") else "content", text))
         elif isinstance(content, str):
-            think = THINK.match(content) if role == "assistant" else None
-            if think:  # a reasoning block the record writes in its answer: its tags are the record's text
-                parts += [("reasoning", think.group(1)), ("content", content[think.end():]), ("tags", "")]
+            think = split_reasoning(content) if role == "assistant" else None
+            if think:  # reasoning the record writes in its answer: its tags are the record's text
+                parts += [("reasoning", think[0]), ("content", think[1]), ("tags", think[2])]
             else:
                 parts.append(("content", content))
         for key in ("reasoning_content", "reasoning", "thinking"):
@@ -158,7 +178,8 @@ def raw_leaves(raw: dict, columns: dict | None, last_turn_only: bool) -> Raw:
         trained = mine and m.get("train", True) and (not last_turn_only or i == assistant[-1])
         for kind, text in m["parts"]:
             if kind == "tags":
-                out.words.add("think")
+                out.words.update(WORD.findall(text))
+                continue
             if isinstance(text, str) and text.strip():
                 out.leaves.append(Leaf(kind if mine or m["role"] != "system" else "system", text,
                                        i if mine else None, trained))
@@ -270,12 +291,15 @@ WORD = re.compile(r"\w+")
 
 
 def audit(raw: Raw, decoded: list[Decoded], reasoning: str, last_turn_only: bool, lost: tuple[bool, bool],
-          markup: set) -> list[str]:
+          markup: set, source: str = "") -> list[str]:
     """The violations of one accepted record: leaves missing or with the wrong status, trained text
-    that is neither the record's trained assistant text nor markup. ``lost``: whether truncation
-    may have dropped (context, trained text), from the examples' ``dropped_turns`` and
-    ``lost_trained_tokens``."""
+    that is neither the record's trained assistant text nor markup, and under ``reasoning: mask |
+    drop`` any reasoning text or reasoning marker (one the template ``source`` does not write
+    itself) in trained text. ``lost``: whether truncation may have dropped (context, trained text),
+    from the examples' ``dropped_turns`` and ``lost_trained_tokens``."""
     problems = []
+    if reasoning != "keep":
+        problems += untrained_reasoning(raw, decoded, source)
     for leaf in raw.leaves:
         want = "trained" if leaf.trained else "untrained"
         if leaf.kind == "reasoning":
@@ -310,6 +334,20 @@ def audit(raw: Raw, decoded: list[Decoded], reasoning: str, last_turn_only: bool
             if extra:
                 problems.append(f"trained text the record does not give a trained assistant turn: {sorted(extra)} in "
                                 f"{rest[:120]!r}")
+    return problems
+
+
+def untrained_reasoning(raw: Raw, decoded: list[Decoded], source: str) -> list[str]:
+    """Under ``reasoning: mask | drop``: trained text holding the text of a reasoning leaf of the
+    record, or a reasoning marker of any convention the template does not write itself."""
+    thoughts = [_normalised(leaf.text.strip())[0] for leaf in raw.leaves if leaf.kind == "reasoning"]
+    markers = [m for m in MARKERS if m not in source]
+    problems = []
+    for d in decoded:
+        for span in trained_spans(d):
+            text = _normalised(span)[0]
+            problems += [f"reasoning trained: {t[:60]!r}" for t in thoughts if t and t in text]
+            problems += [f"reasoning marker trained: {m!r} in {span[:80]!r}" for m in markers if m in span]
     return problems
 
 
@@ -406,6 +444,27 @@ def hard_records() -> list[dict]:
                 "name": "echo", "arguments": {"text": "hello <|eot_id|>", "nested": {"list": ["a\\b", "\"q\""]}}}}]},
             {"role": "tool", "content": "hello <|eot_id|>"},
             {"role": "assistant", "content": "It echoed hello."}]},
+        {"id": "openthoughts", "system": "Think first: write <|begin_of_thought|> your thoughts <|end_of_thought|>, "
+                                          "then <|begin_of_solution|> the answer <|end_of_solution|>.",
+         "conversations": [
+             {"from": "user", "value": "Return your final response within \\boxed{}. What is two plus two?"},
+             {"from": "assistant", "value": "<|begin_of_thought|>\n\nTwo apples and two more apples are four apples."
+                                            "\n\n<|end_of_thought|>\n\n<|begin_of_solution|>\n\nThe sum is "
+                                            "\\boxed{4}.\n\n<|end_of_solution|>"}]},
+        {"id": "r1-closer", "messages": [
+            {"role": "user", "content": "Name a prime number."},
+            {"role": "assistant", "content": "Seven has no divisor but one and itself.\n</think>\n\nSeven."},
+            {"role": "user", "content": "And an even one?"},
+            {"role": "assistant", "content": "Only two is both even and prime.\n</think>\n\nTwo."}]},
+        {"id": "conventions", "messages": [
+            {"role": "user", "content": "Count to two."},
+            {"role": "assistant", "content": "[THINK]Counting starts at one.[/THINK]One, two."},
+            {"role": "user", "content": "Backwards?"},
+            {"role": "assistant", "content": "◁think▷Reverse the order of the count.◁/think▷Two, one."},
+            {"role": "user", "content": "In words?"},
+            {"role": "assistant", "content": "<thinking>Spell each number out in letters.</thinking>\n\nTwo, then one."},
+            {"role": "user", "content": "Format it."},
+            {"role": "assistant", "content": "<reasoning>Wrap the count in answer tags.</reasoning>\n<answer>two one</answer>"}]},
         {"id": "whitespace", "messages": [
             {"role": "system", "content": "  Keep the spacing.  \n"},
             {"role": "user", "content": "\n\nIndent this:\n    code()\n"},
@@ -428,13 +487,24 @@ SOURCES = [  # file, columns, records sampled (1-based positions)
 ]
 
 
+LLAMACPP = json.loads((DATA / "reasoning" / "llamacpp_chat_parser.json").read_text(encoding="utf-8"))
+
+
+def llamacpp_records() -> list[dict]:
+    """The model outputs llama.cpp's parser tests read reasoning from, each as the answer of a record."""
+    return [{"messages": [{"role": "user", "content": LLAMACPP["user"]}, {"role": "assistant", "content": c["output"]}]}
+            for c in LLAMACPP["parsed"]]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """``[(conversation, raw record, columns)]`` of every sampled record, read by sftlab's loader."""
     out = []
-    hard = tmp_path_factory.mktemp("audit") / "hard.jsonl"
-    hard.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in hard_records()), encoding="utf-8")
-    for path, columns, picks in [*SOURCES, (hard, None, None)]:
+    folder = tmp_path_factory.mktemp("audit")
+    hard, llamacpp = folder / "hard.jsonl", folder / "llamacpp.jsonl"
+    for path, records in ((hard, hard_records()), (llamacpp, llamacpp_records())):
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    for path, columns, picks in [*SOURCES, (hard, None, None), (llamacpp, None, None)]:
         raws = _raw_records(path)
         report = load_files([str(path)], columns=[DataFile(path=str(path), columns=columns).mapping()] if columns else None)
         assert not report.quarantined, [q.reason for q in report.quarantined]
@@ -472,7 +542,7 @@ def run_audit(name: str, corpus, cache) -> list[str]:
             lost_trained = any(ex.lost_trained_tokens for ex in exs)
             lost = (lost_trained or any(ex.dropped_turns for ex in exs), lost_trained)
             for p in audit(leaves, [decode(tok, ex) for ex in exs], kwargs.get("reasoning", "keep"),
-                           kwargs.get("last_turn_only", False), lost, markup):
+                           kwargs.get("last_turn_only", False), lost, markup, tok.chat_template):
                 problems.append(f"{opt} {Path(conv.origin.file).name}:{conv.origin.line}: {p}")
     return problems
 
@@ -532,14 +602,18 @@ def test_lfm25_refuses_an_untrained_answer_it_cuts_at_a_think_tag(tokenizers):
                            {"role": "assistant", "content": "It is written </think> in full."},
                            {"role": "user", "content": "Thanks."}, {"role": "assistant", "content": "Welcome."}]}
     untrained = {"messages": [{**m, "train": False} if i == 1 else m for i, m in enumerate(record["messages"])]}
-    for options in ({}, {"turns": "expand"}):
+    # (The text before a "</think>" with no opener is read as reasoning, DeepSeek-R1's shape, unless
+    # encoding.inline_reasoning is off: here the tag is answer text.)
+    for options in ({"inline_reasoning": False}, {"turns": "expand", "inline_reasoning": False}):
         examples, refused = _one("lfm2.5", untrained, tokenizers, **options)
         assert not examples and refused == ["content_rewritten"], options
     # Trained in its own example (turns: expand), the answer is whole there: accepted.
-    examples, refused = _one("lfm2.5", record, tokenizers, turns="expand")
+    examples, refused = _one("lfm2.5", record, tokenizers, turns="expand", inline_reasoning=False)
     assert not refused and any("It is written </think> in full." in _text(tokenizers["lfm2.5"], ex) for ex in examples)
     # last_turn_only: earlier answers are context as the template shows them at inference (the option's contract).
-    assert _one("lfm2.5", record, tokenizers, last_turn_only=True)[1] == []
+    assert _one("lfm2.5", record, tokenizers, last_turn_only=True, inline_reasoning=False)[1] == []
+    # Read as reasoning (the default), the untrained turn's reasoning is what LFM2.5 drops: refused so.
+    assert _one("lfm2.5", untrained, tokenizers)[1] == ["reasoning_not_written"]
 
 
 def _text(tok, ex):

@@ -381,8 +381,10 @@ def test_a_store_of_known_inputs_has_a_known_key_and_files(data, tok, tmp_path, 
     assert found == PINNED, found
 
 
-PINNED = {"one": ("01a5ef2d968aeafd", "81e90a220fa0875d", 158), "split": ("4c49eebacaa72737", "b3ab3cea766d8603", 189)}
-"""Store format 5 (public data sets' own layouts read, a JSON object's one list of records read): the keys changed
+PINNED = {"one": ("bd211dfad917613e", "81e90a220fa0875d", 158), "split": ("246adcf493810604", "b3ab3cea766d8603", 189)}
+"""Store format 6 (inline reasoning of every known convention read, masked with its markers, and
+refused under mask/drop where it cannot be read): the keys changed from format 5, every file is the
+same (these inputs hold no reasoning). Format 5 (public data sets' own layouts read, a JSON object's one list of records read): the keys changed
 from format 4, every file is the same (these inputs hold no such record). Format 4 (a template that rewrites an untrained message and loses text refuses its record;
 a tool-call string spelling a special token that a template writes bare stays text): the keys
 changed from format 3, every file is the same (these inputs hold no such record). Format 3 (an

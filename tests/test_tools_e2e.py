@@ -40,8 +40,11 @@ def test_tool_data_trains_and_evaluates_end_to_end(tmp_path, capsys):
     assert manifest["masking"]["reasoning"] == "mask"
     split = manifest["data"]["splits"]["train"]
     quarantined = [json.loads(line) for line in (run / "data" / "quarantine.jsonl").read_text().splitlines()]
-    # The tiny tokenizer spells these long conversations in many tokens: only length refuses any.
-    assert split["records"] == 19 and split["accepted"] >= 14 and {q["code"] for q in quarantined} <= {"too_long"}
+    # The tiny tokenizer spells these long conversations in many tokens: length refuses some, and two
+    # answers of the reasoning demo hold a stray </think> beside their reasoning (not trained under mask).
+    assert split["records"] == 19 and split["accepted"] >= 14
+    assert {q["code"] for q in quarantined} <= {"too_long", "reasoning_unread"}
+    assert sum(q["code"] == "reasoning_unread" for q in quarantined) <= 2
     assert manifest["masking"]["trained_tokens"] > 0
     # The trained model's own template renders tool conversations as training did.
     from transformers import AutoTokenizer

@@ -78,6 +78,22 @@ def data(family, sources=(GLAIVE, REASON)):
     return convs
 
 
+def unread(conv, reasoning):
+    """Whether ``reasoning`` (mask or drop) refuses ``conv``: two records of the reasoning demo hold a
+    stray ``</think>`` in an answer beside its reasoning part (the first leaks reasoning into it)."""
+    from sftlab.data.reasoning_blocks import stray_marker
+
+    return reasoning != "keep" and any(stray_marker(m) for m in conv.messages)
+
+
+def _refused(conv, tok, **options):
+    from sftlab.tokens.encoding import EncodingError
+
+    with pytest.raises(EncodingError) as e:
+        encode(conv, tok, None, **options)
+    assert e.value.code == "reasoning_unread"
+
+
 def trained_runs(tok, ex):
     runs, cur = [], []
     for i, w in zip(ex.input_ids, ex.loss_weights):
@@ -116,6 +132,9 @@ def test_official_templates_train_exactly_the_calls_and_answers(toks, family):
     convs = data(family)
     assert len(convs) >= 5
     for conv in convs:
+        if unread(conv, reasoning):
+            _refused(conv, tok, last_turn_only=last_only, reasoning=reasoning)
+            continue
         ex = encode(conv, tok, None, last_turn_only=last_only, reasoning=reasoning)
         msgs, tools = template_messages(conv.messages, reasoning), conv.tool_list() or None
         text = tok.apply_chat_template(msgs, tools=tools, tokenize=False)
@@ -261,6 +280,9 @@ def test_templates_that_rerender_history_train_every_turn_exactly_when_expanded(
     tok, stop = toks[family], FAMILIES[family][3]
     reasoning = "keep" if family == "qwen3" else "drop"
     for conv in data(family)[:6]:
+        if unread(conv, reasoning):
+            _refused(conv, tok, reasoning=reasoning)
+            continue
         examples = encode_expanded(conv, tok, None, turns="expand", reasoning=reasoning)
         runs = sorted(r for ex in examples for r in trained_runs(tok, ex))
         assert runs == sorted(expected_turns(tok, conv, stop, reasoning=reasoning)), conv.origin
@@ -294,6 +316,7 @@ def test_stats_cli_reports_the_reasoning_share_in_tokens(toks, tmp_path, capsys)
         main(["stats", str(REASON), "--tokenizer", str(tmp_path / "tok"), "--turns", "expand",
               "--reasoning", mode, "--json"])
         s = _json.loads(capsys.readouterr().out)
-        assert s["tools"]["unit"] == "tokens" and s["lengths"]["unencoded"] == 0
+        stray = sum(unread(c, mode) for c in load_files([str(REASON)]).conversations)
+        assert s["tools"]["unit"] == "tokens" and s["lengths"]["unencoded"] == stray == (2 if mode == "mask" else 0)
         shares[mode] = s["tools"]["slices"]["all"]["reasoning_share"]
     assert shares["keep"] > 0.2 and shares["mask"] == 0.0

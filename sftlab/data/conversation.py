@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -185,35 +185,6 @@ def unpaired_surrogate(text: str) -> int | None:
 REASONING_MODES = ("keep", "mask", "drop")
 """``encoding.reasoning``: ``keep`` trains the reasoning as part of its turn, ``mask`` renders it with
 weight 0, ``drop`` removes it before rendering."""
-
-
-THINK_TAGS = (("<think>", "</think>"),)
-"""The inline reasoning block most reasoning data writes at the start of an answer (DeepSeek-R1
-and its distills, Qwen3, QwQ)."""
-
-
-def inline_reasoning(message: Message, tags=THINK_TAGS) -> Message:
-    """An assistant message whose content starts with a reasoning block (``<think>...</think>``, or
-    another (opener, closer) pair of ``tags``) as the same message with that block as its
-    ``reasoning`` and the rest as content; any other message as it is (one that has reasoning
-    already keeps its content whole).
-
-        >>> m = inline_reasoning(Message("assistant", "<think>\\n2 plus 2 is 4.\\n</think>\\n\\nIt is 4."))
-        >>> m.reasoning, m.content
-        ('2 plus 2 is 4.', 'It is 4.')
-    """
-    if message.role != "assistant" or message.reasoning is not None:
-        return message
-    text = message.content
-    if text[:1].isspace():
-        text = text.lstrip()
-    for opener, closer in tags:
-        if text.startswith(opener):
-            end = text.find(closer, len(opener))
-            if end >= 0:
-                return replace(message, content=text[end + len(closer):].lstrip(),
-                               reasoning=text[len(opener):end].strip())
-    return message
 
 
 def template_messages(messages, reasoning: str = "keep") -> list[dict[str, Any]]:

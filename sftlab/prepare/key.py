@@ -31,7 +31,7 @@ from sftlab.data.readers import input_digest
 from sftlab.errors import UsageError
 from sftlab.files import write_atomic
 
-FORMAT = 5
+FORMAT = 6
 # 2: the statistics summaries keep word 3-shingles (near duplicates confirmed exactly);
 # 3: a record whose untrained turn's reasoning the template does not write is refused
 #    (reasoning_not_written), so a store of format 2 may hold records that format 3 quarantines.
@@ -42,6 +42,10 @@ FORMAT = 5
 #    unknown_format or bad_message), and a JSON object whose one key holds the records is read as those records:
 #    and columns naming only system, tools, chosen, rejected or metadata keep each record's own layout (they made
 #    every record an Alpaca one): a store of format 4 made from the same files and entry holds fewer records.
+# 6: reasoning written inline in an answer is read in every known convention (and DeepSeek-R1's text
+#    before a lone </think>), masked with its markers under reasoning: mask, and an answer whose
+#    reasoning cannot be read is refused under mask/drop (reasoning_unread, reasoning_trained): a store
+#    of format 5 may hold such records trained otherwise.
 """The store format: its files and their layout (a store of another format is rebuilt)."""
 RACY_NS = 2_000_000_000
 SAMPLE_BYTES = 128 << 20

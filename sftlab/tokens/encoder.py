@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Sequence
 
 from sftlab.data.conversation import REASONING_MODES
+from sftlab.data.reasoning_blocks import marker_pattern
 from sftlab.tokens.generation_markers import check_mask_source
 from sftlab.tokens.layout import Layout
 from sftlab.tokens.role_tokens import missing_control_tokens
@@ -46,7 +47,10 @@ class Encoder:
         """(k, w): the first k trained tokens of each trained turn weigh w times their turn's weight."""
         self.thinks = reasoning_tags(template.source) if inline_reasoning else ()
         """The (opener, closer) pairs read as reasoning at the start of assistant content."""
-        self.openers = tuple(o for o, _ in self.thinks)
+        self.markers = marker_pattern(self.thinks) if self.thinks else None
+        """Every opener and closer of ``thinks``, as one pattern."""
+        self.untrained_markers = self.markers if reasoning != "keep" else None
+        """Under ``reasoning: mask | drop``: no trained token of an answer's text may hold one."""
         self.writes_reasoning = bool(self.thinks) and _writes_reasoning(template)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
@@ -129,8 +133,8 @@ class Encoder:
             for k in range(lo, hi):
                 if ends[k] > starts[k]:
                     w[k] = weight
-        for a, b in layout.unweighted:  # masked reasoning: rendered, not trained
-            for k in range(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)):
+        for a, b in layout.unweighted:  # masked reasoning: rendered, no token holding any of it trained
+            for k in range(bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)):
                 w[k] = 0.0
         return w
 

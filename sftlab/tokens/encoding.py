@@ -24,8 +24,10 @@ Example (ChatML, a tokenizer with ``<|im_start|>``/``<|im_end|>`` as special tok
 Nothing the record carries is lost silently (DESIGN.md, invariant 9): the template's layout
 certifies every message's text and that each trained answer is the record's own; the tool schemas
 and calls are looked up in the rendering (``sftlab.tokens.accounting``); a record that loses any
-is quarantined with what is lost and how to keep it. A ``<think>...</think>`` block at the start of
-an answer is its reasoning (``inline_reasoning``), so ``reasoning: keep | mask | drop`` apply to it.
+is quarantined with what is lost and how to keep it. The reasoning that opens an answer (a block of
+any convention of ``sftlab.data.reasoning_blocks``) is its reasoning, so ``reasoning: keep | mask |
+drop`` apply to it; under ``mask`` and ``drop`` no reasoning text is trained
+(``sftlab.tokens.inline_reasoning`` refuses what it cannot read, ``build`` a trained marker).
 
 ``max_length`` truncation removes whole early exchanges (a user message and the replies that
 follow it), keeping the system message, and never cuts inside a trained turn. A conversation
@@ -48,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sftlab import collector
-from sftlab.data.conversation import Conversation, Message, inline_reasoning, template_messages
+from sftlab.data.conversation import Conversation, Message, template_messages
 from sftlab.data.formats import to_conversation
 from sftlab.data.loading import FileReport, LoadReport, QuarantineEntry
 from sftlab.progress import progress_bar
@@ -56,9 +58,10 @@ from sftlab.tokens import accounting
 from sftlab.tokens.continuation import continuation_layout
 from sftlab.tokens.encoded import KEEP_TRACE, EncodedExample, EncodingError, Trace
 from sftlab.tokens.encoder import Encoder, encoder_for
+from sftlab.tokens.inline_reasoning import inline_hint, read_inline_reasoning
 from sftlab.tokens.layout import Layout
 from sftlab.tokens.splicing import splice
-from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template, reasoning_tags
+from sftlab.tokens.templates import ChatTemplate, TemplateError, get_template
 from sftlab.tokens.weighting import build, check_trained, exchanges, render_layout, trained_messages
 
 __all__ = ["EncodedExample", "EncodingError", "Trace", "TURNS", "OVERFLOW", "as_conversation", "encode",
@@ -80,29 +83,12 @@ def as_conversation(record) -> Conversation:
     raise TypeError(f"expected a Conversation or a record dict, got {type(record).__name__}")
 
 
-def _inline_reasoning(enc: Encoder, conv: Conversation) -> Conversation:
-    """``conv`` with a reasoning block at the start of an assistant message's content read as its
-    reasoning (``encoding.inline_reasoning``), so ``encoding.reasoning`` applies to it; ``conv``
-    itself where there is none. A template that writes reasoning gets it as ``reasoning_content``
-    and lays it out itself; under one that does not, the block stays in the content where it is
-    rendered as the data gives it (trained under ``keep``, weight 0 under ``mask``), and ``drop``
-    removes it."""
-    openers = enc.openers
-    if not openers or conv.plain or not any(m.role == "assistant" and (m.content.startswith(openers) or (
-            m.content[:1].isspace() and m.content.lstrip().startswith(openers))) for m in conv.messages):
-        return conv  # the usual record: no answer opens with a reasoning block
-    msgs = []
-    for m in conv.messages:
-        if m.role == "assistant":
-            split = inline_reasoning(m, enc.thinks)
-            if split is not m and not enc.writes_reasoning and enc.reasoning != "drop":
-                split = dataclasses.replace(m, reasoning=split.reasoning)
-            m = split
-        msgs.append(m)
-    if all(a is b for a, b in zip(msgs, conv.messages)):
-        return conv
-    return dataclasses.replace(conv, messages=tuple(msgs))
-
+def _prepared(enc: Encoder, conv: Conversation):
+    """``read_inline_reasoning`` of ``conv``, or the quarantine reason it raised."""
+    try:
+        return read_inline_reasoning(enc, conv)
+    except EncodingError as e:
+        return _reason(e)
 
 
 # -- truncation ----------------------------------------------------------------------------------
@@ -263,7 +249,8 @@ def _encode_one(enc: Encoder, conv: Conversation, max_length, last_turn_only, tu
                 overflow="drop", part: bool = False) -> list[EncodedExample]:
     """``conv``'s examples; ``part``: ``conv`` is a piece of a record whose content was accounted
     for as a whole (an expanded turn's context, an overflow split)."""
-    conv = _inline_reasoning(enc, conv)
+    if not part:
+        conv = read_inline_reasoning(enc, conv)
     results, layouts = _render_chunk(enc, [conv])
     encodings = enc.backend.encode_batch([lay.text for lay in layouts.values()], add_special_tokens=False)
     _finish_chunk(enc, [conv], results, layouts, encodings, max_length, last_turn_only, turns, overflow, part)
@@ -297,7 +284,7 @@ def encode_all(conversations: Iterable, tokenizer, template: ChatTemplate | str 
     examples: list[EncodedExample] = []
     quarantined: list[dict] = []
     bar = progress_bar(total=len(convs), desc="encode", unit="conv", enabled=progress)
-    work = [_inline_reasoning(enc, c) for c in convs] if enc.openers else convs
+    work = [_prepared(enc, c) for c in convs] if enc.markers is not None else convs
     done = 0
     with collector.paused():
         for chunk, results, layouts, encodings in _rendered_and_tokenized(enc, work, batch_size):
@@ -348,10 +335,13 @@ def _render_chunk(enc: Encoder, chunk: Sequence[Conversation]) -> tuple[list, di
     results: list = [None] * len(chunk)
     layouts: dict[int, Layout] = {}
     for j, conv in enumerate(chunk):
+        if isinstance(conv, str):  # refused before rendering (``_prepared``)
+            results[j] = conv
+            continue
         try:
             layouts[j] = continuation_layout(enc, conv) if conv.plain else render_layout(enc, conv.messages, conv.tools)
         except TemplateError as e:
-            results[j] = _reason(e, _inline_hint(enc, conv.messages))
+            results[j] = _reason(e, inline_hint(enc, conv.messages))
     return results, layouts
 
 
@@ -390,7 +380,7 @@ def _finish_chunk(enc: Encoder, chunk: Sequence[Conversation], results: list, la
             else:
                 results[j] = _with_extra(check_trained(ex), extra.get(j))
         except (EncodingError, TemplateError) as e:
-            results[j] = _reason(e, _inline_hint(enc, conv.messages))
+            results[j] = _reason(e, inline_hint(enc, conv.messages))
     # Truncated conversations: the first candidate of each, tokenized in one batch.
     firsts: dict[int, Layout] = {}
     for j, t in long.items():
@@ -456,23 +446,6 @@ def encoding_summary(examples: Sequence[EncodedExample]) -> dict:
             out["overflow_tokens"] += len(ex)
         out["lost_trained_tokens"] += ex.lost_trained_tokens
     return out
-
-
-def _inline_hint(enc: Encoder, messages: Sequence[Message]) -> str:
-    """For a refused record whose answer holds a reasoning tag: where ``encoding.inline_reasoning``
-    is off and an answer starts with a reasoning block, how a template that reads such a block as
-    reasoning (Qwen3) can render it; where an answer holds a closing tag elsewhere, that the
-    template may read the text before it as reasoning."""
-    tags = enc.thinks or reasoning_tags(enc.template.source)
-    answers = [m for m in messages if m.role == "assistant"]
-    if not enc.thinks and any(inline_reasoning(m, tags) is not m for m in answers):
-        return ("; an answer starts with a reasoning block, which this template reads as reasoning: set "
-                "encoding.inline_reasoning: true, or move the block into the message's reasoning_content")
-    closer = next((c for _, c in tags for m in answers if c in m.content), None)
-    if closer is not None:
-        return (f"; an answer contains {closer!r}, and templates that read reasoning from the content take the "
-                f"text before it for reasoning: remove the stray tag from the answer")
-    return ""
 
 
 def _reason(e: Exception, hint: str = "") -> str:

@@ -69,7 +69,8 @@ class Layout:
     """``(message index, start, end)`` of the reasoning each trained turn shows (for ``inspect``)."""
     unweighted: tuple[tuple[int, int], ...] = ()
     """Character ranges inside trained turns that are rendered but get weight 0 (reasoning under
-    ``encoding.reasoning: mask``): a token starting inside one is not trained."""
+    ``encoding.reasoning: mask``): a token holding any character of one is not trained (one that
+    starts in the template's text before it too, such as SentencePiece's " I")."""
 
     def turn(self, index: int) -> Turn | None:
         return next((t for t in self.turns if t.index == index), None)

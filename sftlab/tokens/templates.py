@@ -32,7 +32,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 
-from sftlab.data.conversation import THINK_TAGS
+from sftlab.data.reasoning_blocks import REASONING_TAGS
 from sftlab.errors import UsageError
 from sftlab.files import open_input
 from sftlab.fingerprints import config_hash, tokenizer_sha256
@@ -226,15 +226,16 @@ def _probe_end_of_turn(source: str, special: dict, control: tuple[str, ...], par
 
 
 def reasoning_tags(source: str) -> tuple[tuple[str, str], ...]:
-    """The (opener, closer) pairs of inline reasoning: ``<think>``/``</think>``, and a tag pair of
-    that kind the template writes itself (``<seed:think>``, ``<thinking>``), first.
+    """The (opener, closer) pairs of inline reasoning: a tag pair of the ``<think>`` kind the
+    template writes itself (``<seed:think>``, ``<thinking>``) first, then every convention of
+    ``sftlab.data.reasoning_blocks.REASONING_TAGS``.
 
-        >>> reasoning_tags("{{ '<seed:think>' + r + '</seed:think>' }}")
-        (('<seed:think>', '</seed:think>'), ('<think>', '</think>'))
+        >>> reasoning_tags("{{ '<seed:think>' + r + '</seed:think>' }}")[:3]
+        (('<seed:think>', '</seed:think>'), ('<think>', '</think>'), ('<thinking>', '</thinking>'))
     """
     found = [(f"<{t}>", f"</{t}>") for t in dict.fromkeys(re.findall(r"<((?:\w+:)?think(?:ing)?)>", source))
              if f"</{t}>" in source]
-    return tuple(dict.fromkeys(found + list(THINK_TAGS)))
+    return tuple(dict.fromkeys(found + list(REASONING_TAGS)))
 
 
 def special_strings(tokenizer) -> dict:

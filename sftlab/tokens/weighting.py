@@ -135,6 +135,8 @@ def build(enc: Encoder, conv: Conversation, messages: Sequence[Message], last_tu
         offsets = encoding.offsets  # a list of tuples per token: made only where it is read
     if opening:
         weights = opening_weights(weights, offsets, layout, trained, *enc.opening)
+    if enc.untrained_markers is not None and n_trained:
+        offsets = _check_no_marker_trained(enc, conv, messages, layout, trained, weights, offsets, encoding)
     trace = Trace(layout, offsets, messages) if keep_trace else None
     n_reasoning = 0
     if layout.reasoning_spans and n_trained:
@@ -145,6 +147,39 @@ def build(enc: Encoder, conv: Conversation, messages: Sequence[Message], last_tu
     return EncodedExample(token_ids(ids), weights, conv.slice, conv.task, conv.id, conv.expected,
                           conv.policy_category, n_trained, total, dropped, conv.origin,
                           reasoning_tokens=n_reasoning, trace=trace)
+
+
+def _check_no_marker_trained(enc: Encoder, conv: Conversation, messages: Sequence[Message], layout: Layout,
+                             trained: dict[int, float], weights, offsets, encoding):
+    """Under ``reasoning: mask | drop``, refuse the example where a trained token of an answer's
+    text holds a reasoning marker of any known convention (``Encoder.untrained_markers``): reasoning
+    that was not read as such would be trained. The usual answer holds none and costs one search
+    of its text; a marker found (a masked block's) is checked token by token. Returns the offsets
+    where it had to read them."""
+    text, find = layout.text, enc.untrained_markers.search
+    spans = {s.index: s for s in layout.spans}
+    for turn in layout.turns:
+        span = spans.get(turn.index)
+        if turn.index not in trained or span is None:
+            continue
+        a, b = max(span.start, turn.start), min(span.end, turn.end)
+        hit = find(text, a, b)
+        while hit is not None:
+            if offsets is None:
+                offsets = encoding.offsets
+            k = bisect.bisect_left(offsets, (hit.end(),))  # the first token starting at or after its end
+            while k > 0 and offsets[k - 1][1] > hit.start():
+                k -= 1
+                if weights[k] > 0 and offsets[k][1] > offsets[k][0]:
+                    where = conv.where(turn.index, "content") if messages is conv.messages \
+                        else f"assistant message {turn.index}"
+                    raise EncodingError(
+                        f"{where}: the reasoning marker {hit.group()!r} would be trained under encoding.reasoning: "
+                        f"{enc.reasoning} (its reasoning was not read as such); put the reasoning in one block at the "
+                        f"start of the content or in its reasoning field, or set encoding.reasoning: keep",
+                        code="reasoning_trained")
+            hit = find(text, hit.end(), b)
+    return offsets
 
 
 def check_turns(template: ChatTemplate, layout: Layout, trained: dict[int, float]) -> None:

@@ -197,11 +197,18 @@ class EncodingConfig(_Section):
     reasoning: Literal["keep", "mask", "drop"] = "keep"
     """Reasoning on assistant messages: ``keep`` trains it as part of its turn, ``mask`` renders it
     with weight 0, ``drop`` removes it before rendering. A template that does not write reasoning
-    refuses records with it unless ``drop``."""
+    refuses records with it unless ``drop``. Under ``mask`` and ``drop`` no reasoning text is ever
+    trained: an answer holding a reasoning marker that is not one leading block (unclosed, not at
+    the start, a second block, or beside a reasoning field) is refused (``reasoning_unread``), and
+    so is an example whose trained tokens hold any marker (``reasoning_trained``)."""
     inline_reasoning: bool = True
-    """Read a ``<think>...</think>`` block at the start of an assistant message's content (or the
-    opener/closer pair the template writes, such as ``<seed:think>``) as that message's reasoning,
-    so ``reasoning`` applies to it; ``false`` for data where such text is part of the answer."""
+    """Read the reasoning that opens an assistant message's content as that message's reasoning, so
+    ``reasoning`` applies to it: a block of any known convention (``<think>``, ``<thinking>``,
+    ``[THINK]``, ``◁think▷``, ``<reasoning>``, ``<seed:think>``, OpenThoughts' begin/end_of_thought
+    and Cohere's START/END_THINKING markers, the pair the template writes), or the text before a closer such as
+    ``</think>`` when no opener comes first (DeepSeek-R1 data). A template that writes no reasoning
+    keeps the block where the data puts it (trained under ``keep``, weight 0 with its markers under
+    ``mask``). ``false`` for data where such markers are answer text."""
     mask_source: Literal["contract", "generation_markers"] = "contract"
     """Where the trained tokens of each assistant turn come from: ``contract`` derives them from the
     template's renderings (what the model generates after the turn's prompt, up to and including the
