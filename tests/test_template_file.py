@@ -84,3 +84,45 @@ def test_a_processor_chat_template_json_is_the_tokenizers_own(tok, tmp_path):
     (tmp_path / "vlm" / "chat_template.json").write_text(json.dumps({"template": "x"}))
     with pytest.raises(UsageError, match=r"chat_template\.json: expected an object with a 'chat_template' string"):
         load_tokenizer(str(tmp_path / "vlm"))
+
+
+def test_named_templates_of_a_tokenizer_and_json_template_files(tok, tmp_path):
+    """A tokenizer with named templates (Hermes' default and tool_use, as its tokenizer_config.json
+    lists them) encodes with the default one, as transformers does without tools; ``template:
+    tool_use`` selects the other; a record with tools under the default names the others; and a
+    JSON file holding a template (chat_template.json, a tokenizer_config.json's list) is read for
+    its template, not as Jinja."""
+    import json
+
+    from sftlab.demo.tiny import build_tokenizer
+
+    chats = Path(__file__).parent / "data" / "chat_templates"
+    default, tool_use = (chats / "smollm2.jinja").read_text(), (chats / "hermes-3-tool-use.jinja").read_text()
+    hermes = build_tokenizer(vocab_size=300)
+    hermes.chat_template = {"default": default, "tool_use": tool_use}
+    assert get_template(None, hermes).name == "tokenizer:default" and get_template(None, hermes).source == default
+    assert get_template("tool_use", hermes).source == tool_use
+    with pytest.raises(TemplateError, match="the tokenizer's own named templates: default, tool_use"):
+        get_template("nope", hermes)
+    call = {"messages": [{"role": "user", "content": "Weather in Oslo?"},
+                         {"role": "assistant", "content": "", "tool_calls": [
+                             {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                                        "parameters": {"type": "object", "properties": {
+                                                            "city": {"type": "string"}}}}}]}
+    from sftlab.tokens.encoding import EncodingError
+
+    with pytest.raises(EncodingError, match="the tokenizer's own 'default' template writes no tool calls .*"
+                                            "template: NAME trains with one of them"):
+        encode(call, hermes, None)
+    ex = encode(call, hermes, "tool_use")
+    assert "get_weather" in hermes.decode([t for t, w in zip(ex.input_ids, ex.loss_weights) if w > 0])
+
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN.read_text()}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"chat_template": [{"name": "default", "template": QWEN.read_text()}, {"name": "tool_use", "template": tool_use}]}))
+    for f in ("chat_template.json", "tokenizer_config.json"):
+        assert get_template(str(tmp_path / f), tok).source == QWEN.read_text()
+    (tmp_path / "other.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(TemplateError, match="a JSON file without a 'chat_template' string"):
+        get_template(str(tmp_path / "other.json"), tok)

@@ -71,7 +71,7 @@ def lost(layout: Layout, messages: Sequence, tools: list | None, template: str,
                 return ("tool_calls_not_written",
                         f"{the(template)} writes no tool calls (assistant message {i} calls "
                         f"{call.name!r}, the rendering does not show it): the turn would be trained without its "
-                        f"call; {USE_A_TOOL_TEMPLATE}")
+                        f"call; {USE_A_TOOL_TEMPLATE}{_named_hint(template)}")
             missing = next((s for s in _strings(call.arguments_value()) if not _written(s, region)), None)
             if missing is not None:
                 return ("tool_calls_not_written",
@@ -85,7 +85,7 @@ def lost(layout: Layout, messages: Sequence, tools: list | None, template: str,
                 return ("tools_not_written",
                         f"{the(template)} writes no tool schemas (function "
                         f"{_name(tool)!r} is not in the rendering): the model would learn to call functions it "
-                        f"was never shown; {USE_A_TOOL_TEMPLATE}, or remove the record's tools")
+                        f"was never shown; {USE_A_TOOL_TEMPLATE}{_named_hint(template)}, or remove the record's tools")
             if missing:
                 return ("tools_not_written",
                         f"{the(template)} writes the tool schema of {_name(tool)!r} without its "
@@ -185,9 +185,21 @@ def _lost_word(content: str, shown: str, source: str) -> str | None:
     return None
 
 
+def _named_hint(template: str) -> str:
+    """For the default of a tokenizer's named templates: that another of them may write tools."""
+    if template != "tokenizer:default":
+        return ""
+    return ("; the tokenizer has other named templates (transformers takes 'tool_use' when tools are given): "
+            "template: NAME trains with one of them")
+
+
 def the(template: str) -> str:
     """How a reason names a template: ``the chatml template``, ``the tokenizer's own template``."""
-    return "the tokenizer's own template" if template == "tokenizer" else f"the {template} template"
+    if template == "tokenizer":
+        return "the tokenizer's own template"
+    if template.startswith("tokenizer:"):  # one of the tokenizer's named templates
+        return f"the tokenizer's own {template.removeprefix('tokenizer:')!r} template"
+    return f"the {template} template"
 
 
 def _outside(text: str, turns) -> list[str]:

@@ -289,20 +289,25 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
         source = jinja_prelude(f.name) + _format_jinja(f)
         return ChatTemplate(name, source, control, eot, _fingerprint(source, control, eot, tok_sha),
                             special, f)
+    named = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    named = named if isinstance(named, dict) and len(named) > 1 else None  # several named templates
     if name is None:
         source = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-        if isinstance(source, dict):  # several named templates: the default one
+        if isinstance(source, dict):  # several named templates: the default one, as transformers takes
             source = source.get("default")
         if not source:
             raise TemplateError("the tokenizer has no chat_template; pass a built-in template name "
                                 f"({', '.join(BUILTIN_TEMPLATES)}) or a Jinja template")
-        label = "tokenizer"
+        label = "tokenizer:default" if named else "tokenizer"
     elif "{%" in name or "{{" in name:
         source, label = name, "custom"
     elif _is_template_file(name):
         source, label = _read_template_file(name), f"file:{os.path.basename(name)}"
+    elif named and name in named:
+        source, label = named[name], f"tokenizer:{name}"
     else:
-        raise TemplateError(f"unknown template '{name}'; built-in templates: {', '.join(BUILTIN_TEMPLATES)} "
+        own = f"; the tokenizer's own named templates: {', '.join(named)}" if named else ""
+        raise TemplateError(f"unknown template '{name}'; built-in templates: {', '.join(BUILTIN_TEMPLATES)}{own} "
                             "(or leave it unset to use the tokenizer's own chat_template)")
     try:
         compiled(source)
@@ -323,6 +328,27 @@ def _is_template_file(name: str) -> bool:
 
 
 def _read_template_file(path: str) -> str:
+    """The Jinja source of a template file, or of a JSON file that holds one under
+    ``chat_template`` (a processor's chat_template.json, a tokenizer_config.json)."""
+    source = _read_text_file(path)
+    if path.lower().endswith(".json"):
+        try:
+            data = json.loads(source)
+        except json.JSONDecodeError as e:
+            raise TemplateError(f"template file {path}: not JSON ({e}); expected a Jinja chat template, or "
+                                "a JSON object with a 'chat_template'") from None
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(template, list):  # tokenizer_config.json's named templates: the default one
+            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                            None)
+        if not isinstance(template, str) or not template.strip():
+            raise TemplateError(f"template file {path}: a JSON file without a 'chat_template' string; expected "
+                                "a Jinja chat template, or a JSON object with a 'chat_template'")
+        return template
+    return source
+
+
+def _read_text_file(path: str) -> str:
     try:  # a regular file only: a FIFO or a device would hang or never end
         with open_input(path, what="template file") as f:
             data = f.read(_MAX_TEMPLATE_FILE_BYTES + 1)
