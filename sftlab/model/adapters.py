@@ -45,9 +45,14 @@ def add_lora(model, lora):
     import torch  # lazy: torch and peft load only when a model is trained
     from peft import LoraConfig, get_peft_model
 
+    from transformers.pytorch_utils import Conv1D
+
     targets = lora.target_modules  # "all-linear" goes to peft as peft spells it
+    # GPT-2's Conv1D stores its weight transposed: peft needs fan_in_fan_out (it warns and sets it)
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
-                        use_dora=lora.use_dora, target_modules=targets if isinstance(targets, str) else list(targets))
+                        use_dora=lora.use_dora, target_modules=targets if isinstance(targets, str) else list(targets),
+                        fan_in_fan_out=conv1d)
     try:
         with warnings.catch_warnings():
             # peft reads the deprecated is_gradient_checkpointing; the warning says nothing to users
