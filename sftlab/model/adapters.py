@@ -45,7 +45,7 @@ def add_lora(model, lora):
     import torch  # lazy: torch and peft load only when a model is trained
     from peft import LoraConfig, get_peft_model
 
-    from transformers.pytorch_utils import Conv1D
+    from transformers.pytorch_utils import Conv1D  # lazy, as torch and peft above
 
     targets = lora.target_modules  # "all-linear" goes to peft as peft spells it
     # GPT-2's Conv1D stores its weight transposed: peft needs fan_in_fan_out (it warns and sets it)
@@ -69,7 +69,7 @@ def adaptable_layers(model) -> str:
     ``all-linear`` leaves it out) and peft's usual choice for the architecture."""
     import torch  # lazy, as in add_lora
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as USUAL
-    from transformers.pytorch_utils import Conv1D
+    from transformers.pytorch_utils import Conv1D  # lazy, as torch and peft above
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
