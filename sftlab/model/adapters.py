@@ -44,7 +44,6 @@ def add_lora(model, lora):
     Target modules the model does not have are a ``UsageError`` listing its linear layers."""
     import torch  # lazy: torch and peft load only when a model is trained
     from peft import LoraConfig, get_peft_model
-
     from transformers.pytorch_utils import Conv1D  # lazy, as torch and peft above
 
     targets = lora.target_modules  # "all-linear" goes to peft as peft spells it
