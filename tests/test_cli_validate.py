@@ -172,3 +172,24 @@ def test_long_reads_and_encodings_show_progress_bars_short_ones_none(tmp_path, c
     captured = capsys.readouterr()
     assert json.loads(captured.out)["accepted"] == 30
     assert "read: 30rec" in captured.err and "encode: 100%" in captured.err and "30/30" in captured.err
+
+
+def test_a_hub_dataset_name_with_no_hub_is_read_offline_and_fails_at_once(tmp_path, capsys, monkeypatch):
+    """Where no hub answers, a dataset name is looked up in the local cache in the datasets
+    library's offline mode (no retries: tens of seconds before), and one that is not cached is
+    one line saying why and what to do, with no progress bar before it; the library's flags are
+    restored afterwards."""
+    import datasets
+    from huggingface_hub import constants
+
+    from sftlab.data import columnar
+
+    monkeypatch.setattr(columnar, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    before = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    code = main(["validate", "someone/not-cached::train", "--quarantine", str(tmp_path / "q.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "someone/not-cached::train: not a loadable dataset" in err and "OfflineModeIsEnabled" in err
+    assert "HF_HUB_OFFLINE is set, and the local Hugging Face cache does not hold it" in err
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before

@@ -16,7 +16,7 @@ PACKAGE = Path(sftlab.__file__).parent
 # Each stage may import itself and the stages ranked below it, never one above.
 STAGE_RANK = {
     "sftlab": 0, "sftlab.errors": 0, "sftlab.fingerprints": 0, "sftlab.collector": 0, "sftlab.files": 0,
-    "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0, "sftlab.yaml_input": 0, "sftlab.run_dir": 0,
+    "sftlab.manifest": 0, "sftlab.terminal": 0, "sftlab.progress": 0, "sftlab.yaml_input": 0, "sftlab.run_dir": 0, "sftlab.hub": 0,
     "sftlab.data": 1, "sftlab.tokens": 2, "sftlab.prepare": 3, "sftlab.model": 4, "sftlab.evaluation": 5,
     "sftlab.train": 6, "sftlab.report": 7, "sftlab.demo": 8, "sftlab.commands": 9, "sftlab.cli": 9,
     "sftlab.__main__": 10,

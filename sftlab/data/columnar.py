@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 from sftlab.data.record_shape import MAX_DEPTH, preview, shape_problem, text_of, too_large
 from sftlab.errors import UsageError
+from sftlab.hub import hub_unreachable
 
 __all__ = ["hub_dataset", "check_columnar", "read_parquet", "read_saved_dataset", "read_dataset", "load_dataset",
            "first_line"]
@@ -168,14 +170,39 @@ def read_saved_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[
 
 
 def load_dataset(p: Path):
-    """A dataset named ``name[:config[:split]]``, from the local Hugging Face cache when offline."""
+    """A dataset named ``name[:config[:split]]``; where no hub answers (``sftlab.hub.hub_unreachable``:
+    one request, not retried), from the local Hugging Face cache in the datasets library's offline
+    mode, so a name that is not cached fails at once instead of after the hub client's retries
+    (tens of seconds)."""
     import datasets  # for start-up time
 
     name, config, split = hub_dataset(p)
+    why = hub_unreachable()
     try:
-        return datasets.load_dataset(name, config, split=split)
+        with _offline(why is not None):
+            return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # datasets raises several types for a damaged or unknown dataset
-        raise UsageError(f"{p}: not a loadable dataset ({first_line(e)})") from None
+        where = (f"; {why}, and the local Hugging Face cache does not hold it: download it where the hub is "
+                 "reachable, or give the data files") if why else ""
+        raise UsageError(f"{p}: not a loadable dataset ({first_line(e)}){where}") from None
+
+
+@contextlib.contextmanager
+def _offline(on: bool) -> Iterator[None]:
+    """The datasets library and its hub client in offline mode (their flags are read from the
+    environment once, at import, so they are set on the modules) for the block, where ``on``."""
+    import datasets  # lazy, as in load_dataset
+    from huggingface_hub import constants
+
+    if not on:
+        yield
+        return
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def read_dataset(p: Path, max_bytes: int) -> Iterator[tuple[str, Iterator[tuple]]]:

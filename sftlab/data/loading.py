@@ -34,6 +34,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -187,8 +188,8 @@ def load_files(paths: Iterable[str | os.PathLike], policy: Any = None,
         check_readable(p)
     report = LoadReport()
     first_seen = DuplicateIds()
-    progress = progress and _worth_a_bar(paths)
-    with collector.paused(), progress_bar(desc="read", unit="rec", enabled=progress) as bar:
+    bar = _ReadBar(progress and _worth_a_bar(paths))
+    with collector.paused(), contextlib.closing(bar):
         for p, cols in zip(paths, columns):
             for name, items in sources(p, max_record_bytes):
                 file_report = FileReport(name)
@@ -220,6 +221,23 @@ def _worth_a_bar(paths: list[Path]) -> bool:
     return total > BAR_BYTES
 
 
+class _ReadBar:
+    """The reading bar, drawn from the first records read on: an input that fails to open (a hub
+    dataset that is not cached) leaves no bar before its one-line error."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def update(self, n: int) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(desc="read", unit="rec", enabled=self.enabled)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _counted(items: Iterator[RawItem], bar, every: int = 1024) -> Iterator[RawItem]:
     """``items``, counted on ``bar`` ``every`` items at a time (a bar update per record costs more
     than reading some records)."""
@@ -230,7 +248,8 @@ def _counted(items: Iterator[RawItem], bar, every: int = 1024) -> Iterator[RawIt
         if n == every:
             bar.update(n)
             n = 0
-    bar.update(n)
+    if n:
+        bar.update(n)
 
 
 def _load_source(name: str, items: Iterator[RawItem], policy: Any, first_seen: DuplicateIds,

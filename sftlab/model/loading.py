@@ -41,7 +41,7 @@ from sftlab.errors import UsageError
 from sftlab.files import cache_dir as sftlab_cache_dir, publish_dir, write_atomic
 from sftlab.fingerprints import file_prefix_sha256
 from sftlab.model.adapters import ADAPTER_CONFIG, add_lora, is_adapter_dir
-from sftlab.model.hub import resolve_source
+from sftlab.hub import resolve_source
 from sftlab.tokens.role_tokens import add_role_tokens, grow_embeddings, install_template
 from sftlab.tokens.templates import TemplateError, get_template
 
