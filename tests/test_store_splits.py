@@ -253,3 +253,36 @@ def test_a_fifo_copy_has_the_digest_of_a_file_of_the_same_bytes(data, tmp_path):
         writer.join()
         assert copy.read_bytes() == content
         assert digest == input_digest(data / "a.jsonl") == input_digest(copy)
+
+
+def test_a_held_out_split_that_holds_nothing_is_said_and_refused_for_early_stopping(tok, tmp_path, capsys):
+    """``data.eval_split: 0.02`` of LLaMA-Factory's 30 Alpaca demo records holds out none of them
+    (each record's hash decides): the run is told it has no validation loss, and early stopping,
+    which needs one, is refused before training."""
+    from sftlab.errors import UsageError
+    from sftlab.train.config import TrainConfig
+    from sftlab.train.data import prepare_data
+
+    demo = Path(__file__).parent / "data" / "public" / "llamafactory" / "alpaca_en_demo.json"
+    records = json.loads(demo.read_text())
+    assert not any(_held_share(r, 0.02) for r in records)  # the premise: no record below the share
+
+    def config(**eval_section):
+        return TrainConfig.model_validate({
+            "model": {"path": str(tmp_path / "unused")}, "template": "chatml", "out": str(tmp_path / "run"),
+            "data": {"train": [str(demo)], "eval_split": 0.02, "cache_dir": str(tmp_path / "cache"),
+                     "max_quarantined_share": 1.0},
+            "encoding": {"max_length": 512}, "eval": eval_section, "log": {"progress": False, "trackers": []}})
+
+    prepare_data(config(), tok, get_template("chatml", tok), tmp_path / "run", write=True)
+    err = capsys.readouterr().err
+    assert ("sftlab train: the run has no validation loss: no held-out example (data.eval_split=0.02 of 30 "
+            "training records gave 0 records); raise data.eval_split or give data.eval") in err
+    with pytest.raises(UsageError, match=r"eval\.early_stopping\.patience=2 needs a validation loss: no held-out"):
+        prepare_data(config(early_stopping={"patience": 2}), tok, get_template("chatml", tok), tmp_path / "run2",
+                     write=True)
+
+
+def _held_share(record: dict, share: float) -> bool:
+    conv = to_conversation(record, Origin("x", 1), None)
+    return split_by_hash([conv], share)[1] != []

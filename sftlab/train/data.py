@@ -223,6 +223,13 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
         for code, name in enumerate(names):
             idx = np.flatnonzero(held.slice_codes == code)
             eval_sets[name] = np.concatenate([eval_sets[name], idx]) if name in eval_sets else idx
+    if held is not None and not len(held):
+        none = _no_heldout(cfg, held, train)
+        if cfg.eval.early_stopping.patience:
+            raise UsageError(f"eval.early_stopping.patience={cfg.eval.early_stopping.patience} needs a validation "
+                             f"loss: {none}")
+        if write:
+            print(f"sftlab train: the run has no validation loss: {none}", file=sys.stderr)
     metric = cfg.eval.early_stopping.metric
     if cfg.eval.early_stopping.patience and metric.removeprefix("eval_loss/") not in {"all", *eval_sets}:
         raise UsageError(f"eval.early_stopping.metric={metric}: no such curve; expected eval_loss/all or "
@@ -249,6 +256,17 @@ def prepare_data(cfg: TrainConfig, tokenizer, template, run: Path, *, write: boo
                         f.write(f'{{"split": {json.dumps(split)}, {line[1:]}' if line.startswith("{") else line)
         data.failed_checks = _write_store_stats(run, train, held)
     return data
+
+
+def _no_heldout(cfg: TrainConfig, held, train) -> str:
+    """What to say when the held-out split asked for holds no example: a share too small for the
+    data (0.02 of 30 records holds out none), or held-out files all quarantined."""
+    asked = [f"data.eval_split={cfg.data.eval_split} of {train.meta['records']} training records"] if cfg.data.eval_split \
+        else []
+    asked += ["data.eval"] if cfg.data.eval else []
+    lost = f", {held.quarantined} quarantined" if held.quarantined else ""
+    return (f"no held-out example ({' and '.join(asked)} gave {held.meta['records']} records{lost}); raise "
+            "data.eval_split or give data.eval")
 
 
 def _encoding_options(cfg: TrainConfig) -> dict:
