@@ -378,8 +378,10 @@ class TrainConfig(_Section):
     """The tokenizer: a Hugging Face directory, a hub name, a .gguf file or a directory holding one;
     ``null`` means the model's."""
     template: str | None = None
-    """Chat template: ``null`` uses the tokenizer's own; a built-in name (``chatml``, ...); or the path
-    of a Jinja file (``.jinja``/``.j2``), sandboxed and fingerprinted like a tokenizer's own."""
+    """Chat template: ``null`` uses the tokenizer's own (its ``default`` where it has named templates,
+    or a processor's chat_template.json beside it); a built-in name (``chatml``, ...); one of the
+    tokenizer's named templates (``tool_use``); or the path of a Jinja file (``.jinja``/``.j2``, or a
+    JSON file holding one under ``chat_template``), sandboxed and fingerprinted like a tokenizer's own."""
     encoding: EncodingConfig = EncodingConfig()
     """How conversations become tokens and loss weights."""
     packing: PackingConfig = PackingConfig()
