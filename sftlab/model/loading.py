@@ -43,7 +43,7 @@ from sftlab.fingerprints import file_prefix_sha256
 from sftlab.model.adapters import ADAPTER_CONFIG, add_lora, is_adapter_dir
 from sftlab.hub import resolve_source
 from sftlab.tokens.role_tokens import add_role_tokens, grow_embeddings, install_template
-from sftlab.tokens.templates import TemplateError, get_template
+from sftlab.tokens.templates import TemplateError, get_template, json_chat_template
 
 SOURCE_FILE = "sftlab_source.json"
 """Provenance of the weights in a directory this module wrote (GGUF conversion)."""
@@ -168,8 +168,8 @@ def processor_template(tokenizer, directory: Path) -> None:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise OSError(f"{file}: not JSON ({e})") from None
-    template = data.get("chat_template") if isinstance(data, dict) else None
-    if not isinstance(template, str) or not template.strip():
+    template = json_chat_template(data)
+    if template is None:
         raise OSError(f"{file}: expected an object with a 'chat_template' string")
     tokenizer.chat_template = template
 

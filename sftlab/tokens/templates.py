@@ -289,12 +289,11 @@ def get_template(name: str | None, tokenizer=None) -> ChatTemplate:
         source = jinja_prelude(f.name) + _format_jinja(f)
         return ChatTemplate(name, source, control, eot, _fingerprint(source, control, eot, tok_sha),
                             special, f)
-    named = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    named = named if isinstance(named, dict) and len(named) > 1 else None  # several named templates
+    own = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    named = own if isinstance(own, dict) and len(own) > 1 else None  # several named templates
     if name is None:
-        source = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-        if isinstance(source, dict):  # several named templates: the default one, as transformers takes
-            source = source.get("default")
+        # of named templates the default one, as transformers takes it without tools
+        source = own.get("default") if isinstance(own, dict) else own
         if not source:
             raise TemplateError("the tokenizer has no chat_template; pass a built-in template name "
                                 f"({', '.join(BUILTIN_TEMPLATES)}) or a Jinja template")
@@ -337,15 +336,29 @@ def _read_template_file(path: str) -> str:
         except json.JSONDecodeError as e:
             raise TemplateError(f"template file {path}: not JSON ({e}); expected a Jinja chat template, or "
                                 "a JSON object with a 'chat_template'") from None
-        template = data.get("chat_template") if isinstance(data, dict) else None
-        if isinstance(template, list):  # tokenizer_config.json's named templates: the default one
-            template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
-                            None)
-        if not isinstance(template, str) or not template.strip():
+        template = json_chat_template(data)
+        if template is None:
             raise TemplateError(f"template file {path}: a JSON file without a 'chat_template' string; expected "
                                 "a Jinja chat template, or a JSON object with a 'chat_template'")
         return template
     return source
+
+
+def json_chat_template(data) -> str | None:
+    """The chat template a JSON file's object holds under ``chat_template`` (a processor's
+    chat_template.json; a tokenizer_config.json, whose list of named templates gives its
+    ``default``), or ``None`` where it holds none.
+
+        >>> json_chat_template({"chat_template": [{"name": "default", "template": "{{ x }}"}]})
+        '{{ x }}'
+        >>> json_chat_template({"model_type": "llama"}) is None
+        True
+    """
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    if isinstance(template, list):  # tokenizer_config.json's named templates: the default one
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    return template if isinstance(template, str) and template.strip() else None
 
 
 def _read_text_file(path: str) -> str:
