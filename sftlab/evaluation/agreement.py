@@ -43,7 +43,7 @@ from sftlab.data.readers import whole_input
 from sftlab.errors import UsageError
 from sftlab.evaluation.detector import LABELS
 from sftlab.evaluation.metrics import wilson
-from sftlab.evaluation.prompts import _jsonl_rows, csv_dict_rows, structured_rows
+from sftlab.evaluation.prompts import EXPECTED, _jsonl_rows, csv_dict_rows, structured_rows
 from sftlab.files import read_input
 from sftlab.fingerprints import sha256_hex
 
@@ -66,8 +66,8 @@ def canonical_label(value) -> str | None:
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN = {"xstest": ASSETS / "xstest_v2_completions.csv.gz", "demo": ASSETS / "demo_labelled.jsonl"}
 """Labelled sets shipped with sftlab, by name."""
-_SLICE = {"safe": "safe", "unsafe": "unsafe", "comply": "safe", "refuse": "unsafe",
-          "benign": "safe", "harmful": "unsafe", "unharmful": "safe"}
+_SLICE = {label: "safe" if expected == "comply" else "unsafe" for label, expected in EXPECTED.items()}
+"""A prompt label (prompt sets' ``expected`` and its synonyms) as the safe / unsafe slice."""
 TEXT_FIELDS = ("response", "completion", "output")
 LABEL_FIELDS = ("label", "final_label", "gold", "response_refusal_label")
 SLICE_FIELDS = ("prompt_label", "expected", "prompt_harm_label")

@@ -117,26 +117,27 @@ class Throughput:
         self.head_frozen = bool(self.head_weights) and not head.requires_grad
         # the widths the model multiplies into, the head's capped (a timing, not a model)
         self.widths = tuple(sorted({min(int(w.shape[0]), 4096) for w in linear if w.dim() == 2}))
-        self.peak, self.peak_source = self._peak(device, dtype)
+        self.peak, self.peak_source, measured = self._peak(device, dtype)
         self.remeasured = 0
         """Times the measured peak was timed again because a step ran faster than it (see ``mfu``)."""
-        self._measure = (lambda: self._peak(device, dtype)[0]) if "measured" in self.peak_source else None
+        self._measure = (lambda: self._peak(device, dtype)[0]) if measured else None
 
-    def _peak(self, device, dtype) -> tuple[float | None, str]:
+    def _peak(self, device, dtype) -> tuple[float | None, str, bool]:
+        """``(FLOP/s, source, whether it was timed)``: a known GPU's datasheet peak, else timed."""
         if str(device).startswith("cuda"):
             name = torch.cuda.get_device_name(device)
             known = gpu_peak(name)
             if known:
-                return known[0] * 1e12, f"{name}: {known[1]}"
+                return known[0] * 1e12, f"{name}: {known[1]}", False
             if self.hidden:
                 return measured_peak(self.hidden, torch.bfloat16, device, widths=self.widths), \
-                    f"{name}: measured bf16 matmul at hidden size {self.hidden}, the model's widths"
+                    f"{name}: measured bf16 matmul at hidden size {self.hidden}, the model's widths", True
         if not self.hidden:
-            return None, "unknown: the model config names no hidden_size"
+            return None, "unknown: the model config names no hidden_size", False
         return measured_peak(self.hidden, dtype, "cpu", widths=self.widths), \
             f"CPU: measured {str(dtype).removeprefix('torch.')} matmul at hidden size {self.hidden} into the " \
             f"model's widths (fastest of {len(set((self.hidden, *self.widths)))}) " \
-            f"({torch.get_num_threads()} threads)"
+            f"({torch.get_num_threads()} threads)", True
 
     def flops(self, tokens: int, square_lengths: int, trained: int | None = None) -> int:
         """Model FLOPs of a step; the head at ``trained`` targets (every token when None)."""
